@@ -1,0 +1,80 @@
+# Shared by the project's scripts: install what is missing, start and stop throwaway clusters.
+# Sourced, not run. Everything here is idempotent and quick when already done.
+
+PG_MAJOR=15
+PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=$PGBIN/pg_config
+PGRX_VERSION=0.18.1
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+log() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages, cargo-pgrx pinned to the pgrx version, and pgrx's registry of pg_config.
+ensure_deps() {
+    local missing=() p
+    for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pgbouncer sudo; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+    if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
+        log "installing cargo-pgrx $PGRX_VERSION (takes a few minutes once)"
+        cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+    fi
+    local pgrx_home=${PGRX_HOME:-$HOME/.pgrx}
+    if ! grep -q "^pg$PG_MAJOR *=" "$pgrx_home/config.toml" 2>/dev/null; then
+        log "registering PostgreSQL $PG_MAJOR with cargo-pgrx"
+        cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# cluster_start DIR PORT [extra postgresql.conf lines]: a throwaway cluster run by the
+# unprivileged `postgres` user (initdb refuses root), socket in DIR, trust auth on loopback only.
+cluster_start() {
+    local dir=$1 port=$2 extra=${3:-}
+    cluster_stop "$dir" 2>/dev/null || true
+    as_root rm -rf "$dir"
+    as_root mkdir -p "$dir"
+    as_root chown postgres:postgres "$dir"
+    as_root runuser -u postgres -- "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 \
+        --no-instructions >/dev/null
+    as_root runuser -u postgres -- bash -c "cat >> '$dir/data/postgresql.conf'" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 120
+fsync = off                      # throwaway cluster: durability is not under test here
+synchronous_commit = off
+full_page_writes = off
+log_line_prefix = '%m [%p] %q%u@%d '
+max_worker_processes = 16
+max_parallel_workers = 8
+$extra
+CONF
+    as_root runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+}
+
+cluster_stop() {
+    local dir=$1
+    [ -d "$dir/data" ] || return 0
+    as_root runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# Build and install the extension into PostgreSQL's directories.
+install_extension() {
+    local profile=${1:-}
+    (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" $profile >/dev/null)
+}

@@ -1,0 +1,104 @@
+-- pg_tenancy bootstrap: roles, catalog tables and their privileges.
+-- Runs before any generated function is created. Everything lives in the schema `tenancy`
+-- (created by CREATE EXTENSION from the control file). The tables are owned by the role that
+-- ran CREATE EXTENSION; no other role gets any privilege on them: every read and write goes
+-- through the extension's functions, which check the caller first.
+
+DO $bootstrap$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_operator') THEN
+        CREATE ROLE tenancy_operator NOLOGIN NOINHERIT;
+    END IF;
+END
+$bootstrap$;
+
+COMMENT ON SCHEMA tenancy IS 'pg_tenancy: tenant isolation enforced by the database';
+
+-- Tenants. The id is what protected tables store; the slug is what people type.
+CREATE TABLE tenancy.tenant (
+    id                uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    slug              text        NOT NULL UNIQUE
+                                  CHECK (slug ~ '^[a-z][a-z0-9_-]{1,62}$'),
+    name              text,
+    status            text        NOT NULL DEFAULT 'active'
+                                  CHECK (status IN ('active', 'suspended', 'decommissioned')),
+    region            text,
+    settings          jsonb       NOT NULL DEFAULT '{}'
+                                  CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    status_reason     text,
+    status_changed_at timestamptz
+);
+
+-- Verification keys. key_material is secret for HMAC keys: nobody but the owner reads it.
+CREATE TABLE tenancy.signing_key (
+    kid          text        PRIMARY KEY CHECK (kid <> '' AND pg_catalog.length(kid) <= 200),
+    alg          text        NOT NULL
+                             CHECK (alg IN ('HS256', 'HS384', 'HS512', 'EdDSA', 'ES256', 'RS256')),
+    key_material text        NOT NULL,
+    tenant_id    uuid        REFERENCES tenancy.tenant (id),
+    not_after    timestamptz,
+    revoked_at   timestamptz,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by   name        NOT NULL DEFAULT CURRENT_USER
+);
+
+-- Tenant-scoped roles (admin, member, viewer are seeded for every tenant).
+CREATE TABLE tenancy.tenant_role (
+    tenant_id  uuid NOT NULL REFERENCES tenancy.tenant (id),
+    role       text NOT NULL CHECK (role ~ '^[a-z][a-z0-9_-]{0,62}$'),
+    builtin    boolean NOT NULL DEFAULT false,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, role)
+);
+
+-- End-user memberships: subject (the token's `sub`) has role in tenant.
+CREATE TABLE tenancy.member (
+    tenant_id  uuid NOT NULL,
+    subject    text NOT NULL CHECK (subject <> ''),
+    role       text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (tenant_id, subject, role),
+    FOREIGN KEY (tenant_id, role) REFERENCES tenancy.tenant_role (tenant_id, role)
+);
+
+-- Database roles mapped to tenants.
+CREATE TABLE tenancy.role_mapping (
+    role         regrole NOT NULL,
+    tenant_id    uuid    NOT NULL REFERENCES tenancy.tenant (id),
+    tenant_roles text[]  NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (role, tenant_id)
+);
+
+REVOKE ALL ON ALL TABLES IN SCHEMA tenancy FROM PUBLIC;
+GRANT USAGE ON SCHEMA tenancy TO PUBLIC;
+
+-- pg_dump keeps the contents of these tables (tenants, keys, roles, members, mappings).
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.signing_key', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.tenant_role', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.member', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.role_mapping', '');
+
+-- The audit trail. Management actions are ADMIN entries; changes to protected tables are
+-- INSERT/UPDATE/DELETE/TRUNCATE entries.
+CREATE TABLE tenancy.audit_log (
+    id               bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id        uuid,
+    occurred_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    txid             bigint      NOT NULL DEFAULT pg_catalog.txid_current(),
+    table_name       text,
+    op               text        NOT NULL
+                                 CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'ADMIN')),
+    row_key          jsonb,
+    old_row          jsonb,
+    new_row          jsonb,
+    db_role          name        NOT NULL,
+    subject          text,
+    application_name text        DEFAULT pg_catalog.current_setting('application_name'),
+    client_addr      inet        DEFAULT pg_catalog.inet_client_addr()
+);
+CREATE INDEX ON tenancy.audit_log (tenant_id, id);
+REVOKE ALL ON tenancy.audit_log FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log', '');

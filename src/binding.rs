@@ -1,0 +1,649 @@
+//! Session binding: which tenant (and which end user, with which tenant roles) this backend acts
+//! for.
+//!
+//! The binding lives only in this backend's memory. It is set by `tenancy.bind()` after a token's
+//! signature is verified, by a role mapping of the login role, and by nothing else: no GUC holds
+//! it, so SET, set_config(), RESET, ALTER ROLE/DATABASE SET, function SET clauses, connection
+//! options and SET ROLE cannot touch it. A transaction-scoped binding is dropped by the
+//! transaction callback at COMMIT, ROLLBACK or PREPARE; a session-scoped one by `unbind()`,
+//! `DISCARD ALL` (utility hook), disconnect, or its token's expiry, checked on every use.
+//!
+//! Policies read the binding through `tenancy.current_tenant()` wrapped in a scalar subquery, so
+//! it is evaluated once per statement (an InitPlan). The functions are PARALLEL RESTRICTED: the
+//! leader evaluates the InitPlan and passes its value to parallel workers as a parameter.
+
+use crate::catalog::{self, TenantRow};
+use crate::errors::{self, INSUFFICIENT_PRIVILEGE, INVALID_AUTHORIZATION, INVALID_PARAMETER};
+use crate::{gucs, token};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Transaction,
+    Session,
+}
+
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Transaction => "transaction",
+            Scope::Session => "session",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Token {
+        kid: String,
+        claim_roles: Option<Vec<String>>,
+    },
+    Mapping {
+        role: pg_sys::Oid,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub tenant: Uuid,
+    pub slug: String,
+    pub subject: Option<String>,
+    pub roles: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub scope: Scope,
+    pub source: Source,
+    /// Catalog generation this binding was last validated at.
+    generation: u64,
+}
+
+thread_local! {
+    /// The explicit binding made by bind().
+    static BINDING: RefCell<Option<Binding>> = const { RefCell::new(None) };
+    /// The binding derived from the login role's mapping, cached per catalog generation.
+    static MAPPED: RefCell<Option<(u64, pg_sys::Oid, Option<Binding>)>> = const { RefCell::new(None) };
+    /// The tenant this transaction has been bound to: another tenant cannot be bound before it ends.
+    static TXN_TENANT: Cell<Option<Uuid>> = const { Cell::new(None) };
+    /// Whether the tenant's resource settings were applied in this transaction.
+    static LIMITS_APPLIED: Cell<bool> = const { Cell::new(false) };
+    /// Verified tokens, keyed by SHA-256 of the token text.
+    static TOKEN_CACHE: RefCell<HashMap<[u8; 32], Rc<token::VerifiedClaims>>> = RefCell::new(HashMap::new());
+}
+
+pub fn init() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        PREV_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(utility_hook);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_PREPARE
+    ) {
+        BINDING.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.as_ref().is_some_and(|x| x.scope == Scope::Transaction) {
+                *b = None;
+            }
+        });
+        TXN_TENANT.with(|t| t.set(None));
+        LIMITS_APPLIED.with(|l| l.set(false));
+    }
+}
+
+static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn utility_hook(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    let stmt = (*pstmt).utilityStmt;
+    let discard_all = !stmt.is_null()
+        && (*stmt).type_ == pg_sys::NodeTag::T_DiscardStmt
+        && (*(stmt as *mut pg_sys::DiscardStmt)).target == pg_sys::DiscardMode::DISCARD_ALL;
+    match PREV_UTILITY_HOOK {
+        Some(prev) => prev(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+        None => pg_sys::standard_ProcessUtility(
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+    }
+    if discard_all {
+        BINDING.with(|b| *b.borrow_mut() = None);
+        TOKEN_CACHE.with(|c| c.borrow_mut().clear());
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn in_parallel_worker() -> bool {
+    unsafe { pg_sys::ParallelWorkerNumber >= 0 }
+}
+
+fn fields(pairs: &[(&str, serde_json::Value)]) -> serde_json::Map<String, serde_json::Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// Refuse a bind: log the security event, raise. Never says which part of a signature was wrong.
+fn refuse_bind(code: pgrx::PgSqlErrorCode, message: String, hint: &str, tenant: Option<&str>) -> ! {
+    let mut f = fields(&[]);
+    if let Some(t) = tenant {
+        f.insert("tenant".into(), t.into());
+    }
+    errors::refuse("bind_refused", f, code, message, hint)
+}
+
+fn token_refusal(e: token::TokenError) -> ! {
+    let hint = match e {
+        token::TokenError::TooLarge(_) => "Tokens longer than tenancy.max_token_bytes are refused.",
+        token::TokenError::MissingKid => "Sign tokens with a \"kid\" header naming a key registered with tenancy.add_key().",
+        token::TokenError::BadSignature | token::TokenError::AlgorithmMismatch => {
+            "Sign the token with the key registered for its \"kid\", using that key's algorithm."
+        }
+        _ => "Pass a compact JWS: base64url(header).base64url(claims).base64url(signature), with claims tid, sub and exp.",
+    };
+    refuse_bind(INVALID_AUTHORIZATION, e.message(), hint, None)
+}
+
+/// The effective roles of `subject` in `tenant`: its memberships, or the tenant's
+/// `default_roles` setting (default `["member"]`) when it has none; narrowed by the token's
+/// `roles` claim when present. A token can never add a role.
+fn effective_roles(
+    tenant: &TenantRow,
+    subject: &str,
+    claim_roles: Option<&[String]>,
+) -> Vec<String> {
+    let members = catalog::member_roles(tenant.id, subject);
+    let held: Vec<String> = if members.is_empty() {
+        match tenant.settings.get("default_roles") {
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => vec!["member".to_string()],
+        }
+    } else {
+        members.as_ref().clone()
+    };
+    match claim_roles {
+        Some(narrow) => held.into_iter().filter(|r| narrow.contains(r)).collect(),
+        None => held,
+    }
+}
+
+/// Check a tenant may be bound now: it exists, is active, and its region matches the server's.
+fn check_tenant(tenant: &TenantRow) -> Result<(), (String, &'static str)> {
+    if !tenant.is_active() {
+        return Err((
+            format!("tenant \"{}\" is {}", tenant.slug, tenant.status),
+            "An operator can resume a suspended tenant with tenancy.resume_tenant(); decommissioned tenants cannot be bound.",
+        ));
+    }
+    if let (Some(server), Some(region)) = (gucs::region(), tenant.region.as_ref()) {
+        if &server != region {
+            return Err((
+                format!(
+                    "tenant \"{}\" resides in region \"{region}\", and this server is in region \"{server}\"",
+                    tenant.slug
+                ),
+                "Connect to a server of the tenant's region (data residency).",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Validate a binding against the current catalog: tenant still active and in region, key not
+/// revoked or expired, mapping still present; recompute its roles.
+fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
+    let tenant = catalog::tenant_by_id(b.tenant).ok_or_else(|| {
+        (
+            format!("tenant \"{}\" no longer exists", b.slug),
+            "Bind again with a token of an existing tenant.",
+        )
+    })?;
+    check_tenant(&tenant)?;
+    match &b.source {
+        Source::Token { kid, claim_roles } => {
+            let key = catalog::key(kid);
+            check_key(key.as_deref(), now(), tenant.id)?;
+            let subject = b.subject.clone().unwrap_or_default();
+            b.roles = effective_roles(&tenant, &subject, claim_roles.as_deref());
+        }
+        Source::Mapping { role } => {
+            let maps = catalog::mappings(*role);
+            let m = maps.iter().find(|m| m.tenant == b.tenant).ok_or_else(|| {
+                (
+                    format!(
+                        "role \"{}\" is no longer mapped to tenant \"{}\"",
+                        crate::authz::role_name(*role),
+                        b.slug
+                    ),
+                    "An operator maps roles with tenancy.map_role().",
+                )
+            })?;
+            b.roles = m.roles.clone();
+        }
+    }
+    b.generation = catalog::generation();
+    Ok(())
+}
+
+fn check_key(
+    key: Option<&catalog::KeyRow>,
+    now: i64,
+    tenant: Uuid,
+) -> Result<(), (String, &'static str)> {
+    const HINT: &str = "Sign tokens with a key registered by tenancy.add_key() that is neither revoked nor past its not_after.";
+    let key = key.ok_or_else(|| ("token signing key is unknown or revoked".to_string(), HINT))?;
+    if key.revoked || key.key.is_none() {
+        return Err(("token signing key is unknown or revoked".into(), HINT));
+    }
+    if key.not_after.is_some_and(|na| now >= na) {
+        return Err((
+            format!("token signing key \"{}\" has expired", key.kid),
+            HINT,
+        ));
+    }
+    if key.tenant.is_some_and(|t| t != tenant) {
+        return Err((
+            format!(
+                "token signing key \"{}\" may only bind its own tenant",
+                key.kid
+            ),
+            "A tenant-scoped key signs tokens for that tenant only.",
+        ));
+    }
+    Ok(())
+}
+
+/// Verify a token (or find it in the cache of verified tokens).
+fn verified_claims(token_text: &str) -> Rc<token::VerifiedClaims> {
+    let max = gucs::MAX_TOKEN_BYTES.get().max(0) as usize;
+    if token_text.len() > max {
+        token_refusal(token::TokenError::TooLarge(token_text.len()));
+    }
+    let digest: [u8; 32] = Sha256::digest(token_text.as_bytes()).into();
+    if let Some(hit) = TOKEN_CACHE.with(|c| c.borrow().get(&digest).cloned()) {
+        return hit;
+    }
+    let (kid, header_alg) = token::peek_kid(token_text, max).unwrap_or_else(|e| token_refusal(e));
+    let key = catalog::key(&kid);
+    let key = match key.as_deref() {
+        Some(k) if !k.revoked && k.key.is_some() => k,
+        _ => refuse_bind(
+            INVALID_AUTHORIZATION,
+            "token signing key is unknown or revoked".into(),
+            "Sign tokens with a key registered by tenancy.add_key() that is not revoked.",
+            None,
+        ),
+    };
+    let claims = token::verify(
+        token_text,
+        &kid,
+        header_alg,
+        key.alg,
+        key.key.as_ref().expect("checked above"),
+        &gucs::tenant_claim(),
+    )
+    .unwrap_or_else(|e| token_refusal(e));
+    let claims = Rc::new(claims);
+    let cap = gucs::TOKEN_CACHE_SIZE.get().max(0) as usize;
+    if cap > 0 {
+        TOKEN_CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= cap {
+                // Bounded memory: drop the whole cache rather than track recency per entry.
+                c.clear();
+            }
+            c.insert(digest, claims.clone());
+        });
+    }
+    claims
+}
+
+/// tenancy.bind(token, scope): verify a token and bind its tenant and subject.
+pub fn bind(token_text: &str, scope: &str) -> JsonB {
+    if in_parallel_worker() {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "tenancy.bind() cannot run in a parallel worker",
+            "Call tenancy.bind() as a statement of its own.",
+        );
+    }
+    let scope = match scope {
+        "transaction" => Scope::Transaction,
+        "session" => Scope::Session,
+        other => errors::raise(
+            INVALID_PARAMETER,
+            format!("invalid binding scope \"{other}\""),
+            "Use 'transaction' (the default) or 'session'.",
+        ),
+    };
+    if scope == Scope::Session && !gucs::ALLOW_SESSION_SCOPE.get() {
+        errors::raise(
+            INSUFFICIENT_PRIVILEGE,
+            "session-scoped bindings are disabled on this server",
+            "tenancy.allow_session_scope is off (for example behind a pooler in transaction mode): bind in every transaction instead.",
+        );
+    }
+    let claims = verified_claims(token_text);
+    let now = now();
+    let skew = gucs::CLOCK_SKEW.get() as i64;
+    if claims.exp + skew <= now {
+        refuse_bind(
+            INVALID_AUTHORIZATION,
+            "token has expired".into(),
+            "Obtain a new token.",
+            Some(&claims.tenant),
+        );
+    }
+    if claims.nbf.is_some_and(|nbf| nbf - skew > now) {
+        refuse_bind(
+            INVALID_AUTHORIZATION,
+            "token is not valid yet (nbf is in the future)".into(),
+            "Check the clocks of the token issuer and the database server.",
+            Some(&claims.tenant),
+        );
+    }
+    let key = catalog::key(&claims.kid);
+    let tenant = match catalog::tenant_by_ref(&claims.tenant) {
+        Some(t) => t,
+        None => refuse_bind(
+            INSUFFICIENT_PRIVILEGE,
+            "token names an unknown tenant".into(),
+            "The token's tenant claim must hold the uuid or slug of an existing tenant.",
+            Some(&claims.tenant),
+        ),
+    };
+    if let Err((msg, hint)) = check_key(key.as_deref(), now, tenant.id) {
+        let code = if msg.contains("may only bind") {
+            INSUFFICIENT_PRIVILEGE
+        } else {
+            INVALID_AUTHORIZATION
+        };
+        refuse_bind(code, msg, hint, Some(&tenant.slug));
+    }
+    if let Err((msg, hint)) = check_tenant(&tenant) {
+        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&tenant.slug));
+    }
+    // A login role mapped to tenants may only bind those tenants.
+    let session_role = unsafe { pg_sys::GetSessionUserId() };
+    let maps = catalog::mappings(session_role);
+    if !maps.is_empty() && !maps.iter().any(|m| m.tenant == tenant.id) {
+        refuse_bind(
+            INSUFFICIENT_PRIVILEGE,
+            format!(
+                "role \"{}\" is mapped to other tenants and cannot bind tenant \"{}\"",
+                crate::authz::role_name(session_role),
+                tenant.slug
+            ),
+            "Connect with a role mapped to this tenant, or unmap the role.",
+            Some(&tenant.slug),
+        );
+    }
+    // No rebinding to another tenant inside a transaction that has been bound.
+    let current = current_binding_tenant();
+    if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current) {
+        if bound != tenant.id {
+            refuse_bind(
+                INSUFFICIENT_PRIVILEGE,
+                format!("this transaction is bound to another tenant and cannot bind tenant \"{}\"", tenant.slug),
+                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind().",
+                Some(&tenant.slug),
+            );
+        }
+    }
+    let roles = effective_roles(&tenant, &claims.subject, claims.roles.as_deref());
+    let b = Binding {
+        tenant: tenant.id,
+        slug: tenant.slug.clone(),
+        subject: Some(claims.subject.clone()),
+        roles,
+        expires_at: Some(claims.exp),
+        scope,
+        source: Source::Token {
+            kid: claims.kid.clone(),
+            claim_roles: claims.roles.clone(),
+        },
+        generation: catalog::generation(),
+    };
+    TXN_TENANT.with(|t| t.set(Some(tenant.id)));
+    BINDING.with(|slot| *slot.borrow_mut() = Some(b.clone()));
+    apply_limits(&tenant);
+    describe(&b)
+}
+
+fn current_binding_tenant() -> Option<Uuid> {
+    BINDING.with(|b| b.borrow().as_ref().map(|b| b.tenant))
+}
+
+/// JSON description of a binding, as returned by bind() and tenancy.binding().
+pub fn describe(b: &Binding) -> JsonB {
+    JsonB(json!({
+        "tenant": b.tenant.to_string(),
+        "slug": b.slug,
+        "subject": b.subject,
+        "roles": b.roles,
+        "expires_at": b.expires_at.map(unix_to_rfc3339),
+        "scope": b.scope.name(),
+        "source": match &b.source { Source::Token { .. } => "token", Source::Mapping { .. } => "role_mapping" },
+    }))
+}
+
+fn unix_to_rfc3339(secs: i64) -> String {
+    // Days-from-civil inverse (Howard Hinnant's algorithm); UTC, second precision.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// tenancy.unbind(): drop the explicit binding (a role mapping still applies).
+pub fn unbind() {
+    BINDING.with(|b| *b.borrow_mut() = None);
+}
+
+/// Apply the tenant's resource settings for the rest of this transaction (SET LOCAL).
+fn apply_limits(tenant: &TenantRow) {
+    for name in crate::lifecycle::RESOURCE_SETTINGS {
+        if let Some(v) = tenant.settings.get(*name) {
+            let value = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let (Ok(cname), Ok(cvalue)) =
+                (std::ffi::CString::new(*name), std::ffi::CString::new(value))
+            else {
+                continue;
+            };
+            unsafe {
+                pg_sys::set_config_option(
+                    cname.as_ptr(),
+                    cvalue.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_LOCAL,
+                    true,
+                    pg_sys::WARNING as i32,
+                    false,
+                );
+            }
+        }
+    }
+    LIMITS_APPLIED.with(|l| l.set(true));
+}
+
+fn mapped_binding() -> Option<Binding> {
+    let role = unsafe { pg_sys::GetSessionUserId() };
+    let gen = catalog::generation();
+    if let Some(hit) = MAPPED.with(|m| {
+        m.borrow()
+            .as_ref()
+            .filter(|(g, r, _)| *g == gen && *r == role)
+            .map(|(_, _, b)| b.clone())
+    }) {
+        return hit;
+    }
+    let maps = catalog::mappings(role);
+    let b = if maps.len() == 1 {
+        let m = &maps[0];
+        catalog::tenant_by_id(m.tenant).map(|t| Binding {
+            tenant: t.id,
+            slug: t.slug.clone(),
+            subject: None,
+            roles: m.roles.clone(),
+            expires_at: None,
+            scope: Scope::Session,
+            source: Source::Mapping { role },
+            generation: 0,
+        })
+    } else {
+        None
+    };
+    MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, b.clone())));
+    b
+}
+
+/// The binding in force, validated, or None when unbound. Raises when a binding exists but is no
+/// longer valid (expired token, suspended tenant, revoked key, removed mapping), and drops it.
+pub fn current_if_bound() -> Option<Binding> {
+    if in_parallel_worker() {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "the tenant binding cannot be read in a parallel worker",
+            "Wrap tenancy.current_tenant() in a scalar subquery, (SELECT tenancy.current_tenant()), as generated policies do.",
+        );
+    }
+    let explicit = BINDING.with(|b| b.borrow().clone());
+    let (mut b, explicit) = match explicit {
+        Some(b) => (b, true),
+        None => (mapped_binding()?, false),
+    };
+    if let Some(exp) = b.expires_at {
+        if exp + gucs::CLOCK_SKEW.get() as i64 <= now() {
+            BINDING.with(|slot| *slot.borrow_mut() = None);
+            errors::refuse(
+                "binding_expired",
+                fields(&[("tenant", b.slug.clone().into())]),
+                INVALID_AUTHORIZATION,
+                "the token of this binding has expired",
+                "Bind again with a fresh token.",
+            );
+        }
+    }
+    if b.generation != catalog::generation() {
+        if let Err((msg, hint)) = revalidate(&mut b) {
+            if explicit {
+                BINDING.with(|slot| *slot.borrow_mut() = None);
+            }
+            errors::refuse(
+                "binding_revoked",
+                fields(&[("tenant", b.slug.clone().into())]),
+                INSUFFICIENT_PRIVILEGE,
+                msg,
+                hint,
+            );
+        }
+        if explicit {
+            BINDING.with(|slot| *slot.borrow_mut() = Some(b.clone()));
+        } else {
+            let gen = catalog::generation();
+            let role = unsafe { pg_sys::GetSessionUserId() };
+            MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, Some(b.clone()))));
+        }
+    }
+    if TXN_TENANT.with(|t| t.get()).is_none() {
+        TXN_TENANT.with(|t| t.set(Some(b.tenant)));
+    }
+    if !LIMITS_APPLIED.with(|l| l.get()) {
+        if let Some(t) = catalog::tenant_by_id(b.tenant) {
+            apply_limits(&t);
+        }
+    }
+    Some(b)
+}
+
+/// The binding in force, or ERROR 42501 "no tenant bound".
+pub fn require() -> Binding {
+    current_if_bound().unwrap_or_else(|| {
+        errors::raise(
+            INSUFFICIENT_PRIVILEGE,
+            "no tenant bound",
+            "Call tenancy.bind(token) in this transaction before touching tenant data, or connect with a role mapped to one tenant.",
+        )
+    })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+pub fn token_cache_len() -> usize {
+    TOKEN_CACHE.with(|c| c.borrow().len())
+}
+
+/// The explicit binding as it stands, without validation (for audit records).
+pub fn peek() -> Option<Binding> {
+    BINDING.with(|b| b.borrow().clone())
+}

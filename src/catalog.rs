@@ -1,0 +1,388 @@
+//! pg_tenancy's own catalog (tenants, keys, tenant roles, members, role mappings): privileged
+//! access and a per-backend cache.
+//!
+//! The tables are readable only by their owner. Functions of the extension are SECURITY INVOKER
+//! (so they know their real caller) and read or write the tables through [`with_owner`], which
+//! switches to the owner with a pinned `search_path` for the length of one call, as a SECURITY
+//! DEFINER function would.
+//!
+//! Lookups are cached per backend. A statement-level trigger on every catalog table queues a
+//! relcache invalidation of that table; every backend receives it at its next transaction start
+//! (or lock acquisition), and [`relcache_callback`] drops the cache and bumps [`generation`].
+//! Bindings remember the generation they were validated at and are validated again when it
+//! changes: that is how a suspension, a revoked key or a removed member reaches every session
+//! from its next statement, without a catalog query on every statement.
+
+use crate::errors::{self, UNDEFINED_OBJECT};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct TenantRow {
+    pub id: Uuid,
+    pub slug: String,
+    pub status: String,
+    pub region: Option<String>,
+    pub settings: serde_json::Value,
+}
+
+impl TenantRow {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+pub struct KeyRow {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub key: Option<DecodingKey>,
+    pub tenant: Option<Uuid>,
+    pub not_after: Option<i64>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub tenant: Uuid,
+    pub roles: Vec<String>,
+}
+
+#[derive(Default)]
+struct Cache {
+    tenants: HashMap<Uuid, Option<Rc<TenantRow>>>,
+    slugs: HashMap<String, Option<Uuid>>,
+    keys: HashMap<String, Option<Rc<KeyRow>>>,
+    mappings: HashMap<u32, Rc<Vec<Mapping>>>,
+    members: HashMap<(Uuid, String), Rc<Vec<String>>>,
+    roles: HashMap<Uuid, Rc<Vec<String>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Rels {
+    owner: pg_sys::Oid,
+    oids: [pg_sys::Oid; 5],
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static RELS: Cell<Option<Rels>> = const { Cell::new(None) };
+    static GENERATION: Cell<u64> = const { Cell::new(1) };
+}
+
+const TABLES: [&std::ffi::CStr; 5] = [
+    c"tenant",
+    c"signing_key",
+    c"tenant_role",
+    c"member",
+    c"role_mapping",
+];
+
+pub fn init() {
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = match RELS.with(|r| r.get()) {
+        Some(rels) => relid == pg_sys::InvalidOid || rels.oids.contains(&relid),
+        None => true,
+    };
+    if ours {
+        invalidate();
+    }
+}
+
+/// Drop every cached row and bump the generation.
+pub fn invalidate() {
+    CACHE.with(|c| *c.borrow_mut() = Cache::default());
+    RELS.with(|r| r.set(None));
+    GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+/// Bumped whenever pg_tenancy's catalog may have changed.
+pub fn generation() -> u64 {
+    GENERATION.with(|g| g.get())
+}
+
+fn rels() -> Rels {
+    if let Some(r) = RELS.with(|r| r.get()) {
+        return r;
+    }
+    let r = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            errors::raise(
+                UNDEFINED_OBJECT,
+                "pg_tenancy is not installed in this database",
+                "Run CREATE EXTENSION pg_tenancy;",
+            );
+        }
+        let mut oids = [pg_sys::InvalidOid; 5];
+        for (i, name) in TABLES.iter().enumerate() {
+            oids[i] = pg_sys::get_relname_relid(name.as_ptr(), nsp);
+        }
+        let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
+            &[oids[0].into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
+        Rels { owner, oids }
+    };
+    RELS.with(|c| c.set(Some(r)));
+    r
+}
+
+/// Run `f` as the owner of pg_tenancy's catalog with `search_path = pg_catalog, pg_temp`, the way
+/// a SECURITY DEFINER function with a pinned search_path runs. On error, transaction or
+/// subtransaction abort restores the user and the setting, as it does for SECURITY DEFINER.
+pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = rels().owner;
+    unsafe {
+        let mut save_user = pg_sys::InvalidOid;
+        let mut save_sec: i32 = 0;
+        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            save_sec
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        let r = f();
+        pg_sys::SetUserIdAndSecContext(save_user, save_sec);
+        pg_sys::AtEOXact_GUC(true, nest);
+        r
+    }
+}
+
+pub fn to_pg_uuid(id: Uuid) -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(*id.as_bytes())
+}
+
+pub fn from_pg_uuid(id: &pgrx::Uuid) -> Uuid {
+    Uuid::from_bytes(**id)
+}
+
+fn load_tenant(where_clause: &str, arg: pgrx::datum::DatumWithOid) -> Option<TenantRow> {
+    let q = format!(
+        "SELECT id, slug, status, region, settings FROM tenancy.tenant WHERE {where_clause}"
+    );
+    with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(&q, Some(1), &[arg])?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let row = t.first();
+            Ok(Some(TenantRow {
+                id: from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("id")),
+                slug: row.get::<String>(2)?.unwrap_or_default(),
+                status: row.get::<String>(3)?.unwrap_or_default(),
+                region: row.get::<String>(4)?,
+                settings: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
+            }))
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.tenant failed: {e}"))
+}
+
+pub fn tenant_by_id(id: Uuid) -> Option<Rc<TenantRow>> {
+    if let Some(hit) = CACHE.with(|c| c.borrow().tenants.get(&id).cloned()) {
+        return hit;
+    }
+    let row = load_tenant("id = $1", to_pg_uuid(id).into()).map(Rc::new);
+    CACHE.with(|c| c.borrow_mut().tenants.insert(id, row.clone()));
+    row
+}
+
+/// A tenant named by its uuid or its slug.
+pub fn tenant_by_ref(reference: &str) -> Option<Rc<TenantRow>> {
+    if let Ok(id) = Uuid::parse_str(reference) {
+        return tenant_by_id(id);
+    }
+    let cached = CACHE.with(|c| c.borrow().slugs.get(reference).cloned());
+    let id = match cached {
+        Some(id) => id,
+        None => {
+            let row = load_tenant("slug = $1", reference.into());
+            let id = row.as_ref().map(|r| r.id);
+            CACHE.with(|c| {
+                let mut c = c.borrow_mut();
+                c.slugs.insert(reference.to_string(), id);
+                if let Some(r) = row {
+                    c.tenants.insert(r.id, Some(Rc::new(r)));
+                }
+            });
+            id
+        }
+    };
+    id.and_then(tenant_by_id)
+}
+
+/// A tenant that must exist (any status), or an error naming it.
+pub fn require_tenant(reference: &str) -> Rc<TenantRow> {
+    tenant_by_ref(reference).unwrap_or_else(|| {
+        errors::raise(
+            UNDEFINED_OBJECT,
+            format!("tenant \"{reference}\" does not exist"),
+            "Name a tenant by its slug or uuid; SELECT slug, id FROM tenancy.tenants lists them.",
+        )
+    })
+}
+
+pub fn key(kid: &str) -> Option<Rc<KeyRow>> {
+    if let Some(hit) = CACHE.with(|c| c.borrow().keys.get(kid).cloned()) {
+        return hit;
+    }
+    let loaded = with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT alg, key_material, tenant_id, extract(epoch FROM not_after)::int8, revoked_at IS NOT NULL \
+                 FROM tenancy.signing_key WHERE kid = $1",
+                Some(1),
+                &[kid.into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let row = t.first();
+            let alg_name = row.get::<String>(1)?.unwrap_or_default();
+            let material = row.get::<String>(2)?.unwrap_or_default();
+            let tenant = row.get::<pgrx::Uuid>(3)?.map(|u| from_pg_uuid(&u));
+            let not_after = row.get::<i64>(4)?;
+            let revoked = row.get::<bool>(5)?.unwrap_or(true);
+            Ok(Some((alg_name, material, tenant, not_after, revoked)))
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.signing_key failed: {e}"));
+    let row = loaded.and_then(|(alg_name, material, tenant, not_after, revoked)| {
+        let alg = crate::token::parse_algorithm(&alg_name)?;
+        let key = crate::token::parse_key(alg, &material).ok();
+        Some(Rc::new(KeyRow {
+            kid: kid.to_string(),
+            alg,
+            key,
+            tenant,
+            not_after,
+            revoked,
+        }))
+    });
+    CACHE.with(|c| c.borrow_mut().keys.insert(kid.to_string(), row.clone()));
+    row
+}
+
+/// The tenants a database role is mapped to.
+pub fn mappings(role: pg_sys::Oid) -> Rc<Vec<Mapping>> {
+    let k = u32::from(role);
+    if let Some(hit) = CACHE.with(|c| c.borrow().mappings.get(&k).cloned()) {
+        return hit;
+    }
+    let rows = with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT m.tenant_id, m.tenant_roles FROM tenancy.role_mapping m \
+                 WHERE m.role::oid = $1 ORDER BY m.tenant_id",
+                None,
+                &[role.into()],
+            )?;
+            let mut out = Vec::new();
+            for row in t {
+                let tenant = from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id"));
+                let roles = row.get::<Vec<String>>(2)?.unwrap_or_default();
+                out.push(Mapping { tenant, roles });
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.role_mapping failed: {e}"));
+    let rows = Rc::new(rows);
+    CACHE.with(|c| c.borrow_mut().mappings.insert(k, rows.clone()));
+    rows
+}
+
+/// The roles `subject` holds in `tenant` (empty when not a member).
+pub fn member_roles(tenant: Uuid, subject: &str) -> Rc<Vec<String>> {
+    let key = (tenant, subject.to_string());
+    if let Some(hit) = CACHE.with(|c| c.borrow().members.get(&key).cloned()) {
+        return hit;
+    }
+    let rows = with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY role",
+                None,
+                &[to_pg_uuid(tenant).into(), subject.into()],
+            )?;
+            let mut out = Vec::new();
+            for row in t {
+                out.push(row.get::<String>(1)?.unwrap_or_default());
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.member failed: {e}"));
+    let rows = Rc::new(rows);
+    CACHE.with(|c| c.borrow_mut().members.insert(key, rows.clone()));
+    rows
+}
+
+/// The roles defined in `tenant`.
+pub fn tenant_roles(tenant: Uuid) -> Rc<Vec<String>> {
+    if let Some(hit) = CACHE.with(|c| c.borrow().roles.get(&tenant).cloned()) {
+        return hit;
+    }
+    let rows = with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT role FROM tenancy.tenant_role WHERE tenant_id = $1 ORDER BY role",
+                None,
+                &[to_pg_uuid(tenant).into()],
+            )?;
+            let mut out = Vec::new();
+            for row in t {
+                out.push(row.get::<String>(1)?.unwrap_or_default());
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.tenant_role failed: {e}"));
+    let rows = Rc::new(rows);
+    CACHE.with(|c| c.borrow_mut().roles.insert(tenant, rows.clone()));
+    rows
+}
+
+/// Run a writing statement on the catalog as its owner.
+pub fn write(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> u64 {
+    with_owner(|| Spi::connect_mut(|c| c.update(sql, None, args).map(|t| t.len() as u64)))
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: catalog write failed: {e}"))
+}
+
+/// Statement-level trigger on every catalog table: queue a relcache invalidation of the table so
+/// that every backend drops its cached rows when this transaction commits.
+#[pg_trigger]
+fn catalog_changed<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let relid = trigger.relid()?;
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    Ok(None)
+}

@@ -1,0 +1,102 @@
+//! Server settings under the reserved prefix `tenancy.`. None of them holds the binding: the
+//! binding lives in backend memory, so no SET, set_config(), ALTER ROLE/DATABASE SET, function
+//! SET clause or connection option can forge it. The prefix is reserved so that placeholder
+//! variables cannot be created under it once the library is loaded.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// `tenancy.region`: this server's data-residency region. A tenant whose region is set and
+/// differs is refused at bind. Superuser only.
+pub static REGION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// `tenancy.tenant_claim`: the token claim that names the tenant (uuid or slug). Superuser only,
+/// so an application cannot make another claim of a signed token decide the tenant.
+pub static TENANT_CLAIM: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"tid"));
+
+/// `tenancy.token_cache_size`: verified tokens kept per backend (0 disables the cache).
+pub static TOKEN_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
+
+/// `tenancy.max_token_bytes`: longer tokens are refused before any parsing.
+pub static MAX_TOKEN_BYTES: GucSetting<i32> = GucSetting::<i32>::new(8192);
+
+/// `tenancy.clock_skew`: seconds of tolerance when checking `exp` and `nbf`.
+pub static CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// `tenancy.allow_session_scope`: whether `bind(token, 'session')` is allowed. Behind a pooler
+/// in transaction mode a session binding would outlive the client, so such platforms set it off.
+pub static ALLOW_SESSION_SCOPE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"tenancy.region",
+        c"Data-residency region of this server.",
+        c"A tenant whose region is set and differs from this value is refused at bind.",
+        &REGION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"tenancy.tenant_claim",
+        c"Token claim that names the tenant.",
+        c"The claim holds the tenant's uuid or slug.",
+        &TENANT_CLAIM,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.token_cache_size",
+        c"Verified tokens cached per backend.",
+        c"Repeated binds of a cached token skip signature verification; expiry, key revocation and tenant status are still checked.",
+        &TOKEN_CACHE_SIZE,
+        0,
+        100_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.max_token_bytes",
+        c"Longest token accepted by tenancy.bind().",
+        c"",
+        &MAX_TOKEN_BYTES,
+        256,
+        1_048_576,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.clock_skew",
+        c"Seconds of clock skew tolerated for exp and nbf.",
+        c"",
+        &CLOCK_SKEW,
+        0,
+        3600,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"tenancy.allow_session_scope",
+        c"Whether tenancy.bind(token, 'session') is allowed.",
+        c"Turn off behind a connection pooler in transaction mode.",
+        &ALLOW_SESSION_SCOPE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"tenancy".as_ptr()) };
+}
+
+pub fn region() -> Option<String> {
+    REGION
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+}
+
+pub fn tenant_claim() -> String {
+    TENANT_CLAIM
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "tid".into())
+}

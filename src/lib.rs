@@ -1,0 +1,93 @@
+//! pg_tenancy: the database enforces tenant isolation.
+//!
+//! Modules, one concern each:
+//! - `binding`: who this session acts for (tokens, role mappings, transaction scope)
+//! - `token`: JWS/JWT parsing and signature verification (pure Rust)
+//! - `catalog`: pg_tenancy's tables, privileged access and the per-backend cache
+//! - `lifecycle`: tenants, their status and settings
+//! - `keys`: verification keys
+//! - `rbac`: role-to-tenant mappings and tenant roles
+//! - `audit`: the audit trail
+//! - `authz`: who may call what
+//! - `gucs`: server settings under `tenancy.`
+//! - `errors`: refusals with SQLSTATE and HINT, security events
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+mod audit;
+mod authz;
+mod binding;
+mod catalog;
+mod errors;
+mod gucs;
+mod keys;
+mod lifecycle;
+mod rbac;
+mod token;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    catalog::init();
+    binding::init();
+}
+
+/// Verify a signed token and bind its tenant and subject for this transaction (default) or
+/// this session. Returns the binding.
+#[pg_extern(volatile, parallel_unsafe)]
+fn bind(token: &str, scope: default!(&str, "'transaction'")) -> JsonB {
+    binding::bind(token, scope)
+}
+
+/// Drop the binding made by bind().
+#[pg_extern(volatile, parallel_unsafe)]
+fn unbind() {
+    binding::unbind()
+}
+
+/// The bound tenant; raises 42501 "no tenant bound" when none.
+#[pg_extern(stable, parallel_restricted)]
+fn current_tenant() -> pgrx::Uuid {
+    catalog::to_pg_uuid(binding::require().tenant)
+}
+
+/// The bound end user (the token's `sub`); NULL for a role-mapped binding.
+#[pg_extern(stable, parallel_restricted)]
+fn current_subject() -> Option<String> {
+    binding::require().subject
+}
+
+/// The bound end user's effective tenant roles.
+#[pg_extern(stable, parallel_restricted)]
+fn current_roles() -> Vec<String> {
+    binding::require().roles
+}
+
+/// The binding in force as JSON, or NULL when unbound (never raises for an unbound session).
+#[pg_extern(stable, parallel_restricted, name = "binding")]
+fn binding_info() -> Option<JsonB> {
+    binding::current_if_bound().map(|b| binding::describe(&b))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    include!("tests.rs");
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

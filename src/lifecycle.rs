@@ -1,0 +1,231 @@
+//! Tenant lifecycle: create, suspend, resume; per-tenant settings and resource limits.
+
+use crate::authz;
+use crate::catalog::{self, to_pg_uuid};
+use crate::errors::{self, DUPLICATE_OBJECT, INVALID_PARAMETER, NOT_IN_PREREQUISITE_STATE};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+
+/// Tenant settings applied with SET LOCAL in every bound transaction.
+pub const RESOURCE_SETTINGS: &[&str] = &["statement_timeout", "lock_timeout", "work_mem"];
+
+/// Roles every tenant starts with.
+pub const SEEDED_ROLES: &[&str] = &["admin", "member", "viewer"];
+
+pub fn valid_slug(slug: &str) -> bool {
+    let b = slug.as_bytes();
+    (2..=63).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// Check a resource setting's value the way SET would, without applying it.
+fn check_resource_setting(name: &str, value: &serde_json::Value) {
+    let text = match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => errors::raise(
+            INVALID_PARAMETER,
+            format!("tenant setting \"{name}\" must be a string or a number"),
+            format!("For example '\"5s\"' or '5000' for {name}."),
+        ),
+    };
+    let (Ok(n), Ok(v)) = (std::ffi::CString::new(name), std::ffi::CString::new(text)) else {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("invalid value for tenant setting \"{name}\""),
+            "Remove NUL bytes.",
+        );
+    };
+    unsafe {
+        pg_sys::set_config_option(
+            n.as_ptr(),
+            v.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            false,
+            pgrx::PgLogLevel::ERROR as i32,
+            false,
+        );
+    }
+}
+
+fn check_settings(settings: &serde_json::Value) {
+    let Some(obj) = settings.as_object() else {
+        errors::raise(
+            INVALID_PARAMETER,
+            "tenant settings must be a JSON object",
+            "Pass settings like '{\"model\": \"small\", \"statement_timeout\": \"5s\"}'.",
+        );
+    };
+    for (k, v) in obj {
+        if RESOURCE_SETTINGS.contains(&k.as_str()) {
+            check_resource_setting(k, v);
+        }
+    }
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_tenant(
+    slug: &str,
+    name: default!(Option<&str>, "NULL"),
+    region: default!(Option<&str>, "NULL"),
+    settings: default!(JsonB, "'{}'"),
+) -> pgrx::Uuid {
+    authz::require_operator("create_tenant");
+    if !valid_slug(slug) {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("invalid tenant slug \"{slug}\""),
+            "A slug is 2 to 63 characters: a lowercase letter, then lowercase letters, digits, '-' or '_'.",
+        );
+    }
+    check_settings(&settings.0);
+    if let Some(existing) = catalog::tenant_by_ref(slug) {
+        let hint = if existing.status == "decommissioned" {
+            "The slug belonged to a decommissioned tenant and is kept as a tombstone; choose another slug."
+        } else {
+            "Slugs are unique; choose another, or use the existing tenant."
+        };
+        errors::raise(
+            DUPLICATE_OBJECT,
+            format!("tenant \"{slug}\" already exists"),
+            hint,
+        );
+    }
+    let id = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(
+                "INSERT INTO tenancy.tenant (slug, name, region, settings) VALUES ($1, $2, $3, $4) RETURNING id",
+                None,
+                &[slug.into(), name.into(), region.into(), settings.into()],
+            )?;
+            let id = t.first().get::<pgrx::Uuid>(1)?.expect("id");
+            c.update(
+                "INSERT INTO tenancy.tenant_role (tenant_id, role, builtin) \
+                 SELECT $1, r, true FROM unnest($2::text[]) AS r",
+                None,
+                &[id.into(), SEEDED_ROLES.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
+            )?;
+            Ok::<_, pgrx::spi::Error>(id)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: create_tenant failed: {e}"));
+    crate::audit::admin(
+        "create_tenant",
+        Some(catalog::from_pg_uuid(&id)),
+        serde_json::json!({"slug": slug, "region": region}),
+    );
+    id
+}
+
+fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Option<&str>) {
+    authz::require_operator(action);
+    let t = catalog::require_tenant(tenant);
+    if t.status == to {
+        return;
+    }
+    if !from.contains(&t.status.as_str()) {
+        errors::raise(
+            NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "tenant \"{}\" is {} and cannot be {action}ed",
+                t.slug, t.status
+            ),
+            "Decommissioned tenants are kept as tombstones and cannot change status.",
+        );
+    }
+    catalog::write(
+        "UPDATE tenancy.tenant SET status = $2, status_reason = $3, status_changed_at = now() WHERE id = $1",
+        &[to_pg_uuid(t.id).into(), to.into(), reason.into()],
+    );
+    crate::audit::admin(
+        action,
+        Some(t.id),
+        serde_json::json!({"slug": t.slug, "reason": reason}),
+    );
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn suspend_tenant(tenant: &str, reason: default!(Option<&str>, "NULL")) {
+    set_status(tenant, "suspend", &["active"], "suspended", reason);
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn resume_tenant(tenant: &str) {
+    set_status(tenant, "resume", &["suspended"], "active", None);
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
+    let t = catalog::require_tenant(tenant);
+    authz::require_operator_or_tenant_admin("set_setting", &t);
+    if key.is_empty() || key.len() > 100 {
+        errors::raise(
+            INVALID_PARAMETER,
+            "setting keys are 1 to 100 characters",
+            "For example 'model' or 'statement_timeout'.",
+        );
+    }
+    if t.status == "decommissioned" {
+        errors::raise(
+            NOT_IN_PREREQUISITE_STATE,
+            format!("tenant \"{}\" is decommissioned", t.slug),
+            "Decommissioned tenants cannot change.",
+        );
+    }
+    if let Some(v) = value.as_ref() {
+        if RESOURCE_SETTINGS.contains(&key) {
+            check_resource_setting(key, &v.0);
+        }
+        if key == "default_roles"
+            && !v
+                .0
+                .as_array()
+                .is_some_and(|a| a.iter().all(|r| r.is_string()))
+        {
+            errors::raise(
+                INVALID_PARAMETER,
+                "default_roles must be an array of role names",
+                "For example '[\"member\"]' or '[]'.",
+            );
+        }
+    }
+    match value {
+        Some(v) => catalog::write(
+            "UPDATE tenancy.tenant SET settings = settings || jsonb_build_object($2::text, $3::jsonb) WHERE id = $1",
+            &[to_pg_uuid(t.id).into(), key.into(), v.into()],
+        ),
+        None => catalog::write(
+            "UPDATE tenancy.tenant SET settings = settings - $2::text WHERE id = $1",
+            &[to_pg_uuid(t.id).into(), key.into()],
+        ),
+    };
+    crate::audit::admin("set_setting", Some(t.id), serde_json::json!({"key": key}));
+}
+
+/// The bound tenant's setting `key` (NULL when unset).
+#[pg_extern(stable, parallel_restricted)]
+fn setting(key: &str) -> Option<JsonB> {
+    let b = crate::binding::require();
+    let t = catalog::tenant_by_id(b.tenant)?;
+    t.settings.get(key).cloned().map(JsonB)
+}
+
+/// Whether the caller may see a tenant's row in tenancy.tenants.
+#[pg_extern(stable, parallel_restricted, name = "_sees_tenant")]
+fn sees_tenant(id: pgrx::Uuid) -> bool {
+    if authz::is_operator(authz::caller()) {
+        return true;
+    }
+    let id = catalog::from_pg_uuid(&id);
+    crate::binding::current_if_bound().is_some_and(|b| b.tenant == id)
+}
+
+/// Whether the caller is a platform operator (superuser or member of tenancy_operator).
+#[pg_extern(stable, parallel_safe)]
+fn is_operator() -> bool {
+    authz::is_operator(authz::caller())
+}

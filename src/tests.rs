@@ -1,0 +1,92 @@
+// In-process tests (`#[pg_test]`): run inside a PostgreSQL backend as the superuser that owns
+// the test cluster. Isolation itself is tested from a NOSUPERUSER client in tests/integration.
+
+use pgrx::prelude::*;
+
+#[pg_test]
+fn slug_validation() {
+    assert!(crate::lifecycle::valid_slug("acme"));
+    assert!(crate::lifecycle::valid_slug("a1-b_c"));
+    assert!(!crate::lifecycle::valid_slug("A"));
+    assert!(!crate::lifecycle::valid_slug("1abc"));
+    assert!(!crate::lifecycle::valid_slug("x"));
+    assert!(!crate::lifecycle::valid_slug("bad slug"));
+}
+
+#[pg_test]
+fn create_tenant_seeds_roles() {
+    Spi::run("SELECT tenancy.create_tenant('acme', 'Acme')").unwrap();
+    let roles = Spi::get_one::<Vec<String>>(
+        "SELECT array_agg(role ORDER BY role) FROM tenancy.tenant_role r JOIN tenancy.tenant t ON t.id = r.tenant_id WHERE t.slug = 'acme'",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(roles, vec!["admin", "member", "viewer"]);
+}
+
+#[pg_test(error = "no tenant bound")]
+fn unbound_current_tenant_raises() {
+    Spi::get_one::<pgrx::Uuid>("SELECT tenancy.current_tenant()").unwrap();
+}
+
+#[pg_test(error = "tenant \"acme\" already exists")]
+fn duplicate_slug_refused() {
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+}
+
+#[pg_test(error = "invalid tenant slug \"Bad Slug\"")]
+fn bad_slug_refused() {
+    Spi::run("SELECT tenancy.create_tenant('Bad Slug')").unwrap();
+}
+
+#[pg_test(error = "invalid HS256 key for kid \"k\": HMAC secrets must be at least 32 bytes long")]
+fn short_hmac_key_refused() {
+    Spi::run("SELECT tenancy.add_key('k', 'HS256', 'short')").unwrap();
+}
+
+#[pg_test]
+fn role_mapping_binds_without_token() {
+    Spi::run("CREATE ROLE mapped_app LOGIN").unwrap();
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    // The mapping is keyed by the session (login) role; map the test's own session user.
+    Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{viewer}')").unwrap();
+    Spi::run("SET LOCAL client_min_messages = error").unwrap();
+    let slug = Spi::get_one::<String>(
+        "SELECT slug FROM tenancy.tenants WHERE id = tenancy.current_tenant()",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(slug, "acme");
+    let roles = Spi::get_one::<Vec<String>>("SELECT tenancy.current_roles()").unwrap().unwrap();
+    assert_eq!(roles, vec!["viewer"]);
+}
+
+#[pg_test]
+fn settings_roundtrip_and_resource_limits_validated() {
+    Spi::run("SELECT tenancy.create_tenant('acme', settings => '{\"model\": \"small\"}')").unwrap();
+    Spi::run("SELECT tenancy.set_setting('acme', 'statement_timeout', '\"2s\"')").unwrap();
+    let s = Spi::get_one::<pgrx::JsonB>("SELECT settings FROM tenancy.tenants WHERE slug = 'acme'")
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.0["model"], "small");
+    assert_eq!(s.0["statement_timeout"], "2s");
+}
+
+#[pg_test(error = "invalid value for parameter \"work_mem\": \"lots\"")]
+fn bad_resource_setting_refused() {
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run("SELECT tenancy.set_setting('acme', 'work_mem', '\"lots\"')").unwrap();
+}
+
+#[pg_test]
+fn management_actions_are_audited() {
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run("SELECT tenancy.suspend_tenant('acme', 'billing')").unwrap();
+    let n = Spi::get_one::<i64>(
+        "SELECT count(*) FROM tenancy.audit_log WHERE op = 'ADMIN' AND new_row->>'action' IN ('create_tenant', 'suspend')",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(n, 2);
+}

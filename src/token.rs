@@ -1,0 +1,344 @@
+//! Parsing and verification of compact JWS tokens (JWT). Pure Rust, no PostgreSQL calls, so it
+//! is unit- and property-tested without a server. Cryptography comes from `jsonwebtoken`
+//! (RustCrypto backend); nothing here compares secrets by hand.
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+/// Why a token was refused. The messages never say which part of a signature was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    Empty,
+    TooLarge(usize),
+    Malformed,
+    MissingKid,
+    /// The header's `alg` is not the algorithm of the key named by `kid`.
+    AlgorithmMismatch,
+    BadSignature,
+    MissingClaim(&'static str),
+    InvalidClaim(&'static str),
+}
+
+impl TokenError {
+    pub fn message(&self) -> String {
+        match self {
+            TokenError::Empty => "token is empty".into(),
+            TokenError::TooLarge(n) => format!("token is too large ({n} bytes)"),
+            TokenError::Malformed => {
+                "token is malformed: expected a compact JWS (header.payload.signature)".into()
+            }
+            TokenError::MissingKid => "token header has no \"kid\"".into(),
+            TokenError::AlgorithmMismatch => "token algorithm does not match its key".into(),
+            TokenError::BadSignature => "token signature is invalid".into(),
+            TokenError::MissingClaim(c) => format!("token has no \"{c}\" claim"),
+            TokenError::InvalidClaim(c) => format!("token claim \"{c}\" is invalid"),
+        }
+    }
+}
+
+/// Claims of a token whose signature has been verified. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedClaims {
+    pub kid: String,
+    pub tenant: String,
+    pub subject: String,
+    pub exp: i64,
+    pub nbf: Option<i64>,
+    pub iat: Option<i64>,
+    pub roles: Option<Vec<String>>,
+    pub jti: Option<String>,
+}
+
+/// The algorithms pg_tenancy accepts, by their JOSE names.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    match name {
+        "HS256" => Some(Algorithm::HS256),
+        "HS384" => Some(Algorithm::HS384),
+        "HS512" => Some(Algorithm::HS512),
+        "EdDSA" => Some(Algorithm::EdDSA),
+        "ES256" => Some(Algorithm::ES256),
+        "RS256" => Some(Algorithm::RS256),
+        _ => None,
+    }
+}
+
+/// Minimum HMAC secret length: shorter secrets can be brute-forced offline from one token.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// Build a verification key from its text: an HMAC secret (raw text, or `base64:` followed by the
+/// standard base64 of the bytes), a PEM public key, or a JWK (JSON object).
+pub fn parse_key(alg: Algorithm, material: &str) -> Result<DecodingKey, String> {
+    let material = material.trim();
+    if material.starts_with('{') {
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_str(material).map_err(|_| "the key is not a valid JWK".to_string())?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| "the JWK is not usable".to_string())?;
+        return check_family(alg, key);
+    }
+    let key = match alg.family() {
+        AlgorithmFamily::Hmac => {
+            let key = if let Some(b64) = material.strip_prefix("base64:") {
+                DecodingKey::from_base64_secret(b64)
+                    .map_err(|_| "the base64 secret does not decode".to_string())?
+            } else {
+                DecodingKey::from_secret(material.as_bytes())
+            };
+            let len = key.try_get_as_bytes().map(|b| b.len()).unwrap_or(0);
+            if len < MIN_HMAC_SECRET_BYTES {
+                return Err(format!(
+                    "HMAC secrets must be at least {MIN_HMAC_SECRET_BYTES} bytes long"
+                ));
+            }
+            key
+        }
+        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(material.as_bytes())
+            .map_err(|_| "the key is not an RSA public key in PEM form".to_string())?,
+        AlgorithmFamily::Ec => DecodingKey::from_ec_pem(material.as_bytes())
+            .map_err(|_| "the key is not an EC P-256 public key in PEM form".to_string())?,
+        AlgorithmFamily::Ed => DecodingKey::from_ed_pem(material.as_bytes())
+            .map_err(|_| "the key is not an Ed25519 public key in PEM form".to_string())?,
+    };
+    check_family(alg, key)
+}
+
+fn check_family(alg: Algorithm, key: DecodingKey) -> Result<DecodingKey, String> {
+    if key.family() != alg.family() {
+        return Err(format!("the key is not a key for {alg:?}"));
+    }
+    Ok(key)
+}
+
+/// Cheap structural checks, then the unverified header's `kid`, so the caller can find the key.
+pub fn peek_kid(token: &str, max_bytes: usize) -> Result<(String, Algorithm), TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge(token.len()));
+    }
+    if token.split('.').count() != 3
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(TokenError::Malformed);
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    let kid = header
+        .kid
+        .filter(|k| !k.is_empty())
+        .ok_or(TokenError::MissingKid)?;
+    Ok((kid, header.alg))
+}
+
+/// Verify the signature with the key registered for `kid` (whose algorithm is `alg`) and read
+/// the claims. Time-based claims are returned, not judged: the caller checks them on every
+/// bind, cached or not.
+pub fn verify(
+    token: &str,
+    kid: &str,
+    header_alg: Algorithm,
+    alg: Algorithm,
+    key: &DecodingKey,
+    tenant_claim: &str,
+) -> Result<VerifiedClaims, TokenError> {
+    if header_alg != alg {
+        return Err(TokenError::AlgorithmMismatch);
+    }
+    let mut validation = Validation::new(alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    let data =
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidKeyFormat
+                | ErrorKind::InvalidAlgorithm => TokenError::BadSignature,
+                _ => TokenError::Malformed,
+            }
+        })?;
+    claims_from(kid, data.claims, tenant_claim)
+}
+
+fn claims_from(
+    kid: &str,
+    claims: Map<String, Value>,
+    tenant_claim: &str,
+) -> Result<VerifiedClaims, TokenError> {
+    let tenant_claim_static: &'static str = "tenant claim";
+    let tenant = match claims.get(tenant_claim) {
+        None | Some(Value::Null) => return Err(TokenError::MissingClaim(tenant_claim_static)),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
+        Some(_) => return Err(TokenError::InvalidClaim(tenant_claim_static)),
+    };
+    let subject = match claims.get("sub") {
+        None | Some(Value::Null) => return Err(TokenError::MissingClaim("sub")),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 1000 => s.clone(),
+        Some(_) => return Err(TokenError::InvalidClaim("sub")),
+    };
+    let exp = time_claim(&claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+    let nbf = time_claim(&claims, "nbf")?;
+    let iat = time_claim(&claims, "iat")?;
+    let roles = match claims.get("roles") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(items)) => {
+            let mut roles = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::String(s) if !s.is_empty() && s.len() <= 63 => roles.push(s.clone()),
+                    _ => return Err(TokenError::InvalidClaim("roles")),
+                }
+            }
+            Some(roles)
+        }
+        Some(_) => return Err(TokenError::InvalidClaim("roles")),
+    };
+    let jti = match claims.get("jti") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(TokenError::InvalidClaim("jti")),
+    };
+    Ok(VerifiedClaims {
+        kid: kid.to_string(),
+        tenant,
+        subject,
+        exp,
+        nbf,
+        iat,
+        roles,
+        jti,
+    })
+}
+
+fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, TokenError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let v = n
+                .as_i64()
+                .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+                .ok_or(TokenError::InvalidClaim(name))?;
+            if !(0..=253_402_300_799).contains(&v) {
+                return Err(TokenError::InvalidClaim(name));
+            }
+            Ok(Some(v))
+        }
+        Some(_) => Err(TokenError::InvalidClaim(name)),
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use proptest::prelude::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-unit";
+
+    fn hs_token(claims: serde_json::Value, kid: &str) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.into());
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn check(token: &str) -> Result<VerifiedClaims, TokenError> {
+        let key = parse_key(Algorithm::HS256, SECRET).unwrap();
+        let (kid, alg) = peek_kid(token, 8192)?;
+        verify(token, &kid, alg, Algorithm::HS256, &key, "tid")
+    }
+
+    #[test]
+    fn good_token_verifies() {
+        let t = hs_token(
+            serde_json::json!({"tid":"acme","sub":"u1","exp":4_000_000_000i64,"roles":["viewer"]}),
+            "k1",
+        );
+        let c = check(&t).unwrap();
+        assert_eq!(c.tenant, "acme");
+        assert_eq!(c.subject, "u1");
+        assert_eq!(c.roles, Some(vec!["viewer".to_string()]));
+    }
+
+    #[test]
+    fn tampered_payload_is_refused() {
+        let t = hs_token(
+            serde_json::json!({"tid":"acme","sub":"u1","exp":4_000_000_000i64}),
+            "k1",
+        );
+        let other = hs_token(
+            serde_json::json!({"tid":"evil","sub":"u1","exp":4_000_000_000i64}),
+            "k1",
+        );
+        let parts: Vec<&str> = t.split('.').collect();
+        let other_parts: Vec<&str> = other.split('.').collect();
+        let forged = format!("{}.{}.{}", parts[0], other_parts[1], parts[2]);
+        assert_eq!(check(&forged), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let h = b64.encode(br#"{"alg":"none","kid":"k1"}"#);
+        let p = b64.encode(br#"{"tid":"acme","sub":"u","exp":4000000000}"#);
+        assert_eq!(check(&format!("{h}.{p}.")), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn missing_claims_are_refused() {
+        let t = hs_token(serde_json::json!({"sub":"u1","exp":4_000_000_000i64}), "k1");
+        assert!(matches!(check(&t), Err(TokenError::MissingClaim(_))));
+        let t = hs_token(serde_json::json!({"tid":"a","sub":"u1"}), "k1");
+        assert_eq!(check(&t), Err(TokenError::MissingClaim("exp")));
+        let t = hs_token(serde_json::json!({"tid":"a","exp":4_000_000_000i64}), "k1");
+        assert_eq!(check(&t), Err(TokenError::MissingClaim("sub")));
+        let t = hs_token(serde_json::json!({"tid":"a","sub":"u","exp":"soon"}), "k1");
+        assert_eq!(check(&t), Err(TokenError::InvalidClaim("exp")));
+    }
+
+    #[test]
+    fn short_hmac_secret_is_refused() {
+        assert!(parse_key(Algorithm::HS256, "short").is_err());
+    }
+
+    #[test]
+    fn deeply_nested_header_does_not_panic() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let nested = "[".repeat(5000) + &"]".repeat(5000);
+        let h = b64.encode(format!(r#"{{"alg":"HS256","kid":"k1","x":{nested}}}"#));
+        let t = format!("{h}.e30.AAAA");
+        assert!(check(&t).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let s = String::from_utf8_lossy(&bytes);
+            let _ = check(&s);
+        }
+
+        #[test]
+        fn random_dotted_segments_never_panic(a in "[A-Za-z0-9_-]{0,200}", b in "[A-Za-z0-9_-]{0,200}", c in "[A-Za-z0-9_-]{0,100}") {
+            let _ = check(&format!("{a}.{b}.{c}"));
+        }
+
+        #[test]
+        fn truncated_tokens_never_verify(cut in 0usize..200) {
+            let t = hs_token(serde_json::json!({"tid":"acme","sub":"u1","exp":4_000_000_000i64}), "k1");
+            let cut = cut.min(t.len() - 1);
+            prop_assert!(check(&t[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Shared helpers: connections as the test roles, token signing, fixtures.
+//!
+//! The cluster is started by scripts/test.sh, which exports PGHOST (socket directory), PGPORT
+//! and TENANCY_IT_DB. Isolation is always checked as `tenancy_app`, a NOSUPERUSER NOBYPASSRLS
+//! login role: a superuser bypasses row security and would prove nothing.
+#![allow(dead_code)]
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use postgres::{Client, NoTls};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const APP: &str = "tenancy_app";
+pub const APP2: &str = "tenancy_app2";
+pub const OPERATOR: &str = "tenancy_op1";
+pub const HS_SECRET: &str = "integration-secret-0123456789abcdef0123456789";
+
+pub fn config(user: &str) -> postgres::Config {
+    let mut c = postgres::Config::new();
+    c.host(&std::env::var("PGHOST").expect("PGHOST: run through scripts/test.sh"));
+    c.port(std::env::var("PGPORT").expect("PGPORT").parse().unwrap());
+    c.dbname(&std::env::var("TENANCY_IT_DB").unwrap_or_else(|_| "tenancy_it".into()));
+    c.user(user);
+    c
+}
+
+pub fn connect(user: &str) -> Client {
+    config(user)
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+}
+
+pub fn superuser() -> Client {
+    connect("postgres")
+}
+
+pub fn app() -> Client {
+    let mut c = connect(APP);
+    assert_not_privileged(&mut c);
+    c
+}
+
+/// Fail loudly if the role a test relies on could bypass row security.
+pub fn assert_not_privileged(c: &mut Client) {
+    let row = c
+        .query_one(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .unwrap();
+    let (sup, bypass): (bool, bool) = (row.get(0), row.get(1));
+    assert!(!sup && !bypass, "test role must be NOSUPERUSER NOBYPASSRLS");
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The SQLSTATE of a failed statement.
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+pub fn message(e: &postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// Expect a statement to fail with one of `codes`; returns the error message.
+pub fn expect_err(c: &mut Client, sql: &str, codes: &[&str]) -> String {
+    match c.batch_execute(sql) {
+        Ok(()) => panic!("expected an error from: {sql}"),
+        Err(e) => {
+            let code = sqlstate(&e);
+            assert!(
+                codes.contains(&code.as_str()),
+                "{sql}: expected SQLSTATE {codes:?}, got {code}: {}",
+                message(&e)
+            );
+            message(&e)
+        }
+    }
+}
+
+pub fn sign(alg: Algorithm, kid: &str, claims: &serde_json::Value) -> String {
+    let key = match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            EncodingKey::from_secret(HS_SECRET.as_bytes())
+        }
+        Algorithm::RS256 => {
+            EncodingKey::from_rsa_pem(include_bytes!("../../keys/rsa_private.pem")).unwrap()
+        }
+        Algorithm::ES256 => {
+            EncodingKey::from_ec_pem(include_bytes!("../../keys/ec_private.pem")).unwrap()
+        }
+        Algorithm::EdDSA => {
+            EncodingKey::from_ed_pem(include_bytes!("../../keys/ed_private.pem")).unwrap()
+        }
+        other => panic!("no test key for {other:?}"),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+pub const RSA_PUBLIC: &str = include_str!("../../keys/rsa_public.pem");
+pub const EC_PUBLIC: &str = include_str!("../../keys/ec_public.pem");
+pub const ED_PUBLIC: &str = include_str!("../../keys/ed_public.pem");
+
+/// Two fresh tenants and an HS256 key for them.
+pub struct Fixture {
+    pub a: String,
+    pub b: String,
+    pub a_id: String,
+    pub b_id: String,
+    pub kid: String,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let mut su = superuser();
+        let a = unique("ta");
+        let b = unique("tb");
+        let kid = unique("k");
+        let a_id: String = su
+            .query_one("SELECT tenancy.create_tenant($1)::text", &[&a])
+            .unwrap()
+            .get(0);
+        let b_id: String = su
+            .query_one("SELECT tenancy.create_tenant($1)::text", &[&b])
+            .unwrap()
+            .get(0);
+        su.execute(
+            "SELECT tenancy.add_key($1, 'HS256', $2)",
+            &[&kid, &HS_SECRET],
+        )
+        .unwrap();
+        Fixture {
+            a,
+            b,
+            a_id,
+            b_id,
+            kid,
+        }
+    }
+
+    /// A valid HS256 token for `tenant` and `sub`, valid for an hour.
+    pub fn token(&self, tenant: &str, sub: &str) -> String {
+        sign(
+            Algorithm::HS256,
+            &self.kid,
+            &serde_json::json!({"tid": tenant, "sub": sub, "exp": now() + 3600, "iat": now()}),
+        )
+    }
+
+    pub fn token_with(&self, claims: serde_json::Value) -> String {
+        sign(Algorithm::HS256, &self.kid, &claims)
+    }
+}
+
+/// The tenant bound in this session, or the error's SQLSTATE.
+pub fn bound_tenant(c: &mut Client) -> Result<String, String> {
+    c.query_one("SELECT tenancy.current_tenant()::text", &[])
+        .map(|r| r.get::<_, String>(0))
+        .map_err(|e| sqlstate(&e))
+}
+
+pub fn bind(c: &mut Client, token: &str) {
+    c.execute("SELECT tenancy.bind($1)", &[&token]).unwrap();
+}
