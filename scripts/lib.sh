@@ -64,7 +64,9 @@ max_worker_processes = 16
 max_parallel_workers = 8
 $extra
 CONF
-    as_root runuser -u postgres -- "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+    # No RUST_BACKTRACE in the server: Rust backtraces would be appended to error DETAILs.
+    as_root env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE runuser -u postgres -- \
+        "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
 }
 
 cluster_stop() {

@@ -49,7 +49,7 @@ regress() {
     chmod 777 "$out"
     local tests
     tests=$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort)
-    if ! "$(dirname "$PG_CONFIG")/../lib/pgxs/src/test/regress/pg_regress" --use-existing \
+    if ! "$(dirname "$PG_CONFIG")/../lib/pgxs/src/test/regress/pg_regress" \
         --host="$PGHOST" --port="$PGPORT" --user=postgres --bindir="$PGBIN" \
         --inputdir=tests/pg_regress --outputdir="$out" --dbname=tenancy_regress $tests; then
         [ -f "$out/regression.diffs" ] && cat "$out/regression.diffs"

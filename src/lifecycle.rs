@@ -38,7 +38,9 @@ fn check_resource_setting(name: &str, value: &serde_json::Value) {
             "Remove NUL bytes.",
         );
     };
-    unsafe {
+    // Checked the way SET checks it (changeVal = false applies nothing); elevel DEBUG5 makes a
+    // bad value return 0 instead of raising PostgreSQL's own error, so ours can carry a HINT.
+    let ok = unsafe {
         pg_sys::set_config_option(
             n.as_ptr(),
             v.as_ptr(),
@@ -46,8 +48,16 @@ fn check_resource_setting(name: &str, value: &serde_json::Value) {
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SET,
             false,
-            pgrx::PgLogLevel::ERROR as i32,
+            pgrx::PgLogLevel::DEBUG5 as i32,
             false,
+        )
+    };
+    // +1 applied, -1 valid but not applied (changeVal = false), 0 invalid.
+    if ok == 0 {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("invalid value for tenant setting \"{name}\": {value}"),
+            format!("Use a value that SET {name} accepts, for example '\"5s\"' for timeouts or '\"64MB\"' for work_mem."),
         );
     }
 }
@@ -122,6 +132,7 @@ fn create_tenant(
 }
 
 fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Option<&str>) {
+    let verb = action.trim_end_matches("_tenant");
     authz::require_operator(action);
     let t = catalog::require_tenant(tenant);
     if t.status == to {
@@ -150,12 +161,12 @@ fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Optio
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn suspend_tenant(tenant: &str, reason: default!(Option<&str>, "NULL")) {
-    set_status(tenant, "suspend", &["active"], "suspended", reason);
+    set_status(tenant, "suspend_tenant", &["active"], "suspended", reason);
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn resume_tenant(tenant: &str) {
-    set_status(tenant, "resume", &["suspended"], "active", None);
+    set_status(tenant, "resume_tenant", &["suspended"], "active", None);
 }
 
 #[pg_extern(volatile, parallel_unsafe)]

@@ -73,7 +73,7 @@ fn settings_roundtrip_and_resource_limits_validated() {
     assert_eq!(s.0["statement_timeout"], "2s");
 }
 
-#[pg_test(error = "invalid value for parameter \"work_mem\": \"lots\"")]
+#[pg_test(error = "invalid value for tenant setting \"work_mem\": \"lots\"")]
 fn bad_resource_setting_refused() {
     Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
     Spi::run("SELECT tenancy.set_setting('acme', 'work_mem', '\"lots\"')").unwrap();
@@ -84,7 +84,7 @@ fn management_actions_are_audited() {
     Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
     Spi::run("SELECT tenancy.suspend_tenant('acme', 'billing')").unwrap();
     let n = Spi::get_one::<i64>(
-        "SELECT count(*) FROM tenancy.audit_log WHERE op = 'ADMIN' AND new_row->>'action' IN ('create_tenant', 'suspend')",
+        "SELECT count(*) FROM tenancy.audit_log WHERE op = 'ADMIN' AND new_row->>'action' IN ('create_tenant', 'suspend_tenant')",
     )
     .unwrap()
     .unwrap();

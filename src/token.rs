@@ -15,8 +15,8 @@ pub enum TokenError {
     /// The header's `alg` is not the algorithm of the key named by `kid`.
     AlgorithmMismatch,
     BadSignature,
-    MissingClaim(&'static str),
-    InvalidClaim(&'static str),
+    MissingClaim(String),
+    InvalidClaim(String),
 }
 
 impl TokenError {
@@ -171,18 +171,17 @@ fn claims_from(
     claims: Map<String, Value>,
     tenant_claim: &str,
 ) -> Result<VerifiedClaims, TokenError> {
-    let tenant_claim_static: &'static str = "tenant claim";
     let tenant = match claims.get(tenant_claim) {
-        None | Some(Value::Null) => return Err(TokenError::MissingClaim(tenant_claim_static)),
+        None | Some(Value::Null) => return Err(TokenError::MissingClaim(tenant_claim.into())),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
-        Some(_) => return Err(TokenError::InvalidClaim(tenant_claim_static)),
+        Some(_) => return Err(TokenError::InvalidClaim(tenant_claim.into())),
     };
     let subject = match claims.get("sub") {
-        None | Some(Value::Null) => return Err(TokenError::MissingClaim("sub")),
+        None | Some(Value::Null) => return Err(TokenError::MissingClaim("sub".into())),
         Some(Value::String(s)) if !s.is_empty() && s.len() <= 1000 => s.clone(),
-        Some(_) => return Err(TokenError::InvalidClaim("sub")),
+        Some(_) => return Err(TokenError::InvalidClaim("sub".into())),
     };
-    let exp = time_claim(&claims, "exp")?.ok_or(TokenError::MissingClaim("exp"))?;
+    let exp = time_claim(&claims, "exp")?.ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
     let nbf = time_claim(&claims, "nbf")?;
     let iat = time_claim(&claims, "iat")?;
     let roles = match claims.get("roles") {
@@ -192,17 +191,17 @@ fn claims_from(
             for item in items {
                 match item {
                     Value::String(s) if !s.is_empty() && s.len() <= 63 => roles.push(s.clone()),
-                    _ => return Err(TokenError::InvalidClaim("roles")),
+                    _ => return Err(TokenError::InvalidClaim("roles".into())),
                 }
             }
             Some(roles)
         }
-        Some(_) => return Err(TokenError::InvalidClaim("roles")),
+        Some(_) => return Err(TokenError::InvalidClaim("roles".into())),
     };
     let jti = match claims.get("jti") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(TokenError::InvalidClaim("jti")),
+        Some(_) => return Err(TokenError::InvalidClaim("jti".into())),
     };
     Ok(VerifiedClaims {
         kid: kid.to_string(),
@@ -223,13 +222,13 @@ fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<
             let v = n
                 .as_i64()
                 .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
-                .ok_or(TokenError::InvalidClaim(name))?;
+                .ok_or_else(|| TokenError::InvalidClaim(name.into()))?;
             if !(0..=253_402_300_799).contains(&v) {
-                return Err(TokenError::InvalidClaim(name));
+                return Err(TokenError::InvalidClaim(name.into()));
             }
             Ok(Some(v))
         }
-        Some(_) => Err(TokenError::InvalidClaim(name)),
+        Some(_) => Err(TokenError::InvalidClaim(name.into())),
     }
 }
 
@@ -300,11 +299,11 @@ mod unit {
         let t = hs_token(serde_json::json!({"sub":"u1","exp":4_000_000_000i64}), "k1");
         assert!(matches!(check(&t), Err(TokenError::MissingClaim(_))));
         let t = hs_token(serde_json::json!({"tid":"a","sub":"u1"}), "k1");
-        assert_eq!(check(&t), Err(TokenError::MissingClaim("exp")));
+        assert_eq!(check(&t), Err(TokenError::MissingClaim("exp".into())));
         let t = hs_token(serde_json::json!({"tid":"a","exp":4_000_000_000i64}), "k1");
-        assert_eq!(check(&t), Err(TokenError::MissingClaim("sub")));
+        assert_eq!(check(&t), Err(TokenError::MissingClaim("sub".into())));
         let t = hs_token(serde_json::json!({"tid":"a","sub":"u","exp":"soon"}), "k1");
-        assert_eq!(check(&t), Err(TokenError::InvalidClaim("exp")));
+        assert_eq!(check(&t), Err(TokenError::InvalidClaim("exp".into())));
     }
 
     #[test]

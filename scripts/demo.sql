@@ -1,0 +1,62 @@
+-- pg_tenancy demo. Everything below runs in a throwaway cluster.
+\set VERBOSITY default
+\pset footer off
+CREATE EXTENSION pg_tenancy;
+CREATE EXTENSION pgcrypto;   -- only to sign demo tokens in SQL; your token issuer does this
+
+-- 1. An operator creates two tenants and registers the key the token issuer signs with.
+SELECT tenancy.create_tenant('acme', 'Acme Corp', settings => '{"model": "gpt-small", "statement_timeout": "5s"}') AS acme_id \gset
+SELECT tenancy.create_tenant('globex', 'Globex') AS globex_id \gset
+SELECT tenancy.add_key('issuer-2026', 'HS256', 'demo-secret-demo-secret-demo-secret-42');
+SELECT slug, name, status, settings FROM tenancy.tenants ORDER BY slug;
+
+-- A demo token issuer (HS256); in production the identity provider signs tokens.
+CREATE FUNCTION public.demo_token(tenant text, sub text, ttl int DEFAULT 600) RETURNS text
+LANGUAGE sql AS $$
+    WITH p AS (
+        SELECT translate(rtrim(encode(convert_to('{"alg":"HS256","typ":"JWT","kid":"issuer-2026"}', 'UTF8'), 'base64'), '='), E'+/\n', '-_') AS h,
+               translate(rtrim(encode(convert_to(json_build_object('tid', tenant, 'sub', sub,
+                   'exp', extract(epoch FROM now())::bigint + ttl)::text, 'UTF8'), 'base64'), '='), E'+/\n', '-_') AS c)
+    SELECT h || '.' || c || '.' || translate(rtrim(encode(hmac(h || '.' || c, 'demo-secret-demo-secret-demo-secret-42', 'sha256'), 'base64'), '='), E'+/\n', '-_')
+      FROM p
+$$;
+
+-- 2. The application connects as an ordinary role: NOSUPERUSER, NOBYPASSRLS.
+CREATE ROLE demo_app LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT EXECUTE ON FUNCTION public.demo_token(text, text, int) TO demo_app;
+\c - demo_app
+
+-- Unbound, the session has no tenant: loud, not empty.
+SELECT tenancy.current_tenant();
+
+-- 3. Bind a signed token for one request (one transaction).
+BEGIN;
+SELECT tenancy.bind(public.demo_token('acme', 'alice@acme.example'));
+SELECT tenancy.current_subject(), tenancy.current_roles(), tenancy.setting('model');
+SHOW statement_timeout;   -- acme's resource setting, for this transaction only
+SELECT slug FROM tenancy.tenants;   -- a bound session sees only its own tenant
+COMMIT;
+SELECT tenancy.binding() IS NULL AS "unbound after COMMIT";
+
+-- 4. Forgery attempts an injected query might try: all refused.
+SET tenancy.tenant = 'globex';
+SELECT set_config('tenancy.current_tenant', :'globex_id', false);
+SET tenancy.tenant_claim = 'sub';
+SELECT tenancy.bind(replace(public.demo_token('acme', 'alice'), 'eyJ', 'eyK'));
+BEGIN;
+SELECT tenancy.bind(public.demo_token('acme', 'alice')) IS NOT NULL AS bound_to_acme;
+SELECT tenancy.bind(public.demo_token('globex', 'mallory'));   -- rebinding in one transaction
+ROLLBACK;
+SELECT tenancy.create_tenant('evil');   -- management is for operators
+
+-- 5. Suspension takes effect from the next statement of every bound session.
+SELECT tenancy.bind(public.demo_token('acme', 'alice'), 'session') IS NOT NULL AS session_bound;
+\c - postgres
+SELECT tenancy.suspend_tenant('acme', 'demo: unpaid invoice');
+\c - demo_app
+SELECT tenancy.bind(public.demo_token('acme', 'alice'));
+\c - postgres
+SELECT tenancy.resume_tenant('acme');
+
+-- 6. Every management action is in the audit trail.
+SELECT id, op, new_row->>'action' AS action, db_role FROM tenancy.audit_log ORDER BY id;
