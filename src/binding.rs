@@ -638,10 +638,6 @@ pub fn require() -> Binding {
     })
 }
 
-#[cfg(any(test, feature = "pg_test"))]
-pub fn token_cache_len() -> usize {
-    TOKEN_CACHE.with(|c| c.borrow().len())
-}
 
 /// The explicit binding as it stands, without validation (for audit records).
 pub fn peek() -> Option<Binding> {

@@ -21,20 +21,6 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<S
     unreachable!("ereport(ERROR) returned")
 }
 
-/// Raise an ERROR with a DETAIL as well.
-pub fn raise_detail(
-    code: PgSqlErrorCode,
-    message: impl Into<String>,
-    detail: impl Into<String>,
-    hint: impl Into<String>,
-) -> ! {
-    ErrorReport::new(code, message.into(), "pg_tenancy")
-        .set_detail(detail)
-        .set_hint(hint)
-        .report(PgLogLevel::ERROR);
-    unreachable!("ereport(ERROR) returned")
-}
-
 /// Write a security event to the server log as one line of JSON. A LOG line is emitted at once,
 /// so it survives the rollback of the transaction whose statement caused it.
 pub fn security_event(event: &str, mut fields: serde_json::Map<String, serde_json::Value>) {

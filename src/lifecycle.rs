@@ -132,7 +132,7 @@ fn create_tenant(
 }
 
 fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Option<&str>) {
-    let verb = action.trim_end_matches("_tenant");
+    let past = if action == "resume_tenant" { "resumed" } else { "suspended" };
     authz::require_operator(action);
     let t = catalog::require_tenant(tenant);
     if t.status == to {
@@ -142,7 +142,7 @@ fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Optio
         errors::raise(
             NOT_IN_PREREQUISITE_STATE,
             format!(
-                "tenant \"{}\" is {} and cannot be {action}ed",
+                "tenant \"{}\" is {} and cannot be {past}",
                 t.slug, t.status
             ),
             "Decommissioned tenants are kept as tombstones and cannot change status.",
