@@ -102,3 +102,37 @@ CREATE TABLE tenancy.audit_log (
 CREATE INDEX ON tenancy.audit_log (tenant_id, id);
 REVOKE ALL ON tenancy.audit_log FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log', '');
+
+-- Per-tenant role privileges on protected tables (relid NULL: every protected table, present
+-- and future). Seeded for admin and member (all four) and viewer (select).
+CREATE TABLE tenancy.role_privilege (
+    tenant_id uuid     NOT NULL,
+    role      text     NOT NULL,
+    relid     regclass,
+    privilege text     NOT NULL CHECK (privilege IN ('select', 'insert', 'update', 'delete')),
+    UNIQUE NULLS NOT DISTINCT (tenant_id, role, relid, privilege),
+    FOREIGN KEY (tenant_id, role) REFERENCES tenancy.tenant_role (tenant_id, role) ON DELETE CASCADE
+);
+
+-- Tables protected by tenancy.protect(), with the digest of what was generated.
+CREATE TABLE tenancy.protected_table (
+    relid         regclass    PRIMARY KEY,
+    tenant_column name        NOT NULL,
+    audited       boolean     NOT NULL,
+    policy_digest text        NOT NULL,
+    parent        regclass,
+    protected_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    protected_by  name        NOT NULL DEFAULT SESSION_USER
+);
+
+-- Schemas whose future tables are protected when created (tenancy.auto_protect()).
+CREATE TABLE tenancy.auto_protect_schema (
+    schema_name   name        PRIMARY KEY,
+    tenant_column name        NOT NULL,
+    enabled_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+REVOKE ALL ON tenancy.role_privilege, tenancy.protected_table, tenancy.auto_protect_schema FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.role_privilege', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.protected_table', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.auto_protect_schema', '');

@@ -49,3 +49,242 @@ GRANT EXECUTE ON FUNCTION tenancy.add_key(text, text, text, text, timestamptz) T
 GRANT EXECUTE ON FUNCTION tenancy.revoke_key(text) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) TO tenancy_operator;
+
+-- Role-privilege changes invalidate cached privileges in every backend.
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.role_privilege
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+
+---------------------------------------------------------------------------------------------
+-- Protection state and its digest. The state is everything whose change would weaken a
+-- protected table: row-security flags, every policy of the table, the tenant column (type,
+-- NOT NULL, default) and pg_tenancy's triggers. The table's own name is replaced by $table in
+-- policy expressions, so renaming the table (or restoring a dump) keeps the digest.
+CREATE FUNCTION tenancy._protection_state(tbl regclass, col name) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT concat_ws(E'\n',
+        format('rowsecurity=%s force=%s', c.relrowsecurity, c.relforcerowsecurity),
+        (SELECT string_agg(format('policy %s cmd=%s permissive=%s roles=%s using=%s check=%s',
+                    p.polname, p.polcmd, p.polpermissive,
+                    (SELECT string_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END, ',' ORDER BY 1)
+                       FROM unnest(p.polroles) AS r),
+                    replace(pg_get_expr(p.polqual, p.polrelid), quote_literal(c.oid::regclass::text) || '::regclass', '$table'),
+                    replace(pg_get_expr(p.polwithcheck, p.polrelid), quote_literal(c.oid::regclass::text) || '::regclass', '$table')),
+                  E'\n' ORDER BY p.polname)
+           FROM pg_policy p WHERE p.polrelid = c.oid),
+        (SELECT format('column %s type=%s notnull=%s default=%s', a.attname,
+                       format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+           FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+          WHERE a.attrelid = c.oid AND a.attname = col AND NOT a.attisdropped),
+        (SELECT string_agg(format('trigger %s enabled=%s', t.tgname, t.tgenabled), E'\n' ORDER BY t.tgname)
+           FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname LIKE 'tenancy\_%'))
+      FROM pg_class c WHERE c.oid = tbl
+$$;
+
+CREATE FUNCTION tenancy._protection_digest(tbl regclass, col name) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT encode(sha256(convert_to(tenancy._protection_state(tbl, col), 'UTF8')), 'hex') $$;
+
+CREATE VIEW tenancy.protected_tables AS
+    SELECT relid AS "table", tenant_column, audited, policy_digest, protected_at, parent
+      FROM tenancy.protected_table;
+GRANT SELECT ON tenancy.protected_tables TO PUBLIC;
+GRANT SELECT ON tenancy.protected_table, tenancy.role_mapping, tenancy.auto_protect_schema TO tenancy_operator;
+
+---------------------------------------------------------------------------------------------
+-- Event triggers: the guard, auto-protection of new tables and partitions, cleanup of drops.
+CREATE FUNCTION tenancy._on_ddl_command_end() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cmd record;
+BEGIN
+    FOR cmd IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+                WHERE object_type IN ('table', 'table column') AND objid IS NOT NULL
+    LOOP
+        PERFORM tenancy._auto_protect_table(cmd.objid);
+    END LOOP;
+    PERFORM tenancy._guard_check();
+END
+$$;
+
+CREATE FUNCTION tenancy._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table') THEN
+        PERFORM tenancy._forget_dropped();
+    END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE',
+                 'CREATE POLICY', 'ALTER POLICY', 'DROP POLICY', 'DROP TRIGGER',
+                 'ALTER TRIGGER', 'CREATE TRIGGER')
+    EXECUTE FUNCTION tenancy._on_ddl_command_end();
+CREATE EVENT TRIGGER tenancy_sql_drop ON sql_drop
+    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION tenancy._on_sql_drop();
+
+REVOKE EXECUTE ON FUNCTION tenancy.protect(regclass, text, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.unprotect(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.protect_schema(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.auto_protect(text, boolean, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.protect(regclass, text, boolean) TO tenancy_operator;
+GRANT EXECUTE ON FUNCTION tenancy.unprotect(regclass) TO tenancy_operator;
+GRANT EXECUTE ON FUNCTION tenancy.protect_schema(text, text) TO tenancy_operator;
+GRANT EXECUTE ON FUNCTION tenancy.auto_protect(text, boolean, text) TO tenancy_operator;
+
+---------------------------------------------------------------------------------------------
+-- verify(): the database's isolation health. No row of severity 'error' means clean. Each
+-- finding carries the SQL that fixes it. For operators (it reads pg_tenancy's metadata).
+CREATE FUNCTION tenancy.verify()
+RETURNS TABLE (severity text, rule text, object text, detail text, fix text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $verify$
+WITH prot AS (
+    SELECT p.relid, p.tenant_column, p.policy_digest,
+           (SELECT a.attnum FROM pg_attribute a
+             WHERE a.attrelid = p.relid AND a.attname = p.tenant_column AND NOT a.attisdropped) AS tenant_attnum
+      FROM tenancy.protected_table p
+     WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid)
+),
+tenant_columns AS (
+    SELECT DISTINCT tenant_column FROM prot
+    UNION SELECT 'tenant_id'::name
+    UNION SELECT tenant_column FROM tenancy.auto_protect_schema
+),
+dependents AS (
+    SELECT DISTINCT v.oid AS dep, v.relkind, d.refobjid AS base
+      FROM pg_rewrite rw
+      JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+                      AND d.refclassid = 'pg_class'::regclass
+      JOIN pg_class v ON v.oid = rw.ev_class
+     WHERE d.refobjid IN (SELECT relid FROM prot) AND v.oid <> d.refobjid AND v.relkind IN ('v', 'm')
+)
+-- 1. Protected tables whose state differs from what protect() recorded.
+SELECT 'error', 'protection_drift', p.relid::text,
+       'row security, policies, tenant column or pg_tenancy triggers differ from the recorded digest',
+       format('SELECT tenancy.protect(%L, %L);', p.relid::text, p.tenant_column)
+  FROM prot p
+ WHERE p.policy_digest IS DISTINCT FROM tenancy._protection_digest(p.relid, p.tenant_column)
+UNION ALL
+-- 2. Tables with a tenant column that are not protected.
+SELECT 'error', 'unprotected_tenant_table', c.oid::regclass::text,
+       format('column %I (uuid) suggests tenant rows, but the table has no pg_tenancy protection', a.attname),
+       format('SELECT tenancy.protect(%L, %L);', c.oid::regclass::text, a.attname)
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped AND a.attnum > 0
+ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+   AND a.attname IN (SELECT tenant_column FROM tenant_columns) AND a.atttypid = 'uuid'::regtype
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy') AND n.nspname NOT LIKE 'pg\_toast%'
+   AND c.oid NOT IN (SELECT relid FROM prot)
+UNION ALL
+-- 3. Partitions of protected tables without their own protection (direct access bypasses the parent's policies).
+SELECT 'error', 'partition_unprotected', i.inhrelid::regclass::text,
+       format('partition of protected table %s is not protected', i.inhparent::regclass),
+       format('SELECT tenancy.protect(%L, %L);', i.inhparent::regclass::text, p.tenant_column)
+  FROM pg_inherits i JOIN prot p ON p.relid = i.inhparent
+ WHERE i.inhrelid NOT IN (SELECT relid FROM prot)
+UNION ALL
+-- 4. Unique constraints and primary keys without the tenant column: an insert that collides
+--    with another tenant's row reveals that the row exists.
+SELECT 'warning', 'unique_without_tenant', format('%s.%I', p.relid::regclass, con.conname),
+       format('%s constraint on (%s) does not include %I: a duplicate-key error reveals that another tenant has the value',
+              CASE con.contype WHEN 'p' THEN 'primary key' ELSE 'unique' END,
+              (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord)
+                 FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum),
+              p.tenant_column),
+       format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s);',
+              p.relid::regclass, con.conname, con.conname,
+              CASE con.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, p.tenant_column,
+              (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord)
+                 FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum))
+  FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid
+ WHERE con.contype IN ('p', 'u') AND NOT p.tenant_attnum = ANY (con.conkey)
+UNION ALL
+-- 5. Foreign keys between protected tables that do not include the tenant column on both sides.
+SELECT 'error', 'fk_without_tenant', format('%s.%I', p.relid::regclass, con.conname),
+       format('foreign key to %s does not match %I: a row can reference another tenant''s row',
+              con.confrelid::regclass, p.tenant_column),
+       format('ALTER TABLE %s DROP CONSTRAINT %I; -- then add a foreign key on (%I, ...) referencing a unique key (%I, ...) of %s',
+              p.relid::regclass, con.conname, p.tenant_column, r.tenant_column, con.confrelid::regclass)
+  FROM prot p
+  JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'f'
+  JOIN prot r ON r.relid = con.confrelid
+ WHERE NOT EXISTS (SELECT FROM unnest(con.conkey, con.confkey) AS k(src, dst)
+                    WHERE k.src = p.tenant_attnum AND k.dst = r.tenant_attnum)
+UNION ALL
+-- 6. Views over protected tables that run with their owner's privileges.
+SELECT 'error', 'view_without_security_invoker', d.dep::regclass::text,
+       format('view reads protected table %s with its owner''s privileges', d.base::regclass),
+       format('ALTER VIEW %s SET (security_invoker = true);', d.dep::regclass)
+  FROM dependents d JOIN pg_class v ON v.oid = d.dep
+ WHERE d.relkind = 'v'
+   AND NOT coalesce((SELECT lower(option_value) IN ('true', 'on', '1', 'yes')
+                       FROM pg_options_to_table(v.reloptions) WHERE option_name = 'security_invoker'), false)
+UNION ALL
+-- 7. Materialized views over protected tables: their rows are stored without row security.
+SELECT 'error', 'materialized_view', d.dep::regclass::text,
+       format('materialized view stores rows of protected table %s without row security', d.base::regclass),
+       format('DROP MATERIALIZED VIEW %s; -- use a view WITH (security_invoker = true) instead', d.dep::regclass)
+  FROM dependents d WHERE d.relkind = 'm'
+UNION ALL
+-- 8. SECURITY DEFINER functions that read protected tables.
+SELECT 'warning', 'security_definer_function', f.oid::regprocedure::text,
+       format('SECURITY DEFINER function mentions protected table %s; it runs with its owner''s privileges', p.relid::regclass),
+       format('ALTER FUNCTION %s SECURITY INVOKER;', f.oid::regprocedure)
+  FROM pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace
+  JOIN prot p ON f.prosrc ~* ('\m' || (SELECT relname FROM pg_class WHERE oid = p.relid) || '\M')
+ WHERE f.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
+UNION ALL
+-- 9. Superuser or BYPASSRLS roles mapped to tenants: row security does not apply to them.
+SELECT 'error', 'bypass_role_mapped', m.role::text,
+       format('role is %s and mapped to tenant %s: row security does not apply to it',
+              CASE WHEN r.rolsuper THEN 'a superuser' ELSE 'BYPASSRLS' END, m.tenant_id),
+       CASE WHEN r.rolsuper THEN format('SELECT tenancy.unmap_role(%L, %L);', m.role::text, m.tenant_id)
+            ELSE format('ALTER ROLE %I NOBYPASSRLS;', r.rolname) END
+  FROM tenancy.role_mapping m JOIN pg_roles r ON r.oid = m.role
+ WHERE r.rolsuper OR r.rolbypassrls
+UNION ALL
+-- 10. Non-superuser BYPASSRLS roles with privileges on protected tables.
+SELECT 'warning', 'bypass_role_with_access', format('%I on %s', r.rolname, p.relid::regclass),
+       'role has BYPASSRLS and privileges on a protected table: it reads every tenant''s rows',
+       format('ALTER ROLE %I NOBYPASSRLS;', r.rolname)
+  FROM pg_roles r CROSS JOIN prot p
+ WHERE r.rolbypassrls AND NOT r.rolsuper AND r.rolname NOT LIKE 'pg\_%'
+   AND has_table_privilege(r.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE')
+UNION ALL
+-- 11. TRUNCATE granted on protected tables (TRUNCATE ignores row security).
+SELECT 'warning', 'truncate_granted', format('%s to %s', p.relid::regclass,
+              CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE acl.grantee::regrole::text END),
+       'TRUNCATE ignores row security (pg_tenancy''s trigger refuses it, but the grant invites trouble)',
+       format('REVOKE TRUNCATE ON %s FROM %s;', p.relid::regclass,
+              CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(acl.grantee::regrole::text) END)
+  FROM prot p JOIN pg_class c ON c.oid = p.relid
+  CROSS JOIN LATERAL aclexplode(c.relacl) AS acl
+ WHERE acl.privilege_type = 'TRUNCATE' AND acl.grantee <> c.relowner
+UNION ALL
+-- 12. Settings under tenancy. granted with GRANT SET.
+SELECT 'error', 'tenancy_setting_granted', format('%s to %s', pa.parname,
+              CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE acl.grantee::regrole::text END),
+       'a pg_tenancy setting can be changed by a role that is not a superuser',
+       format('REVOKE %s ON PARAMETER %s FROM %s;', acl.privilege_type, pa.parname,
+              CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(acl.grantee::regrole::text) END)
+  FROM pg_parameter_acl pa CROSS JOIN LATERAL aclexplode(pa.paracl) AS acl
+ WHERE pa.parname LIKE 'tenancy.%'
+UNION ALL
+-- 13. Protected tables without an index led by the tenant column.
+SELECT 'warning', 'missing_tenant_index', p.relid::text,
+       format('no index starts with %I: every query scans the whole table', p.tenant_column),
+       format('CREATE INDEX ON %s (%I);', p.relid::regclass, p.tenant_column)
+  FROM prot p
+ WHERE NOT EXISTS (SELECT FROM pg_index x WHERE x.indrelid = p.relid AND x.indkey[0] = p.tenant_attnum)
+$verify$;
+REVOKE EXECUTE ON FUNCTION tenancy.verify() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.verify() TO tenancy_operator;

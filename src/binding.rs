@@ -106,6 +106,7 @@ unsafe extern "C-unwind" fn xact_callback(
         });
         TXN_TENANT.with(|t| t.set(None));
         LIMITS_APPLIED.with(|l| l.set(false));
+        crate::policy::reset_at_transaction_end();
     }
 }
 
@@ -637,7 +638,6 @@ pub fn require() -> Binding {
         )
     })
 }
-
 
 /// The explicit binding as it stands, without validation (for audit records).
 pub fn peek() -> Option<Binding> {

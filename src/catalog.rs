@@ -60,12 +60,21 @@ struct Cache {
     mappings: HashMap<u32, Rc<Vec<Mapping>>>,
     members: HashMap<(Uuid, String), Rc<Vec<String>>>,
     roles: HashMap<Uuid, Rc<Vec<String>>>,
+    privileges: HashMap<Uuid, Rc<Vec<Privilege>>>,
+}
+
+/// A tenant role's privilege on one protected table, or on all of them (`relid` None).
+#[derive(Debug, Clone)]
+pub struct Privilege {
+    pub role: String,
+    pub relid: Option<pg_sys::Oid>,
+    pub privilege: String,
 }
 
 #[derive(Clone, Copy)]
 struct Rels {
     owner: pg_sys::Oid,
-    oids: [pg_sys::Oid; 5],
+    oids: [pg_sys::Oid; 6],
 }
 
 thread_local! {
@@ -74,12 +83,13 @@ thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };
 }
 
-const TABLES: [&std::ffi::CStr; 5] = [
+const TABLES: [&std::ffi::CStr; 6] = [
     c"tenant",
     c"signing_key",
     c"tenant_role",
     c"member",
     c"role_mapping",
+    c"role_privilege",
 ];
 
 pub fn init() {
@@ -124,7 +134,7 @@ fn rels() -> Rels {
                 "Run CREATE EXTENSION pg_tenancy;",
             );
         }
-        let mut oids = [pg_sys::InvalidOid; 5];
+        let mut oids = [pg_sys::InvalidOid; 6];
         for (i, name) in TABLES.iter().enumerate() {
             oids[i] = pg_sys::get_relname_relid(name.as_ptr(), nsp);
         }
@@ -385,4 +395,52 @@ fn catalog_changed<'a>(
     let relid = trigger.relid()?;
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
     Ok(None)
+}
+
+/// Every privilege granted to `tenant`'s roles.
+pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
+    if let Some(hit) = CACHE.with(|c| c.borrow().privileges.get(&tenant).cloned()) {
+        return hit;
+    }
+    let rows = with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT role, relid::oid, privilege FROM tenancy.role_privilege WHERE tenant_id = $1",
+                None,
+                &[to_pg_uuid(tenant).into()],
+            )?;
+            let mut out = Vec::new();
+            for row in t {
+                out.push(Privilege {
+                    role: row.get::<String>(1)?.unwrap_or_default(),
+                    relid: row.get::<pg_sys::Oid>(2)?,
+                    privilege: row.get::<String>(3)?.unwrap_or_default(),
+                });
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.role_privilege failed: {e}"));
+    let rows = Rc::new(rows);
+    CACHE.with(|c| c.borrow_mut().privileges.insert(tenant, rows.clone()));
+    rows
+}
+
+/// Whether any of `roles` holds `privilege` on `rel` in `tenant`. A partition inherits the
+/// grants of the protected table it belongs to.
+pub fn roles_allow(tenant: Uuid, roles: &[String], rel: pg_sys::Oid, privilege: &str) -> bool {
+    let privs = privileges(tenant);
+    let matches = |target: pg_sys::Oid| {
+        privs.iter().any(|p| {
+            p.privilege == privilege
+                && roles.contains(&p.role)
+                && p.relid.is_none_or(|r| r == target)
+        })
+    };
+    if matches(rel) {
+        return true;
+    }
+    // Grants on a partitioned table apply to its partitions.
+    crate::policy::parent_of(rel)
+        .is_some_and(|parent| roles_allow(tenant, roles, parent, privilege))
 }

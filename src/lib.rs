@@ -6,6 +6,10 @@
 //! - `catalog`: pg_tenancy's tables, privileged access and the per-backend cache
 //! - `lifecycle`: tenants, their status and settings
 //! - `keys`: verification keys
+//! - `policy`: row-level-security policy generation (protect, protect_schema, auto_protect)
+//! - `guard`: refusal of DDL that would weaken a protected table
+//! - `privileges`: tenant-role privileges checked by the generated policies
+//! - `verify`: the isolation health report (SQL, in sql/finalize.sql)
 //! - `rbac`: role-to-tenant mappings and tenant roles
 //! - `audit`: the audit trail
 //! - `authz`: who may call what
@@ -20,9 +24,12 @@ mod authz;
 mod binding;
 mod catalog;
 mod errors;
+mod guard;
 mod gucs;
 mod keys;
 mod lifecycle;
+mod policy;
+mod privileges;
 mod rbac;
 mod token;
 

@@ -119,6 +119,14 @@ fn create_tenant(
                 None,
                 &[id.into(), SEEDED_ROLES.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
             )?;
+            c.update(
+                "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
+                 SELECT $1, r.role, NULL, p FROM (VALUES ('admin'), ('member')) r(role), \
+                        unnest('{select,insert,update,delete}'::text[]) p \
+                 UNION ALL SELECT $1, 'viewer', NULL, 'select'",
+                None,
+                &[id.into()],
+            )?;
             Ok::<_, pgrx::spi::Error>(id)
         })
     })
@@ -132,7 +140,11 @@ fn create_tenant(
 }
 
 fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Option<&str>) {
-    let past = if action == "resume_tenant" { "resumed" } else { "suspended" };
+    let past = if action == "resume_tenant" {
+        "resumed"
+    } else {
+        "suspended"
+    };
     authz::require_operator(action);
     let t = catalog::require_tenant(tenant);
     if t.status == to {
@@ -141,10 +153,7 @@ fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Optio
     if !from.contains(&t.status.as_str()) {
         errors::raise(
             NOT_IN_PREREQUISITE_STATE,
-            format!(
-                "tenant \"{}\" is {} and cannot be {past}",
-                t.slug, t.status
-            ),
+            format!("tenant \"{}\" is {} and cannot be {past}", t.slug, t.status),
             "Decommissioned tenants are kept as tombstones and cannot change status.",
         );
     }

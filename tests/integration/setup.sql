@@ -21,18 +21,46 @@ GRANT tenancy_app2 TO tenancy_app;
 GRANT tenancy_operator TO tenancy_op1;
 GRANT CREATE ON SCHEMA public TO tenancy_app;
 
--- A table of tenant rows with a policy written the way generated policies read the binding:
--- once per statement, through a scalar subquery. (tenancy.protect() replaces this by hand-made
--- policy once the protection capability lands.)
+-- Tables of tenant rows, protected by pg_tenancy.
 CREATE TABLE public.it_orders (
     id        bigserial PRIMARY KEY,
-    tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(),
+    tenant_id uuid NOT NULL,
     amount    int NOT NULL
 );
 CREATE INDEX ON public.it_orders (tenant_id, id);
-ALTER TABLE public.it_orders ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant ON public.it_orders
-    USING (tenant_id = (SELECT tenancy.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT tenancy.current_tenant()));
+SELECT tenancy.protect('public.it_orders');
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.it_orders TO tenancy_app, tenancy_app2;
 GRANT USAGE ON SEQUENCE public.it_orders_id_seq TO tenancy_app, tenancy_app2;
+
+CREATE TABLE public.it_customers (
+    tenant_id uuid NOT NULL,
+    id        int  NOT NULL,
+    name      text NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE public.it_items (
+    tenant_id   uuid NOT NULL,
+    id          int  NOT NULL,
+    customer_id int  NOT NULL,
+    qty         int  NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, customer_id) REFERENCES public.it_customers (tenant_id, id)
+);
+CREATE TABLE public.it_events (
+    tenant_id uuid NOT NULL,
+    id        int  NOT NULL,
+    at        date NOT NULL,
+    PRIMARY KEY (tenant_id, id, at)
+) PARTITION BY RANGE (at);
+CREATE TABLE public.it_events_2026 PARTITION OF public.it_events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+SELECT tenancy.protect('public.it_customers');
+SELECT tenancy.protect('public.it_items');
+SELECT tenancy.protect('public.it_events');
+-- A partition created after protection is protected at creation.
+CREATE TABLE public.it_events_2027 PARTITION OF public.it_events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+CREATE VIEW public.it_customer_totals WITH (security_invoker = true) AS
+    SELECT c.tenant_id, c.id, c.name, sum(i.qty) AS qty
+      FROM public.it_customers c JOIN public.it_items i ON i.tenant_id = c.tenant_id AND i.customer_id = c.id
+     GROUP BY 1, 2, 3;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.it_customers, public.it_items, public.it_events,
+    public.it_events_2026, public.it_events_2027, public.it_customer_totals TO tenancy_app, tenancy_app2;

@@ -246,11 +246,11 @@ fn session_scope_survives_commit_and_ends_at_unbind_discard_all_and_expiry() {
         "DISCARD ALL ends a session binding"
     );
 
-    let short = f.token_with(json!({"tid": f.a, "sub": "u", "exp": now() + 2}));
+    let short = f.token_with(json!({"tid": f.a, "sub": "u", "exp": now() + 3}));
     c.execute("SELECT tenancy.bind($1, 'session')", &[&short])
         .unwrap();
     assert_eq!(bound_tenant(&mut c), Ok(f.a_id.clone()));
-    std::thread::sleep(std::time::Duration::from_millis(3100));
+    std::thread::sleep(std::time::Duration::from_millis(4100));
     let e = c
         .query_one("SELECT tenancy.current_tenant()", &[])
         .unwrap_err();
@@ -537,11 +537,11 @@ fn cached_tokens_still_honour_expiry_revocation_and_suspension() {
         .unwrap();
     refused(&mut c, &t, &["28000"]);
     // Expiry of a cached token.
-    let t2 = f.token_with(json!({"tid": f.a, "sub": "u", "exp": now() + 2}));
+    let t2 = f.token_with(json!({"tid": f.a, "sub": "u", "exp": now() + 3}));
     let mut tx = c.transaction().unwrap();
     tx.execute("SELECT tenancy.bind($1)", &[&t2]).unwrap();
     tx.rollback().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(3100));
+    std::thread::sleep(std::time::Duration::from_millis(4100));
     refused(&mut c, &t2, &["28000"]);
 }
 

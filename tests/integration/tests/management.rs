@@ -27,17 +27,33 @@ fn operators_manage_tenants_without_being_superusers() {
     let mut op = connect(OPERATOR);
     assert_not_privileged(&mut op);
     let slug = unique("op");
-    op.execute("SELECT tenancy.create_tenant($1, 'Made by operator')", &[&slug]).unwrap();
-    op.execute("SELECT tenancy.suspend_tenant($1, 'test')", &[&slug]).unwrap();
+    op.execute(
+        "SELECT tenancy.create_tenant($1, 'Made by operator')",
+        &[&slug],
+    )
+    .unwrap();
+    op.execute("SELECT tenancy.suspend_tenant($1, 'test')", &[&slug])
+        .unwrap();
     let status: String = op
-        .query_one("SELECT status FROM tenancy.tenants WHERE slug = $1", &[&slug])
+        .query_one(
+            "SELECT status FROM tenancy.tenants WHERE slug = $1",
+            &[&slug],
+        )
         .unwrap()
         .get(0);
     assert_eq!(status, "suspended");
-    op.execute("SELECT tenancy.resume_tenant($1)", &[&slug]).unwrap();
+    op.execute("SELECT tenancy.resume_tenant($1)", &[&slug])
+        .unwrap();
     let kid = unique("opk");
-    op.execute("SELECT tenancy.add_key($1, 'HS256', $2, $3)", &[&kid, &HS_SECRET, &slug]).unwrap();
-    let n: i64 = op.query_one("SELECT count(*) FROM tenancy.keys WHERE kid = $1", &[&kid]).unwrap().get(0);
+    op.execute(
+        "SELECT tenancy.add_key($1, 'HS256', $2, $3)",
+        &[&kid, &HS_SECRET, &slug],
+    )
+    .unwrap();
+    let n: i64 = op
+        .query_one("SELECT count(*) FROM tenancy.keys WHERE kid = $1", &[&kid])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }
 
@@ -62,16 +78,33 @@ fn key_material_is_unreadable_by_application_and_operators() {
     }
     // pg_dump run as the application role does not get the secrets.
     let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_dump")
-        .args(["-h", &std::env::var("PGHOST").unwrap(), "-p", &std::env::var("PGPORT").unwrap()])
+        .args([
+            "-h",
+            &std::env::var("PGHOST").unwrap(),
+            "-p",
+            &std::env::var("PGPORT").unwrap(),
+        ])
         .args(["-U", APP, "-d", "tenancy_it"])
         .output()
         .unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!all.contains(HS_SECRET), "pg_dump as the application role leaked a key");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !all.contains(HS_SECRET),
+        "pg_dump as the application role leaked a key"
+    );
     // Errors about keys never echo the material.
     let mut su = superuser();
     let secret = "not-long-enough-secret";
-    let e = su.execute("SELECT tenancy.add_key($1, 'HS256', $2)", &[&unique("k"), &secret]).unwrap_err();
+    let e = su
+        .execute(
+            "SELECT tenancy.add_key($1, 'HS256', $2)",
+            &[&unique("k"), &secret],
+        )
+        .unwrap_err();
     assert!(!format!("{e:?}").contains(secret));
     let _ = f;
 }
@@ -80,10 +113,14 @@ fn key_material_is_unreadable_by_application_and_operators() {
 fn tenants_view_shows_a_bound_session_only_its_tenant() {
     let f = Fixture::new();
     let mut c = app();
-    let n: i64 = c.query_one("SELECT count(*) FROM tenancy.tenants", &[]).unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM tenancy.tenants", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "an unbound application session sees no tenant");
     let mut tx = c.transaction().unwrap();
-    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")]).unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])
+        .unwrap();
     let slugs: Vec<String> = tx
         .query("SELECT slug FROM tenancy.tenants", &[])
         .unwrap()
@@ -94,7 +131,10 @@ fn tenants_view_shows_a_bound_session_only_its_tenant() {
     tx.rollback().unwrap();
     let mut op = connect(OPERATOR);
     let n: i64 = op
-        .query_one("SELECT count(*) FROM tenancy.tenants WHERE slug IN ($1, $2)", &[&f.a, &f.b])
+        .query_one(
+            "SELECT count(*) FROM tenancy.tenants WHERE slug IN ($1, $2)",
+            &[&f.a, &f.b],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 2, "operators see every tenant's metadata");
@@ -104,7 +144,11 @@ fn tenants_view_shows_a_bound_session_only_its_tenant() {
 fn tenant_settings_read_by_the_bound_session_and_written_by_its_admin_only() {
     let f = Fixture::new();
     let mut su = superuser();
-    su.execute("SELECT tenancy.set_setting($1, 'model', '\"small\"')", &[&f.a]).unwrap();
+    su.execute(
+        "SELECT tenancy.set_setting($1, 'model', '\"small\"')",
+        &[&f.a],
+    )
+    .unwrap();
     su.execute(
         "INSERT INTO tenancy.member (tenant_id, subject, role) VALUES ($1::text::uuid, 'root-admin', 'admin')",
         &[&f.a_id],
@@ -112,16 +156,35 @@ fn tenant_settings_read_by_the_bound_session_and_written_by_its_admin_only() {
     .unwrap();
     let mut c = app();
     let mut tx = c.transaction().unwrap();
-    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "someone")]).unwrap();
-    let m: String = tx.query_one("SELECT tenancy.setting('model')::text", &[]).unwrap().get(0);
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "someone")])
+        .unwrap();
+    let m: String = tx
+        .query_one("SELECT tenancy.setting('model')::text", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(m, "\"small\"");
-    let e = tx.execute("SELECT tenancy.set_setting($1, 'model', '\"big\"')", &[&f.a]).unwrap_err();
+    let e = tx
+        .execute(
+            "SELECT tenancy.set_setting($1, 'model', '\"big\"')",
+            &[&f.a],
+        )
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "a member is not an admin");
     tx.rollback().unwrap();
     let mut tx = c.transaction().unwrap();
-    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "root-admin")]).unwrap();
-    tx.execute("SELECT tenancy.set_setting($1, 'model', '\"big\"')", &[&f.a]).unwrap();
-    let e = tx.execute("SELECT tenancy.set_setting($1, 'model', '\"big\"')", &[&f.b]).unwrap_err();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "root-admin")])
+        .unwrap();
+    tx.execute(
+        "SELECT tenancy.set_setting($1, 'model', '\"big\"')",
+        &[&f.a],
+    )
+    .unwrap();
+    let e = tx
+        .execute(
+            "SELECT tenancy.set_setting($1, 'model', '\"big\"')",
+            &[&f.b],
+        )
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "an admin of A cannot touch B");
     tx.commit().unwrap();
 }
@@ -142,5 +205,8 @@ fn failed_binds_are_logged_as_security_events() {
         .find(|l| l.contains("pg_tenancy security event") && l.contains(&marker))
         .expect("a security event line for the refused bind");
     assert!(line.contains("\"event\":\"bind_refused\""), "{line}");
-    assert!(line.contains(&format!("\"session_role\":\"{APP}\"")), "{line}");
+    assert!(
+        line.contains(&format!("\"session_role\":\"{APP}\"")),
+        "{line}"
+    );
 }

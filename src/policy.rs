@@ -1,0 +1,531 @@
+//! Row-level-security policy generation: protect, unprotect, protect_schema, auto_protect.
+//!
+//! `protect` enables and forces row security and generates, for a table and each of its
+//! partitions:
+//! - `tenancy_isolation`, RESTRICTIVE, FOR ALL: the tenant column equals the bound tenant;
+//! - `tenancy_select|insert|update|delete`, PERMISSIVE, per command: the same tenant condition
+//!   ANDed with the bound roles' privilege (so isolation holds even where RESTRICTIVE policies
+//!   are re-created as permissive, as Citus does on shards).
+//! The binding and the privilege are read through scalar subqueries, which PostgreSQL plans as
+//! InitPlans: evaluated once per statement, in the leader of a parallel query, and usable as
+//! index-scan keys. The tenant column gets `DEFAULT tenancy.current_tenant()` and NOT NULL, an
+//! index led by it is created when none exists, TRUNCATE is refused by a trigger, and the
+//! SHA-256 digest of the resulting state is recorded for the guard and for verify().
+
+use crate::authz;
+use crate::catalog;
+use crate::errors::{self, INVALID_PARAMETER, UNDEFINED_OBJECT};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    /// > 0 while pg_tenancy itself runs DDL on protected tables (the guard lets it through).
+    static MANAGED_DDL: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks pg_tenancy's own DDL for the guard; released on drop (also when an error unwinds).
+struct ManagedDdl;
+impl ManagedDdl {
+    fn enter() -> ManagedDdl {
+        MANAGED_DDL.with(|m| m.set(m.get() + 1));
+        ManagedDdl
+    }
+}
+impl Drop for ManagedDdl {
+    fn drop(&mut self) {
+        MANAGED_DDL.with(|m| m.set(m.get().saturating_sub(1)));
+    }
+}
+
+pub fn in_managed_ddl() -> bool {
+    MANAGED_DDL.with(|m| m.get() > 0)
+}
+
+pub fn reset_at_transaction_end() {
+    MANAGED_DDL.with(|m| m.set(0));
+}
+
+pub const GENERATED_POLICIES: &[&str] = &[
+    "tenancy_isolation",
+    "tenancy_select",
+    "tenancy_insert",
+    "tenancy_update",
+    "tenancy_delete",
+];
+
+pub fn quote_ident(s: &str) -> String {
+    let c = std::ffi::CString::new(s).unwrap_or_default();
+    unsafe {
+        std::ffi::CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr()))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+struct TableInfo {
+    /// Schema-qualified, quoted name as regclass prints it under `search_path = pg_catalog`.
+    name: String,
+    relkind: String,
+    column_type: Option<String>,
+    partitions: Vec<pg_sys::Oid>,
+    has_tenant_index: bool,
+    schema: String,
+}
+
+fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
+    catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT c.oid::regclass::text, c.relkind::text, n.nspname::text, \
+                        (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                          WHERE a.attrelid = c.oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped), \
+                        (SELECT coalesce(array_agg(i.inhrelid ORDER BY i.inhrelid), '{}') FROM pg_inherits i WHERE i.inhparent = c.oid), \
+                        EXISTS (SELECT FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0] \
+                                 WHERE x.indrelid = c.oid AND a.attname = $2) \
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                Some(1),
+                &[rel.into(), column.into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let r = t.first();
+            Ok(Some(TableInfo {
+                name: r.get::<String>(1)?.unwrap_or_default(),
+                relkind: r.get::<String>(2)?.unwrap_or_default(),
+                schema: r.get::<String>(3)?.unwrap_or_default(),
+                column_type: r.get::<String>(4)?,
+                partitions: r.get::<Vec<pg_sys::Oid>>(5)?.unwrap_or_default(),
+                has_tenant_index: r.get::<bool>(6)?.unwrap_or(false),
+            }))
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the table's catalog failed: {e}"))
+}
+
+/// The SQL `protect` runs for one table (without its partitions). Also shown by
+/// `tenancy.protect_sql()` so a reviewer can read exactly what is generated.
+fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
+    let t = &info.name;
+    let c = quote_ident(column);
+    let lit = quote_literal(t);
+    let tenant = format!("{c} = (SELECT tenancy.current_tenant())");
+    let allows = |p: &str| format!("(SELECT tenancy.allows({lit}::regclass, '{p}'))");
+    let mut sql = vec![
+        format!("ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT tenancy.current_tenant()"),
+        format!("ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL"),
+        format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"),
+        format!("ALTER TABLE {t} FORCE ROW LEVEL SECURITY"),
+    ];
+    for p in GENERATED_POLICIES {
+        sql.push(format!("DROP POLICY IF EXISTS {p} ON {t}"));
+    }
+    sql.push(format!(
+        "CREATE POLICY tenancy_isolation ON {t} AS RESTRICTIVE FOR ALL TO PUBLIC USING ({tenant}) WITH CHECK ({tenant})"
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_select ON {t} FOR SELECT TO PUBLIC USING ({tenant} AND {})",
+        allows("select")
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_insert ON {t} FOR INSERT TO PUBLIC WITH CHECK ({tenant} AND {})",
+        allows("insert")
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_update ON {t} FOR UPDATE TO PUBLIC USING ({tenant} AND {}) WITH CHECK ({tenant})",
+        allows("update")
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_delete ON {t} FOR DELETE TO PUBLIC USING ({tenant} AND {})",
+        allows("delete")
+    ));
+    if !info.has_tenant_index {
+        sql.push(format!("CREATE INDEX ON {t} ({c})"));
+    }
+    sql.push(format!("DROP TRIGGER IF EXISTS tenancy_no_truncate ON {t}"));
+    sql.push(format!(
+        "CREATE TRIGGER tenancy_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._refuse_truncate()"
+    ));
+    let _ = audit; // the audit trigger is installed by the audit capability
+    sql
+}
+
+fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
+    let info = table_info(rel, column).unwrap_or_else(|| {
+        errors::raise(
+            UNDEFINED_OBJECT,
+            format!("relation with oid {} does not exist", u32::from(rel)),
+            "Pass an existing table.",
+        )
+    });
+    if info.relkind != "r" && info.relkind != "p" {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("\"{}\" is not a table", info.name),
+            "Only ordinary and partitioned tables can be protected; protect the tables a view or materialized view reads instead.",
+        );
+    }
+    if info.schema == "tenancy"
+        || info.schema == "pg_catalog"
+        || info.schema == "information_schema"
+    {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("\"{}\" belongs to a system or pg_tenancy schema", info.name),
+            "Protect your application's tables.",
+        );
+    }
+    match info.column_type.as_deref() {
+        None => errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("table \"{}\" has no column \"{column}\"", info.name),
+            format!("Add it first: ALTER TABLE {} ADD COLUMN {} uuid NOT NULL DEFAULT tenancy.current_tenant();", info.name, quote_ident(column)),
+        ),
+        Some("uuid") => {}
+        Some(other) => errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("tenant column \"{column}\" of table \"{}\" is {other}, not uuid", info.name),
+            "Tenant columns hold the tenant's uuid (tenancy.tenants.id).",
+        ),
+    }
+    info
+}
+
+fn run_all(sql: &[String]) {
+    // "does not exist, skipping" notices of the idempotent DROPs are noise for the caller.
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    unsafe {
+        pg_sys::set_config_option(
+            c"client_min_messages".as_ptr(),
+            c"warning".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+    catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            for s in sql {
+                c.update(s.as_str(), None, &[])?;
+            }
+            Ok::<_, pgrx::spi::Error>(())
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: protecting the table failed: {e}"));
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+}
+
+/// Protect one table and, recursively, its partitions. Returns the number of tables protected.
+pub fn protect_table(
+    rel: pg_sys::Oid,
+    column: &str,
+    audit: bool,
+    parent: Option<pg_sys::Oid>,
+) -> i32 {
+    let _managed = ManagedDdl::enter();
+    let info = check_table(rel, column);
+    run_all(&generated_sql(&info, column, audit));
+    catalog::write(
+        "INSERT INTO tenancy.protected_table (relid, tenant_column, audited, policy_digest, parent) \
+         VALUES ($1::oid::regclass, $2, $3, tenancy._protection_digest($1::oid::regclass, $2), $4::oid::regclass) \
+         ON CONFLICT (relid) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, audited = EXCLUDED.audited, \
+             policy_digest = EXCLUDED.policy_digest, parent = EXCLUDED.parent, protected_at = now(), protected_by = session_user",
+        &[rel.into(), column.into(), audit.into(), parent.into()],
+    );
+    let mut n = 1;
+    for part in &info.partitions {
+        n += protect_table(*part, column, audit, Some(rel));
+    }
+    n
+}
+
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION tenancy.protect("tbl" regclass, "tenant_column" text DEFAULT 'tenant_id', "audit" boolean DEFAULT true)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'protect_wrapper';
+"#
+)]
+fn protect(tbl: pg_sys::Oid, tenant_column: &str, audit: bool) {
+    authz::require_operator("protect");
+    let n = protect_table(tbl, tenant_column, audit, None);
+    let name = table_info(tbl, tenant_column)
+        .map(|i| i.name)
+        .unwrap_or_default();
+    crate::audit::admin(
+        "protect",
+        None,
+        serde_json::json!({"table": name, "tenant_column": tenant_column, "tables": n}),
+    );
+}
+
+/// The SQL protect() runs for a table (not its partitions), for review. Changes nothing.
+#[pg_extern(
+    stable,
+    parallel_safe,
+    sql = r#"
+CREATE FUNCTION tenancy.protect_sql("tbl" regclass, "tenant_column" text DEFAULT 'tenant_id')
+RETURNS SETOF text STRICT STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'protect_sql_wrapper';
+"#
+)]
+fn protect_sql(tbl: pg_sys::Oid, tenant_column: &str) -> SetOfIterator<'static, String> {
+    let info = check_table(tbl, tenant_column);
+    SetOfIterator::new(generated_sql(&info, tenant_column, true))
+}
+
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION tenancy.unprotect("tbl" regclass)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'unprotect_wrapper';
+"#
+)]
+fn unprotect(tbl: pg_sys::Oid) {
+    authz::require_operator("unprotect");
+    let _managed = ManagedDdl::enter();
+    let rels: Vec<(pg_sys::Oid, String)> = catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "WITH RECURSIVE tree(relid) AS (SELECT $1::oid::regclass UNION ALL \
+                    SELECT p.relid FROM tenancy.protected_table p JOIN tree ON p.parent = tree.relid) \
+                 SELECT relid::oid, relid::text FROM tree WHERE relid IN (SELECT relid FROM tenancy.protected_table)",
+                None,
+                &[tbl.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in t {
+                out.push((r.get::<pg_sys::Oid>(1)?.expect("oid"), r.get::<String>(2)?.unwrap_or_default()));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: unprotect failed: {e}"));
+    if rels.is_empty() {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("table with oid {} is not protected", u32::from(tbl)),
+            "SELECT * FROM tenancy.protected_tables lists the protected tables.",
+        );
+    }
+    let mut sql = Vec::new();
+    for (_, t) in &rels {
+        for p in GENERATED_POLICIES {
+            sql.push(format!("DROP POLICY IF EXISTS {p} ON {t}"));
+        }
+        sql.push(format!("DROP TRIGGER IF EXISTS tenancy_no_truncate ON {t}"));
+        sql.push(format!("DROP TRIGGER IF EXISTS tenancy_audit ON {t}"));
+        sql.push(format!("ALTER TABLE {t} NO FORCE ROW LEVEL SECURITY"));
+        sql.push(format!("ALTER TABLE {t} DISABLE ROW LEVEL SECURITY"));
+    }
+    run_all(&sql);
+    for (oid, _) in &rels {
+        catalog::write(
+            "DELETE FROM tenancy.protected_table WHERE relid = $1::oid::regclass",
+            &[(*oid).into()],
+        );
+    }
+    crate::audit::admin(
+        "unprotect",
+        None,
+        serde_json::json!({"table": rels[0].1, "tables": rels.len()}),
+    );
+}
+
+/// Tables of `schema` that have the tenant column and are not partitions.
+fn schema_tables(schema: &str, column: &str) -> Vec<pg_sys::Oid> {
+    catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
+                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.oid",
+                None,
+                &[schema.into(), column.into()],
+            )?;
+            let mut out = Vec::new();
+            for r in t {
+                out.push(r.get::<pg_sys::Oid>(1)?.expect("oid"));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: listing tables failed: {e}"))
+}
+
+fn require_schema(schema: &str) {
+    let c = std::ffi::CString::new(schema).unwrap_or_default();
+    if unsafe { pg_sys::get_namespace_oid(c.as_ptr(), true) } == pg_sys::InvalidOid {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+            format!("schema \"{schema}\" does not exist"),
+            "Name an existing schema.",
+        );
+    }
+    if schema == "tenancy" || schema == "pg_catalog" || schema == "information_schema" {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("schema \"{schema}\" cannot be protected"),
+            "Protect your application's schemas.",
+        );
+    }
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn protect_schema(schema: &str, tenant_column: default!(&str, "'tenant_id'")) -> i32 {
+    authz::require_operator("protect_schema");
+    require_schema(schema);
+    let tables = schema_tables(schema, tenant_column);
+    let mut n = 0;
+    for t in &tables {
+        protect_table(*t, tenant_column, true, None);
+        n += 1;
+    }
+    crate::audit::admin(
+        "protect_schema",
+        None,
+        serde_json::json!({"schema": schema, "tables": n}),
+    );
+    n
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn auto_protect(
+    schema: &str,
+    enabled: default!(bool, true),
+    tenant_column: default!(&str, "'tenant_id'"),
+) {
+    authz::require_operator("auto_protect");
+    require_schema(schema);
+    if enabled {
+        catalog::write(
+            "INSERT INTO tenancy.auto_protect_schema (schema_name, tenant_column) VALUES ($1, $2) \
+             ON CONFLICT (schema_name) DO UPDATE SET tenant_column = EXCLUDED.tenant_column",
+            &[schema.into(), tenant_column.into()],
+        );
+    } else {
+        catalog::write(
+            "DELETE FROM tenancy.auto_protect_schema WHERE schema_name = $1",
+            &[schema.into()],
+        );
+    }
+    crate::audit::admin(
+        "auto_protect",
+        None,
+        serde_json::json!({"schema": schema, "enabled": enabled}),
+    );
+}
+
+/// Called by the ddl_command_end event trigger for every table a command created or altered:
+/// protects new partitions (and attached ones) of protected tables, and new tables with the
+/// tenant column in auto-protected schemas.
+#[pg_extern(volatile, parallel_unsafe, name = "_auto_protect_table")]
+fn auto_protect_table(rel: pg_sys::Oid) {
+    if in_managed_ddl() {
+        return;
+    }
+    let row = catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT c.relkind::text, c.relispartition, \
+                        (SELECT p.tenant_column::text FROM tenancy.protected_table p WHERE p.relid = c.oid), \
+                        (SELECT p.tenant_column::text || ',' || p.audited FROM pg_inherits i JOIN tenancy.protected_table p ON p.relid = i.inhparent WHERE i.inhrelid = c.oid), \
+                        (SELECT s.tenant_column::text FROM tenancy.auto_protect_schema s WHERE s.schema_name = n.nspname \
+                            AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = s.tenant_column AND NOT a.attisdropped)), \
+                        (SELECT p.audited FROM tenancy.protected_table p WHERE p.relid = c.oid) \
+                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                Some(1),
+                &[rel.into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let r = t.first();
+            Ok(Some((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<bool>(2)?.unwrap_or(false),
+                r.get::<String>(3)?,
+                r.get::<String>(4)?,
+                r.get::<String>(5)?,
+                r.get::<bool>(6)?.unwrap_or(true),
+            )))
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: auto-protect lookup failed: {e}"));
+    let Some((relkind, is_partition, protected_col, parent, schema_col, audited)) = row else {
+        return;
+    };
+    if relkind != "r" && relkind != "p" {
+        return;
+    }
+    if let Some(col) = protected_col {
+        // Already protected: a partition may just have been attached to it.
+        if relkind == "p" {
+            let info = check_table(rel, &col);
+            for part in info.partitions {
+                protect_table(part, &col, audited, Some(rel));
+            }
+        }
+        return;
+    }
+    if is_partition {
+        if let Some(p) = parent {
+            let (col, audit) = p.rsplit_once(',').unwrap_or((p.as_str(), "true"));
+            let parent_oid = parent_of(rel);
+            protect_table(rel, col, audit == "true", parent_oid);
+            return;
+        }
+    }
+    if let Some(col) = schema_col {
+        protect_table(rel, &col, true, None);
+    }
+}
+
+pub fn parent_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1",
+        &[rel.into()],
+    )
+    .ok()
+    .flatten()
+}
+
+/// BEFORE TRUNCATE trigger of protected tables: refused for bound sessions and for every role
+/// that is not an operator (TRUNCATE would bypass row security and empty every tenant).
+#[pg_trigger]
+fn _refuse_truncate<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let who = authz::caller();
+    let bound = crate::binding::peek().is_some();
+    if bound || !authz::is_operator(who) {
+        let table = trigger.table_name().unwrap_or_default();
+        let mut f = serde_json::Map::new();
+        f.insert("table".into(), table.clone().into());
+        errors::refuse(
+            "truncate_refused",
+            f,
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!("TRUNCATE of protected table \"{table}\" is refused"),
+            "TRUNCATE bypasses row security and would empty every tenant's rows; delete the bound tenant's rows with DELETE, or have an operator decommission a tenant.",
+        );
+    }
+    Ok(None)
+}
+
+/// A relation's name as regclass prints it (schema-qualified unless on the search_path).
+pub fn relation_name(rel: pg_sys::Oid) -> String {
+    Spi::get_one_with_args::<String>("SELECT $1::oid::regclass::text", &[rel.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| format!("{}", u32::from(rel)))
+}
