@@ -6,6 +6,7 @@
 //! - `tenancy_select|insert|update|delete`, PERMISSIVE, per command: the same tenant condition
 //!   ANDed with the bound roles' privilege (so isolation holds even where RESTRICTIVE policies
 //!   are re-created as permissive, as Citus does on shards).
+//!
 //! The binding and the privilege are read through scalar subqueries, which PostgreSQL plans as
 //! InitPlans: evaluated once per statement, in the leader of a parallel query, and usable as
 //! index-scan keys. The tenant column gets `DEFAULT tenancy.current_tenant()` and NOT NULL, an
