@@ -99,21 +99,39 @@ CREATE FUNCTION tenancy._on_ddl_command_end() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cmd record;
+    touched oid[] := '{}';
 BEGIN
-    FOR cmd IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
-                WHERE object_type IN ('table', 'table column') AND objid IS NOT NULL
+    FOR cmd IN SELECT DISTINCT objid, object_type FROM pg_event_trigger_ddl_commands() WHERE objid IS NOT NULL
     LOOP
-        PERFORM tenancy._auto_protect_table(cmd.objid);
+        IF cmd.object_type IN ('table', 'table column') THEN
+            PERFORM tenancy._auto_protect_table(cmd.objid);
+            touched := touched || cmd.objid;
+        ELSIF cmd.object_type = 'policy' THEN
+            touched := touched || (SELECT polrelid FROM pg_policy WHERE oid = cmd.objid);
+        ELSIF cmd.object_type = 'trigger' THEN
+            touched := touched || (SELECT tgrelid FROM pg_trigger WHERE oid = cmd.objid);
+        END IF;
     END LOOP;
-    PERFORM tenancy._guard_check();
+    PERFORM tenancy._guard_check(touched);
 END
 $$;
 
+-- Drops: forget dropped protected tables; refuse dropped policies, triggers and tenant columns
+-- of protected tables that still exist.
 CREATE FUNCTION tenancy._on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    touched oid[];
 BEGIN
     IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table') THEN
         PERFORM tenancy._forget_dropped();
+    END IF;
+    SELECT array_agg(DISTINCT to_regclass(format('%I.%I', address_names[1], address_names[2])))
+      INTO touched
+      FROM pg_event_trigger_dropped_objects()
+     WHERE object_type IN ('policy', 'trigger', 'table column');
+    IF touched IS NOT NULL THEN
+        PERFORM tenancy._guard_check(touched);
     END IF;
 END
 $$;
@@ -124,7 +142,7 @@ CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
                  'ALTER TRIGGER', 'CREATE TRIGGER')
     EXECUTE FUNCTION tenancy._on_ddl_command_end();
 CREATE EVENT TRIGGER tenancy_sql_drop ON sql_drop
-    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED', 'DROP POLICY', 'DROP TRIGGER', 'ALTER TABLE')
     EXECUTE FUNCTION tenancy._on_sql_drop();
 
 REVOKE EXECUTE ON FUNCTION tenancy.protect(regclass, text, boolean) FROM PUBLIC;

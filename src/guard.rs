@@ -2,9 +2,10 @@
 //! un-forcing row security, dropping, altering or adding policies, dropping or changing the
 //! tenant column, disabling pg_tenancy's triggers), except through tenancy.protect/unprotect.
 //!
-//! An event trigger at ddl_command_end (for ALTER TABLE, CREATE/ALTER/DROP POLICY and DROP
-//! TRIGGER) calls `_guard_check()`, which recomputes the digest of every protected table's
-//! protection state and refuses the command when one differs from the recorded digest. Event
+//! Event triggers at ddl_command_end (ALTER TABLE, CREATE/ALTER POLICY, triggers) and sql_drop
+//! (dropped policies, triggers, columns) call `_guard_check(tables)` with the tables the command
+//! touched; it recomputes their protection-state digest and refuses the command when one
+//! differs from the recorded digest. Event
 //! triggers fire for every role, whether or not this library is loaded in the session, and
 //! the error rolls the command back.
 
@@ -12,20 +13,22 @@ use crate::catalog;
 use crate::errors;
 use pgrx::prelude::*;
 
+/// Refuse the running DDL command when one of the protected tables it touched no longer has
+/// the protection state recorded for it.
 #[pg_extern(volatile, parallel_unsafe, name = "_guard_check")]
-fn guard_check() {
-    if crate::policy::in_managed_ddl() {
+fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
+    if crate::policy::in_managed_ddl() || touched.iter().all(Option::is_none) {
         return;
     }
     let drifted: Vec<String> = catalog::with_owner(|| {
         Spi::connect(|c| {
             let t = c.select(
                 "SELECT p.relid::text FROM tenancy.protected_table p \
-                  WHERE EXISTS (SELECT FROM pg_class WHERE oid = p.relid) \
+                  WHERE p.relid::oid = ANY ($1) AND EXISTS (SELECT FROM pg_class WHERE oid = p.relid) \
                     AND p.policy_digest IS DISTINCT FROM tenancy._protection_digest(p.relid, p.tenant_column) \
                   ORDER BY 1",
                 None,
-                &[],
+                &[touched.clone().into()],
             )?;
             let mut out = Vec::new();
             for r in t {
