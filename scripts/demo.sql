@@ -21,10 +21,31 @@ LANGUAGE sql AS $$
       FROM p
 $$;
 
--- 2. The application connects as an ordinary role: NOSUPERUSER, NOBYPASSRLS.
+-- 2. One call protects a table: forced row security, generated policies, tenant default.
+CREATE TABLE public.documents (
+    tenant_id uuid NOT NULL,
+    id        bigint GENERATED ALWAYS AS IDENTITY,
+    title     text NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+SELECT tenancy.protect('public.documents');
+SELECT "table", tenant_column, left(policy_digest, 16) AS digest FROM tenancy.protected_tables;
+
+-- The application connects as an ordinary role: NOSUPERUSER, NOBYPASSRLS.
 CREATE ROLE demo_app LOGIN NOSUPERUSER NOBYPASSRLS;
 GRANT EXECUTE ON FUNCTION public.demo_token(text, text, int) TO demo_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.documents TO demo_app;
 \c - demo_app
+
+-- Each request binds its tenant and writes without naming it.
+BEGIN;
+SELECT tenancy.bind(public.demo_token('acme', 'alice@acme.example')) IS NOT NULL AS bound;
+INSERT INTO public.documents (title) VALUES ('acme roadmap'), ('acme prompts');
+COMMIT;
+BEGIN;
+SELECT tenancy.bind(public.demo_token('globex', 'gina@globex.example')) IS NOT NULL AS bound;
+INSERT INTO public.documents (title) VALUES ('globex secrets');
+COMMIT;
 
 -- Unbound, the session has no tenant: loud, not empty.
 SELECT tenancy.current_tenant();
@@ -35,6 +56,8 @@ SELECT tenancy.bind(public.demo_token('acme', 'alice@acme.example'));
 SELECT tenancy.current_subject(), tenancy.current_roles(), tenancy.setting('model');
 SHOW statement_timeout;   -- acme's resource setting, for this transaction only
 SELECT slug FROM tenancy.tenants;   -- a bound session sees only its own tenant
+SELECT id, title FROM public.documents;   -- no WHERE clause: only acme's rows
+SELECT count(*) FROM public.documents WHERE tenant_id <> tenancy.current_tenant();   -- even when asked
 COMMIT;
 SELECT tenancy.binding() IS NULL AS "unbound after COMMIT";
 
@@ -42,14 +65,22 @@ SELECT tenancy.binding() IS NULL AS "unbound after COMMIT";
 SET tenancy.tenant = 'globex';
 SELECT set_config('tenancy.current_tenant', :'globex_id', false);
 SET tenancy.tenant_claim = 'sub';
-SELECT tenancy.bind(replace(public.demo_token('acme', 'alice'), 'eyJ', 'eyK'));
+SELECT tenancy.bind(split_part(public.demo_token('acme', 'a'), '.', 1) || '.' ||
+                    split_part(public.demo_token('globex', 'a'), '.', 2) || '.' ||
+                    split_part(public.demo_token('acme', 'a'), '.', 3));   -- globex claims, acme signature
+SELECT count(*) FROM public.documents;   -- unbound: an error, not an empty result
+BEGIN;
+SELECT tenancy.bind(public.demo_token('acme', 'alice')) IS NOT NULL AS bound_to_acme;
+INSERT INTO public.documents (tenant_id, title) VALUES (:'globex_id', 'planted');   -- write into globex
+ROLLBACK;
+ALTER TABLE public.documents DISABLE ROW LEVEL SECURITY;
 BEGIN;
 SELECT tenancy.bind(public.demo_token('acme', 'alice')) IS NOT NULL AS bound_to_acme;
 SELECT tenancy.bind(public.demo_token('globex', 'mallory'));   -- rebinding in one transaction
 ROLLBACK;
 SELECT tenancy.create_tenant('evil');   -- management is for operators
 
--- 5. Suspension takes effect from the next statement of every bound session.
+-- 5. Suspension: new binds are refused (bound sessions lose access from their next statement).
 SELECT tenancy.bind(public.demo_token('acme', 'alice'), 'session') IS NOT NULL AS session_bound;
 \c - postgres
 SELECT tenancy.suspend_tenant('acme', 'demo: unpaid invoice');
@@ -58,5 +89,10 @@ SELECT tenancy.bind(public.demo_token('acme', 'alice'));
 \c - postgres
 SELECT tenancy.resume_tenant('acme');
 
--- 6. Every management action is in the audit trail.
+-- 6. The guard: even a superuser cannot quietly weaken a protected table.
+DROP POLICY tenancy_isolation ON public.documents;
+ALTER TABLE public.documents NO FORCE ROW LEVEL SECURITY;
+SELECT severity, rule, object FROM tenancy.verify();   -- no error rows: clean
+
+-- 7. Every management action is in the audit trail.
 SELECT id, op, new_row->>'action' AS action, db_role FROM tenancy.audit_log ORDER BY id;
