@@ -136,3 +136,18 @@ REVOKE ALL ON tenancy.role_privilege, tenancy.protected_table, tenancy.auto_prot
 SELECT pg_catalog.pg_extension_config_dump('tenancy.role_privilege', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.protected_table', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.auto_protect_schema', '');
+
+-- Time-limited support access granted by a tenant admin to a platform operator.
+CREATE TABLE tenancy.support_grant (
+    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id  uuid        NOT NULL REFERENCES tenancy.tenant (id),
+    operator   regrole     NOT NULL,
+    privileges text[]      NOT NULL
+               CHECK (privileges <@ '{select,insert,update,delete}' AND cardinality(privileges) > 0),
+    granted_by text,
+    granted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    expires_at timestamptz NOT NULL,
+    revoked_at timestamptz
+);
+REVOKE ALL ON tenancy.support_grant FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.support_grant', '');

@@ -50,8 +50,12 @@ GRANT EXECUTE ON FUNCTION tenancy.revoke_key(text) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) TO tenancy_operator;
 
--- Role-privilege changes invalidate cached privileges in every backend.
+-- Role-privilege and support-grant changes invalidate cached rows in every backend.
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.role_privilege
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.support_grant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.protected_table
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 
 ---------------------------------------------------------------------------------------------
@@ -306,3 +310,21 @@ SELECT 'warning', 'missing_tenant_index', p.relid::text,
 $verify$;
 REVOKE EXECUTE ON FUNCTION tenancy.verify() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.verify() TO tenancy_operator;
+
+---------------------------------------------------------------------------------------------
+-- Tenant RBAC, readable by operators and by the bound tenant's admins (their own tenant).
+CREATE VIEW tenancy.tenant_roles WITH (security_barrier) AS
+    SELECT tenant_id, role, builtin, created_at FROM tenancy.tenant_role WHERE tenancy._manages_tenant(tenant_id);
+CREATE VIEW tenancy.members WITH (security_barrier) AS
+    SELECT tenant_id, subject, role, created_at FROM tenancy.member WHERE tenancy._manages_tenant(tenant_id);
+CREATE VIEW tenancy.role_privileges WITH (security_barrier) AS
+    SELECT tenant_id, role, relid AS "table", privilege FROM tenancy.role_privilege WHERE tenancy._manages_tenant(tenant_id);
+CREATE VIEW tenancy.support_grants WITH (security_barrier) AS
+    SELECT id, tenant_id, operator, privileges, granted_by, granted_at, expires_at, revoked_at
+      FROM tenancy.support_grant WHERE tenancy._manages_tenant(tenant_id);
+GRANT SELECT ON tenancy.tenant_roles, tenancy.members, tenancy.role_privileges, tenancy.support_grants TO PUBLIC;
+
+REVOKE EXECUTE ON FUNCTION tenancy.decommission_tenant(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.decommission_tenant(text, text) TO tenancy_operator;
+REVOKE EXECUTE ON FUNCTION tenancy.enter_support(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.enter_support(text) TO tenancy_operator;

@@ -48,6 +48,11 @@ pub enum Source {
     Mapping {
         role: pg_sys::Oid,
     },
+    /// A platform operator inside a tenant admin's support grant (tenancy.enter_support).
+    Support {
+        operator: pg_sys::Oid,
+        grant_id: i64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +64,8 @@ pub struct Binding {
     pub expires_at: Option<i64>,
     pub scope: Scope,
     pub source: Source,
+    /// For support bindings: the privileges of the grant (tenant roles do not apply).
+    pub support_privileges: Option<Vec<String>>,
     /// Catalog generation this binding was last validated at.
     generation: u64,
 }
@@ -260,6 +267,19 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
             let subject = b.subject.clone().unwrap_or_default();
             b.roles = effective_roles(&tenant, &subject, claim_roles.as_deref());
         }
+        Source::Support { operator, .. } => {
+            let grant = catalog::support_grant(b.tenant, *operator).ok_or_else(|| {
+                (
+                    format!(
+                        "the support grant of tenant \"{}\" has expired or was revoked",
+                        b.slug
+                    ),
+                    "Ask a tenant admin for a new grant with tenancy.grant_support().",
+                )
+            })?;
+            b.support_privileges = Some(grant.privileges.clone());
+            b.expires_at = Some(grant.expires_at);
+        }
         Source::Mapping { role } => {
             let maps = catalog::mappings(*role);
             let m = maps.iter().find(|m| m.tenant == b.tenant).ok_or_else(|| {
@@ -377,6 +397,18 @@ pub fn bind(token_text: &str, scope: &str) -> JsonB {
             "tenancy.allow_session_scope is off (for example behind a pooler in transaction mode): bind in every transaction instead.",
         );
     }
+    let caller = crate::authz::caller();
+    if crate::authz::is_operator(caller) && !crate::authz::is_superuser(caller) {
+        refuse_bind(
+            INSUFFICIENT_PRIVILEGE,
+            format!(
+                "role \"{}\" is a platform operator and cannot bind a tenant with a token",
+                crate::authz::role_name(caller)
+            ),
+            "Operators manage tenants but do not read their rows; a tenant admin can grant time-limited access with tenancy.grant_support(), used through tenancy.enter_support().",
+            None,
+        );
+    }
     let claims = verified_claims(token_text);
     let now = now();
     let skew = gucs::CLOCK_SKEW.get() as i64;
@@ -456,6 +488,7 @@ pub fn bind(token_text: &str, scope: &str) -> JsonB {
             kid: claims.kid.clone(),
             claim_roles: claims.roles.clone(),
         },
+        support_privileges: None,
         generation: catalog::generation(),
     };
     TXN_TENANT.with(|t| t.set(Some(tenant.id)));
@@ -477,7 +510,12 @@ pub fn describe(b: &Binding) -> JsonB {
         "roles": b.roles,
         "expires_at": b.expires_at.map(unix_to_rfc3339),
         "scope": b.scope.name(),
-        "source": match &b.source { Source::Token { .. } => "token", Source::Mapping { .. } => "role_mapping" },
+        "source": match &b.source {
+            Source::Token { .. } => "token",
+            Source::Mapping { .. } => "role_mapping",
+            Source::Support { .. } => "support",
+        },
+        "support_privileges": b.support_privileges,
     }))
 }
 
@@ -550,7 +588,8 @@ fn mapped_binding() -> Option<Binding> {
         return hit;
     }
     let maps = catalog::mappings(role);
-    let b = if maps.len() == 1 {
+    let operator = crate::authz::is_operator(role) && !crate::authz::is_superuser(role);
+    let b = if maps.len() == 1 && !operator {
         let m = &maps[0];
         catalog::tenant_by_id(m.tenant).map(|t| Binding {
             tenant: t.id,
@@ -560,6 +599,7 @@ fn mapped_binding() -> Option<Binding> {
             expires_at: None,
             scope: Scope::Session,
             source: Source::Mapping { role },
+            support_privileges: None,
             generation: 0,
         })
     } else {
@@ -579,6 +619,7 @@ pub fn current_if_bound() -> Option<Binding> {
             "Wrap tenancy.current_tenant() in a scalar subquery, (SELECT tenancy.current_tenant()), as generated policies do.",
         );
     }
+    accept_invalidations_once_per_statement();
     let explicit = BINDING.with(|b| b.borrow().clone());
     let (mut b, explicit) = match explicit {
         Some(b) => (b, true),
@@ -626,6 +667,62 @@ pub fn current_if_bound() -> Option<Binding> {
         }
     }
     Some(b)
+}
+
+thread_local! {
+    static LAST_STATEMENT: Cell<pg_sys::TimestampTz> = const { Cell::new(0) };
+}
+
+/// Revocations (suspensions, removed members, revoked grants and keys) reach this session from
+/// its next statement even inside a long transaction: PostgreSQL processes shared invalidations
+/// at transaction start and when it takes a new lock; this makes sure it also happens once at
+/// the start of every statement that reads the binding.
+fn accept_invalidations_once_per_statement() {
+    let stmt = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    if LAST_STATEMENT.with(|l| l.replace(stmt)) != stmt {
+        unsafe { pg_sys::AcceptInvalidationMessages() };
+    }
+}
+
+/// Bind a platform operator to `tenant` inside a support grant (tenancy.enter_support).
+pub fn enter_support(
+    tenant: &TenantRow,
+    operator: pg_sys::Oid,
+    grant: &catalog::SupportGrant,
+) -> Binding {
+    if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current_binding_tenant()) {
+        if bound != tenant.id {
+            refuse_bind(
+                INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "this transaction is bound to another tenant and cannot bind tenant \"{}\"",
+                    tenant.slug
+                ),
+                "End the transaction first.",
+                Some(&tenant.slug),
+            );
+        }
+    }
+    if let Err((msg, hint)) = check_tenant(tenant) {
+        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&tenant.slug));
+    }
+    let b = Binding {
+        tenant: tenant.id,
+        slug: tenant.slug.clone(),
+        subject: Some(format!("support:{}", crate::authz::role_name(operator))),
+        roles: vec!["support".into()],
+        expires_at: Some(grant.expires_at),
+        scope: Scope::Session,
+        source: Source::Support {
+            operator,
+            grant_id: grant.id,
+        },
+        support_privileges: Some(grant.privileges.clone()),
+        generation: catalog::generation(),
+    };
+    TXN_TENANT.with(|t| t.set(Some(tenant.id)));
+    BINDING.with(|slot| *slot.borrow_mut() = Some(b.clone()));
+    b
 }
 
 /// The binding in force, or ERROR 42501 "no tenant bound".

@@ -61,6 +61,16 @@ struct Cache {
     members: HashMap<(Uuid, String), Rc<Vec<String>>>,
     roles: HashMap<Uuid, Rc<Vec<String>>>,
     privileges: HashMap<Uuid, Rc<Vec<Privilege>>>,
+    support: HashMap<(Uuid, u32), Option<Rc<SupportGrant>>>,
+    protected: Option<Rc<std::collections::HashSet<u32>>>,
+}
+
+/// A live support grant: an operator may act in a tenant with these privileges until expiry.
+#[derive(Debug, Clone)]
+pub struct SupportGrant {
+    pub id: i64,
+    pub privileges: Vec<String>,
+    pub expires_at: i64,
 }
 
 /// A tenant role's privilege on one protected table, or on all of them (`relid` None).
@@ -74,7 +84,7 @@ pub struct Privilege {
 #[derive(Clone, Copy)]
 struct Rels {
     owner: pg_sys::Oid,
-    oids: [pg_sys::Oid; 6],
+    oids: [pg_sys::Oid; 8],
 }
 
 thread_local! {
@@ -83,13 +93,15 @@ thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };
 }
 
-const TABLES: [&std::ffi::CStr; 6] = [
+const TABLES: [&std::ffi::CStr; 8] = [
     c"tenant",
     c"signing_key",
     c"tenant_role",
     c"member",
     c"role_mapping",
     c"role_privilege",
+    c"support_grant",
+    c"protected_table",
 ];
 
 pub fn init() {
@@ -134,7 +146,7 @@ fn rels() -> Rels {
                 "Run CREATE EXTENSION pg_tenancy;",
             );
         }
-        let mut oids = [pg_sys::InvalidOid; 6];
+        let mut oids = [pg_sys::InvalidOid; 8];
         for (i, name) in TABLES.iter().enumerate() {
             oids[i] = pg_sys::get_relname_relid(name.as_ptr(), nsp);
         }
@@ -443,4 +455,77 @@ pub fn roles_allow(tenant: Uuid, roles: &[String], rel: pg_sys::Oid, privilege: 
     // Grants on a partitioned table apply to its partitions.
     crate::policy::parent_of(rel)
         .is_some_and(|parent| roles_allow(tenant, roles, parent, privilege))
+}
+
+/// The newest unrevoked, unexpired support grant of `tenant` to `operator`.
+pub fn support_grant(tenant: Uuid, operator: pg_sys::Oid) -> Option<Rc<SupportGrant>> {
+    let key = (tenant, u32::from(operator));
+    let cached = CACHE.with(|c| c.borrow().support.get(&key).cloned());
+    let grant = match cached {
+        Some(g) => g,
+        None => {
+            let g = with_owner(|| {
+                Spi::connect(|c| {
+                    let t = c.select(
+                        "SELECT id, privileges, extract(epoch FROM expires_at)::int8 FROM tenancy.support_grant \
+                          WHERE tenant_id = $1 AND operator::oid = $2 AND revoked_at IS NULL AND expires_at > now() \
+                          ORDER BY expires_at DESC LIMIT 1",
+                        Some(1),
+                        &[to_pg_uuid(tenant).into(), operator.into()],
+                    )?;
+                    if t.is_empty() {
+                        return Ok::<_, pgrx::spi::Error>(None);
+                    }
+                    let r = t.first();
+                    Ok(Some(Rc::new(SupportGrant {
+                        id: r.get::<i64>(1)?.unwrap_or_default(),
+                        privileges: r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                        expires_at: r.get::<i64>(3)?.unwrap_or_default(),
+                    })))
+                })
+            })
+            .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.support_grant failed: {e}"));
+            CACHE.with(|c| c.borrow_mut().support.insert(key, g.clone()));
+            g
+        }
+    };
+    // Expiry is checked on every use, cached or not.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    grant.filter(|g| g.expires_at > now)
+}
+
+thread_local! {
+    static LOADING_PROTECTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The oids of protected tables (and partitions), or None while they are being loaded (the
+/// executor hook must not recurse into its own catalog query).
+pub fn protected_relids() -> Option<Rc<std::collections::HashSet<u32>>> {
+    if let Some(hit) = CACHE.with(|c| c.borrow().protected.clone()) {
+        return Some(hit);
+    }
+    if LOADING_PROTECTED.with(|l| l.replace(true)) {
+        return None;
+    }
+    let loaded = with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select("SELECT relid::oid FROM tenancy.protected_table", None, &[])?;
+            let mut out = std::collections::HashSet::new();
+            for r in t {
+                if let Some(o) = r.get::<pg_sys::Oid>(1)? {
+                    out.insert(u32::from(o));
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    });
+    LOADING_PROTECTED.with(|l| l.set(false));
+    let set = Rc::new(loaded.unwrap_or_else(|e| {
+        pgrx::error!("pg_tenancy: reading tenancy.protected_table failed: {e}")
+    }));
+    CACHE.with(|c| c.borrow_mut().protected = Some(set.clone()));
+    Some(set)
 }

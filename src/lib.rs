@@ -43,6 +43,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     catalog::init();
     binding::init();
+    privileges::init();
 }
 
 /// Verify a signed token and bind its tenant and subject for this transaction (default) or

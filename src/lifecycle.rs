@@ -249,3 +249,160 @@ fn sees_tenant(id: pgrx::Uuid) -> bool {
 fn is_operator() -> bool {
     authz::is_operator(authz::caller())
 }
+
+/// Protected tables that hold rows of their own (partitions are emptied through their parent),
+/// children before the tables their foreign keys reference.
+fn deletion_order() -> Vec<(String, String)> {
+    let rows: Vec<(pg_sys::Oid, String, String, Vec<pg_sys::Oid>)> = catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT p.relid::oid, p.relid::text, p.tenant_column::text, \
+                        coalesce((SELECT array_agg(DISTINCT con.confrelid) FROM pg_constraint con \
+                                   WHERE con.conrelid = p.relid AND con.contype = 'f' AND con.confrelid <> p.relid), '{}') \
+                   FROM tenancy.protected_table p WHERE p.parent IS NULL ORDER BY p.relid::oid",
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for r in t {
+                out.push((
+                    r.get::<pg_sys::Oid>(1)?.expect("relid"),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<Vec<pg_sys::Oid>>(4)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading protected tables failed: {e}"));
+    // Kahn's algorithm on "child references parent": emit a table once no remaining table
+    // references it.
+    let mut remaining: Vec<usize> = (0..rows.len()).collect();
+    let mut order = Vec::new();
+    while !remaining.is_empty() {
+        let ready: Vec<usize> = remaining
+            .iter()
+            .copied()
+            .filter(|&i| {
+                !remaining
+                    .iter()
+                    .any(|&j| j != i && rows[j].3.contains(&rows[i].0))
+            })
+            .collect();
+        if ready.is_empty() {
+            // A cycle of foreign keys: delete in any order; deferrable constraints are deferred.
+            order.append(&mut remaining);
+            break;
+        }
+        remaining.retain(|i| !ready.contains(i));
+        order.extend(ready);
+    }
+    order
+        .into_iter()
+        .map(|i| (rows[i].1.clone(), rows[i].2.clone()))
+        .collect()
+}
+
+/// Delete a tenant's rows from every protected table, remove its roles, members, keys,
+/// mappings and support grants, keep a tombstone, and return a deletion certificate (also
+/// written to the audit trail). One transaction: any failure changes nothing.
+#[pg_extern(volatile, parallel_unsafe)]
+fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
+    authz::require_operator("decommission_tenant");
+    let t = catalog::require_tenant(tenant);
+    if t.status == "decommissioned" {
+        errors::raise(
+            NOT_IN_PREREQUISITE_STATE,
+            format!("tenant \"{}\" is already decommissioned", t.slug),
+            "Its deletion certificate is in the audit trail.",
+        );
+    }
+    if confirm != t.slug {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("confirmation \"{confirm}\" does not match tenant \"{}\"", t.slug),
+            format!("Pass the tenant's slug as confirm: SELECT tenancy.decommission_tenant('{0}', '{0}');", t.slug),
+        );
+    }
+    let uuid = to_pg_uuid(t.id);
+    let mut rows = serde_json::Map::new();
+    let mut total: u64 = 0;
+    catalog::write("SET CONSTRAINTS ALL DEFERRED", &[]);
+    for (table, column) in deletion_order() {
+        let sql = format!(
+            "DELETE FROM {table} WHERE {} = $1",
+            crate::policy::quote_ident(&column)
+        );
+        let n = catalog::write(&sql, &[uuid.into()]);
+        total += n;
+        rows.insert(table, n.into());
+    }
+    let mut removed = serde_json::Map::new();
+    for (what, sql) in [
+        ("members", "DELETE FROM tenancy.member WHERE tenant_id = $1"),
+        (
+            "role_privileges",
+            "DELETE FROM tenancy.role_privilege WHERE tenant_id = $1",
+        ),
+        (
+            "roles",
+            "DELETE FROM tenancy.tenant_role WHERE tenant_id = $1",
+        ),
+        (
+            "role_mappings",
+            "DELETE FROM tenancy.role_mapping WHERE tenant_id = $1",
+        ),
+        (
+            "support_grants",
+            "DELETE FROM tenancy.support_grant WHERE tenant_id = $1",
+        ),
+        (
+            "keys",
+            "DELETE FROM tenancy.signing_key WHERE tenant_id = $1",
+        ),
+    ] {
+        removed.insert(what.into(), catalog::write(sql, &[uuid.into()]).into());
+    }
+    catalog::write(
+        "UPDATE tenancy.tenant SET status = 'decommissioned', settings = '{}', status_reason = 'decommissioned', \
+                status_changed_at = now() WHERE id = $1",
+        &[uuid.into()],
+    );
+    let when = Spi::get_one::<String>(
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let mut cert = serde_json::json!({
+        "certificate": "pg_tenancy deletion certificate",
+        "tenant": t.id.to_string(),
+        "slug": t.slug,
+        "decommissioned_at": when,
+        "decommissioned_by": authz::role_name(authz::caller()),
+        "session_user": authz::role_name(unsafe { pg_sys::GetSessionUserId() }),
+        "rows_deleted": rows,
+        "total_rows_deleted": total,
+        "removed": removed,
+    });
+    // serde_json objects keep their keys sorted: the text digested is canonical.
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        cert.to_string().as_bytes(),
+    ));
+    cert["sha256"] = digest.into();
+    crate::audit::admin("decommission_tenant", Some(t.id), cert.clone());
+    JsonB(cert)
+}
+
+/// Whether the caller manages a tenant: an operator, or an admin bound to it.
+#[pg_extern(stable, parallel_restricted, name = "_manages_tenant")]
+fn manages_tenant(id: pgrx::Uuid) -> bool {
+    if authz::is_operator(authz::caller()) {
+        return true;
+    }
+    let id = catalog::from_pg_uuid(&id);
+    crate::binding::current_if_bound().is_some_and(|b| {
+        b.tenant == id && b.support_privileges.is_none() && b.roles.iter().any(|r| r == "admin")
+    })
+}

@@ -1,10 +1,78 @@
-//! Tenant-role privileges on protected tables, checked by the generated policies once per
-//! statement through `(SELECT tenancy.allows('table'::regclass, 'privilege'))`.
+//! Tenant-role privileges on protected tables, checked twice, both once per statement:
+//! - at executor start, by an `ExecutorCheckPerms_hook`, for every protected relation the
+//!   statement reads or writes (so a refused statement or a missing binding is loud even when
+//!   the table is empty and no policy expression would ever be evaluated);
+//! - by the generated policies, through `(SELECT tenancy.allows('table'::regclass, 'privilege'))`,
+//!   which is the guarantee: it holds even in a backend where this library was not loaded yet
+//!   when the statement started (the hook is installed when the library loads).
 
 use crate::catalog;
 use crate::errors;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
+
+static mut PREV_CHECK_PERMS: pg_sys::ExecutorCheckPerms_hook_type = None;
+
+pub fn init() {
+    unsafe {
+        PREV_CHECK_PERMS = pg_sys::ExecutorCheckPerms_hook;
+        pg_sys::ExecutorCheckPerms_hook = Some(check_perms);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport: bool) -> bool {
+    if let Some(prev) = PREV_CHECK_PERMS {
+        if !prev(range_table, ereport) {
+            return false;
+        }
+    }
+    if range_table.is_null() || pg_sys::ParallelWorkerNumber >= 0 {
+        return true;
+    }
+    let mut checks: Vec<(pg_sys::Oid, u32)> = Vec::new();
+    for i in 0..(*range_table).length as usize {
+        let rte = (*(*range_table).elements.add(i)).ptr_value as *mut pg_sys::RangeTblEntry;
+        if rte.is_null() || (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
+            continue;
+        }
+        let perms = (*rte).requiredPerms
+            & (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT | pg_sys::ACL_UPDATE | pg_sys::ACL_DELETE);
+        if perms == 0 {
+            continue;
+        }
+        // Row security decides who is subject to the policies (not superusers, not BYPASSRLS,
+        // not a view owner's access through a non-security_invoker view owned by such a role).
+        if pg_sys::check_enable_rls((*rte).relid, (*rte).checkAsUser, true)
+            != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+        {
+            continue;
+        }
+        checks.push(((*rte).relid, perms));
+    }
+    if checks.is_empty() {
+        return true;
+    }
+    let Some(protected) = catalog::protected_relids() else {
+        return true;
+    };
+    for (relid, perms) in checks {
+        if !protected.contains(&u32::from(relid)) {
+            continue;
+        }
+        for (bit, name) in [
+            (pg_sys::ACL_SELECT, "select"),
+            (pg_sys::ACL_INSERT, "insert"),
+            (pg_sys::ACL_UPDATE, "update"),
+            (pg_sys::ACL_DELETE, "delete"),
+        ] {
+            if perms & bit != 0 {
+                allows(relid, name);
+            }
+        }
+    }
+    true
+}
 
 /// True when the bound roles hold `privilege` on `tbl`; otherwise ERROR 42501 naming the table
 /// and the missing privilege (a refused statement is loud, never silently empty).
@@ -18,7 +86,11 @@ RETURNS boolean STRICT STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME
 )]
 fn allows(tbl: pg_sys::Oid, privilege: &str) -> bool {
     let b = crate::binding::require();
-    if catalog::roles_allow(b.tenant, &b.roles, tbl, privilege) {
+    let allowed = match &b.support_privileges {
+        Some(granted) => granted.iter().any(|p| p == privilege),
+        None => catalog::roles_allow(b.tenant, &b.roles, tbl, privilege),
+    };
+    if allowed {
         return true;
     }
     let table = crate::policy::relation_name(tbl);

@@ -47,6 +47,13 @@ fn map_role(role: pg_sys::Oid, tenant: &str, tenant_roles: Vec<String>) {
         );
     }
     check_tenant_roles(&t, &tenant_roles);
+    if authz::is_operator(role) && !authz::is_superuser(role) {
+        errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!("role \"{}\" is a platform operator and cannot be mapped to a tenant", authz::role_name(role)),
+            "Operators do not read tenant rows; use tenancy.grant_support() for time-limited access.",
+        );
+    }
     let bypass = unsafe {
         authz::is_superuser(role) || {
             let tup = pg_sys::SearchSysCache1(
@@ -112,4 +119,374 @@ fn unmap_role(role: pg_sys::Oid, tenant: &str) {
         Some(t.id),
         serde_json::json!({"role": authz::role_name(role)}),
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// Tenant roles, privileges and members. Operators, or the bound tenant's admins for their own
+// tenant. Every change commits a catalog invalidation: other sessions see it from their next
+// statement.
+
+const PRIVILEGES: &[&str] = &["select", "insert", "update", "delete"];
+
+fn valid_role_name(role: &str) -> bool {
+    let b = role.as_bytes();
+    (1..=63).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// The tenant, checked to be manageable by the caller and not decommissioned.
+fn managed_tenant(tenant: &str, action: &str) -> std::rc::Rc<catalog::TenantRow> {
+    let t = catalog::require_tenant(tenant);
+    authz::require_operator_or_tenant_admin(action, &t);
+    if t.status == "decommissioned" {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("tenant \"{}\" is decommissioned", t.slug),
+            "Decommissioned tenants cannot change.",
+        );
+    }
+    t
+}
+
+fn check_privileges(privileges: &[String]) {
+    if privileges.is_empty() || privileges.iter().any(|p| !PRIVILEGES.contains(&p.as_str())) {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("invalid privileges {privileges:?}"),
+            "Privileges are among select, insert, update, delete; for example '{select,insert}'.",
+        );
+    }
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_role(tenant: &str, role: &str) {
+    let t = managed_tenant(tenant, "create_role");
+    if !valid_role_name(role) || role == "support" {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("invalid tenant role name \"{role}\""),
+            "A role name is a lowercase letter, then up to 62 lowercase letters, digits, '-' or '_' (\"support\" is reserved).",
+        );
+    }
+    if catalog::tenant_roles(t.id).iter().any(|r| r == role) {
+        errors::raise(
+            errors::DUPLICATE_OBJECT,
+            format!("tenant \"{}\" already has a role \"{role}\"", t.slug),
+            "Choose another name.",
+        );
+    }
+    catalog::write(
+        "INSERT INTO tenancy.tenant_role (tenant_id, role) VALUES ($1, $2)",
+        &[to_pg_uuid(t.id).into(), role.into()],
+    );
+    crate::audit::admin("create_role", Some(t.id), serde_json::json!({"role": role}));
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn drop_role(tenant: &str, role: &str) {
+    let t = managed_tenant(tenant, "drop_role");
+    check_tenant_roles(&t, &[role.to_string()]);
+    if crate::lifecycle::SEEDED_ROLES.contains(&role) {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("role \"{role}\" is seeded in every tenant and cannot be dropped"),
+            "Revoke its privileges or remove its members instead.",
+        );
+    }
+    let uuid = to_pg_uuid(t.id);
+    catalog::write(
+        "DELETE FROM tenancy.member WHERE tenant_id = $1 AND role = $2",
+        &[uuid.into(), role.into()],
+    );
+    catalog::write(
+        "UPDATE tenancy.role_mapping SET tenant_roles = array_remove(tenant_roles, $2) WHERE tenant_id = $1",
+        &[uuid.into(), role.into()],
+    );
+    catalog::write(
+        "DELETE FROM tenancy.tenant_role WHERE tenant_id = $1 AND role = $2",
+        &[uuid.into(), role.into()],
+    );
+    crate::audit::admin("drop_role", Some(t.id), serde_json::json!({"role": role}));
+}
+
+/// A protected table (or NULL for every protected table, present and future).
+fn check_grant_table(tbl: Option<pg_sys::Oid>) -> Option<String> {
+    let rel = tbl?;
+    let name = crate::policy::relation_name(rel);
+    let protected = catalog::with_owner(|| {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM tenancy.protected_table WHERE relid = $1::oid::regclass)",
+            &[rel.into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !protected {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("table \"{name}\" is not protected"),
+            format!(
+                "Tenant privileges apply to protected tables: SELECT tenancy.protect('{name}');"
+            ),
+        );
+    }
+    Some(name)
+}
+
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION tenancy."grant"("tenant" text, "role" text, "tbl" regclass, "privileges" text[])
+RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'grant_wrapper';
+"#
+)]
+fn grant(tenant: &str, role: &str, tbl: Option<pg_sys::Oid>, privileges: Vec<String>) {
+    let t = managed_tenant(tenant, "grant");
+    check_tenant_roles(&t, &[role.to_string()]);
+    check_privileges(&privileges);
+    let table = check_grant_table(tbl);
+    catalog::write(
+        "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
+         SELECT $1, $2, $3::oid::regclass, p FROM unnest($4::text[]) p ON CONFLICT DO NOTHING",
+        &[
+            to_pg_uuid(t.id).into(),
+            role.into(),
+            tbl.into(),
+            privileges.clone().into(),
+        ],
+    );
+    crate::audit::admin(
+        "grant",
+        Some(t.id),
+        serde_json::json!({"role": role, "table": table, "privileges": privileges}),
+    );
+}
+
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION tenancy."revoke"("tenant" text, "role" text, "tbl" regclass, "privileges" text[])
+RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'revoke_wrapper';
+"#
+)]
+fn revoke(tenant: &str, role: &str, tbl: Option<pg_sys::Oid>, privileges: Vec<String>) {
+    let t = managed_tenant(tenant, "revoke");
+    check_tenant_roles(&t, &[role.to_string()]);
+    check_privileges(&privileges);
+    let table = check_grant_table(tbl);
+    if tbl.is_some() {
+        // A grant on every table cannot be narrowed by revoking one table: say so instead of
+        // pretending the privilege is gone.
+        let wide: Vec<String> = catalog::privileges(t.id)
+            .iter()
+            .filter(|p| p.role == role && p.relid.is_none() && privileges.contains(&p.privilege))
+            .map(|p| p.privilege.clone())
+            .collect();
+        if !wide.is_empty() {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "role \"{role}\" holds {} on every protected table; revoking it on one table would not take it away",
+                    wide.join(", ")
+                ),
+                format!(
+                    "Revoke it everywhere with tbl => NULL, then grant it on the tables that keep it: SELECT tenancy.revoke('{}', '{role}', NULL, '{{{}}}');",
+                    t.slug,
+                    wide.join(",")
+                ),
+            );
+        }
+    }
+    catalog::write(
+        "DELETE FROM tenancy.role_privilege WHERE tenant_id = $1 AND role = $2 \
+            AND relid IS NOT DISTINCT FROM $3::oid::regclass AND privilege = ANY ($4)",
+        &[
+            to_pg_uuid(t.id).into(),
+            role.into(),
+            tbl.into(),
+            privileges.clone().into(),
+        ],
+    );
+    crate::audit::admin(
+        "revoke",
+        Some(t.id),
+        serde_json::json!({"role": role, "table": table, "privileges": privileges}),
+    );
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn add_member(tenant: &str, subject: &str, role: &str) {
+    let t = managed_tenant(tenant, "add_member");
+    check_tenant_roles(&t, &[role.to_string()]);
+    if subject.is_empty() || subject.len() > 1000 {
+        errors::raise(
+            INVALID_PARAMETER,
+            "subjects are 1 to 1000 characters",
+            "Use the token's \"sub\" claim.",
+        );
+    }
+    catalog::write(
+        "INSERT INTO tenancy.member (tenant_id, subject, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        &[to_pg_uuid(t.id).into(), subject.into(), role.into()],
+    );
+    crate::audit::admin(
+        "add_member",
+        Some(t.id),
+        serde_json::json!({"subject": subject, "role": role}),
+    );
+}
+
+#[pg_extern(volatile, parallel_unsafe)]
+fn remove_member(tenant: &str, subject: &str, role: &str) {
+    let t = managed_tenant(tenant, "remove_member");
+    let n = catalog::write(
+        "DELETE FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 AND role = $3",
+        &[to_pg_uuid(t.id).into(), subject.into(), role.into()],
+    );
+    if n == 0 {
+        errors::raise(
+            UNDEFINED_OBJECT,
+            format!(
+                "\"{subject}\" is not a member of tenant \"{}\" with role \"{role}\"",
+                t.slug
+            ),
+            "SELECT * FROM tenancy.members lists the memberships.",
+        );
+    }
+    crate::audit::admin(
+        "remove_member",
+        Some(t.id),
+        serde_json::json!({"subject": subject, "role": role}),
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Support access: a bound tenant admin lets a platform operator in, for a while.
+
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION tenancy.grant_support("operator" regrole, "duration" interval, "privileges" text[] DEFAULT '{select}')
+RETURNS jsonb STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'grant_support_wrapper';
+"#
+)]
+fn grant_support(
+    operator: pg_sys::Oid,
+    duration: pgrx::datum::Interval,
+    privileges: Vec<String>,
+) -> pgrx::JsonB {
+    let b = crate::binding::require();
+    if !b.roles.iter().any(|r| r == "admin") || b.support_privileges.is_some() {
+        errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            "permission denied: grant_support is for the bound tenant's admins",
+            "Bind a token of an admin of the tenant that grants the access.",
+        );
+    }
+    if !authz::is_operator(operator) || authz::is_superuser(operator) {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("role \"{}\" is not a platform operator", authz::role_name(operator)),
+            "Support access is granted to members of tenancy_operator (superusers need no grant and get none).",
+        );
+    }
+    check_privileges(&privileges);
+    let row = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            let t = c.update(
+                "INSERT INTO tenancy.support_grant (tenant_id, operator, privileges, granted_by, expires_at) \
+                 SELECT $1, $2::oid::regrole, $3, $4, now() + $5 \
+                 WHERE $5 > interval '0' AND $5 <= interval '30 days' \
+                 RETURNING id, expires_at::text",
+                None,
+                &[to_pg_uuid(b.tenant).into(), operator.into(), privileges.clone().into(), b.subject.clone().into(), duration.into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let r = t.first();
+            Ok(Some((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: grant_support failed: {e}"));
+    let Some((id, expires_at)) = row else {
+        errors::raise(
+            INVALID_PARAMETER,
+            "support access lasts more than zero and at most 30 days",
+            "For example interval '2 hours'.",
+        );
+    };
+    let detail = serde_json::json!({
+        "grant_id": id, "operator": authz::role_name(operator), "privileges": privileges, "expires_at": expires_at,
+    });
+    crate::audit::admin("grant_support", Some(b.tenant), detail.clone());
+    pgrx::JsonB(detail)
+}
+
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION tenancy.revoke_support("operator" regrole)
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'revoke_support_wrapper';
+"#
+)]
+fn revoke_support(operator: pg_sys::Oid) {
+    let b = crate::binding::require();
+    if !b.roles.iter().any(|r| r == "admin") || b.support_privileges.is_some() {
+        errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            "permission denied: revoke_support is for the bound tenant's admins",
+            "Bind a token of an admin of the tenant.",
+        );
+    }
+    catalog::write(
+        "UPDATE tenancy.support_grant SET revoked_at = now() \
+          WHERE tenant_id = $1 AND operator = $2::oid::regrole AND revoked_at IS NULL",
+        &[to_pg_uuid(b.tenant).into(), operator.into()],
+    );
+    crate::audit::admin(
+        "revoke_support",
+        Some(b.tenant),
+        serde_json::json!({"operator": authz::role_name(operator)}),
+    );
+}
+
+/// By an operator: bind to `tenant` with the privileges of its live support grant, until the
+/// grant expires or is revoked.
+#[pg_extern(volatile, parallel_unsafe)]
+fn enter_support(tenant: &str) -> pgrx::JsonB {
+    let who = authz::caller();
+    if !authz::is_operator(who) || authz::is_superuser(who) {
+        errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            "permission denied: enter_support is for platform operators",
+            "Application sessions bind with tenancy.bind(token).",
+        );
+    }
+    let t = catalog::require_tenant(tenant);
+    let Some(grant) = catalog::support_grant(t.id, who) else {
+        let mut f = serde_json::Map::new();
+        f.insert("tenant".into(), t.slug.clone().into());
+        errors::refuse(
+            "support_refused",
+            f,
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!("role \"{}\" has no live support grant from tenant \"{}\"", authz::role_name(who), t.slug),
+            "A tenant admin grants time-limited access with tenancy.grant_support(); grants expire and can be revoked.",
+        );
+    };
+    let b = crate::binding::enter_support(&t, who, &grant);
+    crate::audit::admin(
+        "enter_support",
+        Some(t.id),
+        serde_json::json!({"operator": authz::role_name(who), "grant_id": grant.id, "privileges": grant.privileges}),
+    );
+    crate::binding::describe(&b)
 }
