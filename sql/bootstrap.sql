@@ -82,9 +82,13 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.member', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.role_mapping', '');
 
 -- The audit trail. Management actions are ADMIN entries; changes to protected tables are
--- INSERT/UPDATE/DELETE/TRUNCATE entries.
+-- INSERT/UPDATE/DELETE/TRUNCATE entries. Rows are written only by pg_tenancy, which computes
+-- row_hash (SHA-256 over the whole record, id included) as it writes them; the per-tenant
+-- chain linking them lives in tenancy.audit_chain and is appended when the writing
+-- transaction commits.
+CREATE SEQUENCE tenancy.audit_log_id_seq;
 CREATE TABLE tenancy.audit_log (
-    id               bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               bigint      PRIMARY KEY DEFAULT pg_catalog.nextval('tenancy.audit_log_id_seq'),
     tenant_id        uuid,
     occurred_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     txid             bigint      NOT NULL DEFAULT pg_catalog.txid_current(),
@@ -96,12 +100,41 @@ CREATE TABLE tenancy.audit_log (
     new_row          jsonb,
     db_role          name        NOT NULL,
     subject          text,
-    application_name text        DEFAULT pg_catalog.current_setting('application_name'),
-    client_addr      inet        DEFAULT pg_catalog.inet_client_addr()
+    application_name text,
+    client_addr      inet,
+    row_hash         text
 );
+ALTER SEQUENCE tenancy.audit_log_id_seq OWNED BY tenancy.audit_log.id;
 CREATE INDEX ON tenancy.audit_log (tenant_id, id);
-REVOKE ALL ON tenancy.audit_log FROM PUBLIC;
+
+-- The per-tenant hash chain: entry seq of a tenant links record_id with
+-- chain_hash = sha256(prev_hash || ':' || record_id || ':' || row_hash). Platform entries
+-- (no tenant) form the chain of the nil uuid.
+CREATE TABLE tenancy.audit_chain (
+    tenant_id  uuid   NOT NULL,
+    seq        bigint NOT NULL,
+    record_id  bigint NOT NULL UNIQUE,
+    row_hash   text   NOT NULL,
+    prev_hash  text   NOT NULL,
+    chain_hash text   NOT NULL,
+    PRIMARY KEY (tenant_id, seq)
+);
+
+-- Where a purged prefix of a chain ended: verification resumes from here.
+CREATE TABLE tenancy.audit_checkpoint (
+    tenant_id      uuid        PRIMARY KEY,
+    seq            bigint      NOT NULL,
+    chain_hash     text        NOT NULL,
+    last_record_id bigint      NOT NULL,
+    purged_records bigint      NOT NULL,
+    purged_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    purged_by      name        NOT NULL DEFAULT SESSION_USER
+);
+REVOKE ALL ON tenancy.audit_log, tenancy.audit_chain, tenancy.audit_checkpoint FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_chain', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_checkpoint', '');
 
 -- Per-tenant role privileges on protected tables (relid NULL: every protected table, present
 -- and future). Seeded for admin and member (all four) and viewer (select).
@@ -121,6 +154,7 @@ CREATE TABLE tenancy.protected_table (
     audited       boolean     NOT NULL,
     policy_digest text        NOT NULL,
     parent        regclass,
+    audit_exclude text[]      NOT NULL DEFAULT '{}',
     protected_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     protected_by  name        NOT NULL DEFAULT SESSION_USER
 );

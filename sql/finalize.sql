@@ -92,7 +92,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$ SELECT encode(sha256(convert_to(tenancy._protection_state(tbl, col), 'UTF8')), 'hex') $$;
 
 CREATE VIEW tenancy.protected_tables AS
-    SELECT relid AS "table", tenant_column, audited, policy_digest, protected_at, parent
+    SELECT relid AS "table", tenant_column, audited, policy_digest, protected_at, parent, audit_exclude
       FROM tenancy.protected_table;
 GRANT SELECT ON tenancy.protected_tables TO PUBLIC;
 GRANT SELECT ON tenancy.protected_table, tenancy.role_mapping, tenancy.auto_protect_schema TO tenancy_operator;
@@ -328,3 +328,47 @@ REVOKE EXECUTE ON FUNCTION tenancy.decommission_tenant(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.decommission_tenant(text, text) TO tenancy_operator;
 REVOKE EXECUTE ON FUNCTION tenancy.enter_support(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.enter_support(text) TO tenancy_operator;
+
+---------------------------------------------------------------------------------------------
+-- Audit: the record hash (shared by the writer and audit_verify), append-only guards,
+-- row security on the trail, and the operators' metadata view.
+CREATE FUNCTION tenancy._audit_hash(id bigint, tenant_id uuid, occurred_at timestamptz, txid bigint,
+        table_name text, op text, row_key jsonb, old_row jsonb, new_row jsonb, db_role name,
+        subject text, application_name text, client_addr inet)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT encode(sha256(convert_to(jsonb_build_array(
+        id, tenant_id, (extract(epoch FROM occurred_at) * 1000000)::bigint, txid, table_name, op,
+        row_key, old_row, new_row, db_role, subject, application_name, host(client_addr))::text, 'UTF8')), 'hex')
+$$;
+
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON tenancy.audit_log
+    FOR EACH ROW EXECUTE FUNCTION tenancy._audit_append_only();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON tenancy.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit_append_only();
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON tenancy.audit_chain
+    FOR EACH ROW EXECUTE FUNCTION tenancy._audit_append_only();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON tenancy.audit_chain
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit_append_only();
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON tenancy.audit_checkpoint
+    FOR EACH ROW EXECUTE FUNCTION tenancy._audit_append_only();
+
+-- A bound session reads its own tenant's records, if it is that tenant's admin.
+ALTER TABLE tenancy.audit_log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_admins ON tenancy.audit_log FOR SELECT TO PUBLIC
+    USING (tenant_id = (SELECT tenancy._audit_reader_tenant()));
+GRANT SELECT ON tenancy.audit_log TO PUBLIC;
+
+-- Operators read cross-tenant metadata, never row contents.
+CREATE VIEW tenancy.audit_metadata WITH (security_barrier) AS
+    SELECT l.id, l.tenant_id, l.occurred_at, l.txid, l.table_name, l.op, l.db_role,
+           l.application_name, l.client_addr, l.row_hash, c.seq, c.prev_hash, c.chain_hash
+      FROM tenancy.audit_log l LEFT JOIN tenancy.audit_chain c ON c.record_id = l.id
+     WHERE tenancy.is_operator();
+GRANT SELECT ON tenancy.audit_metadata TO tenancy_operator;
+
+REVOKE EXECUTE ON FUNCTION tenancy.audit_purge(text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.audit_purge(text, timestamptz) TO tenancy_operator;
+REVOKE EXECUTE ON FUNCTION tenancy.audit_exclude(regclass, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.audit_exclude(regclass, text[]) TO tenancy_operator;

@@ -1,26 +1,667 @@
-//! In-database audit trail. Management actions are recorded as ADMIN entries in the same
-//! transaction as the change they describe, so a rolled-back action leaves no entry.
+//! The in-database audit trail: written in the same transaction as the change, append-only,
+//! and tamper-evident.
+//!
+//! - Changes to protected tables are recorded by statement-level AFTER triggers with
+//!   transition tables (one INSERT ... SELECT per statement, however many rows); UPDATE
+//!   entries keep the changed columns only; `audit_exclude` columns never reach the trail.
+//! - Management actions are ADMIN entries.
+//! - Every record carries `row_hash`, SHA-256 over the whole record including its id, computed
+//!   by the writer (a row inserted by hand has none, or a wrong one).
+//! - Records are linked per tenant in `tenancy.audit_chain` at PRE_COMMIT of the writing
+//!   transaction: under a per-tenant advisory lock held only from that moment to the end of
+//!   the commit, reading the chain head with the latest snapshot. Concurrent writers of a
+//!   tenant therefore serialise on the commit step only, never for their whole transaction,
+//!   and no committed record is ever unlinked.
 
 use crate::catalog::{self, to_pg_uuid};
-use pgrx::JsonB;
+use crate::errors;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+use sha2::{Digest, Sha256};
+use std::cell::{Cell, RefCell};
 use uuid::Uuid;
 
-/// Record a management action in tenancy.audit_log.
+/// Records written by this transaction and not yet linked: (chain tenant, id, row_hash, subxact).
+struct Pending {
+    tenant: Uuid,
+    id: i64,
+    hash: String,
+    subxact: pg_sys::SubTransactionId,
+}
+
+thread_local! {
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    static PURGING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The chain of platform entries that belong to no tenant.
+pub const PLATFORM_CHAIN: Uuid = Uuid::nil();
+const GENESIS: &str = "genesis";
+/// First key of pg_tenancy's advisory locks ("tena").
+const LOCK_CLASS: i32 = 0x7465_6e61;
+
+pub fn init() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => link_pending(),
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+            PENDING.with(|p| p.borrow_mut().clear());
+            PURGING.with(|p| p.set(false));
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        // Records of the aborted subtransaction (and of its children, which have larger ids)
+        // were rolled back with it.
+        PENDING.with(|p| p.borrow_mut().retain(|r| r.subxact < my_subid));
+        PURGING.with(|p| p.set(false));
+    }
+}
+
+fn remember(rows: Vec<(Option<Uuid>, i64, String)>) {
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        for (tenant, id, hash) in rows {
+            p.push(Pending {
+                tenant: tenant.unwrap_or(PLATFORM_CHAIN),
+                id,
+                hash,
+                subxact,
+            });
+        }
+    });
+}
+
+fn chain_hash(prev: &str, id: i64, row_hash: &str) -> String {
+    hex::encode(Sha256::digest(format!("{prev}:{id}:{row_hash}").as_bytes()))
+}
+
+/// The newest chain entry of `tenant` (or its purge checkpoint), read with the latest
+/// snapshot so that a REPEATABLE READ transaction links after the newest committed entry.
+fn chain_head(tenant: Uuid) -> (i64, String) {
+    const Q: &std::ffi::CStr = c"SELECT seq, chain_hash FROM ( \
+        SELECT seq, chain_hash FROM tenancy.audit_chain WHERE tenant_id = $1 \
+        UNION ALL SELECT seq, chain_hash FROM tenancy.audit_checkpoint WHERE tenant_id = $1 \
+        ) h ORDER BY seq DESC LIMIT 1";
+    catalog::with_owner(|| unsafe {
+        Spi::connect(|_| {
+            let mut argtypes = [pg_sys::UUIDOID];
+            let plan = pg_sys::SPI_prepare(Q.as_ptr(), 1, argtypes.as_mut_ptr());
+            if plan.is_null() {
+                pgrx::error!("pg_tenancy: preparing the chain-head query failed");
+            }
+            let mut values = [to_pg_uuid(tenant).into_datum().expect("uuid datum")];
+            let nulls = [b' ' as std::ffi::c_char];
+            let rc = pg_sys::SPI_execute_snapshot(
+                plan,
+                values.as_mut_ptr(),
+                nulls.as_ptr(),
+                pg_sys::GetLatestSnapshot(),
+                std::ptr::null_mut(),
+                true,
+                false,
+                1,
+            );
+            if rc != pg_sys::SPI_OK_SELECT as i32 {
+                pgrx::error!("pg_tenancy: reading the chain head failed ({rc})");
+            }
+            if pg_sys::SPI_processed == 0 {
+                return (0, GENESIS.to_string());
+            }
+            let tt = pg_sys::SPI_tuptable;
+            let tuple = *(*tt).vals;
+            let text = |col: i32| {
+                let p = pg_sys::SPI_getvalue(tuple, (*tt).tupdesc, col);
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            };
+            (text(1).parse().unwrap_or(0), text(2))
+        })
+    })
+}
+
+/// Link this transaction's records into their tenants' chains (PRE_COMMIT).
+fn link_pending() {
+    let mut pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if pending.is_empty() {
+        return;
+    }
+    pending.sort_by(|a, b| (a.tenant, a.id).cmp(&(b.tenant, b.id)));
+    // PRE_COMMIT runs outside any portal: SPI needs an active snapshot (an error pops it
+    // through transaction abort).
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let mut i = 0;
+    while i < pending.len() {
+        let tenant = pending[i].tenant;
+        let mut j = i;
+        while j < pending.len() && pending[j].tenant == tenant {
+            j += 1;
+        }
+        let lock_key = i32::from_be_bytes(tenant.as_bytes()[..4].try_into().expect("4 bytes"))
+            ^ i32::from_be_bytes(tenant.as_bytes()[12..16].try_into().expect("4 bytes"));
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_advisory_xact_lock($1, $2)",
+            &[LOCK_CLASS.into(), lock_key.into()],
+        )
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit chain lock failed: {e}"));
+        let (mut seq, mut prev) = chain_head(tenant);
+        let (mut seqs, mut ids, mut hashes, mut prevs, mut chains) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for r in &pending[i..j] {
+            seq += 1;
+            let ch = chain_hash(&prev, r.id, &r.hash);
+            seqs.push(seq);
+            ids.push(r.id);
+            hashes.push(r.hash.clone());
+            prevs.push(prev.clone());
+            chains.push(ch.clone());
+            prev = ch;
+        }
+        catalog::write(
+            "INSERT INTO tenancy.audit_chain (tenant_id, seq, record_id, row_hash, prev_hash, chain_hash) \
+             SELECT $1, * FROM unnest($2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[])",
+            &[to_pg_uuid(tenant).into(), seqs.into(), ids.into(), hashes.into(), prevs.into(), chains.into()],
+        );
+        i = j;
+    }
+    unsafe { pg_sys::PopActiveSnapshot() };
+}
+
+/// Run an INSERT ... RETURNING id, tenant_id, row_hash into tenancy.audit_log as its owner and
+/// remember the records for linking.
+fn insert_records(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    trigger: Option<&pgrx::PgTrigger>,
+) {
+    let rows = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            if let Some(t) = trigger {
+                unsafe {
+                    pg_sys::SPI_register_trigger_data(t.trigger_data() as *const _ as *mut _);
+                }
+            }
+            let t = c.update(sql, None, args)?;
+            let mut out = Vec::with_capacity(t.len());
+            for r in t {
+                out.push((
+                    r.get::<pgrx::Uuid>(2)?.map(|u| catalog::from_pg_uuid(&u)),
+                    r.get::<i64>(1)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: writing the audit trail failed: {e}"));
+    remember(rows);
+}
+
+/// The columns every audit INSERT fills, and the hash over them.
+const RECORD_COLUMNS: &str =
+    "id, tenant_id, occurred_at, txid, table_name, op, row_key, old_row, new_row, \
+     db_role, subject, application_name, client_addr, row_hash";
+const HASHED: &str =
+    "tenancy._audit_hash(s.id, s.tenant_id, s.occurred_at, s.txid, s.table_name, s.op, \
+     s.row_key, s.old_row, s.new_row, s.db_role, s.subject, s.application_name, s.client_addr)";
+/// Per-record values that do not come from the changed row.
+const CONTEXT: &str = "nextval('tenancy.audit_log_id_seq') AS id";
+const CONTEXT_TAIL: &str = "clock_timestamp() AS occurred_at, txid_current() AS txid";
+const SESSION_TAIL: &str =
+    "current_setting('application_name') AS application_name, inet_client_addr() AS client_addr";
+
+fn caller_and_subject() -> (String, Option<String>) {
+    (
+        crate::authz::role_name(crate::authz::caller()),
+        crate::binding::peek().and_then(|b| b.subject),
+    )
+}
+
+/// Record a management action.
 pub fn admin(action: &str, tenant: Option<Uuid>, detail: serde_json::Value) {
-    let subject = crate::binding::peek().and_then(|b| b.subject);
-    let role = crate::authz::role_name(crate::authz::caller());
     let mut detail = detail;
     if let Some(obj) = detail.as_object_mut() {
         obj.insert("action".into(), action.into());
     }
-    catalog::write(
-        "INSERT INTO tenancy.audit_log (tenant_id, op, new_row, db_role, subject) \
-         VALUES ($1, 'ADMIN', $2, $3, $4)",
+    record("ADMIN", tenant, None, detail);
+}
+
+/// Record one entry that is not a row change (ADMIN, or a TRUNCATE by an operator).
+pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: serde_json::Value) {
+    let (role, subject) = caller_and_subject();
+    let sql = format!(
+        "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
+           SELECT {CONTEXT}, $1::uuid AS tenant_id, {CONTEXT_TAIL}, $5::text AS table_name, $6::text AS op, \
+                  NULL::jsonb AS row_key, NULL::jsonb AS old_row, $2::jsonb AS new_row, $3::name AS db_role, \
+                  $4::text AS subject, {SESSION_TAIL}) s \
+         RETURNING id, tenant_id, row_hash"
+    );
+    insert_records(
+        &sql,
         &[
             tenant.map(to_pg_uuid).into(),
             JsonB(detail).into(),
             role.into(),
             subject.into(),
+            table.into(),
+            op.into(),
         ],
+        None,
     );
+}
+
+/// What the audit trigger needs to know about a table (cached per statement; cheap to read).
+struct AuditMeta {
+    name: String,
+    tenant_column: String,
+    exclude: Vec<String>,
+    key_columns: Vec<String>,
+}
+
+fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
+    catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT $1::oid::regclass::text, p.tenant_column::text, p.audit_exclude, \
+                        coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) \
+                           FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                           JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
+                          WHERE x.indrelid = $1 AND x.indisprimary), '{}') \
+                   FROM tenancy.protected_table p WHERE p.relid = $1::oid::regclass",
+                Some(1),
+                &[rel.into()],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let r = t.first();
+            Ok(Some(AuditMeta {
+                name: r.get::<String>(1)?.unwrap_or_default(),
+                tenant_column: r.get::<String>(2)?.unwrap_or_default(),
+                exclude: r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                key_columns: r.get::<Vec<String>>(4)?.unwrap_or_default(),
+            }))
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading audit settings failed: {e}"))
+    .unwrap_or_else(|| {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("table with oid {} has an audit trigger but is not protected", u32::from(rel)),
+            "Run tenancy.protect() on it again, or drop the tenancy_audit_* triggers.",
+        )
+    })
+}
+
+/// Statement-level AFTER INSERT/UPDATE/DELETE trigger of protected tables (transition tables
+/// `tenancy_new` / `tenancy_old`).
+#[pg_trigger]
+fn _audit<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let rel = trigger.relid()?;
+    let m = audit_meta(rel);
+    let q = crate::policy::quote_ident;
+    let tc = q(&m.tenant_column);
+    let key = |alias: &str| {
+        if m.key_columns.is_empty() {
+            "NULL::jsonb".to_string()
+        } else {
+            let parts: Vec<String> = m
+                .key_columns
+                .iter()
+                .map(|c| format!("{}, {alias}.{}", crate::policy::quote_literal(c), q(c)))
+                .collect();
+            format!("jsonb_build_object({})", parts.join(", "))
+        }
+    };
+    let (role, subject) = caller_and_subject();
+    let source = match trigger.op()? {
+        pgrx::PgTriggerOperation::Insert => format!(
+            "SELECT {CONTEXT}, n.{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'INSERT'::text AS op, \
+                    {} AS row_key, NULL::jsonb AS old_row, to_jsonb(n) - $2::text[] AS new_row, $3::name AS db_role, \
+                    $4::text AS subject, {SESSION_TAIL} FROM tenancy_new n",
+            key("n")
+        ),
+        pgrx::PgTriggerOperation::Delete => format!(
+            "SELECT {CONTEXT}, o.{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'DELETE'::text AS op, \
+                    {} AS row_key, to_jsonb(o) - $2::text[] AS old_row, NULL::jsonb AS new_row, $3::name AS db_role, \
+                    $4::text AS subject, {SESSION_TAIL} FROM tenancy_old o",
+            key("o")
+        ),
+        pgrx::PgTriggerOperation::Update => format!(
+            "SELECT {CONTEXT}, (b.n).{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'UPDATE'::text AS op, \
+                    {} AS row_key, \
+                    (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(to_jsonb(a.o) - $2::text[]) e \
+                      WHERE (to_jsonb(b.n) -> e.key) IS DISTINCT FROM e.value) AS old_row, \
+                    (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(to_jsonb(b.n) - $2::text[]) e \
+                      WHERE (to_jsonb(a.o) -> e.key) IS DISTINCT FROM e.value) AS new_row, \
+                    $3::name AS db_role, $4::text AS subject, {SESSION_TAIL} \
+               FROM (SELECT row_number() OVER () AS rn, o FROM tenancy_old o) a \
+               JOIN (SELECT row_number() OVER () AS rn, n FROM tenancy_new n) b USING (rn)",
+            key("(b.n)")
+        ),
+        // TRUNCATE is recorded by the truncate guard (tenancy._refuse_truncate), not here.
+        pgrx::PgTriggerOperation::Truncate => return Ok(None),
+    };
+    let sql = format!(
+        "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ({source}) s \
+         RETURNING id, tenant_id, row_hash"
+    );
+    insert_records(
+        &sql,
+        &[
+            m.name.clone().into(),
+            m.exclude.clone().into(),
+            role.into(),
+            subject.into(),
+        ],
+        Some(trigger),
+    );
+    Ok(None)
+}
+
+/// UPDATE, DELETE and TRUNCATE on the trail are refused for everyone; only audit_purge removes
+/// records (leaving a checkpoint).
+#[pg_trigger]
+fn _audit_append_only<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    if PURGING.with(|p| p.get()) {
+        return Ok(trigger.old());
+    }
+    let table = trigger.table_name().unwrap_or_default();
+    let mut f = serde_json::Map::new();
+    f.insert("table".into(), format!("tenancy.{table}").into());
+    errors::refuse(
+        "audit_tamper_refused",
+        f,
+        errors::INSUFFICIENT_PRIVILEGE,
+        format!(
+            "the audit trail is append-only: {} on tenancy.{table} is refused",
+            match trigger.op() {
+                Ok(pgrx::PgTriggerOperation::Update) => "UPDATE",
+                Ok(pgrx::PgTriggerOperation::Delete) => "DELETE",
+                Ok(pgrx::PgTriggerOperation::Truncate) => "TRUNCATE",
+                _ => "this change",
+            }
+        ),
+        "Records are removed only for retention, by an operator: SELECT tenancy.audit_purge(tenant, before);",
+    )
+}
+
+/// The tenant whose records the caller may read in tenancy.audit_log: the bound tenant, for
+/// its admins; NULL (no rows) otherwise. Never raises.
+#[pg_extern(stable, parallel_restricted, name = "_audit_reader_tenant")]
+fn audit_reader_tenant() -> Option<pgrx::Uuid> {
+    let b = crate::binding::current_if_bound()?;
+    if b.support_privileges.is_none() && b.roles.iter().any(|r| r == "admin") {
+        Some(to_pg_uuid(b.tenant))
+    } else {
+        None
+    }
+}
+
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION tenancy.audit_exclude("tbl" regclass, "columns" text[])
+RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_exclude_wrapper';
+"#
+)]
+fn audit_exclude(tbl: pg_sys::Oid, columns: Vec<String>) {
+    crate::authz::require_operator("audit_exclude");
+    let n = catalog::write(
+        "UPDATE tenancy.protected_table SET audit_exclude = ARRAY(SELECT DISTINCT unnest(audit_exclude || $2) ORDER BY 1) \
+          WHERE relid = $1::oid::regclass OR parent = $1::oid::regclass",
+        &[tbl.into(), columns.clone().into()],
+    );
+    if n == 0 {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "table \"{}\" is not protected",
+                crate::policy::relation_name(tbl)
+            ),
+            "Protect it first with tenancy.protect().",
+        );
+    }
+    admin(
+        "audit_exclude",
+        None,
+        serde_json::json!({"table": crate::policy::relation_name(tbl), "columns": columns}),
+    );
+}
+
+/// One tenant's verification result.
+type VerifyRow = (Option<pgrx::Uuid>, i64, bool, Option<i64>, Option<String>);
+
+fn verify_chain(tenant: Uuid) -> VerifyRow {
+    let pending: Vec<i64> = PENDING.with(|p| p.borrow().iter().map(|r| r.id).collect());
+    catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let uuid = to_pg_uuid(tenant);
+            let cp = c.select(
+                "SELECT seq, chain_hash, last_record_id FROM tenancy.audit_checkpoint WHERE tenant_id = $1",
+                Some(1),
+                &[uuid.into()],
+            )?;
+            let (mut seq, mut prev, floor) = if cp.is_empty() {
+                (0i64, GENESIS.to_string(), 0i64)
+            } else {
+                let r = cp.first();
+                (
+                    r.get::<i64>(1)?.unwrap_or(0),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<i64>(3)?.unwrap_or(0),
+                )
+            };
+            let mut records = 0i64;
+            let mut bad: Option<(i64, String)> = None;
+            let note = |id: i64, why: String, bad: &mut Option<(i64, String)>| {
+                if bad.as_ref().is_none_or(|(b, _)| id < *b) {
+                    *bad = Some((id, why));
+                }
+            };
+            let rows = c.select(
+                "SELECT c.seq, c.record_id, c.row_hash, c.prev_hash, c.chain_hash, l.id IS NOT NULL, l.row_hash, \
+                        tenancy._audit_hash(l.id, l.tenant_id, l.occurred_at, l.txid, l.table_name, l.op, l.row_key, \
+                                            l.old_row, l.new_row, l.db_role, l.subject, l.application_name, l.client_addr), \
+                        coalesce(l.tenant_id, '00000000-0000-0000-0000-000000000000') = c.tenant_id \
+                   FROM tenancy.audit_chain c LEFT JOIN tenancy.audit_log l ON l.id = c.record_id \
+                  WHERE c.tenant_id = $1 ORDER BY c.seq",
+                None,
+                &[uuid.into()],
+            )?;
+            for r in rows {
+                let cseq = r.get::<i64>(1)?.unwrap_or(0);
+                let id = r.get::<i64>(2)?.unwrap_or(0);
+                let chained = r.get::<String>(3)?.unwrap_or_default();
+                let cprev = r.get::<String>(4)?.unwrap_or_default();
+                let cchain = r.get::<String>(5)?.unwrap_or_default();
+                let present = r.get::<bool>(6)?.unwrap_or(false);
+                let stored = r.get::<String>(7)?;
+                let recomputed = r.get::<String>(8)?;
+                let same_tenant = r.get::<bool>(9)?.unwrap_or(false);
+                records += 1;
+                if cseq != seq + 1 {
+                    note(id, format!("chain entry {} follows {seq}: entries are missing", cseq), &mut bad);
+                } else if cprev != prev || cchain != chain_hash(&prev, id, &chained) {
+                    note(id, format!("chain link of record {id} is broken (entries changed, removed or reordered)"), &mut bad);
+                } else if !present {
+                    note(id, format!("record {id} was deleted"), &mut bad);
+                } else if stored.as_deref() != Some(chained.as_str()) || recomputed.as_deref() != Some(chained.as_str()) {
+                    note(id, format!("record {id} was changed"), &mut bad);
+                } else if !same_tenant {
+                    note(id, format!("record {id} was moved to another tenant"), &mut bad);
+                }
+                seq = cseq;
+                prev = cchain;
+            }
+            let orphans = c.select(
+                "SELECT l.id FROM tenancy.audit_log l \
+                  WHERE coalesce(l.tenant_id, '00000000-0000-0000-0000-000000000000') = $1 AND l.id > $2 \
+                    AND l.id <> ALL ($3) \
+                    AND NOT EXISTS (SELECT FROM tenancy.audit_chain c WHERE c.record_id = l.id) \
+                  ORDER BY l.id LIMIT 1",
+                Some(1),
+                &[uuid.into(), floor.into(), pending.clone().into()],
+            )?;
+            if !orphans.is_empty() {
+                let id = orphans.first().get::<i64>(1)?.unwrap_or(0);
+                note(id, format!("record {id} is not in the chain (inserted outside pg_tenancy)"), &mut bad);
+            }
+            Ok::<_, pgrx::spi::Error>((
+                Some(uuid),
+                records,
+                bad.is_none(),
+                bad.as_ref().map(|b| b.0),
+                bad.map(|b| b.1).or(Some("ok".into())),
+            ))
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_verify failed: {e}"))
+}
+
+/// Verify the hash chain of one tenant (slug or uuid), or of every tenant and the platform
+/// chain. Detects changed, deleted, inserted and reordered records, also when a superuser
+/// bypassed the append-only guard.
+#[pg_extern(volatile, parallel_unsafe)]
+fn audit_verify(
+    tenant: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant, Option<pgrx::Uuid>),
+        name!(records, i64),
+        name!(ok, bool),
+        name!(first_bad_id, Option<i64>),
+        name!(detail, Option<String>),
+    ),
+> {
+    let operator = crate::authz::is_operator(crate::authz::caller());
+    let tenants: Vec<Uuid> = match tenant {
+        Some(t) => {
+            let row = catalog::require_tenant(t);
+            if !operator && crate::binding::current_if_bound().is_none_or(|b| b.tenant != row.id) {
+                errors::raise(
+                    errors::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "permission denied: verifying the audit trail of tenant \"{}\"",
+                        row.slug
+                    ),
+                    "Operators verify any tenant; a bound session verifies its own.",
+                );
+            }
+            vec![row.id]
+        }
+        None => {
+            crate::authz::require_operator("audit_verify of every tenant");
+            catalog::with_owner(|| {
+                Spi::connect(|c| {
+                    let t = c.select(
+                        "SELECT DISTINCT t FROM (SELECT tenant_id FROM tenancy.audit_chain UNION \
+                           SELECT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000') FROM tenancy.audit_log) x(t) ORDER BY 1",
+                        None,
+                        &[],
+                    )?;
+                    let mut out = Vec::new();
+                    for r in t {
+                        if let Some(u) = r.get::<pgrx::Uuid>(1)? {
+                            out.push(catalog::from_pg_uuid(&u));
+                        }
+                    }
+                    Ok::<_, pgrx::spi::Error>(out)
+                })
+            })
+            .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_verify failed: {e}"))
+        }
+    };
+    let rows: Vec<VerifyRow> = tenants.into_iter().map(verify_chain).collect();
+    TableIterator::new(rows)
+}
+
+/// Retention: remove a tenant's records older than `before` (a prefix of its chain), leaving
+/// a checkpoint so the rest of the chain still verifies. Operators only. Returns the count.
+#[pg_extern(volatile, parallel_unsafe)]
+fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 {
+    crate::authz::require_operator("audit_purge");
+    let t = catalog::require_tenant(tenant);
+    let uuid = to_pg_uuid(t.id);
+    PURGING.with(|p| p.set(true));
+    let purged = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            // The longest prefix of the chain whose records are all older than `before`.
+            let last = c.update(
+                "SELECT c.seq, c.chain_hash, c.record_id FROM tenancy.audit_chain c \
+                  WHERE c.tenant_id = $1 AND c.seq < coalesce((SELECT min(c2.seq) FROM tenancy.audit_chain c2 \
+                        LEFT JOIN tenancy.audit_log l ON l.id = c2.record_id \
+                        WHERE c2.tenant_id = $1 AND (l.occurred_at IS NULL OR l.occurred_at >= $2)), 9223372036854775807) \
+                  ORDER BY c.seq DESC LIMIT 1",
+                Some(1),
+                &[uuid.into(), before.into()],
+            )?;
+            if last.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(0i64);
+            }
+            let r = last.first();
+            let (seq, hash, last_id) = (
+                r.get::<i64>(1)?.unwrap_or(0),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<i64>(3)?.unwrap_or(0),
+            );
+            let n = c
+                .update(
+                    "DELETE FROM tenancy.audit_log WHERE id IN \
+                       (SELECT record_id FROM tenancy.audit_chain WHERE tenant_id = $1 AND seq <= $2)",
+                    None,
+                    &[uuid.into(), seq.into()],
+                )?
+                .len() as i64;
+            c.update(
+                "DELETE FROM tenancy.audit_chain WHERE tenant_id = $1 AND seq <= $2",
+                None,
+                &[uuid.into(), seq.into()],
+            )?;
+            c.update(
+                "INSERT INTO tenancy.audit_checkpoint (tenant_id, seq, chain_hash, last_record_id, purged_records) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq, \
+                   chain_hash = EXCLUDED.chain_hash, last_record_id = EXCLUDED.last_record_id, \
+                   purged_records = tenancy.audit_checkpoint.purged_records + EXCLUDED.purged_records, \
+                   purged_at = now(), purged_by = session_user",
+                None,
+                &[uuid.into(), seq.into(), hash.into(), last_id.into(), n.into()],
+            )?;
+            Ok(n)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_purge failed: {e}"));
+    PURGING.with(|p| p.set(false));
+    admin(
+        "audit_purge",
+        Some(t.id),
+        serde_json::json!({"before": format!("{before}"), "records": purged}),
+    );
+    purged
 }

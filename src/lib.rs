@@ -44,6 +44,7 @@ pub extern "C-unwind" fn _PG_init() {
     catalog::init();
     binding::init();
     privileges::init();
+    audit::init();
 }
 
 /// Verify a signed token and bind its tenant and subject for this transaction (default) or

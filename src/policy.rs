@@ -133,12 +133,16 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
         "CREATE POLICY tenancy_select ON {t} FOR SELECT TO PUBLIC USING ({tenant} AND {})",
         allows("select")
     ));
+    // A row for another tenant fails the check through _cross_tenant_write, which logs the
+    // security event and raises a clear error; for the bound tenant's rows the OR
+    // short-circuits and the function is never called.
+    let own_row = format!("({tenant} OR tenancy._cross_tenant_write({lit}::regclass, {c}))");
     sql.push(format!(
-        "CREATE POLICY tenancy_insert ON {t} FOR INSERT TO PUBLIC WITH CHECK ({tenant} AND {})",
+        "CREATE POLICY tenancy_insert ON {t} FOR INSERT TO PUBLIC WITH CHECK ({own_row} AND {})",
         allows("insert")
     ));
     sql.push(format!(
-        "CREATE POLICY tenancy_update ON {t} FOR UPDATE TO PUBLIC USING ({tenant} AND {}) WITH CHECK ({tenant})",
+        "CREATE POLICY tenancy_update ON {t} FOR UPDATE TO PUBLIC USING ({tenant} AND {}) WITH CHECK {own_row}",
         allows("update")
     ));
     sql.push(format!(
@@ -152,7 +156,22 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
     sql.push(format!(
         "CREATE TRIGGER tenancy_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._refuse_truncate()"
     ));
-    let _ = audit; // the audit trigger is installed by the audit capability
+    for (name, event, refs) in [
+        ("tenancy_audit_ins", "INSERT", "NEW TABLE AS tenancy_new"),
+        (
+            "tenancy_audit_upd",
+            "UPDATE",
+            "OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new",
+        ),
+        ("tenancy_audit_del", "DELETE", "OLD TABLE AS tenancy_old"),
+    ] {
+        sql.push(format!("DROP TRIGGER IF EXISTS {name} ON {t}"));
+        if audit {
+            sql.push(format!(
+                "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit()"
+            ));
+        }
+    }
     sql
 }
 
@@ -324,7 +343,13 @@ fn unprotect(tbl: pg_sys::Oid) {
             sql.push(format!("DROP POLICY IF EXISTS {p} ON {t}"));
         }
         sql.push(format!("DROP TRIGGER IF EXISTS tenancy_no_truncate ON {t}"));
-        sql.push(format!("DROP TRIGGER IF EXISTS tenancy_audit ON {t}"));
+        for name in [
+            "tenancy_audit_ins",
+            "tenancy_audit_upd",
+            "tenancy_audit_del",
+        ] {
+            sql.push(format!("DROP TRIGGER IF EXISTS {name} ON {t}"));
+        }
         sql.push(format!("ALTER TABLE {t} NO FORCE ROW LEVEL SECURITY"));
         sql.push(format!("ALTER TABLE {t} DISABLE ROW LEVEL SECURITY"));
     }
@@ -500,6 +525,38 @@ pub fn parent_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
     .flatten()
 }
 
+/// Called by the generated WITH CHECK expressions only for a row whose tenant column is not
+/// the bound tenant: logs a security event (it survives the rollback) and refuses the row.
+#[pg_extern(
+    volatile,
+    parallel_restricted,
+    sql = r#"
+CREATE FUNCTION tenancy._cross_tenant_write("tbl" regclass, "row_tenant" uuid)
+RETURNS boolean VOLATILE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', '_cross_tenant_write_wrapper';
+"#
+)]
+fn _cross_tenant_write(tbl: pg_sys::Oid, row_tenant: Option<pgrx::Uuid>) -> bool {
+    let b = crate::binding::require();
+    let table = relation_name(tbl);
+    let row_tenant = row_tenant.map(|u| catalog::from_pg_uuid(&u).to_string());
+    let mut f = serde_json::Map::new();
+    f.insert("table".into(), table.clone().into());
+    f.insert("tenant".into(), b.slug.clone().into());
+    f.insert("subject".into(), b.subject.clone().into());
+    f.insert("row_tenant".into(), row_tenant.clone().into());
+    errors::refuse(
+        "cross_tenant_write_refused",
+        f,
+        errors::INSUFFICIENT_PRIVILEGE,
+        format!(
+            "new row for table \"{table}\" belongs to tenant {}, and this session is bound to tenant \"{}\"",
+            row_tenant.as_deref().unwrap_or("NULL"),
+            b.slug
+        ),
+        "Rows are written for the bound tenant only: leave the tenant column out, it defaults to the bound tenant.",
+    )
+}
+
 /// BEFORE TRUNCATE trigger of protected tables: refused for bound sessions and for every role
 /// that is not an operator (TRUNCATE would bypass row security and empty every tenant).
 #[pg_trigger]
@@ -520,6 +577,14 @@ fn _refuse_truncate<'a>(
             "TRUNCATE bypasses row security and would empty every tenant's rows; delete the bound tenant's rows with DELETE, or have an operator decommission a tenant.",
         );
     }
+    let table = trigger.table_name().unwrap_or_default();
+    let schema = trigger.table_schema().unwrap_or_default();
+    crate::audit::record(
+        "TRUNCATE",
+        None,
+        Some(format!("{schema}.{table}")),
+        serde_json::json!({"truncated_by_operator": true}),
+    );
     Ok(None)
 }
 
