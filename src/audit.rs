@@ -146,7 +146,7 @@ fn link_pending() {
     if pending.is_empty() {
         return;
     }
-    pending.sort_by(|a, b| (a.tenant, a.id).cmp(&(b.tenant, b.id)));
+    pending.sort_by_key(|r| (r.tenant, r.id));
     // PRE_COMMIT runs outside any portal: SPI needs an active snapshot (an error pops it
     // through transaction abort).
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
@@ -544,6 +544,7 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_verify failed: {e}"))
 }
 
+#[allow(clippy::type_complexity)]
 /// Verify the hash chain of one tenant (slug or uuid), or of every tenant and the platform
 /// chain. Detects changed, deleted, inserted and reordered records, also when a superuser
 /// bypassed the append-only guard.
