@@ -588,9 +588,13 @@ fn _refuse_truncate<'a>(
     Ok(None)
 }
 
-/// A relation's name as regclass prints it (schema-qualified unless on the search_path).
+/// A relation's schema-qualified, quoted name (whatever the search_path).
 pub fn relation_name(rel: pg_sys::Oid) -> String {
-    Spi::get_one_with_args::<String>("SELECT $1::oid::regclass::text", &[rel.into()])
+    Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[rel.into()],
+    )
         .ok()
         .flatten()
         .unwrap_or_else(|| format!("{}", u32::from(rel)))
