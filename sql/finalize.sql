@@ -372,3 +372,8 @@ REVOKE EXECUTE ON FUNCTION tenancy.audit_purge(text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.audit_purge(text, timestamptz) TO tenancy_operator;
 REVOKE EXECUTE ON FUNCTION tenancy.audit_exclude(regclass, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.audit_exclude(regclass, text[]) TO tenancy_operator;
+
+REVOKE EXECUTE ON FUNCTION tenancy.security_events() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.security_event_counts() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.security_events() TO tenancy_operator;
+GRANT EXECUTE ON FUNCTION tenancy.security_event_counts() TO tenancy_operator;

@@ -34,6 +34,7 @@ pub fn security_event(event: &str, mut fields: serde_json::Map<String, serde_jso
     fields.entry("role").or_insert(role.into());
     fields.entry("session_role").or_insert(session_role.into());
     let line = serde_json::Value::Object(fields).to_string();
+    crate::events::record(event, &line);
     ErrorReport::new(
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
         format!("pg_tenancy security event: {line}"),

@@ -14,7 +14,8 @@
 //! - `audit`: the audit trail
 //! - `authz`: who may call what
 //! - `gucs`: server settings under `tenancy.`
-//! - `errors`: refusals with SQLSTATE and HINT, security events
+//! - `errors`: refusals with SQLSTATE and HINT, security events in the server log
+//! - `events`: security-event counters and recent events in shared memory (when preloaded)
 
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -24,6 +25,7 @@ mod authz;
 mod binding;
 mod catalog;
 mod errors;
+mod events;
 mod guard;
 mod gucs;
 mod keys;
@@ -41,6 +43,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    events::init();
     catalog::init();
     binding::init();
     privileges::init();
@@ -97,6 +100,7 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        // Preloaded here (the integration cluster is not): security_events() needs it.
+        vec!["shared_preload_libraries = 'pg_tenancy'"]
     }
 }

@@ -90,3 +90,33 @@ fn management_actions_are_audited() {
     .unwrap();
     assert_eq!(n, 2);
 }
+
+#[pg_test]
+fn security_events_survive_the_rollback_of_their_statement() {
+    // pg_test preloads the library, so events are also kept in shared memory.
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    let before = Spi::get_one::<i64>(
+        "SELECT total FROM tenancy.security_event_counts() WHERE event = 'bind_refused'",
+    )
+    .unwrap()
+    .unwrap();
+    // A refused bind inside a subtransaction that is rolled back.
+    PgTryBuilder::new(|| {
+        Spi::run("SELECT tenancy.bind('not-a-token')").unwrap();
+    })
+    .catch_others(|_| ())
+    .execute();
+    let after = Spi::get_one::<i64>(
+        "SELECT total FROM tenancy.security_event_counts() WHERE event = 'bind_refused'",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(after, before + 1);
+    let detail = Spi::get_one::<pgrx::JsonB>(
+        "SELECT detail FROM tenancy.security_events() WHERE event = 'bind_refused' LIMIT 1",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(detail.0["event"], "bind_refused");
+    assert!(detail.0["reason"].as_str().unwrap().contains("malformed"));
+}

@@ -7,7 +7,12 @@ use common::*;
 use postgres::Client;
 
 fn verify(su: &mut Client, tenant: &str) -> (bool, Option<i64>, i64, String) {
-    let r = su.query_one("SELECT ok, first_bad_id, records, detail FROM tenancy.audit_verify($1)", &[&tenant]).unwrap();
+    let r = su
+        .query_one(
+            "SELECT ok, first_bad_id, records, detail FROM tenancy.audit_verify($1)",
+            &[&tenant],
+        )
+        .unwrap();
     (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
@@ -22,9 +27,11 @@ fn audit_count(su: &mut Client, tenant_id: &str, op: &str) -> i64 {
 
 fn write(c: &mut Client, f: &Fixture, sql: &str, commit: bool) {
     c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "writer")]).unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "writer")])
+        .unwrap();
     c.batch_execute(sql).unwrap();
-    c.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" }).unwrap();
+    c.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+        .unwrap();
 }
 
 #[test]
@@ -32,9 +39,24 @@ fn committed_changes_are_audited_and_rolled_back_ones_are_not() {
     let f = Fixture::new();
     let mut c = app();
     let mut su = superuser();
-    write(&mut c, &f, "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 100) g", true);
-    write(&mut c, &f, "INSERT INTO it_orders (amount) VALUES (999)", false);
-    write(&mut c, &f, "UPDATE it_orders SET amount = amount + 1 WHERE amount <= 10", true);
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 100) g",
+        true,
+    );
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (999)",
+        false,
+    );
+    write(
+        &mut c,
+        &f,
+        "UPDATE it_orders SET amount = amount + 1 WHERE amount <= 10",
+        true,
+    );
     write(&mut c, &f, "DELETE FROM it_orders WHERE amount > 95", true);
     // A savepoint rolled back inside a committed transaction leaves no record.
     write(
@@ -54,7 +76,10 @@ fn committed_changes_are_audited_and_rolled_back_ones_are_not() {
         )
         .unwrap();
     let (old, new): (String, String) = (r.get(0), r.get(1));
-    assert!(old.starts_with("{\"amount\":") && !old.contains("tenant_id"), "changed columns only: {old}");
+    assert!(
+        old.starts_with("{\"amount\":") && !old.contains("tenant_id"),
+        "changed columns only: {old}"
+    );
     assert!(new.starts_with("{\"amount\":"), "{new}");
     assert_eq!(r.get::<_, String>(2), APP);
     assert_eq!(r.get::<_, String>(3), "writer");
@@ -67,7 +92,12 @@ fn committed_changes_are_audited_and_rolled_back_ones_are_not() {
 fn the_trail_is_append_only() {
     let f = Fixture::new();
     let mut c = app();
-    write(&mut c, &f, "INSERT INTO it_orders (amount) VALUES (1)", true);
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (1)",
+        true,
+    );
     let mut su = superuser();
     for sql in [
         "UPDATE tenancy.audit_log SET subject = 'nobody'",
@@ -86,7 +116,12 @@ fn the_trail_is_append_only() {
 fn tampered(how: &str) -> (Fixture, Vec<i64>, (bool, Option<i64>, i64, String)) {
     let f = Fixture::new();
     let mut c = app();
-    write(&mut c, &f, "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 5) g", true);
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 5) g",
+        true,
+    );
     let mut su = superuser();
     let ids: Vec<i64> = su
         .query(
@@ -98,15 +133,22 @@ fn tampered(how: &str) -> (Fixture, Vec<i64>, (bool, Option<i64>, i64, String)) 
         .map(|r| r.get(0))
         .collect();
     assert!(verify(&mut su, &f.a).0);
-    let sql = how.replace("$ID2", &ids[1].to_string()).replace("$ID3", &ids[2].to_string()).replace("$T", &f.a_id);
-    su.batch_execute(&format!("SET session_replication_role = replica; {sql}; RESET session_replication_role")).unwrap();
+    let sql = how
+        .replace("$ID2", &ids[1].to_string())
+        .replace("$ID3", &ids[2].to_string())
+        .replace("$T", &f.a_id);
+    su.batch_execute(&format!(
+        "SET session_replication_role = replica; {sql}; RESET session_replication_role"
+    ))
+    .unwrap();
     let v = verify(&mut su, &f.a);
     (f, ids, v)
 }
 
 #[test]
 fn a_changed_record_is_detected() {
-    let (_f, ids, (ok, bad, _, detail)) = tampered("UPDATE tenancy.audit_log SET new_row = '{\"amount\": 1000000}' WHERE id = $ID2");
+    let (_f, ids, (ok, bad, _, detail)) =
+        tampered("UPDATE tenancy.audit_log SET new_row = '{\"amount\": 1000000}' WHERE id = $ID2");
     assert!(!ok);
     assert_eq!(bad, Some(ids[1]), "{detail}");
 }
@@ -151,21 +193,50 @@ fn a_deleted_chain_entry_is_detected() {
 fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
     let f = Fixture::new();
     let mut c = app();
-    write(&mut c, &f, "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 20) g", true);
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 20) g",
+        true,
+    );
     let mut su = superuser();
-    let cut: String = su.query_one("SELECT clock_timestamp()::text", &[]).unwrap().get(0);
-    write(&mut c, &f, "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 5) g", true);
-    expect_err(&mut c, &format!("SELECT tenancy.audit_purge('{}', now())", f.a), &["42501"]);
+    let cut: String = su
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .unwrap()
+        .get(0);
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 5) g",
+        true,
+    );
+    expect_err(
+        &mut c,
+        &format!("SELECT tenancy.audit_purge('{}', now())", f.a),
+        &["42501"],
+    );
     let mut op = connect(OPERATOR);
     let n: i64 = op
-        .query_one("SELECT tenancy.audit_purge($1, $2::text::timestamptz)", &[&f.a, &cut])
+        .query_one(
+            "SELECT tenancy.audit_purge($1, $2::text::timestamptz)",
+            &[&f.a, &cut],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 21, "create_tenant + 20 inserts are older than the cut");
     let (ok, bad, records, detail) = verify(&mut su, &f.a);
     assert!(ok, "{bad:?} {detail}");
-    assert_eq!(records, 5 + 1, "5 inserts and the purge's own ADMIN entry remain");
-    write(&mut c, &f, "INSERT INTO it_orders (amount) VALUES (1)", true);
+    assert_eq!(
+        records,
+        5 + 1,
+        "5 inserts and the purge's own ADMIN entry remain"
+    );
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (1)",
+        true,
+    );
     assert!(verify(&mut su, &f.a).0);
 }
 
@@ -173,34 +244,61 @@ fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
 fn tenants_read_their_own_trail_and_operators_only_metadata() {
     let f = Fixture::new();
     let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a]).unwrap();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
     let mut c = app();
-    write(&mut c, &f, "INSERT INTO it_orders (amount) VALUES (42)", true);
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (42)",
+        true,
+    );
     // A member reads nothing; an admin reads only its tenant's records.
     c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "worker")]).unwrap();
-    let n: i64 = c.query_one("SELECT count(*) FROM tenancy.audit_log", &[]).unwrap().get(0);
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "worker")])
+        .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM tenancy.audit_log", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
     c.batch_execute("ROLLBACK; BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")]).unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+        .unwrap();
     let tenants: Vec<String> = c
-        .query("SELECT DISTINCT tenant_id::text FROM tenancy.audit_log", &[])
+        .query(
+            "SELECT DISTINCT tenant_id::text FROM tenancy.audit_log",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
     assert_eq!(tenants, vec![f.a_id.clone()]);
-    let (ok,): (bool,) = c.query_one("SELECT ok FROM tenancy.audit_verify($1)", &[&f.a]).map(|r| (r.get(0),)).unwrap();
+    let (ok,): (bool,) = c
+        .query_one("SELECT ok FROM tenancy.audit_verify($1)", &[&f.a])
+        .map(|r| (r.get(0),))
+        .unwrap();
     assert!(ok);
     c.batch_execute("SAVEPOINT s").unwrap();
-    expect_err(&mut c, &format!("SELECT * FROM tenancy.audit_verify('{}')", f.b), &["42501"]);
+    expect_err(
+        &mut c,
+        &format!("SELECT * FROM tenancy.audit_verify('{}')", f.b),
+        &["42501"],
+    );
     c.batch_execute("ROLLBACK").unwrap();
     // Operators: no rows of the trail itself, metadata through audit_metadata.
     let mut op = connect(OPERATOR);
-    let n: i64 = op.query_one("SELECT count(*) FROM tenancy.audit_log", &[]).unwrap().get(0);
+    let n: i64 = op
+        .query_one("SELECT count(*) FROM tenancy.audit_log", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
     let n: i64 = op
-        .query_one("SELECT count(*) FROM tenancy.audit_metadata WHERE tenant_id = $1::text::uuid", &[&f.a_id])
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_metadata WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
         .unwrap()
         .get(0);
     assert!(n >= 2);
@@ -213,7 +311,10 @@ fn tenants_read_their_own_trail_and_operators_only_metadata() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(!cols.iter().any(|c| c == "new_row" || c == "old_row"), "{cols:?}");
+    assert!(
+        !cols.iter().any(|c| c == "new_row" || c == "old_row"),
+        "{cols:?}"
+    );
 }
 
 #[test]
@@ -230,7 +331,8 @@ fn excluded_columns_never_reach_the_trail() {
     .unwrap();
     let mut c = app();
     c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")]).unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])
+        .unwrap();
     c.batch_execute(&format!(
         "INSERT INTO {s}.secrets (id, label, api_key) VALUES (1, 'prod', 'sk-live-SECRET'); \
          UPDATE {s}.secrets SET api_key = 'sk-live-OTHER', label = 'prod2'; COMMIT"
@@ -255,20 +357,29 @@ fn a_denied_cross_tenant_write_leaves_a_security_event_after_rollback() {
     let f = Fixture::new();
     let mut c = app();
     c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "mallory")]).unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "mallory")])
+        .unwrap();
     let msg = expect_err(
         &mut c,
-        &format!("INSERT INTO it_orders (tenant_id, amount) VALUES ('{}', 1)", f.b_id),
+        &format!(
+            "INSERT INTO it_orders (tenant_id, amount) VALUES ('{}', 1)",
+            f.b_id
+        ),
         &["42501"],
     );
     assert!(msg.contains("belongs to tenant"), "{msg}");
     c.batch_execute("ROLLBACK").unwrap();
-    let log = std::fs::read_to_string(format!("{}/server.log", std::env::var("PGHOST").unwrap())).unwrap();
+    let log = std::fs::read_to_string(format!("{}/server.log", std::env::var("PGHOST").unwrap()))
+        .unwrap();
     let line = log
         .lines()
         .find(|l| l.contains("\"event\":\"cross_tenant_write_refused\"") && l.contains(&f.b_id))
         .expect("security event in the server log");
-    for needle in ["\"table\":\"public.it_orders\"", "\"subject\":\"mallory\"", &format!("\"tenant\":\"{}\"", f.a)] {
+    for needle in [
+        "\"table\":\"public.it_orders\"",
+        "\"subject\":\"mallory\"",
+        &format!("\"tenant\":\"{}\"", f.a),
+    ] {
         assert!(line.contains(needle), "{needle} missing from {line}");
     }
 }
@@ -283,7 +394,8 @@ fn eight_concurrent_writers_of_one_tenant_keep_one_chain() {
          GRANT SELECT, INSERT, UPDATE ON it_orders TO {role}; GRANT USAGE ON SEQUENCE it_orders_id_seq TO {role}"
     ))
     .unwrap();
-    su.execute(&format!("SELECT tenancy.map_role('{role}', $1)"), &[&f.a]).unwrap();
+    su.execute(&format!("SELECT tenancy.map_role('{role}', $1)"), &[&f.a])
+        .unwrap();
     let script = std::env::temp_dir().join(format!("{role}.sql"));
     std::fs::write(
         &script,
@@ -294,9 +406,20 @@ fn eight_concurrent_writers_of_one_tenant_keep_one_chain() {
         let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
             .args(["-n", "-c", "8", "-j", "2", "-T", "4", "-f"])
             .arg(&script)
-            .args(["-h", &std::env::var("PGHOST").unwrap(), "-p", &std::env::var("PGPORT").unwrap()])
+            .args([
+                "-h",
+                &std::env::var("PGHOST").unwrap(),
+                "-p",
+                &std::env::var("PGPORT").unwrap(),
+            ])
             .args(["-U", &role, "tenancy_it"])
-            .env("PGOPTIONS", format!("-c default_transaction_isolation={}", isolation.replace(' ', "\\ ")))
+            .env(
+                "PGOPTIONS",
+                format!(
+                    "-c default_transaction_isolation={}",
+                    isolation.replace(' ', "\\ ")
+                ),
+            )
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -305,12 +428,20 @@ fn eight_concurrent_writers_of_one_tenant_keep_one_chain() {
             .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
             .and_then(|v| v.split('/').next())
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("pgbench output: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+            .unwrap_or_else(|| {
+                panic!(
+                    "pgbench output: {text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
         println!("pgbench ({isolation}): {processed} transactions by 8 writers of one tenant");
         assert!(processed > 0);
     }
     let rows: i64 = su
-        .query_one("SELECT count(*) FROM it_orders WHERE tenant_id = $1::text::uuid", &[&f.a_id])
+        .query_one(
+            "SELECT count(*) FROM it_orders WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
         .unwrap()
         .get(0);
     // Every committed INSERT is in the trail exactly once (failed transactions left nothing).
@@ -318,12 +449,22 @@ fn eight_concurrent_writers_of_one_tenant_keep_one_chain() {
     let (ok, bad, records, detail) = verify(&mut su, &f.a);
     assert!(ok, "{bad:?} {detail}");
     let chained: i64 = su
-        .query_one("SELECT count(*) FROM tenancy.audit_chain WHERE tenant_id = $1::text::uuid", &[&f.a_id])
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_chain WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
         .unwrap()
         .get(0);
     let logged: i64 = su
-        .query_one("SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid", &[&f.a_id])
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
         .unwrap()
         .get(0);
-    assert_eq!((records, chained), (logged, logged), "no fork, no lost record");
+    assert_eq!(
+        (records, chained),
+        (logged, logged),
+        "no fork, no lost record"
+    );
 }

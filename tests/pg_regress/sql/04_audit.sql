@@ -1,0 +1,49 @@
+-- The audit trail as a DBA sees it: records of changes, the chain, verification, the
+-- append-only guard, tamper detection and retention.
+\set VERBOSITY default
+CREATE SCHEMA shop;
+CREATE TABLE shop.items (tenant_id uuid NOT NULL, id int NOT NULL, label text, secret text, PRIMARY KEY (tenant_id, id));
+SELECT tenancy.protect('shop.items');
+SELECT tenancy.audit_exclude('shop.items', ARRAY['secret']);
+CREATE ROLE regress_writer LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT USAGE ON SCHEMA shop TO regress_writer;
+GRANT SELECT, INSERT, UPDATE, DELETE ON shop.items TO regress_writer;
+SELECT tenancy.map_role('regress_writer', 'acme', '{member}');
+
+\c - regress_writer
+INSERT INTO shop.items (id, label, secret) VALUES (1, 'first', 's1'), (2, 'second', 's2');
+UPDATE shop.items SET label = 'second, renamed', secret = 's2b' WHERE id = 2;
+DELETE FROM shop.items WHERE id = 1;
+BEGIN;
+INSERT INTO shop.items (id, label) VALUES (3, 'rolled back');
+ROLLBACK;
+-- A member does not read the trail (admins of the tenant do).
+SELECT count(*) FROM tenancy.audit_log;
+
+\c - postgres
+SELECT op, table_name, row_key - 'tenant_id' AS row_key, old_row - 'tenant_id' AS old_row,
+       new_row - 'tenant_id' AS new_row, db_role, length(row_hash) AS hash_length
+  FROM tenancy.audit_log WHERE table_name = 'shop.items' ORDER BY id;
+SELECT ok, first_bad_id, detail FROM tenancy.audit_verify('acme');
+
+-- Append-only, even for a superuser.
+UPDATE tenancy.audit_log SET db_role = 'someone' WHERE table_name = 'shop.items';
+DELETE FROM tenancy.audit_log WHERE table_name = 'shop.items';
+TRUNCATE tenancy.audit_log;
+
+-- A superuser who disables the guard can edit the table, but not the evidence.
+SET session_replication_role = replica;
+UPDATE tenancy.audit_log SET new_row = new_row || '{"label": "forged"}'
+ WHERE table_name = 'shop.items' AND op = 'INSERT';
+RESET session_replication_role;
+SELECT ok, first_bad_id = (SELECT min(id) FROM tenancy.audit_log WHERE table_name = 'shop.items') AS points_at_first_edit,
+       detail ~ 'was changed' AS says_changed
+  FROM tenancy.audit_verify('acme');
+
+\c - regress_writer
+SELECT count(*) FROM shop.items;
+\c - postgres
+DROP SCHEMA shop CASCADE;
+SELECT tenancy.unmap_role('regress_writer', 'acme');
+DROP OWNED BY regress_writer;
+DROP ROLE regress_writer;
