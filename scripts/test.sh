@@ -13,21 +13,31 @@ ensure_deps
 
 WORK=${TENANCY_TEST_DIR:-/tmp/pg_tenancy-test}
 PORT=$(free_port)
-passed=0
-failed=0
+steps_failed=0
 failures=()
+tests_passed=0
+tests_failed=0
 trap 'cluster_stop "$WORK/cluster"' EXIT
 
+# Run one step, keep its output, and add up the tests its runner reports.
 run_step() {
     local name=$1
     shift
     log "$name"
-    if "$@"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
+    local out="$WORK/step.log"
+    mkdir -p "$WORK"
+    if "$@" 2>&1 | tee "$out"; then :; else
+        steps_failed=$((steps_failed + 1))
         failures+=("$name")
     fi
+    local p f
+    p=$(grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{s+=$4} END {print s+0}')
+    f=$(grep -aoE '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
+    # pg_regress: "ok"/"FAILED" per test
+    p=$((p + $(grep -acE '^test .* \.\.\. ok +[0-9]+ ms$' "$out" || true)))
+    f=$((f + $(grep -acE '^test .* \.\.\. FAILED +[0-9]+ ms$' "$out" || true)))
+    tests_passed=$((tests_passed + p))
+    tests_failed=$((tests_failed + f))
 }
 
 run_step "cargo fmt --check" cargo fmt --check
@@ -65,6 +75,7 @@ integration() {
 run_step "integration tests" integration
 
 echo
-for f in "${failures[@]}"; do echo "FAILED: $f"; done
-echo "tests: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+for f in "${failures[@]}"; do echo "FAILED step: $f"; done
+[ "$steps_failed" -eq 0 ] || [ "$tests_failed" -gt 0 ] || tests_failed=$steps_failed
+echo "tests: $tests_passed passed, $tests_failed failed"
+[ "$steps_failed" -eq 0 ]
