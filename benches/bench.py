@@ -1,0 +1,336 @@
+#!/usr/bin/env python3
+"""pg_tenancy benchmarks: pg_tenancy against the alternatives a user would pick instead, in
+the same cluster and the same run, interleaved (A B A B ...), medians of several runs.
+
+Run through benches/run.sh, which builds a release of the extension and starts the cluster.
+Prints a results table and writes benches/RESULTS.md (or the file given by --out).
+"""
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+PGBIN = "/usr/lib/postgresql/15/bin"
+
+READ_VARIANTS = ["filter", "naive", "tuned", "tenancy"]
+WRITE_VARIANTS = ["filter", "tuned", "noaudit", "tenancy", "plaudit"]
+SCHEMA = {
+    "filter": "bench_filter", "naive": "bench_naive", "tuned": "bench_tuned",
+    "tenancy": "bench_tenancy", "noaudit": "bench_noaudit", "plaudit": "bench_plaudit",
+    "s_small": "bench_s_small", "s_large": "bench_s_large",
+}
+LABEL = {
+    "filter": "filter (WHERE tenant_id = $t)", "naive": "naive RLS (current_setting per row)",
+    "tuned": "tuned RLS ((SELECT current_setting))", "tenancy": "pg_tenancy (bind + RBAC + audit)",
+    "noaudit": "pg_tenancy, audit off", "plaudit": "filter + PL/pgSQL audit trigger",
+}
+# Variants whose queries name the tenant themselves.
+EXPLICIT = {"filter", "plaudit"}
+
+
+def bind_line(variant):
+    if variant in ("naive", "tuned"):
+        return "SET LOCAL app.tenant_id = ':tid';"
+    if variant in ("tenancy", "noaudit", "s_small", "s_large"):
+        return "SELECT tenancy.bind(':token');"
+    return ""
+
+
+def workload_sql(name, variant):
+    s = SCHEMA[variant]
+    tf = "tenant_id = ':tid' AND " if variant in EXPLICIT else ""
+    where_tf = "WHERE tenant_id = ':tid'" if variant in EXPLICIT else ""
+    if name == "point":
+        return f"SELECT * FROM {s}.orders WHERE {tf}id = :k;"
+    if name == "aggregate":
+        return f"SELECT count(*), sum(amount) FROM {s}.orders {where_tf};"
+    if name == "join":
+        jf = "o.tenant_id = ':tid' AND i.tenant_id = ':tid' AND " if variant in EXPLICIT else ""
+        return (f"SELECT o.id, sum(i.qty) FROM {s}.orders o JOIN {s}.items i "
+                f"ON i.tenant_id = o.tenant_id AND i.order_id = o.id "
+                f"WHERE {jf}o.id BETWEEN :k AND :k + 20 GROUP BY o.id;")
+    if name == "seqscan":
+        return ("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; "
+                "SET LOCAL enable_indexonlyscan = off;\n"
+                f"SELECT count(*) FROM {s}.orders WHERE {tf}status = 3;")
+    if name == "insert":
+        return (f"INSERT INTO {s}.orders (tenant_id, id, amount, status) "
+                f"VALUES (':tid', nextval('bench.ids'), 1, 1);")
+    if name == "bulk":
+        return (f"INSERT INTO {s}.orders (tenant_id, id, amount, status) "
+                f"SELECT ':tid', nextval('bench.ids'), g, 1 FROM generate_series(1, 10000) g;")
+    if name == "update":
+        return f"UPDATE {s}.orders SET amount = amount + 1 WHERE {tf}id = :k;"
+    raise ValueError(name)
+
+
+def script(name, variant):
+    lines = [
+        "\\set t random(1, :ntenants)",
+        "\\set k random(1, :nrows)",
+        "SELECT tid, token FROM bench.tenants WHERE n = :t \\gset",
+        "BEGIN;",
+    ]
+    if bind_line(variant):
+        lines.append(bind_line(variant))
+    lines += workload_sql(name, variant).split("\n")
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.env = dict(os.environ)
+        self.tmp = tempfile.mkdtemp(prefix="pg_tenancy-bench-")
+
+    def psql(self, sql, db="bench", user="postgres", vars=None):
+        cmd = [f"{PGBIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d", db, "-U", user]
+        for k, v in (vars or {}).items():
+            cmd += ["-v", f"{k}={v}"]
+        out = subprocess.run(cmd, input=sql, capture_output=True, text=True, env=self.env)
+        if out.returncode != 0:
+            sys.exit(f"psql failed: {out.stderr}")
+        return out.stdout.strip()
+
+    def pgbench(self, name, variant, ntenants, nrows, seconds):
+        path = os.path.join(self.tmp, f"{name}-{variant}.sql")
+        with open(path, "w") as f:
+            f.write(script(name, variant))
+        cmd = [f"{PGBIN}/pgbench", "-n", "-M", "simple", "-c", str(self.args.clients), "-j",
+               str(min(self.args.clients, 2)), "-T", str(seconds), "-f", path,
+               "-D", f"ntenants={ntenants}", "-D", f"nrows={nrows}", "-U", "bench_app", "bench"]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
+        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout)
+        if out.returncode != 0 or not m:
+            sys.exit(f"pgbench {name}/{variant} failed:\n{out.stdout}\n{out.stderr}")
+        return float(m.group(1))
+
+    def measure(self, workloads, variants, ntenants, nrows):
+        """Interleaved runs (A B C A B C ...); returns {(workload, variant): [tps...]}."""
+        results = {}
+        for w in workloads:
+            for r in range(self.args.runs):
+                order = variants if r % 2 == 0 else list(reversed(variants))
+                for v in order:
+                    seconds = self.args.seconds * (2 if w in ("seqscan", "bulk") else 1)
+                    tps = self.pgbench(w, v, ntenants, nrows, seconds)
+                    results.setdefault((w, v), []).append(tps)
+                    print(f"  {w:<10} {v:<8} run {r + 1}: {tps:10.1f} tps", flush=True)
+        return results
+
+    def setup(self):
+        a = self.args
+        print(f"data: {a.tenants} tenants x {a.rows} orders (x2 items) in 6 schemas", flush=True)
+        self.psql("DROP DATABASE IF EXISTS bench", db="postgres")
+        self.psql("DROP ROLE IF EXISTS bench_app", db="postgres")
+        self.psql("CREATE DATABASE bench", db="postgres")
+        setup = open(os.path.join(os.path.dirname(__file__), "setup.sql")).read()
+        self.psql(setup, vars={"ntenants": a.tenants, "nrows": a.rows})
+        # Scale: the same point lookup and bind with few and with many tenants.
+        for schema, n, rows in (("bench_s_small", a.scale_small, a.scale_rows_total // a.scale_small),
+                                ("bench_s_large", a.scale_large, max(1, a.scale_rows_total // a.scale_large))):
+            self.psql(f"""
+                CREATE SCHEMA {schema};
+                GRANT USAGE ON SCHEMA {schema} TO bench_app;
+                CREATE TABLE {schema}.tenants (n int PRIMARY KEY, tid uuid NOT NULL, token text NOT NULL);
+                INSERT INTO {schema}.tenants
+                    SELECT g, tenancy.create_tenant('{schema.replace('_', '-')}-' || g), '' FROM generate_series(1, {n}) g;
+                UPDATE {schema}.tenants SET token = bench.token(tid::text);
+                GRANT SELECT ON {schema}.tenants TO bench_app;
+                CREATE TABLE {schema}.orders (tenant_id uuid NOT NULL, id bigint NOT NULL, amount numeric NOT NULL,
+                    status int NOT NULL, note text, PRIMARY KEY (tenant_id, id));
+                INSERT INTO {schema}.orders SELECT t.tid, g, g % 1000, g % 5, 'o' FROM {schema}.tenants t, generate_series(1, {rows}) g;
+                SELECT tenancy.protect('{schema}.orders');
+                GRANT SELECT ON {schema}.orders TO bench_app;
+                VACUUM ANALYZE {schema}.orders;
+            """)
+
+    def scale(self):
+        a = self.args
+        out = {}
+        for label, schema, n, rows in (("small", "bench_s_small", a.scale_small, a.scale_rows_total // a.scale_small),
+                                       ("large", "bench_s_large", a.scale_large, max(1, a.scale_rows_total // a.scale_large))):
+            path = os.path.join(self.tmp, f"scale-{label}.sql")
+            with open(path, "w") as f:
+                f.write("\n".join([
+                    "\\set t random(1, :ntenants)", "\\set k random(1, :nrows)",
+                    f"SELECT tid, token FROM {schema}.tenants WHERE n = :t \\gset",
+                    "BEGIN;", "SELECT tenancy.bind(':token');",
+                    f"SELECT * FROM {schema}.orders WHERE id = :k;", "COMMIT;", ""]))
+            out[label] = (path, n, rows)
+        results = {}
+        for r in range(a.runs):
+            for label in (["small", "large"] if r % 2 == 0 else ["large", "small"]):
+                path, n, rows = out[label]
+                cmd = [f"{PGBIN}/pgbench", "-n", "-M", "simple", "-c", str(a.clients), "-j", str(min(a.clients, 2)),
+                       "-T", str(a.seconds), "-f", path, "-D", f"ntenants={n}", "-D", f"nrows={rows}",
+                       "-U", "bench_app", "bench"]
+                o = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
+                m = re.search(r"tps = ([0-9.]+) \(without", o.stdout)
+                if not m:
+                    sys.exit(f"scale pgbench failed: {o.stdout}{o.stderr}")
+                results.setdefault(label, []).append(float(m.group(1)))
+                print(f"  scale {label:<6} run {r + 1}: {float(m.group(1)):10.1f} tps", flush=True)
+        return {k: statistics.median(v) for k, v in results.items()}
+
+    def token_memory(self):
+        """Backend RSS before and after binding N distinct tokens (the cache must be bounded)."""
+        n = self.args.tokens
+        sql = f"""
+            SELECT pg_backend_pid();
+            SELECT tenancy.bind(bench.token(tid::text)) IS NOT NULL FROM bench.tenants WHERE n = 1;
+            SELECT pg_sleep(0.2);
+        """
+        # One session: warm up, read RSS, bind N distinct tokens, read RSS again.
+        proc = subprocess.Popen([f"{PGBIN}/psql", "-X", "-At", "-d", "bench", "-U", "postgres"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=self.env, bufsize=1)
+        proc.stdin.write("SELECT pg_backend_pid();\n")
+        proc.stdin.flush()
+        pid = int(proc.stdout.readline().strip())
+
+        def rss_kib():
+            with open(f"/proc/{pid}/status") as f:
+                return int(next(l for l in f if l.startswith("VmRSS")).split()[1])
+
+        proc.stdin.write("BEGIN; SELECT count(tenancy.bind(bench.token(t.tid::text, 86400 + g))) "
+                         "FROM bench.tenants t, generate_series(1, 100) g WHERE t.n = 1; COMMIT;\n"
+                         "SELECT 'warm';\n")
+        proc.stdin.flush()
+        while proc.stdout.readline().strip() != "warm":
+            pass
+        before = rss_kib()
+        proc.stdin.write(f"BEGIN; SELECT count(tenancy.bind(bench.token(t.tid::text, 86400 + g))) "
+                         f"FROM bench.tenants t, generate_series(1, {n}) g WHERE t.n = 1; COMMIT;\n"
+                         "SELECT 'done';\n")
+        proc.stdin.flush()
+        while proc.stdout.readline().strip() != "done":
+            pass
+        after = rss_kib()
+        proc.stdin.close()
+        proc.wait()
+        del sql
+        return before, after
+
+
+def fmt_ratio(x):
+    return f"{x:.2f}"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--tenants", type=int, default=1000)
+    p.add_argument("--rows", type=int, default=1000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--scale-small", type=int, default=10)
+    p.add_argument("--scale-large", type=int, default=10000)
+    p.add_argument("--scale-rows-total", type=int, default=100000)
+    p.add_argument("--tokens", type=int, default=100000)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"))
+    p.add_argument("--settings", default="")
+    p.add_argument("--build", default="release")
+    args = p.parse_args()
+
+    b = Bench(args)
+    b.setup()
+    reads = ["point", "aggregate", "join", "seqscan"]
+    writes = ["insert", "bulk", "update"]
+    print("reads", flush=True)
+    res = b.measure(reads, READ_VARIANTS, args.tenants, args.rows)
+    print("writes", flush=True)
+    res.update(b.measure(writes, WRITE_VARIANTS, args.tenants, args.rows))
+    print("scale", flush=True)
+    scale = b.scale()
+    print("token cache memory", flush=True)
+    rss_before, rss_after = b.token_memory()
+
+    med = {k: statistics.median(v) for k, v in res.items()}
+    lines = []
+    lines.append("| workload | variant | median tps | runs | / filter | / tuned |")
+    lines.append("|---|---|---:|---:|---:|---:|")
+    for w in reads + writes:
+        for v in (READ_VARIANTS if w in reads else WRITE_VARIANTS):
+            m = med[(w, v)]
+            rf = m / med[(w, "filter")]
+            rt = m / med[(w, "tuned")] if (w, "tuned") in med else float("nan")
+            lines.append(f"| {w} | {LABEL[v]} | {m:.1f} | {len(res[(w, v)])} | {fmt_ratio(rf)} | {fmt_ratio(rt)} |")
+
+    def r(w, a, b_):
+        return med[(w, a)] / med[(w, b_)]
+
+    targets = []
+
+    def target(name, value, bound, op=">="):
+        ok = value >= bound if op == ">=" else value <= bound
+        targets.append((name, value, bound, op, ok))
+
+    for w in ("point", "aggregate", "join"):
+        target(f"{w}: pg_tenancy / filter", r(w, "tenancy", "filter"), 0.95)
+    for w in reads:
+        target(f"{w}: pg_tenancy / tuned", r(w, "tenancy", "tuned"), 1.0)
+    target("seqscan: pg_tenancy / tuned", r("seqscan", "tenancy", "tuned"), 0.95)
+    target("seqscan: naive / tuned (the naive per-row penalty; lower is the penalty)", r("seqscan", "naive", "tuned"), 1.0, "<=")
+    target("binding: bind per transaction / SET LOCAL per transaction (point lookup)", r("point", "tenancy", "tuned"), 0.95)
+    target("insert: audit on / audit off", r("insert", "tenancy", "noaudit"), 0.6)
+    target("insert: audit on / PL/pgSQL anchor", r("insert", "tenancy", "plaudit"), 1.5)
+    target("bulk: audit on / audit off", r("bulk", "tenancy", "noaudit"), 0.5)
+    target("bulk: audit on / PL/pgSQL anchor", r("bulk", "tenancy", "plaudit"), 2.0)
+    target(f"scale: point+bind {args.scale_large} tenants / {args.scale_small} tenants", scale["large"] / scale["small"], 0.95)
+    mem_mib = max(0, rss_after - rss_before) / 1024
+    target(f"token cache: backend RSS growth after {args.tokens} distinct tokens (MiB)", mem_mib, 16, "<=")
+
+    tlines = ["| target | measured | bound | met |", "|---|---:|---:|---|"]
+    for name, value, bound, op, ok in targets:
+        tlines.append(f"| {name} | {value:.2f} | {op} {bound} | {'yes' if ok else 'NO'} |")
+
+    pgver = b.psql("SHOW server_version", db="bench")
+    doc = [
+        "# pg_tenancy benchmark results",
+        "",
+        f"Generated by `benches/run.sh` on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}.",
+        "",
+        "## Machine and settings",
+        "",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB RAM, {platform.system()} {platform.release()}",
+        f"- PostgreSQL {pgver}; pg_tenancy {args.build} build",
+        f"- cluster settings: {args.settings}",
+        f"- data: {args.tenants} tenants x {args.rows} orders, 2 items per order, identical copies per variant",
+        f"- pgbench: {args.clients} clients, {args.seconds} s per run (10 s for seqscan and bulk), "
+        f"{args.runs} interleaved runs per variant, medians reported",
+        "- every script starts with the same lookup of the tenant's uuid and token "
+        "(`SELECT tid, token FROM bench.tenants WHERE n = :t \\gset`), so every variant pays it; "
+        "each transaction is `BEGIN; <bind or SET LOCAL>; <workload>; COMMIT`",
+        "",
+        "## Results",
+        "",
+        *lines,
+        "",
+        f"Scale (point lookup + bind, medians): {args.scale_small} tenants {scale['small']:.1f} tps, "
+        f"{args.scale_large} tenants {scale['large']:.1f} tps.",
+        "",
+        f"Token cache: backend RSS {rss_before} KiB before, {rss_after} KiB after binding "
+        f"{args.tokens} distinct tokens (cache bound: `tenancy.token_cache_size`, default 1024 entries).",
+        "",
+        "## Targets",
+        "",
+        *tlines,
+        "",
+    ]
+    text = "\n".join(doc)
+    print(text)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
