@@ -19,6 +19,8 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
 use uuid::Uuid;
 
 /// Records written by this transaction and not yet linked: (chain tenant, id, row_hash, subxact).
@@ -32,6 +34,18 @@ struct Pending {
 thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static PURGING: Cell<bool> = const { Cell::new(false) };
+    /// Bumped by every relcache invalidation: cached audit settings and plans are rebuilt.
+    static EPOCH: Cell<u64> = const { Cell::new(1) };
+    /// Per (table, operation): the table's audit settings and the kept plan of its INSERT.
+    static TRIGGER_CACHE: RefCell<HashMap<(u32, u8), (u64, Rc<AuditMeta>, Rc<pgrx::spi::OwnedPreparedStatement>)>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Any relcache invalidation (DDL, ANALYZE, a change of pg_tenancy's catalog) may change a
+/// table's audit settings or row type: rebuild on next use. Called from the relcache callback,
+/// so it only bumps a counter (plans are released when replaced, not while one may run).
+pub fn relcache_changed() {
+    EPOCH.with(|e| e.set(e.get() + 1));
 }
 
 /// The chain of platform entries that belong to no tenant.
@@ -97,45 +111,67 @@ fn chain_hash(prev: &str, id: i64, row_hash: &str) -> String {
     hex::encode(Sha256::digest(format!("{prev}:{id}:{row_hash}").as_bytes()))
 }
 
+thread_local! {
+    /// Kept SPI plans of the chain-head queries (planned once per backend).
+    static HEAD_PLANS: Cell<Option<(pg_sys::SPIPlanPtr, pg_sys::SPIPlanPtr)>> = const { Cell::new(None) };
+}
+
+/// Run a kept one-row plan with the latest snapshot; returns (seq, chain_hash) if a row came.
+unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid) -> Option<(i64, String)> {
+    let mut values = [to_pg_uuid(tenant).into_datum().expect("uuid datum")];
+    let nulls = [b' ' as std::ffi::c_char];
+    let rc = pg_sys::SPI_execute_snapshot(
+        plan,
+        values.as_mut_ptr(),
+        nulls.as_ptr(),
+        pg_sys::GetLatestSnapshot(),
+        std::ptr::null_mut(),
+        true,
+        false,
+        1,
+    );
+    if rc != pg_sys::SPI_OK_SELECT as i32 {
+        pgrx::error!("pg_tenancy: reading the audit chain head failed ({rc})");
+    }
+    if pg_sys::SPI_processed == 0 {
+        return None;
+    }
+    let tt = pg_sys::SPI_tuptable;
+    let tuple = *(*tt).vals;
+    let text = |col: i32| {
+        let p = pg_sys::SPI_getvalue(tuple, (*tt).tupdesc, col);
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    Some((text(1).parse().unwrap_or(0), text(2)))
+}
+
 /// The newest chain entry of `tenant` (or its purge checkpoint), read with the latest
 /// snapshot so that a REPEATABLE READ transaction links after the newest committed entry.
 fn chain_head(tenant: Uuid) -> (i64, String) {
-    const Q: &std::ffi::CStr = c"SELECT seq, chain_hash FROM ( \
-        SELECT seq, chain_hash FROM tenancy.audit_chain WHERE tenant_id = $1 \
-        UNION ALL SELECT seq, chain_hash FROM tenancy.audit_checkpoint WHERE tenant_id = $1 \
-        ) h ORDER BY seq DESC LIMIT 1";
     catalog::with_owner(|| unsafe {
         Spi::connect(|_| {
-            let mut argtypes = [pg_sys::UUIDOID];
-            let plan = pg_sys::SPI_prepare(Q.as_ptr(), 1, argtypes.as_mut_ptr());
-            if plan.is_null() {
-                pgrx::error!("pg_tenancy: preparing the chain-head query failed");
-            }
-            let mut values = [to_pg_uuid(tenant).into_datum().expect("uuid datum")];
-            let nulls = [b' ' as std::ffi::c_char];
-            let rc = pg_sys::SPI_execute_snapshot(
-                plan,
-                values.as_mut_ptr(),
-                nulls.as_ptr(),
-                pg_sys::GetLatestSnapshot(),
-                std::ptr::null_mut(),
-                true,
-                false,
-                1,
-            );
-            if rc != pg_sys::SPI_OK_SELECT as i32 {
-                pgrx::error!("pg_tenancy: reading the chain head failed ({rc})");
-            }
-            if pg_sys::SPI_processed == 0 {
-                return (0, GENESIS.to_string());
-            }
-            let tt = pg_sys::SPI_tuptable;
-            let tuple = *(*tt).vals;
-            let text = |col: i32| {
-                let p = pg_sys::SPI_getvalue(tuple, (*tt).tupdesc, col);
-                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+            let (chain, checkpoint) = match HEAD_PLANS.with(|p| p.get()) {
+                Some(plans) => plans,
+                None => {
+                    let prepare = |q: &std::ffi::CStr| {
+                        let mut argtypes = [pg_sys::UUIDOID];
+                        let plan = pg_sys::SPI_prepare(q.as_ptr(), 1, argtypes.as_mut_ptr());
+                        if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                            pgrx::error!("pg_tenancy: preparing the audit chain-head query failed");
+                        }
+                        plan
+                    };
+                    let plans = (
+                        prepare(c"SELECT seq, chain_hash FROM tenancy.audit_chain WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1"),
+                        prepare(c"SELECT seq, chain_hash FROM tenancy.audit_checkpoint WHERE tenant_id = $1"),
+                    );
+                    HEAD_PLANS.with(|p| p.set(Some(plans)));
+                    plans
+                }
             };
-            (text(1).parse().unwrap_or(0), text(2))
+            head_row(chain, tenant)
+                .or_else(|| head_row(checkpoint, tenant))
+                .unwrap_or((0, GENESIS.to_string()))
         })
     })
 }
@@ -313,14 +349,7 @@ fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
     })
 }
 
-/// Statement-level AFTER INSERT/UPDATE/DELETE trigger of protected tables (transition tables
-/// `tenancy_new` / `tenancy_old`).
-#[pg_trigger]
-fn _audit<'a>(
-    trigger: &'a pgrx::PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
-    let rel = trigger.relid()?;
-    let m = audit_meta(rel);
+fn trigger_sql(m: &AuditMeta, op: &pgrx::PgTriggerOperation) -> Option<String> {
     let q = crate::policy::quote_ident;
     let tc = q(&m.tenant_column);
     let key = |alias: &str| {
@@ -335,8 +364,7 @@ fn _audit<'a>(
             format!("jsonb_build_object({})", parts.join(", "))
         }
     };
-    let (role, subject) = caller_and_subject();
-    let source = match trigger.op()? {
+    let source = match op {
         pgrx::PgTriggerOperation::Insert => format!(
             "SELECT {CONTEXT}, n.{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'INSERT'::text AS op, \
                     {} AS row_key, NULL::jsonb AS old_row, to_jsonb(n) - $2::text[] AS new_row, $3::name AS db_role, \
@@ -362,22 +390,91 @@ fn _audit<'a>(
             key("(b.n)")
         ),
         // TRUNCATE is recorded by the truncate guard (tenancy._refuse_truncate), not here.
-        pgrx::PgTriggerOperation::Truncate => return Ok(None),
+        pgrx::PgTriggerOperation::Truncate => return None,
     };
-    let sql = format!(
+    Some(format!(
         "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ({source}) s \
          RETURNING id, tenant_id, row_hash"
-    );
-    insert_records(
-        &sql,
-        &[
-            m.name.clone().into(),
-            m.exclude.clone().into(),
-            role.into(),
-            subject.into(),
-        ],
-        Some(trigger),
-    );
+    ))
+}
+
+/// Statement-level AFTER INSERT/UPDATE/DELETE trigger of protected tables (transition tables
+/// `tenancy_new` / `tenancy_old`). One INSERT ... SELECT per statement, through a plan kept per
+/// table and operation.
+#[pg_trigger]
+fn _audit<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let op = trigger.op()?;
+    let op_key = match op {
+        pgrx::PgTriggerOperation::Insert => 0u8,
+        pgrx::PgTriggerOperation::Update => 1,
+        pgrx::PgTriggerOperation::Delete => 2,
+        pgrx::PgTriggerOperation::Truncate => return Ok(None),
+    };
+    let rel = trigger.relid()?;
+    let key = (u32::from(rel), op_key);
+    let epoch = EPOCH.with(|e| e.get());
+    let (role, subject) = caller_and_subject();
+    let cached = TRIGGER_CACHE.with(|c| {
+        c.borrow()
+            .get(&key)
+            .filter(|(e, _, _)| *e == epoch)
+            .map(|(_, m, p)| (m.clone(), p.clone()))
+    });
+    let rows = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            unsafe {
+                pg_sys::SPI_register_trigger_data(trigger.trigger_data() as *const _ as *mut _);
+            }
+            let (meta, plan) = match cached {
+                Some(hit) => hit,
+                None => {
+                    let meta = Rc::new(audit_meta(rel));
+                    let sql = trigger_sql(&meta, &op).expect("not TRUNCATE");
+                    use pgrx::pg_sys::{BuiltinOid, PgOid};
+                    let plan = Rc::new(
+                        c.prepare_mut(
+                            sql.as_str(),
+                            &[
+                                PgOid::BuiltIn(BuiltinOid::TEXTOID),
+                                PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
+                                PgOid::BuiltIn(BuiltinOid::TEXTOID),
+                                PgOid::BuiltIn(BuiltinOid::TEXTOID),
+                            ],
+                        )?
+                        .keep(),
+                    );
+                    TRIGGER_CACHE.with(|tc| {
+                        tc.borrow_mut()
+                            .insert(key, (epoch, meta.clone(), plan.clone()))
+                    });
+                    (meta, plan)
+                }
+            };
+            let t = c.update(
+                plan.as_ref(),
+                None,
+                &[
+                    meta.name.clone().into(),
+                    meta.exclude.clone().into(),
+                    role.clone().into(),
+                    subject.clone().into(),
+                ],
+            )?;
+            let mut out = Vec::with_capacity(t.len());
+            for r in t {
+                out.push((
+                    r.get::<pgrx::Uuid>(2)?.map(|u| catalog::from_pg_uuid(&u)),
+                    r.get::<i64>(1)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: writing the audit trail failed: {e}"));
+    remember(rows);
     Ok(None)
 }
 

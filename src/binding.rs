@@ -576,20 +576,20 @@ fn apply_limits(tenant: &TenantRow) {
     LIMITS_APPLIED.with(|l| l.set(true));
 }
 
-fn mapped_binding() -> Option<Binding> {
+/// Make MAPPED hold the validated role-mapped binding of the session user (or None) for the
+/// current catalog generation.
+fn ensure_mapped(gen: u64) {
     let role = unsafe { pg_sys::GetSessionUserId() };
-    let gen = catalog::generation();
-    if let Some(hit) = MAPPED.with(|m| {
-        m.borrow()
-            .as_ref()
-            .filter(|(g, r, _)| *g == gen && *r == role)
-            .map(|(_, _, b)| b.clone())
-    }) {
-        return hit;
+    let fresh = MAPPED.with(|m| {
+        matches!(&*m.borrow(), Some((g, r, b)) if *g == gen && *r == role
+            && b.as_ref().is_none_or(|b| b.generation == gen))
+    });
+    if fresh {
+        return;
     }
     let maps = catalog::mappings(role);
     let operator = crate::authz::is_operator(role) && !crate::authz::is_superuser(role);
-    let b = if maps.len() == 1 && !operator {
+    let candidate = if maps.len() == 1 && !operator {
         let m = &maps[0];
         catalog::tenant_by_id(m.tenant).map(|t| Binding {
             tenant: t.id,
@@ -605,13 +605,33 @@ fn mapped_binding() -> Option<Binding> {
     } else {
         None
     };
-    MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, b.clone())));
-    b
+    let Some(mut b) = candidate else {
+        MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, None)));
+        return;
+    };
+    if let Err((msg, hint)) = revalidate(&mut b) {
+        MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, None)));
+        errors::refuse(
+            "binding_revoked",
+            fields(&[("tenant", b.slug.clone().into())]),
+            INSUFFICIENT_PRIVILEGE,
+            msg,
+            hint,
+        );
+    }
+    MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, Some(b))));
 }
 
 /// The binding in force, validated, or None when unbound. Raises when a binding exists but is no
 /// longer valid (expired token, suspended tenant, revoked key, removed mapping), and drops it.
 pub fn current_if_bound() -> Option<Binding> {
+    with_current(|b| b.cloned())
+}
+
+/// Validate the binding in force in place (expiry on every use; the catalog only when it
+/// changed) and run `f` on it without copying it. This is the per-statement hot path of the
+/// generated policies.
+pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     if in_parallel_worker() {
         errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
@@ -620,53 +640,71 @@ pub fn current_if_bound() -> Option<Binding> {
         );
     }
     accept_invalidations_once_per_statement();
-    let explicit = BINDING.with(|b| b.borrow().clone());
-    let (mut b, explicit) = match explicit {
-        Some(b) => (b, true),
-        None => (mapped_binding()?, false),
-    };
-    if let Some(exp) = b.expires_at {
-        if exp + gucs::CLOCK_SKEW.get() as i64 <= now() {
-            BINDING.with(|slot| *slot.borrow_mut() = None);
-            errors::refuse(
-                "binding_expired",
-                fields(&[("tenant", b.slug.clone().into())]),
-                INVALID_AUTHORIZATION,
-                "the token of this binding has expired",
-                "Bind again with a fresh token.",
-            );
-        }
-    }
-    if b.generation != catalog::generation() {
-        if let Err((msg, hint)) = revalidate(&mut b) {
-            if explicit {
+    let gen = catalog::generation();
+    let explicit = BINDING.with(|b| {
+        b.borrow()
+            .as_ref()
+            .map(|b| (b.expires_at, b.generation == gen, b.slug.clone()))
+    });
+    match explicit {
+        Some((expires_at, fresh, slug)) => {
+            if expires_at.is_some_and(|exp| exp + gucs::CLOCK_SKEW.get() as i64 <= now()) {
                 BINDING.with(|slot| *slot.borrow_mut() = None);
+                errors::refuse(
+                    "binding_expired",
+                    fields(&[("tenant", slug.into())]),
+                    INVALID_AUTHORIZATION,
+                    "the token of this binding has expired",
+                    "Bind again with a fresh token.",
+                );
             }
-            errors::refuse(
-                "binding_revoked",
-                fields(&[("tenant", b.slug.clone().into())]),
-                INSUFFICIENT_PRIVILEGE,
-                msg,
-                hint,
-            );
+            if !fresh {
+                let mut b = BINDING.with(|b| b.borrow().clone()).expect("bound");
+                if let Err((msg, hint)) = revalidate(&mut b) {
+                    BINDING.with(|slot| *slot.borrow_mut() = None);
+                    errors::refuse(
+                        "binding_revoked",
+                        fields(&[("tenant", b.slug.clone().into())]),
+                        INSUFFICIENT_PRIVILEGE,
+                        msg,
+                        hint,
+                    );
+                }
+                BINDING.with(|slot| *slot.borrow_mut() = Some(b));
+            }
+            BINDING.with(|b| {
+                let b = b.borrow();
+                if let Some(x) = b.as_ref() {
+                    note_transaction(x.tenant);
+                }
+                f(b.as_ref())
+            })
         }
-        if explicit {
-            BINDING.with(|slot| *slot.borrow_mut() = Some(b.clone()));
-        } else {
-            let gen = catalog::generation();
-            let role = unsafe { pg_sys::GetSessionUserId() };
-            MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, Some(b.clone()))));
+        None => {
+            ensure_mapped(gen);
+            MAPPED.with(|m| {
+                let m = m.borrow();
+                let b = m.as_ref().and_then(|(_, _, b)| b.as_ref());
+                if let Some(x) = b {
+                    note_transaction(x.tenant);
+                }
+                f(b)
+            })
         }
     }
+}
+
+/// First use of a binding in a transaction: tie the transaction to the tenant and apply the
+/// tenant's resource settings.
+fn note_transaction(tenant: Uuid) {
     if TXN_TENANT.with(|t| t.get()).is_none() {
-        TXN_TENANT.with(|t| t.set(Some(b.tenant)));
+        TXN_TENANT.with(|t| t.set(Some(tenant)));
     }
     if !LIMITS_APPLIED.with(|l| l.get()) {
-        if let Some(t) = catalog::tenant_by_id(b.tenant) {
+        if let Some(t) = catalog::tenant_by_id(tenant) {
             apply_limits(&t);
         }
     }
-    Some(b)
 }
 
 thread_local! {
@@ -723,6 +761,22 @@ pub fn enter_support(
     TXN_TENANT.with(|t| t.set(Some(tenant.id)));
     BINDING.with(|slot| *slot.borrow_mut() = Some(b.clone()));
     b
+}
+
+fn no_tenant_bound() -> ! {
+    errors::raise(
+        INSUFFICIENT_PRIVILEGE,
+        "no tenant bound",
+        "Call tenancy.bind(token) in this transaction before touching tenant data, or connect with a role mapped to one tenant.",
+    )
+}
+
+/// Run `f` on the binding in force, or ERROR 42501 "no tenant bound".
+pub fn with_required<R>(f: impl FnOnce(&Binding) -> R) -> R {
+    with_current(|b| match b {
+        Some(b) => f(b),
+        None => no_tenant_bound(),
+    })
 }
 
 /// The binding in force, or ERROR 42501 "no tenant bound".

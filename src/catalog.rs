@@ -112,6 +112,7 @@ pub fn init() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    crate::audit::relcache_changed();
     let ours = match RELS.with(|r| r.get()) {
         Some(rels) => relid == pg_sys::InvalidOid || rels.oids.contains(&relid),
         None => true,

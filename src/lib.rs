@@ -66,7 +66,7 @@ fn unbind() {
 /// The bound tenant; raises 42501 "no tenant bound" when none.
 #[pg_extern(stable, parallel_restricted)]
 fn current_tenant() -> pgrx::Uuid {
-    catalog::to_pg_uuid(binding::require().tenant)
+    binding::with_required(|b| catalog::to_pg_uuid(b.tenant))
 }
 
 /// The bound end user (the token's `sub`); NULL for a role-mapped binding.

@@ -85,14 +85,14 @@ RETURNS boolean STRICT STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME
 "#
 )]
 fn allows(tbl: pg_sys::Oid, privilege: &str) -> bool {
-    let b = crate::binding::require();
-    let allowed = match &b.support_privileges {
+    let allowed = crate::binding::with_required(|b| match &b.support_privileges {
         Some(granted) => granted.iter().any(|p| p == privilege),
         None => catalog::roles_allow(b.tenant, &b.roles, tbl, privilege),
-    };
+    });
     if allowed {
         return true;
     }
+    let b = crate::binding::require();
     let table = crate::policy::relation_name(tbl);
     let roles = if b.roles.is_empty() {
         "(none)".to_string()
