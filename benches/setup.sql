@@ -112,4 +112,13 @@ SELECT tenancy.protect('bench_noaudit.orders', audit => false);
 SELECT tenancy.protect('bench_noaudit.items', audit => false);
 CREATE TRIGGER audit_trigger_row AFTER INSERT OR UPDATE OR DELETE ON bench_plaudit.orders
     FOR EACH ROW EXECUTE FUNCTION bench.if_modified();
+
+-- A login role mapped to tenant 1: a bound session without a bind statement, to measure the
+-- per-statement cost of the policies alone ("bound session" targets).
+CREATE ROLE bench_mapped LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT USAGE ON SCHEMA bench, bench_tenancy, bench_noaudit TO bench_mapped;
+GRANT SELECT ON bench.tenants TO bench_mapped;
+GRANT USAGE ON SEQUENCE bench.ids TO bench_mapped;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA bench_tenancy, bench_noaudit TO bench_mapped;
+SELECT tenancy.map_role('bench_mapped', (SELECT tid::text FROM bench.tenants WHERE n = 1), '{member}');
 VACUUM ANALYZE;

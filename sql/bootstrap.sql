@@ -83,9 +83,9 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.role_mapping', '');
 
 -- The audit trail. Management actions are ADMIN entries; changes to protected tables are
 -- INSERT/UPDATE/DELETE/TRUNCATE entries. Rows are written only by pg_tenancy, which computes
--- row_hash (SHA-256 over the whole record, id included) as it writes them; the per-tenant
--- chain linking them lives in tenancy.audit_chain and is appended when the writing
--- transaction commits.
+-- row_hash (SHA-256 over the whole record, id included: tenancy._audit_hash) as it writes
+-- them; the per-tenant chain covering them lives in tenancy.audit_chain and is appended when
+-- the writing transaction commits.
 CREATE SEQUENCE tenancy.audit_log_id_seq;
 CREATE TABLE tenancy.audit_log (
     id               bigint      PRIMARY KEY DEFAULT pg_catalog.nextval('tenancy.audit_log_id_seq'),
@@ -102,21 +102,24 @@ CREATE TABLE tenancy.audit_log (
     subject          text,
     application_name text,
     client_addr      inet,
-    row_hash         text
+    row_hash         bytea
 );
 ALTER SEQUENCE tenancy.audit_log_id_seq OWNED BY tenancy.audit_log.id;
 CREATE INDEX ON tenancy.audit_log (tenant_id, id);
 
--- The per-tenant hash chain: entry seq of a tenant links record_id with
--- chain_hash = sha256(prev_hash || ':' || record_id || ':' || row_hash). Platform entries
--- (no tenant) form the chain of the nil uuid.
+-- The per-tenant hash chain: one entry per committing transaction and tenant, covering its
+-- records in id order:
+--   batch_hash = sha256(id_1 || row_hash_1 || id_2 || row_hash_2 ...)   (ids as 8-byte big-endian)
+--   chain_hash = sha256(prev_hash || seq || batch_hash)                  (seq as 8-byte big-endian)
+-- The first entry's prev_hash is 32 zero bytes. Platform entries (no tenant) form the chain of
+-- the nil uuid.
 CREATE TABLE tenancy.audit_chain (
-    tenant_id  uuid   NOT NULL,
-    seq        bigint NOT NULL,
-    record_id  bigint NOT NULL UNIQUE,
-    row_hash   text   NOT NULL,
-    prev_hash  text   NOT NULL,
-    chain_hash text   NOT NULL,
+    tenant_id  uuid     NOT NULL,
+    seq        bigint   NOT NULL,
+    record_ids bigint[] NOT NULL,
+    batch_hash bytea    NOT NULL,
+    prev_hash  bytea    NOT NULL,
+    chain_hash bytea    NOT NULL,
     PRIMARY KEY (tenant_id, seq)
 );
 
@@ -124,7 +127,7 @@ CREATE TABLE tenancy.audit_chain (
 CREATE TABLE tenancy.audit_checkpoint (
     tenant_id      uuid        PRIMARY KEY,
     seq            bigint      NOT NULL,
-    chain_hash     text        NOT NULL,
+    chain_hash     bytea       NOT NULL,
     last_record_id bigint      NOT NULL,
     purged_records bigint      NOT NULL,
     purged_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),

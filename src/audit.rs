@@ -27,7 +27,7 @@ use uuid::Uuid;
 struct Pending {
     tenant: Uuid,
     id: i64,
-    hash: String,
+    hash: Vec<u8>,
     subxact: pg_sys::SubTransactionId,
 }
 
@@ -37,9 +37,16 @@ thread_local! {
     /// Bumped by every relcache invalidation: cached audit settings and plans are rebuilt.
     static EPOCH: Cell<u64> = const { Cell::new(1) };
     /// Per (table, operation): the table's audit settings and the kept plan of its INSERT.
-    static TRIGGER_CACHE: RefCell<HashMap<(u32, u8), (u64, Rc<AuditMeta>, Rc<pgrx::spi::OwnedPreparedStatement>)>> =
+    static TRIGGER_CACHE: RefCell<HashMap<(u32, u8), CachedTrigger>> =
         RefCell::new(HashMap::new());
 }
+
+/// A table's audit settings and the kept plan of its audit INSERT, with the epoch they were built at.
+type CachedTrigger = (u64, Rc<AuditMeta>, Rc<pgrx::spi::OwnedPreparedStatement>);
+
+/// One record of a chain entry as verification reads it: id, present, stored row_hash,
+/// recomputed row_hash, same tenant.
+type ChainedRecord = (i64, bool, Option<Vec<u8>>, Option<Vec<u8>>, bool);
 
 /// Any relcache invalidation (DDL, ANALYZE, a change of pg_tenancy's catalog) may change a
 /// table's audit settings or row type: rebuild on next use. Called from the relcache callback,
@@ -50,7 +57,8 @@ pub fn relcache_changed() {
 
 /// The chain of platform entries that belong to no tenant.
 pub const PLATFORM_CHAIN: Uuid = Uuid::nil();
-const GENESIS: &str = "genesis";
+/// prev_hash of a chain's first entry.
+const GENESIS: [u8; 32] = [0; 32];
 /// First key of pg_tenancy's advisory locks ("tena").
 const LOCK_CLASS: i32 = 0x7465_6e61;
 
@@ -92,7 +100,7 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
-fn remember(rows: Vec<(Option<Uuid>, i64, String)>) {
+fn remember(rows: Vec<(Option<Uuid>, i64, Vec<u8>)>) {
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
@@ -107,8 +115,23 @@ fn remember(rows: Vec<(Option<Uuid>, i64, String)>) {
     });
 }
 
-fn chain_hash(prev: &str, id: i64, row_hash: &str) -> String {
-    hex::encode(Sha256::digest(format!("{prev}:{id}:{row_hash}").as_bytes()))
+/// sha256(id_1 || row_hash_1 || id_2 || row_hash_2 ...), ids as 8-byte big-endian.
+pub fn batch_hash<'a>(records: impl IntoIterator<Item = (i64, &'a [u8])>) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for (id, row_hash) in records {
+        h.update(id.to_be_bytes());
+        h.update(row_hash);
+    }
+    h.finalize().to_vec()
+}
+
+/// sha256(prev_hash || seq || batch_hash), seq as 8-byte big-endian.
+pub fn chain_hash(prev: &[u8], seq: i64, batch: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(batch);
+    h.finalize().to_vec()
 }
 
 thread_local! {
@@ -117,7 +140,7 @@ thread_local! {
 }
 
 /// Run a kept one-row plan with the latest snapshot; returns (seq, chain_hash) if a row came.
-unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid) -> Option<(i64, String)> {
+unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid) -> Option<(i64, Vec<u8>)> {
     let mut values = [to_pg_uuid(tenant).into_datum().expect("uuid datum")];
     let nulls = [b' ' as std::ffi::c_char];
     let rc = pg_sys::SPI_execute_snapshot(
@@ -142,38 +165,106 @@ unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid) -> Option<(i64, Strin
         let p = pg_sys::SPI_getvalue(tuple, (*tt).tupdesc, col);
         std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
     };
-    Some((text(1).parse().unwrap_or(0), text(2)))
+    Some((
+        text(1).parse().unwrap_or(0),
+        hex::decode(text(2)).unwrap_or_default(),
+    ))
 }
 
 /// The newest chain entry of `tenant` (or its purge checkpoint), read with the latest
 /// snapshot so that a REPEATABLE READ transaction links after the newest committed entry.
-fn chain_head(tenant: Uuid) -> (i64, String) {
-    catalog::with_owner(|| unsafe {
+fn chain_head(tenant: Uuid) -> (i64, Vec<u8>) {
+    let (chain, checkpoint) = head_plans();
+    catalog::as_owner(|| unsafe {
         Spi::connect(|_| {
-            let (chain, checkpoint) = match HEAD_PLANS.with(|p| p.get()) {
-                Some(plans) => plans,
-                None => {
-                    let prepare = |q: &std::ffi::CStr| {
-                        let mut argtypes = [pg_sys::UUIDOID];
-                        let plan = pg_sys::SPI_prepare(q.as_ptr(), 1, argtypes.as_mut_ptr());
-                        if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-                            pgrx::error!("pg_tenancy: preparing the audit chain-head query failed");
-                        }
-                        plan
-                    };
-                    let plans = (
-                        prepare(c"SELECT seq, chain_hash FROM tenancy.audit_chain WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1"),
-                        prepare(c"SELECT seq, chain_hash FROM tenancy.audit_checkpoint WHERE tenant_id = $1"),
-                    );
-                    HEAD_PLANS.with(|p| p.set(Some(plans)));
-                    plans
-                }
-            };
             head_row(chain, tenant)
                 .or_else(|| head_row(checkpoint, tenant))
-                .unwrap_or((0, GENESIS.to_string()))
+                .unwrap_or((0, GENESIS.to_vec()))
         })
     })
+}
+
+/// Prepare (once per backend, with the pinned search_path) and keep an SPI plan.
+fn keep_plan(sql: &std::ffi::CStr, argtypes: &[pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+    catalog::with_owner(|| unsafe {
+        Spi::connect(|_| {
+            let mut types = argtypes.to_vec();
+            let plan = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                pgrx::error!("pg_tenancy: preparing an audit statement failed");
+            }
+            plan
+        })
+    })
+}
+
+fn head_plans() -> (pg_sys::SPIPlanPtr, pg_sys::SPIPlanPtr) {
+    if let Some(plans) = HEAD_PLANS.with(|p| p.get()) {
+        return plans;
+    }
+    let plans = (
+        keep_plan(
+            c"SELECT seq, encode(chain_hash, 'hex') FROM tenancy.audit_chain WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
+            &[pg_sys::UUIDOID],
+        ),
+        keep_plan(
+            c"SELECT seq, encode(chain_hash, 'hex') FROM tenancy.audit_checkpoint WHERE tenant_id = $1",
+            &[pg_sys::UUIDOID],
+        ),
+    );
+    HEAD_PLANS.with(|p| p.set(Some(plans)));
+    plans
+}
+
+thread_local! {
+    static CHAIN_INSERT: Cell<Option<pg_sys::SPIPlanPtr>> = const { Cell::new(None) };
+}
+
+/// Append one chain entry (kept plan, run as the catalog owner).
+fn insert_chain_entry(
+    tenant: Uuid,
+    seq: i64,
+    ids: Vec<i64>,
+    batch: Vec<u8>,
+    prev: Vec<u8>,
+    chain: Vec<u8>,
+) {
+    let plan = match CHAIN_INSERT.with(|p| p.get()) {
+        Some(p) => p,
+        None => {
+            let p = keep_plan(
+                c"INSERT INTO tenancy.audit_chain (tenant_id, seq, record_ids, batch_hash, prev_hash, chain_hash) \
+                  VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    pg_sys::UUIDOID,
+                    pg_sys::INT8OID,
+                    pg_sys::INT8ARRAYOID,
+                    pg_sys::BYTEAOID,
+                    pg_sys::BYTEAOID,
+                    pg_sys::BYTEAOID,
+                ],
+            );
+            CHAIN_INSERT.with(|c| c.set(Some(p)));
+            p
+        }
+    };
+    catalog::as_owner(|| unsafe {
+        Spi::connect(|_| {
+            let mut values = [
+                to_pg_uuid(tenant).into_datum().expect("uuid"),
+                seq.into_datum().expect("seq"),
+                ids.into_datum().expect("ids"),
+                batch.into_datum().expect("batch"),
+                prev.into_datum().expect("prev"),
+                chain.into_datum().expect("chain"),
+            ];
+            let nulls = [b' ' as std::ffi::c_char; 6];
+            let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+            if rc != pg_sys::SPI_OK_INSERT as i32 {
+                pgrx::error!("pg_tenancy: appending to the audit chain failed ({rc})");
+            }
+        })
+    });
 }
 
 /// Link this transaction's records into their tenants' chains (PRE_COMMIT).
@@ -195,29 +286,19 @@ fn link_pending() {
         }
         let lock_key = i32::from_be_bytes(tenant.as_bytes()[..4].try_into().expect("4 bytes"))
             ^ i32::from_be_bytes(tenant.as_bytes()[12..16].try_into().expect("4 bytes"));
-        Spi::run_with_args(
-            "SELECT pg_catalog.pg_advisory_xact_lock($1, $2)",
-            &[LOCK_CLASS.into(), lock_key.into()],
-        )
-        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit chain lock failed: {e}"));
-        let (mut seq, mut prev) = chain_head(tenant);
-        let (mut seqs, mut ids, mut hashes, mut prevs, mut chains) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for r in &pending[i..j] {
-            seq += 1;
-            let ch = chain_hash(&prev, r.id, &r.hash);
-            seqs.push(seq);
-            ids.push(r.id);
-            hashes.push(r.hash.clone());
-            prevs.push(prev.clone());
-            chains.push(ch.clone());
-            prev = ch;
+        unsafe {
+            pgrx::direct_function_call_as_datum(
+                |fcinfo| pg_sys::pg_advisory_xact_lock_int4(fcinfo),
+                &[LOCK_CLASS.into_datum(), lock_key.into_datum()],
+            );
         }
-        catalog::write(
-            "INSERT INTO tenancy.audit_chain (tenant_id, seq, record_id, row_hash, prev_hash, chain_hash) \
-             SELECT $1, * FROM unnest($2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[])",
-            &[to_pg_uuid(tenant).into(), seqs.into(), ids.into(), hashes.into(), prevs.into(), chains.into()],
-        );
+        let (head, prev) = chain_head(tenant);
+        let seq = head + 1;
+        let records = &pending[i..j];
+        let batch = batch_hash(records.iter().map(|r| (r.id, r.hash.as_slice())));
+        let chain = chain_hash(&prev, seq, &batch);
+        let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+        insert_chain_entry(tenant, seq, ids, batch, prev, chain);
         i = j;
     }
     unsafe { pg_sys::PopActiveSnapshot() };
@@ -243,7 +324,7 @@ fn insert_records(
                 out.push((
                     r.get::<pgrx::Uuid>(2)?.map(|u| catalog::from_pg_uuid(&u)),
                     r.get::<i64>(1)?.unwrap_or_default(),
-                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<Vec<u8>>(3)?.unwrap_or_default(),
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
@@ -422,18 +503,21 @@ fn _audit<'a>(
             .filter(|(e, _, _)| *e == epoch)
             .map(|(_, m, p)| (m.clone(), p.clone()))
     });
-    let rows = catalog::with_owner(|| {
-        Spi::connect_mut(|c| {
-            unsafe {
-                pg_sys::SPI_register_trigger_data(trigger.trigger_data() as *const _ as *mut _);
-            }
-            let (meta, plan) = match cached {
-                Some(hit) => hit,
-                None => {
-                    let meta = Rc::new(audit_meta(rel));
-                    let sql = trigger_sql(&meta, &op).expect("not TRUNCATE");
+    // Prepare (with the pinned search_path) on first use; run the kept plan as the owner.
+    let (meta, plan) = match cached {
+        Some(hit) => hit,
+        None => {
+            let meta = Rc::new(audit_meta(rel));
+            let sql = trigger_sql(&meta, &op).expect("not TRUNCATE");
+            let plan = catalog::with_owner(|| {
+                Spi::connect_mut(|c| {
+                    unsafe {
+                        pg_sys::SPI_register_trigger_data(
+                            trigger.trigger_data() as *const _ as *mut _
+                        );
+                    }
                     use pgrx::pg_sys::{BuiltinOid, PgOid};
-                    let plan = Rc::new(
+                    Ok::<_, pgrx::spi::Error>(Rc::new(
                         c.prepare_mut(
                             sql.as_str(),
                             &[
@@ -444,14 +528,24 @@ fn _audit<'a>(
                             ],
                         )?
                         .keep(),
-                    );
-                    TRIGGER_CACHE.with(|tc| {
-                        tc.borrow_mut()
-                            .insert(key, (epoch, meta.clone(), plan.clone()))
-                    });
-                    (meta, plan)
-                }
-            };
+                    ))
+                })
+            })
+            .unwrap_or_else(|e| {
+                pgrx::error!("pg_tenancy: preparing the audit statement failed: {e}")
+            });
+            TRIGGER_CACHE.with(|tc| {
+                tc.borrow_mut()
+                    .insert(key, (epoch, meta.clone(), plan.clone()))
+            });
+            (meta, plan)
+        }
+    };
+    let rows = catalog::as_owner(|| {
+        Spi::connect_mut(|c| {
+            unsafe {
+                pg_sys::SPI_register_trigger_data(trigger.trigger_data() as *const _ as *mut _);
+            }
             let t = c.update(
                 plan.as_ref(),
                 None,
@@ -467,7 +561,7 @@ fn _audit<'a>(
                 out.push((
                     r.get::<pgrx::Uuid>(2)?.map(|u| catalog::from_pg_uuid(&u)),
                     r.get::<i64>(1)?.unwrap_or_default(),
-                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<Vec<u8>>(3)?.unwrap_or_default(),
                 ));
             }
             Ok::<_, pgrx::spi::Error>(out)
@@ -565,69 +659,107 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
                 &[uuid.into()],
             )?;
             let (mut seq, mut prev, floor) = if cp.is_empty() {
-                (0i64, GENESIS.to_string(), 0i64)
+                (0i64, GENESIS.to_vec(), 0i64)
             } else {
                 let r = cp.first();
                 (
                     r.get::<i64>(1)?.unwrap_or(0),
-                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<Vec<u8>>(2)?.unwrap_or_default(),
                     r.get::<i64>(3)?.unwrap_or(0),
                 )
             };
-            let mut records = 0i64;
             let mut bad: Option<(i64, String)> = None;
             let note = |id: i64, why: String, bad: &mut Option<(i64, String)>| {
                 if bad.as_ref().is_none_or(|(b, _)| id < *b) {
                     *bad = Some((id, why));
                 }
             };
+            // Every chain entry with its records, in order.
             let rows = c.select(
-                "SELECT c.seq, c.record_id, c.row_hash, c.prev_hash, c.chain_hash, l.id IS NOT NULL, l.row_hash, \
+                "SELECT c.seq, c.prev_hash, c.chain_hash, c.batch_hash, r.id, l.id IS NOT NULL, l.row_hash, \
                         tenancy._audit_hash(l.id, l.tenant_id, l.occurred_at, l.txid, l.table_name, l.op, l.row_key, \
                                             l.old_row, l.new_row, l.db_role, l.subject, l.application_name, l.client_addr), \
                         coalesce(l.tenant_id, '00000000-0000-0000-0000-000000000000') = c.tenant_id \
-                   FROM tenancy.audit_chain c LEFT JOIN tenancy.audit_log l ON l.id = c.record_id \
-                  WHERE c.tenant_id = $1 ORDER BY c.seq",
+                   FROM tenancy.audit_chain c CROSS JOIN LATERAL unnest(c.record_ids) WITH ORDINALITY AS r(id, ord) \
+                   LEFT JOIN tenancy.audit_log l ON l.id = r.id \
+                  WHERE c.tenant_id = $1 ORDER BY c.seq, r.ord",
                 None,
                 &[uuid.into()],
             )?;
-            for r in rows {
-                let cseq = r.get::<i64>(1)?.unwrap_or(0);
-                let id = r.get::<i64>(2)?.unwrap_or(0);
-                let chained = r.get::<String>(3)?.unwrap_or_default();
-                let cprev = r.get::<String>(4)?.unwrap_or_default();
-                let cchain = r.get::<String>(5)?.unwrap_or_default();
-                let present = r.get::<bool>(6)?.unwrap_or(false);
-                let stored = r.get::<String>(7)?;
-                let recomputed = r.get::<String>(8)?;
-                let same_tenant = r.get::<bool>(9)?.unwrap_or(false);
-                records += 1;
-                if cseq != seq + 1 {
-                    note(id, format!("chain entry {} follows {seq}: entries are missing", cseq), &mut bad);
-                } else if cprev != prev || cchain != chain_hash(&prev, id, &chained) {
-                    note(id, format!("chain link of record {id} is broken (entries changed, removed or reordered)"), &mut bad);
-                } else if !present {
-                    note(id, format!("record {id} was deleted"), &mut bad);
-                } else if stored.as_deref() != Some(chained.as_str()) || recomputed.as_deref() != Some(chained.as_str()) {
-                    note(id, format!("record {id} was changed"), &mut bad);
-                } else if !same_tenant {
-                    note(id, format!("record {id} was moved to another tenant"), &mut bad);
-                }
-                seq = cseq;
-                prev = cchain;
+            struct Entry {
+                seq: i64,
+                prev: Vec<u8>,
+                chain: Vec<u8>,
+                batch: Vec<u8>,
+                records: Vec<ChainedRecord>,
             }
-            let orphans = c.select(
-                "SELECT l.id FROM tenancy.audit_log l \
-                  WHERE coalesce(l.tenant_id, '00000000-0000-0000-0000-000000000000') = $1 AND l.id > $2 \
-                    AND l.id <> ALL ($3) \
-                    AND NOT EXISTS (SELECT FROM tenancy.audit_chain c WHERE c.record_id = l.id) \
-                  ORDER BY l.id LIMIT 1",
-                Some(1),
+            let mut entries: Vec<Entry> = Vec::new();
+            for r in rows {
+                let eseq = r.get::<i64>(1)?.unwrap_or(0);
+                if entries.last().is_none_or(|e| e.seq != eseq) {
+                    entries.push(Entry {
+                        seq: eseq,
+                        prev: r.get::<Vec<u8>>(2)?.unwrap_or_default(),
+                        chain: r.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                        batch: r.get::<Vec<u8>>(4)?.unwrap_or_default(),
+                        records: Vec::new(),
+                    });
+                }
+                entries.last_mut().expect("pushed").records.push((
+                    r.get::<i64>(5)?.unwrap_or(0),
+                    r.get::<bool>(6)?.unwrap_or(false),
+                    r.get::<Vec<u8>>(7)?,
+                    r.get::<Vec<u8>>(8)?,
+                    r.get::<bool>(9)?.unwrap_or(false),
+                ));
+            }
+            let mut chained = std::collections::HashSet::new();
+            let mut records = 0i64;
+            for e in &entries {
+                let first = e.records.first().map(|r| r.0).unwrap_or(0);
+                records += e.records.len() as i64;
+                if e.seq != seq + 1 {
+                    note(first, format!("chain entry {} follows {seq}: entries are missing", e.seq), &mut bad);
+                } else if e.prev != prev || e.chain != chain_hash(&prev, e.seq, &e.batch) {
+                    note(first, format!("chain entry {} does not link to the one before (changed or reordered)", e.seq), &mut bad);
+                }
+                let mut intact = true;
+                for (id, present, stored, recomputed, same_tenant) in &e.records {
+                    chained.insert(*id);
+                    if !present {
+                        note(*id, format!("record {id} was deleted"), &mut bad);
+                        intact = false;
+                    } else if stored.is_none() || stored != recomputed {
+                        note(*id, format!("record {id} was changed"), &mut bad);
+                        intact = false;
+                    } else if !same_tenant {
+                        note(*id, format!("record {id} was moved to another tenant"), &mut bad);
+                        intact = false;
+                    }
+                }
+                if intact {
+                    let b = batch_hash(e.records.iter().map(|r| (r.0, r.2.as_deref().unwrap_or(&[]))));
+                    if b != e.batch {
+                        note(first, format!("records of chain entry {} were rewritten with recomputed hashes", e.seq), &mut bad);
+                    }
+                }
+                seq = e.seq;
+                prev = e.chain.clone();
+            }
+            // Records of the tenant that no chain entry covers were inserted outside pg_tenancy.
+            let logged = c.select(
+                "SELECT id FROM tenancy.audit_log \
+                  WHERE coalesce(tenant_id, '00000000-0000-0000-0000-000000000000') = $1 AND id > $2 \
+                    AND id <> ALL ($3) ORDER BY id",
+                None,
                 &[uuid.into(), floor.into(), pending.clone().into()],
             )?;
-            if !orphans.is_empty() {
-                let id = orphans.first().get::<i64>(1)?.unwrap_or(0);
-                note(id, format!("record {id} is not in the chain (inserted outside pg_tenancy)"), &mut bad);
+            for r in logged {
+                let id = r.get::<i64>(1)?.unwrap_or(0);
+                if !chained.contains(&id) {
+                    note(id, format!("record {id} is not in the chain (inserted outside pg_tenancy)"), &mut bad);
+                    break;
+                }
             }
             Ok::<_, pgrx::spi::Error>((
                 Some(uuid),
@@ -712,10 +844,11 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
         Spi::connect_mut(|c| {
             // The longest prefix of the chain whose records are all older than `before`.
             let last = c.update(
-                "SELECT c.seq, c.chain_hash, c.record_id FROM tenancy.audit_chain c \
+                "SELECT c.seq, c.chain_hash, (SELECT max(x) FROM unnest(c.record_ids) x) FROM tenancy.audit_chain c \
                   WHERE c.tenant_id = $1 AND c.seq < coalesce((SELECT min(c2.seq) FROM tenancy.audit_chain c2 \
-                        LEFT JOIN tenancy.audit_log l ON l.id = c2.record_id \
-                        WHERE c2.tenant_id = $1 AND (l.occurred_at IS NULL OR l.occurred_at >= $2)), 9223372036854775807) \
+                        WHERE c2.tenant_id = $1 AND EXISTS (SELECT FROM unnest(c2.record_ids) x \
+                              LEFT JOIN tenancy.audit_log l ON l.id = x WHERE l.occurred_at IS NULL OR l.occurred_at >= $2)), \
+                        9223372036854775807) \
                   ORDER BY c.seq DESC LIMIT 1",
                 Some(1),
                 &[uuid.into(), before.into()],
@@ -726,13 +859,13 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
             let r = last.first();
             let (seq, hash, last_id) = (
                 r.get::<i64>(1)?.unwrap_or(0),
-                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<Vec<u8>>(2)?.unwrap_or_default(),
                 r.get::<i64>(3)?.unwrap_or(0),
             );
             let n = c
                 .update(
                     "DELETE FROM tenancy.audit_log WHERE id IN \
-                       (SELECT record_id FROM tenancy.audit_chain WHERE tenant_id = $1 AND seq <= $2)",
+                       (SELECT unnest(record_ids) FROM tenancy.audit_chain WHERE tenant_id = $1 AND seq <= $2)",
                     None,
                     &[uuid.into(), seq.into()],
                 )?

@@ -197,6 +197,27 @@ pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Run `f` as the owner of pg_tenancy's catalog without touching search_path: only for
+/// executing plans that were prepared under [`with_owner`] (a kept plan is re-planned with the
+/// search_path it was created with, so it needs no pinning when it runs).
+pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+    let owner = rels().owner;
+    unsafe {
+        let mut save_user = pg_sys::InvalidOid;
+        let mut save_sec: i32 = 0;
+        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            save_sec
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        let r = f();
+        pg_sys::SetUserIdAndSecContext(save_user, save_sec);
+        r
+    }
+}
+
 pub fn to_pg_uuid(id: Uuid) -> pgrx::Uuid {
     pgrx::Uuid::from_bytes(*id.as_bytes())
 }

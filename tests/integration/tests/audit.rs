@@ -184,7 +184,7 @@ fn swapped_records_are_detected() {
 #[test]
 fn a_deleted_chain_entry_is_detected() {
     let (_f, ids, (ok, bad, _, detail)) =
-        tampered("DELETE FROM tenancy.audit_chain WHERE record_id = $ID2");
+        tampered("DELETE FROM tenancy.audit_chain WHERE $ID2 = ANY (record_ids)");
     assert!(!ok);
     assert!(bad.unwrap() <= ids[2], "{detail}");
 }
@@ -450,7 +450,7 @@ fn eight_concurrent_writers_of_one_tenant_keep_one_chain() {
     assert!(ok, "{bad:?} {detail}");
     let chained: i64 = su
         .query_one(
-            "SELECT count(*) FROM tenancy.audit_chain WHERE tenant_id = $1::text::uuid",
+            "SELECT count(*) FROM tenancy.audit_chain c, unnest(c.record_ids) WHERE c.tenant_id = $1::text::uuid",
             &[&f.a_id],
         )
         .unwrap()
@@ -467,4 +467,18 @@ fn eight_concurrent_writers_of_one_tenant_keep_one_chain() {
         (logged, logged),
         "no fork, no lost record"
     );
+}
+
+#[test]
+fn a_record_rewritten_with_a_recomputed_hash_is_detected() {
+    // The attacker knows the record hash recipe and recomputes row_hash after the edit: the
+    // chain entry's batch hash still exposes it.
+    let (_f, ids, (ok, bad, _, detail)) = tampered(
+        "UPDATE tenancy.audit_log SET new_row = new_row || '{\"amount\": 7}' WHERE id = $ID2; \
+         UPDATE tenancy.audit_log SET row_hash = tenancy._audit_hash(id, tenant_id, occurred_at, txid, table_name, op, \
+             row_key, old_row, new_row, db_role, subject, application_name, client_addr) WHERE id = $ID2",
+    );
+    assert!(!ok);
+    assert!(bad.unwrap() <= ids[1], "{detail}");
+    assert!(detail.contains("recomputed"), "{detail}");
 }

@@ -22,7 +22,7 @@ SELECT count(*) FROM tenancy.audit_log;
 
 \c - postgres
 SELECT op, table_name, row_key - 'tenant_id' AS row_key, old_row - 'tenant_id' AS old_row,
-       new_row - 'tenant_id' AS new_row, db_role, length(row_hash) AS hash_length
+       new_row - 'tenant_id' AS new_row, db_role, length(row_hash) AS hash_bytes
   FROM tenancy.audit_log WHERE table_name = 'shop.items' ORDER BY id;
 SELECT ok, first_bad_id, detail FROM tenancy.audit_verify('acme');
 
