@@ -4,6 +4,7 @@
 #   2. unit and #[pg_test] tests      (cargo pgrx test, backends run by the `postgres` user)
 #   3. pg_regress suite               (tests/pg_regress, against a throwaway cluster)
 #   4. client integration tests       (tests/integration, NOSUPERUSER NOBYPASSRLS roles over sockets)
+#   5. the benchmark in smoke mode     (benches/run.sh --smoke)
 # Installs whatever is missing first (Debian packages, cargo-pgrx). Idempotent.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -31,8 +32,8 @@ run_step() {
         failures+=("$name")
     fi
     local p f
-    p=$(grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{s+=$4} END {print s+0}')
-    f=$(grep -aoE '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
+    p=$( (grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" || true) | awk '{s+=$4} END {print s+0}')
+    f=$( (grep -aoE '[0-9]+ failed;' "$out" || true) | awk '{s+=$1} END {print s+0}')
     # pg_regress: "ok"/"FAILED" per test
     p=$((p + $(grep -acE '^test .* \.\.\. ok +[0-9]+ ms$' "$out" || true)))
     f=$((f + $(grep -acE '^test .* \.\.\. FAILED +[0-9]+ ms$' "$out" || true)))
@@ -73,6 +74,10 @@ integration() {
     (cd tests/integration && TENANCY_IT_DB=tenancy_it cargo test -- --test-threads=4)
 }
 run_step "integration tests" integration
+
+# The benchmark in smoke mode (tiny data, one short run) so that it cannot rot; no timing is
+# asserted.
+run_step "benchmark smoke" benches/run.sh --smoke
 
 echo
 for f in "${failures[@]}"; do echo "FAILED step: $f"; done
