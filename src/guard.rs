@@ -17,7 +17,10 @@ use pgrx::prelude::*;
 /// the protection state recorded for it.
 #[pg_extern(volatile, parallel_unsafe, name = "_guard_check")]
 fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
-    if crate::policy::in_managed_ddl() || touched.iter().all(Option::is_none) {
+    if crate::policy::in_managed_ddl()
+        || crate::policy::in_restore()
+        || touched.iter().all(Option::is_none)
+    {
         return;
     }
     let drifted: Vec<String> = catalog::with_owner(|| {

@@ -43,6 +43,15 @@ pub fn in_managed_ddl() -> bool {
     MANAGED_DDL.with(|m| m.get() > 0)
 }
 
+/// A restore (pg_restore, or psql running a pg_dump script) runs as a superuser with
+/// `row_security = off`, and re-creates protected tables' policies and triggers one by one after
+/// pg_tenancy's catalog has been loaded. The guard and auto-protection stand aside then: a
+/// superuser bypasses them anyway, and verify() checks the restored state against the restored
+/// digests. For everyone else `row_security = off` changes nothing here.
+pub fn in_restore() -> bool {
+    unsafe { !pg_sys::row_security && pg_sys::superuser() }
+}
+
 pub fn reset_at_transaction_end() {
     MANAGED_DDL.with(|m| m.set(0));
 }
@@ -456,7 +465,7 @@ fn auto_protect(
 /// tenant column in auto-protected schemas.
 #[pg_extern(volatile, parallel_unsafe, name = "_auto_protect_table")]
 fn auto_protect_table(rel: pg_sys::Oid) {
-    if in_managed_ddl() {
+    if in_managed_ddl() || in_restore() {
         return;
     }
     let row = catalog::with_owner(|| {

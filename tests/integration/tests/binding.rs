@@ -650,3 +650,34 @@ fn resource_settings_apply_to_the_bound_transaction_only() {
     let after: String = c.query_one("SHOW statement_timeout", &[]).unwrap().get(0);
     assert_eq!(before, after);
 }
+
+#[test]
+fn revoking_the_key_ends_a_live_session_binding_from_its_next_statement() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let kid = unique("live");
+    su.execute(
+        "SELECT tenancy.add_key($1, 'HS256', $2)",
+        &[&kid, &HS_SECRET],
+    )
+    .unwrap();
+    let t = sign(
+        Algorithm::HS256,
+        &kid,
+        &json!({"tid": f.a, "sub": "u", "exp": now() + 600}),
+    );
+    let mut c = app();
+    c.execute("SELECT tenancy.bind($1, 'session')", &[&t])
+        .unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    assert_eq!(bound_tenant(&mut c), Ok(f.a_id.clone()));
+    su.execute("SELECT tenancy.revoke_key($1)", &[&kid])
+        .unwrap();
+    // Inside the same open transaction, the next statement is refused.
+    let e = c
+        .query_one("SELECT tenancy.current_tenant()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    assert!(message(&e).contains("revoked"), "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+}
