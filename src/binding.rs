@@ -644,11 +644,17 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     let explicit = BINDING.with(|b| {
         b.borrow()
             .as_ref()
-            .map(|b| (b.expires_at, b.generation == gen, b.slug.clone()))
+            .map(|b| (b.expires_at, b.generation == gen))
     });
     match explicit {
-        Some((expires_at, fresh, slug)) => {
+        Some((expires_at, fresh)) => {
             if expires_at.is_some_and(|exp| exp + gucs::CLOCK_SKEW.get() as i64 <= now()) {
+                let slug = BINDING.with(|b| {
+                    b.borrow()
+                        .as_ref()
+                        .map(|b| b.slug.clone())
+                        .unwrap_or_default()
+                });
                 BINDING.with(|slot| *slot.borrow_mut() = None);
                 errors::refuse(
                     "binding_expired",

@@ -63,6 +63,7 @@ struct Cache {
     privileges: HashMap<Uuid, Rc<Vec<Privilege>>>,
     support: HashMap<(Uuid, u32), Option<Rc<SupportGrant>>>,
     protected: Option<Rc<std::collections::HashSet<u32>>>,
+    all_tenants_loaded: bool,
 }
 
 /// A live support grant: an operator may act in a tenant with these privileges until expiry.
@@ -249,9 +250,49 @@ fn load_tenant(where_clause: &str, arg: pgrx::datum::DatumWithOid) -> Option<Ten
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.tenant failed: {e}"))
 }
 
+/// Load every tenant into the cache in one query (on the first miss after an invalidation):
+/// a backend serving thousands of tenants warms up with one query instead of one per tenant.
+fn load_all_tenants() {
+    let rows = with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT id, slug, status, region, settings FROM tenancy.tenant",
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for row in t {
+                out.push(TenantRow {
+                    id: from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("id")),
+                    slug: row.get::<String>(2)?.unwrap_or_default(),
+                    status: row.get::<String>(3)?.unwrap_or_default(),
+                    region: row.get::<String>(4)?,
+                    settings: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
+                });
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.tenant failed: {e}"));
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        for r in rows {
+            c.slugs.insert(r.slug.clone(), Some(r.id));
+            c.tenants.insert(r.id, Some(Rc::new(r)));
+        }
+        c.all_tenants_loaded = true;
+    });
+}
+
 pub fn tenant_by_id(id: Uuid) -> Option<Rc<TenantRow>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().tenants.get(&id).cloned()) {
         return hit;
+    }
+    if !CACHE.with(|c| c.borrow().all_tenants_loaded) {
+        load_all_tenants();
+        if let Some(hit) = CACHE.with(|c| c.borrow().tenants.get(&id).cloned()) {
+            return hit;
+        }
     }
     let row = load_tenant("id = $1", to_pg_uuid(id).into()).map(Rc::new);
     CACHE.with(|c| c.borrow_mut().tenants.insert(id, row.clone()));
@@ -262,6 +303,9 @@ pub fn tenant_by_id(id: Uuid) -> Option<Rc<TenantRow>> {
 pub fn tenant_by_ref(reference: &str) -> Option<Rc<TenantRow>> {
     if let Ok(id) = Uuid::parse_str(reference) {
         return tenant_by_id(id);
+    }
+    if !CACHE.with(|c| c.borrow().all_tenants_loaded) {
+        load_all_tenants();
     }
     let cached = CACHE.with(|c| c.borrow().slugs.get(reference).cloned());
     let id = match cached {

@@ -16,7 +16,7 @@ pub static TENANT_CLAIM: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"tid"));
 
 /// `tenancy.token_cache_size`: verified tokens kept per backend (0 disables the cache).
-pub static TOKEN_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
+pub static TOKEN_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 /// `tenancy.max_token_bytes`: longer tokens are refused before any parsing.
 pub static MAX_TOKEN_BYTES: GucSetting<i32> = GucSetting::<i32>::new(8192);
