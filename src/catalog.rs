@@ -64,6 +64,9 @@ struct Cache {
     support: HashMap<(Uuid, u32), Option<Rc<SupportGrant>>>,
     protected: Option<Rc<std::collections::HashSet<u32>>>,
     all_tenants_loaded: bool,
+    all_privileges_loaded: bool,
+    /// Tenants that have at least one member (None: not loaded yet).
+    tenants_with_members: Option<Rc<std::collections::HashSet<Uuid>>>,
 }
 
 /// A live support grant: an operator may act in a tenant with these privileges until expiry.
@@ -133,6 +136,13 @@ pub fn invalidate() {
 /// Bumped whenever pg_tenancy's catalog may have changed.
 pub fn generation() -> u64 {
     GENERATION.with(|g| g.get())
+}
+
+/// Whether pg_tenancy is installed in this database (the library may be preloaded for the
+/// whole cluster; the hooks must leave databases without the extension alone).
+pub fn installed() -> bool {
+    RELS.with(|r| r.get()).is_some()
+        || unsafe { pg_sys::get_extension_oid(c"pg_tenancy".as_ptr(), true) } != pg_sys::InvalidOid
 }
 
 fn rels() -> Rels {
@@ -227,53 +237,54 @@ pub fn from_pg_uuid(id: &pgrx::Uuid) -> Uuid {
     Uuid::from_bytes(**id)
 }
 
+fn tenant_row(row: &pgrx::spi::SpiHeapTupleData) -> Result<TenantRow, pgrx::spi::Error> {
+    Ok(TenantRow {
+        id: from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("id")),
+        slug: row.get::<String>(2)?.unwrap_or_default(),
+        status: row.get::<String>(3)?.unwrap_or_default(),
+        region: row.get::<String>(4)?,
+        settings: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
+    })
+}
+
 fn load_tenant(where_clause: &str, arg: pgrx::datum::DatumWithOid) -> Option<TenantRow> {
     let q = format!(
         "SELECT id, slug, status, region, settings FROM tenancy.tenant WHERE {where_clause}"
     );
+    owner_rows("tenancy.tenant", &q, &[arg], tenant_row)
+        .into_iter()
+        .next()
+}
+
+/// Run a read-only query on the catalog as its owner and map every row.
+fn owner_rows<T>(
+    what: &str,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Vec<T> {
     with_owner(|| {
         Spi::connect(|c| {
-            let t = c.select(&q, Some(1), &[arg])?;
-            if t.is_empty() {
-                return Ok::<_, pgrx::spi::Error>(None);
+            let t = c.select(sql, None, args)?;
+            let mut out = Vec::with_capacity(t.len());
+            for row in t {
+                out.push(map(&row)?);
             }
-            let row = t.first();
-            Ok(Some(TenantRow {
-                id: from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("id")),
-                slug: row.get::<String>(2)?.unwrap_or_default(),
-                status: row.get::<String>(3)?.unwrap_or_default(),
-                region: row.get::<String>(4)?,
-                settings: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
-            }))
+            Ok::<_, pgrx::spi::Error>(out)
         })
     })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.tenant failed: {e}"))
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading {what} failed: {e}"))
 }
 
 /// Load every tenant into the cache in one query (on the first miss after an invalidation):
 /// a backend serving thousands of tenants warms up with one query instead of one per tenant.
 fn load_all_tenants() {
-    let rows = with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT id, slug, status, region, settings FROM tenancy.tenant",
-                None,
-                &[],
-            )?;
-            let mut out = Vec::new();
-            for row in t {
-                out.push(TenantRow {
-                    id: from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("id")),
-                    slug: row.get::<String>(2)?.unwrap_or_default(),
-                    status: row.get::<String>(3)?.unwrap_or_default(),
-                    region: row.get::<String>(4)?,
-                    settings: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
-                });
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.tenant failed: {e}"));
+    let rows = owner_rows(
+        "tenancy.tenant",
+        "SELECT id, slug, status, region, settings FROM tenancy.tenant",
+        &[],
+        tenant_row,
+    );
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         for r in rows {
@@ -384,24 +395,17 @@ pub fn mappings(role: pg_sys::Oid) -> Rc<Vec<Mapping>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().mappings.get(&k).cloned()) {
         return hit;
     }
-    let rows = with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT m.tenant_id, m.tenant_roles FROM tenancy.role_mapping m \
-                 WHERE m.role::oid = $1 ORDER BY m.tenant_id",
-                None,
-                &[role.into()],
-            )?;
-            let mut out = Vec::new();
-            for row in t {
-                let tenant = from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id"));
-                let roles = row.get::<Vec<String>>(2)?.unwrap_or_default();
-                out.push(Mapping { tenant, roles });
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.role_mapping failed: {e}"));
+    let rows = owner_rows(
+        "tenancy.role_mapping",
+        "SELECT m.tenant_id, m.tenant_roles FROM tenancy.role_mapping m WHERE m.role::oid = $1 ORDER BY m.tenant_id",
+        &[role.into()],
+        |row| {
+            Ok(Mapping {
+                tenant: from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id")),
+                roles: row.get::<Vec<String>>(2)?.unwrap_or_default(),
+            })
+        },
+    );
     let rows = Rc::new(rows);
     CACHE.with(|c| c.borrow_mut().mappings.insert(k, rows.clone()));
     rows
@@ -409,25 +413,37 @@ pub fn mappings(role: pg_sys::Oid) -> Rc<Vec<Mapping>> {
 
 /// The roles `subject` holds in `tenant` (empty when not a member).
 pub fn member_roles(tenant: Uuid, subject: &str) -> Rc<Vec<String>> {
+    // Most tenants of a platform that signs roles into tokens have no member rows at all: know
+    // which do with one query instead of one per (tenant, subject).
+    let with_members = match CACHE.with(|c| c.borrow().tenants_with_members.clone()) {
+        Some(set) => set,
+        None => {
+            let set: std::collections::HashSet<Uuid> = owner_rows(
+                "tenancy.member",
+                "SELECT DISTINCT tenant_id FROM tenancy.member",
+                &[],
+                |row| Ok(from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id"))),
+            )
+            .into_iter()
+            .collect();
+            let set = Rc::new(set);
+            CACHE.with(|c| c.borrow_mut().tenants_with_members = Some(set.clone()));
+            set
+        }
+    };
+    if !with_members.contains(&tenant) {
+        return Rc::new(Vec::new());
+    }
     let key = (tenant, subject.to_string());
     if let Some(hit) = CACHE.with(|c| c.borrow().members.get(&key).cloned()) {
         return hit;
     }
-    let rows = with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY role",
-                None,
-                &[to_pg_uuid(tenant).into(), subject.into()],
-            )?;
-            let mut out = Vec::new();
-            for row in t {
-                out.push(row.get::<String>(1)?.unwrap_or_default());
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.member failed: {e}"));
+    let rows = owner_rows(
+        "tenancy.member",
+        "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY role",
+        &[to_pg_uuid(tenant).into(), subject.into()],
+        |row| Ok(row.get::<String>(1)?.unwrap_or_default()),
+    );
     let rows = Rc::new(rows);
     CACHE.with(|c| c.borrow_mut().members.insert(key, rows.clone()));
     rows
@@ -438,21 +454,12 @@ pub fn tenant_roles(tenant: Uuid) -> Rc<Vec<String>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().roles.get(&tenant).cloned()) {
         return hit;
     }
-    let rows = with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT role FROM tenancy.tenant_role WHERE tenant_id = $1 ORDER BY role",
-                None,
-                &[to_pg_uuid(tenant).into()],
-            )?;
-            let mut out = Vec::new();
-            for row in t {
-                out.push(row.get::<String>(1)?.unwrap_or_default());
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.tenant_role failed: {e}"));
+    let rows = owner_rows(
+        "tenancy.tenant_role",
+        "SELECT role FROM tenancy.tenant_role WHERE tenant_id = $1 ORDER BY role",
+        &[to_pg_uuid(tenant).into()],
+        |row| Ok(row.get::<String>(1)?.unwrap_or_default()),
+    );
     let rows = Rc::new(rows);
     CACHE.with(|c| c.borrow_mut().roles.insert(tenant, rows.clone()));
     rows
@@ -480,25 +487,50 @@ pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().privileges.get(&tenant).cloned()) {
         return hit;
     }
-    let rows = with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT role, relid::oid, privilege FROM tenancy.role_privilege WHERE tenant_id = $1",
-                None,
-                &[to_pg_uuid(tenant).into()],
-            )?;
-            let mut out = Vec::new();
-            for row in t {
-                out.push(Privilege {
-                    role: row.get::<String>(1)?.unwrap_or_default(),
-                    relid: row.get::<pg_sys::Oid>(2)?,
-                    privilege: row.get::<String>(3)?.unwrap_or_default(),
-                });
+    if !CACHE.with(|c| c.borrow().all_privileges_loaded) {
+        // All tenants' grants in one query (a few rows per tenant).
+        let rows = owner_rows(
+            "tenancy.role_privilege",
+            "SELECT tenant_id, role, relid::oid, privilege FROM tenancy.role_privilege",
+            &[],
+            |row| {
+                Ok((
+                    from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id")),
+                    Privilege {
+                        role: row.get::<String>(2)?.unwrap_or_default(),
+                        relid: row.get::<pg_sys::Oid>(3)?,
+                        privilege: row.get::<String>(4)?.unwrap_or_default(),
+                    },
+                ))
+            },
+        );
+        let mut by_tenant: HashMap<Uuid, Vec<Privilege>> = HashMap::new();
+        for (t, p) in rows {
+            by_tenant.entry(t).or_default().push(p);
+        }
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            for (t, ps) in by_tenant {
+                c.privileges.insert(t, Rc::new(ps));
             }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.role_privilege failed: {e}"));
+            c.all_privileges_loaded = true;
+        });
+        if let Some(hit) = CACHE.with(|c| c.borrow().privileges.get(&tenant).cloned()) {
+            return hit;
+        }
+    }
+    let rows = owner_rows(
+        "tenancy.role_privilege",
+        "SELECT role, relid::oid, privilege FROM tenancy.role_privilege WHERE tenant_id = $1",
+        &[to_pg_uuid(tenant).into()],
+        |row| {
+            Ok(Privilege {
+                role: row.get::<String>(1)?.unwrap_or_default(),
+                relid: row.get::<pg_sys::Oid>(2)?,
+                privilege: row.get::<String>(3)?.unwrap_or_default(),
+            })
+        },
+    );
     let rows = Rc::new(rows);
     CACHE.with(|c| c.borrow_mut().privileges.insert(tenant, rows.clone()));
     rows
@@ -573,7 +605,7 @@ pub fn protected_relids() -> Option<Rc<std::collections::HashSet<u32>>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().protected.clone()) {
         return Some(hit);
     }
-    if LOADING_PROTECTED.with(|l| l.replace(true)) {
+    if !installed() || LOADING_PROTECTED.with(|l| l.replace(true)) {
         return None;
     }
     let loaded = with_owner(|| {

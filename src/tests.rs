@@ -120,3 +120,34 @@ fn security_events_survive_the_rollback_of_their_statement() {
     assert_eq!(detail.0["event"], "bind_refused");
     assert!(detail.0["reason"].as_str().unwrap().contains("malformed"));
 }
+
+#[pg_test]
+fn preloaded_library_leaves_databases_without_the_extension_alone() {
+    // pg_test preloads pg_tenancy for the whole cluster; the `postgres` database has no
+    // extension. A row-secured query there must behave as PostgreSQL alone would.
+    Spi::run("CREATE EXTENSION IF NOT EXISTS dblink").unwrap();
+    let conn = |user: &str| {
+        format!(
+            "SELECT dblink_connect('{user}', format('dbname=postgres host=%s port=%s user={user}', \
+               split_part(current_setting('unix_socket_directories'), ',', 1), current_setting('port')))"
+        )
+    };
+    Spi::run(&conn(&Spi::get_one::<String>("SELECT current_user::text").unwrap().unwrap())).unwrap();
+    Spi::run(
+        "SELECT dblink_exec(current_user::text, $$ \
+           DO $d$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'probe_user') THEN \
+             CREATE ROLE probe_user LOGIN; END IF; END $d$; \
+           DROP TABLE IF EXISTS probe_rls; CREATE TABLE probe_rls (a int); INSERT INTO probe_rls VALUES (1); \
+           ALTER TABLE probe_rls ENABLE ROW LEVEL SECURITY; \
+           CREATE POLICY everyone ON probe_rls USING (true); GRANT SELECT ON probe_rls TO probe_user $$)",
+    )
+    .unwrap();
+    Spi::run(&conn("probe_user")).unwrap();
+    let n = Spi::get_one::<i64>(
+        "SELECT n FROM dblink('probe_user', 'SELECT count(*) FROM probe_rls') AS t(n bigint)",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(n, 1);
+    Spi::run("SELECT dblink_disconnect('probe_user')").unwrap();
+}
