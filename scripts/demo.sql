@@ -94,5 +94,8 @@ DROP POLICY tenancy_isolation ON public.documents;
 ALTER TABLE public.documents NO FORCE ROW LEVEL SECURITY;
 SELECT severity, rule, object FROM tenancy.verify();   -- no error rows: clean
 
--- 7. Every management action is in the audit trail.
-SELECT id, op, new_row->>'action' AS action, db_role FROM tenancy.audit_log ORDER BY id;
+-- 7. Every change and every management action is in the tamper-evident audit trail.
+SELECT id, op, coalesce(table_name, new_row->>'action') AS what, new_row - 'tenant_id' AS new_row,
+       db_role, subject
+  FROM tenancy.audit_log ORDER BY id;
+SELECT tenant, records, ok FROM tenancy.audit_verify() ORDER BY records DESC;

@@ -306,31 +306,28 @@ fn link_pending() {
 
 /// Run an INSERT ... RETURNING id, tenant_id, row_hash into tenancy.audit_log as its owner and
 /// remember the records for linking.
-fn insert_records(
-    sql: &str,
-    args: &[pgrx::datum::DatumWithOid],
-    trigger: Option<&pgrx::PgTrigger>,
-) {
-    let rows = catalog::with_owner(|| {
-        Spi::connect_mut(|c| {
-            if let Some(t) = trigger {
-                unsafe {
-                    pg_sys::SPI_register_trigger_data(t.trigger_data() as *const _ as *mut _);
-                }
-            }
-            let t = c.update(sql, None, args)?;
-            let mut out = Vec::with_capacity(t.len());
-            for r in t {
-                out.push((
-                    r.get::<pgrx::Uuid>(2)?.map(|u| catalog::from_pg_uuid(&u)),
-                    r.get::<i64>(1)?.unwrap_or_default(),
-                    r.get::<Vec<u8>>(3)?.unwrap_or_default(),
-                ));
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: writing the audit trail failed: {e}"));
+/// (tenant, id, row_hash) of the records an audit INSERT ... RETURNING id, tenant_id, row_hash
+/// wrote.
+fn returned_records(
+    t: pgrx::spi::SpiTupleTable,
+) -> pgrx::spi::Result<Vec<(Option<Uuid>, i64, Vec<u8>)>> {
+    let mut out = Vec::with_capacity(t.len());
+    for r in t {
+        out.push((
+            r.get::<pgrx::Uuid>(2)?.map(|u| catalog::from_pg_uuid(&u)),
+            r.get::<i64>(1)?.unwrap_or_default(),
+            r.get::<Vec<u8>>(3)?.unwrap_or_default(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Run an audit INSERT ... RETURNING id, tenant_id, row_hash as the catalog owner and
+/// remember the records for linking at commit.
+fn insert_records(sql: &str, args: &[pgrx::datum::DatumWithOid]) {
+    let rows =
+        catalog::with_owner(|| Spi::connect_mut(|c| returned_records(c.update(sql, None, args)?)))
+            .unwrap_or_else(|e| pgrx::error!("pg_tenancy: writing the audit trail failed: {e}"));
     remember(rows);
 }
 
@@ -383,7 +380,6 @@ pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: ser
             table.into(),
             op.into(),
         ],
-        None,
     );
 }
 
@@ -546,7 +542,7 @@ fn _audit<'a>(
             unsafe {
                 pg_sys::SPI_register_trigger_data(trigger.trigger_data() as *const _ as *mut _);
             }
-            let t = c.update(
+            returned_records(c.update(
                 plan.as_ref(),
                 None,
                 &[
@@ -555,16 +551,7 @@ fn _audit<'a>(
                     role.clone().into(),
                     subject.clone().into(),
                 ],
-            )?;
-            let mut out = Vec::with_capacity(t.len());
-            for r in t {
-                out.push((
-                    r.get::<pgrx::Uuid>(2)?.map(|u| catalog::from_pg_uuid(&u)),
-                    r.get::<i64>(1)?.unwrap_or_default(),
-                    r.get::<Vec<u8>>(3)?.unwrap_or_default(),
-                ));
-            }
-            Ok::<_, pgrx::spi::Error>(out)
+            )?)
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: writing the audit trail failed: {e}"));

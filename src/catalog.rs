@@ -179,11 +179,7 @@ fn rels() -> Rels {
 /// a SECURITY DEFINER function with a pinned search_path runs. On error, transaction or
 /// subtransaction abort restores the user and the setting, as it does for SECURITY DEFINER.
 pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = rels().owner;
     unsafe {
-        let mut save_user = pg_sys::InvalidOid;
-        let mut save_sec: i32 = 0;
-        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
         let nest = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
@@ -195,14 +191,7 @@ pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
             0,
             false,
         );
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            save_sec
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        let r = f();
-        pg_sys::SetUserIdAndSecContext(save_user, save_sec);
+        let r = as_owner(f);
         pg_sys::AtEOXact_GUC(true, nest);
         r
     }
