@@ -41,6 +41,9 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
+/// A record an audit INSERT wrote: (tenant, id, row_hash).
+type Written = (Option<Uuid>, i64, Vec<u8>);
+
 /// A table's audit settings and the kept plan of its audit INSERT, with the epoch they were built at.
 type CachedTrigger = (u64, Rc<AuditMeta>, Rc<pgrx::spi::OwnedPreparedStatement>);
 
@@ -100,7 +103,7 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
-fn remember(rows: Vec<(Option<Uuid>, i64, Vec<u8>)>) {
+fn remember(rows: Vec<Written>) {
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
