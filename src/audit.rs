@@ -311,9 +311,7 @@ fn link_pending() {
 /// remember the records for linking.
 /// (tenant, id, row_hash) of the records an audit INSERT ... RETURNING id, tenant_id, row_hash
 /// wrote.
-fn returned_records(
-    t: pgrx::spi::SpiTupleTable,
-) -> pgrx::spi::Result<Vec<(Option<Uuid>, i64, Vec<u8>)>> {
+fn returned_records(t: pgrx::spi::SpiTupleTable) -> pgrx::spi::Result<Vec<Written>> {
     let mut out = Vec::with_capacity(t.len());
     for r in t {
         out.push((
