@@ -307,8 +307,6 @@ fn link_pending() {
     unsafe { pg_sys::PopActiveSnapshot() };
 }
 
-/// Run an INSERT ... RETURNING id, tenant_id, row_hash into tenancy.audit_log as its owner and
-/// remember the records for linking.
 /// (tenant, id, row_hash) of the records an audit INSERT ... RETURNING id, tenant_id, row_hash
 /// wrote.
 fn returned_records(t: pgrx::spi::SpiTupleTable) -> pgrx::spi::Result<Vec<Written>> {
