@@ -391,31 +391,26 @@ struct AuditMeta {
 }
 
 fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
-    catalog::with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT $1::oid::regclass::text, p.tenant_column::text, p.audit_exclude, \
-                        coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) \
-                           FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
-                           JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
-                          WHERE x.indrelid = $1 AND x.indisprimary), '{}') \
-                   FROM tenancy.protected_table p WHERE p.relid = $1::oid::regclass",
-                Some(1),
-                &[rel.into()],
-            )?;
-            if t.is_empty() {
-                return Ok::<_, pgrx::spi::Error>(None);
-            }
-            let r = t.first();
-            Ok(Some(AuditMeta {
+    catalog::owner_rows(
+        "the table's audit settings",
+        "SELECT $1::oid::regclass::text, p.tenant_column::text, p.audit_exclude, \
+                coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) \
+                   FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                   JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
+                  WHERE x.indrelid = $1 AND x.indisprimary), '{}') \
+           FROM tenancy.protected_table p WHERE p.relid = $1::oid::regclass",
+        &[rel.into()],
+        |r| {
+            Ok(AuditMeta {
                 name: r.get::<String>(1)?.unwrap_or_default(),
                 tenant_column: r.get::<String>(2)?.unwrap_or_default(),
                 exclude: r.get::<Vec<String>>(3)?.unwrap_or_default(),
                 key_columns: r.get::<Vec<String>>(4)?.unwrap_or_default(),
-            }))
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading audit settings failed: {e}"))
+            })
+        },
+    )
+    .into_iter()
+    .next()
     .unwrap_or_else(|| {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,

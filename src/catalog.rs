@@ -246,7 +246,7 @@ fn load_tenant(where_clause: &str, arg: pgrx::datum::DatumWithOid) -> Option<Ten
 }
 
 /// Run a read-only query on the catalog as its owner and map every row.
-fn owner_rows<T>(
+pub fn owner_rows<T>(
     what: &str,
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],

@@ -88,34 +88,29 @@ struct TableInfo {
 }
 
 fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
-    catalog::with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT c.oid::regclass::text, c.relkind::text, n.nspname::text, \
+    catalog::owner_rows(
+        "the table's catalog",
+        "SELECT c.oid::regclass::text, c.relkind::text, n.nspname::text, \
                         (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
                           WHERE a.attrelid = c.oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped), \
                         (SELECT coalesce(array_agg(i.inhrelid ORDER BY i.inhrelid), '{}') FROM pg_inherits i WHERE i.inhparent = c.oid), \
                         EXISTS (SELECT FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0] \
                                  WHERE x.indrelid = c.oid AND a.attname = $2) \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-                Some(1),
-                &[rel.into(), column.into()],
-            )?;
-            if t.is_empty() {
-                return Ok::<_, pgrx::spi::Error>(None);
-            }
-            let r = t.first();
-            Ok(Some(TableInfo {
+        &[rel.into(), column.into()],
+        |r| {
+            Ok(TableInfo {
                 name: r.get::<String>(1)?.unwrap_or_default(),
                 relkind: r.get::<String>(2)?.unwrap_or_default(),
                 schema: r.get::<String>(3)?.unwrap_or_default(),
                 column_type: r.get::<String>(4)?,
                 partitions: r.get::<Vec<pg_sys::Oid>>(5)?.unwrap_or_default(),
                 has_tenant_index: r.get::<bool>(6)?.unwrap_or(false),
-            }))
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the table's catalog failed: {e}"))
+            })
+        },
+    )
+    .into_iter()
+    .next()
 }
 
 /// The SQL `protect` runs for one table (without its partitions). Also shown by
