@@ -10,15 +10,13 @@ fn two_tenants() -> (Fixture, Client) {
     let f = Fixture::new();
     let mut c = app();
     for t in [&f.a, &f.b] {
-        c.batch_execute("BEGIN").unwrap();
-        c.execute("SELECT tenancy.bind($1)", &[&f.token(t, "seed")])
+        bound_tx(&mut c, &f, t, true, |c| {
+            c.execute(
+                "INSERT INTO it_customers (id, name) SELECT g, $1 || '-secret-' || g FROM generate_series(1, 5) g",
+                &[t],
+            )
             .unwrap();
-        c.execute(
-            "INSERT INTO it_customers (id, name) SELECT g, $1 || '-secret-' || g FROM generate_series(1, 5) g",
-            &[t],
-        )
-        .unwrap();
-        c.batch_execute("COMMIT").unwrap();
+        });
     }
     (f, c)
 }

@@ -11,37 +11,21 @@ fn seeded() -> (Fixture, Client) {
     let f = Fixture::new();
     let mut c = app();
     for t in [&f.a, &f.b] {
-        c.batch_execute("BEGIN").unwrap();
-        c.execute("SELECT tenancy.bind($1)", &[&f.token(t, "seed")])
+        bound_tx(&mut c, &f, t, true, |c| {
+            c.execute(
+                "INSERT INTO it_customers (id, name) SELECT g, $1 || '-' || g FROM generate_series(1, 3) g",
+                &[t],
+            )
             .unwrap();
-        c.execute(
-            "INSERT INTO it_customers (id, name) SELECT g, $1 || '-' || g FROM generate_series(1, 3) g",
-            &[t],
-        )
-        .unwrap();
-        c.batch_execute(
-            "INSERT INTO it_items (id, customer_id, qty) SELECT g, 1 + g % 3, g FROM generate_series(1, 6) g; \
-             INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 10) g; \
-             INSERT INTO it_events (id, at) VALUES (1, '2026-05-01'), (2, '2027-05-01'); \
-             COMMIT",
-        )
-        .unwrap();
+            c.batch_execute(
+                "INSERT INTO it_items (id, customer_id, qty) SELECT g, 1 + g % 3, g FROM generate_series(1, 6) g; \
+                 INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 10) g; \
+                 INSERT INTO it_events (id, at) VALUES (1, '2026-05-01'), (2, '2027-05-01')",
+            )
+            .unwrap();
+        });
     }
     (f, c)
-}
-
-fn in_tenant<T>(
-    c: &mut Client,
-    f: &Fixture,
-    tenant: &str,
-    body: impl FnOnce(&mut Client) -> T,
-) -> T {
-    c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "u")])
-        .unwrap();
-    let r = body(c);
-    let _ = c.batch_execute("ROLLBACK");
-    r
 }
 
 fn names(c: &mut Client, sql: &str) -> Vec<String> {
@@ -80,7 +64,7 @@ fn unbound_sessions_get_an_error_not_rows() {
 #[test]
 fn reads_see_only_the_bound_tenant() {
     let (f, mut c) = seeded();
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         only_prefix(&names(c, "SELECT name FROM it_customers"), &f.a);
         only_prefix(
             &names(c, "SELECT name FROM it_customers WHERE id = 1"),
@@ -145,7 +129,7 @@ fn reads_see_only_the_bound_tenant() {
 #[test]
 fn cursors_prepared_statements_and_copy_to_see_only_the_bound_tenant() {
     let (f, mut c) = seeded();
-    in_tenant(&mut c, &f, &f.b, |c| {
+    bound_tx(&mut c, &f, &f.b, false, |c| {
         c.batch_execute("DECLARE cur CURSOR FOR SELECT name FROM it_customers ORDER BY id")
             .unwrap();
         only_prefix(&names(c, "FETCH ALL FROM cur"), &f.b);
@@ -172,7 +156,7 @@ fn cursors_prepared_statements_and_copy_to_see_only_the_bound_tenant() {
 #[test]
 fn writes_touch_only_the_bound_tenant() {
     let (f, mut c) = seeded();
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         let n = c
             .execute("UPDATE it_customers SET name = name || '!'", &[])
             .unwrap();
@@ -209,7 +193,7 @@ fn writes_touch_only_the_bound_tenant() {
         c.batch_execute("COMMIT").unwrap();
     });
     // B is intact.
-    in_tenant(&mut c, &f, &f.b, |c| {
+    bound_tx(&mut c, &f, &f.b, false, |c| {
         let n: i64 = c
             .query_one("SELECT count(*) FROM it_items", &[])
             .unwrap()
@@ -230,14 +214,14 @@ fn writes_touch_only_the_bound_tenant() {
 #[test]
 fn inserting_or_moving_rows_into_another_tenant_is_refused() {
     let (f, mut c) = seeded();
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         let sql = format!(
             "INSERT INTO it_customers (tenant_id, id, name) VALUES ('{}', 50, 'planted')",
             f.b_id
         );
         expect_err(c, &sql, &["42501"]);
     });
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         let sql = format!(
             "UPDATE it_customers SET tenant_id = '{}' WHERE id = 1",
             f.b_id
@@ -247,7 +231,7 @@ fn inserting_or_moving_rows_into_another_tenant_is_refused() {
     // COPY FROM into a table with row security is refused by PostgreSQL itself (0A000), for
     // this tenant's rows as for another's: the bulk path is INSERT ... SELECT from a staging table.
     let mut fresh = app(); // a failed COPY leaves the client connection unusable
-    in_tenant(&mut fresh, &f, &f.a, |c| {
+    bound_tx(&mut fresh, &f, &f.a, false, |c| {
         let data = format!("{}\t60\tcopied\n", f.b_id);
         match c.copy_in("COPY it_customers (tenant_id, id, name) FROM STDIN") {
             Err(e) => assert_eq!(sqlstate(&e), "0A000", "{e}"),
@@ -259,7 +243,7 @@ fn inserting_or_moving_rows_into_another_tenant_is_refused() {
             }
         }
     });
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         c.batch_execute("CREATE TEMP TABLE staging (id int, name text)")
             .unwrap();
         let mut w = c.copy_in("COPY staging FROM STDIN").unwrap();
@@ -283,7 +267,7 @@ fn inserting_or_moving_rows_into_another_tenant_is_refused() {
 #[test]
 fn on_conflict_and_merge_never_reach_the_other_tenant() {
     let (f, mut c) = seeded();
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         // Same id as B's customer 1: the conflict is with A's own row (the key includes tenant_id).
         c.batch_execute("INSERT INTO it_customers (id, name) VALUES (1, 'upserted') ON CONFLICT (tenant_id, id) DO UPDATE SET name = EXCLUDED.name")
             .unwrap();
@@ -293,7 +277,7 @@ fn on_conflict_and_merge_never_reach_the_other_tenant() {
         );
         expect_err(c, &sql, &["42501"]);
     });
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         c.batch_execute(
             "MERGE INTO it_customers t USING (SELECT g AS id FROM generate_series(1, 5) g) s ON t.id = s.id \
              WHEN MATCHED THEN UPDATE SET name = t.name || '+' \
@@ -302,7 +286,7 @@ fn on_conflict_and_merge_never_reach_the_other_tenant() {
         .unwrap();
         c.batch_execute("COMMIT").unwrap();
     });
-    in_tenant(&mut c, &f, &f.b, |c| {
+    bound_tx(&mut c, &f, &f.b, false, |c| {
         let v = names(c, "SELECT name FROM it_customers ORDER BY id");
         assert_eq!(v.len(), 3, "{v:?}");
         only_prefix(&v, &f.b);
@@ -318,7 +302,7 @@ fn truncate_is_refused_for_application_sessions() {
     superuser()
         .batch_execute("GRANT TRUNCATE ON it_orders TO tenancy_app")
         .unwrap();
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         expect_err(c, "TRUNCATE it_orders", &["42501"]);
     });
     expect_err(&mut c, "TRUNCATE it_orders", &["42501"]);
@@ -330,7 +314,7 @@ fn truncate_is_refused_for_application_sessions() {
 #[test]
 fn row_security_off_and_owner_tricks_do_not_help() {
     let (f, mut c) = seeded();
-    in_tenant(&mut c, &f, &f.a, |c| {
+    bound_tx(&mut c, &f, &f.a, false, |c| {
         c.batch_execute("SET row_security = off").unwrap();
         let e = c.query("SELECT * FROM it_customers", &[]).unwrap_err();
         assert_eq!(

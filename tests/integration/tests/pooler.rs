@@ -88,13 +88,10 @@ fn interleaved_tenants_on_a_small_pool_never_see_each_other() {
     // Rows of each tenant, written directly.
     let mut c = app();
     for t in [&f.a, &f.b] {
-        c.batch_execute("BEGIN").unwrap();
-        c.execute("SELECT tenancy.bind($1)", &[&f.token(t, "seed")])
-            .unwrap();
-        c.batch_execute(
-            "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 10) g; COMMIT",
-        )
-        .unwrap();
+        bound_tx(&mut c, &f, t, true, |c| {
+            c.batch_execute("INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 10) g")
+                .unwrap()
+        });
     }
     let bouncer = Bouncer::start();
     let handles: Vec<_> = (0..6)

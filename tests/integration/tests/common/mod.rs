@@ -184,3 +184,24 @@ pub fn bound_tenant(c: &mut Client) -> Result<String, String> {
 pub fn bind(c: &mut Client, token: &str) {
     c.execute("SELECT tenancy.bind($1)", &[&token]).unwrap();
 }
+
+/// Run `body` in one transaction bound to `tenant` (subject "seed"), then commit or roll back.
+pub fn bound_tx<T>(
+    c: &mut Client,
+    f: &Fixture,
+    tenant: &str,
+    commit: bool,
+    body: impl FnOnce(&mut Client) -> T,
+) -> T {
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "seed")])
+        .unwrap();
+    let r = body(c);
+    if commit {
+        c.batch_execute("COMMIT").unwrap();
+    } else {
+        // The body may have ended the transaction itself or left the connection in error.
+        let _ = c.batch_execute("ROLLBACK");
+    }
+    r
+}
