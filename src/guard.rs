@@ -5,7 +5,9 @@
 //! Event triggers at ddl_command_end (ALTER TABLE, CREATE/ALTER POLICY, triggers) and sql_drop
 //! (dropped policies, triggers, columns) call `_guard_check(tables)` with the tables the command
 //! touched; it recomputes their protection-state digest and refuses the command when one
-//! differs from the recorded digest. Event
+//! differs from the recorded digest. The same check refuses relations that get around row
+//! security without touching the table: temporary relations that shadow a protected table's
+//! name, and materialized views that store its rows. Event
 //! triggers fire for every role, whether or not this library is loaded in the session, and
 //! the error rolls the command back.
 
@@ -41,6 +43,7 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check failed: {e}"));
+    refuse_shadows_and_copies(&touched);
     if let Some(table) = drifted.first() {
         let mut f = serde_json::Map::new();
         f.insert("table".into(), table.clone().into());
@@ -55,6 +58,76 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
             ),
         );
     }
+}
+
+/// Two ways around row security that need no change to the protected table itself:
+/// - a temporary relation named like a protected table shadows it (pg_temp is searched first).
+///   Behind a connection pooler it outlives the transaction that created it, so the next
+///   client's unqualified reads and writes on that server connection would go to it;
+/// - a materialized view stores the rows its creator could see, and has no row security.
+fn refuse_shadows_and_copies(touched: &[Option<pgrx::pg_sys::Oid>]) {
+    let found: Option<(String, String, bool)> = catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let t = c.select(
+                "SELECT c.oid::regclass::text, p.relid::regclass::text, true \
+                   FROM pg_class c \
+                   JOIN pg_class pc ON pc.relname = c.relname AND pc.oid <> c.oid \
+                   JOIN tenancy.protected_table p ON p.relid = pc.oid \
+                  WHERE c.oid = ANY ($1) AND c.relpersistence = 't' \
+                 UNION ALL \
+                 (WITH RECURSIVE reads(mv, rel) AS ( \
+                      SELECT c.oid, d.refobjid FROM pg_class c \
+                        JOIN pg_rewrite rw ON rw.ev_class = c.oid \
+                        JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid \
+                                        AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid \
+                       WHERE c.oid = ANY ($1) AND c.relkind = 'm' \
+                      UNION \
+                      SELECT r.mv, d.refobjid FROM reads r \
+                        JOIN pg_class v ON v.oid = r.rel AND v.relkind = 'v' \
+                        JOIN pg_rewrite rw ON rw.ev_class = v.oid \
+                        JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid \
+                                        AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> v.oid) \
+                  SELECT r.mv::regclass::text, r.rel::regclass::text, false \
+                    FROM reads r JOIN tenancy.protected_table p ON p.relid = r.rel) \
+                 LIMIT 1",
+                None,
+                &[touched.to_vec().into()],
+            )?;
+            let mut out = None;
+            for r in t {
+                out = Some((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<bool>(3)?.unwrap_or_default(),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check failed: {e}"));
+    let Some((relation, table, shadow)) = found else {
+        return;
+    };
+    let mut f = serde_json::Map::new();
+    f.insert("relation".into(), relation.clone().into());
+    f.insert("table".into(), table.clone().into());
+    if shadow {
+        errors::refuse(
+            "guard_refused",
+            f,
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!("temporary relation \"{relation}\" would shadow protected table \"{table}\""),
+            "A temporary relation outlives the transaction on a pooled connection and would capture \
+             the next client's unqualified reads and writes. Choose another name.",
+        );
+    }
+    errors::refuse(
+        "guard_refused",
+        f,
+        errors::INSUFFICIENT_PRIVILEGE,
+        format!("materialized view \"{relation}\" would store rows of protected table \"{table}\" without row security"),
+        "Use a view WITH (security_invoker = true), or a protected table that the application fills.",
+    );
 }
 
 /// sql_drop: forget protected tables that were dropped.

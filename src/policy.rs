@@ -466,9 +466,9 @@ fn auto_protect_table(rel: pg_sys::Oid) {
     let row = catalog::with_owner(|| {
         Spi::connect(|c| {
             let t = c.select(
-                "SELECT c.relkind::text, c.relispartition, \
+                "SELECT c.relkind::text, \
                         (SELECT p.tenant_column::text FROM tenancy.protected_table p WHERE p.relid = c.oid), \
-                        (SELECT p.tenant_column::text || ',' || p.audited FROM pg_inherits i JOIN tenancy.protected_table p ON p.relid = i.inhparent WHERE i.inhrelid = c.oid), \
+                        (SELECT p.tenant_column::text || ',' || p.audited FROM pg_inherits i JOIN tenancy.protected_table p ON p.relid = i.inhparent WHERE i.inhrelid = c.oid ORDER BY i.inhseqno LIMIT 1), \
                         (SELECT s.tenant_column::text FROM tenancy.auto_protect_schema s WHERE s.schema_name = n.nspname \
                             AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = s.tenant_column AND NOT a.attisdropped)), \
                         (SELECT p.audited FROM tenancy.protected_table p WHERE p.relid = c.oid) \
@@ -482,16 +482,15 @@ fn auto_protect_table(rel: pg_sys::Oid) {
             let r = t.first();
             Ok(Some((
                 r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<bool>(2)?.unwrap_or(false),
+                r.get::<String>(2)?,
                 r.get::<String>(3)?,
                 r.get::<String>(4)?,
-                r.get::<String>(5)?,
-                r.get::<bool>(6)?.unwrap_or(true),
+                r.get::<bool>(5)?.unwrap_or(true),
             )))
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: auto-protect lookup failed: {e}"));
-    let Some((relkind, is_partition, protected_col, parent, schema_col, audited)) = row else {
+    let Some((relkind, protected_col, parent, schema_col, audited)) = row else {
         return;
     };
     if relkind != "r" && relkind != "p" {
@@ -507,13 +506,13 @@ fn auto_protect_table(rel: pg_sys::Oid) {
         }
         return;
     }
-    if is_partition {
-        if let Some(p) = parent {
-            let (col, audit) = p.rsplit_once(',').unwrap_or((p.as_str(), "true"));
-            let parent_oid = parent_of(rel);
-            protect_table(rel, col, audit == "true", parent_oid);
-            return;
-        }
+    // Partitions, and children that inherit from a protected table (CREATE TABLE ... INHERITS,
+    // ALTER TABLE ... INHERIT): reading the child directly must not bypass the parent's policies.
+    if let Some(p) = parent {
+        let (col, audit) = p.rsplit_once(',').unwrap_or((p.as_str(), "true"));
+        let parent_oid = parent_of(rel);
+        protect_table(rel, col, audit == "true", parent_oid);
+        return;
     }
     if let Some(col) = schema_col {
         protect_table(rel, &col, true, None);
@@ -522,7 +521,7 @@ fn auto_protect_table(rel: pg_sys::Oid) {
 
 pub fn parent_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
     Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1",
+        "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1 ORDER BY inhseqno LIMIT 1",
         &[rel.into()],
     )
     .ok()

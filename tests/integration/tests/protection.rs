@@ -299,7 +299,13 @@ fn verify_reports_each_hazard_with_a_working_fix() {
     hazard(
         &mut su,
         &s,
-        &format!("CREATE MATERIALIZED VIEW {s}.mv AS SELECT * FROM {s}.parent"),
+        // The guard refuses new materialized views over protected tables (attacks.rs), so
+        // the hazard is one that existed before its table was protected.
+        &format!(
+            "CREATE TABLE {s}.older (tenant_id uuid NOT NULL, id int); \
+                  CREATE MATERIALIZED VIEW {s}.mv AS SELECT * FROM {s}.older; \
+                  SELECT tenancy.protect('{s}.older')"
+        ),
         "materialized_view",
     );
     hazard(
