@@ -8,7 +8,7 @@
 //! - Every record carries `row_hash`, SHA-256 over the whole record including its id, computed
 //!   by the writer (a row inserted by hand has none, or a wrong one).
 //! - Records are linked per tenant in `tenancy.audit_chain` at PRE_COMMIT of the writing
-//!   transaction: under a per-tenant advisory lock held only from that moment to the end of
+//!   transaction: under a per-tenant lock (an advisory tag SQL cannot take) held only from that moment to the end of
 //!   the commit, reading the chain head with the latest snapshot. Concurrent writers of a
 //!   tenant therefore serialise on the commit step only, never for their whole transaction,
 //!   and no committed record is ever unlinked.
@@ -62,8 +62,30 @@ pub fn relcache_changed() {
 pub const PLATFORM_CHAIN: Uuid = Uuid::nil();
 /// prev_hash of a chain's first entry.
 const GENESIS: [u8; 32] = [0; 32];
-/// First key of pg_tenancy's advisory locks ("tena").
-const LOCK_CLASS: i32 = 0x7465_6e61;
+/// The fourth field of the chain's lock tags ("te"). SQL's advisory lock functions only use 1
+/// and 2 there, so no session can take (and hold) a tenant's chain lock to stall its commits.
+const CHAIN_LOCK_FIELD4: u16 = 0x7465;
+
+/// Serialise the commit-time chain step of one tenant's writers (transaction lock).
+fn lock_chain(tenant: Uuid) {
+    let b = tenant.as_bytes();
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        locktag_field3: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+        locktag_field4: CHAIN_LOCK_FIELD4,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    unsafe {
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+        )
+    };
+}
 
 pub fn init() {
     unsafe {
@@ -287,14 +309,7 @@ fn link_pending() {
         while j < pending.len() && pending[j].tenant == tenant {
             j += 1;
         }
-        let lock_key = i32::from_be_bytes(tenant.as_bytes()[..4].try_into().expect("4 bytes"))
-            ^ i32::from_be_bytes(tenant.as_bytes()[12..16].try_into().expect("4 bytes"));
-        unsafe {
-            pgrx::direct_function_call_as_datum(
-                |fcinfo| pg_sys::pg_advisory_xact_lock_int4(fcinfo),
-                &[LOCK_CLASS.into_datum(), lock_key.into_datum()],
-            );
-        }
+        lock_chain(tenant);
         let (head, prev) = chain_head(tenant);
         let seq = head + 1;
         let records = &pending[i..j];
