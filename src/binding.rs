@@ -135,6 +135,23 @@ unsafe extern "C-unwind" fn utility_hook(
     let discard_all = !stmt.is_null()
         && (*stmt).type_ == pg_sys::NodeTag::T_DiscardStmt
         && (*(stmt as *mut pg_sys::DiscardStmt)).target == pg_sys::DiscardMode::DISCARD_ALL;
+    let hold_cursor = !stmt.is_null()
+        && (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt
+        && (*(stmt as *mut pg_sys::DeclareCursorStmt)).options & pg_sys::CURSOR_OPT_HOLD as i32
+            != 0;
+    if hold_cursor
+        && BINDING.with(
+            |b| matches!(b.borrow().as_ref(), Some(b) if matches!(b.scope, Scope::Transaction)),
+        )
+    {
+        // Its rows would be materialised at COMMIT and stay readable on the connection after
+        // the binding ended: behind a pooler, by the next client.
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "a cursor WITH HOLD would outlive the transaction-scoped tenant binding",
+            "Fetch the rows before COMMIT, or bind with scope => 'session' on a connection that is not pooled.",
+        );
+    }
     match PREV_UTILITY_HOOK {
         Some(prev) => prev(
             pstmt,
@@ -196,6 +213,12 @@ fn token_refusal(e: token::TokenError) -> ! {
         token::TokenError::MissingKid => "Sign tokens with a \"kid\" header naming a key registered with tenancy.add_key().",
         token::TokenError::BadSignature | token::TokenError::AlgorithmMismatch => {
             "Sign the token with the key registered for its \"kid\", using that key's algorithm."
+        }
+        token::TokenError::DuplicateMember => {
+            "Each header parameter and claim may appear once (RFC 7519, section 4)."
+        }
+        token::TokenError::CriticalExtension => {
+            "Issue tokens without a \"crit\" header: pg_tenancy supports no JWS extensions."
         }
         _ => "Pass a compact JWS: base64url(header).base64url(claims).base64url(signature), with claims tid, sub and exp.",
     };

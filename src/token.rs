@@ -17,6 +17,11 @@ pub enum TokenError {
     BadSignature,
     MissingClaim(String),
     InvalidClaim(String),
+    /// A member name appears twice in the header or the claims: parsers disagree on which one
+    /// wins, so an issuer and pg_tenancy could read different tenants from one token.
+    DuplicateMember,
+    /// The header lists critical extensions (`crit`); pg_tenancy understands none.
+    CriticalExtension,
 }
 
 impl TokenError {
@@ -32,6 +37,10 @@ impl TokenError {
             TokenError::BadSignature => "token signature is invalid".into(),
             TokenError::MissingClaim(c) => format!("token has no \"{c}\" claim"),
             TokenError::InvalidClaim(c) => format!("token claim \"{c}\" is invalid"),
+            TokenError::DuplicateMember => "token header or claims repeat a member name".into(),
+            TokenError::CriticalExtension => {
+                "token header lists critical extensions (\"crit\"), which are not supported".into()
+            }
         }
     }
 }
@@ -123,12 +132,55 @@ pub fn peek_kid(token: &str, max_bytes: usize) -> Result<(String, Algorithm), To
     {
         return Err(TokenError::Malformed);
     }
+    let mut segments = token.split('.');
+    let header_json = segment_json(segments.next())?;
+    let claims_json = segment_json(segments.next())?;
+    if repeats_a_member(&header_json)? || repeats_a_member(&claims_json)? {
+        return Err(TokenError::DuplicateMember);
+    }
+    if serde_json::from_slice::<Map<String, Value>>(&header_json)
+        .map_err(|_| TokenError::Malformed)?
+        .contains_key("crit")
+    {
+        return Err(TokenError::CriticalExtension);
+    }
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
     let kid = header
         .kid
         .filter(|k| !k.is_empty())
         .ok_or(TokenError::MissingKid)?;
     Ok((kid, header.alg))
+}
+
+fn segment_json(segment: Option<&str>) -> Result<Vec<u8>, TokenError> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment.ok_or(TokenError::Malformed)?)
+        .map_err(|_| TokenError::Malformed)
+}
+
+/// Whether the JSON object repeats a top-level member name (values are skipped, not built).
+fn repeats_a_member(json: &[u8]) -> Result<bool, TokenError> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Names;
+    impl<'de> Visitor<'de> for Names {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut repeated = false;
+            while let Some(name) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                repeated |= !seen.insert(name);
+            }
+            Ok(repeated)
+        }
+    }
+    serde_json::Deserializer::from_slice(json)
+        .deserialize_map(Names)
+        .map_err(|_| TokenError::Malformed)
 }
 
 /// Verify the signature with the key registered for `kid` (whose algorithm is `alg`) and read
@@ -309,6 +361,40 @@ mod unit {
     #[test]
     fn short_hmac_secret_is_refused() {
         assert!(parse_key(Algorithm::HS256, "short").is_err());
+    }
+
+    #[test]
+    fn repeated_member_names_are_refused() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let header = b64(r#"{"alg":"HS256","kid":"k1"}"#);
+        let claims = b64(r#"{"tid":"a","tid":"b","sub":"u","exp":4000000000}"#);
+        assert_eq!(
+            peek_kid(&format!("{header}.{claims}.c2ln"), 100_000),
+            Err(TokenError::DuplicateMember)
+        );
+        let header = b64(r#"{"alg":"HS256","kid":"k1","kid":"k2"}"#);
+        let claims = b64(r#"{"tid":"a","sub":"u","exp":4000000000}"#);
+        assert_eq!(
+            peek_kid(&format!("{header}.{claims}.c2ln"), 100_000),
+            Err(TokenError::DuplicateMember)
+        );
+        // Nested objects may repeat names of the top level.
+        let header = b64(r#"{"alg":"HS256","kid":"k1"}"#);
+        let claims = b64(r#"{"tid":"a","sub":"u","exp":4000000000,"x":{"tid":"b"}}"#);
+        assert!(peek_kid(&format!("{header}.{claims}.c2ln"), 100_000).is_ok());
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let header = b64(r#"{"alg":"HS256","kid":"k1","crit":["exp"]}"#);
+        let claims = b64(r#"{"tid":"a","sub":"u","exp":4000000000}"#);
+        assert_eq!(
+            peek_kid(&format!("{header}.{claims}.c2ln"), 100_000),
+            Err(TokenError::CriticalExtension)
+        );
     }
 
     #[test]
