@@ -50,7 +50,9 @@ log "installing the extension"
 install_extension
 
 log "starting a throwaway PostgreSQL $PG_MAJOR cluster on port $PORT"
-cluster_start "$WORK/cluster" "$PORT"
+# pg_stat_statements is preloaded so the attack suite can show it never exposes another
+# tenant's constants.
+cluster_start "$WORK/cluster" "$PORT" "shared_preload_libraries = 'pg_stat_statements'"
 export PGHOST="$WORK/cluster" PGPORT="$PORT" PGUSER=postgres
 
 regress() {

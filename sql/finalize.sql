@@ -110,6 +110,8 @@ BEGIN
         IF cmd.object_type IN ('table', 'table column') THEN
             PERFORM tenancy._auto_protect_table(cmd.objid);
             touched := touched || cmd.objid;
+        ELSIF cmd.object_type IN ('view', 'materialized view', 'sequence') THEN
+            touched := touched || cmd.objid;
         ELSIF cmd.object_type = 'policy' THEN
             touched := touched || (SELECT polrelid FROM pg_policy WHERE oid = cmd.objid);
         ELSIF cmd.object_type = 'trigger' THEN
@@ -142,6 +144,8 @@ $$;
 
 CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE',
+                 'CREATE VIEW', 'ALTER VIEW', 'CREATE MATERIALIZED VIEW', 'ALTER MATERIALIZED VIEW',
+                 'CREATE SEQUENCE', 'ALTER SEQUENCE',
                  'CREATE POLICY', 'ALTER POLICY', 'DROP POLICY', 'DROP TRIGGER',
                  'ALTER TRIGGER', 'CREATE TRIGGER')
     EXECUTE FUNCTION tenancy._on_ddl_command_end();
@@ -307,6 +311,18 @@ SELECT 'warning', 'missing_tenant_index', p.relid::text,
        format('CREATE INDEX ON %s (%I);', p.relid::regclass, p.tenant_column)
   FROM prot p
  WHERE NOT EXISTS (SELECT FROM pg_index x WHERE x.indrelid = p.relid AND x.indkey[0] = p.tenant_attnum)
+UNION ALL
+-- 14. Large objects owned by roles that use protected tables: large objects have no row
+--     security, so every session of the owning role reads them, whichever tenant it is bound to.
+SELECT 'warning', 'large_objects', format('%s large object(s) owned by %I', count(*), r.rolname),
+       'large objects have no row security: every session of the owning role can read them, whichever tenant it is bound to',
+       format('-- move the contents into a protected table (bytea column), then:%sSELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE lomowner = %L::regrole;',
+              chr(10), r.rolname)
+  FROM pg_largeobject_metadata lo JOIN pg_roles r ON r.oid = lo.lomowner
+ WHERE NOT r.rolsuper
+   AND (EXISTS (SELECT FROM prot p WHERE has_table_privilege(r.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE'))
+        OR EXISTS (SELECT FROM tenancy.role_mapping m WHERE m.role = r.oid))
+ GROUP BY r.rolname
 $verify$;
 REVOKE EXECUTE ON FUNCTION tenancy.verify() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.verify() TO tenancy_operator;

@@ -4,33 +4,11 @@
 
 mod common;
 use common::*;
-use postgres::Client;
-
-fn two_tenants() -> (Fixture, Client) {
-    let f = Fixture::new();
-    let mut c = app();
-    for t in [&f.a, &f.b] {
-        bound_tx(&mut c, &f, t, true, |c| {
-            c.execute(
-                "INSERT INTO it_customers (id, name) SELECT g, $1 || '-secret-' || g FROM generate_series(1, 5) g",
-                &[t],
-            )
-            .unwrap();
-        });
-    }
-    (f, c)
-}
-
-fn bound(c: &mut Client, f: &Fixture, tenant: &str) {
-    c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "attacker")])
-        .unwrap();
-}
 
 #[test]
 fn a_leaky_function_in_the_where_clause_sees_only_the_bound_tenants_rows() {
     let (f, mut c) = two_tenants();
-    bound(&mut c, &f, &f.a);
+    begin_bound(&mut c, &f, &f.a);
     c.batch_execute(
         "CREATE TEMP TABLE leaked (v text); \
          CREATE FUNCTION pg_temp.leak(t text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
@@ -55,7 +33,7 @@ fn a_leaky_function_in_the_where_clause_sees_only_the_bound_tenants_rows() {
 #[test]
 fn a_leaky_operator_sees_only_the_bound_tenants_rows() {
     let (f, mut c) = two_tenants();
-    bound(&mut c, &f, &f.a);
+    begin_bound(&mut c, &f, &f.a);
     c.batch_execute(
         "CREATE TEMP TABLE leaked (v text); \
          CREATE FUNCTION pg_temp.leakop(a text, b text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
@@ -80,7 +58,7 @@ fn a_leaky_operator_sees_only_the_bound_tenants_rows() {
 #[test]
 fn where_current_of_updates_only_the_bound_tenants_rows() {
     let (f, mut c) = two_tenants();
-    bound(&mut c, &f, &f.a);
+    begin_bound(&mut c, &f, &f.a);
     c.batch_execute("DECLARE cur CURSOR FOR SELECT * FROM it_customers FOR UPDATE")
         .unwrap();
     let mut updated = 0;
@@ -98,7 +76,7 @@ fn where_current_of_updates_only_the_bound_tenants_rows() {
     }
     assert_eq!(updated, 5);
     c.batch_execute("COMMIT").unwrap();
-    bound(&mut c, &f, &f.b);
+    begin_bound(&mut c, &f, &f.b);
     let n: i64 = c
         .query_one(
             "SELECT count(*) FROM it_customers WHERE name LIKE '%*'",
@@ -114,7 +92,7 @@ fn where_current_of_updates_only_the_bound_tenants_rows() {
 fn planner_statistics_views_do_not_show_protected_columns() {
     let (f, mut c) = two_tenants();
     superuser().batch_execute("ANALYZE it_customers; CREATE STATISTICS IF NOT EXISTS it_customers_st (mcv) ON id, name FROM it_customers; ANALYZE it_customers").unwrap();
-    bound(&mut c, &f, &f.a);
+    begin_bound(&mut c, &f, &f.a);
     let n: i64 = c
         .query_one(
             "SELECT count(*) FROM pg_stats WHERE tablename = 'it_customers' AND attname = 'name'",
@@ -177,7 +155,7 @@ fn a_security_definer_function_of_the_table_owner_still_sees_only_the_bound_tena
          GRANT EXECUTE ON FUNCTION public.{owner}_all() TO {APP}"
     ))
     .unwrap();
-    bound(&mut c, &f, &f.a);
+    begin_bound(&mut c, &f, &f.a);
     let names: Vec<String> = c
         .query(&format!("SELECT * FROM public.{owner}_all()"), &[])
         .unwrap()
@@ -212,7 +190,7 @@ fn a_view_owned_by_a_non_bypass_role_without_security_invoker_still_isolates() {
          GRANT SELECT ON public.{owner}_v TO {APP}"
     ))
     .unwrap();
-    bound(&mut c, &f, &f.a);
+    begin_bound(&mut c, &f, &f.a);
     let names: Vec<String> = c
         .query(&format!("SELECT name FROM public.{owner}_v"), &[])
         .unwrap()
@@ -229,10 +207,10 @@ fn a_view_owned_by_a_non_bypass_role_without_security_invoker_still_isolates() {
 #[test]
 fn set_session_authorization_and_reset_role_are_not_escapes() {
     let (f, mut c) = two_tenants();
-    bound(&mut c, &f, &f.a);
+    begin_bound(&mut c, &f, &f.a);
     expect_err(&mut c, "SET SESSION AUTHORIZATION postgres", &["42501"]);
     c.batch_execute("ROLLBACK").unwrap();
-    bound(&mut c, &f, &f.a);
+    begin_bound(&mut c, &f, &f.a);
     c.batch_execute(&format!("SET ROLE {APP2}; RESET ROLE"))
         .unwrap();
     assert_eq!(bound_tenant(&mut c), Ok(f.a_id.clone()));

@@ -111,9 +111,12 @@ fn the_trail_is_append_only() {
     expect_err(&mut op, "DELETE FROM tenancy.audit_log", &["42501"]);
 }
 
+/// audit_verify's answer: ok, first bad record, records checked, detail.
+type Verdict = (bool, Option<i64>, i64, String);
+
 /// Tamper as a superuser who disables the append-only triggers; audit_verify points at the
 /// first bad record.
-fn tampered(how: &str) -> (Fixture, Vec<i64>, (bool, Option<i64>, i64, String)) {
+fn tampered(how: &str) -> (Fixture, Vec<i64>, Verdict) {
     let f = Fixture::new();
     let mut c = app();
     write(

@@ -205,3 +205,60 @@ pub fn bound_tx<T>(
     }
     r
 }
+
+/// Two fresh tenants with five customers each, named "<slug>-secret-<n>", and an application
+/// session (NOSUPERUSER NOBYPASSRLS). Attack tests bind it to tenant A and try to reach B.
+pub fn two_tenants() -> (Fixture, Client) {
+    let f = Fixture::new();
+    let mut c = app();
+    for t in [&f.a, &f.b] {
+        bound_tx(&mut c, &f, t, true, |c| {
+            c.execute(
+                "INSERT INTO it_customers (id, name) SELECT g, $1 || '-secret-' || g FROM generate_series(1, 5) g",
+                &[t],
+            )
+            .unwrap();
+        });
+    }
+    (f, c)
+}
+
+/// Begin a transaction of `c` bound to `tenant` (subject "attacker"); the caller ends it.
+pub fn begin_bound(c: &mut Client, f: &Fixture, tenant: &str) {
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "attacker")])
+        .unwrap();
+}
+
+/// The first column of every row, as text.
+pub fn texts(c: &mut Client, sql: &str) -> Vec<String> {
+    c.query(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)))
+        .iter()
+        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
+        .collect()
+}
+
+/// Panic unless every value belongs to tenant `slug` (names are "<slug>-secret-<n>").
+pub fn assert_only(values: &[String], slug: &str) {
+    let prefix = format!("{slug}-");
+    assert!(
+        values.iter().all(|v| v.starts_with(&prefix)),
+        "values of another tenant reached a session bound to {slug}: {values:?}"
+    );
+}
+
+/// Panic if any value mentions tenant B's slug or id: a leak, whatever its form.
+pub fn assert_no_trace_of(values: &[String], f: &Fixture) {
+    for v in values {
+        assert!(
+            !v.contains(&f.b) && !v.contains(&f.b_id),
+            "tenant B's data reached tenant A: {v}"
+        );
+    }
+}
+
+/// A lower-case identifier unique to this call.
+pub fn ident(prefix: &str) -> String {
+    unique(prefix).replace('-', "_")
+}

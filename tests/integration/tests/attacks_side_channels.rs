@@ -1,0 +1,429 @@
+//! Side channels: what a session bound to tenant A can learn about tenant B without reading
+//! B's rows directly: existence oracles, error texts, sequences, statistics views, LISTEN/
+//! NOTIFY, large objects, session state left on a pooled connection, materialized views,
+//! triggers and locks. Each test fails if the channel leaks; where PostgreSQL cannot close a
+//! channel, the test checks the mitigation pg_tenancy offers (verify(), a refusal) and
+//! tests/integration/ATTACKS.md and the README say what the user should do.
+
+mod common;
+use common::*;
+
+fn operator_findings(rule: &str) -> Vec<String> {
+    texts(
+        &mut connect(OPERATOR),
+        &format!("SELECT object FROM tenancy.verify() WHERE rule = '{rule}'"),
+    )
+}
+
+// ---- existence oracles -------------------------------------------------------------------
+
+#[test]
+fn a_key_without_the_tenant_column_is_an_existence_oracle_that_verify_reports() {
+    // it_orders has a global primary key (a bigserial id): inserting B's id collides, which
+    // PostgreSQL checks without row security. The channel is real, so verify() names it with
+    // the fix (a key led by the tenant column).
+    let (f, mut c) = two_tenants();
+    let id: i64 = bound_tx(&mut c, &f, &f.b, true, |c| {
+        c.query_one(
+            "INSERT INTO it_orders (amount) VALUES (1) RETURNING id",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    });
+    begin_bound(&mut c, &f, &f.a);
+    let e = c
+        .execute("INSERT INTO it_orders (id, amount) VALUES ($1, 1)", &[&id])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23505");
+    c.batch_execute("ROLLBACK").unwrap();
+    assert!(
+        operator_findings("unique_without_tenant")
+            .iter()
+            .any(|o| o == "public.it_orders.it_orders_pkey"),
+        "verify() must report the oracle"
+    );
+}
+
+#[test]
+fn a_key_led_by_the_tenant_column_gives_no_existence_oracle() {
+    let (f, mut c) = two_tenants();
+    // B has customer ids 1..5 and A has too; a fresh id only B has:
+    bound_tx(&mut c, &f, &f.b, true, |c| {
+        c.batch_execute("INSERT INTO it_customers (id, name) VALUES (50, 'only-b')")
+            .unwrap();
+    });
+    begin_bound(&mut c, &f, &f.a);
+    c.batch_execute("INSERT INTO it_customers (id, name) VALUES (50, 'mine')")
+        .expect("a key B uses must not collide for A");
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn duplicate_key_errors_carry_no_key_values_on_protected_tables() {
+    // PostgreSQL leaves the "Key (...)=(...)" detail out for tables with row security.
+    let (f, mut c) = two_tenants();
+    begin_bound(&mut c, &f, &f.a);
+    let e = c
+        .batch_execute("INSERT INTO it_customers (id, name) VALUES (1, 'dup')")
+        .unwrap_err();
+    let detail = e
+        .as_db_error()
+        .and_then(|d| d.detail())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(sqlstate(&e), "23505");
+    assert_eq!(detail, "", "key values in a duplicate-key error");
+    assert_no_trace_of(&[message(&e)], &f);
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
+// ---- error texts and probes --------------------------------------------------------------
+
+#[test]
+fn error_messages_never_carry_another_tenants_values() {
+    let (f, mut c) = two_tenants();
+    for q in [
+        "SELECT name::int FROM it_customers",
+        "SELECT * FROM it_customers WHERE name::int > 0",
+        "SELECT * FROM it_customers ORDER BY name::int",
+        "SELECT * FROM it_customers WHERE id = 3 OR name::date IS NULL",
+        "SELECT jsonb_build_object('n', name)::text::int FROM it_customers",
+    ] {
+        begin_bound(&mut c, &f, &f.a);
+        let e = c.batch_execute(q).unwrap_err();
+        let m = format!(
+            "{} {:?}",
+            message(&e),
+            e.as_db_error().and_then(|d| d.detail())
+        );
+        assert!(m.contains(&f.a), "{q}: expected A's own value in: {m}");
+        assert_no_trace_of(&[m], &f);
+        c.batch_execute("ROLLBACK").unwrap();
+    }
+}
+
+#[test]
+fn a_division_by_zero_probe_never_fires_on_another_tenants_rows() {
+    let (f, mut c) = two_tenants();
+    begin_bound(&mut c, &f, &f.a);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM it_customers WHERE 1 / (CASE WHEN name LIKE $1 || '%' THEN 0 ELSE 1 END) = 1",
+            &[&f.b],
+        )
+        .expect("the probe fired: a row of B was evaluated")
+        .get(0);
+    assert_eq!(n, 5);
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
+// ---- sequences ---------------------------------------------------------------------------
+
+#[test]
+fn a_shared_sequence_state_is_not_readable_and_currval_is_per_session() {
+    let (f, mut c) = two_tenants();
+    begin_bound(&mut c, &f, &f.a);
+    expect_err(
+        &mut c,
+        "SELECT last_value FROM it_orders_id_seq",
+        &["42501"],
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    // B's inserts do not move A's currval (its own last value).
+    begin_bound(&mut c, &f, &f.a);
+    let mine: i64 = c
+        .query_one(
+            "INSERT INTO it_orders (amount) VALUES (1) RETURNING id",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    c.batch_execute("COMMIT").unwrap();
+    let mut b = app();
+    bound_tx(&mut b, &f, &f.b, true, |b| {
+        b.batch_execute("INSERT INTO it_orders (amount) VALUES (1)")
+            .unwrap();
+    });
+    let cur: i64 = c
+        .query_one("SELECT currval('it_orders_id_seq')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(cur, mine);
+}
+
+// ---- statistics and activity views -------------------------------------------------------
+
+#[test]
+fn pg_stat_activity_shows_no_bound_parameter_values_of_another_session() {
+    let (f, mut c) = two_tenants();
+    let secret = format!("{}-secret-param", f.b);
+    let mut victim = app();
+    victim.batch_execute("BEGIN").unwrap();
+    victim
+        .execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "victim")])
+        .unwrap();
+    victim
+        .execute(
+            "INSERT INTO it_customers (id, name) VALUES (900, $1)",
+            &[&secret],
+        )
+        .unwrap();
+    // The victim is idle in transaction; its last statement is visible to the same role.
+    let seen = texts(
+        &mut c,
+        "SELECT coalesce(query, '') FROM pg_stat_activity WHERE usename = current_user",
+    );
+    assert!(seen.iter().any(|q| q.contains("INSERT INTO it_customers")));
+    assert!(seen.iter().all(|q| !q.contains(&secret)), "{seen:?}");
+    victim.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn pg_stat_statements_never_shows_another_tenants_constants() {
+    let (f, mut c) = two_tenants();
+    let mut su = superuser();
+    let preloaded: String = su
+        .query_one("SHOW shared_preload_libraries", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        preloaded.contains("pg_stat_statements"),
+        "the test cluster must preload pg_stat_statements (scripts/test.sh)"
+    );
+    su.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .unwrap();
+    let secret = format!("{}-secret-literal", f.b);
+    let mut victim = app();
+    bound_tx(&mut victim, &f, &f.b, false, |v| {
+        v.batch_execute(&format!(
+            "SELECT count(*) FROM it_customers WHERE name = '{secret}'"
+        ))
+        .unwrap();
+    });
+    begin_bound(&mut c, &f, &f.a);
+    let seen = texts(
+        &mut c,
+        "SELECT coalesce(query, '') FROM pg_stat_statements WHERE query LIKE '%it_customers%'",
+    );
+    assert!(
+        seen.iter().any(|q| q.contains("WHERE name = $1")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|q| !q.contains(&secret)), "{seen:?}");
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
+// ---- LISTEN / NOTIFY and large objects ---------------------------------------------------
+
+#[test]
+fn pg_tenancy_never_publishes_tenant_data_on_notification_channels() {
+    // Channels are database-wide and any role may LISTEN to any of them: PostgreSQL cannot
+    // scope them to a tenant (documented). pg_tenancy itself never notifies: with a listener
+    // that does not consume, the queue stays empty through binds, writes and management calls.
+    let (f, mut c) = two_tenants();
+    let mut listener = app();
+    listener.batch_execute("LISTEN tenancy; BEGIN").unwrap();
+    bound_tx(&mut c, &f, &f.b, true, |c| {
+        c.batch_execute(
+            "UPDATE it_customers SET name = name; DELETE FROM it_customers WHERE id = 5; \
+             SELECT tenancy.set_setting(tenancy.current_tenant()::text, 'k', '1')",
+        )
+        .ok();
+    });
+    let mut su = superuser();
+    su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.b])
+        .unwrap();
+    su.execute("SELECT tenancy.resume_tenant($1)", &[&f.b])
+        .unwrap();
+    let usage: f64 = su
+        .query_one("SELECT pg_notification_queue_usage()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(usage, 0.0, "something published notifications");
+    listener.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn large_objects_of_another_role_are_unreadable_and_verify_reports_application_owned_ones() {
+    // Large objects have no row security: every session of the owning role reads them. A
+    // different role cannot (lo_compat_privileges is off), and verify() reports large objects
+    // owned by roles that use protected tables, with the way out.
+    let f = Fixture::new();
+    let mut c = app();
+    begin_bound(&mut c, &f, &f.b);
+    let oid: u32 = c
+        .query_one("SELECT lo_from_bytea(0, 'b-secret-blob')", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute("COMMIT").unwrap();
+    let mut other = connect(OPERATOR);
+    let e = other.query_one("SELECT lo_get($1)", &[&oid]).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let found = operator_findings("large_objects");
+    assert!(
+        found.iter().any(|o| o.contains(APP)),
+        "verify() must report large objects of {APP}: {found:?}"
+    );
+    c.execute("SELECT lo_unlink($1)", &[&oid]).unwrap();
+}
+
+// ---- session state that outlives the binding ---------------------------------------------
+
+#[test]
+fn a_temporary_relation_cannot_shadow_a_protected_table() {
+    // pg_temp is searched first: a temp table named it_customers, left on a pooled server
+    // connection, would receive the next client's unqualified reads and writes.
+    let (f, mut c) = two_tenants();
+    for ddl in [
+        "CREATE TEMP TABLE it_customers (tenant_id uuid, id int, name text)",
+        "CREATE TEMP VIEW it_customers AS SELECT 1",
+        "CREATE TEMP SEQUENCE it_items",
+        "SELECT * INTO TEMP it_orders FROM it_orders",
+        "CREATE TEMP TABLE it_customers AS SELECT * FROM it_customers",
+        "CREATE TEMP TABLE harmless (a int); ALTER TABLE harmless RENAME TO it_customers",
+        "CREATE TEMP VIEW harmless_v AS SELECT 1; ALTER VIEW harmless_v RENAME TO it_events",
+    ] {
+        begin_bound(&mut c, &f, &f.a);
+        let m = expect_err(&mut c, ddl, &["42501"]);
+        assert!(m.contains("would shadow protected table"), "{ddl}: {m}");
+        c.batch_execute("ROLLBACK").unwrap();
+    }
+    // Unbound and outside a transaction too.
+    expect_err(&mut c, "CREATE TEMP TABLE it_items (a int)", &["42501"]);
+    c.batch_execute("CREATE TEMP TABLE it_scratch (a int); DROP TABLE it_scratch")
+        .unwrap();
+}
+
+#[test]
+fn a_cursor_with_hold_cannot_carry_rows_past_the_binding() {
+    let (f, mut c) = two_tenants();
+    begin_bound(&mut c, &f, &f.a);
+    let m = expect_err(
+        &mut c,
+        "DECLARE keep CURSOR WITH HOLD FOR SELECT name FROM it_customers",
+        &["0A000"],
+    );
+    assert!(m.contains("WITH HOLD"), "{m}");
+    c.batch_execute("ROLLBACK").unwrap();
+    // Without HOLD the cursor ends with the transaction, as usual.
+    begin_bound(&mut c, &f, &f.a);
+    c.batch_execute("DECLARE t CURSOR FOR SELECT name FROM it_customers; COMMIT")
+        .unwrap();
+    expect_err(&mut c, "FETCH ALL FROM t", &["34000"]);
+}
+
+#[test]
+fn a_materialized_view_over_a_protected_table_is_refused() {
+    // A materialized view stores the rows its creator could see and has no row security:
+    // readable later by sessions bound to other tenants.
+    let (f, mut c) = two_tenants();
+    let mv = ident("mv");
+    begin_bound(&mut c, &f, &f.a);
+    let m = expect_err(
+        &mut c,
+        &format!("CREATE MATERIALIZED VIEW public.{mv} AS SELECT name FROM it_customers"),
+        &["42501"],
+    );
+    assert!(m.contains("materialized view"), "{m}");
+    c.batch_execute("ROLLBACK").unwrap();
+    begin_bound(&mut c, &f, &f.a);
+    expect_err(
+        &mut c,
+        &format!("CREATE MATERIALIZED VIEW public.{mv} AS SELECT count(*) FROM it_customer_totals"),
+        &["42501"],
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    // Not for superusers either (verify() reports ones that existed before protection).
+    let mut su = superuser();
+    let e = su
+        .batch_execute(&format!(
+            "CREATE MATERIALIZED VIEW public.{mv} AS SELECT name FROM public.it_customers"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+}
+
+// ---- code that runs as the table owner ---------------------------------------------------
+
+#[test]
+fn a_security_definer_trigger_of_the_table_owner_sees_only_the_bound_tenant() {
+    let (f, mut c) = two_tenants();
+    let s = ident("trig");
+    let owner = ident("towner");
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS; \
+         CREATE SCHEMA {s} AUTHORIZATION {owner}; GRANT USAGE ON SCHEMA {s} TO {APP}; \
+         CREATE TABLE {s}.census_rows (tenant_id uuid NOT NULL, name text NOT NULL); ALTER TABLE {s}.census_rows OWNER TO {owner}; \
+         SELECT tenancy.protect('{s}.census_rows'); \
+         INSERT INTO {s}.census_rows VALUES ('{b}', '{bn}-secret-t'); \
+         CREATE FUNCTION {s}.census() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS \
+         $$ BEGIN RAISE EXCEPTION 'seen: %', (SELECT string_agg(name, ',') FROM {s}.census_rows); END $$; \
+         ALTER FUNCTION {s}.census() OWNER TO {owner}; \
+         CREATE TRIGGER census AFTER INSERT ON {s}.census_rows FOR EACH ROW EXECUTE FUNCTION {s}.census(); \
+         GRANT SELECT, INSERT ON {s}.census_rows TO {APP}",
+        b = f.b_id,
+        bn = f.b
+    ))
+    .unwrap();
+    begin_bound(&mut c, &f, &f.a);
+    let m = expect_err(
+        &mut c,
+        &format!(
+            "INSERT INTO {s}.census_rows (name) VALUES ('{}-secret-new')",
+            f.a
+        ),
+        &["P0001"],
+    );
+    assert_eq!(m, format!("seen: {}-secret-new", f.a));
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
+// ---- locks -------------------------------------------------------------------------------
+
+#[test]
+fn advisory_locks_cannot_stall_another_tenants_audited_commits() {
+    // The audit chain serialises a tenant's commits on a lock. If it were an ordinary advisory
+    // lock, a session of tenant A could take B's and hold it. Take every advisory key derived
+    // from B's id that SQL can express, then commit an audited write of B.
+    let (f, mut c) = two_tenants();
+    let b = uuid_bytes(&f.b_id);
+    let hi = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let lo = i32::from_be_bytes([b[12], b[13], b[14], b[15]]);
+    begin_bound(&mut c, &f, &f.a);
+    for (k1, k2) in [
+        (0x7465_6e61, hi ^ lo),
+        (hi, lo),
+        (lo, hi),
+        (0x7465_6e61, hi),
+        (0x7465_6e61, lo),
+    ] {
+        c.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&k1, &k2])
+            .unwrap();
+    }
+    for k in [
+        ((hi as i64) << 32) | (lo as u32 as i64),
+        ((lo as i64) << 32) | (hi as u32 as i64),
+    ] {
+        c.execute("SELECT pg_advisory_xact_lock($1)", &[&k])
+            .unwrap();
+    }
+    let mut victim = app();
+    bound_tx(&mut victim, &f, &f.b, true, |v| {
+        v.batch_execute(
+            "SET LOCAL lock_timeout = '3s'; INSERT INTO it_customers (id, name) VALUES (60, 'b-after-locks')",
+        )
+        .unwrap();
+    });
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
+fn uuid_bytes(s: &str) -> [u8; 16] {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
