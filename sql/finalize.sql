@@ -407,3 +407,7 @@ REVOKE EXECUTE ON FUNCTION tenancy.security_events() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.security_event_counts() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.security_events() TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.security_event_counts() TO tenancy_operator;
+
+-- Trigger functions are not for calling: without EXECUTE a direct call is a plain permission
+-- error. (Triggers fire without an EXECUTE check; protect() creates them as the extension owner.)
+REVOKE EXECUTE ON FUNCTION tenancy._audit(), tenancy._audit_append_only(), tenancy._refuse_truncate() FROM PUBLIC;

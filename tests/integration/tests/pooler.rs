@@ -13,6 +13,11 @@ struct Bouncer {
 
 impl Bouncer {
     fn start() -> Bouncer {
+        Bouncer::start_with(2, "")
+    }
+
+    /// `reset`: the server_reset_query, run after every transaction when not empty.
+    fn start_with(pool_size: u32, reset: &str) -> Bouncer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -32,7 +37,8 @@ impl Bouncer {
                 "[databases]\ntenancy_it = host={host} port={pgport} dbname=tenancy_it\n\
                  [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
                  auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
-                 default_pool_size = 2\nmax_client_conn = 50\nserver_reset_query =\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 50\nserver_reset_query = {reset}\n\
+                 server_reset_query_always = {always}\n\
                  ignore_startup_parameters = extra_float_digits,options\n\
                  logfile = {log}\npidfile = {pid}\n",
                 host = std::env::var("PGHOST").unwrap(),
@@ -40,6 +46,7 @@ impl Bouncer {
                 users = users.display(),
                 log = dir.join("pgbouncer.log").display(),
                 pid = dir.join("pgbouncer.pid").display(),
+                always = if reset.is_empty() { 0 } else { 1 },
             ),
         )
         .unwrap();
@@ -184,4 +191,62 @@ fn session_scope_is_refused_for_pooled_roles() {
         "ALTER ROLE {APP2} RESET tenancy.allow_session_scope"
     ))
     .unwrap();
+}
+
+/// Session state that outlives a transaction on a pooled server connection: pg_tenancy refuses
+/// the forms that would capture or keep tenant rows by themselves (temp relations shadowing a
+/// protected table, WITH HOLD cursors); a temp table the application fills itself stays on
+/// the server connection unless PgBouncer resets it: the README asks for
+/// `server_reset_query = DISCARD ALL` with `server_reset_query_always = 1`.
+#[test]
+fn session_state_left_on_a_pooled_connection_does_not_reach_the_next_tenant() {
+    let f = Fixture::new();
+    let simple_rows = |c: &mut postgres::Client,
+                       sql: &str|
+     -> Result<Vec<String>, postgres::Error> {
+        Ok(c.simple_query(sql)?
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
+                _ => None,
+            })
+            .collect())
+    };
+    for (reset, leftover_visible) in [("", true), ("DISCARD ALL", false)] {
+        let bouncer = Bouncer::start_with(1, reset);
+        let mut x = bouncer.connect(APP);
+        let mut y = bouncer.connect(APP);
+        let bind_a = format!("BEGIN; SELECT tenancy.bind('{}');", f.token(&f.a, "x"));
+        for refused in [
+            "CREATE TEMP TABLE it_customers (tenant_id uuid, id int, name text)",
+            "DECLARE keep CURSOR WITH HOLD FOR SELECT name FROM it_customers",
+        ] {
+            let e = x.simple_query(&format!("{bind_a} {refused}")).unwrap_err();
+            assert!(
+                ["42501", "0A000"].contains(&sqlstate(&e).as_str()),
+                "{refused}: {e}"
+            );
+            x.simple_query("ROLLBACK").unwrap();
+        }
+        x.simple_query(&format!(
+            "{bind_a} INSERT INTO it_customers (id, name) VALUES (1, '{}-secret-1') ON CONFLICT DO NOTHING; \
+             CREATE TEMP TABLE scratch AS SELECT name FROM it_customers; COMMIT",
+            f.a
+        ))
+        .unwrap();
+        let pid_x = simple_rows(&mut x, "SELECT pg_backend_pid()::text").unwrap();
+        let pid_y = simple_rows(&mut y, "SELECT pg_backend_pid()::text").unwrap();
+        assert_eq!(
+            pid_x, pid_y,
+            "a pool of one must reuse the server connection"
+        );
+        let seen = simple_rows(&mut y, "SELECT name FROM pg_temp.scratch");
+        if leftover_visible {
+            // Control: without a reset query the channel is real; this is why the README
+            // asks for one.
+            assert_eq!(seen.unwrap(), vec![format!("{}-secret-1", f.a)]);
+        } else {
+            assert_eq!(sqlstate(&seen.unwrap_err()), "42P01");
+        }
+    }
 }
