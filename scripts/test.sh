@@ -18,7 +18,7 @@ steps_failed=0
 failures=()
 tests_passed=0
 tests_failed=0
-trap 'cluster_stop "$WORK/cluster"' EXIT
+trap 'cluster_stop "$WORK/cluster"; cluster_stop "$WORK/fresh"' EXIT
 
 # Run one step, keep its output, and add up the tests its runner reports.
 run_step() {
@@ -73,7 +73,12 @@ run_step "pg_regress" regress
 
 integration() {
     "$PGBIN/psql" -q -v ON_ERROR_STOP=1 -d postgres -f tests/integration/setup.sql
-    (cd tests/integration && TENANCY_IT_DB=tenancy_it cargo test -- --test-threads=4)
+    # A second, freshly initialised cluster: restore.rs restores a dump into it.
+    local fresh_port
+    fresh_port=$(free_port)
+    cluster_start "$WORK/fresh" "$fresh_port"
+    (cd tests/integration && TENANCY_IT_DB=tenancy_it TENANCY_FRESH_PGHOST="$WORK/fresh" \
+        TENANCY_FRESH_PGPORT="$fresh_port" cargo test -- --test-threads=4)
 }
 run_step "integration tests" integration
 

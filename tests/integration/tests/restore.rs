@@ -1,30 +1,103 @@
 //! Dump and restore: pg_dump of a database with tenants, keys, roles, protected tables and an
-//! audit trail, restored with pg_restore into a fresh database, keeps isolation, RBAC, the
-//! guard and a verifying trail.
+//! audit trail, restored with pg_restore into a fresh database of the same cluster and into a
+//! freshly initialised cluster (scripts/test.sh starts it and exports TENANCY_FRESH_PGHOST and
+//! TENANCY_FRESH_PGPORT), keeps isolation, RBAC, the guard and a verifying trail.
 
 mod common;
 use common::*;
 
-fn tool(name: &str) -> std::process::Command {
-    let mut c = std::process::Command::new(format!("/usr/lib/postgresql/15/bin/{name}"));
-    c.args([
-        "-h",
-        &std::env::var("PGHOST").unwrap(),
-        "-p",
-        &std::env::var("PGPORT").unwrap(),
-        "-U",
-        "postgres",
-    ]);
-    c
+/// Where the restored database lives: a socket directory and a port.
+#[derive(Clone)]
+struct Cluster {
+    host: String,
+    port: String,
+}
+
+impl Cluster {
+    fn under_test() -> Cluster {
+        Cluster {
+            host: std::env::var("PGHOST").unwrap(),
+            port: std::env::var("PGPORT").unwrap(),
+        }
+    }
+
+    fn fresh() -> Cluster {
+        let var = |n: &str| {
+            std::env::var(n).unwrap_or_else(|_| {
+                panic!("{n} is not set: run through scripts/test.sh, which starts a fresh cluster")
+            })
+        };
+        Cluster {
+            host: var("TENANCY_FRESH_PGHOST"),
+            port: var("TENANCY_FRESH_PGPORT"),
+        }
+    }
+
+    fn tool(&self, name: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(format!("/usr/lib/postgresql/15/bin/{name}"));
+        c.args(["-h", &self.host, "-p", &self.port, "-U", "postgres"]);
+        c
+    }
+
+    fn config(&self, user: &str, db: &str) -> postgres::Config {
+        let mut c = postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port.parse().unwrap())
+            .user(user)
+            .dbname(db);
+        c
+    }
+}
+
+fn run(mut cmd: std::process::Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
-fn dump_and_restore_keep_isolation_rbac_guard_and_audit() {
+fn dump_and_restore_into_a_fresh_database_keep_isolation_rbac_guard_and_audit() {
+    dump_and_restore(Cluster::under_test());
+}
+
+#[test]
+fn dump_and_restore_into_a_fresh_cluster_keep_isolation_rbac_guard_and_audit() {
+    dump_and_restore(Cluster::fresh());
+}
+
+fn dump_and_restore(target: Cluster) {
+    let here = Cluster::under_test();
     let src = unique("dumpsrc").replace('-', "_");
     let dst = unique("dumpdst").replace('-', "_");
     let mut su = superuser();
     su.batch_execute(&format!("CREATE DATABASE {src}")).unwrap();
-    su.batch_execute(&format!("CREATE DATABASE {dst}")).unwrap();
+    let mut tsu = target
+        .config("postgres", "postgres")
+        .connect(postgres::NoTls)
+        .unwrap();
+    if target.port != here.port {
+        // Roles are cluster-wide: a fresh cluster gets them first, the documented way
+        // (pg_dumpall --roles-only; "role postgres already exists" is expected and harmless).
+        let roles = std::env::temp_dir().join(format!("{src}.roles.sql"));
+        run({
+            let mut c = here.tool("pg_dumpall");
+            c.args(["--roles-only", "-f"]).arg(&roles);
+            c
+        });
+        let out = target
+            .tool("psql")
+            .args(["-q", "-d", "postgres", "-f"])
+            .arg(&roles)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let _ = std::fs::remove_file(roles);
+    }
+    tsu.batch_execute(&format!("CREATE DATABASE {dst}"))
+        .unwrap();
     let mut cfg = config("postgres");
     cfg.dbname(&src);
     let mut s = cfg.connect(postgres::NoTls).unwrap();
@@ -60,31 +133,20 @@ fn dump_and_restore_keep_isolation_rbac_guard_and_audit() {
         a.batch_execute("COMMIT").unwrap();
     }
     let dump = std::env::temp_dir().join(format!("{src}.dump"));
-    let out = tool("pg_dump")
-        .args(["-Fc", "-f"])
-        .arg(&dump)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = tool("pg_restore")
-        .args(["--exit-on-error", "-d", &dst])
-        .arg(&dump)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run({
+        let mut c = here.tool("pg_dump");
+        c.args(["-Fc", "-f"]).arg(&dump).arg(&src);
+        c
+    });
+    run({
+        let mut c = target.tool("pg_restore");
+        c.args(["--exit-on-error", "-d", &dst]).arg(&dump);
+        c
+    });
 
     // Isolation and RBAC in the restored database, with the old token.
-    acfg.dbname(&dst);
-    let mut a = acfg.connect(postgres::NoTls).unwrap();
+    let mut a = target.config(APP, &dst).connect(postgres::NoTls).unwrap();
+    assert_not_privileged(&mut a);
     expect_err(&mut a, "SELECT * FROM docs", &["42501"]);
     a.batch_execute("BEGIN").unwrap();
     a.execute("SELECT tenancy.bind($1)", &[&token("acme", "writer")])
@@ -103,9 +165,10 @@ fn dump_and_restore_keep_isolation_rbac_guard_and_audit() {
     a.batch_execute("ROLLBACK").unwrap();
 
     // The guard, verify() and the audit trail.
-    let mut dcfg = config("postgres");
-    dcfg.dbname(&dst);
-    let mut d = dcfg.connect(postgres::NoTls).unwrap();
+    let mut d = target
+        .config("postgres", &dst)
+        .connect(postgres::NoTls)
+        .unwrap();
     expect_err(
         &mut d,
         "DROP POLICY tenancy_isolation ON public.docs",
@@ -153,6 +216,6 @@ fn dump_and_restore_keep_isolation_rbac_guard_and_audit() {
     let _ = std::fs::remove_file(dump);
     su.batch_execute(&format!("DROP DATABASE {src} WITH (FORCE)"))
         .unwrap();
-    su.batch_execute(&format!("DROP DATABASE {dst} WITH (FORCE)"))
+    tsu.batch_execute(&format!("DROP DATABASE {dst} WITH (FORCE)"))
         .unwrap();
 }
