@@ -40,6 +40,24 @@ SELECT ok, first_bad_id = (SELECT min(id) FROM tenancy.audit_log WHERE table_nam
        detail ~ 'was changed' AS says_changed
   FROM tenancy.audit_verify('acme');
 
+-- The record hash must be inlined into the writer's INSERT (see _audit_hash in finalize.sql):
+-- not inlined, the SQL function would be planned again at every audited statement.
+DO $$
+DECLARE
+    line text;
+    inlined boolean := false;
+BEGIN
+    FOR line IN EXPLAIN (VERBOSE, COSTS OFF)
+        SELECT tenancy._audit_hash(s.id, s.t, s.at, s.x, 'tbl', 'INSERT', NULL, NULL, '{}', 'r', 's', 'a', NULL)
+          FROM (SELECT nextval('tenancy.audit_log_id_seq') AS id, gen_random_uuid() AS t,
+                       clock_timestamp() AS at, 1::bigint AS x) s
+    LOOP
+        inlined := inlined OR line LIKE '%sha256(%';
+    END LOOP;
+    RAISE NOTICE 'record hash inlined into the writer''s query: %', inlined;
+END
+$$;
+
 \c - regress_writer
 SELECT count(*) FROM shop.items;
 \c - postgres
