@@ -4,11 +4,23 @@
 #   2. unit and #[pg_test] tests      (cargo pgrx test, backends run by the `postgres` user)
 #   3. pg_regress suite               (tests/pg_regress, against a throwaway cluster)
 #   4. client integration tests       (tests/integration, NOSUPERUSER NOBYPASSRLS roles over sockets)
-#   5. the benchmark in smoke mode     (benches/run.sh --smoke)
+#   5. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
+#   6. the benchmark in smoke mode     (benches/run.sh --smoke)
 # Installs whatever is missing first (Debian packages, cargo-pgrx). Idempotent.
+#
+#   scripts/test.sh           the whole suite (about 5 minutes when built)
+#   scripts/test.sh --long    the same, with the reliability harnesses in their long mode
+#                             (10 minutes each: soak with 16 clients, fault cycles, sqlsmith)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
+
+LONG=()
+case "${1:-}" in
+    "") ;;
+    --long) LONG=(--long) ;;
+    *) die "usage: $0 [--long]" ;;
+esac
 
 ensure_deps
 
@@ -34,6 +46,9 @@ run_step() {
     local p f
     p=$( (grep -aoE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" || true) | awk '{s+=$4} END {print s+0}')
     f=$( (grep -aoE '[0-9]+ failed;' "$out" || true) | awk '{s+=$1} END {print s+0}')
+    # reliability harnesses: one summary line each
+    p=$((p + $(grep -acE ': PASS \([0-9]+ checks passed\)' "$out" || true)))
+    f=$((f + $(grep -acE ': FAIL \([0-9]+ of [0-9]+ checks failed' "$out" || true)))
     # pg_regress: "ok"/"FAILED" per test
     p=$((p + $(grep -acE '^test .* \.\.\. ok +[0-9]+ ms$' "$out" || true)))
     f=$((f + $(grep -acE '^test .* \.\.\. FAILED +[0-9]+ ms$' "$out" || true)))
@@ -81,6 +96,11 @@ integration() {
         TENANCY_FRESH_PGPORT="$fresh_port" cargo test -- --test-threads=4)
 }
 run_step "integration tests" integration
+
+# Reliability harnesses (each on its own throwaway cluster, with the installed extension).
+run_step "reliability: concurrency soak" tests/reliability/soak.sh "${LONG[@]}"
+run_step "reliability: crash faults" tests/reliability/faults.sh "${LONG[@]}"
+run_step "reliability: sqlsmith" tests/reliability/sqlsmith.sh "${LONG[@]}"
 
 # The benchmark in smoke mode (tiny data, one short run) so that it cannot rot; no timing is
 # asserted.
