@@ -219,29 +219,48 @@ fn pg_stat_statements_never_shows_another_tenants_constants() {
 #[test]
 fn pg_tenancy_never_publishes_tenant_data_on_notification_channels() {
     // Channels are database-wide and any role may LISTEN to any of them: PostgreSQL cannot
-    // scope them to a tenant (documented). pg_tenancy itself never notifies: with a listener
-    // that does not consume, the queue stays empty through binds, writes and management calls.
-    let (f, mut c) = two_tenants();
-    let mut listener = app();
-    listener.batch_execute("LISTEN tenancy; BEGIN").unwrap();
-    bound_tx(&mut c, &f, &f.b, true, |c| {
-        c.batch_execute(
-            "UPDATE it_customers SET name = name; DELETE FROM it_customers WHERE id = 5; \
-             SELECT tenancy.set_setting(tenancy.current_tenant()::text, 'k', '1')",
-        )
-        .ok();
-    });
+    // scope them to a tenant (documented; payloads should carry ids, never tenant data). What
+    // pg_tenancy controls is that it never notifies itself: none of its SQL functions (event
+    // triggers, views and helpers included) says NOTIFY or pg_notify, and its library neither
+    // imports Async_Notify nor carries NOTIFY / pg_notify statement text for SPI.
     let mut su = superuser();
-    su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.b])
+    let notifying = texts(
+        &mut su,
+        "SELECT p.oid::regprocedure::text FROM pg_proc p \
+           JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e' \
+           JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_tenancy' \
+          WHERE p.prosrc ~* '(\\mnotify\\M|pg_notify)'",
+    );
+    assert!(notifying.is_empty(), "{notifying:?}");
+    let libdir = std::process::Command::new("/usr/lib/postgresql/15/bin/pg_config")
+        .arg("--pkglibdir")
+        .output()
         .unwrap();
-    su.execute("SELECT tenancy.resume_tenant($1)", &[&f.b])
+    let lib = format!(
+        "{}/pg_tenancy.so",
+        String::from_utf8_lossy(&libdir.stdout).trim()
+    );
+    let imports = std::process::Command::new("nm")
+        .args(["-D", "--undefined-only", &lib])
+        .output()
         .unwrap();
-    let usage: f64 = su
-        .query_one("SELECT pg_notification_queue_usage()", &[])
-        .unwrap()
-        .get(0);
-    assert_eq!(usage, 0.0, "something published notifications");
-    listener.batch_execute("ROLLBACK").unwrap();
+    assert!(imports.status.success(), "nm {lib}");
+    let imports = String::from_utf8_lossy(&imports.stdout);
+    assert!(
+        imports.contains("SPI_connect"),
+        "nm did not list the imports of {lib}"
+    );
+    for symbol in ["Async_Notify", "pg_notify"] {
+        assert!(
+            !imports.lines().any(|l| l.trim_end().ends_with(symbol)),
+            "{lib} imports {symbol}"
+        );
+    }
+    let bytes = std::fs::read(&lib).unwrap();
+    let text = String::from_utf8_lossy(&bytes).to_lowercase();
+    for needle in ["notify ", "pg_notify("] {
+        assert!(!text.contains(needle), "{lib} carries SQL text {needle:?}");
+    }
 }
 
 #[test]
