@@ -148,7 +148,12 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
     timeout --kill-after=5 "$((left > 1 ? left : 1))" sqlsmith --target="$CONNINFO" --seed="$seed" \
         --max-queries="$QUERIES_PER_ROUND" --exclude-catalog --dump-all-queries --verbose \
         >"$WORK/queries-$round.sql" 2>"$WORK/sqlsmith-$round.log" || smith_rc=$?
-    n=$(grep -c ';$' "$WORK/queries-$round.sql" || true)
+    # Complete statements only, split exactly as smith_replay.py splits them (a round cut short
+    # by `timeout` can end in half a statement).
+    n=$(python3 -c 'import re, sys
+p = re.split(r";\n", open(sys.argv[1], errors="replace").read())
+p.pop()
+print(sum(1 for x in p if x.strip()))' "$WORK/queries-$round.sql")
     generated=$((generated + n))
     echo "  round $round (seed $seed): $n queries, sqlsmith exit status $smith_rc"
     round=$((round + 1))

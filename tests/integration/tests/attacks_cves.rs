@@ -18,16 +18,6 @@ fn install_leak(c: &mut Client) {
     .unwrap();
 }
 
-fn leaked(c: &mut Client) -> Vec<String> {
-    let v: String = c
-        .query_one("SELECT current_setting('leak.v')", &[])
-        .unwrap()
-        .get(0);
-    c.batch_execute("SELECT set_config('leak.v', '', false)")
-        .unwrap();
-    v.lines().map(str::to_string).collect()
-}
-
 /// A schema with a protected table holding only A's and B's names (so the statistics hold
 /// every value), a partitioned copy and a security_invoker view, analysed.
 fn stats_schema(f: &Fixture) -> String {
@@ -206,11 +196,7 @@ fn cve_2023_39418_merge_conditions_see_only_the_bound_tenants_rows() {
          WHEN MATCHED AND pg_temp.leak(t.name) THEN DELETE",
     )
     .unwrap();
-    let v: String = c
-        .query_one("SELECT current_setting('leak.v')", &[])
-        .unwrap()
-        .get(0);
-    let l: Vec<String> = v.lines().map(str::to_string).collect();
+    let l = leaked(&mut c);
     assert_eq!(l.len(), 5, "{l:?}");
     assert_only(&l, &f.a);
     c.batch_execute("ROLLBACK").unwrap();

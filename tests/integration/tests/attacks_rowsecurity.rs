@@ -19,14 +19,6 @@ fn install_leak(c: &mut Client) {
     .unwrap();
 }
 
-fn leaked(c: &mut Client) -> Vec<String> {
-    let v: String = c
-        .query_one("SELECT current_setting('leak.v')", &[])
-        .unwrap()
-        .get(0);
-    v.lines().map(str::to_string).collect()
-}
-
 /// B's customer names, read in a separate transaction bound to B.
 fn b_names(f: &Fixture) -> Vec<String> {
     let mut c = app();

@@ -262,3 +262,15 @@ pub fn assert_no_trace_of(values: &[String], f: &Fixture) {
 pub fn ident(prefix: &str) -> String {
     unique(prefix).replace('-', "_")
 }
+
+/// What a test's leaky function or operator recorded in the setting `leak.v` (one value a
+/// line), then cleared. The attack tests install their own recorder in pg_temp.
+pub fn leaked(c: &mut Client) -> Vec<String> {
+    let v: String = c
+        .query_one("SELECT current_setting('leak.v')", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute("SELECT set_config('leak.v', '', false)")
+        .unwrap();
+    v.lines().map(str::to_string).collect()
+}
