@@ -9,24 +9,12 @@ use common::*;
 fn a_leaky_function_in_the_where_clause_sees_only_the_bound_tenants_rows() {
     let (f, mut c) = two_tenants();
     begin_bound(&mut c, &f, &f.a);
-    c.batch_execute(
-        "CREATE TEMP TABLE leaked (v text); \
-         CREATE FUNCTION pg_temp.leak(t text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
-         $$ BEGIN INSERT INTO pg_temp.leaked VALUES (t); RETURN true; END $$; \
-         SELECT count(*) FROM it_customers WHERE pg_temp.leak(name)",
-    )
-    .unwrap();
-    let leaked: Vec<String> = c
-        .query("SELECT v FROM pg_temp.leaked", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(!leaked.is_empty());
-    assert!(
-        leaked.iter().all(|v| v.starts_with(&format!("{}-", f.a))),
-        "leaked {leaked:?}"
-    );
+    install_leak(&mut c, true);
+    c.batch_execute("SELECT count(*) FROM it_customers WHERE pg_temp.leak(name)")
+        .unwrap();
+    let l = leaked(&mut c);
+    assert_eq!(l.len(), 5, "{l:?}");
+    assert_only(&l, &f.a);
     c.batch_execute("ROLLBACK").unwrap();
 }
 
@@ -34,24 +22,17 @@ fn a_leaky_function_in_the_where_clause_sees_only_the_bound_tenants_rows() {
 fn a_leaky_operator_sees_only_the_bound_tenants_rows() {
     let (f, mut c) = two_tenants();
     begin_bound(&mut c, &f, &f.a);
+    install_leak(&mut c, true);
     c.batch_execute(
-        "CREATE TEMP TABLE leaked (v text); \
-         CREATE FUNCTION pg_temp.leakop(a text, b text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
-         $$ BEGIN INSERT INTO pg_temp.leaked VALUES (a); RETURN true; END $$; \
+        "CREATE FUNCTION pg_temp.leakop(a text, b text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
+         $$ BEGIN RETURN pg_temp.leak(a); END $$; \
          CREATE OPERATOR pg_temp.<<~>> (LEFTARG = text, RIGHTARG = text, FUNCTION = pg_temp.leakop, RESTRICT = eqsel); \
          SELECT count(*) FROM it_customers WHERE name OPERATOR(pg_temp.<<~>>) 'x'",
     )
     .unwrap();
-    let leaked: Vec<String> = c
-        .query("SELECT v FROM pg_temp.leaked", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert!(
-        leaked.iter().all(|v| v.starts_with(&format!("{}-", f.a))),
-        "leaked {leaked:?}"
-    );
+    let l = leaked(&mut c);
+    assert_eq!(l.len(), 5, "{l:?}");
+    assert_only(&l, &f.a);
     c.batch_execute("ROLLBACK").unwrap();
 }
 

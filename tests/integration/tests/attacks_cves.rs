@@ -7,11 +7,13 @@ mod common;
 use common::*;
 use postgres::Client;
 
-fn install_leak(c: &mut Client) {
+/// The leaky recorder of common.rs behind an operator whose selectivity estimator
+/// (scalarltsel) calls it on the column's histogram while planning.
+fn install_leaky_operator(c: &mut Client) {
+    install_leak(c, true);
     c.batch_execute(
-        "SELECT set_config('leak.v', '', false); \
-         CREATE FUNCTION pg_temp.leaklt(a text, b text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
-         $$ BEGIN PERFORM set_config('leak.v', current_setting('leak.v') || a || chr(10), false); RETURN a < b; END $$; \
+        "CREATE FUNCTION pg_temp.leaklt(a text, b text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
+         $$ BEGIN PERFORM pg_temp.leak(a); RETURN a < b; END $$; \
          CREATE OPERATOR pg_temp.<<< (LEFTARG = text, RIGHTARG = text, FUNCTION = pg_temp.leaklt, \
                                       RESTRICT = scalarltsel)",
     )
@@ -52,7 +54,7 @@ fn cve_2019_10130_selectivity_estimation_does_not_run_leaky_operators_on_other_t
     // Control: without row security (a superuser), planning alone feeds the histogram, B's
     // values included, to the leaky operator. This is the channel the CVE fix closed.
     let mut su = superuser();
-    install_leak(&mut su);
+    install_leaky_operator(&mut su);
     su.batch_execute(&format!(
         "EXPLAIN SELECT * FROM {s}.t WHERE name OPERATOR(pg_temp.<<<) 'zzz'"
     ))
@@ -64,7 +66,7 @@ fn cve_2019_10130_selectivity_estimation_does_not_run_leaky_operators_on_other_t
     );
     let mut c = app();
     begin_bound(&mut c, &f, &f.a);
-    install_leak(&mut c);
+    install_leaky_operator(&mut c);
     c.batch_execute(&format!(
         "EXPLAIN SELECT * FROM {s}.t WHERE name OPERATOR(pg_temp.<<<) 'zzz'"
     ))
@@ -86,7 +88,7 @@ fn cve_2025_8713_statistics_of_partitions_and_views_do_not_reach_leaky_operators
     let s = stats_schema(&f);
     let mut c = app();
     begin_bound(&mut c, &f, &f.a);
-    install_leak(&mut c);
+    install_leaky_operator(&mut c);
     for q in [
         format!("SELECT * FROM {s}.p WHERE name OPERATOR(pg_temp.<<<) 'zzz'"),
         format!("SELECT * FROM {s}.p1 WHERE name OPERATOR(pg_temp.<<<) 'zzz'"),
@@ -188,11 +190,9 @@ fn cve_2023_39418_merge_update_cannot_move_a_row_to_another_tenant() {
 fn cve_2023_39418_merge_conditions_see_only_the_bound_tenants_rows() {
     let (f, mut c) = two_tenants();
     begin_bound(&mut c, &f, &f.a);
+    install_leak(&mut c, false);
     c.batch_execute(
-        "SELECT set_config('leak.v', '', true); \
-         CREATE FUNCTION pg_temp.leak(t text) RETURNS boolean LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM set_config('leak.v', current_setting('leak.v') || t || chr(10), true); RETURN false; END $$; \
-         MERGE INTO it_customers t USING (SELECT g AS id FROM generate_series(1, 5) g) s ON t.id = s.id \
+        "MERGE INTO it_customers t USING (SELECT g AS id FROM generate_series(1, 5) g) s ON t.id = s.id \
          WHEN MATCHED AND pg_temp.leak(t.name) THEN DELETE",
     )
     .unwrap();

@@ -8,17 +8,6 @@ use common::*;
 use postgres::Client;
 use std::io::Read;
 
-/// A leaky function in pg_temp that records every value it is called with (in a setting, so it
-/// also works where writes are not allowed) and a reader for what it recorded.
-fn install_leak(c: &mut Client) {
-    c.batch_execute(
-        "SELECT set_config('leak.v', '', true); \
-         CREATE FUNCTION pg_temp.leak(t text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
-         $$ BEGIN PERFORM set_config('leak.v', current_setting('leak.v') || t || chr(10), true); RETURN true; END $$",
-    )
-    .unwrap();
-}
-
 /// B's customer names, read in a separate transaction bound to B.
 fn b_names(f: &Fixture) -> Vec<String> {
     let mut c = app();
@@ -39,7 +28,7 @@ fn b_untouched(f: &Fixture) {
 fn a_leaky_function_over_a_security_barrier_view_sees_only_the_bound_tenant() {
     let (f, mut c) = two_tenants();
     begin_bound(&mut c, &f, &f.a);
-    install_leak(&mut c);
+    install_leak(&mut c, true);
     c.batch_execute(
         "CREATE TEMP VIEW sbv WITH (security_barrier) AS SELECT name FROM it_customers; \
          SELECT count(*) FROM pg_temp.sbv WHERE pg_temp.leak(name)",
@@ -63,7 +52,7 @@ fn a_leaky_function_over_a_security_invoker_view_with_a_join_sees_only_the_bound
         });
     }
     begin_bound(&mut c, &f, &f.a);
-    install_leak(&mut c);
+    install_leak(&mut c, true);
     c.batch_execute("SELECT count(*) FROM it_customer_totals WHERE pg_temp.leak(name)")
         .unwrap();
     let l = leaked(&mut c);
@@ -76,7 +65,7 @@ fn a_leaky_function_over_a_security_invoker_view_with_a_join_sees_only_the_bound
 fn a_leaky_function_in_the_select_list_and_order_by_sees_only_the_bound_tenant() {
     let (f, mut c) = two_tenants();
     begin_bound(&mut c, &f, &f.a);
-    install_leak(&mut c);
+    install_leak(&mut c, true);
     c.batch_execute(
         "SELECT pg_temp.leak(name) FROM it_customers ORDER BY pg_temp.leak(name || '') LIMIT 1",
     )

@@ -263,8 +263,20 @@ pub fn ident(prefix: &str) -> String {
     unique(prefix).replace('-', "_")
 }
 
-/// What a test's leaky function or operator recorded in the setting `leak.v` (one value a
-/// line), then cleared. The attack tests install their own recorder in pg_temp.
+/// A leaky function `pg_temp.leak(text) RETURNS boolean` (cost near zero, so the planner would
+/// like to run it early) that records every value it is called with in the setting `leak.v`
+/// (no writes: it also works where writes are not allowed) and returns `returns`.
+pub fn install_leak(c: &mut Client, returns: bool) {
+    c.batch_execute(&format!(
+        "SELECT set_config('leak.v', '', false); \
+         CREATE FUNCTION pg_temp.leak(t text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS \
+         $$ BEGIN PERFORM set_config('leak.v', current_setting('leak.v') || t || chr(10), false); \
+         RETURN {returns}; END $$"
+    ))
+    .unwrap();
+}
+
+/// What `pg_temp.leak` recorded (one value a line), then cleared.
 pub fn leaked(c: &mut Client) -> Vec<String> {
     let v: String = c
         .query_one("SELECT current_setting('leak.v')", &[])
