@@ -135,13 +135,9 @@ pub fn peek_kid(token: &str, max_bytes: usize) -> Result<(String, Algorithm), To
     let mut segments = token.split('.');
     let header_json = segment_json(segments.next())?;
     let claims_json = segment_json(segments.next())?;
-    if repeats_a_member(&header_json)? || repeats_a_member(&claims_json)? {
-        return Err(TokenError::DuplicateMember);
-    }
-    if serde_json::from_slice::<Map<String, Value>>(&header_json)
-        .map_err(|_| TokenError::Malformed)?
-        .contains_key("crit")
-    {
+    let header_names = member_names(&header_json)?;
+    member_names(&claims_json)?;
+    if header_names.contains("crit") {
         return Err(TokenError::CriticalExtension);
     }
     let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
@@ -159,28 +155,32 @@ fn segment_json(segment: Option<&str>) -> Result<Vec<u8>, TokenError> {
         .map_err(|_| TokenError::Malformed)
 }
 
-/// Whether the JSON object repeats a top-level member name (values are skipped, not built).
-fn repeats_a_member(json: &[u8]) -> Result<bool, TokenError> {
+/// The top-level member names of a JSON object, read in one pass without building the values;
+/// a repeated name is refused.
+fn member_names(json: &[u8]) -> Result<std::collections::HashSet<String>, TokenError> {
     use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::collections::HashSet;
+    /// `None` when a name repeats.
     struct Names;
     impl<'de> Visitor<'de> for Names {
-        type Value = bool;
+        type Value = Option<HashSet<String>>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-            let mut seen = std::collections::HashSet::new();
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = HashSet::new();
             let mut repeated = false;
             while let Some(name) = map.next_key::<String>()? {
                 map.next_value::<IgnoredAny>()?;
                 repeated |= !seen.insert(name);
             }
-            Ok(repeated)
+            Ok((!repeated).then_some(seen))
         }
     }
     serde_json::Deserializer::from_slice(json)
         .deserialize_map(Names)
-        .map_err(|_| TokenError::Malformed)
+        .map_err(|_| TokenError::Malformed)?
+        .ok_or(TokenError::DuplicateMember)
 }
 
 /// Verify the signature with the key registered for `kid` (whose algorithm is `alg`) and read
@@ -363,36 +363,44 @@ mod unit {
         assert!(parse_key(Algorithm::HS256, "short").is_err());
     }
 
-    #[test]
-    fn repeated_member_names_are_refused() {
+    /// peek_kid of a token with exactly these header and claims texts (signature not checked).
+    fn peek_raw(header: &str, claims: &str) -> Result<(String, Algorithm), TokenError> {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let header = b64(r#"{"alg":"HS256","kid":"k1"}"#);
-        let claims = b64(r#"{"tid":"a","tid":"b","sub":"u","exp":4000000000}"#);
+        peek_kid(&format!("{}.{}.c2ln", b64(header), b64(claims)), 100_000)
+    }
+
+    #[test]
+    fn repeated_member_names_are_refused() {
+        let header = r#"{"alg":"HS256","kid":"k1"}"#;
+        let claims = r#"{"tid":"a","sub":"u","exp":4000000000}"#;
+        assert!(peek_raw(header, claims).is_ok());
         assert_eq!(
-            peek_kid(&format!("{header}.{claims}.c2ln"), 100_000),
+            peek_raw(
+                header,
+                r#"{"tid":"a","tid":"b","sub":"u","exp":4000000000}"#
+            ),
             Err(TokenError::DuplicateMember)
         );
-        let header = b64(r#"{"alg":"HS256","kid":"k1","kid":"k2"}"#);
-        let claims = b64(r#"{"tid":"a","sub":"u","exp":4000000000}"#);
         assert_eq!(
-            peek_kid(&format!("{header}.{claims}.c2ln"), 100_000),
+            peek_raw(r#"{"alg":"HS256","kid":"k1","kid":"k2"}"#, claims),
             Err(TokenError::DuplicateMember)
         );
         // Nested objects may repeat names of the top level.
-        let header = b64(r#"{"alg":"HS256","kid":"k1"}"#);
-        let claims = b64(r#"{"tid":"a","sub":"u","exp":4000000000,"x":{"tid":"b"}}"#);
-        assert!(peek_kid(&format!("{header}.{claims}.c2ln"), 100_000).is_ok());
+        assert!(peek_raw(
+            header,
+            r#"{"tid":"a","sub":"u","exp":4000000000,"x":{"tid":"b"}}"#
+        )
+        .is_ok());
     }
 
     #[test]
     fn critical_header_extensions_are_refused() {
-        use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let header = b64(r#"{"alg":"HS256","kid":"k1","crit":["exp"]}"#);
-        let claims = b64(r#"{"tid":"a","sub":"u","exp":4000000000}"#);
         assert_eq!(
-            peek_kid(&format!("{header}.{claims}.c2ln"), 100_000),
+            peek_raw(
+                r#"{"alg":"HS256","kid":"k1","crit":["exp"]}"#,
+                r#"{"tid":"a","sub":"u","exp":4000000000}"#
+            ),
             Err(TokenError::CriticalExtension)
         );
     }
