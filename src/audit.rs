@@ -36,16 +36,12 @@ thread_local! {
     static PURGING: Cell<bool> = const { Cell::new(false) };
     /// Bumped by every relcache invalidation: cached audit settings and plans are rebuilt.
     static EPOCH: Cell<u64> = const { Cell::new(1) };
-    /// Per (table, operation): the table's audit settings and the kept plan of its INSERT.
-    static TRIGGER_CACHE: RefCell<HashMap<(u32, u8), CachedTrigger>> =
+    /// Per table: its audit settings, with the epoch they were read at.
+    static TRIGGER_CACHE: RefCell<HashMap<u32, (u64, Rc<AuditMeta>)>> =
         RefCell::new(HashMap::new());
 }
 
-/// A record an audit INSERT wrote: (tenant, id, row_hash).
-type Written = (Option<Uuid>, i64, Vec<u8>);
-
-/// A table's audit settings and the kept plan of its audit INSERT, with the epoch they were built at.
-type CachedTrigger = (u64, Rc<AuditMeta>, Rc<pgrx::spi::OwnedPreparedStatement>);
+use crate::audit_writer::Written;
 
 /// One record of a chain entry as verification reads it: id, present, stored row_hash,
 /// recomputed row_hash, same tenant.
@@ -160,8 +156,8 @@ pub fn chain_hash(prev: &[u8], seq: i64, batch: &[u8]) -> Vec<u8> {
 }
 
 thread_local! {
-    /// Kept SPI plans of the chain-head queries (planned once per backend).
-    static HEAD_PLANS: Cell<Option<(pg_sys::SPIPlanPtr, pg_sys::SPIPlanPtr)>> = const { Cell::new(None) };
+    /// Kept SPI plan of the purge-checkpoint query (planned once per backend).
+    static CHECKPOINT_PLAN: Cell<Option<pg_sys::SPIPlanPtr>> = const { Cell::new(None) };
 }
 
 /// Run a kept one-row plan with the latest snapshot; returns (seq, chain_hash) if a row came.
@@ -199,13 +195,13 @@ unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid) -> Option<(i64, Vec<u
 /// The newest chain entry of `tenant` (or its purge checkpoint), read with the latest
 /// snapshot so that a REPEATABLE READ transaction links after the newest committed entry.
 fn chain_head(tenant: Uuid) -> (i64, Vec<u8>) {
-    let (chain, checkpoint) = head_plans();
+    // SAFETY: at PRE_COMMIT, with the tenant's chain lock held.
+    if let Some(head) = unsafe { crate::audit_writer::newest_chain_entry(tenant) } {
+        return head;
+    }
+    let checkpoint = checkpoint_plan();
     catalog::as_owner(|| unsafe {
-        Spi::connect(|_| {
-            head_row(chain, tenant)
-                .or_else(|| head_row(checkpoint, tenant))
-                .unwrap_or((0, GENESIS.to_vec()))
-        })
+        Spi::connect(|_| head_row(checkpoint, tenant).unwrap_or((0, GENESIS.to_vec())))
     })
 }
 
@@ -223,74 +219,27 @@ fn keep_plan(sql: &std::ffi::CStr, argtypes: &[pg_sys::Oid]) -> pg_sys::SPIPlanP
     })
 }
 
-fn head_plans() -> (pg_sys::SPIPlanPtr, pg_sys::SPIPlanPtr) {
-    if let Some(plans) = HEAD_PLANS.with(|p| p.get()) {
-        return plans;
+fn checkpoint_plan() -> pg_sys::SPIPlanPtr {
+    if let Some(plan) = CHECKPOINT_PLAN.with(|p| p.get()) {
+        return plan;
     }
-    let plans = (
-        keep_plan(
-            c"SELECT seq, encode(chain_hash, 'hex') FROM tenancy.audit_chain WHERE tenant_id = $1 ORDER BY seq DESC LIMIT 1",
-            &[pg_sys::UUIDOID],
-        ),
-        keep_plan(
-            c"SELECT seq, encode(chain_hash, 'hex') FROM tenancy.audit_checkpoint WHERE tenant_id = $1",
-            &[pg_sys::UUIDOID],
-        ),
+    let plan = keep_plan(
+        c"SELECT seq, encode(chain_hash, 'hex') FROM tenancy.audit_checkpoint WHERE tenant_id = $1",
+        &[pg_sys::UUIDOID],
     );
-    HEAD_PLANS.with(|p| p.set(Some(plans)));
-    plans
+    CHECKPOINT_PLAN.with(|p| p.set(Some(plan)));
+    plan
 }
 
-thread_local! {
-    static CHAIN_INSERT: Cell<Option<pg_sys::SPIPlanPtr>> = const { Cell::new(None) };
-}
-
-/// Append one chain entry (kept plan, run as the catalog owner).
-fn insert_chain_entry(
-    tenant: Uuid,
-    seq: i64,
-    ids: Vec<i64>,
-    batch: Vec<u8>,
-    prev: Vec<u8>,
-    chain: Vec<u8>,
-) {
-    let plan = match CHAIN_INSERT.with(|p| p.get()) {
-        Some(p) => p,
-        None => {
-            let p = keep_plan(
-                c"INSERT INTO tenancy.audit_chain (tenant_id, seq, record_ids, batch_hash, prev_hash, chain_hash) \
-                  VALUES ($1, $2, $3, $4, $5, $6)",
-                &[
-                    pg_sys::UUIDOID,
-                    pg_sys::INT8OID,
-                    pg_sys::INT8ARRAYOID,
-                    pg_sys::BYTEAOID,
-                    pg_sys::BYTEAOID,
-                    pg_sys::BYTEAOID,
-                ],
-            );
-            CHAIN_INSERT.with(|c| c.set(Some(p)));
-            p
-        }
-    };
-    catalog::as_owner(|| unsafe {
-        Spi::connect(|_| {
-            let mut values = [
-                to_pg_uuid(tenant).into_datum().expect("uuid"),
-                seq.into_datum().expect("seq"),
-                ids.into_datum().expect("ids"),
-                batch.into_datum().expect("batch"),
-                prev.into_datum().expect("prev"),
-                chain.into_datum().expect("chain"),
-            ];
-            let nulls = [b' ' as std::ffi::c_char; 6];
-            let rc = pg_sys::SPI_execute_plan(plan, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
-            if rc != pg_sys::SPI_OK_INSERT as i32 {
-                pgrx::error!("pg_tenancy: appending to the audit chain failed ({rc})");
-            }
-        })
-    });
-}
+/// The chain entry's columns, in the order link_pending gives them.
+const CHAIN_COLUMNS: [&std::ffi::CStr; 6] = [
+    c"tenant_id",
+    c"seq",
+    c"record_ids",
+    c"batch_hash",
+    c"prev_hash",
+    c"chain_hash",
+];
 
 /// Link this transaction's records into their tenants' chains (PRE_COMMIT).
 fn link_pending() {
@@ -302,6 +251,9 @@ fn link_pending() {
     // PRE_COMMIT runs outside any portal: SPI needs an active snapshot (an error pops it
     // through transaction abort).
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    // SAFETY: in the committing transaction; closed below.
+    let mut chain_table =
+        unsafe { crate::audit_writer::SimpleInsert::open(c"audit_chain", &CHAIN_COLUMNS) };
     let mut i = 0;
     while i < pending.len() {
         let tenant = pending[i].tenant;
@@ -316,10 +268,24 @@ fn link_pending() {
         let batch = batch_hash(records.iter().map(|r| (r.id, r.hash.as_slice())));
         let chain = chain_hash(&prev, seq, &batch);
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
-        insert_chain_entry(tenant, seq, ids, batch, prev, chain);
+        // SAFETY: values of the columns' types (uuid, bigint, bigint[], bytea x 3).
+        unsafe {
+            chain_table.insert(&[
+                to_pg_uuid(tenant).into_datum(),
+                seq.into_datum(),
+                ids.into_datum(),
+                batch.as_slice().into_datum(),
+                prev.as_slice().into_datum(),
+                chain.as_slice().into_datum(),
+            ]);
+            chain_table.reset_row();
+        }
         i = j;
     }
-    unsafe { pg_sys::PopActiveSnapshot() };
+    unsafe {
+        chain_table.close();
+        pg_sys::PopActiveSnapshot();
+    }
 }
 
 /// (tenant, id, row_hash) of the records an audit INSERT ... RETURNING id, tenant_id, row_hash
@@ -435,55 +401,6 @@ fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
     })
 }
 
-fn trigger_sql(m: &AuditMeta, op: &pgrx::PgTriggerOperation) -> Option<String> {
-    let q = crate::policy::quote_ident;
-    let tc = q(&m.tenant_column);
-    let key = |alias: &str| {
-        if m.key_columns.is_empty() {
-            "NULL::jsonb".to_string()
-        } else {
-            let parts: Vec<String> = m
-                .key_columns
-                .iter()
-                .map(|c| format!("{}, {alias}.{}", crate::policy::quote_literal(c), q(c)))
-                .collect();
-            format!("jsonb_build_object({})", parts.join(", "))
-        }
-    };
-    let source = match op {
-        pgrx::PgTriggerOperation::Insert => format!(
-            "SELECT {CONTEXT}, n.{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'INSERT'::text AS op, \
-                    {} AS row_key, NULL::jsonb AS old_row, to_jsonb(n) - $2::text[] AS new_row, $3::name AS db_role, \
-                    $4::text AS subject, {SESSION_TAIL} FROM tenancy_new n",
-            key("n")
-        ),
-        pgrx::PgTriggerOperation::Delete => format!(
-            "SELECT {CONTEXT}, o.{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'DELETE'::text AS op, \
-                    {} AS row_key, to_jsonb(o) - $2::text[] AS old_row, NULL::jsonb AS new_row, $3::name AS db_role, \
-                    $4::text AS subject, {SESSION_TAIL} FROM tenancy_old o",
-            key("o")
-        ),
-        pgrx::PgTriggerOperation::Update => format!(
-            "SELECT {CONTEXT}, (b.n).{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'UPDATE'::text AS op, \
-                    {} AS row_key, \
-                    (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(to_jsonb(a.o) - $2::text[]) e \
-                      WHERE (to_jsonb(b.n) -> e.key) IS DISTINCT FROM e.value) AS old_row, \
-                    (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(to_jsonb(b.n) - $2::text[]) e \
-                      WHERE (to_jsonb(a.o) -> e.key) IS DISTINCT FROM e.value) AS new_row, \
-                    $3::name AS db_role, $4::text AS subject, {SESSION_TAIL} \
-               FROM (SELECT row_number() OVER () AS rn, o FROM tenancy_old o) a \
-               JOIN (SELECT row_number() OVER () AS rn, n FROM tenancy_new n) b USING (rn)",
-            key("(b.n)")
-        ),
-        // TRUNCATE is recorded by the truncate guard (tenancy._refuse_truncate), not here.
-        pgrx::PgTriggerOperation::Truncate => return None,
-    };
-    Some(format!(
-        "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ({source}) s \
-         RETURNING id, tenant_id, row_hash"
-    ))
-}
-
 /// Statement-level AFTER INSERT/UPDATE/DELETE trigger of protected tables (transition tables
 /// `tenancy_new` / `tenancy_old`). One INSERT ... SELECT per statement, through a plan kept per
 /// table and operation.
@@ -491,79 +408,45 @@ fn trigger_sql(m: &AuditMeta, op: &pgrx::PgTriggerOperation) -> Option<String> {
 fn _audit<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
-    let op = trigger.op()?;
-    let op_key = match op {
-        pgrx::PgTriggerOperation::Insert => 0u8,
-        pgrx::PgTriggerOperation::Update => 1,
-        pgrx::PgTriggerOperation::Delete => 2,
+    use crate::audit_writer::{self, Op};
+    let op = match trigger.op()? {
+        pgrx::PgTriggerOperation::Insert => Op::Insert,
+        pgrx::PgTriggerOperation::Update => Op::Update,
+        pgrx::PgTriggerOperation::Delete => Op::Delete,
+        // TRUNCATE is recorded by the truncate guard (tenancy._refuse_truncate), not here.
         pgrx::PgTriggerOperation::Truncate => return Ok(None),
     };
     let rel = trigger.relid()?;
-    let key = (u32::from(rel), op_key);
     let epoch = EPOCH.with(|e| e.get());
     let (role, subject) = caller_and_subject();
     let cached = TRIGGER_CACHE.with(|c| {
         c.borrow()
-            .get(&key)
-            .filter(|(e, _, _)| *e == epoch)
-            .map(|(_, m, p)| (m.clone(), p.clone()))
+            .get(&u32::from(rel))
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, m)| m.clone())
     });
-    // Prepare (with the pinned search_path) on first use; run the kept plan as the owner.
-    let (meta, plan) = match cached {
-        Some(hit) => hit,
-        None => {
-            let meta = Rc::new(audit_meta(rel));
-            let sql = trigger_sql(&meta, &op).expect("not TRUNCATE");
-            let plan = catalog::with_owner(|| {
-                Spi::connect_mut(|c| {
-                    unsafe {
-                        pg_sys::SPI_register_trigger_data(
-                            trigger.trigger_data() as *const _ as *mut _
-                        );
-                    }
-                    use pgrx::pg_sys::{BuiltinOid, PgOid};
-                    Ok::<_, pgrx::spi::Error>(Rc::new(
-                        c.prepare_mut(
-                            sql.as_str(),
-                            &[
-                                PgOid::BuiltIn(BuiltinOid::TEXTOID),
-                                PgOid::BuiltIn(BuiltinOid::TEXTARRAYOID),
-                                PgOid::BuiltIn(BuiltinOid::TEXTOID),
-                                PgOid::BuiltIn(BuiltinOid::TEXTOID),
-                            ],
-                        )?
-                        .keep(),
-                    ))
-                })
-            })
-            .unwrap_or_else(|e| {
-                pgrx::error!("pg_tenancy: preparing the audit statement failed: {e}")
-            });
-            TRIGGER_CACHE.with(|tc| {
-                tc.borrow_mut()
-                    .insert(key, (epoch, meta.clone(), plan.clone()))
-            });
-            (meta, plan)
-        }
+    let meta = cached.unwrap_or_else(|| {
+        let meta = Rc::new(audit_meta(rel));
+        TRIGGER_CACHE.with(|tc| {
+            tc.borrow_mut()
+                .insert(u32::from(rel), (epoch, meta.clone()))
+        });
+        meta
+    });
+    let table = audit_writer::Table {
+        name: &meta.name,
+        tenant_column: &meta.tenant_column,
+        exclude: &meta.exclude,
+        key_columns: &meta.key_columns,
     };
-    let rows = catalog::as_owner(|| {
-        Spi::connect_mut(|c| {
-            unsafe {
-                pg_sys::SPI_register_trigger_data(trigger.trigger_data() as *const _ as *mut _);
-            }
-            returned_records(c.update(
-                plan.as_ref(),
-                None,
-                &[
-                    meta.name.clone().into(),
-                    meta.exclude.clone().into(),
-                    role.clone().into(),
-                    subject.clone().into(),
-                ],
-            )?)
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: writing the audit trail failed: {e}"));
+    let actor = audit_writer::Actor {
+        role: &role,
+        subject: subject.as_deref(),
+    };
+    // SAFETY: a statement-level AFTER trigger created by protect() with the transition
+    // tables of its event.
+    let rows =
+        unsafe { audit_writer::record_statement(trigger.trigger_data(), &table, op, &actor) };
     remember(rows);
     Ok(None)
 }

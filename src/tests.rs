@@ -151,3 +151,44 @@ fn preloaded_library_leaves_databases_without_the_extension_alone() {
     assert_eq!(n, 1);
     Spi::run("SELECT dblink_disconnect('probe_user')").unwrap();
 }
+
+/// The Rust writer's record hash equals tenancy._audit_hash (which audit_verify recomputes)
+/// for text needing every kind of quoting, NULLs, and an inet shown with its mask.
+#[pg_test]
+fn record_hash_matches_sql() {
+    let cases: [[Option<&str>; 5]; 3] = [
+        [Some("plain"), None, Some("{\"a\": 1}"), Some("app"), Some("127.0.0.1/32")],
+        [Some("it's"), Some("back\\slash"), Some("{\"k\": \"O'Brien \\\\ \\n ✓\"}"), Some(""), None],
+        [Some("E'x'"), Some("''"), None, Some("a\\'b"), Some("::1/128")],
+    ];
+    for [table, subject, row, app, addr] in cases {
+        let sql = Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT tenancy._audit_hash(42, '7b0c3e1a-0000-4000-8000-000000000001', \
+                    '2026-11-22 10:00:00.5+00', 7, $1, 'INSERT', NULL, NULL, $3::jsonb, 'r''ole', $2, $4, $5::inet)",
+            &[table.into(), subject.into(), row.into(), app.into(), addr.into()],
+        )
+        .unwrap()
+        .unwrap();
+        let row_text = row.map(|r| {
+            Spi::get_one_with_args::<String>("SELECT $1::jsonb::text", &[r.into()])
+                .unwrap()
+                .unwrap()
+        });
+        let rust = crate::audit_writer::record_hash(&[
+            Some(b"42"),
+            Some(b"7b0c3e1a-0000-4000-8000-000000000001"),
+            Some(b"1795341600.500000"),
+            Some(b"7"),
+            table.map(str::as_bytes),
+            Some(b"INSERT"),
+            None,
+            None,
+            row_text.as_deref().map(str::as_bytes),
+            Some(b"r'ole"),
+            subject.map(str::as_bytes),
+            app.map(str::as_bytes),
+            addr.map(str::as_bytes),
+        ]);
+        assert_eq!(rust, sql, "case {table:?} {subject:?} {row:?} {app:?} {addr:?}");
+    }
+}

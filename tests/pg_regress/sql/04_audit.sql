@@ -14,6 +14,15 @@ SELECT tenancy.map_role('regress_writer', 'acme', '{member}');
 INSERT INTO shop.items (id, label, secret) VALUES (1, 'first', 's1'), (2, 'second', 's2');
 UPDATE shop.items SET label = 'second, renamed', secret = 's2b' WHERE id = 2;
 DELETE FROM shop.items WHERE id = 1;
+-- Values the record hash must quote exactly as tenancy._audit_hash does (audit_verify below
+-- recomputes it in SQL): quotes, backslashes, a newline and non-ASCII text, an
+-- application_name with a quote and a backslash. Then two UPDATEs that change nothing
+-- audited (the same value; an excluded column only): their records have no old or new row.
+SET application_name = 'it''s a \ test';
+INSERT INTO shop.items (id, label, secret) VALUES (4, E'O''Brien \\ "quoted" \n ünïcødé ✓', 's4');
+UPDATE shop.items SET label = label WHERE id = 4;
+UPDATE shop.items SET secret = 's4b' WHERE id = 4;
+RESET application_name;
 BEGIN;
 INSERT INTO shop.items (id, label) VALUES (3, 'rolled back');
 ROLLBACK;
@@ -22,7 +31,7 @@ SELECT count(*) FROM tenancy.audit_log;
 
 \c - postgres
 SELECT op, table_name, row_key - 'tenant_id' AS row_key, old_row - 'tenant_id' AS old_row,
-       new_row - 'tenant_id' AS new_row, db_role, length(row_hash) AS hash_bytes
+       new_row - 'tenant_id' AS new_row, db_role, application_name, length(row_hash) AS hash_bytes
   FROM tenancy.audit_log WHERE table_name = 'shop.items' ORDER BY id;
 SELECT ok, first_bad_id, detail FROM tenancy.audit_verify('acme');
 
@@ -40,8 +49,9 @@ SELECT ok, first_bad_id = (SELECT min(id) FROM tenancy.audit_log WHERE table_nam
        detail ~ 'was changed' AS says_changed
   FROM tenancy.audit_verify('acme');
 
--- The record hash must be inlined into the writer's INSERT (see _audit_hash in finalize.sql):
--- not inlined, the SQL function would be planned again at every audited statement.
+-- The record hash must be inlined into the queries that use it (management records and
+-- audit_verify; see _audit_hash in finalize.sql): not inlined, the SQL function would be
+-- planned again at every call.
 DO $$
 DECLARE
     line text;

@@ -1,0 +1,706 @@
+//! Audit records of row changes, written without SQL.
+//!
+//! The statement-level audit trigger reads its transition tables itself, forms every record
+//! in Rust and inserts it through the executor's simple-insert path
+//! (`ExecSimpleRelationInsert`, as logical replication applies rows): the constraints, every
+//! index and any trigger of `tenancy.audit_log` still apply. It replaces one
+//! `INSERT ... SELECT` over the transition table per statement, whose executor start-up
+//! (a subquery scan, the hash expression compiled again, RETURNING) cost more than the
+//! change it recorded.
+//!
+//! Per row: `to_jsonb` of the row (the same function the SQL used), `jsonb - text[]` for the
+//! excluded columns and the key, and for UPDATE only the columns whose jsonb values differ.
+//! `row_hash` is SHA-256 over exactly the text `tenancy._audit_hash` hashes (`quote_nullable`
+//! of each field's text form, joined by `|`), taken from the values as stored, so
+//! `audit_verify`, which recomputes it with the SQL function, checks these records too.
+
+use crate::catalog;
+use pgrx::fcinfo::{direct_function_call, direct_function_call_as_datum};
+use pgrx::pg_sys::{self, Datum};
+use pgrx::{FromDatum, IntoDatum};
+use sha2::{Digest, Sha256};
+use std::ffi::CStr;
+use uuid::Uuid;
+
+/// A record this statement wrote: (tenant, id, row_hash).
+pub type Written = (Option<Uuid>, i64, Vec<u8>);
+
+/// What the trigger knows about the audited table.
+pub struct Table<'a> {
+    pub name: &'a str,
+    pub tenant_column: &'a str,
+    pub exclude: &'a [String],
+    pub key_columns: &'a [String],
+}
+
+/// Who made the change.
+pub struct Actor<'a> {
+    pub role: &'a str,
+    pub subject: Option<&'a str>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Op {
+    fn text(self) -> &'static str {
+        match self {
+            Op::Insert => "INSERT",
+            Op::Update => "UPDATE",
+            Op::Delete => "DELETE",
+        }
+    }
+}
+
+/// The audit_log columns the writer fills, in `tenancy._audit_hash` order, then row_hash.
+const FIELDS: [&CStr; 14] = [
+    c"id",
+    c"tenant_id",
+    c"occurred_at",
+    c"txid",
+    c"table_name",
+    c"op",
+    c"row_key",
+    c"old_row",
+    c"new_row",
+    c"db_role",
+    c"subject",
+    c"application_name",
+    c"client_addr",
+    c"row_hash",
+];
+
+/// Record every row of the firing statement's transition tables. Runs as the catalog owner.
+///
+/// # Safety
+/// `td` must be the TriggerData of a statement-level AFTER trigger with the transition
+/// tables of `op` (NEW TABLE for INSERT, OLD TABLE for DELETE, both for UPDATE).
+pub unsafe fn record_statement(
+    td: *const pg_sys::TriggerData,
+    table: &Table,
+    op: Op,
+    actor: &Actor,
+) -> Vec<Written> {
+    let (old_ts, new_ts) = ((*td).tg_oldtable, (*td).tg_newtable);
+    let source = if op == Op::Delete { old_ts } else { new_ts };
+    if source.is_null() || pg_sys::tuplestore_tuple_count(source) == 0 {
+        return Vec::new();
+    }
+    catalog::as_owner(|| {
+        let rel = (*td).tg_relation;
+        let shape = RowShape::new(rel, table);
+        let mut writer = Writer::open(table.name, op, actor);
+        let old_rows = (op == Op::Update).then(|| Reader::new(old_ts, rel));
+        let mut new_rows = Reader::new(source, rel);
+        let row_cxt = pg_sys::AllocSetContextCreateExtended(
+            pg_sys::CurrentMemoryContext,
+            c"pg_tenancy audit row".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        let mut out = Vec::with_capacity(pg_sys::tuplestore_tuple_count(source) as usize);
+        let mut old_rows = old_rows;
+        while new_rows.next() {
+            let old = match old_rows.as_mut() {
+                Some(r) => {
+                    if !r.next() {
+                        pgrx::error!("pg_tenancy: the UPDATE transition tables differ in length");
+                    }
+                    Some(r.slot)
+                }
+                None => None,
+            };
+            let outer = pg_sys::MemoryContextSwitchTo(row_cxt);
+            let row = new_rows.slot;
+            let change = match (op, old) {
+                (Op::Update, Some(old)) => shape.update(old, row),
+                (Op::Insert, _) => shape.insert(row),
+                _ => shape.delete(row),
+            };
+            out.push(writer.write(&change));
+            pg_sys::MemoryContextSwitchTo(outer);
+            writer.reset_row();
+            pg_sys::MemoryContextReset(row_cxt);
+        }
+        pg_sys::MemoryContextDelete(row_cxt);
+        writer.close();
+        new_rows.close();
+        if let Some(r) = old_rows {
+            r.close();
+        }
+        out
+    })
+}
+
+/// A reader of one transition table with its own read pointer (as a named tuplestore scan
+/// does), so other triggers reading the same table are not disturbed.
+struct Reader {
+    store: *mut pg_sys::Tuplestorestate,
+    ptr: i32,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Reader {
+    unsafe fn new(store: *mut pg_sys::Tuplestorestate, rel: pg_sys::Relation) -> Reader {
+        let ptr = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+        pg_sys::tuplestore_select_read_pointer(store, ptr);
+        pg_sys::tuplestore_rescan(store);
+        Reader {
+            store,
+            ptr,
+            slot: pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsMinimalTuple),
+        }
+    }
+
+    /// Select this reader's pointer and fetch the next row into `slot`.
+    unsafe fn next(&mut self) -> bool {
+        pg_sys::tuplestore_select_read_pointer(self.store, self.ptr);
+        pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot)
+    }
+
+    unsafe fn close(self) {
+        pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+    }
+}
+
+/// One record's row-derived fields.
+struct Change {
+    tenant: Option<Datum>,
+    row_key: Option<Datum>,
+    old_row: Option<Datum>,
+    new_row: Option<Datum>,
+}
+
+/// How rows of the audited table become jsonb: `to_jsonb` of the row minus the excluded
+/// columns; the key is the row minus every non-key column.
+struct RowShape {
+    to_jsonb: pg_sys::FmgrInfo,
+    tenant_attnum: i32,
+    /// `text[]` of the excluded columns (None: nothing excluded), and their names.
+    exclude: Option<Datum>,
+    exclude_names: Vec<String>,
+    /// `text[]` of every column that is not part of the primary key (None: no primary key).
+    non_key: Option<Datum>,
+    /// Audited columns (live, not excluded) as (name, text datum of the name).
+    columns: Vec<(String, Datum)>,
+}
+
+impl RowShape {
+    unsafe fn new(rel: pg_sys::Relation, table: &Table) -> RowShape {
+        let desc = (*rel).rd_att;
+        let mut live = Vec::new();
+        let mut tenant_attnum = 0;
+        for i in 0..(*desc).natts as usize {
+            let att = (*desc).attrs.as_ptr().add(i);
+            if (*att).attisdropped {
+                continue;
+            }
+            let name = CStr::from_ptr((*att).attname.data.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            if name == table.tenant_column {
+                tenant_attnum = (*att).attnum as i32;
+            }
+            live.push(name);
+        }
+        if tenant_attnum == 0 {
+            pgrx::error!(
+                "pg_tenancy: tenant column \"{}\" of {} is missing",
+                table.tenant_column,
+                table.name
+            );
+        }
+        // to_jsonb(anyelement) learns its argument's type from the call expression: give it
+        // one that says "this table's row type".
+        let mut to_jsonb: pg_sys::FmgrInfo = std::mem::zeroed();
+        pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), &mut to_jsonb);
+        let arg = pg_sys::makeNullConst((*(*rel).rd_rel).reltype, -1, pg_sys::InvalidOid);
+        to_jsonb.fn_expr = pg_sys::makeFuncExpr(
+            pg_sys::Oid::from(pg_sys::F_TO_JSONB),
+            pg_sys::JSONBOID,
+            pg_sys::lappend(std::ptr::null_mut(), arg.cast()),
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+        )
+        .cast();
+        let text_array =
+            |names: Vec<&str>| (!names.is_empty()).then(|| names.into_datum().expect("text[]"));
+        let exclude = text_array(table.exclude.iter().map(String::as_str).collect());
+        let non_key = if table.key_columns.is_empty() {
+            None
+        } else {
+            Some(
+                live.iter()
+                    .filter(|c| !table.key_columns.contains(c))
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .into_datum()
+                    .expect("text[]"),
+            )
+        };
+        let columns = live
+            .iter()
+            .filter(|c| !table.exclude.contains(c))
+            .map(|c| (c.clone(), c.as_str().into_datum().expect("text")))
+            .collect();
+        RowShape {
+            to_jsonb,
+            tenant_attnum,
+            exclude,
+            exclude_names: table.exclude.to_vec(),
+            non_key,
+            columns,
+        }
+    }
+
+    unsafe fn full(&self, slot: *mut pg_sys::TupleTableSlot) -> Datum {
+        let row = pg_sys::ExecFetchSlotHeapTupleDatum(slot);
+        let flinfo = &self.to_jsonb as *const _ as *mut pg_sys::FmgrInfo;
+        pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, row)
+    }
+
+    unsafe fn tenant(&self, slot: *mut pg_sys::TupleTableSlot) -> Option<Datum> {
+        let mut isnull = false;
+        let d = pg_sys::slot_getattr(slot, self.tenant_attnum, &mut isnull);
+        (!isnull).then_some(d)
+    }
+
+    unsafe fn minus(full: Datum, keys: Option<Datum>) -> Datum {
+        match keys {
+            None => full,
+            Some(k) => {
+                direct_function_call_as_datum(pg_sys::jsonb_delete_array, &[Some(full), Some(k)])
+                    .expect("jsonb")
+            }
+        }
+    }
+
+    unsafe fn key(&self, full: Datum) -> Option<Datum> {
+        self.non_key.map(|k| Self::minus(full, Some(k)))
+    }
+
+    unsafe fn insert(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
+        let full = self.full(row);
+        Change {
+            tenant: self.tenant(row),
+            row_key: self.key(full),
+            old_row: None,
+            new_row: Some(Self::minus(full, self.exclude)),
+        }
+    }
+
+    unsafe fn delete(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
+        let full = self.full(row);
+        Change {
+            tenant: self.tenant(row),
+            row_key: self.key(full),
+            old_row: Some(Self::minus(full, self.exclude)),
+            new_row: None,
+        }
+    }
+
+    /// Only the columns whose jsonb values differ (as `IS DISTINCT FROM` on jsonb); both NULL
+    /// when none did.
+    unsafe fn update(
+        &self,
+        old: *mut pg_sys::TupleTableSlot,
+        new: *mut pg_sys::TupleTableSlot,
+    ) -> Change {
+        let (old_full, new_full) = (self.full(old), self.full(new));
+        let field = |full: Datum, name: Datum| {
+            direct_function_call_as_datum(pg_sys::jsonb_object_field, &[Some(full), Some(name)])
+        };
+        let mut unchanged: Vec<&str> = self.exclude_names.iter().map(String::as_str).collect();
+        let mut any_changed = false;
+        for (name, datum) in &self.columns {
+            let same = match (field(old_full, *datum), field(new_full, *datum)) {
+                (Some(a), Some(b)) => {
+                    direct_function_call::<bool>(pg_sys::jsonb_eq, &[Some(a), Some(b)])
+                        .unwrap_or(false)
+                }
+                _ => false,
+            };
+            if same {
+                unchanged.push(name);
+            } else {
+                any_changed = true;
+            }
+        }
+        let (old_row, new_row) = if any_changed {
+            let drop = (!unchanged.is_empty()).then(|| unchanged.into_datum().expect("text[]"));
+            (
+                Some(Self::minus(old_full, drop)),
+                Some(Self::minus(new_full, drop)),
+            )
+        } else {
+            (None, None)
+        };
+        Change {
+            tenant: self.tenant(new),
+            row_key: self.key(new_full),
+            old_row,
+            new_row,
+        }
+    }
+}
+
+/// Inserts into one of pg_tenancy's own tables without SQL: an executor state for one result
+/// relation, as logical replication's apply sets up, kept for one statement.
+pub struct SimpleInsert {
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    /// Attribute index of each named column.
+    att: Vec<usize>,
+    /// Row triggers or stored generated columns were added to the table: take the executor's
+    /// full path (ExecSimpleRelationInsert) for every row.
+    full_path: bool,
+}
+
+impl SimpleInsert {
+    /// Open `tenancy.<table>` for inserting the named columns.
+    ///
+    /// # Safety
+    /// Inside a transaction; the caller closes it with [`SimpleInsert::close`].
+    pub unsafe fn open(table: &CStr, columns: &[&CStr]) -> SimpleInsert {
+        let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
+        let relid = pg_sys::get_relname_relid(table.as_ptr(), nsp);
+        if relid == pg_sys::InvalidOid {
+            pgrx::error!("pg_tenancy: tenancy.{} is missing", table.to_string_lossy());
+        }
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let desc = (*rel).rd_att;
+        let mut att = vec![usize::MAX; columns.len()];
+        for i in 0..(*desc).natts as usize {
+            let a = (*desc).attrs.as_ptr().add(i);
+            if (*a).attisdropped {
+                continue;
+            }
+            let name = CStr::from_ptr((*a).attname.data.as_ptr());
+            if let Some(f) = columns.iter().position(|c| *c == name) {
+                att[f] = i;
+            }
+        }
+        if att.contains(&usize::MAX) {
+            pgrx::error!(
+                "pg_tenancy: tenancy.{} lacks one of its columns",
+                table.to_string_lossy()
+            );
+        }
+        let estate = pg_sys::CreateExecutorState();
+        let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
+            .cast::<pg_sys::RangeTblEntry>();
+        (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+        (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+        (*rte).relid = relid;
+        (*rte).relkind = (*(*rel).rd_rel).relkind;
+        (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
+        pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(std::ptr::null_mut(), rte.cast()));
+        let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+            .cast::<pg_sys::ResultRelInfo>();
+        (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+        pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+        (*estate).es_opened_result_relations =
+            pg_sys::lappend((*estate).es_opened_result_relations, rri.cast());
+        (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+        pg_sys::AfterTriggerBeginQuery();
+        pg_sys::ExecOpenIndices(rri, false);
+        let trig = (*rri).ri_TrigDesc;
+        let constr = (*desc).constr;
+        let full_path = (!trig.is_null()
+            && ((*trig).trig_insert_before_row
+                || (*trig).trig_insert_after_row
+                || (*trig).trig_insert_instead_row))
+            || (!constr.is_null() && (*constr).has_generated_stored);
+        SimpleInsert {
+            rel,
+            estate,
+            rri,
+            slot: pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsVirtual),
+            att,
+            full_path,
+        }
+    }
+
+    /// Insert one row: `values[i]` for the i-th named column (None: NULL); other columns NULL.
+    /// The table's indexes are maintained. Its NOT NULL and CHECK constraints are not
+    /// evaluated (compiling them costs more than the insert, and pg_tenancy fills these
+    /// columns itself), unless row triggers were added: then the executor's full path runs.
+    ///
+    /// # Safety
+    /// Datums must be valid for the columns' types.
+    pub unsafe fn insert(&mut self, values: &[Option<Datum>]) {
+        let slot = self.slot;
+        pg_sys::ExecClearTuple(slot);
+        let n = (*(*slot).tts_tupleDescriptor).natts as usize;
+        for i in 0..n {
+            *(*slot).tts_values.add(i) = Datum::from(0);
+            *(*slot).tts_isnull.add(i) = true;
+        }
+        for (f, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                *(*slot).tts_values.add(self.att[f]) = *v;
+                *(*slot).tts_isnull.add(self.att[f]) = false;
+            }
+        }
+        pg_sys::ExecStoreVirtualTuple(slot);
+        if self.full_path {
+            pg_sys::ExecSimpleRelationInsert(self.rri, self.estate, slot);
+        } else {
+            pg_sys::simple_table_tuple_insert(self.rel, slot);
+            if (*self.rri).ri_NumIndices > 0 {
+                let recheck = pg_sys::ExecInsertIndexTuples(
+                    self.rri,
+                    slot,
+                    self.estate,
+                    false,
+                    false,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+                pg_sys::list_free(recheck);
+            }
+        }
+    }
+
+    /// Free what the last row left in the executor's per-row memory.
+    pub unsafe fn reset_row(&mut self) {
+        pg_sys::ExecClearTuple(self.slot);
+        let econtext = (*self.estate).es_per_tuple_exprcontext;
+        if !econtext.is_null() {
+            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+        }
+    }
+
+    pub unsafe fn close(self) {
+        pg_sys::ExecCloseIndices(self.rri);
+        pg_sys::AfterTriggerEndQuery(self.estate);
+        pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+        pg_sys::FreeExecutorState(self.estate);
+        pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// Writes the records of one statement into tenancy.audit_log.
+struct Writer {
+    log: SimpleInsert,
+    seq: pg_sys::Oid,
+    /// Per-statement values with their text for the hash: table_name, op, db_role, subject,
+    /// application_name, client_addr.
+    table: (Datum, Vec<u8>),
+    op: (Datum, Vec<u8>),
+    role: (Datum, Vec<u8>),
+    subject: Option<(Datum, Vec<u8>)>,
+    app: (Datum, Vec<u8>),
+    client: Option<(Datum, Vec<u8>)>,
+    txid: i64,
+    epoch: Datum,
+}
+
+impl Writer {
+    unsafe fn open(table: &str, op: Op, actor: &Actor) -> Writer {
+        let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
+        let seq = pg_sys::get_relname_relid(c"audit_log_id_seq".as_ptr(), nsp);
+        if seq == pg_sys::InvalidOid {
+            pgrx::error!("pg_tenancy: tenancy.audit_log_id_seq is missing");
+        }
+        let log = SimpleInsert::open(c"audit_log", &FIELDS);
+        let text = |s: &str| (s.into_datum().expect("text"), s.as_bytes().to_vec());
+        let role_c = std::ffi::CString::new(actor.role).expect("role name");
+        let role = (
+            direct_function_call_as_datum(pg_sys::namein, &[role_c.as_c_str().into_datum()])
+                .expect("name"),
+            actor.role.as_bytes().to_vec(),
+        );
+        let app = if pg_sys::application_name.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(pg_sys::application_name)
+                .to_string_lossy()
+                .into_owned()
+        };
+        let client = direct_function_call_as_datum(pg_sys::inet_client_addr, &[]).map(|inet| {
+            let shown: String =
+                direct_function_call(pg_sys::network_show, &[Some(inet)]).expect("inet text");
+            (inet, shown.into_bytes())
+        });
+        Writer {
+            log,
+            seq,
+            table: text(table),
+            op: text(op.text()),
+            role,
+            subject: actor.subject.map(text),
+            app: text(&app),
+            client,
+            txid: pg_sys::GetTopFullTransactionId().value as i64,
+            epoch: "epoch".into_datum().expect("text"),
+        }
+    }
+
+    /// Insert one record; returns (tenant, id, row_hash).
+    unsafe fn write(&mut self, c: &Change) -> Written {
+        let id: i64 =
+            direct_function_call(pg_sys::nextval_oid, &[self.seq.into_datum()]).expect("nextval");
+        let at = pg_sys::GetCurrentTimestamp();
+        let at_datum = Datum::from(at);
+        let epoch = direct_function_call_as_datum(
+            pg_sys::extract_timestamptz,
+            &[Some(self.epoch), Some(at_datum)],
+        )
+        .expect("epoch");
+        let cstr = |f: unsafe fn(pg_sys::FunctionCallInfo) -> Datum, d: Datum| {
+            let p = direct_function_call_as_datum(f, &[Some(d)]).expect("cstring");
+            CStr::from_ptr(p.cast_mut_ptr()).to_bytes().to_vec()
+        };
+        let tenant = c.tenant.map(|d| {
+            Uuid::from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16)).expect("uuid")
+        });
+        let json = |d: Option<Datum>| d.map(|d| cstr(pg_sys::jsonb_out, d));
+        let (key, old, new) = (json(c.row_key), json(c.old_row), json(c.new_row));
+        let tenant_text = tenant.map(|t| t.hyphenated().to_string().into_bytes());
+        let (id_text, epoch_text, txid_text) = (
+            id.to_string().into_bytes(),
+            cstr(pg_sys::numeric_out, epoch),
+            self.txid.to_string().into_bytes(),
+        );
+        let hash = record_hash(&[
+            Some(id_text.as_slice()),
+            tenant_text.as_deref(),
+            Some(epoch_text.as_slice()),
+            Some(txid_text.as_slice()),
+            Some(self.table.1.as_slice()),
+            Some(self.op.1.as_slice()),
+            key.as_deref(),
+            old.as_deref(),
+            new.as_deref(),
+            Some(self.role.1.as_slice()),
+            self.subject.as_ref().map(|s| s.1.as_slice()),
+            Some(self.app.1.as_slice()),
+            self.client.as_ref().map(|c| c.1.as_slice()),
+        ]);
+        self.log.insert(&[
+            Some(Datum::from(id)),
+            c.tenant,
+            Some(at_datum),
+            Some(Datum::from(self.txid)),
+            Some(self.table.0),
+            Some(self.op.0),
+            c.row_key,
+            c.old_row,
+            c.new_row,
+            Some(self.role.0),
+            self.subject.as_ref().map(|s| s.0),
+            Some(self.app.0),
+            self.client.as_ref().map(|c| c.0),
+            hash.as_slice().into_datum(),
+        ]);
+        (tenant, id, hash)
+    }
+
+    unsafe fn reset_row(&mut self) {
+        self.log.reset_row();
+    }
+
+    unsafe fn close(self) {
+        self.log.close();
+    }
+}
+
+/// The newest entry (seq, chain_hash) of a tenant's chain in tenancy.audit_chain, read
+/// through its primary key backwards with the latest snapshot (so a REPEATABLE READ
+/// transaction links after the newest committed entry). None: the chain has no entry.
+///
+/// # Safety
+/// Inside a transaction, with the tenant's chain lock held.
+pub unsafe fn newest_chain_entry(tenant: Uuid) -> Option<(i64, Vec<u8>)> {
+    let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
+    let relid = pg_sys::get_relname_relid(c"audit_chain".as_ptr(), nsp);
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let rel = pg_sys::table_open(relid, lock);
+    let pkey = pg_sys::RelationGetPrimaryKeyIndex(rel);
+    if pkey == pg_sys::InvalidOid {
+        pgrx::error!("pg_tenancy: tenancy.audit_chain has lost its primary key");
+    }
+    let index = pg_sys::index_open(pkey, lock);
+    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+    pg_sys::ScanKeyInit(
+        &mut key,
+        1,
+        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+        pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+        catalog::to_pg_uuid(tenant).into_datum().expect("uuid"),
+    );
+    let scan =
+        pg_sys::systable_beginscan_ordered(rel, index, pg_sys::GetLatestSnapshot(), 1, &mut key);
+    let tuple =
+        pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
+    let newest = (!tuple.is_null()).then(|| {
+        let desc = (*rel).rd_att;
+        let n = (*desc).natts as usize;
+        let mut values = vec![Datum::from(0); n];
+        let mut nulls = vec![false; n];
+        pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let (seq, hash) = (
+            attribute_index(desc, c"seq"),
+            attribute_index(desc, c"chain_hash"),
+        );
+        (
+            i64::from_datum(values[seq], nulls[seq]).unwrap_or(0),
+            Vec::<u8>::from_datum(values[hash], nulls[hash]).unwrap_or_default(),
+        )
+    });
+    pg_sys::systable_endscan_ordered(scan);
+    pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+    pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    newest
+}
+
+unsafe fn attribute_index(desc: pg_sys::TupleDesc, name: &CStr) -> usize {
+    (0..(*desc).natts as usize)
+        .find(|&i| {
+            let a = (*desc).attrs.as_ptr().add(i);
+            !(*a).attisdropped && CStr::from_ptr((*a).attname.data.as_ptr()) == name
+        })
+        .unwrap_or_else(|| pgrx::error!("pg_tenancy: column {} is missing", name.to_string_lossy()))
+}
+
+/// SHA-256 over `quote_nullable(f1) || '|' || quote_nullable(f2) ...`, the bytes
+/// `tenancy._audit_hash` feeds to sha256().
+pub fn record_hash(fields: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut text = Vec::with_capacity(256);
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            text.push(b'|');
+        }
+        quote_nullable(&mut text, *f);
+    }
+    Sha256::digest(&text).to_vec()
+}
+
+/// PostgreSQL's quote_nullable(text): NULL, or the value in single quotes with quotes and
+/// backslashes doubled, prefixed with E when it contains a backslash.
+fn quote_nullable(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    let Some(v) = value else {
+        out.extend_from_slice(b"NULL");
+        return;
+    };
+    if v.contains(&b'\\') {
+        out.push(b'E');
+    }
+    out.push(b'\'');
+    for &c in v {
+        if c == b'\'' || c == b'\\' {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push(b'\'');
+}
