@@ -187,13 +187,23 @@ struct RowShape {
     /// `text[]` of every column that is not part of the primary key (None: no primary key).
     non_key: Option<Datum>,
     /// Audited columns (live, not excluded) as (name, text datum of the name).
-    columns: Vec<(String, Datum)>,
+    columns: Vec<Column>,
+}
+
+/// An audited column: its name (also as a text datum) and what comparing its values needs.
+struct Column {
+    name: String,
+    name_text: Datum,
+    attnum: i32,
+    typlen: i16,
+    byval: bool,
 }
 
 impl RowShape {
     unsafe fn new(rel: pg_sys::Relation, table: &Table) -> RowShape {
         let desc = (*rel).rd_att;
         let mut live = Vec::new();
+        let mut shapes = Vec::new();
         let mut tenant_attnum = 0;
         for i in 0..(*desc).natts as usize {
             let att = (*desc).attrs.as_ptr().add(i);
@@ -206,6 +216,7 @@ impl RowShape {
             if name == table.tenant_column {
                 tenant_attnum = (*att).attnum as i32;
             }
+            shapes.push(((*att).attnum as i32, (*att).attlen, (*att).attbyval));
             live.push(name);
         }
         if tenant_attnum == 0 {
@@ -246,8 +257,15 @@ impl RowShape {
         };
         let columns = live
             .iter()
-            .filter(|c| !table.exclude.contains(c))
-            .map(|c| (c.clone(), c.as_str().into_datum().expect("text")))
+            .zip(shapes)
+            .filter(|(c, _)| !table.exclude.contains(c))
+            .map(|(c, (attnum, typlen, byval))| Column {
+                name: c.clone(),
+                name_text: c.as_str().into_datum().expect("text"),
+                attnum,
+                typlen,
+                byval,
+            })
             .collect();
         RowShape {
             to_jsonb,
@@ -318,16 +336,22 @@ impl RowShape {
         };
         let mut unchanged: Vec<&str> = self.exclude_names.iter().map(String::as_str).collect();
         let mut any_changed = false;
-        for (name, datum) in &self.columns {
-            let same = match (field(old_full, *datum), field(new_full, *datum)) {
-                (Some(a), Some(b)) => {
-                    direct_function_call::<bool>(pg_sys::jsonb_eq, &[Some(a), Some(b)])
-                        .unwrap_or(false)
-                }
-                _ => false,
-            };
+        for col in &self.columns {
+            // Identical bits make identical jsonb; only values that differ in their bits are
+            // compared as jsonb (1.0 and 1.00 are the same jsonb number).
+            let same = same_bits(old, new, col)
+                || match (
+                    field(old_full, col.name_text),
+                    field(new_full, col.name_text),
+                ) {
+                    (Some(a), Some(b)) => {
+                        direct_function_call::<bool>(pg_sys::jsonb_eq, &[Some(a), Some(b)])
+                            .unwrap_or(false)
+                    }
+                    _ => false,
+                };
             if same {
-                unchanged.push(name);
+                unchanged.push(&col.name);
             } else {
                 any_changed = true;
             }
@@ -348,6 +372,42 @@ impl RowShape {
             new_row,
         }
     }
+}
+
+/// Whether a column holds the same bits in both rows (both NULL counts). False whenever it
+/// cannot tell cheaply (toasted, compressed, or differently sized headers).
+unsafe fn same_bits(
+    a: *mut pg_sys::TupleTableSlot,
+    b: *mut pg_sys::TupleTableSlot,
+    col: &Column,
+) -> bool {
+    let (mut a_null, mut b_null) = (false, false);
+    let x = pg_sys::slot_getattr(a, col.attnum, &mut a_null);
+    let y = pg_sys::slot_getattr(b, col.attnum, &mut b_null);
+    if a_null || b_null {
+        return a_null && b_null;
+    }
+    if col.byval {
+        return x == y;
+    }
+    let (p, q) = (x.cast_mut_ptr::<u8>(), y.cast_mut_ptr::<u8>());
+    let len = match col.typlen {
+        n if n > 0 => n as usize,
+        -1 => {
+            let (v, w) = (p.cast::<pg_sys::varlena>(), q.cast::<pg_sys::varlena>());
+            let plain = |v| !pgrx::varatt_is_1b_e(v) && !pgrx::varatt_is_4b_c(v);
+            if !plain(v) || !plain(w) || pgrx::varatt_is_1b(v) != pgrx::varatt_is_1b(w) {
+                return false;
+            }
+            let n = pgrx::varsize_any(v);
+            if n != pgrx::varsize_any(w) {
+                return false;
+            }
+            n
+        }
+        _ => return false,
+    };
+    std::slice::from_raw_parts(p, len) == std::slice::from_raw_parts(q, len)
 }
 
 /// Inserts into one of pg_tenancy's own tables without SQL: an executor state for one result
@@ -501,7 +561,6 @@ struct Writer {
     app: (Datum, Vec<u8>),
     client: Option<(Datum, Vec<u8>)>,
     txid: i64,
-    epoch: Datum,
 }
 
 impl Writer {
@@ -541,7 +600,6 @@ impl Writer {
             app: text(&app),
             client,
             txid: pg_sys::GetTopFullTransactionId().value as i64,
-            epoch: "epoch".into_datum().expect("text"),
         }
     }
 
@@ -551,11 +609,6 @@ impl Writer {
             direct_function_call(pg_sys::nextval_oid, &[self.seq.into_datum()]).expect("nextval");
         let at = pg_sys::GetCurrentTimestamp();
         let at_datum = Datum::from(at);
-        let epoch = direct_function_call_as_datum(
-            pg_sys::extract_timestamptz,
-            &[Some(self.epoch), Some(at_datum)],
-        )
-        .expect("epoch");
         let cstr = |f: unsafe fn(pg_sys::FunctionCallInfo) -> Datum, d: Datum| {
             let p = direct_function_call_as_datum(f, &[Some(d)]).expect("cstring");
             CStr::from_ptr(p.cast_mut_ptr()).to_bytes().to_vec()
@@ -568,7 +621,7 @@ impl Writer {
         let tenant_text = tenant.map(|t| t.hyphenated().to_string().into_bytes());
         let (id_text, epoch_text, txid_text) = (
             id.to_string().into_bytes(),
-            cstr(pg_sys::numeric_out, epoch),
+            epoch_text(at).into_bytes(),
             self.txid.to_string().into_bytes(),
         );
         let hash = record_hash(&[
@@ -670,6 +723,19 @@ unsafe fn attribute_index(desc: pg_sys::TupleDesc, name: &CStr) -> usize {
             !(*a).attisdropped && CStr::from_ptr((*a).attname.data.as_ptr()) == name
         })
         .unwrap_or_else(|| pgrx::error!("pg_tenancy: column {} is missing", name.to_string_lossy()))
+}
+
+/// `extract(epoch FROM ts)::text` of PostgreSQL 14 and later: a numeric with exactly six
+/// decimals ("1795341600.500000"). `ts` is in microseconds since 2000-01-01 UTC.
+pub fn epoch_text(ts: i64) -> String {
+    const UNIX_TO_PG_EPOCH_US: i64 = 946_684_800_000_000;
+    let us = ts + UNIX_TO_PG_EPOCH_US;
+    let (sign, abs) = if us < 0 {
+        ("-", us.unsigned_abs())
+    } else {
+        ("", us as u64)
+    };
+    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
 }
 
 /// SHA-256 over `quote_nullable(f1) || '|' || quote_nullable(f2) ...`, the bytes

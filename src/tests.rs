@@ -192,3 +192,30 @@ fn record_hash_matches_sql() {
         assert_eq!(rust, sql, "case {table:?} {subject:?} {row:?} {app:?} {addr:?}");
     }
 }
+
+/// The writer formats occurred_at for the hash as `extract(epoch FROM occurred_at)::text`
+/// does, also before 1970, on whole seconds and at microsecond precision.
+#[pg_test]
+fn epoch_text_matches_sql() {
+    for ts in [
+        "2026-11-22 10:00:00.5+00",
+        "2026-11-22 10:00:00+00",
+        "2026-11-22 10:00:00.000001+00",
+        "1970-01-01 00:00:00+00",
+        "1969-12-31 23:59:59.5+00",
+        "1900-06-01 12:34:56.789012+00",
+        "2000-01-01 00:00:00+00",
+    ] {
+        let (sql, micros) = Spi::get_two_with_args::<String, i64>(
+            "SELECT extract(epoch FROM $1::timestamptz)::text, \
+                    ((extract(epoch FROM $1::timestamptz) - 946684800) * 1000000)::bigint",
+            &[ts.into()],
+        )
+        .unwrap();
+        assert_eq!(
+            crate::audit_writer::epoch_text(micros.unwrap()),
+            sql.unwrap(),
+            "{ts}"
+        );
+    }
+}
