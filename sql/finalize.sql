@@ -182,13 +182,25 @@ tenant_columns AS (
     UNION SELECT 'tenant_id'::name
     UNION SELECT tenant_column FROM tenancy.auto_protect_schema
 ),
+-- Views and materialized views reading a protected table (base), directly or through views.
 dependents AS (
-    SELECT DISTINCT v.oid AS dep, v.relkind, d.refobjid AS base
-      FROM pg_rewrite rw
-      JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
-                      AND d.refclassid = 'pg_class'::regclass
-      JOIN pg_class v ON v.oid = rw.ev_class
-     WHERE d.refobjid IN (SELECT relid FROM prot) AND v.oid <> d.refobjid AND v.relkind IN ('v', 'm')
+    WITH RECURSIVE reads(dep, relkind, base) AS (
+        SELECT v.oid, v.relkind, d.refobjid
+          FROM pg_rewrite rw
+          JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+                          AND d.refclassid = 'pg_class'::regclass
+          JOIN pg_class v ON v.oid = rw.ev_class
+         WHERE d.refobjid IN (SELECT relid FROM prot) AND v.oid <> d.refobjid AND v.relkind IN ('v', 'm')
+        UNION
+        SELECT v.oid, v.relkind, r.base
+          FROM reads r
+          JOIN pg_depend d ON d.refobjid = r.dep AND d.classid = 'pg_rewrite'::regclass
+                          AND d.refclassid = 'pg_class'::regclass
+          JOIN pg_rewrite rw ON rw.oid = d.objid
+          JOIN pg_class v ON v.oid = rw.ev_class
+         WHERE r.relkind = 'v' AND v.oid <> r.dep AND v.relkind IN ('v', 'm')
+    )
+    SELECT DISTINCT dep, relkind, base FROM reads
 )
 -- 1. Protected tables whose state differs from what protect() recorded.
 SELECT 'error', 'protection_drift', p.relid::text,

@@ -2,8 +2,9 @@
 //! and tamper-evident.
 //!
 //! - Changes to protected tables are recorded by statement-level AFTER triggers with
-//!   transition tables (one INSERT ... SELECT per statement, however many rows); UPDATE
-//!   entries keep the changed columns only; `audit_exclude` columns never reach the trail.
+//!   transition tables; `src/audit_writer.rs` forms and inserts the records without SQL.
+//!   UPDATE entries keep the changed columns only; `audit_exclude` columns never reach the
+//!   trail.
 //! - Management actions are ADMIN entries.
 //! - Every record carries `row_hash`, SHA-256 over the whole record including its id, computed
 //!   by the writer (a row inserted by hand has none, or a wrong one).
@@ -253,7 +254,7 @@ fn link_pending() {
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     // SAFETY: in the committing transaction; closed below.
     let mut chain_table =
-        unsafe { crate::audit_writer::SimpleInsert::open(c"audit_chain", &CHAIN_COLUMNS) };
+        unsafe { crate::audit_writer::SimpleInsert::open(c"audit_chain", &CHAIN_COLUMNS, 0) };
     let mut i = 0;
     while i < pending.len() {
         let tenant = pending[i].tenant;
@@ -402,8 +403,8 @@ fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
 }
 
 /// Statement-level AFTER INSERT/UPDATE/DELETE trigger of protected tables (transition tables
-/// `tenancy_new` / `tenancy_old`). One INSERT ... SELECT per statement, through a plan kept per
-/// table and operation.
+/// `tenancy_new` / `tenancy_old`): records every row through `audit_writer`, with the table's
+/// audit settings cached per relcache epoch.
 #[pg_trigger]
 fn _audit<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,

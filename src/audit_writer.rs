@@ -94,7 +94,7 @@ pub unsafe fn record_statement(
         let rel = (*td).tg_relation;
         let shape = RowShape::new(rel, table);
         let mut writer = Writer::open(table.name, op, actor);
-        let old_rows = (op == Op::Update).then(|| Reader::new(old_ts, rel));
+        let mut old_rows = (op == Op::Update).then(|| Reader::new(old_ts, rel));
         let mut new_rows = Reader::new(source, rel);
         let row_cxt = pg_sys::AllocSetContextCreateExtended(
             pg_sys::CurrentMemoryContext,
@@ -104,7 +104,6 @@ pub unsafe fn record_statement(
             pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         );
         let mut out = Vec::with_capacity(pg_sys::tuplestore_tuple_count(source) as usize);
-        let mut old_rows = old_rows;
         while new_rows.next() {
             let old = match old_rows.as_mut() {
                 Some(r) => {
@@ -419,17 +418,18 @@ pub struct SimpleInsert {
     slot: *mut pg_sys::TupleTableSlot,
     /// Attribute index of each named column.
     att: Vec<usize>,
-    /// Row triggers or stored generated columns were added to the table: take the executor's
-    /// full path (ExecSimpleRelationInsert) for every row.
+    /// Row triggers, CHECK constraints or stored generated columns were added to the table:
+    /// take the executor's full path (ExecSimpleRelationInsert) for every row.
     full_path: bool,
 }
 
 impl SimpleInsert {
-    /// Open `tenancy.<table>` for inserting the named columns.
+    /// Open `tenancy.<table>` for inserting the named columns. `own_checks` is the number of
+    /// CHECK constraints pg_tenancy gave the table (values it always satisfies).
     ///
     /// # Safety
     /// Inside a transaction; the caller closes it with [`SimpleInsert::close`].
-    pub unsafe fn open(table: &CStr, columns: &[&CStr]) -> SimpleInsert {
+    pub unsafe fn open(table: &CStr, columns: &[&CStr], own_checks: u16) -> SimpleInsert {
         let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
         let relid = pg_sys::get_relname_relid(table.as_ptr(), nsp);
         if relid == pg_sys::InvalidOid {
@@ -478,7 +478,8 @@ impl SimpleInsert {
             && ((*trig).trig_insert_before_row
                 || (*trig).trig_insert_after_row
                 || (*trig).trig_insert_instead_row))
-            || (!constr.is_null() && (*constr).has_generated_stored);
+            || (!constr.is_null()
+                && ((*constr).has_generated_stored || (*constr).num_check > own_checks));
         SimpleInsert {
             rel,
             estate,
@@ -490,9 +491,10 @@ impl SimpleInsert {
     }
 
     /// Insert one row: `values[i]` for the i-th named column (None: NULL); other columns NULL.
-    /// The table's indexes are maintained. Its NOT NULL and CHECK constraints are not
-    /// evaluated (compiling them costs more than the insert, and pg_tenancy fills these
-    /// columns itself), unless row triggers were added: then the executor's full path runs.
+    /// The table's indexes are maintained. pg_tenancy's own NOT NULL and CHECK constraints are
+    /// not evaluated (the CHECK would be compiled again for every statement, and pg_tenancy
+    /// fills these columns itself); when someone added row triggers or CHECK constraints, the
+    /// executor's full path runs them.
     ///
     /// # Safety
     /// Datums must be valid for the columns' types.
@@ -570,7 +572,7 @@ impl Writer {
         if seq == pg_sys::InvalidOid {
             pgrx::error!("pg_tenancy: tenancy.audit_log_id_seq is missing");
         }
-        let log = SimpleInsert::open(c"audit_log", &FIELDS);
+        let log = SimpleInsert::open(c"audit_log", &FIELDS, 1);
         let text = |s: &str| (s.into_datum().expect("text"), s.as_bytes().to_vec());
         let role_c = std::ffi::CString::new(actor.role).expect("role name");
         let role = (

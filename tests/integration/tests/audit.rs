@@ -485,3 +485,79 @@ fn a_record_rewritten_with_a_recomputed_hash_is_detected() {
     assert!(bad.unwrap() <= ids[1], "{detail}");
     assert!(detail.contains("recomputed"), "{detail}");
 }
+
+/// Records are written without SQL, but CHECK constraints and row triggers a DBA adds to the
+/// trail still apply to them (the writer then takes the executor's full insert path).
+#[test]
+fn constraints_and_triggers_added_to_the_trail_apply_to_written_records() {
+    let f = Fixture::new();
+    let mut c = app();
+    let mut su = superuser();
+    let tag = unique("trail");
+    let name = tag.replace('-', "_");
+    c.batch_execute(&format!("SET application_name = '{tag}'"))
+        .unwrap();
+
+    su.batch_execute(&format!(
+        "ALTER TABLE tenancy.audit_log ADD CONSTRAINT {name} CHECK (application_name IS DISTINCT FROM '{tag}') NOT VALID"
+    ))
+    .unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "writer")])
+        .unwrap();
+    let err = c
+        .batch_execute("INSERT INTO it_orders (amount) VALUES (1)")
+        .expect_err("the added CHECK constraint must refuse the record");
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::CHECK_VIOLATION),
+        "{err}"
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    su.batch_execute(&format!(
+        "ALTER TABLE tenancy.audit_log DROP CONSTRAINT {name}"
+    ))
+    .unwrap();
+
+    su.batch_execute(&format!(
+        "CREATE TABLE public.{name} (record_id bigint); \
+         CREATE FUNCTION public.{name}() RETURNS trigger LANGUAGE plpgsql AS \
+           'BEGIN INSERT INTO public.{name} VALUES (NEW.id); RETURN NULL; END'; \
+         CREATE TRIGGER {name} AFTER INSERT ON tenancy.audit_log FOR EACH ROW \
+           WHEN (NEW.application_name = '{tag}') EXECUTE FUNCTION public.{name}()"
+    ))
+    .unwrap();
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (2), (3)",
+        true,
+    );
+    su.batch_execute(&format!(
+        "DROP TRIGGER {name} ON tenancy.audit_log; DROP FUNCTION public.{name}()"
+    ))
+    .unwrap();
+    let seen: Vec<i64> = su
+        .query(
+            &format!("SELECT record_id FROM public.{name} ORDER BY 1"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let written: Vec<i64> = su
+        .query(
+            "SELECT id FROM tenancy.audit_log WHERE application_name = $1 ORDER BY 1",
+            &[&tag],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert_eq!(seen, written, "the added trigger saw every record");
+    su.batch_execute(&format!("DROP TABLE public.{name}"))
+        .unwrap();
+    assert!(verify(&mut su, &f.a).0);
+}

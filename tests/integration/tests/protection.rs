@@ -311,6 +311,19 @@ fn verify_reports_each_hazard_with_a_working_fix() {
     hazard(
         &mut su,
         &s,
+        // Also through a view: the materialized view stores the protected table's rows all
+        // the same.
+        &format!(
+            "CREATE TABLE {s}.older2 (tenant_id uuid NOT NULL, id int); \
+                  CREATE VIEW {s}.older2_v WITH (security_invoker = true) AS SELECT * FROM {s}.older2; \
+                  CREATE MATERIALIZED VIEW {s}.mv2 AS SELECT * FROM {s}.older2_v; \
+                  SELECT tenancy.protect('{s}.older2')"
+        ),
+        "materialized_view",
+    );
+    hazard(
+        &mut su,
+        &s,
         &format!("CREATE FUNCTION {s}.peek() RETURNS bigint LANGUAGE sql SECURITY DEFINER AS 'SELECT count(*) FROM {s}.parent'"),
         "security_definer_function",
     );
