@@ -3,9 +3,12 @@
 //! `protect` enables and forces row security and generates, for a table and each of its
 //! partitions:
 //! - `tenancy_isolation`, RESTRICTIVE, FOR ALL: the tenant column equals the bound tenant;
-//! - `tenancy_select|insert|update|delete`, PERMISSIVE, per command: the same tenant condition
-//!   ANDed with the bound roles' privilege (so isolation holds even where RESTRICTIVE policies
-//!   are re-created as permissive, as Citus does on shards).
+//! - `tenancy_select|update|delete`, PERMISSIVE, per command: the tenant column equals
+//!   `tenancy.allowed_tenant(table, privilege)`, the bound tenant when the bound roles hold the
+//!   privilege (42501 otherwise); `tenancy_insert`: the tenant condition ANDed with
+//!   `tenancy.allows(table, 'insert')`. Every permissive policy carries the tenant condition,
+//!   so isolation holds even where RESTRICTIVE policies are re-created as permissive, as Citus
+//!   does on shards.
 //!
 //! The binding and the privilege are read through scalar subqueries, which PostgreSQL plans as
 //! InitPlans: evaluated once per statement, in the leader of a parallel query, and usable as
@@ -121,6 +124,9 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
     let lit = quote_literal(t);
     let tenant = format!("{c} = (SELECT tenancy.current_tenant())");
     let allows = |p: &str| format!("(SELECT tenancy.allows({lit}::regclass, '{p}'))");
+    // One InitPlan for the tenant and the privilege (fewer subplans to plan per statement).
+    let allowed_tenant =
+        |p: &str| format!("{c} = (SELECT tenancy.allowed_tenant({lit}::regclass, '{p}'))");
     let mut sql = vec![
         format!("ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT tenancy.current_tenant()"),
         format!("ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL"),
@@ -134,8 +140,8 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
         "CREATE POLICY tenancy_isolation ON {t} AS RESTRICTIVE FOR ALL TO PUBLIC USING ({tenant}) WITH CHECK ({tenant})"
     ));
     sql.push(format!(
-        "CREATE POLICY tenancy_select ON {t} FOR SELECT TO PUBLIC USING ({tenant} AND {})",
-        allows("select")
+        "CREATE POLICY tenancy_select ON {t} FOR SELECT TO PUBLIC USING ({})",
+        allowed_tenant("select")
     ));
     // A row for another tenant fails the check through _cross_tenant_write, which logs the
     // security event and raises a clear error; for the bound tenant's rows the OR
@@ -146,12 +152,12 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
         allows("insert")
     ));
     sql.push(format!(
-        "CREATE POLICY tenancy_update ON {t} FOR UPDATE TO PUBLIC USING ({tenant} AND {}) WITH CHECK {own_row}",
-        allows("update")
+        "CREATE POLICY tenancy_update ON {t} FOR UPDATE TO PUBLIC USING ({}) WITH CHECK {own_row}",
+        allowed_tenant("update")
     ));
     sql.push(format!(
-        "CREATE POLICY tenancy_delete ON {t} FOR DELETE TO PUBLIC USING ({tenant} AND {})",
-        allows("delete")
+        "CREATE POLICY tenancy_delete ON {t} FOR DELETE TO PUBLIC USING ({})",
+        allowed_tenant("delete")
     ));
     if !info.has_tenant_index {
         sql.push(format!("CREATE INDEX ON {t} ({c})"));

@@ -115,3 +115,19 @@ fn allows(tbl: pg_sys::Oid, privilege: &str) -> bool {
         ),
     )
 }
+
+/// The bound tenant when the bound roles hold `privilege` on `tbl`; otherwise ERROR 42501 as
+/// [`allows`]. The read, update and delete policies compare the tenant column with it, so one
+/// InitPlan per policy carries both the tenant and the privilege.
+#[pg_extern(
+    stable,
+    parallel_restricted,
+    sql = r#"
+CREATE FUNCTION tenancy.allowed_tenant("tbl" regclass, "privilege" text)
+RETURNS uuid STRICT STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'allowed_tenant_wrapper';
+"#
+)]
+fn allowed_tenant(tbl: pg_sys::Oid, privilege: &str) -> pgrx::Uuid {
+    allows(tbl, privilege);
+    crate::binding::with_required(|b| catalog::to_pg_uuid(b.tenant))
+}
