@@ -150,6 +150,10 @@ class Bench:
                 order = variants if r % 2 == 0 else list(reversed(variants))
                 for v in order:
                     seconds = self.args.seconds * (2 if w in ("seqscan", "bulk") else 1)
+                    # Each run starts with no dirty buffers left by the one before (a
+                    # checkpoint in the middle of a run would charge one variant for another's
+                    # writes); autovacuum is off in the bench cluster for the same reason.
+                    self.psql("CHECKPOINT", db="postgres")
                     tps = self.pgbench(w, v, ntenants, nrows, seconds)
                     results.setdefault((w, v), []).append(tps)
                     print(f"  {w:<10} {v:<8} run {r + 1}: {tps:10.1f} tps", flush=True)

@@ -19,7 +19,9 @@ work_mem = '16MB'
 maintenance_work_mem = '256MB'
 effective_cache_size = '4GB'
 max_parallel_workers_per_gather = 0
-jit = off"
+jit = off
+autovacuum = off
+max_wal_size = '8GB'"
 
 if [ "$SMOKE" = 1 ]; then
     ensure_deps
