@@ -219,10 +219,16 @@ impl RowShape {
             live.push(name);
         }
         if tenant_attnum == 0 {
-            pgrx::error!(
-                "pg_tenancy: tenant column \"{}\" of {} is missing",
-                table.tenant_column,
-                table.name
+            crate::errors::raise(
+                crate::errors::NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "tenant column \"{}\" of table {} is missing",
+                    table.tenant_column, table.name
+                ),
+                format!(
+                    "Protect the table again: SELECT tenancy.protect('{}');",
+                    table.name.replace('\'', "''")
+                ),
             );
         }
         // to_jsonb(anyelement) learns its argument's type from the call expression: give it
@@ -373,6 +379,15 @@ impl RowShape {
     }
 }
 
+/// The trail's own tables were altered by hand: a clear 55000 with the way back.
+fn trail_damaged(what: String) -> ! {
+    crate::errors::raise(
+        crate::errors::NOT_IN_PREREQUISITE_STATE,
+        format!("pg_tenancy cannot write the audit trail: {what}"),
+        "The audit tables are pg_tenancy's; restore them from the extension's definition (or a dump) and retry.",
+    )
+}
+
 /// Whether a column holds the same bits in both rows (both NULL counts). False whenever it
 /// cannot tell cheaply (toasted, compressed, or differently sized headers).
 unsafe fn same_bits(
@@ -433,7 +448,7 @@ impl SimpleInsert {
         let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
         let relid = pg_sys::get_relname_relid(table.as_ptr(), nsp);
         if relid == pg_sys::InvalidOid {
-            pgrx::error!("pg_tenancy: tenancy.{} is missing", table.to_string_lossy());
+            trail_damaged(format!("tenancy.{} is missing", table.to_string_lossy()));
         }
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*rel).rd_att;
@@ -448,11 +463,12 @@ impl SimpleInsert {
                 att[f] = i;
             }
         }
-        if att.contains(&usize::MAX) {
-            pgrx::error!(
-                "pg_tenancy: tenancy.{} lacks one of its columns",
+        if let Some(missing) = att.iter().position(|a| *a == usize::MAX) {
+            trail_damaged(format!(
+                "column {} of tenancy.{} is missing",
+                columns[missing].to_string_lossy(),
                 table.to_string_lossy()
-            );
+            ));
         }
         let estate = pg_sys::CreateExecutorState();
         let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
@@ -570,7 +586,7 @@ impl Writer {
         let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
         let seq = pg_sys::get_relname_relid(c"audit_log_id_seq".as_ptr(), nsp);
         if seq == pg_sys::InvalidOid {
-            pgrx::error!("pg_tenancy: tenancy.audit_log_id_seq is missing");
+            trail_damaged("tenancy.audit_log_id_seq is missing".into());
         }
         let log = SimpleInsert::open(c"audit_log", &FIELDS, 1);
         let text = |s: &str| (s.into_datum().expect("text"), s.as_bytes().to_vec());
@@ -682,7 +698,7 @@ pub unsafe fn newest_chain_entry(tenant: Uuid) -> Option<(i64, Vec<u8>)> {
     let rel = pg_sys::table_open(relid, lock);
     let pkey = pg_sys::RelationGetPrimaryKeyIndex(rel);
     if pkey == pg_sys::InvalidOid {
-        pgrx::error!("pg_tenancy: tenancy.audit_chain has lost its primary key");
+        trail_damaged("tenancy.audit_chain has lost its primary key".into());
     }
     let index = pg_sys::index_open(pkey, lock);
     let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
@@ -724,7 +740,7 @@ unsafe fn attribute_index(desc: pg_sys::TupleDesc, name: &CStr) -> usize {
             let a = (*desc).attrs.as_ptr().add(i);
             !(*a).attisdropped && CStr::from_ptr((*a).attname.data.as_ptr()) == name
         })
-        .unwrap_or_else(|| pgrx::error!("pg_tenancy: column {} is missing", name.to_string_lossy()))
+        .unwrap_or_else(|| trail_damaged(format!("column {} is missing", name.to_string_lossy())))
 }
 
 /// `extract(epoch FROM ts)::text` of PostgreSQL 14 and later: a numeric with exactly six
