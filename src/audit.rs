@@ -254,7 +254,7 @@ fn link_pending() {
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     // SAFETY: in the committing transaction; closed below.
     let mut chain_table =
-        unsafe { crate::audit_writer::SimpleInsert::open(c"audit_chain", &CHAIN_COLUMNS, 0) };
+        unsafe { crate::audit_writer::SimpleInsert::open(c"audit_chain", &CHAIN_COLUMNS, &[]) };
     let mut i = 0;
     while i < pending.len() {
         let tenant = pending[i].tenant;

@@ -439,12 +439,12 @@ pub struct SimpleInsert {
 }
 
 impl SimpleInsert {
-    /// Open `tenancy.<table>` for inserting the named columns. `own_checks` is the number of
-    /// CHECK constraints pg_tenancy gave the table (values it always satisfies).
+    /// Open `tenancy.<table>` for inserting the named columns. `own_checks` names the CHECK
+    /// constraints pg_tenancy gave the table (values it always satisfies).
     ///
     /// # Safety
     /// Inside a transaction; the caller closes it with [`SimpleInsert::close`].
-    pub unsafe fn open(table: &CStr, columns: &[&CStr], own_checks: u16) -> SimpleInsert {
+    pub unsafe fn open(table: &CStr, columns: &[&CStr], own_checks: &[&CStr]) -> SimpleInsert {
         let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
         let relid = pg_sys::get_relname_relid(table.as_ptr(), nsp);
         if relid == pg_sys::InvalidOid {
@@ -452,24 +452,7 @@ impl SimpleInsert {
         }
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*rel).rd_att;
-        let mut att = vec![usize::MAX; columns.len()];
-        for i in 0..(*desc).natts as usize {
-            let a = (*desc).attrs.as_ptr().add(i);
-            if (*a).attisdropped {
-                continue;
-            }
-            let name = CStr::from_ptr((*a).attname.data.as_ptr());
-            if let Some(f) = columns.iter().position(|c| *c == name) {
-                att[f] = i;
-            }
-        }
-        if let Some(missing) = att.iter().position(|a| *a == usize::MAX) {
-            trail_damaged(format!(
-                "column {} of tenancy.{} is missing",
-                columns[missing].to_string_lossy(),
-                table.to_string_lossy()
-            ));
-        }
+        let att = columns.iter().map(|c| attribute_index(rel, c)).collect();
         let estate = pg_sys::CreateExecutorState();
         let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
             .cast::<pg_sys::RangeTblEntry>();
@@ -495,7 +478,11 @@ impl SimpleInsert {
                 || (*trig).trig_insert_after_row
                 || (*trig).trig_insert_instead_row))
             || (!constr.is_null()
-                && ((*constr).has_generated_stored || (*constr).num_check > own_checks));
+                && ((*constr).has_generated_stored
+                    || (0..(*constr).num_check as usize).any(|i| {
+                        let name = CStr::from_ptr((*(*constr).check.add(i)).ccname);
+                        !own_checks.contains(&name)
+                    })));
         SimpleInsert {
             rel,
             estate,
@@ -588,7 +575,7 @@ impl Writer {
         if seq == pg_sys::InvalidOid {
             trail_damaged("tenancy.audit_log_id_seq is missing".into());
         }
-        let log = SimpleInsert::open(c"audit_log", &FIELDS, 1);
+        let log = SimpleInsert::open(c"audit_log", &FIELDS, &[c"audit_log_op_check"]);
         let text = |s: &str| (s.into_datum().expect("text"), s.as_bytes().to_vec());
         let role_c = std::ffi::CString::new(actor.role).expect("role name");
         let role = (
@@ -720,8 +707,8 @@ pub unsafe fn newest_chain_entry(tenant: Uuid) -> Option<(i64, Vec<u8>)> {
         let mut nulls = vec![false; n];
         pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
         let (seq, hash) = (
-            attribute_index(desc, c"seq"),
-            attribute_index(desc, c"chain_hash"),
+            attribute_index(rel, c"seq"),
+            attribute_index(rel, c"chain_hash"),
         );
         (
             i64::from_datum(values[seq], nulls[seq]).unwrap_or(0),
@@ -734,13 +721,22 @@ pub unsafe fn newest_chain_entry(tenant: Uuid) -> Option<(i64, Vec<u8>)> {
     newest
 }
 
-unsafe fn attribute_index(desc: pg_sys::TupleDesc, name: &CStr) -> usize {
+/// Index in `rel`'s tuple descriptor of its live column `name`.
+unsafe fn attribute_index(rel: pg_sys::Relation, name: &CStr) -> usize {
+    let desc = (*rel).rd_att;
     (0..(*desc).natts as usize)
         .find(|&i| {
             let a = (*desc).attrs.as_ptr().add(i);
             !(*a).attisdropped && CStr::from_ptr((*a).attname.data.as_ptr()) == name
         })
-        .unwrap_or_else(|| trail_damaged(format!("column {} is missing", name.to_string_lossy())))
+        .unwrap_or_else(|| {
+            let table = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr());
+            trail_damaged(format!(
+                "column {} of tenancy.{} is missing",
+                name.to_string_lossy(),
+                table.to_string_lossy()
+            ))
+        })
 }
 
 /// `extract(epoch FROM ts)::text` of PostgreSQL 14 and later: a numeric with exactly six
