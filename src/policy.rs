@@ -2,7 +2,9 @@
 //!
 //! `protect` enables and forces row security and generates, for a table and each of its
 //! partitions:
-//! - `tenancy_isolation`, RESTRICTIVE, FOR ALL: the tenant column equals the bound tenant;
+//! - `tenancy_isolation_select|insert|update|delete`, RESTRICTIVE, one per command: the tenant
+//!   column equals the bound tenant (for reads, `allowed_tenant` below, so that the restrictive
+//!   and the permissive qual are the same expression and PostgreSQL plans it once);
 //! - `tenancy_select|update|delete`, PERMISSIVE, per command: the tenant column equals
 //!   `tenancy.allowed_tenant(table, privilege)`, the bound tenant when the bound roles hold the
 //!   privilege (42501 otherwise); `tenancy_insert`: the tenant condition ANDed with
@@ -59,8 +61,15 @@ pub fn reset_at_transaction_end() {
     MANAGED_DDL.with(|m| m.set(0));
 }
 
+/// Every policy `protect` generates (and `unprotect` drops). `tenancy_isolation`, the single
+/// FOR ALL restrictive policy of earlier builds, stays in the list so that protecting such a
+/// table again replaces it.
 pub const GENERATED_POLICIES: &[&str] = &[
     "tenancy_isolation",
+    "tenancy_isolation_select",
+    "tenancy_isolation_insert",
+    "tenancy_isolation_update",
+    "tenancy_isolation_delete",
     "tenancy_select",
     "tenancy_insert",
     "tenancy_update",
@@ -136,8 +145,25 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
     for p in GENERATED_POLICIES {
         sql.push(format!("DROP POLICY IF EXISTS {p} ON {t}"));
     }
+    // The RESTRICTIVE policies, one per command, confine every command to the bound tenant
+    // whatever permissive policies a DBA adds. Their USING expressions are the permissive
+    // policies' own, character for character: PostgreSQL then keeps one copy of the qual
+    // (the rewriter appends security quals uniquely), so a read plans one InitPlan and no
+    // one-time filter comparing two of them.
     sql.push(format!(
-        "CREATE POLICY tenancy_isolation ON {t} AS RESTRICTIVE FOR ALL TO PUBLIC USING ({tenant}) WITH CHECK ({tenant})"
+        "CREATE POLICY tenancy_isolation_select ON {t} AS RESTRICTIVE FOR SELECT TO PUBLIC USING ({})",
+        allowed_tenant("select")
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_isolation_insert ON {t} AS RESTRICTIVE FOR INSERT TO PUBLIC WITH CHECK ({tenant})"
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_isolation_update ON {t} AS RESTRICTIVE FOR UPDATE TO PUBLIC USING ({}) WITH CHECK ({tenant})",
+        allowed_tenant("update")
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_isolation_delete ON {t} AS RESTRICTIVE FOR DELETE TO PUBLIC USING ({})",
+        allowed_tenant("delete")
     ));
     sql.push(format!(
         "CREATE POLICY tenancy_select ON {t} FOR SELECT TO PUBLIC USING ({})",

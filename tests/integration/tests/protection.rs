@@ -48,10 +48,10 @@ fn guard_refuses_weakening_even_for_superusers_and_owners() {
         for ddl in [
             format!("ALTER TABLE {s}.t DISABLE ROW LEVEL SECURITY"),
             format!("ALTER TABLE {s}.t NO FORCE ROW LEVEL SECURITY"),
-            format!("DROP POLICY tenancy_isolation ON {s}.t"),
+            format!("DROP POLICY tenancy_isolation_select ON {s}.t"),
             format!("DROP POLICY tenancy_select ON {s}.t"),
             format!("ALTER POLICY tenancy_select ON {s}.t USING (true)"),
-            format!("ALTER POLICY tenancy_isolation ON {s}.t RENAME TO x"),
+            format!("ALTER POLICY tenancy_isolation_select ON {s}.t RENAME TO x"),
             format!("CREATE POLICY open ON {s}.t FOR SELECT USING (true)"),
             format!("ALTER TABLE {s}.t DROP COLUMN tenant_id CASCADE"),
             format!("ALTER TABLE {s}.t ALTER COLUMN tenant_id TYPE text"),
@@ -414,4 +414,95 @@ fn verify_is_for_operators() {
     expect_err(&mut a, "SELECT * FROM tenancy.verify()", &["42501"]);
     let mut op = connect(OPERATOR);
     op.query("SELECT * FROM tenancy.verify()", &[]).unwrap();
+}
+
+/// The RESTRICTIVE policies, not the permissive ones, are what confine each command. A
+/// permissive `USING (true)` policy slipped in past the guard (here by a superuser in restore
+/// mode, as a Citus-style re-creation or a hand-restored dump could) widens nothing: for each
+/// of SELECT, INSERT, UPDATE and DELETE the session still reaches only its own tenant's rows.
+#[test]
+fn restrictive_policies_confine_every_command_even_beside_an_open_permissive_policy() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let s = schema(&mut su);
+    su.batch_execute(&format!(
+        "CREATE TABLE {s}.t (tenant_id uuid, id int, name text);
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.t TO {APP};
+         SELECT tenancy.protect('{s}.t');"
+    ))
+    .unwrap();
+    let mut c = app();
+    for t in [&f.a, &f.b] {
+        bound_tx(&mut c, &f, t, true, |c| {
+            c.execute(
+                &format!("INSERT INTO {s}.t (id, name) SELECT g, $1 || '-secret-' || g FROM generate_series(1, 3) g"),
+                &[t],
+            )
+            .unwrap();
+        });
+    }
+    // Restore mode lets a superuser past the guard; the open policy covers every command.
+    su.batch_execute(&format!(
+        "SET row_security = off;
+         CREATE POLICY open_all ON {s}.t FOR ALL TO PUBLIC USING (true) WITH CHECK (true);
+         RESET row_security;"
+    ))
+    .unwrap();
+
+    bound_tx(&mut c, &f, &f.a, false, |c| {
+        let names = texts(c, &format!("SELECT name FROM {s}.t"));
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_only(&names, &f.a);
+        // Statements that read no column need no SELECT policy: only the UPDATE or DELETE
+        // policies stand between them and the other tenant's rows.
+        for sql in [
+            format!("UPDATE {s}.t SET name = name || '!'"),
+            format!("UPDATE {s}.t SET name = 'overwritten'"),
+        ] {
+            let n = c.execute(&sql, &[]).unwrap();
+            assert_eq!(n, 3, "{sql} reached another tenant's rows");
+        }
+        let deleted = c
+            .execute(
+                &format!("DELETE FROM {s}.t WHERE name LIKE $1"),
+                &[&format!("{}-%", f.b)],
+            )
+            .unwrap();
+        assert_eq!(deleted, 0, "DELETE reached another tenant's rows");
+        let deleted = c.execute(&format!("DELETE FROM {s}.t"), &[]).unwrap();
+        assert_eq!(deleted, 3, "DELETE reached another tenant's rows");
+        let e = c
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.t (tenant_id, id, name) VALUES ($1::text::uuid, 9, 'planted')"
+                ),
+                &[&f.b_id],
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    });
+    // Moving an own row to the other tenant is refused too.
+    bound_tx(&mut c, &f, &f.a, false, |c| {
+        let e = c
+            .execute(
+                &format!("UPDATE {s}.t SET tenant_id = $1::text::uuid"),
+                &[&f.b_id],
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    });
+    let b_rows: i64 = su
+        .query_one(
+            &format!("SELECT count(*) FROM {s}.t WHERE tenant_id = $1::text::uuid AND name LIKE '%-secret-_'"),
+            &[&f.b_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(b_rows, 3);
+    // verify() reports the slipped-in policy as drift from the recorded digest.
+    let f2 = findings(&mut su, &s);
+    assert!(
+        f2.iter().any(|x| x.0 == "error"),
+        "verify() did not report the extra policy: {f2:?}"
+    );
 }

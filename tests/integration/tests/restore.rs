@@ -171,7 +171,7 @@ fn dump_and_restore(target: Cluster) {
         .unwrap();
     expect_err(
         &mut d,
-        "DROP POLICY tenancy_isolation ON public.docs",
+        "DROP POLICY tenancy_isolation_select ON public.docs",
         &["42501"],
     );
     let errors: Vec<String> = d
