@@ -35,6 +35,8 @@ struct Pending {
 thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static PURGING: Cell<bool> = const { Cell::new(false) };
+    /// Tenants whose chain lock this transaction took (released at XACT_EVENT_COMMIT).
+    static CHAIN_LOCKED: RefCell<Vec<Uuid>> = const { RefCell::new(Vec::new()) };
     /// Bumped by every relcache invalidation: cached audit settings and plans are rebuilt.
     static EPOCH: Cell<u64> = const { Cell::new(1) };
     /// Per table: its audit settings, with the epoch they were read at.
@@ -63,17 +65,21 @@ const GENESIS: [u8; 32] = [0; 32];
 /// and 2 there, so no session can take (and hold) a tenant's chain lock to stall its commits.
 const CHAIN_LOCK_FIELD4: u16 = 0x7465;
 
-/// Serialise the commit-time chain step of one tenant's writers (transaction lock).
-fn lock_chain(tenant: Uuid) {
+fn chain_lock_tag(tenant: Uuid) -> pg_sys::LOCKTAG {
     let b = tenant.as_bytes();
-    let tag = pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
         locktag_field3: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
         locktag_field4: CHAIN_LOCK_FIELD4,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
+    }
+}
+
+/// Serialise the commit-time chain step of one tenant's writers (transaction lock).
+fn lock_chain(tenant: Uuid) {
+    let tag = chain_lock_tag(tenant);
     unsafe {
         pg_sys::LockAcquire(
             &tag,
@@ -82,6 +88,19 @@ fn lock_chain(tenant: Uuid) {
             false,
         )
     };
+    CHAIN_LOCKED.with(|l| l.borrow_mut().push(tenant));
+}
+
+/// At XACT_EVENT_COMMIT the commit record is written (and flushed, as synchronous_commit
+/// asks) and the transaction is visible to new snapshots, so the next committer of the tenant
+/// reads this transaction's chain entry as the head. The chain locks can go now rather than
+/// after the resource-owner clean-up that follows; that shortens the one-tenant critical
+/// section. (A prepared transaction keeps them until COMMIT PREPARED.)
+fn release_chain_locks() {
+    for tenant in CHAIN_LOCKED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
+        let tag = chain_lock_tag(tenant);
+        unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };
+    }
 }
 
 pub fn init() {
@@ -99,7 +118,15 @@ unsafe extern "C-unwind" fn xact_callback(
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => link_pending(),
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+        XACT_EVENT_COMMIT => {
+            release_chain_locks();
+            PENDING.with(|p| p.borrow_mut().clear());
+            PURGING.with(|p| p.set(false));
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+            // Aborted or prepared: the locks go with the transaction (or stay with the
+            // prepared one).
+            CHAIN_LOCKED.with(|l| l.borrow_mut().clear());
             PENDING.with(|p| p.borrow_mut().clear());
             PURGING.with(|p| p.set(false));
         }
