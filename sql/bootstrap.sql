@@ -98,7 +98,7 @@ CREATE TABLE tenancy.audit_log (
     row_key          jsonb,
     old_row          jsonb,
     new_row          jsonb,
-    db_role          name        NOT NULL,
+    db_role          text        NOT NULL,
     subject          text,
     application_name text,
     client_addr      inet,

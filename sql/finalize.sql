@@ -367,7 +367,7 @@ GRANT EXECUTE ON FUNCTION tenancy.enter_support(text) TO tenancy_operator;
 -- body is not is never inlined. Not inlined, the SQL function is parsed and planned again at
 -- every audited statement (measured: about 95 microseconds each). 04_audit checks the plan.
 CREATE FUNCTION tenancy._audit_hash(id bigint, tenant_id uuid, occurred_at timestamptz, txid bigint,
-        table_name text, op text, row_key jsonb, old_row jsonb, new_row jsonb, db_role name,
+        table_name text, op text, row_key jsonb, old_row jsonb, new_row jsonb, db_role text,
         subject text, application_name text, client_addr inet)
 RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE
 AS $$

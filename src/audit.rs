@@ -260,13 +260,13 @@ fn checkpoint_plan() -> pg_sys::SPIPlanPtr {
 }
 
 /// The chain entry's columns, in the order link_pending gives them.
-const CHAIN_COLUMNS: [&std::ffi::CStr; 6] = [
-    c"tenant_id",
-    c"seq",
-    c"record_ids",
-    c"batch_hash",
-    c"prev_hash",
-    c"chain_hash",
+const CHAIN_COLUMNS: [(&std::ffi::CStr, pg_sys::Oid); 6] = [
+    (c"tenant_id", pg_sys::UUIDOID),
+    (c"seq", pg_sys::INT8OID),
+    (c"record_ids", pg_sys::INT8ARRAYOID),
+    (c"batch_hash", pg_sys::BYTEAOID),
+    (c"prev_hash", pg_sys::BYTEAOID),
+    (c"chain_hash", pg_sys::BYTEAOID),
 ];
 
 /// Link this transaction's records into their tenants' chains (PRE_COMMIT).
@@ -374,7 +374,7 @@ pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: ser
     let sql = format!(
         "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
            SELECT {CONTEXT}, $1::uuid AS tenant_id, {CONTEXT_TAIL}, $5::text AS table_name, $6::text AS op, \
-                  NULL::jsonb AS row_key, NULL::jsonb AS old_row, $2::jsonb AS new_row, $3::name AS db_role, \
+                  NULL::jsonb AS row_key, NULL::jsonb AS old_row, $2::jsonb AS new_row, $3::text AS db_role, \
                   $4::text AS subject, {SESSION_TAIL}) s \
          RETURNING id, tenant_id, row_hash"
     );

@@ -56,22 +56,23 @@ impl Op {
     }
 }
 
-/// The audit_log columns the writer fills, in `tenancy._audit_hash` order, then row_hash.
-const FIELDS: [&CStr; 14] = [
-    c"id",
-    c"tenant_id",
-    c"occurred_at",
-    c"txid",
-    c"table_name",
-    c"op",
-    c"row_key",
-    c"old_row",
-    c"new_row",
-    c"db_role",
-    c"subject",
-    c"application_name",
-    c"client_addr",
-    c"row_hash",
+/// The audit_log columns the writer fills, in `tenancy._audit_hash` order, then row_hash, with
+/// the type each must have.
+const FIELDS: [(&CStr, pg_sys::Oid); 14] = [
+    (c"id", pg_sys::INT8OID),
+    (c"tenant_id", pg_sys::UUIDOID),
+    (c"occurred_at", pg_sys::TIMESTAMPTZOID),
+    (c"txid", pg_sys::INT8OID),
+    (c"table_name", pg_sys::TEXTOID),
+    (c"op", pg_sys::TEXTOID),
+    (c"row_key", pg_sys::JSONBOID),
+    (c"old_row", pg_sys::JSONBOID),
+    (c"new_row", pg_sys::JSONBOID),
+    (c"db_role", pg_sys::TEXTOID),
+    (c"subject", pg_sys::TEXTOID),
+    (c"application_name", pg_sys::TEXTOID),
+    (c"client_addr", pg_sys::INETOID),
+    (c"row_hash", pg_sys::BYTEAOID),
 ];
 
 /// Record every row of the firing statement's transition tables. Runs as the catalog owner.
@@ -444,7 +445,11 @@ impl SimpleInsert {
     ///
     /// # Safety
     /// Inside a transaction; the caller closes it with [`SimpleInsert::close`].
-    pub unsafe fn open(table: &CStr, columns: &[&CStr], own_checks: &[&CStr]) -> SimpleInsert {
+    pub unsafe fn open(
+        table: &CStr,
+        columns: &[(&CStr, pg_sys::Oid)],
+        own_checks: &[&CStr],
+    ) -> SimpleInsert {
         let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
         let relid = pg_sys::get_relname_relid(table.as_ptr(), nsp);
         if relid == pg_sys::InvalidOid {
@@ -452,7 +457,10 @@ impl SimpleInsert {
         }
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let desc = (*rel).rd_att;
-        let att = columns.iter().map(|c| attribute_index(rel, c)).collect();
+        let att = columns
+            .iter()
+            .map(|&(c, typ)| attribute_index(rel, c, typ))
+            .collect();
         let estate = pg_sys::CreateExecutorState();
         let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
             .cast::<pg_sys::RangeTblEntry>();
@@ -577,12 +585,7 @@ impl Writer {
         }
         let log = SimpleInsert::open(c"audit_log", &FIELDS, &[c"audit_log_op_check"]);
         let text = |s: &str| (s.into_datum().expect("text"), s.as_bytes().to_vec());
-        let role_c = std::ffi::CString::new(actor.role).expect("role name");
-        let role = (
-            direct_function_call_as_datum(pg_sys::namein, &[role_c.as_c_str().into_datum()])
-                .expect("name"),
-            actor.role.as_bytes().to_vec(),
-        );
+        let role = text(actor.role);
         let app = if pg_sys::application_name.is_null() {
             String::new()
         } else {
@@ -707,8 +710,8 @@ pub unsafe fn newest_chain_entry(tenant: Uuid) -> Option<(i64, Vec<u8>)> {
         let mut nulls = vec![false; n];
         pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
         let (seq, hash) = (
-            attribute_index(rel, c"seq"),
-            attribute_index(rel, c"chain_hash"),
+            attribute_index(rel, c"seq", pg_sys::INT8OID),
+            attribute_index(rel, c"chain_hash", pg_sys::BYTEAOID),
         );
         (
             i64::from_datum(values[seq], nulls[seq]).unwrap_or(0),
@@ -722,21 +725,39 @@ pub unsafe fn newest_chain_entry(tenant: Uuid) -> Option<(i64, Vec<u8>)> {
 }
 
 /// Index in `rel`'s tuple descriptor of its live column `name`.
-unsafe fn attribute_index(rel: pg_sys::Relation, name: &CStr) -> usize {
+unsafe fn attribute_index(rel: pg_sys::Relation, name: &CStr, typ: pg_sys::Oid) -> usize {
     let desc = (*rel).rd_att;
-    (0..(*desc).natts as usize)
+    let table = || CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
+    let i = (0..(*desc).natts as usize)
         .find(|&i| {
             let a = (*desc).attrs.as_ptr().add(i);
             !(*a).attisdropped && CStr::from_ptr((*a).attname.data.as_ptr()) == name
         })
         .unwrap_or_else(|| {
-            let table = CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr());
             trail_damaged(format!(
                 "column {} of tenancy.{} is missing",
                 name.to_string_lossy(),
-                table.to_string_lossy()
+                table()
             ))
-        })
+        });
+    // The writer forms datums of the type it expects: a retyped column would receive bytes
+    // of another type.
+    let found = (*(*desc).attrs.as_ptr().add(i)).atttypid;
+    if found != typ {
+        let shown = |t: pg_sys::Oid| {
+            CStr::from_ptr(pg_sys::format_type_be(t))
+                .to_string_lossy()
+                .into_owned()
+        };
+        trail_damaged(format!(
+            "column {} of tenancy.{} has type {}, expected {}",
+            name.to_string_lossy(),
+            table(),
+            shown(found),
+            shown(typ)
+        ));
+    }
+    i
 }
 
 /// `extract(epoch FROM ts)::text` of PostgreSQL 14 and later: a numeric with exactly six

@@ -219,3 +219,19 @@ fn epoch_text_matches_sql() {
         );
     }
 }
+
+/// The writer forms datums of the types it expects; a trail column retyped by hand (even to a
+/// binary-compatible type) is a clear 55000, never bytes of one type in a column of another.
+#[pg_test(
+    error = "pg_tenancy cannot write the audit trail: column subject of tenancy.audit_log has type character varying, expected text"
+)]
+fn a_retyped_trail_column_is_refused_not_written() {
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run("SET LOCAL client_min_messages = error").unwrap();
+    Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{member}')").unwrap();
+    Spi::run("CREATE TABLE retyped_docs (tenant_id uuid, id int)").unwrap();
+    Spi::run("SELECT tenancy.protect('retyped_docs')").unwrap();
+    Spi::run("INSERT INTO retyped_docs (id) VALUES (1)").unwrap();
+    Spi::run("ALTER TABLE tenancy.audit_log ALTER COLUMN subject TYPE varchar").unwrap();
+    Spi::run("INSERT INTO retyped_docs (id) VALUES (2)").unwrap();
+}
