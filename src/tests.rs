@@ -235,3 +235,20 @@ fn a_retyped_trail_column_is_refused_not_written() {
     Spi::run("ALTER TABLE tenancy.audit_log ALTER COLUMN subject TYPE varchar").unwrap();
     Spi::run("INSERT INTO retyped_docs (id) VALUES (2)").unwrap();
 }
+
+/// A backend resolves the tenants it meets one by one, then (after LOAD_ALL_AFTER of them)
+/// loads the whole catalog: every slug and uuid must resolve the same on both sides of that
+/// switch.
+#[pg_test]
+fn tenants_resolve_the_same_before_and_after_the_catalog_is_loaded_whole() {
+    Spi::run("SELECT tenancy.create_tenant('bulk-' || g) FROM generate_series(1, 80) g").unwrap();
+    for by in ["t.slug", "t.id::text"] {
+        let (n, wrong) = Spi::get_two::<i64, i64>(&format!(
+            "SELECT count(*), count(*) FILTER (WHERE v.tenant IS DISTINCT FROM t.id) \
+               FROM (SELECT * FROM tenancy.tenants WHERE slug LIKE 'bulk-%' ORDER BY slug) t, \
+                    LATERAL tenancy.audit_verify({by}) v"
+        ))
+        .unwrap();
+        assert_eq!((n, wrong), (Some(80), Some(0)), "resolving by {by}");
+    }
+}
