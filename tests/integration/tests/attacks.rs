@@ -129,13 +129,12 @@ fn a_security_definer_function_of_the_table_owner_still_sees_only_the_bound_tena
     // this function; with a non-superuser owner, FORCE ROW LEVEL SECURITY keeps isolation.
     let mut su = superuser();
     let owner = unique("owner").replace('-', "_");
-    su.batch_execute(&format!(
+    serialized_grant(&mut su, &format!(
         "CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS; GRANT SELECT ON it_customers TO {owner}; \
          CREATE FUNCTION public.{owner}_all() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog \
          AS 'SELECT name FROM public.it_customers'; ALTER FUNCTION public.{owner}_all() OWNER TO {owner}; \
          GRANT EXECUTE ON FUNCTION public.{owner}_all() TO {APP}"
-    ))
-    .unwrap();
+    ));
     begin_bound(&mut c, &f, &f.a);
     let names: Vec<String> = c
         .query(&format!("SELECT * FROM public.{owner}_all()"), &[])
@@ -165,12 +164,11 @@ fn a_view_owned_by_a_non_bypass_role_without_security_invoker_still_isolates() {
     let (f, mut c) = two_tenants();
     let mut su = superuser();
     let owner = unique("vowner").replace('-', "_");
-    su.batch_execute(&format!(
+    serialized_grant(&mut su, &format!(
         "CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS; GRANT SELECT ON it_customers TO {owner}; \
          CREATE VIEW public.{owner}_v AS SELECT name FROM public.it_customers; ALTER VIEW public.{owner}_v OWNER TO {owner}; \
          GRANT SELECT ON public.{owner}_v TO {APP}"
-    ))
-    .unwrap();
+    ));
     begin_bound(&mut c, &f, &f.a);
     let names: Vec<String> = c
         .query(&format!("SELECT name FROM public.{owner}_v"), &[])

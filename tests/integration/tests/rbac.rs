@@ -241,10 +241,10 @@ fn stmt_text() -> String {
 fn operators_never_read_tenant_rows_outside_support_access() {
     let f = with_members();
     let mut su = superuser();
-    su.batch_execute(&format!(
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON it_orders TO {OPERATOR}"
-    ))
-    .unwrap();
+    serialized_grant(
+        &mut su,
+        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON it_orders TO {OPERATOR}"),
+    );
     let mut op = connect(OPERATOR);
     assert_not_privileged(&mut op);
     expect_err(&mut op, "SELECT * FROM it_orders", &["42501"]);
@@ -272,10 +272,10 @@ fn operators_never_read_tenant_rows_outside_support_access() {
 fn support_access_is_granted_by_an_admin_bounded_and_expires() {
     let f = with_members();
     let mut su = superuser();
-    su.batch_execute(&format!(
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON it_orders TO {OPERATOR}"
-    ))
-    .unwrap();
+    serialized_grant(
+        &mut su,
+        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON it_orders TO {OPERATOR}"),
+    );
     let mut c = app();
     as_subject(&mut c, &f, &f.a, "ann");
     c.batch_execute("INSERT INTO it_orders (amount) VALUES (7)")

@@ -286,3 +286,11 @@ pub fn leaked(c: &mut Client) -> Vec<String> {
         .unwrap();
     v.lines().map(str::to_string).collect()
 }
+
+/// Run SQL that changes the ACL of a table shared by the tests (GRANT / REVOKE), one test at a
+/// time: two concurrent GRANTs on one relation fail with "tuple concurrently updated". The
+/// batch is one implicit transaction, so the lock is held until it commits.
+pub fn serialized_grant(su: &mut Client, sql: &str) {
+    su.batch_execute(&format!("SELECT pg_advisory_xact_lock(717171); {sql}"))
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+}
