@@ -117,8 +117,9 @@ fn allows(tbl: pg_sys::Oid, privilege: &str) -> bool {
 }
 
 /// The bound tenant when the bound roles hold `privilege` on `tbl`; otherwise ERROR 42501 as
-/// [`allows`]. The read, update and delete policies compare the tenant column with it, so one
-/// InitPlan per policy carries both the tenant and the privilege.
+/// [`allows`]. The read, update and delete policies (restrictive and permissive alike, with the
+/// same expression) compare the tenant column with it, so one InitPlan per table and command
+/// carries both the tenant and the privilege.
 #[pg_extern(
     stable,
     parallel_restricted,
