@@ -66,8 +66,9 @@ install_extension
 
 log "starting a throwaway PostgreSQL $PG_MAJOR cluster on port $PORT"
 # pg_stat_statements is preloaded so the attack suite can show it never exposes another
-# tenant's constants.
-cluster_start "$WORK/cluster" "$PORT" "shared_preload_libraries = 'pg_stat_statements'"
+# tenant's constants; prepared transactions are enabled for the audit chain's lane test.
+cluster_start "$WORK/cluster" "$PORT" "shared_preload_libraries = 'pg_stat_statements'
+max_prepared_transactions = 8"
 export PGHOST="$WORK/cluster" PGPORT="$PORT" PGUSER=postgres
 
 regress() {

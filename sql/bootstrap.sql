@@ -107,31 +107,36 @@ CREATE TABLE tenancy.audit_log (
 ALTER SEQUENCE tenancy.audit_log_id_seq OWNED BY tenancy.audit_log.id;
 CREATE INDEX ON tenancy.audit_log (tenant_id, id);
 
--- The per-tenant hash chain: one entry per committing transaction and tenant, covering its
--- records in id order:
+-- The per-tenant hash chains: one entry per committing transaction and tenant, covering its
+-- records in id order. A tenant has up to 16 chains ("lanes", 0-15): a committing transaction
+-- links into the first lane no other committer of the tenant holds, so concurrent writers of
+-- one tenant do not queue behind each other's commits. Each lane is a chain of its own:
 --   batch_hash = sha256(id_1 || row_hash_1 || id_2 || row_hash_2 ...)   (ids as 8-byte big-endian)
 --   chain_hash = sha256(prev_hash || seq || batch_hash)                  (seq as 8-byte big-endian)
--- The first entry's prev_hash is 32 zero bytes. Platform entries (no tenant) form the chain of
--- the nil uuid.
+-- A lane's first entry has seq 1 and a prev_hash of 32 zero bytes. Platform entries (no
+-- tenant) form the chains of the nil uuid.
 CREATE TABLE tenancy.audit_chain (
     tenant_id  uuid     NOT NULL,
+    lane       smallint NOT NULL CHECK (lane BETWEEN 0 AND 15),
     seq        bigint   NOT NULL,
     record_ids bigint[] NOT NULL,
     batch_hash bytea    NOT NULL,
     prev_hash  bytea    NOT NULL,
     chain_hash bytea    NOT NULL,
-    PRIMARY KEY (tenant_id, seq)
+    PRIMARY KEY (tenant_id, lane, seq)
 );
 
--- Where a purged prefix of a chain ended: verification resumes from here.
+-- Where a purged prefix of a lane ended: verification resumes from here.
 CREATE TABLE tenancy.audit_checkpoint (
-    tenant_id      uuid        PRIMARY KEY,
+    tenant_id      uuid        NOT NULL,
+    lane           smallint    NOT NULL,
     seq            bigint      NOT NULL,
     chain_hash     bytea       NOT NULL,
     last_record_id bigint      NOT NULL,
     purged_records bigint      NOT NULL,
     purged_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    purged_by      name        NOT NULL DEFAULT SESSION_USER
+    purged_by      name        NOT NULL DEFAULT SESSION_USER,
+    PRIMARY KEY (tenant_id, lane)
 );
 REVOKE ALL ON tenancy.audit_log, tenancy.audit_chain, tenancy.audit_checkpoint FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_log', '');

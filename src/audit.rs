@@ -9,10 +9,12 @@
 //! - Every record carries `row_hash`, SHA-256 over the whole record including its id, computed
 //!   by the writer (a row inserted by hand has none, or a wrong one).
 //! - Records are linked per tenant in `tenancy.audit_chain` at PRE_COMMIT of the writing
-//!   transaction: under a per-tenant lock (an advisory tag SQL cannot take) held only from that moment to the end of
-//!   the commit, reading the chain head with the latest snapshot. Concurrent writers of a
-//!   tenant therefore serialise on the commit step only, never for their whole transaction,
-//!   and no committed record is ever unlinked.
+//!   transaction. A tenant has `LANES` chains; the transaction takes the lock of the first lane
+//!   no other committer holds (an advisory tag SQL cannot take), reads that lane's head with
+//!   the latest snapshot, appends its entry and keeps the lock to the end of its commit.
+//!   Concurrent writers of a tenant therefore neither serialise for their whole transaction
+//!   nor queue behind each other's commit (unless more than `LANES` commit at the same
+//!   moment), and no committed record is ever unlinked.
 
 use crate::catalog::{self, to_pg_uuid};
 use crate::errors;
@@ -35,8 +37,8 @@ struct Pending {
 thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static PURGING: Cell<bool> = const { Cell::new(false) };
-    /// Tenants whose chain lock this transaction took (released at XACT_EVENT_COMMIT).
-    static CHAIN_LOCKED: RefCell<Vec<Uuid>> = const { RefCell::new(Vec::new()) };
+    /// (tenant, lane) chain locks this transaction took (released at XACT_EVENT_COMMIT).
+    static CHAIN_LOCKED: RefCell<Vec<(Uuid, i16)>> = const { RefCell::new(Vec::new()) };
     /// Bumped by every relcache invalidation: cached audit settings and plans are rebuilt.
     static EPOCH: Cell<u64> = const { Cell::new(1) };
     /// Per table: its audit settings, with the epoch they were read at.
@@ -61,34 +63,47 @@ pub fn relcache_changed() {
 pub const PLATFORM_CHAIN: Uuid = Uuid::nil();
 /// prev_hash of a chain's first entry.
 const GENESIS: [u8; 32] = [0; 32];
-/// The fourth field of the chain's lock tags ("te"). SQL's advisory lock functions only use 1
-/// and 2 there, so no session can take (and hold) a tenant's chain lock to stall its commits.
-const CHAIN_LOCK_FIELD4: u16 = 0x7465;
+/// How many chains ("lanes") a tenant has: up to this many transactions of one tenant link
+/// their records at the same moment without waiting for each other (bootstrap.sql's CHECK).
+pub const LANES: i16 = 16;
+/// The fourth field of the chain's lock tags is this plus the lane. SQL's advisory lock
+/// functions only use 1 and 2 there, so no session can take (and hold) a tenant's chain lock
+/// to stall its commits.
+const CHAIN_LOCK_FIELD4: u16 = 0x7400;
 
-fn chain_lock_tag(tenant: Uuid) -> pg_sys::LOCKTAG {
+fn chain_lock_tag(tenant: Uuid, lane: i16) -> pg_sys::LOCKTAG {
     let b = tenant.as_bytes();
     pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
         locktag_field3: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
-        locktag_field4: CHAIN_LOCK_FIELD4,
+        locktag_field4: CHAIN_LOCK_FIELD4 + lane as u16,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     }
 }
 
-/// Serialise the commit-time chain step of one tenant's writers (transaction lock).
-fn lock_chain(tenant: Uuid) {
-    let tag = chain_lock_tag(tenant);
-    unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            false,
-        )
-    };
-    CHAIN_LOCKED.with(|l| l.borrow_mut().push(tenant));
+/// Take the lock of one of the tenant's lanes for this transaction's commit and return the
+/// lane: the first free one, starting from this backend's own (so a backend usually links
+/// into the same lane); only when every lane is held does it wait, for its own lane.
+fn lock_chain(tenant: Uuid) -> i16 {
+    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: MyProc is set for every backend that runs a transaction.
+    let home = (unsafe { (*pg_sys::MyProc).pgprocno }).rem_euclid(LANES as i32) as i16;
+    let lanes = (0..LANES).map(|i| (home + i) % LANES);
+    let free = lanes.clone().find(|&lane| {
+        let tag = chain_lock_tag(tenant, lane);
+        // SAFETY: a transaction-level lock, released at commit (release_chain_locks) or abort.
+        let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
+        got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    });
+    let lane = free.unwrap_or_else(|| {
+        let tag = chain_lock_tag(tenant, home);
+        unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
+        home
+    });
+    CHAIN_LOCKED.with(|l| l.borrow_mut().push((tenant, lane)));
+    lane
 }
 
 /// At XACT_EVENT_COMMIT the commit record is written (and flushed, as synchronous_commit
@@ -97,8 +112,8 @@ fn lock_chain(tenant: Uuid) {
 /// after the resource-owner clean-up that follows; that shortens the one-tenant critical
 /// section. (A prepared transaction keeps them until COMMIT PREPARED.)
 fn release_chain_locks() {
-    for tenant in CHAIN_LOCKED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
-        let tag = chain_lock_tag(tenant);
+    for (tenant, lane) in CHAIN_LOCKED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
+        let tag = chain_lock_tag(tenant, lane);
         unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };
     }
 }
@@ -189,9 +204,12 @@ thread_local! {
 }
 
 /// Run a kept one-row plan with the latest snapshot; returns (seq, chain_hash) if a row came.
-unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid) -> Option<(i64, Vec<u8>)> {
-    let mut values = [to_pg_uuid(tenant).into_datum().expect("uuid datum")];
-    let nulls = [b' ' as std::ffi::c_char];
+unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid, lane: i16) -> Option<(i64, Vec<u8>)> {
+    let mut values = [
+        to_pg_uuid(tenant).into_datum().expect("uuid datum"),
+        lane.into_datum().expect("int2 datum"),
+    ];
+    let nulls = [b' ' as std::ffi::c_char; 2];
     let rc = pg_sys::SPI_execute_snapshot(
         plan,
         values.as_mut_ptr(),
@@ -220,16 +238,17 @@ unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid) -> Option<(i64, Vec<u
     ))
 }
 
-/// The newest chain entry of `tenant` (or its purge checkpoint), read with the latest
-/// snapshot so that a REPEATABLE READ transaction links after the newest committed entry.
-fn chain_head(tenant: Uuid) -> (i64, Vec<u8>) {
-    // SAFETY: at PRE_COMMIT, with the tenant's chain lock held.
-    if let Some(head) = unsafe { crate::audit_writer::newest_chain_entry(tenant) } {
+/// The newest entry of one of `tenant`'s lanes (or the lane's purge checkpoint), read with the
+/// latest snapshot so that a REPEATABLE READ transaction links after the newest committed
+/// entry.
+fn chain_head(tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
+    // SAFETY: at PRE_COMMIT, with the lane's lock held.
+    if let Some(head) = unsafe { crate::audit_writer::newest_chain_entry(tenant, lane) } {
         return head;
     }
     let checkpoint = checkpoint_plan();
     catalog::as_owner(|| unsafe {
-        Spi::connect(|_| head_row(checkpoint, tenant).unwrap_or((0, GENESIS.to_vec())))
+        Spi::connect(|_| head_row(checkpoint, tenant, lane).unwrap_or((0, GENESIS.to_vec())))
     })
 }
 
@@ -252,16 +271,17 @@ fn checkpoint_plan() -> pg_sys::SPIPlanPtr {
         return plan;
     }
     let plan = keep_plan(
-        c"SELECT seq, encode(chain_hash, 'hex') FROM tenancy.audit_checkpoint WHERE tenant_id = $1",
-        &[pg_sys::UUIDOID],
+        c"SELECT seq, encode(chain_hash, 'hex') FROM tenancy.audit_checkpoint WHERE tenant_id = $1 AND lane = $2",
+        &[pg_sys::UUIDOID, pg_sys::INT2OID],
     );
     CHECKPOINT_PLAN.with(|p| p.set(Some(plan)));
     plan
 }
 
 /// The chain entry's columns, in the order link_pending gives them.
-const CHAIN_COLUMNS: [(&std::ffi::CStr, pg_sys::Oid); 6] = [
+const CHAIN_COLUMNS: [(&std::ffi::CStr, pg_sys::Oid); 7] = [
     (c"tenant_id", pg_sys::UUIDOID),
+    (c"lane", pg_sys::INT2OID),
     (c"seq", pg_sys::INT8OID),
     (c"record_ids", pg_sys::INT8ARRAYOID),
     (c"batch_hash", pg_sys::BYTEAOID),
@@ -289,17 +309,18 @@ fn link_pending() {
         while j < pending.len() && pending[j].tenant == tenant {
             j += 1;
         }
-        lock_chain(tenant);
-        let (head, prev) = chain_head(tenant);
+        let lane = lock_chain(tenant);
+        let (head, prev) = chain_head(tenant, lane);
         let seq = head + 1;
         let records = &pending[i..j];
         let batch = batch_hash(records.iter().map(|r| (r.id, r.hash.as_slice())));
         let chain = chain_hash(&prev, seq, &batch);
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
-        // SAFETY: values of the columns' types (uuid, bigint, bigint[], bytea x 3).
+        // SAFETY: values of the columns' types (uuid, smallint, bigint, bigint[], bytea x 3).
         unsafe {
             chain_table.insert(&[
                 to_pg_uuid(tenant).into_datum(),
+                lane.into_datum(),
                 seq.into_datum(),
                 ids.into_datum(),
                 batch.as_slice().into_datum(),
@@ -560,40 +581,39 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
     catalog::with_owner(|| {
         Spi::connect(|c| {
             let uuid = to_pg_uuid(tenant);
-            let cp = c.select(
-                "SELECT seq, chain_hash, last_record_id FROM tenancy.audit_checkpoint WHERE tenant_id = $1",
-                Some(1),
+            // Where each lane's purged prefix ended; a lane without one starts at the genesis.
+            let mut checkpoints = HashMap::new();
+            for r in c.select(
+                "SELECT lane, seq, chain_hash FROM tenancy.audit_checkpoint WHERE tenant_id = $1",
+                None,
                 &[uuid.into()],
-            )?;
-            let (mut seq, mut prev, floor) = if cp.is_empty() {
-                (0i64, GENESIS.to_vec(), 0i64)
-            } else {
-                let r = cp.first();
-                (
-                    r.get::<i64>(1)?.unwrap_or(0),
-                    r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                    r.get::<i64>(3)?.unwrap_or(0),
-                )
-            };
+            )? {
+                checkpoints.insert(
+                    r.get::<i16>(1)?.unwrap_or(0),
+                    (r.get::<i64>(2)?.unwrap_or(0), r.get::<Vec<u8>>(3)?.unwrap_or_default()),
+                );
+            }
+            let start = |lane: i16| checkpoints.get(&lane).cloned().unwrap_or((0, GENESIS.to_vec()));
             let mut bad: Option<(i64, String)> = None;
             let note = |id: i64, why: String, bad: &mut Option<(i64, String)>| {
                 if bad.as_ref().is_none_or(|(b, _)| id < *b) {
                     *bad = Some((id, why));
                 }
             };
-            // Every chain entry with its records, in order.
+            // Every chain entry with its records, lane by lane, in order.
             let rows = c.select(
-                "SELECT c.seq, c.prev_hash, c.chain_hash, c.batch_hash, r.id, l.id IS NOT NULL, l.row_hash, \
+                "SELECT c.lane, c.seq, c.prev_hash, c.chain_hash, c.batch_hash, r.id, l.id IS NOT NULL, l.row_hash, \
                         tenancy._audit_hash(l.id, l.tenant_id, l.occurred_at, l.txid, l.table_name, l.op, l.row_key, \
                                             l.old_row, l.new_row, l.db_role, l.subject, l.application_name, l.client_addr), \
                         coalesce(l.tenant_id, '00000000-0000-0000-0000-000000000000') = c.tenant_id \
                    FROM tenancy.audit_chain c CROSS JOIN LATERAL unnest(c.record_ids) WITH ORDINALITY AS r(id, ord) \
                    LEFT JOIN tenancy.audit_log l ON l.id = r.id \
-                  WHERE c.tenant_id = $1 ORDER BY c.seq, r.ord",
+                  WHERE c.tenant_id = $1 ORDER BY c.lane, c.seq, r.ord",
                 None,
                 &[uuid.into()],
             )?;
             struct Entry {
+                lane: i16,
                 seq: i64,
                 prev: Vec<u8>,
                 chain: Vec<u8>,
@@ -602,33 +622,41 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
             }
             let mut entries: Vec<Entry> = Vec::new();
             for r in rows {
-                let eseq = r.get::<i64>(1)?.unwrap_or(0);
-                if entries.last().is_none_or(|e| e.seq != eseq) {
+                let lane = r.get::<i16>(1)?.unwrap_or(0);
+                let eseq = r.get::<i64>(2)?.unwrap_or(0);
+                if entries.last().is_none_or(|e| (e.lane, e.seq) != (lane, eseq)) {
                     entries.push(Entry {
+                        lane,
                         seq: eseq,
-                        prev: r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                        chain: r.get::<Vec<u8>>(3)?.unwrap_or_default(),
-                        batch: r.get::<Vec<u8>>(4)?.unwrap_or_default(),
+                        prev: r.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                        chain: r.get::<Vec<u8>>(4)?.unwrap_or_default(),
+                        batch: r.get::<Vec<u8>>(5)?.unwrap_or_default(),
                         records: Vec::new(),
                     });
                 }
                 entries.last_mut().expect("pushed").records.push((
-                    r.get::<i64>(5)?.unwrap_or(0),
-                    r.get::<bool>(6)?.unwrap_or(false),
-                    r.get::<Vec<u8>>(7)?,
+                    r.get::<i64>(6)?.unwrap_or(0),
+                    r.get::<bool>(7)?.unwrap_or(false),
                     r.get::<Vec<u8>>(8)?,
-                    r.get::<bool>(9)?.unwrap_or(false),
+                    r.get::<Vec<u8>>(9)?,
+                    r.get::<bool>(10)?.unwrap_or(false),
                 ));
             }
             let mut chained = std::collections::HashSet::new();
             let mut records = 0i64;
+            let (mut lane, (mut seq, mut prev)) = (-1i16, (0i64, Vec::new()));
             for e in &entries {
+                if e.lane != lane {
+                    lane = e.lane;
+                    (seq, prev) = start(lane);
+                }
                 let first = e.records.first().map(|r| r.0).unwrap_or(0);
                 records += e.records.len() as i64;
+                let at = format!("chain entry {} of lane {}", e.seq, e.lane);
                 if e.seq != seq + 1 {
-                    note(first, format!("chain entry {} follows {seq}: entries are missing", e.seq), &mut bad);
+                    note(first, format!("{at} follows {seq}: entries are missing"), &mut bad);
                 } else if e.prev != prev || e.chain != chain_hash(&prev, e.seq, &e.batch) {
-                    note(first, format!("chain entry {} does not link to the one before (changed or reordered)", e.seq), &mut bad);
+                    note(first, format!("{at} does not link to the one before (changed or reordered)"), &mut bad);
                 }
                 let mut intact = true;
                 for (id, present, stored, recomputed, same_tenant) in &e.records {
@@ -647,19 +675,20 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
                 if intact {
                     let b = batch_hash(e.records.iter().map(|r| (r.0, r.2.as_deref().unwrap_or(&[]))));
                     if b != e.batch {
-                        note(first, format!("records of chain entry {} were rewritten with recomputed hashes", e.seq), &mut bad);
+                        note(first, format!("records of {at} were rewritten with recomputed hashes"), &mut bad);
                     }
                 }
                 seq = e.seq;
                 prev = e.chain.clone();
             }
-            // Records of the tenant that no chain entry covers were inserted outside pg_tenancy.
+            // Records of the tenant that no chain entry covers were inserted outside pg_tenancy
+            // (purged records are gone from the log with their entries, whatever their ids).
             let logged = c.select(
                 "SELECT id FROM tenancy.audit_log \
-                  WHERE coalesce(tenant_id, '00000000-0000-0000-0000-000000000000') = $1 AND id > $2 \
-                    AND id <> ALL ($3) ORDER BY id",
+                  WHERE coalesce(tenant_id, '00000000-0000-0000-0000-000000000000') = $1 \
+                    AND id <> ALL ($2) ORDER BY id",
                 None,
-                &[uuid.into(), floor.into(), pending.clone().into()],
+                &[uuid.into(), pending.clone().into()],
             )?;
             for r in logged {
                 let id = r.get::<i64>(1)?.unwrap_or(0);
@@ -739,8 +768,8 @@ fn audit_verify(
     TableIterator::new(rows)
 }
 
-/// Retention: remove a tenant's records older than `before` (a prefix of its chain), leaving
-/// a checkpoint so the rest of the chain still verifies. Operators only. Returns the count.
+/// Retention: remove a tenant's records older than `before` (a prefix of each of its lanes),
+/// leaving a checkpoint per lane so the rest of the chain still verifies. Operators only. Returns the count.
 #[pg_extern(volatile, parallel_unsafe)]
 fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 {
     crate::authz::require_operator("audit_purge");
@@ -749,49 +778,55 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
     PURGING.with(|p| p.set(true));
     let purged = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
-            // The longest prefix of the chain whose records are all older than `before`.
-            let last = c.update(
-                "SELECT c.seq, c.chain_hash, (SELECT max(x) FROM unnest(c.record_ids) x) FROM tenancy.audit_chain c \
+            // Per lane, the longest prefix whose records are all older than `before`: its last
+            // entry (seq, chain_hash, largest record id).
+            let cuts = c.update(
+                "SELECT DISTINCT ON (c.lane) c.lane, c.seq, c.chain_hash, (SELECT max(x) FROM unnest(c.record_ids) x) \
+                   FROM tenancy.audit_chain c \
                   WHERE c.tenant_id = $1 AND c.seq < coalesce((SELECT min(c2.seq) FROM tenancy.audit_chain c2 \
-                        WHERE c2.tenant_id = $1 AND EXISTS (SELECT FROM unnest(c2.record_ids) x \
+                        WHERE c2.tenant_id = $1 AND c2.lane = c.lane AND EXISTS (SELECT FROM unnest(c2.record_ids) x \
                               LEFT JOIN tenancy.audit_log l ON l.id = x WHERE l.occurred_at IS NULL OR l.occurred_at >= $2)), \
                         9223372036854775807) \
-                  ORDER BY c.seq DESC LIMIT 1",
-                Some(1),
+                  ORDER BY c.lane, c.seq DESC",
+                None,
                 &[uuid.into(), before.into()],
             )?;
-            if last.is_empty() {
-                return Ok::<_, pgrx::spi::Error>(0i64);
+            let mut lanes = Vec::new();
+            for r in cuts {
+                lanes.push((
+                    r.get::<i16>(1)?.unwrap_or(0),
+                    r.get::<i64>(2)?.unwrap_or(0),
+                    r.get::<Vec<u8>>(3)?.unwrap_or_default(),
+                    r.get::<i64>(4)?.unwrap_or(0),
+                ));
             }
-            let r = last.first();
-            let (seq, hash, last_id) = (
-                r.get::<i64>(1)?.unwrap_or(0),
-                r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                r.get::<i64>(3)?.unwrap_or(0),
-            );
-            let n = c
-                .update(
-                    "DELETE FROM tenancy.audit_log WHERE id IN \
-                       (SELECT unnest(record_ids) FROM tenancy.audit_chain WHERE tenant_id = $1 AND seq <= $2)",
+            let mut n = 0i64;
+            for (lane, seq, hash, last_id) in lanes {
+                let purged = c
+                    .update(
+                        "DELETE FROM tenancy.audit_log WHERE id IN (SELECT unnest(record_ids) \
+                           FROM tenancy.audit_chain WHERE tenant_id = $1 AND lane = $2 AND seq <= $3)",
+                        None,
+                        &[uuid.into(), lane.into(), seq.into()],
+                    )?
+                    .len() as i64;
+                c.update(
+                    "DELETE FROM tenancy.audit_chain WHERE tenant_id = $1 AND lane = $2 AND seq <= $3",
                     None,
-                    &[uuid.into(), seq.into()],
-                )?
-                .len() as i64;
-            c.update(
-                "DELETE FROM tenancy.audit_chain WHERE tenant_id = $1 AND seq <= $2",
-                None,
-                &[uuid.into(), seq.into()],
-            )?;
-            c.update(
-                "INSERT INTO tenancy.audit_checkpoint (tenant_id, seq, chain_hash, last_record_id, purged_records) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq, \
-                   chain_hash = EXCLUDED.chain_hash, last_record_id = EXCLUDED.last_record_id, \
-                   purged_records = tenancy.audit_checkpoint.purged_records + EXCLUDED.purged_records, \
-                   purged_at = now(), purged_by = session_user",
-                None,
-                &[uuid.into(), seq.into(), hash.into(), last_id.into(), n.into()],
-            )?;
-            Ok(n)
+                    &[uuid.into(), lane.into(), seq.into()],
+                )?;
+                c.update(
+                    "INSERT INTO tenancy.audit_checkpoint (tenant_id, lane, seq, chain_hash, last_record_id, purged_records) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, lane) DO UPDATE SET seq = EXCLUDED.seq, \
+                       chain_hash = EXCLUDED.chain_hash, last_record_id = EXCLUDED.last_record_id, \
+                       purged_records = tenancy.audit_checkpoint.purged_records + EXCLUDED.purged_records, \
+                       purged_at = now(), purged_by = session_user",
+                    None,
+                    &[uuid.into(), lane.into(), seq.into(), hash.into(), last_id.into(), purged.into()],
+                )?;
+                n += purged;
+            }
+            Ok::<_, pgrx::spi::Error>(n)
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_purge failed: {e}"));

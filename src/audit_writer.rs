@@ -675,13 +675,14 @@ impl Writer {
     }
 }
 
-/// The newest entry (seq, chain_hash) of a tenant's chain in tenancy.audit_chain, read
-/// through its primary key backwards with the latest snapshot (so a REPEATABLE READ
-/// transaction links after the newest committed entry). None: the chain has no entry.
+/// The newest entry (seq, chain_hash) of one lane of a tenant's chain in tenancy.audit_chain,
+/// read through its primary key (tenant_id, lane, seq) backwards with the latest snapshot (so
+/// a REPEATABLE READ transaction links after the newest committed entry). None: the lane has
+/// no entry.
 ///
 /// # Safety
-/// Inside a transaction, with the tenant's chain lock held.
-pub unsafe fn newest_chain_entry(tenant: Uuid) -> Option<(i64, Vec<u8>)> {
+/// Inside a transaction, with the lane's lock held.
+pub unsafe fn newest_chain_entry(tenant: Uuid, lane: i16) -> Option<(i64, Vec<u8>)> {
     let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
     let relid = pg_sys::get_relname_relid(c"audit_chain".as_ptr(), nsp);
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
@@ -691,16 +692,28 @@ pub unsafe fn newest_chain_entry(tenant: Uuid) -> Option<(i64, Vec<u8>)> {
         trail_damaged("tenancy.audit_chain has lost its primary key".into());
     }
     let index = pg_sys::index_open(pkey, lock);
-    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+    let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
     pg_sys::ScanKeyInit(
-        &mut key,
+        &mut keys[0],
         1,
         pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
         pg_sys::Oid::from(pg_sys::F_UUID_EQ),
         catalog::to_pg_uuid(tenant).into_datum().expect("uuid"),
     );
-    let scan =
-        pg_sys::systable_beginscan_ordered(rel, index, pg_sys::GetLatestSnapshot(), 1, &mut key);
+    pg_sys::ScanKeyInit(
+        &mut keys[1],
+        2,
+        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+        pg_sys::Oid::from(pg_sys::F_INT2EQ),
+        lane.into_datum().expect("int2"),
+    );
+    let scan = pg_sys::systable_beginscan_ordered(
+        rel,
+        index,
+        pg_sys::GetLatestSnapshot(),
+        2,
+        keys.as_mut_ptr(),
+    );
     let tuple =
         pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
     let newest = (!tuple.is_null()).then(|| {

@@ -192,6 +192,70 @@ fn a_deleted_chain_entry_is_detected() {
     assert!(bad.unwrap() <= ids[2], "{detail}");
 }
 
+/// Tests that change the trail's definition (ALTER TABLE) and the test that keeps a prepared
+/// writer open take this lock for their whole run: a prepared transaction's locks on the trail
+/// would hold the ALTER up, and every reader of the trail would queue behind the ALTER, the
+/// test's own verification included.
+fn trail_exclusive(su: &mut Client) {
+    su.batch_execute("SELECT pg_advisory_lock(717172)").unwrap();
+}
+
+/// Rolls a prepared transaction back if the test that prepared it fails before committing it
+/// (a dangling one would hold its locks in the shared test database).
+struct Prepared(String);
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        let _ = superuser().batch_execute(&format!("ROLLBACK PREPARED '{}'", self.0));
+    }
+}
+
+#[test]
+fn a_writer_of_a_tenant_does_not_wait_for_another_writers_commit() {
+    // A prepared transaction has linked its records and holds its chain lane until COMMIT
+    // PREPARED: the longest a commit of the tenant can ever take. Another writer of the same
+    // tenant links into another lane and commits at once; with one chain per tenant it would
+    // queue behind it (here: fail on lock_timeout).
+    let f = Fixture::new();
+    let mut su = superuser();
+    trail_exclusive(&mut su);
+    let gid = unique("pgt_lane");
+    let mut p = app();
+    write(
+        &mut p,
+        &f,
+        &format!("INSERT INTO it_orders (amount) VALUES (1); PREPARE TRANSACTION '{gid}'"),
+        false,
+    );
+    let prepared = Prepared(gid.clone());
+    let mut c = app();
+    c.batch_execute("SET lock_timeout = '3s'").unwrap();
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (2)",
+        true,
+    );
+    let (ok, bad, records, detail) = verify(&mut su, &f.a);
+    assert!(ok, "{bad:?} {detail}");
+    assert_eq!(records, 1 + 1, "create_tenant and the committed insert");
+    p.batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .unwrap();
+    std::mem::forget(prepared);
+    let (ok, bad, records, detail) = verify(&mut su, &f.a);
+    assert!(ok, "{bad:?} {detail}");
+    assert_eq!(records, 1 + 2, "and the prepared insert, once committed");
+    let lanes: i64 = su
+        .query_one(
+            "SELECT count(DISTINCT lane) FROM tenancy.audit_chain c, unnest(c.record_ids) r \
+               JOIN tenancy.audit_log l ON l.id = r WHERE c.tenant_id = $1::text::uuid AND l.op = 'INSERT'",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(lanes, 2, "the two writers linked into two lanes");
+}
+
 #[test]
 fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
     let f = Fixture::new();
@@ -493,6 +557,7 @@ fn constraints_and_triggers_added_to_the_trail_apply_to_written_records() {
     let f = Fixture::new();
     let mut c = app();
     let mut su = superuser();
+    trail_exclusive(&mut su);
     let tag = unique("trail");
     let name = tag.replace('-', "_");
     c.batch_execute(&format!("SET application_name = '{tag}'"))
