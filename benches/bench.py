@@ -12,8 +12,10 @@ import platform
 import re
 import statistics
 import subprocess
+import shutil
 import sys
 import tempfile
+import time
 
 PGBIN = "/usr/lib/postgresql/15/bin"
 
@@ -104,6 +106,7 @@ class Bench:
         self.args = args
         self.env = dict(os.environ)
         self.tmp = tempfile.mkdtemp(prefix="pg_tenancy-bench-")
+        self.whole = {}
 
     def psql(self, sql, db="bench", user="postgres", vars=None):
         cmd = [f"{PGBIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-d", db, "-U", user]
@@ -113,6 +116,36 @@ class Bench:
         if out.returncode != 0:
             sys.exit(f"psql failed: {out.stderr}")
         return out.stdout.strip()
+
+    def run_pgbench(self, args, env, seconds, what):
+        """Run pgbench for `seconds` of steady state plus one second of warm-up. Returns
+        (steady tps, whole-run tps): steady counts only the whole 1-second intervals of the
+        aggregate log that start at least a second after pgbench started, so each connection's
+        first statements (catalog and token caches, relcache, plan caches) are left out; whole
+        is pgbench's own figure for the run, connection warm-up included. With no steady
+        interval (smoke mode's one-second runs) steady is the whole-run figure."""
+        logdir = tempfile.mkdtemp(dir=self.tmp)
+        cmd = [f"{PGBIN}/pgbench", "-n", "-M", "simple", "-c", str(self.args.clients), "-j",
+               str(min(self.args.clients, 2)), "-T", str(seconds + 1), "-l", "--aggregate-interval=1",
+               f"--log-prefix={logdir}/agg", *args]
+        t0 = time.time()
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout)
+        if out.returncode != 0 or not m:
+            sys.exit(f"pgbench {what} failed:\n{out.stdout}\n{out.stderr}")
+        whole = float(m.group(1))
+        # One log per pgbench thread: "interval_start transactions ..." per second, the last
+        # line a partial interval.
+        per_thread = []
+        for name in os.listdir(logdir):
+            with open(os.path.join(logdir, name)) as f:
+                rows = [l.split() for l in f if l.strip()]
+            per_thread.append({int(r[0]): int(r[1]) for r in rows[:-1] if int(r[0]) >= t0 + 1})
+        shutil.rmtree(logdir)
+        common = set.intersection(*(set(t) for t in per_thread)) if per_thread else set()
+        if not common:
+            return whole, whole
+        return sum(t[i] for t in per_thread for i in common) / len(common), whole
 
     def pgbench(self, name, variant, ntenants, nrows, seconds):
         path = os.path.join(self.tmp, f"{name}-{variant}.sql")
@@ -128,24 +161,19 @@ class Bench:
             user, options = session_of(variant, self.tid)
             if options:
                 env["PGOPTIONS"] = options
-        cmd = [f"{PGBIN}/pgbench", "-n", "-M", "simple", "-c", str(self.args.clients), "-j",
-               str(min(self.args.clients, 2)), "-T", str(seconds), "-f", path,
-               "-D", f"ntenants={ntenants}", "-D", f"nrows={nrows}", "-D", f"tid={self.tid}",
-               "-U", user, "bench"]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out.stdout)
-        if out.returncode != 0 or not m:
-            sys.exit(f"pgbench {name}/{variant} failed:\n{out.stdout}\n{out.stderr}")
-        return float(m.group(1))
+        return self.run_pgbench(["-f", path, "-D", f"ntenants={ntenants}", "-D", f"nrows={nrows}",
+                                 "-D", f"tid={self.tid}", "-U", user, "bench"], env, seconds,
+                                f"{name}/{variant}")
 
     def measure(self, workloads, variants, ntenants, nrows):
-        """Interleaved runs (A B C A B C ...); returns {(workload, variant): [tps...]}."""
+        """Interleaved runs (A B C A B C ...); returns {(workload, variant): [steady tps...]}
+        and keeps the whole-run figures in self.whole."""
         results = {}
         for w in workloads:
             for v in variants:
                 # A short discarded run first: plan caches, pg_tenancy's catalog cache and the
                 # buffer cache start warm for every variant alike.
-                self.pgbench(w, v, ntenants, nrows, self.args.warmup)
+                self.pgbench(w, v, ntenants, nrows, max(0, self.args.warmup - 1))
             for r in range(self.args.runs):
                 order = variants if r % 2 == 0 else list(reversed(variants))
                 for v in order:
@@ -154,9 +182,11 @@ class Bench:
                     # checkpoint in the middle of a run would charge one variant for another's
                     # writes); autovacuum is off in the bench cluster for the same reason.
                     self.psql("CHECKPOINT", db="postgres")
-                    tps = self.pgbench(w, v, ntenants, nrows, seconds)
+                    tps, whole = self.pgbench(w, v, ntenants, nrows, seconds)
                     results.setdefault((w, v), []).append(tps)
-                    print(f"  {w:<10} {v:<8} run {r + 1}: {tps:10.1f} tps", flush=True)
+                    self.whole.setdefault((w, v), []).append(whole)
+                    print(f"  {w:<10} {v:<8} run {r + 1}: {tps:10.1f} tps steady, {whole:10.1f} whole run",
+                          flush=True)
         return results
 
     def setup(self):
@@ -205,16 +235,13 @@ class Bench:
         for r in range(-1, a.runs):  # run -1 is a discarded warm-up
             for label in (["small", "large"] if r % 2 == 0 else ["large", "small"]):
                 path, n, rows = out[label]
-                cmd = [f"{PGBIN}/pgbench", "-n", "-M", "simple", "-c", str(a.clients), "-j", str(min(a.clients, 2)),
-                       "-T", str(a.seconds), "-f", path, "-D", f"ntenants={n}", "-D", f"nrows={rows}",
-                       "-U", "bench_app", "bench"]
-                o = subprocess.run(cmd, capture_output=True, text=True, env=self.env)
-                m = re.search(r"tps = ([0-9.]+) \(without", o.stdout)
-                if not m:
-                    sys.exit(f"scale pgbench failed: {o.stdout}{o.stderr}")
+                tps, whole = self.run_pgbench(["-f", path, "-D", f"ntenants={n}", "-D", f"nrows={rows}",
+                                               "-U", "bench_app", "bench"], self.env, a.seconds, f"scale {label}")
                 if r >= 0:
-                    results.setdefault(label, []).append(float(m.group(1)))
-                print(f"  scale {label:<6} run {r + 1}: {float(m.group(1)):10.1f} tps", flush=True)
+                    results.setdefault(label, []).append(tps)
+                    self.whole.setdefault(("scale", label), []).append(whole)
+                print(f"  scale {label:<6} run {r + 1}: {tps:10.1f} tps steady, {whole:10.1f} whole run",
+                      flush=True)
         return results
 
     def token_memory(self):
@@ -301,15 +328,16 @@ def main():
 
     med = {k: statistics.median(v) for k, v in res.items()}
     lines = []
-    lines.append("| workload | variant | median tps | runs | / filter | / tuned |")
-    lines.append("|---|---|---:|---:|---:|---:|")
+    lines.append("| workload | variant | median tps (steady) | runs | / filter | / tuned | median tps (whole run) |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
     extra = {"binding": ["tuned", "tenancy"], "insertbind": ["noaudit", "tenancy", "plaudit"]}
     for w in reads + writes + list(extra):
         for v in (READ_VARIANTS if w in reads else WRITE_VARIANTS if w in writes else extra[w]):
             m = med[(w, v)]
             rf = m / med[(w, "filter")] if (w, "filter") in med else float("nan")
             rt = m / med[(w, "tuned")] if (w, "tuned") in med else float("nan")
-            lines.append(f"| {w} | {LABEL[v]} | {m:.1f} | {len(res[(w, v)])} | {fmt_ratio(rf)} | {fmt_ratio(rt)} |")
+            wm = statistics.median(b.whole[(w, v)])
+            lines.append(f"| {w} | {LABEL[v]} | {m:.1f} | {len(res[(w, v)])} | {fmt_ratio(rf)} | {fmt_ratio(rt)} | {wm:.1f} |")
 
     def r(w, a, b_):
         return med[(w, a)] / med[(w, b_)]
@@ -337,12 +365,19 @@ def main():
     tr("seqscan: pg_tenancy / tuned", "seqscan", "tenancy", "tuned", 0.95)
     tr("seqscan: naive / tuned (the naive per-row penalty; lower is the penalty)", "seqscan", "naive", "tuned", 1.0, "<=")
     tr("binding: bind per transaction / SET LOCAL per transaction (point lookup)", "binding", "tenancy", "tuned", 0.95)
+
+    def whole(name, xs, ys, bound):
+        target(f"(beside) {name}, whole runs with each connection's first second", statistics.median(xs) /
+               statistics.median(ys), bound, pair=paired(xs, ys))
+
+    whole("binding", b.whole[("binding", "tenancy")], b.whole[("binding", "tuned")], 0.95)
     tr("insert: audit on / audit off", "insert", "tenancy", "noaudit", 0.6)
     tr("insert: audit on / PL/pgSQL anchor", "insert", "tenancy", "plaudit", 1.5)
     tr("bulk: audit on / audit off", "bulk", "tenancy", "noaudit", 0.5)
     tr("bulk: audit on / PL/pgSQL anchor", "bulk", "tenancy", "plaudit", 2.0)
     target(f"scale: point+bind {args.scale_large} tenants / {args.scale_small} tenants",
            scale["large"] / scale["small"], 0.95, pair=paired(scale_runs["large"], scale_runs["small"]))
+    whole("scale", b.whole[("scale", "large")], b.whole[("scale", "small")], 0.95)
     # Beside the targets: the same audit ratios with a bind per transaction and random tenants.
     tr("(beside) insert, bind per transaction, random tenants: audit on / audit off",
        "insertbind", "tenancy", "noaudit", 0.6)
@@ -370,8 +405,13 @@ def main():
         f"- PostgreSQL {pgver}; pg_tenancy {args.build} build",
         f"- cluster settings: {args.settings}",
         f"- data: {args.tenants} tenants x {args.rows} orders, 2 items per order, identical copies per variant",
-        f"- pgbench: {args.clients} clients, {args.seconds} s per run (10 s for seqscan and bulk), "
-        f"{args.runs} interleaved runs per variant after a discarded {args.warmup} s warm-up, medians reported",
+        f"- pgbench: {args.clients} clients, {args.runs} interleaved runs per variant after a discarded "
+        f"{args.warmup} s warm-up run, medians reported; each run is `pgbench -T {args.seconds + 1}` "
+        f"({2 * args.seconds + 1} for seqscan and bulk) with a 1-second aggregate log, and its steady tps "
+        "counts the whole seconds that start at least 1 s after pgbench started: new connections' "
+        "first statements (pg_tenancy's catalog and token caches, relcache, plan caches; pgbench opens "
+        "its connections anew for every run) are not in it. pgbench's own whole-run tps is in the last "
+        "column, and for binding and scale beside the targets",
         "- read and write workloads run in a bound session of one tenant, one statement per "
         "transaction: `filter` names the tenant in its WHERE clause, `naive`/`tuned` set "
         "`app.tenant_id` for the session (PGOPTIONS), `pg_tenancy` connects as a login role mapped "
@@ -389,7 +429,8 @@ def main():
         *lines,
         "",
         f"Scale (point lookup + bind, medians): {args.scale_small} tenants {scale['small']:.1f} tps, "
-        f"{args.scale_large} tenants {scale['large']:.1f} tps.",
+        f"{args.scale_large} tenants {scale['large']:.1f} tps steady; whole runs "
+        f"{statistics.median(b.whole[('scale', 'small')]):.1f} and {statistics.median(b.whole[('scale', 'large')]):.1f} tps.",
         "",
         f"Token cache: backend RSS {rss_before} KiB before, {rss_after} KiB after binding "
         f"{args.tokens} distinct tokens (cache bound: `tenancy.token_cache_size`, default 10,000 entries).",
