@@ -709,33 +709,19 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_verify failed: {e}"))
 }
 
-#[allow(clippy::type_complexity)]
-/// Verify the hash chain of one tenant (slug or uuid), or of every tenant and the platform
-/// chain. Detects changed, deleted, inserted and reordered records, also when a superuser
-/// bypassed the append-only guard.
-#[pg_extern(volatile, parallel_unsafe)]
-fn audit_verify(
-    tenant: default!(Option<&str>, "NULL"),
-) -> TableIterator<
-    'static,
-    (
-        name!(tenant, Option<pgrx::Uuid>),
-        name!(records, i64),
-        name!(ok, bool),
-        name!(first_bad_id, Option<i64>),
-        name!(detail, Option<String>),
-    ),
-> {
+/// The tenants whose trail a call may examine: the one named (operators any; a bound session
+/// its own), or, with NULL, every tenant with a record and the platform chain (operators only).
+pub(crate) fn trail_tenants(tenant: Option<&str>, action: &str) -> Vec<Uuid> {
     let operator = crate::authz::is_operator(crate::authz::caller());
-    let tenants: Vec<Uuid> = match tenant {
+    match tenant {
         Some(t) => {
             let row = catalog::require_tenant(t);
             if !operator && crate::binding::current_if_bound().is_none_or(|b| b.tenant != row.id) {
                 errors::raise(
                     errors::INSUFFICIENT_PRIVILEGE,
                     format!(
-                        "permission denied: verifying the audit trail of tenant \"{}\"",
-                        row.slug
+                        "permission denied: {} the audit trail of tenant \"{}\"",
+                        action, row.slug
                     ),
                     "Operators verify any tenant; a bound session verifies its own.",
                 );
@@ -743,7 +729,7 @@ fn audit_verify(
             vec![row.id]
         }
         None => {
-            crate::authz::require_operator("audit_verify of every tenant");
+            crate::authz::require_operator(&format!("{action} the audit trail of every tenant"));
             catalog::with_owner(|| {
                 Spi::connect(|c| {
                     let t = c.select(
@@ -761,9 +747,29 @@ fn audit_verify(
                     Ok::<_, pgrx::spi::Error>(out)
                 })
             })
-            .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_verify failed: {e}"))
+            .unwrap_or_else(|e| pgrx::error!("pg_tenancy: listing the audit trail's tenants failed: {e}"))
         }
-    };
+    }
+}
+
+#[allow(clippy::type_complexity)]
+/// Verify the hash chain of one tenant (slug or uuid), or of every tenant and the platform
+/// chain. Detects changed, deleted, inserted and reordered records, also when a superuser
+/// bypassed the append-only guard.
+#[pg_extern(volatile, parallel_unsafe)]
+fn audit_verify(
+    tenant: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(tenant, Option<pgrx::Uuid>),
+        name!(records, i64),
+        name!(ok, bool),
+        name!(first_bad_id, Option<i64>),
+        name!(detail, Option<String>),
+    ),
+> {
+    let tenants = trail_tenants(tenant, "verifying");
     let rows: Vec<VerifyRow> = tenants.into_iter().map(verify_chain).collect();
     TableIterator::new(rows)
 }

@@ -21,6 +21,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 mod audit;
+mod audit_anchor;
 mod audit_writer;
 mod authz;
 mod binding;

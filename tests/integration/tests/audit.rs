@@ -256,6 +256,126 @@ fn a_writer_of_a_tenant_does_not_wait_for_another_writers_commit() {
     assert_eq!(lanes, 2, "the two writers linked into two lanes");
 }
 
+/// The heads of tenant `t` as an anchor (jsonb text), read by an operator.
+fn heads(op: &mut Client, t: &str) -> String {
+    op.query_one(
+        "SELECT jsonb_agg(h)::text FROM tenancy.audit_heads($1) h",
+        &[&t],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// (lane, ok, detail) of every anchored head.
+fn check_heads(c: &mut Client, anchor: &str) -> Vec<(i16, bool, String)> {
+    c.query(
+        "SELECT lane, ok, detail FROM tenancy.audit_verify_heads($1::text::jsonb) ORDER BY lane",
+        &[&anchor],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[test]
+fn anchored_heads_expose_deleted_newest_entries_that_verify_cannot_see() {
+    let f = Fixture::new();
+    let mut c = app();
+    let mut op = connect(OPERATOR);
+    let mut su = superuser();
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (1)",
+        true,
+    );
+    let anchor = heads(&mut op, &f.a);
+    let anchored = check_heads(&mut op, &anchor);
+    assert!(!anchored.is_empty());
+    assert!(anchored.iter().all(|h| h.1), "{anchored:?}");
+    // Later writes leave the anchor valid.
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (2)",
+        true,
+    );
+    assert!(check_heads(&mut op, &anchor).iter().all(|h| h.1));
+    // A superuser bypassing the guards deletes the lane's entries from the anchored insert on,
+    // with their records: every remaining lane still links, so audit_verify cannot tell.
+    let r = su
+        .query_one(
+            "SELECT c.lane, c.seq FROM tenancy.audit_chain c JOIN tenancy.audit_log l ON l.id = ANY (c.record_ids) \
+              WHERE c.tenant_id = $1::text::uuid AND l.op = 'INSERT' ORDER BY l.id LIMIT 1",
+            &[&f.a_id],
+        )
+        .unwrap();
+    let (lane, seq): (i16, i64) = (r.get(0), r.get(1));
+    su.batch_execute(&format!(
+        "SET session_replication_role = replica; \
+         DELETE FROM tenancy.audit_log WHERE id IN (SELECT unnest(record_ids) FROM tenancy.audit_chain \
+          WHERE tenant_id = '{t}' AND lane = {lane} AND seq >= {seq}); \
+         DELETE FROM tenancy.audit_chain WHERE tenant_id = '{t}' AND lane = {lane} AND seq >= {seq}; \
+         RESET session_replication_role",
+        t = f.a_id
+    ))
+    .unwrap();
+    let (ok, _, _, detail) = verify(&mut su, &f.a);
+    assert!(ok, "the limit of verification alone: {detail}");
+    let after = check_heads(&mut op, &anchor);
+    let bad: Vec<_> = after.iter().filter(|h| !h.1).collect();
+    assert_eq!(bad.len(), 1, "{after:?}");
+    assert_eq!(bad[0].0, lane);
+    assert!(bad[0].2.contains("is gone"), "{}", bad[0].2);
+}
+
+#[test]
+fn anchors_are_checked_only_by_whom_may_verify_the_tenant_and_must_be_well_formed() {
+    let f = Fixture::new();
+    let mut c = app();
+    let mut op = connect(OPERATOR);
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) VALUES (1)",
+        true,
+    );
+    let anchor = heads(&mut op, &f.a);
+    // A session bound to tenant B neither reads A's heads nor checks an anchor of A.
+    for sql in [
+        format!("SELECT * FROM tenancy.audit_heads('{}')", f.a),
+        format!("SELECT * FROM tenancy.audit_verify_heads('{anchor}')"),
+    ] {
+        c.batch_execute("BEGIN").unwrap();
+        c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "writer")])
+            .unwrap();
+        expect_err(&mut c, &sql, &["42501"]);
+        c.batch_execute("ROLLBACK").unwrap();
+    }
+    // Bound to A, it checks its own.
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "writer")])
+        .unwrap();
+    let own = check_heads(&mut c, &anchor);
+    assert!(!own.is_empty() && own.iter().all(|h| h.1), "{own:?}");
+    c.batch_execute("ROLLBACK").unwrap();
+    let t = "00000000-0000-0000-0000-000000000001";
+    for bad in [
+        "{}".to_string(),
+        r#"[{"tenant": "x", "lane": 0, "seq": 1, "chain_hash": "00"}]"#.to_string(),
+        format!(r#"[{{"tenant": "{t}", "lane": 16, "seq": 1, "chain_hash": "00"}}]"#),
+        format!(r#"[{{"tenant": "{t}", "lane": 0, "seq": 1, "chain_hash": "zz"}}]"#),
+    ] {
+        let msg = expect_err(
+            &mut op,
+            &format!("SELECT * FROM tenancy.audit_verify_heads('{bad}')"),
+            &["22023"],
+        );
+        assert!(msg.contains("invalid anchor"), "{msg}");
+    }
+}
+
 #[test]
 fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
     let f = Fixture::new();
@@ -267,6 +387,9 @@ fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
         true,
     );
     let mut su = superuser();
+    let mut op = connect(OPERATOR);
+    // Anchored before the purge: the anchored entries are purged, and the anchor still holds.
+    let anchor = heads(&mut op, &f.a);
     let cut: String = su
         .query_one("SELECT clock_timestamp()::text", &[])
         .unwrap()
@@ -282,7 +405,6 @@ fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
         &format!("SELECT tenancy.audit_purge('{}', now())", f.a),
         &["42501"],
     );
-    let mut op = connect(OPERATOR);
     let n: i64 = op
         .query_one(
             "SELECT tenancy.audit_purge($1, $2::text::timestamptz)",
@@ -297,6 +419,11 @@ fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
         records,
         5 + 1,
         "5 inserts and the purge's own ADMIN entry remain"
+    );
+    let anchored = check_heads(&mut op, &anchor);
+    assert!(
+        anchored.iter().all(|h| h.1 && h.2.starts_with("ok (")),
+        "{anchored:?}"
     );
     write(
         &mut c,

@@ -49,6 +49,15 @@ SELECT ok, first_bad_id = (SELECT min(id) FROM tenancy.audit_log WHERE table_nam
        detail ~ 'was changed' AS says_changed
   FROM tenancy.audit_verify('acme');
 
+-- Anchoring: audit_heads() gives each lane's newest entry (which lanes a tenant's writers used
+-- depends on their backends, so only its shape here); audit_verify_heads() checks an anchor
+-- taken earlier (an edited record does not move a head) and refuses a malformed one.
+SELECT count(*) > 0 AS has_heads, bool_and(length(chain_hash) = 64) AS hex_hashes
+  FROM tenancy.audit_heads('acme');
+SELECT bool_and(ok) AS anchor_holds
+  FROM tenancy.audit_verify_heads((SELECT jsonb_agg(h) FROM tenancy.audit_heads('acme') h));
+SELECT * FROM tenancy.audit_verify_heads('{}');
+
 -- The record hash must be inlined into the queries that use it (management records and
 -- audit_verify; see _audit_hash in finalize.sql): not inlined, the SQL function would be
 -- planned again at every call.
