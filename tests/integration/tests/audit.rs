@@ -278,12 +278,12 @@ fn check_heads(c: &mut Client, anchor: &str) -> Vec<(i16, bool, String)> {
     .collect()
 }
 
-#[test]
-fn anchored_heads_expose_deleted_newest_entries_that_verify_cannot_see() {
+/// A tenant with one audited insert, an app session, an operator session, and the operator's
+/// anchor of the tenant's heads.
+fn one_insert_anchored() -> (Fixture, Client, Client, String) {
     let f = Fixture::new();
     let mut c = app();
     let mut op = connect(OPERATOR);
-    let mut su = superuser();
     write(
         &mut c,
         &f,
@@ -291,6 +291,13 @@ fn anchored_heads_expose_deleted_newest_entries_that_verify_cannot_see() {
         true,
     );
     let anchor = heads(&mut op, &f.a);
+    (f, c, op, anchor)
+}
+
+#[test]
+fn anchored_heads_expose_deleted_newest_entries_that_verify_cannot_see() {
+    let (f, mut c, mut op, anchor) = one_insert_anchored();
+    let mut su = superuser();
     let anchored = check_heads(&mut op, &anchor);
     assert!(!anchored.is_empty());
     assert!(anchored.iter().all(|h| h.1), "{anchored:?}");
@@ -332,16 +339,7 @@ fn anchored_heads_expose_deleted_newest_entries_that_verify_cannot_see() {
 
 #[test]
 fn anchors_are_checked_only_by_whom_may_verify_the_tenant_and_must_be_well_formed() {
-    let f = Fixture::new();
-    let mut c = app();
-    let mut op = connect(OPERATOR);
-    write(
-        &mut c,
-        &f,
-        "INSERT INTO it_orders (amount) VALUES (1)",
-        true,
-    );
-    let anchor = heads(&mut op, &f.a);
+    let (f, mut c, mut op, anchor) = one_insert_anchored();
     // A session bound to tenant B neither reads A's heads nor checks an anchor of A.
     for sql in [
         format!("SELECT * FROM tenancy.audit_heads('{}')", f.a),
