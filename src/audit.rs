@@ -90,8 +90,7 @@ fn lock_chain(tenant: Uuid) -> i16 {
     let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
     // SAFETY: MyProc is set for every backend that runs a transaction.
     let home = (unsafe { (*pg_sys::MyProc).pgprocno }).rem_euclid(LANES as i32) as i16;
-    let lanes = (0..LANES).map(|i| (home + i) % LANES);
-    let free = lanes.clone().find(|&lane| {
+    let free = (0..LANES).map(|i| (home + i) % LANES).find(|&lane| {
         let tag = chain_lock_tag(tenant, lane);
         // SAFETY: a transaction-level lock, released at commit (release_chain_locks) or abort.
         let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
@@ -652,11 +651,11 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
                 }
                 let first = e.records.first().map(|r| r.0).unwrap_or(0);
                 records += e.records.len() as i64;
-                let at = format!("chain entry {} of lane {}", e.seq, e.lane);
+                let at = || format!("chain entry {} of lane {}", e.seq, e.lane);
                 if e.seq != seq + 1 {
-                    note(first, format!("{at} follows {seq}: entries are missing"), &mut bad);
+                    note(first, format!("{} follows {seq}: entries are missing", at()), &mut bad);
                 } else if e.prev != prev || e.chain != chain_hash(&prev, e.seq, &e.batch) {
-                    note(first, format!("{at} does not link to the one before (changed or reordered)"), &mut bad);
+                    note(first, format!("{} does not link to the one before (changed or reordered)", at()), &mut bad);
                 }
                 let mut intact = true;
                 for (id, present, stored, recomputed, same_tenant) in &e.records {
@@ -675,7 +674,7 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
                 if intact {
                     let b = batch_hash(e.records.iter().map(|r| (r.0, r.2.as_deref().unwrap_or(&[]))));
                     if b != e.batch {
-                        note(first, format!("records of {at} were rewritten with recomputed hashes"), &mut bad);
+                        note(first, format!("records of {} were rewritten with recomputed hashes", at()), &mut bad);
                     }
                 }
                 seq = e.seq;
@@ -723,7 +722,7 @@ pub(crate) fn trail_tenants(tenant: Option<&str>, action: &str) -> Vec<Uuid> {
                         "permission denied: {} the audit trail of tenant \"{}\"",
                         action, row.slug
                     ),
-                    "Operators verify any tenant; a bound session verifies its own.",
+                    "Operators may examine any tenant's trail; a bound session only its own tenant's.",
                 );
             }
             vec![row.id]
