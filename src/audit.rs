@@ -299,8 +299,13 @@ fn link_pending() {
     // through transaction abort).
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     // SAFETY: in the committing transaction; closed below.
-    let mut chain_table =
-        unsafe { crate::audit_writer::SimpleInsert::open(c"audit_chain", &CHAIN_COLUMNS, &[]) };
+    let mut chain_table = unsafe {
+        crate::audit_writer::SimpleInsert::open(
+            c"audit_chain",
+            &CHAIN_COLUMNS,
+            &[c"audit_chain_lane_check"],
+        )
+    };
     let mut i = 0;
     while i < pending.len() {
         let tenant = pending[i].tenant;

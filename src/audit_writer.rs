@@ -437,7 +437,17 @@ pub struct SimpleInsert {
     /// Row triggers, CHECK constraints or stored generated columns were added to the table:
     /// take the executor's full path (ExecSimpleRelationInsert) for every row.
     full_path: bool,
+    /// Rows formed and not yet in the table: `batch[..queued]`, each owning its tuple.
+    batch: Vec<*mut pg_sys::TupleTableSlot>,
+    queued: usize,
+    queued_bytes: usize,
 }
+
+/// A batch of rows goes to the table in one `multi_insert` (one WAL record per page, as COPY
+/// does) when it reaches this many rows or bytes; the bound on bytes keeps wide rows from
+/// holding much memory.
+const BATCH_ROWS: usize = 1000;
+const BATCH_BYTES: usize = 256 * 1024;
 
 impl SimpleInsert {
     /// Open `tenancy.<table>` for inserting the named columns. `own_checks` names the CHECK
@@ -498,6 +508,9 @@ impl SimpleInsert {
             slot: pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsVirtual),
             att,
             full_path,
+            batch: Vec::new(),
+            queued: 0,
+            queued_bytes: 0,
         }
     }
 
@@ -505,12 +518,43 @@ impl SimpleInsert {
     /// The table's indexes are maintained. pg_tenancy's own NOT NULL and CHECK constraints are
     /// not evaluated (the CHECK would be compiled again for every statement, and pg_tenancy
     /// fills these columns itself); when someone added row triggers or CHECK constraints, the
-    /// executor's full path runs them.
+    /// executor's full path runs them, row by row. Otherwise the row is queued and reaches the
+    /// table with its batch (at the latest in [`SimpleInsert::close`]); the values are copied,
+    /// so the caller may free them at once.
     ///
     /// # Safety
     /// Datums must be valid for the columns' types.
     pub unsafe fn insert(&mut self, values: &[Option<Datum>]) {
-        let slot = self.slot;
+        if self.full_path {
+            Self::fill(self.slot, &self.att, values);
+            pg_sys::ExecSimpleRelationInsert(self.rri, self.estate, self.slot);
+            return;
+        }
+        if self.queued == self.batch.len() {
+            // In the executor state's memory, which lives until close: the caller may be in
+            // a per-row context.
+            let outer = pg_sys::MemoryContextSwitchTo((*self.estate).es_query_cxt);
+            self.batch.push(pg_sys::MakeSingleTupleTableSlot(
+                (*self.rel).rd_att,
+                pg_sys::table_slot_callbacks(self.rel),
+            ));
+            pg_sys::MemoryContextSwitchTo(outer);
+        }
+        let slot = self.batch[self.queued];
+        Self::fill(slot, &self.att, values);
+        // The slot now owns a copy of the row (in the statement's memory).
+        let materialize = (*(*slot).tts_ops).materialize.expect("slot materialize");
+        materialize(slot);
+        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, std::ptr::null_mut());
+        self.queued += 1;
+        self.queued_bytes += (*tuple).t_len as usize;
+        if self.queued >= BATCH_ROWS || self.queued_bytes >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    /// Store `values` into `slot` as a virtual tuple.
+    unsafe fn fill(slot: *mut pg_sys::TupleTableSlot, att: &[usize], values: &[Option<Datum>]) {
         pg_sys::ExecClearTuple(slot);
         let n = (*(*slot).tts_tupleDescriptor).natts as usize;
         for i in 0..n {
@@ -519,40 +563,84 @@ impl SimpleInsert {
         }
         for (f, v) in values.iter().enumerate() {
             if let Some(v) = v {
-                *(*slot).tts_values.add(self.att[f]) = *v;
-                *(*slot).tts_isnull.add(self.att[f]) = false;
+                *(*slot).tts_values.add(att[f]) = *v;
+                *(*slot).tts_isnull.add(att[f]) = false;
             }
         }
         pg_sys::ExecStoreVirtualTuple(slot);
-        if self.full_path {
-            pg_sys::ExecSimpleRelationInsert(self.rri, self.estate, slot);
-        } else {
-            pg_sys::simple_table_tuple_insert(self.rel, slot);
-            if (*self.rri).ri_NumIndices > 0 {
-                let recheck = pg_sys::ExecInsertIndexTuples(
-                    self.rri,
-                    slot,
-                    self.estate,
-                    false,
-                    false,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                );
-                pg_sys::list_free(recheck);
-            }
+    }
+
+    /// Write the queued rows: one `multi_insert`, then each row's index entries.
+    unsafe fn flush(&mut self) {
+        if self.queued == 0 {
+            return;
         }
+        if self.queued == 1 {
+            // One row (the usual single-row statement, and every chain entry): the plain path.
+            let slot = self.batch[0];
+            pg_sys::simple_table_tuple_insert(self.rel, slot);
+            self.insert_index_entries(slot);
+            pg_sys::ExecClearTuple(slot);
+            self.queued = 0;
+            self.queued_bytes = 0;
+            return;
+        }
+        let multi_insert = (*(*self.rel).rd_tableam)
+            .multi_insert
+            .expect("table AM multi_insert");
+        multi_insert(
+            self.rel,
+            self.batch.as_mut_ptr(),
+            self.queued as i32,
+            (*self.estate).es_output_cid,
+            0,
+            std::ptr::null_mut(),
+        );
+        for &slot in &self.batch[..self.queued] {
+            self.insert_index_entries(slot);
+            pg_sys::ExecClearTuple(slot);
+        }
+        self.queued = 0;
+        self.queued_bytes = 0;
+    }
+
+    /// The index entries of a row just written (its slot knows where).
+    unsafe fn insert_index_entries(&self, slot: *mut pg_sys::TupleTableSlot) {
+        if (*self.rri).ri_NumIndices == 0 {
+            return;
+        }
+        let recheck = pg_sys::ExecInsertIndexTuples(
+            self.rri,
+            slot,
+            self.estate,
+            false,
+            false,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        pg_sys::list_free(recheck);
+        self.reset_tuple_memory();
     }
 
     /// Free what the last row left in the executor's per-row memory.
     pub unsafe fn reset_row(&mut self) {
         pg_sys::ExecClearTuple(self.slot);
+        self.reset_tuple_memory();
+    }
+
+    unsafe fn reset_tuple_memory(&self) {
         let econtext = (*self.estate).es_per_tuple_exprcontext;
         if !econtext.is_null() {
             pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
         }
     }
 
-    pub unsafe fn close(self) {
+    /// Write what is still queued and release the table.
+    pub unsafe fn close(mut self) {
+        self.flush();
+        for &slot in &self.batch {
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+        }
         pg_sys::ExecCloseIndices(self.rri);
         pg_sys::AfterTriggerEndQuery(self.estate);
         pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);

@@ -751,3 +751,88 @@ fn constraints_and_triggers_added_to_the_trail_apply_to_written_records() {
         .unwrap();
     assert!(verify(&mut su, &f.a).0);
 }
+
+/// Records of one tenant counted through `plan` (SET LOCAL lines forcing a scan), as the
+/// superuser.
+fn records_through(su: &mut Client, tenant_id: &str, table: &str, plan: &str) -> i64 {
+    su.batch_execute(&format!("BEGIN; {plan}")).unwrap();
+    let n = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid AND table_name = $2",
+            &[&tenant_id, &table],
+        )
+        .unwrap()
+        .get(0);
+    su.batch_execute("COMMIT").unwrap();
+    n
+}
+
+#[test]
+fn a_statement_of_thousands_of_rows_leaves_one_record_per_row_in_the_table_and_both_indexes() {
+    // The writer hands records to the table in batches (by rows and by bytes): every batch,
+    // the last partial one included, must reach the heap and each of the trail's indexes.
+    let f = Fixture::new();
+    let mut c = app();
+    let mut su = superuser();
+    write(
+        &mut c,
+        &f,
+        "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, 2600) g",
+        true,
+    );
+    // Wide rows: 300 records of about 4 kB each, in a table of their own (the shared tables'
+    // page layout is what other tests' TID scans rely on).
+    let wide = ident("it_wide");
+    su.batch_execute(&format!(
+        "CREATE TABLE public.{wide} (tenant_id uuid NOT NULL, id int NOT NULL, name text NOT NULL, \
+           PRIMARY KEY (tenant_id, id)); \
+         SELECT tenancy.protect('public.{wide}'); \
+         GRANT SELECT, INSERT ON public.{wide} TO {APP}"
+    ))
+    .unwrap();
+    write(
+        &mut c,
+        &f,
+        &format!(
+            "INSERT INTO {wide} (id, name) SELECT g, repeat(md5(g::text), 128) FROM generate_series(1, 300) g"
+        ),
+        true,
+    );
+    let wide_name = format!("public.{wide}");
+    for (table, rows) in [("public.it_orders", 2600), (wide_name.as_str(), 300)] {
+        for plan in [
+            "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_indexonlyscan = off",
+            // (tenant_id, id)
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off",
+        ] {
+            assert_eq!(records_through(&mut su, &f.a_id, table, plan), rows, "{table} {plan}");
+        }
+    }
+    // The primary key: every record found by its id.
+    su.batch_execute("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+        .unwrap();
+    let by_id: i64 = su
+        .query_one(
+            "SELECT count(*) FROM unnest(ARRAY(SELECT id FROM tenancy.audit_log \
+               WHERE tenant_id = $1::text::uuid AND table_name IN ('public.it_orders', $2))) x \
+              WHERE EXISTS (SELECT FROM tenancy.audit_log l WHERE l.id = x)",
+            &[&f.a_id, &wide_name],
+        )
+        .unwrap()
+        .get(0);
+    su.batch_execute("COMMIT").unwrap();
+    assert_eq!(by_id, 2900);
+    let names: i64 = su
+        .query_one(
+            "SELECT count(DISTINCT new_row->>'name') FROM tenancy.audit_log \
+              WHERE tenant_id = $1::text::uuid AND table_name = $2 \
+                AND length(new_row->>'name') = 4096",
+            &[&f.a_id, &wide_name],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(names, 300, "each wide record kept its own row");
+    let (ok, bad, n, detail) = verify(&mut su, &f.a);
+    assert!(ok, "first bad {bad:?}: {detail}");
+    assert_eq!(n, 2600 + 300 + 1 /* create_tenant */);
+}
