@@ -8,12 +8,14 @@
 //! (a subquery scan, the hash expression compiled again, RETURNING) cost more than the
 //! change it recorded.
 //!
-//! Per row: `to_jsonb` of the row (the same function the SQL used), `jsonb - text[]` for the
-//! excluded columns and the key, and for UPDATE only the columns whose jsonb values differ.
+//! Per row: the row as jsonb, the value `to_jsonb` gives (`src/audit_row_json.rs`), without
+//! the excluded columns; the key's columns likewise; for UPDATE only the columns whose jsonb
+//! values differ.
 //! `row_hash` is SHA-256 over exactly the text `tenancy._audit_hash` hashes (`quote_nullable`
 //! of each field's text form, joined by `|`), taken from the values as stored, so
 //! `audit_verify`, which recomputes it with the SQL function, checks these records too.
 
+use crate::audit_row_json::{Column, RowJson};
 use crate::catalog;
 use pgrx::fcinfo::{direct_function_call, direct_function_call_as_datum};
 use pgrx::pg_sys::{self, Datum};
@@ -176,50 +178,25 @@ struct Change {
     new_row: Option<Datum>,
 }
 
-/// How rows of the audited table become jsonb: `to_jsonb` of the row minus the excluded
-/// columns; the key is the row minus every non-key column.
+/// How rows of the audited table become jsonb: the row as `to_jsonb` gives it
+/// ([`RowJson`]) without the excluded columns; the key is the primary key's columns.
 struct RowShape {
-    to_jsonb: pg_sys::FmgrInfo,
+    json: RowJson,
     tenant_attnum: i32,
-    /// `text[]` of the excluded columns (None: nothing excluded), and their names.
-    exclude: Option<Datum>,
     exclude_names: Vec<String>,
-    /// `text[]` of every column that is not part of the primary key (None: no primary key).
-    non_key: Option<Datum>,
-    /// Audited columns (live, not excluded) as (name, text datum of the name).
-    columns: Vec<Column>,
-}
-
-/// An audited column: its name (also as a text datum) and what comparing its values needs.
-struct Column {
-    name: String,
-    name_text: Datum,
-    attnum: i32,
-    typlen: i16,
-    byval: bool,
+    /// Columns of the whole row, of the audited row (not excluded) and of the key (None: no
+    /// primary key).
+    all: Vec<bool>,
+    audited: Vec<bool>,
+    key: Option<Vec<bool>>,
+    /// Text datums of the column names (for `jsonb -> name`).
+    name_texts: Vec<Datum>,
 }
 
 impl RowShape {
     unsafe fn new(rel: pg_sys::Relation, table: &Table) -> RowShape {
-        let desc = (*rel).rd_att;
-        let mut live = Vec::new();
-        let mut shapes = Vec::new();
-        let mut tenant_attnum = 0;
-        for i in 0..(*desc).natts as usize {
-            let att = (*desc).attrs.as_ptr().add(i);
-            if (*att).attisdropped {
-                continue;
-            }
-            let name = CStr::from_ptr((*att).attname.data.as_ptr())
-                .to_string_lossy()
-                .into_owned();
-            if name == table.tenant_column {
-                tenant_attnum = (*att).attnum as i32;
-            }
-            shapes.push(((*att).attnum as i32, (*att).attlen, (*att).attbyval));
-            live.push(name);
-        }
-        if tenant_attnum == 0 {
+        let json = RowJson::new(rel);
+        let Some(tenant) = json.columns.iter().find(|c| c.name == table.tenant_column) else {
             crate::errors::raise(
                 crate::errors::NOT_IN_PREREQUISITE_STATE,
                 format!(
@@ -231,62 +208,26 @@ impl RowShape {
                     table.name.replace('\'', "''")
                 ),
             );
-        }
-        // to_jsonb(anyelement) learns its argument's type from the call expression: give it
-        // one that says "this table's row type".
-        let mut to_jsonb: pg_sys::FmgrInfo = std::mem::zeroed();
-        pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), &mut to_jsonb);
-        let arg = pg_sys::makeNullConst((*(*rel).rd_rel).reltype, -1, pg_sys::InvalidOid);
-        to_jsonb.fn_expr = pg_sys::makeFuncExpr(
-            pg_sys::Oid::from(pg_sys::F_TO_JSONB),
-            pg_sys::JSONBOID,
-            pg_sys::lappend(std::ptr::null_mut(), arg.cast()),
-            pg_sys::InvalidOid,
-            pg_sys::InvalidOid,
-            pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
-        )
-        .cast();
-        let text_array =
-            |names: Vec<&str>| (!names.is_empty()).then(|| names.into_datum().expect("text[]"));
-        let exclude = text_array(table.exclude.iter().map(String::as_str).collect());
-        let non_key = if table.key_columns.is_empty() {
-            None
-        } else {
-            Some(
-                live.iter()
-                    .filter(|c| !table.key_columns.contains(c))
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .into_datum()
-                    .expect("text[]"),
-            )
         };
-        let columns = live
+        let tenant_attnum = tenant.attnum;
+        let all = json.select(|_| true);
+        let audited = json.select(|c| !table.exclude.iter().any(|e| e == c));
+        let key = (!table.key_columns.is_empty())
+            .then(|| json.select(|c| table.key_columns.iter().any(|k| k == c)));
+        let name_texts = json
+            .columns
             .iter()
-            .zip(shapes)
-            .filter(|(c, _)| !table.exclude.contains(c))
-            .map(|(c, (attnum, typlen, byval))| Column {
-                name: c.clone(),
-                name_text: c.as_str().into_datum().expect("text"),
-                attnum,
-                typlen,
-                byval,
-            })
+            .map(|c| c.name.as_str().into_datum().expect("text"))
             .collect();
         RowShape {
-            to_jsonb,
+            json,
             tenant_attnum,
-            exclude,
             exclude_names: table.exclude.to_vec(),
-            non_key,
-            columns,
+            all,
+            audited,
+            key,
+            name_texts,
         }
-    }
-
-    unsafe fn full(&self, slot: *mut pg_sys::TupleTableSlot) -> Datum {
-        let row = pg_sys::ExecFetchSlotHeapTupleDatum(slot);
-        let flinfo = &self.to_jsonb as *const _ as *mut pg_sys::FmgrInfo;
-        pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, row)
     }
 
     unsafe fn tenant(&self, slot: *mut pg_sys::TupleTableSlot) -> Option<Datum> {
@@ -305,26 +246,24 @@ impl RowShape {
         }
     }
 
-    unsafe fn key(&self, full: Datum) -> Option<Datum> {
-        self.non_key.map(|k| Self::minus(full, Some(k)))
+    unsafe fn key(&self, row: *mut pg_sys::TupleTableSlot) -> Option<Datum> {
+        self.key.as_ref().map(|k| self.json.object(row, k))
     }
 
     unsafe fn insert(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
-        let full = self.full(row);
         Change {
             tenant: self.tenant(row),
-            row_key: self.key(full),
+            row_key: self.key(row),
             old_row: None,
-            new_row: Some(Self::minus(full, self.exclude)),
+            new_row: Some(self.json.object(row, &self.audited)),
         }
     }
 
     unsafe fn delete(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
-        let full = self.full(row);
         Change {
             tenant: self.tenant(row),
-            row_key: self.key(full),
-            old_row: Some(Self::minus(full, self.exclude)),
+            row_key: self.key(row),
+            old_row: Some(self.json.object(row, &self.audited)),
             new_row: None,
         }
     }
@@ -336,20 +275,29 @@ impl RowShape {
         old: *mut pg_sys::TupleTableSlot,
         new: *mut pg_sys::TupleTableSlot,
     ) -> Change {
-        let (old_full, new_full) = (self.full(old), self.full(new));
+        let (old_full, new_full) = (
+            self.json.object(old, &self.all),
+            self.json.object(new, &self.all),
+        );
         let field = |full: Datum, name: Datum| {
             direct_function_call_as_datum(pg_sys::jsonb_object_field, &[Some(full), Some(name)])
         };
         let mut unchanged: Vec<&str> = self.exclude_names.iter().map(String::as_str).collect();
         let mut any_changed = false;
-        for col in &self.columns {
+        for ((col, &audited), &name) in self
+            .json
+            .columns
+            .iter()
+            .zip(&self.audited)
+            .zip(&self.name_texts)
+        {
+            if !audited {
+                continue;
+            }
             // Identical bits make identical jsonb; only values that differ in their bits are
             // compared as jsonb (1.0 and 1.00 are the same jsonb number).
             let same = same_bits(old, new, col)
-                || match (
-                    field(old_full, col.name_text),
-                    field(new_full, col.name_text),
-                ) {
+                || match (field(old_full, name), field(new_full, name)) {
                     (Some(a), Some(b)) => {
                         direct_function_call::<bool>(pg_sys::jsonb_eq, &[Some(a), Some(b)])
                             .unwrap_or(false)
@@ -373,7 +321,7 @@ impl RowShape {
         };
         Change {
             tenant: self.tenant(new),
-            row_key: self.key(new_full),
+            row_key: self.key(new),
             old_row,
             new_row,
         }

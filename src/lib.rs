@@ -22,6 +22,7 @@ use pgrx::JsonB;
 
 mod audit;
 mod audit_anchor;
+mod audit_row_json;
 mod audit_writer;
 mod authz;
 mod binding;

@@ -836,3 +836,98 @@ fn a_statement_of_thousands_of_rows_leaves_one_record_per_row_in_the_table_and_b
     assert!(ok, "first bad {bad:?}: {detail}");
     assert_eq!(n, 2600 + 300 + 1 /* create_tenant */);
 }
+
+#[test]
+fn records_hold_each_row_exactly_as_to_jsonb_gives_it_for_every_kind_of_column() {
+    // The writer converts integers, numerics, booleans, text, varchar and uuid itself and
+    // leaves every other type to to_jsonb of the value: the record must be the text
+    // to_jsonb(row) gives, for values at the edges of each type, NULLs, escapes and toasted
+    // values.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let s = ident("kinds");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {APP}; \
+         CREATE DOMAIN {s}.positive AS int CHECK (VALUE > 0); \
+         CREATE TYPE {s}.mood AS ENUM ('calm', 'tense'); \
+         CREATE TYPE {s}.pair AS (a int, b text); \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL, i2 int2, i8 int8, n numeric, \
+           n5 numeric(10, 5), f4 float4, f8 float8, b bool, tx text, vc varchar(12), ch char(5), u uuid, \
+           ts timestamptz, tl timestamp, d date, j jsonb, js json, arr int[], dom {s}.positive, en {s}.mood, \
+           pr {s}.pair, by bytea, PRIMARY KEY (tenant_id, id)); \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.t TO {APP}; \
+         SELECT tenancy.protect('{s}.t')"
+    ))
+    .unwrap();
+    let mut c = app();
+    write(
+        &mut c,
+        &f,
+        &format!(
+            "INSERT INTO {s}.t (id, i2, i8, n, n5, f4, f8, b, tx, vc, ch, u, ts, tl, d, j, js, arr, dom, en, pr, by) VALUES \
+             (1, -32768, -9223372036854775808, 0.000001230, 1.5, 1.5e-7, -1e308, true, \
+              E'quote \" backslash \\\\ tab \\t newline \\n \\u00e9 \\u0001', 'varchar', 'ab', \
+              'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2026-11-22 10:00:00.123456+02', '1999-12-31 23:59:59.5', '2026-02-28', \
+              '{{\"z\": [1, 2.50, null], \"a\": {{\"b\": \"c\"}}}}', '{{\"keep\":  \"spacing\" }}', '{{1,NULL,3}}', 7, 'tense', \
+              ROW(1, 'x'), '\\x00ff'), \
+             (2, 32767, 9223372036854775807, 'NaN', 'NaN', 'NaN', '-Infinity', false, \
+              (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 200) g), \
+              '', '', '00000000-0000-0000-0000-000000000000', 'infinity', '-infinity', '-infinity', '\"scalar\"', 'null', '{{}}', \
+              1, 'calm', ROW(NULL, NULL), ''), \
+             (3, NULL, NULL, -12345678901234567890.123456789, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+              NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL), \
+             (4, 0, 0, '-Infinity', 0, 0, 0, NULL, 'plain', 'x', 'x', NULL, NULL, '4713-01-01 00:00:00 BC', NULL, '[]', '[]', NULL, 2, NULL, NULL, NULL)"
+        ),
+        true,
+    );
+    let mismatched = |su: &mut Client, sql: &str| -> Vec<String> {
+        su.query(sql, &[&format!("{s}.t")])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let inserts = format!(
+        "SELECT format('%s: %s <> %s', t.id, l.new_row, to_jsonb(t)) FROM {s}.t t \
+           JOIN tenancy.audit_log l ON l.table_name = $1 AND l.op = 'INSERT' AND (l.row_key->>'id')::int = t.id \
+          WHERE l.new_row::text IS DISTINCT FROM to_jsonb(t)::text \
+             OR l.row_key::text IS DISTINCT FROM jsonb_build_object('tenant_id', t.tenant_id, 'id', t.id)::text"
+    );
+    assert_eq!(mismatched(&mut su, &inserts), Vec::<String>::new());
+    let n: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE table_name = $1 AND op = 'INSERT'",
+            &[&format!("{s}.t")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 4);
+    // UPDATE keeps the changed columns; DELETE the whole row as it was.
+    su.batch_execute(&format!("CREATE TABLE {s}.before AS SELECT * FROM {s}.t"))
+        .unwrap();
+    write(
+        &mut c,
+        &f,
+        &format!("UPDATE {s}.t SET i8 = i8 / 2, tx = coalesce(tx, '') || '!', pr = ROW(9, 'y'); DELETE FROM {s}.t"),
+        true,
+    );
+    let updates = format!(
+        "SELECT format('%s: %s', w.id, l.new_row) FROM {s}.before w \
+           JOIN tenancy.audit_log l ON l.table_name = $1 AND l.op = 'UPDATE' AND (l.row_key->>'id')::int = w.id \
+          WHERE l.new_row::text IS DISTINCT FROM (jsonb_build_object('tx', coalesce(w.tx, '') || '!', 'pr', ROW(9, 'y')::{s}.pair) \
+                  || CASE WHEN w.i8 IS DISTINCT FROM w.i8 / 2 THEN jsonb_build_object('i8', w.i8 / 2) ELSE '{{}}' END)::text"
+    );
+    assert_eq!(mismatched(&mut su, &updates), Vec::<String>::new());
+    let deletes = format!(
+        "SELECT format('%s: %s <> %s', w.id, l.old_row, to_jsonb(w)) FROM {s}.before w \
+           JOIN tenancy.audit_log l ON l.table_name = $1 AND l.op = 'DELETE' AND (l.row_key->>'id')::int = w.id \
+          WHERE l.old_row::text IS DISTINCT FROM to_jsonb(w)::text"
+    );
+    // (before has the rows as they were before the UPDATE; compare with the updated values)
+    su.batch_execute(&format!(
+        "UPDATE {s}.before SET i8 = i8 / 2, tx = coalesce(tx, '') || '!', pr = ROW(9, 'y')"
+    ))
+    .unwrap();
+    assert_eq!(mismatched(&mut su, &deletes), Vec::<String>::new());
+    assert!(verify(&mut su, &f.a).0);
+}

@@ -1,0 +1,228 @@
+//! A row of an audited table as jsonb, the same value `to_jsonb(row)` gives, without the work
+//! `to_jsonb` repeats for every row.
+//!
+//! `to_jsonb` of a row looks up the row type and, for every column of every row, the column's
+//! base type, element type, row-type-ness and output function in the system caches, then turns
+//! integers and numerics into text and parses the text back into a numeric. Here each column's
+//! conversion is decided once per statement: integers become jsonb numbers directly, numerics
+//! are stored as they are (NaN and the infinities become strings, as `to_jsonb` makes them),
+//! booleans, text, varchar, uuid and jsonb are copied, dates and timestamps formatted as
+//! `to_jsonb` formats them, and every other type (domains included) is converted by
+//! `to_jsonb` of the column's value alone, which is what `to_jsonb` of the row does for that
+//! column.
+
+use pgrx::pg_sys::{self, Datum};
+use std::ffi::CString;
+
+/// How one column's value becomes a jsonb value.
+enum Kind {
+    Int2,
+    Int4,
+    Int8,
+    Numeric,
+    Bool,
+    /// text and varchar: the string as stored.
+    Text,
+    Uuid,
+    /// date, timestamp and timestamptz: the ISO 8601 text to_jsonb gives, of this type.
+    DateTime(pg_sys::Oid),
+    /// jsonb: the value itself.
+    Jsonb,
+    /// `to_jsonb` of the value, called with an expression of the column's type.
+    Other(Box<pg_sys::FmgrInfo>),
+}
+
+/// A live column of the audited table.
+pub struct Column {
+    pub name: String,
+    key_name: CString,
+    pub attnum: i32,
+    pub typlen: i16,
+    pub byval: bool,
+    kind: Kind,
+}
+
+/// The live columns of a table, each with its conversion.
+pub struct RowJson {
+    pub columns: Vec<Column>,
+}
+
+impl RowJson {
+    /// # Safety
+    /// `rel` must be an open relation.
+    pub unsafe fn new(rel: pg_sys::Relation) -> RowJson {
+        let desc = (*rel).rd_att;
+        let mut columns = Vec::new();
+        for i in 0..(*desc).natts as usize {
+            let att = (*desc).attrs.as_ptr().add(i);
+            if (*att).attisdropped {
+                continue;
+            }
+            let key_name = std::ffi::CStr::from_ptr((*att).attname.data.as_ptr()).to_owned();
+            columns.push(Column {
+                name: key_name.to_string_lossy().into_owned(),
+                key_name,
+                attnum: (*att).attnum as i32,
+                typlen: (*att).attlen,
+                byval: (*att).attbyval,
+                kind: kind_of((*att).atttypid),
+            });
+        }
+        RowJson { columns }
+    }
+
+    /// Which columns `include` selects, for [`RowJson::object`].
+    pub fn select(&self, include: impl Fn(&str) -> bool) -> Vec<bool> {
+        self.columns.iter().map(|c| include(&c.name)).collect()
+    }
+
+    /// The jsonb object of the row's selected columns, keyed by column name.
+    ///
+    /// # Safety
+    /// `slot` must hold a row of the relation this was made for.
+    pub unsafe fn object(&self, slot: *mut pg_sys::TupleTableSlot, selected: &[bool]) -> Datum {
+        let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+        pg_sys::pushJsonbValue(
+            &mut state,
+            pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,
+            std::ptr::null_mut(),
+        );
+        for (col, _) in self.columns.iter().zip(selected).filter(|(_, &s)| s) {
+            let mut key = string_value(col.key_name.as_ptr(), col.key_name.as_bytes().len());
+            pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_KEY, &mut key);
+            let mut isnull = false;
+            let d = pg_sys::slot_getattr(slot, col.attnum, &mut isnull);
+            let mut value = if isnull {
+                scalar(pg_sys::jbvType::jbvNull)
+            } else {
+                col.value(d)
+            };
+            pg_sys::pushJsonbValue(
+                &mut state,
+                pg_sys::JsonbIteratorToken::WJB_VALUE,
+                &mut value,
+            );
+        }
+        let object = pg_sys::pushJsonbValue(
+            &mut state,
+            pg_sys::JsonbIteratorToken::WJB_END_OBJECT,
+            std::ptr::null_mut(),
+        );
+        Datum::from(pg_sys::JsonbValueToJsonb(object))
+    }
+}
+
+impl Column {
+    /// The jsonb value of a non-null datum of this column.
+    unsafe fn value(&self, d: Datum) -> pg_sys::JsonbValue {
+        let number = |n: pg_sys::Numeric| {
+            let mut v = scalar(pg_sys::jbvType::jbvNumeric);
+            v.val.numeric = n;
+            v
+        };
+        match &self.kind {
+            Kind::Int2 => number(pg_sys::int64_to_numeric(d.value() as i16 as i64)),
+            Kind::Int4 => number(pg_sys::int64_to_numeric(d.value() as i32 as i64)),
+            Kind::Int8 => number(pg_sys::int64_to_numeric(d.value() as i64)),
+            Kind::Numeric => {
+                let n = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as pg_sys::Numeric;
+                if pg_sys::numeric_is_nan(n) || pg_sys::numeric_is_inf(n) {
+                    // Not a JSON number: to_jsonb makes it the string numeric_out gives.
+                    let text = pgrx::fcinfo::direct_function_call_as_datum(
+                        pg_sys::numeric_out,
+                        &[Some(Datum::from(n))],
+                    )
+                    .expect("numeric_out");
+                    let p = text.cast_mut_ptr::<std::ffi::c_char>();
+                    string_value(p, std::ffi::CStr::from_ptr(p).to_bytes().len())
+                } else {
+                    number(n)
+                }
+            }
+            Kind::Bool => {
+                let mut v = scalar(pg_sys::jbvType::jbvBool);
+                v.val.boolean = d.value() != 0;
+                v
+            }
+            Kind::Text => {
+                let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                string_value(
+                    pgrx::vardata_any(t) as *mut std::ffi::c_char,
+                    pgrx::varsize_any_exhdr(t),
+                )
+            }
+            Kind::Uuid => {
+                let bytes = std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16);
+                let text = uuid::Uuid::from_slice(bytes)
+                    .expect("uuid")
+                    .hyphenated()
+                    .to_string();
+                let p = pg_sys::palloc(text.len()) as *mut u8;
+                std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len());
+                string_value(p.cast(), text.len())
+            }
+            Kind::DateTime(typ) => {
+                let p = pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), d, *typ, std::ptr::null());
+                string_value(p, std::ffi::CStr::from_ptr(p).to_bytes().len())
+            }
+            Kind::Jsonb => binary(d),
+            Kind::Other(flinfo) => {
+                let flinfo = &**flinfo as *const _ as *mut pg_sys::FmgrInfo;
+                binary(pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, d))
+            }
+        }
+    }
+}
+
+unsafe fn kind_of(typ: pg_sys::Oid) -> Kind {
+    match typ {
+        pg_sys::INT2OID => Kind::Int2,
+        pg_sys::INT4OID => Kind::Int4,
+        pg_sys::INT8OID => Kind::Int8,
+        pg_sys::NUMERICOID => Kind::Numeric,
+        pg_sys::BOOLOID => Kind::Bool,
+        pg_sys::TEXTOID | pg_sys::VARCHAROID => Kind::Text,
+        pg_sys::UUIDOID => Kind::Uuid,
+        pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => Kind::DateTime(typ),
+        pg_sys::JSONBOID => Kind::Jsonb,
+        _ => {
+            // to_jsonb(anyelement) learns its argument's type from the call expression.
+            let mut flinfo: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
+            pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), &mut *flinfo);
+            let arg = pg_sys::makeNullConst(typ, -1, pg_sys::InvalidOid);
+            flinfo.fn_expr = pg_sys::makeFuncExpr(
+                pg_sys::Oid::from(pg_sys::F_TO_JSONB),
+                pg_sys::JSONBOID,
+                pg_sys::lappend(std::ptr::null_mut(), arg.cast()),
+                pg_sys::InvalidOid,
+                pg_sys::InvalidOid,
+                pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+            )
+            .cast();
+            Kind::Other(flinfo)
+        }
+    }
+}
+
+/// A jsonb datum as a value to push: its container is unpacked (a scalar's too).
+unsafe fn binary(d: Datum) -> pg_sys::JsonbValue {
+    let jsonb = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+    let mut v = scalar(pg_sys::jbvType::jbvBinary);
+    v.val.binary.data = &mut (*jsonb).root;
+    v.val.binary.len = pgrx::varsize_any_exhdr(jsonb.cast()) as i32;
+    v
+}
+
+fn scalar(t: pg_sys::jbvType::Type) -> pg_sys::JsonbValue {
+    // SAFETY: JsonbValue is plain data; every variant is valid when zeroed.
+    let mut v: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
+    v.type_ = t;
+    v
+}
+
+fn string_value(p: *const std::ffi::c_char, len: usize) -> pg_sys::JsonbValue {
+    let mut v = scalar(pg_sys::jbvType::jbvString);
+    v.val.string.val = p as *mut _;
+    v.val.string.len = len as i32;
+    v
+}
