@@ -68,6 +68,12 @@ impl RowJson {
                 kind: kind_of((*att).atttypid),
             });
         }
+        // In the order jsonb keeps an object's keys (shorter first, then bytewise): the sort
+        // that ends every object then finds them sorted already.
+        columns.sort_by(|a, b| {
+            let (a, b) = (a.key_name.as_bytes(), b.key_name.as_bytes());
+            a.len().cmp(&b.len()).then(a.cmp(b))
+        });
         RowJson { columns }
     }
 

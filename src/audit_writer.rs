@@ -842,15 +842,18 @@ fn quote_nullable(out: &mut Vec<u8>, value: Option<&[u8]>) {
         out.extend_from_slice(b"NULL");
         return;
     };
+    let special = |c: &u8| *c == b'\'' || *c == b'\\';
     if v.contains(&b'\\') {
         out.push(b'E');
     }
     out.push(b'\'');
-    for &c in v {
-        if c == b'\'' || c == b'\\' {
-            out.push(c);
-        }
-        out.push(c);
+    // Copy runs without quotes or backslashes whole; double each of those.
+    let mut rest = v;
+    while let Some(i) = rest.iter().position(special) {
+        out.extend_from_slice(&rest[..=i]);
+        out.push(rest[i]);
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'\'');
 }
