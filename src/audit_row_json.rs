@@ -36,6 +36,8 @@ enum Kind {
 pub struct Column {
     pub name: String,
     key_name: CString,
+    /// The key as `jsonb_out` writes it, with the ": " that follows it.
+    key_text: Vec<u8>,
     pub attnum: i32,
     pub typlen: i16,
     pub byval: bool,
@@ -59,9 +61,13 @@ impl RowJson {
                 continue;
             }
             let key_name = std::ffi::CStr::from_ptr((*att).attname.data.as_ptr()).to_owned();
+            let mut key_text = Vec::new();
+            escape_json(&mut key_text, key_name.as_bytes());
+            key_text.extend_from_slice(b": ");
             columns.push(Column {
                 name: key_name.to_string_lossy().into_owned(),
                 key_name,
+                key_text,
                 attnum: (*att).attnum as i32,
                 typlen: (*att).attlen,
                 byval: (*att).attbyval,
@@ -82,26 +88,56 @@ impl RowJson {
         self.columns.iter().map(|c| include(&c.name)).collect()
     }
 
-    /// The jsonb object of the row's selected columns, keyed by column name.
+    /// Whether [`RowJson::object`] can write the text of an object of these columns: none is
+    /// of a type left to `to_jsonb`, or jsonb.
+    pub fn textual(&self, selected: &[bool]) -> bool {
+        self.columns
+            .iter()
+            .zip(selected)
+            .all(|(c, &s)| !s || !matches!(c.kind, Kind::Jsonb | Kind::Other(_)))
+    }
+
+    /// The jsonb object of the row's selected columns, keyed by column name. With `text` (only
+    /// where [`RowJson::textual`] holds), also appends the text `jsonb_out` gives for it, so the
+    /// record's hash needs no second pass over the jsonb.
     ///
     /// # Safety
     /// `slot` must hold a row of the relation this was made for.
-    pub unsafe fn object(&self, slot: *mut pg_sys::TupleTableSlot, selected: &[bool]) -> Datum {
+    pub unsafe fn object(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+        selected: &[bool],
+        mut text: Option<&mut Vec<u8>>,
+    ) -> Datum {
+        if let Some(t) = text.as_deref_mut() {
+            t.push(b'{');
+        }
         let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
         pg_sys::pushJsonbValue(
             &mut state,
             pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,
             std::ptr::null_mut(),
         );
+        let mut first = true;
         for (col, _) in self.columns.iter().zip(selected).filter(|(_, &s)| s) {
             let mut key = string_value(col.key_name.as_ptr(), col.key_name.as_bytes().len());
             pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_KEY, &mut key);
             let mut isnull = false;
             let d = pg_sys::slot_getattr(slot, col.attnum, &mut isnull);
+            if let Some(t) = text.as_deref_mut() {
+                if !first {
+                    t.extend_from_slice(b", ");
+                }
+                t.extend_from_slice(&col.key_text);
+                if isnull {
+                    t.extend_from_slice(b"null");
+                }
+            }
+            first = false;
             let mut value = if isnull {
                 scalar(pg_sys::jbvType::jbvNull)
             } else {
-                col.value(d)
+                col.value(d, text.as_deref_mut())
             };
             pg_sys::pushJsonbValue(
                 &mut state,
@@ -114,62 +150,95 @@ impl RowJson {
             pg_sys::JsonbIteratorToken::WJB_END_OBJECT,
             std::ptr::null_mut(),
         );
+        if let Some(t) = text {
+            t.push(b'}');
+        }
         Datum::from(pg_sys::JsonbValueToJsonb(object))
     }
 }
 
 impl Column {
-    /// The jsonb value of a non-null datum of this column.
-    unsafe fn value(&self, d: Datum) -> pg_sys::JsonbValue {
+    /// The jsonb value of a non-null datum of this column; with `text`, also appends the
+    /// value's text as `jsonb_out` writes it (never asked of jsonb or `to_jsonb` columns).
+    unsafe fn value(&self, d: Datum, text: Option<&mut Vec<u8>>) -> pg_sys::JsonbValue {
         let number = |n: pg_sys::Numeric| {
             let mut v = scalar(pg_sys::jbvType::jbvNumeric);
             v.val.numeric = n;
             v
         };
+        let integer = |i: i64, text: Option<&mut Vec<u8>>| {
+            if let Some(t) = text {
+                t.extend_from_slice(i.to_string().as_bytes());
+            }
+            number(pg_sys::int64_to_numeric(i))
+        };
+        let cstr = |p: *const std::ffi::c_char| std::ffi::CStr::from_ptr(p).to_bytes();
         match &self.kind {
-            Kind::Int2 => number(pg_sys::int64_to_numeric(d.value() as i16 as i64)),
-            Kind::Int4 => number(pg_sys::int64_to_numeric(d.value() as i32 as i64)),
-            Kind::Int8 => number(pg_sys::int64_to_numeric(d.value() as i64)),
+            Kind::Int2 => integer(d.value() as i16 as i64, text),
+            Kind::Int4 => integer(d.value() as i32 as i64, text),
+            Kind::Int8 => integer(d.value() as i64, text),
             Kind::Numeric => {
                 let n = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as pg_sys::Numeric;
-                if pg_sys::numeric_is_nan(n) || pg_sys::numeric_is_inf(n) {
+                let special = pg_sys::numeric_is_nan(n) || pg_sys::numeric_is_inf(n);
+                if !special && text.is_none() {
+                    return number(n);
+                }
+                let shown = pgrx::fcinfo::direct_function_call_as_datum(
+                    pg_sys::numeric_out,
+                    &[Some(Datum::from(n))],
+                )
+                .expect("numeric_out")
+                .cast_mut_ptr::<std::ffi::c_char>();
+                let bytes = cstr(shown);
+                if special {
                     // Not a JSON number: to_jsonb makes it the string numeric_out gives.
-                    let text = pgrx::fcinfo::direct_function_call_as_datum(
-                        pg_sys::numeric_out,
-                        &[Some(Datum::from(n))],
-                    )
-                    .expect("numeric_out");
-                    let p = text.cast_mut_ptr::<std::ffi::c_char>();
-                    string_value(p, std::ffi::CStr::from_ptr(p).to_bytes().len())
+                    if let Some(t) = text {
+                        escape_json(t, bytes);
+                    }
+                    string_value(shown, bytes.len())
                 } else {
+                    if let Some(t) = text {
+                        t.extend_from_slice(bytes);
+                    }
                     number(n)
                 }
             }
             Kind::Bool => {
+                let b = d.value() != 0;
+                if let Some(t) = text {
+                    t.extend_from_slice(if b { b"true" } else { b"false" });
+                }
                 let mut v = scalar(pg_sys::jbvType::jbvBool);
-                v.val.boolean = d.value() != 0;
+                v.val.boolean = b;
                 v
             }
             Kind::Text => {
                 let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                string_value(
-                    pgrx::vardata_any(t) as *mut std::ffi::c_char,
-                    pgrx::varsize_any_exhdr(t),
-                )
+                let (p, len) = (pgrx::vardata_any(t), pgrx::varsize_any_exhdr(t));
+                if let Some(out) = text {
+                    escape_json(out, std::slice::from_raw_parts(p.cast::<u8>(), len));
+                }
+                string_value(p as *mut std::ffi::c_char, len)
             }
             Kind::Uuid => {
                 let bytes = std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16);
-                let text = uuid::Uuid::from_slice(bytes)
+                let shown = uuid::Uuid::from_slice(bytes)
                     .expect("uuid")
                     .hyphenated()
                     .to_string();
-                let p = pg_sys::palloc(text.len()) as *mut u8;
-                std::ptr::copy_nonoverlapping(text.as_ptr(), p, text.len());
-                string_value(p.cast(), text.len())
+                if let Some(t) = text {
+                    escape_json(t, shown.as_bytes());
+                }
+                let p = pg_sys::palloc(shown.len()) as *mut u8;
+                std::ptr::copy_nonoverlapping(shown.as_ptr(), p, shown.len());
+                string_value(p.cast(), shown.len())
             }
             Kind::DateTime(typ) => {
                 let p = pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), d, *typ, std::ptr::null());
-                string_value(p, std::ffi::CStr::from_ptr(p).to_bytes().len())
+                if let Some(t) = text {
+                    escape_json(t, cstr(p));
+                }
+                string_value(p, cstr(p).len())
             }
             Kind::Jsonb => binary(d),
             Kind::Other(flinfo) => {
@@ -178,6 +247,32 @@ impl Column {
             }
         }
     }
+}
+
+/// PostgreSQL's escape_json: the string in double quotes; quotes, backslashes and the
+/// control characters below U+0020 escaped (\b \f \n \r \t by name, others as \u00xx).
+pub fn escape_json(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    let mut rest = s;
+    while let Some(i) = rest
+        .iter()
+        .position(|&c| c < b' ' || c == b'"' || c == b'\\')
+    {
+        out.extend_from_slice(&rest[..i]);
+        match rest[i] {
+            b'\x08' => out.extend_from_slice(b"\\b"),
+            b'\x0c' => out.extend_from_slice(b"\\f"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            c => out.extend_from_slice(format!("\\u{:04x}", c).as_bytes()),
+        }
+        rest = &rest[i + 1..];
+    }
+    out.extend_from_slice(rest);
+    out.push(b'"');
 }
 
 unsafe fn kind_of(typ: pg_sys::Oid) -> Kind {

@@ -173,9 +173,21 @@ impl Reader {
 /// One record's row-derived fields.
 struct Change {
     tenant: Option<Datum>,
-    row_key: Option<Datum>,
-    old_row: Option<Datum>,
-    new_row: Option<Datum>,
+    row_key: Option<Json>,
+    old_row: Option<Json>,
+    new_row: Option<Json>,
+}
+
+/// A jsonb field of a record, with its `jsonb_out` text when it was written alongside.
+struct Json {
+    datum: Datum,
+    text: Option<Vec<u8>>,
+}
+
+impl Json {
+    fn plain(datum: Datum) -> Json {
+        Json { datum, text: None }
+    }
 }
 
 /// How rows of the audited table become jsonb: the row as `to_jsonb` gives it
@@ -189,6 +201,9 @@ struct RowShape {
     all: Vec<bool>,
     audited: Vec<bool>,
     key: Option<Vec<bool>>,
+    /// Whether the audited row's and the key's text can be written alongside their jsonb.
+    audited_textual: bool,
+    key_textual: bool,
     /// Text datums of the column names (for `jsonb -> name`).
     name_texts: Vec<Datum>,
 }
@@ -220,6 +235,8 @@ impl RowShape {
             .map(|c| c.name.as_str().into_datum().expect("text"))
             .collect();
         RowShape {
+            audited_textual: json.textual(&audited),
+            key_textual: key.as_ref().is_some_and(|k| json.textual(k)),
             json,
             tenant_attnum,
             exclude_names: table.exclude.to_vec(),
@@ -246,8 +263,22 @@ impl RowShape {
         }
     }
 
-    unsafe fn key(&self, row: *mut pg_sys::TupleTableSlot) -> Option<Datum> {
-        self.key.as_ref().map(|k| self.json.object(row, k))
+    /// The selected columns of `row` as jsonb, with their text when `textual`.
+    unsafe fn build(
+        &self,
+        row: *mut pg_sys::TupleTableSlot,
+        selected: &[bool],
+        textual: bool,
+    ) -> Json {
+        let mut text = textual.then(|| Vec::with_capacity(128));
+        let datum = self.json.object(row, selected, text.as_mut());
+        Json { datum, text }
+    }
+
+    unsafe fn key(&self, row: *mut pg_sys::TupleTableSlot) -> Option<Json> {
+        self.key
+            .as_ref()
+            .map(|k| self.build(row, k, self.key_textual))
     }
 
     unsafe fn insert(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
@@ -255,7 +286,7 @@ impl RowShape {
             tenant: self.tenant(row),
             row_key: self.key(row),
             old_row: None,
-            new_row: Some(self.json.object(row, &self.audited)),
+            new_row: Some(self.build(row, &self.audited, self.audited_textual)),
         }
     }
 
@@ -263,7 +294,7 @@ impl RowShape {
         Change {
             tenant: self.tenant(row),
             row_key: self.key(row),
-            old_row: Some(self.json.object(row, &self.audited)),
+            old_row: Some(self.build(row, &self.audited, self.audited_textual)),
             new_row: None,
         }
     }
@@ -276,8 +307,8 @@ impl RowShape {
         new: *mut pg_sys::TupleTableSlot,
     ) -> Change {
         let (old_full, new_full) = (
-            self.json.object(old, &self.all),
-            self.json.object(new, &self.all),
+            self.json.object(old, &self.all, None),
+            self.json.object(new, &self.all, None),
         );
         let field = |full: Datum, name: Datum| {
             direct_function_call_as_datum(pg_sys::jsonb_object_field, &[Some(full), Some(name)])
@@ -313,8 +344,8 @@ impl RowShape {
         let (old_row, new_row) = if any_changed {
             let drop = (!unchanged.is_empty()).then(|| unchanged.into_datum().expect("text[]"));
             (
-                Some(Self::minus(old_full, drop)),
-                Some(Self::minus(new_full, drop)),
+                Some(Json::plain(Self::minus(old_full, drop))),
+                Some(Json::plain(Self::minus(new_full, drop))),
             )
         } else {
             (None, None)
@@ -660,8 +691,22 @@ impl Writer {
         let tenant = c.tenant.map(|d| {
             Uuid::from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16)).expect("uuid")
         });
-        let json = |d: Option<Datum>| d.map(|d| cstr(pg_sys::jsonb_out, d));
-        let (key, old, new) = (json(c.row_key), json(c.old_row), json(c.new_row));
+        // The text the hash covers: written alongside the jsonb where it could be.
+        fn text<'a>(
+            j: &'a Option<Json>,
+            out: impl Fn(Datum) -> Vec<u8>,
+        ) -> Option<std::borrow::Cow<'a, [u8]>> {
+            j.as_ref().map(|j| match &j.text {
+                Some(t) => std::borrow::Cow::Borrowed(t.as_slice()),
+                None => std::borrow::Cow::Owned(out(j.datum)),
+            })
+        }
+        let jsonb_text = |d: Datum| cstr(pg_sys::jsonb_out, d);
+        let (key, old, new) = (
+            text(&c.row_key, jsonb_text),
+            text(&c.old_row, jsonb_text),
+            text(&c.new_row, jsonb_text),
+        );
         let tenant_text = tenant.map(|t| t.hyphenated().to_string().into_bytes());
         let (id_text, epoch_text, txid_text) = (
             id.to_string().into_bytes(),
@@ -690,9 +735,9 @@ impl Writer {
             Some(Datum::from(self.txid)),
             Some(self.table.0),
             Some(self.op.0),
-            c.row_key,
-            c.old_row,
-            c.new_row,
+            c.row_key.as_ref().map(|j| j.datum),
+            c.old_row.as_ref().map(|j| j.datum),
+            c.new_row.as_ref().map(|j| j.datum),
             Some(self.role.0),
             self.subject.as_ref().map(|s| s.0),
             Some(self.app.0),

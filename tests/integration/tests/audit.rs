@@ -929,5 +929,44 @@ fn records_hold_each_row_exactly_as_to_jsonb_gives_it_for_every_kind_of_column()
     ))
     .unwrap();
     assert_eq!(mismatched(&mut su, &deletes), Vec::<String>::new());
-    assert!(verify(&mut su, &f.a).0);
+
+    // A table of only the types whose record text the writer also writes itself (for the
+    // hash, which audit_verify recomputes from the stored jsonb's text): escapes, NULLs and
+    // edge values must hash as jsonb_out writes them.
+    su.batch_execute(&format!(
+        "CREATE TABLE {s}.plain (tenant_id uuid NOT NULL, id int NOT NULL, i2 int2, i8 int8, n numeric, \
+           b bool, tx text, vc varchar(40), ts timestamptz, tl timestamp, d date, \"odd \"\"key\\\" text, \
+           PRIMARY KEY (tenant_id, id)); \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.plain TO {APP}; \
+         SELECT tenancy.protect('{s}.plain')"
+    ))
+    .unwrap();
+    write(
+        &mut c,
+        &f,
+        &format!(
+            "INSERT INTO {s}.plain VALUES \
+             (DEFAULT, 1, -1, 1, 1.10, true, E'\\b\\f\\n\\r\\t \" \\\\ \\u001f \\u007f \\u00e9 \\u2603', \
+              'it''s', '2026-01-01 00:00:00+00', '2026-01-01 12:34:56.789', '2026-01-01', '{{}}'), \
+             (DEFAULT, 2, NULL, NULL, 'NaN', NULL, NULL, NULL, NULL, NULL, NULL, NULL), \
+             (DEFAULT, 3, 0, -1, '-Infinity', false, '', '', '-infinity', 'infinity', 'infinity', 'x')"
+        ),
+        true,
+    );
+    let plain = format!(
+        "SELECT format('%s: %s <> %s', t.id, l.new_row, to_jsonb(t)) FROM {s}.plain t \
+           JOIN tenancy.audit_log l ON l.table_name = $1 AND l.op = 'INSERT' AND (l.row_key->>'id')::int = t.id \
+          WHERE l.new_row::text IS DISTINCT FROM to_jsonb(t)::text"
+    );
+    let plain_table = format!("{s}.plain");
+    let rows: Vec<String> = su
+        .query(&plain, &[&plain_table])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows, Vec::<String>::new());
+    write(&mut c, &f, &format!("DELETE FROM {s}.plain"), true);
+    let (ok, bad, _, detail) = verify(&mut su, &f.a);
+    assert!(ok, "first bad {bad:?}: {detail}");
 }
