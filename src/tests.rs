@@ -252,3 +252,22 @@ fn tenants_resolve_the_same_before_and_after_the_catalog_is_loaded_whole() {
         assert_eq!((n, wrong), (Some(80), Some(0)), "resolving by {by}");
     }
 }
+
+/// A record forged with no tenant (the platform's) is caught like a tenant's: verification
+/// reads the platform chain's records as those with a NULL tenant.
+#[pg_test]
+fn a_forged_platform_record_is_not_in_the_chain() {
+    Spi::run("SET LOCAL session_replication_role = replica").unwrap();
+    Spi::run(
+        "INSERT INTO tenancy.audit_log (tenant_id, op, new_row, db_role) \
+         VALUES (NULL, 'ADMIN', '{\"action\": \"forged\"}', 'mallory')",
+    )
+    .unwrap();
+    Spi::run("RESET session_replication_role").unwrap();
+    let detail = Spi::get_one::<String>(
+        "SELECT detail FROM tenancy.audit_verify() WHERE tenant = '00000000-0000-0000-0000-000000000000'",
+    )
+    .unwrap()
+    .unwrap_or_default();
+    assert!(detail.contains("not in the chain"), "{detail}");
+}
