@@ -188,6 +188,18 @@ impl Json {
     fn plain(datum: Datum) -> Json {
         Json { datum, text: None }
     }
+
+    /// The text `jsonb_out` gives for the value: the one written alongside, or `jsonb_out`'s.
+    unsafe fn text(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.text {
+            Some(t) => std::borrow::Cow::Borrowed(t.as_slice()),
+            None => {
+                let p = direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(self.datum)])
+                    .expect("cstring");
+                std::borrow::Cow::Owned(CStr::from_ptr(p.cast_mut_ptr()).to_bytes().to_vec())
+            }
+        }
+    }
 }
 
 /// How rows of the audited table become jsonb: the row as `to_jsonb` gives it
@@ -556,25 +568,20 @@ impl SimpleInsert {
         }
         if self.queued == 1 {
             // One row (the usual single-row statement, and every chain entry): the plain path.
-            let slot = self.batch[0];
-            pg_sys::simple_table_tuple_insert(self.rel, slot);
-            self.insert_index_entries(slot);
-            pg_sys::ExecClearTuple(slot);
-            self.queued = 0;
-            self.queued_bytes = 0;
-            return;
+            pg_sys::simple_table_tuple_insert(self.rel, self.batch[0]);
+        } else {
+            let multi_insert = (*(*self.rel).rd_tableam)
+                .multi_insert
+                .expect("table AM multi_insert");
+            multi_insert(
+                self.rel,
+                self.batch.as_mut_ptr(),
+                self.queued as i32,
+                (*self.estate).es_output_cid,
+                0,
+                std::ptr::null_mut(),
+            );
         }
-        let multi_insert = (*(*self.rel).rd_tableam)
-            .multi_insert
-            .expect("table AM multi_insert");
-        multi_insert(
-            self.rel,
-            self.batch.as_mut_ptr(),
-            self.queued as i32,
-            (*self.estate).es_output_cid,
-            0,
-            std::ptr::null_mut(),
-        );
         for &slot in &self.batch[..self.queued] {
             self.insert_index_entries(slot);
             pg_sys::ExecClearTuple(slot);
@@ -684,28 +691,13 @@ impl Writer {
             direct_function_call(pg_sys::nextval_oid, &[self.seq.into_datum()]).expect("nextval");
         let at = pg_sys::GetCurrentTimestamp();
         let at_datum = Datum::from(at);
-        let cstr = |f: unsafe fn(pg_sys::FunctionCallInfo) -> Datum, d: Datum| {
-            let p = direct_function_call_as_datum(f, &[Some(d)]).expect("cstring");
-            CStr::from_ptr(p.cast_mut_ptr()).to_bytes().to_vec()
-        };
         let tenant = c.tenant.map(|d| {
             Uuid::from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16)).expect("uuid")
         });
-        // The text the hash covers: written alongside the jsonb where it could be.
-        fn text<'a>(
-            j: &'a Option<Json>,
-            out: impl Fn(Datum) -> Vec<u8>,
-        ) -> Option<std::borrow::Cow<'a, [u8]>> {
-            j.as_ref().map(|j| match &j.text {
-                Some(t) => std::borrow::Cow::Borrowed(t.as_slice()),
-                None => std::borrow::Cow::Owned(out(j.datum)),
-            })
-        }
-        let jsonb_text = |d: Datum| cstr(pg_sys::jsonb_out, d);
         let (key, old, new) = (
-            text(&c.row_key, jsonb_text),
-            text(&c.old_row, jsonb_text),
-            text(&c.new_row, jsonb_text),
+            c.row_key.as_ref().map(|j| j.text()),
+            c.old_row.as_ref().map(|j| j.text()),
+            c.new_row.as_ref().map(|j| j.text()),
         );
         let tenant_text = tenant.map(|t| t.hyphenated().to_string().into_bytes());
         let (id_text, epoch_text, txid_text) = (
