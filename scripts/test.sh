@@ -24,6 +24,9 @@ esac
 
 ensure_deps
 
+# A CI run builds once from a clean clone: incremental compilation caches would only take disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+
 WORK=${TENANCY_TEST_DIR:-/tmp/pg_tenancy-test}
 PORT=$(free_port)
 steps_failed=0
