@@ -14,9 +14,11 @@ $bootstrap$;
 
 COMMENT ON SCHEMA tenancy IS 'pg_tenancy: tenant isolation enforced by the database';
 
--- Tenants. The id is what protected tables store; the slug is what people type.
+-- Tenants. The id is what protected tables store; the slug is what people type. The nil uuid
+-- is no tenant's: it stands for the platform in the audit trail.
 CREATE TABLE tenancy.tenant (
-    id                uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    id                uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid()
+                                  CHECK (id <> '00000000-0000-0000-0000-000000000000'),
     slug              text        NOT NULL UNIQUE
                                   CHECK (slug ~ '^[a-z][a-z0-9_-]{1,62}$'),
     name              text,
@@ -85,11 +87,17 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.role_mapping', '');
 -- INSERT/UPDATE/DELETE/TRUNCATE entries. Rows are written only by pg_tenancy, which computes
 -- row_hash (SHA-256 over the whole record, id included: tenancy._audit_hash) as it writes
 -- them; the per-tenant chain covering them lives in tenancy.audit_chain and is appended when
--- the writing transaction commits.
+-- the writing transaction commits. Records of the platform (management actions that concern no
+-- tenant) have the nil uuid as tenant_id, as their chain does.
+--
+-- The key is (tenant_id, id) and it is the table's only index: every read of the trail (a tenant's
+-- records, verification, purge) names the tenant, a single index costs each record one index
+-- insertion instead of two, and a table distributed by its tenant column (Citus) needs that column
+-- in its unique keys and never NULL.
 CREATE SEQUENCE tenancy.audit_log_id_seq;
 CREATE TABLE tenancy.audit_log (
-    id               bigint      PRIMARY KEY DEFAULT pg_catalog.nextval('tenancy.audit_log_id_seq'),
-    tenant_id        uuid,
+    id               bigint      NOT NULL DEFAULT pg_catalog.nextval('tenancy.audit_log_id_seq'),
+    tenant_id        uuid        NOT NULL,
     occurred_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     txid             bigint      NOT NULL DEFAULT pg_catalog.txid_current(),
     table_name       text,
@@ -102,10 +110,10 @@ CREATE TABLE tenancy.audit_log (
     subject          text,
     application_name text,
     client_addr      inet,
-    row_hash         bytea
+    row_hash         bytea,
+    PRIMARY KEY (tenant_id, id)
 );
 ALTER SEQUENCE tenancy.audit_log_id_seq OWNED BY tenancy.audit_log.id;
-CREATE INDEX ON tenancy.audit_log (tenant_id, id);
 
 -- The per-tenant hash chains: one entry per committing transaction and tenant, covering its
 -- records in id order. A tenant has up to 16 chains ("lanes", 0-15): a committing transaction

@@ -48,9 +48,9 @@ thread_local! {
 
 use crate::audit_writer::Written;
 
-/// One record of a chain entry as verification reads it: id, present, stored row_hash,
-/// recomputed row_hash, same tenant.
-type ChainedRecord = (i64, bool, Option<Vec<u8>>, Option<Vec<u8>>, bool);
+/// One record of a chain entry as verification reads it: id, present (under the chain's
+/// tenant), stored row_hash, recomputed row_hash.
+type ChainedRecord = (i64, bool, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// Any relcache invalidation (DDL, ANALYZE, a change of pg_tenancy's catalog) may change a
 /// table's audit settings or row type: rebuild on next use. Called from the relcache callback,
@@ -59,7 +59,8 @@ pub fn relcache_changed() {
     EPOCH.with(|e| e.set(e.get() + 1));
 }
 
-/// The chain of platform entries that belong to no tenant.
+/// The tenant_id of the platform's records (management actions that concern no tenant) and of
+/// their chain. No tenant has it (tenancy.tenant's CHECK).
 pub const PLATFORM_CHAIN: Uuid = Uuid::nil();
 /// prev_hash of a chain's first entry.
 const GENESIS: [u8; 32] = [0; 32];
@@ -169,7 +170,7 @@ fn remember(rows: Vec<Written>) {
         let mut p = p.borrow_mut();
         for (tenant, id, hash) in rows {
             p.push(Pending {
-                tenant: tenant.unwrap_or(PLATFORM_CHAIN),
+                tenant,
                 id,
                 hash,
                 subxact,
@@ -347,7 +348,8 @@ fn returned_records(t: pgrx::spi::SpiTupleTable) -> pgrx::spi::Result<Vec<Writte
     let mut out = Vec::with_capacity(t.len());
     for r in t {
         out.push((
-            r.get::<pgrx::Uuid>(2)?.map(|u| catalog::from_pg_uuid(&u)),
+            r.get::<pgrx::Uuid>(2)?
+                .map_or(PLATFORM_CHAIN, |u| catalog::from_pg_uuid(&u)),
             r.get::<i64>(1)?.unwrap_or_default(),
             r.get::<Vec<u8>>(3)?.unwrap_or_default(),
         ));
@@ -406,7 +408,7 @@ pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: ser
     insert_records(
         &sql,
         &[
-            tenant.map(to_pg_uuid).into(),
+            to_pg_uuid(tenant.unwrap_or(PLATFORM_CHAIN)).into(),
             JsonB(detail).into(),
             role.into(),
             subject.into(),
@@ -608,10 +610,9 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
             let rows = c.select(
                 "SELECT c.lane, c.seq, c.prev_hash, c.chain_hash, c.batch_hash, r.id, l.id IS NOT NULL, l.row_hash, \
                         tenancy._audit_hash(l.id, l.tenant_id, l.occurred_at, l.txid, l.table_name, l.op, l.row_key, \
-                                            l.old_row, l.new_row, l.db_role, l.subject, l.application_name, l.client_addr), \
-                        coalesce(l.tenant_id, '00000000-0000-0000-0000-000000000000') = c.tenant_id \
+                                            l.old_row, l.new_row, l.db_role, l.subject, l.application_name, l.client_addr) \
                    FROM tenancy.audit_chain c CROSS JOIN LATERAL unnest(c.record_ids) WITH ORDINALITY AS r(id, ord) \
-                   LEFT JOIN tenancy.audit_log l ON l.id = r.id \
+                   LEFT JOIN tenancy.audit_log l ON l.tenant_id = c.tenant_id AND l.id = r.id \
                   WHERE c.tenant_id = $1 ORDER BY c.lane, c.seq, r.ord",
                 None,
                 &[uuid.into()],
@@ -643,7 +644,6 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
                     r.get::<bool>(7)?.unwrap_or(false),
                     r.get::<Vec<u8>>(8)?,
                     r.get::<Vec<u8>>(9)?,
-                    r.get::<bool>(10)?.unwrap_or(false),
                 ));
             }
             let mut chained = std::collections::HashSet::new();
@@ -663,16 +663,15 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
                     note(first, format!("{} does not link to the one before (changed or reordered)", at()), &mut bad);
                 }
                 let mut intact = true;
-                for (id, present, stored, recomputed, same_tenant) in &e.records {
+                // A record moved to another tenant is missing here (the trail is read by tenant
+                // and id) and, in that tenant's trail, in no chain entry.
+                for (id, present, stored, recomputed) in &e.records {
                     chained.insert(*id);
                     if !present {
-                        note(*id, format!("record {id} was deleted"), &mut bad);
+                        note(*id, format!("record {id} was deleted or moved to another tenant"), &mut bad);
                         intact = false;
                     } else if stored.is_none() || stored != recomputed {
                         note(*id, format!("record {id} was changed"), &mut bad);
-                        intact = false;
-                    } else if !same_tenant {
-                        note(*id, format!("record {id} was moved to another tenant"), &mut bad);
                         intact = false;
                     }
                 }
@@ -686,16 +685,10 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
                 prev = e.chain.clone();
             }
             // Records of the tenant that no chain entry covers were inserted outside pg_tenancy
-            // (purged records are gone from the log with their entries, whatever their ids).
-            // Read through the (tenant_id, id) index: an expression over tenant_id would scan
-            // the whole trail once per tenant verified.
+            // or moved here from another tenant (purged records are gone from the log with their
+            // entries, whatever their ids). Read through the key (tenant_id, id).
             let logged = c.select(
-                if tenant == PLATFORM_CHAIN {
-                    "SELECT id FROM tenancy.audit_log WHERE (tenant_id IS NULL OR tenant_id = $1) \
-                        AND id <> ALL ($2) ORDER BY id"
-                } else {
-                    "SELECT id FROM tenancy.audit_log WHERE tenant_id = $1 AND id <> ALL ($2) ORDER BY id"
-                },
+                "SELECT id FROM tenancy.audit_log WHERE tenant_id = $1 AND id <> ALL ($2) ORDER BY id",
                 None,
                 &[uuid.into(), pending.clone().into()],
             )?;
@@ -743,7 +736,7 @@ pub(crate) fn trail_tenants(tenant: Option<&str>, action: &str) -> Vec<Uuid> {
                 Spi::connect(|c| {
                     let t = c.select(
                         "SELECT DISTINCT t FROM (SELECT tenant_id FROM tenancy.audit_chain UNION \
-                           SELECT coalesce(tenant_id, '00000000-0000-0000-0000-000000000000') FROM tenancy.audit_log) x(t) ORDER BY 1",
+                           SELECT tenant_id FROM tenancy.audit_log) x(t) ORDER BY 1",
                         None,
                         &[],
                     )?;
@@ -756,7 +749,9 @@ pub(crate) fn trail_tenants(tenant: Option<&str>, action: &str) -> Vec<Uuid> {
                     Ok::<_, pgrx::spi::Error>(out)
                 })
             })
-            .unwrap_or_else(|e| pgrx::error!("pg_tenancy: listing the audit trail's tenants failed: {e}"))
+            .unwrap_or_else(|e| {
+                pgrx::error!("pg_tenancy: listing the audit trail's tenants failed: {e}")
+            })
         }
     }
 }
@@ -800,7 +795,8 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
                    FROM tenancy.audit_chain c \
                   WHERE c.tenant_id = $1 AND c.seq < coalesce((SELECT min(c2.seq) FROM tenancy.audit_chain c2 \
                         WHERE c2.tenant_id = $1 AND c2.lane = c.lane AND EXISTS (SELECT FROM unnest(c2.record_ids) x \
-                              LEFT JOIN tenancy.audit_log l ON l.id = x WHERE l.occurred_at IS NULL OR l.occurred_at >= $2)), \
+                              LEFT JOIN tenancy.audit_log l ON l.tenant_id = $1 AND l.id = x \
+                              WHERE l.occurred_at IS NULL OR l.occurred_at >= $2)), \
                         9223372036854775807) \
                   ORDER BY c.lane, c.seq DESC",
                 None,
@@ -819,7 +815,7 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
             for (lane, seq, hash, last_id) in lanes {
                 let purged = c
                     .update(
-                        "DELETE FROM tenancy.audit_log WHERE id IN (SELECT unnest(record_ids) \
+                        "DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND id IN (SELECT unnest(record_ids) \
                            FROM tenancy.audit_chain WHERE tenant_id = $1 AND lane = $2 AND seq <= $3)",
                         None,
                         &[uuid.into(), lane.into(), seq.into()],

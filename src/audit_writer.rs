@@ -24,8 +24,11 @@ use sha2::{Digest, Sha256};
 use std::ffi::CStr;
 use uuid::Uuid;
 
-/// A record this statement wrote: (tenant, id, row_hash).
-pub type Written = (Option<Uuid>, i64, Vec<u8>);
+/// The nil uuid as a `uuid` datum points at: the tenant_id of records that concern no tenant.
+static NIL_UUID: [u8; 16] = *crate::audit::PLATFORM_CHAIN.as_bytes();
+
+/// A record this statement wrote: (tenant, id, row_hash). The platform's tenant is the nil uuid.
+pub type Written = (Uuid, i64, Vec<u8>);
 
 /// What the trigger knows about the audited table.
 pub struct Table<'a> {
@@ -691,15 +694,18 @@ impl Writer {
             direct_function_call(pg_sys::nextval_oid, &[self.seq.into_datum()]).expect("nextval");
         let at = pg_sys::GetCurrentTimestamp();
         let at_datum = Datum::from(at);
-        let tenant = c.tenant.map(|d| {
+        // A row whose tenant column is NULL (only a role that bypasses row security can write
+        // one) is recorded under the nil uuid, the platform's, as its chain entry is.
+        let tenant = c.tenant.map_or(Uuid::nil(), |d| {
             Uuid::from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16)).expect("uuid")
         });
+        let tenant_datum = c.tenant.unwrap_or(Datum::from(NIL_UUID.as_ptr()));
         let (key, old, new) = (
             c.row_key.as_ref().map(|j| j.text()),
             c.old_row.as_ref().map(|j| j.text()),
             c.new_row.as_ref().map(|j| j.text()),
         );
-        let tenant_text = tenant.map(|t| t.hyphenated().to_string().into_bytes());
+        let tenant_text = tenant.hyphenated().to_string().into_bytes();
         let (id_text, epoch_text, txid_text) = (
             id.to_string().into_bytes(),
             epoch_text(at).into_bytes(),
@@ -707,7 +713,7 @@ impl Writer {
         );
         let hash = record_hash(&[
             Some(id_text.as_slice()),
-            tenant_text.as_deref(),
+            Some(tenant_text.as_slice()),
             Some(epoch_text.as_slice()),
             Some(txid_text.as_slice()),
             Some(self.table.1.as_slice()),
@@ -722,7 +728,7 @@ impl Writer {
         ]);
         self.log.insert(&[
             Some(Datum::from(id)),
-            c.tenant,
+            Some(tenant_datum),
             Some(at_datum),
             Some(Datum::from(self.txid)),
             Some(self.table.0),

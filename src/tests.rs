@@ -253,14 +253,21 @@ fn tenants_resolve_the_same_before_and_after_the_catalog_is_loaded_whole() {
     }
 }
 
-/// A record forged with no tenant (the platform's) is caught like a tenant's: verification
-/// reads the platform chain's records as those with a NULL tenant.
+/// The platform's records (management actions that concern no tenant) have the nil uuid as
+/// tenant_id, never NULL: it is part of the trail's key. One forged under it is caught like a
+/// tenant's.
 #[pg_test]
 fn a_forged_platform_record_is_not_in_the_chain() {
+    Spi::run("CREATE SCHEMA platform_action; SELECT tenancy.auto_protect('platform_action')").unwrap();
+    let tenant = Spi::get_one::<String>(
+        "SELECT tenant_id::text FROM tenancy.audit_log WHERE new_row->>'action' = 'auto_protect'",
+    )
+    .unwrap();
+    assert_eq!(tenant.as_deref(), Some("00000000-0000-0000-0000-000000000000"));
     Spi::run("SET LOCAL session_replication_role = replica").unwrap();
     Spi::run(
         "INSERT INTO tenancy.audit_log (tenant_id, op, new_row, db_role) \
-         VALUES (NULL, 'ADMIN', '{\"action\": \"forged\"}', 'mallory')",
+         VALUES ('00000000-0000-0000-0000-000000000000', 'ADMIN', '{\"action\": \"forged\"}', 'mallory')",
     )
     .unwrap();
     Spi::run("RESET session_replication_role").unwrap();

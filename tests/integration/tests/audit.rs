@@ -139,7 +139,8 @@ fn tampered(how: &str) -> (Fixture, Vec<i64>, Verdict) {
     let sql = how
         .replace("$ID2", &ids[1].to_string())
         .replace("$ID3", &ids[2].to_string())
-        .replace("$T", &f.a_id);
+        .replace("$T", &f.a_id)
+        .replace("$B", &f.b_id);
     su.batch_execute(&format!(
         "SET session_replication_role = replica; {sql}; RESET session_replication_role"
     ))
@@ -182,6 +183,19 @@ fn swapped_records_are_detected() {
     );
     assert!(!ok);
     assert_eq!(bad, Some(ids[1]), "{detail}");
+}
+
+#[test]
+fn a_record_moved_to_another_tenant_is_detected_in_both_trails() {
+    let (f, ids, (ok, bad, _, detail)) =
+        tampered("UPDATE tenancy.audit_log SET tenant_id = '$B' WHERE id = $ID2");
+    assert!(!ok);
+    assert_eq!(bad, Some(ids[1]), "{detail}");
+    assert!(detail.contains("deleted or moved"), "{detail}");
+    let (ok, bad, _, detail) = verify(&mut superuser(), &f.b);
+    assert!(!ok);
+    assert_eq!(bad, Some(ids[1]), "{detail}");
+    assert!(detail.contains("not in the chain"), "{detail}");
 }
 
 #[test]
@@ -768,9 +782,9 @@ fn records_through(su: &mut Client, tenant_id: &str, table: &str, plan: &str) ->
 }
 
 #[test]
-fn a_statement_of_thousands_of_rows_leaves_one_record_per_row_in_the_table_and_both_indexes() {
+fn a_statement_of_thousands_of_rows_leaves_one_record_per_row_in_the_table_and_its_key() {
     // The writer hands records to the table in batches (by rows and by bytes): every batch,
-    // the last partial one included, must reach the heap and each of the trail's indexes.
+    // the last partial one included, must reach the heap and the trail's key (tenant_id, id).
     let f = Fixture::new();
     let mut c = app();
     let mut su = superuser();
@@ -802,26 +816,26 @@ fn a_statement_of_thousands_of_rows_leaves_one_record_per_row_in_the_table_and_b
     for (table, rows) in [("public.it_orders", 2600), (wide_name.as_str(), 300)] {
         for plan in [
             "SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_indexonlyscan = off",
-            // (tenant_id, id)
+            // the key, (tenant_id, id)
             "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off",
         ] {
             assert_eq!(records_through(&mut su, &f.a_id, table, plan), rows, "{table} {plan}");
         }
     }
-    // The primary key: every record found by its id.
+    // Every record found through the key by its tenant and id, as verification looks them up.
     su.batch_execute("BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
         .unwrap();
-    let by_id: i64 = su
+    let by_key: i64 = su
         .query_one(
             "SELECT count(*) FROM unnest(ARRAY(SELECT id FROM tenancy.audit_log \
                WHERE tenant_id = $1::text::uuid AND table_name IN ('public.it_orders', $2))) x \
-              WHERE EXISTS (SELECT FROM tenancy.audit_log l WHERE l.id = x)",
+              WHERE EXISTS (SELECT FROM tenancy.audit_log l WHERE l.tenant_id = $1::text::uuid AND l.id = x)",
             &[&f.a_id, &wide_name],
         )
         .unwrap()
         .get(0);
     su.batch_execute("COMMIT").unwrap();
-    assert_eq!(by_id, 2900);
+    assert_eq!(by_key, 2900);
     let names: i64 = su
         .query_one(
             "SELECT count(DISTINCT new_row->>'name') FROM tenancy.audit_log \

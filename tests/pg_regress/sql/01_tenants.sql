@@ -49,6 +49,7 @@ SELECT tenancy.revoke_key('hs-b64');
 SELECT tenancy.revoke_key('no-such-key');
 SELECT kid, revoked_at IS NOT NULL AS revoked FROM tenancy.keys ORDER BY kid;
 
--- Management actions are in the audit trail.
-SELECT op, tenant_id IS NOT NULL AS has_tenant, new_row->>'action' AS action
+-- Management actions are in the audit trail; those of the platform (here: keys that are not
+-- scoped to a tenant) under the nil uuid.
+SELECT op, tenant_id <> '00000000-0000-0000-0000-000000000000' AS has_tenant, new_row->>'action' AS action
   FROM tenancy.audit_log ORDER BY id;
