@@ -188,10 +188,6 @@ struct Json {
 }
 
 impl Json {
-    fn plain(datum: Datum) -> Json {
-        Json { datum, text: None }
-    }
-
     /// The text `jsonb_out` gives for the value: the one written alongside, or `jsonb_out`'s.
     unsafe fn text(&self) -> std::borrow::Cow<'_, [u8]> {
         match &self.text {
@@ -210,10 +206,7 @@ impl Json {
 struct RowShape {
     json: RowJson,
     tenant_attnum: i32,
-    exclude_names: Vec<String>,
-    /// Columns of the whole row, of the audited row (not excluded) and of the key (None: no
-    /// primary key).
-    all: Vec<bool>,
+    /// Columns of the audited row (not excluded) and of the key (None: no primary key).
     audited: Vec<bool>,
     key: Option<Vec<bool>>,
     /// Whether the audited row's and the key's text can be written alongside their jsonb.
@@ -240,7 +233,6 @@ impl RowShape {
             );
         };
         let tenant_attnum = tenant.attnum;
-        let all = json.select(|_| true);
         let audited = json.select(|c| !table.exclude.iter().any(|e| e == c));
         let key = (!table.key_columns.is_empty())
             .then(|| json.select(|c| table.key_columns.iter().any(|k| k == c)));
@@ -254,8 +246,6 @@ impl RowShape {
             key_textual: key.as_ref().is_some_and(|k| json.textual(k)),
             json,
             tenant_attnum,
-            exclude_names: table.exclude.to_vec(),
-            all,
             audited,
             key,
             name_texts,
@@ -266,16 +256,6 @@ impl RowShape {
         let mut isnull = false;
         let d = pg_sys::slot_getattr(slot, self.tenant_attnum, &mut isnull);
         (!isnull).then_some(d)
-    }
-
-    unsafe fn minus(full: Datum, keys: Option<Datum>) -> Datum {
-        match keys {
-            None => full,
-            Some(k) => {
-                direct_function_call_as_datum(pg_sys::jsonb_delete_array, &[Some(full), Some(k)])
-                    .expect("jsonb")
-            }
-        }
     }
 
     /// The selected columns of `row` as jsonb, with their text when `textual`.
@@ -314,63 +294,71 @@ impl RowShape {
         }
     }
 
-    /// Only the columns whose jsonb values differ (as `IS DISTINCT FROM` on jsonb); both NULL
-    /// when none did.
+    /// Only the audited columns whose jsonb values differ (as `IS DISTINCT FROM` on jsonb); both
+    /// NULL when none did. Objects are built over the columns whose bits differ, not the whole
+    /// row, with their text where the columns allow it.
     unsafe fn update(
         &self,
         old: *mut pg_sys::TupleTableSlot,
         new: *mut pg_sys::TupleTableSlot,
     ) -> Change {
-        let (old_full, new_full) = (
-            self.json.object(old, &self.all, None),
-            self.json.object(new, &self.all, None),
-        );
-        let field = |full: Datum, name: Datum| {
-            direct_function_call_as_datum(pg_sys::jsonb_object_field, &[Some(full), Some(name)])
-        };
-        let mut unchanged: Vec<&str> = self.exclude_names.iter().map(String::as_str).collect();
-        let mut any_changed = false;
-        for ((col, &audited), &name) in self
+        // Identical bits make identical jsonb.
+        let mut changed: Vec<bool> = self
             .json
             .columns
             .iter()
             .zip(&self.audited)
-            .zip(&self.name_texts)
-        {
-            if !audited {
-                continue;
-            }
-            // Identical bits make identical jsonb; only values that differ in their bits are
-            // compared as jsonb (1.0 and 1.00 are the same jsonb number).
-            let same = same_bits(old, new, col)
-                || match (field(old_full, name), field(new_full, name)) {
-                    (Some(a), Some(b)) => {
-                        direct_function_call::<bool>(pg_sys::jsonb_eq, &[Some(a), Some(b)])
-                            .unwrap_or(false)
+            .map(|(col, &audited)| audited && !same_bits(old, new, col))
+            .collect();
+        let mut pair = self.pair(old, new, &changed);
+        if let Some((o, n)) = &pair {
+            // Values that differ in their bits may still be the same jsonb (1.0 and 1.00 are
+            // the same jsonb number; a text stored with another header): those did not change.
+            let field = |obj: Datum, name: Datum| {
+                direct_function_call_as_datum(pg_sys::jsonb_object_field, &[Some(obj), Some(name)])
+            };
+            let mut narrowed = false;
+            for (c, &name) in changed.iter_mut().zip(&self.name_texts) {
+                if !*c {
+                    continue;
+                }
+                if let (Some(a), Some(b)) = (field(o.datum, name), field(n.datum, name)) {
+                    if direct_function_call::<bool>(pg_sys::jsonb_eq, &[Some(a), Some(b)])
+                        .unwrap_or(false)
+                    {
+                        *c = false;
+                        narrowed = true;
                     }
-                    _ => false,
-                };
-            if same {
-                unchanged.push(&col.name);
-            } else {
-                any_changed = true;
+                }
+            }
+            if narrowed {
+                pair = self.pair(old, new, &changed);
             }
         }
-        let (old_row, new_row) = if any_changed {
-            let drop = (!unchanged.is_empty()).then(|| unchanged.into_datum().expect("text[]"));
-            (
-                Some(Json::plain(Self::minus(old_full, drop))),
-                Some(Json::plain(Self::minus(new_full, drop))),
-            )
-        } else {
-            (None, None)
-        };
+        let (old_row, new_row) = pair.unzip();
         Change {
             tenant: self.tenant(new),
             row_key: self.key(new),
             old_row,
             new_row,
         }
+    }
+
+    /// The old and the new row's objects over `selected`; None when nothing is selected.
+    unsafe fn pair(
+        &self,
+        old: *mut pg_sys::TupleTableSlot,
+        new: *mut pg_sys::TupleTableSlot,
+        selected: &[bool],
+    ) -> Option<(Json, Json)> {
+        if !selected.contains(&true) {
+            return None;
+        }
+        let textual = self.json.textual(selected);
+        Some((
+            self.build(old, selected, textual),
+            self.build(new, selected, textual),
+        ))
     }
 }
 

@@ -977,6 +977,37 @@ fn records_hold_each_row_exactly_as_to_jsonb_gives_it_for_every_kind_of_column()
         mismatched(&mut su, &plain, &format!("{s}.plain")),
         Vec::<String>::new()
     );
+    // UPDATE records the columns whose values changed as jsonb, old and new: a numeric whose
+    // bits changed but whose jsonb did not (1.10 -> 1.100) is left out, and a statement that
+    // changed no value as jsonb leaves both NULL.
+    for (sql, old, new) in [
+        (
+            "UPDATE {s}.plain SET n = 1.100, vc = 'changed' WHERE id = 1",
+            Some(r#"{"vc": "it's"}"#),
+            Some(r#"{"vc": "changed"}"#),
+        ),
+        (
+            "UPDATE {s}.plain SET n = 1.1000, vc = 'changed' WHERE id = 1",
+            None,
+            None,
+        ),
+        (
+            "UPDATE {s}.plain SET i2 = 7, n = n, ts = ts WHERE id = 2",
+            Some(r#"{"i2": null}"#),
+            Some(r#"{"i2": 7}"#),
+        ),
+    ] {
+        write(&mut c, &f, &sql.replace("{s}", &s), true);
+        let r = su
+            .query_one(
+                "SELECT old_row::text, new_row::text FROM tenancy.audit_log \
+                  WHERE tenant_id = $1::text::uuid AND table_name = $2 AND op = 'UPDATE' ORDER BY id DESC LIMIT 1",
+                &[&f.a_id, &format!("{s}.plain")],
+            )
+            .unwrap();
+        let got: (Option<String>, Option<String>) = (r.get(0), r.get(1));
+        assert_eq!(got, (old.map(String::from), new.map(String::from)), "{sql}");
+    }
     write(&mut c, &f, &format!("DELETE FROM {s}.plain"), true);
     let (ok, bad, _, detail) = verify(&mut su, &f.a);
     assert!(ok, "first bad {bad:?}: {detail}");
