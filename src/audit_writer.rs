@@ -684,7 +684,7 @@ impl Writer {
         let at_datum = Datum::from(at);
         // A row whose tenant column is NULL (only a role that bypasses row security can write
         // one) is recorded under the nil uuid, the platform's, as its chain entry is.
-        let tenant = c.tenant.map_or(Uuid::nil(), |d| {
+        let tenant = c.tenant.map_or(crate::audit::PLATFORM_CHAIN, |d| {
             Uuid::from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16)).expect("uuid")
         });
         let tenant_datum = c.tenant.unwrap_or(Datum::from(NIL_UUID.as_ptr()));
