@@ -66,6 +66,9 @@ pub struct Binding {
     pub source: Source,
     /// For support bindings: the privileges of the grant (tenant roles do not apply).
     pub support_privileges: Option<Vec<String>>,
+    /// The tenant's grants to its roles ([`catalog::privileges`]), kept with the binding so
+    /// that a statement's privilege checks look nothing up; refreshed with the roles.
+    pub privileges: Rc<Vec<catalog::Privilege>>,
     /// Catalog generation this binding was last validated at.
     generation: u64,
 }
@@ -80,8 +83,78 @@ thread_local! {
     /// Whether the tenant's resource settings were applied in this transaction.
     static LIMITS_APPLIED: Cell<bool> = const { Cell::new(false) };
     /// Verified tokens, keyed by SHA-256 of the token text.
-    static TOKEN_CACHE: RefCell<HashMap<[u8; 32], Rc<token::VerifiedClaims>>> = RefCell::new(HashMap::new());
+    static TOKEN_CACHE: RefCell<HashMap<[u8; 32], Rc<CachedToken>>> = RefCell::new(HashMap::new());
 }
+
+/// A verified token, and what binding it last produced.
+struct CachedToken {
+    claims: token::VerifiedClaims,
+    prepared: RefCell<Option<Prepared>>,
+}
+
+/// What `bind()` derived from a token's claims and the catalog (the tenant, the key, the
+/// mapping check, the effective roles) and the binding's description as finished jsonb. Valid
+/// for one catalog generation, login role and scope: anything that could change the outcome
+/// (a suspended tenant, a revoked key or grant, a removed member or mapping) bumps the
+/// generation. What depends on the clock or on server settings (the token's and the key's
+/// expiry, the tenant's region against `tenancy.region`) is checked again on every bind.
+struct Prepared {
+    generation: u64,
+    session_role: pg_sys::Oid,
+    scope: Scope,
+    tenant: Rc<TenantRow>,
+    key: Option<Rc<catalog::KeyRow>>,
+    binding: Binding,
+    described: JsonbBytes,
+}
+
+/// A jsonb value as its finished varlena bytes: returned without building it again.
+#[derive(Clone)]
+pub struct JsonbBytes(Rc<[u8]>);
+
+impl JsonbBytes {
+    fn of(value: JsonB) -> JsonbBytes {
+        let datum = value.into_datum().expect("jsonb_in returns a value");
+        // SAFETY: jsonb_in returns a freshly palloc'd, untoasted varlena.
+        unsafe {
+            let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
+            let bytes = std::slice::from_raw_parts(ptr as *const u8, pgrx::varsize_any(ptr));
+            let copy = JsonbBytes(Rc::from(bytes));
+            pg_sys::pfree(ptr.cast());
+            copy
+        }
+    }
+}
+
+impl IntoDatum for JsonbBytes {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        // SAFETY: a palloc'd copy of a complete jsonb varlena.
+        unsafe {
+            let p = pg_sys::palloc(self.0.len()) as *mut u8;
+            std::ptr::copy_nonoverlapping(self.0.as_ptr(), p, self.0.len());
+            Some(pg_sys::Datum::from(p))
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+// SAFETY: returns the datum `into_datum` built, a palloc'd jsonb in the function's context.
+unsafe impl pgrx::callconv::BoxRet for JsonbBytes {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        match self.into_datum() {
+            Some(datum) => unsafe { fcinfo.return_raw_datum(datum) },
+            None => fcinfo.return_null(),
+        }
+    }
+}
+
+pgrx::impl_sql_translatable!(JsonbBytes, "jsonb");
 
 pub fn init() {
     unsafe {
@@ -318,6 +391,7 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
             b.roles = m.roles.clone();
         }
     }
+    b.privileges = catalog::privileges(b.tenant);
     b.generation = catalog::generation();
     Ok(())
 }
@@ -351,7 +425,7 @@ fn check_key(
 }
 
 /// Verify a token (or find it in the cache of verified tokens).
-fn verified_claims(token_text: &str) -> Rc<token::VerifiedClaims> {
+fn verified_token(token_text: &str) -> Rc<CachedToken> {
     let max = gucs::MAX_TOKEN_BYTES.get().max(0) as usize;
     if token_text.len() > max {
         token_refusal(token::TokenError::TooLarge(token_text.len()));
@@ -380,7 +454,10 @@ fn verified_claims(token_text: &str) -> Rc<token::VerifiedClaims> {
         &gucs::tenant_claim(),
     )
     .unwrap_or_else(|e| token_refusal(e));
-    let claims = Rc::new(claims);
+    let entry = Rc::new(CachedToken {
+        claims,
+        prepared: RefCell::new(None),
+    });
     let cap = gucs::TOKEN_CACHE_SIZE.get().max(0) as usize;
     if cap > 0 {
         TOKEN_CACHE.with(|c| {
@@ -389,14 +466,14 @@ fn verified_claims(token_text: &str) -> Rc<token::VerifiedClaims> {
                 // Bounded memory: drop the whole cache rather than track recency per entry.
                 c.clear();
             }
-            c.insert(digest, claims.clone());
+            c.insert(digest, entry.clone());
         });
     }
-    claims
+    entry
 }
 
 /// tenancy.bind(token, scope): verify a token and bind its tenant and subject.
-pub fn bind(token_text: &str, scope: &str) -> JsonB {
+pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     if in_parallel_worker() {
         errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
@@ -432,7 +509,11 @@ pub fn bind(token_text: &str, scope: &str) -> JsonB {
             None,
         );
     }
-    let claims = verified_claims(token_text);
+    // A suspension or revocation committed by another session counts from this statement on,
+    // even inside a transaction that started before it.
+    accept_invalidations_once_per_statement();
+    let entry = verified_token(token_text);
+    let claims = &entry.claims;
     let now = now();
     let skew = gucs::CLOCK_SKEW.get() as i64;
     if claims.exp + skew <= now {
@@ -451,6 +532,48 @@ pub fn bind(token_text: &str, scope: &str) -> JsonB {
             Some(&claims.tenant),
         );
     }
+    let generation = catalog::generation();
+    let session_role = unsafe { pg_sys::GetSessionUserId() };
+    let cached = entry.prepared.borrow().as_ref().is_some_and(|p| {
+        p.generation == generation && p.session_role == session_role && p.scope == scope
+    });
+    if !cached {
+        let prepared = prepare(claims, scope, generation, session_role, now);
+        *entry.prepared.borrow_mut() = Some(prepared);
+    }
+    let prepared = entry.prepared.borrow();
+    let p = prepared.as_ref().expect("prepared above");
+    // The clock and the server's region are not part of the catalog generation: checked on
+    // every bind.
+    check_bindable(&p.key, &p.tenant, now);
+    // No rebinding to another tenant inside a transaction that has been bound.
+    let current = current_binding_tenant();
+    if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current) {
+        if bound != p.tenant.id {
+            refuse_bind(
+                INSUFFICIENT_PRIVILEGE,
+                format!("this transaction is bound to another tenant and cannot bind tenant \"{}\"", p.tenant.slug),
+                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind().",
+                Some(&p.tenant.slug),
+            );
+        }
+    }
+    TXN_TENANT.with(|t| t.set(Some(p.tenant.id)));
+    BINDING.with(|slot| *slot.borrow_mut() = Some(p.binding.clone()));
+    apply_limits(&p.tenant);
+    p.described.clone()
+}
+
+/// Everything a bind of these claims needs from the catalog, checked: the tenant exists, the
+/// key and the tenant may be used now, the login role may bind this tenant; the effective roles
+/// and the binding's description.
+fn prepare(
+    claims: &token::VerifiedClaims,
+    scope: Scope,
+    generation: u64,
+    session_role: pg_sys::Oid,
+    now: i64,
+) -> Prepared {
     let key = catalog::key(&claims.kid);
     let tenant = match catalog::tenant_by_ref(&claims.tenant) {
         Some(t) => t,
@@ -461,19 +584,8 @@ pub fn bind(token_text: &str, scope: &str) -> JsonB {
             Some(&claims.tenant),
         ),
     };
-    if let Err((msg, hint)) = check_key(key.as_deref(), now, tenant.id) {
-        let code = if msg.contains("may only bind") {
-            INSUFFICIENT_PRIVILEGE
-        } else {
-            INVALID_AUTHORIZATION
-        };
-        refuse_bind(code, msg, hint, Some(&tenant.slug));
-    }
-    if let Err((msg, hint)) = check_tenant(&tenant) {
-        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&tenant.slug));
-    }
+    check_bindable(&key, &tenant, now);
     // A login role mapped to tenants may only bind those tenants.
-    let session_role = unsafe { pg_sys::GetSessionUserId() };
     let maps = catalog::mappings(session_role);
     if !maps.is_empty() && !maps.iter().any(|m| m.tenant == tenant.id) {
         refuse_bind(
@@ -487,24 +599,11 @@ pub fn bind(token_text: &str, scope: &str) -> JsonB {
             Some(&tenant.slug),
         );
     }
-    // No rebinding to another tenant inside a transaction that has been bound.
-    let current = current_binding_tenant();
-    if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current) {
-        if bound != tenant.id {
-            refuse_bind(
-                INSUFFICIENT_PRIVILEGE,
-                format!("this transaction is bound to another tenant and cannot bind tenant \"{}\"", tenant.slug),
-                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind().",
-                Some(&tenant.slug),
-            );
-        }
-    }
-    let roles = effective_roles(&tenant, &claims.subject, claims.roles.as_deref());
-    let b = Binding {
+    let binding = Binding {
         tenant: tenant.id,
         slug: tenant.slug.clone(),
         subject: Some(claims.subject.clone()),
-        roles,
+        roles: effective_roles(&tenant, &claims.subject, claims.roles.as_deref()),
         expires_at: Some(claims.exp),
         scope,
         source: Source::Token {
@@ -512,12 +611,35 @@ pub fn bind(token_text: &str, scope: &str) -> JsonB {
             claim_roles: claims.roles.clone(),
         },
         support_privileges: None,
-        generation: catalog::generation(),
+        privileges: catalog::privileges(tenant.id),
+        generation,
     };
-    TXN_TENANT.with(|t| t.set(Some(tenant.id)));
-    BINDING.with(|slot| *slot.borrow_mut() = Some(b.clone()));
-    apply_limits(&tenant);
-    describe(&b)
+    let described = JsonbBytes::of(describe(&binding));
+    Prepared {
+        generation,
+        session_role,
+        scope,
+        tenant,
+        key,
+        binding,
+        described,
+    }
+}
+
+/// Refuse a bind whose key is unknown, revoked, expired or scoped to another tenant, or whose
+/// tenant is not active or resides in another region.
+fn check_bindable(key: &Option<Rc<catalog::KeyRow>>, tenant: &TenantRow, now: i64) {
+    if let Err((msg, hint)) = check_key(key.as_deref(), now, tenant.id) {
+        let code = if msg.contains("may only bind") {
+            INSUFFICIENT_PRIVILEGE
+        } else {
+            INVALID_AUTHORIZATION
+        };
+        refuse_bind(code, msg, hint, Some(&tenant.slug));
+    }
+    if let Err((msg, hint)) = check_tenant(tenant) {
+        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&tenant.slug));
+    }
 }
 
 fn current_binding_tenant() -> Option<Uuid> {
@@ -623,6 +745,7 @@ fn ensure_mapped(gen: u64) {
             scope: Scope::Session,
             source: Source::Mapping { role },
             support_privileges: None,
+            privileges: Rc::default(),
             generation: 0,
         })
     } else {
@@ -785,6 +908,8 @@ pub fn enter_support(
             grant_id: grant.id,
         },
         support_privileges: Some(grant.privileges.clone()),
+        // A support binding is confined by its grant's privileges, not by tenant roles.
+        privileges: Rc::default(),
         generation: catalog::generation(),
     };
     TXN_TENANT.with(|t| t.set(Some(tenant.id)));

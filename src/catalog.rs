@@ -550,10 +550,14 @@ pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
     rows
 }
 
-/// Whether any of `roles` holds `privilege` on `rel` in `tenant`. A partition inherits the
-/// grants of the protected table it belongs to.
-pub fn roles_allow(tenant: Uuid, roles: &[String], rel: pg_sys::Oid, privilege: &str) -> bool {
-    let privs = privileges(tenant);
+/// Whether any of `roles` holds `privilege` on `rel` under a tenant's grants `privs`
+/// ([`privileges`]). A partition inherits the grants of the protected table it belongs to.
+pub fn roles_allow(
+    privs: &[Privilege],
+    roles: &[String],
+    rel: pg_sys::Oid,
+    privilege: &str,
+) -> bool {
     let matches = |target: pg_sys::Oid| {
         privs.iter().any(|p| {
             p.privilege == privilege
@@ -565,8 +569,7 @@ pub fn roles_allow(tenant: Uuid, roles: &[String], rel: pg_sys::Oid, privilege: 
         return true;
     }
     // Grants on a partitioned table apply to its partitions.
-    crate::policy::parent_of(rel)
-        .is_some_and(|parent| roles_allow(tenant, roles, parent, privilege))
+    crate::policy::parent_of(rel).is_some_and(|parent| roles_allow(privs, roles, parent, privilege))
 }
 
 /// The newest unrevoked, unexpired support grant of `tenant` to `operator`.

@@ -56,7 +56,7 @@ pub extern "C-unwind" fn _PG_init() {
 /// Verify a signed token and bind its tenant and subject for this transaction (default) or
 /// this session. Returns the binding.
 #[pg_extern(volatile, parallel_unsafe)]
-fn bind(token: &str, scope: default!(&str, "'transaction'")) -> JsonB {
+fn bind(token: &str, scope: default!(&str, "'transaction'")) -> binding::JsonbBytes {
     binding::bind(token, scope)
 }
 

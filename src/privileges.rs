@@ -85,13 +85,22 @@ RETURNS boolean STRICT STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME
 "#
 )]
 fn allows(tbl: pg_sys::Oid, privilege: &str) -> bool {
-    let allowed = crate::binding::with_required(|b| match &b.support_privileges {
-        Some(granted) => granted.iter().any(|p| p == privilege),
-        None => catalog::roles_allow(b.tenant, &b.roles, tbl, privilege),
-    });
-    if allowed {
+    if crate::binding::with_required(|b| permitted(b, tbl, privilege)) {
         return true;
     }
+    refuse(tbl, privilege)
+}
+
+/// Whether the binding's roles (or its support grant) hold `privilege` on `tbl`.
+fn permitted(b: &crate::binding::Binding, tbl: pg_sys::Oid, privilege: &str) -> bool {
+    match &b.support_privileges {
+        Some(granted) => granted.iter().any(|p| p == privilege),
+        None => catalog::roles_allow(&b.privileges, &b.roles, tbl, privilege),
+    }
+}
+
+/// ERROR 42501 naming the table, the privilege and the bound roles, logged as a security event.
+fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
     let b = crate::binding::require();
     let table = crate::policy::relation_name(tbl);
     let roles = if b.roles.is_empty() {
@@ -129,6 +138,8 @@ RETURNS uuid STRICT STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 
 "#
 )]
 fn allowed_tenant(tbl: pg_sys::Oid, privilege: &str) -> pgrx::Uuid {
-    allows(tbl, privilege);
-    crate::binding::with_required(|b| catalog::to_pg_uuid(b.tenant))
+    match crate::binding::with_required(|b| permitted(b, tbl, privilege).then_some(b.tenant)) {
+        Some(tenant) => catalog::to_pg_uuid(tenant),
+        None => refuse(tbl, privilege),
+    }
 }

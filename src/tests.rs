@@ -278,3 +278,57 @@ fn a_forged_platform_record_is_not_in_the_chain() {
     .unwrap_or_default();
     assert!(detail.contains("not in the chain"), "{detail}");
 }
+
+/// An HS256 token for the pg_tests, signed with `secret` under `kid`.
+fn hs256_token(kid: &str, secret: &str, claims: serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// The roles in the binding `tenancy.bind(token)` returns.
+fn bound_roles(token: &str) -> String {
+    Spi::get_one_with_args::<String>(
+        "SELECT (tenancy.bind($1) -> 'roles')::text",
+        &[token.into()],
+    )
+    .unwrap()
+    .unwrap()
+}
+
+/// A backend keeps what a token's bind derived from the catalog for the token's next bind. In
+/// one backend, with no other session's changes to refresh it by accident: a catalog change
+/// (a membership) shows in the next bind, and a key's `not_after`, which passes with no change
+/// at all, refuses the next bind of a token that bound a moment before.
+#[pg_test(error = "token signing key \"short\" has expired")]
+fn a_cached_bind_sees_catalog_changes_and_the_key_expiring() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run(&format!(
+        "SELECT tenancy.add_key('short', 'HS256', '{secret}', \
+                not_after => clock_timestamp() + interval '2 seconds')"
+    ))
+    .unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = hs256_token(
+        "short",
+        secret,
+        serde_json::json!({"tid": "acme", "sub": "u", "exp": exp}),
+    );
+    assert_eq!(bound_roles(&token), r#"["member"]"#);
+    assert_eq!(bound_roles(&token), r#"["member"]"#);
+    Spi::run("SELECT tenancy.add_member('acme', 'u', 'viewer')").unwrap();
+    assert_eq!(bound_roles(&token), r#"["viewer"]"#);
+    // not_after is kept to the second.
+    Spi::run("SELECT pg_sleep(3.1)").unwrap();
+    bound_roles(&token);
+}

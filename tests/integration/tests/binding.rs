@@ -545,6 +545,82 @@ fn cached_tokens_still_honour_expiry_revocation_and_suspension() {
     refused(&mut c, &t2, &["28000"]);
 }
 
+/// A connection keeps what a token's bind derived from the catalog (tenant, key, roles, the
+/// result) for the next bind of the same token. Attack that cache: every change since the first
+/// bind must show in the second, on the same connection.
+#[test]
+fn a_token_bound_before_is_checked_again_against_what_changed_since() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let mut c = app();
+    let bind_roles = |c: &mut postgres::Client, t: &str| -> Vec<String> {
+        let mut tx = c.transaction().unwrap();
+        let roles: String = tx
+            .query_one("SELECT (tenancy.bind($1) -> 'roles')::text", &[&t])
+            .unwrap()
+            .get(0);
+        tx.rollback().unwrap();
+        serde_json::from_str(&roles).unwrap()
+    };
+    // A membership added after the first bind shows in the second bind's roles.
+    let sub = unique("sub");
+    let t = f.token(&f.a, &sub);
+    assert_eq!(bind_roles(&mut c, &t), vec!["member"]);
+    su.execute("SELECT tenancy.add_member($1, $2, 'viewer')", &[&f.a, &sub])
+        .unwrap();
+    assert_eq!(bind_roles(&mut c, &t), vec!["viewer"]);
+    su.execute(
+        "SELECT tenancy.remove_member($1, $2, 'viewer')",
+        &[&f.a, &sub],
+    )
+    .unwrap();
+    assert_eq!(bind_roles(&mut c, &t), vec!["member"]);
+
+    // A key's not_after passes without any catalog change: the cached bind still refuses it.
+    let kid = unique("short");
+    su.execute(
+        "SELECT tenancy.add_key($1, 'HS256', $2, not_after => now() + interval '2 seconds')",
+        &[&kid, &HS_SECRET],
+    )
+    .unwrap();
+    let short = sign(
+        Algorithm::HS256,
+        &kid,
+        &json!({"tid": f.a, "sub": "u", "exp": now() + 60}),
+    );
+    bind_roles(&mut c, &short);
+    bind_roles(&mut c, &short);
+    // not_after is kept to the second.
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let m = refused(&mut c, &short, &["28000"]);
+    assert!(m.contains("expired"), "{m}");
+
+    // A suspension committed while this connection's transaction is open refuses its next bind.
+    bind_roles(&mut c, &t);
+    let mut tx = c.transaction().unwrap();
+    tx.query_one("SELECT 1", &[]).unwrap();
+    su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.a])
+        .unwrap();
+    let e = tx.execute("SELECT tenancy.bind($1)", &[&t]).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    assert!(message(&e).contains("suspended"), "{}", message(&e));
+    tx.rollback().unwrap();
+    su.execute("SELECT tenancy.resume_tenant($1)", &[&f.a])
+        .unwrap();
+
+    // A login role mapped to another tenant after the first bind can no longer bind this one.
+    let role = unique("later").replace('-', "_");
+    su.batch_execute(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"))
+        .unwrap();
+    let mut m = connect(&role);
+    let tb = f.token(&f.b, "u");
+    bind_roles(&mut m, &tb);
+    su.execute(&format!("SELECT tenancy.map_role('{role}', $1)"), &[&f.a])
+        .unwrap();
+    let msg = refused(&mut m, &tb, &["42501"]);
+    assert!(msg.contains("mapped to other tenants"), "{msg}");
+}
+
 #[test]
 fn suspension_reaches_a_bound_session_from_its_next_statement() {
     let f = Fixture::new();
