@@ -104,8 +104,32 @@ struct Prepared {
     scope: Scope,
     tenant: Rc<TenantRow>,
     key: Option<Rc<catalog::KeyRow>>,
-    binding: Binding,
+    /// The subject's effective roles in the tenant.
+    roles: Vec<String>,
+    privileges: Rc<Vec<catalog::Privilege>>,
+    /// The binding's description (a `Binding` is built again on each bind from the claims and
+    /// these: a few small copies, where keeping one here would double the entry's size).
     described: JsonbBytes,
+}
+
+impl Prepared {
+    fn binding(&self, claims: &token::VerifiedClaims) -> Binding {
+        Binding {
+            tenant: self.tenant.id,
+            slug: self.tenant.slug.clone(),
+            subject: Some(claims.subject.clone()),
+            roles: self.roles.clone(),
+            expires_at: Some(claims.exp),
+            scope: self.scope,
+            source: Source::Token {
+                kid: claims.kid.clone(),
+                claim_roles: claims.roles.clone(),
+            },
+            support_privileges: None,
+            privileges: self.privileges.clone(),
+            generation: self.generation,
+        }
+    }
 }
 
 /// A jsonb value as its finished varlena bytes: returned without building it again.
@@ -559,7 +583,7 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         }
     }
     TXN_TENANT.with(|t| t.set(Some(p.tenant.id)));
-    BINDING.with(|slot| *slot.borrow_mut() = Some(p.binding.clone()));
+    BINDING.with(|slot| *slot.borrow_mut() = Some(p.binding(claims)));
     apply_limits(&p.tenant);
     p.described.clone()
 }
@@ -599,31 +623,18 @@ fn prepare(
             Some(&tenant.slug),
         );
     }
-    let binding = Binding {
-        tenant: tenant.id,
-        slug: tenant.slug.clone(),
-        subject: Some(claims.subject.clone()),
-        roles: effective_roles(&tenant, &claims.subject, claims.roles.as_deref()),
-        expires_at: Some(claims.exp),
-        scope,
-        source: Source::Token {
-            kid: claims.kid.clone(),
-            claim_roles: claims.roles.clone(),
-        },
-        support_privileges: None,
-        privileges: catalog::privileges(tenant.id),
-        generation,
-    };
-    let described = JsonbBytes::of(describe(&binding));
-    Prepared {
+    let mut prepared = Prepared {
         generation,
         session_role,
         scope,
+        roles: effective_roles(&tenant, &claims.subject, claims.roles.as_deref()),
+        privileges: catalog::privileges(tenant.id),
         tenant,
         key,
-        binding,
-        described,
-    }
+        described: JsonbBytes(Rc::from(&[][..])),
+    };
+    prepared.described = JsonbBytes::of(describe(&prepared.binding(claims)));
+    prepared
 }
 
 /// Refuse a bind whose key is unknown, revoked, expired or scoped to another tenant, or whose
