@@ -82,7 +82,8 @@ thread_local! {
     static TXN_TENANT: Cell<Option<Uuid>> = const { Cell::new(None) };
     /// Whether the tenant's resource settings were applied in this transaction.
     static LIMITS_APPLIED: Cell<bool> = const { Cell::new(false) };
-    /// Verified tokens, keyed by SHA-256 of the token text.
+    /// Verified tokens and what their last bind derived from the catalog, keyed by SHA-256 of
+    /// the token text; at most `tenancy.token_cache_size` entries.
     static TOKEN_CACHE: RefCell<HashMap<[u8; 32], Rc<CachedToken>>> = RefCell::new(HashMap::new());
 }
 
