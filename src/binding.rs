@@ -103,8 +103,14 @@ struct Prepared {
     generation: u64,
     session_role: pg_sys::Oid,
     scope: Scope,
+    /// Its status and region are checked on every bind, its settings applied; after a catalog
+    /// change this may be an older copy than the catalog cache's until the next bind replaces
+    /// it (one row per entry at most).
     tenant: Rc<TenantRow>,
-    key: Option<Rc<catalog::KeyRow>>,
+    /// The key's `not_after`: the one property of the key that changes with the clock rather
+    /// than the catalog (only this is kept, not the key: an entry prepared before a catalog
+    /// change would otherwise keep an old copy of the key alive).
+    key_not_after: Option<i64>,
     /// The subject's effective roles in the tenant.
     roles: Vec<String>,
     privileges: Rc<Vec<catalog::Privilege>>,
@@ -431,12 +437,7 @@ fn check_key(
     if key.revoked || key.key.is_none() {
         return Err(("token signing key is unknown or revoked".into(), HINT));
     }
-    if key.not_after.is_some_and(|na| now >= na) {
-        return Err((
-            format!("token signing key \"{}\" has expired", key.kid),
-            HINT,
-        ));
-    }
+    check_key_expiry(&key.kid, key.not_after, now)?;
     if key.tenant.is_some_and(|t| t != tenant) {
         return Err((
             format!(
@@ -444,6 +445,21 @@ fn check_key(
                 key.kid
             ),
             "A tenant-scoped key signs tokens for that tenant only.",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse a key past its `not_after`.
+fn check_key_expiry(
+    kid: &str,
+    not_after: Option<i64>,
+    now: i64,
+) -> Result<(), (String, &'static str)> {
+    if not_after.is_some_and(|na| now >= na) {
+        return Err((
+            format!("token signing key \"{kid}\" has expired"),
+            "Sign tokens with a key registered by tenancy.add_key() that is neither revoked nor past its not_after.",
         ));
     }
     Ok(())
@@ -569,8 +585,13 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     let prepared = entry.prepared.borrow();
     let p = prepared.as_ref().expect("prepared above");
     // The clock and the server's region are not part of the catalog generation: checked on
-    // every bind.
-    check_bindable(&p.key, &p.tenant, now);
+    // every bind, in the order prepare() checks them.
+    if let Err((msg, hint)) = check_key_expiry(&claims.kid, p.key_not_after, now) {
+        refuse_bind(INVALID_AUTHORIZATION, msg, hint, Some(&p.tenant.slug));
+    }
+    if let Err((msg, hint)) = check_tenant(&p.tenant) {
+        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&p.tenant.slug));
+    }
     // No rebinding to another tenant inside a transaction that has been bound.
     let current = current_binding_tenant();
     if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current) {
@@ -609,7 +630,17 @@ fn prepare(
             Some(&claims.tenant),
         ),
     };
-    check_bindable(&key, &tenant, now);
+    if let Err((msg, hint)) = check_key(key.as_deref(), now, tenant.id) {
+        let code = if msg.contains("may only bind") {
+            INSUFFICIENT_PRIVILEGE
+        } else {
+            INVALID_AUTHORIZATION
+        };
+        refuse_bind(code, msg, hint, Some(&tenant.slug));
+    }
+    if let Err((msg, hint)) = check_tenant(&tenant) {
+        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&tenant.slug));
+    }
     // A login role mapped to tenants may only bind those tenants.
     let maps = catalog::mappings(session_role);
     if !maps.is_empty() && !maps.iter().any(|m| m.tenant == tenant.id) {
@@ -630,28 +661,12 @@ fn prepare(
         scope,
         roles: effective_roles(&tenant, &claims.subject, claims.roles.as_deref()),
         privileges: catalog::privileges(tenant.id),
+        key_not_after: key.as_ref().and_then(|k| k.not_after),
         tenant,
-        key,
         described: JsonbBytes(Rc::from(&[][..])),
     };
     prepared.described = JsonbBytes::of(describe(&prepared.binding(claims)));
     prepared
-}
-
-/// Refuse a bind whose key is unknown, revoked, expired or scoped to another tenant, or whose
-/// tenant is not active or resides in another region.
-fn check_bindable(key: &Option<Rc<catalog::KeyRow>>, tenant: &TenantRow, now: i64) {
-    if let Err((msg, hint)) = check_key(key.as_deref(), now, tenant.id) {
-        let code = if msg.contains("may only bind") {
-            INSUFFICIENT_PRIVILEGE
-        } else {
-            INVALID_AUTHORIZATION
-        };
-        refuse_bind(code, msg, hint, Some(&tenant.slug));
-    }
-    if let Err((msg, hint)) = check_tenant(tenant) {
-        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&tenant.slug));
-    }
 }
 
 fn current_binding_tenant() -> Option<Uuid> {
