@@ -427,15 +427,21 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
     Ok(())
 }
 
+const KEY_HINT: &str = "Sign tokens with a key registered by tenancy.add_key() that is neither revoked nor past its not_after.";
+
 fn check_key(
     key: Option<&catalog::KeyRow>,
     now: i64,
     tenant: Uuid,
 ) -> Result<(), (String, &'static str)> {
-    const HINT: &str = "Sign tokens with a key registered by tenancy.add_key() that is neither revoked nor past its not_after.";
-    let key = key.ok_or_else(|| ("token signing key is unknown or revoked".to_string(), HINT))?;
+    let key = key.ok_or_else(|| {
+        (
+            "token signing key is unknown or revoked".to_string(),
+            KEY_HINT,
+        )
+    })?;
     if key.revoked || key.key.is_none() {
-        return Err(("token signing key is unknown or revoked".into(), HINT));
+        return Err(("token signing key is unknown or revoked".into(), KEY_HINT));
     }
     check_key_expiry(&key.kid, key.not_after, now)?;
     if key.tenant.is_some_and(|t| t != tenant) {
@@ -457,10 +463,7 @@ fn check_key_expiry(
     now: i64,
 ) -> Result<(), (String, &'static str)> {
     if not_after.is_some_and(|na| now >= na) {
-        return Err((
-            format!("token signing key \"{kid}\" has expired"),
-            "Sign tokens with a key registered by tenancy.add_key() that is neither revoked nor past its not_after.",
-        ));
+        return Err((format!("token signing key \"{kid}\" has expired"), KEY_HINT));
     }
     Ok(())
 }
@@ -579,18 +582,21 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         p.generation == generation && p.session_role == session_role && p.scope == scope
     });
     if !cached {
+        // Checks everything, the clock and the region included.
         let prepared = prepare(claims, scope, generation, session_role, now);
         *entry.prepared.borrow_mut() = Some(prepared);
     }
     let prepared = entry.prepared.borrow();
     let p = prepared.as_ref().expect("prepared above");
-    // The clock and the server's region are not part of the catalog generation: checked on
-    // every bind, in the order prepare() checks them.
-    if let Err((msg, hint)) = check_key_expiry(&claims.kid, p.key_not_after, now) {
-        refuse_bind(INVALID_AUTHORIZATION, msg, hint, Some(&p.tenant.slug));
-    }
-    if let Err((msg, hint)) = check_tenant(&p.tenant) {
-        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&p.tenant.slug));
+    if cached {
+        // The clock and the server's region are not part of the catalog generation: a cached
+        // entry is checked against them again, in the order prepare() checks them.
+        if let Err((msg, hint)) = check_key_expiry(&claims.kid, p.key_not_after, now) {
+            refuse_bind(INVALID_AUTHORIZATION, msg, hint, Some(&p.tenant.slug));
+        }
+        if let Err((msg, hint)) = check_tenant(&p.tenant) {
+            refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&p.tenant.slug));
+        }
     }
     // No rebinding to another tenant inside a transaction that has been bound.
     let current = current_binding_tenant();
