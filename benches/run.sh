@@ -31,7 +31,7 @@ if [ "$SMOKE" = 1 ]; then
     [ -n "${PGHOST:-}" ] || { log "building and installing pg_tenancy (debug)"; install_extension; }
     BUILD=debug
     ARGS=(--tenants 4 --rows 50 --runs 1 --seconds 1 --warmup 1 --clients 2 --scale-small 2 --scale-large 20
-          --scale-rows-total 200 --tokens 2000 --out "${TENANCY_BENCH_OUT:-/tmp/pg_tenancy-bench-smoke.md}" "${ARGS[@]}")
+          --scale-rows-total 200 --tokens 2000 --cost-rounds 1 --cost-statements 200 --out "${TENANCY_BENCH_OUT:-/tmp/pg_tenancy-bench-smoke.md}" "${ARGS[@]}")
 else
     ensure_deps
     log "building and installing pg_tenancy (release)"

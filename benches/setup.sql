@@ -1,10 +1,12 @@
--- Benchmark data set: the same orders and order items in four schemas, one per variant.
+-- Benchmark data set: the same orders and order items in seven schemas, one per variant.
 --   bench_filter  unprotected; the application writes WHERE tenant_id = $t (the floor)
 --   bench_naive   hand-written policy tenant_id = current_setting('app.tenant_id')::uuid
 --   bench_tuned   the same, wrapped as (SELECT current_setting('app.tenant_id')::uuid)
 --   bench_tenancy tenancy.protect(), RBAC on, bound by tenancy.bind(token)
 --   bench_noaudit tenancy.protect(audit => false), for the audit comparison
---   bench_plaudit unprotected + a PL/pgSQL row-level audit trigger (audit-trigger style)
+--   bench_plaudit unprotected + a PL/pgSQL row-level audit trigger (audit-trigger style, slimmed)
+--   bench_plfull  unprotected + the audit trigger as audit-trigger (wiki: Audit_trigger_91plus)
+--                 publishes it, with jsonb for hstore
 -- psql variables: ntenants, nrows.
 \set ON_ERROR_STOP 1
 CREATE EXTENSION IF NOT EXISTS pg_tenancy;
@@ -55,11 +57,50 @@ BEGIN
 END
 $$;
 
+-- The same trigger as audit-trigger publishes it (wiki.postgresql.org/wiki/Audit_trigger_91plus),
+-- with jsonb where it uses hstore: three timestamps, the client's port and the top-level query
+-- text in every record (its default, audit_query_text), the row built as a composite and
+-- inserted whole, and the three indexes its script creates on the log table.
+CREATE TABLE bench.logged_actions_full (
+    event_id bigserial PRIMARY KEY, schema_name text NOT NULL, table_name text NOT NULL, relid oid NOT NULL,
+    session_user_name text, action_tstamp_tx timestamptz NOT NULL, action_tstamp_stm timestamptz NOT NULL,
+    action_tstamp_clk timestamptz NOT NULL, transaction_id bigint, application_name text, client_addr inet,
+    client_port integer, client_query text, action text NOT NULL CHECK (action IN ('I', 'D', 'U', 'T')),
+    row_data jsonb, changed_fields jsonb, statement_only boolean NOT NULL);
+CREATE INDEX logged_actions_full_relid_idx ON bench.logged_actions_full (relid);
+CREATE INDEX logged_actions_full_action_tstamp_tx_stm_idx ON bench.logged_actions_full (action_tstamp_stm);
+CREATE INDEX logged_actions_full_action_idx ON bench.logged_actions_full (action);
+CREATE FUNCTION bench.if_modified_full() RETURNS trigger LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    audit_row bench.logged_actions_full;
+BEGIN
+    audit_row = ROW(nextval('bench.logged_actions_full_event_id_seq'), TG_TABLE_SCHEMA::text, TG_TABLE_NAME::text,
+        TG_RELID, session_user::text, current_timestamp, statement_timestamp(), clock_timestamp(), txid_current(),
+        current_setting('application_name'), inet_client_addr(), inet_client_port(), current_query(),
+        substring(TG_OP, 1, 1), NULL, NULL, 'f');
+    IF TG_OP = 'UPDATE' THEN
+        audit_row.row_data = to_jsonb(OLD);
+        audit_row.changed_fields = (SELECT jsonb_object_agg(key, value) FROM jsonb_each(to_jsonb(NEW))
+                                     WHERE audit_row.row_data -> key IS DISTINCT FROM value);
+        IF audit_row.changed_fields IS NULL THEN
+            RETURN NULL;
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        audit_row.row_data = to_jsonb(OLD);
+    ELSIF TG_OP = 'INSERT' THEN
+        audit_row.row_data = to_jsonb(NEW);
+    END IF;
+    INSERT INTO bench.logged_actions_full VALUES (audit_row.*);
+    RETURN NULL;
+END
+$$;
+
 DO $$
 DECLARE
     s text;
 BEGIN
-    FOREACH s IN ARRAY ARRAY['bench_filter', 'bench_naive', 'bench_tuned', 'bench_tenancy', 'bench_noaudit', 'bench_plaudit'] LOOP
+    FOREACH s IN ARRAY ARRAY['bench_filter', 'bench_naive', 'bench_tuned', 'bench_tenancy', 'bench_noaudit', 'bench_plaudit', 'bench_plfull'] LOOP
         EXECUTE format('CREATE SCHEMA %I', s);
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO bench_app', s);
         EXECUTE format($f$
@@ -84,7 +125,8 @@ DO $$
 DECLARE
     s text;
 BEGIN
-    FOREACH s IN ARRAY ARRAY['bench_naive', 'bench_tuned', 'bench_tenancy', 'bench_noaudit', 'bench_plaudit'] LOOP
+    FOREACH s IN ARRAY ARRAY['bench_naive', 'bench_tuned', 'bench_tenancy', 'bench_noaudit', 'bench_plaudit',
+                             'bench_plfull'] LOOP
         EXECUTE format('INSERT INTO %I.orders SELECT * FROM bench_filter.orders', s);
         EXECUTE format('INSERT INTO %I.items SELECT * FROM bench_filter.items', s);
     END LOOP;
@@ -114,6 +156,8 @@ SELECT tenancy.protect('bench_noaudit.orders', audit => false);
 SELECT tenancy.protect('bench_noaudit.items', audit => false);
 CREATE TRIGGER audit_trigger_row AFTER INSERT OR UPDATE OR DELETE ON bench_plaudit.orders
     FOR EACH ROW EXECUTE FUNCTION bench.if_modified();
+CREATE TRIGGER audit_trigger_row AFTER INSERT OR UPDATE OR DELETE ON bench_plfull.orders
+    FOR EACH ROW EXECUTE FUNCTION bench.if_modified_full();
 
 -- A login role mapped to tenant 1: a bound session without a bind statement, to measure the
 -- per-statement cost of the policies alone ("bound session" targets).
