@@ -266,45 +266,77 @@ class Bench:
                       flush=True)
         return results
 
-    def statement_cost(self):
-        """The server's time per point lookup in one backend, without the client, the socket or
-        the scheduler: a PL/pgSQL loop runs the statement N times inside one transaction, once
-        with `EXECUTE` (parsed, rewritten and planned every time, as pgbench's simple protocol
-        does) and once as static SQL (a cached plan, as a prepared statement). Rounds are
-        interleaved; noise only ever adds time, so the minimum of the rounds is the estimate.
-        Returns {(variant, mode): [microseconds per statement, one per round]}."""
+    # The server-cost cases: (case, variant) -> (database user, the transaction's statements,
+    # the tenants table the loop draws tokens and tenant ids from (None: the bound session's
+    # tenant 1, as the pgbench runs), rows per tenant, iterations per round as a multiple of
+    # --cost-statements). Each iteration is one transaction.
+    def cost_cases(self):
         a = self.args
-        point = {
-            "filter": ("bench_app", f"bench_filter.orders WHERE tenant_id = '{self.tid}' AND id ="),
-            "tuned": ("bench_app", "bench_tuned.orders WHERE id ="),
-            "tenancy": ("bench_mapped", "bench_tenancy.orders WHERE id ="),
-        }
-        body = {
-            "planned": "EXECUTE $q$SELECT * FROM {rel} $q$ || k INTO x;",
-            "cached": "SELECT * INTO x FROM {rel} k;",
-        }
+        small_rows = a.scale_rows_total // a.scale_small
+        large_rows = max(1, a.scale_rows_total // a.scale_large)
+        bound = {"filter": "bench_app", "tuned": "bench_app", "tenancy": "bench_mapped",
+                 "noaudit": "bench_mapped", "plaudit": "bench_app", "plfull": "bench_app"}
+        cases = {}
+        for v in ("filter", "tuned", "tenancy"):
+            cases[("point", v)] = (bound[v], [workload_sql("point", v)], None, a.rows, 1)
+        for v in ("tuned", "tenancy"):
+            cases[("binding", v)] = ("bench_app", [bind_line(v), workload_sql("point", v)], "bench.tenants",
+                                     a.rows, 1)
+        for side, rows in (("small", small_rows), ("large", large_rows)):
+            schema = f"bench_s_{side}"
+            cases[(f"scale {side}", "tenancy")] = (
+                "bench_app", ["SELECT tenancy.bind(':token');", f"SELECT * FROM {schema}.orders WHERE id = :k;"],
+                f"{schema}.tenants", rows, 1)
+            cases[(f"scale {side}", "tuned")] = (
+                "bench_app", ["SET LOCAL app.tenant_id = ':tid';", f"SELECT * FROM {schema}.orders_tuned WHERE id = :k;"],
+                f"{schema}.tenants", rows, 1)
+        for v in ("noaudit", "tenancy", "plaudit", "plfull"):
+            cases[("insert", v)] = (bound[v], [workload_sql("insert", v)], None, a.rows, 1)
+            cases[("bulk", v)] = (bound[v], [workload_sql("bulk", v)], None, a.rows, 0.0005)
+        return cases
+
+    def server_cost(self):
+        """Each case's server time per transaction in one backend, without the client, the
+        socket or the scheduler: a PL/pgSQL loop runs the transaction's statements with
+        `EXECUTE` (parsed, rewritten and planned every time, as pgbench's simple protocol
+        does) and commits after each iteration. Rounds are interleaved; noise only ever adds
+        time, so the minimum of the rounds is the estimate. Returns {(case, variant):
+        [microseconds per transaction, one per round]}."""
+        a = self.args
         results = {}
+        cases = self.cost_cases()
         for r in range(a.cost_rounds):
-            for mode, n in (("planned", a.cost_statements), ("cached", 5 * a.cost_statements)):
-                order = list(point) if r % 2 == 0 else list(reversed(point))
-                for v in order:
-                    user, rel = point[v]
-                    stmt = body[mode].format(rel=rel)
-                    out = self.psql(f"""
-                        SET app.tenant_id = '{self.tid}';
-                        DO $$
-                        DECLARE x record; k int; t0 timestamptz;
-                        BEGIN
-                            FOR i IN 1..200 LOOP k := 1 + i % {a.rows}; {stmt} END LOOP;
-                            t0 := clock_timestamp();
-                            FOR i IN 1..{n} LOOP k := 1 + i % {a.rows}; {stmt} END LOOP;
-                            PERFORM set_config('bench.us', (extract(epoch FROM clock_timestamp() - t0)
-                                                            * 1e6 / {n})::text, false);
-                        END $$;
-                        SELECT current_setting('bench.us');""", user=user)
-                    results.setdefault((v, mode), []).append(float(out.splitlines()[-1]))
-            print("  statement cost round {}: {}".format(r + 1, ", ".join(
-                f"{v}/{m} {xs[-1]:.2f} us" for (v, m), xs in results.items())), flush=True)
+            for key in (list(cases) if r % 2 == 0 else list(reversed(cases))):
+                user, stmts, tenants, rows, scale = cases[key]
+                n = max(1, int(a.cost_statements * scale))
+                body = []
+                for st in stmts:
+                    into = " INTO x" if st.startswith("SELECT") else ""
+                    st = st.rstrip(";").replace("'", "''")
+                    st = st.replace("'':tid''", "' || quote_literal(tids[j]) || '")
+                    st = st.replace("'':token''", "' || quote_literal(toks[j]) || '").replace(":k", "' || k || '")
+                    body.append(f"EXECUTE '{st}'{into};")
+                body = " ".join(body)
+                loop = (f"j := 1 + (i::bigint * 7919) % array_length(toks, 1); "
+                        f"k := 1 + (i::bigint * 104729) % {rows}; {body} COMMIT;")
+                warm = max(1, n // 10)
+                out = self.psql(f"""
+                    SET app.tenant_id = '{self.tid}';
+                    DO $$
+                    DECLARE x record; j int; k int; toks text[]; tids text[]; t0 timestamptz;
+                    BEGIN
+                        SELECT array_agg(token ORDER BY n), array_agg(tid::text ORDER BY n) INTO toks, tids
+                          FROM {tenants or "bench.tenants WHERE n = 1"};
+                        FOR i IN 1..{warm} LOOP {loop} END LOOP;
+                        t0 := clock_timestamp();
+                        FOR i IN 1..{n} LOOP {loop} END LOOP;
+                        PERFORM set_config('bench.us', (extract(epoch FROM clock_timestamp() - t0)
+                                                        * 1e6 / {n})::text, false);
+                    END $$;
+                    SELECT current_setting('bench.us');""", user=user)
+                results.setdefault(key, []).append(float(out.splitlines()[-1]))
+            print(f"  server cost round {r + 1}: " + ", ".join(
+                f"{c}/{v} {xs[-1]:.1f}" for (c, v), xs in results.items()), flush=True)
         return results
 
     def token_memory(self):
@@ -363,9 +395,9 @@ def main():
     p.add_argument("--scale-large", type=int, default=10000)
     p.add_argument("--scale-rows-total", type=int, default=100000)
     p.add_argument("--tokens", type=int, default=100000)
-    p.add_argument("--cost-rounds", type=int, default=7, help="rounds of the per-statement server cost")
-    p.add_argument("--cost-statements", type=int, default=20000,
-                   help="statements per round of the per-statement server cost (5x for cached plans)")
+    p.add_argument("--cost-rounds", type=int, default=7, help="rounds of the server cost per transaction")
+    p.add_argument("--cost-statements", type=int, default=10000,
+                   help="transactions per round of the server cost (1/2000 of it for bulk)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"))
     p.add_argument("--settings", default="")
     p.add_argument("--build", default="release")
@@ -389,8 +421,8 @@ def main():
     print("scale", flush=True)
     scale_runs = b.scale()
     scale = {k: statistics.median(v) for k, v in scale_runs.items()}
-    print("server cost per statement", flush=True)
-    cost = b.statement_cost()
+    print("server cost per transaction", flush=True)
+    cost = b.server_cost()
     print("token cache memory", flush=True)
     rss_before, rss_after = b.token_memory()
 
@@ -466,18 +498,36 @@ def main():
     target(f"token cache: backend RSS growth after {args.tokens} distinct tokens (MiB)", mem_mib, 16, "<=")
 
     cmin = {k: min(v) for k, v in cost.items()}
-    clines = ["| plan | filter (us) | tuned (us) | pg_tenancy (us) | pg_tenancy - filter | tuned - filter | "
-              "pg_tenancy - tuned |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for mode, label in (("planned", "planned every time (`EXECUTE`, as pgbench -M simple)"),
-                        ("cached", "cached plan (static SQL, as a prepared statement)")):
-        f_, t_, p_ = cmin[("filter", mode)], cmin[("tuned", mode)], cmin[("tenancy", mode)]
-        clines.append(f"| {label} | {f_:.2f} | {t_:.2f} | {p_:.2f} | {p_ - f_:+.2f} | {t_ - f_:+.2f} | {p_ - t_:+.2f} |")
-    # What the planned-every-time difference alone predicts for the pgbench point lookup: the
-    # machine is saturated (more clients than cores), so a transaction of `filter` costs the
-    # whole machine cores / tps, pgbench's share included.
-    machine_us = os.cpu_count() / med[("point", "filter")] * 1e6
-    extra_us = cmin[("tenancy", "planned")] - cmin[("filter", "planned")]
-    predicted = machine_us / (machine_us + extra_us)
+    clines = ["| case | variant | us per transaction (min) | median of rounds |", "|---|---|---:|---:|"]
+    for (c, v), xs in cost.items():
+        clines.append(f"| {c} | {LABEL[v]} | {min(xs):.2f} | {statistics.median(xs):.2f} |")
+    # Server-only throughput ratios for the targets (the other variant's time over
+    # pg_tenancy's), and what the difference alone predicts for pgbench: there the machine is
+    # saturated (more clients than cores), so a transaction of the other variant costs the
+    # machine cores / tps, pgbench's share included, and pg_tenancy's costs that plus the
+    # difference.
+    xlines = ["| target | server only | predicted for pgbench | pgbench measured | bound |", "|---|---:|---:|---:|---:|"]
+    for name, (c1, v1), (c2, v2), w, bound in (
+            ("point: pg_tenancy / filter", ("point", "tenancy"), ("point", "filter"), ("point", "filter"), 0.95),
+            ("point: pg_tenancy / tuned", ("point", "tenancy"), ("point", "tuned"), ("point", "tuned"), 1.0),
+            ("binding: bind / SET LOCAL", ("binding", "tenancy"), ("binding", "tuned"), ("binding", "tuned"), 0.95),
+            ("scale: 10,000 / 10 tenants", ("scale large", "tenancy"), ("scale small", "tenancy"), None, 0.95),
+            ("(scale baseline: SET LOCAL + tuned)", ("scale large", "tuned"), ("scale small", "tuned"), None, 0.95),
+            ("insert: audit on / off", ("insert", "tenancy"), ("insert", "noaudit"), ("insert", "noaudit"), 0.6),
+            ("insert: audit on / PL/pgSQL anchor", ("insert", "tenancy"), ("insert", "plaudit"), ("insert", "plaudit"), 1.5),
+            ("insert: audit on / audit-trigger as published", ("insert", "tenancy"), ("insert", "plfull"),
+             ("insert", "plfull"), 1.5),
+            ("bulk: audit on / off", ("bulk", "tenancy"), ("bulk", "noaudit"), ("bulk", "noaudit"), 0.5),
+            ("bulk: audit on / PL/pgSQL anchor", ("bulk", "tenancy"), ("bulk", "plaudit"), ("bulk", "plaudit"), 2.0),
+            ("bulk: audit on / audit-trigger as published", ("bulk", "tenancy"), ("bulk", "plfull"),
+             ("bulk", "plfull"), 2.0)):
+        ours, theirs = cmin[(c1, v1)], cmin[(c2, v2)]
+        pred = meas = "-"
+        if w is not None:
+            machine_us = os.cpu_count() / med[w] * 1e6
+            pred = f"{machine_us / (machine_us + ours - theirs):.2f}"
+            meas = f"{r(w[0], 'tenancy', w[1]):.2f}"
+        xlines.append(f"| {name} | {theirs / ours:.2f} | {pred} | {meas} | {bound} |")
 
     tlines = ["| target | measured (ratio of medians) | per-round ratios: median (min-max) | bound | met |",
               "|---|---:|---:|---:|---|"]
@@ -530,21 +580,26 @@ def main():
         f"Token cache: backend RSS {rss_before} KiB before, {rss_after} KiB after binding "
         f"{args.tokens} distinct tokens (cache bound: `tenancy.token_cache_size`, default 10,000 entries).",
         "",
-        "## Server cost per statement (point lookup)",
+        "## Server cost per transaction",
         "",
-        f"One backend runs the point lookup in a PL/pgSQL loop, {args.cost_statements} statements per round "
-        f"planned every time and {5 * args.cost_statements} with a cached plan, {args.cost_rounds} interleaved "
-        "rounds, all in one transaction; the figures are the minimum over the rounds (noise only adds "
-        "time). No client, socket or scheduler is in them, so they hold still where the tps figures "
-        "move; they leave out what a transaction of its own adds (begin, commit, the statement's first "
-        "read of the binding).",
+        "One backend runs each case's transaction in a PL/pgSQL loop: its statements with `EXECUTE` "
+        "(parsed, rewritten and planned every time, as pgbench's simple protocol does), then "
+        f"`COMMIT`; {args.cost_statements} transactions per round ({max(1, args.cost_statements // 2000)} for "
+        f"bulk), {args.cost_rounds} interleaved rounds, after a discarded tenth. The figure is the "
+        "minimum over the rounds: noise only adds time. No client, socket or scheduler is in it, so "
+        "it holds still where the tps figures move, and one writer per tenant means no waiting on the "
+        "audit chain's lock (the pgbench insert has four). Bound-session cases run as tenant 1's "
+        "session, like the pgbench runs; `binding` and `scale` draw a tenant per transaction.",
         "",
         *clines,
         "",
-        f"In the pgbench point lookup a transaction of `filter` costs the machine {machine_us:.1f} us "
-        f"({os.cpu_count()} cores / {med[('point', 'filter')]:.0f} tps, pgbench included); "
-        f"{extra_us:+.2f} us more per statement predicts pg_tenancy / filter = {predicted:.2f} "
-        f"(measured: {r('point', 'tenancy', 'filter'):.2f}).",
+        "The targets from these figures: `server only` is the other variant's time over "
+        "pg_tenancy's (the throughput ratio if the server's work were all there is); `predicted` "
+        "adds the difference to what a transaction of the other variant costs the whole machine in "
+        "the pgbench run (cores / its tps; the machine is saturated), which is what the pgbench ratio "
+        "would be if nothing but the server's work differed.",
+        "",
+        *xlines,
         "",
         "## Targets",
         "",
