@@ -11,6 +11,7 @@
 //! `to_jsonb` of the column's value alone, which is what `to_jsonb` of the row does for that
 //! column.
 
+use crate::jsonb_build::{scalar, string_value};
 use pgrx::pg_sys::{self, Datum};
 use std::ffi::CString;
 
@@ -311,19 +312,5 @@ unsafe fn binary(d: Datum) -> pg_sys::JsonbValue {
     let mut v = scalar(pg_sys::jbvType::jbvBinary);
     v.val.binary.data = &mut (*jsonb).root;
     v.val.binary.len = pgrx::varsize_any_exhdr(jsonb.cast()) as i32;
-    v
-}
-
-fn scalar(t: pg_sys::jbvType::Type) -> pg_sys::JsonbValue {
-    // SAFETY: JsonbValue is plain data; every variant is valid when zeroed.
-    let mut v: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
-    v.type_ = t;
-    v
-}
-
-fn string_value(p: *const std::ffi::c_char, len: usize) -> pg_sys::JsonbValue {
-    let mut v = scalar(pg_sys::jbvType::jbvString);
-    v.val.string.val = p as *mut _;
-    v.val.string.len = len as i32;
     v
 }

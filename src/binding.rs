@@ -15,9 +15,8 @@
 use crate::catalog::{self, TenantRow};
 use crate::errors::{self, INSUFFICIENT_PRIVILEGE, INVALID_AUTHORIZATION, INVALID_PARAMETER};
 use crate::{gucs, token};
+use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, JsonB};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -144,11 +143,11 @@ impl Prepared {
 pub struct JsonbBytes(Rc<[u8]>);
 
 impl JsonbBytes {
-    fn of(value: JsonB) -> JsonbBytes {
-        let datum = value.into_datum().expect("jsonb_in returns a value");
-        // SAFETY: jsonb_in returns a freshly palloc'd, untoasted varlena.
+    /// Take a palloc'd, untoasted jsonb (copied, then freed).
+    fn of(jsonb: *mut pg_sys::Jsonb) -> JsonbBytes {
+        // SAFETY: `jsonb` is a complete varlena that nothing else refers to.
         unsafe {
-            let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
+            let ptr = jsonb.cast::<pg_sys::varlena>();
             let bytes = std::slice::from_raw_parts(ptr as *const u8, pgrx::varsize_any(ptr));
             let copy = JsonbBytes(Rc::from(bytes));
             pg_sys::pfree(ptr.cast());
@@ -671,7 +670,7 @@ fn prepare(
         tenant,
         described: JsonbBytes(Rc::from(&[][..])),
     };
-    prepared.described = JsonbBytes::of(describe(&prepared.binding(claims)));
+    prepared.described = describe(&prepared.binding(claims));
     prepared
 }
 
@@ -679,22 +678,34 @@ fn current_binding_tenant() -> Option<Uuid> {
     BINDING.with(|b| b.borrow().as_ref().map(|b| b.tenant))
 }
 
-/// JSON description of a binding, as returned by bind() and tenancy.binding().
-pub fn describe(b: &Binding) -> JsonB {
-    JsonB(json!({
-        "tenant": b.tenant.to_string(),
-        "slug": b.slug,
-        "subject": b.subject,
-        "roles": b.roles,
-        "expires_at": b.expires_at.map(unix_to_rfc3339),
-        "scope": b.scope.name(),
-        "source": match &b.source {
-            Source::Token { .. } => "token",
-            Source::Mapping { .. } => "role_mapping",
-            Source::Support { .. } => "support",
-        },
-        "support_privileges": b.support_privileges,
-    }))
+/// JSON description of a binding, as returned by bind(), tenancy.binding() and
+/// tenancy.enter_support().
+pub fn describe(b: &Binding) -> JsonbBytes {
+    use crate::jsonb_build::{object, Field};
+    let tenant = b.tenant.to_string();
+    let expires_at = b.expires_at.map(unix_to_rfc3339);
+    let source = match &b.source {
+        Source::Token { .. } => "token",
+        Source::Mapping { .. } => "role_mapping",
+        Source::Support { .. } => "support",
+    };
+    // In jsonb's key order (shorter first, then bytewise), which the object's closing sort
+    // then finds already sorted.
+    JsonbBytes::of(object(&[
+        ("slug", Field::Str(&b.slug)),
+        ("roles", Field::Strs(&b.roles)),
+        ("scope", Field::Str(b.scope.name())),
+        ("source", Field::Str(source)),
+        ("tenant", Field::Str(&tenant)),
+        ("subject", b.subject.as_deref().into()),
+        ("expires_at", expires_at.as_deref().into()),
+        (
+            "support_privileges",
+            b.support_privileges
+                .as_deref()
+                .map_or(Field::Null, Field::Strs),
+        ),
+    ]))
 }
 
 fn unix_to_rfc3339(secs: i64) -> String {

@@ -18,7 +18,6 @@
 //! - `events`: security-event counters and recent events in shared memory (when preloaded)
 
 use pgrx::prelude::*;
-use pgrx::JsonB;
 
 mod audit;
 mod audit_anchor;
@@ -31,6 +30,7 @@ mod errors;
 mod events;
 mod guard;
 mod gucs;
+mod jsonb_build;
 mod keys;
 mod lifecycle;
 mod policy;
@@ -86,7 +86,7 @@ fn current_roles() -> Vec<String> {
 
 /// The binding in force as JSON, or NULL when unbound (never raises for an unbound session).
 #[pg_extern(stable, parallel_restricted, name = "binding")]
-fn binding_info() -> Option<JsonB> {
+fn binding_info() -> Option<binding::JsonbBytes> {
     binding::current_if_bound().map(|b| binding::describe(&b))
 }
 

@@ -461,7 +461,7 @@ fn revoke_support(operator: pg_sys::Oid) {
 /// By an operator: bind to `tenant` with the privileges of its live support grant, until the
 /// grant expires or is revoked.
 #[pg_extern(volatile, parallel_unsafe)]
-fn enter_support(tenant: &str) -> pgrx::JsonB {
+fn enter_support(tenant: &str) -> crate::binding::JsonbBytes {
     let who = authz::caller();
     if !authz::is_operator(who) || authz::is_superuser(who) {
         errors::raise(

@@ -301,6 +301,40 @@ fn bound_roles(token: &str) -> String {
     .unwrap()
 }
 
+/// `bind` builds its result straight into jsonb: it must be the same value PostgreSQL makes of
+/// the same fields, with quotes, backslashes, control characters and non-ASCII text in them,
+/// and `tenancy.binding()` must describe the binding the same way.
+#[pg_test]
+fn the_binding_description_is_the_json_of_its_fields() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run(&format!("SELECT tenancy.add_key('k', 'HS256', '{secret}')")).unwrap();
+    let subject = "he said \"hi\" \\ \t \u{e9}\u{1f600}";
+    Spi::run_with_args(
+        "SELECT tenancy.add_member('acme', $1, 'viewer')",
+        &[subject.into()],
+    )
+    .unwrap();
+    let exp = 4_102_444_800i64; // 2100-01-01
+    let token = hs256_token(
+        "k",
+        secret,
+        serde_json::json!({"tid": "acme", "sub": subject, "exp": exp}),
+    );
+    let same = Spi::get_one_with_args::<bool>(
+        "SELECT b = jsonb_build_object(
+                    'tenant', (SELECT id FROM tenancy.tenant WHERE slug = 'acme')::text,
+                    'slug', 'acme', 'subject', $2::text, 'roles', jsonb_build_array('viewer'),
+                    'expires_at', '2100-01-01T00:00:00Z', 'scope', 'transaction',
+                    'source', 'token', 'support_privileges', NULL)
+                AND b = tenancy.binding()
+           FROM tenancy.bind($1) b",
+        &[token.as_str().into(), subject.into()],
+    )
+    .unwrap();
+    assert_eq!(same, Some(true));
+}
+
 /// A backend keeps what a token's bind derived from the catalog for the token's next bind. In
 /// one backend, with no other session's changes to refresh it by accident: a catalog change
 /// (a membership) shows in the next bind, and a key's `not_after`, which passes with no change
