@@ -144,8 +144,10 @@ pub struct JsonbBytes(Rc<[u8]>);
 
 impl JsonbBytes {
     /// Take a palloc'd, untoasted jsonb (copied, then freed).
-    fn of(jsonb: *mut pg_sys::Jsonb) -> JsonbBytes {
-        // SAFETY: `jsonb` is a complete varlena that nothing else refers to.
+    ///
+    /// # Safety
+    /// `jsonb` must be a complete varlena that nothing else refers to.
+    unsafe fn of(jsonb: *mut pg_sys::Jsonb) -> JsonbBytes {
         unsafe {
             let ptr = jsonb.cast::<pg_sys::varlena>();
             let bytes = std::slice::from_raw_parts(ptr as *const u8, pgrx::varsize_any(ptr));
@@ -691,21 +693,24 @@ pub fn describe(b: &Binding) -> JsonbBytes {
     };
     // In jsonb's key order (shorter first, then bytewise), which the object's closing sort
     // then finds already sorted.
-    JsonbBytes::of(object(&[
-        ("slug", Field::Str(&b.slug)),
-        ("roles", Field::Strs(&b.roles)),
-        ("scope", Field::Str(b.scope.name())),
-        ("source", Field::Str(source)),
-        ("tenant", Field::Str(&tenant)),
-        ("subject", b.subject.as_deref().into()),
-        ("expires_at", expires_at.as_deref().into()),
-        (
-            "support_privileges",
-            b.support_privileges
-                .as_deref()
-                .map_or(Field::Null, Field::Strs),
-        ),
-    ]))
+    // SAFETY: `object` returns a fresh palloc'd jsonb.
+    unsafe {
+        JsonbBytes::of(object(&[
+            ("slug", Field::Str(&b.slug)),
+            ("roles", Field::Strs(&b.roles)),
+            ("scope", Field::Str(b.scope.name())),
+            ("source", Field::Str(source)),
+            ("tenant", Field::Str(&tenant)),
+            ("subject", b.subject.as_deref().into()),
+            ("expires_at", expires_at.as_deref().into()),
+            (
+                "support_privileges",
+                b.support_privileges
+                    .as_deref()
+                    .map_or(Field::Null, Field::Strs),
+            ),
+        ]))
+    }
 }
 
 fn unix_to_rfc3339(secs: i64) -> String {

@@ -11,7 +11,9 @@
 //! - `privileges`: tenant-role privileges checked by the generated policies
 //! - `verify`: the isolation health report (SQL, in sql/finalize.sql)
 //! - `rbac`: role-to-tenant mappings and tenant roles
-//! - `audit`: the audit trail
+//! - `audit`: the audit trail (`audit_writer` forms and writes records, `audit_row_json` turns
+//!   rows into jsonb, `audit_anchor` anchors the chain's heads outside the database)
+//! - `jsonb_build`: jsonb values built without JSON text (audit rows, a binding's description)
 //! - `authz`: who may call what
 //! - `gucs`: server settings under `tenancy.`
 //! - `errors`: refusals with SQLSTATE and HINT, security events in the server log
