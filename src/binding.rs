@@ -479,8 +479,8 @@ fn verified_token(token_text: &str) -> Rc<CachedToken> {
     if let Some(hit) = TOKEN_CACHE.with(|c| c.borrow().get(&digest).cloned()) {
         return hit;
     }
-    let (kid, header_alg) = token::peek_kid(token_text, max).unwrap_or_else(|e| token_refusal(e));
-    let key = catalog::key(&kid);
+    let parsed = token::parse(token_text, max).unwrap_or_else(|e| token_refusal(e));
+    let key = catalog::key(&parsed.kid);
     let key = match key.as_deref() {
         Some(k) if !k.revoked && k.key.is_some() => k,
         _ => refuse_bind(
@@ -491,9 +491,7 @@ fn verified_token(token_text: &str) -> Rc<CachedToken> {
         ),
     };
     let claims = token::verify(
-        token_text,
-        &kid,
-        header_alg,
+        parsed,
         key.alg,
         key.key.as_ref().expect("checked above"),
         &gucs::tenant_claim(),

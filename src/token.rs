@@ -2,7 +2,7 @@
 //! is unit- and property-tested without a server. Cryptography comes from `jsonwebtoken`
 //! (RustCrypto backend); nothing here compares secrets by hand.
 
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::{Map, Value};
 
 /// Why a token was refused. The messages never say which part of a signature was wrong.
@@ -117,41 +117,74 @@ fn check_family(alg: Algorithm, key: DecodingKey) -> Result<DecodingKey, String>
     Ok(key)
 }
 
-/// Cheap structural checks, then the unverified header's `kid`, so the caller can find the key.
-pub fn peek_kid(token: &str, max_bytes: usize) -> Result<(String, Algorithm), TokenError> {
+/// A token split, decoded and parsed once, before its signature is checked: nothing here may
+/// be trusted until [`verify`] has checked the signature over `message`.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    /// The header's `kid`, which names the key to verify with.
+    pub kid: String,
+    /// The header's `alg`, which must be the algorithm of that key.
+    pub alg: Algorithm,
+    /// The claims, parsed (a repeated member name has been refused).
+    claims: Map<String, Value>,
+    /// The signing input: the first two segments and the dot between them.
+    message: &'a str,
+    /// The third segment, still base64url.
+    signature: &'a str,
+}
+
+/// Cheap structural checks, then each segment decoded and parsed once: the header's `kid` and
+/// `alg`, so the caller can find the key, and the claims, for [`verify`].
+pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
     if token.is_empty() {
         return Err(TokenError::Empty);
     }
     if token.len() > max_bytes {
         return Err(TokenError::TooLarge(token.len()));
     }
-    if token.split('.').count() != 3
-        || !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
         return Err(TokenError::Malformed);
     }
     let mut segments = token.split('.');
-    let header_json = segment_json(segments.next())?;
-    let claims_json = segment_json(segments.next())?;
-    let header_names = member_names(&header_json)?;
-    member_names(&claims_json)?;
-    if header_names.contains("crit") {
+    let (Some(header_b64), Some(claims_b64), Some(signature), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(TokenError::Malformed);
+    };
+    let message = &token[..header_b64.len() + 1 + claims_b64.len()];
+    let header_json = segment_json(header_b64)?;
+    let claims_json = segment_json(claims_b64)?;
+    if member_names(&header_json)?.contains("crit") {
         return Err(TokenError::CriticalExtension);
     }
-    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    let claims = object_without_repeats(&claims_json)?;
+    // The header as jsonwebtoken reads it: an `alg` it does not know (`none` among them) or a
+    // member of the wrong type makes the token malformed.
+    let header: jsonwebtoken::Header =
+        serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
     let kid = header
         .kid
         .filter(|k| !k.is_empty())
         .ok_or(TokenError::MissingKid)?;
-    Ok((kid, header.alg))
+    Ok(Parsed {
+        kid,
+        alg: header.alg,
+        claims,
+        message,
+        signature,
+    })
 }
 
-fn segment_json(segment: Option<&str>) -> Result<Vec<u8>, TokenError> {
+fn segment_json(segment: &str) -> Result<Vec<u8>, TokenError> {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(segment.ok_or(TokenError::Malformed)?)
+        .decode(segment)
         .map_err(|_| TokenError::Malformed)
 }
 
@@ -183,28 +216,51 @@ fn member_names(json: &[u8]) -> Result<std::collections::HashSet<String>, TokenE
         .ok_or(TokenError::DuplicateMember)
 }
 
-/// Verify the signature with the key registered for `kid` (whose algorithm is `alg`) and read
-/// the claims. Time-based claims are returned, not judged: the caller checks them on every
-/// bind, cached or not.
+/// A JSON object parsed in one pass; a repeated top-level member name is refused (a plain
+/// `Map` would keep the last one silently).
+fn object_without_repeats(json: &[u8]) -> Result<Map<String, Value>, TokenError> {
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    /// `None` when a name repeats.
+    struct Object;
+    impl<'de> Visitor<'de> for Object {
+        type Value = Option<Map<String, Value>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut object = Map::new();
+            let mut repeated = false;
+            while let Some(name) = map.next_key::<String>()? {
+                let value = map.next_value::<Value>()?;
+                repeated |= object.insert(name, value).is_some();
+            }
+            Ok((!repeated).then_some(object))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let object = de
+        .deserialize_map(Object)
+        .and_then(|o| de.end().map(|()| o))
+        .map_err(|_| TokenError::Malformed)?;
+    object.ok_or(TokenError::DuplicateMember)
+}
+
+/// Verify the signature of a parsed token with the key registered for its `kid` (whose
+/// algorithm is `alg`), then read the claims. Time-based claims are returned, not judged: the
+/// caller checks them on every bind, cached or not.
 pub fn verify(
-    token: &str,
-    kid: &str,
-    header_alg: Algorithm,
+    parsed: Parsed<'_>,
     alg: Algorithm,
     key: &DecodingKey,
     tenant_claim: &str,
 ) -> Result<VerifiedClaims, TokenError> {
-    if header_alg != alg {
+    if parsed.alg != alg {
         return Err(TokenError::AlgorithmMismatch);
     }
-    let mut validation = Validation::new(alg);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    let data =
-        jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
+    // A key of another family than `alg` cannot make a verifier: that is a bad signature, as
+    // is a signature that does not match. A signature that is not base64url is malformed.
+    let valid = jsonwebtoken::crypto::verify(parsed.signature, parsed.message.as_bytes(), key, alg)
+        .map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::InvalidSignature
@@ -215,7 +271,10 @@ pub fn verify(
                 _ => TokenError::Malformed,
             }
         })?;
-    claims_from(kid, data.claims, tenant_claim)
+    if !valid {
+        return Err(TokenError::BadSignature);
+    }
+    claims_from(&parsed.kid, parsed.claims, tenant_claim)
 }
 
 fn claims_from(
@@ -305,8 +364,7 @@ mod unit {
 
     fn check(token: &str) -> Result<VerifiedClaims, TokenError> {
         let key = parse_key(Algorithm::HS256, SECRET).unwrap();
-        let (kid, alg) = peek_kid(token, 8192)?;
-        verify(token, &kid, alg, Algorithm::HS256, &key, "tid")
+        verify(parse(token, 8192)?, Algorithm::HS256, &key, "tid")
     }
 
     #[test]
@@ -363,11 +421,12 @@ mod unit {
         assert!(parse_key(Algorithm::HS256, "short").is_err());
     }
 
-    /// peek_kid of a token with exactly these header and claims texts (signature not checked).
+    /// parse() of a token with exactly these header and claims texts (signature not checked):
+    /// its kid and alg.
     fn peek_raw(header: &str, claims: &str) -> Result<(String, Algorithm), TokenError> {
         use base64::Engine;
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        peek_kid(&format!("{}.{}.c2ln", b64(header), b64(claims)), 100_000)
+        parse(&format!("{}.{}.c2ln", b64(header), b64(claims)), 100_000).map(|p| (p.kid, p.alg))
     }
 
     #[test]
@@ -413,6 +472,137 @@ mod unit {
         let h = b64.encode(format!(r#"{{"alg":"HS256","kid":"k1","x":{nested}}}"#));
         let t = format!("{h}.e30.AAAA");
         assert!(check(&t).is_err());
+    }
+
+    #[test]
+    fn a_token_is_three_segments_of_json_objects() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let good = hs_token(
+            serde_json::json!({"tid":"acme","sub":"u1","exp":4_000_000_000i64}),
+            "k1",
+        );
+        let parts: Vec<&str> = good.split('.').collect();
+        let header = parts[0];
+        let claims = parts[1];
+        for bad in [
+            format!("{header}.{claims}"),
+            format!("{good}.{}", parts[2]),
+            format!("{header}.{}.{}", b64("[1,2]"), parts[2]),
+            format!("{header}.{}.{}", b64(r#"{"tid":"a"} x"#), parts[2]),
+            format!("{header}.{}.{}", b64(r#"{"tid":"a""#), parts[2]),
+            format!(
+                "{}.{claims}.{}",
+                b64(r#"{"alg":"HS256","kid":"k1"}}"#),
+                parts[2]
+            ),
+            // A signature that is not base64url (one character cannot be).
+            format!("{header}.{claims}.A"),
+            format!("{header}.{claims}.{}=", parts[2]),
+        ] {
+            assert_eq!(check(&bad), Err(TokenError::Malformed), "{bad}");
+        }
+        assert_eq!(
+            peek_raw(r#"{"alg":"HS256"}"#, "{}"),
+            Err(TokenError::MissingKid)
+        );
+        assert_eq!(
+            peek_raw(r#"{"alg":"HS256","kid":""}"#, "{}"),
+            Err(TokenError::MissingKid)
+        );
+        assert_eq!(
+            peek_raw(r#"{"alg":"HS256","kid":7}"#, "{}"),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            peek_raw(r#"{"alg":"RS256","kid":"k9"}"#, "{}"),
+            Ok(("k9".to_string(), Algorithm::RS256))
+        );
+    }
+
+    #[test]
+    fn the_signature_covers_the_header_and_the_claims_as_sent() {
+        let t = hs_token(
+            serde_json::json!({"tid":"acme","sub":"u1","exp":4_000_000_000i64}),
+            "k1",
+        );
+        let parts: Vec<&str> = t.split('.').collect();
+        // Another header with the same kid and alg: the signature no longer matches.
+        let other = hs_token(
+            serde_json::json!({"tid":"acme","sub":"u1","exp":4_000_000_000i64}),
+            "k1 ",
+        );
+        let other_header = other.split('.').next().unwrap();
+        let forged = format!("{other_header}.{}.{}", parts[1], parts[2]);
+        assert_eq!(check(&forged), Err(TokenError::BadSignature));
+        // The right signature of another token.
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            other.split('.').nth(2).unwrap()
+        );
+        assert_eq!(check(&forged), Err(TokenError::BadSignature));
+        // An empty signature.
+        assert_eq!(
+            check(&format!("{}.{}.", parts[0], parts[1])),
+            Err(TokenError::BadSignature)
+        );
+        // A key registered for another algorithm.
+        let key = parse_key(Algorithm::HS384, SECRET).unwrap();
+        assert_eq!(
+            verify(parse(&t, 8192).unwrap(), Algorithm::HS384, &key, "tid"),
+            Err(TokenError::AlgorithmMismatch)
+        );
+    }
+
+    /// What `jsonwebtoken::decode` makes of a token, with pg_tenancy's claim rules: the
+    /// reference the one-pass parse and verification must agree with.
+    fn reference(token: &str) -> Result<VerifiedClaims, TokenError> {
+        let key = parse_key(Algorithm::HS256, SECRET).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+            .map_err(|_| TokenError::BadSignature)?;
+        claims_from(&header.kid.unwrap_or_default(), data.claims, "tid")
+    }
+
+    proptest! {
+        /// A token changed in one place, cut short or extended is accepted by the one-pass
+        /// verification exactly when jsonwebtoken accepts it, with the same claims.
+        #[test]
+        fn verification_agrees_with_jsonwebtoken_decode(
+            pos in 0usize..400,
+            with in "[A-Za-z0-9_.-]",
+            how in 0u8..3,
+            sub in "[a-z\\\"é]{1,8}",
+        ) {
+            let t = hs_token(
+                serde_json::json!({"tid":"acme","sub":sub,"exp":4_000_000_000i64,"roles":["viewer"]}),
+                "k1",
+            );
+            let pos = pos % (t.len() + 1);
+            let mutated = match how {
+                0 if pos < t.len() => format!("{}{with}{}", &t[..pos], &t[pos + 1..]),
+                1 => t[..pos].to_string(),
+                _ => format!("{}{with}{}", &t[..pos], &t[pos..]),
+            };
+            let ours = check(&mutated);
+            let theirs = reference(&mutated);
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Ok(_), Err(_)) => prop_assert!(false, "accepted what jsonwebtoken refuses: {}", mutated),
+                (Err(_), Ok(_)) => prop_assert!(false, "refused what jsonwebtoken accepts: {}", mutated),
+                (Err(_), Err(_)) => {}
+            }
+            if mutated == t {
+                prop_assert!(ours.is_ok());
+            }
+        }
     }
 
     proptest! {
