@@ -102,6 +102,11 @@ impl RowJson {
     /// where [`RowJson::textual`] holds), also appends the text `jsonb_out` gives for it, so the
     /// record's hash needs no second pass over the jsonb.
     ///
+    /// An object of scalars (every column but jsonb and those left to `to_jsonb`) is handed to
+    /// `JsonbValueToJsonb` whole, its pairs already in jsonb's key order (the columns are kept
+    /// sorted): one call, no sort. An object with a jsonb value goes through `pushJsonbValue`,
+    /// which unpacks a jsonb container into the object being built.
+    ///
     /// # Safety
     /// `slot` must hold a row of the relation this was made for.
     pub unsafe fn object(
@@ -113,20 +118,17 @@ impl RowJson {
         if let Some(t) = text.as_deref_mut() {
             t.push(b'{');
         }
-        let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
-        pg_sys::pushJsonbValue(
-            &mut state,
-            pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,
-            std::ptr::null_mut(),
-        );
-        let mut first = true;
-        for (col, _) in self.columns.iter().zip(selected).filter(|(_, &s)| s) {
-            let mut key = string_value(col.key_name.as_ptr(), col.key_name.as_bytes().len());
-            pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_KEY, &mut key);
-            let mut isnull = false;
-            let d = pg_sys::slot_getattr(slot, col.attnum, &mut isnull);
+        // Every column at once: one call instead of one per column.
+        pg_sys::slot_getallattrs(slot);
+        let (values, nulls) = ((*slot).tts_values, (*slot).tts_isnull);
+        let columns = self.columns.iter().zip(selected).filter(|(_, &s)| s);
+        let mut pairs: Vec<pg_sys::JsonbPair> = Vec::with_capacity(self.columns.len());
+        for (i, (col, _)) in columns.enumerate() {
+            let key = string_value(col.key_name.as_ptr(), col.key_name.as_bytes().len());
+            let at = (col.attnum - 1) as usize;
+            let isnull = *nulls.add(at);
             if let Some(t) = text.as_deref_mut() {
-                if !first {
+                if i > 0 {
                     t.extend_from_slice(b", ");
                 }
                 t.extend_from_slice(&col.key_text);
@@ -134,27 +136,55 @@ impl RowJson {
                     t.extend_from_slice(b"null");
                 }
             }
-            first = false;
-            let mut value = if isnull {
+            let value = if isnull {
                 scalar(pg_sys::jbvType::jbvNull)
             } else {
-                col.value(d, text.as_deref_mut())
+                col.value(*values.add(at), text.as_deref_mut())
             };
-            pg_sys::pushJsonbValue(
-                &mut state,
-                pg_sys::JsonbIteratorToken::WJB_VALUE,
-                &mut value,
-            );
+            pairs.push(pg_sys::JsonbPair {
+                key,
+                value,
+                order: i as u32,
+            });
         }
-        let object = pg_sys::pushJsonbValue(
-            &mut state,
-            pg_sys::JsonbIteratorToken::WJB_END_OBJECT,
-            std::ptr::null_mut(),
-        );
         if let Some(t) = text {
             t.push(b'}');
         }
-        Datum::from(pg_sys::JsonbValueToJsonb(object))
+        let jsonb = if pairs
+            .iter()
+            .all(|p| p.value.type_ != pg_sys::jbvType::jbvBinary)
+        {
+            let mut object = scalar(pg_sys::jbvType::jbvObject);
+            object.val.object.nPairs = pairs.len() as i32;
+            object.val.object.pairs = pairs.as_mut_ptr();
+            pg_sys::JsonbValueToJsonb(&mut object)
+        } else {
+            let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+            pg_sys::pushJsonbValue(
+                &mut state,
+                pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,
+                std::ptr::null_mut(),
+            );
+            for pair in &mut pairs {
+                pg_sys::pushJsonbValue(
+                    &mut state,
+                    pg_sys::JsonbIteratorToken::WJB_KEY,
+                    &mut pair.key,
+                );
+                pg_sys::pushJsonbValue(
+                    &mut state,
+                    pg_sys::JsonbIteratorToken::WJB_VALUE,
+                    &mut pair.value,
+                );
+            }
+            let object = pg_sys::pushJsonbValue(
+                &mut state,
+                pg_sys::JsonbIteratorToken::WJB_END_OBJECT,
+                std::ptr::null_mut(),
+            );
+            pg_sys::JsonbValueToJsonb(object)
+        };
+        Datum::from(jsonb)
     }
 }
 
