@@ -269,7 +269,9 @@ class Bench:
     # The server-cost cases: (case, variant) -> (database user, the transaction's statements,
     # the tenants table the loop draws tokens and tenant ids from (None: the bound session's
     # tenant 1, as the pgbench runs), rows per tenant, iterations per round as a multiple of
-    # --cost-statements). Each iteration is one transaction.
+    # --cost-statements[, which tokens the timed loop binds: "first", each token of the table
+    # once, after a warm-up on others; "repeat", all of them again after a pass over them]).
+    # Each iteration is one transaction.
     def cost_cases(self):
         a = self.args
         small_rows = a.scale_rows_total // a.scale_small
@@ -290,6 +292,12 @@ class Bench:
             cases[(f"scale {side}", "tuned")] = (
                 "bench_app", ["SET LOCAL app.tenant_id = ':tid';", f"SELECT * FROM {schema}.orders_tuned WHERE id = :k;"],
                 f"{schema}.tenants", rows, 1)
+        # A bind on its own, on the large scale side's tokens: the first bind of a token in a
+        # backend (verified, its tenant, key and roles looked up, its description built) and a
+        # repeated one (the backend's token cache). Its 10,000 tokens fit the default cache.
+        for mode in ("first", "repeat"):
+            cases[(f"bind alone, {mode}", "tenancy")] = (
+                "bench_app", ["SELECT tenancy.bind(':token');"], "bench_s_large.tenants", 1, 1, mode)
         for v in ("noaudit", "tenancy", "plaudit", "plfull"):
             cases[("insert", v)] = (bound[v], [workload_sql("insert", v)], None, a.rows, 1)
             cases[("bulk", v)] = (bound[v], [workload_sql("bulk", v)], None, a.rows, 0.0005)
@@ -307,7 +315,7 @@ class Bench:
         cases = self.cost_cases()
         for r in range(a.cost_rounds):
             for key in (list(cases) if r % 2 == 0 else list(reversed(cases))):
-                user, stmts, tenants, rows, scale = cases[key]
+                user, stmts, tenants, rows, scale, *mode = cases[key]
                 n = max(1, int(a.cost_statements * scale))
                 body = []
                 for st in stmts:
@@ -319,19 +327,28 @@ class Bench:
                 body = " ".join(body)
                 loop = (f"j := 1 + (i::bigint * 7919) % array_length(toks, 1); "
                         f"k := 1 + (i::bigint * 104729) % {rows}; {body} COMMIT;")
-                warm = max(1, n // 10)
+                # The timed loop's i runs over first..first + n - 1. j = 1 + i * 7919 mod the
+                # number of tokens L visits every token once in L consecutive i.
+                warm, first, count = str(max(1, n // 10)), "1", str(n)
+                if mode == ["first"]:
+                    warm, first, count = "L / 10", "L / 10 + 1", "L - L / 10"
+                elif mode == ["repeat"]:
+                    warm, count = "L", "L"
                 out = self.psql(f"""
                     SET app.tenant_id = '{self.tid}';
                     DO $$
-                    DECLARE x record; j int; k int; toks text[]; tids text[]; t0 timestamptz;
+                    DECLARE x record; j int; k int; toks text[]; tids text[]; t0 timestamptz; L int;
+                        v_warm int; v_first int; v_count int;
                     BEGIN
                         SELECT array_agg(token ORDER BY n), array_agg(tid::text ORDER BY n) INTO toks, tids
                           FROM {tenants or "bench.tenants WHERE n = 1"};
-                        FOR i IN 1..{warm} LOOP {loop} END LOOP;
+                        L := array_length(toks, 1);
+                        v_warm := greatest(1, {warm}); v_first := {first}; v_count := greatest(1, {count});
+                        FOR i IN 1..v_warm LOOP {loop} END LOOP;
                         t0 := clock_timestamp();
-                        FOR i IN 1..{n} LOOP {loop} END LOOP;
+                        FOR i IN v_first..v_first + v_count - 1 LOOP {loop} END LOOP;
                         PERFORM set_config('bench.us', (extract(epoch FROM clock_timestamp() - t0)
-                                                        * 1e6 / {n})::text, false);
+                                                        * 1e6 / v_count)::text, false);
                     END $$;
                     SELECT current_setting('bench.us');""", user=user)
                 results.setdefault(key, []).append(float(out.splitlines()[-1]))
@@ -592,6 +609,13 @@ def main():
         "session, like the pgbench runs; `binding` and `scale` draw a tenant per transaction.",
         "",
         *clines,
+        "",
+        f"`bind alone`: a token's first bind in a backend costs {cmin[('bind alone, first', 'tenancy')]:.2f} us "
+        f"(verified, its tenant, key and roles looked up, its description built), a repeated one "
+        f"{cmin[('bind alone, repeat', 'tenancy')]:.2f} us (the backend's token cache). pgbench opens its "
+        "connections anew for every run, so on the scale's large side a connection binds most of its "
+        "tokens for the first time, and on the small side almost never: that difference is most of "
+        "`scale large` against `scale small`.",
         "",
         "The targets from these figures: `server only` is the other variant's time over "
         "pg_tenancy's (the throughput ratio if the server's work were all there is); `predicted` "
