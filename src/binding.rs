@@ -84,6 +84,8 @@ thread_local! {
     /// Verified tokens and what their last bind derived from the catalog, keyed by SHA-256 of
     /// the token text; at most `tenancy.token_cache_size` entries.
     static TOKEN_CACHE: RefCell<HashMap<[u8; 32], Rc<CachedToken>>> = RefCell::new(HashMap::new());
+    /// How many times the token cache has been full: picks which eighth of it goes next.
+    static TOKEN_EVICTIONS: Cell<u8> = const { Cell::new(0) };
 }
 
 /// A verified token, and what binding it last produced.
@@ -506,13 +508,29 @@ fn verified_token(token_text: &str) -> Rc<CachedToken> {
         TOKEN_CACHE.with(|c| {
             let mut c = c.borrow_mut();
             if c.len() >= cap {
-                // Bounded memory: drop the whole cache rather than track recency per entry.
-                c.clear();
+                let round = TOKEN_EVICTIONS.with(|e| {
+                    e.set(e.get().wrapping_add(1));
+                    e.get()
+                });
+                make_room(&mut c, cap, round);
             }
             c.insert(digest, entry.clone());
         });
     }
     entry
+}
+
+/// Bounded memory without tracking recency per entry: a full cache drops about an eighth of its
+/// entries, picked at random (the digests' bits are uniformly distributed, and each round reads
+/// another byte of them), so a set of tokens a little larger than the cache still mostly finds
+/// its tokens there; dropping everything would make every bind of such a set a first bind.
+/// When that is not room enough (the bound was lowered), everything goes.
+fn make_room<V>(cache: &mut HashMap<[u8; 32], V>, cap: usize, round: u8) {
+    let byte = (round % 32) as usize;
+    cache.retain(|digest, _| digest[byte] % 8 != 0);
+    if cache.len() >= cap {
+        cache.clear();
+    }
 }
 
 /// tenancy.bind(token, scope): verify a token and bind its tenant and subject.
@@ -994,4 +1012,52 @@ pub fn require() -> Binding {
 /// The explicit binding as it stands, without validation (for audit records).
 pub fn peek() -> Option<Binding> {
     BINDING.with(|b| b.borrow().clone())
+}
+
+#[cfg(test)]
+mod unit {
+    use super::make_room;
+    use sha2::{Digest, Sha256};
+    use std::collections::HashMap;
+
+    fn digest(i: u32) -> [u8; 32] {
+        Sha256::digest(i.to_be_bytes()).into()
+    }
+
+    #[test]
+    fn a_full_token_cache_drops_an_eighth_of_its_entries_at_random() {
+        let cap = 10_000;
+        let mut cache: HashMap<[u8; 32], u32> = (0..cap as u32).map(|i| (digest(i), i)).collect();
+        let mut next = cap as u32;
+        let mut survivors_of_first_round = None;
+        for round in 1..=40u8 {
+            make_room(&mut cache, cap, round);
+            let left = cache.len();
+            assert!(
+                (cap * 5 / 6..=cap * 11 / 12).contains(&left),
+                "round {round}: about an eighth dropped, {left} left"
+            );
+            let originals = cache.values().filter(|&&i| i < cap as u32).count();
+            match survivors_of_first_round {
+                None => survivors_of_first_round = Some(originals),
+                // The next round drops about an eighth of those too: not the same ones again.
+                Some(s) if round == 2 => assert!(
+                    (s * 5 / 6..=s * 11 / 12).contains(&originals),
+                    "{originals} of {s}"
+                ),
+                _ => {}
+            }
+            while cache.len() < cap {
+                cache.insert(digest(next), next);
+                next += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn a_lowered_bound_empties_the_token_cache() {
+        let mut cache: HashMap<[u8; 32], u32> = (0..1000).map(|i| (digest(i), i)).collect();
+        make_room(&mut cache, 10, 3);
+        assert!(cache.is_empty());
+    }
 }
