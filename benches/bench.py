@@ -103,6 +103,23 @@ def script(name, variant):
     return "\n".join(lines) + "\n"
 
 
+def prepared_binding_script(variant):
+    """`binding` as an application with prepared statements runs it (pgbench -M prepared):
+    the token or the tenant id is a bound parameter, and `SET LOCAL`, which takes no
+    parameters, is `set_config(..., true)`, its function form."""
+    bind = ("SELECT tenancy.bind(:token);" if variant == "tenancy"
+            else "SELECT set_config('app.tenant_id', :tid, true);")
+    return "\n".join([
+        "\\set t random(1, :ntenants)",
+        "\\set k random(1, :nrows)",
+        "SELECT tid, token FROM bench.tenants WHERE n = :t \\gset",
+        "BEGIN;",
+        bind,
+        f"SELECT * FROM {SCHEMA[variant]}.orders WHERE id = :k;",
+        "COMMIT;",
+    ]) + "\n"
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -119,7 +136,7 @@ class Bench:
             sys.exit(f"psql failed: {out.stderr}")
         return out.stdout.strip()
 
-    def run_pgbench(self, args, env, seconds, what):
+    def run_pgbench(self, args, env, seconds, what, mode="simple"):
         """Run pgbench for `seconds` of steady state plus one second of warm-up. Returns
         (steady tps, whole-run tps): steady counts only the whole 1-second intervals of the
         aggregate log that start at least a second after pgbench started, so each connection's
@@ -127,7 +144,7 @@ class Bench:
         is pgbench's own figure for the run, connection warm-up included. With no steady
         interval (smoke mode's one-second runs) steady is the whole-run figure."""
         logdir = tempfile.mkdtemp(dir=self.tmp)
-        cmd = [f"{PGBIN}/pgbench", "-n", "-M", "simple", "-c", str(self.args.clients), "-j",
+        cmd = [f"{PGBIN}/pgbench", "-n", "-M", mode, "-c", str(self.args.clients), "-j",
                str(min(self.args.clients, 2)), "-T", str(seconds + 1), "-l", "--aggregate-interval=1",
                f"--log-prefix={logdir}/agg", *args]
         t0 = time.time()
@@ -152,7 +169,12 @@ class Bench:
     def pgbench(self, name, variant, ntenants, nrows, seconds):
         path = os.path.join(self.tmp, f"{name}-{variant}.sql")
         env = dict(self.env)
-        if name in ("binding", "insertbind"):
+        mode = "simple"
+        if name == "bindprep":
+            with open(path, "w") as f:
+                f.write(prepared_binding_script(variant))
+            user, mode = "bench_app", "prepared"
+        elif name in ("binding", "insertbind"):
             # Bind (or SET LOCAL) in every transaction, a random tenant each time.
             with open(path, "w") as f:
                 f.write(script("point" if name == "binding" else "insert", variant))
@@ -165,7 +187,7 @@ class Bench:
                 env["PGOPTIONS"] = options
         return self.run_pgbench(["-f", path, "-D", f"ntenants={ntenants}", "-D", f"nrows={nrows}",
                                  "-D", f"tid={self.tid}", "-U", user, "bench"], env, seconds,
-                                f"{name}/{variant}")
+                                f"{name}/{variant}", mode)
 
     def measure(self, workloads, variants, ntenants, nrows):
         """Interleaved runs (A B C A B C ...); returns {(workload, variant): [steady tps...]}
@@ -430,6 +452,10 @@ def main():
     res.update(b.measure(writes, WRITE_VARIANTS, args.tenants, args.rows))
     print("binding", flush=True)
     res.update(b.measure(["binding"], ["tuned", "tenancy"], args.tenants, args.rows))
+    # The same with prepared statements, as most drivers run an application's statements:
+    # beside the target, which is written for the simple protocol.
+    print("binding with prepared statements", flush=True)
+    res.update(b.measure(["bindprep"], ["tuned", "tenancy"], args.tenants, args.rows))
     # The audit comparison again as an application runs it: a bind per transaction, a random
     # tenant each time (the bound-session insert above has 4 writers in one tenant, whose
     # commits queue on that tenant's chain lock). Reported beside the targets, not instead.
@@ -447,7 +473,8 @@ def main():
     lines = []
     lines.append("| workload | variant | median tps (steady) | runs | / filter | / tuned | median tps (whole run) |")
     lines.append("|---|---|---:|---:|---:|---:|---:|")
-    extra = {"binding": ["tuned", "tenancy"], "insertbind": ["noaudit", "tenancy", "plaudit"]}
+    extra = {"binding": ["tuned", "tenancy"], "bindprep": ["tuned", "tenancy"],
+             "insertbind": ["noaudit", "tenancy", "plaudit"]}
     for w in reads + writes + list(extra):
         for v in (READ_VARIANTS if w in reads else WRITE_VARIANTS if w in writes else extra[w]):
             m = med[(w, v)]
@@ -488,6 +515,8 @@ def main():
                statistics.median(ys), bound, pair=paired(xs, ys))
 
     whole("binding", b.whole[("binding", "tenancy")], b.whole[("binding", "tuned")], 0.95)
+    tr("(beside) binding with prepared statements: bind($1) / set_config('app.tenant_id', $1, true)",
+       "bindprep", "tenancy", "tuned", 0.95)
     tr("insert: audit on / audit off", "insert", "tenancy", "noaudit", 0.6)
     tr("insert: audit on / PL/pgSQL anchor", "insert", "tenancy", "plaudit", 1.5)
     tr("bulk: audit on / audit off", "bulk", "tenancy", "noaudit", 0.5)
@@ -580,6 +609,9 @@ def main():
         "- `binding` is `BEGIN; SELECT tenancy.bind(:token) | SET LOCAL app.tenant_id = :t; <point "
         "lookup>; COMMIT` with a random tenant per transaction; its script first looks up the tenant's "
         "uuid and token (`SELECT tid, token FROM bench.tenants WHERE n = :t \\gset`), the same for both",
+        "- `bindprep` is `binding` with prepared statements (`pgbench -M prepared`), as most drivers "
+        "run an application's statements: `tenancy.bind($1)` against `set_config('app.tenant_id', $1, "
+        "true)` (what `SET LOCAL` is as a function; `SET` takes no parameters); beside the target",
         "- `insertbind` is the single-row insert as an application runs it: the same script shape as "
         "`binding` (random tenant, bind per transaction; the anchor names the tenant instead); its "
         "ratios are reported beside the targets, which are judged on the bound-session `insert`",
