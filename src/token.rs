@@ -160,14 +160,15 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, TokenError> {
     let message = &token[..header_b64.len() + 1 + claims_b64.len()];
     let header_json = segment_json(header_b64)?;
     let claims_json = segment_json(claims_b64)?;
-    if member_names(&header_json)?.contains("crit") {
+    let header = object_without_repeats(&header_json)?;
+    let claims = object_without_repeats(&claims_json)?;
+    if header.contains_key("crit") {
         return Err(TokenError::CriticalExtension);
     }
-    let claims = object_without_repeats(&claims_json)?;
     // The header as jsonwebtoken reads it: an `alg` it does not know (`none` among them) or a
     // member of the wrong type makes the token malformed.
     let header: jsonwebtoken::Header =
-        serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+        serde_json::from_value(Value::Object(header)).map_err(|_| TokenError::Malformed)?;
     let kid = header
         .kid
         .filter(|k| !k.is_empty())
@@ -186,34 +187,6 @@ fn segment_json(segment: &str) -> Result<Vec<u8>, TokenError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| TokenError::Malformed)
-}
-
-/// The top-level member names of a JSON object, read in one pass without building the values;
-/// a repeated name is refused.
-fn member_names(json: &[u8]) -> Result<std::collections::HashSet<String>, TokenError> {
-    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
-    use std::collections::HashSet;
-    /// `None` when a name repeats.
-    struct Names;
-    impl<'de> Visitor<'de> for Names {
-        type Value = Option<HashSet<String>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut seen = HashSet::new();
-            let mut repeated = false;
-            while let Some(name) = map.next_key::<String>()? {
-                map.next_value::<IgnoredAny>()?;
-                repeated |= !seen.insert(name);
-            }
-            Ok((!repeated).then_some(seen))
-        }
-    }
-    serde_json::Deserializer::from_slice(json)
-        .deserialize_map(Names)
-        .map_err(|_| TokenError::Malformed)?
-        .ok_or(TokenError::DuplicateMember)
 }
 
 /// A JSON object parsed in one pass; a repeated top-level member name is refused (a plain
