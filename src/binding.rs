@@ -84,7 +84,8 @@ thread_local! {
     /// Verified tokens and what their last bind derived from the catalog, keyed by SHA-256 of
     /// the token text; at most `tenancy.token_cache_size` entries.
     static TOKEN_CACHE: RefCell<HashMap<[u8; 32], Rc<CachedToken>>> = RefCell::new(HashMap::new());
-    /// How many times the token cache has been full: picks which eighth of it goes next.
+    /// How many times the token cache has been full: picks the byte of the digests that
+    /// chooses the eighth that goes next.
     static TOKEN_EVICTIONS: Cell<u8> = const { Cell::new(0) };
 }
 
