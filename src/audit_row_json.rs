@@ -11,7 +11,7 @@
 //! `to_jsonb` of the column's value alone, which is what `to_jsonb` of the row does for that
 //! column.
 
-use crate::jsonb_build::{scalar, string_value};
+use crate::jsonb_build::{object_of, scalar, string_value};
 use pgrx::pg_sys::{self, Datum};
 use std::ffi::CString;
 
@@ -102,10 +102,8 @@ impl RowJson {
     /// where [`RowJson::textual`] holds), also appends the text `jsonb_out` gives for it, so the
     /// record's hash needs no second pass over the jsonb.
     ///
-    /// An object of scalars (every column but jsonb and those left to `to_jsonb`) is handed to
-    /// `JsonbValueToJsonb` whole, its pairs already in jsonb's key order (the columns are kept
-    /// sorted): one call, no sort. An object with a jsonb value goes through `pushJsonbValue`,
-    /// which unpacks a jsonb container into the object being built.
+    /// Built by [`object_of`]: the columns are kept in jsonb's key order, so an object of
+    /// scalars needs no sort.
     ///
     /// # Safety
     /// `slot` must hold a row of the relation this was made for.
@@ -150,40 +148,7 @@ impl RowJson {
         if let Some(t) = text {
             t.push(b'}');
         }
-        let jsonb = if pairs
-            .iter()
-            .all(|p| p.value.type_ != pg_sys::jbvType::jbvBinary)
-        {
-            let mut object = scalar(pg_sys::jbvType::jbvObject);
-            object.val.object.nPairs = pairs.len() as i32;
-            object.val.object.pairs = pairs.as_mut_ptr();
-            pg_sys::JsonbValueToJsonb(&mut object)
-        } else {
-            let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
-            pg_sys::pushJsonbValue(
-                &mut state,
-                pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT,
-                std::ptr::null_mut(),
-            );
-            for pair in &mut pairs {
-                pg_sys::pushJsonbValue(
-                    &mut state,
-                    pg_sys::JsonbIteratorToken::WJB_KEY,
-                    &mut pair.key,
-                );
-                pg_sys::pushJsonbValue(
-                    &mut state,
-                    pg_sys::JsonbIteratorToken::WJB_VALUE,
-                    &mut pair.value,
-                );
-            }
-            let object = pg_sys::pushJsonbValue(
-                &mut state,
-                pg_sys::JsonbIteratorToken::WJB_END_OBJECT,
-                std::ptr::null_mut(),
-            );
-            pg_sys::JsonbValueToJsonb(object)
-        };
+        let jsonb = object_of(&mut pairs);
         Datum::from(jsonb)
     }
 }

@@ -708,8 +708,7 @@ pub fn describe(b: &Binding) -> JsonbBytes {
         Source::Mapping { .. } => "role_mapping",
         Source::Support { .. } => "support",
     };
-    // In jsonb's key order (shorter first, then bytewise), which the object's closing sort
-    // then finds already sorted.
+    // In jsonb's key order (shorter first, then bytewise), so `object` need not sort them.
     // SAFETY: `object` returns a fresh palloc'd jsonb.
     unsafe {
         JsonbBytes::of(object(&[
