@@ -520,6 +520,8 @@ def main():
            pair("point", "tuned", "tuned")])
     print("writes", flush=True)
     res.update(b.measure(writes, WRITE_VARIANTS, args.tenants, args.rows))
+    print("writes side by side, at the same time", flush=True)
+    same.update(b.side_by_side([pair(w, base) for w in ("insert", "bulk") for base in ("noaudit", "plaudit")]))
     print("binding", flush=True)
     res.update(b.measure(["binding"], ["tuned", "tenancy"], args.tenants, args.rows))
     # The same with prepared statements, as most drivers run an application's statements:
@@ -571,8 +573,11 @@ def main():
     targets = []
 
     def target(name, value, bound, op=">=", pair=None, together=None):
-        ok = value >= bound if op == ">=" else value <= bound
-        targets.append((name, value, bound, op, ok, pair, together and spread(together)))
+        together = together and spread(together)
+        # Met only where both measures hold the bound: the interleaved medians alone have
+        # passed and failed the same code in consecutive runs.
+        ok = all(v >= bound if op == ">=" else v <= bound for v in (value, *(together or ())[:1]))
+        targets.append((name, value, bound, op, ok, pair, together))
 
     def tr(name, w, a, b_, bound, op=">="):
         target(name, r(w, a, b_), bound, op, paired(res[(w, a)], res[(w, b_)]), same.get((w, a, b_)))
@@ -759,8 +764,10 @@ def main():
         "",
         "## Targets",
         "",
-        "`met` is judged on the ratio of the medians of the interleaved runs, as the issue defines "
-        "the targets. The per-round column divides each run by the other variant's run of the same "
+        "`met` needs both the ratio of the medians of the interleaved runs (the issue's definition) "
+        "and, where the pair also ran side by side, the median of those rounds to hold the bound: "
+        "the interleaved figure alone has passed and failed the same code in consecutive runs. "
+        "The per-round column divides each run by the other variant's run of the same "
         "round (the two ran back to back) and shows the median and the range of those ratios: on a "
         "noisy machine it says how far a single ratio can be trusted. The side-by-side column is the "
         "section above.",
