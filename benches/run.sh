@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark command: builds a release of pg_tenancy, starts a throwaway PostgreSQL 15
 # cluster with the settings below, generates the data set and runs every variant side by side.
-#   benches/run.sh            full run (1,000 tenants x 1,000 rows; about 25 minutes); writes benches/RESULTS.md
+#   benches/run.sh            full run (1,000 tenants x 1,000 rows; about 30 minutes); writes benches/RESULTS.md
 #   benches/run.sh --smoke    tiny data, one short run (the test suite runs this; no timing asserted)
 # Extra arguments go to benches/bench.py (--tenants, --rows, --runs, --seconds, --clients, ...).
 set -euo pipefail
