@@ -213,6 +213,11 @@ class Bench:
         args, env, mode = self.pgbench_args(name, variant, ntenants, nrows)
         return self.run_pgbench(args, env, seconds, f"{name}/{variant}", mode)
 
+    def run_seconds(self, workload):
+        """A run's steady seconds: twice as long for the workloads of a few transactions per
+        second."""
+        return self.args.seconds * (2 if workload in ("seqscan", "bulk") else 1)
+
     def measure(self, workloads, variants, ntenants, nrows):
         """Interleaved runs (A B C A B C ...); returns {(workload, variant): [steady tps...]}
         and keeps the whole-run figures in self.whole."""
@@ -225,7 +230,7 @@ class Bench:
             for r in range(self.args.runs):
                 order = variants if r % 2 == 0 else list(reversed(variants))
                 for v in order:
-                    seconds = self.args.seconds * (2 if w in ("seqscan", "bulk") else 1)
+                    seconds = self.run_seconds(w)
                     # Each run starts with no dirty buffers left by the one before (a
                     # checkpoint in the middle of a run would charge one variant for another's
                     # writes); autovacuum is off in the bench cluster for the same reason.
@@ -250,7 +255,7 @@ class Bench:
         half = max(1, a.clients // 2)
         out = {}
         for label, base, other in pairs:
-            seconds = a.seconds * (2 if label[0] in ("seqscan", "bulk") else 1)
+            seconds = self.run_seconds(label[0])
             for r in range(a.runs):
                 self.psql("CHECKPOINT", db="postgres")
                 order = [base, other] if r % 2 == 0 else [other, base]
