@@ -25,13 +25,14 @@ SCHEMA = {
     "filter": "bench_filter", "naive": "bench_naive", "tuned": "bench_tuned",
     "tenancy": "bench_tenancy", "noaudit": "bench_noaudit", "plaudit": "bench_plaudit",
     "plfull": "bench_plfull",
-    "s_small": "bench_s_small", "s_large": "bench_s_large",
+    "s_small": "bench_s_small", "s_large": "bench_s_large", "const": "bench_const",
 }
 LABEL = {
     "filter": "filter (WHERE tenant_id = $t)", "naive": "naive RLS (current_setting per row)",
     "tuned": "tuned RLS ((SELECT current_setting))", "tenancy": "pg_tenancy (bind + RBAC + audit)",
     "noaudit": "pg_tenancy, audit off", "plaudit": "filter + PL/pgSQL audit trigger",
     "plfull": "filter + audit-trigger as published",
+    "const": "RLS on tenant 1 as a constant (reference)",
 }
 # Variants whose queries name the tenant themselves.
 EXPLICIT = {"filter", "plaudit", "plfull"}
@@ -360,8 +361,10 @@ class Bench:
         bound = {"filter": "bench_app", "tuned": "bench_app", "tenancy": "bench_mapped",
                  "noaudit": "bench_mapped", "plaudit": "bench_app", "plfull": "bench_app"}
         cases = {}
-        for v in ("filter", "tuned", "tenancy"):
-            cases[("point", v)] = (bound[v], [workload_sql("point", v)], None, a.rows, 1)
+        # const: the same lookup under a policy whose qual is the tenant as a constant, what a
+        # policy would cost if the binding reached the planner as one (no subquery, no InitPlan).
+        for v in ("filter", "const", "tuned", "tenancy"):
+            cases[("point", v)] = (bound.get(v, "bench_app"), [workload_sql("point", v)], None, a.rows, 1)
         for v in ("tuned", "tenancy"):
             cases[("binding", v)] = ("bench_app", [bind_line(v), workload_sql("point", v)], "bench.tenants",
                                      a.rows, 1)
@@ -644,6 +647,9 @@ def main():
     for name, (c1, v1), (c2, v2), w, bound in (
             ("point: pg_tenancy / filter", ("point", "tenancy"), ("point", "filter"), ("point", "filter"), 0.95),
             ("point: pg_tenancy / tuned", ("point", "tenancy"), ("point", "tuned"), ("point", "tuned"), 1.0),
+            ("(point: constant-qual policy / filter, reference)", ("point", "const"), ("point", "filter"), None, "-"),
+            ("(point: pg_tenancy / constant-qual policy, reference)", ("point", "tenancy"), ("point", "const"), None,
+             "-"),
             ("binding: bind / SET LOCAL", ("binding", "tenancy"), ("binding", "tuned"), ("binding", "tuned"), 0.95),
             ("scale: 10,000 / 10 tenants", ("scale large", "tenancy"), ("scale small", "tenancy"), None, 0.95),
             ("(scale baseline: SET LOCAL + tuned)", ("scale large", "tuned"), ("scale small", "tuned"), None, 0.95),

@@ -7,6 +7,7 @@
 --   bench_plaudit unprotected + a PL/pgSQL row-level audit trigger (audit-trigger style, slimmed)
 --   bench_plfull  unprotected + the audit trigger as audit-trigger (wiki: Audit_trigger_91plus)
 --                 publishes it, with jsonb for hstore
+--   bench_const   orders only, under a policy on tenant 1 as a constant (server-cost reference)
 -- psql variables: ntenants, nrows.
 \set ON_ERROR_STOP 1
 CREATE EXTENSION IF NOT EXISTS pg_tenancy;
@@ -147,6 +148,22 @@ BEGIN
             EXECUTE format($f$ALTER TABLE %I.%I ALTER COLUMN tenant_id SET DEFAULT current_setting('app.tenant_id')::uuid$f$, s, t);
         END LOOP;
     END LOOP;
+END
+$$;
+
+-- const: the orders under a policy whose qual is tenant 1 as a constant. Not a design anyone
+-- could ship (one tenant per table); the server-cost table's reference for what a policy costs
+-- when the binding reaches the planner as a constant (no scalar subquery, no InitPlan).
+CREATE SCHEMA bench_const;
+GRANT USAGE ON SCHEMA bench_const TO bench_app;
+CREATE TABLE bench_const.orders (LIKE bench_filter.orders INCLUDING ALL);
+INSERT INTO bench_const.orders SELECT * FROM bench_filter.orders;
+GRANT SELECT ON bench_const.orders TO bench_app;
+ALTER TABLE bench_const.orders ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+DO $$
+BEGIN
+    EXECUTE format('CREATE POLICY tenant ON bench_const.orders USING (tenant_id = %L::uuid)',
+                   (SELECT tid FROM bench.tenants WHERE n = 1));
 END
 $$;
 
