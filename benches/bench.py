@@ -359,12 +359,12 @@ class Bench:
         small_rows = a.scale_rows_total // a.scale_small
         large_rows = max(1, a.scale_rows_total // a.scale_large)
         bound = {"filter": "bench_app", "tuned": "bench_app", "tenancy": "bench_mapped",
-                 "noaudit": "bench_mapped", "plaudit": "bench_app", "plfull": "bench_app"}
+                 "noaudit": "bench_mapped", "plaudit": "bench_app", "plfull": "bench_app", "const": "bench_app"}
         cases = {}
         # const: the same lookup under a policy whose qual is the tenant as a constant, what a
         # policy would cost if the binding reached the planner as one (no subquery, no InitPlan).
         for v in ("filter", "const", "tuned", "tenancy"):
-            cases[("point", v)] = (bound.get(v, "bench_app"), [workload_sql("point", v)], None, a.rows, 1)
+            cases[("point", v)] = (bound[v], [workload_sql("point", v)], None, a.rows, 1)
         for v in ("tuned", "tenancy"):
             cases[("binding", v)] = ("bench_app", [bind_line(v), workload_sql("point", v)], "bench.tenants",
                                      a.rows, 1)

@@ -1,4 +1,5 @@
--- Benchmark data set: the same orders and order items in seven schemas, one per variant.
+-- Benchmark data set: the same orders and order items in seven schemas, one per variant, and
+-- the orders once more in an eighth, bench_const.
 --   bench_filter  unprotected; the application writes WHERE tenant_id = $t (the floor)
 --   bench_naive   hand-written policy tenant_id = current_setting('app.tenant_id')::uuid
 --   bench_tuned   the same, wrapped as (SELECT current_setting('app.tenant_id')::uuid)

@@ -63,7 +63,6 @@ run_step "cargo fmt --check" cargo fmt --check
 run_step "cargo clippy" cargo clippy --all-targets --features "pg15 pg_test" --no-default-features -- -D warnings
 # pgrx initdb's its cluster as `postgres` in a directory of its own under --pgdata, which
 # `postgres` must be able to create: on a machine where $WORK is new it is root's.
-mkdir -p "$WORK"
 as_root mkdir -p "$WORK/pgrx-data"
 as_root chown postgres:postgres "$WORK/pgrx-data"
 run_step "unit and #[pg_test] tests" \
