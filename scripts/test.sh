@@ -101,7 +101,7 @@ integration() {
     fresh_port=$(free_port)
     cluster_start "$WORK/fresh" "$fresh_port"
     (cd tests/integration && TENANCY_IT_DB=tenancy_it TENANCY_FRESH_PGHOST="$WORK/fresh" \
-        TENANCY_FRESH_PGPORT="$fresh_port" cargo test -- --test-threads=4)
+        TENANCY_FRESH_PGPORT="$fresh_port" cargo test --no-fail-fast -- --test-threads=4)
 }
 run_step "integration tests" integration
 

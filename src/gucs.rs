@@ -28,6 +28,11 @@ pub static CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// in transaction mode a session binding would outlive the client, so such platforms set it off.
 pub static ALLOW_SESSION_SCOPE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `tenancy.plan_binding_as_param`: whether statements are planned with the read policies'
+/// binding as a reserved executor parameter (`binding_param.rs`) instead of an InitPlan. Both
+/// isolate alike; off plans the policies exactly as written. Superuser only.
+pub static PLAN_BINDING_AS_PARAM: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"tenancy.region",
@@ -80,6 +85,14 @@ pub fn init() {
         c"Whether tenancy.bind(token, 'session') is allowed.",
         c"Turn off behind a connection pooler in transaction mode.",
         &ALLOW_SESSION_SCOPE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"tenancy.plan_binding_as_param",
+        c"Plan the read policies' binding as an executor parameter instead of an InitPlan.",
+        c"Saves planning and running a subquery per protected table in every statement; off plans the policies as written.",
+        &PLAN_BINDING_AS_PARAM,
         GucContext::Suset,
         GucFlags::default(),
     );

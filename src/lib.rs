@@ -27,6 +27,7 @@ mod audit_row_json;
 mod audit_writer;
 mod authz;
 mod binding;
+mod binding_param;
 mod catalog;
 mod errors;
 mod events;
@@ -52,6 +53,7 @@ pub extern "C-unwind" fn _PG_init() {
     catalog::init();
     binding::init();
     privileges::init();
+    binding_param::init();
     audit::init();
 }
 

@@ -14,7 +14,8 @@
 //!
 //! The binding and the privilege are read through scalar subqueries, which PostgreSQL plans as
 //! InitPlans: evaluated once per statement, in the leader of a parallel query, and usable as
-//! index-scan keys. The tenant column gets `DEFAULT tenancy.current_tenant()` and NOT NULL, an
+//! index-scan keys. Where the library is loaded, `binding_param.rs` plans the read, update and
+//! delete policies' subquery as a reserved executor parameter instead (same value, no subquery). The tenant column gets `DEFAULT tenancy.current_tenant()` and NOT NULL, an
 //! index led by it is created when none exists, TRUNCATE is refused by a trigger, and the
 //! SHA-256 digest of the resulting state is recorded for the guard and for verify().
 

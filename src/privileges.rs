@@ -138,6 +138,11 @@ RETURNS uuid STRICT STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 
 "#
 )]
 fn allowed_tenant(tbl: pg_sys::Oid, privilege: &str) -> pgrx::Uuid {
+    allowed_tenant_id(tbl, privilege)
+}
+
+/// What `allowed_tenant` returns; also the value of its reserved parameter (`binding_param.rs`).
+pub fn allowed_tenant_id(tbl: pg_sys::Oid, privilege: &str) -> pgrx::Uuid {
     match crate::binding::with_required(|b| permitted(b, tbl, privilege).then_some(b.tenant)) {
         Some(tenant) => catalog::to_pg_uuid(tenant),
         None => refuse(tbl, privilege),

@@ -366,3 +366,57 @@ fn a_cached_bind_sees_catalog_changes_and_the_key_expiring() {
     Spi::run("SELECT pg_sleep(3.1)").unwrap();
     bound_roles(&token);
 }
+
+/// Evaluates `expr` compiled against `params` (both at compile time and at run time).
+unsafe fn eval_with_params(
+    expr: *mut pg_sys::Expr,
+    params: pg_sys::ParamListInfo,
+) -> (pg_sys::Datum, bool) {
+    let state = pg_sys::ExecInitExprWithParams(expr, params);
+    let econtext = pg_sys::CreateStandaloneExprContext();
+    (*econtext).ecxt_param_list_info = params;
+    let mut isnull = false;
+    let value = (*state).evalfunc.unwrap()(state, econtext, &mut isnull);
+    (value, isnull)
+}
+
+/// The fail-closed half of binding_param.rs's argument: compiled without the executor hook's
+/// parameter list, a reserved parameter has no value, and PostgreSQL raises.
+#[pg_test(error = "no value found for parameter 1000000000")]
+fn reserved_parameter_without_the_executor_hook_has_no_value() {
+    unsafe {
+        let p = crate::binding_param::reserved_param(crate::binding_param::RESERVED_BASE);
+        eval_with_params(p as *mut pg_sys::Expr, std::ptr::null_mut());
+    }
+}
+
+/// The executor hook's copy of a parameter list answers ordinary parameters from the original
+/// list, and a reserved one from the binding (none here: the statement fails).
+#[pg_test(error = "no tenant bound")]
+fn wrapped_parameter_list_answers_ordinary_and_reserved_parameters() {
+    unsafe {
+        let orig = pg_sys::makeParamList(1);
+        let e = (*orig).params.as_mut_ptr();
+        (*e).value = pg_sys::Datum::from(42i32);
+        (*e).isnull = false;
+        (*e).pflags = pg_sys::PARAM_FLAG_CONST as u16;
+        (*e).ptype = pg_sys::INT4OID;
+        let wrapped = crate::binding_param::wrap(orig);
+        assert!(!std::ptr::eq(wrapped, orig));
+        let p = pg_sys::palloc0(std::mem::size_of::<pg_sys::Param>()) as *mut pg_sys::Param;
+        (*p).xpr.type_ = pg_sys::NodeTag::T_Param;
+        (*p).paramkind = pg_sys::ParamKind::PARAM_EXTERN;
+        (*p).paramid = 1;
+        (*p).paramtype = pg_sys::INT4OID;
+        (*p).paramtypmod = -1;
+        let (v, isnull) = eval_with_params(p as *mut pg_sys::Expr, wrapped);
+        assert!(!isnull);
+        assert_eq!(v.value() as i32, 42);
+        let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'pg_class'::regclass::oid")
+            .unwrap()
+            .unwrap();
+        let id = crate::binding_param::reserve(relid, "select").unwrap();
+        let r = crate::binding_param::reserved_param(id);
+        eval_with_params(r as *mut pg_sys::Expr, wrapped);
+    }
+}

@@ -51,15 +51,50 @@ UPDATE app.orders SET amount = 0 WHERE id = 1;
 DELETE FROM app.orders WHERE id = 1;
 INSERT INTO app.customers (id, name) VALUES (999, 'nope');
 
--- Plans: the binding and the privilege are one InitPlan per table (once per statement; the
--- restrictive and the permissive policy share it), and the tenant index serves point lookups,
--- aggregates and joins.
+-- Plans. Planned as written, the binding and the privilege are one InitPlan per table (once
+-- per statement; the restrictive and the permissive policy share it). That is how a session's
+-- statements are planned before the library is loaded: it loads with the first call into it,
+-- or at connection with session_preload_libraries / shared_preload_libraries.
 \c - regress_acme
+EXPLAIN (COSTS OFF) SELECT * FROM app.orders WHERE id = 42;
+-- Once loaded, its planner hook makes that subquery a reserved parameter, $1000000000 and up,
+-- one per table and privilege, answered at run time with the binding (no subquery to plan or
+-- run). The tenant index serves point lookups, aggregates and joins alike.
 EXPLAIN (COSTS OFF) SELECT * FROM app.orders WHERE id = 42;
 EXPLAIN (COSTS OFF) SELECT count(*), sum(amount) FROM app.orders;
 EXPLAIN (COSTS OFF) SELECT c.name, sum(o.amount) FROM app.orders o
     JOIN app.customers c ON c.tenant_id = o.tenant_id AND c.id = o.customer_id
    WHERE c.id = 7 GROUP BY c.name;
+SELECT count(*), sum(amount) FROM app.orders WHERE id <= 10;
+-- Only that exact subquery: a hand-written policy reading the binding another way is planned
+-- as written.
+\c - postgres
+CREATE SCHEMA handmade;
+CREATE TABLE handmade.notes (tenant_id uuid NOT NULL, id int PRIMARY KEY, body text);
+ALTER TABLE handmade.notes ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY notes_tenant ON handmade.notes
+    USING (tenant_id = (SELECT tenancy.allowed_tenant('handmade.notes'::regclass, 'select') LIMIT 1));
+GRANT USAGE ON SCHEMA handmade TO regress_acme;
+GRANT SELECT ON handmade.notes TO regress_acme;
+INSERT INTO handmade.notes SELECT id, 1, 'acme' FROM tenancy.tenants WHERE slug = 'acme';
+INSERT INTO handmade.notes SELECT id, 2, 'globex' FROM tenancy.tenants WHERE slug = 'globex';
+\c - regress_acme
+SELECT body FROM handmade.notes;
+EXPLAIN (COSTS OFF) SELECT * FROM handmade.notes WHERE id = 1;
+\c - postgres
+DROP SCHEMA handmade CASCADE;
+-- tenancy.plan_binding_as_param = off (a superuser's setting) plans the policies as written.
+-- A tenant role cannot turn it back on: before the library is loaded its SET only makes a
+-- placeholder, which the library drops with a WARNING when it loads; after that SET is refused.
+ALTER ROLE regress_acme SET tenancy.plan_binding_as_param = off;
+\c - regress_acme
+SET tenancy.plan_binding_as_param = on;
+SELECT count(*), sum(amount) FROM app.orders WHERE id <= 10;
+SHOW tenancy.plan_binding_as_param;
+SET tenancy.plan_binding_as_param = on;
+EXPLAIN (COSTS OFF) SELECT * FROM app.orders WHERE id = 42;
+\c - postgres
+ALTER ROLE regress_acme RESET tenancy.plan_binding_as_param;
 -- Writing another tenant's rows, or moving a row to another tenant, is refused.
 \c - postgres
 SELECT id AS globex_id FROM tenancy.tenants WHERE slug = 'globex' \gset
