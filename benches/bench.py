@@ -26,6 +26,7 @@ SCHEMA = {
     "tenancy": "bench_tenancy", "noaudit": "bench_noaudit", "plaudit": "bench_plaudit",
     "plfull": "bench_plfull",
     "s_small": "bench_s_small", "s_large": "bench_s_large", "const": "bench_const",
+    "written": "bench_tenancy",
 }
 LABEL = {
     "filter": "filter (WHERE tenant_id = $t)", "naive": "naive RLS (current_setting per row)",
@@ -33,6 +34,7 @@ LABEL = {
     "noaudit": "pg_tenancy, audit off", "plaudit": "filter + PL/pgSQL audit trigger",
     "plfull": "filter + audit-trigger as published",
     "const": "RLS on tenant 1 as a constant (reference)",
+    "written": "pg_tenancy, policies planned as written (plan_binding_as_param off)",
 }
 # Variants whose queries name the tenant themselves.
 EXPLICIT = {"filter", "plaudit", "plfull"}
@@ -85,6 +87,8 @@ def session_of(variant, tid):
     """(database user, PGOPTIONS) of a bound session of tenant 1 for a variant."""
     if variant in ("tenancy", "noaudit"):
         return "bench_mapped", ""
+    if variant == "written":
+        return "bench_written", ""
     if variant in ("naive", "tuned"):
         return "bench_app", f"-c app.tenant_id={tid}"
     return "bench_app", ""
@@ -278,11 +282,19 @@ class Bench:
         print(f"data: {a.tenants} tenants x {a.rows} orders (x2 items) in 6 schemas", flush=True)
         self.psql("DROP DATABASE IF EXISTS bench", db="postgres")
         self.psql("DROP ROLE IF EXISTS bench_app", db="postgres")
+        self.psql("DROP ROLE IF EXISTS bench_written", db="postgres")
         self.psql("DROP ROLE IF EXISTS bench_mapped", db="postgres")
         self.psql("CREATE DATABASE bench", db="postgres")
         setup = open(os.path.join(os.path.dirname(__file__), "setup.sql")).read()
         self.psql(setup, vars={"ntenants": a.tenants, "nrows": a.rows})
         self.tid = self.psql("SELECT tid FROM bench.tenants WHERE n = 1")
+        # `written` must plan pg_tenancy's policies as written and `tenancy` as a parameter, or
+        # their comparison measures nothing (the first statement loads the library).
+        for user, want in (("bench_mapped", "$1000000000"), ("bench_written", "InitPlan")):
+            plan = self.psql("SELECT count(*) FROM bench_tenancy.orders WHERE id = 1; "
+                             "EXPLAIN (COSTS OFF) SELECT * FROM bench_tenancy.orders WHERE id = 1;", user=user)
+            if want not in plan:
+                sys.exit(f"{user}: expected {want} in the plan:\n{plan}")
         # Scale: the same point lookup and bind with few and with many tenants.
         for schema, n, rows in (("bench_s_small", a.scale_small, a.scale_rows_total // a.scale_small),
                                 ("bench_s_large", a.scale_large, max(1, a.scale_rows_total // a.scale_large))):
@@ -359,11 +371,13 @@ class Bench:
         small_rows = a.scale_rows_total // a.scale_small
         large_rows = max(1, a.scale_rows_total // a.scale_large)
         bound = {"filter": "bench_app", "tuned": "bench_app", "tenancy": "bench_mapped",
-                 "noaudit": "bench_mapped", "plaudit": "bench_app", "plfull": "bench_app", "const": "bench_app"}
+                 "noaudit": "bench_mapped", "plaudit": "bench_app", "plfull": "bench_app", "const": "bench_app",
+                 "written": "bench_written"}
         cases = {}
         # const: the same lookup under a policy whose qual is the tenant as a constant, what a
         # policy would cost if the binding reached the planner as one (no subquery, no InitPlan).
-        for v in ("filter", "const", "tuned", "tenancy"):
+        # written: pg_tenancy with its policies planned as written (an InitPlan), beside.
+        for v in ("filter", "const", "tuned", "written", "tenancy"):
             cases[("point", v)] = (bound[v], [workload_sql("point", v)], None, a.rows, 1)
         for v in ("tuned", "tenancy"):
             cases[("binding", v)] = ("bench_app", [bind_line(v), workload_sql("point", v)], "bench.tenants",
@@ -524,6 +538,8 @@ def main():
     same = b.side_by_side(
         [pair(w, base) for w in ("point", "aggregate", "join") for base in ("filter", "tuned")]
         + [pair("seqscan", "tuned"), pair("seqscan", "tuned", "naive"),
+           # What planning the binding as a parameter saves against the policies as written.
+           pair("point", "written"), pair("join", "written"),
            # The control: one variant against itself, the method's own spread.
            pair("point", "tuned", "tuned")])
     print("writes", flush=True)
@@ -650,6 +666,8 @@ def main():
             ("(point: constant-qual policy / filter, reference)", ("point", "const"), ("point", "filter"), None, "-"),
             ("(point: pg_tenancy / constant-qual policy, reference)", ("point", "tenancy"), ("point", "const"), None,
              "-"),
+            ("(point: pg_tenancy / pg_tenancy planned as written, reference)", ("point", "tenancy"),
+             ("point", "written"), None, "-"),
             ("binding: bind / SET LOCAL", ("binding", "tenancy"), ("binding", "tuned"), ("binding", "tuned"), 0.95),
             ("scale: 10,000 / 10 tenants", ("scale large", "tenancy"), ("scale small", "tenancy"), None, 0.95),
             ("(scale baseline: SET LOCAL + tuned)", ("scale large", "tuned"), ("scale small", "tuned"), None, 0.95),
