@@ -209,7 +209,7 @@ fn a_client_cannot_name_or_switch_off_the_reserved_parameter() {
     let mut c = app();
     // The parser refuses parameter numbers this high, in both protocols: a client's value can
     // never stand in for the binding.
-    // ($5294967296 is 1000000000 once the scanner has truncated it to 32 bits.)
+    // ($5294967296 is 1000000000 truncated to 32 bits.)
     for sql in [
         "SELECT $1000000000::uuid",
         "SELECT count(*) FROM it_orders WHERE tenant_id = $1000000000",
