@@ -296,6 +296,21 @@ fn link_pending() {
         return;
     }
     pending.sort_by_key(|r| (r.tenant, r.id));
+    // Everything the linking allocates (executor state, index scan, datums) goes into a
+    // context of its own under the transaction's, deleted below or with the transaction on an
+    // error. The caller's context can outlive many transactions: a procedure that COMMITs in
+    // a loop commits in its own context, which grew by every commit's allocations until the
+    // procedure returned (and every commit paid for fresh pages).
+    let link_cxt = unsafe {
+        pg_sys::AllocSetContextCreateExtended(
+            pg_sys::TopTransactionContext,
+            c"pg_tenancy audit chain link".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        )
+    };
+    let outer = unsafe { pg_sys::MemoryContextSwitchTo(link_cxt) };
     // PRE_COMMIT runs outside any portal: SPI needs an active snapshot (an error pops it
     // through transaction abort).
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
@@ -339,6 +354,8 @@ fn link_pending() {
     unsafe {
         chain_table.close();
         pg_sys::PopActiveSnapshot();
+        pg_sys::MemoryContextSwitchTo(outer);
+        pg_sys::MemoryContextDelete(link_cxt);
     }
 }
 

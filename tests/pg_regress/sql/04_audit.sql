@@ -79,7 +79,36 @@ $$;
 
 \c - regress_writer
 SELECT count(*) FROM shop.items;
+
+-- Linking at commit allocates in a context of its own: a procedure that COMMITs in a loop
+-- must not keep every commit's allocations until it returns (it did, about 4 kB a commit).
 \c - postgres
+GRANT EXECUTE ON FUNCTION pg_get_backend_memory_contexts() TO regress_writer;
+GRANT SELECT ON pg_backend_memory_contexts TO regress_writer;
+\c - regress_writer
+DO $$
+DECLARE
+    before bigint;
+    after bigint;
+BEGIN
+    FOR i IN 1..2200 LOOP
+        INSERT INTO shop.items (id, label) VALUES (1000 + i, 'loop');
+        COMMIT;
+        IF i = 200 THEN
+            SELECT sum(total_bytes) INTO before FROM pg_backend_memory_contexts;
+        END IF;
+    END LOOP;
+    SELECT sum(total_bytes) INTO after FROM pg_backend_memory_contexts;
+    RAISE NOTICE 'backend memory grew by less than 1 MB over 2,000 audited commits: %',
+        after - before < 1024 * 1024;
+END
+$$;
+SELECT count(*) AS audited_in_the_loop FROM shop.items WHERE label = 'loop';
+\c - postgres
+REVOKE SELECT ON pg_backend_memory_contexts FROM regress_writer;
+REVOKE EXECUTE ON FUNCTION pg_get_backend_memory_contexts() FROM regress_writer;
+SELECT count(*) AS records FROM tenancy.audit_log
+ WHERE table_name = 'shop.items' AND new_row ->> 'label' = 'loop';
 DROP SCHEMA shop CASCADE;
 SELECT tenancy.unmap_role('regress_writer', 'acme');
 DROP OWNED BY regress_writer;
