@@ -44,7 +44,13 @@ thread_local! {
     /// Per table: its audit settings, with the epoch they were read at.
     static TRIGGER_CACHE: RefCell<HashMap<u32, (u64, Rc<AuditMeta>)>> =
         RefCell::new(HashMap::new());
+    /// Per (tenant, lane): a seq this backend read as the lane's committed head. Heads only
+    /// grow, so it bounds the next head read from below (see chain_head).
+    static KNOWN_HEADS: RefCell<HashMap<(Uuid, i16), i64>> = RefCell::new(HashMap::new());
 }
+
+/// At most this many (tenant, lane) heads are remembered per backend (about 40 bytes each).
+const KNOWN_HEADS_MAX: usize = 16_384;
 
 use crate::audit_writer::Written;
 
@@ -241,9 +247,29 @@ unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid, lane: i16) -> Option<
 /// The newest entry of one of `tenant`'s lanes (or the lane's purge checkpoint), read with the
 /// latest snapshot so that a REPEATABLE READ transaction links after the newest committed
 /// entry.
+///
+/// The read is bounded below by the head this backend saw last time on the lane: a committed
+/// entry's seq, and entries are only ever added above the head, so the newest entry is at or
+/// above it unless entries were removed since (retention, a decommissioned tenant); then the
+/// bounded read finds nothing and the lane is read whole. The bound spares checking every
+/// entry of the lane on the index's last page (about 4% of an audited single-row insert).
 fn chain_head(tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
+    use crate::audit_writer::newest_chain_entry;
+    let known = KNOWN_HEADS.with(|k| k.borrow().get(&(tenant, lane)).copied());
     // SAFETY: at PRE_COMMIT, with the lane's lock held.
-    if let Some(head) = unsafe { crate::audit_writer::newest_chain_entry(tenant, lane) } {
+    let newest = unsafe {
+        known
+            .and_then(|bound| newest_chain_entry(tenant, lane, Some(bound)))
+            .or_else(|| newest_chain_entry(tenant, lane, None))
+    };
+    if let Some(head) = newest {
+        KNOWN_HEADS.with(|k| {
+            let mut k = k.borrow_mut();
+            if k.len() >= KNOWN_HEADS_MAX {
+                k.clear();
+            }
+            k.insert((tenant, lane), head.0);
+        });
         return head;
     }
     let checkpoint = checkpoint_plan();

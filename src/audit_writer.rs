@@ -745,11 +745,19 @@ impl Writer {
 /// The newest entry (seq, chain_hash) of one lane of a tenant's chain in tenancy.audit_chain,
 /// read through its primary key (tenant_id, lane, seq) backwards with the latest snapshot (so
 /// a REPEATABLE READ transaction links after the newest committed entry). None: the lane has
-/// no entry.
+/// no entry with a seq of at least `at_least`.
+///
+/// `at_least` only saves work: the backward scan stops at the first seq below it instead of
+/// checking every entry of the lane on the index's last page. The newest entry is the same
+/// whenever one at or above the bound exists; the caller retries without it otherwise.
 ///
 /// # Safety
 /// Inside a transaction, with the lane's lock held.
-pub unsafe fn newest_chain_entry(tenant: Uuid, lane: i16) -> Option<(i64, Vec<u8>)> {
+pub unsafe fn newest_chain_entry(
+    tenant: Uuid,
+    lane: i16,
+    at_least: Option<i64>,
+) -> Option<(i64, Vec<u8>)> {
     let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
     let relid = pg_sys::get_relname_relid(c"audit_chain".as_ptr(), nsp);
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
@@ -759,7 +767,7 @@ pub unsafe fn newest_chain_entry(tenant: Uuid, lane: i16) -> Option<(i64, Vec<u8
         trail_damaged("tenancy.audit_chain has lost its primary key".into());
     }
     let index = pg_sys::index_open(pkey, lock);
-    let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+    let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
     pg_sys::ScanKeyInit(
         &mut keys[0],
         1,
@@ -774,11 +782,20 @@ pub unsafe fn newest_chain_entry(tenant: Uuid, lane: i16) -> Option<(i64, Vec<u8
         pg_sys::Oid::from(pg_sys::F_INT2EQ),
         lane.into_datum().expect("int2"),
     );
+    if let Some(bound) = at_least {
+        pg_sys::ScanKeyInit(
+            &mut keys[2],
+            3,
+            pg_sys::BTGreaterEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_INT8GE),
+            bound.into_datum().expect("int8"),
+        );
+    }
     let scan = pg_sys::systable_beginscan_ordered(
         rel,
         index,
         pg_sys::GetLatestSnapshot(),
-        2,
+        if at_least.is_some() { 3 } else { 2 },
         keys.as_mut_ptr(),
     );
     let tuple =
