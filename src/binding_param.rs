@@ -1,13 +1,14 @@
-//! The read policies' binding, planned as an executor parameter instead of an InitPlan.
+//! The policies' binding, planned as an executor parameter instead of an InitPlan.
 //!
-//! The generated read, update and delete policies compare the tenant column with
+//! The generated policies compare the tenant column with
 //! `(SELECT tenancy.allowed_tenant('t'::regclass, 'p'))`. Planned as written, every statement
 //! plans that scalar subquery and runs it as an InitPlan: about 3 µs a statement, most of the
 //! gap between a protected point lookup and the application's own `WHERE tenant_id = $1`.
 //!
 //! When `tenancy.plan_binding_as_param` is on (the default), a planner hook replaces exactly that
-//! subquery, where the rewriter put it into the security quals of the statement's relations (in
-//! FROM, in views and in CTEs; elsewhere it stays an InitPlan), with an external
+//! subquery, where the rewriter put it into the security quals of the statement's relations or
+//! into its WITH CHECK options (in FROM, in views and in CTEs; elsewhere it stays an
+//! InitPlan), with an external
 //! parameter whose number is reserved (`$1000000000` and up, one per table and privilege in this
 //! backend). An `ExecutorStart` hook gives the statement a copy of its parameter list whose
 //! compile hook turns a reserved parameter into a call of [`eval_reserved`]: at its first
@@ -38,7 +39,7 @@ pub const RESERVED_BASE: i32 = 1_000_000_000;
 /// Distinct (table, privilege) pairs given a number per backend; beyond it, InitPlans as written.
 const MAX_RESERVED: usize = 100_000;
 /// The privileges the generated policies pass to `allowed_tenant`.
-const PRIVILEGES: [&str; 3] = ["select", "update", "delete"];
+const PRIVILEGES: [&str; 4] = ["select", "insert", "update", "delete"];
 /// `ClanguageId` of pg_language.h (the bindings do not carry it).
 const C_LANGUAGE_ID: pg_sys::Oid = pg_sys::Oid::from_u32(13);
 
@@ -126,8 +127,10 @@ unsafe extern "C-unwind" fn planner(
 }
 
 /// Finds (and with `replace`, replaces) the policy subqueries in the security quals of the
-/// statement's relations, of its subqueries in FROM (views included) and of its CTEs, and
-/// returns whether there was one. Subqueries elsewhere (in WHERE, in the select list, inside
+/// statement's relations and in its WITH CHECK options (INSERT, UPDATE, ON CONFLICT), of its
+/// subqueries in FROM (views included) and of its CTEs, and returns whether there was one.
+/// WITH CHECK options are compiled by ModifyTable with the statement's parameter list, like
+/// any qual of the plan. Subqueries elsewhere (in WHERE, in the select list, inside
 /// policies) are left as written: their policies stay InitPlans, which is correct, only slower.
 /// Plain Rust over the parse tree, no PostgreSQL calls: it runs for every planned statement.
 unsafe fn visit_query(q: *mut pg_sys::Query, replace: bool) -> bool {
@@ -140,6 +143,12 @@ unsafe fn visit_query(q: *mut pg_sys::Query, replace: bool) -> bool {
         for_each_cell((*rte).securityQuals, |c| found |= in_qual(c, replace));
         if (*rte).rtekind == pg_sys::RTEKind::RTE_SUBQUERY && !(*rte).subquery.is_null() {
             found |= visit_query((*rte).subquery, replace);
+        }
+    });
+    for_each_cell((*q).withCheckOptions, |cell| {
+        let wco = *cell as *mut pg_sys::WithCheckOption;
+        if !wco.is_null() && (*wco).type_ == pg_sys::NodeTag::T_WithCheckOption {
+            found |= in_qual(std::ptr::addr_of_mut!((*wco).qual).cast(), replace);
         }
     });
     for_each_cell((*q).cteList, |cell| {

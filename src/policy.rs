@@ -3,19 +3,20 @@
 //! `protect` enables and forces row security and generates, for a table and each of its
 //! partitions:
 //! - `tenancy_isolation_select|insert|update|delete`, RESTRICTIVE, one per command: the tenant
-//!   column equals the bound tenant (for reads, `allowed_tenant` below, so that the restrictive
-//!   and the permissive qual are the same expression and PostgreSQL plans it once);
-//! - `tenancy_select|update|delete`, PERMISSIVE, per command: the tenant column equals
-//!   `tenancy.allowed_tenant(table, privilege)`, the bound tenant when the bound roles hold the
-//!   privilege (42501 otherwise); `tenancy_insert`: the tenant condition ANDed with
-//!   `tenancy.allows(table, 'insert')`. Every permissive policy carries the tenant condition,
-//!   so isolation holds even where RESTRICTIVE policies are re-created as permissive, as Citus
-//!   does on shards.
+//!   column equals `tenancy.allowed_tenant(table, privilege)`, the bound tenant when the bound
+//!   roles hold the command's privilege (42501 otherwise), in USING and in WITH CHECK;
+//! - `tenancy_select|update|delete`, PERMISSIVE, per command: the same USING expression (so
+//!   PostgreSQL keeps one copy of the qual and plans it once); `tenancy_insert` and
+//!   `tenancy_update`'s WITH CHECK: the same condition, or else `tenancy._cross_tenant_write`,
+//!   which logs the attempt and refuses the row with a clear error. Every permissive policy
+//!   carries the tenant condition, so isolation holds even where RESTRICTIVE policies are
+//!   re-created as permissive, as Citus does on shards.
 //!
 //! The binding and the privilege are read through scalar subqueries, which PostgreSQL plans as
 //! InitPlans: evaluated once per statement, in the leader of a parallel query, and usable as
-//! index-scan keys. Where the library is loaded, `binding_param.rs` plans the read, update and
-//! delete policies' subquery as a reserved executor parameter instead (same value, no subquery). The tenant column gets `DEFAULT tenancy.current_tenant()` and NOT NULL, an
+//! index-scan keys. Where the library is loaded, `binding_param.rs` plans that subquery as a
+//! reserved executor parameter instead (same value, no subquery), in security quals and in
+//! WITH CHECK options alike. The tenant column gets `DEFAULT tenancy.current_tenant()` and NOT NULL, an
 //! index led by it is created when none exists, TRUNCATE is refused by a trigger, and the
 //! SHA-256 digest of the resulting state is recorded for the guard and for verify().
 
@@ -132,9 +133,10 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
     let t = &info.name;
     let c = quote_ident(column);
     let lit = quote_literal(t);
-    let tenant = format!("{c} = (SELECT tenancy.current_tenant())");
-    let allows = |p: &str| format!("(SELECT tenancy.allows({lit}::regclass, '{p}'))");
-    // One InitPlan for the tenant and the privilege (fewer subplans to plan per statement).
+    // Every policy reads the binding and the privilege through one expression,
+    // `(SELECT tenancy.allowed_tenant(table, privilege))`: the bound tenant when the bound
+    // roles hold the privilege, 42501 otherwise. One InitPlan per table and command as written,
+    // and the one shape binding_param.rs plans as a reserved parameter instead.
     let allowed_tenant =
         |p: &str| format!("{c} = (SELECT tenancy.allowed_tenant({lit}::regclass, '{p}'))");
     let mut sql = vec![
@@ -156,10 +158,12 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
         allowed_tenant("select")
     ));
     sql.push(format!(
-        "CREATE POLICY tenancy_isolation_insert ON {t} AS RESTRICTIVE FOR INSERT TO PUBLIC WITH CHECK ({tenant})"
+        "CREATE POLICY tenancy_isolation_insert ON {t} AS RESTRICTIVE FOR INSERT TO PUBLIC WITH CHECK ({})",
+        allowed_tenant("insert")
     ));
     sql.push(format!(
-        "CREATE POLICY tenancy_isolation_update ON {t} AS RESTRICTIVE FOR UPDATE TO PUBLIC USING ({}) WITH CHECK ({tenant})",
+        "CREATE POLICY tenancy_isolation_update ON {t} AS RESTRICTIVE FOR UPDATE TO PUBLIC USING ({}) WITH CHECK ({})",
+        allowed_tenant("update"),
         allowed_tenant("update")
     ));
     sql.push(format!(
@@ -173,14 +177,20 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
     // A row for another tenant fails the check through _cross_tenant_write, which logs the
     // security event and raises a clear error; for the bound tenant's rows the OR
     // short-circuits and the function is never called.
-    let own_row = format!("({tenant} OR tenancy._cross_tenant_write({lit}::regclass, {c}))");
+    let own_row = |p: &str| {
+        format!(
+            "({} OR tenancy._cross_tenant_write({lit}::regclass, {c}))",
+            allowed_tenant(p)
+        )
+    };
     sql.push(format!(
-        "CREATE POLICY tenancy_insert ON {t} FOR INSERT TO PUBLIC WITH CHECK ({own_row} AND {})",
-        allows("insert")
+        "CREATE POLICY tenancy_insert ON {t} FOR INSERT TO PUBLIC WITH CHECK {}",
+        own_row("insert")
     ));
     sql.push(format!(
-        "CREATE POLICY tenancy_update ON {t} FOR UPDATE TO PUBLIC USING ({}) WITH CHECK {own_row}",
-        allowed_tenant("update")
+        "CREATE POLICY tenancy_update ON {t} FOR UPDATE TO PUBLIC USING ({}) WITH CHECK {}",
+        allowed_tenant("update"),
+        own_row("update")
     ));
     sql.push(format!(
         "CREATE POLICY tenancy_delete ON {t} FOR DELETE TO PUBLIC USING ({})",

@@ -228,3 +228,107 @@ fn a_client_cannot_name_or_switch_off_the_reserved_parameter() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
 }
+
+#[test]
+fn write_checks_are_reserved_parameters_and_follow_the_binding() {
+    let f = Fixture::new();
+    let mut c = app();
+    c.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .unwrap();
+    // The WITH CHECK options of INSERT and UPDATE read the binding as a reserved parameter too:
+    // no InitPlan left to plan (the first statement loads the library).
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])
+        .unwrap();
+    for sql in [
+        "EXPLAIN (COSTS OFF) INSERT INTO it_orders (amount) VALUES (1)",
+        "EXPLAIN (COSTS OFF) UPDATE it_orders SET amount = amount + 1 WHERE id = 1",
+        "EXPLAIN (COSTS OFF) INSERT INTO it_customers (id, name) VALUES (1, 'x') \
+         ON CONFLICT (tenant_id, id) DO UPDATE SET name = EXCLUDED.name",
+    ] {
+        let text = plan_text(&mut tx, sql);
+        assert!(
+            !text.contains("InitPlan"),
+            "the write checks must not be planned as subqueries:\n{sql}\n{text}"
+        );
+    }
+    tx.rollback().unwrap();
+
+    // One generic plan per statement, reused under alternating bindings: each execution checks
+    // the rows against the binding of its own transaction.
+    let insert = c
+        .prepare("INSERT INTO it_orders (tenant_id, amount) VALUES ($1::text::uuid, $2) RETURNING tenant_id::text")
+        .unwrap();
+    let upsert = c
+        .prepare(
+            "INSERT INTO it_customers (tenant_id, id, name) VALUES ($1::text::uuid, 1, $2) \
+             ON CONFLICT (tenant_id, id) DO UPDATE SET name = EXCLUDED.name RETURNING name",
+        )
+        .unwrap();
+    let move_to = c
+        .prepare("UPDATE it_orders SET tenant_id = $1::text::uuid WHERE amount = $2")
+        .unwrap();
+    for (round, (tenant, own, other)) in [
+        (&f.a, &f.a_id, &f.b_id),
+        (&f.b, &f.b_id, &f.a_id),
+        (&f.a, &f.a_id, &f.b_id),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let amount = 9_100 + round as i32;
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "u")])
+            .unwrap();
+        let written: String = tx.query_one(&insert, &[own, &amount]).unwrap().get(0);
+        assert_eq!(&written, own);
+        let name = format!("round {round}");
+        let got: String = tx.query_one(&upsert, &[own, &name]).unwrap().get(0);
+        assert_eq!(got, name);
+        // Moving a row to its own tenant is no move at all, and passes the check.
+        assert_eq!(tx.execute(&move_to, &[own, &amount]).unwrap(), 1);
+        tx.commit().unwrap();
+        for (stmt, args) in [
+            (
+                &insert,
+                [other as &(dyn postgres::types::ToSql + Sync), &amount],
+            ),
+            (&move_to, [other, &amount]),
+        ] {
+            let mut tx = c.transaction().unwrap();
+            tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "u")])
+                .unwrap();
+            let e = tx.execute(stmt, &args).unwrap_err();
+            assert_eq!(
+                sqlstate(&e),
+                "42501",
+                "another tenant's row must be refused: {e}"
+            );
+        }
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "u")])
+            .unwrap();
+        let e = tx.query_one(&upsert, &[other, &name]).unwrap_err();
+        assert_eq!(
+            sqlstate(&e),
+            "42501",
+            "another tenant's row must be refused: {e}"
+        );
+    }
+    // Each tenant's rows are its own; unbound, the statements are refused.
+    let mut su = superuser();
+    for (id, n) in [(&f.a_id, 2i64), (&f.b_id, 1)] {
+        let rows: i64 = su
+            .query_one(
+                "SELECT count(*) FROM it_orders WHERE tenant_id = $1::text::uuid AND amount >= 9100",
+                &[id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, n);
+    }
+    let e = c.query_one(&insert, &[&f.a_id, &1i32]).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+    let e = c.query_one(&upsert, &[&f.a_id, &"x"]).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+}
