@@ -28,7 +28,7 @@ pub static CLOCK_SKEW: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// in transaction mode a session binding would outlive the client, so such platforms set it off.
 pub static ALLOW_SESSION_SCOPE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
-/// `tenancy.plan_binding_as_param`: whether statements are planned with the read policies'
+/// `tenancy.plan_binding_as_param`: whether statements are planned with the policies'
 /// binding as a reserved executor parameter (`binding_param.rs`) instead of an InitPlan. Both
 /// isolate alike; off plans the policies exactly as written. Superuser only.
 pub static PLAN_BINDING_AS_PARAM: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -90,7 +90,7 @@ pub fn init() {
     );
     GucRegistry::define_bool_guc(
         c"tenancy.plan_binding_as_param",
-        c"Plan the read policies' binding as an executor parameter instead of an InitPlan.",
+        c"Plan the row security policies' binding as an executor parameter instead of an InitPlan.",
         c"Saves planning and running a subquery per protected table in every statement; off plans the policies as written.",
         &PLAN_BINDING_AS_PARAM,
         GucContext::Suset,

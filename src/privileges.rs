@@ -126,9 +126,9 @@ fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
 }
 
 /// The bound tenant when the bound roles hold `privilege` on `tbl`; otherwise ERROR 42501 as
-/// [`allows`]. The read, update and delete policies (restrictive and permissive alike, with the
-/// same expression) compare the tenant column with it, so one InitPlan per table and command
-/// carries both the tenant and the privilege.
+/// [`allows`]. Every generated policy (restrictive and permissive alike, with the same
+/// expression, in USING and WITH CHECK) compares the tenant column with it, so one InitPlan per
+/// table and command carries both the tenant and the privilege.
 #[pg_extern(
     stable,
     parallel_restricted,
