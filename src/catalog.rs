@@ -165,13 +165,18 @@ fn rels() -> Rels {
         for (i, name) in TABLES.iter().enumerate() {
             oids[i] = pg_sys::get_relname_relid(name.as_ptr(), nsp);
         }
-        let owner = Spi::get_one_with_args::<pg_sys::Oid>(
-            "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
-            &[oids[0].into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
+        // From the syscache, not a query: this runs at a backend's first use of the catalog,
+        // which can be inside a parallel operation (a parallel plan's InitPlan) or on a hot
+        // standby, where nothing may ask for a transaction id (see `read_one`).
+        let mut owner = pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID);
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(oids[0]),
+        );
+        if !tup.is_null() {
+            owner = (*(pg_sys::GETSTRUCT(tup) as *mut pg_sys::FormData_pg_class)).relowner;
+            pg_sys::ReleaseSysCache(tup);
+        }
         Rels { owner, oids }
     };
     RELS.with(|c| c.set(Some(r)));
@@ -246,6 +251,21 @@ fn load_tenant(where_clause: &str, arg: pgrx::datum::DatumWithOid) -> Option<Ten
     owner_rows("tenancy.tenant", &q, &[arg], tenant_row)
         .into_iter()
         .next()
+}
+
+/// The first column of the first row of a read-only query, or None, through a read-only SPI
+/// connection. pgrx's `Spi::get_one_with_args` runs every query as an update and first asks for
+/// the transaction's id, assigning one to a transaction that only reads: that fails inside a
+/// parallel operation ("cannot assign XIDs during a parallel operation", for example when a
+/// policy's InitPlan runs for a parallel plan) and on a hot standby, and costs a commit record
+/// and an XID everywhere else. Every lookup on a read path goes through here instead.
+pub fn read_one<A: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Option<A> {
+    Spi::connect(|c| c.select(sql, Some(1), args)?.first().get_one::<A>())
+        .ok()
+        .flatten()
 }
 
 /// Run a read-only query on the catalog as its owner and map every row.

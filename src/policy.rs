@@ -563,12 +563,10 @@ fn auto_protect_table(rel: pg_sys::Oid) {
 }
 
 pub fn parent_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    Spi::get_one_with_args::<pg_sys::Oid>(
+    crate::catalog::read_one::<pg_sys::Oid>(
         "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1 ORDER BY inhseqno LIMIT 1",
         &[rel.into()],
     )
-    .ok()
-    .flatten()
 }
 
 /// Called by the generated WITH CHECK expressions only for a row whose tenant column is not
@@ -636,12 +634,10 @@ fn _refuse_truncate<'a>(
 
 /// A relation's schema-qualified, quoted name (whatever the search_path).
 pub fn relation_name(rel: pg_sys::Oid) -> String {
-    Spi::get_one_with_args::<String>(
+    crate::catalog::read_one::<String>(
         "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[rel.into()],
     )
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| format!("{}", u32::from(rel)))
+    .unwrap_or_else(|| format!("{}", u32::from(rel)))
 }

@@ -332,3 +332,53 @@ fn write_checks_are_reserved_parameters_and_follow_the_binding() {
     let e = c.query_one(&upsert, &[&f.a_id, &"x"]).unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
 }
+
+/// A backend's first use of pg_tenancy can be inside a parallel operation: when a mapped role's
+/// (or an unbound session's) first statement is a parallel scan, the library is loaded while
+/// the executor starts and the policy's InitPlan runs in the leader after it has entered
+/// parallel mode, where PostgreSQL refuses to assign a transaction id (XX000 "cannot assign
+/// XIDs during a parallel operation"). Nothing pg_tenancy does there may ask for one: the
+/// mapped role reads its tenant's rows, the unbound session gets "no tenant bound" (42501).
+#[test]
+fn a_parallel_scan_can_be_a_backends_first_statement() {
+    const PARALLEL: &str = "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; \
+         SET min_parallel_table_scan_size = 0; SET max_parallel_workers_per_gather = 2; \
+         SET enable_indexscan = off; SET enable_bitmapscan = off; SET enable_indexonlyscan = off";
+    let f = Fixture::new();
+    seed(&f, 3_000, 2_000);
+    let role = ident("it_par");
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT SELECT ON it_orders TO {role}"
+    ))
+    .unwrap();
+    su.execute(
+        "SELECT tenancy.map_role($1::text::regrole, $2, '{member}')",
+        &[&role, &f.a],
+    )
+    .unwrap();
+
+    let mut c = connect(&role);
+    assert_not_privileged(&mut c);
+    c.batch_execute(PARALLEL).unwrap();
+    let n = c.query_one("SELECT count(*) FROM it_orders", &[]);
+    let n: i64 = n.map_err(|e| message(&e)).unwrap().get(0);
+    assert_eq!(n, 3_000);
+    // The same statement's plan in a backend that has loaded pg_tenancy: parallel, so the first
+    // one was too (it was planned as written, before the library and its planner hook loaded).
+    let plan = plan_text(&mut c, "EXPLAIN (COSTS OFF) SELECT count(*) FROM it_orders");
+    assert!(plan.contains("Gather"), "expected a parallel plan:\n{plan}");
+
+    let mut c = app();
+    c.batch_execute(PARALLEL).unwrap();
+    let e = c
+        .query_one("SELECT count(*) FROM it_orders", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(message(&e).contains("no tenant bound"), "{}", message(&e));
+
+    su.execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&role, &f.a])
+        .unwrap();
+    su.batch_execute(&format!("REVOKE SELECT ON it_orders FROM {role}; DROP ROLE {role}"))
+        .unwrap();
+}

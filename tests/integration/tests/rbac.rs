@@ -422,3 +422,47 @@ fn decommission_removes_every_row_of_the_tenant_and_no_other() {
         .get(0);
     assert_eq!(audited, cert["sha256"].as_str().unwrap());
 }
+
+/// Reading through pg_tenancy assigns no transaction id: a bound read-only transaction leaves
+/// `txid_current_if_assigned()` NULL, in a backend's first use of pg_tenancy's catalog and
+/// when a partition's privilege comes from a grant on its parent (the parent looked up in
+/// pg_inherits). A transaction id on a read path fails inside a parallel operation and on a
+/// hot standby, and costs a commit record everywhere.
+#[test]
+fn reads_assign_no_transaction_id() {
+    let f = with_members();
+    let mut c = app();
+    as_subject(&mut c, &f, &f.a, "ann");
+    c.execute("SELECT tenancy.create_role($1, 'evreader')", &[&f.a])
+        .unwrap();
+    c.execute(
+        "SELECT tenancy.grant($1, 'evreader', 'it_events', '{select}')",
+        &[&f.a],
+    )
+    .unwrap();
+    c.execute("SELECT tenancy.add_member($1, 'eve', 'evreader')", &[&f.a])
+        .unwrap();
+    c.batch_execute("INSERT INTO it_events (id, at) VALUES (1, '2026-05-01'), (2, '2026-06-01'); COMMIT")
+        .unwrap();
+
+    for (sub, table, rows) in [
+        ("mia", "it_orders", 0i64),
+        ("eve", "it_events_2026", 2),
+        ("eve", "it_events", 2),
+    ] {
+        let mut c = app();
+        as_subject(&mut c, &f, &f.a, sub);
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .map_err(|e| message(&e))
+            .unwrap()
+            .get(0);
+        assert_eq!(n, rows, "{sub} on {table}");
+        let xid: Option<i64> = c
+            .query_one("SELECT txid_current_if_assigned()", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(xid, None, "{sub} reading {table} was given a transaction id");
+        c.batch_execute("COMMIT").unwrap();
+    }
+}
