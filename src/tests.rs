@@ -420,3 +420,39 @@ fn wrapped_parameter_list_answers_ordinary_and_reserved_parameters() {
         eval_with_params(r as *mut pg_sys::Expr, wrapped);
     }
 }
+
+/// A reserved parameter compiles to a call at its first evaluation and a kept value after it
+/// (binding_param.rs, `compile_param`): evaluated again and again in one compiled expression,
+/// as a scan's qual is, it answers the bound tenant every time. The expression's result is
+/// cleared between evaluations, so a later evaluation that skipped the kept value would show.
+#[pg_test]
+fn a_reserved_parameter_answers_every_evaluation_with_the_bound_tenant() {
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run("CREATE TABLE kept (tenant_id uuid, x int)").unwrap();
+    Spi::run("SELECT tenancy.protect('kept')").unwrap();
+    Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{member}')").unwrap();
+    Spi::run("SET LOCAL client_min_messages = error").unwrap();
+    let tenant = Spi::get_one::<pgrx::Uuid>("SELECT tenancy.current_tenant()")
+        .unwrap()
+        .unwrap();
+    let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'kept'::regclass::oid")
+        .unwrap()
+        .unwrap();
+    unsafe {
+        let id = crate::binding_param::reserve(relid, "select").unwrap();
+        let p = crate::binding_param::reserved_param(id);
+        let params = crate::binding_param::wrap(std::ptr::null_mut());
+        let state = pg_sys::ExecInitExprWithParams(p as *mut pg_sys::Expr, params);
+        let econtext = pg_sys::CreateStandaloneExprContext();
+        (*econtext).ecxt_param_list_info = params;
+        for _ in 0..3 {
+            (*state).resvalue = pg_sys::Datum::from(0usize);
+            (*state).resnull = true;
+            let mut isnull = true;
+            let v = (*state).evalfunc.unwrap()(state, econtext, &mut isnull);
+            assert!(!isnull);
+            let bytes = std::slice::from_raw_parts(v.cast_mut_ptr::<u8>(), 16);
+            assert_eq!(bytes, tenant.as_bytes());
+        }
+    }
+}

@@ -382,3 +382,41 @@ fn a_parallel_scan_can_be_a_backends_first_statement() {
     su.batch_execute(&format!("REVOKE SELECT ON it_orders FROM {role}; DROP ROLE {role}"))
         .unwrap();
 }
+
+/// Compiled by LLVM (JIT, with inlining and optimization), a scan's reserved parameter (a jump
+/// on its flag, the call that computes it, the kept value: binding_param.rs) reads the binding
+/// as the interpreter does: each tenant counts its own rows on every row of a sequential scan.
+#[test]
+fn jit_compiled_scans_read_the_binding() {
+    let f = Fixture::new();
+    seed(&f, 300, 200);
+    let mut c = app();
+    let jit: bool = c
+        .query_one("SELECT pg_jit_available()", &[])
+        .unwrap()
+        .get(0);
+    assert!(jit, "PostgreSQL's JIT provider (llvmjit) must be installed for this test");
+    c.batch_execute(
+        "SET jit = on; SET jit_above_cost = 0; SET jit_inline_above_cost = 0; \
+         SET jit_optimize_above_cost = 0; SET max_parallel_workers_per_gather = 0; \
+         SET enable_indexscan = off; SET enable_bitmapscan = off; SET enable_indexonlyscan = off",
+    )
+    .unwrap();
+    for (tenant, rows) in [(&f.a, 300i64), (&f.b, 200)] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "u")])
+            .unwrap();
+        let plan = plan_text(
+            &mut tx,
+            "EXPLAIN (ANALYZE, TIMING OFF) SELECT count(*) FROM it_orders",
+        );
+        assert!(plan.contains("JIT:"), "expected a JIT-compiled plan:\n{plan}");
+        assert!(has_reserved_param(&plan), "{plan}");
+        let n: i64 = tx
+            .query_one("SELECT count(*) FROM it_orders", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, rows);
+        tx.rollback().unwrap();
+    }
+}
