@@ -377,10 +377,15 @@ fn a_parallel_scan_can_be_a_backends_first_statement() {
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     assert!(message(&e).contains("no tenant bound"), "{}", message(&e));
 
-    su.execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&role, &f.a])
-        .unwrap();
-    su.batch_execute(&format!("REVOKE SELECT ON it_orders FROM {role}; DROP ROLE {role}"))
-        .unwrap();
+    su.execute(
+        "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+        &[&role, &f.a],
+    )
+    .unwrap();
+    su.batch_execute(&format!(
+        "REVOKE SELECT ON it_orders FROM {role}; DROP ROLE {role}"
+    ))
+    .unwrap();
 }
 
 /// Compiled by LLVM (JIT, with inlining and optimization), a scan's reserved parameter (a jump
@@ -395,7 +400,10 @@ fn jit_compiled_scans_read_the_binding() {
         .query_one("SELECT pg_jit_available()", &[])
         .unwrap()
         .get(0);
-    assert!(jit, "PostgreSQL's JIT provider (llvmjit) must be installed for this test");
+    assert!(
+        jit,
+        "PostgreSQL's JIT provider (llvmjit) must be installed for this test"
+    );
     c.batch_execute(
         "SET jit = on; SET jit_above_cost = 0; SET jit_inline_above_cost = 0; \
          SET jit_optimize_above_cost = 0; SET max_parallel_workers_per_gather = 0; \
@@ -410,7 +418,10 @@ fn jit_compiled_scans_read_the_binding() {
             &mut tx,
             "EXPLAIN (ANALYZE, TIMING OFF) SELECT count(*) FROM it_orders",
         );
-        assert!(plan.contains("JIT:"), "expected a JIT-compiled plan:\n{plan}");
+        assert!(
+            plan.contains("JIT:"),
+            "expected a JIT-compiled plan:\n{plan}"
+        );
         assert!(has_reserved_param(&plan), "{plan}");
         let n: i64 = tx
             .query_one("SELECT count(*) FROM it_orders", &[])

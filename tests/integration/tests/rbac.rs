@@ -442,8 +442,10 @@ fn reads_assign_no_transaction_id() {
     .unwrap();
     c.execute("SELECT tenancy.add_member($1, 'eve', 'evreader')", &[&f.a])
         .unwrap();
-    c.batch_execute("INSERT INTO it_events (id, at) VALUES (1, '2026-05-01'), (2, '2026-06-01'); COMMIT")
-        .unwrap();
+    c.batch_execute(
+        "INSERT INTO it_events (id, at) VALUES (1, '2026-05-01'), (2, '2026-06-01'); COMMIT",
+    )
+    .unwrap();
 
     for (sub, table, rows) in [
         ("mia", "it_orders", 0i64),
@@ -462,7 +464,10 @@ fn reads_assign_no_transaction_id() {
             .query_one("SELECT txid_current_if_assigned()", &[])
             .unwrap()
             .get(0);
-        assert_eq!(xid, None, "{sub} reading {table} was given a transaction id");
+        assert_eq!(
+            xid, None,
+            "{sub} reading {table} was given a transaction id"
+        );
         c.batch_execute("COMMIT").unwrap();
     }
 }
