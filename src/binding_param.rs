@@ -7,15 +7,16 @@
 //!
 //! When `tenancy.plan_binding_as_param` is on (the default), a planner hook replaces exactly that
 //! subquery, where the rewriter put it into the security quals of the statement's relations or
-//! into its WITH CHECK options (in FROM, in views and in CTEs; elsewhere it stays an
-//! InitPlan), with an external
-//! parameter whose number is reserved (`$1000000000` and up, one per table and privilege in this
-//! backend). An `ExecutorStart` hook gives the statement a copy of its parameter list whose
-//! compile hook turns a reserved parameter into a call of [`eval_reserved`]: at its first
-//! evaluation in the statement it computes what `allowed_tenant` computes (the bound tenant, or
-//! ERROR 42501 / "no tenant bound"), and keeps it for the rest of the statement, as the InitPlan
-//! did; later evaluations jump past the call to the kept value. A plan therefore holds no tenant: a prepared statement, the unnamed statement of the
-//! extended protocol or a PL/pgSQL plan reused under another binding reads the new binding.
+//! into its WITH CHECK options (in FROM, in views and in CTEs; elsewhere it stays an InitPlan),
+//! with an external parameter whose number is reserved (`$1000000000` and up, one per table and
+//! privilege in this backend). An `ExecutorStart` hook gives the statement a copy of its
+//! parameter list whose compile hook turns a reserved parameter into a call of
+//! [`eval_reserved`]: at its first evaluation in the statement it computes what `allowed_tenant`
+//! computes (the bound tenant, or ERROR 42501 / "no tenant bound"), and keeps it for the rest of
+//! the statement, as the InitPlan did; in an interpreted expression the call's step then becomes
+//! a constant holding it. A plan therefore holds no tenant: a prepared statement, the unnamed
+//! statement of the extended protocol or a PL/pgSQL plan reused under another binding reads the
+//! new binding.
 //!
 //! Why this cannot read another tenant's rows, or fail open:
 //! - a reserved number is above anything a real parameter list holds (65,535 protocol
@@ -51,6 +52,8 @@ thread_local! {
     static ALLOWED_TENANT: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
     /// Set once this backend has planned a reserved parameter: only then are lists wrapped.
     static IN_USE: Cell<bool> = const { Cell::new(false) };
+    /// EEOP_CONST's direct-threaded opcode, once read (see [`const_opcode`]).
+    static CONST_OPCODE: Cell<Option<Option<isize>>> = const { Cell::new(None) };
 }
 
 static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
@@ -433,12 +436,14 @@ fn is_ours(hook: pg_sys::ParamCompileHook) -> bool {
 }
 
 /// The per-statement state of one reserved parameter: its table and privilege, and the value
-/// once computed. `pending` is a C `bool` the compiled steps read (see [`compile_param`]).
+/// once computed. The value comes first, 8-byte aligned as a palloc'd uuid is: every row's
+/// `uuid_eq` reads it.
+#[repr(C)]
 struct Reserved {
+    tenant: [u8; 16],
     relid: pg_sys::Oid,
     privilege: &'static str,
     pending: bool,
-    tenant: [u8; 16],
 }
 
 #[pg_guard]
@@ -465,24 +470,12 @@ unsafe extern "C-unwind" fn compile_param(
             pending: true,
             tenant: [0; 16],
         });
-        // Three steps, so that only the first evaluation calls out of the interpreter:
-        //   n:   EEOP_JUMP_IF_NOT_NULL on `pending` (read through the step's resnull pointer):
-        //        once the value is computed, jump to n + 2;
-        //   n+1: EEOP_PARAM_CALLBACK: compute the value (or raise), clear `pending`;
-        //   n+2: EEOP_CONST: the value, a pointer to `tenant`, fixed from here on.
-        // Every later evaluation (every row of a scan filtering on it) is a test and a constant,
-        // where one step calling [`eval_reserved`] cost about 2.5 ns a row more than an
-        // InitPlan's parameter. The value is still computed at the first evaluation, in the
-        // statement's binding, exactly as before.
-        let first = (*state).steps_len;
-        let mut jump: pg_sys::ExprEvalStep = std::mem::zeroed();
-        jump.opcode = pg_sys::ExprEvalOp::EEOP_JUMP_IF_NOT_NULL as isize;
-        jump.resvalue = resv;
-        jump.resnull = std::ptr::addr_of_mut!((*r).pending);
-        jump.d.jump = pg_sys::ExprEvalStep__bindgen_ty_1__bindgen_ty_10 {
-            jumpdone: first + 2,
-        };
-        pg_sys::ExprEvalPushStep(state, &jump);
+        // One step calling [`eval_reserved`], which at its first evaluation computes the value
+        // and, where the interpreter reads each step's opcode as it goes (direct threading),
+        // turns this step into a constant: every later evaluation (every row of a scan
+        // filtering on it) is then one EEOP_CONST step, where an InitPlan's parameter is one
+        // EEOP_PARAM_EXEC step. A jump over the call and a constant after it, two steps a row,
+        // made a sequential scan 1-3% slower than the InitPlan (benches/README.md).
         step.opcode = pg_sys::ExprEvalOp::EEOP_PARAM_CALLBACK as isize;
         step.d.cparam = pg_sys::ExprEvalStep__bindgen_ty_1__bindgen_ty_13 {
             paramfunc: Some(eval_reserved),
@@ -491,15 +484,6 @@ unsafe extern "C-unwind" fn compile_param(
             paramtype: pg_sys::UUIDOID,
         };
         pg_sys::ExprEvalPushStep(state, &step);
-        let mut value: pg_sys::ExprEvalStep = std::mem::zeroed();
-        value.opcode = pg_sys::ExprEvalOp::EEOP_CONST as isize;
-        value.resvalue = resv;
-        value.resnull = resnull;
-        value.d.constval = pg_sys::ExprEvalStep__bindgen_ty_1__bindgen_ty_6 {
-            value: pg_sys::Datum::from((*r).tenant.as_ptr()),
-            isnull: false,
-        };
-        pg_sys::ExprEvalPushStep(state, &value);
         return;
     }
     let n = (*params).numParams.max(0) as usize;
@@ -518,12 +502,15 @@ unsafe extern "C-unwind" fn compile_param(
     }
 }
 
-/// A reserved parameter's first evaluation in a compiled expression (later ones jump past it,
-/// see [`compile_param`]). Without pgrx's guard (a `sigsetjmp`): it only reads and writes
+/// A reserved parameter's evaluation. The first one in a compiled expression computes the
+/// value; in an interpreted expression it then rewrites its own step into an EEOP_CONST step
+/// holding the value, so the interpreter never calls here again for it. A JIT-compiled
+/// expression keeps calling (its machine code calls this function, whatever the step says)
+/// and gets the kept value. Without pgrx's guard (a `sigsetjmp`): it only reads and writes
 /// memory, and computes the value in the guarded [`compute_reserved`] (whose errors leave
-/// through this frame, which owns nothing to drop).
+/// through this frame, which owns nothing to drop; the step is rewritten only after success).
 unsafe extern "C-unwind" fn eval_reserved(
-    _state: *mut pg_sys::ExprState,
+    state: *mut pg_sys::ExprState,
     op: *mut pg_sys::ExprEvalStep,
     _econtext: *mut pg_sys::ExprContext,
 ) {
@@ -531,8 +518,50 @@ unsafe extern "C-unwind" fn eval_reserved(
     if (*r).pending {
         compute_reserved(r);
     }
-    *(*op).resvalue = pg_sys::Datum::from((*r).tenant.as_ptr());
+    let value = pg_sys::Datum::from((*r).tenant.as_ptr());
+    *(*op).resvalue = value;
     *(*op).resnull = false;
+    if (*state).flags & pg_sys::EEO_FLAG_DIRECT_THREADED as u8 != 0 {
+        if let Some(opcode) = const_opcode() {
+            // The interpreter is inside this step and goes on to the next one when this
+            // returns; from the next evaluation on it dispatches on the new opcode.
+            (*op).d.constval = pg_sys::ExprEvalStep__bindgen_ty_1__bindgen_ty_6 {
+                value,
+                isnull: false,
+            };
+            (*op).opcode = opcode;
+        }
+    }
+}
+
+/// The direct-threaded opcode of EEOP_CONST (the address of its code in the interpreter), as
+/// PostgreSQL's own preparation of an expression writes it: read from a throwaway expression
+/// of two constants prepared by `ExecReadyInterpretedExpr` (two steps and a DONE, which no fast
+/// path takes), and checked by mapping it back with `ExecEvalStepOp`. `None` where the
+/// interpreter is not direct-threaded (then calls stay calls). Once per backend.
+unsafe fn const_opcode() -> Option<isize> {
+    if let Some(known) = CONST_OPCODE.with(|c| c.get()) {
+        return known;
+    }
+    let st = pg_sys::palloc0(std::mem::size_of::<pg_sys::ExprState>()) as *mut pg_sys::ExprState;
+    (*st).type_ = pg_sys::NodeTag::T_ExprState;
+    let mut step: pg_sys::ExprEvalStep = std::mem::zeroed();
+    step.resvalue = std::ptr::addr_of_mut!((*st).resvalue);
+    step.resnull = std::ptr::addr_of_mut!((*st).resnull);
+    step.opcode = pg_sys::ExprEvalOp::EEOP_CONST as isize;
+    pg_sys::ExprEvalPushStep(st, &step);
+    pg_sys::ExprEvalPushStep(st, &step);
+    step.opcode = pg_sys::ExprEvalOp::EEOP_DONE as isize;
+    pg_sys::ExprEvalPushStep(st, &step);
+    pg_sys::ExecReadyInterpretedExpr(st);
+    let first = (*st).steps;
+    let known = ((*st).flags & pg_sys::EEO_FLAG_DIRECT_THREADED as u8 != 0
+        && pg_sys::ExecEvalStepOp(st, first) == pg_sys::ExprEvalOp::EEOP_CONST)
+        .then(|| (*first).opcode);
+    pg_sys::pfree(first as *mut c_void);
+    pg_sys::pfree(st as *mut c_void);
+    CONST_OPCODE.with(|c| c.set(Some(known)));
+    known
 }
 
 /// What `allowed_tenant` computes, once per compiled expression: the bound tenant, or its error.

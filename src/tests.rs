@@ -421,20 +421,18 @@ fn wrapped_parameter_list_answers_ordinary_and_reserved_parameters() {
     }
 }
 
-/// A reserved parameter compiles to a call at its first evaluation and a kept value after it
-/// (binding_param.rs, `compile_param`): evaluated again and again in one compiled expression,
-/// as a scan's qual is, it answers the bound tenant every time. The expression's result is
-/// cleared between evaluations, so a later evaluation that skipped the kept value would show.
+/// A reserved parameter compiles to a call, which at its first evaluation turns its step into
+/// a constant holding the tenant (binding_param.rs, `eval_reserved`): evaluated again and again
+/// in one compiled expression, as a scan's qual is, it answers the bound tenant every time. The
+/// expression's result is cleared between evaluations, so a later evaluation that skipped the
+/// value would show. A failed first evaluation (no tenant bound) leaves the step a call, so the
+/// next evaluation computes again instead of answering an unset value.
 #[pg_test]
 fn a_reserved_parameter_answers_every_evaluation_with_the_bound_tenant() {
     Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
     Spi::run("CREATE TABLE kept (tenant_id uuid, x int)").unwrap();
     Spi::run("SELECT tenancy.protect('kept')").unwrap();
-    Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{member}')").unwrap();
     Spi::run("SET LOCAL client_min_messages = error").unwrap();
-    let tenant = Spi::get_one::<pgrx::Uuid>("SELECT tenancy.current_tenant()")
-        .unwrap()
-        .unwrap();
     let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'kept'::regclass::oid")
         .unwrap()
         .unwrap();
@@ -445,14 +443,37 @@ fn a_reserved_parameter_answers_every_evaluation_with_the_bound_tenant() {
         let state = pg_sys::ExecInitExprWithParams(p as *mut pg_sys::Expr, params);
         let econtext = pg_sys::CreateStandaloneExprContext();
         (*econtext).ecxt_param_list_info = params;
-        for _ in 0..3 {
+        let op = || pg_sys::ExecEvalStepOp(state, (*state).steps);
+        let eval = || {
             (*state).resvalue = pg_sys::Datum::from(0usize);
             (*state).resnull = true;
             let mut isnull = true;
-            let v = (*state).evalfunc.unwrap()(state, econtext, &mut isnull);
+            // Guarded, so that the error of an unbound evaluation comes back as a Rust panic.
+            let v = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                (*state).evalfunc.unwrap()(state, econtext, &mut isnull)
+            });
             assert!(!isnull);
-            let bytes = std::slice::from_raw_parts(v.cast_mut_ptr::<u8>(), 16);
-            assert_eq!(bytes, tenant.as_bytes());
+            std::slice::from_raw_parts(v.cast_mut_ptr::<u8>(), 16).to_vec()
+        };
+        assert_eq!(op(), pg_sys::ExprEvalOp::EEOP_PARAM_CALLBACK);
+        // No tenant bound yet: the evaluation raises, and the step stays a call.
+        let failed = PgTryBuilder::new(|| {
+            eval();
+            false
+        })
+        .catch_others(|_| true)
+        .execute();
+        assert!(failed, "an unbound evaluation must raise");
+        assert_eq!(op(), pg_sys::ExprEvalOp::EEOP_PARAM_CALLBACK);
+        Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{member}')").unwrap();
+        let tenant = Spi::get_one::<pgrx::Uuid>("SELECT tenancy.current_tenant()")
+            .unwrap()
+            .unwrap();
+        for _ in 0..3 {
+            assert_eq!(eval(), tenant.as_bytes());
+            // PostgreSQL's interpreter is direct-threaded where computed goto exists (gcc,
+            // clang: every Debian build), and then the step is a constant from here on.
+            assert_eq!(op(), pg_sys::ExprEvalOp::EEOP_CONST);
         }
     }
 }
