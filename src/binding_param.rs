@@ -101,6 +101,9 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: c_int,
     bound: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
+    if !parse.is_null() {
+        crate::bind_default_arg::fill(parse);
+    }
     if !gucs::PLAN_BINDING_AS_PARAM.get() || pg_sys::ParallelWorkerNumber >= 0 || parse.is_null() {
         return plan(parse, query_string, cursor_options, bound);
     }

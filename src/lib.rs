@@ -2,6 +2,8 @@
 //!
 //! Modules, one concern each:
 //! - `binding`: who this session acts for (tokens, role mappings, transaction scope)
+//! - `binding_param`: the policies' binding planned as an executor parameter (planner hook)
+//! - `bind_default_arg`: `tenancy.bind(token)`'s default argument, read once per backend
 //! - `token`: JWS/JWT parsing and signature verification (pure Rust)
 //! - `catalog`: pg_tenancy's tables, privileged access and the per-backend cache
 //! - `lifecycle`: tenants, their status and settings
@@ -26,6 +28,7 @@ mod audit_anchor;
 mod audit_row_json;
 mod audit_writer;
 mod authz;
+mod bind_default_arg;
 mod binding;
 mod binding_param;
 mod catalog;
@@ -54,6 +57,7 @@ pub extern "C-unwind" fn _PG_init() {
     binding::init();
     privileges::init();
     binding_param::init();
+    bind_default_arg::init();
     audit::init();
 }
 

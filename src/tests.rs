@@ -477,3 +477,47 @@ fn a_reserved_parameter_answers_every_evaluation_with_the_bound_tenant() {
         }
     }
 }
+
+/// `SELECT tenancy.bind(token)` is given its default argument by `bind_default_arg` from a copy
+/// of the catalog's, read once per backend: the call binds for the transaction, and after the
+/// default is changed in the catalog the next call gets the new one (the copy is forgotten at
+/// the pg_proc invalidation). A call in named notation is left to PostgreSQL and binds alike.
+#[pg_test]
+fn a_one_argument_bind_gets_the_catalog_default_and_sees_it_change() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run(&format!("SELECT tenancy.add_key('k', 'HS256', '{secret}')")).unwrap();
+    let token = hs256_token(
+        "k",
+        secret,
+        serde_json::json!({"tid": "acme", "sub": "u", "exp": 4_102_444_800i64}),
+    );
+    let scope = |sql: &str| {
+        Spi::get_one_with_args::<pgrx::JsonB>(sql, &[token.as_str().into()])
+            .unwrap()
+            .unwrap()
+            .0["scope"]
+            .clone()
+    };
+    let before = crate::bind_default_arg::filled();
+    assert_eq!(scope("SELECT tenancy.bind($1)"), "transaction");
+    assert_eq!(crate::bind_default_arg::filled(), before + 1);
+    assert_eq!(scope("SELECT tenancy.bind(token => $1)"), "transaction");
+    assert_eq!(crate::bind_default_arg::filled(), before + 1);
+    let bound = Spi::get_one_with_args::<bool>(
+        "SELECT tenancy.bind($1) IS NOT NULL",
+        &[token.as_str().into()],
+    )
+    .unwrap();
+    assert_eq!(bound, Some(true));
+    assert_eq!(crate::bind_default_arg::filled(), before + 2);
+
+    let def = Spi::get_one::<String>("SELECT pg_get_functiondef('tenancy.bind(text, text)'::regprocedure)")
+        .unwrap()
+        .unwrap();
+    assert!(def.contains("DEFAULT 'transaction'::text"), "{def}");
+    Spi::run(&def.replace("DEFAULT 'transaction'::text", "DEFAULT 'session'::text")).unwrap();
+    assert_eq!(scope("SELECT tenancy.bind($1)"), "session");
+    assert_eq!(crate::bind_default_arg::filled(), before + 3);
+    Spi::run("SELECT tenancy.unbind()").unwrap();
+}
