@@ -5,10 +5,12 @@
 //! planner reads `proargdefaults` from the catalog and parses its node text again
 //! (`expand_function_arguments` -> `fetch_function_defaults` -> `stringToNode`), every time.
 //! The planner hook (`binding_param::planner`) calls [`fill`] first: a one-argument call of
-//! `tenancy.bind` at the top of a FROM-less SELECT's target list (or under `IS [NOT] NULL` there) gets the default as a constant
-//! built from a copy of that same catalog value, read once and forgotten at every pg_proc
-//! invalidation (so `CREATE OR REPLACE FUNCTION` with another default, or a re-created
-//! extension, is read again). The planner then finds all arguments present and adds nothing.
+//! `tenancy.bind` at the top of a FROM-less SELECT's target list (or under `IS [NOT] NULL`
+//! there) gets the default as a constant built from a copy of that same catalog value, read
+//! once and forgotten at every pg_proc invalidation (so `CREATE OR REPLACE FUNCTION` with
+//! another default, or a re-created extension, is read again). The planner then finds all
+//! arguments present and adds nothing. Parse analysis still reads the default once per call
+//! (`func_get_detail`, for the argument types); no hook runs there.
 //!
 //! It changes no result: the argument is what PostgreSQL would have added, from the same row
 //! of the same function (the cache is keyed by the function's oid). Anything else, a call with
