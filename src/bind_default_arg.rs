@@ -22,7 +22,6 @@ use std::cell::{Cell, RefCell};
 use std::ffi::{c_int, c_void};
 
 /// The default of `tenancy.bind(text, text)` as last read from the catalog.
-#[derive(Clone)]
 struct BindDefault {
     funcid: pg_sys::Oid,
     typmod: i32,
@@ -99,14 +98,26 @@ pub unsafe fn fill(q: *mut pg_sys::Query) {
         if arg.is_null() || (*arg).type_ == pg_sys::NodeTag::T_NamedArgExpr {
             continue;
         }
-        let Some(d) = bind_default() else {
-            return;
-        };
-        if d.funcid != f.funcid {
+        let Some(c) = default_const(f.funcid) else {
             continue;
-        }
+        };
+        f.args = pg_sys::lappend(f.args, c as *mut c_void);
+        FILLED.with(|n| n.set(n.get() + 1));
+    }
+}
+
+/// The default as a new Const when `funcid` is `tenancy.bind(text, text)` with a default this
+/// module supplies (the catalog is read only when nothing is remembered).
+unsafe fn default_const(funcid: pg_sys::Oid) -> Option<*mut pg_sys::Const> {
+    if BIND_DEFAULT.with(|d| d.borrow().is_none()) {
+        let d = read_bind_default();
+        BIND_DEFAULT.with(|slot| *slot.borrow_mut() = Some(d));
+    }
+    BIND_DEFAULT.with(|slot| {
+        let slot = slot.borrow();
+        let d = slot.as_ref()?.as_ref().filter(|d| d.funcid == funcid)?;
         let value = pg_sys::cstring_to_text_with_len(d.text.as_ptr().cast(), d.text.len() as c_int);
-        let c = pg_sys::makeConst(
+        Some(pg_sys::makeConst(
             pg_sys::TEXTOID,
             d.typmod,
             d.collation,
@@ -114,19 +125,8 @@ pub unsafe fn fill(q: *mut pg_sys::Query) {
             pg_sys::Datum::from(value),
             false,
             false,
-        );
-        f.args = pg_sys::lappend(f.args, c as *mut c_void);
-        FILLED.with(|n| n.set(n.get() + 1));
-    }
-}
-
-fn bind_default() -> Option<BindDefault> {
-    if let Some(d) = BIND_DEFAULT.with(|d| d.borrow().clone()) {
-        return d;
-    }
-    let d = unsafe { read_bind_default() };
-    BIND_DEFAULT.with(|slot| *slot.borrow_mut() = Some(d.clone()));
-    d
+        ))
+    })
 }
 
 /// `tenancy.bind(text, text)` and its one default, when that is a non-null text constant.
