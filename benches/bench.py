@@ -573,6 +573,17 @@ WHY = {
 }
 
 
+def against(x, bound, op):
+    """A measured ratio and where it stands against its bound: "0.83, 13% below" or "1.10, which
+    holds it". A miss shows enough digits not to print as the bound itself (0.947, not 0.95)."""
+    if x >= bound if op == ">=" else x <= bound:
+        return f"{x:.2f}, which holds it"
+    digits = 2 if round(x, 2) != bound else 3
+    pct = abs(x / bound - 1) * 100
+    return f"{x:.{digits}f}, {pct:.0f}% {'below' if op == '>=' else 'above'}" if pct >= 1 else \
+        f"{x:.{digits}f}, {pct:.1f}% {'below' if op == '>=' else 'above'}"
+
+
 def missed_targets(targets, server_only, cmin, med, same):
     """The results file's lines on each missed target: by how much, the server cost, why."""
     out = []
@@ -582,13 +593,9 @@ def missed_targets(targets, server_only, cmin, med, same):
             continue
         key = "scale" if name.startswith("scale:") else name
         cost_row, reason = WHY.get(key, (None, None))
-        by = [f"interleaved {value:.2f}, {abs(value / bound - 1) * 100:.0f}% "
-              f"{'below' if op == '>=' else 'above'}"]
-        if together and not (together[0] >= bound if op == ">=" else together[0] <= bound):
-            by.append(f"side by side {together[0]:.2f}, {abs(together[0] / bound - 1) * 100:.0f}% "
-                      f"{'below' if op == '>=' else 'above'}")
-        elif together:
-            by.append(f"side by side {together[0]:.2f}, which holds it")
+        by = [f"interleaved {against(value, bound, op)}"]
+        if together:
+            by.append(f"side by side {against(together[0], bound, op)}")
         text = f"- **{name}** (bound {op} {bound}): {'; '.join(by)}."
         if cost_row in server_only:
             so = server_only[cost_row]
