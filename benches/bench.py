@@ -580,8 +580,7 @@ def against(x, bound, op):
         return f"{x:.2f}, which holds it"
     digits = 2 if round(x, 2) != bound else 3
     pct = abs(x / bound - 1) * 100
-    return f"{x:.{digits}f}, {pct:.0f}% {'below' if op == '>=' else 'above'}" if pct >= 1 else \
-        f"{x:.{digits}f}, {pct:.1f}% {'below' if op == '>=' else 'above'}"
+    return f"{x:.{digits}f}, {pct:.{0 if pct >= 1 else 1}f}% {'below' if op == '>=' else 'above'}"
 
 
 def missed_targets(targets, server_only, cmin, med, same):
