@@ -308,7 +308,7 @@ class Bench:
                 GRANT USAGE ON SCHEMA {schema} TO bench_app;
                 CREATE TABLE {schema}.tenants (n int PRIMARY KEY, tid uuid NOT NULL, token text NOT NULL);
                 INSERT INTO {schema}.tenants
-                    SELECT g, tenancy.create_tenant('{schema.replace('_', '-')}-' || g), '' FROM generate_series(1, {n}) g;
+                    SELECT g, tenancy.create_tenant('{schema.replace('_', '-')}-' || g, settings => '{{"default_roles": ["member"]}}'), '' FROM generate_series(1, {n}) g;
                 UPDATE {schema}.tenants SET token = bench.token(tid::text);
                 GRANT SELECT ON {schema}.tenants TO bench_app;
                 CREATE TABLE {schema}.orders (tenant_id uuid NOT NULL, id bigint NOT NULL, amount numeric NOT NULL,

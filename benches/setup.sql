@@ -30,7 +30,7 @@ $$;
 -- Tenants: n -> uuid and a token, looked up by every variant's script the same way.
 CREATE TABLE bench.tenants (n int PRIMARY KEY, tid uuid NOT NULL, token text NOT NULL);
 INSERT INTO bench.tenants (n, tid, token)
-SELECT g, tenancy.create_tenant('bench-' || g), '' FROM generate_series(1, :ntenants) g;
+SELECT g, tenancy.create_tenant('bench-' || g, settings => '{"default_roles": ["member"]}'), '' FROM generate_series(1, :ntenants) g;
 UPDATE bench.tenants SET token = bench.token(tid::text);
 -- (the UPDATE left a dead version of every row, which each script's token lookup would visit)
 VACUUM ANALYZE bench.tenants;

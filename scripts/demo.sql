@@ -7,8 +7,12 @@ CREATE EXTENSION pgcrypto;   -- only to sign demo tokens in SQL; your token issu
 -- 1. An operator creates two tenants and registers the key the token issuer signs with.
 SELECT tenancy.create_tenant('acme', 'Acme Corp', settings => '{"model": "gpt-small", "statement_timeout": "5s"}') AS acme_id \gset
 SELECT tenancy.create_tenant('globex', 'Globex') AS globex_id \gset
-SELECT tenancy.add_key('issuer-2026', 'HS256', 'demo-secret-demo-secret-demo-secret-42');
+SELECT tenancy.add_key('issuer-2026', 'HS256', 'demo-secret-demo-secret-demo-secret-42');  -- a key admin's call
 SELECT slug, name, status, settings FROM tenancy.tenants ORDER BY slug;
+-- A token's subject acts with the roles of its memberships (a subject without one has none).
+SELECT tenancy.add_member('acme', 'alice@acme.example', 'member'),
+       tenancy.add_member('acme', 'alice', 'member'),
+       tenancy.add_member('globex', 'gina@globex.example', 'member');
 
 -- A demo token issuer (HS256); in production the identity provider signs tokens.
 CREATE FUNCTION public.demo_token(tenant text, sub text, ttl int DEFAULT 600) RETURNS text

@@ -9,6 +9,11 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_operator') THEN
         CREATE ROLE tenancy_operator NOLOGIN NOINHERIT;
     END IF;
+    -- Registers and revokes signing keys; not granted to operators (separation of duties: a
+    -- role that registers keys can mint tokens for any subject).
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'tenancy_key_admin') THEN
+        CREATE ROLE tenancy_key_admin NOLOGIN NOINHERIT;
+    END IF;
 END
 $bootstrap$;
 
@@ -85,8 +90,8 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.role_mapping', '');
 
 -- The audit trail. Management actions are ADMIN entries; changes to protected tables are
 -- INSERT/UPDATE/DELETE/TRUNCATE entries. Rows are written only by pg_tenancy, which computes
--- row_hash (SHA-256 over the whole record, id included: tenancy._audit_hash) as it writes
--- them; the per-tenant chain covering them lives in tenancy.audit_chain and is appended when
+-- row_hash (HMAC-SHA-256 of the whole record's text, id included, tenancy._audit_record_text,
+-- under the tenant's key in tenancy.audit_key) as it writes them; the per-tenant chain covering them lives in tenancy.audit_chain and is appended when
 -- the writing transaction commits. Records of the platform (management actions that concern no
 -- tenant) have the nil uuid as tenant_id, as their chain does.
 --
@@ -210,3 +215,36 @@ CREATE TABLE tenancy.support_grant (
 );
 REVOKE ALL ON tenancy.support_grant FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.support_grant', '');
+
+-- Kill switches. A subject's tokens issued before issued_before are refused
+-- (tenancy.revoke_subject); a token is refused by its jti (tenancy.revoke_token), in one tenant
+-- (tenant_id) or, when an operator revoked it, in every tenant (tenant_id NULL).
+CREATE TABLE tenancy.subject_revocation (
+    tenant_id     uuid        NOT NULL REFERENCES tenancy.tenant (id),
+    subject       text        NOT NULL CHECK (subject <> ''),
+    issued_before timestamptz NOT NULL,
+    revoked_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    revoked_by    text        NOT NULL,
+    PRIMARY KEY (tenant_id, subject)
+);
+CREATE TABLE tenancy.token_revocation (
+    jti        text        NOT NULL CHECK (jti <> ''),
+    tenant_id  uuid        REFERENCES tenancy.tenant (id),
+    revoked_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    revoked_by text        NOT NULL,
+    UNIQUE NULLS NOT DISTINCT (jti, tenant_id)
+);
+REVOKE ALL ON tenancy.subject_revocation, tenancy.token_revocation FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.subject_revocation', '');
+SELECT pg_catalog.pg_extension_config_dump('tenancy.token_revocation', '');
+
+-- The per-tenant secrets that key the audit trail's record hashes (HMAC-SHA-256), so that a
+-- row_hash never confirms a guessed row. Created with a tenant (the platform's, for the nil
+-- uuid, on first use); readable by this table's owner only: no operator, key admin or tenant.
+CREATE TABLE tenancy.audit_key (
+    tenant_id  uuid        PRIMARY KEY,
+    secret     bytea       NOT NULL CHECK (pg_catalog.length(secret) = 32),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON tenancy.audit_key FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_key', '');

@@ -12,6 +12,10 @@ CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON t
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.role_mapping
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.subject_revocation
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.token_revocation
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 
 -- Tenants: operators see every tenant, a bound session sees its own.
 CREATE VIEW tenancy.tenants WITH (security_barrier) AS
@@ -20,12 +24,12 @@ CREATE VIEW tenancy.tenants WITH (security_barrier) AS
      WHERE tenancy._sees_tenant(id);
 GRANT SELECT ON tenancy.tenants TO PUBLIC;
 
--- Keys: metadata only (never key material), for operators.
+-- Keys: metadata only (never key material), for key admins and operators.
 CREATE VIEW tenancy.keys WITH (security_barrier) AS
     SELECT kid, alg, tenant_id, not_after, revoked_at, created_at, created_by
       FROM tenancy.signing_key
-     WHERE tenancy.is_operator();
-GRANT SELECT ON tenancy.keys TO tenancy_operator;
+     WHERE tenancy.is_operator() OR tenancy.is_key_admin();
+GRANT SELECT ON tenancy.keys TO tenancy_operator, tenancy_key_admin;
 
 CREATE VIEW tenancy.role_mappings WITH (security_barrier) AS
     SELECT role, tenant_id, tenant_roles, created_at
@@ -45,8 +49,9 @@ REVOKE EXECUTE ON FUNCTION tenancy.catalog_changed() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.suspend_tenant(text, text) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.resume_tenant(text) TO tenancy_operator;
-GRANT EXECUTE ON FUNCTION tenancy.add_key(text, text, text, text, timestamptz) TO tenancy_operator;
-GRANT EXECUTE ON FUNCTION tenancy.revoke_key(text) TO tenancy_operator;
+-- Keys are the key admins' (separation of duties), not the operators'.
+GRANT EXECUTE ON FUNCTION tenancy.add_key(text, text, text, text, timestamptz) TO tenancy_key_admin;
+GRANT EXECUTE ON FUNCTION tenancy.revoke_key(text) TO tenancy_key_admin;
 GRANT EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) TO tenancy_operator;
 
@@ -63,9 +68,14 @@ CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON t
 -- protected table: row-security flags, every policy of the table, the tenant column (type,
 -- NOT NULL, default) and pg_tenancy's triggers. The table's own name is replaced by $table in
 -- policy expressions, so renaming the table (or restoring a dump) keeps the digest.
+-- The table's name appears in its policies as the literal 'schema.table'::regclass, which
+-- pg_get_expr writes the way standard_conforming_strings says: pinned on here, and matched
+-- with exactly that quoting (quotes doubled, backslashes as they are), so names holding ', \
+-- or " digest the same whatever the session's setting.
 CREATE FUNCTION tenancy._protection_state(tbl regclass, col name) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
 AS $$
     SELECT concat_ws(E'\n',
         format('rowsecurity=%s force=%s', c.relrowsecurity, c.relforcerowsecurity),
@@ -73,8 +83,10 @@ AS $$
                     p.polname, p.polcmd, p.polpermissive,
                     (SELECT string_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END, ',' ORDER BY 1)
                        FROM unnest(p.polroles) AS r),
-                    replace(pg_get_expr(p.polqual, p.polrelid), quote_literal(c.oid::regclass::text) || '::regclass', '$table'),
-                    replace(pg_get_expr(p.polwithcheck, p.polrelid), quote_literal(c.oid::regclass::text) || '::regclass', '$table')),
+                    replace(pg_get_expr(p.polqual, p.polrelid),
+                            '''' || replace(c.oid::regclass::text, '''', '''''') || '''::regclass', '$table'),
+                    replace(pg_get_expr(p.polwithcheck, p.polrelid),
+                            '''' || replace(c.oid::regclass::text, '''', '''''') || '''::regclass', '$table')),
                   E'\n' ORDER BY p.polname)
            FROM pg_policy p WHERE p.polrelid = c.oid),
         (SELECT format('column %s type=%s notnull=%s default=%s', a.attname,
@@ -90,6 +102,9 @@ CREATE FUNCTION tenancy._protection_digest(tbl regclass, col name) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT encode(sha256(convert_to(tenancy._protection_state(tbl, col), 'UTF8')), 'hex') $$;
+-- Internal: the guard (as the catalog owner) and verify() (as an operator) read them.
+REVOKE EXECUTE ON FUNCTION tenancy._protection_state(regclass, name), tenancy._protection_digest(regclass, name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._protection_state(regclass, name), tenancy._protection_digest(regclass, name) TO tenancy_operator;
 
 CREATE VIEW tenancy.protected_tables AS
     SELECT relid AS "table", tenant_column, audited, policy_digest, protected_at, parent, audit_exclude
@@ -278,7 +293,8 @@ SELECT 'warning', 'security_definer_function', f.oid::regprocedure::text,
        format('SECURITY DEFINER function mentions protected table %s; it runs with its owner''s privileges', p.relid::regclass),
        format('ALTER FUNCTION %s SECURITY INVOKER;', f.oid::regprocedure)
   FROM pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace
-  JOIN prot p ON f.prosrc ~* ('\m' || (SELECT relname FROM pg_class WHERE oid = p.relid) || '\M')
+  JOIN prot p ON f.prosrc ~* ('\m' || regexp_replace((SELECT relname FROM pg_class WHERE oid = p.relid),
+                                                      '([^[:alnum:]_])', '\\\1', 'g') || '\M')
  WHERE f.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
 UNION ALL
 -- 9. Superuser or BYPASSRLS roles mapped to tenants: row security does not apply to them.
@@ -360,19 +376,19 @@ GRANT EXECUTE ON FUNCTION tenancy.enter_support(text) TO tenancy_operator;
 ---------------------------------------------------------------------------------------------
 -- Audit: the record hash (shared by the writer and audit_verify), append-only guards,
 -- row security on the trail, and the operators' metadata view.
--- Every field is a quoted literal (or NULL) joined by '|': unambiguous, and cheap enough to
--- compute for every audited row (about 3 microseconds) -- when PostgreSQL inlines it into the
--- writer's INSERT. It must be inlinable: schema-qualified, no SET clause, and STABLE, not
--- IMMUTABLE, because extract() on a timestamptz is STABLE and an IMMUTABLE SQL function whose
--- body is not is never inlined. Not inlined, the SQL function is parsed and planned again at
--- every audited statement (measured: about 95 microseconds each). 04_audit checks the plan.
-CREATE FUNCTION tenancy._audit_hash(id bigint, tenant_id uuid, occurred_at timestamptz, txid bigint,
+-- A record's text: every field a quoted literal (or NULL) joined by '|': unambiguous. Its
+-- row_hash is HMAC-SHA-256 of this text under the tenant's audit key (tenancy._audit_hmac, the
+-- same Rust function the trigger's writer uses; src/audit_writer.rs builds the same text from
+-- the values it writes, and a #[pg_test] keeps the two byte-identical). It must be inlinable
+-- into the queries that use it (management records, audit_verify): schema-qualified, no SET
+-- clause, and STABLE, not IMMUTABLE, because extract() on a timestamptz is STABLE and an
+-- IMMUTABLE SQL function whose body is not is never inlined. 04_audit checks the plan.
+CREATE FUNCTION tenancy._audit_record_text(id bigint, tenant_id uuid, occurred_at timestamptz, txid bigint,
         table_name text, op text, row_key jsonb, old_row jsonb, new_row jsonb, db_role text,
         subject text, application_name text, client_addr inet)
-RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE
+RETURNS text LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT pg_catalog.sha256(pg_catalog.textsend(
-        pg_catalog.quote_nullable((id)::pg_catalog.text)
+    SELECT pg_catalog.quote_nullable((id)::pg_catalog.text)
         OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((tenant_id)::pg_catalog.text)
         OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((pg_catalog."extract"('epoch', occurred_at))::pg_catalog.text)
         OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((txid)::pg_catalog.text)
@@ -384,8 +400,12 @@ AS $$
         OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((db_role)::pg_catalog.text)
         OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((subject)::pg_catalog.text)
         OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((application_name)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((client_addr)::pg_catalog.text)))
+        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((client_addr)::pg_catalog.text)
 $$;
+-- Internal. _audit_hmac above all: with it anyone could confirm a guessed row against its hash.
+REVOKE EXECUTE ON FUNCTION tenancy._audit_record_text(bigint, uuid, timestamptz, bigint, text, text, jsonb,
+    jsonb, jsonb, text, text, text, inet) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy._audit_hmac(uuid, text) FROM PUBLIC;
 
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON tenancy.audit_log
     FOR EACH ROW EXECUTE FUNCTION tenancy._audit_append_only();
@@ -426,3 +446,18 @@ GRANT EXECUTE ON FUNCTION tenancy.security_event_counts() TO tenancy_operator;
 -- Trigger functions are not for calling: without EXECUTE a direct call is a plain permission
 -- error. (Triggers fire without an EXECUTE check; protect() creates them as the extension owner.)
 REVOKE EXECUTE ON FUNCTION tenancy._audit(), tenancy._audit_append_only(), tenancy._refuse_truncate() FROM PUBLIC;
+
+-- Revocations (tenancy.revoke_subject, tenancy.revoke_token): operators see all, a tenant's
+-- admins their tenant's. Revoking is open to tenant admins (checked inside), so not revoked.
+CREATE VIEW tenancy.revocations WITH (security_barrier) AS
+    SELECT 'subject'::text AS kind, tenant_id, subject, NULL::text AS jti, issued_before, revoked_at, revoked_by
+      FROM tenancy.subject_revocation WHERE tenancy._manages_tenant(tenant_id)
+    UNION ALL
+    SELECT 'token', tenant_id, NULL, jti, NULL, revoked_at, revoked_by
+      FROM tenancy.token_revocation
+     WHERE CASE WHEN tenant_id IS NULL THEN tenancy.is_operator() ELSE tenancy._manages_tenant(tenant_id) END;
+GRANT SELECT ON tenancy.revocations TO PUBLIC;
+
+-- Internal functions that check their caller instead of being revoked (the event triggers run
+-- them as the role whose DDL fired them): _auto_protect_table and _guard_check refuse to run
+-- outside a DDL command, _forget_dropped outside a sql_drop event trigger.

@@ -414,8 +414,8 @@ const RECORD_COLUMNS: &str =
     "id, tenant_id, occurred_at, txid, table_name, op, row_key, old_row, new_row, \
      db_role, subject, application_name, client_addr, row_hash";
 const HASHED: &str =
-    "tenancy._audit_hash(s.id, s.tenant_id, s.occurred_at, s.txid, s.table_name, s.op, \
-     s.row_key, s.old_row, s.new_row, s.db_role, s.subject, s.application_name, s.client_addr)";
+    "tenancy._audit_hmac(s.tenant_id, tenancy._audit_record_text(s.id, s.tenant_id, s.occurred_at, s.txid, \
+     s.table_name, s.op, s.row_key, s.old_row, s.new_row, s.db_role, s.subject, s.application_name, s.client_addr))";
 /// Per-record values that do not come from the changed row.
 const CONTEXT: &str = "nextval('tenancy.audit_log_id_seq') AS id";
 const CONTEXT_TAIL: &str = "clock_timestamp() AS occurred_at, txid_current() AS txid";
@@ -427,6 +427,63 @@ fn caller_and_subject() -> (String, Option<String>) {
         crate::authz::role_name(crate::authz::caller()),
         crate::binding::peek().and_then(|b| b.subject),
     )
+}
+
+thread_local! {
+    /// Audit keys read (or created) by this backend. A key never changes once created.
+    static AUDIT_KEYS: RefCell<HashMap<Uuid, Rc<[u8; 32]>>> = RefCell::new(HashMap::new());
+}
+
+/// `tenant`'s audit key, if it has one (read fresh as the catalog owner, then kept).
+fn existing_audit_key(tenant: Uuid) -> Option<Rc<[u8; 32]>> {
+    if let Some(k) = AUDIT_KEYS.with(|k| k.borrow().get(&tenant).cloned()) {
+        return Some(k);
+    }
+    let key: [u8; 32] = catalog::owner_rows(
+        "tenancy.audit_key",
+        "SELECT secret FROM tenancy.audit_key WHERE tenant_id = $1",
+        &[to_pg_uuid(tenant).into()],
+        |r| Ok(r.get::<Vec<u8>>(1)?.unwrap_or_default()),
+    )
+    .into_iter()
+    .next()?
+    .try_into()
+    .ok()?;
+    let key = Rc::new(key);
+    AUDIT_KEYS.with(|k| k.borrow_mut().insert(tenant, key.clone()));
+    Some(key)
+}
+
+/// The secret that keys `tenant`'s record hashes (HMAC-SHA-256), created on first use: 32
+/// bytes from the server's strong random source, in `tenancy.audit_key`, which only
+/// pg_tenancy's owner reads (no operator, key admin or tenant).
+pub fn audit_key(tenant: Uuid) -> Rc<[u8; 32]> {
+    if let Some(k) = existing_audit_key(tenant) {
+        return k;
+    }
+    let mut secret = [0u8; 32];
+    // SAFETY: writes exactly 32 bytes into the buffer.
+    if !unsafe { pg_sys::pg_strong_random(secret.as_mut_ptr().cast(), secret.len()) } {
+        pgrx::error!("pg_tenancy: the server's strong random source failed");
+    }
+    catalog::write(
+        "INSERT INTO tenancy.audit_key (tenant_id, secret) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING",
+        &[to_pg_uuid(tenant).into(), secret.as_slice().into()],
+    );
+    existing_audit_key(tenant)
+        .unwrap_or_else(|| pgrx::error!("pg_tenancy: creating the audit key of {tenant} failed"))
+}
+
+/// HMAC-SHA-256 of a record's text (`tenancy._audit_record_text`) under `tenant`'s audit key:
+/// the record hash of the SQL paths (management records, audit_verify); NULL when the tenant
+/// has no key. Not executable by PUBLIC, operators or tenants: it would confirm guesses.
+#[pg_extern(stable, parallel_unsafe, name = "_audit_hmac")]
+fn audit_hmac(tenant: pgrx::Uuid, text: &str) -> Option<Vec<u8>> {
+    let key = existing_audit_key(catalog::from_pg_uuid(&tenant))?;
+    Some(crate::audit_writer::record_hmac(
+        key.as_slice(),
+        text.as_bytes(),
+    ))
 }
 
 /// Record a management action.
@@ -441,6 +498,7 @@ pub fn admin(action: &str, tenant: Option<Uuid>, detail: serde_json::Value) {
 /// Record one entry that is not a row change (ADMIN, or a TRUNCATE by an operator).
 pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: serde_json::Value) {
     let (role, subject) = caller_and_subject();
+    audit_key(tenant.unwrap_or(PLATFORM_CHAIN));
     let sql = format!(
         "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
            SELECT {CONTEXT}, $1::uuid AS tenant_id, {CONTEXT_TAIL}, $5::text AS table_name, $6::text AS op, \
@@ -652,8 +710,9 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
             // Every chain entry with its records, lane by lane, in order.
             let rows = c.select(
                 "SELECT c.lane, c.seq, c.prev_hash, c.chain_hash, c.batch_hash, r.id, l.id IS NOT NULL, l.row_hash, \
-                        tenancy._audit_hash(l.id, l.tenant_id, l.occurred_at, l.txid, l.table_name, l.op, l.row_key, \
-                                            l.old_row, l.new_row, l.db_role, l.subject, l.application_name, l.client_addr) \
+                        tenancy._audit_hmac(l.tenant_id, tenancy._audit_record_text(l.id, l.tenant_id, l.occurred_at, \
+                            l.txid, l.table_name, l.op, l.row_key, l.old_row, l.new_row, l.db_role, l.subject, \
+                            l.application_name, l.client_addr)) \
                    FROM tenancy.audit_chain c CROSS JOIN LATERAL unnest(c.record_ids) WITH ORDINALITY AS r(id, ord) \
                    LEFT JOIN tenancy.audit_log l ON l.tenant_id = c.tenant_id AND l.id = r.id \
                   WHERE c.tenant_id = $1 ORDER BY c.lane, c.seq, r.ord",

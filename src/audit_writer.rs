@@ -11,16 +11,17 @@
 //! Per row: the row as jsonb, the value `to_jsonb` gives (`src/audit_row_json.rs`), without
 //! the excluded columns; the key's columns likewise; for UPDATE only the columns whose jsonb
 //! values differ.
-//! `row_hash` is SHA-256 over exactly the text `tenancy._audit_hash` hashes (`quote_nullable`
-//! of each field's text form, joined by `|`), taken from the values as stored, so
-//! `audit_verify`, which recomputes it with the SQL function, checks these records too.
+//! `row_hash` is HMAC-SHA-256, under the tenant's audit key, of exactly the text
+//! `tenancy._audit_record_text` gives (`quote_nullable` of each field's text form, joined by
+//! `|`), taken from the values as stored, so `audit_verify`, which recomputes it from the
+//! stored record in SQL, checks these records too.
 
 use crate::audit_row_json::{Column, RowJson};
 use crate::catalog;
 use pgrx::fcinfo::{direct_function_call, direct_function_call_as_datum};
 use pgrx::pg_sys::{self, Datum};
 use pgrx::{FromDatum, IntoDatum};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use std::ffi::CStr;
 use uuid::Uuid;
 
@@ -61,7 +62,7 @@ impl Op {
     }
 }
 
-/// The audit_log columns the writer fills, in `tenancy._audit_hash` order, then row_hash, with
+/// The audit_log columns the writer fills, in `tenancy._audit_record_text` order, then row_hash, with
 /// the type each must have.
 const FIELDS: [(&CStr, pg_sys::Oid); 14] = [
     (c"id", pg_sys::INT8OID),
@@ -699,21 +700,24 @@ impl Writer {
             epoch_text(at).into_bytes(),
             self.txid.to_string().into_bytes(),
         );
-        let hash = record_hash(&[
-            Some(id_text.as_slice()),
-            Some(tenant_text.as_slice()),
-            Some(epoch_text.as_slice()),
-            Some(txid_text.as_slice()),
-            Some(self.table.1.as_slice()),
-            Some(self.op.1.as_slice()),
-            key.as_deref(),
-            old.as_deref(),
-            new.as_deref(),
-            Some(self.role.1.as_slice()),
-            self.subject.as_ref().map(|s| s.1.as_slice()),
-            Some(self.app.1.as_slice()),
-            self.client.as_ref().map(|c| c.1.as_slice()),
-        ]);
+        let hash = record_hmac(
+            &crate::audit::audit_key(tenant)[..],
+            &record_text(&[
+                Some(id_text.as_slice()),
+                Some(tenant_text.as_slice()),
+                Some(epoch_text.as_slice()),
+                Some(txid_text.as_slice()),
+                Some(self.table.1.as_slice()),
+                Some(self.op.1.as_slice()),
+                key.as_deref(),
+                old.as_deref(),
+                new.as_deref(),
+                Some(self.role.1.as_slice()),
+                self.subject.as_ref().map(|s| s.1.as_slice()),
+                Some(self.app.1.as_slice()),
+                self.client.as_ref().map(|c| c.1.as_slice()),
+            ]),
+        );
         self.log.insert(&[
             Some(Datum::from(id)),
             Some(tenant_datum),
@@ -870,9 +874,9 @@ pub fn epoch_text(ts: i64) -> String {
     format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
 }
 
-/// SHA-256 over `quote_nullable(f1) || '|' || quote_nullable(f2) ...`, the bytes
-/// `tenancy._audit_hash` feeds to sha256().
-pub fn record_hash(fields: &[Option<&[u8]>]) -> Vec<u8> {
+/// `quote_nullable(f1) || '|' || quote_nullable(f2) ...`: the text
+/// `tenancy._audit_record_text` gives for the same fields.
+pub fn record_text(fields: &[Option<&[u8]>]) -> Vec<u8> {
     let mut text = Vec::with_capacity(256);
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
@@ -880,7 +884,18 @@ pub fn record_hash(fields: &[Option<&[u8]>]) -> Vec<u8> {
         }
         quote_nullable(&mut text, *f);
     }
-    Sha256::digest(&text).to_vec()
+    text
+}
+
+/// A record's `row_hash`: HMAC-SHA-256 of its text ([`record_text`]) under its tenant's audit
+/// key ([`crate::audit::audit_key`]), which no operator or tenant can read, so that a hash
+/// never confirms a guessed row. The one definition of the record hash: `tenancy._audit_hmac`,
+/// which the SQL paths (management records, audit_verify) call, is this function.
+pub fn record_hmac(key: &[u8], text: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(text);
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// PostgreSQL's quote_nullable(text): NULL, or the value in single quotes with quotes and

@@ -1,14 +1,26 @@
-//! Who may call what. Platform calls (tenants, keys, role mappings, protection) are for
-//! operators: superusers and members of `tenancy_operator`. Tenant calls (roles, members,
-//! settings) are also open to the bound tenant's admins, for their own tenant only.
+//! Who may call what, answered in one place.
+//!
+//! - Operators (`tenancy_operator`): tenants, role mappings, protection, cross-tenant metadata.
+//! - Key admins (`tenancy_key_admin`): signing keys. Separation of duties: a role that is both
+//!   (other than a superuser) may act as neither, so no single non-superuser role both mints
+//!   credentials and manages who gets into a tenant.
+//! - Tenant admins: a session bound to a tenant with its `admin` role (not a support binding),
+//!   for that tenant only.
+//!
+//! Membership counts however it was granted: NOINHERIT members, who reach the role's privileges
+//! only through `SET ROLE`, are members all the same (`is_member_of_role`). Once a tenant has an
+//! admin, widening access inside it (members, privileges, `default_roles`, role mappings) is
+//! for its admins, not for operators ([`require_may_widen`]).
 
 use crate::errors::{self, INSUFFICIENT_PRIVILEGE};
 use pgrx::pg_sys;
 
 pub const OPERATOR_ROLE: &str = "tenancy_operator";
+pub const KEY_ADMIN_ROLE: &str = "tenancy_key_admin";
 
 /// Name of a role, or its oid when it no longer exists.
 pub fn role_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: a syscache lookup by oid; the returned name is copied before anything else runs.
     unsafe {
         let p = pg_sys::GetUserNameFromId(oid, true);
         if p.is_null() {
@@ -19,38 +31,71 @@ pub fn role_name(oid: pg_sys::Oid) -> String {
     }
 }
 
-fn operator_role_oid() -> pg_sys::Oid {
-    unsafe { pg_sys::get_role_oid(c"tenancy_operator".as_ptr(), true) }
+fn role_oid(name: &std::ffi::CStr) -> pg_sys::Oid {
+    // SAFETY: a syscache lookup by name that returns InvalidOid when the role is missing.
+    unsafe { pg_sys::get_role_oid(name.as_ptr(), true) }
 }
 
 /// The role the calling SQL runs as (functions of pg_tenancy are SECURITY INVOKER).
 pub fn caller() -> pg_sys::Oid {
+    // SAFETY: reads the backend's current user id.
     unsafe { pg_sys::GetUserId() }
 }
 
+/// The login role of this session.
+pub fn session_user() -> pg_sys::Oid {
+    // SAFETY: reads the backend's session user id.
+    unsafe { pg_sys::GetSessionUserId() }
+}
+
 pub fn is_superuser(role: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup by oid.
     unsafe { pg_sys::superuser_arg(role) }
 }
 
-/// Superusers and members of tenancy_operator (with its privileges, i.e. INHERIT or SET ROLE).
-pub fn is_operator(role: pg_sys::Oid) -> bool {
-    if is_superuser(role) {
-        return true;
-    }
-    let op = operator_role_oid();
-    op != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(role, op) }
+/// Whether `role` is a member of `group`, directly or through other roles, whether or not it
+/// inherits the group's privileges (superusers are members of every role).
+fn member_of(role: pg_sys::Oid, group: &std::ffi::CStr) -> bool {
+    let g = role_oid(group);
+    // SAFETY: membership lookup through the syscache.
+    g != pg_sys::InvalidOid && unsafe { pg_sys::is_member_of_role(role, g) }
 }
 
-/// Refuse unless the caller is an operator.
+/// Superusers and members of tenancy_operator (NOINHERIT members included).
+pub fn is_operator(role: pg_sys::Oid) -> bool {
+    is_superuser(role) || member_of(role, c"tenancy_operator")
+}
+
+/// Superusers and members of tenancy_key_admin (NOINHERIT members included).
+pub fn is_key_admin(role: pg_sys::Oid) -> bool {
+    is_superuser(role) || member_of(role, c"tenancy_key_admin")
+}
+
+/// A non-superuser platform role (operator or key admin): it never reads tenant rows, so it
+/// never binds with a token or a role mapping, and no binding is in effect while it is the
+/// current or the session role.
+pub fn is_platform_role(role: pg_sys::Oid) -> bool {
+    !is_superuser(role) && (is_operator(role) || is_key_admin(role))
+}
+
+fn refuse_management(action: &str, message: String, hint: String) -> ! {
+    let mut f = serde_json::Map::new();
+    f.insert("action".into(), action.into());
+    errors::refuse(
+        "management_refused",
+        f,
+        INSUFFICIENT_PRIVILEGE,
+        message,
+        hint,
+    )
+}
+
+/// Refuse unless the caller is an operator and not also a key admin.
 pub fn require_operator(action: &str) {
     let who = caller();
     if !is_operator(who) {
-        let mut f = serde_json::Map::new();
-        f.insert("action".into(), action.into());
-        errors::refuse(
-            "management_refused",
-            f,
-            INSUFFICIENT_PRIVILEGE,
+        refuse_management(
+            action,
             format!(
                 "permission denied: {action} is for platform operators, and role \"{}\" is not one",
                 role_name(who)
@@ -58,18 +103,64 @@ pub fn require_operator(action: &str) {
             format!("Run it as a member of {OPERATOR_ROLE}: GRANT {OPERATOR_ROLE} TO <role>;"),
         );
     }
+    refuse_both_duties(action, who);
+}
+
+/// Refuse unless the caller is a key admin and not also an operator.
+pub fn require_key_admin(action: &str) {
+    let who = caller();
+    if !is_key_admin(who) {
+        refuse_management(
+            action,
+            format!(
+                "permission denied: {action} is for key admins, and role \"{}\" is not one",
+                role_name(who)
+            ),
+            format!(
+                "Signing keys are registered by members of {KEY_ADMIN_ROLE}, which operators are not: GRANT {KEY_ADMIN_ROLE} TO <role>;"
+            ),
+        );
+    }
+    refuse_both_duties(action, who);
+}
+
+fn refuse_both_duties(action: &str, who: pg_sys::Oid) {
+    if !is_superuser(who) && is_operator(who) && is_key_admin(who) {
+        refuse_management(
+            action,
+            format!(
+                "permission denied: role \"{}\" is both a platform operator and a key admin",
+                role_name(who)
+            ),
+            format!(
+                "Separation of duties: whoever registers signing keys must not manage tenants' access. Revoke one of {OPERATOR_ROLE} and {KEY_ADMIN_ROLE} from the role."
+            ),
+        );
+    }
+}
+
+/// Whether the binding in force makes the caller an admin of `tenant`: bound to it with its
+/// `admin` role, not through a support grant.
+pub fn is_tenant_admin(tenant: uuid::Uuid) -> bool {
+    crate::binding::current_if_bound().is_some_and(|b| {
+        b.tenant == tenant && b.support_privileges.is_none() && b.roles.iter().any(|r| r == "admin")
+    })
+}
+
+/// Whether the caller may manage `tenant`: an operator, or that tenant's admin.
+pub fn manages_tenant(tenant: uuid::Uuid) -> bool {
+    is_operator(caller()) || is_tenant_admin(tenant)
 }
 
 /// Refuse unless the caller is an operator or an admin bound to `tenant`.
 pub fn require_operator_or_tenant_admin(action: &str, tenant: &crate::catalog::TenantRow) {
-    let who = caller();
-    if is_operator(who) {
+    if is_tenant_admin(tenant.id) {
         return;
     }
-    if let Some(b) = crate::binding::current_if_bound() {
-        if b.tenant == tenant.id && b.roles.iter().any(|r| r == "admin") {
-            return;
-        }
+    let who = caller();
+    if is_operator(who) {
+        refuse_both_duties(action, who);
+        return;
     }
     let mut f = serde_json::Map::new();
     f.insert("action".into(), action.into());
@@ -84,4 +175,31 @@ pub fn require_operator_or_tenant_admin(action: &str, tenant: &crate::catalog::T
         ),
         "Bind a token of an admin of this tenant, or run it as a member of tenancy_operator.",
     );
+}
+
+/// For calls that widen access inside a tenant (new members, new privileges, `default_roles`,
+/// role mappings): the tenant's admins may; operators only while the tenant has no admin yet
+/// (to seat its first one), so that no operator can give itself or anyone a tenant's rows once
+/// the tenant manages its own access. Superusers may always (they bypass everything anyway).
+pub fn require_may_widen(action: &str, tenant: &crate::catalog::TenantRow) {
+    require_operator_or_tenant_admin(action, tenant);
+    let who = caller();
+    if is_tenant_admin(tenant.id) || is_superuser(who) {
+        return;
+    }
+    if crate::catalog::has_admin(tenant.id) {
+        let mut f = serde_json::Map::new();
+        f.insert("action".into(), action.into());
+        f.insert("tenant".into(), tenant.slug.clone().into());
+        errors::refuse(
+            "management_refused",
+            f,
+            INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied: tenant \"{}\" has an admin, and operators cannot widen access inside it ({action})",
+                tenant.slug
+            ),
+            "Once a tenant has an admin, its admins add members, grant privileges and set default_roles; operators can only narrow access (remove_member, revoke, revoke_subject).",
+        );
+    }
 }

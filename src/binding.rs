@@ -43,6 +43,12 @@ pub enum Source {
     Token {
         kid: String,
         claim_roles: Option<Vec<String>>,
+        /// The token's `iat` and `jti`, checked against revocations on every revalidation.
+        iat: Option<i64>,
+        jti: Option<String>,
+        /// Whether the subject held a membership when bound: losing its last one cuts the
+        /// binding, whatever the tenant's `default_roles`.
+        member: bool,
     },
     Mapping {
         role: pg_sys::Oid,
@@ -51,6 +57,11 @@ pub enum Source {
     Support {
         operator: pg_sys::Oid,
         grant_id: i64,
+    },
+    /// pg_tenancy's own deletion of a tenant's rows from one protected table (and its
+    /// partitions) during tenancy.decommission_tenant: select and delete on that table only.
+    Decommission {
+        table: pg_sys::Oid,
     },
 }
 
@@ -75,6 +86,10 @@ pub struct Binding {
 thread_local! {
     /// The explicit binding made by bind().
     static BINDING: RefCell<Option<Binding>> = const { RefCell::new(None) };
+    /// A binding pg_tenancy sets for the length of one of its own statements (decommission's
+    /// deletes, run as the table's owner with row security forced); it takes precedence over
+    /// every other binding and nothing can bind while it is set.
+    static INTERNAL: RefCell<Option<Binding>> = const { RefCell::new(None) };
     /// The binding derived from the login role's mapping, cached per catalog generation.
     static MAPPED: RefCell<Option<(u64, pg_sys::Oid, Option<Binding>)>> = const { RefCell::new(None) };
     /// The tenant this transaction has been bound to: another tenant cannot be bound before it ends.
@@ -113,8 +128,9 @@ struct Prepared {
     /// than the catalog (only this is kept, not the key: an entry prepared before a catalog
     /// change would otherwise keep an old copy of the key alive).
     key_not_after: Option<i64>,
-    /// The subject's effective roles in the tenant.
+    /// The subject's effective roles in the tenant, and whether it holds a membership.
     roles: Vec<String>,
+    member: bool,
     privileges: Rc<Vec<catalog::Privilege>>,
     /// The binding's description (a `Binding` is built again on each bind from the claims and
     /// these: a few small copies, where keeping one here would double the entry's size).
@@ -133,6 +149,9 @@ impl Prepared {
             source: Source::Token {
                 kid: claims.kid.clone(),
                 claim_roles: claims.roles.clone(),
+                iat: claims.iat,
+                jti: claims.jti.clone(),
+                member: self.member,
             },
             support_privileges: None,
             privileges: self.privileges.clone(),
@@ -192,8 +211,20 @@ unsafe impl pgrx::callconv::BoxRet for JsonbBytes {
 pgrx::impl_sql_translatable!(JsonbBytes, "jsonb");
 
 pub fn init() {
+    // SAFETY: called once from _PG_init, before any statement runs; the previous hook is kept
+    // and called from ours.
     unsafe {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        for cache in [
+            pg_sys::SysCacheIdentifier::AUTHOID,
+            pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as std::ffi::c_int,
+                Some(roles_changed),
+                pg_sys::Datum::from(0),
+            );
+        }
         PREV_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(utility_hook);
     }
@@ -221,6 +252,7 @@ unsafe extern "C-unwind" fn xact_callback(
         });
         TXN_TENANT.with(|t| t.set(None));
         LIMITS_APPLIED.with(|l| l.set(false));
+        INTERNAL.with(|i| *i.borrow_mut() = None);
         crate::policy::reset_at_transaction_end();
     }
 }
@@ -261,16 +293,20 @@ unsafe extern "C-unwind" fn utility_hook(
         );
     }
     match PREV_UTILITY_HOOK {
-        Some(prev) => prev(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
+        // SAFETY: the hook that was installed before ours, called with our own arguments; its
+        // errors come back through the FFI guard as a Rust panic, re-raised by #[pg_guard].
+        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            prev(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            )
+        }),
         None => pg_sys::standard_ProcessUtility(
             pstmt,
             query_string,
@@ -333,30 +369,33 @@ fn token_refusal(e: token::TokenError) -> ! {
     refuse_bind(INVALID_AUTHORIZATION, e.message(), hint, None)
 }
 
-/// The effective roles of `subject` in `tenant`: its memberships, or the tenant's
-/// `default_roles` setting (default `["member"]`) when it has none; narrowed by the token's
+/// The effective roles of `subject` in `tenant`, and whether it is a member: its memberships,
+/// or the tenant's `default_roles` setting when it has none (default: none, so a subject
+/// without a membership binds but may touch no protected table); narrowed by the token's
 /// `roles` claim when present. A token can never add a role.
 fn effective_roles(
     tenant: &TenantRow,
     subject: &str,
     claim_roles: Option<&[String]>,
-) -> Vec<String> {
+) -> (Vec<String>, bool) {
     let members = catalog::member_roles(tenant.id, subject);
-    let held: Vec<String> = if members.is_empty() {
+    let member = !members.is_empty();
+    let held: Vec<String> = if member {
+        members.as_ref().clone()
+    } else {
         match tenant.settings.get("default_roles") {
             Some(serde_json::Value::Array(a)) => a
                 .iter()
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect(),
-            _ => vec!["member".to_string()],
+            _ => Vec::new(),
         }
-    } else {
-        members.as_ref().clone()
     };
-    match claim_roles {
+    let roles = match claim_roles {
         Some(narrow) => held.into_iter().filter(|r| narrow.contains(r)).collect(),
         None => held,
-    }
+    };
+    (roles, member)
 }
 
 /// Check a tenant may be bound now: it exists, is active, and its region matches the server's.
@@ -382,8 +421,12 @@ fn check_tenant(tenant: &TenantRow) -> Result<(), (String, &'static str)> {
 }
 
 /// Validate a binding against the current catalog: tenant still active and in region, key not
-/// revoked or expired, mapping still present; recompute its roles.
+/// revoked or expired, token and subject not revoked, membership not lost, mapping still
+/// present; recompute its roles. The binding is stamped with the generation read before the
+/// catalog was, so an invalidation that arrives during the checks makes the next statement
+/// check again.
 fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
+    let generation = catalog::generation();
     let tenant = catalog::tenant_by_id(b.tenant).ok_or_else(|| {
         (
             format!("tenant \"{}\" no longer exists", b.slug),
@@ -392,11 +435,31 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
     })?;
     check_tenant(&tenant)?;
     match &b.source {
-        Source::Token { kid, claim_roles } => {
+        Source::Token {
+            kid,
+            claim_roles,
+            iat,
+            jti,
+            member,
+        } => {
             let key = catalog::key(kid);
             check_key(key.as_deref(), now(), tenant.id)?;
             let subject = b.subject.clone().unwrap_or_default();
-            b.roles = effective_roles(&tenant, &subject, claim_roles.as_deref());
+            if let Some(why) = catalog::token_revocation(tenant.id, &subject, *iat, jti.as_deref())
+            {
+                return Err((why, REVOKED_HINT));
+            }
+            let (roles, still_member) = effective_roles(&tenant, &subject, claim_roles.as_deref());
+            if *member && !still_member {
+                return Err((
+                    format!(
+                        "subject \"{subject}\" is no longer a member of tenant \"{}\"",
+                        b.slug
+                    ),
+                    "Its last membership was removed; a tenant admin can add it again with tenancy.add_member().",
+                ));
+            }
+            b.roles = roles;
         }
         Source::Support { operator, .. } => {
             let grant = catalog::support_grant(b.tenant, *operator).ok_or_else(|| {
@@ -425,11 +488,14 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
             })?;
             b.roles = m.roles.clone();
         }
+        Source::Decommission { .. } => {}
     }
     b.privileges = catalog::privileges(b.tenant);
-    b.generation = catalog::generation();
+    b.generation = generation;
     Ok(())
 }
+
+const REVOKED_HINT: &str = "The token was revoked (tenancy.revoke_token) or its subject's tokens were (tenancy.revoke_subject); obtain a token issued after the revocation.";
 
 const KEY_HINT: &str = "Sign tokens with a key registered by tenancy.add_key() that is neither revoked nor past its not_after.";
 
@@ -559,15 +625,15 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
             "tenancy.allow_session_scope is off (for example behind a pooler in transaction mode): bind in every transaction instead.",
         );
     }
-    let caller = crate::authz::caller();
-    if crate::authz::is_operator(caller) && !crate::authz::is_superuser(caller) {
+    refuse_inside_internal("tenancy.bind()");
+    if let Some(role) = platform_role_in_effect() {
         refuse_bind(
             INSUFFICIENT_PRIVILEGE,
             format!(
-                "role \"{}\" is a platform operator and cannot bind a tenant with a token",
-                crate::authz::role_name(caller)
+                "role \"{}\" is a platform operator or key admin and cannot bind a tenant with a token",
+                crate::authz::role_name(role)
             ),
-            "Operators manage tenants but do not read their rows; a tenant admin can grant time-limited access with tenancy.grant_support(), used through tenancy.enter_support().",
+            "Operators and key admins manage the platform but do not read tenant rows, also not through SET ROLE; a tenant admin can grant an operator time-limited access with tenancy.grant_support(), used through tenancy.enter_support().",
             None,
         );
     }
@@ -679,11 +745,21 @@ fn prepare(
             Some(&tenant.slug),
         );
     }
+    if let Some(why) = catalog::token_revocation(
+        tenant.id,
+        &claims.subject,
+        claims.iat,
+        claims.jti.as_deref(),
+    ) {
+        refuse_bind(INVALID_AUTHORIZATION, why, REVOKED_HINT, Some(&tenant.slug));
+    }
+    let (roles, member) = effective_roles(&tenant, &claims.subject, claims.roles.as_deref());
     let mut prepared = Prepared {
         generation,
         session_role,
         scope,
-        roles: effective_roles(&tenant, &claims.subject, claims.roles.as_deref()),
+        roles,
+        member,
         privileges: catalog::privileges(tenant.id),
         key_not_after: key.as_ref().and_then(|k| k.not_after),
         tenant,
@@ -707,6 +783,7 @@ pub fn describe(b: &Binding) -> JsonbBytes {
         Source::Token { .. } => "token",
         Source::Mapping { .. } => "role_mapping",
         Source::Support { .. } => "support",
+        Source::Decommission { .. } => "decommission",
     };
     // In jsonb's key order (shorter first, then bytewise), so `object` need not sort them.
     // SAFETY: `object` returns a fresh palloc'd jsonb.
@@ -753,6 +830,7 @@ fn unix_to_rfc3339(secs: i64) -> String {
 
 /// tenancy.unbind(): drop the explicit binding (a role mapping still applies).
 pub fn unbind() {
+    refuse_inside_internal("tenancy.unbind()");
     BINDING.with(|b| *b.borrow_mut() = None);
 }
 
@@ -789,7 +867,7 @@ fn apply_limits(tenant: &TenantRow) {
 /// Make MAPPED hold the validated role-mapped binding of the session user (or None) for the
 /// current catalog generation.
 fn ensure_mapped(gen: u64) {
-    let role = unsafe { pg_sys::GetSessionUserId() };
+    let role = crate::authz::session_user();
     let fresh = MAPPED.with(|m| {
         matches!(&*m.borrow(), Some((g, r, b)) if *g == gen && *r == role
             && b.as_ref().is_none_or(|b| b.generation == gen))
@@ -798,8 +876,7 @@ fn ensure_mapped(gen: u64) {
         return;
     }
     let maps = catalog::mappings(role);
-    let operator = crate::authz::is_operator(role) && !crate::authz::is_superuser(role);
-    let candidate = if maps.len() == 1 && !operator {
+    let candidate = if maps.len() == 1 && !crate::authz::is_platform_role(role) {
         let m = &maps[0];
         catalog::tenant_by_id(m.tenant).map(|t| Binding {
             tenant: t.id,
@@ -850,15 +927,38 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
             "Wrap tenancy.current_tenant() in a scalar subquery, (SELECT tenancy.current_tenant()), as generated policies do.",
         );
     }
+    if INTERNAL.with(|i| i.borrow().is_some()) {
+        return INTERNAL.with(|i| f(i.borrow().as_ref()));
+    }
     accept_invalidations_once_per_statement();
     let gen = catalog::generation();
     let explicit = BINDING.with(|b| {
-        b.borrow()
-            .as_ref()
-            .map(|b| (b.expires_at, b.generation == gen))
+        b.borrow().as_ref().map(|b| {
+            (
+                b.expires_at,
+                b.generation == gen,
+                matches!(b.source, Source::Support { .. }),
+            )
+        })
     });
+    if !explicit.is_some_and(|(_, _, support)| support) {
+        if let Some(role) = platform_role_in_effect() {
+            if explicit.is_some() || mapped_binding_exists(gen) {
+                errors::refuse(
+                    "platform_role_bound",
+                    fields(&[("platform_role", crate::authz::role_name(role).into())]),
+                    INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "no tenant binding is in effect while role \"{}\", a platform operator or key admin, is the current or session role",
+                        crate::authz::role_name(role)
+                    ),
+                    "Platform roles never read tenant rows, also not through SET ROLE: RESET ROLE, or connect as the application role. Operators get time-limited access through tenancy.enter_support().",
+                );
+            }
+        }
+    }
     match explicit {
-        Some((expires_at, fresh)) => {
+        Some((expires_at, fresh, _)) => {
             if expires_at.is_some_and(|exp| exp + gucs::CLOCK_SKEW.get() as i64 <= now()) {
                 let slug = BINDING.with(|b| {
                     b.borrow()
@@ -911,6 +1011,117 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     }
 }
 
+/// Run `f` on the binding in force only when it can be used as it stands, without raising:
+/// None when unbound, and also when it would first have to be checked again (its catalog
+/// generation moved, its token expired) or a platform role is in effect. For callers that must
+/// not raise (`ExecutorCheckPerms_hook` with `ereport_on_violation = false`): an answer that
+/// needs a check is "no".
+pub fn with_current_quietly<R>(f: impl Fn(&Binding) -> R) -> Option<R> {
+    if let Some(r) = INTERNAL.with(|i| i.borrow().as_ref().map(&f)) {
+        return Some(r);
+    }
+    let gen = catalog::generation();
+    let usable = |b: &Binding| {
+        let live = b
+            .expires_at
+            .is_none_or(|exp| exp + gucs::CLOCK_SKEW.get() as i64 > now());
+        b.generation == gen
+            && live
+            && (matches!(b.source, Source::Support { .. }) || platform_role_in_effect().is_none())
+    };
+    if let Some(found) = BINDING.with(|b| b.borrow().as_ref().map(|b| usable(b).then(|| f(b)))) {
+        return found;
+    }
+    let role = crate::authz::session_user();
+    MAPPED.with(|m| match &*m.borrow() {
+        Some((g, r, Some(b))) if *g == gen && *r == role && usable(b) => Some(f(b)),
+        _ => None,
+    })
+}
+
+/// Whether the session's login role has a role-mapped binding (validated for `gen`).
+fn mapped_binding_exists(gen: u64) -> bool {
+    ensure_mapped(gen);
+    MAPPED.with(|m| matches!(&*m.borrow(), Some((_, _, Some(_)))))
+}
+
+thread_local! {
+    /// (current user, session user) -> the platform role among them, if any; forgotten at any
+    /// change of roles or role memberships (see [`roles_changed`]).
+    static PLATFORM_ROLE: Cell<Option<(pg_sys::Oid, pg_sys::Oid, Option<pg_sys::Oid>)>> =
+        const { Cell::new(None) };
+}
+
+/// Syscache callback on pg_authid and pg_auth_members: memberships may have changed.
+#[pg_guard]
+unsafe extern "C-unwind" fn roles_changed(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
+    PLATFORM_ROLE.with(|p| p.set(None));
+}
+
+/// The current role, or else the session's login role, when it is a non-superuser platform
+/// role (a member of tenancy_operator or tenancy_key_admin, however granted). Kept per pair of
+/// roles until roles or memberships change (invalidations are read at every statement).
+pub fn platform_role_in_effect() -> Option<pg_sys::Oid> {
+    use crate::authz;
+    let (current, session) = (authz::caller(), authz::session_user());
+    if let Some((c, s, found)) = PLATFORM_ROLE.with(|p| p.get()) {
+        if c == current && s == session {
+            return found;
+        }
+    }
+    let found = [current, session]
+        .into_iter()
+        .find(|&r| authz::is_platform_role(r));
+    PLATFORM_ROLE.with(|p| p.set(Some((current, session, found))));
+    found
+}
+
+/// Refuse a change of the binding while pg_tenancy runs one of its own statements under an
+/// internal binding (code of a table's owner reached from there cannot bind).
+fn refuse_inside_internal(what: &str) {
+    if INTERNAL.with(|i| i.borrow().is_some()) {
+        errors::raise(
+            INSUFFICIENT_PRIVILEGE,
+            format!("{what} cannot run inside a pg_tenancy management operation"),
+            "Triggers and other code reached from tenancy.decommission_tenant() run as the table's owner and cannot change the binding.",
+        );
+    }
+}
+
+/// Clears the internal binding when dropped, also when an error unwinds.
+pub struct InternalBinding;
+impl Drop for InternalBinding {
+    fn drop(&mut self) {
+        INTERNAL.with(|i| *i.borrow_mut() = None);
+    }
+}
+
+/// Bind `tenant` for pg_tenancy's own deletion of its rows from `table` (decommission): select
+/// and delete on that table and its partitions, nothing else, until the guard is dropped.
+pub fn internal_decommission_binding(tenant: &TenantRow, table: pg_sys::Oid) -> InternalBinding {
+    let b = Binding {
+        tenant: tenant.id,
+        slug: tenant.slug.clone(),
+        subject: Some(format!(
+            "decommission:{}",
+            crate::authz::role_name(crate::authz::caller())
+        )),
+        roles: Vec::new(),
+        expires_at: None,
+        scope: Scope::Transaction,
+        source: Source::Decommission { table },
+        support_privileges: None,
+        privileges: Rc::default(),
+        generation: catalog::generation(),
+    };
+    INTERNAL.with(|i| *i.borrow_mut() = Some(b));
+    InternalBinding
+}
+
 /// First use of a binding in a transaction: tie the transaction to the tenant and apply the
 /// tenant's resource settings.
 fn note_transaction(tenant: Uuid) {
@@ -945,6 +1156,7 @@ pub fn enter_support(
     operator: pg_sys::Oid,
     grant: &catalog::SupportGrant,
 ) -> Binding {
+    refuse_inside_internal("tenancy.enter_support()");
     if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current_binding_tenant()) {
         if bound != tenant.id {
             refuse_bind(
@@ -1009,9 +1221,11 @@ pub fn require() -> Binding {
     })
 }
 
-/// The explicit binding as it stands, without validation (for audit records).
+/// The explicit (or internal) binding as it stands, without validation (for audit records).
 pub fn peek() -> Option<Binding> {
-    BINDING.with(|b| b.borrow().clone())
+    INTERNAL
+        .with(|i| i.borrow().clone())
+        .or_else(|| BINDING.with(|b| b.borrow().clone()))
 }
 
 #[cfg(test)]

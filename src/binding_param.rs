@@ -80,7 +80,11 @@ unsafe fn plan(
     bound: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
     match PREV_PLANNER {
-        Some(prev) => prev(parse, query_string, cursor_options, bound),
+        // SAFETY: the hook installed before ours, with the planner's own arguments, through the
+        // FFI guard (its errors come back as a Rust panic, re-raised by #[pg_guard]).
+        Some(prev) => {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| prev(parse, query_string, cursor_options, bound))
+        }
         None => pg_sys::standard_planner(parse, query_string, cursor_options, bound),
     }
 }
@@ -393,7 +397,8 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         (*qd).params = wrap((*qd).params);
     }
     match PREV_EXECUTOR_START {
-        Some(prev) => prev(qd, eflags),
+        // SAFETY: as for the planner hook above.
+        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(qd, eflags)),
         None => pg_sys::standard_ExecutorStart(qd, eflags),
     }
 }

@@ -8,10 +8,23 @@
 //!
 //! Lookups are cached per backend. A statement-level trigger on every catalog table queues a
 //! relcache invalidation of that table; every backend receives it at its next transaction start
-//! (or lock acquisition), and [`relcache_callback`] drops the cache and bumps [`generation`].
-//! Bindings remember the generation they were validated at and are validated again when it
-//! changes: that is how a suspension, a revoked key or a removed member reaches every session
-//! from its next statement, without a catalog query on every statement.
+//! (or lock acquisition, and at the start of every statement that reads the binding:
+//! `binding::accept_invalidations_once_per_statement`), and [`relcache_callback`] drops the
+//! cache and bumps [`generation`]. Bindings remember the generation they were validated at and
+//! are validated again when it changes: that is how a suspension, a revoked key or a removed
+//! member reaches every session from its next statement, without a catalog query on every
+//! statement.
+//!
+//! Every read of the catalog takes a fresh MVCC snapshot ([`fresh_select`]), never the
+//! transaction's: a session in a REPEATABLE READ transaction (or one long statement) that
+//! refills its cache after a revocation must read the revocation, not the rows its old snapshot
+//! shows, or the stale rows would stay cached for later transactions too. A fill that an
+//! invalidation overtakes while it runs is not kept ([`store`]).
+//!
+//! Switching user: [`with_owner`] / [`as_owner`] (pg_tenancy's own tables, as their owner) and
+//! [`as_table_owner`] (DML and DDL on a user's table, as that table's owner, inside a
+//! security-restricted operation). Every call site is listed, with why it is safe, in
+//! `src/TRUST_BOUNDARIES.md`; a unit test keeps that list and the code in step.
 
 use crate::errors::{self, UNDEFINED_OBJECT};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -70,6 +83,11 @@ struct Cache {
     privilege_loads: u32,
     /// Tenants that have at least one member (None: not loaded yet).
     tenants_with_members: Option<Rc<std::collections::HashSet<Uuid>>>,
+    /// (tenant, subject) -> tokens issued before this instant (microseconds since the Unix
+    /// epoch) are refused (tenancy.revoke_subject). None: not loaded yet.
+    subject_revocations: Option<Rc<HashMap<(Uuid, String), i64>>>,
+    /// jti -> the tenants its revocation applies to (None: every tenant). None: not loaded yet.
+    token_revocations: Option<Rc<HashMap<String, Vec<Option<Uuid>>>>>,
 }
 
 /// A live support grant: an operator may act in a tenant with these privileges until expiry.
@@ -91,7 +109,7 @@ pub struct Privilege {
 #[derive(Clone, Copy)]
 struct Rels {
     owner: pg_sys::Oid,
-    oids: [pg_sys::Oid; 8],
+    oids: [pg_sys::Oid; 10],
 }
 
 thread_local! {
@@ -100,7 +118,7 @@ thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };
 }
 
-const TABLES: [&std::ffi::CStr; 8] = [
+const TABLES: [&std::ffi::CStr; 10] = [
     c"tenant",
     c"signing_key",
     c"tenant_role",
@@ -109,9 +127,12 @@ const TABLES: [&std::ffi::CStr; 8] = [
     c"role_privilege",
     c"support_grant",
     c"protected_table",
+    c"subject_revocation",
+    c"token_revocation",
 ];
 
 pub fn init() {
+    // SAFETY: called once from _PG_init; the callback stays valid for the backend's life.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
     }
@@ -141,10 +162,21 @@ pub fn generation() -> u64 {
     GENERATION.with(|g| g.get())
 }
 
+/// Keep what a fill read, unless an invalidation arrived while it ran (the generation moved):
+/// the SPI query of a fill takes locks, and taking a lock processes invalidations, so a change
+/// committed after the fill's snapshot can be announced in the middle of the fill. Its rows are
+/// then possibly older than the change, and caching them would outlive the invalidation.
+fn store(generation_at_start: u64, f: impl FnOnce(&mut Cache)) {
+    if generation() == generation_at_start {
+        CACHE.with(|c| f(&mut c.borrow_mut()));
+    }
+}
+
 /// Whether pg_tenancy is installed in this database (the library may be preloaded for the
 /// whole cluster; the hooks must leave databases without the extension alone).
 pub fn installed() -> bool {
     RELS.with(|r| r.get()).is_some()
+        // SAFETY: a catalog lookup by name.
         || unsafe { pg_sys::get_extension_oid(c"pg_tenancy".as_ptr(), true) } != pg_sys::InvalidOid
 }
 
@@ -152,6 +184,7 @@ fn rels() -> Rels {
     if let Some(r) = RELS.with(|r| r.get()) {
         return r;
     }
+    // SAFETY: catalog lookups by name and a syscache lookup whose tuple is released at once.
     let r = unsafe {
         let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
         if nsp == pg_sys::InvalidOid {
@@ -161,7 +194,7 @@ fn rels() -> Rels {
                 "Run CREATE EXTENSION pg_tenancy;",
             );
         }
-        let mut oids = [pg_sys::InvalidOid; 8];
+        let mut oids = [pg_sys::InvalidOid; TABLES.len()];
         for (i, name) in TABLES.iter().enumerate() {
             oids[i] = pg_sys::get_relname_relid(name.as_ptr(), nsp);
         }
@@ -183,10 +216,11 @@ fn rels() -> Rels {
     r
 }
 
-/// Run `f` as the owner of pg_tenancy's catalog with `search_path = pg_catalog, pg_temp`, the way
-/// a SECURITY DEFINER function with a pinned search_path runs. On error, transaction or
-/// subtransaction abort restores the user and the setting, as it does for SECURITY DEFINER.
-pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
+/// Pin `search_path = pg_catalog, pg_temp` for the length of `f` (restored on return; on error
+/// by the transaction's or subtransaction's abort, as for a function's SET clause).
+fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level of our own, closed below (or by (sub)transaction abort); the
+    // setting is changed with GUC_ACTION_SAVE, which PostgreSQL allows in parallel mode too.
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
@@ -199,23 +233,44 @@ pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
             0,
             false,
         );
-        let r = as_owner(f);
+        let r = f();
         pg_sys::AtEOXact_GUC(true, nest);
         r
     }
+}
+
+/// Run `f` as the owner of pg_tenancy's catalog with `search_path = pg_catalog, pg_temp`, the way
+/// a SECURITY DEFINER function with a pinned search_path runs. On error, transaction or
+/// subtransaction abort restores the user and the setting, as it does for SECURITY DEFINER.
+///
+/// Only for pg_tenancy's own tables and the system catalogs: never for SQL that can reach code
+/// a user wrote (a user table's triggers, defaults, constraints, index expressions, rules):
+/// that runs under [`as_table_owner`]. `src/TRUST_BOUNDARIES.md` lists every call site.
+pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
+    with_pinned_search_path(|| as_owner(f))
 }
 
 /// Run `f` as the owner of pg_tenancy's catalog without touching search_path: only for
 /// executing plans that were prepared under [`with_owner`] (a kept plan is re-planned with the
 /// search_path it was created with, so it needs no pinning when it runs).
 pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
-    let owner = rels().owner;
+    switch_user(rels().owner, f)
+}
+
+/// Run `f` as `role` inside a security-restricted operation, the way PostgreSQL's maintenance
+/// commands (VACUUM, CREATE INDEX, REFRESH MATERIALIZED VIEW) run a table owner's index
+/// expressions: `SET ROLE`, `SET SESSION AUTHORIZATION`, temporary objects, `PREPARE`, cursors
+/// `WITH HOLD` and `LISTEN` are refused inside, so code reached there cannot keep or widen the
+/// identity it runs with.
+fn switch_user<R>(role: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the previous user and security context are restored below; when `f` raises, the
+    // (sub)transaction abort that follows restores them, as it does for SECURITY DEFINER.
     unsafe {
         let mut save_user = pg_sys::InvalidOid;
         let mut save_sec: i32 = 0;
         pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
         pg_sys::SetUserIdAndSecContext(
-            owner,
+            role,
             save_sec
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
@@ -224,6 +279,40 @@ pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
         pg_sys::SetUserIdAndSecContext(save_user, save_sec);
         r
     }
+}
+
+/// The owner of a relation, from the syscache.
+pub fn relation_owner(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    // SAFETY: a syscache lookup whose tuple is released before returning.
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(rel),
+        );
+        if tup.is_null() {
+            return None;
+        }
+        let owner = (*(pg_sys::GETSTRUCT(tup) as *mut pg_sys::FormData_pg_class)).relowner;
+        pg_sys::ReleaseSysCache(tup);
+        Some(owner)
+    }
+}
+
+/// Run `f`, which runs DML or DDL on the user table `rel`, as that table's owner in a
+/// security-restricted operation with `search_path = pg_catalog, pg_temp`: whatever code of the
+/// table's owner the statement reaches (triggers, rules, defaults, generated columns, CHECK and
+/// domain constraints, index expressions, functions and operators of policies, foreign-key
+/// actions into the owner's other tables) runs with exactly the owner's privileges, never the
+/// catalog owner's. Row security applies to the owner (protected tables force it).
+pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let owner = relation_owner(rel).unwrap_or_else(|| {
+        errors::raise(
+            UNDEFINED_OBJECT,
+            format!("relation with oid {} does not exist", u32::from(rel)),
+            "It may have been dropped concurrently; try again.",
+        )
+    });
+    with_pinned_search_path(|| switch_user(owner, f))
 }
 
 pub fn to_pg_uuid(id: Uuid) -> pgrx::Uuid {
@@ -268,24 +357,79 @@ pub fn read_one<A: FromDatum + IntoDatum>(
         .flatten()
 }
 
-/// Run a read-only query on the catalog as its owner and map every row.
+/// Run a read-only query on the catalog as its owner, with a fresh snapshot, and map every row.
 pub fn owner_rows<T>(
     what: &str,
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
     map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Vec<T> {
-    with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(sql, None, args)?;
-            let mut out = Vec::with_capacity(t.len());
-            for row in t {
+    with_owner(|| Spi::connect(|_| fresh_select(sql, None, args, map)))
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading {what} failed: {e}"))
+}
+
+/// Run a read-only query inside an open SPI connection with a snapshot taken now, and map every
+/// row. The snapshot is the one PostgreSQL takes for scanning a catalog that has no syscache
+/// (`GetCatalogSnapshot` refreshes it for such a table on every call): it sees every
+/// transaction committed before this call, whatever the isolation level, and unlike
+/// `GetLatestSnapshot` it may be taken inside a parallel operation (a parallel plan's InitPlan
+/// in the leader). `read_only` keeps SPI from taking another.
+pub fn fresh_select<T>(
+    sql: &str,
+    limit: Option<i64>,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Result<Vec<T>, pgrx::spi::Error> {
+    let csql = std::ffi::CString::new(sql).expect("SQL text without NUL");
+    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+    let mut values: Vec<pg_sys::Datum> = args
+        .iter()
+        .map(|a| {
+            a.datum()
+                .map_or(pg_sys::Datum::from(0usize), |d| d.sans_lifetime())
+        })
+        .collect();
+    let nulls: Vec<std::ffi::c_char> = args
+        .iter()
+        .map(|a| if a.datum().is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+        .collect();
+    let snapshot_rel = rels().oids[0];
+    // SAFETY: inside an SPI connection (the caller's Spi::connect). The plan and the tuple
+    // table live in SPI's procedure context until SPI_finish; the snapshot is registered for
+    // the length of the execution and released below (or by resource-owner clean-up on error).
+    // Every row is mapped (copied out) before the connection closes.
+    unsafe {
+        let plan = pg_sys::SPI_prepare(csql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+        if plan.is_null() {
+            pgrx::error!("pg_tenancy: preparing a catalog read failed");
+        }
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetCatalogSnapshot(snapshot_rel));
+        let rc = pg_sys::SPI_execute_snapshot(
+            plan,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            snapshot,
+            std::ptr::null_mut(),
+            true,
+            false,
+            limit.unwrap_or(0),
+        );
+        pg_sys::UnregisterSnapshot(snapshot);
+        if rc != pg_sys::SPI_OK_SELECT as i32 {
+            pgrx::error!("pg_tenancy: a catalog read returned SPI code {rc}");
+        }
+        let table = pg_sys::SPI_tuptable;
+        let n = pg_sys::SPI_processed as usize;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let tuple = *(*table).vals.add(i);
+            if let Some(row) = pgrx::spi::SpiHeapTupleData::new((*table).tupdesc, tuple)? {
                 out.push(map(&row)?);
             }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading {what} failed: {e}"))
+        }
+        pg_sys::SPI_freeplan(plan);
+        Ok(out)
+    }
 }
 
 /// A backend loads the tenants it meets one by one (an index lookup each), and all of them in
@@ -306,14 +450,14 @@ fn load_all_now(counter: fn(&mut Cache) -> &mut u32) -> bool {
 
 /// Load every tenant into the cache in one query (see LOAD_ALL_AFTER).
 fn load_all_tenants() {
+    let gen = generation();
     let rows = owner_rows(
         "tenancy.tenant",
         "SELECT id, slug, status, region, settings FROM tenancy.tenant",
         &[],
         tenant_row,
     );
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
+    store(gen, |c| {
         for r in rows {
             c.slugs.insert(r.slug.clone(), Some(r.id));
             c.tenants.insert(r.id, Some(Rc::new(r)));
@@ -332,8 +476,11 @@ pub fn tenant_by_id(id: Uuid) -> Option<Rc<TenantRow>> {
             return hit;
         }
     }
+    let gen = generation();
     let row = load_tenant("id = $1", to_pg_uuid(id).into()).map(Rc::new);
-    CACHE.with(|c| c.borrow_mut().tenants.insert(id, row.clone()));
+    store(gen, |c| {
+        c.tenants.insert(id, row.clone());
+    });
     row
 }
 
@@ -352,22 +499,21 @@ pub fn tenant_by_ref(reference: &str) -> Option<Rc<TenantRow>> {
         }
         other => other,
     };
-    let id = match cached {
-        Some(id) => id,
+    match cached {
+        Some(id) => id.and_then(tenant_by_id),
         None => {
-            let row = load_tenant("slug = $1", reference.into());
-            let id = row.as_ref().map(|r| r.id);
-            CACHE.with(|c| {
-                let mut c = c.borrow_mut();
-                c.slugs.insert(reference.to_string(), id);
-                if let Some(r) = row {
-                    c.tenants.insert(r.id, Some(Rc::new(r)));
+            let gen = generation();
+            let row = load_tenant("slug = $1", reference.into()).map(Rc::new);
+            store(gen, |c| {
+                c.slugs
+                    .insert(reference.to_string(), row.as_ref().map(|r| r.id));
+                if let Some(r) = &row {
+                    c.tenants.insert(r.id, Some(r.clone()));
                 }
             });
-            id
+            row
         }
-    };
-    id.and_then(tenant_by_id)
+    }
 }
 
 /// A tenant that must exist (any status), or an error naming it.
@@ -385,27 +531,24 @@ pub fn key(kid: &str) -> Option<Rc<KeyRow>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().keys.get(kid).cloned()) {
         return hit;
     }
-    let loaded = with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
-                "SELECT alg, key_material, tenant_id, extract(epoch FROM not_after)::int8, revoked_at IS NOT NULL \
-                 FROM tenancy.signing_key WHERE kid = $1",
-                Some(1),
-                &[kid.into()],
-            )?;
-            if t.is_empty() {
-                return Ok::<_, pgrx::spi::Error>(None);
-            }
-            let row = t.first();
-            let alg_name = row.get::<String>(1)?.unwrap_or_default();
-            let material = row.get::<String>(2)?.unwrap_or_default();
-            let tenant = row.get::<pgrx::Uuid>(3)?.map(|u| from_pg_uuid(&u));
-            let not_after = row.get::<i64>(4)?;
-            let revoked = row.get::<bool>(5)?.unwrap_or(true);
-            Ok(Some((alg_name, material, tenant, not_after, revoked)))
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.signing_key failed: {e}"));
+    let gen = generation();
+    let loaded = owner_rows(
+        "tenancy.signing_key",
+        "SELECT alg, key_material, tenant_id, extract(epoch FROM not_after)::int8, revoked_at IS NOT NULL \
+           FROM tenancy.signing_key WHERE kid = $1",
+        &[kid.into()],
+        |row| {
+            Ok((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+                row.get::<pgrx::Uuid>(3)?.map(|u| from_pg_uuid(&u)),
+                row.get::<i64>(4)?,
+                row.get::<bool>(5)?.unwrap_or(true),
+            ))
+        },
+    )
+    .into_iter()
+    .next();
     let row = loaded.and_then(|(alg_name, material, tenant, not_after, revoked)| {
         let alg = crate::token::parse_algorithm(&alg_name)?;
         let key = crate::token::parse_key(alg, &material).ok();
@@ -418,7 +561,9 @@ pub fn key(kid: &str) -> Option<Rc<KeyRow>> {
             revoked,
         }))
     });
-    CACHE.with(|c| c.borrow_mut().keys.insert(kid.to_string(), row.clone()));
+    store(gen, |c| {
+        c.keys.insert(kid.to_string(), row.clone());
+    });
     row
 }
 
@@ -428,6 +573,7 @@ pub fn mappings(role: pg_sys::Oid) -> Rc<Vec<Mapping>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().mappings.get(&k).cloned()) {
         return hit;
     }
+    let gen = generation();
     let rows = owner_rows(
         "tenancy.role_mapping",
         "SELECT m.tenant_id, m.tenant_roles FROM tenancy.role_mapping m WHERE m.role::oid = $1 ORDER BY m.tenant_id",
@@ -440,7 +586,9 @@ pub fn mappings(role: pg_sys::Oid) -> Rc<Vec<Mapping>> {
         },
     );
     let rows = Rc::new(rows);
-    CACHE.with(|c| c.borrow_mut().mappings.insert(k, rows.clone()));
+    store(gen, |c| {
+        c.mappings.insert(k, rows.clone());
+    });
     rows
 }
 
@@ -451,6 +599,7 @@ pub fn member_roles(tenant: Uuid, subject: &str) -> Rc<Vec<String>> {
     let with_members = match CACHE.with(|c| c.borrow().tenants_with_members.clone()) {
         Some(set) => set,
         None => {
+            let gen = generation();
             let set: std::collections::HashSet<Uuid> = owner_rows(
                 "tenancy.member",
                 "SELECT DISTINCT tenant_id FROM tenancy.member",
@@ -460,7 +609,7 @@ pub fn member_roles(tenant: Uuid, subject: &str) -> Rc<Vec<String>> {
             .into_iter()
             .collect();
             let set = Rc::new(set);
-            CACHE.with(|c| c.borrow_mut().tenants_with_members = Some(set.clone()));
+            store(gen, |c| c.tenants_with_members = Some(set.clone()));
             set
         }
     };
@@ -471,6 +620,7 @@ pub fn member_roles(tenant: Uuid, subject: &str) -> Rc<Vec<String>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().members.get(&key).cloned()) {
         return hit;
     }
+    let gen = generation();
     let rows = owner_rows(
         "tenancy.member",
         "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY role",
@@ -478,7 +628,9 @@ pub fn member_roles(tenant: Uuid, subject: &str) -> Rc<Vec<String>> {
         |row| Ok(row.get::<String>(1)?.unwrap_or_default()),
     );
     let rows = Rc::new(rows);
-    CACHE.with(|c| c.borrow_mut().members.insert(key, rows.clone()));
+    store(gen, |c| {
+        c.members.insert(key, rows.clone());
+    });
     rows
 }
 
@@ -487,6 +639,7 @@ pub fn tenant_roles(tenant: Uuid) -> Rc<Vec<String>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().roles.get(&tenant).cloned()) {
         return hit;
     }
+    let gen = generation();
     let rows = owner_rows(
         "tenancy.tenant_role",
         "SELECT role FROM tenancy.tenant_role WHERE tenant_id = $1 ORDER BY role",
@@ -494,8 +647,100 @@ pub fn tenant_roles(tenant: Uuid) -> Rc<Vec<String>> {
         |row| Ok(row.get::<String>(1)?.unwrap_or_default()),
     );
     let rows = Rc::new(rows);
-    CACHE.with(|c| c.borrow_mut().roles.insert(tenant, rows.clone()));
+    store(gen, |c| {
+        c.roles.insert(tenant, rows.clone());
+    });
     rows
+}
+
+/// Whether `tenant` has an admin: a member with the `admin` role, or a database role mapped to
+/// it with `admin`. From then on the tenant's admins, not operators, decide who gets in
+/// (`authz::require_may_widen`). Read fresh, never cached: it guards management calls only.
+pub fn has_admin(tenant: Uuid) -> bool {
+    owner_rows(
+        "tenancy.member",
+        "SELECT EXISTS (SELECT FROM tenancy.member WHERE tenant_id = $1 AND role = 'admin') \
+             OR EXISTS (SELECT FROM tenancy.role_mapping WHERE tenant_id = $1 AND 'admin' = ANY (tenant_roles))",
+        &[to_pg_uuid(tenant).into()],
+        |row| Ok(row.get::<bool>(1)?.unwrap_or(true)),
+    )
+    .into_iter()
+    .next()
+    .unwrap_or(true)
+}
+
+/// Why a token of `subject` in `tenant`, issued at `iat` (seconds) with id `jti`, has been
+/// revoked (tenancy.revoke_subject, tenancy.revoke_token), or None. A token without `iat` counts
+/// as issued before any subject revocation.
+pub fn token_revocation(
+    tenant: Uuid,
+    subject: &str,
+    iat: Option<i64>,
+    jti: Option<&str>,
+) -> Option<String> {
+    let subjects = match CACHE.with(|c| c.borrow().subject_revocations.clone()) {
+        Some(m) => m,
+        None => {
+            let gen = generation();
+            let m: HashMap<(Uuid, String), i64> = owner_rows(
+                "tenancy.subject_revocation",
+                "SELECT tenant_id, subject, \
+                        (extract(epoch FROM issued_before) * 1000000)::int8 \
+                   FROM tenancy.subject_revocation",
+                &[],
+                |row| {
+                    Ok((
+                        (
+                            from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id")),
+                            row.get::<String>(2)?.unwrap_or_default(),
+                        ),
+                        row.get::<i64>(3)?.unwrap_or(i64::MAX),
+                    ))
+                },
+            )
+            .into_iter()
+            .collect();
+            let m = Rc::new(m);
+            store(gen, |c| c.subject_revocations = Some(m.clone()));
+            m
+        }
+    };
+    if let Some(&before) = subjects.get(&(tenant, subject.to_string())) {
+        let issued = iat.map_or(i64::MIN, |s| s.saturating_mul(1_000_000));
+        if issued < before {
+            return Some(format!(
+                "tokens of subject \"{subject}\" issued before its revocation are refused"
+            ));
+        }
+    }
+    let jti = jti?;
+    let tokens = match CACHE.with(|c| c.borrow().token_revocations.clone()) {
+        Some(m) => m,
+        None => {
+            let gen = generation();
+            let mut m: HashMap<String, Vec<Option<Uuid>>> = HashMap::new();
+            for (j, t) in owner_rows(
+                "tenancy.token_revocation",
+                "SELECT jti, tenant_id FROM tenancy.token_revocation",
+                &[],
+                |row| {
+                    Ok((
+                        row.get::<String>(1)?.unwrap_or_default(),
+                        row.get::<pgrx::Uuid>(2)?.map(|u| from_pg_uuid(&u)),
+                    ))
+                },
+            ) {
+                m.entry(j).or_default().push(t);
+            }
+            let m = Rc::new(m);
+            store(gen, |c| c.token_revocations = Some(m.clone()));
+            m
+        }
+    };
+    tokens
+        .get(jti)
+        .filter(|ts| ts.iter().any(|t| t.is_none_or(|t| t == tenant)))
+        .map(|_| format!("token \"{jti}\" has been revoked"))
 }
 
 /// Run a writing statement on the catalog as its owner.
@@ -511,8 +756,20 @@ fn catalog_changed<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
     let relid = trigger.relid()?;
+    // SAFETY: queues an invalidation message for a relation that exists (the trigger's).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
     Ok(None)
+}
+
+fn privilege_row(
+    row: &pgrx::spi::SpiHeapTupleData,
+    first: usize,
+) -> Result<Privilege, pgrx::spi::Error> {
+    Ok(Privilege {
+        role: row.get::<String>(first)?.unwrap_or_default(),
+        relid: row.get::<pg_sys::Oid>(first + 1)?,
+        privilege: row.get::<String>(first + 2)?.unwrap_or_default(),
+    })
 }
 
 /// Every privilege granted to `tenant`'s roles.
@@ -523,6 +780,7 @@ pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
     if !CACHE.with(|c| c.borrow().all_privileges_loaded) && load_all_now(|c| &mut c.privilege_loads)
     {
         // All tenants' grants in one query (a few rows per tenant).
+        let gen = generation();
         let rows = owner_rows(
             "tenancy.role_privilege",
             "SELECT tenant_id, role, relid::oid, privilege FROM tenancy.role_privilege",
@@ -530,11 +788,7 @@ pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
             |row| {
                 Ok((
                     from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id")),
-                    Privilege {
-                        role: row.get::<String>(2)?.unwrap_or_default(),
-                        relid: row.get::<pg_sys::Oid>(3)?,
-                        privilege: row.get::<String>(4)?.unwrap_or_default(),
-                    },
+                    privilege_row(row, 2)?,
                 ))
             },
         );
@@ -542,8 +796,7 @@ pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
         for (t, p) in rows {
             by_tenant.entry(t).or_default().push(p);
         }
-        CACHE.with(|c| {
-            let mut c = c.borrow_mut();
+        store(gen, |c| {
             for (t, ps) in by_tenant {
                 c.privileges.insert(t, Rc::new(ps));
             }
@@ -553,20 +806,17 @@ pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
             return hit;
         }
     }
+    let gen = generation();
     let rows = owner_rows(
         "tenancy.role_privilege",
         "SELECT role, relid::oid, privilege FROM tenancy.role_privilege WHERE tenant_id = $1",
         &[to_pg_uuid(tenant).into()],
-        |row| {
-            Ok(Privilege {
-                role: row.get::<String>(1)?.unwrap_or_default(),
-                relid: row.get::<pg_sys::Oid>(2)?,
-                privilege: row.get::<String>(3)?.unwrap_or_default(),
-            })
-        },
+        |row| privilege_row(row, 1),
     );
     let rows = Rc::new(rows);
-    CACHE.with(|c| c.borrow_mut().privileges.insert(tenant, rows.clone()));
+    store(gen, |c| {
+        c.privileges.insert(tenant, rows.clone());
+    });
     rows
 }
 
@@ -599,28 +849,26 @@ pub fn support_grant(tenant: Uuid, operator: pg_sys::Oid) -> Option<Rc<SupportGr
     let grant = match cached {
         Some(g) => g,
         None => {
-            let g = with_owner(|| {
-                Spi::connect(|c| {
-                    let t = c.select(
-                        "SELECT id, privileges, extract(epoch FROM expires_at)::int8 FROM tenancy.support_grant \
-                          WHERE tenant_id = $1 AND operator::oid = $2 AND revoked_at IS NULL AND expires_at > now() \
-                          ORDER BY expires_at DESC LIMIT 1",
-                        Some(1),
-                        &[to_pg_uuid(tenant).into(), operator.into()],
-                    )?;
-                    if t.is_empty() {
-                        return Ok::<_, pgrx::spi::Error>(None);
-                    }
-                    let r = t.first();
-                    Ok(Some(Rc::new(SupportGrant {
+            let gen = generation();
+            let g = owner_rows(
+                "tenancy.support_grant",
+                "SELECT id, privileges, extract(epoch FROM expires_at)::int8 FROM tenancy.support_grant \
+                  WHERE tenant_id = $1 AND operator::oid = $2 AND revoked_at IS NULL AND expires_at > now() \
+                  ORDER BY expires_at DESC LIMIT 1",
+                &[to_pg_uuid(tenant).into(), operator.into()],
+                |r| {
+                    Ok(Rc::new(SupportGrant {
                         id: r.get::<i64>(1)?.unwrap_or_default(),
                         privileges: r.get::<Vec<String>>(2)?.unwrap_or_default(),
                         expires_at: r.get::<i64>(3)?.unwrap_or_default(),
-                    })))
-                })
-            })
-            .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading tenancy.support_grant failed: {e}"));
-            CACHE.with(|c| c.borrow_mut().support.insert(key, g.clone()));
+                    }))
+                },
+            )
+            .into_iter()
+            .next();
+            store(gen, |c| {
+                c.support.insert(key, g.clone());
+            });
             g
         }
     };
@@ -636,6 +884,16 @@ thread_local! {
     static LOADING_PROTECTED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Set while the protected tables are being read; cleared on drop, so also when an error
+/// unwinds through the read (a flag left set would make the executor hook skip its privilege
+/// checks for the rest of the backend's life).
+struct LoadingProtected;
+impl Drop for LoadingProtected {
+    fn drop(&mut self) {
+        LOADING_PROTECTED.with(|l| l.set(false));
+    }
+}
+
 /// The oids of protected tables (and partitions), or None while they are being loaded (the
 /// executor hook must not recurse into its own catalog query).
 pub fn protected_relids() -> Option<Rc<std::collections::HashSet<u32>>> {
@@ -645,22 +903,24 @@ pub fn protected_relids() -> Option<Rc<std::collections::HashSet<u32>>> {
     if !installed() || LOADING_PROTECTED.with(|l| l.replace(true)) {
         return None;
     }
-    let loaded = with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select("SELECT relid::oid FROM tenancy.protected_table", None, &[])?;
-            let mut out = std::collections::HashSet::new();
-            for r in t {
-                if let Some(o) = r.get::<pg_sys::Oid>(1)? {
-                    out.insert(u32::from(o));
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-    });
-    LOADING_PROTECTED.with(|l| l.set(false));
-    let set = Rc::new(loaded.unwrap_or_else(|e| {
-        pgrx::error!("pg_tenancy: reading tenancy.protected_table failed: {e}")
-    }));
-    CACHE.with(|c| c.borrow_mut().protected = Some(set.clone()));
+    let _loading = LoadingProtected;
+    let gen = generation();
+    let set: std::collections::HashSet<u32> = owner_rows(
+        "tenancy.protected_table",
+        "SELECT relid::oid FROM tenancy.protected_table",
+        &[],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.map(u32::from)),
+    )
+    .into_iter()
+    .flatten()
+    .collect();
+    let set = Rc::new(set);
+    store(gen, |c| c.protected = Some(set.clone()));
     Some(set)
+}
+
+/// Whether the error-unwind reset of the loading flag holds (for the in-process test).
+#[cfg(any(test, feature = "pg_test"))]
+pub fn loading_protected() -> bool {
+    LOADING_PROTECTED.with(|l| l.get())
 }

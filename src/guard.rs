@@ -17,8 +17,14 @@ use pgrx::prelude::*;
 
 /// Refuse the running DDL command when one of the protected tables it touched no longer has
 /// the protection state recorded for it.
+/// Only inside a DDL command (`pg_event_trigger_ddl_commands()` refuses to run elsewhere).
 #[pg_extern(volatile, parallel_unsafe, name = "_guard_check")]
 fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
+    // Raises "can only be called in an event trigger function" outside a DDL command.
+    catalog::read_one::<i64>(
+        "SELECT count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
+        &[],
+    );
     if crate::policy::in_managed_ddl()
         || crate::policy::in_restore()
         || touched.iter().all(Option::is_none)
@@ -130,11 +136,30 @@ fn refuse_shadows_and_copies(touched: &[Option<pgrx::pg_sys::Oid>]) {
     );
 }
 
-/// sql_drop: forget protected tables that were dropped.
+/// sql_drop: forget protected tables that were dropped. Only in a sql_drop event trigger
+/// (`pg_event_trigger_dropped_objects()` refuses to run elsewhere), and it writes (so every
+/// backend's cache is invalidated) only when a protected table is in fact gone.
 #[pg_extern(volatile, parallel_unsafe, name = "_forget_dropped")]
 fn forget_dropped() {
-    catalog::write(
-        "DELETE FROM tenancy.protected_table p WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid)",
+    // Raises "can only be called in a sql_drop event trigger function" anywhere else.
+    let dropped_tables = catalog::read_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE object_type = 'table')",
         &[],
+    )
+    .unwrap_or(false);
+    if !dropped_tables {
+        return;
+    }
+    let gone = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT EXISTS (SELECT FROM tenancy.protected_table p WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid))",
+        &[],
+        |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
     );
+    if gone.first() == Some(&true) {
+        catalog::write(
+            "DELETE FROM tenancy.protected_table p WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid)",
+            &[],
+        );
+    }
 }

@@ -1,5 +1,7 @@
-//! Verification keys for tokens: register and revoke. Key material is stored in a table only its
-//! owner can read and never appears in an error message.
+//! Verification keys for tokens: register and revoke, by key admins (`tenancy_key_admin`), never
+//! by operators: whoever can register a key can mint tokens for any subject, so that duty is
+//! kept apart from managing tenants' access. Key material is stored in a table only its owner
+//! can read and never appears in an error message.
 
 use crate::authz;
 use crate::catalog::{self, to_pg_uuid};
@@ -15,7 +17,7 @@ fn add_key(
     tenant: default!(Option<&str>, "NULL"),
     not_after: default!(Option<pgrx::datum::TimestampWithTimeZone>, "NULL"),
 ) {
-    authz::require_operator("add_key");
+    authz::require_key_admin("add_key");
     if kid.is_empty() || kid.len() > 200 {
         errors::raise(
             INVALID_PARAMETER,
@@ -59,7 +61,7 @@ fn add_key(
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn revoke_key(kid: &str) {
-    authz::require_operator("revoke_key");
+    authz::require_key_admin("revoke_key");
     let Some(k) = catalog::key(kid) else {
         errors::raise(
             UNDEFINED_OBJECT,

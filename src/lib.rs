@@ -115,3 +115,111 @@ pub mod pg_test {
         vec!["shared_preload_libraries = 'pg_tenancy'"]
     }
 }
+
+/// `src/TRUST_BOUNDARIES.md` lists every function that switches user; these tests keep that
+/// inventory and the code in step.
+#[cfg(test)]
+mod trust_inventory {
+    const SOURCES: &[(&str, &str)] = &[
+        ("src/audit.rs", include_str!("audit.rs")),
+        ("src/audit_anchor.rs", include_str!("audit_anchor.rs")),
+        ("src/audit_row_json.rs", include_str!("audit_row_json.rs")),
+        ("src/audit_writer.rs", include_str!("audit_writer.rs")),
+        ("src/authz.rs", include_str!("authz.rs")),
+        (
+            "src/bind_default_arg.rs",
+            include_str!("bind_default_arg.rs"),
+        ),
+        ("src/binding.rs", include_str!("binding.rs")),
+        ("src/binding_param.rs", include_str!("binding_param.rs")),
+        ("src/catalog.rs", include_str!("catalog.rs")),
+        ("src/errors.rs", include_str!("errors.rs")),
+        ("src/events.rs", include_str!("events.rs")),
+        ("src/guard.rs", include_str!("guard.rs")),
+        ("src/gucs.rs", include_str!("gucs.rs")),
+        ("src/jsonb_build.rs", include_str!("jsonb_build.rs")),
+        ("src/keys.rs", include_str!("keys.rs")),
+        ("src/lib.rs", include_str!("lib.rs")),
+        ("src/lifecycle.rs", include_str!("lifecycle.rs")),
+        ("src/policy.rs", include_str!("policy.rs")),
+        ("src/privileges.rs", include_str!("privileges.rs")),
+        ("src/rbac.rs", include_str!("rbac.rs")),
+        ("src/token.rs", include_str!("token.rs")),
+    ];
+    const INVENTORY: &str = include_str!("TRUST_BOUNDARIES.md");
+    const SWITCHES: &[&str] = &[
+        "with_owner(",
+        "as_owner(",
+        "as_table_owner(",
+        "owner_rows(",
+        "catalog::write(",
+        "switch_user(",
+    ];
+
+    /// (file, function) of every function whose body calls a user-switching helper.
+    fn switching_functions() -> std::collections::BTreeSet<(String, String)> {
+        let mut found = std::collections::BTreeSet::new();
+        for (file, text) in SOURCES {
+            let mut current: Option<String> = None;
+            for line in text.lines() {
+                let code = line.trim_start();
+                if code.starts_with("//") {
+                    continue;
+                }
+                if let Some(i) = code.find("fn ") {
+                    let head = &code[..i];
+                    if head.split_whitespace().all(|w| {
+                        matches!(
+                            w,
+                            "pub" | "pub(crate)" | "unsafe" | "extern" | "\"C-unwind\""
+                        )
+                    }) {
+                        let name: String = code[i + 3..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        current = Some(name);
+                    }
+                }
+                let calls = SWITCHES.iter().any(|s| {
+                    code.match_indices(s).any(|(at, _)| {
+                        // a call, not a definition or a longer name ending the same way
+                        !code[..at].ends_with("fn ")
+                            && !code[..at]
+                                .ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+                });
+                if calls && !file.ends_with("lib.rs") {
+                    found.insert((file.to_string(), current.clone().unwrap_or_default()));
+                }
+            }
+        }
+        found
+    }
+
+    fn inventory_rows() -> std::collections::BTreeSet<(String, String)> {
+        INVENTORY
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let file = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+                let function = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+                file.starts_with("src/")
+                    .then(|| (file.to_string(), function.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn trust_boundaries_inventory_lists_every_switch() {
+        let code = switching_functions();
+        let listed = inventory_rows();
+        let missing: Vec<_> = code.difference(&listed).collect();
+        let stale: Vec<_> = listed.difference(&code).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "src/TRUST_BOUNDARIES.md is out of step with the code: missing {missing:?}, stale {stale:?}"
+        );
+        assert!(code.len() > 40, "the scanner found too little: {code:?}");
+    }
+}

@@ -131,6 +131,8 @@ fn create_tenant(
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: create_tenant failed: {e}"));
+    // The secret that keys the tenant's audit hashes, created with the tenant.
+    crate::audit::audit_key(catalog::from_pg_uuid(&id));
     crate::audit::admin(
         "create_tenant",
         Some(catalog::from_pg_uuid(&id)),
@@ -182,6 +184,10 @@ fn resume_tenant(tenant: &str) {
 fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
     let t = catalog::require_tenant(tenant);
     authz::require_operator_or_tenant_admin("set_setting", &t);
+    if key == "default_roles" && value.is_some() {
+        // Roles for every token subject without a membership: widening.
+        authz::require_may_widen("set_setting", &t);
+    }
     if key.is_empty() || key.len() > 100 {
         errors::raise(
             INVALID_PARAMETER,
@@ -244,15 +250,23 @@ fn sees_tenant(id: pgrx::Uuid) -> bool {
     crate::binding::current_if_bound().is_some_and(|b| b.tenant == id)
 }
 
-/// Whether the caller is a platform operator (superuser or member of tenancy_operator).
+/// Whether the caller is a platform operator (superuser or member of tenancy_operator, however
+/// the membership was granted).
 #[pg_extern(stable, parallel_safe)]
 fn is_operator() -> bool {
     authz::is_operator(authz::caller())
 }
 
+/// Whether the caller is a key admin (superuser or member of tenancy_key_admin, however the
+/// membership was granted).
+#[pg_extern(stable, parallel_safe)]
+fn is_key_admin() -> bool {
+    authz::is_key_admin(authz::caller())
+}
+
 /// Protected tables that hold rows of their own (partitions are emptied through their parent),
-/// children before the tables their foreign keys reference.
-fn deletion_order() -> Vec<(String, String)> {
+/// children before the tables their foreign keys reference: (oid, name, tenant column).
+fn deletion_order() -> Vec<(pg_sys::Oid, String, String)> {
     let rows: Vec<(pg_sys::Oid, String, String, Vec<pg_sys::Oid>)> = catalog::with_owner(|| {
         Spi::connect(|c| {
             let t = c.select(
@@ -300,8 +314,52 @@ fn deletion_order() -> Vec<(String, String)> {
     }
     order
         .into_iter()
-        .map(|i| (rows[i].1.clone(), rows[i].2.clone()))
+        .map(|i| (rows[i].0, rows[i].1.clone(), rows[i].2.clone()))
         .collect()
+}
+
+/// A deferred constraint trigger that a table's owner wrote fires at COMMIT as whoever is the
+/// current user then (PostgreSQL 15 keeps no record of who queued the event): the operator who
+/// called decommission_tenant. Every deferrable constraint trigger of the database (`contype =
+/// 't'`; foreign keys switch to the tables' owners themselves) is made IMMEDIATE here, each as
+/// its own table's owner, which fires its events queued by the deletes as that owner, and
+/// makes later events fire at the end of the statement that queues them. Code that creates
+/// more such triggers while they fire is run again, a bounded number of times.
+fn fire_deferred_user_triggers_as_their_owners() {
+    let mut done = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let pending: Vec<(pg_sys::Oid, String)> = catalog::owner_rows(
+            "pg_constraint",
+            "SELECT c.conrelid, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.conname) \
+               FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
+              WHERE c.contype = 't' AND c.condeferrable ORDER BY c.oid",
+            &[],
+            |r| {
+                Ok((
+                    r.get::<pg_sys::Oid>(1)?.expect("conrelid"),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                ))
+            },
+        )
+        .into_iter()
+        .filter(|(rel, name)| !done.contains(&(u32::from(*rel), name.clone())))
+        .collect();
+        if pending.is_empty() {
+            return;
+        }
+        for (rel, name) in pending {
+            // `name` is quoted by PostgreSQL's quote_ident.
+            let sql = format!("SET CONSTRAINTS {name} IMMEDIATE");
+            catalog::as_table_owner(rel, || Spi::run(&sql))
+                .unwrap_or_else(|e| pgrx::error!("pg_tenancy: firing {name} failed: {e}"));
+            done.insert((u32::from(rel), name));
+        }
+    }
+    errors::raise(
+        NOT_IN_PREREQUISITE_STATE,
+        "deferred constraint triggers keep creating deferred constraint triggers",
+        "A trigger reached from decommission_tenant() creates constraint triggers; drop it and try again.",
+    );
 }
 
 /// Delete a tenant's rows from every protected table, remove its roles, members, keys,
@@ -328,16 +386,35 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     let uuid = to_pg_uuid(t.id);
     let mut rows = serde_json::Map::new();
     let mut total: u64 = 0;
-    catalog::write("SET CONSTRAINTS ALL DEFERRED", &[]);
-    for (table, column) in deletion_order() {
+    // Foreign keys are checked at commit (a cycle of foreign keys between protected tables
+    // deletes in any order); PostgreSQL runs those checks as the tables' owners. Fires nothing.
+    Spi::run("SET CONSTRAINTS ALL DEFERRED")
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: deferring constraints failed: {e}"));
+    for (relid, table, column) in deletion_order() {
+        // `table` is regclass's output under a pinned search_path: schema-qualified and quoted
+        // by PostgreSQL; the tenant is a bound parameter.
         let sql = format!(
             "DELETE FROM {table} WHERE {} = $1",
             crate::policy::quote_ident(&column)
         );
-        let n = catalog::write(&sql, &[uuid.into()]);
+        // As the table's owner in a security-restricted operation, with row security forced
+        // and bound to this tenant for this table alone: the table's triggers, rules and
+        // foreign-key actions run with the owner's privileges, and its policies confine the
+        // delete to the tenant's rows.
+        let _bound = crate::binding::internal_decommission_binding(&t, relid);
+        let n = catalog::as_table_owner(relid, || {
+            Spi::connect_mut(|c| {
+                c.update(sql.as_str(), None, &[uuid.into()])
+                    .map(|t| t.len() as u64)
+            })
+        })
+        .unwrap_or_else(|e| {
+            pgrx::error!("pg_tenancy: deleting the tenant's rows from {table} failed: {e}")
+        });
         total += n;
         rows.insert(table, n.into());
     }
+    fire_deferred_user_triggers_as_their_owners();
     let mut removed = serde_json::Map::new();
     for (what, sql) in [
         ("members", "DELETE FROM tenancy.member WHERE tenant_id = $1"),
@@ -360,6 +437,14 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         (
             "keys",
             "DELETE FROM tenancy.signing_key WHERE tenant_id = $1",
+        ),
+        (
+            "subject_revocations",
+            "DELETE FROM tenancy.subject_revocation WHERE tenant_id = $1",
+        ),
+        (
+            "token_revocations",
+            "DELETE FROM tenancy.token_revocation WHERE tenant_id = $1",
         ),
     ] {
         removed.insert(what.into(), catalog::write(sql, &[uuid.into()]).into());
@@ -398,11 +483,5 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
 /// Whether the caller manages a tenant: an operator, or an admin bound to it.
 #[pg_extern(stable, parallel_restricted, name = "_manages_tenant")]
 fn manages_tenant(id: pgrx::Uuid) -> bool {
-    if authz::is_operator(authz::caller()) {
-        return true;
-    }
-    let id = catalog::from_pg_uuid(&id);
-    crate::binding::current_if_bound().is_some_and(|b| {
-        b.tenant == id && b.support_privileges.is_none() && b.roles.iter().any(|r| r == "admin")
-    })
+    authz::manages_tenant(catalog::from_pg_uuid(&id))
 }

@@ -78,17 +78,28 @@ pub const GENERATED_POLICIES: &[&str] = &[
     "tenancy_delete",
 ];
 
+/// An identifier quoted by PostgreSQL (`quote_identifier`).
 pub fn quote_ident(s: &str) -> String {
-    let c = std::ffi::CString::new(s).unwrap_or_default();
-    unsafe {
-        std::ffi::CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr()))
-            .to_string_lossy()
-            .into_owned()
-    }
+    pgrx::spi::quote_identifier(s)
 }
 
+/// A string literal quoted by PostgreSQL (`quote_literal_cstr`): quotes doubled, and written
+/// `E'...'` with backslashes doubled when it holds one, so it reads the same whatever
+/// `standard_conforming_strings` is.
 pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    pgrx::spi::quote_literal(s)
+}
+
+/// Who runs one of protect's statements: the table's owner (everything that could reach code
+/// of the table), or pg_tenancy's catalog owner for two statements that evaluate none of the
+/// table owner's code: `CREATE TRIGGER` with pg_tenancy's own trigger functions (whose EXECUTE
+/// is not granted to table owners; creating a trigger fires none) and `CREATE INDEX` on the
+/// plain tenant column (PostgreSQL builds it as the table's owner in a security-restricted
+/// operation anyway).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    TableOwner,
+    CatalogOwner,
 }
 
 struct TableInfo {
@@ -129,7 +140,7 @@ fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
 
 /// The SQL `protect` runs for one table (without its partitions). Also shown by
 /// `tenancy.protect_sql()` so a reviewer can read exactly what is generated.
-fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
+fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, String)> {
     let t = &info.name;
     let c = quote_ident(column);
     let lit = quote_literal(t);
@@ -196,13 +207,18 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
         "CREATE POLICY tenancy_delete ON {t} FOR DELETE TO PUBLIC USING ({})",
         allowed_tenant("delete")
     ));
-    if !info.has_tenant_index {
-        sql.push(format!("CREATE INDEX ON {t} ({c})"));
-    }
+    // CREATE INDEX: see the push below, after the table owner's statements.
     sql.push(format!("DROP TRIGGER IF EXISTS tenancy_no_truncate ON {t}"));
-    sql.push(format!(
+    let mut sql: Vec<(Who, String)> = sql.into_iter().map(|s| (Who::TableOwner, s)).collect();
+    if !info.has_tenant_index {
+        // As the catalog owner: the table's owner may lack CREATE on its schema, which CREATE
+        // INDEX asks for, and CREATE INDEX itself builds the index as the table's owner in a
+        // security-restricted operation (an index on a plain uuid column evaluates nothing).
+        sql.push((Who::CatalogOwner, format!("CREATE INDEX ON {t} ({c})")));
+    }
+    sql.push((Who::CatalogOwner, format!(
         "CREATE TRIGGER tenancy_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._refuse_truncate()"
-    ));
+    )));
     for (name, event, refs) in [
         ("tenancy_audit_ins", "INSERT", "NEW TABLE AS tenancy_new"),
         (
@@ -212,11 +228,14 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<String> {
         ),
         ("tenancy_audit_del", "DELETE", "OLD TABLE AS tenancy_old"),
     ] {
-        sql.push(format!("DROP TRIGGER IF EXISTS {name} ON {t}"));
+        sql.push((
+            Who::TableOwner,
+            format!("DROP TRIGGER IF EXISTS {name} ON {t}"),
+        ));
         if audit {
-            sql.push(format!(
+            sql.push((Who::CatalogOwner, format!(
                 "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit()"
-            ));
+            )));
         }
     }
     sql
@@ -263,7 +282,8 @@ fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
     info
 }
 
-fn run_all(sql: &[String]) {
+/// Run protect's or unprotect's statements for the table `rel`: each as its [`Who`].
+fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
     // "does not exist, skipping" notices of the idempotent DROPs are noise for the caller.
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     unsafe {
@@ -278,15 +298,14 @@ fn run_all(sql: &[String]) {
             false,
         );
     }
-    catalog::with_owner(|| {
-        Spi::connect_mut(|c| {
-            for s in sql {
-                c.update(s.as_str(), None, &[])?;
-            }
-            Ok::<_, pgrx::spi::Error>(())
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: protecting the table failed: {e}"));
+    for (who, s) in sql {
+        let run = || Spi::connect_mut(|c| c.update(s.as_str(), None, &[]).map(|_| ()));
+        match who {
+            Who::TableOwner => catalog::as_table_owner(rel, run),
+            Who::CatalogOwner => catalog::with_owner(run),
+        }
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: protecting the table failed: {e}"));
+    }
     unsafe { pg_sys::AtEOXact_GUC(true, nest) };
 }
 
@@ -299,7 +318,7 @@ pub fn protect_table(
 ) -> i32 {
     let _managed = ManagedDdl::enter();
     let info = check_table(rel, column);
-    run_all(&generated_sql(&info, column, audit));
+    run_all(rel, &generated_sql(&info, column, audit));
     catalog::write(
         "INSERT INTO tenancy.protected_table (relid, tenant_column, audited, policy_digest, parent) \
          VALUES ($1::oid::regclass, $2, $3, tenancy._protection_digest($1::oid::regclass, $2), $4::oid::regclass) \
@@ -335,18 +354,24 @@ fn protect(tbl: pg_sys::Oid, tenant_column: &str, audit: bool) {
     );
 }
 
-/// The SQL protect() runs for a table (not its partitions), for review. Changes nothing.
+/// The SQL protect() runs for a table (not its partitions), for review. Changes nothing, but
+/// reads the catalog as its owner (a user switch and a pinned search_path), so it is labelled
+/// VOLATILE PARALLEL UNSAFE.
 #[pg_extern(
-    stable,
-    parallel_safe,
+    volatile,
+    parallel_unsafe,
     sql = r#"
 CREATE FUNCTION tenancy.protect_sql("tbl" regclass, "tenant_column" text DEFAULT 'tenant_id')
-RETURNS SETOF text STRICT STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'protect_sql_wrapper';
+RETURNS SETOF text STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'protect_sql_wrapper';
 "#
 )]
 fn protect_sql(tbl: pg_sys::Oid, tenant_column: &str) -> SetOfIterator<'static, String> {
     let info = check_table(tbl, tenant_column);
-    SetOfIterator::new(generated_sql(&info, tenant_column, true))
+    SetOfIterator::new(
+        generated_sql(&info, tenant_column, true)
+            .into_iter()
+            .map(|(_, s)| s),
+    )
 }
 
 #[pg_extern(
@@ -384,8 +409,8 @@ fn unprotect(tbl: pg_sys::Oid) {
             "SELECT * FROM tenancy.protected_tables lists the protected tables.",
         );
     }
-    let mut sql = Vec::new();
-    for (_, t) in &rels {
+    for (oid, t) in &rels {
+        let mut sql = Vec::new();
         for p in GENERATED_POLICIES {
             sql.push(format!("DROP POLICY IF EXISTS {p} ON {t}"));
         }
@@ -399,8 +424,9 @@ fn unprotect(tbl: pg_sys::Oid) {
         }
         sql.push(format!("ALTER TABLE {t} NO FORCE ROW LEVEL SECURITY"));
         sql.push(format!("ALTER TABLE {t} DISABLE ROW LEVEL SECURITY"));
+        let sql: Vec<(Who, String)> = sql.into_iter().map(|s| (Who::TableOwner, s)).collect();
+        run_all(*oid, &sql);
     }
-    run_all(&sql);
     for (oid, _) in &rels {
         catalog::write(
             "DELETE FROM tenancy.protected_table WHERE relid = $1::oid::regclass",
@@ -501,11 +527,17 @@ fn auto_protect(
 /// Called by the ddl_command_end event trigger for every table a command created or altered:
 /// protects new partitions (and attached ones) of protected tables, and new tables with the
 /// tenant column in auto-protected schemas.
+///
+/// Only for the event trigger: `rel` must be a table the running DDL command created or
+/// altered (PostgreSQL's `pg_event_trigger_ddl_commands()`, which itself refuses to run outside
+/// a DDL command), so no role can make pg_tenancy lock or protect a table it did not just
+/// change itself.
 #[pg_extern(volatile, parallel_unsafe, name = "_auto_protect_table")]
 fn auto_protect_table(rel: pg_sys::Oid) {
     if in_managed_ddl() || in_restore() {
         return;
     }
+    require_current_ddl_command(rel);
     let row = catalog::with_owner(|| {
         Spi::connect(|c| {
             let t = c.select(
@@ -559,6 +591,22 @@ fn auto_protect_table(rel: pg_sys::Oid) {
     }
     if let Some(col) = schema_col {
         protect_table(rel, &col, true, None);
+    }
+}
+
+/// Refuse unless `rel` is one of the objects the running DDL command created or altered.
+fn require_current_ddl_command(rel: pg_sys::Oid) {
+    let listed = crate::catalog::read_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() WHERE objid = $1)",
+        &[rel.into()],
+    )
+    .unwrap_or(false);
+    if !listed {
+        errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            "tenancy._auto_protect_table() is called by pg_tenancy's event trigger only",
+            "Protect tables with tenancy.protect() or tenancy.auto_protect().",
+        );
     }
 }
 

@@ -14,16 +14,21 @@ use pgrx::prelude::*;
 static mut PREV_CHECK_PERMS: pg_sys::ExecutorCheckPerms_hook_type = None;
 
 pub fn init() {
+    // SAFETY: called once from _PG_init; the previous hook is kept and called from ours.
     unsafe {
         PREV_CHECK_PERMS = pg_sys::ExecutorCheckPerms_hook;
         pg_sys::ExecutorCheckPerms_hook = Some(check_perms);
     }
 }
 
+/// With `ereport` false (PostgreSQL asks whether the statement may run, for example to pick a
+/// foreign key's initial check), a refusal is answered `false`, not raised.
 #[pg_guard]
 unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport: bool) -> bool {
     if let Some(prev) = PREV_CHECK_PERMS {
-        if !prev(range_table, ereport) {
+        // SAFETY: the hook installed before ours, called with our own arguments through the
+        // FFI guard (its errors come back as a Rust panic, re-raised by #[pg_guard]).
+        if !pg_sys::ffi::pg_guard_ffi_boundary(|| prev(range_table, ereport)) {
             return false;
         }
     }
@@ -66,7 +71,15 @@ unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport:
             (pg_sys::ACL_UPDATE, "update"),
             (pg_sys::ACL_DELETE, "delete"),
         ] {
-            if perms & bit != 0 {
+            if perms & bit == 0 {
+                continue;
+            }
+            if !ereport {
+                let ok = crate::binding::with_current_quietly(|b| permitted(b, relid, name));
+                if ok != Some(true) {
+                    return false;
+                }
+            } else {
                 allows(relid, name);
             }
         }
@@ -91,12 +104,32 @@ fn allows(tbl: pg_sys::Oid, privilege: &str) -> bool {
     refuse(tbl, privilege)
 }
 
-/// Whether the binding's roles (or its support grant) hold `privilege` on `tbl`.
+/// Whether the binding's roles (or its support grant) hold `privilege` on `tbl`. pg_tenancy's
+/// own decommission binding may select and delete in the one table it empties (and its
+/// partitions).
 fn permitted(b: &crate::binding::Binding, tbl: pg_sys::Oid, privilege: &str) -> bool {
+    if let crate::binding::Source::Decommission { table } = b.source {
+        return matches!(privilege, "select" | "delete") && within(tbl, table);
+    }
     match &b.support_privileges {
         Some(granted) => granted.iter().any(|p| p == privilege),
         None => catalog::roles_allow(&b.privileges, &b.roles, tbl, privilege),
     }
+}
+
+/// Whether `rel` is `table` or one of its partitions or inheritance children.
+fn within(rel: pg_sys::Oid, table: pg_sys::Oid) -> bool {
+    let mut r = rel;
+    for _ in 0..64 {
+        if r == table {
+            return true;
+        }
+        match crate::policy::parent_of(r) {
+            Some(p) => r = p,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// ERROR 42501 naming the table, the privilege and the bound roles, logged as a security event.
@@ -108,6 +141,16 @@ fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
     } else {
         b.roles.join(", ")
     };
+    let hint = match (&b.subject, b.roles.is_empty(), &b.source) {
+        (Some(subject), true, crate::binding::Source::Token { .. }) => format!(
+            "Subject \"{subject}\" holds no role in tenant \"{}\" (it is not a member, and the tenant sets no default_roles). A tenant admin can add it: SELECT tenancy.add_member('{}', '{subject}', 'member');",
+            b.slug, b.slug
+        ),
+        _ => format!(
+            "A tenant admin can grant it: SELECT tenancy.grant('{}', '<role>', '{table}', '{{{privilege}}}');",
+            b.slug
+        ),
+    };
     let mut f = serde_json::Map::new();
     f.insert("table".into(), table.clone().into());
     f.insert("privilege".into(), privilege.into());
@@ -118,10 +161,7 @@ fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
         f,
         errors::INSUFFICIENT_PRIVILEGE,
         format!("permission denied: {privilege} on table \"{table}\" is not granted to tenant roles {{{roles}}}"),
-        format!(
-            "A tenant admin can grant it: SELECT tenancy.grant('{}', '<role>', '{table}', '{{{privilege}}}');",
-            b.slug
-        ),
+        hint,
     )
 }
 

@@ -32,6 +32,9 @@ RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'm
 fn map_role(role: pg_sys::Oid, tenant: &str, tenant_roles: Vec<String>) {
     authz::require_operator("map_role");
     let t = catalog::require_tenant(tenant);
+    // A mapped login role reads the tenant's rows: once the tenant has an admin, only a
+    // superuser maps roles into it (its admins cannot: a role mapping is a platform object).
+    authz::require_may_widen("map_role", &t);
     if t.status == "decommissioned" {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
@@ -47,13 +50,14 @@ fn map_role(role: pg_sys::Oid, tenant: &str, tenant_roles: Vec<String>) {
         );
     }
     check_tenant_roles(&t, &tenant_roles);
-    if authz::is_operator(role) && !authz::is_superuser(role) {
+    if authz::is_platform_role(role) {
         errors::raise(
             errors::INSUFFICIENT_PRIVILEGE,
-            format!("role \"{}\" is a platform operator and cannot be mapped to a tenant", authz::role_name(role)),
-            "Operators do not read tenant rows; use tenancy.grant_support() for time-limited access.",
+            format!("role \"{}\" is a platform operator or key admin and cannot be mapped to a tenant", authz::role_name(role)),
+            "Platform roles do not read tenant rows; use tenancy.grant_support() for an operator's time-limited access.",
         );
     }
+    // SAFETY: a syscache lookup whose tuple is released before the block ends.
     let bypass = unsafe {
         authz::is_superuser(role) || {
             let tup = pg_sys::SearchSysCache1(
@@ -215,15 +219,7 @@ fn drop_role(tenant: &str, role: &str) {
 fn check_grant_table(tbl: Option<pg_sys::Oid>) -> Option<String> {
     let rel = tbl?;
     let name = crate::policy::relation_name(rel);
-    let protected = catalog::with_owner(|| {
-        Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT FROM tenancy.protected_table WHERE relid = $1::oid::regclass)",
-            &[rel.into()],
-        )
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false);
+    let protected = catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)));
     if !protected {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
@@ -246,6 +242,7 @@ RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'grant_wr
 )]
 fn grant(tenant: &str, role: &str, tbl: Option<pg_sys::Oid>, privileges: Vec<String>) {
     let t = managed_tenant(tenant, "grant");
+    authz::require_may_widen("grant", &t);
     check_tenant_roles(&t, &[role.to_string()]);
     check_privileges(&privileges);
     let table = check_grant_table(tbl);
@@ -322,6 +319,7 @@ fn revoke(tenant: &str, role: &str, tbl: Option<pg_sys::Oid>, privileges: Vec<St
 #[pg_extern(volatile, parallel_unsafe)]
 fn add_member(tenant: &str, subject: &str, role: &str) {
     let t = managed_tenant(tenant, "add_member");
+    authz::require_may_widen("add_member", &t);
     check_tenant_roles(&t, &[role.to_string()]);
     if subject.is_empty() || subject.len() > 1000 {
         errors::raise(
@@ -382,14 +380,17 @@ fn grant_support(
     privileges: Vec<String>,
 ) -> pgrx::JsonB {
     let b = crate::binding::require();
-    if !b.roles.iter().any(|r| r == "admin") || b.support_privileges.is_some() {
+    if !authz::is_tenant_admin(b.tenant) {
         errors::raise(
             errors::INSUFFICIENT_PRIVILEGE,
             "permission denied: grant_support is for the bound tenant's admins",
             "Bind a token of an admin of the tenant that grants the access.",
         );
     }
-    if !authz::is_operator(operator) || authz::is_superuser(operator) {
+    if !authz::is_operator(operator)
+        || authz::is_superuser(operator)
+        || authz::is_key_admin(operator)
+    {
         errors::raise(
             INVALID_PARAMETER,
             format!("role \"{}\" is not a platform operator", authz::role_name(operator)),
@@ -439,7 +440,7 @@ RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'r
 )]
 fn revoke_support(operator: pg_sys::Oid) {
     let b = crate::binding::require();
-    if !b.roles.iter().any(|r| r == "admin") || b.support_privileges.is_some() {
+    if !authz::is_tenant_admin(b.tenant) {
         errors::raise(
             errors::INSUFFICIENT_PRIVILEGE,
             "permission denied: revoke_support is for the bound tenant's admins",
@@ -463,7 +464,7 @@ fn revoke_support(operator: pg_sys::Oid) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn enter_support(tenant: &str) -> crate::binding::JsonbBytes {
     let who = authz::caller();
-    if !authz::is_operator(who) || authz::is_superuser(who) {
+    if !authz::is_operator(who) || authz::is_superuser(who) || authz::is_key_admin(who) {
         errors::raise(
             errors::INSUFFICIENT_PRIVILEGE,
             "permission denied: enter_support is for platform operators",
@@ -489,4 +490,107 @@ fn enter_support(tenant: &str) -> crate::binding::JsonbBytes {
         serde_json::json!({"operator": authz::role_name(who), "grant_id": grant.id, "privileges": grant.privileges}),
     );
     crate::binding::describe(&b)
+}
+
+// ------------------------------------------------------------------------------------------
+// Kill switches: refuse a subject's tokens, or one token, from the next statement on.
+
+/// Refuse `subject`'s tokens in `tenant` issued before `issued_before` (tokens without `iat`
+/// count as issued before it), whatever its memberships and the tenant's `default_roles`;
+/// sessions bound with such a token lose access from their next statement. Operators and the
+/// tenant's admins; audited in the tenant's chain. A later call can only move the instant
+/// forward.
+#[pg_extern(volatile, parallel_unsafe)]
+fn revoke_subject(
+    tenant: &str,
+    subject: &str,
+    issued_before: default!(Option<pgrx::datum::TimestampWithTimeZone>, "now()"),
+) {
+    let t = catalog::require_tenant(tenant);
+    authz::require_operator_or_tenant_admin("revoke_subject", &t);
+    if subject.is_empty() || subject.len() > 1000 {
+        errors::raise(
+            INVALID_PARAMETER,
+            "subjects are 1 to 1000 characters",
+            "Pass the token's \"sub\" claim.",
+        );
+    }
+    let Some(issued_before) = issued_before else {
+        errors::raise(
+            INVALID_PARAMETER,
+            "issued_before must not be NULL",
+            "Leave it out to refuse every token issued until now.",
+        );
+    };
+    catalog::write(
+        "INSERT INTO tenancy.subject_revocation (tenant_id, subject, issued_before, revoked_by) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, subject) DO UPDATE \
+            SET issued_before = greatest(tenancy.subject_revocation.issued_before, EXCLUDED.issued_before), \
+                revoked_at = now(), revoked_by = EXCLUDED.revoked_by",
+        &[
+            to_pg_uuid(t.id).into(),
+            subject.into(),
+            issued_before.into(),
+            revoker().into(),
+        ],
+    );
+    crate::audit::admin(
+        "revoke_subject",
+        Some(t.id),
+        serde_json::json!({"subject": subject, "issued_before": format!("{issued_before}")}),
+    );
+}
+
+/// Refuse the token whose `jti` claim is `jti` until it expires: in every tenant when an
+/// operator revokes it, in the bound tenant when its admin does. Audited.
+#[pg_extern(volatile, parallel_unsafe)]
+fn revoke_token(jti: &str) {
+    if jti.is_empty() || jti.len() > 1000 {
+        errors::raise(
+            INVALID_PARAMETER,
+            "a jti is 1 to 1000 characters",
+            "Pass the token's \"jti\" claim; tokens without one are revoked through their subject with tenancy.revoke_subject().",
+        );
+    }
+    let bound_admin = crate::binding::current_if_bound()
+        .map(|b| b.tenant)
+        .filter(|t| authz::is_tenant_admin(*t));
+    let tenant = match bound_admin {
+        Some(t) => Some(t),
+        None if authz::is_operator(authz::caller()) => {
+            authz::require_operator("revoke_token");
+            None
+        }
+        None => {
+            let mut f = serde_json::Map::new();
+            f.insert("action".into(), "revoke_token".into());
+            errors::refuse(
+                "management_refused",
+                f,
+                errors::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "permission denied: revoke_token needs an operator or a bound admin of the token's tenant, and role \"{}\" is neither",
+                    authz::role_name(authz::caller())
+                ),
+                "Bind a token of an admin of the tenant (the jti is then revoked in that tenant), or run it as a member of tenancy_operator (revoked in every tenant).",
+            )
+        }
+    };
+    catalog::write(
+        "INSERT INTO tenancy.token_revocation (jti, tenant_id, revoked_by) VALUES ($1, $2, $3) \
+         ON CONFLICT (jti, tenant_id) DO NOTHING",
+        &[jti.into(), tenant.map(to_pg_uuid).into(), revoker().into()],
+    );
+    crate::audit::admin(
+        "revoke_token",
+        tenant,
+        serde_json::json!({"jti": jti, "every_tenant": tenant.is_none()}),
+    );
+}
+
+/// Who revoked: the bound subject of a tenant admin, else the database role.
+fn revoker() -> String {
+    crate::binding::peek()
+        .and_then(|b| b.subject)
+        .unwrap_or_else(|| authz::role_name(authz::caller()))
 }

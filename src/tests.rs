@@ -152,18 +152,23 @@ fn preloaded_library_leaves_databases_without_the_extension_alone() {
     Spi::run("SELECT dblink_disconnect('probe_user')").unwrap();
 }
 
-/// The Rust writer's record hash equals tenancy._audit_hash (which audit_verify recomputes)
-/// for text needing every kind of quoting, NULLs, and an inet shown with its mask.
+/// The Rust writer's record text equals tenancy._audit_record_text (which audit_verify and
+/// management records hash) for text needing every kind of quoting, NULLs, and an inet shown
+/// with its mask; and the SQL paths' hash is the writer's keyed hash of that text.
 #[pg_test]
 fn record_hash_matches_sql() {
+    Spi::run("SELECT tenancy.create_tenant('hashed')").unwrap();
+    let tenant = Spi::get_one::<pgrx::Uuid>("SELECT id FROM tenancy.tenant WHERE slug = 'hashed'")
+        .unwrap()
+        .unwrap();
     let cases: [[Option<&str>; 5]; 3] = [
         [Some("plain"), None, Some("{\"a\": 1}"), Some("app"), Some("127.0.0.1/32")],
         [Some("it's"), Some("back\\slash"), Some("{\"k\": \"O'Brien \\\\ \\n ✓\"}"), Some(""), None],
         [Some("E'x'"), Some("''"), None, Some("a\\'b"), Some("::1/128")],
     ];
     for [table, subject, row, app, addr] in cases {
-        let sql = Spi::get_one_with_args::<Vec<u8>>(
-            "SELECT tenancy._audit_hash(42, '7b0c3e1a-0000-4000-8000-000000000001', \
+        let sql = Spi::get_one_with_args::<String>(
+            "SELECT tenancy._audit_record_text(42, '7b0c3e1a-0000-4000-8000-000000000001', \
                     '2026-11-22 10:00:00.5+00', 7, $1, 'INSERT', NULL, NULL, $3::jsonb, 'r''ole', $2, $4, $5::inet)",
             &[table.into(), subject.into(), row.into(), app.into(), addr.into()],
         )
@@ -174,7 +179,7 @@ fn record_hash_matches_sql() {
                 .unwrap()
                 .unwrap()
         });
-        let rust = crate::audit_writer::record_hash(&[
+        let rust = crate::audit_writer::record_text(&[
             Some(b"42"),
             Some(b"7b0c3e1a-0000-4000-8000-000000000001"),
             Some(b"1795341600.500000"),
@@ -189,7 +194,22 @@ fn record_hash_matches_sql() {
             app.map(str::as_bytes),
             addr.map(str::as_bytes),
         ]);
-        assert_eq!(rust, sql, "case {table:?} {subject:?} {row:?} {app:?} {addr:?}");
+        assert_eq!(
+            String::from_utf8(rust.clone()).unwrap(),
+            sql,
+            "case {table:?} {subject:?} {row:?} {app:?} {addr:?}"
+        );
+        let keyed = Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT tenancy._audit_hmac($1, $2)",
+            &[tenant.into(), sql.as_str().into()],
+        )
+        .unwrap()
+        .unwrap();
+        let key = crate::audit::audit_key(crate::catalog::from_pg_uuid(&tenant));
+        assert_eq!(keyed, crate::audit_writer::record_hmac(&key[..], &rust));
+        // Keyed: not the plain SHA-256 of the text that anyone can compute.
+        let plain = <sha2::Sha256 as sha2::Digest>::digest(&rust).to_vec();
+        assert_ne!(keyed, plain);
     }
 }
 
@@ -342,7 +362,8 @@ fn the_binding_description_is_the_json_of_its_fields() {
 #[pg_test(error = "token signing key \"short\" has expired")]
 fn a_cached_bind_sees_catalog_changes_and_the_key_expiring() {
     let secret = "0123456789abcdef0123456789abcdef";
-    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run("SELECT tenancy.create_tenant('acme', settings => '{\"default_roles\": [\"member\"]}')")
+        .unwrap();
     Spi::run(&format!(
         "SELECT tenancy.add_key('short', 'HS256', '{secret}', \
                 not_after => clock_timestamp() + interval '2 seconds')"
@@ -520,4 +541,35 @@ fn a_one_argument_bind_gets_the_catalog_default_and_sees_it_change() {
     assert_eq!(scope("SELECT tenancy.bind($1)"), "session");
     assert_eq!(crate::bind_default_arg::filled(), before + 3);
     Spi::run("SELECT tenancy.unbind()").unwrap();
+}
+
+/// The executor hook skips its privilege check while the protected tables are being read (it
+/// must not recurse into its own query). An error during that read must not leave the flag set
+/// for the rest of the backend's life.
+#[pg_test]
+fn an_error_while_reading_the_protected_tables_resets_the_loading_flag() {
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    // SAFETY: an internal subtransaction around code that raises, rolled back before the
+    // memory context and resource owner of the test are restored (as PL handlers do).
+    let failed = unsafe {
+        let cxt = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        let failed = PgTryBuilder::new(|| {
+            Spi::run("ALTER TABLE tenancy.protected_table RENAME TO protected_table_gone").unwrap();
+            crate::catalog::invalidate();
+            crate::catalog::protected_relids();
+            false
+        })
+        .catch_others(|_| true)
+        .execute();
+        pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+        failed
+    };
+    assert!(failed, "reading a missing table must fail");
+    assert!(!crate::catalog::loading_protected());
+    crate::catalog::invalidate();
+    assert!(crate::catalog::protected_relids().is_some());
 }

@@ -16,7 +16,11 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenancy_op1') THEN
         CREATE ROLE tenancy_op1 LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tenancy_keyadm1') THEN
+        CREATE ROLE tenancy_keyadm1 LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB;
+    END IF;
 END $$;
+GRANT tenancy_key_admin TO tenancy_keyadm1;
 GRANT tenancy_app2 TO tenancy_app;
 GRANT tenancy_operator TO tenancy_op1;
 GRANT CREATE ON SCHEMA public TO tenancy_app;

@@ -51,7 +51,7 @@ su_psql faults >/dev/null <<SQL
 CREATE EXTENSION pg_tenancy;
 CREATE ROLE fault_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
 SELECT tenancy.add_key('faults', 'HS256', '$SECRET');
-SELECT count(tenancy.create_tenant(format('fault-%s', g))) FROM generate_series(1, $NTENANTS) g;
+SELECT count(tenancy.create_tenant(format('fault-%s', g), settings => '{"default_roles": ["member"]}')) FROM generate_series(1, $NTENANTS) g;
 -- Rows are keyed by the driver's (writer, transaction, row) numbers; tenant_id comes from the
 -- binding, claimed_tenant from the driver.
 CREATE TABLE fault_rows (

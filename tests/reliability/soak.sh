@@ -52,7 +52,7 @@ su_psql soak >/dev/null <<SQL
 CREATE EXTENSION pg_tenancy;
 CREATE ROLE soak_app LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
 SELECT tenancy.add_key('soak', 'HS256', '$SECRET');
-SELECT count(tenancy.create_tenant(format('soak-%s', g))) AS tenants FROM generate_series(1, $NTENANTS) g;
+SELECT count(tenancy.create_tenant(format('soak-%s', g), settings => '{"default_roles": ["member"]}')) AS tenants FROM generate_series(1, $NTENANTS) g;
 
 -- The pre-signed tokens (unprotected, readable by the application role). tid: the tenant's
 -- uuid; sub: the token's subject; other: the uuid of some other tenant, for the refused

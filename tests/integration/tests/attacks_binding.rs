@@ -265,12 +265,29 @@ fn internal_functions_cannot_bind_unprotect_or_forge() {
         expect_err(&mut c, sql, codes);
         c.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
     }
-    // Harmless by construction: they only check or add protection.
-    c.batch_execute(
-        "SELECT tenancy._forget_dropped(); SELECT tenancy._guard_check('{}'); \
-         SELECT tenancy._auto_protect_table('public.it_customers'::regclass)",
-    )
-    .unwrap();
+    // The event triggers' helpers refuse to run outside a DDL command (39P03, PostgreSQL's own
+    // refusal of pg_event_trigger_ddl_commands() / _dropped_objects() out of context);
+    // pg_tenancy's hash and digest helpers are not executable at all (42501).
+    for (sql, codes) in [
+        ("SELECT tenancy._forget_dropped()", &["39P03"][..]),
+        ("SELECT tenancy._guard_check('{}')", &["39P03"][..]),
+        (
+            "SELECT tenancy._auto_protect_table('public.it_customers'::regclass)",
+            &["39P03"][..],
+        ),
+        (
+            "SELECT tenancy._audit_hmac(tenancy.current_tenant(), 'x')",
+            &["42501"][..],
+        ),
+        (
+            "SELECT tenancy._protection_state('public.it_customers', 'tenant_id')",
+            &["42501"][..],
+        ),
+    ] {
+        c.batch_execute("SAVEPOINT s").unwrap();
+        expect_err(&mut c, sql, codes);
+        c.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    }
     assert_eq!(bound_tenant(&mut c), Ok(f.a_id.clone()));
     assert_only(&texts(&mut c, "SELECT name FROM it_customers"), &f.a);
     c.batch_execute("COMMIT").unwrap();

@@ -546,7 +546,7 @@ fn excluded_columns_never_reach_the_trail() {
     .unwrap();
     let trail: Vec<String> = su
         .query(
-            "SELECT coalesce(old_row::text, '') || coalesce(new_row::text, '') FROM tenancy.audit_log WHERE table_name = $1",
+            "SELECT coalesce(old_row::text, '') || coalesce(new_row::text, '') FROM tenancy.audit_log WHERE table_name = $1 ORDER BY id",
             &[&format!("{s}.secrets")],
         )
         .unwrap()
@@ -677,12 +677,13 @@ fn eight_concurrent_writers_of_one_tenant_keep_one_chain() {
 
 #[test]
 fn a_record_rewritten_with_a_recomputed_hash_is_detected() {
-    // The attacker knows the record hash recipe and recomputes row_hash after the edit: the
-    // chain entry's batch hash still exposes it.
+    // The attacker is a superuser: it reads the tenant's audit key and recomputes row_hash after
+    // the edit. The chain entry's batch hash still exposes it.
     let (_f, ids, (ok, bad, _, detail)) = tampered(
         "UPDATE tenancy.audit_log SET new_row = new_row || '{\"amount\": 7}' WHERE id = $ID2; \
-         UPDATE tenancy.audit_log SET row_hash = tenancy._audit_hash(id, tenant_id, occurred_at, txid, table_name, op, \
-             row_key, old_row, new_row, db_role, subject, application_name, client_addr) WHERE id = $ID2",
+         UPDATE tenancy.audit_log SET row_hash = tenancy._audit_hmac(tenant_id, tenancy._audit_record_text(id, \
+             tenant_id, occurred_at, txid, table_name, op, row_key, old_row, new_row, db_role, subject, \
+             application_name, client_addr)) WHERE id = $ID2",
     );
     assert!(!ok);
     assert!(bad.unwrap() <= ids[1], "{detail}");

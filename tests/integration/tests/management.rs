@@ -44,17 +44,27 @@ fn operators_manage_tenants_without_being_superusers() {
     assert_eq!(status, "suspended");
     op.execute("SELECT tenancy.resume_tenant($1)", &[&slug])
         .unwrap();
+    // Keys are the key admins' (separation of duties): an operator cannot register one.
     let kid = unique("opk");
-    op.execute(
+    expect_err(
+        &mut op,
+        &format!("SELECT tenancy.add_key('{kid}', 'HS256', '{HS_SECRET}', '{slug}')"),
+        &["42501"],
+    );
+    let mut ka = connect(KEY_ADMIN);
+    assert_not_privileged(&mut ka);
+    ka.execute(
         "SELECT tenancy.add_key($1, 'HS256', $2, $3)",
         &[&kid, &HS_SECRET, &slug],
     )
     .unwrap();
-    let n: i64 = op
-        .query_one("SELECT count(*) FROM tenancy.keys WHERE kid = $1", &[&kid])
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1);
+    for c in [&mut op, &mut ka] {
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM tenancy.keys WHERE kid = $1", &[&kid])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "operators and key admins read key metadata");
+    }
 }
 
 #[test]

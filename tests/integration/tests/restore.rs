@@ -106,6 +106,7 @@ fn dump_and_restore(target: Cluster) {
          SELECT tenancy.create_tenant('acme'); SELECT tenancy.create_tenant('globex'); \
          SELECT tenancy.add_key('k', 'HS256', '{HS_SECRET}'); \
          SELECT tenancy.add_member('acme', 'vic', 'viewer'); \
+         SELECT tenancy.add_member(t, 'writer', 'member') FROM unnest('{{acme,globex}}'::text[]) t; \
          CREATE TABLE public.docs (tenant_id uuid NOT NULL, id int NOT NULL, body text, PRIMARY KEY (tenant_id, id)); \
          SELECT tenancy.protect('public.docs'); \
          GRANT SELECT, INSERT, UPDATE, DELETE ON public.docs TO {APP}"

@@ -3,16 +3,19 @@
 \set VERBOSITY default
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 
-CREATE FUNCTION pg_temp.b64url(bytea) RETURNS text LANGUAGE sql IMMUTABLE AS
+-- In a schema of their own: 05_trust signs its tokens with them too.
+CREATE SCHEMA regress;
+GRANT USAGE ON SCHEMA regress TO PUBLIC;
+CREATE FUNCTION regress.b64url(bytea) RETURNS text LANGUAGE sql IMMUTABLE AS
 $$ SELECT translate(rtrim(encode($1, 'base64'), '='), E'+/\n', '-_') $$;
-CREATE FUNCTION pg_temp.jwt(claims jsonb, kid text DEFAULT 'hs-1',
+CREATE FUNCTION regress.jwt(claims jsonb, kid text DEFAULT 'hs-1',
                             secret text DEFAULT 'a-secret-that-is-at-least-32-bytes-long')
 RETURNS text LANGUAGE sql AS $$
-    SELECT h || '.' || p || '.' || pg_temp.b64url(hmac(h || '.' || p, secret, 'sha256'))
-      FROM (SELECT pg_temp.b64url(convert_to(json_build_object('alg', 'HS256', 'typ', 'JWT', 'kid', kid)::text, 'UTF8')) AS h,
-                   pg_temp.b64url(convert_to(claims::text, 'UTF8')) AS p) s
+    SELECT h || '.' || p || '.' || regress.b64url(public.hmac(h || '.' || p, secret, 'sha256'))
+      FROM (SELECT regress.b64url(convert_to(json_build_object('alg', 'HS256', 'typ', 'JWT', 'kid', kid)::text, 'UTF8')) AS h,
+                   regress.b64url(convert_to(claims::text, 'UTF8')) AS p) s
 $$;
-CREATE FUNCTION pg_temp.exp(seconds int) RETURNS bigint LANGUAGE sql AS
+CREATE FUNCTION regress.exp(seconds int) RETURNS bigint LANGUAGE sql AS
 $$ SELECT extract(epoch FROM now())::bigint + seconds $$;
 
 CREATE ROLE regress_app LOGIN NOSUPERUSER NOBYPASSRLS;
@@ -23,10 +26,15 @@ SELECT tenancy.current_tenant();
 SELECT tenancy.binding() IS NULL AS unbound;
 RESET ROLE;
 
+-- A subject without a membership binds with no role (the tenant sets no default_roles: every
+-- protected statement is refused, 05_trust); a membership gives it its roles.
+SELECT b->'roles' AS roles FROM tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(600)))) b;
+SELECT tenancy.add_member('acme', 'alice', 'member');
+
 -- Bind in a transaction; the binding ends with it.
 BEGIN;
 SELECT b->>'slug' AS slug, b->>'subject' AS subject, b->'roles' AS roles, b->>'scope' AS scope
-  FROM tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', pg_temp.exp(600)))) b;
+  FROM tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(600)))) b;
 SELECT t.slug FROM tenancy.tenants t WHERE t.id = tenancy.current_tenant();
 SELECT tenancy.current_subject(), tenancy.current_roles();
 SHOW statement_timeout;  -- acme's resource setting, applied for this transaction
@@ -36,27 +44,27 @@ SELECT tenancy.binding() IS NULL AS unbound_after_commit;
 SHOW statement_timeout;
 
 -- Refusals.
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', pg_temp.exp(-60))));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', pg_temp.exp(600), 'nbf', pg_temp.exp(300))));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', pg_temp.exp(600)), secret => 'the-wrong-secret-but-long-enough-to-pass'));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', pg_temp.exp(600)), kid => 'hs-b64'));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', pg_temp.exp(600)), kid => 'unknown'));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'nobody', 'sub', 'alice', 'exp', pg_temp.exp(600))));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('sub', 'alice', 'exp', pg_temp.exp(600))));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'exp', pg_temp.exp(600))));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'globex', 'sub', 'bob', 'exp', pg_temp.exp(600)), kid => 'scoped'));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(-60))));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(600), 'nbf', regress.exp(300))));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(600)), secret => 'the-wrong-secret-but-long-enough-to-pass'));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(600)), kid => 'hs-b64'));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(600)), kid => 'unknown'));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'nobody', 'sub', 'alice', 'exp', regress.exp(600))));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('sub', 'alice', 'exp', regress.exp(600))));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'exp', regress.exp(600))));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'globex', 'sub', 'bob', 'exp', regress.exp(600)), kid => 'scoped'));
 SELECT tenancy.bind('');
 SELECT tenancy.bind('garbage');
 SELECT tenancy.bind(repeat('x', 100000));
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', pg_temp.exp(600))), 'forever');
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(600))), 'forever');
 SELECT tenancy.suspend_tenant('globex');
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'globex', 'sub', 'bob', 'exp', pg_temp.exp(600))));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'globex', 'sub', 'bob', 'exp', regress.exp(600))));
 SELECT tenancy.resume_tenant('globex');
 
 -- Rebinding to another tenant in one transaction.
 BEGIN;
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', pg_temp.exp(600)))) IS NOT NULL AS bound;
-SELECT tenancy.bind(pg_temp.jwt(jsonb_build_object('tid', 'globex', 'sub', 'bob', 'exp', pg_temp.exp(600))));
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'acme', 'sub', 'alice', 'exp', regress.exp(600)))) IS NOT NULL AS bound;
+SELECT tenancy.bind(regress.jwt(jsonb_build_object('tid', 'globex', 'sub', 'bob', 'exp', regress.exp(600))));
 ROLLBACK;
 
 -- The tenancy. prefix is reserved, and the server settings are superuser-only.

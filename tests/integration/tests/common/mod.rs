@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub const APP: &str = "tenancy_app";
 pub const APP2: &str = "tenancy_app2";
 pub const OPERATOR: &str = "tenancy_op1";
+/// A NOSUPERUSER login member of tenancy_key_admin (registers signing keys).
+pub const KEY_ADMIN: &str = "tenancy_keyadm1";
 pub const HS_SECRET: &str = "integration-secret-0123456789abcdef0123456789";
 
 pub fn config(user: &str) -> postgres::Config {
@@ -123,7 +125,9 @@ pub const RSA_PUBLIC: &str = include_str!("../../keys/rsa_public.pem");
 pub const EC_PUBLIC: &str = include_str!("../../keys/ec_public.pem");
 pub const ED_PUBLIC: &str = include_str!("../../keys/ed_public.pem");
 
-/// Two fresh tenants and an HS256 key for them.
+/// Two fresh tenants and an HS256 key for them. The tenants opt in to `default_roles`
+/// `["member"]`, so a token's subject acts as a member without a membership row (the default,
+/// no role, is tested on tenants of their own).
 pub struct Fixture {
     pub a: String,
     pub b: String,
@@ -138,14 +142,9 @@ impl Fixture {
         let a = unique("ta");
         let b = unique("tb");
         let kid = unique("k");
-        let a_id: String = su
-            .query_one("SELECT tenancy.create_tenant($1)::text", &[&a])
-            .unwrap()
-            .get(0);
-        let b_id: String = su
-            .query_one("SELECT tenancy.create_tenant($1)::text", &[&b])
-            .unwrap()
-            .get(0);
+        let create = "SELECT tenancy.create_tenant($1, settings => '{\"default_roles\": [\"member\"]}')::text";
+        let a_id: String = su.query_one(create, &[&a]).unwrap().get(0);
+        let b_id: String = su.query_one(create, &[&b]).unwrap().get(0);
         su.execute(
             "SELECT tenancy.add_key($1, 'HS256', $2)",
             &[&kid, &HS_SECRET],
