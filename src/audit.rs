@@ -430,35 +430,38 @@ fn caller_and_subject() -> (String, Option<String>) {
 }
 
 thread_local! {
-    /// Audit keys read (or created) by this backend. A key never changes once created.
-    static AUDIT_KEYS: RefCell<HashMap<Uuid, Rc<[u8; 32]>>> = RefCell::new(HashMap::new());
+    /// Per tenant, the HMAC state keyed with its audit key (read or created by this backend;
+    /// a key never changes once created). Cloned per record: the key's two blocks are hashed
+    /// once, not per record.
+    static AUDIT_MACS: RefCell<HashMap<Uuid, Rc<crate::audit_writer::RecordMac>>> =
+        RefCell::new(HashMap::new());
 }
 
-/// `tenant`'s audit key, if it has one (read fresh as the catalog owner, then kept).
-fn existing_audit_key(tenant: Uuid) -> Option<Rc<[u8; 32]>> {
-    if let Some(k) = AUDIT_KEYS.with(|k| k.borrow().get(&tenant).cloned()) {
+/// `tenant`'s keyed record MAC, if it has an audit key (read fresh as the catalog owner, then
+/// kept).
+fn existing_audit_mac(tenant: Uuid) -> Option<Rc<crate::audit_writer::RecordMac>> {
+    if let Some(k) = AUDIT_MACS.with(|k| k.borrow().get(&tenant).cloned()) {
         return Some(k);
     }
-    let key: [u8; 32] = catalog::owner_rows(
+    let key: Vec<u8> = catalog::owner_rows(
         "tenancy.audit_key",
         "SELECT secret FROM tenancy.audit_key WHERE tenant_id = $1",
         &[to_pg_uuid(tenant).into()],
         |r| Ok(r.get::<Vec<u8>>(1)?.unwrap_or_default()),
     )
     .into_iter()
-    .next()?
-    .try_into()
-    .ok()?;
-    let key = Rc::new(key);
-    AUDIT_KEYS.with(|k| k.borrow_mut().insert(tenant, key.clone()));
-    Some(key)
+    .next()
+    .filter(|k| k.len() == 32)?;
+    let mac = Rc::new(crate::audit_writer::record_mac(&key));
+    AUDIT_MACS.with(|k| k.borrow_mut().insert(tenant, mac.clone()));
+    Some(mac)
 }
 
-/// The secret that keys `tenant`'s record hashes (HMAC-SHA-256), created on first use: 32
-/// bytes from the server's strong random source, in `tenancy.audit_key`, which only
+/// The MAC that keys `tenant`'s record hashes (HMAC-SHA-256), its secret created on first use:
+/// 32 bytes from the server's strong random source, in `tenancy.audit_key`, which only
 /// pg_tenancy's owner reads (no operator, key admin or tenant).
-pub fn audit_key(tenant: Uuid) -> Rc<[u8; 32]> {
-    if let Some(k) = existing_audit_key(tenant) {
+pub fn audit_mac(tenant: Uuid) -> Rc<crate::audit_writer::RecordMac> {
+    if let Some(k) = existing_audit_mac(tenant) {
         return k;
     }
     let mut secret = [0u8; 32];
@@ -470,7 +473,7 @@ pub fn audit_key(tenant: Uuid) -> Rc<[u8; 32]> {
         "INSERT INTO tenancy.audit_key (tenant_id, secret) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING",
         &[to_pg_uuid(tenant).into(), secret.as_slice().into()],
     );
-    existing_audit_key(tenant)
+    existing_audit_mac(tenant)
         .unwrap_or_else(|| pgrx::error!("pg_tenancy: creating the audit key of {tenant} failed"))
 }
 
@@ -479,11 +482,8 @@ pub fn audit_key(tenant: Uuid) -> Rc<[u8; 32]> {
 /// has no key. Not executable by PUBLIC, operators or tenants: it would confirm guesses.
 #[pg_extern(stable, parallel_unsafe, name = "_audit_hmac")]
 fn audit_hmac(tenant: pgrx::Uuid, text: &str) -> Option<Vec<u8>> {
-    let key = existing_audit_key(catalog::from_pg_uuid(&tenant))?;
-    Some(crate::audit_writer::record_hmac(
-        key.as_slice(),
-        text.as_bytes(),
-    ))
+    let mac = existing_audit_mac(catalog::from_pg_uuid(&tenant))?;
+    Some(crate::audit_writer::record_hmac(&mac, text.as_bytes()))
 }
 
 /// Record a management action.
@@ -498,7 +498,7 @@ pub fn admin(action: &str, tenant: Option<Uuid>, detail: serde_json::Value) {
 /// Record one entry that is not a row change (ADMIN, or a TRUNCATE by an operator).
 pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: serde_json::Value) {
     let (role, subject) = caller_and_subject();
-    audit_key(tenant.unwrap_or(PLATFORM_CHAIN));
+    audit_mac(tenant.unwrap_or(PLATFORM_CHAIN));
     let sql = format!(
         "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
            SELECT {CONTEXT}, $1::uuid AS tenant_id, {CONTEXT_TAIL}, $5::text AS table_name, $6::text AS op, \

@@ -701,7 +701,7 @@ impl Writer {
             self.txid.to_string().into_bytes(),
         );
         let hash = record_hmac(
-            &crate::audit::audit_key(tenant)[..],
+            &crate::audit::audit_mac(tenant),
             &record_text(&[
                 Some(id_text.as_slice()),
                 Some(tenant_text.as_slice()),
@@ -887,13 +887,22 @@ pub fn record_text(fields: &[Option<&[u8]>]) -> Vec<u8> {
     text
 }
 
-/// A record's `row_hash`: HMAC-SHA-256 of its text ([`record_text`]) under its tenant's audit
-/// key ([`crate::audit::audit_key`]), which no operator or tenant can read, so that a hash
-/// never confirms a guessed row. The one definition of the record hash: `tenancy._audit_hmac`,
-/// which the SQL paths (management records, audit_verify) call, is this function.
-pub fn record_hmac(key: &[u8], text: &[u8]) -> Vec<u8> {
+/// HMAC-SHA-256 keyed with a tenant's audit key, before any record is fed to it.
+pub type RecordMac = hmac::Hmac<Sha256>;
+
+/// The record MAC of an audit key ([`crate::audit::audit_mac`] keeps one per tenant).
+pub fn record_mac(key: &[u8]) -> RecordMac {
     use hmac::Mac;
-    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    RecordMac::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+/// A record's `row_hash`: HMAC-SHA-256 of its text ([`record_text`]) under its tenant's audit
+/// key, which no operator or tenant can read, so that a hash never confirms a guessed row. The
+/// one definition of the record hash: `tenancy._audit_hmac`, which the SQL paths (management
+/// records, audit_verify) call, is this function.
+pub fn record_hmac(mac: &RecordMac, text: &[u8]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = mac.clone();
     mac.update(text);
     mac.finalize().into_bytes().to_vec()
 }

@@ -1011,34 +1011,6 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     }
 }
 
-/// Run `f` on the binding in force only when it can be used as it stands, without raising:
-/// None when unbound, and also when it would first have to be checked again (its catalog
-/// generation moved, its token expired) or a platform role is in effect. For callers that must
-/// not raise (`ExecutorCheckPerms_hook` with `ereport_on_violation = false`): an answer that
-/// needs a check is "no".
-pub fn with_current_quietly<R>(f: impl Fn(&Binding) -> R) -> Option<R> {
-    if let Some(r) = INTERNAL.with(|i| i.borrow().as_ref().map(&f)) {
-        return Some(r);
-    }
-    let gen = catalog::generation();
-    let usable = |b: &Binding| {
-        let live = b
-            .expires_at
-            .is_none_or(|exp| exp + gucs::CLOCK_SKEW.get() as i64 > now());
-        b.generation == gen
-            && live
-            && (matches!(b.source, Source::Support { .. }) || platform_role_in_effect().is_none())
-    };
-    if let Some(found) = BINDING.with(|b| b.borrow().as_ref().map(|b| usable(b).then(|| f(b)))) {
-        return found;
-    }
-    let role = crate::authz::session_user();
-    MAPPED.with(|m| match &*m.borrow() {
-        Some((g, r, Some(b))) if *g == gen && *r == role && usable(b) => Some(f(b)),
-        _ => None,
-    })
-}
-
 /// Whether the session's login role has a role-mapped binding (validated for `gen`).
 fn mapped_binding_exists(gen: u64) -> bool {
     ensure_mapped(gen);

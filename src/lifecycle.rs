@@ -132,7 +132,7 @@ fn create_tenant(
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: create_tenant failed: {e}"));
     // The secret that keys the tenant's audit hashes, created with the tenant.
-    crate::audit::audit_key(catalog::from_pg_uuid(&id));
+    crate::audit::audit_mac(catalog::from_pg_uuid(&id));
     crate::audit::admin(
         "create_tenant",
         Some(catalog::from_pg_uuid(&id)),
@@ -318,50 +318,6 @@ fn deletion_order() -> Vec<(pg_sys::Oid, String, String)> {
         .collect()
 }
 
-/// A deferred constraint trigger that a table's owner wrote fires at COMMIT as whoever is the
-/// current user then (PostgreSQL 15 keeps no record of who queued the event): the operator who
-/// called decommission_tenant. Every deferrable constraint trigger of the database (`contype =
-/// 't'`; foreign keys switch to the tables' owners themselves) is made IMMEDIATE here, each as
-/// its own table's owner, which fires its events queued by the deletes as that owner, and
-/// makes later events fire at the end of the statement that queues them. Code that creates
-/// more such triggers while they fire is run again, a bounded number of times.
-fn fire_deferred_user_triggers_as_their_owners() {
-    let mut done = std::collections::HashSet::new();
-    for _ in 0..8 {
-        let pending: Vec<(pg_sys::Oid, String)> = catalog::owner_rows(
-            "pg_constraint",
-            "SELECT c.conrelid, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.conname) \
-               FROM pg_catalog.pg_constraint c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace \
-              WHERE c.contype = 't' AND c.condeferrable ORDER BY c.oid",
-            &[],
-            |r| {
-                Ok((
-                    r.get::<pg_sys::Oid>(1)?.expect("conrelid"),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                ))
-            },
-        )
-        .into_iter()
-        .filter(|(rel, name)| !done.contains(&(u32::from(*rel), name.clone())))
-        .collect();
-        if pending.is_empty() {
-            return;
-        }
-        for (rel, name) in pending {
-            // `name` is quoted by PostgreSQL's quote_ident.
-            let sql = format!("SET CONSTRAINTS {name} IMMEDIATE");
-            catalog::as_table_owner(rel, || Spi::run(&sql))
-                .unwrap_or_else(|e| pgrx::error!("pg_tenancy: firing {name} failed: {e}"));
-            done.insert((u32::from(rel), name));
-        }
-    }
-    errors::raise(
-        NOT_IN_PREREQUISITE_STATE,
-        "deferred constraint triggers keep creating deferred constraint triggers",
-        "A trigger reached from decommission_tenant() creates constraint triggers; drop it and try again.",
-    );
-}
-
 /// Delete a tenant's rows from every protected table, remove its roles, members, keys,
 /// mappings and support grants, keep a tombstone, and return a deletion certificate (also
 /// written to the audit trail). One transaction: any failure changes nothing.
@@ -386,10 +342,14 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     let uuid = to_pg_uuid(t.id);
     let mut rows = serde_json::Map::new();
     let mut total: u64 = 0;
-    // Foreign keys are checked at commit (a cycle of foreign keys between protected tables
-    // deletes in any order); PostgreSQL runs those checks as the tables' owners. Fires nothing.
-    Spi::run("SET CONSTRAINTS ALL DEFERRED")
-        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: deferring constraints failed: {e}"));
+    // Every deferrable constraint fires at the end of the statement that queued it, inside
+    // the table owner's security-restricted operation, never at COMMIT (where a deferred
+    // trigger of the owner would run as the operator). PostgreSQL refuses to defer a trigger
+    // event inside such an operation anyway, so an owner's code that defers one fails the
+    // decommission. Run as the caller: it fires the caller's own pending events, nobody
+    // else's. Tables are emptied children first, so foreign keys hold after each statement.
+    Spi::run("SET CONSTRAINTS ALL IMMEDIATE")
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: setting constraints immediate failed: {e}"));
     for (relid, table, column) in deletion_order() {
         // `table` is regclass's output under a pinned search_path: schema-qualified and quoted
         // by PostgreSQL; the tenant is a bound parameter.
@@ -414,7 +374,6 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         total += n;
         rows.insert(table, n.into());
     }
-    fire_deferred_user_triggers_as_their_owners();
     let mut removed = serde_json::Map::new();
     for (what, sql) in [
         ("members", "DELETE FROM tenancy.member WHERE tenant_id = $1"),

@@ -205,8 +205,19 @@ fn record_hash_matches_sql() {
         )
         .unwrap()
         .unwrap();
-        let key = crate::audit::audit_key(crate::catalog::from_pg_uuid(&tenant));
-        assert_eq!(keyed, crate::audit_writer::record_hmac(&key[..], &rust));
+        let mac = crate::audit::audit_mac(crate::catalog::from_pg_uuid(&tenant));
+        assert_eq!(keyed, crate::audit_writer::record_hmac(&mac, &rust));
+        // The kept MAC state is the stored key's.
+        let secret = Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT secret FROM tenancy.audit_key WHERE tenant_id = $1",
+            &[tenant.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            keyed,
+            crate::audit_writer::record_hmac(&crate::audit_writer::record_mac(&secret), &rust)
+        );
         // Keyed: not the plain SHA-256 of the text that anyone can compute.
         let plain = <sha2::Sha256 as sha2::Digest>::digest(&rust).to_vec();
         assert_ne!(keyed, plain);

@@ -164,6 +164,103 @@ fn code_reached_from_decommission_cannot_bind_or_widen_its_binding() {
     assert_eq!(seen, vec!["bind: 42501", "customers: 42501"]);
 }
 
+#[test]
+fn a_deferred_constraint_trigger_fires_as_the_tables_owner_not_as_the_operator() {
+    // PostgreSQL 15 fires a deferred trigger at COMMIT as whoever is the current user then:
+    // the operator who called decommission_tenant. Decommission fires them as their owners.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let owner = ident("own");
+    let s = ident("dfr");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS; \
+         CREATE SCHEMA {s} AUTHORIZATION {owner}; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, name text); \
+         CREATE TABLE {s}.seen (who text, operator boolean); \
+         CREATE FUNCTION {s}.later() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+             INSERT INTO {s}.seen VALUES (current_user, pg_has_role(current_user, 'tenancy_operator', 'MEMBER')); \
+             RETURN NULL; \
+         END $$; \
+         CREATE CONSTRAINT TRIGGER later AFTER DELETE ON {s}.t DEFERRABLE INITIALLY DEFERRED \
+             FOR EACH ROW EXECUTE FUNCTION {s}.later(); \
+         RESET ROLE; \
+         SELECT tenancy.protect('{s}.t'); \
+         INSERT INTO {s}.t VALUES ('{a}', 'a-row');",
+        a = f.a_id
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    op.batch_execute("BEGIN").unwrap();
+    op.query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&f.a])
+        .unwrap();
+    op.batch_execute("COMMIT").unwrap();
+    let seen: Vec<(String, bool)> = su
+        .query(&format!("SELECT who, operator FROM {s}.seen"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(owner.clone(), false)],
+        "the deferred trigger ran as {seen:?}"
+    );
+}
+
+#[test]
+fn a_new_foreign_key_is_validated_against_every_tenants_rows() {
+    // PostgreSQL asks the executor hook, without raising (ereport_on_violation = false),
+    // whether it may validate a new foreign key with one query. Row security would confine
+    // that query to the bound tenant's rows; the hook answers "no" for protected tables, so
+    // PostgreSQL checks every row one by one as the tables' owner, bound or not.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let owner = login_role(&mut su, "fkown", "");
+    let s = ident("fk");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s} AUTHORIZATION {owner}; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.parent (tenant_id uuid NOT NULL, id int NOT NULL, PRIMARY KEY (tenant_id, id)); \
+         CREATE TABLE {s}.child (tenant_id uuid NOT NULL, id int NOT NULL, parent_id int NOT NULL); \
+         CREATE TABLE {s}.child2 (tenant_id uuid NOT NULL, id int NOT NULL, parent_id int NOT NULL); \
+         RESET ROLE; \
+         SELECT tenancy.protect('{s}.parent'); SELECT tenancy.protect('{s}.child'); \
+         SELECT tenancy.protect('{s}.child2'); \
+         INSERT INTO {s}.parent VALUES ('{a}', 1); \
+         INSERT INTO {s}.child VALUES ('{a}', 1, 1), ('{b}', 2, 99); \
+         INSERT INTO {s}.child2 VALUES ('{a}', 1, 1);",
+        a = f.a_id,
+        b = f.b_id
+    ))
+    .unwrap();
+    let mut c = connect(&owner);
+    assert_not_privileged(&mut c);
+    // Bound to A, whose rows are consistent: B's dangling row is still found.
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "o"));
+    let e = c
+        .batch_execute(&format!(
+            "ALTER TABLE {s}.child ADD FOREIGN KEY (tenant_id, parent_id) REFERENCES {s}.parent (tenant_id, id)"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "23503", "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+    // Unbound (the library loaded), a consistent table gets its foreign key.
+    c.batch_execute(&format!(
+        "SELECT tenancy.is_operator(); \
+         ALTER TABLE {s}.child2 ADD FOREIGN KEY (tenant_id, parent_id) REFERENCES {s}.parent (tenant_id, id)"
+    ))
+    .unwrap_or_else(|e| panic!("{}", message(&e)));
+    // Statements stay loud: unbound, the owner reads nothing.
+    expect_err(
+        &mut c,
+        &format!("SELECT count(*) FROM {s}.child2"),
+        &["42501"],
+    );
+}
+
 // 2. Revocations outlived by a backend that reloads its cache under an old snapshot ----------
 
 /// A fresh application session that opens a REPEATABLE READ transaction and takes its
