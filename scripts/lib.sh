@@ -64,8 +64,11 @@ max_worker_processes = 16
 max_parallel_workers = 8
 $extra
 CONF
-    # No RUST_BACKTRACE in the server: Rust backtraces would be appended to error DETAILs.
-    as_root env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE runuser -u postgres -- \
+    # The server's environment is the caller's less RUST_BACKTRACE and RUST_LIB_BACKTRACE, plus
+    # CLUSTER_ENV (for example "RUST_BACKTRACE=1": pg_tenancy must keep backtraces out of the
+    # errors clients see whatever the server's environment asks for).
+    # shellcheck disable=SC2086
+    as_root env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE ${CLUSTER_ENV:-} runuser -u postgres -- \
         "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
 }
 

@@ -33,7 +33,7 @@ steps_failed=0
 failures=()
 tests_passed=0
 tests_failed=0
-trap 'cluster_stop "$WORK/cluster"; cluster_stop "$WORK/fresh"' EXIT
+trap 'cluster_stop "$WORK/cluster"; cluster_stop "$WORK/fresh"; cluster_stop "$WORK/preloaded"' EXIT
 
 # Run one step, keep its output, and add up the tests its runner reports.
 run_step() {
@@ -73,8 +73,9 @@ install_extension
 
 log "starting a throwaway PostgreSQL $PG_MAJOR cluster on port $PORT"
 # pg_stat_statements is preloaded so the attack suite can show it never exposes another
-# tenant's constants; prepared transactions are enabled for the audit chain's lane test.
-cluster_start "$WORK/cluster" "$PORT" "shared_preload_libraries = 'pg_stat_statements'
+# tenant's constants; prepared transactions are enabled for the audit chain's lane test. The
+# server runs with RUST_BACKTRACE=1: no error a client sees may carry a backtrace anyway.
+CLUSTER_ENV="RUST_BACKTRACE=1" cluster_start "$WORK/cluster" "$PORT" "shared_preload_libraries = 'pg_stat_statements'
 max_prepared_transactions = 8"
 export PGHOST="$WORK/cluster" PGPORT="$PORT" PGUSER=postgres
 
@@ -100,8 +101,18 @@ integration() {
     local fresh_port
     fresh_port=$(free_port)
     cluster_start "$WORK/fresh" "$fresh_port"
+    # A third, with pg_tenancy in shared_preload_libraries (as production runs it): security
+    # events in shared memory and their log table, and refusals that need the library loaded
+    # before a session's first statement (LOCK TABLE).
+    local pre_port
+    pre_port=$(free_port)
+    cluster_start "$WORK/preloaded" "$pre_port" "shared_preload_libraries = 'pg_tenancy'"
+    PGHOST="$WORK/preloaded" PGPORT="$pre_port" \
+        "$PGBIN/psql" -q -v ON_ERROR_STOP=1 -d postgres -f tests/integration/setup.sql
     (cd tests/integration && TENANCY_IT_DB=tenancy_it TENANCY_FRESH_PGHOST="$WORK/fresh" \
-        TENANCY_FRESH_PGPORT="$fresh_port" cargo test --no-fail-fast -- --test-threads=4)
+        TENANCY_FRESH_PGPORT="$fresh_port" TENANCY_PRELOADED_PGHOST="$WORK/preloaded" \
+        TENANCY_PRELOADED_PGPORT="$pre_port" TENANCY_SERVER_LOG="$WORK/cluster/server.log" \
+        cargo test --no-fail-fast -- --test-threads=4)
 }
 run_step "integration tests" integration
 

@@ -34,7 +34,11 @@ CREATE TABLE tenancy.tenant (
                                   CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     status_reason     text,
-    status_changed_at timestamptz
+    status_changed_at timestamptz,
+    -- When the tenant got its first admin (a member, a mapped role or default_roles with the
+    -- admin role). Never cleared: from then on operators cannot widen access inside the
+    -- tenant, also not after removing its admins (src/authz.rs, require_may_widen).
+    admin_seated_at   timestamptz
 );
 
 -- Verification keys. key_material is secret for HMAC keys: nobody but the owner reads it.
@@ -234,6 +238,7 @@ CREATE TABLE tenancy.token_revocation (
     revoked_by text        NOT NULL,
     UNIQUE NULLS NOT DISTINCT (jti, tenant_id)
 );
+CREATE INDEX ON tenancy.token_revocation (tenant_id);
 REVOKE ALL ON tenancy.subject_revocation, tenancy.token_revocation FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.subject_revocation', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.token_revocation', '');
@@ -248,3 +253,19 @@ CREATE TABLE tenancy.audit_key (
 );
 REVOKE ALL ON tenancy.audit_key FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_key', '');
+
+-- Security events, persisted from shared memory by pg_tenancy's background workers when the
+-- library is preloaded (src/events.rs): refused binds, cross-tenant writes, guard refusals,
+-- refused privileges, revoked bindings, floods. Append-only; operators read it (metadata: no
+-- row content is ever in an event).
+CREATE TABLE tenancy.security_event_log (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    occurred_at timestamptz NOT NULL,
+    logged_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    event       text        NOT NULL,
+    tenant_id   uuid,
+    detail      jsonb       NOT NULL
+);
+CREATE INDEX ON tenancy.security_event_log (tenant_id, occurred_at);
+REVOKE ALL ON tenancy.security_event_log FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.security_event_log', '');

@@ -16,6 +16,9 @@ CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON t
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.token_revocation
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+-- An audit key created by a transaction that aborts must not stay kept in the backend.
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_key
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 
 -- Tenants: operators see every tenant, a bound session sees its own.
 CREATE VIEW tenancy.tenants WITH (security_barrier) AS
@@ -156,6 +159,15 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Refuses, before they run, the DDL commands that would run code over every tenant's rows of
+-- a protected table or read them through another table (src/guard.rs, check_ddl). A C
+-- function: only those receive the command's parse tree.
+CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
+CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE')
+    EXECUTE FUNCTION tenancy._on_ddl_command_start();
 
 CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE',
@@ -351,6 +363,182 @@ SELECT 'warning', 'large_objects', format('%s large object(s) owned by %I', coun
    AND (EXISTS (SELECT FROM prot p WHERE has_table_privilege(r.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE'))
         OR EXISTS (SELECT FROM tenancy.role_mapping m WHERE m.role = r.oid))
  GROUP BY r.rolname
+UNION ALL
+-- 15. Protected tables owned by a role that an application session can be: a login role (other
+--     than a superuser or a platform role) or a role such a login role is a member of. The
+--     owner writes CHECK constraints, index expressions, triggers and rules that see every
+--     tenant's rows: application roles own nothing.
+SELECT 'error', 'owner_can_bind', p.relid::text,
+       format('owned by %I, which %s: the owner''s constraints, indexes, triggers and rules see every tenant''s rows',
+              o.rolname,
+              CASE WHEN o.rolcanlogin THEN 'can log in and bind'
+                   ELSE format('login role %I can SET ROLE to', l.rolname) END),
+       CASE WHEN o.rolcanlogin
+            THEN format('DO $fix$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %L) THEN CREATE ROLE %I NOLOGIN; END IF; END $fix$; GRANT USAGE, CREATE ON SCHEMA %I TO %I; ALTER TABLE %s OWNER TO %I;',
+                        'app_owner', 'app_owner', (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace), 'app_owner',
+                        p.relid::regclass, 'app_owner')
+            ELSE format('REVOKE %I FROM %I;', o.rolname, l.rolname) END
+  FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_roles o ON o.oid = c.relowner
+  CROSS JOIN LATERAL (
+      SELECT r.rolname FROM pg_roles r
+       WHERE r.rolcanlogin AND NOT r.rolsuper
+         AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+         AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+         AND pg_has_role(r.oid, o.oid, 'MEMBER')
+       ORDER BY r.oid <> o.oid, r.rolname LIMIT 1) l
+ WHERE NOT o.rolsuper
+UNION ALL
+-- 16. Domains of protected columns owned by such a role: ALTER DOMAIN ... ADD CONSTRAINT runs
+--     the owner's check over every tenant's values.
+SELECT DISTINCT 'error', 'domain_owner_can_bind', format_type(t.oid, NULL),
+       format('domain of a column of protected table %s is owned by %I, which an application session can be',
+              a.attrelid::regclass, o.rolname),
+       format('DO $fix$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %L) THEN CREATE ROLE %I NOLOGIN; END IF; END $fix$; GRANT USAGE, CREATE ON SCHEMA %I TO %I; ALTER DOMAIN %s OWNER TO %I;',
+              'app_owner', 'app_owner', (SELECT nspname FROM pg_namespace WHERE oid = t.typnamespace), 'app_owner',
+              format_type(t.oid, NULL), 'app_owner')
+  FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_type t ON t.typtype = 'd' AND (t.oid = a.atttypid OR t.typarray = a.atttypid)
+  JOIN pg_roles o ON o.oid = t.typowner
+ WHERE NOT o.rolsuper
+   AND EXISTS (SELECT FROM pg_roles r
+                WHERE r.rolcanlogin AND NOT r.rolsuper
+                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+UNION ALL
+-- 17. Foreign keys of protected tables that cascade from a table the application can write
+--     and that is not protected: referential actions bypass row security, so a session bound
+--     to one tenant deletes or rewrites another tenant's rows through the shared table.
+SELECT 'error', 'fk_cascade_from_shared_table', format('%s.%I', p.relid::regclass, con.conname),
+       format('ON %s from %s, which is not protected and which %s can write: its rows'' changes reach every tenant''s rows',
+              concat_ws(' / ', CASE WHEN con.confupdtype IN ('c', 'n', 'd') THEN 'UPDATE ' ||
+                                     CASE con.confupdtype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' ELSE 'SET DEFAULT' END END,
+                                   CASE WHEN con.confdeltype IN ('c', 'n', 'd') THEN 'DELETE ' ||
+                                     CASE con.confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' ELSE 'SET DEFAULT' END END),
+              con.confrelid::regclass, w.writer),
+       format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s;', p.relid::regclass, con.conname, con.conname,
+              regexp_replace(pg_get_constraintdef(con.oid),
+                             ' ON (UPDATE|DELETE) (CASCADE|SET NULL|SET DEFAULT)( \([^)]*\))?', '', 'g'))
+  FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'f'
+  CROSS JOIN LATERAL (
+      SELECT coalesce(max(quote_ident(r.rolname)), 'PUBLIC') AS writer FROM pg_roles r
+       WHERE r.rolcanlogin AND NOT r.rolsuper
+         AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+         AND has_table_privilege(r.oid, con.confrelid, 'UPDATE, DELETE')) w
+ WHERE (con.confupdtype IN ('c', 'n', 'd') OR con.confdeltype IN ('c', 'n', 'd'))
+   AND con.confrelid NOT IN (SELECT relid FROM prot)
+   AND EXISTS (SELECT FROM pg_roles r
+                WHERE r.rolcanlogin AND NOT r.rolsuper
+                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+                  AND has_table_privilege(r.oid, con.confrelid, 'UPDATE, DELETE'))
+UNION ALL
+-- 18. Unique expression indexes, partial unique indexes and exclusion constraints not led by
+--     the tenant column: a conflict tells one tenant that another holds the value.
+SELECT 'error', 'unique_index_without_tenant', x.indexrelid::regclass::text,
+       format('%s not led by %I: a conflict reveals that another tenant holds the value',
+              CASE WHEN x.indisexclusion THEN 'exclusion constraint'
+                   WHEN x.indpred IS NOT NULL THEN 'partial unique index' ELSE 'unique expression index' END,
+              p.tenant_column),
+       CASE WHEN x.indisexclusion
+            THEN format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s;',
+                        CASE WHEN pg_get_constraintdef(con.oid) LIKE 'EXCLUDE USING gist %'
+                             THEN 'CREATE EXTENSION IF NOT EXISTS btree_gist; ' ELSE '' END,
+                        p.relid::regclass, con.conname, con.conname,
+                        regexp_replace(pg_get_constraintdef(con.oid), '^EXCLUDE USING (\S+) \(',
+                                       'EXCLUDE USING \1 (' || quote_ident(p.tenant_column) || ' WITH =, '))
+            ELSE format('DROP INDEX %s; %s;', x.indexrelid::regclass,
+                        regexp_replace(pg_get_indexdef(x.indexrelid), ' USING (\S+) \(',
+                                       ' USING \1 (' || quote_ident(p.tenant_column) || ', ')) END
+  FROM prot p JOIN pg_index x ON x.indrelid = p.relid
+  LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.contype = 'x'
+ WHERE (x.indisexclusion OR (x.indisunique AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)))
+   AND x.indkey[0] IS DISTINCT FROM p.tenant_attnum
+UNION ALL
+-- 19. CHECK constraints, index expressions and predicates, and statistics expressions of
+--     protected tables that call functions not built in: validating, building or analyzing
+--     them runs those functions over every tenant's rows. (Built-in functions that are not
+--     LEAKPROOF may quote a value in an error: rule 20.)
+SELECT 'error', 'leaky_expression', e.object,
+       format('%s calls %s, which sees every tenant''s rows when it is validated, built or analyzed', e.what, e.call),
+       e.fix
+  FROM (SELECT format('%s.%I', p.relid::regclass, con.conname) AS object, 'CHECK constraint' AS what,
+               tenancy._leaky_call(con.conbin::text, true) AS call,
+               format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) AS fix
+          FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'c'
+        UNION ALL
+        SELECT x.indexrelid::regclass::text, 'index',
+               coalesce(tenancy._leaky_call(x.indexprs::text, true), tenancy._leaky_call(x.indpred::text, true)),
+               CASE WHEN con.oid IS NULL THEN format('DROP INDEX %s;', x.indexrelid::regclass)
+                    ELSE format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) END
+          FROM prot p JOIN pg_index x ON x.indrelid = p.relid
+          LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = p.relid
+        UNION ALL
+        SELECT format('%I.%I', sn.nspname, s.stxname), 'statistics object', tenancy._leaky_call(s.stxexprs::text, true),
+               format('DROP STATISTICS %I.%I;', sn.nspname, s.stxname)
+          FROM prot p JOIN pg_statistic_ext s ON s.stxrelid = p.relid JOIN pg_namespace sn ON sn.oid = s.stxnamespace) e
+ WHERE e.call IS NOT NULL
+UNION ALL
+-- 20. The same with built-in functions that are not LEAKPROOF: they cannot be made to show
+--     rows, but some quote a value in their errors (a failed cast, a division by zero) while
+--     they run over every tenant's rows. pg_tenancy refuses to create them for anyone but a
+--     superuser; keep them only if a trusted migration role made them.
+SELECT 'warning', 'builtin_nonleakproof_expression', e.object,
+       format('%s calls %s, a built-in function that is not LEAKPROOF', e.what, e.call),
+       format('-- keep it if a trusted migration role created it; otherwise:%s%s', chr(10), e.fix)
+  FROM (SELECT format('%s.%I', p.relid::regclass, con.conname) AS object, 'CHECK constraint' AS what,
+               tenancy._leaky_call(con.conbin::text, false) AS call,
+               tenancy._leaky_call(con.conbin::text, true) AS user_call,
+               format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) AS fix
+          FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'c'
+        UNION ALL
+        SELECT x.indexrelid::regclass::text, 'index',
+               coalesce(tenancy._leaky_call(x.indexprs::text, false), tenancy._leaky_call(x.indpred::text, false)),
+               coalesce(tenancy._leaky_call(x.indexprs::text, true), tenancy._leaky_call(x.indpred::text, true)),
+               CASE WHEN con.oid IS NULL THEN format('DROP INDEX %s;', x.indexrelid::regclass)
+                    ELSE format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) END
+          FROM prot p JOIN pg_index x ON x.indrelid = p.relid
+          LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = p.relid
+        UNION ALL
+        SELECT format('%I.%I', sn.nspname, s.stxname), 'statistics object',
+               tenancy._leaky_call(s.stxexprs::text, false), tenancy._leaky_call(s.stxexprs::text, true),
+               format('DROP STATISTICS %I.%I;', sn.nspname, s.stxname)
+          FROM prot p JOIN pg_statistic_ext s ON s.stxrelid = p.relid JOIN pg_namespace sn ON sn.oid = s.stxnamespace) e
+ WHERE e.call IS NOT NULL AND e.user_call IS NULL
+UNION ALL
+-- 21. Rules on protected tables: their actions run for every tenant's writes with the rule
+--     owner's privileges and can copy the rows elsewhere.
+SELECT 'error', 'rule_on_protected_table', format('%s.%I', p.relid::regclass, r.rulename),
+       'a rule''s actions run for every tenant''s writes and can copy their rows to another table',
+       format('DROP RULE %I ON %s;', r.rulename, p.relid::regclass)
+  FROM prot p JOIN pg_rewrite r ON r.ev_class = p.relid
+ WHERE r.rulename <> '_RETURN'
+UNION ALL
+-- 22. Platform roles that can give themselves the other duty: CREATEROLE, or ADMIN OPTION on
+--     the other role (separation of duties: pg_tenancy refuses such roles both duties).
+SELECT 'error', 'duties_combinable', r.rolname::text,
+       'a platform role that can make itself both operator and key admin: whoever registers keys can mint tokens for any subject',
+       CASE WHEN r.rolcreaterole THEN format('ALTER ROLE %I NOCREATEROLE;', r.rolname)
+            WHEN pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+                 AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER WITH ADMIN OPTION')
+                 AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER WITH ADMIN OPTION')
+                 THEN format('REVOKE tenancy_key_admin FROM %I;', r.rolname)
+            ELSE format('REVOKE ADMIN OPTION FOR %s FROM %I;',
+                        CASE WHEN pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') THEN 'tenancy_key_admin' ELSE 'tenancy_operator' END,
+                        r.rolname) END
+  FROM pg_roles r
+ WHERE NOT r.rolsuper AND r.rolname NOT IN ('tenancy_operator', 'tenancy_key_admin')
+   AND (pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') OR pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER'))
+   AND (r.rolcreaterole
+        OR pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+        OR pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER WITH ADMIN OPTION')
+        OR pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_operator', 'MEMBER WITH ADMIN OPTION'))
+UNION ALL
+-- 23. The library not loaded at connection: the refusal of LOCK TABLE on protected tables
+--     needs pg_tenancy's utility hook in the session before its first statement.
+SELECT 'warning', 'library_not_preloaded', current_database()::text,
+       'pg_tenancy is in neither shared_preload_libraries nor session_preload_libraries: a session that has not called it yet can LOCK a protected table and stall every tenant',
+       format('ALTER DATABASE %I SET session_preload_libraries = %L;', current_database(), 'pg_tenancy')
+ WHERE NOT tenancy._library_preloaded()
 $verify$;
 REVOKE EXECUTE ON FUNCTION tenancy.verify() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.verify() TO tenancy_operator;
@@ -417,6 +605,11 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON tenancy.audit_chain
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit_append_only();
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON tenancy.audit_checkpoint
     FOR EACH ROW EXECUTE FUNCTION tenancy._audit_append_only();
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON tenancy.security_event_log
+    FOR EACH ROW EXECUTE FUNCTION tenancy._audit_append_only();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON tenancy.security_event_log
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit_append_only();
+GRANT SELECT ON tenancy.security_event_log TO tenancy_operator;
 
 -- A bound session reads its own tenant's records, if it is that tenant's admin.
 ALTER TABLE tenancy.audit_log ENABLE ROW LEVEL SECURITY;

@@ -437,6 +437,12 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
+/// Forget every kept audit key (at any invalidation of pg_tenancy's catalog, and when a
+/// transaction that created one aborts: its key was never saved).
+pub fn forget_keys() {
+    AUDIT_MACS.with(|k| k.borrow_mut().clear());
+}
+
 /// `tenant`'s keyed record MAC, if it has an audit key (read fresh as the catalog owner, then
 /// kept).
 fn existing_audit_mac(tenant: Uuid) -> Option<Rc<crate::audit_writer::RecordMac>> {
@@ -813,21 +819,22 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_verify failed: {e}"))
 }
 
-/// The tenants whose trail a call may examine: the one named (operators any; a bound session
-/// its own), or, with NULL, every tenant with a record and the platform chain (operators only).
+/// The tenants whose trail a call may examine: the one named (operators any; a session bound
+/// with the tenant's admin role its own: record counts and heads are the trail's metadata), or,
+/// with NULL, every tenant with a record and the platform chain (operators only).
 pub(crate) fn trail_tenants(tenant: Option<&str>, action: &str) -> Vec<Uuid> {
     let operator = crate::authz::is_operator(crate::authz::caller());
     match tenant {
         Some(t) => {
             let row = catalog::require_tenant(t);
-            if !operator && crate::binding::current_if_bound().is_none_or(|b| b.tenant != row.id) {
+            if !operator && !crate::authz::is_tenant_admin(row.id) {
                 errors::raise(
                     errors::INSUFFICIENT_PRIVILEGE,
                     format!(
                         "permission denied: {} the audit trail of tenant \"{}\"",
                         action, row.slug
                     ),
-                    "Operators may examine any tenant's trail; a bound session only its own tenant's.",
+                    "Operators may examine any tenant's trail; a session bound with the tenant's admin role only its own tenant's.",
                 );
             }
             vec![row.id]

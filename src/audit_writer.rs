@@ -81,7 +81,13 @@ const FIELDS: [(&CStr, pg_sys::Oid); 14] = [
     (c"row_hash", pg_sys::BYTEAOID),
 ];
 
-/// Record every row of the firing statement's transition tables. Runs as the catalog owner.
+/// Record every row of the firing statement's transition tables.
+///
+/// The rows are turned into jsonb as the user whose statement fired the trigger: `to_jsonb` of
+/// a column of a type that is not built in may call a cast its type's owner wrote, which must
+/// run with no more privilege than any other function of that statement. Only taking record
+/// ids and writing into the trail (pg_tenancy's own sequence and table) run as the catalog
+/// owner.
 ///
 /// # Safety
 /// `td` must be the TriggerData of a statement-level AFTER trigger with the transition
@@ -97,50 +103,48 @@ pub unsafe fn record_statement(
     if source.is_null() || pg_sys::tuplestore_tuple_count(source) == 0 {
         return Vec::new();
     }
-    catalog::as_owner(|| {
-        let rel = (*td).tg_relation;
-        let shape = RowShape::new(rel, table);
-        let mut writer = Writer::open(table.name, op, actor);
-        let mut old_rows = (op == Op::Update).then(|| Reader::new(old_ts, rel));
-        let mut new_rows = Reader::new(source, rel);
-        let row_cxt = pg_sys::AllocSetContextCreateExtended(
-            pg_sys::CurrentMemoryContext,
-            c"pg_tenancy audit row".as_ptr(),
-            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-        );
-        let mut out = Vec::with_capacity(pg_sys::tuplestore_tuple_count(source) as usize);
-        while new_rows.next() {
-            let old = match old_rows.as_mut() {
-                Some(r) => {
-                    if !r.next() {
-                        pgrx::error!("pg_tenancy: the UPDATE transition tables differ in length");
-                    }
-                    Some(r.slot)
+    let rel = (*td).tg_relation;
+    let shape = RowShape::new(rel, table);
+    let mut writer = catalog::as_owner(|| Writer::open(table.name, op, actor));
+    let mut old_rows = (op == Op::Update).then(|| Reader::new(old_ts, rel));
+    let mut new_rows = Reader::new(source, rel);
+    let row_cxt = pg_sys::AllocSetContextCreateExtended(
+        pg_sys::CurrentMemoryContext,
+        c"pg_tenancy audit row".as_ptr(),
+        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+        pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+        pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+    );
+    let mut out = Vec::with_capacity(pg_sys::tuplestore_tuple_count(source) as usize);
+    while new_rows.next() {
+        let old = match old_rows.as_mut() {
+            Some(r) => {
+                if !r.next() {
+                    pgrx::error!("pg_tenancy: the UPDATE transition tables differ in length");
                 }
-                None => None,
-            };
-            let outer = pg_sys::MemoryContextSwitchTo(row_cxt);
-            let row = new_rows.slot;
-            let change = match (op, old) {
-                (Op::Update, Some(old)) => shape.update(old, row),
-                (Op::Insert, _) => shape.insert(row),
-                _ => shape.delete(row),
-            };
-            out.push(writer.write(&change));
-            pg_sys::MemoryContextSwitchTo(outer);
-            writer.reset_row();
-            pg_sys::MemoryContextReset(row_cxt);
-        }
-        pg_sys::MemoryContextDelete(row_cxt);
-        writer.close();
-        new_rows.close();
-        if let Some(r) = old_rows {
-            r.close();
-        }
-        out
-    })
+                Some(r.slot)
+            }
+            None => None,
+        };
+        let outer = pg_sys::MemoryContextSwitchTo(row_cxt);
+        let row = new_rows.slot;
+        let change = match (op, old) {
+            (Op::Update, Some(old)) => shape.update(old, row),
+            (Op::Insert, _) => shape.insert(row),
+            _ => shape.delete(row),
+        };
+        out.push(catalog::as_owner(|| writer.write(&change)));
+        pg_sys::MemoryContextSwitchTo(outer);
+        writer.reset_row();
+        pg_sys::MemoryContextReset(row_cxt);
+    }
+    pg_sys::MemoryContextDelete(row_cxt);
+    catalog::as_owner(|| writer.close());
+    new_rows.close();
+    if let Some(r) = old_rows {
+        r.close();
+    }
+    out
 }
 
 /// A reader of one transition table with its own read pointer (as a named tuplestore scan

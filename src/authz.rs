@@ -124,18 +124,37 @@ pub fn require_key_admin(action: &str) {
     refuse_both_duties(action, who);
 }
 
+/// Whether `role` can make itself a member of `group`: CREATEROLE grants any non-superuser
+/// role in PostgreSQL 15, ADMIN OPTION grants that one.
+fn can_join(role: pg_sys::Oid, group: &std::ffi::CStr) -> bool {
+    let g = role_oid(group);
+    // SAFETY: privilege lookups through the syscache.
+    g != pg_sys::InvalidOid
+        && unsafe { pg_sys::has_createrole_privilege(role) || pg_sys::is_admin_of_role(role, g) }
+}
+
+/// Separation of duties: refuse a caller that holds, or can give itself, both duties: the
+/// current role or the session's login role (which can SET ROLE back and forth), when not a
+/// superuser.
 fn refuse_both_duties(action: &str, who: pg_sys::Oid) {
-    if !is_superuser(who) && is_operator(who) && is_key_admin(who) {
-        refuse_management(
-            action,
-            format!(
-                "permission denied: role \"{}\" is both a platform operator and a key admin",
-                role_name(who)
-            ),
-            format!(
-                "Separation of duties: whoever registers signing keys must not manage tenants' access. Revoke one of {OPERATOR_ROLE} and {KEY_ADMIN_ROLE} from the role."
-            ),
-        );
+    for role in [who, session_user()] {
+        if is_superuser(role) {
+            continue;
+        }
+        let operator = is_operator(role) || can_join(role, c"tenancy_operator");
+        let key_admin = is_key_admin(role) || can_join(role, c"tenancy_key_admin");
+        if (is_operator(role) || is_key_admin(role)) && operator && key_admin {
+            refuse_management(
+                action,
+                format!(
+                    "permission denied: role \"{}\" is, or can make itself, both a platform operator and a key admin",
+                    role_name(role)
+                ),
+                format!(
+                    "Separation of duties: whoever registers signing keys must not manage tenants' access. Keep the role in one of {OPERATOR_ROLE} and {KEY_ADMIN_ROLE}, without CREATEROLE and without ADMIN OPTION on the other."
+                ),
+            );
+        }
     }
 }
 

@@ -292,6 +292,9 @@ unsafe extern "C-unwind" fn utility_hook(
             "Fetch the rows before COMMIT, or bind with scope => 'session' on a connection that is not pooled.",
         );
     }
+    // LOCK TABLE on protected tables, refused before it runs (DDL is checked by the
+    // ddl_command_start event trigger).
+    crate::guard::check_utility(stmt);
     match PREV_UTILITY_HOOK {
         // SAFETY: the hook that was installed before ours, called with our own arguments; its
         // errors come back through the FFI guard as a Rust panic, re-raised by #[pg_guard].
@@ -348,6 +351,21 @@ fn refuse_bind(code: pgrx::PgSqlErrorCode, message: String, hint: &str, tenant: 
     if let Some(t) = tenant {
         f.insert("tenant".into(), t.into());
     }
+    errors::refuse("bind_refused", f, code, message, hint)
+}
+
+/// Refuse a bind whose tenant is known (the token's signature verified and its tenant claim
+/// named this tenant): the security event is kept with the tenant's other events.
+fn refuse_bind_in(
+    code: pgrx::PgSqlErrorCode,
+    message: String,
+    hint: &str,
+    tenant: &TenantRow,
+) -> ! {
+    let f = fields(&[
+        ("tenant", tenant.slug.clone().into()),
+        ("tenant_id", tenant.id.to_string().into()),
+    ]);
     errors::refuse("bind_refused", f, code, message, hint)
 }
 
@@ -676,22 +694,20 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         // The clock and the server's region are not part of the catalog generation: a cached
         // entry is checked against them again, in the order prepare() checks them.
         if let Err((msg, hint)) = check_key_expiry(&claims.kid, p.key_not_after, now) {
-            refuse_bind(INVALID_AUTHORIZATION, msg, hint, Some(&p.tenant.slug));
+            refuse_bind_in(INVALID_AUTHORIZATION, msg, hint, &p.tenant);
         }
         if let Err((msg, hint)) = check_tenant(&p.tenant) {
-            refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&p.tenant.slug));
+            refuse_bind_in(INSUFFICIENT_PRIVILEGE, msg, hint, &p.tenant);
         }
     }
     // No rebinding to another tenant inside a transaction that has been bound.
     let current = current_binding_tenant();
     if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current) {
         if bound != p.tenant.id {
-            refuse_bind(
+            refuse_bind_in(
                 INSUFFICIENT_PRIVILEGE,
                 format!("this transaction is bound to another tenant and cannot bind tenant \"{}\"", p.tenant.slug),
-                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind().",
-                Some(&p.tenant.slug),
-            );
+                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind().", &p.tenant);
         }
     }
     TXN_TENANT.with(|t| t.set(Some(p.tenant.id)));
@@ -726,15 +742,15 @@ fn prepare(
         } else {
             INVALID_AUTHORIZATION
         };
-        refuse_bind(code, msg, hint, Some(&tenant.slug));
+        refuse_bind_in(code, msg, hint, &tenant);
     }
     if let Err((msg, hint)) = check_tenant(&tenant) {
-        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&tenant.slug));
+        refuse_bind_in(INSUFFICIENT_PRIVILEGE, msg, hint, &tenant);
     }
     // A login role mapped to tenants may only bind those tenants.
     let maps = catalog::mappings(session_role);
     if !maps.is_empty() && !maps.iter().any(|m| m.tenant == tenant.id) {
-        refuse_bind(
+        refuse_bind_in(
             INSUFFICIENT_PRIVILEGE,
             format!(
                 "role \"{}\" is mapped to other tenants and cannot bind tenant \"{}\"",
@@ -742,7 +758,7 @@ fn prepare(
                 tenant.slug
             ),
             "Connect with a role mapped to this tenant, or unmap the role.",
-            Some(&tenant.slug),
+            &tenant,
         );
     }
     if let Some(why) = catalog::token_revocation(
@@ -751,7 +767,7 @@ fn prepare(
         claims.iat,
         claims.jti.as_deref(),
     ) {
-        refuse_bind(INVALID_AUTHORIZATION, why, REVOKED_HINT, Some(&tenant.slug));
+        refuse_bind_in(INVALID_AUTHORIZATION, why, REVOKED_HINT, &tenant);
     }
     let (roles, member) = effective_roles(&tenant, &claims.subject, claims.roles.as_deref());
     let mut prepared = Prepared {
@@ -1131,19 +1147,19 @@ pub fn enter_support(
     refuse_inside_internal("tenancy.enter_support()");
     if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current_binding_tenant()) {
         if bound != tenant.id {
-            refuse_bind(
+            refuse_bind_in(
                 INSUFFICIENT_PRIVILEGE,
                 format!(
                     "this transaction is bound to another tenant and cannot bind tenant \"{}\"",
                     tenant.slug
                 ),
                 "End the transaction first.",
-                Some(&tenant.slug),
+                tenant,
             );
         }
     }
     if let Err((msg, hint)) = check_tenant(tenant) {
-        refuse_bind(INSUFFICIENT_PRIVILEGE, msg, hint, Some(&tenant.slug));
+        refuse_bind_in(INSUFFICIENT_PRIVILEGE, msg, hint, tenant);
     }
     let b = Binding {
         tenant: tenant.id,

@@ -393,6 +393,13 @@ unsafe fn entries_end(numparams: usize) -> usize {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c_int) {
+    if pg_sys::ParallelWorkerNumber < 0 {
+        // Every query, also the ones a function or a DO block runs inside one long statement,
+        // reads revocations committed before it started: the binding is checked again when
+        // pg_tenancy's catalog changed (binding::with_current). Without messages waiting this
+        // is one unlocked read of a flag.
+        pg_sys::AcceptInvalidationMessages();
+    }
     if IN_USE.with(|u| u.get()) && pg_sys::ParallelWorkerNumber < 0 {
         (*qd).params = wrap((*qd).params);
     }

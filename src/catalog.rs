@@ -84,10 +84,11 @@ struct Cache {
     /// Tenants that have at least one member (None: not loaded yet).
     tenants_with_members: Option<Rc<std::collections::HashSet<Uuid>>>,
     /// (tenant, subject) -> tokens issued before this instant (microseconds since the Unix
-    /// epoch) are refused (tenancy.revoke_subject). None: not loaded yet.
-    subject_revocations: Option<Rc<HashMap<(Uuid, String), i64>>>,
-    /// jti -> the tenants its revocation applies to (None: every tenant). None: not loaded yet.
-    token_revocations: Option<Rc<HashMap<String, Vec<Option<Uuid>>>>>,
+    /// epoch) are refused (tenancy.revoke_subject); None: no revocation. Looked up one by one
+    /// and kept at most [`REVOCATIONS_KEPT`] at a time: the table may be large.
+    subject_revocations: HashMap<(Uuid, String), Option<i64>>,
+    /// jti -> the tenants its revocation applies to (None: every tenant); likewise.
+    token_revocations: HashMap<String, Rc<Vec<Option<Uuid>>>>,
 }
 
 /// A live support grant: an operator may act in a tenant with these privileges until expiry.
@@ -109,7 +110,7 @@ pub struct Privilege {
 #[derive(Clone, Copy)]
 struct Rels {
     owner: pg_sys::Oid,
-    oids: [pg_sys::Oid; 10],
+    oids: [pg_sys::Oid; 11],
 }
 
 thread_local! {
@@ -118,7 +119,7 @@ thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };
 }
 
-const TABLES: [&std::ffi::CStr; 10] = [
+const TABLES: [&std::ffi::CStr; 11] = [
     c"tenant",
     c"signing_key",
     c"tenant_role",
@@ -129,6 +130,7 @@ const TABLES: [&std::ffi::CStr; 10] = [
     c"protected_table",
     c"subject_revocation",
     c"token_revocation",
+    c"audit_key",
 ];
 
 pub fn init() {
@@ -150,9 +152,11 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
     }
 }
 
-/// Drop every cached row and bump the generation.
+/// Drop every cached row and bump the generation. Also run, locally, when a transaction that
+/// changed the catalog aborts: nothing read from its rows stays cached (audit keys included).
 pub fn invalidate() {
     CACHE.with(|c| *c.borrow_mut() = Cache::default());
+    crate::audit::forget_keys();
     RELS.with(|r| r.set(None));
     GENERATION.with(|g| g.set(g.get() + 1));
 }
@@ -216,8 +220,11 @@ fn rels() -> Rels {
     r
 }
 
-/// Pin `search_path = pg_catalog, pg_temp` for the length of `f` (restored on return; on error
-/// by the transaction's or subtransaction's abort, as for a function's SET clause).
+/// Pin `search_path = pg_catalog, pg_temp` for the length of `f`. On return every setting
+/// changed inside, by us or by code `f` reached (a table owner's trigger calling
+/// `set_config(..., false)`, say), is rolled back, as PostgreSQL's maintenance commands roll
+/// back what they ran as a table's owner; on error, the transaction's or subtransaction's abort
+/// does it.
 fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: a GUC nest level of our own, closed below (or by (sub)transaction abort); the
     // setting is changed with GUC_ACTION_SAVE, which PostgreSQL allows in parallel mode too.
@@ -234,7 +241,8 @@ fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
             false,
         );
         let r = f();
-        pg_sys::AtEOXact_GUC(true, nest);
+        // false: nothing set inside this level outlives it.
+        pg_sys::AtEOXact_GUC(false, nest);
         r
     }
 }
@@ -653,14 +661,19 @@ pub fn tenant_roles(tenant: Uuid) -> Rc<Vec<String>> {
     rows
 }
 
-/// Whether `tenant` has an admin: a member with the `admin` role, or a database role mapped to
-/// it with `admin`. From then on the tenant's admins, not operators, decide who gets in
+/// Whether `tenant` has had an admin: one was ever seated (a member with the `admin` role, a
+/// role mapped with it, or `default_roles` naming it), which `admin_seated_at` remembers even
+/// after every admin is removed, or one is there now (also seated by this transaction). From
+/// then on the tenant's admins, not operators, decide who gets in
 /// (`authz::require_may_widen`). Read fresh, never cached: it guards management calls only.
 pub fn has_admin(tenant: Uuid) -> bool {
     owner_rows(
-        "tenancy.member",
-        "SELECT EXISTS (SELECT FROM tenancy.member WHERE tenant_id = $1 AND role = 'admin') \
-             OR EXISTS (SELECT FROM tenancy.role_mapping WHERE tenant_id = $1 AND 'admin' = ANY (tenant_roles))",
+        "tenancy.tenant",
+        "SELECT t.admin_seated_at IS NOT NULL \
+             OR coalesce(t.settings->'default_roles' ? 'admin', false) \
+             OR EXISTS (SELECT FROM tenancy.member WHERE tenant_id = t.id AND role = 'admin') \
+             OR EXISTS (SELECT FROM tenancy.role_mapping WHERE tenant_id = t.id AND 'admin' = ANY (tenant_roles)) \
+           FROM tenancy.tenant t WHERE t.id = $1",
         &[to_pg_uuid(tenant).into()],
         |row| Ok(row.get::<bool>(1)?.unwrap_or(true)),
     )
@@ -669,43 +682,52 @@ pub fn has_admin(tenant: Uuid) -> bool {
     .unwrap_or(true)
 }
 
+/// Remember that `tenant` has an admin from now on (see [`has_admin`]).
+pub fn seat_admin(tenant: Uuid) {
+    crate::catalog::write(
+        "UPDATE tenancy.tenant SET admin_seated_at = now() WHERE id = $1 AND admin_seated_at IS NULL",
+        &[to_pg_uuid(tenant).into()],
+    );
+}
+
+/// At most this many revocation lookups are kept per backend (of each kind); a full map is
+/// emptied. A revocation is looked up once per token and catalog generation (bind keeps what it
+/// derived), so this bounds memory, not work.
+const REVOCATIONS_KEPT: usize = 4096;
+
 /// Why a token of `subject` in `tenant`, issued at `iat` (seconds) with id `jti`, has been
 /// revoked (tenancy.revoke_subject, tenancy.revoke_token), or None. A token without `iat` counts
-/// as issued before any subject revocation.
+/// as issued before any subject revocation. One index probe per kind, kept for the generation.
 pub fn token_revocation(
     tenant: Uuid,
     subject: &str,
     iat: Option<i64>,
     jti: Option<&str>,
 ) -> Option<String> {
-    let subjects = match CACHE.with(|c| c.borrow().subject_revocations.clone()) {
-        Some(m) => m,
+    let key = (tenant, subject.to_string());
+    let before = match CACHE.with(|c| c.borrow().subject_revocations.get(&key).copied()) {
+        Some(b) => b,
         None => {
             let gen = generation();
-            let m: HashMap<(Uuid, String), i64> = owner_rows(
+            let b = owner_rows(
                 "tenancy.subject_revocation",
-                "SELECT tenant_id, subject, \
-                        (extract(epoch FROM issued_before) * 1000000)::int8 \
-                   FROM tenancy.subject_revocation",
-                &[],
-                |row| {
-                    Ok((
-                        (
-                            from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id")),
-                            row.get::<String>(2)?.unwrap_or_default(),
-                        ),
-                        row.get::<i64>(3)?.unwrap_or(i64::MAX),
-                    ))
-                },
+                "SELECT (extract(epoch FROM issued_before) * 1000000)::int8 \
+                   FROM tenancy.subject_revocation WHERE tenant_id = $1 AND subject = $2",
+                &[to_pg_uuid(tenant).into(), subject.into()],
+                |row| Ok(row.get::<i64>(1)?.unwrap_or(i64::MAX)),
             )
             .into_iter()
-            .collect();
-            let m = Rc::new(m);
-            store(gen, |c| c.subject_revocations = Some(m.clone()));
-            m
+            .next();
+            store(gen, |c| {
+                if c.subject_revocations.len() >= REVOCATIONS_KEPT {
+                    c.subject_revocations.clear();
+                }
+                c.subject_revocations.insert(key, b);
+            });
+            b
         }
     };
-    if let Some(&before) = subjects.get(&(tenant, subject.to_string())) {
+    if let Some(before) = before {
         let issued = iat.map_or(i64::MIN, |s| s.saturating_mul(1_000_000));
         if issued < before {
             return Some(format!(
@@ -714,33 +736,29 @@ pub fn token_revocation(
         }
     }
     let jti = jti?;
-    let tokens = match CACHE.with(|c| c.borrow().token_revocations.clone()) {
-        Some(m) => m,
+    let tenants = match CACHE.with(|c| c.borrow().token_revocations.get(jti).cloned()) {
+        Some(t) => t,
         None => {
             let gen = generation();
-            let mut m: HashMap<String, Vec<Option<Uuid>>> = HashMap::new();
-            for (j, t) in owner_rows(
+            let t = Rc::new(owner_rows(
                 "tenancy.token_revocation",
-                "SELECT jti, tenant_id FROM tenancy.token_revocation",
-                &[],
-                |row| {
-                    Ok((
-                        row.get::<String>(1)?.unwrap_or_default(),
-                        row.get::<pgrx::Uuid>(2)?.map(|u| from_pg_uuid(&u)),
-                    ))
-                },
-            ) {
-                m.entry(j).or_default().push(t);
-            }
-            let m = Rc::new(m);
-            store(gen, |c| c.token_revocations = Some(m.clone()));
-            m
+                "SELECT tenant_id FROM tenancy.token_revocation WHERE jti = $1",
+                &[jti.into()],
+                |row| Ok(row.get::<pgrx::Uuid>(1)?.map(|u| from_pg_uuid(&u))),
+            ));
+            store(gen, |c| {
+                if c.token_revocations.len() >= REVOCATIONS_KEPT {
+                    c.token_revocations.clear();
+                }
+                c.token_revocations.insert(jti.to_string(), t.clone());
+            });
+            t
         }
     };
-    tokens
-        .get(jti)
-        .filter(|ts| ts.iter().any(|t| t.is_none_or(|t| t == tenant)))
-        .map(|_| format!("token \"{jti}\" has been revoked"))
+    tenants
+        .iter()
+        .any(|t| t.is_none_or(|t| t == tenant))
+        .then(|| format!("token \"{jti}\" has been revoked"))
 }
 
 /// Run a writing statement on the catalog as its owner.

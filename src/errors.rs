@@ -13,12 +13,44 @@ pub use PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as INVALID_PARAMETER;
 pub use PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE as NOT_IN_PREREQUISITE_STATE;
 pub use PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT as UNDEFINED_OBJECT;
 
-/// Raise an ERROR with a SQLSTATE, a message and a HINT. Never returns.
+/// `s` with every control character (newlines, carriage returns, tabs, escapes, DEL, and the
+/// C1 range) written as `\u{..}`: a value from SQL that reaches a message or a log line cannot
+/// start a line of its own there (a forged "pg_tenancy security event" line, say) or move the
+/// terminal's cursor.
+pub fn clean(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Raise an ERROR with a SQLSTATE, a message and a HINT (both cleaned of control characters).
+/// Never returns.
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<String>) -> ! {
-    ErrorReport::new(code, message.into(), "pg_tenancy")
-        .set_hint(hint)
+    ErrorReport::new(code, clean(&message.into()), "pg_tenancy")
+        .set_hint(clean(&hint.into()))
         .report(PgLogLevel::ERROR);
     unreachable!("ereport(ERROR) returned")
+}
+
+/// Keep Rust backtraces out of error reports: pgrx appends a captured backtrace (frames with
+/// the build's source paths) to an error's DETAIL when `RUST_BACKTRACE` or
+/// `RUST_LIB_BACKTRACE` asks for one in the server's environment. `RUST_LIB_BACKTRACE=0` takes
+/// precedence over both for `Backtrace::capture`, which reads it once per process. Called from
+/// `_PG_init`, before anything of pg_tenancy can raise (in the postmaster when preloaded, so
+/// every backend inherits it).
+pub fn init() {
+    // SAFETY (of the call, which is safe in edition 2021): a PostgreSQL backend or postmaster
+    // runs one thread, and nothing reads the environment concurrently.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
 }
 
 /// Write a security event to the server log as one line of JSON. A LOG line is emitted at once,
@@ -33,8 +65,16 @@ pub fn security_event(event: &str, mut fields: serde_json::Map<String, serde_jso
     };
     fields.entry("role").or_insert(role.into());
     fields.entry("session_role").or_insert(session_role.into());
+    // The tenant the event is verified to concern: named by the caller once a token's
+    // signature verified, or the session's binding.
+    let tenant = fields
+        .get("tenant_id")
+        .and_then(|v| v.as_str())
+        .and_then(|t| uuid::Uuid::parse_str(t).ok())
+        .or_else(|| crate::binding::peek().map(|b| b.tenant));
+    // One JSON object: serde_json escapes every control character inside its strings.
     let line = serde_json::Value::Object(fields).to_string();
-    crate::events::record(event, &line);
+    crate::events::record(event, &line, tenant);
     ErrorReport::new(
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
         format!("pg_tenancy security event: {line}"),

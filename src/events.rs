@@ -1,13 +1,36 @@
-//! Security events kept in shared memory when the library is in `shared_preload_libraries`:
-//! counters per kind and the most recent events, read by `tenancy.security_events()` and
-//! `tenancy.security_event_counts()`. Every event is also a server-log line (errors.rs), which
-//! needs no preloading; both are written before the refusal is raised, so they survive the
-//! rollback of the statement that caused them.
+//! Security events kept in shared memory when the library is in `shared_preload_libraries`,
+//! and persisted from there by background workers into `tenancy.security_event_log`.
+//!
+//! Every event is also a server-log line (errors.rs), which needs no preloading; both are
+//! written before the refusal is raised, so they survive the rollback of the statement that
+//! caused them.
+//!
+//! Kept so that no one can flood another tenant's events away:
+//! - recent events are kept per tenant, in buckets of their own: one per tenant the event is
+//!   verified to concern (a bound session's tenant, or a token's tenant once its signature
+//!   verified), one for events no tenant can be verified for (a malformed token, say), one for
+//!   the platform's flood reports. A bucket keeps its tenant's last [`PER_BUCKET`] events;
+//!   when more tenants than buckets have events, the one whose last event is oldest gives its
+//!   bucket up. Only a tenant's own sessions and verified tokens produce its events;
+//! - each source (the session's login role and the event's tenant) may record [`BURST`]
+//!   events, and [`PER_SECOND`] more every second. Past that its events are counted, not kept,
+//!   and an `event_flood` event says so (at most one every [`FLOOD_REPORT_SECONDS`] per source),
+//!   in the platform's bucket;
+//! - every kept event is queued for the log table. The event-log launcher (a background worker)
+//!   starts a worker for each database with queued events; it inserts them into that database's
+//!   `tenancy.security_event_log` (append-only, read by operators) and, when
+//!   `tenancy.notify_security_events` is on, sends a `NOTIFY tenancy_security` for each.
 
 use crate::errors;
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, pg_sys, PGRXSharedMemory, PgLwLock};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 pub const KINDS: &[&str] = &[
     "bind_refused",
@@ -20,10 +43,24 @@ pub const KINDS: &[&str] = &[
     "cross_tenant_write_refused",
     "audit_tamper_refused",
     "support_refused",
+    "platform_role_bound",
+    "event_flood",
     "other",
 ];
-const RECENT: usize = 128;
-const TEXT: usize = 480;
+/// Tenant buckets, the first two reserved: events with no verified tenant, and flood reports.
+const BUCKETS: usize = 128;
+const UNATTRIBUTED: usize = 0;
+const PLATFORM: usize = 1;
+pub const PER_BUCKET: usize = 16;
+/// Events waiting for the log table; when full, the oldest goes (and is counted).
+const QUEUE: usize = 512;
+/// Flood sources tracked at once (least recently active replaced).
+const LIMITERS: usize = 256;
+pub const BURST: i64 = 32;
+pub const PER_SECOND: i64 = 2;
+pub const FLOOD_REPORT_SECONDS: i64 = 10;
+const TEXT: usize = 360;
+const USECS: i64 = 1_000_000;
 
 #[derive(Clone, Copy)]
 pub struct Slot {
@@ -33,68 +70,284 @@ pub struct Slot {
     text: [u8; TEXT],
 }
 
+const EMPTY_SLOT: Slot = Slot {
+    at: 0,
+    kind: 0,
+    len: 0,
+    text: [0; TEXT],
+};
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tenant: [u8; 16],
+    used: bool,
+    last: pg_sys::TimestampTz,
+    next: u32,
+    slots: [Slot; PER_BUCKET],
+}
+
+#[derive(Clone, Copy)]
+struct Limiter {
+    role: u32,
+    tenant: [u8; 16],
+    /// Tokens in micro-events (a million is one event).
+    tokens: i64,
+    updated: pg_sys::TimestampTz,
+    suppressed: u64,
+    reported: pg_sys::TimestampTz,
+}
+
+#[derive(Clone, Copy)]
+struct Queued {
+    db: u32,
+    taken: bool,
+    tenant: [u8; 16],
+    attributed: bool,
+    slot: Slot,
+}
+
 #[derive(Clone, Copy)]
 pub struct EventLog {
-    next: u64,
     counts: [u64; 16],
-    slots: [Slot; RECENT],
+    dropped: u64,
+    buckets: [Bucket; BUCKETS],
+    limiters: [Limiter; LIMITERS],
+    queue: [Queued; QUEUE],
+    queued: u64,
 }
 
 impl Default for EventLog {
     fn default() -> Self {
         EventLog {
-            next: 0,
             counts: [0; 16],
-            slots: [Slot {
-                at: 0,
-                kind: 0,
-                len: 0,
-                text: [0; TEXT],
-            }; RECENT],
+            dropped: 0,
+            buckets: [Bucket {
+                tenant: [0; 16],
+                used: false,
+                last: 0,
+                next: 0,
+                slots: [EMPTY_SLOT; PER_BUCKET],
+            }; BUCKETS],
+            limiters: [Limiter {
+                role: 0,
+                tenant: [0; 16],
+                tokens: 0,
+                updated: 0,
+                suppressed: 0,
+                reported: 0,
+            }; LIMITERS],
+            queue: [Queued {
+                db: 0,
+                taken: true,
+                tenant: [0; 16],
+                attributed: false,
+                slot: EMPTY_SLOT,
+            }; QUEUE],
+            queued: 0,
         }
     }
 }
 
+// SAFETY: plain data (integers and byte arrays), no pointers: valid in shared memory.
 unsafe impl PGRXSharedMemory for EventLog {}
 
+// SAFETY: the lock's name is unique to pg_tenancy; pg_shmem_init! registers it at preload.
 static EVENTS: PgLwLock<EventLog> = unsafe { PgLwLock::new(c"pg_tenancy_security_events") };
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
+    // SAFETY: reads a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg_shmem_init!(EVENTS);
         PRELOADED.store(true, Ordering::Relaxed);
+        BackgroundWorkerBuilder::new("pg_tenancy security event log")
+            .set_type("pg_tenancy security event log")
+            .set_library("pg_tenancy")
+            .set_function("tenancy_event_launcher")
+            .enable_shmem_access(None)
+            .set_start_time(BgWorkerStartTime::RecoveryFinished)
+            .set_restart_time(Some(Duration::from_secs(5)))
+            .load();
     }
 }
 
-/// Count and keep an event (a no-op unless preloaded).
-pub fn record(kind: &str, line: &str) {
-    if !PRELOADED.load(Ordering::Relaxed) {
-        return;
-    }
-    let k = KINDS
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+fn kind_index(kind: &str) -> usize {
+    KINDS
         .iter()
         .position(|x| *x == kind)
-        .unwrap_or(KINDS.len() - 1);
+        .unwrap_or(KINDS.len() - 1)
+}
+
+fn slot(kind: usize, line: &str, at: pg_sys::TimestampTz) -> Slot {
     let bytes = line.as_bytes();
     let mut n = bytes.len().min(TEXT);
     while n > 0 && !line.is_char_boundary(n) {
         n -= 1;
     }
+    let mut s = EMPTY_SLOT;
+    s.at = at;
+    s.kind = kind as u8;
+    s.len = n as u16;
+    s.text[..n].copy_from_slice(&bytes[..n]);
+    s
+}
+
+impl EventLog {
+    /// The bucket of `tenant` (None: unattributed), taking a free one or the least recently
+    /// used tenant bucket.
+    fn bucket_for(&mut self, tenant: Option<[u8; 16]>, now: pg_sys::TimestampTz) -> usize {
+        let Some(t) = tenant else {
+            return UNATTRIBUTED;
+        };
+        let tenants = 2..BUCKETS;
+        if let Some(i) = tenants
+            .clone()
+            .find(|&i| self.buckets[i].used && self.buckets[i].tenant == t)
+        {
+            return i;
+        }
+        let i = tenants
+            .clone()
+            .find(|&i| !self.buckets[i].used)
+            .unwrap_or_else(|| {
+                tenants
+                    .min_by_key(|&i| self.buckets[i].last)
+                    .expect("tenant buckets")
+            });
+        let b = &mut self.buckets[i];
+        b.used = true;
+        b.tenant = t;
+        b.next = 0;
+        b.last = now;
+        b.slots = [EMPTY_SLOT; PER_BUCKET];
+        i
+    }
+
+    fn keep(&mut self, bucket: usize, s: Slot) {
+        let b = &mut self.buckets[bucket];
+        b.slots[b.next as usize % PER_BUCKET] = s;
+        b.next = b.next.wrapping_add(1);
+        b.last = s.at;
+    }
+
+    fn enqueue(&mut self, db: u32, tenant: Option<[u8; 16]>, s: Slot) {
+        let i = (self.queued % QUEUE as u64) as usize;
+        if !self.queue[i].taken {
+            self.dropped += 1;
+        }
+        self.queue[i] = Queued {
+            db,
+            taken: false,
+            tenant: tenant.unwrap_or([0; 16]),
+            attributed: tenant.is_some(),
+            slot: s,
+        };
+        self.queued += 1;
+    }
+
+    /// Spend one event of the source's allowance; Some(suppressed count to report) when the
+    /// source is flooding and a report is due, Err(()) when this event is suppressed.
+    fn admit(
+        &mut self,
+        role: u32,
+        tenant: [u8; 16],
+        now: pg_sys::TimestampTz,
+    ) -> Result<(), Option<u64>> {
+        let found = self
+            .limiters
+            .iter()
+            .position(|l| l.updated != 0 && l.role == role && l.tenant == tenant);
+        let i = found.unwrap_or_else(|| {
+            let i = (0..LIMITERS)
+                .min_by_key(|&i| self.limiters[i].updated)
+                .expect("limiters");
+            self.limiters[i] = Limiter {
+                role,
+                tenant,
+                tokens: BURST * USECS,
+                updated: now,
+                suppressed: 0,
+                reported: 0,
+            };
+            i
+        });
+        let l = &mut self.limiters[i];
+        let elapsed = (now - l.updated).max(0);
+        l.tokens = (l.tokens + elapsed * PER_SECOND).min(BURST * USECS);
+        l.updated = now;
+        if l.tokens >= USECS {
+            l.tokens -= USECS;
+            return Ok(());
+        }
+        l.suppressed += 1;
+        if now - l.reported >= FLOOD_REPORT_SECONDS * USECS {
+            l.reported = now;
+            let n = l.suppressed;
+            l.suppressed = 0;
+            return Err(Some(n));
+        }
+        Err(None)
+    }
+}
+
+/// Count and keep an event (a no-op unless preloaded). `tenant`: the tenant the event is
+/// verified to concern, if any.
+pub fn record(kind: &str, line: &str, tenant: Option<uuid::Uuid>) {
+    if !preloaded() {
+        return;
+    }
+    let k = kind_index(kind);
+    // SAFETY: reads the clock, the database and the session's login role.
+    let (now, db, role) = unsafe {
+        (
+            pg_sys::GetCurrentTimestamp(),
+            u32::from(pg_sys::MyDatabaseId),
+            u32::from(pg_sys::GetSessionUserId()),
+        )
+    };
+    let tenant = tenant.map(|t| *t.as_bytes());
+    // Looked up before the lock is taken: no catalog access while holding it.
+    let role_name = crate::authz::role_name(pg_sys::Oid::from(role));
     let mut log = EVENTS.exclusive();
     log.counts[k] += 1;
-    let i = (log.next % RECENT as u64) as usize;
-    log.next += 1;
-    let slot = &mut log.slots[i];
-    slot.at = unsafe { pg_sys::GetCurrentTimestamp() };
-    slot.kind = k as u8;
-    slot.len = n as u16;
-    slot.text[..n].copy_from_slice(&bytes[..n]);
+    match log.admit(role, tenant.unwrap_or([0; 16]), now) {
+        Ok(()) => {
+            let s = slot(k, line, now);
+            let b = log.bucket_for(tenant, now);
+            log.keep(b, s);
+            log.enqueue(db, tenant, s);
+        }
+        Err(report) => {
+            let Some(suppressed) = report else {
+                return;
+            };
+            let flood = serde_json::json!({
+                "event": "event_flood",
+                "role": role_name,
+                "tenant_id": tenant.map(|t| uuid::Uuid::from_bytes(t).to_string()),
+                "suppressed": suppressed,
+                "of_event": kind,
+                "reason": format!(
+                    "more than {BURST} security events, then {PER_SECOND} a second, from one role and tenant: {suppressed} not kept"
+                ),
+            })
+            .to_string();
+            let f = kind_index("event_flood");
+            log.counts[f] += 1;
+            let s = slot(f, &flood, now);
+            log.keep(PLATFORM, s);
+            log.enqueue(db, tenant, s);
+        }
+    }
 }
 
 fn require_preloaded() {
     crate::authz::require_operator("security_events");
-    if !PRELOADED.load(Ordering::Relaxed) {
+    if !preloaded() {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
             "security event counters need pg_tenancy in shared_preload_libraries",
@@ -103,39 +356,59 @@ fn require_preloaded() {
     }
 }
 
-/// The most recent security events, newest first (operators; needs preloading).
+fn timestamp(at: pg_sys::TimestampTz) -> pgrx::datum::TimestampWithTimeZone {
+    // SAFETY: a TimestampTz datum is the integer itself.
+    unsafe { pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(at), false) }
+        .expect("timestamp")
+}
+
+fn detail(s: &Slot) -> pgrx::JsonB {
+    let text = String::from_utf8_lossy(&s.text[..s.len as usize]).into_owned();
+    pgrx::JsonB(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// The recent security events kept in shared memory (the last 16 of each tenant, of the
+/// events no tenant is verified for, and of flood reports), newest first (operators; needs
+/// preloading). Older ones are in tenancy.security_event_log and the server log.
 #[pg_extern(volatile, parallel_safe)]
 fn security_events() -> TableIterator<
     'static,
     (
         name!(occurred_at, pgrx::datum::TimestampWithTimeZone),
         name!(event, String),
+        name!(tenant_id, Option<pgrx::Uuid>),
         name!(detail, pgrx::JsonB),
     ),
 > {
     require_preloaded();
-    let log = *EVENTS.share();
-    let total = log.next.min(RECENT as u64) as usize;
-    let mut rows = Vec::with_capacity(total);
-    for back in 1..=total {
-        let i = ((log.next - back as u64) % RECENT as u64) as usize;
-        let s = log.slots[i];
-        let text = String::from_utf8_lossy(&s.text[..s.len as usize]).into_owned();
-        let detail = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        let at = unsafe {
-            pgrx::datum::TimestampWithTimeZone::from_datum(pg_sys::Datum::from(s.at), false)
+    let log = EVENTS.share();
+    let mut rows = Vec::new();
+    for (i, b) in log.buckets.iter().enumerate() {
+        if i >= 2 && !b.used {
+            continue;
         }
-        .expect("timestamp");
-        rows.push((at, KINDS[s.kind as usize].to_string(), pgrx::JsonB(detail)));
+        let tenant = (i >= 2).then(|| pgrx::Uuid::from_bytes(b.tenant));
+        let kept = (b.next as usize).min(PER_BUCKET);
+        for back in 1..=kept {
+            let s = &b.slots[(b.next as usize + PER_BUCKET - back) % PER_BUCKET];
+            rows.push((s.at, KINDS[s.kind as usize].to_string(), tenant, detail(s)));
+        }
     }
-    TableIterator::new(rows)
+    drop(log);
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+    TableIterator::new(
+        rows.into_iter()
+            .map(|(at, k, t, d)| (timestamp(at), k, t, d))
+            .collect::<Vec<_>>(),
+    )
 }
 
-/// Security events counted since the server started, per kind (operators; needs preloading).
+/// Security events counted since the server started, per kind, including those a flood
+/// suppressed (operators; needs preloading).
 #[pg_extern(volatile, parallel_safe)]
 fn security_event_counts() -> TableIterator<'static, (name!(event, String), name!(total, i64))> {
     require_preloaded();
-    let log = *EVENTS.share();
+    let log = EVENTS.share();
     TableIterator::new(
         KINDS
             .iter()
@@ -143,4 +416,227 @@ fn security_event_counts() -> TableIterator<'static, (name!(event, String), name
             .map(|(i, k)| (k.to_string(), log.counts[i] as i64))
             .collect::<Vec<_>>(),
     )
+}
+
+// ------------------------------------------------------------------------------------------
+// Persisting: a launcher that needs no database, and one worker per database with events.
+
+/// The event-log launcher (a static background worker): every half second, starts a worker
+/// for each database that has queued events and no worker yet.
+///
+/// # Safety
+/// Called by the postmaster as a background worker's main function.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tenancy_event_launcher(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
+    while BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
+        let dbs: Vec<u32> = {
+            let log = EVENTS.share();
+            let mut dbs: Vec<u32> = log
+                .queue
+                .iter()
+                .filter(|q| !q.taken)
+                .map(|q| q.db)
+                .collect();
+            dbs.sort_unstable();
+            dbs.dedup();
+            dbs
+        };
+        for db in dbs {
+            if workers.get(&db).is_some_and(|w| w.pid().is_ok()) {
+                continue;
+            }
+            let started = BackgroundWorkerBuilder::new("pg_tenancy security event writer")
+                .set_type("pg_tenancy security event writer")
+                .set_library("pg_tenancy")
+                .set_function("tenancy_event_writer")
+                .set_argument(Some(pg_sys::Datum::from(db)))
+                .enable_shmem_access(None)
+                .enable_spi_access()
+                .load_dynamic();
+            match started {
+                Ok(w) => {
+                    workers.insert(db, w);
+                }
+                // No free worker slot now: the events wait for the next round.
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Take the queued events of database `db`, oldest first.
+fn take(db: u32) -> Vec<(Option<[u8; 16]>, Slot)> {
+    let mut log = EVENTS.exclusive();
+    let start = log.queued.saturating_sub(QUEUE as u64);
+    let mut out = Vec::new();
+    for n in start..log.queued {
+        let q = &mut log.queue[(n % QUEUE as u64) as usize];
+        if !q.taken && q.db == db {
+            q.taken = true;
+            out.push((q.attributed.then_some(q.tenant), q.slot));
+        }
+    }
+    out
+}
+
+/// A database's event-log writer (a dynamic background worker): inserts the database's queued
+/// events into `tenancy.security_event_log`, and NOTIFYs them when asked to; stops after a
+/// second with nothing to write (so that it holds no connection to a database for long: DROP
+/// DATABASE waits for it).
+///
+/// # Safety
+/// Called by the postmaster as a background worker's main function.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tenancy_event_writer(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = arg.value() as u32;
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    let mut idle = 0;
+    while BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
+        let batch = take(db);
+        if batch.is_empty() {
+            idle += 1;
+            if idle > 5 {
+                break;
+            }
+            continue;
+        }
+        idle = 0;
+        BackgroundWorker::transaction(|| write_batch(batch));
+    }
+}
+
+fn write_batch(batch: Vec<(Option<[u8; 16]>, Slot)>) {
+    let installed = Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_tenancy')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !installed {
+        return;
+    }
+    let notify = crate::gucs::NOTIFY_SECURITY_EVENTS.get();
+    for (tenant, s) in batch {
+        let id = Spi::get_one_with_args::<i64>(
+            "INSERT INTO tenancy.security_event_log (occurred_at, event, tenant_id, detail) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+            &[
+                timestamp(s.at).into(),
+                KINDS[s.kind as usize].into(),
+                tenant.map(pgrx::Uuid::from_bytes).into(),
+                detail(&s).into(),
+            ],
+        );
+        if notify {
+            // The payload names the event, never what it concerns beyond its tenant's id: any
+            // role of the database may LISTEN. Operators read the rest in the log table.
+            let payload = serde_json::json!({
+                "id": id.ok().flatten(),
+                "event": KINDS[s.kind as usize],
+                "tenant_id": tenant.map(|t| uuid::Uuid::from_bytes(t).to_string()),
+            })
+            .to_string();
+            let _ = Spi::run_with_args(
+                "SELECT pg_catalog.pg_notify('tenancy_security', $1)",
+                &[payload.as_str().into()],
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    /// The log is about a megabyte: built on a thread with room for it.
+    fn with_log(f: impl FnOnce(&mut EventLog) + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || f(&mut Box::<EventLog>::default()))
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_flooding_source_is_cut_to_its_allowance_and_reported_once() {
+        with_log(flood);
+    }
+
+    fn flood(log: &mut EventLog) {
+        let now = 1_000_000_000;
+        let mut kept = 0;
+        let mut reports = vec![];
+        for i in 0..500 {
+            match log.admit(7, [1; 16], now + i) {
+                Ok(()) => kept += 1,
+                Err(Some(n)) => reports.push(n),
+                Err(None) => {}
+            }
+        }
+        assert_eq!(kept, BURST);
+        assert_eq!(reports, vec![1], "one report at the first suppressed event");
+        // Another source (another tenant of the same role) is untouched.
+        assert!(log.admit(7, [2; 16], now + 500).is_ok());
+        // Ten seconds later the source has 20 events more, and its next report counts the rest.
+        let later = now + FLOOD_REPORT_SECONDS * USECS;
+        let mut kept = 0;
+        let mut reports = vec![];
+        for i in 0..100 {
+            match log.admit(7, [1; 16], later + i) {
+                Ok(()) => kept += 1,
+                Err(Some(n)) => reports.push(n),
+                Err(None) => {}
+            }
+        }
+        assert_eq!(kept, (FLOOD_REPORT_SECONDS * PER_SECOND) as i32);
+        assert_eq!(reports.len(), 1);
+        assert!(reports[0] >= 500 - BURST as u64 - 1, "{reports:?}");
+    }
+
+    #[test]
+    fn one_tenants_events_never_evict_another_tenants() {
+        with_log(no_eviction);
+    }
+
+    fn no_eviction(log: &mut EventLog) {
+        let victim = log.bucket_for(Some([9; 16]), 1);
+        log.keep(victim, slot(0, "{\"victim\": true}", 1));
+        for i in 0..10_000 {
+            let b = log.bucket_for(Some([3; 16]), 2 + i);
+            log.keep(b, slot(0, "{}", 2 + i));
+            let u = log.bucket_for(None, 2 + i);
+            log.keep(u, slot(0, "{}", 2 + i));
+        }
+        let b = log.bucket_for(Some([9; 16]), 20_000);
+        assert_eq!(b, victim);
+        assert_eq!(log.buckets[b].next, 1);
+        assert_eq!(&log.buckets[b].slots[0].text[..4], b"{\"vi");
+    }
+}
+
+/// Whether a new session of this database loads pg_tenancy before its first statement: the
+/// library is in `shared_preload_libraries` (this server preloaded it) or in
+/// `session_preload_libraries` (read without the privilege check SQL's current_setting makes, so
+/// that verify() works for operators).
+#[pg_extern(stable, parallel_safe, name = "_library_preloaded")]
+fn library_preloaded() -> bool {
+    if preloaded() {
+        return true;
+    }
+    // SAFETY: reads a setting's current value; the returned string is PostgreSQL's.
+    unsafe {
+        let v = pg_sys::GetConfigOption(c"session_preload_libraries".as_ptr(), true, false);
+        !v.is_null()
+            && std::ffi::CStr::from_ptr(v)
+                .to_string_lossy()
+                .split(',')
+                .map(|l| l.trim().trim_matches('"'))
+                .any(|l| l == "pg_tenancy" || l == "$libdir/pg_tenancy")
+    }
 }

@@ -22,7 +22,7 @@ use pgrx::prelude::*;
 fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
     // Raises "can only be called in an event trigger function" outside a DDL command.
     catalog::read_one::<i64>(
-        "SELECT count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
+        "SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
         &[],
     );
     if crate::policy::in_managed_ddl()
@@ -161,5 +161,467 @@ fn forget_dropped() {
             "DELETE FROM tenancy.protected_table p WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid)",
             &[],
         );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Channels outside the policies, refused before the command runs (utility hook): DDL that
+// would run code over every tenant's rows, or make them readable through another table, and
+// locks that stall every tenant. Superusers (a trusted migration role) pass: row security does
+// not apply to them anyway, and verify() reports what they leave behind.
+
+use pgrx::pg_sys;
+
+fn is_protected(rel: pg_sys::Oid) -> bool {
+    rel != pg_sys::InvalidOid
+        && catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)))
+}
+
+/// The relation a RangeVar names, or InvalidOid (no lock; the command itself locks it).
+unsafe fn relid_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
+    if rv.is_null() {
+        return pg_sys::InvalidOid;
+    }
+    // SAFETY: a catalog lookup by name that returns InvalidOid when the relation is missing.
+    unsafe {
+        pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as pg_sys::LOCKMODE,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
+    // SAFETY: `l` is null or a pointer List.
+    unsafe {
+        if l.is_null() {
+            return Vec::new();
+        }
+        (0..(*l).length as usize)
+            .map(|i| (*(*l).elements.add(i)).ptr_value as *mut T)
+            .collect()
+    }
+}
+
+fn refuse_channel(table: pg_sys::Oid, message: String, hint: impl Into<String>) -> ! {
+    let mut f = serde_json::Map::new();
+    f.insert("table".into(), crate::policy::relation_name(table).into());
+    errors::refuse(
+        "guard_refused",
+        f,
+        errors::INSUFFICIENT_PRIVILEGE,
+        message,
+        hint,
+    )
+}
+
+const EXPRESSION_HINT: &str = "On a protected table such an expression runs over every tenant's rows with no row security, so only PostgreSQL's built-in LEAKPROOF functions may appear in it. Have a superuser (a trusted migration role) run it, or write the expression with built-in leakproof functions; tenancy.verify() reports what is left.";
+
+/// Analyze a raw expression of a DDL command against the columns of `rel`, as PostgreSQL would,
+/// and refuse when it calls anything but built-in LEAKPROOF functions. Evaluates nothing.
+unsafe fn refuse_leaky_raw(
+    rel: pg_sys::Oid,
+    raw: *mut pg_sys::Node,
+    kind: pg_sys::ParseExprKind::Type,
+    what: &str,
+    query: *const std::ffi::c_char,
+) {
+    if raw.is_null() {
+        return;
+    }
+    // SAFETY: parse analysis of a copy of the raw tree against the relation, opened with the
+    // lock the command takes anyway; the parse state is freed, the lock kept to the end of the
+    // transaction (as the command would).
+    let leaky = unsafe {
+        let r = pg_sys::relation_open(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        (*pstate).p_sourcetext = query;
+        let nsitem = pg_sys::addRangeTableEntryForRelation(
+            pstate,
+            r,
+            pg_sys::AccessShareLock as i32,
+            std::ptr::null_mut(),
+            false,
+            true,
+        );
+        pg_sys::addNSItemToQuery(pstate, nsitem, true, true, true);
+        let expr = pg_sys::transformExpr(
+            pstate,
+            pg_sys::copyObjectImpl(raw as *const std::ffi::c_void) as *mut pg_sys::Node,
+            kind,
+        );
+        let leaky = crate::leakproof::first_leaky_call(expr, false);
+        pg_sys::free_parsestate(pstate);
+        pg_sys::relation_close(r, pg_sys::NoLock as pg_sys::LOCKMODE);
+        leaky
+    };
+    if let Some(call) = leaky {
+        refuse_channel(
+            rel,
+            format!(
+                "{what} on protected table \"{}\" calls {call}, which is not a built-in leakproof function",
+                crate::policy::relation_name(rel)
+            ),
+            EXPRESSION_HINT,
+        );
+    }
+}
+
+/// Refuse a stored expression (a constraint about to be validated) that is leaky.
+fn refuse_leaky_stored(rel: pg_sys::Oid, stored: Option<String>, what: &str) {
+    if let Some(call) = stored.and_then(|text| crate::leakproof::leaky_call_text(&text, false)) {
+        refuse_channel(
+            rel,
+            format!(
+                "{what} on protected table \"{}\" calls {call}, which is not a built-in leakproof function",
+                crate::policy::relation_name(rel)
+            ),
+            EXPRESSION_HINT,
+        );
+    }
+}
+
+/// An application session, for LOCK: anyone but a superuser or an operator with no binding.
+fn application_session() -> bool {
+    let who = crate::authz::caller();
+    !crate::authz::is_superuser(who)
+        && (!crate::authz::is_operator(who) || crate::binding::peek().is_some())
+}
+
+/// Refuse, before it runs, a DDL command that opens a channel around the policies of a
+/// protected table. Called by the `ddl_command_start` event trigger, which fires for every role
+/// in every session, whether or not this library was loaded when the command started.
+///
+/// # Safety
+/// `stmt` is the parse tree of the command that fired the trigger, `query` its source text or
+/// null.
+pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char) {
+    // SAFETY: every pointer below is part of `stmt`, a parse tree of the type its tag says.
+    unsafe {
+        if stmt.is_null()
+            || crate::policy::in_managed_ddl()
+            || crate::policy::in_restore()
+            || crate::authz::is_superuser(crate::authz::caller())
+        {
+            return;
+        }
+        match (*stmt).type_ {
+            pg_sys::NodeTag::T_AlterTableStmt => {
+                check_alter_table(stmt as *mut pg_sys::AlterTableStmt, query)
+            }
+            pg_sys::NodeTag::T_IndexStmt => {
+                let s = stmt as *mut pg_sys::IndexStmt;
+                let rel = relid_of((*s).relation);
+                if is_protected(rel) && !(*s).transformed {
+                    for e in list::<pg_sys::IndexElem>((*s).indexParams)
+                        .into_iter()
+                        .chain(list::<pg_sys::IndexElem>((*s).indexIncludingParams))
+                    {
+                        refuse_leaky_raw(
+                            rel,
+                            (*e).expr,
+                            pg_sys::ParseExprKind::EXPR_KIND_INDEX_EXPRESSION,
+                            "an index expression",
+                            query,
+                        );
+                    }
+                    refuse_leaky_raw(
+                        rel,
+                        (*s).whereClause,
+                        pg_sys::ParseExprKind::EXPR_KIND_INDEX_PREDICATE,
+                        "an index predicate",
+                        query,
+                    );
+                }
+            }
+            pg_sys::NodeTag::T_CreateStatsStmt => {
+                let s = stmt as *mut pg_sys::CreateStatsStmt;
+                for rv in list::<pg_sys::Node>((*s).relations) {
+                    if (*rv).type_ != pg_sys::NodeTag::T_RangeVar {
+                        continue;
+                    }
+                    let rel = relid_of(rv as *mut pg_sys::RangeVar);
+                    if !is_protected(rel) {
+                        continue;
+                    }
+                    for e in list::<pg_sys::StatsElem>((*s).exprs) {
+                        refuse_leaky_raw(
+                            rel,
+                            (*e).expr,
+                            pg_sys::ParseExprKind::EXPR_KIND_STATS_EXPRESSION,
+                            "a statistics expression",
+                            query,
+                        );
+                    }
+                }
+            }
+            pg_sys::NodeTag::T_AlterDomainStmt => {
+                check_alter_domain(stmt as *mut pg_sys::AlterDomainStmt)
+            }
+            // A rule's actions run for every tenant's writes with the rule owner's privileges
+            // (DO ALSO INSERT INTO elsewhere VALUES (NEW.*) copies every tenant's rows out).
+            pg_sys::NodeTag::T_RuleStmt => {
+                let rel = relid_of((*(stmt as *mut pg_sys::RuleStmt)).relation);
+                if is_protected(rel) {
+                    refuse_channel(
+                        rel,
+                        format!(
+                            "rules on protected table \"{}\" are refused: a rule's actions see every tenant's rows",
+                            crate::policy::relation_name(rel)
+                        ),
+                        "Use a trigger that writes into another protected table, or have a superuser (a trusted migration role) create the rule; tenancy.verify() reports rules on protected tables.",
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The `ddl_command_start` event trigger (`tenancy._on_ddl_command_start`): a C-language
+/// function, because only those receive the command's parse tree.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with a valid `fcinfo`.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn tenancy_ddl_command_start(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: `fcinfo` is valid for the call; its context is checked to be the event trigger's
+    // data before it is read as such.
+    unsafe {
+        let ctx = (*fcinfo).context;
+        if ctx.is_null() || (*ctx).type_ != pg_sys::NodeTag::T_EventTriggerData {
+            errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED,
+                "tenancy._on_ddl_command_start() is pg_tenancy's event trigger and cannot be called",
+                "It runs at the start of every DDL command.",
+            );
+        }
+        if catalog::installed() {
+            let data = ctx as *mut pg_sys::EventTriggerData;
+            check_ddl((*data).parsetree, pg_sys::debug_query_string);
+        }
+        pg_sys::Datum::from(0usize)
+    }
+}
+
+/// Function-manager information for [`tenancy_ddl_command_start`] (PG_FUNCTION_INFO_V1).
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_tenancy_ddl_command_start() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `LOCK TABLE` runs no event trigger: checked by the utility hook, so only where the library
+/// is loaded (preloaded, or called earlier in the session; verify() reports a database that
+/// does not preload it).
+///
+/// # Safety
+/// `stmt` is the utility statement being run.
+pub unsafe fn check_utility(stmt: *mut pg_sys::Node) {
+    // SAFETY: the tag is read before the node is used as a LockStmt.
+    unsafe {
+        if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_LockStmt && catalog::installed() {
+            check_lock(stmt as *mut pg_sys::LockStmt);
+        }
+    }
+}
+
+unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::ffi::c_char) {
+    // SAFETY: `s` and its commands are a parse tree of ALTER TABLE.
+    unsafe {
+        let rel = relid_of((*s).relation);
+        let protected = is_protected(rel);
+        for cmd in list::<pg_sys::AlterTableCmd>((*s).cmds) {
+            let def = (*cmd).def;
+            match (*cmd).subtype {
+                // The table's rows would be read through a parent without its policies.
+                pg_sys::AlterTableType::AT_AddInherit if protected => {
+                    let parent = relid_of(def as *mut pg_sys::RangeVar);
+                    if !is_protected(parent) {
+                        refuse_channel(
+                            rel,
+                            format!(
+                                "protected table \"{}\" cannot inherit from unprotected table \"{}\"",
+                                crate::policy::relation_name(rel),
+                                crate::policy::relation_name(parent)
+                            ),
+                            format!(
+                                "A parent's queries read its children's rows under the parent's policies only. Have an operator protect the parent first: SELECT tenancy.protect({});",
+                                crate::policy::quote_literal(&crate::policy::relation_name(parent))
+                            ),
+                        );
+                    }
+                }
+                pg_sys::AlterTableType::AT_AttachPartition if !protected => {
+                    let part = relid_of((*(def as *mut pg_sys::PartitionCmd)).name);
+                    if is_protected(part) {
+                        refuse_channel(
+                            part,
+                            format!(
+                                "protected table \"{}\" cannot become a partition of unprotected table \"{}\"",
+                                crate::policy::relation_name(part),
+                                crate::policy::relation_name(rel)
+                            ),
+                            format!(
+                                "Queries of the parent read its partitions under the parent's policies only. Have an operator protect the parent first: SELECT tenancy.protect({});",
+                                crate::policy::quote_literal(&crate::policy::relation_name(rel))
+                            ),
+                        );
+                    }
+                }
+                _ if !protected => {}
+                pg_sys::AlterTableType::AT_AddConstraint
+                | pg_sys::AlterTableType::AT_AddConstraintRecurse => {
+                    check_constraint(rel, def as *mut pg_sys::Constraint, query)
+                }
+                pg_sys::AlterTableType::AT_AddColumn
+                | pg_sys::AlterTableType::AT_AddColumnRecurse => {
+                    let col = def as *mut pg_sys::ColumnDef;
+                    for c in list::<pg_sys::Constraint>((*col).constraints) {
+                        check_constraint(rel, c, query);
+                    }
+                }
+                pg_sys::AlterTableType::AT_AlterColumnType => {
+                    let col = def as *mut pg_sys::ColumnDef;
+                    refuse_leaky_raw(
+                        rel,
+                        (*col).raw_default,
+                        pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
+                        "ALTER COLUMN TYPE ... USING",
+                        query,
+                    );
+                }
+                pg_sys::AlterTableType::AT_ValidateConstraint
+                | pg_sys::AlterTableType::AT_ValidateConstraintRecurse => {
+                    let name = std::ffi::CStr::from_ptr((*cmd).name)
+                        .to_string_lossy()
+                        .into_owned();
+                    let stored = catalog::read_one::<String>(
+                        "SELECT conbin::text FROM pg_catalog.pg_constraint WHERE conrelid = $1 AND conname = $2",
+                        &[rel.into(), name.as_str().into()],
+                    );
+                    refuse_leaky_stored(rel, stored, "the constraint to validate");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+unsafe fn check_constraint(
+    rel: pg_sys::Oid,
+    c: *mut pg_sys::Constraint,
+    query: *const std::ffi::c_char,
+) {
+    // SAFETY: `c` is a Constraint node of the command's parse tree.
+    unsafe {
+        if c.is_null() || (*c).type_ != pg_sys::NodeTag::T_Constraint {
+            return;
+        }
+        match (*c).contype {
+            pg_sys::ConstrType::CONSTR_CHECK => refuse_leaky_raw(
+                rel,
+                (*c).raw_expr,
+                pg_sys::ParseExprKind::EXPR_KIND_CHECK_CONSTRAINT,
+                "a CHECK constraint",
+                query,
+            ),
+            pg_sys::ConstrType::CONSTR_GENERATED => refuse_leaky_raw(
+                rel,
+                (*c).raw_expr,
+                pg_sys::ParseExprKind::EXPR_KIND_GENERATED_COLUMN,
+                "a generated column",
+                query,
+            ),
+            pg_sys::ConstrType::CONSTR_EXCLUSION => {
+                for pair in list::<pg_sys::List>((*c).exclusions) {
+                    let elem = list::<pg_sys::IndexElem>(pair).first().copied();
+                    if let Some(e) = elem {
+                        refuse_leaky_raw(
+                            rel,
+                            (*e).expr,
+                            pg_sys::ParseExprKind::EXPR_KIND_INDEX_EXPRESSION,
+                            "an exclusion constraint's expression",
+                            query,
+                        );
+                    }
+                }
+                refuse_leaky_raw(
+                    rel,
+                    (*c).where_clause,
+                    pg_sys::ParseExprKind::EXPR_KIND_INDEX_PREDICATE,
+                    "an exclusion constraint's predicate",
+                    query,
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `ALTER DOMAIN ... ADD CONSTRAINT` / `VALIDATE CONSTRAINT` checks the constraint against every
+/// value stored in a column of the domain, as the domain's owner, with no row security.
+unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt) {
+    // SAFETY: `s` is a parse tree of ALTER DOMAIN.
+    unsafe {
+        let subtype = (*s).subtype as u8;
+        if subtype != b'C' && subtype != b'V' {
+            return;
+        }
+        let typ = pg_sys::typenameTypeId(
+            std::ptr::null_mut(),
+            pg_sys::makeTypeNameFromNameList((*s).typeName),
+        );
+        let used = catalog::owner_rows(
+            "the protected tables' columns",
+            "WITH RECURSIVE t(oid) AS (SELECT $1::oid UNION SELECT p.oid FROM pg_catalog.pg_type p JOIN t ON p.typbasetype = t.oid) \
+             SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \
+              WHERE a.attnum > 0 AND NOT a.attisdropped \
+                AND (a.atttypid IN (SELECT oid FROM t) OR a.atttypid IN (SELECT typarray FROM pg_catalog.pg_type WHERE oid IN (SELECT oid FROM t))) \
+              LIMIT 1",
+            &[typ.into()],
+            |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+        );
+        if let Some(&table) = used.first() {
+            refuse_channel(
+                table,
+                format!(
+                    "the domain is used by a column of protected table \"{}\", and its new or validated constraint would run over every tenant's values",
+                    crate::policy::relation_name(table)
+                ),
+                "Have a superuser (a trusted migration role) change the domain, or use a domain no protected column uses.",
+            );
+        }
+    }
+}
+
+/// `LOCK TABLE` in a mode stronger than ROW EXCLUSIVE on a protected table stalls every tenant's
+/// statements: refused from application sessions (anyone but an unbound operator or superuser).
+unsafe fn check_lock(s: *mut pg_sys::LockStmt) {
+    // SAFETY: `s` is a parse tree of LOCK.
+    unsafe {
+        if (*s).mode <= pg_sys::RowExclusiveLock as i32 || !application_session() {
+            return;
+        }
+        for rv in list::<pg_sys::RangeVar>((*s).relations) {
+            let rel = relid_of(rv);
+            if is_protected(rel) {
+                refuse_channel(
+                    rel,
+                    format!(
+                        "LOCK TABLE \"{}\" in a mode stronger than ROW EXCLUSIVE is refused: it would stall every tenant's statements",
+                        crate::policy::relation_name(rel)
+                    ),
+                    "Rows are locked with SELECT ... FOR UPDATE, which locks the bound tenant's rows only. A migration that needs the table to itself runs as an operator or a superuser.",
+                );
+            }
+        }
     }
 }

@@ -33,6 +33,11 @@ pub static ALLOW_SESSION_SCOPE: GucSetting<bool> = GucSetting::<bool>::new(true)
 /// isolate alike; off plans the policies exactly as written. Superuser only.
 pub static PLAN_BINDING_AS_PARAM: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `tenancy.notify_security_events`: whether the security-event writers send a `NOTIFY
+/// tenancy_security` (a JSON payload: id, event, tenant_id) for every event they persist. Off by
+/// default: any role of the database may LISTEN on a channel. Superuser only.
+pub static NOTIFY_SECURITY_EVENTS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"tenancy.region",
@@ -96,6 +101,15 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"tenancy.notify_security_events",
+        c"Send a notification on channel tenancy_security for every persisted security event.",
+        c"The payload carries the event's id, kind and tenant id; any role of the database can LISTEN. Needs pg_tenancy in shared_preload_libraries.",
+        &NOTIFY_SECURITY_EVENTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // SAFETY: called once from _PG_init, after the settings above are defined.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"tenancy".as_ptr()) };
 }
 

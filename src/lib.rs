@@ -38,6 +38,7 @@ mod guard;
 mod gucs;
 mod jsonb_build;
 mod keys;
+mod leakproof;
 mod lifecycle;
 mod policy;
 mod privileges;
@@ -51,6 +52,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    errors::init();
     gucs::init();
     events::init();
     catalog::init();
@@ -139,6 +141,7 @@ mod trust_inventory {
         ("src/gucs.rs", include_str!("gucs.rs")),
         ("src/jsonb_build.rs", include_str!("jsonb_build.rs")),
         ("src/keys.rs", include_str!("keys.rs")),
+        ("src/leakproof.rs", include_str!("leakproof.rs")),
         ("src/lib.rs", include_str!("lib.rs")),
         ("src/lifecycle.rs", include_str!("lifecycle.rs")),
         ("src/policy.rs", include_str!("policy.rs")),

@@ -219,6 +219,10 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
             );
         }
     }
+    let value_names_admin = value
+        .as_ref()
+        .and_then(|v| v.0.as_array().map(|a| a.iter().any(|r| r == "admin")))
+        .unwrap_or(false);
     match value {
         Some(v) => catalog::write(
             "UPDATE tenancy.tenant SET settings = settings || jsonb_build_object($2::text, $3::jsonb) WHERE id = $1",
@@ -229,6 +233,9 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
             &[to_pg_uuid(t.id).into(), key.into()],
         ),
     };
+    if key == "default_roles" && value_names_admin {
+        catalog::seat_admin(t.id);
+    }
     crate::audit::admin("set_setting", Some(t.id), serde_json::json!({"key": key}));
 }
 
@@ -272,16 +279,30 @@ fn deletion_order() -> Vec<(pg_sys::Oid, String, String)> {
             let t = c.select(
                 "SELECT p.relid::oid, p.relid::text, p.tenant_column::text, \
                         coalesce((SELECT array_agg(DISTINCT con.confrelid) FROM pg_constraint con \
-                                   WHERE con.conrelid = p.relid AND con.contype = 'f' AND con.confrelid <> p.relid), '{}') \
-                   FROM tenancy.protected_table p WHERE p.parent IS NULL ORDER BY p.relid::oid",
+                                   WHERE con.conrelid = p.relid AND con.contype = 'f' AND con.confrelid <> p.relid), '{}'), \
+                        has_schema_privilege(c.relowner, c.relnamespace, 'USAGE'), \
+                        c.relowner::regrole::text, c.relnamespace::regnamespace::text \
+                   FROM tenancy.protected_table p JOIN pg_class c ON c.oid = p.relid \
+                  WHERE p.parent IS NULL ORDER BY p.relid::oid",
                 None,
                 &[],
             )?;
             let mut out = Vec::new();
             for r in t {
+                let table = r.get::<String>(2)?.unwrap_or_default();
+                // The deletes run as each table's owner, who must be able to name its table.
+                if !r.get::<bool>(5)?.unwrap_or(false) {
+                    let owner = r.get::<String>(6)?.unwrap_or_default();
+                    let schema = r.get::<String>(7)?.unwrap_or_default();
+                    errors::raise(
+                        NOT_IN_PREREQUISITE_STATE,
+                        format!("the owner {owner} of protected table {table} has no USAGE on its schema {schema}"),
+                        format!("decommission_tenant deletes as each table's owner: GRANT USAGE ON SCHEMA {schema} TO {owner};"),
+                    );
+                }
                 out.push((
                     r.get::<pg_sys::Oid>(1)?.expect("relid"),
-                    r.get::<String>(2)?.unwrap_or_default(),
+                    table,
                     r.get::<String>(3)?.unwrap_or_default(),
                     r.get::<Vec<pg_sys::Oid>>(4)?.unwrap_or_default(),
                 ));
@@ -414,7 +435,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         &[uuid.into()],
     );
     let when = Spi::get_one::<String>(
-        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        "SELECT pg_catalog.to_char(pg_catalog.timezone('UTC', pg_catalog.now()), 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     )
     .ok()
     .flatten()

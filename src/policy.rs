@@ -306,7 +306,9 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
         }
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: protecting the table failed: {e}"));
     }
-    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    // false: nothing the statements (or code of the table's owner they reached) set outlives
+    // them.
+    unsafe { pg_sys::AtEOXact_GUC(false, nest) };
 }
 
 /// Protect one table and, recursively, its partitions. Returns the number of tables protected.

@@ -77,7 +77,7 @@ fn map_role(role: pg_sys::Oid, tenant: &str, tenant_roles: Vec<String>) {
     if bypass {
         pgrx::warning!(
             "role \"{}\" is a superuser or has BYPASSRLS: row security does not apply to it, so this mapping does not isolate it",
-            authz::role_name(role)
+            errors::clean(&authz::role_name(role))
         );
     }
     catalog::write(
@@ -85,6 +85,9 @@ fn map_role(role: pg_sys::Oid, tenant: &str, tenant_roles: Vec<String>) {
          ON CONFLICT (role, tenant_id) DO UPDATE SET tenant_roles = EXCLUDED.tenant_roles",
         &[role.into(), to_pg_uuid(t.id).into(), tenant_roles.clone().into()],
     );
+    if tenant_roles.iter().any(|r| r == "admin") {
+        catalog::seat_admin(t.id);
+    }
     crate::audit::admin(
         "map_role",
         Some(t.id),
@@ -332,6 +335,9 @@ fn add_member(tenant: &str, subject: &str, role: &str) {
         "INSERT INTO tenancy.member (tenant_id, subject, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         &[to_pg_uuid(t.id).into(), subject.into(), role.into()],
     );
+    if role == "admin" {
+        catalog::seat_admin(t.id);
+    }
     crate::audit::admin(
         "add_member",
         Some(t.id),
@@ -522,6 +528,11 @@ fn revoke_subject(
             "Leave it out to refuse every token issued until now.",
         );
     };
+    refuse_over_quota(
+        "SELECT count(*) FROM tenancy.subject_revocation WHERE tenant_id = $1",
+        Some(t.id),
+        "subject revocations",
+    );
     catalog::write(
         "INSERT INTO tenancy.subject_revocation (tenant_id, subject, issued_before, revoked_by) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, subject) DO UPDATE \
@@ -576,6 +587,11 @@ fn revoke_token(jti: &str) {
             )
         }
     };
+    refuse_over_quota(
+        "SELECT count(*) FROM tenancy.token_revocation WHERE tenant_id IS NOT DISTINCT FROM $1",
+        tenant,
+        "token revocations",
+    );
     catalog::write(
         "INSERT INTO tenancy.token_revocation (jti, tenant_id, revoked_by) VALUES ($1, $2, $3) \
          ON CONFLICT (jti, tenant_id) DO NOTHING",
@@ -586,6 +602,26 @@ fn revoke_token(jti: &str) {
         tenant,
         serde_json::json!({"jti": jti, "every_tenant": tenant.is_none()}),
     );
+}
+
+/// Revocations one tenant (or the platform, for tokens revoked everywhere) may hold: a bound on
+/// the catalog's growth, not on backends' memory (revocations are looked up one by one).
+const REVOCATION_QUOTA: i64 = 100_000;
+
+fn refuse_over_quota(count_sql: &str, tenant: Option<uuid::Uuid>, what: &str) {
+    let n = catalog::owner_rows(what, count_sql, &[tenant.map(to_pg_uuid).into()], |r| {
+        Ok(r.get::<i64>(1)?.unwrap_or(0))
+    })
+    .into_iter()
+    .next()
+    .unwrap_or(0);
+    if n >= REVOCATION_QUOTA {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("{what} are limited to {REVOCATION_QUOTA} a tenant"),
+            "Revoke a subject's tokens at once with tenancy.revoke_subject(), or let short-lived tokens expire.",
+        );
+    }
 }
 
 /// Who revoked: the bound subject of a tenant admin, else the database role.

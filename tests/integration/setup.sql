@@ -1,7 +1,7 @@
 -- Run by scripts/test.sh as the superuser before the integration tests: a fresh database with
 -- the extension, and the client roles the tests connect as. The application roles are
 -- NOSUPERUSER NOBYPASSRLS: row security applies to them.
-DROP DATABASE IF EXISTS tenancy_it;
+DROP DATABASE IF EXISTS tenancy_it WITH (FORCE);
 CREATE DATABASE tenancy_it;
 \connect tenancy_it
 CREATE EXTENSION pg_tenancy;

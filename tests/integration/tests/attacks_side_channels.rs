@@ -220,9 +220,11 @@ fn pg_stat_statements_never_shows_another_tenants_constants() {
 fn pg_tenancy_never_publishes_tenant_data_on_notification_channels() {
     // Channels are database-wide and any role may LISTEN to any of them: PostgreSQL cannot
     // scope them to a tenant (documented; payloads should carry ids, never tenant data). What
-    // pg_tenancy controls is that it never notifies itself: none of its SQL functions (event
-    // triggers, views and helpers included) says NOTIFY or pg_notify, and its library neither
-    // imports Async_Notify nor carries NOTIFY / pg_notify statement text for SPI.
+    // pg_tenancy controls is what it notifies itself: none of its SQL functions (event
+    // triggers, views and helpers included) says NOTIFY or pg_notify, and its library's only
+    // notification is the security-event writer's `tenancy_security`, off unless a superuser
+    // sets tenancy.notify_security_events, whose payload is an event's id, kind and tenant id
+    // (channels.rs and src/events.rs).
     let mut su = superuser();
     let notifying = texts(
         &mut su,
@@ -258,9 +260,22 @@ fn pg_tenancy_never_publishes_tenant_data_on_notification_channels() {
     }
     let bytes = std::fs::read(&lib).unwrap();
     let text = String::from_utf8_lossy(&bytes).to_lowercase();
-    for needle in ["notify ", "pg_notify("] {
-        assert!(!text.contains(needle), "{lib} carries SQL text {needle:?}");
-    }
+    assert!(
+        !text.contains("notify "),
+        "{lib} carries a NOTIFY statement"
+    );
+    assert_eq!(
+        text.matches("pg_notify(").count(),
+        1,
+        "{lib}: pg_notify( should appear once, in the security-event writer"
+    );
+    assert!(text.contains("pg_catalog.pg_notify('tenancy_security', $1)"));
+    // Off unless a superuser turns it on.
+    let on: String = su
+        .query_one("SHOW tenancy.notify_security_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(on, "off");
 }
 
 #[test]

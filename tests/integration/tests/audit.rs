@@ -365,9 +365,23 @@ fn anchors_are_checked_only_by_whom_may_verify_the_tenant_and_must_be_well_forme
         expect_err(&mut c, &sql, &["42501"]);
         c.batch_execute("ROLLBACK").unwrap();
     }
-    // Bound to A, it checks its own.
+    // Bound to A with a role other than admin, neither (a trail's metadata is the admins'):
+    // channels.rs, only_a_tenants_admin_reads_its_trails_metadata.
     c.batch_execute("BEGIN").unwrap();
     c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "writer")])
+        .unwrap();
+    expect_err(
+        &mut c,
+        &format!("SELECT * FROM tenancy.audit_verify_heads('{anchor}')"),
+        &["42501"],
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    // Bound to A as its admin, it checks its own.
+    superuser()
+        .execute("SELECT tenancy.add_member($1, 'auditor', 'admin')", &[&f.a])
+        .unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "auditor")])
         .unwrap();
     let own = check_heads(&mut c, &anchor);
     assert!(!own.is_empty() && own.iter().all(|h| h.1), "{own:?}");

@@ -999,3 +999,248 @@ fn pgquote_ident(s: &str) -> String {
 fn pgquote_literal(s: &str) -> String {
     format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
+
+// Second attacker's look at the fixes above ---------------------------------------------------
+
+#[test]
+fn a_setting_changed_by_an_owners_trigger_does_not_outlive_decommission() {
+    // The owner's statement trigger sets search_path for the rest of the session and plants a
+    // now() in its schema: neither pg_tenancy's later statements nor the operator's session
+    // may run it.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let owner = ident("own");
+    let s = ident("sp");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS; \
+         CREATE SCHEMA {s} AUTHORIZATION {owner}; GRANT USAGE ON SCHEMA {s} TO PUBLIC; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int); \
+         CREATE TABLE {s}.seen (who text); GRANT INSERT ON {s}.seen TO PUBLIC; \
+         CREATE FUNCTION {s}.flip() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_catalog.set_config('search_path', '{s}, pg_catalog', false); RETURN NULL; END $$; \
+         CREATE TRIGGER flip AFTER DELETE ON {s}.t FOR EACH STATEMENT EXECUTE FUNCTION {s}.flip(); \
+         CREATE FUNCTION {s}.now() RETURNS timestamptz LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO {s}.seen VALUES (current_user); \
+               IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
+                   EXECUTE 'ALTER ROLE {owner} SUPERUSER'; END IF; \
+               RETURN pg_catalog.now(); END $$; \
+         RESET ROLE; SELECT tenancy.protect('{s}.t'); INSERT INTO {s}.t VALUES ('{a}', 1)",
+        a = f.a_id
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    let before: String = op.query_one("SHOW search_path", &[]).unwrap().get(0);
+    op.query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&f.a])
+        .unwrap();
+    let after: String = op.query_one("SHOW search_path", &[]).unwrap().get(0);
+    assert_eq!(
+        after, before,
+        "the owner's setting outlived the decommission"
+    );
+    assert!(!is_superuser(&mut su, &owner));
+    let ran: i64 = su
+        .query_one(&format!("SELECT count(*) FROM {s}.seen"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 0, "the owner's now() ran");
+}
+
+#[test]
+fn a_types_cast_to_json_runs_as_the_writer_not_as_the_catalog_owner() {
+    // to_jsonb of a column of a user's type calls the type owner's cast while the audit trail
+    // is written: it must run with the writer's privileges.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let owner = ident("typ");
+    let s = ident("cast");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS; \
+         CREATE SCHEMA {s} AUTHORIZATION {owner}; GRANT USAGE ON SCHEMA {s} TO PUBLIC; \
+         SET ROLE {owner}; \
+         CREATE TYPE {s}.mood AS ENUM ('happy', 'sad'); \
+         CREATE TABLE {s}.seen (who text); GRANT INSERT ON {s}.seen TO PUBLIC; \
+         CREATE FUNCTION {s}.mood_json({s}.mood) RETURNS json LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO {s}.seen VALUES (current_user); \
+               IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
+                   EXECUTE 'ALTER ROLE {owner} SUPERUSER'; END IF; \
+               RETURN pg_catalog.to_json($1::text); END $$; \
+         CREATE CAST ({s}.mood AS json) WITH FUNCTION {s}.mood_json({s}.mood); \
+         RESET ROLE; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int, m {s}.mood); \
+         SELECT tenancy.protect('{s}.t'); GRANT SELECT, INSERT ON {s}.t TO {APP};"
+    ))
+    .unwrap();
+    let mut c = app();
+    bound_tx(&mut c, &f, &f.a, true, |c| {
+        c.batch_execute(&format!("INSERT INTO {s}.t (id, m) VALUES (1, 'happy')"))
+            .unwrap();
+    });
+    assert!(!is_superuser(&mut su, &owner));
+    let who: Vec<String> = su
+        .query(&format!("SELECT who FROM {s}.seen"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !who.is_empty(),
+        "the cast did not run: the test proves nothing"
+    );
+    assert!(who.iter().all(|w| w == APP), "the cast ran as {who:?}");
+}
+
+#[test]
+fn removing_a_tenants_admins_does_not_let_an_operator_widen_its_access() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute(
+        "SELECT tenancy.set_setting($1, 'default_roles', '[]')",
+        &[&f.a],
+    )
+    .unwrap();
+    su.execute("SELECT tenancy.add_member($1, 'alice', 'admin')", &[&f.a])
+        .unwrap();
+    let mut op = connect(OPERATOR);
+    // In one transaction, removing the admin and putting it back around the widening.
+    op.batch_execute("BEGIN").unwrap();
+    op.execute(
+        "SELECT tenancy.remove_member($1, 'alice', 'admin')",
+        &[&f.a],
+    )
+    .unwrap();
+    expect_err(
+        &mut op,
+        &format!(
+            "SELECT tenancy.set_setting('{}', 'default_roles', '[\"admin\"]')",
+            f.a
+        ),
+        &["42501"],
+    );
+    op.batch_execute("ROLLBACK").unwrap();
+    // Nor in two: a tenant that had an admin keeps the rule after its admins are gone.
+    op.execute(
+        "SELECT tenancy.remove_member($1, 'alice', 'admin')",
+        &[&f.a],
+    )
+    .unwrap();
+    for sql in [
+        format!(
+            "SELECT tenancy.set_setting('{}', 'default_roles', '[\"admin\"]')",
+            f.a
+        ),
+        format!("SELECT tenancy.add_member('{}', 'shadow', 'admin')", f.a),
+        format!("SELECT tenancy.map_role('{APP2}', '{}', '{{member}}')", f.a),
+    ] {
+        expect_err(&mut op, &sql, &["42501"]);
+    }
+}
+
+#[test]
+fn a_revocation_reaches_the_next_query_inside_a_long_statement() {
+    let f = Fixture::new();
+    let mut c = app();
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "amy")],
+    )
+    .unwrap();
+    let slug = f.a.clone();
+    let revoker = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        connect(OPERATOR)
+            .execute("SELECT tenancy.revoke_subject($1, 'amy')", &[&slug])
+            .unwrap();
+    });
+    // One top-level statement whose queries run for about three seconds.
+    let e = c
+        .batch_execute(
+            "DO $$ BEGIN FOR i IN 1..15 LOOP \
+                 PERFORM count(*) FROM it_customers; PERFORM pg_sleep(0.2); \
+             END LOOP; END $$",
+        )
+        .unwrap_err();
+    revoker.join().unwrap();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+}
+
+#[test]
+fn rules_on_protected_tables_are_refused_and_reported() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let owner = ident("rul");
+    let s = ident("rl");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; CREATE SCHEMA {s} AUTHORIZATION {owner}; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, body text); \
+         CREATE TABLE {s}.side (tenant_id uuid, body text); \
+         RESET ROLE; SELECT tenancy.protect('{s}.t')"
+    ))
+    .unwrap();
+    let mut c = connect(&owner);
+    expect_err(
+        &mut c,
+        &format!("CREATE RULE leak AS ON INSERT TO {s}.t DO ALSO INSERT INTO {s}.side VALUES (NEW.tenant_id, NEW.body)"),
+        &["42501"],
+    );
+    // One a superuser made is reported, and the fix removes it.
+    su.batch_execute(&format!(
+        "CREATE RULE leak AS ON INSERT TO {s}.t DO ALSO INSERT INTO {s}.side VALUES (NEW.tenant_id, NEW.body)"
+    ))
+    .unwrap();
+    let fix: String = su
+        .query_one(
+            "SELECT fix FROM tenancy.verify() WHERE rule = 'rule_on_protected_table' AND object LIKE $1 || '.%'",
+            &[&s],
+        )
+        .unwrap()
+        .get(0);
+    su.batch_execute(&fix).unwrap();
+    let left: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.verify() WHERE rule = 'rule_on_protected_table' AND object LIKE $1 || '.%'",
+            &[&s],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    let _ = f;
+}
+
+#[test]
+fn an_audit_key_created_by_a_rolled_back_transaction_is_not_used() {
+    // In a database of its own, where the platform's audit key does not exist yet.
+    let db = ident("keys");
+    let mut admin = superuser();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .unwrap();
+    let mut cfg = config("postgres");
+    cfg.dbname(&db);
+    let mut su = cfg.connect(postgres::NoTls).unwrap();
+    for sql in [
+        "CREATE EXTENSION pg_tenancy",
+        "CREATE TABLE t1 (tenant_id uuid NOT NULL)",
+        "BEGIN",
+        "SELECT tenancy.protect('t1')",
+        "ROLLBACK",
+        "SELECT tenancy.protect('t1')",
+        "SELECT tenancy.unprotect('t1')",
+    ] {
+        su.batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    }
+    let bad: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_verify() WHERE NOT ok",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    drop(su);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap();
+    assert_eq!(bad, 0, "a chain does not verify");
+}

@@ -35,6 +35,26 @@ pub fn superuser() -> Client {
     connect("postgres")
 }
 
+/// A connection to the cluster that preloads pg_tenancy (scripts/test.sh starts it with the
+/// same database and roles as the main one).
+pub fn connect_preloaded(user: &str) -> Client {
+    let mut c = postgres::Config::new();
+    c.dbname(&std::env::var("TENANCY_IT_DB").unwrap_or_else(|_| "tenancy_it".into()));
+    c.user(user);
+    c.host(
+        &std::env::var("TENANCY_PRELOADED_PGHOST")
+            .expect("TENANCY_PRELOADED_PGHOST: run through scripts/test.sh"),
+    );
+    c.port(
+        std::env::var("TENANCY_PRELOADED_PGPORT")
+            .expect("TENANCY_PRELOADED_PGPORT")
+            .parse()
+            .unwrap(),
+    );
+    c.connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect to the preloaded cluster as {user}: {e}"))
+}
+
 pub fn app() -> Client {
     let mut c = connect(APP);
     assert_not_privileged(&mut c);
@@ -138,7 +158,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let mut su = superuser();
+        Fixture::on(&mut superuser())
+    }
+
+    /// The same, made by the superuser connection `su` (of either cluster).
+    pub fn on(su: &mut Client) -> Fixture {
         let a = unique("ta");
         let b = unique("tb");
         let kid = unique("k");
