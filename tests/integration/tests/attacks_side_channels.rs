@@ -270,7 +270,8 @@ fn pg_tenancy_never_publishes_tenant_data_on_notification_channels() {
         "{lib}: pg_notify( should appear once, in the security-event writer"
     );
     assert!(text.contains("pg_catalog.pg_notify('tenancy_security', $1)"));
-    // Off unless a superuser turns it on.
+    // Off unless a superuser turns it on (the library defines the setting once loaded).
+    su.batch_execute("SELECT tenancy.is_operator()").unwrap();
     let on: String = su
         .query_one("SHOW tenancy.notify_security_events", &[])
         .unwrap()
