@@ -48,6 +48,23 @@ pub fn session_user() -> pg_sys::Oid {
     unsafe { pg_sys::GetSessionUserId() }
 }
 
+/// Whether `role` has LOGIN.
+pub fn can_login(role: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup whose tuple is released before returning.
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::AUTHOID as i32,
+            pg_sys::Datum::from(role),
+        );
+        if tup.is_null() {
+            return false;
+        }
+        let login = (*(pg_sys::GETSTRUCT(tup) as *mut pg_sys::FormData_pg_authid)).rolcanlogin;
+        pg_sys::ReleaseSysCache(tup);
+        login
+    }
+}
+
 pub fn is_superuser(role: pg_sys::Oid) -> bool {
     // SAFETY: a syscache lookup by oid.
     unsafe { pg_sys::superuser_arg(role) }

@@ -79,6 +79,11 @@ pub struct Binding {
     /// The tenant's grants to its roles ([`catalog::privileges`]), kept with the binding so
     /// that a statement's privilege checks look nothing up; refreshed with the roles.
     pub privileges: Rc<Vec<catalog::Privilege>>,
+    /// The tenant's region and the signing key's `not_after`, as last validated: checked on
+    /// every statement, since the server's region (a reload) and the clock change without any
+    /// change of pg_tenancy's catalog.
+    region: Option<String>,
+    key_not_after: Option<i64>,
     /// Catalog generation this binding was last validated at.
     generation: u64,
 }
@@ -155,6 +160,8 @@ impl Prepared {
             },
             support_privileges: None,
             privileges: self.privileges.clone(),
+            region: self.tenant.region.clone(),
+            key_not_after: self.key_not_after,
             generation: self.generation,
         }
     }
@@ -280,21 +287,31 @@ unsafe extern "C-unwind" fn utility_hook(
         && (*(stmt as *mut pg_sys::DeclareCursorStmt)).options & pg_sys::CURSOR_OPT_HOLD as i32
             != 0;
     if hold_cursor
-        && BINDING.with(
-            |b| matches!(b.borrow().as_ref(), Some(b) if matches!(b.scope, Scope::Transaction)),
-        )
+        && BINDING.with(|b| {
+            matches!(b.borrow().as_ref(), Some(b)
+                if b.scope == Scope::Transaction || matches!(b.source, Source::Support { .. }))
+        })
     {
         // Its rows would be materialised at COMMIT and stay readable on the connection after
         // the binding ended: behind a pooler, by the next client.
         errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "a cursor WITH HOLD would outlive the transaction-scoped tenant binding",
-            "Fetch the rows before COMMIT, or bind with scope => 'session' on a connection that is not pooled.",
+            "a cursor WITH HOLD would outlive the transaction-scoped or support binding",
+            "Fetch the rows before COMMIT; a support grant's rows stay in the transaction that read them. Application sessions on a connection that is not pooled may bind with scope => 'session'.",
         );
     }
     // LOCK TABLE on protected tables, refused before it runs (DDL is checked by the
     // ddl_command_start event trigger).
     crate::guard::check_utility(stmt);
+    // FETCH and MOVE read rows of a cursor whose plan read the binding when it was opened: the
+    // binding is checked again first, so a suspension or revocation since then ends the cursor
+    // too.
+    if !stmt.is_null()
+        && (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt
+        && BINDING.with(|b| b.borrow().is_some())
+    {
+        with_current(|_| ());
+    }
     match PREV_UTILITY_HOOK {
         // SAFETY: the hook that was installed before ours, called with our own arguments; its
         // errors come back through the FFI guard as a Rust panic, re-raised by #[pg_guard].
@@ -462,6 +479,7 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
         } => {
             let key = catalog::key(kid);
             check_key(key.as_deref(), now(), tenant.id)?;
+            b.key_not_after = key.as_ref().and_then(|k| k.not_after);
             let subject = b.subject.clone().unwrap_or_default();
             if let Some(why) = catalog::token_revocation(tenant.id, &subject, *iat, jti.as_deref())
             {
@@ -509,7 +527,31 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
         Source::Decommission { .. } => {}
     }
     b.privileges = catalog::privileges(b.tenant);
+    b.region = tenant.region.clone();
     b.generation = generation;
+    Ok(())
+}
+
+/// What can end a binding with no change of pg_tenancy's catalog, checked on every statement:
+/// its signing key passing its `not_after`, and the server's region (`tenancy.region`, changed
+/// by a reload) no longer the tenant's.
+fn still_in_force(b: &Binding, now: i64) -> Result<(), (String, &'static str)> {
+    if let Source::Token { kid, .. } = &b.source {
+        check_key_expiry(kid, b.key_not_after, now)?;
+    }
+    if let Some(region) = &b.region {
+        if let Some(server) = gucs::region() {
+            if &server != region {
+                return Err((
+                    format!(
+                        "tenant \"{}\" resides in region \"{region}\", and this server is now in region \"{server}\"",
+                        b.slug
+                    ),
+                    "Connect to a server of the tenant's region (data residency).",
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -904,6 +946,8 @@ fn ensure_mapped(gen: u64) {
             source: Source::Mapping { role },
             support_privileges: None,
             privileges: Rc::default(),
+            region: None,
+            key_not_after: None,
             generation: 0,
         })
     } else {
@@ -974,8 +1018,15 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
         }
     }
     match explicit {
-        Some((expires_at, fresh, _)) => {
-            if expires_at.is_some_and(|exp| exp + gucs::CLOCK_SKEW.get() as i64 <= now()) {
+        Some((expires_at, fresh, support)) => {
+            // A token's exp is read with the clock skew the issuer's clock may have; a support
+            // grant's expiry is this server's own instant, read as it is.
+            let skew = if support {
+                0
+            } else {
+                gucs::CLOCK_SKEW.get() as i64
+            };
+            if expires_at.is_some_and(|exp| exp + skew <= now()) {
                 let slug = BINDING.with(|b| {
                     b.borrow()
                         .as_ref()
@@ -1005,6 +1056,21 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 }
                 BINDING.with(|slot| *slot.borrow_mut() = Some(b));
             }
+            let ended = BINDING.with(|b| {
+                b.borrow()
+                    .as_ref()
+                    .and_then(|b| still_in_force(b, now()).err().map(|e| (b.slug.clone(), e)))
+            });
+            if let Some((slug, (msg, hint))) = ended {
+                BINDING.with(|slot| *slot.borrow_mut() = None);
+                errors::refuse(
+                    "binding_revoked",
+                    fields(&[("tenant", slug.into())]),
+                    INSUFFICIENT_PRIVILEGE,
+                    msg,
+                    hint,
+                );
+            }
             BINDING.with(|b| {
                 let b = b.borrow();
                 if let Some(x) = b.as_ref() {
@@ -1015,6 +1081,21 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
         }
         None => {
             ensure_mapped(gen);
+            let ended = MAPPED.with(|m| {
+                m.borrow()
+                    .as_ref()
+                    .and_then(|(_, _, b)| b.as_ref())
+                    .and_then(|b| still_in_force(b, now()).err().map(|e| (b.slug.clone(), e)))
+            });
+            if let Some((slug, (msg, hint))) = ended {
+                errors::refuse(
+                    "binding_revoked",
+                    fields(&[("tenant", slug.into())]),
+                    INSUFFICIENT_PRIVILEGE,
+                    msg,
+                    hint,
+                );
+            }
             MAPPED.with(|m| {
                 let m = m.borrow();
                 let b = m.as_ref().and_then(|(_, _, b)| b.as_ref());
@@ -1104,6 +1185,8 @@ pub fn internal_decommission_binding(tenant: &TenantRow, table: pg_sys::Oid) -> 
         source: Source::Decommission { table },
         support_privileges: None,
         privileges: Rc::default(),
+        region: None,
+        key_not_after: None,
         generation: catalog::generation(),
     };
     INTERNAL.with(|i| *i.borrow_mut() = Some(b));
@@ -1175,6 +1258,8 @@ pub fn enter_support(
         support_privileges: Some(grant.privileges.clone()),
         // A support binding is confined by its grant's privileges, not by tenant roles.
         privileges: Rc::default(),
+        region: tenant.region.clone(),
+        key_not_after: None,
         generation: catalog::generation(),
     };
     TXN_TENANT.with(|t| t.set(Some(tenant.id)));

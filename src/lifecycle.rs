@@ -12,9 +12,13 @@ pub const RESOURCE_SETTINGS: &[&str] = &["statement_timeout", "lock_timeout", "w
 /// Roles every tenant starts with.
 pub const SEEDED_ROLES: &[&str] = &["admin", "member", "viewer"];
 
+/// A slug: 2 to 63 characters, a lowercase letter then lowercase letters, digits, `-` or `_`,
+/// and not something that reads as a uuid (the `tenant` arguments and the token's tenant claim
+/// take either, a uuid first).
 pub fn valid_slug(slug: &str) -> bool {
     let b = slug.as_bytes();
-    (2..=63).contains(&b.len())
+    uuid::Uuid::parse_str(slug).is_err()
+        && (2..=63).contains(&b.len())
         && b[0].is_ascii_lowercase()
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
@@ -89,7 +93,7 @@ fn create_tenant(
         errors::raise(
             INVALID_PARAMETER,
             format!("invalid tenant slug \"{slug}\""),
-            "A slug is 2 to 63 characters: a lowercase letter, then lowercase letters, digits, '-' or '_'.",
+            "A slug is 2 to 63 characters: a lowercase letter, then lowercase letters, digits, '-' or '_', and does not read as a uuid.",
         );
     }
     check_settings(&settings.0);

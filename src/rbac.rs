@@ -393,6 +393,13 @@ fn grant_support(
             "Bind a token of an admin of the tenant that grants the access.",
         );
     }
+    if !authz::can_login(operator) {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("role \"{}\" cannot log in", authz::role_name(operator)),
+            "Support access is granted to one operator's login role, never to a group such as tenancy_operator (every member could then enter).",
+        );
+    }
     if !authz::is_operator(operator)
         || authz::is_superuser(operator)
         || authz::is_key_admin(operator)
@@ -409,7 +416,7 @@ fn grant_support(
             let t = c.update(
                 "INSERT INTO tenancy.support_grant (tenant_id, operator, privileges, granted_by, expires_at) \
                  SELECT $1, $2::oid::regrole, $3, $4, now() + $5 \
-                 WHERE $5 > interval '0' AND $5 <= interval '30 days' \
+                 WHERE now() + $5 > now() AND now() + $5 <= now() + interval '30 days' \
                  RETURNING id, expires_at::text",
                 None,
                 &[to_pg_uuid(b.tenant).into(), operator.into(), privileges.clone().into(), b.subject.clone().into(), duration.into()],
@@ -425,7 +432,7 @@ fn grant_support(
     let Some((id, expires_at)) = row else {
         errors::raise(
             INVALID_PARAMETER,
-            "support access lasts more than zero and at most 30 days",
+            "support access ends after now and at most 30 days from now",
             "For example interval '2 hours'.",
         );
     };

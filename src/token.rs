@@ -82,7 +82,19 @@ pub fn parse_key(alg: Algorithm, material: &str) -> Result<DecodingKey, String> 
         let jwk: jsonwebtoken::jwk::Jwk =
             serde_json::from_str(material).map_err(|_| "the key is not a valid JWK".to_string())?;
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| "the JWK is not usable".to_string())?;
-        return check_family(alg, key);
+        if let jsonwebtoken::jwk::AlgorithmParameters::RSA(rsa) = &jwk.algorithm {
+            use base64::Engine;
+            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(rsa.n.trim_end_matches('='))
+                .map_err(|_| "the JWK's modulus does not decode".to_string())?;
+            let first = n.iter().position(|b| *b != 0).unwrap_or(n.len());
+            check_rsa_bits((n.len() - first) * 8)?;
+        }
+        let key = check_family(alg, key)?;
+        if alg.family() == AlgorithmFamily::Hmac {
+            check_hmac_len(&key)?;
+        }
+        return Ok(key);
     }
     let key = match alg.family() {
         AlgorithmFamily::Hmac => {
@@ -92,22 +104,54 @@ pub fn parse_key(alg: Algorithm, material: &str) -> Result<DecodingKey, String> 
             } else {
                 DecodingKey::from_secret(material.as_bytes())
             };
-            let len = key.try_get_as_bytes().map(|b| b.len()).unwrap_or(0);
-            if len < MIN_HMAC_SECRET_BYTES {
-                return Err(format!(
-                    "HMAC secrets must be at least {MIN_HMAC_SECRET_BYTES} bytes long"
-                ));
-            }
+            check_hmac_len(&key)?;
             key
         }
-        AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(material.as_bytes())
-            .map_err(|_| "the key is not an RSA public key in PEM form".to_string())?,
+        AlgorithmFamily::Rsa => {
+            let key = DecodingKey::from_rsa_pem(material.as_bytes())
+                .map_err(|_| "the key is not an RSA public key in PEM form".to_string())?;
+            check_rsa_bits(rsa_pem_bits(material)?)?;
+            key
+        }
         AlgorithmFamily::Ec => DecodingKey::from_ec_pem(material.as_bytes())
             .map_err(|_| "the key is not an EC P-256 public key in PEM form".to_string())?,
         AlgorithmFamily::Ed => DecodingKey::from_ed_pem(material.as_bytes())
             .map_err(|_| "the key is not an Ed25519 public key in PEM form".to_string())?,
     };
     check_family(alg, key)
+}
+
+/// Smallest RSA modulus accepted, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+
+fn check_hmac_len(key: &DecodingKey) -> Result<(), String> {
+    let len = key.try_get_as_bytes().map(|b| b.len()).unwrap_or(0);
+    if len < MIN_HMAC_SECRET_BYTES {
+        return Err(format!(
+            "HMAC secrets must be at least {MIN_HMAC_SECRET_BYTES} bytes long"
+        ));
+    }
+    Ok(())
+}
+
+fn check_rsa_bits(bits: usize) -> Result<(), String> {
+    if bits < MIN_RSA_BITS {
+        return Err(format!(
+            "RSA keys must have at least {MIN_RSA_BITS} bits, and this one has {bits}"
+        ));
+    }
+    Ok(())
+}
+
+/// The modulus size of an RSA public key in PEM (SPKI or PKCS#1), in bits.
+fn rsa_pem_bits(pem: &str) -> Result<usize, String> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    rsa::RsaPublicKey::from_public_key_pem(pem)
+        .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(pem))
+        .map(|k| k.n().bits())
+        .map_err(|_| "the key is not an RSA public key in PEM form".to_string())
 }
 
 fn check_family(alg: Algorithm, key: DecodingKey) -> Result<DecodingKey, String> {
@@ -266,7 +310,8 @@ fn claims_from(
         Some(_) => return Err(TokenError::InvalidClaim("sub".into())),
     };
     let exp = time_claim(&claims, "exp")?.ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
-    let nbf = time_claim(&claims, "nbf")?;
+    // A fractional nbf counts from its next whole second: never usable early.
+    let nbf = time_claim_rounded(&claims, "nbf", f64::ceil)?;
     let iat = time_claim(&claims, "iat")?;
     let roles = match claims.get("roles") {
         None | Some(Value::Null) => None,
@@ -300,12 +345,26 @@ fn claims_from(
 }
 
 fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, TokenError> {
+    time_claim_rounded(claims, name, f64::floor)
+}
+
+/// A NumericDate claim in whole seconds, a fraction rounded by `round` (down for `exp` and
+/// `iat`: a token expires no later and counts as issued no later than it says; up for `nbf`).
+fn time_claim_rounded(
+    claims: &Map<String, Value>,
+    name: &'static str,
+    round: fn(f64) -> f64,
+) -> Result<Option<i64>, TokenError> {
     match claims.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
             let v = n
                 .as_i64()
-                .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite() && f.abs() < 1e15)
+                        .map(|f| round(f) as i64)
+                })
                 .ok_or_else(|| TokenError::InvalidClaim(name.into()))?;
             if !(0..=253_402_300_799).contains(&v) {
                 return Err(TokenError::InvalidClaim(name.into()));
@@ -392,6 +451,67 @@ mod unit {
     #[test]
     fn short_hmac_secret_is_refused() {
         assert!(parse_key(Algorithm::HS256, "short").is_err());
+    }
+
+    /// An HMAC key is 32 bytes at least in every form: raw, base64, and a JWK's `k`.
+    #[test]
+    fn short_hmac_keys_are_refused_in_every_form() {
+        for material in [
+            "short".to_string(),
+            "base64:c2hvcnQ=".to_string(),
+            r#"{"kty": "oct", "k": ""}"#.to_string(),
+            r#"{"kty": "oct", "k": "c2hvcnQ"}"#.to_string(),
+        ] {
+            let e = parse_key(Algorithm::HS256, &material).err();
+            assert!(
+                e.is_some_and(|e| e.contains("at least 32 bytes")),
+                "{material}"
+            );
+        }
+        let long = format!(r#"{{"kty": "oct", "k": "{}"}}"#, "A".repeat(43));
+        assert!(parse_key(Algorithm::HS256, &long).is_ok());
+    }
+
+    /// A 1024-bit RSA key, as SPKI and PKCS#1 PEM and as a JWK, is refused.
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused() {
+        const SPKI: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCZNfRWT5iFbPKa9PJn20plms+i
+cTwPMoj5NeDvUtGbsmGG5JcO2oDUAt1cK7ZO+NjjkRxf7Psgm1NkJgC6G6wXmmvv
+f7KN0cwmyRsykQdNfzvtFBED+qgGzK5nE3Jd5MPAQiz5uXfl7MLwW5Ya/N/WjZh9
+aJVxW4b/m0RyiBPcpwIDAQAB
+-----END PUBLIC KEY-----";
+        const PKCS1: &str = "-----BEGIN RSA PUBLIC KEY-----
+MIGJAoGBAJk19FZPmIVs8pr08mfbSmWaz6JxPA8yiPk14O9S0ZuyYYbklw7agNQC
+3Vwrtk742OORHF/s+yCbU2QmALobrBeaa+9/so3RzCbJGzKRB01/O+0UEQP6qAbM
+rmcTcl3kw8BCLPm5d+XswvBblhr839aNmH1olXFbhv+bRHKIE9ynAgMBAAE=
+-----END RSA PUBLIC KEY-----";
+        let jwk = r#"{"kty": "RSA", "n": "mTX0Vk-YhWzymvTyZ9tKZZrPonE8DzKI-TXg71LRm7JhhuSXDtqA1ALdXCu2TvjY45EcX-z7IJtTZCYAuhusF5pr73-yjdHMJskbMpEHTX877RQRA_qoBsyuZxNyXeTDwEIs-bl35ezC8FuWGvzf1o2YfWiVcVuG_5tEcogT3Kc", "e": "AQAB"}"#.to_string();
+        for material in [SPKI, PKCS1, jwk.as_str()] {
+            let e = parse_key(Algorithm::RS256, material).err();
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("at least 2048 bits") || e.contains("PEM")),
+                "{e:?}"
+            );
+        }
+        let e = parse_key(Algorithm::RS256, SPKI).unwrap_err();
+        assert!(e.contains("has 1024"), "{e}");
+        assert!(parse_key(Algorithm::RS256, &jwk)
+            .unwrap_err()
+            .contains("has 1024"));
+    }
+
+    /// A fractional nbf counts from the next second.
+    #[test]
+    fn a_fractional_nbf_is_rounded_up() {
+        let claims: Map<String, Value> =
+            serde_json::from_str(r#"{"nbf": 100.01, "exp": 200.99}"#).unwrap();
+        assert_eq!(
+            time_claim_rounded(&claims, "nbf", f64::ceil).unwrap(),
+            Some(101)
+        );
+        assert_eq!(time_claim(&claims, "exp").unwrap(), Some(200));
     }
 
     /// parse() of a token with exactly these header and claims texts (signature not checked):
