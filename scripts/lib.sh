@@ -79,7 +79,23 @@ cluster_stop() {
 }
 
 # Build and install the extension into PostgreSQL's directories.
+# Builds the extension into a package directory, then moves each file into
+# PostgreSQL's directories with rename(2).  `cargo pgrx install` rewrites the
+# shared library in place, which crashes any running server that has it mapped
+# (a preloaded cluster does); a rename leaves the old inode to the servers that
+# hold it and gives the new file to the next process that loads it.
 install_extension() {
-    local profile=${1:-}
-    (cd "$REPO_ROOT" && cargo pgrx install --pg-config "$PG_CONFIG" $profile >/dev/null)
+    local profile=${1:---debug}
+    local out="$REPO_ROOT/target/pgrx-package"
+    rm -rf "$out"
+    (cd "$REPO_ROOT" && cargo pgrx package --pg-config "$PG_CONFIG" $profile --out-dir "$out" >/dev/null)
+    local f dest
+    while IFS= read -r -d '' f; do
+        dest="${f#"$out"}"
+        mkdir -p "$(dirname "$dest")"
+        cp "$f" "$dest.tenancy-new"
+        chmod 0755 "$dest.tenancy-new"
+        [[ "$dest" == *.so ]] || chmod 0644 "$dest.tenancy-new"
+        mv -f "$dest.tenancy-new" "$dest"
+    done < <(find "$out" -type f -print0)
 }
