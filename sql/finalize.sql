@@ -122,12 +122,16 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cmd record;
     touched oid[] := '{}';
+    created oid[] := '{}';
 BEGIN
-    FOR cmd IN SELECT DISTINCT objid, object_type FROM pg_event_trigger_ddl_commands() WHERE objid IS NOT NULL
+    FOR cmd IN SELECT DISTINCT objid, object_type, command_tag FROM pg_event_trigger_ddl_commands() WHERE objid IS NOT NULL
     LOOP
         IF cmd.object_type IN ('table', 'table column') THEN
             PERFORM tenancy._auto_protect_table(cmd.objid);
             touched := touched || cmd.objid;
+            IF cmd.command_tag = 'CREATE TABLE' THEN
+                created := created || cmd.objid;
+            END IF;
         ELSIF cmd.object_type IN ('view', 'materialized view', 'sequence') THEN
             touched := touched || cmd.objid;
         ELSIF cmd.object_type = 'policy' THEN
@@ -137,6 +141,7 @@ BEGIN
         END IF;
     END LOOP;
     PERFORM tenancy._guard_check(touched);
+    PERFORM tenancy._guard_members(touched, created);
 END
 $$;
 
@@ -166,7 +171,7 @@ $$;
 CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
 CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE')
+    WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();
 
 CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
@@ -388,8 +393,9 @@ SELECT 'error', 'owner_can_bind', p.relid::text,
        ORDER BY r.oid <> o.oid, r.rolname LIMIT 1) l
  WHERE NOT o.rolsuper
 UNION ALL
--- 16. Domains of protected columns owned by such a role: ALTER DOMAIN ... ADD CONSTRAINT runs
---     the owner's check over every tenant's values.
+-- 16. Domains of protected columns owned by such a role (the column's type, or a type it is
+--     made of: a domain's base, an array's element, a composite's attribute, a range's
+--     subtype): ALTER DOMAIN ... ADD CONSTRAINT runs the owner's check over every tenant's values.
 SELECT DISTINCT 'error', 'domain_owner_can_bind', format_type(t.oid, NULL),
        format('domain of a column of protected table %s is owned by %I, which an application session can be',
               a.attrelid::regclass, o.rolname),
@@ -397,7 +403,8 @@ SELECT DISTINCT 'error', 'domain_owner_can_bind', format_type(t.oid, NULL),
               'app_owner', 'app_owner', (SELECT nspname FROM pg_namespace WHERE oid = t.typnamespace), 'app_owner',
               format_type(t.oid, NULL), 'app_owner')
   FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
-  JOIN pg_type t ON t.typtype = 'd' AND (t.oid = a.atttypid OR t.typarray = a.atttypid)
+  CROSS JOIN LATERAL tenancy._reachable_types(a.atttypid) reach(oid)
+  JOIN pg_type t ON t.typtype = 'd' AND t.oid = reach.oid
   JOIN pg_roles o ON o.oid = t.typowner
  WHERE NOT o.rolsuper
    AND EXISTS (SELECT FROM pg_roles r
@@ -454,9 +461,10 @@ SELECT 'error', 'unique_index_without_tenant', x.indexrelid::regclass::text,
  WHERE (x.indisexclusion OR (x.indisunique AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)))
    AND x.indkey[0] IS DISTINCT FROM p.tenant_attnum
 UNION ALL
--- 19. CHECK constraints, index expressions and predicates, and statistics expressions of
---     protected tables that call functions not built in: validating, building or analyzing
---     them runs those functions over every tenant's rows. (Built-in functions that are not
+-- 19. CHECK constraints, index expressions and predicates, statistics expressions, generated
+--     columns, partition keys and the types of columns (domains' constraints, ranges'
+--     functions) of protected tables that call functions not built in: validating, building,
+--     computing or analyzing them runs those functions over every tenant's rows. (Built-in functions that are not
 --     LEAKPROOF may quote a value in an error: rule 20.)
 SELECT 'error', 'leaky_expression', e.object,
        format('%s calls %s, which sees every tenant''s rows when it is validated, built or analyzed', e.what, e.call),
@@ -475,7 +483,43 @@ SELECT 'error', 'leaky_expression', e.object,
         UNION ALL
         SELECT format('%I.%I', sn.nspname, s.stxname), 'statistics object', tenancy._leaky_call(s.stxexprs::text, true),
                format('DROP STATISTICS %I.%I;', sn.nspname, s.stxname)
-          FROM prot p JOIN pg_statistic_ext s ON s.stxrelid = p.relid JOIN pg_namespace sn ON sn.oid = s.stxnamespace) e
+          FROM prot p JOIN pg_statistic_ext s ON s.stxrelid = p.relid JOIN pg_namespace sn ON sn.oid = s.stxnamespace
+        UNION ALL
+        SELECT format('%s.%I', p.relid::regclass, a.attname), format('generated column %I', a.attname),
+               tenancy._leaky_call(d.adbin::text, true),
+               format('ALTER TABLE %s ALTER COLUMN %I DROP EXPRESSION;', p.relid::regclass, a.attname)
+          FROM prot p JOIN pg_attrdef d ON d.adrelid = p.relid
+          JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum AND a.attgenerated <> '' AND a.attinhcount = 0
+        UNION ALL
+        SELECT format('%s (partition key)', p.relid::regclass), 'the partition key',
+               tenancy._leaky_call(pt.partexprs::text, true),
+               format('-- a partition key cannot be changed: move the rows into a table partitioned by built-in expressions, then drop %s', p.relid::regclass)
+          FROM prot p JOIN pg_partitioned_table pt ON pt.partrelid = p.relid AND pt.partexprs IS NOT NULL
+        UNION ALL
+        -- The type of a column, and every type it is made of: a domain's constraints run on
+        -- every write (and over every row when a column is changed to it), a range's
+        -- functions in ANALYZE and GiST indexes. (Types of built-in oids are made of built-in
+        -- types only; an inherited column is reported on the table that defines it.)
+        SELECT format('%s.%I', p.relid::regclass, a.attname),
+               format('constraint %I of domain %s, the type (or part of the type) of column %I', con.conname,
+                      format_type(con.contypid, NULL), a.attname),
+               tenancy._leaky_call(con.conbin::text, true),
+               format('ALTER DOMAIN %s DROP CONSTRAINT IF EXISTS %I;', format_type(con.contypid, NULL), con.conname)
+          FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+                                         AND a.atttypid >= 16384 AND a.attinhcount = 0
+          CROSS JOIN LATERAL tenancy._reachable_types(a.atttypid) reach(oid)
+          JOIN pg_constraint con ON con.contypid = reach.oid AND con.conbin IS NOT NULL
+        UNION ALL
+        SELECT format('%s.%I', p.relid::regclass, a.attname),
+               format('range type %s, the type (or part of the type) of column %I', format_type(r.rngtypid, NULL), a.attname),
+               (SELECT 'function ' || f::regprocedure::text
+                  FROM unnest(ARRAY[r.rngcanonical, r.rngsubdiff]::oid[]) f WHERE f >= 16384 ORDER BY f LIMIT 1),
+               format('ALTER TABLE %s DROP COLUMN %I; -- drops its values: a range type''s functions cannot be changed, so keep them in a column of a built-in range type instead',
+                      p.relid::regclass, a.attname)
+          FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+                                         AND a.atttypid >= 16384 AND a.attinhcount = 0
+          CROSS JOIN LATERAL tenancy._reachable_types(a.atttypid) reach(oid)
+          JOIN pg_range r ON r.rngtypid = reach.oid) e
  WHERE e.call IS NOT NULL
 UNION ALL
 -- 20. The same with built-in functions that are not LEAKPROOF: they cannot be made to show
@@ -539,6 +583,33 @@ SELECT 'warning', 'library_not_preloaded', current_database()::text,
        'pg_tenancy is in neither shared_preload_libraries nor session_preload_libraries: a session that has not called it yet can LOCK a protected table and stall every tenant',
        format('ALTER DATABASE %I SET session_preload_libraries = %L;', current_database(), 'pg_tenancy')
  WHERE NOT tenancy._library_preloaded()
+UNION ALL
+-- 24. Trigger functions of protected tables owned by a role an application session can be:
+--     the owner can replace the function's body, which sees every tenant's writes.
+SELECT DISTINCT 'error', 'trigger_function_owner_can_bind', format('%s.%I', p.relid::regclass, t.tgname),
+       format('trigger function %s is owned by %I, which an application session can be: it can replace the body that sees every tenant''s writes',
+              t.tgfoid::regprocedure, o.rolname),
+       format('DO $fix$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %L) THEN CREATE ROLE %I NOLOGIN; END IF; END $fix$; GRANT USAGE, CREATE ON SCHEMA %I TO %I; ALTER FUNCTION %s OWNER TO %I;',
+              'app_owner', 'app_owner', fn.nspname, 'app_owner', t.tgfoid::regprocedure, 'app_owner')
+  FROM prot p JOIN pg_trigger t ON t.tgrelid = p.relid AND NOT t.tgisinternal
+  JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace fn ON fn.oid = f.pronamespace
+  JOIN pg_roles o ON o.oid = f.proowner
+ WHERE NOT o.rolsuper AND fn.nspname <> 'tenancy'
+   AND EXISTS (SELECT FROM pg_roles r
+                WHERE r.rolcanlogin AND NOT r.rolsuper
+                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+UNION ALL
+-- 25. Protected tables with a parent that is not protected (multiple inheritance, or made by a
+--     superuser): the parent's queries read the table's rows without its policies.
+SELECT 'error', 'unprotected_parent', p.relid::regclass::text,
+       format('inherits from %s, which is not protected: queries of the parent read this table''s rows without its policies',
+              i.inhparent::regclass),
+       CASE WHEN c.relispartition THEN format('ALTER TABLE %s DETACH PARTITION %s;', i.inhparent::regclass, p.relid::regclass)
+            ELSE format('ALTER TABLE %s NO INHERIT %s;', p.relid::regclass, i.inhparent::regclass) END
+  FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_inherits i ON i.inhrelid = p.relid
+ WHERE i.inhparent NOT IN (SELECT relid FROM prot)
 $verify$;
 REVOKE EXECUTE ON FUNCTION tenancy.verify() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.verify() TO tenancy_operator;

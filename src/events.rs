@@ -431,21 +431,29 @@ fn security_event_counts() -> TableIterator<'static, (name!(event, String), name
 pub unsafe extern "C-unwind" fn tenancy_event_launcher(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
+    // Per database: the oldest event waiting when its last writer was started, and how many
+    // writers in a row have left it waiting (a writer that cannot connect: the database was
+    // dropped, or no longer allows connections).
+    let mut tries: HashMap<u32, (u64, u32)> = HashMap::new();
     while BackgroundWorker::wait_latch(Some(Duration::from_millis(500))) {
-        let dbs: Vec<u32> = {
-            let log = EVENTS.share();
-            let mut dbs: Vec<u32> = log
-                .queue
-                .iter()
-                .filter(|q| !q.taken)
-                .map(|q| q.db)
-                .collect();
-            dbs.sort_unstable();
-            dbs.dedup();
-            dbs
-        };
-        for db in dbs {
+        let dbs: Vec<(u32, u64)> = oldest_waiting();
+        tries.retain(|db, _| dbs.iter().any(|(d, _)| d == db));
+        for (db, oldest) in dbs {
             if workers.get(&db).is_some_and(|w| w.pid().is_ok()) {
+                continue;
+            }
+            let t = tries.entry(db).or_insert((oldest, 0));
+            if t.0 == oldest {
+                t.1 += 1;
+            } else {
+                *t = (oldest, 1);
+            }
+            if t.1 > WRITER_TRIES {
+                let dropped = discard(db);
+                tries.remove(&db);
+                pgrx::log!(
+                    "pg_tenancy: {dropped} security events of database {db} were not persisted: {WRITER_TRIES} writers in a row could not connect to it (dropped?)"
+                );
                 continue;
             }
             let started = BackgroundWorkerBuilder::new("pg_tenancy security event writer")
@@ -465,6 +473,29 @@ pub unsafe extern "C-unwind" fn tenancy_event_launcher(_arg: pg_sys::Datum) {
             }
         }
     }
+}
+
+/// Writers started in a row for a database whose oldest waiting event stays unwritten, before
+/// its waiting events are given up.
+const WRITER_TRIES: u32 = 3;
+
+/// Each database with events waiting, and the sequence number of its oldest one.
+fn oldest_waiting() -> Vec<(u32, u64)> {
+    let log = EVENTS.share();
+    let start = log.queued.saturating_sub(QUEUE as u64);
+    let mut out: Vec<(u32, u64)> = Vec::new();
+    for n in start..log.queued {
+        let q = &log.queue[(n % QUEUE as u64) as usize];
+        if !q.taken && !out.iter().any(|(d, _)| *d == q.db) {
+            out.push((q.db, n));
+        }
+    }
+    out
+}
+
+/// Give up the waiting events of database `db`; how many there were.
+fn discard(db: u32) -> usize {
+    take(db).len()
 }
 
 /// Take the queued events of database `db`, oldest first.

@@ -66,6 +66,78 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
     }
 }
 
+/// After CREATE TABLE and ALTER TABLE (ddl_command_end, once new tables are auto-protected):
+/// - a protected table may not have an unprotected parent (multiple inheritance, `CREATE TABLE
+///   c () INHERITS (protected, unprotected)`): the unprotected parent's queries read its rows;
+/// - a table created protected (a partition or child of a protected table, or in a schema of
+///   auto_protect) may not bring a user's code that would see every tenant's writes (CHECK
+///   constraints, index expressions, its partition key, column types): see
+///   [`stored_leaky_call`]. It is empty, so built-in functions that are not LEAKPROOF pass.
+///
+/// Superusers (a trusted migration role) pass; verify() reports what they leave.
+/// Only inside a DDL command (`pg_event_trigger_ddl_commands()` refuses to run elsewhere).
+#[pg_extern(volatile, parallel_unsafe, name = "_guard_members")]
+fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pgrx::pg_sys::Oid>>) {
+    catalog::read_one::<i64>(
+        "SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
+        &[],
+    );
+    if crate::policy::in_managed_ddl()
+        || crate::policy::in_restore()
+        || crate::authz::is_superuser(crate::authz::caller())
+    {
+        return;
+    }
+    let orphans = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT i.inhrelid, i.inhparent FROM pg_catalog.pg_inherits i \
+           JOIN tenancy.protected_table p ON p.relid = i.inhrelid \
+          WHERE i.inhrelid = ANY ($1) \
+            AND NOT EXISTS (SELECT FROM tenancy.protected_table q WHERE q.relid = i.inhparent) \
+          LIMIT 1",
+        &[touched.clone().into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+            ))
+        },
+    );
+    if let Some(&(child, parent)) = orphans.first() {
+        refuse_channel(
+            child,
+            format!(
+                "protected table \"{}\" cannot inherit from unprotected table \"{}\"",
+                crate::policy::relation_name(child),
+                crate::policy::relation_name(parent)
+            ),
+            format!(
+                "A parent's queries read its children's rows under the parent's policies only. Have an operator protect the parent first: SELECT tenancy.protect({});",
+                crate::policy::quote_literal(&crate::policy::relation_name(parent))
+            ),
+        );
+    }
+    let created: Vec<pg_sys::Oid> = created.into_iter().flatten().collect();
+    let protected = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT relid::oid FROM tenancy.protected_table WHERE relid::oid = ANY ($1) ORDER BY 1",
+        &[created.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    );
+    for rel in protected {
+        if let Some((what, call)) = stored_leaky_call(rel) {
+            refuse_channel(
+                rel,
+                format!(
+                    "{what} of protected table \"{}\" calls {call}, which would see every tenant's writes",
+                    crate::policy::relation_name(rel)
+                ),
+                EXPRESSION_HINT,
+            );
+        }
+    }
+}
+
 /// Two ways around row security that need no change to the protected table itself:
 /// - a temporary relation named like a protected table shadows it (pg_temp is searched first).
 ///   Behind a connection pooler it outlives the transaction that created it, so the next
@@ -220,25 +292,89 @@ fn refuse_channel(table: pg_sys::Oid, message: String, hint: impl Into<String>) 
 
 const EXPRESSION_HINT: &str = "On a protected table such an expression runs over every tenant's rows with no row security, so only PostgreSQL's built-in LEAKPROOF functions may appear in it. Have a superuser (a trusted migration role) run it, or write the expression with built-in leakproof functions; tenancy.verify() reports what is left.";
 
-/// Analyze a raw expression of a DDL command against the columns of `rel`, as PostgreSQL would,
-/// and refuse when it calls anything but built-in LEAKPROOF functions. Evaluates nothing.
-unsafe fn refuse_leaky_raw(
+/// A column a command adds: the command's other expressions may name it before it exists.
+struct NewColumn {
+    name: String,
+    typ: pg_sys::Oid,
+    typmod: i32,
+}
+
+/// The type and typmod a column definition names (an error, as PostgreSQL's own, if none).
+unsafe fn column_type(col: *mut pg_sys::ColumnDef) -> (pg_sys::Oid, i32) {
+    let mut typ = pg_sys::InvalidOid;
+    let mut typmod = -1;
+    // SAFETY: `col` is a ColumnDef of the command's parse tree; the lookup reads the catalog.
+    unsafe {
+        if !(*col).typeName.is_null() {
+            pg_sys::typenameTypeIdAndMod(
+                std::ptr::null_mut(),
+                (*col).typeName,
+                &mut typ,
+                &mut typmod,
+            );
+        }
+    }
+    (typ, typmod)
+}
+
+/// The parser's last resort for a column name it cannot find in the table: a column the same
+/// command adds, as a typed NULL (only the calls in the expression matter here).
+#[pg_guard]
+unsafe extern "C-unwind" fn new_column_ref(
+    pstate: *mut pg_sys::ParseState,
+    cref: *mut pg_sys::ColumnRef,
+    var: *mut pg_sys::Node,
+) -> *mut pg_sys::Node {
+    // SAFETY: the parse state's hook state is the command's new columns (set below, for the
+    // length of the analysis); `cref` is the column reference being resolved.
+    unsafe {
+        if !var.is_null() || (*pstate).p_ref_hook_state.is_null() {
+            return std::ptr::null_mut();
+        }
+        let cols = &*((*pstate).p_ref_hook_state as *const Vec<NewColumn>);
+        let Some(last) = list::<pg_sys::Node>((*cref).fields).last().copied() else {
+            return std::ptr::null_mut();
+        };
+        if last.is_null() || (*last).type_ != pg_sys::NodeTag::T_String {
+            return std::ptr::null_mut();
+        }
+        let name =
+            std::ffi::CStr::from_ptr((*(last as *mut pg_sys::String)).sval).to_string_lossy();
+        match cols.iter().find(|c| c.name == name) {
+            Some(c) => {
+                pg_sys::makeNullConst(c.typ, c.typmod, pg_sys::get_typcollation(c.typ)).cast()
+            }
+            None => std::ptr::null_mut(),
+        }
+    }
+}
+
+/// Analyze a raw expression of a DDL command against the columns of `rel` (and the columns
+/// the same command adds), as PostgreSQL would, coerced to `coerce_to` if given, and name the
+/// first call that is not a built-in LEAKPROOF function (with `user_code_only`, not built in).
+/// Evaluates nothing.
+unsafe fn leaky_raw(
     rel: pg_sys::Oid,
     raw: *mut pg_sys::Node,
     kind: pg_sys::ParseExprKind::Type,
-    what: &str,
     query: *const std::ffi::c_char,
-) {
+    new_columns: &Vec<NewColumn>,
+    coerce_to: Option<(pg_sys::Oid, i32)>,
+    user_code_only: bool,
+) -> Option<String> {
     if raw.is_null() {
-        return;
+        return None;
     }
     // SAFETY: parse analysis of a copy of the raw tree against the relation, opened with the
     // lock the command takes anyway; the parse state is freed, the lock kept to the end of the
-    // transaction (as the command would).
-    let leaky = unsafe {
+    // transaction (as the command would). The hook state points at `new_columns`, which
+    // outlives the parse state.
+    unsafe {
         let r = pg_sys::relation_open(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
         (*pstate).p_sourcetext = query;
+        (*pstate).p_post_columnref_hook = Some(new_column_ref);
+        (*pstate).p_ref_hook_state = (new_columns as *const Vec<NewColumn>).cast_mut().cast();
         let nsitem = pg_sys::addRangeTableEntryForRelation(
             pstate,
             r,
@@ -248,17 +384,33 @@ unsafe fn refuse_leaky_raw(
             true,
         );
         pg_sys::addNSItemToQuery(pstate, nsitem, true, true, true);
-        let expr = pg_sys::transformExpr(
+        let mut expr = pg_sys::transformExpr(
             pstate,
             pg_sys::copyObjectImpl(raw as *const std::ffi::c_void) as *mut pg_sys::Node,
             kind,
         );
-        let leaky = crate::leakproof::first_leaky_call(expr, false);
+        if let Some((typ, typmod)) = coerce_to {
+            // As ALTER COLUMN TYPE does: NULL when there is no such cast (the command fails).
+            expr = pg_sys::coerce_to_target_type(
+                pstate,
+                expr,
+                pg_sys::exprType(expr),
+                typ,
+                typmod,
+                pg_sys::CoercionContext::COERCION_ASSIGNMENT,
+                pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
+                -1,
+            );
+        }
+        let leaky = crate::leakproof::first_leaky_call(expr, user_code_only);
         pg_sys::free_parsestate(pstate);
         pg_sys::relation_close(r, pg_sys::NoLock as pg_sys::LOCKMODE);
         leaky
-    };
-    if let Some(call) = leaky {
+    }
+}
+
+fn refuse_leaky(rel: pg_sys::Oid, what: &str, call: Option<String>) {
+    if let Some(call) = call {
         refuse_channel(
             rel,
             format!(
@@ -268,6 +420,35 @@ unsafe fn refuse_leaky_raw(
             EXPRESSION_HINT,
         );
     }
+}
+
+/// [`leaky_raw`] with a strict reading (built-in LEAKPROOF functions only), refused.
+unsafe fn refuse_leaky_raw(
+    rel: pg_sys::Oid,
+    raw: *mut pg_sys::Node,
+    kind: pg_sys::ParseExprKind::Type,
+    what: &str,
+    query: *const std::ffi::c_char,
+    new_columns: &Vec<NewColumn>,
+) {
+    // SAFETY: as leaky_raw's.
+    let call = unsafe { leaky_raw(rel, raw, kind, query, new_columns, None, false) };
+    refuse_leaky(rel, what, call);
+}
+
+/// A column of type `typ` on a protected table: the constraints of the domains it is made of
+/// run on every write, and a range's functions in ANALYZE and GiST indexes, over every
+/// tenant's values. With `rewrite`, the column is about to be computed for every existing row,
+/// so the domains' constraints are read as strictly as a CHECK constraint.
+fn refuse_leaky_type(rel: pg_sys::Oid, column: &str, typ: pg_sys::Oid, rewrite: bool) {
+    if typ == pg_sys::InvalidOid {
+        return;
+    }
+    refuse_leaky(
+        rel,
+        &format!("the type of column \"{column}\""),
+        crate::leakproof::type_leaky_call(typ, !rewrite),
+    );
 }
 
 /// Refuse a stored expression (a constraint about to be validated) that is leaky.
@@ -326,6 +507,7 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
                             pg_sys::ParseExprKind::EXPR_KIND_INDEX_EXPRESSION,
                             "an index expression",
                             query,
+                            &Vec::new(),
                         );
                     }
                     refuse_leaky_raw(
@@ -334,6 +516,7 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
                         pg_sys::ParseExprKind::EXPR_KIND_INDEX_PREDICATE,
                         "an index predicate",
                         query,
+                        &Vec::new(),
                     );
                 }
             }
@@ -354,6 +537,7 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
                             pg_sys::ParseExprKind::EXPR_KIND_STATS_EXPRESSION,
                             "a statistics expression",
                             query,
+                            &Vec::new(),
                         );
                     }
                 }
@@ -434,11 +618,68 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) {
 }
 
 unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::ffi::c_char) {
-    // SAFETY: `s` and its commands are a parse tree of ALTER TABLE.
+    // SAFETY: `s` and its commands are a parse tree of ALTER TABLE (or ALTER TYPE).
     unsafe {
         let rel = relid_of((*s).relation);
-        let protected = is_protected(rel);
-        for cmd in list::<pg_sys::AlterTableCmd>((*s).cmds) {
+        let cmds = list::<pg_sys::AlterTableCmd>((*s).cmds);
+        if (*s).objtype == pg_sys::ObjectType::OBJECT_TYPE {
+            // ALTER TYPE ... ADD/ALTER ATTRIBUTE ... CASCADE changes (and rewrites) the tables
+            // of that type: each protected one is checked as if altered itself.
+            for table in typed_tables(rel) {
+                check_alter_table_cmds(table, true, &cmds, query);
+            }
+            return;
+        }
+        check_alter_table_cmds(rel, is_protected(rel), &cmds, query);
+    }
+}
+
+/// The protected tables of the composite type whose relation is `rel` (CREATE TABLE ... OF).
+fn typed_tables(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
+    if rel == pg_sys::InvalidOid {
+        return Vec::new();
+    }
+    catalog::owner_rows(
+        "the protected tables of a type",
+        "SELECT c.oid FROM pg_catalog.pg_class c JOIN tenancy.protected_table p ON p.relid = c.oid \
+          WHERE c.reloftype = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = $1) ORDER BY c.oid",
+        &[rel.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    )
+}
+
+unsafe fn check_alter_table_cmds(
+    rel: pg_sys::Oid,
+    protected: bool,
+    cmds: &[*mut pg_sys::AlterTableCmd],
+    query: *const std::ffi::c_char,
+) {
+    // SAFETY: every command is an AlterTableCmd of the statement's parse tree.
+    unsafe {
+        // Columns this statement adds, which its constraints may name.
+        let mut new_columns = Vec::new();
+        if protected {
+            for &cmd in cmds {
+                if matches!(
+                    (*cmd).subtype,
+                    pg_sys::AlterTableType::AT_AddColumn
+                        | pg_sys::AlterTableType::AT_AddColumnRecurse
+                ) {
+                    let col = (*cmd).def as *mut pg_sys::ColumnDef;
+                    if !(*col).colname.is_null() {
+                        let (typ, typmod) = column_type(col);
+                        new_columns.push(NewColumn {
+                            name: std::ffi::CStr::from_ptr((*col).colname)
+                                .to_string_lossy()
+                                .into_owned(),
+                            typ,
+                            typmod,
+                        });
+                    }
+                }
+            }
+        }
+        for &cmd in cmds {
             let def = (*cmd).def;
             match (*cmd).subtype {
                 // The table's rows would be read through a parent without its policies.
@@ -459,9 +700,20 @@ unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::f
                         );
                     }
                 }
-                pg_sys::AlterTableType::AT_AttachPartition if !protected => {
+                // An unprotected table becomes protected by joining a protected parent: what it
+                // brings (its constraints, indexes, partition key, column types) then runs over
+                // every tenant's rows.
+                pg_sys::AlterTableType::AT_AddInherit => {
+                    let parent = relid_of(def as *mut pg_sys::RangeVar);
+                    if is_protected(parent) {
+                        refuse_leaky_members(rel);
+                    }
+                }
+                pg_sys::AlterTableType::AT_AttachPartition => {
                     let part = relid_of((*(def as *mut pg_sys::PartitionCmd)).name);
-                    if is_protected(part) {
+                    if protected {
+                        refuse_leaky_members(part);
+                    } else if is_protected(part) {
                         refuse_channel(
                             part,
                             format!(
@@ -478,25 +730,77 @@ unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::f
                 }
                 _ if !protected => {}
                 pg_sys::AlterTableType::AT_AddConstraint
-                | pg_sys::AlterTableType::AT_AddConstraintRecurse => {
-                    check_constraint(rel, def as *mut pg_sys::Constraint, query)
-                }
+                | pg_sys::AlterTableType::AT_AddConstraintRecurse => check_constraint(
+                    rel,
+                    def as *mut pg_sys::Constraint,
+                    query,
+                    &new_columns,
+                    None,
+                ),
                 pg_sys::AlterTableType::AT_AddColumn
                 | pg_sys::AlterTableType::AT_AddColumnRecurse => {
                     let col = def as *mut pg_sys::ColumnDef;
+                    let (typ, typmod) = column_type(col);
+                    let name = if (*col).colname.is_null() {
+                        String::new()
+                    } else {
+                        std::ffi::CStr::from_ptr((*col).colname)
+                            .to_string_lossy()
+                            .into_owned()
+                    };
+                    let generated = list::<pg_sys::Constraint>((*col).constraints)
+                        .into_iter()
+                        .any(|c| {
+                            !c.is_null() && (*c).contype == pg_sys::ConstrType::CONSTR_GENERATED
+                        });
+                    // A generated column is computed for every row now; any other new column
+                    // holds its default, and its type's code sees each tenant's later writes.
+                    refuse_leaky_type(rel, &name, typ, generated);
                     for c in list::<pg_sys::Constraint>((*col).constraints) {
-                        check_constraint(rel, c, query);
+                        check_constraint(rel, c, query, &new_columns, Some((typ, typmod)));
                     }
                 }
                 pg_sys::AlterTableType::AT_AlterColumnType => {
                     let col = def as *mut pg_sys::ColumnDef;
+                    let name = if (*cmd).name.is_null() {
+                        String::new()
+                    } else {
+                        std::ffi::CStr::from_ptr((*cmd).name)
+                            .to_string_lossy()
+                            .into_owned()
+                    };
+                    let (typ, typmod) = column_type(col);
+                    // The USING expression runs over every row...
                     refuse_leaky_raw(
                         rel,
                         (*col).raw_default,
                         pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
                         "ALTER COLUMN TYPE ... USING",
                         query,
+                        &new_columns,
                     );
+                    // ... and so does the cast to the new type (a plain built-in cast passes;
+                    // one made with a user's function does not) ...
+                    let value = if (*col).raw_default.is_null() {
+                        column_ref(&name)
+                    } else {
+                        (*col).raw_default
+                    };
+                    refuse_leaky(
+                        rel,
+                        "ALTER COLUMN TYPE",
+                        leaky_raw(
+                            rel,
+                            value,
+                            pg_sys::ParseExprKind::EXPR_KIND_ALTER_COL_TRANSFORM,
+                            query,
+                            &new_columns,
+                            Some((typ, typmod)),
+                            true,
+                        ),
+                    );
+                    // ... and the constraints of the new type's domains.
+                    refuse_leaky_type(rel, &name, typ, true);
                 }
                 pg_sys::AlterTableType::AT_ValidateConstraint
                 | pg_sys::AlterTableType::AT_ValidateConstraintRecurse => {
@@ -515,10 +819,88 @@ unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::f
     }
 }
 
+/// A raw reference to column `name`, as the parser would build it.
+unsafe fn column_ref(name: &str) -> *mut pg_sys::Node {
+    // SAFETY: a ColumnRef node allocated in the current memory context, as makeNode would.
+    unsafe {
+        let cref =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::ColumnRef>()) as *mut pg_sys::ColumnRef;
+        (*cref).type_ = pg_sys::NodeTag::T_ColumnRef;
+        let cname = std::ffi::CString::new(name).unwrap_or_default();
+        (*cref).fields = pg_sys::lappend(
+            std::ptr::null_mut(),
+            pg_sys::makeString(pg_sys::pstrdup(cname.as_ptr())).cast(),
+        );
+        (*cref).location = -1;
+        cref.cast()
+    }
+}
+
+/// What an existing table brings when it becomes protected by joining a protected parent
+/// (ATTACH PARTITION, INHERIT): its own code then runs over every tenant's rows written to it.
+/// Its rows are its owner's own, so only a user's code is refused (as for a new table).
+fn refuse_leaky_members(rel: pg_sys::Oid) {
+    if rel == pg_sys::InvalidOid {
+        return;
+    }
+    if let Some((what, call)) = stored_leaky_call(rel) {
+        refuse_channel(
+            rel,
+            format!(
+                "{what} of \"{}\" calls {call}, which would run over every tenant's rows once it is protected",
+                crate::policy::relation_name(rel)
+            ),
+            EXPRESSION_HINT,
+        );
+    }
+}
+
+/// The first user's code (not built in) that a table's own definition runs over the rows
+/// written to it: CHECK constraints, index expressions and predicates, its partition key,
+/// generated columns, the types of its columns; and its rules. `(what, call)`, or None.
+fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
+    let rows = catalog::owner_rows(
+        "a table's definition",
+        "SELECT format('CHECK constraint %I', conname), conbin::text, NULL::oid FROM pg_catalog.pg_constraint \
+          WHERE conrelid = $1 AND contype = 'c' \
+         UNION ALL SELECT format('index %s', indexrelid::regclass), indexprs::text, NULL FROM pg_catalog.pg_index \
+          WHERE indrelid = $1 AND indexprs IS NOT NULL \
+         UNION ALL SELECT format('index %s', indexrelid::regclass), indpred::text, NULL FROM pg_catalog.pg_index \
+          WHERE indrelid = $1 AND indpred IS NOT NULL \
+         UNION ALL SELECT 'partition key', partexprs::text, NULL FROM pg_catalog.pg_partitioned_table \
+          WHERE partrelid = $1 AND partexprs IS NOT NULL \
+         UNION ALL SELECT format('generated column %I', a.attname), d.adbin::text, NULL \
+           FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+          WHERE d.adrelid = $1 AND a.attgenerated <> '' \
+         UNION ALL SELECT format('the type of column %I', attname), NULL, atttypid FROM pg_catalog.pg_attribute \
+          WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped \
+         UNION ALL SELECT format('rule %I', rulename), NULL, NULL FROM pg_catalog.pg_rewrite \
+          WHERE ev_class = $1 AND rulename <> '_RETURN'",
+        &[rel.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?,
+                r.get::<pg_sys::Oid>(3)?,
+            ))
+        },
+    );
+    rows.into_iter().find_map(|(what, expr, typ)| {
+        let call = match (expr, typ) {
+            (Some(e), _) => crate::leakproof::leaky_call_text(&e, true),
+            (None, Some(t)) => crate::leakproof::type_leaky_call(t, true),
+            (None, None) => Some("actions that see every tenant's writes".into()),
+        }?;
+        Some((what, call))
+    })
+}
+
 unsafe fn check_constraint(
     rel: pg_sys::Oid,
     c: *mut pg_sys::Constraint,
     query: *const std::ffi::c_char,
+    new_columns: &Vec<NewColumn>,
+    column_type: Option<(pg_sys::Oid, i32)>,
 ) {
     // SAFETY: `c` is a Constraint node of the command's parse tree.
     unsafe {
@@ -532,14 +914,32 @@ unsafe fn check_constraint(
                 pg_sys::ParseExprKind::EXPR_KIND_CHECK_CONSTRAINT,
                 "a CHECK constraint",
                 query,
+                new_columns,
             ),
-            pg_sys::ConstrType::CONSTR_GENERATED => refuse_leaky_raw(
-                rel,
-                (*c).raw_expr,
-                pg_sys::ParseExprKind::EXPR_KIND_GENERATED_COLUMN,
-                "a generated column",
-                query,
-            ),
+            pg_sys::ConstrType::CONSTR_GENERATED => {
+                refuse_leaky_raw(
+                    rel,
+                    (*c).raw_expr,
+                    pg_sys::ParseExprKind::EXPR_KIND_GENERATED_COLUMN,
+                    "a generated column",
+                    query,
+                    new_columns,
+                );
+                // Its value is cast to the column's type for every row (a user's cast).
+                refuse_leaky(
+                    rel,
+                    "a generated column",
+                    leaky_raw(
+                        rel,
+                        (*c).raw_expr,
+                        pg_sys::ParseExprKind::EXPR_KIND_GENERATED_COLUMN,
+                        query,
+                        new_columns,
+                        column_type,
+                        true,
+                    ),
+                );
+            }
             pg_sys::ConstrType::CONSTR_EXCLUSION => {
                 for pair in list::<pg_sys::List>((*c).exclusions) {
                     let elem = list::<pg_sys::IndexElem>(pair).first().copied();
@@ -550,6 +950,7 @@ unsafe fn check_constraint(
                             pg_sys::ParseExprKind::EXPR_KIND_INDEX_EXPRESSION,
                             "an exclusion constraint's expression",
                             query,
+                            new_columns,
                         );
                     }
                 }
@@ -559,6 +960,7 @@ unsafe fn check_constraint(
                     pg_sys::ParseExprKind::EXPR_KIND_INDEX_PREDICATE,
                     "an exclusion constraint's predicate",
                     query,
+                    new_columns,
                 );
             }
             _ => {}
@@ -581,10 +983,9 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt) {
         );
         let used = catalog::owner_rows(
             "the protected tables' columns",
-            "WITH RECURSIVE t(oid) AS (SELECT $1::oid UNION SELECT p.oid FROM pg_catalog.pg_type p JOIN t ON p.typbasetype = t.oid) \
-             SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \
+            "SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \
               WHERE a.attnum > 0 AND NOT a.attisdropped \
-                AND (a.atttypid IN (SELECT oid FROM t) OR a.atttypid IN (SELECT typarray FROM pg_catalog.pg_type WHERE oid IN (SELECT oid FROM t))) \
+                AND $1 IN (SELECT tenancy._reachable_types(a.atttypid)) \
               LIMIT 1",
             &[typ.into()],
             |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
@@ -611,7 +1012,14 @@ unsafe fn check_lock(s: *mut pg_sys::LockStmt) {
             return;
         }
         for rv in list::<pg_sys::RangeVar>((*s).relations) {
-            let rel = relid_of(rv);
+            let named = relid_of(rv);
+            // LOCK of a view locks the tables it reads, and of a parent its children (as
+            // PostgreSQL's LockViewRecurse and LockTableRecurse do).
+            let rel = if is_protected(named) {
+                named
+            } else {
+                protected_behind(named)
+            };
             if is_protected(rel) {
                 refuse_channel(
                     rel,
@@ -624,4 +1032,32 @@ unsafe fn check_lock(s: *mut pg_sys::LockStmt) {
             }
         }
     }
+}
+
+/// The first protected table that `LOCK` of `rel` also locks: the tables a view reads (through
+/// nested views) and the children of a table, or InvalidOid.
+fn protected_behind(rel: pg_sys::Oid) -> pg_sys::Oid {
+    if rel == pg_sys::InvalidOid {
+        return rel;
+    }
+    catalog::owner_rows(
+        "tenancy.protected_table",
+        "WITH RECURSIVE r(rel) AS ( \
+              SELECT $1::pg_catalog.oid \
+              UNION \
+              SELECT x.rel FROM r CROSS JOIN LATERAL ( \
+                  SELECT d.refobjid FROM pg_catalog.pg_class v \
+                    JOIN pg_catalog.pg_rewrite rw ON rw.ev_class = v.oid \
+                    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = rw.oid \
+                                   AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> v.oid \
+                   WHERE v.oid = r.rel AND v.relkind = 'v' \
+                  UNION ALL \
+                  SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = r.rel) x(rel)) \
+         SELECT r.rel FROM r JOIN tenancy.protected_table p ON p.relid = r.rel LIMIT 1",
+        &[rel.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    )
+    .first()
+    .copied()
+    .unwrap_or(pg_sys::InvalidOid)
 }

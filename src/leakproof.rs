@@ -16,6 +16,9 @@ struct Walk {
     found: Option<String>,
     /// Only functions that are not built in (nor nodes that run a user's code) offend.
     user_code_only: bool,
+    /// Domains the expression coerces to: their constraints run too, and are read after the
+    /// walk (a catalog query has no place in a tree walker's callback).
+    domains: Vec<pg_sys::Oid>,
 }
 
 /// Whether `func` is one of PostgreSQL's own functions (created by initdb, below the first
@@ -55,10 +58,14 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
     // SAFETY: `node` is a node of an analyzed expression tree, `context` our Walk.
     unsafe {
         match (*node).type_ {
-            // A domain's CHECK constraints run code of the domain's owner; a subquery or a
-            // parameter has no place in these expressions.
-            pg_sys::NodeTag::T_CoerceToDomain
-            | pg_sys::NodeTag::T_SubLink
+            // A domain's CHECK constraints run with the value: read after the walk.
+            pg_sys::NodeTag::T_CoerceToDomain => {
+                let walk = &mut *(context as *mut Walk);
+                walk.domains
+                    .push((*(node as *mut pg_sys::CoerceToDomain)).resulttype);
+            }
+            // A subquery or a parameter has no place in these expressions.
+            pg_sys::NodeTag::T_SubLink
             | pg_sys::NodeTag::T_SubPlan
             | pg_sys::NodeTag::T_XmlExpr => {
                 let walk = &mut *(context as *mut Walk);
@@ -66,7 +73,6 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
                     return pg_sys::expression_tree_walker(node, Some(walker), context);
                 }
                 walk.found = Some(match (*node).type_ {
-                    pg_sys::NodeTag::T_CoerceToDomain => "a domain's constraints".into(),
                     pg_sys::NodeTag::T_XmlExpr => "an XML expression".into(),
                     _ => "a subquery".into(),
                 });
@@ -90,13 +96,162 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
 /// # Safety
 /// `expr` is null or a valid analyzed expression tree.
 pub unsafe fn first_leaky_call(expr: *mut pg_sys::Node, user_code_only: bool) -> Option<String> {
+    // SAFETY: as the caller promised.
+    unsafe { walk_expression(expr, user_code_only, &mut Vec::new()) }
+}
+
+/// [`first_leaky_call`], with the domains already looked at (a domain's constraint may coerce
+/// to another domain, and back).
+unsafe fn walk_expression(
+    expr: *mut pg_sys::Node,
+    user_code_only: bool,
+    seen: &mut Vec<pg_sys::Oid>,
+) -> Option<String> {
     let mut walk = Walk {
         found: None,
         user_code_only,
+        domains: Vec::new(),
     };
     // SAFETY: the walker only reads the tree; `walk` outlives the walk.
     unsafe { walker(expr, (&mut walk as *mut Walk).cast()) };
-    walk.found
+    if walk.found.is_some() {
+        return walk.found;
+    }
+    walk.domains
+        .into_iter()
+        .find_map(|d| domain_leaky_call(d, user_code_only, seen))
+}
+
+/// The first leaky call in the CHECK constraints of domain `domain` and of the domains it is
+/// based on.
+fn domain_leaky_call(
+    domain: pg_sys::Oid,
+    user_code_only: bool,
+    seen: &mut Vec<pg_sys::Oid>,
+) -> Option<String> {
+    if seen.contains(&domain) {
+        return None;
+    }
+    seen.push(domain);
+    let checks: Vec<(String, String)> = Spi::connect(|c| {
+        let t = c.select(
+            "WITH RECURSIVE d(oid) AS (SELECT $1::pg_catalog.oid \
+               UNION SELECT t.typbasetype FROM pg_catalog.pg_type t JOIN d ON t.oid = d.oid WHERE t.typtype = 'd') \
+             SELECT pg_catalog.format_type(con.contypid, NULL), con.conbin::pg_catalog.text \
+               FROM pg_catalog.pg_constraint con WHERE con.contypid IN (SELECT oid FROM d) AND con.conbin IS NOT NULL",
+            None,
+            &[domain.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a domain's constraints failed: {e}"));
+    checks.into_iter().find_map(|(name, bin)| {
+        let c = std::ffi::CString::new(bin).ok()?;
+        // SAFETY: stringToNode parses PostgreSQL's own node text into a fresh tree.
+        let call = unsafe {
+            let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Node;
+            walk_expression(node, user_code_only, seen)
+        }?;
+        Some(format!("{call} (in a constraint of domain {name})"))
+    })
+}
+
+/// Every type a value of type `typ` is made of: `typ`, the base types of a domain, the element
+/// of an array, the attributes of a composite, the subtype of a range, the range of a
+/// multirange, recursively.
+pub const REACHABLE_TYPES: &str = "WITH RECURSIVE t(oid) AS ( \
+      SELECT $1::pg_catalog.oid \
+      UNION \
+      SELECT x.child FROM t JOIN pg_catalog.pg_type ty ON ty.oid = t.oid \
+       CROSS JOIN LATERAL ( \
+             SELECT ty.typbasetype WHERE ty.typtype = 'd' \
+             UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0 \
+             UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                        WHERE ty.typrelid <> 0 AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped \
+             UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = ty.oid \
+             UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = ty.oid) x(child)) \
+    SELECT oid FROM t";
+
+/// `tenancy._reachable_types(typ)`: [`REACHABLE_TYPES`] as a set, for verify().
+#[pg_extern(stable, parallel_safe, name = "_reachable_types")]
+fn reachable_types(typ: pg_sys::Oid) -> SetOfIterator<'static, pg_sys::Oid> {
+    let types: Vec<pg_sys::Oid> = Spi::connect(|c| {
+        let t = c.select(REACHABLE_TYPES, None, &[typ.into()])?;
+        let mut out = Vec::new();
+        for r in t {
+            if let Some(o) = r.get::<pg_sys::Oid>(1)? {
+                out.push(o);
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a type failed: {e}"));
+    SetOfIterator::new(types)
+}
+
+/// The first code a value of type `typ` runs that is not a built-in LEAKPROOF function (with
+/// `user_code_only`, that is not built in): the CHECK constraints of every domain it is made
+/// of, and the canonical and subtype-difference functions of every range it is made of
+/// (ANALYZE and GiST indexes call the latter over every row; those not built in are a user's
+/// code whatever the mode). None when there is none.
+pub fn type_leaky_call(typ: pg_sys::Oid, user_code_only: bool) -> Option<String> {
+    let q = format!(
+        "SELECT ty.oid, ty.typtype::pg_catalog.text, \
+                (SELECT f FROM pg_catalog.pg_range r, LATERAL pg_catalog.unnest(ARRAY[r.rngcanonical, r.rngsubdiff]::pg_catalog.oid[]) f \
+                  WHERE r.rngtypid = ty.oid AND f >= {} ORDER BY f LIMIT 1) \
+           FROM ({REACHABLE_TYPES}) reach JOIN pg_catalog.pg_type ty ON ty.oid = reach.oid \
+          WHERE ty.typtype IN ('d', 'r') ORDER BY ty.oid",
+        pg_sys::FirstNormalObjectId
+    );
+    let found: Vec<(pg_sys::Oid, String, Option<pg_sys::Oid>)> = Spi::connect(|c| {
+        let t = c.select(&q, None, &[typ.into()])?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(3)?,
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a type failed: {e}"));
+    let mut seen = Vec::new();
+    found
+        .into_iter()
+        .find_map(|(t, kind, range_fn)| match kind.as_str() {
+            "d" => domain_leaky_call(t, user_code_only, &mut seen),
+            _ => range_fn.map(|f| {
+                format!(
+                    "{} (a function of range type {})",
+                    describe_function(f),
+                    type_name(t)
+                )
+            }),
+        })
+}
+
+fn type_name(typ: pg_sys::Oid) -> String {
+    // SAFETY: format_type_be returns a palloc'd, NUL-terminated string.
+    unsafe {
+        let p = pg_sys::format_type_be(typ);
+        let s = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+        pg_sys::pfree(p.cast());
+        s
+    }
+}
+
+/// verify()'s view of a column's type: [`type_leaky_call`].
+#[pg_extern(stable, parallel_safe, name = "_type_leaky_call")]
+fn type_leaky_call_sql(typ: pg_sys::Oid, user_code_only: bool) -> Option<String> {
+    type_leaky_call(typ, user_code_only)
 }
 
 /// verify()'s view of a stored expression (`pg_constraint.conbin`, `pg_index.indexprs`,

@@ -208,6 +208,245 @@ fn a_leaky_constraint_made_before_protection_is_reported_and_refused_validation(
     reported_and_fixed(&mut su, &s, "leaky_expression");
 }
 
+/// Refused with 42501 and a HINT, as the owner `c` runs it.
+fn refused(c: &mut Client, sql: &str, what: &str) {
+    let e = c
+        .batch_execute(sql)
+        .expect_err(&format!("{what} was allowed"));
+    assert_eq!(sqlstate(&e), "42501", "{what}: {}", message(&e));
+    assert!(
+        e.as_db_error().and_then(|d| d.hint()).is_some(),
+        "{what}: no HINT"
+    );
+}
+
+#[test]
+fn a_tables_owner_cannot_run_code_through_a_columns_type_or_cast() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let (s, owner) = owned_table(&mut su, &f);
+    leaky_function(&mut su, &s, &owner);
+    // A domain whose check shows its values, and a composite type whose assignment cast does.
+    su.batch_execute(&format!(
+        "SET ROLE {owner}; \
+         CREATE DOMAIN {s}.leakdom AS text CHECK ({s}.leak(VALUE)); \
+         CREATE TYPE {s}.comp AS (x text); \
+         CREATE FUNCTION {s}.tocomp(text) RETURNS {s}.comp LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE NOTICE 'cast: %', $1; RETURN ROW($1); END $$; \
+         CREATE CAST (text AS {s}.comp) WITH FUNCTION {s}.tocomp(text) AS ASSIGNMENT; \
+         CREATE TYPE {s}.rowt AS (tenant_id uuid, id int, body text); \
+         CREATE TABLE {s}.typed OF {s}.rowt; \
+         RESET ROLE; \
+         SELECT tenancy.protect('{s}.typed'); \
+         INSERT INTO {s}.typed VALUES ('{b}', 1, '{bn}-typed-secret')",
+        b = f.b_id,
+        bn = f.b
+    ))
+    .unwrap();
+    let (mut c, notices) = with_notices(&owner);
+    assert_not_privileged(&mut c);
+    for (sql, what) in [
+        (
+            format!("ALTER TABLE {s}.t ALTER COLUMN body TYPE {s}.leakdom"),
+            "ALTER COLUMN TYPE to a leaky domain",
+        ),
+        (
+            format!("ALTER TABLE {s}.t ALTER COLUMN body TYPE {s}.leakdom USING body"),
+            "the same with USING",
+        ),
+        (
+            format!("ALTER TABLE {s}.t ALTER COLUMN body TYPE {s}.comp"),
+            "ALTER COLUMN TYPE through a user's cast",
+        ),
+        (
+            format!("ALTER TABLE {s}.t ADD COLUMN g {s}.leakdom GENERATED ALWAYS AS (body) STORED"),
+            "a generated column of a leaky domain",
+        ),
+        (
+            format!("ALTER TABLE {s}.t ADD COLUMN g2 {s}.comp GENERATED ALWAYS AS (body) STORED"),
+            "a generated column through a user's cast",
+        ),
+        (
+            format!("ALTER TABLE {s}.t ADD COLUMN later {s}.leakdom"),
+            "a column whose domain sees every later write",
+        ),
+        (
+            format!("ALTER TYPE {s}.rowt ALTER ATTRIBUTE body TYPE {s}.comp CASCADE"),
+            "ALTER TYPE of a protected typed table",
+        ),
+    ] {
+        refused(&mut c, &sql, what);
+    }
+    let leaked = notices.lock().unwrap().clone();
+    assert!(leaked.is_empty(), "values reached the owner: {leaked:?}");
+    // What an owner does every day still works: a new column with its CHECK (in one command
+    // or two), and a plain built-in cast.
+    c.batch_execute(&format!(
+        "ALTER TABLE {s}.t ADD COLUMN qty int CHECK (qty > 0); \
+         ALTER TABLE {s}.t ADD COLUMN qty2 int, ADD CONSTRAINT q2 CHECK (qty2 > 0); \
+         ALTER TABLE {s}.t ALTER COLUMN id TYPE bigint"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_table_cannot_bring_a_users_code_into_protection() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let s = schema(&mut su);
+    let owner = ident("own");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; ALTER SCHEMA {s} OWNER TO {owner}; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.p (tenant_id uuid NOT NULL, id int NOT NULL, body text) PARTITION BY RANGE (id); \
+         CREATE TABLE {s}.p1 PARTITION OF {s}.p FOR VALUES FROM (0) TO (100); \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL, body text); \
+         CREATE TABLE {s}.base (tenant_id uuid, id int, body text); \
+         RESET ROLE; \
+         SELECT tenancy.protect('{s}.p'); SELECT tenancy.protect('{s}.t'); \
+         GRANT SELECT, INSERT ON {s}.p, {s}.t TO {APP}"
+    ))
+    .unwrap();
+    leaky_function(&mut su, &s, &owner);
+    su.batch_execute(&format!(
+        "SET ROLE {owner}; \
+         CREATE FUNCTION {s}.leaki(text) RETURNS int LANGUAGE plpgsql IMMUTABLE AS \
+           $$ BEGIN RAISE NOTICE 'leaked: %', $1; RETURN 250; END $$; \
+         CREATE TABLE {s}.prepared (tenant_id uuid NOT NULL, id int NOT NULL, body text, CHECK ({s}.leak(body))); \
+         CREATE TABLE {s}.indexed (tenant_id uuid NOT NULL, id int NOT NULL, body text); \
+         CREATE INDEX ON {s}.indexed (({s}.leaki(body))); \
+         CREATE TABLE {s}.child_to_be (tenant_id uuid NOT NULL, id int NOT NULL, body text) INHERITS ({s}.base); \
+         RESET ROLE"
+    ))
+    .unwrap();
+    let (mut c, notices) = with_notices(&owner);
+    for (sql, what) in [
+        (format!("CREATE TABLE {s}.p2 PARTITION OF {s}.p (CONSTRAINT c CHECK ({s}.leak(body))) FOR VALUES FROM (100) TO (200)"), "a partition's CHECK"),
+        (format!("CREATE TABLE {s}.p3 PARTITION OF {s}.p FOR VALUES FROM (200) TO (300) PARTITION BY RANGE (({s}.leaki(body)))"), "a partition's partition key"),
+        (format!("ALTER TABLE {s}.p ATTACH PARTITION {s}.prepared FOR VALUES FROM (300) TO (400)"), "ATTACH of a table with a CHECK"),
+        (format!("ALTER TABLE {s}.p ATTACH PARTITION {s}.indexed FOR VALUES FROM (400) TO (500)"), "ATTACH of a table with an index expression"),
+        (format!("CREATE TABLE {s}.c () INHERITS ({s}.t, {s}.base)"), "a child of a protected and an unprotected parent"),
+        (format!("ALTER TABLE {s}.child_to_be INHERIT {s}.t"), "INHERIT by a table with an unprotected parent"),
+    ] {
+        refused(&mut c, &sql, what);
+    }
+    // Tenant B writes into every partition and child there is: no code of the owner's runs.
+    let (mut b, b_notices) = with_notices(APP);
+    b.batch_execute("BEGIN").unwrap();
+    bind(&mut b, &f.token(&f.b, "x"));
+    b.batch_execute(&format!(
+        "INSERT INTO {s}.p (id, body) VALUES (50, '{bn}-secret'); INSERT INTO {s}.t (id, body) VALUES (1, '{bn}-secret'); COMMIT",
+        bn = f.b
+    ))
+    .unwrap();
+    let base: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {s}.base"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(base, 0);
+    let leaked: Vec<String> = notices
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(b_notices.lock().unwrap().iter())
+        .filter(|n| n.starts_with("leaked"))
+        .cloned()
+        .collect();
+    assert!(leaked.is_empty(), "the owner's code ran: {leaked:?}");
+    // A partition like any other is still the owner's to add, and protected on creation.
+    c.batch_execute(&format!(
+        "CREATE TABLE {s}.p4 PARTITION OF {s}.p (CONSTRAINT len CHECK (id > 0)) FOR VALUES FROM (500) TO (600)"
+    ))
+    .unwrap();
+    let protected: bool = su
+        .query_one(
+            &format!("SELECT EXISTS (SELECT FROM tenancy.protected_tables WHERE \"table\" = '{s}.p4'::regclass)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(protected);
+}
+
+#[test]
+fn a_users_code_in_a_protected_columns_type_or_trigger_is_reported() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let s = schema(&mut su);
+    let fnown = ident("fnown");
+    let owner = ident("towner");
+    su.batch_execute(&format!(
+        "CREATE ROLE {fnown} LOGIN NOSUPERUSER NOBYPASSRLS; CREATE ROLE {owner} NOLOGIN; \
+         GRANT USAGE, CREATE ON SCHEMA {s} TO {fnown}, {owner}"
+    ))
+    .unwrap();
+    leaky_function(&mut su, &s, &fnown);
+    // Made by a trusted migration (a superuser), with functions a login role owns: a range
+    // type whose subtype difference ANALYZE calls, a domain whose check every write calls, a
+    // partition key and a trigger.
+    su.batch_execute(&format!(
+        "SET ROLE {fnown}; \
+         CREATE FUNCTION {s}.d(int, int) RETURNS float8 LANGUAGE sql IMMUTABLE AS $$ SELECT ($1 - $2)::float8 $$; \
+         CREATE FUNCTION {s}.keyof(text) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN RETURN 1; END $$; \
+         CREATE FUNCTION {s}.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$; \
+         RESET ROLE; \
+         CREATE TYPE {s}.rr AS RANGE (subtype = int, subtype_diff = {s}.d); \
+         CREATE DOMAIN {s}.dom AS text CHECK ({s}.leak(VALUE)); \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL, r {s}.rr, l {s}.dom[], body text) PARTITION BY LIST (({s}.keyof(body))); \
+         CREATE TABLE {s}.t1 PARTITION OF {s}.t FOR VALUES IN (1); \
+         CREATE TRIGGER touch BEFORE INSERT ON {s}.t1 FOR EACH ROW EXECUTE FUNCTION {s}.touch(); \
+         ALTER TABLE {s}.t OWNER TO {owner}; ALTER TABLE {s}.t1 OWNER TO {owner}; \
+         SELECT tenancy.protect('{s}.t')"
+    ))
+    .unwrap();
+    let rows = verify_rows(&mut su, &s, "leaky_expression");
+    for needle in ["DROP COLUMN", "DROP CONSTRAINT", "partition key"] {
+        assert!(
+            rows.iter().any(|(sev, o, fix)| sev == "error" && (o.contains(needle) || fix.contains(needle))),
+            "no leaky_expression row about {needle}: {rows:?}"
+        );
+    }
+    // The domain's and the range's rows clear with their fixes; the partition key's fix is
+    // advice (a partition key cannot be changed).
+    for (_, object, fix) in rows.iter().filter(|(_, o, _)| !o.contains("partition key")) {
+        su.batch_execute(fix)
+            .unwrap_or_else(|e| panic!("fix of {object} failed: {fix}: {}", message(&e)));
+    }
+    let left = verify_rows(&mut su, &s, "leaky_expression");
+    assert!(
+        left.iter().all(|(_, o, _)| o.contains("partition key")),
+        "left after the fixes: {left:?}"
+    );
+    reported_and_fixed(&mut su, &s, "trigger_function_owner_can_bind");
+    // A login role's range type cannot be added to a protected table by its owner either.
+    su.batch_execute(&format!(
+        "CREATE TABLE {s}.u (tenant_id uuid NOT NULL, id int NOT NULL); ALTER TABLE {s}.u OWNER TO {fnown}; \
+         SELECT tenancy.protect('{s}.u')"
+    ))
+    .unwrap();
+    let mut c = connect(&fnown);
+    refused(
+        &mut c,
+        &format!("ALTER TABLE {s}.u ADD COLUMN r {s}.rr"),
+        "a column of a range type with a user's subtype_diff",
+    );
+    let _ = f;
+}
+
+#[test]
+fn a_protected_table_with_an_unprotected_parent_is_reported() {
+    let _f = Fixture::new();
+    let mut su = superuser();
+    let s = schema(&mut su);
+    su.batch_execute(&format!(
+        "CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL); SELECT tenancy.protect('{s}.t'); \
+         CREATE TABLE {s}.base (id int); \
+         CREATE TABLE {s}.c (tenant_id uuid NOT NULL, id int NOT NULL) INHERITS ({s}.t, {s}.base)"
+    ))
+    .unwrap();
+    reported_and_fixed(&mut su, &s, "unprotected_parent");
+}
+
 // 3. The owner of a domain -----------------------------------------------------------------------
 
 #[test]
@@ -309,6 +548,14 @@ fn an_application_session_cannot_lock_a_protected_table_against_every_tenant() {
     }
     c.batch_execute("LOCK TABLE it_customers IN ROW EXCLUSIVE MODE; ROLLBACK")
         .unwrap();
+    // Nor through a view, which locks the tables it reads.
+    c.batch_execute("BEGIN; CREATE TEMP VIEW v_lock AS SELECT * FROM it_customers")
+        .unwrap();
+    let e = c
+        .batch_execute("LOCK TABLE v_lock IN ACCESS EXCLUSIVE MODE")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
     // An unbound operator may (a migration that needs the table to itself).
     serialized_grant(
         &mut connect_preloaded("postgres"),
@@ -410,6 +657,66 @@ fn a_flood_of_refused_binds_cannot_push_another_tenants_events_away() {
         "SELECT * FROM tenancy.security_event_log",
         &["42501"],
     );
+}
+
+#[test]
+fn the_event_writer_gives_up_a_dropped_databases_events() {
+    // An event queued in a database that is dropped before its writer connects: the launcher
+    // tries a few writers, then gives the events up (it used to start one every half second,
+    // for ever).
+    let host = std::env::var("TENANCY_PRELOADED_PGHOST").expect("TENANCY_PRELOADED_PGHOST");
+    let port: u16 = std::env::var("TENANCY_PRELOADED_PGPORT")
+        .expect("TENANCY_PRELOADED_PGPORT")
+        .parse()
+        .unwrap();
+    let log_path = format!("{host}/server.log");
+    let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+    let mut su = connect_preloaded("postgres");
+    let mut oids = Vec::new();
+    for _ in 0..3 {
+        let db = ident("gone");
+        su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        let oid: u32 = su
+            .query_one("SELECT oid FROM pg_database WHERE datname = $1", &[&db])
+            .unwrap()
+            .get(0);
+        oids.push(oid);
+        let mut c = postgres::Config::new()
+            .host(&host)
+            .port(port)
+            .user("postgres")
+            .dbname(&db)
+            .connect(postgres::NoTls)
+            .unwrap();
+        c.batch_execute("CREATE EXTENSION pg_tenancy").unwrap();
+        for i in 0..5 {
+            let _ = c.execute("SELECT tenancy.bind($1)", &[&format!("garbage-{i}")]);
+        }
+        drop(c);
+        su.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let log = std::fs::read(&log_path).unwrap();
+    let tail = String::from_utf8_lossy(&log[log_start as usize..]);
+    for oid in oids {
+        let failed = tail
+            .lines()
+            .filter(|l| l.contains(&format!("database {oid} does not exist")))
+            .count();
+        assert!(
+            failed <= 3,
+            "{failed} writers started for dropped database {oid}"
+        );
+        if failed > 0 {
+            assert!(
+                tail.contains(&format!(
+                    "security events of database {oid} were not persisted"
+                )),
+                "database {oid}: writers failed but the events were not given up"
+            );
+        }
+    }
 }
 
 // 7. Forged log lines ----------------------------------------------------------------------------
