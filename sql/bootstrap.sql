@@ -32,6 +32,10 @@ CREATE TABLE tenancy.tenant (
     region            text,
     settings          jsonb       NOT NULL DEFAULT '{}'
                                   CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
+    -- Ceilings an operator sets on the tenant's resource settings (statement_timeout,
+    -- lock_timeout, work_mem): the tenant's admin cannot raise them (src/limits.rs).
+    limits            jsonb       NOT NULL DEFAULT '{}'
+                                  CHECK (pg_catalog.jsonb_typeof(limits) = 'object'),
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     status_reason     text,
     status_changed_at timestamptz,
@@ -159,6 +163,8 @@ CREATE TABLE tenancy.audit_checkpoint (
     seq            bigint      NOT NULL,
     chain_hash     bytea       NOT NULL,
     last_record_id bigint      NOT NULL,
+    -- When the newest purged record was written (what audit_heads reports for the lane).
+    last_record_at timestamptz,
     purged_records bigint      NOT NULL,
     purged_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
     purged_by      name        NOT NULL DEFAULT SESSION_USER,
@@ -188,7 +194,6 @@ CREATE TABLE tenancy.protected_table (
     audited       boolean     NOT NULL,
     policy_digest text        NOT NULL,
     parent        regclass,
-    audit_exclude text[]      NOT NULL DEFAULT '{}',
     protected_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     protected_by  name        NOT NULL DEFAULT SESSION_USER
 );
@@ -246,6 +251,31 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.token_revocation', '');
 -- The per-tenant secrets that key the audit trail's record hashes (HMAC-SHA-256), so that a
 -- row_hash never confirms a guessed row. Created with a tenant (the platform's, for the nil
 -- uuid, on first use); readable by this table's owner only: no operator, key admin or tenant.
+-- Columns a tenant's admin keeps out of its own audit records (old_row / new_row) of a table
+-- and its partitions: the tenant's decision, recorded in its own chain. Never the tenant
+-- column or the key's columns.
+CREATE TABLE tenancy.audit_exclusion (
+    tenant_id uuid        NOT NULL,
+    relid     regclass    NOT NULL,
+    columns   text[]      NOT NULL,
+    set_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    set_by    text        NOT NULL,
+    PRIMARY KEY (tenant_id, relid)
+);
+REVOKE ALL ON tenancy.audit_exclusion FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_exclusion', '');
+
+-- The platform's Ed25519 key that signs deletion certificates (src/certificate.rs): the secret
+-- is read by the catalog's owner alone; tenancy.certificate_keys shows the public halves.
+CREATE TABLE tenancy.certificate_key (
+    key_id     text        PRIMARY KEY,
+    secret     bytea       NOT NULL,
+    public_key bytea       NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON tenancy.certificate_key FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.certificate_key', '');
+
 CREATE TABLE tenancy.audit_key (
     tenant_id  uuid        PRIMARY KEY,
     secret     bytea       NOT NULL CHECK (pg_catalog.length(secret) = 32),

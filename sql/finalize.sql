@@ -19,10 +19,12 @@ CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON t
 -- An audit key created by a transaction that aborts must not stay kept in the backend.
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_key
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_exclusion
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 
 -- Tenants: operators see every tenant, a bound session sees its own.
 CREATE VIEW tenancy.tenants WITH (security_barrier) AS
-    SELECT id, slug, name, status, region, settings, created_at, status_reason, status_changed_at
+    SELECT id, slug, name, status, region, settings, limits, created_at, status_reason, status_changed_at
       FROM tenancy.tenant
      WHERE tenancy._sees_tenant(id);
 GRANT SELECT ON tenancy.tenants TO PUBLIC;
@@ -49,7 +51,9 @@ REVOKE EXECUTE ON FUNCTION tenancy.revoke_key(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.catalog_changed() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.set_limit(text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) TO tenancy_operator;
+GRANT EXECUTE ON FUNCTION tenancy.set_limit(text, text, jsonb) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.suspend_tenant(text, text) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.resume_tenant(text) TO tenancy_operator;
 -- Keys are the key admins' (separation of duties), not the operators'.
@@ -110,7 +114,7 @@ REVOKE EXECUTE ON FUNCTION tenancy._protection_state(regclass, name), tenancy._p
 GRANT EXECUTE ON FUNCTION tenancy._protection_state(regclass, name), tenancy._protection_digest(regclass, name) TO tenancy_operator;
 
 CREATE VIEW tenancy.protected_tables AS
-    SELECT relid AS "table", tenant_column, audited, policy_digest, protected_at, parent, audit_exclude
+    SELECT relid AS "table", tenant_column, audited, policy_digest, protected_at, parent
       FROM tenancy.protected_table;
 GRANT SELECT ON tenancy.protected_tables TO PUBLIC;
 GRANT SELECT ON tenancy.protected_table, tenancy.role_mapping, tenancy.auto_protect_schema TO tenancy_operator;
@@ -152,6 +156,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     touched oid[];
 BEGIN
+    -- A protected table or column dropped without its tenants' records is refused.
+    PERFORM tenancy._guard_drops();
     IF EXISTS (SELECT FROM pg_event_trigger_dropped_objects() WHERE object_type = 'table') THEN
         PERFORM tenancy._forget_dropped();
     END IF;
@@ -171,7 +177,8 @@ $$;
 CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
 CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
-    WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE')
+    WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE',
+                 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();
 
 CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
@@ -182,7 +189,9 @@ CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
                  'ALTER TRIGGER', 'CREATE TRIGGER')
     EXECUTE FUNCTION tenancy._on_ddl_command_end();
 CREATE EVENT TRIGGER tenancy_sql_drop ON sql_drop
-    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED', 'DROP POLICY', 'DROP TRIGGER', 'ALTER TABLE')
+    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED', 'DROP POLICY', 'DROP TRIGGER', 'ALTER TABLE',
+                 'DROP TYPE', 'DROP DOMAIN', 'DROP FUNCTION', 'DROP PROCEDURE', 'DROP ROUTINE', 'DROP COLLATION',
+                 'ALTER TYPE')
     EXECUTE FUNCTION tenancy._on_sql_drop();
 
 REVOKE EXECUTE ON FUNCTION tenancy.protect(regclass, text, boolean) FROM PUBLIC;
@@ -699,8 +708,18 @@ GRANT SELECT ON tenancy.audit_chain, tenancy.audit_checkpoint TO tenancy_operato
 
 REVOKE EXECUTE ON FUNCTION tenancy.audit_purge(text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.audit_purge(text, timestamptz) TO tenancy_operator;
-REVOKE EXECUTE ON FUNCTION tenancy.audit_exclude(regclass, text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.audit_exclude(regclass, text[]) TO tenancy_operator;
+-- The public halves of the keys that sign deletion certificates, for anyone to check one.
+CREATE VIEW tenancy.certificate_keys AS
+    SELECT key_id, pg_catalog.encode(public_key, 'hex') AS public_key, created_at FROM tenancy.certificate_key;
+GRANT SELECT ON tenancy.certificate_keys TO PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.attach_partition(regclass, regclass, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.attach_partition(regclass, regclass, text) TO tenancy_operator;
+
+-- A tenant's admin keeps columns of its own rows out of its records (checked inside).
+CREATE VIEW tenancy.audit_exclusions WITH (security_barrier) AS
+    SELECT tenant_id, relid AS "table", columns, set_at, set_by
+      FROM tenancy.audit_exclusion WHERE tenancy._manages_tenant(tenant_id);
+GRANT SELECT ON tenancy.audit_exclusions TO PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION tenancy.security_events() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.security_event_counts() FROM PUBLIC;

@@ -167,6 +167,8 @@ unsafe extern "C-unwind" fn subxact_callback(
         // were rolled back with it.
         PENDING.with(|p| p.borrow_mut().retain(|r| r.subxact < my_subid));
         PURGING.with(|p| p.set(false));
+        // Its SET LOCALs were undone too: the tenant's resource settings are applied again.
+        crate::binding::subtransaction_aborted();
     }
 }
 
@@ -525,18 +527,183 @@ pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: ser
     );
 }
 
+/// Record, in each tenant's own chain, a change to protected table `rel`'s rows that no row
+/// trigger sees (`action`: truncate, drop_table, drop_column, alter_column_type): one record
+/// per tenant with rows in the table itself (not its partitions, which are recorded on their
+/// own), with how many (for a column, how many hold a value in it).
+///
+/// The rows' tenants are read as the catalog owner, which row security does not confine: a
+/// plain scan of the table and a count grouped by its uuid tenant column, which runs no code
+/// of the table's owner (no trigger fires on SELECT, no expression of the table is
+/// evaluated). The table's name is regclass's output and the column PostgreSQL's quote_ident.
+pub fn record_rows_changed(rel: pg_sys::Oid, action: &str, column: Option<&str>) {
+    let Some((table, tenant_column)) = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT p.relid::text, p.tenant_column::text FROM tenancy.protected_table p \
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = p.relid AND a.attname = p.tenant_column \
+          WHERE p.relid = $1::oid::regclass AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype",
+        &[rel.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        },
+    )
+    .into_iter()
+    .next() else {
+        return;
+    };
+    let filter = column
+        .map(|c| format!(" WHERE {} IS NOT NULL", crate::policy::quote_ident(c)))
+        .unwrap_or_default();
+    let sql = format!(
+        "SELECT {tc}, pg_catalog.count(*) FROM ONLY {table}{filter} GROUP BY 1 ORDER BY 1",
+        tc = crate::policy::quote_ident(&tenant_column)
+    );
+    let counts: Vec<(Option<pgrx::Uuid>, i64)> = catalog::owner_rows(&table, &sql, &[], |r| {
+        Ok((r.get::<pgrx::Uuid>(1)?, r.get::<i64>(2)?.unwrap_or(0)))
+    });
+    let op = if action == "truncate" {
+        "TRUNCATE"
+    } else {
+        "ADMIN"
+    };
+    for (tenant, rows) in counts {
+        let Some(tenant) = tenant else { continue };
+        let mut detail = serde_json::json!({"action": action, "rows": rows});
+        if let Some(c) = column {
+            detail["column"] = c.into();
+        }
+        record(
+            op,
+            Some(catalog::from_pg_uuid(&tenant)),
+            Some(table.clone()),
+            detail,
+        );
+    }
+}
+
+/// Whether table `rel` (or any of its partitions or children) holds a row. Read as the catalog
+/// owner, as in [`record_rows_changed`]: a plain scan stopped at the first row.
+pub fn holds_rows(rel: pg_sys::Oid) -> bool {
+    let table = crate::policy::relation_name(rel);
+    catalog::owner_rows(
+        &table,
+        &format!("SELECT EXISTS (SELECT FROM {table})"),
+        &[],
+        |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+    )
+    .first()
+    .copied()
+    .unwrap_or(false)
+}
+
+/// Record every row of `table` (and of its partitions) as an INSERT in its tenant's chain, as
+/// if the tenant had written it: for tenancy.attach_partition. `key_columns` are the protected
+/// parent's key, `ancestors` the parent and its own parents (whose audit exclusions apply).
+/// Every row's tenant must be an active tenant. Read as the catalog owner (see
+/// [`record_rows_changed`]); `to_jsonb` of a row runs the output functions of its columns'
+/// types, PostgreSQL's or a superuser's. Returns how many rows were recorded.
+pub fn record_joining_rows(
+    table: pg_sys::Oid,
+    tenant_column: &str,
+    key_columns: &[String],
+    ancestors: &[pg_sys::Oid],
+) -> i64 {
+    let name = crate::policy::relation_name(table);
+    let tc = crate::policy::quote_ident(tenant_column);
+    let tenants: Vec<(Option<pgrx::Uuid>, Option<String>)> = catalog::owner_rows(
+        &name,
+        &format!(
+            "SELECT DISTINCT p.{tc}, t.status FROM {name} p LEFT JOIN tenancy.tenant t ON t.id = p.{tc} ORDER BY 1"
+        ),
+        &[],
+        |r| Ok((r.get::<pgrx::Uuid>(1)?, r.get::<String>(2)?)),
+    );
+    for (tenant, status) in &tenants {
+        let bad = match (tenant, status.as_deref()) {
+            (None, _) => Some("a row has no tenant".to_string()),
+            (Some(t), None) => Some(format!(
+                "rows name tenant {}, which does not exist",
+                catalog::from_pg_uuid(t)
+            )),
+            (Some(t), Some(s)) if s != "active" => Some(format!(
+                "rows name tenant {}, which is {s}",
+                catalog::from_pg_uuid(t)
+            )),
+            _ => None,
+        };
+        if let Some(why) = bad {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                format!("table \"{name}\" cannot be attached: {why}"),
+                "Every row must belong to an active tenant; fix or delete those rows first.",
+            );
+        }
+        if let Some(t) = tenant {
+            audit_mac(catalog::from_pg_uuid(t));
+        }
+    }
+    let key = if key_columns.is_empty() {
+        "NULL::jsonb".to_string()
+    } else {
+        format!(
+            "pg_catalog.jsonb_build_object({})",
+            key_columns
+                .iter()
+                .map(|c| format!(
+                    "{}, p.{}",
+                    crate::policy::quote_literal(c),
+                    crate::policy::quote_ident(c)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let (role, subject) = caller_and_subject();
+    let sql = format!(
+        "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
+           SELECT {CONTEXT}, p.{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'INSERT'::text AS op, \
+                  {key} AS row_key, NULL::jsonb AS old_row, \
+                  pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.-) coalesce((SELECT pg_catalog.array_agg(DISTINCT c) \
+                      FROM tenancy.audit_exclusion e CROSS JOIN LATERAL pg_catalog.unnest(e.columns) c \
+                     WHERE e.tenant_id = p.{tc} AND e.relid::oid = ANY ($4)), '{{}}'::text[]) AS new_row, \
+                  $2::text AS db_role, $3::text AS subject, {SESSION_TAIL} \
+             FROM {name} p) s \
+         RETURNING id, tenant_id, row_hash"
+    );
+    let rows = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            returned_records(c.update(
+                &sql,
+                None,
+                &[
+                    name.as_str().into(),
+                    role.into(),
+                    subject.into(),
+                    ancestors.to_vec().into(),
+                ],
+            )?)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: recording the attached rows failed: {e}"));
+    let n = rows.len() as i64;
+    remember(rows);
+    n
+}
+
 /// What the audit trigger needs to know about a table (cached per statement; cheap to read).
 struct AuditMeta {
     name: String,
     tenant_column: String,
-    exclude: Vec<String>,
     key_columns: Vec<String>,
 }
 
 fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
     catalog::owner_rows(
         "the table's audit settings",
-        "SELECT $1::oid::regclass::text, p.tenant_column::text, p.audit_exclude, \
+        "SELECT $1::oid::regclass::text, p.tenant_column::text, \
                 coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) \
                    FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
                    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
@@ -547,8 +714,7 @@ fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
             Ok(AuditMeta {
                 name: r.get::<String>(1)?.unwrap_or_default(),
                 tenant_column: r.get::<String>(2)?.unwrap_or_default(),
-                exclude: r.get::<Vec<String>>(3)?.unwrap_or_default(),
-                key_columns: r.get::<Vec<String>>(4)?.unwrap_or_default(),
+                key_columns: r.get::<Vec<String>>(3)?.unwrap_or_default(),
             })
         },
     )
@@ -595,10 +761,11 @@ fn _audit<'a>(
         });
         meta
     });
+    let exclude = |tenant: Uuid| exclusions(rel, tenant);
     let table = audit_writer::Table {
         name: &meta.name,
         tenant_column: &meta.tenant_column,
-        exclude: &meta.exclude,
+        exclude: &exclude,
         key_columns: &meta.key_columns,
     };
     let actor = audit_writer::Actor {
@@ -654,6 +821,49 @@ fn audit_reader_tenant() -> Option<pgrx::Uuid> {
     }
 }
 
+/// (table, tenant) -> the columns the tenant keeps out of its records of the table.
+type ExclusionCache = HashMap<(u32, Uuid), Rc<Vec<String>>>;
+
+thread_local! {
+    /// The exclusions read for the catalog generation kept beside them.
+    static EXCLUSIONS: RefCell<(u64, ExclusionCache)> = RefCell::new((0, HashMap::new()));
+}
+
+/// The columns tenant `tenant` keeps out of its records of table `rel`: its exclusions for the
+/// table and for every protected table the table is a partition or child of.
+fn exclusions(rel: pg_sys::Oid, tenant: Uuid) -> Rc<Vec<String>> {
+    let gen = catalog::generation();
+    let key = (u32::from(rel), tenant);
+    if let Some(hit) = EXCLUSIONS.with(|e| {
+        let e = e.borrow();
+        (e.0 == gen).then(|| e.1.get(&key).cloned()).flatten()
+    }) {
+        return hit;
+    }
+    let columns: Vec<String> = catalog::owner_rows(
+        "tenancy.audit_exclusion",
+        "WITH RECURSIVE up(rel) AS (SELECT $1::oid UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.rel) \
+         SELECT DISTINCT c FROM tenancy.audit_exclusion e CROSS JOIN LATERAL unnest(e.columns) c \
+          WHERE e.tenant_id = $2 AND e.relid::oid IN (SELECT rel FROM up) ORDER BY 1",
+        &[rel.into(), to_pg_uuid(tenant).into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    );
+    let columns = Rc::new(columns);
+    EXCLUSIONS.with(|e| {
+        let mut e = e.borrow_mut();
+        if e.0 != gen {
+            *e = (gen, HashMap::new());
+        }
+        e.1.insert(key, columns.clone());
+    });
+    columns
+}
+
+/// Keep `columns` of the bound tenant's rows of `tbl` (and of its partitions) out of the
+/// tenant's audit records from now on (`old_row` / `new_row`; '{}' records every column
+/// again). The tenant's admin's decision: a session bound with the tenant's admin role
+/// (not a support binding); recorded in the tenant's own chain. The tenant column and the
+/// key's columns are always recorded.
 #[pg_extern(
     volatile,
     parallel_unsafe,
@@ -663,26 +873,84 @@ RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'a
 "#
 )]
 fn audit_exclude(tbl: pg_sys::Oid, columns: Vec<String>) {
-    crate::authz::require_operator("audit_exclude");
-    let n = catalog::write(
-        "UPDATE tenancy.protected_table SET audit_exclude = ARRAY(SELECT DISTINCT unnest(audit_exclude || $2) ORDER BY 1) \
-          WHERE relid = $1::oid::regclass OR parent = $1::oid::regclass",
+    let binding = crate::binding::current_if_bound();
+    let tenant = match binding {
+        Some(b) if b.support_privileges.is_none() && b.roles.iter().any(|r| r == "admin") => {
+            b.tenant
+        }
+        _ => errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            "permission denied: audit_exclude is a tenant admin's decision",
+            "Bind with a token of the tenant's admin role; what is left out of a tenant's trail is the tenant's to decide, not the platform's.",
+        ),
+    };
+    let table = crate::policy::relation_name(tbl);
+    let meta = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT p.tenant_column::text, \
+                coalesce((SELECT array_agg(a.attname::text) FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) k(attnum) \
+                   JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
+                  WHERE x.indrelid = p.relid AND x.indisprimary), '{}'), \
+                ARRAY(SELECT c FROM unnest($2::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute a \
+                   WHERE a.attrelid = p.relid AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped)) \
+           FROM tenancy.protected_table p WHERE p.relid = $1::oid::regclass",
         &[tbl.into(), columns.clone().into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                r.get::<Vec<String>>(3)?.unwrap_or_default(),
+            ))
+        },
     );
-    if n == 0 {
+    let Some((tenant_column, key, missing)) = meta.into_iter().next() else {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
-            format!(
-                "table \"{}\" is not protected",
-                crate::policy::relation_name(tbl)
-            ),
-            "Protect it first with tenancy.protect().",
+            format!("table \"{table}\" is not protected"),
+            "An operator protects it first with tenancy.protect().",
+        );
+    };
+    if let Some(c) = missing.first() {
+        errors::raise(
+            errors::UNDEFINED_COLUMN,
+            format!("column \"{c}\" of table \"{table}\" does not exist"),
+            "Name columns of the table.",
+        );
+    }
+    if let Some(c) = columns
+        .iter()
+        .find(|c| **c == tenant_column || key.contains(c))
+    {
+        errors::raise(
+            errors::INVALID_PARAMETER,
+            format!("column \"{c}\" of table \"{table}\" cannot be left out of the audit trail"),
+            "The tenant column and the primary key's columns identify every record's row; leave out other columns.",
+        );
+    }
+    let mut sorted = columns.clone();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.is_empty() {
+        catalog::write(
+            "DELETE FROM tenancy.audit_exclusion WHERE tenant_id = $1 AND relid = $2::oid::regclass",
+            &[to_pg_uuid(tenant).into(), tbl.into()],
+        );
+    } else {
+        catalog::write(
+            "INSERT INTO tenancy.audit_exclusion (tenant_id, relid, columns, set_by) VALUES ($1, $2::oid::regclass, $3, $4) \
+             ON CONFLICT (tenant_id, relid) DO UPDATE SET columns = EXCLUDED.columns, set_at = now(), set_by = EXCLUDED.set_by",
+            &[
+                to_pg_uuid(tenant).into(),
+                tbl.into(),
+                sorted.clone().into(),
+                caller_and_subject().1.unwrap_or_else(|| caller_and_subject().0).into(),
+            ],
         );
     }
     admin(
         "audit_exclude",
-        None,
-        serde_json::json!({"table": crate::policy::relation_name(tbl), "columns": columns}),
+        Some(tenant),
+        serde_json::json!({"table": table, "columns": sorted}),
     );
 }
 
@@ -888,12 +1156,36 @@ fn audit_verify(
 }
 
 /// Retention: remove a tenant's records older than `before` (a prefix of each of its lanes),
-/// leaving a checkpoint per lane so the rest of the chain still verifies. Operators only. Returns the count.
+/// leaving a checkpoint per lane so the rest of the chain still verifies. Operators only, and
+/// never records younger than `tenancy.audit_min_retention` (a superuser's setting) nor a
+/// deletion certificate (a lane's prefix stops before it). What was cut, and where, is recorded
+/// in the tenant's own chain. Returns the count.
 #[pg_extern(volatile, parallel_unsafe)]
 fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 {
     crate::authz::require_operator("audit_purge");
     let t = catalog::require_tenant(tenant);
     let uuid = to_pg_uuid(t.id);
+    let floor = crate::gucs::AUDIT_MIN_RETENTION.get();
+    let too_young = catalog::read_one::<bool>(
+        "SELECT $1 > pg_catalog.now() - pg_catalog.make_interval(secs => $2)",
+        &[before.into(), (floor as f64).into()],
+    )
+    .unwrap_or(true);
+    if too_young {
+        let mut f = serde_json::Map::new();
+        f.insert("tenant".into(), t.slug.clone().into());
+        errors::refuse(
+            "audit_purge_refused",
+            f,
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "audit records of tenant \"{}\" younger than the retention floor ({} days) cannot be purged",
+                t.slug,
+                floor / 86_400
+            ),
+            "Pass a cut-off at least tenancy.audit_min_retention in the past (a superuser's setting), for example now() - interval '1 year'.",
+        );
+    }
     PURGING.with(|p| p.set(true));
     let purged = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
@@ -905,7 +1197,8 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
                   WHERE c.tenant_id = $1 AND c.seq < coalesce((SELECT min(c2.seq) FROM tenancy.audit_chain c2 \
                         WHERE c2.tenant_id = $1 AND c2.lane = c.lane AND EXISTS (SELECT FROM unnest(c2.record_ids) x \
                               LEFT JOIN tenancy.audit_log l ON l.tenant_id = $1 AND l.id = x \
-                              WHERE l.occurred_at IS NULL OR l.occurred_at >= $2)), \
+                              WHERE l.occurred_at IS NULL OR l.occurred_at >= $2 \
+                                 OR (l.op = 'ADMIN' AND l.new_row->>'action' = 'decommission_tenant'))), \
                         9223372036854775807) \
                   ORDER BY c.lane, c.seq DESC",
                 None,
@@ -921,7 +1214,21 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
                 ));
             }
             let mut n = 0i64;
+            let mut cut = Vec::new();
             for (lane, seq, hash, last_id) in lanes {
+                cut.push(serde_json::json!({
+                    "lane": lane, "seq": seq, "chain_hash": hex::encode(&hash), "last_record_id": last_id,
+                }));
+                let last_at = c
+                    .update(
+                        "SELECT max(l.occurred_at) FROM tenancy.audit_chain ch CROSS JOIN LATERAL unnest(ch.record_ids) x \
+                           JOIN tenancy.audit_log l ON l.tenant_id = $1 AND l.id = x \
+                          WHERE ch.tenant_id = $1 AND ch.lane = $2 AND ch.seq = $3",
+                        None,
+                        &[uuid.into(), lane.into(), seq.into()],
+                    )?
+                    .first()
+                    .get::<pgrx::datum::TimestampWithTimeZone>(1)?;
                 let purged = c
                     .update(
                         "DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND id IN (SELECT unnest(record_ids) \
@@ -936,25 +1243,32 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
                     &[uuid.into(), lane.into(), seq.into()],
                 )?;
                 c.update(
-                    "INSERT INTO tenancy.audit_checkpoint (tenant_id, lane, seq, chain_hash, last_record_id, purged_records) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, lane) DO UPDATE SET seq = EXCLUDED.seq, \
+                    "INSERT INTO tenancy.audit_checkpoint (tenant_id, lane, seq, chain_hash, last_record_id, last_record_at, purged_records) \
+                     VALUES ($1, $2, $3, $4, $5, $7, $6) ON CONFLICT (tenant_id, lane) DO UPDATE SET seq = EXCLUDED.seq, \
                        chain_hash = EXCLUDED.chain_hash, last_record_id = EXCLUDED.last_record_id, \
+                       last_record_at = EXCLUDED.last_record_at, \
                        purged_records = tenancy.audit_checkpoint.purged_records + EXCLUDED.purged_records, \
                        purged_at = now(), purged_by = session_user",
                     None,
-                    &[uuid.into(), lane.into(), seq.into(), hash.into(), last_id.into(), purged.into()],
+                    &[uuid.into(), lane.into(), seq.into(), hash.into(), last_id.into(), purged.into(), last_at.into()],
                 )?;
                 n += purged;
             }
-            Ok::<_, pgrx::spi::Error>(n)
+            Ok::<_, pgrx::spi::Error>((n, cut))
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_purge failed: {e}"));
     PURGING.with(|p| p.set(false));
+    let (purged, cut) = purged;
     admin(
         "audit_purge",
         Some(t.id),
-        serde_json::json!({"before": format!("{before}"), "records": purged}),
+        serde_json::json!({
+            "before": format!("{before}"),
+            "records": purged,
+            "min_retention_seconds": floor,
+            "cut": cut,
+        }),
     );
     purged
 }

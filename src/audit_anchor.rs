@@ -17,7 +17,8 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 /// Each lane's newest entry of one tenant, or every tenant's (NULL; operators only): tenant,
-/// lane, seq and chain_hash as hex. A lane purged to its last entry reports its checkpoint.
+/// lane, seq, chain_hash as hex, and when its newest record was written. A lane purged to its
+/// last entry reports its checkpoint.
 #[pg_extern(volatile, parallel_unsafe)]
 fn audit_heads(
     tenant: default!(Option<&str>, "NULL"),
@@ -28,6 +29,7 @@ fn audit_heads(
         name!(lane, i16),
         name!(seq, i64),
         name!(chain_hash, String),
+        name!(at, Option<pgrx::datum::TimestampWithTimeZone>),
     ),
 > {
     let mut rows = Vec::new();
@@ -36,13 +38,16 @@ fn audit_heads(
         catalog::with_owner(|| {
             Spi::connect(|c| {
                 let heads = c.select(
-                    "SELECT l::smallint, h.seq, encode(h.chain_hash, 'hex') \
+                    "SELECT l::smallint, h.seq, encode(h.chain_hash, 'hex'), h.at \
                        FROM generate_series(0, $2 - 1) l CROSS JOIN LATERAL ( \
-                            SELECT seq, chain_hash FROM ( \
-                                (SELECT seq, chain_hash FROM tenancy.audit_chain \
-                                  WHERE tenant_id = $1 AND lane = l ORDER BY seq DESC LIMIT 1) \
+                            SELECT seq, chain_hash, at FROM ( \
+                                (SELECT c.seq, c.chain_hash, \
+                                        (SELECT max(r.occurred_at) FROM unnest(c.record_ids) x \
+                                           JOIN tenancy.audit_log r ON r.tenant_id = $1 AND r.id = x) AS at \
+                                   FROM tenancy.audit_chain c \
+                                  WHERE c.tenant_id = $1 AND c.lane = l ORDER BY c.seq DESC LIMIT 1) \
                                 UNION ALL \
-                                SELECT seq, chain_hash FROM tenancy.audit_checkpoint \
+                                SELECT seq, chain_hash, last_record_at FROM tenancy.audit_checkpoint \
                                  WHERE tenant_id = $1 AND lane = l) x \
                              ORDER BY seq DESC LIMIT 1) h \
                       ORDER BY 1",
@@ -55,6 +60,7 @@ fn audit_heads(
                         r.get::<i16>(1)?.unwrap_or(0),
                         r.get::<i64>(2)?.unwrap_or(0),
                         r.get::<String>(3)?.unwrap_or_default(),
+                        r.get::<pgrx::datum::TimestampWithTimeZone>(4)?,
                     ));
                 }
                 Ok::<_, pgrx::spi::Error>(())
@@ -72,6 +78,10 @@ struct Head {
     lane: i16,
     seq: i64,
     chain_hash: String,
+    /// When the entry's newest record was written (anchors taken before it was reported may
+    /// lack it).
+    #[serde(default)]
+    at: Option<String>,
 }
 
 fn bad_anchor(detail: String) -> ! {
@@ -147,6 +157,29 @@ fn audit_verify_heads(
                     Some(r) => Some((r.get::<i64>(1)?.unwrap_or(0), r.get::<Vec<u8>>(2)?.unwrap_or_default())),
                     None => None,
                 };
+                // Entries younger than the retention floor are never purged: one that is gone
+                // was deleted, whatever checkpoint stands in for it.
+                let young = match h.at.as_deref() {
+                    Some(at) => c
+                        .select(
+                            "SELECT $1::timestamptz > pg_catalog.now() - pg_catalog.make_interval(secs => $2)",
+                            Some(1),
+                            &[at.into(), (crate::gucs::AUDIT_MIN_RETENTION.get() as f64).into()],
+                        )?
+                        .first()
+                        .get::<bool>(1)?
+                        .unwrap_or(false),
+                    None => false,
+                };
+                if young && checkpoint.as_ref().is_some_and(|(seq, _)| *seq >= h.seq) {
+                    return Ok((
+                        false,
+                        format!(
+                            "chain entry {} of lane {} is gone although it is younger than the retention floor: it was deleted, not purged",
+                            h.seq, h.lane
+                        ),
+                    ));
+                }
                 Ok(match checkpoint {
                     Some((seq, stored)) if seq == h.seq && stored == hash => {
                         (true, "ok (the lane was purged up to this entry)".to_string())

@@ -35,7 +35,8 @@ pub type Written = (Uuid, i64, Vec<u8>);
 pub struct Table<'a> {
     pub name: &'a str,
     pub tenant_column: &'a str,
-    pub exclude: &'a [String],
+    /// The columns a tenant keeps out of its records of this table.
+    pub exclude: &'a dyn Fn(Uuid) -> std::rc::Rc<Vec<String>>,
     pub key_columns: &'a [String],
 }
 
@@ -116,6 +117,7 @@ pub unsafe fn record_statement(
         pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
     );
     let mut out = Vec::with_capacity(pg_sys::tuplestore_tuple_count(source) as usize);
+    let mut checked: Option<Uuid> = None;
     while new_rows.next() {
         let old = match old_rows.as_mut() {
             Some(r) => {
@@ -133,6 +135,9 @@ pub unsafe fn record_statement(
             (Op::Insert, _) => shape.insert(row),
             _ => shape.delete(row),
         };
+        if op != Op::Delete {
+            refuse_decommissioned(change.tenant, &mut checked, table.name);
+        }
         out.push(catalog::as_owner(|| writer.write(&change)));
         pg_sys::MemoryContextSwitchTo(outer);
         writer.reset_row();
@@ -145,6 +150,24 @@ pub unsafe fn record_statement(
         r.close();
     }
     out
+}
+
+/// A row written for a decommissioned tenant (by a role that row security does not confine,
+/// since no session can bind such a tenant) is refused: its certificate says it has no rows.
+unsafe fn refuse_decommissioned(tenant: Option<Datum>, checked: &mut Option<Uuid>, table: &str) {
+    let Some(d) = tenant else { return };
+    let id = Uuid::from_bytes(*d.cast_mut_ptr::<[u8; 16]>());
+    if *checked == Some(id) {
+        return;
+    }
+    if catalog::tenant_by_id(id).is_some_and(|t| t.status == "decommissioned") {
+        crate::errors::raise(
+            crate::errors::INSUFFICIENT_PRIVILEGE,
+            format!("tenant {id} is decommissioned: rows of it cannot be written to {table}"),
+            "A decommissioned tenant keeps no rows; its deletion certificate is in its audit trail.",
+        );
+    }
+    *checked = Some(id);
 }
 
 /// A reader of one transition table with its own read pointer (as a named tuplestore scan
@@ -208,21 +231,27 @@ impl Json {
 
 /// How rows of the audited table become jsonb: the row as `to_jsonb` gives it
 /// ([`RowJson`]) without the excluded columns; the key is the primary key's columns.
-struct RowShape {
+/// The columns of a tenant's records (not excluded), and whether their text can be written
+/// alongside their jsonb.
+type Audited = (Vec<bool>, bool);
+
+struct RowShape<'a> {
     json: RowJson,
     tenant_attnum: i32,
-    /// Columns of the audited row (not excluded) and of the key (None: no primary key).
-    audited: Vec<bool>,
+    /// The columns a tenant keeps out of its records.
+    exclude: &'a dyn Fn(Uuid) -> std::rc::Rc<Vec<String>>,
+    /// The last tenant's audited columns (not excluded) and whether their text can be written
+    /// alongside their jsonb; rows of a statement are almost always one tenant's.
+    audited: std::cell::RefCell<Option<(Uuid, std::rc::Rc<Audited>)>>,
+    /// The columns of the key (None: no primary key).
     key: Option<Vec<bool>>,
-    /// Whether the audited row's and the key's text can be written alongside their jsonb.
-    audited_textual: bool,
     key_textual: bool,
     /// Text datums of the column names (for `jsonb -> name`).
     name_texts: Vec<Datum>,
 }
 
-impl RowShape {
-    unsafe fn new(rel: pg_sys::Relation, table: &Table) -> RowShape {
+impl<'a> RowShape<'a> {
+    unsafe fn new(rel: pg_sys::Relation, table: &'a Table<'a>) -> RowShape<'a> {
         let json = RowJson::new(rel);
         let Some(tenant) = json.columns.iter().find(|c| c.name == table.tenant_column) else {
             crate::errors::raise(
@@ -238,7 +267,6 @@ impl RowShape {
             );
         };
         let tenant_attnum = tenant.attnum;
-        let audited = json.select(|c| !table.exclude.iter().any(|e| e == c));
         let key = (!table.key_columns.is_empty())
             .then(|| json.select(|c| table.key_columns.iter().any(|k| k == c)));
         let name_texts = json
@@ -247,14 +275,36 @@ impl RowShape {
             .map(|c| c.name.as_str().into_datum().expect("text"))
             .collect();
         RowShape {
-            audited_textual: json.textual(&audited),
             key_textual: key.as_ref().is_some_and(|k| json.textual(k)),
             json,
             tenant_attnum,
-            audited,
+            exclude: table.exclude,
+            audited: std::cell::RefCell::new(None),
             key,
             name_texts,
         }
+    }
+
+    /// The audited columns of a row of `tenant` (a uuid datum; every column for none).
+    unsafe fn audited(&self, tenant: Option<Datum>) -> std::rc::Rc<Audited> {
+        let id = tenant.map_or(Uuid::nil(), |d| {
+            Uuid::from_bytes(*d.cast_mut_ptr::<[u8; 16]>())
+        });
+        if let Some((t, mask)) = self.audited.borrow().as_ref() {
+            if *t == id {
+                return mask.clone();
+            }
+        }
+        let excluded = if tenant.is_some() {
+            (self.exclude)(id)
+        } else {
+            std::rc::Rc::new(Vec::new())
+        };
+        let selected = self.json.select(|c| !excluded.iter().any(|e| e == c));
+        let textual = self.json.textual(&selected);
+        let mask = std::rc::Rc::new((selected, textual));
+        *self.audited.borrow_mut() = Some((id, mask.clone()));
+        mask
     }
 
     unsafe fn tenant(&self, slot: *mut pg_sys::TupleTableSlot) -> Option<Datum> {
@@ -282,19 +332,23 @@ impl RowShape {
     }
 
     unsafe fn insert(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
+        let tenant = self.tenant(row);
+        let audited = self.audited(tenant);
         Change {
-            tenant: self.tenant(row),
+            tenant,
             row_key: self.key(row),
             old_row: None,
-            new_row: Some(self.build(row, &self.audited, self.audited_textual)),
+            new_row: Some(self.build(row, &audited.0, audited.1)),
         }
     }
 
     unsafe fn delete(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
+        let tenant = self.tenant(row);
+        let audited = self.audited(tenant);
         Change {
-            tenant: self.tenant(row),
+            tenant,
             row_key: self.key(row),
-            old_row: Some(self.build(row, &self.audited, self.audited_textual)),
+            old_row: Some(self.build(row, &audited.0, audited.1)),
             new_row: None,
         }
     }
@@ -307,12 +361,14 @@ impl RowShape {
         old: *mut pg_sys::TupleTableSlot,
         new: *mut pg_sys::TupleTableSlot,
     ) -> Change {
-        // Identical bits make identical jsonb.
+        // Identical bits make identical jsonb. The columns the row's tenant (after the
+        // update) keeps out of its records are left out of both rows.
+        let audited = self.audited(self.tenant(new));
         let mut changed: Vec<bool> = self
             .json
             .columns
             .iter()
-            .zip(&self.audited)
+            .zip(&audited.0)
             .map(|(col, &audited)| audited && !same_bits(old, new, col))
             .collect();
         let mut pair = self.pair(old, new, &changed);

@@ -892,34 +892,30 @@ pub fn unbind() {
     BINDING.with(|b| *b.borrow_mut() = None);
 }
 
-/// Apply the tenant's resource settings for the rest of this transaction (SET LOCAL).
+/// Apply the tenant's resource settings, within the platform's ceilings, for the rest of this
+/// transaction (SET LOCAL; src/limits.rs).
 fn apply_limits(tenant: &TenantRow) {
-    for name in crate::lifecycle::RESOURCE_SETTINGS {
-        if let Some(v) = tenant.settings.get(*name) {
-            let value = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let (Ok(cname), Ok(cvalue)) =
-                (std::ffi::CString::new(*name), std::ffi::CString::new(value))
-            else {
-                continue;
-            };
-            unsafe {
-                pg_sys::set_config_option(
-                    cname.as_ptr(),
-                    cvalue.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_LOCAL,
-                    true,
-                    pg_sys::WARNING as i32,
-                    false,
-                );
-            }
-        }
+    // SAFETY: reads a backend flag.
+    if unsafe { pg_sys::IsInParallelMode() } {
+        return;
     }
+    crate::limits::apply(tenant);
     LIMITS_APPLIED.with(|l| l.set(true));
+}
+
+/// The tenant whose binding this session last used, without checking it: for holding the
+/// resource limits at the start of every query (src/limits.rs), before parallel mode.
+pub fn tenant_in_effect_unchecked() -> Option<Uuid> {
+    BINDING
+        .with(|b| b.borrow().as_ref().map(|b| b.tenant))
+        .or_else(|| TXN_TENANT.with(|t| t.get()))
+        .or_else(|| {
+            MAPPED.with(|m| {
+                m.borrow()
+                    .as_ref()
+                    .and_then(|(_, _, b)| b.as_ref().map(|b| b.tenant))
+            })
+        })
 }
 
 /// Make MAPPED hold the validated role-mapped binding of the session user (or None) for the
@@ -1203,7 +1199,16 @@ fn note_transaction(tenant: Uuid) {
         if let Some(t) = catalog::tenant_by_id(tenant) {
             apply_limits(&t);
         }
+    } else if !unsafe { pg_sys::IsInParallelMode() } {
+        // SAFETY (above): reads a backend flag.
+        crate::limits::enforce(tenant);
     }
+}
+
+/// A subtransaction rolled back: its SET LOCALs are undone, the tenant's settings with them
+/// (the binding itself lives on). Apply them again at the next use.
+pub fn subtransaction_aborted() {
+    LIMITS_APPLIED.with(|l| l.set(false));
 }
 
 thread_local! {

@@ -391,6 +391,18 @@ unsafe fn entries_end(numparams: usize) -> usize {
         + numparams * std::mem::size_of::<pg_sys::ParamExternData>()
 }
 
+thread_local! {
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears IN_HOOK when the hook's own work is done (also when it raises).
+struct HookDone;
+impl Drop for HookDone {
+    fn drop(&mut self) {
+        IN_HOOK.with(|h| h.set(false));
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c_int) {
     if pg_sys::ParallelWorkerNumber < 0 {
@@ -399,6 +411,20 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         // pg_tenancy's catalog changed (binding::with_current). Without messages waiting this
         // is one unlocked read of a flag.
         pg_sys::AcceptInvalidationMessages();
+        // Resource limits hold from the start of every query of a bound session, before a
+        // parallel plan fixes its workers' settings (src/limits.rs).
+        // Not again for the queries these run themselves (the tenant's row, on a cache miss).
+        if !pg_sys::IsInParallelMode() && !IN_HOOK.with(|h| h.replace(true)) {
+            let _done = HookDone;
+            if let Some(tenant) = crate::binding::tenant_in_effect_unchecked() {
+                crate::limits::enforce(tenant);
+                // A write of a bound session holds the tenant's write lock: decommission
+                // waits for it, and it waits for decommission (src/lifecycle.rs).
+                if (*qd).operation != pg_sys::CmdType::CMD_SELECT {
+                    crate::lifecycle::hold_for_write(tenant);
+                }
+            }
+        }
     }
     if IN_USE.with(|u| u.get()) && pg_sys::ParallelWorkerNumber < 0 {
         (*qd).params = wrap((*qd).params);

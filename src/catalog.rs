@@ -42,6 +42,8 @@ pub struct TenantRow {
     pub status: String,
     pub region: Option<String>,
     pub settings: serde_json::Value,
+    /// Operators' ceilings on the resource settings (src/limits.rs).
+    pub limits: serde_json::Value,
 }
 
 impl TenantRow {
@@ -110,7 +112,7 @@ pub struct Privilege {
 #[derive(Clone, Copy)]
 struct Rels {
     owner: pg_sys::Oid,
-    oids: [pg_sys::Oid; 11],
+    oids: [pg_sys::Oid; 12],
 }
 
 thread_local! {
@@ -119,7 +121,7 @@ thread_local! {
     static GENERATION: Cell<u64> = const { Cell::new(1) };
 }
 
-const TABLES: [&std::ffi::CStr; 11] = [
+const TABLES: [&std::ffi::CStr; 12] = [
     c"tenant",
     c"signing_key",
     c"tenant_role",
@@ -131,6 +133,7 @@ const TABLES: [&std::ffi::CStr; 11] = [
     c"subject_revocation",
     c"token_revocation",
     c"audit_key",
+    c"audit_exclusion",
 ];
 
 pub fn init() {
@@ -338,12 +341,13 @@ fn tenant_row(row: &pgrx::spi::SpiHeapTupleData) -> Result<TenantRow, pgrx::spi:
         status: row.get::<String>(3)?.unwrap_or_default(),
         region: row.get::<String>(4)?,
         settings: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
+        limits: row.get::<JsonB>(6)?.map(|j| j.0).unwrap_or_default(),
     })
 }
 
 fn load_tenant(where_clause: &str, arg: pgrx::datum::DatumWithOid) -> Option<TenantRow> {
     let q = format!(
-        "SELECT id, slug, status, region, settings FROM tenancy.tenant WHERE {where_clause}"
+        "SELECT id, slug, status, region, settings, limits FROM tenancy.tenant WHERE {where_clause}"
     );
     owner_rows("tenancy.tenant", &q, &[arg], tenant_row)
         .into_iter()
@@ -461,7 +465,7 @@ fn load_all_tenants() {
     let gen = generation();
     let rows = owner_rows(
         "tenancy.tenant",
-        "SELECT id, slug, status, region, settings FROM tenancy.tenant",
+        "SELECT id, slug, status, region, settings, limits FROM tenancy.tenant",
         &[],
         tenant_row,
     );

@@ -482,11 +482,13 @@ fn application_session() -> bool {
 pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char) {
     // SAFETY: every pointer below is part of `stmt`, a parse tree of the type its tag says.
     unsafe {
-        if stmt.is_null()
-            || crate::policy::in_managed_ddl()
-            || crate::policy::in_restore()
-            || crate::authz::is_superuser(crate::authz::caller())
-        {
+        if stmt.is_null() || crate::policy::in_managed_ddl() || crate::policy::in_restore() {
+            return;
+        }
+        // For every role, superusers included: changes to protected tables' rows that no row
+        // trigger sees are recorded in each affected tenant's chain before they run.
+        record_row_changes(stmt);
+        if crate::authz::is_superuser(crate::authz::caller()) {
             return;
         }
         match (*stmt).type_ {
@@ -561,6 +563,250 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
                 }
             }
             _ => {}
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Row changes that no row trigger sees: DROP TABLE (and DROP SCHEMA, DROP OWNED), DROP COLUMN,
+// ALTER COLUMN TYPE, and tables joining a protected parent with rows of their own. Recorded in
+// each affected tenant's own chain before the command runs (in its transaction: rolled back
+// with it), or refused. sql_drop then refuses the drop of a protected table or column that
+// was not recorded (one that a cascade reached: DROP TYPE ... CASCADE, say).
+
+thread_local! {
+    /// (table, column or 0 for the whole table) recorded in this transaction.
+    static RECORDED: std::cell::RefCell<std::collections::HashSet<(u32, i16)>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+pub fn reset_at_transaction_end() {
+    RECORDED.with(|r| r.borrow_mut().clear());
+}
+
+fn mark_recorded(rel: pg_sys::Oid, attnum: i16) {
+    RECORDED.with(|r| r.borrow_mut().insert((u32::from(rel), attnum)));
+}
+
+/// Protected tables among `rels` and their descendants (partitions, inheritance children).
+fn protected_with_descendants(rels: &[pg_sys::Oid]) -> Vec<pg_sys::Oid> {
+    if rels.is_empty() {
+        return Vec::new();
+    }
+    catalog::owner_rows(
+        "tenancy.protected_table",
+        "WITH RECURSIVE d(rel) AS (SELECT unnest($1::oid[]) \
+              UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent = d.rel) \
+         SELECT d.rel FROM d JOIN tenancy.protected_table p ON p.relid = d.rel ORDER BY 1",
+        &[rels.to_vec().into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    )
+}
+
+unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
+    // SAFETY: every pointer below is part of `stmt`, a parse tree of the type its tag says.
+    unsafe {
+        match (*stmt).type_ {
+            pg_sys::NodeTag::T_DropStmt => {
+                let s = stmt as *mut pg_sys::DropStmt;
+                let names = list::<pg_sys::List>((*s).objects);
+                let tables: Vec<pg_sys::Oid> = match (*s).removeType {
+                    pg_sys::ObjectType::OBJECT_TABLE => {
+                        let rels: Vec<pg_sys::Oid> = names
+                            .into_iter()
+                            .map(|n| relid_of(pg_sys::makeRangeVarFromNameList(n)))
+                            .filter(|r| *r != pg_sys::InvalidOid)
+                            .collect();
+                        protected_with_descendants(&rels)
+                    }
+                    pg_sys::ObjectType::OBJECT_SCHEMA => {
+                        let schemas: Vec<String> = list::<pg_sys::Node>((*s).objects)
+                            .into_iter()
+                            .filter(|n| !n.is_null() && (**n).type_ == pg_sys::NodeTag::T_String)
+                            .map(|n| {
+                                std::ffi::CStr::from_ptr((*(n as *mut pg_sys::String)).sval)
+                                    .to_string_lossy()
+                                    .into_owned()
+                            })
+                            .collect();
+                        catalog::owner_rows(
+                            "tenancy.protected_table",
+                            "SELECT p.relid::oid FROM tenancy.protected_table p JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+                               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY ($1) ORDER BY 1",
+                            &[schemas.into()],
+                            |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+                        )
+                    }
+                    _ => Vec::new(),
+                };
+                for t in tables {
+                    crate::audit::record_rows_changed(t, "drop_table", None);
+                    mark_recorded(t, 0);
+                }
+            }
+            pg_sys::NodeTag::T_DropOwnedStmt => {
+                let s = stmt as *mut pg_sys::DropOwnedStmt;
+                let roles: Vec<pg_sys::Oid> = list::<pg_sys::RoleSpec>((*s).roles)
+                    .into_iter()
+                    .map(|r| pg_sys::get_rolespec_oid(r, true))
+                    .filter(|r| *r != pg_sys::InvalidOid)
+                    .collect();
+                let tables = catalog::owner_rows(
+                    "tenancy.protected_table",
+                    "SELECT p.relid::oid FROM tenancy.protected_table p JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+                      WHERE c.relowner = ANY ($1) ORDER BY 1",
+                    &[roles.into()],
+                    |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+                );
+                for t in tables {
+                    crate::audit::record_rows_changed(t, "drop_table", None);
+                    mark_recorded(t, 0);
+                }
+            }
+            pg_sys::NodeTag::T_AlterTableStmt => {
+                let s = stmt as *mut pg_sys::AlterTableStmt;
+                if (*s).objtype != pg_sys::ObjectType::OBJECT_TABLE {
+                    return;
+                }
+                let rel = relid_of((*s).relation);
+                for cmd in list::<pg_sys::AlterTableCmd>((*s).cmds) {
+                    match (*cmd).subtype {
+                        pg_sys::AlterTableType::AT_DropColumn
+                        | pg_sys::AlterTableType::AT_DropColumnRecurse
+                        | pg_sys::AlterTableType::AT_AlterColumnType
+                            if is_protected(rel) && !(*cmd).name.is_null() =>
+                        {
+                            let column = std::ffi::CStr::from_ptr((*cmd).name)
+                                .to_string_lossy()
+                                .into_owned();
+                            let action =
+                                if (*cmd).subtype == pg_sys::AlterTableType::AT_AlterColumnType {
+                                    "alter_column_type"
+                                } else {
+                                    "drop_column"
+                                };
+                            let tables = if (*s).relation.is_null() || (*(*s).relation).inh {
+                                protected_with_descendants(&[rel])
+                            } else {
+                                vec![rel]
+                            };
+                            for t in tables {
+                                let attnum = pg_sys::get_attnum(t, (*cmd).name);
+                                if attnum > 0 {
+                                    crate::audit::record_rows_changed(t, action, Some(&column));
+                                    mark_recorded(t, attnum);
+                                }
+                            }
+                        }
+                        // Rows of a table that joins a protected parent become every tenant's
+                        // to read as its own, written by no one the trail knows.
+                        pg_sys::AlterTableType::AT_AttachPartition if is_protected(rel) => {
+                            let part = relid_of((*((*cmd).def as *mut pg_sys::PartitionCmd)).name);
+                            refuse_joining_rows(rel, part, true);
+                        }
+                        pg_sys::AlterTableType::AT_AddInherit if !is_protected(rel) => {
+                            let parent = relid_of((*cmd).def as *mut pg_sys::RangeVar);
+                            if is_protected(parent) {
+                                refuse_joining_rows(parent, rel, false);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Refuse a table holding rows (any of its partitions too) that would join protected table
+/// `parent`: its rows would appear in tenants' tables with no record of who wrote them.
+fn refuse_joining_rows(parent: pg_sys::Oid, table: pg_sys::Oid, partition: bool) {
+    if table == pg_sys::InvalidOid || !crate::audit::holds_rows(table) {
+        return;
+    }
+    refuse_channel(
+        table,
+        format!(
+            "table \"{}\" holds rows and cannot {} protected table \"{}\" unrecorded",
+            crate::policy::relation_name(table),
+            if partition {
+                "be attached to"
+            } else {
+                "inherit from"
+            },
+            crate::policy::relation_name(parent)
+        ),
+        if partition {
+            format!(
+                "An operator attaches it with SELECT tenancy.attach_partition({}, {}, 'FOR VALUES ...'); which checks every row's tenant and records each row in that tenant's audit trail. Or attach it empty and INSERT the rows as the tenants.",
+                crate::policy::quote_literal(&crate::policy::relation_name(parent)),
+                crate::policy::quote_literal(&crate::policy::relation_name(table))
+            )
+        } else {
+            "Make it inherit while it is empty, then INSERT the rows as the tenants (each insert is recorded in its tenant's trail).".to_string()
+        },
+    );
+}
+
+/// sql_drop: refuse the drop of a protected table or of a column of one that was not recorded
+/// in the affected tenants' chains when the command started (one a cascade reached).
+/// Only in a sql_drop event trigger (`pg_event_trigger_dropped_objects()` refuses elsewhere).
+#[pg_extern(volatile, parallel_unsafe, name = "_guard_drops")]
+fn guard_drops() {
+    let dropped: Vec<(pg_sys::Oid, i32)> = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT objid, objsubid FROM pg_catalog.pg_event_trigger_dropped_objects() \
+              WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND object_type IN ('table', 'table column')",
+            None,
+            &[],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<i32>(2)?.unwrap_or(0),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the dropped objects failed: {e}"));
+    if dropped.is_empty() || crate::policy::in_managed_ddl() || crate::policy::in_restore() {
+        return;
+    }
+    let relids: Vec<pg_sys::Oid> = dropped.iter().map(|d| d.0).collect();
+    let protected: Vec<(pg_sys::Oid, String)> = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT relid::oid, relid::oid::text FROM tenancy.protected_table WHERE relid::oid = ANY ($1)",
+        &[relids.into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        },
+    );
+    for (rel, attnum) in dropped {
+        let Some((_, name)) = protected.iter().find(|(p, _)| *p == rel) else {
+            continue;
+        };
+        let recorded = RECORDED.with(|r| {
+            let r = r.borrow();
+            r.contains(&(u32::from(rel), 0)) || r.contains(&(u32::from(rel), attnum as i16))
+        });
+        if !recorded {
+            let mut f = serde_json::Map::new();
+            f.insert("table".into(), name.clone().into());
+            errors::refuse(
+                "guard_refused",
+                f,
+                errors::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "this command would drop {} of protected table with oid {name} without recording it in its tenants' audit trails",
+                    if attnum == 0 { "the whole table".to_string() } else { format!("column {attnum}") }
+                ),
+                "Drop protected tables with DROP TABLE (or DROP SCHEMA, DROP OWNED) and their columns with ALTER TABLE ... DROP COLUMN, which record what each tenant loses; or have an operator unprotect the table first.",
+            );
         }
     }
 }
@@ -839,7 +1085,7 @@ unsafe fn column_ref(name: &str) -> *mut pg_sys::Node {
 /// What an existing table brings when it becomes protected by joining a protected parent
 /// (ATTACH PARTITION, INHERIT): its own code then runs over every tenant's rows written to it.
 /// Its rows are its owner's own, so only a user's code is refused (as for a new table).
-fn refuse_leaky_members(rel: pg_sys::Oid) {
+pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid) {
     if rel == pg_sys::InvalidOid {
         return;
     }

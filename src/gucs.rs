@@ -38,7 +38,75 @@ pub static PLAN_BINDING_AS_PARAM: GucSetting<bool> = GucSetting::<bool>::new(tru
 /// default: any role of the database may LISTEN on a channel. Superuser only.
 pub static NOTIFY_SECURITY_EVENTS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `tenancy.max_statement_timeout`, `tenancy.max_lock_timeout` (milliseconds) and
+/// `tenancy.max_work_mem` (kB): the highest value a bound session may run with, whatever the
+/// tenant's settings and the session's own SET say; 0, the default, sets no ceiling.
+/// Superuser only. Operators set ceilings per tenant with tenancy.set_limit().
+pub static MAX_STATEMENT_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static MAX_LOCK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static MAX_WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// `tenancy.audit_min_retention`: audit records younger than this are never purged (seconds;
+/// default 90 days). Superuser only: operators purge within it, and anchored chain entries
+/// younger than it that are gone are tampering (audit_verify_heads).
+pub static AUDIT_MIN_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(90 * 86_400);
+
+/// `tenancy.decommission_wait`: how long decommission_tenant waits for the tenant's running
+/// write transactions before it terminates their sessions (milliseconds; default 10 s).
+pub static DECOMMISSION_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"tenancy.decommission_wait",
+        c"How long decommission_tenant waits for the tenant's running write transactions.",
+        c"Sessions still holding writes of the tenant after it are terminated (their writes roll back).",
+        &DECOMMISSION_WAIT,
+        0,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.audit_min_retention",
+        c"Age below which audit records are never purged.",
+        c"tenancy.audit_purge() refuses a cut-off younger than this; audit_verify_heads() reports anchored entries younger than it that are gone.",
+        &AUDIT_MIN_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    for (name, desc, setting, flags) in [
+        (
+            c"tenancy.max_statement_timeout",
+            c"Highest statement_timeout of a bound session (0: no ceiling).",
+            &MAX_STATEMENT_TIMEOUT,
+            GucFlags::UNIT_MS,
+        ),
+        (
+            c"tenancy.max_lock_timeout",
+            c"Highest lock_timeout of a bound session (0: no ceiling).",
+            &MAX_LOCK_TIMEOUT,
+            GucFlags::UNIT_MS,
+        ),
+        (
+            c"tenancy.max_work_mem",
+            c"Highest work_mem of a bound session (0: no ceiling).",
+            &MAX_WORK_MEM,
+            GucFlags::UNIT_KB,
+        ),
+    ] {
+        GucRegistry::define_int_guc(
+            name,
+            desc,
+            c"Tenants' settings and sessions' own SET are held below it from the next statement; a timeout of 0 (none) counts as above any ceiling.",
+            setting,
+            0,
+            i32::MAX,
+            GucContext::Suset,
+            flags,
+        );
+    }
     GucRegistry::define_string_guc(
         c"tenancy.region",
         c"Data-residency region of this server.",

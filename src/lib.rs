@@ -32,6 +32,7 @@ mod bind_default_arg;
 mod binding;
 mod binding_param;
 mod catalog;
+mod certificate;
 mod errors;
 mod events;
 mod guard;
@@ -40,6 +41,7 @@ mod jsonb_build;
 mod keys;
 mod leakproof;
 mod lifecycle;
+mod limits;
 mod policy;
 mod privileges;
 mod rbac;
@@ -135,6 +137,7 @@ mod trust_inventory {
         ("src/binding.rs", include_str!("binding.rs")),
         ("src/binding_param.rs", include_str!("binding_param.rs")),
         ("src/catalog.rs", include_str!("catalog.rs")),
+        ("src/certificate.rs", include_str!("certificate.rs")),
         ("src/errors.rs", include_str!("errors.rs")),
         ("src/events.rs", include_str!("events.rs")),
         ("src/guard.rs", include_str!("guard.rs")),
@@ -144,6 +147,7 @@ mod trust_inventory {
         ("src/leakproof.rs", include_str!("leakproof.rs")),
         ("src/lib.rs", include_str!("lib.rs")),
         ("src/lifecycle.rs", include_str!("lifecycle.rs")),
+        ("src/limits.rs", include_str!("limits.rs")),
         ("src/policy.rs", include_str!("policy.rs")),
         ("src/privileges.rs", include_str!("privileges.rs")),
         ("src/rbac.rs", include_str!("rbac.rs")),

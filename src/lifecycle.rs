@@ -6,8 +6,8 @@ use crate::errors::{self, DUPLICATE_OBJECT, INVALID_PARAMETER, NOT_IN_PREREQUISI
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 
-/// Tenant settings applied with SET LOCAL in every bound transaction.
-pub const RESOURCE_SETTINGS: &[&str] = &["statement_timeout", "lock_timeout", "work_mem"];
+/// Tenant settings applied with SET LOCAL in every bound transaction (src/limits.rs).
+pub const RESOURCE_SETTINGS: &[&str] = &crate::limits::NAMES;
 
 /// Roles every tenant starts with.
 pub const SEEDED_ROLES: &[&str] = &["admin", "member", "viewer"];
@@ -209,6 +209,7 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
     if let Some(v) = value.as_ref() {
         if RESOURCE_SETTINGS.contains(&key) {
             check_resource_setting(key, &v.0);
+            crate::limits::check_setting(&t, key, &v.0);
         }
         if key == "default_roles"
             && !v
@@ -287,7 +288,9 @@ fn deletion_order() -> Vec<(pg_sys::Oid, String, String)> {
                         has_schema_privilege(c.relowner, c.relnamespace, 'USAGE'), \
                         c.relowner::regrole::text, c.relnamespace::regnamespace::text \
                    FROM tenancy.protected_table p JOIN pg_class c ON c.oid = p.relid \
-                  WHERE p.parent IS NULL ORDER BY p.relid::oid",
+                  WHERE NOT EXISTS (SELECT FROM pg_inherits i JOIN tenancy.protected_table q ON q.relid = i.inhparent \
+                                     WHERE i.inhrelid = p.relid) \
+                  ORDER BY p.relid::oid",
                 None,
                 &[],
             )?;
@@ -365,6 +368,10 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         );
     }
     let uuid = to_pg_uuid(t.id);
+    // No transaction of the tenant writes from here on: those that wrote finish (or are
+    // terminated), later ones wait and then find the tenant decommissioned. A prepared
+    // transaction holding the tenant's writes is refused.
+    take_tenant(&t);
     let mut rows = serde_json::Map::new();
     let mut total: u64 = 0;
     // Every deferrable constraint fires at the end of the statement that queued it, inside
@@ -398,6 +405,14 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         });
         total += n;
         rows.insert(table, n.into());
+    }
+    // Certify only what is true: no row of the tenant is left in any protected table.
+    if let Some((table, n)) = remaining_rows(t.id) {
+        errors::raise(
+            NOT_IN_PREREQUISITE_STATE,
+            format!("{n} rows of tenant \"{}\" remain in {table} after deletion", t.slug),
+            "A role that bypasses row security wrote them concurrently, or a table is outside pg_tenancy's partition tree; remove them and decommission again (nothing was changed).",
+        );
     }
     let mut removed = serde_json::Map::new();
     for (what, sql) in [
@@ -455,13 +470,150 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         "total_rows_deleted": total,
         "removed": removed,
     });
-    // serde_json objects keep their keys sorted: the text digested is canonical.
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        cert.to_string().as_bytes(),
-    ));
-    cert["sha256"] = digest.into();
+    crate::certificate::sign(&mut cert);
     crate::audit::admin("decommission_tenant", Some(t.id), cert.clone());
     JsonB(cert)
+}
+
+/// The fourth field of a tenant's write lock tag (SQL's advisory lock functions use 1 and 2
+/// only, so no session can take it; the chain's locks use 0x7400 + lane).
+const WRITE_LOCK_FIELD4: u16 = 0x7500;
+
+fn write_lock_tag(tenant: uuid::Uuid) -> pg_sys::LOCKTAG {
+    let b = tenant.as_bytes();
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for every backend connected to a database.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        locktag_field3: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+        locktag_field4: WRITE_LOCK_FIELD4,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+thread_local! {
+    /// The tenant whose write lock this transaction holds.
+    static WRITING: std::cell::Cell<Option<uuid::Uuid>> = const { std::cell::Cell::new(None) };
+}
+
+pub fn reset_at_transaction_end() {
+    WRITING.with(|w| w.set(None));
+}
+
+/// Before a bound session's statement that writes: hold the tenant's write lock (shared with
+/// the tenant's other writers) to the end of the transaction. When decommission_tenant holds it,
+/// wait, then read the catalog again: the binding's next check then finds the tenant gone.
+pub fn hold_for_write(tenant: uuid::Uuid) {
+    if WRITING.with(|w| w.get()) == Some(tenant) {
+        return;
+    }
+    let tag = write_lock_tag(tenant);
+    let mode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    // SAFETY: a transaction-level lock of a tag only pg_tenancy takes, released at transaction
+    // end (or kept by a prepared transaction, which decommission_tenant refuses to wait for).
+    unsafe {
+        if pg_sys::LockAcquire(&tag, mode, false, true)
+            == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        {
+            pg_sys::LockAcquire(&tag, mode, false, false);
+            pg_sys::AcceptInvalidationMessages();
+        }
+    }
+    WRITING.with(|w| w.set(Some(tenant)));
+}
+
+/// decommission_tenant: hold the tenant's write lock alone. Refused while a prepared
+/// transaction holds it; waits `tenancy.decommission_wait` for running transactions, then
+/// terminates the sessions that still hold it.
+fn take_tenant(t: &catalog::TenantRow) {
+    let tag = write_lock_tag(t.id);
+    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+    let holders = || -> Vec<(Option<i32>, String)> {
+        catalog::owner_rows(
+            "pg_locks",
+            "SELECT pid, virtualtransaction FROM pg_catalog.pg_locks \
+              WHERE locktype = 'advisory' AND database = $1 AND classid = $2 AND objid = $3 AND objsubid = $4 \
+                AND granted AND pid IS DISTINCT FROM pg_catalog.pg_backend_pid()",
+            &[
+                pg_sys::Oid::from(tag.locktag_field1).into(),
+                pg_sys::Oid::from(tag.locktag_field2).into(),
+                pg_sys::Oid::from(tag.locktag_field3).into(),
+                (tag.locktag_field4 as i16).into(),
+            ],
+            |r| Ok((r.get::<i32>(1)?, r.get::<String>(2)?.unwrap_or_default())),
+        )
+    };
+    let wait_ms = crate::gucs::DECOMMISSION_WAIT.get() as u64;
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: a transaction-level lock of pg_tenancy's own tag.
+        let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
+        if got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+            return;
+        }
+        let held = holders();
+        if held.iter().any(|(pid, _)| pid.is_none()) {
+            errors::raise(
+                NOT_IN_PREREQUISITE_STATE,
+                format!("a prepared transaction holds writes of tenant \"{}\"", t.slug),
+                "Finish it first (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED), and decommission again.",
+            );
+        }
+        if start.elapsed().as_millis() as u64 >= wait_ms {
+            // Sessions still writing for the tenant: end them (their writes roll back).
+            for (pid, _) in held {
+                if let Some(pid) = pid {
+                    catalog::owner_rows(
+                        "pg_terminate_backend",
+                        "SELECT pg_catalog.pg_terminate_backend($1, 5000)",
+                        &[pid.into()],
+                        |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+                    );
+                }
+            }
+            // SAFETY: as above; now waits (for a terminated session's clean-up).
+            unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
+            return;
+        }
+        // SAFETY: sleeps 50 ms, then lets a cancel or a shutdown in.
+        unsafe {
+            pg_sys::pg_usleep(50_000);
+            pgrx::check_for_interrupts!();
+        }
+    }
+}
+
+/// The first protected table that still holds rows of `tenant`, and how many (read as the
+/// catalog owner: a plain scan with a uuid comparison, which runs no code of the tables'
+/// owners).
+fn remaining_rows(tenant: uuid::Uuid) -> Option<(String, i64)> {
+    let tables: Vec<(String, String)> = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT p.relid::text, p.tenant_column::text FROM tenancy.protected_table p \
+           JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = p.tenant_column AND a.atttypid = 'uuid'::regtype \
+          ORDER BY p.relid::oid",
+        &[],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        },
+    );
+    tables.into_iter().find_map(|(table, column)| {
+        let sql = format!(
+            "SELECT pg_catalog.count(*) FROM ONLY {table} WHERE {} = $1",
+            crate::policy::quote_ident(&column)
+        );
+        let n = catalog::owner_rows(&table, &sql, &[to_pg_uuid(tenant).into()], |r| {
+            Ok(r.get::<i64>(1)?.unwrap_or(0))
+        })
+        .first()
+        .copied()
+        .unwrap_or(0);
+        (n > 0).then_some((table, n))
+    })
 }
 
 /// Whether the caller manages a tenant: an operator, or an admin bound to it.

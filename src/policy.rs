@@ -61,6 +61,8 @@ pub fn in_restore() -> bool {
 
 pub fn reset_at_transaction_end() {
     MANAGED_DDL.with(|m| m.set(0));
+    crate::guard::reset_at_transaction_end();
+    crate::lifecycle::reset_at_transaction_end();
 }
 
 /// Every policy `protect` generates (and `unprotect` drops). `tenancy_isolation`, the single
@@ -442,6 +444,145 @@ fn unprotect(tbl: pg_sys::Oid) {
     );
 }
 
+/// Attach a table that holds rows to a protected partitioned table: every row's tenant is
+/// checked (an active tenant), every row is recorded as an INSERT in its tenant's audit trail,
+/// and the table is protected with its new parent. `bound` is the partition bound, as ALTER
+/// TABLE ... ATTACH PARTITION takes it (`FOR VALUES ...` or `DEFAULT`). Operators only; runs as
+/// the parent's owner (who must own the table too). Returns the number of rows recorded.
+///
+/// The statement is `ALTER TABLE parent ATTACH PARTITION table ` followed by `bound`, and is
+/// run only after PostgreSQL's parser has read it as exactly that: one ALTER TABLE of `parent`
+/// with one ATTACH PARTITION of `table` (no second statement can ride along).
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION tenancy.attach_partition("parent" regclass, "partition" regclass, "bound" text)
+RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'attach_partition_wrapper';
+"#
+)]
+fn attach_partition(parent: pg_sys::Oid, partition: pg_sys::Oid, bound: &str) -> i64 {
+    authz::require_operator("attach_partition");
+    let meta = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT p.tenant_column::text, p.audited, \
+                coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index x \
+                   CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                   JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
+                  WHERE x.indrelid = p.relid AND x.indisprimary), '{}'), \
+                ARRAY(WITH RECURSIVE up(rel) AS (SELECT $1::oid UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.rel) \
+                      SELECT rel FROM up), \
+                EXISTS (SELECT FROM tenancy.protected_table q WHERE q.relid = $2::oid::regclass) \
+           FROM tenancy.protected_table p WHERE p.relid = $1::oid::regclass",
+        &[parent.into(), partition.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<bool>(2)?.unwrap_or(true),
+                r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                r.get::<Vec<pg_sys::Oid>>(4)?.unwrap_or_default(),
+                r.get::<bool>(5)?.unwrap_or(false),
+            ))
+        },
+    );
+    let parent_name = relation_name(parent);
+    let part_name = relation_name(partition);
+    let Some((column, audited, key, ancestors, already)) = meta.into_iter().next() else {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("table \"{parent_name}\" is not protected"),
+            "attach_partition attaches to a protected partitioned table; ATTACH PARTITION to other tables as usual.",
+        );
+    };
+    if already {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("table \"{part_name}\" is already protected"),
+            "Attach it with ALTER TABLE ... ATTACH PARTITION.",
+        );
+    }
+    let sql = format!("ALTER TABLE {parent_name} ATTACH PARTITION {part_name} {bound}");
+    require_one_attach(&sql, parent, partition);
+    // What it brings must not run a user's code over every tenant's rows.
+    crate::guard::refuse_leaky_members(partition);
+    let recorded = crate::audit::record_joining_rows(partition, &column, &key, &ancestors);
+    {
+        let _managed = ManagedDdl::enter();
+        run_all(parent, &[(Who::TableOwner, sql)]);
+    }
+    for rel in std::iter::once(partition).chain(check_table(partition, &column).partitions) {
+        protect_table(rel, &column, audited, Some(parent));
+    }
+    crate::audit::admin(
+        "attach_partition",
+        None,
+        serde_json::json!({"table": parent_name, "partition": part_name, "rows": recorded}),
+    );
+    recorded
+}
+
+/// Refuse `sql` unless PostgreSQL's parser reads it as one ALTER TABLE of `parent` with one
+/// ATTACH PARTITION of `partition`.
+fn require_one_attach(sql: &str, parent: pg_sys::Oid, partition: pg_sys::Oid) {
+    let c = std::ffi::CString::new(sql).unwrap_or_else(|_| {
+        errors::raise(
+            errors::INVALID_PARAMETER,
+            "the partition bound holds a NUL byte",
+            "Pass FOR VALUES ... or DEFAULT.",
+        )
+    });
+    // SAFETY: raw parsing of a NUL-terminated string (a syntax error raises); the nodes read
+    // are checked for their tags first.
+    let ok = unsafe {
+        let stmts = pg_sys::raw_parser(c.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        if stmts.is_null() || (*stmts).length != 1 {
+            false
+        } else {
+            let raw = (*(*stmts).elements).ptr_value as *mut pg_sys::RawStmt;
+            let stmt = (*raw).stmt;
+            if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_AlterTableStmt {
+                false
+            } else {
+                let a = stmt as *mut pg_sys::AlterTableStmt;
+                let cmds = (*a).cmds;
+                if cmds.is_null()
+                    || (*cmds).length != 1
+                    || (*a).objtype != pg_sys::ObjectType::OBJECT_TABLE
+                {
+                    false
+                } else {
+                    let cmd = (*(*cmds).elements).ptr_value as *mut pg_sys::AlterTableCmd;
+                    let pc = (*cmd).def as *mut pg_sys::PartitionCmd;
+                    (*cmd).subtype == pg_sys::AlterTableType::AT_AttachPartition
+                        && !pc.is_null()
+                        && (*pc).type_ == pg_sys::NodeTag::T_PartitionCmd
+                        && pg_sys::RangeVarGetRelidExtended(
+                            (*a).relation,
+                            pg_sys::NoLock as i32,
+                            0,
+                            None,
+                            std::ptr::null_mut(),
+                        ) == parent
+                        && pg_sys::RangeVarGetRelidExtended(
+                            (*pc).name,
+                            pg_sys::NoLock as i32,
+                            0,
+                            None,
+                            std::ptr::null_mut(),
+                        ) == partition
+                }
+            }
+        }
+    };
+    if !ok {
+        errors::raise(
+            errors::INVALID_PARAMETER,
+            "the partition bound is not a bound",
+            "Pass only the bound: 'FOR VALUES FROM (...) TO (...)', 'FOR VALUES IN (...)', 'FOR VALUES WITH (...)' or 'DEFAULT'.",
+        );
+    }
+}
+
 /// Tables of `schema` that have the tenant column and are not partitions.
 fn schema_tables(schema: &str, column: &str) -> Vec<pg_sys::Oid> {
     catalog::with_owner(|| {
@@ -671,14 +812,9 @@ fn _refuse_truncate<'a>(
             "TRUNCATE bypasses row security and would empty every tenant's rows; delete the bound tenant's rows with DELETE, or have an operator decommission a tenant.",
         );
     }
-    let table = trigger.table_name().unwrap_or_default();
-    let schema = trigger.table_schema().unwrap_or_default();
-    crate::audit::record(
-        "TRUNCATE",
-        None,
-        Some(format!("{schema}.{table}")),
-        serde_json::json!({"truncated_by_operator": true}),
-    );
+    // Each tenant whose rows go loses them in its own chain (the rows are still there:
+    // BEFORE TRUNCATE).
+    crate::audit::record_rows_changed(trigger.relid()?, "truncate", None);
     Ok(None)
 }
 

@@ -359,10 +359,12 @@ fn a_table_made_an_inheritance_child_later_is_protected_before_it_can_be_read() 
     let (f, mut c) = two_tenants();
     let t = ident("it_cust_adopted");
     let mut su = superuser();
+    // A table holding rows cannot become a child unrecorded (second_pass.rs); one made a child
+    // while empty is protected before its first row.
     su.batch_execute(&format!(
         "CREATE TABLE public.{t} (tenant_id uuid NOT NULL, id int NOT NULL, name text NOT NULL); \
-         INSERT INTO public.{t} VALUES ('{b}', 1, '{bs}-secret-adopted'); \
          ALTER TABLE public.{t} INHERIT public.it_customers; \
+         INSERT INTO public.{t} VALUES ('{b}', 1, '{bs}-secret-adopted'); \
          GRANT SELECT ON public.{t} TO {APP}",
         b = f.b_id,
         bs = f.b

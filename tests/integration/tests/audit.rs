@@ -431,13 +431,23 @@ fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
         &format!("SELECT tenancy.audit_purge('{}', now())", f.a),
         &["42501"],
     );
-    let n: i64 = op
+    // Records younger than the retention floor (90 days by default) are never purged...
+    expect_err(
+        &mut op,
+        &format!("SELECT tenancy.audit_purge('{}', '{cut}')", f.a),
+        &["42501"],
+    );
+    // ... unless a superuser lowers it (its own setting).
+    su.batch_execute("BEGIN; SET LOCAL tenancy.audit_min_retention = 0")
+        .unwrap();
+    let n: i64 = su
         .query_one(
             "SELECT tenancy.audit_purge($1, $2::text::timestamptz)",
             &[&f.a, &cut],
         )
         .unwrap()
         .get(0);
+    su.batch_execute("COMMIT").unwrap();
     assert_eq!(n, 21, "create_tenant + 20 inserts are older than the cut");
     let (ok, bad, records, detail) = verify(&mut su, &f.a);
     assert!(ok, "{bad:?} {detail}");
@@ -446,11 +456,17 @@ fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
         5 + 1,
         "5 inserts and the purge's own ADMIN entry remain"
     );
-    let anchored = check_heads(&mut op, &anchor);
+    // Checked under the floor the purge ran with, the anchored entries were purged; under the
+    // default floor their being gone is what a deletion looks like.
+    su.batch_execute("SET tenancy.audit_min_retention = 0")
+        .unwrap();
+    let anchored = check_heads(&mut su, &anchor);
     assert!(
         anchored.iter().all(|h| h.1 && h.2.starts_with("ok (")),
         "{anchored:?}"
     );
+    let anchored = check_heads(&mut op, &anchor);
+    assert!(anchored.iter().any(|h| !h.1), "{anchored:?}");
     write(
         &mut c,
         &f,
@@ -546,9 +562,22 @@ fn excluded_columns_never_reach_the_trail() {
         "CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {APP}; \
          CREATE TABLE {s}.secrets (tenant_id uuid NOT NULL, id int PRIMARY KEY, label text, api_key text); \
          GRANT SELECT, INSERT, UPDATE ON {s}.secrets TO {APP}; \
-         SELECT tenancy.protect('{s}.secrets'); SELECT tenancy.audit_exclude('{s}.secrets', ARRAY['api_key'])"
+         SELECT tenancy.protect('{s}.secrets')"
     ))
     .unwrap();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    // The tenant's admin decides what its own trail leaves out.
+    let mut admin = app();
+    admin.batch_execute("BEGIN").unwrap();
+    admin
+        .execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT tenancy.audit_exclude('{s}.secrets', ARRAY['api_key']); COMMIT"
+        ))
+        .unwrap();
     let mut c = app();
     c.batch_execute("BEGIN").unwrap();
     c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])

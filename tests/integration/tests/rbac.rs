@@ -389,7 +389,15 @@ fn decommission_removes_every_row_of_the_tenant_and_no_other() {
     let cert: serde_json::Value = serde_json::from_str(&cert).unwrap();
     assert_eq!(cert["total_rows_deleted"], 34);
     assert_eq!(cert["rows_deleted"]["public.it_items"], 20);
-    assert_eq!(cert["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(cert["signature"].as_str().unwrap().len(), 128);
+    let signed: bool = op
+        .query_one(
+            "SELECT tenancy.verify_certificate($1::text::jsonb)",
+            &[&cert.to_string()],
+        )
+        .unwrap()
+        .get(0);
+    assert!(signed);
     assert_eq!(
         (count(&mut su, &f.a_id), count(&mut su, &f.b_id)),
         (0, 34),
@@ -415,12 +423,12 @@ fn decommission_removes_every_row_of_the_tenant_and_no_other() {
     assert_eq!(n, 0);
     let audited: String = su
         .query_one(
-            "SELECT new_row->>'sha256' FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid AND new_row->>'action' = 'decommission_tenant'",
+            "SELECT new_row->>'signature' FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid AND new_row->>'action' = 'decommission_tenant'",
             &[&f.a_id],
         )
         .unwrap()
         .get(0);
-    assert_eq!(audited, cert["sha256"].as_str().unwrap());
+    assert_eq!(audited, cert["signature"].as_str().unwrap());
 }
 
 /// Reading through pg_tenancy assigns no transaction id: a bound read-only transaction leaves

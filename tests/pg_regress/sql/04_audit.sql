@@ -4,11 +4,19 @@
 CREATE SCHEMA shop;
 CREATE TABLE shop.items (tenant_id uuid NOT NULL, id int NOT NULL, label text, secret text, PRIMARY KEY (tenant_id, id));
 SELECT tenancy.protect('shop.items');
-SELECT tenancy.audit_exclude('shop.items', ARRAY['secret']);
 CREATE ROLE regress_writer LOGIN NOSUPERUSER NOBYPASSRLS;
-GRANT USAGE ON SCHEMA shop TO regress_writer;
+CREATE ROLE regress_auditor LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT USAGE ON SCHEMA shop TO regress_writer, regress_auditor;
 GRANT SELECT, INSERT, UPDATE, DELETE ON shop.items TO regress_writer;
 SELECT tenancy.map_role('regress_writer', 'acme', '{member}');
+SELECT tenancy.map_role('regress_auditor', 'acme', '{admin}');
+-- What a tenant's trail leaves out is the tenant admin's decision, not the platform's.
+SELECT tenancy.audit_exclude('shop.items', ARRAY['secret']);
+
+\c - regress_auditor
+SELECT tenancy.audit_exclude('shop.items', ARRAY['tenant_id']);
+SELECT tenancy.audit_exclude('shop.items', ARRAY['secret']);
+SELECT tenant_id IS NOT NULL AS tenant, "table", columns FROM tenancy.audit_exclusions;
 
 \c - regress_writer
 INSERT INTO shop.items (id, label, secret) VALUES (1, 'first', 's1'), (2, 'second', 's2');
@@ -113,3 +121,5 @@ DROP SCHEMA shop CASCADE;
 SELECT tenancy.unmap_role('regress_writer', 'acme');
 DROP OWNED BY regress_writer;
 DROP ROLE regress_writer;
+SELECT tenancy.unmap_role('regress_auditor', 'acme');
+DROP ROLE regress_auditor;
