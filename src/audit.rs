@@ -1167,7 +1167,7 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
     let uuid = to_pg_uuid(t.id);
     let floor = crate::gucs::AUDIT_MIN_RETENTION.get();
     let too_young = catalog::read_one::<bool>(
-        "SELECT $1 > pg_catalog.now() - pg_catalog.make_interval(secs => $2)",
+        "SELECT $1 > pg_catalog.clock_timestamp() - pg_catalog.make_interval(secs => $2)",
         &[before.into(), (floor as f64).into()],
     )
     .unwrap_or(true);

@@ -250,3 +250,418 @@ fn a_fractional_nbf_is_not_usable_early() {
     let e = c.execute("SELECT tenancy.bind($1)", &[&token]).unwrap_err();
     assert_eq!(sqlstate(&e), "28000", "{}", message(&e));
 }
+
+// Audit integrity -----------------------------------------------------------------------------
+
+/// The tenant's records of `action` (ADMIN records' `action`), as their new_row text.
+fn admin_records(su: &mut postgres::Client, tenant_id: &str, action: &str) -> Vec<String> {
+    su.query(
+        "SELECT new_row::text FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid AND new_row->>'action' = $2 ORDER BY id",
+        &[&tenant_id, &action],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn trail_ok(su: &mut postgres::Client, tenant: &str) -> bool {
+    su.query_one("SELECT ok FROM tenancy.audit_verify($1)", &[&tenant])
+        .unwrap()
+        .get(0)
+}
+
+fn write_orders(f: &Fixture, tenant: &str, n: i32) {
+    let mut c = app();
+    bound_tx(&mut c, f, tenant, true, |c| {
+        c.execute(
+            "INSERT INTO it_orders (amount) SELECT g FROM generate_series(1, $1) g",
+            &[&n],
+        )
+        .unwrap();
+    });
+}
+
+#[test]
+fn an_operator_cannot_erase_a_tenants_trail() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    write_orders(&f, &f.a, 3);
+    let mut op = connect(OPERATOR);
+    for before in [
+        "'infinity'",
+        "now()",
+        "now() + interval '100 years'",
+        "now() - interval '1 day'",
+    ] {
+        let e = op
+            .batch_execute(&format!("SELECT tenancy.audit_purge('{}', {before})", f.a))
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{before}: {}", message(&e));
+        assert!(e.as_db_error().and_then(|d| d.hint()).is_some());
+    }
+    let anchor: String = op
+        .query_one(
+            "SELECT jsonb_agg(h)::text FROM tenancy.audit_heads($1) h",
+            &[&f.a],
+        )
+        .unwrap()
+        .get(0);
+    // A superuser lowers the floor for its own session: the purge records where it cut, in
+    // the tenant's own chain.
+    su.batch_execute("BEGIN; SET LOCAL tenancy.audit_min_retention = 0")
+        .unwrap();
+    let purged: i64 = su
+        .query_one("SELECT tenancy.audit_purge($1, clock_timestamp())", &[&f.a])
+        .unwrap()
+        .get(0);
+    su.batch_execute("COMMIT").unwrap();
+    assert!(purged >= 4, "{purged}");
+    let cut = admin_records(&mut su, &f.a_id, "audit_purge");
+    assert_eq!(cut.len(), 1);
+    let cut: serde_json::Value = serde_json::from_str(&cut[0]).unwrap();
+    assert!(!cut["cut"].as_array().unwrap().is_empty(), "{cut}");
+    assert!(trail_ok(&mut su, &f.a));
+    // Under the floor an operator runs with, the anchored heads are young and gone: deleted.
+    let bad: i64 = op
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_verify_heads($1::text::jsonb) WHERE NOT ok AND detail LIKE '%deleted, not purged%'",
+            &[&anchor],
+        )
+        .unwrap()
+        .get(0);
+    assert!(bad > 0);
+    // A deletion certificate is never purged.
+    op.query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.b])
+        .unwrap();
+    su.batch_execute("BEGIN; SET LOCAL tenancy.audit_min_retention = 0")
+        .unwrap();
+    su.query_one("SELECT tenancy.audit_purge($1, clock_timestamp())", &[&f.b])
+        .unwrap();
+    su.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        admin_records(&mut su, &f.b_id, "decommission_tenant").len(),
+        1
+    );
+    assert!(trail_ok(&mut su, &f.b));
+}
+
+#[test]
+fn what_a_trail_leaves_out_is_its_tenant_admins_decision() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    // Not the operator's, nor a member's.
+    let mut op = connect(OPERATOR);
+    expect_err(
+        &mut op,
+        "SELECT tenancy.audit_exclude('public.it_orders', ARRAY['amount'])",
+        &["42501"],
+    );
+    let mut member = app();
+    member.batch_execute("BEGIN").unwrap();
+    bind(&mut member, &f.token(&f.a, "worker"));
+    expect_err(
+        &mut member,
+        "SELECT tenancy.audit_exclude('public.it_orders', ARRAY['amount'])",
+        &["42501"],
+    );
+    member.batch_execute("ROLLBACK").unwrap();
+    let mut admin = app();
+    admin.batch_execute("BEGIN").unwrap();
+    bind(&mut admin, &f.token(&f.a, "boss"));
+    for key in ["tenant_id", "id"] {
+        admin.batch_execute("SAVEPOINT s").unwrap();
+        let e = admin
+            .batch_execute(&format!(
+                "SELECT tenancy.audit_exclude('public.it_orders', ARRAY['{key}'])"
+            ))
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "22023", "{key}: {}", message(&e));
+        admin.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    }
+    admin
+        .batch_execute("SELECT tenancy.audit_exclude('public.it_orders', ARRAY['amount']); COMMIT")
+        .unwrap();
+    // Recorded in the tenant's own chain; it applies to the tenant's records only.
+    assert_eq!(admin_records(&mut su, &f.a_id, "audit_exclude").len(), 1);
+    write_orders(&f, &f.a, 1);
+    write_orders(&f, &f.b, 1);
+    let rows: Vec<(String, bool)> = su
+        .query(
+            "SELECT tenant_id::text, new_row ? 'amount' FROM tenancy.audit_log \
+              WHERE table_name = 'public.it_orders' AND tenant_id IN ($1::text::uuid, $2::text::uuid) AND op = 'INSERT'",
+            &[&f.a_id, &f.b_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(rows.contains(&(f.a_id.clone(), false)), "{rows:?}");
+    assert!(rows.contains(&(f.b_id.clone(), true)), "{rows:?}");
+    assert!(trail_ok(&mut su, &f.a));
+}
+
+#[test]
+fn writes_the_trail_never_saw_are_recorded_in_each_tenants_chain_or_refused() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let s = ident("wr");
+    let own = login_role(&mut su, "own", "");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s} AUTHORIZATION {own}; GRANT USAGE ON SCHEMA {s} TO {APP}, {OPERATOR}; \
+         SET ROLE {own}; \
+         CREATE TABLE {s}.p (tenant_id uuid NOT NULL, id int NOT NULL, note text) PARTITION BY RANGE (id); \
+         CREATE TABLE {s}.p1 PARTITION OF {s}.p FOR VALUES FROM (0) TO (100); \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL, note text); \
+         CREATE TYPE {s}.rowt AS (tenant_id uuid, id int); CREATE TABLE {s}.typed OF {s}.rowt; \
+         RESET ROLE; \
+         SELECT tenancy.protect('{s}.p'); SELECT tenancy.protect('{s}.t'); SELECT tenancy.protect('{s}.typed'); \
+         GRANT SELECT, INSERT ON {s}.p, {s}.t, {s}.typed TO {APP}; GRANT TRUNCATE ON {s}.t TO {OPERATOR}"
+    ))
+    .unwrap();
+    let mut c = app();
+    for t in [&f.a, &f.b] {
+        bound_tx(&mut c, &f, t, true, |c| {
+            c.batch_execute(&format!(
+                "INSERT INTO {s}.p VALUES (tenancy.current_tenant(), 1, 'n'); \
+                 INSERT INTO {s}.t VALUES (tenancy.current_tenant(), 1, 'n'), (tenancy.current_tenant(), 2, NULL); \
+                 INSERT INTO {s}.typed VALUES (tenancy.current_tenant(), 1)"
+            ))
+            .unwrap();
+        });
+    }
+    // A table holding a row planted for B cannot be attached, by its owner or a superuser...
+    let mut o = connect(&own);
+    o.batch_execute(&format!(
+        "CREATE TABLE {s}.planted (tenant_id uuid NOT NULL, id int NOT NULL, note text); \
+         INSERT INTO {s}.planted VALUES ('{b}', 150, 'planted')",
+        b = f.b_id
+    ))
+    .unwrap();
+    let attach =
+        format!("ALTER TABLE {s}.p ATTACH PARTITION {s}.planted FOR VALUES FROM (100) TO (200)");
+    for who in [&mut o, &mut su] {
+        let e = who.batch_execute(&attach).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+        assert!(e.as_db_error().and_then(|d| d.hint()).is_some());
+    }
+    // ... but an operator attaches it through pg_tenancy, which records the row in B's chain.
+    let mut op = connect(OPERATOR);
+    expect_err(
+        &mut op,
+        &format!("SELECT tenancy.attach_partition('{s}.p', '{s}.planted', 'FOR VALUES FROM (100) TO (200); DROP TABLE {s}.t')"),
+        &["22023", "42601"],
+    );
+    let n: i64 = op
+        .query_one(
+            &format!("SELECT tenancy.attach_partition('{s}.p', '{s}.planted', 'FOR VALUES FROM (100) TO (200)')"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    let inserted: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid AND op = 'INSERT' AND table_name = $2",
+            &[&f.b_id, &format!("{s}.planted")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(inserted, 1);
+    // DROP COLUMN, DETACH + DROP TABLE, DROP TABLE and an operator's TRUNCATE: each tenant's
+    // chain records what it lost.
+    o.batch_execute(&format!(
+        "ALTER TABLE {s}.t DROP COLUMN note; ALTER TABLE {s}.p DETACH PARTITION {s}.p1; DROP TABLE {s}.p1"
+    ))
+    .unwrap();
+    op.batch_execute(&format!("TRUNCATE {s}.t")).unwrap();
+    for (tenant, id) in [(&f.a, &f.a_id), (&f.b, &f.b_id)] {
+        let dropped_column = admin_records(&mut su, id, "drop_column");
+        assert_eq!(dropped_column.len(), 1, "{tenant}: {dropped_column:?}");
+        assert!(
+            dropped_column[0].contains("\"rows\": 1"),
+            "{dropped_column:?}"
+        );
+        assert_eq!(
+            admin_records(&mut su, id, "drop_table").len(),
+            1,
+            "{tenant}"
+        );
+        let truncated: i64 = su
+            .query_one(
+                "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid AND op = 'TRUNCATE' AND new_row->>'rows' = '2'",
+                &[id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(truncated, 1, "{tenant}");
+    }
+    // A cascade that would drop a protected table unrecorded is refused.
+    let e = o
+        .batch_execute(&format!("DROP TYPE {s}.rowt CASCADE"))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    o.batch_execute(&format!("DROP TABLE {s}.typed")).unwrap();
+    for t in [&f.a, &f.b] {
+        assert!(trail_ok(&mut su, t), "{t}");
+    }
+}
+
+// Lifecycle ------------------------------------------------------------------------------------
+
+#[test]
+fn decommission_refuses_a_prepared_transaction_and_ends_open_writers() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    write_orders(&f, &f.a, 2);
+    // A prepared transaction of the tenant holds a row the delete cannot see.
+    let mut p = app();
+    p.batch_execute("BEGIN").unwrap();
+    bind(&mut p, &f.token(&f.a, "u"));
+    let gid = unique("gid");
+    p.batch_execute(&format!(
+        "INSERT INTO it_orders (amount) VALUES (7); PREPARE TRANSACTION '{gid}'"
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    let e = op
+        .query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(e.as_db_error().and_then(|d| d.hint()).is_some());
+    su.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+        .unwrap();
+    // A transaction that wrote and stays open: decommission waits, then ends its session.
+    let mut w = app();
+    w.batch_execute("BEGIN").unwrap();
+    bind(&mut w, &f.token(&f.a, "u"));
+    w.batch_execute("INSERT INTO it_orders (amount) VALUES (8)")
+        .unwrap();
+    op.batch_execute("SET tenancy.decommission_wait = 300")
+        .unwrap();
+    let cert: String = op
+        .query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&f.a])
+        .unwrap()
+        .get(0);
+    let cert: serde_json::Value = serde_json::from_str(&cert).unwrap();
+    assert!(
+        w.batch_execute("COMMIT").is_err(),
+        "the open writer was not ended"
+    );
+    assert_eq!(cert["rows_deleted"]["public.it_orders"], 2, "{cert}");
+    let left: i64 = su
+        .query_one(
+            "SELECT count(*) FROM it_orders WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    // Rows for the decommissioned tenant are refused, even from a role row security does not
+    // confine.
+    expect_err(
+        &mut su,
+        &format!(
+            "INSERT INTO it_orders (tenant_id, amount) VALUES ('{}', 1)",
+            f.a_id
+        ),
+        &["42501"],
+    );
+    // The certificate is signed with the platform's key: an edited one does not verify.
+    let verify = |c: &mut postgres::Client, v: &serde_json::Value| -> bool {
+        c.query_one(
+            "SELECT tenancy.verify_certificate($1::text::jsonb)",
+            &[&v.to_string()],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut anyone = app();
+    assert!(verify(&mut anyone, &cert));
+    let mut forged = cert.clone();
+    forged["total_rows_deleted"] = 5000.into();
+    assert!(!verify(&mut anyone, &forged));
+    let keys: i64 = anyone
+        .query_one("SELECT count(*) FROM tenancy.certificate_keys", &[])
+        .unwrap()
+        .get(0);
+    assert!(keys >= 1);
+    expect_err(
+        &mut anyone,
+        "SELECT * FROM tenancy.certificate_key",
+        &["42501"],
+    );
+}
+
+// Limits ---------------------------------------------------------------------------------------
+
+#[test]
+fn resource_limits_hold_within_the_platforms_ceilings() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut op = connect(OPERATOR);
+    op.execute(
+        "SELECT tenancy.set_limit($1, 'statement_timeout', '\"300ms\"'), tenancy.set_limit($1, 'work_mem', '\"8MB\"')",
+        &[&f.a],
+    )
+    .unwrap();
+    // The tenant's admin cannot lift them.
+    let mut admin = app();
+    admin.batch_execute("BEGIN").unwrap();
+    bind(&mut admin, &f.token(&f.a, "boss"));
+    for (name, value) in [
+        ("statement_timeout", "\"0\""),
+        ("statement_timeout", "\"10min\""),
+        ("work_mem", "\"2GB\""),
+    ] {
+        admin.batch_execute("SAVEPOINT s").unwrap();
+        let e = admin
+            .batch_execute(&format!(
+                "SELECT tenancy.set_setting('{}', '{name}', '{value}')",
+                f.a
+            ))
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{name} {value}: {}", message(&e));
+        admin.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    }
+    admin.batch_execute("ROLLBACK").unwrap();
+    // A session's own SET does not lift them either, nor does ROLLBACK TO SAVEPOINT.
+    let mut c = app();
+    c.batch_execute("SET work_mem = '2GB'; SET statement_timeout = 0; BEGIN")
+        .unwrap();
+    bind(&mut c, &f.token(&f.a, "u"));
+    let setting = |c: &mut postgres::Client, name: &str| -> String {
+        c.query_one("SELECT current_setting($1)", &[&name])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(setting(&mut c, "work_mem"), "8MB");
+    assert_eq!(setting(&mut c, "statement_timeout"), "300ms");
+    c.batch_execute("SET LOCAL work_mem = '1GB'").unwrap();
+    assert_eq!(setting(&mut c, "work_mem"), "8MB");
+    c.batch_execute("SAVEPOINT a").unwrap();
+    bind(&mut c, &f.token(&f.a, "u"));
+    c.batch_execute("ROLLBACK TO SAVEPOINT a").unwrap();
+    assert_eq!(setting(&mut c, "statement_timeout"), "300ms");
+    // And the timeout fires, though the statement started under none.
+    c.batch_execute("SET statement_timeout = 0").unwrap();
+    let e = c.query_one("SELECT pg_sleep(2)", &[]).unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+    // Unbound sessions are not the tenant's.
+    let mut other = app();
+    other.batch_execute("SET work_mem = '64MB'").unwrap();
+    assert_eq!(setting(&mut other, "work_mem"), "64MB");
+    // Limits are the operators'.
+    expect_err(
+        &mut other,
+        &format!("SELECT tenancy.set_limit('{}', 'work_mem', '\"1GB\"')", f.a),
+        &["42501"],
+    );
+    // Recorded in the tenant's chain.
+    assert_eq!(admin_records(&mut su, &f.a_id, "set_limit").len(), 2);
+}
