@@ -85,7 +85,9 @@ cluster_stop() {
 # (a preloaded cluster does); a rename leaves the old inode to the servers that
 # hold it and gives the new file to the next process that loads it.
 install_extension() {
-    local profile=${1:---debug}
+    # `--release` builds a release (cargo pgrx package's default), anything else a debug build.
+    local profile=--debug
+    [ "${1:-}" = "--release" ] && profile=
     local out="$REPO_ROOT/target/pgrx-package"
     rm -rf "$out"
     (cd "$REPO_ROOT" && cargo pgrx package --pg-config "$PG_CONFIG" $profile --out-dir "$out" >/dev/null)

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Server cost per statement, counted exactly: the instructions one backend executes, under
+# valgrind's callgrind, for a statement repeated N1 and N2 times in PostgreSQL's single-user
+# mode (one backend, no other process): (I(N2) - I(N1)) / (N2 - N1). Unlike pgbench's tps,
+# which moves by a tenth from run to run on these machines, the count repeats to a few
+# instructions, so a change of a few percent in a backend's work is visible.
+#
+#   benches/callgrind.sh                 the installed build, every workload
+#   benches/callgrind.sh -c name=value   the same with a server setting (repeatable)
+#   benches/callgrind.sh --build         build and install a release first
+#   WORKLOADS="point bind" benches/callgrind.sh   only those workloads
+#
+# Workloads (each statement runs as the NOSUPERUSER role cg_app, bound to one tenant with a
+# token in session scope; 10 tenants x 1,000 rows):
+#   point     SELECT of one row by key from a protected table
+#   filter    the same on an unprotected copy with the tenant in the WHERE clause (baseline)
+#   seqscan   count(*) over the protected table (the tenant condition on every row)
+#   bind      SELECT tenancy.bind(token)
+#   insert    one-row INSERT into an audited protected table
+#   insert_noaudit  the same without audit
+# Prints one line per workload: instructions per statement.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$REPO_ROOT"
+
+BUILD=0
+SETTINGS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --build) BUILD=1 ;;
+        -c) shift; SETTINGS+=(-c "$1") ;;
+        *) die "usage: $0 [--build] [-c name=value]..." ;;
+    esac
+    shift
+done
+WORKLOADS=${WORKLOADS:-"point filter seqscan bind insert insert_noaudit"}
+N1=${N1:-200}
+N2=${N2:-1200}
+
+ensure_deps
+if ! command -v valgrind >/dev/null; then
+    log "installing valgrind"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+fi
+if [ "$BUILD" = 1 ]; then
+    log "building and installing pg_tenancy (release)"
+    install_extension --release
+fi
+
+DIR=${TENANCY_CALLGRIND_DIR:-/tmp/pg_tenancy-callgrind}
+PORT=$(free_port)
+cluster_stop "$DIR" 2>/dev/null || true
+as_root rm -rf "$DIR"
+cluster_start "$DIR" "$PORT" "shared_preload_libraries = 'pg_tenancy'
+jit = off
+max_parallel_workers_per_gather = 0
+autovacuum = off"
+SECRET=callgrind-secret-0123456789abcdef0123456789
+"$PGBIN/psql" -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres -d postgres <<SQL
+CREATE DATABASE cg;
+\c cg
+CREATE EXTENSION pg_tenancy;
+CREATE ROLE cg_app LOGIN NOSUPERUSER NOBYPASSRLS;
+CREATE SCHEMA cg; GRANT USAGE ON SCHEMA cg TO cg_app;
+SELECT tenancy.create_tenant('t' || g, settings => '{"default_roles": ["member"]}') FROM generate_series(1, 10) g;
+SELECT tenancy.add_key('cg', 'HS256', '$SECRET');
+CREATE TABLE cg.items (tenant_id uuid NOT NULL, id int NOT NULL, v int, PRIMARY KEY (tenant_id, id));
+INSERT INTO cg.items SELECT t.id, g, g FROM tenancy.tenant t, generate_series(1, 1000) g;
+CREATE TABLE cg.plain AS SELECT * FROM cg.items; ALTER TABLE cg.plain ADD PRIMARY KEY (tenant_id, id);
+CREATE TABLE cg.log (id bigserial, tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int, PRIMARY KEY (tenant_id, id));
+CREATE TABLE cg.log_noaudit (LIKE cg.log INCLUDING ALL);
+SELECT tenancy.protect('cg.items'), tenancy.protect('cg.log');
+SELECT tenancy.protect('cg.log_noaudit', audit => false);
+GRANT SELECT ON cg.items, cg.plain TO cg_app;
+GRANT SELECT, INSERT ON cg.log, cg.log_noaudit TO cg_app;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA cg TO cg_app;
+VACUUM ANALYZE;
+SQL
+TENANT=$("$PGBIN/psql" -qAt -h "$DIR" -p "$PORT" -U postgres -d cg -c "SELECT id FROM tenancy.tenant WHERE slug = 't3'")
+TOKEN=$(python3 - "$SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+h = b(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "cg"}).encode())
+p = b(json.dumps({"tid": "t3", "sub": "cg", "exp": int(time.time()) + 86400, "iat": int(time.time())}).encode())
+s = b(hmac.new(sys.argv[1].encode(), f"{h}.{p}".encode(), hashlib.sha256).digest())
+print(f"{h}.{p}.{s}")
+PY
+)
+cluster_stop "$DIR"
+
+statement() {
+    case "$1" in
+        point) echo "SELECT v FROM cg.items WHERE id = 42;" ;;
+        filter) echo "SELECT v FROM cg.plain WHERE tenant_id = '$TENANT' AND id = 42;" ;;
+        seqscan) echo "SELECT count(*) FROM cg.items;" ;;
+        bind) echo "SELECT tenancy.bind('$TOKEN');" ;;
+        insert) echo "INSERT INTO cg.log (v) VALUES (1);" ;;
+        insert_noaudit) echo "INSERT INTO cg.log_noaudit (v) VALUES (1);" ;;
+        *) die "unknown workload $1" ;;
+    esac
+}
+
+# Instructions of one single-user backend running `n` statements of workload `w` (after a
+# warm-up of 50): callgrind's total.
+count() {
+    local w=$1 n=$2 script out
+    script=$(mktemp)
+    out=$(mktemp -u "$DIR/cg.XXXXXX")
+    {
+        echo "SET ROLE cg_app;"
+        echo "SELECT tenancy.bind('$TOKEN', 'session') IS NOT NULL;"
+        for _ in $(seq 50); do statement "$w"; done
+        for _ in $(seq "$n"); do statement "$w"; done
+    } >"$script"
+    chmod 644 "$script"
+    as_root runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$PGBIN/postgres" --single -D "$DIR/data" "${SETTINGS[@]}" cg <"$script" >/dev/null 2>&1 \
+        || { rm -f "$script"; die "single-user run of $w failed"; }
+    rm -f "$script"
+    awk '/^(summary|totals):/ {print $2; exit}' "$out"
+    as_root rm -f "$out"
+}
+
+log "instructions per statement (N = $N2 - $N1; settings: ${SETTINGS[*]:-default})"
+for w in $WORKLOADS; do
+    a=$(count "$w" "$N1")
+    b=$(count "$w" "$N2")
+    printf '%-16s %12d\n' "$w" $(( (b - a) / (N2 - N1) ))
+done
