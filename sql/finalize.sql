@@ -188,10 +188,9 @@ CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
                  'CREATE POLICY', 'ALTER POLICY', 'DROP POLICY', 'DROP TRIGGER',
                  'ALTER TRIGGER', 'CREATE TRIGGER')
     EXECUTE FUNCTION tenancy._on_ddl_command_end();
+-- Every command that drops objects: a cascade from any object (a view used as a type, an
+-- operator in a generated column, an extension's type) can reach a protected table or column.
 CREATE EVENT TRIGGER tenancy_sql_drop ON sql_drop
-    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED', 'DROP POLICY', 'DROP TRIGGER', 'ALTER TABLE',
-                 'DROP TYPE', 'DROP DOMAIN', 'DROP FUNCTION', 'DROP PROCEDURE', 'DROP ROUTINE', 'DROP COLLATION',
-                 'ALTER TYPE')
     EXECUTE FUNCTION tenancy._on_sql_drop();
 
 REVOKE EXECUTE ON FUNCTION tenancy.protect(regclass, text, boolean) FROM PUBLIC;
@@ -586,10 +585,11 @@ SELECT 'error', 'duties_combinable', r.rolname::text,
         OR pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER WITH ADMIN OPTION')
         OR pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_operator', 'MEMBER WITH ADMIN OPTION'))
 UNION ALL
--- 23. The library not loaded at connection: the refusal of LOCK TABLE on protected tables
---     needs pg_tenancy's utility hook in the session before its first statement.
+-- 23. The library not loaded at connection: the refusal of LOCK TABLE on protected tables, the
+--     resource limits and the tenant's write lock need pg_tenancy's hooks in the session
+--     before its first statement.
 SELECT 'warning', 'library_not_preloaded', current_database()::text,
-       'pg_tenancy is in neither shared_preload_libraries nor session_preload_libraries: a session that has not called it yet can LOCK a protected table and stall every tenant',
+       'pg_tenancy is in neither shared_preload_libraries nor session_preload_libraries: a session''s first statement runs before pg_tenancy''s hooks exist, so it can LOCK a protected table and stall every tenant, run above the tenant''s resource limits, and write while decommission_tenant runs',
        format('ALTER DATABASE %I SET session_preload_libraries = %L;', current_database(), 'pg_tenancy')
  WHERE NOT tenancy._library_preloaded()
 UNION ALL

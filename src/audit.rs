@@ -169,6 +169,8 @@ unsafe extern "C-unwind" fn subxact_callback(
         PURGING.with(|p| p.set(false));
         // Its SET LOCALs were undone too: the tenant's resource settings are applied again.
         crate::binding::subtransaction_aborted();
+        // And the records of dropped tables and columns it wrote.
+        crate::guard::subtransaction_aborted(my_subid);
     }
 }
 
@@ -532,16 +534,24 @@ pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: ser
 /// per tenant with rows in the table itself (not its partitions, which are recorded on their
 /// own), with how many (for a column, how many hold a value in it).
 ///
-/// The rows' tenants are read as the catalog owner, which row security does not confine: a
-/// plain scan of the table and a count grouped by its uuid tenant column, which runs no code
-/// of the table's owner (no trigger fires on SELECT, no expression of the table is
-/// evaluated). The table's name is regclass's output and the column PostgreSQL's quote_ident.
+/// The rows' tenants are read as the catalog owner, which row security does not confine, from
+/// a plain table only (relkind 'r'; a partitioned table's rows are in its partitions): a scan
+/// and a count grouped by its uuid tenant column, which runs no code of the table's owner (no
+/// trigger fires on SELECT, no expression of the table is evaluated). The table's name is
+/// regclass's output and the column PostgreSQL's quote_ident. Callers check first that the
+/// current user owns the table (ddl_command_start runs before PostgreSQL's own check).
 pub fn record_rows_changed(rel: pg_sys::Oid, action: &str, column: Option<&str>) {
+    // The command locks the table this way anyway (TRUNCATE has already): no transaction
+    // is still writing it when it is counted, with a snapshot taken after the lock.
+    // SAFETY: a lock held to the end of the transaction.
+    unsafe { pg_sys::LockRelationOid(rel, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
     let Some((table, tenant_column)) = catalog::owner_rows(
         "tenancy.protected_table",
         "SELECT p.relid::text, p.tenant_column::text FROM tenancy.protected_table p \
            JOIN pg_catalog.pg_attribute a ON a.attrelid = p.relid AND a.attname = p.tenant_column \
-          WHERE p.relid = $1::oid::regclass AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype",
+           JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+          WHERE p.relid = $1::oid::regclass AND a.atttypid = 'pg_catalog.uuid'::pg_catalog.regtype \
+            AND c.relkind = 'r'",
         &[rel.into()],
         |r| {
             Ok((
@@ -561,9 +571,10 @@ pub fn record_rows_changed(rel: pg_sys::Oid, action: &str, column: Option<&str>)
         "SELECT {tc}, pg_catalog.count(*) FROM ONLY {table}{filter} GROUP BY 1 ORDER BY 1",
         tc = crate::policy::quote_ident(&tenant_column)
     );
-    let counts: Vec<(Option<pgrx::Uuid>, i64)> = catalog::owner_rows(&table, &sql, &[], |r| {
-        Ok((r.get::<pgrx::Uuid>(1)?, r.get::<i64>(2)?.unwrap_or(0)))
-    });
+    let counts: Vec<(Option<pgrx::Uuid>, i64)> =
+        catalog::owner_rows_latest(&table, &sql, &[], |r| {
+            Ok((r.get::<pgrx::Uuid>(1)?, r.get::<i64>(2)?.unwrap_or(0)))
+        });
     let op = if action == "truncate" {
         "TRUNCATE"
     } else {
@@ -584,27 +595,57 @@ pub fn record_rows_changed(rel: pg_sys::Oid, action: &str, column: Option<&str>)
     }
 }
 
-/// Whether table `rel` (or any of its partitions or children) holds a row. Read as the catalog
-/// owner, as in [`record_rows_changed`]: a plain scan stopped at the first row.
-pub fn holds_rows(rel: pg_sys::Oid) -> bool {
-    let table = crate::policy::relation_name(rel);
+/// The relations that hold `rel`'s rows: `rel` and its partitions and inheritance children
+/// that are not themselves partitioned, each with whether it is a plain table.
+fn leaves(rel: pg_sys::Oid) -> Vec<(pg_sys::Oid, bool)> {
     catalog::owner_rows(
-        &table,
-        &format!("SELECT EXISTS (SELECT FROM {table})"),
-        &[],
-        |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        "pg_inherits",
+        "WITH RECURSIVE d(rel) AS (SELECT $1::oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent = d.rel) \
+         SELECT c.oid, c.relkind = 'r' FROM d JOIN pg_catalog.pg_class c ON c.oid = d.rel WHERE c.relkind <> 'p' ORDER BY 1",
+        &[rel.into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<bool>(2)?.unwrap_or(false),
+            ))
+        },
     )
-    .first()
-    .copied()
-    .unwrap_or(false)
+}
+
+/// Whether table `rel` (or any of its partitions or children) holds a row, read with the
+/// latest snapshot (the caller has locked `rel`). Read as the catalog owner, which row security
+/// does not confine, and only from plain tables: `SELECT EXISTS (SELECT FROM ONLY t)` of a heap
+/// table evaluates nothing of its owner's. Anything else that would hold the rows (a foreign
+/// table, a view a temporary relation stands in for) counts as holding rows.
+pub fn holds_rows(rel: pg_sys::Oid) -> bool {
+    leaves(rel).into_iter().any(|(leaf, plain)| {
+        if !plain {
+            return true;
+        }
+        let table = crate::policy::relation_name(leaf);
+        catalog::owner_rows_latest(
+            &table,
+            &format!("SELECT EXISTS (SELECT FROM ONLY {table})"),
+            &[],
+            |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        )
+        .first()
+        .copied()
+        .unwrap_or(true)
+    })
 }
 
 /// Record every row of `table` (and of its partitions) as an INSERT in its tenant's chain, as
-/// if the tenant had written it: for tenancy.attach_partition. `key_columns` are the protected
-/// parent's key, `ancestors` the parent and its own parents (whose audit exclusions apply).
-/// Every row's tenant must be an active tenant. Read as the catalog owner (see
-/// [`record_rows_changed`]); `to_jsonb` of a row runs the output functions of its columns'
-/// types, PostgreSQL's or a superuser's. Returns how many rows were recorded.
+/// if the tenant had written it: for tenancy.attach_partition, which has locked `table`.
+/// `key_columns` are the protected parent's key, `ancestors` the parent and its own parents
+/// (whose audit exclusions apply). Every row's tenant must be an active tenant.
+///
+/// Two reads, neither running a user's code with more privilege than its owner has: the
+/// rows' tenants, as the catalog owner, from plain tables only (as [`holds_rows`]); the rows
+/// as jsonb, as the table's owner (`to_jsonb` may call the owner's casts and output
+/// functions), which must see as many rows as there are (no row security of its own hiding
+/// some). The records are then written as the catalog owner from those values. Returns how
+/// many rows were recorded.
 pub fn record_joining_rows(
     table: pg_sys::Oid,
     tenant_column: &str,
@@ -613,26 +654,36 @@ pub fn record_joining_rows(
 ) -> i64 {
     let name = crate::policy::relation_name(table);
     let tc = crate::policy::quote_ident(tenant_column);
-    let tenants: Vec<(Option<pgrx::Uuid>, Option<String>)> = catalog::owner_rows(
-        &name,
-        &format!(
-            "SELECT DISTINCT p.{tc}, t.status FROM {name} p LEFT JOIN tenancy.tenant t ON t.id = p.{tc} ORDER BY 1"
-        ),
-        &[],
-        |r| Ok((r.get::<pgrx::Uuid>(1)?, r.get::<String>(2)?)),
-    );
-    for (tenant, status) in &tenants {
-        let bad = match (tenant, status.as_deref()) {
-            (None, _) => Some("a row has no tenant".to_string()),
-            (Some(t), None) => Some(format!(
-                "rows name tenant {}, which does not exist",
-                catalog::from_pg_uuid(t)
-            )),
-            (Some(t), Some(s)) if s != "active" => Some(format!(
-                "rows name tenant {}, which is {s}",
-                catalog::from_pg_uuid(t)
-            )),
-            _ => None,
+    let mut counts: HashMap<Option<Uuid>, i64> = HashMap::new();
+    for (leaf, plain) in leaves(table) {
+        let leaf_name = crate::policy::relation_name(leaf);
+        if !plain {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                format!("table \"{name}\" cannot be attached: {leaf_name} is not a plain table"),
+                "Only plain tables (and partitioned tables of them) can bring rows into a protected table.",
+            );
+        }
+        let sql = format!("SELECT {tc}, pg_catalog.count(*) FROM ONLY {leaf_name} GROUP BY 1");
+        for (t, n) in catalog::owner_rows_latest(&leaf_name, &sql, &[], |r| {
+            Ok((r.get::<pgrx::Uuid>(1)?, r.get::<i64>(2)?.unwrap_or(0)))
+        }) {
+            *counts
+                .entry(t.map(|u| catalog::from_pg_uuid(&u)))
+                .or_default() += n;
+        }
+    }
+    let mut excluded: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for tenant in counts.keys() {
+        let bad = match tenant {
+            None => Some("a row has no tenant".to_string()),
+            Some(t) => match catalog::tenant_by_id(*t) {
+                None => Some(format!("rows name tenant {t}, which does not exist")),
+                Some(row) if row.status != "active" => {
+                    Some(format!("rows name tenant {t}, which is {}", row.status))
+                }
+                Some(_) => None,
+            },
         };
         if let Some(why) = bad {
             errors::raise(
@@ -642,9 +693,15 @@ pub fn record_joining_rows(
             );
         }
         if let Some(t) = tenant {
-            audit_mac(catalog::from_pg_uuid(t));
+            audit_mac(*t);
+            let mut cols: Vec<String> = Vec::new();
+            for a in ancestors {
+                cols.extend(exclusions(*a, *t).iter().cloned());
+            }
+            excluded.insert(*t, cols);
         }
     }
+    let expected: i64 = counts.values().sum();
     let key = if key_columns.is_empty() {
         "NULL::jsonb".to_string()
     } else {
@@ -661,19 +718,57 @@ pub fn record_joining_rows(
                 .join(", ")
         )
     };
+    let read = format!("SELECT p.{tc}, {key}, pg_catalog.to_jsonb(p) FROM {name} p");
+    let rows: Vec<(Option<pgrx::Uuid>, Option<JsonB>, Option<JsonB>)> =
+        catalog::as_table_owner(table, || {
+            Spi::connect(|c| {
+                let t = c.select(&read, None, &[])?;
+                let mut out = Vec::new();
+                for r in t {
+                    out.push((
+                        r.get::<pgrx::Uuid>(1)?,
+                        r.get::<JsonB>(2)?,
+                        r.get::<JsonB>(3)?,
+                    ));
+                }
+                Ok::<_, pgrx::spi::Error>(out)
+            })
+        })
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the rows to attach failed: {e}"));
+    if rows.len() as i64 != expected {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("table \"{name}\" cannot be attached: its owner sees {} of its {expected} rows", rows.len()),
+            "Row security of the table's own hides rows from its owner; disable it (ALTER TABLE ... DISABLE ROW LEVEL SECURITY) first.",
+        );
+    }
+    let mut tenants = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
+    let mut news = Vec::with_capacity(rows.len());
+    for (t, k, mut new_row) in rows {
+        let Some(t) = t else { continue };
+        if let (Some(obj), Some(cols)) = (
+            new_row.as_mut().and_then(|j| j.0.as_object_mut()),
+            excluded.get(&catalog::from_pg_uuid(&t)),
+        ) {
+            for c in cols {
+                obj.remove(c);
+            }
+        }
+        tenants.push(t);
+        keys.push(k);
+        news.push(new_row);
+    }
     let (role, subject) = caller_and_subject();
     let sql = format!(
         "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
-           SELECT {CONTEXT}, p.{tc} AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'INSERT'::text AS op, \
-                  {key} AS row_key, NULL::jsonb AS old_row, \
-                  pg_catalog.to_jsonb(p) OPERATOR(pg_catalog.-) coalesce((SELECT pg_catalog.array_agg(DISTINCT c) \
-                      FROM tenancy.audit_exclusion e CROSS JOIN LATERAL pg_catalog.unnest(e.columns) c \
-                     WHERE e.tenant_id = p.{tc} AND e.relid::oid = ANY ($4)), '{{}}'::text[]) AS new_row, \
+           SELECT {CONTEXT}, r.t AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'INSERT'::text AS op, \
+                  r.k AS row_key, NULL::jsonb AS old_row, r.n AS new_row, \
                   $2::text AS db_role, $3::text AS subject, {SESSION_TAIL} \
-             FROM {name} p) s \
+             FROM unnest($4::uuid[], $5::jsonb[], $6::jsonb[]) AS r(t, k, n)) s \
          RETURNING id, tenant_id, row_hash"
     );
-    let rows = catalog::with_owner(|| {
+    let written = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
             returned_records(c.update(
                 &sql,
@@ -682,14 +777,16 @@ pub fn record_joining_rows(
                     name.as_str().into(),
                     role.into(),
                     subject.into(),
-                    ancestors.to_vec().into(),
+                    tenants.into(),
+                    keys.into(),
+                    news.into(),
                 ],
             )?)
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: recording the attached rows failed: {e}"));
-    let n = rows.len() as i64;
-    remember(rows);
+    let n = written.len() as i64;
+    remember(written);
     n
 }
 

@@ -303,6 +303,15 @@ unsafe extern "C-unwind" fn utility_hook(
     // LOCK TABLE on protected tables, refused before it runs (DDL is checked by the
     // ddl_command_start event trigger).
     crate::guard::check_utility(stmt);
+    // Resource limits hold for utility statements too (FETCH of a cursor, a DO block or a CALL
+    // run no ExecutorStart of their own for their first rows or expressions).
+    let transaction_control =
+        !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt;
+    if !transaction_control && !pg_sys::IsInParallelMode() {
+        if let Some(tenant) = tenant_in_effect_unchecked() {
+            crate::limits::enforce(tenant);
+        }
+    }
     // FETCH and MOVE read rows of a cursor whose plan read the binding when it was opened: the
     // binding is checked again first, so a suspension or revocation since then ends the cursor
     // too.
@@ -903,19 +912,31 @@ fn apply_limits(tenant: &TenantRow) {
     LIMITS_APPLIED.with(|l| l.set(true));
 }
 
-/// The tenant whose binding this session last used, without checking it: for holding the
-/// resource limits at the start of every query (src/limits.rs), before parallel mode.
+/// The tenant of the binding in effect, without checking the binding (the statement's own
+/// reads check it): for holding the resource limits and the tenant's write lock at the start
+/// of every query, before parallel mode. A role mapping is resolved here if it was not yet,
+/// so a mapped session's very first statement is held too.
 pub fn tenant_in_effect_unchecked() -> Option<Uuid> {
-    BINDING
+    if let Some(t) = BINDING
         .with(|b| b.borrow().as_ref().map(|b| b.tenant))
         .or_else(|| TXN_TENANT.with(|t| t.get()))
-        .or_else(|| {
-            MAPPED.with(|m| {
-                m.borrow()
-                    .as_ref()
-                    .and_then(|(_, _, b)| b.as_ref().map(|b| b.tenant))
-            })
-        })
+    {
+        return Some(t);
+    }
+    // SAFETY: reads the transaction state (an aborted transaction reads no catalog) and
+    // whether CREATE EXTENSION is running (pg_tenancy's tables may not exist yet).
+    if !unsafe { pg_sys::IsTransactionState() }
+        || unsafe { pg_sys::creating_extension }
+        || !catalog::installed()
+    {
+        return None;
+    }
+    ensure_mapped(catalog::generation());
+    MAPPED.with(|m| {
+        m.borrow()
+            .as_ref()
+            .and_then(|(_, _, b)| b.as_ref().map(|b| b.tenant))
+    })
 }
 
 /// Make MAPPED hold the validated role-mapped binding of the session user (or None) for the

@@ -420,7 +420,9 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
                 crate::limits::enforce(tenant);
                 // A write of a bound session holds the tenant's write lock: decommission
                 // waits for it, and it waits for decommission (src/lifecycle.rs).
-                if (*qd).operation != pg_sys::CmdType::CMD_SELECT {
+                if (*qd).operation != pg_sys::CmdType::CMD_SELECT
+                    || (*(*qd).plannedstmt).hasModifyingCTE
+                {
                     crate::lifecycle::hold_for_write(tenant);
                 }
             }

@@ -392,6 +392,29 @@ pub fn fresh_select<T>(
     args: &[pgrx::datum::DatumWithOid],
     map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Result<Vec<T>, pgrx::spi::Error> {
+    select_with_snapshot(sql, limit, args, map, false)
+}
+
+/// Run a read-only query of a user's table as the catalog owner with the latest snapshot (every
+/// transaction committed before this call, whatever the isolation level): for reading rows of a
+/// table the caller has just locked (src/TRUST_BOUNDARIES.md says which queries may).
+pub fn owner_rows_latest<T>(
+    what: &str,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+) -> Vec<T> {
+    with_owner(|| Spi::connect(|_| select_with_snapshot(sql, None, args, map, true)))
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading {what} failed: {e}"))
+}
+
+fn select_with_snapshot<T>(
+    sql: &str,
+    limit: Option<i64>,
+    args: &[pgrx::datum::DatumWithOid],
+    map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
+    latest: bool,
+) -> Result<Vec<T>, pgrx::spi::Error> {
     let csql = std::ffi::CString::new(sql).expect("SQL text without NUL");
     let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
     let mut values: Vec<pg_sys::Datum> = args
@@ -415,7 +438,11 @@ pub fn fresh_select<T>(
         if plan.is_null() {
             pgrx::error!("pg_tenancy: preparing a catalog read failed");
         }
-        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetCatalogSnapshot(snapshot_rel));
+        let snapshot = pg_sys::RegisterSnapshot(if latest {
+            pg_sys::GetLatestSnapshot()
+        } else {
+            pg_sys::GetCatalogSnapshot(snapshot_rel)
+        });
         let rc = pg_sys::SPI_execute_snapshot(
             plan,
             values.as_mut_ptr(),

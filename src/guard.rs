@@ -575,17 +575,24 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
 // was not recorded (one that a cascade reached: DROP TYPE ... CASCADE, say).
 
 thread_local! {
-    /// (table, column or 0 for the whole table) recorded in this transaction.
-    static RECORDED: std::cell::RefCell<std::collections::HashSet<(u32, i16)>> =
-        std::cell::RefCell::new(std::collections::HashSet::new());
+    /// (table, column or 0 for the whole table, subtransaction) recorded in this transaction.
+    static RECORDED: std::cell::RefCell<Vec<(u32, i16, pg_sys::SubTransactionId)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 pub fn reset_at_transaction_end() {
     RECORDED.with(|r| r.borrow_mut().clear());
 }
 
+/// A subtransaction rolled back: so did the records it wrote.
+pub fn subtransaction_aborted(subxact: pg_sys::SubTransactionId) {
+    RECORDED.with(|r| r.borrow_mut().retain(|e| e.2 < subxact));
+}
+
 fn mark_recorded(rel: pg_sys::Oid, attnum: i16) {
-    RECORDED.with(|r| r.borrow_mut().insert((u32::from(rel), attnum)));
+    // SAFETY: reads the current subtransaction's id.
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    RECORDED.with(|r| r.borrow_mut().push((u32::from(rel), attnum, subxact)));
 }
 
 /// Protected tables among `rels` and their descendants (partitions, inheritance children).
@@ -603,6 +610,15 @@ fn protected_with_descendants(rels: &[pg_sys::Oid]) -> Vec<pg_sys::Oid> {
     )
 }
 
+/// Whether the current user may run a command on relation `rel` that needs its ownership:
+/// only then does pg_tenancy look at the relation's rows for the command (PostgreSQL checks
+/// ownership after ddl_command_start; looking first would let anyone make the catalog owner
+/// scan any table, or learn whether one holds rows).
+fn owns(rel: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup of the relation's owner against the current user.
+    rel != pg_sys::InvalidOid && unsafe { pg_sys::pg_class_ownercheck(rel, pg_sys::GetUserId()) }
+}
+
 unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
     // SAFETY: every pointer below is part of `stmt`, a parse tree of the type its tag says.
     unsafe {
@@ -615,7 +631,7 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                         let rels: Vec<pg_sys::Oid> = names
                             .into_iter()
                             .map(|n| relid_of(pg_sys::makeRangeVarFromNameList(n)))
-                            .filter(|r| *r != pg_sys::InvalidOid)
+                            .filter(|r| owns(*r))
                             .collect();
                         protected_with_descendants(&rels)
                     }
@@ -627,6 +643,12 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                                 std::ffi::CStr::from_ptr((*(n as *mut pg_sys::String)).sval)
                                     .to_string_lossy()
                                     .into_owned()
+                            })
+                            .filter(|name| {
+                                let c = std::ffi::CString::new(name.as_str()).unwrap_or_default();
+                                let nsp = pg_sys::get_namespace_oid(c.as_ptr(), true);
+                                nsp != pg_sys::InvalidOid
+                                    && pg_sys::pg_namespace_ownercheck(nsp, pg_sys::GetUserId())
                             })
                             .collect();
                         catalog::owner_rows(
@@ -649,7 +671,10 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                 let roles: Vec<pg_sys::Oid> = list::<pg_sys::RoleSpec>((*s).roles)
                     .into_iter()
                     .map(|r| pg_sys::get_rolespec_oid(r, true))
-                    .filter(|r| *r != pg_sys::InvalidOid)
+                    .filter(|r| {
+                        *r != pg_sys::InvalidOid
+                            && pg_sys::has_privs_of_role(pg_sys::GetUserId(), *r)
+                    })
                     .collect();
                 let tables = catalog::owner_rows(
                     "tenancy.protected_table",
@@ -663,6 +688,28 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                     mark_recorded(t, 0);
                 }
             }
+            // Renaming an enum's value changes the value of every row that holds it, in every
+            // tenant, with no record: refused while a protected column uses the enum.
+            pg_sys::NodeTag::T_AlterEnumStmt => {
+                let s = stmt as *mut pg_sys::AlterEnumStmt;
+                if (*s).oldVal.is_null() {
+                    return;
+                }
+                let typ = pg_sys::typenameTypeId(
+                    std::ptr::null_mut(),
+                    pg_sys::makeTypeNameFromNameList((*s).typeName),
+                );
+                if let Some(table) = protected_table_using(typ) {
+                    refuse_channel(
+                        table,
+                        format!(
+                            "renaming a value of an enum that a column of protected table \"{}\" uses would change every tenant's rows unrecorded",
+                            crate::policy::relation_name(table)
+                        ),
+                        "Add the new value (ALTER TYPE ... ADD VALUE), let each tenant UPDATE its rows (each update is recorded in its trail), then stop using the old one.",
+                    );
+                }
+            }
             pg_sys::NodeTag::T_AlterTableStmt => {
                 let s = stmt as *mut pg_sys::AlterTableStmt;
                 if (*s).objtype != pg_sys::ObjectType::OBJECT_TABLE {
@@ -674,7 +721,7 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                         pg_sys::AlterTableType::AT_DropColumn
                         | pg_sys::AlterTableType::AT_DropColumnRecurse
                         | pg_sys::AlterTableType::AT_AlterColumnType
-                            if is_protected(rel) && !(*cmd).name.is_null() =>
+                            if is_protected(rel) && owns(rel) && !(*cmd).name.is_null() =>
                         {
                             let column = std::ffi::CStr::from_ptr((*cmd).name)
                                 .to_string_lossy()
@@ -698,15 +745,17 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                                 }
                             }
                         }
-                        // Rows of a table that joins a protected parent become every tenant's
-                        // to read as its own, written by no one the trail knows.
+                        // Rows of a table that joins a protected parent become tenants' rows,
+                        // written by no one the trail knows.
                         pg_sys::AlterTableType::AT_AttachPartition if is_protected(rel) => {
                             let part = relid_of((*((*cmd).def as *mut pg_sys::PartitionCmd)).name);
-                            refuse_joining_rows(rel, part, true);
+                            if owns(rel) && owns(part) {
+                                refuse_joining_rows(rel, part, true);
+                            }
                         }
                         pg_sys::AlterTableType::AT_AddInherit if !is_protected(rel) => {
                             let parent = relid_of((*cmd).def as *mut pg_sys::RangeVar);
-                            if is_protected(parent) {
+                            if is_protected(parent) && owns(rel) && owns(parent) {
                                 refuse_joining_rows(parent, rel, false);
                             }
                         }
@@ -719,10 +768,32 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
     }
 }
 
+/// The first protected table with a column whose type is, or is made of, type `typ`.
+fn protected_table_using(typ: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    catalog::owner_rows(
+        "the protected tables' columns",
+        "SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \
+          WHERE a.attnum > 0 AND NOT a.attisdropped AND a.atttypid >= 16384 \
+            AND $1 IN (SELECT tenancy._reachable_types(a.atttypid)) \
+          LIMIT 1",
+        &[typ.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    )
+    .first()
+    .copied()
+}
+
 /// Refuse a table holding rows (any of its partitions too) that would join protected table
-/// `parent`: its rows would appear in tenants' tables with no record of who wrote them.
+/// `parent`: its rows would appear in tenants' tables with no record of who wrote them. The
+/// table is locked first (as ATTACH and INHERIT will lock it), so no transaction can still be
+/// adding rows, and read with a snapshot taken after the lock.
 fn refuse_joining_rows(parent: pg_sys::Oid, table: pg_sys::Oid, partition: bool) {
-    if table == pg_sys::InvalidOid || !crate::audit::holds_rows(table) {
+    if table == pg_sys::InvalidOid {
+        return;
+    }
+    // SAFETY: a lock the command takes anyway, held to the end of the transaction.
+    unsafe { pg_sys::LockRelationOid(table, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    if !crate::audit::holds_rows(table) {
         return;
     }
     refuse_channel(
@@ -791,8 +862,9 @@ fn guard_drops() {
             continue;
         };
         let recorded = RECORDED.with(|r| {
-            let r = r.borrow();
-            r.contains(&(u32::from(rel), 0)) || r.contains(&(u32::from(rel), attnum as i16))
+            r.borrow()
+                .iter()
+                .any(|e| e.0 == u32::from(rel) && (e.1 == 0 || e.1 == attnum as i16))
         });
         if !recorded {
             let mut f = serde_json::Map::new();

@@ -592,6 +592,7 @@ fn remaining_rows(tenant: uuid::Uuid) -> Option<(String, i64)> {
         "tenancy.protected_table",
         "SELECT p.relid::text, p.tenant_column::text FROM tenancy.protected_table p \
            JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = p.tenant_column AND a.atttypid = 'uuid'::regtype \
+           JOIN pg_class c ON c.oid = p.relid AND c.relkind = 'r' \
           ORDER BY p.relid::oid",
         &[],
         |r| {

@@ -117,8 +117,12 @@ fn unit(i: usize) -> &'static str {
 
 /// SET LOCAL setting `i` to `value` (in its base unit) for the rest of the transaction.
 fn set_local(i: usize, value: i32) {
-    let name = std::ffi::CString::new(NAMES[i]).expect("name");
-    let text = std::ffi::CString::new(format!("{value}{}", unit(i))).expect("value");
+    set_local_text(NAMES[i], &format!("{value}{}", unit(i)));
+}
+
+fn set_local_text(name: &str, value: &str) {
+    let name = std::ffi::CString::new(name).expect("name");
+    let text = std::ffi::CString::new(value).expect("value");
     // SAFETY: set_config_option with NUL-terminated strings, as SET LOCAL does; a bad value
     // cannot occur (it was parsed with the same unit).
     unsafe {
@@ -180,7 +184,15 @@ fn enforce_caps(t: &TenantRow) {
     hold(&[cap(t, 0), cap(t, 1), cap(t, 2)]);
 }
 
+/// `hash_mem_multiplier` at most PostgreSQL 15's default while work_mem is capped: hash
+/// tables may use work_mem times it.
+const MAX_HASH_MEM_MULTIPLIER: f64 = 2.0;
+
 fn hold(caps: &Caps) {
+    // SAFETY: reads PostgreSQL's own setting variable in this backend.
+    if caps[2].is_some() && unsafe { pg_sys::hash_mem_multiplier } > MAX_HASH_MEM_MULTIPLIER {
+        set_local_text("hash_mem_multiplier", &MAX_HASH_MEM_MULTIPLIER.to_string());
+    }
     for (i, c) in caps.iter().enumerate() {
         let Some(c) = *c else { continue };
         // The superuser's ceiling may have changed since the caps were read (SET, reload).

@@ -503,6 +503,9 @@ fn attach_partition(parent: pg_sys::Oid, partition: pg_sys::Oid, bound: &str) ->
     }
     let sql = format!("ALTER TABLE {parent_name} ATTACH PARTITION {part_name} {bound}");
     require_one_attach(&sql, parent, partition);
+    // As ATTACH will: no transaction is still writing the table when its rows are read.
+    // SAFETY: a lock held to the end of the transaction.
+    unsafe { pg_sys::LockRelationOid(partition, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
     // What it brings must not run a user's code over every tenant's rows.
     crate::guard::refuse_leaky_members(partition);
     let recorded = crate::audit::record_joining_rows(partition, &column, &key, &ancestors);
@@ -521,8 +524,49 @@ fn attach_partition(parent: pg_sys::Oid, partition: pg_sys::Oid, bound: &str) ->
     recorded
 }
 
+/// Whether a raw partition bound holds constants only: literals, casts of literals, MINVALUE /
+/// MAXVALUE, DEFAULT, and a hash bound's numbers. PostgreSQL evaluates a bound's expressions
+/// when it attaches, as the table's owner: a function there would run an operator's code with
+/// the owner's privileges.
+unsafe fn constant_bound(bound: *mut pg_sys::PartitionBoundSpec) -> bool {
+    // SAFETY: `bound` is null or the raw PartitionBoundSpec of the parsed statement.
+    unsafe {
+        if bound.is_null() {
+            return false;
+        }
+        let constant = |n: *mut pg_sys::Node| -> bool {
+            let mut n = n;
+            while !n.is_null() && (*n).type_ == pg_sys::NodeTag::T_TypeCast {
+                n = (*(n as *mut pg_sys::TypeCast)).arg;
+            }
+            if n.is_null() {
+                return false;
+            }
+            match (*n).type_ {
+                pg_sys::NodeTag::T_A_Const => true,
+                // MINVALUE and MAXVALUE are parsed as column references.
+                pg_sys::NodeTag::T_ColumnRef => {
+                    let fields = (*(n as *mut pg_sys::ColumnRef)).fields;
+                    !fields.is_null() && (*fields).length == 1
+                }
+                _ => false,
+            }
+        };
+        [
+            (*bound).listdatums,
+            (*bound).lowerdatums,
+            (*bound).upperdatums,
+        ]
+        .into_iter()
+        .filter(|l| !l.is_null())
+        .all(|l| {
+            (0..(*l).length as usize).all(|i| constant((*(*l).elements.add(i)).ptr_value.cast()))
+        })
+    }
+}
+
 /// Refuse `sql` unless PostgreSQL's parser reads it as one ALTER TABLE of `parent` with one
-/// ATTACH PARTITION of `partition`.
+/// ATTACH PARTITION of `partition` whose bound holds constants only.
 fn require_one_attach(sql: &str, parent: pg_sys::Oid, partition: pg_sys::Oid) {
     let c = std::ffi::CString::new(sql).unwrap_or_else(|_| {
         errors::raise(
@@ -556,6 +600,7 @@ fn require_one_attach(sql: &str, parent: pg_sys::Oid, partition: pg_sys::Oid) {
                     (*cmd).subtype == pg_sys::AlterTableType::AT_AttachPartition
                         && !pc.is_null()
                         && (*pc).type_ == pg_sys::NodeTag::T_PartitionCmd
+                        && constant_bound((*pc).bound)
                         && pg_sys::RangeVarGetRelidExtended(
                             (*a).relation,
                             pg_sys::NoLock as i32,
@@ -577,8 +622,8 @@ fn require_one_attach(sql: &str, parent: pg_sys::Oid, partition: pg_sys::Oid) {
     if !ok {
         errors::raise(
             errors::INVALID_PARAMETER,
-            "the partition bound is not a bound",
-            "Pass only the bound: 'FOR VALUES FROM (...) TO (...)', 'FOR VALUES IN (...)', 'FOR VALUES WITH (...)' or 'DEFAULT'.",
+            "the partition bound is not a bound of constants",
+            "Pass only the bound, with literal values: 'FOR VALUES FROM (...) TO (...)', 'FOR VALUES IN (...)', 'FOR VALUES WITH (...)' or 'DEFAULT'.",
         );
     }
 }

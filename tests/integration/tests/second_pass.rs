@@ -665,3 +665,280 @@ fn resource_limits_hold_within_the_platforms_ceilings() {
     // Recorded in the tenant's chain.
     assert_eq!(admin_records(&mut su, &f.a_id, "set_limit").len(), 2);
 }
+
+// A third look: what a reviewer found in the second pass's own fixes ------------------------------
+
+/// A connection that collects its NOTICEs.
+fn with_notices(
+    user: &str,
+) -> (
+    postgres::Client,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let mut cfg = config(user);
+    cfg.notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+    (cfg.connect(postgres::NoTls).unwrap(), seen)
+}
+
+#[test]
+fn no_role_runs_code_as_the_catalog_owner_through_a_joining_relation() {
+    let _f = Fixture::new();
+    let mut su = superuser();
+    let eve = login_role(&mut su, "eve", "");
+    su.batch_execute(&format!("GRANT USAGE ON SCHEMA public TO {eve}"))
+        .unwrap();
+    let (mut c, notices) = with_notices(&eve);
+    c.batch_execute(
+        "CREATE FUNCTION pg_temp.evil() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+           RAISE NOTICE 'evil ran as % (superuser: %)', current_user, \
+             (SELECT rolsuper FROM pg_roles WHERE rolname = current_user); RETURN 1; END $$; \
+         CREATE TEMP VIEW tv AS SELECT pg_temp.evil() AS x",
+    )
+    .unwrap();
+    for sql in [
+        "ALTER TABLE pg_temp.tv INHERIT public.it_customers",
+        "ALTER TABLE public.it_events ATTACH PARTITION pg_temp.tv FOR VALUES FROM ('2030-01-01') TO ('2031-01-01')",
+        "DROP TABLE public.it_customers",
+    ] {
+        let e = c.batch_execute(sql).unwrap_err();
+        assert!(
+            ["42501", "42809", "42P16"].contains(&sqlstate(&e).as_str()),
+            "{sql}: {}",
+            message(&e)
+        );
+    }
+    let ran: Vec<String> = notices
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|n| n.starts_with("evil"))
+        .cloned()
+        .collect();
+    assert!(ran.is_empty(), "code ran: {ran:?}");
+}
+
+#[test]
+fn attach_partition_runs_no_one_elses_code_with_more_privilege_than_its_owner() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let op = login_role(&mut su, "op", "");
+    let s = ident("ap");
+    su.batch_execute(&format!(
+        "GRANT tenancy_operator TO {op}; CREATE SCHEMA {s} AUTHORIZATION {op}"
+    ))
+    .unwrap();
+    let mut o = connect(&op);
+    // The operator owns a type whose cast to json would make it a superuser, run as one.
+    o.batch_execute(&format!(
+        "CREATE TYPE {s}.mood AS ENUM ('ok', 'bad'); \
+         CREATE FUNCTION {s}.mood_json({s}.mood) RETURNS json LANGUAGE plpgsql AS \
+           $$ BEGIN EXECUTE 'ALTER ROLE {op} SUPERUSER'; RETURN to_json($1::text); END $$; \
+         CREATE CAST ({s}.mood AS json) WITH FUNCTION {s}.mood_json({s}.mood); \
+         CREATE TABLE {s}.tasks (tenant_id uuid NOT NULL, id int NOT NULL, m {s}.mood, PRIMARY KEY (tenant_id, id)) PARTITION BY RANGE (id); \
+         SELECT tenancy.protect('{s}.tasks'); \
+         CREATE TABLE {s}.tasks_2 (tenant_id uuid NOT NULL, id int NOT NULL, m {s}.mood, PRIMARY KEY (tenant_id, id)); \
+         INSERT INTO {s}.tasks_2 VALUES ('{a}', 101, 'ok'); \
+         CREATE TABLE {s}.tasks_3 (LIKE {s}.tasks_2 INCLUDING ALL); \
+         CREATE FUNCTION {s}.bf() RETURNS int LANGUAGE sql AS $$ SELECT 300 $$",
+        a = f.a_id
+    ))
+    .unwrap();
+    let _ = o.batch_execute(&format!(
+        "SELECT tenancy.attach_partition('{s}.tasks', '{s}.tasks_2', 'FOR VALUES FROM (100) TO (200)')"
+    ));
+    let superuser_now: bool = su
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&op])
+        .unwrap()
+        .get(0);
+    assert!(!superuser_now, "the operator's cast ran as a superuser");
+    // A bound that calls a function would run it as the table's owner: refused.
+    expect_err(
+        &mut o,
+        &format!("SELECT tenancy.attach_partition('{s}.tasks', '{s}.tasks_3', 'FOR VALUES FROM ({s}.bf()) TO (400)')"),
+        &["22023"],
+    );
+}
+
+#[test]
+fn a_cascade_or_a_rolled_back_savepoint_cannot_drop_protected_data_unrecorded() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let own = login_role(&mut su, "own", "");
+    let s = ident("cas");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s} AUTHORIZATION {own}; GRANT USAGE ON SCHEMA {s} TO {APP}; \
+         SET ROLE {own}; \
+         CREATE VIEW {s}.addr AS SELECT ''::text AS street; \
+         CREATE TYPE {s}.status AS ENUM ('open', 'paid', 'refunded'); \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL, a {s}.addr, st {s}.status); \
+         RESET ROLE; SELECT tenancy.protect('{s}.t'); GRANT SELECT, INSERT ON {s}.t TO {APP}"
+    ))
+    .unwrap();
+    let mut c = app();
+    bound_tx(&mut c, &f, &f.a, true, |c| {
+        c.batch_execute(&format!("INSERT INTO {s}.t (id, st) VALUES (1, 'paid')"))
+            .unwrap();
+    });
+    let mut o = connect(&own);
+    // A view used as a column's type: DROP VIEW ... CASCADE drops the column.
+    let e = o
+        .batch_execute(&format!("DROP VIEW {s}.addr CASCADE"))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    // The record of a drop rolled back with its savepoint does not cover a later cascade.
+    let e = o
+        .batch_execute(&format!(
+            "BEGIN; SAVEPOINT s; ALTER TABLE {s}.t DROP COLUMN st; ROLLBACK TO s; DROP TYPE {s}.status CASCADE; COMMIT"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    o.batch_execute("ROLLBACK").unwrap();
+    // Renaming an enum's value would change every tenant's rows.
+    let e = o
+        .batch_execute(&format!(
+            "ALTER TYPE {s}.status RENAME VALUE 'paid' TO 'settled'"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    let st: String = su
+        .query_one(&format!("SELECT st::text FROM {s}.t"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(st, "paid");
+}
+
+/// A connection to the preloading cluster as `user`.
+fn preloaded(user: &str) -> postgres::Client {
+    connect_preloaded(user)
+}
+
+#[test]
+fn every_write_of_a_tenant_holds_decommission_off() {
+    // On the cluster that preloads pg_tenancy, as production runs it: where the library is
+    // loaded by a session's first statement, that statement started before its hooks existed
+    // (verify() warns of such a database: library_not_preloaded).
+    let mut su = preloaded("postgres");
+    let f = Fixture::on(&mut su);
+    let mapped = login_role(&mut su, "mapped", "");
+    su.batch_execute(&format!(
+        "GRANT SELECT, INSERT ON it_orders TO {mapped}; GRANT USAGE ON SEQUENCE it_orders_id_seq TO {mapped}"
+    ))
+    .unwrap();
+    su.execute(
+        &format!("SELECT tenancy.map_role('{mapped}', $1, '{{member}}')"),
+        &[&f.a],
+    )
+    .unwrap();
+    // A data-modifying CTE, and a mapped session's very first statement, both write.
+    let mut cte = preloaded(APP);
+    cte.batch_execute("BEGIN").unwrap();
+    bind(&mut cte, &f.token(&f.a, "u"));
+    cte.batch_execute(
+        "WITH x AS (INSERT INTO it_orders (amount) VALUES (6001) RETURNING *) SELECT count(*) FROM x",
+    )
+    .unwrap();
+    let mut first = preloaded(&mapped);
+    first
+        .batch_execute("BEGIN; INSERT INTO it_orders (tenant_id, amount) VALUES (tenancy.current_tenant(), 1001)")
+        .unwrap();
+    let mut op = preloaded(OPERATOR);
+    op.batch_execute("SET tenancy.decommission_wait = 300")
+        .unwrap();
+    op.query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap();
+    assert!(cte.batch_execute("COMMIT").is_err());
+    assert!(first.batch_execute("COMMIT").is_err());
+    let left: i64 = su
+        .query_one(
+            "SELECT count(*) FROM it_orders WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
+
+#[test]
+fn a_table_still_being_filled_cannot_slip_in_while_it_is_attached() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let own = login_role(&mut su, "own", "");
+    let s = ident("toc");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s} AUTHORIZATION {own}; SET ROLE {own}; \
+         CREATE TABLE {s}.p (tenant_id uuid NOT NULL, id int NOT NULL) PARTITION BY RANGE (id); \
+         CREATE TABLE {s}.p2 (tenant_id uuid NOT NULL, id int NOT NULL); \
+         RESET ROLE; SELECT tenancy.protect('{s}.p')"
+    ))
+    .unwrap();
+    let mut filler = connect(&own);
+    filler
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {s}.p2 VALUES ('{}', 150)",
+            f.b_id
+        ))
+        .unwrap();
+    let attach =
+        format!("ALTER TABLE {s}.p ATTACH PARTITION {s}.p2 FOR VALUES FROM (100) TO (200)");
+    let own2 = own.clone();
+    let t = std::thread::spawn(move || {
+        let mut c = connect(&own2);
+        c.batch_execute(&attach).map_err(|e| sqlstate(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    filler.batch_execute("COMMIT").unwrap();
+    assert_eq!(t.join().unwrap(), Err("42501".to_string()));
+}
+
+#[test]
+fn limits_hold_for_cursors_do_blocks_and_a_mapped_sessions_first_statement() {
+    let mut su = preloaded("postgres");
+    let f = Fixture::on(&mut su);
+    let mapped = login_role(&mut su, "mapped", "");
+    su.batch_execute(&format!("GRANT SELECT ON it_orders TO {mapped}"))
+        .unwrap();
+    su.execute(
+        &format!("SELECT tenancy.map_role('{mapped}', $1, '{{member}}')"),
+        &[&f.a],
+    )
+    .unwrap();
+    let mut op = preloaded(OPERATOR);
+    op.execute(
+        "SELECT tenancy.set_limit($1, 'statement_timeout', '\"300ms\"'), tenancy.set_limit($1, 'work_mem', '\"1MB\"')",
+        &[&f.a],
+    )
+    .unwrap();
+    // A mapped session's first statement.
+    let mut m = preloaded(&mapped);
+    m.batch_execute("SET statement_timeout = 0").unwrap();
+    let e = m
+        .query_one("SELECT pg_sleep(2), (SELECT count(*) FROM it_orders)", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{}", message(&e));
+    // FETCH from a cursor, and a DO block.
+    let mut c = preloaded(APP);
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "u"));
+    c.batch_execute("DECLARE cur CURSOR FOR SELECT pg_sleep(0.2) FROM generate_series(1, 10); SET statement_timeout = 0")
+        .unwrap();
+    let e = c.batch_execute("FETCH ALL cur").unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{}", message(&e));
+    c.batch_execute("ROLLBACK; BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "u"));
+    c.batch_execute("SET statement_timeout = 0").unwrap();
+    let e = c
+        .batch_execute("DO $$ DECLARE x text; BEGIN x := pg_sleep(2)::text; END $$")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{}", message(&e));
+    c.batch_execute("ROLLBACK; BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "u"));
+    c.batch_execute("SET hash_mem_multiplier = 1000").unwrap();
+    let hm: String = c
+        .query_one("SELECT current_setting('hash_mem_multiplier')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(hm, "2");
+    c.batch_execute("ROLLBACK").unwrap();
+}
