@@ -186,7 +186,7 @@ GRANT USAGE ON SEQUENCE bench.ids TO bench_mapped;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA bench_tenancy, bench_noaudit TO bench_mapped;
 SELECT tenancy.map_role('bench_mapped', (SELECT tid::text FROM bench.tenants WHERE n = 1), '{member}');
 -- The same session with tenancy.plan_binding_as_param off: pg_tenancy's policies planned as
--- written (an InitPlan per table), to show what the planner hook of src/binding_param.rs saves.
+-- written (an InitPlan per table), to show what the planner hook of src/pg/binding_param.rs saves.
 CREATE ROLE bench_written LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE bench_mapped;
 ALTER ROLE bench_written SET tenancy.plan_binding_as_param = off;
 SELECT tenancy.map_role('bench_written', (SELECT tid::text FROM bench.tenants WHERE n = 1), '{member}');

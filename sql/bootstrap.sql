@@ -33,7 +33,7 @@ CREATE TABLE tenancy.tenant (
     settings          jsonb       NOT NULL DEFAULT '{}'
                                   CHECK (pg_catalog.jsonb_typeof(settings) = 'object'),
     -- Ceilings an operator sets on the tenant's resource settings (statement_timeout,
-    -- lock_timeout, work_mem): the tenant's admin cannot raise them (src/limits.rs).
+    -- lock_timeout, work_mem): the tenant's admin cannot raise them (src/lifecycle/limits.rs).
     limits            jsonb       NOT NULL DEFAULT '{}'
                                   CHECK (pg_catalog.jsonb_typeof(limits) = 'object'),
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -265,7 +265,7 @@ CREATE TABLE tenancy.audit_exclusion (
 REVOKE ALL ON tenancy.audit_exclusion FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.audit_exclusion', '');
 
--- The platform's Ed25519 key that signs deletion certificates (src/certificate.rs): the secret
+-- The platform's Ed25519 key that signs deletion certificates (src/lifecycle/certificate.rs): the secret
 -- is read by the catalog's owner alone; tenancy.certificate_keys shows the public halves.
 CREATE TABLE tenancy.certificate_key (
     key_id     text        PRIMARY KEY,

@@ -172,7 +172,7 @@ END
 $$;
 
 -- Refuses, before they run, the DDL commands that would run code over every tenant's rows of
--- a protected table or read them through another table (src/guard.rs, check_ddl). A C
+-- a protected table or read them through another table (src/protection/guard.rs, check_ddl). A C
 -- function: only those receive the command's parse tree.
 CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
@@ -646,7 +646,7 @@ GRANT EXECUTE ON FUNCTION tenancy.enter_support(text) TO tenancy_operator;
 -- row security on the trail, and the operators' metadata view.
 -- A record's text: every field a quoted literal (or NULL) joined by '|': unambiguous. Its
 -- row_hash is HMAC-SHA-256 of this text under the tenant's audit key (tenancy._audit_hmac, the
--- same Rust function the trigger's writer uses; src/audit_writer.rs builds the same text from
+-- same Rust function the trigger's writer uses; src/audit/writer.rs builds the same text from
 -- the values it writes, and a #[pg_test] keeps the two byte-identical). It must be inlinable
 -- into the queries that use it (management records, audit_verify): schema-qualified, no SET
 -- clause, and STABLE, not IMMUTABLE, because extract() on a timestamptz is STABLE and an

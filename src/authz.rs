@@ -175,12 +175,56 @@ fn refuse_both_duties(action: &str, who: pg_sys::Oid) {
     }
 }
 
-/// Whether the binding in force makes the caller an admin of `tenant`: bound to it with its
-/// `admin` role, not through a support grant.
+/// What the binding in force says, for the decisions here and for everything below the binding
+/// pillar (the audit trail's subject, security events' tenant). The binding pillar provides it
+/// at _PG_init ([`provide_acting`]).
+#[derive(Clone, Debug)]
+pub struct Acting {
+    pub tenant: uuid::Uuid,
+    pub subject: Option<String>,
+    pub roles: Vec<String>,
+    /// An operator's support binding (tenancy.enter_support), not the tenant's own.
+    pub support: bool,
+}
+
+/// How the binding pillar answers: checked (the binding validated as on every statement) and
+/// unchecked (as it stands, for reports that must never raise).
+#[derive(Clone, Copy)]
+pub struct ActingProvider {
+    pub checked: fn() -> Option<Acting>,
+    pub unchecked: fn() -> Option<Acting>,
+}
+
+thread_local! {
+    static ACTING: std::cell::Cell<Option<ActingProvider>> = const { std::cell::Cell::new(None) };
+}
+
+/// Set at _PG_init by the binding pillar.
+pub fn provide_acting(p: ActingProvider) {
+    ACTING.with(|a| a.set(Some(p)));
+}
+
+/// The binding in force, checked; None when unbound.
+pub fn acting() -> Option<Acting> {
+    ACTING.with(|a| a.get()).and_then(|p| (p.checked)())
+}
+
+/// The binding in force as it stands, not checked (never raises).
+pub fn acting_unchecked() -> Option<Acting> {
+    ACTING.with(|a| a.get()).and_then(|p| (p.unchecked)())
+}
+
+/// The tenant whose admin the binding in force makes the caller: bound to it with its `admin`
+/// role, not through a support grant. The one answer to "is a tenant admin" for everyone.
+pub fn admin_of() -> Option<uuid::Uuid> {
+    acting()
+        .filter(|a| !a.support && a.roles.iter().any(|r| r == "admin"))
+        .map(|a| a.tenant)
+}
+
+/// Whether the binding in force makes the caller an admin of `tenant`.
 pub fn is_tenant_admin(tenant: uuid::Uuid) -> bool {
-    crate::binding::current_if_bound().is_some_and(|b| {
-        b.tenant == tenant && b.support_privileges.is_none() && b.roles.iter().any(|r| r == "admin")
-    })
+    admin_of() == Some(tenant)
 }
 
 /// Whether the caller may manage `tenant`: an operator, or that tenant's admin.

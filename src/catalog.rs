@@ -42,7 +42,7 @@ pub struct TenantRow {
     pub status: String,
     pub region: Option<String>,
     pub settings: serde_json::Value,
-    /// Operators' ceilings on the resource settings (src/limits.rs).
+    /// Operators' ceilings on the resource settings (src/lifecycle/limits.rs).
     pub limits: serde_json::Value,
 }
 
@@ -145,7 +145,6 @@ pub fn init() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    crate::audit::relcache_changed();
     let ours = match RELS.with(|r| r.get()) {
         Some(rels) => relid == pg_sys::InvalidOid || rels.oids.contains(&relid),
         None => true,
@@ -159,9 +158,22 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
 /// changed the catalog aborts: nothing read from its rows stays cached (audit keys included).
 pub fn invalidate() {
     CACHE.with(|c| *c.borrow_mut() = Cache::default());
-    crate::audit::forget_keys();
+    for f in ON_INVALIDATE.with(|o| o.borrow().clone()) {
+        f();
+    }
     RELS.with(|r| r.set(None));
     GENERATION.with(|g| g.set(g.get() + 1));
+}
+
+thread_local! {
+    /// What pillars above keep from pg_tenancy's catalog outside this cache (audit keys, say):
+    /// forgotten with it.
+    static ON_INVALIDATE: RefCell<Vec<fn()>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Have `f` run whenever the cache is dropped (at _PG_init).
+pub fn on_invalidate(f: fn()) {
+    ON_INVALIDATE.with(|o| o.borrow_mut().push(f));
 }
 
 /// Bumped whenever pg_tenancy's catalog may have changed.
@@ -566,7 +578,11 @@ pub fn require_tenant(reference: &str) -> Rc<TenantRow> {
     })
 }
 
-pub fn key(kid: &str) -> Option<Rc<KeyRow>> {
+/// How a stored key becomes a verification key: its algorithm and, unless the material is
+/// unusable, the key (src/binding/token.rs decides; the catalog only keeps the result).
+pub type KeyDecoder = fn(&str, &str) -> Option<(Algorithm, Option<DecodingKey>)>;
+
+pub fn key(kid: &str, decode: KeyDecoder) -> Option<Rc<KeyRow>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().keys.get(kid).cloned()) {
         return hit;
     }
@@ -589,8 +605,7 @@ pub fn key(kid: &str) -> Option<Rc<KeyRow>> {
     .into_iter()
     .next();
     let row = loaded.and_then(|(alg_name, material, tenant, not_after, revoked)| {
-        let alg = crate::token::parse_algorithm(&alg_name)?;
-        let key = crate::token::parse_key(alg, &material).ok();
+        let (alg, key) = decode(&alg_name, &material)?;
         Some(Rc::new(KeyRow {
             kid: kid.to_string(),
             alg,
@@ -888,7 +903,7 @@ pub fn roles_allow(
         return true;
     }
     // Grants on a partitioned table apply to its partitions.
-    crate::policy::parent_of(rel).is_some_and(|parent| roles_allow(privs, roles, parent, privilege))
+    parent_of(rel).is_some_and(|parent| roles_allow(privs, roles, parent, privilege))
 }
 
 /// The newest unrevoked, unexpired support grant of `tenant` to `operator`.
@@ -972,4 +987,34 @@ pub fn protected_relids() -> Option<Rc<std::collections::HashSet<u32>>> {
 #[cfg(any(test, feature = "pg_test"))]
 pub fn loading_protected() -> bool {
     LOADING_PROTECTED.with(|l| l.get())
+}
+
+/// An identifier quoted by PostgreSQL (`quote_identifier`).
+pub fn quote_ident(s: &str) -> String {
+    pgrx::spi::quote_identifier(s)
+}
+
+/// A string literal quoted by PostgreSQL (`quote_literal_cstr`): quotes doubled, and written
+/// `E'...'` with backslashes doubled when it holds one, so it reads the same whatever
+/// `standard_conforming_strings` is.
+pub fn quote_literal(s: &str) -> String {
+    pgrx::spi::quote_literal(s)
+}
+
+/// A relation's schema-qualified, quoted name (whatever the search_path).
+pub fn relation_name(rel: pg_sys::Oid) -> String {
+    read_one::<String>(
+        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[rel.into()],
+    )
+    .unwrap_or_else(|| format!("{}", u32::from(rel)))
+}
+
+/// The first parent of a partition or inheritance child.
+pub fn parent_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    read_one::<pg_sys::Oid>(
+        "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1 ORDER BY inhseqno LIMIT 1",
+        &[rel.into()],
+    )
 }

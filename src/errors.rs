@@ -54,34 +54,25 @@ pub fn init() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
 }
 
-/// Write a security event to the server log as one line of JSON. A LOG line is emitted at once,
-/// so it survives the rollback of the transaction whose statement caused it.
-pub fn security_event(event: &str, mut fields: serde_json::Map<String, serde_json::Value>) {
-    fields.insert("event".into(), event.into());
-    let (role, session_role) = unsafe {
-        (
-            crate::authz::role_name(pgrx::pg_sys::GetUserId()),
-            crate::authz::role_name(pgrx::pg_sys::GetSessionUserId()),
-        )
-    };
-    fields.entry("role").or_insert(role.into());
-    fields.entry("session_role").or_insert(session_role.into());
-    // The tenant the event is verified to concern: named by the caller once a token's
-    // signature verified, or the session's binding.
-    let tenant = fields
-        .get("tenant_id")
-        .and_then(|v| v.as_str())
-        .and_then(|t| uuid::Uuid::parse_str(t).ok())
-        .or_else(|| crate::binding::peek().map(|b| b.tenant));
-    // One JSON object: serde_json escapes every control character inside its strings.
-    let line = serde_json::Value::Object(fields).to_string();
-    crate::events::record(event, &line, tenant);
-    ErrorReport::new(
-        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-        format!("pg_tenancy security event: {line}"),
-        "pg_tenancy",
-    )
-    .report(PgLogLevel::LOG);
+/// Where security events go (src/events.rs reports them), set at _PG_init. Until then (and
+/// in unit tests) an event is dropped and the refusal still raised.
+pub type EventSink = fn(&str, serde_json::Map<String, serde_json::Value>);
+
+thread_local! {
+    static SINK: std::cell::Cell<Option<EventSink>> = const { std::cell::Cell::new(None) };
+}
+
+/// Set where security events go.
+pub fn set_event_sink(f: EventSink) {
+    SINK.with(|s| s.set(Some(f)));
+}
+
+/// Report a security event (a LOG line that survives the rollback of the statement that caused
+/// it, and the shared-memory counters when preloaded).
+pub fn security_event(event: &str, fields: serde_json::Map<String, serde_json::Value>) {
+    if let Some(f) = SINK.with(|s| s.get()) {
+        f(event, fields);
+    }
 }
 
 /// Log a security event, then raise the refusal.

@@ -671,3 +671,36 @@ fn library_preloaded() -> bool {
                 .any(|l| l == "pg_tenancy" || l == "$libdir/pg_tenancy")
     }
 }
+
+/// Report a security event ([`crate::errors::EventSink`]): one JSON object in the server log at
+/// once (it survives the rollback of the statement that caused it), with the role, the
+/// session's role and the tenant it is verified to concern, and in the shared-memory record
+/// when preloaded.
+pub fn report(event: &str, mut fields: serde_json::Map<String, serde_json::Value>) {
+    fields.insert("event".into(), event.into());
+    // SAFETY: reads the current and the session's user ids.
+    let (role, session_role) = unsafe {
+        (
+            crate::authz::role_name(pgrx::pg_sys::GetUserId()),
+            crate::authz::role_name(pgrx::pg_sys::GetSessionUserId()),
+        )
+    };
+    fields.entry("role").or_insert(role.into());
+    fields.entry("session_role").or_insert(session_role.into());
+    // The tenant the event is verified to concern: named by the caller once a token's
+    // signature verified, or the session's binding.
+    let tenant = fields
+        .get("tenant_id")
+        .and_then(|v| v.as_str())
+        .and_then(|t| uuid::Uuid::parse_str(t).ok())
+        .or_else(|| crate::authz::acting_unchecked().map(|a| a.tenant));
+    // One JSON object: serde_json escapes every control character inside its strings.
+    let line = serde_json::Value::Object(fields).to_string();
+    record(event, &line, tenant);
+    pgrx::pg_sys::panic::ErrorReport::new(
+        pgrx::PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!("pg_tenancy security event: {line}"),
+        "pg_tenancy",
+    )
+    .report(pgrx::PgLogLevel::LOG);
+}

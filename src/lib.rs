@@ -1,51 +1,32 @@
 //! pg_tenancy: the database enforces tenant isolation.
 //!
-//! Modules, one concern each:
-//! - `binding`: who this session acts for (tokens, role mappings, transaction scope)
-//! - `binding_param`: the policies' binding planned as an executor parameter (planner hook)
-//! - `bind_default_arg`: `tenancy.bind(token)`'s default argument, read once per backend
-//! - `token`: JWS/JWT parsing and signature verification (pure Rust)
-//! - `catalog`: pg_tenancy's tables, privileged access and the per-backend cache
-//! - `lifecycle`: tenants, their status and settings
-//! - `keys`: verification keys
-//! - `policy`: row-level-security policy generation (protect, protect_schema, auto_protect)
-//! - `guard`: refusal of DDL that would weaken a protected table
-//! - `privileges`: tenant-role privileges checked by the generated policies
-//! - `verify`: the isolation health report (SQL, in sql/finalize.sql)
-//! - `rbac`: role-to-tenant mappings and tenant roles
-//! - `audit`: the audit trail (`audit_writer` forms and writes records, `audit_row_json` turns
-//!   rows into jsonb, `audit_anchor` anchors the chain's heads outside the database)
-//! - `jsonb_build`: jsonb values built without JSON text (audit rows, a binding's description)
-//! - `authz`: who may call what
-//! - `gucs`: server settings under `tenancy.`
-//! - `errors`: refusals with SQLSTATE and HINT, security events in the server log
-//! - `events`: security-event counters and recent events in shared memory (when preloaded)
+//! One folder per pillar, each with a `mod.rs` that says what it guarantees:
+//! - `binding`: who a session acts for: signed tokens, keys, the token cache, role mappings,
+//!   transaction and session scope, support bindings; checked again on every statement
+//! - `protection`: which rows a statement may see and write: generated row-level-security
+//!   policies, the guard against weakening them, leakproof analysis, tenant privileges
+//! - `rbac`: tenant roles, members, grants, role mappings and support grants
+//! - `audit`: the tamper-evident trail: records, the per-tenant chain, verification, anchors
+//! - `lifecycle`: tenants, their status, settings and limits, decommission and its certificate
+//!
+//! Shared ground beside them: `catalog` (pg_tenancy's tables, privileged access and the
+//! per-backend cache), `errors` (refusals with SQLSTATE and HINT), `gucs` (settings under
+//! `tenancy.`), `events` (security events), `authz` (who may call what). PostgreSQL internals
+//! (hooks, executor parameters, tuple forming) are fenced in `pg`.
 
 use pgrx::prelude::*;
 
 mod audit;
-mod audit_anchor;
-mod audit_row_json;
-mod audit_writer;
 mod authz;
-mod bind_default_arg;
 mod binding;
-mod binding_param;
 mod catalog;
-mod certificate;
 mod errors;
 mod events;
-mod guard;
 mod gucs;
-mod jsonb_build;
-mod keys;
-mod leakproof;
 mod lifecycle;
-mod limits;
-mod policy;
-mod privileges;
+mod pg;
+mod protection;
 mod rbac;
-mod token;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -55,14 +36,17 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     errors::init();
+    errors::set_event_sink(events::report);
     gucs::init();
     events::init();
     catalog::init();
+    pg::hooks::init();
     binding::init();
-    privileges::init();
-    binding_param::init();
-    bind_default_arg::init();
+    protection::init();
+    pg::binding_param::init();
+    pg::bind_default_arg::init();
     audit::init();
+    lifecycle::init();
 }
 
 /// Verify a signed token and bind its tenant and subject for this transaction (default) or
@@ -124,34 +108,55 @@ pub mod pg_test {
 /// inventory and the code in step.
 #[cfg(test)]
 mod trust_inventory {
-    const SOURCES: &[(&str, &str)] = &[
-        ("src/audit.rs", include_str!("audit.rs")),
-        ("src/audit_anchor.rs", include_str!("audit_anchor.rs")),
-        ("src/audit_row_json.rs", include_str!("audit_row_json.rs")),
-        ("src/audit_writer.rs", include_str!("audit_writer.rs")),
+    pub(super) const SOURCES: &[(&str, &str)] = &[
+        ("src/audit/anchor.rs", include_str!("audit/anchor.rs")),
+        ("src/audit/mod.rs", include_str!("audit/mod.rs")),
+        ("src/audit/writer.rs", include_str!("audit/writer.rs")),
         ("src/authz.rs", include_str!("authz.rs")),
-        (
-            "src/bind_default_arg.rs",
-            include_str!("bind_default_arg.rs"),
-        ),
-        ("src/binding.rs", include_str!("binding.rs")),
-        ("src/binding_param.rs", include_str!("binding_param.rs")),
+        ("src/binding/keys.rs", include_str!("binding/keys.rs")),
+        ("src/binding/mod.rs", include_str!("binding/mod.rs")),
+        ("src/binding/token.rs", include_str!("binding/token.rs")),
         ("src/catalog.rs", include_str!("catalog.rs")),
-        ("src/certificate.rs", include_str!("certificate.rs")),
         ("src/errors.rs", include_str!("errors.rs")),
         ("src/events.rs", include_str!("events.rs")),
-        ("src/guard.rs", include_str!("guard.rs")),
         ("src/gucs.rs", include_str!("gucs.rs")),
-        ("src/jsonb_build.rs", include_str!("jsonb_build.rs")),
-        ("src/keys.rs", include_str!("keys.rs")),
-        ("src/leakproof.rs", include_str!("leakproof.rs")),
-        ("src/lib.rs", include_str!("lib.rs")),
-        ("src/lifecycle.rs", include_str!("lifecycle.rs")),
-        ("src/limits.rs", include_str!("limits.rs")),
-        ("src/policy.rs", include_str!("policy.rs")),
-        ("src/privileges.rs", include_str!("privileges.rs")),
-        ("src/rbac.rs", include_str!("rbac.rs")),
-        ("src/token.rs", include_str!("token.rs")),
+        (
+            "src/lifecycle/certificate.rs",
+            include_str!("lifecycle/certificate.rs"),
+        ),
+        (
+            "src/lifecycle/limits.rs",
+            include_str!("lifecycle/limits.rs"),
+        ),
+        ("src/lifecycle/mod.rs", include_str!("lifecycle/mod.rs")),
+        (
+            "src/pg/bind_default_arg.rs",
+            include_str!("pg/bind_default_arg.rs"),
+        ),
+        (
+            "src/pg/binding_param.rs",
+            include_str!("pg/binding_param.rs"),
+        ),
+        ("src/pg/jsonb_build.rs", include_str!("pg/jsonb_build.rs")),
+        ("src/pg/row_json.rs", include_str!("pg/row_json.rs")),
+        (
+            "src/protection/guard.rs",
+            include_str!("protection/guard.rs"),
+        ),
+        (
+            "src/protection/leakproof.rs",
+            include_str!("protection/leakproof.rs"),
+        ),
+        (
+            "src/protection/policy.rs",
+            include_str!("protection/policy.rs"),
+        ),
+        (
+            "src/protection/privileges.rs",
+            include_str!("protection/privileges.rs"),
+        ),
+        ("src/rbac/mod.rs", include_str!("rbac/mod.rs")),
+        ("src/tests.rs", include_str!("tests.rs")),
     ];
     const INVENTORY: &str = include_str!("TRUST_BOUNDARIES.md");
     const SWITCHES: &[&str] = &[
@@ -228,5 +233,81 @@ mod trust_inventory {
             "src/TRUST_BOUNDARIES.md is out of step with the code: missing {missing:?}, stale {stale:?}"
         );
         assert!(code.len() > 40, "the scanner found too little: {code:?}");
+    }
+}
+
+/// The pillars and the shared ground import each other in one direction only: no top-level
+/// module uses, directly or through others, a module that uses it back.
+#[cfg(test)]
+mod layering {
+    use super::trust_inventory::SOURCES;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// `use crate::x` / `crate::x::` edges between top-level modules (a folder or a file under
+    /// `src/`), from every line that is not a comment.
+    fn edges() -> BTreeMap<String, BTreeSet<String>> {
+        let top = |path: &str| -> String {
+            let rel = path.trim_start_matches("src/");
+            rel.split('/')
+                .next()
+                .unwrap_or(rel)
+                .trim_end_matches(".rs")
+                .to_string()
+        };
+        let modules: BTreeSet<String> = SOURCES.iter().map(|(p, _)| top(p)).collect();
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (path, text) in SOURCES {
+            let from = top(path);
+            if from == "tests" {
+                continue;
+            }
+            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for (i, _) in line.match_indices("crate::") {
+                    let to: String = line[i + 7..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if to != from && modules.contains(&to) && to != "tests" {
+                        out.entry(from.clone()).or_default().insert(to);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_module_imports_one_that_imports_it_back() {
+        let edges = edges();
+        // Depth-first search for a path back to the start.
+        fn reaches(
+            edges: &BTreeMap<String, BTreeSet<String>>,
+            from: &str,
+            to: &str,
+            seen: &mut BTreeSet<String>,
+            path: &mut Vec<String>,
+        ) -> bool {
+            for next in edges.get(from).into_iter().flatten() {
+                path.push(next.clone());
+                if next == to {
+                    return true;
+                }
+                if seen.insert(next.clone()) && reaches(edges, next, to, seen, path) {
+                    return true;
+                }
+                path.pop();
+            }
+            false
+        }
+        for module in edges.keys() {
+            let mut path = vec![module.clone()];
+            assert!(
+                !reaches(&edges, module, module, &mut BTreeSet::new(), &mut path),
+                "import cycle: {} (edges: {edges:?})",
+                path.join(" -> ")
+            );
+        }
+        // The scanner sees the pillars' use of the shared ground.
+        assert!(edges.get("binding").is_some_and(|e| e.contains("catalog")));
     }
 }

@@ -179,7 +179,7 @@ fn record_hash_matches_sql() {
                 .unwrap()
                 .unwrap()
         });
-        let rust = crate::audit_writer::record_text(&[
+        let rust = crate::audit::writer::record_text(&[
             Some(b"42"),
             Some(b"7b0c3e1a-0000-4000-8000-000000000001"),
             Some(b"1795341600.500000"),
@@ -206,7 +206,7 @@ fn record_hash_matches_sql() {
         .unwrap()
         .unwrap();
         let mac = crate::audit::audit_mac(crate::catalog::from_pg_uuid(&tenant));
-        assert_eq!(keyed, crate::audit_writer::record_hmac(&mac, &rust));
+        assert_eq!(keyed, crate::audit::writer::record_hmac(&mac, &rust));
         // The kept MAC state is the stored key's.
         let secret = Spi::get_one_with_args::<Vec<u8>>(
             "SELECT secret FROM tenancy.audit_key WHERE tenant_id = $1",
@@ -216,7 +216,7 @@ fn record_hash_matches_sql() {
         .unwrap();
         assert_eq!(
             keyed,
-            crate::audit_writer::record_hmac(&crate::audit_writer::record_mac(&secret), &rust)
+            crate::audit::writer::record_hmac(&crate::audit::writer::record_mac(&secret), &rust)
         );
         // Keyed: not the plain SHA-256 of the text that anyone can compute.
         let plain = <sha2::Sha256 as sha2::Digest>::digest(&rust).to_vec();
@@ -244,7 +244,7 @@ fn epoch_text_matches_sql() {
         )
         .unwrap();
         assert_eq!(
-            crate::audit_writer::epoch_text(micros.unwrap()),
+            crate::audit::writer::epoch_text(micros.unwrap()),
             sql.unwrap(),
             "{ts}"
         );
@@ -417,7 +417,7 @@ unsafe fn eval_with_params(
 #[pg_test(error = "no value found for parameter 1000000000")]
 fn reserved_parameter_without_the_executor_hook_has_no_value() {
     unsafe {
-        let p = crate::binding_param::reserved_param(crate::binding_param::RESERVED_BASE);
+        let p = crate::pg::binding_param::reserved_param(crate::pg::binding_param::RESERVED_BASE);
         eval_with_params(p as *mut pg_sys::Expr, std::ptr::null_mut());
     }
 }
@@ -433,7 +433,7 @@ fn wrapped_parameter_list_answers_ordinary_and_reserved_parameters() {
         (*e).isnull = false;
         (*e).pflags = pg_sys::PARAM_FLAG_CONST as u16;
         (*e).ptype = pg_sys::INT4OID;
-        let wrapped = crate::binding_param::wrap(orig);
+        let wrapped = crate::pg::binding_param::wrap(orig);
         assert!(!std::ptr::eq(wrapped, orig));
         let p = pg_sys::palloc0(std::mem::size_of::<pg_sys::Param>()) as *mut pg_sys::Param;
         (*p).xpr.type_ = pg_sys::NodeTag::T_Param;
@@ -447,8 +447,8 @@ fn wrapped_parameter_list_answers_ordinary_and_reserved_parameters() {
         let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'pg_class'::regclass::oid")
             .unwrap()
             .unwrap();
-        let id = crate::binding_param::reserve(relid, "select").unwrap();
-        let r = crate::binding_param::reserved_param(id);
+        let id = crate::pg::binding_param::reserve(relid, "select").unwrap();
+        let r = crate::pg::binding_param::reserved_param(id);
         eval_with_params(r as *mut pg_sys::Expr, wrapped);
     }
 }
@@ -469,9 +469,9 @@ fn a_reserved_parameter_answers_every_evaluation_with_the_bound_tenant() {
         .unwrap()
         .unwrap();
     unsafe {
-        let id = crate::binding_param::reserve(relid, "select").unwrap();
-        let p = crate::binding_param::reserved_param(id);
-        let params = crate::binding_param::wrap(std::ptr::null_mut());
+        let id = crate::pg::binding_param::reserve(relid, "select").unwrap();
+        let p = crate::pg::binding_param::reserved_param(id);
+        let params = crate::pg::binding_param::wrap(std::ptr::null_mut());
         let state = pg_sys::ExecInitExprWithParams(p as *mut pg_sys::Expr, params);
         let econtext = pg_sys::CreateStandaloneExprContext();
         (*econtext).ecxt_param_list_info = params;
@@ -531,18 +531,18 @@ fn a_one_argument_bind_gets_the_catalog_default_and_sees_it_change() {
             .0["scope"]
             .clone()
     };
-    let before = crate::bind_default_arg::filled();
+    let before = crate::pg::bind_default_arg::filled();
     assert_eq!(scope("SELECT tenancy.bind($1)"), "transaction");
-    assert_eq!(crate::bind_default_arg::filled(), before + 1);
+    assert_eq!(crate::pg::bind_default_arg::filled(), before + 1);
     assert_eq!(scope("SELECT tenancy.bind(token => $1)"), "transaction");
-    assert_eq!(crate::bind_default_arg::filled(), before + 1);
+    assert_eq!(crate::pg::bind_default_arg::filled(), before + 1);
     let bound = Spi::get_one_with_args::<bool>(
         "SELECT tenancy.bind($1) IS NOT NULL",
         &[token.as_str().into()],
     )
     .unwrap();
     assert_eq!(bound, Some(true));
-    assert_eq!(crate::bind_default_arg::filled(), before + 2);
+    assert_eq!(crate::pg::bind_default_arg::filled(), before + 2);
 
     let def = Spi::get_one::<String>("SELECT pg_get_functiondef('tenancy.bind(text, text)'::regprocedure)")
         .unwrap()
@@ -550,7 +550,7 @@ fn a_one_argument_bind_gets_the_catalog_default_and_sees_it_change() {
     assert!(def.contains("DEFAULT 'transaction'::text"), "{def}");
     Spi::run(&def.replace("DEFAULT 'transaction'::text", "DEFAULT 'session'::text")).unwrap();
     assert_eq!(scope("SELECT tenancy.bind($1)"), "session");
-    assert_eq!(crate::bind_default_arg::filled(), before + 3);
+    assert_eq!(crate::pg::bind_default_arg::filled(), before + 3);
     Spi::run("SELECT tenancy.unbind()").unwrap();
 }
 

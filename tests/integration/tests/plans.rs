@@ -2,7 +2,7 @@
 //! prepared statements, PL/pgSQL and SQL functions, cursors. Run as a NOSUPERUSER NOBYPASSRLS
 //! role against `it_orders`, protected by `tenancy.protect()`: its read policy compares the
 //! tenant with `(SELECT tenancy.allowed_tenant(...))`, which the planner hook turns into a
-//! reserved parameter (`$1000000000` and up, src/binding_param.rs) outside parallel plans.
+//! reserved parameter (`$1000000000` and up, src/pg/binding_param.rs) outside parallel plans.
 
 mod common;
 use common::*;

@@ -21,7 +21,7 @@
 //! SHA-256 digest of the resulting state is recorded for the guard and for verify().
 
 use crate::authz;
-use crate::catalog;
+use crate::catalog::{self, quote_ident, quote_literal, relation_name};
 use crate::errors::{self, INVALID_PARAMETER, UNDEFINED_OBJECT};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -61,8 +61,6 @@ pub fn in_restore() -> bool {
 
 pub fn reset_at_transaction_end() {
     MANAGED_DDL.with(|m| m.set(0));
-    crate::guard::reset_at_transaction_end();
-    crate::lifecycle::reset_at_transaction_end();
 }
 
 /// Every policy `protect` generates (and `unprotect` drops). `tenancy_isolation`, the single
@@ -79,18 +77,6 @@ pub const GENERATED_POLICIES: &[&str] = &[
     "tenancy_update",
     "tenancy_delete",
 ];
-
-/// An identifier quoted by PostgreSQL (`quote_identifier`).
-pub fn quote_ident(s: &str) -> String {
-    pgrx::spi::quote_identifier(s)
-}
-
-/// A string literal quoted by PostgreSQL (`quote_literal_cstr`): quotes doubled, and written
-/// `E'...'` with backslashes doubled when it holds one, so it reads the same whatever
-/// `standard_conforming_strings` is.
-pub fn quote_literal(s: &str) -> String {
-    pgrx::spi::quote_literal(s)
-}
 
 /// Who runs one of protect's statements: the table's owner (everything that could reach code
 /// of the table), or pg_tenancy's catalog owner for two statements that evaluate none of the
@@ -507,7 +493,7 @@ fn attach_partition(parent: pg_sys::Oid, partition: pg_sys::Oid, bound: &str) ->
     // SAFETY: a lock held to the end of the transaction.
     unsafe { pg_sys::LockRelationOid(partition, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
     // What it brings must not run a user's code over every tenant's rows.
-    crate::guard::refuse_leaky_members(partition);
+    crate::protection::guard::refuse_leaky_members(partition);
     let recorded = crate::audit::record_joining_rows(partition, &column, &key, &ancestors);
     {
         let _managed = ManagedDdl::enter();
@@ -773,7 +759,7 @@ fn auto_protect_table(rel: pg_sys::Oid) {
     // ALTER TABLE ... INHERIT): reading the child directly must not bypass the parent's policies.
     if let Some(p) = parent {
         let (col, audit) = p.rsplit_once(',').unwrap_or((p.as_str(), "true"));
-        let parent_oid = parent_of(rel);
+        let parent_oid = catalog::parent_of(rel);
         protect_table(rel, col, audit == "true", parent_oid);
         return;
     }
@@ -796,13 +782,6 @@ fn require_current_ddl_command(rel: pg_sys::Oid) {
             "Protect tables with tenancy.protect() or tenancy.auto_protect().",
         );
     }
-}
-
-pub fn parent_of(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
-    crate::catalog::read_one::<pg_sys::Oid>(
-        "SELECT inhparent FROM pg_catalog.pg_inherits WHERE inhrelid = $1 ORDER BY inhseqno LIMIT 1",
-        &[rel.into()],
-    )
 }
 
 /// Called by the generated WITH CHECK expressions only for a row whose tenant column is not
@@ -861,14 +840,4 @@ fn _refuse_truncate<'a>(
     // BEFORE TRUNCATE).
     crate::audit::record_rows_changed(trigger.relid()?, "truncate", None);
     Ok(None)
-}
-
-/// A relation's schema-qualified, quoted name (whatever the search_path).
-pub fn relation_name(rel: pg_sys::Oid) -> String {
-    crate::catalog::read_one::<String>(
-        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
-           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[rel.into()],
-    )
-    .unwrap_or_else(|| format!("{}", u32::from(rel)))
 }

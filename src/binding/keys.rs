@@ -4,9 +4,9 @@
 //! can read and never appears in an error message.
 
 use crate::authz;
+use crate::binding::token;
 use crate::catalog::{self, to_pg_uuid};
 use crate::errors::{self, DUPLICATE_OBJECT, INVALID_PARAMETER, UNDEFINED_OBJECT};
-use crate::token;
 use pgrx::prelude::*;
 
 #[pg_extern(volatile, parallel_unsafe)]
@@ -40,7 +40,7 @@ fn add_key(
         );
     }
     let tenant_id = tenant.map(|t| catalog::require_tenant(t).id);
-    if catalog::key(kid).is_some() {
+    if catalog::key(kid, crate::binding::token::decode_key).is_some() {
         errors::raise(
             DUPLICATE_OBJECT,
             format!("key \"{kid}\" already exists"),
@@ -62,7 +62,7 @@ fn add_key(
 #[pg_extern(volatile, parallel_unsafe)]
 fn revoke_key(kid: &str) {
     authz::require_key_admin("revoke_key");
-    let Some(k) = catalog::key(kid) else {
+    let Some(k) = catalog::key(kid, crate::binding::token::decode_key) else {
         errors::raise(
             UNDEFINED_OBJECT,
             format!("key \"{kid}\" does not exist"),

@@ -1,16 +1,16 @@
 //! Tenant lifecycle: create, suspend, resume; per-tenant settings and resource limits.
 
+pub mod certificate;
+pub mod limits;
+
 use crate::authz;
 use crate::catalog::{self, to_pg_uuid};
 use crate::errors::{self, DUPLICATE_OBJECT, INVALID_PARAMETER, NOT_IN_PREREQUISITE_STATE};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 
-/// Tenant settings applied with SET LOCAL in every bound transaction (src/limits.rs).
-pub const RESOURCE_SETTINGS: &[&str] = &crate::limits::NAMES;
-
-/// Roles every tenant starts with.
-pub const SEEDED_ROLES: &[&str] = &["admin", "member", "viewer"];
+/// Tenant settings applied with SET LOCAL in every bound transaction (src/lifecycle/limits.rs).
+pub const RESOURCE_SETTINGS: &[&str] = &crate::lifecycle::limits::NAMES;
 
 /// A slug: 2 to 63 characters, a lowercase letter then lowercase letters, digits, `-` or `_`,
 /// and not something that reads as a uuid (the `tenant` arguments and the token's tenant claim
@@ -121,7 +121,7 @@ fn create_tenant(
                 "INSERT INTO tenancy.tenant_role (tenant_id, role, builtin) \
                  SELECT $1, r, true FROM unnest($2::text[]) AS r",
                 None,
-                &[id.into(), SEEDED_ROLES.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
+                &[id.into(), crate::rbac::SEEDED_ROLES.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
             )?;
             c.update(
                 "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
@@ -209,7 +209,7 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
     if let Some(v) = value.as_ref() {
         if RESOURCE_SETTINGS.contains(&key) {
             check_resource_setting(key, &v.0);
-            crate::limits::check_setting(&t, key, &v.0);
+            crate::lifecycle::limits::check_setting(&t, key, &v.0);
         }
         if key == "default_roles"
             && !v
@@ -387,7 +387,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         // by PostgreSQL; the tenant is a bound parameter.
         let sql = format!(
             "DELETE FROM {table} WHERE {} = $1",
-            crate::policy::quote_ident(&column)
+            crate::catalog::quote_ident(&column)
         );
         // As the table's owner in a security-restricted operation, with row security forced
         // and bound to this tenant for this table alone: the table's triggers, rules and
@@ -470,7 +470,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         "total_rows_deleted": total,
         "removed": removed,
     });
-    crate::certificate::sign(&mut cert);
+    crate::lifecycle::certificate::sign(&mut cert);
     crate::audit::admin("decommission_tenant", Some(t.id), cert.clone());
     JsonB(cert)
 }
@@ -497,14 +497,68 @@ thread_local! {
     static WRITING: std::cell::Cell<Option<uuid::Uuid>> = const { std::cell::Cell::new(None) };
 }
 
-pub fn reset_at_transaction_end() {
+fn reset_at_transaction_end() {
     WRITING.with(|w| w.set(None));
+}
+
+/// Transaction ends (registered at _PG_init).
+pub fn init() {
+    // SAFETY: called once from _PG_init; the callback stays valid for the backend's life.
+    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+    crate::pg::binding_param::at_query_start(at_query_start);
+    crate::pg::hooks::before_utility(before_utility);
+    crate::binding::on_transaction_bound(limits::apply);
+}
+
+/// The start of every query of a bound session: resource limits hold from it, before a
+/// parallel plan fixes its workers' settings; a write holds the tenant's write lock
+/// (decommission waits for it, and it waits for decommission).
+fn at_query_start(writes: bool) {
+    if let Some(tenant) = crate::binding::tenant_in_effect_unchecked() {
+        limits::enforce(tenant);
+        if writes {
+            hold_for_write(tenant);
+        }
+    }
+}
+
+/// Resource limits hold for utility statements too (FETCH of a cursor, a DO block or a CALL
+/// run no ExecutorStart of their own for their first rows or expressions).
+fn before_utility(stmt: *mut pg_sys::Node) {
+    // SAFETY: reads the statement's tag, and a backend flag.
+    let skip = unsafe {
+        (!stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt)
+            || pg_sys::IsInParallelMode()
+    };
+    if !skip {
+        if let Some(tenant) = crate::binding::tenant_in_effect_unchecked() {
+            limits::enforce(tenant);
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+            | XACT_EVENT_PREPARE
+    ) {
+        reset_at_transaction_end();
+    }
 }
 
 /// Before a bound session's statement that writes: hold the tenant's write lock (shared with
 /// the tenant's other writers) to the end of the transaction. When decommission_tenant holds it,
 /// wait, then read the catalog again: the binding's next check then finds the tenant gone.
-pub fn hold_for_write(tenant: uuid::Uuid) {
+fn hold_for_write(tenant: uuid::Uuid) {
     if WRITING.with(|w| w.get()) == Some(tenant) {
         return;
     }
@@ -605,7 +659,7 @@ fn remaining_rows(tenant: uuid::Uuid) -> Option<(String, i64)> {
     tables.into_iter().find_map(|(table, column)| {
         let sql = format!(
             "SELECT pg_catalog.count(*) FROM ONLY {table} WHERE {} = $1",
-            crate::policy::quote_ident(&column)
+            crate::catalog::quote_ident(&column)
         );
         let n = catalog::owner_rows(&table, &sql, &[to_pg_uuid(tenant).into()], |r| {
             Ok(r.get::<i64>(1)?.unwrap_or(0))

@@ -125,7 +125,7 @@ fn within(rel: pg_sys::Oid, table: pg_sys::Oid) -> bool {
         if r == table {
             return true;
         }
-        match crate::policy::parent_of(r) {
+        match crate::catalog::parent_of(r) {
             Some(p) => r = p,
             None => return false,
         }
@@ -136,7 +136,7 @@ fn within(rel: pg_sys::Oid, table: pg_sys::Oid) -> bool {
 /// ERROR 42501 naming the table, the privilege and the bound roles, logged as a security event.
 fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
     let b = crate::binding::require();
-    let table = crate::policy::relation_name(tbl);
+    let table = crate::catalog::relation_name(tbl);
     let roles = if b.roles.is_empty() {
         "(none)".to_string()
     } else {
@@ -188,4 +188,9 @@ pub fn allowed_tenant_id(tbl: pg_sys::Oid, privilege: &str) -> pgrx::Uuid {
         Some(tenant) => catalog::to_pg_uuid(tenant),
         None => refuse(tbl, privilege),
     }
+}
+
+/// [`allowed_tenant_id`] as the reserved parameters' value (src/pg/binding_param.rs).
+pub fn reserved_value(tbl: pg_sys::Oid, privilege: &'static str) -> [u8; 16] {
+    *allowed_tenant_id(tbl, privilege).as_bytes()
 }

@@ -12,9 +12,12 @@
 //! it is evaluated once per statement (an InitPlan). The functions are PARALLEL RESTRICTED: the
 //! leader evaluates the InitPlan and passes its value to parallel workers as a parameter.
 
+pub mod keys;
+pub mod token;
+
 use crate::catalog::{self, TenantRow};
 use crate::errors::{self, INSUFFICIENT_PRIVILEGE, INVALID_AUTHORIZATION, INVALID_PARAMETER};
-use crate::{gucs, token};
+use crate::gucs;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use sha2::{Digest, Sha256};
@@ -222,6 +225,7 @@ pub fn init() {
     // and called from ours.
     unsafe {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
         for cache in [
             pg_sys::SysCacheIdentifier::AUTHOID,
             pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
@@ -232,8 +236,22 @@ pub fn init() {
                 pg_sys::Datum::from(0),
             );
         }
-        PREV_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(utility_hook);
+    }
+    crate::pg::hooks::before_utility(before_utility);
+    crate::pg::hooks::after_utility(after_utility);
+    crate::authz::provide_acting(crate::authz::ActingProvider {
+        checked: || current_if_bound().as_ref().map(acting),
+        unchecked: || peek().as_ref().map(acting),
+    });
+}
+
+/// What authorization decisions below this pillar need of a binding.
+fn acting(b: &Binding) -> crate::authz::Acting {
+    crate::authz::Acting {
+        tenant: b.tenant,
+        subject: b.subject.clone(),
+        roles: b.roles.clone(),
+        support: b.support_privileges.is_some(),
     }
 }
 
@@ -260,93 +278,51 @@ unsafe extern "C-unwind" fn xact_callback(
         TXN_TENANT.with(|t| t.set(None));
         LIMITS_APPLIED.with(|l| l.set(false));
         INTERNAL.with(|i| *i.borrow_mut() = None);
-        crate::policy::reset_at_transaction_end();
     }
 }
 
-static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
-
-#[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn utility_hook(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    let stmt = (*pstmt).utilityStmt;
-    let discard_all = !stmt.is_null()
-        && (*stmt).type_ == pg_sys::NodeTag::T_DiscardStmt
-        && (*(stmt as *mut pg_sys::DiscardStmt)).target == pg_sys::DiscardMode::DISCARD_ALL;
-    let hold_cursor = !stmt.is_null()
-        && (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt
-        && (*(stmt as *mut pg_sys::DeclareCursorStmt)).options & pg_sys::CURSOR_OPT_HOLD as i32
-            != 0;
-    if hold_cursor
-        && BINDING.with(|b| {
-            matches!(b.borrow().as_ref(), Some(b)
-                if b.scope == Scope::Transaction || matches!(b.source, Source::Support { .. }))
-        })
-    {
-        // Its rows would be materialised at COMMIT and stay readable on the connection after
-        // the binding ended: behind a pooler, by the next client.
-        errors::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "a cursor WITH HOLD would outlive the transaction-scoped or support binding",
-            "Fetch the rows before COMMIT; a support grant's rows stay in the transaction that read them. Application sessions on a connection that is not pooled may bind with scope => 'session'.",
-        );
-    }
-    // LOCK TABLE on protected tables, refused before it runs (DDL is checked by the
-    // ddl_command_start event trigger).
-    crate::guard::check_utility(stmt);
-    // Resource limits hold for utility statements too (FETCH of a cursor, a DO block or a CALL
-    // run no ExecutorStart of their own for their first rows or expressions).
-    let transaction_control =
-        !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt;
-    if !transaction_control && !pg_sys::IsInParallelMode() {
-        if let Some(tenant) = tenant_in_effect_unchecked() {
-            crate::limits::enforce(tenant);
+/// Before a utility statement: a cursor WITH HOLD would outlive a transaction-scoped or
+/// support binding; FETCH and MOVE read rows of a cursor whose plan read the binding when it
+/// was opened, so the binding is checked again first (a suspension or revocation since then
+/// ends the cursor too).
+fn before_utility(stmt: *mut pg_sys::Node) {
+    // SAFETY: `stmt` is the statement's parse tree (or null); its tag is read before the node
+    // is used as the type it says.
+    unsafe {
+        if stmt.is_null() {
+            return;
+        }
+        let hold_cursor = (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt
+            && (*(stmt as *mut pg_sys::DeclareCursorStmt)).options & pg_sys::CURSOR_OPT_HOLD as i32
+                != 0;
+        if hold_cursor
+            && BINDING.with(|b| {
+                matches!(b.borrow().as_ref(), Some(b)
+                    if b.scope == Scope::Transaction || matches!(b.source, Source::Support { .. }))
+            })
+        {
+            // Its rows would be materialised at COMMIT and stay readable on the connection
+            // after the binding ended: behind a pooler, by the next client.
+            errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "a cursor WITH HOLD would outlive the transaction-scoped or support binding",
+                "Fetch the rows before COMMIT; a support grant's rows stay in the transaction that read them. Application sessions on a connection that is not pooled may bind with scope => 'session'.",
+            );
+        }
+        if (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt && BINDING.with(|b| b.borrow().is_some()) {
+            with_current(|_| ());
         }
     }
-    // FETCH and MOVE read rows of a cursor whose plan read the binding when it was opened: the
-    // binding is checked again first, so a suspension or revocation since then ends the cursor
-    // too.
-    if !stmt.is_null()
-        && (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt
-        && BINDING.with(|b| b.borrow().is_some())
-    {
-        with_current(|_| ());
-    }
-    match PREV_UTILITY_HOOK {
-        // SAFETY: the hook that was installed before ours, called with our own arguments; its
-        // errors come back through the FFI guard as a Rust panic, re-raised by #[pg_guard].
-        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-            prev(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            )
-        }),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    }
+}
+
+/// After DISCARD ALL: the session's binding and cached tokens go too.
+fn after_utility(stmt: *mut pg_sys::Node) {
+    // SAFETY: as in before_utility.
+    let discard_all = unsafe {
+        !stmt.is_null()
+            && (*stmt).type_ == pg_sys::NodeTag::T_DiscardStmt
+            && (*(stmt as *mut pg_sys::DiscardStmt)).target == pg_sys::DiscardMode::DISCARD_ALL
+    };
     if discard_all {
         BINDING.with(|b| *b.borrow_mut() = None);
         TOKEN_CACHE.with(|c| c.borrow_mut().clear());
@@ -486,7 +462,7 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
             jti,
             member,
         } => {
-            let key = catalog::key(kid);
+            let key = catalog::key(kid, crate::binding::token::decode_key);
             check_key(key.as_deref(), now(), tenant.id)?;
             b.key_not_after = key.as_ref().and_then(|k| k.not_after);
             let subject = b.subject.clone().unwrap_or_default();
@@ -618,7 +594,7 @@ fn verified_token(token_text: &str) -> Rc<CachedToken> {
         return hit;
     }
     let parsed = token::parse(token_text, max).unwrap_or_else(|e| token_refusal(e));
-    let key = catalog::key(&parsed.kid);
+    let key = catalog::key(&parsed.kid, crate::binding::token::decode_key);
     let key = match key.as_deref() {
         Some(k) if !k.revoked && k.key.is_some() => k,
         _ => refuse_bind(
@@ -777,7 +753,7 @@ fn prepare(
     session_role: pg_sys::Oid,
     now: i64,
 ) -> Prepared {
-    let key = catalog::key(&claims.kid);
+    let key = catalog::key(&claims.kid, crate::binding::token::decode_key);
     let tenant = match catalog::tenant_by_ref(&claims.tenant) {
         Some(t) => t,
         None => refuse_bind(
@@ -843,7 +819,7 @@ fn current_binding_tenant() -> Option<Uuid> {
 /// JSON description of a binding, as returned by bind(), tenancy.binding() and
 /// tenancy.enter_support().
 pub fn describe(b: &Binding) -> JsonbBytes {
-    use crate::jsonb_build::{object, Field};
+    use crate::pg::jsonb_build::{object, Field};
     let tenant = b.tenant.to_string();
     let expires_at = b.expires_at.map(unix_to_rfc3339);
     let source = match &b.source {
@@ -902,14 +878,28 @@ pub fn unbind() {
 }
 
 /// Apply the tenant's resource settings, within the platform's ceilings, for the rest of this
-/// transaction (SET LOCAL; src/limits.rs).
+/// transaction (SET LOCAL; src/lifecycle/limits.rs).
 fn apply_limits(tenant: &TenantRow) {
     // SAFETY: reads a backend flag.
     if unsafe { pg_sys::IsInParallelMode() } {
         return;
     }
-    crate::limits::apply(tenant);
+    for f in ON_BOUND.with(|o| o.borrow().clone()) {
+        f(tenant);
+    }
     LIMITS_APPLIED.with(|l| l.set(true));
+}
+
+thread_local! {
+    /// What runs when a transaction first acts for a tenant (src/lifecycle: the tenant's
+    /// resource settings), registered at _PG_init.
+    static ON_BOUND: RefCell<Vec<fn(&TenantRow)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` when a transaction first acts for a tenant (at bind, or at the first use of a
+/// binding in a transaction, and again after a rolled-back subtransaction undid its SET LOCAL).
+pub fn on_transaction_bound(f: fn(&TenantRow)) {
+    ON_BOUND.with(|o| o.borrow_mut().push(f));
 }
 
 /// The tenant of the binding in effect, without checking the binding (the statement's own
@@ -1220,16 +1210,21 @@ fn note_transaction(tenant: Uuid) {
         if let Some(t) = catalog::tenant_by_id(tenant) {
             apply_limits(&t);
         }
-    } else if !unsafe { pg_sys::IsInParallelMode() } {
-        // SAFETY (above): reads a backend flag.
-        crate::limits::enforce(tenant);
     }
 }
 
 /// A subtransaction rolled back: its SET LOCALs are undone, the tenant's settings with them
 /// (the binding itself lives on). Apply them again at the next use.
-pub fn subtransaction_aborted() {
-    LIMITS_APPLIED.with(|l| l.set(false));
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    _my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        LIMITS_APPLIED.with(|l| l.set(false));
+    }
 }
 
 thread_local! {

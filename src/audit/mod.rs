@@ -2,7 +2,7 @@
 //! and tamper-evident.
 //!
 //! - Changes to protected tables are recorded by statement-level AFTER triggers with
-//!   transition tables; `src/audit_writer.rs` forms and inserts the records without SQL.
+//!   transition tables; `src/audit/writer.rs` forms and inserts the records without SQL.
 //!   UPDATE entries keep the changed columns only; `audit_exclude` columns never reach the
 //!   trail.
 //! - Management actions are ADMIN entries.
@@ -15,6 +15,9 @@
 //!   Concurrent writers of a tenant therefore neither serialise for their whole transaction
 //!   nor queue behind each other's commit (unless more than `LANES` commit at the same
 //!   moment), and no committed record is ever unlinked.
+
+pub mod anchor;
+pub mod writer;
 
 use crate::catalog::{self, to_pg_uuid};
 use crate::errors;
@@ -52,7 +55,7 @@ thread_local! {
 /// At most this many (tenant, lane) heads are remembered per backend (about 40 bytes each).
 const KNOWN_HEADS_MAX: usize = 16_384;
 
-use crate::audit_writer::Written;
+use crate::audit::writer::Written;
 
 /// One record of a chain entry as verification reads it: id, present (under the chain's
 /// tenant), stored row_hash, recomputed row_hash.
@@ -61,7 +64,7 @@ type ChainedRecord = (i64, bool, Option<Vec<u8>>, Option<Vec<u8>>);
 /// Any relcache invalidation (DDL, ANALYZE, a change of pg_tenancy's catalog) may change a
 /// table's audit settings or row type: rebuild on next use. Called from the relcache callback,
 /// so it only bumps a counter (plans are released when replaced, not while one may run).
-pub fn relcache_changed() {
+fn relcache_changed() {
     EPOCH.with(|e| e.set(e.get() + 1));
 }
 
@@ -125,10 +128,18 @@ fn release_chain_locks() {
 }
 
 pub fn init() {
+    // SAFETY: called once from _PG_init; the callbacks stay valid for the backend's life.
     unsafe {
         pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
     }
+    catalog::on_invalidate(forget_keys);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    relcache_changed();
 }
 
 #[pg_guard]
@@ -167,10 +178,6 @@ unsafe extern "C-unwind" fn subxact_callback(
         // were rolled back with it.
         PENDING.with(|p| p.borrow_mut().retain(|r| r.subxact < my_subid));
         PURGING.with(|p| p.set(false));
-        // Its SET LOCALs were undone too: the tenant's resource settings are applied again.
-        crate::binding::subtransaction_aborted();
-        // And the records of dropped tables and columns it wrote.
-        crate::guard::subtransaction_aborted(my_subid);
     }
 }
 
@@ -258,7 +265,7 @@ unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid, lane: i16) -> Option<
 /// bounded read finds nothing and the lane is read whole. The bound spares checking every
 /// entry of the lane on the index's last page (about 4% of an audited single-row insert).
 fn chain_head(tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
-    use crate::audit_writer::newest_chain_entry;
+    use crate::audit::writer::newest_chain_entry;
     let known = KNOWN_HEADS.with(|k| k.borrow().get(&(tenant, lane)).copied());
     // SAFETY: at PRE_COMMIT, with the lane's lock held.
     let newest = unsafe {
@@ -346,7 +353,7 @@ fn link_pending() {
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     // SAFETY: in the committing transaction; closed below.
     let mut chain_table = unsafe {
-        crate::audit_writer::SimpleInsert::open(
+        crate::audit::writer::SimpleInsert::open(
             c"audit_chain",
             &CHAIN_COLUMNS,
             &[c"audit_chain_lane_check"],
@@ -429,7 +436,7 @@ const SESSION_TAIL: &str =
 fn caller_and_subject() -> (String, Option<String>) {
     (
         crate::authz::role_name(crate::authz::caller()),
-        crate::binding::peek().and_then(|b| b.subject),
+        crate::authz::acting_unchecked().and_then(|a| a.subject),
     )
 }
 
@@ -437,7 +444,7 @@ thread_local! {
     /// Per tenant, the HMAC state keyed with its audit key (read or created by this backend;
     /// a key never changes once created). Cloned per record: the key's two blocks are hashed
     /// once, not per record.
-    static AUDIT_MACS: RefCell<HashMap<Uuid, Rc<crate::audit_writer::RecordMac>>> =
+    static AUDIT_MACS: RefCell<HashMap<Uuid, Rc<crate::audit::writer::RecordMac>>> =
         RefCell::new(HashMap::new());
 }
 
@@ -449,7 +456,7 @@ pub fn forget_keys() {
 
 /// `tenant`'s keyed record MAC, if it has an audit key (read fresh as the catalog owner, then
 /// kept).
-fn existing_audit_mac(tenant: Uuid) -> Option<Rc<crate::audit_writer::RecordMac>> {
+fn existing_audit_mac(tenant: Uuid) -> Option<Rc<crate::audit::writer::RecordMac>> {
     if let Some(k) = AUDIT_MACS.with(|k| k.borrow().get(&tenant).cloned()) {
         return Some(k);
     }
@@ -462,7 +469,7 @@ fn existing_audit_mac(tenant: Uuid) -> Option<Rc<crate::audit_writer::RecordMac>
     .into_iter()
     .next()
     .filter(|k| k.len() == 32)?;
-    let mac = Rc::new(crate::audit_writer::record_mac(&key));
+    let mac = Rc::new(crate::audit::writer::record_mac(&key));
     AUDIT_MACS.with(|k| k.borrow_mut().insert(tenant, mac.clone()));
     Some(mac)
 }
@@ -470,7 +477,7 @@ fn existing_audit_mac(tenant: Uuid) -> Option<Rc<crate::audit_writer::RecordMac>
 /// The MAC that keys `tenant`'s record hashes (HMAC-SHA-256), its secret created on first use:
 /// 32 bytes from the server's strong random source, in `tenancy.audit_key`, which only
 /// pg_tenancy's owner reads (no operator, key admin or tenant).
-pub fn audit_mac(tenant: Uuid) -> Rc<crate::audit_writer::RecordMac> {
+pub fn audit_mac(tenant: Uuid) -> Rc<crate::audit::writer::RecordMac> {
     if let Some(k) = existing_audit_mac(tenant) {
         return k;
     }
@@ -493,7 +500,7 @@ pub fn audit_mac(tenant: Uuid) -> Rc<crate::audit_writer::RecordMac> {
 #[pg_extern(stable, parallel_unsafe, name = "_audit_hmac")]
 fn audit_hmac(tenant: pgrx::Uuid, text: &str) -> Option<Vec<u8>> {
     let mac = existing_audit_mac(catalog::from_pg_uuid(&tenant))?;
-    Some(crate::audit_writer::record_hmac(&mac, text.as_bytes()))
+    Some(crate::audit::writer::record_hmac(&mac, text.as_bytes()))
 }
 
 /// Record a management action.
@@ -565,11 +572,11 @@ pub fn record_rows_changed(rel: pg_sys::Oid, action: &str, column: Option<&str>)
         return;
     };
     let filter = column
-        .map(|c| format!(" WHERE {} IS NOT NULL", crate::policy::quote_ident(c)))
+        .map(|c| format!(" WHERE {} IS NOT NULL", crate::catalog::quote_ident(c)))
         .unwrap_or_default();
     let sql = format!(
         "SELECT {tc}, pg_catalog.count(*) FROM ONLY {table}{filter} GROUP BY 1 ORDER BY 1",
-        tc = crate::policy::quote_ident(&tenant_column)
+        tc = crate::catalog::quote_ident(&tenant_column)
     );
     let counts: Vec<(Option<pgrx::Uuid>, i64)> =
         catalog::owner_rows_latest(&table, &sql, &[], |r| {
@@ -622,7 +629,7 @@ pub fn holds_rows(rel: pg_sys::Oid) -> bool {
         if !plain {
             return true;
         }
-        let table = crate::policy::relation_name(leaf);
+        let table = crate::catalog::relation_name(leaf);
         catalog::owner_rows_latest(
             &table,
             &format!("SELECT EXISTS (SELECT FROM ONLY {table})"),
@@ -652,11 +659,11 @@ pub fn record_joining_rows(
     key_columns: &[String],
     ancestors: &[pg_sys::Oid],
 ) -> i64 {
-    let name = crate::policy::relation_name(table);
-    let tc = crate::policy::quote_ident(tenant_column);
+    let name = crate::catalog::relation_name(table);
+    let tc = crate::catalog::quote_ident(tenant_column);
     let mut counts: HashMap<Option<Uuid>, i64> = HashMap::new();
     for (leaf, plain) in leaves(table) {
-        let leaf_name = crate::policy::relation_name(leaf);
+        let leaf_name = crate::catalog::relation_name(leaf);
         if !plain {
             errors::raise(
                 errors::NOT_IN_PREREQUISITE_STATE,
@@ -711,8 +718,8 @@ pub fn record_joining_rows(
                 .iter()
                 .map(|c| format!(
                     "{}, p.{}",
-                    crate::policy::quote_literal(c),
-                    crate::policy::quote_ident(c)
+                    crate::catalog::quote_literal(c),
+                    crate::catalog::quote_ident(c)
                 ))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -833,7 +840,7 @@ fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
 fn _audit<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
-    use crate::audit_writer::{self, Op};
+    use crate::audit::writer::{self as audit_writer, Op};
     let op = match trigger.op()? {
         pgrx::PgTriggerOperation::Insert => Op::Insert,
         pgrx::PgTriggerOperation::Update => Op::Update,
@@ -910,12 +917,7 @@ fn _audit_append_only<'a>(
 /// its admins; NULL (no rows) otherwise. Never raises.
 #[pg_extern(stable, parallel_restricted, name = "_audit_reader_tenant")]
 fn audit_reader_tenant() -> Option<pgrx::Uuid> {
-    let b = crate::binding::current_if_bound()?;
-    if b.support_privileges.is_none() && b.roles.iter().any(|r| r == "admin") {
-        Some(to_pg_uuid(b.tenant))
-    } else {
-        None
-    }
+    crate::authz::admin_of().map(to_pg_uuid)
 }
 
 /// (table, tenant) -> the columns the tenant keeps out of its records of the table.
@@ -970,18 +972,15 @@ RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'a
 "#
 )]
 fn audit_exclude(tbl: pg_sys::Oid, columns: Vec<String>) {
-    let binding = crate::binding::current_if_bound();
-    let tenant = match binding {
-        Some(b) if b.support_privileges.is_none() && b.roles.iter().any(|r| r == "admin") => {
-            b.tenant
-        }
-        _ => errors::raise(
+    let tenant = match crate::authz::admin_of() {
+        Some(t) => t,
+        None => errors::raise(
             errors::INSUFFICIENT_PRIVILEGE,
             "permission denied: audit_exclude is a tenant admin's decision",
             "Bind with a token of the tenant's admin role; what is left out of a tenant's trail is the tenant's to decide, not the platform's.",
         ),
     };
-    let table = crate::policy::relation_name(tbl);
+    let table = crate::catalog::relation_name(tbl);
     let meta = catalog::owner_rows(
         "tenancy.protected_table",
         "SELECT p.tenant_column::text, \

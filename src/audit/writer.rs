@@ -8,7 +8,7 @@
 //! (a subquery scan, the hash expression compiled again, RETURNING) cost more than the
 //! change it recorded.
 //!
-//! Per row: the row as jsonb, the value `to_jsonb` gives (`src/audit_row_json.rs`), without
+//! Per row: the row as jsonb, the value `to_jsonb` gives (`src/pg/row_json.rs`), without
 //! the excluded columns; the key's columns likewise; for UPDATE only the columns whose jsonb
 //! values differ.
 //! `row_hash` is HMAC-SHA-256, under the tenant's audit key, of exactly the text
@@ -16,8 +16,8 @@
 //! `|`), taken from the values as stored, so `audit_verify`, which recomputes it from the
 //! stored record in SQL, checks these records too.
 
-use crate::audit_row_json::{Column, RowJson};
 use crate::catalog;
+use crate::pg::row_json::{Column, RowJson};
 use pgrx::fcinfo::{direct_function_call, direct_function_call_as_datum};
 use pgrx::pg_sys::{self, Datum};
 use pgrx::{FromDatum, IntoDatum};

@@ -1,6 +1,9 @@
 //! Role-to-tenant mappings (database login roles bound to a tenant without a token).
 //! Tenant roles, members and privileges build on these tables.
 
+/// Roles every tenant starts with.
+pub const SEEDED_ROLES: &[&str] = &["admin", "member", "viewer"];
+
 use crate::authz;
 use crate::catalog::{self, to_pg_uuid};
 use crate::errors::{self, INVALID_PARAMETER, UNDEFINED_OBJECT};
@@ -195,7 +198,7 @@ fn create_role(tenant: &str, role: &str) {
 fn drop_role(tenant: &str, role: &str) {
     let t = managed_tenant(tenant, "drop_role");
     check_tenant_roles(&t, &[role.to_string()]);
-    if crate::lifecycle::SEEDED_ROLES.contains(&role) {
+    if SEEDED_ROLES.contains(&role) {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
             format!("role \"{role}\" is seeded in every tenant and cannot be dropped"),
@@ -221,7 +224,7 @@ fn drop_role(tenant: &str, role: &str) {
 /// A protected table (or NULL for every protected table, present and future).
 fn check_grant_table(tbl: Option<pg_sys::Oid>) -> Option<String> {
     let rel = tbl?;
-    let name = crate::policy::relation_name(rel);
+    let name = crate::catalog::relation_name(rel);
     let protected = catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)));
     if !protected {
         errors::raise(

@@ -106,7 +106,7 @@ unsafe extern "C-unwind" fn planner(
     bound: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
     if !parse.is_null() {
-        crate::bind_default_arg::fill(parse);
+        crate::pg::bind_default_arg::fill(parse);
     }
     if !gucs::PLAN_BINDING_AS_PARAM.get() || pg_sys::ParallelWorkerNumber >= 0 || parse.is_null() {
         return plan(parse, query_string, cursor_options, bound);
@@ -393,6 +393,26 @@ unsafe fn entries_end(numparams: usize) -> usize {
 
 thread_local! {
     static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+    /// What the pillars do at the start of every query (src/lifecycle: the resource limits
+    /// and the tenant's write lock), registered at _PG_init.
+    static QUERY_START: RefCell<Vec<fn(bool)>> = const { RefCell::new(Vec::new()) };
+    /// The reserved parameters' value: the tenant a binding may act for on a table with a
+    /// privilege (src/protection/privileges.rs), registered at _PG_init.
+    static RESERVED_VALUE: Cell<Option<ReservedValue>> = const { Cell::new(None) };
+}
+
+/// Computes a reserved parameter's value: (table, privilege) to the tenant's uuid bytes.
+pub type ReservedValue = fn(pg_sys::Oid, &'static str) -> [u8; 16];
+
+/// Run `f(writes)` at the start of every query of the leader process, before parallel mode,
+/// with whether the query writes (also through a data-modifying CTE).
+pub fn at_query_start(f: fn(bool)) {
+    QUERY_START.with(|q| q.borrow_mut().push(f));
+}
+
+/// Set how the reserved parameters get their value.
+pub fn set_reserved_value(f: ReservedValue) {
+    RESERVED_VALUE.with(|r| r.set(Some(f)));
 }
 
 /// Clears IN_HOOK when the hook's own work is done (also when it raises).
@@ -412,19 +432,14 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         // is one unlocked read of a flag.
         pg_sys::AcceptInvalidationMessages();
         // Resource limits hold from the start of every query of a bound session, before a
-        // parallel plan fixes its workers' settings (src/limits.rs).
+        // parallel plan fixes its workers' settings (src/lifecycle/limits.rs).
         // Not again for the queries these run themselves (the tenant's row, on a cache miss).
         if !pg_sys::IsInParallelMode() && !IN_HOOK.with(|h| h.replace(true)) {
             let _done = HookDone;
-            if let Some(tenant) = crate::binding::tenant_in_effect_unchecked() {
-                crate::limits::enforce(tenant);
-                // A write of a bound session holds the tenant's write lock: decommission
-                // waits for it, and it waits for decommission (src/lifecycle.rs).
-                if (*qd).operation != pg_sys::CmdType::CMD_SELECT
-                    || (*(*qd).plannedstmt).hasModifyingCTE
-                {
-                    crate::lifecycle::hold_for_write(tenant);
-                }
+            let writes = (*qd).operation != pg_sys::CmdType::CMD_SELECT
+                || (*(*qd).plannedstmt).hasModifyingCTE;
+            for f in QUERY_START.with(|q| q.borrow().clone()) {
+                f(writes);
             }
         }
     }
@@ -611,7 +626,9 @@ unsafe fn const_opcode() -> Option<isize> {
 #[pg_guard]
 unsafe extern "C-unwind" fn compute_reserved(r: *mut Reserved) {
     let r = &mut *r;
-    let tenant = crate::privileges::allowed_tenant_id(r.relid, r.privilege);
-    r.tenant = *tenant.as_bytes();
+    let value = RESERVED_VALUE
+        .with(|v| v.get())
+        .expect("pg_tenancy registers the reserved parameters' value at load");
+    r.tenant = value(r.relid, r.privilege);
     r.pending = false;
 }

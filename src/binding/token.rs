@@ -375,6 +375,16 @@ fn time_claim_rounded(
     }
 }
 
+/// A stored key's algorithm and verification key (None when the material is unusable), for
+/// the catalog's key cache ([`crate::catalog::KeyDecoder`]).
+pub fn decode_key(
+    alg: &str,
+    material: &str,
+) -> Option<(jsonwebtoken::Algorithm, Option<jsonwebtoken::DecodingKey>)> {
+    let alg = parse_algorithm(alg)?;
+    Some((alg, parse_key(alg, material).ok()))
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

@@ -25,8 +25,8 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
         "SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
         &[],
     );
-    if crate::policy::in_managed_ddl()
-        || crate::policy::in_restore()
+    if crate::protection::policy::in_managed_ddl()
+        || crate::protection::policy::in_restore()
         || touched.iter().all(Option::is_none)
     {
         return;
@@ -82,8 +82,8 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
         "SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
         &[],
     );
-    if crate::policy::in_managed_ddl()
-        || crate::policy::in_restore()
+    if crate::protection::policy::in_managed_ddl()
+        || crate::protection::policy::in_restore()
         || crate::authz::is_superuser(crate::authz::caller())
     {
         return;
@@ -108,12 +108,12 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
             child,
             format!(
                 "protected table \"{}\" cannot inherit from unprotected table \"{}\"",
-                crate::policy::relation_name(child),
-                crate::policy::relation_name(parent)
+                crate::catalog::relation_name(child),
+                crate::catalog::relation_name(parent)
             ),
             format!(
                 "A parent's queries read its children's rows under the parent's policies only. Have an operator protect the parent first: SELECT tenancy.protect({});",
-                crate::policy::quote_literal(&crate::policy::relation_name(parent))
+                crate::catalog::quote_literal(&crate::catalog::relation_name(parent))
             ),
         );
     }
@@ -130,7 +130,7 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
                 rel,
                 format!(
                     "{what} of protected table \"{}\" calls {call}, which would see every tenant's writes",
-                    crate::policy::relation_name(rel)
+                    crate::catalog::relation_name(rel)
                 ),
                 EXPRESSION_HINT,
             );
@@ -280,7 +280,7 @@ unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
 
 fn refuse_channel(table: pg_sys::Oid, message: String, hint: impl Into<String>) -> ! {
     let mut f = serde_json::Map::new();
-    f.insert("table".into(), crate::policy::relation_name(table).into());
+    f.insert("table".into(), crate::catalog::relation_name(table).into());
     errors::refuse(
         "guard_refused",
         f,
@@ -402,7 +402,7 @@ unsafe fn leaky_raw(
                 -1,
             );
         }
-        let leaky = crate::leakproof::first_leaky_call(expr, user_code_only);
+        let leaky = crate::protection::leakproof::first_leaky_call(expr, user_code_only);
         pg_sys::free_parsestate(pstate);
         pg_sys::relation_close(r, pg_sys::NoLock as pg_sys::LOCKMODE);
         leaky
@@ -415,7 +415,7 @@ fn refuse_leaky(rel: pg_sys::Oid, what: &str, call: Option<String>) {
             rel,
             format!(
                 "{what} on protected table \"{}\" calls {call}, which is not a built-in leakproof function",
-                crate::policy::relation_name(rel)
+                crate::catalog::relation_name(rel)
             ),
             EXPRESSION_HINT,
         );
@@ -447,18 +447,20 @@ fn refuse_leaky_type(rel: pg_sys::Oid, column: &str, typ: pg_sys::Oid, rewrite: 
     refuse_leaky(
         rel,
         &format!("the type of column \"{column}\""),
-        crate::leakproof::type_leaky_call(typ, !rewrite),
+        crate::protection::leakproof::type_leaky_call(typ, !rewrite),
     );
 }
 
 /// Refuse a stored expression (a constraint about to be validated) that is leaky.
 fn refuse_leaky_stored(rel: pg_sys::Oid, stored: Option<String>, what: &str) {
-    if let Some(call) = stored.and_then(|text| crate::leakproof::leaky_call_text(&text, false)) {
+    if let Some(call) =
+        stored.and_then(|text| crate::protection::leakproof::leaky_call_text(&text, false))
+    {
         refuse_channel(
             rel,
             format!(
                 "{what} on protected table \"{}\" calls {call}, which is not a built-in leakproof function",
-                crate::policy::relation_name(rel)
+                crate::catalog::relation_name(rel)
             ),
             EXPRESSION_HINT,
         );
@@ -482,7 +484,10 @@ fn application_session() -> bool {
 pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char) {
     // SAFETY: every pointer below is part of `stmt`, a parse tree of the type its tag says.
     unsafe {
-        if stmt.is_null() || crate::policy::in_managed_ddl() || crate::policy::in_restore() {
+        if stmt.is_null()
+            || crate::protection::policy::in_managed_ddl()
+            || crate::protection::policy::in_restore()
+        {
             return;
         }
         // For every role, superusers included: changes to protected tables' rows that no row
@@ -556,7 +561,7 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
                         rel,
                         format!(
                             "rules on protected table \"{}\" are refused: a rule's actions see every tenant's rows",
-                            crate::policy::relation_name(rel)
+                            crate::catalog::relation_name(rel)
                         ),
                         "Use a trigger that writes into another protected table, or have a superuser (a trusted migration role) create the rule; tenancy.verify() reports rules on protected tables.",
                     );
@@ -704,7 +709,7 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                         table,
                         format!(
                             "renaming a value of an enum that a column of protected table \"{}\" uses would change every tenant's rows unrecorded",
-                            crate::policy::relation_name(table)
+                            crate::catalog::relation_name(table)
                         ),
                         "Add the new value (ALTER TYPE ... ADD VALUE), let each tenant UPDATE its rows (each update is recorded in its trail), then stop using the old one.",
                     );
@@ -800,19 +805,19 @@ fn refuse_joining_rows(parent: pg_sys::Oid, table: pg_sys::Oid, partition: bool)
         table,
         format!(
             "table \"{}\" holds rows and cannot {} protected table \"{}\" unrecorded",
-            crate::policy::relation_name(table),
+            crate::catalog::relation_name(table),
             if partition {
                 "be attached to"
             } else {
                 "inherit from"
             },
-            crate::policy::relation_name(parent)
+            crate::catalog::relation_name(parent)
         ),
         if partition {
             format!(
                 "An operator attaches it with SELECT tenancy.attach_partition({}, {}, 'FOR VALUES ...'); which checks every row's tenant and records each row in that tenant's audit trail. Or attach it empty and INSERT the rows as the tenants.",
-                crate::policy::quote_literal(&crate::policy::relation_name(parent)),
-                crate::policy::quote_literal(&crate::policy::relation_name(table))
+                crate::catalog::quote_literal(&crate::catalog::relation_name(parent)),
+                crate::catalog::quote_literal(&crate::catalog::relation_name(table))
             )
         } else {
             "Make it inherit while it is empty, then INSERT the rows as the tenants (each insert is recorded in its tenant's trail).".to_string()
@@ -842,7 +847,10 @@ fn guard_drops() {
         Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the dropped objects failed: {e}"));
-    if dropped.is_empty() || crate::policy::in_managed_ddl() || crate::policy::in_restore() {
+    if dropped.is_empty()
+        || crate::protection::policy::in_managed_ddl()
+        || crate::protection::policy::in_restore()
+    {
         return;
     }
     let relids: Vec<pg_sys::Oid> = dropped.iter().map(|d| d.0).collect();
@@ -1008,12 +1016,12 @@ unsafe fn check_alter_table_cmds(
                             rel,
                             format!(
                                 "protected table \"{}\" cannot inherit from unprotected table \"{}\"",
-                                crate::policy::relation_name(rel),
-                                crate::policy::relation_name(parent)
+                                crate::catalog::relation_name(rel),
+                                crate::catalog::relation_name(parent)
                             ),
                             format!(
                                 "A parent's queries read its children's rows under the parent's policies only. Have an operator protect the parent first: SELECT tenancy.protect({});",
-                                crate::policy::quote_literal(&crate::policy::relation_name(parent))
+                                crate::catalog::quote_literal(&crate::catalog::relation_name(parent))
                             ),
                         );
                     }
@@ -1036,12 +1044,12 @@ unsafe fn check_alter_table_cmds(
                             part,
                             format!(
                                 "protected table \"{}\" cannot become a partition of unprotected table \"{}\"",
-                                crate::policy::relation_name(part),
-                                crate::policy::relation_name(rel)
+                                crate::catalog::relation_name(part),
+                                crate::catalog::relation_name(rel)
                             ),
                             format!(
                                 "Queries of the parent read its partitions under the parent's policies only. Have an operator protect the parent first: SELECT tenancy.protect({});",
-                                crate::policy::quote_literal(&crate::policy::relation_name(rel))
+                                crate::catalog::quote_literal(&crate::catalog::relation_name(rel))
                             ),
                         );
                     }
@@ -1166,7 +1174,7 @@ pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid) {
             rel,
             format!(
                 "{what} of \"{}\" calls {call}, which would run over every tenant's rows once it is protected",
-                crate::policy::relation_name(rel)
+                crate::catalog::relation_name(rel)
             ),
             EXPRESSION_HINT,
         );
@@ -1205,8 +1213,8 @@ fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
     );
     rows.into_iter().find_map(|(what, expr, typ)| {
         let call = match (expr, typ) {
-            (Some(e), _) => crate::leakproof::leaky_call_text(&e, true),
-            (None, Some(t)) => crate::leakproof::type_leaky_call(t, true),
+            (Some(e), _) => crate::protection::leakproof::leaky_call_text(&e, true),
+            (None, Some(t)) => crate::protection::leakproof::type_leaky_call(t, true),
             (None, None) => Some("actions that see every tenant's writes".into()),
         }?;
         Some((what, call))
@@ -1313,7 +1321,7 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt) {
                 table,
                 format!(
                     "the domain is used by a column of protected table \"{}\", and its new or validated constraint would run over every tenant's values",
-                    crate::policy::relation_name(table)
+                    crate::catalog::relation_name(table)
                 ),
                 "Have a superuser (a trusted migration role) change the domain, or use a domain no protected column uses.",
             );
@@ -1343,7 +1351,7 @@ unsafe fn check_lock(s: *mut pg_sys::LockStmt) {
                     rel,
                     format!(
                         "LOCK TABLE \"{}\" in a mode stronger than ROW EXCLUSIVE is refused: it would stall every tenant's statements",
-                        crate::policy::relation_name(rel)
+                        crate::catalog::relation_name(rel)
                     ),
                     "Rows are locked with SELECT ... FOR UPDATE, which locks the bound tenant's rows only. A migration that needs the table to itself runs as an operator or a superuser.",
                 );

@@ -11,7 +11,7 @@
 //! `to_jsonb` of the column's value alone, which is what `to_jsonb` of the row does for that
 //! column.
 
-use crate::jsonb_build::{object_of, scalar, string_value};
+use crate::pg::jsonb_build::{object_of, scalar, string_value};
 use pgrx::pg_sys::{self, Datum};
 use std::ffi::CString;
 

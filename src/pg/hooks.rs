@@ -1,0 +1,90 @@
+//! PostgreSQL's utility hook, and the registry of what the pillars do in it.
+//!
+//! The pillars above register plain functions at `_PG_init` (`before_utility`,
+//! `after_utility`); this module owns the hook itself and calls the hook installed before it
+//! through pgrx's FFI guard, so none of them depends on another through the hook.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+
+/// Called with a utility statement's parse tree before (and after) it runs.
+pub type UtilityCallback = fn(*mut pg_sys::Node);
+
+thread_local! {
+    static BEFORE: RefCell<Vec<UtilityCallback>> = const { RefCell::new(Vec::new()) };
+    static AFTER: RefCell<Vec<UtilityCallback>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` before every utility statement (it may refuse it by raising).
+pub fn before_utility(f: UtilityCallback) {
+    BEFORE.with(|b| b.borrow_mut().push(f));
+}
+
+/// Run `f` after every utility statement that did not fail.
+pub fn after_utility(f: UtilityCallback) {
+    AFTER.with(|b| b.borrow_mut().push(f));
+}
+
+static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
+
+/// Install the utility hook (once, from _PG_init).
+pub fn init() {
+    // SAFETY: called once from _PG_init, before any statement runs; the previous hook is kept
+    // and called from ours.
+    unsafe {
+        PREV_UTILITY_HOOK = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(utility_hook);
+    }
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn utility_hook(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: PostgreSQL calls the hook with a valid planned utility statement.
+    let stmt = unsafe { (*pstmt).utilityStmt };
+    for f in BEFORE.with(|b| b.borrow().clone()) {
+        f(stmt);
+    }
+    // SAFETY: the hook that was installed before ours (or the standard one), called with our
+    // own arguments; its errors come back through the FFI guard as a Rust panic, re-raised by
+    // #[pg_guard].
+    unsafe {
+        match PREV_UTILITY_HOOK {
+            Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                prev(
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
+                )
+            }),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+    }
+    for f in AFTER.with(|b| b.borrow().clone()) {
+        f(stmt);
+    }
+}
