@@ -207,15 +207,18 @@ GRANT EXECUTE ON FUNCTION tenancy.auto_protect(text, boolean, text) TO tenancy_o
 -- finding carries the SQL that fixes it. For operators (it reads pg_tenancy's metadata).
 CREATE FUNCTION tenancy.verify()
 RETURNS TABLE (severity text, rule text, object text, detail text, fix text)
-LANGUAGE sql STABLE
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $verify$
-WITH prot AS (
+-- The protected tables, each locked ACCESS SHARE for the rest of the transaction first
+-- (tenancy._lock_protected_tables): a table dropped or altered concurrently is then either
+-- gone before verify looks, or stays as it is while verify reads its definition.
+WITH prot AS MATERIALIZED (
     SELECT p.relid, p.tenant_column, p.policy_digest,
            (SELECT a.attnum FROM pg_attribute a
              WHERE a.attrelid = p.relid AND a.attname = p.tenant_column AND NOT a.attisdropped) AS tenant_attnum
       FROM tenancy.protected_table p
-     WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid)
+     WHERE p.relid::oid IN (SELECT tenancy._lock_protected_tables())
 ),
 tenant_columns AS (
     SELECT DISTINCT tenant_column FROM prot
@@ -620,8 +623,8 @@ SELECT 'error', 'unprotected_parent', p.relid::regclass::text,
   FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_inherits i ON i.inhrelid = p.relid
  WHERE i.inhparent NOT IN (SELECT relid FROM prot)
 $verify$;
-REVOKE EXECUTE ON FUNCTION tenancy.verify() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.verify() TO tenancy_operator;
+REVOKE EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables() TO tenancy_operator;
 
 ---------------------------------------------------------------------------------------------
 -- Tenant RBAC, readable by operators and by the bound tenant's admins (their own tenant).

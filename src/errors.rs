@@ -33,13 +33,59 @@ pub fn clean(s: &str) -> String {
     out
 }
 
+/// A refusal: its SQLSTATE, message and HINT, and, when it is a security event, the event's
+/// kind and fields. Checks return one (`Result<_, Refusal>`), so the code that decides why
+/// something is refused also decides its SQLSTATE; it is raised in one place,
+/// [`Refusal::raise`].
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub sqlstate: PgSqlErrorCode,
+    pub message: String,
+    pub hint: String,
+    pub event: Option<(&'static str, serde_json::Map<String, serde_json::Value>)>,
+}
+
+impl Refusal {
+    pub fn new(
+        sqlstate: PgSqlErrorCode,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Refusal {
+        Refusal {
+            sqlstate,
+            message: message.into(),
+            hint: hint.into(),
+            event: None,
+        }
+    }
+
+    /// Report it as security event `event` with `fields` (and its message as the reason).
+    pub fn event(
+        mut self,
+        event: &'static str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Refusal {
+        self.event = Some((event, fields));
+        self
+    }
+
+    /// Report the security event, if any, then raise the ERROR. Never returns.
+    pub fn raise(self) -> ! {
+        if let Some((event, mut fields)) = self.event {
+            fields.insert("reason".into(), self.message.clone().into());
+            security_event(event, fields);
+        }
+        ErrorReport::new(self.sqlstate, clean(&self.message), "pg_tenancy")
+            .set_hint(clean(&self.hint))
+            .report(PgLogLevel::ERROR);
+        unreachable!("ereport(ERROR) returned")
+    }
+}
+
 /// Raise an ERROR with a SQLSTATE, a message and a HINT (both cleaned of control characters).
 /// Never returns.
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<String>) -> ! {
-    ErrorReport::new(code, clean(&message.into()), "pg_tenancy")
-        .set_hint(clean(&hint.into()))
-        .report(PgLogLevel::ERROR);
-    unreachable!("ereport(ERROR) returned")
+    Refusal::new(code, message, hint).raise()
 }
 
 /// Keep Rust backtraces out of error reports: pgrx appends a captured backtrace (frames with
@@ -77,15 +123,13 @@ pub fn security_event(event: &str, fields: serde_json::Map<String, serde_json::V
 
 /// Log a security event, then raise the refusal.
 pub fn refuse(
-    event: &str,
+    event: &'static str,
     fields: serde_json::Map<String, serde_json::Value>,
     code: PgSqlErrorCode,
     message: impl Into<String>,
     hint: impl Into<String>,
 ) -> ! {
-    let message = message.into();
-    let mut fields = fields;
-    fields.insert("reason".into(), message.clone().into());
-    security_event(event, fields);
-    raise(code, message, hint)
+    Refusal::new(code, message, hint)
+        .event(event, fields)
+        .raise()
 }

@@ -16,7 +16,9 @@ pub mod keys;
 pub mod token;
 
 use crate::catalog::{self, TenantRow};
-use crate::errors::{self, INSUFFICIENT_PRIVILEGE, INVALID_AUTHORIZATION, INVALID_PARAMETER};
+use crate::errors::{
+    self, Refusal, INSUFFICIENT_PRIVILEGE, INVALID_AUTHORIZATION, INVALID_PARAMETER,
+};
 use crate::gucs;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -358,17 +360,24 @@ fn refuse_bind(code: pgrx::PgSqlErrorCode, message: String, hint: &str, tenant: 
 
 /// Refuse a bind whose tenant is known (the token's signature verified and its tenant claim
 /// named this tenant): the security event is kept with the tenant's other events.
-fn refuse_bind_in(
-    code: pgrx::PgSqlErrorCode,
-    message: String,
-    hint: &str,
-    tenant: &TenantRow,
-) -> ! {
+fn refuse_bind_in(refusal: Refusal, tenant: &TenantRow) -> ! {
     let f = fields(&[
         ("tenant", tenant.slug.clone().into()),
         ("tenant_id", tenant.id.to_string().into()),
     ]);
-    errors::refuse("bind_refused", f, code, message, hint)
+    refusal.event("bind_refused", f).raise()
+}
+
+/// A binding in force can no longer be used (revoked, suspended, expired key, region): the
+/// session loses it, with a security event. Whatever the check's own SQLSTATE, losing a
+/// binding one had is a privilege refusal (42501).
+fn binding_ended(refusal: Refusal, tenant_slug: String) -> ! {
+    Refusal {
+        sqlstate: INSUFFICIENT_PRIVILEGE,
+        ..refusal
+    }
+    .event("binding_revoked", fields(&[("tenant", tenant_slug.into())]))
+    .raise()
 }
 
 fn token_refusal(e: token::TokenError) -> ! {
@@ -419,16 +428,16 @@ fn effective_roles(
 }
 
 /// Check a tenant may be bound now: it exists, is active, and its region matches the server's.
-fn check_tenant(tenant: &TenantRow) -> Result<(), (String, &'static str)> {
+fn check_tenant(tenant: &TenantRow) -> Result<(), Refusal> {
     if !tenant.is_active() {
-        return Err((
+        return Err(Refusal::new(INSUFFICIENT_PRIVILEGE,
             format!("tenant \"{}\" is {}", tenant.slug, tenant.status),
             "An operator can resume a suspended tenant with tenancy.resume_tenant(); decommissioned tenants cannot be bound.",
         ));
     }
     if let (Some(server), Some(region)) = (gucs::region(), tenant.region.as_ref()) {
         if &server != region {
-            return Err((
+            return Err(Refusal::new(INSUFFICIENT_PRIVILEGE,
                 format!(
                     "tenant \"{}\" resides in region \"{region}\", and this server is in region \"{server}\"",
                     tenant.slug
@@ -445,10 +454,11 @@ fn check_tenant(tenant: &TenantRow) -> Result<(), (String, &'static str)> {
 /// present; recompute its roles. The binding is stamped with the generation read before the
 /// catalog was, so an invalidation that arrives during the checks makes the next statement
 /// check again.
-fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
+fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
     let generation = catalog::generation();
     let tenant = catalog::tenant_by_id(b.tenant).ok_or_else(|| {
-        (
+        Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
             format!("tenant \"{}\" no longer exists", b.slug),
             "Bind again with a token of an existing tenant.",
         )
@@ -468,11 +478,11 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
             let subject = b.subject.clone().unwrap_or_default();
             if let Some(why) = catalog::token_revocation(tenant.id, &subject, *iat, jti.as_deref())
             {
-                return Err((why, REVOKED_HINT));
+                return Err(Refusal::new(INSUFFICIENT_PRIVILEGE, why, REVOKED_HINT));
             }
             let (roles, still_member) = effective_roles(&tenant, &subject, claim_roles.as_deref());
             if *member && !still_member {
-                return Err((
+                return Err(Refusal::new(INSUFFICIENT_PRIVILEGE,
                     format!(
                         "subject \"{subject}\" is no longer a member of tenant \"{}\"",
                         b.slug
@@ -484,7 +494,8 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
         }
         Source::Support { operator, .. } => {
             let grant = catalog::support_grant(b.tenant, *operator).ok_or_else(|| {
-                (
+                Refusal::new(
+                    INSUFFICIENT_PRIVILEGE,
                     format!(
                         "the support grant of tenant \"{}\" has expired or was revoked",
                         b.slug
@@ -498,7 +509,8 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
         Source::Mapping { role } => {
             let maps = catalog::mappings(*role);
             let m = maps.iter().find(|m| m.tenant == b.tenant).ok_or_else(|| {
-                (
+                Refusal::new(
+                    INSUFFICIENT_PRIVILEGE,
                     format!(
                         "role \"{}\" is no longer mapped to tenant \"{}\"",
                         crate::authz::role_name(*role),
@@ -520,14 +532,14 @@ fn revalidate(b: &mut Binding) -> Result<(), (String, &'static str)> {
 /// What can end a binding with no change of pg_tenancy's catalog, checked on every statement:
 /// its signing key passing its `not_after`, and the server's region (`tenancy.region`, changed
 /// by a reload) no longer the tenant's.
-fn still_in_force(b: &Binding, now: i64) -> Result<(), (String, &'static str)> {
+fn still_in_force(b: &Binding, now: i64) -> Result<(), Refusal> {
     if let Source::Token { kid, .. } = &b.source {
         check_key_expiry(kid, b.key_not_after, now)?;
     }
     if let Some(region) = &b.region {
         if let Some(server) = gucs::region() {
             if &server != region {
-                return Err((
+                return Err(Refusal::new(INSUFFICIENT_PRIVILEGE,
                     format!(
                         "tenant \"{}\" resides in region \"{region}\", and this server is now in region \"{server}\"",
                         b.slug
@@ -544,23 +556,25 @@ const REVOKED_HINT: &str = "The token was revoked (tenancy.revoke_token) or its 
 
 const KEY_HINT: &str = "Sign tokens with a key registered by tenancy.add_key() that is neither revoked nor past its not_after.";
 
-fn check_key(
-    key: Option<&catalog::KeyRow>,
-    now: i64,
-    tenant: Uuid,
-) -> Result<(), (String, &'static str)> {
+fn check_key(key: Option<&catalog::KeyRow>, now: i64, tenant: Uuid) -> Result<(), Refusal> {
     let key = key.ok_or_else(|| {
-        (
+        Refusal::new(
+            INVALID_AUTHORIZATION,
             "token signing key is unknown or revoked".to_string(),
             KEY_HINT,
         )
     })?;
     if key.revoked || key.key.is_none() {
-        return Err(("token signing key is unknown or revoked".into(), KEY_HINT));
+        return Err(Refusal::new(
+            INVALID_AUTHORIZATION,
+            "token signing key is unknown or revoked",
+            KEY_HINT,
+        ));
     }
     check_key_expiry(&key.kid, key.not_after, now)?;
     if key.tenant.is_some_and(|t| t != tenant) {
-        return Err((
+        return Err(Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
             format!(
                 "token signing key \"{}\" may only bind its own tenant",
                 key.kid
@@ -572,13 +586,13 @@ fn check_key(
 }
 
 /// Refuse a key past its `not_after`.
-fn check_key_expiry(
-    kid: &str,
-    not_after: Option<i64>,
-    now: i64,
-) -> Result<(), (String, &'static str)> {
+fn check_key_expiry(kid: &str, not_after: Option<i64>, now: i64) -> Result<(), Refusal> {
     if not_after.is_some_and(|na| now >= na) {
-        return Err((format!("token signing key \"{kid}\" has expired"), KEY_HINT));
+        return Err(Refusal::new(
+            INVALID_AUTHORIZATION,
+            format!("token signing key \"{kid}\" has expired"),
+            KEY_HINT,
+        ));
     }
     Ok(())
 }
@@ -720,21 +734,19 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     if cached {
         // The clock and the server's region are not part of the catalog generation: a cached
         // entry is checked against them again, in the order prepare() checks them.
-        if let Err((msg, hint)) = check_key_expiry(&claims.kid, p.key_not_after, now) {
-            refuse_bind_in(INVALID_AUTHORIZATION, msg, hint, &p.tenant);
+        if let Err(r) = check_key_expiry(&claims.kid, p.key_not_after, now) {
+            refuse_bind_in(r, &p.tenant);
         }
-        if let Err((msg, hint)) = check_tenant(&p.tenant) {
-            refuse_bind_in(INSUFFICIENT_PRIVILEGE, msg, hint, &p.tenant);
+        if let Err(r) = check_tenant(&p.tenant) {
+            refuse_bind_in(r, &p.tenant);
         }
     }
     // No rebinding to another tenant inside a transaction that has been bound.
     let current = current_binding_tenant();
     if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current) {
         if bound != p.tenant.id {
-            refuse_bind_in(
-                INSUFFICIENT_PRIVILEGE,
-                format!("this transaction is bound to another tenant and cannot bind tenant \"{}\"", p.tenant.slug),
-                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind().", &p.tenant);
+            refuse_bind_in(Refusal::new(INSUFFICIENT_PRIVILEGE, format!("this transaction is bound to another tenant and cannot bind tenant \"{}\"", p.tenant.slug),
+                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind()."), &p.tenant);
         }
     }
     TXN_TENANT.with(|t| t.set(Some(p.tenant.id)));
@@ -763,28 +775,25 @@ fn prepare(
             Some(&claims.tenant),
         ),
     };
-    if let Err((msg, hint)) = check_key(key.as_deref(), now, tenant.id) {
-        let code = if msg.contains("may only bind") {
-            INSUFFICIENT_PRIVILEGE
-        } else {
-            INVALID_AUTHORIZATION
-        };
-        refuse_bind_in(code, msg, hint, &tenant);
+    if let Err(r) = check_key(key.as_deref(), now, tenant.id) {
+        refuse_bind_in(r, &tenant);
     }
-    if let Err((msg, hint)) = check_tenant(&tenant) {
-        refuse_bind_in(INSUFFICIENT_PRIVILEGE, msg, hint, &tenant);
+    if let Err(r) = check_tenant(&tenant) {
+        refuse_bind_in(r, &tenant);
     }
     // A login role mapped to tenants may only bind those tenants.
     let maps = catalog::mappings(session_role);
     if !maps.is_empty() && !maps.iter().any(|m| m.tenant == tenant.id) {
         refuse_bind_in(
-            INSUFFICIENT_PRIVILEGE,
-            format!(
-                "role \"{}\" is mapped to other tenants and cannot bind tenant \"{}\"",
-                crate::authz::role_name(session_role),
-                tenant.slug
+            Refusal::new(
+                INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "role \"{}\" is mapped to other tenants and cannot bind tenant \"{}\"",
+                    crate::authz::role_name(session_role),
+                    tenant.slug
+                ),
+                "Connect with a role mapped to this tenant, or unmap the role.",
             ),
-            "Connect with a role mapped to this tenant, or unmap the role.",
             &tenant,
         );
     }
@@ -794,7 +803,10 @@ fn prepare(
         claims.iat,
         claims.jti.as_deref(),
     ) {
-        refuse_bind_in(INVALID_AUTHORIZATION, why, REVOKED_HINT, &tenant);
+        refuse_bind_in(
+            Refusal::new(INVALID_AUTHORIZATION, why, REVOKED_HINT),
+            &tenant,
+        );
     }
     let (roles, member) = effective_roles(&tenant, &claims.subject, claims.roles.as_deref());
     let mut prepared = Prepared {
@@ -964,15 +976,9 @@ fn ensure_mapped(gen: u64) {
         MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, None)));
         return;
     };
-    if let Err((msg, hint)) = revalidate(&mut b) {
+    if let Err(r) = revalidate(&mut b) {
         MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, None)));
-        errors::refuse(
-            "binding_revoked",
-            fields(&[("tenant", b.slug.clone().into())]),
-            INSUFFICIENT_PRIVILEGE,
-            msg,
-            hint,
-        );
+        binding_ended(r, b.slug.clone());
     }
     MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, Some(b))));
 }
@@ -1051,15 +1057,9 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
             }
             if !fresh {
                 let mut b = BINDING.with(|b| b.borrow().clone()).expect("bound");
-                if let Err((msg, hint)) = revalidate(&mut b) {
+                if let Err(r) = revalidate(&mut b) {
                     BINDING.with(|slot| *slot.borrow_mut() = None);
-                    errors::refuse(
-                        "binding_revoked",
-                        fields(&[("tenant", b.slug.clone().into())]),
-                        INSUFFICIENT_PRIVILEGE,
-                        msg,
-                        hint,
-                    );
+                    binding_ended(r, b.slug.clone());
                 }
                 BINDING.with(|slot| *slot.borrow_mut() = Some(b));
             }
@@ -1068,15 +1068,9 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                     .as_ref()
                     .and_then(|b| still_in_force(b, now()).err().map(|e| (b.slug.clone(), e)))
             });
-            if let Some((slug, (msg, hint))) = ended {
+            if let Some((slug, r)) = ended {
                 BINDING.with(|slot| *slot.borrow_mut() = None);
-                errors::refuse(
-                    "binding_revoked",
-                    fields(&[("tenant", slug.into())]),
-                    INSUFFICIENT_PRIVILEGE,
-                    msg,
-                    hint,
-                );
+                binding_ended(r, slug);
             }
             BINDING.with(|b| {
                 let b = b.borrow();
@@ -1094,14 +1088,8 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                     .and_then(|(_, _, b)| b.as_ref())
                     .and_then(|b| still_in_force(b, now()).err().map(|e| (b.slug.clone(), e)))
             });
-            if let Some((slug, (msg, hint))) = ended {
-                errors::refuse(
-                    "binding_revoked",
-                    fields(&[("tenant", slug.into())]),
-                    INSUFFICIENT_PRIVILEGE,
-                    msg,
-                    hint,
-                );
+            if let Some((slug, r)) = ended {
+                binding_ended(r, slug);
             }
             MAPPED.with(|m| {
                 let m = m.borrow();
@@ -1252,18 +1240,20 @@ pub fn enter_support(
     if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current_binding_tenant()) {
         if bound != tenant.id {
             refuse_bind_in(
-                INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "this transaction is bound to another tenant and cannot bind tenant \"{}\"",
-                    tenant.slug
+                Refusal::new(
+                    INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "this transaction is bound to another tenant and cannot bind tenant \"{}\"",
+                        tenant.slug
+                    ),
+                    "End the transaction first.",
                 ),
-                "End the transaction first.",
                 tenant,
             );
         }
     }
-    if let Err((msg, hint)) = check_tenant(tenant) {
-        refuse_bind_in(INSUFFICIENT_PRIVILEGE, msg, hint, tenant);
+    if let Err(r) = check_tenant(tenant) {
+        refuse_bind_in(r, tenant);
     }
     let b = Binding {
         tenant: tenant.id,

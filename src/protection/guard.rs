@@ -138,6 +138,41 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
     }
 }
 
+/// Lock every protected table ACCESS SHARE for the rest of the transaction and return those
+/// that still exist: verify() reads their definitions (indexes, constraints, column types)
+/// without a concurrent DROP or ALTER pulling them away mid-read.
+#[pg_extern(volatile, parallel_unsafe, name = "_lock_protected_tables")]
+fn lock_protected_tables() -> SetOfIterator<'static, pg_sys::Oid> {
+    let rels = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT relid::oid FROM tenancy.protected_table ORDER BY 1",
+        &[],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    );
+    let mut kept = Vec::with_capacity(rels.len());
+    for rel in rels {
+        // SAFETY: a lock by oid (waits for a concurrent DROP to finish), then a syscache
+        // existence check of the relation.
+        let exists = unsafe {
+            pg_sys::LockRelationOid(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            pg_sys::SearchSysCacheExists(
+                pg_sys::SysCacheIdentifier::RELOID as i32,
+                pg_sys::Datum::from(rel),
+                pg_sys::Datum::from(0),
+                pg_sys::Datum::from(0),
+                pg_sys::Datum::from(0),
+            )
+        };
+        if exists {
+            kept.push(rel);
+        } else {
+            // SAFETY: releases the lock just taken on an oid that no longer names a relation.
+            unsafe { pg_sys::UnlockRelationOid(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
+        }
+    }
+    SetOfIterator::new(kept)
+}
+
 /// Two ways around row security that need no change to the protected table itself:
 /// - a temporary relation named like a protected table shadows it (pg_temp is searched first).
 ///   Behind a connection pooler it outlives the transaction that created it, so the next
