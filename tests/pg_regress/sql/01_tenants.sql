@@ -1,55 +1,73 @@
--- Tenants, settings and keys: the SQL surface an operator uses, and its refusals.
-CREATE EXTENSION pg_tenancy;
+-- Tenants: a tenant is a slug, a name, a region and settings, created by an operator with its
+-- three roles (admin, member, viewer); bad or duplicate slugs and unknown tenants are refused
+-- with a HINT; tenancy.tenants shows an operator every tenant and a bound session only its
+-- own; every management action is recorded in the audit trail.
+-- (Every file starts with the same silent set-up: tests/pg_regress/helpers/setup.sql creates
+-- the extension if needed and regress.token(), which signs tokens as an issuer would.)
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set ECHO none
+\i :abs_srcdir/helpers/setup.sql
+\set ECHO all
 \set VERBOSITY default
 
--- The extension's objects live in the schema tenancy.
+-- The extension's objects live in the schema tenancy; it cannot be moved.
 SELECT extrelocatable, nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
  WHERE extname = 'pg_tenancy';
 
--- Tenants: create, look at, refuse bad or duplicate slugs and unknown tenants.
-SELECT tenancy.create_tenant('acme', 'Acme Corp', 'eu-west', '{"model": "small"}') IS NOT NULL AS created;
-SELECT tenancy.create_tenant('globex', 'Globex') IS NOT NULL AS created;
-SELECT slug, name, status, region, settings FROM tenancy.tenants ORDER BY slug;
-SELECT t.slug, array_agg(r.role ORDER BY r.role) AS roles
-  FROM tenancy.tenant_role r JOIN tenancy.tenant t ON t.id = r.tenant_id GROUP BY t.slug ORDER BY 1;
-SELECT tenancy.create_tenant('acme');
+-- create_tenant(slug, name, region, settings) returns the tenant's uuid.
+SELECT tenancy.create_tenant('ten-acme', 'Acme Corp', 'eu-west', '{"model": "small"}') IS NOT NULL AS created;
+SELECT tenancy.create_tenant('ten-globex', 'Globex') IS NOT NULL AS created;
+SELECT slug, name, status, region, settings FROM tenancy.tenants WHERE slug LIKE 'ten-%' ORDER BY slug;
+-- Each tenant starts with the roles admin, member and viewer.
+SELECT slug, array_agg(role ORDER BY role) AS roles
+  FROM tenancy.tenant_roles r JOIN tenancy.tenants t ON t.id = r.tenant_id
+ WHERE slug LIKE 'ten-%' GROUP BY slug ORDER BY 1;
+
+-- Refused: a slug in use, a slug that is not one (too short, capitals and spaces, a uuid:
+-- tenants are named by slug or uuid alike), settings that are not an object, a resource
+-- setting SET would refuse, and a tenant that does not exist.
+SELECT tenancy.create_tenant('ten-acme');
 SELECT tenancy.create_tenant('Not A Slug');
 SELECT tenancy.create_tenant('x');
-SELECT tenancy.create_tenant('bad-settings', settings => '[1, 2]');
-SELECT tenancy.create_tenant('bad-timeout', settings => '{"statement_timeout": "forever"}');
-SELECT tenancy.suspend_tenant('nobody');
+SELECT tenancy.create_tenant('aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee');
+SELECT tenancy.create_tenant('ten-bad-settings', settings => '[1, 2]');
+SELECT tenancy.create_tenant('ten-bad-timeout', settings => '{"statement_timeout": "forever"}');
+SELECT tenancy.suspend_tenant('ten-nobody');
+SELECT count(*) AS refused_tenants_made FROM tenancy.tenants WHERE slug LIKE 'ten-bad%';
 
--- Lifecycle: suspend and resume, by slug or by uuid.
-SELECT tenancy.suspend_tenant('globex', 'unpaid invoice');
-SELECT slug, status, status_reason FROM tenancy.tenants WHERE slug = 'globex';
-SELECT tenancy.resume_tenant((SELECT id::text FROM tenancy.tenants WHERE slug = 'globex'));
-SELECT slug, status FROM tenancy.tenants WHERE slug = 'globex';
-SELECT tenancy.resume_tenant('globex');  -- already active: nothing to do
+-- Who creates tenants: superusers and members of tenancy_operator, not key admins nor
+-- application roles.
+CREATE ROLE regress_ten_ops LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT tenancy_operator TO regress_ten_ops;
+CREATE ROLE regress_ten_keys LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT tenancy_key_admin TO regress_ten_keys;
+CREATE ROLE regress_ten_app LOGIN NOSUPERUSER NOBYPASSRLS;
+\c - regress_ten_ops
+SELECT tenancy.create_tenant('ten-initech', 'Initech') IS NOT NULL AS created;
+\c - regress_ten_keys
+SELECT tenancy.create_tenant('ten-by-key-admin');
+\c - regress_ten_app
+SELECT tenancy.create_tenant('ten-by-app');
 
--- Settings: set, replace, remove; resource settings are checked like SET would.
-SELECT tenancy.set_setting('acme', 'guardrails', '{"pii": "redact"}');
-SELECT tenancy.set_setting('acme', 'statement_timeout', '"5s"');
-SELECT tenancy.set_setting('acme', 'work_mem', '"a lot"');
-SELECT tenancy.set_setting('acme', 'model', NULL);
-SELECT settings FROM tenancy.tenants WHERE slug = 'acme';
-SELECT tenancy.setting('model');
+-- tenancy.tenants: an unbound application session sees no tenant, a bound one its own only.
+SELECT count(*) AS tenants_seen FROM tenancy.tenants;
+\c - postgres
+SELECT tenancy.add_key('ten-key', 'HS256', 'a-secret-that-is-at-least-32-bytes-long');
+\c - regress_ten_app
+BEGIN;
+SELECT tenancy.bind(regress.token('ten-globex', 'gina', 'ten-key')) IS NOT NULL AS bound;
+SELECT slug, name FROM tenancy.tenants;
+ROLLBACK;
+-- Operators see every tenant.
+\c - regress_ten_ops
+SELECT slug FROM tenancy.tenants WHERE slug LIKE 'ten-%' ORDER BY slug;
 
--- Keys: every algorithm's key format is checked when registered.
-SELECT tenancy.add_key('hs-1', 'HS256', 'a-secret-that-is-at-least-32-bytes-long');
-SELECT tenancy.add_key('hs-b64', 'HS512', 'base64:' || encode(convert_to(repeat('k', 40), 'UTF8'), 'base64'));
-SELECT tenancy.add_key('hs-1', 'HS256', 'another-secret-that-is-at-least-32-bytes');
-SELECT tenancy.add_key('short', 'HS256', 'too-short');
-SELECT tenancy.add_key('none', 'none', 'whatever-whatever-whatever-whatever');
-SELECT tenancy.add_key('rs-bad', 'RS256', 'not a pem');
-SELECT tenancy.add_key('scoped', 'HS256', 'a-secret-that-is-at-least-32-bytes-long', 'acme', '2999-01-01');
-SELECT tenancy.add_key('scoped-nobody', 'HS256', 'a-secret-that-is-at-least-32-bytes-long', 'nobody');
-SELECT kid, alg, tenant_id IS NOT NULL AS tenant_scoped, not_after, revoked_at IS NOT NULL AS revoked
-  FROM tenancy.keys ORDER BY kid;
-SELECT tenancy.revoke_key('hs-b64');
-SELECT tenancy.revoke_key('no-such-key');
-SELECT kid, revoked_at IS NOT NULL AS revoked FROM tenancy.keys ORDER BY kid;
+-- Management actions are in the audit trail, in each tenant's own chain; those of the platform
+-- (here: a key not scoped to a tenant) under the nil uuid, which no tenant can have.
+\c - postgres
+SELECT coalesce(t.slug, a.tenant_id::text) AS tenant, a.op, a.new_row->>'action' AS action, a.db_role
+  FROM tenancy.audit_log a LEFT JOIN tenancy.tenants t ON t.id = a.tenant_id
+ WHERE t.slug LIKE 'ten-%' OR a.new_row->>'kid' = 'ten-key'
+ ORDER BY a.id;
 
--- Management actions are in the audit trail; those of the platform (here: keys that are not
--- scoped to a tenant) under the nil uuid.
-SELECT op, tenant_id <> '00000000-0000-0000-0000-000000000000' AS has_tenant, new_row->>'action' AS action
-  FROM tenancy.audit_log ORDER BY id;
+DROP ROLE regress_ten_ops, regress_ten_keys, regress_ten_app;

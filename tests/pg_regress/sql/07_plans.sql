@@ -1,0 +1,102 @@
+-- Plans: the policies protect() writes cost a protected query no more than a hand-written
+-- WHERE tenant_id = $1. Planned as written, the binding and the privilege are one InitPlan per
+-- table, evaluated once per statement; once pg_tenancy is loaded in the backend, a planner
+-- hook makes that subquery a reserved parameter ($1000000000 and up) answered with the binding
+-- at run time. Either way the tenant column's index serves point lookups, aggregates and joins,
+-- and no plan holds a tenant: a cached plan reads the binding in force when it runs.
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set ECHO none
+\i :abs_srcdir/helpers/setup.sql
+\set ECHO all
+\set VERBOSITY default
+
+SELECT tenancy.create_tenant('plans-acme') IS NOT NULL AS created;
+SELECT tenancy.create_tenant('plans-globex') IS NOT NULL AS created;
+CREATE SCHEMA shop;
+CREATE TABLE shop.customers (tenant_id uuid NOT NULL, id int NOT NULL, name text NOT NULL, PRIMARY KEY (tenant_id, id));
+CREATE TABLE shop.orders (
+    tenant_id   uuid    NOT NULL,
+    id          int     NOT NULL,
+    customer_id int     NOT NULL,
+    amount      numeric NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    FOREIGN KEY (tenant_id, customer_id) REFERENCES shop.customers (tenant_id, id)
+);
+SELECT tenancy.protect_schema('shop');
+CREATE ROLE regress_plans_acme LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT USAGE ON SCHEMA shop TO regress_plans_acme;
+GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA shop TO regress_plans_acme;
+SELECT tenancy.map_role('regress_plans_acme', 'plans-acme', '{member}');
+-- (and an application role that binds with tokens, of subjects that hold no membership: the
+-- tenants make them members by default)
+CREATE ROLE regress_plans_app LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT USAGE ON SCHEMA shop TO regress_plans_app;
+GRANT SELECT ON ALL TABLES IN SCHEMA shop TO regress_plans_app;
+SELECT tenancy.add_key('plans-key', 'HS256', 'a-secret-that-is-at-least-32-bytes-long');
+SELECT tenancy.set_setting(slug, 'default_roles', '["member"]') FROM tenancy.tenants WHERE slug LIKE 'plans-%' ORDER BY slug;
+INSERT INTO shop.customers SELECT t.id, g, t.slug || ' customer ' || g FROM tenancy.tenants t, generate_series(1, 200) g WHERE t.slug LIKE 'plans-%';
+INSERT INTO shop.orders SELECT t.id, g, 1 + g % 200, g FROM tenancy.tenants t, generate_series(1, 5000) g WHERE t.slug LIKE 'plans-%';
+ANALYZE shop.customers, shop.orders;
+
+-- Planned as written: one InitPlan per table (once per statement; the restrictive and the
+-- permissive policy share it). That is how a session's statements are planned before the
+-- library is loaded: it loads with the first call into it, or at connection with
+-- session_preload_libraries / shared_preload_libraries.
+\c - regress_plans_acme
+EXPLAIN (COSTS OFF) SELECT * FROM shop.orders WHERE id = 42;
+-- Once loaded, the subquery is a reserved parameter, one per table and privilege, answered at
+-- run time with the binding (no subquery to plan or run).
+EXPLAIN (COSTS OFF) SELECT * FROM shop.orders WHERE id = 42;
+EXPLAIN (COSTS OFF) SELECT count(*), sum(amount) FROM shop.orders;
+EXPLAIN (COSTS OFF) SELECT c.name, sum(o.amount) FROM shop.orders o
+    JOIN shop.customers c ON c.tenant_id = o.tenant_id AND c.id = o.customer_id
+   WHERE c.id = 7 GROUP BY c.name;
+SELECT count(*), sum(amount) FROM shop.orders WHERE id <= 10;
+-- No plan holds a tenant: one generic plan, cached, serves whichever tenant is bound.
+\c - regress_plans_app
+SET plan_cache_mode = force_generic_plan;
+PREPARE first_customer AS SELECT min(name) FROM shop.customers WHERE id <= 10;
+BEGIN;
+SELECT tenancy.bind(regress.token('plans-acme', 'ann', 'plans-key')) IS NOT NULL AS bound;
+EXECUTE first_customer;
+COMMIT;
+BEGIN;
+SELECT tenancy.bind(regress.token('plans-globex', 'gus', 'plans-key')) IS NOT NULL AS bound;
+EXECUTE first_customer;
+COMMIT;
+
+-- Only that exact subquery: a hand-written policy reading the binding another way is planned
+-- as written.
+\c - postgres
+CREATE SCHEMA handmade;
+CREATE TABLE handmade.notes (tenant_id uuid NOT NULL, id int PRIMARY KEY, body text);
+ALTER TABLE handmade.notes ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY notes_tenant ON handmade.notes
+    USING (tenant_id = (SELECT tenancy.allowed_tenant('handmade.notes'::regclass, 'select') LIMIT 1));
+GRANT USAGE ON SCHEMA handmade TO regress_plans_acme;
+GRANT SELECT ON handmade.notes TO regress_plans_acme;
+INSERT INTO handmade.notes SELECT id, 1, 'acme' FROM tenancy.tenants WHERE slug = 'plans-acme';
+INSERT INTO handmade.notes SELECT id, 2, 'globex' FROM tenancy.tenants WHERE slug = 'plans-globex';
+\c - regress_plans_acme
+SELECT body FROM handmade.notes;
+EXPLAIN (COSTS OFF) SELECT * FROM handmade.notes WHERE id = 1;
+\c - postgres
+DROP SCHEMA handmade CASCADE;
+
+-- tenancy.plan_binding_as_param = off (a superuser's setting) plans the policies as written.
+-- A tenant role cannot turn it back on: before the library is loaded its SET only makes a
+-- placeholder, which the library drops with a WARNING when it loads; after that SET is refused.
+ALTER ROLE regress_plans_acme SET tenancy.plan_binding_as_param = off;
+\c - regress_plans_acme
+SET tenancy.plan_binding_as_param = on;
+SELECT count(*), sum(amount) FROM shop.orders WHERE id <= 10;
+SHOW tenancy.plan_binding_as_param;
+SET tenancy.plan_binding_as_param = on;
+EXPLAIN (COSTS OFF) SELECT * FROM shop.orders WHERE id = 42;
+\c - postgres
+ALTER ROLE regress_plans_acme RESET tenancy.plan_binding_as_param;
+
+DROP SCHEMA shop CASCADE;
+SELECT tenancy.unmap_role('regress_plans_acme', 'plans-acme');
+DROP OWNED BY regress_plans_acme, regress_plans_app;
+DROP ROLE regress_plans_acme, regress_plans_app;

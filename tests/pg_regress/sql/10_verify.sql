@@ -1,0 +1,188 @@
+-- verify(): every hazard a schema can hold that row security alone does not cover is reported
+-- as a row (severity 'error' or 'warning', the rule, the object, why, and the SQL that fixes
+-- it). Each case below builds one hazard, shows verify()'s row, runs its fix and shows the row
+-- gone. A schema with no 'error' row is safe to serve tenants from. verify() is for operators.
+\getenv abs_srcdir PG_ABS_SRCDIR
+\set ECHO none
+\i :abs_srcdir/helpers/setup.sql
+\set ECHO all
+\set VERBOSITY default
+
+SELECT tenancy.create_tenant('ver-acme') IS NOT NULL AS created;
+CREATE ROLE regress_ver_app LOGIN NOSUPERUSER NOBYPASSRLS;
+CREATE ROLE regress_ver_ops LOGIN NOSUPERUSER NOBYPASSRLS;
+GRANT tenancy_operator TO regress_ver_ops;
+CREATE SCHEMA ver;
+GRANT USAGE ON SCHEMA ver TO regress_ver_app;
+CREATE TABLE ver.parent (tenant_id uuid NOT NULL, id int NOT NULL, body text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE ver.child (tenant_id uuid NOT NULL, id int NOT NULL, parent_id int, PRIMARY KEY (tenant_id, id));
+SELECT tenancy.protect('ver.parent');
+SELECT tenancy.protect('ver.child');
+GRANT SELECT, INSERT, UPDATE, DELETE ON ver.parent, ver.child TO regress_ver_app;
+-- This file's findings: rows about schema ver or this file's roles (tenant uuids masked).
+CREATE FUNCTION pg_temp.findings(rule_like text DEFAULT '%')
+RETURNS TABLE (severity text, rule text, object text, detail text, fix text) LANGUAGE sql AS $$
+    SELECT v.severity, v.rule, v.object,
+           regexp_replace(v.detail, '[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}', '<uuid>', 'g'), v.fix
+      FROM tenancy.verify() v
+     WHERE v.rule LIKE rule_like
+       AND (v.object ~ '(^|[ .])(ver\.|regress_ver)' OR v.detail ~ '(^|[ ,(])ver\.' OR v.object ~ '^regress_ver')
+     ORDER BY v.rule, v.object
+$$;
+
+-- A protected schema, owned by a role no application session can be: nothing to report.
+SELECT * FROM pg_temp.findings();
+\x on
+
+-- unprotected_tenant_table: a table with a tenant column that is not protected.
+CREATE TABLE ver.loose (tenant_id uuid, note text);
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('unprotected_tenant_table') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('unprotected_tenant_table');
+
+-- missing_tenant_index: no index led by the tenant column (protect() made one; dropped here).
+SELECT indexrelid::regclass AS loose_index FROM pg_index WHERE indrelid = 'ver.loose'::regclass \gset
+DROP INDEX :loose_index;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('missing_tenant_index') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('missing_tenant_index');
+
+-- unique_without_tenant, fk_without_tenant: a key without the tenant column is an existence
+-- oracle across tenants, and a foreign key without it can point into another tenant.
+ALTER TABLE ver.parent ADD CONSTRAINT parent_id_key UNIQUE (id);
+ALTER TABLE ver.child ADD CONSTRAINT child_parent_fk FOREIGN KEY (parent_id) REFERENCES ver.parent (id);
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('fk_without_tenant') \gexec
+SELECT fix FROM pg_temp.findings('unique_without_tenant') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('%_without_tenant');
+
+-- unique_index_without_tenant: a partial unique index (or an expression index, or an
+-- exclusion constraint) not led by the tenant column.
+CREATE UNIQUE INDEX parent_open_id ON ver.parent (id) WHERE body IS NULL;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('unique_index_without_tenant') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('unique_index_without_tenant');
+
+-- view_without_security_invoker: a view reads with its owner's privileges.
+CREATE VIEW ver.big_parents AS SELECT * FROM ver.parent WHERE id > 100;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('view_without_security_invoker') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('view_without_security_invoker');
+
+-- materialized_view: one made before its table was protected (a new one is refused, 08_guard).
+CREATE TABLE ver.older (tenant_id uuid NOT NULL, id int);
+CREATE MATERIALIZED VIEW ver.older_copy AS SELECT * FROM ver.older;
+SELECT tenancy.protect('ver.older');
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('materialized_view') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('materialized_view');
+
+-- security_definer_function: a function that reads a protected table as its owner.
+CREATE FUNCTION ver.count_parents() RETURNS bigint LANGUAGE sql SECURITY DEFINER AS 'SELECT count(*) FROM ver.parent';
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('security_definer_function') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('security_definer_function');
+
+-- leaky_expression, builtin_nonleakproof_expression: what a superuser (the trusted migration
+-- role, whom the guard lets through) adds that runs over every tenant's rows.
+CREATE FUNCTION ver.peek(text) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+ALTER TABLE ver.parent ADD CONSTRAINT parent_peek CHECK (ver.peek(body));
+ALTER TABLE ver.parent ADD CONSTRAINT parent_numeric CHECK (body::numeric > 0) NOT VALID;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('%_expression') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('%_expression');
+
+-- rule_on_protected_table: a rule's actions see every tenant's writes.
+CREATE TABLE ver.copies (id int);
+CREATE RULE parent_copy AS ON INSERT TO ver.parent DO ALSO INSERT INTO ver.copies VALUES (NEW.id);
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('rule_on_protected_table') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('rule_on_protected_table');
+
+-- unprotected_parent, partition_unprotected: inheritance a superuser made around the guard.
+CREATE TABLE ver.base (tenant_id uuid NOT NULL, id int);
+ALTER TABLE ver.child INHERIT ver.base;
+CREATE TABLE ver.events (tenant_id uuid NOT NULL, at date NOT NULL) PARTITION BY RANGE (at);
+SELECT tenancy.protect('ver.events');
+SET session_replication_role = replica;
+CREATE TABLE ver.events_2026 PARTITION OF ver.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+RESET session_replication_role;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('unprotected_parent') \gexec
+SELECT fix FROM pg_temp.findings('partition_unprotected') \gexec
+DROP TABLE ver.base;
+SELECT count(*) AS left FROM pg_temp.findings('%unprotected%');
+
+-- protection_drift: a protected table no longer as protect() left it.
+SET session_replication_role = replica;
+ALTER TABLE ver.child NO FORCE ROW LEVEL SECURITY;
+RESET session_replication_role;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('protection_drift') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('protection_drift');
+
+-- truncate_granted, bypass_role_with_access, bypass_role_mapped, tenancy_setting_granted:
+-- grants and role attributes that reach around row security.
+GRANT TRUNCATE ON ver.child TO regress_ver_app;
+CREATE ROLE regress_ver_bypass NOLOGIN BYPASSRLS;
+GRANT SELECT ON ver.parent TO regress_ver_bypass;
+CREATE ROLE regress_ver_mapped LOGIN BYPASSRLS;
+SELECT tenancy.map_role('regress_ver_mapped', 'ver-acme');
+GRANT SET ON PARAMETER tenancy.region TO regress_ver_app;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings() \gexec
+SELECT count(*) AS left FROM pg_temp.findings();
+
+-- fk_cascade_from_shared_table: a foreign key of a protected table that cascades from a table
+-- the application can write: a write there changes every tenant's rows.
+CREATE TABLE ver.shared (id int PRIMARY KEY);
+GRANT SELECT, UPDATE, DELETE ON ver.shared TO regress_ver_app;
+ALTER TABLE ver.child ADD CONSTRAINT child_shared_fk FOREIGN KEY (parent_id) REFERENCES ver.shared (id) ON DELETE CASCADE;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('fk_cascade_from_shared_table') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('fk_cascade_from_shared_table');
+
+-- duties_combinable: a platform role that is, or can make itself, both operator and key admin.
+CREATE ROLE regress_ver_both LOGIN NOSUPERUSER;
+GRANT tenancy_operator, tenancy_key_admin TO regress_ver_both;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('duties_combinable') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('duties_combinable');
+
+-- trigger_function_owner_can_bind: a trigger function an application role owns (and could
+-- replace with a body that sees every tenant's writes).
+CREATE FUNCTION ver.touch() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+ALTER FUNCTION ver.touch() OWNER TO regress_ver_app;
+CREATE TRIGGER parent_touch BEFORE INSERT ON ver.parent FOR EACH ROW EXECUTE FUNCTION ver.touch();
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('trigger_function_owner_can_bind') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('trigger_function_owner_can_bind');
+
+-- large_objects: large objects have no row security.
+SELECT lo_create(0) AS lo \gset
+ALTER LARGE OBJECT :lo OWNER TO regress_ver_app;
+SELECT * FROM pg_temp.findings();
+SELECT fix FROM pg_temp.findings('large_objects') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('large_objects');
+
+-- library_not_preloaded: a warning about the server, not the schema (this test's server does
+-- not preload pg_tenancy): without it a session's first statement is not held to the limits,
+-- and LOCK TABLE on protected tables is not refused.
+SELECT severity, rule, object, detail FROM tenancy.verify() WHERE rule = 'library_not_preloaded';
+\x off
+
+-- The schema is clean again.
+SELECT * FROM pg_temp.findings();
+SELECT count(*) AS errors FROM pg_temp.findings() WHERE severity = 'error';
+
+-- verify() is for operators.
+\c - regress_ver_ops
+SELECT count(*) >= 0 AS ran FROM tenancy.verify();
+\c - regress_ver_app
+SELECT count(*) FROM tenancy.verify();
+\c - postgres
+
+DROP SCHEMA ver CASCADE;
+SELECT tenancy.unmap_role('regress_ver_mapped', 'ver-acme');
+DROP OWNED BY regress_ver_app, regress_ver_bypass, regress_ver_mapped, app_owner;
+DROP ROLE regress_ver_app, regress_ver_ops, regress_ver_bypass, regress_ver_mapped, regress_ver_both, app_owner;
