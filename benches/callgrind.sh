@@ -14,7 +14,8 @@
 # token in session scope; 10 tenants x 1,000 rows):
 #   point     SELECT of one row by key from a protected table
 #   filter    the same on an unprotected copy with the tenant in the WHERE clause (baseline)
-#   seqscan   count(*) over the protected table (the tenant condition on every row)
+#   seqscan   count(*) over the protected table with index scans off: a sequential scan that
+#             evaluates the tenant condition on every one of the 10,000 rows
 #   bind      SELECT tenancy.bind(token)
 #   insert    one-row INSERT into an audited protected table
 #   insert_noaudit  the same without audit
@@ -109,6 +110,10 @@ count() {
     out=$(mktemp -u "$DIR/cg.XXXXXX")
     {
         echo "SET ROLE cg_app;"
+        if [ "$w" = seqscan ]; then
+            echo "SET enable_indexscan = off;"
+            echo "SET enable_bitmapscan = off;"
+        fi
         echo "SELECT tenancy.bind('$TOKEN', 'session') IS NOT NULL;"
         for _ in $(seq 50); do statement "$w"; done
         for _ in $(seq "$n"); do statement "$w"; done

@@ -98,7 +98,7 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.role_mapping', '');
 
 -- The audit trail. Management actions are ADMIN entries; changes to protected tables are
 -- INSERT/UPDATE/DELETE/TRUNCATE entries. Rows are written only by pg_tenancy, which computes
--- row_hash (HMAC-SHA-256 of the whole record's text, id included, tenancy._audit_record_text,
+-- row_hash (HMAC-SHA-256 of the whole record's text, id included, src/audit/writer.rs record_text,
 -- under the tenant's key in tenancy.audit_key) as it writes them; the per-tenant chain covering them lives in tenancy.audit_chain and is appended when
 -- the writing transaction commits. Records of the platform (management actions that concern no
 -- tenant) have the nil uuid as tenant_id, as their chain does.

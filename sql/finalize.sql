@@ -645,38 +645,14 @@ REVOKE EXECUTE ON FUNCTION tenancy.enter_support(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.enter_support(text) TO tenancy_operator;
 
 ---------------------------------------------------------------------------------------------
--- Audit: the record hash (shared by the writer and audit_verify), append-only guards,
+-- Audit: the record hash, append-only guards,
 -- row security on the trail, and the operators' metadata view.
--- A record's text: every field a quoted literal (or NULL) joined by '|': unambiguous. Its
--- row_hash is HMAC-SHA-256 of this text under the tenant's audit key (tenancy._audit_hmac, the
--- same Rust function the trigger's writer uses; src/audit/writer.rs builds the same text from
--- the values it writes, and a #[pg_test] keeps the two byte-identical). It must be inlinable
--- into the queries that use it (management records, audit_verify): schema-qualified, no SET
--- clause, and STABLE, not IMMUTABLE, because extract() on a timestamptz is STABLE and an
--- IMMUTABLE SQL function whose body is not is never inlined. 04_audit checks the plan.
-CREATE FUNCTION tenancy._audit_record_text(id bigint, tenant_id uuid, occurred_at timestamptz, txid bigint,
-        table_name text, op text, row_key jsonb, old_row jsonb, new_row jsonb, db_role text,
-        subject text, application_name text, client_addr inet)
-RETURNS text LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    SELECT pg_catalog.quote_nullable((id)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((tenant_id)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((pg_catalog."extract"('epoch', occurred_at))::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((txid)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((table_name)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((op)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((row_key)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((old_row)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((new_row)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((db_role)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((subject)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((application_name)::pg_catalog.text)
-        OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) pg_catalog.quote_nullable((client_addr)::pg_catalog.text)
-$$;
--- Internal. _audit_hmac above all: with it anyone could confirm a guessed row against its hash.
-REVOKE EXECUTE ON FUNCTION tenancy._audit_record_text(bigint, uuid, timestamptz, bigint, text, text, jsonb,
-    jsonb, jsonb, text, text, text, inet) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION tenancy._audit_hmac(uuid, text) FROM PUBLIC;
+-- A record's row_hash is HMAC-SHA-256 of its text (every field a quoted literal or NULL,
+-- joined by '|') under the tenant's audit key, computed by one Rust function for every path
+-- (src/audit/writer.rs; tenancy._audit_row_hash for the SQL paths). Internal: with it anyone
+-- could confirm a guessed row against its hash.
+REVOKE EXECUTE ON FUNCTION tenancy._audit_row_hash(bigint, uuid, timestamptz, bigint, text, text, text,
+    text, text, text, text, text, text) FROM PUBLIC;
 
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON tenancy.audit_log
     FOR EACH ROW EXECUTE FUNCTION tenancy._audit_append_only();

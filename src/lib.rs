@@ -44,15 +44,22 @@ pub extern "C-unwind" fn _PG_init() {
     binding::init();
     protection::init();
     pg::binding_param::init();
-    pg::bind_default_arg::init();
     audit::init();
     lifecycle::init();
 }
 
-/// Verify a signed token and bind its tenant and subject for this transaction (default) or
-/// this session. Returns the binding.
-#[pg_extern(volatile, parallel_unsafe)]
-fn bind(token: &str, scope: default!(&str, "'transaction'")) -> binding::JsonbBytes {
+/// Verify a signed token and bind its tenant and subject for this transaction. Returns the
+/// binding.
+#[pg_extern(volatile, parallel_unsafe, name = "bind")]
+fn bind_transaction(token: &str) -> binding::JsonbBytes {
+    binding::bind(token, "transaction")
+}
+
+/// Verify a signed token and bind its tenant and subject for this transaction
+/// (`'transaction'`) or this session (`'session'`). Returns the binding. Two functions rather
+/// than one with a default: a call with one argument then reads no default from the catalog.
+#[pg_extern(volatile, parallel_unsafe, name = "bind")]
+fn bind_scoped(token: &str, scope: &str) -> binding::JsonbBytes {
     binding::bind(token, scope)
 }
 
@@ -129,10 +136,6 @@ mod trust_inventory {
             include_str!("lifecycle/limits.rs"),
         ),
         ("src/lifecycle/mod.rs", include_str!("lifecycle/mod.rs")),
-        (
-            "src/pg/bind_default_arg.rs",
-            include_str!("pg/bind_default_arg.rs"),
-        ),
         (
             "src/pg/binding_param.rs",
             include_str!("pg/binding_param.rs"),

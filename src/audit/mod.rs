@@ -425,8 +425,8 @@ const RECORD_COLUMNS: &str =
     "id, tenant_id, occurred_at, txid, table_name, op, row_key, old_row, new_row, \
      db_role, subject, application_name, client_addr, row_hash";
 const HASHED: &str =
-    "tenancy._audit_hmac(s.tenant_id, tenancy._audit_record_text(s.id, s.tenant_id, s.occurred_at, s.txid, \
-     s.table_name, s.op, s.row_key, s.old_row, s.new_row, s.db_role, s.subject, s.application_name, s.client_addr))";
+    "tenancy._audit_row_hash(s.id, s.tenant_id, s.occurred_at, s.txid, s.table_name, s.op, \
+     s.row_key::text, s.old_row::text, s.new_row::text, s.db_role, s.subject, s.application_name, s.client_addr::text)";
 /// Per-record values that do not come from the changed row.
 const CONTEXT: &str = "nextval('tenancy.audit_log_id_seq') AS id";
 const CONTEXT_TAIL: &str = "clock_timestamp() AS occurred_at, txid_current() AS txid";
@@ -494,13 +494,56 @@ pub fn audit_mac(tenant: Uuid) -> Rc<crate::audit::writer::RecordMac> {
         .unwrap_or_else(|| pgrx::error!("pg_tenancy: creating the audit key of {tenant} failed"))
 }
 
-/// HMAC-SHA-256 of a record's text (`tenancy._audit_record_text`) under `tenant`'s audit key:
-/// the record hash of the SQL paths (management records, audit_verify); NULL when the tenant
-/// has no key. Not executable by PUBLIC, operators or tenants: it would confirm guesses.
-#[pg_extern(stable, parallel_unsafe, name = "_audit_hmac")]
-fn audit_hmac(tenant: pgrx::Uuid, text: &str) -> Option<Vec<u8>> {
-    let mac = existing_audit_mac(catalog::from_pg_uuid(&tenant))?;
-    Some(crate::audit::writer::record_hmac(&mac, text.as_bytes()))
+/// A record's `row_hash`, for the SQL paths (management records, audit_verify): the fields as
+/// stored (jsonb and inet as their text), formatted, joined and keyed by the same Rust code as
+/// the trigger's writer ([`writer::record_text`], [`writer::record_hmac`]): one definition of
+/// the record hash. NULL when the tenant has no audit key. Not executable by PUBLIC, operators
+/// or tenants: it would confirm guesses.
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(stable, parallel_unsafe, name = "_audit_row_hash")]
+fn audit_row_hash(
+    id: Option<i64>,
+    tenant_id: Option<pgrx::Uuid>,
+    occurred_at: Option<pgrx::datum::TimestampWithTimeZone>,
+    txid: Option<i64>,
+    table_name: Option<&str>,
+    op: Option<&str>,
+    row_key: Option<&str>,
+    old_row: Option<&str>,
+    new_row: Option<&str>,
+    db_role: Option<&str>,
+    subject: Option<&str>,
+    application_name: Option<&str>,
+    client_addr: Option<&str>,
+) -> Option<Vec<u8>> {
+    // A record's NOT NULL fields missing (a record audit_verify looks for and does not find):
+    // no hash.
+    let (id, tenant_id, occurred_at, txid, op, db_role) =
+        (id?, tenant_id?, occurred_at?, txid?, op?, db_role?);
+    let tenant = catalog::from_pg_uuid(&tenant_id);
+    let mac = existing_audit_mac(tenant)?;
+    let (id, tenant, at, txid) = (
+        id.to_string(),
+        tenant.hyphenated().to_string(),
+        writer::epoch_text(pg_sys::TimestampTz::from(occurred_at)),
+        txid.to_string(),
+    );
+    let text = writer::record_text(&[
+        Some(id.as_bytes()),
+        Some(tenant.as_bytes()),
+        Some(at.as_bytes()),
+        Some(txid.as_bytes()),
+        table_name.map(str::as_bytes),
+        Some(op.as_bytes()),
+        row_key.map(str::as_bytes),
+        old_row.map(str::as_bytes),
+        new_row.map(str::as_bytes),
+        Some(db_role.as_bytes()),
+        subject.map(str::as_bytes),
+        application_name.map(str::as_bytes),
+        client_addr.map(str::as_bytes),
+    ]);
+    Some(writer::record_hmac(&mac, &text))
 }
 
 /// Record a management action.
@@ -1080,9 +1123,9 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
             // Every chain entry with its records, lane by lane, in order.
             let rows = c.select(
                 "SELECT c.lane, c.seq, c.prev_hash, c.chain_hash, c.batch_hash, r.id, l.id IS NOT NULL, l.row_hash, \
-                        tenancy._audit_hmac(l.tenant_id, tenancy._audit_record_text(l.id, l.tenant_id, l.occurred_at, \
-                            l.txid, l.table_name, l.op, l.row_key, l.old_row, l.new_row, l.db_role, l.subject, \
-                            l.application_name, l.client_addr)) \
+                        tenancy._audit_row_hash(l.id, l.tenant_id, l.occurred_at, l.txid, l.table_name, l.op, \
+                            l.row_key::text, l.old_row::text, l.new_row::text, l.db_role, l.subject, \
+                            l.application_name, l.client_addr::text) \
                    FROM tenancy.audit_chain c CROSS JOIN LATERAL unnest(c.record_ids) WITH ORDINALITY AS r(id, ord) \
                    LEFT JOIN tenancy.audit_log l ON l.tenant_id = c.tenant_id AND l.id = r.id \
                   WHERE c.tenant_id = $1 ORDER BY c.lane, c.seq, r.ord",

@@ -12,7 +12,7 @@
 //! the excluded columns; the key's columns likewise; for UPDATE only the columns whose jsonb
 //! values differ.
 //! `row_hash` is HMAC-SHA-256, under the tenant's audit key, of exactly the text
-//! `tenancy._audit_record_text` gives (`quote_nullable` of each field's text form, joined by
+//! [`record_text`] gives (`quote_nullable` of each field's text form, joined by
 //! `|`), taken from the values as stored, so `audit_verify`, which recomputes it from the
 //! stored record in SQL, checks these records too.
 
@@ -63,7 +63,7 @@ impl Op {
     }
 }
 
-/// The audit_log columns the writer fills, in `tenancy._audit_record_text` order, then row_hash, with
+/// The audit_log columns the writer fills, in [`record_text`]'s order, then row_hash, with
 /// the type each must have.
 const FIELDS: [(&CStr, pg_sys::Oid); 14] = [
     (c"id", pg_sys::INT8OID),
@@ -934,8 +934,9 @@ pub fn epoch_text(ts: i64) -> String {
     format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
 }
 
-/// `quote_nullable(f1) || '|' || quote_nullable(f2) ...`: the text
-/// `tenancy._audit_record_text` gives for the same fields.
+/// A record's text: `quote_nullable(f1) || '|' || quote_nullable(f2) ...` of its fields' text
+/// forms, unambiguous. The one definition, used by the writer and, through
+/// `tenancy._audit_row_hash`, by the SQL paths.
 pub fn record_text(fields: &[Option<&[u8]>]) -> Vec<u8> {
     let mut text = Vec::with_capacity(256);
     for (i, f) in fields.iter().enumerate() {
@@ -958,8 +959,8 @@ pub fn record_mac(key: &[u8]) -> RecordMac {
 
 /// A record's `row_hash`: HMAC-SHA-256 of its text ([`record_text`]) under its tenant's audit
 /// key, which no operator or tenant can read, so that a hash never confirms a guessed row. The
-/// one definition of the record hash: `tenancy._audit_hmac`, which the SQL paths (management
-/// records, audit_verify) call, is this function.
+/// one definition of the record hash: `tenancy._audit_row_hash`, which the SQL paths (management
+/// records, audit_verify) call, uses this function.
 pub fn record_hmac(mac: &RecordMac, text: &[u8]) -> Vec<u8> {
     use hmac::Mac;
     let mut mac = mac.clone();

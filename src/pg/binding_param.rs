@@ -52,8 +52,6 @@ thread_local! {
     static ALLOWED_TENANT: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
     /// Set once this backend has planned a reserved parameter: only then are lists wrapped.
     static IN_USE: Cell<bool> = const { Cell::new(false) };
-    /// EEOP_CONST's direct-threaded opcode, once read (see [`const_opcode`]).
-    static CONST_OPCODE: Cell<Option<Option<isize>>> = const { Cell::new(None) };
 }
 
 static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
@@ -105,9 +103,6 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: c_int,
     bound: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    if !parse.is_null() {
-        crate::pg::bind_default_arg::fill(parse);
-    }
     if !gucs::PLAN_BINDING_AS_PARAM.get() || pg_sys::ParallelWorkerNumber >= 0 || parse.is_null() {
         return plan(parse, query_string, cursor_options, bound);
     }
@@ -529,11 +524,9 @@ unsafe extern "C-unwind" fn compile_param(
             tenant: [0; 16],
         });
         // One step calling [`eval_reserved`], which at its first evaluation computes the value
-        // and, where the interpreter reads each step's opcode as it goes (direct threading),
-        // turns this step into a constant: every later evaluation (every row of a scan
-        // filtering on it) is then one EEOP_CONST step, where an InitPlan's parameter is one
-        // EEOP_PARAM_EXEC step. A jump over the call and a constant after it, two steps a row,
-        // made a sequential scan 1-3% slower than the InitPlan (benches/README.md).
+        // and then returns it kept. (Rewriting the step into a constant after the first
+        // evaluation saved 2.1% of a sequential scan's instructions, too little to patch the
+        // interpreter's steps for: src/pg/README.md.)
         step.opcode = pg_sys::ExprEvalOp::EEOP_PARAM_CALLBACK as isize;
         step.d.cparam = pg_sys::ExprEvalStep__bindgen_ty_1__bindgen_ty_13 {
             paramfunc: Some(eval_reserved),
@@ -560,66 +553,26 @@ unsafe extern "C-unwind" fn compile_param(
     }
 }
 
-/// A reserved parameter's evaluation. The first one in a compiled expression computes the
-/// value; in an interpreted expression it then rewrites its own step into an EEOP_CONST step
-/// holding the value, so the interpreter never calls here again for it. A JIT-compiled
-/// expression keeps calling (its machine code calls this function, whatever the step says)
-/// and gets the kept value. Without pgrx's guard (a `sigsetjmp`): it only reads and writes
+/// A reserved parameter's evaluation: the first one in a compiled expression computes the
+/// value, every one returns it. Without pgrx's guard (a `sigsetjmp`): it only reads and writes
 /// memory, and computes the value in the guarded [`compute_reserved`] (whose errors leave
-/// through this frame, which owns nothing to drop; the step is rewritten only after success).
+/// through this frame, which owns nothing to drop).
 unsafe extern "C-unwind" fn eval_reserved(
-    state: *mut pg_sys::ExprState,
+    _state: *mut pg_sys::ExprState,
     op: *mut pg_sys::ExprEvalStep,
     _econtext: *mut pg_sys::ExprContext,
 ) {
-    let r = (*op).d.cparam.paramarg as *mut Reserved;
-    if (*r).pending {
-        compute_reserved(r);
-    }
-    let value = pg_sys::Datum::from((*r).tenant.as_ptr());
-    *(*op).resvalue = value;
-    *(*op).resnull = false;
-    if (*state).flags & pg_sys::EEO_FLAG_DIRECT_THREADED as u8 != 0 {
-        if let Some(opcode) = const_opcode() {
-            // The interpreter is inside this step and goes on to the next one when this
-            // returns; from the next evaluation on it dispatches on the new opcode.
-            (*op).d.constval = pg_sys::ExprEvalStep__bindgen_ty_1__bindgen_ty_6 {
-                value,
-                isnull: false,
-            };
-            (*op).opcode = opcode;
+    // SAFETY: `op` is the step compile_param pushed, whose argument is its Reserved, allocated
+    // in the executor's per-query memory for as long as the expression lives; resvalue and
+    // resnull point into the expression's state.
+    unsafe {
+        let r = (*op).d.cparam.paramarg as *mut Reserved;
+        if (*r).pending {
+            compute_reserved(r);
         }
+        *(*op).resvalue = pg_sys::Datum::from((*r).tenant.as_ptr());
+        *(*op).resnull = false;
     }
-}
-
-/// The direct-threaded opcode of EEOP_CONST (the address of its code in the interpreter), as
-/// PostgreSQL's own preparation of an expression writes it: read from a throwaway expression
-/// of two constants prepared by `ExecReadyInterpretedExpr` (two steps and a DONE, which no fast
-/// path takes), and checked by mapping it back with `ExecEvalStepOp`. `None` where the
-/// interpreter is not direct-threaded (then calls stay calls). Once per backend.
-unsafe fn const_opcode() -> Option<isize> {
-    if let Some(known) = CONST_OPCODE.with(|c| c.get()) {
-        return known;
-    }
-    let st = pg_sys::palloc0(std::mem::size_of::<pg_sys::ExprState>()) as *mut pg_sys::ExprState;
-    (*st).type_ = pg_sys::NodeTag::T_ExprState;
-    let mut step: pg_sys::ExprEvalStep = std::mem::zeroed();
-    step.resvalue = std::ptr::addr_of_mut!((*st).resvalue);
-    step.resnull = std::ptr::addr_of_mut!((*st).resnull);
-    step.opcode = pg_sys::ExprEvalOp::EEOP_CONST as isize;
-    pg_sys::ExprEvalPushStep(st, &step);
-    pg_sys::ExprEvalPushStep(st, &step);
-    step.opcode = pg_sys::ExprEvalOp::EEOP_DONE as isize;
-    pg_sys::ExprEvalPushStep(st, &step);
-    pg_sys::ExecReadyInterpretedExpr(st);
-    let first = (*st).steps;
-    let known = ((*st).flags & pg_sys::EEO_FLAG_DIRECT_THREADED as u8 != 0
-        && pg_sys::ExecEvalStepOp(st, first) == pg_sys::ExprEvalOp::EEOP_CONST)
-        .then(|| (*first).opcode);
-    pg_sys::pfree(first as *mut c_void);
-    pg_sys::pfree(st as *mut c_void);
-    CONST_OPCODE.with(|c| c.set(Some(known)));
-    known
 }
 
 /// What `allowed_tenant` computes, once per compiled expression: the bound tenant, or its error.

@@ -3,7 +3,6 @@
 //! without SQL). Each piece is kept only where it pays (see `README.md` in this folder, with
 //! the measured gain of each), and every unsafe block carries the argument for its safety.
 
-pub mod bind_default_arg;
 pub mod binding_param;
 pub mod hooks;
 pub mod jsonb_build;

@@ -276,7 +276,7 @@ fn internal_functions_cannot_bind_unprotect_or_forge() {
             &["39P03"][..],
         ),
         (
-            "SELECT tenancy._audit_hmac(tenancy.current_tenant(), 'x')",
+            "SELECT tenancy._audit_row_hash(1, tenancy.current_tenant(), now(), 1, 't', 'INSERT', NULL, NULL, 'x', 'r', NULL, NULL, NULL)",
             &["42501"][..],
         ),
         (

@@ -724,9 +724,9 @@ fn a_record_rewritten_with_a_recomputed_hash_is_detected() {
     // the edit. The chain entry's batch hash still exposes it.
     let (_f, ids, (ok, bad, _, detail)) = tampered(
         "UPDATE tenancy.audit_log SET new_row = new_row || '{\"amount\": 7}' WHERE id = $ID2; \
-         UPDATE tenancy.audit_log SET row_hash = tenancy._audit_hmac(tenant_id, tenancy._audit_record_text(id, \
-             tenant_id, occurred_at, txid, table_name, op, row_key, old_row, new_row, db_role, subject, \
-             application_name, client_addr)) WHERE id = $ID2",
+         UPDATE tenancy.audit_log SET row_hash = tenancy._audit_row_hash(id, tenant_id, occurred_at, txid, \
+             table_name, op, row_key::text, old_row::text, new_row::text, db_role, subject, \
+             application_name, client_addr::text) WHERE id = $ID2",
     );
     assert!(!ok);
     assert!(bad.unwrap() <= ids[1], "{detail}");

@@ -53,4 +53,4 @@ SELECT count(*) AS owner_rows_left FROM tenancy.verify() WHERE rule = 'owner_can
 
 DROP SCHEMA chan CASCADE;
 DROP OWNED BY regress_chan_owner, app_owner;
-DROP ROLE regress_chan_owner, app_owner;
+DROP ROLE regress_chan_owner;

@@ -185,4 +185,4 @@ SELECT count(*) FROM tenancy.verify();
 DROP SCHEMA ver CASCADE;
 SELECT tenancy.unmap_role('regress_ver_mapped', 'ver-acme');
 DROP OWNED BY regress_ver_app, regress_ver_bypass, regress_ver_mapped, app_owner;
-DROP ROLE regress_ver_app, regress_ver_ops, regress_ver_bypass, regress_ver_mapped, regress_ver_both, app_owner;
+DROP ROLE regress_ver_app, regress_ver_ops, regress_ver_bypass, regress_ver_mapped, regress_ver_both;
