@@ -1006,15 +1006,9 @@ fn exclusions(rel: pg_sys::Oid, tenant: Uuid) -> Rc<Vec<String>> {
 /// again). The tenant's admin's decision: a session bound with the tenant's admin role
 /// (not a support binding); recorded in the tenant's own chain. The tenant column and the
 /// key's columns are always recorded.
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.audit_exclude("tbl" regclass, "columns" text[])
-RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_exclude_wrapper';
-"#
-)]
-fn audit_exclude(tbl: pg_sys::Oid, columns: Vec<String>) {
+#[pg_extern(volatile, parallel_unsafe)]
+fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<String>) {
+    let tbl = tbl.0;
     let tenant = match crate::authz::admin_of() {
         Some(t) => t,
         None => errors::raise(

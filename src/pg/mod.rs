@@ -7,3 +7,4 @@ pub mod binding_param;
 pub mod hooks;
 pub mod jsonb_build;
 pub mod row_json;
+pub mod types;

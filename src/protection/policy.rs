@@ -323,15 +323,13 @@ pub fn protect_table(
     n
 }
 
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.protect("tbl" regclass, "tenant_column" text DEFAULT 'tenant_id', "audit" boolean DEFAULT true)
-RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'protect_wrapper';
-"#
-)]
-fn protect(tbl: pg_sys::Oid, tenant_column: &str, audit: bool) {
+#[pg_extern(volatile, parallel_unsafe)]
+fn protect(
+    tbl: crate::pg::types::Regclass,
+    tenant_column: default!(&str, "'tenant_id'"),
+    audit: default!(bool, true),
+) {
+    let tbl = tbl.0;
     authz::require_operator("protect");
     let n = protect_table(tbl, tenant_column, audit, None);
     let name = table_info(tbl, tenant_column)
@@ -347,15 +345,12 @@ fn protect(tbl: pg_sys::Oid, tenant_column: &str, audit: bool) {
 /// The SQL protect() runs for a table (not its partitions), for review. Changes nothing, but
 /// reads the catalog as its owner (a user switch and a pinned search_path), so it is labelled
 /// VOLATILE PARALLEL UNSAFE.
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.protect_sql("tbl" regclass, "tenant_column" text DEFAULT 'tenant_id')
-RETURNS SETOF text STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'protect_sql_wrapper';
-"#
-)]
-fn protect_sql(tbl: pg_sys::Oid, tenant_column: &str) -> SetOfIterator<'static, String> {
+#[pg_extern(volatile, parallel_unsafe)]
+fn protect_sql(
+    tbl: crate::pg::types::Regclass,
+    tenant_column: default!(&str, "'tenant_id'"),
+) -> SetOfIterator<'static, String> {
+    let tbl = tbl.0;
     let info = check_table(tbl, tenant_column);
     SetOfIterator::new(
         generated_sql(&info, tenant_column, true)
@@ -364,15 +359,9 @@ fn protect_sql(tbl: pg_sys::Oid, tenant_column: &str) -> SetOfIterator<'static, 
     )
 }
 
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.unprotect("tbl" regclass)
-RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'unprotect_wrapper';
-"#
-)]
-fn unprotect(tbl: pg_sys::Oid) {
+#[pg_extern(volatile, parallel_unsafe)]
+fn unprotect(tbl: crate::pg::types::Regclass) {
+    let tbl = tbl.0;
     authz::require_operator("unprotect");
     let _managed = ManagedDdl::enter();
     let rels: Vec<(pg_sys::Oid, String)> = catalog::with_owner(|| {
@@ -439,15 +428,13 @@ fn unprotect(tbl: pg_sys::Oid) {
 /// The statement is `ALTER TABLE parent ATTACH PARTITION table ` followed by `bound`, and is
 /// run only after PostgreSQL's parser has read it as exactly that: one ALTER TABLE of `parent`
 /// with one ATTACH PARTITION of `table` (no second statement can ride along).
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.attach_partition("parent" regclass, "partition" regclass, "bound" text)
-RETURNS bigint STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'attach_partition_wrapper';
-"#
-)]
-fn attach_partition(parent: pg_sys::Oid, partition: pg_sys::Oid, bound: &str) -> i64 {
+#[pg_extern(volatile, parallel_unsafe)]
+fn attach_partition(
+    parent: crate::pg::types::Regclass,
+    partition: crate::pg::types::Regclass,
+    bound: &str,
+) -> i64 {
+    let (parent, partition) = (parent.0, partition.0);
     authz::require_operator("attach_partition");
     let meta = catalog::owner_rows(
         "tenancy.protected_table",
@@ -786,15 +773,9 @@ fn require_current_ddl_command(rel: pg_sys::Oid) {
 
 /// Called by the generated WITH CHECK expressions only for a row whose tenant column is not
 /// the bound tenant: logs a security event (it survives the rollback) and refuses the row.
-#[pg_extern(
-    volatile,
-    parallel_restricted,
-    sql = r#"
-CREATE FUNCTION tenancy._cross_tenant_write("tbl" regclass, "row_tenant" uuid)
-RETURNS boolean VOLATILE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', '_cross_tenant_write_wrapper';
-"#
-)]
-fn _cross_tenant_write(tbl: pg_sys::Oid, row_tenant: Option<pgrx::Uuid>) -> bool {
+#[pg_extern(volatile, parallel_restricted)]
+fn _cross_tenant_write(tbl: crate::pg::types::Regclass, row_tenant: Option<pgrx::Uuid>) -> bool {
+    let tbl = tbl.0;
     let b = crate::binding::require();
     let table = relation_name(tbl);
     let row_tenant = row_tenant.map(|u| catalog::from_pg_uuid(&u).to_string());

@@ -82,7 +82,7 @@ unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport:
                 // so that it checks every row one by one as the tables' owner.
                 return false;
             }
-            allows(relid, name);
+            allows(crate::pg::types::Regclass(relid), name);
         }
     }
     true
@@ -90,15 +90,9 @@ unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport:
 
 /// True when the bound roles hold `privilege` on `tbl`; otherwise ERROR 42501 naming the table
 /// and the missing privilege (a refused statement is loud, never silently empty).
-#[pg_extern(
-    stable,
-    parallel_restricted,
-    sql = r#"
-CREATE FUNCTION tenancy.allows("tbl" regclass, "privilege" text)
-RETURNS boolean STRICT STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'allows_wrapper';
-"#
-)]
-fn allows(tbl: pg_sys::Oid, privilege: &str) -> bool {
+#[pg_extern(stable, parallel_restricted)]
+fn allows(tbl: crate::pg::types::Regclass, privilege: &str) -> bool {
+    let tbl = tbl.0;
     if crate::binding::with_required(|b| permitted(b, tbl, privilege)) {
         return true;
     }
@@ -170,15 +164,9 @@ fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
 /// [`allows`]. Every generated policy (restrictive and permissive alike, with the same
 /// expression, in USING and WITH CHECK) compares the tenant column with it, so one InitPlan per
 /// table and command carries both the tenant and the privilege.
-#[pg_extern(
-    stable,
-    parallel_restricted,
-    sql = r#"
-CREATE FUNCTION tenancy.allowed_tenant("tbl" regclass, "privilege" text)
-RETURNS uuid STRICT STABLE PARALLEL RESTRICTED LANGUAGE c AS 'MODULE_PATHNAME', 'allowed_tenant_wrapper';
-"#
-)]
-fn allowed_tenant(tbl: pg_sys::Oid, privilege: &str) -> pgrx::Uuid {
+#[pg_extern(stable, parallel_restricted)]
+fn allowed_tenant(tbl: crate::pg::types::Regclass, privilege: &str) -> pgrx::Uuid {
+    let tbl = tbl.0;
     allowed_tenant_id(tbl, privilege)
 }
 

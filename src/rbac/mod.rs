@@ -24,15 +24,13 @@ pub fn check_tenant_roles(tenant: &catalog::TenantRow, roles: &[String]) {
     }
 }
 
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.map_role("role" regrole, "tenant" text, "tenant_roles" text[] DEFAULT '{member}')
-RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'map_role_wrapper';
-"#
-)]
-fn map_role(role: pg_sys::Oid, tenant: &str, tenant_roles: Vec<String>) {
+#[pg_extern(volatile, parallel_unsafe)]
+fn map_role(
+    role: crate::pg::types::Regrole,
+    tenant: &str,
+    tenant_roles: default!(Vec<String>, "'{member}'"),
+) {
+    let role = role.0;
     authz::require_operator("map_role");
     let t = catalog::require_tenant(tenant);
     // A mapped login role reads the tenant's rows: once the tenant has an admin, only a
@@ -98,15 +96,9 @@ fn map_role(role: pg_sys::Oid, tenant: &str, tenant_roles: Vec<String>) {
     );
 }
 
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.unmap_role("role" regrole, "tenant" text)
-RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'unmap_role_wrapper';
-"#
-)]
-fn unmap_role(role: pg_sys::Oid, tenant: &str) {
+#[pg_extern(volatile, parallel_unsafe)]
+fn unmap_role(role: crate::pg::types::Regrole, tenant: &str) {
+    let role = role.0;
     authz::require_operator("unmap_role");
     let t = catalog::require_tenant(tenant);
     let n = catalog::write(
@@ -238,15 +230,14 @@ fn check_grant_table(tbl: Option<pg_sys::Oid>) -> Option<String> {
     Some(name)
 }
 
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy."grant"("tenant" text, "role" text, "tbl" regclass, "privileges" text[])
-RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'grant_wrapper';
-"#
-)]
-fn grant(tenant: &str, role: &str, tbl: Option<pg_sys::Oid>, privileges: Vec<String>) {
+#[pg_extern(volatile, parallel_unsafe)]
+fn grant(
+    tenant: &str,
+    role: &str,
+    tbl: Option<crate::pg::types::Regclass>,
+    privileges: Vec<String>,
+) {
+    let tbl = tbl.map(|t| t.0);
     let t = managed_tenant(tenant, "grant");
     authz::require_may_widen("grant", &t);
     check_tenant_roles(&t, &[role.to_string()]);
@@ -269,15 +260,14 @@ fn grant(tenant: &str, role: &str, tbl: Option<pg_sys::Oid>, privileges: Vec<Str
     );
 }
 
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy."revoke"("tenant" text, "role" text, "tbl" regclass, "privileges" text[])
-RETURNS void VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'revoke_wrapper';
-"#
-)]
-fn revoke(tenant: &str, role: &str, tbl: Option<pg_sys::Oid>, privileges: Vec<String>) {
+#[pg_extern(volatile, parallel_unsafe)]
+fn revoke(
+    tenant: &str,
+    role: &str,
+    tbl: Option<crate::pg::types::Regclass>,
+    privileges: Vec<String>,
+) {
+    let tbl = tbl.map(|t| t.0);
     let t = managed_tenant(tenant, "revoke");
     check_tenant_roles(&t, &[role.to_string()]);
     check_privileges(&privileges);
@@ -375,19 +365,13 @@ fn remove_member(tenant: &str, subject: &str, role: &str) {
 // ------------------------------------------------------------------------------------------
 // Support access: a bound tenant admin lets a platform operator in, for a while.
 
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.grant_support("operator" regrole, "duration" interval, "privileges" text[] DEFAULT '{select}')
-RETURNS jsonb STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'grant_support_wrapper';
-"#
-)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn grant_support(
-    operator: pg_sys::Oid,
+    operator: crate::pg::types::Regrole,
     duration: pgrx::datum::Interval,
-    privileges: Vec<String>,
+    privileges: default!(Vec<String>, "'{select}'"),
 ) -> pgrx::JsonB {
+    let operator = operator.0;
     let b = crate::binding::require();
     if !authz::is_tenant_admin(b.tenant) {
         errors::raise(
@@ -446,15 +430,9 @@ fn grant_support(
     pgrx::JsonB(detail)
 }
 
-#[pg_extern(
-    volatile,
-    parallel_unsafe,
-    sql = r#"
-CREATE FUNCTION tenancy.revoke_support("operator" regrole)
-RETURNS void STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'revoke_support_wrapper';
-"#
-)]
-fn revoke_support(operator: pg_sys::Oid) {
+#[pg_extern(volatile, parallel_unsafe)]
+fn revoke_support(operator: crate::pg::types::Regrole) {
+    let operator = operator.0;
     let b = crate::binding::require();
     if !authz::is_tenant_admin(b.tenant) {
         errors::raise(
