@@ -4,8 +4,9 @@
 #   2. unit and #[pg_test] tests      (cargo pgrx test, backends run by the `postgres` user)
 #   3. pg_regress suite               (tests/pg_regress, against a throwaway cluster)
 #   4. client integration tests       (tests/integration, NOSUPERUSER NOBYPASSRLS roles over sockets)
-#   5. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
-#   6. the benchmark in smoke mode     (benches/run.sh --smoke)
+#   5. the upgrade test               (tests/upgrade/run.sh: 0.1.0 -> this version)
+#   6. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
+#   7. the benchmark in smoke mode     (benches/run.sh --smoke)
 # Installs whatever is missing first (Debian packages, cargo-pgrx). Idempotent.
 #
 #   scripts/test.sh           the whole suite (about 5 minutes when built)
@@ -115,6 +116,10 @@ integration() {
         cargo test --no-fail-fast -- --test-threads=4)
 }
 run_step "integration tests" integration
+
+# The upgrade from the last release: its build and committed SQL, ALTER EXTENSION UPDATE, the
+# result compared with a fresh install (its own cluster).
+run_step "upgrade" tests/upgrade/run.sh
 
 # Reliability harnesses (each on its own throwaway cluster, with the installed extension).
 run_step "reliability: concurrency soak" tests/reliability/soak.sh "${LONG[@]}"

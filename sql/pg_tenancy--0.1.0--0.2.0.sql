@@ -1,0 +1,448 @@
+-- pg_tenancy 0.1.0 -> 0.2.0 (ALTER EXTENSION pg_tenancy UPDATE TO '0.2.0').
+-- Every change of the SQL surface ships here; tests/upgrade/run.sh checks that a 0.1.0
+-- database updated by this script has exactly the objects of a fresh 0.2.0 install.
+\echo Use "ALTER EXTENSION pg_tenancy UPDATE TO '0.2.0'" to load this file. \quit
+
+-- tenancy.bind: two functions instead of one with a default, so that a call with one
+-- argument reads no default from the catalog (src/pg/README.md).
+DROP FUNCTION tenancy.bind(text, text);
+CREATE FUNCTION tenancy."bind"("token" text) RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'bind_transaction_wrapper';
+CREATE FUNCTION tenancy."bind"("token" text, "scope" text) RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'bind_scoped_wrapper';
+
+-- The record hash: one Rust definition for every path (_audit_record_text and _audit_hmac
+-- go). Internal: with it anyone could confirm a guessed row against its hash.
+CREATE FUNCTION tenancy."_audit_row_hash"("id" bigint, "tenant_id" uuid, "occurred_at" timestamp with time zone,
+        "txid" bigint, "table_name" text, "op" text, "row_key" text, "old_row" text, "new_row" text,
+        "db_role" text, "subject" text, "application_name" text, "client_addr" text) RETURNS bytea
+STABLE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'audit_row_hash_wrapper';
+REVOKE EXECUTE ON FUNCTION tenancy._audit_row_hash(bigint, uuid, timestamptz, bigint, text, text, text,
+    text, text, text, text, text, text) FROM PUBLIC;
+DROP FUNCTION tenancy._audit_hmac(uuid, text);
+DROP FUNCTION tenancy._audit_record_text(bigint, uuid, timestamptz, bigint, text, text, jsonb, jsonb, jsonb,
+    text, text, text, inet);
+
+-- verify() locks the protected tables it reads.
+CREATE FUNCTION tenancy."_lock_protected_tables"() RETURNS SETOF oid
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'lock_protected_tables_wrapper';
+CREATE OR REPLACE FUNCTION tenancy.verify()
+RETURNS TABLE (severity text, rule text, object text, detail text, fix text)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $verify$
+-- The protected tables, each locked ACCESS SHARE for the rest of the transaction first
+-- (tenancy._lock_protected_tables): a table dropped or altered concurrently is then either
+-- gone before verify looks, or stays as it is while verify reads its definition.
+WITH prot AS MATERIALIZED (
+    SELECT p.relid, p.tenant_column, p.policy_digest,
+           (SELECT a.attnum FROM pg_attribute a
+             WHERE a.attrelid = p.relid AND a.attname = p.tenant_column AND NOT a.attisdropped) AS tenant_attnum
+      FROM tenancy.protected_table p
+     WHERE p.relid::oid IN (SELECT tenancy._lock_protected_tables())
+),
+tenant_columns AS (
+    SELECT DISTINCT tenant_column FROM prot
+    UNION SELECT 'tenant_id'::name
+    UNION SELECT tenant_column FROM tenancy.auto_protect_schema
+),
+-- Views and materialized views reading a protected table (base), directly or through views.
+dependents AS (
+    WITH RECURSIVE reads(dep, relkind, base) AS (
+        SELECT v.oid, v.relkind, d.refobjid
+          FROM pg_rewrite rw
+          JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = rw.oid
+                          AND d.refclassid = 'pg_class'::regclass
+          JOIN pg_class v ON v.oid = rw.ev_class
+         WHERE d.refobjid IN (SELECT relid FROM prot) AND v.oid <> d.refobjid AND v.relkind IN ('v', 'm')
+        UNION
+        SELECT v.oid, v.relkind, r.base
+          FROM reads r
+          JOIN pg_depend d ON d.refobjid = r.dep AND d.classid = 'pg_rewrite'::regclass
+                          AND d.refclassid = 'pg_class'::regclass
+          JOIN pg_rewrite rw ON rw.oid = d.objid
+          JOIN pg_class v ON v.oid = rw.ev_class
+         WHERE r.relkind = 'v' AND v.oid <> r.dep AND v.relkind IN ('v', 'm')
+    )
+    SELECT DISTINCT dep, relkind, base FROM reads
+)
+-- 1. Protected tables whose state differs from what protect() recorded.
+SELECT 'error', 'protection_drift', p.relid::text,
+       'row security, policies, tenant column or pg_tenancy triggers differ from the recorded digest',
+       format('SELECT tenancy.protect(%L, %L);', p.relid::text, p.tenant_column)
+  FROM prot p
+ WHERE p.policy_digest IS DISTINCT FROM tenancy._protection_digest(p.relid, p.tenant_column)
+UNION ALL
+-- 2. Tables with a tenant column that are not protected.
+SELECT 'error', 'unprotected_tenant_table', c.oid::regclass::text,
+       format('column %I (uuid) suggests tenant rows, but the table has no pg_tenancy protection', a.attname),
+       format('SELECT tenancy.protect(%L, %L);', c.oid::regclass::text, a.attname)
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped AND a.attnum > 0
+ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+   AND a.attname IN (SELECT tenant_column FROM tenant_columns) AND a.atttypid = 'uuid'::regtype
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy') AND n.nspname NOT LIKE 'pg\_toast%'
+   AND c.oid NOT IN (SELECT relid FROM prot)
+UNION ALL
+-- 3. Partitions of protected tables without their own protection (direct access bypasses the parent's policies).
+SELECT 'error', 'partition_unprotected', i.inhrelid::regclass::text,
+       format('partition of protected table %s is not protected', i.inhparent::regclass),
+       format('SELECT tenancy.protect(%L, %L);', i.inhparent::regclass::text, p.tenant_column)
+  FROM pg_inherits i JOIN prot p ON p.relid = i.inhparent
+ WHERE i.inhrelid NOT IN (SELECT relid FROM prot)
+UNION ALL
+-- 4. Unique constraints and primary keys without the tenant column: an insert that collides
+--    with another tenant's row reveals that the row exists.
+SELECT 'warning', 'unique_without_tenant', format('%s.%I', p.relid::regclass, con.conname),
+       format('%s constraint on (%s) does not include %I: a duplicate-key error reveals that another tenant has the value',
+              CASE con.contype WHEN 'p' THEN 'primary key' ELSE 'unique' END,
+              (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord)
+                 FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum),
+              p.tenant_column),
+       format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s);',
+              p.relid::regclass, con.conname, con.conname,
+              CASE con.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, p.tenant_column,
+              (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord)
+                 FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+                 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum))
+  FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid
+ WHERE con.contype IN ('p', 'u') AND NOT p.tenant_attnum = ANY (con.conkey)
+UNION ALL
+-- 5. Foreign keys between protected tables that do not include the tenant column on both sides.
+SELECT 'error', 'fk_without_tenant', format('%s.%I', p.relid::regclass, con.conname),
+       format('foreign key to %s does not match %I: a row can reference another tenant''s row',
+              con.confrelid::regclass, p.tenant_column),
+       format('ALTER TABLE %s DROP CONSTRAINT %I; -- then add a foreign key on (%I, ...) referencing a unique key (%I, ...) of %s',
+              p.relid::regclass, con.conname, p.tenant_column, r.tenant_column, con.confrelid::regclass)
+  FROM prot p
+  JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'f'
+  JOIN prot r ON r.relid = con.confrelid
+ WHERE NOT EXISTS (SELECT FROM unnest(con.conkey, con.confkey) AS k(src, dst)
+                    WHERE k.src = p.tenant_attnum AND k.dst = r.tenant_attnum)
+UNION ALL
+-- 6. Views over protected tables that run with their owner's privileges.
+SELECT 'error', 'view_without_security_invoker', d.dep::regclass::text,
+       format('view reads protected table %s with its owner''s privileges', d.base::regclass),
+       format('ALTER VIEW %s SET (security_invoker = true);', d.dep::regclass)
+  FROM dependents d JOIN pg_class v ON v.oid = d.dep
+ WHERE d.relkind = 'v'
+   AND NOT coalesce((SELECT lower(option_value) IN ('true', 'on', '1', 'yes')
+                       FROM pg_options_to_table(v.reloptions) WHERE option_name = 'security_invoker'), false)
+UNION ALL
+-- 7. Materialized views over protected tables: their rows are stored without row security.
+SELECT 'error', 'materialized_view', d.dep::regclass::text,
+       format('materialized view stores rows of protected table %s without row security', d.base::regclass),
+       format('DROP MATERIALIZED VIEW %s; -- use a view WITH (security_invoker = true) instead', d.dep::regclass)
+  FROM dependents d WHERE d.relkind = 'm'
+UNION ALL
+-- 8. SECURITY DEFINER functions that read protected tables.
+SELECT 'warning', 'security_definer_function', f.oid::regprocedure::text,
+       format('SECURITY DEFINER function mentions protected table %s; it runs with its owner''s privileges', p.relid::regclass),
+       format('ALTER FUNCTION %s SECURITY INVOKER;', f.oid::regprocedure)
+  FROM pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace
+  JOIN prot p ON f.prosrc ~* ('\m' || regexp_replace((SELECT relname FROM pg_class WHERE oid = p.relid),
+                                                      '([^[:alnum:]_])', '\\\1', 'g') || '\M')
+ WHERE f.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
+UNION ALL
+-- 9. Superuser or BYPASSRLS roles mapped to tenants: row security does not apply to them.
+SELECT 'error', 'bypass_role_mapped', m.role::text,
+       format('role is %s and mapped to tenant %s: row security does not apply to it',
+              CASE WHEN r.rolsuper THEN 'a superuser' ELSE 'BYPASSRLS' END, m.tenant_id),
+       CASE WHEN r.rolsuper THEN format('SELECT tenancy.unmap_role(%L, %L);', m.role::text, m.tenant_id)
+            ELSE format('ALTER ROLE %I NOBYPASSRLS;', r.rolname) END
+  FROM tenancy.role_mapping m JOIN pg_roles r ON r.oid = m.role
+ WHERE r.rolsuper OR r.rolbypassrls
+UNION ALL
+-- 10. Non-superuser BYPASSRLS roles with privileges on protected tables.
+SELECT 'warning', 'bypass_role_with_access', format('%I on %s', r.rolname, p.relid::regclass),
+       'role has BYPASSRLS and privileges on a protected table: it reads every tenant''s rows',
+       format('ALTER ROLE %I NOBYPASSRLS;', r.rolname)
+  FROM pg_roles r CROSS JOIN prot p
+ WHERE r.rolbypassrls AND NOT r.rolsuper AND r.rolname NOT LIKE 'pg\_%'
+   AND has_table_privilege(r.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE')
+UNION ALL
+-- 11. TRUNCATE granted on protected tables (TRUNCATE ignores row security).
+SELECT 'warning', 'truncate_granted', format('%s to %s', p.relid::regclass,
+              CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE acl.grantee::regrole::text END),
+       'TRUNCATE ignores row security (pg_tenancy''s trigger refuses it, but the grant invites trouble)',
+       format('REVOKE TRUNCATE ON %s FROM %s;', p.relid::regclass,
+              CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(acl.grantee::regrole::text) END)
+  FROM prot p JOIN pg_class c ON c.oid = p.relid
+  CROSS JOIN LATERAL aclexplode(c.relacl) AS acl
+ WHERE acl.privilege_type = 'TRUNCATE' AND acl.grantee <> c.relowner
+UNION ALL
+-- 12. Settings under tenancy. granted with GRANT SET.
+SELECT 'error', 'tenancy_setting_granted', format('%s to %s', pa.parname,
+              CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE acl.grantee::regrole::text END),
+       'a pg_tenancy setting can be changed by a role that is not a superuser',
+       format('REVOKE %s ON PARAMETER %s FROM %s;', acl.privilege_type, pa.parname,
+              CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(acl.grantee::regrole::text) END)
+  FROM pg_parameter_acl pa CROSS JOIN LATERAL aclexplode(pa.paracl) AS acl
+ WHERE pa.parname LIKE 'tenancy.%'
+UNION ALL
+-- 13. Protected tables without an index led by the tenant column.
+SELECT 'warning', 'missing_tenant_index', p.relid::text,
+       format('no index starts with %I: every query scans the whole table', p.tenant_column),
+       format('CREATE INDEX ON %s (%I);', p.relid::regclass, p.tenant_column)
+  FROM prot p
+ WHERE NOT EXISTS (SELECT FROM pg_index x WHERE x.indrelid = p.relid AND x.indkey[0] = p.tenant_attnum)
+UNION ALL
+-- 14. Large objects owned by roles that use protected tables: large objects have no row
+--     security, so every session of the owning role reads them, whichever tenant it is bound to.
+SELECT 'warning', 'large_objects', format('%s large object(s) owned by %I', count(*), r.rolname),
+       'large objects have no row security: every session of the owning role can read them, whichever tenant it is bound to',
+       format('-- move the contents into a protected table (bytea column), then:%sSELECT lo_unlink(oid) FROM pg_largeobject_metadata WHERE lomowner = %L::regrole;',
+              chr(10), r.rolname)
+  FROM pg_largeobject_metadata lo JOIN pg_roles r ON r.oid = lo.lomowner
+ WHERE NOT r.rolsuper
+   AND (EXISTS (SELECT FROM prot p WHERE has_table_privilege(r.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE'))
+        OR EXISTS (SELECT FROM tenancy.role_mapping m WHERE m.role = r.oid))
+ GROUP BY r.rolname
+UNION ALL
+-- 15. Protected tables owned by a role that an application session can be: a login role (other
+--     than a superuser or a platform role) or a role such a login role is a member of. The
+--     owner writes CHECK constraints, index expressions, triggers and rules that see every
+--     tenant's rows: application roles own nothing.
+SELECT 'error', 'owner_can_bind', p.relid::text,
+       format('owned by %I, which %s: the owner''s constraints, indexes, triggers and rules see every tenant''s rows',
+              o.rolname,
+              CASE WHEN o.rolcanlogin THEN 'can log in and bind'
+                   ELSE format('login role %I can SET ROLE to', l.rolname) END),
+       CASE WHEN o.rolcanlogin
+            THEN format('DO $fix$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %L) THEN CREATE ROLE %I NOLOGIN; END IF; END $fix$; GRANT USAGE, CREATE ON SCHEMA %I TO %I; ALTER TABLE %s OWNER TO %I;',
+                        'app_owner', 'app_owner', (SELECT nspname FROM pg_namespace WHERE oid = c.relnamespace), 'app_owner',
+                        p.relid::regclass, 'app_owner')
+            ELSE format('REVOKE %I FROM %I;', o.rolname, l.rolname) END
+  FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_roles o ON o.oid = c.relowner
+  CROSS JOIN LATERAL (
+      SELECT r.rolname FROM pg_roles r
+       WHERE r.rolcanlogin AND NOT r.rolsuper
+         AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+         AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+         AND pg_has_role(r.oid, o.oid, 'MEMBER')
+       ORDER BY r.oid <> o.oid, r.rolname LIMIT 1) l
+ WHERE NOT o.rolsuper
+UNION ALL
+-- 16. Domains of protected columns owned by such a role (the column's type, or a type it is
+--     made of: a domain's base, an array's element, a composite's attribute, a range's
+--     subtype): ALTER DOMAIN ... ADD CONSTRAINT runs the owner's check over every tenant's values.
+SELECT DISTINCT 'error', 'domain_owner_can_bind', format_type(t.oid, NULL),
+       format('domain of a column of protected table %s is owned by %I, which an application session can be',
+              a.attrelid::regclass, o.rolname),
+       format('DO $fix$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %L) THEN CREATE ROLE %I NOLOGIN; END IF; END $fix$; GRANT USAGE, CREATE ON SCHEMA %I TO %I; ALTER DOMAIN %s OWNER TO %I;',
+              'app_owner', 'app_owner', (SELECT nspname FROM pg_namespace WHERE oid = t.typnamespace), 'app_owner',
+              format_type(t.oid, NULL), 'app_owner')
+  FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+  CROSS JOIN LATERAL tenancy._reachable_types(a.atttypid) reach(oid)
+  JOIN pg_type t ON t.typtype = 'd' AND t.oid = reach.oid
+  JOIN pg_roles o ON o.oid = t.typowner
+ WHERE NOT o.rolsuper
+   AND EXISTS (SELECT FROM pg_roles r
+                WHERE r.rolcanlogin AND NOT r.rolsuper
+                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+UNION ALL
+-- 17. Foreign keys of protected tables that cascade from a table the application can write
+--     and that is not protected: referential actions bypass row security, so a session bound
+--     to one tenant deletes or rewrites another tenant's rows through the shared table.
+SELECT 'error', 'fk_cascade_from_shared_table', format('%s.%I', p.relid::regclass, con.conname),
+       format('ON %s from %s, which is not protected and which %s can write: its rows'' changes reach every tenant''s rows',
+              concat_ws(' / ', CASE WHEN con.confupdtype IN ('c', 'n', 'd') THEN 'UPDATE ' ||
+                                     CASE con.confupdtype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' ELSE 'SET DEFAULT' END END,
+                                   CASE WHEN con.confdeltype IN ('c', 'n', 'd') THEN 'DELETE ' ||
+                                     CASE con.confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' ELSE 'SET DEFAULT' END END),
+              con.confrelid::regclass, w.writer),
+       format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s;', p.relid::regclass, con.conname, con.conname,
+              regexp_replace(pg_get_constraintdef(con.oid),
+                             ' ON (UPDATE|DELETE) (CASCADE|SET NULL|SET DEFAULT)( \([^)]*\))?', '', 'g'))
+  FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'f'
+  CROSS JOIN LATERAL (
+      SELECT coalesce(max(quote_ident(r.rolname)), 'PUBLIC') AS writer FROM pg_roles r
+       WHERE r.rolcanlogin AND NOT r.rolsuper
+         AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+         AND has_table_privilege(r.oid, con.confrelid, 'UPDATE, DELETE')) w
+ WHERE (con.confupdtype IN ('c', 'n', 'd') OR con.confdeltype IN ('c', 'n', 'd'))
+   AND con.confrelid NOT IN (SELECT relid FROM prot)
+   AND EXISTS (SELECT FROM pg_roles r
+                WHERE r.rolcanlogin AND NOT r.rolsuper
+                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+                  AND has_table_privilege(r.oid, con.confrelid, 'UPDATE, DELETE'))
+UNION ALL
+-- 18. Unique expression indexes, partial unique indexes and exclusion constraints not led by
+--     the tenant column: a conflict tells one tenant that another holds the value.
+SELECT 'error', 'unique_index_without_tenant', x.indexrelid::regclass::text,
+       format('%s not led by %I: a conflict reveals that another tenant holds the value',
+              CASE WHEN x.indisexclusion THEN 'exclusion constraint'
+                   WHEN x.indpred IS NOT NULL THEN 'partial unique index' ELSE 'unique expression index' END,
+              p.tenant_column),
+       CASE WHEN x.indisexclusion
+            THEN format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s;',
+                        CASE WHEN pg_get_constraintdef(con.oid) LIKE 'EXCLUDE USING gist %'
+                             THEN 'CREATE EXTENSION IF NOT EXISTS btree_gist; ' ELSE '' END,
+                        p.relid::regclass, con.conname, con.conname,
+                        regexp_replace(pg_get_constraintdef(con.oid), '^EXCLUDE USING (\S+) \(',
+                                       'EXCLUDE USING \1 (' || quote_ident(p.tenant_column) || ' WITH =, '))
+            ELSE format('DROP INDEX %s; %s;', x.indexrelid::regclass,
+                        regexp_replace(pg_get_indexdef(x.indexrelid), ' USING (\S+) \(',
+                                       ' USING \1 (' || quote_ident(p.tenant_column) || ', ')) END
+  FROM prot p JOIN pg_index x ON x.indrelid = p.relid
+  LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.contype = 'x'
+ WHERE (x.indisexclusion OR (x.indisunique AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)))
+   AND x.indkey[0] IS DISTINCT FROM p.tenant_attnum
+UNION ALL
+-- 19. CHECK constraints, index expressions and predicates, statistics expressions, generated
+--     columns, partition keys and the types of columns (domains' constraints, ranges'
+--     functions) of protected tables that call functions not built in: validating, building,
+--     computing or analyzing them runs those functions over every tenant's rows. (Built-in functions that are not
+--     LEAKPROOF may quote a value in an error: rule 20.)
+SELECT 'error', 'leaky_expression', e.object,
+       format('%s calls %s, which sees every tenant''s rows when it is validated, built or analyzed', e.what, e.call),
+       e.fix
+  FROM (SELECT format('%s.%I', p.relid::regclass, con.conname) AS object, 'CHECK constraint' AS what,
+               tenancy._leaky_call(con.conbin::text, true) AS call,
+               format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) AS fix
+          FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'c'
+        UNION ALL
+        SELECT x.indexrelid::regclass::text, 'index',
+               coalesce(tenancy._leaky_call(x.indexprs::text, true), tenancy._leaky_call(x.indpred::text, true)),
+               CASE WHEN con.oid IS NULL THEN format('DROP INDEX %s;', x.indexrelid::regclass)
+                    ELSE format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) END
+          FROM prot p JOIN pg_index x ON x.indrelid = p.relid
+          LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = p.relid
+        UNION ALL
+        SELECT format('%I.%I', sn.nspname, s.stxname), 'statistics object', tenancy._leaky_call(s.stxexprs::text, true),
+               format('DROP STATISTICS %I.%I;', sn.nspname, s.stxname)
+          FROM prot p JOIN pg_statistic_ext s ON s.stxrelid = p.relid JOIN pg_namespace sn ON sn.oid = s.stxnamespace
+        UNION ALL
+        SELECT format('%s.%I', p.relid::regclass, a.attname), format('generated column %I', a.attname),
+               tenancy._leaky_call(d.adbin::text, true),
+               format('ALTER TABLE %s ALTER COLUMN %I DROP EXPRESSION;', p.relid::regclass, a.attname)
+          FROM prot p JOIN pg_attrdef d ON d.adrelid = p.relid
+          JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum AND a.attgenerated <> '' AND a.attinhcount = 0
+        UNION ALL
+        SELECT format('%s (partition key)', p.relid::regclass), 'the partition key',
+               tenancy._leaky_call(pt.partexprs::text, true),
+               format('-- a partition key cannot be changed: move the rows into a table partitioned by built-in expressions, then drop %s', p.relid::regclass)
+          FROM prot p JOIN pg_partitioned_table pt ON pt.partrelid = p.relid AND pt.partexprs IS NOT NULL
+        UNION ALL
+        -- The type of a column, and every type it is made of: a domain's constraints run on
+        -- every write (and over every row when a column is changed to it), a range's
+        -- functions in ANALYZE and GiST indexes. (Types of built-in oids are made of built-in
+        -- types only; an inherited column is reported on the table that defines it.)
+        SELECT format('%s.%I', p.relid::regclass, a.attname),
+               format('constraint %I of domain %s, the type (or part of the type) of column %I', con.conname,
+                      format_type(con.contypid, NULL), a.attname),
+               tenancy._leaky_call(con.conbin::text, true),
+               format('ALTER DOMAIN %s DROP CONSTRAINT IF EXISTS %I;', format_type(con.contypid, NULL), con.conname)
+          FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+                                         AND a.atttypid >= 16384 AND a.attinhcount = 0
+          CROSS JOIN LATERAL tenancy._reachable_types(a.atttypid) reach(oid)
+          JOIN pg_constraint con ON con.contypid = reach.oid AND con.conbin IS NOT NULL
+        UNION ALL
+        SELECT format('%s.%I', p.relid::regclass, a.attname),
+               format('range type %s, the type (or part of the type) of column %I', format_type(r.rngtypid, NULL), a.attname),
+               (SELECT 'function ' || f::regprocedure::text
+                  FROM unnest(ARRAY[r.rngcanonical, r.rngsubdiff]::oid[]) f WHERE f >= 16384 ORDER BY f LIMIT 1),
+               format('ALTER TABLE %s DROP COLUMN %I; -- drops its values: a range type''s functions cannot be changed, so keep them in a column of a built-in range type instead',
+                      p.relid::regclass, a.attname)
+          FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+                                         AND a.atttypid >= 16384 AND a.attinhcount = 0
+          CROSS JOIN LATERAL tenancy._reachable_types(a.atttypid) reach(oid)
+          JOIN pg_range r ON r.rngtypid = reach.oid) e
+ WHERE e.call IS NOT NULL
+UNION ALL
+-- 20. The same with built-in functions that are not LEAKPROOF: they cannot be made to show
+--     rows, but some quote a value in their errors (a failed cast, a division by zero) while
+--     they run over every tenant's rows. pg_tenancy refuses to create them for anyone but a
+--     superuser; keep them only if a trusted migration role made them.
+SELECT 'warning', 'builtin_nonleakproof_expression', e.object,
+       format('%s calls %s, a built-in function that is not LEAKPROOF', e.what, e.call),
+       format('-- keep it if a trusted migration role created it; otherwise:%s%s', chr(10), e.fix)
+  FROM (SELECT format('%s.%I', p.relid::regclass, con.conname) AS object, 'CHECK constraint' AS what,
+               tenancy._leaky_call(con.conbin::text, false) AS call,
+               tenancy._leaky_call(con.conbin::text, true) AS user_call,
+               format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) AS fix
+          FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'c'
+        UNION ALL
+        SELECT x.indexrelid::regclass::text, 'index',
+               coalesce(tenancy._leaky_call(x.indexprs::text, false), tenancy._leaky_call(x.indpred::text, false)),
+               coalesce(tenancy._leaky_call(x.indexprs::text, true), tenancy._leaky_call(x.indpred::text, true)),
+               CASE WHEN con.oid IS NULL THEN format('DROP INDEX %s;', x.indexrelid::regclass)
+                    ELSE format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) END
+          FROM prot p JOIN pg_index x ON x.indrelid = p.relid
+          LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = p.relid
+        UNION ALL
+        SELECT format('%I.%I', sn.nspname, s.stxname), 'statistics object',
+               tenancy._leaky_call(s.stxexprs::text, false), tenancy._leaky_call(s.stxexprs::text, true),
+               format('DROP STATISTICS %I.%I;', sn.nspname, s.stxname)
+          FROM prot p JOIN pg_statistic_ext s ON s.stxrelid = p.relid JOIN pg_namespace sn ON sn.oid = s.stxnamespace) e
+ WHERE e.call IS NOT NULL AND e.user_call IS NULL
+UNION ALL
+-- 21. Rules on protected tables: their actions run for every tenant's writes with the rule
+--     owner's privileges and can copy the rows elsewhere.
+SELECT 'error', 'rule_on_protected_table', format('%s.%I', p.relid::regclass, r.rulename),
+       'a rule''s actions run for every tenant''s writes and can copy their rows to another table',
+       format('DROP RULE %I ON %s;', r.rulename, p.relid::regclass)
+  FROM prot p JOIN pg_rewrite r ON r.ev_class = p.relid
+ WHERE r.rulename <> '_RETURN'
+UNION ALL
+-- 22. Platform roles that can give themselves the other duty: CREATEROLE, or ADMIN OPTION on
+--     the other role (separation of duties: pg_tenancy refuses such roles both duties).
+SELECT 'error', 'duties_combinable', r.rolname::text,
+       'a platform role that can make itself both operator and key admin: whoever registers keys can mint tokens for any subject',
+       CASE WHEN r.rolcreaterole THEN format('ALTER ROLE %I NOCREATEROLE;', r.rolname)
+            WHEN pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+                 AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER WITH ADMIN OPTION')
+                 AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER WITH ADMIN OPTION')
+                 THEN format('REVOKE tenancy_key_admin FROM %I;', r.rolname)
+            ELSE format('REVOKE ADMIN OPTION FOR %s FROM %I;',
+                        CASE WHEN pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') THEN 'tenancy_key_admin' ELSE 'tenancy_operator' END,
+                        r.rolname) END
+  FROM pg_roles r
+ WHERE NOT r.rolsuper AND r.rolname NOT IN ('tenancy_operator', 'tenancy_key_admin')
+   AND (pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') OR pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER'))
+   AND (r.rolcreaterole
+        OR pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+        OR pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER WITH ADMIN OPTION')
+        OR pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_operator', 'MEMBER WITH ADMIN OPTION'))
+UNION ALL
+-- 23. The library not loaded at connection: the refusal of LOCK TABLE on protected tables, the
+--     resource limits and the tenant's write lock need pg_tenancy's hooks in the session
+--     before its first statement.
+SELECT 'warning', 'library_not_preloaded', current_database()::text,
+       'pg_tenancy is in neither shared_preload_libraries nor session_preload_libraries: a session''s first statement runs before pg_tenancy''s hooks exist, so it can LOCK a protected table and stall every tenant, run above the tenant''s resource limits, and write while decommission_tenant runs',
+       format('ALTER DATABASE %I SET session_preload_libraries = %L;', current_database(), 'pg_tenancy')
+ WHERE NOT tenancy._library_preloaded()
+UNION ALL
+-- 24. Trigger functions of protected tables owned by a role an application session can be:
+--     the owner can replace the function's body, which sees every tenant's writes.
+SELECT DISTINCT 'error', 'trigger_function_owner_can_bind', format('%s.%I', p.relid::regclass, t.tgname),
+       format('trigger function %s is owned by %I, which an application session can be: it can replace the body that sees every tenant''s writes',
+              t.tgfoid::regprocedure, o.rolname),
+       format('DO $fix$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %L) THEN CREATE ROLE %I NOLOGIN; END IF; END $fix$; GRANT USAGE, CREATE ON SCHEMA %I TO %I; ALTER FUNCTION %s OWNER TO %I;',
+              'app_owner', 'app_owner', fn.nspname, 'app_owner', t.tgfoid::regprocedure, 'app_owner')
+  FROM prot p JOIN pg_trigger t ON t.tgrelid = p.relid AND NOT t.tgisinternal
+  JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace fn ON fn.oid = f.pronamespace
+  JOIN pg_roles o ON o.oid = f.proowner
+ WHERE NOT o.rolsuper AND fn.nspname <> 'tenancy'
+   AND EXISTS (SELECT FROM pg_roles r
+                WHERE r.rolcanlogin AND NOT r.rolsuper
+                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+UNION ALL
+-- 25. Protected tables with a parent that is not protected (multiple inheritance, or made by a
+--     superuser): the parent's queries read the table's rows without its policies.
+SELECT 'error', 'unprotected_parent', p.relid::regclass::text,
+       format('inherits from %s, which is not protected: queries of the parent read this table''s rows without its policies',
+              i.inhparent::regclass),
+       CASE WHEN c.relispartition THEN format('ALTER TABLE %s DETACH PARTITION %s;', i.inhparent::regclass, p.relid::regclass)
+            ELSE format('ALTER TABLE %s NO INHERIT %s;', p.relid::regclass, i.inhparent::regclass) END
+  FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_inherits i ON i.inhrelid = p.relid
+ WHERE i.inhparent NOT IN (SELECT relid FROM prot)
+$verify$;
+REVOKE EXECUTE ON FUNCTION tenancy._lock_protected_tables() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._lock_protected_tables() TO tenancy_operator;

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The upgrade test: pg_tenancy 0.1.0 built from its commit installs a database from its
+# committed SQL (sql/pg_tenancy--0.1.0.sql) and fills it with tenants, keys, role mappings,
+# protected tables, rows, audit records and a deletion certificate; then this build's library
+# replaces 0.1.0's and ALTER EXTENSION pg_tenancy UPDATE runs the upgrade scripts. The upgraded
+# database must have exactly the objects of a fresh install of this version (pg_dump
+# --schema-only --binary-upgrade, which lists an extension's member objects one by one, and the
+# generated policies), and its data must still verify.
+#
+#   tests/upgrade/run.sh      (scripts/test.sh runs it; the extension must be installed)
+set -euo pipefail
+source "$(dirname "$0")/../../scripts/lib.sh"
+cd "$REPO_ROOT"
+
+# The commit 0.1.0 was released at, and the version this tree builds.
+OLD_COMMIT=3cb80b15e1fca1f9930705e513606bd64271ab82
+OLD_VERSION=0.1.0
+NEW_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+WORK=${TENANCY_UPGRADE_DIR:-/tmp/pg_tenancy-upgrade}
+SHAREDIR=$("$PG_CONFIG" --sharedir)/extension
+failures=0
+passes=0
+check() {
+    if [ "$2" = "$3" ]; then
+        printf '  PASS  %s: %s\n' "$1" "$2"
+        passes=$((passes + 1))
+    else
+        printf '  FAIL  %s: got %s, expected %s\n' "$1" "$2" "$3"
+        failures=$((failures + 1))
+    fi
+}
+
+log "upgrade: building pg_tenancy $OLD_VERSION from commit ${OLD_COMMIT:0:7}"
+OLD_COMMIT=$(git rev-parse --verify "$OLD_COMMIT^{commit}")
+as_root rm -rf "$WORK/src" "$WORK/pkg" "$WORK/lib"
+mkdir -p "$WORK/src"
+git archive "$OLD_COMMIT" | tar -x -C "$WORK/src"
+# A target directory of its own, kept between runs of this script.
+(cd "$WORK/src" && CARGO_TARGET_DIR="$REPO_ROOT/target/upgrade-$OLD_VERSION" \
+    cargo pgrx package --pg-config "$PG_CONFIG" --debug --out-dir "$WORK/pkg" >/dev/null)
+OLD_SO=$(find "$WORK/pkg" -name pg_tenancy.so | head -1)
+OLD_SQL=$(find "$WORK/pkg" -name "pg_tenancy--$OLD_VERSION.sql" | head -1)
+# The committed install script is the one that commit generates.
+if cmp -s "$OLD_SQL" "sql/pg_tenancy--$OLD_VERSION.sql"; then
+    check "sql/pg_tenancy--$OLD_VERSION.sql is what $OLD_VERSION generates" yes yes
+else
+    check "sql/pg_tenancy--$OLD_VERSION.sql is what $OLD_VERSION generates" no yes
+fi
+mkdir -p "$WORK/lib"
+cp "$OLD_SO" "$WORK/lib/pg_tenancy.so"
+chmod -R a+rX "$WORK"
+as_root install -m 644 "sql/pg_tenancy--$OLD_VERSION.sql" "$SHAREDIR/pg_tenancy--$OLD_VERSION.sql"
+
+PORT=$(free_port)
+log "upgrade: a cluster loading $OLD_VERSION's library (dynamic_library_path) on port $PORT"
+trap 'cluster_stop "$WORK/cluster"' EXIT
+cluster_start "$WORK/cluster" "$PORT" "dynamic_library_path = '$WORK/lib:\$libdir'
+max_prepared_transactions = 4"
+export PGHOST="$WORK/cluster" PGPORT="$PORT" PGUSER=postgres
+psql() { "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+value() { "$PGBIN/psql" -X -qAt -v ON_ERROR_STOP=1 "$@"; }
+
+# The same user schema in both databases: a partitioned and a plain protected table.
+USER_SCHEMA="
+CREATE SCHEMA app;
+CREATE TABLE app.orders (tenant_id uuid NOT NULL, id int NOT NULL, note text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE app.events (tenant_id uuid NOT NULL, id int NOT NULL, at date NOT NULL) PARTITION BY RANGE (at);
+CREATE TABLE app.events_2026 PARTITION OF app.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+SELECT tenancy.protect('app.orders'), tenancy.protect('app.events');
+GRANT USAGE ON SCHEMA app TO upgrade_acme, upgrade_globex;
+GRANT SELECT, INSERT, UPDATE, DELETE ON app.orders, app.events TO upgrade_acme, upgrade_globex;
+"
+psql -d postgres -c "DROP DATABASE IF EXISTS up WITH (FORCE)" -c "DROP DATABASE IF EXISTS fresh WITH (FORCE)" \
+    -c "DROP ROLE IF EXISTS upgrade_acme" -c "DROP ROLE IF EXISTS upgrade_globex" \
+    -c "CREATE ROLE upgrade_acme LOGIN NOSUPERUSER NOBYPASSRLS" \
+    -c "CREATE ROLE upgrade_globex LOGIN NOSUPERUSER NOBYPASSRLS" \
+    -c "CREATE DATABASE up" -c "CREATE DATABASE fresh"
+psql -d up >/dev/null <<SQL
+CREATE EXTENSION pg_tenancy VERSION '$OLD_VERSION';
+SELECT tenancy.create_tenant(t) FROM unnest(ARRAY['acme', 'globex', 'initech']) t;
+SELECT tenancy.add_key('upgrade-key', 'HS256', 'upgrade-secret-0123456789abcdef0123456789');
+$USER_SCHEMA
+SELECT tenancy.map_role('upgrade_acme', 'acme', '{member}'), tenancy.map_role('upgrade_globex', 'globex', '{member}');
+SQL
+for t in acme globex; do
+    psql -d up -U "upgrade_$t" -c "INSERT INTO app.orders (tenant_id, id, note) SELECT tenancy.current_tenant(), g, '$t ' || g FROM generate_series(1, 20) g" \
+        -c "UPDATE app.orders SET note = note || ' (seen)' WHERE id <= 5" \
+        -c "INSERT INTO app.events (tenant_id, id, at) VALUES (tenancy.current_tenant(), 1, '2026-06-01')"
+done
+psql -d up -c "SELECT tenancy.decommission_tenant('initech', 'initech')" >/dev/null
+CERT=$(value -d up -c "SELECT new_row::text FROM tenancy.audit_log WHERE new_row->>'action' = 'decommission_tenant'")
+check "$OLD_VERSION: every chain verifies" "$(value -d up -c "SELECT bool_and(ok) FROM tenancy.audit_verify()")" t
+check "$OLD_VERSION: the library in use" "$(value -d up -c "SELECT count(*) FROM pg_extension WHERE extname = 'pg_tenancy' AND extversion = '$OLD_VERSION'")" 1
+
+log "upgrade: the library of this build, then ALTER EXTENSION pg_tenancy UPDATE"
+cluster_stop "$WORK/cluster"
+as_root runuser -u postgres -- sed -i "/^dynamic_library_path/d" "$WORK/cluster/data/postgresql.conf"
+as_root env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE runuser -u postgres -- \
+    "$PGBIN/pg_ctl" -D "$WORK/cluster/data" -l "$WORK/cluster/server.log" -w start >/dev/null
+psql -d up -c "ALTER EXTENSION pg_tenancy UPDATE"
+check "the version after the update" "$(value -d up -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_tenancy'")" "$NEW_VERSION"
+psql -d fresh >/dev/null <<SQL
+CREATE EXTENSION pg_tenancy;
+SELECT tenancy.create_tenant(t) FROM unnest(ARRAY['acme', 'globex']) t;
+$USER_SCHEMA
+SQL
+
+# The schema of both, the extension's members included, without what binary-upgrade mode adds
+# for pg_upgrade (oids) and the dump's session key.
+dump() {
+    "$PGBIN/pg_dump" --schema-only --binary-upgrade -d "$1" > "$WORK/$1.full.sql"
+    # binary-upgrade mode also sets each table's relfrozenxid (an UPDATE of pg_class over three
+    # lines) and the sequences' positions: data of the cluster, not the schema.
+    awk '/^UPDATE pg_catalog.pg_class$/ { skip = 1 } !skip { print } skip && /;$/ { skip = 0 }' "$WORK/$1.full.sql" \
+        | grep -v -e binary_upgrade -e '^\\restrict' -e '^\\unrestrict' -e '^--' -e '^$' -e '^SELECT pg_catalog.setval(' \
+        > "$WORK/$1.sql"
+}
+dump up
+dump fresh
+check "the schema dump lists pg_tenancy's members" "$(grep -c 'ALTER EXTENSION pg_tenancy ADD' "$WORK/fresh.sql" | awk '{print ($1 > 100)}')" 1
+if diff "$WORK/up.sql" "$WORK/fresh.sql" > "$WORK/schema.diff"; then
+    check "the upgraded schema equals a fresh $NEW_VERSION install" same same
+else
+    check "the upgraded schema equals a fresh $NEW_VERSION install" "$(wc -l < "$WORK/schema.diff") lines differ (see $WORK/schema.diff)" same
+    head -40 "$WORK/schema.diff"
+fi
+policies="SELECT string_agg(format('%s %s %s %s %s', polrelid::regclass, polname, polcmd, pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)), E'\n' ORDER BY 1) FROM pg_policy"
+check "the generated policies equal a fresh install's" "$(value -d up -c "$policies" | md5sum | cut -c1-12)" "$(value -d fresh -c "$policies" | md5sum | cut -c1-12)"
+
+# The data written by $OLD_VERSION, read and extended by $NEW_VERSION.
+check "$NEW_VERSION: every chain written by $OLD_VERSION verifies" "$(value -d up -c "SELECT bool_and(ok) FROM tenancy.audit_verify()")" t
+check "$NEW_VERSION: the $OLD_VERSION deletion certificate verifies" "$(value -d up -c "SELECT tenancy.verify_certificate(\$\$$CERT\$\$::jsonb - 'action')")" t
+check "$NEW_VERSION: verify() finds no error" "$(value -d up -c "SELECT count(*) FROM tenancy.verify() WHERE severity = 'error'")" 0
+for t in acme globex; do
+    psql -d up -U "upgrade_$t" -c "INSERT INTO app.orders (tenant_id, id, note) VALUES (tenancy.current_tenant(), 100, 'after the upgrade')"
+    check "$NEW_VERSION: $t sees only its own rows" "$(value -d up -U "upgrade_$t" -c "SELECT count(*) FILTER (WHERE tenant_id <> tenancy.current_tenant()) || '/' || count(*) FROM app.orders")" "0/21"
+done
+check "$NEW_VERSION: the chains verify with records of both versions" "$(value -d up -c "SELECT bool_and(ok) FROM tenancy.audit_verify()")" t
+check "$NEW_VERSION: bind with one argument" "$(value -d up -c "SELECT tenancy.bind(NULL) IS NULL")" t
+
+if [ "$failures" -eq 0 ]; then
+    printf '\033[1mupgrade %s -> %s: PASS (%d checks passed)\033[0m\n' "$OLD_VERSION" "$NEW_VERSION" "$passes"
+else
+    printf '\033[1mupgrade %s -> %s: FAIL (%d of %d checks failed)\033[0m\n' "$OLD_VERSION" "$NEW_VERSION" "$failures" "$((passes + failures))"
+    exit 1
+fi
