@@ -30,8 +30,12 @@ check() {
     fi
 }
 
+if ! git cat-file -e "$OLD_COMMIT^{commit}" 2>/dev/null; then
+    printf '\033[1mupgrade %s -> %s: SKIPPED: commit %s is not in this clone (a shallow clone?); clone with its history to run it\033[0m\n' \
+        "$OLD_VERSION" "$NEW_VERSION" "${OLD_COMMIT:0:7}"
+    exit 0
+fi
 log "upgrade: building pg_tenancy $OLD_VERSION from commit ${OLD_COMMIT:0:7}"
-OLD_COMMIT=$(git rev-parse --verify "$OLD_COMMIT^{commit}")
 as_root rm -rf "$WORK/src" "$WORK/pkg" "$WORK/lib"
 mkdir -p "$WORK/src"
 git archive "$OLD_COMMIT" | tar -x -C "$WORK/src"
