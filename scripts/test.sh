@@ -4,9 +4,10 @@
 #   2. unit and #[pg_test] tests      (cargo pgrx test, backends run by the `postgres` user)
 #   3. pg_regress suite               (tests/pg_regress, against a throwaway cluster)
 #   4. client integration tests       (tests/integration, NOSUPERUSER NOBYPASSRLS roles over sockets)
-#   5. the upgrade test               (tests/upgrade/run.sh: 0.1.0 -> this version)
-#   6. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
-#   7. the benchmark in smoke mode     (benches/run.sh --smoke)
+#   5. the examples                   (examples/run.sh: Python and Node through PgBouncer)
+#   6. the upgrade test               (tests/upgrade/run.sh: 0.1.0 -> this version)
+#   7. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
+#   8. the benchmark in smoke mode    (benches/run.sh --smoke)
 # Installs whatever is missing first (Debian packages, cargo-pgrx). Idempotent.
 #
 #   scripts/test.sh           the whole suite (about 5 minutes when built)
@@ -116,6 +117,10 @@ integration() {
         cargo test --no-fail-fast -- --test-threads=4)
 }
 run_step "integration tests" integration
+
+# The examples an application developer starts from (Python and Node behind PgBouncer in
+# transaction mode; their packages from PyPI and npm), with their leak checks.
+run_step "examples" examples/run.sh
 
 # The upgrade from the last release: its build and committed SQL, ALTER EXTENSION UPDATE, the
 # result compared with a fresh install (its own cluster).
