@@ -94,7 +94,7 @@ SELECT tenancy.bind(public.demo_token('acme', 'alice'));
 SELECT tenancy.resume_tenant('acme');
 
 -- 6. The guard: even a superuser cannot quietly weaken a protected table.
-DROP POLICY tenancy_isolation ON public.documents;
+DROP POLICY tenancy_select ON public.documents;
 ALTER TABLE public.documents NO FORCE ROW LEVEL SECURITY;
 SELECT severity, rule, object FROM tenancy.verify();   -- no error rows: clean
 

@@ -20,6 +20,10 @@ ensure_deps() {
     for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pgbouncer sudo sqlsmith; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
+    # The examples' runtimes (examples/run.sh): Python's venv and Node with npm, unless present
+    # already in another packaging.
+    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing Debian packages: ${missing[*]}"
         as_root apt-get update -qq
