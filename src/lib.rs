@@ -14,6 +14,9 @@
 //! `tenancy.`), `events` (security events), `authz` (who may call what). PostgreSQL internals
 //! (hooks, executor parameters, tuple forming) are fenced in `pg`.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use pgrx::prelude::*;
 
 mod audit;

@@ -396,22 +396,34 @@ fn a_cached_bind_sees_catalog_changes_and_the_key_expiring() {
 }
 
 /// Evaluates `expr` compiled against `params` (both at compile time and at run time).
+///
+/// # Safety
+/// Inside a transaction; `expr` must be a valid expression tree and `params` null or a valid
+/// parameter list, both alive for the call.
 unsafe fn eval_with_params(
     expr: *mut pg_sys::Expr,
     params: pg_sys::ParamListInfo,
 ) -> (pg_sys::Datum, bool) {
-    let state = pg_sys::ExecInitExprWithParams(expr, params);
-    let econtext = pg_sys::CreateStandaloneExprContext();
-    (*econtext).ecxt_param_list_info = params;
-    let mut isnull = false;
-    let value = (*state).evalfunc.unwrap()(state, econtext, &mut isnull);
-    (value, isnull)
+    // SAFETY: `expr` and `params` are valid (this function's contract); ExecInitExprWithParams
+    // returns a compiled, non-null ExprState whose evalfunc is set, and the standalone
+    // expression context (in the current memory context) is given the same parameter list
+    // the expression was compiled against.
+    unsafe {
+        let state = pg_sys::ExecInitExprWithParams(expr, params);
+        let econtext = pg_sys::CreateStandaloneExprContext();
+        (*econtext).ecxt_param_list_info = params;
+        let mut isnull = false;
+        let value = (*state).evalfunc.unwrap()(state, econtext, &mut isnull);
+        (value, isnull)
+    }
 }
 
 /// The fail-closed half of binding_param.rs's argument: compiled without the executor hook's
 /// parameter list, a reserved parameter has no value, and PostgreSQL raises.
 #[pg_test(error = "no value found for parameter 1000000000")]
 fn reserved_parameter_without_the_executor_hook_has_no_value() {
+    // SAFETY: inside the test's transaction: a reserved Param palloc'd in the current memory
+    // context, evaluated without a parameter list.
     unsafe {
         let p = crate::pg::binding_param::reserved_param(crate::pg::binding_param::RESERVED_BASE);
         eval_with_params(p as *mut pg_sys::Expr, std::ptr::null_mut());
@@ -422,6 +434,10 @@ fn reserved_parameter_without_the_executor_hook_has_no_value() {
 /// list, and a reserved one from the binding (none here: the statement fails).
 #[pg_test(error = "no tenant bound")]
 fn wrapped_parameter_list_answers_ordinary_and_reserved_parameters() {
+    // SAFETY: inside the test's transaction. makeParamList(1) returns a list with room for
+    // one entry, filled here with a constant int4 before it is wrapped; the Param is zeroed by
+    // palloc0 and filled as makeNode(Param) would (int4, like the entry it names). All are
+    // palloc'd in the current memory context, alive for the test.
     unsafe {
         let orig = pg_sys::makeParamList(1);
         let e = (*orig).params.as_mut_ptr();
@@ -464,6 +480,11 @@ fn a_reserved_parameter_answers_every_evaluation_with_the_bound_tenant() {
     let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'kept'::regclass::oid")
         .unwrap()
         .unwrap();
+    // SAFETY: inside the test's transaction: the reserved Param and the wrapper of no list
+    // are palloc'd in the current memory context, as are the compiled state and the
+    // expression context, all alive for the test. The state's first step is read while the
+    // state lives; every evaluation goes through the FFI guard, and its value, a uuid datum
+    // when not null (asserted), points at the Reserved's 16 bytes in the state's memory.
     unsafe {
         let id = crate::pg::binding_param::reserve(relid, "select").unwrap();
         let p = crate::pg::binding_param::reserved_param(id);

@@ -84,6 +84,8 @@ const CHAIN_LOCK_FIELD4: u16 = 0x7400;
 fn chain_lock_tag(tenant: Uuid, lane: i16) -> pg_sys::LOCKTAG {
     let b = tenant.as_bytes();
     pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is this backend's own variable, set once it connected to its
+        // database and read on its only thread.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
         locktag_field2: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
         locktag_field3: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
@@ -108,6 +110,7 @@ fn lock_chain(tenant: Uuid) -> i16 {
     });
     let lane = free.unwrap_or_else(|| {
         let tag = chain_lock_tag(tenant, home);
+        // SAFETY: as above; this one waits for the lock (dontWait = false).
         unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
         home
     });
@@ -123,6 +126,8 @@ fn lock_chain(tenant: Uuid) -> i16 {
 fn release_chain_locks() {
     for (tenant, lane) in CHAIN_LOCKED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
         let tag = chain_lock_tag(tenant, lane);
+        // SAFETY: a transaction-level lock this backend took in lock_chain (CHAIN_LOCKED lists
+        // only those), released once: the list is taken.
         unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };
     }
 }
@@ -137,11 +142,19 @@ pub fn init() {
     catalog::on_invalidate(forget_keys);
 }
 
+/// The relcache callback registered by [`init`].
+///
+/// # Safety
+/// Called by PostgreSQL's invalidation processing.
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
     relcache_changed();
 }
 
+/// The transaction callback registered by [`init`]: links the records at PRE_COMMIT.
+///
+/// # Safety
+/// Called by PostgreSQL at the transaction's events.
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(
     event: pg_sys::XactEvent::Type,
@@ -166,6 +179,10 @@ unsafe extern "C-unwind" fn xact_callback(
     }
 }
 
+/// The subtransaction callback registered by [`init`].
+///
+/// # Safety
+/// Called by PostgreSQL at the subtransactions' events.
 #[pg_guard]
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
@@ -182,6 +199,8 @@ unsafe extern "C-unwind" fn subxact_callback(
 }
 
 fn remember(rows: Vec<Written>) {
+    // SAFETY: reads the current transaction state's subtransaction id (the audit trigger's
+    // caller is inside one).
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
@@ -221,33 +240,51 @@ thread_local! {
 }
 
 /// Run a kept one-row plan with the latest snapshot; returns (seq, chain_hash) if a row came.
+///
+/// # Safety
+/// Inside an SPI connection; `plan` must be a kept plan of a SELECT of two non-null columns
+/// (bigint, text) taking a uuid and a smallint.
 unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid, lane: i16) -> Option<(i64, Vec<u8>)> {
     let mut values = [
         to_pg_uuid(tenant).into_datum().expect("uuid datum"),
         lane.into_datum().expect("int2 datum"),
     ];
     let nulls = [b' ' as std::ffi::c_char; 2];
-    let rc = pg_sys::SPI_execute_snapshot(
-        plan,
-        values.as_mut_ptr(),
-        nulls.as_ptr(),
-        pg_sys::GetLatestSnapshot(),
-        std::ptr::null_mut(),
-        true,
-        false,
-        1,
-    );
+    // SAFETY: inside an SPI connection (this function's contract); `plan` takes a uuid and a
+    // smallint (this function's contract), given as `values` (the uuid palloc'd in the
+    // current context) with `nulls` of the same length marking none null; read-only, at most
+    // one row, with the latest snapshot.
+    let rc = unsafe {
+        pg_sys::SPI_execute_snapshot(
+            plan,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            pg_sys::GetLatestSnapshot(),
+            std::ptr::null_mut(),
+            true,
+            false,
+            1,
+        )
+    };
     if rc != pg_sys::SPI_OK_SELECT as i32 {
         pgrx::error!("pg_tenancy: reading the audit chain head failed ({rc})");
     }
-    if pg_sys::SPI_processed == 0 {
+    // SAFETY: SPI's result count of the SELECT just run, on the backend's only thread.
+    if unsafe { pg_sys::SPI_processed } == 0 {
         return None;
     }
-    let tt = pg_sys::SPI_tuptable;
-    let tuple = *(*tt).vals;
+    // SAFETY: SPI_OK_SELECT with a row: SPI_tuptable is the SELECT's result, whose `vals`
+    // holds at least that first row.
+    let tt = unsafe { pg_sys::SPI_tuptable };
+    // SAFETY: as above.
+    let tuple = unsafe { *(*tt).vals };
     let text = |col: i32| {
-        let p = pg_sys::SPI_getvalue(tuple, (*tt).tupdesc, col);
-        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        // SAFETY: columns 1 and 2 of the result's row, both non-null (this function's
+        // contract), so SPI_getvalue returns a palloc'd NUL-terminated string, copied at once.
+        unsafe {
+            let p = pg_sys::SPI_getvalue(tuple, (*tt).tupdesc, col);
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
     };
     Some((
         text(1).parse().unwrap_or(0),
@@ -284,6 +321,9 @@ fn chain_head(tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
         return head;
     }
     let checkpoint = checkpoint_plan();
+    // SAFETY: head_row runs inside the SPI connection made here, with the kept plan of
+    // checkpoint_plan (a SELECT of seq and encode(chain_hash, 'hex'), both NOT NULL columns,
+    // taking a uuid and a smallint).
     catalog::as_owner(|| unsafe {
         Spi::connect(|_| head_row(checkpoint, tenant, lane).unwrap_or((0, GENESIS.to_vec())))
     })
@@ -291,6 +331,9 @@ fn chain_head(tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
 
 /// Prepare (once per backend, with the pinned search_path) and keep an SPI plan.
 fn keep_plan(sql: &std::ffi::CStr, argtypes: &[pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+    // SAFETY: inside the SPI connection made here; `sql` is NUL-terminated and `types` holds
+    // the number of argument types passed. The kept plan is moved out of SPI's memory, so it
+    // outlives the connection.
     catalog::with_owner(|| unsafe {
         Spi::connect(|_| {
             let mut types = argtypes.to_vec();
@@ -338,6 +381,8 @@ fn link_pending() {
     // error. The caller's context can outlive many transactions: a procedure that COMMITs in
     // a loop commits in its own context, which grew by every commit's allocations until the
     // procedure returned (and every commit paid for fresh pages).
+    // SAFETY: a child of TopTransactionContext, valid at PRE_COMMIT; the name is a static
+    // string, as the context keeps the pointer.
     let link_cxt = unsafe {
         pg_sys::AllocSetContextCreateExtended(
             pg_sys::TopTransactionContext,
@@ -347,9 +392,12 @@ fn link_pending() {
             pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         )
     };
+    // SAFETY: `link_cxt` was just made; the previous context is switched back to below.
     let outer = unsafe { pg_sys::MemoryContextSwitchTo(link_cxt) };
     // PRE_COMMIT runs outside any portal: SPI needs an active snapshot (an error pops it
     // through transaction abort).
+    // SAFETY: inside the committing transaction, which has a transaction snapshot to push;
+    // popped below.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     // SAFETY: in the committing transaction; closed below.
     let mut chain_table = unsafe {
@@ -388,6 +436,9 @@ fn link_pending() {
         }
         i = j;
     }
+    // SAFETY: the insert opened above, closed once, in the same transaction with `link_cxt`
+    // (its memory) still alive; then the snapshot pushed above is popped, the caller's
+    // context made current again, and `link_cxt`, which nothing refers to any more, deleted.
     unsafe {
         chain_table.close();
         pg_sys::PopActiveSnapshot();

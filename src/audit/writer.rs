@@ -92,71 +92,121 @@ const FIELDS: [(&CStr, pg_sys::Oid); 14] = [
 ///
 /// # Safety
 /// `td` must be the TriggerData of a statement-level AFTER trigger with the transition
-/// tables of `op` (NEW TABLE for INSERT, OLD TABLE for DELETE, both for UPDATE).
+/// tables of `op` (NEW TABLE for INSERT, OLD TABLE for DELETE, both for UPDATE), called inside
+/// the firing statement's transaction.
 pub unsafe fn record_statement(
     td: *const pg_sys::TriggerData,
     table: &Table,
     op: Op,
     actor: &Actor,
 ) -> Vec<Written> {
-    let (old_ts, new_ts) = ((*td).tg_oldtable, (*td).tg_newtable);
+    // SAFETY: `td` is the firing trigger's TriggerData (this function's contract), valid for
+    // the whole trigger call; its transition tables are null or tuplestores that the
+    // after-trigger queue keeps until every trigger of the statement has run.
+    let (old_ts, new_ts) = unsafe { ((*td).tg_oldtable, (*td).tg_newtable) };
     let source = if op == Op::Delete { old_ts } else { new_ts };
-    if source.is_null() || pg_sys::tuplestore_tuple_count(source) == 0 {
+    // SAFETY: only reached when `source` is not null: then it is one of those tuplestores.
+    if source.is_null() || unsafe { pg_sys::tuplestore_tuple_count(source) } == 0 {
         return Vec::new();
     }
-    let rel = (*td).tg_relation;
-    let shape = RowShape::new(rel, table);
-    let mut writer = catalog::as_owner(|| Writer::open(table.name, op, actor));
-    let mut old_rows = (op == Op::Update).then(|| Reader::new(old_ts, rel));
-    let mut new_rows = Reader::new(source, rel);
-    let row_cxt = pg_sys::AllocSetContextCreateExtended(
-        pg_sys::CurrentMemoryContext,
-        c"pg_tenancy audit row".as_ptr(),
-        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-    );
-    let mut out = Vec::with_capacity(pg_sys::tuplestore_tuple_count(source) as usize);
+    // SAFETY: `td` as above; tg_relation is the relation the trigger fired on, which the
+    // executor keeps open and locked until the end of the statement.
+    let rel = unsafe { (*td).tg_relation };
+    // SAFETY: `rel` is open for the length of this call (above).
+    let shape = unsafe { RowShape::new(rel, table) };
+    // SAFETY: inside the firing statement's transaction (this function's contract); the
+    // writer is closed below, or released by the transaction's abort on an error.
+    let mut writer = catalog::as_owner(|| unsafe { Writer::open(table.name, op, actor) });
+    // SAFETY: for UPDATE the contract promises the OLD TABLE, so `old_ts` is a live tuplestore
+    // (not null) of `rel`'s rows, as `source` is (checked above); both outlive the readers,
+    // which are closed below.
+    let mut old_rows = (op == Op::Update).then(|| unsafe { Reader::new(old_ts, rel) });
+    // SAFETY: as above.
+    let mut new_rows = unsafe { Reader::new(source, rel) };
+    // SAFETY: a child of the current memory context (the trigger call's), so it goes with
+    // its parent on an error; deleted after the loop otherwise. The name is a static string,
+    // as the context keeps the pointer.
+    let row_cxt = unsafe {
+        pg_sys::AllocSetContextCreateExtended(
+            pg_sys::CurrentMemoryContext,
+            c"pg_tenancy audit row".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        )
+    };
+    // SAFETY: `source` is a live, non-null tuplestore (checked above).
+    let mut out = Vec::with_capacity(unsafe { pg_sys::tuplestore_tuple_count(source) } as usize);
     let mut checked: Option<Uuid> = None;
-    while new_rows.next() {
+    // SAFETY: `new_rows` reads `source`, alive for the call (above).
+    while unsafe { new_rows.next() } {
         let old = match old_rows.as_mut() {
             Some(r) => {
-                if !r.next() {
+                // SAFETY: `r` reads the OLD TABLE, alive for the call (above).
+                if !unsafe { r.next() } {
                     pgrx::error!("pg_tenancy: the UPDATE transition tables differ in length");
                 }
                 Some(r.slot)
             }
             None => None,
         };
-        let outer = pg_sys::MemoryContextSwitchTo(row_cxt);
+        // SAFETY: `row_cxt` is alive until the MemoryContextDelete after the loop; the
+        // previous context is switched back to below, before the next row.
+        let outer = unsafe { pg_sys::MemoryContextSwitchTo(row_cxt) };
         let row = new_rows.slot;
-        let change = match (op, old) {
-            (Op::Update, Some(old)) => shape.update(old, row),
-            (Op::Insert, _) => shape.insert(row),
-            _ => shape.delete(row),
+        // SAFETY: `row` (and `old`, the OLD TABLE's row at the same position) hold the row
+        // just fetched from a transition table of `rel`, the relation `shape` was made for;
+        // the tuples stay in their tuplestores until the next fetch.
+        let change = unsafe {
+            match (op, old) {
+                (Op::Update, Some(old)) => shape.update(old, row),
+                (Op::Insert, _) => shape.insert(row),
+                _ => shape.delete(row),
+            }
         };
         if op != Op::Delete {
-            refuse_decommissioned(change.tenant, &mut checked, table.name);
+            // SAFETY: `change.tenant` is the row's tenant column, a uuid datum (protect()
+            // refuses a tenant column of another type, and PostgreSQL refuses to retype a
+            // column the generated policies use), pointing into the fetched row.
+            unsafe { refuse_decommissioned(change.tenant, &mut checked, table.name) };
         }
-        out.push(catalog::as_owner(|| writer.write(&change)));
-        pg_sys::MemoryContextSwitchTo(outer);
-        writer.reset_row();
-        pg_sys::MemoryContextReset(row_cxt);
+        // SAFETY: the datums of `change` were formed just above in `row_cxt` or point into
+        // the fetched rows, all alive until the reset below; `writer` is open.
+        out.push(catalog::as_owner(|| unsafe { writer.write(&change) }));
+        // SAFETY: `outer` is the context that was current before the switch above, still
+        // alive (it is the trigger call's); `writer` is open; nothing refers to what
+        // `row_cxt` holds any more: `change`'s datums were copied by the insert, and `out`
+        // holds Rust values.
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(outer);
+            writer.reset_row();
+            pg_sys::MemoryContextReset(row_cxt);
+        }
     }
-    pg_sys::MemoryContextDelete(row_cxt);
-    catalog::as_owner(|| writer.close());
-    new_rows.close();
-    if let Some(r) = old_rows {
-        r.close();
+    // SAFETY: `row_cxt` is not the current context (switched back above) and nothing
+    // allocated in it is used any more; `writer` and the readers are open and closed once
+    // here, their tuplestores still alive.
+    unsafe {
+        pg_sys::MemoryContextDelete(row_cxt);
+        catalog::as_owner(|| writer.close());
+        new_rows.close();
+        if let Some(r) = old_rows {
+            r.close();
+        }
     }
     out
 }
 
 /// A row written for a decommissioned tenant (by a role that row security does not confine,
 /// since no session can bind such a tenant) is refused: its certificate says it has no rows.
+///
+/// # Safety
+/// `tenant`, when given, must be a `uuid` datum: a pointer to 16 readable bytes.
 unsafe fn refuse_decommissioned(tenant: Option<Datum>, checked: &mut Option<Uuid>, table: &str) {
     let Some(d) = tenant else { return };
-    let id = Uuid::from_bytes(*d.cast_mut_ptr::<[u8; 16]>());
+    // SAFETY: a uuid datum points at its 16 bytes (this function's contract); [u8; 16] needs
+    // no alignment.
+    let id = Uuid::from_bytes(unsafe { *d.cast_mut_ptr::<[u8; 16]>() });
     if *checked == Some(id) {
         return;
     }
@@ -179,25 +229,50 @@ struct Reader {
 }
 
 impl Reader {
+    /// A reader from the start of `store`, with a slot for rows of `rel`.
+    ///
+    /// # Safety
+    /// `store` must be a live (non-null) tuplestore of rows of `rel`'s row type, for instance
+    /// a transition table of a trigger on `rel`, that outlives the reader; `rel` must be open.
     unsafe fn new(store: *mut pg_sys::Tuplestorestate, rel: pg_sys::Relation) -> Reader {
-        let ptr = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
-        pg_sys::tuplestore_select_read_pointer(store, ptr);
-        pg_sys::tuplestore_rescan(store);
-        Reader {
-            store,
-            ptr,
-            slot: pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsMinimalTuple),
+        // SAFETY: `store` is a live tuplestore (this function's contract); the new read
+        // pointer is selected before the rescan, so other readers' positions are left alone.
+        // The slot is made in the current memory context for `rel`'s tuple descriptor, which
+        // is valid while `rel` is open, and dropped in `close`.
+        unsafe {
+            let ptr = pg_sys::tuplestore_alloc_read_pointer(store, pg_sys::EXEC_FLAG_REWIND as i32);
+            pg_sys::tuplestore_select_read_pointer(store, ptr);
+            pg_sys::tuplestore_rescan(store);
+            Reader {
+                store,
+                ptr,
+                slot: pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsMinimalTuple),
+            }
         }
     }
 
     /// Select this reader's pointer and fetch the next row into `slot`.
+    ///
+    /// # Safety
+    /// The store the reader was made for must still be alive.
     unsafe fn next(&mut self) -> bool {
-        pg_sys::tuplestore_select_read_pointer(self.store, self.ptr);
-        pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot)
+        // SAFETY: `store` is alive (this function's contract) and `ptr` is the read pointer
+        // `new` allocated in it; `slot` is this reader's slot, of the store's row type. The
+        // row is not copied (copy = false): it stays valid until the next fetch.
+        unsafe {
+            pg_sys::tuplestore_select_read_pointer(self.store, self.ptr);
+            pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot)
+        }
     }
 
+    /// Drop the reader's slot.
+    ///
+    /// # Safety
+    /// The memory context current at [`Reader::new`] must still be alive (it holds the slot).
     unsafe fn close(self) {
-        pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+        // SAFETY: `slot` was made by MakeSingleTupleTableSlot in `new` and is dropped once:
+        // `close` takes the reader by value.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) };
     }
 }
 
@@ -217,13 +292,21 @@ struct Json {
 
 impl Json {
     /// The text `jsonb_out` gives for the value: the one written alongside, or `jsonb_out`'s.
+    ///
+    /// # Safety
+    /// `datum` must still point at the jsonb it was made for (its memory context not reset).
     unsafe fn text(&self) -> std::borrow::Cow<'_, [u8]> {
         match &self.text {
             Some(t) => std::borrow::Cow::Borrowed(t.as_slice()),
             None => {
-                let p = direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(self.datum)])
-                    .expect("cstring");
-                std::borrow::Cow::Owned(CStr::from_ptr(p.cast_mut_ptr()).to_bytes().to_vec())
+                // SAFETY: `datum` is a live jsonb (this function's contract), jsonb_out's one
+                // argument; jsonb_out never returns NULL, and its result is a palloc'd
+                // NUL-terminated string, copied here before anything can free it.
+                unsafe {
+                    let p = direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(self.datum)])
+                        .expect("cstring");
+                    std::borrow::Cow::Owned(CStr::from_ptr(p.cast_mut_ptr()).to_bytes().to_vec())
+                }
             }
         }
     }
@@ -251,8 +334,13 @@ struct RowShape<'a> {
 }
 
 impl<'a> RowShape<'a> {
+    /// The shape of `rel`'s rows for the records of `table`.
+    ///
+    /// # Safety
+    /// `rel` must be an open relation, the one `table` describes.
     unsafe fn new(rel: pg_sys::Relation, table: &'a Table<'a>) -> RowShape<'a> {
-        let json = RowJson::new(rel);
+        // SAFETY: `rel` is open (this function's contract).
+        let json = unsafe { RowJson::new(rel) };
         let Some(tenant) = json.columns.iter().find(|c| c.name == table.tenant_column) else {
             crate::errors::raise(
                 crate::errors::NOT_IN_PREREQUISITE_STATE,
@@ -286,9 +374,14 @@ impl<'a> RowShape<'a> {
     }
 
     /// The audited columns of a row of `tenant` (a uuid datum; every column for none).
+    ///
+    /// # Safety
+    /// `tenant`, when given, must be a `uuid` datum: a pointer to 16 readable bytes.
     unsafe fn audited(&self, tenant: Option<Datum>) -> std::rc::Rc<Audited> {
         let id = tenant.map_or(Uuid::nil(), |d| {
-            Uuid::from_bytes(*d.cast_mut_ptr::<[u8; 16]>())
+            // SAFETY: a uuid datum points at its 16 bytes (this function's contract);
+            // [u8; 16] needs no alignment.
+            Uuid::from_bytes(unsafe { *d.cast_mut_ptr::<[u8; 16]>() })
         });
         if let Some((t, mask)) = self.audited.borrow().as_ref() {
             if *t == id {
@@ -307,13 +400,23 @@ impl<'a> RowShape<'a> {
         mask
     }
 
+    /// The row's tenant column: a uuid datum pointing into the row, or None for NULL.
+    ///
+    /// # Safety
+    /// `slot` must hold a row of the relation this shape was made for.
     unsafe fn tenant(&self, slot: *mut pg_sys::TupleTableSlot) -> Option<Datum> {
         let mut isnull = false;
-        let d = pg_sys::slot_getattr(slot, self.tenant_attnum, &mut isnull);
+        // SAFETY: `slot` holds a row of this shape's relation (this function's contract), of
+        // which `tenant_attnum` is a live column (found in its tuple descriptor by `new`).
+        let d = unsafe { pg_sys::slot_getattr(slot, self.tenant_attnum, &mut isnull) };
         (!isnull).then_some(d)
     }
 
     /// The selected columns of `row` as jsonb, with their text when `textual`.
+    ///
+    /// # Safety
+    /// `row` must hold a row of the relation this shape was made for; `textual` only where
+    /// [`RowJson::textual`] holds for `selected`.
     unsafe fn build(
         &self,
         row: *mut pg_sys::TupleTableSlot,
@@ -321,41 +424,68 @@ impl<'a> RowShape<'a> {
         textual: bool,
     ) -> Json {
         let mut text = textual.then(|| Vec::with_capacity(128));
-        let datum = self.json.object(row, selected, text.as_mut());
+        // SAFETY: `row` holds a row of the relation `self.json` was made for (this function's
+        // contract).
+        let datum = unsafe { self.json.object(row, selected, text.as_mut()) };
         Json { datum, text }
     }
 
+    /// The row's key columns as jsonb (None: the table has no primary key).
+    ///
+    /// # Safety
+    /// `row` must hold a row of the relation this shape was made for.
     unsafe fn key(&self, row: *mut pg_sys::TupleTableSlot) -> Option<Json> {
         self.key
             .as_ref()
-            .map(|k| self.build(row, k, self.key_textual))
+            // SAFETY: `row` as this function's contract; `key_textual` was computed by `new`
+            // with RowJson::textual over exactly these columns.
+            .map(|k| unsafe { self.build(row, k, self.key_textual) })
     }
 
+    /// The record fields of an inserted row.
+    ///
+    /// # Safety
+    /// `row` must hold a row of the relation this shape was made for.
     unsafe fn insert(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
-        let tenant = self.tenant(row);
-        let audited = self.audited(tenant);
-        Change {
-            tenant,
-            row_key: self.key(row),
-            old_row: None,
-            new_row: Some(self.build(row, &audited.0, audited.1)),
+        // SAFETY: `row` as this function's contract; the tenant column's datum is a uuid (see
+        // record_statement); `audited` pairs each selection with RowJson::textual of it.
+        unsafe {
+            let tenant = self.tenant(row);
+            let audited = self.audited(tenant);
+            Change {
+                tenant,
+                row_key: self.key(row),
+                old_row: None,
+                new_row: Some(self.build(row, &audited.0, audited.1)),
+            }
         }
     }
 
+    /// The record fields of a deleted row.
+    ///
+    /// # Safety
+    /// `row` must hold a row of the relation this shape was made for.
     unsafe fn delete(&self, row: *mut pg_sys::TupleTableSlot) -> Change {
-        let tenant = self.tenant(row);
-        let audited = self.audited(tenant);
-        Change {
-            tenant,
-            row_key: self.key(row),
-            old_row: Some(self.build(row, &audited.0, audited.1)),
-            new_row: None,
+        // SAFETY: as in `insert`.
+        unsafe {
+            let tenant = self.tenant(row);
+            let audited = self.audited(tenant);
+            Change {
+                tenant,
+                row_key: self.key(row),
+                old_row: Some(self.build(row, &audited.0, audited.1)),
+                new_row: None,
+            }
         }
     }
 
     /// Only the audited columns whose jsonb values differ (as `IS DISTINCT FROM` on jsonb); both
     /// NULL when none did. Objects are built over the columns whose bits differ, not the whole
     /// row, with their text where the columns allow it.
+    ///
+    /// # Safety
+    /// `old` and `new` must hold the old and the new version of a row of the relation this
+    /// shape was made for.
     unsafe fn update(
         &self,
         old: *mut pg_sys::TupleTableSlot,
@@ -363,20 +493,32 @@ impl<'a> RowShape<'a> {
     ) -> Change {
         // Identical bits make identical jsonb. The columns the row's tenant (after the
         // update) keeps out of its records are left out of both rows.
-        let audited = self.audited(self.tenant(new));
+        // SAFETY: `new` holds a row of this shape's relation (this function's contract), whose
+        // tenant column is a uuid (see record_statement).
+        let audited = unsafe { self.audited(self.tenant(new)) };
         let mut changed: Vec<bool> = self
             .json
             .columns
             .iter()
             .zip(&audited.0)
-            .map(|(col, &audited)| audited && !same_bits(old, new, col))
+            // SAFETY: both slots hold rows of the relation `col` is a live column of.
+            .map(|(col, &audited)| audited && !unsafe { same_bits(old, new, col) })
             .collect();
-        let mut pair = self.pair(old, new, &changed);
+        // SAFETY: both slots hold rows of this shape's relation (this function's contract).
+        let mut pair = unsafe { self.pair(old, new, &changed) };
         if let Some((o, n)) = &pair {
             // Values that differ in their bits may still be the same jsonb (1.0 and 1.00 are
             // the same jsonb number; a text stored with another header): those did not change.
             let field = |obj: Datum, name: Datum| {
-                direct_function_call_as_datum(pg_sys::jsonb_object_field, &[Some(obj), Some(name)])
+                // SAFETY: `obj` is a jsonb object just built (alive in the current memory
+                // context) and `name` a text datum of `name_texts`, made by `new` in the
+                // caller's longer-lived context: jsonb_object_field's two arguments.
+                unsafe {
+                    direct_function_call_as_datum(
+                        pg_sys::jsonb_object_field,
+                        &[Some(obj), Some(name)],
+                    )
+                }
             };
             let mut narrowed = false;
             for (c, &name) in changed.iter_mut().zip(&self.name_texts) {
@@ -384,8 +526,12 @@ impl<'a> RowShape<'a> {
                     continue;
                 }
                 if let (Some(a), Some(b)) = (field(o.datum, name), field(n.datum, name)) {
-                    if direct_function_call::<bool>(pg_sys::jsonb_eq, &[Some(a), Some(b)])
-                        .unwrap_or(false)
+                    // SAFETY: two jsonb values jsonb_object_field just returned (non-null),
+                    // jsonb_eq's two arguments; it returns a bool.
+                    if unsafe {
+                        direct_function_call::<bool>(pg_sys::jsonb_eq, &[Some(a), Some(b)])
+                    }
+                    .unwrap_or(false)
                     {
                         *c = false;
                         narrowed = true;
@@ -393,19 +539,26 @@ impl<'a> RowShape<'a> {
                 }
             }
             if narrowed {
-                pair = self.pair(old, new, &changed);
+                // SAFETY: as for the first pair.
+                pair = unsafe { self.pair(old, new, &changed) };
             }
         }
         let (old_row, new_row) = pair.unzip();
-        Change {
-            tenant: self.tenant(new),
-            row_key: self.key(new),
-            old_row,
-            new_row,
+        // SAFETY: `new` as above.
+        unsafe {
+            Change {
+                tenant: self.tenant(new),
+                row_key: self.key(new),
+                old_row,
+                new_row,
+            }
         }
     }
 
     /// The old and the new row's objects over `selected`; None when nothing is selected.
+    ///
+    /// # Safety
+    /// `old` and `new` must hold rows of the relation this shape was made for.
     unsafe fn pair(
         &self,
         old: *mut pg_sys::TupleTableSlot,
@@ -416,10 +569,14 @@ impl<'a> RowShape<'a> {
             return None;
         }
         let textual = self.json.textual(selected);
-        Some((
-            self.build(old, selected, textual),
-            self.build(new, selected, textual),
-        ))
+        // SAFETY: both slots hold rows of this shape's relation (this function's contract);
+        // `textual` is RowJson::textual of `selected`, as `build` requires.
+        unsafe {
+            Some((
+                self.build(old, selected, textual),
+                self.build(new, selected, textual),
+            ))
+        }
     }
 }
 
@@ -434,14 +591,20 @@ fn trail_damaged(what: String) -> ! {
 
 /// Whether a column holds the same bits in both rows (both NULL counts). False whenever it
 /// cannot tell cheaply (toasted, compressed, or differently sized headers).
+///
+/// # Safety
+/// `a` and `b` must hold rows of the relation `col` is a live column of.
 unsafe fn same_bits(
     a: *mut pg_sys::TupleTableSlot,
     b: *mut pg_sys::TupleTableSlot,
     col: &Column,
 ) -> bool {
     let (mut a_null, mut b_null) = (false, false);
-    let x = pg_sys::slot_getattr(a, col.attnum, &mut a_null);
-    let y = pg_sys::slot_getattr(b, col.attnum, &mut b_null);
+    // SAFETY: both slots hold rows of the relation of which `col.attnum` is a live column
+    // (this function's contract).
+    let x = unsafe { pg_sys::slot_getattr(a, col.attnum, &mut a_null) };
+    // SAFETY: as above.
+    let y = unsafe { pg_sys::slot_getattr(b, col.attnum, &mut b_null) };
     if a_null || b_null {
         return a_null && b_null;
     }
@@ -453,19 +616,28 @@ unsafe fn same_bits(
         n if n > 0 => n as usize,
         -1 => {
             let (v, w) = (p.cast::<pg_sys::varlena>(), q.cast::<pg_sys::varlena>());
-            let plain = |v| !pgrx::varatt_is_1b_e(v) && !pgrx::varatt_is_4b_c(v);
-            if !plain(v) || !plain(w) || pgrx::varatt_is_1b(v) != pgrx::varatt_is_1b(w) {
+            // SAFETY: a non-null datum of a varlena column (typlen -1, not by value) points at
+            // a varlena header, in the row or (toasted) its pointer; only the header is read.
+            let plain = |v| unsafe { !pgrx::varatt_is_1b_e(v) && !pgrx::varatt_is_4b_c(v) };
+            // SAFETY: as above: `v` and `w` point at varlena headers.
+            if !plain(v) || !plain(w) || unsafe { pgrx::varatt_is_1b(v) != pgrx::varatt_is_1b(w) } {
                 return false;
             }
-            let n = pgrx::varsize_any(v);
-            if n != pgrx::varsize_any(w) {
+            // SAFETY: neither is external nor compressed (checked above): each header gives
+            // the size of the inline value it starts.
+            let n = unsafe { pgrx::varsize_any(v) };
+            // SAFETY: as above.
+            if n != unsafe { pgrx::varsize_any(w) } {
                 return false;
             }
             n
         }
         _ => return false,
     };
-    std::slice::from_raw_parts(p, len) == std::slice::from_raw_parts(q, len)
+    // SAFETY: `len` is the column's fixed length, or the whole inline varlena of both values
+    // (same size, checked above); the rows hold that many bytes at `p` and `q`, and nothing
+    // writes to them while the slices live.
+    unsafe { std::slice::from_raw_parts(p, len) == std::slice::from_raw_parts(q, len) }
 }
 
 /// Inserts into one of pg_tenancy's own tables without SQL: an executor state for one result
@@ -497,58 +669,101 @@ impl SimpleInsert {
     /// constraints pg_tenancy gave the table (values it always satisfies).
     ///
     /// # Safety
-    /// Inside a transaction; the caller closes it with [`SimpleInsert::close`].
+    /// Inside a transaction; the caller closes it with [`SimpleInsert::close`], while the
+    /// memory context current here is still alive.
     pub unsafe fn open(
         table: &CStr,
         columns: &[(&CStr, pg_sys::Oid)],
         own_checks: &[&CStr],
     ) -> SimpleInsert {
-        let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
-        let relid = pg_sys::get_relname_relid(table.as_ptr(), nsp);
+        // SAFETY: a catalog lookup by name inside a transaction (this function's contract);
+        // it raises when pg_tenancy's schema is missing (missing_ok = false).
+        let nsp = unsafe { pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false) };
+        // SAFETY: as above; InvalidOid when the table is missing, checked below.
+        let relid = unsafe { pg_sys::get_relname_relid(table.as_ptr(), nsp) };
         if relid == pg_sys::InvalidOid {
             trail_damaged(format!("tenancy.{} is missing", table.to_string_lossy()));
         }
-        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let desc = (*rel).rd_att;
+        // SAFETY: `relid` names an existing relation (checked above), opened with the lock an
+        // INSERT takes (held to the end of the transaction) and closed by `close`.
+        let rel =
+            unsafe { pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+        // SAFETY: `rel` is open (above): its relcache entry and tuple descriptor stay valid
+        // until `close`.
+        let desc = unsafe { (*rel).rd_att };
         let att = columns
             .iter()
-            .map(|&(c, typ)| attribute_index(rel, c, typ))
+            // SAFETY: `rel` is open (above).
+            .map(|&(c, typ)| unsafe { attribute_index(rel, c, typ) })
             .collect();
-        let estate = pg_sys::CreateExecutorState();
-        let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
-            .cast::<pg_sys::RangeTblEntry>();
-        (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
-        (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
-        (*rte).relid = relid;
-        (*rte).relkind = (*(*rel).rd_rel).relkind;
-        (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
-        pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(std::ptr::null_mut(), rte.cast()));
-        let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
-            .cast::<pg_sys::ResultRelInfo>();
-        (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-        pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
-        (*estate).es_opened_result_relations =
-            pg_sys::lappend((*estate).es_opened_result_relations, rri.cast());
-        (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
-        pg_sys::AfterTriggerBeginQuery();
-        pg_sys::ExecOpenIndices(rri, false);
-        let trig = (*rri).ri_TrigDesc;
-        let constr = (*desc).constr;
-        let full_path = (!trig.is_null()
-            && ((*trig).trig_insert_before_row
-                || (*trig).trig_insert_after_row
-                || (*trig).trig_insert_instead_row))
-            || (!constr.is_null()
-                && ((*constr).has_generated_stored
-                    || (0..(*constr).num_check as usize).any(|i| {
-                        let name = CStr::from_ptr((*(*constr).check.add(i)).ccname);
-                        !own_checks.contains(&name)
-                    })));
+        // SAFETY: a new executor state, in the current memory context; `close` frees it.
+        let estate = unsafe { pg_sys::CreateExecutorState() };
+        // SAFETY: palloc0 returns zeroed memory of a RangeTblEntry's size (or raises), in the
+        // current memory context, which outlives the executor state (this function's
+        // contract).
+        let rte = unsafe {
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
+                .cast::<pg_sys::RangeTblEntry>()
+        };
+        // SAFETY: `rte` is the zeroed node just allocated, filled as makeNode and logical
+        // replication's apply (create_edata_for_relation) fill it; `rel` is open, so its
+        // pg_class row (rd_rel) is valid. The range table is a new one-element List of it,
+        // handed to `estate` (made above).
+        unsafe {
+            (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+            (*rte).relid = relid;
+            (*rte).relkind = (*(*rel).rd_rel).relkind;
+            (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
+            pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(std::ptr::null_mut(), rte.cast()));
+        }
+        // SAFETY: as for `rte`: zeroed memory of a ResultRelInfo's size.
+        let rri = unsafe {
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                .cast::<pg_sys::ResultRelInfo>()
+        };
+        // SAFETY: `rri` is the zeroed node just allocated, initialised by InitResultRelInfo for
+        // the open `rel` as range table entry 1 (the one above) and listed among `estate`'s
+        // opened result relations, as the apply worker does. Inside a transaction, the command
+        // id is this statement's (marked used: rows are written). AfterTriggerBeginQuery is
+        // matched by `close`'s AfterTriggerEndQuery (or undone by the transaction's abort); the
+        // indexes opened here are closed by `close`.
+        unsafe {
+            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+            (*estate).es_opened_result_relations =
+                pg_sys::lappend((*estate).es_opened_result_relations, rri.cast());
+            (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+            pg_sys::AfterTriggerBeginQuery();
+            pg_sys::ExecOpenIndices(rri, false);
+        }
+        // SAFETY: `rri` was initialised above; InitResultRelInfo set ri_TrigDesc from the open
+        // relation (null or a copy of its triggers).
+        let trig = unsafe { (*rri).ri_TrigDesc };
+        // SAFETY: `desc` is the open relation's tuple descriptor (above).
+        let constr = unsafe { (*desc).constr };
+        // SAFETY: `trig` and `constr` are read only when not null: then they are the open
+        // relation's trigger and constraint descriptors, whose `check` array holds `num_check`
+        // entries, each with a NUL-terminated name.
+        let full_path = unsafe {
+            (!trig.is_null()
+                && ((*trig).trig_insert_before_row
+                    || (*trig).trig_insert_after_row
+                    || (*trig).trig_insert_instead_row))
+                || (!constr.is_null()
+                    && ((*constr).has_generated_stored
+                        || (0..(*constr).num_check as usize).any(|i| {
+                            let name = CStr::from_ptr((*(*constr).check.add(i)).ccname);
+                            !own_checks.contains(&name)
+                        })))
+        };
         SimpleInsert {
             rel,
             estate,
             rri,
-            slot: pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsVirtual),
+            // SAFETY: a virtual slot of the open relation's descriptor, in `estate`'s tuple
+            // table (released by ExecResetTupleTable in `close`).
+            slot: unsafe { pg_sys::ExecInitExtraTupleSlot(estate, desc, &pg_sys::TTSOpsVirtual) },
             att,
             full_path,
             batch: Vec::new(),
@@ -569,121 +784,203 @@ impl SimpleInsert {
     /// Datums must be valid for the columns' types.
     pub unsafe fn insert(&mut self, values: &[Option<Datum>]) {
         if self.full_path {
-            Self::fill(self.slot, &self.att, values);
-            pg_sys::ExecSimpleRelationInsert(self.rri, self.estate, self.slot);
+            // SAFETY: `slot` is this insert's virtual slot of the table's descriptor, `att` the
+            // columns' attribute numbers; the datums are of the columns' types (this function's
+            // contract). `rri` and `estate` are the open executor state of `open`.
+            unsafe {
+                Self::fill(self.slot, &self.att, values);
+                pg_sys::ExecSimpleRelationInsert(self.rri, self.estate, self.slot);
+            }
             return;
         }
         if self.queued == self.batch.len() {
             // In the executor state's memory, which lives until close: the caller may be in
             // a per-row context.
-            let outer = pg_sys::MemoryContextSwitchTo((*self.estate).es_query_cxt);
-            self.batch.push(pg_sys::MakeSingleTupleTableSlot(
-                (*self.rel).rd_att,
-                pg_sys::table_slot_callbacks(self.rel),
-            ));
-            pg_sys::MemoryContextSwitchTo(outer);
+            // SAFETY: `estate` is open, so es_query_cxt is alive until `close` frees it, after
+            // dropping these slots; `rel` is open, its descriptor and table AM valid. The
+            // caller's context is switched back to at once.
+            unsafe {
+                let outer = pg_sys::MemoryContextSwitchTo((*self.estate).es_query_cxt);
+                self.batch.push(pg_sys::MakeSingleTupleTableSlot(
+                    (*self.rel).rd_att,
+                    pg_sys::table_slot_callbacks(self.rel),
+                ));
+                pg_sys::MemoryContextSwitchTo(outer);
+            }
         }
         let slot = self.batch[self.queued];
-        Self::fill(slot, &self.att, values);
+        // SAFETY: `slot` is a slot of the table's descriptor made above, not yet holding a
+        // queued row (index `queued`); the datums are of the columns' types (this function's
+        // contract).
+        unsafe { Self::fill(slot, &self.att, values) };
         // The slot now owns a copy of the row (in the statement's memory).
-        let materialize = (*(*slot).tts_ops).materialize.expect("slot materialize");
-        materialize(slot);
-        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, std::ptr::null_mut());
+        // SAFETY: `slot` holds the virtual tuple just stored; its ops are the table AM's slot
+        // ops, whose materialize forms the tuple in the slot's own memory context (es_query_cxt)
+        // from values that are all still alive.
+        unsafe {
+            let materialize = (*(*slot).tts_ops).materialize.expect("slot materialize");
+            materialize(slot);
+        }
+        // SAFETY: the slot holds a materialized heap tuple (above), which ExecFetchSlotHeapTuple
+        // returns without copying (materialize = false), valid while the slot holds it.
+        let tuple = unsafe { pg_sys::ExecFetchSlotHeapTuple(slot, false, std::ptr::null_mut()) };
         self.queued += 1;
-        self.queued_bytes += (*tuple).t_len as usize;
+        // SAFETY: `tuple` is the slot's heap tuple (above), not null.
+        self.queued_bytes += unsafe { (*tuple).t_len } as usize;
         if self.queued >= BATCH_ROWS || self.queued_bytes >= BATCH_BYTES {
-            self.flush();
+            // SAFETY: this insert is open (`close` consumes it).
+            unsafe { self.flush() };
         }
     }
 
     /// Store `values` into `slot` as a virtual tuple.
+    ///
+    /// # Safety
+    /// `slot` must be a live slot of the table's tuple descriptor, `att` attribute indexes in
+    /// it, and the datums valid for those columns' types.
     unsafe fn fill(slot: *mut pg_sys::TupleTableSlot, att: &[usize], values: &[Option<Datum>]) {
-        pg_sys::ExecClearTuple(slot);
-        let n = (*(*slot).tts_tupleDescriptor).natts as usize;
-        for i in 0..n {
-            *(*slot).tts_values.add(i) = Datum::from(0);
-            *(*slot).tts_isnull.add(i) = true;
-        }
-        for (f, v) in values.iter().enumerate() {
-            if let Some(v) = v {
-                *(*slot).tts_values.add(att[f]) = *v;
-                *(*slot).tts_isnull.add(att[f]) = false;
+        // SAFETY: `slot` is live (this function's contract); once cleared, its values and
+        // nulls arrays (natts entries each, allocated with the slot) are written for every
+        // attribute, then at the indexes of `att`, all below natts, before the slot is marked
+        // as holding a virtual tuple of them.
+        unsafe {
+            pg_sys::ExecClearTuple(slot);
+            let n = (*(*slot).tts_tupleDescriptor).natts as usize;
+            for i in 0..n {
+                *(*slot).tts_values.add(i) = Datum::from(0);
+                *(*slot).tts_isnull.add(i) = true;
             }
+            for (f, v) in values.iter().enumerate() {
+                if let Some(v) = v {
+                    *(*slot).tts_values.add(att[f]) = *v;
+                    *(*slot).tts_isnull.add(att[f]) = false;
+                }
+            }
+            pg_sys::ExecStoreVirtualTuple(slot);
         }
-        pg_sys::ExecStoreVirtualTuple(slot);
     }
 
     /// Write the queued rows: one `multi_insert`, then each row's index entries.
+    ///
+    /// # Safety
+    /// The insert must be open (its executor state and relation as `open` left them).
     unsafe fn flush(&mut self) {
         if self.queued == 0 {
             return;
         }
         if self.queued == 1 {
             // One row (the usual single-row statement, and every chain entry): the plain path.
-            pg_sys::simple_table_tuple_insert(self.rel, self.batch[0]);
+            // SAFETY: `rel` is open with RowExclusiveLock; `batch[0]` holds a materialized
+            // tuple of its descriptor (`insert`).
+            unsafe { pg_sys::simple_table_tuple_insert(self.rel, self.batch[0]) };
         } else {
-            let multi_insert = (*(*self.rel).rd_tableam)
-                .multi_insert
-                .expect("table AM multi_insert");
-            multi_insert(
-                self.rel,
-                self.batch.as_mut_ptr(),
-                self.queued as i32,
-                (*self.estate).es_output_cid,
-                0,
-                std::ptr::null_mut(),
-            );
+            // SAFETY: `rel` is open, a table (the tenancy table `open` found), so rd_tableam
+            // is its table AM; `batch[..queued]` are its slots, each holding a materialized
+            // tuple; the command id is the one `open` set for this statement; no options and
+            // no bulk-insert state, as a single insert would.
+            unsafe {
+                let multi_insert = (*(*self.rel).rd_tableam)
+                    .multi_insert
+                    .expect("table AM multi_insert");
+                multi_insert(
+                    self.rel,
+                    self.batch.as_mut_ptr(),
+                    self.queued as i32,
+                    (*self.estate).es_output_cid,
+                    0,
+                    std::ptr::null_mut(),
+                );
+            }
         }
         for &slot in &self.batch[..self.queued] {
-            self.insert_index_entries(slot);
-            pg_sys::ExecClearTuple(slot);
+            // SAFETY: `slot` holds a row just written (its tid set by the insert), of the
+            // relation whose indexes `open` opened; cleared once its entries are in.
+            unsafe {
+                self.insert_index_entries(slot);
+                pg_sys::ExecClearTuple(slot);
+            }
         }
         self.queued = 0;
         self.queued_bytes = 0;
     }
 
     /// The index entries of a row just written (its slot knows where).
+    ///
+    /// # Safety
+    /// The insert must be open; `slot` must hold a row just written to its table.
     unsafe fn insert_index_entries(&self, slot: *mut pg_sys::TupleTableSlot) {
-        if (*self.rri).ri_NumIndices == 0 {
-            return;
+        // SAFETY: `rri` is the open insert's result relation, its indexes opened by `open`;
+        // `slot` holds a row just written (this function's contract), as ExecInsertIndexTuples
+        // requires (not an UPDATE, no speculative insertion, no arbiter indexes). The list it
+        // returns (indexes to recheck) is the executor's, freed here unread.
+        unsafe {
+            if (*self.rri).ri_NumIndices == 0 {
+                return;
+            }
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                self.rri,
+                slot,
+                self.estate,
+                false,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::list_free(recheck);
+            self.reset_tuple_memory();
         }
-        let recheck = pg_sys::ExecInsertIndexTuples(
-            self.rri,
-            slot,
-            self.estate,
-            false,
-            false,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
-        pg_sys::list_free(recheck);
-        self.reset_tuple_memory();
     }
 
     /// Free what the last row left in the executor's per-row memory.
+    ///
+    /// # Safety
+    /// The insert must be open, and nothing may still refer to the last row's per-row memory.
     pub unsafe fn reset_row(&mut self) {
-        pg_sys::ExecClearTuple(self.slot);
-        self.reset_tuple_memory();
+        // SAFETY: `slot` is the open insert's own slot (cleared, not dropped); the per-row
+        // memory holds nothing the caller still uses (this function's contract).
+        unsafe {
+            pg_sys::ExecClearTuple(self.slot);
+            self.reset_tuple_memory();
+        }
     }
 
+    /// Reset the executor's per-tuple memory, if it has been made.
+    ///
+    /// # Safety
+    /// The insert must be open, and nothing may still refer to its per-tuple memory.
     unsafe fn reset_tuple_memory(&self) {
-        let econtext = (*self.estate).es_per_tuple_exprcontext;
-        if !econtext.is_null() {
-            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+        // SAFETY: `estate` is the open insert's executor state; its per-tuple expression
+        // context is null until the executor makes one, then alive with the state.
+        unsafe {
+            let econtext = (*self.estate).es_per_tuple_exprcontext;
+            if !econtext.is_null() {
+                pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+            }
         }
     }
 
     /// Write what is still queued and release the table.
+    ///
+    /// # Safety
+    /// Inside the transaction the insert was opened in, with the memory context current at
+    /// [`SimpleInsert::open`] still alive.
     pub unsafe fn close(mut self) {
-        self.flush();
-        for &slot in &self.batch {
-            pg_sys::ExecDropSingleTupleTableSlot(slot);
+        // SAFETY: the insert is open until here (`close` consumes it). After the last batch,
+        // each batch slot is dropped once, then the indexes, the after-trigger query level
+        // (fires the queued AFTER triggers of the full path), the tuple table (this insert's
+        // slot) and the executor state are ended in the reverse order of `open`; the relation
+        // is closed keeping its lock to the end of the transaction.
+        unsafe {
+            self.flush();
+            for &slot in &self.batch {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::AfterTriggerEndQuery(self.estate);
+            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
-        pg_sys::ExecCloseIndices(self.rri);
-        pg_sys::AfterTriggerEndQuery(self.estate);
-        pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
-        pg_sys::FreeExecutorState(self.estate);
-        pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
 }
 
@@ -703,27 +1000,45 @@ struct Writer {
 }
 
 impl Writer {
+    /// Open the trail for the records of one statement on `table`.
+    ///
+    /// # Safety
+    /// Inside a transaction; the caller closes it with [`Writer::close`], while the memory
+    /// context current here (which holds the per-statement datums) is still alive.
     unsafe fn open(table: &str, op: Op, actor: &Actor) -> Writer {
-        let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
-        let seq = pg_sys::get_relname_relid(c"audit_log_id_seq".as_ptr(), nsp);
+        // SAFETY: a catalog lookup by name inside a transaction (this function's contract);
+        // it raises when pg_tenancy's schema is missing (missing_ok = false).
+        let nsp = unsafe { pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false) };
+        // SAFETY: as above; InvalidOid when the sequence is missing, checked below.
+        let seq = unsafe { pg_sys::get_relname_relid(c"audit_log_id_seq".as_ptr(), nsp) };
         if seq == pg_sys::InvalidOid {
             trail_damaged("tenancy.audit_log_id_seq is missing".into());
         }
-        let log = SimpleInsert::open(c"audit_log", &FIELDS, &[c"audit_log_op_check"]);
+        // SAFETY: inside a transaction (this function's contract); closed by `close`, with
+        // the same memory context alive.
+        let log = unsafe { SimpleInsert::open(c"audit_log", &FIELDS, &[c"audit_log_op_check"]) };
         let text = |s: &str| (s.into_datum().expect("text"), s.as_bytes().to_vec());
         let role = text(actor.role);
-        let app = if pg_sys::application_name.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(pg_sys::application_name)
-                .to_string_lossy()
-                .into_owned()
+        // SAFETY: application_name is the GUC's string variable of this backend, read once
+        // here (no other thread writes it); when not null it is a NUL-terminated string.
+        let app = unsafe {
+            if pg_sys::application_name.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(pg_sys::application_name)
+                    .to_string_lossy()
+                    .into_owned()
+            }
         };
-        let client = direct_function_call_as_datum(pg_sys::inet_client_addr, &[]).map(|inet| {
-            let shown: String =
-                direct_function_call(pg_sys::network_show, &[Some(inet)]).expect("inet text");
-            (inet, shown.into_bytes())
-        });
+        // SAFETY: inet_client_addr takes no argument and returns NULL (None) for a connection
+        // without an address; network_show takes the inet it returned and returns text.
+        let client = unsafe {
+            direct_function_call_as_datum(pg_sys::inet_client_addr, &[]).map(|inet| {
+                let shown: String =
+                    direct_function_call(pg_sys::network_show, &[Some(inet)]).expect("inet text");
+                (inet, shown.into_bytes())
+            })
+        };
         Writer {
             log,
             seq,
@@ -733,27 +1048,42 @@ impl Writer {
             subject: actor.subject.map(text),
             app: text(&app),
             client,
-            txid: pg_sys::GetTopFullTransactionId().value as i64,
+            // SAFETY: inside a transaction (this function's contract): its top-level id,
+            // assigned now if it has none (the audited statement writes anyway).
+            txid: unsafe { pg_sys::GetTopFullTransactionId() }.value as i64,
         }
     }
 
     /// Insert one record; returns (tenant, id, row_hash).
+    ///
+    /// # Safety
+    /// The writer must be open; `c`'s datums must still be alive: its tenant a `uuid` datum,
+    /// its rows and key `jsonb` datums.
     unsafe fn write(&mut self, c: &Change) -> Written {
-        let id: i64 =
-            direct_function_call(pg_sys::nextval_oid, &[self.seq.into_datum()]).expect("nextval");
-        let at = pg_sys::GetCurrentTimestamp();
+        // SAFETY: nextval_oid takes the sequence's oid (checked to exist by `open`) and
+        // returns an int8, never NULL.
+        let id: i64 = unsafe {
+            direct_function_call(pg_sys::nextval_oid, &[self.seq.into_datum()]).expect("nextval")
+        };
+        // SAFETY: reads the clock; no precondition.
+        let at = unsafe { pg_sys::GetCurrentTimestamp() };
         let at_datum = Datum::from(at);
         // A row whose tenant column is NULL (only a role that bypasses row security can write
         // one) is recorded under the nil uuid, the platform's, as its chain entry is.
         let tenant = c.tenant.map_or(crate::audit::PLATFORM_CHAIN, |d| {
-            Uuid::from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16)).expect("uuid")
+            // SAFETY: a uuid datum points at its 16 bytes (this function's contract).
+            Uuid::from_slice(unsafe { std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16) })
+                .expect("uuid")
         });
         let tenant_datum = c.tenant.unwrap_or(Datum::from(NIL_UUID.as_ptr()));
-        let (key, old, new) = (
-            c.row_key.as_ref().map(|j| j.text()),
-            c.old_row.as_ref().map(|j| j.text()),
-            c.new_row.as_ref().map(|j| j.text()),
-        );
+        // SAFETY: the jsonb datums of `c` are alive (this function's contract).
+        let (key, old, new) = unsafe {
+            (
+                c.row_key.as_ref().map(|j| j.text()),
+                c.old_row.as_ref().map(|j| j.text()),
+                c.new_row.as_ref().map(|j| j.text()),
+            )
+        };
         let tenant_text = tenant.hyphenated().to_string().into_bytes();
         let (id_text, epoch_text, txid_text) = (
             id.to_string().into_bytes(),
@@ -778,31 +1108,49 @@ impl Writer {
                 self.client.as_ref().map(|c| c.1.as_slice()),
             ]),
         );
-        self.log.insert(&[
-            Some(Datum::from(id)),
-            Some(tenant_datum),
-            Some(at_datum),
-            Some(Datum::from(self.txid)),
-            Some(self.table.0),
-            Some(self.op.0),
-            c.row_key.as_ref().map(|j| j.datum),
-            c.old_row.as_ref().map(|j| j.datum),
-            c.new_row.as_ref().map(|j| j.datum),
-            Some(self.role.0),
-            self.subject.as_ref().map(|s| s.0),
-            Some(self.app.0),
-            self.client.as_ref().map(|c| c.0),
-            hash.as_slice().into_datum(),
-        ]);
+        // SAFETY: each datum is of its column's type (FIELDS, checked by attribute_index):
+        // int8 and timestamptz by value, the tenant's uuid bytes (the row's, or the static nil
+        // uuid), text datums made by `open`, the record's jsonb, inet and the hash as bytea,
+        // all alive until the insert has copied them.
+        unsafe {
+            self.log.insert(&[
+                Some(Datum::from(id)),
+                Some(tenant_datum),
+                Some(at_datum),
+                Some(Datum::from(self.txid)),
+                Some(self.table.0),
+                Some(self.op.0),
+                c.row_key.as_ref().map(|j| j.datum),
+                c.old_row.as_ref().map(|j| j.datum),
+                c.new_row.as_ref().map(|j| j.datum),
+                Some(self.role.0),
+                self.subject.as_ref().map(|s| s.0),
+                Some(self.app.0),
+                self.client.as_ref().map(|c| c.0),
+                hash.as_slice().into_datum(),
+            ])
+        };
         (tenant, id, hash)
     }
 
+    /// Free what the last record left in the executor's per-row memory.
+    ///
+    /// # Safety
+    /// The writer must be open, and nothing may still refer to the last record's per-row
+    /// memory.
     unsafe fn reset_row(&mut self) {
-        self.log.reset_row();
+        // SAFETY: this function's contract is SimpleInsert::reset_row's.
+        unsafe { self.log.reset_row() };
     }
 
+    /// Write what is still queued and release the trail.
+    ///
+    /// # Safety
+    /// Inside the transaction the writer was opened in, with the memory context current at
+    /// [`Writer::open`] still alive.
     unsafe fn close(self) {
-        self.log.close();
+        // SAFETY: this function's contract is SimpleInsert::close's.
+        unsafe { self.log.close() };
     }
 }
 
@@ -822,91 +1170,139 @@ pub unsafe fn newest_chain_entry(
     lane: i16,
     at_least: Option<i64>,
 ) -> Option<(i64, Vec<u8>)> {
-    let nsp = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false);
-    let relid = pg_sys::get_relname_relid(c"audit_chain".as_ptr(), nsp);
+    // SAFETY: a catalog lookup by name inside a transaction (this function's contract); it
+    // raises when pg_tenancy's schema is missing (missing_ok = false).
+    let nsp = unsafe { pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false) };
+    // SAFETY: as above (InvalidOid when the table is missing, which table_open refuses).
+    let relid = unsafe { pg_sys::get_relname_relid(c"audit_chain".as_ptr(), nsp) };
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    let rel = pg_sys::table_open(relid, lock);
-    let pkey = pg_sys::RelationGetPrimaryKeyIndex(rel);
+    // SAFETY: opened (or an error raised) inside a transaction, closed below with its lock
+    // kept to the end of the transaction.
+    let rel = unsafe { pg_sys::table_open(relid, lock) };
+    // SAFETY: `rel` is open (above).
+    let pkey = unsafe { pg_sys::RelationGetPrimaryKeyIndex(rel) };
     if pkey == pg_sys::InvalidOid {
         trail_damaged("tenancy.audit_chain has lost its primary key".into());
     }
-    let index = pg_sys::index_open(pkey, lock);
-    let mut keys: [pg_sys::ScanKeyData; 3] = std::mem::zeroed();
-    pg_sys::ScanKeyInit(
-        &mut keys[0],
-        1,
-        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-        pg_sys::Oid::from(pg_sys::F_UUID_EQ),
-        catalog::to_pg_uuid(tenant).into_datum().expect("uuid"),
-    );
-    pg_sys::ScanKeyInit(
-        &mut keys[1],
-        2,
-        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-        pg_sys::Oid::from(pg_sys::F_INT2EQ),
-        lane.into_datum().expect("int2"),
-    );
-    if let Some(bound) = at_least {
+    // SAFETY: `pkey` is the open table's primary key index (checked above), opened with the
+    // table's lock mode and closed below.
+    let index = unsafe { pg_sys::index_open(pkey, lock) };
+    // SAFETY: ScanKeyData is plain data (integers, oids, a datum and an FmgrInfo of pointers
+    // and integers), for which all zeroes is a valid value; ScanKeyInit fills the keys used.
+    let mut keys: [pg_sys::ScanKeyData; 3] = unsafe { std::mem::zeroed() };
+    // SAFETY: each key is initialised in place with the btree strategy and the comparison
+    // function of its column's type (uuid, smallint and bigint, the primary key's columns in
+    // order), and a datum of that type: the uuid's bytes are palloc'd in the current memory
+    // context, alive through the scan below.
+    unsafe {
         pg_sys::ScanKeyInit(
-            &mut keys[2],
-            3,
-            pg_sys::BTGreaterEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::Oid::from(pg_sys::F_INT8GE),
-            bound.into_datum().expect("int8"),
+            &mut keys[0],
+            1,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+            catalog::to_pg_uuid(tenant).into_datum().expect("uuid"),
         );
+        pg_sys::ScanKeyInit(
+            &mut keys[1],
+            2,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::Oid::from(pg_sys::F_INT2EQ),
+            lane.into_datum().expect("int2"),
+        );
+        if let Some(bound) = at_least {
+            pg_sys::ScanKeyInit(
+                &mut keys[2],
+                3,
+                pg_sys::BTGreaterEqualStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::Oid::from(pg_sys::F_INT8GE),
+                bound.into_datum().expect("int8"),
+            );
+        }
     }
-    let scan = pg_sys::systable_beginscan_ordered(
-        rel,
-        index,
-        pg_sys::GetLatestSnapshot(),
-        if at_least.is_some() { 3 } else { 2 },
-        keys.as_mut_ptr(),
-    );
-    let tuple =
-        pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection);
-    let newest = (!tuple.is_null()).then(|| {
-        let desc = (*rel).rd_att;
-        let n = (*desc).natts as usize;
-        let mut values = vec![Datum::from(0); n];
-        let mut nulls = vec![false; n];
-        pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-        let (seq, hash) = (
-            attribute_index(rel, c"seq", pg_sys::INT8OID),
-            attribute_index(rel, c"chain_hash", pg_sys::BYTEAOID),
-        );
-        (
-            i64::from_datum(values[seq], nulls[seq]).unwrap_or(0),
-            Vec::<u8>::from_datum(values[hash], nulls[hash]).unwrap_or_default(),
+    // SAFETY: an ordered scan of the open index of the open table; `keys` holds the number of
+    // initialised keys passed (3 only with the bound) and outlives the scan, ended below. The
+    // latest snapshot is not registered: nothing takes another snapshot before the scan ends,
+    // and the caller's transaction keeps this backend's xmin (the commit path has an active
+    // snapshot pushed).
+    let scan = unsafe {
+        pg_sys::systable_beginscan_ordered(
+            rel,
+            index,
+            pg_sys::GetLatestSnapshot(),
+            if at_least.is_some() { 3 } else { 2 },
+            keys.as_mut_ptr(),
         )
+    };
+    // SAFETY: `scan` is the scan begun above, not yet ended.
+    let tuple = unsafe {
+        pg_sys::systable_getnext_ordered(scan, pg_sys::ScanDirection::BackwardScanDirection)
+    };
+    let newest = (!tuple.is_null()).then(|| {
+        // SAFETY: `tuple` is the scan's current tuple (not null), valid until the scan ends
+        // below, a row of `rel` (open): it is deformed into arrays of its descriptor's natts
+        // entries. The two columns are found with their expected types (int8, bytea), so
+        // the datums are read as those types; Vec<u8> copies the bytea out of the tuple.
+        unsafe {
+            let desc = (*rel).rd_att;
+            let n = (*desc).natts as usize;
+            let mut values = vec![Datum::from(0); n];
+            let mut nulls = vec![false; n];
+            pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let (seq, hash) = (
+                attribute_index(rel, c"seq", pg_sys::INT8OID),
+                attribute_index(rel, c"chain_hash", pg_sys::BYTEAOID),
+            );
+            (
+                i64::from_datum(values[seq], nulls[seq]).unwrap_or(0),
+                Vec::<u8>::from_datum(values[hash], nulls[hash]).unwrap_or_default(),
+            )
+        }
     });
-    pg_sys::systable_endscan_ordered(scan);
-    pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-    pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    // SAFETY: the scan, index and table opened above, each ended once in reverse order; the
+    // locks are kept to the end of the transaction (NoLock).
+    unsafe {
+        pg_sys::systable_endscan_ordered(scan);
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
     newest
 }
 
 /// Index in `rel`'s tuple descriptor of its live column `name`.
+///
+/// # Safety
+/// `rel` must be an open relation.
 unsafe fn attribute_index(rel: pg_sys::Relation, name: &CStr, typ: pg_sys::Oid) -> usize {
-    let desc = (*rel).rd_att;
-    let table = || CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
-    let i = (0..(*desc).natts as usize)
-        .find(|&i| {
-            let a = (*desc).attrs.as_ptr().add(i);
-            !(*a).attisdropped && CStr::from_ptr((*a).attname.data.as_ptr()) == name
-        })
-        .unwrap_or_else(|| {
-            trail_damaged(format!(
-                "column {} of tenancy.{} is missing",
-                name.to_string_lossy(),
-                table()
-            ))
-        });
+    // SAFETY: `rel` is open (this function's contract): its descriptor is valid.
+    let desc = unsafe { (*rel).rd_att };
+    // SAFETY: `rel` is open: its pg_class row is valid, with a NUL-terminated name.
+    let table =
+        || unsafe { CStr::from_ptr((*(*rel).rd_rel).relname.data.as_ptr()) }.to_string_lossy();
+    // SAFETY: `desc` is the open relation's descriptor, whose attrs array holds natts
+    // entries, each with a NUL-terminated name.
+    let i = unsafe {
+        (0..(*desc).natts as usize)
+            .find(|&i| {
+                let a = (*desc).attrs.as_ptr().add(i);
+                !(*a).attisdropped && CStr::from_ptr((*a).attname.data.as_ptr()) == name
+            })
+            .unwrap_or_else(|| {
+                trail_damaged(format!(
+                    "column {} of tenancy.{} is missing",
+                    name.to_string_lossy(),
+                    table()
+                ))
+            })
+    };
     // The writer forms datums of the type it expects: a retyped column would receive bytes
     // of another type.
-    let found = (*(*desc).attrs.as_ptr().add(i)).atttypid;
+    // SAFETY: `i` is below natts (found above).
+    let found = unsafe { (*(*desc).attrs.as_ptr().add(i)).atttypid };
     if found != typ {
         let shown = |t: pg_sys::Oid| {
-            CStr::from_ptr(pg_sys::format_type_be(t))
+            // SAFETY: format_type_be returns a palloc'd NUL-terminated name for any oid (or
+            // raises); it is copied at once.
+            unsafe { CStr::from_ptr(pg_sys::format_type_be(t)) }
                 .to_string_lossy()
                 .into_owned()
         };

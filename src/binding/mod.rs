@@ -182,6 +182,9 @@ impl JsonbBytes {
     /// # Safety
     /// `jsonb` must be a complete varlena that nothing else refers to.
     unsafe fn of(jsonb: *mut pg_sys::Jsonb) -> JsonbBytes {
+        // SAFETY: `jsonb` is a complete, untoasted varlena (this function's contract), so its
+        // header gives the size of the bytes copied; nothing else refers to it, so it is freed
+        // once, after the copy.
         unsafe {
             let ptr = jsonb.cast::<pg_sys::varlena>();
             let bytes = std::slice::from_raw_parts(ptr as *const u8, pgrx::varsize_any(ptr));
@@ -209,11 +212,17 @@ impl IntoDatum for JsonbBytes {
 
 // SAFETY: returns the datum `into_datum` built, a palloc'd jsonb in the function's context.
 unsafe impl pgrx::callconv::BoxRet for JsonbBytes {
+    /// The jsonb as the function's result.
+    ///
+    /// # Safety
+    /// As [`pgrx::callconv::BoxRet::box_into`]: `fcinfo` is the call being returned from.
     unsafe fn box_into<'fcx>(
         self,
         fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
     ) -> pgrx::datum::Datum<'fcx> {
         match self.into_datum() {
+            // SAFETY: a palloc'd jsonb, in the function's memory context, is a valid result of
+            // a function returning jsonb, as this type says it is.
             Some(datum) => unsafe { fcinfo.return_raw_datum(datum) },
             None => fcinfo.return_null(),
         }
@@ -257,6 +266,10 @@ fn acting(b: &Binding) -> crate::authz::Acting {
     }
 }
 
+/// The transaction callback: a transaction-scoped binding ends with its transaction.
+///
+/// # Safety
+/// Called by PostgreSQL at the transaction's events, as registered by [`init`].
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(
     event: pg_sys::XactEvent::Type,
@@ -339,6 +352,7 @@ fn now() -> i64 {
 }
 
 fn in_parallel_worker() -> bool {
+    // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
     unsafe { pg_sys::ParallelWorkerNumber >= 0 }
 }
 
@@ -720,6 +734,7 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         );
     }
     let generation = catalog::generation();
+    // SAFETY: reads the session user's oid, set once the backend has authenticated.
     let session_role = unsafe { pg_sys::GetSessionUserId() };
     let cached = entry.prepared.borrow().as_ref().is_some_and(|p| {
         p.generation == generation && p.session_role == session_role && p.scope == scope
@@ -928,6 +943,7 @@ pub fn tenant_in_effect_unchecked() -> Option<Uuid> {
     // SAFETY: reads the transaction state (an aborted transaction reads no catalog) and
     // whether CREATE EXTENSION is running (pg_tenancy's tables may not exist yet).
     if !unsafe { pg_sys::IsTransactionState() }
+        // SAFETY: as above: creating_extension is this backend's own flag.
         || unsafe { pg_sys::creating_extension }
         || !catalog::installed()
     {
@@ -1117,6 +1133,9 @@ thread_local! {
 }
 
 /// Syscache callback on pg_authid and pg_auth_members: memberships may have changed.
+///
+/// # Safety
+/// Called by PostgreSQL's invalidation processing, as registered by [`init`].
 #[pg_guard]
 unsafe extern "C-unwind" fn roles_changed(
     _arg: pg_sys::Datum,
@@ -1203,6 +1222,9 @@ fn note_transaction(tenant: Uuid) {
 
 /// A subtransaction rolled back: its SET LOCALs are undone, the tenant's settings with them
 /// (the binding itself lives on). Apply them again at the next use.
+///
+/// # Safety
+/// Called by PostgreSQL at the subtransactions' events, as registered by [`init`].
 #[pg_guard]
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
@@ -1224,8 +1246,11 @@ thread_local! {
 /// at transaction start and when it takes a new lock; this makes sure it also happens once at
 /// the start of every statement that reads the binding.
 fn accept_invalidations_once_per_statement() {
+    // SAFETY: reads the current statement's start time, a variable of this backend.
     let stmt = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     if LAST_STATEMENT.with(|l| l.replace(stmt)) != stmt {
+        // SAFETY: callers read the binding inside a transaction, where invalidations may be
+        // processed (as at any lock acquisition).
         unsafe { pg_sys::AcceptInvalidationMessages() };
     }
 }

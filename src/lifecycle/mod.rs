@@ -44,6 +44,8 @@ fn check_resource_setting(name: &str, value: &serde_json::Value) {
     };
     // Checked the way SET checks it (changeVal = false applies nothing); elevel DEBUG5 makes a
     // bad value return 0 instead of raising PostgreSQL's own error, so ours can carry a HINT.
+    // SAFETY: name and value are NUL-terminated (CStrings made above); with changeVal = false
+    // nothing is applied, and the setting is only looked up and checked.
     let ok = unsafe {
         pg_sys::set_config_option(
             n.as_ptr(),
@@ -465,6 +467,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         "slug": t.slug,
         "decommissioned_at": when,
         "decommissioned_by": authz::role_name(authz::caller()),
+        // SAFETY: reads the session user's oid, set once the backend has authenticated.
         "session_user": authz::role_name(unsafe { pg_sys::GetSessionUserId() }),
         "rows_deleted": rows,
         "total_rows_deleted": total,
@@ -537,6 +540,10 @@ fn before_utility(stmt: *mut pg_sys::Node) {
     }
 }
 
+/// The transaction callback: the tenant write lock this transaction held went with it.
+///
+/// # Safety
+/// Called by PostgreSQL at the transaction's events, as registered by [`init`].
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(
     event: pg_sys::XactEvent::Type,

@@ -58,6 +58,10 @@ static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 
 pub fn init() {
+    // SAFETY: called once from _PG_init, on the backend's only thread, before any statement is
+    // planned or run: the hooks installed before ours are kept (read only by our hooks) and
+    // called from ours; our functions and the syscache callback stay valid for the life of the
+    // backend (the library is not unloaded).
     unsafe {
         PREV_PLANNER = pg_sys::planner_hook;
         pg_sys::planner_hook = Some(planner);
@@ -71,31 +75,51 @@ pub fn init() {
     }
 }
 
+/// Plan with the planner hook installed before ours, or with the standard planner.
+///
+/// # Safety
+/// The arguments must be the planner's, as PostgreSQL passes them to `planner_hook` (a parse
+/// tree may be planned only once: the planner scribbles on it).
 unsafe fn plan(
     parse: *mut pg_sys::Query,
     query_string: *const std::ffi::c_char,
     cursor_options: c_int,
     bound: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    match PREV_PLANNER {
+    // SAFETY: PREV_PLANNER is written once by init, before any planning, on the backend's
+    // only thread; it is copied out here.
+    match unsafe { PREV_PLANNER } {
         // SAFETY: the hook installed before ours, with the planner's own arguments, through the
         // FFI guard (its errors come back as a Rust panic, re-raised by #[pg_guard]).
-        Some(prev) => {
+        Some(prev) => unsafe {
             pg_sys::ffi::pg_guard_ffi_boundary(|| prev(parse, query_string, cursor_options, bound))
-        }
-        None => pg_sys::standard_planner(parse, query_string, cursor_options, bound),
+        },
+        // SAFETY: the standard planner with the planner's own arguments (this function's
+        // contract); pgrx's binding guards the call.
+        None => unsafe { pg_sys::standard_planner(parse, query_string, cursor_options, bound) },
     }
 }
 
 /// Whether the planner may choose a parallel plan for this statement (then the statement is
 /// kept as written, to be planned again if it does). A superset of standard_planner's own
 /// condition for `parallelModeOK` in PostgreSQL 15.
+///
+/// # Safety
+/// `parse` must point at a valid Query.
 unsafe fn parallel_possible(parse: *mut pg_sys::Query, cursor_options: c_int) -> bool {
-    (cursor_options & pg_sys::CURSOR_OPT_PARALLEL_OK as c_int) != 0
-        && (*parse).commandType == pg_sys::CmdType::CMD_SELECT
-        && (pg_sys::max_parallel_workers_per_gather > 0 || pg_sys::force_parallel_mode != 0)
+    // SAFETY: `parse` is a valid Query (this function's contract); the two settings are this
+    // backend's GUC variables, read on its only thread.
+    unsafe {
+        (cursor_options & pg_sys::CURSOR_OPT_PARALLEL_OK as c_int) != 0
+            && (*parse).commandType == pg_sys::CmdType::CMD_SELECT
+            && (pg_sys::max_parallel_workers_per_gather > 0 || pg_sys::force_parallel_mode != 0)
+    }
 }
 
+/// The planner hook: the policy subqueries of the statement become reserved parameters.
+///
+/// # Safety
+/// Called by PostgreSQL as `planner_hook`, with the planner's arguments.
 #[pg_guard]
 unsafe extern "C-unwind" fn planner(
     parse: *mut pg_sys::Query,
@@ -103,30 +127,50 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: c_int,
     bound: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    if !gucs::PLAN_BINDING_AS_PARAM.get() || pg_sys::ParallelWorkerNumber >= 0 || parse.is_null() {
-        return plan(parse, query_string, cursor_options, bound);
+    if !gucs::PLAN_BINDING_AS_PARAM.get()
+        // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
+        || unsafe { pg_sys::ParallelWorkerNumber } >= 0
+        || parse.is_null()
+    {
+        // SAFETY: the planner's own arguments (this function's contract), planned once.
+        return unsafe { plan(parse, query_string, cursor_options, bound) };
     }
     // The planner scribbles on its input: keep the statement as written while a parallel plan
     // is possible.
     let mut original = std::ptr::null_mut();
-    if parallel_possible(parse, cursor_options) {
-        if !visit_query(parse, false) {
-            return plan(parse, query_string, cursor_options, bound);
+    // SAFETY: `parse` is the planner's Query (this function's contract), not null (checked
+    // above): a valid parse tree. Without `replace` visit_query only reads it; copyObjectImpl
+    // copies it deeply into the current memory context (the planner caller's, alive for the
+    // planning). Each return plans the untouched tree once.
+    unsafe {
+        if parallel_possible(parse, cursor_options) {
+            if !visit_query(parse, false) {
+                return plan(parse, query_string, cursor_options, bound);
+            }
+            original = pg_sys::copyObjectImpl(parse as *const c_void) as *mut pg_sys::Query;
         }
-        original = pg_sys::copyObjectImpl(parse as *const c_void) as *mut pg_sys::Query;
     }
-    if !visit_query(parse, true) {
-        return plan(parse, query_string, cursor_options, bound);
+    // SAFETY: as above; with `replace`, the policy subqueries are replaced in place by Params
+    // palloc'd in the current memory context, and the tree, untouched otherwise, is planned.
+    if !unsafe { visit_query(parse, true) } {
+        // SAFETY: visit_query found nothing, so it replaced nothing: the tree as written,
+        // planned once.
+        return unsafe { plan(parse, query_string, cursor_options, bound) };
     }
     IN_USE.with(|u| u.set(true));
-    let stmt = plan(parse, query_string, cursor_options, bound);
-    if (*stmt).parallelModeNeeded {
+    // SAFETY: the planner's arguments, the tree with its reserved parameters, planned once;
+    // the planner returns a valid, non-null PlannedStmt (or raises).
+    let stmt = unsafe { plan(parse, query_string, cursor_options, bound) };
+    // SAFETY: `stmt` is the planner's result (above).
+    if unsafe { (*stmt).parallelModeNeeded } {
         if original.is_null() {
             // parallel_possible() covers every statement PostgreSQL 15 may plan in parallel;
             // should that ever change, fail rather than hand workers a parameter they lack.
             error!("pg_tenancy: a parallel plan for a statement not expected to have one");
         }
-        return plan(original, query_string, cursor_options, bound);
+        // SAFETY: `original` is the copy of the tree as written (not null, checked above),
+        // never planned before, with the planner's other arguments.
+        return unsafe { plan(original, query_string, cursor_options, bound) };
     }
     stmt
 }
@@ -138,211 +182,283 @@ unsafe extern "C-unwind" fn planner(
 /// any qual of the plan. Subqueries elsewhere (in WHERE, in the select list, inside
 /// policies) are left as written: their policies stay InitPlans, which is correct, only slower.
 /// Plain Rust over the parse tree, no PostgreSQL calls: it runs for every planned statement.
+///
+/// # Safety
+/// `q` must point at a valid Query (a parse tree as the rewriter leaves it), inside a
+/// transaction (see [`policy_subquery`]). With `replace`, the tree is changed in place:
+/// nothing else may be reading it.
 unsafe fn visit_query(q: *mut pg_sys::Query, replace: bool) -> bool {
     let mut found = false;
-    for_each_cell((*q).rtable, |cell| {
-        let rte = *cell as *mut pg_sys::RangeTblEntry;
-        if rte.is_null() {
-            return;
-        }
-        for_each_cell((*rte).securityQuals, |c| found |= in_qual(c, replace));
-        if (*rte).rtekind == pg_sys::RTEKind::RTE_SUBQUERY && !(*rte).subquery.is_null() {
-            found |= visit_query((*rte).subquery, replace);
-        }
-    });
-    for_each_cell((*q).withCheckOptions, |cell| {
-        let wco = *cell as *mut pg_sys::WithCheckOption;
-        if !wco.is_null() && (*wco).type_ == pg_sys::NodeTag::T_WithCheckOption {
-            found |= in_qual(std::ptr::addr_of_mut!((*wco).qual).cast(), replace);
-        }
-    });
-    for_each_cell((*q).cteList, |cell| {
-        let cte = *cell as *mut pg_sys::CommonTableExpr;
-        if !cte.is_null() {
-            let sub = (*cte).ctequery;
-            if !sub.is_null() && (*sub).type_ == pg_sys::NodeTag::T_Query {
-                found |= visit_query(sub as *mut pg_sys::Query, replace);
+    // SAFETY: `q` is a valid Query (this function's contract): its range table, WITH CHECK
+    // options and CTE list are null or Lists of pointers to RangeTblEntry, WithCheckOption
+    // and CommonTableExpr nodes. Every element is checked for null, and a WithCheckOption's
+    // or a CTE query's node tag checked, before it is read; a RangeTblEntry's security quals
+    // are a List of expression nodes, its subquery (for RTE_SUBQUERY) a Query of the same
+    // tree, as is a CTE's query once its tag says so. Each cell passed on to in_qual is a
+    // live cell of its List, or a WithCheckOption's `qual` field, which holds a node pointer
+    // just as a cell does; still inside the transaction.
+    unsafe {
+        for_each_cell((*q).rtable, |cell| {
+            let rte = *cell as *mut pg_sys::RangeTblEntry;
+            if rte.is_null() {
+                return;
             }
-        }
-    });
+            for_each_cell((*rte).securityQuals, |c| found |= in_qual(c, replace));
+            if (*rte).rtekind == pg_sys::RTEKind::RTE_SUBQUERY && !(*rte).subquery.is_null() {
+                found |= visit_query((*rte).subquery, replace);
+            }
+        });
+        for_each_cell((*q).withCheckOptions, |cell| {
+            let wco = *cell as *mut pg_sys::WithCheckOption;
+            if !wco.is_null() && (*wco).type_ == pg_sys::NodeTag::T_WithCheckOption {
+                found |= in_qual(std::ptr::addr_of_mut!((*wco).qual).cast(), replace);
+            }
+        });
+        for_each_cell((*q).cteList, |cell| {
+            let cte = *cell as *mut pg_sys::CommonTableExpr;
+            if !cte.is_null() {
+                let sub = (*cte).ctequery;
+                if !sub.is_null() && (*sub).type_ == pg_sys::NodeTag::T_Query {
+                    found |= visit_query(sub as *mut pg_sys::Query, replace);
+                }
+            }
+        });
+    }
     found
 }
 
+/// Call `f` with a pointer to each cell of a List of pointers.
+///
+/// # Safety
+/// `list` must be null or a valid List of pointers (not an integer or oid List); `f` must not
+/// change the list's length (it may replace the pointer in its cell).
 unsafe fn for_each_cell(list: *mut pg_sys::List, mut f: impl FnMut(*mut *mut c_void)) {
     if list.is_null() {
         return;
     }
-    for i in 0..(*list).length as usize {
-        f(&mut (*(*list).elements.add(i)).ptr_value);
+    // SAFETY: `list` is a valid List (this function's contract), not null (checked above):
+    // `elements` holds `length` cells, whose pointer member is the live one, and `f` leaves
+    // the length alone.
+    unsafe {
+        for i in 0..(*list).length as usize {
+            f(&mut (*(*list).elements.add(i)).ptr_value);
+        }
     }
 }
 
 /// A security qual is a policy's expression, or permissive policies ORed together; the policy
 /// subquery is an operand of the comparison with the tenant column.
+///
+/// # Safety
+/// `cell` must point at a node pointer (a List cell or a node's field) holding null or a valid
+/// expression node of the parse tree, inside a transaction (see [`policy_subquery`]). With
+/// `replace`, the operands found are replaced in place: nothing else may be reading the tree.
 unsafe fn in_qual(cell: *mut *mut c_void, replace: bool) -> bool {
-    let node = *cell as *mut pg_sys::Node;
+    // SAFETY: `cell` points at a node pointer (this function's contract).
+    let node = unsafe { *cell } as *mut pg_sys::Node;
     if node.is_null() {
         return false;
     }
     let mut found = false;
-    match (*node).type_ {
-        pg_sys::NodeTag::T_BoolExpr => {
-            for_each_cell((*(node as *mut pg_sys::BoolExpr)).args, |c| {
-                found |= in_qual(c, replace)
-            })
-        }
-        pg_sys::NodeTag::T_OpExpr => for_each_cell((*(node as *mut pg_sys::OpExpr)).args, |c| {
-            if let Some((relid, privilege)) = policy_subquery(*c as *mut pg_sys::Node) {
-                if let Some(id) = reserve(relid, privilege) {
-                    found = true;
-                    if replace {
-                        *c = reserved_param(id) as *mut c_void;
-                    }
-                }
+    // SAFETY: `node` is a valid expression node (this function's contract, not null: checked
+    // above), cast only to the struct its tag names; a BoolExpr's and an OpExpr's `args` are
+    // Lists of expression nodes, whose cells are passed on. A replaced operand becomes a new
+    // Param (palloc'd in the current memory context) of the type of the subquery it replaces
+    // (uuid, `allowed_tenant`'s result), so the OpExpr stays well typed.
+    unsafe {
+        match (*node).type_ {
+            pg_sys::NodeTag::T_BoolExpr => {
+                for_each_cell((*(node as *mut pg_sys::BoolExpr)).args, |c| {
+                    found |= in_qual(c, replace)
+                })
             }
-        }),
-        _ => {}
+            pg_sys::NodeTag::T_OpExpr => {
+                for_each_cell((*(node as *mut pg_sys::OpExpr)).args, |c| {
+                    if let Some((relid, privilege)) = policy_subquery(*c as *mut pg_sys::Node) {
+                        if let Some(id) = reserve(relid, privilege) {
+                            found = true;
+                            if replace {
+                                *c = reserved_param(id) as *mut c_void;
+                            }
+                        }
+                    }
+                })
+            }
+            _ => {}
+        }
     }
     found
 }
 
 /// `(SELECT tenancy.allowed_tenant('<table>'::regclass, '<privilege>'))` exactly as the generated
 /// policies write it, and nothing else: its table and privilege.
+///
+/// # Safety
+/// `node` must be null or a valid expression node of a parse tree; inside a transaction (the
+/// function's identity is checked in the catalog).
 unsafe fn policy_subquery(node: *mut pg_sys::Node) -> Option<(pg_sys::Oid, &'static str)> {
-    if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_SubLink {
-        return None;
-    }
-    let sl = node as *mut pg_sys::SubLink;
-    if (*sl).subLinkType != pg_sys::SubLinkType::EXPR_SUBLINK
-        || !(*sl).testexpr.is_null()
-        || (*sl).subselect.is_null()
-        || (*(*sl).subselect).type_ != pg_sys::NodeTag::T_Query
-    {
-        return None;
-    }
-    let q = (*sl).subselect as *mut pg_sys::Query;
-    let q = &*q;
-    let empty = |l: *mut pg_sys::List| l.is_null() || (*l).length == 0;
-    if q.commandType != pg_sys::CmdType::CMD_SELECT
-        || !q.utilityStmt.is_null()
-        || !empty(q.rtable)
-        || q.jointree.is_null()
-        || !empty((*q.jointree).fromlist)
-        || !(*q.jointree).quals.is_null()
-        || q.targetList.is_null()
-        || (*q.targetList).length != 1
-        || !empty(q.cteList)
-        || !empty(q.groupClause)
-        || !empty(q.groupingSets)
-        || !q.havingQual.is_null()
-        || !empty(q.windowClause)
-        || !empty(q.distinctClause)
-        || !empty(q.sortClause)
-        || !q.limitOffset.is_null()
-        || !q.limitCount.is_null()
-        || !empty(q.rowMarks)
-        || !q.setOperations.is_null()
-        || !empty(q.returningList)
-        || !empty(q.withCheckOptions)
-        || q.hasAggs
-        || q.hasWindowFuncs
-        || q.hasTargetSRFs
-        || q.hasSubLinks
-        || q.hasDistinctOn
-        || q.hasRecursive
-        || q.hasModifyingCTE
-        || q.hasForUpdate
-        || q.hasRowSecurity
-    {
-        return None;
-    }
-    let tle = (*(*q.targetList).elements).ptr_value as *mut pg_sys::TargetEntry;
-    if tle.is_null() || (*tle).resjunk || (*tle).expr.is_null() {
-        return None;
-    }
-    let f = (*tle).expr as *mut pg_sys::Node;
-    if (*f).type_ != pg_sys::NodeTag::T_FuncExpr {
-        return None;
-    }
-    let f = &*(f as *mut pg_sys::FuncExpr);
-    if f.funcretset
-        || f.funcvariadic
-        || f.funcresulttype != pg_sys::UUIDOID
-        || f.args.is_null()
-        || (*f.args).length != 2
-        || !is_allowed_tenant(f.funcid)
-    {
-        return None;
-    }
-    let arg = |i: usize| {
-        let n = (*(*f.args).elements.add(i)).ptr_value as *mut pg_sys::Node;
-        if n.is_null() || (*n).type_ != pg_sys::NodeTag::T_Const {
+    // SAFETY: `node` is null or a valid node (this function's contract); every pointer below
+    // is checked for null and every node's tag checked before it is cast to the struct the
+    // tag names. A SubLink's subselect is a Query, whose Lists are read only for their length
+    // once checked non-null (a one-element target list's first cell is a TargetEntry); a
+    // FuncExpr's `args` has two cells (checked) holding expression nodes. A Const's value is
+    // read as the type its `consttype` says: a regclass (an oid by value) and a non-null text,
+    // which is a varlena, read only if neither external nor compressed.
+    unsafe {
+        if node.is_null() || (*node).type_ != pg_sys::NodeTag::T_SubLink {
             return None;
         }
-        let c = &*(n as *mut pg_sys::Const);
-        (!c.constisnull).then_some(c)
-    };
-    let (tbl, privilege) = (arg(0)?, arg(1)?);
-    if tbl.consttype != pg_sys::REGCLASSOID || privilege.consttype != pg_sys::TEXTOID {
-        return None;
+        let sl = node as *mut pg_sys::SubLink;
+        if (*sl).subLinkType != pg_sys::SubLinkType::EXPR_SUBLINK
+            || !(*sl).testexpr.is_null()
+            || (*sl).subselect.is_null()
+            || (*(*sl).subselect).type_ != pg_sys::NodeTag::T_Query
+        {
+            return None;
+        }
+        let q = (*sl).subselect as *mut pg_sys::Query;
+        let q = &*q;
+        let empty = |l: *mut pg_sys::List| l.is_null() || (*l).length == 0;
+        if q.commandType != pg_sys::CmdType::CMD_SELECT
+            || !q.utilityStmt.is_null()
+            || !empty(q.rtable)
+            || q.jointree.is_null()
+            || !empty((*q.jointree).fromlist)
+            || !(*q.jointree).quals.is_null()
+            || q.targetList.is_null()
+            || (*q.targetList).length != 1
+            || !empty(q.cteList)
+            || !empty(q.groupClause)
+            || !empty(q.groupingSets)
+            || !q.havingQual.is_null()
+            || !empty(q.windowClause)
+            || !empty(q.distinctClause)
+            || !empty(q.sortClause)
+            || !q.limitOffset.is_null()
+            || !q.limitCount.is_null()
+            || !empty(q.rowMarks)
+            || !q.setOperations.is_null()
+            || !empty(q.returningList)
+            || !empty(q.withCheckOptions)
+            || q.hasAggs
+            || q.hasWindowFuncs
+            || q.hasTargetSRFs
+            || q.hasSubLinks
+            || q.hasDistinctOn
+            || q.hasRecursive
+            || q.hasModifyingCTE
+            || q.hasForUpdate
+            || q.hasRowSecurity
+        {
+            return None;
+        }
+        let tle = (*(*q.targetList).elements).ptr_value as *mut pg_sys::TargetEntry;
+        if tle.is_null() || (*tle).resjunk || (*tle).expr.is_null() {
+            return None;
+        }
+        let f = (*tle).expr as *mut pg_sys::Node;
+        if (*f).type_ != pg_sys::NodeTag::T_FuncExpr {
+            return None;
+        }
+        let f = &*(f as *mut pg_sys::FuncExpr);
+        if f.funcretset
+            || f.funcvariadic
+            || f.funcresulttype != pg_sys::UUIDOID
+            || f.args.is_null()
+            || (*f.args).length != 2
+            || !is_allowed_tenant(f.funcid)
+        {
+            return None;
+        }
+        let arg = |i: usize| {
+            let n = (*(*f.args).elements.add(i)).ptr_value as *mut pg_sys::Node;
+            if n.is_null() || (*n).type_ != pg_sys::NodeTag::T_Const {
+                return None;
+            }
+            let c = &*(n as *mut pg_sys::Const);
+            (!c.constisnull).then_some(c)
+        };
+        let (tbl, privilege) = (arg(0)?, arg(1)?);
+        if tbl.consttype != pg_sys::REGCLASSOID || privilege.consttype != pg_sys::TEXTOID {
+            return None;
+        }
+        let relid = pg_sys::Oid::from(tbl.constvalue.value() as u32);
+        // A Const read back from a stored policy is a plain, uncompressed varlena.
+        let v = privilege.constvalue.cast_mut_ptr::<pg_sys::varlena>();
+        if pgrx::varlena::varatt_is_1b_e(v) || pgrx::varlena::varatt_is_4b_c(v) {
+            return None;
+        }
+        let name = pgrx::varlena::varlena_to_byte_slice(v);
+        PRIVILEGES
+            .iter()
+            .copied()
+            .find(|p| p.as_bytes() == name)
+            .map(|p| (relid, p))
     }
-    let relid = pg_sys::Oid::from(tbl.constvalue.value() as u32);
-    // A Const read back from a stored policy is a plain, uncompressed varlena.
-    let v = privilege.constvalue.cast_mut_ptr::<pg_sys::varlena>();
-    if pgrx::varlena::varatt_is_1b_e(v) || pgrx::varlena::varatt_is_4b_c(v) {
-        return None;
-    }
-    let name = pgrx::varlena::varlena_to_byte_slice(v);
-    PRIVILEGES
-        .iter()
-        .copied()
-        .find(|p| p.as_bytes() == name)
-        .map(|p| (relid, p))
 }
 
 /// Whether `funcid` is pg_tenancy's `tenancy.allowed_tenant(regclass, text)`, this library's C
 /// function (checked in the catalog, not by a remembered oid that a re-created extension would
 /// have changed).
+///
+/// # Safety
+/// Inside a transaction (a function not seen before is looked up in the catalog).
 unsafe fn is_allowed_tenant(funcid: pg_sys::Oid) -> bool {
     if ALLOWED_TENANT.with(|a| a.get()) == Some(funcid) {
         return true;
     }
-    let ours = check_allowed_tenant(funcid);
+    // SAFETY: inside a transaction (this function's contract).
+    let ours = unsafe { check_allowed_tenant(funcid) };
     if ours {
         ALLOWED_TENANT.with(|a| a.set(Some(funcid)));
     }
     ours
 }
 
+/// The pg_proc syscache callback: forget the checked oid of `allowed_tenant`.
+///
+/// # Safety
+/// Called by PostgreSQL's invalidation processing, as registered by [`init`].
 #[pg_guard]
 unsafe extern "C-unwind" fn proc_invalidated(_arg: pg_sys::Datum, _cache: c_int, _hash: u32) {
     ALLOWED_TENANT.with(|a| a.set(None));
 }
 
+/// Whether `funcid` is `tenancy.allowed_tenant`, this library's C function, in the catalog.
+///
+/// # Safety
+/// Inside a transaction (the catalog is read).
 unsafe fn check_allowed_tenant(funcid: pg_sys::Oid) -> bool {
-    let tup = pg_sys::SearchSysCache1(
-        pg_sys::SysCacheIdentifier::PROCOID as c_int,
-        pg_sys::Datum::from(funcid),
-    );
-    if tup.is_null() {
-        return false;
+    // SAFETY: a syscache lookup inside a transaction (this function's contract). A found
+    // tuple is a pg_proc row, whose fixed part GETSTRUCT gives as FormData_pg_proc; it is
+    // read (the name is NUL-terminated within NAMEDATALEN) before ReleaseSysCache, after which
+    // `form` is not used. get_namespace_name returns null or a palloc'd NUL-terminated copy,
+    // freed once here.
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::PROCOID as c_int,
+            pg_sys::Datum::from(funcid),
+        );
+        if tup.is_null() {
+            return false;
+        }
+        let form = &*(pg_sys::GETSTRUCT(tup) as *mut pg_sys::FormData_pg_proc);
+        let ours = CStr::from_ptr(form.proname.data.as_ptr()) == c"allowed_tenant"
+            && form.prolang == C_LANGUAGE_ID
+            && form.pronargs == 2
+            && form.prorettype == pg_sys::UUIDOID;
+        let namespace = form.pronamespace;
+        pg_sys::ReleaseSysCache(tup);
+        if !ours {
+            return false;
+        }
+        let name = pg_sys::get_namespace_name(namespace);
+        let in_tenancy = !name.is_null() && CStr::from_ptr(name) == c"tenancy";
+        if !name.is_null() {
+            pg_sys::pfree(name as *mut c_void);
+        }
+        in_tenancy
     }
-    let form = &*(pg_sys::GETSTRUCT(tup) as *mut pg_sys::FormData_pg_proc);
-    let ours = CStr::from_ptr(form.proname.data.as_ptr()) == c"allowed_tenant"
-        && form.prolang == C_LANGUAGE_ID
-        && form.pronargs == 2
-        && form.prorettype == pg_sys::UUIDOID;
-    let namespace = form.pronamespace;
-    pg_sys::ReleaseSysCache(tup);
-    if !ours {
-        return false;
-    }
-    let name = pg_sys::get_namespace_name(namespace);
-    let in_tenancy = !name.is_null() && CStr::from_ptr(name) == c"tenancy";
-    if !name.is_null() {
-        pg_sys::pfree(name as *mut c_void);
-    }
-    in_tenancy
 }
 
 /// The reserved number of (table, privilege) in this backend.
@@ -366,21 +482,35 @@ fn reserved(paramid: i32) -> Option<(pg_sys::Oid, &'static str)> {
     RESERVED.with(|r| r.borrow().get(i).copied())
 }
 
+/// A new external Param node of type uuid numbered `paramid`.
+///
+/// # Safety
+/// On the backend's thread; the node is palloc'd in the current memory context, which must
+/// outlive its use.
 pub(crate) unsafe fn reserved_param(paramid: i32) -> *mut pg_sys::Param {
-    let p = pg_sys::palloc0(std::mem::size_of::<pg_sys::Param>()) as *mut pg_sys::Param;
-    (*p).xpr.type_ = pg_sys::NodeTag::T_Param;
-    (*p).paramkind = pg_sys::ParamKind::PARAM_EXTERN;
-    (*p).paramid = paramid;
-    (*p).paramtype = pg_sys::UUIDOID;
-    (*p).paramtypmod = -1;
-    (*p).paramcollid = pg_sys::InvalidOid;
-    (*p).location = -1;
-    p
+    // SAFETY: palloc0 returns zeroed memory of a Param's size in the current memory context
+    // (or raises), filled here as makeNode(Param) and the parser would fill it.
+    unsafe {
+        let p = pg_sys::palloc0(std::mem::size_of::<pg_sys::Param>()) as *mut pg_sys::Param;
+        (*p).xpr.type_ = pg_sys::NodeTag::T_Param;
+        (*p).paramkind = pg_sys::ParamKind::PARAM_EXTERN;
+        (*p).paramid = paramid;
+        (*p).paramtype = pg_sys::UUIDOID;
+        (*p).paramtypmod = -1;
+        (*p).paramcollid = pg_sys::InvalidOid;
+        (*p).location = -1;
+        p
+    }
 }
 
 /// After a parameter list's entries, a wrapper keeps the compile hook it replaced.
 type Trailer = pg_sys::ParamCompileHook;
 
+/// The offset, in a parameter list of `numparams` entries, just after its last entry: where a
+/// wrapper keeps its [`Trailer`].
+///
+/// # Safety
+/// None: it only computes. (Only a list [`wrap`] made has a trailer at that offset.)
 unsafe fn entries_end(numparams: usize) -> usize {
     std::mem::offset_of!(pg_sys::ParamListInfoData, params)
         + numparams * std::mem::size_of::<pg_sys::ParamExternData>()
@@ -418,63 +548,104 @@ impl Drop for HookDone {
     }
 }
 
+/// The ExecutorStart hook: invalidations, the pillars' query-start work, and the statement's
+/// parameter list wrapped so that reserved parameters compile to their value.
+///
+/// # Safety
+/// Called by PostgreSQL as `ExecutorStart_hook`, with a valid QueryDesc.
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c_int) {
-    if pg_sys::ParallelWorkerNumber < 0 {
+    // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
+    if unsafe { pg_sys::ParallelWorkerNumber } < 0 {
         // Every query, also the ones a function or a DO block runs inside one long statement,
         // reads revocations committed before it started: the binding is checked again when
         // pg_tenancy's catalog changed (binding::with_current). Without messages waiting this
         // is one unlocked read of a flag.
-        pg_sys::AcceptInvalidationMessages();
+        // SAFETY: at executor start, inside a transaction, in the leader (checked above),
+        // where invalidations may be processed.
+        unsafe { pg_sys::AcceptInvalidationMessages() };
         // Resource limits hold from the start of every query of a bound session, before a
         // parallel plan fixes its workers' settings (src/lifecycle/limits.rs).
         // Not again for the queries these run themselves (the tenant's row, on a cache miss).
-        if !pg_sys::IsInParallelMode() && !IN_HOOK.with(|h| h.replace(true)) {
+        // SAFETY: reads the transaction's parallel-mode flag.
+        if !unsafe { pg_sys::IsInParallelMode() } && !IN_HOOK.with(|h| h.replace(true)) {
             let _done = HookDone;
-            let writes = (*qd).operation != pg_sys::CmdType::CMD_SELECT
-                || (*(*qd).plannedstmt).hasModifyingCTE;
+            // SAFETY: `qd` is the QueryDesc being started (this function's contract), with
+            // its planned statement.
+            let writes = unsafe {
+                (*qd).operation != pg_sys::CmdType::CMD_SELECT
+                    || (*(*qd).plannedstmt).hasModifyingCTE
+            };
             for f in QUERY_START.with(|q| q.borrow().clone()) {
                 f(writes);
             }
         }
     }
-    if IN_USE.with(|u| u.get()) && pg_sys::ParallelWorkerNumber < 0 {
-        (*qd).params = wrap((*qd).params);
+    // SAFETY: ParallelWorkerNumber as above. `qd` is the QueryDesc being started; its params
+    // are null or a valid parameter list, which the copy replaces before the executor reads
+    // it. The copy is palloc'd in the current memory context, the one the caller made the
+    // QueryDesc in, so it lives as long as the query.
+    unsafe {
+        if IN_USE.with(|u| u.get()) && pg_sys::ParallelWorkerNumber < 0 {
+            (*qd).params = wrap((*qd).params);
+        }
     }
-    match PREV_EXECUTOR_START {
-        // SAFETY: as for the planner hook above.
-        Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| prev(qd, eflags)),
-        None => pg_sys::standard_ExecutorStart(qd, eflags),
+    // SAFETY: PREV_EXECUTOR_START is written once by init, before any query, on the backend's
+    // only thread; it is copied out here.
+    match unsafe { PREV_EXECUTOR_START } {
+        // SAFETY: the hook installed before ours, with our own arguments, through the FFI guard
+        // (its errors come back as a Rust panic, re-raised by #[pg_guard]).
+        Some(prev) => unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| prev(qd, eflags)) },
+        // SAFETY: the standard ExecutorStart with our own arguments; pgrx's binding guards the
+        // call.
+        None => unsafe { pg_sys::standard_ExecutorStart(qd, eflags) },
     }
 }
 
 /// A copy of `orig` (entries, fetch hook and arguments alike) whose compile hook is
 /// [`compile_param`]; `orig`'s compile hook is kept after the entries.
+///
+/// # Safety
+/// `orig` must be null or a valid parameter list laid out as makeParamList allocates it (its
+/// `numParams` entries in the same allocation). The copy is palloc'd in the current memory
+/// context, which must outlive every use of it; it shares `orig`'s hooks' arguments and its
+/// entries' values, which must live as long.
 pub(crate) unsafe fn wrap(orig: pg_sys::ParamListInfo) -> pg_sys::ParamListInfo {
     // Never wrap a wrapper: its compile hook would call itself.
-    if !orig.is_null() && is_ours((*orig).paramCompile) {
+    // SAFETY: `orig` is read only when not null: then a valid list (this function's contract).
+    if !orig.is_null() && is_ours(unsafe { (*orig).paramCompile }) {
         return orig;
     }
     let n = if orig.is_null() {
         0
     } else {
-        (*orig).numParams.max(0) as usize
+        // SAFETY: as above.
+        unsafe { (*orig).numParams.max(0) as usize }
     };
-    let end = entries_end(n);
-    let w = pg_sys::palloc0(end + std::mem::size_of::<Trailer>()) as pg_sys::ParamListInfo;
-    if orig.is_null() {
-        (*w).numParams = 0;
-    } else {
-        std::ptr::copy_nonoverlapping(orig as *const u8, w as *mut u8, end);
+    // SAFETY: only computes an offset.
+    let end = unsafe { entries_end(n) };
+    // SAFETY: palloc0 returns zeroed, MAXALIGNed memory for the header, `n` entries and the
+    // trailer (or raises). A non-null `orig` holds `end` bytes (header and its `n` entries,
+    // this function's contract), copied whole; otherwise the zeroed header says 0 entries.
+    // `end` is a multiple of 8 (the header's size before its entries, then 16-byte entries),
+    // so the trailer written after the entries is aligned for a function pointer, inside the
+    // allocation.
+    unsafe {
+        let w = pg_sys::palloc0(end + std::mem::size_of::<Trailer>()) as pg_sys::ParamListInfo;
+        if orig.is_null() {
+            (*w).numParams = 0;
+        } else {
+            std::ptr::copy_nonoverlapping(orig as *const u8, w as *mut u8, end);
+        }
+        let trailer = (w as *mut u8).add(end) as *mut Trailer;
+        trailer.write(if orig.is_null() {
+            None
+        } else {
+            (*orig).paramCompile
+        });
+        (*w).paramCompile = Some(compile_param);
+        w
     }
-    let trailer = (w as *mut u8).add(end) as *mut Trailer;
-    trailer.write(if orig.is_null() {
-        None
-    } else {
-        (*orig).paramCompile
-    });
-    (*w).paramCompile = Some(compile_param);
-    w
 }
 
 fn is_ours(hook: pg_sys::ParamCompileHook) -> bool {
@@ -499,6 +670,13 @@ struct Reserved {
     pending: bool,
 }
 
+/// The compile hook of a list [`wrap`] made: a reserved parameter becomes a call of
+/// [`eval_reserved`]; any other is compiled as the wrapped list would have compiled it.
+///
+/// # Safety
+/// Called by PostgreSQL's expression compiler (ExecInitExprRec) as the `paramCompile` hook of
+/// a list made by [`wrap`], with an external Param, the ExprState being built and the step's
+/// result location.
 #[pg_guard]
 unsafe extern "C-unwind" fn compile_param(
     params: pg_sys::ParamListInfo,
@@ -507,8 +685,11 @@ unsafe extern "C-unwind" fn compile_param(
     resv: *mut pg_sys::Datum,
     resnull: *mut bool,
 ) {
-    let id = (*param).paramid;
-    let mut step: pg_sys::ExprEvalStep = std::mem::zeroed();
+    // SAFETY: `param` is the Param being compiled (this function's contract).
+    let id = unsafe { (*param).paramid };
+    // SAFETY: ExprEvalStep is plain data (an opcode, pointers and a union of plain structs),
+    // valid when zeroed, as ExecInitExprRec's scratch step starts out.
+    let mut step: pg_sys::ExprEvalStep = unsafe { std::mem::zeroed() };
     step.resvalue = resv;
     step.resnull = resnull;
     if id >= RESERVED_BASE {
@@ -516,13 +697,19 @@ unsafe extern "C-unwind" fn compile_param(
             error!("pg_tenancy: parameter ${id} is reserved and unknown in this backend");
         };
         // In the executor's per-query memory: it lives as long as the statement's plan state.
-        let r = pg_sys::palloc0(std::mem::size_of::<Reserved>()) as *mut Reserved;
-        r.write(Reserved {
-            relid,
-            privilege,
-            pending: true,
-            tenant: [0; 16],
-        });
+        // SAFETY: palloc0 returns memory of a Reserved's size, MAXALIGNed (enough for its
+        // 8-byte alignment), in the current memory context (the executor's per-query one
+        // while expressions are compiled) or raises; it is written whole before any read.
+        let r = unsafe { pg_sys::palloc0(std::mem::size_of::<Reserved>()) } as *mut Reserved;
+        // SAFETY: as above.
+        unsafe {
+            r.write(Reserved {
+                relid,
+                privilege,
+                pending: true,
+                tenant: [0; 16],
+            })
+        };
         // One step calling [`eval_reserved`], which at its first evaluation computes the value
         // and then returns it kept. (Rewriting the step into a constant after the first
         // evaluation saved 2.1% of a sequential scan's instructions, too little to patch the
@@ -534,21 +721,32 @@ unsafe extern "C-unwind" fn compile_param(
             paramid: id,
             paramtype: pg_sys::UUIDOID,
         };
-        pg_sys::ExprEvalPushStep(state, &step);
+        // SAFETY: `state` is the ExprState being built (this function's contract); the step,
+        // whose result goes where the compiler asked, is copied into its steps.
+        unsafe { pg_sys::ExprEvalPushStep(state, &step) };
         return;
     }
-    let n = (*params).numParams.max(0) as usize;
-    let trailer = ((params as *mut u8).add(entries_end(n)) as *mut Trailer).read();
+    // SAFETY: `params` is a list made by `wrap` (this function's contract): its header, its
+    // `numParams` entries, then the trailer `wrap` wrote, aligned, inside the allocation.
+    let trailer = unsafe {
+        let n = (*params).numParams.max(0) as usize;
+        ((params as *mut u8).add(entries_end(n)) as *mut Trailer).read()
+    };
     match trailer {
-        Some(orig_compile) => orig_compile(params, param, state, resv, resnull),
+        // SAFETY: the compile hook of the list `params` copies, with the compiler's own
+        // arguments; the copy carries that list's hook arguments, so the hook reads what it
+        // would read from its own list.
+        Some(orig_compile) => unsafe { orig_compile(params, param, state, resv, resnull) },
         None => {
             // What ExecInitExprRec emits for an external parameter without a compile hook.
             step.opcode = pg_sys::ExprEvalOp::EEOP_PARAM_EXTERN as isize;
             step.d.param = pg_sys::ExprEvalStep__bindgen_ty_1__bindgen_ty_12 {
                 paramid: id,
-                paramtype: (*param).paramtype,
+                // SAFETY: `param` as above.
+                paramtype: unsafe { (*param).paramtype },
             };
-            pg_sys::ExprEvalPushStep(state, &step);
+            // SAFETY: `state` as above.
+            unsafe { pg_sys::ExprEvalPushStep(state, &step) };
         }
     }
 }
@@ -557,6 +755,10 @@ unsafe extern "C-unwind" fn compile_param(
 /// value, every one returns it. Without pgrx's guard (a `sigsetjmp`): it only reads and writes
 /// memory, and computes the value in the guarded [`compute_reserved`] (whose errors leave
 /// through this frame, which owns nothing to drop).
+///
+/// # Safety
+/// Called by the expression interpreter for a step [`compile_param`] pushed, whose argument
+/// is its [`Reserved`].
 unsafe extern "C-unwind" fn eval_reserved(
     _state: *mut pg_sys::ExprState,
     op: *mut pg_sys::ExprEvalStep,
@@ -576,9 +778,14 @@ unsafe extern "C-unwind" fn eval_reserved(
 }
 
 /// What `allowed_tenant` computes, once per compiled expression: the bound tenant, or its error.
+///
+/// # Safety
+/// `r` must point at a live [`Reserved`] that nothing else refers to during the call.
 #[pg_guard]
 unsafe extern "C-unwind" fn compute_reserved(r: *mut Reserved) {
-    let r = &mut *r;
+    // SAFETY: `r` is a live, initialised Reserved (this function's contract: compile_param
+    // wrote it whole), aligned by palloc, and not referred to elsewhere during the call.
+    let r = unsafe { &mut *r };
     let value = RESERVED_VALUE
         .with(|v| v.get())
         .expect("pg_tenancy registers the reserved parameters' value at load");

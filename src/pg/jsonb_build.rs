@@ -49,7 +49,8 @@ impl<'a> From<Option<&'a str>> for Field<'a> {
 ///
 /// # Safety
 /// Every value must be a valid scalar, a `jbvArray` of scalars, or a `jbvBinary` of a jsonb
-/// container; every key a `jbvString`.
+/// container; every key a `jbvString`. The strings, numerics and containers they point at must
+/// stay alive for the call.
 pub unsafe fn object_of(pairs: &mut [pg_sys::JsonbPair]) -> *mut pg_sys::Jsonb {
     use pg_sys::JsonbIteratorToken::*;
     if pairs
@@ -57,8 +58,12 @@ pub unsafe fn object_of(pairs: &mut [pg_sys::JsonbPair]) -> *mut pg_sys::Jsonb {
         .all(|p| p.value.type_ != pg_sys::jbvType::jbvBinary)
     {
         let key = |p: &pg_sys::JsonbPair| {
-            let s = p.key.val.string;
-            std::slice::from_raw_parts(s.val.cast::<u8>(), s.len as usize)
+            // SAFETY: every key is a jbvString (this function's contract), so `string` is the
+            // union's live member, pointing at `len` bytes that are alive for the call.
+            unsafe {
+                let s = p.key.val.string;
+                std::slice::from_raw_parts(s.val.cast::<u8>(), s.len as usize)
+            }
         };
         let order = |a: &pg_sys::JsonbPair, b: &pg_sys::JsonbPair| {
             let (a, b) = (key(a), key(b));
@@ -74,16 +79,26 @@ pub unsafe fn object_of(pairs: &mut [pg_sys::JsonbPair]) -> *mut pg_sys::Jsonb {
         let mut object = scalar(pg_sys::jbvType::jbvObject);
         object.val.object.nPairs = pairs.len() as i32;
         object.val.object.pairs = pairs.as_mut_ptr();
-        return pg_sys::JsonbValueToJsonb(&mut object);
+        // SAFETY: an object of scalar (or array-of-scalar) values with distinct keys in
+        // jsonb's key order (sorted and asserted above), as convertToJsonb requires of an
+        // object built in memory; `pairs` and what its values point at are alive for the call,
+        // which copies them into a new palloc'd Jsonb.
+        return unsafe { pg_sys::JsonbValueToJsonb(&mut object) };
     }
     let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
-    pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, std::ptr::null_mut());
-    for pair in pairs.iter_mut() {
-        pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut pair.key);
-        pg_sys::pushJsonbValue(&mut state, WJB_VALUE, &mut pair.value);
+    // SAFETY: one object pushed from BEGIN to END, a key and a value per pair: keys are
+    // jbvString, values scalars, arrays of scalars or jbvBinary containers (this function's
+    // contract), which pushJsonbValue unpacks and copies; the parse state is palloc'd in the
+    // current memory context, and the finished object is converted into a new Jsonb.
+    unsafe {
+        pg_sys::pushJsonbValue(&mut state, WJB_BEGIN_OBJECT, std::ptr::null_mut());
+        for pair in pairs.iter_mut() {
+            pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut pair.key);
+            pg_sys::pushJsonbValue(&mut state, WJB_VALUE, &mut pair.value);
+        }
+        let object = pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, std::ptr::null_mut());
+        pg_sys::JsonbValueToJsonb(object)
     }
-    let object = pg_sys::pushJsonbValue(&mut state, WJB_END_OBJECT, std::ptr::null_mut());
-    pg_sys::JsonbValueToJsonb(object)
 }
 
 /// A key and its value, for [`object_of`].

@@ -52,28 +52,40 @@ pub struct RowJson {
 
 impl RowJson {
     /// # Safety
-    /// `rel` must be an open relation.
+    /// `rel` must be an open relation. The conversions of columns left to `to_jsonb` keep
+    /// state in the current memory context: it must outlive every [`RowJson::object`] call.
     pub unsafe fn new(rel: pg_sys::Relation) -> RowJson {
-        let desc = (*rel).rd_att;
+        // SAFETY: `rel` is open (this function's contract): its tuple descriptor is valid.
+        let desc = unsafe { (*rel).rd_att };
         let mut columns = Vec::new();
-        for i in 0..(*desc).natts as usize {
-            let att = (*desc).attrs.as_ptr().add(i);
-            if (*att).attisdropped {
+        // SAFETY: `desc` is the open relation's descriptor: attrs holds natts entries, each
+        // with a NUL-terminated name (copied into `key_name`).
+        for i in 0..unsafe { (*desc).natts } as usize {
+            // SAFETY: `i` is below natts (above).
+            let att = unsafe { (*desc).attrs.as_ptr().add(i) };
+            // SAFETY: `att` points at one of the descriptor's attributes (above).
+            if unsafe { (*att).attisdropped } {
                 continue;
             }
-            let key_name = std::ffi::CStr::from_ptr((*att).attname.data.as_ptr()).to_owned();
+            // SAFETY: as above; attname is NUL-terminated within its NAMEDATALEN bytes.
+            let key_name =
+                unsafe { std::ffi::CStr::from_ptr((*att).attname.data.as_ptr()) }.to_owned();
             let mut key_text = Vec::new();
             escape_json(&mut key_text, key_name.as_bytes());
             key_text.extend_from_slice(b": ");
-            columns.push(Column {
-                name: key_name.to_string_lossy().into_owned(),
-                key_name,
-                key_text,
-                attnum: (*att).attnum as i32,
-                typlen: (*att).attlen,
-                byval: (*att).attbyval,
-                kind: kind_of((*att).atttypid),
-            });
+            // SAFETY: `att` as above; kind_of's state goes into the current memory context,
+            // which outlives the calls of `object` (this function's contract).
+            unsafe {
+                columns.push(Column {
+                    name: key_name.to_string_lossy().into_owned(),
+                    key_name,
+                    key_text,
+                    attnum: (*att).attnum as i32,
+                    typlen: (*att).attlen,
+                    byval: (*att).attbyval,
+                    kind: kind_of((*att).atttypid),
+                });
+            }
         }
         // In the order jsonb keeps an object's keys (shorter first, then bytewise): the sort
         // that ends every object then finds them sorted already.
@@ -106,7 +118,9 @@ impl RowJson {
     /// scalars needs no sort.
     ///
     /// # Safety
-    /// `slot` must hold a row of the relation this was made for.
+    /// `slot` must hold a row of the relation this was made for; `text` only where
+    /// [`RowJson::textual`] holds for `selected`. The jsonb is palloc'd in the current memory
+    /// context, and may point into the row's values until it is copied.
     pub unsafe fn object(
         &self,
         slot: *mut pg_sys::TupleTableSlot,
@@ -117,14 +131,20 @@ impl RowJson {
             t.push(b'{');
         }
         // Every column at once: one call instead of one per column.
-        pg_sys::slot_getallattrs(slot);
-        let (values, nulls) = ((*slot).tts_values, (*slot).tts_isnull);
+        // SAFETY: `slot` holds a row (this function's contract); afterwards its values and
+        // nulls arrays are valid for every attribute of its descriptor.
+        let (values, nulls) = unsafe {
+            pg_sys::slot_getallattrs(slot);
+            ((*slot).tts_values, (*slot).tts_isnull)
+        };
         let columns = self.columns.iter().zip(selected).filter(|(_, &s)| s);
         let mut pairs: Vec<pg_sys::JsonbPair> = Vec::with_capacity(self.columns.len());
         for (i, (col, _)) in columns.enumerate() {
             let key = string_value(col.key_name.as_ptr(), col.key_name.as_bytes().len());
             let at = (col.attnum - 1) as usize;
-            let isnull = *nulls.add(at);
+            // SAFETY: `col.attnum` is a live column of the slot's relation (made by `new` from
+            // its descriptor), so `at` is below natts.
+            let isnull = unsafe { *nulls.add(at) };
             if let Some(t) = text.as_deref_mut() {
                 if i > 0 {
                     t.extend_from_slice(b", ");
@@ -137,7 +157,10 @@ impl RowJson {
             let value = if isnull {
                 scalar(pg_sys::jbvType::jbvNull)
             } else {
-                col.value(*values.add(at), text.as_deref_mut())
+                // SAFETY: `at` as above; the datum is not null and of the column's type, the
+                // one `col.kind` was chosen for; `text` is asked only where `textual` holds
+                // (this function's contract), so never of jsonb or `to_jsonb` columns.
+                unsafe { col.value(*values.add(at), text.as_deref_mut()) }
             };
             pairs.push(pg_sys::JsonbPair {
                 key,
@@ -148,7 +171,10 @@ impl RowJson {
         if let Some(t) = text {
             t.push(b'}');
         }
-        let jsonb = object_of(&mut pairs);
+        // SAFETY: every key is a jbvString of a column name (`key_name`, owned by self); every
+        // value a scalar or a jbvBinary jsonb container made by `Column::value`, pointing at
+        // memory alive until this call has copied it.
+        let jsonb = unsafe { object_of(&mut pairs) };
         Datum::from(jsonb)
     }
 }
@@ -156,6 +182,11 @@ impl RowJson {
 impl Column {
     /// The jsonb value of a non-null datum of this column; with `text`, also appends the
     /// value's text as `jsonb_out` writes it (never asked of jsonb or `to_jsonb` columns).
+    ///
+    /// # Safety
+    /// `d` must be a non-null datum of the column's type, alive as long as the value is used;
+    /// `text` must not be given for jsonb or `to_jsonb` columns. Strings and numerics the value
+    /// points at are palloc'd in the current memory context (or are `d`'s own).
     unsafe fn value(&self, d: Datum, text: Option<&mut Vec<u8>>) -> pg_sys::JsonbValue {
         let number = |n: pg_sys::Numeric| {
             let mut v = scalar(pg_sys::jbvType::jbvNumeric);
@@ -166,23 +197,34 @@ impl Column {
             if let Some(t) = text {
                 t.extend_from_slice(i.to_string().as_bytes());
             }
-            number(pg_sys::int64_to_numeric(i))
+            // SAFETY: int64_to_numeric takes any integer and returns a palloc'd numeric.
+            number(unsafe { pg_sys::int64_to_numeric(i) })
         };
-        let cstr = |p: *const std::ffi::c_char| std::ffi::CStr::from_ptr(p).to_bytes();
+        // SAFETY: called only with the NUL-terminated strings numeric_out and
+        // JsonEncodeDateTime return (palloc'd, alive while the bytes are used).
+        let cstr = |p: *const std::ffi::c_char| unsafe { std::ffi::CStr::from_ptr(p) }.to_bytes();
         match &self.kind {
             Kind::Int2 => integer(d.value() as i16 as i64, text),
             Kind::Int4 => integer(d.value() as i32 as i64, text),
             Kind::Int8 => integer(d.value() as i64, text),
             Kind::Numeric => {
-                let n = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as pg_sys::Numeric;
-                let special = pg_sys::numeric_is_nan(n) || pg_sys::numeric_is_inf(n);
+                // SAFETY: `d` is a non-null numeric datum (this function's contract): a varlena,
+                // detoasted here (a copy in the current memory context when it was toasted or
+                // had a short header), which the numeric functions require.
+                let n = unsafe { pg_sys::pg_detoast_datum(d.cast_mut_ptr()) } as pg_sys::Numeric;
+                // SAFETY: `n` is a detoasted numeric (above).
+                let special = unsafe { pg_sys::numeric_is_nan(n) || pg_sys::numeric_is_inf(n) };
                 if !special && text.is_none() {
                     return number(n);
                 }
-                let shown = pgrx::fcinfo::direct_function_call_as_datum(
-                    pg_sys::numeric_out,
-                    &[Some(Datum::from(n))],
-                )
+                // SAFETY: numeric_out takes the detoasted numeric and returns a palloc'd
+                // NUL-terminated string, never NULL.
+                let shown = unsafe {
+                    pgrx::fcinfo::direct_function_call_as_datum(
+                        pg_sys::numeric_out,
+                        &[Some(Datum::from(n))],
+                    )
+                }
                 .expect("numeric_out")
                 .cast_mut_ptr::<std::ffi::c_char>();
                 let bytes = cstr(shown);
@@ -209,15 +251,25 @@ impl Column {
                 v
             }
             Kind::Text => {
-                let t = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                let (p, len) = (pgrx::vardata_any(t), pgrx::varsize_any_exhdr(t));
+                // SAFETY: `d` is a non-null text or varchar datum (this function's contract),
+                // detoasted (a copy in the current memory context when it was toasted or
+                // compressed; a short header may stay), so its header gives the length of the
+                // inline data that follows it.
+                let t = unsafe { pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr()) };
+                // SAFETY: `t` is an untoasted varlena (above).
+                let (p, len) = unsafe { (pgrx::vardata_any(t), pgrx::varsize_any_exhdr(t)) };
                 if let Some(out) = text {
-                    escape_json(out, std::slice::from_raw_parts(p.cast::<u8>(), len));
+                    // SAFETY: `len` bytes of string data start at `p`, inside `t` (above).
+                    escape_json(out, unsafe {
+                        std::slice::from_raw_parts(p.cast::<u8>(), len)
+                    });
                 }
                 string_value(p as *mut std::ffi::c_char, len)
             }
             Kind::Uuid => {
-                let bytes = std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16);
+                // SAFETY: a non-null uuid datum points at its 16 bytes (this function's
+                // contract).
+                let bytes = unsafe { std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16) };
                 let shown = uuid::Uuid::from_slice(bytes)
                     .expect("uuid")
                     .hyphenated()
@@ -225,21 +277,35 @@ impl Column {
                 if let Some(t) = text {
                     escape_json(t, shown.as_bytes());
                 }
-                let p = pg_sys::palloc(shown.len()) as *mut u8;
-                std::ptr::copy_nonoverlapping(shown.as_ptr(), p, shown.len());
+                // SAFETY: palloc returns `shown.len()` (36) writable bytes in the current
+                // memory context, or raises.
+                let p = unsafe { pg_sys::palloc(shown.len()) } as *mut u8;
+                // SAFETY: `p` has room for `shown.len()` bytes (above), and `shown` is a
+                // distinct Rust allocation of that many bytes.
+                unsafe { std::ptr::copy_nonoverlapping(shown.as_ptr(), p, shown.len()) };
                 string_value(p.cast(), shown.len())
             }
             Kind::DateTime(typ) => {
-                let p = pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), d, *typ, std::ptr::null());
+                // SAFETY: `d` is a non-null datum of `typ` (date, timestamp or timestamptz, by
+                // value); with no buffer given, JsonEncodeDateTime returns a palloc'd
+                // NUL-terminated string; no time zone is passed, as to_jsonb passes none.
+                let p = unsafe {
+                    pg_sys::JsonEncodeDateTime(std::ptr::null_mut(), d, *typ, std::ptr::null())
+                };
                 if let Some(t) = text {
                     escape_json(t, cstr(p));
                 }
                 string_value(p, cstr(p).len())
             }
-            Kind::Jsonb => binary(d),
+            // SAFETY: `d` is a non-null jsonb datum (this function's contract).
+            Kind::Jsonb => unsafe { binary(d) },
             Kind::Other(flinfo) => {
                 let flinfo = &**flinfo as *const _ as *mut pg_sys::FmgrInfo;
-                binary(pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, d))
+                // SAFETY: `flinfo` is to_jsonb's, with a call expression of the column's type
+                // (kind_of), and `d` a non-null datum of that type; to_jsonb returns a jsonb,
+                // never NULL. In PostgreSQL 15 to_jsonb does not write to its FmgrInfo (no
+                // fn_extra cache), so the pointer made from a shared reference is only read.
+                unsafe { binary(pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, d)) }
             }
         }
     }
@@ -271,6 +337,11 @@ pub fn escape_json(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
+/// How a column of type `typ` becomes jsonb.
+///
+/// # Safety
+/// Inside a transaction (the catalog is read for types left to `to_jsonb`); the current
+/// memory context holds the call expression of those and must outlive their use.
 unsafe fn kind_of(typ: pg_sys::Oid) -> Kind {
     match typ {
         pg_sys::INT2OID => Kind::Int2,
@@ -284,28 +355,48 @@ unsafe fn kind_of(typ: pg_sys::Oid) -> Kind {
         pg_sys::JSONBOID => Kind::Jsonb,
         _ => {
             // to_jsonb(anyelement) learns its argument's type from the call expression.
-            let mut flinfo: Box<pg_sys::FmgrInfo> = Box::new(std::mem::zeroed());
-            pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), &mut *flinfo);
-            let arg = pg_sys::makeNullConst(typ, -1, pg_sys::InvalidOid);
-            flinfo.fn_expr = pg_sys::makeFuncExpr(
-                pg_sys::Oid::from(pg_sys::F_TO_JSONB),
-                pg_sys::JSONBOID,
-                pg_sys::lappend(std::ptr::null_mut(), arg.cast()),
-                pg_sys::InvalidOid,
-                pg_sys::InvalidOid,
-                pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
-            )
-            .cast();
+            // SAFETY: FmgrInfo is plain data (pointers, integers, an optional function
+            // pointer), valid when zeroed; fmgr_info fills it for to_jsonb, a built-in
+            // function, with fn_mcxt the current memory context. The call expression (a
+            // FuncExpr over a typed NULL constant, as makeFuncExpr and makeNullConst build it)
+            // is palloc'd in the same context, which outlives the conversion (this function's
+            // contract). The FmgrInfo is boxed, so it does not move while PostgreSQL refers to
+            // it.
+            let mut flinfo: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
+            // SAFETY: as above.
+            unsafe {
+                pg_sys::fmgr_info(pg_sys::Oid::from(pg_sys::F_TO_JSONB), &mut *flinfo);
+                let arg = pg_sys::makeNullConst(typ, -1, pg_sys::InvalidOid);
+                flinfo.fn_expr = pg_sys::makeFuncExpr(
+                    pg_sys::Oid::from(pg_sys::F_TO_JSONB),
+                    pg_sys::JSONBOID,
+                    pg_sys::lappend(std::ptr::null_mut(), arg.cast()),
+                    pg_sys::InvalidOid,
+                    pg_sys::InvalidOid,
+                    pg_sys::CoercionForm::COERCE_EXPLICIT_CALL,
+                )
+                .cast();
+            }
             Kind::Other(flinfo)
         }
     }
 }
 
 /// A jsonb datum as a value to push: its container is unpacked (a scalar's too).
+///
+/// # Safety
+/// `d` must be a non-null jsonb datum, alive as long as the value is used.
 unsafe fn binary(d: Datum) -> pg_sys::JsonbValue {
-    let jsonb = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+    // SAFETY: `d` is a jsonb varlena (this function's contract), detoasted here (a copy in the
+    // current memory context when it was toasted or had a short header) so that its root
+    // container follows a 4-byte header.
+    let jsonb = unsafe { pg_sys::pg_detoast_datum(d.cast_mut_ptr()) } as *mut pg_sys::Jsonb;
     let mut v = scalar(pg_sys::jbvType::jbvBinary);
-    v.val.binary.data = &mut (*jsonb).root;
-    v.val.binary.len = pgrx::varsize_any_exhdr(jsonb.cast()) as i32;
+    // SAFETY: `jsonb` is the detoasted, non-null jsonb (above); only the address of its root
+    // is taken, and its size read from its header.
+    unsafe {
+        v.val.binary.data = &mut (*jsonb).root;
+        v.val.binary.len = pgrx::varsize_any_exhdr(jsonb.cast()) as i32;
+    }
     v
 }

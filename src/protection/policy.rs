@@ -56,6 +56,8 @@ pub fn in_managed_ddl() -> bool {
 /// superuser bypasses them anyway, and verify() checks the restored state against the restored
 /// digests. For everyone else `row_security = off` changes nothing here.
 pub fn in_restore() -> bool {
+    // SAFETY: row_security is this backend's GUC variable, read on its only thread; superuser()
+    // reads the current user's catalog row (or its cache), as any privilege check does.
     unsafe { !pg_sys::row_security && pg_sys::superuser() }
 }
 
@@ -273,7 +275,12 @@ fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
 /// Run protect's or unprotect's statements for the table `rel`: each as its [`Who`].
 fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
     // "does not exist, skipping" notices of the idempotent DROPs are noise for the caller.
+    // SAFETY: opens a GUC nesting level, closed by the AtEOXact_GUC below (or by the
+    // transaction's abort on an error).
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    // SAFETY: SET client_min_messages = warning at that level (GUC_ACTION_SAVE): both strings
+    // are NUL-terminated literals, the value is valid for the setting, and any failure raises
+    // (elevel 0).
     unsafe {
         pg_sys::set_config_option(
             c"client_min_messages".as_ptr(),
@@ -296,6 +303,8 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
     }
     // false: nothing the statements (or code of the table's owner they reached) set outlives
     // them.
+    // SAFETY: closes the nesting level opened above, the innermost one still open (each
+    // statement's own levels were closed with it).
     unsafe { pg_sys::AtEOXact_GUC(false, nest) };
 }
 
@@ -501,6 +510,9 @@ fn attach_partition(
 /// MAXVALUE, DEFAULT, and a hash bound's numbers. PostgreSQL evaluates a bound's expressions
 /// when it attaches, as the table's owner: a function there would run an operator's code with
 /// the owner's privileges.
+///
+/// # Safety
+/// `bound` must be null or a valid raw (not yet analyzed) PartitionBoundSpec.
 unsafe fn constant_bound(bound: *mut pg_sys::PartitionBoundSpec) -> bool {
     // SAFETY: `bound` is null or the raw PartitionBoundSpec of the parsed statement.
     unsafe {
@@ -624,6 +636,8 @@ fn schema_tables(schema: &str, column: &str) -> Vec<pg_sys::Oid> {
 
 fn require_schema(schema: &str) {
     let c = std::ffi::CString::new(schema).unwrap_or_default();
+    // SAFETY: a catalog lookup of a NUL-terminated name inside the caller's transaction;
+    // InvalidOid when it is missing (missing_ok = true).
     if unsafe { pg_sys::get_namespace_oid(c.as_ptr(), true) } == pg_sys::InvalidOid {
         errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,

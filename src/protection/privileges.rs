@@ -24,37 +24,53 @@ pub fn init() {
 /// With `ereport` false (PostgreSQL asks whether it may run a statement, without raising: in
 /// PostgreSQL 15 only to pick how to validate a new foreign key), a protected relation is
 /// answered `false`, never raised.
+///
+/// # Safety
+/// Called by PostgreSQL as `ExecutorCheckPerms_hook`, with the statement's range table (a List
+/// of RangeTblEntry, or null).
 #[pg_guard]
 unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport: bool) -> bool {
-    if let Some(prev) = PREV_CHECK_PERMS {
+    // SAFETY: PREV_CHECK_PERMS is written once by init, before any statement runs, on the
+    // backend's only thread; it is copied out here.
+    if let Some(prev) = unsafe { PREV_CHECK_PERMS } {
         // SAFETY: the hook installed before ours, called with our own arguments through the
         // FFI guard (its errors come back as a Rust panic, re-raised by #[pg_guard]).
-        if !pg_sys::ffi::pg_guard_ffi_boundary(|| prev(range_table, ereport)) {
+        if !unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| prev(range_table, ereport)) } {
             return false;
         }
     }
-    if range_table.is_null() || pg_sys::ParallelWorkerNumber >= 0 {
+    // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
+    if range_table.is_null() || unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
         return true;
     }
     let mut checks: Vec<(pg_sys::Oid, u32)> = Vec::new();
-    for i in 0..(*range_table).length as usize {
-        let rte = (*(*range_table).elements.add(i)).ptr_value as *mut pg_sys::RangeTblEntry;
-        if rte.is_null() || (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
-            continue;
+    // SAFETY: `range_table` is the statement's range table (this function's contract), not
+    // null (checked above): `elements` holds `length` cells, each a pointer to a
+    // RangeTblEntry (checked for null before it is read). check_enable_rls reads the catalog
+    // inside the statement's transaction, with noError = true.
+    unsafe {
+        for i in 0..(*range_table).length as usize {
+            let rte = (*(*range_table).elements.add(i)).ptr_value as *mut pg_sys::RangeTblEntry;
+            if rte.is_null() || (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
+                continue;
+            }
+            let perms = (*rte).requiredPerms
+                & (pg_sys::ACL_SELECT
+                    | pg_sys::ACL_INSERT
+                    | pg_sys::ACL_UPDATE
+                    | pg_sys::ACL_DELETE);
+            if perms == 0 {
+                continue;
+            }
+            // Row security decides who is subject to the policies (not superusers, not BYPASSRLS,
+            // not a view owner's access through a non-security_invoker view owned by such a role).
+            if pg_sys::check_enable_rls((*rte).relid, (*rte).checkAsUser, true)
+                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+            {
+                continue;
+            }
+            checks.push(((*rte).relid, perms));
         }
-        let perms = (*rte).requiredPerms
-            & (pg_sys::ACL_SELECT | pg_sys::ACL_INSERT | pg_sys::ACL_UPDATE | pg_sys::ACL_DELETE);
-        if perms == 0 {
-            continue;
-        }
-        // Row security decides who is subject to the policies (not superusers, not BYPASSRLS,
-        // not a view owner's access through a non-security_invoker view owned by such a role).
-        if pg_sys::check_enable_rls((*rte).relid, (*rte).checkAsUser, true)
-            != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
-        {
-            continue;
-        }
-        checks.push(((*rte).relid, perms));
     }
     if checks.is_empty() {
         return true;
