@@ -143,6 +143,10 @@ pub fn init() {
     }
 }
 
+/// The relcache callback: a change to one of pg_tenancy's tables drops the cache.
+///
+/// # Safety
+/// Called by PostgreSQL's invalidation processing, as registered by [`init`].
 #[pg_guard]
 unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let ours = match RELS.with(|r| r.get()) {

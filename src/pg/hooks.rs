@@ -38,6 +38,10 @@ pub fn init() {
     }
 }
 
+/// The utility hook: the registered callbacks before and after the statement.
+///
+/// # Safety
+/// Called by PostgreSQL as `ProcessUtility_hook`, with ProcessUtility's arguments.
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn utility_hook(

@@ -15,6 +15,8 @@ pub struct Regclass(pub pg_sys::Oid);
 pub struct Regrole(pub pg_sys::Oid);
 
 impl FromDatum for Regclass {
+    /// # Safety
+    /// As [`FromDatum::from_polymorphic_datum`]: `datum` is a regclass datum unless `is_null`.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -35,6 +37,8 @@ impl IntoDatum for Regclass {
 }
 
 impl FromDatum for Regrole {
+    /// # Safety
+    /// As [`FromDatum::from_polymorphic_datum`]: `datum` is a regrole datum unless `is_null`.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -63,17 +67,24 @@ macro_rules! oid_argument {
         // SAFETY: the argument is unboxed through FromDatum above (an oid by value), as pgrx
         // unboxes its own scalar types; a NULL is refused for a non-Option argument.
         unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for $t {
+            /// # Safety
+            /// As [`pgrx::callconv::ArgAbi::unbox_arg_unchecked`]: `arg` is an argument of
+            /// this type.
             unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
                 let index = arg.index();
-                // SAFETY: as the impl's.
+                // SAFETY: `arg` is an argument of this type (this function's contract), a regclass
+                // or regrole datum, which FromDatum above reads as the oid it is.
                 unsafe { arg.unbox_arg_using_from_datum() }
                     .unwrap_or_else(|| panic!("argument {index} must not be null"))
             }
 
+            /// # Safety
+            /// As [`pgrx::callconv::ArgAbi::unbox_nullable_arg`]: `arg` is an argument of this
+            /// type, or NULL.
             unsafe fn unbox_nullable_arg(
                 arg: pgrx::callconv::Arg<'_, 'fcx>,
             ) -> pgrx::nullable::Nullable<Self> {
-                // SAFETY: as the impl's.
+                // SAFETY: as in unbox_arg_unchecked; a NULL argument gives None, not a read.
                 unsafe { arg.unbox_arg_using_from_datum() }.into()
             }
         }

@@ -285,6 +285,9 @@ fn is_protected(rel: pg_sys::Oid) -> bool {
 }
 
 /// The relation a RangeVar names, or InvalidOid (no lock; the command itself locks it).
+///
+/// # Safety
+/// `rv` must be null or a valid RangeVar; inside a transaction (the catalog is read).
 unsafe fn relid_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
     if rv.is_null() {
         return pg_sys::InvalidOid;
@@ -301,6 +304,11 @@ unsafe fn relid_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
     }
 }
 
+/// The elements of a List of pointers, as pointers to `T`.
+///
+/// # Safety
+/// `l` must be null or a valid List of pointers (not an integer or oid List). The pointers are
+/// returned as they are: that they point at a `T` is the caller's to know.
 unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
     // SAFETY: `l` is null or a pointer List.
     unsafe {
@@ -335,6 +343,9 @@ struct NewColumn {
 }
 
 /// The type and typmod a column definition names (an error, as PostgreSQL's own, if none).
+///
+/// # Safety
+/// `col` must point at a valid ColumnDef; inside a transaction (the type is looked up).
 unsafe fn column_type(col: *mut pg_sys::ColumnDef) -> (pg_sys::Oid, i32) {
     let mut typ = pg_sys::InvalidOid;
     let mut typmod = -1;
@@ -354,6 +365,10 @@ unsafe fn column_type(col: *mut pg_sys::ColumnDef) -> (pg_sys::Oid, i32) {
 
 /// The parser's last resort for a column name it cannot find in the table: a column the same
 /// command adds, as a typed NULL (only the calls in the expression matter here).
+///
+/// # Safety
+/// Called by the parser as `p_post_columnref_hook` of a parse state whose hook state is null
+/// or a `Vec<NewColumn>` alive for the analysis (as [`leaky_raw`] sets it).
 #[pg_guard]
 unsafe extern "C-unwind" fn new_column_ref(
     pstate: *mut pg_sys::ParseState,
@@ -388,6 +403,11 @@ unsafe extern "C-unwind" fn new_column_ref(
 /// the same command adds), as PostgreSQL would, coerced to `coerce_to` if given, and name the
 /// first call that is not a built-in LEAKPROOF function (with `user_code_only`, not built in).
 /// Evaluates nothing.
+///
+/// # Safety
+/// Inside a transaction; `rel` must name an existing relation, `raw` be null or a valid raw
+/// (not yet analyzed) expression tree, and `query` null or the command's NUL-terminated source
+/// text.
 unsafe fn leaky_raw(
     rel: pg_sys::Oid,
     raw: *mut pg_sys::Node,
@@ -458,6 +478,9 @@ fn refuse_leaky(rel: pg_sys::Oid, what: &str, call: Option<String>) {
 }
 
 /// [`leaky_raw`] with a strict reading (built-in LEAKPROOF functions only), refused.
+///
+/// # Safety
+/// As [`leaky_raw`].
 unsafe fn refuse_leaky_raw(
     rel: pg_sys::Oid,
     raw: *mut pg_sys::Node,
@@ -466,7 +489,8 @@ unsafe fn refuse_leaky_raw(
     query: *const std::ffi::c_char,
     new_columns: &Vec<NewColumn>,
 ) {
-    // SAFETY: as leaky_raw's.
+    // SAFETY: this function's contract is leaky_raw's, and the arguments are passed on as
+    // they came.
     let call = unsafe { leaky_raw(rel, raw, kind, query, new_columns, None, false) };
     refuse_leaky(rel, what, call);
 }
@@ -659,6 +683,12 @@ fn owns(rel: pg_sys::Oid) -> bool {
     rel != pg_sys::InvalidOid && unsafe { pg_sys::pg_class_ownercheck(rel, pg_sys::GetUserId()) }
 }
 
+/// Record in the trail the rows a DDL command is about to remove or rewrite on protected
+/// tables, and refuse the commands that would change them unrecorded.
+///
+/// # Safety
+/// `stmt` must be the valid, non-null parse tree of the command that fired the
+/// `ddl_command_start` trigger, inside its transaction.
 unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
     // SAFETY: every pointer below is part of `stmt`, a parse tree of the type its tag says.
     unsafe {
@@ -978,6 +1008,11 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) {
     }
 }
 
+/// The checks of an ALTER TABLE (or ALTER TYPE of a composite type) on protected tables.
+///
+/// # Safety
+/// `s` must be a valid AlterTableStmt parse tree, `query` null or its NUL-terminated source
+/// text; inside the command's transaction.
 unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::ffi::c_char) {
     // SAFETY: `s` and its commands are a parse tree of ALTER TABLE (or ALTER TYPE).
     unsafe {
@@ -1009,6 +1044,11 @@ fn typed_tables(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     )
 }
 
+/// The checks of the commands of an ALTER TABLE on `rel` (`protected`: a protected table).
+///
+/// # Safety
+/// `cmds` must be valid AlterTableCmd nodes of the statement's parse tree, `query` null or its
+/// NUL-terminated source text; inside the command's transaction.
 unsafe fn check_alter_table_cmds(
     rel: pg_sys::Oid,
     protected: bool,
@@ -1181,6 +1221,10 @@ unsafe fn check_alter_table_cmds(
 }
 
 /// A raw reference to column `name`, as the parser would build it.
+///
+/// # Safety
+/// On the backend's thread; the nodes are palloc'd in the current memory context, which must
+/// outlive their use.
 unsafe fn column_ref(name: &str) -> *mut pg_sys::Node {
     // SAFETY: a ColumnRef node allocated in the current memory context, as makeNode would.
     unsafe {
@@ -1256,6 +1300,11 @@ fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
     })
 }
 
+/// The checks of a constraint a command adds to `rel` (or to a column of type `column_type`).
+///
+/// # Safety
+/// `c` must be null or a valid node of the command's parse tree, `query` null or its
+/// NUL-terminated source text, `rel` an existing relation; inside the command's transaction.
 unsafe fn check_constraint(
     rel: pg_sys::Oid,
     c: *mut pg_sys::Constraint,
@@ -1331,6 +1380,9 @@ unsafe fn check_constraint(
 
 /// `ALTER DOMAIN ... ADD CONSTRAINT` / `VALIDATE CONSTRAINT` checks the constraint against every
 /// value stored in a column of the domain, as the domain's owner, with no row security.
+///
+/// # Safety
+/// `s` must be a valid AlterDomainStmt parse tree; inside the command's transaction.
 unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt) {
     // SAFETY: `s` is a parse tree of ALTER DOMAIN.
     unsafe {
@@ -1366,6 +1418,9 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt) {
 
 /// `LOCK TABLE` in a mode stronger than ROW EXCLUSIVE on a protected table stalls every tenant's
 /// statements: refused from application sessions (anyone but an unbound operator or superuser).
+///
+/// # Safety
+/// `s` must be a valid LockStmt parse tree; inside the command's transaction.
 unsafe fn check_lock(s: *mut pg_sys::LockStmt) {
     // SAFETY: `s` is a parse tree of LOCK.
     unsafe {

@@ -38,6 +38,11 @@ fn describe_function(func: pg_sys::Oid) -> String {
     }
 }
 
+/// `check_functions_in_node`'s callback: whether `func` is leaky (then it is named in the walk).
+///
+/// # Safety
+/// Called by `check_functions_in_node` from [`walker`], with the [`Walk`] it was given as
+/// `context`.
 #[pg_guard]
 unsafe extern "C-unwind" fn check_function(func: pg_sys::Oid, context: *mut c_void) -> bool {
     // SAFETY: `context` is the Walk that first_leaky_call passed down.
@@ -50,6 +55,11 @@ unsafe extern "C-unwind" fn check_function(func: pg_sys::Oid, context: *mut c_vo
     true
 }
 
+/// The expression tree walker of [`walk_expression`]: true (stop) at the first leaky call.
+///
+/// # Safety
+/// `node` must be null or a node of a valid analyzed expression tree, and `context` point at
+/// the live [`Walk`] of the walk (as `expression_tree_walker` passes both on).
 #[pg_guard]
 unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
     if node.is_null() {
@@ -96,12 +106,16 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
 /// # Safety
 /// `expr` is null or a valid analyzed expression tree.
 pub unsafe fn first_leaky_call(expr: *mut pg_sys::Node, user_code_only: bool) -> Option<String> {
-    // SAFETY: as the caller promised.
+    // SAFETY: `expr` is null or a valid analyzed expression tree (this function's contract),
+    // which is walk_expression's contract.
     unsafe { walk_expression(expr, user_code_only, &mut Vec::new()) }
 }
 
 /// [`first_leaky_call`], with the domains already looked at (a domain's constraint may coerce
 /// to another domain, and back).
+///
+/// # Safety
+/// As [`first_leaky_call`]: `expr` is null or a valid analyzed expression tree.
 unsafe fn walk_expression(
     expr: *mut pg_sys::Node,
     user_code_only: bool,

@@ -34,6 +34,10 @@ fn check_utility(stmt: *mut pg_sys::Node) {
     unsafe { guard::check_utility(stmt) }
 }
 
+/// The transaction callback: the guard's and the policies' per-transaction state ends with it.
+///
+/// # Safety
+/// Called by PostgreSQL at the transaction's events, as registered by [`init`].
 #[pg_guard]
 unsafe extern "C-unwind" fn xact_callback(
     event: pg_sys::XactEvent::Type,
@@ -53,6 +57,10 @@ unsafe extern "C-unwind" fn xact_callback(
     }
 }
 
+/// The subtransaction callback: what a rolled-back subtransaction recorded is forgotten.
+///
+/// # Safety
+/// Called by PostgreSQL at the subtransactions' events, as registered by [`init`].
 #[pg_guard]
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
