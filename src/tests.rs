@@ -407,13 +407,17 @@ unsafe fn eval_with_params(
     // SAFETY: `expr` and `params` are valid (this function's contract); ExecInitExprWithParams
     // returns a compiled, non-null ExprState whose evalfunc is set, and the standalone
     // expression context (in the current memory context) is given the same parameter list
-    // the expression was compiled against.
+    // the expression was compiled against. The evaluation raises in the tests that call this
+    // (a parameter with no value, no tenant bound): it goes through the FFI guard, so the
+    // error comes back as a Rust panic instead of jumping over the test's Rust frames.
     unsafe {
         let state = pg_sys::ExecInitExprWithParams(expr, params);
         let econtext = pg_sys::CreateStandaloneExprContext();
         (*econtext).ecxt_param_list_info = params;
         let mut isnull = false;
-        let value = (*state).evalfunc.unwrap()(state, econtext, &mut isnull);
+        let evalfunc = (*state).evalfunc.unwrap();
+        let value =
+            pg_sys::ffi::pg_guard_ffi_boundary(|| evalfunc(state, econtext, &mut isnull));
         (value, isnull)
     }
 }

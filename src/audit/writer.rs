@@ -816,10 +816,12 @@ impl SimpleInsert {
         // The slot now owns a copy of the row (in the statement's memory).
         // SAFETY: `slot` holds the virtual tuple just stored; its ops are the table AM's slot
         // ops, whose materialize forms the tuple in the slot's own memory context (es_query_cxt)
-        // from values that are all still alive.
+        // from values that are all still alive. A callback of PostgreSQL's that may raise (out
+        // of memory, a row too big): called through the FFI guard, as pgrx's bindings call
+        // PostgreSQL's functions, rather than jumping over the Rust frames above.
         unsafe {
             let materialize = (*(*slot).tts_ops).materialize.expect("slot materialize");
-            materialize(slot);
+            pg_sys::ffi::pg_guard_ffi_boundary(|| materialize(slot));
         }
         // SAFETY: the slot holds a materialized heap tuple (above), which ExecFetchSlotHeapTuple
         // returns without copying (materialize = false), valid while the slot holds it.
@@ -874,22 +876,28 @@ impl SimpleInsert {
             // tuple of its descriptor (`insert`).
             unsafe { pg_sys::simple_table_tuple_insert(self.rel, self.batch[0]) };
         } else {
-            // SAFETY: `rel` is open, a table (the tenancy table `open` found), so rd_tableam
-            // is its table AM; `batch[..queued]` are its slots, each holding a materialized
-            // tuple; the command id is the one `open` set for this statement; no options and
-            // no bulk-insert state, as a single insert would.
+            // SAFETY: `rel` is open; it is pg_tenancy's own table, made a plain table by the
+            // extension's SQL, so rd_tableam is its table AM (`open` does not check the
+            // relkind: a relation put in its place by hand without a table AM is not caught).
+            // `batch[..queued]` are its slots, each holding a materialized tuple; the command
+            // id is the one `open` set for this statement; no options and no bulk-insert
+            // state, as a single insert would. The table AM's callback may raise (a full disk,
+            // a serialization failure): called through the FFI guard, rather than jumping
+            // over the Rust frames above.
             unsafe {
                 let multi_insert = (*(*self.rel).rd_tableam)
                     .multi_insert
                     .expect("table AM multi_insert");
-                multi_insert(
-                    self.rel,
-                    self.batch.as_mut_ptr(),
-                    self.queued as i32,
-                    (*self.estate).es_output_cid,
-                    0,
-                    std::ptr::null_mut(),
-                );
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    multi_insert(
+                        self.rel,
+                        self.batch.as_mut_ptr(),
+                        self.queued as i32,
+                        (*self.estate).es_output_cid,
+                        0,
+                        std::ptr::null_mut(),
+                    )
+                });
             }
         }
         for &slot in &self.batch[..self.queued] {

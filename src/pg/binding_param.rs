@@ -735,8 +735,12 @@ unsafe extern "C-unwind" fn compile_param(
     match trailer {
         // SAFETY: the compile hook of the list `params` copies, with the compiler's own
         // arguments; the copy carries that list's hook arguments, so the hook reads what it
-        // would read from its own list.
-        Some(orig_compile) => unsafe { orig_compile(params, param, state, resv, resnull) },
+        // would read from its own list. It is C code that may raise: called through the FFI
+        // guard (its errors come back as a Rust panic, re-raised by #[pg_guard]) rather than
+        // jumping over this frame.
+        Some(orig_compile) => unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| orig_compile(params, param, state, resv, resnull))
+        },
         None => {
             // What ExecInitExprRec emits for an external parameter without a compile hook.
             step.opcode = pg_sys::ExprEvalOp::EEOP_PARAM_EXTERN as isize;
