@@ -973,11 +973,12 @@ impl SimpleInsert {
     /// Inside the transaction the insert was opened in, with the memory context current at
     /// [`SimpleInsert::open`] still alive.
     pub unsafe fn close(mut self) {
-        // SAFETY: the insert is open until here (`close` consumes it). After the last batch,
-        // each batch slot is dropped once, then the indexes, the after-trigger query level
-        // (fires the queued AFTER triggers of the full path), the tuple table (this insert's
-        // slot) and the executor state are ended in the reverse order of `open`; the relation
-        // is closed keeping its lock to the end of the transaction.
+        // SAFETY: the insert is open until here (`close` consumes it, so this runs once).
+        // After the last batch, each batch slot is dropped once; then what `open` began is
+        // ended, each once: the indexes, the after-trigger query level (firing the AFTER
+        // triggers the full path queued, while the executor state still lives), the tuple
+        // table (this insert's slot) and the executor state; the relation is closed last,
+        // keeping its lock to the end of the transaction.
         unsafe {
             self.flush();
             for &slot in &self.batch {
