@@ -16,7 +16,10 @@
 #   filter    the same on an unprotected copy with the tenant in the WHERE clause (baseline)
 #   seqscan   count(*) over the protected table with index scans off: a sequential scan that
 #             evaluates the tenant condition on every one of the 10,000 rows
-#   bind      SELECT tenancy.bind(token)
+#   bind      SELECT tenancy.bind(token) (HS256)
+#   bind_rs256, bind_eddsa    the same with an RS256 / an EdDSA token, as identity providers sign
+#   bind_rs256_discard, bind_eddsa_discard    DISCARD ALL, then the bind (what a pooler's reset
+#             does between requests); `discard` is DISCARD ALL alone, to subtract
 #   insert    one-row INSERT into an audited protected table
 #   insert_noaudit  the same without audit
 # Prints one line per workload: instructions per statement.
@@ -78,6 +81,29 @@ GRANT SELECT, INSERT ON cg.log, cg.log_noaudit TO cg_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA cg TO cg_app;
 VACUUM ANALYZE;
 SQL
+# An identity provider's keys (RS256, EdDSA), made and used by openssl.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$DIR/rs256.pem" 2>/dev/null
+openssl genpkey -algorithm ED25519 -out "$DIR/eddsa.pem" 2>/dev/null
+for k in rs256 eddsa; do
+    alg=$([ $k = rs256 ] && echo RS256 || echo EdDSA)
+    openssl pkey -in "$DIR/$k.pem" -pubout -out "$DIR/$k.pub" 2>/dev/null
+    "$PGBIN/psql" -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres -d cg \
+        -c "SELECT tenancy.add_key('cg-$k', '$alg', \$\$$(cat "$DIR/$k.pub")\$\$)" >/dev/null
+done
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+signed() { # kid alg: a token of tenant t3
+    local h p
+    h=$(printf '{"alg":"%s","typ":"JWT","kid":"cg-%s"}' "$2" "$1" | b64url)
+    p=$(printf '{"tid":"t3","sub":"cg","exp":%d,"iat":%d}' $(( $(date +%s) + 86400 )) "$(date +%s)" | b64url)
+    if [ "$1" = rs256 ]; then
+        printf '%s.%s.%s' "$h" "$p" "$(printf '%s.%s' "$h" "$p" | openssl dgst -sha256 -sign "$DIR/rs256.pem" -binary | b64url)"
+    else
+        printf '%s' "$h.$p" > "$DIR/eddsa.msg"
+        printf '%s.%s.%s' "$h" "$p" "$(openssl pkeyutl -sign -inkey "$DIR/eddsa.pem" -rawin -in "$DIR/eddsa.msg" | b64url)"
+    fi
+}
+TOKEN_RS256=$(signed rs256 RS256)
+TOKEN_EDDSA=$(signed eddsa EdDSA)
 TENANT=$("$PGBIN/psql" -qAt -h "$DIR" -p "$PORT" -U postgres -d cg -c "SELECT id FROM tenancy.tenant WHERE slug = 't3'")
 TOKEN=$(python3 - "$SECRET" <<'PY'
 import base64, hashlib, hmac, json, sys, time
@@ -96,6 +122,11 @@ statement() {
         filter) echo "SELECT v FROM cg.plain WHERE tenant_id = '$TENANT' AND id = 42;" ;;
         seqscan) echo "SELECT count(*) FROM cg.items;" ;;
         bind) echo "SELECT tenancy.bind('$TOKEN');" ;;
+        bind_rs256) echo "SELECT tenancy.bind('$TOKEN_RS256');" ;;
+        bind_eddsa) echo "SELECT tenancy.bind('$TOKEN_EDDSA');" ;;
+        bind_rs256_discard) echo "DISCARD ALL;"; echo "SELECT tenancy.bind('$TOKEN_RS256');" ;;
+        bind_eddsa_discard) echo "DISCARD ALL;"; echo "SELECT tenancy.bind('$TOKEN_EDDSA');" ;;
+        discard) echo "DISCARD ALL;" ;;
         insert) echo "INSERT INTO cg.log (v) VALUES (1);" ;;
         insert_noaudit) echo "INSERT INTO cg.log_noaudit (v) VALUES (1);" ;;
         *) die "unknown workload $1" ;;
