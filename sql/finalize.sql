@@ -197,6 +197,9 @@ REVOKE EXECUTE ON FUNCTION tenancy.protect(regclass, text, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.unprotect(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.protect_schema(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.auto_protect(text, boolean, text) FROM PUBLIC;
+-- protect_sql reads a table's catalog as the extension owner: for whoever protects tables.
+REVOKE EXECUTE ON FUNCTION tenancy.protect_sql(regclass, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.protect_sql(regclass, text) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.protect(regclass, text, boolean) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.unprotect(regclass) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.protect_schema(text, text) TO tenancy_operator;

@@ -4,12 +4,17 @@
 \echo Use "ALTER EXTENSION pg_tenancy UPDATE TO '0.2.0'" to load this file. \quit
 
 -- tenancy.bind: two functions instead of one with a default, so that a call with one
--- argument reads no default from the catalog (src/pg/README.md).
+-- argument reads no default from the catalog (src/pg/README.md). Not STRICT: bind(NULL)
+-- (a missing Authorization header) is refused with 28000 token_missing, not answered NULL.
 DROP FUNCTION tenancy.bind(text, text);
 CREATE FUNCTION tenancy."bind"("token" text) RETURNS jsonb
-STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'bind_transaction_wrapper';
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'bind_transaction_wrapper';
 CREATE FUNCTION tenancy."bind"("token" text, "scope" text) RETURNS jsonb
-STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'bind_scoped_wrapper';
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'bind_scoped_wrapper';
+
+-- protect_sql reads a table's catalog as the extension owner: for whoever protects tables.
+REVOKE EXECUTE ON FUNCTION tenancy.protect_sql(regclass, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.protect_sql(regclass, text) TO tenancy_operator;
 
 -- The record hash: one Rust definition for every path (_audit_record_text and _audit_hmac
 -- go). Internal: with it anyone could confirm a guessed row against its hash.

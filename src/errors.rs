@@ -37,9 +37,16 @@ pub fn clean(s: &str) -> String {
 /// kind and fields. Checks return one (`Result<_, Refusal>`), so the code that decides why
 /// something is refused also decides its SQLSTATE; it is raised in one place,
 /// [`Refusal::raise`].
+///
+/// Every refusal also carries a stable machine-readable code, sent as its DETAIL
+/// (`pg_tenancy: no_tenant_bound`): an application maps it to what to do (the README's error
+/// catalogue) without parsing the message. A refusal's code is set where it is decided
+/// ([`Refusal::code`]); a security event's kind is its code unless one was set; otherwise the
+/// code names the SQLSTATE's condition.
 #[derive(Debug, Clone)]
 pub struct Refusal {
     pub sqlstate: PgSqlErrorCode,
+    pub code: Option<&'static str>,
     pub message: String,
     pub hint: String,
     pub event: Option<(&'static str, serde_json::Map<String, serde_json::Value>)>,
@@ -53,10 +60,17 @@ impl Refusal {
     ) -> Refusal {
         Refusal {
             sqlstate,
+            code: None,
             message: message.into(),
             hint: hint.into(),
             event: None,
         }
+    }
+
+    /// Its machine-readable code (see the README's error catalogue).
+    pub fn code(mut self, code: &'static str) -> Refusal {
+        self.code = Some(code);
+        self
     }
 
     /// Report it as security event `event` with `fields` (and its message as the reason).
@@ -69,21 +83,52 @@ impl Refusal {
         self
     }
 
-    /// Report the security event, if any, then raise the ERROR. Never returns.
+    /// The code sent in DETAIL.
+    pub fn machine_code(&self) -> &'static str {
+        self.code
+            .or(self.event.as_ref().map(|(e, _)| *e))
+            .unwrap_or_else(|| condition(self.sqlstate))
+    }
+
+    /// Report the security event, if any, then raise the ERROR, located where the caller
+    /// raised it. Never returns.
+    #[track_caller]
     pub fn raise(self) -> ! {
+        let code = self.machine_code();
         if let Some((event, mut fields)) = self.event {
             fields.insert("reason".into(), self.message.clone().into());
+            fields.entry("code").or_insert(code.into());
             security_event(event, fields);
         }
         ErrorReport::new(self.sqlstate, clean(&self.message), "pg_tenancy")
+            .set_detail(format!("pg_tenancy: {code}"))
             .set_hint(clean(&self.hint))
             .report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")
     }
 }
 
-/// Raise an ERROR with a SQLSTATE, a message and a HINT (both cleaned of control characters).
-/// Never returns.
+/// The condition name of the SQLSTATEs pg_tenancy raises, for refusals without a code of their
+/// own.
+fn condition(sqlstate: PgSqlErrorCode) -> &'static str {
+    use PgSqlErrorCode::*;
+    match sqlstate {
+        ERRCODE_INSUFFICIENT_PRIVILEGE => "insufficient_privilege",
+        ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION => "invalid_authorization",
+        ERRCODE_INVALID_PARAMETER_VALUE => "invalid_parameter_value",
+        ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE => "object_not_in_prerequisite_state",
+        ERRCODE_UNDEFINED_OBJECT => "undefined_object",
+        ERRCODE_UNDEFINED_COLUMN => "undefined_column",
+        ERRCODE_DUPLICATE_OBJECT => "duplicate_object",
+        ERRCODE_INVALID_TRANSACTION_STATE => "invalid_transaction_state",
+        ERRCODE_FEATURE_NOT_SUPPORTED => "feature_not_supported",
+        _ => "error",
+    }
+}
+
+/// Raise an ERROR with a SQLSTATE, a message and a HINT (both cleaned of control characters),
+/// located where the caller raised it. Never returns.
+#[track_caller]
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<String>) -> ! {
     Refusal::new(code, message, hint).raise()
 }
@@ -121,7 +166,8 @@ pub fn security_event(event: &str, fields: serde_json::Map<String, serde_json::V
     }
 }
 
-/// Log a security event, then raise the refusal.
+/// Log a security event, then raise the refusal (its code is the event's kind).
+#[track_caller]
 pub fn refuse(
     event: &'static str,
     fields: serde_json::Map<String, serde_json::Value>,

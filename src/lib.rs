@@ -52,18 +52,21 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 /// Verify a signed token and bind its tenant and subject for this transaction. Returns the
-/// binding.
+/// binding. A NULL token (a request without credentials) is refused, 28000.
 #[pg_extern(volatile, parallel_unsafe, name = "bind")]
-fn bind_transaction(token: &str) -> binding::JsonbBytes {
-    binding::bind(token, "transaction")
+fn bind_transaction(token: Option<&str>) -> binding::JsonbBytes {
+    binding::bind(binding::require_token(token), "transaction")
 }
 
 /// Verify a signed token and bind its tenant and subject for this transaction
 /// (`'transaction'`) or this session (`'session'`). Returns the binding. Two functions rather
 /// than one with a default: a call with one argument then reads no default from the catalog.
 #[pg_extern(volatile, parallel_unsafe, name = "bind")]
-fn bind_scoped(token: &str, scope: &str) -> binding::JsonbBytes {
-    binding::bind(token, scope)
+fn bind_scoped(token: Option<&str>, scope: Option<&str>) -> binding::JsonbBytes {
+    binding::bind(
+        binding::require_token(token),
+        scope.unwrap_or("transaction"),
+    )
 }
 
 /// Drop the binding made by bind().

@@ -436,7 +436,7 @@ fn reserved_parameter_without_the_executor_hook_has_no_value() {
 
 /// The executor hook's copy of a parameter list answers ordinary parameters from the original
 /// list, and a reserved one from the binding (none here: the statement fails).
-#[pg_test(error = "no tenant bound")]
+#[pg_test(error = "no tenant bound: table \"pg_catalog.pg_class\" is protected")]
 fn wrapped_parameter_list_answers_ordinary_and_reserved_parameters() {
     // SAFETY: inside the test's transaction. makeParamList(1) returns a list with room for
     // one entry, filled here with a constant int4 before it is wrapped; the Param is zeroed by

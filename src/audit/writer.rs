@@ -355,6 +355,28 @@ impl<'a> RowShape<'a> {
             );
         };
         let tenant_attnum = tenant.attnum;
+        // The tenant's datum is read as a uuid (16 bytes) for every row: the column must be one
+        // (protect() checks it, and PostgreSQL refuses to retype a column a policy uses; a
+        // superuser who dropped the policies and retyped it finds the trigger refusing here).
+        // SAFETY: `rel` is open; attnum is a live column of its tuple descriptor (RowJson read
+        // it from there), so the attribute at attnum - 1 exists.
+        let typ = unsafe {
+            (*(*(*rel).rd_att)
+                .attrs
+                .as_ptr()
+                .add((tenant_attnum - 1) as usize))
+            .atttypid
+        };
+        if typ != pg_sys::UUIDOID {
+            crate::errors::raise(
+                crate::errors::NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "tenant column \"{}\" of table {} is not uuid",
+                    table.tenant_column, table.name
+                ),
+                "Tenant columns hold the tenant's uuid; give the column back its type and protect the table again.",
+            );
+        }
         let key = (!table.key_columns.is_empty())
             .then(|| json.select(|c| table.key_columns.iter().any(|k| k == c)));
         let name_texts = json
@@ -688,6 +710,16 @@ impl SimpleInsert {
         // INSERT takes (held to the end of the transaction) and closed by `close`.
         let rel =
             unsafe { pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+        // Only a plain table has the heap access method the insert paths below call.
+        // SAFETY: `rel` is open (above).
+        if unsafe { (*(*rel).rd_rel).relkind } != pg_sys::RELKIND_RELATION as std::ffi::c_char {
+            // SAFETY: closes what was opened above, keeping the lock.
+            unsafe { pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE) };
+            trail_damaged(format!(
+                "tenancy.{} is not a plain table",
+                table.to_string_lossy()
+            ));
+        }
         // SAFETY: `rel` is open (above): its relcache entry and tuple descriptor stay valid
         // until `close`.
         let desc = unsafe { (*rel).rd_att };

@@ -39,6 +39,18 @@ fn add_key(
             "HMAC keys are a secret of at least 32 bytes (or 'base64:' and its base64); EdDSA, ES256 and RS256 keys are a public key in PEM form or a JWK.",
         );
     }
+    let past = not_after.is_some_and(|na| {
+        catalog::read_one::<bool>("SELECT $1 <= pg_catalog.now()", &[na.into()]).unwrap_or(false)
+    });
+    if past {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!(
+                "key \"{kid}\" would expire before it is registered (not_after is in the past)"
+            ),
+            "Pass a not_after in the future, or NULL for a key without one.",
+        );
+    }
     let tenant_id = tenant.map(|t| catalog::require_tenant(t).id);
     if catalog::key(kid, crate::binding::token::decode_key).is_some() {
         errors::raise(

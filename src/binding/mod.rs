@@ -104,6 +104,11 @@ thread_local! {
     static MAPPED: RefCell<Option<(u64, pg_sys::Oid, Option<Binding>)>> = const { RefCell::new(None) };
     /// The tenant this transaction has been bound to: another tenant cannot be bound before it ends.
     static TXN_TENANT: Cell<Option<Uuid>> = const { Cell::new(None) };
+    /// The subject this transaction was bound for (a second token of the same tenant for
+    /// another subject is refused like another tenant), and whether a statement has used the
+    /// binding (until then, unbind() frees the transaction for another bind).
+    static TXN_SUBJECT: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+    static TXN_USED: Cell<bool> = const { Cell::new(false) };
     /// Whether the tenant's resource settings were applied in this transaction.
     static LIMITS_APPLIED: Cell<bool> = const { Cell::new(false) };
     /// Verified tokens and what their last bind derived from the catalog, keyed by SHA-256 of
@@ -291,8 +296,13 @@ unsafe extern "C-unwind" fn xact_callback(
             }
         });
         TXN_TENANT.with(|t| t.set(None));
+        TXN_SUBJECT.with(|t| *t.borrow_mut() = None);
+        TXN_USED.with(|u| u.set(false));
         LIMITS_APPLIED.with(|l| l.set(false));
         INTERNAL.with(|i| *i.borrow_mut() = None);
+        // Unwinding clears it; should anything ever skip the unwinding, validation resumes
+        // with the next transaction all the same.
+        IN_WITH_CURRENT.with(|c| c.set(false));
     }
 }
 
@@ -330,7 +340,7 @@ fn before_utility(stmt: *mut pg_sys::Node) {
     }
 }
 
-/// After DISCARD ALL: the session's binding and cached tokens go too.
+/// After DISCARD ALL: the session's binding goes too.
 fn after_utility(stmt: *mut pg_sys::Node) {
     // SAFETY: as in before_utility.
     let discard_all = unsafe {
@@ -338,9 +348,10 @@ fn after_utility(stmt: *mut pg_sys::Node) {
             && (*stmt).type_ == pg_sys::NodeTag::T_DiscardStmt
             && (*(stmt as *mut pg_sys::DiscardStmt)).target == pg_sys::DiscardMode::DISCARD_ALL
     };
+    // The verified-token cache stays: it holds signatures checked, not a binding, and every
+    // entry is checked again against the catalog and the clock when it is used.
     if discard_all {
         BINDING.with(|b| *b.borrow_mut() = None);
-        TOKEN_CACHE.with(|c| c.borrow_mut().clear());
     }
 }
 
@@ -364,16 +375,18 @@ fn fields(pairs: &[(&str, serde_json::Value)]) -> serde_json::Map<String, serde_
 }
 
 /// Refuse a bind: log the security event, raise. Never says which part of a signature was wrong.
-fn refuse_bind(code: pgrx::PgSqlErrorCode, message: String, hint: &str, tenant: Option<&str>) -> ! {
+#[track_caller]
+fn refuse_bind(refusal: Refusal, tenant: Option<&str>) -> ! {
     let mut f = fields(&[]);
     if let Some(t) = tenant {
         f.insert("tenant".into(), t.into());
     }
-    errors::refuse("bind_refused", f, code, message, hint)
+    refusal.event("bind_refused", f).raise()
 }
 
 /// Refuse a bind whose tenant is known (the token's signature verified and its tenant claim
 /// named this tenant): the security event is kept with the tenant's other events.
+#[track_caller]
 fn refuse_bind_in(refusal: Refusal, tenant: &TenantRow) -> ! {
     let f = fields(&[
         ("tenant", tenant.slug.clone().into()),
@@ -385,11 +398,14 @@ fn refuse_bind_in(refusal: Refusal, tenant: &TenantRow) -> ! {
 /// A binding in force can no longer be used (revoked, suspended, expired key, region): the
 /// session loses it, with a security event. Whatever the check's own SQLSTATE, losing a
 /// binding one had is a privilege refusal (42501).
+#[track_caller]
 fn binding_ended(refusal: Refusal, tenant_slug: String) -> ! {
+    let code = refusal.code.unwrap_or("binding_revoked");
     Refusal {
         sqlstate: INSUFFICIENT_PRIVILEGE,
         ..refusal
     }
+    .code(code)
     .event("binding_revoked", fields(&[("tenant", tenant_slug.into())]))
     .raise()
 }
@@ -409,7 +425,10 @@ fn token_refusal(e: token::TokenError) -> ! {
         }
         _ => "Pass a compact JWS: base64url(header).base64url(claims).base64url(signature), with claims tid, sub and exp.",
     };
-    refuse_bind(INVALID_AUTHORIZATION, e.message(), hint, None)
+    refuse_bind(
+        Refusal::new(INVALID_AUTHORIZATION, e.message(), hint).code("token_invalid"),
+        None,
+    )
 }
 
 /// The effective roles of `subject` in `tenant`, and whether it is a member: its memberships,
@@ -447,7 +466,7 @@ fn check_tenant(tenant: &TenantRow) -> Result<(), Refusal> {
         return Err(Refusal::new(INSUFFICIENT_PRIVILEGE,
             format!("tenant \"{}\" is {}", tenant.slug, tenant.status),
             "An operator can resume a suspended tenant with tenancy.resume_tenant(); decommissioned tenants cannot be bound.",
-        ));
+        ).code("tenant_unavailable"));
     }
     if let (Some(server), Some(region)) = (gucs::region(), tenant.region.as_ref()) {
         if &server != region {
@@ -457,7 +476,7 @@ fn check_tenant(tenant: &TenantRow) -> Result<(), Refusal> {
                     tenant.slug
                 ),
                 "Connect to a server of the tenant's region (data residency).",
-            ));
+            ).code("wrong_region"));
         }
     }
     Ok(())
@@ -476,6 +495,7 @@ fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
             format!("tenant \"{}\" no longer exists", b.slug),
             "Bind again with a token of an existing tenant.",
         )
+        .code("tenant_unavailable")
     })?;
     check_tenant(&tenant)?;
     match &b.source {
@@ -492,7 +512,9 @@ fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
             let subject = b.subject.clone().unwrap_or_default();
             if let Some(why) = catalog::token_revocation(tenant.id, &subject, *iat, jti.as_deref())
             {
-                return Err(Refusal::new(INSUFFICIENT_PRIVILEGE, why, REVOKED_HINT));
+                return Err(
+                    Refusal::new(INSUFFICIENT_PRIVILEGE, why, REVOKED_HINT).code("token_revoked")
+                );
             }
             let (roles, still_member) = effective_roles(&tenant, &subject, claim_roles.as_deref());
             if *member && !still_member {
@@ -502,7 +524,7 @@ fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
                         b.slug
                     ),
                     "Its last membership was removed; a tenant admin can add it again with tenancy.add_member().",
-                ));
+                ).code("membership_removed"));
             }
             b.roles = roles;
         }
@@ -516,6 +538,7 @@ fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
                     ),
                     "Ask a tenant admin for a new grant with tenancy.grant_support().",
                 )
+                .code("support_ended")
             })?;
             b.support_privileges = Some(grant.privileges.clone());
             b.expires_at = Some(grant.expires_at);
@@ -532,6 +555,7 @@ fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
                     ),
                     "An operator maps roles with tenancy.map_role().",
                 )
+                .code("mapping_removed")
             })?;
             b.roles = m.roles.clone();
         }
@@ -559,7 +583,7 @@ fn still_in_force(b: &Binding, now: i64) -> Result<(), Refusal> {
                         b.slug
                     ),
                     "Connect to a server of the tenant's region (data residency).",
-                ));
+                ).code("wrong_region"));
             }
         }
     }
@@ -577,24 +601,28 @@ fn check_key(key: Option<&catalog::KeyRow>, now: i64, tenant: Uuid) -> Result<()
             "token signing key is unknown or revoked".to_string(),
             KEY_HINT,
         )
+        .code("key_unknown")
     })?;
     if key.revoked || key.key.is_none() {
         return Err(Refusal::new(
             INVALID_AUTHORIZATION,
             "token signing key is unknown or revoked",
             KEY_HINT,
-        ));
+        )
+        .code("key_unknown"));
     }
     check_key_expiry(&key.kid, key.not_after, now)?;
     if key.tenant.is_some_and(|t| t != tenant) {
+        // The key cannot vouch for this tenant: an authentication failure (28000).
         return Err(Refusal::new(
-            INSUFFICIENT_PRIVILEGE,
+            INVALID_AUTHORIZATION,
             format!(
                 "token signing key \"{}\" may only bind its own tenant",
                 key.kid
             ),
             "A tenant-scoped key signs tokens for that tenant only.",
-        ));
+        )
+        .code("key_wrong_tenant"));
     }
     Ok(())
 }
@@ -606,7 +634,8 @@ fn check_key_expiry(kid: &str, not_after: Option<i64>, now: i64) -> Result<(), R
             INVALID_AUTHORIZATION,
             format!("token signing key \"{kid}\" has expired"),
             KEY_HINT,
-        ));
+        )
+        .code("key_expired"));
     }
     Ok(())
 }
@@ -626,9 +655,13 @@ fn verified_token(token_text: &str) -> Rc<CachedToken> {
     let key = match key.as_deref() {
         Some(k) if !k.revoked && k.key.is_some() => k,
         _ => refuse_bind(
-            INVALID_AUTHORIZATION,
-            "token signing key is unknown or revoked".into(),
-            "Sign tokens with a key registered by tenancy.add_key() that is not revoked.",
+            Refusal::new(
+                INVALID_AUTHORIZATION,
+                "token signing key is unknown or revoked",
+                "Sign tokens with a key registered by tenancy.add_key() that is not revoked.",
+            )
+            .code("key_unknown")
+            .code("key_unknown"),
             None,
         ),
     };
@@ -674,6 +707,22 @@ fn make_room<V>(cache: &mut HashMap<[u8; 32], V>, cap: usize, round: u8) {
 }
 
 /// tenancy.bind(token, scope): verify a token and bind its tenant and subject.
+/// A bind's token, or 28000 "no token" for NULL (a request that came without credentials).
+#[track_caller]
+pub fn require_token(token: Option<&str>) -> &str {
+    token.unwrap_or_else(|| {
+        refuse_bind(
+            Refusal::new(
+                INVALID_AUTHORIZATION,
+                "no token",
+                "Pass the request's token: a NULL token usually means the request carried no Authorization header.",
+            )
+            .code("token_missing"),
+            None,
+        )
+    })
+}
+
 pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     if in_parallel_worker() {
         errors::raise(
@@ -692,21 +741,30 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         ),
     };
     if scope == Scope::Session && !gucs::ALLOW_SESSION_SCOPE.get() {
-        errors::raise(
+        Refusal::new(
             INSUFFICIENT_PRIVILEGE,
             "session-scoped bindings are disabled on this server",
             "tenancy.allow_session_scope is off (for example behind a pooler in transaction mode): bind in every transaction instead.",
-        );
+        )
+        .code("session_scope_disabled")
+        .raise();
     }
+    // A transaction-scoped binding made outside a transaction block ends with its own
+    // statement: warned as SET LOCAL is, once the bind has succeeded.
+    // SAFETY: reads the transaction block state.
+    let outside_block = scope == Scope::Transaction && !unsafe { pg_sys::IsTransactionBlock() };
     refuse_inside_internal("tenancy.bind()");
     if let Some(role) = platform_role_in_effect() {
         refuse_bind(
-            INSUFFICIENT_PRIVILEGE,
-            format!(
-                "role \"{}\" is a platform operator or key admin and cannot bind a tenant with a token",
-                crate::authz::role_name(role)
-            ),
-            "Operators and key admins manage the platform but do not read tenant rows, also not through SET ROLE; a tenant admin can grant an operator time-limited access with tenancy.grant_support(), used through tenancy.enter_support().",
+            Refusal::new(
+                INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "role \"{}\" is a platform operator or key admin and cannot bind a tenant with a token",
+                    crate::authz::role_name(role)
+                ),
+                "Operators and key admins manage the platform but do not read tenant rows, also not through SET ROLE; a tenant admin can grant an operator time-limited access with tenancy.grant_support(), used through tenancy.enter_support().",
+            )
+            .code("platform_role"),
             None,
         );
     }
@@ -719,17 +777,23 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     let skew = gucs::CLOCK_SKEW.get() as i64;
     if claims.exp + skew <= now {
         refuse_bind(
-            INVALID_AUTHORIZATION,
-            "token has expired".into(),
-            "Obtain a new token.",
+            Refusal::new(
+                INVALID_AUTHORIZATION,
+                "token has expired",
+                "Obtain a new token.",
+            )
+            .code("token_expired"),
             Some(&claims.tenant),
         );
     }
     if claims.nbf.is_some_and(|nbf| nbf - skew > now) {
         refuse_bind(
-            INVALID_AUTHORIZATION,
-            "token is not valid yet (nbf is in the future)".into(),
-            "Check the clocks of the token issuer and the database server.",
+            Refusal::new(
+                INVALID_AUTHORIZATION,
+                "token is not valid yet (nbf is in the future)",
+                "Check the clocks of the token issuer and the database server.",
+            )
+            .code("token_not_yet_valid"),
             Some(&claims.tenant),
         );
     }
@@ -761,12 +825,41 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current) {
         if bound != p.tenant.id {
             refuse_bind_in(Refusal::new(INSUFFICIENT_PRIVILEGE, format!("this transaction is bound to another tenant and cannot bind tenant \"{}\"", p.tenant.slug),
-                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind()."), &p.tenant);
+                "End the transaction (COMMIT or ROLLBACK) first; a session-scoped binding must also be ended with tenancy.unbind().").code("rebind_refused"), &p.tenant);
+        }
+    }
+    // Nor to another subject of the same tenant: its roles would change silently mid-way.
+    let subject = Some(claims.subject.clone());
+    if let Some(bound_subject) = TXN_SUBJECT.with(|t| t.borrow().clone()) {
+        if bound_subject != subject {
+            refuse_bind_in(
+                Refusal::new(
+                    INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "this transaction is bound to another subject of tenant \"{}\" and cannot bind subject \"{}\"",
+                        p.tenant.slug, claims.subject
+                    ),
+                    "End the transaction (COMMIT or ROLLBACK) first: a transaction acts for one tenant and one subject.",
+                )
+                .code("rebind_refused"),
+                &p.tenant,
+            );
         }
     }
     TXN_TENANT.with(|t| t.set(Some(p.tenant.id)));
+    TXN_SUBJECT.with(|t| *t.borrow_mut() = Some(subject));
     BINDING.with(|slot| *slot.borrow_mut() = Some(p.binding(claims)));
     apply_limits(&p.tenant);
+    if outside_block {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            "tenancy.bind() outside a transaction block binds nothing after this statement",
+            "pg_tenancy",
+        )
+        .set_detail("pg_tenancy: not_in_transaction")
+        .set_hint("BEGIN first: a binding lasts for its transaction (or bind with scope => 'session' on a connection that is not pooled).")
+        .report(pgrx::PgLogLevel::WARNING);
+    }
     p.described.clone()
 }
 
@@ -783,10 +876,14 @@ fn prepare(
     let key = catalog::key(&claims.kid, crate::binding::token::decode_key);
     let tenant = match catalog::tenant_by_ref(&claims.tenant) {
         Some(t) => t,
+        // An authentication failure like every other thing wrong with a token (28000).
         None => refuse_bind(
-            INSUFFICIENT_PRIVILEGE,
-            "token names an unknown tenant".into(),
-            "The token's tenant claim must hold the uuid or slug of an existing tenant.",
+            Refusal::new(
+                INVALID_AUTHORIZATION,
+                "token names an unknown tenant",
+                "The token's tenant claim must hold the uuid or slug of an existing tenant.",
+            )
+            .code("unknown_tenant"),
             Some(&claims.tenant),
         ),
     };
@@ -808,7 +905,8 @@ fn prepare(
                     tenant.slug
                 ),
                 "Connect with a role mapped to this tenant, or unmap the role.",
-            ),
+            )
+            .code("role_mapped_elsewhere"),
             &tenant,
         );
     }
@@ -819,7 +917,7 @@ fn prepare(
         claims.jti.as_deref(),
     ) {
         refuse_bind_in(
-            Refusal::new(INVALID_AUTHORIZATION, why, REVOKED_HINT),
+            Refusal::new(INVALID_AUTHORIZATION, why, REVOKED_HINT).code("token_revoked"),
             &tenant,
         );
     }
@@ -902,6 +1000,12 @@ fn unix_to_rfc3339(secs: i64) -> String {
 pub fn unbind() {
     refuse_inside_internal("tenancy.unbind()");
     BINDING.with(|b| *b.borrow_mut() = None);
+    // A transaction whose binding no statement has used yet may bind again, for anyone; one
+    // that has read or written as a tenant stays that tenant's until it ends.
+    if !TXN_USED.with(|u| u.get()) {
+        TXN_TENANT.with(|t| t.set(None));
+        TXN_SUBJECT.with(|t| *t.borrow_mut() = None);
+    }
 }
 
 /// Apply the tenant's resource settings, within the platform's ceilings, for the rest of this
@@ -989,7 +1093,31 @@ fn ensure_mapped(gen: u64) {
         None
     };
     let Some(mut b) = candidate else {
+        // The mapping this role was bound through is gone: say so once, from the next
+        // statement, as for any other binding that ends (later statements find none bound).
+        let removed = MAPPED.with(|m| match &*m.borrow() {
+            Some((_, r, Some(old)))
+                if *r == role && !maps.iter().any(|m| m.tenant == old.tenant) =>
+            {
+                Some(old.slug.clone())
+            }
+            _ => None,
+        });
         MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, None)));
+        if let Some(slug) = removed {
+            binding_ended(
+                Refusal::new(
+                    INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "role \"{}\" is no longer mapped to tenant \"{slug}\"",
+                        crate::authz::role_name(role)
+                    ),
+                    "An operator maps roles with tenancy.map_role().",
+                )
+                .code("mapping_removed"),
+                slug,
+            );
+        }
         return;
     };
     if let Err(r) = revalidate(&mut b) {
@@ -997,6 +1125,19 @@ fn ensure_mapped(gen: u64) {
         binding_ended(r, b.slug.clone());
     }
     MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, Some(b))));
+}
+
+thread_local! {
+    /// Set while [`with_current`] runs (see there).
+    static IN_WITH_CURRENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Clears IN_WITH_CURRENT when dropped, also when an error unwinds.
+struct ReentryGuard;
+impl Drop for ReentryGuard {
+    fn drop(&mut self) {
+        IN_WITH_CURRENT.with(|c| c.set(false));
+    }
 }
 
 /// The binding in force, validated, or None when unbound. Raises when a binding exists but is no
@@ -1019,6 +1160,18 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     if INTERNAL.with(|i| i.borrow().is_some()) {
         return INTERNAL.with(|i| f(i.borrow().as_ref()));
     }
+    if IN_WITH_CURRENT.with(|c| c.get()) {
+        // Reached again from inside an outer call (a query its `f` or its validation runs,
+        // through a hook): the outer call validates the binding for this statement and may
+        // hold it borrowed, so read it as it is and change nothing.
+        return if BINDING.with(|b| b.borrow().is_some()) {
+            BINDING.with(|b| f(b.borrow().as_ref()))
+        } else {
+            MAPPED.with(|m| f(m.borrow().as_ref().and_then(|(_, _, b)| b.as_ref())))
+        };
+    }
+    IN_WITH_CURRENT.with(|c| c.set(true));
+    let _reentry = ReentryGuard;
     accept_invalidations_once_per_statement();
     let gen = catalog::generation();
     let explicit = BINDING.with(|b| {
@@ -1063,13 +1216,24 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                         .unwrap_or_default()
                 });
                 BINDING.with(|slot| *slot.borrow_mut() = None);
-                errors::refuse(
-                    "binding_expired",
-                    fields(&[("tenant", slug.into())]),
-                    INVALID_AUTHORIZATION,
-                    "the token of this binding has expired",
-                    "Bind again with a fresh token.",
-                );
+                let refusal = if support {
+                    Refusal::new(
+                        INSUFFICIENT_PRIVILEGE,
+                        format!("the support grant of tenant \"{slug}\" has expired"),
+                        "Ask a tenant admin for a new grant with tenancy.grant_support().",
+                    )
+                    .code("support_ended")
+                } else {
+                    Refusal::new(
+                        INVALID_AUTHORIZATION,
+                        "the token of this binding has expired",
+                        "Bind again with a fresh token.",
+                    )
+                    .code("binding_expired")
+                };
+                refusal
+                    .event("binding_expired", fields(&[("tenant", slug.into())]))
+                    .raise();
             }
             if !fresh {
                 let mut b = BINDING.with(|b| b.borrow().clone()).expect("bound");
@@ -1213,6 +1377,7 @@ fn note_transaction(tenant: Uuid) {
     if TXN_TENANT.with(|t| t.get()).is_none() {
         TXN_TENANT.with(|t| t.set(Some(tenant)));
     }
+    TXN_USED.with(|u| u.set(true));
     if !LIMITS_APPLIED.with(|l| l.get()) {
         if let Some(t) = catalog::tenant_by_id(tenant) {
             apply_limits(&t);
@@ -1272,7 +1437,8 @@ pub fn enter_support(
                         tenant.slug
                     ),
                     "End the transaction first.",
-                ),
+                )
+                .code("rebind_refused"),
                 tenant,
             );
         }
@@ -1303,12 +1469,28 @@ pub fn enter_support(
     b
 }
 
+#[track_caller]
 fn no_tenant_bound() -> ! {
-    errors::raise(
+    no_tenant_bound_on(None)
+}
+
+/// ERROR 42501 "no tenant bound", naming the protected table the statement touched when known.
+#[track_caller]
+pub fn no_tenant_bound_on(table: Option<pg_sys::Oid>) -> ! {
+    let message = match table {
+        Some(t) => format!(
+            "no tenant bound: table \"{}\" is protected",
+            catalog::relation_name(t)
+        ),
+        None => "no tenant bound".to_string(),
+    };
+    Refusal::new(
         INSUFFICIENT_PRIVILEGE,
-        "no tenant bound",
+        message,
         "Call tenancy.bind(token) in this transaction before touching tenant data, or connect with a role mapped to one tenant.",
     )
+    .code("no_tenant_bound")
+    .raise()
 }
 
 /// Run `f` on the binding in force, or ERROR 42501 "no tenant bound".
@@ -1320,14 +1502,9 @@ pub fn with_required<R>(f: impl FnOnce(&Binding) -> R) -> R {
 }
 
 /// The binding in force, or ERROR 42501 "no tenant bound".
+#[track_caller]
 pub fn require() -> Binding {
-    current_if_bound().unwrap_or_else(|| {
-        errors::raise(
-            INSUFFICIENT_PRIVILEGE,
-            "no tenant bound",
-            "Call tenancy.bind(token) in this transaction before touching tenant data, or connect with a role mapped to one tenant.",
-        )
-    })
+    current_if_bound().unwrap_or_else(|| no_tenant_bound())
 }
 
 /// The explicit (or internal) binding as it stands, without validation (for audit records).

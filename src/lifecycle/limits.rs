@@ -201,16 +201,23 @@ fn hold(caps: &Caps) {
             set_local(i, c);
             if i == 0 {
                 // The running statement's timer was armed with the value it started with.
-                // SAFETY: the timeout module's own API, in a backend's main process.
-                unsafe { enable_timeout_after(STATEMENT_TIMEOUT, c) };
+                // SAFETY: the timeout module's own API, in a backend's main process, called
+                // through pgrx's FFI guard (an ERROR raised below comes back as a panic).
+                unsafe {
+                    pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                        enable_timeout_after(STATEMENT_TIMEOUT, c)
+                    })
+                };
             }
         } else if i == 0 && c > 0 {
             // A statement whose timer is not armed (started under statement_timeout = 0).
             // SAFETY: as above.
             unsafe {
-                if !get_timeout_active(STATEMENT_TIMEOUT) && current(0) > 0 {
-                    enable_timeout_after(STATEMENT_TIMEOUT, current(0));
-                }
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    if !get_timeout_active(STATEMENT_TIMEOUT) && current(0) > 0 {
+                        enable_timeout_after(STATEMENT_TIMEOUT, current(0));
+                    }
+                })
             }
         }
     }

@@ -230,6 +230,9 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
         .as_ref()
         .and_then(|v| v.0.as_array().map(|a| a.iter().any(|r| r == "admin")))
         .unwrap_or(false);
+    // The record says what was set (NULL: removed): a widening of default_roles is visible
+    // in the tenant's trail as what it became.
+    let recorded = value.as_ref().map(|v| v.0.clone());
     match value {
         Some(v) => catalog::write(
             "UPDATE tenancy.tenant SET settings = settings || jsonb_build_object($2::text, $3::jsonb) WHERE id = $1",
@@ -243,7 +246,11 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
     if key == "default_roles" && value_names_admin {
         catalog::seat_admin(t.id);
     }
-    crate::audit::admin("set_setting", Some(t.id), serde_json::json!({"key": key}));
+    crate::audit::admin(
+        "set_setting",
+        Some(t.id),
+        serde_json::json!({"key": key, "value": recorded}),
+    );
 }
 
 /// The bound tenant's setting `key` (NULL when unset).

@@ -820,7 +820,7 @@ fn _refuse_truncate<'a>(
     let who = authz::caller();
     let bound = crate::binding::peek().is_some();
     if bound || !authz::is_operator(who) {
-        let table = trigger.table_name().unwrap_or_default();
+        let table = relation_name(trigger.relid()?);
         let mut f = serde_json::Map::new();
         f.insert("table".into(), table.clone().into());
         errors::refuse(

@@ -109,10 +109,13 @@ unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport:
 #[pg_extern(stable, parallel_restricted)]
 fn allows(tbl: crate::pg::types::Regclass, privilege: &str) -> bool {
     let tbl = tbl.0;
-    if crate::binding::with_required(|b| permitted(b, tbl, privilege)) {
-        return true;
+    // Raised outside with_current: naming the table runs a query, which may reach the binding
+    // again (hooks, invalidations) while with_current holds it.
+    match crate::binding::with_current(|b| b.map(|b| permitted(b, tbl, privilege))) {
+        Some(true) => true,
+        Some(false) => refuse(tbl, privilege),
+        None => crate::binding::no_tenant_bound_on(Some(tbl)),
     }
-    refuse(tbl, privilege)
 }
 
 /// Whether the binding's roles (or its support grant) hold `privilege` on `tbl`. pg_tenancy's
@@ -153,6 +156,18 @@ fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
         b.roles.join(", ")
     };
     let hint = match (&b.subject, b.roles.is_empty(), &b.source) {
+        (
+            Some(subject),
+            true,
+            crate::binding::Source::Token {
+                member: true,
+                claim_roles: Some(_),
+                ..
+            },
+        ) => format!(
+            "The token's roles claim leaves subject \"{subject}\" no role it holds in tenant \"{}\"; issue a token whose roles claim names one of its roles (or none).",
+            b.slug
+        ),
         (Some(subject), true, crate::binding::Source::Token { .. }) => format!(
             "Subject \"{subject}\" holds no role in tenant \"{}\" (it is not a member, and the tenant sets no default_roles). A tenant admin can add it: SELECT tenancy.add_member('{}', '{subject}', 'member');",
             b.slug, b.slug
@@ -188,9 +203,13 @@ fn allowed_tenant(tbl: crate::pg::types::Regclass, privilege: &str) -> pgrx::Uui
 
 /// What `allowed_tenant` returns; also the value of its reserved parameter (`binding_param.rs`).
 pub fn allowed_tenant_id(tbl: pg_sys::Oid, privilege: &str) -> pgrx::Uuid {
-    match crate::binding::with_required(|b| permitted(b, tbl, privilege).then_some(b.tenant)) {
-        Some(tenant) => catalog::to_pg_uuid(tenant),
-        None => refuse(tbl, privilege),
+    // Raised outside with_current, as in [`allows`].
+    match crate::binding::with_current(|b| {
+        b.map(|b| permitted(b, tbl, privilege).then_some(b.tenant))
+    }) {
+        Some(Some(tenant)) => catalog::to_pg_uuid(tenant),
+        Some(None) => refuse(tbl, privilege),
+        None => crate::binding::no_tenant_bound_on(Some(tbl)),
     }
 }
 

@@ -219,11 +219,38 @@ fn rebinding_to_another_tenant_in_a_transaction_is_refused() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501");
     c.batch_execute("ROLLBACK").unwrap();
-    // The same tenant may be bound again (token refresh).
+    // The same subject of the same tenant may be bound again (token refresh)...
     c.batch_execute("BEGIN").unwrap();
     bind(&mut c, &f.token(&f.a, "u"));
-    bind(&mut c, &f.token(&f.a, "u2"));
-    c.batch_execute("COMMIT").unwrap();
+    bind(&mut c, &f.token(&f.a, "u"));
+    // ...but not another subject: its roles would change silently mid-transaction.
+    expect_refusal(
+        &mut c,
+        &format!("SELECT tenancy.bind('{}')", f.token(&f.a, "u2")),
+        "42501",
+        "rebind_refused",
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn after_an_unused_binding_is_unbound_a_new_bind_works() {
+    let f = Fixture::new();
+    let mut c = app();
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "u"));
+    c.batch_execute("SELECT tenancy.unbind()").unwrap();
+    // No statement used the binding: the transaction may bind anyone, once.
+    bind(&mut c, &f.token(&f.b, "u2"));
+    assert_eq!(bound_tenant(&mut c), Ok(f.b_id.clone()));
+    c.batch_execute("SELECT tenancy.unbind()").unwrap();
+    expect_refusal(
+        &mut c,
+        &format!("SELECT tenancy.bind('{}')", f.token(&f.a, "u")),
+        "42501",
+        "rebind_refused",
+    );
+    c.batch_execute("ROLLBACK").unwrap();
 }
 
 #[test]
@@ -405,11 +432,11 @@ fn bad_tokens_are_refused_with_a_sqlstate() {
         &["28000"],
     );
 
-    // Unknown tenant.
+    // Unknown tenant: an authentication failure like every other bad token.
     refused(
         &mut c,
         &f.token_with(json!({"tid": "nobody-here", "sub": "u", "exp": now() + 60})),
-        &["42501"],
+        &["28000"],
     );
 
     // Malformed input: empty, not base64, not three parts, huge, deeply nested JSON.
@@ -473,7 +500,7 @@ fn suspended_tenant_wrong_region_and_tenant_scoped_key_are_refused() {
         &scoped,
         &json!({"tid": f.b, "sub": "u", "exp": now() + 60}),
     );
-    refused(&mut c, &t, &["42501"]);
+    refused(&mut c, &t, &["28000"]);
     let ok = sign(
         Algorithm::HS256,
         &scoped,

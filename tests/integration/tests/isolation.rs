@@ -56,8 +56,11 @@ fn unbound_sessions_get_an_error_not_rows() {
         "SELECT * FROM it_events_2026",
         "SELECT * FROM it_customer_totals",
     ] {
-        let msg = expect_err(&mut c, sql, &["42501"]);
-        assert_eq!(msg, "no tenant bound", "{sql}");
+        let msg = expect_refusal(&mut c, sql, "42501", "no_tenant_bound");
+        assert!(
+            msg.starts_with("no tenant bound: table \"public.it_"),
+            "{sql}: the refusal names the protected table: {msg}"
+        );
     }
 }
 

@@ -18,7 +18,9 @@ SELECT tenancy.add_key('be-key', 'HS256', 'a-secret-that-is-at-least-32-bytes-lo
 SELECT tenancy.add_key('be-384', 'HS384', 'a-secret-that-is-at-least-32-bytes-long');
 SELECT tenancy.add_key('be-revoked', 'HS256', 'a-secret-that-is-at-least-32-bytes-long');
 SELECT tenancy.revoke_key('be-revoked');
-SELECT tenancy.add_key('be-old', 'HS256', 'a-secret-that-is-at-least-32-bytes-long', NULL, '2020-01-01');
+SELECT tenancy.add_key('be-old', 'HS256', 'a-secret-that-is-at-least-32-bytes-long', NULL, now() + interval '1 second');
+-- A key already past its not_after is refused: it could never verify anything.
+SELECT tenancy.add_key('be-older', 'HS256', 'a-secret-that-is-at-least-32-bytes-long', NULL, '2020-01-01');
 SELECT tenancy.add_key('be-acme-only', 'HS256', 'a-secret-that-is-at-least-32-bytes-long', 'be-acme');
 CREATE ROLE regress_be_app LOGIN NOSUPERUSER NOBYPASSRLS;
 \c - regress_be_app
@@ -78,6 +80,7 @@ SELECT tenancy.bind(regress.token('be-acme', 'alice', 'be-unknown'));
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT tenancy.bind(regress.token('be-acme', 'alice', 'be-revoked'));
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT pg_sleep(1.2) AS wait_for_be_old_to_expire;
 SELECT tenancy.bind(regress.token('be-acme', 'alice', 'be-old'));   -- past its not_after
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 -- A tenant-scoped key signing for another tenant: the token is genuine, and may not bind it.

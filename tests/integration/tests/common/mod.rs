@@ -120,6 +120,28 @@ pub fn expect_err(c: &mut Client, sql: &str, codes: &[&str]) -> String {
     }
 }
 
+/// Expect a statement to be refused with `state` and the machine-readable code `code` (the
+/// DETAIL line `pg_tenancy: <code>`); returns the error message.
+pub fn expect_refusal(c: &mut Client, sql: &str, state: &str, code: &str) -> String {
+    match c.batch_execute(sql) {
+        Ok(()) => panic!("expected {state} {code} from: {sql}"),
+        Err(e) => {
+            let got = sqlstate(&e);
+            let detail = e
+                .as_db_error()
+                .and_then(|d| d.detail())
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                got == state && detail.lines().any(|l| l == format!("pg_tenancy: {code}")),
+                "{sql}: expected {state} with DETAIL pg_tenancy: {code}, got {got} ({detail:?}): {}",
+                message(&e)
+            );
+            message(&e)
+        }
+    }
+}
+
 pub fn sign(alg: Algorithm, kid: &str, claims: &serde_json::Value) -> String {
     let key = match alg {
         Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
