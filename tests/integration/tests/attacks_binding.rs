@@ -222,9 +222,19 @@ fn set_role_to_a_role_mapped_to_another_tenant_binds_nothing() {
 fn bind_of_null_is_refused_and_binds_nothing() {
     let (_f, mut c) = two_tenants();
     c.batch_execute("BEGIN").unwrap();
-    expect_refusal(&mut c, "SELECT tenancy.bind(NULL)", "28000", "token_missing");
+    expect_refusal(
+        &mut c,
+        "SELECT tenancy.bind(NULL)",
+        "28000",
+        "token_missing",
+    );
     c.batch_execute("ROLLBACK; BEGIN").unwrap();
-    expect_refusal(&mut c, "SELECT tenancy.bind(NULL, 'transaction')", "28000", "token_missing");
+    expect_refusal(
+        &mut c,
+        "SELECT tenancy.bind(NULL, 'transaction')",
+        "28000",
+        "token_missing",
+    );
     c.batch_execute("ROLLBACK; BEGIN").unwrap();
     expect_err(&mut c, "SELECT count(*) FROM it_customers", &["42501"]);
     c.batch_execute("ROLLBACK").unwrap();

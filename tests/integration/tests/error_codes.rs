@@ -30,7 +30,12 @@ fn token_missing_invalid_expired_and_not_yet_valid() {
     let f = Fixture::new();
     let mut c = app();
     c.batch_execute("BEGIN").unwrap();
-    let m = expect_refusal(&mut c, "SELECT tenancy.bind(NULL)", "28000", "token_missing");
+    let m = expect_refusal(
+        &mut c,
+        "SELECT tenancy.bind(NULL)",
+        "28000",
+        "token_missing",
+    );
     assert_eq!(m, "no token");
     c.batch_execute("ROLLBACK").unwrap();
     bind_refused(&mut c, "not.a.token", "28000", "token_invalid");
@@ -213,7 +218,12 @@ fn a_removed_mapping_ends_the_binding_and_a_mapped_role_binds_nothing_else() {
         .unwrap();
     let mut c = connect(&role);
     assert_not_privileged(&mut c);
-    bind_refused(&mut c, &f.token(&f.b, "u"), "42501", "role_mapped_elsewhere");
+    bind_refused(
+        &mut c,
+        &f.token(&f.b, "u"),
+        "42501",
+        "role_mapped_elsewhere",
+    );
     c.batch_execute("BEGIN").unwrap();
     assert_eq!(bound_tenant(&mut c), Ok(f.a_id.clone()));
     su.execute(&format!("SELECT tenancy.unmap_role('{role}', $1)"), &[&f.a])
@@ -232,8 +242,11 @@ fn a_revoked_support_grant_ends_the_operators_access() {
     let f = Fixture::new();
     let mut su = superuser();
     let admin = unique("boss");
-    su.execute("SELECT tenancy.add_member($1, $2, 'admin')", &[&f.a, &admin])
-        .unwrap();
+    su.execute(
+        "SELECT tenancy.add_member($1, $2, 'admin')",
+        &[&f.a, &admin],
+    )
+    .unwrap();
     let mut c = app();
     c.batch_execute("BEGIN").unwrap();
     bind(&mut c, &f.token(&f.a, &admin));
@@ -270,7 +283,10 @@ fn no_tenant_bound_names_the_table() {
         "42501",
         "no_tenant_bound",
     );
-    assert_eq!(m, "no tenant bound: table \"public.it_orders\" is protected");
+    assert_eq!(
+        m,
+        "no tenant bound: table \"public.it_orders\" is protected"
+    );
     let m = expect_refusal(
         &mut c,
         "SELECT tenancy.current_tenant()",
@@ -286,9 +302,10 @@ fn bind_outside_a_transaction_block_warns_like_set_local() {
     let seen = warnings.clone();
     let mut config = config(APP);
     config.notice_callback(move |n| {
-        seen.lock()
-            .unwrap()
-            .push((n.code().code().to_string(), n.detail().unwrap_or_default().to_string()))
+        seen.lock().unwrap().push((
+            n.code().code().to_string(),
+            n.detail().unwrap_or_default().to_string(),
+        ))
     });
     let mut c = config.connect(postgres::NoTls).unwrap();
     assert_not_privileged(&mut c);
