@@ -47,6 +47,7 @@ REVOKE EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) FROM P
 REVOKE EXECUTE ON FUNCTION tenancy.suspend_tenant(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.resume_tenant(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.add_key(text, text, text, text, timestamptz) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.add_keys(jsonb, text, timestamptz) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.revoke_key(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) FROM PUBLIC;
@@ -58,6 +59,7 @@ GRANT EXECUTE ON FUNCTION tenancy.suspend_tenant(text, text) TO tenancy_operator
 GRANT EXECUTE ON FUNCTION tenancy.resume_tenant(text) TO tenancy_operator;
 -- Keys are the key admins' (separation of duties), not the operators'.
 GRANT EXECUTE ON FUNCTION tenancy.add_key(text, text, text, text, timestamptz) TO tenancy_key_admin;
+GRANT EXECUTE ON FUNCTION tenancy.add_keys(jsonb, text, timestamptz) TO tenancy_key_admin;
 GRANT EXECUTE ON FUNCTION tenancy.revoke_key(text) TO tenancy_key_admin;
 GRANT EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) TO tenancy_operator;

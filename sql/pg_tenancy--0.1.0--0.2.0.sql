@@ -451,3 +451,10 @@ SELECT 'error', 'unprotected_parent', p.relid::regclass::text,
 $verify$;
 REVOKE EXECUTE ON FUNCTION tenancy._lock_protected_tables() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy._lock_protected_tables() TO tenancy_operator;
+
+-- tenancy.add_keys: import a JWKS document as identity providers publish it.
+CREATE FUNCTION tenancy."add_keys"("jwks" jsonb, "tenant" text DEFAULT NULL, "not_after" timestamp with time zone DEFAULT NULL)
+RETURNS TABLE ("kid" text, "alg" text, "status" text)
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'add_keys_wrapper';
+REVOKE EXECUTE ON FUNCTION tenancy.add_keys(jsonb, text, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.add_keys(jsonb, text, timestamptz) TO tenancy_key_admin;

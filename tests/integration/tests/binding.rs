@@ -784,3 +784,120 @@ fn revoking_the_key_ends_a_live_session_binding_from_its_next_statement() {
     assert!(message(&e).contains("revoked"), "{}", message(&e));
     c.batch_execute("ROLLBACK").unwrap();
 }
+
+/// The test keys as an identity provider publishes them (a JWKS), derived from the PEM files in
+/// `keys/` with openssl (`openssl rsa -pubin -modulus`; the last 32 bytes of the Ed25519 and the
+/// last 64 of the P-256 SubjectPublicKeyInfo). Tokens signed with the private keys bind, which
+/// proves each JWK is the same key.
+fn test_jwks(prefix: &str) -> serde_json::Value {
+    json!({"keys": [
+        {"kty": "RSA", "kid": format!("{prefix}-rsa"), "use": "sig", "e": "AQAB",
+         "n": "kHXf9b96wZj25PCUkJw44ob9MwXNEwi9SybdsDu32S3IR86-0c1M1r8wkMaC_7aXJbPnTe6GvRnD-8nsKoMRNTSib5cWN7R30Ssl5ijZhnhUyp8yGZKA3SxscGYsnXgD-UDI_3-C76xBQiYJ1flu0L5IMbEONUNWN92hlspCfgtF4q-sP3XYPpzENmvACwbYeHnd_y2g2ZEuMpxOMmunRcd2Qv9lf3bE33TbBEasTz34srF8dr2hqtjyEaWeh2DBBIBsfyaX8A3wNfSta2FU68r3lUW16qBXB-QdC3Bkw-mGcwsGzPAOjglWE6bAqKsoQ0-xm4bKs14RpOofq4yOoQ"},
+        {"kty": "OKP", "crv": "Ed25519", "kid": format!("{prefix}-ed"), "alg": "EdDSA",
+         "x": "yACcLAXCrckpJDIxhRaxwfEmLG0irNXwxmfrNCdB1jA"},
+        {"kty": "EC", "crv": "P-256", "kid": format!("{prefix}-ec"),
+         "x": "qljoCstVjudnOB80k0ng6uuNAXf0YhIgtrUG7IbGzqY", "y": "orWLvaqLBtklwzTJYXX8f3wTLeMnLNH3uvy1c_9II68"},
+        {"kty": "RSA", "kid": format!("{prefix}-enc"), "use": "enc", "e": "AQAB", "n": "AQAB"}
+    ]})
+}
+
+#[test]
+fn add_keys_imports_a_jwks_each_key_by_its_kid() {
+    let f = Fixture::new();
+    let mut ka = connect(KEY_ADMIN);
+    assert_not_privileged(&mut ka);
+    let p = unique("idp");
+    let jwks = test_jwks(&p);
+    let status = |ka: &mut postgres::Client, jwks: &serde_json::Value| -> Vec<String> {
+        ka.query(
+            "SELECT kid || ' ' || coalesce(alg, '-') || ' ' || status FROM tenancy.add_keys($1::text::jsonb) ORDER BY kid",
+            &[&jwks.to_string()],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+    };
+    assert_eq!(
+        status(&mut ka, &jwks),
+        vec![
+            format!("{p}-ec ES256 added"),
+            format!("{p}-ed EdDSA added"),
+            format!("{p}-enc - skipped: an encryption key"),
+            format!("{p}-rsa RS256 added"),
+        ]
+    );
+    let mut c = app();
+    for (alg, kid) in [
+        (Algorithm::RS256, "rsa"),
+        (Algorithm::EdDSA, "ed"),
+        (Algorithm::ES256, "ec"),
+    ] {
+        let t = sign(
+            alg,
+            &format!("{p}-{kid}"),
+            &json!({"tid": f.a, "sub": "u", "exp": now() + 60}),
+        );
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&t]).unwrap();
+        tx.rollback().unwrap();
+    }
+    // Imported again (the provider's document, fetched again): nothing changes.
+    assert!(status(&mut ka, &jwks)
+        .iter()
+        .all(|s| s.ends_with("unchanged") || s.ends_with("encryption key")));
+    // A kid already registered with another key is refused, and nothing of the document is
+    // registered (all or nothing).
+    let mut other = test_jwks(&p);
+    other["keys"][2]["x"] = other["keys"][1]["x"].clone();
+    other["keys"][0]["kid"] = json!(format!("{p}-new"));
+    let e = ka
+        .query(
+            "SELECT * FROM tenancy.add_keys($1::text::jsonb)",
+            &[&other.to_string()],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42710", "{}", message(&e));
+    let n: i64 = superuser()
+        .query_one(
+            "SELECT count(*) FROM tenancy.keys WHERE kid = $1",
+            &[&format!("{p}-new")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a refused document registers nothing");
+    // Not a JWKS, a key without kid, an oct key without alg: 22023 with a hint.
+    for bad in [
+        json!({"kty": "RSA", "e": "AQAB", "n": "AQAB"}),
+        json!({"keys": []}),
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "yACcLAXCrckpJDIxhRaxwfEmLG0irNXwxmfrNCdB1jA"}]}),
+        json!({"keys": [{"kty": "oct", "kid": unique("oct"), "k": "c2VjcmV0"}]}),
+    ] {
+        let e = ka
+            .query(
+                "SELECT * FROM tenancy.add_keys($1::text::jsonb)",
+                &[&bad.to_string()],
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "22023", "{bad}: {}", message(&e));
+    }
+    // A JWKS passed to add_key is pointed to add_keys.
+    let e = ka
+        .execute(
+            "SELECT tenancy.add_key($1, 'RS256', $2)",
+            &[&unique("one"), &jwks.to_string()],
+        )
+        .unwrap_err();
+    let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+    assert!(hint.contains("tenancy.add_keys"), "{hint}");
+    // Operators and applications cannot import keys.
+    for role in [OPERATOR, APP] {
+        let e = connect(role)
+            .query(
+                "SELECT * FROM tenancy.add_keys($1::text::jsonb)",
+                &[&test_jwks(&unique("x")).to_string()],
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{role}");
+    }
+}
