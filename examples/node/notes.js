@@ -39,3 +39,27 @@ export async function request(pool, token, body) {
     return r.rows.map((row) => row.body);
   });
 }
+
+// pg_tenancy's machine-readable codes (README, "Errors an application can map") as HTTP statuses.
+const HTTP_STATUS = {
+  ...Object.fromEntries(
+    ['token_missing', 'token_invalid', 'token_expired', 'token_not_yet_valid', 'token_revoked',
+      'key_unknown', 'key_expired', 'key_wrong_tenant', 'unknown_tenant', 'binding_expired'].map((c) => [c, 401]),
+  ),
+  ...Object.fromEntries(
+    ['tenant_unavailable', 'membership_removed', 'mapping_removed', 'support_ended',
+      'privilege_refused', 'cross_tenant_write_refused'].map((c) => [c, 403]),
+  ),
+  wrong_region: 421,
+};
+
+/** The code in a pg_tenancy refusal's DETAIL ("pg_tenancy: <code>"), or null. */
+export function errorCode(err) {
+  const line = (err.detail ?? '').split('\n').find((l) => l.startsWith('pg_tenancy: '));
+  return line ? line.slice('pg_tenancy: '.length) : null;
+}
+
+/** The HTTP status to answer a request that failed with `err`: unmapped is the app's own bug. */
+export function httpStatus(err) {
+  return HTTP_STATUS[errorCode(err)] ?? 500;
+}

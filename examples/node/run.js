@@ -9,7 +9,7 @@
 import crypto from 'node:crypto';
 import pg from 'pg';
 import { SignJWT, exportSPKI, generateKeyPair } from 'jose';
-import { request, withTenant } from './notes.js';
+import { errorCode, httpStatus, request, withTenant } from './notes.js';
 
 const run = crypto.randomBytes(4).toString('hex');
 const tenants = { eddsa: `node-a-${run}`, rs256: `node-b-${run}` };
@@ -66,6 +66,22 @@ try {
   check('a forged write is refused', false, 'it was written');
 } catch (e) {
   check('a forged write is refused', e.code === '42501', e.code);
+  check('its code maps to 403', errorCode(e) === 'cross_tenant_write_refused' && httpStatus(e) === 403, `${errorCode(e)} -> ${httpStatus(e)}`);
+}
+
+// A request without a token: 28000 token_missing, answered 401.
+{
+  const client = await pool.connect();
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT tenancy.bind($1)', [null]);
+    check('a missing token is refused', false, 'it bound');
+  } catch (e) {
+    check('a missing token is refused with 401', errorCode(e) === 'token_missing' && httpStatus(e) === 401, `${e.code} ${errorCode(e)} -> ${httpStatus(e)}`);
+  } finally {
+    await client.query('ROLLBACK').catch(() => {});
+    client.release();
+  }
 }
 
 await pool.end();

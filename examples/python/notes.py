@@ -7,6 +7,8 @@ request's tenant, and nothing else in the application knows about tenants.
 
 import contextvars
 
+import psycopg
+
 from sqlalchemy import BigInteger, String, Uuid, create_engine, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -62,3 +64,29 @@ def request(sessions: sessionmaker, token: str, body: str) -> list[str]:
             return list(s.scalars(select(Note.body).order_by(Note.id)))
     finally:
         current_token.reset(reset)
+
+
+# pg_tenancy's machine-readable codes (README, "Errors an application can map") as HTTP statuses.
+HTTP_STATUS = {
+    **dict.fromkeys(
+        ["token_missing", "token_invalid", "token_expired", "token_not_yet_valid", "token_revoked",
+         "key_unknown", "key_expired", "key_wrong_tenant", "unknown_tenant", "binding_expired"], 401),
+    **dict.fromkeys(
+        ["tenant_unavailable", "membership_removed", "mapping_removed", "support_ended",
+         "privilege_refused", "cross_tenant_write_refused"], 403),
+    "wrong_region": 421,
+}
+
+
+def error_code(e: psycopg.Error) -> str | None:
+    """The code in a pg_tenancy refusal's DETAIL ("pg_tenancy: <code>"), or None."""
+    for line in (e.diag.message_detail or "").splitlines():
+        if line.startswith("pg_tenancy: "):
+            return line.removeprefix("pg_tenancy: ")
+    return None
+
+
+def http_status(e: psycopg.Error) -> int:
+    """The HTTP status to answer a request that failed with `e`: anything unmapped is the
+    application's own bug (500)."""
+    return HTTP_STATUS.get(error_code(e) or "", 500)

@@ -93,6 +93,17 @@ def main() -> int:
             check("a forged write is refused", False, "it was written")
         except psycopg.errors.InsufficientPrivilege as e:
             check("a forged write is refused", True, e.sqlstate)
+            check("its code maps to 403", (notes.error_code(e), notes.http_status(e)) == ("cross_tenant_write_refused", 403),
+                  f"{notes.error_code(e)} -> {notes.http_status(e)}")
+
+    # A request without a token: 28000 token_missing, answered 401.
+    with psycopg.connect(POOLER, prepare_threshold=None) as c:
+        try:
+            with c.transaction():
+                c.execute("SELECT tenancy.bind(%s)", (None,))
+            check("a missing token is refused", False, "it bound")
+        except psycopg.errors.InvalidAuthorizationSpecification as e:
+            check("a missing token is refused with 401", notes.http_status(e) == 401, f"{notes.error_code(e)} -> {notes.http_status(e)}")
 
     # Fewer round trips: in pipeline mode, BEGIN, the bind and the first query leave together and
     # come back together.
