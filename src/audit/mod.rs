@@ -6,8 +6,10 @@
 //!   UPDATE entries keep the changed columns only; `audit_exclude` columns never reach the
 //!   trail.
 //! - Management actions are ADMIN entries.
-//! - Every record carries `row_hash`, SHA-256 over the whole record including its id, computed
-//!   by the writer (a row inserted by hand has none, or a wrong one).
+//! - Every record carries `row_hash`, an HMAC-SHA-256 over the whole record including its id,
+//!   keyed per tenant by a secret only the catalog owner reads (`tenancy.audit_key`), computed
+//!   by the writer (a row inserted by hand has none, or a wrong one; without the key nobody can
+//!   confirm a guessed row against its hash).
 //! - Records are linked per tenant in `tenancy.audit_chain` at PRE_COMMIT of the writing
 //!   transaction. A tenant has `LANES` chains; the transaction takes the lock of the first lane
 //!   no other committer holds (an advisory tag SQL cannot take), reads that lane's head with

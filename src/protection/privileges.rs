@@ -2,9 +2,12 @@
 //! - at executor start, by an `ExecutorCheckPerms_hook`, for every protected relation the
 //!   statement reads or writes (so a refused statement or a missing binding is loud even when
 //!   the table is empty and no policy expression would ever be evaluated);
-//! - by the generated policies, through `(SELECT tenancy.allows('table'::regclass, 'privilege'))`,
-//!   which is the guarantee: it holds even in a backend where this library was not loaded yet
-//!   when the statement started (the hook is installed when the library loads).
+//! - by the generated policies, through
+//!   `tenant_id = (SELECT tenancy.allowed_tenant('table'::regclass, 'privilege'))` (planned as a
+//!   reserved executor parameter, `src/pg/binding_param.rs`), which is the guarantee: it holds
+//!   even in a backend where this library was not loaded yet when the statement started (the
+//!   hook is installed when the library loads). `tenancy.allows` is the same check answering
+//!   true or raising, for SQL of your own.
 
 use crate::catalog;
 use crate::errors;
