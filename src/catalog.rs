@@ -593,7 +593,7 @@ pub fn key(kid: &str, decode: KeyDecoder) -> Option<Rc<KeyRow>> {
     let gen = generation();
     let loaded = owner_rows(
         "tenancy.signing_key",
-        "SELECT alg, key_material, tenant_id, extract(epoch FROM not_after)::int8, revoked_at IS NOT NULL \
+        "SELECT alg, key_material, tenant_id, floor(extract(epoch FROM not_after))::int8, revoked_at IS NOT NULL \
            FROM tenancy.signing_key WHERE kid = $1",
         &[kid.into()],
         |row| {
@@ -920,7 +920,7 @@ pub fn support_grant(tenant: Uuid, operator: pg_sys::Oid) -> Option<Rc<SupportGr
             let gen = generation();
             let g = owner_rows(
                 "tenancy.support_grant",
-                "SELECT id, privileges, extract(epoch FROM expires_at)::int8 FROM tenancy.support_grant \
+                "SELECT id, privileges, floor(extract(epoch FROM expires_at))::int8 FROM tenancy.support_grant \
                   WHERE tenant_id = $1 AND operator::oid = $2 AND revoked_at IS NULL AND expires_at > now() \
                   ORDER BY expires_at DESC LIMIT 1",
                 &[to_pg_uuid(tenant).into(), operator.into()],
