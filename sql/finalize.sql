@@ -208,8 +208,47 @@ GRANT EXECUTE ON FUNCTION tenancy.protect_schema(text, text) TO tenancy_operator
 GRANT EXECUTE ON FUNCTION tenancy.auto_protect(text, boolean, text) TO tenancy_operator;
 
 ---------------------------------------------------------------------------------------------
+-- Internal, for verify()'s fixes: the definition of foreign key con with the tenant columns
+-- matched first (src_col of the referencing table to dst_col of the referenced one), its other
+-- columns, MATCH type, actions and deferrability kept. ON DELETE SET NULL / SET DEFAULT name the
+-- foreign key's own columns, so that a deletion never clears a row's tenant.
+CREATE FUNCTION tenancy._fk_with_tenant(con oid, src_col name, dst_col name) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT format('FOREIGN KEY (%s) REFERENCES %s (%s)%s%s%s%s',
+              concat_ws(', ', quote_ident(src_col), string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord)),
+              c.confrelid::regclass,
+              concat_ws(', ', quote_ident(dst_col), string_agg(quote_ident(b.attname), ', ' ORDER BY k.ord)),
+              CASE c.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END,
+              CASE c.confupdtype WHEN 'r' THEN ' ON UPDATE RESTRICT' WHEN 'c' THEN ' ON UPDATE CASCADE'
+                                 WHEN 'n' THEN ' ON UPDATE SET NULL' WHEN 'd' THEN ' ON UPDATE SET DEFAULT' ELSE '' END,
+              CASE WHEN c.confdeltype IN ('n', 'd')
+                   THEN format(' ON DELETE %s (%s)', CASE c.confdeltype WHEN 'n' THEN 'SET NULL' ELSE 'SET DEFAULT' END,
+                               (SELECT string_agg(quote_ident(s.attname), ', ' ORDER BY s.attnum)
+                                  FROM pg_attribute s
+                                 WHERE s.attrelid = c.conrelid
+                                   AND s.attnum = ANY (coalesce(c.confdelsetcols, c.conkey))
+                                   AND s.attname <> src_col))
+                   ELSE CASE c.confdeltype WHEN 'r' THEN ' ON DELETE RESTRICT' WHEN 'c' THEN ' ON DELETE CASCADE' ELSE '' END END,
+              CASE WHEN c.condeferred THEN ' DEFERRABLE INITIALLY DEFERRED' WHEN c.condeferrable THEN ' DEFERRABLE' ELSE '' END)
+  FROM pg_constraint c
+  LEFT JOIN LATERAL unnest(c.conkey, c.confkey) WITH ORDINALITY AS k(src, dst, ord) ON true
+  LEFT JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.src
+  LEFT JOIN pg_attribute b ON b.attrelid = c.confrelid AND b.attnum = k.dst
+ WHERE c.oid = con AND a.attname IS DISTINCT FROM src_col AND b.attname IS DISTINCT FROM dst_col
+ GROUP BY c.oid, c.confrelid, c.confmatchtype, c.confupdtype, c.confdeltype, c.confdelsetcols, c.conkey,
+          c.conrelid, c.condeferred, c.condeferrable
+$$;
+REVOKE EXECUTE ON FUNCTION tenancy._fk_with_tenant(oid, name, name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._fk_with_tenant(oid, name, name) TO tenancy_operator;
+
+---------------------------------------------------------------------------------------------
 -- verify(): the database's isolation health. No row of severity 'error' means clean. Each
--- finding carries the SQL that fixes it. For operators (it reads pg_tenancy's metadata).
+-- finding carries the SQL that fixes it, and the findings come in the order their fixes run:
+-- run them top to bottom (a key is rewritten before the foreign keys that reference it are
+-- added back, an index is created only if no fix before made one). For operators (it reads
+-- pg_tenancy's metadata).
 CREATE FUNCTION tenancy.verify()
 RETURNS TABLE (severity text, rule text, object text, detail text, fix text)
 LANGUAGE sql VOLATILE
@@ -250,6 +289,7 @@ dependents AS (
     )
     SELECT DISTINCT dep, relkind, base FROM reads
 )
+SELECT f.severity, f.rule, f.object, f.detail, f.fix FROM (
 -- 1. Protected tables whose state differs from what protect() recorded.
 SELECT 'error', 'protection_drift', p.relid::text,
        'row security, policies, tenant column or pg_tenancy triggers differ from the recorded digest',
@@ -285,7 +325,14 @@ SELECT 'warning', 'unique_without_tenant', format('%s.%I', p.relid::regclass, co
                  FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
                  JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum),
               p.tenant_column),
-       format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s);',
+       -- The foreign keys of protected tables that reference this key go first (each is added
+       -- back with the tenant column by its fk_without_tenant fix, which comes after); a
+       -- foreign key of a table that is not protected stops the fix with PostgreSQL's error.
+       format('%sALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s (%I, %s);',
+              (SELECT string_agg(format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I; ', fk.conrelid::regclass, fk.conname),
+                                 '' ORDER BY fk.conrelid, fk.conname)
+                 FROM pg_constraint fk
+                WHERE fk.contype = 'f' AND fk.conindid = con.conindid AND fk.conrelid IN (SELECT relid FROM prot)),
               p.relid::regclass, con.conname, con.conname,
               CASE con.contype WHEN 'p' THEN 'PRIMARY KEY' ELSE 'UNIQUE' END, p.tenant_column,
               (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord)
@@ -298,8 +345,12 @@ UNION ALL
 SELECT 'error', 'fk_without_tenant', format('%s.%I', p.relid::regclass, con.conname),
        format('foreign key to %s does not match %I: a row can reference another tenant''s row',
               con.confrelid::regclass, p.tenant_column),
-       format('ALTER TABLE %s DROP CONSTRAINT %I; -- then add a foreign key on (%I, ...) referencing a unique key (%I, ...) of %s',
-              p.relid::regclass, con.conname, p.tenant_column, r.tenant_column, con.confrelid::regclass)
+       -- The referenced columns with the tenant column are unique: the key referenced
+       -- either has the tenant column, or its unique_without_tenant (or
+       -- unique_index_without_tenant) fix, which comes first, adds it.
+       format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I, ADD CONSTRAINT %I %s;',
+              p.relid::regclass, con.conname, con.conname,
+              tenancy._fk_with_tenant(con.oid, p.tenant_column, r.tenant_column))
   FROM prot p
   JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'f'
   JOIN prot r ON r.relid = con.confrelid
@@ -369,9 +420,29 @@ UNION ALL
 -- 13. Protected tables without an index led by the tenant column.
 SELECT 'warning', 'missing_tenant_index', p.relid::text,
        format('no index starts with %I: every query scans the whole table', p.tenant_column),
-       format('CREATE INDEX ON %s (%I);', p.relid::regclass, p.tenant_column)
+       -- Unless a fix before it (a key rewritten to lead with the tenant column) made one.
+       format('DO %L;',
+              format('BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_index WHERE indrelid = %L::pg_catalog.regclass AND indkey[0] = %s) THEN CREATE INDEX ON %s (%I); END IF; END',
+                     p.relid::regclass, p.tenant_attnum, p.relid::regclass, p.tenant_column))
   FROM prot p
  WHERE NOT EXISTS (SELECT FROM pg_index x WHERE x.indrelid = p.relid AND x.indkey[0] = p.tenant_attnum)
+UNION ALL
+-- 13b. An index on the tenant column alone (protect() makes one) beside another index led by
+--      the tenant column: the other serves every query the short one serves, and each write
+--      maintains both.
+SELECT 'warning', 'redundant_tenant_index', x.indexrelid::regclass::text,
+       format('index on (%I) alone is redundant: %s also starts with %I', p.tenant_column, w.indexrelid::regclass, p.tenant_column),
+       format('DROP INDEX %s;', x.indexrelid::regclass)
+  FROM prot p
+  JOIN pg_index x ON x.indrelid = p.relid AND x.indnatts = 1 AND x.indkey[0] = p.tenant_attnum
+                 AND NOT x.indisunique AND x.indexprs IS NULL AND x.indpred IS NULL
+  JOIN pg_class xc ON xc.oid = x.indexrelid
+  JOIN pg_am am ON am.oid = xc.relam AND am.amname = 'btree'
+  CROSS JOIN LATERAL (
+      SELECT w.indexrelid FROM pg_index w JOIN pg_class wc ON wc.oid = w.indexrelid
+       WHERE w.indrelid = p.relid AND w.indexrelid <> x.indexrelid AND w.indkey[0] = p.tenant_attnum
+         AND w.indnkeyatts > 1 AND w.indpred IS NULL AND w.indisvalid AND wc.relam = xc.relam
+       ORDER BY w.indisprimary DESC, w.indexrelid LIMIT 1) w
 UNION ALL
 -- 14. Large objects owned by roles that use protected tables: large objects have no row
 --     security, so every session of the owning role reads them, whichever tenant it is bound to.
@@ -469,13 +540,25 @@ SELECT 'error', 'unique_index_without_tenant', x.indexrelid::regclass::text,
                         p.relid::regclass, con.conname, con.conname,
                         regexp_replace(pg_get_constraintdef(con.oid), '^EXCLUDE USING (\S+) \(',
                                        'EXCLUDE USING \1 (' || quote_ident(p.tenant_column) || ' WITH =, '))
-            ELSE format('DROP INDEX %s; %s;', x.indexrelid::regclass,
+            ELSE format('%sDROP INDEX %s; %s;',
+                        (SELECT string_agg(format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I; ', fk.conrelid::regclass, fk.conname),
+                                           '' ORDER BY fk.conrelid, fk.conname)
+                           FROM pg_constraint fk
+                          WHERE fk.contype = 'f' AND fk.conindid = x.indexrelid AND fk.conrelid IN (SELECT relid FROM prot)),
+                        x.indexrelid::regclass,
                         regexp_replace(pg_get_indexdef(x.indexrelid), ' USING (\S+) \(',
                                        ' USING \1 (' || quote_ident(p.tenant_column) || ', ')) END
   FROM prot p JOIN pg_index x ON x.indrelid = p.relid
   LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.contype = 'x'
- WHERE (x.indisexclusion OR (x.indisunique AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)))
+ WHERE (x.indisexclusion
+        OR (x.indisunique AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL) AND x.indkey[0] IS DISTINCT FROM p.tenant_attnum)
+        -- a unique index that is not a constraint's (rule 4 reports those) and lacks the column
+        OR (x.indisunique AND x.indexprs IS NULL AND x.indpred IS NULL
+            AND NOT EXISTS (SELECT FROM generate_series(0, x.indnkeyatts - 1) k WHERE x.indkey[k] = p.tenant_attnum)
+            AND NOT EXISTS (SELECT FROM pg_constraint uc WHERE uc.conindid = x.indexrelid AND uc.conrelid = p.relid)))
    AND x.indkey[0] IS DISTINCT FROM p.tenant_attnum
+   -- one that calls a function not built in is dropped by its leaky_expression fix instead
+   AND tenancy._leaky_call(x.indexprs::text, true) IS NULL AND tenancy._leaky_call(x.indpred::text, true) IS NULL
 UNION ALL
 -- 19. CHECK constraints, index expressions and predicates, statistics expressions, generated
 --     columns, partition keys and the types of columns (domains' constraints, ranges'
@@ -627,6 +710,19 @@ SELECT 'error', 'unprotected_parent', p.relid::regclass::text,
             ELSE format('ALTER TABLE %s NO INHERIT %s;', p.relid::regclass, i.inhparent::regclass) END
   FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_inherits i ON i.inhrelid = p.relid
  WHERE i.inhparent NOT IN (SELECT relid FROM prot)
+) f(severity, rule, object, detail, fix)
+-- The order the fixes run in: protection and ownership first; then the expressions that call
+-- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so
+-- that each key leads with the tenant column before the foreign keys that reference it are
+-- added back and before the tenant index is looked for; the rest touch nothing the others do.
+ORDER BY array_position(ARRAY['protection_drift', 'unprotected_tenant_table', 'partition_unprotected',
+                              'unprotected_parent', 'owner_can_bind', 'domain_owner_can_bind',
+                              'trigger_function_owner_can_bind', 'leaky_expression',
+                              'unique_without_tenant', 'unique_index_without_tenant',
+                              'fk_without_tenant', 'fk_cascade_from_shared_table',
+                              'builtin_nonleakproof_expression', 'missing_tenant_index',
+                              'redundant_tenant_index'], f.rule) NULLS LAST,
+         f.rule, f.object
 $verify$;
 REVOKE EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables() TO tenancy_operator;

@@ -56,6 +56,37 @@ SELECT fix FROM pg_temp.findings('fk_without_tenant') \gexec
 SELECT fix FROM pg_temp.findings('unique_without_tenant') \gexec
 SELECT count(*) AS left FROM pg_temp.findings('%_without_tenant');
 
+-- The fixes run in verify()'s order, top to bottom, all succeed: a primary key without the
+-- tenant column that foreign keys (one of them its own table's) reference is rewritten after
+-- those foreign keys are dropped, and they come back with the tenant column, their actions
+-- kept; a unique index that is no constraint's is rebuilt led by the tenant column. A second
+-- verify() then finds the tenant index protect() made redundant beside the new keys.
+CREATE TABLE ver.notes (tenant_id uuid NOT NULL, id int PRIMARY KEY, body text, parent int REFERENCES ver.notes (id));
+CREATE TABLE ver.comments (tenant_id uuid NOT NULL, id int NOT NULL,
+                           note_id int REFERENCES ver.notes (id) ON DELETE SET NULL, PRIMARY KEY (tenant_id, id));
+CREATE TABLE ver.codes (tenant_id uuid NOT NULL, code text NOT NULL);
+CREATE UNIQUE INDEX codes_code ON ver.codes (code);
+CREATE TABLE ver.code_refs (tenant_id uuid NOT NULL, code text REFERENCES ver.codes (code) MATCH FULL DEFERRABLE);
+SELECT tenancy.protect(t) FROM unnest(ARRAY['ver.notes', 'ver.comments', 'ver.codes', 'ver.code_refs']::regclass[]) t;
+CREATE FUNCTION pg_temp.in_order() RETURNS TABLE (rule text, object text, fix text) LANGUAGE sql AS $$
+    SELECT v.rule, v.object, v.fix FROM tenancy.verify() v
+     WHERE v.object ~ '^ver\.(notes|comments|codes|code_refs)'
+$$;
+SELECT * FROM pg_temp.in_order();
+SET client_min_messages = warning;
+SELECT fix FROM pg_temp.in_order() \gexec
+RESET client_min_messages;
+SELECT * FROM pg_temp.in_order();
+SELECT fix FROM pg_temp.in_order() \gexec
+SELECT count(*) AS left FROM pg_temp.in_order();
+SELECT conrelid::regclass AS "table", conname, pg_get_constraintdef(oid) AS definition
+  FROM pg_constraint WHERE conrelid IN ('ver.notes'::regclass, 'ver.comments'::regclass, 'ver.code_refs'::regclass)
+ ORDER BY 1, 2;
+-- The foreign key now refuses a reference into another tenant's note.
+INSERT INTO ver.notes VALUES ('00000000-0000-0000-0000-00000000000a', 1, 'a note');
+INSERT INTO ver.comments VALUES ('00000000-0000-0000-0000-00000000000b', 1, 1);
+DROP TABLE ver.code_refs, ver.codes, ver.comments, ver.notes;
+
 -- unique_index_without_tenant: a partial unique index (or an expression index, or an
 -- exclusion constraint) not led by the tenant column.
 CREATE UNIQUE INDEX parent_open_id ON ver.parent (id) WHERE body IS NULL;
