@@ -7,7 +7,7 @@
 #   5. the examples                   (examples/run.sh: Python and Node through PgBouncer)
 #   6. the upgrade test               (tests/upgrade/run.sh: 0.1.0 -> this version)
 #   7. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
-#   8. the benchmark in smoke mode    (benches/run.sh --smoke)
+#   8. the benchmarks in smoke mode   (benches/run.sh --smoke, benches/pooler.sh --smoke)
 # Installs whatever is missing first (Debian packages, cargo-pgrx). Idempotent.
 #
 #   scripts/test.sh           the whole suite (about 5 minutes when built)
@@ -134,6 +134,7 @@ run_step "reliability: sqlsmith" tests/reliability/sqlsmith.sh "${LONG[@]}"
 # The benchmark in smoke mode (tiny data, one short run) so that it cannot rot; no timing is
 # asserted.
 run_step "benchmark smoke" benches/run.sh --smoke
+run_step "pooler benchmark smoke" benches/pooler.sh --smoke --no-install
 
 echo
 for f in "${failures[@]}"; do echo "FAILED step: $f"; done
