@@ -129,16 +129,18 @@ CREATE TABLE tenancy.audit_log (
 ALTER SEQUENCE tenancy.audit_log_id_seq OWNED BY tenancy.audit_log.id;
 
 -- The per-tenant hash chains: one entry per committing transaction and tenant, covering its
--- records in id order. A tenant has up to 16 chains ("lanes", 0-15): a committing transaction
--- links into the first lane no other committer of the tenant holds, so concurrent writers of
--- one tenant do not queue behind each other's commits. Each lane is a chain of its own:
+-- records in id order. A tenant has up to 17 chains ("lanes", 0-16): a committing transaction
+-- links into the first of lanes 0-15 no other committer of the tenant holds, so concurrent
+-- writers of one tenant do not queue behind each other's commits; a transaction that links
+-- more than 32 tenants (a backfill) takes one lock for all of them and links into lane 16 of
+-- each. Each lane is a chain of its own:
 --   batch_hash = sha256(id_1 || row_hash_1 || id_2 || row_hash_2 ...)   (ids as 8-byte big-endian)
 --   chain_hash = sha256(prev_hash || seq || batch_hash)                  (seq as 8-byte big-endian)
 -- A lane's first entry has seq 1 and a prev_hash of 32 zero bytes. Platform entries (no
 -- tenant) form the chains of the nil uuid.
 CREATE TABLE tenancy.audit_chain (
     tenant_id  uuid     NOT NULL,
-    lane       smallint NOT NULL CHECK (lane BETWEEN 0 AND 15),
+    lane       smallint NOT NULL CHECK (lane BETWEEN 0 AND 16),
     seq        bigint   NOT NULL,
     record_ids bigint[] NOT NULL,
     batch_hash bytea    NOT NULL,

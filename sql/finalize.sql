@@ -1,19 +1,30 @@
 -- pg_tenancy finalize: objects that need the generated functions, and privileges.
 
--- Every change to the catalog tables queues a relcache invalidation, so every backend drops its
--- cached tenants, keys, members and mappings when the change commits.
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.tenant
+-- Every change to the catalog tables queues an invalidation, so every backend drops what it
+-- cached of the change when it commits: a change to a tenant's own rows (the tenant, its roles,
+-- members, grants, support grants and subject revocations) drops that tenant's rows only
+-- (tenant_changed, a targeted invalidation per tenant); any other change, and a TRUNCATE,
+-- drops the whole cache (catalog_changed, a relcache invalidation of the table).
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.tenant
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('id');
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.signing_key
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.tenant_role
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.tenant_role
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.member
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant_role
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.member
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.member
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.role_mapping
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.subject_revocation
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.subject_revocation
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.subject_revocation
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.token_revocation
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 -- An audit key created by a transaction that aborts must not stay kept in the backend.
@@ -52,6 +63,7 @@ REVOKE EXECUTE ON FUNCTION tenancy.revoke_key(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.catalog_changed() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.tenant_changed() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.set_limit(text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.set_limit(text, text, jsonb) TO tenancy_operator;
@@ -64,11 +76,15 @@ GRANT EXECUTE ON FUNCTION tenancy.revoke_key(text) TO tenancy_key_admin;
 GRANT EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) TO tenancy_operator;
 
--- Role-privilege and support-grant changes invalidate cached rows in every backend.
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.role_privilege
+-- Role-privilege and support-grant changes invalidate the tenant's cached rows in every backend.
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.role_privilege
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.support_grant
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.role_privilege
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.support_grant
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.support_grant
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.protected_table
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 

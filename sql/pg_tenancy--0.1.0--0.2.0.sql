@@ -550,3 +550,49 @@ RETURNS TABLE ("kid" text, "alg" text, "status" text)
 VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'add_keys_wrapper';
 REVOKE EXECUTE ON FUNCTION tenancy.add_keys(jsonb, text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.add_keys(jsonb, text, timestamptz) TO tenancy_key_admin;
+
+-- The bulk lane: a transaction that links more than 32 tenants (a backfill, bulk onboarding)
+-- takes one lock instead of one per tenant and links into lane 16 of each tenant's chain.
+ALTER TABLE tenancy.audit_chain DROP CONSTRAINT audit_chain_lane_check,
+    ADD CONSTRAINT audit_chain_lane_check CHECK (lane BETWEEN 0 AND 16);
+
+-- Invalidation as fine as the change: a change to one tenant's rows drops that tenant's cached
+-- rows in every backend, not every backend's whole cache (src/pg/targeted_inval.rs).
+CREATE FUNCTION tenancy."tenant_changed"() RETURNS TRIGGER
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenant_changed_wrapper';
+REVOKE EXECUTE ON FUNCTION tenancy.tenant_changed() FROM PUBLIC;
+DROP TRIGGER catalog_changed ON tenancy.tenant;
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('id');
+DROP TRIGGER catalog_changed ON tenancy.tenant_role;
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.tenant_role
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant_role
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+DROP TRIGGER catalog_changed ON tenancy.member;
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.member
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.member
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+DROP TRIGGER catalog_changed ON tenancy.subject_revocation;
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.subject_revocation
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.subject_revocation
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+DROP TRIGGER catalog_changed ON tenancy.role_privilege;
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.role_privilege
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.role_privilege
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+DROP TRIGGER catalog_changed ON tenancy.support_grant;
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.support_grant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.support_grant
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+
+-- A backend's catalog cache counters (tenants cached, rows read, invalidations received).
+CREATE FUNCTION tenancy."cache_stats"() RETURNS jsonb
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c AS 'MODULE_PATHNAME', 'cache_stats_wrapper';

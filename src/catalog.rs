@@ -67,30 +67,75 @@ pub struct Mapping {
     pub roles: Vec<String>,
 }
 
-#[derive(Default)]
+/// What the cache keeps about one tenant: dropped together when the tenant changes (a
+/// targeted invalidation, see [`tenant_invalidated`]) or when the tenant is the least recently
+/// used of more than `tenancy.cache_tenants`.
+struct TenantEntry {
+    /// The hash its changes are announced with ([`tenant_hash`]).
+    hash: u32,
+    /// The tenant's row (Some(None): no such tenant).
+    row: Option<Option<Rc<TenantRow>>>,
+    roles: Option<Rc<Vec<String>>>,
+    privileges: Option<Rc<Vec<Privilege>>>,
+    /// Whether the tenant has any member row: most tenants of a platform that signs roles
+    /// into tokens have none, and then no (tenant, subject) is looked up.
+    has_members: Option<bool>,
+    members: HashMap<String, Rc<Vec<String>>>,
+    support: HashMap<u32, Option<Rc<SupportGrant>>>,
+    /// subject -> tokens issued before this instant (microseconds since the Unix epoch) are
+    /// refused (tenancy.revoke_subject); None: no revocation.
+    subject_revocations: HashMap<String, Option<i64>>,
+}
+
+impl TenantEntry {
+    fn new(hash: u32) -> TenantEntry {
+        TenantEntry {
+            hash,
+            row: None,
+            roles: None,
+            privileges: None,
+            has_members: None,
+            members: HashMap::new(),
+            support: HashMap::new(),
+            subject_revocations: HashMap::new(),
+        }
+    }
+}
+
+/// At most this many subjects (members, revocations) or operators (support grants) are kept
+/// per tenant; a full map is emptied. It bounds memory, not work.
+const PER_TENANT_KEPT: usize = 1024;
+
 struct Cache {
-    tenants: HashMap<Uuid, Option<Rc<TenantRow>>>,
+    tenants: lru::LruCache<Uuid, TenantEntry>,
+    /// slug -> tenant id (None: no such tenant). Slugs never change; a tenant's entry is
+    /// dropped with it, and entries saying "none" with any tenant's change (one may be new).
     slugs: HashMap<String, Option<Uuid>>,
     keys: HashMap<String, Option<Rc<KeyRow>>>,
     mappings: HashMap<u32, Rc<Vec<Mapping>>>,
-    members: HashMap<(Uuid, String), Rc<Vec<String>>>,
-    roles: HashMap<Uuid, Rc<Vec<String>>>,
-    privileges: HashMap<Uuid, Rc<Vec<Privilege>>>,
-    support: HashMap<(Uuid, u32), Option<Rc<SupportGrant>>>,
     protected: Option<Rc<std::collections::HashSet<u32>>>,
-    all_tenants_loaded: bool,
-    all_privileges_loaded: bool,
-    /// Tenants (and tenants' grants) loaded one by one since the last invalidation.
-    tenant_loads: u32,
-    privilege_loads: u32,
-    /// Tenants that have at least one member (None: not loaded yet).
-    tenants_with_members: Option<Rc<std::collections::HashSet<Uuid>>>,
-    /// (tenant, subject) -> tokens issued before this instant (microseconds since the Unix
-    /// epoch) are refused (tenancy.revoke_subject); None: no revocation. Looked up one by one
-    /// and kept at most [`REVOCATIONS_KEPT`] at a time: the table may be large.
-    subject_revocations: HashMap<(Uuid, String), Option<i64>>,
-    /// jti -> the tenants its revocation applies to (None: every tenant); likewise.
+    /// jti -> the tenants its revocation applies to (None: every tenant). Looked up one by
+    /// one and kept at most [`REVOCATIONS_KEPT`] at a time: the table may be large.
     token_revocations: HashMap<String, Rc<Vec<Option<Uuid>>>>,
+}
+
+/// `tenancy.cache_tenants`, as a capacity.
+fn tenants_capacity() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(crate::gucs::CACHE_TENANTS.get().max(1) as usize)
+        .unwrap_or(std::num::NonZeroUsize::MIN)
+}
+
+impl Default for Cache {
+    fn default() -> Cache {
+        Cache {
+            tenants: lru::LruCache::new(tenants_capacity()),
+            slugs: HashMap::new(),
+            keys: HashMap::new(),
+            mappings: HashMap::new(),
+            protected: None,
+            token_revocations: HashMap::new(),
+        }
+    }
 }
 
 /// A live support grant: an operator may act in a tenant with these privileges until expiry.
@@ -119,7 +164,47 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
     static RELS: Cell<Option<Rels>> = const { Cell::new(None) };
     static GENERATION: Cell<u64> = const { Cell::new(1) };
+    /// Targeted invalidations received, per bucket of their hash ([`generation_of`]).
+    static BUCKETS: RefCell<[u32; BUCKETS_N]> = const { RefCell::new([0; BUCKETS_N]) };
+    /// Targeted invalidations received, all told ([`fill_epoch`]).
+    static TARGETED: Cell<u32> = const { Cell::new(0) };
+    /// This backend's counters, shown by `tenancy.cache_stats()`: tenants' rows read from the
+    /// catalog, targeted invalidations received, times the whole cache was dropped.
+    static STATS: Cell<(u64, u64, u64)> = const { Cell::new((0, 0, 0)) };
 }
+
+fn count(f: impl FnOnce(&mut (u64, u64, u64))) {
+    STATS.with(|s| {
+        let mut v = s.get();
+        f(&mut v);
+        s.set(v);
+    });
+}
+
+/// This backend's catalog cache: how many tenants it holds and may hold, how many tenant rows
+/// it read from the catalog, how many targeted invalidations it received (a change to one
+/// tenant) and how many times it dropped everything (a change to keys, mappings or protected
+/// tables, a bulk change, or an invalidation queue overflow). For measuring and testing the
+/// cache; it shows nothing of any tenant.
+#[pg_extern(volatile, parallel_restricted)]
+fn cache_stats() -> pgrx::JsonB {
+    let (loads, targeted, full) = STATS.with(|s| s.get());
+    let (cached, capacity) = CACHE.with(|c| {
+        let c = c.borrow();
+        (c.tenants.len(), c.tenants.cap().get())
+    });
+    pgrx::JsonB(serde_json::json!({
+        "tenants_cached": cached,
+        "tenants_capacity": capacity,
+        "tenant_loads": loads,
+        "targeted_invalidations": targeted,
+        "full_invalidations": full,
+    }))
+}
+
+/// Buckets of tenants' generations: a change to one tenant makes the bindings of the tenants
+/// of its bucket (about 1 in 4096) check again, no more.
+const BUCKETS_N: usize = 4096;
 
 const TABLES: [&std::ffi::CStr; 12] = [
     c"tenant",
@@ -141,6 +226,59 @@ pub fn init() {
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
     }
+    crate::pg::targeted_inval::on_invalidation(tenant_invalidated);
+}
+
+/// The key a tenant's changes are announced under.
+fn tenant_key(tenant: Uuid) -> String {
+    format!("t:{tenant}")
+}
+
+/// The hash a change of `tenant` is announced with: from its cache entry, or computed (never
+/// while the cache is borrowed: computing it may initialise a syscache, which takes a lock,
+/// which processes invalidations, which change the cache).
+fn tenant_hash(tenant: Uuid) -> u32 {
+    if let Some(h) = CACHE.with(|c| c.borrow().tenants.peek(&tenant).map(|e| e.hash)) {
+        return h;
+    }
+    crate::pg::targeted_inval::hash_of(&tenant_key(tenant))
+}
+
+/// Queue, in the current transaction, the invalidation of everything cached about `tenant`
+/// in every backend (received by [`tenant_invalidated`]).
+pub fn announce_tenant_change(tenant: Uuid) {
+    crate::pg::targeted_inval::announce(&tenant_key(tenant));
+}
+
+/// A targeted invalidation arrived (src/pg/targeted_inval.rs): drop the tenants whose hash it
+/// carries, every slug looked up in vain, and move their bucket's generation. 0 means every
+/// cache was reset: drop everything.
+fn tenant_invalidated(hash: u32) {
+    if hash == 0 {
+        invalidate();
+        return;
+    }
+    BUCKETS.with(|b| {
+        let mut b = b.borrow_mut();
+        let n = &mut b[hash as usize % BUCKETS_N];
+        *n = n.wrapping_add(1);
+    });
+    TARGETED.with(|t| t.set(t.get().wrapping_add(1)));
+    count(|s| s.1 += 1);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let gone: Vec<Uuid> = c
+            .tenants
+            .iter()
+            .filter(|(_, e)| e.hash == hash)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            c.tenants.pop(id);
+        }
+        c.slugs
+            .retain(|_, id| id.is_some_and(|id| !gone.contains(&id)));
+    });
 }
 
 /// The relcache callback: a change to one of pg_tenancy's tables drops the cache.
@@ -162,6 +300,7 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
 /// changed the catalog aborts: nothing read from its rows stays cached (audit keys included).
 pub fn invalidate() {
     CACHE.with(|c| *c.borrow_mut() = Cache::default());
+    count(|s| s.2 += 1);
     for f in ON_INVALIDATE.with(|o| o.borrow().clone()) {
         f();
     }
@@ -180,17 +319,32 @@ pub fn on_invalidate(f: fn()) {
     ON_INVALIDATE.with(|o| o.borrow_mut().push(f));
 }
 
-/// Bumped whenever pg_tenancy's catalog may have changed.
+/// Bumped whenever pg_tenancy's catalog may have changed as a whole (a change of keys,
+/// mappings, protected tables, ...; or every cache reset).
 pub fn generation() -> u64 {
     GENERATION.with(|g| g.get())
+}
+
+/// Moves whenever what is known of `tenant` may have changed: with [`generation`], and with
+/// every change announced for a tenant of its bucket. What a binding derived from the catalog
+/// is checked again when this moved.
+pub fn generation_of(tenant: Uuid) -> u64 {
+    let h = tenant_hash(tenant);
+    (generation() << 32) | u64::from(BUCKETS.with(|b| b.borrow()[h as usize % BUCKETS_N]))
+}
+
+/// Moves with every invalidation of any kind: a fill that saw it move while it read may have
+/// read rows older than the change ([`store`]).
+pub fn fill_epoch() -> u64 {
+    (generation() << 32) | u64::from(TARGETED.with(|t| t.get()))
 }
 
 /// Keep what a fill read, unless an invalidation arrived while it ran (the generation moved):
 /// the SPI query of a fill takes locks, and taking a lock processes invalidations, so a change
 /// committed after the fill's snapshot can be announced in the middle of the fill. Its rows are
 /// then possibly older than the change, and caching them would outlive the invalidation.
-fn store(generation_at_start: u64, f: impl FnOnce(&mut Cache)) {
-    if generation() == generation_at_start {
+fn store(epoch_at_start: u64, f: impl FnOnce(&mut Cache)) {
+    if fill_epoch() == epoch_at_start {
         CACHE.with(|c| f(&mut c.borrow_mut()));
     }
 }
@@ -487,55 +641,36 @@ fn select_with_snapshot<T>(
     }
 }
 
-/// A backend loads the tenants it meets one by one (an index lookup each), and all of them in
-/// one query once it has met this many since the last invalidation. A new connection's first
-/// statement then costs one lookup, not the whole catalog (100-160 ms with 11,000 tenants),
-/// and a backend serving thousands of tenants still warms up with one query, not one each.
-const LOAD_ALL_AFTER: u32 = 32;
-
-/// Count one more one-by-one load; true when the whole table should be loaded instead.
-fn load_all_now(counter: fn(&mut Cache) -> &mut u32) -> bool {
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        let n = counter(&mut c);
-        *n += 1;
-        *n > LOAD_ALL_AFTER
-    })
+/// Keep something about `tenant` (its entry made if needed, and made the most recently used),
+/// unless an invalidation arrived since `epoch_at_start` ([`store`]).
+fn store_tenant(epoch_at_start: u64, tenant: Uuid, f: impl FnOnce(&mut TenantEntry)) {
+    let hash = tenant_hash(tenant);
+    store(epoch_at_start, |c| {
+        let cap = tenants_capacity();
+        if c.tenants.cap() != cap {
+            c.tenants.resize(cap);
+        }
+        if c.slugs.len() > cap.get() {
+            c.slugs.clear();
+        }
+        f(c.tenants
+            .get_or_insert_mut(tenant, || TenantEntry::new(hash)));
+    });
 }
 
-/// Load every tenant into the cache in one query (see LOAD_ALL_AFTER).
-fn load_all_tenants() {
-    let gen = generation();
-    let rows = owner_rows(
-        "tenancy.tenant",
-        "SELECT id, slug, status, region, settings, limits FROM tenancy.tenant",
-        &[],
-        tenant_row,
-    );
-    store(gen, |c| {
-        for r in rows {
-            c.slugs.insert(r.slug.clone(), Some(r.id));
-            c.tenants.insert(r.id, Some(Rc::new(r)));
-        }
-        c.all_tenants_loaded = true;
-    });
+/// Something kept about `tenant`, if any (the tenant made the most recently used).
+fn cached<R>(tenant: Uuid, f: impl FnOnce(&TenantEntry) -> Option<R>) -> Option<R> {
+    CACHE.with(|c| c.borrow_mut().tenants.get(&tenant).and_then(f))
 }
 
 pub fn tenant_by_id(id: Uuid) -> Option<Rc<TenantRow>> {
-    if let Some(hit) = CACHE.with(|c| c.borrow().tenants.get(&id).cloned()) {
+    if let Some(hit) = cached(id, |e| e.row.clone()) {
         return hit;
     }
-    if !CACHE.with(|c| c.borrow().all_tenants_loaded) && load_all_now(|c| &mut c.tenant_loads) {
-        load_all_tenants();
-        if let Some(hit) = CACHE.with(|c| c.borrow().tenants.get(&id).cloned()) {
-            return hit;
-        }
-    }
-    let gen = generation();
+    let gen = fill_epoch();
+    count(|s| s.0 += 1);
     let row = load_tenant("id = $1", to_pg_uuid(id).into()).map(Rc::new);
-    store(gen, |c| {
-        c.tenants.insert(id, row.clone());
-    });
+    store_tenant(gen, id, |e| e.row = Some(row.clone()));
     row
 }
 
@@ -545,26 +680,21 @@ pub fn tenant_by_ref(reference: &str) -> Option<Rc<TenantRow>> {
         return tenant_by_id(id);
     }
     let cached = CACHE.with(|c| c.borrow().slugs.get(reference).cloned());
-    let cached = match cached {
-        None if !CACHE.with(|c| c.borrow().all_tenants_loaded)
-            && load_all_now(|c| &mut c.tenant_loads) =>
-        {
-            load_all_tenants();
-            CACHE.with(|c| c.borrow().slugs.get(reference).cloned())
-        }
-        other => other,
-    };
     match cached {
         Some(id) => id.and_then(tenant_by_id),
         None => {
-            let gen = generation();
+            let gen = fill_epoch();
+            count(|s| s.0 += 1);
             let row = load_tenant("slug = $1", reference.into()).map(Rc::new);
+            if let Some(r) = &row {
+                store_tenant(gen, r.id, |e| e.row = Some(Some(r.clone())));
+            }
             store(gen, |c| {
+                if c.slugs.len() >= tenants_capacity().get() {
+                    c.slugs.clear();
+                }
                 c.slugs
                     .insert(reference.to_string(), row.as_ref().map(|r| r.id));
-                if let Some(r) = &row {
-                    c.tenants.insert(r.id, Some(r.clone()));
-                }
             });
             row
         }
@@ -590,7 +720,7 @@ pub fn key(kid: &str, decode: KeyDecoder) -> Option<Rc<KeyRow>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().keys.get(kid).cloned()) {
         return hit;
     }
-    let gen = generation();
+    let gen = fill_epoch();
     let loaded = owner_rows(
         "tenancy.signing_key",
         "SELECT alg, key_material, tenant_id, floor(extract(epoch FROM not_after))::int8, revoked_at IS NOT NULL \
@@ -631,7 +761,7 @@ pub fn mappings(role: pg_sys::Oid) -> Rc<Vec<Mapping>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().mappings.get(&k).cloned()) {
         return hit;
     }
-    let gen = generation();
+    let gen = fill_epoch();
     let rows = owner_rows(
         "tenancy.role_mapping",
         "SELECT m.tenant_id, m.tenant_roles FROM tenancy.role_mapping m WHERE m.role::oid = $1 ORDER BY m.tenant_id",
@@ -653,32 +783,31 @@ pub fn mappings(role: pg_sys::Oid) -> Rc<Vec<Mapping>> {
 /// The roles `subject` holds in `tenant` (empty when not a member).
 pub fn member_roles(tenant: Uuid, subject: &str) -> Rc<Vec<String>> {
     // Most tenants of a platform that signs roles into tokens have no member rows at all: know
-    // which do with one query instead of one per (tenant, subject).
-    let with_members = match CACHE.with(|c| c.borrow().tenants_with_members.clone()) {
-        Some(set) => set,
+    // which do with one probe per tenant instead of one per (tenant, subject).
+    let has_members = match cached(tenant, |e| e.has_members) {
+        Some(h) => h,
         None => {
-            let gen = generation();
-            let set: std::collections::HashSet<Uuid> = owner_rows(
+            let gen = fill_epoch();
+            let h = owner_rows(
                 "tenancy.member",
-                "SELECT DISTINCT tenant_id FROM tenancy.member",
-                &[],
-                |row| Ok(from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id"))),
+                "SELECT EXISTS (SELECT FROM tenancy.member WHERE tenant_id = $1)",
+                &[to_pg_uuid(tenant).into()],
+                |row| Ok(row.get::<bool>(1)?.unwrap_or(true)),
             )
             .into_iter()
-            .collect();
-            let set = Rc::new(set);
-            store(gen, |c| c.tenants_with_members = Some(set.clone()));
-            set
+            .next()
+            .unwrap_or(true);
+            store_tenant(gen, tenant, |e| e.has_members = Some(h));
+            h
         }
     };
-    if !with_members.contains(&tenant) {
+    if !has_members {
         return Rc::new(Vec::new());
     }
-    let key = (tenant, subject.to_string());
-    if let Some(hit) = CACHE.with(|c| c.borrow().members.get(&key).cloned()) {
+    if let Some(hit) = cached(tenant, |e| e.members.get(subject).cloned()) {
         return hit;
     }
-    let gen = generation();
+    let gen = fill_epoch();
     let rows = owner_rows(
         "tenancy.member",
         "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY role",
@@ -686,18 +815,21 @@ pub fn member_roles(tenant: Uuid, subject: &str) -> Rc<Vec<String>> {
         |row| Ok(row.get::<String>(1)?.unwrap_or_default()),
     );
     let rows = Rc::new(rows);
-    store(gen, |c| {
-        c.members.insert(key, rows.clone());
+    store_tenant(gen, tenant, |e| {
+        if e.members.len() >= PER_TENANT_KEPT {
+            e.members.clear();
+        }
+        e.members.insert(subject.to_string(), rows.clone());
     });
     rows
 }
 
 /// The roles defined in `tenant`.
 pub fn tenant_roles(tenant: Uuid) -> Rc<Vec<String>> {
-    if let Some(hit) = CACHE.with(|c| c.borrow().roles.get(&tenant).cloned()) {
+    if let Some(hit) = cached(tenant, |e| e.roles.clone()) {
         return hit;
     }
-    let gen = generation();
+    let gen = fill_epoch();
     let rows = owner_rows(
         "tenancy.tenant_role",
         "SELECT role FROM tenancy.tenant_role WHERE tenant_id = $1 ORDER BY role",
@@ -705,9 +837,7 @@ pub fn tenant_roles(tenant: Uuid) -> Rc<Vec<String>> {
         |row| Ok(row.get::<String>(1)?.unwrap_or_default()),
     );
     let rows = Rc::new(rows);
-    store(gen, |c| {
-        c.roles.insert(tenant, rows.clone());
-    });
+    store_tenant(gen, tenant, |e| e.roles = Some(rows.clone()));
     rows
 }
 
@@ -754,11 +884,10 @@ pub fn token_revocation(
     iat: Option<i64>,
     jti: Option<&str>,
 ) -> Option<String> {
-    let key = (tenant, subject.to_string());
-    let before = match CACHE.with(|c| c.borrow().subject_revocations.get(&key).copied()) {
+    let before = match cached(tenant, |e| e.subject_revocations.get(subject).copied()) {
         Some(b) => b,
         None => {
-            let gen = generation();
+            let gen = fill_epoch();
             let b = owner_rows(
                 "tenancy.subject_revocation",
                 "SELECT (extract(epoch FROM issued_before) * 1000000)::int8 \
@@ -768,11 +897,11 @@ pub fn token_revocation(
             )
             .into_iter()
             .next();
-            store(gen, |c| {
-                if c.subject_revocations.len() >= REVOCATIONS_KEPT {
-                    c.subject_revocations.clear();
+            store_tenant(gen, tenant, |e| {
+                if e.subject_revocations.len() >= PER_TENANT_KEPT {
+                    e.subject_revocations.clear();
                 }
-                c.subject_revocations.insert(key, b);
+                e.subject_revocations.insert(subject.to_string(), b);
             });
             b
         }
@@ -789,7 +918,7 @@ pub fn token_revocation(
     let tenants = match CACHE.with(|c| c.borrow().token_revocations.get(jti).cloned()) {
         Some(t) => t,
         None => {
-            let gen = generation();
+            let gen = fill_epoch();
             let t = Rc::new(owner_rows(
                 "tenancy.token_revocation",
                 "SELECT tenant_id FROM tenancy.token_revocation WHERE jti = $1",
@@ -829,6 +958,91 @@ fn catalog_changed<'a>(
     Ok(None)
 }
 
+thread_local! {
+    /// The tenants announced in the current command, which is named by the backend's local
+    /// transaction id, its subtransaction id and the command id (together never reused): a
+    /// statement that changes many rows of one tenant announces it once. A later command
+    /// announces again: this backend processes its own announcements at the end of each
+    /// command, and may have cached the tenant again since. Another subtransaction starts a
+    /// new set too: an aborted one's messages are gone.
+    static ANNOUNCED: RefCell<((u32, pg_sys::SubTransactionId, pg_sys::CommandId), std::collections::HashSet<Uuid>)> =
+        RefCell::new(((0, 0, 0), std::collections::HashSet::new()));
+    /// (local transaction id, announcements made in it).
+    static ANNOUNCED_IN_TRANSACTION: Cell<(u32, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// More announcements than this in one transaction (a bulk change): the rest invalidate the
+/// whole cache instead (a relcache invalidation of the table, which PostgreSQL queues once
+/// per command), so that the bulk change does not overflow the backends' invalidation queues;
+/// every backend then drops its cache once.
+const ANNOUNCE_MAX: usize = 256;
+
+/// Row-level trigger on the catalog tables whose rows belong to one tenant (tenant, member,
+/// tenant_role, role_privilege, support_grant, subject_revocation), naming the tenant column
+/// as its argument: queue the invalidation of the old and the new row's tenant, so that every
+/// backend drops what it cached about those tenants, and only that, when this transaction
+/// commits (and this backend from its next command). TRUNCATE keeps `catalog_changed`.
+#[pg_trigger]
+fn tenant_changed<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let column = trigger
+        .extra_args()?
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "tenant_id".to_string());
+    let relid = trigger.relid()?;
+    let mut tenants = Vec::with_capacity(2);
+    for tuple in [trigger.old(), trigger.new()].into_iter().flatten() {
+        match tuple.get_by_name::<pgrx::Uuid>(&column) {
+            Ok(Some(id)) => tenants.push(from_pg_uuid(&id)),
+            // No tenant to name (the column is NOT NULL, so this is not expected): drop every
+            // backend's whole cache rather than miss the change.
+            _ => {
+                // SAFETY: queues an invalidation message for a relation that exists (the
+                // trigger's).
+                unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+                return Ok(None);
+            }
+        }
+    }
+    // SAFETY: MyProc is set for every backend that runs a transaction; the subtransaction and
+    // command ids are this backend's own.
+    let (lxid, now) = unsafe {
+        let lxid = (*pg_sys::MyProc).lxid;
+        (
+            lxid,
+            (
+                lxid,
+                pg_sys::GetCurrentSubTransactionId(),
+                pg_sys::GetCurrentCommandId(false),
+            ),
+        )
+    };
+    for tenant in tenants {
+        let fresh = ANNOUNCED.with(|a| {
+            let mut a = a.borrow_mut();
+            if a.0 != now {
+                *a = (now, std::collections::HashSet::new());
+            }
+            a.1.insert(tenant)
+        });
+        if !fresh {
+            continue;
+        }
+        let (tx, sent) = ANNOUNCED_IN_TRANSACTION.with(|c| c.get());
+        let sent = if tx == lxid { sent } else { 0 };
+        ANNOUNCED_IN_TRANSACTION.with(|c| c.set((lxid, sent + 1)));
+        if sent < ANNOUNCE_MAX {
+            announce_tenant_change(tenant);
+        } else {
+            // SAFETY: queues an invalidation message for a relation that exists (the trigger's).
+            unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+        }
+    }
+    Ok(None)
+}
+
 fn privilege_row(
     row: &pgrx::spi::SpiHeapTupleData,
     first: usize,
@@ -842,39 +1056,10 @@ fn privilege_row(
 
 /// Every privilege granted to `tenant`'s roles.
 pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
-    if let Some(hit) = CACHE.with(|c| c.borrow().privileges.get(&tenant).cloned()) {
+    if let Some(hit) = cached(tenant, |e| e.privileges.clone()) {
         return hit;
     }
-    if !CACHE.with(|c| c.borrow().all_privileges_loaded) && load_all_now(|c| &mut c.privilege_loads)
-    {
-        // All tenants' grants in one query (a few rows per tenant).
-        let gen = generation();
-        let rows = owner_rows(
-            "tenancy.role_privilege",
-            "SELECT tenant_id, role, relid::oid, privilege FROM tenancy.role_privilege",
-            &[],
-            |row| {
-                Ok((
-                    from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("tenant_id")),
-                    privilege_row(row, 2)?,
-                ))
-            },
-        );
-        let mut by_tenant: HashMap<Uuid, Vec<Privilege>> = HashMap::new();
-        for (t, p) in rows {
-            by_tenant.entry(t).or_default().push(p);
-        }
-        store(gen, |c| {
-            for (t, ps) in by_tenant {
-                c.privileges.insert(t, Rc::new(ps));
-            }
-            c.all_privileges_loaded = true;
-        });
-        if let Some(hit) = CACHE.with(|c| c.borrow().privileges.get(&tenant).cloned()) {
-            return hit;
-        }
-    }
-    let gen = generation();
+    let gen = fill_epoch();
     let rows = owner_rows(
         "tenancy.role_privilege",
         "SELECT role, relid::oid, privilege FROM tenancy.role_privilege WHERE tenant_id = $1",
@@ -882,9 +1067,7 @@ pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
         |row| privilege_row(row, 1),
     );
     let rows = Rc::new(rows);
-    store(gen, |c| {
-        c.privileges.insert(tenant, rows.clone());
-    });
+    store_tenant(gen, tenant, |e| e.privileges = Some(rows.clone()));
     rows
 }
 
@@ -912,12 +1095,11 @@ pub fn roles_allow(
 
 /// The newest unrevoked, unexpired support grant of `tenant` to `operator`.
 pub fn support_grant(tenant: Uuid, operator: pg_sys::Oid) -> Option<Rc<SupportGrant>> {
-    let key = (tenant, u32::from(operator));
-    let cached = CACHE.with(|c| c.borrow().support.get(&key).cloned());
-    let grant = match cached {
+    let op = u32::from(operator);
+    let grant = match cached(tenant, |e| e.support.get(&op).cloned()) {
         Some(g) => g,
         None => {
-            let gen = generation();
+            let gen = fill_epoch();
             let g = owner_rows(
                 "tenancy.support_grant",
                 "SELECT id, privileges, floor(extract(epoch FROM expires_at))::int8 FROM tenancy.support_grant \
@@ -934,8 +1116,11 @@ pub fn support_grant(tenant: Uuid, operator: pg_sys::Oid) -> Option<Rc<SupportGr
             )
             .into_iter()
             .next();
-            store(gen, |c| {
-                c.support.insert(key, g.clone());
+            store_tenant(gen, tenant, |e| {
+                if e.support.len() >= PER_TENANT_KEPT {
+                    e.support.clear();
+                }
+                e.support.insert(op, g.clone());
             });
             g
         }
@@ -972,7 +1157,7 @@ pub fn protected_relids() -> Option<Rc<std::collections::HashSet<u32>>> {
         return None;
     }
     let _loading = LoadingProtected;
-    let gen = generation();
+    let gen = fill_epoch();
     let set: std::collections::HashSet<u32> = owner_rows(
         "tenancy.protected_table",
         "SELECT relid::oid FROM tenancy.protected_table",

@@ -18,6 +18,9 @@ pub static TENANT_CLAIM: GucSetting<Option<CString>> =
 /// `tenancy.token_cache_size`: verified tokens kept per backend (0 disables the cache).
 pub static TOKEN_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// `tenancy.cache_tenants`: tenants whose catalog rows (row, roles, grants, members, support
+/// grants, revocations) a backend keeps, least recently used dropped first.
+pub static CACHE_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(4096);
 /// `tenancy.max_token_bytes`: longer tokens are refused before any parsing.
 pub static MAX_TOKEN_BYTES: GucSetting<i32> = GucSetting::<i32>::new(8192);
 
@@ -120,6 +123,16 @@ pub fn init() {
         c"Token claim that names the tenant.",
         c"The claim holds the tenant's uuid or slug.",
         &TENANT_CLAIM,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.cache_tenants",
+        c"Tenants whose catalog rows are cached per backend.",
+        c"The least recently used tenant's rows are dropped first; a change to a tenant drops that tenant's rows in every backend.",
+        &CACHE_TENANTS,
+        16,
+        1_000_000,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -15,8 +15,10 @@
 //!   no other committer holds (an advisory tag SQL cannot take), reads that lane's head with
 //!   the latest snapshot, appends its entry and keeps the lock to the end of its commit.
 //!   Concurrent writers of a tenant therefore neither serialise for their whole transaction
-//!   nor queue behind each other's commit (unless more than `LANES` commit at the same
-//!   moment), and no committed record is ever unlinked.
+//!   nor queue behind each other's commit (unless more than `CONCURRENT_LANES` commit at the
+//!   same moment), and no committed record is ever unlinked. A transaction that links more
+//!   than `BULK_TENANTS` tenants takes one lock instead of one per tenant and links into each
+//!   tenant's `BULK_LANE` (see there).
 
 pub mod anchor;
 pub mod writer;
@@ -75,9 +77,22 @@ fn relcache_changed() {
 pub const PLATFORM_CHAIN: Uuid = Uuid::nil();
 /// prev_hash of a chain's first entry.
 const GENESIS: [u8; 32] = [0; 32];
-/// How many chains ("lanes") a tenant has: up to this many transactions of one tenant link
-/// their records at the same moment without waiting for each other (bootstrap.sql's CHECK).
-pub const LANES: i16 = 16;
+/// How many chains ("lanes") a tenant has (bootstrap.sql's CHECK): `CONCURRENT_LANES` that
+/// ordinary commits link into, and `BULK_LANE`.
+pub const LANES: i16 = CONCURRENT_LANES + 1;
+/// Up to this many transactions of one tenant link their records at the same moment without
+/// waiting for each other.
+const CONCURRENT_LANES: i16 = 16;
+/// The lane of transactions that link more than `BULK_TENANTS` tenants (a backfill, a
+/// migration, bulk onboarding). A lock per tenant would need one lock table entry per tenant
+/// (an UPDATE across 100,000 tenants ran out of shared memory with the default
+/// max_locks_per_transaction); instead such a transaction takes one lock, the bulk lock,
+/// which only bulk transactions take, and links every tenant's records into that tenant's
+/// bulk lane. Bulk commits therefore queue behind each other, and never behind a tenant's
+/// ordinary commits, which keep to the other lanes.
+pub const BULK_LANE: i16 = CONCURRENT_LANES;
+/// More tenants than this in one commit link through the bulk lane.
+const BULK_TENANTS: usize = 32;
 /// The fourth field of the chain's lock tags is this plus the lane. SQL's advisory lock
 /// functions only use 1 and 2 there, so no session can take (and hold) a tenant's chain lock
 /// to stall its commits.
@@ -97,19 +112,37 @@ fn chain_lock_tag(tenant: Uuid, lane: i16) -> pg_sys::LOCKTAG {
     }
 }
 
+/// The bulk lock: the tag of the bulk lane of the nil tenant, which no ordinary commit takes
+/// (they keep to lanes below `BULK_LANE`).
+fn lock_bulk() {
+    let tag = chain_lock_tag(Uuid::nil(), BULK_LANE);
+    // SAFETY: a transaction-level lock, released at commit (release_chain_locks) or abort.
+    unsafe {
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+        )
+    };
+    CHAIN_LOCKED.with(|l| l.borrow_mut().push((Uuid::nil(), BULK_LANE)));
+}
+
 /// Take the lock of one of the tenant's lanes for this transaction's commit and return the
 /// lane: the first free one, starting from this backend's own (so a backend usually links
 /// into the same lane); only when every lane is held does it wait, for its own lane.
 fn lock_chain(tenant: Uuid) -> i16 {
     let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
     // SAFETY: MyProc is set for every backend that runs a transaction.
-    let home = (unsafe { (*pg_sys::MyProc).pgprocno }).rem_euclid(LANES as i32) as i16;
-    let free = (0..LANES).map(|i| (home + i) % LANES).find(|&lane| {
-        let tag = chain_lock_tag(tenant, lane);
-        // SAFETY: a transaction-level lock, released at commit (release_chain_locks) or abort.
-        let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
-        got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-    });
+    let home = (unsafe { (*pg_sys::MyProc).pgprocno }).rem_euclid(CONCURRENT_LANES as i32) as i16;
+    let free = (0..CONCURRENT_LANES)
+        .map(|i| (home + i) % CONCURRENT_LANES)
+        .find(|&lane| {
+            let tag = chain_lock_tag(tenant, lane);
+            // SAFETY: a transaction-level lock, released at commit (release_chain_locks) or abort.
+            let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
+            got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        });
     let lane = free.unwrap_or_else(|| {
         let tag = chain_lock_tag(tenant, home);
         // SAFETY: as above; this one waits for the lock (dontWait = false).
@@ -409,6 +442,14 @@ fn link_pending() {
             &[c"audit_chain_lane_check"],
         )
     };
+    let tenants = 1 + pending
+        .windows(2)
+        .filter(|w| w[0].tenant != w[1].tenant)
+        .count();
+    let bulk = tenants > BULK_TENANTS;
+    if bulk {
+        lock_bulk();
+    }
     let mut i = 0;
     while i < pending.len() {
         let tenant = pending[i].tenant;
@@ -416,7 +457,7 @@ fn link_pending() {
         while j < pending.len() && pending[j].tenant == tenant {
             j += 1;
         }
-        let lane = lock_chain(tenant);
+        let lane = if bulk { BULK_LANE } else { lock_chain(tenant) };
         let (head, prev) = chain_head(tenant, lane);
         let seq = head + 1;
         let records = &pending[i..j];

@@ -484,11 +484,11 @@ fn check_tenant(tenant: &TenantRow) -> Result<(), Refusal> {
 
 /// Validate a binding against the current catalog: tenant still active and in region, key not
 /// revoked or expired, token and subject not revoked, membership not lost, mapping still
-/// present; recompute its roles. The binding is stamped with the generation read before the
-/// catalog was, so an invalidation that arrives during the checks makes the next statement
-/// check again.
+/// present; recompute its roles. The binding is stamped with its tenant's generation read
+/// before the catalog was, so an invalidation that arrives during the checks makes the next
+/// statement check again.
 fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
-    let generation = catalog::generation();
+    let generation = catalog::generation_of(b.tenant);
     let tenant = catalog::tenant_by_id(b.tenant).ok_or_else(|| {
         Refusal::new(
             INSUFFICIENT_PRIVILEGE,
@@ -797,15 +797,24 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
             Some(&claims.tenant),
         );
     }
-    let generation = catalog::generation();
     // SAFETY: reads the session user's oid, set once the backend has authenticated.
     let session_role = unsafe { pg_sys::GetSessionUserId() };
+    // Read before the entry is borrowed again: reading it may process invalidations.
+    let prepared_tenant = entry.prepared.borrow().as_ref().map(|p| p.tenant.id);
+    let tenant_gen = prepared_tenant.map(catalog::generation_of);
     let cached = entry.prepared.borrow().as_ref().is_some_and(|p| {
-        p.generation == generation && p.session_role == session_role && p.scope == scope
+        Some(p.generation) == tenant_gen && p.session_role == session_role && p.scope == scope
     });
     if !cached {
-        // Checks everything, the clock and the region included.
-        let prepared = prepare(claims, scope, generation, session_role, now);
+        // Checks everything, the clock and the region included. The tenant is known only once
+        // read: the entry is stamped with the tenant's generation if no invalidation of any
+        // kind arrived while prepare() read (then that generation is the one before the
+        // reads), else with 0, which no generation equals, so the next bind prepares again.
+        let epoch = catalog::fill_epoch();
+        let mut prepared = prepare(claims, scope, 0, session_role, now);
+        if catalog::fill_epoch() == epoch {
+            prepared.generation = catalog::generation_of(prepared.tenant.id);
+        }
         *entry.prepared.borrow_mut() = Some(prepared);
     }
     let prepared = entry.prepared.borrow();
@@ -1065,9 +1074,17 @@ pub fn tenant_in_effect_unchecked() -> Option<Uuid> {
 /// current catalog generation.
 fn ensure_mapped(gen: u64) {
     let role = crate::authz::session_user();
+    // Read before MAPPED is borrowed: reading it may process invalidations.
+    let tenant_gen = MAPPED
+        .with(|m| {
+            m.borrow()
+                .as_ref()
+                .and_then(|(_, _, b)| b.as_ref().map(|b| b.tenant))
+        })
+        .map(catalog::generation_of);
     let fresh = MAPPED.with(|m| {
         matches!(&*m.borrow(), Some((g, r, b)) if *g == gen && *r == role
-            && b.as_ref().is_none_or(|b| b.generation == gen))
+            && b.as_ref().is_none_or(|b| Some(b.generation) == tenant_gen))
     });
     if fresh {
         return;
@@ -1174,11 +1191,14 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     let _reentry = ReentryGuard;
     accept_invalidations_once_per_statement();
     let gen = catalog::generation();
+    // The tenant's generation is read before the binding is borrowed: reading it may process
+    // invalidations.
+    let tenant_gen = current_binding_tenant().map(catalog::generation_of);
     let explicit = BINDING.with(|b| {
         b.borrow().as_ref().map(|b| {
             (
                 b.expires_at,
-                b.generation == gen,
+                Some(b.generation) == tenant_gen,
                 matches!(b.source, Source::Support { .. }),
             )
         })
@@ -1365,7 +1385,7 @@ pub fn internal_decommission_binding(tenant: &TenantRow, table: pg_sys::Oid) -> 
         privileges: Rc::default(),
         region: None,
         key_not_after: None,
-        generation: catalog::generation(),
+        generation: catalog::generation_of(tenant.id),
     };
     INTERNAL.with(|i| *i.borrow_mut() = Some(b));
     InternalBinding
@@ -1462,7 +1482,7 @@ pub fn enter_support(
         privileges: Rc::default(),
         region: tenant.region.clone(),
         key_not_after: None,
-        generation: catalog::generation(),
+        generation: catalog::generation_of(tenant.id),
     };
     TXN_TENANT.with(|t| t.set(Some(tenant.id)));
     BINDING.with(|slot| *slot.borrow_mut() = Some(b.clone()));

@@ -159,13 +159,13 @@ pub fn apply(t: &TenantRow) {
 type Caps = [Option<i32>; 3];
 
 thread_local! {
-    /// (tenant, catalog generation) and the caps read for them.
+    /// (tenant, the tenant's catalog generation) and the caps read for them.
     static CAPS: Cell<Option<(Uuid, u64, Caps)>> = const { Cell::new(None) };
 }
 
 /// Every statement of a bound session: bring a setting above its cap down to it.
 pub fn enforce(tenant: Uuid) {
-    let gen = catalog::generation();
+    let gen = catalog::generation_of(tenant);
     let caps = match CAPS.with(|c| c.get()) {
         Some((t, g, caps)) if t == tenant && g == gen => caps,
         _ => {

@@ -7,4 +7,5 @@ pub mod binding_param;
 pub mod hooks;
 pub mod jsonb_build;
 pub mod row_json;
+pub mod targeted_inval;
 pub mod types;

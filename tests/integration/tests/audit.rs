@@ -390,7 +390,7 @@ fn anchors_are_checked_only_by_whom_may_verify_the_tenant_and_must_be_well_forme
     for bad in [
         "{}".to_string(),
         r#"[{"tenant": "x", "lane": 0, "seq": 1, "chain_hash": "00"}]"#.to_string(),
-        format!(r#"[{{"tenant": "{t}", "lane": 16, "seq": 1, "chain_hash": "00"}}]"#),
+        format!(r#"[{{"tenant": "{t}", "lane": 17, "seq": 1, "chain_hash": "00"}}]"#),
         format!(r#"[{{"tenant": "{t}", "lane": 0, "seq": 1, "chain_hash": "zz"}}]"#),
     ] {
         let msg = expect_err(
@@ -1055,4 +1055,110 @@ fn records_hold_each_row_exactly_as_to_jsonb_gives_it_for_every_kind_of_column()
     write(&mut c, &f, &format!("DELETE FROM {s}.plain"), true);
     let (ok, bad, _, detail) = verify(&mut su, &f.a);
     assert!(ok, "first bad {bad:?}: {detail}");
+}
+
+/// A backfill across 20,000 tenants in one transaction. With a chain lock per tenant at commit
+/// it ran out of shared memory under the default max_locks_per_transaction (so did onboarding
+/// 20,000 tenants in one transaction); a commit that links more than 32 tenants takes one lock
+/// and links into each tenant's bulk lane, and every tenant's chain verifies.
+#[test]
+fn an_audited_backfill_across_20000_tenants_in_one_transaction_commits_and_every_chain_verifies() {
+    // In a database of its own: the other tests' databases keep their few tenants.
+    let db = ident("backfill");
+    let mut admin = superuser();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .unwrap();
+    let mut cfg = config("postgres");
+    cfg.dbname(&db);
+    let mut su = cfg.connect(postgres::NoTls).unwrap();
+    su.batch_execute("CREATE EXTENSION pg_tenancy").unwrap();
+    let max_locks: String = su
+        .query_one("SHOW max_locks_per_transaction", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(max_locks, "64", "the test is about the default lock table");
+    let prefix = unique("bf");
+    let table = ident("it_backfill");
+    // One statement, one transaction: 20,000 tenants, each with its creation's ADMIN record.
+    su.execute(
+        "SELECT count(tenancy.create_tenant($1 || '-' || g)) FROM generate_series(1, 20000) g",
+        &[&prefix],
+    )
+    .unwrap();
+    su.batch_execute(&format!(
+        "CREATE TABLE public.{table} (tenant_id uuid NOT NULL, n int NOT NULL); \
+         SELECT tenancy.protect('public.{table}')"
+    ))
+    .unwrap();
+    let pattern = format!("{prefix}-%");
+    let rows = su
+        .execute(
+            &format!(
+                "INSERT INTO public.{table} SELECT id, 0 FROM tenancy.tenants WHERE slug LIKE $1"
+            ),
+            &[&pattern],
+        )
+        .unwrap();
+    assert_eq!(rows, 20_000);
+    // The backfill: one UPDATE, one transaction, a record for each of 20,000 tenants.
+    let rows = su
+        .execute(&format!("UPDATE public.{table} SET n = n + 1"), &[])
+        .unwrap();
+    assert_eq!(rows, 20_000);
+    let linked: i64 = su
+        .query_one(
+            "SELECT count(DISTINCT c.tenant_id) FROM tenancy.audit_chain c \
+               JOIN tenancy.tenants t ON t.id = c.tenant_id \
+              WHERE c.lane = 16 AND t.slug LIKE $1",
+            &[&pattern],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        linked, 20_000,
+        "each tenant's records linked in its bulk lane"
+    );
+    let (bad, records): (i64, i64) = {
+        let r = su
+            .query_one(
+                "SELECT count(*) FILTER (WHERE NOT v.ok), sum(v.records)::int8 \
+                   FROM tenancy.tenants t CROSS JOIN LATERAL tenancy.audit_verify(t.slug) v \
+                  WHERE t.slug LIKE $1",
+                &[&pattern],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(bad, 0, "every tenant's chain verifies");
+    // Per tenant: the creation, the INSERT's record and the UPDATE's.
+    assert!(records >= 60_000, "{records} records verified");
+    // An ordinary commit of a few tenants still links into lanes 0-15.
+    let few = su
+        .query_one(
+            &format!(
+                "WITH u AS (UPDATE public.{table} SET n = n + 1 WHERE tenant_id IN \
+                   (SELECT id FROM tenancy.tenants WHERE slug LIKE $1 ORDER BY slug LIMIT 3) RETURNING tenant_id) \
+                 SELECT count(*) FROM u"
+            ),
+            &[&pattern],
+        )
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(few, 3);
+    let lanes: Vec<i16> = su
+        .query(
+            "SELECT DISTINCT c.lane FROM tenancy.audit_chain c JOIN tenancy.tenants t ON t.id = c.tenant_id \
+              WHERE t.slug LIKE $1 AND c.lane < 16",
+            &[&pattern],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!lanes.is_empty(), "the small commit used an ordinary lane");
+    drop(su);
+    admin
+        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap();
 }
