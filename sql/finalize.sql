@@ -55,6 +55,7 @@ GRANT SELECT ON tenancy.role_mappings TO tenancy_operator;
 
 -- Platform calls are for operators (checked again inside each function).
 REVOKE EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.suspend_tenant(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.resume_tenant(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.add_key(text, text, text, text, timestamptz) FROM PUBLIC;
@@ -66,6 +67,7 @@ REVOKE EXECUTE ON FUNCTION tenancy.catalog_changed() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.tenant_changed() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.set_limit(text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) TO tenancy_operator;
+GRANT EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.set_limit(text, text, jsonb) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.suspend_tenant(text, text) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.resume_tenant(text) TO tenancy_operator;

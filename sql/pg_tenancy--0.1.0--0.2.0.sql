@@ -596,3 +596,11 @@ CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.suppor
 CREATE FUNCTION tenancy."cache_stats"() RETURNS jsonb
 STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c AS 'MODULE_PATHNAME', 'cache_stats_wrapper';
+
+-- Bulk onboarding: many tenants in one call, as create_tenant makes each.
+CREATE FUNCTION tenancy."create_tenants"("tenants" jsonb)
+RETURNS TABLE ("slug" text, "id" uuid)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'create_tenants_wrapper';
+REVOKE EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) TO tenancy_operator;

@@ -6,14 +6,22 @@
 //! switches to the owner with a pinned `search_path` for the length of one call, as a SECURITY
 //! DEFINER function would.
 //!
-//! Lookups are cached per backend. A statement-level trigger on every catalog table queues a
-//! relcache invalidation of that table; every backend receives it at its next transaction start
-//! (or lock acquisition, and at the start of every statement that reads the binding:
-//! `binding::accept_invalidations_once_per_statement`), and [`relcache_callback`] drops the
-//! cache and bumps [`generation`]. Bindings remember the generation they were validated at and
-//! are validated again when it changes: that is how a suspension, a revoked key or a removed
-//! member reaches every session from its next statement, without a catalog query on every
-//! statement.
+//! Lookups are cached per backend, one entry per tenant (its row, roles, grants, members,
+//! support grants, revocations; at most `tenancy.cache_tenants`, least recently used dropped
+//! first) beside the platform-wide rows (keys, mappings, protected tables). Every backend
+//! receives invalidations at its next transaction start (or lock acquisition, and at the start
+//! of every statement that reads the binding: `binding::accept_invalidations_once_per_statement`):
+//! - a change to a tenant's own rows is announced by the row trigger [`tenant_changed`] as a
+//!   targeted invalidation of that tenant (`src/pg/targeted_inval.rs`); [`tenant_invalidated`]
+//!   drops that tenant's entry and moves its [`generation_of`];
+//! - any other change (and a TRUNCATE, and a bulk change of more than 256 tenants) queues a
+//!   relcache invalidation of the table (`catalog_changed`); [`relcache_callback`] drops the
+//!   whole cache and bumps [`generation`], which every tenant's generation includes.
+//!
+//! Bindings remember their tenant's generation as they were validated and are validated again
+//! when it moves: that is how a suspension, a revoked key or a removed member reaches every
+//! session from its next statement, without a catalog query on every statement, and without
+//! the sessions of other tenants reading anything again.
 //!
 //! Every read of the catalog takes a fresh MVCC snapshot ([`fresh_select`]), never the
 //! transaction's: a session in a REPEATABLE READ transaction (or one long statement) that

@@ -649,6 +649,53 @@ pub fn admin(action: &str, tenant: Option<Uuid>, detail: serde_json::Value) {
     record("ADMIN", tenant, None, detail);
 }
 
+/// Keep the record MACs of audit keys this transaction just created (create_tenants knows
+/// their secrets), so that records written next need not read each key back. Dropped with
+/// every other kept key at the next invalidation, as any kept key is.
+pub fn prime_keys<'a>(keys: impl IntoIterator<Item = (Uuid, &'a [u8])>) {
+    // The keys' INSERT queued an invalidation of the table: process it now (this command's
+    // end), or it would drop what is kept here before the records are written.
+    // SAFETY: inside the transaction that wrote the keys.
+    unsafe { pg_sys::CommandCounterIncrement() };
+    AUDIT_MACS.with(|m| {
+        let mut m = m.borrow_mut();
+        for (tenant, secret) in keys {
+            m.insert(tenant, Rc::new(crate::audit::writer::record_mac(secret)));
+        }
+    });
+}
+
+/// Record the same management action once in each of many tenants' chains, one set-based
+/// INSERT (create_tenants): `items` pairs each tenant with its record's detail.
+pub fn admin_each(action: &str, items: Vec<(Uuid, serde_json::Value)>) {
+    if items.is_empty() {
+        return;
+    }
+    let (role, subject) = caller_and_subject();
+    let mut tenants = Vec::with_capacity(items.len());
+    let mut details = Vec::with_capacity(items.len());
+    for (tenant, mut detail) in items {
+        audit_mac(tenant);
+        if let Some(obj) = detail.as_object_mut() {
+            obj.insert("action".into(), action.into());
+        }
+        tenants.push(to_pg_uuid(tenant));
+        details.push(JsonB(detail));
+    }
+    let sql = format!(
+        "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
+           SELECT {CONTEXT}, x.t AS tenant_id, {CONTEXT_TAIL}, NULL::text AS table_name, 'ADMIN'::text AS op, \
+                  NULL::jsonb AS row_key, NULL::jsonb AS old_row, x.d AS new_row, $3::text AS db_role, \
+                  $4::text AS subject, {SESSION_TAIL} \
+             FROM unnest($1::uuid[], $2::jsonb[]) AS x(t, d)) s \
+         RETURNING id, tenant_id, row_hash"
+    );
+    insert_records(
+        &sql,
+        &[tenants.into(), details.into(), role.into(), subject.into()],
+    );
+}
+
 /// Record one entry that is not a row change (ADMIN, or a TRUNCATE by an operator).
 pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: serde_json::Value) {
     let (role, subject) = caller_and_subject();

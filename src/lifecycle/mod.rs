@@ -147,6 +147,191 @@ fn create_tenant(
     id
 }
 
+/// Most tenants one `create_tenants` call onboards.
+const CREATE_TENANTS_MAX: usize = 1_000_000;
+
+/// Onboard many tenants in one call and one transaction: `tenants` is a JSON array of objects
+/// with a `slug` and optionally `name`, `region` and `settings`, as `create_tenant` takes them.
+/// All are checked first and all are created, or none. Each tenant gets what `create_tenant`
+/// gives it (built-in roles and grants, an audit key, a `create_tenant` record in its own
+/// chain), written set by set instead of tenant by tenant; the platform's chain records the
+/// call. Returns each slug with its new id, in the order given.
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_tenants(
+    tenants: JsonB,
+) -> TableIterator<'static, (name!(slug, String), name!(id, pgrx::Uuid))> {
+    authz::require_operator("create_tenants");
+    let bad = |detail: String| -> ! {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("invalid tenants for create_tenants: {detail}"),
+            "Pass a JSON array of objects with \"slug\" and optionally \"name\", \"region\" and \"settings\", e.g. '[{\"slug\": \"acme\"}, {\"slug\": \"globex\", \"region\": \"eu\"}]'.",
+        )
+    };
+    let Some(items) = tenants.0.as_array() else {
+        bad("not a JSON array".into())
+    };
+    if items.len() > CREATE_TENANTS_MAX {
+        bad(format!(
+            "{} tenants; at most {CREATE_TENANTS_MAX} per call",
+            items.len()
+        ));
+    }
+    let mut slugs: Vec<String> = Vec::with_capacity(items.len());
+    let mut names: Vec<Option<String>> = Vec::with_capacity(items.len());
+    let mut regions: Vec<Option<String>> = Vec::with_capacity(items.len());
+    let mut settings: Vec<JsonB> = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Some(obj) = item.as_object() else {
+            bad(format!("element {i} is not an object"))
+        };
+        if let Some(k) = obj
+            .keys()
+            .find(|k| !matches!(k.as_str(), "slug" | "name" | "region" | "settings"))
+        {
+            bad(format!("element {i} has the unknown key \"{k}\""));
+        }
+        let text = |key: &str| -> Option<String> {
+            match obj.get(key) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(_) => bad(format!("element {i}: \"{key}\" is not a string")),
+            }
+        };
+        let Some(slug) = text("slug") else {
+            bad(format!("element {i} has no \"slug\""))
+        };
+        if !valid_slug(&slug) {
+            errors::raise(
+                INVALID_PARAMETER,
+                format!("invalid tenant slug \"{slug}\""),
+                "A slug is 2 to 63 characters: a lowercase letter, then lowercase letters, digits, '-' or '_', and does not read as a uuid.",
+            );
+        }
+        if !seen.insert(slug.clone()) {
+            errors::raise(
+                DUPLICATE_OBJECT,
+                format!("tenant \"{slug}\" is given twice"),
+                "Slugs are unique; give each tenant once.",
+            );
+        }
+        let set = match obj.get("settings") {
+            None | Some(serde_json::Value::Null) => serde_json::json!({}),
+            Some(v) => v.clone(),
+        };
+        check_settings(&set);
+        names.push(text("name"));
+        regions.push(text("region"));
+        settings.push(JsonB(set));
+        slugs.push(slug);
+    }
+    if slugs.is_empty() {
+        return TableIterator::new(Vec::new());
+    }
+    let existing = catalog::owner_rows(
+        "tenancy.tenant",
+        "SELECT slug FROM tenancy.tenant WHERE slug = ANY ($1) ORDER BY slug LIMIT 1",
+        &[slugs.clone().into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    );
+    if let Some(slug) = existing.first() {
+        errors::raise(
+            DUPLICATE_OBJECT,
+            format!("tenant \"{slug}\" already exists"),
+            "Slugs are unique (a decommissioned tenant's slug is kept as a tombstone); leave out the tenants that exist.",
+        );
+    }
+    // The audit keys, from the server's strong random source, 32 bytes each.
+    let mut secrets: Vec<Vec<u8>> = Vec::with_capacity(slugs.len());
+    for _ in 0..slugs.len() {
+        let mut secret = vec![0u8; 32];
+        // SAFETY: writes exactly 32 bytes into the buffer.
+        if !unsafe { pg_sys::pg_strong_random(secret.as_mut_ptr().cast(), secret.len()) } {
+            pgrx::error!("pg_tenancy: the server's strong random source failed");
+        }
+        secrets.push(secret);
+    }
+    let ids: Vec<pgrx::Uuid> = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            // The ids come back in the order given (WITH ORDINALITY, then sorted).
+            let t = c.update(
+                "WITH ins AS ( \
+                   INSERT INTO tenancy.tenant (slug, name, region, settings) \
+                   SELECT x.slug, x.name, x.region, x.settings \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS x(slug, name, region, settings) \
+                   RETURNING id, slug) \
+                 SELECT ins.id FROM ins JOIN unnest($1::text[]) WITH ORDINALITY AS o(slug, n) ON o.slug = ins.slug \
+                  ORDER BY o.n",
+                None,
+                &[
+                    slugs.clone().into(),
+                    names.into(),
+                    regions.clone().into(),
+                    settings.into(),
+                ],
+            )?;
+            let mut ids = Vec::with_capacity(slugs.len());
+            for row in t {
+                ids.push(row.get::<pgrx::Uuid>(1)?.expect("id"));
+            }
+            c.update(
+                "INSERT INTO tenancy.tenant_role (tenant_id, role, builtin) \
+                 SELECT t, r, true FROM unnest($1::uuid[]) AS t CROSS JOIN unnest($2::text[]) AS r",
+                None,
+                &[
+                    ids.clone().into(),
+                    crate::rbac::SEEDED_ROLES
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .into(),
+                ],
+            )?;
+            c.update(
+                "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
+                 SELECT t, g.role, NULL, g.privilege FROM unnest($1::uuid[]) AS t CROSS JOIN ( \
+                   SELECT r.role, p AS privilege FROM (VALUES ('admin'), ('member')) r(role), \
+                          unnest('{select,insert,update,delete}'::text[]) p \
+                   UNION ALL SELECT 'viewer', 'select') g",
+                None,
+                &[ids.clone().into()],
+            )?;
+            c.update(
+                "INSERT INTO tenancy.audit_key (tenant_id, secret) \
+                 SELECT * FROM unnest($1::uuid[], $2::bytea[]) ON CONFLICT (tenant_id) DO NOTHING",
+                None,
+                &[ids.clone().into(), secrets.clone().into()],
+            )?;
+            Ok::<_, pgrx::spi::Error>(ids)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: create_tenants failed: {e}"));
+    if ids.len() != slugs.len() {
+        pgrx::error!(
+            "pg_tenancy: create_tenants created {} of {} tenants",
+            ids.len(),
+            slugs.len()
+        );
+    }
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(catalog::from_pg_uuid).collect();
+    crate::audit::prime_keys(uuids.iter().copied().zip(secrets.iter().map(Vec::as_slice)));
+    crate::audit::admin_each(
+        "create_tenant",
+        uuids
+            .iter()
+            .zip(slugs.iter().zip(regions.iter()))
+            .map(|(id, (slug, region))| (*id, serde_json::json!({"slug": slug, "region": region})))
+            .collect(),
+    );
+    crate::audit::admin(
+        "create_tenants",
+        None,
+        serde_json::json!({"tenants": slugs.len()}),
+    );
+    TableIterator::new(slugs.into_iter().zip(ids))
+}
+
 fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Option<&str>) {
     let past = if action == "resume_tenant" {
         "resumed"

@@ -223,3 +223,105 @@ fn the_cache_holds_at_most_cache_tenants_tenants() {
         .batch_execute(&format!("DROP ROLE {role}"))
         .unwrap();
 }
+
+/// Bulk onboarding: create_tenants makes every tenant as create_tenant would (roles, grants, an
+/// audit key, a record in its own chain) in one call, all or nothing, and only for operators.
+#[test]
+fn create_tenants_onboards_many_tenants_at_once_all_or_nothing() {
+    let db = Db::new();
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let p = unique("bulk");
+    let list = |from: i32, to: i32| -> String {
+        let v: Vec<serde_json::Value> = (from..=to)
+            .map(|i| serde_json::json!({"slug": format!("{p}-{i}"), "settings": {"default_roles": ["member"]}}))
+            .collect();
+        serde_json::Value::Array(v).to_string()
+    };
+    let rows = su
+        .query(
+            "SELECT slug, id::text FROM tenancy.create_tenants($1::text::jsonb)",
+            &[&list(1, 500)],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 500);
+    // In the order given, each with the id the catalog has.
+    for (i, r) in rows.iter().enumerate() {
+        let slug: String = r.get(0);
+        assert_eq!(slug, format!("{p}-{}", i + 1));
+        let id: String = su
+            .query_one(
+                "SELECT id::text FROM tenancy.tenants WHERE slug = $1",
+                &[&slug],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(id, r.get::<_, String>(1));
+    }
+    // As create_tenant makes them: the built-in roles and grants, and a bind works.
+    let same: bool = su
+        .query_one(
+            "SELECT (SELECT array_agg(role ORDER BY role) FROM tenancy.tenant_role WHERE tenant_id = a.id) \
+                  = (SELECT array_agg(role ORDER BY role) FROM tenancy.tenant_role WHERE tenant_id = b.id) \
+                AND (SELECT count(*) FROM tenancy.role_privilege WHERE tenant_id = a.id) \
+                  = (SELECT count(*) FROM tenancy.role_privilege WHERE tenant_id = b.id) \
+               FROM tenancy.tenants a, tenancy.tenants b WHERE a.slug = $1 AND b.slug = $2",
+            &[&format!("{p}-7"), &f.a],
+        )
+        .unwrap()
+        .get(0);
+    assert!(same, "a bulk tenant differs from one create_tenant made");
+    let mut c = db.connect(APP);
+    touch(&mut c, &f, &format!("{p}-7"));
+    // Audited: a record in each tenant's chain, and the chains verify.
+    let bad: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.tenants t CROSS JOIN LATERAL tenancy.audit_verify(t.slug) v \
+              WHERE t.slug LIKE $1 AND NOT (v.ok AND v.records >= 1)",
+            &[&format!("{p}-%")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(bad, 0);
+    // All or nothing: one existing slug, or one given twice, creates none of the others.
+    for (json, state) in [
+        (
+            list(501, 510).replace(&format!("{p}-510"), &format!("{p}-3")),
+            "42710",
+        ),
+        (
+            list(511, 520).replace(&format!("{p}-520"), &format!("{p}-511")),
+            "42710",
+        ),
+        ("{\"slug\": \"x\"}".to_string(), "22023"),
+        (
+            format!("[{{\"slug\": \"{p}-521\", \"colour\": 1}}]"),
+            "22023",
+        ),
+        ("[{\"slug\": \"Not A Slug\"}]".to_string(), "22023"),
+    ] {
+        expect_err(
+            &mut su,
+            &format!("SELECT count(*) FROM tenancy.create_tenants('{json}')"),
+            &[state],
+        );
+    }
+    let left: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.tenants WHERE slug LIKE $1",
+            &[&format!("{p}-%")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 500, "a refused call created tenants");
+    // Operators only.
+    let mut app = db.connect(APP);
+    expect_err(
+        &mut app,
+        &format!(
+            "SELECT count(*) FROM tenancy.create_tenants('{}')",
+            list(600, 601)
+        ),
+        &["42501"],
+    );
+}
