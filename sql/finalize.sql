@@ -9,26 +9,37 @@ CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.tenant
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.signing_key
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.tenant_role
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant_role
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant_role
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.member
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.member
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.member
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.role_mapping
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.subject_revocation
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.subject_revocation
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.subject_revocation
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.token_revocation
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 -- An audit key created by a transaction that aborts must not stay kept in the backend.
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_key
+-- A new audit key invalidates nothing (no backend can hold a key that did not exist, and the
+-- creating transaction forgets its keys if it rolls back); a key changed or removed by hand
+-- drops every backend's keys.
+CREATE TRIGGER catalog_changed AFTER UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_key
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_exclusion
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
@@ -65,6 +76,7 @@ REVOKE EXECUTE ON FUNCTION tenancy.map_role(regrole, text, text[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.catalog_changed() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.tenant_changed() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy.tenant_changes_announce() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.set_limit(text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) TO tenancy_operator;
@@ -83,10 +95,14 @@ CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.role_privilege
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.role_privilege
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.role_privilege
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.support_grant
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.support_grant
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.support_grant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.protected_table
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 

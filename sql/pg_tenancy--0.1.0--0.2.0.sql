@@ -561,36 +561,51 @@ ALTER TABLE tenancy.audit_chain DROP CONSTRAINT audit_chain_lane_check,
 CREATE FUNCTION tenancy."tenant_changed"() RETURNS TRIGGER
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenant_changed_wrapper';
 REVOKE EXECUTE ON FUNCTION tenancy.tenant_changed() FROM PUBLIC;
+CREATE FUNCTION tenancy."tenant_changes_announce"() RETURNS TRIGGER
+LANGUAGE c AS 'MODULE_PATHNAME', 'tenant_changes_announce_wrapper';
+REVOKE EXECUTE ON FUNCTION tenancy.tenant_changes_announce() FROM PUBLIC;
 DROP TRIGGER catalog_changed ON tenancy.tenant;
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.tenant
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 DROP TRIGGER catalog_changed ON tenancy.tenant_role;
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.tenant_role
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant_role
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.tenant_role
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 DROP TRIGGER catalog_changed ON tenancy.member;
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.member
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.member
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.member
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 DROP TRIGGER catalog_changed ON tenancy.subject_revocation;
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.subject_revocation
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.subject_revocation
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.subject_revocation
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 DROP TRIGGER catalog_changed ON tenancy.role_privilege;
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.role_privilege
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.role_privilege
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.role_privilege
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 DROP TRIGGER catalog_changed ON tenancy.support_grant;
 CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.support_grant
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.support_grant
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.support_grant
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 
 -- A backend's catalog cache counters (tenants cached, rows read, invalidations received).
 CREATE FUNCTION tenancy."cache_stats"() RETURNS jsonb
@@ -604,3 +619,8 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'create_tenants_wrapper';
 REVOKE EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) TO tenancy_operator;
+
+-- A new audit key invalidates nothing (each create_tenant dropped every backend's cache).
+DROP TRIGGER catalog_changed ON tenancy.audit_key;
+CREATE TRIGGER catalog_changed AFTER UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_key
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();

@@ -235,6 +235,27 @@ pub fn init() {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
     }
     crate::pg::targeted_inval::on_invalidation(tenant_invalidated);
+    // SAFETY: as above.
+    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+}
+
+/// At a transaction's end, what its row triggers noted and no statement trigger announced
+/// (a statement that failed) goes: its changes are rolled back, or were announced.
+///
+/// # Safety
+/// Called by PostgreSQL at the transaction's events, as registered by [`init`].
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT
+    ) {
+        CHANGED.with(|c| *c.borrow_mut() = Changed::default());
+    }
 }
 
 /// The key a tenant's changes are announced under.
@@ -967,86 +988,92 @@ fn catalog_changed<'a>(
 }
 
 thread_local! {
-    /// The tenants announced in the current command, which is named by the backend's local
-    /// transaction id, its subtransaction id and the command id (together never reused): a
-    /// statement that changes many rows of one tenant announces it once. A later command
-    /// announces again: this backend processes its own announcements at the end of each
-    /// command, and may have cached the tenant again since. Another subtransaction starts a
-    /// new set too: an aborted one's messages are gone.
-    static ANNOUNCED: RefCell<((u32, pg_sys::SubTransactionId, pg_sys::CommandId), std::collections::HashSet<Uuid>)> =
-        RefCell::new(((0, 0, 0), std::collections::HashSet::new()));
+    /// Tenants whose rows the row triggers saw change since the last statement-level
+    /// announcement, and the tables they changed in; a table is named in `full` when a row
+    /// named no tenant.
+    static CHANGED: RefCell<Changed> = RefCell::new(Changed::default());
     /// (local transaction id, announcements made in it).
     static ANNOUNCED_IN_TRANSACTION: Cell<(u32, usize)> = const { Cell::new((0, 0)) };
 }
 
+#[derive(Default)]
+struct Changed {
+    tenants: std::collections::HashSet<Uuid>,
+    tables: Vec<pg_sys::Oid>,
+    full: bool,
+}
+
 /// More announcements than this in one transaction (a bulk change): the rest invalidate the
-/// whole cache instead (a relcache invalidation of the table, which PostgreSQL queues once
-/// per command), so that the bulk change does not overflow the backends' invalidation queues;
-/// every backend then drops its cache once.
+/// whole cache instead (a relcache invalidation of the table), so that the bulk change does
+/// not overflow the backends' invalidation queues; every backend then drops its cache once.
 const ANNOUNCE_MAX: usize = 256;
 
 /// Row-level trigger on the catalog tables whose rows belong to one tenant (tenant, member,
 /// tenant_role, role_privilege, support_grant, subject_revocation), naming the tenant column
-/// as its argument: queue the invalidation of the old and the new row's tenant, so that every
-/// backend drops what it cached about those tenants, and only that, when this transaction
-/// commits (and this backend from its next command). TRUNCATE keeps `catalog_changed`.
+/// as its argument: note the old and the new row's tenant. Nothing is queued per row: the
+/// statement's `tenant_changes_announce` queues one invalidation per tenant. (Queued per row,
+/// each would be processed by this backend at the next command-counter increment, which a
+/// foreign-key check makes for every row: a statement of many rows then re-read its caches
+/// for every row.)
 #[pg_trigger]
 fn tenant_changed<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let relid = trigger.relid()?;
     let column = trigger
         .extra_args()?
         .into_iter()
         .next()
         .unwrap_or_else(|| "tenant_id".to_string());
-    let relid = trigger.relid()?;
     let mut tenants = Vec::with_capacity(2);
+    let mut full = false;
     for tuple in [trigger.old(), trigger.new()].into_iter().flatten() {
         match tuple.get_by_name::<pgrx::Uuid>(&column) {
             Ok(Some(id)) => tenants.push(from_pg_uuid(&id)),
             // No tenant to name (the column is NOT NULL, so this is not expected): drop every
             // backend's whole cache rather than miss the change.
-            _ => {
-                // SAFETY: queues an invalidation message for a relation that exists (the
-                // trigger's).
-                unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
-                return Ok(None);
-            }
+            _ => full = true,
         }
     }
-    // SAFETY: MyProc is set for every backend that runs a transaction; the subtransaction and
-    // command ids are this backend's own.
-    let (lxid, now) = unsafe {
-        let lxid = (*pg_sys::MyProc).lxid;
-        (
-            lxid,
-            (
-                lxid,
-                pg_sys::GetCurrentSubTransactionId(),
-                pg_sys::GetCurrentCommandId(false),
-            ),
-        )
-    };
-    for tenant in tenants {
-        let fresh = ANNOUNCED.with(|a| {
-            let mut a = a.borrow_mut();
-            if a.0 != now {
-                *a = (now, std::collections::HashSet::new());
-            }
-            a.1.insert(tenant)
-        });
-        if !fresh {
-            continue;
+    CHANGED.with(|c| {
+        let mut c = c.borrow_mut();
+        c.tenants.extend(tenants);
+        c.full |= full;
+        if !c.tables.contains(&relid) {
+            c.tables.push(relid);
         }
-        let (tx, sent) = ANNOUNCED_IN_TRANSACTION.with(|c| c.get());
-        let sent = if tx == lxid { sent } else { 0 };
-        ANNOUNCED_IN_TRANSACTION.with(|c| c.set((lxid, sent + 1)));
-        if sent < ANNOUNCE_MAX {
-            announce_tenant_change(tenant);
-        } else {
-            // SAFETY: queues an invalidation message for a relation that exists (the trigger's).
+    });
+    Ok(None)
+}
+
+/// Statement-level trigger beside [`tenant_changed`]: queue, in the current transaction, the
+/// invalidation of every tenant whose rows the statement changed, so that every backend drops
+/// what it cached about those tenants, and only that, when this transaction commits (and this
+/// backend from its next command). Past [`ANNOUNCE_MAX`] announcements in the transaction, or
+/// for a row that named no tenant, the table's relcache invalidation drops every cache instead.
+/// (Tenants noted by a statement that failed before its statement triggers ran are announced
+/// with the next statement's: an announcement too many costs a reload, never a miss.)
+#[pg_trigger]
+fn tenant_changes_announce<'a>(
+    _trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let changed = CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    // SAFETY: MyProc is set for every backend that runs a transaction.
+    let lxid = unsafe { (*pg_sys::MyProc).lxid };
+    let (tx, sent) = ANNOUNCED_IN_TRANSACTION.with(|c| c.get());
+    let sent = if tx == lxid { sent } else { 0 };
+    if changed.full || sent + changed.tenants.len() > ANNOUNCE_MAX {
+        ANNOUNCED_IN_TRANSACTION.with(|c| c.set((lxid, ANNOUNCE_MAX)));
+        for relid in changed.tables {
+            // SAFETY: queues an invalidation message for a relation that exists (a catalog
+            // table whose trigger noted it in this transaction).
             unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
         }
+        return Ok(None);
+    }
+    ANNOUNCED_IN_TRANSACTION.with(|c| c.set((lxid, sent + changed.tenants.len())));
+    for tenant in changed.tenants {
+        announce_tenant_change(tenant);
     }
     Ok(None)
 }

@@ -199,6 +199,7 @@ unsafe extern "C-unwind" fn xact_callback(
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => link_pending(),
         XACT_EVENT_COMMIT => {
+            CREATED_KEYS.with(|c| c.borrow_mut().clear());
             release_chain_locks();
             PENDING.with(|p| p.borrow_mut().clear());
             PURGING.with(|p| p.set(false));
@@ -209,6 +210,11 @@ unsafe extern "C-unwind" fn xact_callback(
             CHAIN_LOCKED.with(|l| l.borrow_mut().clear());
             PENDING.with(|p| p.borrow_mut().clear());
             PURGING.with(|p| p.set(false));
+            if event == XACT_EVENT_PREPARE {
+                CREATED_KEYS.with(|c| c.borrow_mut().clear());
+            } else {
+                forget_created_keys(0);
+            }
         }
         _ => {}
     }
@@ -230,6 +236,7 @@ unsafe extern "C-unwind" fn subxact_callback(
         // were rolled back with it.
         PENDING.with(|p| p.borrow_mut().retain(|r| r.subxact < my_subid));
         PURGING.with(|p| p.set(false));
+        forget_created_keys(my_subid);
     }
 }
 
@@ -540,6 +547,39 @@ thread_local! {
     /// once, not per record.
     static AUDIT_MACS: RefCell<HashMap<Uuid, Rc<crate::audit::writer::RecordMac>>> =
         RefCell::new(HashMap::new());
+    /// The audit keys this transaction created, with the subtransaction that created each:
+    /// forgotten if it rolls back (the key was never saved). Creating a key invalidates no
+    /// other backend's cache: none can hold a key that did not exist, and keys never change.
+    static CREATED_KEYS: RefCell<Vec<(pg_sys::SubTransactionId, Uuid)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// Note that this (sub)transaction created `tenant`'s audit key.
+fn created_key(tenant: Uuid) {
+    // SAFETY: the current subtransaction's id, this backend's own.
+    let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    CREATED_KEYS.with(|c| c.borrow_mut().push((sub, tenant)));
+}
+
+/// Forget the keys created by subtransaction `from` and its children (every key this
+/// transaction created, for 0): they were rolled back.
+fn forget_created_keys(from: pg_sys::SubTransactionId) {
+    let gone: Vec<Uuid> = CREATED_KEYS.with(|c| {
+        let mut c = c.borrow_mut();
+        let gone = c
+            .iter()
+            .filter(|(s, _)| *s >= from)
+            .map(|(_, t)| *t)
+            .collect();
+        c.retain(|(s, _)| *s < from);
+        gone
+    });
+    AUDIT_MACS.with(|m| {
+        let mut m = m.borrow_mut();
+        for t in gone {
+            m.remove(&t);
+        }
+    });
 }
 
 /// Forget every kept audit key (at any invalidation of pg_tenancy's catalog, and when a
@@ -584,6 +624,7 @@ pub fn audit_mac(tenant: Uuid) -> Rc<crate::audit::writer::RecordMac> {
         "INSERT INTO tenancy.audit_key (tenant_id, secret) VALUES ($1, $2) ON CONFLICT (tenant_id) DO NOTHING",
         &[to_pg_uuid(tenant).into(), secret.as_slice().into()],
     );
+    created_key(tenant);
     existing_audit_mac(tenant)
         .unwrap_or_else(|| pgrx::error!("pg_tenancy: creating the audit key of {tenant} failed"))
 }
@@ -650,19 +691,16 @@ pub fn admin(action: &str, tenant: Option<Uuid>, detail: serde_json::Value) {
 }
 
 /// Keep the record MACs of audit keys this transaction just created (create_tenants knows
-/// their secrets), so that records written next need not read each key back. Dropped with
-/// every other kept key at the next invalidation, as any kept key is.
+/// their secrets), so that records written next need not read each key back. Forgotten if the
+/// transaction (or the subtransaction) rolls back, as any key it created is.
 pub fn prime_keys<'a>(keys: impl IntoIterator<Item = (Uuid, &'a [u8])>) {
-    // The keys' INSERT queued an invalidation of the table: process it now (this command's
-    // end), or it would drop what is kept here before the records are written.
-    // SAFETY: inside the transaction that wrote the keys.
-    unsafe { pg_sys::CommandCounterIncrement() };
-    AUDIT_MACS.with(|m| {
-        let mut m = m.borrow_mut();
-        for (tenant, secret) in keys {
-            m.insert(tenant, Rc::new(crate::audit::writer::record_mac(secret)));
-        }
-    });
+    for (tenant, secret) in keys {
+        AUDIT_MACS.with(|m| {
+            m.borrow_mut()
+                .insert(tenant, Rc::new(crate::audit::writer::record_mac(secret)))
+        });
+        created_key(tenant);
+    }
 }
 
 /// Record the same management action once in each of many tenants' chains, one set-based
