@@ -88,6 +88,8 @@ struct TenantEntry {
     /// Whether the tenant has any member row: most tenants of a platform that signs roles
     /// into tokens have none, and then no (tenant, subject) is looked up.
     has_members: Option<bool>,
+    /// Whether the tenant has any subject revocation (likewise).
+    has_revocations: Option<bool>,
     members: HashMap<String, Rc<Vec<String>>>,
     support: HashMap<u32, Option<Rc<SupportGrant>>>,
     /// subject -> tokens issued before this instant (microseconds since the Unix epoch) are
@@ -103,6 +105,7 @@ impl TenantEntry {
             roles: None,
             privileges: None,
             has_members: None,
+            has_revocations: None,
             members: HashMap::new(),
             support: HashMap::new(),
             subject_revocations: HashMap::new(),
@@ -533,24 +536,86 @@ pub fn from_pg_uuid(id: &pgrx::Uuid) -> Uuid {
     Uuid::from_bytes(**id)
 }
 
-fn tenant_row(row: &pgrx::spi::SpiHeapTupleData) -> Result<TenantRow, pgrx::spi::Error> {
-    Ok(TenantRow {
-        id: from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("id")),
-        slug: row.get::<String>(2)?.unwrap_or_default(),
-        status: row.get::<String>(3)?.unwrap_or_default(),
-        region: row.get::<String>(4)?,
-        settings: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
-        limits: row.get::<JsonB>(6)?.map(|j| j.0).unwrap_or_default(),
+/// A tenant as first read: its row, and what a bind reads next (whether it has members or
+/// subject revocations, its roles, its grants), in the same query: a backend's first bind of a tenant costs one query
+/// for all of them, not one each.
+struct LoadedTenant {
+    row: TenantRow,
+    has_members: bool,
+    has_revocations: bool,
+    roles: Vec<String>,
+    privileges: Vec<Privilege>,
+}
+
+fn loaded_tenant(row: &pgrx::spi::SpiHeapTupleData) -> Result<LoadedTenant, pgrx::spi::Error> {
+    let privilege_roles = row.get::<Vec<String>>(9)?.unwrap_or_default();
+    let privilege_rels = row.get::<Vec<Option<pg_sys::Oid>>>(10)?.unwrap_or_default();
+    let privilege_names = row.get::<Vec<String>>(11)?.unwrap_or_default();
+    Ok(LoadedTenant {
+        row: TenantRow {
+            id: from_pg_uuid(&row.get::<pgrx::Uuid>(1)?.expect("id")),
+            slug: row.get::<String>(2)?.unwrap_or_default(),
+            status: row.get::<String>(3)?.unwrap_or_default(),
+            region: row.get::<String>(4)?,
+            settings: row.get::<JsonB>(5)?.map(|j| j.0).unwrap_or_default(),
+            limits: row.get::<JsonB>(6)?.map(|j| j.0).unwrap_or_default(),
+        },
+        has_members: row.get::<bool>(7)?.unwrap_or(true),
+        has_revocations: row.get::<bool>(12)?.unwrap_or(true),
+        roles: row.get::<Vec<String>>(8)?.unwrap_or_default(),
+        privileges: privilege_roles
+            .into_iter()
+            .zip(privilege_rels)
+            .zip(privilege_names)
+            .map(|((role, relid), privilege)| Privilege {
+                role,
+                relid,
+                privilege,
+            })
+            .collect(),
     })
 }
 
-fn load_tenant(where_clause: &str, arg: pgrx::datum::DatumWithOid) -> Option<TenantRow> {
+/// Read a tenant (by `id = $1` or `slug = $1`) and keep it with its members flag, roles and
+/// grants, unless an invalidation arrived since `epoch` (see [`store`]).
+fn load_tenant(
+    where_clause: &str,
+    arg: pgrx::datum::DatumWithOid,
+    epoch: u64,
+) -> Option<Rc<TenantRow>> {
+    count(|s| s.0 += 1);
     let q = format!(
-        "SELECT id, slug, status, region, settings, limits FROM tenancy.tenant WHERE {where_clause}"
+        "SELECT t.id, t.slug, t.status, t.region, t.settings, t.limits, \
+                EXISTS (SELECT FROM tenancy.member m WHERE m.tenant_id = t.id), \
+                ARRAY(SELECT r.role FROM tenancy.tenant_role r WHERE r.tenant_id = t.id ORDER BY r.role), \
+                p.roles, p.rels, p.privileges, \
+                EXISTS (SELECT FROM tenancy.subject_revocation v WHERE v.tenant_id = t.id) \
+           FROM tenancy.tenant t \
+           CROSS JOIN LATERAL ( \
+                SELECT array_agg(g.role ORDER BY g.role, g.relid, g.privilege) AS roles, \
+                       array_agg(g.relid::oid ORDER BY g.role, g.relid, g.privilege) AS rels, \
+                       array_agg(g.privilege ORDER BY g.role, g.relid, g.privilege) AS privileges \
+                  FROM tenancy.role_privilege g WHERE g.tenant_id = t.id) p \
+          WHERE t.{where_clause}"
     );
-    owner_rows("tenancy.tenant", &q, &[arg], tenant_row)
+    let loaded = owner_rows("tenancy.tenant", &q, &[arg], loaded_tenant)
         .into_iter()
-        .next()
+        .next()?;
+    let row = Rc::new(loaded.row);
+    let (has_members, has_revocations, roles, privileges) = (
+        loaded.has_members,
+        loaded.has_revocations,
+        Rc::new(loaded.roles),
+        Rc::new(loaded.privileges),
+    );
+    store_tenant(epoch, row.id, |e| {
+        e.row = Some(Some(row.clone()));
+        e.has_members = Some(has_members);
+        e.has_revocations = Some(has_revocations);
+        e.roles = Some(roles);
+        e.privileges = Some(privileges);
+    });
+    Some(row)
 }
 
 /// The first column of the first row of a read-only query, or None, through a read-only SPI
@@ -697,9 +762,10 @@ pub fn tenant_by_id(id: Uuid) -> Option<Rc<TenantRow>> {
         return hit;
     }
     let gen = fill_epoch();
-    count(|s| s.0 += 1);
-    let row = load_tenant("id = $1", to_pg_uuid(id).into()).map(Rc::new);
-    store_tenant(gen, id, |e| e.row = Some(row.clone()));
+    let row = load_tenant("id = $1", to_pg_uuid(id).into(), gen);
+    if row.is_none() {
+        store_tenant(gen, id, |e| e.row = Some(None));
+    }
     row
 }
 
@@ -713,11 +779,7 @@ pub fn tenant_by_ref(reference: &str) -> Option<Rc<TenantRow>> {
         Some(id) => id.and_then(tenant_by_id),
         None => {
             let gen = fill_epoch();
-            count(|s| s.0 += 1);
-            let row = load_tenant("slug = $1", reference.into()).map(Rc::new);
-            if let Some(r) = &row {
-                store_tenant(gen, r.id, |e| e.row = Some(Some(r.clone())));
-            }
+            let row = load_tenant("slug = $1", reference.into(), gen);
             store(gen, |c| {
                 if c.slugs.len() >= tenants_capacity().get() {
                     c.slugs.clear();
@@ -913,28 +975,33 @@ pub fn token_revocation(
     iat: Option<i64>,
     jti: Option<&str>,
 ) -> Option<String> {
-    let before = match cached(tenant, |e| e.subject_revocations.get(subject).copied()) {
-        Some(b) => b,
-        None => {
-            let gen = fill_epoch();
-            let b = owner_rows(
-                "tenancy.subject_revocation",
-                "SELECT (extract(epoch FROM issued_before) * 1000000)::int8 \
+    // A tenant read with no subject revocation at all needs no probe per subject.
+    let none = cached(tenant, |e| {
+        (e.has_revocations == Some(false)).then_some(None)
+    });
+    let before =
+        match none.or_else(|| cached(tenant, |e| e.subject_revocations.get(subject).copied())) {
+            Some(b) => b,
+            None => {
+                let gen = fill_epoch();
+                let b = owner_rows(
+                    "tenancy.subject_revocation",
+                    "SELECT (extract(epoch FROM issued_before) * 1000000)::int8 \
                    FROM tenancy.subject_revocation WHERE tenant_id = $1 AND subject = $2",
-                &[to_pg_uuid(tenant).into(), subject.into()],
-                |row| Ok(row.get::<i64>(1)?.unwrap_or(i64::MAX)),
-            )
-            .into_iter()
-            .next();
-            store_tenant(gen, tenant, |e| {
-                if e.subject_revocations.len() >= PER_TENANT_KEPT {
-                    e.subject_revocations.clear();
-                }
-                e.subject_revocations.insert(subject.to_string(), b);
-            });
-            b
-        }
-    };
+                    &[to_pg_uuid(tenant).into(), subject.into()],
+                    |row| Ok(row.get::<i64>(1)?.unwrap_or(i64::MAX)),
+                )
+                .into_iter()
+                .next();
+                store_tenant(gen, tenant, |e| {
+                    if e.subject_revocations.len() >= PER_TENANT_KEPT {
+                        e.subject_revocations.clear();
+                    }
+                    e.subject_revocations.insert(subject.to_string(), b);
+                });
+                b
+            }
+        };
     if let Some(before) = before {
         let issued = iat.map_or(i64::MIN, |s| s.saturating_mul(1_000_000));
         if issued < before {
