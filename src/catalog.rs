@@ -672,6 +672,56 @@ pub fn owner_rows_latest<T>(
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading {what} failed: {e}"))
 }
 
+thread_local! {
+    /// Prepared catalog reads, by their argument types and SQL text, kept for the backend's life (PostgreSQL's
+    /// plan cache revalidates them after any change of what they read): a read parsed and
+    /// planned on every call cost more than the read. At most [`PLANS_KEPT`].
+    static PLANS: RefCell<HashMap<String, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
+}
+
+/// Distinct catalog reads kept prepared per backend; past this, all are freed and kept anew.
+const PLANS_KEPT: usize = 128;
+
+/// The kept plan of `sql` (argument types `types`), prepared and kept on first use.
+///
+/// # Safety
+/// Inside an SPI connection, as the user every read of pg_tenancy's catalog runs as (the
+/// catalog owner, with the pinned search path), so that a kept plan is always used by the user
+/// and search path it was made for.
+unsafe fn kept_plan(sql: &str, types: &mut [pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+    // The argument types are part of the key: a plan is only ever given the types it was
+    // prepared for.
+    let key = format!(
+        "{:?}\n{sql}",
+        types.iter().map(|t| t.to_u32()).collect::<Vec<_>>()
+    );
+    if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).copied()) {
+        return plan;
+    }
+    let csql = std::ffi::CString::new(sql).expect("SQL text without NUL");
+    // SAFETY: inside an SPI connection (the caller's contract); SPI_keepplan moves the plan
+    // out of the connection's memory into its own context under CacheMemoryContext, so that
+    // it outlives the connection; it is freed only with SPI_freeplan, below, never while in
+    // use (plans are only used inside this function's callers, one read at a time).
+    unsafe {
+        let plan = pg_sys::SPI_prepare(csql.as_ptr(), types.len() as i32, types.as_mut_ptr());
+        if plan.is_null() {
+            pgrx::error!("pg_tenancy: preparing a catalog read failed");
+        }
+        if pg_sys::SPI_keepplan(plan) != 0 {
+            pgrx::error!("pg_tenancy: keeping a catalog read's plan failed");
+        }
+        let full = PLANS.with(|p| p.borrow().len() >= PLANS_KEPT);
+        if full {
+            for (_, old) in PLANS.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+                pg_sys::SPI_freeplan(old);
+            }
+        }
+        PLANS.with(|p| p.borrow_mut().insert(key, plan));
+        plan
+    }
+}
+
 fn select_with_snapshot<T>(
     sql: &str,
     limit: Option<i64>,
@@ -679,7 +729,6 @@ fn select_with_snapshot<T>(
     map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
     latest: bool,
 ) -> Result<Vec<T>, pgrx::spi::Error> {
-    let csql = std::ffi::CString::new(sql).expect("SQL text without NUL");
     let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
     let mut values: Vec<pg_sys::Datum> = args
         .iter()
@@ -693,15 +742,13 @@ fn select_with_snapshot<T>(
         .map(|a| if a.datum().is_some() { b' ' } else { b'n' } as std::ffi::c_char)
         .collect();
     let snapshot_rel = rels().oids[0];
-    // SAFETY: inside an SPI connection (the caller's Spi::connect). The plan and the tuple
-    // table live in SPI's procedure context until SPI_finish; the snapshot is registered for
-    // the length of the execution and released below (or by resource-owner clean-up on error).
-    // Every row is mapped (copied out) before the connection closes.
+    // SAFETY: inside an SPI connection (the caller's Spi::connect), as the catalog owner (every
+    // caller reads through with_owner). The plan is kept (kept_plan); the tuple table lives in
+    // SPI's procedure context until SPI_finish; the snapshot is registered for the length of
+    // the execution and released below (or by resource-owner clean-up on error). Every row is
+    // mapped (copied out) before the connection closes.
     unsafe {
-        let plan = pg_sys::SPI_prepare(csql.as_ptr(), types.len() as i32, types.as_mut_ptr());
-        if plan.is_null() {
-            pgrx::error!("pg_tenancy: preparing a catalog read failed");
-        }
+        let plan = kept_plan(sql, &mut types);
         let snapshot = pg_sys::RegisterSnapshot(if latest {
             pg_sys::GetLatestSnapshot()
         } else {
@@ -730,7 +777,6 @@ fn select_with_snapshot<T>(
                 out.push(map(&row)?);
             }
         }
-        pg_sys::SPI_freeplan(plan);
         Ok(out)
     }
 }
