@@ -7,7 +7,7 @@
 #   5. the examples                   (examples/run.sh: Python and Node through PgBouncer)
 #   6. the upgrade test               (tests/upgrade/run.sh: 0.1.0 -> this version)
 #   7. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
-#   8. the benchmarks in smoke mode   (benches/run.sh --smoke, benches/pooler.sh --smoke)
+#   8. the benchmarks in smoke mode   (benches/run.sh, benches/pooler.sh and benches/scale.sh --smoke)
 # Installs whatever is missing first (Debian packages, cargo-pgrx). Idempotent.
 #
 #   scripts/test.sh           the whole suite (about 5 minutes when built)
@@ -135,6 +135,7 @@ run_step "reliability: sqlsmith" tests/reliability/sqlsmith.sh "${LONG[@]}"
 # asserted.
 run_step "benchmark smoke" benches/run.sh --smoke
 run_step "pooler benchmark smoke" benches/pooler.sh --smoke --no-install
+run_step "scale benchmark smoke (10,000 tenants)" benches/scale.sh --smoke --no-install
 
 echo
 for f in "${failures[@]}"; do echo "FAILED step: $f"; done
