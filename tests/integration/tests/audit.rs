@@ -1064,15 +1064,8 @@ fn records_hold_each_row_exactly_as_to_jsonb_gives_it_for_every_kind_of_column()
 #[test]
 fn an_audited_backfill_across_20000_tenants_in_one_transaction_commits_and_every_chain_verifies() {
     // In a database of its own: the other tests' databases keep their few tenants.
-    let db = ident("backfill");
-    let mut admin = superuser();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .unwrap();
-    let mut cfg = config("postgres");
-    cfg.dbname(&db);
-    let mut su = cfg.connect(postgres::NoTls).unwrap();
-    su.batch_execute("CREATE EXTENSION pg_tenancy").unwrap();
+    let db = OwnDatabase::new("backfill", true);
+    let mut su = db.connect("postgres");
     let max_locks: String = su
         .query_one("SHOW max_locks_per_transaction", &[])
         .unwrap()
@@ -1164,8 +1157,4 @@ fn an_audited_backfill_across_20000_tenants_in_one_transaction_commits_and_every
         .map(|r| r.get(0))
         .collect();
     assert!(!lanes.is_empty(), "the small commit used an ordinary lane");
-    drop(su);
-    admin
-        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .unwrap();
 }

@@ -8,39 +8,6 @@ mod common;
 use common::*;
 use postgres::Client;
 
-/// A database of its own with the extension, so that no other test's change of keys or
-/// mappings (which drops every backend's cache in its database) is counted here; dropped when
-/// the value is.
-struct Db {
-    name: String,
-}
-
-impl Db {
-    fn new() -> Db {
-        let name = ident("scale");
-        superuser()
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-        let db = Db { name };
-        db.connect("postgres")
-            .batch_execute("CREATE EXTENSION pg_tenancy")
-            .unwrap();
-        db
-    }
-
-    fn connect(&self, user: &str) -> Client {
-        let mut cfg = config(user);
-        cfg.dbname(&self.name);
-        cfg.connect(postgres::NoTls).unwrap()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = superuser().batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name));
-    }
-}
-
 /// A backend's cache counters.
 fn stats(c: &mut Client) -> serde_json::Value {
     let s: String = c
@@ -87,7 +54,7 @@ fn tenants(su: &mut Client, count: usize) -> Vec<String> {
 
 #[test]
 fn a_change_to_one_tenant_drops_only_that_tenant_in_other_backends() {
-    let db = Db::new();
+    let db = OwnDatabase::new("scale", true);
     let mut su = db.connect("postgres");
     let f = Fixture::on(&mut su);
     let ts = tenants(&mut su, 6);
@@ -138,7 +105,7 @@ fn a_change_to_one_tenant_drops_only_that_tenant_in_other_backends() {
 
 #[test]
 fn a_bound_session_sees_a_change_to_its_tenant_from_its_next_statement() {
-    let db = Db::new();
+    let db = OwnDatabase::new("scale", true);
     let mut su = db.connect("postgres");
     let f = Fixture::on(&mut su);
     let ts = tenants(&mut su, 2);
@@ -190,7 +157,7 @@ fn a_bound_session_sees_a_change_to_its_tenant_from_its_next_statement() {
 
 #[test]
 fn the_cache_holds_at_most_cache_tenants_tenants() {
-    let db = Db::new();
+    let db = OwnDatabase::new("scale", true);
     let mut su = db.connect("postgres");
     let f = Fixture::on(&mut su);
     let role = ident("scale_app");
@@ -228,7 +195,7 @@ fn the_cache_holds_at_most_cache_tenants_tenants() {
 /// audit key, a record in its own chain) in one call, all or nothing, and only for operators.
 #[test]
 fn create_tenants_onboards_many_tenants_at_once_all_or_nothing() {
-    let db = Db::new();
+    let db = OwnDatabase::new("scale", true);
     let mut su = db.connect("postgres");
     let f = Fixture::on(&mut su);
     let p = unique("bulk");

@@ -1202,14 +1202,8 @@ fn rules_on_protected_tables_are_refused_and_reported() {
 #[test]
 fn an_audit_key_created_by_a_rolled_back_transaction_is_not_used() {
     // In a database of its own, where the platform's audit key does not exist yet.
-    let db = ident("keys");
-    let mut admin = superuser();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .unwrap();
-    let mut cfg = config("postgres");
-    cfg.dbname(&db);
-    let mut su = cfg.connect(postgres::NoTls).unwrap();
+    let db = OwnDatabase::new("keys", false);
+    let mut su = db.connect("postgres");
     for sql in [
         "CREATE EXTENSION pg_tenancy",
         "CREATE TABLE t1 (tenant_id uuid NOT NULL)",
@@ -1230,8 +1224,6 @@ fn an_audit_key_created_by_a_rolled_back_transaction_is_not_used() {
         .unwrap()
         .get(0);
     drop(su);
-    admin
-        .batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
-        .unwrap();
+    drop(db);
     assert_eq!(bad, 0, "a chain does not verify");
 }

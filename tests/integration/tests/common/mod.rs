@@ -31,6 +31,42 @@ pub fn connect(user: &str) -> Client {
         .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
 }
 
+/// A database of its own, dropped (with its connections) when the value is: for a test whose
+/// counts must not see the other tests' changes, or whose many tenants must not burden them.
+pub struct OwnDatabase {
+    pub name: String,
+}
+
+impl OwnDatabase {
+    /// A new database, named after `prefix`, with the extension when `extension`.
+    pub fn new(prefix: &str, extension: bool) -> OwnDatabase {
+        let name = ident(prefix);
+        superuser()
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let db = OwnDatabase { name };
+        if extension {
+            db.connect("postgres")
+                .batch_execute("CREATE EXTENSION pg_tenancy")
+                .unwrap();
+        }
+        db
+    }
+
+    pub fn connect(&self, user: &str) -> Client {
+        let mut cfg = config(user);
+        cfg.dbname(&self.name);
+        cfg.connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to {} as {user}: {e}", self.name))
+    }
+}
+
+impl Drop for OwnDatabase {
+    fn drop(&mut self) {
+        let _ = superuser().batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name));
+    }
+}
+
 pub fn superuser() -> Client {
     connect("postgres")
 }
