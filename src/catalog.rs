@@ -242,8 +242,10 @@ pub fn init() {
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
 
-/// At a transaction's end, what its row triggers noted and no statement trigger announced
-/// (a statement that failed) goes: its changes are rolled back, or were announced.
+/// Before a transaction commits (or is prepared), whatever its row triggers noted and no
+/// statement trigger announced is announced: a change is never left unannounced because a
+/// statement trigger did not run after its rows (an announcement too many costs a reload).
+/// At its end, what is still noted goes: its changes were announced, or rolled back.
 ///
 /// # Safety
 /// Called by PostgreSQL at the transaction's events, as registered by [`init`].
@@ -253,11 +255,12 @@ unsafe extern "C-unwind" fn xact_callback(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT
-    ) {
-        CHANGED.with(|c| *c.borrow_mut() = Changed::default());
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => announce_changed(),
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+            CHANGED.with(|c| *c.borrow_mut() = Changed::default())
+        }
+        _ => {}
     }
 }
 
@@ -1170,7 +1173,17 @@ fn tenant_changed<'a>(
 fn tenant_changes_announce<'a>(
     _trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    announce_changed();
+    Ok(None)
+}
+
+/// Queue the invalidations of what the row triggers noted and no statement trigger announced
+/// yet (see [`tenant_changes_announce`]); nothing when nothing is noted.
+fn announce_changed() {
     let changed = CHANGED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    if changed.tenants.is_empty() && !changed.full {
+        return;
+    }
     // SAFETY: MyProc is set for every backend that runs a transaction.
     let lxid = unsafe { (*pg_sys::MyProc).lxid };
     let (tx, sent) = ANNOUNCED_IN_TRANSACTION.with(|c| c.get());
@@ -1182,13 +1195,12 @@ fn tenant_changes_announce<'a>(
             // table whose trigger noted it in this transaction).
             unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
         }
-        return Ok(None);
+        return;
     }
     ANNOUNCED_IN_TRANSACTION.with(|c| c.set((lxid, sent + changed.tenants.len())));
     for tenant in changed.tenants {
         announce_tenant_change(tenant);
     }
-    Ok(None)
 }
 
 fn privilege_row(

@@ -27,8 +27,12 @@ use std::ffi::CString;
 
 /// The name of the announced (never stored) `pg_am` row for `key`.
 fn row_name(key: &str) -> CString {
-    // A NUL cannot occur in a tenant's uuid or slug; strip it regardless.
-    CString::new(format!("pg_tenancy {key}").replace('\0', "")).expect("no NUL")
+    // A NUL cannot occur in a tenant's uuid or slug; strip it regardless. Cut to what a
+    // `name` holds (NAMEDATALEN - 1 bytes), as the announced row's NameData is: the sender
+    // hashes the stored name and the receivers this text, so both must be the same bytes.
+    let mut bytes = format!("pg_tenancy {key}").replace('\0', "").into_bytes();
+    bytes.truncate(pg_sys::NAMEDATALEN as usize - 1);
+    CString::new(bytes).expect("no NUL")
 }
 
 /// The hash every backend receives when [`announce`] is called for `key` (never 0 in practice;
