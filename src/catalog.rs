@@ -682,16 +682,21 @@ thread_local! {
     static PLANS: RefCell<HashMap<String, pg_sys::SPIPlanPtr>> = RefCell::new(HashMap::new());
 }
 
-/// Distinct catalog reads kept prepared per backend; past this, all are freed and kept anew.
+/// Distinct catalog reads kept prepared per backend; past this, further ones are prepared for
+/// each use (the catalog's own reads are a few dozen texts; a table's name in the text, as
+/// decommission's reads have, is what could reach it).
 const PLANS_KEPT: usize = 128;
 
-/// The kept plan of `sql` (argument types `types`), prepared and kept on first use.
+/// The plan of `sql` (argument types `types`), and whether it is kept: prepared and kept on
+/// first use while fewer than [`PLANS_KEPT`] are; past that, prepared for this read only (the
+/// caller frees it). A kept plan is never freed: one may be running in an outer read while a
+/// nested read (a hook, an invalidation processed at a lock) prepares another.
 ///
 /// # Safety
 /// Inside an SPI connection, as the user every read of pg_tenancy's catalog runs as (the
 /// catalog owner, with the pinned search path), so that a kept plan is always used by the user
 /// and search path it was made for.
-unsafe fn kept_plan(sql: &str, types: &mut [pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+unsafe fn plan_for(sql: &str, types: &mut [pg_sys::Oid]) -> (pg_sys::SPIPlanPtr, bool) {
     // The argument types are part of the key: a plan is only ever given the types it was
     // prepared for.
     let key = format!(
@@ -699,29 +704,26 @@ unsafe fn kept_plan(sql: &str, types: &mut [pg_sys::Oid]) -> pg_sys::SPIPlanPtr 
         types.iter().map(|t| t.to_u32()).collect::<Vec<_>>()
     );
     if let Some(plan) = PLANS.with(|p| p.borrow().get(&key).copied()) {
-        return plan;
+        return (plan, true);
     }
     let csql = std::ffi::CString::new(sql).expect("SQL text without NUL");
-    // SAFETY: inside an SPI connection (the caller's contract); SPI_keepplan moves the plan
-    // out of the connection's memory into its own context under CacheMemoryContext, so that
-    // it outlives the connection; it is freed only with SPI_freeplan, below, never while in
-    // use (plans are only used inside this function's callers, one read at a time).
+    // SAFETY: inside an SPI connection (the caller's contract). SPI_keepplan moves the plan
+    // out of the connection's memory into its own context under CacheMemoryContext, so that it
+    // outlives the connection; kept plans are never freed. A plan not kept stays in the
+    // connection's memory and is freed by the caller after its one use.
     unsafe {
         let plan = pg_sys::SPI_prepare(csql.as_ptr(), types.len() as i32, types.as_mut_ptr());
         if plan.is_null() {
             pgrx::error!("pg_tenancy: preparing a catalog read failed");
         }
+        if PLANS.with(|p| p.borrow().len() >= PLANS_KEPT) {
+            return (plan, false);
+        }
         if pg_sys::SPI_keepplan(plan) != 0 {
             pgrx::error!("pg_tenancy: keeping a catalog read's plan failed");
         }
-        let full = PLANS.with(|p| p.borrow().len() >= PLANS_KEPT);
-        if full {
-            for (_, old) in PLANS.with(|p| std::mem::take(&mut *p.borrow_mut())) {
-                pg_sys::SPI_freeplan(old);
-            }
-        }
         PLANS.with(|p| p.borrow_mut().insert(key, plan));
-        plan
+        (plan, true)
     }
 }
 
@@ -746,12 +748,12 @@ fn select_with_snapshot<T>(
         .collect();
     let snapshot_rel = rels().oids[0];
     // SAFETY: inside an SPI connection (the caller's Spi::connect), as the catalog owner (every
-    // caller reads through with_owner). The plan is kept (kept_plan); the tuple table lives in
+    // caller reads through with_owner). The plan is kept, or freed below (plan_for); the tuple table lives in
     // SPI's procedure context until SPI_finish; the snapshot is registered for the length of
     // the execution and released below (or by resource-owner clean-up on error). Every row is
     // mapped (copied out) before the connection closes.
     unsafe {
-        let plan = kept_plan(sql, &mut types);
+        let (plan, kept) = plan_for(sql, &mut types);
         let snapshot = pg_sys::RegisterSnapshot(if latest {
             pg_sys::GetLatestSnapshot()
         } else {
@@ -779,6 +781,9 @@ fn select_with_snapshot<T>(
             if let Some(row) = pgrx::spi::SpiHeapTupleData::new((*table).tupdesc, tuple)? {
                 out.push(map(&row)?);
             }
+        }
+        if !kept {
+            pg_sys::SPI_freeplan(plan);
         }
         Ok(out)
     }

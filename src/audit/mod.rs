@@ -210,11 +210,10 @@ unsafe extern "C-unwind" fn xact_callback(
             CHAIN_LOCKED.with(|l| l.borrow_mut().clear());
             PENDING.with(|p| p.borrow_mut().clear());
             PURGING.with(|p| p.set(false));
-            if event == XACT_EVENT_PREPARE {
-                CREATED_KEYS.with(|c| c.borrow_mut().clear());
-            } else {
-                forget_created_keys(0);
-            }
+            // Prepared too: PostgreSQL treats a backend's caches after PREPARE as after an
+            // abort, and a prepared transaction may still be rolled back; a key it created is
+            // read back from the table once committed.
+            forget_created_keys(0);
         }
         _ => {}
     }
