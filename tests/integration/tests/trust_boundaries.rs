@@ -214,9 +214,14 @@ fn a_new_foreign_key_is_validated_against_every_tenants_rows() {
     // PostgreSQL asks the executor hook, without raising (ereport_on_violation = false),
     // whether it may validate a new foreign key with one query. Row security would confine
     // that query to the bound tenant's rows; the hook answers "no" for protected tables, so
-    // PostgreSQL checks every row one by one as the tables' owner, bound or not.
-    let f = Fixture::new();
-    let mut su = superuser();
+    // PostgreSQL checks every row one by one as the tables' owner, bound or not. In a
+    // database of its own: a deadlock was seen twice in five runs of this file, another
+    // session holding parent and waiting for child2 while this ALTER TABLE held child2 and
+    // waited for parent (as a concurrent test's decommission, which writes every protected
+    // table of its database, would).
+    let db = OwnDatabase::new("fkdb", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
     let owner = login_role(&mut su, "fkown", "");
     let s = ident("fk");
     su.batch_execute(&format!(
@@ -235,7 +240,7 @@ fn a_new_foreign_key_is_validated_against_every_tenants_rows() {
         b = f.b_id
     ))
     .unwrap();
-    let mut c = connect(&owner);
+    let mut c = db.connect(&owner);
     assert_not_privileged(&mut c);
     // Bound to A, whose rows are consistent: B's dangling row is still found.
     c.batch_execute("BEGIN").unwrap();
