@@ -8,11 +8,20 @@
 #   benches/callgrind.sh                 the installed build, every workload
 #   benches/callgrind.sh -c name=value   the same with a server setting (repeatable)
 #   benches/callgrind.sh --build         build and install a release first
+#   benches/callgrind.sh --server        count in a backend of a running server instead: the
+#             statements come from pgbench (-t N1, -t N2, one client, simple protocol) over a
+#             socket, as benches/run.sh sends them. Single-user mode leaves out what a server's
+#             backend does per statement besides (the protocol, statistics); the two have
+#             differed by a few thousand instructions a statement. Workloads point_mapped
+#             and filter only (WORKLOADS="point_mapped filter"), the pair benches/run.sh
+#             compares for point lookups.
 #   WORKLOADS="point bind" benches/callgrind.sh   only those workloads
 #
 # Workloads (each statement runs as the NOSUPERUSER role cg_app, bound to one tenant with a
 # token in session scope; 10 tenants x 1,000 rows):
 #   point     SELECT of one row by key from a protected table
+#   point_mapped  the same in a session of cg_mapped, a login role mapped to the tenant (bound
+#             without a bind statement, as benches/run.sh's pg_tenancy variant connects)
 #   filter    the same on an unprotected copy with the tenant in the WHERE clause (baseline)
 #   seqscan   count(*) over the protected table with index scans off: a sequential scan that
 #             evaluates the tenant condition on every one of the 10,000 rows
@@ -28,16 +37,18 @@ source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_ROOT"
 
 BUILD=0
+SERVER=0
 SETTINGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --build) BUILD=1 ;;
+        --server) SERVER=1 ;;
         -c) shift; SETTINGS+=(-c "$1") ;;
-        *) die "usage: $0 [--build] [-c name=value]..." ;;
+        *) die "usage: $0 [--build] [--server] [-c name=value]..." ;;
     esac
     shift
 done
-WORKLOADS=${WORKLOADS:-"point filter seqscan bind insert insert_noaudit"}
+WORKLOADS=${WORKLOADS:-"point point_mapped filter seqscan bind insert insert_noaudit"}
 N1=${N1:-200}
 N2=${N2:-1200}
 
@@ -66,6 +77,7 @@ CREATE DATABASE cg;
 \c cg
 CREATE EXTENSION pg_tenancy;
 CREATE ROLE cg_app LOGIN NOSUPERUSER NOBYPASSRLS;
+CREATE ROLE cg_mapped LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE cg_app;
 CREATE SCHEMA cg; GRANT USAGE ON SCHEMA cg TO cg_app;
 SELECT tenancy.create_tenant('t' || g, settings => '{"default_roles": ["member"]}') FROM generate_series(1, 10) g;
 SELECT tenancy.add_key('cg', 'HS256', '$SECRET');
@@ -76,6 +88,7 @@ CREATE TABLE cg.log (id bigserial, tenant_id uuid NOT NULL DEFAULT tenancy.curre
 CREATE TABLE cg.log_noaudit (LIKE cg.log INCLUDING ALL);
 SELECT tenancy.protect('cg.items'), tenancy.protect('cg.log');
 SELECT tenancy.protect('cg.log_noaudit', audit => false);
+SELECT tenancy.map_role('cg_mapped', 't3');
 GRANT SELECT ON cg.items, cg.plain TO cg_app;
 GRANT SELECT, INSERT ON cg.log, cg.log_noaudit TO cg_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA cg TO cg_app;
@@ -118,7 +131,7 @@ cluster_stop "$DIR"
 
 statement() {
     case "$1" in
-        point) echo "SELECT v FROM cg.items WHERE id = 42;" ;;
+        point|point_mapped) echo "SELECT v FROM cg.items WHERE id = 42;" ;;
         filter) echo "SELECT v FROM cg.plain WHERE tenant_id = '$TENANT' AND id = 42;" ;;
         seqscan) echo "SELECT count(*) FROM cg.items;" ;;
         bind) echo "SELECT tenancy.bind('$TOKEN');" ;;
@@ -140,12 +153,17 @@ count() {
     script=$(mktemp)
     out=$(mktemp -u "$DIR/cg.XXXXXX")
     {
-        echo "SET ROLE cg_app;"
+        if [ "$w" = point_mapped ]; then
+            # The session's user is the mapped role, as if it had logged in.
+            echo "SET SESSION AUTHORIZATION cg_mapped;"
+        else
+            echo "SET ROLE cg_app;"
+        fi
         if [ "$w" = seqscan ]; then
             echo "SET enable_indexscan = off;"
             echo "SET enable_bitmapscan = off;"
         fi
-        echo "SELECT tenancy.bind('$TOKEN', 'session') IS NOT NULL;"
+        [ "$w" = point_mapped ] || echo "SELECT tenancy.bind('$TOKEN', 'session') IS NOT NULL;"
         for _ in $(seq 50); do statement "$w"; done
         for _ in $(seq "$n"); do statement "$w"; done
     } >"$script"
@@ -158,9 +176,49 @@ count() {
     as_root rm -f "$out"
 }
 
-log "instructions per statement (N = $N2 - $N1; settings: ${SETTINGS[*]:-default})"
+# The same under a server: the postmaster runs under callgrind, which follows its children
+# and writes one profile per process when it exits.
+count_server() {
+    local w=$1 n=$2 script user before f
+    case "$w" in
+        point_mapped|filter) ;;
+        *) die "--server counts point_mapped and filter (sessions bound without a bind statement)" ;;
+    esac
+    script=$(mktemp)
+    chmod 644 "$script"
+    statement "$w" >"$script"
+    user=cg_app
+    [ "$w" = point_mapped ] && user=cg_mapped
+    before=$(ls "$DIR"/cgs.* 2>/dev/null | sort || true)
+    PGHOST=$DIR PGPORT=$PORT "$PGBIN/pgbench" -n -c 1 -t "$n" -f "$script" -U "$user" cg >/dev/null 2>&1 \
+        || { rm -f "$script"; die "pgbench run of $w failed"; }
+    rm -f "$script"
+    sleep 2
+    # pgbench's own first connection ends too; the client's backend ran the statements and
+    # counts the most.
+    for f in $(comm -13 <(echo "$before") <(ls "$DIR"/cgs.* | sort)); do
+        awk '/^(summary|totals):/ {print $2; exit}' "$f"
+    done | sort -n | tail -1
+}
+
+log "instructions per statement (N = $N2 - $N1; settings: ${SETTINGS[*]:-default}; $([ "$SERVER" = 1 ] && echo "a server's backend, over a socket" || echo "single-user mode"))"
+if [ "$SERVER" = 1 ]; then
+    as_root runuser -u postgres -- bash -c "valgrind --tool=callgrind --trace-children=yes \
+        --callgrind-out-file='$DIR/cgs.%p' '$PGBIN/postgres' -D '$DIR/data' ${SETTINGS[*]} \
+        >'$DIR/valgrind.log' 2>&1 &"
+    for _ in $(seq 120); do
+        "$PGBIN/pg_isready" -q -h "$DIR" -p "$PORT" && break
+        sleep 1
+    done
+    trap 'as_root pkill -f "valgrind.*$DIR/data" || true' EXIT
+fi
 for w in $WORKLOADS; do
-    a=$(count "$w" "$N1")
-    b=$(count "$w" "$N2")
+    if [ "$SERVER" = 1 ]; then
+        a=$(count_server "$w" "$N1")
+        b=$(count_server "$w" "$N2")
+    else
+        a=$(count "$w" "$N1")
+        b=$(count "$w" "$N2")
+    fi
     printf '%-16s %12d\n' "$w" $(( (b - a) / (N2 - N1) ))
 done

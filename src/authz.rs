@@ -38,14 +38,12 @@ fn role_oid(name: &std::ffi::CStr) -> pg_sys::Oid {
 
 /// The role the calling SQL runs as (functions of pg_tenancy are SECURITY INVOKER).
 pub fn caller() -> pg_sys::Oid {
-    // SAFETY: reads the backend's current user id.
-    unsafe { pg_sys::GetUserId() }
+    crate::pg::unguarded::user_id()
 }
 
 /// The login role of this session.
 pub fn session_user() -> pg_sys::Oid {
-    // SAFETY: reads the backend's session user id.
-    unsafe { pg_sys::GetSessionUserId() }
+    crate::pg::unguarded::session_user_id()
 }
 
 /// Whether `role` has LOGIN.

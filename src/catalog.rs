@@ -273,10 +273,24 @@ fn tenant_key(tenant: Uuid) -> String {
 /// while the cache is borrowed: computing it may initialise a syscache, which takes a lock,
 /// which processes invalidations, which change the cache).
 fn tenant_hash(tenant: Uuid) -> u32 {
-    if let Some(h) = CACHE.with(|c| c.borrow().tenants.peek(&tenant).map(|e| e.hash)) {
-        return h;
+    // A tenant's hash never changes: the last one asked for (the bound tenant, asked again by
+    // every statement) is kept.
+    if let Some((t, h)) = LAST_HASH.with(|l| l.get()) {
+        if t == tenant {
+            return h;
+        }
     }
-    crate::pg::targeted_inval::hash_of(&tenant_key(tenant))
+    let h = match CACHE.with(|c| c.borrow().tenants.peek(&tenant).map(|e| e.hash)) {
+        Some(h) => h,
+        None => crate::pg::targeted_inval::hash_of(&tenant_key(tenant)),
+    };
+    LAST_HASH.with(|l| l.set(Some((tenant, h))));
+    h
+}
+
+thread_local! {
+    /// The last tenant [`tenant_hash`] was asked for, and its hash.
+    static LAST_HASH: Cell<Option<(Uuid, u32)>> = const { Cell::new(None) };
 }
 
 /// Queue, in the current transaction, the invalidation of everything cached about `tenant`

@@ -797,8 +797,7 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
             Some(&claims.tenant),
         );
     }
-    // SAFETY: reads the session user's oid, set once the backend has authenticated.
-    let session_role = unsafe { pg_sys::GetSessionUserId() };
+    let session_role = crate::authz::session_user();
     // Read before the entry is borrowed again: reading it may process invalidations.
     let prepared_tenant = entry.prepared.borrow().as_ref().map(|p| p.tenant.id);
     let tenant_gen = prepared_tenant.map(catalog::generation_of);
@@ -1020,12 +1019,12 @@ pub fn unbind() {
 /// Apply the tenant's resource settings, within the platform's ceilings, for the rest of this
 /// transaction (SET LOCAL; src/lifecycle/limits.rs).
 fn apply_limits(tenant: &TenantRow) {
-    // SAFETY: reads a backend flag.
-    if unsafe { pg_sys::IsInParallelMode() } {
+    if crate::pg::unguarded::in_parallel_mode() {
         return;
     }
-    for f in ON_BOUND.with(|o| o.borrow().clone()) {
-        f(tenant);
+    // By index, with no borrow held while each runs, and no copy of the list.
+    for i in 0..ON_BOUND.with(|o| o.borrow().len()) {
+        ON_BOUND.with(|o| o.borrow()[i])(tenant);
     }
     LIMITS_APPLIED.with(|l| l.set(true));
 }
@@ -1053,10 +1052,10 @@ pub fn tenant_in_effect_unchecked() -> Option<Uuid> {
     {
         return Some(t);
     }
-    // SAFETY: reads the transaction state (an aborted transaction reads no catalog) and
-    // whether CREATE EXTENSION is running (pg_tenancy's tables may not exist yet).
-    if !unsafe { pg_sys::IsTransactionState() }
-        // SAFETY: as above: creating_extension is this backend's own flag.
+    // Not in an aborted transaction (it reads no catalog), nor while CREATE EXTENSION runs
+    // (pg_tenancy's tables may not exist yet).
+    if !crate::pg::unguarded::in_transaction()
+        // SAFETY: creating_extension is this backend's own flag.
         || unsafe { pg_sys::creating_extension }
         || !catalog::installed()
     {

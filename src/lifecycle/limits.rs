@@ -82,25 +82,64 @@ fn min_some(a: Option<i32>, b: Option<i32>) -> Option<i32> {
     }
 }
 
-/// The lowest ceiling on setting `i` for tenant `t`: the operator's and the superuser's.
-fn ceiling(t: &TenantRow, i: usize) -> Option<i32> {
-    let operator = t
-        .limits
-        .get(NAMES[i])
-        .and_then(|v| parse(NAMES[i], v))
-        .filter(|v| *v > 0);
-    min_some(operator, server_ceiling(i))
+/// What a tenant's row says of its resource settings, parsed once per catalog generation of
+/// the tenant: its own values (tenancy.set_setting) and its operator's ceilings
+/// (tenancy.set_limit), in their base units. The superuser's ceilings are settings that may
+/// change at any time (SET, reload), and are read each time.
+#[derive(Clone, Copy)]
+struct Parsed {
+    own: [Option<i32>; 3],
+    operator: [Option<i32>; 3],
 }
 
-/// The highest value setting `i` may have in a session bound to `t`: the lowest ceiling, and
-/// the tenant's own setting (which it chose as its limit).
-fn cap(t: &TenantRow, i: usize) -> Option<i32> {
-    let own = t
-        .settings
-        .get(NAMES[i])
-        .and_then(|v| parse(NAMES[i], v))
-        .filter(|v| !(ZERO_IS_NONE[i] && *v == 0));
-    min_some(ceiling(t, i), own)
+impl Parsed {
+    fn of(t: &TenantRow) -> Parsed {
+        let read =
+            |v: &serde_json::Value, i: usize| v.get(NAMES[i]).and_then(|v| parse(NAMES[i], v));
+        Parsed {
+            own: [0, 1, 2].map(|i| read(&t.settings, i)),
+            operator: [0, 1, 2].map(|i| read(&t.limits, i).filter(|v| *v > 0)),
+        }
+    }
+
+    /// The lowest ceiling on setting `i`: the operator's and the superuser's.
+    fn ceiling(&self, i: usize) -> Option<i32> {
+        min_some(self.operator[i], server_ceiling(i))
+    }
+
+    /// The highest value setting `i` may have in a session bound to the tenant: the lowest
+    /// ceiling, and the tenant's own setting (which it chose as its limit).
+    fn cap(&self, i: usize) -> Option<i32> {
+        let own = self.own[i].filter(|v| !(ZERO_IS_NONE[i] && *v == 0));
+        min_some(self.ceiling(i), own)
+    }
+
+    fn caps(&self) -> Caps {
+        [self.cap(0), self.cap(1), self.cap(2)]
+    }
+}
+
+thread_local! {
+    /// (tenant, the tenant's catalog generation) and what its row says (see [`Parsed`]).
+    static PARSED: Cell<Option<(Uuid, u64, Parsed)>> = const { Cell::new(None) };
+}
+
+/// What `t`'s row says of its resource settings, from the per-generation memo.
+fn parsed(t: &TenantRow) -> Parsed {
+    let gen = catalog::generation_of(t.id);
+    match PARSED.with(|p| p.get()) {
+        Some((id, g, p)) if id == t.id && g == gen => p,
+        _ => {
+            let p = Parsed::of(t);
+            PARSED.with(|c| c.set(Some((t.id, gen, p))));
+            p
+        }
+    }
+}
+
+/// The lowest ceiling on setting `i` for tenant `t`: the operator's and the superuser's.
+fn ceiling(t: &TenantRow, i: usize) -> Option<i32> {
+    Parsed::of(t).ceiling(i)
 }
 
 fn above(i: usize, value: i32, cap: i32) -> bool {
@@ -142,9 +181,9 @@ fn set_local_text(name: &str, value: &str) {
 /// At bind: the tenant's own settings, held within the ceilings, for the rest of the
 /// transaction (SET LOCAL).
 pub fn apply(t: &TenantRow) {
-    for (i, name) in NAMES.iter().enumerate() {
-        let own = t.settings.get(*name).and_then(|v| parse(name, v));
-        let value = match (own, ceiling(t, i)) {
+    let p = parsed(t);
+    for (i, own) in p.own.iter().enumerate() {
+        let value = match (*own, p.ceiling(i)) {
             (Some(v), Some(c)) if above(i, v, c) => Some(c),
             (v, _) => v,
         };
@@ -152,36 +191,25 @@ pub fn apply(t: &TenantRow) {
             set_local(i, v);
         }
     }
-    enforce_caps(t);
+    hold(&p.caps());
 }
 
 /// The highest value of each setting (None: no cap).
 type Caps = [Option<i32>; 3];
 
-thread_local! {
-    /// (tenant, the tenant's catalog generation) and the caps read for them.
-    static CAPS: Cell<Option<(Uuid, u64, Caps)>> = const { Cell::new(None) };
-}
-
 /// Every statement of a bound session: bring a setting above its cap down to it.
 pub fn enforce(tenant: Uuid) {
     let gen = catalog::generation_of(tenant);
-    let caps = match CAPS.with(|c| c.get()) {
-        Some((t, g, caps)) if t == tenant && g == gen => caps,
+    let p = match PARSED.with(|c| c.get()) {
+        Some((t, g, p)) if t == tenant && g == gen => p,
         _ => {
             let Some(row) = catalog::tenant_by_id(tenant) else {
                 return;
             };
-            let caps = [cap(&row, 0), cap(&row, 1), cap(&row, 2)];
-            CAPS.with(|c| c.set(Some((tenant, gen, caps))));
-            caps
+            parsed(&row)
         }
     };
-    hold(&caps);
-}
-
-fn enforce_caps(t: &TenantRow) {
-    hold(&[cap(t, 0), cap(t, 1), cap(t, 2)]);
+    hold(&p.caps());
 }
 
 /// `hash_mem_multiplier` at most PostgreSQL 15's default while work_mem is capped: hash

@@ -720,11 +720,9 @@ fn at_query_start(writes: bool) {
 /// Resource limits hold for utility statements too (FETCH of a cursor, a DO block or a CALL
 /// run no ExecutorStart of their own for their first rows or expressions).
 fn before_utility(stmt: *mut pg_sys::Node) {
-    // SAFETY: reads the statement's tag, and a backend flag.
-    let skip = unsafe {
-        (!stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt)
-            || pg_sys::IsInParallelMode()
-    };
+    // SAFETY: reads the statement's tag (`stmt` is null or the statement being run).
+    let skip = unsafe { !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt }
+        || crate::pg::unguarded::in_parallel_mode();
     if !skip {
         if let Some(tenant) = crate::binding::tenant_in_effect_unchecked() {
             limits::enforce(tenant);

@@ -567,8 +567,7 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         // Resource limits hold from the start of every query of a bound session, before a
         // parallel plan fixes its workers' settings (src/lifecycle/limits.rs).
         // Not again for the queries these run themselves (the tenant's row, on a cache miss).
-        // SAFETY: reads the transaction's parallel-mode flag.
-        if !unsafe { pg_sys::IsInParallelMode() } && !IN_HOOK.with(|h| h.replace(true)) {
+        if !super::unguarded::in_parallel_mode() && !IN_HOOK.with(|h| h.replace(true)) {
             let _done = HookDone;
             // SAFETY: `qd` is the QueryDesc being started (this function's contract), with
             // its planned statement.
@@ -576,8 +575,9 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
                 (*qd).operation != pg_sys::CmdType::CMD_SELECT
                     || (*(*qd).plannedstmt).hasModifyingCTE
             };
-            for f in QUERY_START.with(|q| q.borrow().clone()) {
-                f(writes);
+            // By index, with no borrow held while each runs, and no copy of the list.
+            for i in 0..QUERY_START.with(|q| q.borrow().len()) {
+                QUERY_START.with(|q| q.borrow()[i])(writes);
             }
         }
     }

@@ -9,3 +9,4 @@ pub mod jsonb_build;
 pub mod row_json;
 pub mod targeted_inval;
 pub mod types;
+pub mod unguarded;
