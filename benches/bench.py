@@ -899,7 +899,7 @@ def main():
         f"tuned policy over the same data: {scale[('small', 'tuned')]:.1f} and {scale[('large', 'tuned')]:.1f} tps.",
         "",
         f"Token cache: backend RSS {rss_before} KiB before, {rss_after} KiB after binding "
-        f"{args.tokens} distinct tokens (cache bound: `tenancy.token_cache_size`, default 10,000 entries).",
+        f"{args.tokens} distinct tokens (cache bound: `tenancy.token_cache_size`, default 4,096 entries).",
         "",
         "## Server cost per transaction",
         "",

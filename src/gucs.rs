@@ -15,8 +15,9 @@ pub static REGION: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::
 pub static TENANT_CLAIM: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"tid"));
 
-/// `tenancy.token_cache_size`: verified tokens kept per backend (0 disables the cache).
-pub static TOKEN_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// `tenancy.token_cache_size`: verified tokens kept per backend, least recently used dropped
+/// first (0 disables the cache).
+pub static TOKEN_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(4096);
 
 /// `tenancy.cache_tenants`: tenants whose catalog rows (row, roles, grants, members, support
 /// grants, revocations) a backend keeps, least recently used dropped first.

@@ -24,7 +24,6 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use sha2::{Digest, Sha256};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use uuid::Uuid;
 
@@ -112,11 +111,23 @@ thread_local! {
     /// Whether the tenant's resource settings were applied in this transaction.
     static LIMITS_APPLIED: Cell<bool> = const { Cell::new(false) };
     /// Verified tokens and what their last bind derived from the catalog, keyed by SHA-256 of
-    /// the token text; at most `tenancy.token_cache_size` entries.
-    static TOKEN_CACHE: RefCell<HashMap<[u8; 32], Rc<CachedToken>>> = RefCell::new(HashMap::new());
-    /// How many times the token cache has been full: picks the byte of the digests that
-    /// chooses the eighth that goes next.
-    static TOKEN_EVICTIONS: Cell<u8> = const { Cell::new(0) };
+    /// the token text; at most `tenancy.token_cache_size` entries, the least recently used
+    /// going first (None: the cache is off, or nothing was cached yet).
+    static TOKEN_CACHE: RefCell<Option<lru::LruCache<[u8; 32], Rc<CachedToken>>>> =
+        const { RefCell::new(None) };
+    /// Tokens this backend has verified (not found in the cache).
+    static TOKENS_VERIFIED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The token cache's entries and bound, for tenancy.cache_stats().
+fn token_cache_counters() -> Vec<(&'static str, usize)> {
+    let len = TOKEN_CACHE.with(|c| c.borrow().as_ref().map_or(0, |c| c.len()));
+    let bound = gucs::TOKEN_CACHE_SIZE.get().max(0) as usize;
+    vec![
+        ("tokens_cached", len),
+        ("tokens_capacity", bound),
+        ("tokens_verified", TOKENS_VERIFIED.with(|v| v.get())),
+    ]
 }
 
 /// A verified token, and what binding it last produced.
@@ -237,6 +248,7 @@ unsafe impl pgrx::callconv::BoxRet for JsonbBytes {
 pgrx::impl_sql_translatable!(JsonbBytes, "jsonb");
 
 pub fn init() {
+    catalog::report_cache(token_cache_counters);
     // SAFETY: called once from _PG_init, before any statement runs; the previous hook is kept
     // and called from ours.
     unsafe {
@@ -647,9 +659,10 @@ fn verified_token(token_text: &str) -> Rc<CachedToken> {
         token_refusal(token::TokenError::TooLarge(token_text.len()));
     }
     let digest: [u8; 32] = Sha256::digest(token_text.as_bytes()).into();
-    if let Some(hit) = TOKEN_CACHE.with(|c| c.borrow().get(&digest).cloned()) {
+    if let Some(hit) = TOKEN_CACHE.with(|c| c.borrow_mut().as_mut()?.get(&digest).cloned()) {
         return hit;
     }
+    TOKENS_VERIFIED.with(|v| v.set(v.get() + 1));
     let parsed = token::parse(token_text, max).unwrap_or_else(|e| token_refusal(e));
     let key = catalog::key(&parsed.kid, crate::binding::token::decode_key);
     let key = match key.as_deref() {
@@ -676,34 +689,23 @@ fn verified_token(token_text: &str) -> Rc<CachedToken> {
         claims,
         prepared: RefCell::new(None),
     });
-    let cap = gucs::TOKEN_CACHE_SIZE.get().max(0) as usize;
-    if cap > 0 {
-        TOKEN_CACHE.with(|c| {
-            let mut c = c.borrow_mut();
-            if c.len() >= cap {
-                let round = TOKEN_EVICTIONS.with(|e| {
-                    e.set(e.get().wrapping_add(1));
-                    e.get()
-                });
-                make_room(&mut c, cap, round);
+    let evicted = TOKEN_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        match std::num::NonZeroUsize::new(gucs::TOKEN_CACHE_SIZE.get().max(0) as usize) {
+            // The bound is read on every insert: a lowered one takes effect at once.
+            Some(cap) => {
+                let cache = c.get_or_insert_with(|| lru::LruCache::new(cap));
+                if cache.cap() != cap {
+                    cache.resize(cap);
+                }
+                cache.push(digest, entry.clone())
             }
-            c.insert(digest, entry.clone());
-        });
-    }
+            None => c.take().map(|_| (digest, entry.clone())),
+        }
+    });
+    // Freed outside the borrow.
+    drop(evicted);
     entry
-}
-
-/// Bounded memory without tracking recency per entry: a full cache drops about an eighth of its
-/// entries, picked at random (the digests' bits are uniformly distributed, and each round reads
-/// another byte of them), so a set of tokens a little larger than the cache still mostly finds
-/// its tokens there; dropping everything would make every bind of such a set a first bind.
-/// When that is not room enough (the bound was lowered), everything goes.
-fn make_room<V>(cache: &mut HashMap<[u8; 32], V>, cap: usize, round: u8) {
-    let byte = (round % 32) as usize;
-    cache.retain(|digest, _| digest[byte] % 8 != 0);
-    if cache.len() >= cap {
-        cache.clear();
-    }
 }
 
 /// tenancy.bind(token, scope): verify a token and bind its tenant and subject.
@@ -1531,52 +1533,4 @@ pub fn peek() -> Option<Binding> {
     INTERNAL
         .with(|i| i.borrow().clone())
         .or_else(|| BINDING.with(|b| b.borrow().clone()))
-}
-
-#[cfg(test)]
-mod unit {
-    use super::make_room;
-    use sha2::{Digest, Sha256};
-    use std::collections::HashMap;
-
-    fn digest(i: u32) -> [u8; 32] {
-        Sha256::digest(i.to_be_bytes()).into()
-    }
-
-    #[test]
-    fn a_full_token_cache_drops_an_eighth_of_its_entries_at_random() {
-        let cap = 10_000;
-        let mut cache: HashMap<[u8; 32], u32> = (0..cap as u32).map(|i| (digest(i), i)).collect();
-        let mut next = cap as u32;
-        let mut survivors_of_first_round = None;
-        for round in 1..=40u8 {
-            make_room(&mut cache, cap, round);
-            let left = cache.len();
-            assert!(
-                (cap * 5 / 6..=cap * 11 / 12).contains(&left),
-                "round {round}: about an eighth dropped, {left} left"
-            );
-            let originals = cache.values().filter(|&&i| i < cap as u32).count();
-            match survivors_of_first_round {
-                None => survivors_of_first_round = Some(originals),
-                // The next round drops about an eighth of those too: not the same ones again.
-                Some(s) if round == 2 => assert!(
-                    (s * 5 / 6..=s * 11 / 12).contains(&originals),
-                    "{originals} of {s}"
-                ),
-                _ => {}
-            }
-            while cache.len() < cap {
-                cache.insert(digest(next), next);
-                next += 1;
-            }
-        }
-    }
-
-    #[test]
-    fn a_lowered_bound_empties_the_token_cache() {
-        let mut cache: HashMap<[u8; 32], u32> = (0..1000).map(|i| (digest(i), i)).collect();
-        make_room(&mut cache, 10, 3);
-        assert!(cache.is_empty());
-    }
 }

@@ -1,7 +1,8 @@
 //! Tenant scale: a change to one tenant reaches every backend as a change of that tenant only
 //! (no backend drops or reloads what it knows of the others), a bound session still sees a
 //! revocation from its next statement, and the per-backend cache holds at most
-//! `tenancy.cache_tenants` tenants. Checked from the backend's own counters
+//! `tenancy.cache_tenants` tenants and `tenancy.token_cache_size` tokens, least recently used
+//! first. Checked from the backend's own counters
 //! (`tenancy.cache_stats()`), never from timing.
 
 mod common;
@@ -183,6 +184,67 @@ fn the_cache_holds_at_most_cache_tenants_tenants() {
     // The least recently used was dropped: binding it reads its row again.
     touch(&mut c, &f, &ts[0]);
     assert_eq!(n(&stats(&mut c), "tenant_loads"), loads + 1);
+    drop(c);
+    drop(su);
+    drop(db);
+    superuser()
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .unwrap();
+}
+
+#[test]
+fn the_token_cache_holds_at_most_token_cache_size_tokens_least_recently_used_first() {
+    let db = OwnDatabase::new("scale", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let role = ident("scale_tok");
+    su.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS; \
+         GRANT USAGE ON SCHEMA tenancy TO {role}; \
+         ALTER ROLE {role} SET tenancy.token_cache_size = 8"
+    ))
+    .unwrap();
+    let t = &tenants(&mut su, 1)[0];
+    let tokens: Vec<String> = (0..12).map(|_| fresh_token(&f, t)).collect();
+    let mut c = db.connect(&role);
+    let bind = |c: &mut Client, tok: &str| {
+        c.batch_execute("BEGIN").unwrap();
+        c.execute("SELECT tenancy.bind($1)", &[&tok]).unwrap();
+        c.batch_execute("COMMIT").unwrap();
+    };
+    let verified = |c: &mut Client| n(&stats(c), "tokens_verified");
+    // Fill the cache: tokens 0..8.
+    for tok in &tokens[..8] {
+        bind(&mut c, tok);
+    }
+    let s = stats(&mut c);
+    assert_eq!(n(&s, "tokens_capacity"), 8, "{s}");
+    assert_eq!(n(&s, "tokens_cached"), 8, "{s}");
+    let base = n(&s, "tokens_verified");
+    // Token 0 used again: found, and now the most recently used.
+    bind(&mut c, &tokens[0]);
+    assert_eq!(verified(&mut c), base);
+    // Token 8 makes room by dropping the least recently used, token 1, not token 0.
+    bind(&mut c, &tokens[8]);
+    assert_eq!(verified(&mut c), base + 1);
+    bind(&mut c, &tokens[0]);
+    assert_eq!(
+        verified(&mut c),
+        base + 1,
+        "token 0 was used recently and stays"
+    );
+    bind(&mut c, &tokens[1]);
+    assert_eq!(
+        verified(&mut c),
+        base + 2,
+        "token 1 was the least recently used and went"
+    );
+    // Whatever is bound, the cache never holds more than its bound.
+    for tok in &tokens {
+        bind(&mut c, tok);
+    }
+    let s = stats(&mut c);
+    assert_eq!(n(&s, "tokens_cached"), 8, "{s}");
     drop(c);
     drop(su);
     drop(db);
