@@ -752,9 +752,13 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         .raise();
     }
     // A transaction-scoped binding made outside a transaction block ends with its own
-    // statement: warned as SET LOCAL is, once the bind has succeeded.
-    // SAFETY: reads the transaction block state.
-    let outside_block = scope == Scope::Transaction && !unsafe { pg_sys::IsTransactionBlock() };
+    // statement: warned as SET LOCAL is, once the bind has succeeded. Not in a procedure or a
+    // DO block that commits (a nonatomic SPI caller): there the transaction goes on past this
+    // statement, to the caller's next COMMIT, and the binding with it.
+    // SAFETY: reads the transaction block state, and whether the SPI connection calling this
+    // function (if any) may commit.
+    let outside_block = scope == Scope::Transaction
+        && !unsafe { pg_sys::IsTransactionBlock() || pg_sys::SPI_inside_nonatomic_context() };
     refuse_inside_internal("tenancy.bind()");
     if let Some(role) = platform_role_in_effect() {
         refuse_bind(

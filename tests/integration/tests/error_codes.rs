@@ -333,6 +333,24 @@ fn bind_outside_a_transaction_block_warns_like_set_local() {
     ))
     .unwrap();
     assert_eq!(warnings.lock().unwrap().len(), 1);
+    // Nor in a DO block (or a procedure) that commits: the transaction, and the binding, go
+    // on past the bind's statement to the block's COMMIT, as SET LOCAL's do.
+    c.batch_execute(&format!(
+        "DO $$ DECLARE n bigint; BEGIN \
+           PERFORM tenancy.bind('{}'); \
+           SELECT count(*) INTO n FROM it_orders; \
+           COMMIT; \
+         END $$",
+        f.token(&f.a, "u")
+    ))
+    .unwrap();
+    assert_eq!(warnings.lock().unwrap().len(), 1);
+    expect_refusal(
+        &mut c,
+        "SELECT count(*) FROM it_orders",
+        "42501",
+        "no_tenant_bound",
+    );
 }
 
 #[test]
