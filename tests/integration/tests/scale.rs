@@ -156,22 +156,53 @@ fn a_bound_session_sees_a_change_to_its_tenant_from_its_next_statement() {
     );
 }
 
+/// A database of its own with its superuser connection and fixture, and a NOSUPERUSER login
+/// role that has one setting of its own; [`RoleSetup::finish`] drops the role after the
+/// database.
+struct RoleSetup {
+    db: OwnDatabase,
+    su: Client,
+    f: Fixture,
+    role: String,
+}
+
+impl RoleSetup {
+    fn new(setting: &str) -> RoleSetup {
+        let db = OwnDatabase::new("scale", true);
+        let mut su = db.connect("postgres");
+        let f = Fixture::on(&mut su);
+        let role = ident("scale_app");
+        su.batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS; \
+             GRANT USAGE ON SCHEMA tenancy TO {role}; \
+             ALTER ROLE {role} SET {setting}"
+        ))
+        .unwrap();
+        RoleSetup { db, su, f, role }
+    }
+
+    fn connect(&self) -> Client {
+        self.db.connect(&self.role)
+    }
+
+    fn finish(self) {
+        let RoleSetup { db, su, role, .. } = self;
+        drop(su);
+        drop(db);
+        superuser()
+            .batch_execute(&format!("DROP ROLE {role}"))
+            .unwrap();
+    }
+}
+
 #[test]
 fn the_cache_holds_at_most_cache_tenants_tenants() {
-    let db = OwnDatabase::new("scale", true);
-    let mut su = db.connect("postgres");
-    let f = Fixture::on(&mut su);
-    let role = ident("scale_app");
-    su.batch_execute(&format!(
-        "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS; \
-         GRANT USAGE ON SCHEMA tenancy TO {role}; \
-         ALTER ROLE {role} SET tenancy.cache_tenants = 16"
-    ))
-    .unwrap();
-    let ts = tenants(&mut su, 40);
-    let mut c = db.connect(&role);
+    let mut setup = RoleSetup::new("tenancy.cache_tenants = 16");
+    let ts = tenants(&mut setup.su, 40);
+    let f = &setup.f;
+    let mut c = setup.connect();
     for t in &ts {
-        touch(&mut c, &f, t);
+        touch(&mut c, f, t);
     }
     let s = stats(&mut c);
     assert_eq!(n(&s, "tenants_capacity"), 16, "{s}");
@@ -179,34 +210,21 @@ fn the_cache_holds_at_most_cache_tenants_tenants() {
     assert!(n(&s, "tenants_cached") >= 1, "{s}");
     // The most recently used tenant is still there: binding it again reads nothing.
     let loads = n(&s, "tenant_loads");
-    touch(&mut c, &f, &ts[39]);
+    touch(&mut c, f, &ts[39]);
     assert_eq!(n(&stats(&mut c), "tenant_loads"), loads);
     // The least recently used was dropped: binding it reads its row again.
-    touch(&mut c, &f, &ts[0]);
+    touch(&mut c, f, &ts[0]);
     assert_eq!(n(&stats(&mut c), "tenant_loads"), loads + 1);
     drop(c);
-    drop(su);
-    drop(db);
-    superuser()
-        .batch_execute(&format!("DROP ROLE {role}"))
-        .unwrap();
+    setup.finish();
 }
 
 #[test]
 fn the_token_cache_holds_at_most_token_cache_size_tokens_least_recently_used_first() {
-    let db = OwnDatabase::new("scale", true);
-    let mut su = db.connect("postgres");
-    let f = Fixture::on(&mut su);
-    let role = ident("scale_tok");
-    su.batch_execute(&format!(
-        "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS; \
-         GRANT USAGE ON SCHEMA tenancy TO {role}; \
-         ALTER ROLE {role} SET tenancy.token_cache_size = 8"
-    ))
-    .unwrap();
-    let t = &tenants(&mut su, 1)[0];
-    let tokens: Vec<String> = (0..12).map(|_| fresh_token(&f, t)).collect();
-    let mut c = db.connect(&role);
+    let mut setup = RoleSetup::new("tenancy.token_cache_size = 8");
+    let t = &tenants(&mut setup.su, 1)[0];
+    let tokens: Vec<String> = (0..12).map(|_| fresh_token(&setup.f, t)).collect();
+    let mut c = setup.connect();
     let bind = |c: &mut Client, tok: &str| {
         c.batch_execute("BEGIN").unwrap();
         c.execute("SELECT tenancy.bind($1)", &[&tok]).unwrap();
@@ -246,11 +264,7 @@ fn the_token_cache_holds_at_most_token_cache_size_tokens_least_recently_used_fir
     let s = stats(&mut c);
     assert_eq!(n(&s, "tokens_cached"), 8, "{s}");
     drop(c);
-    drop(su);
-    drop(db);
-    superuser()
-        .batch_execute(&format!("DROP ROLE {role}"))
-        .unwrap();
+    setup.finish();
 }
 
 /// Bulk onboarding: create_tenants makes every tenant as create_tenant would (roles, grants, an
