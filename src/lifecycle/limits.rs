@@ -124,16 +124,15 @@ thread_local! {
     static PARSED: Cell<Option<(Uuid, u64, Parsed)>> = const { Cell::new(None) };
 }
 
-/// What `t`'s row says of its resource settings, from the per-generation memo.
+/// What `t`'s row says of its resource settings: the memo's, if it holds the tenant's current
+/// generation, else parsed from `t` and not kept (the caller's row may have been read before
+/// an invalidation that the current generation already counts; only [`enforce`], which reads
+/// the generation before the row, fills the memo).
 fn parsed(t: &TenantRow) -> Parsed {
     let gen = catalog::generation_of(t.id);
     match PARSED.with(|p| p.get()) {
         Some((id, g, p)) if id == t.id && g == gen => p,
-        _ => {
-            let p = Parsed::of(t);
-            PARSED.with(|c| c.set(Some((t.id, gen, p))));
-            p
-        }
+        _ => Parsed::of(t),
     }
 }
 
@@ -199,6 +198,8 @@ type Caps = [Option<i32>; 3];
 
 /// Every statement of a bound session: bring a setting above its cap down to it.
 pub fn enforce(tenant: Uuid) {
+    // The generation first: if the tenant changes while its row is read, the memo is kept
+    // under the generation before the change and read again at the next statement.
     let gen = catalog::generation_of(tenant);
     let p = match PARSED.with(|c| c.get()) {
         Some((t, g, p)) if t == tenant && g == gen => p,
@@ -206,7 +207,9 @@ pub fn enforce(tenant: Uuid) {
             let Some(row) = catalog::tenant_by_id(tenant) else {
                 return;
             };
-            parsed(&row)
+            let p = Parsed::of(&row);
+            PARSED.with(|c| c.set(Some((tenant, gen, p))));
+            p
         }
     };
     hold(&p.caps());
