@@ -37,6 +37,12 @@ pub static ALLOW_SESSION_SCOPE: GucSetting<bool> = GucSetting::<bool>::new(true)
 /// isolate alike; off plans the policies exactly as written. Superuser only.
 pub static PLAN_BINDING_AS_PARAM: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `tenancy.plan_binding_as_const`: whether a statement planned for one execution only (the
+/// simple protocol's statements, custom plans with their parameters' values) is planned with
+/// the bound tenant as a constant, checked against the binding again when it starts
+/// (`binding_param.rs`). Needs `tenancy.plan_binding_as_param`. Superuser only.
+pub static PLAN_BINDING_AS_CONST: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// `tenancy.notify_security_events`: whether the security-event writers send a `NOTIFY
 /// tenancy_security` (a JSON payload: id, event, tenant_id) for every event they persist. Off by
 /// default: any role of the database may LISTEN on a channel. Superuser only.
@@ -180,6 +186,14 @@ pub fn init() {
         c"Plan the row security policies' binding as an executor parameter instead of an InitPlan.",
         c"Saves planning and running a subquery per protected table in every statement; off plans the policies as written.",
         &PLAN_BINDING_AS_PARAM,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"tenancy.plan_binding_as_const",
+        c"Plan a statement planned for one execution with the bound tenant as a constant.",
+        c"The statement is checked against the binding again when it starts; cached plans keep the reserved parameter. Needs tenancy.plan_binding_as_param.",
+        &PLAN_BINDING_AS_CONST,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -529,6 +529,127 @@ fn a_reserved_parameter_answers_every_evaluation_with_the_bound_tenant() {
     }
 }
 
+/// A statement planned with its parameters' values (a custom plan) in a session bound to a
+/// tenant, on a protected table read by a NOSUPERUSER role (superusers bypass row security):
+/// planned with the tenant as a constant and stamped (src/pg/binding_param.rs). Returns the
+/// plan and the query text it was planned from.
+///
+/// # Safety
+/// Inside the test's transaction; the plan is palloc'd in the current memory context.
+unsafe fn folded_plan_of_kept() -> (*mut pg_sys::PlannedStmt, &'static std::ffi::CStr) {
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run("CREATE TABLE kept (tenant_id uuid, x int)").unwrap();
+    Spi::run("SELECT tenancy.protect('kept')").unwrap();
+    Spi::run("SET LOCAL client_min_messages = error").unwrap();
+    Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{member}')").unwrap();
+    Spi::run("CREATE ROLE fold_reader NOSUPERUSER NOBYPASSRLS").unwrap();
+    Spi::run("GRANT SELECT ON kept TO fold_reader").unwrap();
+    Spi::run("SET LOCAL ROLE fold_reader").unwrap();
+    let sql = c"SELECT count(*) FROM kept";
+    // SAFETY: inside the transaction (this function's contract): the query text parses to one
+    // statement, analysed and rewritten to one Query (row security applied for fold_reader),
+    // planned with an empty parameter list (a custom plan's, non-null).
+    unsafe {
+        let raw = pg_sys::pg_parse_query(sql.as_ptr());
+        let rawstmt = (*(*raw).elements).ptr_value as *mut pg_sys::RawStmt;
+        let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(
+            rawstmt,
+            sql.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+        );
+        let q = (*(*queries).elements).ptr_value as *mut pg_sys::Query;
+        let stmt = pg_sys::pg_plan_query(q, sql.as_ptr(), 0, pg_sys::makeParamList(0));
+        (stmt, sql)
+    }
+}
+
+/// The (cache id, hash value) items of a plan's invalidation list.
+///
+/// # Safety
+/// `stmt` must be a valid PlannedStmt.
+unsafe fn inval_items(stmt: *mut pg_sys::PlannedStmt) -> Vec<*mut pg_sys::PlanInvalItem> {
+    // SAFETY: `stmt` is valid (this function's contract): its list is null or holds
+    // PlanInvalItem nodes.
+    unsafe {
+        let l = (*stmt).invalItems;
+        if l.is_null() {
+            return Vec::new();
+        }
+        (0..(*l).length as usize)
+            .map(|i| (*(*l).elements.add(i)).ptr_value as *mut pg_sys::PlanInvalItem)
+            .collect()
+    }
+}
+
+/// Starts (EXPLAIN only: nothing is read) and ends `stmt`, through the ExecutorStart hooks.
+///
+/// # Safety
+/// Inside the transaction, with an active snapshot; `stmt` a valid plan of `sql`.
+unsafe fn start_plan(stmt: *mut pg_sys::PlannedStmt, sql: &std::ffi::CStr) {
+    // SAFETY: this function's contract; the QueryDesc is made, started, ended and freed here,
+    // and a raise inside the start comes back as a Rust panic through the FFI guard.
+    unsafe {
+        let qd = pg_sys::CreateQueryDesc(
+            stmt,
+            sql.as_ptr(),
+            pg_sys::GetActiveSnapshot(),
+            std::ptr::null_mut(),
+            pg_sys::None_Receiver,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
+        pg_sys::ExecutorStart(qd, pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32);
+        pg_sys::ExecutorEnd(qd);
+        pg_sys::FreeQueryDesc(qd);
+    }
+}
+
+/// A plan holding the bound tenant as a constant starts only under that tenant: with its stamp
+/// naming another tenant (here one this backend never folded), it fails to start instead of
+/// reading rows (src/pg/binding_param.rs, check_folded).
+#[pg_test(error = "pg_tenancy: this plan was made for another tenant binding")]
+fn a_plan_holding_a_tenant_does_not_start_under_another_binding() {
+    // SAFETY: inside the test's transaction, as the helpers require.
+    unsafe {
+        let (stmt, sql) = folded_plan_of_kept();
+        let tenant = Spi::get_one::<String>("SELECT tenancy.current_tenant()::text")
+            .unwrap()
+            .unwrap();
+        let text = std::ffi::CStr::from_ptr(pg_sys::nodeToString(stmt as *const std::ffi::c_void))
+            .to_string_lossy()
+            .into_owned();
+        assert!(!text.contains(":paramid 1000000000"), "a constant, not the reserved parameter");
+        let items = inval_items(stmt);
+        let amname = pg_sys::SysCacheIdentifier::AMNAME as i32;
+        let stamp: Vec<_> = items.into_iter().filter(|i| (**i).cacheId == amname).collect();
+        assert_eq!(stamp.len(), 1, "one tenant stamp ({tenant})");
+        // Under the binding it was made for, it starts.
+        start_plan(stmt, sql);
+        // Stamped with another tenant's serial, it does not.
+        let s0 = stamp[0];
+        (*s0).hashValue = (*s0).hashValue.wrapping_add(1000);
+        start_plan(stmt, sql);
+    }
+}
+
+/// A plan holding the tenant as a constant computes the tenant again when it starts: with the
+/// binding gone (the role's mapping removed after planning), it raises what the policy raises.
+#[pg_test(error = "role \"postgres\" is no longer mapped to tenant \"acme\"")]
+fn a_plan_holding_a_tenant_does_not_start_without_the_binding() {
+    // SAFETY: inside the test's transaction, as the helpers require.
+    unsafe {
+        let (stmt, sql) = folded_plan_of_kept();
+        start_plan(stmt, sql);
+        Spi::run("RESET ROLE").unwrap();
+        Spi::run("SELECT tenancy.unmap_role(session_user::regrole, 'acme')").unwrap();
+        Spi::run("SET LOCAL ROLE fold_reader").unwrap();
+        start_plan(stmt, sql);
+    }
+}
+
 /// `tenancy.bind(token)` binds for the transaction, `tenancy.bind(token, 'session')` (also in
 /// named notation, `scope => 'session'`) for the session: two functions, so that a call with one
 /// argument reads no default from the catalog.

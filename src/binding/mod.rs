@@ -103,6 +103,9 @@ thread_local! {
     static MAPPED: RefCell<Option<(u64, pg_sys::Oid, Option<Binding>)>> = const { RefCell::new(None) };
     /// The tenant this transaction has been bound to: another tenant cannot be bound before it ends.
     static TXN_TENANT: Cell<Option<Uuid>> = const { Cell::new(None) };
+    /// Cursors declared while a binding was in force (names; the closed ones are dropped
+    /// whenever the list is read): tenancy.unbind() refuses while one is open.
+    static BOUND_CURSORS: RefCell<Vec<std::ffi::CString>> = const { RefCell::new(Vec::new()) };
     /// The subject this transaction was bound for (a second token of the same tenant for
     /// another subject is refused like another tenant), and whether a statement has used the
     /// binding (until then, unbind() frees the transaction for another bind).
@@ -321,7 +324,8 @@ unsafe extern "C-unwind" fn xact_callback(
 /// Before a utility statement: a cursor WITH HOLD would outlive a transaction-scoped or
 /// support binding; FETCH and MOVE read rows of a cursor whose plan read the binding when it
 /// was opened, so the binding is checked again first (a suspension or revocation since then
-/// ends the cursor too).
+/// ends the cursor too), and refused once the transaction's binding has been ended; a cursor
+/// declared while bound is remembered, so that tenancy.unbind() refuses while it is open.
 fn before_utility(stmt: *mut pg_sys::Node) {
     // SAFETY: `stmt` is the statement's parse tree (or null); its tag is read before the node
     // is used as the type it says.
@@ -346,10 +350,36 @@ fn before_utility(stmt: *mut pg_sys::Node) {
                 "Fetch the rows before COMMIT; a support grant's rows stay in the transaction that read them. Application sessions on a connection that is not pooled may bind with scope => 'session'.",
             );
         }
-        if (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt && BINDING.with(|b| b.borrow().is_some()) {
-            with_current(|_| ());
+        if (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt {
+            if BINDING.with(|b| b.borrow().is_some()) {
+                with_current(|_| ());
+            } else if TXN_USED.with(|u| u.get()) && !with_current(|b| b.is_some()) {
+                // The transaction read as a tenant and its binding has been ended since: a
+                // cursor opened then holds that tenant's plan (or rows) and is not read unbound.
+                no_tenant_bound_on(None);
+            }
+        }
+        if (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt
+            && BINDING.with(|b| b.borrow().is_some())
+        {
+            let name = (*(stmt as *mut pg_sys::DeclareCursorStmt)).portalname;
+            if !name.is_null() {
+                let name = std::ffi::CStr::from_ptr(name).to_owned();
+                BOUND_CURSORS.with(|c| {
+                    let mut c = c.borrow_mut();
+                    c.retain(|n| portal_open(n));
+                    c.push(name);
+                });
+            }
         }
     }
+}
+
+/// Whether a portal (a cursor) of this name is open.
+fn portal_open(name: &std::ffi::CStr) -> bool {
+    // SAFETY: GetPortalByName looks the NUL-terminated name up in the backend's portal table
+    // (a hash lookup; it does not raise) and returns null when there is none.
+    !unsafe { pg_sys::GetPortalByName(name.as_ptr()) }.is_null()
 }
 
 /// After DISCARD ALL: the session's binding goes too.
@@ -1013,6 +1043,24 @@ fn unix_to_rfc3339(secs: i64) -> String {
 /// tenancy.unbind(): drop the explicit binding (a role mapping still applies).
 pub fn unbind() {
     refuse_inside_internal("tenancy.unbind()");
+    // A cursor declared while bound reads that tenant's rows: its plan holds the tenant, or its
+    // rows were kept at COMMIT (WITH HOLD). It must not be read after the binding ends, by this
+    // client or, behind a pooler, by the next one.
+    let open: Vec<String> = BOUND_CURSORS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.retain(|n| portal_open(n));
+        c.iter().map(|n| n.to_string_lossy().into_owned()).collect()
+    });
+    if !open.is_empty() {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!(
+                "tenancy.unbind() with cursors open that were declared while bound: {}",
+                open.join(", ")
+            ),
+            "Close them first (CLOSE name, or CLOSE ALL): their rows belong to the tenant bound when they were declared.",
+        );
+    }
     BINDING.with(|b| *b.borrow_mut() = None);
     // A transaction whose binding no statement has used yet may bind again, for anyone; one
     // that has read or written as a tenant stays that tenant's until it ends.

@@ -18,6 +18,25 @@
 //! statement of the extended protocol or a PL/pgSQL plan reused under another binding reads the
 //! new binding.
 //!
+//! A statement planned for one execution only, with `tenancy.plan_binding_as_const` on (the
+//! default), gets the bound tenant itself, as a constant, where the binding allows the
+//! privilege: PostgreSQL then plans and runs it as it would the application's own
+//! `WHERE tenant_id = '...'` (no parameter to estimate, compile or evaluate). One execution
+//! only means: the simple protocol's statement planned at the top level (the planner's query
+//! text is `debug_query_string` and the process title does not say BIND, the only other
+//! caller that plans with that text: a cached plan of the extended protocol), or a custom plan,
+//! planned with its parameters' values (PostgreSQL plans a generic plan, the one it caches,
+//! without them; a custom plan serves the one execution, or the one portal, it was made for).
+//! Everything else, cached plans above all, keeps the reserved parameter. A plan with
+//! constants carries a stamp (items in its invalidation list): the tables and privileges it
+//! folded and the tenant. When it starts, the tenant is computed again for each of them, as
+//! `allowed_tenant` computes it (raising as it raises), and must be the stamped one; otherwise
+//! the statement fails (ERROR 42501), and the stamp's invalidation item drops a cached copy so
+//! that it is planned again. A plan started keeps its constant, as a parameter keeps its first
+//! value: a transaction acts for one tenant (src/binding: no rebinding), a cursor held past its
+//! transaction is materialised at commit, tenancy.unbind() refuses while a cursor declared
+//! under the binding is open, and FETCH is refused once a transaction's binding has ended.
+//!
 //! Why this cannot read another tenant's rows, or fail open:
 //! - a reserved number is above anything a real parameter list holds (65,535 protocol
 //!   parameters, a function's arguments, PL/pgSQL's variables) and above what the parser
@@ -26,7 +45,8 @@
 //!   not see), PostgreSQL's own evaluation finds no value for the parameter and raises an error;
 //! - the planner hook never leaves a reserved parameter in a parallel plan: when the planner
 //!   chose one, the statement is planned again as written (InitPlans run in the leader);
-//! - the value is computed by the same function as the policy's (`privileges::allowed_tenant`).
+//! - the value is computed by the same function as the policy's (`privileges::allowed_tenant`);
+//! - a constant is checked against that value when its statement starts, whoever planned it.
 
 use crate::gucs;
 use pgrx::pg_sys;
@@ -52,6 +72,62 @@ thread_local! {
     static ALLOWED_TENANT: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
     /// Set once this backend has planned a reserved parameter: only then are lists wrapped.
     static IN_USE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The stamp of a plan with the binding folded in, as items of its invalidation list: one per
+/// folded (table, privilege), whose hash value is its reserved number minus RESERVED_BASE;
+/// one for the tenant, whose hash value is its serial in FOLD_TENANTS; one of pg_proc with
+/// STAMP_HASH, through which a cached copy is invalidated. PostgreSQL records only pg_proc and
+/// pg_type items in plans, and its plan cache looks at no others: pg_am's cache ids are free.
+const STAMP_PAIR: c_int = pg_sys::SysCacheIdentifier::AMOID as c_int;
+const STAMP_TENANT: c_int = pg_sys::SysCacheIdentifier::AMNAME as c_int;
+const STAMP_HASH: u32 = 0x7465_6e61;
+/// Tenants folded most recently, by serial.
+const FOLD_RING: usize = 16;
+
+/// The tenants folded into plans, by serial: a plan is stamped with its tenant's serial, and
+/// a serial no longer here fails the check (a plan outlives its planning by one statement).
+struct FoldTenants {
+    next: u32,
+    ring: [Option<(u32, [u8; 16])>; FOLD_RING],
+}
+
+impl FoldTenants {
+    fn serial_of(&mut self, tenant: [u8; 16]) -> u32 {
+        let last = self.next.wrapping_sub(1);
+        if self.ring[last as usize % FOLD_RING] == Some((last, tenant)) {
+            return last;
+        }
+        let serial = self.next;
+        self.ring[serial as usize % FOLD_RING] = Some((serial, tenant));
+        self.next = serial.wrapping_add(1);
+        serial
+    }
+
+    fn tenant_of(&self, serial: u32) -> Option<[u8; 16]> {
+        self.ring[serial as usize % FOLD_RING]
+            .filter(|(s, _)| *s == serial)
+            .map(|(_, t)| t)
+    }
+}
+
+thread_local! {
+    static FOLD_TENANTS: RefCell<FoldTenants> =
+        const { RefCell::new(FoldTenants { next: 0, ring: [None; FOLD_RING] }) };
+    /// Set once this backend has stamped a plan: only then are plans looked at when they start.
+    static FOLDED_EVER: Cell<bool> = const { Cell::new(false) };
+    /// The bound tenant where the binding allows (table, privilege), or None: the constant a
+    /// plan for one execution compares with (src/protection/privileges.rs), set at _PG_init.
+    static FOLDED_VALUE: Cell<Option<FoldedValue>> = const { Cell::new(None) };
+}
+
+/// Computes a folded constant: (table, privilege) to the tenant's uuid bytes, or None where
+/// the reserved parameter's value would be a refusal.
+pub type FoldedValue = fn(pg_sys::Oid, &'static str) -> Option<[u8; 16]>;
+
+/// Set how plans for one execution get their constant.
+pub fn set_folded_value(f: FoldedValue) {
+    FOLDED_VALUE.with(|v| v.set(Some(f)));
 }
 
 static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
@@ -135,34 +211,47 @@ unsafe extern "C-unwind" fn planner(
         // SAFETY: the planner's own arguments (this function's contract), planned once.
         return unsafe { plan(parse, query_string, cursor_options, bound) };
     }
+    // Only a plan for one execution may hold the tenant (see the module's comment).
+    let fold = gucs::PLAN_BINDING_AS_CONST.get()
+        // SAFETY: `query_string` is the planner's (null or a NUL-terminated string).
+        && (!bound.is_null() || unsafe { simple_query_at_top_level(query_string) });
     // The planner scribbles on its input: keep the statement as written while a parallel plan
-    // is possible.
+    // with a reserved parameter is possible.
     let mut original = std::ptr::null_mut();
     // SAFETY: `parse` is the planner's Query (this function's contract), not null (checked
-    // above): a valid parse tree. Without `replace` visit_query only reads it; copyObjectImpl
+    // above): a valid parse tree. Without a Replace visit_query only reads it; copyObjectImpl
     // copies it deeply into the current memory context (the planner caller's, alive for the
     // planning). Each return plans the untouched tree once.
     unsafe {
         if parallel_possible(parse, cursor_options) {
-            if !visit_query(parse, false) {
+            if !visit_query(parse, None) {
                 return plan(parse, query_string, cursor_options, bound);
             }
             original = pg_sys::copyObjectImpl(parse as *const c_void) as *mut pg_sys::Query;
         }
     }
-    // SAFETY: as above; with `replace`, the policy subqueries are replaced in place by Params
+    let mut r = Replace {
+        fold,
+        tenant: None,
+        folded: Vec::new(),
+        params: false,
+    };
+    // SAFETY: as above; the policy subqueries are replaced in place by Params or Consts
     // palloc'd in the current memory context, and the tree, untouched otherwise, is planned.
-    if !unsafe { visit_query(parse, true) } {
+    if !unsafe { visit_query(parse, Some(&mut r)) } {
         // SAFETY: visit_query found nothing, so it replaced nothing: the tree as written,
         // planned once.
         return unsafe { plan(parse, query_string, cursor_options, bound) };
     }
-    IN_USE.with(|u| u.set(true));
-    // SAFETY: the planner's arguments, the tree with its reserved parameters, planned once;
-    // the planner returns a valid, non-null PlannedStmt (or raises).
+    if r.params {
+        IN_USE.with(|u| u.set(true));
+    }
+    // SAFETY: the planner's arguments, the tree with its reserved parameters or constants,
+    // planned once; the planner returns a valid, non-null PlannedStmt (or raises).
     let stmt = unsafe { plan(parse, query_string, cursor_options, bound) };
+    // A parallel worker can read a constant, not a reserved parameter.
     // SAFETY: `stmt` is the planner's result (above).
-    if unsafe { (*stmt).parallelModeNeeded } {
+    if r.params && unsafe { (*stmt).parallelModeNeeded } {
         if original.is_null() {
             // parallel_possible() covers every statement PostgreSQL 15 may plan in parallel;
             // should that ever change, fail rather than hand workers a parameter they lack.
@@ -172,22 +261,238 @@ unsafe extern "C-unwind" fn planner(
         // never planned before, with the planner's other arguments.
         return unsafe { plan(original, query_string, cursor_options, bound) };
     }
+    if let Some(tenant) = r.tenant {
+        let serial = FOLD_TENANTS.with(|f| f.borrow_mut().serial_of(tenant));
+        // SAFETY: `stmt` is the planner's valid PlannedStmt, whose invalidation list is null or
+        // a List of PlanInvalItem nodes; the items are palloc'd in the current memory context,
+        // the one the planner made the statement in (a plan cache copies them with it).
+        unsafe { stamp(stmt, &r.folded, serial) };
+        FOLDED_EVER.with(|f| f.set(true));
+    }
     stmt
 }
 
-/// Finds (and with `replace`, replaces) the policy subqueries in the security quals of the
+/// Whether the planner was called by the simple protocol for a statement of the client's
+/// query string (or a utility command planning its query there: EXPLAIN, DECLARE, CREATE
+/// TABLE AS, COPY), planned for that one execution. The only other caller planning with
+/// `debug_query_string` as its text is the extended protocol's Bind, which may cache its plan
+/// and sets the process title to BIND first. Without process titles, never.
+///
+/// # Safety
+/// `query_string` must be null or the planner's query text.
+unsafe fn simple_query_at_top_level(query_string: *const std::ffi::c_char) -> bool {
+    // SAFETY: debug_query_string and update_process_title are this backend's variables, read
+    // on its only thread; get_ps_display returns the title's buffer (or an empty string) and
+    // its length, read within that length.
+    unsafe {
+        if query_string.is_null()
+            || !std::ptr::eq(query_string, pg_sys::debug_query_string)
+            || !pg_sys::update_process_title
+        {
+            return false;
+        }
+        let mut len: c_int = 0;
+        let title = pg_sys::get_ps_display(&mut len);
+        !(len == 4
+            && !title.is_null()
+            && std::slice::from_raw_parts(title as *const u8, 4) == b"BIND")
+    }
+}
+
+/// What the replacing visit puts where a policy subquery was, and what it put there.
+struct Replace {
+    /// Whether the plan serves one execution, so that the bound tenant may be a constant.
+    fold: bool,
+    /// The tenant folded in (one binding: the same for every table of the statement).
+    tenant: Option<[u8; 16]>,
+    /// The reserved numbers of the (table, privilege) pairs folded.
+    folded: Vec<i32>,
+    /// Whether a reserved parameter was placed.
+    params: bool,
+}
+
+impl Replace {
+    /// The operand that replaces the policy subquery of (`relid`, `privilege`), numbered `id`:
+    /// the bound tenant as a constant where allowed and folding, the reserved parameter else.
+    ///
+    /// # Safety
+    /// Inside a transaction, while planning: the value may read the catalog; the node is
+    /// palloc'd in the current memory context.
+    unsafe fn operand(
+        &mut self,
+        id: i32,
+        relid: pg_sys::Oid,
+        privilege: &'static str,
+    ) -> *mut c_void {
+        if self.fold {
+            let value = FOLDED_VALUE
+                .with(|v| v.get())
+                .and_then(|f| f(relid, privilege));
+            if let Some(tenant) = value {
+                if self.tenant.is_none_or(|t| t == tenant) {
+                    self.tenant = Some(tenant);
+                    self.folded.push(id);
+                    // SAFETY: this function's contract.
+                    return unsafe { tenant_const(&tenant) } as *mut c_void;
+                }
+            }
+        }
+        self.params = true;
+        // SAFETY: this function's contract.
+        unsafe { reserved_param(id) as *mut c_void }
+    }
+}
+
+/// A uuid Const holding `tenant`, as the parser makes one for a uuid literal.
+///
+/// # Safety
+/// On the backend's thread; palloc'd in the current memory context.
+unsafe fn tenant_const(tenant: &[u8; 16]) -> *mut pg_sys::Const {
+    // SAFETY: palloc returns 16 bytes (or raises), filled whole; makeConst allocates the node
+    // in the same context, holding the by-reference value (a uuid is 16 bytes, not by value).
+    unsafe {
+        let v = pg_sys::palloc(16) as *mut u8;
+        std::ptr::copy_nonoverlapping(tenant.as_ptr(), v, 16);
+        pg_sys::makeConst(
+            pg_sys::UUIDOID,
+            -1,
+            pg_sys::InvalidOid,
+            16,
+            pg_sys::Datum::from(v),
+            false,
+            false,
+        )
+    }
+}
+
+/// A PlanInvalItem of `cache` with `hash`.
+///
+/// # Safety
+/// On the backend's thread; palloc'd in the current memory context.
+unsafe fn inval_item(cache: c_int, hash: u32) -> *mut c_void {
+    // SAFETY: palloc0 returns zeroed memory of a PlanInvalItem's size (or raises), filled as
+    // makeNode(PlanInvalItem) and the planner would fill it.
+    unsafe {
+        let i = pg_sys::palloc0(std::mem::size_of::<pg_sys::PlanInvalItem>())
+            as *mut pg_sys::PlanInvalItem;
+        (*i).type_ = pg_sys::NodeTag::T_PlanInvalItem;
+        (*i).cacheId = cache;
+        (*i).hashValue = hash;
+        i as *mut c_void
+    }
+}
+
+/// Stamps `stmt` with the pairs folded into it and its tenant's serial (see STAMP_PAIR).
+///
+/// # Safety
+/// `stmt` must be a valid PlannedStmt just planned; the items are palloc'd in the current
+/// memory context, which must be the statement's.
+unsafe fn stamp(stmt: *mut pg_sys::PlannedStmt, folded: &[i32], serial: u32) {
+    // SAFETY: `stmt` is valid (this function's contract); lappend takes null or a List of
+    // pointers and returns the list with the item appended, in the current memory context.
+    unsafe {
+        let mut items = (*stmt).invalItems;
+        for id in folded {
+            items = pg_sys::lappend(items, inval_item(STAMP_PAIR, (id - RESERVED_BASE) as u32));
+        }
+        items = pg_sys::lappend(items, inval_item(STAMP_TENANT, serial));
+        items = pg_sys::lappend(
+            items,
+            inval_item(pg_sys::SysCacheIdentifier::PROCOID as c_int, STAMP_HASH),
+        );
+        (*stmt).invalItems = items;
+    }
+}
+
+/// The check of a plan with the binding folded in, when it starts: every folded (table,
+/// privilege) must give the stamped tenant now, computed as the reserved parameter is (which
+/// raises what `allowed_tenant` raises: no tenant bound, the privilege not granted). Anything
+/// else fails the statement, and a cached copy of the plan is invalidated.
+///
+/// # Safety
+/// `stmt` must be null or the valid PlannedStmt of the query starting, in the leader, inside
+/// its transaction.
+unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) {
+    if stmt.is_null() {
+        return;
+    }
+    let item = |cell: *mut *mut c_void| -> Option<(c_int, u32)> {
+        // SAFETY: `cell` is a live cell of the plan's invalidation list, a List of
+        // PlanInvalItem nodes (checked by tag before the cast).
+        unsafe {
+            let i = *cell as *mut pg_sys::PlanInvalItem;
+            (!i.is_null() && (*i).type_ == pg_sys::NodeTag::T_PlanInvalItem)
+                .then(|| ((*i).cacheId, (*i).hashValue))
+        }
+    };
+    let (mut serial, mut pairs) = (None, false);
+    // SAFETY: `stmt` is valid (this function's contract): its invalidation list is null or a
+    // List of pointers.
+    unsafe {
+        for_each_cell((*stmt).invalItems, |c| match item(c) {
+            Some((cache, h)) if cache == STAMP_TENANT => serial = Some(h),
+            Some((cache, _)) if cache == STAMP_PAIR => pairs = true,
+            _ => {}
+        })
+    };
+    if !pairs && serial.is_none() {
+        return;
+    }
+    let expected = serial.and_then(|s| FOLD_TENANTS.with(|f| f.borrow().tenant_of(s)));
+    let value = RESERVED_VALUE
+        .with(|v| v.get())
+        .expect("pg_tenancy registers the reserved parameters' value at load");
+    let mut same = pairs && expected.is_some();
+    // SAFETY: as above.
+    unsafe {
+        for_each_cell((*stmt).invalItems, |c| {
+            if let Some((cache, h)) = item(c) {
+                if cache == STAMP_PAIR {
+                    match i32::try_from(h)
+                        .ok()
+                        .and_then(|h| reserved(RESERVED_BASE.saturating_add(h)))
+                    {
+                        Some((relid, privilege)) => {
+                            same &= Some(value(relid, privilege)) == expected
+                        }
+                        None => same = false,
+                    }
+                }
+            }
+        })
+    };
+    if !same {
+        // SAFETY: inside a transaction (this function's contract); the pg_proc callbacks of
+        // this backend run with a hash no function is looked up by here: the plan cache marks
+        // plans holding the stamp's item invalid, pg_tenancy's own callback forgets an oid.
+        unsafe {
+            pg_sys::CallSyscacheCallbacks(pg_sys::SysCacheIdentifier::PROCOID as c_int, STAMP_HASH)
+        };
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "pg_tenancy: this plan was made for another tenant binding",
+            "check_folded",
+        )
+        .set_hint("Run the statement again: it is planned again for the binding in force.")
+        .report(PgLogLevel::ERROR);
+        unreachable!("an ERROR does not return");
+    }
+}
+
+/// Finds (and with a Replace, replaces) the policy subqueries in the security quals of the
 /// statement's relations and in its WITH CHECK options (INSERT, UPDATE, ON CONFLICT), of its
 /// subqueries in FROM (views included) and of its CTEs, and returns whether there was one.
 /// WITH CHECK options are compiled by ModifyTable with the statement's parameter list, like
 /// any qual of the plan. Subqueries elsewhere (in WHERE, in the select list, inside
 /// policies) are left as written: their policies stay InitPlans, which is correct, only slower.
-/// Plain Rust over the parse tree, no PostgreSQL calls: it runs for every planned statement.
+/// Plain Rust over the parse tree, no PostgreSQL calls without a Replace: it runs for every
+/// planned statement. With a Replace that folds, each policy found reads the binding.
 ///
 /// # Safety
 /// `q` must point at a valid Query (a parse tree as the rewriter leaves it), inside a
-/// transaction (see [`policy_subquery`]). With `replace`, the tree is changed in place:
+/// transaction (see [`policy_subquery`]). With a Replace, the tree is changed in place:
 /// nothing else may be reading it.
-unsafe fn visit_query(q: *mut pg_sys::Query, replace: bool) -> bool {
+unsafe fn visit_query(q: *mut pg_sys::Query, mut replace: Option<&mut Replace>) -> bool {
     let mut found = false;
     // SAFETY: `q` is a valid Query (this function's contract): its range table, WITH CHECK
     // options and CTE list are null or Lists of pointers to RangeTblEntry, WithCheckOption
@@ -203,15 +508,20 @@ unsafe fn visit_query(q: *mut pg_sys::Query, replace: bool) -> bool {
             if rte.is_null() {
                 return;
             }
-            for_each_cell((*rte).securityQuals, |c| found |= in_qual(c, replace));
+            for_each_cell((*rte).securityQuals, |c| {
+                found |= in_qual(c, replace.as_deref_mut())
+            });
             if (*rte).rtekind == pg_sys::RTEKind::RTE_SUBQUERY && !(*rte).subquery.is_null() {
-                found |= visit_query((*rte).subquery, replace);
+                found |= visit_query((*rte).subquery, replace.as_deref_mut());
             }
         });
         for_each_cell((*q).withCheckOptions, |cell| {
             let wco = *cell as *mut pg_sys::WithCheckOption;
             if !wco.is_null() && (*wco).type_ == pg_sys::NodeTag::T_WithCheckOption {
-                found |= in_qual(std::ptr::addr_of_mut!((*wco).qual).cast(), replace);
+                found |= in_qual(
+                    std::ptr::addr_of_mut!((*wco).qual).cast(),
+                    replace.as_deref_mut(),
+                );
             }
         });
         for_each_cell((*q).cteList, |cell| {
@@ -219,7 +529,7 @@ unsafe fn visit_query(q: *mut pg_sys::Query, replace: bool) -> bool {
             if !cte.is_null() {
                 let sub = (*cte).ctequery;
                 if !sub.is_null() && (*sub).type_ == pg_sys::NodeTag::T_Query {
-                    found |= visit_query(sub as *mut pg_sys::Query, replace);
+                    found |= visit_query(sub as *mut pg_sys::Query, replace.as_deref_mut());
                 }
             }
         });
@@ -252,8 +562,8 @@ unsafe fn for_each_cell(list: *mut pg_sys::List, mut f: impl FnMut(*mut *mut c_v
 /// # Safety
 /// `cell` must point at a node pointer (a List cell or a node's field) holding null or a valid
 /// expression node of the parse tree, inside a transaction (see [`policy_subquery`]). With
-/// `replace`, the operands found are replaced in place: nothing else may be reading the tree.
-unsafe fn in_qual(cell: *mut *mut c_void, replace: bool) -> bool {
+/// a Replace, the operands found are replaced in place: nothing else may be reading the tree.
+unsafe fn in_qual(cell: *mut *mut c_void, mut replace: Option<&mut Replace>) -> bool {
     // SAFETY: `cell` points at a node pointer (this function's contract).
     let node = unsafe { *cell } as *mut pg_sys::Node;
     if node.is_null() {
@@ -263,13 +573,13 @@ unsafe fn in_qual(cell: *mut *mut c_void, replace: bool) -> bool {
     // SAFETY: `node` is a valid expression node (this function's contract, not null: checked
     // above), cast only to the struct its tag names; a BoolExpr's and an OpExpr's `args` are
     // Lists of expression nodes, whose cells are passed on. A replaced operand becomes a new
-    // Param (palloc'd in the current memory context) of the type of the subquery it replaces
-    // (uuid, `allowed_tenant`'s result), so the OpExpr stays well typed.
+    // Param or Const (palloc'd in the current memory context) of the type of the subquery it
+    // replaces (uuid, `allowed_tenant`'s result), so the OpExpr stays well typed.
     unsafe {
         match (*node).type_ {
             pg_sys::NodeTag::T_BoolExpr => {
                 for_each_cell((*(node as *mut pg_sys::BoolExpr)).args, |c| {
-                    found |= in_qual(c, replace)
+                    found |= in_qual(c, replace.as_deref_mut())
                 })
             }
             pg_sys::NodeTag::T_OpExpr => {
@@ -277,8 +587,8 @@ unsafe fn in_qual(cell: *mut *mut c_void, replace: bool) -> bool {
                     if let Some((relid, privilege)) = policy_subquery(*c as *mut pg_sys::Node) {
                         if let Some(id) = reserve(relid, privilege) {
                             found = true;
-                            if replace {
-                                *c = reserved_param(id) as *mut c_void;
+                            if let Some(r) = replace.as_deref_mut() {
+                                *c = r.operand(id, relid, privilege);
                             }
                         }
                     }
@@ -579,6 +889,15 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
             for i in 0..QUERY_START.with(|q| q.borrow().len()) {
                 QUERY_START.with(|q| q.borrow()[i])(writes);
             }
+        }
+    }
+    // A plan with the binding folded in is checked against the binding in force, after the
+    // invalidations above (a revocation committed before the query started is seen).
+    // SAFETY: ParallelWorkerNumber as above; `qd` is the QueryDesc being started, whose
+    // planned statement is null or valid, in the leader, inside the transaction.
+    unsafe {
+        if FOLDED_EVER.with(|f| f.get()) && pg_sys::ParallelWorkerNumber < 0 {
+            check_folded((*qd).plannedstmt);
         }
     }
     // SAFETY: ParallelWorkerNumber as above. `qd` is the QueryDesc being started; its params

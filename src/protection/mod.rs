@@ -24,6 +24,7 @@ pub fn init() {
     }
     privileges::init();
     crate::pg::binding_param::set_reserved_value(privileges::reserved_value);
+    crate::pg::binding_param::set_folded_value(privileges::folded_value);
     crate::pg::hooks::before_utility(check_utility);
 }
 

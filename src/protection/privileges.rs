@@ -216,6 +216,16 @@ pub fn allowed_tenant_id(tbl: pg_sys::Oid, privilege: &str) -> pgrx::Uuid {
     }
 }
 
+/// What [`allowed_tenant_id`] would return, or None where it would refuse (no binding, or the
+/// privilege not granted): the constant a statement planned for one execution compares the
+/// tenant column with (src/pg/binding_param.rs). Raises only where reading the binding raises.
+pub fn folded_value(tbl: pg_sys::Oid, privilege: &'static str) -> Option<[u8; 16]> {
+    crate::binding::with_current(|b| {
+        b.and_then(|b| permitted(b, tbl, privilege).then_some(b.tenant))
+    })
+    .map(|t| *catalog::to_pg_uuid(t).as_bytes())
+}
+
 /// [`allowed_tenant_id`] as the reserved parameters' value (src/pg/binding_param.rs).
 pub fn reserved_value(tbl: pg_sys::Oid, privilege: &'static str) -> [u8; 16] {
     *allowed_tenant_id(tbl, privilege).as_bytes()

@@ -431,3 +431,168 @@ fn jit_compiled_scans_read_the_binding() {
         tx.rollback().unwrap();
     }
 }
+
+/// The rows and the plan text of the simple protocol's answer to `sql` (first column).
+fn simple_rows(c: &mut postgres::Client, sql: &str) -> Vec<String> {
+    c.simple_query(sql)
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A statement planned for one execution (the simple protocol's, or a custom plan with its
+/// parameters' values) holds the bound tenant as a constant, as the application's own
+/// `WHERE tenant_id = '...'` would; a generic, cached plan keeps the reserved parameter. Each
+/// execution reads only its own binding's rows, with the
+/// tenants alternating on one connection.
+#[test]
+fn a_statement_planned_for_one_execution_holds_the_bound_tenant_as_a_constant() {
+    let f = Fixture::new();
+    seed(&f, 3, 5);
+    let mut c = app();
+    for (tenant, id, other, want) in [
+        (&f.a, &f.a_id, &f.b_id, 3i64),
+        (&f.b, &f.b_id, &f.a_id, 5),
+        (&f.a, &f.a_id, &f.b_id, 3),
+    ] {
+        bound_tx(&mut c, &f, tenant, true, |c| {
+            let plan = simple_rows(
+                c,
+                "EXPLAIN (COSTS OFF) SELECT * FROM it_orders WHERE id = 42",
+            )
+            .join("\n");
+            assert!(
+                plan.contains(&format!("tenant_id = '{id}'::uuid")) && !has_reserved_param(&plan),
+                "the simple protocol's plan must hold the bound tenant:\n{plan}"
+            );
+            assert!(!plan.contains(other.as_str()), "{plan}");
+            let n = simple_rows(c, "SELECT count(*) FROM it_orders");
+            assert_eq!(n, [want.to_string()]);
+            // A custom plan, made with the parameter's value, holds it too; the generic plan of
+            // the same statement does not.
+            c.batch_execute("PREPARE q(int8) AS SELECT count(*) FROM it_orders WHERE amount > $1")
+                .unwrap();
+            c.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                .unwrap();
+            let custom = plan_text(c, "EXPLAIN (COSTS OFF) EXECUTE q(0)");
+            assert!(
+                custom.contains(&format!("'{id}'::uuid")) && !has_reserved_param(&custom),
+                "{custom}"
+            );
+            let n: i64 = c.query_one("EXECUTE q(0)", &[]).unwrap().get(0);
+            assert_eq!(n, want);
+            c.batch_execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                .unwrap();
+            let generic = plan_text(c, "EXPLAIN (COSTS OFF) EXECUTE q(0)");
+            assert!(
+                has_reserved_param(&generic) && !generic.contains(id.as_str()),
+                "{generic}"
+            );
+            let n: i64 = c.query_one("EXECUTE q(0)", &[]).unwrap().get(0);
+            assert_eq!(n, want);
+            c.batch_execute("DEALLOCATE q").unwrap();
+            // The extended protocol's parameters make custom plans too.
+            c.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                .unwrap();
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM it_orders WHERE amount > $1::int8",
+                    &[&0i64],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(n, want);
+            // A cursor planned with the constant, fetched in pieces.
+            c.batch_execute("DECLARE cur CURSOR FOR SELECT amount FROM it_orders")
+                .unwrap();
+            let mut seen = 0i64;
+            loop {
+                let rows = simple_rows(c, "FETCH 2 FROM cur");
+                if rows.is_empty() {
+                    break;
+                }
+                seen += rows.len() as i64;
+            }
+            assert_eq!(seen, want);
+        });
+    }
+    // Unbound again: the same statements refuse (ERROR 42501) instead of reading any rows.
+    let e = c
+        .simple_query("SELECT count(*) FROM it_orders")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501");
+}
+
+/// A revocation committed by another session reaches a bound session's next statement planned
+/// with the tenant as a constant: the constant is checked against the binding when the
+/// statement starts, as the reserved parameter is computed then.
+#[test]
+fn a_constant_tenant_is_checked_against_the_binding_when_the_statement_starts() {
+    let f = Fixture::new();
+    seed(&f, 3, 5);
+    let mut c = app();
+    c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.a, "u")])
+        .unwrap();
+    assert_eq!(simple_rows(&mut c, "SELECT count(*) FROM it_orders"), ["3"]);
+    let mut su = superuser();
+    su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.a])
+        .unwrap();
+    let e = c
+        .simple_query("SELECT count(*) FROM it_orders")
+        .unwrap_err();
+    assert!(["42501", "28000"].contains(&sqlstate(&e).as_str()), "{e}");
+    su.execute("SELECT tenancy.resume_tenant($1)", &[&f.a])
+        .unwrap();
+    let _ = c.batch_execute("SELECT tenancy.unbind()");
+}
+
+/// A cursor declared while bound holds that tenant's plan (its tenant as a constant) or, WITH
+/// HOLD, its rows: tenancy.unbind() refuses while it is open (ERROR 55006), and a cursor the
+/// binding did not see declared (PL/pgSQL's OPEN) cannot be read once the transaction's binding
+/// has been ended (42501).
+#[test]
+fn cursors_of_a_binding_are_not_read_after_it_ends() {
+    let f = Fixture::new();
+    seed(&f, 3, 5);
+    let mut c = app();
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])
+        .unwrap();
+    c.batch_execute("DECLARE cur CURSOR FOR SELECT amount FROM it_orders")
+        .unwrap();
+    let e = c.batch_execute("SELECT tenancy.unbind()").unwrap_err();
+    assert_eq!(sqlstate(&e), "55006", "{e}");
+    c.batch_execute("ROLLBACK").unwrap();
+
+    // Session scope: a cursor WITH HOLD keeps the tenant's rows past COMMIT.
+    c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.a, "u")])
+        .unwrap();
+    c.batch_execute(
+        "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT amount FROM it_orders; COMMIT",
+    )
+    .unwrap();
+    let e = c.batch_execute("SELECT tenancy.unbind()").unwrap_err();
+    assert_eq!(sqlstate(&e), "55006", "{e}");
+    c.batch_execute("CLOSE held").unwrap();
+    c.batch_execute("SELECT tenancy.unbind()").unwrap();
+
+    // A cursor PL/pgSQL opened, then the binding ended in the same transaction.
+    c.batch_execute(
+        "CREATE FUNCTION pg_temp.open_rc() RETURNS refcursor LANGUAGE plpgsql AS $$
+         DECLARE rc refcursor := 'rc'; BEGIN OPEN rc FOR SELECT amount FROM it_orders; RETURN rc; END $$",
+    )
+    .unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])
+        .unwrap();
+    assert_eq!(simple_rows(&mut c, "SELECT count(*) FROM it_orders"), ["3"]);
+    c.batch_execute("SELECT pg_temp.open_rc()").unwrap();
+    c.batch_execute("SELECT tenancy.unbind()").unwrap();
+    let e = c.batch_execute("FETCH 1 FROM rc").unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    c.batch_execute("ROLLBACK").unwrap();
+}

@@ -3,7 +3,8 @@
 -- table, evaluated once per statement; once pg_tenancy is loaded in the backend, a planner
 -- hook makes that subquery a reserved parameter ($1000000000 and up) answered with the binding
 -- at run time. Either way the tenant column's index serves point lookups, aggregates and joins,
--- and no plan holds a tenant: a cached plan reads the binding in force when it runs.
+-- and no cached plan holds a tenant: it reads the binding in force when it runs. A statement
+-- planned for one execution only holds the bound tenant as a constant (the end of this file).
 \getenv abs_srcdir PG_ABS_SRCDIR
 \set ECHO none
 \i :abs_srcdir/helpers/setup.sql
@@ -27,6 +28,9 @@ CREATE ROLE regress_plans_acme LOGIN NOSUPERUSER NOBYPASSRLS;
 GRANT USAGE ON SCHEMA shop TO regress_plans_acme;
 GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA shop TO regress_plans_acme;
 SELECT tenancy.map_role('regress_plans_acme', 'plans-acme', '{member}');
+-- (Until the end of this file, psql's statements keep the reserved parameter too: each is
+-- planned for one execution, and would hold the tenant, whose id differs in every run.)
+ALTER ROLE regress_plans_acme SET tenancy.plan_binding_as_const = off;
 -- (and an application role that binds with tokens, of subjects that hold no membership: the
 -- tenants make them members by default)
 CREATE ROLE regress_plans_app LOGIN NOSUPERUSER NOBYPASSRLS;
@@ -95,6 +99,33 @@ SET tenancy.plan_binding_as_param = on;
 EXPLAIN (COSTS OFF) SELECT * FROM shop.orders WHERE id = 42;
 \c - postgres
 ALTER ROLE regress_plans_acme RESET tenancy.plan_binding_as_param;
+ALTER ROLE regress_plans_acme RESET tenancy.plan_binding_as_const;
+
+-- A statement planned for one execution only, as psql's simple-protocol statements are (and a
+-- custom plan, made with its parameters' values), compares the tenant column with the bound
+-- tenant itself, a constant, as the application's own WHERE tenant_id = '...' would: nothing to
+-- estimate, compile or evaluate per statement. The statement checks the constant against the
+-- binding again when it starts. A generic plan, which PostgreSQL caches, keeps the reserved
+-- parameter. (The plan is compared with the tenant's id, which differs in every run.)
+\getenv abs_builddir PG_ABS_BUILDDIR
+\set planfile :abs_builddir/results/07_plans_folded.txt
+\c - regress_plans_acme
+SELECT tenancy.current_tenant() IS NOT NULL AS bound;
+EXPLAIN (COSTS OFF) SELECT * FROM shop.orders WHERE id = 42 \g (format=unaligned tuples_only=on) :planfile
+\set plan `cat :planfile`
+SELECT strpos(:'plan', tenancy.current_tenant()::text) > 0 AS tenant_is_a_constant,
+       strpos(:'plan', '$1000000000') = 0 AS no_reserved_parameter,
+       strpos(:'plan', 'Index Scan') > 0 AS index_scan;
+PREPARE by_id(int) AS SELECT id, amount FROM shop.orders WHERE id = $1;
+SET plan_cache_mode = force_custom_plan;
+EXPLAIN (COSTS OFF) EXECUTE by_id(42) \g (format=unaligned tuples_only=on) :planfile
+\set plan `cat :planfile`
+SELECT strpos(:'plan', tenancy.current_tenant()::text) > 0 AS custom_plan_holds_the_tenant;
+SET plan_cache_mode = force_generic_plan;
+EXPLAIN (COSTS OFF) EXECUTE by_id(42);
+SELECT count(*), sum(amount) FROM shop.orders WHERE id <= 10;
+EXECUTE by_id(42);
+\c - postgres
 
 DROP SCHEMA shop CASCADE;
 SELECT tenancy.unmap_role('regress_plans_acme', 'plans-acme');
