@@ -119,6 +119,27 @@ thread_local! {
     /// The bound tenant where the binding allows (table, privilege), or None: the constant a
     /// plan for one execution compares with (src/protection/privileges.rs), set at _PG_init.
     static FOLDED_VALUE: Cell<Option<FoldedValue>> = const { Cell::new(None) };
+    /// The (table, privilege) pairs check_folded computed in the ExecutorStart running now (the
+    /// innermost one): PostgreSQL's permission check, which runs inside it, need not compute
+    /// them again (src/protection/privileges.rs).
+    static VERIFIED: RefCell<Vec<(pg_sys::Oid, &'static str)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether check_folded computed (`relid`, `privilege`) in the ExecutorStart running now.
+pub fn verified_at_start(relid: pg_sys::Oid, privilege: &str) -> bool {
+    VERIFIED.with(|v| {
+        v.borrow()
+            .iter()
+            .any(|(r, p)| *r == relid && *p == privilege)
+    })
+}
+
+/// Restores the pairs of the enclosing ExecutorStart when this one ends (also when it raises).
+struct VerifiedScope(Vec<(pg_sys::Oid, &'static str)>);
+impl Drop for VerifiedScope {
+    fn drop(&mut self) {
+        VERIFIED.with(|v| *v.borrow_mut() = std::mem::take(&mut self.0));
+    }
 }
 
 /// Computes a folded constant: (table, privilege) to the tenant's uuid bytes, or None where
@@ -412,9 +433,10 @@ unsafe fn stamp(stmt: *mut pg_sys::PlannedStmt, folded: &[i32], serial: u32) {
 /// # Safety
 /// `stmt` must be null or the valid PlannedStmt of the query starting, in the leader, inside
 /// its transaction.
-unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) {
+unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) -> Vec<(pg_sys::Oid, &'static str)> {
+    let mut verified = Vec::new();
     if stmt.is_null() {
-        return;
+        return verified;
     }
     let item = |cell: *mut *mut c_void| -> Option<(c_int, u32)> {
         // SAFETY: `cell` is a live cell of the plan's invalidation list, a List of
@@ -436,7 +458,7 @@ unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) {
         })
     };
     if !pairs && serial.is_none() {
-        return;
+        return verified;
     }
     let expected = serial.and_then(|s| FOLD_TENANTS.with(|f| f.borrow().tenant_of(s)));
     let value = RESERVED_VALUE
@@ -453,7 +475,8 @@ unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) {
                         .and_then(|h| reserved(RESERVED_BASE.saturating_add(h)))
                     {
                         Some((relid, privilege)) => {
-                            same &= Some(value(relid, privilege)) == expected
+                            same &= Some(value(relid, privilege)) == expected;
+                            verified.push((relid, privilege));
                         }
                         None => same = false,
                     }
@@ -477,6 +500,7 @@ unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) {
         .report(PgLogLevel::ERROR);
         unreachable!("an ERROR does not return");
     }
+    verified
 }
 
 /// Finds (and with a Replace, replaces) the policy subqueries in the security quals of the
@@ -895,11 +919,17 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
     // invalidations above (a revocation committed before the query started is seen).
     // SAFETY: ParallelWorkerNumber as above; `qd` is the QueryDesc being started, whose
     // planned statement is null or valid, in the leader, inside the transaction.
-    unsafe {
+    let verified = unsafe {
         if FOLDED_EVER.with(|f| f.get()) && pg_sys::ParallelWorkerNumber < 0 {
-            check_folded((*qd).plannedstmt);
+            check_folded((*qd).plannedstmt)
+        } else {
+            Vec::new()
         }
-    }
+    };
+    // Until this ExecutorStart returns (or raises), these pairs are verified; then the
+    // enclosing one's again.
+    let _scope =
+        VerifiedScope(VERIFIED.with(|v| std::mem::replace(&mut *v.borrow_mut(), verified)));
     // SAFETY: ParallelWorkerNumber as above. `qd` is the QueryDesc being started; its params
     // are null or a valid parameter list, which the copy replaces before the executor reads
     // it. The copy is palloc'd in the current memory context, the one the caller made the

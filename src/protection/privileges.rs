@@ -101,6 +101,11 @@ unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport:
                 // so that it checks every row one by one as the tables' owner.
                 return false;
             }
+            // A plan with the tenant folded in has just had this pair computed again, in this
+            // ExecutorStart, before PostgreSQL checks permissions (src/pg/binding_param.rs).
+            if crate::pg::binding_param::verified_at_start(relid, name) {
+                continue;
+            }
             allows(crate::pg::types::Regclass(relid), name);
         }
     }

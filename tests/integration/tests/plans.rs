@@ -596,3 +596,49 @@ fn cursors_of_a_binding_are_not_read_after_it_ends() {
     assert_eq!(sqlstate(&e), "42501", "{e}");
     c.batch_execute("ROLLBACK").unwrap();
 }
+
+/// A table partitioned by tenant is pruned while the statement is planned when the tenant is
+/// a constant: the plan names the bound tenant's partition alone (with the reserved parameter
+/// PostgreSQL plans every partition and removes them when the plan starts). Its rows are the
+/// bound tenant's.
+#[test]
+fn a_table_partitioned_by_tenant_is_pruned_while_planning() {
+    let f = Fixture::new();
+    let s = ident("foldparts");
+    let mut parts = String::new();
+    for r in 0..16 {
+        parts.push_str(&format!(
+            "CREATE TABLE {s}.t_{r} PARTITION OF {s}.t FOR VALUES WITH (MODULUS 16, REMAINDER {r}); "
+        ));
+    }
+    superuser()
+        .batch_execute(&format!(
+            "CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {APP}; \
+             CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL, PRIMARY KEY (tenant_id, id)) \
+                 PARTITION BY HASH (tenant_id); {parts} \
+             SELECT tenancy.protect('{s}.t'); \
+             INSERT INTO {s}.t SELECT x, g FROM generate_series(1, 7) g, (VALUES ('{a}'::uuid), ('{b}'::uuid)) v(x); \
+             GRANT SELECT ON {s}.t TO {APP}; ANALYZE {s}.t",
+            a = f.a_id,
+            b = f.b_id
+        ))
+        .unwrap();
+    let mut c = app();
+    bound_tx(&mut c, &f, &f.a, false, |c| {
+        let plan = simple_rows(
+            c,
+            &format!("EXPLAIN (COSTS OFF) SELECT * FROM {s}.t WHERE id > 0"),
+        )
+        .join("\n");
+        assert!(
+            !plan.contains("Append")
+                && !plan.contains("Subplans Removed")
+                && plan.contains(&f.a_id),
+            "one partition, chosen while planning:\n{plan}"
+        );
+        assert_eq!(
+            simple_rows(c, &format!("SELECT count(*) FROM {s}.t")),
+            ["7"]
+        );
+    });
+}
