@@ -293,9 +293,10 @@ class Bench:
         setup = open(os.path.join(os.path.dirname(__file__), "setup.sql")).read()
         self.psql(setup, vars={"ntenants": a.tenants, "nrows": a.rows})
         self.tid = self.psql("SELECT tid FROM bench.tenants WHERE n = 1")
-        # `written` must plan pg_tenancy's policies as written and `tenancy` as a parameter, or
-        # their comparison measures nothing (the first statement loads the library).
-        for user, want in (("bench_mapped", "$1000000000"), ("bench_written", "InitPlan")):
+        # `written` must plan pg_tenancy's policies as written and `tenancy` with the binding
+        # (psql's statements, each planned for one execution, hold the bound tenant as a
+        # constant), or their comparison measures nothing (the first statement loads the library).
+        for user, want in (("bench_mapped", f"'{self.tid}'::uuid"), ("bench_written", "InitPlan")):
             plan = self.psql("SELECT count(*) FROM bench_tenancy.orders WHERE id = 1; "
                              "EXPLAIN (COSTS OFF) SELECT * FROM bench_tenancy.orders WHERE id = 1;", user=user)
             if want not in plan:
