@@ -123,6 +123,24 @@ thread_local! {
     /// innermost one): PostgreSQL's permission check, which runs inside it, need not compute
     /// them again (src/protection/privileges.rs).
     static VERIFIED: RefCell<Vec<(pg_sys::Oid, &'static str)>> = const { RefCell::new(Vec::new()) };
+    /// Whether the ExecutorStart running now (the innermost one) only prepares a plan for
+    /// EXPLAIN (no ANALYZE): nothing will run, so no binding is asked for.
+    static EXPLAIN_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the ExecutorStart running now prepares its plan only to show it (EXPLAIN without
+/// ANALYZE): no row is read or written and no expression evaluated, so the permission hook
+/// does not ask for a binding (src/protection/privileges.rs).
+pub fn explain_only() -> bool {
+    EXPLAIN_ONLY.with(|e| e.get())
+}
+
+/// Restores the enclosing ExecutorStart's EXPLAIN_ONLY when this one ends (also when it raises).
+struct ExplainOnlyScope(bool);
+impl Drop for ExplainOnlyScope {
+    fn drop(&mut self) {
+        EXPLAIN_ONLY.with(|e| e.set(self.0));
+    }
 }
 
 /// Whether check_folded computed (`relid`, `privilege`) in the ExecutorStart running now.
@@ -930,6 +948,9 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
     // enclosing one's again.
     let _scope =
         VerifiedScope(VERIFIED.with(|v| std::mem::replace(&mut *v.borrow_mut(), verified)));
+    let _explain = ExplainOnlyScope(
+        EXPLAIN_ONLY.with(|e| e.replace(eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int != 0)),
+    );
     // SAFETY: ParallelWorkerNumber as above. `qd` is the QueryDesc being started; its params
     // are null or a valid parameter list, which the copy replaces before the executor reads
     // it. The copy is palloc'd in the current memory context, the one the caller made the
@@ -1017,6 +1038,9 @@ struct Reserved {
     relid: pg_sys::Oid,
     privilege: &'static str,
     pending: bool,
+    /// Only in a plan started for EXPLAIN without ANALYZE, where no binding is in force (see
+    /// [`compute_reserved`]).
+    null: bool,
 }
 
 /// The compile hook of a list [`wrap`] made: a reserved parameter becomes a call of
@@ -1057,6 +1081,7 @@ unsafe extern "C-unwind" fn compile_param(
                 privilege,
                 pending: true,
                 tenant: [0; 16],
+                null: false,
             })
         };
         // One step calling [`eval_reserved`], which at its first evaluation computes the value
@@ -1126,7 +1151,7 @@ unsafe extern "C-unwind" fn eval_reserved(
             compute_reserved(r);
         }
         *(*op).resvalue = pg_sys::Datum::from((*r).tenant.as_ptr());
-        *(*op).resnull = false;
+        *(*op).resnull = (*r).null;
     }
 }
 
@@ -1139,6 +1164,21 @@ unsafe extern "C-unwind" fn compute_reserved(r: *mut Reserved) {
     // SAFETY: `r` is a live, initialised Reserved (this function's contract: compile_param
     // wrote it whole), aligned by palloc, and not referred to elsewhere during the call.
     let r = unsafe { &mut *r };
+    // EXPLAIN without ANALYZE evaluates a reserved parameter only to show which partitions a
+    // plan keeps (initial pruning, in ExecutorStart); the plan never runs. Unbound (or without
+    // the privilege) the parameter is NULL there, which keeps no partition: the plan is shown
+    // and nothing about any tenant is read. Every other evaluation raises as allowed_tenant.
+    if explain_only() {
+        let folded = FOLDED_VALUE
+            .with(|v| v.get())
+            .expect("pg_tenancy registers the folded value at load");
+        match folded(r.relid, r.privilege) {
+            Some(t) => r.tenant = t,
+            None => r.null = true,
+        }
+        r.pending = false;
+        return;
+    }
     let value = RESERVED_VALUE
         .with(|v| v.get())
         .expect("pg_tenancy registers the reserved parameters' value at load");

@@ -42,8 +42,12 @@ unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport:
             return false;
         }
     }
+    // EXPLAIN without ANALYZE starts the executor only to show the plan: nothing is read, so
+    // an unbound session may see how its statement would run. (A statement that runs, EXPLAIN
+    // ANALYZE included, is checked: its ExecutorStart has no EXPLAIN_ONLY flag.)
     // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
-    if range_table.is_null() || unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
+    let parallel_worker = unsafe { pg_sys::ParallelWorkerNumber } >= 0;
+    if range_table.is_null() || parallel_worker || crate::pg::binding_param::explain_only() {
         return true;
     }
     let mut checks: Vec<(pg_sys::Oid, u32)> = Vec::new();

@@ -642,3 +642,102 @@ fn a_table_partitioned_by_tenant_is_pruned_while_planning() {
         );
     });
 }
+
+/// Without a binding, EXPLAIN (no ANALYZE) shows a statement's plan: nothing runs and no row is
+/// read, so it asks for no binding (Citus's coordinator and a DBA's tooling explain statements
+/// before any tenant is bound). Running it, EXPLAIN ANALYZE included, is refused as before.
+/// A table partitioned by tenant evaluates the tenant while the plan starts (initial pruning):
+/// unbound it keeps no partition. The attacker's way around: a function of its own evaluated
+/// in that pruning, reading the protected table; its query is checked as any other.
+#[test]
+fn an_unbound_session_may_explain_a_statement_but_not_run_it() {
+    let f = Fixture::new();
+    seed(&f, 5, 5);
+    let s = ident("explainparts");
+    superuser()
+        .batch_execute(&format!(
+            "CREATE SCHEMA {s}; GRANT USAGE ON SCHEMA {s} TO {APP}; \
+             CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL, PRIMARY KEY (tenant_id, id)) \
+                 PARTITION BY HASH (tenant_id); \
+             CREATE TABLE {s}.t_0 PARTITION OF {s}.t FOR VALUES WITH (MODULUS 2, REMAINDER 0); \
+             CREATE TABLE {s}.t_1 PARTITION OF {s}.t FOR VALUES WITH (MODULUS 2, REMAINDER 1); \
+             SELECT tenancy.protect('{s}.t'); \
+             INSERT INTO {s}.t SELECT x, g FROM generate_series(1, 7) g, (VALUES ('{a}'::uuid), ('{b}'::uuid)) v(x); \
+             GRANT SELECT ON {s}.t TO {APP}; ANALYZE {s}.t",
+            a = f.a_id,
+            b = f.b_id
+        ))
+        .unwrap();
+
+    // A new backend's first statement (the library loads while it starts), then the same once
+    // loaded, in the simple and the extended protocol, and a generic plan.
+    let mut c = app();
+    assert_not_privileged(&mut c);
+    for _ in 0..2 {
+        let plan = simple_rows(
+            &mut c,
+            "EXPLAIN (COSTS OFF) SELECT * FROM it_orders WHERE id = 1",
+        );
+        assert!(plan.join("\n").contains("it_orders"), "{plan:?}");
+    }
+    let plan = plan_text(
+        &mut c,
+        "EXPLAIN (COSTS OFF) SELECT * FROM it_orders WHERE id = 1",
+    );
+    assert!(
+        has_reserved_param(&plan),
+        "the tenant is a parameter:\n{plan}"
+    );
+    c.batch_execute(
+        "SET plan_cache_mode = force_generic_plan; \
+         PREPARE q(int) AS SELECT * FROM it_orders WHERE id = $1",
+    )
+    .unwrap();
+    let plan = plan_text(&mut c, "EXPLAIN (COSTS OFF) EXECUTE q(1)");
+    assert!(has_reserved_param(&plan), "{plan}");
+    // Partitioned by tenant: shown with no partition kept.
+    let plan = plan_text(&mut c, &format!("EXPLAIN (COSTS OFF) SELECT * FROM {s}.t"));
+    assert!(
+        plan.contains("Subplans Removed: 2"),
+        "no partition kept:\n{plan}"
+    );
+
+    for sql in [
+        "SELECT * FROM it_orders WHERE id = 1".to_string(),
+        "EXPLAIN (ANALYZE, COSTS OFF) SELECT * FROM it_orders WHERE id = 1".to_string(),
+        "EXECUTE q(1)".to_string(),
+        format!("EXPLAIN (ANALYZE, COSTS OFF) SELECT * FROM {s}.t"),
+    ] {
+        let e = c.batch_execute(&sql).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        assert!(
+            message(&e).contains("no tenant bound"),
+            "{sql}: {}",
+            message(&e)
+        );
+    }
+
+    // The attacker's function runs while the plan starts; its own query is refused.
+    c.batch_execute(&format!(
+        "CREATE FUNCTION pg_temp.peek() RETURNS uuid STABLE LANGUAGE sql \
+         AS $$ SELECT tenant_id FROM {s}.t LIMIT 1 $$"
+    ))
+    .unwrap();
+    let e = c
+        .batch_execute(&format!(
+            "EXPLAIN (COSTS OFF) SELECT * FROM {s}.t WHERE tenant_id = pg_temp.peek()"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(message(&e).contains("no tenant bound"), "{}", message(&e));
+
+    // Bound, EXPLAIN shows the tenant's own partition, and the statement runs.
+    bound_tx(&mut c, &f, &f.a, false, |c| {
+        let plan = simple_rows(c, &format!("EXPLAIN (COSTS OFF) SELECT * FROM {s}.t")).join("\n");
+        assert!(plan.contains(&f.a_id), "{plan}");
+        assert_eq!(
+            simple_rows(c, &format!("SELECT count(*) FROM {s}.t")),
+            ["7"]
+        );
+    });
+}

@@ -68,6 +68,11 @@ BEGIN;
 SELECT tenancy.bind(regress.token('plans-globex', 'gus', 'plans-key')) IS NOT NULL AS bound;
 EXECUTE first_customer;
 COMMIT;
+-- Unbound, a statement can be explained (nothing runs) but not run: EXPLAIN ANALYZE runs it.
+EXPLAIN (COSTS OFF) SELECT * FROM shop.orders WHERE id = 42;
+EXPLAIN (COSTS OFF) EXECUTE first_customer;
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT * FROM shop.orders WHERE id = 42;
+SELECT * FROM shop.orders WHERE id = 42;
 
 -- Only that exact subquery: a hand-written policy reading the binding another way is planned
 -- as written.
