@@ -8,23 +8,36 @@
 #   6. the upgrade test               (tests/upgrade/run.sh: 0.1.0 -> this version)
 #   7. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
 #   8. the benchmarks in smoke mode   (benches/run.sh, benches/pooler.sh and benches/scale.sh --smoke)
+#   9. the Citus suite                (tests/citus/run.sh: a local coordinator and two workers;
+#                                      skipped, with one line saying so, where Citus is not
+#                                      installed)
 # Installs whatever is missing first (Debian packages, cargo-pgrx). Idempotent.
 #
 #   scripts/test.sh           the whole suite (about 5 minutes when built)
 #   scripts/test.sh --long    the same, with the reliability harnesses in their long mode
 #                             (10 minutes each: soak with 16 clients, fault cycles, sqlsmith)
+#   scripts/test.sh --citus   the Citus suite alone; fails where Citus is not installed (Citus
+#                             is in no Debian registry: install it from Citus's packages)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 
 LONG=()
+CITUS_ONLY=0
 case "${1:-}" in
     "") ;;
     --long) LONG=(--long) ;;
-    *) die "usage: $0 [--long]" ;;
+    --citus) CITUS_ONLY=1 ;;
+    *) die "usage: $0 [--long | --citus]" ;;
 esac
 
 ensure_deps
+
+if [ "$CITUS_ONLY" = 1 ]; then
+    log "installing the extension"
+    install_extension
+    exec tests/citus/run.sh --require
+fi
 
 # A CI run builds once from a clean clone: incremental compilation caches would only take disk.
 if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
@@ -117,6 +130,9 @@ integration() {
         cargo test --no-fail-fast -- --test-threads=4)
 }
 run_step "integration tests" integration
+
+# pg_tenancy on a local Citus cluster (a coordinator and two workers), where Citus is installed.
+run_step "Citus suite" tests/citus/run.sh
 
 # The examples an application developer starts from (Python and Node behind PgBouncer in
 # transaction mode; their packages from PyPI and npm), with their leak checks.

@@ -624,3 +624,8 @@ GRANT EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) TO tenancy_operator;
 DROP TRIGGER catalog_changed ON tenancy.audit_key;
 CREATE TRIGGER catalog_changed AFTER UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_key
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+
+-- Citus: makes pg_tenancy's catalog reference tables on a coordinator (src/citus/mod.rs).
+CREATE FUNCTION tenancy."citus_setup"() RETURNS text[]
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'citus_setup_wrapper';

@@ -483,6 +483,8 @@ fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
             0,
             false,
         );
+        // On Citus, the catalog is read inside the queries Citus runs on a node too.
+        crate::pg::citus::allow_nested_catalog_reads();
         let r = f();
         // false: nothing set inside this level outlives it.
         pg_sys::AtEOXact_GUC(false, nest);
@@ -1135,6 +1137,19 @@ pub fn write(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> u64 {
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: catalog write failed: {e}"))
 }
 
+/// The relation whose relcache invalidation drops every backend's cache for a change to
+/// `relid`: `relid` itself when it is one of the catalog's tables; otherwise (on Citus, the
+/// trigger fires on a node's copy of a catalog table, a shard of another name) the first
+/// catalog table, which every backend listens for ([`relcache_callback`]).
+fn invalidation_relid(relid: pg_sys::Oid) -> pg_sys::Oid {
+    let rels = rels();
+    if rels.oids.contains(&relid) {
+        relid
+    } else {
+        rels.oids[0]
+    }
+}
+
 /// Statement-level trigger on every catalog table: queue a relcache invalidation of the table so
 /// that every backend drops its cached rows when this transaction commits.
 #[pg_trigger]
@@ -1142,8 +1157,9 @@ fn catalog_changed<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
     let relid = trigger.relid()?;
-    // SAFETY: queues an invalidation message for a relation that exists (the trigger's).
-    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    // SAFETY: queues an invalidation message for a relation that exists (the trigger's, or a
+    // catalog table of this database).
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(invalidation_relid(relid)) };
     Ok(None)
 }
 
@@ -1236,8 +1252,8 @@ fn announce_changed() {
         ANNOUNCED_IN_TRANSACTION.with(|c| c.set((lxid, ANNOUNCE_MAX)));
         for relid in changed.tables {
             // SAFETY: queues an invalidation message for a relation that exists (a catalog
-            // table whose trigger noted it in this transaction).
-            unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+            // table whose trigger noted it in this transaction, or one of this database's).
+            unsafe { pg_sys::CacheInvalidateRelcacheByRelid(invalidation_relid(relid)) };
         }
         return;
     }

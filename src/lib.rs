@@ -8,6 +8,7 @@
 //! - `rbac`: tenant roles, members, grants, role mappings and support grants
 //! - `audit`: the tamper-evident trail: records, the per-tenant chain, verification, anchors
 //! - `lifecycle`: tenants, their status, settings and limits, decommission and its certificate
+//! - `citus`: the same guarantees on a Citus cluster (the catalog on every node, so far)
 //!
 //! Shared ground beside them: `catalog` (pg_tenancy's tables, privileged access and the
 //! per-backend cache), `errors` (refusals with SQLSTATE and HINT), `gucs` (settings under
@@ -23,6 +24,7 @@ mod audit;
 mod authz;
 mod binding;
 mod catalog;
+mod citus;
 mod errors;
 mod events;
 mod gucs;
@@ -49,6 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::binding_param::init();
     audit::init();
     lifecycle::init();
+    citus::init();
 }
 
 /// Verify a signed token and bind its tenant and subject for this transaction. Returns the
@@ -130,6 +133,7 @@ mod trust_inventory {
         ("src/binding/mod.rs", include_str!("binding/mod.rs")),
         ("src/binding/token.rs", include_str!("binding/token.rs")),
         ("src/catalog.rs", include_str!("catalog.rs")),
+        ("src/citus/mod.rs", include_str!("citus/mod.rs")),
         ("src/errors.rs", include_str!("errors.rs")),
         ("src/events.rs", include_str!("events.rs")),
         ("src/gucs.rs", include_str!("gucs.rs")),
@@ -146,6 +150,7 @@ mod trust_inventory {
             "src/pg/binding_param.rs",
             include_str!("pg/binding_param.rs"),
         ),
+        ("src/pg/citus.rs", include_str!("pg/citus.rs")),
         ("src/pg/jsonb_build.rs", include_str!("pg/jsonb_build.rs")),
         ("src/pg/row_json.rs", include_str!("pg/row_json.rs")),
         (

@@ -1249,7 +1249,7 @@ fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<String>) {
     } else {
         catalog::write(
             "INSERT INTO tenancy.audit_exclusion (tenant_id, relid, columns, set_by) VALUES ($1, $2::oid::regclass, $3, $4) \
-             ON CONFLICT (tenant_id, relid) DO UPDATE SET columns = EXCLUDED.columns, set_at = now(), set_by = EXCLUDED.set_by",
+             ON CONFLICT (tenant_id, relid) DO UPDATE SET columns = EXCLUDED.columns, set_at = EXCLUDED.set_at, set_by = EXCLUDED.set_by",
             &[
                 to_pg_uuid(tenant).into(),
                 tbl.into(),

@@ -1142,7 +1142,14 @@ fn ensure_mapped(gen: u64) {
     if fresh {
         return;
     }
-    let maps = catalog::mappings(role);
+    // A superuser's connection that Citus opened for its own work maps to no tenant: Citus's
+    // metadata synchronisation runs statements there while a catalog table is half registered
+    // (src/pg/citus.rs), and a superuser is subject to no policy anyway.
+    let maps = if crate::pg::citus::catalog_work_stands_aside() {
+        Default::default()
+    } else {
+        catalog::mappings(role)
+    };
     let candidate = if maps.len() == 1 && !crate::authz::is_platform_role(role) {
         let m = &maps[0];
         catalog::tenant_by_id(m.tenant).map(|t| Binding {

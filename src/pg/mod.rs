@@ -4,6 +4,7 @@
 //! the measured gain of each), and every unsafe block carries the argument for its safety.
 
 pub mod binding_param;
+pub mod citus;
 pub mod hooks;
 pub mod jsonb_build;
 pub mod row_json;

@@ -25,10 +25,7 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
         "SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
         &[],
     );
-    if crate::protection::policy::in_managed_ddl()
-        || crate::protection::policy::in_restore()
-        || touched.iter().all(Option::is_none)
-    {
+    if crate::protection::policy::guard_stands_aside() || touched.iter().all(Option::is_none) {
         return;
     }
     let drifted: Vec<String> = catalog::with_owner(|| {
@@ -82,8 +79,7 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
         "SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
         &[],
     );
-    if crate::protection::policy::in_managed_ddl()
-        || crate::protection::policy::in_restore()
+    if crate::protection::policy::guard_stands_aside()
         || crate::authz::is_superuser(crate::authz::caller())
     {
         return;
@@ -248,6 +244,10 @@ fn refuse_shadows_and_copies(touched: &[Option<pgrx::pg_sys::Oid>]) {
 /// backend's cache is invalidated) only when a protected table is in fact gone.
 #[pg_extern(volatile, parallel_unsafe, name = "_forget_dropped")]
 fn forget_dropped() {
+    if crate::pg::citus::catalog_work_stands_aside() {
+        // Citus dropping a node's copy of a table: a shard, not a table pg_tenancy protects.
+        return;
+    }
     // Raises "can only be called in a sql_drop event trigger function" anywhere else.
     let dropped_tables = catalog::read_one::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_dropped_objects() WHERE object_type = 'table')",
@@ -543,10 +543,7 @@ fn application_session() -> bool {
 pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char) {
     // SAFETY: every pointer below is part of `stmt`, a parse tree of the type its tag says.
     unsafe {
-        if stmt.is_null()
-            || crate::protection::policy::in_managed_ddl()
-            || crate::protection::policy::in_restore()
-        {
+        if stmt.is_null() || crate::protection::policy::guard_stands_aside() {
             return;
         }
         // For every role, superusers included: changes to protected tables' rows that no row
@@ -912,10 +909,7 @@ fn guard_drops() {
         Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the dropped objects failed: {e}"));
-    if dropped.is_empty()
-        || crate::protection::policy::in_managed_ddl()
-        || crate::protection::policy::in_restore()
-    {
+    if dropped.is_empty() || crate::protection::policy::guard_stands_aside() {
         return;
     }
     let relids: Vec<pg_sys::Oid> = dropped.iter().map(|d| d.0).collect();

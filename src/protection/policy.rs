@@ -65,6 +65,14 @@ pub fn reset_at_transaction_end() {
     MANAGED_DDL.with(|m| m.set(0));
 }
 
+/// Whether the guard and auto-protection stand aside for the DDL running now: pg_tenancy's own
+/// (managed), a restore's, or a superuser's connection that Citus opened for its own work
+/// (creating the shards of pg_tenancy's catalog on a node, say; src/pg/citus.rs). Superusers
+/// pass the guard's checks in all three; the guard keeps mistakes out, it does not bind them.
+pub fn guard_stands_aside() -> bool {
+    in_managed_ddl() || in_restore() || crate::pg::citus::catalog_work_stands_aside()
+}
+
 /// Every policy `protect` generates (and `unprotect` drops). `tenancy_isolation`, the single
 /// FOR ALL restrictive policy of earlier builds, stays in the list so that protecting such a
 /// table again replaces it.
@@ -322,7 +330,7 @@ pub fn protect_table(
         "INSERT INTO tenancy.protected_table (relid, tenant_column, audited, policy_digest, parent) \
          VALUES ($1::oid::regclass, $2, $3, tenancy._protection_digest($1::oid::regclass, $2), $4::oid::regclass) \
          ON CONFLICT (relid) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, audited = EXCLUDED.audited, \
-             policy_digest = EXCLUDED.policy_digest, parent = EXCLUDED.parent, protected_at = now(), protected_by = session_user",
+             policy_digest = EXCLUDED.policy_digest, parent = EXCLUDED.parent, protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by",
         &[rel.into(), column.into(), audit.into(), parent.into()],
     );
     let mut n = 1;
@@ -709,7 +717,7 @@ fn auto_protect(
 /// change itself.
 #[pg_extern(volatile, parallel_unsafe, name = "_auto_protect_table")]
 fn auto_protect_table(rel: pg_sys::Oid) {
-    if in_managed_ddl() || in_restore() {
+    if guard_stands_aside() {
         return;
     }
     require_current_ddl_command(rel);

@@ -525,7 +525,7 @@ fn revoke_subject(
         "INSERT INTO tenancy.subject_revocation (tenant_id, subject, issued_before, revoked_by) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, subject) DO UPDATE \
             SET issued_before = greatest(tenancy.subject_revocation.issued_before, EXCLUDED.issued_before), \
-                revoked_at = now(), revoked_by = EXCLUDED.revoked_by",
+                revoked_at = EXCLUDED.revoked_at, revoked_by = EXCLUDED.revoked_by",
         &[
             to_pg_uuid(t.id).into(),
             subject.into(),

@@ -1,0 +1,228 @@
+//! Scale-out on Citus: the same guarantees on a Citus cluster as on one node.
+//!
+//! What holds so far:
+//! - **One catalog, everywhere.** On a Citus coordinator, pg_tenancy's catalog (tenants, keys,
+//!   tenant roles, members, grants, role mappings, support grants, revocations, audit and
+//!   certificate keys) is made of Citus reference tables: one copy on every node, written
+//!   by Citus in the same distributed transaction as the change. A token therefore binds on
+//!   any node, and a suspension or revocation committed on the coordinator reaches every
+//!   node's sessions from their next statement: the catalog's triggers fire on every node's
+//!   copy and invalidate that node's caches as on one node. [`citus_setup`] does it, once, on
+//!   the coordinator after `CREATE EXTENSION pg_tenancy` (which says so in a NOTICE).
+//! - In a superuser's connection that Citus opened for its own work, pg_tenancy's catalog work
+//!   stands aside (`src/pg/citus.rs`), and its catalog reads are allowed inside the queries
+//!   Citus runs on a node.
+//!
+//! Still to come (issue #29): the binding carried to the workers, policies in a form Citus can
+//! route, protecting distributed tables, the guard and verify on shards, the audit trail
+//! distributed by tenant.
+
+use crate::errors;
+use pgrx::prelude::*;
+
+/// The catalog's tables that become reference tables: who the tenants are and who may act for
+/// them. Each node keeps its own `protected_table` and `audit_exclusion` (they name tables by
+/// `regclass`, and a table local to one node has no name on the others), its audit trail and
+/// its security event log, until protection and the audit trail are distributed.
+/// `role_privilege` names tables too: on Citus a grant names a table that exists on every node.
+const REFERENCE_TABLES: &[&str] = &[
+    "tenant",
+    "tenant_role",
+    "signing_key",
+    "member",
+    "role_mapping",
+    "role_privilege",
+    "auto_protect_schema",
+    "support_grant",
+    "subject_revocation",
+    "token_revocation",
+    "certificate_key",
+    "audit_key",
+];
+
+pub fn init() {
+    crate::pg::hooks::after_utility(after_utility);
+}
+
+/// After `CREATE EXTENSION pg_tenancy` on a Citus coordinator: say that the catalog is still
+/// local, and how to distribute it. (Not done here: the shards Citus creates on the
+/// coordinator itself go over a connection of their own, which cannot see the extension's
+/// schema before this transaction commits.)
+fn after_utility(stmt: *mut pg_sys::Node) {
+    // SAFETY: `stmt` is the utility statement that just ran, or null; its tag says its type.
+    let ours = unsafe {
+        !stmt.is_null()
+            && (*stmt).type_ == pg_sys::NodeTag::T_CreateExtensionStmt
+            && !(*(stmt as *mut pg_sys::CreateExtensionStmt))
+                .extname
+                .is_null()
+            && std::ffi::CStr::from_ptr((*(stmt as *mut pg_sys::CreateExtensionStmt)).extname)
+                .to_bytes()
+                == b"pg_tenancy"
+    };
+    if ours && crate::pg::citus::loaded() && citus_in_database() {
+        pgrx::notice!(
+            "pg_tenancy runs on a Citus cluster here: run SELECT tenancy.citus_setup(); on the coordinator, once its nodes are added, to make pg_tenancy's catalog reference tables on every node"
+        );
+    }
+}
+
+/// Whether the citus extension is created in this database.
+fn citus_in_database() -> bool {
+    // SAFETY: a catalog lookup by name, missing_ok.
+    unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// Whether this node is the coordinator and the cluster has at least one node (the
+/// coordinator itself or a worker) to place the catalog's copies on.
+fn on_coordinator_with_nodes() -> bool {
+    Spi::get_one::<bool>(
+        "SELECT pg_catalog.citus_is_coordinator() \
+            AND EXISTS (SELECT FROM pg_catalog.pg_dist_node WHERE isactive AND noderole = 'primary')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// Make pg_tenancy's catalog Citus reference tables (a superuser, on the coordinator, once its
+/// nodes are added; nodes added later receive copies from Citus). Returns the tables it
+/// distributed: none when already done.
+#[pg_extern(volatile, parallel_unsafe)]
+fn citus_setup() -> Vec<String> {
+    // SAFETY: superuser() reads the current user's catalog row, as any privilege check does.
+    if !unsafe { pg_sys::superuser() } {
+        errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            "permission denied: tenancy.citus_setup() is for superusers",
+            "Run it as a superuser on the Citus coordinator.",
+        );
+    }
+    if !crate::pg::citus::loaded() || !citus_in_database() {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            "Citus is not installed in this database",
+            "Put citus first in shared_preload_libraries ('citus,pg_tenancy'), run CREATE EXTENSION citus; and add the nodes, then call tenancy.citus_setup() again.",
+        );
+    }
+    if !on_coordinator_with_nodes() {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            "pg_tenancy's catalog is distributed from the Citus coordinator, once it has nodes",
+            "Run it on the coordinator after citus_set_coordinator_host() and citus_add_node().",
+        );
+    }
+    distribute_catalog()
+}
+
+/// The work of [`citus_setup`]: every catalog table not yet a Citus table becomes a reference
+/// table. Citus refuses to distribute a table that a local table references (or that
+/// references one) by a foreign key, so the foreign keys among the catalog's tables are
+/// dropped first and added back once every table is a reference table (Citus then keeps them
+/// on every node). The catalog's triggers go along to every node's copy
+/// (`citus.enable_unsafe_triggers` for the length of this transaction): they invalidate each
+/// node's caches.
+fn distribute_catalog() -> Vec<String> {
+    let _distributing = crate::pg::citus::Distributing::start();
+    let tables: Vec<String> = REFERENCE_TABLES
+        .iter()
+        .map(|t| format!("tenancy.{t}"))
+        .collect();
+    Spi::connect_mut(|c| {
+        let pending: Vec<String> = c
+            .select(
+                "SELECT t FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY u(t, n) \
+                  WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p \
+                                     WHERE p.logicalrelid = pg_catalog.to_regclass(u.t)) \
+                  ORDER BY n",
+                None,
+                &[tables.clone().into()],
+            )?
+            .map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+            .collect::<Result<_, _>>()?;
+        if pending.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(pending);
+        }
+        c.update(
+            "SELECT pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true)",
+            None,
+            &[],
+        )?;
+        // (table, constraint, definition) of the foreign keys among the catalog's tables, as
+        // PostgreSQL prints them (regclass and pg_get_constraintdef quote what they name).
+        let fks: Vec<(String, String, String)> = c
+            .select(
+                "SELECT k.conrelid::regclass::text, k.conname::text, pg_catalog.pg_get_constraintdef(k.oid) \
+                   FROM pg_catalog.pg_constraint k \
+                  WHERE k.contype = 'f' AND k.connamespace = 'tenancy'::regnamespace \
+                  ORDER BY 1, 2",
+                None,
+                &[],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<_, pgrx::spi::Error>>()?;
+        for (table, name, _) in &fks {
+            c.update(
+                &format!(
+                    "ALTER TABLE {table} DROP CONSTRAINT {}",
+                    crate::catalog::quote_ident(name)
+                ),
+                None,
+                &[],
+            )?;
+        }
+        for t in &pending {
+            c.update(
+                "SELECT pg_catalog.create_reference_table($1::regclass)",
+                None,
+                &[t.clone().into()],
+            )?;
+        }
+        // Now Citus carries each command to every node: the workers' own tables of the same
+        // name (made by CREATE EXTENSION there; Citus uses them as the tables' shells) still
+        // have their foreign keys, dropped first, and every node's copy gets them.
+        // (Quietly: "does not exist, skipping" from every copy is no news.)
+        let quiet = c
+            .select(
+                "SELECT pg_catalog.current_setting('client_min_messages'), \
+                        pg_catalog.set_config('client_min_messages', 'warning', true)",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<String>()?
+            .unwrap_or_else(|| "notice".into());
+        for (table, name, def) in &fks {
+            let name = crate::catalog::quote_ident(name);
+            c.update(
+                &format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"),
+                None,
+                &[],
+            )?;
+            c.update(
+                &format!("ALTER TABLE {table} ADD CONSTRAINT {name} {def}"),
+                None,
+                &[],
+            )?;
+        }
+        c.update(
+            "SELECT pg_catalog.set_config('client_min_messages', $1, true)",
+            None,
+            &[quiet.into()],
+        )?;
+        Ok(pending)
+    })
+    .unwrap_or_else(|e| {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("pg_tenancy's catalog could not be made Citus reference tables: {e}"),
+            "Check that every node is reachable (citus_check_cluster_node_health()) and call tenancy.citus_setup() again.",
+        )
+    })
+}

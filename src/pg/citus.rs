@@ -1,0 +1,108 @@
+//! What pg_tenancy needs to know about Citus in a backend, read from PostgreSQL's own state
+//! (settings, the session's user and `application_name`), without linking to Citus: whether
+//! Citus is loaded, whether this backend is a connection Citus opened for its own work, and the
+//! one Citus setting pg_tenancy changes around its catalog reads.
+
+use pgrx::pg_sys;
+use std::cell::Cell;
+use std::ffi::CStr;
+
+thread_local! {
+    static LOADED: Cell<Option<bool>> = const { Cell::new(None) };
+    /// Set while this backend (a superuser's) makes the catalog reference tables.
+    static DISTRIBUTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this backend as making pg_tenancy's catalog Citus reference tables until dropped
+/// (also when that raises).
+pub struct Distributing(bool);
+impl Distributing {
+    pub fn start() -> Distributing {
+        Distributing(DISTRIBUTING.with(|d| d.replace(true)))
+    }
+}
+impl Drop for Distributing {
+    fn drop(&mut self) {
+        DISTRIBUTING.with(|d| d.set(self.0));
+    }
+}
+
+/// Whether pg_tenancy's own catalog work (role mappings looked up, the DDL guard) stands aside
+/// in this backend: a superuser's connection Citus opened for its own work
+/// ([`internal_superuser_backend`]), or a superuser's backend while it makes the catalog
+/// reference tables, where a catalog table is for a moment registered with Citus before its
+/// copy on this node exists.
+pub fn catalog_work_stands_aside() -> bool {
+    DISTRIBUTING.with(|d| d.get()) || internal_superuser_backend()
+}
+
+/// Citus refuses a query on a distributed table (a reference table included) made inside a
+/// query Citus itself runs on a node, unless this setting is on for the length of it.
+const NESTED: &CStr = c"citus.allow_nested_distributed_execution";
+
+/// Whether Citus's library is loaded in this backend (it defines its settings when it loads,
+/// from `shared_preload_libraries`, before pg_tenancy).
+pub fn loaded() -> bool {
+    if let Some(l) = LOADED.with(|l| l.get()) {
+        return l;
+    }
+    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown setting and raises
+    // nothing else (restrict_privileged = false: the setting is USERSET anyway).
+    let l = unsafe { !pg_sys::GetConfigOption(NESTED.as_ptr(), true, false).is_null() };
+    LOADED.with(|c| c.set(Some(l)));
+    l
+}
+
+/// Whether this backend is a connection Citus opened for its own work (its shard queries,
+/// metadata synchronisation, DDL propagation) as a superuser. Citus marks its connections by
+/// their `application_name` (`citus_internal gpid=...`, `citus_rebalancer gpid=...`,
+/// `citus_run_command gpid=...`), which any client can also set; only a superuser's
+/// connection counts here, and a superuser is subject to no policy pg_tenancy could keep: in
+/// such a backend pg_tenancy does no catalog work of its own (no role mapping is looked up, the
+/// DDL guard stands aside), because Citus's metadata synchronisation runs statements while a
+/// catalog table is half registered, where reading it fails.
+pub fn internal_superuser_backend() -> bool {
+    if !loaded() {
+        return false;
+    }
+    // SAFETY: application_name is the backend's own GUC variable (NULL before the setting is
+    // initialised), read on its only thread; the string it points to lives until the setting
+    // changes, which nothing here does.
+    let internal = unsafe {
+        let name = pg_sys::application_name;
+        !name.is_null() && CStr::from_ptr(name).to_bytes().starts_with(b"citus_")
+    };
+    // SAFETY: superuser_arg reads the role's catalog row through the syscache; the session's
+    // user always exists.
+    internal && unsafe { pg_sys::superuser_arg(crate::pg::unguarded::session_user_id()) }
+}
+
+/// Let pg_tenancy's catalog reads that follow, until the GUC nest level open now is closed, run
+/// inside a query Citus runs on a node (a shard query whose policy asks for the binding, or DDL
+/// Citus propagates): its catalog tables are reference tables, one copy on every node, whose
+/// local copy is always complete, so the refusal that guards distributed tables whose shards may
+/// move does not apply to them. Nothing without Citus.
+///
+/// # Safety
+/// Only inside a GUC nest level (`NewGUCNestLevel`) that the caller closes with `AtEOXact_GUC`
+/// (or that a (sub)transaction abort closes), in a transaction.
+pub unsafe fn allow_nested_catalog_reads() {
+    if !loaded() {
+        return;
+    }
+    // SAFETY: the caller's contract: a nest level of its own, closed after the reads, which
+    // restores the setting (GUC_ACTION_SAVE); the setting is USERSET, so this may not raise
+    // for privileges.
+    unsafe {
+        pg_sys::set_config_option(
+            NESTED.as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+}
