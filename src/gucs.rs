@@ -1,10 +1,17 @@
 //! Server settings under the reserved prefix `tenancy.`. None of them holds the binding: the
 //! binding lives in backend memory, so no SET, set_config(), ALTER ROLE/DATABASE SET, function
-//! SET clause or connection option can forge it. The prefix is reserved so that placeholder
+//! SET clause or connection option can forge it. (`tenancy.carrier` carries a token from a Citus
+//! coordinator to its workers, where it is verified as a bind would; see below.) The prefix is reserved so that placeholder
 //! variables cannot be created under it once the library is loaded.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
+
+/// `tenancy.carrier`: on a Citus cluster, the token of the coordinator's binding, carried to the
+/// workers as `SET LOCAL` (the one way Citus carries a setting to them) and bound there again,
+/// verified as any bind (`src/binding/carrier.rs`). Read only on a Citus worker; only
+/// pg_tenancy sets it on the coordinator (a client's `SET` of it is refused there).
+pub static CARRIER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// `tenancy.region`: this server's data-residency region. A tenant whose region is set and
 /// differs is refused at bind. Superuser only.
@@ -117,6 +124,14 @@ pub fn init() {
             flags,
         );
     }
+    GucRegistry::define_string_guc(
+        c"tenancy.carrier",
+        c"On Citus: the coordinator's binding, carried to the workers (set by pg_tenancy).",
+        c"Read only on a Citus worker, where the token is verified and bound as tenancy.bind() would; a client cannot set it on the coordinator.",
+        &CARRIER,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
+    );
     GucRegistry::define_string_guc(
         c"tenancy.region",
         c"Data-residency region of this server.",

@@ -129,6 +129,7 @@ mod trust_inventory {
         ("src/audit/mod.rs", include_str!("audit/mod.rs")),
         ("src/audit/writer.rs", include_str!("audit/writer.rs")),
         ("src/authz.rs", include_str!("authz.rs")),
+        ("src/binding/carrier.rs", include_str!("binding/carrier.rs")),
         ("src/binding/keys.rs", include_str!("binding/keys.rs")),
         ("src/binding/mod.rs", include_str!("binding/mod.rs")),
         ("src/binding/token.rs", include_str!("binding/token.rs")),

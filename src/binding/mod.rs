@@ -12,6 +12,7 @@
 //! it is evaluated once per statement (an InitPlan). The functions are PARALLEL RESTRICTED: the
 //! leader evaluates the InitPlan and passes its value to parallel workers as a parameter.
 
+pub mod carrier;
 pub mod keys;
 pub mod token;
 
@@ -53,6 +54,8 @@ pub enum Source {
         /// Whether the subject held a membership when bound: losing its last one cuts the
         /// binding, whatever the tenant's `default_roles`.
         member: bool,
+        /// The token itself, carried to Citus workers (`carrier.rs`).
+        carried: carrier::CarriedToken,
     },
     Mapping {
         role: pg_sys::Oid,
@@ -181,6 +184,7 @@ impl Prepared {
                 iat: claims.iat,
                 jti: claims.jti.clone(),
                 member: self.member,
+                carried: carrier::CarriedToken::default(),
             },
             support_privileges: None,
             privileges: self.privileges.clone(),
@@ -270,6 +274,7 @@ pub fn init() {
     }
     crate::pg::hooks::before_utility(before_utility);
     crate::pg::hooks::after_utility(after_utility);
+    crate::pg::binding_param::at_query_start(carry_at_query_start);
     crate::authz::provide_acting(crate::authz::ActingProvider {
         checked: || current_if_bound().as_ref().map(acting),
         unchecked: || peek().as_ref().map(acting),
@@ -349,6 +354,14 @@ fn before_utility(stmt: *mut pg_sys::Node) {
                 "a cursor WITH HOLD would outlive the transaction-scoped or support binding",
                 "Fetch the rows before COMMIT; a support grant's rows stay in the transaction that read them. Application sessions on a connection that is not pooled may bind with scope => 'session'.",
             );
+        }
+        if (*stmt).type_ == pg_sys::NodeTag::T_VariableSetStmt {
+            let own = BINDING.with(|b| {
+                b.borrow()
+                    .as_ref()
+                    .map(|b| (carrier::token_of(b), adopted_token().is_some()))
+            });
+            carrier::check_client_set(stmt as *mut pg_sys::VariableSetStmt, own);
         }
         if (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt {
             if BINDING.with(|b| b.borrow().is_some()) {
@@ -547,6 +560,7 @@ fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
             iat,
             jti,
             member,
+            ..
         } => {
             let key = catalog::key(kid, crate::binding::token::decode_key);
             check_key(key.as_deref(), now(), tenant.id)?;
@@ -790,6 +804,18 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     let outside_block = scope == Scope::Transaction
         && !unsafe { pg_sys::IsTransactionBlock() || pg_sys::SPI_inside_nonatomic_context() };
     refuse_inside_internal("tenancy.bind()");
+    if crate::pg::citus::internal_backend() && !ADOPTING.with(|a| a.get()) {
+        // A statement the coordinator runs on a worker binds what the coordinator carries,
+        // nothing else: a bind() pushed down to the workers would make them act for another
+        // binding than the coordinator's.
+        Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
+            "tenancy.bind() cannot run in a connection the Citus coordinator opened: the binding comes from the coordinator",
+            "Call tenancy.bind() as a statement of its own on the coordinator, inside the transaction block.",
+        )
+        .code("binding_split")
+        .raise();
+    }
     if let Some(role) = platform_role_in_effect() {
         refuse_bind(
             Refusal::new(
@@ -892,8 +918,18 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     }
     TXN_TENANT.with(|t| t.set(Some(p.tenant.id)));
     TXN_SUBJECT.with(|t| *t.borrow_mut() = Some(subject));
-    BINDING.with(|slot| *slot.borrow_mut() = Some(p.binding(claims)));
+    let token: Rc<str> = token_text.into();
+    let mut b = p.binding(claims);
+    if let Source::Token { carried, .. } = &mut b.source {
+        *carried = carrier::CarriedToken(token.clone());
+    }
+    BINDING.with(|slot| *slot.borrow_mut() = Some(b));
     apply_limits(&p.tenant);
+    // On Citus, the workers act for the same token from the next distributed statement of this
+    // transaction block (a worker adopting a carried token carries nothing further).
+    if !ADOPTING.with(|a| a.get()) {
+        carrier::send(&token);
+    }
     if outside_block {
         pgrx::pg_sys::panic::ErrorReport::new(
             pgrx::PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
@@ -1062,6 +1098,7 @@ pub fn unbind() {
         );
     }
     BINDING.with(|b| *b.borrow_mut() = None);
+    carrier::clear();
     // A transaction whose binding no statement has used yet may bind again, for anyone; one
     // that has read or written as a tenant stays that tenant's until it ends.
     if !TXN_USED.with(|u| u.get()) {
@@ -1140,6 +1177,13 @@ fn ensure_mapped(gen: u64) {
             && b.as_ref().is_none_or(|b| Some(b.generation) == tenant_gen))
     });
     if fresh {
+        return;
+    }
+    // In a connection Citus opened, the statement that gives the transaction its distributed
+    // id comes first and may not be preceded by a read of the catalog (reference tables):
+    // until then no mapping is looked up (nor kept: the next statement looks again).
+    if crate::pg::citus::internal_backend() && !crate::pg::citus::distributed_transaction_assigned()
+    {
         return;
     }
     // A superuser's connection that Citus opened for its own work maps to no tenant: Citus's
@@ -1247,6 +1291,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
             MAPPED.with(|m| f(m.borrow().as_ref().and_then(|(_, _, b)| b.as_ref())))
         };
     }
+    adopt_carrier();
     IN_WITH_CURRENT.with(|c| c.set(true));
     let _reentry = ReentryGuard;
     accept_invalidations_once_per_statement();
@@ -1359,6 +1404,107 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 }
                 f(b)
             })
+        }
+    }
+}
+
+thread_local! {
+    /// (local transaction id, token) of the binding this worker session adopted from the
+    /// carrier in that transaction (`carrier.rs`).
+    static ADOPTED: RefCell<Option<(u32, Rc<str>)>> = const { RefCell::new(None) };
+    /// Set while a carried token is being bound.
+    static ADOPTING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The token the explicit binding was adopted from, when it was adopted in this transaction
+/// and is still the binding in force.
+fn adopted_token() -> Option<Rc<str>> {
+    // SAFETY: MyProc is set for every backend that runs SQL; lxid is its own field.
+    let lx = unsafe { (*pg_sys::MyProc).lxid };
+    let adopted = ADOPTED.with(|a| a.borrow().clone());
+    match adopted {
+        Some((l, t))
+            if l == lx
+                && BINDING.with(|b| {
+                    b.borrow()
+                        .as_ref()
+                        .and_then(carrier::token_of)
+                        .is_some_and(|own| own == t)
+                }) =>
+        {
+            Some(t)
+        }
+        _ => None,
+    }
+}
+
+/// On a Citus worker, before the binding is read: bind the token the coordinator carried, for
+/// this transaction, as `tenancy.bind()` would (`carrier.rs`). A carrier that ends or changes
+/// takes its binding with it; a session bound here by its own `bind()` to another token is
+/// refused (a binding is never split between nodes). Nothing without Citus, and nothing on
+/// the coordinator, which never reads the carrier.
+fn adopt_carrier() {
+    if ADOPTING.with(|a| a.get()) || !carrier::active() {
+        return;
+    }
+    let adopted = adopted_token();
+    let Some(token) = carrier::carried() else {
+        if adopted.is_some() {
+            BINDING.with(|b| *b.borrow_mut() = None);
+            ADOPTED.with(|a| *a.borrow_mut() = None);
+        }
+        return;
+    };
+    if adopted.as_deref() == Some(token.as_str()) || !carrier::on_worker() {
+        return;
+    }
+    let own = BINDING.with(|b| b.borrow().as_ref().map(carrier::token_of));
+    match (own, adopted) {
+        // Bound here by bind() with this very token: nothing to adopt.
+        (Some(Some(t)), None) if *t == *token => {}
+        // The carried token changed within the transaction: bind() refuses another tenant or
+        // subject of a transaction that has been bound.
+        (Some(_), Some(_)) => {
+            BINDING.with(|b| *b.borrow_mut() = None);
+        }
+        (Some(_), None) => {
+            Refusal::new(
+                INSUFFICIENT_PRIVILEGE,
+                "this session's binding and the binding carried from the Citus coordinator differ",
+                "A session acts for one binding on every node: bind on the coordinator only, inside the transaction block.",
+            )
+            .code("binding_split")
+            .raise();
+        }
+        (None, _) => {}
+    }
+    if BINDING.with(|b| b.borrow().is_none()) {
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                ADOPTING.with(|a| a.set(false));
+            }
+        }
+        ADOPTING.with(|a| a.set(true));
+        let _done = Done;
+        bind(&token, "transaction");
+    }
+    // SAFETY: MyProc is set for every backend that runs SQL; lxid is its own field.
+    let lx = unsafe { (*pg_sys::MyProc).lxid };
+    ADOPTED.with(|a| *a.borrow_mut() = Some((lx, token.as_str().into())));
+}
+
+/// At the start of every query of a transaction block: on Citus, carry the explicit token
+/// binding to the workers if this transaction has not yet (a session-scoped binding's later
+/// transactions).
+fn carry_at_query_start(_writes: bool) {
+    if !carrier::active() {
+        return;
+    }
+    let token = BINDING.with(|b| b.borrow().as_ref().and_then(carrier::token_of));
+    if let Some(token) = token {
+        if adopted_token().is_none() {
+            carrier::send(&token);
         }
     }
 }
@@ -1479,6 +1625,8 @@ unsafe extern "C-unwind" fn subxact_callback(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         LIMITS_APPLIED.with(|l| l.set(false));
+        // A SET LOCAL of the carrier made inside is undone with it: carried again next query.
+        carrier::forget_sent();
     }
 }
 

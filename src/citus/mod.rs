@@ -13,9 +13,10 @@
 //!   stands aside (`src/pg/citus.rs`), and its catalog reads are allowed inside the queries
 //!   Citus runs on a node.
 //!
-//! Still to come (issue #29): the binding carried to the workers, policies in a form Citus can
-//! route, protecting distributed tables, the guard and verify on shards, the audit trail
-//! distributed by tenant.
+//! - The binding travels with the transaction to the workers: `src/binding/carrier.rs`.
+//!
+//! Still to come (issue #29): policies in a form Citus can route, protecting distributed
+//! tables, the guard and verify on shards, the audit trail distributed by tenant.
 
 use crate::errors;
 use pgrx::prelude::*;

@@ -77,6 +77,42 @@ pub fn internal_superuser_backend() -> bool {
     internal && unsafe { pg_sys::superuser_arg(crate::pg::unguarded::session_user_id()) }
 }
 
+/// Whether this backend is a connection Citus opened for its own work (its
+/// `application_name`), whoever its user.
+pub fn internal_backend() -> bool {
+    if !loaded() {
+        return false;
+    }
+    // SAFETY: as in internal_superuser_backend.
+    unsafe {
+        let name = pg_sys::application_name;
+        !name.is_null()
+            && CStr::from_ptr(name)
+                .to_bytes()
+                .starts_with(b"citus_internal gpid=")
+    }
+}
+
+/// Whether Citus has given this backend's transaction its distributed transaction id. The
+/// coordinator opens every transaction on a worker with `assign_distributed_transaction_id()`,
+/// which fails once the backend has one; reading a reference table (pg_tenancy's catalog)
+/// gives it one. So in a Citus connection nothing reads the catalog before Citus has assigned
+/// it (a query of a Citus function, not of a table).
+pub fn distributed_transaction_assigned() -> bool {
+    pgrx::spi::Spi::connect(|c| {
+        c.select(
+            "SELECT (pg_catalog.get_current_transaction_id()).transaction_number <> 0",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 /// Let pg_tenancy's catalog reads that follow, until the GUC nest level open now is closed, run
 /// inside a query Citus runs on a node (a shard query whose policy asks for the binding, or DDL
 /// Citus propagates): its catalog tables are reference tables, one copy on every node, whose

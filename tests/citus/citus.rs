@@ -226,3 +226,203 @@ fn a_table_local_to_the_coordinator_is_protected_as_on_one_node() {
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
 }
+
+/// A distributed table of `rows` rows over every shard, readable by the application role
+/// (not protected: these tests read the binding the workers act for, with
+/// `tenancy.current_tenant()` in the statement, which Citus runs on each shard's worker).
+fn spread_table(name: &str, rows: i32) {
+    superuser()
+        .batch_execute(&format!(
+            "CREATE TABLE public.{name} (id int, v int); \
+             SELECT create_distributed_table('public.{name}', 'id'); \
+             INSERT INTO public.{name} SELECT g, g FROM generate_series(1, {rows}) g; \
+             GRANT SELECT ON public.{name} TO {APP}"
+        ))
+        .unwrap();
+}
+
+/// (tenant, subject, port of the worker) of every row, as the workers computed them.
+fn as_seen_by_workers(
+    c: &mut impl postgres::GenericClient,
+    table: &str,
+) -> Vec<(String, String, i32)> {
+    c.query(
+        &format!(
+            "SELECT DISTINCT tenancy.current_tenant()::text, tenancy.current_subject(), inet_server_port() \
+               FROM public.{table} ORDER BY 3"
+        ),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// Bound on the coordinator, a distributed statement runs on both workers for the same tenant
+/// and subject: the token travels with the transaction (`SET LOCAL tenancy.carrier`) and each
+/// worker binds it as `bind()` would. A session-scoped binding is carried in each of its
+/// transaction blocks.
+#[test]
+fn every_worker_acts_for_the_coordinators_binding() {
+    let f = Fixture::new();
+    let t = format!("carried_{}", std::process::id());
+    spread_table(&t, 64);
+    let mut workers: Vec<i32> = ports()[1..].iter().map(|p| i32::from(*p)).collect();
+    workers.sort();
+    let mut c = app_on(0);
+    for (tenant, id, sub) in [(&f.a, &f.a_id, "ann"), (&f.b, &f.b_id, "bob")] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, sub)])
+            .unwrap();
+        let seen = as_seen_by_workers(&mut tx, &t);
+        let expected: Vec<(String, String, i32)> = workers
+            .iter()
+            .map(|p| (id.clone(), sub.to_string(), *p))
+            .collect();
+        assert_eq!(seen, expected);
+        tx.commit().unwrap();
+    }
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "carol")],
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let mut tx = c.transaction().unwrap();
+        let seen = as_seen_by_workers(&mut tx, &t);
+        assert_eq!(seen.len(), workers.len());
+        assert!(
+            seen.iter()
+                .all(|(id, sub, _)| *id == f.a_id && sub == "carol"),
+            "{seen:?}"
+        );
+        tx.commit().unwrap();
+    }
+    c.execute("SELECT tenancy.unbind()", &[]).unwrap();
+}
+
+/// Without a binding the workers refuse; outside a transaction block nothing is carried (Citus
+/// carries settings only as SET LOCAL in one), so they refuse too; and a binding ended by
+/// unbind() ends on the workers from the next statement.
+#[test]
+fn the_workers_refuse_what_the_coordinator_does_not_carry() {
+    let f = Fixture::new();
+    let t = format!("uncarried_{}", std::process::id());
+    spread_table(&t, 16);
+    let mut c = app_on(0);
+    let refused = |c: &mut Client, sql: &str| {
+        let e = c.batch_execute(sql).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        assert!(
+            message(&e).contains("no tenant bound"),
+            "{sql}: {}",
+            message(&e)
+        );
+    };
+    let q = format!("SELECT DISTINCT tenancy.current_tenant() FROM public.{t}");
+    refused(&mut c, &q);
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "ann")],
+    )
+    .unwrap();
+    refused(&mut c, &q);
+    c.execute("SELECT tenancy.unbind()", &[]).unwrap();
+
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+        .unwrap();
+    c.batch_execute(&q).unwrap();
+    c.execute("SELECT tenancy.unbind()", &[]).unwrap();
+    refused(&mut c, &q);
+    let _ = c.batch_execute("ROLLBACK");
+}
+
+/// The carrier is pg_tenancy's: a client on the coordinator cannot SET it (Citus would carry it
+/// to the workers, which would then act for another token than the one bound), set_config()
+/// changes nothing the workers see, and on a worker a session bound by its own bind() cannot
+/// take another token through it. An unbound session on a worker that sets it binds that token,
+/// as bind() would: it needs the token.
+#[test]
+fn a_client_cannot_set_the_carrier_or_split_a_binding() {
+    let f = Fixture::new();
+    let t = format!("forged_{}", std::process::id());
+    spread_table(&t, 16);
+    let mut c = app_on(0);
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+        .unwrap();
+    tx.batch_execute("SAVEPOINT s").unwrap();
+    let e = tx
+        .batch_execute(&format!(
+            "SET LOCAL tenancy.carrier = '{}'",
+            f.token(&f.b, "bob")
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    tx.execute(
+        "SELECT set_config('tenancy.carrier', $1, true)",
+        &[&f.token(&f.b, "bob")],
+    )
+    .unwrap();
+    let seen = as_seen_by_workers(&mut tx, &t);
+    assert!(seen.iter().all(|(id, _, _)| *id == f.a_id), "{seen:?}");
+    tx.rollback().unwrap();
+
+    let mut w = app_on(1);
+    let mut tx = w.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+        .unwrap();
+    let e = tx
+        .batch_execute(&format!(
+            "SET LOCAL tenancy.carrier = '{}'",
+            f.token(&f.b, "bob")
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    tx.rollback().unwrap();
+
+    let mut tx = w.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "SET LOCAL tenancy.carrier = '{}'",
+        f.token(&f.b, "bob")
+    ))
+    .unwrap();
+    assert_eq!(bound_tenant_tx(&mut tx), f.b_id);
+    tx.rollback().unwrap();
+
+    // Only a SET statement of the running transaction carries (what Citus sends): not
+    // set_config(), nor a value from ALTER ROLE/DATABASE SET.
+    let mut tx = w.transaction().unwrap();
+    tx.execute(
+        "SELECT set_config('tenancy.carrier', $1, true)",
+        &[&f.token(&f.b, "bob")],
+    )
+    .unwrap();
+    let e = tx
+        .query_one("SELECT tenancy.current_tenant()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    tx.rollback().unwrap();
+
+    // A bind() pushed down to the workers (unbound on the coordinator) is refused there: a
+    // worker binds what the coordinator carries, nothing else.
+    let mut tx = c.transaction().unwrap();
+    let e = tx
+        .query(
+            &format!("SELECT tenancy.bind($1) FROM public.{t}"),
+            &[&f.token(&f.b, "bob")],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(message(&e).contains("coordinator"), "{}", message(&e));
+    tx.rollback().unwrap();
+}
+
+fn bound_tenant_tx(c: &mut impl postgres::GenericClient) -> String {
+    c.query_one("SELECT tenancy.current_tenant()::text", &[])
+        .unwrap()
+        .get(0)
+}
