@@ -41,8 +41,6 @@ impl std::fmt::Debug for CarriedToken {
 }
 
 thread_local! {
-    /// Whether Citus is created in this database (cached once true).
-    static ACTIVE: Cell<bool> = const { Cell::new(false) };
     /// Whether this node is a Citus worker, once known.
     static ON_WORKER: Cell<Option<bool>> = const { Cell::new(None) };
     /// Set while pg_tenancy's own `SET LOCAL tenancy.carrier` runs.
@@ -63,17 +61,7 @@ fn lxid() -> u32 {
 
 /// Whether bindings are carried here: Citus is loaded and created in this database.
 pub fn active() -> bool {
-    if ACTIVE.with(|a| a.get()) {
-        return true;
-    }
-    if !crate::pg::citus::loaded() {
-        return false;
-    }
-    // SAFETY: a catalog lookup by name, missing_ok, inside a transaction (every caller is).
-    let created = crate::pg::unguarded::in_transaction()
-        && unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid };
-    ACTIVE.with(|a| a.set(created));
-    created
+    crate::pg::citus::in_database()
 }
 
 /// Whether this node is a Citus worker (its group is not the coordinator's, 0).

@@ -14,9 +14,12 @@
 //!   Citus runs on a node.
 //!
 //! - The binding travels with the transaction to the workers: `src/binding/carrier.rs`.
+//! - Tables distributed by their tenant column are protected in a form Citus accepts and
+//!   routes to the tenant's shard: `src/protection/policy.rs` (`citus_sql`), planned by
+//!   `src/pg/binding_param.rs`.
 //!
-//! Still to come (issue #29): policies in a form Citus can route, protecting distributed
-//! tables, the guard and verify on shards, the audit trail distributed by tenant.
+//! Still to come (issue #29): the guard and verify on shards, schema-based sharding, the audit
+//! trail distributed by tenant.
 
 use crate::errors;
 use pgrx::prelude::*;

@@ -170,6 +170,13 @@ pub fn set_folded_value(f: FoldedValue) {
 }
 
 static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+static mut PREV_EXPLAIN_ONE_QUERY: pg_sys::ExplainOneQuery_hook_type = None;
+
+thread_local! {
+    /// Set by the EXPLAIN hook until the first statement with policies is planned: Citus's
+    /// EXPLAIN plans the statement it shows with no query text, for that EXPLAIN only.
+    static EXPLAINING: Cell<bool> = const { Cell::new(false) };
+}
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 
 pub fn init() {
@@ -182,11 +189,62 @@ pub fn init() {
         pg_sys::planner_hook = Some(planner);
         PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
+        // Only over a hook installed before ours (Citus's, which plans with no query text):
+        // PostgreSQL 15 exports no standard ExplainOneQuery to call otherwise.
+        let prev_explain = pg_sys::ExplainOneQuery_hook;
+        if prev_explain.is_some() {
+            PREV_EXPLAIN_ONE_QUERY = prev_explain;
+            pg_sys::ExplainOneQuery_hook = Some(explain_one_query);
+        }
         pg_sys::CacheRegisterSyscacheCallback(
             pg_sys::SysCacheIdentifier::PROCOID as c_int,
             Some(proc_invalidated),
             pg_sys::Datum::from(0),
         );
+    }
+}
+
+/// The EXPLAIN hook (installed over Citus's): the statement it plans is planned for this
+/// EXPLAIN alone (and run once under EXPLAIN ANALYZE), so its first planning with policies
+/// may hold the bound tenant as a constant, as the statement itself would under the simple
+/// protocol; Citus then routes it as it routes the statement.
+///
+/// # Safety
+/// Called by PostgreSQL as `ExplainOneQuery_hook`, with its arguments.
+#[pg_guard]
+unsafe extern "C-unwind" fn explain_one_query(
+    query: *mut pg_sys::Query,
+    cursor_options: c_int,
+    into: *mut pg_sys::IntoClause,
+    es: *mut pg_sys::ExplainState,
+    query_string: *const std::ffi::c_char,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+) {
+    struct Done(bool);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            EXPLAINING.with(|e| e.set(self.0));
+        }
+    }
+    let _done = Done(EXPLAINING.with(|e| e.replace(true)));
+    // SAFETY: PREV_EXPLAIN_ONE_QUERY is written once by init (this hook is installed only over
+    // one), on the backend's only thread; it is called with PostgreSQL's own arguments through
+    // the FFI guard (its errors come back as a Rust panic, re-raised by #[pg_guard]).
+    unsafe {
+        if let Some(prev) = PREV_EXPLAIN_ONE_QUERY {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                prev(
+                    query,
+                    cursor_options,
+                    into,
+                    es,
+                    query_string,
+                    params,
+                    query_env,
+                )
+            })
+        }
     }
 }
 
@@ -251,9 +309,10 @@ unsafe extern "C-unwind" fn planner(
         return unsafe { plan(parse, query_string, cursor_options, bound) };
     }
     // Only a plan for one execution may hold the tenant (see the module's comment).
+    let explaining = EXPLAINING.with(|e| e.get()) && query_string.is_null();
     let fold = gucs::PLAN_BINDING_AS_CONST.get()
         // SAFETY: `query_string` is the planner's (null or a NUL-terminated string).
-        && (!bound.is_null() || unsafe { simple_query_at_top_level(query_string) });
+        && (!bound.is_null() || explaining || unsafe { simple_query_at_top_level(query_string) });
     // The planner scribbles on its input: keep the statement as written while a parallel plan
     // with a reserved parameter is possible.
     let mut original = std::ptr::null_mut();
@@ -274,6 +333,9 @@ unsafe extern "C-unwind" fn planner(
         tenant: None,
         folded: Vec::new(),
         params: false,
+        // A Citus worker plans its shard queries itself (shards are plain tables to it): there
+        // the parameter stays on that node.
+        params_allowed: !super::citus::in_database() || super::citus::internal_backend(),
     };
     // SAFETY: as above; the policy subqueries are replaced in place by Params or Consts
     // palloc'd in the current memory context, and the tree, untouched otherwise, is planned.
@@ -281,6 +343,11 @@ unsafe extern "C-unwind" fn planner(
         // SAFETY: visit_query found nothing, so it replaced nothing: the tree as written,
         // planned once.
         return unsafe { plan(parse, query_string, cursor_options, bound) };
+    }
+    if explaining {
+        // Only the statement EXPLAIN shows: what it runs under EXPLAIN ANALYZE is planned as
+        // usual.
+        EXPLAINING.with(|e| e.set(false));
     }
     if r.params {
         IN_USE.with(|u| u.set(true));
@@ -348,11 +415,15 @@ struct Replace {
     folded: Vec<i32>,
     /// Whether a reserved parameter was placed.
     params: bool,
+    /// Whether reserved parameters may be placed: not where Citus plans the statement (it
+    /// would send `$1000000000` to the workers in the shard queries' text, with no value).
+    params_allowed: bool,
 }
 
 impl Replace {
     /// The operand that replaces the policy subquery of (`relid`, `privilege`), numbered `id`:
-    /// the bound tenant as a constant where allowed and folding, the reserved parameter else.
+    /// the bound tenant as a constant where allowed and folding, the reserved parameter else,
+    /// or nothing (the policy stays as written) where parameters are not allowed.
     ///
     /// # Safety
     /// Inside a transaction, while planning: the value may read the catalog; the node is
@@ -362,7 +433,7 @@ impl Replace {
         id: i32,
         relid: pg_sys::Oid,
         privilege: &'static str,
-    ) -> *mut c_void {
+    ) -> Option<*mut c_void> {
         if self.fold {
             let value = FOLDED_VALUE
                 .with(|v| v.get())
@@ -372,13 +443,16 @@ impl Replace {
                     self.tenant = Some(tenant);
                     self.folded.push(id);
                     // SAFETY: this function's contract.
-                    return unsafe { tenant_const(&tenant) } as *mut c_void;
+                    return Some(unsafe { tenant_const(&tenant) } as *mut c_void);
                 }
             }
         }
+        if !self.params_allowed {
+            return None;
+        }
         self.params = true;
         // SAFETY: this function's contract.
-        unsafe { reserved_param(id) as *mut c_void }
+        Some(unsafe { reserved_param(id) as *mut c_void })
     }
 }
 
@@ -626,11 +700,16 @@ unsafe fn in_qual(cell: *mut *mut c_void, mut replace: Option<&mut Replace>) -> 
             }
             pg_sys::NodeTag::T_OpExpr => {
                 for_each_cell((*(node as *mut pg_sys::OpExpr)).args, |c| {
-                    if let Some((relid, privilege)) = policy_subquery(*c as *mut pg_sys::Node) {
+                    let operand = *c as *mut pg_sys::Node;
+                    if let Some((relid, privilege)) =
+                        policy_subquery(operand).or_else(|| allowed_tenant_call(operand))
+                    {
                         if let Some(id) = reserve(relid, privilege) {
                             found = true;
                             if let Some(r) = replace.as_deref_mut() {
-                                *c = r.operand(id, relid, privilege);
+                                if let Some(new) = r.operand(id, relid, privilege) {
+                                    *c = new;
+                                }
                             }
                         }
                     }
@@ -708,8 +787,24 @@ unsafe fn policy_subquery(node: *mut pg_sys::Node) -> Option<(pg_sys::Oid, &'sta
         if tle.is_null() || (*tle).resjunk || (*tle).expr.is_null() {
             return None;
         }
-        let f = (*tle).expr as *mut pg_sys::Node;
-        if (*f).type_ != pg_sys::NodeTag::T_FuncExpr {
+        allowed_tenant_call((*tle).expr as *mut pg_sys::Node)
+    }
+}
+
+/// `tenancy.allowed_tenant('<table>'::regclass, '<privilege>')`, a call with two constants, as
+/// the generated policies write it (inside a scalar subquery on one node; bare on Citus, which
+/// refuses subqueries in policies): its table and privilege.
+///
+/// # Safety
+/// `f` must be null or a valid expression node of a parse tree; inside a transaction (the
+/// function's identity is checked in the catalog).
+unsafe fn allowed_tenant_call(f: *mut pg_sys::Node) -> Option<(pg_sys::Oid, &'static str)> {
+    // SAFETY: `f` is null or a valid node (this function's contract), cast to a FuncExpr only
+    // once its tag says so; its `args` has two cells (checked) holding expression nodes. A
+    // Const's value is read as the type its `consttype` says: a regclass (an oid by value) and
+    // a non-null text, which is a varlena, read only if neither external nor compressed.
+    unsafe {
+        if f.is_null() || (*f).type_ != pg_sys::NodeTag::T_FuncExpr {
             return None;
         }
         let f = &*(f as *mut pg_sys::FuncExpr);

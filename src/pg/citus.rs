@@ -77,6 +77,28 @@ pub fn internal_superuser_backend() -> bool {
     internal && unsafe { pg_sys::superuser_arg(crate::pg::unguarded::session_user_id()) }
 }
 
+thread_local! {
+    /// Whether Citus is created in this database (cached once true: it is not dropped while
+    /// anything of pg_tenancy's runs on it).
+    static IN_DATABASE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether Citus is loaded and created in this database (then statements on Citus tables are
+/// planned by Citus, and bindings are carried to the workers).
+pub fn in_database() -> bool {
+    if IN_DATABASE.with(|a| a.get()) {
+        return true;
+    }
+    if !loaded() || !crate::pg::unguarded::in_transaction() {
+        return false;
+    }
+    // SAFETY: a catalog lookup by name, missing_ok, inside a transaction (checked above).
+    let created =
+        unsafe { pg_sys::get_extension_oid(c"citus".as_ptr(), true) != pg_sys::InvalidOid };
+    IN_DATABASE.with(|a| a.set(created));
+    created
+}
+
 /// Whether this backend is a connection Citus opened for its own work (its
 /// `application_name`), whoever its user.
 pub fn internal_backend() -> bool {

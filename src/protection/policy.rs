@@ -108,6 +108,12 @@ struct TableInfo {
     partitions: Vec<pg_sys::Oid>,
     has_tenant_index: bool,
     schema: String,
+    /// On Citus, how the table is distributed (`pg_dist_partition.partmethod`: `h` hash, `n`
+    /// none: a reference or single-shard table), and its distribution column; None for a
+    /// table that is not a Citus table.
+    citus: Option<(String, Option<String>)>,
+    /// Whether the tenant column is NOT NULL DEFAULT tenancy.current_tenant() already.
+    tenant_column_ready: bool,
 }
 
 fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
@@ -118,7 +124,10 @@ fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
                           WHERE a.attrelid = c.oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped), \
                         (SELECT coalesce(array_agg(i.inhrelid ORDER BY i.inhrelid), '{}') FROM pg_inherits i WHERE i.inhparent = c.oid), \
                         EXISTS (SELECT FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0] \
-                                 WHERE x.indrelid = c.oid AND a.attname = $2) \
+                                 WHERE x.indrelid = c.oid AND a.attname = $2), \
+                        EXISTS (SELECT FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                                 WHERE a.attrelid = c.oid AND a.attname = $2 AND a.attnotnull \
+                                   AND pg_get_expr(d.adbin, d.adrelid) = 'tenancy.current_tenant()') \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[rel.into(), column.into()],
         |r| {
@@ -129,8 +138,30 @@ fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
                 column_type: r.get::<String>(4)?,
                 partitions: r.get::<Vec<pg_sys::Oid>>(5)?.unwrap_or_default(),
                 has_tenant_index: r.get::<bool>(6)?.unwrap_or(false),
+                citus: None,
+                tenant_column_ready: r.get::<bool>(7)?.unwrap_or(false),
             })
         },
+    )
+    .into_iter()
+    .next()
+    .map(|mut info| {
+        if crate::pg::citus::in_database() {
+            info.citus = citus_distribution(rel);
+        }
+        info
+    })
+}
+
+/// How Citus distributes `rel` (partmethod, distribution column), or None.
+fn citus_distribution(rel: pg_sys::Oid) -> Option<(String, Option<String>)> {
+    catalog::owner_rows(
+        "Citus's metadata",
+        "SELECT p.partmethod::text, \
+                CASE WHEN p.partkey IS NOT NULL THEN pg_catalog.column_to_column_name(p.logicalrelid, p.partkey) END \
+           FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $1::oid::regclass",
+        &[rel.into()],
+        |r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?)),
     )
     .into_iter()
     .next()
@@ -139,6 +170,9 @@ fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
 /// The SQL `protect` runs for one table (without its partitions). Also shown by
 /// `tenancy.protect_sql()` so a reviewer can read exactly what is generated.
 fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, String)> {
+    if info.citus.is_some() {
+        return citus_sql(info, column);
+    }
     let t = &info.name;
     let c = quote_ident(column);
     let lit = quote_literal(t);
@@ -239,6 +273,78 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, Strin
     sql
 }
 
+/// The SQL `protect` runs for a Citus table: the same guarantees in a form Citus accepts and
+/// carries to every shard. Citus refuses subqueries in the policies of distributed tables and
+/// drops `AS RESTRICTIVE` when it creates them on the shards, so the policies are permissive
+/// only, one per command, each comparing the tenant column with
+/// `tenancy.allowed_tenant(table, privilege)` itself (no subquery): planned as the bound tenant
+/// for a statement of one execution (so that Citus routes it to the tenant's shard), evaluated
+/// by each worker with the binding carried to it otherwise. With no restrictive policy beside
+/// them, another permissive policy would widen them: the guard refuses any change of a
+/// protected table's policies, as on one node. The tenant column's default and NOT NULL were
+/// set before the table was distributed (Citus allows no change of its distribution column);
+/// a reference table gets them here. No audit triggers: auditing distributed tables is to
+/// come, and `protect` refuses `audit => true` on them.
+fn citus_sql(info: &TableInfo, column: &str) -> Vec<(Who, String)> {
+    let t = &info.name;
+    let c = quote_ident(column);
+    let lit = quote_literal(t);
+    let allowed = |p: &str| format!("{c} = tenancy.allowed_tenant({lit}::regclass, '{p}')");
+    let own_row = |p: &str| {
+        format!(
+            "({} OR tenancy._cross_tenant_write({lit}::regclass, {c}))",
+            allowed(p)
+        )
+    };
+    let mut sql = Vec::new();
+    if !info.tenant_column_ready {
+        sql.push(format!(
+            "ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT tenancy.current_tenant()"
+        ));
+        sql.push(format!("ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL"));
+    }
+    sql.push(format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"));
+    sql.push(format!("ALTER TABLE {t} FORCE ROW LEVEL SECURITY"));
+    for p in GENERATED_POLICIES {
+        sql.push(format!("DROP POLICY IF EXISTS {p} ON {t}"));
+    }
+    sql.push(format!(
+        "CREATE POLICY tenancy_select ON {t} FOR SELECT TO PUBLIC USING ({})",
+        allowed("select")
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_insert ON {t} FOR INSERT TO PUBLIC WITH CHECK {}",
+        own_row("insert")
+    ));
+    // Citus refuses VOLATILE functions anywhere in an UPDATE of a distributed table: a row
+    // moved to another tenant fails PostgreSQL's own check here, without the security event.
+    sql.push(format!(
+        "CREATE POLICY tenancy_update ON {t} FOR UPDATE TO PUBLIC USING ({}) WITH CHECK ({})",
+        allowed("update"),
+        allowed("update")
+    ));
+    sql.push(format!(
+        "CREATE POLICY tenancy_delete ON {t} FOR DELETE TO PUBLIC USING ({})",
+        allowed("delete")
+    ));
+    sql.push(format!("DROP TRIGGER IF EXISTS tenancy_no_truncate ON {t}"));
+    for name in [
+        "tenancy_audit_ins",
+        "tenancy_audit_upd",
+        "tenancy_audit_del",
+    ] {
+        sql.push(format!("DROP TRIGGER IF EXISTS {name} ON {t}"));
+    }
+    let mut sql: Vec<(Who, String)> = sql.into_iter().map(|s| (Who::TableOwner, s)).collect();
+    if !info.has_tenant_index {
+        sql.push((Who::CatalogOwner, format!("CREATE INDEX ON {t} ({c})")));
+    }
+    sql.push((Who::CatalogOwner, format!(
+        "CREATE TRIGGER tenancy_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._refuse_truncate()"
+    )));
+    sql
+}
+
 fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
     let info = table_info(rel, column).unwrap_or_else(|| {
         errors::raise(
@@ -277,6 +383,43 @@ fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
             "Tenant columns hold the tenant's uuid (tenancy.tenants.id).",
         ),
     }
+    if let Some((method, dist_column)) = &info.citus {
+        let t = &info.name;
+        if info.relkind == "p" {
+            errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "\"{t}\" is a partitioned Citus table, which pg_tenancy does not protect yet"
+                ),
+                "Protect distributed tables that are not partitioned.",
+            );
+        }
+        if method == "h" && dist_column.as_deref() != Some(column) {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "\"{t}\" is distributed by column \"{}\", not by its tenant column \"{column}\"",
+                    dist_column.as_deref().unwrap_or("?")
+                ),
+                format!(
+                    "Distribute it by the tenant column, so that a tenant's statements go to its shard: SELECT undistribute_table('{t}'); SELECT create_distributed_table('{t}', '{column}');"
+                ),
+            );
+        }
+        if method == "h" && !info.tenant_column_ready {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "the tenant column \"{column}\" of distributed table \"{t}\" is not NOT NULL DEFAULT tenancy.current_tenant(), and Citus allows no change of a distribution column"
+                ),
+                format!(
+                    "Give it that definition before distributing: SELECT undistribute_table('{t}'); ALTER TABLE {t} ALTER COLUMN {} SET DEFAULT tenancy.current_tenant(), ALTER COLUMN {} SET NOT NULL; SELECT create_distributed_table('{t}', '{column}'); then protect it.",
+                    quote_ident(column),
+                    quote_ident(column)
+                ),
+            );
+        }
+    }
     info
 }
 
@@ -300,6 +443,22 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
             0,
             false,
         );
+    }
+    if crate::pg::citus::in_database() {
+        // Citus creates pg_tenancy's TRUNCATE trigger on every shard only with this on.
+        // SAFETY: as above; the setting exists where Citus is loaded (in_database).
+        unsafe {
+            pg_sys::set_config_option(
+                c"citus.enable_unsafe_triggers".as_ptr(),
+                c"on".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
     }
     for (who, s) in sql {
         let run = || Spi::connect_mut(|c| c.update(s.as_str(), None, &[]).map(|_| ()));
@@ -325,6 +484,19 @@ pub fn protect_table(
 ) -> i32 {
     let _managed = ManagedDdl::enter();
     let info = check_table(rel, column);
+    if audit && info.citus.is_some() {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "auditing Citus table \"{}\" is not supported yet",
+                info.name
+            ),
+            format!(
+                "Protect it without the audit trail for now: SELECT tenancy.protect('{}', audit => false);",
+                info.name
+            ),
+        );
+    }
     run_all(rel, &generated_sql(&info, column, audit));
     catalog::write(
         "INSERT INTO tenancy.protected_table (relid, tenant_column, audited, policy_digest, parent) \

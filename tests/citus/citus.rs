@@ -426,3 +426,170 @@ fn bound_tenant_tx(c: &mut impl postgres::GenericClient) -> String {
         .unwrap()
         .get(0)
 }
+
+/// A table distributed by its tenant column, protected: each tenant reads and writes its own
+/// rows only, whichever shard they are on; a write for another tenant and an unbound read are
+/// refused; and a bound tenant's point lookup, with no tenant condition written, goes to one
+/// shard (EXPLAIN: one task), where hand-written RLS on Citus goes to every shard.
+#[test]
+fn a_distributed_table_is_protected_and_a_tenants_statement_goes_to_its_shard() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let (t, hand) = (format!("p_orders_{pid}"), format!("hand_orders_{pid}"));
+    let mut su = superuser();
+    // Distributed and protected in one transaction: Citus needs its sequential mode from the
+    // start (the shards' policies name the table, which the workers see only then). One
+    // statement per query: Citus carries a SET LOCAL as the text of the query it came in.
+    let mut tx = su.transaction().unwrap();
+    for sql in [
+        "SET LOCAL citus.multi_shard_modify_mode = 'sequential'".to_string(),
+        format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, v int)"),
+        format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+        format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON public.{t} TO {APP}"),
+        format!("CREATE TABLE public.{hand} (tenant_id uuid NOT NULL, id int, v int)"),
+        format!("SELECT create_distributed_table('public.{hand}', 'tenant_id')"),
+        format!("ALTER TABLE public.{hand} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"),
+        format!("CREATE POLICY tenant ON public.{hand} USING (tenant_id = current_setting('app.tenant_id')::uuid)"),
+        format!("GRANT SELECT ON public.{hand} TO {APP}"),
+    ] {
+        tx.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    }
+    tx.commit().unwrap();
+    let mut c = app_on(0);
+    for (tenant, n) in [(&f.a, 12), (&f.b, 7)] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
+            .unwrap();
+        for i in 1..=n {
+            tx.execute(
+                &format!("INSERT INTO public.{t} (id, v) VALUES ($1, $1)"),
+                &[&i],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    for (tenant, id, n) in [(&f.a, &f.a_id, 12i64), (&f.b, &f.b_id, 7)] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
+            .unwrap();
+        let row = tx
+            .query_one(
+                &format!("SELECT count(*), count(DISTINCT tenant_id), min(tenant_id::text) FROM public.{t}"),
+                &[],
+            )
+            .unwrap();
+        let (count, tenants, seen): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!((count, tenants, &seen), (n, 1, id));
+        let plan = tx
+            .query(
+                &format!("EXPLAIN (COSTS OFF) SELECT * FROM public.{t} WHERE id = 3"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(plan.contains("Task Count: 1\n"), "one shard:\n{plan}");
+        // A write for another tenant: refused on the worker, with pg_tenancy's reason.
+        let other = if tenant == &f.a { &f.b_id } else { &f.a_id };
+        tx.batch_execute("SAVEPOINT w").unwrap();
+        let e = tx
+            .execute(
+                &format!(
+                    "INSERT INTO public.{t} (tenant_id, id, v) VALUES ($1::text::uuid, 99, 99)"
+                ),
+                &[other],
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+        tx.batch_execute("ROLLBACK TO SAVEPOINT w").unwrap();
+        // Updates and deletes reach the tenant's rows only.
+        let updated = tx
+            .execute(&format!("UPDATE public.{t} SET v = v + 1"), &[])
+            .unwrap();
+        assert_eq!(updated as i64, n);
+        tx.rollback().unwrap();
+    }
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&f.a_id])
+        .unwrap();
+    let plan = tx
+        .query(
+            &format!("EXPLAIN (COSTS OFF) SELECT * FROM public.{hand} WHERE id = 3"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !plan.contains("Task Count: 1\n"),
+        "hand-written RLS goes to every shard:\n{plan}"
+    );
+    tx.rollback().unwrap();
+    let e = c
+        .query(&format!("SELECT count(*) FROM public.{t}"), &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+}
+
+/// What protect() cannot do on Citus is refused with a HINT saying what to do instead, and
+/// changes nothing: a table distributed by another column, a distributed tenant column that
+/// lacks its default (Citus allows no change of it), and the audit trail.
+#[test]
+fn protect_refuses_what_it_cannot_do_on_citus_with_a_hint() {
+    let pid = std::process::id();
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE TABLE public.by_id_{pid} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int); \
+         SELECT create_distributed_table('public.by_id_{pid}', 'id'); \
+         CREATE TABLE public.no_default_{pid} (tenant_id uuid, id int); \
+         SELECT create_distributed_table('public.no_default_{pid}', 'tenant_id'); \
+         CREATE TABLE public.audited_{pid} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int); \
+         SELECT create_distributed_table('public.audited_{pid}', 'tenant_id')"
+    ))
+    .unwrap();
+    let mut op = node(0, OPERATOR);
+    assert_not_privileged(&mut op);
+    for (sql, state, expected_hint) in [
+        (
+            format!("SELECT tenancy.protect('public.by_id_{pid}', audit => false)"),
+            "55000",
+            "create_distributed_table",
+        ),
+        (
+            format!("SELECT tenancy.protect('public.no_default_{pid}', audit => false)"),
+            "55000",
+            "SET DEFAULT tenancy.current_tenant()",
+        ),
+        (
+            format!("SELECT tenancy.protect('public.audited_{pid}')"),
+            "0A000",
+            "audit => false",
+        ),
+    ] {
+        let e = op.batch_execute(&sql).unwrap_err();
+        assert_eq!(sqlstate(&e), state, "{sql}: {}", message(&e));
+        let hint = e
+            .as_db_error()
+            .and_then(|d| d.hint())
+            .unwrap_or_default()
+            .to_string();
+        assert!(hint.contains(expected_hint), "{sql}: {hint}");
+    }
+    let n: i64 = su
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM tenancy.protected_table WHERE relid::text IN \
+                 ('public.by_id_{pid}', 'public.no_default_{pid}', 'public.audited_{pid}')"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing protected");
+}
