@@ -105,3 +105,43 @@ install_extension() {
         mv -f "$dest.tenancy-new" "$dest"
     done < <(find "$out" -type f -print0)
 }
+
+# Where Citus is installed (Citus's own packages: it is in no registry CI reaches): its library
+# and control file. Prints nothing; the callers say what they skip.
+citus_installed() {
+    [ -f "$("$PG_CONFIG" --pkglibdir)/citus.so" ] && [ -f "$("$PG_CONFIG" --sharedir)/extension/citus.control" ]
+}
+
+# citus_cluster_start DIR DB: a local Citus cluster of three throwaway nodes under DIR
+# (coordinator, worker1, worker2) on free loopback ports, preloading `citus,pg_tenancy` in that
+# order (Citus refuses to start otherwise), with SET LOCAL carried to the workers
+# (citus.propagate_set_commands = 'local', as pg_tenancy's binding needs). Creates DB with the
+# citus extension on every node and adds the workers. Sets CITUS_PORTS (coordinator first).
+# Stop it with citus_cluster_stop DIR.
+citus_cluster_start() {
+    local dir=$1 db=$2 n port
+    CITUS_PORTS=()
+    for n in coordinator worker1 worker2; do
+        port=$(free_port)
+        CITUS_PORTS+=("$port")
+        log "starting Citus node $n on 127.0.0.1:$port"
+        cluster_start "$dir/$n" "$port" "shared_preload_libraries = 'citus,pg_tenancy'
+citus.propagate_set_commands = 'local'
+max_prepared_transactions = 40
+wal_level = logical
+${CITUS_EXTRA_SETTINGS:-}"
+        "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+            -c "CREATE DATABASE $db"
+        "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d "$db" \
+            -c "CREATE EXTENSION citus"
+    done
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${CITUS_PORTS[0]}" -U postgres -d "$db" \
+        -c "SELECT citus_set_coordinator_host('127.0.0.1', ${CITUS_PORTS[0]})" \
+        -c "SELECT citus_add_node('127.0.0.1', ${CITUS_PORTS[1]})" \
+        -c "SELECT citus_add_node('127.0.0.1', ${CITUS_PORTS[2]})" >/dev/null
+}
+
+citus_cluster_stop() {
+    local n
+    for n in coordinator worker1 worker2; do cluster_stop "$1/$n"; done
+}

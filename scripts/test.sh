@@ -7,7 +7,8 @@
 #   5. the examples                   (examples/run.sh: Python and Node through PgBouncer)
 #   6. the upgrade test               (tests/upgrade/run.sh: 0.1.0 -> this version)
 #   7. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
-#   8. the benchmarks in smoke mode   (benches/run.sh, benches/pooler.sh and benches/scale.sh --smoke)
+#   8. the benchmarks in smoke mode   (benches/run.sh, benches/pooler.sh, benches/scale.sh and,
+#                                      where Citus is installed, benches/citus.sh --smoke)
 #   9. the Citus suite                (tests/citus/run.sh: a local coordinator and two workers;
 #                                      skipped, with one line saying so, where Citus is not
 #                                      installed)
@@ -152,6 +153,7 @@ run_step "reliability: sqlsmith" tests/reliability/sqlsmith.sh "${LONG[@]}"
 run_step "benchmark smoke" benches/run.sh --smoke
 run_step "pooler benchmark smoke" benches/pooler.sh --smoke --no-install
 run_step "scale benchmark smoke (10,000 tenants)" benches/scale.sh --smoke --no-install
+run_step "Citus benchmark smoke" benches/citus.sh --smoke
 
 echo
 for f in "${failures[@]}"; do echo "FAILED step: $f"; done

@@ -22,9 +22,8 @@ case "${1:-}" in
     *) die "usage: $0 [--require]" ;;
 esac
 
-LIBDIR=$("$PG_CONFIG" --pkglibdir)
-if [ ! -f "$LIBDIR/citus.so" ] || [ ! -f "$("$PG_CONFIG" --sharedir)/extension/citus.control" ]; then
-    msg="Citus suite: SKIPPED: Citus is not installed ($LIBDIR/citus.so or citus.control is missing); install Citus 13.2 for PostgreSQL $PG_MAJOR from Citus's packages to run it"
+if ! citus_installed; then
+    msg="Citus suite: SKIPPED: Citus is not installed ($("$PG_CONFIG" --pkglibdir)/citus.so or citus.control is missing); install Citus 13.2 for PostgreSQL $PG_MAJOR from Citus's packages to run it"
     if [ "$REQUIRE" = 1 ]; then
         die "${msg/SKIPPED: /}"
     fi
@@ -33,45 +32,16 @@ if [ ! -f "$LIBDIR/citus.so" ] || [ ! -f "$("$PG_CONFIG" --sharedir)/extension/c
 fi
 
 WORK=${TENANCY_CITUS_DIR:-/tmp/pg_tenancy-citus}
-NODES=(coordinator worker1 worker2)
-declare -A PORTS
-stop_all() {
-    local n
-    for n in "${NODES[@]}"; do cluster_stop "$WORK/$n"; done
-}
-trap stop_all EXIT
-
-for n in "${NODES[@]}"; do
-    PORTS[$n]=$(free_port)
-    log "starting Citus node $n on 127.0.0.1:${PORTS[$n]}"
-    # Citus refuses to start unless it is first in shared_preload_libraries. Settings reach
-    # the workers' connections only as SET LOCAL with propagate_set_commands = 'local'.
-    cluster_start "$WORK/$n" "${PORTS[$n]}" "shared_preload_libraries = 'citus,pg_tenancy'
-citus.propagate_set_commands = 'local'
-max_prepared_transactions = 40
-wal_level = logical"
-done
-
-psql_on() { # node, then psql arguments
-    local n=$1
-    shift
-    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORTS[$n]}" -U postgres "$@"
-}
 DB=tenancy_citus
-for n in "${NODES[@]}"; do
-    psql_on "$n" -d postgres -c "CREATE DATABASE $DB"
-    psql_on "$n" -d "$DB" -c "CREATE EXTENSION citus"
-done
-psql_on coordinator -d "$DB" \
-    -c "SELECT citus_set_coordinator_host('127.0.0.1', ${PORTS[coordinator]})" \
-    -c "SELECT citus_add_node('127.0.0.1', ${PORTS[worker1]})" \
-    -c "SELECT citus_add_node('127.0.0.1', ${PORTS[worker2]})" >/dev/null
+trap 'citus_cluster_stop "$WORK"' EXIT
+citus_cluster_start "$WORK" "$DB"
 # The suite's roles and pg_tenancy itself, created on the coordinator (Citus propagates roles
 # and the extension to the workers).
-psql_on coordinator -d "$DB" -f tests/citus/setup.sql
+"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${CITUS_PORTS[0]}" -U postgres -d "$DB" \
+    -f tests/citus/setup.sql
 
-log "Citus suite (coordinator 127.0.0.1:${PORTS[coordinator]}, workers ${PORTS[worker1]}, ${PORTS[worker2]})"
+log "Citus suite (coordinator 127.0.0.1:${CITUS_PORTS[0]}, workers ${CITUS_PORTS[1]}, ${CITUS_PORTS[2]})"
 cd tests/integration
-PGHOST=127.0.0.1 PGPORT=${PORTS[coordinator]} TENANCY_IT_DB=$DB \
-    TENANCY_CITUS_PORTS="${PORTS[coordinator]},${PORTS[worker1]},${PORTS[worker2]}" \
+PGHOST=127.0.0.1 PGPORT=${CITUS_PORTS[0]} TENANCY_IT_DB=$DB \
+    TENANCY_CITUS_PORTS="$(IFS=,; echo "${CITUS_PORTS[*]}")" \
     cargo test --test citus --no-fail-fast -- --test-threads=2
