@@ -283,6 +283,22 @@ GRANT EXECUTE ON FUNCTION tenancy._fk_with_tenant(oid, name, name) TO tenancy_op
 -- run them top to bottom (a key is rewritten before the foreign keys that reference it are
 -- added back, an index is created only if no fix before made one). For operators (it reads
 -- pg_tenancy's metadata).
+-- Internal, for verify(): the role mappings and the auto-protected schemas' tenant columns,
+-- each read by a query of its own. On Citus both tables are reference tables, and Citus runs a
+-- statement that reads one as its own SQL text, where pg_roles becomes pg_authid, which
+-- operators may not read.
+CREATE FUNCTION tenancy._role_mappings() RETURNS TABLE (role oid, tenant_id uuid)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN QUERY SELECT m.role::oid, m.tenant_id FROM tenancy.role_mapping m; END $$;
+REVOKE EXECUTE ON FUNCTION tenancy._role_mappings() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._role_mappings() TO tenancy_operator;
+CREATE FUNCTION tenancy._auto_protect_columns() RETURNS SETOF name
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN QUERY SELECT s.tenant_column FROM tenancy.auto_protect_schema s; END $$;
+REVOKE EXECUTE ON FUNCTION tenancy._auto_protect_columns() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._auto_protect_columns() TO tenancy_operator;
 CREATE FUNCTION tenancy.verify()
 RETURNS TABLE (severity text, rule text, object text, detail text, fix text)
 LANGUAGE sql VOLATILE
@@ -301,7 +317,7 @@ WITH prot AS MATERIALIZED (
 tenant_columns AS (
     SELECT DISTINCT tenant_column FROM prot
     UNION SELECT 'tenant_id'::name
-    UNION SELECT tenant_column FROM tenancy.auto_protect_schema
+    UNION SELECT c FROM tenancy._auto_protect_columns() c
 ),
 -- Views and materialized views reading a protected table (base), directly or through views.
 dependents AS (
@@ -416,12 +432,12 @@ SELECT 'warning', 'security_definer_function', f.oid::regprocedure::text,
  WHERE f.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy')
 UNION ALL
 -- 9. Superuser or BYPASSRLS roles mapped to tenants: row security does not apply to them.
-SELECT 'error', 'bypass_role_mapped', m.role::text,
+SELECT 'error', 'bypass_role_mapped', m.role::regrole::text,
        format('role is %s and mapped to tenant %s: row security does not apply to it',
               CASE WHEN r.rolsuper THEN 'a superuser' ELSE 'BYPASSRLS' END, m.tenant_id),
-       CASE WHEN r.rolsuper THEN format('SELECT tenancy.unmap_role(%L, %L);', m.role::text, m.tenant_id)
+       CASE WHEN r.rolsuper THEN format('SELECT tenancy.unmap_role(%L, %L);', m.role::regrole::text, m.tenant_id)
             ELSE format('ALTER ROLE %I NOBYPASSRLS;', r.rolname) END
-  FROM tenancy.role_mapping m JOIN pg_roles r ON r.oid = m.role
+  FROM tenancy._role_mappings() m JOIN pg_roles r ON r.oid = m.role
  WHERE r.rolsuper OR r.rolbypassrls
 UNION ALL
 -- 10. Non-superuser BYPASSRLS roles with privileges on protected tables.
@@ -487,7 +503,7 @@ SELECT 'warning', 'large_objects', format('%s large object(s) owned by %I', coun
   FROM pg_largeobject_metadata lo JOIN pg_roles r ON r.oid = lo.lomowner
  WHERE NOT r.rolsuper
    AND (EXISTS (SELECT FROM prot p WHERE has_table_privilege(r.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE'))
-        OR EXISTS (SELECT FROM tenancy.role_mapping m WHERE m.role = r.oid))
+        OR EXISTS (SELECT FROM tenancy._role_mappings() m WHERE m.role = r.oid))
  GROUP BY r.rolname
 UNION ALL
 -- 15. Protected tables owned by a role that an application session can be: a login role (other
@@ -744,12 +760,19 @@ SELECT 'error', 'unprotected_parent', p.relid::regclass::text,
             ELSE format('ALTER TABLE %s NO INHERIT %s;', p.relid::regclass, i.inhparent::regclass) END
   FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_inherits i ON i.inhrelid = p.relid
  WHERE i.inhparent NOT IN (SELECT relid FROM prot)
+UNION ALL
+-- 26. On Citus: a shard of a protected table whose row security or policies differ from its
+--     table's on the coordinator (changed on a worker, where the guard does not run yet), or
+--     that cannot be read. Nothing without Citus.
+SELECT 'error', 'citus_shard_drift', d.object, d.detail,
+       format('SELECT tenancy.protect(%L, audit => false);', d.object)
+  FROM tenancy._citus_shard_drift() d
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so
 -- that each key leads with the tenant column before the foreign keys that reference it are
 -- added back and before the tenant index is looked for; the rest touch nothing the others do.
-ORDER BY array_position(ARRAY['protection_drift', 'unprotected_tenant_table', 'partition_unprotected',
+ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'unprotected_tenant_table', 'partition_unprotected',
                               'unprotected_parent', 'owner_can_bind', 'domain_owner_can_bind',
                               'trigger_function_owner_can_bind', 'leaky_expression',
                               'unique_without_tenant', 'unique_index_without_tenant',
@@ -758,8 +781,8 @@ ORDER BY array_position(ARRAY['protection_drift', 'unprotected_tenant_table', 'p
                               'redundant_tenant_index'], f.rule) NULLS LAST,
          f.rule, f.object
 $verify$;
-REVOKE EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables() TO tenancy_operator;
+REVOKE EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables(), tenancy._citus_shard_drift() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables(), tenancy._citus_shard_drift() TO tenancy_operator;
 
 ---------------------------------------------------------------------------------------------
 -- Tenant RBAC, readable by operators and by the bound tenant's admins (their own tenant).

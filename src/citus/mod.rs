@@ -18,8 +18,10 @@
 //!   routes to the tenant's shard: `src/protection/policy.rs` (`citus_sql`), planned by
 //!   `src/pg/binding_param.rs`.
 //!
-//! Still to come (issue #29): the guard and verify on shards, schema-based sharding, the audit
-//! trail distributed by tenant.
+//! - `verify()` compares every shard of a protected table with the table ([`citus_shard_drift`]).
+//!
+//! Still to come (issue #29): the guard on the workers, schema-based sharding, the audit trail
+//! distributed by tenant.
 
 use crate::errors;
 use pgrx::prelude::*;
@@ -229,4 +231,91 @@ fn distribute_catalog() -> Vec<String> {
             "Check that every node is reachable (citus_check_cluster_node_health()) and call tenancy.citus_setup() again.",
         )
     })
+}
+
+/// Internal, for `tenancy.verify()` (rule `citus_shard_drift`): the shards of protected Citus
+/// tables whose row security or policies differ from their table's on the coordinator (a
+/// policy dropped or row security disabled on a worker, where pg_tenancy's guard does not run
+/// yet), or that could not be read. One row per shard: the table, and what differs. Nothing
+/// where Citus is not created.
+///
+/// Reads each shard through Citus's `run_command_on_shards`, as the catalog owner (Citus reads
+/// node metadata an operator may not), with a fixed statement into which Citus formats each
+/// shard's name, and reads nothing but `pg_class` and `pg_policy` there. Policy expressions are compared with the tables'
+/// names in them left out (a shard's policies name its table as the coordinator's do, printed
+/// under the caller's `search_path` there).
+#[pg_extern(volatile, parallel_unsafe, name = "_citus_shard_drift")]
+fn citus_shard_drift() -> TableIterator<'static, (name!(object, String), name!(detail, String))> {
+    crate::authz::require_operator("verify");
+    if !crate::pg::citus::in_database() {
+        return TableIterator::new(Vec::new());
+    }
+    // The signature of a relation's row security: its two flags, then each policy (name,
+    // command, permissive, USING, WITH CHECK) in name order, with '...'::regclass constants
+    // written as '?'::regclass. `%1$s` is the relation, formatted by Citus on each shard.
+    const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
+          FROM pg_catalog.pg_class c WHERE c.oid = '%1$s'::pg_catalog.regclass) || ' ' || \
+         coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
+              || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
+              || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
+              '''[^'']*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
+          FROM pg_catalog.pg_policy p WHERE p.polrelid = '%1$s'::pg_catalog.regclass), '')";
+    // As the catalog owner: Citus's run_command_on_shards reads its node and placement
+    // metadata, which an operator may not; the statements are this function's own.
+    let rows = crate::catalog::with_owner(|| Spi::connect(|c| {
+        let tables: Vec<String> = c
+            .select(
+                "SELECT p.relid::text FROM tenancy.protected_table p \
+                   JOIN pg_catalog.pg_dist_partition d ON d.logicalrelid = p.relid ORDER BY 1",
+                None,
+                &[],
+            )?
+            .map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for table in tables {
+            // The statement for the table itself, formatted by PostgreSQL's format() with the
+            // name regclass prints (quoted where it must be).
+            let local: String = c
+                .select("SELECT pg_catalog.format($1, $2)", Some(1), &[SIGNATURE.into(), table.clone().into()])?
+                .first()
+                .get_one::<String>()?
+                .unwrap_or_default();
+            let expected: String = c
+                .select(&local, Some(1), &[])?
+                .first()
+                .get_one::<String>()?
+                .unwrap_or_default();
+            let shards = c.select(
+                "SELECT s.shardid, s.success, s.result \
+                   FROM pg_catalog.run_command_on_shards($1::pg_catalog.regclass, $2) s ORDER BY 1",
+                None,
+                &[table.clone().into(), SIGNATURE.into()],
+            )?;
+            for r in shards {
+                let shard = r.get::<i64>(1)?.unwrap_or_default();
+                let ok = r.get::<bool>(2)?.unwrap_or(false);
+                let result = r.get::<String>(3)?.unwrap_or_default();
+                if !ok {
+                    out.push((table.clone(), format!("shard {shard} could not be read: {result}")));
+                } else if result != expected {
+                    out.push((
+                        table.clone(),
+                        format!(
+                            "shard {shard}: row security and policies differ from the table's on the coordinator (shard: {result}; table: {expected})"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    }))
+    .unwrap_or_else(|e| {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("the shards of protected tables could not be read: {e}"),
+            "Check that every node is reachable (citus_check_cluster_node_health()).",
+        )
+    });
+    TableIterator::new(rows)
 }

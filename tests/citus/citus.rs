@@ -593,3 +593,71 @@ fn protect_refuses_what_it_cannot_do_on_citus_with_a_hint() {
         .get(0);
     assert_eq!(n, 0, "nothing protected");
 }
+
+/// A shard changed on a worker (its policy dropped, or its row security disabled, by a
+/// superuser there, where pg_tenancy's guard does not run yet) is reported by verify() on the
+/// coordinator, as an error naming the table and the shard, with a fix that works.
+#[test]
+fn verify_reports_a_shard_changed_on_a_worker() {
+    let t = format!("drift_{}", std::process::id());
+    let mut su = superuser();
+    let mut tx = su.transaction().unwrap();
+    for sql in [
+        "SET LOCAL citus.multi_shard_modify_mode = 'sequential'".to_string(),
+        format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+        format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+        format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+    ] {
+        tx.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    }
+    tx.commit().unwrap();
+    let mut op = node(0, OPERATOR);
+    assert_not_privileged(&mut op);
+    let drift = |op: &mut Client| -> Vec<(String, String, String)> {
+        op.query(
+            "SELECT object, detail, fix FROM tenancy.verify() WHERE rule = 'citus_shard_drift'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+
+    // Two shards on worker 1, changed there by its superuser.
+    let shards: Vec<String> = su
+        .query(
+            &format!(
+                "SELECT shard_name('public.{t}'::regclass, shardid) FROM citus_shards \
+                  WHERE table_name = 'public.{t}'::regclass AND nodeport = $1 ORDER BY shardid LIMIT 2"
+            ),
+            &[&i32::from(ports()[1])],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(shards.len(), 2);
+    let mut w = node(1, "postgres");
+    w.batch_execute(&format!(
+        "SET citus.enable_manual_changes_to_shards = on; \
+         DROP POLICY tenancy_select ON {}; \
+         ALTER TABLE {} DISABLE ROW LEVEL SECURITY",
+        shards[0], shards[1]
+    ))
+    .unwrap();
+    let found = drift(&mut op);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found
+            .iter()
+            .all(|(object, _, _)| object == &format!("public.{t}")),
+        "{found:?}"
+    );
+    // The fix it gives restores both shards.
+    let fix = found[0].2.clone();
+    op.batch_execute(&fix).unwrap();
+    assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+}
