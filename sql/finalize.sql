@@ -214,7 +214,7 @@ CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
 CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE',
-                 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+                 'CREATE TRIGGER', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();
 
 CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
@@ -761,18 +761,18 @@ SELECT 'error', 'unprotected_parent', p.relid::regclass::text,
   FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_inherits i ON i.inhrelid = p.relid
  WHERE i.inhparent NOT IN (SELECT relid FROM prot)
 UNION ALL
--- 26. On Citus: a shard of a protected table whose row security or policies differ from its
---     table's on the coordinator (changed on a worker, where the guard does not run yet), or
---     that cannot be read. Nothing without Citus.
-SELECT 'error', 'citus_shard_drift', d.object, d.detail,
-       format('SELECT tenancy.protect(%L, audit => false);', d.object)
-  FROM tenancy._citus_shard_drift() d
+-- 26. On Citus: shards of protected tables whose row security, policies or triggers differ
+--     from their table's on the coordinator (changed on a worker, where the guard does not
+--     run yet), and TRUNCATE or TRIGGER granted on protected Citus tables, which reach the
+--     shards past pg_tenancy's checks. Nothing without Citus.
+SELECT 'error', d.rule, d.object, d.detail, d.fix
+  FROM tenancy._citus_findings() d
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so
 -- that each key leads with the tenant column before the foreign keys that reference it are
 -- added back and before the tenant index is looked for; the rest touch nothing the others do.
-ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'unprotected_tenant_table', 'partition_unprotected',
+ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'citus_grant_reaches_shards', 'unprotected_tenant_table', 'partition_unprotected',
                               'unprotected_parent', 'owner_can_bind', 'domain_owner_can_bind',
                               'trigger_function_owner_can_bind', 'leaky_expression',
                               'unique_without_tenant', 'unique_index_without_tenant',
@@ -781,8 +781,8 @@ ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'unprotec
                               'redundant_tenant_index'], f.rule) NULLS LAST,
          f.rule, f.object
 $verify$;
-REVOKE EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables(), tenancy._citus_shard_drift() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables(), tenancy._citus_shard_drift() TO tenancy_operator;
+REVOKE EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables(), tenancy._citus_findings() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables(), tenancy._citus_findings() TO tenancy_operator;
 
 ---------------------------------------------------------------------------------------------
 -- Tenant RBAC, readable by operators and by the bound tenant's admins (their own tenant).

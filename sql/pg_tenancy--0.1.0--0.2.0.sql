@@ -66,11 +66,11 @@ REVOKE EXECUTE ON FUNCTION tenancy._fk_with_tenant(oid, name, name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy._fk_with_tenant(oid, name, name) TO tenancy_operator;
 CREATE FUNCTION tenancy."_lock_protected_tables"() RETURNS SETOF oid
 STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'lock_protected_tables_wrapper';
--- verify() on Citus: the shards of protected tables compared with their tables (src/citus/mod.rs).
-CREATE FUNCTION tenancy."_citus_shard_drift"() RETURNS TABLE ("object" text, "detail" text)
-STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'citus_shard_drift_wrapper';
-REVOKE EXECUTE ON FUNCTION tenancy._citus_shard_drift() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION tenancy._citus_shard_drift() TO tenancy_operator;
+-- verify() on Citus: shards compared with their tables, grants that reach them (src/citus/mod.rs).
+CREATE FUNCTION tenancy."_citus_findings"() RETURNS TABLE ("rule" text, "object" text, "detail" text, "fix" text)
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'citus_findings_wrapper';
+REVOKE EXECUTE ON FUNCTION tenancy._citus_findings() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._citus_findings() TO tenancy_operator;
 -- Internal, for verify(): the role mappings and the auto-protected schemas' tenant columns,
 -- each read by a query of its own. On Citus both tables are reference tables, and Citus runs a
 -- statement that reads one as its own SQL text, where pg_roles becomes pg_authid, which
@@ -549,18 +549,18 @@ SELECT 'error', 'unprotected_parent', p.relid::regclass::text,
   FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_inherits i ON i.inhrelid = p.relid
  WHERE i.inhparent NOT IN (SELECT relid FROM prot)
 UNION ALL
--- 26. On Citus: a shard of a protected table whose row security or policies differ from its
---     table's on the coordinator (changed on a worker, where the guard does not run yet), or
---     that cannot be read. Nothing without Citus.
-SELECT 'error', 'citus_shard_drift', d.object, d.detail,
-       format('SELECT tenancy.protect(%L, audit => false);', d.object)
-  FROM tenancy._citus_shard_drift() d
+-- 26. On Citus: shards of protected tables whose row security, policies or triggers differ
+--     from their table's on the coordinator (changed on a worker, where the guard does not
+--     run yet), and TRUNCATE or TRIGGER granted on protected Citus tables, which reach the
+--     shards past pg_tenancy's checks. Nothing without Citus.
+SELECT 'error', d.rule, d.object, d.detail, d.fix
+  FROM tenancy._citus_findings() d
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so
 -- that each key leads with the tenant column before the foreign keys that reference it are
 -- added back and before the tenant index is looked for; the rest touch nothing the others do.
-ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'unprotected_tenant_table', 'partition_unprotected',
+ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'citus_grant_reaches_shards', 'unprotected_tenant_table', 'partition_unprotected',
                               'unprotected_parent', 'owner_can_bind', 'domain_owner_can_bind',
                               'trigger_function_owner_can_bind', 'leaky_expression',
                               'unique_without_tenant', 'unique_index_without_tenant',
@@ -657,3 +657,11 @@ CREATE TRIGGER catalog_changed AFTER UPDATE OR DELETE OR TRUNCATE ON tenancy.aud
 CREATE FUNCTION tenancy."citus_setup"() RETURNS text[]
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'citus_setup_wrapper';
+
+-- The DDL guard sees CREATE TRIGGER too: on a protected table only its owner or a superuser
+-- creates one, never with a temporary function (src/protection/guard.rs).
+DROP EVENT TRIGGER tenancy_ddl_command_start;
+CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
+    WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE',
+                 'CREATE TRIGGER', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION tenancy._on_ddl_command_start();

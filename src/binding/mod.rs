@@ -1180,9 +1180,9 @@ fn ensure_mapped(gen: u64) {
         return;
     }
     // In a connection Citus opened, the statement that gives the transaction its distributed
-    // id comes first and may not be preceded by a read of the catalog (reference tables):
-    // until then no mapping is looked up (nor kept: the next statement looks again).
-    if crate::pg::citus::internal_backend() && !crate::pg::citus::distributed_transaction_assigned()
+    // id may not be preceded by a read of the catalog (reference tables, whose read takes one):
+    // during it no mapping is looked up (nor kept: the next statement looks again).
+    if crate::pg::citus::internal_backend() && crate::pg::citus::assigning_distributed_transaction()
     {
         return;
     }
@@ -1501,6 +1501,22 @@ fn carry_at_query_start(_writes: bool) {
     if !carrier::active() {
         return;
     }
+    // Citus connects to the workers as the current role, whose own role mapping binds it there:
+    // a session that has SET ROLE to a role mapped to a tenant would read that tenant's rows
+    // on the workers while bound here as its login role. Refused from the first statement.
+    let current = crate::pg::unguarded::user_id();
+    if current != crate::authz::session_user() && !catalog::mappings(current).is_empty() {
+        Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
+            format!(
+                "role \"{}\" is mapped to a tenant, and on Citus the workers would act for its mapping: SET ROLE to it is refused here",
+                crate::authz::role_name(current)
+            ),
+            "RESET ROLE: a session acts for its login role's binding on every node.",
+        )
+        .code("binding_split")
+        .raise();
+    }
     let token = BINDING.with(|b| b.borrow().as_ref().and_then(carrier::token_of));
     if let Some(token) = token {
         if adopted_token().is_none() {
@@ -1625,7 +1641,14 @@ unsafe extern "C-unwind" fn subxact_callback(
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         LIMITS_APPLIED.with(|l| l.set(false));
-        // A SET LOCAL of the carrier made inside is undone with it: carried again next query.
+    }
+    // A SET LOCAL of the carrier made inside a subtransaction is undone with it, and Citus
+    // forgets it when the subtransaction is released too: carried again at the next query.
+    if matches!(
+        event,
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+            | pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB
+    ) {
         carrier::forget_sent();
     }
 }

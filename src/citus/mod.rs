@@ -18,7 +18,8 @@
 //!   routes to the tenant's shard: `src/protection/policy.rs` (`citus_sql`), planned by
 //!   `src/pg/binding_param.rs`.
 //!
-//! - `verify()` compares every shard of a protected table with the table ([`citus_shard_drift`]).
+//! - `verify()` compares every shard of a protected table with the table, and reports grants
+//!   that reach the shards past pg_tenancy's checks ([`citus_findings`]).
 //!
 //! Still to come (issue #29): the guard on the workers, schema-based sharding, the audit trail
 //! distributed by tenant.
@@ -233,33 +234,51 @@ fn distribute_catalog() -> Vec<String> {
     })
 }
 
-/// Internal, for `tenancy.verify()` (rule `citus_shard_drift`): the shards of protected Citus
-/// tables whose row security or policies differ from their table's on the coordinator (a
-/// policy dropped or row security disabled on a worker, where pg_tenancy's guard does not run
-/// yet), or that could not be read. One row per shard: the table, and what differs. Nothing
-/// where Citus is not created.
+/// Internal, for `tenancy.verify()`, its findings on Citus (nothing where Citus is not
+/// created), each (rule, object, detail, fix):
+/// - `citus_shard_drift` (one per shard): the shards of protected Citus tables whose row
+///   security, policies or triggers (other than pg_tenancy's) differ from their table's on the
+///   coordinator (a policy dropped, row security disabled or a trigger planted on a worker,
+///   where pg_tenancy's guard does not run yet), or that could not be read;
+/// - `citus_grant_reaches_shards`: TRUNCATE or TRIGGER granted on a protected Citus table to a
+///   role other than its owner. Citus carries both to the shards, where pg_tenancy's TRUNCATE
+///   trigger and guard do not run: the grantee can empty every tenant's rows
+///   (`run_command_on_shards`) or plant a trigger on a shard.
 ///
 /// Reads each shard through Citus's `run_command_on_shards`, as the catalog owner (Citus reads
 /// node metadata an operator may not), with a fixed statement into which Citus formats each
 /// shard's name, and reads nothing but `pg_class` and `pg_policy` there. Policy expressions are compared with the tables'
 /// names in them left out (a shard's policies name its table as the coordinator's do, printed
 /// under the caller's `search_path` there).
-#[pg_extern(volatile, parallel_unsafe, name = "_citus_shard_drift")]
-fn citus_shard_drift() -> TableIterator<'static, (name!(object, String), name!(detail, String))> {
+#[pg_extern(volatile, parallel_unsafe, name = "_citus_findings")]
+fn citus_findings() -> TableIterator<
+    'static,
+    (
+        name!(rule, String),
+        name!(object, String),
+        name!(detail, String),
+        name!(fix, String),
+    ),
+> {
     crate::authz::require_operator("verify");
     if !crate::pg::citus::in_database() {
         return TableIterator::new(Vec::new());
     }
     // The signature of a relation's row security: its two flags, then each policy (name,
     // command, permissive, USING, WITH CHECK) in name order, with '...'::regclass constants
-    // written as '?'::regclass. `%1$s` is the relation, formatted by Citus on each shard.
+    // written as '?'::regclass, then its triggers other than pg_tenancy's (name without the
+    // shard's suffix Citus adds, and function). `%1$s` is the relation, formatted by Citus on
+    // each shard.
     const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
           FROM pg_catalog.pg_class c WHERE c.oid = '%1$s'::pg_catalog.regclass) || ' ' || \
          coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
               || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
               || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
               '''[^'']*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
-          FROM pg_catalog.pg_policy p WHERE p.polrelid = '%1$s'::pg_catalog.regclass), '')";
+          FROM pg_catalog.pg_policy p WHERE p.polrelid = '%1$s'::pg_catalog.regclass), '') || ' ' || \
+         coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' || t.tgfoid::pg_catalog.regproc::text, ',' ORDER BY 1) \
+          FROM pg_catalog.pg_trigger t WHERE t.tgrelid = '%1$s'::pg_catalog.regclass AND NOT t.tgisinternal \
+           AND t.tgname::text NOT LIKE 'tenancy\\_%%'), '')";
     // As the catalog owner: Citus's run_command_on_shards reads its node and placement
     // metadata, which an operator may not; the statements are this function's own.
     let rows = crate::catalog::with_owner(|| Spi::connect(|c| {
@@ -296,17 +315,58 @@ fn citus_shard_drift() -> TableIterator<'static, (name!(object, String), name!(d
                 let shard = r.get::<i64>(1)?.unwrap_or_default();
                 let ok = r.get::<bool>(2)?.unwrap_or(false);
                 let result = r.get::<String>(3)?.unwrap_or_default();
+                let fix = format!(
+                    "SELECT tenancy.protect({}, audit => false);",
+                    crate::catalog::quote_literal(&table)
+                );
                 if !ok {
-                    out.push((table.clone(), format!("shard {shard} could not be read: {result}")));
+                    out.push((
+                        "citus_shard_drift".to_string(),
+                        table.clone(),
+                        format!("shard {shard} could not be read: {result}"),
+                        fix,
+                    ));
                 } else if result != expected {
                     out.push((
+                        "citus_shard_drift".to_string(),
                         table.clone(),
                         format!(
-                            "shard {shard}: row security and policies differ from the table's on the coordinator (shard: {result}; table: {expected})"
+                            "shard {shard}: row security, policies or triggers differ from the table's on the coordinator (shard: {result}; table: {expected}); a trigger planted on a shard is dropped there by its owner or a superuser"
                         ),
+                        fix,
                     ));
                 }
             }
+        }
+        let grants = c.select(
+            "SELECT p.relid::text, a.privilege_type, \
+                    CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(a.grantee::regrole::text) END \
+               FROM tenancy.protected_table p \
+               JOIN pg_catalog.pg_dist_partition d ON d.logicalrelid = p.relid \
+               JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+               CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a \
+              WHERE a.privilege_type IN ('TRUNCATE', 'TRIGGER') AND a.grantee <> c.relowner \
+              ORDER BY 1, 2, 3",
+            None,
+            &[],
+        )?;
+        for r in grants {
+            let table = r.get::<String>(1)?.unwrap_or_default();
+            let privilege = r.get::<String>(2)?.unwrap_or_default();
+            let grantee = r.get::<String>(3)?.unwrap_or_default();
+            out.push((
+                "citus_grant_reaches_shards".to_string(),
+                format!("{table} to {grantee}"),
+                format!(
+                    "{privilege} on a distributed table reaches its shards on the workers, where pg_tenancy's TRUNCATE trigger and guard do not run: {}",
+                    if privilege == "TRUNCATE" {
+                        "the grantee can empty every tenant's rows (run_command_on_shards)"
+                    } else {
+                        "the grantee can plant a trigger on a shard that copies each tenant's rows out"
+                    }
+                ),
+                format!("REVOKE {privilege} ON {table} FROM {grantee};"),
+            ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     }))

@@ -176,6 +176,8 @@ thread_local! {
     /// Set by the EXPLAIN hook until the first statement with policies is planned: Citus's
     /// EXPLAIN plans the statement it shows with no query text, for that EXPLAIN only.
     static EXPLAINING: Cell<bool> = const { Cell::new(false) };
+    /// Set with EXPLAINING when the EXPLAIN runs nothing (no ANALYZE).
+    static EXPLAINING_ONLY: Cell<bool> = const { Cell::new(false) };
 }
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 
@@ -221,13 +223,19 @@ unsafe extern "C-unwind" fn explain_one_query(
     params: pg_sys::ParamListInfo,
     query_env: *mut pg_sys::QueryEnvironment,
 ) {
-    struct Done(bool);
+    struct Done(bool, bool);
     impl Drop for Done {
         fn drop(&mut self) {
             EXPLAINING.with(|e| e.set(self.0));
+            EXPLAINING_ONLY.with(|e| e.set(self.1));
         }
     }
-    let _done = Done(EXPLAINING.with(|e| e.replace(true)));
+    // SAFETY: `es` is the EXPLAIN's valid ExplainState (this hook's contract).
+    let analyze = unsafe { (*es).analyze };
+    let _done = Done(
+        EXPLAINING.with(|e| e.replace(true)),
+        EXPLAINING_ONLY.with(|e| e.replace(!analyze)),
+    );
     // SAFETY: PREV_EXPLAIN_ONE_QUERY is written once by init (this hook is installed only over
     // one), on the backend's only thread; it is called with PostgreSQL's own arguments through
     // the FFI guard (its errors come back as a Rust panic, re-raised by #[pg_guard]).
@@ -336,6 +344,7 @@ unsafe extern "C-unwind" fn planner(
         // A Citus worker plans its shard queries itself (shards are plain tables to it): there
         // the parameter stays on that node.
         params_allowed: !super::citus::in_database() || super::citus::internal_backend(),
+        explain_only: explaining && EXPLAINING_ONLY.with(|e| e.get()),
     };
     // SAFETY: as above; the policy subqueries are replaced in place by Params or Consts
     // palloc'd in the current memory context, and the tree, untouched otherwise, is planned.
@@ -418,6 +427,10 @@ struct Replace {
     /// Whether reserved parameters may be placed: not where Citus plans the statement (it
     /// would send `$1000000000` to the workers in the shard queries' text, with no value).
     params_allowed: bool,
+    /// Whether the plan is only shown (EXPLAIN without ANALYZE, where Citus plans it): without
+    /// a binding, the tenant is NULL there, as a reserved parameter is on one node, rather than
+    /// the policy's call, which Citus would evaluate while planning and which would refuse.
+    explain_only: bool,
 }
 
 impl Replace {
@@ -447,6 +460,10 @@ impl Replace {
                 }
             }
         }
+        if self.explain_only {
+            // SAFETY: this function's contract.
+            return Some(unsafe { null_tenant_const() } as *mut c_void);
+        }
         if !self.params_allowed {
             return None;
         }
@@ -473,6 +490,25 @@ unsafe fn tenant_const(tenant: &[u8; 16]) -> *mut pg_sys::Const {
             16,
             pg_sys::Datum::from(v),
             false,
+            false,
+        )
+    }
+}
+
+/// A NULL uuid Const: the tenant of a plan only shown, without a binding.
+///
+/// # Safety
+/// On the backend's thread; palloc'd in the current memory context.
+unsafe fn null_tenant_const() -> *mut pg_sys::Const {
+    // SAFETY: makeConst allocates the node in the current context; a null Const holds no value.
+    unsafe {
+        pg_sys::makeConst(
+            pg_sys::UUIDOID,
+            -1,
+            pg_sys::InvalidOid,
+            16,
+            pg_sys::Datum::from(0usize),
+            true,
             false,
         )
     }

@@ -115,24 +115,22 @@ pub fn internal_backend() -> bool {
     }
 }
 
-/// Whether Citus has given this backend's transaction its distributed transaction id. The
-/// coordinator opens every transaction on a worker with `assign_distributed_transaction_id()`,
-/// which fails once the backend has one; reading a reference table (pg_tenancy's catalog)
-/// gives it one. So in a Citus connection nothing reads the catalog before Citus has assigned
-/// it (a query of a Citus function, not of a table).
-pub fn distributed_transaction_assigned() -> bool {
-    pgrx::spi::Spi::connect(|c| {
-        c.select(
-            "SELECT (pg_catalog.get_current_transaction_id()).transaction_number <> 0",
-            Some(1),
-            &[],
-        )?
-        .first()
-        .get_one::<bool>()
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+/// Whether the running statement is the one with which the coordinator opens every
+/// transaction on a worker, `assign_distributed_transaction_id()`, which fails once the
+/// backend's transaction has a distributed id; reading a reference table (pg_tenancy's
+/// catalog) gives it one. (Read from the statement's text: a client that sends the same text
+/// only keeps pg_tenancy from looking up its role mapping for that statement.)
+pub fn assigning_distributed_transaction() -> bool {
+    // SAFETY: debug_query_string is this backend's variable: null or the NUL-terminated text of
+    // the statement being run, read on its only thread.
+    unsafe {
+        let q = pg_sys::debug_query_string;
+        !q.is_null()
+            && CStr::from_ptr(q)
+                .to_bytes()
+                .windows(33)
+                .any(|w| w == b"assign_distributed_transaction_id")
+    }
 }
 
 /// Let pg_tenancy's catalog reads that follow, until the GUC nest level open now is closed, run

@@ -608,6 +608,9 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
             pg_sys::NodeTag::T_AlterDomainStmt => {
                 check_alter_domain(stmt as *mut pg_sys::AlterDomainStmt)
             }
+            pg_sys::NodeTag::T_CreateTrigStmt => {
+                check_create_trigger(stmt as *mut pg_sys::CreateTrigStmt)
+            }
             // A rule's actions run for every tenant's writes with the rule owner's privileges
             // (DO ALSO INSERT INTO elsewhere VALUES (NEW.*) copies every tenant's rows out).
             pg_sys::NodeTag::T_RuleStmt => {
@@ -998,6 +1001,54 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) {
     unsafe {
         if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_LockStmt && catalog::installed() {
             check_lock(stmt as *mut pg_sys::LockStmt);
+        }
+    }
+}
+
+/// CREATE TRIGGER on a protected table, before it runs (ddl_command_start, for every role but
+/// superusers, loaded or not). A trigger's function runs in every tenant's sessions, with
+/// each session's binding: it can copy the rows that tenant writes, or reads, to where another
+/// tenant reads them (NOTIFY, a table without row security, a setting). PostgreSQL lets any
+/// role holding the TRIGGER privilege create one, which an application role may hold (GRANT
+/// ALL); pg_tenancy lets only the table's owner (a migration role, which application sessions
+/// cannot be: verify's `owner_can_bind`), and not with a function in a temporary schema,
+/// which its session can replace at will and which no one else sees.
+///
+/// # Safety
+/// `s` must be a valid CreateTrigStmt parse tree; inside the command's transaction.
+unsafe fn check_create_trigger(s: *mut pg_sys::CreateTrigStmt) {
+    if crate::protection::policy::guard_stands_aside() {
+        return;
+    }
+    // SAFETY: `s` is a CreateTrigStmt (this function's contract); its relation is a RangeVar
+    // and its function name a List of String nodes, looked up in the catalog (missing ok).
+    unsafe {
+        let rel = relid_of((*s).relation);
+        if !is_protected(rel) {
+            return;
+        }
+        let caller = crate::authz::caller();
+        let func = pg_sys::LookupFuncName((*s).funcname, 0, std::ptr::null(), true);
+        let temp_function = func != pg_sys::InvalidOid
+            && pg_sys::isAnyTempNamespace(pg_sys::get_func_namespace(func));
+        let table = crate::catalog::relation_name(rel);
+        if temp_function {
+            refuse_channel(
+                rel,
+                format!("a trigger on protected table \"{table}\" with a temporary function is refused: it would run in every tenant's sessions"),
+                "Create the trigger function in a schema of its own, owned by a migration role, and have that role (the table's owner) create the trigger.",
+            );
+        }
+        let owner = crate::catalog::relation_owner(rel).unwrap_or(pg_sys::InvalidOid);
+        if !pg_sys::has_privs_of_role(caller, owner) {
+            refuse_channel(
+                rel,
+                format!(
+                    "CREATE TRIGGER on protected table \"{table}\" is refused for role \"{}\", which does not own it: a trigger runs in every tenant's sessions and sees their rows",
+                    crate::authz::role_name(caller)
+                ),
+                format!("The table's owner (a migration role) or a superuser creates its triggers. Application roles need no TRIGGER privilege: REVOKE TRIGGER ON {table} FROM {};", crate::catalog::quote_ident(&crate::authz::role_name(caller))),
+            );
         }
     }
 }

@@ -650,6 +650,22 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     .unwrap();
     let found = drift(&mut op);
     assert_eq!(found.len(), 2, "{found:?}");
+    // TRUNCATE or TRIGGER granted on the table reaches its shards past pg_tenancy's checks.
+    su.batch_execute(&format!("GRANT TRUNCATE, TRIGGER ON public.{t} TO {APP}"))
+        .unwrap();
+    let grants: Vec<(String, String)> = op
+        .query(
+            "SELECT object, fix FROM tenancy.verify() WHERE rule = 'citus_grant_reaches_shards'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    for (_, fix) in &grants {
+        su.batch_execute(fix).unwrap();
+    }
     assert!(
         found
             .iter()
@@ -660,4 +676,155 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     let fix = found[0].2.clone();
     op.batch_execute(&fix).unwrap();
     assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+    // A trigger planted on a shard there (found by the attacker's review: with the TRIGGER
+    // grant, a trigger on a shard copies each tenant's rows out).
+    w.batch_execute(&format!(
+        "SET citus.enable_manual_changes_to_shards = on; \
+         CREATE TRIGGER zz_spy BEFORE UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+        shards[0]
+    ))
+    .unwrap();
+    let found = drift(&mut op);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].1.contains("zz_spy"), "{found:?}");
+    w.batch_execute(&format!(
+        "SET citus.enable_manual_changes_to_shards = on; DROP TRIGGER zz_spy ON {}",
+        shards[0]
+    ))
+    .unwrap();
+    assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+}
+
+/// A protected reference table (one copy on every node) is confined like a distributed one,
+/// and refuses an unbound statement; EXPLAIN without a binding plans a protected distributed
+/// table's statement (nothing runs) instead of refusing it.
+#[test]
+fn reference_tables_refuse_unbound_statements_and_unbound_explain_plans() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let (r, d) = (format!("ref_{pid}"), format!("unbound_{pid}"));
+    let mut su = superuser();
+    let mut tx = su.transaction().unwrap();
+    for sql in [
+        "SET LOCAL citus.multi_shard_modify_mode = 'sequential'".to_string(),
+        format!("CREATE TABLE public.{r} (tenant_id uuid, id int, v text)"),
+        format!("SELECT create_reference_table('public.{r}')"),
+        format!("SELECT tenancy.protect('public.{r}', audit => false)"),
+        format!("GRANT SELECT, INSERT ON public.{r} TO {APP}"),
+        format!("CREATE TABLE public.{d} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+        format!("SELECT create_distributed_table('public.{d}', 'tenant_id')"),
+        format!("SELECT tenancy.protect('public.{d}', audit => false)"),
+        format!("GRANT SELECT ON public.{d} TO {APP}"),
+    ] {
+        tx.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    }
+    tx.commit().unwrap();
+    let mut c = app_on(0);
+    for tenant in [&f.a, &f.b] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
+            .unwrap();
+        tx.execute(
+            &format!("INSERT INTO public.{r} (id, v) VALUES (1, $1)"),
+            &[tenant],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    for tenant in [&f.a, &f.b] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
+            .unwrap();
+        let seen: Vec<String> = tx
+            .query(&format!("SELECT v FROM public.{r}"), &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(seen, [tenant.clone()]);
+        tx.rollback().unwrap();
+    }
+    for sql in [
+        format!("SELECT v FROM public.{r}"),
+        format!("SELECT * FROM public.{d}"),
+    ] {
+        let e = c.query(&sql, &[]).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+    }
+    let plan: Vec<String> = c
+        .query(
+            &format!("EXPLAIN (COSTS OFF) SELECT * FROM public.{d} WHERE id = 1"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Custom Scan (Citus Adaptive)")),
+        "{plan:?}"
+    );
+}
+
+/// A role mapped to a tenant needs nothing carried: Citus connects to the workers as the same
+/// role, which the same mapping binds there, also for a statement outside a transaction
+/// block. But a session that SET ROLEs to a mapped role would have the workers act for that
+/// role's tenant while it is bound here as its login role: refused. And a bind made inside a
+/// savepoint that is released is still carried.
+#[test]
+fn mapped_roles_act_on_the_workers_and_set_role_cannot_split_a_binding() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let (t, role) = (format!("mapped_{pid}"), format!("cit_mapped_{pid}"));
+    let mut su = superuser();
+    let mut tx = su.transaction().unwrap();
+    for sql in [
+        "SET LOCAL citus.multi_shard_modify_mode = 'sequential'".to_string(),
+        format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+        format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+        format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+        format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"),
+        format!("GRANT SELECT, INSERT ON public.{t} TO {role}, {APP}"),
+        format!("GRANT {role} TO {APP}"),
+    ] {
+        tx.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    }
+    tx.commit().unwrap();
+    su.execute(
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&role, &f.a],
+    )
+    .unwrap();
+    let mut m = node(0, &role);
+    assert_not_privileged(&mut m);
+    m.batch_execute(&format!("INSERT INTO public.{t} (id) VALUES (1), (2)"))
+        .unwrap();
+    let n: i64 = m
+        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+
+    let mut c = app_on(0);
+    c.batch_execute(&format!("SET ROLE {role}")).unwrap();
+    let e = c
+        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    c.batch_execute("RESET ROLE").unwrap();
+
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute("SAVEPOINT a").unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "bob")])
+        .unwrap();
+    tx.batch_execute("RELEASE SAVEPOINT a").unwrap();
+    let n: i64 = tx
+        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "tenant B has no rows");
+    tx.rollback().unwrap();
 }

@@ -807,3 +807,53 @@ fn only_a_tenants_admin_reads_its_trails_metadata() {
     .unwrap();
     c.batch_execute("ROLLBACK").unwrap();
 }
+
+/// A trigger on a protected table runs in every tenant's sessions, with their bindings: an
+/// application role holding the TRIGGER privilege (GRANT ALL gives it) could plant one that
+/// copies each tenant's rows to a channel it listens on. pg_tenancy refuses CREATE TRIGGER on
+/// a protected table to everyone but its owner and superusers, and a trigger with a temporary
+/// function to its owner too (found by the attacker's review of the Citus mode, on one node
+/// too). Refused before the library is loaded in the session (the DDL event trigger).
+#[test]
+fn an_application_role_cannot_plant_a_trigger_on_a_protected_table() {
+    let mut su = superuser();
+    let s = schema(&mut su);
+    su.batch_execute(&format!(
+        "CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int); SELECT tenancy.protect('{s}.t'); \
+         GRANT ALL ON {s}.t TO {APP}; \
+         CREATE FUNCTION {s}.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+    ))
+    .unwrap();
+    let mut c = app();
+    c.batch_execute("CREATE FUNCTION pg_temp.spy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('spy', row_to_json(NEW)::text); RETURN NEW; END $$")
+        .unwrap();
+    for f in ["pg_temp.spy()".to_string(), format!("{s}.touch()")] {
+        let e = c
+            .batch_execute(&format!(
+                "CREATE TRIGGER zz AFTER INSERT ON {s}.t FOR EACH ROW EXECUTE FUNCTION {f}"
+            ))
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{f}: {}", message(&e));
+    }
+    // Its owner (a migration role, NOSUPERUSER) may, with a function of a real schema; not with
+    // a temporary one.
+    let owner = ident("ch_owner");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT USAGE ON SCHEMA {s} TO {owner}; \
+         ALTER TABLE {s}.t OWNER TO {owner}"
+    ))
+    .unwrap();
+    let mut o = connect(&owner);
+    o.batch_execute(&format!(
+        "CREATE TRIGGER touch BEFORE UPDATE ON {s}.t FOR EACH ROW EXECUTE FUNCTION {s}.touch()"
+    ))
+    .unwrap();
+    o.batch_execute("CREATE FUNCTION pg_temp.spy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+        .unwrap();
+    let e = o
+        .batch_execute(&format!(
+            "CREATE TRIGGER zz AFTER INSERT ON {s}.t FOR EACH ROW EXECUTE FUNCTION pg_temp.spy()"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+}
