@@ -473,16 +473,7 @@ fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
     // setting is changed with GUC_ACTION_SAVE, which PostgreSQL allows in parallel mode too.
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        crate::pg::guc::set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
         // On Citus, the catalog is read inside the queries Citus runs on a node too.
         crate::pg::citus::allow_nested_catalog_reads();
         let r = f();

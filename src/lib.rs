@@ -152,6 +152,7 @@ mod trust_inventory {
             include_str!("pg/binding_param.rs"),
         ),
         ("src/pg/citus.rs", include_str!("pg/citus.rs")),
+        ("src/pg/guc.rs", include_str!("pg/guc.rs")),
         ("src/pg/jsonb_build.rs", include_str!("pg/jsonb_build.rs")),
         ("src/pg/row_json.rs", include_str!("pg/row_json.rs")),
         (

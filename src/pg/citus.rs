@@ -147,18 +147,6 @@ pub unsafe fn allow_nested_catalog_reads() {
         return;
     }
     // SAFETY: the caller's contract: a nest level of its own, closed after the reads, which
-    // restores the setting (GUC_ACTION_SAVE); the setting is USERSET, so this may not raise
-    // for privileges.
-    unsafe {
-        pg_sys::set_config_option(
-            NESTED.as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-    }
+    // restores the setting; the setting is USERSET.
+    unsafe { super::guc::set_in_nest_level(NESTED, c"on") };
 }

@@ -429,36 +429,13 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
     // SAFETY: opens a GUC nesting level, closed by the AtEOXact_GUC below (or by the
     // transaction's abort on an error).
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    // SAFETY: SET client_min_messages = warning at that level (GUC_ACTION_SAVE): both strings
-    // are NUL-terminated literals, the value is valid for the setting, and any failure raises
-    // (elevel 0).
-    unsafe {
-        pg_sys::set_config_option(
-            c"client_min_messages".as_ptr(),
-            c"warning".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-    }
+    // SAFETY: inside the nest level opened above, closed below (or by the abort).
+    unsafe { crate::pg::guc::set_in_nest_level(c"client_min_messages", c"warning") };
     if crate::pg::citus::in_database() {
-        // Citus creates pg_tenancy's TRUNCATE trigger on every shard only with this on.
-        // SAFETY: as above; the setting exists where Citus is loaded (in_database).
-        unsafe {
-            pg_sys::set_config_option(
-                c"citus.enable_unsafe_triggers".as_ptr(),
-                c"on".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
+        // Citus creates pg_tenancy's TRUNCATE trigger on every shard only with this on (the
+        // setting exists where Citus is loaded).
+        // SAFETY: as above.
+        unsafe { crate::pg::guc::set_in_nest_level(c"citus.enable_unsafe_triggers", c"on") };
     }
     for (who, s) in sql {
         let run = || Spi::connect_mut(|c| c.update(s.as_str(), None, &[]).map(|_| ()));

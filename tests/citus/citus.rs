@@ -51,6 +51,50 @@ fn app_on(i: usize) -> Client {
 
 const CATALOG_TABLES: i64 = 12;
 
+/// Run `statements` as the superuser in one transaction, one statement per query (Citus carries
+/// a SET LOCAL to the workers as the text of the query it came in), in Citus's sequential mode
+/// from the start: a table distributed and protected in one transaction has policies that name
+/// it, which the workers see only over the connection that created it.
+fn setup_in_one_transaction(su: &mut Client, statements: &[String]) {
+    let mut tx = su.transaction().unwrap();
+    tx.batch_execute("SET LOCAL citus.multi_shard_modify_mode = 'sequential'")
+        .unwrap();
+    for sql in statements {
+        tx.batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    }
+    tx.commit().unwrap();
+}
+
+/// Tenants A and B each insert one row (its slug in `v`) into `public.<table>`, bound with a
+/// token in a transaction; then each reads back its own row and nothing else.
+fn each_tenant_writes_and_reads_only_its_own(c: &mut Client, f: &Fixture, table: &str) {
+    for tenant in [&f.a, &f.b] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
+            .unwrap();
+        tx.execute(
+            &format!("INSERT INTO public.{table} (id, v) VALUES (1, $1)"),
+            &[tenant],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    for tenant in [&f.a, &f.b] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
+            .unwrap();
+        let seen: Vec<String> = tx
+            .query(&format!("SELECT v FROM public.{table}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(seen, [tenant.clone()], "{table}");
+        tx.rollback().unwrap();
+    }
+}
+
 #[test]
 fn the_catalog_is_one_set_of_reference_tables_on_every_node() {
     for i in 0..ports().len() {
@@ -196,30 +240,7 @@ fn a_table_local_to_the_coordinator_is_protected_as_on_one_node() {
     ))
     .unwrap();
     let mut c = app_on(0);
-    for tenant in [&f.a, &f.b] {
-        let mut tx = c.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
-            .unwrap();
-        tx.execute(
-            &format!("INSERT INTO public.{t} (id, v) VALUES (1, $1)"),
-            &[tenant],
-        )
-        .unwrap();
-        tx.commit().unwrap();
-    }
-    for tenant in [&f.a, &f.b] {
-        let mut tx = c.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
-            .unwrap();
-        let seen: Vec<String> = tx
-            .query(&format!("SELECT v FROM public.{t}"), &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        assert_eq!(seen, [tenant.clone()]);
-        tx.rollback().unwrap();
-    }
+    each_tenant_writes_and_reads_only_its_own(&mut c, &f, &t);
     let e = c
         .query(&format!("SELECT v FROM public.{t}"), &[])
         .unwrap_err();
@@ -437,12 +458,9 @@ fn a_distributed_table_is_protected_and_a_tenants_statement_goes_to_its_shard() 
     let pid = std::process::id();
     let (t, hand) = (format!("p_orders_{pid}"), format!("hand_orders_{pid}"));
     let mut su = superuser();
-    // Distributed and protected in one transaction: Citus needs its sequential mode from the
-    // start (the shards' policies name the table, which the workers see only then). One
-    // statement per query: Citus carries a SET LOCAL as the text of the query it came in.
-    let mut tx = su.transaction().unwrap();
-    for sql in [
-        "SET LOCAL citus.multi_shard_modify_mode = 'sequential'".to_string(),
+    setup_in_one_transaction(
+        &mut su,
+        &[
         format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, v int)"),
         format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
         format!("SELECT tenancy.protect('public.{t}', audit => false)"),
@@ -452,10 +470,8 @@ fn a_distributed_table_is_protected_and_a_tenants_statement_goes_to_its_shard() 
         format!("ALTER TABLE public.{hand} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"),
         format!("CREATE POLICY tenant ON public.{hand} USING (tenant_id = current_setting('app.tenant_id')::uuid)"),
         format!("GRANT SELECT ON public.{hand} TO {APP}"),
-    ] {
-        tx.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
-    }
-    tx.commit().unwrap();
+        ],
+    );
     let mut c = app_on(0);
     for (tenant, n) in [(&f.a, 12), (&f.b, 7)] {
         let mut tx = c.transaction().unwrap();
@@ -601,17 +617,14 @@ fn protect_refuses_what_it_cannot_do_on_citus_with_a_hint() {
 fn verify_reports_a_shard_changed_on_a_worker() {
     let t = format!("drift_{}", std::process::id());
     let mut su = superuser();
-    let mut tx = su.transaction().unwrap();
-    for sql in [
-        "SET LOCAL citus.multi_shard_modify_mode = 'sequential'".to_string(),
-        format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
-        format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
-        format!("SELECT tenancy.protect('public.{t}', audit => false)"),
-    ] {
-        tx.batch_execute(&sql)
-            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
-    }
-    tx.commit().unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+        ],
+    );
     let mut op = node(0, OPERATOR);
     assert_not_privileged(&mut op);
     let drift = |op: &mut Client| -> Vec<(String, String, String)> {
@@ -704,9 +717,9 @@ fn reference_tables_refuse_unbound_statements_and_unbound_explain_plans() {
     let pid = std::process::id();
     let (r, d) = (format!("ref_{pid}"), format!("unbound_{pid}"));
     let mut su = superuser();
-    let mut tx = su.transaction().unwrap();
-    for sql in [
-        "SET LOCAL citus.multi_shard_modify_mode = 'sequential'".to_string(),
+    setup_in_one_transaction(
+        &mut su,
+        &[
         format!("CREATE TABLE public.{r} (tenant_id uuid, id int, v text)"),
         format!("SELECT create_reference_table('public.{r}')"),
         format!("SELECT tenancy.protect('public.{r}', audit => false)"),
@@ -715,36 +728,10 @@ fn reference_tables_refuse_unbound_statements_and_unbound_explain_plans() {
         format!("SELECT create_distributed_table('public.{d}', 'tenant_id')"),
         format!("SELECT tenancy.protect('public.{d}', audit => false)"),
         format!("GRANT SELECT ON public.{d} TO {APP}"),
-    ] {
-        tx.batch_execute(&sql)
-            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
-    }
-    tx.commit().unwrap();
+        ],
+    );
     let mut c = app_on(0);
-    for tenant in [&f.a, &f.b] {
-        let mut tx = c.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
-            .unwrap();
-        tx.execute(
-            &format!("INSERT INTO public.{r} (id, v) VALUES (1, $1)"),
-            &[tenant],
-        )
-        .unwrap();
-        tx.commit().unwrap();
-    }
-    for tenant in [&f.a, &f.b] {
-        let mut tx = c.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
-            .unwrap();
-        let seen: Vec<String> = tx
-            .query(&format!("SELECT v FROM public.{r}"), &[])
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        assert_eq!(seen, [tenant.clone()]);
-        tx.rollback().unwrap();
-    }
+    each_tenant_writes_and_reads_only_its_own(&mut c, &f, &r);
     for sql in [
         format!("SELECT v FROM public.{r}"),
         format!("SELECT * FROM public.{d}"),
@@ -779,20 +766,17 @@ fn mapped_roles_act_on_the_workers_and_set_role_cannot_split_a_binding() {
     let pid = std::process::id();
     let (t, role) = (format!("mapped_{pid}"), format!("cit_mapped_{pid}"));
     let mut su = superuser();
-    let mut tx = su.transaction().unwrap();
-    for sql in [
-        "SET LOCAL citus.multi_shard_modify_mode = 'sequential'".to_string(),
+    setup_in_one_transaction(
+        &mut su,
+        &[
         format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
         format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
         format!("SELECT tenancy.protect('public.{t}', audit => false)"),
         format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"),
         format!("GRANT SELECT, INSERT ON public.{t} TO {role}, {APP}"),
         format!("GRANT {role} TO {APP}"),
-    ] {
-        tx.batch_execute(&sql)
-            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
-    }
-    tx.commit().unwrap();
+        ],
+    );
     su.execute(
         "SELECT tenancy.map_role($1::text::regrole, $2)",
         &[&role, &f.a],
