@@ -267,17 +267,18 @@ fn citus_findings() -> TableIterator<
     // The signature of a relation's row security: its two flags, then each policy (name,
     // command, permissive, USING, WITH CHECK) in name order, with '...'::regclass constants
     // written as '?'::regclass, then its triggers other than pg_tenancy's (name without the
-    // shard's suffix Citus adds, and function). `%1$s` is the relation, formatted by Citus on
-    // each shard.
+    // shard's suffix Citus adds, and function). `%1$L` is the relation's name as a quoted
+    // literal, formatted by Citus's format() with each shard's name (and by ours with the
+    // table's): a name with a quote in it (a table's owner chooses it) stays inside the literal.
     const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
-          FROM pg_catalog.pg_class c WHERE c.oid = '%1$s'::pg_catalog.regclass) || ' ' || \
+          FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
          coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
               || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
               || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
-              '''[^'']*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
-          FROM pg_catalog.pg_policy p WHERE p.polrelid = '%1$s'::pg_catalog.regclass), '') || ' ' || \
+              '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
+          FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
          coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' || t.tgfoid::pg_catalog.regproc::text, ',' ORDER BY 1) \
-          FROM pg_catalog.pg_trigger t WHERE t.tgrelid = '%1$s'::pg_catalog.regclass AND NOT t.tgisinternal \
+          FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
            AND t.tgname::text NOT LIKE 'tenancy\\_%%'), '')";
     // As the catalog owner: Citus's run_command_on_shards reads its node and placement
     // metadata, which an operator may not; the statements are this function's own.

@@ -335,14 +335,18 @@ fn citus_sql(info: &TableInfo, column: &str) -> Vec<(Who, String)> {
     ] {
         sql.push(format!("DROP TRIGGER IF EXISTS {name} ON {t}"));
     }
-    let mut sql: Vec<(Who, String)> = sql.into_iter().map(|s| (Who::TableOwner, s)).collect();
     if !info.has_tenant_index {
-        sql.push((Who::CatalogOwner, format!("CREATE INDEX ON {t} ({c})")));
+        sql.push(format!("CREATE INDEX ON {t} ({c})"));
     }
-    sql.push((Who::CatalogOwner, format!(
+    sql.push(format!(
         "CREATE TRIGGER tenancy_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._refuse_truncate()"
-    )));
-    sql
+    ));
+    // All as the catalog owner. Citus runs a distributed transaction's commands on a node over
+    // one connection per role: the table owner's DDL and the catalog owner's on the same shards
+    // would wait on each other's locks (a distributed deadlock, seen with a NOSUPERUSER owner).
+    // None of these statements runs code of the table: no expression is evaluated (SET NOT NULL
+    // only checks for nulls; the index is on the plain tenant column), and they fire no trigger.
+    sql.into_iter().map(|s| (Who::CatalogOwner, s)).collect()
 }
 
 fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {

@@ -812,3 +812,53 @@ fn mapped_roles_act_on_the_workers_and_set_role_cannot_split_a_binding() {
     assert_eq!(n, 0, "tenant B has no rows");
     tx.rollback().unwrap();
 }
+
+/// verify() reads every shard through Citus as the catalog owner, with the shards' names in
+/// its statement: a table's owner who names its table with a quote must not get SQL of its own
+/// run there (found by reading the change: the names were once spliced into a literal).
+#[test]
+fn verify_quotes_the_names_of_shards_it_reads() {
+    let pid = std::process::id();
+    let (owner, victim) = (format!("cit_owner_{pid}"), format!("victim_{pid}"));
+    // Under the old template the name closed the literal, and the rest ran as the catalog owner.
+    let t = format!("q')::regclass; DROP TABLE public.{victim}; SELECT ('x_{pid}");
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT CREATE ON SCHEMA public TO {owner}; \
+         CREATE TABLE public.{victim} (id int)"
+    ))
+    .unwrap();
+    let mut o = node(0, &owner);
+    assert_not_privileged(&mut o);
+    let quoted = format!("public.\"{}\"", t.replace('"', "\"\""));
+    o.batch_execute(&format!(
+        "CREATE TABLE {quoted} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"
+    ))
+    .unwrap();
+    o.execute(
+        "SELECT create_distributed_table($1::text::regclass, 'tenant_id')",
+        &[&quoted],
+    )
+    .unwrap();
+    let mut op = node(0, OPERATOR);
+    op.execute(
+        "SELECT tenancy.protect($1::text::regclass, audit => false)",
+        &[&quoted],
+    )
+    .unwrap();
+    let rows = op
+        .query(
+            "SELECT rule, object FROM tenancy.verify() WHERE rule LIKE 'citus%'",
+            &[],
+        )
+        .unwrap();
+    assert!(rows.is_empty(), "no drift: {} rows", rows.len());
+    let left: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE oid = to_regclass($1)",
+            &[&format!("public.{victim}")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1, "the victim table still exists");
+}
