@@ -207,6 +207,16 @@ CREATE TABLE tenancy.auto_protect_schema (
     enabled_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
 
+-- On Citus, each protected Citus table's name and the signature of its row security, for the
+-- guard on every node (a reference table there; empty elsewhere): src/citus/guard.rs.
+CREATE TABLE tenancy.citus_protection (
+    relation          text PRIMARY KEY,
+    coordinator_relid oid  NOT NULL UNIQUE,
+    signature         text NOT NULL
+);
+REVOKE ALL ON tenancy.citus_protection FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_protection', '');
+
 REVOKE ALL ON tenancy.role_privilege, tenancy.protected_table, tenancy.auto_protect_schema FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.role_privilege', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.protected_table', '');

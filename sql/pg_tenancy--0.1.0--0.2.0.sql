@@ -665,3 +665,13 @@ CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE',
                  'CREATE TRIGGER', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();
+
+-- On Citus, each protected Citus table's name and the signature of its row security, for the
+-- guard on every node (a reference table there; empty elsewhere): src/citus/guard.rs.
+CREATE TABLE tenancy.citus_protection (
+    relation          text PRIMARY KEY,
+    coordinator_relid oid  NOT NULL UNIQUE,
+    signature         text NOT NULL
+);
+REVOKE ALL ON tenancy.citus_protection FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_protection', '');

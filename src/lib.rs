@@ -135,6 +135,7 @@ mod trust_inventory {
         ("src/binding/token.rs", include_str!("binding/token.rs")),
         ("src/catalog.rs", include_str!("catalog.rs")),
         ("src/citus/mod.rs", include_str!("citus/mod.rs")),
+        ("src/citus/guard.rs", include_str!("citus/guard.rs")),
         ("src/errors.rs", include_str!("errors.rs")),
         ("src/events.rs", include_str!("events.rs")),
         ("src/gucs.rs", include_str!("gucs.rs")),

@@ -21,8 +21,14 @@
 //! - `verify()` compares every shard of a protected table with the table, and reports grants
 //!   that reach the shards past pg_tenancy's checks ([`citus_findings`]).
 //!
-//! Still to come (issue #29): the guard on the workers, schema-based sharding, the audit trail
-//! distributed by tenant.
+//! - The guard holds on every node: a shard, or a worker's copy of a protected table, refuses
+//!   DDL that would weaken it ([`guard`]).
+//! - `decommission_tenant` deletes a tenant's rows from Citus tables as the catalog's owner
+//!   (`src/lifecycle/mod.rs`).
+//!
+//! Still to come (issue #29): schema-based sharding, the audit trail distributed by tenant.
+
+pub mod guard;
 
 use crate::errors;
 use pgrx::prelude::*;
@@ -45,6 +51,7 @@ const REFERENCE_TABLES: &[&str] = &[
     "token_revocation",
     "certificate_key",
     "audit_key",
+    "citus_protection",
 ];
 
 pub fn init() {
@@ -238,12 +245,14 @@ fn distribute_catalog() -> Vec<String> {
 /// created), each (rule, object, detail, fix):
 /// - `citus_shard_drift` (one per shard): the shards of protected Citus tables whose row
 ///   security, policies or triggers (other than pg_tenancy's) differ from their table's on the
-///   coordinator (a policy dropped, row security disabled or a trigger planted on a worker,
-///   where pg_tenancy's guard does not run yet), or that could not be read;
+///   coordinator (a change the guard on the workers refuses, made past it: event triggers
+///   disabled by a superuser, or a node restored from an older backup), or that could not be
+///   read;
 /// - `citus_grant_reaches_shards`: TRUNCATE or TRIGGER granted on a protected Citus table to a
 ///   role other than its owner. Citus carries both to the shards, where pg_tenancy's TRUNCATE
-///   trigger and guard do not run: the grantee can empty every tenant's rows
-///   (`run_command_on_shards`) or plant a trigger on a shard.
+///   trigger does not run: the grantee can empty every tenant's rows
+///   (`run_command_on_shards`); a trigger it plants on a shard is refused by the guard there
+///   (`guard.rs`), and the grant serves no tenant's session.
 ///
 /// Reads each shard through Citus's `run_command_on_shards`, as the catalog owner (Citus reads
 /// node metadata an operator may not), with a fixed statement into which Citus formats each
@@ -264,22 +273,7 @@ fn citus_findings() -> TableIterator<
     if !crate::pg::citus::in_database() {
         return TableIterator::new(Vec::new());
     }
-    // The signature of a relation's row security: its two flags, then each policy (name,
-    // command, permissive, USING, WITH CHECK) in name order, with '...'::regclass constants
-    // written as '?'::regclass, then its triggers other than pg_tenancy's (name without the
-    // shard's suffix Citus adds, and function). `%1$L` is the relation's name as a quoted
-    // literal, formatted by Citus's format() with each shard's name (and by ours with the
-    // table's): a name with a quote in it (a table's owner chooses it) stays inside the literal.
-    const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
-          FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
-         coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
-              || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
-              || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
-              '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
-          FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
-         coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' || t.tgfoid::pg_catalog.regproc::text, ',' ORDER BY 1) \
-          FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
-           AND t.tgname::text NOT LIKE 'tenancy\\_%%'), '')";
+    const SIGNATURE: &str = guard::SIGNATURE;
     // As the catalog owner: Citus's run_command_on_shards reads its node and placement
     // metadata, which an operator may not; the statements are this function's own.
     let rows = crate::catalog::with_owner(|| Spi::connect(|c| {
@@ -294,18 +288,8 @@ fn citus_findings() -> TableIterator<
             .collect::<Result<_, _>>()?;
         let mut out = Vec::new();
         for table in tables {
-            // The statement for the table itself, formatted by PostgreSQL's format() with the
-            // name regclass prints (quoted where it must be).
-            let local: String = c
-                .select("SELECT pg_catalog.format($1, $2)", Some(1), &[SIGNATURE.into(), table.clone().into()])?
-                .first()
-                .get_one::<String>()?
-                .unwrap_or_default();
-            let expected: String = c
-                .select(&local, Some(1), &[])?
-                .first()
-                .get_one::<String>()?
-                .unwrap_or_default();
+            // The table's own signature, read here.
+            let expected: String = guard::signature(c, &table)?;
             let shards = c.select(
                 "SELECT s.shardid, s.success, s.result \
                    FROM pg_catalog.run_command_on_shards($1::pg_catalog.regclass, $2) s ORDER BY 1",
@@ -359,11 +343,11 @@ fn citus_findings() -> TableIterator<
                 "citus_grant_reaches_shards".to_string(),
                 format!("{table} to {grantee}"),
                 format!(
-                    "{privilege} on a distributed table reaches its shards on the workers, where pg_tenancy's TRUNCATE trigger and guard do not run: {}",
+                    "{privilege} on a distributed table reaches its shards on the workers: {}",
                     if privilege == "TRUNCATE" {
-                        "the grantee can empty every tenant's rows (run_command_on_shards)"
+                        "pg_tenancy's TRUNCATE trigger does not run there, so the grantee can empty every tenant's rows (run_command_on_shards)"
                     } else {
-                        "the grantee can plant a trigger on a shard that copies each tenant's rows out"
+                        "the grantee may try to plant a trigger on a shard that copies each tenant's rows out (the guard on the workers refuses it; the grant serves no tenant's session)"
                     }
                 ),
                 format!("REVOKE {privilege} ON {table} FROM {grantee};"),

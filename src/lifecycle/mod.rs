@@ -576,6 +576,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // else's. Tables are emptied children first, so foreign keys hold after each statement.
     Spi::run("SET CONSTRAINTS ALL IMMEDIATE")
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: setting constraints immediate failed: {e}"));
+    let citus = crate::pg::citus::in_database();
     for (relid, table, column) in deletion_order() {
         // `table` is regclass's output under a pinned search_path: schema-qualified and quoted
         // by PostgreSQL; the tenant is a bound parameter.
@@ -583,17 +584,29 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
             "DELETE FROM {table} WHERE {} = $1",
             crate::catalog::quote_ident(&column)
         );
-        // As the table's owner in a security-restricted operation, with row security forced
-        // and bound to this tenant for this table alone: the table's triggers, rules and
-        // foreign-key actions run with the owner's privileges, and its policies confine the
-        // delete to the tenant's rows.
-        let _bound = crate::binding::internal_decommission_binding(&t, relid);
-        let n = catalog::as_table_owner(relid, || {
-            Spi::connect_mut(|c| {
-                c.update(sql.as_str(), None, &[uuid.into()])
-                    .map(|t| t.len() as u64)
+        let n = if citus && citus_table(relid) {
+            // A Citus table (distributed or reference): Citus lets one user only modify the
+            // placements of colocated tables on a node in a transaction, and every reference
+            // table (pg_tenancy's catalog among them) is colocated with every other. So its
+            // rows are deleted as the catalog's owner, whose catalog writes this transaction
+            // holds, by pg_tenancy's own statement; that runs no code of the table's owner:
+            // refused when the table has triggers or rules of its own (foreign-key actions
+            // run as the referencing table's owner, as always).
+            refuse_owner_code(relid, &table);
+            Ok(catalog::write(&sql, &[uuid.into()]))
+        } else {
+            // As the table's owner in a security-restricted operation, with row security
+            // forced and bound to this tenant for this table alone: the table's triggers,
+            // rules and foreign-key actions run with the owner's privileges, and its policies
+            // confine the delete to the tenant's rows.
+            let _bound = crate::binding::internal_decommission_binding(&t, relid);
+            catalog::as_table_owner(relid, || {
+                Spi::connect_mut(|c| {
+                    c.update(sql.as_str(), None, &[uuid.into()])
+                        .map(|t| t.len() as u64)
+                })
             })
-        })
+        }
         .unwrap_or_else(|e| {
             pgrx::error!("pg_tenancy: deleting the tenant's rows from {table} failed: {e}")
         });
@@ -838,6 +851,44 @@ fn take_tenant(t: &catalog::TenantRow) {
 /// The first protected table that still holds rows of `tenant`, and how many (read as the
 /// catalog owner: a plain scan with a uuid comparison, which runs no code of the tables'
 /// owners).
+/// Whether `relid` is a Citus table (distributed or reference).
+fn citus_table(relid: pg_sys::Oid) -> bool {
+    catalog::owner_rows(
+        "Citus's metadata",
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p \
+                         WHERE p.logicalrelid = $1::pg_catalog.oid::pg_catalog.regclass)",
+        &[relid.into()],
+        |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+    )
+    .first()
+    .copied()
+    .unwrap_or(false)
+}
+
+/// Refuse to delete from `relid` as the catalog's owner when a statement on it would run code
+/// of its owner: a trigger other than pg_tenancy's and PostgreSQL's own, or a rule.
+fn refuse_owner_code(relid: pg_sys::Oid, table: &str) {
+    let code = catalog::owner_rows(
+        "the table's triggers and rules",
+        "SELECT coalesce((SELECT pg_catalog.string_agg(t.tgname::text, ', ' ORDER BY t.tgname) FROM pg_catalog.pg_trigger t \
+                  WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND t.tgname::text NOT LIKE 'tenancy\\_%'), '') \
+                || coalesce(' ' || (SELECT pg_catalog.string_agg(r.rulename::text, ', ') FROM pg_catalog.pg_rewrite r \
+                  WHERE r.ev_class = $1 AND r.rulename <> '_RETURN'), '')",
+        &[relid.into()],
+        |r| r.get::<String>(1),
+    )
+    .into_iter()
+    .next()
+    .flatten();
+    if let Some(code) = code.filter(|c| !c.trim().is_empty()) {
+        errors::raise(
+            NOT_IN_PREREQUISITE_STATE,
+            format!("protected Citus table {table} has triggers or rules of its owner ({}), which decommissioning would run as pg_tenancy's catalog owner", code.trim()),
+            "Drop them (the table's owner), decommission, and create them again: on Citus a tenant's rows are deleted as the catalog's owner.",
+        );
+    }
+}
+
 fn remaining_rows(tenant: uuid::Uuid) -> Option<(String, i64)> {
     let tables: Vec<(String, String)> = catalog::owner_rows(
         "tenancy.protected_table",

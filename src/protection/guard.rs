@@ -28,6 +28,8 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
     if crate::protection::policy::guard_stands_aside() || touched.iter().all(Option::is_none) {
         return;
     }
+    // On Citus: the shards of protected tables, and their shells on the workers.
+    crate::citus::guard::refuse_drift(&touched);
     let drifted: Vec<String> = catalog::with_owner(|| {
         Spi::connect(|c| {
             let t = c.select(

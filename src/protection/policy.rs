@@ -486,6 +486,9 @@ pub fn protect_table(
              policy_digest = EXCLUDED.policy_digest, parent = EXCLUDED.parent, protected_at = EXCLUDED.protected_at, protected_by = EXCLUDED.protected_by",
         &[rel.into(), column.into(), audit.into(), parent.into()],
     );
+    if info.citus.is_some() {
+        crate::citus::guard::record(rel);
+    }
     let mut n = 1;
     for part in &info.partitions {
         n += protect_table(*part, column, audit, Some(rel));
@@ -573,7 +576,15 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
         }
         sql.push(format!("ALTER TABLE {t} NO FORCE ROW LEVEL SECURITY"));
         sql.push(format!("ALTER TABLE {t} DISABLE ROW LEVEL SECURITY"));
-        let sql: Vec<(Who, String)> = sql.into_iter().map(|s| (Who::TableOwner, s)).collect();
+        // On Citus as the catalog owner, as protect() runs them (`citus_sql`): the workers'
+        // guard lets Citus's superuser connections through, and none of these statements
+        // evaluates code of the table.
+        let who = if crate::pg::citus::in_database() && citus_distribution(*oid).is_some() {
+            Who::CatalogOwner
+        } else {
+            Who::TableOwner
+        };
+        let sql: Vec<(Who, String)> = sql.into_iter().map(|s| (who, s)).collect();
         run_all(*oid, &sql);
     }
     for (oid, _) in &rels {
@@ -581,6 +592,7 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
             "DELETE FROM tenancy.protected_table WHERE relid = $1::oid::regclass",
             &[(*oid).into()],
         );
+        crate::citus::guard::forget(*oid);
     }
     crate::audit::admin(
         "unprotect",

@@ -49,7 +49,7 @@ fn app_on(i: usize) -> Client {
     c
 }
 
-const CATALOG_TABLES: i64 = 12;
+const CATALOG_TABLES: i64 = 13;
 
 /// Run `statements` as the superuser in one transaction, one statement per query (Citus carries
 /// a SET LOCAL to the workers as the text of the query it came in), in Citus's sequential mode
@@ -639,7 +639,9 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     };
     assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
 
-    // Two shards on worker 1, changed there by its superuser.
+    // Two shards on worker 1, changed there by its superuser past pg_tenancy's guard (which
+    // refuses it: the_shards_of_a_protected_table_refuse_changes_made_on_a_worker) with event
+    // triggers off, as only a superuser can.
     let shards: Vec<String> = su
         .query(
             &format!(
@@ -655,7 +657,7 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     assert_eq!(shards.len(), 2);
     let mut w = node(1, "postgres");
     w.batch_execute(&format!(
-        "SET citus.enable_manual_changes_to_shards = on; \
+        "SET citus.enable_manual_changes_to_shards = on; SET session_replication_role = replica; \
          DROP POLICY tenancy_select ON {}; \
          ALTER TABLE {} DISABLE ROW LEVEL SECURITY",
         shards[0], shards[1]
@@ -692,7 +694,7 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     // A trigger planted on a shard there (found by the attacker's review: with the TRIGGER
     // grant, a trigger on a shard copies each tenant's rows out).
     w.batch_execute(&format!(
-        "SET citus.enable_manual_changes_to_shards = on; \
+        "SET citus.enable_manual_changes_to_shards = on; SET session_replication_role = replica; \
          CREATE TRIGGER zz_spy BEFORE UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
         shards[0]
     ))
@@ -701,11 +703,246 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].1.contains("zz_spy"), "{found:?}");
     w.batch_execute(&format!(
-        "SET citus.enable_manual_changes_to_shards = on; DROP TRIGGER zz_spy ON {}",
+        "SET citus.enable_manual_changes_to_shards = on; SET session_replication_role = replica; DROP TRIGGER zz_spy ON {}",
         shards[0]
     ))
     .unwrap();
     assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+}
+
+/// The guard on the workers: the row security of a protected table's shards, and of its shell
+/// on a worker, cannot be changed there, by its superuser or by the table's owner (who cannot
+/// pass for Citus's own connection by its `application_name`); changes that leave row security
+/// alone pass, and a renamed table stays guarded.
+#[test]
+fn the_shards_of_a_protected_table_refuse_changes_made_on_a_worker() {
+    let pid = std::process::id();
+    let (t, r, owner) = (
+        format!("guarded_{pid}"),
+        format!("guarded_ref_{pid}"),
+        format!("guard_owner_{pid}"),
+    );
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+            format!("CREATE TABLE public.{r} (tenant_id uuid, id int)"),
+            format!("SELECT create_reference_table('public.{r}')"),
+            format!("SELECT tenancy.protect('public.{r}', audit => false)"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+        ],
+    );
+    let shard_on_worker = |table: &str| -> String {
+        superuser()
+            .query_one(
+                &format!(
+                    "SELECT shard_name('public.{table}'::regclass, shardid) FROM citus_shards \
+                      WHERE table_name = 'public.{table}'::regclass AND nodeport = $1 ORDER BY shardid LIMIT 1"
+                ),
+                &[&i32::from(ports()[1])],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let (shard, ref_copy) = (shard_on_worker(&t), shard_on_worker(&r));
+    let refused = |c: &mut Client, sql: &str| {
+        let e = c
+            .batch_execute(sql)
+            .expect_err(&format!("{sql} was not refused"));
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        assert!(
+            message(&e).contains(&format!("protected table \"public.")),
+            "{sql}: {}",
+            message(&e)
+        );
+    };
+    let mut w = node(1, "postgres");
+    w.batch_execute("SET citus.enable_manual_changes_to_shards = on")
+        .unwrap();
+    for sql in [
+        format!("DROP POLICY tenancy_select ON {shard}"),
+        format!("ALTER TABLE {shard} DISABLE ROW LEVEL SECURITY"),
+        format!("ALTER TABLE {shard} NO FORCE ROW LEVEL SECURITY"),
+        format!("CREATE POLICY widen ON {shard} USING (true)"),
+        format!("ALTER POLICY tenancy_select ON {shard} USING (true)"),
+        format!("CREATE TRIGGER zz_spy BEFORE UPDATE ON {shard} FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()"),
+        format!("ALTER POLICY tenancy_select ON {ref_copy} USING (true)"),
+        format!("DROP POLICY tenancy_select ON public.{t}"),
+        format!("DROP POLICY tenancy_select ON public.{r}"),
+    ] {
+        refused(&mut w, &sql);
+    }
+    // What leaves row security alone passes.
+    w.batch_execute(&format!("CREATE INDEX ON {shard} (id); ANALYZE {shard}"))
+        .unwrap();
+
+    // The table's owner, on the worker, naming its connection as Citus names its own.
+    let mut cfg = postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(ports()[1])
+        .dbname(&std::env::var("TENANCY_IT_DB").unwrap())
+        .user(&owner)
+        .application_name("citus_internal gpid=10000000001");
+    let mut o = cfg.connect(NoTls).unwrap();
+    assert_not_privileged(&mut o);
+    o.batch_execute("SET citus.enable_manual_changes_to_shards = on")
+        .unwrap();
+    refused(&mut o, &format!("DROP POLICY tenancy_select ON {shard}"));
+    refused(
+        &mut o,
+        &format!("ALTER TABLE {shard} DISABLE ROW LEVEL SECURITY"),
+    );
+
+    // Renamed on the coordinator, still guarded under its new name.
+    su.batch_execute(&format!("ALTER TABLE public.{t} RENAME TO {t}_renamed"))
+        .unwrap();
+    refused(
+        &mut w,
+        &format!("DROP POLICY tenancy_select ON public.{t}_renamed"),
+    );
+    let shard = shard_on_worker(&format!("{t}_renamed"));
+    refused(&mut w, &format!("DROP POLICY tenancy_select ON {shard}"));
+    // Nothing was changed: verify() finds no drift.
+    let mut op = node(0, OPERATOR);
+    let drift: i64 = op
+        .query_one(
+            "SELECT count(*) FROM tenancy.verify() WHERE rule = 'citus_shard_drift' AND object LIKE 'public.guarded%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(drift, 0);
+    // Unprotected, its shards are the owner's again.
+    op.batch_execute(&format!("SELECT tenancy.unprotect('public.{t}_renamed')"))
+        .unwrap();
+    o.batch_execute(&format!(
+        "CREATE POLICY mine ON {shard} USING (true); DROP POLICY mine ON {shard}"
+    ))
+    .unwrap();
+}
+
+/// `decommission_tenant` on Citus, by an operator, with tables owned by a NOSUPERUSER role:
+/// the tenant's rows are deleted from a distributed table's shard on its worker and from every
+/// copy of a reference table; the other tenant's rows stay; the certificate verifies. A Citus
+/// table with a trigger of its owner is refused with a HINT (a Citus table's rows are deleted
+/// as the catalog's owner), changing nothing.
+#[test]
+fn decommission_removes_the_tenants_rows_on_every_node() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let (d, r, owner) = (
+        format!("dec_{pid}"),
+        format!("dec_ref_{pid}"),
+        format!("dec_owner_{pid}"),
+    );
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{d} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, v text)"),
+            format!("SELECT create_distributed_table('public.{d}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{d}', audit => false)"),
+            format!("CREATE TABLE public.{r} (tenant_id uuid, id int, v text)"),
+            format!("SELECT create_reference_table('public.{r}')"),
+            format!("SELECT tenancy.protect('public.{r}', audit => false)"),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON public.{d}, public.{r} TO {APP}"),
+            format!("ALTER TABLE public.{d} OWNER TO {owner}"),
+            format!("ALTER TABLE public.{r} OWNER TO {owner}"),
+        ],
+    );
+    let mut app = app_on(0);
+    each_tenant_writes_and_reads_only_its_own(&mut app, &f, &d);
+    each_tenant_writes_and_reads_only_its_own(&mut app, &f, &r);
+    let count = |su: &mut Client, table: &str, tenant: &str| -> i64 {
+        su.query_one(
+            &format!("SELECT count(*) FROM public.{table} WHERE tenant_id = $1::text::uuid"),
+            &[&tenant],
+        )
+        .unwrap()
+        .get(0)
+    };
+
+    // A trigger of the distributed table's owner: refused, nothing changed.
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
+            format!("CREATE FUNCTION public.dec_trg_{pid}() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN OLD; END'"),
+            format!("ALTER FUNCTION public.dec_trg_{pid}() OWNER TO {owner}"),
+            format!("CREATE TRIGGER owners_code BEFORE DELETE ON public.{d} FOR EACH ROW EXECUTE FUNCTION public.dec_trg_{pid}()"),
+        ],
+    );
+    let mut op = node(0, OPERATOR);
+    assert_not_privileged(&mut op);
+    let e = op
+        .query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(message(&e).contains("owners_code"), "{}", message(&e));
+    let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+    assert!(hint.contains("Drop them"), "{hint}");
+    assert_eq!(count(&mut su, &d, &f.a_id), 1);
+    assert_eq!(count(&mut su, &r, &f.a_id), 1);
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
+            format!("DROP TRIGGER owners_code ON public.{d}"),
+        ],
+    );
+
+    let cert: String = op
+        .query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&f.a])
+        .unwrap()
+        .get(0);
+    let ok: bool = op
+        .query_one(
+            "SELECT tenancy.verify_certificate($1::text::jsonb)",
+            &[&cert],
+        )
+        .unwrap()
+        .get(0);
+    assert!(ok);
+    let cert: serde_json::Value = serde_json::from_str(&cert).unwrap();
+    assert_eq!(cert["rows_deleted"][format!("public.{d}")], 1, "{cert}");
+    assert_eq!(cert["rows_deleted"][format!("public.{r}")], 1, "{cert}");
+    // Gone from the distributed table's shard and from the reference table's copy on every
+    // node (each node's copy read there by its superuser); the other tenant's rows stay.
+    assert_eq!(count(&mut su, &d, &f.a_id), 0);
+    assert_eq!(count(&mut su, &d, &f.b_id), 1);
+    for i in 0..ports().len() {
+        let mut n = node(i, "postgres");
+        let copy: String = n
+            .query_one(
+                &format!(
+                    "SELECT shard_name('public.{r}'::regclass, shardid) FROM pg_dist_shard WHERE logicalrelid = 'public.{r}'::regclass"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        let left: Vec<(String, i64)> = n
+            .query(
+                &format!("SELECT tenant_id::text, count(*) FROM {copy} GROUP BY 1 ORDER BY 1"),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        assert_eq!(left, [(f.b_id.clone(), 1)], "node {i}");
+    }
 }
 
 /// A protected reference table (one copy on every node) is confined like a distributed one,

@@ -1,0 +1,241 @@
+//! The guard on every node of a Citus cluster: the row security of a protected Citus table's
+//! shards, and of its shell tables on the workers, cannot be changed there.
+//!
+//! On the coordinator the guard keeps a protected table as on one node (`tenancy.protected_table`
+//! and its digest, `src/protection/guard.rs`). The workers hold the table's shards and a shell
+//! of the table (Citus's metadata), which Citus does not stop a superuser or the table's owner
+//! from changing there: a policy dropped on a shard, or row security disabled, serves every
+//! tenant's rows from that shard. So `protect()` records, in the reference table
+//! `tenancy.citus_protection` (one copy on every node), the table's name and the signature of
+//! its row security ([`SIGNATURE`]: flags, policies, triggers other than pg_tenancy's), and the
+//! event triggers' check on any node ([`refuse_drift`]) refuses a DDL command after which a shard
+//! or shell of a recorded table no longer has that signature. A shard is mapped to its table by
+//! Citus's metadata (`pg_dist_shard`, and `shard_name` to confirm the name).
+//!
+//! On the coordinator the table itself is kept by the guard of one node, which lets a superuser
+//! (a trusted migration role) add a trigger, for example: its record then follows the table,
+//! and Citus carries the change to the shards over its own connections. On Citus the table's
+//! owner cannot add one: the workers refuse it on the shards.
+//!
+//! Citus's own connections stand aside (`src/pg/citus.rs`, a superuser's connection marked
+//! `citus_…` by Citus): they carry `protect()`'s statements to the shards, create shards and
+//! move them, one statement at a time. A superuser can mark a connection so, as it can disable
+//! an event trigger; the guard is against the table's owner and against a superuser's mistake,
+//! not against a superuser.
+
+use crate::catalog;
+use crate::errors;
+use pgrx::prelude::*;
+
+/// The signature of a relation's row security: its two flags, then each policy (name,
+/// command, permissive, USING, WITH CHECK) in name order, with `'...'::regclass` constants
+/// written as `'?'::regclass`, then its triggers other than pg_tenancy's (name without the
+/// shard's suffix Citus adds, and function). A format() string: `%1$L` is the relation's name
+/// as a quoted literal, formatted by Citus's `run_command_on_shards` with each shard's name (and
+/// by PostgreSQL's format() here): a name with a quote in it (a table's owner chooses it) stays
+/// inside the literal. Reads only `pg_class`, `pg_policy` and `pg_trigger`.
+pub const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
+      FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
+     coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
+          || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
+          || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
+          '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
+      FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
+     coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' || t.tgfoid::pg_catalog.regproc::text, ',' ORDER BY 1) \
+      FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
+       AND t.tgname::text NOT LIKE 'tenancy\\_%%'), '')";
+
+/// Let this node's `pg_class` show Citus's shards to the statements that follow, inside
+/// [`catalog::with_owner`] (which undoes every setting changed inside it on return): Citus hides
+/// them from every connection but its own (`citus.override_table_visibility`).
+fn show_shards(c: &mut pgrx::spi::SpiClient<'_>) -> Result<(), pgrx::spi::Error> {
+    c.update(
+        "SELECT pg_catalog.set_config('citus.override_table_visibility', 'off', true)",
+        None,
+        &[],
+    )?;
+    Ok(())
+}
+
+/// This node's copy of `tenancy.citus_protection` as a name to put in a statement: the
+/// reference table's placement here (its name printed by `regclass`), or the table itself
+/// before `citus_setup()` made it a reference table.
+fn local_copy(c: &pgrx::spi::SpiClient<'_>) -> Result<String, pgrx::spi::Error> {
+    Ok(c.select(
+        "SELECT coalesce((SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false))::text \
+                            FROM pg_catalog.pg_dist_shard s \
+                           WHERE s.logicalrelid = 'tenancy.citus_protection'::pg_catalog.regclass), \
+                         'tenancy.citus_protection')",
+        Some(1),
+        &[],
+    )?
+    .first()
+    .get_one::<String>()?
+    .unwrap_or_else(|| "tenancy.citus_protection".into()))
+}
+
+/// The signature ([`SIGNATURE`]) of `relation` (a name as regclass prints it) on this node.
+pub fn signature(c: &pgrx::spi::SpiClient<'_>, relation: &str) -> Result<String, pgrx::spi::Error> {
+    let statement: String = c
+        .select(
+            "SELECT pg_catalog.format($1, $2)",
+            Some(1),
+            &[SIGNATURE.into(), relation.into()],
+        )?
+        .first()
+        .get_one::<String>()?
+        .unwrap_or_default();
+    Ok(c.select(&statement, Some(1), &[])?
+        .first()
+        .get_one::<String>()?
+        .unwrap_or_default())
+}
+
+/// After `protect()` of a Citus table (on the coordinator, as the catalog owner, its statements
+/// run): record its name and signature for every node's guard.
+pub fn record(rel: pg_sys::Oid) {
+    catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            let name: String = c
+                .select("SELECT $1::pg_catalog.oid::pg_catalog.regclass::text", Some(1), &[rel.into()])?
+                .first()
+                .get_one::<String>()?
+                .unwrap_or_default();
+            let sig = signature(c, &name)?;
+            c.update(
+                "INSERT INTO tenancy.citus_protection (relation, coordinator_relid, signature) VALUES ($1, $2, $3) \
+                 ON CONFLICT (coordinator_relid) DO UPDATE SET relation = EXCLUDED.relation, signature = EXCLUDED.signature",
+                None,
+                &[name.into(), rel.into(), sig.into()],
+            )?;
+            Ok::<_, pgrx::spi::Error>(())
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: recording a protected Citus table failed: {e}"));
+}
+
+/// After `unprotect()`: the table's shards are no longer guarded.
+pub fn forget(rel: pg_sys::Oid) {
+    if !crate::pg::citus::in_database() {
+        return;
+    }
+    catalog::write(
+        "DELETE FROM tenancy.citus_protection WHERE coordinator_relid = $1",
+        &[rel.into()],
+    );
+}
+
+/// In the guard's check of a DDL command (any node; not in Citus's own connections nor in
+/// pg_tenancy's own DDL, which the caller leaves out): refuse the command when a relation it
+/// touched is a shard or shell of a protected Citus table and no longer has the table's
+/// recorded signature. On the coordinator, a protected table renamed keeps its record (under
+/// its new name).
+pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
+    // SAFETY: creating_extension is this backend's own flag (set while an extension's script
+    // runs: pg_tenancy's own, before its catalog is complete, or another extension's).
+    if !crate::pg::citus::in_database() || unsafe { pg_sys::creating_extension } {
+        return;
+    }
+    let drifted: Option<(String, String)> = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            show_shards(c)?;
+            // Read this node's copy of tenancy.citus_protection itself: inside an ALTER TABLE
+            // of a shard, Citus answers a query on a reference table with no rows at all.
+            let records = local_copy(c)?;
+            // On the coordinator a protected table itself is kept by the guard of one node
+            // (`src/protection/guard.rs`), which lets a superuser add a trigger, for example,
+            // and refuses what weakens it: its record follows what it is now (renamed, or
+            // changed) for the workers' guard. Read first: writing a reference table reaches
+            // every node.
+            let changed: Vec<(pg_sys::Oid, String, String)> = c
+                .select(
+                    &format!("SELECT p.coordinator_relid, r.oid::pg_catalog.regclass::text, p.relation, p.signature FROM {records} p \
+                               JOIN pg_catalog.pg_class r ON r.oid = p.coordinator_relid \
+                              WHERE p.coordinator_relid = ANY ($1) AND pg_catalog.citus_is_coordinator() \
+                              ORDER BY 1"),
+                    None,
+                    &[touched.to_vec().into()],
+                )?
+                .map(|r| {
+                    Ok((
+                        r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                        r.get::<String>(2)?.unwrap_or_default(),
+                        r.get::<String>(3)?.unwrap_or_default(),
+                        r.get::<String>(4)?.unwrap_or_default(),
+                    ))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()?
+                .into_iter()
+                .map(|(rel, name, recorded_name, recorded)| {
+                    let now = signature(c, &name)?;
+                    Ok((name != recorded_name || now != recorded).then_some((rel, name, now)))
+                })
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()?
+                .into_iter()
+                .flatten()
+                .collect();
+            for (rel, name, now) in changed {
+                // Citus refuses a STABLE function (regclass's output) in an UPDATE of a
+                // reference table: the values are parameters.
+                c.update(
+                    "UPDATE tenancy.citus_protection SET relation = $2, signature = $3 WHERE coordinator_relid = $1",
+                    None,
+                    &[rel.into(), name.into(), now.into()],
+                )?;
+            }
+            // Each touched relation that is a Citus table (a shell, on a worker) or a shard of
+            // one, with its table's record. A shard's name is its table's with `_<shardid>`;
+            // the id is looked up and the name confirmed by Citus's shard_name().
+            let guarded: Vec<(String, String, String)> = c
+                .select(
+                    &format!("SELECT r.oid::regclass::text, p.relation, p.signature \
+                       FROM pg_catalog.unnest($1::oid[]) AS u(oid) \
+                       JOIN pg_catalog.pg_class r ON r.oid = u.oid \
+                        AND NOT (pg_catalog.citus_is_coordinator() AND EXISTS (SELECT FROM {records} q WHERE q.coordinator_relid = u.oid)) \
+                       JOIN {records} p ON p.relation = coalesce( \
+                            (SELECT d.logicalrelid::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid), \
+                            (SELECT s.logicalrelid::text FROM pg_catalog.pg_dist_shard s \
+                              WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
+                                AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid)) \
+                      ORDER BY 1"),
+                    None,
+                    &[touched.to_vec().into()],
+                )?
+                .map(|r| {
+                    Ok((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<String>(2)?.unwrap_or_default(),
+                        r.get::<String>(3)?.unwrap_or_default(),
+                    ))
+                })
+                .collect::<Result<_, pgrx::spi::Error>>()?;
+            for (relation, table, recorded) in guarded {
+                if signature(c, &relation)? != recorded {
+                    return Ok(Some((relation, table)));
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(None)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check on Citus failed: {e}"));
+    if let Some((relation, table)) = drifted {
+        let mut f = serde_json::Map::new();
+        f.insert("table".into(), table.clone().into());
+        f.insert("relation".into(), relation.clone().into());
+        errors::refuse(
+            "guard_refused",
+            f,
+            errors::INSUFFICIENT_PRIVILEGE,
+            if relation == table {
+                format!("cannot change the row-level security of protected table \"{table}\" on this node")
+            } else {
+                format!("cannot change the row-level security of \"{relation}\", a shard of protected table \"{table}\"")
+            },
+            format!(
+                "The shards of a protected Citus table keep the table's row security, policies and triggers. \
+                 Change the table on the coordinator: an operator can run SELECT tenancy.unprotect({lit}); first (audited), or SELECT tenancy.protect({lit}, audit => false); to regenerate.",
+                lit = catalog::quote_literal(&table)
+            ),
+        );
+    }
+}
