@@ -26,7 +26,11 @@
 //! - `decommission_tenant` deletes a tenant's rows from Citus tables as the catalog's owner
 //!   (`src/lifecycle/mod.rs`).
 //!
-//! Still to come (issue #29): schema-based sharding, the audit trail distributed by tenant.
+//! - Schema-based sharding: `auto_protect` and `protect_schema` protect the tables of a schema
+//!   Citus distributes (`src/protection/policy.rs`, `protect_deferred`); distributing a table
+//!   protected while local is refused with the order that works.
+//!
+//! Still to come (issue #29): the audit trail distributed by tenant.
 
 pub mod guard;
 

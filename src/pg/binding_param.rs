@@ -169,6 +169,61 @@ pub fn set_folded_value(f: FoldedValue) {
     FOLDED_VALUE.with(|v| v.set(Some(f)));
 }
 
+/// Checks a top-level call `SELECT f(<constant>, ...)` before it is planned: (function, the
+/// first argument's value, its type). Raises to refuse it.
+pub type CallCheck = fn(pg_sys::Oid, pg_sys::Datum, pg_sys::Oid);
+
+thread_local! {
+    static CALL_CHECK: Cell<Option<CallCheck>> = const { Cell::new(None) };
+}
+
+/// Set the check of top-level calls (`src/protection/policy.rs`: distributing a protected table
+/// on Citus).
+pub fn set_call_check(f: CallCheck) {
+    CALL_CHECK.with(|c| c.set(Some(f)));
+}
+
+/// Give every `SELECT f(<constant>, ...)` with no FROM to the call check.
+///
+/// # Safety
+/// `parse` must be a valid Query.
+unsafe fn check_calls(parse: *mut pg_sys::Query) {
+    let Some(check) = CALL_CHECK.with(|c| c.get()) else {
+        return;
+    };
+    // SAFETY: the caller's contract: a valid Query, whose target list holds TargetEntry nodes
+    // and whose expressions are read as their tags say.
+    unsafe {
+        if (*parse).commandType != pg_sys::CmdType::CMD_SELECT
+            || !(*parse).rtable.is_null()
+            || (*parse).targetList.is_null()
+        {
+            return;
+        }
+        let tl = (*parse).targetList;
+        for i in 0..(*tl).length as usize {
+            let te = (*(*tl).elements.add(i)).ptr_value as *mut pg_sys::TargetEntry;
+            let expr = (*te).expr as *mut pg_sys::Node;
+            if expr.is_null() || (*expr).type_ != pg_sys::NodeTag::T_FuncExpr {
+                continue;
+            }
+            let f = expr as *mut pg_sys::FuncExpr;
+            let args = (*f).args;
+            if args.is_null() || (*args).length == 0 {
+                continue;
+            }
+            let first = (*(*args).elements).ptr_value as *mut pg_sys::Node;
+            if first.is_null() || (*first).type_ != pg_sys::NodeTag::T_Const {
+                continue;
+            }
+            let c = first as *mut pg_sys::Const;
+            if !(*c).constisnull {
+                check((*f).funcid, (*c).constvalue, (*c).consttype);
+            }
+        }
+    }
+}
+
 static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
 static mut PREV_EXPLAIN_ONE_QUERY: pg_sys::ExplainOneQuery_hook_type = None;
 
@@ -308,6 +363,10 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: c_int,
     bound: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
+    if !parse.is_null() {
+        // SAFETY: the planner's Query (this function's contract).
+        unsafe { check_calls(parse) };
+    }
     if !gucs::PLAN_BINDING_AS_PARAM.get()
         // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
         || unsafe { pg_sys::ParallelWorkerNumber } >= 0

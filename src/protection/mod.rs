@@ -26,6 +26,8 @@ pub fn init() {
     crate::pg::binding_param::set_reserved_value(privileges::reserved_value);
     crate::pg::binding_param::set_folded_value(privileges::folded_value);
     crate::pg::hooks::before_utility(check_utility);
+    crate::pg::hooks::after_utility(policy::protect_deferred);
+    crate::pg::binding_param::set_call_check(policy::refuse_distributing_protected);
 }
 
 /// LOCK TABLE of protected tables, refused before it runs (the guard's DDL checks run in the

@@ -834,7 +834,7 @@ fn protect_schema(schema: &str, tenant_column: default!(&str, "'tenant_id'")) ->
     let tables = schema_tables(schema, tenant_column);
     let mut n = 0;
     for t in &tables {
-        protect_table(*t, tenant_column, true, None);
+        protect_table(*t, tenant_column, !citus_without_audit(*t), None);
         n += 1;
     }
     crate::audit::admin(
@@ -938,8 +938,143 @@ fn auto_protect_table(rel: pg_sys::Oid) {
         return;
     }
     if let Some(col) = schema_col {
-        protect_table(rel, &col, true, None);
+        if in_citus_distributed_schema(rel) && citus_distribution(rel).is_none() {
+            // Citus makes it a single-shard distributed table once this statement is done,
+            // creating its shard on a worker before that worker has the table's own name, which
+            // the policies name: protected at the end of the statement, distributed
+            // ([`protect_deferred`]).
+            // SAFETY: MyProc is set for every backend that runs SQL; lxid is its own field.
+            let lx = unsafe { (*pg_sys::MyProc).lxid };
+            DEFERRED.with(|d| d.borrow_mut().push((lx, rel, col)));
+        } else {
+            protect_table(rel, &col, !citus_without_audit(rel), None);
+        }
     }
+}
+
+thread_local! {
+    /// (local transaction id, table, tenant column) of tables created in an auto-protected
+    /// schema that Citus distributes, to protect once the statement that created them is done.
+    static DEFERRED: std::cell::RefCell<Vec<(u32, pg_sys::Oid, String)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// After every utility statement (pg_tenancy's utility hook runs outside Citus's, so after
+/// Citus has distributed what the statement created): protect the tables
+/// [`auto_protect_table`] deferred in this transaction, now Citus tables.
+pub fn protect_deferred(_stmt: *mut pg_sys::Node) {
+    if DEFERRED.with(|d| d.borrow().is_empty()) {
+        return;
+    }
+    let pending = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    // SAFETY: MyProc is set for every backend that runs SQL; lxid is its own field.
+    let lx = unsafe { (*pg_sys::MyProc).lxid };
+    for (l, rel, col) in pending {
+        // Of an earlier transaction (one that ended in an error): gone with it.
+        let exists = catalog::read_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = $1)",
+            &[rel.into()],
+        )
+        .unwrap_or(false);
+        if l != lx || !exists {
+            continue;
+        }
+        citus_without_audit(rel);
+        protect_table(rel, &col, false, None);
+    }
+}
+
+/// Before a top-level `SELECT f(<constant>, ...)` is planned (`src/pg/binding_param.rs`): on
+/// Citus, refuse to distribute a table protected in the form of a table local to one node
+/// (`create_distributed_table`, `create_distributed_table_concurrently`,
+/// `create_reference_table`), or a schema that holds one (`citus_schema_distribute`), with the
+/// order that works in the HINT. Citus itself refuses it too, but for a reason (the TRUNCATE
+/// trigger, then the policies' subqueries) whose own hint leads nowhere.
+pub fn refuse_distributing_protected(func: pg_sys::Oid, arg: pg_sys::Datum, argtype: pg_sys::Oid) {
+    if argtype != pg_sys::REGCLASSOID && argtype != pg_sys::REGNAMESPACEOID {
+        return;
+    }
+    if !crate::pg::citus::in_database() {
+        return;
+    }
+    // SAFETY: syscache lookups of a function the parser resolved (it exists); the returned
+    // name is a palloc'd C string or null.
+    let name = unsafe {
+        if pg_sys::get_func_namespace(func) != pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE) {
+            return;
+        }
+        let n = pg_sys::get_func_name(func);
+        if n.is_null() {
+            return;
+        }
+        std::ffi::CStr::from_ptr(n).to_string_lossy().into_owned()
+    };
+    let oid = pg_sys::Oid::from(arg.value() as u32);
+    let table = match (name.as_str(), argtype) {
+        (
+            "create_distributed_table"
+            | "create_distributed_table_concurrently"
+            | "create_reference_table",
+            pg_sys::REGCLASSOID,
+        ) => catalog::owner_rows(
+            "tenancy.protected_table",
+            "SELECT p.relid::text FROM tenancy.protected_table p WHERE p.relid = $1::oid::regclass",
+            &[oid.into()],
+            |r| r.get::<String>(1),
+        ),
+        ("citus_schema_distribute", pg_sys::REGNAMESPACEOID) => catalog::owner_rows(
+            "tenancy.protected_table",
+            "SELECT p.relid::text FROM tenancy.protected_table p JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+              WHERE c.relnamespace = $1 ORDER BY 1 LIMIT 1",
+            &[oid.into()],
+            |r| r.get::<String>(1),
+        ),
+        _ => return,
+    }
+    .into_iter()
+    .flatten()
+    .next();
+    let Some(table) = table else {
+        return;
+    };
+    let lit = catalog::quote_literal(&table);
+    errors::raise(
+        errors::NOT_IN_PREREQUISITE_STATE,
+        format!("{table} is protected in the form of a table on one node, which Citus cannot distribute"),
+        format!(
+            "Distribute first, then protect: SELECT tenancy.unprotect({lit}); then distribute it (the tenant column keeps its NOT NULL DEFAULT tenancy.current_tenant()); then SELECT tenancy.protect({lit}, audit => false);"
+        ),
+    );
+}
+
+/// Whether `rel` is a Citus table, which `protect_schema` and `auto_protect` protect without
+/// the audit trail (not available on Citus tables yet), saying so in a NOTICE.
+fn citus_without_audit(rel: pg_sys::Oid) -> bool {
+    let citus = crate::pg::citus::in_database()
+        && (citus_distribution(rel).is_some() || in_citus_distributed_schema(rel));
+    if citus {
+        pgrx::notice!(
+            "{} is protected without the audit trail: auditing Citus tables is not supported yet",
+            catalog::relation_name(rel)
+        );
+    }
+    citus
+}
+
+/// Whether `rel` is in a schema Citus distributes (schema-based sharding,
+/// `citus_schema_distribute`), where every table is a single-shard distributed table.
+fn in_citus_distributed_schema(rel: pg_sys::Oid) -> bool {
+    crate::pg::citus::in_database()
+        && catalog::owner_rows(
+            "Citus's metadata",
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_schema s JOIN pg_catalog.pg_class c ON c.relnamespace = s.schemaid::oid \
+                             WHERE c.oid = $1)",
+            &[rel.into()],
+            |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        )
+        .first()
+        .copied()
+        .unwrap_or(false)
 }
 
 /// Refuse unless `rel` is one of the objects the running DDL command created or altered.

@@ -66,15 +66,22 @@ fn setup_in_one_transaction(su: &mut Client, statements: &[String]) {
     tx.commit().unwrap();
 }
 
-/// Tenants A and B each insert one row (its slug in `v`) into `public.<table>`, bound with a
-/// token in a transaction; then each reads back its own row and nothing else.
+/// Tenants A and B each insert one row (its slug in `v`) into `public.<table>` (or `table`
+/// itself when schema-qualified), bound with a token in a transaction; then each reads back its
+/// own row and nothing else.
 fn each_tenant_writes_and_reads_only_its_own(c: &mut Client, f: &Fixture, table: &str) {
+    let table = if table.contains('.') {
+        table.to_string()
+    } else {
+        format!("public.{table}")
+    };
+    let table = table.as_str();
     for tenant in [&f.a, &f.b] {
         let mut tx = c.transaction().unwrap();
         tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
             .unwrap();
         tx.execute(
-            &format!("INSERT INTO public.{table} (id, v) VALUES (1, $1)"),
+            &format!("INSERT INTO {table} (id, v) VALUES (1, $1)"),
             &[tenant],
         )
         .unwrap();
@@ -85,7 +92,7 @@ fn each_tenant_writes_and_reads_only_its_own(c: &mut Client, f: &Fixture, table:
         tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "ann")])
             .unwrap();
         let seen: Vec<String> = tx
-            .query(&format!("SELECT v FROM public.{table}"), &[])
+            .query(&format!("SELECT v FROM {table}"), &[])
             .unwrap()
             .iter()
             .map(|r| r.get(0))
@@ -608,10 +615,50 @@ fn protect_refuses_what_it_cannot_do_on_citus_with_a_hint() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "nothing protected");
+
+    // Protecting first, then distributing, is the other order: refused with the one that
+    // works, for a table and for a schema that holds one; following the HINT works.
+    let (local, schema) = (
+        format!("public.local_first_{pid}"),
+        format!("local_schema_{pid}"),
+    );
+    su.batch_execute(&format!(
+        "CREATE TABLE {local} (tenant_id uuid, id int); \
+         CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (tenant_id uuid, id int); \
+         GRANT USAGE ON SCHEMA {schema} TO {OPERATOR}"
+    ))
+    .unwrap();
+    op.batch_execute(&format!(
+        "SELECT tenancy.protect('{local}', audit => false); SELECT tenancy.protect('{schema}.t', audit => false)"
+    ))
+    .unwrap();
+    for sql in [
+        format!("SELECT create_distributed_table('{local}', 'tenant_id')"),
+        format!("SELECT create_reference_table('{local}')"),
+        format!("SELECT citus_schema_distribute('{schema}')"),
+    ] {
+        let e = su.batch_execute(&sql).unwrap_err();
+        assert_eq!(sqlstate(&e), "55000", "{sql}: {}", message(&e));
+        let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+        assert!(
+            hint.contains("Distribute first, then protect"),
+            "{sql}: {hint}"
+        );
+    }
+    op.batch_execute(&format!("SELECT tenancy.unprotect('{local}')"))
+        .unwrap();
+    su.batch_execute(&format!(
+        "SELECT create_distributed_table('{local}', 'tenant_id')"
+    ))
+    .unwrap();
+    op.batch_execute(&format!(
+        "SELECT tenancy.protect('{local}', audit => false)"
+    ))
+    .unwrap();
 }
 
-/// A shard changed on a worker (its policy dropped, or its row security disabled, by a
-/// superuser there, where pg_tenancy's guard does not run yet) is reported by verify() on the
+/// A shard changed on a worker past pg_tenancy's guard there (its policy dropped, or its row
+/// security disabled, by a superuser with event triggers off) is reported by verify() on the
 /// coordinator, as an error naming the table and the shard, with a fix that works.
 #[test]
 fn verify_reports_a_shard_changed_on_a_worker() {
@@ -942,6 +989,74 @@ fn decommission_removes_the_tenants_rows_on_every_node() {
             .map(|row| (row.get(0), row.get(1)))
             .collect();
         assert_eq!(left, [(f.b_id.clone(), 1)], "node {i}");
+    }
+}
+
+/// Schema-based sharding: a table created in a schema Citus distributes and pg_tenancy
+/// auto-protects is protected once Citus has made it a single-shard table (Citus's CREATE TABLE
+/// used to fail); `protect_schema` protects a distributed schema's tables. Both without the
+/// audit trail (said in a NOTICE), both confine each tenant to its rows, and the guard holds on
+/// their shards.
+#[test]
+fn auto_protect_and_protect_schema_protect_a_schema_citus_distributes() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let (auto, whole) = (format!("auto_{pid}"), format!("whole_{pid}"));
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {auto}; SELECT citus_schema_distribute('{auto}'); \
+         CREATE SCHEMA {whole}; SELECT citus_schema_distribute('{whole}'); \
+         CREATE TABLE {whole}.items (tenant_id uuid, id int, v text); \
+         GRANT USAGE ON SCHEMA {auto}, {whole} TO {APP}"
+    ))
+    .unwrap();
+    let mut op = node(0, OPERATOR);
+    assert_not_privileged(&mut op);
+    op.batch_execute(&format!("SELECT tenancy.auto_protect('{auto}')"))
+        .unwrap();
+    su.batch_execute(&format!(
+        "CREATE TABLE {auto}.notes (tenant_id uuid, id int, v text); \
+         GRANT SELECT, INSERT ON {auto}.notes, {whole}.items TO {APP}"
+    ))
+    .unwrap();
+    let n: i32 = op
+        .query_one(&format!("SELECT tenancy.protect_schema('{whole}')"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    for table in [format!("{auto}.notes"), format!("{whole}.items")] {
+        let method: String = su
+            .query_one(
+                "SELECT partmethod::text FROM pg_dist_partition WHERE logicalrelid = $1::text::regclass",
+                &[&table],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(method, "n", "{table} is a single-shard Citus table");
+        let mut app = app_on(0);
+        each_tenant_writes_and_reads_only_its_own(&mut app, &f, &table);
+        let e = app
+            .query(&format!("SELECT * FROM {table}"), &[])
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+        // Its shard is guarded on its worker.
+        let (shard, port): (String, i32) = {
+            let r = su
+                .query_one(
+                    "SELECT shard_name(table_name, shardid), nodeport FROM citus_shards WHERE table_name = $1::text::regclass",
+                    &[&table],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        let i = ports().iter().position(|p| i32::from(*p) == port).unwrap();
+        let mut w = node(i, "postgres");
+        let e = w
+            .batch_execute(&format!(
+                "SET citus.enable_manual_changes_to_shards = on; DROP POLICY tenancy_select ON {shard}"
+            ))
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     }
 }
 
