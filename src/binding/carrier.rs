@@ -145,10 +145,19 @@ fn set_local(value: &str) {
     }
     SENDING.with(|s| s.set(true));
     let _done = Done;
-    let sql = format!(
+    let mut sql = format!(
         "SET LOCAL tenancy.carrier = {}",
         crate::catalog::quote_literal(value)
     );
+    if !in_transaction_block() {
+        // Outside a transaction block (pg_tenancy's own work in a function called by an
+        // autocommit statement) Citus carries a SET LOCAL only from inside a DO block: the
+        // statement is the block's body, quoted again by quote_literal.
+        sql = format!(
+            "DO {}",
+            crate::catalog::quote_literal(&format!("BEGIN {sql}; END"))
+        );
+    }
     pgrx::spi::Spi::run(&sql).unwrap_or_else(|e| {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
@@ -233,4 +242,184 @@ pub fn carried() -> Option<String> {
         .get()
         .map(|c| c.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
+}
+
+// ------------------------------------------------------------------------------------------
+// Assertions: pg_tenancy's own work carried to the workers.
+//
+// A binding that has no token (today: `decommission_tenant()`'s deletion of one tenant's rows
+// from one table) is carried as an assertion that the coordinator signs with the platform's
+// Ed25519 certificate key (`src/lifecycle/certificate.rs`, a secret only the catalog's owner
+// reads; its public half is in the reference table `tenancy.certificate_key` on every node):
+// `tenancy-assertion.v1.<key id>.<payload>.<signature>`, the payload and signature in
+// unpadded base64url. The signed bytes are a fixed context line followed by the payload (JSON),
+// so that no deletion certificate (signed bytes start with `{`) is ever an assertion, nor the
+// reverse. A worker acts on one only after verifying it, for its purpose and nothing else, and
+// only for `ASSERTION_LIFETIME_SECS` after it was signed: read from a worker's log or activity,
+// it is no use to anyone later.
+
+/// The prefix of a carried assertion (a token never starts so).
+const ASSERTION: &str = "tenancy-assertion.v1.";
+/// The bytes an assertion's signature covers start with this line.
+const ASSERTION_CONTEXT: &[u8] = b"pg_tenancy carried assertion v1\n";
+/// How long after signing a worker accepts an assertion (seconds, either way for clock skew).
+const ASSERTION_LIFETIME_SECS: i64 = 60;
+
+/// What a verified assertion lets a worker do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assertion {
+    /// Delete (and read) `tenant`'s rows of `table` (a name as regclass prints it).
+    Decommission { tenant: uuid::Uuid, table: String },
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The signed bytes of `payload`.
+fn assertion_message(payload: &[u8]) -> Vec<u8> {
+    let mut m = ASSERTION_CONTEXT.to_vec();
+    m.extend_from_slice(payload);
+    m
+}
+
+/// An assertion of `what`, signed by `sign` (which returns the key id and the signature of the
+/// bytes it is given).
+pub fn assertion(what: &Assertion, sign: impl FnOnce(&[u8]) -> (String, Vec<u8>)) -> String {
+    use base64::Engine;
+    let Assertion::Decommission { tenant, table } = what;
+    let payload = serde_json::json!({
+        "purpose": "decommission",
+        "tenant": tenant.to_string(),
+        "table": table,
+        "iat": unix_now(),
+    })
+    .to_string();
+    let (key_id, signature) = sign(&assertion_message(payload.as_bytes()));
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{ASSERTION}{key_id}.{}.{}",
+        b64.encode(payload.as_bytes()),
+        b64.encode(signature)
+    )
+}
+
+/// Whether a carried value is an assertion (not a token).
+pub fn is_assertion(value: &str) -> bool {
+    value.starts_with(ASSERTION)
+}
+
+/// Verify a carried assertion: signed by a certificate key of this cluster, within its
+/// lifetime, for a purpose pg_tenancy knows. Refused with 28000 otherwise.
+pub fn verify_assertion(value: &str) -> Assertion {
+    let refuse = |why: &str| -> ! {
+        errors::Refusal::new(
+            errors::INVALID_AUTHORIZATION,
+            format!("the assertion carried from the Citus coordinator is refused: {why}"),
+            "Assertions are made by pg_tenancy on the coordinator for its own work; nothing else sets tenancy.carrier to one.",
+        )
+        .code("assertion_refused")
+        .raise()
+    };
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let rest = value.strip_prefix(ASSERTION).unwrap_or_default();
+    let mut parts = rest.splitn(3, '.');
+    let (Some(key_id), Some(payload), Some(signature)) = (parts.next(), parts.next(), parts.next())
+    else {
+        refuse("malformed")
+    };
+    let (Ok(payload), Ok(signature)) = (b64.decode(payload), b64.decode(signature)) else {
+        refuse("malformed")
+    };
+    let public: Option<Vec<u8>> = crate::catalog::owner_rows(
+        "tenancy.certificate_key",
+        "SELECT public_key FROM tenancy.certificate_key WHERE key_id = $1",
+        &[key_id.into()],
+        |r| r.get::<Vec<u8>>(1).map(Option::unwrap_or_default),
+    )
+    .into_iter()
+    .next();
+    let key = public
+        .and_then(|p| <[u8; 32]>::try_from(p).ok())
+        .and_then(|p| ed25519_dalek::VerifyingKey::from_bytes(&p).ok())
+        .unwrap_or_else(|| refuse("signed by no certificate key of this cluster"));
+    let signature = <[u8; 64]>::try_from(signature.as_slice())
+        .map(|s| ed25519_dalek::Signature::from_bytes(&s))
+        .unwrap_or_else(|_| refuse("malformed"));
+    if key
+        .verify_strict(&assertion_message(&payload), &signature)
+        .is_err()
+    {
+        refuse("bad signature");
+    }
+    let claims: serde_json::Value =
+        serde_json::from_slice(&payload).unwrap_or_else(|_| refuse("malformed"));
+    let iat = claims["iat"].as_i64().unwrap_or(i64::MIN);
+    if (unix_now() - iat).abs() > ASSERTION_LIFETIME_SECS {
+        refuse("expired");
+    }
+    match claims["purpose"].as_str() {
+        Some("decommission") => {
+            let tenant = claims["tenant"]
+                .as_str()
+                .and_then(|t| uuid::Uuid::parse_str(t).ok())
+                .unwrap_or_else(|| refuse("malformed"));
+            let table = claims["table"]
+                .as_str()
+                .unwrap_or_else(|| refuse("malformed"))
+                .to_string();
+            Assertion::Decommission { tenant, table }
+        }
+        _ => refuse("unknown purpose"),
+    }
+}
+
+/// Carry `assertion` to the workers for what follows in this transaction (pg_tenancy's own
+/// work; also outside a transaction block, inside the function doing it, where Citus carries a
+/// SET LOCAL as well). Nothing without Citus.
+pub fn send_assertion(assertion: &str) {
+    if !active() {
+        return;
+    }
+    set_local(assertion);
+    SENT.with(|s| *s.borrow_mut() = None);
+}
+
+/// End a carried assertion.
+pub fn end_assertion() {
+    if active() {
+        set_local("");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    #[test]
+    fn an_assertion_is_not_a_token_and_says_what_it_signs() {
+        use ed25519_dalek::Signer;
+        let what = Assertion::Decommission {
+            tenant: uuid::Uuid::nil(),
+            table: "public.docs".into(),
+        };
+        let mut signed = Vec::new();
+        let a = assertion(&what, |m| {
+            signed = m.to_vec();
+            ("k1".into(), key().sign(m).to_bytes().to_vec())
+        });
+        assert!(is_assertion(&a));
+        assert!(!is_assertion("eyJhbGciOiJIUzI1NiJ9.e30.x"));
+        // The signed bytes start with the context line, never with a certificate's `{`.
+        assert!(signed.starts_with(ASSERTION_CONTEXT));
+        assert!(a.starts_with("tenancy-assertion.v1.k1."));
+    }
 }

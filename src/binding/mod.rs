@@ -320,6 +320,7 @@ unsafe extern "C-unwind" fn xact_callback(
         TXN_USED.with(|u| u.set(false));
         LIMITS_APPLIED.with(|l| l.set(false));
         INTERNAL.with(|i| *i.borrow_mut() = None);
+        ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = None);
         // Unwinding clears it; should anything ever skip the unwinding, validation resumes
         // with the next transaction all the same.
         IN_WITH_CURRENT.with(|c| c.set(false));
@@ -1279,7 +1280,13 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
         );
     }
     if INTERNAL.with(|i| i.borrow().is_some()) {
-        return INTERNAL.with(|i| f(i.borrow().as_ref()));
+        if ADOPTED_ASSERTION.with(|a| a.borrow().is_some()) {
+            // Adopted from a carried assertion: it ends or changes with the carrier.
+            adopt_carrier();
+        }
+        if INTERNAL.with(|i| i.borrow().is_some()) {
+            return INTERNAL.with(|i| f(i.borrow().as_ref()));
+        }
     }
     if IN_WITH_CURRENT.with(|c| c.get()) {
         // Reached again from inside an outer call (a query its `f` or its validation runs,
@@ -1292,6 +1299,10 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
         };
     }
     adopt_carrier();
+    if INTERNAL.with(|i| i.borrow().is_some()) {
+        // Adopted just now from an assertion the coordinator carried.
+        return INTERNAL.with(|i| f(i.borrow().as_ref()));
+    }
     IN_WITH_CURRENT.with(|c| c.set(true));
     let _reentry = ReentryGuard;
     accept_invalidations_once_per_statement();
@@ -1414,6 +1425,9 @@ thread_local! {
     static ADOPTED: RefCell<Option<(u32, Rc<str>)>> = const { RefCell::new(None) };
     /// Set while a carried token is being bound.
     static ADOPTING: Cell<bool> = const { Cell::new(false) };
+    /// (local transaction id, assertion) this worker session acts on as an internal binding
+    /// in that transaction (`carrier.rs`).
+    static ADOPTED_ASSERTION: RefCell<Option<(u32, Rc<str>)>> = const { RefCell::new(None) };
 }
 
 /// The token the explicit binding was adopted from, when it was adopted in this transaction
@@ -1447,8 +1461,12 @@ fn adopt_carrier() {
     if ADOPTING.with(|a| a.get()) || !carrier::active() {
         return;
     }
+    let carried = carrier::carried();
+    if adopt_assertion(carried.as_deref()) {
+        return;
+    }
     let adopted = adopted_token();
-    let Some(token) = carrier::carried() else {
+    let Some(token) = carried else {
         if adopted.is_some() {
             BINDING.with(|b| *b.borrow_mut() = None);
             ADOPTED.with(|a| *a.borrow_mut() = None);
@@ -1492,6 +1510,66 @@ fn adopt_carrier() {
     // SAFETY: MyProc is set for every backend that runs SQL; lxid is its own field.
     let lx = unsafe { (*pg_sys::MyProc).lxid };
     ADOPTED.with(|a| *a.borrow_mut() = Some((lx, token.as_str().into())));
+}
+
+/// On a Citus worker: act on an assertion the coordinator carried (pg_tenancy's own work, signed
+/// by the coordinator: `carrier.rs`) as the internal binding it asserts, for as long as it is
+/// carried in this transaction; end that internal binding when the carrier changes. Returns
+/// whether the carried value was an assertion (then the token path has nothing to do).
+fn adopt_assertion(carried: Option<&str>) -> bool {
+    // SAFETY: MyProc is set for every backend that runs SQL; lxid is its own field.
+    let lx = unsafe { (*pg_sys::MyProc).lxid };
+    let current = ADOPTED_ASSERTION.with(|a| {
+        a.borrow()
+            .as_ref()
+            .filter(|(l, _)| *l == lx)
+            .map(|(_, v)| v.clone())
+    });
+    if let (Some(c), Some(v)) = (&current, carried) {
+        if **c == *v {
+            return true;
+        }
+    }
+    if current.is_some() {
+        INTERNAL.with(|i| *i.borrow_mut() = None);
+        ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = None);
+    }
+    let Some(value) = carried.filter(|v| carrier::is_assertion(v)) else {
+        return false;
+    };
+    if !carrier::on_worker() {
+        return true;
+    }
+    if BINDING.with(|b| b.borrow().is_some()) && adopted_token().is_none() {
+        Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
+            "this session's binding and the assertion carried from the Citus coordinator differ",
+            "A session acts for one binding on every node: bind on the coordinator only, inside the transaction block.",
+        )
+        .code("binding_split")
+        .raise();
+    }
+    let carrier::Assertion::Decommission { tenant, table } = carrier::verify_assertion(value);
+    let refuse = |what: String| -> ! {
+        Refusal::new(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("the assertion carried from the Citus coordinator names {what}, which this node does not have"),
+            "The catalog and the tables are the same on every node of a Citus cluster: check that every node is reachable and up to date.",
+        )
+        .code("assertion_refused")
+        .raise()
+    };
+    let row = catalog::tenant_by_id(tenant).unwrap_or_else(|| refuse(format!("tenant {tenant}")));
+    let rel = catalog::read_one::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+        &[table.as_str().into()],
+    )
+    .unwrap_or_else(|| refuse(format!("table {table}")));
+    BINDING.with(|b| *b.borrow_mut() = None);
+    ADOPTED.with(|a| *a.borrow_mut() = None);
+    INTERNAL.with(|i| *i.borrow_mut() = Some(decommission_binding(&row, rel)));
+    ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = Some((lx, value.into())));
+    true
 }
 
 /// At the start of every query of a transaction block: on Citus, carry the explicit token
@@ -1592,7 +1670,14 @@ impl Drop for InternalBinding {
 /// Bind `tenant` for pg_tenancy's own deletion of its rows from `table` (decommission): select
 /// and delete on that table and its partitions, nothing else, until the guard is dropped.
 pub fn internal_decommission_binding(tenant: &TenantRow, table: pg_sys::Oid) -> InternalBinding {
-    let b = Binding {
+    let b = decommission_binding(tenant, table);
+    INTERNAL.with(|i| *i.borrow_mut() = Some(b));
+    InternalBinding
+}
+
+/// The internal binding of pg_tenancy's deletion of `tenant`'s rows from `table`.
+fn decommission_binding(tenant: &TenantRow, table: pg_sys::Oid) -> Binding {
+    Binding {
         tenant: tenant.id,
         slug: tenant.slug.clone(),
         subject: Some(format!(
@@ -1608,9 +1693,7 @@ pub fn internal_decommission_binding(tenant: &TenantRow, table: pg_sys::Oid) -> 
         region: None,
         key_not_after: None,
         generation: catalog::generation_of(tenant.id),
-    };
-    INTERNAL.with(|i| *i.borrow_mut() = Some(b));
-    InternalBinding
+    }
 }
 
 /// First use of a binding in a transaction: tie the transaction to the tenant and apply the

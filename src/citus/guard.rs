@@ -41,9 +41,11 @@ pub const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.r
           || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
           '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
-     coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' || t.tgfoid::pg_catalog.regproc::text, ',' ORDER BY 1) \
-      FROM pg_catalog.pg_trigger t WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
-       AND t.tgname::text NOT LIKE 'tenancy\\_%%'), '')";
+     coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' \
+          || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(f.proname), ',' ORDER BY 1) \
+      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
+      WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
+       AND n.nspname <> 'tenancy'), '')";
 
 /// Let this node's `pg_class` show Citus's shards to the statements that follow, inside
 /// [`catalog::with_owner`] (which undoes every setting changed inside it on return): Citus hides
@@ -74,13 +76,63 @@ fn local_copy(c: &pgrx::spi::SpiClient<'_>) -> Result<String, pgrx::spi::Error> 
     .unwrap_or_else(|| "tenancy.citus_protection".into()))
 }
 
+/// The guard's signature of a relation, stricter than [`SIGNATURE`] (which `verify()` runs on
+/// the shards through Citus, where names print under the node's own `search_path`): row
+/// security's flags; each policy with its roles, its expressions with the table's own name
+/// (`%2$L`, the text `'<table>'::regclass` as printed under pg_tenancy's pinned `search_path`)
+/// written as `'?'::regclass` and any other table's name kept; every trigger whose function is
+/// not pg_tenancy's own (name without a shard's suffix, function, whether enabled); every rule;
+/// every index expression and predicate. `%1$L` is the relation's name as a quoted literal.
+/// Reads only the system catalogs.
+const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
+      FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
+     coalesce((SELECT pg_catalog.string_agg(pg_catalog.replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
+          || '|' || p.polroles::pg_catalog.regrole[]::text \
+          || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
+          || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
+          %2$L, '''?''::regclass'), ';' ORDER BY p.polname) \
+      FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
+     coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' \
+          || f.pronamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(f.proname) \
+          || ':' || t.tgenabled::text, ',' ORDER BY 1) \
+      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
+      WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
+        AND f.pronamespace <> 'tenancy'::pg_catalog.regnamespace), '') || ' ' || \
+     coalesce((SELECT pg_catalog.string_agg(r.rulename::text || ':' || r.ev_type::text || ':' || r.ev_enabled::text, ',' ORDER BY 1) \
+      FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN'), '') || ' ' || \
+     coalesce((SELECT pg_catalog.string_agg(coalesce(pg_catalog.pg_get_expr(x.indexprs, x.indrelid), '') || '/' \
+          || coalesce(pg_catalog.pg_get_expr(x.indpred, x.indrelid), ''), ',' ORDER BY 1) \
+      FROM pg_catalog.pg_index x WHERE x.indrelid = %1$L::pg_catalog.regclass \
+        AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)), '')";
+
 /// The signature ([`SIGNATURE`]) of `relation` (a name as regclass prints it) on this node.
 pub fn signature(c: &pgrx::spi::SpiClient<'_>, relation: &str) -> Result<String, pgrx::spi::Error> {
+    run_signature(c, SIGNATURE, relation, "")
+}
+
+/// The guard's signature ([`GUARD_SIGNATURE`]) of `relation`, a shard or copy of protected
+/// table `table` (both names as regclass prints them under pg_tenancy's pinned search_path).
+fn guard_signature(
+    c: &pgrx::spi::SpiClient<'_>,
+    relation: &str,
+    table: &str,
+) -> Result<String, pgrx::spi::Error> {
+    let own = format!("{}::regclass", catalog::quote_literal(table));
+    run_signature(c, GUARD_SIGNATURE, relation, &own)
+}
+
+/// `template` formatted by PostgreSQL's format() with `relation` and `own`, and run.
+fn run_signature(
+    c: &pgrx::spi::SpiClient<'_>,
+    template: &str,
+    relation: &str,
+    own: &str,
+) -> Result<String, pgrx::spi::Error> {
     let statement: String = c
         .select(
-            "SELECT pg_catalog.format($1, $2)",
+            "SELECT pg_catalog.format($1, $2, $3)",
             Some(1),
-            &[SIGNATURE.into(), relation.into()],
+            &[template.into(), relation.into(), own.into()],
         )?
         .first()
         .get_one::<String>()?
@@ -101,7 +153,7 @@ pub fn record(rel: pg_sys::Oid) {
                 .first()
                 .get_one::<String>()?
                 .unwrap_or_default();
-            let sig = signature(c, &name)?;
+            let sig = guard_signature(c, &name, &name)?;
             c.update(
                 "INSERT INTO tenancy.citus_protection (relation, coordinator_relid, signature) VALUES ($1, $2, $3) \
                  ON CONFLICT (coordinator_relid) DO UPDATE SET relation = EXCLUDED.relation, signature = EXCLUDED.signature",
@@ -136,7 +188,7 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
     if !crate::pg::citus::in_database() || unsafe { pg_sys::creating_extension } {
         return;
     }
-    let drifted: Option<(String, String)> = catalog::with_owner(|| {
+    let drifted: Option<(String, String, bool)> = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
             show_shards(c)?;
             // Read this node's copy of tenancy.citus_protection itself: inside an ALTER TABLE
@@ -167,7 +219,7 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()?
                 .into_iter()
                 .map(|(rel, name, recorded_name, recorded)| {
-                    let now = signature(c, &name)?;
+                    let now = guard_signature(c, &name, &name)?;
                     Ok((name != recorded_name || now != recorded).then_some((rel, name, now)))
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()?
@@ -183,21 +235,28 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                     &[rel.into(), name.into(), now.into()],
                 )?;
             }
-            // Each touched relation that is a Citus table (a shell, on a worker) or a shard of
-            // one, with its table's record. A shard's name is its table's with `_<shardid>`;
-            // the id is looked up and the name confirmed by Citus's shard_name().
-            let guarded: Vec<(String, String, String)> = c
+            // Each touched relation that belongs to a recorded table: its shell (a Citus table
+            // on a worker), a shard found by its name (its table's with `_<shardid>`, the id
+            // looked up and the name confirmed by Citus's shard_name()), or any relation whose
+            // policies name a recorded table (a shard renamed: it keeps its policies, which
+            // name its table by oid).
+            let guarded: Vec<(String, String, String, bool)> = c
                 .select(
-                    &format!("SELECT r.oid::regclass::text, p.relation, p.signature \
-                       FROM pg_catalog.unnest($1::oid[]) AS u(oid) \
-                       JOIN pg_catalog.pg_class r ON r.oid = u.oid \
-                        AND NOT (pg_catalog.citus_is_coordinator() AND EXISTS (SELECT FROM {records} q WHERE q.coordinator_relid = u.oid)) \
-                       JOIN {records} p ON p.relation = coalesce( \
-                            (SELECT d.logicalrelid::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid), \
-                            (SELECT s.logicalrelid::text FROM pg_catalog.pg_dist_shard s \
-                              WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
-                                AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid)) \
-                      ORDER BY 1"),
+                    &format!("WITH t AS ( \
+                        SELECT r.oid, r.oid::regclass::text AS relation, \
+                               (SELECT d.logicalrelid::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) AS shell_of, \
+                               (SELECT s.logicalrelid::text FROM pg_catalog.pg_dist_shard s \
+                                 WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
+                                   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid) AS shard_of, \
+                               ARRAY(SELECT DISTINCT d.refobjid::regclass::text FROM pg_catalog.pg_policy pp \
+                                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = pp.oid \
+                                        AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.oid \
+                                      WHERE pp.polrelid = r.oid) AS named \
+                          FROM pg_catalog.unnest($1::oid[]) AS u(oid) JOIN pg_catalog.pg_class r ON r.oid = u.oid \
+                         WHERE NOT (pg_catalog.citus_is_coordinator() AND EXISTS (SELECT FROM {records} q WHERE q.coordinator_relid = u.oid))) \
+                      SELECT t.relation, p.relation, p.signature, (t.shell_of IS NOT NULL OR t.shard_of IS NOT NULL) \
+                        FROM t JOIN {records} p ON p.relation = t.shell_of OR p.relation = t.shard_of OR p.relation = ANY (t.named) \
+                       ORDER BY 1, 2"),
                     None,
                     &[touched.to_vec().into()],
                 )?
@@ -206,19 +265,26 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                         r.get::<String>(1)?.unwrap_or_default(),
                         r.get::<String>(2)?.unwrap_or_default(),
                         r.get::<String>(3)?.unwrap_or_default(),
+                        r.get::<bool>(4)?.unwrap_or(false),
                     ))
                 })
                 .collect::<Result<_, pgrx::spi::Error>>()?;
-            for (relation, table, recorded) in guarded {
-                if signature(c, &relation)? != recorded {
-                    return Ok(Some((relation, table)));
+            for (relation, table, recorded, by_name) in guarded {
+                if !by_name {
+                    // Not its table's shell nor found under its shard's name, yet its policies
+                    // name a protected table: a shard renamed (Citus would lose it, and the
+                    // guard with it), or a copy of one.
+                    return Ok(Some((relation, table, true)));
+                }
+                if guard_signature(c, &relation, &table)? != recorded {
+                    return Ok(Some((relation, table, false)));
                 }
             }
             Ok::<_, pgrx::spi::Error>(None)
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check on Citus failed: {e}"));
-    if let Some((relation, table)) = drifted {
+    if let Some((relation, table, renamed)) = drifted {
         let mut f = serde_json::Map::new();
         f.insert("table".into(), table.clone().into());
         f.insert("relation".into(), relation.clone().into());
@@ -226,7 +292,9 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
             "guard_refused",
             f,
             errors::INSUFFICIENT_PRIVILEGE,
-            if relation == table {
+            if renamed {
+                format!("\"{relation}\" is a shard of protected table \"{table}\" and keeps the name Citus gave it")
+            } else if relation == table {
                 format!("cannot change the row-level security of protected table \"{table}\" on this node")
             } else {
                 format!("cannot change the row-level security of \"{relation}\", a shard of protected table \"{table}\"")
@@ -238,4 +306,45 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
             ),
         );
     }
+}
+
+/// Whether `rel` is, on this node, a shard or copy of a protected Citus table (its shell on a
+/// worker, a shard found by its name, or a relation whose policies name such a table; not the
+/// coordinator's table itself, which `tenancy.protected_table` lists): the DDL guard's checks
+/// before a command runs (`src/protection/guard.rs`) apply to it as to a protected table.
+pub fn guarded(rel: pg_sys::Oid) -> bool {
+    if rel == pg_sys::InvalidOid
+        || !crate::pg::citus::in_database()
+        // SAFETY: creating_extension is this backend's own flag.
+        || unsafe { pg_sys::creating_extension }
+    {
+        return false;
+    }
+    catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            show_shards(c)?;
+            let records = local_copy(c)?;
+            Ok::<_, pgrx::spi::Error>(
+                c.select(
+                    &format!("SELECT EXISTS (SELECT FROM pg_catalog.pg_class r JOIN {records} p ON \
+                          p.relation = (SELECT d.logicalrelid::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) \
+                       OR p.relation = (SELECT s.logicalrelid::text FROM pg_catalog.pg_dist_shard s \
+                                 WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
+                                   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid) \
+                       OR p.relation = ANY (ARRAY(SELECT d.refobjid::regclass::text FROM pg_catalog.pg_policy pp \
+                                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = pp.oid \
+                                        AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.oid \
+                                      WHERE pp.polrelid = r.oid)) \
+                      WHERE r.oid = $1 \
+                        AND NOT (pg_catalog.citus_is_coordinator() AND p.coordinator_relid = r.oid))"),
+                    Some(1),
+                    &[rel.into()],
+                )?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false),
+            )
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check on Citus failed: {e}"))
 }

@@ -23,8 +23,8 @@
 //!
 //! - The guard holds on every node: a shard, or a worker's copy of a protected table, refuses
 //!   DDL that would weaken it ([`guard`]).
-//! - `decommission_tenant` deletes a tenant's rows from Citus tables as the catalog's owner
-//!   (`src/lifecycle/mod.rs`).
+//! - `decommission_tenant` deletes a tenant's rows on every node as each table's owner, its
+//!   binding carried as a signed assertion (`src/lifecycle/mod.rs`, `src/binding/carrier.rs`).
 //!
 //! - Schema-based sharding: `auto_protect` and `protect_schema` protect the tables of a schema
 //!   Citus distributes (`src/protection/policy.rs`, `protect_deferred`); distributing a table
@@ -130,6 +130,9 @@ fn citus_setup() -> Vec<String> {
             "Run it on the coordinator after citus_set_coordinator_host() and citus_add_node().",
         );
     }
+    // The key the coordinator signs its assertions to the workers with, on every node before
+    // its first use (`src/binding/carrier.rs`).
+    crate::lifecycle::certificate::ensure_key();
     distribute_catalog()
 }
 

@@ -66,6 +66,32 @@ fn signed_bytes(cert: &serde_json::Value) -> Vec<u8> {
     c.to_string().into_bytes()
 }
 
+/// Sign the bytes of an assertion carried to Citus workers (`src/binding/carrier.rs`, whose
+/// signed bytes begin with a context line, never with a certificate's `{`): the key id and
+/// the signature.
+pub fn sign_assertion(message: &[u8]) -> (String, Vec<u8>) {
+    let (key_id, key) = signing_key();
+    (key_id, key.sign(message).to_bytes().to_vec())
+}
+
+/// Create the platform's certificate key now if there is none (`citus_setup()`: the workers
+/// verify what the coordinator signs with it, so it must be on every node before the first
+/// decommission's transaction uses it).
+pub fn ensure_key() {
+    let _ = signing_key();
+}
+
+/// Whether the platform's certificate key exists (committed or made in this transaction).
+pub fn has_key() -> bool {
+    !catalog::owner_rows(
+        "tenancy.certificate_key",
+        "SELECT 1 FROM tenancy.certificate_key LIMIT 1",
+        &[],
+        |r| r.get::<i32>(1),
+    )
+    .is_empty()
+}
+
 /// Sign `cert` in place: adds `key_id` and `signature` (hex).
 pub fn sign(cert: &mut serde_json::Value) {
     let (key_id, key) = signing_key();

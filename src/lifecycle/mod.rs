@@ -576,37 +576,41 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // else's. Tables are emptied children first, so foreign keys hold after each statement.
     Spi::run("SET CONSTRAINTS ALL IMMEDIATE")
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: setting constraints immediate failed: {e}"));
+    // On Citus, each Citus table's deletion reaches the workers with an assertion of its
+    // binding that the coordinator signs (`src/binding/carrier.rs`).
     let citus = crate::pg::citus::in_database();
+    let citus_tables = if citus {
+        citus_preflight(&t)
+    } else {
+        Default::default()
+    };
     for (relid, table, column) in deletion_order() {
+        if citus_tables.reference.contains(&relid) {
+            // Holds no row of the tenant (checked by the preflight): not written at all.
+            continue;
+        }
         // `table` is regclass's output under a pinned search_path: schema-qualified and quoted
         // by PostgreSQL; the tenant is a bound parameter.
         let sql = format!(
             "DELETE FROM {table} WHERE {} = $1",
             crate::catalog::quote_ident(&column)
         );
-        let n = if citus && citus_table(relid) {
-            // A Citus table (distributed or reference): Citus lets one user only modify the
-            // placements of colocated tables on a node in a transaction, and every reference
-            // table (pg_tenancy's catalog among them) is colocated with every other. So its
-            // rows are deleted as the catalog's owner, whose catalog writes this transaction
-            // holds, by pg_tenancy's own statement; that runs no code of the table's owner:
-            // refused when the table has triggers or rules of its own (foreign-key actions
-            // run as the referencing table's owner, as always).
-            refuse_owner_code(relid, &table);
-            Ok(catalog::write(&sql, &[uuid.into()]))
-        } else {
-            // As the table's owner in a security-restricted operation, with row security
-            // forced and bound to this tenant for this table alone: the table's triggers,
-            // rules and foreign-key actions run with the owner's privileges, and its policies
-            // confine the delete to the tenant's rows.
-            let _bound = crate::binding::internal_decommission_binding(&t, relid);
-            catalog::as_table_owner(relid, || {
+        // As the table's owner in a security-restricted operation, with row security forced
+        // and bound to this tenant for this table alone: the table's triggers, rules and
+        // foreign-key actions run with the owner's privileges, and its policies confine the
+        // delete to the tenant's rows.
+        let n = as_decommission(
+            &t,
+            relid,
+            &table,
+            citus_tables.distributed.contains(&relid),
+            || {
                 Spi::connect_mut(|c| {
                     c.update(sql.as_str(), None, &[uuid.into()])
                         .map(|t| t.len() as u64)
                 })
-            })
-        }
+            },
+        )
         .unwrap_or_else(|e| {
             pgrx::error!("pg_tenancy: deleting the tenant's rows from {table} failed: {e}")
         });
@@ -614,7 +618,11 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         rows.insert(table, n.into());
     }
     // Certify only what is true: no row of the tenant is left in any protected table.
-    if let Some((table, n)) = remaining_rows(t.id) {
+    let remaining = remaining_rows(&t, &citus_tables.distributed);
+    if citus {
+        crate::binding::carrier::end_assertion();
+    }
+    if let Some((table, n)) = remaining {
         errors::raise(
             NOT_IN_PREREQUISITE_STATE,
             format!("{n} rows of tenant \"{}\" remain in {table} after deletion", t.slug),
@@ -848,73 +856,196 @@ fn take_tenant(t: &catalog::TenantRow) {
     }
 }
 
-/// The first protected table that still holds rows of `tenant`, and how many (read as the
-/// catalog owner: a plain scan with a uuid comparison, which runs no code of the tables'
-/// owners).
-/// Whether `relid` is a Citus table (distributed or reference).
-fn citus_table(relid: pg_sys::Oid) -> bool {
-    catalog::owner_rows(
-        "Citus's metadata",
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p \
-                         WHERE p.logicalrelid = $1::pg_catalog.oid::pg_catalog.regclass)",
-        &[relid.into()],
-        |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
-    )
-    .first()
-    .copied()
-    .unwrap_or(false)
+/// The protected Citus tables, as decommission treats them.
+#[derive(Default)]
+struct CitusTables {
+    /// Distributed tables: emptied as their owners, the binding carried to the workers.
+    distributed: Vec<pg_sys::Oid>,
+    /// Reference tables: found to hold no row of the tenant, so not written.
+    reference: Vec<pg_sys::Oid>,
 }
 
-/// Refuse to delete from `relid` as the catalog's owner when a statement on it would run code
-/// of its owner: a trigger other than pg_tenancy's and PostgreSQL's own, or a rule.
-fn refuse_owner_code(relid: pg_sys::Oid, table: &str) {
-    let code = catalog::owner_rows(
-        "the table's triggers and rules",
-        "SELECT coalesce((SELECT pg_catalog.string_agg(t.tgname::text, ', ' ORDER BY t.tgname) FROM pg_catalog.pg_trigger t \
-                  WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND t.tgname::text NOT LIKE 'tenancy\\_%'), '') \
-                || coalesce(' ' || (SELECT pg_catalog.string_agg(r.rulename::text, ', ') FROM pg_catalog.pg_rewrite r \
-                  WHERE r.ev_class = $1 AND r.rulename <> '_RETURN'), '')",
-        &[relid.into()],
-        |r| r.get::<String>(1),
-    )
-    .into_iter()
-    .next()
-    .flatten();
-    if let Some(code) = code.filter(|c| !c.trim().is_empty()) {
+/// On Citus, before anything is written: the protected Citus tables, and what Citus cannot do
+/// in one transaction refused with a HINT. Citus lets one user only modify the placements of
+/// colocated tables on a node in a transaction: every reference table is colocated with
+/// pg_tenancy's catalog (reference tables written here as the catalog's owner), so a
+/// protected reference table that holds rows of the tenant is refused (its rows are deleted
+/// first, by a session bound to the tenant); distributed tables colocated with each other are
+/// emptied as their owners, so colocated tables of different owners are refused.
+fn citus_preflight(t: &catalog::TenantRow) -> CitusTables {
+    if !crate::lifecycle::certificate::has_key() {
         errors::raise(
             NOT_IN_PREREQUISITE_STATE,
-            format!("protected Citus table {table} has triggers or rules of its owner ({}), which decommissioning would run as pg_tenancy's catalog owner", code.trim()),
-            "Drop them (the table's owner), decommission, and create them again: on Citus a tenant's rows are deleted as the catalog's owner.",
+            "the platform's certificate key, with which the coordinator signs its deletions for the Citus workers, does not exist yet",
+            "Run SELECT tenancy.citus_setup(); as a superuser on the coordinator (it creates the key on every node), then decommission again.",
         );
     }
+    let rows: Vec<(pg_sys::Oid, String, String, i32, String)> = catalog::owner_rows(
+        "Citus's metadata",
+        "SELECT p.relid::oid, p.relid::text, p.tenant_column::text, d.colocationid, \
+                c.relowner::regrole::text \
+           FROM tenancy.protected_table p \
+           JOIN pg_catalog.pg_dist_partition d ON d.logicalrelid = p.relid \
+           JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+          ORDER BY d.colocationid, p.relid::oid",
+        &[],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<i32>(4)?.unwrap_or_default(),
+                r.get::<String>(5)?.unwrap_or_default(),
+            ))
+        },
+    );
+    let mut out = CitusTables::default();
+    let mut owners: std::collections::BTreeMap<i32, (String, String)> = Default::default();
+    for (relid, table, column, colocation, owner) in rows {
+        let reference = catalog::owner_rows(
+            "Citus's metadata",
+            "SELECT p.repmodel = 't' AND p.partmethod = 'n' FROM pg_catalog.pg_dist_partition p \
+              WHERE p.logicalrelid = $1::pg_catalog.oid::pg_catalog.regclass",
+            &[relid.into()],
+            |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        )
+        .first()
+        .copied()
+        .unwrap_or(false);
+        if reference {
+            // Counted as the tenant's own deletion would see them: as the table's owner, bound
+            // to the tenant for this table (a read, which Citus allows beside the catalog
+            // owner's writes that follow).
+            let sql = format!(
+                "SELECT pg_catalog.count(*) FROM {table} WHERE {} = $1",
+                crate::catalog::quote_ident(&column)
+            );
+            let n = count_as_decommission(t, relid, &table, false, &sql);
+            if n > 0 {
+                errors::raise(
+                    NOT_IN_PREREQUISITE_STATE,
+                    format!("Citus reference table {table} holds {n} rows of tenant \"{}\", which decommission cannot delete on Citus", t.slug),
+                    format!(
+                        "Citus lets one user only change reference tables on a node in a transaction, and decommission changes pg_tenancy's own (as their owner): delete the tenant's rows from {table} first, in a session bound to the tenant (DELETE FROM {table};), then decommission."
+                    ),
+                );
+            }
+            out.reference.push(relid);
+            continue;
+        }
+        if let Some((other_table, other_owner)) = owners.get(&colocation) {
+            if *other_owner != owner {
+                errors::raise(
+                    NOT_IN_PREREQUISITE_STATE,
+                    format!("colocated Citus tables {other_table} and {table} have different owners ({other_owner}, {owner}), whose deletions Citus cannot run in one transaction"),
+                    format!("Give colocated protected tables one owner: ALTER TABLE {table} OWNER TO {other_owner};"),
+                );
+            }
+        } else {
+            let can_login = catalog::owner_rows(
+                "the owner's role",
+                "SELECT r.rolcanlogin FROM pg_catalog.pg_roles r WHERE r.rolname = $1",
+                &[owner.as_str().into()],
+                |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+            )
+            .first()
+            .copied()
+            .unwrap_or(false);
+            if !can_login {
+                errors::raise(
+                    NOT_IN_PREREQUISITE_STATE,
+                    format!("the owner {owner} of Citus table {table} cannot log in, and Citus connects to the workers as the role that runs a statement"),
+                    format!("decommission_tenant deletes as each table's owner, whom Citus must be able to connect as: ALTER ROLE {owner} LOGIN;"),
+                );
+            }
+            owners.insert(colocation, (table.clone(), owner));
+        }
+        out.distributed.push(relid);
+    }
+    out
 }
 
-fn remaining_rows(tenant: uuid::Uuid) -> Option<(String, i64)> {
-    let tables: Vec<(String, String)> = catalog::owner_rows(
+/// Run `f` as `relid`'s owner, bound to `t` for decommissioning it from that table alone
+/// (select and delete; its partitions too), in a security-restricted operation. With `carry`
+/// (a Citus distributed table) the workers receive that binding as an assertion the coordinator
+/// signs with the platform's certificate key (`src/binding/carrier.rs`).
+fn as_decommission<R>(
+    t: &catalog::TenantRow,
+    relid: pg_sys::Oid,
+    table: &str,
+    carry: bool,
+    f: impl FnOnce() -> R,
+) -> R {
+    let _bound = crate::binding::internal_decommission_binding(t, relid);
+    if carry {
+        use crate::binding::carrier;
+        carrier::send_assertion(&carrier::assertion(
+            &carrier::Assertion::Decommission {
+                tenant: t.id,
+                table: table.to_string(),
+            },
+            crate::lifecycle::certificate::sign_assertion,
+        ));
+    }
+    catalog::as_table_owner(relid, f)
+}
+
+/// `sql` (a count) run by [`as_decommission`].
+fn count_as_decommission(
+    t: &catalog::TenantRow,
+    relid: pg_sys::Oid,
+    table: &str,
+    carry: bool,
+    sql: &str,
+) -> i64 {
+    as_decommission(t, relid, table, carry, || {
+        Spi::connect(|c| {
+            c.select(sql, Some(1), &[to_pg_uuid(t.id).into()])?
+                .first()
+                .get_one::<i64>()
+        })
+    })
+    .unwrap_or_else(|e| {
+        pgrx::error!("pg_tenancy: counting the tenant's rows in {table} failed: {e}")
+    })
+    .unwrap_or(0)
+}
+
+/// The first protected table that still holds rows of the tenant, and how many: read as the
+/// catalog owner (a plain scan with a uuid comparison); a Citus distributed table's as
+/// [`as_decommission`] reads it (Citus refuses a read of placements another user modified in
+/// the transaction, and the workers plan it with the tables' owners' code).
+fn remaining_rows(t: &catalog::TenantRow, distributed: &[pg_sys::Oid]) -> Option<(String, i64)> {
+    let tables: Vec<(pg_sys::Oid, String, String)> = catalog::owner_rows(
         "tenancy.protected_table",
-        "SELECT p.relid::text, p.tenant_column::text FROM tenancy.protected_table p \
+        "SELECT p.relid::oid, p.relid::text, p.tenant_column::text FROM tenancy.protected_table p \
            JOIN pg_attribute a ON a.attrelid = p.relid AND a.attname = p.tenant_column AND a.atttypid = 'uuid'::regtype \
            JOIN pg_class c ON c.oid = p.relid AND c.relkind = 'r' \
           ORDER BY p.relid::oid",
         &[],
         |r| {
             Ok((
-                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
                 r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
             ))
         },
     );
-    tables.into_iter().find_map(|(table, column)| {
+    tables.into_iter().find_map(|(relid, table, column)| {
         let sql = format!(
             "SELECT pg_catalog.count(*) FROM ONLY {table} WHERE {} = $1",
             crate::catalog::quote_ident(&column)
         );
-        let n = catalog::owner_rows(&table, &sql, &[to_pg_uuid(tenant).into()], |r| {
-            Ok(r.get::<i64>(1)?.unwrap_or(0))
-        })
-        .first()
-        .copied()
-        .unwrap_or(0);
+        let n = if distributed.contains(&relid) {
+            count_as_decommission(t, relid, &table, true, &sql)
+        } else {
+            catalog::owner_rows(&table, &sql, &[to_pg_uuid(t.id).into()], |r| {
+                Ok(r.get::<i64>(1)?.unwrap_or(0))
+            })
+            .first()
+            .copied()
+            .unwrap_or(0)
+        };
         (n > 0).then_some((table, n))
     })
 }

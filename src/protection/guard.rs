@@ -283,7 +283,9 @@ use pgrx::pg_sys;
 
 fn is_protected(rel: pg_sys::Oid) -> bool {
     rel != pg_sys::InvalidOid
-        && catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)))
+        && (catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)))
+            // On Citus, a protected table's shards and its shells on the workers.
+            || crate::citus::guard::guarded(rel))
 }
 
 /// The relation a RangeVar names, or InvalidOid (no lock; the command itself locks it).

@@ -846,6 +846,28 @@ fn the_shards_of_a_protected_table_refuse_changes_made_on_a_worker() {
         &mut o,
         &format!("ALTER TABLE {shard} DISABLE ROW LEVEL SECURITY"),
     );
+    // What an attacker's review found past the first version of the guard, as the owner on the
+    // worker: a trigger named like pg_tenancy's, a rule, an index expression running the
+    // owner's code, a policy naming another table or role, a shard renamed away and back.
+    su.batch_execute(&format!(
+        "CREATE FUNCTION public.owners_trg_{pid}() RETURNS trigger LANGUAGE plpgsql AS $f$BEGIN RETURN OLD; END$f$; \
+         CREATE FUNCTION public.owners_imm_{pid}() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$BEGIN RETURN 1; END$f$; \
+         ALTER FUNCTION public.owners_trg_{pid}() OWNER TO {owner}; ALTER FUNCTION public.owners_imm_{pid}() OWNER TO {owner}"
+    ))
+    .unwrap_or_else(|e| panic!("{}", message(&e)));
+    for sql in [
+        format!("CREATE TRIGGER tenancy_x BEFORE DELETE ON {shard} FOR EACH ROW EXECUTE FUNCTION public.owners_trg_{pid}()"),
+        format!("CREATE RULE r1 AS ON DELETE TO {shard} DO ALSO SELECT 1"),
+        format!("CREATE INDEX ON {shard} ((id + public.owners_imm_{pid}()))"),
+        format!("ALTER POLICY tenancy_select ON {shard} USING (tenant_id = tenancy.allowed_tenant('public.{r}'::regclass, 'select'))"),
+        format!("ALTER POLICY tenancy_select ON {shard} TO {owner}"),
+        format!("ALTER TABLE {shard} RENAME TO zz_{pid}"),
+    ] {
+        let e = o
+            .batch_execute(&sql)
+            .expect_err(&format!("{sql} was not refused"));
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+    }
 
     // Renamed on the coordinator, still guarded under its new name.
     su.batch_execute(&format!("ALTER TABLE public.{t} RENAME TO {t}_renamed"))
@@ -876,16 +898,19 @@ fn the_shards_of_a_protected_table_refuse_changes_made_on_a_worker() {
 }
 
 /// `decommission_tenant` on Citus, by an operator, with tables owned by a NOSUPERUSER role:
-/// the tenant's rows are deleted from a distributed table's shard on its worker and from every
-/// copy of a reference table; the other tenant's rows stay; the certificate verifies. A Citus
-/// table with a trigger of its owner is refused with a HINT (a Citus table's rows are deleted
-/// as the catalog's owner), changing nothing.
+/// the tenant's rows are deleted from a distributed table's shard on its worker as the table's
+/// owner (a trigger of the owner there runs, and not as a superuser), with the deletion's
+/// binding carried to the worker as an assertion the coordinator signs; the other tenant's rows
+/// stay; the certificate verifies. What Citus cannot do in one transaction is refused with a
+/// HINT first, changing nothing: a reference table that holds rows of the tenant, colocated
+/// tables of different owners.
 #[test]
 fn decommission_removes_the_tenants_rows_on_every_node() {
     let f = Fixture::new();
     let pid = std::process::id();
-    let (d, r, owner) = (
+    let (d, d2, r, owner) = (
         format!("dec_{pid}"),
+        format!("dec2_{pid}"),
         format!("dec_ref_{pid}"),
         format!("dec_owner_{pid}"),
     );
@@ -898,18 +923,31 @@ fn decommission_removes_the_tenants_rows_on_every_node() {
         &mut su,
         &[
             format!("CREATE TABLE public.{d} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, v text)"),
-            format!("SELECT create_distributed_table('public.{d}', 'tenant_id')"),
+            format!("SELECT create_distributed_table('public.{d}', 'tenant_id', colocate_with => 'none')"),
             format!("SELECT tenancy.protect('public.{d}', audit => false)"),
+            format!("CREATE TABLE public.{d2} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, v text)"),
+            format!("SELECT create_distributed_table('public.{d2}', 'tenant_id', colocate_with => 'public.{d}')"),
+            format!("SELECT tenancy.protect('public.{d2}', audit => false)"),
             format!("CREATE TABLE public.{r} (tenant_id uuid, id int, v text)"),
             format!("SELECT create_reference_table('public.{r}')"),
             format!("SELECT tenancy.protect('public.{r}', audit => false)"),
-            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON public.{d}, public.{r} TO {APP}"),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON public.{d}, public.{d2}, public.{r} TO {APP}"),
             format!("ALTER TABLE public.{d} OWNER TO {owner}"),
             format!("ALTER TABLE public.{r} OWNER TO {owner}"),
+            // A trigger of the owner on the shards: it must never run as a superuser.
+            "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
+            format!(
+                "CREATE FUNCTION public.dec_trg_{pid}() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+                 BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN \
+                 RAISE EXCEPTION 'the trigger ran as a superuser'; END IF; RETURN OLD; END $f$"
+            ),
+            format!("ALTER FUNCTION public.dec_trg_{pid}() OWNER TO {owner}"),
+            format!("CREATE TRIGGER owners_code BEFORE DELETE ON public.{d} FOR EACH ROW EXECUTE FUNCTION public.dec_trg_{pid}()"),
         ],
     );
     let mut app = app_on(0);
     each_tenant_writes_and_reads_only_its_own(&mut app, &f, &d);
+    each_tenant_writes_and_reads_only_its_own(&mut app, &f, &d2);
     each_tenant_writes_and_reads_only_its_own(&mut app, &f, &r);
     let count = |su: &mut Client, table: &str, tenant: &str| -> i64 {
         su.query_one(
@@ -919,35 +957,37 @@ fn decommission_removes_the_tenants_rows_on_every_node() {
         .unwrap()
         .get(0)
     };
-
-    // A trigger of the distributed table's owner: refused, nothing changed.
-    setup_in_one_transaction(
-        &mut su,
-        &[
-            "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
-            format!("CREATE FUNCTION public.dec_trg_{pid}() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN OLD; END'"),
-            format!("ALTER FUNCTION public.dec_trg_{pid}() OWNER TO {owner}"),
-            format!("CREATE TRIGGER owners_code BEFORE DELETE ON public.{d} FOR EACH ROW EXECUTE FUNCTION public.dec_trg_{pid}()"),
-        ],
-    );
     let mut op = node(0, OPERATOR);
     assert_not_privileged(&mut op);
-    let e = op
-        .query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
-    assert!(message(&e).contains("owners_code"), "{}", message(&e));
-    let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
-    assert!(hint.contains("Drop them"), "{hint}");
-    assert_eq!(count(&mut su, &d, &f.a_id), 1);
-    assert_eq!(count(&mut su, &r, &f.a_id), 1);
-    setup_in_one_transaction(
-        &mut su,
-        &[
-            "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
-            format!("DROP TRIGGER owners_code ON public.{d}"),
-        ],
-    );
+    let refused = |op: &mut Client, hint_says: &str| {
+        let e = op
+            .query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+        let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+        assert!(hint.contains(hint_says), "{hint}");
+    };
+    // A reference table with a row of the tenant: deleted first by the tenant's own session.
+    refused(&mut op, "session bound to the tenant");
+    for table in [&d, &d2, &r] {
+        assert_eq!(count(&mut su, table, &f.a_id), 1, "nothing changed");
+    }
+    let mut tx = app.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+        .unwrap();
+    tx.execute(&format!("DELETE FROM public.{r}"), &[]).unwrap();
+    tx.commit().unwrap();
+    // An owner Citus cannot connect as.
+    refused(&mut op, &format!("ALTER ROLE {owner} LOGIN"));
+    su.batch_execute(&format!("ALTER ROLE {owner} LOGIN"))
+        .unwrap();
+    // Colocated tables of two owners.
+    refused(&mut op, &format!("OWNER TO {owner}"));
+    for table in [&d, &d2] {
+        assert_eq!(count(&mut su, table, &f.a_id), 1, "nothing changed");
+    }
+    su.batch_execute(&format!("ALTER TABLE public.{d2} OWNER TO {owner}"))
+        .unwrap();
 
     let cert: String = op
         .query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&f.a])
@@ -963,32 +1003,51 @@ fn decommission_removes_the_tenants_rows_on_every_node() {
     assert!(ok);
     let cert: serde_json::Value = serde_json::from_str(&cert).unwrap();
     assert_eq!(cert["rows_deleted"][format!("public.{d}")], 1, "{cert}");
-    assert_eq!(cert["rows_deleted"][format!("public.{r}")], 1, "{cert}");
-    // Gone from the distributed table's shard and from the reference table's copy on every
-    // node (each node's copy read there by its superuser); the other tenant's rows stay.
-    assert_eq!(count(&mut su, &d, &f.a_id), 0);
-    assert_eq!(count(&mut su, &d, &f.b_id), 1);
-    for i in 0..ports().len() {
-        let mut n = node(i, "postgres");
-        let copy: String = n
-            .query_one(
-                &format!(
-                    "SELECT shard_name('public.{r}'::regclass, shardid) FROM pg_dist_shard WHERE logicalrelid = 'public.{r}'::regclass"
-                ),
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        let left: Vec<(String, i64)> = n
-            .query(
-                &format!("SELECT tenant_id::text, count(*) FROM {copy} GROUP BY 1 ORDER BY 1"),
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
-        assert_eq!(left, [(f.b_id.clone(), 1)], "node {i}");
+    assert_eq!(cert["rows_deleted"][format!("public.{d2}")], 1, "{cert}");
+    // Gone from the shards on the workers; the other tenant's rows stay.
+    for table in [&d, &d2, &r] {
+        assert_eq!(count(&mut su, table, &f.a_id), 0, "{table}");
+        assert_eq!(count(&mut su, table, &f.b_id), 1, "{table}");
+    }
+}
+
+/// A worker acts on an assertion (pg_tenancy's own work carried from the coordinator) only when
+/// the platform's certificate key signed it: one made up by a client, or signed by another
+/// key, is refused.
+#[test]
+fn a_worker_refuses_an_assertion_the_coordinator_did_not_sign() {
+    use base64::Engine;
+    let f = Fixture::new();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = serde_json::json!({
+        "purpose": "decommission",
+        "tenant": f.a_id,
+        "table": "public.anything",
+        "iat": now(),
+    })
+    .to_string();
+    let key_id: String = superuser()
+        .query_one("SELECT key_id FROM tenancy.certificate_keys LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    for (kid, why) in [
+        (key_id.as_str(), "bad signature"),
+        ("nokey", "no certificate key"),
+    ] {
+        let forged = format!(
+            "tenancy-assertion.v1.{kid}.{}.{}",
+            b64.encode(payload.as_bytes()),
+            b64.encode([0u8; 64])
+        );
+        let mut w = app_on(1);
+        let mut tx = w.transaction().unwrap();
+        tx.batch_execute(&format!("SET LOCAL tenancy.carrier = '{forged}'"))
+            .unwrap();
+        let e = tx
+            .query_one("SELECT tenancy.current_tenant()", &[])
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "28000", "{}", message(&e));
+        assert!(message(&e).contains(why), "{}", message(&e));
     }
 }
 
