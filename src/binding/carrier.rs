@@ -307,14 +307,29 @@ pub fn assertion(what: &Assertion, sign: impl FnOnce(&[u8]) -> (String, Vec<u8>)
     )
 }
 
+/// Refuse an adopted assertion once it has expired (checked at every use, not only when it was
+/// adopted: a transaction on a worker outlives no assertion).
+pub fn refuse_expired(expires: i64) {
+    if unix_now() > expires {
+        errors::Refusal::new(
+            errors::INVALID_AUTHORIZATION,
+            "the assertion carried from the Citus coordinator is refused: expired",
+            "Assertions are made by pg_tenancy on the coordinator for its own work and expire within a minute.",
+        )
+        .code("assertion_refused")
+        .raise()
+    }
+}
+
 /// Whether a carried value is an assertion (not a token).
 pub fn is_assertion(value: &str) -> bool {
     value.starts_with(ASSERTION)
 }
 
 /// Verify a carried assertion: signed by a certificate key of this cluster, within its
-/// lifetime, for a purpose pg_tenancy knows. Refused with 28000 otherwise.
-pub fn verify_assertion(value: &str) -> Assertion {
+/// lifetime, for a purpose pg_tenancy knows. Refused with 28000 otherwise. Returns what it
+/// asserts and when it expires (Unix seconds).
+pub fn verify_assertion(value: &str) -> (Assertion, i64) {
     let refuse = |why: &str| -> ! {
         errors::Refusal::new(
             errors::INVALID_AUTHORIZATION,
@@ -372,7 +387,10 @@ pub fn verify_assertion(value: &str) -> Assertion {
                 .as_str()
                 .unwrap_or_else(|| refuse("malformed"))
                 .to_string();
-            Assertion::Decommission { tenant, table }
+            (
+                Assertion::Decommission { tenant, table },
+                iat + ASSERTION_LIFETIME_SECS,
+            )
         }
         _ => refuse("unknown purpose"),
     }

@@ -343,10 +343,12 @@ fn before_utility(stmt: *mut pg_sys::Node) {
             && (*(stmt as *mut pg_sys::DeclareCursorStmt)).options & pg_sys::CURSOR_OPT_HOLD as i32
                 != 0;
         if hold_cursor
-            && BINDING.with(|b| {
+            && (BINDING.with(|b| {
                 matches!(b.borrow().as_ref(), Some(b)
                     if b.scope == Scope::Transaction || matches!(b.source, Source::Support { .. }))
-            })
+            }) || INTERNAL.with(|i| i.borrow().is_some())
+                || ADOPTED_ASSERTION.with(|a| a.borrow().is_some())
+                || carrier::carried().is_some_and(|v| carrier::is_assertion(&v)))
         {
             // Its rows would be materialised at COMMIT and stay readable on the connection
             // after the binding ended: behind a pooler, by the next client.
@@ -1427,7 +1429,7 @@ thread_local! {
     static ADOPTING: Cell<bool> = const { Cell::new(false) };
     /// (local transaction id, assertion) this worker session acts on as an internal binding
     /// in that transaction (`carrier.rs`).
-    static ADOPTED_ASSERTION: RefCell<Option<(u32, Rc<str>)>> = const { RefCell::new(None) };
+    static ADOPTED_ASSERTION: RefCell<Option<(u32, Rc<str>, i64)>> = const { RefCell::new(None) };
 }
 
 /// The token the explicit binding was adopted from, when it was adopted in this transaction
@@ -1522,11 +1524,12 @@ fn adopt_assertion(carried: Option<&str>) -> bool {
     let current = ADOPTED_ASSERTION.with(|a| {
         a.borrow()
             .as_ref()
-            .filter(|(l, _)| *l == lx)
-            .map(|(_, v)| v.clone())
+            .filter(|(l, _, _)| *l == lx)
+            .map(|(_, v, e)| (v.clone(), *e))
     });
-    if let (Some(c), Some(v)) = (&current, carried) {
+    if let (Some((c, expires)), Some(v)) = (&current, carried) {
         if **c == *v {
+            carrier::refuse_expired(*expires);
             return true;
         }
     }
@@ -1549,7 +1552,8 @@ fn adopt_assertion(carried: Option<&str>) -> bool {
         .code("binding_split")
         .raise();
     }
-    let carrier::Assertion::Decommission { tenant, table } = carrier::verify_assertion(value);
+    let (carrier::Assertion::Decommission { tenant, table }, expires) =
+        carrier::verify_assertion(value);
     let refuse = |what: String| -> ! {
         Refusal::new(
             errors::NOT_IN_PREREQUISITE_STATE,
@@ -1568,7 +1572,7 @@ fn adopt_assertion(carried: Option<&str>) -> bool {
     BINDING.with(|b| *b.borrow_mut() = None);
     ADOPTED.with(|a| *a.borrow_mut() = None);
     INTERNAL.with(|i| *i.borrow_mut() = Some(decommission_binding(&row, rel)));
-    ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = Some((lx, value.into())));
+    ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = Some((lx, value.into(), expires)));
     true
 }
 

@@ -270,13 +270,30 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                 })
                 .collect::<Result<_, pgrx::spi::Error>>()?;
             for (relation, table, recorded, by_name) in guarded {
+                let now = guard_signature(c, &relation, &table)?;
                 if !by_name {
                     // Not its table's shell nor found under its shard's name, yet its policies
-                    // name a protected table: a shard renamed (Citus would lose it, and the
-                    // guard with it), or a copy of one.
-                    return Ok(Some((relation, table, true)));
+                    // name a protected table. With the table's own row security, it is a shard
+                    // renamed (Citus would lose it, and the guard with it), or a copy of one;
+                    // another table whose policies merely read the protected one is not.
+                    if now == recorded {
+                        return Ok(Some((relation, table, true)));
+                    }
+                    continue;
                 }
-                if guard_signature(c, &relation, &table)? != recorded {
+                let created_now = c
+                    .select("SELECT $1::pg_catalog.regclass::pg_catalog.oid", Some(1), &[relation.as_str().into()])?
+                    .first()
+                    .get_one::<pg_sys::Oid>()?
+                    .is_some_and(crate::pg::citus::created_in_this_transaction);
+                if created_now {
+                    // A placement Citus is building in this transaction (a shard moved or
+                    // copied), which gets its policies one statement at a time. Its name is
+                    // free only if the shard it stands for was dropped, which the guard
+                    // refuses to anyone but a superuser.
+                    continue;
+                }
+                if now != recorded {
                     return Ok(Some((relation, table, false)));
                 }
             }
@@ -309,8 +326,8 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
 }
 
 /// Whether `rel` is, on this node, a shard or copy of a protected Citus table (its shell on a
-/// worker, a shard found by its name, or a relation whose policies name such a table; not the
-/// coordinator's table itself, which `tenancy.protected_table` lists): the DDL guard's checks
+/// worker, or a shard found by its name; not the coordinator's table itself, which
+/// `tenancy.protected_table` lists): the DDL guard's checks
 /// before a command runs (`src/protection/guard.rs`) apply to it as to a protected table.
 pub fn guarded(rel: pg_sys::Oid) -> bool {
     if rel == pg_sys::InvalidOid
@@ -331,10 +348,6 @@ pub fn guarded(rel: pg_sys::Oid) -> bool {
                        OR p.relation = (SELECT s.logicalrelid::text FROM pg_catalog.pg_dist_shard s \
                                  WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
                                    AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid) \
-                       OR p.relation = ANY (ARRAY(SELECT d.refobjid::regclass::text FROM pg_catalog.pg_policy pp \
-                                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = pp.oid \
-                                        AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.oid \
-                                      WHERE pp.polrelid = r.oid)) \
                       WHERE r.oid = $1 \
                         AND NOT (pg_catalog.citus_is_coordinator() AND p.coordinator_relid = r.oid))"),
                     Some(1),

@@ -150,3 +150,22 @@ pub unsafe fn allow_nested_catalog_reads() {
     // restores the setting; the setting is USERSET.
     unsafe { super::guc::set_in_nest_level(NESTED, c"on") };
 }
+
+/// Whether relation `rel` was created in the running transaction (a shard placement Citus is
+/// building: it gets its policies one statement at a time). False for a relation that does not
+/// exist.
+pub fn created_in_this_transaction(rel: pg_sys::Oid) -> bool {
+    // SAFETY: RelationIdGetRelation returns null for a missing relation, else a relcache entry
+    // with its reference count raised, released by RelationClose below; rd_createSubid is the
+    // entry's own field (InvalidSubTransactionId unless created in this transaction).
+    unsafe {
+        let r = pg_sys::RelationIdGetRelation(rel);
+        if r.is_null() {
+            return false;
+        }
+        // InvalidSubTransactionId is 0.
+        let created = (*r).rd_createSubid != 0;
+        pg_sys::RelationClose(r);
+        created
+    }
+}

@@ -556,6 +556,24 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
         if crate::authz::is_superuser(crate::authz::caller()) {
             return;
         }
+        if (*stmt).type_ == pg_sys::NodeTag::T_DropStmt
+            && (*(stmt as *mut pg_sys::DropStmt)).removeType == pg_sys::ObjectType::OBJECT_TABLE
+            && crate::pg::citus::in_database()
+        {
+            for n in list::<pg_sys::List>((*(stmt as *mut pg_sys::DropStmt)).objects) {
+                let rel = relid_of(pg_sys::makeRangeVarFromNameList(n));
+                if crate::citus::guard::guarded(rel) {
+                    refuse_channel(
+                        rel,
+                        format!(
+                            "\"{}\" is a shard of a protected Citus table: it cannot be truncated, dropped or inherited from here",
+                            crate::catalog::relation_name(rel)
+                        ),
+                        "Drop the table on the coordinator (Citus drops its shards); a tenant's rows are removed by tenancy.decommission_tenant().",
+                    );
+                }
+            }
+        }
         match (*stmt).type_ {
             pg_sys::NodeTag::T_AlterTableStmt => {
                 check_alter_table(stmt as *mut pg_sys::AlterTableStmt, query)
@@ -1006,6 +1024,55 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) {
         if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_LockStmt && catalog::installed() {
             check_lock(stmt as *mut pg_sys::LockStmt);
         }
+        if !stmt.is_null() && crate::pg::citus::in_database() {
+            check_citus_shard_utility(stmt);
+        }
+    }
+}
+
+/// On Citus, before a utility statement that no event trigger sees: a shard (or a worker's
+/// shell) of a protected table may not be emptied by TRUNCATE (which row security does not
+/// confine, and whose trigger shards do not carry), nor become the parent of a new table (whose
+/// rows the shard's readers would then see, without its policies), except by a superuser.
+///
+/// # Safety
+/// `stmt` must be a valid, non-null parse tree; inside a transaction.
+unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
+    // SAFETY: each node is read as its tag says; relation lists hold RangeVars.
+    unsafe {
+        let rels: Vec<pg_sys::Oid> = match (*stmt).type_ {
+            pg_sys::NodeTag::T_TruncateStmt => {
+                list::<pg_sys::RangeVar>((*(stmt as *mut pg_sys::TruncateStmt)).relations)
+                    .into_iter()
+                    .map(|rv| relid_of(rv))
+                    .collect()
+            }
+            pg_sys::NodeTag::T_CreateStmt => {
+                list::<pg_sys::RangeVar>((*(stmt as *mut pg_sys::CreateStmt)).inhRelations)
+                    .into_iter()
+                    .map(|rv| relid_of(rv))
+                    .collect()
+            }
+            _ => return,
+        };
+        if rels.is_empty()
+            || crate::protection::policy::guard_stands_aside()
+            || crate::authz::is_superuser(crate::authz::caller())
+        {
+            return;
+        }
+        for rel in rels {
+            if crate::citus::guard::guarded(rel) {
+                refuse_channel(
+                    rel,
+                    format!(
+                        "\"{}\" is a shard of a protected Citus table: it cannot be truncated, dropped or inherited from here",
+                        crate::catalog::relation_name(rel)
+                    ),
+                    "Change the table on the coordinator; a tenant's rows are removed by tenancy.decommission_tenant().",
+                );
+            }
+        }
     }
 }
 
@@ -1155,6 +1222,19 @@ unsafe fn check_alter_table_cmds(
                 // every tenant's rows.
                 pg_sys::AlterTableType::AT_AddInherit => {
                     let parent = relid_of(def as *mut pg_sys::RangeVar);
+                    if crate::pg::citus::in_database()
+                        && !crate::authz::is_superuser(crate::authz::caller())
+                        && crate::citus::guard::guarded(parent)
+                    {
+                        refuse_channel(
+                            parent,
+                            format!(
+                                "\"{}\" is a shard of a protected Citus table: it cannot be truncated, dropped or inherited from here",
+                                crate::catalog::relation_name(parent)
+                            ),
+                            "Change the table on the coordinator.",
+                        );
+                    }
                     if is_protected(parent) {
                         refuse_leaky_members(rel);
                     }

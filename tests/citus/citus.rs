@@ -757,6 +757,17 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
 }
 
+/// verify()'s `citus_shard_drift` findings for one table, read by an operator.
+fn op_drift(table: &str) -> i64 {
+    node(0, OPERATOR)
+        .query_one(
+            "SELECT count(*) FROM tenancy.verify() WHERE rule = 'citus_shard_drift' AND object = $1",
+            &[&table],
+        )
+        .unwrap()
+        .get(0)
+}
+
 /// The guard on the workers: the row security of a protected table's shards, and of its shell
 /// on a worker, cannot be changed there, by its superuser or by the table's owner (who cannot
 /// pass for Citus's own connection by its `application_name`); changes that leave row security
@@ -862,12 +873,56 @@ fn the_shards_of_a_protected_table_refuse_changes_made_on_a_worker() {
         format!("ALTER POLICY tenancy_select ON {shard} USING (tenant_id = tenancy.allowed_tenant('public.{r}'::regclass, 'select'))"),
         format!("ALTER POLICY tenancy_select ON {shard} TO {owner}"),
         format!("ALTER TABLE {shard} RENAME TO zz_{pid}"),
+        // Found by a second review: emptying a shard, dropping it (its name then free for a
+        // table without row security), a child table whose rows the shard's readers see.
+        format!("TRUNCATE {shard}"),
+        format!("DROP TABLE {shard}"),
+        format!("CREATE TABLE public.child_{pid} () INHERITS ({shard})"),
     ] {
         let e = o
             .batch_execute(&sql)
             .expect_err(&format!("{sql} was not refused"));
         assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
     }
+    // A table of the owner's whose policy merely reads the protected table is not a shard.
+    su.batch_execute(&format!(
+        "CREATE TABLE public.reads_{pid} (id int); ALTER TABLE public.reads_{pid} ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY p ON public.reads_{pid} USING (EXISTS (SELECT 1 FROM public.{t})); \
+         ALTER TABLE public.reads_{pid} ADD COLUMN y int; DROP TABLE public.reads_{pid}"
+    ))
+    .unwrap_or_else(|e| panic!("{}", message(&e)));
+    // Citus moves a protected table's shard: the new placement is built one statement at a
+    // time, in the move's own transaction.
+    let moved = format!("moved_{pid}");
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{moved} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{moved}', 'tenant_id', colocate_with => 'none', shard_count => 2)"),
+            format!("SELECT tenancy.protect('public.{moved}', audit => false)"),
+        ],
+    );
+    let (shardid, from): (i64, i32) = {
+        let r = su
+            .query_one(
+                &format!("SELECT shardid, nodeport FROM citus_shards WHERE table_name = 'public.{moved}'::regclass ORDER BY shardid LIMIT 1"),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let to = ports()[1..]
+        .iter()
+        .map(|p| i32::from(*p))
+        .find(|p| *p != from)
+        .unwrap();
+    su.execute(
+        "SELECT citus_move_shard_placement($1, '127.0.0.1', $2, '127.0.0.1', $3, shard_transfer_mode => 'block_writes')",
+        &[&shardid, &from, &to],
+    )
+    .unwrap_or_else(|e| panic!("move: {}", message(&e)));
+    let drift: i64 = op_drift(&format!("public.{moved}"));
+    assert_eq!(drift, 0, "the moved shard keeps its policies");
 
     // Renamed on the coordinator, still guarded under its new name.
     su.batch_execute(&format!("ALTER TABLE public.{t} RENAME TO {t}_renamed"))
