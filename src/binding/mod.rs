@@ -1569,6 +1569,19 @@ fn adopt_assertion(carried: Option<&str>) -> bool {
         &[table.as_str().into()],
     )
     .unwrap_or_else(|| refuse(format!("table {table}")));
+    // The coordinator runs the deletion as the table's owner, whom Citus connects to the
+    // workers as: any other role that read the assertion (in a worker's activity) cannot use it.
+    // SAFETY: GetUserId reads this backend's current user; pg_class_ownercheck looks the table
+    // up in the syscache (it exists: found by name just above).
+    if !unsafe { pg_sys::pg_class_ownercheck(rel, pg_sys::GetUserId()) } {
+        Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
+            format!("the assertion carried from the Citus coordinator is for the owner of {table}"),
+            "Assertions are made by pg_tenancy on the coordinator for its own work.",
+        )
+        .code("assertion_refused")
+        .raise();
+    }
     BINDING.with(|b| *b.borrow_mut() = None);
     ADOPTED.with(|a| *a.borrow_mut() = None);
     INTERNAL.with(|i| *i.borrow_mut() = Some(decommission_binding(&row, rel)));

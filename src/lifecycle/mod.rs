@@ -585,8 +585,8 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         Default::default()
     };
     for (relid, table, column) in deletion_order() {
-        if citus_tables.reference.contains(&relid) {
-            // Holds no row of the tenant (checked by the preflight): not written at all.
+        if citus_tables.untouched.contains(&relid) {
+            // Held no row of the tenant (counted by the preflight): not written at all.
             continue;
         }
         // `table` is regclass's output under a pinned search_path: schema-qualified and quoted
@@ -618,7 +618,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         rows.insert(table, n.into());
     }
     // Certify only what is true: no row of the tenant is left in any protected table.
-    let remaining = remaining_rows(&t, &citus_tables.distributed);
+    let remaining = remaining_rows(&t, &citus_tables);
     if citus {
         crate::binding::carrier::end_assertion();
     }
@@ -861,8 +861,8 @@ fn take_tenant(t: &catalog::TenantRow) {
 struct CitusTables {
     /// Distributed tables: emptied as their owners, the binding carried to the workers.
     distributed: Vec<pg_sys::Oid>,
-    /// Reference tables: found to hold no row of the tenant, so not written.
-    reference: Vec<pg_sys::Oid>,
+    /// Tables found to hold no row of the tenant: not written, not counted again.
+    untouched: Vec<pg_sys::Oid>,
 }
 
 /// On Citus, before anything is written: the protected Citus tables, and what Citus cannot do
@@ -912,26 +912,33 @@ fn citus_preflight(t: &catalog::TenantRow) -> CitusTables {
         .first()
         .copied()
         .unwrap_or(false);
-        if reference {
-            // Counted as the tenant's own deletion would see them: as the table's owner, bound
-            // to the tenant for this table (a read, which Citus allows beside the catalog
-            // owner's writes that follow).
-            let sql = format!(
-                "SELECT pg_catalog.count(*) FROM {table} WHERE {} = $1",
-                crate::catalog::quote_ident(&column)
-            );
-            let n = count_as_decommission(t, relid, &table, false, &sql);
-            if n > 0 {
-                errors::raise(
-                    NOT_IN_PREREQUISITE_STATE,
-                    format!("Citus reference table {table} holds {n} rows of tenant \"{}\", which decommission cannot delete on Citus", t.slug),
-                    format!(
-                        "Citus lets one user only change reference tables on a node in a transaction, and decommission changes pg_tenancy's own (as their owner): delete the tenant's rows from {table} first, in a session bound to the tenant (DELETE FROM {table};), then decommission."
-                    ),
-                );
-            }
-            out.reference.push(relid);
+        // The tenant's rows, counted before anything is written (a read, which Citus allows
+        // beside the writes of other users that follow), as the catalog owner: a scan with a
+        // uuid comparison (the guard keeps an owner's code out of a protected table's and its
+        // shards' index expressions). A table without them is not written at all, so that
+        // only the tables decommission changes meet Citus's one-user rule.
+        let sql = format!(
+            "SELECT pg_catalog.count(*) FROM {table} WHERE {} = $1",
+            crate::catalog::quote_ident(&column)
+        );
+        let n = catalog::owner_rows(&table, &sql, &[to_pg_uuid(t.id).into()], |r| {
+            Ok(r.get::<i64>(1)?.unwrap_or(0))
+        })
+        .first()
+        .copied()
+        .unwrap_or(0);
+        if n == 0 {
+            out.untouched.push(relid);
             continue;
+        }
+        if reference {
+            errors::raise(
+                NOT_IN_PREREQUISITE_STATE,
+                format!("Citus reference table {table} holds {n} rows of tenant \"{}\", which decommission cannot delete on Citus", t.slug),
+                format!(
+                    "Citus lets one user only change reference tables on a node in a transaction, and decommission changes pg_tenancy's own (as their owner): delete the tenant's rows from {table} first, in a session bound to the tenant (DELETE FROM {table};), then decommission."
+                ),
+            );
         }
         if let Some((other_table, other_owner)) = owners.get(&colocation) {
             if *other_owner != owner {
@@ -1015,7 +1022,7 @@ fn count_as_decommission(
 /// catalog owner (a plain scan with a uuid comparison); a Citus distributed table's as
 /// [`as_decommission`] reads it (Citus refuses a read of placements another user modified in
 /// the transaction, and the workers plan it with the tables' owners' code).
-fn remaining_rows(t: &catalog::TenantRow, distributed: &[pg_sys::Oid]) -> Option<(String, i64)> {
+fn remaining_rows(t: &catalog::TenantRow, citus: &CitusTables) -> Option<(String, i64)> {
     let tables: Vec<(pg_sys::Oid, String, String)> = catalog::owner_rows(
         "tenancy.protected_table",
         "SELECT p.relid::oid, p.relid::text, p.tenant_column::text FROM tenancy.protected_table p \
@@ -1032,11 +1039,14 @@ fn remaining_rows(t: &catalog::TenantRow, distributed: &[pg_sys::Oid]) -> Option
         },
     );
     tables.into_iter().find_map(|(relid, table, column)| {
+        if citus.untouched.contains(&relid) {
+            return None;
+        }
         let sql = format!(
             "SELECT pg_catalog.count(*) FROM ONLY {table} WHERE {} = $1",
             crate::catalog::quote_ident(&column)
         );
-        let n = if distributed.contains(&relid) {
+        let n = if citus.distributed.contains(&relid) {
             count_as_decommission(t, relid, &table, true, &sql)
         } else {
             catalog::owner_rows(&table, &sql, &[to_pg_uuid(t.id).into()], |r| {

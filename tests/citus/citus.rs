@@ -1106,6 +1106,100 @@ fn a_worker_refuses_an_assertion_the_coordinator_did_not_sign() {
     }
 }
 
+/// An assertion read from a worker's activity (here: from the coordinator's log of what it
+/// sends) serves no role but the table's owner, whom Citus connects as, and only for its one
+/// tenant and table.
+#[test]
+fn a_captured_assertion_serves_no_role_but_the_tables_owner() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let (t, other, owner) = (
+        format!("captured_{pid}"),
+        format!("captured_other_{pid}"),
+        format!("captured_owner_{pid}"),
+    );
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, v text)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id', colocate_with => 'none')"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+            format!("CREATE TABLE public.{other} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, v text)"),
+            format!("SELECT create_distributed_table('public.{other}', 'tenant_id', colocate_with => 'public.{t}')"),
+            format!("SELECT tenancy.protect('public.{other}', audit => false)"),
+            format!("GRANT SELECT, INSERT ON public.{t}, public.{other} TO {APP}"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+            format!("ALTER TABLE public.{other} OWNER TO {owner}"),
+        ],
+    );
+    let mut app = app_on(0);
+    each_tenant_writes_and_reads_only_its_own(&mut app, &f, &t);
+    each_tenant_writes_and_reads_only_its_own(&mut app, &f, &other);
+
+    // A decommission of tenant A, rolled back, with Citus's log of the commands it sends.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut cfg = postgres::Config::new();
+    let sink = seen.clone();
+    cfg.host("127.0.0.1")
+        .port(ports()[0])
+        .dbname(&std::env::var("TENANCY_IT_DB").unwrap())
+        .user("postgres")
+        .notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()));
+    let mut logged = cfg.connect(NoTls).unwrap();
+    let mut tx = logged.transaction().unwrap();
+    tx.batch_execute("SET LOCAL citus.log_remote_commands = on")
+        .unwrap();
+    tx.query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap();
+    tx.rollback().unwrap();
+    let assertion = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|m| {
+            let at = m.find("tenancy-assertion.v1.")?;
+            let rest = &m[at..];
+            Some(rest[..rest.find('\'').unwrap_or(rest.len())].to_string())
+        })
+        .expect("the coordinator carried an assertion");
+
+    // Shard of tenant A's rows: on whichever worker.
+    let port: i32 = su
+        .query_one(
+            &format!(
+                "SELECT nodeport FROM citus_shards WHERE shardid = get_shard_id_for_distribution_column('public.{t}', $1::text::uuid)"
+            ),
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    let i = ports().iter().position(|p| i32::from(*p) == port).unwrap();
+    let use_it = |c: &mut Client, table: &str| -> Result<i64, postgres::Error> {
+        let mut tx = c.transaction()?;
+        tx.batch_execute(&format!("SET LOCAL tenancy.carrier = '{assertion}'"))?;
+        let n: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])?
+            .get(0);
+        tx.rollback()?;
+        Ok(n)
+    };
+    // The application role, on the worker: refused.
+    let e = use_it(&mut app_on(i), &t).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(message(&e).contains("for the owner"), "{}", message(&e));
+    // The owner (the documented residual, within the minute): its one tenant and table only.
+    let mut o = node(i, &owner);
+    assert_not_privileged(&mut o);
+    assert_eq!(use_it(&mut o, &t).unwrap(), 1);
+    let e = use_it(&mut o, &other).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+}
+
 /// Schema-based sharding: a table created in a schema Citus distributes and pg_tenancy
 /// auto-protects is protected once Citus has made it a single-shard table (Citus's CREATE TABLE
 /// used to fail); `protect_schema` protects a distributed schema's tables. Both without the
