@@ -921,12 +921,7 @@ fn citus_preflight(t: &catalog::TenantRow) -> CitusTables {
             "SELECT pg_catalog.count(*) FROM {table} WHERE {} = $1",
             crate::catalog::quote_ident(&column)
         );
-        let n = catalog::owner_rows(&table, &sql, &[to_pg_uuid(t.id).into()], |r| {
-            Ok(r.get::<i64>(1)?.unwrap_or(0))
-        })
-        .first()
-        .copied()
-        .unwrap_or(0);
+        let n = count_as_catalog_owner(&table, &sql, t.id);
         if n == 0 {
             out.untouched.push(relid);
             continue;
@@ -997,6 +992,16 @@ fn as_decommission<R>(
     catalog::as_table_owner(relid, f)
 }
 
+/// `sql` (a count of `table`'s rows of `tenant`, its one parameter) run as the catalog owner.
+fn count_as_catalog_owner(table: &str, sql: &str, tenant: uuid::Uuid) -> i64 {
+    catalog::owner_rows(table, sql, &[to_pg_uuid(tenant).into()], |r| {
+        Ok(r.get::<i64>(1)?.unwrap_or(0))
+    })
+    .first()
+    .copied()
+    .unwrap_or(0)
+}
+
 /// `sql` (a count) run by [`as_decommission`].
 fn count_as_decommission(
     t: &catalog::TenantRow,
@@ -1049,12 +1054,7 @@ fn remaining_rows(t: &catalog::TenantRow, citus: &CitusTables) -> Option<(String
         let n = if citus.distributed.contains(&relid) {
             count_as_decommission(t, relid, &table, true, &sql)
         } else {
-            catalog::owner_rows(&table, &sql, &[to_pg_uuid(t.id).into()], |r| {
-                Ok(r.get::<i64>(1)?.unwrap_or(0))
-            })
-            .first()
-            .copied()
-            .unwrap_or(0)
+            count_as_catalog_owner(&table, &sql, t.id)
         };
         (n > 0).then_some((table, n))
     })

@@ -325,6 +325,18 @@ unsafe fn list<T>(l: *mut pg_sys::List) -> Vec<*mut T> {
     }
 }
 
+/// Refuse a change of a shard (or a worker's shell) of a protected Citus table made on its node.
+fn refuse_shard_change(rel: pg_sys::Oid, hint: &str) -> ! {
+    refuse_channel(
+        rel,
+        format!(
+            "\"{}\" is a shard of a protected Citus table: it cannot be truncated, dropped or inherited from here",
+            crate::catalog::relation_name(rel)
+        ),
+        hint,
+    )
+}
+
 fn refuse_channel(table: pg_sys::Oid, message: String, hint: impl Into<String>) -> ! {
     let mut f = serde_json::Map::new();
     f.insert("table".into(), crate::catalog::relation_name(table).into());
@@ -563,14 +575,7 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
             for n in list::<pg_sys::List>((*(stmt as *mut pg_sys::DropStmt)).objects) {
                 let rel = relid_of(pg_sys::makeRangeVarFromNameList(n));
                 if crate::citus::guard::guarded(rel) {
-                    refuse_channel(
-                        rel,
-                        format!(
-                            "\"{}\" is a shard of a protected Citus table: it cannot be truncated, dropped or inherited from here",
-                            crate::catalog::relation_name(rel)
-                        ),
-                        "Drop the table on the coordinator (Citus drops its shards); a tenant's rows are removed by tenancy.decommission_tenant().",
-                    );
+                    refuse_shard_change(rel, "Drop the table on the coordinator (Citus drops its shards); a tenant's rows are removed by tenancy.decommission_tenant().");
                 }
             }
         }
@@ -1063,14 +1068,7 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
         }
         for rel in rels {
             if crate::citus::guard::guarded(rel) {
-                refuse_channel(
-                    rel,
-                    format!(
-                        "\"{}\" is a shard of a protected Citus table: it cannot be truncated, dropped or inherited from here",
-                        crate::catalog::relation_name(rel)
-                    ),
-                    "Change the table on the coordinator; a tenant's rows are removed by tenancy.decommission_tenant().",
-                );
+                refuse_shard_change(rel, "Change the table on the coordinator; a tenant's rows are removed by tenancy.decommission_tenant().");
             }
         }
     }
@@ -1226,14 +1224,7 @@ unsafe fn check_alter_table_cmds(
                         && !crate::authz::is_superuser(crate::authz::caller())
                         && crate::citus::guard::guarded(parent)
                     {
-                        refuse_channel(
-                            parent,
-                            format!(
-                                "\"{}\" is a shard of a protected Citus table: it cannot be truncated, dropped or inherited from here",
-                                crate::catalog::relation_name(parent)
-                            ),
-                            "Change the table on the coordinator.",
-                        );
+                        refuse_shard_change(parent, "Change the table on the coordinator.");
                     }
                     if is_protected(parent) {
                         refuse_leaky_members(rel);
