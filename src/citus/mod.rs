@@ -58,6 +58,17 @@ const REFERENCE_TABLES: &[&str] = &[
     "citus_protection",
 ];
 
+thread_local! {
+    /// Creates the platform's certificate key if there is none (`src/lifecycle/certificate.rs`,
+    /// registered by the lifecycle pillar, which builds on this module).
+    static KEY_MAKER: std::cell::Cell<Option<fn()>> = const { std::cell::Cell::new(None) };
+}
+
+/// Set how `citus_setup()` makes sure the certificate key exists.
+pub fn set_key_maker(f: fn()) {
+    KEY_MAKER.with(|k| k.set(Some(f)));
+}
+
 pub fn init() {
     crate::pg::hooks::after_utility(after_utility);
 }
@@ -132,7 +143,9 @@ fn citus_setup() -> Vec<String> {
     }
     // The key the coordinator signs its assertions to the workers with, on every node before
     // its first use (`src/binding/carrier.rs`).
-    crate::lifecycle::certificate::ensure_key();
+    if let Some(ensure_key) = KEY_MAKER.with(|k| k.get()) {
+        ensure_key();
+    }
     distribute_catalog()
 }
 

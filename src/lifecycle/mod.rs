@@ -566,6 +566,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // terminated), later ones wait and then find the tenant decommissioned. A prepared
     // transaction holding the tenant's writes is refused.
     take_tenant(&t);
+    refuse_owner_code_in_definitions();
     let mut rows = serde_json::Map::new();
     let mut total: u64 = 0;
     // Every deferrable constraint fires at the end of the statement that queued it, inside
@@ -724,6 +725,7 @@ pub fn init() {
     crate::pg::binding_param::at_query_start(at_query_start);
     crate::pg::hooks::before_utility(before_utility);
     crate::binding::on_transaction_bound(limits::apply);
+    crate::citus::set_key_maker(certificate::ensure_key);
 }
 
 /// The start of every query of a bound session: resource limits hold from it, before a
@@ -852,6 +854,34 @@ fn take_tenant(t: &catalog::TenantRow) {
         unsafe {
             pg_sys::pg_usleep(50_000);
             pgrx::check_for_interrupts!();
+        }
+    }
+}
+
+/// Refuse to decommission while a protected table's definition calls code of its owner (an
+/// index expression or predicate, a CHECK constraint, ...: `tenancy.verify()` reports each as
+/// `leaky_expression`). Decommission counts rows as the catalog's owner, and PostgreSQL's planner
+/// evaluates such expressions with constant arguments while it plans: the owner's code would
+/// run with the catalog owner's privileges.
+fn refuse_owner_code_in_definitions() {
+    let tables: Vec<(pg_sys::Oid, String)> = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT p.relid::oid, p.relid::text FROM tenancy.protected_table p ORDER BY 1",
+        &[],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        },
+    );
+    for (relid, table) in tables {
+        if let Some((what, call)) = crate::protection::guard::stored_leaky_call(relid) {
+            errors::raise(
+                NOT_IN_PREREQUISITE_STATE,
+                format!("{what} of protected table {table} calls {call}, which decommissioning would run with the catalog owner's privileges"),
+                "tenancy.verify() reports it as leaky_expression, with its fix: apply the fix (or have a superuser rewrite it with built-in functions), then decommission again.",
+            );
         }
     }
 }
@@ -1002,15 +1032,14 @@ fn count_as_catalog_owner(table: &str, sql: &str, tenant: uuid::Uuid) -> i64 {
     .unwrap_or(0)
 }
 
-/// `sql` (a count) run by [`as_decommission`].
+/// `sql` (a count) run by [`as_decommission`], the binding carried to the workers.
 fn count_as_decommission(
     t: &catalog::TenantRow,
     relid: pg_sys::Oid,
     table: &str,
-    carry: bool,
     sql: &str,
 ) -> i64 {
-    as_decommission(t, relid, table, carry, || {
+    as_decommission(t, relid, table, true, || {
         Spi::connect(|c| {
             c.select(sql, Some(1), &[to_pg_uuid(t.id).into()])?
                 .first()
@@ -1052,7 +1081,7 @@ fn remaining_rows(t: &catalog::TenantRow, citus: &CitusTables) -> Option<(String
             crate::catalog::quote_ident(&column)
         );
         let n = if citus.distributed.contains(&relid) {
-            count_as_decommission(t, relid, &table, true, &sql)
+            count_as_decommission(t, relid, &table, &sql)
         } else {
             count_as_catalog_owner(&table, &sql, t.id)
         };

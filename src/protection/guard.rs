@@ -1383,7 +1383,7 @@ pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid) {
 /// The first user's code (not built in) that a table's own definition runs over the rows
 /// written to it: CHECK constraints, index expressions and predicates, its partition key,
 /// generated columns, the types of its columns; and its rules. `(what, call)`, or None.
-fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
+pub(crate) fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
     let rows = catalog::owner_rows(
         "a table's definition",
         "SELECT format('CHECK constraint %I', conname), conbin::text, NULL::oid FROM pg_catalog.pg_constraint \

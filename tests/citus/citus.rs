@@ -1200,6 +1200,56 @@ fn a_captured_assertion_serves_no_role_but_the_tables_owner() {
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
 }
 
+/// Decommission counts rows as the catalog's owner (before anything is written, and after, on
+/// one node), and the planner evaluates an index expression's constant calls while it plans: a
+/// protected table whose definition calls its owner's code is refused, with verify()'s fix in
+/// the HINT, before any of it runs.
+#[test]
+fn decommission_refuses_a_protected_table_whose_definition_runs_its_owners_code() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let (t, owner) = (format!("leaky_{pid}"), format!("leaky_owner_{pid}"));
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!(
+                "CREATE FUNCTION public.leaky_imm_{pid}() RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$ \
+                 BEGIN IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN \
+                 RAISE EXCEPTION 'the owner''s code ran as a superuser'; END IF; RETURN 1; END $f$"
+            ),
+            format!("ALTER FUNCTION public.leaky_imm_{pid}() OWNER TO {owner}"),
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id', colocate_with => 'none')"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+            // Created before the table is protected (the guard refuses it on a protected table).
+            format!("CREATE INDEX ON public.{t} ((id + public.leaky_imm_{pid}()))"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+        ],
+    );
+    let mut op = node(0, OPERATOR);
+    assert_not_privileged(&mut op);
+    let e = op
+        .query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(
+        message(&e).contains(&format!("leaky_imm_{pid}")),
+        "{}",
+        message(&e)
+    );
+    let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+    assert!(hint.contains("leaky_expression"), "{hint}");
+    // Leave the cluster as the other tests expect it.
+    op.batch_execute(&format!("SELECT tenancy.unprotect('public.{t}')"))
+        .unwrap();
+    su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
+}
+
 /// Schema-based sharding: a table created in a schema Citus distributes and pg_tenancy
 /// auto-protects is protected once Citus has made it a single-shard table (Citus's CREATE TABLE
 /// used to fail); `protect_schema` protects a distributed schema's tables. Both without the
