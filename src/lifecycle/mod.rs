@@ -566,7 +566,6 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // terminated), later ones wait and then find the tenant decommissioned. A prepared
     // transaction holding the tenant's writes is refused.
     take_tenant(&t);
-    refuse_owner_code_in_definitions();
     let mut rows = serde_json::Map::new();
     let mut total: u64 = 0;
     // Every deferrable constraint fires at the end of the statement that queued it, inside
@@ -858,34 +857,6 @@ fn take_tenant(t: &catalog::TenantRow) {
     }
 }
 
-/// Refuse to decommission while a protected table's definition calls code of its owner (an
-/// index expression or predicate, a CHECK constraint, ...: `tenancy.verify()` reports each as
-/// `leaky_expression`). Decommission counts rows as the catalog's owner, and PostgreSQL's planner
-/// evaluates such expressions with constant arguments while it plans: the owner's code would
-/// run with the catalog owner's privileges.
-fn refuse_owner_code_in_definitions() {
-    let tables: Vec<(pg_sys::Oid, String)> = catalog::owner_rows(
-        "tenancy.protected_table",
-        "SELECT p.relid::oid, p.relid::text FROM tenancy.protected_table p ORDER BY 1",
-        &[],
-        |r| {
-            Ok((
-                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                r.get::<String>(2)?.unwrap_or_default(),
-            ))
-        },
-    );
-    for (relid, table) in tables {
-        if let Some((what, call)) = crate::protection::guard::stored_leaky_call(relid) {
-            errors::raise(
-                NOT_IN_PREREQUISITE_STATE,
-                format!("{what} of protected table {table} calls {call}, which decommissioning would run with the catalog owner's privileges"),
-                "tenancy.verify() reports it as leaky_expression, with its fix: apply the fix (or have a superuser rewrite it with built-in functions), then decommission again.",
-            );
-        }
-    }
-}
-
 /// The protected Citus tables, as decommission treats them.
 #[derive(Default)]
 struct CitusTables {
@@ -951,7 +922,19 @@ fn citus_preflight(t: &catalog::TenantRow) -> CitusTables {
             "SELECT pg_catalog.count(*) FROM {table} WHERE {} = $1",
             crate::catalog::quote_ident(&column)
         );
-        let n = count_as_catalog_owner(&table, &sql, t.id);
+        let n = if runs_owner_code(relid) {
+            if reference {
+                // Read on this node's copy, as the owner.
+                count_as_decommission(t, relid, &table, false, &sql)
+            } else {
+                // Not counted before anything is written: Citus carries the binding to the
+                // workers only once the transaction writes. Treated as holding rows: deleted,
+                // and counted after, as its owner.
+                1
+            }
+        } else {
+            count_as_catalog_owner(&table, &sql, t.id)
+        };
         if n == 0 {
             out.untouched.push(relid);
             continue;
@@ -1032,14 +1015,25 @@ fn count_as_catalog_owner(table: &str, sql: &str, tenant: uuid::Uuid) -> i64 {
     .unwrap_or(0)
 }
 
-/// `sql` (a count) run by [`as_decommission`], the binding carried to the workers.
+/// Whether a statement on `relid` would run code of its owner while it is planned: its
+/// definition calls a function that is not built in (an index expression or predicate, whose
+/// constant calls the planner evaluates; a CHECK constraint, for constraint exclusion; ...;
+/// `tenancy.verify()` reports each as `leaky_expression`). Such a table's rows are counted as
+/// its owner, never as the catalog's.
+fn runs_owner_code(relid: pg_sys::Oid) -> bool {
+    crate::protection::guard::stored_leaky_call(relid).is_some()
+}
+
+/// `sql` (a count) run by [`as_decommission`] (with `carry`, the binding carried to the
+/// workers).
 fn count_as_decommission(
     t: &catalog::TenantRow,
     relid: pg_sys::Oid,
     table: &str,
+    carry: bool,
     sql: &str,
 ) -> i64 {
-    as_decommission(t, relid, table, true, || {
+    as_decommission(t, relid, table, carry, || {
         Spi::connect(|c| {
             c.select(sql, Some(1), &[to_pg_uuid(t.id).into()])?
                 .first()
@@ -1080,8 +1074,8 @@ fn remaining_rows(t: &catalog::TenantRow, citus: &CitusTables) -> Option<(String
             "SELECT pg_catalog.count(*) FROM ONLY {table} WHERE {} = $1",
             crate::catalog::quote_ident(&column)
         );
-        let n = if citus.distributed.contains(&relid) {
-            count_as_decommission(t, relid, &table, &sql)
+        let n = if citus.distributed.contains(&relid) || runs_owner_code(relid) {
+            count_as_decommission(t, relid, &table, citus.distributed.contains(&relid), &sql)
         } else {
             count_as_catalog_owner(&table, &sql, t.id)
         };
