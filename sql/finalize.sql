@@ -77,6 +77,7 @@ REVOKE EXECUTE ON FUNCTION tenancy.unmap_role(regrole, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.catalog_changed() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.tenant_changed() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.tenant_changes_announce() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tenancy._audit_link_inserted() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.set_limit(text, text, jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) TO tenancy_operator;
 GRANT EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) TO tenancy_operator;

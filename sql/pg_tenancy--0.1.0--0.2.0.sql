@@ -675,3 +675,9 @@ CREATE TABLE tenancy.citus_protection (
 );
 REVOKE ALL ON tenancy.citus_protection FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_protection', '');
+
+-- On Citus, the records a statement of SQL inserts into a shard of the distributed trail are
+-- linked on that node (src/citus/trail.rs; tenancy.citus_setup() creates the trigger).
+CREATE FUNCTION tenancy."_audit_link_inserted"() RETURNS TRIGGER
+LANGUAGE c AS 'MODULE_PATHNAME', '_audit_link_inserted_wrapper';
+REVOKE EXECUTE ON FUNCTION tenancy._audit_link_inserted() FROM PUBLIC;

@@ -342,14 +342,15 @@ unsafe fn head_row(plan: pg_sys::SPIPlanPtr, tenant: Uuid, lane: i16) -> Option<
 /// above it unless entries were removed since (retention, a decommissioned tenant); then the
 /// bounded read finds nothing and the lane is read whole. The bound spares checking every
 /// entry of the lane on the index's last page (about 4% of an audited single-row insert).
-fn chain_head(tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
+fn chain_head(shards: &ChainShards, tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
     use crate::audit::writer::newest_chain_entry;
+    let chain = shards.chain.as_c_str();
     let known = KNOWN_HEADS.with(|k| k.borrow().get(&(tenant, lane)).copied());
     // SAFETY: at PRE_COMMIT, with the lane's lock held.
     let newest = unsafe {
         known
-            .and_then(|bound| newest_chain_entry(tenant, lane, Some(bound)))
-            .or_else(|| newest_chain_entry(tenant, lane, None))
+            .and_then(|bound| newest_chain_entry(chain, tenant, lane, Some(bound)))
+            .or_else(|| newest_chain_entry(chain, tenant, lane, None))
     };
     if let Some(head) = newest {
         KNOWN_HEADS.with(|k| {
@@ -360,6 +361,29 @@ fn chain_head(tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
             k.insert((tenant, lane), head.0);
         });
         return head;
+    }
+    if let Some(checkpoint) = &shards.checkpoint {
+        // On Citus: this node's shard of audit_checkpoint holding the tenant (its name is
+        // Citus's, quoted here), read with the latest snapshot as below.
+        let sql = format!(
+            "SELECT seq, chain_hash FROM tenancy.{} WHERE tenant_id = $1 AND lane = $2",
+            catalog::quote_ident(checkpoint)
+        );
+        return catalog::with_owner(|| {
+            Spi::connect(|c| {
+                let t = c.select(&sql, Some(1), &[to_pg_uuid(tenant).into(), lane.into()])?;
+                Ok::<_, pgrx::spi::Error>(if t.is_empty() {
+                    (0, GENESIS.to_vec())
+                } else {
+                    let r = t.first();
+                    (
+                        r.get::<i64>(1)?.unwrap_or(0),
+                        r.get::<Vec<u8>>(2)?.unwrap_or_default(),
+                    )
+                })
+            })
+        })
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the audit checkpoint failed: {e}"));
     }
     let checkpoint = checkpoint_plan();
     // SAFETY: head_row runs inside the SPI connection made here, with the kept plan of
@@ -410,6 +434,29 @@ const CHAIN_COLUMNS: [(&std::ffi::CStr, pg_sys::Oid); 7] = [
     (c"chain_hash", pg_sys::BYTEAOID),
 ];
 
+/// Where a tenant's chain is linked: `audit_chain` and the checkpoints of `audit_checkpoint`
+/// (read by a kept plan) on one node; on Citus, this node's shards of both that hold the
+/// tenant.
+struct ChainShards {
+    chain: std::ffi::CString,
+    checkpoint: Option<String>,
+}
+
+fn chain_shards(tenant: Uuid) -> ChainShards {
+    if crate::citus::trail::distributed() {
+        ChainShards {
+            chain: std::ffi::CString::new(crate::citus::trail::chain_shard("audit_chain", tenant))
+                .expect("a relation name"),
+            checkpoint: Some(crate::citus::trail::chain_shard("audit_checkpoint", tenant)),
+        }
+    } else {
+        ChainShards {
+            chain: c"audit_chain".into(),
+            checkpoint: None,
+        }
+    }
+}
+
 /// Link this transaction's records into their tenants' chains (PRE_COMMIT).
 fn link_pending() {
     let mut pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
@@ -440,14 +487,10 @@ fn link_pending() {
     // SAFETY: inside the committing transaction, which has a transaction snapshot to push;
     // popped below.
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    // SAFETY: in the committing transaction; closed below.
-    let mut chain_table = unsafe {
-        crate::audit::writer::SimpleInsert::open(
-            c"audit_chain",
-            &CHAIN_COLUMNS,
-            &[c"audit_chain_lane_check"],
-        )
-    };
+    // The chain tables written, by name (one on one node; on Citus the shards of this
+    // node's tenants).
+    let mut chain_tables: Vec<(std::ffi::CString, crate::audit::writer::SimpleInsert)> =
+        Vec::new();
     let tenants = 1 + pending
         .windows(2)
         .filter(|w| w[0].tenant != w[1].tenant)
@@ -463,13 +506,30 @@ fn link_pending() {
         while j < pending.len() && pending[j].tenant == tenant {
             j += 1;
         }
+        let shards = chain_shards(tenant);
         let lane = if bulk { BULK_LANE } else { lock_chain(tenant) };
-        let (head, prev) = chain_head(tenant, lane);
+        let (head, prev) = chain_head(&shards, tenant, lane);
         let seq = head + 1;
         let records = &pending[i..j];
         let batch = batch_hash(records.iter().map(|r| (r.id, r.hash.as_slice())));
         let chain = chain_hash(&prev, seq, &batch);
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+        let at = match chain_tables.iter().position(|(n, _)| *n == shards.chain) {
+            Some(at) => at,
+            None => {
+                // SAFETY: in the committing transaction; closed below.
+                let t = unsafe {
+                    crate::audit::writer::SimpleInsert::open(
+                        &shards.chain,
+                        &CHAIN_COLUMNS,
+                        &[c"audit_chain_lane_check"],
+                    )
+                };
+                chain_tables.push((shards.chain.clone(), t));
+                chain_tables.len() - 1
+            }
+        };
+        let chain_table = &mut chain_tables[at].1;
         // SAFETY: values of the columns' types (uuid, smallint, bigint, bigint[], bytea x 3).
         unsafe {
             chain_table.insert(&[
@@ -485,11 +545,14 @@ fn link_pending() {
         }
         i = j;
     }
-    // SAFETY: the insert opened above, closed once, in the same transaction with `link_cxt`
-    // (its memory) still alive; then the snapshot pushed above is popped, the caller's
-    // context made current again, and `link_cxt`, which nothing refers to any more, deleted.
+    // SAFETY: the inserts opened above, each closed once, in the same transaction with
+    // `link_cxt` (their memory) still alive; then the snapshot pushed above is popped, the
+    // caller's context made current again, and `link_cxt`, which nothing refers to any more,
+    // deleted.
     unsafe {
-        chain_table.close();
+        for (_, t) in chain_tables {
+            t.close();
+        }
         pg_sys::PopActiveSnapshot();
         pg_sys::MemoryContextSwitchTo(outer);
         pg_sys::MemoryContextDelete(link_cxt);
@@ -517,7 +580,11 @@ fn insert_records(sql: &str, args: &[pgrx::datum::DatumWithOid]) {
     let rows =
         catalog::with_owner(|| Spi::connect_mut(|c| returned_records(c.update(sql, None, args)?)))
             .unwrap_or_else(|e| pgrx::error!("pg_tenancy: writing the audit trail failed: {e}"));
-    remember(rows);
+    // On Citus the records went to their tenants' shards, where `_audit_link_inserted` hands
+    // them to that node's linking.
+    if !crate::citus::trail::distributed() {
+        remember(rows);
+    }
 }
 
 /// The columns every audit INSERT fills, and the hash over them.
@@ -528,7 +595,13 @@ const HASHED: &str =
     "tenancy._audit_row_hash(s.id, s.tenant_id, s.occurred_at, s.txid, s.table_name, s.op, \
      s.row_key::text, s.old_row::text, s.new_row::text, s.db_role, s.subject, s.application_name, s.client_addr::text)";
 /// Per-record values that do not come from the changed row.
-const CONTEXT: &str = "nextval('tenancy.audit_log_id_seq') AS id";
+/// (On Citus, plus this node's offset: `src/citus/trail.rs`.)
+fn context() -> String {
+    match crate::citus::trail::id_offset() {
+        0 => "nextval('tenancy.audit_log_id_seq') AS id".into(),
+        o => format!("nextval('tenancy.audit_log_id_seq') + {o} AS id"),
+    }
+}
 const CONTEXT_TAIL: &str = "clock_timestamp() AS occurred_at, txid_current() AS txid";
 const SESSION_TAIL: &str =
     "current_setting('application_name') AS application_name, inet_client_addr() AS client_addr";
@@ -719,9 +792,10 @@ pub fn admin_each(action: &str, items: Vec<(Uuid, serde_json::Value)>) {
         tenants.push(to_pg_uuid(tenant));
         details.push(JsonB(detail));
     }
+    let context = context();
     let sql = format!(
         "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
-           SELECT {CONTEXT}, x.t AS tenant_id, {CONTEXT_TAIL}, NULL::text AS table_name, 'ADMIN'::text AS op, \
+           SELECT {context}, x.t AS tenant_id, {CONTEXT_TAIL}, NULL::text AS table_name, 'ADMIN'::text AS op, \
                   NULL::jsonb AS row_key, NULL::jsonb AS old_row, x.d AS new_row, $3::text AS db_role, \
                   $4::text AS subject, {SESSION_TAIL} \
              FROM unnest($1::uuid[], $2::jsonb[]) AS x(t, d)) s \
@@ -737,9 +811,10 @@ pub fn admin_each(action: &str, items: Vec<(Uuid, serde_json::Value)>) {
 pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: serde_json::Value) {
     let (role, subject) = caller_and_subject();
     audit_mac(tenant.unwrap_or(PLATFORM_CHAIN));
+    let context = context();
     let sql = format!(
         "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
-           SELECT {CONTEXT}, $1::uuid AS tenant_id, {CONTEXT_TAIL}, $5::text AS table_name, $6::text AS op, \
+           SELECT {context}, $1::uuid AS tenant_id, {CONTEXT_TAIL}, $5::text AS table_name, $6::text AS op, \
                   NULL::jsonb AS row_key, NULL::jsonb AS old_row, $2::jsonb AS new_row, $3::text AS db_role, \
                   $4::text AS subject, {SESSION_TAIL}) s \
          RETURNING id, tenant_id, row_hash"
@@ -988,9 +1063,10 @@ pub fn record_joining_rows(
         news.push(new_row);
     }
     let (role, subject) = caller_and_subject();
+    let context = context();
     let sql = format!(
         "INSERT INTO tenancy.audit_log ({RECORD_COLUMNS}) SELECT s.*, {HASHED} FROM ( \
-           SELECT {CONTEXT}, r.t AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'INSERT'::text AS op, \
+           SELECT {context}, r.t AS tenant_id, {CONTEXT_TAIL}, $1::text AS table_name, 'INSERT'::text AS op, \
                   r.k AS row_key, NULL::jsonb AS old_row, r.n AS new_row, \
                   $2::text AS db_role, $3::text AS subject, {SESSION_TAIL} \
              FROM unnest($4::uuid[], $5::jsonb[], $6::jsonb[]) AS r(t, k, n)) s \
@@ -1023,9 +1099,48 @@ struct AuditMeta {
     name: String,
     tenant_column: String,
     key_columns: Vec<String>,
+    /// The trail's table in schema tenancy (`audit_log`, or on Citus a shard of it).
+    log: std::ffi::CString,
 }
 
 fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
+    if crate::citus::trail::distributed() {
+        return citus_audit_meta(rel);
+    }
+    local_audit_meta(rel)
+}
+
+/// On Citus: a shard of a protected table records into the trail's shard beside it; nothing
+/// else may record (the trail is read from its shards only).
+fn citus_audit_meta(rel: pg_sys::Oid) -> AuditMeta {
+    let Some(shard) = crate::citus::trail::shard_of(rel) else {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "{} has an audit trigger but is no shard of a protected distributed table, and the audit trail is distributed",
+                catalog::relation_name(rel)
+            ),
+            "On Citus, audit tables distributed by their tenant column and colocated with tenancy.audit_log; protect the others with audit => false.",
+        )
+    };
+    let key_columns = catalog::owner_rows(
+        "the table's key",
+        "SELECT coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)                    FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord)                    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum                   WHERE x.indrelid = $1 AND x.indisprimary), '{}')",
+        &[rel.into()],
+        |r| Ok(r.get::<Vec<String>>(1)?.unwrap_or_default()),
+    )
+    .into_iter()
+    .next()
+    .unwrap_or_default();
+    AuditMeta {
+        name: shard.table,
+        tenant_column: shard.tenant_column,
+        key_columns,
+        log: std::ffi::CString::new(shard.log_shard).expect("a relation name"),
+    }
+}
+
+fn local_audit_meta(rel: pg_sys::Oid) -> AuditMeta {
     catalog::owner_rows(
         "the table's audit settings",
         "SELECT $1::oid::regclass::text, p.tenant_column::text, \
@@ -1040,6 +1155,7 @@ fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
                 name: r.get::<String>(1)?.unwrap_or_default(),
                 tenant_column: r.get::<String>(2)?.unwrap_or_default(),
                 key_columns: r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                log: c"audit_log".into(),
             })
         },
     )
@@ -1089,6 +1205,7 @@ fn _audit<'a>(
     let exclude = |tenant: Uuid| exclusions(rel, tenant);
     let table = audit_writer::Table {
         name: &meta.name,
+        log: &meta.log,
         tenant_column: &meta.tenant_column,
         exclude: &exclude,
         key_columns: &meta.key_columns,
@@ -1101,6 +1218,30 @@ fn _audit<'a>(
     // tables of its event.
     let rows =
         unsafe { audit_writer::record_statement(trigger.trigger_data(), &table, op, &actor) };
+    remember(rows);
+    Ok(None)
+}
+
+/// On Citus, the statement-level AFTER INSERT trigger `link_inserted` of `tenancy.audit_log`'s
+/// shards (`src/citus/trail.rs`): the records a statement of SQL inserted here (sent by Citus
+/// from the coordinator, which does not link them) are linked when this node's part of the
+/// transaction commits or prepares. The writer's own records never fire it (it inserts
+/// without the executor's statement triggers) and are linked as on one node. Only the
+/// catalog owner and superusers may insert into the trail.
+#[pg_trigger]
+fn _audit_link_inserted<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let rows = Spi::connect(|c| {
+        // SAFETY: inside the SPI connection just made; the trigger's TriggerData, valid for
+        // this call, names its transition table (the trigger is created with NEW TABLE AS
+        // tenancy_new), which SPI's queries see once registered.
+        if unsafe { pg_sys::SPI_register_trigger_data(std::ptr::from_ref(trigger.trigger_data()).cast_mut()) } < 0 {
+            pgrx::error!("pg_tenancy: the records to link cannot be read");
+        }
+        returned_records(c.select("SELECT id, tenant_id, row_hash FROM tenancy_new", None, &[])?)
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the records to link failed: {e}"));
     remember(rows);
     Ok(None)
 }
@@ -1196,6 +1337,15 @@ fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<String>) {
         ),
     };
     let table = crate::catalog::relation_name(tbl);
+    if crate::citus::trail::citus_table(tbl) {
+        // Each node's records are written on that node, which does not know the exclusions
+        // kept on the coordinator: refused rather than recorded in full.
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("leaving columns of Citus table \"{table}\" out of the audit trail is not supported yet"),
+            "Keep such columns in a table on one node, or protect the table with audit => false.",
+        );
+    }
     let meta = catalog::owner_rows(
         "tenancy.protected_table",
         "SELECT p.tenant_column::text, \
@@ -1475,6 +1625,13 @@ fn audit_verify(
 fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 {
     crate::authz::require_operator("audit_purge");
     let t = catalog::require_tenant(tenant);
+    if crate::citus::trail::distributed() {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "audit_purge of a trail distributed by Citus is not supported yet",
+            "Records stay in the trail; audit_verify still checks them.",
+        );
+    }
     let uuid = to_pg_uuid(t.id);
     let floor = crate::gucs::AUDIT_MIN_RETENTION.get();
     let too_young = catalog::read_one::<bool>(

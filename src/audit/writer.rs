@@ -34,6 +34,9 @@ pub type Written = (Uuid, i64, Vec<u8>);
 /// What the trigger knows about the audited table.
 pub struct Table<'a> {
     pub name: &'a str,
+    /// The trail's table in schema tenancy: `audit_log`, or on Citus its shard colocated with
+    /// the table's shard that fired.
+    pub log: &'a CStr,
     pub tenant_column: &'a str,
     /// The columns a tenant keeps out of its records of this table.
     pub exclude: &'a dyn Fn(Uuid) -> std::rc::Rc<Vec<String>>,
@@ -116,7 +119,8 @@ pub unsafe fn record_statement(
     let shape = unsafe { RowShape::new(rel, table) };
     // SAFETY: inside the firing statement's transaction (this function's contract); the
     // writer is closed below, or released by the transaction's abort on an error.
-    let mut writer = catalog::as_owner(|| unsafe { Writer::open(table.name, op, actor) });
+    let mut writer =
+        catalog::as_owner(|| unsafe { Writer::open(table.log, table.name, op, actor) });
     // SAFETY: for UPDATE the contract promises the OLD TABLE, so `old_ts` is a live tuplestore
     // (not null) of `rel`'s rows, as `source` is (checked above); both outlive the readers,
     // which are closed below.
@@ -1029,6 +1033,8 @@ impl SimpleInsert {
 struct Writer {
     log: SimpleInsert,
     seq: pg_sys::Oid,
+    /// Added to the sequence's values (a Citus node's offset, `src/citus/trail.rs`).
+    id_offset: i64,
     /// Per-statement values with their text for the hash: table_name, op, db_role, subject,
     /// application_name, client_addr.
     table: (Datum, Vec<u8>),
@@ -1046,7 +1052,7 @@ impl Writer {
     /// # Safety
     /// Inside a transaction; the caller closes it with [`Writer::close`], while the memory
     /// context current here (which holds the per-statement datums) is still alive.
-    unsafe fn open(table: &str, op: Op, actor: &Actor) -> Writer {
+    unsafe fn open(log: &CStr, table: &str, op: Op, actor: &Actor) -> Writer {
         // SAFETY: a catalog lookup by name inside a transaction (this function's contract);
         // it raises when pg_tenancy's schema is missing (missing_ok = false).
         let nsp = unsafe { pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false) };
@@ -1057,7 +1063,7 @@ impl Writer {
         }
         // SAFETY: inside a transaction (this function's contract); closed by `close`, with
         // the same memory context alive.
-        let log = unsafe { SimpleInsert::open(c"audit_log", &FIELDS, &[c"audit_log_op_check"]) };
+        let log = unsafe { SimpleInsert::open(log, &FIELDS, &[c"audit_log_op_check"]) };
         let text = |s: &str| (s.into_datum().expect("text"), s.as_bytes().to_vec());
         let role = text(actor.role);
         // SAFETY: application_name is the GUC's string variable of this backend, read once
@@ -1083,6 +1089,7 @@ impl Writer {
         Writer {
             log,
             seq,
+            id_offset: crate::citus::trail::id_offset(),
             table: text(table),
             op: text(op.text()),
             role,
@@ -1104,8 +1111,9 @@ impl Writer {
         // SAFETY: nextval_oid takes the sequence's oid (checked to exist by `open`) and
         // returns an int8, never NULL.
         let id: i64 = unsafe {
-            direct_function_call(pg_sys::nextval_oid, &[self.seq.into_datum()]).expect("nextval")
-        };
+            direct_function_call::<i64>(pg_sys::nextval_oid, &[self.seq.into_datum()])
+                .expect("nextval")
+        } + self.id_offset;
         // SAFETY: reads the clock; no precondition.
         let at = unsafe { pg_sys::GetCurrentTimestamp() };
         let at_datum = Datum::from(at);
@@ -1195,7 +1203,8 @@ impl Writer {
     }
 }
 
-/// The newest entry (seq, chain_hash) of one lane of a tenant's chain in tenancy.audit_chain,
+/// The newest entry (seq, chain_hash) of one lane of a tenant's chain in `tenancy.<chain>`
+/// (`audit_chain`, or on Citus its shard holding the tenant),
 /// read through its primary key (tenant_id, lane, seq) backwards with the latest snapshot (so
 /// a REPEATABLE READ transaction links after the newest committed entry). None: the lane has
 /// no entry with a seq of at least `at_least`.
@@ -1207,6 +1216,7 @@ impl Writer {
 /// # Safety
 /// Inside a transaction, with the lane's lock held.
 pub unsafe fn newest_chain_entry(
+    chain: &CStr,
     tenant: Uuid,
     lane: i16,
     at_least: Option<i64>,
@@ -1215,7 +1225,7 @@ pub unsafe fn newest_chain_entry(
     // raises when pg_tenancy's schema is missing (missing_ok = false).
     let nsp = unsafe { pg_sys::get_namespace_oid(c"tenancy".as_ptr(), false) };
     // SAFETY: as above (InvalidOid when the table is missing, which table_open refuses).
-    let relid = unsafe { pg_sys::get_relname_relid(c"audit_chain".as_ptr(), nsp) };
+    let relid = unsafe { pg_sys::get_relname_relid(chain.as_ptr(), nsp) };
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     // SAFETY: opened (or an error raised) inside a transaction, closed below with its lock
     // kept to the end of the transaction.

@@ -50,7 +50,7 @@ pub const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.r
 /// Let this node's `pg_class` show Citus's shards to the statements that follow, inside
 /// [`catalog::with_owner`] (which undoes every setting changed inside it on return): Citus hides
 /// them from every connection but its own (`citus.override_table_visibility`).
-fn show_shards(c: &mut pgrx::spi::SpiClient<'_>) -> Result<(), pgrx::spi::Error> {
+pub(super) fn show_shards(c: &mut pgrx::spi::SpiClient<'_>) -> Result<(), pgrx::spi::Error> {
     c.update(
         "SELECT pg_catalog.set_config('citus.override_table_visibility', 'off', true)",
         None,
@@ -62,7 +62,7 @@ fn show_shards(c: &mut pgrx::spi::SpiClient<'_>) -> Result<(), pgrx::spi::Error>
 /// This node's copy of `tenancy.citus_protection` as a name to put in a statement: the
 /// reference table's placement here (its name printed by `regclass`), or the table itself
 /// before `citus_setup()` made it a reference table.
-fn local_copy(c: &pgrx::spi::SpiClient<'_>) -> Result<String, pgrx::spi::Error> {
+pub(super) fn local_copy(c: &pgrx::spi::SpiClient<'_>) -> Result<String, pgrx::spi::Error> {
     Ok(c.select(
         "SELECT coalesce((SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false))::text \
                             FROM pg_catalog.pg_dist_shard s \
@@ -80,8 +80,9 @@ fn local_copy(c: &pgrx::spi::SpiClient<'_>) -> Result<String, pgrx::spi::Error> 
 /// the shards through Citus, where names print under the node's own `search_path`): row
 /// security's flags; each policy with its roles, its expressions with the table's own name
 /// (`%2$L`, the text `'<table>'::regclass` as printed under pg_tenancy's pinned `search_path`)
-/// written as `'?'::regclass` and any other table's name kept; every trigger whose function is
-/// not pg_tenancy's own (name without a shard's suffix, function, whether enabled); every rule;
+/// written as `'?'::regclass` and any other table's name kept; every trigger, pg_tenancy's own
+/// (TRUNCATE, audit) included (name without a shard's suffix, function, whether enabled);
+/// every rule;
 /// every index expression and predicate. `%1$L` is the relation's name as a quoted literal.
 /// Reads only the system catalogs.
 const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
@@ -96,8 +97,7 @@ const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c
           || f.pronamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(f.proname) \
           || ':' || t.tgenabled::text, ',' ORDER BY 1) \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
-      WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
-        AND f.pronamespace <> 'tenancy'::pg_catalog.regnamespace), '') || ' ' || \
+      WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(r.rulename::text || ':' || r.ev_type::text || ':' || r.ev_enabled::text, ',' ORDER BY 1) \
       FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN'), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(coalesce(pg_catalog.pg_get_expr(x.indexprs, x.indrelid), '') || '/' \

@@ -33,6 +33,7 @@
 //! Still to come (issue #29): the audit trail distributed by tenant.
 
 pub mod guard;
+pub mod trail;
 
 use crate::errors;
 use pgrx::prelude::*;
@@ -146,7 +147,39 @@ fn citus_setup() -> Vec<String> {
     if let Some(ensure_key) = KEY_MAKER.with(|k| k.get()) {
         ensure_key();
     }
-    distribute_catalog()
+    let mut done = distribute_catalog();
+    done.extend(distribute_trail());
+    done
+}
+
+/// The audit trail distributed by tenant ([`trail::distribute`]), once; returns its tables
+/// when it did it now.
+fn distribute_trail() -> Vec<String> {
+    let _distributing = crate::pg::citus::Distributing::start();
+    Spi::connect_mut(|c| {
+        c.update(
+            "SELECT pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true)",
+            None,
+            &[],
+        )?;
+        trail::distribute(c)
+    })
+    .map(|done| {
+        if done {
+            ["tenancy.audit_log", "tenancy.audit_chain", "tenancy.audit_checkpoint"]
+                .map(String::from)
+                .to_vec()
+        } else {
+            Vec::new()
+        }
+    })
+    .unwrap_or_else(|e| {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("pg_tenancy's audit trail could not be distributed: {e}"),
+            "Check that every node is reachable (citus_check_cluster_node_health()) and call tenancy.citus_setup() again.",
+        )
+    })
 }
 
 /// The work of [`citus_setup`]: every catalog table not yet a Citus table becomes a reference

@@ -169,9 +169,20 @@ fn citus_distribution(rel: pg_sys::Oid) -> Option<(String, Option<String>)> {
 
 /// The SQL `protect` runs for one table (without its partitions). Also shown by
 /// `tenancy.protect_sql()` so a reviewer can read exactly what is generated.
+/// The audit triggers: name, event, transition tables.
+const AUDIT_TRIGGERS: [(&str, &str, &str); 3] = [
+    ("tenancy_audit_ins", "INSERT", "NEW TABLE AS tenancy_new"),
+    (
+        "tenancy_audit_upd",
+        "UPDATE",
+        "OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new",
+    ),
+    ("tenancy_audit_del", "DELETE", "OLD TABLE AS tenancy_old"),
+];
+
 fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, String)> {
     if info.citus.is_some() {
-        return citus_sql(info, column);
+        return citus_sql(info, column, audit);
     }
     let t = &info.name;
     let c = quote_ident(column);
@@ -251,15 +262,7 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, Strin
     sql.push((Who::CatalogOwner, format!(
         "CREATE TRIGGER tenancy_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._refuse_truncate()"
     )));
-    for (name, event, refs) in [
-        ("tenancy_audit_ins", "INSERT", "NEW TABLE AS tenancy_new"),
-        (
-            "tenancy_audit_upd",
-            "UPDATE",
-            "OLD TABLE AS tenancy_old NEW TABLE AS tenancy_new",
-        ),
-        ("tenancy_audit_del", "DELETE", "OLD TABLE AS tenancy_old"),
-    ] {
+    for (name, event, refs) in AUDIT_TRIGGERS {
         sql.push((
             Who::TableOwner,
             format!("DROP TRIGGER IF EXISTS {name} ON {t}"),
@@ -285,7 +288,7 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, Strin
 /// set before the table was distributed (Citus allows no change of its distribution column);
 /// a reference table gets them here. No audit triggers: auditing distributed tables is to
 /// come, and `protect` refuses `audit => true` on them.
-fn citus_sql(info: &TableInfo, column: &str) -> Vec<(Who, String)> {
+fn citus_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, String)> {
     let t = &info.name;
     let c = quote_ident(column);
     let lit = quote_literal(t);
@@ -328,11 +331,7 @@ fn citus_sql(info: &TableInfo, column: &str) -> Vec<(Who, String)> {
         allowed("delete")
     ));
     sql.push(format!("DROP TRIGGER IF EXISTS tenancy_no_truncate ON {t}"));
-    for name in [
-        "tenancy_audit_ins",
-        "tenancy_audit_upd",
-        "tenancy_audit_del",
-    ] {
+    for (name, _, _) in AUDIT_TRIGGERS {
         sql.push(format!("DROP TRIGGER IF EXISTS {name} ON {t}"));
     }
     if !info.has_tenant_index {
@@ -341,6 +340,15 @@ fn citus_sql(info: &TableInfo, column: &str) -> Vec<(Who, String)> {
     sql.push(format!(
         "CREATE TRIGGER tenancy_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._refuse_truncate()"
     ));
+    if audit {
+        // The same statement triggers as on one node, on every shard: each records into the
+        // trail's shard beside it (src/citus/trail.rs; protect() checked the colocation).
+        for (name, event, refs) in AUDIT_TRIGGERS {
+            sql.push(format!(
+                "CREATE TRIGGER {name} AFTER {event} ON {t} REFERENCING {refs} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit()"
+            ));
+        }
+    }
     // All as the catalog owner. Citus runs a distributed transaction's commands on a node over
     // one connection per role: the table owner's DDL and the catalog owner's on the same shards
     // would wait on each other's locks (a distributed deadlock, seen with a NOSUPERUSER owner).
@@ -456,6 +464,34 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
     unsafe { pg_sys::AtEOXact_GUC(false, nest) };
 }
 
+/// On Citus the trail is written beside each shard (`src/citus/trail.rs`): only tables
+/// distributed by their tenant column and colocated with `tenancy.audit_log` are audited, and
+/// once the trail is distributed no table on the coordinator alone is.
+fn refuse_audit_on_citus(rel: pg_sys::Oid, info: &TableInfo) {
+    use crate::citus::trail;
+    let t = &info.name;
+    let lit = quote_literal(t);
+    let refuse = |why: String, hint: String| {
+        errors::raise(pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, why, hint)
+    };
+    match &info.citus {
+        None if trail::distributed() => refuse(
+            format!("\"{t}\" is a table on the coordinator only, and the audit trail is distributed by tenant"),
+            format!("Distribute it by its tenant column, colocated with the trail (SELECT create_distributed_table({lit}, '<tenant column>', colocate_with => 'tenancy.audit_log');), or protect it with audit => false."),
+        ),
+        None => {}
+        Some(_) if !trail::distributed() => refuse(
+            format!("auditing Citus table \"{t}\" needs the audit trail distributed"),
+            format!("Run SELECT tenancy.citus_setup(); as a superuser on the coordinator, or protect it without the trail: SELECT tenancy.protect({lit}, audit => false);"),
+        ),
+        Some((method, _)) if method != "h" || !trail::colocated_with_trail(rel) => refuse(
+            format!("Citus table \"{t}\" is not distributed by its tenant column colocated with tenancy.audit_log, so its changes cannot be recorded beside its rows"),
+            format!("Colocate it with the trail (SELECT alter_distributed_table({lit}, colocate_with => 'tenancy.audit_log');) or protect it without the trail: SELECT tenancy.protect({lit}, audit => false);"),
+        ),
+        Some(_) => {}
+    }
+}
+
 /// Protect one table and, recursively, its partitions. Returns the number of tables protected.
 pub fn protect_table(
     rel: pg_sys::Oid,
@@ -465,18 +501,8 @@ pub fn protect_table(
 ) -> i32 {
     let _managed = ManagedDdl::enter();
     let info = check_table(rel, column);
-    if audit && info.citus.is_some() {
-        errors::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!(
-                "auditing Citus table \"{}\" is not supported yet",
-                info.name
-            ),
-            format!(
-                "Protect it without the audit trail for now: SELECT tenancy.protect('{}', audit => false);",
-                info.name
-            ),
-        );
+    if audit {
+        refuse_audit_on_citus(rel, &info);
     }
     run_all(rel, &generated_sql(&info, column, audit));
     catalog::write(
@@ -1047,18 +1073,25 @@ pub fn refuse_distributing_protected(func: pg_sys::Oid, arg: pg_sys::Datum, argt
     );
 }
 
-/// Whether `rel` is a Citus table, which `protect_schema` and `auto_protect` protect without
-/// the audit trail (not available on Citus tables yet), saying so in a NOTICE.
+/// Whether `rel` is a Citus table that `protect_schema` and `auto_protect` protect without the
+/// audit trail, saying so in a NOTICE: one not colocated with the distributed trail (a
+/// reference table, a schema's single-shard table, another colocation), or any while the
+/// trail is not distributed; and a table on the coordinator only once the trail is.
 fn citus_without_audit(rel: pg_sys::Oid) -> bool {
     let citus = crate::pg::citus::in_database()
         && (citus_distribution(rel).is_some() || in_citus_distributed_schema(rel));
-    if citus {
+    let without = if citus {
+        !crate::citus::trail::colocated_with_trail(rel)
+    } else {
+        crate::citus::trail::distributed()
+    };
+    if without {
         pgrx::notice!(
-            "{} is protected without the audit trail: auditing Citus tables is not supported yet",
+            "{} is protected without the audit trail: on Citus only tables distributed by their tenant column and colocated with tenancy.audit_log are audited",
             catalog::relation_name(rel)
         );
     }
-    citus
+    without
 }
 
 /// Whether `rel` is in a schema Citus distributes (schema-based sharding,

@@ -234,7 +234,8 @@ fn a_suspension_or_revocation_on_the_coordinator_reaches_every_worker_at_its_nex
 
 /// A table that stays local to the coordinator is protected as on one node: its policies read
 /// the binding and the catalog (reference tables now) through Citus. Each tenant's session
-/// reads and writes its own rows only; an unbound one is refused.
+/// reads and writes its own rows only; an unbound one is refused. (Without the audit trail: once
+/// the trail is distributed by tenant, only tables colocated with it are audited.)
 #[test]
 fn a_table_local_to_the_coordinator_is_protected_as_on_one_node() {
     let f = Fixture::new();
@@ -242,7 +243,7 @@ fn a_table_local_to_the_coordinator_is_protected_as_on_one_node() {
     let mut su = superuser();
     su.batch_execute(&format!(
         "CREATE TABLE public.{t} (tenant_id uuid NOT NULL, id int NOT NULL, v text); \
-         SELECT tenancy.protect('public.{t}'); \
+         SELECT tenancy.protect('public.{t}', audit => false); \
          GRANT SELECT, INSERT ON public.{t} TO {APP}"
     ))
     .unwrap();
@@ -573,7 +574,10 @@ fn protect_refuses_what_it_cannot_do_on_citus_with_a_hint() {
          CREATE TABLE public.no_default_{pid} (tenant_id uuid, id int); \
          SELECT create_distributed_table('public.no_default_{pid}', 'tenant_id'); \
          CREATE TABLE public.audited_{pid} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int); \
-         SELECT create_distributed_table('public.audited_{pid}', 'tenant_id')"
+         SELECT create_distributed_table('public.audited_{pid}', 'tenant_id', colocate_with => 'none'); \
+         CREATE TABLE public.audited_ref_{pid} (tenant_id uuid, id int); \
+         SELECT create_reference_table('public.audited_ref_{pid}'); \
+         CREATE TABLE public.audited_local_{pid} (tenant_id uuid, id int)"
     ))
     .unwrap();
     let mut op = node(0, OPERATOR);
@@ -589,10 +593,22 @@ fn protect_refuses_what_it_cannot_do_on_citus_with_a_hint() {
             "55000",
             "SET DEFAULT tenancy.current_tenant()",
         ),
+        // The trail is written beside each shard: a table not colocated with it, a reference
+        // table, a table on the coordinator only are not audited.
         (
             format!("SELECT tenancy.protect('public.audited_{pid}')"),
             "0A000",
+            "colocate_with => 'tenancy.audit_log'",
+        ),
+        (
+            format!("SELECT tenancy.protect('public.audited_ref_{pid}')"),
+            "0A000",
             "audit => false",
+        ),
+        (
+            format!("SELECT tenancy.protect('public.audited_local_{pid}')"),
+            "0A000",
+            "colocate_with => 'tenancy.audit_log'",
         ),
     ] {
         let e = op.batch_execute(&sql).unwrap_err();
@@ -608,7 +624,8 @@ fn protect_refuses_what_it_cannot_do_on_citus_with_a_hint() {
         .query_one(
             &format!(
                 "SELECT count(*) FROM tenancy.protected_table WHERE relid::text IN \
-                 ('public.by_id_{pid}', 'public.no_default_{pid}', 'public.audited_{pid}')"
+                 ('public.by_id_{pid}', 'public.no_default_{pid}', 'public.audited_{pid}', \
+                  'public.audited_ref_{pid}', 'public.audited_local_{pid}')"
             ),
             &[],
         )
@@ -1462,4 +1479,206 @@ fn verify_quotes_the_names_of_shards_it_reads() {
         .unwrap()
         .get(0);
     assert_eq!(left, 1, "the victim table still exists");
+}
+
+/// The node (index into `ports()`) and the name of the shard of `tenancy.<table>` that holds
+/// `tenant`'s rows.
+fn trail_shard(table: &str, tenant_id: &str) -> (usize, String) {
+    let r = superuser()
+        .query_one(
+            &format!(
+                "SELECT n.nodeport, shard_name('tenancy.{table}'::regclass, s.shardid) \
+                   FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) \
+                   JOIN pg_dist_node n ON n.groupid = p.groupid \
+                  WHERE s.shardid = get_shard_id_for_distribution_column('tenancy.{table}', $1::text::uuid)"
+            ),
+            &[&tenant_id],
+        )
+        .unwrap();
+    let port: i32 = r.get(0);
+    let node = ports()
+        .iter()
+        .position(|p| i32::from(*p) == port)
+        .expect("a node of the cluster");
+    (node, r.get(1))
+}
+
+#[test]
+fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let (t, owner) = (format!("trail_{pid}"), format!("trail_owner_{pid}"));
+    let mut su = superuser();
+    su.batch_execute(&format!("CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"))
+        .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, v text, PRIMARY KEY (tenant_id, id))"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id', colocate_with => 'tenancy.audit_log')"),
+            format!("SELECT tenancy.protect('public.{t}')"),
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON public.{t} TO {APP}"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+        ],
+    );
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    // Each tenant writes: an INSERT, an UPDATE of two rows, a DELETE; A in one transaction
+    // across two statements, B with an INSERT of two rows.
+    let mut app = app_on(0);
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+            .unwrap();
+        tx.batch_execute(&format!(
+            "INSERT INTO public.{t} (id, v) VALUES (1, 'a1'), (2, 'a2'), (3, 'a3'); \
+             UPDATE public.{t} SET v = v || '!' WHERE id <= 2; \
+             DELETE FROM public.{t} WHERE id = 3"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "bob")])
+            .unwrap();
+        tx.batch_execute(&format!(
+            "INSERT INTO public.{t} (id, v) VALUES (1, 'b1'), (2, 'b2')"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+        // A rolled-back write leaves nothing in the trail.
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "bob")])
+            .unwrap();
+        tx.batch_execute(&format!("INSERT INTO public.{t} (id, v) VALUES (9, 'gone')"))
+            .unwrap();
+        tx.rollback().unwrap();
+    }
+    // The records, read through Citus on the coordinator: the table's name (not a shard's),
+    // each row once, in the tenant's trail only.
+    let records = |tenant_id: &str| -> Vec<String> {
+        superuser()
+            .query(
+                "SELECT op || ':' || coalesce(new_row->>'v', old_row->>'v') || ':' || subject \
+                   FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid AND table_name = $2 ORDER BY id",
+                &[&tenant_id, &format!("public.{t}")],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(
+        records(&f.a_id),
+        ["INSERT:a1:ann", "INSERT:a2:ann", "INSERT:a3:ann", "UPDATE:a1!:ann", "UPDATE:a2!:ann", "DELETE:a3:ann"]
+    );
+    assert_eq!(records(&f.b_id), ["INSERT:b1:bob", "INSERT:b2:bob"]);
+    // The records were written where the tenant's shard is, and the management action on the
+    // coordinator (add_member, written through Citus) went to the same trail.
+    let (log_node, log_shard) = trail_shard("audit_log", &f.a_id);
+    let on_shard: i64 = node(log_node, "postgres")
+        .query_one(
+            &format!("SELECT count(*) FROM {log_shard} WHERE tenant_id = $1::text::uuid"),
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    let everywhere: i64 = superuser()
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(on_shard, everywhere);
+    assert!(everywhere >= 7, "{everywhere}");
+    // One chain per tenant, checked from the coordinator by an operator: intact, and covering
+    // every record (writes and management actions).
+    let mut op = node(0, OPERATOR);
+    assert_not_privileged(&mut op);
+    let verify = |op: &mut Client, tenant: &str| -> (i64, bool, String) {
+        let r = op
+            .query_one(
+                "SELECT records, ok, detail FROM tenancy.audit_verify($1)",
+                &[&tenant],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(verify(&mut op, &f.a), (everywhere, true, "ok".into()));
+    let (n, ok, detail) = verify(&mut op, &f.b);
+    assert!(ok && n >= 2, "{n} {detail}");
+
+    // The tenant's admin reads its own trail through Citus, and only its own.
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+            .unwrap();
+        let tenants: Vec<String> = tx
+            .query("SELECT DISTINCT tenant_id::text FROM tenancy.audit_log", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(tenants, [f.a_id.clone()]);
+        tx.rollback().unwrap();
+    }
+
+    // Attackers on the worker that holds A's trail.
+    // The application role cannot write the trail's shard.
+    let mut w_app = app_on(log_node);
+    let e = w_app
+        .batch_execute(&format!(
+            "INSERT INTO {log_shard} (tenant_id, op, db_role) VALUES ('{}', 'ADMIN', 'x')",
+            f.a_id
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    // The table's owner cannot drop or disable the audit trigger of its shard there.
+    let data_shard: String = superuser()
+        .query_one(
+            &format!(
+                "SELECT shard_name('public.{t}'::regclass, get_shard_id_for_distribution_column('public.{t}', $1::text::uuid))"
+            ),
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    let mut cfg = postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(ports()[log_node])
+        .dbname(&std::env::var("TENANCY_IT_DB").unwrap())
+        .user(&owner);
+    let mut o = cfg.connect(NoTls).unwrap();
+    assert_not_privileged(&mut o);
+    o.batch_execute("SET citus.enable_manual_changes_to_shards = on")
+        .unwrap();
+    let suffix = data_shard.rsplit('_').next().unwrap().to_string();
+    for sql in [
+        format!("DROP TRIGGER tenancy_audit_ins_{suffix} ON {data_shard}"),
+        format!("ALTER TABLE {data_shard} DISABLE TRIGGER tenancy_audit_upd_{suffix}"),
+        format!("ALTER TABLE {data_shard} DISABLE TRIGGER ALL"),
+    ] {
+        let e = o
+            .batch_execute(&sql)
+            .expect_err(&format!("{sql} was not refused"));
+        assert!(
+            ["42501", "55000"].contains(&sqlstate(&e).as_str()),
+            "{sql}: {} {}",
+            sqlstate(&e),
+            message(&e)
+        );
+    }
+    // A superuser on that worker changes one of A's records past the append-only trigger:
+    // audit_verify on the coordinator finds it.
+    let mut w = node(log_node, "postgres");
+    w.batch_execute(&format!(
+        "SET session_replication_role = replica; \
+         UPDATE {log_shard} SET new_row = '{{\"v\": \"forged\"}}' \
+          WHERE tenant_id = '{}' AND op = 'INSERT' AND new_row->>'v' = 'a2'; \
+         RESET session_replication_role",
+        f.a_id
+    ))
+    .unwrap();
+    let (_, ok, detail) = verify(&mut op, &f.a);
+    assert!(!ok && detail.contains("was changed"), "{detail}");
 }

@@ -1,0 +1,272 @@
+//! The audit trail on Citus: `tenancy.audit_log`, `tenancy.audit_chain` and
+//! `tenancy.audit_checkpoint` distributed by `tenant_id` and colocated with each other, so that
+//! a tenant's records, its chain and its checkpoints live in the shards that hold the tenant's
+//! rows of every protected table colocated with them.
+//!
+//! - A write to a protected distributed table is recorded on the node that runs it, in the
+//!   same (distributed) transaction: the shard's audit trigger writes into the colocated shard
+//!   of `audit_log` there ([`shard_of`]), and links into the colocated shard of `audit_chain`
+//!   when that node's part of the transaction commits or prepares ([`chain_shard`]).
+//! - A record written through SQL (a management action on the coordinator) goes through Citus
+//!   to the tenant's shard, where the `link_inserted` trigger of `audit_log`'s shards hands it
+//!   to the same linking.
+//! - Record ids come from each node's own sequence, offset by the node's Citus group
+//!   ([`id_offset`]), so that ids never collide in a tenant's trail wherever it was written or
+//!   moved.
+//!
+//! `audit_verify` reads the tenant's chain and records through Citus, from the coordinator,
+//! as on one node (the queries name the tenant, so Citus sends them to its shard).
+
+use crate::errors;
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    /// Whether the trail is distributed here: `Some(true)` once seen (it is never undone), or
+    /// `Some(false)` with the local transaction it was read in.
+    static DISTRIBUTED: Cell<Option<(bool, u32)>> = const { Cell::new(None) };
+    /// This node's offset of record ids (read once: a node keeps its Citus group).
+    static OFFSET: Cell<Option<i64>> = const { Cell::new(None) };
+}
+
+/// Record ids of a node are its sequence's values plus its Citus group shifted this far: room
+/// for 2^48 records per node (a node's group never changes).
+const GROUP_SHIFT: u32 = 48;
+
+fn local_xact() -> u32 {
+    // SAFETY: MyProc is set for every backend that runs a transaction; lxid is its own.
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
+/// Whether `tenancy.audit_log` is a distributed table in this database (after
+/// `citus_setup()`).
+pub fn distributed() -> bool {
+    match DISTRIBUTED.with(|d| d.get()) {
+        Some((true, _)) => return true,
+        Some((false, x)) if x == local_xact() => return false,
+        _ => {}
+    }
+    let d = crate::pg::citus::in_database()
+        && crate::catalog::owner_rows(
+            "Citus's metadata",
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition \
+                             WHERE logicalrelid = 'tenancy.audit_log'::pg_catalog.regclass)",
+            &[],
+            |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        )
+        .first()
+        .copied()
+        .unwrap_or(false);
+    DISTRIBUTED.with(|c| c.set(Some((d, local_xact()))));
+    d
+}
+
+/// What is added to this node's sequence values to make a record id: 0 on one node and on the
+/// coordinator (group 0), a worker's group shifted by [`GROUP_SHIFT`] bits otherwise.
+pub fn id_offset() -> i64 {
+    if let Some(o) = OFFSET.with(|o| o.get()) {
+        return o;
+    }
+    if !distributed() {
+        return 0;
+    }
+    let group = crate::catalog::owner_rows(
+        "Citus's metadata",
+        "SELECT groupid FROM pg_catalog.pg_dist_local_group",
+        &[],
+        |r| Ok(r.get::<i32>(1)?.unwrap_or(0)),
+    )
+    .first()
+    .copied()
+    .unwrap_or(0);
+    let offset = (group.max(0) as i64) << GROUP_SHIFT;
+    OFFSET.with(|o| o.set(Some(offset)));
+    offset
+}
+
+/// A shard of a protected distributed table, as its audit trigger needs it.
+pub struct ShardTable {
+    /// The table's name (regclass's output), which its records carry.
+    pub table: String,
+    /// Its tenant (distribution) column.
+    pub tenant_column: String,
+    /// The name of the shard of `tenancy.audit_log` on this node that holds the same tenants.
+    pub log_shard: String,
+}
+
+/// The table of shard `rel`, its tenant column and the shard of the trail colocated with it,
+/// when `rel` is a shard on this node of a table `protect()` recorded (`citus_protection`).
+/// Raises when the table is protected but its trail's shard is not here (the table is not
+/// colocated with `tenancy.audit_log`: its records would have nowhere to go in this
+/// transaction). None when `rel` is no shard of a protected table.
+pub fn shard_of(rel: pg_sys::Oid) -> Option<ShardTable> {
+    let found = crate::catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            super::guard::show_shards(c)?;
+            let records = super::guard::local_copy(c)?;
+            let row = c.select(
+                &format!(
+                    "SELECT d.logicalrelid::pg_catalog.regclass::text, \
+                            pg_catalog.column_to_column_name(d.logicalrelid, p.partkey), \
+                            (SELECT pg_catalog.shard_name(a.logicalrelid, a.shardid, false) \
+                               FROM pg_catalog.pg_dist_partition pa \
+                               JOIN pg_catalog.pg_dist_shard a ON a.logicalrelid = pa.logicalrelid \
+                              WHERE pa.logicalrelid = 'tenancy.audit_log'::pg_catalog.regclass \
+                                AND pa.colocationid = p.colocationid \
+                                AND a.shardminvalue = d.shardminvalue \
+                                AND EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl \
+                                             WHERE pl.shardid = a.shardid \
+                                               AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) \
+                       FROM pg_catalog.pg_class r \
+                       JOIN pg_catalog.pg_dist_shard d \
+                         ON d.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
+                        AND pg_catalog.to_regclass(pg_catalog.shard_name(d.logicalrelid, d.shardid, false)) = r.oid \
+                       JOIN pg_catalog.pg_dist_partition p ON p.logicalrelid = d.logicalrelid AND p.partmethod = 'h' \
+                      WHERE r.oid = $1 \
+                        AND EXISTS (SELECT FROM {records} cp WHERE cp.relation = d.logicalrelid::pg_catalog.regclass::text)"
+                ),
+                Some(1),
+                &[rel.into()],
+            )?;
+            if row.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let row = row.first();
+            Ok(Some((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+                row.get::<String>(3)?,
+            )))
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading Citus's metadata failed: {e}"))?;
+    let (table, tenant_column, log) = found;
+    let Some(log) = log else {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("{table} is audited but not colocated with tenancy.audit_log: its records cannot be written with its rows"),
+            format!("Colocate it with the trail: SELECT alter_distributed_table('{table}', colocate_with => 'tenancy.audit_log');"),
+        )
+    };
+    // The shard's name as shard_name printed it, schema-qualified: the relation's own name is
+    // what follows "tenancy.".
+    let log_shard = log.strip_prefix("tenancy.").unwrap_or(&log).to_string();
+    Some(ShardTable {
+        table,
+        tenant_column,
+        log_shard,
+    })
+}
+
+/// The name (in schema `tenancy`) of the shard of `table` (`audit_chain` or
+/// `audit_checkpoint`) that holds `tenant`'s rows, which must be on this node: a record is
+/// only linked where it was written, and a tenant's records are written in its shards.
+pub fn chain_shard(table: &str, tenant: uuid::Uuid) -> String {
+    let name = crate::catalog::owner_rows(
+        "Citus's metadata",
+        "SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid, false) \
+           FROM pg_catalog.pg_dist_shard s \
+          WHERE s.shardid = pg_catalog.get_shard_id_for_distribution_column($1::pg_catalog.regclass, $2) \
+            AND EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl WHERE pl.shardid = s.shardid \
+                          AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))",
+        &[
+            format!("tenancy.{table}").into(),
+            crate::catalog::to_pg_uuid(tenant).into(),
+        ],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("the shard of tenancy.{table} for tenant {tenant} is not on this node"),
+            "A tenant's records are linked on the node that holds its shards; check the placements of tenancy.audit_log and tenancy.audit_chain (citus_shards).",
+        )
+    });
+    name.strip_prefix("tenancy.").unwrap_or(&name).to_string()
+}
+
+/// Whether `rel` is a Citus table (distributed or reference).
+pub fn citus_table(rel: pg_sys::Oid) -> bool {
+    crate::pg::citus::in_database()
+        && crate::catalog::owner_rows(
+            "Citus's metadata",
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)",
+            &[rel.into()],
+            |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        )
+        .first()
+        .copied()
+        .unwrap_or(false)
+}
+
+/// Whether `rel` is a hash-distributed table colocated with the distributed trail, which
+/// `protect()` may audit.
+pub fn colocated_with_trail(rel: pg_sys::Oid) -> bool {
+    distributed()
+        && crate::catalog::owner_rows(
+            "Citus's metadata",
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition p \
+                              JOIN pg_catalog.pg_dist_partition a ON a.colocationid = p.colocationid \
+                             WHERE p.logicalrelid = $1 AND p.partmethod = 'h' \
+                               AND a.logicalrelid = 'tenancy.audit_log'::pg_catalog.regclass)",
+            &[rel.into()],
+            |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        )
+        .first()
+        .copied()
+        .unwrap_or(false)
+}
+
+/// The part of [`super::citus_setup`] that distributes the trail (once; a no-op after). The
+/// policy through which tenant admins read their records loses its subquery (Citus refuses
+/// subqueries in the policies of distributed tables); the trail's append-only triggers go to
+/// every shard (`citus.enable_unsafe_triggers`, set by the caller for its transaction), and so
+/// does the `link_inserted` trigger, added after the records already written were moved into
+/// the shards (they are linked already). Protected tables on this node that are audited and
+/// not distributed are refused first: their trigger writes into this node's `audit_log`, which
+/// would no longer be read.
+pub fn distribute(c: &mut pgrx::spi::SpiClient<'_>) -> Result<bool, pgrx::spi::Error> {
+    let done = c
+        .select(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition \
+                             WHERE logicalrelid = 'tenancy.audit_log'::pg_catalog.regclass)",
+            None,
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    if done {
+        return Ok(false);
+    }
+    let local = c
+        .select(
+            "SELECT pg_catalog.string_agg(p.relid::text, ', ' ORDER BY 1) FROM tenancy.protected_table p \
+              WHERE p.audited AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = p.relid)",
+            None,
+            &[],
+        )?
+        .first()
+        .get_one::<String>()?;
+    if let Some(tables) = local {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("audited tables on the coordinator only would lose their trail once it is distributed: {tables}"),
+            "Distribute them by their tenant column, or protect them with audit => false, then call tenancy.citus_setup() again.",
+        );
+    }
+    for s in [
+        "DROP POLICY tenant_admins ON tenancy.audit_log",
+        "CREATE POLICY tenant_admins ON tenancy.audit_log FOR SELECT USING (tenant_id = tenancy._audit_reader_tenant())",
+        "SELECT pg_catalog.create_distributed_table('tenancy.audit_log', 'tenant_id')",
+        "SELECT pg_catalog.create_distributed_table('tenancy.audit_chain', 'tenant_id', colocate_with => 'tenancy.audit_log')",
+        "SELECT pg_catalog.create_distributed_table('tenancy.audit_checkpoint', 'tenant_id', colocate_with => 'tenancy.audit_log')",
+        "CREATE TRIGGER link_inserted AFTER INSERT ON tenancy.audit_log REFERENCING NEW TABLE AS tenancy_new \
+           FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit_link_inserted()",
+    ] {
+        c.update(s, None, &[])?;
+    }
+    Ok(true)
+}
