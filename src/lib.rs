@@ -136,6 +136,7 @@ mod trust_inventory {
         ("src/catalog.rs", include_str!("catalog.rs")),
         ("src/citus/mod.rs", include_str!("citus/mod.rs")),
         ("src/citus/guard.rs", include_str!("citus/guard.rs")),
+        ("src/citus/trail.rs", include_str!("citus/trail.rs")),
         ("src/errors.rs", include_str!("errors.rs")),
         ("src/events.rs", include_str!("events.rs")),
         ("src/gucs.rs", include_str!("gucs.rs")),

@@ -489,8 +489,7 @@ fn link_pending() {
     unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
     // The chain tables written, by name (one on one node; on Citus the shards of this
     // node's tenants).
-    let mut chain_tables: Vec<(std::ffi::CString, crate::audit::writer::SimpleInsert)> =
-        Vec::new();
+    let mut chain_tables: Vec<(std::ffi::CString, crate::audit::writer::SimpleInsert)> = Vec::new();
     let tenants = 1 + pending
         .windows(2)
         .filter(|w| w[0].tenant != w[1].tenant)
@@ -1236,7 +1235,10 @@ fn _audit_link_inserted<'a>(
         // SAFETY: inside the SPI connection just made; the trigger's TriggerData, valid for
         // this call, names its transition table (the trigger is created with NEW TABLE AS
         // tenancy_new), which SPI's queries see once registered.
-        if unsafe { pg_sys::SPI_register_trigger_data(std::ptr::from_ref(trigger.trigger_data()).cast_mut()) } < 0 {
+        if unsafe {
+            pg_sys::SPI_register_trigger_data(std::ptr::from_ref(trigger.trigger_data()).cast_mut())
+        } < 0
+        {
             pgrx::error!("pg_tenancy: the records to link cannot be read");
         }
         returned_records(c.select("SELECT id, tenant_id, row_hash FROM tenancy_new", None, &[])?)

@@ -472,7 +472,11 @@ fn refuse_audit_on_citus(rel: pg_sys::Oid, info: &TableInfo) {
     let t = &info.name;
     let lit = quote_literal(t);
     let refuse = |why: String, hint: String| {
-        errors::raise(pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, why, hint)
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            why,
+            hint,
+        )
     };
     match &info.citus {
         None if trail::distributed() => refuse(

@@ -1505,12 +1505,19 @@ fn trail_shard(table: &str, tenant_id: &str) -> (usize, String) {
 
 #[test]
 fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard() {
-    let f = Fixture::new();
+    // Two tenants whose trails are on different workers (so that a transaction writing both
+    // commits in two phases).
+    let f = (0..16)
+        .map(|_| Fixture::new())
+        .find(|f| trail_shard("audit_log", &f.a_id).0 != trail_shard("audit_log", &f.b_id).0)
+        .expect("two tenants on different workers");
     let pid = std::process::id();
     let (t, owner) = (format!("trail_{pid}"), format!("trail_owner_{pid}"));
     let mut su = superuser();
-    su.batch_execute(&format!("CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"))
-        .unwrap();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
     setup_in_one_transaction(
         &mut su,
         &[
@@ -1549,8 +1556,10 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
         let mut tx = app.transaction().unwrap();
         tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "bob")])
             .unwrap();
-        tx.batch_execute(&format!("INSERT INTO public.{t} (id, v) VALUES (9, 'gone')"))
-            .unwrap();
+        tx.batch_execute(&format!(
+            "INSERT INTO public.{t} (id, v) VALUES (9, 'gone')"
+        ))
+        .unwrap();
         tx.rollback().unwrap();
     }
     // The records, read through Citus on the coordinator: the table's name (not a shard's),
@@ -1569,7 +1578,14 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     };
     assert_eq!(
         records(&f.a_id),
-        ["INSERT:a1:ann", "INSERT:a2:ann", "INSERT:a3:ann", "UPDATE:a1!:ann", "UPDATE:a2!:ann", "DELETE:a3:ann"]
+        [
+            "INSERT:a1:ann",
+            "INSERT:a2:ann",
+            "INSERT:a3:ann",
+            "UPDATE:a1!:ann",
+            "UPDATE:a2!:ann",
+            "DELETE:a3:ann"
+        ]
     );
     assert_eq!(records(&f.b_id), ["INSERT:b1:bob", "INSERT:b2:bob"]);
     // The records were written where the tenant's shard is, and the management action on the
@@ -1608,13 +1624,57 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     let (n, ok, detail) = verify(&mut op, &f.b);
     assert!(ok && n >= 2, "{n} {detail}");
 
+    // A transaction that writes both tenants' rows (a superuser's migration, on two workers:
+    // committed in two phases, each worker linking its tenant's records at PREPARE), and
+    // writers of one tenant at the same time: each chain stays whole.
+    superuser()
+        .batch_execute(&format!(
+            "BEGIN; UPDATE public.{t} SET v = v || '+'; COMMIT"
+        ))
+        .unwrap_or_else(|e| panic!("{}", message(&e)));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let token = f.token(&f.a, "ann");
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let mut c = app_on(0);
+                for i in 0..10 {
+                    let mut tx = c.transaction().unwrap();
+                    tx.execute("SELECT tenancy.bind($1)", &[&token]).unwrap();
+                    tx.execute(
+                        &format!("INSERT INTO public.{t} (id, v) VALUES ($1, 'w')"),
+                        &[&(100 + w * 100 + i)],
+                    )
+                    .unwrap();
+                    tx.commit().unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let everywhere: i64 = superuser()
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(verify(&mut op, &f.a), (everywhere, true, "ok".into()));
+    let (n, ok, detail) = verify(&mut op, &f.b);
+    assert!(ok && n >= 4, "{n} {detail}");
+
     // The tenant's admin reads its own trail through Citus, and only its own.
     {
         let mut tx = app.transaction().unwrap();
         tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
             .unwrap();
         let tenants: Vec<String> = tx
-            .query("SELECT DISTINCT tenant_id::text FROM tenancy.audit_log", &[])
+            .query(
+                "SELECT DISTINCT tenant_id::text FROM tenancy.audit_log",
+                &[],
+            )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
