@@ -30,7 +30,7 @@
 //!   Citus distributes (`src/protection/policy.rs`, `protect_deferred`); distributing a table
 //!   protected while local is refused with the order that works.
 //!
-//! Still to come (issue #29): the audit trail distributed by tenant.
+//! - The audit trail is distributed by tenant and written beside each shard ([`trail`]).
 
 pub mod guard;
 pub mod trail;
@@ -40,8 +40,8 @@ use pgrx::prelude::*;
 
 /// The catalog's tables that become reference tables: who the tenants are and who may act for
 /// them. Each node keeps its own `protected_table` and `audit_exclusion` (they name tables by
-/// `regclass`, and a table local to one node has no name on the others), its audit trail and
-/// its security event log, until protection and the audit trail are distributed.
+/// `regclass`, and a table local to one node has no name on the others) and its security event
+/// log; the audit trail is distributed by tenant ([`trail`]).
 /// `role_privilege` names tables too: on Citus a grant names a table that exists on every node.
 const REFERENCE_TABLES: &[&str] = &[
     "tenant",
