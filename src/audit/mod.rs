@@ -1100,6 +1100,8 @@ struct AuditMeta {
     key_columns: Vec<String>,
     /// The trail's table in schema tenancy (`audit_log`, or on Citus a shard of it).
     log: std::ffi::CString,
+    /// On Citus, the range of tenant hashes the shard holds.
+    range: Option<(i32, i32)>,
 }
 
 fn audit_meta(rel: pg_sys::Oid) -> AuditMeta {
@@ -1136,6 +1138,7 @@ fn citus_audit_meta(rel: pg_sys::Oid) -> AuditMeta {
         tenant_column: shard.tenant_column,
         key_columns,
         log: std::ffi::CString::new(shard.log_shard).expect("a relation name"),
+        range: Some(shard.range),
     }
 }
 
@@ -1155,6 +1158,7 @@ fn local_audit_meta(rel: pg_sys::Oid) -> AuditMeta {
                 tenant_column: r.get::<String>(2)?.unwrap_or_default(),
                 key_columns: r.get::<Vec<String>>(3)?.unwrap_or_default(),
                 log: c"audit_log".into(),
+                range: None,
             })
         },
     )
@@ -1217,6 +1221,24 @@ fn _audit<'a>(
     // tables of its event.
     let rows =
         unsafe { audit_writer::record_statement(trigger.trigger_data(), &table, op, &actor) };
+    if let Some(range) = meta.range {
+        // On Citus: a row written into a shard whose hash range its tenant is outside of
+        // (a client writing a shard directly on a worker) would sit where Citus never looks for
+        // the tenant, and its record in a trail shard other than the tenant's chain's.
+        if let Some((tenant, _, _)) = rows
+            .iter()
+            .find(|(t, _, _)| !crate::citus::trail::in_range(*t, range))
+        {
+            errors::raise(
+                errors::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "a row of tenant {tenant} does not belong in this shard of {}",
+                    meta.name
+                ),
+                "Write a distributed table through Citus (on the coordinator, or on a worker through the table's name), never into one of its shards.",
+            );
+        }
+    }
     remember(rows);
     Ok(None)
 }
@@ -1231,6 +1253,17 @@ fn _audit<'a>(
 fn _audit_link_inserted<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    // Only on the trail (its shards are in schema tenancy, where no one else creates tables):
+    // on a table of anyone's choosing it would link rows of their making into a tenant's chain.
+    let schema = trigger.table_schema().unwrap_or_default();
+    let table = trigger.table_name().unwrap_or_default();
+    if schema != "tenancy" || !(table == "audit_log" || table.starts_with("audit_log_")) {
+        errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!("tenancy._audit_link_inserted() fires on pg_tenancy's trail only, not on {schema}.{table}"),
+            "It is pg_tenancy's own trigger: tenancy.citus_setup() creates it.",
+        );
+    }
     let rows = Spi::connect(|c| {
         // SAFETY: inside the SPI connection just made; the trigger's TriggerData, valid for
         // this call, names its transition table (the trigger is created with NEW TABLE AS

@@ -29,8 +29,9 @@ use pgrx::prelude::*;
 
 /// The signature of a relation's row security: its two flags, then each policy (name,
 /// command, permissive, USING, WITH CHECK) in name order, with `'...'::regclass` constants
-/// written as `'?'::regclass`, then its triggers other than pg_tenancy's (name without the
-/// shard's suffix Citus adds, and function). A format() string: `%1$L` is the relation's name
+/// written as `'?'::regclass`, then its triggers in order (name without the shard's suffix
+/// Citus adds, and function), pg_tenancy's audit triggers included, but not its TRUNCATE
+/// trigger, which Citus does not put on shards. A format() string: `%1$L` is the relation's name
 /// as a quoted literal, formatted by Citus's `run_command_on_shards` with each shard's name (and
 /// by PostgreSQL's format() here): a name with a quote in it (a table's owner chooses it) stays
 /// inside the literal. Reads only `pg_class`, `pg_policy` and `pg_trigger`.
@@ -41,11 +42,12 @@ pub const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.r
           || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
           '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
-     coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' \
-          || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(f.proname), ',' ORDER BY 1) \
+     coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
+        SELECT pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' \
+          || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(f.proname) AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
       WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
-       AND n.nspname <> 'tenancy'), '')";
+       AND NOT (n.nspname = 'tenancy' AND f.proname = '_refuse_truncate')) q), '')";
 
 /// Let this node's `pg_class` show Citus's shards to the statements that follow, inside
 /// [`catalog::with_owner`] (which undoes every setting changed inside it on return): Citus hides
@@ -80,9 +82,9 @@ pub(super) fn local_copy(c: &pgrx::spi::SpiClient<'_>) -> Result<String, pgrx::s
 /// the shards through Citus, where names print under the node's own `search_path`): row
 /// security's flags; each policy with its roles, its expressions with the table's own name
 /// (`%2$L`, the text `'<table>'::regclass` as printed under pg_tenancy's pinned `search_path`)
-/// written as `'?'::regclass` and any other table's name kept; every trigger, pg_tenancy's own
-/// (TRUNCATE, audit) included (name without a shard's suffix, function, whether enabled);
-/// every rule;
+/// written as `'?'::regclass` and any other table's name kept; every trigger, pg_tenancy's audit
+/// triggers included (name without a shard's suffix, function, whether enabled), but not its
+/// TRUNCATE trigger, which Citus does not put on shards; every rule;
 /// every index expression and predicate. `%1$L` is the relation's name as a quoted literal.
 /// Reads only the system catalogs.
 const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
@@ -93,17 +95,21 @@ const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c
           || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
           %2$L, '''?''::regclass'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
-     coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' \
+     coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
+        SELECT pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' \
           || f.pronamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(f.proname) \
-          || ':' || t.tgenabled::text, ',' ORDER BY 1) \
+          || ':' || t.tgenabled::text AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
-      WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal), '') || ' ' || \
-     coalesce((SELECT pg_catalog.string_agg(r.rulename::text || ':' || r.ev_type::text || ':' || r.ev_enabled::text, ',' ORDER BY 1) \
-      FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN'), '') || ' ' || \
-     coalesce((SELECT pg_catalog.string_agg(coalesce(pg_catalog.pg_get_expr(x.indexprs, x.indrelid), '') || '/' \
-          || coalesce(pg_catalog.pg_get_expr(x.indpred, x.indrelid), ''), ',' ORDER BY 1) \
+      WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
+        AND NOT (f.pronamespace = 'tenancy'::pg_catalog.regnamespace AND f.proname = '_refuse_truncate')) q), '') || ' ' || \
+     coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
+        SELECT r.rulename::text || ':' || r.ev_type::text || ':' || r.ev_enabled::text AS g \
+      FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN') q), '') || ' ' || \
+     coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
+        SELECT coalesce(pg_catalog.pg_get_expr(x.indexprs, x.indrelid), '') || '/' \
+          || coalesce(pg_catalog.pg_get_expr(x.indpred, x.indrelid), '') AS g \
       FROM pg_catalog.pg_index x WHERE x.indrelid = %1$L::pg_catalog.regclass \
-        AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)), '')";
+        AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)) q), '')";
 
 /// The signature ([`SIGNATURE`]) of `relation` (a name as regclass prints it) on this node.
 pub fn signature(c: &pgrx::spi::SpiClient<'_>, relation: &str) -> Result<String, pgrx::spi::Error> {
@@ -237,7 +243,11 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
             }
             // Each touched relation that belongs to a recorded table: its shell (a Citus table
             // on a worker), a shard found by its name (its table's with `_<shardid>`, the id
-            // looked up and the name confirmed by Citus's shard_name()), or any relation whose
+            // looked up and the name confirmed by Citus's shard_name()) that has a placement on
+            // this node in Citus's metadata (a placement a shard move is still building is not
+            // registered until the move ends, and Citus sends nothing to it before: its
+            // triggers and policies arrive one statement at a time, each in its own
+            // transaction; verify() checks it once registered), or any relation whose
             // policies name a recorded table (a shard renamed: it keeps its policies, which
             // name its table by oid).
             let guarded: Vec<(String, String, String, bool)> = c
@@ -247,15 +257,23 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                                (SELECT d.logicalrelid::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) AS shell_of, \
                                (SELECT s.logicalrelid::text FROM pg_catalog.pg_dist_shard s \
                                  WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
-                                   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid) AS shard_of, \
+                                   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid \
+                                   AND EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl WHERE pl.shardid = s.shardid \
+                                                 AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) AS shard_of, \
                                ARRAY(SELECT DISTINCT d.refobjid::regclass::text FROM pg_catalog.pg_policy pp \
                                        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = pp.oid \
                                         AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.oid \
-                                      WHERE pp.polrelid = r.oid) AS named \
+                                      WHERE pp.polrelid = r.oid) AS named, \
+                               EXISTS (SELECT FROM pg_catalog.pg_dist_shard s \
+                                 WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
+                                   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid \
+                                   AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl WHERE pl.shardid = s.shardid \
+                                                     AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) AS building \
                           FROM pg_catalog.unnest($1::oid[]) AS u(oid) JOIN pg_catalog.pg_class r ON r.oid = u.oid \
                          WHERE NOT (pg_catalog.citus_is_coordinator() AND EXISTS (SELECT FROM {records} q WHERE q.coordinator_relid = u.oid))) \
                       SELECT t.relation, p.relation, p.signature, (t.shell_of IS NOT NULL OR t.shard_of IS NOT NULL) \
                         FROM t JOIN {records} p ON p.relation = t.shell_of OR p.relation = t.shard_of OR p.relation = ANY (t.named) \
+                       WHERE NOT t.building \
                        ORDER BY 1, 2"),
                     None,
                     &[touched.to_vec().into()],
@@ -330,6 +348,17 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
 /// `tenancy.protected_table` lists): the DDL guard's checks
 /// before a command runs (`src/protection/guard.rs`) apply to it as to a protected table.
 pub fn guarded(rel: pg_sys::Oid) -> bool {
+    guarded_relation(rel, false)
+}
+
+/// Whether `rel` is a protected Citus table on this node: the coordinator's table itself, its
+/// shell on a worker, or one of its shards (found by its name). Renaming one, or moving it to
+/// another schema, would break the name by which Citus and the guard find its shards.
+pub fn citus_protected_anywhere(rel: pg_sys::Oid) -> bool {
+    guarded_relation(rel, true)
+}
+
+fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
     if rel == pg_sys::InvalidOid
         || !crate::pg::citus::in_database()
         // SAFETY: creating_extension is this backend's own flag.
@@ -347,11 +376,13 @@ pub fn guarded(rel: pg_sys::Oid) -> bool {
                           p.relation = (SELECT d.logicalrelid::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) \
                        OR p.relation = (SELECT s.logicalrelid::text FROM pg_catalog.pg_dist_shard s \
                                  WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
-                                   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid) \
+                                   AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid \
+                                   AND EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl WHERE pl.shardid = s.shardid \
+                                                 AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) \
                       WHERE r.oid = $1 \
-                        AND NOT (pg_catalog.citus_is_coordinator() AND p.coordinator_relid = r.oid))"),
+                        AND ($2 OR NOT (pg_catalog.citus_is_coordinator() AND p.coordinator_relid = r.oid)))"),
                     Some(1),
-                    &[rel.into()],
+                    &[rel.into(), with_coordinators.into()],
                 )?
                 .first()
                 .get_one::<bool>()?

@@ -149,6 +149,7 @@ fn citus_setup() -> Vec<String> {
     }
     let mut done = distribute_catalog();
     done.extend(distribute_trail());
+    trail::regrant_trigger_functions();
     done
 }
 

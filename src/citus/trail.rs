@@ -92,6 +92,24 @@ pub struct ShardTable {
     pub tenant_column: String,
     /// The name of the shard of `tenancy.audit_log` on this node that holds the same tenants.
     pub log_shard: String,
+    /// The range of the tenant column's hash (Citus's, the type's standard hash function) the
+    /// shard holds: a row outside it does not belong in the shard.
+    pub range: (i32, i32),
+}
+
+/// Whether `tenant` hashes into `range`, as Citus places a uuid distribution column (its
+/// standard hash function, `uuid_hash`).
+pub fn in_range(tenant: uuid::Uuid, range: (i32, i32)) -> bool {
+    // SAFETY: uuid_hash takes one non-null uuid datum (palloc'd in the current context) and
+    // returns an int4.
+    let h: i32 = unsafe {
+        pgrx::direct_function_call(
+            pg_sys::uuid_hash,
+            &[crate::catalog::to_pg_uuid(tenant).into_datum()],
+        )
+    }
+    .expect("uuid_hash");
+    range.0 <= h && h <= range.1
 }
 
 /// The table of shard `rel`, its tenant column and the shard of the trail colocated with it,
@@ -116,7 +134,8 @@ pub fn shard_of(rel: pg_sys::Oid) -> Option<ShardTable> {
                                 AND a.shardminvalue = d.shardminvalue \
                                 AND EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl \
                                              WHERE pl.shardid = a.shardid \
-                                               AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) \
+                                               AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))), \
+                            d.shardminvalue::int, d.shardmaxvalue::int \
                        FROM pg_catalog.pg_class r \
                        JOIN pg_catalog.pg_dist_shard d \
                          ON d.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
@@ -136,11 +155,15 @@ pub fn shard_of(rel: pg_sys::Oid) -> Option<ShardTable> {
                 row.get::<String>(1)?.unwrap_or_default(),
                 row.get::<String>(2)?.unwrap_or_default(),
                 row.get::<String>(3)?,
+                (
+                    row.get::<i32>(4)?.unwrap_or(i32::MIN),
+                    row.get::<i32>(5)?.unwrap_or(i32::MAX),
+                ),
             )))
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading Citus's metadata failed: {e}"))?;
-    let (table, tenant_column, log) = found;
+    let (table, tenant_column, log, range) = found;
     let Some(log) = log else {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
@@ -155,6 +178,7 @@ pub fn shard_of(rel: pg_sys::Oid) -> Option<ShardTable> {
         table,
         tenant_column,
         log_shard,
+        range,
     })
 }
 
@@ -243,7 +267,7 @@ pub fn distribute(c: &mut pgrx::spi::SpiClient<'_>) -> Result<bool, pgrx::spi::E
     }
     let local = c
         .select(
-            "SELECT pg_catalog.string_agg(p.relid::text, ', ' ORDER BY 1) FROM tenancy.protected_table p \
+            "SELECT pg_catalog.string_agg(p.relid::text, ', ' ORDER BY p.relid::text) FROM tenancy.protected_table p \
               WHERE p.audited AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = p.relid)",
             None,
             &[],
@@ -269,4 +293,95 @@ pub fn distribute(c: &mut pgrx::spi::SpiClient<'_>) -> Result<bool, pgrx::spi::E
         c.update(s, None, &[])?;
     }
     Ok(true)
+}
+
+/// Citus builds a moved or copied shard, its triggers included, as the table's owner, who must
+/// be able to name the triggers' functions on the node it is built on (their EXECUTE is
+/// revoked from PUBLIC; a trigger fires without it). `owner` is regrole's output (quoted where
+/// needed).
+pub fn trigger_functions_grant(owner: &str, audit: bool) -> String {
+    format!(
+        "GRANT EXECUTE ON FUNCTION tenancy._refuse_truncate(){} TO {owner}",
+        if audit { ", tenancy._audit()" } else { "" },
+    )
+}
+
+/// The grant of [`trigger_functions_grant`] on every worker: Citus does not carry grants on an
+/// extension's functions. Through Citus's `run_command_on_workers` (its own connections, as
+/// the catalog owner), checked; [`regrant_trigger_functions`] makes them again for nodes added
+/// later.
+pub fn grant_trigger_functions_on_workers(owner: &str, audit: bool) {
+    let command = trigger_functions_grant(owner, audit);
+    let failed = crate::catalog::owner_rows(
+        "Citus's workers",
+        "SELECT pg_catalog.string_agg(nodename || ':' || nodeport || ': ' || result, '; ' ORDER BY nodename, nodeport) \
+           FROM pg_catalog.run_command_on_workers($1) WHERE NOT success",
+        &[command.into()],
+        |r| r.get::<String>(1),
+    )
+    .into_iter()
+    .next()
+    .flatten();
+    if let Some(failed) = failed {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("granting a protected table's owner its triggers' functions failed on a worker: {failed}"),
+            "Check that every node is reachable (citus_check_cluster_node_health()) and call tenancy.citus_setup() again.",
+        );
+    }
+}
+
+/// For [`super::citus_setup`]: the grants of [`grant_trigger_functions_on_workers`] for every
+/// protected Citus table, on every worker (nodes added since the tables were protected).
+pub fn regrant_trigger_functions() {
+    let owners: Vec<(String, bool)> = crate::catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT c.relowner::pg_catalog.regrole::text, pg_catalog.bool_or(p.audited) \
+           FROM tenancy.protected_table p JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+          WHERE EXISTS (SELECT FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = p.relid) \
+          GROUP BY 1 ORDER BY 1",
+        &[],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<bool>(2)?.unwrap_or(false),
+            ))
+        },
+    );
+    for (owner, audit) in owners {
+        grant_trigger_functions_on_workers(&owner, audit);
+    }
+}
+
+/// On the coordinator, after DDL touched protected Citus tables (`rels`): an owner given one of
+/// them since it was protected (`ALTER TABLE ... OWNER TO`) gets the grants of
+/// [`trigger_functions_grant`] here and on every worker, so that Citus can still move its
+/// shards.
+pub fn grant_new_owners(rels: &[Option<pg_sys::Oid>]) {
+    let owners: Vec<(String, bool)> = crate::catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT c.relowner::pg_catalog.regrole::text, p.audited \
+           FROM tenancy.protected_table p JOIN pg_catalog.pg_class c ON c.oid = p.relid \
+          WHERE p.relid::pg_catalog.oid = ANY ($1) \
+            AND EXISTS (SELECT FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = p.relid) \
+            AND (NOT pg_catalog.has_function_privilege(c.relowner, 'tenancy._refuse_truncate()', 'EXECUTE') \
+                 OR (p.audited AND NOT pg_catalog.has_function_privilege(c.relowner, 'tenancy._audit()', 'EXECUTE')))",
+        &[rels.to_vec().into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<bool>(2)?.unwrap_or(false),
+            ))
+        },
+    );
+    for (owner, audit) in owners {
+        crate::catalog::with_owner(|| {
+            Spi::connect_mut(|c| {
+                c.update(&trigger_functions_grant(&owner, audit), None, &[])
+                    .map(|_| ())
+            })
+        })
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: granting the table's owner failed: {e}"));
+        grant_trigger_functions_on_workers(&owner, audit);
+    }
 }

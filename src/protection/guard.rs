@@ -30,6 +30,11 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
     }
     // On Citus: the shards of protected tables, and their shells on the workers.
     crate::citus::guard::refuse_drift(&touched);
+    if crate::pg::citus::in_database() {
+        // A protected Citus table given to another owner: Citus builds its moved shards as
+        // that owner.
+        crate::citus::trail::grant_new_owners(&touched);
+    }
     let drifted: Vec<String> = catalog::with_owner(|| {
         Spi::connect(|c| {
             let t = c.select(
@@ -1058,6 +1063,20 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
                     .map(|rv| relid_of(rv))
                     .collect()
             }
+            pg_sys::NodeTag::T_RenameStmt => {
+                let r = stmt as *mut pg_sys::RenameStmt;
+                if (*r).renameType == pg_sys::ObjectType::OBJECT_TABLE && !(*r).relation.is_null() {
+                    refuse_citus_rename(relid_of((*r).relation));
+                }
+                return;
+            }
+            pg_sys::NodeTag::T_AlterObjectSchemaStmt => {
+                let r = stmt as *mut pg_sys::AlterObjectSchemaStmt;
+                if (*r).objectType == pg_sys::ObjectType::OBJECT_TABLE && !(*r).relation.is_null() {
+                    refuse_citus_rename(relid_of((*r).relation));
+                }
+                return;
+            }
             _ => return,
         };
         if rels.is_empty()
@@ -1072,6 +1091,31 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
             }
         }
     }
+}
+
+/// On Citus, a protected table's name is how Citus finds its shards on every node, and how the
+/// guard there finds them: renaming the table, one of its shards or a worker's copy (shell) of
+/// it, or moving one to another schema, is a superuser's change (a trusted migration role),
+/// which Citus carries to every node. A table owner renaming a shard away on a worker could put
+/// a table of its own, without row security or audit triggers, where Citus sends the tenants'
+/// statements (an attacker's review, 2026-12-05); a worker cannot tell Citus carrying the
+/// owner's rename of the table from the owner renaming a shard there itself, so the owner's
+/// renames are refused everywhere.
+fn refuse_citus_rename(rel: pg_sys::Oid) {
+    if crate::protection::policy::guard_stands_aside()
+        || crate::authz::is_superuser(crate::authz::caller())
+        || !crate::citus::guard::citus_protected_anywhere(rel)
+    {
+        return;
+    }
+    refuse_channel(
+        rel,
+        format!(
+            "\"{}\" is a protected Citus table, or a shard or copy of one: only a superuser renames it or moves it to another schema",
+            crate::catalog::relation_name(rel)
+        ),
+        "Citus finds a table's shards on every node by its name. Have a superuser (a trusted migration role) rename the table on the coordinator; Citus renames its shards and copies on every node.",
+    )
 }
 
 /// CREATE TRIGGER on a protected table, before it runs (ddl_command_start, for every role but

@@ -114,6 +114,8 @@ struct TableInfo {
     citus: Option<(String, Option<String>)>,
     /// Whether the tenant column is NOT NULL DEFAULT tenancy.current_tenant() already.
     tenant_column_ready: bool,
+    /// The table's owner, as regrole prints it (quoted where needed).
+    owner: String,
 }
 
 fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
@@ -127,7 +129,8 @@ fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
                                  WHERE x.indrelid = c.oid AND a.attname = $2), \
                         EXISTS (SELECT FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
                                  WHERE a.attrelid = c.oid AND a.attname = $2 AND a.attnotnull \
-                                   AND pg_get_expr(d.adbin, d.adrelid) = 'tenancy.current_tenant()') \
+                                   AND pg_get_expr(d.adbin, d.adrelid) = 'tenancy.current_tenant()'), \
+                        c.relowner::regrole::text \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[rel.into(), column.into()],
         |r| {
@@ -140,6 +143,7 @@ fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
                 has_tenant_index: r.get::<bool>(6)?.unwrap_or(false),
                 citus: None,
                 tenant_column_ready: r.get::<bool>(7)?.unwrap_or(false),
+                owner: r.get::<String>(8)?.unwrap_or_default(),
             })
         },
     )
@@ -340,6 +344,10 @@ fn citus_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, String)> 
     sql.push(format!(
         "CREATE TRIGGER tenancy_no_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._refuse_truncate()"
     ));
+    sql.push(crate::citus::trail::trigger_functions_grant(
+        &info.owner,
+        audit,
+    ));
     if audit {
         // The same statement triggers as on one node, on every shard: each records into the
         // trail's shard beside it (src/citus/trail.rs; protect() checked the colocation).
@@ -518,6 +526,7 @@ pub fn protect_table(
     );
     if info.citus.is_some() {
         crate::citus::guard::record(rel);
+        crate::citus::trail::grant_trigger_functions_on_workers(&info.owner, audit);
     }
     let mut n = 1;
     for part in &info.partitions {

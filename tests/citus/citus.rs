@@ -1528,6 +1528,15 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
             format!("ALTER TABLE public.{t} OWNER TO {owner}"),
         ],
     );
+    // Citus builds a moved shard as its table's owner; and so that what refuses the owner's
+    // renames below is pg_tenancy, not a missing privilege.
+    for i in 0..ports().len() {
+        node(i, "postgres")
+            .batch_execute(&format!(
+                "SET citus.enable_ddl_propagation = off; GRANT CREATE ON SCHEMA public TO {owner}"
+            ))
+            .unwrap();
+    }
     su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
         .unwrap();
     // Each tenant writes: an INSERT, an UPDATE of two rows, a DELETE; A in one transaction
@@ -1683,6 +1692,63 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
         tx.rollback().unwrap();
     }
 
+    // Citus moves A's shard to the other worker: the colocated shards of the trail go with it
+    // (same colocation group), and A's chain goes on there. Citus builds each moved shard as
+    // its table's owner, who needs CREATE on the schema there (the group holds other tests'
+    // tables too).
+    let owners: Vec<String> = superuser()
+        .query(
+            "SELECT DISTINCT pg_get_userbyid(c.relowner)::text FROM pg_dist_partition p \
+               JOIN pg_class c ON c.oid = p.logicalrelid \
+              WHERE p.colocationid = (SELECT colocationid FROM pg_dist_partition \
+                                       WHERE logicalrelid = 'tenancy.audit_log'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for i in 0..ports().len() {
+        for o in &owners {
+            node(i, "postgres")
+                .batch_execute(&format!(
+                    "SET citus.enable_ddl_propagation = off; GRANT CREATE ON SCHEMA public TO \"{o}\""
+                ))
+                .unwrap();
+        }
+    }
+    let (from, _) = trail_shard("audit_log", &f.a_id);
+    let to = if from == 1 { 2 } else { 1 };
+    superuser()
+        .execute(
+            &format!(
+                "SELECT citus_move_shard_placement(get_shard_id_for_distribution_column('public.{t}', $1::text::uuid), \
+                        '127.0.0.1', $2, '127.0.0.1', $3, shard_transfer_mode => 'block_writes')"
+            ),
+            &[&f.a_id, &i32::from(ports()[from]), &i32::from(ports()[to])],
+        )
+        .unwrap_or_else(|e| panic!("move: {}", message(&e)));
+    assert_eq!(trail_shard("audit_log", &f.a_id).0, to);
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+            .unwrap();
+        tx.batch_execute(&format!(
+            "INSERT INTO public.{t} (id, v) VALUES (900, 'moved')"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let everywhere: i64 = superuser()
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(verify(&mut op, &f.a), (everywhere, true, "ok".into()));
+    let (log_node, log_shard) = trail_shard("audit_log", &f.a_id);
+
     // Attackers on the worker that holds A's trail.
     // The application role cannot write the trail's shard.
     let mut w_app = app_on(log_node);
@@ -1713,18 +1779,73 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     o.batch_execute("SET citus.enable_manual_changes_to_shards = on")
         .unwrap();
     let suffix = data_shard.rsplit('_').next().unwrap().to_string();
+    // ... nor rename the shard away (an attacker's review: a table of its own, without row
+    // security or triggers, then took the shard's name and received the tenant's writes
+    // unaudited; or the renamed shard was dropped), move it to another schema, or rename the
+    // worker's copy of the table (which the shards' names follow there).
+    superuser()
+        .batch_execute(&format!(
+            "CREATE SCHEMA own_{pid}; GRANT ALL ON SCHEMA own_{pid} TO {owner}"
+        ))
+        .unwrap();
     for sql in [
         format!("DROP TRIGGER tenancy_audit_ins_{suffix} ON {data_shard}"),
         format!("ALTER TABLE {data_shard} DISABLE TRIGGER tenancy_audit_upd_{suffix}"),
         format!("ALTER TABLE {data_shard} DISABLE TRIGGER ALL"),
+        format!("ALTER TABLE {data_shard} RENAME TO away_{pid}"),
+        format!("ALTER TABLE {data_shard} SET SCHEMA own_{pid}"),
+        format!("ALTER TABLE public.{t} RENAME TO {t}_x"),
+        format!("SET citus.enable_ddl_propagation = off; ALTER TABLE public.{t} RENAME TO {t}_x"),
     ] {
         let e = o
             .batch_execute(&sql)
             .expect_err(&format!("{sql} was not refused"));
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        assert!(message(&e).contains("protected"), "{sql}: {}", message(&e));
+        o.batch_execute("RESET citus.enable_ddl_propagation")
+            .unwrap();
+    }
+    // On the coordinator too: the owner's rename would reach the workers as the owner's.
+    let e = node(0, &owner)
+        .batch_execute(&format!("ALTER TABLE public.{t} RENAME TO {t}_x"))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(
+        message(&e).contains("only a superuser renames"),
+        "{}",
+        message(&e)
+    );
+    // A member of A, on the worker, writing A's row straight into a shard that holds other
+    // tenants' hashes: refused (the row would sit where Citus never looks for A, and its
+    // record outside A's chain).
+    let other_shard: Option<String> = superuser()
+        .query_opt(
+            &format!(
+                "SELECT shard_name('public.{t}'::regclass, shardid) FROM citus_shards \
+                  WHERE table_name = 'public.{t}'::regclass AND nodeport = $1 \
+                    AND shardid <> get_shard_id_for_distribution_column('public.{t}', $2::text::uuid) \
+                  ORDER BY shardid LIMIT 1"
+            ),
+            &[&i32::from(ports()[log_node]), &f.a_id],
+        )
+        .unwrap()
+        .map(|r| r.get(0));
+    if let Some(other) = other_shard {
+        let mut w_app = app_on(log_node);
+        let mut tx = w_app.transaction().unwrap();
+        tx.batch_execute("SET LOCAL citus.enable_manual_changes_to_shards = on")
+            .unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+            .unwrap();
+        let e = tx
+            .batch_execute(&format!(
+                "INSERT INTO public.{other} (id, v) VALUES (77, 'misplaced')"
+            ))
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
         assert!(
-            ["42501", "55000"].contains(&sqlstate(&e).as_str()),
-            "{sql}: {} {}",
-            sqlstate(&e),
+            message(&e).contains("does not belong in this shard"),
+            "{}",
             message(&e)
         );
     }
