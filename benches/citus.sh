@@ -8,7 +8,11 @@
 #               current_setting('app.tenant_id')::uuid), with SET LOCAL app.tenant_id in the
 #               transaction (the one way Citus carries a setting to the workers)
 #   filter      no RLS: the statement names the tenant (WHERE tenant_id = '<uuid>')
-# Each statement names no tenant itself under pg_tenancy and hand. Ratios are pg_tenancy's tps
+# Each statement names no tenant itself under pg_tenancy and hand. Then the same statements in
+# a session of one tenant, as benches/run.sh measures the per-statement cost on one node:
+# pg_tenancy as a login role mapped to the tenant (bound without a bind statement; Citus
+# connects to the workers as that role, which binds there too) against filter, one statement
+# per transaction. Ratios are pg_tenancy's tps
 # over the other variant's, measured side by side: both pgbench runs at once (2 clients each),
 # so that they meet the same machine; the median of the rounds. Also reports the shard tasks
 # per statement (EXPLAIN's Task Count) for each variant.
@@ -17,7 +21,8 @@
 #   benches/citus.sh --smoke    tiny data, one short round: checks that it runs (scripts/test.sh)
 #
 # Runs where Citus is installed (Citus's own packages); prints one line saying it was skipped
-# otherwise. The extension must be installed (benches/run.sh installs a release build).
+# otherwise. A full run builds and installs a release of pg_tenancy first (a debug build costs
+# several times more per statement); --smoke uses the build installed.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_ROOT"
@@ -28,10 +33,14 @@ if ! citus_installed; then
     printf '\033[1mCitus benchmark: SKIPPED: Citus is not installed (install Citus 13.2 for PostgreSQL %s from Citus'"'"'s packages to run it)\033[0m\n' "$PG_MAJOR"
     exit 0
 fi
+BUILD="the build installed"
 if [ "$SMOKE" = 1 ]; then
     TENANTS=4 ROWS=50 SECONDS_PER_RUN=1 ROUNDS=1
 else
     TENANTS=${TENANTS:-200} ROWS=${ROWS:-1000} SECONDS_PER_RUN=${SECONDS_PER_RUN:-10} ROUNDS=${ROUNDS:-5}
+    log "building and installing pg_tenancy (release)"
+    install_extension --release
+    BUILD="a release build of pg_tenancy"
 fi
 WORK=${TENANCY_CITUS_BENCH_DIR:-/tmp/pg_tenancy-citus-bench}
 DB=bench
@@ -49,6 +58,7 @@ on_coordinator <<SQL >/dev/null
 CREATE EXTENSION pg_tenancy;
 SELECT tenancy.citus_setup();
 CREATE ROLE bench_app LOGIN NOSUPERUSER NOBYPASSRLS;
+CREATE ROLE bench_session LOGIN NOSUPERUSER NOBYPASSRLS;
 SELECT tenancy.add_key('bench', 'HS256', '$SECRET');
 SELECT tenancy.create_tenants(jsonb_agg(jsonb_build_object('slug', 't' || g, 'settings', '{"default_roles": ["member"]}'::jsonb)))
   FROM generate_series(1, $TENANTS) g;
@@ -66,7 +76,8 @@ INSERT INTO t_filter SELECT * FROM t_tenancy;
 SELECT tenancy.protect('t_tenancy', audit => false);
 ALTER TABLE t_hand ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant ON t_hand USING (tenant_id = current_setting('app.tenant_id')::uuid);
-GRANT SELECT ON t_tenancy, t_hand, t_filter TO bench_app;
+GRANT SELECT ON t_tenancy, t_hand, t_filter TO bench_app, bench_session;
+SELECT tenancy.map_role('bench_session', 't1');
 VACUUM ANALYZE;
 SQL
 on_coordinator -At -c "SELECT row_number() OVER (ORDER BY slug), id, slug FROM tenancy.tenants" |
@@ -105,20 +116,31 @@ script aggregate_filter "SELECT count(*), sum(v) FROM t_filter WHERE tenant_id =
 
 # Shard tasks per statement, from EXPLAIN, for tenant 1.
 read -r TID TOKEN < <(on_coordinator -At -F ' ' -c "SELECT tid, token FROM bench_tokens WHERE n = 1")
+# A session of tenant t1 (bench_session is mapped to it): one statement per transaction.
+session_script() { # name, statement
+    printf '%s\n' '\set k random(1, :nrows)' "$2" >"$SCRIPTS/$1.sql"
+}
+session_script session_point_tenancy "SELECT v FROM t_tenancy WHERE id = :k;"
+session_script session_point_filter "SELECT v FROM t_filter WHERE tenant_id = '$TID' AND id = :k;"
+session_script session_aggregate_tenancy "SELECT count(*), sum(v) FROM t_tenancy;"
+session_script session_aggregate_filter "SELECT count(*), sum(v) FROM t_filter WHERE tenant_id = '$TID';"
 tasks() { # variant, statement
     # One statement per query: Citus carries a SET LOCAL to the workers as the text of the query
     # it came in.
-    local pre="SELECT 1"
+    local pre="SELECT 1" user=bench_app
     case "$1" in
         tenancy) pre="SELECT tenancy.bind('$TOKEN') IS NOT NULL" ;;
         hand) pre="SET LOCAL app.tenant_id = '$TID'" ;;
+        session) user=bench_session ;;
     esac
-    "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$PORT" -U bench_app -d "$DB" \
+    "$PGBIN/psql" -X -q -At -h 127.0.0.1 -p "$PORT" -U "$user" -d "$DB" \
         -c "BEGIN" -c "$pre" -c "EXPLAIN (COSTS OFF) $2" -c "COMMIT" | sed -n 's/.*Task Count: \([0-9]*\).*/\1/p' | head -1
 }
 
 run_pgbench() { # script, output file
-    "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PORT" -U bench_app -c 2 -j 1 -T "$SECONDS_PER_RUN" \
+    local user=bench_app
+    [[ "$1" == session_* ]] && user=bench_session
+    "$PGBIN/pgbench" -n -h 127.0.0.1 -p "$PORT" -U "$user" -c 2 -j 1 -T "$SECONDS_PER_RUN" \
         -D ntenants="$TENANTS" -D nrows="$ROWS" -f "$SCRIPTS/$1.sql" "$DB" >"$2" 2>&1
 }
 tps_of() { sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$1"; }
@@ -141,7 +163,7 @@ OUT=benches/CITUS.md
     echo "# pg_tenancy on Citus: benchmark"
     echo
     echo "Generated by \`benches/citus.sh\` on $(date -u '+%Y-%m-%d %H:%M') UTC: $(uname -m), $(nproc) cores;"
-    echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), Citus $(on_coordinator -At -c "SELECT extversion FROM pg_extension WHERE extname = 'citus'"),"
+    echo "PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), Citus $(on_coordinator -At -c "SELECT extversion FROM pg_extension WHERE extname = 'citus'"), $BUILD,"
     echo "a coordinator and two workers on this machine, 32 shards; $TENANTS tenants x $ROWS rows per table;"
     echo "$ROUNDS rounds of ${SECONDS_PER_RUN} s, two pgbench runs at once (2 clients each), alternating which starts first."
     echo
@@ -168,5 +190,21 @@ v = [float(x) for x in sys.stdin]
 print(f"{statistics.median(v):.2f} | {min(v):.2f} | {max(v):.2f}")')
         echo "| $w | pg_tenancy / $other | $summary | $(tasks tenancy "$stmt_t") / $(tasks "$other" "$stmt_o") |" >>"$OUT"
     done
+done
+for w in point aggregate; do
+    ratios=()
+    for r in $(seq "$ROUNDS"); do
+        first=$([ $((r % 2)) = 1 ] && echo a || echo b)
+        read -r ta tb < <(round "session_${w}_tenancy" "session_${w}_filter" "$first")
+        ratios+=("$(python3 -c "print(f'{$ta / $tb:.2f}')")")
+        log "$w in a session of one tenant: pg_tenancy $ta tps, filter $tb tps (round $r)"
+    done
+    summary=$(printf '%s\n' "${ratios[@]}" | sort -n | python3 -c '
+import sys, statistics
+v = [float(x) for x in sys.stdin]
+print(f"{statistics.median(v):.2f} | {min(v):.2f} | {max(v):.2f}")')
+    stmt_t=$([ "$w" = point ] && echo "SELECT v FROM t_tenancy WHERE id = 1" || echo "SELECT count(*), sum(v) FROM t_tenancy")
+    stmt_o=$([ "$w" = point ] && echo "SELECT v FROM t_filter WHERE tenant_id = '$TID' AND id = 1" || echo "SELECT count(*), sum(v) FROM t_filter WHERE tenant_id = '$TID'")
+    echo "| $w, a session of one tenant (mapped role) | pg_tenancy / filter | $summary | $(tasks session "$stmt_t") / $(tasks session "$stmt_o") |" >>"$OUT"
 done
 cat "$OUT"
