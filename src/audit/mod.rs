@@ -1287,8 +1287,24 @@ fn _audit_link_inserted<'a>(
 fn _audit_append_only<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    // What a BEFORE ROW trigger returns to let the change through: the new row of an UPDATE
+    // (the old one would undo it), the old row of a DELETE.
+    let pass = || match trigger.op() {
+        Ok(pgrx::PgTriggerOperation::Update) => trigger.new(),
+        _ => trigger.old(),
+    };
     if PURGING.with(|p| p.get()) {
-        return Ok(trigger.old());
+        return Ok(pass());
+    }
+    // On a Citus worker, a purge carried from the coordinator, for the old row's tenant only.
+    let tenant = trigger.old().and_then(|old| {
+        old.get_by_name::<pgrx::Uuid>("tenant_id")
+            .ok()
+            .flatten()
+            .map(|u| catalog::from_pg_uuid(&u))
+    });
+    if tenant.is_some_and(crate::citus::trail::purge_asserted) {
+        return Ok(pass());
     }
     let table = trigger.table_name().unwrap_or_default();
     let mut f = serde_json::Map::new();
@@ -1660,13 +1676,6 @@ fn audit_verify(
 fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 {
     crate::authz::require_operator("audit_purge");
     let t = catalog::require_tenant(tenant);
-    if crate::citus::trail::distributed() {
-        errors::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "audit_purge of a trail distributed by Citus is not supported yet",
-            "Records stay in the trail; audit_verify still checks them.",
-        );
-    }
     let uuid = to_pg_uuid(t.id);
     let floor = crate::gucs::AUDIT_MIN_RETENTION.get();
     let too_young = catalog::read_one::<bool>(
@@ -1690,6 +1699,14 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
         );
     }
     PURGING.with(|p| p.set(true));
+    // On Citus the tenant's trail is in its shards on a worker, whose append-only triggers let
+    // the deletions through for an assertion carried from here (signed, for this tenant, a
+    // minute at most), adopted there only by the trail's owner, as whom Citus connects (the
+    // statements below run as the catalog owner).
+    let citus = crate::citus::trail::distributed();
+    if citus {
+        crate::citus::trail::carry_purge(t.id);
+    }
     let purged = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
             // Per lane, the longest prefix whose records are all older than `before`: its last
@@ -1751,7 +1768,7 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
                        chain_hash = EXCLUDED.chain_hash, last_record_id = EXCLUDED.last_record_id, \
                        last_record_at = EXCLUDED.last_record_at, \
                        purged_records = tenancy.audit_checkpoint.purged_records + EXCLUDED.purged_records, \
-                       purged_at = now(), purged_by = session_user",
+                       purged_at = EXCLUDED.purged_at, purged_by = EXCLUDED.purged_by",
                     None,
                     &[uuid.into(), lane.into(), seq.into(), hash.into(), last_id.into(), purged.into(), last_at.into()],
                 )?;
@@ -1762,6 +1779,9 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: audit_purge failed: {e}"));
     PURGING.with(|p| p.set(false));
+    if citus {
+        crate::citus::trail::end_purge();
+    }
     let (purged, cut) = purged;
     admin(
         "audit_purge",

@@ -270,6 +270,10 @@ const ASSERTION_LIFETIME_SECS: i64 = 60;
 pub enum Assertion {
     /// Delete (and read) `tenant`'s rows of `table` (a name as regclass prints it).
     Decommission { tenant: uuid::Uuid, table: String },
+    /// Remove a prefix of `tenant`'s audit trail for retention (`audit_purge`): the trail's
+    /// append-only triggers on the worker let its deletions through, for that tenant's records
+    /// only.
+    Purge { tenant: uuid::Uuid },
 }
 
 fn unix_now() -> i64 {
@@ -290,13 +294,19 @@ fn assertion_message(payload: &[u8]) -> Vec<u8> {
 /// bytes it is given).
 pub fn assertion(what: &Assertion, sign: impl FnOnce(&[u8]) -> (String, Vec<u8>)) -> String {
     use base64::Engine;
-    let Assertion::Decommission { tenant, table } = what;
-    let payload = serde_json::json!({
-        "purpose": "decommission",
-        "tenant": tenant.to_string(),
-        "table": table,
-        "iat": unix_now(),
-    })
+    let payload = match what {
+        Assertion::Decommission { tenant, table } => serde_json::json!({
+            "purpose": "decommission",
+            "tenant": tenant.to_string(),
+            "table": table,
+            "iat": unix_now(),
+        }),
+        Assertion::Purge { tenant } => serde_json::json!({
+            "purpose": "purge",
+            "tenant": tenant.to_string(),
+            "iat": unix_now(),
+        }),
+    }
     .to_string();
     let (key_id, signature) = sign(&assertion_message(payload.as_bytes()));
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -377,12 +387,19 @@ pub fn verify_assertion(value: &str) -> (Assertion, i64) {
     if (unix_now() - iat).abs() > ASSERTION_LIFETIME_SECS {
         refuse("expired");
     }
+    let tenant = || {
+        claims["tenant"]
+            .as_str()
+            .and_then(|t| uuid::Uuid::parse_str(t).ok())
+            .unwrap_or_else(|| refuse("malformed"))
+    };
     match claims["purpose"].as_str() {
+        Some("purge") => (
+            Assertion::Purge { tenant: tenant() },
+            iat + ASSERTION_LIFETIME_SECS,
+        ),
         Some("decommission") => {
-            let tenant = claims["tenant"]
-                .as_str()
-                .and_then(|t| uuid::Uuid::parse_str(t).ok())
-                .unwrap_or_else(|| refuse("malformed"));
+            let tenant = tenant();
             let table = claims["table"]
                 .as_str()
                 .unwrap_or_else(|| refuse("malformed"))
@@ -439,5 +456,28 @@ mod tests {
         // The signed bytes start with the context line, never with a certificate's `{`.
         assert!(signed.starts_with(ASSERTION_CONTEXT));
         assert!(a.starts_with("tenancy-assertion.v1.k1."));
+    }
+
+    #[test]
+    fn a_purge_assertion_names_its_purpose_and_tenant_only() {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let tenant = uuid::Uuid::from_u128(42);
+        let a = assertion(&Assertion::Purge { tenant }, |m| {
+            ("k1".into(), key().sign(m).to_bytes().to_vec())
+        });
+        let payload = a
+            .strip_prefix("tenancy-assertion.v1.k1.")
+            .and_then(|rest| rest.split('.').next())
+            .unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["purpose"], "purge");
+        assert_eq!(claims["tenant"], tenant.to_string());
+        assert!(claims.get("table").is_none());
     }
 }

@@ -256,6 +256,9 @@ pgrx::impl_sql_translatable!(JsonbBytes, "jsonb");
 
 pub fn init() {
     catalog::report_cache(token_cache_counters);
+    // The trail's append-only triggers on a Citus worker read a purge carried from the
+    // coordinator before anything else of the transaction has read the binding.
+    crate::citus::trail::set_carrier_adopter(adopt_carrier);
     // SAFETY: called once from _PG_init, before any statement runs; the previous hook is kept
     // and called from ours.
     unsafe {
@@ -1536,6 +1539,7 @@ fn adopt_assertion(carried: Option<&str>) -> bool {
     if current.is_some() {
         INTERNAL.with(|i| *i.borrow_mut() = None);
         ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = None);
+        crate::citus::trail::clear_purge_asserted();
     }
     let Some(value) = carried.filter(|v| carrier::is_assertion(v)) else {
         return false;
@@ -1552,8 +1556,15 @@ fn adopt_assertion(carried: Option<&str>) -> bool {
         .code("binding_split")
         .raise();
     }
-    let (carrier::Assertion::Decommission { tenant, table }, expires) =
-        carrier::verify_assertion(value);
+    let (asserted, expires) = carrier::verify_assertion(value);
+    let (tenant, table) = match asserted {
+        carrier::Assertion::Decommission { tenant, table } => (tenant, table),
+        carrier::Assertion::Purge { tenant } => {
+            adopt_purge(tenant, expires, lx);
+            ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = Some((lx, value.into(), expires)));
+            return true;
+        }
+    };
     let refuse = |what: String| -> ! {
         Refusal::new(
             errors::NOT_IN_PREREQUISITE_STATE,
@@ -1587,6 +1598,33 @@ fn adopt_assertion(carried: Option<&str>) -> bool {
     INTERNAL.with(|i| *i.borrow_mut() = Some(decommission_binding(&row, rel)));
     ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = Some((lx, value.into(), expires)));
     true
+}
+
+/// A purge assertion (`audit_purge` on the coordinator): the coordinator runs the trail's
+/// deletions as the catalog owner, whom Citus connects to the workers as; any other role that
+/// read the assertion cannot use it. No binding: the trail's append-only triggers let this
+/// transaction's deletions of the tenant's records through (`src/citus/trail.rs`), nothing
+/// else.
+fn adopt_purge(tenant: uuid::Uuid, expires: i64, lx: u32) {
+    let log = catalog::read_one::<pg_sys::Oid>(
+        "SELECT pg_catalog.to_regclass('tenancy.audit_log')::pg_catalog.oid",
+        &[],
+    )
+    .unwrap_or(pg_sys::InvalidOid);
+    let owner = log != pg_sys::InvalidOid
+        // SAFETY: GetUserId reads this backend's current user; pg_class_ownercheck looks the
+        // table up in the syscache (checked to exist first).
+        && unsafe { pg_sys::pg_class_ownercheck(log, pg_sys::GetUserId()) };
+    if !owner {
+        Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
+            "the assertion carried from the Citus coordinator is for the owner of pg_tenancy's audit trail",
+            "Assertions are made by pg_tenancy on the coordinator for its own work.",
+        )
+        .code("assertion_refused")
+        .raise();
+    }
+    crate::citus::trail::set_purge_asserted(tenant, expires, lx);
 }
 
 /// At the start of every query of a transaction block: on Citus, carry the explicit token

@@ -22,12 +22,25 @@ use pgrx::prelude::*;
 use std::cell::Cell;
 
 thread_local! {
+    /// On a worker, the tenant whose records a purge carried from the coordinator may delete in
+    /// this transaction (local transaction id), until when (Unix seconds).
+    static PURGE_ASSERTED: Cell<Option<(u32, uuid::Uuid, i64)>> = const { Cell::new(None) };
+    /// On the coordinator, how `audit_purge` carries its assertion to the workers and ends it
+    /// (signing is the lifecycle pillar's, carrying the binding pillar's: registered by
+    /// `src/lifecycle/mod.rs`).
+    static PURGE_CARRIER: Cell<Option<PurgeCarrier>> = const { Cell::new(None) };
+    /// On a worker, how a value carried from the coordinator is adopted now (the binding
+    /// pillar's, registered by `src/binding/mod.rs`).
+    static CARRIER_ADOPTER: Cell<Option<fn()>> = const { Cell::new(None) };
     /// Whether the trail is distributed here: `Some(true)` once seen (it is never undone), or
     /// `Some(false)` with the local transaction it was read in.
     static DISTRIBUTED: Cell<Option<(bool, u32)>> = const { Cell::new(None) };
     /// This node's offset of record ids (read once: a node keeps its Citus group).
     static OFFSET: Cell<Option<i64>> = const { Cell::new(None) };
 }
+
+/// How a purge is carried to the workers (start, for a tenant) and ended.
+type PurgeCarrier = (fn(uuid::Uuid), fn());
 
 /// Record ids of a node are its sequence's values plus its Citus group shifted this far: room
 /// for 2^48 records per node (a node's group never changes).
@@ -384,4 +397,63 @@ pub fn grant_new_owners(rels: &[Option<pg_sys::Oid>]) {
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: granting the table's owner failed: {e}"));
         grant_trigger_functions_on_workers(&owner, audit);
     }
+}
+
+/// Set how `audit_purge` carries its assertion (sign and send it) and ends it.
+pub fn set_purge_carrier(start: fn(uuid::Uuid), end: fn()) {
+    PURGE_CARRIER.with(|c| c.set(Some((start, end))));
+}
+
+/// On the coordinator: carry a purge of `tenant`'s trail to the workers for what follows in
+/// this transaction ([`end_purge`] ends it).
+pub fn carry_purge(tenant: uuid::Uuid) {
+    match PURGE_CARRIER.with(|c| c.get()) {
+        Some((start, _)) => start(tenant),
+        None => errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            "pg_tenancy cannot carry a purge to the workers",
+            "Load pg_tenancy through shared_preload_libraries on every node.",
+        ),
+    }
+}
+
+pub fn end_purge() {
+    if let Some((_, end)) = PURGE_CARRIER.with(|c| c.get()) {
+        end();
+    }
+}
+
+/// On a worker: a verified purge assertion for `tenant` was adopted in local transaction `lx`.
+pub fn set_purge_asserted(tenant: uuid::Uuid, expires: i64, lx: u32) {
+    PURGE_ASSERTED.with(|p| p.set(Some((lx, tenant, expires))));
+}
+
+/// The carried assertion ended (or another replaced it).
+pub fn clear_purge_asserted() {
+    PURGE_ASSERTED.with(|p| p.set(None));
+}
+
+/// Set how a carried value is adopted on a worker.
+pub fn set_carrier_adopter(f: fn()) {
+    CARRIER_ADOPTER.with(|c| c.set(Some(f)));
+}
+
+/// Whether this transaction on a worker carries a purge of `tenant`'s trail that is still
+/// valid.
+pub fn purge_asserted(tenant: uuid::Uuid) -> bool {
+    if !crate::pg::citus::in_database() {
+        return false;
+    }
+    // Adopt what the coordinator carried now: a deletion of the trail reads no binding that
+    // would have adopted it already.
+    if let Some(adopt) = CARRIER_ADOPTER.with(|c| c.get()) {
+        adopt();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(i64::MAX);
+    PURGE_ASSERTED
+        .with(|p| p.get())
+        .is_some_and(|(lx, t, expires)| lx == local_xact() && t == tenant && now <= expires)
 }

@@ -725,6 +725,7 @@ pub fn init() {
     crate::pg::hooks::before_utility(before_utility);
     crate::binding::on_transaction_bound(limits::apply);
     crate::citus::set_key_maker(certificate::ensure_key);
+    crate::citus::trail::set_purge_carrier(carry_purge, crate::binding::carrier::end_assertion);
 }
 
 /// The start of every query of a bound session: resource limits hold from it, before a
@@ -1087,4 +1088,15 @@ fn remaining_rows(t: &catalog::TenantRow, citus: &CitusTables) -> Option<(String
 #[pg_extern(stable, parallel_restricted, name = "_manages_tenant")]
 fn manages_tenant(id: pgrx::Uuid) -> bool {
     authz::manages_tenant(catalog::from_pg_uuid(&id))
+}
+
+/// `audit_purge` on Citus (`src/citus/trail.rs`): carry to the workers an assertion, signed
+/// with the platform's certificate key, that lets the trail's append-only triggers there pass
+/// the deletion of `tenant`'s purged records, for this transaction and a minute at most.
+fn carry_purge(tenant: uuid::Uuid) {
+    let assertion = crate::binding::carrier::assertion(
+        &crate::binding::carrier::Assertion::Purge { tenant },
+        certificate::sign_assertion,
+    );
+    crate::binding::carrier::send_assertion(&assertion);
 }

@@ -1749,6 +1749,46 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     assert_eq!(verify(&mut op, &f.a), (everywhere, true, "ok".into()));
     let (log_node, log_shard) = trail_shard("audit_log", &f.a_id);
 
+    // Retention on the distributed trail: the purge runs on A's worker (its append-only
+    // triggers let the deletions through for an assertion carried from the coordinator),
+    // leaves checkpoints, and the rest of A's chain still verifies; B's is untouched.
+    let b_before = verify(&mut op, &f.b);
+    let mut su = superuser();
+    su.batch_execute("BEGIN; SET LOCAL tenancy.audit_min_retention = 0")
+        .unwrap();
+    let purged: i64 = su
+        .query_one("SELECT tenancy.audit_purge($1, clock_timestamp())", &[&f.a])
+        .unwrap_or_else(|e| panic!("purge: {}", message(&e)))
+        .get(0);
+    su.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        purged, everywhere,
+        "every record of A was older than the cut"
+    );
+    let (n, ok, detail) = verify(&mut op, &f.a);
+    assert!(ok && n == 1, "the purge's own record remains: {n} {detail}");
+    assert_eq!(verify(&mut op, &f.b), b_before);
+    let checkpoints: i64 = superuser()
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_checkpoint WHERE tenant_id = $1::text::uuid",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(checkpoints >= 1);
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+            .unwrap();
+        tx.batch_execute(&format!(
+            "INSERT INTO public.{t} (id, v) VALUES (901, 'after purge')"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let (n, ok, detail) = verify(&mut op, &f.a);
+    assert!(ok && n == 2, "{n} {detail}");
+
     // Attackers on the worker that holds A's trail.
     // The application role cannot write the trail's shard.
     let mut w_app = app_on(log_node);
@@ -1855,7 +1895,7 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     w.batch_execute(&format!(
         "SET session_replication_role = replica; \
          UPDATE {log_shard} SET new_row = '{{\"v\": \"forged\"}}' \
-          WHERE tenant_id = '{}' AND op = 'INSERT' AND new_row->>'v' = 'a2'; \
+          WHERE tenant_id = '{}' AND op = 'INSERT' AND new_row->>'v' = 'after purge'; \
          RESET session_replication_role",
         f.a_id
     ))
