@@ -217,6 +217,20 @@ CREATE TABLE tenancy.citus_protection (
 REVOKE ALL ON tenancy.citus_protection FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_protection', '');
 
+-- On Citus, the columns a tenant keeps out of its records of a protected Citus table
+-- (tenancy.audit_exclude), by the table's oid on the coordinator: a reference table there,
+-- read by every node's audit triggers through tenancy.citus_protection (src/citus/trail.rs).
+CREATE TABLE tenancy.citus_audit_exclusion (
+    tenant_id         uuid        NOT NULL,
+    coordinator_relid oid         NOT NULL,
+    columns           text[]      NOT NULL,
+    set_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    set_by            name        NOT NULL DEFAULT SESSION_USER,
+    PRIMARY KEY (tenant_id, coordinator_relid)
+);
+REVOKE ALL ON tenancy.citus_audit_exclusion FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_audit_exclusion', '');
+
 REVOKE ALL ON tenancy.role_privilege, tenancy.protected_table, tenancy.auto_protect_schema FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.role_privilege', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.protected_table', '');

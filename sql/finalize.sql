@@ -43,6 +43,8 @@ CREATE TRIGGER catalog_changed AFTER UPDATE OR DELETE OR TRUNCATE ON tenancy.aud
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_exclusion
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.citus_audit_exclusion
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 
 -- Tenants: operators see every tenant, a bound session sees its own.
 CREATE VIEW tenancy.tenants WITH (security_barrier) AS
@@ -856,7 +858,10 @@ GRANT EXECUTE ON FUNCTION tenancy.attach_partition(regclass, regclass, text) TO 
 -- A tenant's admin keeps columns of its own rows out of its records (checked inside).
 CREATE VIEW tenancy.audit_exclusions WITH (security_barrier) AS
     SELECT tenant_id, relid AS "table", columns, set_at, set_by
-      FROM tenancy.audit_exclusion WHERE tenancy._manages_tenant(tenant_id);
+      FROM tenancy.audit_exclusion WHERE tenancy._manages_tenant(tenant_id)
+    UNION ALL
+    SELECT tenant_id, relid::regclass, columns, set_at, set_by::name
+      FROM tenancy._citus_audit_exclusions();
 GRANT SELECT ON tenancy.audit_exclusions TO PUBLIC;
 
 REVOKE EXECUTE ON FUNCTION tenancy.security_events() FROM PUBLIC;

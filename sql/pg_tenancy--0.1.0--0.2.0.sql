@@ -681,3 +681,27 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_protection', '');
 CREATE FUNCTION tenancy."_audit_link_inserted"() RETURNS TRIGGER
 LANGUAGE c AS 'MODULE_PATHNAME', '_audit_link_inserted_wrapper';
 REVOKE EXECUTE ON FUNCTION tenancy._audit_link_inserted() FROM PUBLIC;
+
+-- On Citus, a tenant's audit exclusions of a protected Citus table, read by every node's audit
+-- triggers (a reference table there, made by tenancy.citus_setup()).
+CREATE TABLE tenancy.citus_audit_exclusion (
+    tenant_id         uuid        NOT NULL,
+    coordinator_relid oid         NOT NULL,
+    columns           text[]      NOT NULL,
+    set_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    set_by            name        NOT NULL DEFAULT SESSION_USER,
+    PRIMARY KEY (tenant_id, coordinator_relid)
+);
+REVOKE ALL ON tenancy.citus_audit_exclusion FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('tenancy.citus_audit_exclusion', '');
+CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.citus_audit_exclusion
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE FUNCTION tenancy."_citus_audit_exclusions"() RETURNS TABLE ("tenant_id" uuid, "relid" oid,
+        "columns" text[], "set_at" timestamp with time zone, "set_by" text)
+VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'citus_audit_exclusions_wrapper';
+CREATE OR REPLACE VIEW tenancy.audit_exclusions WITH (security_barrier) AS
+    SELECT tenant_id, relid AS "table", columns, set_at, set_by
+      FROM tenancy.audit_exclusion WHERE tenancy._manages_tenant(tenant_id)
+    UNION ALL
+    SELECT tenant_id, relid::regclass, columns, set_at, set_by::name
+      FROM tenancy._citus_audit_exclusions();

@@ -130,7 +130,10 @@ pub fn init() {
         c"Read only on a Citus worker, where the token is verified and bound as tenancy.bind() would; a client cannot set it on the coordinator.",
         &CARRIER,
         GucContext::Userset,
-        GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL,
+        // Unreadable by SQL except to superusers (and pg_read_all_settings): code of a table's
+        // owner running in a tenant's session on a worker (a trigger, a default) must not read
+        // the carried token and bind it elsewhere (an attacker's review, 2026-12-05).
+        GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL | GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_string_guc(
         c"tenancy.region",

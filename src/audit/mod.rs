@@ -998,7 +998,7 @@ pub fn record_joining_rows(
             audit_mac(*t);
             let mut cols: Vec<String> = Vec::new();
             for a in ancestors {
-                cols.extend(exclusions(*a, *t).iter().cloned());
+                cols.extend(exclusions(*a, *t, None).iter().cloned());
             }
             excluded.insert(*t, cols);
         }
@@ -1205,7 +1205,9 @@ fn _audit<'a>(
         });
         meta
     });
-    let exclude = |tenant: Uuid| exclusions(rel, tenant);
+    // On a Citus shard (a hash range known), the table's exclusions kept for every node.
+    let citus_table = meta.range.map(|_| meta.name.as_str());
+    let exclude = |tenant: Uuid| exclusions(rel, tenant, citus_table);
     let table = audit_writer::Table {
         name: &meta.name,
         log: &meta.log,
@@ -1343,7 +1345,7 @@ thread_local! {
 
 /// The columns tenant `tenant` keeps out of its records of table `rel`: its exclusions for the
 /// table and for every protected table the table is a partition or child of.
-fn exclusions(rel: pg_sys::Oid, tenant: Uuid) -> Rc<Vec<String>> {
+fn exclusions(rel: pg_sys::Oid, tenant: Uuid, citus_table: Option<&str>) -> Rc<Vec<String>> {
     let gen = catalog::generation();
     let key = (u32::from(rel), tenant);
     if let Some(hit) = EXCLUSIONS.with(|e| {
@@ -1352,14 +1354,10 @@ fn exclusions(rel: pg_sys::Oid, tenant: Uuid) -> Rc<Vec<String>> {
     }) {
         return hit;
     }
-    let columns: Vec<String> = catalog::owner_rows(
-        "tenancy.audit_exclusion",
-        "WITH RECURSIVE up(rel) AS (SELECT $1::oid UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.rel) \
-         SELECT DISTINCT c FROM tenancy.audit_exclusion e CROSS JOIN LATERAL unnest(e.columns) c \
-          WHERE e.tenant_id = $2 AND e.relid::oid IN (SELECT rel FROM up) ORDER BY 1",
-        &[rel.into(), to_pg_uuid(tenant).into()],
-        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
-    );
+    let columns: Vec<String> = match citus_table {
+        Some(table) => crate::citus::trail::shard_exclusions(table, tenant),
+        None => local_exclusions(rel, tenant),
+    };
     let columns = Rc::new(columns);
     EXCLUSIONS.with(|e| {
         let mut e = e.borrow_mut();
@@ -1369,6 +1367,58 @@ fn exclusions(rel: pg_sys::Oid, tenant: Uuid) -> Rc<Vec<String>> {
         e.1.insert(key, columns.clone());
     });
     columns
+}
+
+/// A table's exclusions on one node: its own and its ancestors'.
+fn local_exclusions(rel: pg_sys::Oid, tenant: Uuid) -> Vec<String> {
+    catalog::owner_rows(
+        "tenancy.audit_exclusion",
+        "WITH RECURSIVE up(rel) AS (SELECT $1::oid UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.rel) \
+         SELECT DISTINCT c FROM tenancy.audit_exclusion e CROSS JOIN LATERAL unnest(e.columns) c \
+          WHERE e.tenant_id = $2 AND e.relid::oid IN (SELECT rel FROM up) ORDER BY 1",
+        &[rel.into(), to_pg_uuid(tenant).into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
+}
+
+/// The audit exclusions of Citus tables (`tenancy.citus_audit_exclusion`, a reference table)
+/// of the tenants the caller manages, for the view `tenancy.audit_exclusions`: read as the
+/// catalog owner here, because Citus plans a view over a reference table and a table on one
+/// node in parts, each checked as the caller. The same rows as the view's filter lets through.
+#[pg_extern(volatile, parallel_unsafe, name = "_citus_audit_exclusions")]
+#[allow(clippy::type_complexity)]
+fn citus_audit_exclusions() -> TableIterator<
+    'static,
+    (
+        name!(tenant_id, pgrx::Uuid),
+        name!(relid, pg_sys::Oid),
+        name!(columns, Vec<String>),
+        name!(set_at, pgrx::datum::TimestampWithTimeZone),
+        name!(set_by, String),
+    ),
+> {
+    let rows = catalog::owner_rows(
+        "tenancy.citus_audit_exclusion",
+        "SELECT e.tenant_id, e.coordinator_relid, e.columns, e.set_at, e.set_by::text \
+           FROM tenancy.citus_audit_exclusion e \
+          WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = e.coordinator_relid) \
+          ORDER BY 1, 2",
+        &[],
+        |r| {
+            Ok((
+                r.get::<pgrx::Uuid>(1)?.expect("tenant_id"),
+                r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                r.get::<pgrx::datum::TimestampWithTimeZone>(4)?
+                    .expect("set_at"),
+                r.get::<String>(5)?.unwrap_or_default(),
+            ))
+        },
+    );
+    TableIterator::new(
+        rows.into_iter()
+            .filter(|r| crate::authz::manages_tenant(catalog::from_pg_uuid(&r.0))),
+    )
 }
 
 /// Keep `columns` of the bound tenant's rows of `tbl` (and of its partitions) out of the
@@ -1388,13 +1438,14 @@ fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<String>) {
         ),
     };
     let table = crate::catalog::relation_name(tbl);
-    if crate::citus::trail::citus_table(tbl) {
-        // Each node's records are written on that node, which does not know the exclusions
-        // kept on the coordinator: refused rather than recorded in full.
+    // On Citus, each node writes its shards' records: the exclusions of a Citus table are kept
+    // in a reference table every node reads, by the table's oid on the coordinator.
+    let citus = crate::citus::trail::citus_table(tbl);
+    if citus && !crate::citus::trail::on_coordinator() {
         errors::raise(
-            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("leaving columns of Citus table \"{table}\" out of the audit trail is not supported yet"),
-            "Keep such columns in a table on one node, or protect the table with audit => false.",
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("the audit exclusions of Citus table \"{table}\" are set on the coordinator"),
+            "Connect to the Citus coordinator and call tenancy.audit_exclude() there.",
         );
     }
     let meta = catalog::owner_rows(
@@ -1442,7 +1493,28 @@ fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<String>) {
     let mut sorted = columns.clone();
     sorted.sort();
     sorted.dedup();
-    if sorted.is_empty() {
+    let set_by = caller_and_subject()
+        .1
+        .unwrap_or_else(|| caller_and_subject().0);
+    if citus && sorted.is_empty() {
+        catalog::write(
+            "DELETE FROM tenancy.citus_audit_exclusion WHERE tenant_id = $1 AND coordinator_relid = $2",
+            &[to_pg_uuid(tenant).into(), tbl.into()],
+        );
+    } else if citus {
+        // Citus refuses non-IMMUTABLE functions in ON CONFLICT's SET: the values are the
+        // inserted row's (its defaults evaluated here).
+        catalog::write(
+            "INSERT INTO tenancy.citus_audit_exclusion (tenant_id, coordinator_relid, columns, set_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, coordinator_relid) DO UPDATE SET columns = EXCLUDED.columns, set_at = EXCLUDED.set_at, set_by = EXCLUDED.set_by",
+            &[
+                to_pg_uuid(tenant).into(),
+                tbl.into(),
+                sorted.clone().into(),
+                set_by.clone().into(),
+            ],
+        );
+    } else if sorted.is_empty() {
         catalog::write(
             "DELETE FROM tenancy.audit_exclusion WHERE tenant_id = $1 AND relid = $2::oid::regclass",
             &[to_pg_uuid(tenant).into(), tbl.into()],
@@ -1455,7 +1527,7 @@ fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<String>) {
                 to_pg_uuid(tenant).into(),
                 tbl.into(),
                 sorted.clone().into(),
-                caller_and_subject().1.unwrap_or_else(|| caller_and_subject().0).into(),
+                set_by.into(),
             ],
         );
     }

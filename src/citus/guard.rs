@@ -65,17 +65,26 @@ pub(super) fn show_shards(c: &mut pgrx::spi::SpiClient<'_>) -> Result<(), pgrx::
 /// reference table's placement here (its name printed by `regclass`), or the table itself
 /// before `citus_setup()` made it a reference table.
 pub(super) fn local_copy(c: &pgrx::spi::SpiClient<'_>) -> Result<String, pgrx::spi::Error> {
+    local_copy_of(c, "tenancy.citus_protection")
+}
+
+/// This node's copy of pg_tenancy's reference table `table` (a fixed name of pg_tenancy's own
+/// catalog) as a name to put in a statement, as [`local_copy`].
+pub(super) fn local_copy_of(
+    c: &pgrx::spi::SpiClient<'_>,
+    table: &'static str,
+) -> Result<String, pgrx::spi::Error> {
     Ok(c.select(
         "SELECT coalesce((SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false))::text \
                             FROM pg_catalog.pg_dist_shard s \
-                           WHERE s.logicalrelid = 'tenancy.citus_protection'::pg_catalog.regclass), \
-                         'tenancy.citus_protection')",
+                           WHERE s.logicalrelid = $1::pg_catalog.regclass), \
+                         $1)",
         Some(1),
-        &[],
+        &[table.into()],
     )?
     .first()
     .get_one::<String>()?
-    .unwrap_or_else(|| "tenancy.citus_protection".into()))
+    .unwrap_or_else(|| table.into()))
 }
 
 /// The guard's signature of a relation, stricter than [`SIGNATURE`] (which `verify()` runs on

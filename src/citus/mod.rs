@@ -57,6 +57,7 @@ const REFERENCE_TABLES: &[&str] = &[
     "certificate_key",
     "audit_key",
     "citus_protection",
+    "citus_audit_exclusion",
 ];
 
 thread_local! {

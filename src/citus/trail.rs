@@ -457,3 +457,43 @@ pub fn purge_asserted(tenant: uuid::Uuid) -> bool {
         .with(|p| p.get())
         .is_some_and(|(lx, t, expires)| lx == local_xact() && t == tenant && now <= expires)
 }
+
+/// Whether this node is the Citus coordinator.
+pub fn on_coordinator() -> bool {
+    crate::pg::citus::in_database()
+        && crate::catalog::owner_rows(
+            "Citus's metadata",
+            "SELECT pg_catalog.citus_is_coordinator()",
+            &[],
+            |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        )
+        .first()
+        .copied()
+        .unwrap_or(false)
+}
+
+/// The columns `tenant` keeps out of its records of the protected Citus table `table` (its
+/// name as regclass prints it), read from this node's copies of `tenancy.citus_audit_exclusion`
+/// and `tenancy.citus_protection` (inside a statement Citus runs on a node, a query of a
+/// reference table itself is refused: the copies are read instead, as the guard does).
+pub fn shard_exclusions(table: &str, tenant: uuid::Uuid) -> Vec<String> {
+    crate::catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            super::guard::show_shards(c)?;
+            let records = super::guard::local_copy(c)?;
+            let excluded = super::guard::local_copy_of(c, "tenancy.citus_audit_exclusion")?;
+            c.select(
+                &format!(
+                    "SELECT coalesce((SELECT e.columns FROM {excluded} e JOIN {records} p ON p.coordinator_relid = e.coordinator_relid \
+                                       WHERE p.relation = $1 AND e.tenant_id = $2), '{{}}')"
+                ),
+                Some(1),
+                &[table.into(), crate::catalog::to_pg_uuid(tenant).into()],
+            )?
+            .first()
+            .get_one::<Vec<String>>()
+            .map(Option::unwrap_or_default)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the audit exclusions failed: {e}"))
+}

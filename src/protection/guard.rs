@@ -1065,14 +1065,18 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let r = stmt as *mut pg_sys::RenameStmt;
-                if (*r).renameType == pg_sys::ObjectType::OBJECT_TABLE && !(*r).relation.is_null() {
+                // Whatever is renamed, when its relation is one: the relation itself in any of
+                // its forms (`ALTER INDEX t RENAME` renames a table too), or its columns,
+                // constraints, triggers, policies and rules (a column renamed on one shard
+                // misplaces values; a trigger renamed there escapes the name the guard compares).
+                if !(*r).relation.is_null() {
                     refuse_citus_rename(relid_of((*r).relation));
                 }
                 return;
             }
             pg_sys::NodeTag::T_AlterObjectSchemaStmt => {
                 let r = stmt as *mut pg_sys::AlterObjectSchemaStmt;
-                if (*r).objectType == pg_sys::ObjectType::OBJECT_TABLE && !(*r).relation.is_null() {
+                if !(*r).relation.is_null() {
                     refuse_citus_rename(relid_of((*r).relation));
                 }
                 return;
@@ -1111,7 +1115,7 @@ fn refuse_citus_rename(rel: pg_sys::Oid) {
     refuse_channel(
         rel,
         format!(
-            "\"{}\" is a protected Citus table, or a shard or copy of one: only a superuser renames it or moves it to another schema",
+            "\"{}\" is a protected Citus table, or a shard or copy of one: only a superuser renames it (or its columns, constraints, triggers, policies, rules) or moves it to another schema",
             crate::catalog::relation_name(rel)
         ),
         "Citus finds a table's shards on every node by its name. Have a superuser (a trusted migration role) rename the table on the coordinator; Citus renames its shards and copies on every node.",
@@ -1294,6 +1298,12 @@ unsafe fn check_alter_table_cmds(
                     }
                 }
                 _ if !protected => {}
+                // A default is evaluated in the session of whoever inserts: in every tenant's
+                // sessions, with their bindings, where a function of the owner's would read
+                // their rows (or, on a Citus worker, what the session carries) and keep them.
+                pg_sys::AlterTableType::AT_ColumnDefault => {
+                    check_default(rel, def, query, &new_columns)
+                }
                 pg_sys::AlterTableType::AT_AddConstraint
                 | pg_sys::AlterTableType::AT_AddConstraintRecurse => check_constraint(
                     rel,
@@ -1441,6 +1451,9 @@ pub(crate) fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
          UNION ALL SELECT format('generated column %I', a.attname), d.adbin::text, NULL \
            FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
           WHERE d.adrelid = $1 AND a.attgenerated <> '' \
+         UNION ALL SELECT format('the default of column %I', a.attname), d.adbin::text, NULL \
+           FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
+          WHERE d.adrelid = $1 AND a.attgenerated = '' \
          UNION ALL SELECT format('the type of column %I', attname), NULL, atttypid FROM pg_catalog.pg_attribute \
           WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped \
          UNION ALL SELECT format('rule %I', rulename), NULL, NULL FROM pg_catalog.pg_rewrite \
@@ -1462,6 +1475,33 @@ pub(crate) fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
         }?;
         Some((what, call))
     })
+}
+
+/// A column default a command sets on protected table `rel`: no user's function (built-in
+/// functions, leakproof or not, and pg_tenancy's own pass: `tenancy.current_tenant()`).
+///
+/// # Safety
+/// As [`check_constraint`]: `raw` null or a raw expression of the command's parse tree, `query`
+/// null or its source text, `rel` an existing relation; inside the command's transaction.
+unsafe fn check_default(
+    rel: pg_sys::Oid,
+    raw: *mut pg_sys::Node,
+    query: *const std::ffi::c_char,
+    new_columns: &Vec<NewColumn>,
+) {
+    // SAFETY: this function's contract is leaky_raw's.
+    let call = unsafe {
+        leaky_raw(
+            rel,
+            raw,
+            pg_sys::ParseExprKind::EXPR_KIND_COLUMN_DEFAULT,
+            query,
+            new_columns,
+            None,
+            true,
+        )
+    };
+    refuse_leaky(rel, "a column default", call);
 }
 
 /// The checks of a constraint a command adds to `rel` (or to a column of type `column_type`).
@@ -1490,6 +1530,9 @@ unsafe fn check_constraint(
                 query,
                 new_columns,
             ),
+            pg_sys::ConstrType::CONSTR_DEFAULT => {
+                check_default(rel, (*c).raw_expr, query, new_columns);
+            }
             pg_sys::ConstrType::CONSTR_GENERATED => {
                 refuse_leaky_raw(
                     rel,

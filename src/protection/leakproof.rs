@@ -28,6 +28,17 @@ fn builtin_leakproof(func: pg_sys::Oid) -> bool {
     u32::from(func) < pg_sys::FirstNormalObjectId && unsafe { pg_sys::get_func_leakproof(func) }
 }
 
+/// Whether `func` is pg_tenancy's own (in its schema, where only the extension's owner
+/// creates functions): no user's code, as a built-in function is not (`tenancy.current_tenant()`
+/// as a column's default, say).
+fn pg_tenancys_own(func: pg_sys::Oid) -> bool {
+    // SAFETY: syscache lookups by name (missing ok) and of a function's schema by its oid.
+    unsafe {
+        let tenancy = pg_sys::get_namespace_oid(c"tenancy".as_ptr(), true);
+        tenancy != pg_sys::InvalidOid && pg_sys::get_func_namespace(func) == tenancy
+    }
+}
+
 fn describe_function(func: pg_sys::Oid) -> String {
     // SAFETY: format_procedure returns a palloc'd, NUL-terminated string (or the oid as text).
     unsafe {
@@ -48,7 +59,7 @@ unsafe extern "C-unwind" fn check_function(func: pg_sys::Oid, context: *mut c_vo
     // SAFETY: `context` is the Walk that first_leaky_call passed down.
     let walk = unsafe { &mut *(context as *mut Walk) };
     let builtin = u32::from(func) < pg_sys::FirstNormalObjectId;
-    if builtin_leakproof(func) || (walk.user_code_only && builtin) {
+    if builtin_leakproof(func) || (walk.user_code_only && (builtin || pg_tenancys_own(func))) {
         return false;
     }
     walk.found = Some(describe_function(func));

@@ -49,7 +49,7 @@ fn app_on(i: usize) -> Client {
     c
 }
 
-const CATALOG_TABLES: i64 = 13;
+const CATALOG_TABLES: i64 = 14;
 
 /// Run `statements` as the superuser in one transaction, one statement per query (Citus carries
 /// a SET LOCAL to the workers as the text of the query it came in), in Citus's sequential mode
@@ -391,11 +391,17 @@ fn a_client_cannot_set_the_carrier_or_split_a_binding() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
-    tx.execute(
-        "SELECT set_config('tenancy.carrier', $1, true)",
-        &[&f.token(&f.b, "bob")],
-    )
-    .unwrap();
+    // set_config() returns the value, which only a superuser may read (what is carried to a
+    // worker must not be readable by code running there): refused outright.
+    tx.batch_execute("SAVEPOINT s").unwrap();
+    let e = tx
+        .execute(
+            "SELECT set_config('tenancy.carrier', $1, true)",
+            &[&f.token(&f.b, "bob")],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
     let seen = as_seen_by_workers(&mut tx, &t);
     assert!(seen.iter().all(|(id, _, _)| *id == f.a_id), "{seen:?}");
     tx.rollback().unwrap();
@@ -424,14 +430,13 @@ fn a_client_cannot_set_the_carrier_or_split_a_binding() {
 
     // Only a SET statement of the running transaction carries (what Citus sends): not
     // set_config(), nor a value from ALTER ROLE/DATABASE SET.
+    // (set_config() is refused outright: it returns the value, which only a superuser reads.)
     let mut tx = w.transaction().unwrap();
-    tx.execute(
-        "SELECT set_config('tenancy.carrier', $1, true)",
-        &[&f.token(&f.b, "bob")],
-    )
-    .unwrap();
     let e = tx
-        .query_one("SELECT tenancy.current_tenant()", &[])
+        .execute(
+            "SELECT set_config('tenancy.carrier', $1, true)",
+            &[&f.token(&f.b, "bob")],
+        )
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     tx.rollback().unwrap();
@@ -1789,6 +1794,51 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     let (n, ok, detail) = verify(&mut op, &f.a);
     assert!(ok && n == 2, "{n} {detail}");
 
+    // A's admin keeps column v out of A's records of the table (set on the coordinator, read by
+    // the worker that writes A's records); B's records keep it.
+    {
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+            .unwrap();
+        tx.execute(
+            &format!("SELECT tenancy.audit_exclude('public.{t}', ARRAY['v'])"),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("audit_exclude: {}", message(&e)));
+        let listed: i64 = tx
+            .query_one(
+                &format!("SELECT count(*) FROM tenancy.audit_exclusions WHERE \"table\" = 'public.{t}'::regclass"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(listed, 1);
+        tx.commit().unwrap();
+    }
+    for (tenant, sub) in [(&f.a, "ann"), (&f.b, "bob")] {
+        let mut tx = app.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, sub)])
+            .unwrap();
+        tx.batch_execute(&format!(
+            "INSERT INTO public.{t} (id, v) VALUES (902, 'private')"
+        ))
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let recorded = |tenant_id: &str| -> Option<String> {
+        superuser()
+            .query_one(
+                "SELECT new_row->>'v' FROM tenancy.audit_log \
+                  WHERE tenant_id = $1::text::uuid AND op = 'INSERT' AND (new_row->>'id')::int = 902",
+                &[&tenant_id],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(recorded(&f.a_id), None, "A's record leaves v out");
+    assert_eq!(recorded(&f.b_id).as_deref(), Some("private"));
+    assert!(verify(&mut op, &f.a).1);
+
     // Attackers on the worker that holds A's trail.
     // The application role cannot write the trail's shard.
     let mut w_app = app_on(log_node);
@@ -1825,7 +1875,9 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     // worker's copy of the table (which the shards' names follow there).
     superuser()
         .batch_execute(&format!(
-            "CREATE SCHEMA own_{pid}; GRANT ALL ON SCHEMA own_{pid} TO {owner}"
+            "CREATE SCHEMA own_{pid}; GRANT ALL ON SCHEMA own_{pid} TO {owner}; \
+             CREATE FUNCTION public.owners_default_{pid}() RETURNS text LANGUAGE sql AS $f$SELECT 'x'$f$; \
+             ALTER FUNCTION public.owners_default_{pid}() OWNER TO {owner}"
         ))
         .unwrap();
     for sql in [
@@ -1836,6 +1888,16 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
         format!("ALTER TABLE {data_shard} SET SCHEMA own_{pid}"),
         format!("ALTER TABLE public.{t} RENAME TO {t}_x"),
         format!("SET citus.enable_ddl_propagation = off; ALTER TABLE public.{t} RENAME TO {t}_x"),
+        // A fourth review: the same renames in other forms, and what a rename inside the
+        // shard breaks (a column's values, the trigger name the guard compares).
+        format!("ALTER INDEX {data_shard} RENAME TO away_{pid}"),
+        format!("SET citus.enable_ddl_propagation = off; ALTER INDEX public.{t} RENAME TO {t}_x"),
+        format!("ALTER TABLE {data_shard} RENAME COLUMN v TO w"),
+        format!("ALTER TRIGGER tenancy_audit_ins_{suffix} ON {data_shard} RENAME TO tenancy_audit_ins_1"),
+        // A default of the owner's runs in every tenant's sessions (on a worker, with what the
+        // session carries from the coordinator).
+        format!("ALTER TABLE {data_shard} ALTER COLUMN v SET DEFAULT public.owners_default_{pid}()"),
+        format!("SET citus.enable_ddl_propagation = off; ALTER TABLE public.{t} ALTER COLUMN v SET DEFAULT public.owners_default_{pid}()"),
     ] {
         let e = o
             .batch_execute(&sql)
@@ -1844,6 +1906,29 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
         assert!(message(&e).contains("protected"), "{sql}: {}", message(&e));
         o.batch_execute("RESET citus.enable_ddl_propagation")
             .unwrap();
+    }
+    // The owner's default refused on the coordinator as well.
+    let e = node(0, &owner)
+        .batch_execute(&format!(
+            "ALTER TABLE public.{t} ALTER COLUMN v SET DEFAULT public.owners_default_{pid}()"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    // What the coordinator carries to a worker cannot be read there by SQL (code of the
+    // owner's running in the tenant's session would read the token and bind it elsewhere).
+    {
+        let mut w_app = app_on(log_node);
+        let mut tx = w_app.transaction().unwrap();
+        tx.batch_execute(&format!(
+            "SET LOCAL tenancy.carrier = '{}'",
+            f.token(&f.a, "ann")
+        ))
+        .unwrap();
+        let e = tx
+            .query_one("SELECT current_setting('tenancy.carrier', true)", &[])
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+        tx.rollback().unwrap();
     }
     // On the coordinator too: the owner's rename would reach the workers as the owner's.
     let e = node(0, &owner)
