@@ -157,6 +157,14 @@ round() {
     echo "$(tps_of "$SCRIPTS/a.out") $(tps_of "$SCRIPTS/b.out")"
 }
 
+# "median | min | max" of the ratios given.
+summarize() {
+    printf '%s\n' "$@" | sort -n | python3 -c '
+import sys, statistics
+v = [float(x) for x in sys.stdin]
+print(f"{statistics.median(v):.2f} | {min(v):.2f} | {max(v):.2f}")'
+}
+
 OUT=benches/CITUS.md
 [ "$SMOKE" = 1 ] && OUT=${TENANCY_BENCH_OUT:-/tmp/pg_tenancy-citus-bench-smoke.md}
 {
@@ -184,10 +192,7 @@ for w in point aggregate; do
             filter) stmt_o=$([ "$w" = point ] && echo "SELECT v FROM t_filter WHERE tenant_id = '$TID' AND id = 1" || echo "SELECT count(*), sum(v) FROM t_filter WHERE tenant_id = '$TID'") ;;
             hand) stmt_o=$([ "$w" = point ] && echo "SELECT v FROM t_hand WHERE id = 1" || echo "SELECT count(*), sum(v) FROM t_hand") ;;
         esac
-        summary=$(printf '%s\n' "${ratios[@]}" | sort -n | python3 -c '
-import sys, statistics
-v = [float(x) for x in sys.stdin]
-print(f"{statistics.median(v):.2f} | {min(v):.2f} | {max(v):.2f}")')
+        summary=$(summarize "${ratios[@]}")
         echo "| $w | pg_tenancy / $other | $summary | $(tasks tenancy "$stmt_t") / $(tasks "$other" "$stmt_o") |" >>"$OUT"
     done
 done
@@ -199,10 +204,7 @@ for w in point aggregate; do
         ratios+=("$(python3 -c "print(f'{$ta / $tb:.2f}')")")
         log "$w in a session of one tenant: pg_tenancy $ta tps, filter $tb tps (round $r)"
     done
-    summary=$(printf '%s\n' "${ratios[@]}" | sort -n | python3 -c '
-import sys, statistics
-v = [float(x) for x in sys.stdin]
-print(f"{statistics.median(v):.2f} | {min(v):.2f} | {max(v):.2f}")')
+    summary=$(summarize "${ratios[@]}")
     stmt_t=$([ "$w" = point ] && echo "SELECT v FROM t_tenancy WHERE id = 1" || echo "SELECT count(*), sum(v) FROM t_tenancy")
     stmt_o=$([ "$w" = point ] && echo "SELECT v FROM t_filter WHERE tenant_id = '$TID' AND id = 1" || echo "SELECT count(*), sum(v) FROM t_filter WHERE tenant_id = '$TID'")
     echo "| $w, a session of one tenant (mapped role) | pg_tenancy / filter | $summary | $(tasks session "$stmt_t") / $(tasks session "$stmt_o") |" >>"$OUT"

@@ -1508,6 +1508,15 @@ fn trail_shard(table: &str, tenant_id: &str) -> (usize, String) {
     (node, r.get(1))
 }
 
+/// In one transaction of `c`, bound with `token`: run `sql` and commit.
+fn bound_write(c: &mut Client, token: &str, sql: &str) {
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&token]).unwrap();
+    tx.batch_execute(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    tx.commit().unwrap();
+}
+
 #[test]
 fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard() {
     // Two tenants whose trails are on different workers (so that a transaction writing both
@@ -1548,24 +1557,20 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     // across two statements, B with an INSERT of two rows.
     let mut app = app_on(0);
     {
-        let mut tx = app.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
-            .unwrap();
-        tx.batch_execute(&format!(
-            "INSERT INTO public.{t} (id, v) VALUES (1, 'a1'), (2, 'a2'), (3, 'a3'); \
-             UPDATE public.{t} SET v = v || '!' WHERE id <= 2; \
-             DELETE FROM public.{t} WHERE id = 3"
-        ))
-        .unwrap();
-        tx.commit().unwrap();
-        let mut tx = app.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "bob")])
-            .unwrap();
-        tx.batch_execute(&format!(
-            "INSERT INTO public.{t} (id, v) VALUES (1, 'b1'), (2, 'b2')"
-        ))
-        .unwrap();
-        tx.commit().unwrap();
+        bound_write(
+            &mut app,
+            &f.token(&f.a, "ann"),
+            &format!(
+                "INSERT INTO public.{t} (id, v) VALUES (1, 'a1'), (2, 'a2'), (3, 'a3'); \
+                 UPDATE public.{t} SET v = v || '!' WHERE id <= 2; \
+                 DELETE FROM public.{t} WHERE id = 3"
+            ),
+        );
+        bound_write(
+            &mut app,
+            &f.token(&f.b, "bob"),
+            &format!("INSERT INTO public.{t} (id, v) VALUES (1, 'b1'), (2, 'b2')"),
+        );
         // A rolled-back write leaves nothing in the trail.
         let mut tx = app.transaction().unwrap();
         tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "bob")])
@@ -1734,16 +1739,11 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
         )
         .unwrap_or_else(|e| panic!("move: {}", message(&e)));
     assert_eq!(trail_shard("audit_log", &f.a_id).0, to);
-    {
-        let mut tx = app.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
-            .unwrap();
-        tx.batch_execute(&format!(
-            "INSERT INTO public.{t} (id, v) VALUES (900, 'moved')"
-        ))
-        .unwrap();
-        tx.commit().unwrap();
-    }
+    bound_write(
+        &mut app,
+        &f.token(&f.a, "ann"),
+        &format!("INSERT INTO public.{t} (id, v) VALUES (900, 'moved')"),
+    );
     let everywhere: i64 = superuser()
         .query_one(
             "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid",
@@ -1781,16 +1781,11 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
         .unwrap()
         .get(0);
     assert!(checkpoints >= 1);
-    {
-        let mut tx = app.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
-            .unwrap();
-        tx.batch_execute(&format!(
-            "INSERT INTO public.{t} (id, v) VALUES (901, 'after purge')"
-        ))
-        .unwrap();
-        tx.commit().unwrap();
-    }
+    bound_write(
+        &mut app,
+        &f.token(&f.a, "ann"),
+        &format!("INSERT INTO public.{t} (id, v) VALUES (901, 'after purge')"),
+    );
     let (n, ok, detail) = verify(&mut op, &f.a);
     assert!(ok && n == 2, "{n} {detail}");
 
@@ -1816,14 +1811,11 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
         tx.commit().unwrap();
     }
     for (tenant, sub) in [(&f.a, "ann"), (&f.b, "bob")] {
-        let mut tx = app.transaction().unwrap();
-        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, sub)])
-            .unwrap();
-        tx.batch_execute(&format!(
-            "INSERT INTO public.{t} (id, v) VALUES (902, 'private')"
-        ))
-        .unwrap();
-        tx.commit().unwrap();
+        bound_write(
+            &mut app,
+            &f.token(tenant, sub),
+            &format!("INSERT INTO public.{t} (id, v) VALUES (902, 'private')"),
+        );
     }
     let recorded = |tenant_id: &str| -> Option<String> {
         superuser()
