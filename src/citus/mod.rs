@@ -332,17 +332,22 @@ fn citus_findings() -> TableIterator<
     // As the catalog owner: Citus's run_command_on_shards reads its node and placement
     // metadata, which an operator may not; the statements are this function's own.
     let rows = crate::catalog::with_owner(|| Spi::connect(|c| {
-        let tables: Vec<String> = c
+        let tables: Vec<(String, bool)> = c
             .select(
-                "SELECT p.relid::text FROM tenancy.protected_table p \
+                "SELECT p.relid::text, p.audited FROM tenancy.protected_table p \
                    JOIN pg_catalog.pg_dist_partition d ON d.logicalrelid = p.relid ORDER BY 1",
                 None,
                 &[],
             )?
-            .map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
-            .collect::<Result<_, _>>()?;
+            .map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<bool>(2)?.unwrap_or(false),
+                ))
+            })
+            .collect::<Result<_, pgrx::spi::Error>>()?;
         let mut out = Vec::new();
-        for table in tables {
+        for (table, audited) in tables {
             // The table's own signature, read here.
             let expected: String = guard::signature(c, &table)?;
             let shards = c.select(
@@ -356,7 +361,7 @@ fn citus_findings() -> TableIterator<
                 let ok = r.get::<bool>(2)?.unwrap_or(false);
                 let result = r.get::<String>(3)?.unwrap_or_default();
                 let fix = format!(
-                    "SELECT tenancy.protect({}, audit => false);",
+                    "SELECT tenancy.protect({}, audit => {audited});",
                     crate::catalog::quote_literal(&table)
                 );
                 if !ok {

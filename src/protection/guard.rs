@@ -1298,6 +1298,18 @@ unsafe fn check_alter_table_cmds(
                     }
                 }
                 _ if !protected => {}
+                // On a Citus worker, a shard made UNLOGGED loses every tenant's rows in it at
+                // the next crash, while the table on the coordinator says nothing of it.
+                pg_sys::AlterTableType::AT_SetUnLogged if crate::citus::guard::guarded(rel) => {
+                    refuse_channel(
+                        rel,
+                        format!(
+                            "\"{}\" is a shard of a protected Citus table: it cannot be made UNLOGGED here",
+                            crate::catalog::relation_name(rel)
+                        ),
+                        "Change the table on the coordinator.",
+                    )
+                }
                 // A default is evaluated in the session of whoever inserts: in every tenant's
                 // sessions, with their bindings, where a function of the owner's would read
                 // their rows (or, on a Citus worker, what the session carries) and keep them.

@@ -1885,6 +1885,7 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
         format!("ALTER INDEX {data_shard} RENAME TO away_{pid}"),
         format!("SET citus.enable_ddl_propagation = off; ALTER INDEX public.{t} RENAME TO {t}_x"),
         format!("ALTER TABLE {data_shard} RENAME COLUMN v TO w"),
+        format!("ALTER TABLE {data_shard} SET UNLOGGED"),
         format!("ALTER TRIGGER tenancy_audit_ins_{suffix} ON {data_shard} RENAME TO tenancy_audit_ins_1"),
         // A default of the owner's runs in every tenant's sessions (on a worker, with what the
         // session carries from the coordinator).
