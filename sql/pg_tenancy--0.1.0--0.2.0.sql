@@ -705,3 +705,7 @@ CREATE OR REPLACE VIEW tenancy.audit_exclusions WITH (security_barrier) AS
     UNION ALL
     SELECT tenant_id, relid::regclass, columns, set_at, set_by::name
       FROM tenancy._citus_audit_exclusions();
+
+-- Governance: the tenancy configuration as a canonical document (src/governance/mod.rs).
+CREATE FUNCTION tenancy."export_config"("tenant" text DEFAULT NULL) RETURNS jsonb
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'export_config_wrapper';

@@ -8,7 +8,10 @@
 //! - `rbac`: tenant roles, members, grants, role mappings and support grants
 //! - `audit`: the tamper-evident trail: records, the per-tenant chain, verification, anchors
 //! - `lifecycle`: tenants, their status, settings and limits, decommission and its certificate
-//! - `citus`: the same guarantees on a Citus cluster (the catalog on every node, so far)
+//! - `citus`: the same guarantees on a Citus cluster (the catalog, the guard, the binding and
+//!   the audit trail on every node)
+//! - `governance`: the configuration as a canonical document (telemetry and the rest of issue
+//!   #30 to come)
 //!
 //! Shared ground beside them: `catalog` (pg_tenancy's tables, privileged access and the
 //! per-backend cache), `errors` (refusals with SQLSTATE and HINT), `gucs` (settings under
@@ -27,6 +30,7 @@ mod catalog;
 mod citus;
 mod errors;
 mod events;
+mod governance;
 mod gucs;
 mod lifecycle;
 mod pg;
@@ -137,6 +141,7 @@ mod trust_inventory {
         ("src/citus/mod.rs", include_str!("citus/mod.rs")),
         ("src/citus/guard.rs", include_str!("citus/guard.rs")),
         ("src/citus/trail.rs", include_str!("citus/trail.rs")),
+        ("src/governance/mod.rs", include_str!("governance/mod.rs")),
         ("src/errors.rs", include_str!("errors.rs")),
         ("src/events.rs", include_str!("events.rs")),
         ("src/gucs.rs", include_str!("gucs.rs")),

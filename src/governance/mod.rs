@@ -1,0 +1,93 @@
+//! Governance (issue #30): what a platform team reads and keeps as code without reading a
+//! tenant's rows.
+//!
+//! So far: [`export_config`], a canonical document of the tenancy configuration (tenants with
+//! their settings, limits, roles, grants, members, role mappings and keys' ids and algorithms;
+//! protected tables with their policy digests; auto-protected schemas), never a secret and
+//! never a row. Canonical: objects are jsonb (keys in jsonb's order), every list is sorted by
+//! its natural key, times are UTC text, nulls are left out, and nothing that differs between
+//! two databases holding the same configuration is in it (tenants' uuids, creation times).
+//! The same database exported twice gives byte-identical output.
+
+use crate::{authz, catalog, errors};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+/// The document; `$1` the one tenant's id, or NULL for all and the platform's part. Read as
+/// the catalog owner with a pinned `search_path`, so tables print schema-qualified the same
+/// way every time.
+const EXPORT: &str = "SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+  'version', 1,
+  'tenants', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+      'slug', t.slug, 'name', t.name, 'status', t.status, 'region', t.region,
+      'settings', t.settings, 'limits', t.limits,
+      'roles', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+            'role', r.role, 'builtin', r.builtin,
+            'privileges', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                  'table', coalesce(p.relid::text, '*'), 'privilege', p.privilege)
+                  ORDER BY coalesce(p.relid::text, '*'), p.privilege)
+                FROM tenancy.role_privilege p WHERE p.tenant_id = r.tenant_id AND p.role = r.role), '[]'))
+          ORDER BY r.role)
+        FROM tenancy.tenant_role r WHERE r.tenant_id = t.id), '[]'),
+      'members', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+            'subject', m.subject, 'role', m.role) ORDER BY m.subject, m.role)
+        FROM tenancy.member m WHERE m.tenant_id = t.id), '[]'),
+      'mappings', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+            'role', g.role::text,
+            'tenant_roles', (SELECT pg_catalog.jsonb_agg(x ORDER BY x) FROM pg_catalog.unnest(g.tenant_roles) x))
+          ORDER BY g.role::text)
+        FROM tenancy.role_mapping g WHERE g.tenant_id = t.id), '[]'),
+      'keys', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+            'kid', k.kid, 'alg', k.alg,
+            'not_after', pg_catalog.to_char(k.not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+            'revoked', k.revoked_at IS NOT NULL) ORDER BY k.kid)
+        FROM tenancy.signing_key k WHERE k.tenant_id = t.id), '[]'))
+    ORDER BY t.slug)
+    FROM tenancy.tenant t WHERE $1::uuid IS NULL OR t.id = $1), '[]'),
+  'platform_keys', CASE WHEN $1::uuid IS NULL THEN coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+            'kid', k.kid, 'alg', k.alg,
+            'not_after', pg_catalog.to_char(k.not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+            'revoked', k.revoked_at IS NOT NULL) ORDER BY k.kid)
+        FROM tenancy.signing_key k WHERE k.tenant_id IS NULL), '[]') END,
+  'protected_tables', CASE WHEN $1::uuid IS NULL THEN coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+            'table', p.relid::text, 'tenant_column', p.tenant_column, 'audited', p.audited,
+            'policy_digest', p.policy_digest, 'parent', p.parent::text) ORDER BY p.relid::text)
+        FROM tenancy.protected_table p), '[]') END,
+  'auto_protect_schemas', CASE WHEN $1::uuid IS NULL THEN coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+            'schema', s.schema_name, 'tenant_column', s.tenant_column) ORDER BY s.schema_name)
+        FROM tenancy.auto_protect_schema s), '[]') END))";
+
+/// The tenancy configuration as a canonical jsonb document (see the module's documentation):
+/// of every tenant and the platform for operators, of one tenant (slug or uuid) for operators
+/// and that tenant's admin (a session bound with its admin role). Reads the catalog as its
+/// owner (a user switch), so VOLATILE PARALLEL UNSAFE.
+#[pg_extern(volatile, parallel_unsafe)]
+fn export_config(tenant: default!(Option<&str>, "NULL")) -> JsonB {
+    let id = match tenant {
+        Some(t) => {
+            let row = catalog::require_tenant(t);
+            authz::require_operator_or_tenant_admin("export the configuration of", &row);
+            Some(row.id)
+        }
+        None => {
+            authz::require_operator("export the configuration of every tenant");
+            None
+        }
+    };
+    catalog::owner_rows(
+        "the tenancy configuration",
+        EXPORT,
+        &[id.map(catalog::to_pg_uuid).into()],
+        |r| r.get::<JsonB>(1),
+    )
+    .into_iter()
+    .next()
+    .flatten()
+    .unwrap_or_else(|| {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            "the tenancy configuration could not be read",
+            "Check that pg_tenancy's catalog is intact: SELECT * FROM tenancy.verify();",
+        )
+    })
+}

@@ -1,0 +1,92 @@
+//! Governance (issue #30): the configuration as a canonical document, read by operators and
+//! by a tenant's admin for its own tenant, as NOSUPERUSER roles over sockets.
+
+mod common;
+use common::*;
+
+#[test]
+fn export_config_is_canonical_complete_and_never_holds_a_secret() {
+    let (f, mut c) = two_tenants();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let export = |c: &mut postgres::Client, tenant: Option<&str>| -> String {
+        c.query_one("SELECT tenancy.export_config($1)::text", &[&tenant])
+            .unwrap_or_else(|e| panic!("export_config: {}", message(&e)))
+            .get(0)
+    };
+    // The same database exported twice: byte-identical.
+    let all = export(&mut op, None);
+    assert_eq!(all, export(&mut op, None));
+    let doc: serde_json::Value = serde_json::from_str(&all).unwrap();
+    assert_eq!(doc["version"], 1);
+    // Tenants by slug, without their uuids; A's member and admin; the protected tables with
+    // their digests; keys by id and algorithm only.
+    let a = doc["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["slug"] == f.a.as_str())
+        .expect("tenant A");
+    assert!(a.get("id").is_none());
+    assert!(a["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["subject"] == "boss" && m["role"] == "admin"));
+    assert!(a["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["role"] == "member"));
+    assert!(doc["protected_tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["table"] == "public.it_customers" && p["policy_digest"].is_string()));
+    let keys: Vec<&serde_json::Value> = doc["platform_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kid"] == f.kid.as_str())
+        .collect();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["alg"], "HS256");
+    // Never a secret, a uuid of a tenant, or a row.
+    assert!(!all.contains(HS_SECRET), "a key's secret in the export");
+    assert!(!all.contains(&f.a_id), "a tenant's uuid in the export");
+    assert!(!all.contains("-secret-"), "a row in the export");
+
+    // A tenant's admin exports its own tenant (and nothing of the platform's); not another's.
+    begin_bound_as(&mut c, &f, &f.a, "boss");
+    let own: serde_json::Value = serde_json::from_str(&export(&mut c, Some(&f.a))).unwrap();
+    assert_eq!(own["tenants"].as_array().unwrap().len(), 1);
+    assert!(own.get("protected_tables").is_none());
+    c.batch_execute("SAVEPOINT s").unwrap();
+    expect_err(
+        &mut c,
+        &format!("SELECT tenancy.export_config('{}')", f.b),
+        &["42501"],
+    );
+    c.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    expect_err(&mut c, "SELECT tenancy.export_config()", &["42501"]);
+    c.batch_execute("ROLLBACK").unwrap();
+    // A member that is not its admin, and an unbound application session: refused.
+    begin_bound(&mut c, &f, &f.a);
+    expect_err(
+        &mut c,
+        &format!("SELECT tenancy.export_config('{}')", f.a),
+        &["42501"],
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    expect_err(&mut c, "SELECT tenancy.export_config()", &["42501"]);
+}
+
+/// Begin a transaction of `c` bound to `tenant` as `subject`; the caller ends it.
+fn begin_bound_as(c: &mut postgres::Client, f: &Fixture, tenant: &str, subject: &str) {
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, subject)])
+        .unwrap();
+}
