@@ -709,3 +709,6 @@ CREATE OR REPLACE VIEW tenancy.audit_exclusions WITH (security_barrier) AS
 -- Governance: the tenancy configuration as a canonical document (src/governance/mod.rs).
 CREATE FUNCTION tenancy."export_config"("tenant" text DEFAULT NULL) RETURNS jsonb
 VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'export_config_wrapper';
+CREATE FUNCTION tenancy."plan_config"("doc" jsonb) RETURNS TABLE ("action" text, "object" text,
+        "detail" text, "risk" text)
+VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'plan_config_wrapper';

@@ -1,7 +1,8 @@
 //! Governance (issue #30): what a platform team reads and keeps as code without reading a
 //! tenant's rows.
 //!
-//! So far: [`export_config`], a canonical document of the tenancy configuration (tenants with
+//! So far: [`plan_config`], what applying such a document would change with each change's
+//! risk; and [`export_config`], a canonical document of the tenancy configuration (tenants with
 //! their settings, limits, roles, grants, members, role mappings and keys' ids and algorithms;
 //! protected tables with their policy digests; auto-protected schemas), never a secret and
 //! never a row. Canonical: objects are jsonb (keys in jsonb's order), every list is sorted by
@@ -74,15 +75,440 @@ fn export_config(tenant: default!(Option<&str>, "NULL")) -> JsonB {
             None
         }
     };
+    JsonB(current(id))
+}
+
+/// One change a document would make: (action, object, detail, risk).
+type Change = (String, String, String, &'static str);
+
+/// Adds nothing that widens access.
+const SAFE: &str = "safe";
+/// Revokes or removes access.
+const NARROWING: &str = "narrowing";
+/// Grants access: privileges, members, mappings, keys, a resumed tenant.
+const WIDENING: &str = "widening";
+/// Removes protection or data: unprotect, audit off, drop role, decommission.
+const DESTRUCTIVE: &str = "destructive";
+
+/// The items of `list` (a jsonb array of objects) by the key `key_of` gives each.
+fn by_key(
+    list: &serde_json::Value,
+    key_of: impl Fn(&serde_json::Value) -> String,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    list.as_array()
+        .map(|a| a.iter().map(|v| (key_of(v), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+fn text(v: &serde_json::Value, key: &str) -> String {
+    match &v[key] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Added, removed and changed items of two keyed lists, in key order.
+fn compare<'a>(
+    now: &'a std::collections::BTreeMap<String, serde_json::Value>,
+    want: &'a std::collections::BTreeMap<String, serde_json::Value>,
+) -> Vec<(
+    &'a String,
+    Option<&'a serde_json::Value>,
+    Option<&'a serde_json::Value>,
+)> {
+    let mut keys: Vec<&String> = now.keys().chain(want.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|k| (k, now.get(k), want.get(k)))
+        .filter(|(_, a, b)| a != b)
+        .collect()
+}
+
+/// The changes of signing keys (`object` names their owner: a tenant's slug or "platform").
+fn key_changes(
+    owner: &str,
+    now: &serde_json::Value,
+    want: &serde_json::Value,
+    out: &mut Vec<Change>,
+) {
+    let (now, want) = (
+        by_key(now, |k| text(k, "kid")),
+        by_key(want, |k| text(k, "kid")),
+    );
+    for (kid, a, b) in compare(&now, &want) {
+        let object = format!("{owner} key {kid}");
+        match (a, b) {
+            (None, Some(b)) => out.push((
+                "add_key".into(),
+                object,
+                format!(
+                    "{} (its key material is not in the document: a key admin adds it)",
+                    text(b, "alg")
+                ),
+                WIDENING,
+            )),
+            (Some(_), None) => out.push(("revoke_key".into(), object, String::new(), NARROWING)),
+            (Some(a), Some(b)) => {
+                if b["revoked"] == true && a["revoked"] != true {
+                    out.push((
+                        "revoke_key".into(),
+                        object.clone(),
+                        String::new(),
+                        NARROWING,
+                    ));
+                } else if a["revoked"] == true && b["revoked"] != true {
+                    out.push((
+                        "add_key".into(),
+                        object.clone(),
+                        "a revoked key cannot be restored: add a new one".into(),
+                        WIDENING,
+                    ));
+                }
+                let (x, y) = (text(a, "not_after"), text(b, "not_after"));
+                if x != y {
+                    // Empty: no end. Later or none widens, earlier narrows.
+                    let widens = y.is_empty() || (!x.is_empty() && y > x);
+                    out.push((
+                        "set_key_expiry".into(),
+                        object,
+                        format!(
+                            "{} -> {}",
+                            if x.is_empty() { "none" } else { &x },
+                            if y.is_empty() { "none" } else { &y }
+                        ),
+                        if widens { WIDENING } else { NARROWING },
+                    ));
+                }
+                if text(a, "alg") != text(b, "alg") {
+                    out.push((
+                        "add_key".into(),
+                        format!("{owner} key {kid}"),
+                        "a key's algorithm cannot change: add a new key".into(),
+                        WIDENING,
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// A ceiling removed or raised lets the tenant use more (widening); one added or lowered
+/// narrows. Values that are not numbers cannot be compared: widening, to be read.
+fn limit_risk(now: Option<&serde_json::Value>, want: Option<&serde_json::Value>) -> &'static str {
+    match (now.and_then(|v| v.as_f64()), want.and_then(|v| v.as_f64())) {
+        (_, None) if want.is_none() => WIDENING,
+        (None, Some(_)) if now.is_none() => NARROWING,
+        (Some(a), Some(b)) if b <= a => NARROWING,
+        _ => WIDENING,
+    }
+}
+
+/// The changes inside one tenant that exists now (`a`) and in the document (`b`).
+fn tenant_changes(slug: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<Change>) {
+    let (sa, sb) = (text(a, "status"), text(b, "status"));
+    if sa != sb {
+        let (action, risk) = match sb.as_str() {
+            "suspended" => ("suspend_tenant", NARROWING),
+            "active" => ("resume_tenant", WIDENING),
+            _ => ("decommission_tenant", DESTRUCTIVE),
+        };
+        out.push((action.into(), slug.into(), format!("{sa} -> {sb}"), risk));
+    }
+    if text(a, "name") != text(b, "name") {
+        out.push((
+            "set_name".into(),
+            slug.into(),
+            format!("{} -> {}", text(a, "name"), text(b, "name")),
+            SAFE,
+        ));
+    }
+    if text(a, "region") != text(b, "region") {
+        out.push((
+            "set_region".into(),
+            slug.into(),
+            format!("{} -> {}", text(a, "region"), text(b, "region")),
+            WIDENING,
+        ));
+    }
+    let empty = serde_json::json!({});
+    let settings =
+        |v: &serde_json::Value| v.get("settings").cloned().unwrap_or_else(|| empty.clone());
+    let (xa, xb) = (settings(a), settings(b));
+    let keys: std::collections::BTreeSet<String> = xa
+        .as_object()
+        .into_iter()
+        .chain(xb.as_object())
+        .flat_map(|o| o.keys().cloned())
+        .collect();
+    for k in keys {
+        if xa.get(&k) != xb.get(&k) {
+            out.push((
+                "set_setting".into(),
+                format!("{slug} setting {k}"),
+                format!(
+                    "{} -> {}",
+                    xa.get(&k).map_or("none".into(), |v| v.to_string()),
+                    xb.get(&k).map_or("none".into(), |v| v.to_string())
+                ),
+                if xb.get(&k).is_none() {
+                    NARROWING
+                } else {
+                    WIDENING
+                },
+            ));
+        }
+    }
+    let limits = |v: &serde_json::Value| v.get("limits").cloned().unwrap_or_else(|| empty.clone());
+    let (la, lb) = (limits(a), limits(b));
+    let keys: std::collections::BTreeSet<String> = la
+        .as_object()
+        .into_iter()
+        .chain(lb.as_object())
+        .flat_map(|o| o.keys().cloned())
+        .collect();
+    for k in keys {
+        if la.get(&k) != lb.get(&k) {
+            // A ceiling removed or raised lets the tenant use more.
+            out.push((
+                "set_limit".into(),
+                format!("{slug} limit {k}"),
+                format!(
+                    "{} -> {}",
+                    la.get(&k).map_or("none".into(), |v| v.to_string()),
+                    lb.get(&k).map_or("none".into(), |v| v.to_string())
+                ),
+                limit_risk(la.get(&k), lb.get(&k)),
+            ));
+        }
+    }
+    let roles = |v: &serde_json::Value| by_key(&v["roles"], |r| text(r, "role"));
+    let (ra, rb) = (roles(a), roles(b));
+    for (role, x, y) in compare(&ra, &rb) {
+        let object = format!("{slug} role {role}");
+        match (x, y) {
+            (None, Some(_)) => {
+                out.push(("create_role".into(), object.clone(), String::new(), SAFE))
+            }
+            (Some(_), None) => out.push((
+                "drop_role".into(),
+                object.clone(),
+                String::new(),
+                DESTRUCTIVE,
+            )),
+            _ => {}
+        }
+        let privileges = |r: Option<&serde_json::Value>| {
+            r.map(|r| {
+                by_key(&r["privileges"], |p| {
+                    format!("{} on {}", text(p, "privilege"), text(p, "table"))
+                })
+            })
+            .unwrap_or_default()
+        };
+        let (pa, pb) = (privileges(x), privileges(y));
+        for (p, u, v) in compare(&pa, &pb) {
+            match (u, v) {
+                (None, Some(_)) => out.push(("grant".into(), object.clone(), p.clone(), WIDENING)),
+                (Some(_), None) if y.is_some() => {
+                    out.push(("revoke".into(), object.clone(), p.clone(), NARROWING))
+                }
+                _ => {}
+            }
+        }
+    }
+    let members = |v: &serde_json::Value| {
+        by_key(&v["members"], |m| {
+            format!("{} as {}", text(m, "subject"), text(m, "role"))
+        })
+    };
+    for (m, x, y) in compare(&members(a), &members(b)) {
+        match (x, y) {
+            (None, Some(_)) => out.push((
+                "add_member".into(),
+                format!("{slug} member"),
+                m.clone(),
+                WIDENING,
+            )),
+            (Some(_), None) => out.push((
+                "remove_member".into(),
+                format!("{slug} member"),
+                m.clone(),
+                NARROWING,
+            )),
+            _ => {}
+        }
+    }
+    let mappings = |v: &serde_json::Value| by_key(&v["mappings"], |m| text(m, "role"));
+    for (role, x, y) in compare(&mappings(a), &mappings(b)) {
+        let object = format!("{slug} mapping {role}");
+        match (x, y) {
+            (Some(_), None) => out.push(("unmap_role".into(), object, String::new(), NARROWING)),
+            (_, Some(y)) => out.push((
+                "map_role".into(),
+                object,
+                y["tenant_roles"].to_string(),
+                WIDENING,
+            )),
+            _ => {}
+        }
+    }
+    key_changes(slug, &a["keys"], &b["keys"], out);
+}
+
+/// What applying `doc` (a document of [`export_config`]'s form) to this database would change,
+/// one row per change, each with its risk: `safe` (adds nothing that widens access),
+/// `narrowing` (revokes or removes access), `widening` (grants, members, mappings, keys, a
+/// resumed tenant, a raised or removed ceiling), `destructive` (unprotect, audit off, drop role,
+/// decommission). A document with the platform's parts
+/// (`protected_tables`, `platform_keys`, `auto_protect_schemas`) describes the whole
+/// configuration, so a tenant missing from it would be decommissioned; a document of tenants
+/// only is compared for those tenants. Changes nothing. Operators only.
+#[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
+fn plan_config(
+    doc: JsonB,
+) -> TableIterator<
+    'static,
+    (
+        name!(action, String),
+        name!(object, String),
+        name!(detail, String),
+        name!(risk, String),
+    ),
+> {
+    authz::require_operator("plan a configuration change");
+    let want = doc.0;
+    if want["version"] != 1 || !want["tenants"].is_array() {
+        errors::raise(
+            errors::INVALID_PARAMETER,
+            "not a pg_tenancy configuration document (version 1 with a tenants array)",
+            "Start from SELECT tenancy.export_config(); and edit it.",
+        );
+    }
+    let whole = ["protected_tables", "platform_keys", "auto_protect_schemas"]
+        .iter()
+        .any(|k| want.get(*k).is_some());
+    let now = current(None);
+    let mut out: Vec<Change> = Vec::new();
+    let (ta, tb) = (
+        by_key(&now["tenants"], |t| text(t, "slug")),
+        by_key(&want["tenants"], |t| text(t, "slug")),
+    );
+    for (slug, a, b) in compare(&ta, &tb) {
+        match (a, b) {
+            (None, Some(b)) => {
+                out.push(("create_tenant".into(), slug.clone(), String::new(), SAFE));
+                // Against a tenant as create_tenant makes it: its built-in roles are seeded.
+                let seeded = serde_json::json!({
+                    "status": "active",
+                    "roles": b["roles"].as_array().map(|r| r.iter().filter(|r| r["builtin"] == true).cloned().collect::<Vec<_>>()),
+                    "settings": {}, "limits": {},
+                });
+                tenant_changes(slug, &seeded, b, &mut out);
+            }
+            (Some(_), None) if whole => out.push((
+                "decommission_tenant".into(),
+                slug.clone(),
+                "not in the document".into(),
+                DESTRUCTIVE,
+            )),
+            (Some(a), Some(b)) => tenant_changes(slug, a, b, &mut out),
+            _ => {}
+        }
+    }
+    if whole {
+        key_changes(
+            "platform",
+            &now["platform_keys"],
+            &want["platform_keys"],
+            &mut out,
+        );
+        let tables = |v: &serde_json::Value| by_key(&v["protected_tables"], |t| text(t, "table"));
+        for (table, a, b) in compare(&tables(&now), &tables(&want)) {
+            let object = table.clone();
+            match (a, b) {
+                (None, Some(b)) => out.push((
+                    "protect".into(),
+                    object,
+                    format!(
+                        "tenant column {}, audit {}",
+                        text(b, "tenant_column"),
+                        b["audited"]
+                    ),
+                    SAFE,
+                )),
+                (Some(_), None) => {
+                    out.push(("unprotect".into(), object, String::new(), DESTRUCTIVE))
+                }
+                (Some(a), Some(b)) => {
+                    if a["audited"] == true && b["audited"] != true {
+                        out.push(("protect".into(), object, "audit off".into(), DESTRUCTIVE));
+                    } else if text(a, "tenant_column") != text(b, "tenant_column") {
+                        out.push((
+                            "protect".into(),
+                            object,
+                            format!(
+                                "tenant column {} -> {}",
+                                text(a, "tenant_column"),
+                                text(b, "tenant_column")
+                            ),
+                            DESTRUCTIVE,
+                        ));
+                    } else {
+                        out.push((
+                            "protect".into(),
+                            object,
+                            if a["audited"] != b["audited"] {
+                                "audit on".into()
+                            } else {
+                                "policies regenerated (their digest differs)".into()
+                            },
+                            SAFE,
+                        ));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        let schemas =
+            |v: &serde_json::Value| by_key(&v["auto_protect_schemas"], |s| text(s, "schema"));
+        for (schema, a, b) in compare(&schemas(&now), &schemas(&want)) {
+            match (a, b) {
+                (Some(_), None) => out.push((
+                    "auto_protect_off".into(),
+                    schema.clone(),
+                    String::new(),
+                    DESTRUCTIVE,
+                )),
+                (_, Some(b)) => out.push((
+                    "auto_protect".into(),
+                    schema.clone(),
+                    format!("tenant column {}", text(b, "tenant_column")),
+                    SAFE,
+                )),
+                _ => {}
+            }
+        }
+    }
+    TableIterator::new(out.into_iter().map(|(a, o, d, r)| (a, o, d, r.to_string())))
+}
+
+/// The configuration now, as [`export_config`] gives it (without its permission check: the
+/// callers check theirs).
+fn current(tenant: Option<uuid::Uuid>) -> serde_json::Value {
     catalog::owner_rows(
         "the tenancy configuration",
         EXPORT,
-        &[id.map(catalog::to_pg_uuid).into()],
+        &[tenant.map(catalog::to_pg_uuid).into()],
         |r| r.get::<JsonB>(1),
     )
     .into_iter()
     .next()
     .flatten()
+    .map(|j| j.0)
     .unwrap_or_else(|| {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,

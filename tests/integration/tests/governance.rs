@@ -4,8 +4,12 @@
 mod common;
 use common::*;
 
+/// The tests here read the whole configuration: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn export_config_is_canonical_complete_and_never_holds_a_secret() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (f, mut c) = two_tenants();
     let mut su = superuser();
     su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
@@ -89,4 +93,96 @@ fn begin_bound_as(c: &mut postgres::Client, f: &Fixture, tenant: &str, subject: 
     c.batch_execute("BEGIN").unwrap();
     c.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, subject)])
         .unwrap();
+}
+
+#[test]
+fn plan_config_lists_each_change_with_its_risk_and_changes_nothing() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (f, _c) = two_tenants();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let now: serde_json::Value = op
+        .query_one("SELECT tenancy.export_config()::text", &[])
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .unwrap();
+    let plan = |op: &mut postgres::Client,
+                doc: &serde_json::Value|
+     -> Vec<(String, String, String, String)> {
+        op.query(
+            "SELECT action, object, detail, risk FROM tenancy.plan_config($1::text::jsonb)",
+            &[&doc.to_string()],
+        )
+        .unwrap_or_else(|e| panic!("plan_config: {}", message(&e)))
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+    };
+    // The database's own export: nothing to do.
+    assert_eq!(plan(&mut op, &now), vec![]);
+    // An edited document.
+    let mut want = now.clone();
+    let tenants = want["tenants"].as_array_mut().unwrap();
+    for t in tenants.iter_mut() {
+        if t["slug"] == f.a.as_str() {
+            t["members"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({"subject": "eve", "role": "admin"}));
+            t["roles"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|r| r["role"] != "viewer");
+        }
+        if t["slug"] == f.b.as_str() {
+            t["status"] = "suspended".into();
+        }
+    }
+    tenants.push(serde_json::json!({"slug": "brand-new", "status": "active"}));
+    want["protected_tables"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|p| p["table"] != "public.it_customers");
+    let rows = plan(&mut op, &want);
+    let has = |action: &str, object: &str, risk: &str| {
+        rows.iter()
+            .any(|(a, o, _, r)| a == action && o.contains(object) && r == risk)
+    };
+    assert!(has("add_member", &f.a, "widening"), "{rows:?}");
+    assert!(
+        has("drop_role", &format!("{} role viewer", f.a), "destructive"),
+        "{rows:?}"
+    );
+    assert!(has("suspend_tenant", &f.b, "narrowing"), "{rows:?}");
+    assert!(has("create_tenant", "brand-new", "safe"), "{rows:?}");
+    assert!(
+        has("unprotect", "public.it_customers", "destructive"),
+        "{rows:?}"
+    );
+    // Other tenants of the shared test database are missing from nothing: the document is
+    // the whole export, so none of them is to be decommissioned.
+    assert!(
+        !rows.iter().any(|(a, _, _, _)| a == "decommission_tenant"),
+        "{rows:?}"
+    );
+    // It changed nothing.
+    let after: String = op
+        .query_one("SELECT tenancy.export_config()::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&after).unwrap(),
+        now
+    );
+    // Not a configuration document; not an operator.
+    expect_err(
+        &mut op,
+        "SELECT * FROM tenancy.plan_config('{}')",
+        &["22023"],
+    );
+    let mut app = app();
+    expect_err(
+        &mut app,
+        &format!("SELECT * FROM tenancy.plan_config('{}')", now),
+        &["42501"],
+    );
 }
