@@ -1,8 +1,8 @@
 //! Governance (issue #30): what a platform team reads and keeps as code without reading a
 //! tenant's rows.
 //!
-//! So far: [`plan_config`], what applying such a document would change with each change's
-//! risk; and [`export_config`], a canonical document of the tenancy configuration (tenants with
+//! So far: [`assert_clean`], the CI gate; [`plan_config`], what applying such a document would
+//! change with each change's risk; and [`export_config`], a canonical document of the tenancy configuration (tenants with
 //! their settings, limits, roles, grants, members, role mappings and keys' ids and algorithms;
 //! protected tables with their policy digests; auto-protected schemas), never a secret and
 //! never a row. Canonical: objects are jsonb (keys in jsonb's order), every list is sorted by
@@ -380,7 +380,15 @@ fn plan_config(
     ),
 > {
     authz::require_operator("plan a configuration change");
-    let want = doc.0;
+    TableIterator::new(
+        plan(doc.0)
+            .into_iter()
+            .map(|(a, o, d, r)| (a, o, d, r.to_string())),
+    )
+}
+
+/// The changes of [`plan_config`].
+fn plan(want: serde_json::Value) -> Vec<Change> {
     if want["version"] != 1 || !want["tenants"].is_array() {
         errors::raise(
             errors::INVALID_PARAMETER,
@@ -493,7 +501,66 @@ fn plan_config(
             }
         }
     }
-    TableIterator::new(out.into_iter().map(|(a, o, d, r)| (a, o, d, r.to_string())))
+    out
+}
+
+/// The CI gate: raises 55000, listing them, when `tenancy.verify()` reports an error or (with
+/// `expected`, a document of [`export_config`]'s form) the configuration differs from the
+/// document; returns nothing when clean. Operators only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn assert_clean(expected: default!(Option<JsonB>, "NULL")) {
+    authz::require_operator("check the configuration");
+    let mut problems: Vec<String> = Spi::connect(|c| {
+        c.select(
+            "SELECT rule || ' ' || object || ': ' || detail FROM tenancy.verify() \
+              WHERE severity = 'error' ORDER BY rule, object",
+            None,
+            &[],
+        )?
+        .map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+        .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: verify() failed: {e}"));
+    let verify_errors = problems.len();
+    if let Some(doc) = expected {
+        problems.extend(
+            plan(doc.0)
+                .into_iter()
+                .map(|(action, object, detail, risk)| {
+                    format!(
+                        "{risk} {action} {object}{}",
+                        if detail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {detail}")
+                        }
+                    )
+                }),
+        );
+    }
+    if problems.is_empty() {
+        return;
+    }
+    let shown = 50;
+    let mut list = problems
+        .iter()
+        .take(shown)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > shown {
+        list.push_str(&format!("; and {} more", problems.len() - shown));
+    }
+    errors::Refusal::new(
+        errors::NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "the tenancy configuration is not clean ({verify_errors} error(s) from tenancy.verify(), {} change(s) from the expected document): {list}",
+            problems.len() - verify_errors
+        ),
+        "SELECT * FROM tenancy.verify() WHERE severity = 'error'; and SELECT * FROM tenancy.plan_config(expected); say each and how to fix it.",
+    )
+    .code("configuration_not_clean")
+    .raise()
 }
 
 /// The configuration now, as [`export_config`] gives it (without its permission check: the

@@ -186,3 +186,74 @@ fn plan_config_lists_each_change_with_its_risk_and_changes_nothing() {
         &["42501"],
     );
 }
+
+#[test]
+fn assert_clean_raises_with_every_verify_error_and_every_drift_from_a_document() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = OwnDatabase::new("gov_clean", true);
+    let mut su = db.connect("postgres");
+    su.batch_execute(
+        "SELECT tenancy.create_tenant('clean-a', settings => '{\"default_roles\": [\"member\"]}')",
+    )
+    .unwrap();
+    let mut op = db.connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    // Whatever verify() reports as an error in this cluster (some rules look at its roles),
+    // assert_clean() raises with exactly those.
+    let errors: Vec<String> = op
+        .query(
+            "SELECT rule FROM tenancy.verify() WHERE severity = 'error'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let clean = op.batch_execute("SELECT tenancy.assert_clean()");
+    match &clean {
+        Ok(()) => assert!(errors.is_empty(), "{errors:?}"),
+        Err(e) => {
+            assert_eq!(sqlstate(e), "55000", "{}", message(e));
+            for rule in &errors {
+                assert!(message(e).contains(rule.as_str()), "{rule}: {}", message(e));
+            }
+        }
+    }
+    // A table with a tenant column left unprotected: an error of verify(), so not clean.
+    su.batch_execute("CREATE TABLE public.loose (tenant_id uuid, v text)")
+        .unwrap();
+    let e = op
+        .batch_execute("SELECT tenancy.assert_clean()")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(
+        message(&e).contains("unprotected_tenant_table"),
+        "{}",
+        message(&e)
+    );
+    su.batch_execute("DROP TABLE public.loose").unwrap();
+    // Against the expected document: clean while the configuration is the document, and each
+    // change since listed once it is not.
+    let expected: String = op
+        .query_one("SELECT tenancy.export_config()::text", &[])
+        .unwrap()
+        .get(0);
+    let gate = |op: &mut postgres::Client| {
+        op.execute("SELECT tenancy.assert_clean($1::text::jsonb)", &[&expected])
+    };
+    if clean.is_ok() {
+        gate(&mut op).unwrap_or_else(|e| panic!("{}", message(&e)));
+    }
+    su.execute(
+        "SELECT tenancy.add_member('clean-a', 'mallory', 'admin')",
+        &[],
+    )
+    .unwrap();
+    let e = gate(&mut op).unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(message(&e).contains("remove_member"), "{}", message(&e));
+    assert!(message(&e).contains("mallory"), "{}", message(&e));
+    // Operators only.
+    let mut app = db.connect(APP);
+    expect_err(&mut app, "SELECT tenancy.assert_clean()", &["42501"]);
+}
