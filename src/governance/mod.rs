@@ -195,6 +195,44 @@ fn key_changes(
     }
 }
 
+/// The changes of the keys of a tenant's jsonb object `field` (settings, limits), each as
+/// `action` with its old and new value and the risk `risk` gives.
+#[allow(clippy::too_many_arguments)]
+fn key_value_changes(
+    slug: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    field: &str,
+    action: &str,
+    label: &str,
+    risk: impl Fn(Option<&serde_json::Value>, Option<&serde_json::Value>) -> &'static str,
+    out: &mut Vec<Change>,
+) {
+    let empty = serde_json::json!({});
+    let (xa, xb) = (
+        a.get(field).unwrap_or(&empty),
+        b.get(field).unwrap_or(&empty),
+    );
+    let keys: std::collections::BTreeSet<&String> = xa
+        .as_object()
+        .into_iter()
+        .chain(xb.as_object())
+        .flat_map(|o| o.keys())
+        .collect();
+    let shown = |v: Option<&serde_json::Value>| v.map_or("none".into(), |v| v.to_string());
+    for k in keys {
+        let (now, want) = (xa.get(k), xb.get(k));
+        if now != want {
+            out.push((
+                action.into(),
+                format!("{slug} {label} {k}"),
+                format!("{} -> {}", shown(now), shown(want)),
+                risk(now, want),
+            ));
+        }
+    }
+}
+
 /// A ceiling removed or raised lets the tenant use more (widening); one added or lowered
 /// narrows. Values that are not numbers cannot be compared: widening, to be read.
 fn limit_risk(now: Option<&serde_json::Value>, want: Option<&serde_json::Value>) -> &'static str {
@@ -233,57 +271,24 @@ fn tenant_changes(slug: &str, a: &serde_json::Value, b: &serde_json::Value, out:
             WIDENING,
         ));
     }
-    let empty = serde_json::json!({});
-    let settings =
-        |v: &serde_json::Value| v.get("settings").cloned().unwrap_or_else(|| empty.clone());
-    let (xa, xb) = (settings(a), settings(b));
-    let keys: std::collections::BTreeSet<String> = xa
-        .as_object()
-        .into_iter()
-        .chain(xb.as_object())
-        .flat_map(|o| o.keys().cloned())
-        .collect();
-    for k in keys {
-        if xa.get(&k) != xb.get(&k) {
-            out.push((
-                "set_setting".into(),
-                format!("{slug} setting {k}"),
-                format!(
-                    "{} -> {}",
-                    xa.get(&k).map_or("none".into(), |v| v.to_string()),
-                    xb.get(&k).map_or("none".into(), |v| v.to_string())
-                ),
-                if xb.get(&k).is_none() {
-                    NARROWING
-                } else {
-                    WIDENING
-                },
-            ));
-        }
-    }
-    let limits = |v: &serde_json::Value| v.get("limits").cloned().unwrap_or_else(|| empty.clone());
-    let (la, lb) = (limits(a), limits(b));
-    let keys: std::collections::BTreeSet<String> = la
-        .as_object()
-        .into_iter()
-        .chain(lb.as_object())
-        .flat_map(|o| o.keys().cloned())
-        .collect();
-    for k in keys {
-        if la.get(&k) != lb.get(&k) {
-            // A ceiling removed or raised lets the tenant use more.
-            out.push((
-                "set_limit".into(),
-                format!("{slug} limit {k}"),
-                format!(
-                    "{} -> {}",
-                    la.get(&k).map_or("none".into(), |v| v.to_string()),
-                    lb.get(&k).map_or("none".into(), |v| v.to_string())
-                ),
-                limit_risk(la.get(&k), lb.get(&k)),
-            ));
-        }
-    }
+    // A new or changed setting may widen (default_roles, say); one removed narrows.
+    key_value_changes(
+        slug,
+        a,
+        b,
+        "settings",
+        "set_setting",
+        "setting",
+        |_, want| {
+            if want.is_none() {
+                NARROWING
+            } else {
+                WIDENING
+            }
+        },
+        out,
+    );
+    key_value_changes(slug, a, b, "limits", "set_limit", "limit", limit_risk, out);
     let roles = |v: &serde_json::Value| by_key(&v["roles"], |r| text(r, "role"));
     let (ra, rb) = (roles(a), roles(b));
     for (role, x, y) in compare(&ra, &rb) {

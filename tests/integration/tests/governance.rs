@@ -132,6 +132,8 @@ fn plan_config_lists_each_change_with_its_risk_and_changes_nothing() {
                 .as_array_mut()
                 .unwrap()
                 .retain(|r| r["role"] != "viewer");
+            t["settings"]["x"] = 1.into();
+            t["limits"] = serde_json::json!({"work_mem": 1024});
         }
         if t["slug"] == f.b.as_str() {
             t["status"] = "suspended".into();
@@ -153,6 +155,14 @@ fn plan_config_lists_each_change_with_its_risk_and_changes_nothing() {
         "{rows:?}"
     );
     assert!(has("suspend_tenant", &f.b, "narrowing"), "{rows:?}");
+    assert!(
+        has("set_setting", &format!("{} setting x", f.a), "widening"),
+        "{rows:?}"
+    );
+    assert!(
+        has("set_limit", &format!("{} limit work_mem", f.a), "narrowing"),
+        "{rows:?}"
+    );
     assert!(has("create_tenant", "brand-new", "safe"), "{rows:?}");
     assert!(
         has("unprotect", "public.it_customers", "destructive"),
