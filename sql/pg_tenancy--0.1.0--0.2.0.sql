@@ -712,5 +712,8 @@ VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'export_config_wrapper
 CREATE FUNCTION tenancy."plan_config"("doc" jsonb) RETURNS TABLE ("action" text, "object" text,
         "detail" text, "risk" text)
 VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'plan_config_wrapper';
+CREATE FUNCTION tenancy."apply_config"("doc" jsonb, "allow" text[] DEFAULT '{safe,narrowing}')
+        RETURNS TABLE ("action" text, "object" text, "detail" text, "risk" text, "status" text)
+VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'apply_config_wrapper';
 CREATE FUNCTION tenancy."assert_clean"("expected" jsonb DEFAULT NULL) RETURNS void
 VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'assert_clean_wrapper';

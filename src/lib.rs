@@ -142,6 +142,11 @@ mod trust_inventory {
         ("src/citus/guard.rs", include_str!("citus/guard.rs")),
         ("src/citus/trail.rs", include_str!("citus/trail.rs")),
         ("src/governance/mod.rs", include_str!("governance/mod.rs")),
+        ("src/governance/plan.rs", include_str!("governance/plan.rs")),
+        (
+            "src/governance/apply.rs",
+            include_str!("governance/apply.rs"),
+        ),
         ("src/errors.rs", include_str!("errors.rs")),
         ("src/events.rs", include_str!("events.rs")),
         ("src/gucs.rs", include_str!("gucs.rs")),

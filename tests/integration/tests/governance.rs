@@ -267,3 +267,212 @@ fn assert_clean_raises_with_every_verify_error_and_every_drift_from_a_document()
     let mut app = db.connect(APP);
     expect_err(&mut app, "SELECT tenancy.assert_clean()", &["42501"]);
 }
+
+/// Every table of the round trip, made the same way in each database.
+const ROUND_TRIP_SCHEMA: &str = "
+    CREATE TABLE public.gv_docs (id bigserial, tenant_id uuid NOT NULL, body text);
+    CREATE TABLE public.gv_parts (id bigint, tenant_id uuid NOT NULL, body text)
+        PARTITION BY HASH (id);
+    CREATE TABLE public.gv_parts_0 PARTITION OF public.gv_parts FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+    CREATE TABLE public.gv_parts_1 PARTITION OF public.gv_parts FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+    CREATE SCHEMA gv_auto;";
+
+fn export_of(c: &mut postgres::Client) -> String {
+    c.query_one("SELECT tenancy.export_config()::text", &[])
+        .unwrap_or_else(|e| panic!("export_config: {}", message(&e)))
+        .get(0)
+}
+
+fn apply(
+    c: &mut postgres::Client,
+    doc: &str,
+    allow: &[&str],
+) -> Result<Vec<(String, String, String)>, postgres::Error> {
+    let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+    c.query(
+        "SELECT action, risk, status FROM tenancy.apply_config($1::text::jsonb, $2)",
+        &[&doc, &allow],
+    )
+    .map(|rows| {
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    })
+}
+
+#[test]
+fn apply_config_round_trips_through_an_empty_database_and_refuses_what_was_not_allowed() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (src, dst) = (
+        OwnDatabase::new("gv_src", true),
+        OwnDatabase::new("gv_dst", true),
+    );
+    for db in [&src, &dst] {
+        db.connect("postgres")
+            .batch_execute(ROUND_TRIP_SCHEMA)
+            .unwrap();
+    }
+    // A configuration of every kind, made by hand in the source, by the duties that may.
+    let mut op = src.connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    op.batch_execute(
+        "SELECT tenancy.protect('public.gv_docs');
+         SELECT tenancy.protect('public.gv_parts', audit => false);
+         SELECT tenancy.auto_protect('gv_auto');
+         SELECT tenancy.create_tenant('gv-acme', 'Acme', 'eu');
+         SELECT tenancy.create_tenant('gv-beta');
+         SELECT tenancy.create_tenant('gv-gone');
+         SELECT tenancy.set_setting('gv-acme', 'default_roles', '[\"viewer\"]');
+         SELECT tenancy.set_setting('gv-acme', 'plan', '\"gold\"');
+         SELECT tenancy.set_limit('gv-acme', 'work_mem', '4096');
+         SELECT tenancy.create_role('gv-acme', 'auditor');
+         SELECT tenancy.grant('gv-acme', 'auditor', 'public.gv_docs', '{select}');
+         SELECT tenancy.revoke('gv-acme', 'viewer', NULL, '{select}');
+         SELECT tenancy.map_role('tenancy_app2', 'gv-beta', '{member}');
+         SELECT tenancy.add_member('gv-acme', 'carol', 'auditor');
+         SELECT tenancy.add_member('gv-acme', 'dave', 'admin');
+         SELECT tenancy.suspend_tenant('gv-beta', 'unpaid');
+         SELECT tenancy.decommission_tenant('gv-gone', 'gv-gone');",
+    )
+    .unwrap_or_else(|e| panic!("configuring the source: {}", message(&e)));
+    let mut ka = src.connect(KEY_ADMIN);
+    ka.batch_execute(&format!(
+        "SELECT tenancy.add_key('gv-k1', 'HS256', '{HS_SECRET}', 'gv-acme', '2031-01-01T00:00:00Z');
+         SELECT tenancy.add_key('gv-k2', 'HS256', '{HS_SECRET}');
+         SELECT tenancy.revoke_key('gv-k2');"
+    ))
+    .unwrap_or_else(|e| panic!("registering keys: {}", message(&e)));
+    let exported = export_of(&mut op);
+    for part in [
+        "\"gv-acme\"",
+        "\"auditor\"",
+        "public.gv_docs",
+        "public.gv_parts_1",
+        "gv_auto",
+        "\"decommissioned\"",
+        "\"suspended\"",
+        "gv-k1",
+        "gv-k2",
+        "tenancy_app2",
+        "carol",
+        "\"gold\"",
+        "\"work_mem\"",
+        "\"eu\"",
+    ] {
+        assert!(exported.contains(part), "{part} not in {exported}");
+    }
+
+    // Applied to the empty database: the operator's part needs widening (grants, members,
+    // mappings, a setting) and destructive (the decommissioned tenant, audit off) allowed.
+    let mut op2 = dst.connect(OPERATOR);
+    let err = apply(&mut op2, &exported, &["safe", "narrowing"]).unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{}", message(&err));
+    assert!(
+        message(&err).contains("widening add_member"),
+        "{}",
+        message(&err)
+    );
+    assert!(
+        message(&err).contains("changed nothing"),
+        "{}",
+        message(&err)
+    );
+    // ... and it changed nothing.
+    let empty = export_of(&mut op2);
+    assert!(!empty.contains("gv-acme"), "{empty}");
+    let all = ["safe", "narrowing", "widening", "destructive"];
+    let rows = apply(&mut op2, &exported, &all)
+        .unwrap_or_else(|e| panic!("apply_config: {}", message(&e)));
+    assert!(rows
+        .iter()
+        .any(|(a, _, s)| a == "create_tenant" && s == "applied"));
+    // The keys are the key admin's: left, with their material still to be given.
+    assert!(
+        rows.iter()
+            .any(|(a, _, s)| a == "add_key" && s.starts_with("left for a key admin")),
+        "{rows:?}"
+    );
+    let mut ka2 = dst.connect(KEY_ADMIN);
+    let err = apply(&mut ka2, &exported, &all).unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{}", message(&err));
+    let mut with_keys: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    let give = |keys: &mut serde_json::Value| {
+        for k in keys.as_array_mut().unwrap() {
+            k["key"] = HS_SECRET.into();
+        }
+    };
+    give(&mut with_keys["platform_keys"]);
+    for t in with_keys["tenants"].as_array_mut().unwrap() {
+        give(&mut t["keys"]);
+    }
+    let rows = apply(
+        &mut ka2,
+        &with_keys.to_string(),
+        &["safe", "widening", "narrowing"],
+    )
+    .unwrap_or_else(|e| panic!("apply_config as the key admin: {}", message(&e)));
+    assert!(rows.iter().all(|(a, _, _)| a.contains("key")), "{rows:?}");
+
+    // Export, apply, export: the same document, byte for byte.
+    assert_eq!(export_of(&mut op2), exported);
+    // Applied again: nothing to do.
+    assert_eq!(apply(&mut op2, &exported, &[]).unwrap(), vec![]);
+
+    // A change that needs a widening not allowed: refused, listed, nothing changed (the
+    // narrowing beside it is not made either).
+    let mut doc: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    for t in doc["tenants"].as_array_mut().unwrap() {
+        if t["slug"] == "gv-acme" {
+            t["members"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|m| m["subject"] != "carol");
+            t["limits"]["work_mem"] = 8192.into();
+        }
+    }
+    let err = apply(&mut op2, &doc.to_string(), &["safe", "narrowing"]).unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{}", message(&err));
+    assert!(
+        message(&err).contains("widening set_limit gv-acme limit work_mem"),
+        "{}",
+        message(&err)
+    );
+    assert_eq!(export_of(&mut op2), exported);
+    // The narrowing alone is applied, audited as the operator's.
+    for t in doc["tenants"].as_array_mut().unwrap() {
+        if t["slug"] == "gv-acme" {
+            t["limits"]["work_mem"] = 4096.into();
+        }
+    }
+    let rows = apply(&mut op2, &doc.to_string(), &["narrowing"]).unwrap();
+    assert_eq!(
+        rows,
+        vec![(
+            "remove_member".to_string(),
+            "narrowing".to_string(),
+            "applied".to_string()
+        )]
+    );
+    let audited: i64 = dst
+        .connect("postgres")
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE op = 'ADMIN' \
+              AND new_row->>'action' IN ('apply_config', 'remove_member')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(audited >= 2, "{audited}");
+    // Not an operator or key admin; a risk class that does not exist.
+    let mut app = dst.connect(APP);
+    expect_err(
+        &mut app,
+        &format!("SELECT * FROM tenancy.apply_config('{exported}')"),
+        &["42501"],
+    );
+    expect_err(
+        &mut op2,
+        &format!("SELECT * FROM tenancy.apply_config('{exported}', '{{all}}')"),
+        &["22023"],
+    );
+}
