@@ -476,3 +476,64 @@ fn apply_config_round_trips_through_an_empty_database_and_refuses_what_was_not_a
         &["22023"],
     );
 }
+
+#[test]
+fn an_operator_listening_hears_a_rolled_back_cross_tenant_write_within_a_second() {
+    // On the cluster that preloads pg_tenancy (the security-event writer is a background
+    // worker), in a database of its own with the alerts turned on.
+    let db = OwnDatabase::preloaded("gv_alerts", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    su.batch_execute(&format!(
+        "CREATE TABLE public.gv_notes (id bigserial, tenant_id uuid NOT NULL, body text);
+         SELECT tenancy.protect('public.gv_notes');
+         GRANT SELECT, INSERT ON public.gv_notes TO {APP};
+         GRANT USAGE ON SEQUENCE public.gv_notes_id_seq TO {APP};
+         ALTER DATABASE {} SET tenancy.notify_security_events = on;",
+        db.name
+    ))
+    .unwrap();
+    let mut op = db.connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    op.batch_execute("LISTEN tenancy_security").unwrap();
+    let mut app = db.connect(APP);
+    assert_not_privileged(&mut app);
+    app.batch_execute("BEGIN").unwrap();
+    app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "mallory")])
+        .unwrap();
+    let err = app
+        .execute(
+            &format!(
+                "INSERT INTO public.gv_notes (tenant_id, body) VALUES ('{}', 'gv-secret-body')",
+                f.b_id
+            ),
+            &[],
+        )
+        .unwrap_err();
+    let refused = std::time::Instant::now();
+    assert_eq!(sqlstate(&err), "42501", "{}", message(&err));
+    app.batch_execute("ROLLBACK").unwrap();
+    let mut heard = None;
+    let mut notes = op.notifications();
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut it = notes.timeout_iter(std::time::Duration::from_secs(1));
+    while let Some(n) = it.next().unwrap() {
+        let payload: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+        if payload["event"] == "cross_tenant_write_refused" {
+            heard = Some((refused.elapsed(), n.payload().to_string(), payload));
+            break;
+        }
+    }
+    let (after, text, payload) =
+        heard.expect("no tenancy_security notification within a second of the refusal");
+    assert!(after < std::time::Duration::from_secs(1), "{after:?}");
+    // The event's id, kind and tenant: never the row.
+    assert_eq!(payload["tenant_id"], f.a_id.as_str(), "{text}");
+    assert!(payload["id"].is_i64(), "{text}");
+    assert_eq!(payload.as_object().unwrap().len(), 3, "{text}");
+    assert!(
+        !text.contains("gv-secret-body") && !text.contains(&f.b_id),
+        "{text}"
+    );
+    eprintln!("alert heard {after:?} after the refusal");
+}

@@ -35,16 +35,31 @@ pub fn connect(user: &str) -> Client {
 /// counts must not see the other tests' changes, or whose many tenants must not burden them.
 pub struct OwnDatabase {
     pub name: String,
+    /// On the cluster that preloads pg_tenancy.
+    pub preloaded: bool,
 }
 
 impl OwnDatabase {
     /// A new database, named after `prefix`, with the extension when `extension`.
     pub fn new(prefix: &str, extension: bool) -> OwnDatabase {
+        Self::on(prefix, extension, false)
+    }
+
+    /// The same on the cluster that preloads pg_tenancy.
+    pub fn preloaded(prefix: &str, extension: bool) -> OwnDatabase {
+        Self::on(prefix, extension, true)
+    }
+
+    fn on(prefix: &str, extension: bool, preloaded: bool) -> OwnDatabase {
         let name = ident(prefix);
-        superuser()
-            .batch_execute(&format!("CREATE DATABASE {name}"))
+        let mut su = if preloaded {
+            connect_preloaded("postgres")
+        } else {
+            superuser()
+        };
+        su.batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
-        let db = OwnDatabase { name };
+        let db = OwnDatabase { name, preloaded };
         if extension {
             db.connect("postgres")
                 .batch_execute("CREATE EXTENSION pg_tenancy")
@@ -54,7 +69,11 @@ impl OwnDatabase {
     }
 
     pub fn connect(&self, user: &str) -> Client {
-        let mut cfg = config(user);
+        let mut cfg = if self.preloaded {
+            preloaded_config(user)
+        } else {
+            config(user)
+        };
         cfg.dbname(&self.name);
         cfg.connect(NoTls)
             .unwrap_or_else(|e| panic!("connect to {} as {user}: {e}", self.name))
@@ -63,7 +82,12 @@ impl OwnDatabase {
 
 impl Drop for OwnDatabase {
     fn drop(&mut self) {
-        let _ = superuser().batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", self.name));
+        let drop = format!("DROP DATABASE {} WITH (FORCE)", self.name);
+        let _ = if self.preloaded {
+            connect_preloaded("postgres").batch_execute(&drop)
+        } else {
+            superuser().batch_execute(&drop)
+        };
     }
 }
 
@@ -74,6 +98,12 @@ pub fn superuser() -> Client {
 /// A connection to the cluster that preloads pg_tenancy (scripts/test.sh starts it with the
 /// same database and roles as the main one).
 pub fn connect_preloaded(user: &str) -> Client {
+    preloaded_config(user)
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect to the preloaded cluster as {user}: {e}"))
+}
+
+pub fn preloaded_config(user: &str) -> postgres::Config {
     let mut c = postgres::Config::new();
     c.dbname(&std::env::var("TENANCY_IT_DB").unwrap_or_else(|_| "tenancy_it".into()));
     c.user(user);
@@ -87,8 +117,7 @@ pub fn connect_preloaded(user: &str) -> Client {
             .parse()
             .unwrap(),
     );
-    c.connect(NoTls)
-        .unwrap_or_else(|e| panic!("connect to the preloaded cluster as {user}: {e}"))
+    c
 }
 
 pub fn app() -> Client {
