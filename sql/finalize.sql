@@ -887,3 +887,8 @@ GRANT SELECT ON tenancy.revocations TO PUBLIC;
 -- Internal functions that check their caller instead of being revoked (the event triggers run
 -- them as the role whose DDL fired them): _auto_protect_table and _guard_check refuse to run
 -- outside a DDL command, _forget_dropped outside a sql_drop event trigger.
+
+-- Per-tenant telemetry (src/telemetry.rs, src/governance/stats.rs): the function checks its
+-- caller (operators every tenant, a bound tenant admin its own).
+CREATE VIEW tenancy.tenant_stats AS SELECT * FROM tenancy.tenant_stats();
+GRANT SELECT ON tenancy.tenant_stats TO PUBLIC;

@@ -717,3 +717,15 @@ CREATE FUNCTION tenancy."apply_config"("doc" jsonb, "allow" text[] DEFAULT '{saf
 VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'apply_config_wrapper';
 CREATE FUNCTION tenancy."assert_clean"("expected" jsonb DEFAULT NULL) RETURNS void
 VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'assert_clean_wrapper';
+
+-- Per-tenant telemetry and the metrics endpoint (#30).
+CREATE FUNCTION tenancy."tenant_stats"() RETURNS TABLE ("tenant" text, "tenant_id" uuid,
+        "source" text, "binds" bigint, "refused_binds" bigint, "statements" bigint,
+        "rows_read" bigint, "rows_written" bigint, "audit_records" bigint,
+        "security_events" jsonb, "last_bind" timestamptz, "last_write" timestamptz,
+        "bound_sessions" bigint, "time_to_revoke" interval, "tables" jsonb)
+VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'tenant_stats_wrapper';
+CREATE FUNCTION tenancy."metrics"() RETURNS text
+VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'metrics_wrapper';
+CREATE VIEW tenancy.tenant_stats AS SELECT * FROM tenancy.tenant_stats();
+GRANT SELECT ON tenancy.tenant_stats TO PUBLIC;

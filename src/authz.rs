@@ -121,6 +121,18 @@ pub fn require_operator(action: &str) {
     refuse_both_duties(action, who);
 }
 
+/// Refuse unless the caller is an operator or has the privileges of `pg_monitor` (a metrics
+/// scraper: it reads counts and tenants' slugs, never a row, and manages nothing).
+pub fn require_operator_or_monitor(action: &str) {
+    let who = caller();
+    let monitor = role_oid(c"pg_monitor");
+    // SAFETY: privilege lookup through the syscache.
+    if monitor != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(who, monitor) } {
+        return;
+    }
+    require_operator(action);
+}
+
 /// Refuse unless the caller is a key admin and not also an operator.
 pub fn require_key_admin(action: &str) {
     let who = caller();
@@ -191,6 +203,8 @@ pub struct Acting {
 pub struct ActingProvider {
     pub checked: fn() -> Option<Acting>,
     pub unchecked: fn() -> Option<Acting>,
+    /// The tenant of `unchecked`, copying nothing else (for every statement's telemetry).
+    pub tenant: fn() -> Option<uuid::Uuid>,
 }
 
 thread_local! {
@@ -210,6 +224,11 @@ pub fn acting() -> Option<Acting> {
 /// The binding in force as it stands, not checked (never raises).
 pub fn acting_unchecked() -> Option<Acting> {
     ACTING.with(|a| a.get()).and_then(|p| (p.unchecked)())
+}
+
+/// The tenant of the binding in force as it stands, not checked (never raises; cheap).
+pub fn acting_tenant_unchecked() -> Option<uuid::Uuid> {
+    ACTING.with(|a| a.get()).and_then(|p| (p.tenant)())
 }
 
 /// The tenant whose admin the binding in force makes the caller: bound to it with its `admin`

@@ -301,6 +301,8 @@ pub fn record(kind: &str, line: &str, tenant: Option<uuid::Uuid>) {
         return;
     }
     let k = kind_index(kind);
+    // Counted for the tenant's telemetry, kept or not (a flood is counted in full).
+    crate::telemetry::event(tenant, k);
     // SAFETY: reads the clock, the database and the session's login role.
     let (now, db, role) = unsafe {
         (

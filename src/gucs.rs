@@ -72,7 +72,46 @@ pub static AUDIT_MIN_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(90 * 86
 /// write transactions before it terminates their sessions (milliseconds; default 10 s).
 pub static DECOMMISSION_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// `tenancy.telemetry`: whether per-tenant counts are kept in shared memory (`src/telemetry.rs`;
+/// needs preloading). Superuser only (per database or role too): a tenant's session cannot
+/// hide its activity.
+pub static TELEMETRY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `tenancy.telemetry_tenants`: the most tenants tracked at once; the least recently active
+/// gives its slot up to a new one, its counts added to the "other" bucket. Set at server start.
+pub static TELEMETRY_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Its maximum: the slots shared memory holds.
+pub const TELEMETRY_MAX_TENANTS: i32 = 2048;
+
+/// `tenancy.metrics_top_tenants`: the tenants `tenancy.metrics()` labels one by one (the most
+/// active), the rest summed under `tenant="other"`: a bounded label set.
+pub static METRICS_TOP_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(10);
+
 pub fn init() {
+    GucRegistry::define_bool_guc(
+        c"tenancy.telemetry",
+        c"Keep per-tenant counts in shared memory (tenancy.tenant_stats, tenancy.metrics()).",
+        c"Needs pg_tenancy in shared_preload_libraries. Counts never hold a value of a row.",
+        &TELEMETRY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // A server-start setting can only be defined while the server starts: when preloaded
+    // (telemetry needs that anyway).
+    // SAFETY: reads a flag PostgreSQL sets while it loads shared_preload_libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        define_telemetry_tenants();
+    }
+    GucRegistry::define_int_guc(
+        c"tenancy.metrics_top_tenants",
+        c"The most active tenants tenancy.metrics() labels one by one.",
+        c"The others are summed under tenant=\"other\".",
+        &METRICS_TOP_TENANTS,
+        0,
+        100,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"tenancy.decommission_wait",
         c"How long decommission_tenant waits for the tenant's running write transactions.",
@@ -240,4 +279,17 @@ pub fn tenant_claim() -> String {
         .map(|c| c.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "tid".into())
+}
+
+fn define_telemetry_tenants() {
+    GucRegistry::define_int_guc(
+        c"tenancy.telemetry_tenants",
+        c"The most tenants whose counts are kept one by one.",
+        c"The least recently active gives its slot up to a new tenant; its counts go to the \"other\" bucket.",
+        &TELEMETRY_TENANTS,
+        1,
+        TELEMETRY_MAX_TENANTS,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
 }

@@ -36,6 +36,7 @@ mod lifecycle;
 mod pg;
 mod protection;
 mod rbac;
+mod telemetry;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -48,6 +49,7 @@ pub extern "C-unwind" fn _PG_init() {
     errors::set_event_sink(events::report);
     gucs::init();
     events::init();
+    telemetry::init();
     catalog::init();
     pg::hooks::init();
     binding::init();
@@ -144,6 +146,10 @@ mod trust_inventory {
         ("src/governance/mod.rs", include_str!("governance/mod.rs")),
         ("src/governance/plan.rs", include_str!("governance/plan.rs")),
         (
+            "src/governance/stats.rs",
+            include_str!("governance/stats.rs"),
+        ),
+        (
             "src/governance/apply.rs",
             include_str!("governance/apply.rs"),
         ),
@@ -184,6 +190,8 @@ mod trust_inventory {
             include_str!("protection/privileges.rs"),
         ),
         ("src/rbac/mod.rs", include_str!("rbac/mod.rs")),
+        ("src/telemetry.rs", include_str!("telemetry.rs")),
+        ("src/pg/executor_end.rs", include_str!("pg/executor_end.rs")),
         ("src/tests.rs", include_str!("tests.rs")),
     ];
     const INVENTORY: &str = include_str!("TRUST_BOUNDARIES.md");

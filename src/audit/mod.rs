@@ -457,6 +457,21 @@ fn chain_shards(tenant: Uuid) -> ChainShards {
     }
 }
 
+/// Management actions that take access away inside a tenant: telemetry measures how long its
+/// bound sessions take to be refused after one commits.
+const REVOCATIONS: &[&str] = &[
+    "revoke_subject",
+    "revoke_token",
+    "suspend_tenant",
+    "remove_member",
+    "unmap_role",
+    "revoke_support",
+    "revoke",
+    "drop_role",
+    "revoke_key",
+    "decommission_tenant",
+];
+
 /// Link this transaction's records into their tenants' chains (PRE_COMMIT).
 fn link_pending() {
     let mut pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
@@ -464,6 +479,9 @@ fn link_pending() {
         return;
     }
     pending.sort_by_key(|r| (r.tenant, r.id));
+    for run in pending.chunk_by(|a, b| a.tenant == b.tenant) {
+        crate::telemetry::audit_records(run[0].tenant, run.len() as u64);
+    }
     // Everything the linking allocates (executor state, index scan, datums) goes into a
     // context of its own under the transaction's, deleted below or with the transaction on an
     // error. The caller's context can outlive many transactions: a procedure that COMMITs in
@@ -754,6 +772,9 @@ fn audit_row_hash(
 
 /// Record a management action.
 pub fn admin(action: &str, tenant: Option<Uuid>, detail: serde_json::Value) {
+    if let Some(t) = tenant.filter(|_| REVOCATIONS.contains(&action)) {
+        crate::telemetry::revoked(t);
+    }
     let mut detail = detail;
     if let Some(obj) = detail.as_object_mut() {
         obj.insert("action".into(), action.into());

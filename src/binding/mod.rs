@@ -281,6 +281,18 @@ pub fn init() {
     crate::authz::provide_acting(crate::authz::ActingProvider {
         checked: || current_if_bound().as_ref().map(acting),
         unchecked: || peek().as_ref().map(acting),
+        tenant: || {
+            if INTERNAL.with(|i| i.borrow().is_some()) {
+                return None;
+            }
+            current_binding_tenant().or_else(|| {
+                MAPPED.with(|m| {
+                    m.borrow()
+                        .as_ref()
+                        .and_then(|(_, _, b)| b.as_ref().map(|b| b.tenant))
+                })
+            })
+        },
     });
 }
 
@@ -327,6 +339,7 @@ unsafe extern "C-unwind" fn xact_callback(
         // Unwinding clears it; should anything ever skip the unwinding, validation resumes
         // with the next transaction all the same.
         IN_WITH_CURRENT.with(|c| c.set(false));
+        crate::telemetry::end_of_transaction(event == XACT_EVENT_COMMIT, current_binding_tenant());
     }
 }
 
@@ -460,8 +473,9 @@ fn refuse_bind_in(refusal: Refusal, tenant: &TenantRow) -> ! {
 /// session loses it, with a security event. Whatever the check's own SQLSTATE, losing a
 /// binding one had is a privilege refusal (42501).
 #[track_caller]
-fn binding_ended(refusal: Refusal, tenant_slug: String) -> ! {
+fn binding_ended(refusal: Refusal, tenant_slug: String, tenant: Uuid) -> ! {
     let code = refusal.code.unwrap_or("binding_revoked");
+    crate::telemetry::revocation_noticed(tenant);
     Refusal {
         sqlstate: INSUFFICIENT_PRIVILEGE,
         ..refusal
@@ -930,6 +944,7 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         *carried = carrier::CarriedToken(token.clone());
     }
     BINDING.with(|slot| *slot.borrow_mut() = Some(b));
+    crate::telemetry::bound(p.tenant.id);
     apply_limits(&p.tenant);
     // On Citus, the workers act for the same token from the next distributed statement of this
     // transaction block (a worker adopting a carried token carries nothing further).
@@ -1226,12 +1241,12 @@ fn ensure_mapped(gen: u64) {
             Some((_, r, Some(old)))
                 if *r == role && !maps.iter().any(|m| m.tenant == old.tenant) =>
             {
-                Some(old.slug.clone())
+                Some((old.slug.clone(), old.tenant))
             }
             _ => None,
         });
         MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, None)));
-        if let Some(slug) = removed {
+        if let Some((slug, tenant)) = removed {
             binding_ended(
                 Refusal::new(
                     INSUFFICIENT_PRIVILEGE,
@@ -1243,13 +1258,14 @@ fn ensure_mapped(gen: u64) {
                 )
                 .code("mapping_removed"),
                 slug,
+                tenant,
             );
         }
         return;
     };
     if let Err(r) = revalidate(&mut b) {
         MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, None)));
-        binding_ended(r, b.slug.clone());
+        binding_ended(r, b.slug.clone(), b.tenant);
     }
     MAPPED.with(|m| *m.borrow_mut() = Some((gen, role, Some(b))));
 }
@@ -1380,18 +1396,20 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 let mut b = BINDING.with(|b| b.borrow().clone()).expect("bound");
                 if let Err(r) = revalidate(&mut b) {
                     BINDING.with(|slot| *slot.borrow_mut() = None);
-                    binding_ended(r, b.slug.clone());
+                    binding_ended(r, b.slug.clone(), b.tenant);
                 }
                 BINDING.with(|slot| *slot.borrow_mut() = Some(b));
             }
             let ended = BINDING.with(|b| {
-                b.borrow()
-                    .as_ref()
-                    .and_then(|b| still_in_force(b, now()).err().map(|e| (b.slug.clone(), e)))
+                b.borrow().as_ref().and_then(|b| {
+                    still_in_force(b, now())
+                        .err()
+                        .map(|e| (b.slug.clone(), b.tenant, e))
+                })
             });
-            if let Some((slug, r)) = ended {
+            if let Some((slug, tenant, r)) = ended {
                 BINDING.with(|slot| *slot.borrow_mut() = None);
-                binding_ended(r, slug);
+                binding_ended(r, slug, tenant);
             }
             BINDING.with(|b| {
                 let b = b.borrow();
@@ -1407,10 +1425,14 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 m.borrow()
                     .as_ref()
                     .and_then(|(_, _, b)| b.as_ref())
-                    .and_then(|b| still_in_force(b, now()).err().map(|e| (b.slug.clone(), e)))
+                    .and_then(|b| {
+                        still_in_force(b, now())
+                            .err()
+                            .map(|e| (b.slug.clone(), b.tenant, e))
+                    })
             });
-            if let Some((slug, r)) = ended {
-                binding_ended(r, slug);
+            if let Some((slug, tenant, r)) = ended {
+                binding_ended(r, slug, tenant);
             }
             MAPPED.with(|m| {
                 let m = m.borrow();

@@ -15,6 +15,7 @@
 
 mod apply;
 mod plan;
+mod stats;
 
 use crate::{authz, catalog, errors};
 use pgrx::prelude::*;

@@ -5,6 +5,7 @@
 
 pub mod binding_param;
 pub mod citus;
+pub mod executor_end;
 pub mod guc;
 pub mod hooks;
 pub mod jsonb_build;

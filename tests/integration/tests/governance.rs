@@ -537,3 +537,322 @@ fn an_operator_listening_hears_a_rolled_back_cross_tenant_write_within_a_second(
     );
     eprintln!("alert heard {after:?} after the refusal");
 }
+
+/// The telemetry of tenants, by slug, as `who` reads it: (slug, the whole row as JSON).
+fn stats(c: &mut postgres::Client) -> std::collections::BTreeMap<String, serde_json::Value> {
+    c.query(
+        "SELECT coalesce(tenant, '(other)'), to_jsonb(s)::text FROM tenancy.tenant_stats s",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("tenant_stats: {}", message(&e)))
+    .iter()
+    .map(|r| {
+        (
+            r.get::<_, String>(0),
+            serde_json::from_str(r.get::<_, &str>(1)).unwrap(),
+        )
+    })
+    .collect()
+}
+
+fn count(row: &serde_json::Value, key: &str) -> i64 {
+    row[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{key} in {row}"))
+}
+
+#[test]
+fn telemetry_counts_a_scripted_workload_exactly_and_never_a_value() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = OwnDatabase::preloaded("gv_telemetry", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    su.batch_execute(&format!(
+        "CREATE TABLE public.gv_t (id bigserial, tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), body text);
+         SELECT tenancy.protect('public.gv_t');
+         GRANT SELECT, INSERT, UPDATE ON public.gv_t TO {APP};
+         GRANT USAGE ON SEQUENCE public.gv_t_id_seq TO {APP};
+         SELECT tenancy.add_member('{}', 'boss', 'admin');",
+        f.a
+    ))
+    .unwrap();
+    let mut op = db.connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let before = stats(&mut op);
+    let mut app = db.connect(APP);
+    assert_not_privileged(&mut app);
+    let secret = "gv-telemetry-secret-value";
+    // A: three committed transactions, each inserting two rows and reading them all back.
+    for _ in 0..3 {
+        app.batch_execute("BEGIN").unwrap();
+        app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u1")])
+            .unwrap();
+        app.execute(
+            "INSERT INTO public.gv_t (body) VALUES ($1), ($1)",
+            &[&secret],
+        )
+        .unwrap();
+        app.query("SELECT body FROM public.gv_t", &[]).unwrap();
+        app.batch_execute("COMMIT").unwrap();
+    }
+    // A: a rolled-back transaction: its statement and bind count, its rows written do not.
+    app.batch_execute("BEGIN").unwrap();
+    app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u1")])
+        .unwrap();
+    app.execute("UPDATE public.gv_t SET body = $1", &[&secret])
+        .unwrap();
+    app.batch_execute("ROLLBACK").unwrap();
+    // B, then A in the same transaction: A's bind is refused (a security event of A's).
+    app.batch_execute("BEGIN").unwrap();
+    app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "u2")])
+        .unwrap();
+    expect_err(
+        &mut app,
+        &format!("SELECT tenancy.bind('{}')", f.token(&f.a, "u1")),
+        &["42501"],
+    );
+    app.batch_execute("ROLLBACK").unwrap();
+
+    // A session bound now, in an open transaction.
+    let mut open = db.connect(APP);
+    open.batch_execute("BEGIN").unwrap();
+    open.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u3")])
+        .unwrap();
+    open.query("SELECT 1 FROM public.gv_t LIMIT 1", &[])
+        .unwrap();
+
+    let after = stats(&mut op);
+    let delta = |slug: &str, key: &str| count(&after[slug], key) - count(&before[slug], key);
+    assert_eq!(after[&f.a]["source"], "shared memory", "{}", after[&f.a]);
+    // Three committed, one rolled back; the open transaction's are published when it ends.
+    assert_eq!(delta(&f.a, "binds"), 4);
+    assert_eq!(delta(&f.a, "refused_binds"), 1);
+    // 3 inserts, 3 selects and the rolled-back update (the open session's not yet).
+    assert_eq!(delta(&f.a, "statements"), 7);
+    assert_eq!(delta(&f.a, "rows_written"), 6);
+    assert_eq!(delta(&f.a, "rows_read"), 2 + 4 + 6);
+    assert_eq!(delta(&f.a, "audit_records"), 6);
+    assert_eq!(count(&after[&f.a], "bound_sessions"), 1);
+    assert_eq!(
+        after[&f.a]["security_events"]["bind_refused"].as_i64(),
+        Some(
+            before[&f.a]["security_events"]["bind_refused"]
+                .as_i64()
+                .unwrap_or(0)
+                + 1
+        )
+    );
+    assert!(after[&f.a]["last_write"].is_string());
+    assert_eq!(delta(&f.b, "binds"), 1);
+    assert_eq!(delta(&f.b, "statements"), 0);
+    let table = after[&f.a]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.gv_t")
+        .cloned()
+        .unwrap();
+    assert_eq!(count(&table, "rows_written"), 6, "{table}");
+    // Rows and bytes from the statistics, not a scan.
+    su.batch_execute("ANALYZE public.gv_t").unwrap();
+    let analyzed = stats(&mut op);
+    let table = analyzed[&f.a]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.gv_t")
+        .cloned()
+        .unwrap();
+    assert_eq!(count(&table, "estimated_rows"), 6, "{table}");
+    assert!(count(&table, "estimated_bytes") > 0, "{table}");
+    // Never a value of a row.
+    let all: String = op
+        .query_one("SELECT json_agg(s)::text FROM tenancy.tenant_stats s", &[])
+        .unwrap()
+        .get(0);
+    assert!(!all.contains(secret));
+
+    // Time to revoke: the open session's next statement after its subject is revoked.
+    op.execute("SELECT tenancy.revoke_subject($1, 'u3', now())", &[&f.a])
+        .unwrap();
+    expect_err(&mut open, "SELECT 1 FROM public.gv_t LIMIT 1", &["42501"]);
+    open.batch_execute("ROLLBACK").unwrap();
+    let revoked = stats(&mut op);
+    assert!(
+        revoked[&f.a]["time_to_revoke"].is_string(),
+        "{}",
+        revoked[&f.a]
+    );
+    assert_eq!(count(&revoked[&f.a], "bound_sessions"), 0);
+
+    // A tenant's admin sees its own row only; a member, an unbound session: refused.
+    let mut admin = db.connect(APP);
+    admin.batch_execute("BEGIN").unwrap();
+    admin
+        .execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+        .unwrap();
+    let own = stats(&mut admin);
+    assert_eq!(own.keys().collect::<Vec<_>>(), vec![&f.a], "{own:?}");
+    admin.batch_execute("ROLLBACK").unwrap();
+    admin.batch_execute("BEGIN").unwrap();
+    admin
+        .execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u1")])
+        .unwrap();
+    expect_err(&mut admin, "SELECT * FROM tenancy.tenant_stats", &["42501"]);
+    admin.batch_execute("ROLLBACK").unwrap();
+    expect_err(&mut admin, "SELECT * FROM tenancy.tenant_stats", &["42501"]);
+    expect_err(&mut admin, "SELECT tenancy.metrics()", &["42501"]);
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_with_a_bounded_label_set() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = OwnDatabase::preloaded("gv_metrics", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let scraper = ident("gv_scraper");
+    su.batch_execute(&format!(
+        "CREATE ROLE {scraper} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE pg_monitor;
+         SELECT tenancy.create_tenants(
+             (SELECT jsonb_agg(jsonb_build_object('slug', 'gv-m' || i)) FROM generate_series(1, 30) i));"
+    ))
+    .unwrap();
+    let mut app = db.connect(APP);
+    for i in 1..=30 {
+        let t = format!("gv-m{i}");
+        app.execute("SELECT tenancy.bind($1)", &[&f.token(&t, "u")])
+            .ok();
+    }
+    app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])
+        .ok();
+    let mut c = db.connect(&scraper);
+    assert_not_privileged(&mut c);
+    let text: String = c
+        .query_one("SELECT tenancy.metrics()", &[])
+        .unwrap_or_else(|e| panic!("metrics(): {}", message(&e)))
+        .get(0);
+    // A real Prometheus parser (Debian's python3-prometheus-client): every family and
+    // sample, and the tenant labels: at most tenancy.metrics_top_tenants (10) and "other".
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, json\n\
+from prometheus_client.parser import text_string_to_metric_families\n\
+fams = list(text_string_to_metric_families(sys.stdin.read()))\n\
+print(json.dumps({f.name: [[s.labels, s.value] for s in f.samples] for f in fams}))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut p| {
+            use std::io::Write;
+            p.stdin.take().unwrap().write_all(text.as_bytes())?;
+            p.wait_with_output()
+        })
+        .expect("run /usr/bin/python3 (scripts/lib.sh installs python3-prometheus-client)");
+    assert!(
+        out.status.success(),
+        "the parser refused the metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for family in [
+        "pg_tenancy_tenants",
+        "pg_tenancy_telemetry_up",
+        "pg_tenancy_tracked_tenants",
+        "pg_tenancy_security_events",
+        "pg_tenancy_tenant_binds",
+        "pg_tenancy_tenant_statements",
+        "pg_tenancy_tenant_bound_sessions",
+    ] {
+        assert!(parsed.get(family).is_some(), "{family} missing: {text}");
+    }
+    let tenants: std::collections::BTreeSet<String> = parsed["pg_tenancy_tenant_binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0]["tenant"].as_str().unwrap().to_string())
+        .collect();
+    assert!(tenants.len() <= 11, "{tenants:?}");
+    assert!(tenants.contains("other"), "{tenants:?}");
+    let active: f64 = parsed["pg_tenancy_tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0]["status"] == "active")
+        .map(|s| s[1].as_f64().unwrap())
+        .unwrap();
+    assert_eq!(active, 32.0);
+    assert_eq!(
+        parsed["pg_tenancy_telemetry_up"][0][1].as_f64(),
+        Some(1.0),
+        "{text}"
+    );
+    drop(c);
+    connect_preloaded("postgres")
+        .batch_execute(&format!("DROP ROLE {scraper}"))
+        .ok();
+}
+
+#[test]
+fn the_cap_on_tracked_tenants_holds_with_ten_thousand_tenants() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = OwnDatabase::preloaded("gv_cap", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let cap: i64 = su
+        .query_one(
+            "SELECT current_setting('tenancy.telemetry_tenants')::int8",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    su.batch_execute(
+        "SELECT tenancy.create_tenants(
+             (SELECT jsonb_agg(jsonb_build_object('slug', 'gv-c' || i)) FROM generate_series(1, 10000) i))",
+    )
+    .unwrap();
+    // Each tenant binds once, in turn (autocommit: the bind is counted at its statement's end).
+    let mut app = db.connect(APP);
+    app.batch_execute("SET client_min_messages = error")
+        .unwrap();
+    for i in 1..=10_000 {
+        app.execute(
+            "SELECT tenancy.bind($1)",
+            &[&f.token(&format!("gv-c{i}"), "u")],
+        )
+        .unwrap();
+    }
+    let mut op = db.connect(OPERATOR);
+    let rows = stats(&mut op);
+    let tracked: Vec<&String> = rows
+        .iter()
+        .filter(|(slug, r)| slug.starts_with("gv-c") && r["source"] == "shared memory")
+        .map(|(slug, _)| slug)
+        .collect();
+    assert!(
+        tracked.len() as i64 <= cap,
+        "{} tracked over a cap of {cap}",
+        tracked.len()
+    );
+    // The least recently active went first: the last ones bound are tracked, with their bind.
+    for i in (10_001 - cap.min(500))..=10_000 {
+        let r = &rows[&format!("gv-c{i}")];
+        assert_eq!(r["source"], "shared memory", "gv-c{i}: {r}");
+        assert_eq!(count(r, "binds"), 1, "gv-c{i}: {r}");
+    }
+    assert!(rows["gv-c1"]["binds"].is_null(), "{}", rows["gv-c1"]);
+    let other = &rows["(other)"];
+    assert!(count(other, "binds") >= 10_000 - cap, "{other}");
+    let text: String = op
+        .query_one("SELECT tenancy.metrics()", &[])
+        .unwrap()
+        .get(0);
+    let tracked_metric: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pg_tenancy_tracked_tenants "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(tracked_metric as i64 <= cap, "{text}");
+}
