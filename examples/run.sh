@@ -88,4 +88,70 @@ python3 -m venv "$WORK/venv"
 
 log "examples/node: installing its packages (npm) and running it"
 (cd examples/node && npm ci --silent --no-audit --no-fund && node run.js) || status=1
+
+# The CI gate (examples/governance/ci-gate.sh) and its pgTAP test, as an operator role: clean
+# against the database's own export, not clean (listing the change) once the database drifts.
+# The monitoring collector's queries (examples/monitoring), as a pg_monitor role.
+governance() {
+    local op=tenancy_example_operator mon=tenancy_example_monitor doc="$WORK/tenancy.json"
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null <<SQL
+DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$op') THEN
+        CREATE ROLE $op LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE tenancy_operator;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$mon') THEN
+        CREATE ROLE $mon LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE pg_monitor;
+    END IF;
+END \$\$;
+SELECT tenancy.create_tenant('example-gate');
+CREATE EXTENSION IF NOT EXISTS pgtap;
+SQL
+    PGDATABASE=$DB PGUSER=$op "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -c "SELECT tenancy.export_config()" > "$doc"
+    PGDATABASE=$DB PGUSER=$op examples/governance/ci-gate.sh "$doc" || { echo "the gate refused a clean database" >&2; return 1; }
+    PGDATABASE=$DB PGUSER=$op pg_prove -Q --set doc="$(cat "$doc")" examples/governance/tenancy_clean.pg \
+        || { echo "pg_prove refused a clean database" >&2; return 1; }
+    # Drift: a member added by hand, outside the document.
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d "$DB" -c "SELECT tenancy.add_member('example-gate', 'drifter', 'member')" >/dev/null
+    if PGDATABASE=$DB PGUSER=$op examples/governance/ci-gate.sh "$doc" 2> "$WORK/gate.err"; then
+        echo "the gate passed a drifted database" >&2; return 1
+    fi
+    grep -q "remove_member example-gate member: drifter as member" "$WORK/gate.err" \
+        || { cat "$WORK/gate.err" >&2; echo "the gate did not list the drift" >&2; return 1; }
+    if PGDATABASE=$DB PGUSER=$op pg_prove -Q --set doc="$(cat "$doc")" examples/governance/tenancy_clean.pg >/dev/null 2>&1; then
+        echo "pg_prove passed a drifted database" >&2; return 1
+    fi
+    # The collector's every query runs for a pg_monitor role and returns rows.
+    PGDATABASE=$DB PGUSER=$mon /usr/bin/python3 - examples/monitoring/pg_tenancy.collector.yml <<'PY'
+import subprocess, sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+names = {q["query_name"] for q in c["queries"]}
+assert all(m["query_ref"] in names for m in c["metrics"]), "a metric names no query"
+for q in c["queries"]:
+    out = subprocess.run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", q["query"]],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip(), (q["query_name"], out.stderr)
+    print(f"collector query {q['query_name']}: {len(out.stdout.splitlines())} row(s)")
+PY
+    echo "examples/governance: the gate and pg_prove pass a clean database and refuse a drifted one"
+    # pgrls (PyPI), the RLS linter teams gate on: a schema protect_schema protected, and the
+    # notes table, lint with errors without the generated configuration and clean with it.
+    "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -d "$DB" >/dev/null <<SQL
+CREATE SCHEMA IF NOT EXISTS lint;
+CREATE TABLE IF NOT EXISTS lint.customers (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id bigserial, name text, PRIMARY KEY (tenant_id, id));
+CREATE TABLE IF NOT EXISTS lint.orders (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id bigserial, amount int, PRIMARY KEY (tenant_id, id));
+SELECT tenancy.protect_schema('lint');
+SQL
+    "$WORK/venv/bin/pip" install -q --disable-pip-version-check "pgrls==0.57.1"
+    local url="postgresql://postgres@/$DB?host=$PGHOST&port=$PGPORT"
+    if (cd "$WORK" && "$WORK/venv/bin/pgrls" lint --database-url "$url" --schemas lint,notes > "$WORK/pgrls-bare.txt" 2>&1); then
+        echo "pgrls found nothing without the configuration: did it lint?" >&2; return 1
+    fi
+    grep -q "SEC003" "$WORK/pgrls-bare.txt" || { cat "$WORK/pgrls-bare.txt" >&2; return 1; }
+    "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$DB" -f examples/pgrls/pgrls-config.sql > "$WORK/pgrls.toml"
+    (cd "$WORK" && "$WORK/venv/bin/pgrls" lint --database-url "$url" --config "$WORK/pgrls.toml" --schemas lint,notes) \
+        || { echo "pgrls is not clean with the generated configuration" >&2; return 1; }
+    echo "examples/pgrls: $(grep -c '^pgrls\|ERROR' "$WORK/pgrls-bare.txt") finding line(s) without the configuration, none with it"
+}
+log "examples/governance and examples/monitoring"
+governance || status=1
 exit $status

@@ -17,7 +17,8 @@ as_root() {
 # Debian packages, cargo-pgrx pinned to the pgrx version, and pgrx's registry of pg_config.
 ensure_deps() {
     local missing=() p
-    for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pgbouncer sudo sqlsmith python3-prometheus-client; do
+    for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pgbouncer sudo sqlsmith python3-prometheus-client python3-yaml \
+             postgresql-$PG_MAJOR-pgtap libtap-parser-sourcehandler-pgtap-perl; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     # The examples' runtimes (examples/run.sh): Python's venv and Node with npm, unless present

@@ -4,10 +4,12 @@
 #   2. unit and #[pg_test] tests      (cargo pgrx test, backends run by the `postgres` user)
 #   3. pg_regress suite               (tests/pg_regress, against a throwaway cluster)
 #   4. client integration tests       (tests/integration, NOSUPERUSER NOBYPASSRLS roles over sockets)
-#   5. the examples                   (examples/run.sh: Python and Node through PgBouncer)
+#   5. the examples                   (examples/run.sh: Python and Node through PgBouncer, the
+#                                      CI gate and its pgTAP test, the monitoring collector, pgrls)
 #   6. the upgrade test               (tests/upgrade/run.sh: 0.1.0 -> this version)
 #   7. reliability harnesses          (tests/reliability: pgbench soak, SIGKILL faults, sqlsmith)
-#   8. the benchmarks in smoke mode   (benches/run.sh, benches/pooler.sh, benches/scale.sh and,
+#   8. the benchmarks in smoke mode   (benches/run.sh, benches/pooler.sh, benches/scale.sh,
+#                                      benches/telemetry.sh and,
 #                                      where Citus is installed, benches/citus.sh --smoke)
 #   9. the Citus suite                (tests/citus/run.sh: a local coordinator and two workers;
 #                                      skipped, with one line saying so, where Citus is not
@@ -153,6 +155,7 @@ run_step "reliability: sqlsmith" tests/reliability/sqlsmith.sh "${LONG[@]}"
 run_step "benchmark smoke" benches/run.sh --smoke
 run_step "pooler benchmark smoke" benches/pooler.sh --smoke --no-install
 run_step "scale benchmark smoke (10,000 tenants)" benches/scale.sh --smoke --no-install
+run_step "telemetry benchmark smoke" benches/telemetry.sh --smoke
 run_step "Citus benchmark smoke" benches/citus.sh --smoke
 
 echo

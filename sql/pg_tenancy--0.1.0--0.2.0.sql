@@ -720,7 +720,7 @@ VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'assert_clean_wrapper'
 
 -- Per-tenant telemetry and the metrics endpoint (#30).
 CREATE FUNCTION tenancy."tenant_stats"() RETURNS TABLE ("tenant" text, "tenant_id" uuid,
-        "source" text, "binds" bigint, "refused_binds" bigint, "statements" bigint,
+        "status" text, "source" text, "binds" bigint, "refused_binds" bigint, "statements" bigint,
         "rows_read" bigint, "rows_written" bigint, "audit_records" bigint,
         "security_events" jsonb, "last_bind" timestamptz, "last_write" timestamptz,
         "bound_sessions" bigint, "time_to_revoke" interval, "tables" jsonb)

@@ -124,13 +124,17 @@ pub fn require_operator(action: &str) {
 /// Refuse unless the caller is an operator or has the privileges of `pg_monitor` (a metrics
 /// scraper: it reads counts and tenants' slugs, never a row, and manages nothing).
 pub fn require_operator_or_monitor(action: &str) {
-    let who = caller();
-    let monitor = role_oid(c"pg_monitor");
-    // SAFETY: privilege lookup through the syscache.
-    if monitor != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(who, monitor) } {
+    if is_monitor(caller()) {
         return;
     }
     require_operator(action);
+}
+
+/// Whether `role` has the privileges of `pg_monitor` (superusers have every role's).
+pub fn is_monitor(role: pg_sys::Oid) -> bool {
+    let monitor = role_oid(c"pg_monitor");
+    // SAFETY: privilege lookup through the syscache.
+    monitor != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(role, monitor) }
 }
 
 /// Refuse unless the caller is a key admin and not also an operator.

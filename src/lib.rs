@@ -10,12 +10,14 @@
 //! - `lifecycle`: tenants, their status, settings and limits, decommission and its certificate
 //! - `citus`: the same guarantees on a Citus cluster (the catalog, the guard, the binding and
 //!   the audit trail on every node)
-//! - `governance`: the configuration as a canonical document (telemetry and the rest of issue
-//!   #30 to come)
+//! - `governance`: what a platform team reads and keeps as code without reading a row: the
+//!   configuration as a document (export, plan, apply, the CI gate), per-tenant telemetry and
+//!   the metrics endpoint
 //!
 //! Shared ground beside them: `catalog` (pg_tenancy's tables, privileged access and the
 //! per-backend cache), `errors` (refusals with SQLSTATE and HINT), `gucs` (settings under
-//! `tenancy.`), `events` (security events), `authz` (who may call what). PostgreSQL internals
+//! `tenancy.`), `events` (security events), `telemetry` (per-tenant counts in shared memory),
+//! `authz` (who may call what). PostgreSQL internals
 //! (hooks, executor parameters, tuple forming) are fenced in `pg`.
 
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -187,6 +187,7 @@ fn tables_json(
 type StatsRow = (
     Option<String>,
     Option<pgrx::Uuid>,
+    Option<String>,
     String,
     Option<i64>,
     Option<i64>,
@@ -205,6 +206,7 @@ type StatsRow = (
 fn row(
     slug: Option<String>,
     id: Option<uuid::Uuid>,
+    status: Option<String>,
     source: &str,
     counts: Option<(&Counts, u64)>,
     stats: &[TableStats],
@@ -213,6 +215,7 @@ fn row(
     (
         slug,
         id.map(catalog::to_pg_uuid),
+        status,
         source.to_string(),
         n(|c| c.binds),
         n(refused_binds),
@@ -232,8 +235,9 @@ fn row(
     )
 }
 
-/// Each tenant's telemetry, never a value of a row (see `tenancy.tenant_stats`): operators see
-/// every tenant and the "other" bucket; a session bound as a tenant's admin sees its tenant.
+/// Each tenant's telemetry, never a value of a row (see `tenancy.tenant_stats`): operators and
+/// roles with the privileges of `pg_monitor` see every tenant and the "other" bucket; a session
+/// bound as a tenant's admin sees its tenant.
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)]
 fn tenant_stats() -> TableIterator<
@@ -241,6 +245,7 @@ fn tenant_stats() -> TableIterator<
     (
         name!(tenant, Option<String>),
         name!(tenant_id, Option<pgrx::Uuid>),
+        name!(status, Option<String>),
         name!(source, String),
         name!(binds, Option<i64>),
         name!(refused_binds, Option<i64>),
@@ -256,14 +261,13 @@ fn tenant_stats() -> TableIterator<
         name!(tables, JsonB),
     ),
 > {
-    let only = if authz::is_operator(authz::caller()) {
-        authz::require_operator("read tenancy.tenant_stats");
-        None
-    } else if let Some(t) = authz::admin_of() {
-        Some(t)
-    } else {
-        authz::require_operator("read tenancy.tenant_stats");
-        None
+    let who = authz::caller();
+    let only = match authz::admin_of() {
+        Some(t) if !authz::is_operator(who) && !authz::is_monitor(who) => Some(t),
+        _ => {
+            authz::require_operator_or_monitor("read tenancy.tenant_stats");
+            None
+        }
     };
     let snapshot = telemetry::snapshot();
     let stats = table_statistics();
@@ -273,7 +277,7 @@ fn tenant_stats() -> TableIterator<
         .unwrap_or_default();
     let off = !telemetry::on();
     let mut rows: Vec<StatsRow> = Vec::new();
-    for (id, slug, _) in tenants()
+    for (id, slug, status) in tenants()
         .into_iter()
         .filter(|(id, _, _)| only.is_none_or(|o| o == *id))
     {
@@ -292,10 +296,18 @@ fn tenant_stats() -> TableIterator<
                 None,
             ),
         };
-        rows.push(row(Some(slug), Some(id), source, counts, &stats));
+        rows.push(row(
+            Some(slug),
+            Some(id),
+            Some(status),
+            source,
+            counts,
+            &stats,
+        ));
     }
     if let (None, Some(s)) = (only, &snapshot) {
         rows.push(row(
+            None,
             None,
             None,
             &format!(

@@ -789,6 +789,14 @@ print(json.dumps({f.name: [[s.labels, s.value] for s in f.samples] for f in fams
         Some(1.0),
         "{text}"
     );
+    // The scraper reads every tenant's telemetry too (and the other bucket), managing nothing.
+    let rows = stats(&mut c);
+    assert_eq!(rows.len(), 33, "{:?}", rows.keys());
+    expect_err(
+        &mut c,
+        "SELECT tenancy.create_tenant('gv-nope')",
+        &["42501"],
+    );
     drop(c);
     connect_preloaded("postgres")
         .batch_execute(&format!("DROP ROLE {scraper}"))
