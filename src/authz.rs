@@ -282,13 +282,18 @@ pub fn require_operator_or_tenant_admin(action: &str, tenant: &crate::catalog::T
 /// role mappings): the tenant's admins may; operators only while the tenant has no admin yet
 /// (to seat its first one), so that no operator can give itself or anyone a tenant's rows once
 /// the tenant manages its own access. Superusers may always (they bypass everything anyway).
+/// Whether the caller may widen access inside `tenant`: its admin, a superuser, or an operator
+/// while the tenant has no admin.
+pub fn may_widen(tenant: &crate::catalog::TenantRow) -> bool {
+    is_tenant_admin(tenant.id) || is_superuser(caller()) || !crate::catalog::has_admin(tenant.id)
+}
+
 pub fn require_may_widen(action: &str, tenant: &crate::catalog::TenantRow) {
     require_operator_or_tenant_admin(action, tenant);
-    let who = caller();
-    if is_tenant_admin(tenant.id) || is_superuser(who) {
+    if may_widen(tenant) {
         return;
     }
-    if crate::catalog::has_admin(tenant.id) {
+    {
         let mut f = serde_json::Map::new();
         f.insert("action".into(), action.into());
         f.insert("tenant".into(), tenant.slug.clone().into());

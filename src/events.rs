@@ -366,7 +366,33 @@ fn timestamp(at: pg_sys::TimestampTz) -> pgrx::datum::TimestampWithTimeZone {
 
 fn detail(s: &Slot) -> pgrx::JsonB {
     let text = String::from_utf8_lossy(&s.text[..s.len as usize]).into_owned();
-    pgrx::JsonB(serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    pgrx::JsonB(without_nul(
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    ))
+}
+
+/// `v` with every NUL character in its strings (keys too) replaced by U+FFFD: jsonb cannot
+/// hold NUL (`\u0000 cannot be converted to text`), and an event's fields carry what a token's
+/// claims said, so one NUL would make the event unwritable and everything read with it fail.
+pub fn without_nul(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let clean = |s: String| {
+        if s.contains('\0') {
+            s.replace('\0', "\u{FFFD}")
+        } else {
+            s
+        }
+    };
+    match v {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (clean(k), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// The recent security events kept in shared memory (the last 16 of each tenant, of the
@@ -701,8 +727,9 @@ pub fn report(event: &str, mut fields: serde_json::Map<String, serde_json::Value
         .and_then(|v| v.as_str())
         .and_then(|t| uuid::Uuid::parse_str(t).ok())
         .or_else(|| crate::authz::acting_unchecked().map(|a| a.tenant));
-    // One JSON object: serde_json escapes every control character inside its strings.
-    let line = serde_json::Value::Object(fields).to_string();
+    // One JSON object: serde_json escapes every control character inside its strings; NUL,
+    // which no jsonb can hold, is replaced.
+    let line = without_nul(serde_json::Value::Object(fields)).to_string();
     record(event, &line, tenant);
     pgrx::pg_sys::panic::ErrorReport::new(
         pgrx::PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,

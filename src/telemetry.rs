@@ -70,6 +70,8 @@ pub struct Counts {
     pub tables: [TableCounts; TABLES],
     /// The tables past the first [`TABLES`] (relid 0).
     pub other_tables: TableCounts,
+    /// A statement wrote to a protected table (for `last_write`; pending counts only).
+    pub wrote: bool,
 }
 
 impl Default for Counts {
@@ -87,6 +89,7 @@ impl Default for Counts {
             time_to_revoke: -1,
             tables: [TableCounts::default(); TABLES],
             other_tables: TableCounts::default(),
+            wrote: false,
         }
     }
 }
@@ -174,9 +177,73 @@ struct Pending {
     counts: HashMap<Uuid, Counts>,
     /// Tenants whose access this transaction revoked.
     revoked: Vec<Uuid>,
+    /// Rows written per tenant and table when each open subtransaction started: what a
+    /// rolled-back savepoint's rows are undone to.
+    savepoints: Vec<HashMap<Uuid, Written>>,
     /// The tenant this session's entry publishes (None: unbound).
     published_session: Option<Uuid>,
     exit_registered: bool,
+}
+
+/// A tenant's rows written, in all and per table, at a savepoint.
+#[derive(Clone)]
+struct Written {
+    rows: u64,
+    tables: [u64; TABLES],
+    other: u64,
+}
+
+impl Written {
+    fn of(c: &Counts) -> Written {
+        Written {
+            rows: c.rows_written,
+            tables: c.tables.map(|t| t.rows_written),
+            other: c.other_tables.rows_written,
+        }
+    }
+
+    fn restore(&self, c: &mut Counts) {
+        c.rows_written = self.rows;
+        for (t, w) in c.tables.iter_mut().zip(self.tables) {
+            t.rows_written = w;
+        }
+        c.other_tables.rows_written = self.other;
+    }
+}
+
+/// A subtransaction started, committed or aborted: an aborted one's rows written are undone
+/// (its statements and rows read stay counted, as a rolled-back transaction's do).
+fn subxact(e: executor_end::SubXact) {
+    if !on() {
+        return;
+    }
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        match e {
+            executor_end::SubXact::Start => {
+                let saved = p.counts.iter().map(|(t, c)| (*t, Written::of(c))).collect();
+                p.savepoints.push(saved);
+            }
+            executor_end::SubXact::Commit => {
+                p.savepoints.pop();
+            }
+            executor_end::SubXact::Abort => {
+                if let Some(saved) = p.savepoints.pop() {
+                    for (tenant, c) in p.counts.iter_mut() {
+                        match saved.get(tenant) {
+                            Some(w) => w.restore(c),
+                            None => Written {
+                                rows: 0,
+                                tables: [0; TABLES],
+                                other: 0,
+                            }
+                            .restore(c),
+                        }
+                    }
+                }
+            }
+        }
+    });
 }
 
 thread_local! {
@@ -191,6 +258,7 @@ pub fn init() {
         pg_shmem_init!(TELEMETRY);
         PRELOADED.store(true, Ordering::Relaxed);
     }
+    executor_end::on_subxact(subxact);
     executor_end::observe(executor_end::Observer {
         wanted: || on() && crate::authz::acting_tenant_unchecked().is_some(),
         finished: statement,
@@ -223,14 +291,22 @@ fn statement(writes: bool, processed: u64, touched: &[Touched]) {
     let Some(protected) = crate::catalog::protected_relids() else {
         return;
     };
+    // A role-mapped session is published as bound when its transaction ends (never in a
+    // transaction callback: registering there could fail at COMMIT).
+    register_exit();
     let mut any = false;
     pending(tenant, |c| {
+        let mut wrote = false;
         for t in touched.iter().filter(|t| protected.contains(&t.relid)) {
             any = true;
             let tc = c.table(t.relid);
             tc.statements += 1;
-            if writes && t.written {
-                tc.rows_written += processed;
+            if t.written {
+                wrote = true;
+                // A data-modifying WITH under a SELECT: PostgreSQL counts no rows of it.
+                if writes {
+                    tc.rows_written += processed;
+                }
             } else if !writes && t.read {
                 tc.rows_read += processed;
             }
@@ -242,6 +318,7 @@ fn statement(writes: bool, processed: u64, touched: &[Touched]) {
             } else {
                 c.rows_read += processed;
             }
+            c.wrote |= wrote;
         }
     });
 }
@@ -304,13 +381,17 @@ pub fn revocation_noticed(tenant: Uuid) {
 /// The end of this backend's transaction: publishes its counts, and the tenant the session is
 /// still bound to (`bound`, None when its binding ended with the transaction).
 pub fn end_of_transaction(committed: bool, bound: Option<Uuid>) {
-    let (mut counts, revoked, session_changed) = PENDING.with(|p| {
+    let (mut counts, revoked, session_changed, bound) = PENDING.with(|p| {
         let mut p = p.borrow_mut();
-        let changed = p.published_session.is_some() && p.published_session != bound;
+        // Published only once its exit will clear it (registered outside this callback).
+        let bound = bound.filter(|_| p.exit_registered);
+        let changed = p.published_session != bound;
+        p.savepoints.clear();
         (
             std::mem::take(&mut p.counts),
             std::mem::take(&mut p.revoked),
             changed,
+            bound,
         )
     });
     if !on() || (counts.is_empty() && revoked.is_empty() && !session_changed) {
@@ -330,11 +411,21 @@ pub fn end_of_transaction(committed: bool, bound: Option<Uuid>) {
             }
         }
     }
+    let procno = executor_end::my_procno().filter(|n| *n < SESSIONS);
     {
+        // One lock for the counts and the session's entry.
         let mut t = TELEMETRY.exclusive();
+        if let (true, Some(procno)) = (session_changed, procno) {
+            // SAFETY: reads this process's pid.
+            let pid = unsafe { pg_sys::MyProcPid };
+            t.sessions[procno] = Session {
+                pid: if bound.is_some() { pid } else { 0 },
+                tenant: bound.map(|b| *b.as_bytes()).unwrap_or_default(),
+            };
+        }
         for (tenant, c) in &counts {
             let s = slot(&mut t, *tenant, at);
-            if c.rows_written > 0 {
+            if committed && (c.rows_written > 0 || c.wrote) {
                 s.last_write = at;
             }
             s.add(c);
@@ -346,7 +437,7 @@ pub fn end_of_transaction(committed: bool, bound: Option<Uuid>) {
         }
     }
     if session_changed {
-        publish_session(bound);
+        PENDING.with(|p| p.borrow_mut().published_session = bound);
     }
 }
 
@@ -355,14 +446,13 @@ fn publish_session(tenant: Option<Uuid>) {
     let Some(procno) = executor_end::my_procno().filter(|n| *n < SESSIONS) else {
         return;
     };
+    if tenant.is_some() {
+        register_exit();
+    }
     let changed = PENDING.with(|p| {
         let mut p = p.borrow_mut();
         let changed = p.published_session != tenant;
         p.published_session = tenant;
-        if !p.exit_registered && tenant.is_some() {
-            p.exit_registered = true;
-            executor_end::at_exit(session_exit);
-        }
         changed
     });
     if changed {
@@ -372,6 +462,14 @@ fn publish_session(tenant: Option<Uuid>) {
             pid: if tenant.is_some() { pid } else { 0 },
             tenant: tenant.map(|t| *t.as_bytes()).unwrap_or_default(),
         };
+    }
+}
+
+/// Once per backend: clear its session entry when it exits.
+fn register_exit() {
+    let first = PENDING.with(|p| !std::mem::replace(&mut p.borrow_mut().exit_registered, true));
+    if first {
+        executor_end::at_exit(session_exit);
     }
 }
 

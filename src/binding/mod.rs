@@ -281,19 +281,23 @@ pub fn init() {
     crate::authz::provide_acting(crate::authz::ActingProvider {
         checked: || current_if_bound().as_ref().map(acting),
         unchecked: || peek().as_ref().map(acting),
-        tenant: || {
-            if INTERNAL.with(|i| i.borrow().is_some()) {
-                return None;
-            }
-            current_binding_tenant().or_else(|| {
-                MAPPED.with(|m| {
-                    m.borrow()
-                        .as_ref()
-                        .and_then(|(_, _, b)| b.as_ref().map(|b| b.tenant))
-                })
-            })
-        },
+        tenant: statement_tenant,
     });
+}
+
+/// The tenant the session's statements act for, as it stands (a token or support binding, or
+/// the login role's mapping; none during pg_tenancy's own internal binding): for telemetry.
+fn statement_tenant() -> Option<Uuid> {
+    if INTERNAL.with(|i| i.borrow().is_some()) {
+        return None;
+    }
+    current_binding_tenant().or_else(|| {
+        MAPPED.with(|m| {
+            m.borrow()
+                .as_ref()
+                .and_then(|(_, _, b)| b.as_ref().map(|b| b.tenant))
+        })
+    })
 }
 
 /// What authorization decisions below this pillar need of a binding.
@@ -339,7 +343,7 @@ unsafe extern "C-unwind" fn xact_callback(
         // Unwinding clears it; should anything ever skip the unwinding, validation resumes
         // with the next transaction all the same.
         IN_WITH_CURRENT.with(|c| c.set(false));
-        crate::telemetry::end_of_transaction(event == XACT_EVENT_COMMIT, current_binding_tenant());
+        crate::telemetry::end_of_transaction(event == XACT_EVENT_COMMIT, statement_tenant());
     }
 }
 

@@ -28,7 +28,7 @@ const EXPORT: &str = "SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build
   'version', 1,
   'tenants', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
       'slug', t.slug, 'name', t.name, 'status', t.status, 'region', t.region,
-      'settings', t.settings, 'limits', t.limits,
+      'settings', coalesce(t.settings, '{}'), 'limits', coalesce(t.limits, '{}'),
       'roles', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
             'role', r.role, 'builtin', r.builtin,
             'privileges', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(

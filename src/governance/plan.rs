@@ -150,7 +150,7 @@ fn compare<'a>(
         .collect()
 }
 
-const ADD_KEY: &str = "SELECT tenancy.add_key($1, $2, $3, $4, $5::timestamptz)";
+const ADD_KEY: &str = "SELECT tenancy.add_key($1, $2, $3, $4, $5::pg_catalog.timestamptz)";
 const REVOKE_KEY: &str = "SELECT tenancy.revoke_key($1)";
 
 /// The changes of signing keys of `tenant` (a slug; None: the platform's keys).
@@ -273,6 +273,10 @@ fn key_value_changes(
     risk: impl Fn(Option<&Value>, Option<&Value>) -> &'static str,
     out: &mut Vec<Change>,
 ) {
+    // Left out of the document: left as it is.
+    if b.get(field).is_none() {
+        return;
+    }
     let empty = serde_json::json!({});
     let (xa, xb) = (
         a.get(field).unwrap_or(&empty),
@@ -319,6 +323,30 @@ fn limit_risk(now: Option<&Value>, want: Option<&Value>) -> &'static str {
     }
 }
 
+/// Whether holding `after` instead of `before` gives a subject more, by the roles and
+/// privileges of `tenant` (a tenant of the document): the `admin` role, or a privilege on a
+/// table (or on every table, `*`) that `before` did not give. As `remove_member` decides it.
+fn gains(tenant: &Value, before: &[String], after: &[String]) -> bool {
+    let admin = |roles: &[String]| roles.iter().any(|r| r == "admin");
+    if admin(after) && !admin(before) {
+        return true;
+    }
+    let held = |roles: &[String]| -> Vec<(String, String)> {
+        tenant["roles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| roles.contains(&text(r, "role")))
+            .flat_map(|r| r["privileges"].as_array().cloned().unwrap_or_default())
+            .map(|p| (text(&p, "table"), text(&p, "privilege")))
+            .collect()
+    };
+    let had = held(before);
+    held(after)
+        .iter()
+        .any(|(t, p)| !had.iter().any(|(u, q)| q == p && (u == "*" || u == t)))
+}
+
 /// The roles as `create_tenant` seeds them.
 fn seeded_roles() -> Value {
     let all = |ps: &[&str]| {
@@ -334,10 +362,13 @@ fn seeded_roles() -> Value {
     ])
 }
 
-/// The changes inside one tenant that exists now (`a`) and in the document (`b`).
+/// The changes inside one tenant that exists now (`a`) and in the document (`b`). A field the
+/// document leaves out (`roles`, `settings`, `status`, ...) is left as it is; an export holds
+/// every one.
 fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
+    let given = |field: &str| b.get(field).is_some();
     let (sa, sb) = (text(a, "status"), text(b, "status"));
-    if sa != sb {
+    if given("status") && sa != sb {
         let c = match sb.as_str() {
             "suspended" => Change::new("suspend_tenant", slug, format!("{sa} -> {sb}"), NARROWING)
                 .call(STATUS, "SELECT tenancy.suspend_tenant($1)", vec![s(slug)]),
@@ -365,7 +396,7 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
         return;
     }
     for field in ["name", "region"] {
-        if text(a, field) != text(b, field) {
+        if given(field) && text(a, field) != text(b, field) {
             out.push(
                 Change::new(
                     &format!("set_{field}"),
@@ -387,7 +418,7 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
         "settings",
         "set_setting",
         "setting",
-        "SELECT tenancy.set_setting($1, $2, $3::jsonb)",
+        "SELECT tenancy.set_setting($1, $2, $3::pg_catalog.jsonb)",
         |_, want| {
             if want.is_none() {
                 NARROWING
@@ -404,12 +435,16 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
         "limits",
         "set_limit",
         "limit",
-        "SELECT tenancy.set_limit($1, $2, $3::jsonb)",
+        "SELECT tenancy.set_limit($1, $2, $3::pg_catalog.jsonb)",
         limit_risk,
         out,
     );
     let roles = |v: &Value| by_key(&v["roles"], |r| text(r, "role"));
-    let (ra, rb) = (roles(a), roles(b));
+    let (ra, rb) = if given("roles") {
+        (roles(a), roles(b))
+    } else {
+        Default::default()
+    };
     for (role, x, y) in compare(&ra, &rb) {
         let object = format!("{slug} role {role}");
         match (x, y) {
@@ -418,6 +453,11 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
                 "SELECT tenancy.create_role($1, $2)",
                 vec![s(slug), s(role.as_str())],
             )),
+            (Some(_), None) if crate::rbac::SEEDED_ROLES.contains(&role.as_str()) => out.push(
+                Change::new("drop_role", object.clone(), "", DESTRUCTIVE).unsupported(
+                    "a seeded role (admin, member, viewer) is in every tenant and cannot be dropped: revoke its privileges instead",
+                ),
+            ),
             (Some(_), None) => out.push(
                 Change::new("drop_role", object.clone(), "", DESTRUCTIVE).call(
                     DROP,
@@ -449,14 +489,14 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
                 (None, Some(_)) => out.push(
                     Change::new("grant", object.clone(), p.clone(), WIDENING).call(
                         GRANTS,
-                        "SELECT tenancy.grant($1, $2, $3::regclass, ARRAY[$4])",
+                        "SELECT tenancy.grant($1, $2, $3::pg_catalog.regclass, ARRAY[$4])",
                         args,
                     ),
                 ),
                 (Some(_), None) if y.is_some() => out.push(
                     Change::new("revoke", object.clone(), p.clone(), NARROWING).call(
                         REMOVE,
-                        "SELECT tenancy.revoke($1, $2, $3::regclass, ARRAY[$4])",
+                        "SELECT tenancy.revoke($1, $2, $3::pg_catalog.regclass, ARRAY[$4])",
                         args,
                     ),
                 ),
@@ -469,7 +509,12 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
             format!("{} as {}", text(m, "subject"), text(m, "role"))
         })
     };
-    for (m, x, y) in compare(&members(a), &members(b)) {
+    let (ma, mb) = if given("members") {
+        (members(a), members(b))
+    } else {
+        Default::default()
+    };
+    for (m, x, y) in compare(&ma, &mb) {
         let item = x.or(y).cloned().unwrap_or_default();
         let args = vec![s(slug), opt_text(&item, "subject"), opt_text(&item, "role")];
         match (x, y) {
@@ -485,25 +530,54 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
                     args,
                 ),
             ),
-            (Some(_), None) => out.push(
-                Change::new(
-                    "remove_member",
-                    format!("{slug} member"),
-                    m.clone(),
-                    NARROWING,
+            (Some(_), None) => {
+                // A subject left with no membership binds with the tenant's default_roles,
+                // which may give it more than it had.
+                let subject = text(&item, "subject");
+                let left = mb.values().any(|m| text(m, "subject") == subject);
+                let settings = if given("settings") { b } else { a };
+                let defaults: Vec<String> = settings["settings"]["default_roles"]
+                    .as_array()
+                    .map(|d| {
+                        d.iter()
+                            .filter_map(|r| r.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let held: Vec<String> = ma
+                    .values()
+                    .filter(|m| text(m, "subject") == subject)
+                    .map(|m| text(m, "role"))
+                    .collect();
+                let roles = if given("roles") { b } else { a };
+                let (detail, risk) = if !left && gains(roles, &held, &defaults) {
+                    (format!("{m} (then its default_roles)"), WIDENING)
+                } else {
+                    (m.clone(), NARROWING)
+                };
+                out.push(
+                    Change::new("remove_member", format!("{slug} member"), detail, risk).call(
+                        REMOVE,
+                        "SELECT tenancy.remove_member($1, $2, $3)",
+                        args,
+                    ),
                 )
-                .call(REMOVE, "SELECT tenancy.remove_member($1, $2, $3)", args),
-            ),
+            }
             _ => {}
         }
     }
     let mappings = |v: &Value| by_key(&v["mappings"], |m| text(m, "role"));
-    for (role, x, y) in compare(&mappings(a), &mappings(b)) {
+    let (ga, gb) = if given("mappings") {
+        (mappings(a), mappings(b))
+    } else {
+        Default::default()
+    };
+    for (role, x, y) in compare(&ga, &gb) {
         let object = format!("{slug} mapping {role}");
         match (x, y) {
             (Some(_), None) => out.push(Change::new("unmap_role", object, "", NARROWING).call(
                 REMOVE,
-                "SELECT tenancy.unmap_role($1::regrole, $2)",
+                "SELECT tenancy.unmap_role($1::pg_catalog.regrole, $2)",
                 vec![s(role.as_str()), s(slug)],
             )),
             (_, Some(y)) => {
@@ -513,8 +587,8 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
                 out.push(
                     Change::new("map_role", object, y["tenant_roles"].to_string(), WIDENING).call(
                         if admin { ADMINS } else { ACCESS },
-                        "SELECT tenancy.map_role($1::regrole, $2, \
-                         ARRAY(SELECT pg_catalog.jsonb_array_elements_text($3::jsonb)))",
+                        "SELECT tenancy.map_role($1::pg_catalog.regrole, $2, \
+                         ARRAY(SELECT pg_catalog.jsonb_array_elements_text($3::pg_catalog.jsonb)))",
                         vec![s(role.as_str()), s(slug), s(y["tenant_roles"].to_string())],
                     ),
                 )
@@ -522,7 +596,9 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
             _ => {}
         }
     }
-    key_changes(Some(slug), &a["keys"], &b["keys"], out);
+    if given("keys") {
+        key_changes(Some(slug), &a["keys"], &b["keys"], out);
+    }
 }
 
 /// What applying `doc` (a document of `export_config`'s form) to this database would change,
@@ -604,15 +680,16 @@ pub fn plan(want: Value) -> Vec<Change> {
             _ => {}
         }
     }
-    if whole {
+    // Each platform part the document gives; one it leaves out is left as it is.
+    if want.get("platform_keys").is_some() {
         key_changes(
             None,
             &now["platform_keys"],
             &want["platform_keys"],
             &mut out,
         );
-        protection_changes(&now, &want, &mut out);
     }
+    protection_changes(&now, &want, &mut out);
     out
 }
 
@@ -620,14 +697,20 @@ pub fn plan(want: Value) -> Vec<Change> {
 fn protection_changes(now: &Value, want: &Value, out: &mut Vec<Change>) {
     // A partition is protected and unprotected with its parent: its own call runs only if
     // it is still needed when its turn comes.
-    const PROTECT_SQL: &str = "SELECT tenancy.protect($1::regclass, $2, $3::boolean)";
-    const PROTECT_LEFT: &str = "SELECT tenancy.protect($1::regclass, $2, $3::boolean) \
-         WHERE NOT EXISTS (SELECT FROM tenancy.protected_tables p WHERE p.\"table\" = $1::regclass \
-                            AND p.tenant_column = $2 AND p.audited = $3::boolean)";
-    const UNPROTECT_SQL: &str = "SELECT tenancy.unprotect($1::regclass) \
-         WHERE EXISTS (SELECT FROM tenancy.protected_tables p WHERE p.\"table\" = $1::regclass)";
+    const PROTECT_SQL: &str =
+        "SELECT tenancy.protect($1::pg_catalog.regclass, $2, $3::pg_catalog.bool)";
+    const PROTECT_LEFT: &str = "SELECT tenancy.protect($1::pg_catalog.regclass, $2, $3::pg_catalog.bool) \
+         WHERE NOT EXISTS (SELECT FROM tenancy.protected_tables p WHERE p.\"table\" = $1::pg_catalog.regclass \
+                            AND p.tenant_column = $2 AND p.audited = $3::pg_catalog.bool)";
+    const UNPROTECT_SQL: &str = "SELECT tenancy.unprotect($1::pg_catalog.regclass) \
+         WHERE EXISTS (SELECT FROM tenancy.protected_tables p WHERE p.\"table\" = $1::pg_catalog.regclass)";
     let tables = |v: &Value| by_key(&v["protected_tables"], |t| text(t, "table"));
-    for (table, a, b) in compare(&tables(now), &tables(want)) {
+    let (ta, tb) = if want.get("protected_tables").is_some() {
+        (tables(now), tables(want))
+    } else {
+        Default::default()
+    };
+    for (table, a, b) in compare(&ta, &tb) {
         let protect = |c: Change, b: &Value| {
             let (phase, sql) = if opt_text(b, "parent").is_some() {
                 (PROTECT_PARTITION, PROTECT_LEFT)
@@ -694,7 +777,12 @@ fn protection_changes(now: &Value, want: &Value, out: &mut Vec<Change>) {
         }
     }
     let schemas = |v: &Value| by_key(&v["auto_protect_schemas"], |s| text(s, "schema"));
-    for (schema, a, b) in compare(&schemas(now), &schemas(want)) {
+    let (sa, sb) = if want.get("auto_protect_schemas").is_some() {
+        (schemas(now), schemas(want))
+    } else {
+        Default::default()
+    };
+    for (schema, a, b) in compare(&sa, &sb) {
         match (a, b) {
             (Some(_), None) => out.push(
                 Change::new("auto_protect_off", schema.as_str(), "", DESTRUCTIVE).call(
@@ -703,12 +791,21 @@ fn protection_changes(now: &Value, want: &Value, out: &mut Vec<Change>) {
                     vec![s(schema.as_str())],
                 ),
             ),
-            (_, Some(b)) => out.push(
+            (a, Some(b)) => out.push(
                 Change::new(
                     "auto_protect",
                     schema.as_str(),
-                    format!("tenant column {}", text(b, "tenant_column")),
-                    SAFE,
+                    match a {
+                        Some(a) => format!(
+                            "tenant column {} -> {}",
+                            text(a, "tenant_column"),
+                            text(b, "tenant_column")
+                        ),
+                        None => format!("tenant column {}", text(b, "tenant_column")),
+                    },
+                    // A new column leaves the schema's next tables with the old one
+                    // unprotected: as destructive as a protected table's column changed.
+                    if a.is_some() { DESTRUCTIVE } else { SAFE },
                 )
                 .call(
                     PROTECT,

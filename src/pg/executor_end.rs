@@ -6,7 +6,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 /// A relation a finished statement used: read (SELECT privilege checked) and/or written (a
-/// result relation of INSERT, UPDATE, DELETE or MERGE).
+/// result relation of INSERT, UPDATE, DELETE or MERGE, at the top or in a WITH).
 #[derive(Clone, Copy, Debug)]
 pub struct Touched {
     pub relid: u32,
@@ -84,6 +84,8 @@ unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(bool, u64, Vec<Touched
             return None;
         }
         let stmt = (*qd).plannedstmt;
+        // The top-level statement wrote (its rows are `es_processed`); a SELECT with a
+        // data-modifying WITH writes too, but PostgreSQL keeps no count of those rows.
         let writes = (*qd).operation != pg_sys::CmdType::CMD_SELECT;
         let results = (*stmt).resultRelations;
         let written = |index: i32| -> bool {
@@ -100,7 +102,8 @@ unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(bool, u64, Vec<Touched
                     continue;
                 }
                 let read = (*rte).requiredPerms & pg_sys::ACL_SELECT != 0;
-                let wrote = writes && written(i as i32 + 1);
+                // Result relations of every ModifyTable, a data-modifying WITH's included.
+                let wrote = written(i as i32 + 1);
                 if read || wrote {
                     touched.push(Touched {
                         relid: u32::from((*rte).relid),
@@ -111,6 +114,48 @@ unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(bool, u64, Vec<Touched
             }
         }
         Some((writes, (*estate).es_processed, touched))
+    }
+}
+
+/// A subtransaction's event, for [`on_subxact`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SubXact {
+    Start,
+    Commit,
+    Abort,
+}
+
+static mut SUBXACT: Option<fn(SubXact)> = None;
+
+/// Calls `f` when a subtransaction starts, commits or aborts (once, from _PG_init).
+pub fn on_subxact(f: fn(SubXact)) {
+    // SAFETY: called once from _PG_init, on the backend's only thread, before any statement
+    // runs; the callback stays valid for the life of the backend.
+    unsafe {
+        SUBXACT = Some(f);
+        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+    }
+}
+
+/// # Safety
+/// Called by PostgreSQL at the subtransactions' events, as registered by [`on_subxact`].
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    _my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    let e = match event {
+        SUBXACT_EVENT_START_SUB => SubXact::Start,
+        SUBXACT_EVENT_COMMIT_SUB => SubXact::Commit,
+        SUBXACT_EVENT_ABORT_SUB => SubXact::Abort,
+        _ => return,
+    };
+    // SAFETY: SUBXACT is written once by `on_subxact` before any statement runs.
+    if let Some(f) = unsafe { SUBXACT } {
+        f(e);
     }
 }
 

@@ -198,6 +198,21 @@ fn drop_role(tenant: &str, role: &str) {
         );
     }
     let uuid = to_pg_uuid(t.id);
+    // Members whose only role this is fall back to the tenant's default_roles.
+    if !default_roles(&t).is_empty() && !authz::may_widen(&t) {
+        let only: Vec<String> = catalog::owner_rows(
+            "tenancy.member",
+            "SELECT m.subject FROM tenancy.member m WHERE m.tenant_id = $1 AND m.role = $2 \
+               AND NOT EXISTS (SELECT FROM tenancy.member o WHERE o.tenant_id = m.tenant_id \
+                                  AND o.subject = m.subject AND o.role <> m.role) \
+             ORDER BY 1 LIMIT 1",
+            &[uuid.into(), role.into()],
+            |r| r.get::<String>(1).map(Option::unwrap_or_default),
+        );
+        if let Some(subject) = only.first() {
+            refuse_fallback_gain("drop_role", &t, subject, &[role.to_string()]);
+        }
+    }
     catalog::write(
         "DELETE FROM tenancy.member WHERE tenant_id = $1 AND role = $2",
         &[uuid.into(), role.into()],
@@ -338,9 +353,71 @@ fn add_member(tenant: &str, subject: &str, role: &str) {
     );
 }
 
+/// The tenant's `default_roles`: what a subject without a membership binds with.
+fn default_roles(t: &catalog::TenantRow) -> Vec<String> {
+    t.settings
+        .get("default_roles")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether holding `after` instead of `before` gives a subject more: the `admin` role, or a
+/// privilege on a table (or on every table) that `before` did not give.
+fn gains(t: &catalog::TenantRow, before: &[String], after: &[String]) -> bool {
+    let admin = |roles: &[String]| roles.iter().any(|r| r == "admin");
+    if admin(after) && !admin(before) {
+        return true;
+    }
+    let privileges = catalog::privileges(t.id);
+    let held = |roles: &[String]| -> Vec<(Option<pg_sys::Oid>, String)> {
+        privileges
+            .iter()
+            .filter(|p| roles.contains(&p.role))
+            .map(|p| (p.relid, p.privilege.clone()))
+            .collect()
+    };
+    let had = held(before);
+    held(after)
+        .iter()
+        .any(|(rel, p)| !had.iter().any(|(r, q)| q == p && (r.is_none() || r == rel)))
+}
+
+/// A removal that leaves `subject` (holding `before`) with no membership gives it the tenant's
+/// `default_roles`: refused when that is more than it had and the caller may not widen access
+/// in the tenant (an operator once the tenant has an admin), as a grant would be.
+fn refuse_fallback_gain(action: &str, t: &catalog::TenantRow, subject: &str, before: &[String]) {
+    let defaults = default_roles(t);
+    if defaults.is_empty() || !gains(t, before, &defaults) || authz::may_widen(t) {
+        return;
+    }
+    let mut f = serde_json::Map::new();
+    f.insert("action".into(), action.into());
+    f.insert("tenant".into(), t.slug.clone().into());
+    errors::refuse(
+        "management_refused",
+        f,
+        errors::INSUFFICIENT_PRIVILEGE,
+        format!(
+            "permission denied: {action} would leave \"{}\" with no membership in tenant \"{}\", so with its default_roles {defaults:?}, which give more than it holds; operators cannot widen access inside a tenant that has an admin",
+            errors::clean(subject),
+            t.slug
+        ),
+        "End the subject's access with tenancy.revoke_subject(), or ask the tenant's admin to remove the membership.",
+    );
+}
+
 #[pg_extern(volatile, parallel_unsafe)]
 fn remove_member(tenant: &str, subject: &str, role: &str) {
     let t = managed_tenant(tenant, "remove_member");
+    let before = catalog::member_roles(t.id, subject);
+    if !before.is_empty() && before.iter().all(|r| r == role) {
+        refuse_fallback_gain("remove_member", &t, subject, &before);
+    }
     let n = catalog::write(
         "DELETE FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 AND role = $3",
         &[to_pg_uuid(t.id).into(), subject.into(), role.into()],

@@ -653,6 +653,32 @@ fn telemetry_counts_a_scripted_workload_exactly_and_never_a_value() {
         .cloned()
         .unwrap();
     assert_eq!(count(&table, "rows_written"), 6, "{table}");
+    // A data-modifying WITH counts as a write of its table (PostgreSQL counts none of its
+    // rows); a rolled-back savepoint's rows are not counted as written.
+    let before_cte = stats(&mut op);
+    app.batch_execute("BEGIN").unwrap();
+    app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u1")])
+        .unwrap();
+    app.query(
+        "WITH d AS (UPDATE public.gv_t SET body = body RETURNING 1) SELECT count(*) FROM d",
+        &[],
+    )
+    .unwrap();
+    app.batch_execute(
+        "SAVEPOINT s; INSERT INTO public.gv_t (body) SELECT 'x' FROM generate_series(1, 100);          ROLLBACK TO SAVEPOINT s; INSERT INTO public.gv_t (body) VALUES ('y'); COMMIT",
+    )
+    .unwrap();
+    let after_cte = stats(&mut op);
+    let d = |key: &str| count(&after_cte[&f.a], key) - count(&before_cte[&f.a], key);
+    assert_eq!(d("statements"), 3);
+    assert_eq!(d("rows_written"), 1);
+    assert_ne!(
+        after_cte[&f.a]["last_write"],
+        before_cte[&f.a]["last_write"]
+    );
+    su.batch_execute("DELETE FROM public.gv_t WHERE body = 'y'")
+        .unwrap();
+
     // Rows and bytes from the statistics, not a scan.
     su.batch_execute("ANALYZE public.gv_t").unwrap();
     let analyzed = stats(&mut op);
@@ -684,6 +710,29 @@ fn telemetry_counts_a_scripted_workload_exactly_and_never_a_value() {
         revoked[&f.a]
     );
     assert_eq!(count(&revoked[&f.a], "bound_sessions"), 0);
+    // A login role mapped to the tenant is a bound session too, until it disconnects.
+    su.execute(
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&APP2, &f.b],
+    )
+    .unwrap();
+    su.batch_execute(&format!("GRANT SELECT ON public.gv_t TO {APP2}"))
+        .unwrap();
+    let mut mapped = db.connect(APP2);
+    mapped
+        .query("SELECT count(*) FROM public.gv_t", &[])
+        .unwrap();
+    assert_eq!(count(&stats(&mut op)[&f.b], "bound_sessions"), 1);
+    drop(mapped);
+    let mut gone = false;
+    for _ in 0..50 {
+        if count(&stats(&mut op)[&f.b], "bound_sessions") == 0 {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(gone, "a disconnected mapped session still counted");
 
     // A tenant's admin sees its own row only; a member, an unbound session: refused.
     let mut admin = db.connect(APP);
@@ -863,4 +912,154 @@ fn the_cap_on_tracked_tenants_holds_with_ten_thousand_tenants() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(tracked_metric as i64 <= cap, "{text}");
+}
+
+#[test]
+fn without_preloading_tenant_stats_says_so_and_shows_what_statistics_tell() {
+    // The main test cluster does not preload pg_tenancy: no counts, and every row says why.
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (f, _c) = two_tenants();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let rows = stats(&mut op);
+    let a = &rows[&f.a];
+    assert_eq!(
+        a["source"], "statistics only: pg_tenancy is not in shared_preload_libraries",
+        "{a}"
+    );
+    assert!(a["binds"].is_null() && a["statements"].is_null(), "{a}");
+    assert!(
+        a["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["table"] == "public.it_orders"),
+        "{a}"
+    );
+    assert!(!rows.contains_key("(other)"), "{:?}", rows.keys());
+    let text: String = op
+        .query_one("SELECT tenancy.metrics()", &[])
+        .unwrap()
+        .get(0);
+    assert!(text.contains("pg_tenancy_telemetry_up 0"), "{text}");
+}
+
+#[test]
+fn a_nul_in_a_tokens_claims_cannot_stop_the_security_events() {
+    // A token of any registered key naming a tenant with a NUL: its refused bind is an event
+    // whose fields carry the claim. jsonb cannot hold NUL: the event writer used to fail on it
+    // and lose its whole batch, and security_events() failed for operators.
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = OwnDatabase::preloaded("gv_nul", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let mut app = db.connect(APP);
+    let poison = f.token_with(serde_json::json!({
+        "tid": "globex\u{0}", "sub": "x\u{0}y", "exp": now() + 3600, "iat": now()
+    }));
+    expect_err(
+        &mut app,
+        &format!("SELECT tenancy.bind('{poison}')"),
+        &["28000", "22021"],
+    );
+    // Then an event of tenant A's, in the same batch or the next.
+    app.batch_execute("BEGIN").unwrap();
+    app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "u")])
+        .unwrap();
+    expect_err(
+        &mut app,
+        &format!("SELECT tenancy.bind('{}')", f.token(&f.a, "u")),
+        &["42501"],
+    );
+    app.batch_execute("ROLLBACK").unwrap();
+    let mut op = db.connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let recent: i64 = op
+        .query_one("SELECT count(*) FROM tenancy.security_events()", &[])
+        .unwrap_or_else(|e| panic!("security_events(): {}", message(&e)))
+        .get(0);
+    assert!(recent >= 2, "{recent}");
+    let mut logged = false;
+    for _ in 0..50 {
+        let n: i64 = op
+            .query_one(
+                "SELECT count(*) FROM tenancy.security_event_log WHERE tenant_id = $1::text::uuid",
+                &[&f.a_id],
+            )
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            logged = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(logged, "tenant A's event never reached the log");
+    let poisoned: String = op
+        .query_one(
+            "SELECT detail::text FROM tenancy.security_event_log WHERE detail::text LIKE '%globex%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        poisoned.contains("globex\\ufffd") || poisoned.contains("globex\u{fffd}"),
+        "{poisoned}"
+    );
+}
+
+#[test]
+fn an_operator_cannot_widen_access_by_removing_a_last_membership() {
+    // A subject with no membership binds with the tenant's default_roles: removing the last
+    // membership of a subject whose roles give less is a widening, refused to an operator once
+    // the tenant has an admin (and labelled widening by plan_config).
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (f, _c) = two_tenants();
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "SELECT tenancy.add_member('{a}', 'boss', 'admin');
+         SELECT tenancy.create_role('{a}', 'auditor');
+         SELECT tenancy.add_member('{a}', 'intern', 'viewer');
+         SELECT tenancy.add_member('{a}', 'contractor', 'auditor');
+         SELECT tenancy.add_member('{a}', 'lead', 'admin');",
+        a = f.a
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    // The tenant's default_roles are ["member"] (the fixture's): more than viewer.
+    let doc: serde_json::Value = op
+        .query_one("SELECT tenancy.export_config($1)::text", &[&f.a])
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .unwrap();
+    let mut want = doc.clone();
+    want["tenants"][0]["members"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["subject"] != "intern");
+    let risk: String = op
+        .query_one(
+            "SELECT risk FROM tenancy.plan_config($1::text::jsonb) WHERE action = 'remove_member'",
+            &[&want.to_string()],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(risk, "widening");
+    let e = expect_err(
+        &mut op,
+        &format!(
+            "SELECT tenancy.remove_member('{}', 'intern', 'viewer')",
+            f.a
+        ),
+        &["42501"],
+    );
+    assert!(e.contains("default_roles"), "{e}");
+    expect_err(
+        &mut op,
+        &format!("SELECT tenancy.drop_role('{}', 'auditor')", f.a),
+        &["42501"],
+    );
+    // Narrowing stays an operator's: an admin's last membership (member gives no more).
+    op.execute("SELECT tenancy.remove_member($1, 'lead', 'admin')", &[&f.a])
+        .unwrap_or_else(|e| panic!("remove_member of an admin: {}", message(&e)));
 }

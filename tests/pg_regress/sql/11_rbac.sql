@@ -153,11 +153,17 @@ SELECT count(*) AS members, count(DISTINCT tenant_id) AS tenants FROM tenancy.me
 SELECT count(DISTINCT tenant_id) AS tenants FROM tenancy.tenant_roles;
 ROLLBACK;
 
--- Narrowing stays open to operators: revoke a privilege, remove a member, drop a role.
+-- Narrowing stays open to operators: revoke a privilege, remove a member. Dropping a role whose
+-- members then fall back to the tenant's default_roles is a widening when those give more
+-- (aud's auditor role holds nothing now; viewer reads every table): refused to an operator
+-- once the tenant has an admin; its admin, or a superuser, may.
 \c - regress_rbac_ops
 SELECT tenancy.revoke('rbac-acme', 'auditor', 'rbac.orders', '{select}');
 SELECT tenancy.remove_member('rbac-acme', 'vic', 'viewer');
 SELECT tenancy.drop_role('rbac-acme', 'auditor');
+\c - postgres
+SELECT tenancy.drop_role('rbac-acme', 'auditor');
+\c - regress_rbac_ops
 SELECT subject, role FROM tenancy.members m JOIN tenancy.tenants t ON t.id = m.tenant_id
  WHERE t.slug = 'rbac-acme' ORDER BY subject, role;
 \c - regress_rbac_app
