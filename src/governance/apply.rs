@@ -28,20 +28,6 @@ fn listed(changes: &[&Change], with: impl Fn(&Change) -> String) -> String {
     list
 }
 
-fn shown(c: &Change) -> String {
-    format!(
-        "{} {} {}{}",
-        c.risk,
-        c.action,
-        c.object,
-        if c.detail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", c.detail)
-        }
-    )
-}
-
 /// Applies `doc` (a document of `export_config`'s form, see `plan_config`) in the caller's
 /// transaction: the caller's part of it (an operator's: everything but signing keys; a key
 /// admin's: the signing keys, whose material the document carries as `"key"` for each key to
@@ -97,8 +83,8 @@ fn apply_config(
                 "apply_config cannot make {} change(s), and changed nothing: {}",
                 unsupported.len(),
                 listed(&unsupported, |c| match &c.step {
-                    Step::Unsupported(why) => format!("{}: {why}", shown(c)),
-                    _ => shown(c),
+                    Step::Unsupported(why) => format!("{} ({why})", c.shown()),
+                    _ => c.shown(),
                 })
             ),
             "Make them by hand as each says, or take them out of the document; then apply it again.",
@@ -116,7 +102,7 @@ fn apply_config(
                 "apply_config refused {} change(s) whose risk was not allowed ({}), and changed nothing: {}",
                 refused.len(),
                 allow.join(", "),
-                listed(&refused, shown)
+                listed(&refused, Change::shown)
             ),
             "Review them with SELECT * FROM tenancy.plan_config(doc); then allow their risk, for example tenancy.apply_config(doc, allow => '{safe,narrowing,widening}').",
         )
@@ -136,7 +122,7 @@ fn apply_config(
                     args.iter().map(|a| a.clone().into()).collect();
                 // As the caller (see the module's documentation).
                 Spi::run_with_args(sql, &args).unwrap_or_else(|e| {
-                    pgrx::error!("pg_tenancy: apply_config: {} failed: {e}", shown(c))
+                    pgrx::error!("pg_tenancy: apply_config: {} failed: {e}", c.shown())
                 });
             }
         }
@@ -148,7 +134,7 @@ fn apply_config(
             errors::NOT_IN_PREREQUISITE_STATE,
             format!(
                 "apply_config did not reach the document, and changed nothing: {}",
-                listed(&left.iter().collect::<Vec<_>>(), shown)
+                listed(&left.iter().collect::<Vec<_>>(), Change::shown)
             ),
             "SELECT * FROM tenancy.plan_config(doc); shows what differs; report it as a bug of pg_tenancy with the document.",
         );

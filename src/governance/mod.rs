@@ -104,19 +104,7 @@ fn assert_clean(expected: default!(Option<JsonB>, "NULL")) {
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: verify() failed: {e}"));
     let verify_errors = problems.len();
     if let Some(doc) = expected {
-        problems.extend(plan::plan(doc.0).into_iter().map(|c| {
-            format!(
-                "{} {} {}{}",
-                c.risk,
-                c.action,
-                c.object,
-                if c.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", c.detail)
-                }
-            )
-        }));
+        problems.extend(plan::plan(doc.0).iter().map(plan::Change::shown));
     }
     if problems.is_empty() {
         return;

@@ -88,6 +88,18 @@ impl Change {
         self
     }
 
+    /// The change in one line: risk, action, object and detail.
+    pub fn shown(&self) -> String {
+        if self.detail.is_empty() {
+            format!("{} {} {}", self.risk, self.action, self.object)
+        } else {
+            format!(
+                "{} {} {}: {}",
+                self.risk, self.action, self.object, self.detail
+            )
+        }
+    }
+
     pub fn duty(&self) -> Duty {
         match self.step {
             Step::Calls { duty, .. } => duty,
@@ -192,7 +204,7 @@ fn key_changes(tenant: Option<&str>, now: &Value, want: &Value, out: &mut Vec<Ch
                         c.calls(KEYS, Duty::KeyAdmin, calls)
                     }
                     None => c.unsupported(format!(
-                        "add the key's material to the document's entry for key \"{kid}\" as \"key\" (never export it), or register it with tenancy.add_key()"
+                        "add the key's material to the document's entry for key \"{kid}\" as \"key\", never exported, or register it with tenancy.add_key()"
                     )),
                 });
             }
@@ -405,7 +417,7 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
                     if field == "name" { SAFE } else { WIDENING },
                 )
                 .unsupported(format!(
-                    "a tenant's {field} is set when it is created (tenancy.create_tenant) and no function changes it"
+                    "a tenant's {field} is set by tenancy.create_tenant and no function changes it"
                 )),
             );
         }
@@ -455,7 +467,7 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
             )),
             (Some(_), None) if crate::rbac::SEEDED_ROLES.contains(&role.as_str()) => out.push(
                 Change::new("drop_role", object.clone(), "", DESTRUCTIVE).unsupported(
-                    "a seeded role (admin, member, viewer) is in every tenant and cannot be dropped: revoke its privileges instead",
+                    "admin, member and viewer are in every tenant and cannot be dropped: revoke their privileges instead",
                 ),
             ),
             (Some(_), None) => out.push(

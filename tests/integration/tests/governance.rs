@@ -189,12 +189,15 @@ fn plan_config_lists_each_change_with_its_risk_and_changes_nothing() {
         "SELECT * FROM tenancy.plan_config('{}')",
         &["22023"],
     );
+    // The document as a parameter: other tests' table names hold quotes.
     let mut app = app();
-    expect_err(
-        &mut app,
-        &format!("SELECT * FROM tenancy.plan_config('{}')", now),
-        &["42501"],
-    );
+    let e = app
+        .query(
+            "SELECT * FROM tenancy.plan_config($1::text::jsonb)",
+            &[&now.to_string()],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
 }
 
 #[test]
@@ -555,6 +558,15 @@ fn stats(c: &mut postgres::Client) -> std::collections::BTreeMap<String, serde_j
     .collect()
 }
 
+/// Binds `first`, then `then` in the same transaction: refused (42501, `rebind_refused`), a
+/// security event of `then`'s tenant.
+fn refused_rebind(c: &mut postgres::Client, first: &str, then: &str) {
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&first]).unwrap();
+    expect_err(c, &format!("SELECT tenancy.bind('{then}')"), &["42501"]);
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
 fn count(row: &serde_json::Value, key: &str) -> i64 {
     row[key]
         .as_i64()
@@ -603,15 +615,7 @@ fn telemetry_counts_a_scripted_workload_exactly_and_never_a_value() {
         .unwrap();
     app.batch_execute("ROLLBACK").unwrap();
     // B, then A in the same transaction: A's bind is refused (a security event of A's).
-    app.batch_execute("BEGIN").unwrap();
-    app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "u2")])
-        .unwrap();
-    expect_err(
-        &mut app,
-        &format!("SELECT tenancy.bind('{}')", f.token(&f.a, "u1")),
-        &["42501"],
-    );
-    app.batch_execute("ROLLBACK").unwrap();
+    refused_rebind(&mut app, &f.token(&f.b, "u2"), &f.token(&f.a, "u1"));
 
     // A session bound now, in an open transaction.
     let mut open = db.connect(APP);
@@ -963,15 +967,7 @@ fn a_nul_in_a_tokens_claims_cannot_stop_the_security_events() {
         &["28000", "22021"],
     );
     // Then an event of tenant A's, in the same batch or the next.
-    app.batch_execute("BEGIN").unwrap();
-    app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "u")])
-        .unwrap();
-    expect_err(
-        &mut app,
-        &format!("SELECT tenancy.bind('{}')", f.token(&f.a, "u")),
-        &["42501"],
-    );
-    app.batch_execute("ROLLBACK").unwrap();
+    refused_rebind(&mut app, &f.token(&f.b, "u"), &f.token(&f.a, "u"));
     let mut op = db.connect(OPERATOR);
     assert_not_privileged(&mut op);
     let recent: i64 = op
