@@ -2,18 +2,31 @@
 # Runs the examples (examples/python, examples/node) as the test suite does: a database with the
 # notes schema, PgBouncer in front of it in transaction mode, each example's packages installed
 # from PyPI and npm, and each example's checks (no foreign row read or written, forged writes
-# refused). Uses the cluster in PGHOST/PGPORT when set (scripts/test.sh's), or starts one.
+# refused), then the governance gate, the monitoring collector and pgrls. Uses the cluster in
+# PGHOST/PGPORT when set, or starts one of its own. The gate asserts a clean database, and roles
+# are the cluster's, not a database's: scripts/test.sh therefore gives the examples their own
+# cluster, so that roles other tests leave behind cannot make it unclean.
 #
-#   examples/run.sh
+#   examples/run.sh               installs what is missing, builds and installs pg_tenancy
+#   examples/run.sh --no-install  uses the pg_tenancy installed now (scripts/test.sh)
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_ROOT"
 
+INSTALL=1
+case "${1:-}" in
+    "") ;;
+    --no-install) INSTALL=0 ;;
+    *) die "usage: $0 [--no-install]" ;;
+esac
+
 WORK=${TENANCY_EXAMPLES_DIR:-/tmp/pg_tenancy-examples}
 mkdir -p "$WORK"
 if [ -z "${PGHOST:-}" ]; then
-    ensure_deps
-    install_extension
+    if [ "$INSTALL" = 1 ]; then
+        ensure_deps
+        install_extension
+    fi
     PORT=$(free_port)
     cluster_start "$WORK/cluster" "$PORT"
     trap 'cluster_stop "$WORK/cluster"' EXIT
