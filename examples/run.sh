@@ -156,12 +156,15 @@ SELECT tenancy.protect_schema('lint');
 SQL
     "$WORK/venv/bin/pip" install -q --disable-pip-version-check "pgrls==0.57.1"
     local url="postgresql://postgres@/$DB?host=$PGHOST&port=$PGPORT"
-    if (cd "$WORK" && "$WORK/venv/bin/pgrls" lint --database-url "$url" --schemas lint,notes > "$WORK/pgrls-bare.txt" 2>&1); then
+    # pgrls reads ./pgrls.toml when it is there: lint from an empty directory, and keep the
+    # generated configuration under another name, so that the bare lint is bare on every run.
+    rm -rf "$WORK/pgrls-run" && mkdir -p "$WORK/pgrls-run"
+    if (cd "$WORK/pgrls-run" && "$WORK/venv/bin/pgrls" lint --database-url "$url" --schemas lint,notes > "$WORK/pgrls-bare.txt" 2>&1); then
         echo "pgrls found nothing without the configuration: did it lint?" >&2; return 1
     fi
     grep -q "SEC003" "$WORK/pgrls-bare.txt" || { cat "$WORK/pgrls-bare.txt" >&2; return 1; }
-    "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$DB" -f examples/pgrls/pgrls-config.sql > "$WORK/pgrls.toml"
-    (cd "$WORK" && "$WORK/venv/bin/pgrls" lint --database-url "$url" --config "$WORK/pgrls.toml" --schemas lint,notes) \
+    "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -d "$DB" -f examples/pgrls/pgrls-config.sql > "$WORK/tenancy-pgrls.toml"
+    (cd "$WORK/pgrls-run" && "$WORK/venv/bin/pgrls" lint --database-url "$url" --config "$WORK/tenancy-pgrls.toml" --schemas lint,notes) \
         || { echo "pgrls is not clean with the generated configuration" >&2; return 1; }
     echo "examples/pgrls: $(grep -c '^pgrls\|ERROR' "$WORK/pgrls-bare.txt") finding line(s) without the configuration, none with it"
 }
