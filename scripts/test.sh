@@ -121,10 +121,12 @@ integration() {
     cluster_start "$WORK/fresh" "$fresh_port"
     # A third, with pg_tenancy in shared_preload_libraries (as production runs it): security
     # events in shared memory and their log table, and refusals that need the library loaded
-    # before a session's first statement (LOCK TABLE).
+    # before a session's first statement (LOCK TABLE); prepared transactions for the
+    # telemetry's count of a two-phase commit.
     local pre_port
     pre_port=$(free_port)
-    cluster_start "$WORK/preloaded" "$pre_port" "shared_preload_libraries = 'pg_tenancy'"
+    cluster_start "$WORK/preloaded" "$pre_port" "shared_preload_libraries = 'pg_tenancy'
+max_prepared_transactions = 4"
     PGHOST="$WORK/preloaded" PGPORT="$pre_port" \
         "$PGBIN/psql" -q -v ON_ERROR_STOP=1 -d postgres -f tests/integration/setup.sql
     (cd tests/integration && TENANCY_IT_DB=tenancy_it TENANCY_FRESH_PGHOST="$WORK/fresh" \

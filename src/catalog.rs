@@ -468,7 +468,7 @@ fn rels() -> Rels {
 /// `set_config(..., false)`, say), is rolled back, as PostgreSQL's maintenance commands roll
 /// back what they ran as a table's owner; on error, the transaction's or subtransaction's abort
 /// does it.
-fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: a GUC nest level of our own, closed below (or by (sub)transaction abort); the
     // setting is changed with GUC_ACTION_SAVE, which PostgreSQL allows in parallel mode too.
     unsafe {

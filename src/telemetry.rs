@@ -133,6 +133,9 @@ impl Counts {
 #[derive(Clone, Copy, Default)]
 struct Slot {
     used: bool,
+    /// The database whose tenant this is: tenant ids are a database's (a database cloned from
+    /// another has the same ones), so counts are kept per database and tenant.
+    db: u32,
     tenant: [u8; 16],
     last_active: i64,
     counts: Counts,
@@ -141,6 +144,7 @@ struct Slot {
 #[derive(Clone, Copy, Default)]
 struct Session {
     pid: i32,
+    db: u32,
     tenant: [u8; 16],
 }
 
@@ -274,6 +278,12 @@ pub fn preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
+/// This backend's database.
+fn my_db() -> u32 {
+    // SAFETY: reads this process's own database oid, set once at connection.
+    u32::from(unsafe { pg_sys::MyDatabaseId })
+}
+
 fn now() -> i64 {
     // SAFETY: reads the clock.
     unsafe { pg_sys::GetCurrentTimestamp() }
@@ -284,7 +294,7 @@ fn pending(tenant: Uuid, f: impl FnOnce(&mut Counts)) {
 }
 
 /// A finished statement of a bound session (the executor's observer).
-fn statement(writes: bool, processed: u64, touched: &[Touched]) {
+fn statement(processed: u64, touched: &[Touched]) {
     let Some(tenant) = crate::authz::acting_tenant_unchecked() else {
         return;
     };
@@ -296,26 +306,32 @@ fn statement(writes: bool, processed: u64, touched: &[Touched]) {
     register_exit();
     let mut any = false;
     pending(tenant, |c| {
-        let mut wrote = false;
+        let (mut wrote, mut rows_written, mut rows_read) = (false, false, false);
         for t in touched.iter().filter(|t| protected.contains(&t.relid)) {
             any = true;
             let tc = c.table(t.relid);
             tc.statements += 1;
             if t.written {
                 wrote = true;
-                // A data-modifying WITH under a SELECT: PostgreSQL counts no rows of it.
-                if writes {
+                // Written by the top-level statement: its rows. Written by a data-modifying
+                // WITH only: PostgreSQL counts no rows of it.
+                if t.counted {
                     tc.rows_written += processed;
+                    rows_written = true;
                 }
-            } else if !writes && t.read {
+            } else if t.read {
+                // Only read: the statement's rows came from it (a SELECT's rows returned;
+                // an INSERT ... SELECT's rows copied out of it).
                 tc.rows_read += processed;
+                rows_read = true;
             }
         }
         if any {
             c.statements += 1;
-            if writes {
+            if rows_written {
                 c.rows_written += processed;
-            } else {
+            }
+            if rows_read {
                 c.rows_read += processed;
             }
             c.wrote |= wrote;
@@ -378,9 +394,11 @@ pub fn revocation_noticed(tenant: Uuid) {
     }
 }
 
-/// The end of this backend's transaction: publishes its counts, and the tenant the session is
-/// still bound to (`bound`, None when its binding ended with the transaction).
+/// The end of this backend's transaction: publishes its counts (`committed`: committed or
+/// prepared), and the tenant the session is still bound to (`bound`, None when its binding
+/// ended with the transaction).
 pub fn end_of_transaction(committed: bool, bound: Option<Uuid>) {
+    executor_end::forget_runs();
     let (mut counts, revoked, session_changed, bound) = PENDING.with(|p| {
         let mut p = p.borrow_mut();
         // Published only once its exit will clear it (registered outside this callback).
@@ -420,6 +438,7 @@ pub fn end_of_transaction(committed: bool, bound: Option<Uuid>) {
             let pid = unsafe { pg_sys::MyProcPid };
             t.sessions[procno] = Session {
                 pid: if bound.is_some() { pid } else { 0 },
+                db: my_db(),
                 tenant: bound.map(|b| *b.as_bytes()).unwrap_or_default(),
             };
         }
@@ -460,6 +479,7 @@ fn publish_session(tenant: Option<Uuid>) {
         let pid = unsafe { pg_sys::MyProcPid };
         TELEMETRY.exclusive().sessions[procno] = Session {
             pid: if tenant.is_some() { pid } else { 0 },
+            db: my_db(),
             tenant: tenant.map(|t| *t.as_bytes()).unwrap_or_default(),
         };
     }
@@ -485,15 +505,14 @@ extern "C-unwind" fn session_exit(_code: i32, _arg: pg_sys::Datum) {
 /// the least recently active tenant's, whose counts go to the "other" bucket.
 fn slot(t: &mut Telemetry, tenant: Uuid, at: i64) -> &mut Counts {
     let key = *tenant.as_bytes();
+    let db = my_db();
     let cap = (crate::gucs::TELEMETRY_TENANTS.get().max(1) as usize).min(MAX_TRACKED);
     let cached = SLOT_OF.with(|s| s.borrow().get(&tenant).copied());
-    let i = match cached.filter(|&i| i < cap && t.slots[i].used && t.slots[i].tenant == key) {
+    let mine = |s: &Slot| s.used && s.tenant == key && s.db == db;
+    let i = match cached.filter(|&i| i < cap && mine(&t.slots[i])) {
         Some(i) => i,
         None => {
-            let i = match t.slots[..cap]
-                .iter()
-                .position(|s| s.used && s.tenant == key)
-            {
+            let i = match t.slots[..cap].iter().position(mine) {
                 Some(i) => i,
                 None => {
                     let i = match t.slots[..cap].iter().position(|s| !s.used) {
@@ -504,7 +523,12 @@ fn slot(t: &mut Telemetry, tenant: Uuid, at: i64) -> &mut Counts {
                                 .enumerate()
                                 .min_by_key(|(_, s)| s.last_active)
                                 .expect("a cap of at least one slot");
-                            let gone = t.slots[i].counts;
+                            let mut gone = t.slots[i].counts;
+                            // The bucket is read from every database, where a table oid of
+                            // this one names nothing: its tables are summed as one.
+                            for tc in std::mem::take(&mut gone.tables) {
+                                gone.other_tables.add(&tc);
+                            }
                             t.other.add(&gone);
                             t.evicted += 1;
                             i
@@ -512,6 +536,7 @@ fn slot(t: &mut Telemetry, tenant: Uuid, at: i64) -> &mut Counts {
                     };
                     t.slots[i] = Slot {
                         used: true,
+                        db,
                         tenant: key,
                         last_active: at,
                         counts: Counts::default(),
@@ -533,9 +558,9 @@ fn slot(t: &mut Telemetry, tenant: Uuid, at: i64) -> &mut Counts {
     &mut t.slots[i].counts
 }
 
-/// What shared memory holds: each tracked tenant's counts with its bound sessions, then the
-/// "other" bucket (None) with the number of tenants evicted into it and the sessions of
-/// untracked tenants. Empty when not preloaded.
+/// What shared memory holds for this database: each tracked tenant's counts with its bound
+/// sessions, then the "other" bucket with the number of tenants evicted into it, the counts of
+/// other databases' tenants and the sessions of untracked tenants. Empty when not preloaded.
 pub struct Snapshot {
     pub tenants: Vec<(Uuid, Counts, u64)>,
     pub other: Counts,
@@ -549,26 +574,36 @@ pub fn snapshot() -> Option<Snapshot> {
         return None;
     }
     let cap = (crate::gucs::TELEMETRY_TENANTS.get().max(1) as usize).min(MAX_TRACKED);
+    let db = my_db();
     let t = TELEMETRY.share();
-    let mut sessions: HashMap<[u8; 16], u64> = HashMap::new();
+    let mut sessions: HashMap<(u32, [u8; 16]), u64> = HashMap::new();
     for s in t.sessions.iter().filter(|s| s.pid != 0) {
-        *sessions.entry(s.tenant).or_default() += 1;
+        *sessions.entry((s.db, s.tenant)).or_default() += 1;
+    }
+    let mut other = t.other;
+    for s in t.slots.iter().filter(|s| s.used && s.db != db) {
+        // Another database's table oids name nothing here: its tables are summed as one.
+        let mut c = s.counts;
+        for tc in std::mem::take(&mut c.tables) {
+            c.other_tables.add(&tc);
+        }
+        other.add(&c);
     }
     let tenants: Vec<(Uuid, Counts, u64)> = t
         .slots
         .iter()
-        .filter(|s| s.used)
+        .filter(|s| s.used && s.db == db)
         .map(|s| {
             (
                 Uuid::from_bytes(s.tenant),
                 s.counts,
-                sessions.remove(&s.tenant).unwrap_or(0),
+                sessions.remove(&(s.db, s.tenant)).unwrap_or(0),
             )
         })
         .collect();
     Some(Snapshot {
         tenants,
-        other: t.other,
+        other,
         other_sessions: sessions.values().sum(),
         evicted: t.evicted,
         cap,

@@ -343,7 +343,14 @@ unsafe extern "C-unwind" fn xact_callback(
         // Unwinding clears it; should anything ever skip the unwinding, validation resumes
         // with the next transaction all the same.
         IN_WITH_CURRENT.with(|c| c.set(false));
-        crate::telemetry::end_of_transaction(event == XACT_EVENT_COMMIT, statement_tenant());
+        // A prepared transaction's writes are published as committed: nothing is published
+        // at COMMIT PREPARED (another session, perhaps), and counting them at PREPARE keeps a
+        // tenant from hiding its writes behind two-phase commit; a ROLLBACK PREPARED leaves
+        // them counted, an overcount the reference states.
+        crate::telemetry::end_of_transaction(
+            event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE,
+            statement_tenant(),
+        );
     }
 }
 

@@ -10,7 +10,7 @@
 //! as if the caller had made it by hand.
 
 use super::plan::{plan, Change, Duty, Step, RISKS};
-use crate::{authz, errors};
+use crate::{authz, catalog, errors};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
@@ -115,18 +115,23 @@ fn apply_config(
         Step::Calls { phase, .. } => phase,
         Step::Unsupported(_) => u8::MAX,
     });
-    for c in &ordered {
-        if let Step::Calls { calls, .. } = &c.step {
-            for (sql, args) in calls {
-                let args: Vec<pgrx::datum::DatumWithOid> =
-                    args.iter().map(|a| a.clone().into()).collect();
-                // As the caller (see the module's documentation).
-                Spi::run_with_args(sql, &args).unwrap_or_else(|e| {
-                    pgrx::error!("pg_tenancy: apply_config: {} failed: {e}", c.shown())
-                });
+    // As the caller (see the module's documentation), with search_path pinned to pg_catalog
+    // for the calls: their names and operators are schema-qualified, the document's tables
+    // are too (as export_config prints them), and nothing another role created on the
+    // caller's search_path can take part in them.
+    catalog::with_pinned_search_path(|| {
+        for c in &ordered {
+            if let Step::Calls { calls, .. } = &c.step {
+                for (sql, args) in calls {
+                    let args: Vec<pgrx::datum::DatumWithOid> =
+                        args.iter().map(|a| a.clone().into()).collect();
+                    Spi::run_with_args(sql, &args).unwrap_or_else(|e| {
+                        pgrx::error!("pg_tenancy: apply_config: {} failed: {e}", c.shown())
+                    });
+                }
             }
         }
-    }
+    });
 
     let left: Vec<Change> = plan(doc).into_iter().filter(|c| c.duty() == duty).collect();
     if !left.is_empty() {

@@ -587,11 +587,27 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
     for (role, x, y) in compare(&ga, &gb) {
         let object = format!("{slug} mapping {role}");
         match (x, y) {
-            (Some(_), None) => out.push(Change::new("unmap_role", object, "", NARROWING).call(
-                REMOVE,
-                "SELECT tenancy.unmap_role($1::pg_catalog.regrole, $2)",
-                vec![s(role.as_str()), s(slug)],
-            )),
+            (Some(_), None) => {
+                // A role mapped to one tenant is bound to it without a token; a role mapped to
+                // none may bind any tenant with a token. Removing a mapping that leaves one
+                // or none widens (counted in the database as it is now).
+                let (detail, risk) = match mapped_elsewhere(role.as_str(), slug) {
+                    0 => (
+                        "its last mapping: the role may then bind any tenant with a token",
+                        WIDENING,
+                    ),
+                    1 => (
+                        "the role is then bound to its one other tenant without a token",
+                        WIDENING,
+                    ),
+                    _ => ("", NARROWING),
+                };
+                out.push(Change::new("unmap_role", object, detail, risk).call(
+                    REMOVE,
+                    "SELECT tenancy.unmap_role($1::pg_catalog.regrole, $2)",
+                    vec![s(role.as_str()), s(slug)],
+                ))
+            }
             (_, Some(y)) => {
                 let admin = y["tenant_roles"]
                     .as_array()
@@ -611,6 +627,21 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
     if given("keys") {
         key_changes(Some(slug), &a["keys"], &b["keys"], out);
     }
+}
+
+/// The tenants other than `slug` that database role `role` is mapped to now.
+fn mapped_elsewhere(role: &str, slug: &str) -> i64 {
+    crate::catalog::owner_rows(
+        "tenancy.role_mapping",
+        "SELECT pg_catalog.count(*) FROM tenancy.role_mapping m JOIN tenancy.tenant t ON t.id OPERATOR(pg_catalog.=) m.tenant_id \
+          WHERE m.role::pg_catalog.oid OPERATOR(pg_catalog.=) pg_catalog.to_regrole($1)::pg_catalog.oid \
+            AND t.slug OPERATOR(pg_catalog.<>) $2",
+        &[role.into(), slug.into()],
+        |row| Ok(row.get::<i64>(1)?.unwrap_or(0)),
+    )
+    .first()
+    .copied()
+    .unwrap_or(0)
 }
 
 /// What applying `doc` (a document of `export_config`'s form) to this database would change,
@@ -711,11 +742,17 @@ fn protection_changes(now: &Value, want: &Value, out: &mut Vec<Change>) {
     // it is still needed when its turn comes.
     const PROTECT_SQL: &str =
         "SELECT tenancy.protect($1::pg_catalog.regclass, $2, $3::pg_catalog.bool)";
+    // Every operator named with its schema: apply_config runs these as its caller, and an
+    // unqualified `=` would resolve through the caller's search_path, where another role may
+    // have created a `=` of its own (an exact match for regclass, which pg_catalog lacks).
     const PROTECT_LEFT: &str = "SELECT tenancy.protect($1::pg_catalog.regclass, $2, $3::pg_catalog.bool) \
-         WHERE NOT EXISTS (SELECT FROM tenancy.protected_tables p WHERE p.\"table\" = $1::pg_catalog.regclass \
-                            AND p.tenant_column = $2 AND p.audited = $3::pg_catalog.bool)";
+         WHERE NOT EXISTS (SELECT FROM tenancy.protected_tables p \
+                            WHERE p.\"table\"::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass::pg_catalog.oid \
+                              AND p.tenant_column::pg_catalog.text OPERATOR(pg_catalog.=) $2::pg_catalog.text \
+                              AND p.audited OPERATOR(pg_catalog.=) $3::pg_catalog.bool)";
     const UNPROTECT_SQL: &str = "SELECT tenancy.unprotect($1::pg_catalog.regclass) \
-         WHERE EXISTS (SELECT FROM tenancy.protected_tables p WHERE p.\"table\" = $1::pg_catalog.regclass)";
+         WHERE EXISTS (SELECT FROM tenancy.protected_tables p \
+                        WHERE p.\"table\"::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass::pg_catalog.oid)";
     let tables = |v: &Value| by_key(&v["protected_tables"], |t| text(t, "table"));
     let (ta, tb) = if want.get("protected_tables").is_some() {
         (tables(now), tables(want))

@@ -311,7 +311,7 @@ fn tenant_stats() -> TableIterator<
             None,
             None,
             &format!(
-                "other: {} tenant(s) evicted from the {} tracked, and events of no verified tenant",
+                "other: {} tenant(s) evicted from the {} tracked, other databases' tenants, and events of no verified tenant",
                 s.evicted, s.cap
             ),
             Some((&s.other, s.other_sessions)),
@@ -344,7 +344,7 @@ fn label(v: &str) -> String {
 /// Platform totals and the most active tenants' counts in Prometheus text exposition format
 /// (version 0.0.4): `# HELP`, `# TYPE`, counters and gauges. Tenants are labelled by slug, at
 /// most `tenancy.metrics_top_tenants` of them (the most statements and binds since the server
-/// started), the rest summed under `tenant="other"`: a bounded label set. Operators and roles
+/// started), the rest summed under `tenant="(other)"`, a value no slug can take: a bounded label set. Operators and roles
 /// with the privileges of `pg_monitor`.
 #[pg_extern(volatile, parallel_unsafe)]
 fn metrics() -> String {
@@ -425,7 +425,7 @@ fn metrics() -> String {
             .map(|(k, n)| (format!("event=\"{}\"", label(k)), *n as f64))
             .collect::<Vec<_>>(),
     );
-    // The most active tenants one by one, the rest as "other".
+    // The most active tenants one by one, the rest as "(other)".
     let top = crate::gucs::METRICS_TOP_TENANTS.get().max(0) as usize;
     let mut ranked: Vec<(&uuid::Uuid, &Counts, u64)> =
         s.tenants.iter().map(|(t, c, n)| (t, c, *n)).collect();
@@ -446,7 +446,8 @@ fn metrics() -> String {
             }
         }
     }
-    labelled.push(("other".to_string(), other, other_sessions));
+    // "(other)": no slug can take it (a tenant may be named `other`).
+    labelled.push(("(other)".to_string(), other, other_sessions));
     let per_tenant = |f: &dyn Fn(&Counts, u64) -> f64| -> Vec<(String, f64)> {
         labelled
             .iter()

@@ -1,40 +1,112 @@
 //! The ExecutorEnd hook: tells one registered observer (telemetry) which relations a finished
 //! statement read and wrote and how many rows it processed, read from the QueryDesc with no
 //! SQL. Nothing else is done here, and nothing when no observer wants the statement.
+//!
+//! A statement may run in several steps (a cursor's FETCHes, a portal executed a few rows at a
+//! time), and PostgreSQL 15 counts only the last step's rows in `es_processed` (16 adds
+//! `es_total_processed` for this): an ExecutorRun hook adds up every step's rows, so that a
+//! FETCH ALL followed by an empty FETCH still counts every row the cursor returned.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 /// A relation a finished statement used: read (SELECT privilege checked) and/or written (a
-/// result relation of INSERT, UPDATE, DELETE or MERGE, at the top or in a WITH).
+/// result relation of INSERT, UPDATE, DELETE or MERGE, at the top or in a WITH); `counted`:
+/// a result relation of the top-level statement, whose rows are the statement's processed
+/// rows (PostgreSQL keeps no count of a data-modifying WITH's rows).
 #[derive(Clone, Copy, Debug)]
 pub struct Touched {
     pub relid: u32,
     pub read: bool,
     pub written: bool,
+    pub counted: bool,
 }
 
 /// The observer: whether it wants statements now (cheap: called for every statement), and
-/// what it does with one (the statement wrote when `writes`; `processed` rows).
+/// what it does with one (`processed` rows: returned by a SELECT, written by the top-level
+/// INSERT, UPDATE, DELETE or MERGE).
 #[derive(Clone, Copy)]
 pub struct Observer {
     pub wanted: fn() -> bool,
-    pub finished: fn(writes: bool, processed: u64, touched: &[Touched]),
+    pub finished: fn(processed: u64, touched: &[Touched]),
 }
 
 static mut OBSERVER: Option<Observer> = None;
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
+static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
 
-/// Install the hook with its observer (once, from _PG_init).
+thread_local! {
+    /// Rows processed so far by each statement that has run and not ended yet, by the address
+    /// of its QueryDesc (a few at most: one per open cursor or portal). Forgotten at the end of
+    /// the transaction, when every portal has ended.
+    static RUNS: std::cell::RefCell<Vec<(usize, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Install the hooks with their observer (once, from _PG_init).
 pub fn observe(observer: Observer) {
     // SAFETY: called once from _PG_init, on the backend's only thread, before any statement
-    // runs: the hook installed before ours is kept and called from ours; our function stays
+    // runs: the hooks installed before ours are kept and called from ours; our functions stay
     // valid for the life of the backend (the library is not unloaded).
     unsafe {
         OBSERVER = Some(observer);
         PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
         pg_sys::ExecutorEnd_hook = Some(executor_end);
+        PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
+        pg_sys::ExecutorRun_hook = Some(executor_run);
     }
+}
+
+/// The transaction ended: no statement of it is running any more.
+pub fn forget_runs() {
+    RUNS.with(|r| r.borrow_mut().clear());
+}
+
+/// Whether the observer wants this process's statements now.
+fn wanted() -> Option<Observer> {
+    // SAFETY: OBSERVER is written once by `observe`, before any statement runs, on the
+    // backend's only thread; it is copied out here. ParallelWorkerNumber is this process's own
+    // variable, read on its only thread.
+    unsafe { OBSERVER.filter(|o| pg_sys::ParallelWorkerNumber < 0 && (o.wanted)()) }
+}
+
+/// # Safety
+/// Called by PostgreSQL as `ExecutorRun_hook`, with the QueryDesc of a started statement.
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_run(
+    qd: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+    execute_once: bool,
+) {
+    // SAFETY: PREV_EXECUTOR_RUN is written once by `observe` before any statement runs.
+    match unsafe { PREV_EXECUTOR_RUN } {
+        // SAFETY: the hook installed before ours, called with our own arguments through the
+        // FFI guard (its errors come back as a Rust panic, re-raised by #[pg_guard]).
+        Some(prev) => unsafe {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| prev(qd, direction, count, execute_once))
+        },
+        // SAFETY: the standard implementation, with the arguments PostgreSQL gave us.
+        None => unsafe { pg_sys::standard_ExecutorRun(qd, direction, count, execute_once) },
+    }
+    if wanted().is_none() {
+        return;
+    }
+    // SAFETY: `qd` is the statement's QueryDesc (this function's contract), its executor state
+    // valid until ExecutorEnd; checked for null before it is read.
+    let n = unsafe {
+        if qd.is_null() || (*qd).estate.is_null() {
+            return;
+        }
+        (*(*qd).estate).es_processed
+    };
+    let key = qd as usize;
+    RUNS.with(|r| {
+        let mut r = r.borrow_mut();
+        match r.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, total)) => *total += n,
+            None => r.push((key, n)),
+        }
+    });
 }
 
 /// # Safety
@@ -42,17 +114,19 @@ pub fn observe(observer: Observer) {
 /// (or was started for EXPLAIN only).
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_end(qd: *mut pg_sys::QueryDesc) {
-    // SAFETY: OBSERVER is written once by `observe`, before any statement runs, on the
-    // backend's only thread; it is copied out here.
-    if let Some(o) = unsafe { OBSERVER } {
-        // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
-        let leader = unsafe { pg_sys::ParallelWorkerNumber } < 0;
-        if leader && (o.wanted)() {
-            // SAFETY: `qd` is the finished statement's QueryDesc (this function's contract):
-            // read before standard_ExecutorEnd frees its executor state.
-            if let Some((writes, processed, touched)) = unsafe { finished(qd) } {
-                (o.finished)(writes, processed, &touched);
-            }
+    // Every step's rows (see the module's documentation); a statement that started while the
+    // observer did not want it has no entry, and its last step's rows are what is known.
+    let key = qd as usize;
+    let steps = RUNS.with(|r| {
+        let mut r = r.borrow_mut();
+        let i = r.iter().position(|(k, _)| *k == key)?;
+        Some(r.swap_remove(i).1)
+    });
+    if let Some(o) = wanted() {
+        // SAFETY: `qd` is the finished statement's QueryDesc (this function's contract):
+        // read before standard_ExecutorEnd frees its executor state.
+        if let Some((processed, touched)) = unsafe { finished(qd) } {
+            (o.finished)(steps.unwrap_or(processed), &touched);
         }
     }
     // SAFETY: PREV_EXECUTOR_END is written once by `observe` before any statement runs.
@@ -65,12 +139,12 @@ unsafe extern "C-unwind" fn executor_end(qd: *mut pg_sys::QueryDesc) {
     }
 }
 
-/// What the statement did: whether it wrote, the rows it processed, and the relations it
-/// read or wrote. None for EXPLAIN without ANALYZE (nothing ran).
+/// What the statement did: the rows it processed, and the relations it read or wrote. None
+/// for EXPLAIN without ANALYZE (nothing ran).
 ///
 /// # Safety
 /// `qd` must be a QueryDesc whose executor state has not been freed yet.
-unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(bool, u64, Vec<Touched>)> {
+unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(u64, Vec<Touched>)> {
     // SAFETY: the QueryDesc, its planned statement and executor state are valid until
     // standard_ExecutorEnd (this function's contract); each pointer is checked for null
     // before it is read; a List's `elements` hold `length` cells, of pointers (the range
@@ -84,14 +158,24 @@ unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(bool, u64, Vec<Touched
             return None;
         }
         let stmt = (*qd).plannedstmt;
-        // The top-level statement wrote (its rows are `es_processed`); a SELECT with a
-        // data-modifying WITH writes too, but PostgreSQL keeps no count of those rows.
-        let writes = (*qd).operation != pg_sys::CmdType::CMD_SELECT;
+        let has = |list: *mut pg_sys::List, index: i32| -> bool {
+            !list.is_null()
+                && (0..(*list).length as usize)
+                    .any(|i| (*(*list).elements.add(i)).int_value == index)
+        };
+        // Result relations of every ModifyTable, a data-modifying WITH's included.
         let results = (*stmt).resultRelations;
-        let written = |index: i32| -> bool {
-            !results.is_null()
-                && (0..(*results).length as usize)
-                    .any(|i| (*(*results).elements.add(i)).int_value == index)
+        // The top-level statement's own: its plan's root is a ModifyTable (its rows are
+        // `es_processed`); a data-modifying WITH's ModifyTable sits in a subplan.
+        let top = (*stmt).planTree;
+        let (top_results, top_root) = if (*qd).operation != pg_sys::CmdType::CMD_SELECT
+            && !top.is_null()
+            && (*top).type_ == pg_sys::NodeTag::T_ModifyTable
+        {
+            let m = top as *mut pg_sys::ModifyTable;
+            ((*m).resultRelations, (*m).rootRelation as i32)
+        } else {
+            (std::ptr::null_mut(), 0)
         };
         let rtable = (*stmt).rtable;
         let mut touched = Vec::new();
@@ -102,18 +186,19 @@ unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(bool, u64, Vec<Touched
                     continue;
                 }
                 let read = (*rte).requiredPerms & pg_sys::ACL_SELECT != 0;
-                // Result relations of every ModifyTable, a data-modifying WITH's included.
-                let wrote = written(i as i32 + 1);
+                let index = i as i32 + 1;
+                let wrote = has(results, index) || index == top_root && top_root != 0;
                 if read || wrote {
                     touched.push(Touched {
                         relid: u32::from((*rte).relid),
                         read,
                         written: wrote,
+                        counted: has(top_results, index) || index == top_root && top_root != 0,
                     });
                 }
             }
         }
-        Some((writes, (*estate).es_processed, touched))
+        Some(((*estate).es_processed, touched))
     }
 }
 

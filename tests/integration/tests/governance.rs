@@ -758,6 +758,146 @@ fn telemetry_counts_a_scripted_workload_exactly_and_never_a_value() {
 }
 
 #[test]
+fn telemetry_counts_what_a_statement_did_however_it_ran() {
+    // Found by an attacker's pass: reads through a cursor, writes behind two-phase commit or a
+    // data-modifying WITH, and copies out of a protected table were counted as nothing or as
+    // something else; and a database cloned from another counted into the original's tenants.
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = OwnDatabase::preloaded("gv_how", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    su.batch_execute(&format!(
+        "CREATE TABLE public.gv_h (id bigserial, tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), body text);
+         SELECT tenancy.protect('public.gv_h');
+         GRANT SELECT, INSERT, UPDATE ON public.gv_h TO {APP};
+         GRANT USAGE ON SEQUENCE public.gv_h_id_seq TO {APP};
+         GRANT CREATE ON SCHEMA public TO {APP};"
+    ))
+    .unwrap();
+    let mut op = db.connect(OPERATOR);
+    let mut app = db.connect(APP);
+    assert_not_privileged(&mut app);
+    let bind = |c: &mut postgres::Client| {
+        c.batch_execute("BEGIN").unwrap();
+        c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u1")])
+            .unwrap();
+    };
+    bind(&mut app);
+    app.batch_execute(
+        "INSERT INTO public.gv_h (body) SELECT 'r' || i FROM generate_series(1, 50) i; COMMIT",
+    )
+    .unwrap();
+    let delta =
+        |before: &std::collections::BTreeMap<String, serde_json::Value>,
+         op: &mut postgres::Client,
+         key: &str| { count(&stats(op)[&f.a], key) - count(&before[&f.a], key) };
+
+    // A cursor: FETCH ALL, then an empty FETCH (PostgreSQL 15 keeps only the last step's count).
+    let before = stats(&mut op);
+    bind(&mut app);
+    app.batch_execute(
+        "DECLARE c CURSOR FOR SELECT * FROM public.gv_h; FETCH ALL FROM c; FETCH NEXT FROM c; CLOSE c;
+         DECLARE d CURSOR FOR SELECT * FROM public.gv_h; FETCH 20 FROM d; FETCH 20 FROM d; FETCH 20 FROM d; CLOSE d;
+         COMMIT",
+    )
+    .unwrap();
+    assert_eq!(delta(&before, &mut op, "rows_read"), 100);
+    assert_eq!(delta(&before, &mut op, "rows_written"), 0);
+
+    // Rows copied out of a protected table into one of the session's own: read, not written.
+    let before = stats(&mut op);
+    bind(&mut app);
+    app.batch_execute(
+        "CREATE TEMP TABLE loot AS SELECT * FROM public.gv_h WHERE false;
+         INSERT INTO loot SELECT * FROM public.gv_h; COMMIT",
+    )
+    .unwrap();
+    assert_eq!(delta(&before, &mut op, "rows_read"), 50);
+    assert_eq!(delta(&before, &mut op, "rows_written"), 0);
+
+    // A data-modifying WITH under an INSERT elsewhere: a write of the table (its statement and
+    // last write), without rows PostgreSQL does not count; never rows of another table.
+    let before = stats(&mut op);
+    bind(&mut app);
+    app.batch_execute(
+        "CREATE TEMP TABLE sink (x int);
+         WITH u AS (UPDATE public.gv_h SET body = body || '-x' RETURNING 1)
+             INSERT INTO sink SELECT 1 FROM u;
+         COMMIT",
+    )
+    .unwrap();
+    let after = stats(&mut op);
+    assert_eq!(
+        count(&after[&f.a], "rows_written"),
+        count(&before[&f.a], "rows_written")
+    );
+    assert_eq!(
+        count(&after[&f.a], "statements"),
+        count(&before[&f.a], "statements") + 1
+    );
+    assert_ne!(
+        after[&f.a]["last_write"], before[&f.a]["last_write"],
+        "{}",
+        after[&f.a]
+    );
+
+    // Two-phase commit: the prepared transaction's writes count as committed.
+    let before = stats(&mut op);
+    bind(&mut app);
+    app.batch_execute(
+        "INSERT INTO public.gv_h (body) SELECT 'p' || i FROM generate_series(1, 7) i;
+         PREPARE TRANSACTION 'gv_how_2pc'",
+    )
+    .unwrap();
+    su.batch_execute("COMMIT PREPARED 'gv_how_2pc'").unwrap();
+    assert_eq!(delta(&before, &mut op, "rows_written"), 7);
+    assert_eq!(delta(&before, &mut op, "audit_records"), 7);
+
+    // A database cloned from this one has the same tenant ids: its activity is its own, not
+    // this database's tenant's (here it is in the other bucket).
+    drop((app, op, su));
+    let clone = ident("gv_how_clone");
+    let mut top = connect_preloaded("postgres");
+    top.batch_execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        db.name
+    ))
+    .unwrap();
+    top.batch_execute(&format!("CREATE DATABASE {clone} TEMPLATE {}", db.name))
+        .unwrap();
+    let mut op = db.connect(OPERATOR);
+    let before = stats(&mut op);
+    {
+        let mut cfg = preloaded_config(APP);
+        cfg.dbname(&clone);
+        let mut other = cfg.connect(postgres::NoTls).unwrap();
+        other.batch_execute("BEGIN").unwrap();
+        other
+            .execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u1")])
+            .unwrap();
+        other
+            .batch_execute(
+                "INSERT INTO public.gv_h (body) SELECT 'c' || i FROM generate_series(1, 30) i; COMMIT",
+            )
+            .unwrap();
+    }
+    let after = stats(&mut op);
+    assert_eq!(
+        count(&after[&f.a], "rows_written"),
+        count(&before[&f.a], "rows_written")
+    );
+    assert_eq!(count(&after[&f.a], "binds"), count(&before[&f.a], "binds"));
+    assert!(
+        count(&after["(other)"], "rows_written") >= count(&before["(other)"], "rows_written") + 30,
+        "{}",
+        after["(other)"]
+    );
+    drop(op);
+    top.batch_execute(&format!("DROP DATABASE {clone} WITH (FORCE)"))
+        .unwrap();
+}
+
+#[test]
 fn metrics_parse_as_prometheus_text_with_a_bounded_label_set() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let db = OwnDatabase::preloaded("gv_metrics", true);
@@ -767,13 +907,19 @@ fn metrics_parse_as_prometheus_text_with_a_bounded_label_set() {
     su.batch_execute(&format!(
         "CREATE ROLE {scraper} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE pg_monitor;
          SELECT tenancy.create_tenants(
-             (SELECT jsonb_agg(jsonb_build_object('slug', 'gv-m' || i)) FROM generate_series(1, 30) i));"
+             (SELECT jsonb_agg(jsonb_build_object('slug', 'gv-m' || i)) FROM generate_series(1, 30) i));
+         SELECT tenancy.create_tenant('other');"
     ))
     .unwrap();
     let mut app = db.connect(APP);
     for i in 1..=30 {
         let t = format!("gv-m{i}");
         app.execute("SELECT tenancy.bind($1)", &[&f.token(&t, "u")])
+            .ok();
+    }
+    // A tenant named `other`, among the most active: its label is not the other bucket's.
+    for _ in 0..3 {
+        app.execute("SELECT tenancy.bind($1)", &[&f.token("other", "u")])
             .ok();
     }
     app.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])
@@ -785,7 +931,7 @@ fn metrics_parse_as_prometheus_text_with_a_bounded_label_set() {
         .unwrap_or_else(|e| panic!("metrics(): {}", message(&e)))
         .get(0);
     // A real Prometheus parser (Debian's python3-prometheus-client): every family and
-    // sample, and the tenant labels: at most tenancy.metrics_top_tenants (10) and "other".
+    // sample, and the tenant labels: at most tenancy.metrics_top_tenants (10) and "(other)".
     let out = std::process::Command::new("/usr/bin/python3")
         .args([
             "-c",
@@ -821,14 +967,26 @@ print(json.dumps({f.name: [[s.labels, s.value] for s in f.samples] for f in fams
     ] {
         assert!(parsed.get(family).is_some(), "{family} missing: {text}");
     }
-    let tenants: std::collections::BTreeSet<String> = parsed["pg_tenancy_tenant_binds"]
+    let labels: Vec<String> = parsed["pg_tenancy_tenant_binds"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s[0]["tenant"].as_str().unwrap().to_string())
         .collect();
+    let tenants: std::collections::BTreeSet<String> = labels.iter().cloned().collect();
+    assert_eq!(tenants.len(), labels.len(), "a label twice: {text}");
     assert!(tenants.len() <= 11, "{tenants:?}");
+    assert!(tenants.contains("(other)"), "{tenants:?}");
     assert!(tenants.contains("other"), "{tenants:?}");
+    let binds_of = |t: &str| {
+        parsed["pg_tenancy_tenant_binds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s[0]["tenant"] == t)
+            .map(|s| s[1].as_f64().unwrap())
+    };
+    assert_eq!(binds_of("other"), Some(3.0), "{text}");
     let active: f64 = parsed["pg_tenancy_tenants"]
         .as_array()
         .unwrap()
@@ -836,7 +994,7 @@ print(json.dumps({f.name: [[s.labels, s.value] for s in f.samples] for f in fams
         .find(|s| s[0]["status"] == "active")
         .map(|s| s[1].as_f64().unwrap())
         .unwrap();
-    assert_eq!(active, 32.0);
+    assert_eq!(active, 33.0);
     assert_eq!(
         parsed["pg_tenancy_telemetry_up"][0][1].as_f64(),
         Some(1.0),
@@ -844,7 +1002,7 @@ print(json.dumps({f.name: [[s.labels, s.value] for s in f.samples] for f in fams
     );
     // The scraper reads every tenant's telemetry too (and the other bucket), managing nothing.
     let rows = stats(&mut c);
-    assert_eq!(rows.len(), 33, "{:?}", rows.keys());
+    assert_eq!(rows.len(), 34, "{:?}", rows.keys());
     expect_err(
         &mut c,
         "SELECT tenancy.create_tenant('gv-nope')",
@@ -1058,4 +1216,146 @@ fn an_operator_cannot_widen_access_by_removing_a_last_membership() {
     // Narrowing stays an operator's: an admin's last membership (member gives no more).
     op.execute("SELECT tenancy.remove_member($1, 'lead', 'admin')", &[&f.a])
         .unwrap_or_else(|e| panic!("remove_member of an admin: {}", message(&e)));
+}
+
+#[test]
+fn apply_config_runs_no_operator_another_role_put_on_the_callers_search_path() {
+    // Found by an attacker's pass: apply_config's own SQL compared regclass values with an
+    // unqualified `=`, which the caller's search_path resolved, and pg_catalog has no exact
+    // match for regclass: a role that could create in a schema on that path ran its own code
+    // as the operator (or superuser) applying the document.
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = OwnDatabase::new("gv_path", true);
+    let mut su = db.connect("postgres");
+    su.batch_execute(ROUND_TRIP_SCHEMA).unwrap();
+    su.batch_execute(&format!(
+        "SELECT tenancy.protect('public.gv_docs');
+         CREATE SCHEMA gv_trap;
+         GRANT CREATE, USAGE ON SCHEMA gv_trap TO {APP};
+         GRANT USAGE ON SCHEMA gv_trap TO PUBLIC;"
+    ))
+    .unwrap();
+    let mut app = db.connect(APP);
+    assert_not_privileged(&mut app);
+    for (left, right) in [
+        ("regclass", "regclass"),
+        ("oid", "oid"),
+        ("text", "text"),
+        ("name", "text"),
+        ("boolean", "boolean"),
+    ] {
+        let f = format!("gv_trap.trap_{}_{}", left, right);
+        app.batch_execute(&format!(
+            "CREATE FUNCTION {f}(a {left}, b {right}) RETURNS boolean LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'gv_trap ran as %', current_user; END $$;
+             CREATE OPERATOR gv_trap.= (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = {f});"
+        ))
+        .unwrap();
+    }
+    // The operator's document: protect the partitioned table (its partitions are protected
+    // already by then, so each is protected only where it is left), unprotect gv_docs.
+    let mut op = db.connect(OPERATOR);
+    op.batch_execute("BEGIN; SELECT tenancy.protect('public.gv_parts');")
+        .unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&export_of(&mut op)).unwrap();
+    op.batch_execute("ROLLBACK").unwrap();
+    doc["protected_tables"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["table"] != "public.gv_docs");
+    op.batch_execute("SET search_path = gv_trap, pg_catalog, public")
+        .unwrap();
+    let applied = apply(
+        &mut op,
+        &doc.to_string(),
+        &["safe", "narrowing", "destructive"],
+    )
+    .unwrap_or_else(|e| panic!("apply_config: {}", message(&e)));
+    assert!(
+        applied.iter().any(|(a, _, _)| a == "unprotect"),
+        "{applied:?}"
+    );
+    assert!(
+        applied.iter().any(|(a, _, _)| a == "protect"),
+        "{applied:?}"
+    );
+    let protected: Vec<String> = su
+        .query(
+            "SELECT \"table\"::text FROM tenancy.protected_tables ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        protected,
+        ["gv_parts", "gv_parts_0", "gv_parts_1"],
+        "{protected:?}"
+    );
+}
+
+#[test]
+fn an_operator_cannot_widen_by_removing_one_of_a_roles_two_mappings() {
+    // Found by an attacker's pass: a role mapped to one tenant is bound to it without a token,
+    // so removing one of a role's two mappings gave it the other tenant's rows tokenless; it
+    // was labelled narrowing and allowed to an operator after the tenant had an admin.
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let db = OwnDatabase::new("gv_unmap", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let shared = ident("gv_shared");
+    su.batch_execute(&format!(
+        "CREATE ROLE {shared} LOGIN NOSUPERUSER NOBYPASSRLS;
+         SELECT tenancy.map_role('{shared}', '{a}', '{{member}}');
+         SELECT tenancy.map_role('{shared}', '{b}', '{{member}}');
+         SELECT tenancy.add_member('{b}', 'bob', 'admin');",
+        a = f.a,
+        b = f.b
+    ))
+    .unwrap();
+    let mut op = db.connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let doc = serde_json::json!({"version": 1, "tenants": [{"slug": f.a, "mappings": []}]});
+    let planned: Vec<(String, String, String)> = op
+        .query(
+            "SELECT action, detail, risk FROM tenancy.plan_config($1::text::jsonb)",
+            &[&doc.to_string()],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(planned.len(), 1, "{planned:?}");
+    assert_eq!(planned[0].0, "unmap_role");
+    assert_eq!(planned[0].2, "widening", "{planned:?}");
+    let e = apply(&mut op, &doc.to_string(), &["safe", "narrowing"]).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    // Allowed as a widening, or called directly: refused, since the tenant left has an admin.
+    let e = apply(
+        &mut op,
+        &doc.to_string(),
+        &["safe", "narrowing", "widening"],
+    )
+    .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    expect_err(
+        &mut op,
+        &format!("SELECT tenancy.unmap_role('{shared}', '{}')", f.a),
+        &["42501"],
+    );
+    // Nothing changed: the role still needs a token.
+    let mut c = db.connect(&shared);
+    assert!(bound_tenant(&mut c).is_err(), "bound without a token");
+    let n: i64 = su
+        .query_one(
+            &format!("SELECT count(*) FROM tenancy.role_mapping WHERE role = '{shared}'::regrole"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    drop(c);
+    su.batch_execute(&format!("DROP ROLE IF EXISTS {shared}"))
+        .ok();
 }
