@@ -250,8 +250,10 @@ fn check_grant_table(tbl: Option<pg_sys::Oid>) -> Option<String> {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
             format!("table \"{name}\" is not protected"),
+            // The name quoted as a literal: a table's owner chose it, and the hint is copied.
             format!(
-                "Tenant privileges apply to protected tables: SELECT tenancy.protect('{name}');"
+                "Tenant privileges apply to protected tables: SELECT tenancy.protect({});",
+                catalog::quote_literal(&name)
             ),
         );
     }
