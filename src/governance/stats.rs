@@ -476,13 +476,13 @@ fn metrics() -> String {
         (
             "pg_tenancy_tenant_rows_read_total",
             "counter",
-            "Rows statements on protected tables returned.",
+            "Rows read from protected tables: returned by statements, or copied out by a writing statement.",
             &|c: &Counts, _| c.rows_read as f64,
         ),
         (
             "pg_tenancy_tenant_rows_written_total",
             "counter",
-            "Rows inserted, updated or deleted in protected tables by committed transactions.",
+            "Rows inserted, updated or deleted in protected tables by committed or prepared transactions.",
             &|c: &Counts, _| c.rows_written as f64,
         ),
         (
