@@ -288,6 +288,49 @@ pub fn may_widen(tenant: &crate::catalog::TenantRow) -> bool {
     is_tenant_admin(tenant.id) || is_superuser(caller()) || !crate::catalog::has_admin(tenant.id)
 }
 
+/// Removing `role`'s mappings to `removing` would leave it mapped to one tenant, where it is
+/// then bound without a token: a widening inside that tenant, refused to a caller who may not
+/// widen there ([`require_may_widen`]). Used by every removal of mappings (`unmap_role`,
+/// `decommission_tenant`). The role's mappings are locked first (`FOR UPDATE`, until the
+/// transaction ends) and read after the lock: a concurrent removal of another of its mappings
+/// either committed before (and is seen) or waits for this one (and sees it).
+pub fn require_no_tokenless_binding(action: &str, role: pg_sys::Oid, removing: &[uuid::Uuid]) {
+    use pgrx::prelude::*;
+    let mapped: Vec<uuid::Uuid> = crate::catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            c.update(
+                "SELECT m.tenant_id FROM tenancy.role_mapping m \
+                  WHERE m.role::pg_catalog.oid OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                None,
+                &[role.into()],
+            )?
+            .map(|r| r.get::<pgrx::Uuid>(1))
+            .collect::<Result<Vec<_>, _>>()
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the role's mappings failed: {e}"))
+    .into_iter()
+    .flatten()
+    .map(|u| crate::catalog::from_pg_uuid(&u))
+    .collect();
+    let left: Vec<uuid::Uuid> = mapped
+        .into_iter()
+        .filter(|t| !removing.contains(t))
+        .collect();
+    if let [only] = left.as_slice() {
+        if let Some(t) = crate::catalog::tenant_by_id(*only) {
+            require_may_widen(
+                &format!(
+                    "{action}: role \"{}\" would be left mapped to \"{}\" alone, and bound there without a token",
+                    role_name(role),
+                    t.slug
+                ),
+                &t,
+            );
+        }
+    }
+}
+
 pub fn require_may_widen(action: &str, tenant: &crate::catalog::TenantRow) {
     require_operator_or_tenant_admin(action, tenant);
     if may_widen(tenant) {

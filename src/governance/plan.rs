@@ -587,27 +587,12 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
     for (role, x, y) in compare(&ga, &gb) {
         let object = format!("{slug} mapping {role}");
         match (x, y) {
-            (Some(_), None) => {
-                // A role mapped to one tenant is bound to it without a token; a role mapped to
-                // none may bind any tenant with a token. Removing a mapping that leaves one
-                // or none widens (counted in the database as it is now).
-                let (detail, risk) = match mapped_elsewhere(role.as_str(), slug) {
-                    0 => (
-                        "its last mapping: the role may then bind any tenant with a token",
-                        WIDENING,
-                    ),
-                    1 => (
-                        "the role is then bound to its one other tenant without a token",
-                        WIDENING,
-                    ),
-                    _ => ("", NARROWING),
-                };
-                out.push(Change::new("unmap_role", object, detail, risk).call(
-                    REMOVE,
-                    "SELECT tenancy.unmap_role($1::pg_catalog.regrole, $2)",
-                    vec![s(role.as_str()), s(slug)],
-                ))
-            }
+            // Labelled again by the document's end state (label_mapping_removals).
+            (Some(_), None) => out.push(Change::new("unmap_role", object, "", NARROWING).call(
+                REMOVE,
+                "SELECT tenancy.unmap_role($1::pg_catalog.regrole, $2)",
+                vec![s(role.as_str()), s(slug)],
+            )),
             (_, Some(y)) => {
                 let admin = y["tenant_roles"]
                     .as_array()
@@ -629,19 +614,69 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
     }
 }
 
-/// The tenants other than `slug` that database role `role` is mapped to now.
-fn mapped_elsewhere(role: &str, slug: &str) -> i64 {
-    crate::catalog::owner_rows(
-        "tenancy.role_mapping",
-        "SELECT pg_catalog.count(*) FROM tenancy.role_mapping m JOIN tenancy.tenant t ON t.id OPERATOR(pg_catalog.=) m.tenant_id \
-          WHERE m.role::pg_catalog.oid OPERATOR(pg_catalog.=) pg_catalog.to_regrole($1)::pg_catalog.oid \
-            AND t.slug OPERATOR(pg_catalog.<>) $2",
-        &[role.into(), slug.into()],
-        |row| Ok(row.get::<i64>(1)?.unwrap_or(0)),
-    )
-    .first()
-    .copied()
-    .unwrap_or(0)
+/// A role mapped to one tenant is bound to it without a token, and a role mapped to none may
+/// bind any tenant with a token: a removal of mappings (`unmap_role`, or the mappings of a
+/// decommissioned tenant) that leaves a role mapped to one tenant or none widens. Judged on
+/// the document's end state, over every change of the plan together (two removals that each
+/// leave two mappings can leave one between them): each `unmap_role` of such a role is
+/// labelled widening.
+fn label_mapping_removals(now: &Value, out: &mut [Change]) {
+    let mut mapped: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for t in now["tenants"].as_array().into_iter().flatten() {
+        if text(t, "status") == "decommissioned" {
+            continue;
+        }
+        for m in t["mappings"].as_array().into_iter().flatten() {
+            mapped
+                .entry(text(m, "role"))
+                .or_default()
+                .insert(text(t, "slug"));
+        }
+    }
+    let arg = |c: &Change, i: usize| -> String {
+        match &c.step {
+            Step::Calls { calls, .. } => calls
+                .first()
+                .and_then(|(_, a)| a.get(i).cloned().flatten())
+                .unwrap_or_default(),
+            Step::Unsupported(_) => String::new(),
+        }
+    };
+    let mut shrunk = std::collections::BTreeSet::new();
+    for c in out.iter() {
+        match c.action.as_str() {
+            "unmap_role" => {
+                let role = arg(c, 0);
+                mapped.entry(role.clone()).or_default().remove(&arg(c, 1));
+                shrunk.insert(role);
+            }
+            "map_role" => {
+                mapped.entry(arg(c, 0)).or_default().insert(arg(c, 1));
+            }
+            "decommission_tenant" => {
+                let slug = arg(c, 0);
+                for (role, tenants) in mapped.iter_mut() {
+                    if tenants.remove(&slug) {
+                        shrunk.insert(role.clone());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for c in out.iter_mut().filter(|c| c.action == "unmap_role") {
+        let role = arg(c, 0);
+        let left = mapped.get(&role).map_or(0, |t| t.len());
+        if shrunk.contains(&role) && left <= 1 && c.risk == NARROWING {
+            c.risk = WIDENING;
+            c.detail = if left == 0 {
+                "the role is left with no mapping: it may then bind any tenant with a token".into()
+            } else {
+                "the role is left mapped to one tenant: it is then bound there without a token"
+                    .into()
+            };
+        }
+    }
 }
 
 /// What applying `doc` (a document of `export_config`'s form) to this database would change,
@@ -733,6 +768,7 @@ pub fn plan(want: Value) -> Vec<Change> {
         );
     }
     protection_changes(&now, &want, &mut out);
+    label_mapping_removals(&now, &mut out);
     out
 }
 

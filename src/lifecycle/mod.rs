@@ -562,6 +562,11 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         );
     }
     let uuid = to_pg_uuid(t.id);
+    // Its mappings go: a role mapped to it and to one other tenant would be left bound there
+    // without a token (checked before any session is ended).
+    for role in mapped_roles(&t) {
+        authz::require_no_tokenless_binding("decommission_tenant", role, &[t.id]);
+    }
     // No transaction of the tenant writes from here on: those that wrote finish (or are
     // terminated), later ones wait and then find the tenant decommissioned. A prepared
     // transaction holding the tenant's writes is refused.
@@ -795,6 +800,19 @@ fn hold_for_write(tenant: uuid::Uuid) {
         }
     }
     WRITING.with(|w| w.set(Some(tenant)));
+}
+
+/// The roles mapped to `t`.
+fn mapped_roles(t: &catalog::TenantRow) -> Vec<pg_sys::Oid> {
+    catalog::owner_rows(
+        "tenancy.role_mapping",
+        "SELECT m.role::pg_catalog.oid FROM tenancy.role_mapping m WHERE m.tenant_id OPERATOR(pg_catalog.=) $1",
+        &[to_pg_uuid(t.id).into()],
+        |r| r.get::<pg_sys::Oid>(1),
+    )
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// decommission_tenant: hold the tenant's write lock alone. Refused while a prepared

@@ -102,18 +102,8 @@ fn unmap_role(role: crate::pg::types::Regrole, tenant: &str) {
     authz::require_operator("unmap_role");
     let t = catalog::require_tenant(tenant);
     // A role mapped to one tenant is bound to it without a token: removing one of a role's two
-    // mappings gives it the other tenant's rows without a token, a widening inside that
-    // tenant, refused to an operator once that tenant has an admin (as map_role is).
-    let left: Vec<uuid::Uuid> = catalog::mappings(role)
-        .iter()
-        .map(|m| m.tenant)
-        .filter(|id| *id != t.id)
-        .collect();
-    if let [only] = left.as_slice() {
-        if let Some(other) = catalog::tenant_by_id(*only) {
-            authz::require_may_widen("unmap_role", &other);
-        }
-    }
+    // mappings widens access in the tenant left (refused to an operator once it has an admin).
+    authz::require_no_tokenless_binding("unmap_role", role, &[t.id]);
     let n = catalog::write(
         "DELETE FROM tenancy.role_mapping WHERE role = $1::oid::regrole AND tenant_id = $2",
         &[role.into(), to_pg_uuid(t.id).into()],

@@ -1356,6 +1356,76 @@ fn an_operator_cannot_widen_by_removing_one_of_a_roles_two_mappings() {
         .get(0);
     assert_eq!(n, 2);
     drop(c);
+
+    // Found by a review of that fix: the same end reached in steps. Through a throwaway
+    // tenant: map there (no admin), remove the first mapping (two left), then decommission the
+    // throwaway, whose mappings go with it: refused.
+    op.batch_execute(&format!(
+        "SELECT tenancy.create_tenant('gv-junk');
+         SELECT tenancy.map_role('{shared}', 'gv-junk', '{{member}}');
+         SELECT tenancy.unmap_role('{shared}', '{}');",
+        f.a
+    ))
+    .unwrap();
+    expect_err(
+        &mut op,
+        "SELECT tenancy.decommission_tenant('gv-junk', 'gv-junk')",
+        &["42501"],
+    );
+    // Two removals in concurrent transactions, each leaving two mappings: the second waits for
+    // the first and is refused.
+    op.batch_execute(&format!(
+        "SELECT tenancy.create_tenant('gv-third');
+         SELECT tenancy.map_role('{shared}', 'gv-third', '{{member}}');"
+    ))
+    .unwrap();
+    op.batch_execute(&format!(
+        "BEGIN; SELECT tenancy.unmap_role('{shared}', 'gv-junk');"
+    ))
+    .unwrap();
+    let (dbname, role) = (db.name.clone(), shared.clone());
+    let second = std::thread::spawn(move || {
+        let mut cfg = config(OPERATOR);
+        cfg.dbname(&dbname);
+        let mut op2 = cfg.connect(postgres::NoTls).unwrap();
+        op2.batch_execute(&format!("SELECT tenancy.unmap_role('{role}', 'gv-third')"))
+            .map_err(|e| sqlstate(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    op.batch_execute("COMMIT").unwrap();
+    assert_eq!(second.join().unwrap(), Err("42501".to_string()));
+    // A document removing two of a role's three mappings leaves it one: both removals are
+    // widenings, though each alone would leave two.
+    let three = ident("gv_three");
+    su.batch_execute(&format!(
+        "CREATE ROLE {three} LOGIN NOSUPERUSER NOBYPASSRLS;
+         SELECT tenancy.create_tenant('gv-x'); SELECT tenancy.create_tenant('gv-y'); SELECT tenancy.create_tenant('gv-z');
+         SELECT tenancy.map_role('{three}', 'gv-x', '{{member}}');
+         SELECT tenancy.map_role('{three}', 'gv-y', '{{member}}');
+         SELECT tenancy.map_role('{three}', 'gv-z', '{{member}}');"
+    ))
+    .unwrap();
+    let doc = serde_json::json!({"version": 1, "tenants": [
+        {"slug": "gv-x", "mappings": []}, {"slug": "gv-y", "mappings": []}]});
+    let risks: Vec<(String, String)> = op
+        .query(
+            "SELECT action, risk FROM tenancy.plan_config($1::text::jsonb)",
+            &[&doc.to_string()],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        risks,
+        [
+            ("unmap_role".to_string(), "widening".to_string()),
+            ("unmap_role".to_string(), "widening".to_string())
+        ],
+        "{risks:?}"
+    );
+    su.batch_execute(&format!("DROP ROLE IF EXISTS {three}"))
+        .ok();
     su.batch_execute(&format!("DROP ROLE IF EXISTS {shared}"))
         .ok();
 }
