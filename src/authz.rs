@@ -14,6 +14,7 @@
 
 use crate::errors::{self, INSUFFICIENT_PRIVILEGE};
 use pgrx::pg_sys;
+use std::rc::Rc;
 
 pub const OPERATOR_ROLE: &str = "tenancy_operator";
 pub const KEY_ADMIN_ROLE: &str = "tenancy_key_admin";
@@ -263,19 +264,60 @@ pub fn require_operator_or_tenant_admin(action: &str, tenant: &crate::catalog::T
         refuse_both_duties(action, who);
         return;
     }
+    refuse_not_manager(action, &tenant.slug);
+}
+
+/// The tenant `reference` (a slug or a uuid) names, for a call that only an operator or that
+/// tenant's admin may make: [`require_operator_or_tenant_admin`], with the lookup inside it.
+/// Which tenants exist is the platform's to know (`tenancy.tenants` shows a tenant admin its
+/// own tenant only), so the refusal must not tell: [`tenant_for_manager`].
+pub fn require_manageable_tenant(action: &str, reference: &str) -> Rc<crate::catalog::TenantRow> {
+    let who = caller();
+    let operator = is_operator(who);
+    let t = tenant_for_manager(reference, operator, |shown| {
+        refuse_not_manager(action, shown)
+    });
+    if operator && !is_tenant_admin(t.id) {
+        refuse_both_duties(action, who);
+    }
+    t
+}
+
+/// The tenant `reference` names, when the caller may act on it: `operator` (the caller is
+/// one), or the binding in force makes it the tenant's admin. Anyone else is refused by
+/// `refuse`, which is given the reference exactly as the caller wrote it, for a tenant that
+/// is not theirs and for one that does not exist alike: the same SQLSTATE (42501) and the same
+/// words, so that neither the error nor its text tells whether a slug is taken, nor which slug
+/// a uuid belongs to. Only an operator, who may list every tenant, hears 42704 for an unknown
+/// tenant.
+pub fn tenant_for_manager(
+    reference: &str,
+    operator: bool,
+    refuse: impl FnOnce(&str),
+) -> Rc<crate::catalog::TenantRow> {
+    match crate::catalog::tenant_by_ref(reference) {
+        Some(t) if operator || is_tenant_admin(t.id) => t,
+        None if operator => crate::catalog::require_tenant(reference),
+        _ => {
+            refuse(reference);
+            unreachable!("a refusal returned")
+        }
+    }
+}
+
+/// The refusal of a tenant's management to a caller who is neither an operator nor the
+/// tenant's admin. `shown` is the tenant as the caller named it.
+fn refuse_not_manager(action: &str, shown: &str) -> ! {
     let mut f = serde_json::Map::new();
     f.insert("action".into(), action.into());
-    f.insert("tenant".into(), tenant.slug.clone().into());
+    f.insert("tenant".into(), shown.into());
     errors::refuse(
         "management_refused",
         f,
         INSUFFICIENT_PRIVILEGE,
-        format!(
-            "permission denied: {action} on tenant \"{}\" needs an operator or that tenant's admin",
-            tenant.slug
-        ),
+        format!("permission denied: {action} on tenant \"{shown}\" needs an operator or that tenant's admin"),
         "Bind a token of an admin of this tenant, or run it as a member of tenancy_operator.",
-    );
+    )
 }
 
 /// For calls that widen access inside a tenant (new members, new privileges, `default_roles`,

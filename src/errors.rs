@@ -16,22 +16,41 @@ pub use PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN as UNDEFINED_COLUMN;
 pub use PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT as UNDEFINED_OBJECT;
 
 /// `s` with every control character (newlines, carriage returns, tabs, escapes, DEL, and the
-/// C1 range) written as `\u{..}`: a value from SQL that reaches a message or a log line cannot
-/// start a line of its own there (a forged "pg_tenancy security event" line, say) or move the
-/// terminal's cursor.
+/// C1 range) and every invisible formatting character ([`is_invisible`]) written as `\u{..}`:
+/// a value from SQL that reaches a message or a log line cannot start a line of its own there
+/// (a forged "pg_tenancy security event" line, say), move the terminal's cursor, reorder the
+/// text around it on screen (bidirectional overrides, as in "Trojan Source"), or pass for
+/// another name by a character nobody sees.
 pub fn clean(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
+    let hidden = |c: char| c.is_control() || is_invisible(c);
+    if !s.chars().any(hidden) {
         return s.to_string();
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if c.is_control() {
+        if hidden(c) {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Characters that change how the text around them is shown while showing nothing themselves:
+/// Unicode's bidirectional formatting characters (the embeddings, overrides and isolates, the
+/// left-to-right, right-to-left and Arabic letter marks) and the zero-width ones (space,
+/// non-joiner, joiner, word joiner, the invisible operators, the byte order mark).
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 /// A refusal: its SQLSTATE, message and HINT, and, when it is a security event, the event's

@@ -1699,17 +1699,14 @@ pub(crate) fn trail_tenants(tenant: Option<&str>, action: &str) -> Vec<Uuid> {
     let operator = crate::authz::is_operator(crate::authz::caller());
     match tenant {
         Some(t) => {
-            let row = catalog::require_tenant(t);
-            if !operator && !crate::authz::is_tenant_admin(row.id) {
+            // Refused alike whether or not the tenant exists (authz::tenant_for_manager).
+            let row = crate::authz::tenant_for_manager(t, operator, |shown| {
                 errors::raise(
                     errors::INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "permission denied: {} the audit trail of tenant \"{}\"",
-                        action, row.slug
-                    ),
+                    format!("permission denied: {action} the audit trail of tenant \"{shown}\""),
                     "Operators may examine any tenant's trail; a session bound with the tenant's admin role only its own tenant's.",
-                );
-            }
+                )
+            });
             vec![row.id]
         }
         None => {

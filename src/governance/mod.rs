@@ -73,8 +73,7 @@ const EXPORT: &str = "SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build
 fn export_config(tenant: default!(Option<&str>, "NULL")) -> JsonB {
     let id = match tenant {
         Some(t) => {
-            let row = catalog::require_tenant(t);
-            authz::require_operator_or_tenant_admin("export the configuration of", &row);
+            let row = authz::require_manageable_tenant("export the configuration of", t);
             Some(row.id)
         }
         None => {

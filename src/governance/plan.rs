@@ -701,11 +701,17 @@ fn plan_config(
     ),
 > {
     authz::require_operator("plan a configuration change");
-    TableIterator::new(
-        plan(doc.0)
-            .into_iter()
-            .map(|c| (c.action, c.object, c.detail, c.risk.to_string())),
-    )
+    // The document's names and values are shown, not run (the calls bind them as parameters):
+    // escaped as messages are, so that a name in a submitted document cannot reorder or hide
+    // the text of the rows a reviewer approves.
+    TableIterator::new(plan(doc.0).into_iter().map(|c| {
+        (
+            c.action,
+            errors::clean(&c.object),
+            errors::clean(&c.detail),
+            c.risk.to_string(),
+        )
+    }))
 }
 
 /// The changes of [`plan_config`], in the order of the document's objects.

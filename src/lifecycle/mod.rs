@@ -373,8 +373,7 @@ fn resume_tenant(tenant: &str) {
 
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
-    let t = catalog::require_tenant(tenant);
-    authz::require_operator_or_tenant_admin("set_setting", &t);
+    let t = authz::require_manageable_tenant("set_setting", tenant);
     if key == "default_roles" && value.is_some() {
         // Roles for every token subject without a membership: widening.
         authz::require_may_widen("set_setting", &t);

@@ -143,8 +143,7 @@ fn valid_role_name(role: &str) -> bool {
 
 /// The tenant, checked to be manageable by the caller and not decommissioned.
 fn managed_tenant(tenant: &str, action: &str) -> std::rc::Rc<catalog::TenantRow> {
-    let t = catalog::require_tenant(tenant);
-    authz::require_operator_or_tenant_admin(action, &t);
+    let t = authz::require_manageable_tenant(action, tenant);
     if t.status == "decommissioned" {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
@@ -582,8 +581,7 @@ fn revoke_subject(
     subject: &str,
     issued_before: default!(Option<pgrx::datum::TimestampWithTimeZone>, "now()"),
 ) {
-    let t = catalog::require_tenant(tenant);
-    authz::require_operator_or_tenant_admin("revoke_subject", &t);
+    let t = authz::require_manageable_tenant("revoke_subject", tenant);
     if subject.is_empty() || subject.len() > 1000 {
         errors::raise(
             INVALID_PARAMETER,

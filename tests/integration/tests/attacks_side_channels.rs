@@ -60,6 +60,77 @@ fn a_key_led_by_the_tenant_column_gives_no_existence_oracle() {
 }
 
 #[test]
+fn management_refusals_do_not_tell_which_tenants_exist() {
+    // tenancy.tenants shows a tenant admin its own tenant only, so whether a slug is taken (or
+    // which slug a uuid belongs to) is not the admin's to learn. Every management call that
+    // names a tenant refuses another tenant and an unknown one alike: 42501, in the same words,
+    // the reference echoed as written. Before, an unknown tenant raised 42704 and a known one
+    // 42501 with its slug.
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.add_member($1, 'ann', 'admin')", &[&f.a])
+        .unwrap();
+    let calls = [
+        "SELECT tenancy.create_role('{t}', 'x')",
+        "SELECT tenancy.drop_role('{t}', 'viewer')",
+        "SELECT tenancy.grant('{t}', 'viewer', 'it_orders', '{{delete}}')",
+        "SELECT tenancy.revoke('{t}', 'member', NULL, '{{select}}')",
+        "SELECT tenancy.add_member('{t}', 'ann', 'admin')",
+        "SELECT tenancy.remove_member('{t}', 'x', 'member')",
+        "SELECT tenancy.set_setting('{t}', 'model', '\"x\"')",
+        "SELECT tenancy.revoke_subject('{t}', 'x')",
+        "SELECT tenancy.export_config('{t}')",
+        "SELECT * FROM tenancy.audit_verify('{t}')",
+        "SELECT * FROM tenancy.audit_heads('{t}')",
+    ];
+    let unknown_slug = unique("no-such-tenant");
+    let unknown_id: String = su
+        .query_one("SELECT gen_random_uuid()::text", &[])
+        .unwrap()
+        .get(0);
+    // (the reference, as another tenant's and as an unknown one)
+    let pairs = [(&f.b, &unknown_slug), (&f.b_id, &unknown_id)];
+    let mut c = app();
+    for admin in [true, false] {
+        c.batch_execute("BEGIN").unwrap();
+        if admin {
+            c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+                .unwrap();
+        }
+        for call in calls {
+            for (known, unknown) in pairs {
+                let mut said = Vec::new();
+                for t in [known, unknown] {
+                    let sql = call.replace("{t}", t).replace("{{", "{").replace("}}", "}");
+                    c.batch_execute("SAVEPOINT s").unwrap();
+                    let m = expect_err(&mut c, &sql, &["42501"]);
+                    c.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+                    assert!(!m.contains(&f.b) || t == &f.b, "{sql}: names B: {m}");
+                    said.push(m.replace(t.as_str(), "<tenant>"));
+                }
+                assert_eq!(
+                    said[0], said[1],
+                    "{call}: (admin: {admin}) tells B from no tenant"
+                );
+            }
+        }
+        c.batch_execute("ROLLBACK").unwrap();
+    }
+    // An operator may list every tenant, and hears that an unknown one does not exist.
+    let mut op = connect(OPERATOR);
+    expect_err(
+        &mut op,
+        &format!("SELECT tenancy.set_setting('{unknown_slug}', 'model', '\"x\"')"),
+        &["42704"],
+    );
+    expect_err(
+        &mut op,
+        &format!("SELECT * FROM tenancy.audit_verify('{unknown_id}')"),
+        &["42704"],
+    );
+}
+
+#[test]
 fn duplicate_key_errors_carry_no_key_values_on_protected_tables() {
     // PostgreSQL leaves the "Key (...)=(...)" detail out for tables with row security.
     let (f, mut c) = two_tenants();

@@ -745,6 +745,44 @@ fn a_value_from_sql_cannot_start_a_line_of_the_server_log() {
     }
 }
 
+#[test]
+fn a_value_from_sql_cannot_reorder_or_hide_text_in_a_message_or_a_plan() {
+    // A right-to-left override, an isolate and a zero-width space reach a message and a row of
+    // plan_config's written out, not as the characters a terminal or a web page would obey.
+    let mut c = app();
+    let tricky = "zz\u{202E}lanigiro\u{2066}x\u{200B}y";
+    let e = c
+        .query_one("SELECT * FROM tenancy.audit_verify($1)", &[&tricky])
+        .unwrap_err();
+    let msg = message(&e);
+    for (ch, shown) in [
+        ('\u{202E}', "\\u{202e}"),
+        ('\u{2066}', "\\u{2066}"),
+        ('\u{200B}', "\\u{200b}"),
+    ] {
+        assert!(!msg.contains(ch), "{msg:?}");
+        assert!(msg.contains(shown), "{msg:?}");
+    }
+    let mut op = connect(OPERATOR);
+    let doc = serde_json::json!({"version": 1, "tenants": [{"slug": tricky, "name": tricky}]});
+    let rows = op
+        .query(
+            "SELECT object || ' ' || detail FROM tenancy.plan_config($1::text::jsonb)",
+            &[&doc.to_string()],
+        )
+        .unwrap();
+    assert!(!rows.is_empty());
+    for r in rows {
+        let shown: String = r.get(0);
+        assert!(
+            !shown
+                .chars()
+                .any(|ch| ch == '\u{202E}' || ch == '\u{2066}' || ch == '\u{200B}'),
+            "{shown:?}"
+        );
+    }
+}
+
 // 8. Internals in error texts --------------------------------------------------------------------
 
 #[test]

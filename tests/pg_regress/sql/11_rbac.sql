@@ -130,7 +130,9 @@ SELECT count(*) AS orders FROM rbac.orders;
 ROLLBACK;
 
 -- An admin acts on its own tenant only, whether the other is named by slug or by uuid; it
--- sees its own tenant's roles and members only.
+-- sees its own tenant's roles and members only. A tenant that does not exist is refused in
+-- the same words as another tenant (the reference echoed as written), so the refusal does not
+-- tell which slugs are taken, nor which slug a uuid belongs to.
 \c - postgres
 SELECT id AS globex_id FROM tenancy.tenants WHERE slug = 'rbac-globex' \gset
 \c - regress_rbac_app
@@ -139,8 +141,15 @@ SELECT tenancy.bind(regress.token('rbac-acme', 'ann', 'rbac-key')) IS NOT NULL A
 SAVEPOINT s;
 SELECT tenancy.create_role('rbac-globex', 'x');
 ROLLBACK TO SAVEPOINT s;
+SELECT tenancy.create_role('rbac-no-such-tenant', 'x');
+ROLLBACK TO SAVEPOINT s;
+-- (the uuid differs from run to run: the SQLSTATE only)
+\set VERBOSITY sqlstate
 SELECT tenancy.add_member(:'globex_id', 'ann', 'admin');
 ROLLBACK TO SAVEPOINT s;
+SELECT tenancy.add_member(gen_random_uuid()::text, 'ann', 'admin');
+ROLLBACK TO SAVEPOINT s;
+\set VERBOSITY default
 SELECT tenancy.grant('rbac-globex', 'viewer', 'rbac.orders', '{delete}');
 ROLLBACK TO SAVEPOINT s;
 SELECT tenancy.revoke('rbac-globex', 'member', NULL, '{select}');
