@@ -35,11 +35,26 @@ static mut OBSERVER: Option<Observer> = None;
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
 
+/// Rows processed so far by a statement that has run and not ended yet.
+struct Run {
+    /// The address of its QueryDesc.
+    key: usize,
+    rows: u64,
+    /// The subtransaction depth it first ran at (see [`DEPTH`]).
+    depth: u32,
+}
+
 thread_local! {
-    /// Rows processed so far by each statement that has run and not ended yet, by the address
-    /// of its QueryDesc (a few at most: one per open cursor or portal). Forgotten at the end of
-    /// the transaction, when every portal has ended.
-    static RUNS: std::cell::RefCell<Vec<(usize, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The statements that have run and not ended yet (a few at most: one per open cursor or
+    /// portal). A statement that fails never reaches ExecutorEnd: its portal is marked failed
+    /// and dropped without it. Its entry must go then, or the next statement whose QueryDesc
+    /// PostgreSQL allocates at the same address (likely: allocation is deterministic) would add
+    /// the failed statement's rows to its own. A failure ends the transaction or the
+    /// subtransaction it happened in: the entries of an aborted subtransaction go with it
+    /// ([`subxact_callback`]), the rest at the end of the transaction ([`forget_runs`]).
+    static RUNS: std::cell::RefCell<Vec<Run>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// How many subtransactions are open (0 at the transaction's own level).
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Install the hooks with their observer (once, from _PG_init).
@@ -59,6 +74,31 @@ pub fn observe(observer: Observer) {
 /// The transaction ended: no statement of it is running any more.
 pub fn forget_runs() {
     RUNS.with(|r| r.borrow_mut().clear());
+    DEPTH.with(|d| d.set(0));
+}
+
+/// A subtransaction started, committed or aborted: keep [`DEPTH`], and forget the statements
+/// that first ran in an aborted one (their portals were dropped with it, ended or not). The
+/// statements of a committed one now belong to its parent: their portals live on there.
+fn track_subxact(e: SubXact) {
+    let depth = DEPTH.with(|d| d.get());
+    match e {
+        SubXact::Start => DEPTH.with(|d| d.set(depth + 1)),
+        SubXact::Commit | SubXact::Abort => {
+            let parent = depth.saturating_sub(1);
+            RUNS.with(|r| {
+                let mut r = r.borrow_mut();
+                if e == SubXact::Abort {
+                    r.retain(|run| run.depth < depth);
+                } else {
+                    for run in r.iter_mut().filter(|run| run.depth > parent) {
+                        run.depth = parent;
+                    }
+                }
+            });
+            DEPTH.with(|d| d.set(parent));
+        }
+    }
 }
 
 /// Whether the observer wants this process's statements now.
@@ -102,9 +142,13 @@ unsafe extern "C-unwind" fn executor_run(
     let key = qd as usize;
     RUNS.with(|r| {
         let mut r = r.borrow_mut();
-        match r.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, total)) => *total += n,
-            None => r.push((key, n)),
+        match r.iter_mut().find(|run| run.key == key) {
+            Some(run) => run.rows += n,
+            None => r.push(Run {
+                key,
+                rows: n,
+                depth: DEPTH.with(|d| d.get()),
+            }),
         }
     });
 }
@@ -119,8 +163,8 @@ unsafe extern "C-unwind" fn executor_end(qd: *mut pg_sys::QueryDesc) {
     let key = qd as usize;
     let steps = RUNS.with(|r| {
         let mut r = r.borrow_mut();
-        let i = r.iter().position(|(k, _)| *k == key)?;
-        Some(r.swap_remove(i).1)
+        let i = r.iter().position(|run| run.key == key)?;
+        Some(r.swap_remove(i).rows)
     });
     if let Some(o) = wanted() {
         // SAFETY: `qd` is the finished statement's QueryDesc (this function's contract):
@@ -238,6 +282,7 @@ unsafe extern "C-unwind" fn subxact_callback(
         SUBXACT_EVENT_ABORT_SUB => SubXact::Abort,
         _ => return,
     };
+    track_subxact(e);
     // SAFETY: SUBXACT is written once by `on_subxact` before any statement runs.
     if let Some(f) = unsafe { SUBXACT } {
         f(e);

@@ -804,6 +804,38 @@ fn telemetry_counts_what_a_statement_did_however_it_ran() {
     assert_eq!(delta(&before, &mut op, "rows_read"), 100);
     assert_eq!(delta(&before, &mut op, "rows_written"), 0);
 
+    // A cursor of a subtransaction that failed never ends: its rows are not counted, as no
+    // failed statement's are, and not to the next statement either (PostgreSQL allocates that
+    // one's QueryDesc where the failed one's was). A cursor of a released savepoint lives on
+    // past a later savepoint's failure, and counts every row it returned.
+    let before = stats(&mut op);
+    bind(&mut app);
+    // One statement a round trip, as an application sends them.
+    for sql in [
+        "SAVEPOINT s",
+        "DECLARE c CURSOR FOR SELECT * FROM public.gv_h",
+        "FETCH 30 FROM c",
+        "SELECT 1/0",
+        "ROLLBACK TO SAVEPOINT s",
+        "DECLARE c2 CURSOR FOR SELECT * FROM public.gv_h",
+        "FETCH 1 FROM c2",
+        "CLOSE c2",
+        "SAVEPOINT r",
+        "DECLARE d CURSOR FOR SELECT * FROM public.gv_h",
+        "FETCH 5 FROM d",
+        "RELEASE SAVEPOINT r",
+        "SAVEPOINT t",
+        "SELECT 1/0",
+        "ROLLBACK TO SAVEPOINT t",
+        "FETCH 5 FROM d",
+        "CLOSE d",
+        "COMMIT",
+    ] {
+        let r = app.batch_execute(sql);
+        assert_eq!(r.is_err(), sql == "SELECT 1/0", "{sql}: {r:?}");
+    }
+    assert_eq!(delta(&before, &mut op, "rows_read"), 1 + 10);
+
     // Rows copied out of a protected table into one of the session's own: read, not written.
     let before = stats(&mut op);
     bind(&mut app);
