@@ -494,11 +494,16 @@ SELECT 'error', 'rule_on_protected_table', format('%s.%I', p.relid::regclass, r.
   FROM prot p JOIN pg_rewrite r ON r.ev_class = p.relid
  WHERE r.rulename <> '_RETURN'
 UNION ALL
--- 22. Platform roles that can give themselves the other duty: CREATEROLE, or ADMIN OPTION on
+-- 22. Platform roles that can give themselves the other duty: CREATEROLE (their own, or a
+--     role's they belong to: PostgreSQL 15 lets a member SET ROLE to it), or ADMIN OPTION on
 --     the other role (separation of duties: pg_tenancy refuses such roles both duties).
 SELECT 'error', 'duties_combinable', r.rolname::text,
        'a platform role that can make itself both operator and key admin: whoever registers keys can mint tokens for any subject',
        CASE WHEN r.rolcreaterole THEN format('ALTER ROLE %I NOCREATEROLE;', r.rolname)
+            WHEN c.creator IS NOT NULL AND EXISTS (SELECT FROM pg_auth_members m
+                                                    WHERE m.roleid = c.creator_oid AND m.member = r.oid)
+                 THEN format('REVOKE %I FROM %I;', c.creator, r.rolname)
+            WHEN c.creator IS NOT NULL THEN format('ALTER ROLE %I NOCREATEROLE;', c.creator)
             WHEN pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER WITH ADMIN OPTION')
                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER WITH ADMIN OPTION')
@@ -507,9 +512,12 @@ SELECT 'error', 'duties_combinable', r.rolname::text,
                         CASE WHEN pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') THEN 'tenancy_key_admin' ELSE 'tenancy_operator' END,
                         r.rolname) END
   FROM pg_roles r
+  LEFT JOIN LATERAL (SELECT g.rolname AS creator, g.oid AS creator_oid FROM pg_roles g
+                      WHERE g.rolcreaterole AND g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER')
+                      ORDER BY g.rolname LIMIT 1) c ON true
  WHERE NOT r.rolsuper AND r.rolname NOT IN ('tenancy_operator', 'tenancy_key_admin')
    AND (pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') OR pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER'))
-   AND (r.rolcreaterole
+   AND (r.rolcreaterole OR c.creator IS NOT NULL
         OR pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
         OR pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER WITH ADMIN OPTION')
         OR pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_operator', 'MEMBER WITH ADMIN OPTION'))

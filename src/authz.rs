@@ -157,12 +157,29 @@ pub fn require_key_admin(action: &str) {
 }
 
 /// Whether `role` can make itself a member of `group`: CREATEROLE grants any non-superuser
-/// role in PostgreSQL 15, ADMIN OPTION grants that one.
+/// role in PostgreSQL 15, ADMIN OPTION grants that one (also held through a membership:
+/// PostgreSQL's own check follows them).
 fn can_join(role: pg_sys::Oid, group: &std::ffi::CStr) -> bool {
     let g = role_oid(group);
-    // SAFETY: privilege lookups through the syscache.
+    // SAFETY: a privilege lookup through the syscache.
     g != pg_sys::InvalidOid
-        && unsafe { pg_sys::has_createrole_privilege(role) || pg_sys::is_admin_of_role(role, g) }
+        && (unsafe { pg_sys::is_admin_of_role(role, g) } || can_create_roles(role))
+}
+
+/// Whether `role` has CREATEROLE or can take it: PostgreSQL 15 lets a member SET ROLE to any
+/// role it belongs to, directly or through others, whatever INHERIT says, and a CREATEROLE
+/// role reached so grants any non-superuser role. The memberships are read with
+/// `pg_has_role(..., 'MEMBER')`, PostgreSQL's own test of them; schema-qualified, no operator.
+/// An error reading them counts as yes.
+fn can_create_roles(role: pg_sys::Oid) -> bool {
+    // SAFETY: a privilege lookup through the syscache.
+    let own = unsafe { pg_sys::has_createrole_privilege(role) };
+    own || crate::catalog::read_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles c \
+              WHERE c.rolcreaterole AND pg_catalog.pg_has_role($1, c.oid, 'MEMBER'))",
+        &[role.into()],
+    )
+    .unwrap_or(true)
 }
 
 /// Separation of duties: refuse a caller that holds, or can give itself, both duties: the
@@ -183,7 +200,7 @@ fn refuse_both_duties(action: &str, who: pg_sys::Oid) {
                     role_name(role)
                 ),
                 format!(
-                    "Separation of duties: whoever registers signing keys must not manage tenants' access. Keep the role in one of {OPERATOR_ROLE} and {KEY_ADMIN_ROLE}, without CREATEROLE and without ADMIN OPTION on the other."
+                    "Separation of duties: whoever registers signing keys must not manage tenants' access. Keep the role in one of {OPERATOR_ROLE} and {KEY_ADMIN_ROLE}, without CREATEROLE (its own, or a role's it belongs to) and without ADMIN OPTION on the other."
                 ),
             );
         }

@@ -756,6 +756,51 @@ fn one_role_cannot_be_operator_and_key_admin() {
     );
 }
 
+#[test]
+fn an_operator_that_can_set_role_to_a_createrole_role_holds_both_duties() {
+    // Found by an attacker's pass: CREATEROLE was looked for on the role itself only. In
+    // PostgreSQL 15 a member may SET ROLE to any role it belongs to, create a key admin there,
+    // register a key and mint any tenant admin's token.
+    let mut su = superuser();
+    let op = login_role(&mut su, "op_via", "");
+    let creator = ident("creator");
+    let middle = ident("middle");
+    su.batch_execute(&format!(
+        "CREATE ROLE {creator} NOLOGIN CREATEROLE; CREATE ROLE {middle} NOLOGIN NOINHERIT;
+         GRANT {creator} TO {middle}; GRANT {middle} TO {op}; GRANT tenancy_operator TO {op}"
+    ))
+    .unwrap();
+    let mut c = connect(&op);
+    assert_not_privileged(&mut c);
+    // The operator could make itself a key admin:
+    c.batch_execute(&format!(
+        "BEGIN; SET ROLE {creator}; GRANT tenancy_key_admin TO {op}; ROLLBACK"
+    ))
+    .expect("the control: the membership does give CREATEROLE");
+    expect_refusal(
+        &mut c,
+        &format!("SELECT tenancy.create_tenant('{}')", unique("via")),
+        "42501",
+        "management_refused",
+    );
+    let fix: Vec<String> = texts(
+        &mut connect(OPERATOR),
+        &format!(
+            "SELECT fix FROM tenancy.verify() WHERE rule = 'duties_combinable' AND object = '{op}'"
+        ),
+    );
+    assert_eq!(fix, vec![format!("ALTER ROLE {creator} NOCREATEROLE;")]);
+    // Without the membership it is an operator like any other.
+    su.batch_execute(&format!("REVOKE {middle} FROM {op}"))
+        .unwrap();
+    let mut c = connect(&op);
+    c.batch_execute(&format!(
+        "SELECT tenancy.create_tenant('{}')",
+        unique("via")
+    ))
+    .unwrap();
+}
+
 // 5. Audit hashes that confirm guesses ---------------------------------------------------------
 
 #[test]
