@@ -694,19 +694,6 @@ pub fn fresh_select<T>(
     select_with_snapshot(sql, limit, args, map, false)
 }
 
-/// Run a read-only query of a user's table as the catalog owner with the latest snapshot (every
-/// transaction committed before this call, whatever the isolation level): for reading rows of a
-/// table the caller has just locked (src/TRUST_BOUNDARIES.md says which queries may).
-pub fn owner_rows_latest<T>(
-    what: &str,
-    sql: &str,
-    args: &[pgrx::datum::DatumWithOid],
-    map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
-) -> Vec<T> {
-    with_owner(|| Spi::connect(|_| select_with_snapshot(sql, None, args, map, true)))
-        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading {what} failed: {e}"))
-}
-
 thread_local! {
     /// Prepared catalog reads, by their argument types and SQL text, kept for the backend's life (PostgreSQL's
     /// plan cache revalidates them after any change of what they read): a read parsed and

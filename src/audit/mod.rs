@@ -857,12 +857,10 @@ pub fn record(op: &str, tenant: Option<Uuid>, table: Option<String>, detail: ser
 /// per tenant with rows in the table itself (not its partitions, which are recorded on their
 /// own), with how many (for a column, how many hold a value in it).
 ///
-/// The rows' tenants are read as the catalog owner, which row security does not confine, from
-/// a plain table only (relkind 'r'; a partitioned table's rows are in its partitions): a scan
-/// and a count grouped by its uuid tenant column, which runs no code of the table's owner (no
-/// trigger fires on SELECT, no expression of the table is evaluated). The table's name is
-/// regclass's output and the column PostgreSQL's quote_ident. Callers check first that the
-/// current user owns the table (ddl_command_start runs before PostgreSQL's own check).
+/// The rows' tenants are read from a plain table only (relkind 'r'; a partitioned table's rows
+/// are in its partitions) by `pg::table_scan`, which row security does not confine and which
+/// plans nothing: no code of the table's owner runs. Callers check first that the current
+/// user owns the table (ddl_command_start runs before PostgreSQL's own check).
 pub fn record_rows_changed(rel: pg_sys::Oid, action: &str, column: Option<&str>) {
     // The command locks the table this way anyway (TRUNCATE has already): no transaction
     // is still writing it when it is counted, with a snapshot taken after the lock.
@@ -887,17 +885,17 @@ pub fn record_rows_changed(rel: pg_sys::Oid, action: &str, column: Option<&str>)
     .next() else {
         return;
     };
-    let filter = column
-        .map(|c| format!(" WHERE {} IS NOT NULL", crate::catalog::quote_ident(c)))
-        .unwrap_or_default();
-    let sql = format!(
-        "SELECT {tc}, pg_catalog.count(*) FROM ONLY {table}{filter} GROUP BY 1 ORDER BY 1",
-        tc = crate::catalog::quote_ident(&tenant_column)
-    );
-    let counts: Vec<(Option<pgrx::Uuid>, i64)> =
-        catalog::owner_rows_latest(&table, &sql, &[], |r| {
-            Ok((r.get::<pgrx::Uuid>(1)?, r.get::<i64>(2)?.unwrap_or(0)))
-        });
+    let mut counts: Vec<(Option<Uuid>, i64)> = crate::pg::table_scan::count(
+        rel,
+        crate::pg::table_scan::Count::ByTenant {
+            tenant_column: &tenant_column,
+            non_null: column,
+        },
+    )
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: counting the rows of {table} failed: {e}"))
+    .into_iter()
+    .collect();
+    counts.sort();
     let op = if action == "truncate" {
         "TRUNCATE"
     } else {
@@ -909,12 +907,7 @@ pub fn record_rows_changed(rel: pg_sys::Oid, action: &str, column: Option<&str>)
         if let Some(c) = column {
             detail["column"] = c.into();
         }
-        record(
-            op,
-            Some(catalog::from_pg_uuid(&tenant)),
-            Some(table.clone()),
-            detail,
-        );
+        record(op, Some(tenant), Some(table.clone()), detail);
     }
 }
 
@@ -936,25 +929,15 @@ fn leaves(rel: pg_sys::Oid) -> Vec<(pg_sys::Oid, bool)> {
 }
 
 /// Whether table `rel` (or any of its partitions or children) holds a row, read with the
-/// latest snapshot (the caller has locked `rel`). Read as the catalog owner, which row security
-/// does not confine, and only from plain tables: `SELECT EXISTS (SELECT FROM ONLY t)` of a heap
-/// table evaluates nothing of its owner's. Anything else that would hold the rows (a foreign
-/// table, a view a temporary relation stands in for) counts as holding rows.
+/// latest snapshot (the caller has locked `rel`), by `pg::table_scan` (which row security does
+/// not confine, and which runs nothing of the table's owner's), and only from plain tables.
+/// Anything else that would hold the rows (a foreign table, a view a temporary relation stands
+/// in for) counts as holding rows.
 pub fn holds_rows(rel: pg_sys::Oid) -> bool {
     leaves(rel).into_iter().any(|(leaf, plain)| {
-        if !plain {
-            return true;
-        }
-        let table = crate::catalog::relation_name(leaf);
-        catalog::owner_rows_latest(
-            &table,
-            &format!("SELECT EXISTS (SELECT FROM ONLY {table})"),
-            &[],
-            |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
-        )
-        .first()
-        .copied()
-        .unwrap_or(true)
+        !plain
+            || crate::pg::table_scan::count(leaf, crate::pg::table_scan::Count::Any)
+                .map_or(true, |c| !c.is_empty())
     })
 }
 
@@ -964,7 +947,7 @@ pub fn holds_rows(rel: pg_sys::Oid) -> bool {
 /// (whose audit exclusions apply). Every row's tenant must be an active tenant.
 ///
 /// Two reads, neither running a user's code with more privilege than its owner has: the
-/// rows' tenants, as the catalog owner, from plain tables only (as [`holds_rows`]); the rows
+/// rows' tenants, by `pg::table_scan`, from plain tables only (as [`holds_rows`]); the rows
 /// as jsonb, as the table's owner (`to_jsonb` may call the owner's casts and output
 /// functions), which must see as many rows as there are (no row security of its own hiding
 /// some). The records are then written as the catalog owner from those values. Returns how
@@ -987,13 +970,22 @@ pub fn record_joining_rows(
                 "Only plain tables (and partitioned tables of them) can bring rows into a protected table.",
             );
         }
-        let sql = format!("SELECT {tc}, pg_catalog.count(*) FROM ONLY {leaf_name} GROUP BY 1");
-        for (t, n) in catalog::owner_rows_latest(&leaf_name, &sql, &[], |r| {
-            Ok((r.get::<pgrx::Uuid>(1)?, r.get::<i64>(2)?.unwrap_or(0)))
-        }) {
-            *counts
-                .entry(t.map(|u| catalog::from_pg_uuid(&u)))
-                .or_default() += n;
+        let leaf_counts = crate::pg::table_scan::count(
+            leaf,
+            crate::pg::table_scan::Count::ByTenant {
+                tenant_column,
+                non_null: None,
+            },
+        )
+        .unwrap_or_else(|e| {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                format!("table \"{name}\" cannot be attached: {leaf_name}: {e}"),
+                "A table joining a protected table has its tenant column, of type uuid.",
+            )
+        });
+        for (t, n) in leaf_counts {
+            *counts.entry(t).or_default() += n;
         }
     }
     let mut excluded: HashMap<Uuid, Vec<String>> = HashMap::new();

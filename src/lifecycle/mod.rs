@@ -1023,7 +1023,9 @@ fn as_decommission<R>(
     catalog::as_table_owner(relid, f)
 }
 
-/// `sql` (a count of `table`'s rows of `tenant`, its one parameter) run as the catalog owner.
+/// `sql` (a count of a Citus table's rows of `tenant`, its one parameter) run as the catalog
+/// owner: Citus plans it on the coordinator and the workers, so only for a table whose
+/// definition runs none of its owner's code ([`runs_owner_code`]).
 fn count_as_catalog_owner(table: &str, sql: &str, tenant: uuid::Uuid) -> i64 {
     catalog::owner_rows(table, sql, &[to_pg_uuid(tenant).into()], |r| {
         Ok(r.get::<i64>(1)?.unwrap_or(0))
@@ -1034,12 +1036,30 @@ fn count_as_catalog_owner(table: &str, sql: &str, tenant: uuid::Uuid) -> i64 {
 }
 
 /// Whether a statement on `relid` would run code of its owner while it is planned: its
-/// definition calls a function that is not built in (an index expression or predicate, whose
-/// constant calls the planner evaluates; a CHECK constraint, for constraint exclusion; ...;
-/// `tenancy.verify()` reports each as `leaky_expression`). Such a table's rows are counted as
-/// its owner, never as the catalog's.
+/// definition calls a function that is not built in (an index expression or predicate, an
+/// extended statistics expression, whose constant calls the planner evaluates; a CHECK
+/// constraint, for constraint exclusion; ...; `tenancy.verify()` reports each as
+/// `leaky_expression`). Such a Citus table's rows are counted as its owner, never as the
+/// catalog's (a plain table's are read by `pg::table_scan`, which plans nothing).
 fn runs_owner_code(relid: pg_sys::Oid) -> bool {
     crate::protection::guard::stored_leaky_call(relid).is_some()
+}
+
+/// The rows of `tenant` in plain table `relid`, read by `pg::table_scan` (every tenant's rows
+/// are visible to it; it plans nothing, so no code of the table's owner runs).
+fn count_by_scan(relid: pg_sys::Oid, table: &str, column: &str, tenant: uuid::Uuid) -> i64 {
+    crate::pg::table_scan::count(
+        relid,
+        crate::pg::table_scan::Count::OfTenant {
+            tenant_column: column,
+            tenant,
+        },
+    )
+    .unwrap_or_else(|e| {
+        pgrx::error!("pg_tenancy: counting the tenant's rows in {table} failed: {e}")
+    })
+    .values()
+    .sum()
 }
 
 /// `sql` (a count) run by [`as_decommission`] (with `carry`, the binding carried to the
@@ -1064,10 +1084,11 @@ fn count_as_decommission(
     .unwrap_or(0)
 }
 
-/// The first protected table that still holds rows of the tenant, and how many: read as the
-/// catalog owner (a plain scan with a uuid comparison); a Citus distributed table's as
-/// [`as_decommission`] reads it (Citus refuses a read of placements another user modified in
-/// the transaction, and the workers plan it with the tables' owners' code).
+/// The first protected table that still holds rows of the tenant, and how many: read by
+/// `pg::table_scan` (the tenant's index, or a scan); a Citus distributed table's as
+/// [`as_decommission`] reads it (its rows are on the workers; Citus refuses a read of
+/// placements another user modified in the transaction, and the workers plan it with the
+/// tables' owners' code).
 fn remaining_rows(t: &catalog::TenantRow, citus: &CitusTables) -> Option<(String, i64)> {
     let tables: Vec<(pg_sys::Oid, String, String)> = catalog::owner_rows(
         "tenancy.protected_table",
@@ -1088,14 +1109,14 @@ fn remaining_rows(t: &catalog::TenantRow, citus: &CitusTables) -> Option<(String
         if citus.untouched.contains(&relid) {
             return None;
         }
-        let sql = format!(
-            "SELECT pg_catalog.count(*) FROM ONLY {table} WHERE {} = $1",
-            crate::catalog::quote_ident(&column)
-        );
-        let n = if citus.distributed.contains(&relid) || runs_owner_code(relid) {
-            count_as_decommission(t, relid, &table, citus.distributed.contains(&relid), &sql)
+        let n = if citus.distributed.contains(&relid) {
+            let sql = format!(
+                "SELECT pg_catalog.count(*) FROM ONLY {table} WHERE {} = $1",
+                crate::catalog::quote_ident(&column)
+            );
+            count_as_decommission(t, relid, &table, true, &sql)
         } else {
-            count_as_catalog_owner(&table, &sql, t.id)
+            count_by_scan(relid, &table, &column, t.id)
         };
         (n > 0).then_some((table, n))
     })

@@ -10,6 +10,7 @@ pub mod guc;
 pub mod hooks;
 pub mod jsonb_build;
 pub mod row_json;
+pub mod table_scan;
 pub mod targeted_inval;
 pub mod types;
 pub mod unguarded;

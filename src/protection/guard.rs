@@ -75,7 +75,7 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
 ///   c () INHERITS (protected, unprotected)`): the unprotected parent's queries read its rows;
 /// - a table created protected (a partition or child of a protected table, or in a schema of
 ///   auto_protect) may not bring a user's code that would see every tenant's writes (CHECK
-///   constraints, index expressions, its partition key, column types): see
+///   constraints, index and statistics expressions, its partition key, column types): see
 ///   [`stored_leaky_call`]. It is empty, so built-in functions that are not LEAKPROOF pass.
 ///
 /// Superusers (a trusted migration role) pass; verify() reports what they leave.
@@ -1447,8 +1447,10 @@ pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid) {
 }
 
 /// The first user's code (not built in) that a table's own definition runs over the rows
-/// written to it: CHECK constraints, index expressions and predicates, its partition key,
-/// generated columns, the types of its columns; and its rules. `(what, call)`, or None.
+/// written to it: CHECK constraints, index expressions and predicates, its extended
+/// statistics' expressions (ANALYZE, and autovacuum's, evaluates them over every row), its
+/// partition key, generated columns, the types of its columns; and its rules. `(what, call)`,
+/// or None.
 pub(crate) fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
     let rows = catalog::owner_rows(
         "a table's definition",
@@ -1460,6 +1462,9 @@ pub(crate) fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
           WHERE indrelid = $1 AND indpred IS NOT NULL \
          UNION ALL SELECT 'partition key', partexprs::text, NULL FROM pg_catalog.pg_partitioned_table \
           WHERE partrelid = $1 AND partexprs IS NOT NULL \
+         UNION ALL SELECT format('statistics object %I.%I', n.nspname, s.stxname), s.stxexprs::text, NULL \
+           FROM pg_catalog.pg_statistic_ext s JOIN pg_catalog.pg_namespace n ON n.oid = s.stxnamespace \
+          WHERE s.stxrelid = $1 AND s.stxexprs IS NOT NULL \
          UNION ALL SELECT format('generated column %I', a.attname), d.adbin::text, NULL \
            FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum \
           WHERE d.adrelid = $1 AND a.attgenerated <> '' \

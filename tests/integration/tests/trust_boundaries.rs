@@ -546,8 +546,9 @@ fn revoke_subject_refuses_its_earlier_tokens_whatever_the_default_roles() {
     assert_eq!(n, 1);
     let listed: i64 = connect(OPERATOR)
         .query_one(
-            "SELECT count(*) FROM tenancy.revocations WHERE kind = 'subject' AND subject = 'mallory'",
-            &[],
+            "SELECT count(*) FROM tenancy.revocations \
+              WHERE kind = 'subject' AND subject = 'mallory' AND tenant_id::text = $1",
+            &[&f.a_id],
         )
         .unwrap()
         .get(0);
@@ -799,6 +800,77 @@ fn an_operator_that_can_set_role_to_a_createrole_role_holds_both_duties() {
         unique("via")
     ))
     .unwrap();
+}
+
+#[test]
+fn counting_a_tables_rows_across_tenants_runs_none_of_its_owners_code_as_the_catalog_owner() {
+    // Found by an attacker's pass: pg_tenancy counted a user's table across tenants with SQL
+    // as the catalog owner (a superuser), and PostgreSQL's planner folds the constant calls of
+    // the table's index and statistics expressions while it plans: a NOSUPERUSER table owner's
+    // IMMUTABLE function ran as a superuser (and made its owner one), even where the command
+    // was then refused. The probe: a sequence the function advances whenever it runs as anyone
+    // but its owner (nextval is not undone by a rollback).
+    let mut su = superuser();
+    let own = login_role(&mut su, "own", "");
+    let t = ident("own_t");
+    su.batch_execute(&format!(
+        "GRANT CREATE ON SCHEMA public TO {own};
+         CREATE TABLE public.{t} (tenant_id uuid NOT NULL, id int NOT NULL, body text NOT NULL, PRIMARY KEY (tenant_id, id));
+         ALTER TABLE public.{t} OWNER TO {own};
+         SELECT tenancy.protect('public.{t}');"
+    ))
+    .unwrap();
+    let mut c = connect(&own);
+    assert_not_privileged(&mut c);
+    c.batch_execute(&format!(
+        "CREATE SEQUENCE public.{t}_probe;
+         CREATE FUNCTION public.{t}_f(text) RETURNS text IMMUTABLE LANGUAGE plpgsql AS $f$
+         BEGIN
+             IF current_user <> '{own}' THEN PERFORM nextval('public.{t}_probe'); END IF;
+             RETURN $1;
+         END $f$;
+         GRANT USAGE ON SEQUENCE public.{t}_probe TO PUBLIC;
+         CREATE TABLE public.{t}_i (tenant_id uuid NOT NULL, id int NOT NULL, body text NOT NULL);
+         CREATE INDEX ON public.{t}_i ((body || public.{t}_f('index')));
+         CREATE TABLE public.{t}_s (tenant_id uuid NOT NULL, id int NOT NULL, body text NOT NULL);
+         CREATE STATISTICS public.{t}_s_stats ON (body || public.{t}_f('statistics')) FROM public.{t}_s;
+         CREATE TABLE public.{t}_d (tenant_id uuid NOT NULL, id int NOT NULL, body text NOT NULL);
+         CREATE INDEX ON public.{t}_d ((body || public.{t}_f('drop')));"
+    ))
+    .unwrap();
+    // A table holding its owner's code cannot join the protected table (the statistics object
+    // was let through before), and is not counted as the catalog owner on the way.
+    for kid in [format!("{t}_i"), format!("{t}_s")] {
+        let mut fresh = connect(&own);
+        expect_refusal(
+            &mut fresh,
+            &format!("ALTER TABLE public.{kid} INHERIT public.{t}"),
+            "42501",
+            "guard_refused",
+        );
+    }
+    // A protected table that holds it (a superuser's doing, which verify() reports) is
+    // counted when its owner drops it, every tenant's rows, and its code does not run.
+    su.batch_execute(&format!(
+        "ALTER TABLE public.{t}_d INHERIT public.{t}; SELECT tenancy.protect('public.{t}_d')"
+    ))
+    .unwrap();
+    connect(&own)
+        .batch_execute(&format!("DROP TABLE public.{t}_d"))
+        .unwrap();
+    let (ran, sup): (bool, bool) = {
+        let r = su
+            .query_one(
+                &format!(
+                    "SELECT (SELECT is_called FROM public.{t}_probe), (SELECT rolsuper FROM pg_roles WHERE rolname = '{own}')"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(!ran, "the owner's function ran as another role");
+    assert!(!sup);
 }
 
 // 5. Audit hashes that confirm guesses ---------------------------------------------------------
