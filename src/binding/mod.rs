@@ -98,6 +98,9 @@ pub struct Binding {
 thread_local! {
     /// The explicit binding made by bind().
     static BINDING: RefCell<Option<Binding>> = const { RefCell::new(None) };
+    /// The session-scoped bindings made in the running transaction, in order: the
+    /// subtransaction each was made in and the binding it replaced ([`install`]).
+    static MADE: RefCell<Vec<(pg_sys::SubTransactionId, Option<Binding>)>> = const { RefCell::new(Vec::new()) };
     /// A binding pg_tenancy sets for the length of one of its own statements (decommission's
     /// deletes, run as the table's owner with row security forced); it takes precedence over
     /// every other binding and nothing can bind while it is set.
@@ -328,6 +331,10 @@ unsafe extern "C-unwind" fn xact_callback(
             | XACT_EVENT_PARALLEL_ABORT
             | XACT_EVENT_PREPARE
     ) {
+        if matches!(event, XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT) {
+            undo_made(0);
+        }
+        MADE.with(|m| m.borrow_mut().clear());
         BINDING.with(|b| {
             let mut b = b.borrow_mut();
             if b.as_ref().is_some_and(|x| x.scope == Scope::Transaction) {
@@ -954,7 +961,7 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     if let Source::Token { carried, .. } = &mut b.source {
         *carried = carrier::CarriedToken(token.clone());
     }
-    BINDING.with(|slot| *slot.borrow_mut() = Some(b));
+    install(b);
     crate::telemetry::bound(p.tenant.id);
     apply_limits(&p.tenant);
     // On Citus, the workers act for the same token from the next distributed statement of this
@@ -1806,12 +1813,13 @@ fn note_transaction(tenant: Uuid) {
 #[pg_guard]
 unsafe extern "C-unwind" fn subxact_callback(
     event: pg_sys::SubXactEvent::Type,
-    _my_subid: pg_sys::SubTransactionId,
+    my_subid: pg_sys::SubTransactionId,
     _parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         LIMITS_APPLIED.with(|l| l.set(false));
+        undo_made(my_subid);
     }
     // A SET LOCAL of the carrier made inside a subtransaction is undone with it, and Citus
     // forgets it when the subtransaction is released too: carried again at the next query.
@@ -1887,8 +1895,37 @@ pub fn enter_support(
         generation: catalog::generation_of(tenant.id),
     };
     TXN_TENANT.with(|t| t.set(Some(tenant.id)));
-    BINDING.with(|slot| *slot.borrow_mut() = Some(b.clone()));
+    install(b.clone());
     b
+}
+
+/// Make `b` the explicit binding. A session-scoped binding outlives its transaction, but not
+/// a transaction (or subtransaction) that aborts: as a SET would be, it is undone with it, and
+/// the binding it replaced is in force again. Otherwise what the binding was made with could
+/// be rolled back while the binding stayed: `enter_support`'s record in the tenant's trail, say
+/// (an attacker's pass bound a support session and rolled its record back).
+fn install(b: Binding) {
+    let session = b.scope == Scope::Session;
+    let replaced = BINDING.with(|slot| slot.borrow_mut().replace(b));
+    if session {
+        // SAFETY: reads the running transaction's state.
+        let sub = unsafe { pg_sys::GetCurrentSubTransactionId() };
+        MADE.with(|m| m.borrow_mut().push((sub, replaced)));
+    }
+}
+
+/// Undo the session-scoped bindings made in the subtransaction `from` and after it (every one
+/// of the transaction with `from` 0): the earliest one's predecessor is in force again.
+fn undo_made(from: pg_sys::SubTransactionId) {
+    let undone = MADE.with(|m| {
+        let mut m = m.borrow_mut();
+        let keep = m.iter().position(|(sub, _)| *sub >= from).unwrap_or(m.len());
+        let first = m.drain(keep..).next();
+        first
+    });
+    if let Some((_, replaced)) = undone {
+        BINDING.with(|slot| *slot.borrow_mut() = replaced);
+    }
 }
 
 #[track_caller]

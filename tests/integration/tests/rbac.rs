@@ -269,6 +269,78 @@ fn operators_never_read_tenant_rows_outside_support_access() {
 }
 
 #[test]
+fn a_support_binding_is_undone_with_the_transaction_that_rolled_back_its_record() {
+    // Found by an attacker's pass: enter_support's record in the tenant's trail rolled back
+    // with its transaction, and the session-scoped support binding stayed. A session-scoped
+    // binding is now undone with the (sub)transaction it was made in, as a SET is.
+    let f = with_members();
+    let mut su = superuser();
+    serialized_grant(
+        &mut su,
+        &format!("GRANT SELECT, INSERT, UPDATE, DELETE ON it_orders TO {OPERATOR}"),
+    );
+    let mut c = app();
+    as_subject(&mut c, &f, &f.a, "ann");
+    c.batch_execute("INSERT INTO it_orders (amount) VALUES (7)")
+        .unwrap();
+    c.execute(
+        &format!("SELECT tenancy.grant_support('{OPERATOR}', interval '1 hour')"),
+        &[],
+    )
+    .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    let records = |su: &mut Client| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM tenancy.audit_log l JOIN tenancy.tenants t ON t.id = l.tenant_id \
+              WHERE t.slug = $1 AND l.op = 'ADMIN' AND l.new_row->>'action' = 'enter_support'",
+            &[&f.a],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let unbound = |op: &mut Client| {
+        let b: Option<String> = op
+            .query_one("SELECT tenancy.binding()::text", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(b, None);
+        expect_err(op, "SELECT count(*) FROM it_orders", &["42501"]);
+    };
+    op.batch_execute("BEGIN").unwrap();
+    op.execute("SELECT tenancy.enter_support($1)", &[&f.a])
+        .unwrap();
+    op.batch_execute("ROLLBACK").unwrap();
+    unbound(&mut op);
+    op.batch_execute("BEGIN; SAVEPOINT s").unwrap();
+    op.execute("SELECT tenancy.enter_support($1)", &[&f.a])
+        .unwrap();
+    op.batch_execute("ROLLBACK TO SAVEPOINT s; COMMIT").unwrap();
+    unbound(&mut op);
+    assert_eq!(records(&mut su), 0);
+    // Kept, with its record, when its transaction commits.
+    op.execute("SELECT tenancy.enter_support($1)", &[&f.a])
+        .unwrap();
+    let n: i64 = op
+        .query_one("SELECT count(*) FROM it_orders", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    assert_eq!(records(&mut su), 1);
+    // A token's session binding likewise.
+    let mut s = app();
+    s.batch_execute("BEGIN").unwrap();
+    s.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "mia")],
+    )
+    .unwrap();
+    s.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(bound_tenant(&mut s), Err("42501".to_string()));
+}
+
+#[test]
 fn support_access_is_granted_by_an_admin_bounded_and_expires() {
     let f = with_members();
     let mut su = superuser();
