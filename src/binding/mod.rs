@@ -279,6 +279,7 @@ pub fn init() {
         }
     }
     crate::pg::hooks::before_utility(before_utility);
+    crate::pg::executor_end::before_later_runs(before_a_later_run);
     crate::pg::hooks::after_utility(after_utility);
     crate::pg::binding_param::at_query_start(carry_at_query_start);
     crate::authz::provide_acting(crate::authz::ActingProvider {
@@ -401,13 +402,10 @@ fn before_utility(stmt: *mut pg_sys::Node) {
             carrier::check_client_set(stmt as *mut pg_sys::VariableSetStmt, own);
         }
         if (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt {
-            if BINDING.with(|b| b.borrow().is_some()) {
-                with_current(|_| ());
-            } else if TXN_USED.with(|u| u.get()) && !with_current(|b| b.is_some()) {
-                // The transaction read as a tenant and its binding has been ended since: a
-                // cursor opened then holds that tenant's plan (or rows) and is not read unbound.
-                no_tenant_bound_on(None);
-            }
+            let name = (*(stmt as *mut pg_sys::FetchStmt)).portalname;
+            before_reading_a_cursor(
+                (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_owned()),
+            );
         }
         if (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt
             && BINDING.with(|b| b.borrow().is_some())
@@ -423,6 +421,31 @@ fn before_utility(stmt: *mut pg_sys::Node) {
             }
         }
     }
+}
+
+/// A cursor is read (FETCH or MOVE from SQL, which reads a WITH HOLD cursor's stored rows too;
+/// and every later run of a statement's plan: a cursor from PL/pgSQL or the protocol's Execute
+/// of a portal, `pg::executor_end::before_later_runs`): its plan read the binding when it
+/// started, so the binding is checked again first (a suspension or revocation since then ends
+/// the cursor too); refused once the transaction's binding has been ended, and for a cursor
+/// declared while bound (`name`) once no binding is in force.
+fn before_reading_a_cursor(name: Option<std::ffi::CString>) {
+    if BINDING.with(|b| b.borrow().is_some()) {
+        with_current(|_| ());
+        return;
+    }
+    let declared_bound =
+        name.is_some_and(|n| BOUND_CURSORS.with(|c| c.borrow().contains(&n)) && portal_open(&n));
+    if (TXN_USED.with(|u| u.get()) || declared_bound) && !with_current(|b| b.is_some()) {
+        // The transaction read as a tenant and its binding has been ended since, or the
+        // cursor was declared under a binding that has ended: it holds that tenant's plan
+        // (or rows) and is not read unbound.
+        no_tenant_bound_on(None);
+    }
+}
+
+fn before_a_later_run() {
+    before_reading_a_cursor(None);
 }
 
 /// Whether a portal (a cursor) of this name is open.
@@ -1919,7 +1942,10 @@ fn install(b: Binding) {
 fn undo_made(from: pg_sys::SubTransactionId) {
     let undone = MADE.with(|m| {
         let mut m = m.borrow_mut();
-        let keep = m.iter().position(|(sub, _)| *sub >= from).unwrap_or(m.len());
+        let keep = m
+            .iter()
+            .position(|(sub, _)| *sub >= from)
+            .unwrap_or(m.len());
         let first = m.drain(keep..).next();
         first
     });

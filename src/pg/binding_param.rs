@@ -1099,6 +1099,7 @@ impl Drop for HookDone {
 unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c_int) {
     // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
     if unsafe { pg_sys::ParallelWorkerNumber } < 0 {
+        super::executor_end::started(qd);
         // Every query, also the ones a function or a DO block runs inside one long statement,
         // reads revocations committed before it started: the binding is checked again when
         // pg_tenancy's catalog changed (binding::with_current). Without messages waiting this

@@ -32,6 +32,8 @@ pub struct Observer {
 }
 
 static mut OBSERVER: Option<Observer> = None;
+/// Called before every run of a statement but the first after it started ([`before_later_runs`]).
+static mut LATER_RUN: Option<fn()> = None;
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
 
@@ -55,6 +57,42 @@ thread_local! {
     static RUNS: std::cell::RefCell<Vec<Run>> = const { std::cell::RefCell::new(Vec::new()) };
     /// How many subtransactions are open (0 at the transaction's own level).
     static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// The QueryDescs of the statements started and not run yet ([`started`]): more than one
+    /// when a statement's start runs others (a hook's catalog read), a few at most. Forgotten
+    /// when their statement ends, and with an aborted (sub)transaction (then a statement's
+    /// first run counts as a later one: checked once more, never once less).
+    static STARTED: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` before a statement runs again after its first run, or runs first well after it
+/// started: a cursor's FETCH (from SQL, PL/pgSQL or the protocol's Execute of a portal), a
+/// SQL function's next row. Its rows are read with the plan made when it started; `f` may
+/// refuse (once, from _PG_init).
+pub fn before_later_runs(f: fn()) {
+    // SAFETY: called once from _PG_init, on the backend's only thread, before any statement
+    // runs.
+    unsafe { LATER_RUN = Some(f) };
+}
+
+/// The executor started the statement of `qd` (from the ExecutorStart hook, in the leader):
+/// its first run follows at once, and is not a later run.
+pub fn started(qd: *mut pg_sys::QueryDesc) {
+    let key = qd as usize;
+    STARTED.with(|s| {
+        let mut s = s.borrow_mut();
+        if !s.contains(&key) {
+            s.push(key);
+        }
+    });
+}
+
+/// Whether `key`'s statement was started and had not run yet (it is run now).
+fn first_run(key: usize) -> bool {
+    STARTED.with(|s| {
+        let mut s = s.borrow_mut();
+        let i = s.iter().position(|k| *k == key);
+        i.map(|i| s.swap_remove(i)).is_some()
+    })
 }
 
 /// Install the hooks with their observer (once, from _PG_init).
@@ -75,6 +113,7 @@ pub fn observe(observer: Observer) {
 pub fn forget_runs() {
     RUNS.with(|r| r.borrow_mut().clear());
     DEPTH.with(|d| d.set(0));
+    STARTED.with(|s| s.borrow_mut().clear());
 }
 
 /// A subtransaction started, committed or aborted: keep [`DEPTH`], and forget the statements
@@ -90,6 +129,7 @@ fn track_subxact(e: SubXact) {
                 let mut r = r.borrow_mut();
                 if e == SubXact::Abort {
                     r.retain(|run| run.depth < depth);
+                    STARTED.with(|s| s.borrow_mut().clear());
                 } else {
                     for run in r.iter_mut().filter(|run| run.depth > parent) {
                         run.depth = parent;
@@ -118,6 +158,13 @@ unsafe extern "C-unwind" fn executor_run(
     count: u64,
     execute_once: bool,
 ) {
+    // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
+    if unsafe { pg_sys::ParallelWorkerNumber } < 0 && !first_run(qd as usize) {
+        // SAFETY: LATER_RUN is written once by `before_later_runs` before any statement runs.
+        if let Some(f) = unsafe { LATER_RUN } {
+            f();
+        }
+    }
     // SAFETY: PREV_EXECUTOR_RUN is written once by `observe` before any statement runs.
     match unsafe { PREV_EXECUTOR_RUN } {
         // SAFETY: the hook installed before ours, called with our own arguments through the
@@ -161,6 +208,8 @@ unsafe extern "C-unwind" fn executor_end(qd: *mut pg_sys::QueryDesc) {
     // Every step's rows (see the module's documentation); a statement that started while the
     // observer did not want it has no entry, and its last step's rows are what is known.
     let key = qd as usize;
+    // Started and ended without a run (EXPLAIN without ANALYZE).
+    first_run(key);
     let steps = RUNS.with(|r| {
         let mut r = r.borrow_mut();
         let i = r.iter().position(|run| run.key == key)?;
