@@ -778,6 +778,33 @@ UNION ALL
 --     shards past pg_tenancy's checks. Nothing without Citus.
 SELECT 'error', d.rule, d.object, d.detail, d.fix
   FROM tenancy._citus_findings() d
+UNION ALL
+-- 27. Application roles (login roles that read or write protected tables, own none and are
+--     neither platform roles nor superusers) that can create objects in a schema, themselves
+--     or through a role they can SET ROLE to: every tenant's sessions of the role share it,
+--     and a role may change its own settings (ALTER ROLE ... SET search_path), so a function
+--     or an operator it creates runs in the next sessions of every tenant, with their bindings.
+SELECT * FROM (
+SELECT DISTINCT ON (r.rolname) 'error', 'application_role_can_create', r.rolname::text,
+       format('role %I reads or writes protected tables and can create objects in schema %I (as %I): a function or an operator made there runs in every tenant''s sessions of the role that find it, with their bindings (a role may set its own search_path)',
+              r.rolname, n.nspname, g.rolname),
+       CASE WHEN n.nspowner = g.oid
+            THEN format('ALTER SCHEMA %I OWNER TO %I;', n.nspname, (SELECT rolname FROM pg_roles WHERE oid = 10))
+            WHEN EXISTS (SELECT FROM aclexplode(n.nspacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')
+            THEN format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC;', n.nspname)
+            ELSE format('REVOKE CREATE ON SCHEMA %I FROM %I;', n.nspname, g.rolname) END
+  FROM pg_roles r
+  JOIN pg_namespace n ON n.nspname !~ '^pg_(temp|toast_temp)_' AND n.nspname <> 'pg_toast'
+  CROSS JOIN LATERAL (
+      SELECT x.oid, x.rolname FROM pg_roles x
+       WHERE pg_has_role(r.oid, x.oid, 'MEMBER') AND has_schema_privilege(x.oid, n.oid, 'CREATE')
+       ORDER BY x.oid <> r.oid, x.rolname LIMIT 1) g
+ WHERE r.rolcanlogin AND NOT r.rolsuper
+   AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+   AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+   AND EXISTS (SELECT FROM prot p WHERE has_table_privilege(r.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE'))
+   AND NOT EXISTS (SELECT FROM prot p JOIN pg_class c ON c.oid = p.relid WHERE pg_has_role(r.oid, c.relowner, 'MEMBER'))
+ ORDER BY r.rolname, n.nspname) app_create
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so
@@ -789,7 +816,7 @@ ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'citus_gr
                               'unique_without_tenant', 'unique_index_without_tenant',
                               'fk_without_tenant', 'fk_cascade_from_shared_table',
                               'builtin_nonleakproof_expression', 'missing_tenant_index',
-                              'redundant_tenant_index'], f.rule) NULLS LAST,
+                              'redundant_tenant_index', 'application_role_can_create'], f.rule) NULLS LAST,
          f.rule, f.object
 $verify$;
 REVOKE EXECUTE ON FUNCTION tenancy.verify(), tenancy._lock_protected_tables(), tenancy._citus_findings() FROM PUBLIC;

@@ -45,8 +45,9 @@ pub enum Count<'a> {
 }
 
 /// Counts the rows of plain table `rel` itself (not its partitions or children: each is read
-/// on its own), as the module's documentation says. Errors (the table is not a plain table, a
-/// column is missing or the tenant column is not uuid) are returned, not raised.
+/// on its own), as the module's documentation says; a table that no longer exists holds none.
+/// Errors (the table is not a plain table, a column is missing or the tenant column is not
+/// uuid) are returned, not raised.
 pub fn count(rel: pg_sys::Oid, what: Count) -> Result<Counts, String> {
     // SAFETY: `rel` is opened, and every pointer read below comes from the open relation, the
     // scan or its slot, all valid until they are closed at the end of this block; a column is
@@ -58,7 +59,12 @@ pub fn count(rel: pg_sys::Oid, what: Count) -> Result<Counts, String> {
     // releases the relation, the scan, the slot and the snapshot through their resource
     // owners.
     unsafe {
-        let r = pg_sys::table_open(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        // A table dropped since the caller listed it (decommission reads every protected
+        // table, unlocked until now) holds no rows.
+        let r = pg_sys::try_table_open(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        if r.is_null() {
+            return Ok(Counts::new());
+        }
         let out = count_open(r, what);
         pg_sys::table_close(r, pg_sys::NoLock as pg_sys::LOCKMODE);
         out

@@ -600,6 +600,7 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
             "SELECT * FROM tenancy.protected_tables lists the protected tables.",
         );
     }
+    refuse_unprotect_to_a_reader(&rels);
     for (oid, t) in &rels {
         let mut sql = Vec::new();
         for p in GENERATED_POLICIES {
@@ -695,6 +696,7 @@ fn attach_partition(
             "Attach it with ALTER TABLE ... ATTACH PARTITION.",
         );
     }
+    refuse_foreign_code(parent, partition, &parent_name, &part_name);
     let sql = format!("ALTER TABLE {parent_name} ATTACH PARTITION {part_name} {bound}");
     require_one_attach(&sql, parent, partition);
     // As ATTACH will: no transaction is still writing the table when its rows are read.
@@ -716,6 +718,100 @@ fn attach_partition(
         serde_json::json!({"table": parent_name, "partition": part_name, "rows": recorded}),
     );
     recorded
+}
+
+/// An operator may not unprotect a table that it can read or write, itself or as a role it can
+/// SET ROLE to (its current role or its login role; the role named is one it belongs to that
+/// holds the privilege, itself last, since its own comes through that one when inherited): unprotected, every tenant's rows would be
+/// its to read (an attacker's pass unprotected, read every tenant and protected again; operators
+/// hold table privileges for support access). Superusers may; they read everything anyway.
+fn refuse_unprotect_to_a_reader(rels: &[(pg_sys::Oid, String)]) {
+    let who = authz::caller();
+    if authz::is_superuser(who) {
+        return;
+    }
+    let oids: Vec<pg_sys::Oid> = rels.iter().map(|(o, _)| *o).collect();
+    for role in [who, authz::session_user()] {
+        let readable = catalog::owner_rows(
+            "pg_class",
+            "SELECT t.oid::pg_catalog.regclass::text, x.rolname::text FROM pg_catalog.unnest($2::pg_catalog.oid[]) t(oid), \
+                    pg_catalog.pg_roles x \
+              WHERE pg_catalog.pg_has_role($1, x.oid, 'MEMBER') \
+                AND pg_catalog.has_table_privilege(x.oid, t.oid, 'SELECT, INSERT, UPDATE, DELETE') \
+              ORDER BY x.oid OPERATOR(pg_catalog.=) $1, 2, 1 LIMIT 1",
+            &[role.into(), oids.clone().into()],
+            |r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                ))
+            },
+        );
+        if let Some((table, through)) = readable.into_iter().next() {
+            let mut f = serde_json::Map::new();
+            f.insert("action".into(), "unprotect".into());
+            f.insert("table".into(), table.clone().into());
+            errors::refuse(
+                "management_refused",
+                f,
+                errors::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "permission denied: role \"{}\" may not unprotect \"{table}\", which it can read or write (as \"{through}\"): unprotected, every tenant's rows would be its to read",
+                    authz::role_name(role)
+                ),
+                format!(
+                    "Revoke those privileges first (REVOKE ALL ON {table} FROM {}; support access needs them only while it is used), or have a superuser unprotect it.",
+                    catalog::quote_ident(&through)
+                ),
+            );
+        }
+    }
+}
+
+/// A table attach_partition brings into protected table `parent` (with its own partitions)
+/// must be the parent's owner's, and its triggers must call functions of that owner or of a
+/// superuser: PostgreSQL would let the parent's owner attach another role's table (a superuser
+/// owns every table), and that role's triggers would then see every tenant's rows written to
+/// it (an attacker's pass attached an operator's table with a SECURITY DEFINER trigger copying
+/// each row out). Refused with 42501 before anything is attached.
+fn refuse_foreign_code(
+    parent: pg_sys::Oid,
+    partition: pg_sys::Oid,
+    parent_name: &str,
+    part_name: &str,
+) {
+    let found = catalog::owner_rows(
+        "pg_class",
+        "WITH RECURSIVE d(rel) AS (SELECT $2::oid UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent = d.rel) \
+         SELECT pg_catalog.format('table %s is owned by %s, not by %s', c.oid::pg_catalog.regclass, \
+                                  c.relowner::pg_catalog.regrole, p.relowner::pg_catalog.regrole), \
+                pg_catalog.format('ALTER TABLE %s OWNER TO %s;', c.oid::pg_catalog.regclass, p.relowner::pg_catalog.regrole) \
+           FROM d JOIN pg_catalog.pg_class c ON c.oid = d.rel, pg_catalog.pg_class p \
+          WHERE p.oid = $1 AND c.relowner OPERATOR(pg_catalog.<>) p.relowner \
+         UNION ALL \
+         SELECT pg_catalog.format('trigger %I of %s calls %s, owned by %s', t.tgname, t.tgrelid::pg_catalog.regclass, \
+                                  t.tgfoid::pg_catalog.regprocedure, f.proowner::pg_catalog.regrole), \
+                pg_catalog.format('DROP TRIGGER %I ON %s;', t.tgname, t.tgrelid::pg_catalog.regclass) \
+           FROM d JOIN pg_catalog.pg_trigger t ON t.tgrelid = d.rel AND NOT t.tgisinternal \
+           JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_roles a ON a.oid = f.proowner, \
+                pg_catalog.pg_class p \
+          WHERE p.oid = $1 AND f.proowner OPERATOR(pg_catalog.<>) p.relowner AND NOT a.rolsuper \
+          LIMIT 1",
+        &[parent.into(), partition.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        },
+    );
+    if let Some((why, fix)) = found.into_iter().next() {
+        errors::raise(
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!("table \"{part_name}\" cannot be attached to \"{parent_name}\": {why}"),
+            format!("What joins a protected table is its owner's, code included (every tenant's rows will reach it): {fix}"),
+        );
+    }
 }
 
 /// Whether a raw partition bound holds constants only: literals, casts of literals, MINVALUE /

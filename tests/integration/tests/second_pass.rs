@@ -192,6 +192,66 @@ fn a_cursor_opened_before_a_suspension_fetches_nothing_after_it() {
 }
 
 #[test]
+fn a_cursor_read_from_plpgsql_the_protocol_or_held_fetches_nothing_after_a_suspension() {
+    // Found by an attacker's pass: only SQL's FETCH checked the binding again. PL/pgSQL's
+    // FETCH and the protocol's Execute of a portal read on with the plan made before the
+    // suspension; a WITH HOLD cursor's stored rows were read once the binding had been ended.
+    let (f, mut c) = two_tenants();
+    let suspended = |yes: bool| {
+        let call = if yes {
+            "suspend_tenant"
+        } else {
+            "resume_tenant"
+        };
+        connect(OPERATOR)
+            .execute(&format!("SELECT tenancy.{call}($1)"), &[&f.a])
+            .unwrap();
+    };
+    c.batch_execute(
+        "CREATE FUNCTION pg_temp.fetch1(c refcursor) RETURNS text LANGUAGE plpgsql AS
+         $$ DECLARE r text; BEGIN FETCH c INTO r; RETURN r; END $$",
+    )
+    .unwrap();
+    // PL/pgSQL.
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "x"));
+    c.batch_execute("DECLARE cur CURSOR FOR SELECT name FROM it_customers; FETCH 1 FROM cur")
+        .unwrap();
+    c.query_one("SELECT pg_temp.fetch1('cur')", &[]).unwrap();
+    suspended(true);
+    expect_err(&mut c, "SELECT pg_temp.fetch1('cur')", &["42501"]);
+    let _ = c.batch_execute("ROLLBACK");
+    suspended(false);
+    // The protocol: a portal executed a row at a time.
+    {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "x")])
+            .unwrap();
+        let stmt = tx.prepare("SELECT name FROM it_customers").unwrap();
+        let portal = tx.bind(&stmt, &[]).unwrap();
+        assert_eq!(tx.query_portal(&portal, 1).unwrap().len(), 1);
+        suspended(true);
+        let e = tx.query_portal(&portal, 1).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{e}");
+    }
+    suspended(false);
+    // A WITH HOLD cursor of a session binding: not read once the binding has ended.
+    c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.a, "x")])
+        .unwrap();
+    c.batch_execute(
+        "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT name FROM it_customers; COMMIT",
+    )
+    .unwrap();
+    c.batch_execute("FETCH 1 FROM held").unwrap();
+    suspended(true);
+    expect_err(&mut c, "FETCH 1 FROM held", &["42501"]);
+    expect_err(&mut c, "FETCH 1 FROM held", &["42501"]);
+    expect_err(&mut c, "FETCH ALL FROM held", &["42501"]);
+    suspended(false);
+    c.batch_execute("CLOSE held").unwrap();
+}
+
+#[test]
 fn weak_keys_are_refused_in_every_form() {
     let mut ka = connect(KEY_ADMIN);
     for (alg, key) in [
@@ -759,6 +819,55 @@ fn attach_partition_runs_no_one_elses_code_with_more_privilege_than_its_owner() 
         &format!("SELECT tenancy.attach_partition('{s}.tasks', '{s}.tasks_3', 'FOR VALUES FROM ({s}.bf()) TO (400)')"),
         &["22023"],
     );
+}
+
+#[test]
+fn attach_partition_brings_in_no_other_roles_table_or_trigger() {
+    // Found by an attacker's pass: pg_tenancy attaches as the parent's owner, which PostgreSQL
+    // lets attach any table when it is a superuser. An operator attached its own table with a
+    // SECURITY DEFINER trigger that copied every tenant's rows written to it.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let op = login_role(&mut su, "op", "");
+    let s = ident("apo");
+    su.batch_execute(&format!(
+        "GRANT tenancy_operator TO {op}; CREATE SCHEMA {s}; GRANT USAGE, CREATE ON SCHEMA {s} TO {op};
+         CREATE TABLE {s}.ev (tenant_id uuid NOT NULL, id int NOT NULL, PRIMARY KEY (tenant_id, id)) PARTITION BY RANGE (id);
+         SELECT tenancy.protect('{s}.ev');
+         CREATE TABLE {s}.ev_own (tenant_id uuid NOT NULL, id int NOT NULL, PRIMARY KEY (tenant_id, id));"
+    ))
+    .unwrap();
+    let mut o = connect(&op);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "CREATE TABLE {s}.loot (d jsonb);
+         CREATE TABLE {s}.ev_op (tenant_id uuid NOT NULL, id int NOT NULL, PRIMARY KEY (tenant_id, id));
+         CREATE FUNCTION {s}.grab() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
+           AS $$ BEGIN INSERT INTO {s}.loot VALUES (to_jsonb(new)); RETURN new; END $$;
+         CREATE TRIGGER grab AFTER INSERT ON {s}.ev_op FOR EACH ROW EXECUTE FUNCTION {s}.grab();"
+    ))
+    .unwrap();
+    let msg = expect_err(
+        &mut o,
+        &format!("SELECT tenancy.attach_partition('{s}.ev', '{s}.ev_op', 'FOR VALUES FROM (0) TO (100)')"),
+        &["42501"],
+    );
+    assert!(msg.contains("is owned by"), "{msg}");
+    // Given to the parent's owner, its trigger still calls the operator's function.
+    su.batch_execute(&format!("ALTER TABLE {s}.ev_op OWNER TO CURRENT_USER"))
+        .unwrap();
+    let msg = expect_err(
+        &mut o,
+        &format!("SELECT tenancy.attach_partition('{s}.ev', '{s}.ev_op', 'FOR VALUES FROM (0) TO (100)')"),
+        &["42501"],
+    );
+    assert!(msg.contains("trigger grab"), "{msg}");
+    // The parent's owner's own table attaches.
+    o.batch_execute(&format!(
+        "SELECT tenancy.attach_partition('{s}.ev', '{s}.ev_own', 'FOR VALUES FROM (100) TO (200)')"
+    ))
+    .unwrap();
+    let _ = f;
 }
 
 #[test]

@@ -873,6 +873,44 @@ fn counting_a_tables_rows_across_tenants_runs_none_of_its_owners_code_as_the_cat
     assert!(!sup);
 }
 
+#[test]
+fn an_operator_cannot_unprotect_a_table_it_can_read() {
+    // Found by an attacker's pass: an operator holding table privileges (support access needs
+    // them) unprotected a table, read every tenant's rows and protected it again.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let op = login_role(&mut su, "op_unp", "");
+    let group = ident("readers");
+    let t = ident("unp");
+    su.batch_execute(&format!(
+        "GRANT tenancy_operator TO {op}; CREATE ROLE {group} NOLOGIN; GRANT {group} TO {op};
+         CREATE TABLE public.{t} (tenant_id uuid NOT NULL, v text);
+         SELECT tenancy.protect('public.{t}');
+         GRANT SELECT ON public.{t} TO {group};
+         INSERT INTO public.{t} VALUES ('{a}', 'a-secret'), ('{b}', 'b-secret');",
+        a = f.a_id,
+        b = f.b_id
+    ))
+    .unwrap();
+    let mut o = connect(&op);
+    assert_not_privileged(&mut o);
+    let m = expect_refusal(
+        &mut o,
+        &format!("SELECT tenancy.unprotect('public.{t}')"),
+        "42501",
+        "management_refused",
+    );
+    assert!(m.contains(&group), "{m}");
+    expect_err(&mut o, &format!("SELECT v FROM public.{t}"), &["42501"]);
+    // Without the privileges it may; it reads nothing then.
+    su.batch_execute(&format!("REVOKE ALL ON public.{t} FROM {group}"))
+        .unwrap();
+    o.batch_execute(&format!("SELECT tenancy.unprotect('public.{t}')"))
+        .unwrap();
+    expect_err(&mut o, &format!("SELECT v FROM public.{t}"), &["42501"]);
+    su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
+}
+
 // 5. Audit hashes that confirm guesses ---------------------------------------------------------
 
 #[test]

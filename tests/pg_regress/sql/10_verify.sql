@@ -202,6 +202,14 @@ SELECT count(*) AS left FROM pg_temp.findings('large_objects');
 SELECT severity, rule, object, detail FROM tenancy.verify() WHERE rule = 'library_not_preloaded';
 \x off
 
+-- application_role_can_create: a role that reads or writes protected tables and can create in
+-- a schema. Every tenant's sessions of the role share it, and a role may set its own
+-- search_path: an operator or a function made there runs in other tenants' sessions.
+GRANT CREATE ON SCHEMA ver TO regress_ver_app;
+SELECT * FROM pg_temp.findings('application_role_can_create');
+SELECT fix FROM pg_temp.findings('application_role_can_create') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('application_role_can_create');
+
 -- The schema is clean again.
 SELECT * FROM pg_temp.findings();
 SELECT count(*) AS errors FROM pg_temp.findings() WHERE severity = 'error';
