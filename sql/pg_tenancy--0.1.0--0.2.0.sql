@@ -495,15 +495,13 @@ SELECT 'error', 'rule_on_protected_table', format('%s.%I', p.relid::regclass, r.
  WHERE r.rulename <> '_RETURN'
 UNION ALL
 -- 22. Platform roles that can give themselves the other duty: CREATEROLE (their own, or a
---     role's they belong to: PostgreSQL 15 lets a member SET ROLE to it), or ADMIN OPTION on
+--     role's they belong to, or a superuser role's: PostgreSQL 15 lets a member SET ROLE to
+--     it), or ADMIN OPTION on
 --     the other role (separation of duties: pg_tenancy refuses such roles both duties).
 SELECT 'error', 'duties_combinable', r.rolname::text,
        'a platform role that can make itself both operator and key admin: whoever registers keys can mint tokens for any subject',
        CASE WHEN r.rolcreaterole THEN format('ALTER ROLE %I NOCREATEROLE;', r.rolname)
-            WHEN c.creator IS NOT NULL AND EXISTS (SELECT FROM pg_auth_members m
-                                                    WHERE m.roleid = c.creator_oid AND m.member = r.oid)
-                 THEN format('REVOKE %I FROM %I;', c.creator, r.rolname)
-            WHEN c.creator IS NOT NULL THEN format('ALTER ROLE %I NOCREATEROLE;', c.creator)
+            WHEN c.creator IS NOT NULL THEN format('REVOKE %I FROM %I;', c.via, r.rolname)
             WHEN pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') AND pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER WITH ADMIN OPTION')
                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER WITH ADMIN OPTION')
@@ -512,9 +510,13 @@ SELECT 'error', 'duties_combinable', r.rolname::text,
                         CASE WHEN pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') THEN 'tenancy_key_admin' ELSE 'tenancy_operator' END,
                         r.rolname) END
   FROM pg_roles r
-  LEFT JOIN LATERAL (SELECT g.rolname AS creator, g.oid AS creator_oid FROM pg_roles g
-                      WHERE g.rolcreaterole AND g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER')
-                      ORDER BY g.rolname LIMIT 1) c ON true
+  -- A role it can SET ROLE to that has CREATEROLE (or is a superuser), and the role it
+  -- belongs to directly on the way there (the membership the fix revokes).
+  LEFT JOIN LATERAL (SELECT g.rolname AS creator, v.rolname AS via FROM pg_roles g, pg_auth_members m
+                       JOIN pg_roles v ON v.oid = m.roleid
+                      WHERE (g.rolcreaterole OR g.rolsuper) AND g.oid <> r.oid AND m.member = r.oid
+                        AND pg_has_role(m.roleid, g.oid, 'MEMBER')
+                      ORDER BY g.rolname, v.rolname LIMIT 1) c ON true
  WHERE NOT r.rolsuper AND r.rolname NOT IN ('tenancy_operator', 'tenancy_key_admin')
    AND (pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') OR pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER'))
    AND (r.rolcreaterole OR c.creator IS NOT NULL
@@ -571,25 +573,37 @@ UNION ALL
 --     or an operator it creates runs in the next sessions of every tenant, with their bindings.
 SELECT * FROM (
 SELECT DISTINCT ON (r.rolname) 'error', 'application_role_can_create', r.rolname::text,
-       format('role %I reads or writes protected tables and can create objects in schema %I (as %I): a function or an operator made there runs in every tenant''s sessions of the role that find it, with their bindings (a role may set its own search_path)',
-              r.rolname, n.nspname, g.rolname),
-       CASE WHEN n.nspowner = g.oid
+       format('role %I reads or writes protected tables and can create objects in %s (as %I): a function or an operator made there runs in every tenant''s sessions of the role that find it, with their bindings (a role may set its own search_path)',
+              r.rolname, CASE WHEN n.oid = 0 THEN 'a schema of its own (CREATE on the database)' ELSE format('schema %I', n.nspname) END, g.rolname),
+       CASE WHEN n.oid = 0 AND EXISTS (SELECT FROM aclexplode(n.nspacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')
+            THEN format('REVOKE CREATE ON DATABASE %I FROM PUBLIC;', current_database())
+            WHEN n.oid = 0 THEN format('REVOKE CREATE ON DATABASE %I FROM %I;', current_database(), g.rolname)
+            WHEN n.nspowner = g.oid
             THEN format('ALTER SCHEMA %I OWNER TO %I;', n.nspname, (SELECT rolname FROM pg_roles WHERE oid = 10))
             WHEN EXISTS (SELECT FROM aclexplode(n.nspacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')
             THEN format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC;', n.nspname)
             ELSE format('REVOKE CREATE ON SCHEMA %I FROM %I;', n.nspname, g.rolname) END
   FROM pg_roles r
-  JOIN pg_namespace n ON n.nspname !~ '^pg_(temp|toast_temp)_' AND n.nspname <> 'pg_toast'
+  JOIN (SELECT n.oid, n.nspname, n.nspowner, n.nspacl FROM pg_namespace n
+         WHERE n.nspname !~ '^pg_(temp|toast_temp)_' AND n.nspname <> 'pg_toast'
+        UNION ALL
+        -- CREATE on the database: the role can create a schema of its own.
+        SELECT 0::oid, NULL::name, d.datdba, d.datacl FROM pg_database d WHERE d.datname = current_database()) n ON true
   CROSS JOIN LATERAL (
       SELECT x.oid, x.rolname FROM pg_roles x
-       WHERE pg_has_role(r.oid, x.oid, 'MEMBER') AND has_schema_privilege(x.oid, n.oid, 'CREATE')
+       WHERE pg_has_role(r.oid, x.oid, 'MEMBER')
+         AND CASE WHEN n.oid = 0 THEN has_database_privilege(x.oid, current_database(), 'CREATE')
+                  ELSE has_schema_privilege(x.oid, n.oid, 'CREATE') END
        ORDER BY x.oid <> r.oid, x.rolname LIMIT 1) g
  WHERE r.rolcanlogin AND NOT r.rolsuper
    AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
    AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
-   AND EXISTS (SELECT FROM prot p WHERE has_table_privilege(r.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE'))
+   AND EXISTS (SELECT FROM prot p, pg_roles y
+                WHERE pg_has_role(r.oid, y.oid, 'MEMBER')
+                  AND (has_table_privilege(y.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE')
+                       OR has_any_column_privilege(y.oid, p.relid, 'SELECT, INSERT, UPDATE')))
    AND NOT EXISTS (SELECT FROM prot p JOIN pg_class c ON c.oid = p.relid WHERE pg_has_role(r.oid, c.relowner, 'MEMBER'))
- ORDER BY r.rolname, n.nspname) app_create
+ ORDER BY r.rolname, n.nspname NULLS LAST) app_create
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so

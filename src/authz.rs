@@ -168,7 +168,7 @@ fn can_join(role: pg_sys::Oid, group: &std::ffi::CStr) -> bool {
 
 /// Whether `role` has CREATEROLE or can take it: PostgreSQL 15 lets a member SET ROLE to any
 /// role it belongs to, directly or through others, whatever INHERIT says, and a CREATEROLE
-/// role reached so grants any non-superuser role. The memberships are read with
+/// role reached so grants any non-superuser role (a superuser role reached so, anything). The memberships are read with
 /// `pg_has_role(..., 'MEMBER')`, PostgreSQL's own test of them; schema-qualified, no operator.
 /// An error reading them counts as yes.
 fn can_create_roles(role: pg_sys::Oid) -> bool {
@@ -176,7 +176,7 @@ fn can_create_roles(role: pg_sys::Oid) -> bool {
     let own = unsafe { pg_sys::has_createrole_privilege(role) };
     own || crate::catalog::read_one::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_roles c \
-              WHERE c.rolcreaterole AND pg_catalog.pg_has_role($1, c.oid, 'MEMBER'))",
+              WHERE (c.rolcreaterole OR c.rolsuper) AND pg_catalog.pg_has_role($1, c.oid, 'MEMBER'))",
         &[role.into()],
     )
     .unwrap_or(true)

@@ -111,7 +111,7 @@ thread_local! {
     static TXN_TENANT: Cell<Option<Uuid>> = const { Cell::new(None) };
     /// Cursors declared while a binding was in force (names; the closed ones are dropped
     /// whenever the list is read): tenancy.unbind() refuses while one is open.
-    static BOUND_CURSORS: RefCell<Vec<std::ffi::CString>> = const { RefCell::new(Vec::new()) };
+    static BOUND_CURSORS: RefCell<Vec<(std::ffi::CString, Uuid)>> = const { RefCell::new(Vec::new()) };
     /// The subject this transaction was bound for (a second token of the same tenant for
     /// another subject is refused like another tenant), and whether a statement has used the
     /// binding (until then, unbind() frees the transaction for another bind).
@@ -279,7 +279,7 @@ pub fn init() {
         }
     }
     crate::pg::hooks::before_utility(before_utility);
-    crate::pg::executor_end::before_later_runs(before_a_later_run);
+    crate::pg::executor_end::before_later_runs(before_a_later_run, bound_now);
     crate::pg::hooks::after_utility(after_utility);
     crate::pg::binding_param::at_query_start(carry_at_query_start);
     crate::authz::provide_acting(crate::authz::ActingProvider {
@@ -324,6 +324,16 @@ unsafe extern "C-unwind" fn xact_callback(
     _arg: *mut std::ffi::c_void,
 ) {
     use pg_sys::XactEvent::*;
+    if event == XACT_EVENT_PRE_PREPARE && MADE.with(|m| !m.borrow().is_empty()) {
+        // A prepared transaction's fate is decided later, perhaps by a ROLLBACK PREPARED of
+        // this session's own: a session-scoped binding made in it would outlive what it was
+        // made with (enter_support's record) either way.
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "cannot PREPARE a transaction that made a session-scoped binding",
+            "Bind for the session (or enter support) in a transaction of its own, committed.",
+        );
+    }
     if matches!(
         event,
         XACT_EVENT_COMMIT
@@ -407,16 +417,19 @@ fn before_utility(stmt: *mut pg_sys::Node) {
                 (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_owned()),
             );
         }
-        if (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt
-            && BINDING.with(|b| b.borrow().is_some())
-        {
+        if (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt {
             let name = (*(stmt as *mut pg_sys::DeclareCursorStmt)).portalname;
             if !name.is_null() {
+                // A cursor declared while bound is remembered with its tenant; one declared
+                // unbound under the name of a closed one is not that one.
                 let name = std::ffi::CStr::from_ptr(name).to_owned();
+                let tenant = current_binding_tenant();
                 BOUND_CURSORS.with(|c| {
                     let mut c = c.borrow_mut();
-                    c.retain(|n| portal_open(n));
-                    c.push(name);
+                    c.retain(|(n, _)| *n != name && portal_open(n));
+                    if let Some(t) = tenant {
+                        c.push((name, t));
+                    }
                 });
             }
         }
@@ -430,13 +443,26 @@ fn before_utility(stmt: *mut pg_sys::Node) {
 /// the cursor too); refused once the transaction's binding has been ended, and for a cursor
 /// declared while bound (`name`) once no binding is in force.
 fn before_reading_a_cursor(name: Option<std::ffi::CString>) {
+    let declared_for = name.and_then(|n| {
+        BOUND_CURSORS
+            .with(|c| c.borrow().iter().find(|(b, _)| *b == n).map(|(_, t)| *t))
+            .filter(|_| portal_open(&n))
+    });
     if BINDING.with(|b| b.borrow().is_some()) {
-        with_current(|_| ());
+        let now = with_current(|b| b.map(|b| b.tenant));
+        if let (Some(declared), Some(now)) = (declared_for, now) {
+            if declared != now {
+                // Its rows (a WITH HOLD cursor's, kept at a COMMIT) are another tenant's.
+                errors::raise(
+                    INSUFFICIENT_PRIVILEGE,
+                    "this cursor was declared for another tenant than the one bound now",
+                    "Close cursors before binding another tenant; DISCARD ALL closes them all.",
+                );
+            }
+        }
         return;
     }
-    let declared_bound =
-        name.is_some_and(|n| BOUND_CURSORS.with(|c| c.borrow().contains(&n)) && portal_open(&n));
-    if (TXN_USED.with(|u| u.get()) || declared_bound) && !with_current(|b| b.is_some()) {
+    if (TXN_USED.with(|u| u.get()) || declared_for.is_some()) && !with_current(|b| b.is_some()) {
         // The transaction read as a tenant and its binding has been ended since, or the
         // cursor was declared under a binding that has ended: it holds that tenant's plan
         // (or rows) and is not read unbound.
@@ -444,8 +470,26 @@ fn before_reading_a_cursor(name: Option<std::ffi::CString>) {
     }
 }
 
-fn before_a_later_run() {
-    before_reading_a_cursor(None);
+/// Before a later run of a statement's plan (`pg::executor_end::before_later_runs`): a
+/// statement started unbound read no tenant's rows; one started bound is read under a binding
+/// that still holds, checked again now, and not once the binding has ended.
+fn before_a_later_run(bound_at_start: bool) {
+    if !bound_at_start {
+        return;
+    }
+    if BINDING.with(|b| b.borrow().is_some()) {
+        with_current(|_| ());
+    } else if !with_current(|b| b.is_some()) {
+        no_tenant_bound_on(None);
+    }
+}
+
+/// Whether a binding is in force now, as far as this backend knows without reading anything
+/// (an explicit, internal or role-mapped one): read at every statement's start.
+fn bound_now() -> bool {
+    BINDING.with(|b| b.borrow().is_some())
+        || INTERNAL.with(|i| i.borrow().is_some())
+        || MAPPED.with(|m| matches!(&*m.borrow(), Some((_, _, Some(_)))))
 }
 
 /// Whether a portal (a cursor) of this name is open.
@@ -1146,8 +1190,10 @@ pub fn unbind() {
     // client or, behind a pooler, by the next one.
     let open: Vec<String> = BOUND_CURSORS.with(|c| {
         let mut c = c.borrow_mut();
-        c.retain(|n| portal_open(n));
-        c.iter().map(|n| n.to_string_lossy().into_owned()).collect()
+        c.retain(|(n, _)| portal_open(n));
+        c.iter()
+            .map(|(n, _)| n.to_string_lossy().into_owned())
+            .collect()
     });
     if !open.is_empty() {
         errors::raise(

@@ -32,8 +32,12 @@ pub struct Observer {
 }
 
 static mut OBSERVER: Option<Observer> = None;
-/// Called before every run of a statement but the first after it started ([`before_later_runs`]).
-static mut LATER_RUN: Option<fn()> = None;
+/// The binding's check before a later run, and whether a binding is in force now
+/// ([`before_later_runs`]).
+static mut LATER_RUN: Option<LaterRun> = None;
+
+/// What [`before_later_runs`] registers: the check, and whether a binding is in force now.
+type LaterRun = (fn(bool), fn() -> bool);
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
 
@@ -57,41 +61,79 @@ thread_local! {
     static RUNS: std::cell::RefCell<Vec<Run>> = const { std::cell::RefCell::new(Vec::new()) };
     /// How many subtransactions are open (0 at the transaction's own level).
     static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-    /// The QueryDescs of the statements started and not run yet ([`started`]): more than one
-    /// when a statement's start runs others (a hook's catalog read), a few at most. Forgotten
-    /// when their statement ends, and with an aborted (sub)transaction (then a statement's
-    /// first run counts as a later one: checked once more, never once less).
-    static STARTED: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The statements started and not ended ([`started`]): a few at most (one per open
+    /// cursor or portal, and the ones a statement's start runs itself, a hook's catalog read).
+    /// A failed statement never ends: its entry goes with the (sub)transaction that failed, or
+    /// when a new statement starts at its address and replaces it.
+    static STARTED: std::cell::RefCell<Vec<Started>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Calls `f` before a statement runs again after its first run, or runs first well after it
-/// started: a cursor's FETCH (from SQL, PL/pgSQL or the protocol's Execute of a portal), a
-/// SQL function's next row. Its rows are read with the plan made when it started; `f` may
-/// refuse (once, from _PG_init).
-pub fn before_later_runs(f: fn()) {
+/// A statement the executor started.
+struct Started {
+    /// The address of its QueryDesc.
+    key: usize,
+    /// When the top-level statement (or protocol message) that started it began.
+    at: i64,
+    /// Whether a binding was in force when it started.
+    bound: bool,
+    /// Whether it has run.
+    ran: bool,
+    /// The subtransaction depth it started at (see [`DEPTH`]).
+    depth: u32,
+}
+
+/// `check(bound_at_start)` runs before every run of a statement but its first, when that
+/// comes within the top-level statement (or protocol message) that started it: a cursor's
+/// FETCH (from SQL, PL/pgSQL or the protocol's Execute of a portal, Bind's start then
+/// Execute's run included), a SQL function's next row. Such a run reads with the plan made
+/// when the statement started; `check` may refuse. `bound` tells whether a binding is in force
+/// (read at every start: cheap). Once, from _PG_init.
+pub fn before_later_runs(check: fn(bool), bound: fn() -> bool) {
     // SAFETY: called once from _PG_init, on the backend's only thread, before any statement
     // runs.
-    unsafe { LATER_RUN = Some(f) };
+    unsafe { LATER_RUN = Some((check, bound)) };
 }
 
-/// The executor started the statement of `qd` (from the ExecutorStart hook, in the leader):
-/// its first run follows at once, and is not a later run.
+/// The executor started the statement of `qd` (from the ExecutorStart hook, in the leader).
 pub fn started(qd: *mut pg_sys::QueryDesc) {
-    let key = qd as usize;
+    // SAFETY: LATER_RUN is written once by `before_later_runs` before any statement runs.
+    let Some((_, bound)) = (unsafe { LATER_RUN }) else {
+        return;
+    };
+    let entry = Started {
+        key: qd as usize,
+        at: super::unguarded::statement_start(),
+        bound: bound(),
+        ran: false,
+        depth: DEPTH.with(|d| d.get()),
+    };
     STARTED.with(|s| {
         let mut s = s.borrow_mut();
-        if !s.contains(&key) {
-            s.push(key);
-        }
+        s.retain(|e| e.key != entry.key);
+        s.push(entry);
     });
 }
 
-/// Whether `key`'s statement was started and had not run yet (it is run now).
-fn first_run(key: usize) -> bool {
+/// Before a run of `key`'s statement: None for its first run within the top-level statement
+/// that started it, else whether a binding was in force when it started. None too for a
+/// statement not seen starting: one started before pg_tenancy was loaded in this backend (the
+/// library is loaded by the first call of one of its functions, inside a statement's start),
+/// when no binding can have been in force.
+fn later_run(key: usize) -> Option<bool> {
+    let now = super::unguarded::statement_start();
     STARTED.with(|s| {
         let mut s = s.borrow_mut();
-        let i = s.iter().position(|k| *k == key);
-        i.map(|i| s.swap_remove(i)).is_some()
+        match s.iter_mut().find(|e| e.key == key) {
+            Some(e) if !e.ran && e.at == now => {
+                e.ran = true;
+                None
+            }
+            Some(e) => {
+                e.ran = true;
+                Some(e.bound)
+            }
+            None => None,
+        }
     })
 }
 
@@ -129,11 +171,16 @@ fn track_subxact(e: SubXact) {
                 let mut r = r.borrow_mut();
                 if e == SubXact::Abort {
                     r.retain(|run| run.depth < depth);
-                    STARTED.with(|s| s.borrow_mut().clear());
+                    STARTED.with(|s| s.borrow_mut().retain(|e| e.depth < depth));
                 } else {
                     for run in r.iter_mut().filter(|run| run.depth > parent) {
                         run.depth = parent;
                     }
+                    STARTED.with(|s| {
+                        for e in s.borrow_mut().iter_mut().filter(|e| e.depth > parent) {
+                            e.depth = parent;
+                        }
+                    });
                 }
             });
             DEPTH.with(|d| d.set(parent));
@@ -159,10 +206,10 @@ unsafe extern "C-unwind" fn executor_run(
     execute_once: bool,
 ) {
     // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
-    if unsafe { pg_sys::ParallelWorkerNumber } < 0 && !first_run(qd as usize) {
+    if unsafe { pg_sys::ParallelWorkerNumber } < 0 {
         // SAFETY: LATER_RUN is written once by `before_later_runs` before any statement runs.
-        if let Some(f) = unsafe { LATER_RUN } {
-            f();
+        if let (Some(bound), Some((check, _))) = (later_run(qd as usize), unsafe { LATER_RUN }) {
+            check(bound);
         }
     }
     // SAFETY: PREV_EXECUTOR_RUN is written once by `observe` before any statement runs.
@@ -208,8 +255,7 @@ unsafe extern "C-unwind" fn executor_end(qd: *mut pg_sys::QueryDesc) {
     // Every step's rows (see the module's documentation); a statement that started while the
     // observer did not want it has no entry, and its last step's rows are what is known.
     let key = qd as usize;
-    // Started and ended without a run (EXPLAIN without ANALYZE).
-    first_run(key);
+    STARTED.with(|s| s.borrow_mut().retain(|e| e.key != key));
     let steps = RUNS.with(|r| {
         let mut r = r.borrow_mut();
         let i = r.iter().position(|run| run.key == key)?;

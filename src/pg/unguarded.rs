@@ -21,7 +21,16 @@ mod ffi {
         pub fn GetSessionUserId() -> Oid;
         pub fn IsInParallelMode() -> bool;
         pub fn IsTransactionState() -> bool;
+        pub fn GetCurrentStatementStartTimestamp() -> i64;
     }
+}
+
+/// When the current top-level statement (or protocol message) started, as
+/// `GetCurrentStatementStartTimestamp()`: the same for every query a function runs inside it.
+pub fn statement_start() -> i64 {
+    // SAFETY: GetCurrentStatementStartTimestamp returns the backend's stmtStartTimestamp and
+    // raises no ERROR.
+    unsafe { ffi::GetCurrentStatementStartTimestamp() }
 }
 
 /// The current user (`current_user`), as `GetUserId()`.

@@ -696,12 +696,26 @@ fn attach_partition(
             "Attach it with ALTER TABLE ... ATTACH PARTITION.",
         );
     }
-    refuse_foreign_code(parent, partition, &parent_name, &part_name);
     let sql = format!("ALTER TABLE {parent_name} ATTACH PARTITION {part_name} {bound}");
     require_one_attach(&sql, parent, partition);
-    // As ATTACH will: no transaction is still writing the table when its rows are read.
-    // SAFETY: a lock held to the end of the transaction.
+    // As ATTACH will, the table and everything below it: no transaction is still writing them
+    // when their rows are read, nor changing their owners or triggers once they are checked.
+    // The table first: nothing is attached below it while it is locked, so its tree, read
+    // after, is the whole tree.
+    // SAFETY: locks held to the end of the transaction.
     unsafe { pg_sys::LockRelationOid(partition, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    for below in catalog::owner_rows(
+        "pg_inherits",
+        "WITH RECURSIVE d(rel) AS (SELECT $1::pg_catalog.oid UNION \
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent OPERATOR(pg_catalog.=) d.rel) \
+         SELECT rel FROM d WHERE rel OPERATOR(pg_catalog.<>) $1 ORDER BY 1",
+        &[partition.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    ) {
+        // SAFETY: as above.
+        unsafe { pg_sys::LockRelationOid(below, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    }
+    refuse_foreign_code(parent, partition, &parent_name, &part_name);
     // What it brings must not run a user's code over every tenant's rows.
     crate::protection::guard::refuse_leaky_members(partition);
     let recorded = crate::audit::record_joining_rows(partition, &column, &key, &ancestors);
@@ -720,7 +734,8 @@ fn attach_partition(
     recorded
 }
 
-/// An operator may not unprotect a table that it can read or write, itself or as a role it can
+/// An operator may not unprotect a table that it can read or write (a column of it too) or put a
+/// trigger on, itself or as a role it can
 /// SET ROLE to (its current role or its login role; the role named is one it belongs to that
 /// holds the privilege, itself last, since its own comes through that one when inherited): unprotected, every tenant's rows would be
 /// its to read (an attacker's pass unprotected, read every tenant and protected again; operators
@@ -737,7 +752,8 @@ fn refuse_unprotect_to_a_reader(rels: &[(pg_sys::Oid, String)]) {
             "SELECT t.oid::pg_catalog.regclass::text, x.rolname::text FROM pg_catalog.unnest($2::pg_catalog.oid[]) t(oid), \
                     pg_catalog.pg_roles x \
               WHERE pg_catalog.pg_has_role($1, x.oid, 'MEMBER') \
-                AND pg_catalog.has_table_privilege(x.oid, t.oid, 'SELECT, INSERT, UPDATE, DELETE') \
+                AND (pg_catalog.has_table_privilege(x.oid, t.oid, 'SELECT, INSERT, UPDATE, DELETE, TRIGGER') \
+                     OR pg_catalog.has_any_column_privilege(x.oid, t.oid, 'SELECT, INSERT, UPDATE, REFERENCES')) \
               ORDER BY x.oid OPERATOR(pg_catalog.=) $1, 2, 1 LIMIT 1",
             &[role.into(), oids.clone().into()],
             |r| {

@@ -318,6 +318,13 @@ fn a_support_binding_is_undone_with_the_transaction_that_rolled_back_its_record(
         .unwrap();
     op.batch_execute("ROLLBACK TO SAVEPOINT s; COMMIT").unwrap();
     unbound(&mut op);
+    // Nor can a prepared transaction carry it: its fate (a ROLLBACK PREPARED of the
+    // operator's own) would be decided after the binding was in use.
+    op.batch_execute("BEGIN").unwrap();
+    op.execute("SELECT tenancy.enter_support($1)", &[&f.a])
+        .unwrap();
+    expect_err(&mut op, "PREPARE TRANSACTION 'support_2pc'", &["0A000"]);
+    unbound(&mut op);
     assert_eq!(records(&mut su), 0);
     // Kept, with its record, when its transaction commits.
     op.execute("SELECT tenancy.enter_support($1)", &[&f.a])

@@ -247,8 +247,31 @@ fn a_cursor_read_from_plpgsql_the_protocol_or_held_fetches_nothing_after_a_suspe
     expect_err(&mut c, "FETCH 1 FROM held", &["42501"]);
     expect_err(&mut c, "FETCH 1 FROM held", &["42501"]);
     expect_err(&mut c, "FETCH ALL FROM held", &["42501"]);
+    // Nor under another tenant's binding.
+    c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.b, "x")])
+        .unwrap();
+    expect_err(&mut c, "FETCH 1 FROM held", &["42501"]);
     suspended(false);
     c.batch_execute("CLOSE held").unwrap();
+    c.batch_execute("DISCARD ALL").unwrap();
+    c.batch_execute(
+        "CREATE FUNCTION pg_temp.loop_count() RETURNS bigint LANGUAGE plpgsql AS
+         $$ DECLARE n bigint := 0; r record;
+            BEGIN FOR r IN SELECT g FROM generate_series(1, 100) g LOOP n := n + 1; END LOOP; RETURN n; END $$",
+    )
+    .unwrap();
+    // A plan started after the binding ended reads on in batches (a PL/pgSQL loop): it read
+    // no tenant's rows, and is not refused.
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "x"));
+    c.query("SELECT name FROM it_customers", &[]).unwrap();
+    c.batch_execute("SELECT tenancy.unbind()").unwrap();
+    let n: i64 = c
+        .query_one("SELECT pg_temp.loop_count()", &[])
+        .map(|r| r.get(0))
+        .unwrap_or_else(|e| panic!("{}", message(&e)));
+    assert_eq!(n, 100);
+    c.batch_execute("COMMIT").unwrap();
 }
 
 #[test]
