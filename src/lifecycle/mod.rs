@@ -1039,10 +1039,20 @@ fn count_as_catalog_owner(table: &str, sql: &str, tenant: uuid::Uuid) -> i64 {
 /// definition calls a function that is not built in (an index expression or predicate, an
 /// extended statistics expression, whose constant calls the planner evaluates; a CHECK
 /// constraint, for constraint exclusion; ...; `tenancy.verify()` reports each as
-/// `leaky_expression`). Such a Citus table's rows are counted as its owner, never as the
-/// catalog's (a plain table's are read by `pg::table_scan`, which plans nothing).
+/// `leaky_expression`), or the definition of a partition or child the statement expands to
+/// does. Such a Citus table's rows are counted as its owner, never as the catalog's (a plain
+/// table's are read by `pg::table_scan`, which plans nothing).
 fn runs_owner_code(relid: pg_sys::Oid) -> bool {
-    crate::protection::guard::stored_leaky_call(relid).is_some()
+    catalog::owner_rows(
+        "pg_inherits",
+        "WITH RECURSIVE d(rel) AS (SELECT $1::pg_catalog.oid UNION \
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent OPERATOR(pg_catalog.=) d.rel) \
+         SELECT rel FROM d ORDER BY 1",
+        &[relid.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    )
+    .into_iter()
+    .any(|rel| crate::protection::guard::stored_leaky_call(rel).is_some())
 }
 
 /// The rows of `tenant` in plain table `relid`, read by `pg::table_scan` (every tenant's rows
