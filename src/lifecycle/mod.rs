@@ -726,6 +726,7 @@ pub fn init() {
     // SAFETY: called once from _PG_init; the callback stays valid for the backend's life.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
     crate::pg::binding_param::at_query_start(at_query_start);
+    crate::pg::binding_param::at_plan_start(at_plan_start);
     crate::pg::hooks::before_utility(before_utility);
     crate::binding::on_transaction_bound(limits::apply);
     crate::citus::set_key_maker(certificate::ensure_key);
@@ -741,6 +742,14 @@ fn at_query_start(writes: bool) {
         if writes {
             hold_for_write(tenant);
         }
+    }
+}
+
+/// Before a statement of a bound session is planned: its resource limits hold while the
+/// planner folds constant calls (they run before the statement's start).
+fn at_plan_start() {
+    if let Some(tenant) = crate::binding::tenant_in_effect_unchecked() {
+        limits::enforce(tenant);
     }
 }
 
@@ -1043,16 +1052,7 @@ fn count_as_catalog_owner(table: &str, sql: &str, tenant: uuid::Uuid) -> i64 {
 /// does. Such a Citus table's rows are counted as its owner, never as the catalog's (a plain
 /// table's are read by `pg::table_scan`, which plans nothing).
 fn runs_owner_code(relid: pg_sys::Oid) -> bool {
-    catalog::owner_rows(
-        "pg_inherits",
-        "WITH RECURSIVE d(rel) AS (SELECT $1::pg_catalog.oid UNION \
-            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent OPERATOR(pg_catalog.=) d.rel) \
-         SELECT rel FROM d ORDER BY 1",
-        &[relid.into()],
-        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
-    )
-    .into_iter()
-    .any(|rel| crate::protection::guard::stored_leaky_call(rel).is_some())
+    crate::protection::guard::tree_calls_owner_code(relid)
 }
 
 /// The rows of `tenant` in plain table `relid`, read by `pg::table_scan` (every tenant's rows

@@ -367,6 +367,19 @@ unsafe extern "C-unwind" fn planner(
         // SAFETY: the planner's Query (this function's contract).
         unsafe { check_calls(parse) };
     }
+    // The resource limits hold while the statement is planned too: the planner runs the
+    // IMMUTABLE calls it folds, which a session that set statement_timeout = 0 would otherwise
+    // run with no timer (an attacker's pass folded 12 s of hashing under a 1 s ceiling).
+    // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
+    if unsafe { pg_sys::ParallelWorkerNumber } < 0
+        && !super::unguarded::in_parallel_mode()
+        && !IN_HOOK.with(|h| h.replace(true))
+    {
+        let _done = HookDone;
+        for i in 0..PLAN_START.with(|q| q.borrow().len()) {
+            PLAN_START.with(|q| q.borrow()[i])();
+        }
+    }
     if !gucs::PLAN_BINDING_AS_PARAM.get()
         // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
         || unsafe { pg_sys::ParallelWorkerNumber } >= 0
@@ -1063,6 +1076,9 @@ thread_local! {
     /// What the pillars do at the start of every query (src/lifecycle: the resource limits
     /// and the tenant's write lock), registered at _PG_init.
     static QUERY_START: RefCell<Vec<fn(bool)>> = const { RefCell::new(Vec::new()) };
+    /// What the pillars do before a statement is planned (src/lifecycle: the resource
+    /// limits), registered at _PG_init.
+    static PLAN_START: RefCell<Vec<fn()>> = const { RefCell::new(Vec::new()) };
     /// The reserved parameters' value: the tenant a binding may act for on a table with a
     /// privilege (src/protection/privileges.rs), registered at _PG_init.
     static RESERVED_VALUE: Cell<Option<ReservedValue>> = const { Cell::new(None) };
@@ -1075,6 +1091,11 @@ pub type ReservedValue = fn(pg_sys::Oid, &'static str) -> [u8; 16];
 /// with whether the query writes (also through a data-modifying CTE).
 pub fn at_query_start(f: fn(bool)) {
     QUERY_START.with(|q| q.borrow_mut().push(f));
+}
+
+/// Run `f()` before every statement of the leader process is planned, outside parallel mode.
+pub fn at_plan_start(f: fn()) {
+    PLAN_START.with(|q| q.borrow_mut().push(f));
 }
 
 /// Set how the reserved parameters get their value.

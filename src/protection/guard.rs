@@ -588,6 +588,20 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
             pg_sys::NodeTag::T_AlterTableStmt => {
                 check_alter_table(stmt as *mut pg_sys::AlterTableStmt, query)
             }
+            pg_sys::NodeTag::T_RenameStmt => {
+                let r = stmt as *mut pg_sys::RenameStmt;
+                if (*r).renameType == pg_sys::ObjectType::OBJECT_COLUMN
+                    && !(*r).relation.is_null()
+                    && !(*r).subname.is_null()
+                    && !(*r).newname.is_null()
+                {
+                    refuse_renaming_an_excluded_column(
+                        relid_of((*r).relation),
+                        &std::ffi::CStr::from_ptr((*r).subname).to_string_lossy(),
+                        &std::ffi::CStr::from_ptr((*r).newname).to_string_lossy(),
+                    );
+                }
+            }
             pg_sys::NodeTag::T_IndexStmt => {
                 let s = stmt as *mut pg_sys::IndexStmt;
                 let rel = relid_of((*s).relation);
@@ -1097,6 +1111,40 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
     }
 }
 
+/// A tenant's audit exclusions name columns of a protected table (or of a parent whose
+/// exclusions its partitions follow): renaming an excluded column, or renaming a column to an
+/// excluded name, would move the tenant admin's decision onto another column unseen (an
+/// attacker's pass, as the table's owner, had a column the admin kept in the trail go
+/// unrecorded that way). Refused to everyone but superusers; the admins clear the exclusion
+/// first (`audit_exclude(tbl, '{}')`).
+fn refuse_renaming_an_excluded_column(rel: pg_sys::Oid, old: &str, new: &str) {
+    if rel == pg_sys::InvalidOid
+        || crate::protection::policy::guard_stands_aside()
+        || crate::authz::is_superuser(crate::authz::caller())
+    {
+        return;
+    }
+    let named = catalog::owner_rows(
+        "tenancy.audit_exclusion",
+        "WITH RECURSIVE up(rel) AS (SELECT $1::pg_catalog.oid UNION \
+            SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid OPERATOR(pg_catalog.=) up.rel) \
+         SELECT e.relid::pg_catalog.text FROM tenancy.audit_exclusion e JOIN up ON e.relid::pg_catalog.oid OPERATOR(pg_catalog.=) up.rel \
+          WHERE e.columns OPERATOR(pg_catalog.&&) ARRAY[$2, $3]::pg_catalog.text[] LIMIT 1",
+        &[rel.into(), old.into(), new.into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    );
+    if let Some(table) = named.into_iter().next() {
+        refuse_channel(
+            rel,
+            format!(
+                "column \"{old}\" of \"{}\" cannot be renamed to \"{new}\": a tenant's audit exclusions on {table} name one of them",
+                crate::catalog::relation_name(rel)
+            ),
+            "Exclusions name columns: the tenants' admins clear theirs first (SELECT tenancy.audit_exclude(tbl, '{}');) and set them again after the rename.",
+        );
+    }
+}
+
 /// On Citus, a protected table's name is how Citus finds its shards on every node, and how the
 /// guard there finds them: renaming the table, one of its shards or a worker's copy (shell) of
 /// it, or moving one to another schema, is a superuser's change (a trusted migration role),
@@ -1444,6 +1492,21 @@ pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid) {
             EXPRESSION_HINT,
         );
     }
+}
+
+/// Whether a statement planned on `rel` would run a user's code: [`stored_leaky_call`] of
+/// `rel` or of any partition or child a statement on it expands to.
+pub(crate) fn tree_calls_owner_code(rel: pg_sys::Oid) -> bool {
+    catalog::owner_rows(
+        "pg_inherits",
+        "WITH RECURSIVE d(rel) AS (SELECT $1::pg_catalog.oid UNION \
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent OPERATOR(pg_catalog.=) d.rel) \
+         SELECT rel FROM d ORDER BY 1",
+        &[rel.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    )
+    .into_iter()
+    .any(|r| stored_leaky_call(r).is_some())
 }
 
 /// The first user's code (not built in) that a table's own definition runs over the rows

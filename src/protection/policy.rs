@@ -601,6 +601,7 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
         );
     }
     refuse_unprotect_to_a_reader(&rels);
+    refuse_unprotect_of_tenant_rows(&rels);
     for (oid, t) in &rels {
         let mut sql = Vec::new();
         for p in GENERATED_POLICIES {
@@ -781,6 +782,49 @@ fn refuse_unprotect_to_a_reader(rels: &[(pg_sys::Oid, String)]) {
                 ),
             );
         }
+    }
+}
+
+/// An operator may unprotect a table only while it holds no tenant's rows. Once unprotected, its
+/// rows are read by every role with a way to the table, and not all of them can be listed: a
+/// view or a SECURITY DEFINER function of its owner's that the operator may use reads every
+/// tenant's rows as the owner (an attacker's pass did so after the reader check above). A
+/// superuser, who reads everything anyway, may unprotect a table that holds rows. The rows are
+/// read by `pg::table_scan` (no code of the owner's runs); a Citus table's rows are on the
+/// workers, counted by SQL as the catalog owner only where no table the count expands to calls
+/// its owner's code, and taken to hold rows otherwise.
+fn refuse_unprotect_of_tenant_rows(rels: &[(pg_sys::Oid, String)]) {
+    if authz::is_superuser(authz::caller()) {
+        return;
+    }
+    let citus = crate::pg::citus::in_database();
+    let holding = rels.iter().find(|(rel, table)| {
+        if citus && citus_distribution(*rel).is_some() {
+            crate::protection::guard::tree_calls_owner_code(*rel)
+                || catalog::owner_rows(
+                    table,
+                    &format!("SELECT EXISTS (SELECT FROM ONLY {table})"),
+                    &[],
+                    |r| Ok(r.get::<bool>(1)?.unwrap_or(true)),
+                )
+                .first()
+                .copied()
+                .unwrap_or(true)
+        } else {
+            crate::audit::holds_rows(*rel)
+        }
+    });
+    if let Some((_, table)) = holding {
+        let mut f = serde_json::Map::new();
+        f.insert("action".into(), "unprotect".into());
+        f.insert("table".into(), table.clone().into());
+        errors::refuse(
+            "management_refused",
+            f,
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!("permission denied: \"{table}\" holds tenants' rows, which an operator may not unprotect"),
+            "Unprotected, every role with a way to the table (its owner's views and functions, the application's roles) reads every tenant's rows. Decommission the tenants or delete their rows first, or have a superuser unprotect it.",
+        );
     }
 }
 

@@ -681,6 +681,85 @@ fn decommission_refuses_a_prepared_transaction_and_ends_open_writers() {
 // Limits ---------------------------------------------------------------------------------------
 
 #[test]
+fn the_statement_timeout_ceiling_holds_while_a_statement_is_planned() {
+    // Found by an attacker's pass: the limits were applied when a statement started, after
+    // the planner had run the IMMUTABLE calls it folds; a session that set statement_timeout
+    // to 0 (or a session-scoped binding's later statements) folded seconds of work unbounded.
+    let f = Fixture::new();
+    let mut op = connect(OPERATOR);
+    op.execute(
+        "SELECT tenancy.set_limit($1, 'statement_timeout', '\"300ms\"')",
+        &[&f.a],
+    )
+    .unwrap();
+    let mut c = app();
+    c.batch_execute(
+        "CREATE FUNCTION pg_temp.spin(s float8) RETURNS int IMMUTABLE LANGUAGE plpgsql AS
+         $$ DECLARE t timestamptz := clock_timestamp();
+            BEGIN WHILE clock_timestamp() < t + make_interval(secs => s) LOOP END LOOP; RETURN 1; END $$",
+    )
+    .unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "x"));
+    c.batch_execute("SET statement_timeout = 0").unwrap();
+    // Cancelled by the timeout (57014), where it would otherwise return after 5 s.
+    expect_err(&mut c, "SELECT 1 WHERE pg_temp.spin(5) > 0", &["57014"]);
+    let _ = c.batch_execute("ROLLBACK");
+    // A session-scoped binding's later statements too.
+    c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.a, "x")])
+        .unwrap();
+    // Cancelled by the timeout (57014), where it would otherwise return after 5 s.
+    expect_err(&mut c, "SELECT 1 WHERE pg_temp.spin(5) > 0", &["57014"]);
+    c.batch_execute("SELECT tenancy.unbind()").unwrap();
+    op.execute(
+        "SELECT tenancy.set_limit($1, 'statement_timeout', NULL)",
+        &[&f.a],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_tables_owner_cannot_move_a_tenants_audit_exclusion_by_renaming_columns() {
+    // Found by an attacker's pass: exclusions name columns, so renaming the excluded column
+    // away and another one onto its name left the second out of the trail, unseen.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let own = login_role(&mut su, "own_ren", "");
+    let t = ident("ren");
+    su.batch_execute(&format!(
+        "CREATE TABLE public.{t} (tenant_id uuid NOT NULL, id int NOT NULL, note text, secret int, other int, PRIMARY KEY (tenant_id, id));
+         ALTER TABLE public.{t} OWNER TO {own};
+         SELECT tenancy.protect('public.{t}');
+         GRANT SELECT, INSERT, UPDATE ON public.{t} TO {APP};
+         SELECT tenancy.add_member('{}', 'boss', 'admin');",
+        f.a
+    ))
+    .unwrap();
+    let mut c = app();
+    bound_tx(&mut c, &f, &f.a, true, |c| {
+        c.batch_execute("SELECT 1").unwrap();
+    });
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "boss"));
+    c.batch_execute(&format!(
+        "SELECT tenancy.audit_exclude('public.{t}', '{{note}}'); COMMIT"
+    ))
+    .unwrap();
+    let mut o = connect(&own);
+    assert_not_privileged(&mut o);
+    for sql in [
+        format!("ALTER TABLE public.{t} RENAME COLUMN note TO note_old"),
+        format!("ALTER TABLE public.{t} RENAME COLUMN secret TO note"),
+    ] {
+        expect_refusal(&mut o, &sql, "42501", "guard_refused");
+    }
+    o.batch_execute(&format!(
+        "ALTER TABLE public.{t} RENAME COLUMN other TO other2"
+    ))
+    .unwrap();
+}
+
+#[test]
 fn resource_limits_hold_within_the_platforms_ceilings() {
     let f = Fixture::new();
     let mut su = superuser();
