@@ -1112,7 +1112,8 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
 }
 
 /// A tenant's audit exclusions name columns of a protected table (or of a parent whose
-/// exclusions its partitions follow): renaming an excluded column, or renaming a column to an
+/// exclusions its partitions follow, or of a partition, whose column a rename of the parent
+/// renames too): renaming an excluded column, or renaming a column to an
 /// excluded name, would move the tenant admin's decision onto another column unseen (an
 /// attacker's pass, as the table's owner, had a column the admin kept in the trail go
 /// unrecorded that way). Refused to everyone but superusers; the admins clear the exclusion
@@ -1127,9 +1128,12 @@ fn refuse_renaming_an_excluded_column(rel: pg_sys::Oid, old: &str, new: &str) {
     let named = catalog::owner_rows(
         "tenancy.audit_exclusion",
         "WITH RECURSIVE up(rel) AS (SELECT $1::pg_catalog.oid UNION \
-            SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid OPERATOR(pg_catalog.=) up.rel) \
-         SELECT e.relid::pg_catalog.text FROM tenancy.audit_exclusion e JOIN up ON e.relid::pg_catalog.oid OPERATOR(pg_catalog.=) up.rel \
-          WHERE e.columns OPERATOR(pg_catalog.&&) ARRAY[$2, $3]::pg_catalog.text[] LIMIT 1",
+            SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid OPERATOR(pg_catalog.=) up.rel), \
+           down(rel) AS (SELECT $1::pg_catalog.oid UNION \
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN down ON i.inhparent OPERATOR(pg_catalog.=) down.rel) \
+         SELECT e.relid::pg_catalog.text FROM tenancy.audit_exclusion e \
+          WHERE e.relid::pg_catalog.oid IN (SELECT rel FROM up UNION SELECT rel FROM down) \
+            AND e.columns OPERATOR(pg_catalog.&&) ARRAY[$2, $3]::pg_catalog.text[] LIMIT 1",
         &[rel.into(), old.into(), new.into()],
         |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
     );
