@@ -217,7 +217,9 @@ CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
 CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE',
-                 'CREATE TRIGGER', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+                 'CREATE TRIGGER', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED',
+                 -- PostgreSQL renames a table's column under any of these forms
+                 'ALTER VIEW', 'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();
 
 CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end

@@ -29,6 +29,29 @@ const STATEMENT_TIMEOUT: std::ffi::c_int = 3;
 unsafe extern "C-unwind" {
     fn enable_timeout_after(id: std::ffi::c_int, delay_ms: std::ffi::c_int);
     fn get_timeout_active(id: std::ffi::c_int) -> bool;
+    fn get_timeout_finish_time(id: std::ffi::c_int) -> pg_sys::TimestampTz;
+}
+
+/// Arm the running statement's timeout to fire `ms` from now, unless it is armed to fire
+/// sooner: a ceiling only ever brings the deadline closer. Re-arming an armed timer would push
+/// it back, and a statement that lifts its own timeout between its queries (`set_config` in a
+/// PL/pgSQL loop, whose expressions run no query) would then be re-armed at each query and
+/// never time out (found by a review).
+fn arm_statement_timeout(ms: i32) {
+    // SAFETY: the timeout module's own API, in a backend's main process, called through
+    // pgrx's FFI guard (an ERROR raised below comes back as a panic).
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            if get_timeout_active(STATEMENT_TIMEOUT) {
+                let finish = get_timeout_finish_time(STATEMENT_TIMEOUT);
+                let wanted = pg_sys::GetCurrentTimestamp() + i64::from(ms) * 1000;
+                if finish <= wanted {
+                    return;
+                }
+            }
+            enable_timeout_after(STATEMENT_TIMEOUT, ms);
+        })
+    }
 }
 
 fn index(name: &str) -> Option<usize> {
@@ -232,24 +255,11 @@ fn hold(caps: &Caps) {
             set_local(i, c);
             if i == 0 {
                 // The running statement's timer was armed with the value it started with.
-                // SAFETY: the timeout module's own API, in a backend's main process, called
-                // through pgrx's FFI guard (an ERROR raised below comes back as a panic).
-                unsafe {
-                    pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                        enable_timeout_after(STATEMENT_TIMEOUT, c)
-                    })
-                };
+                arm_statement_timeout(c);
             }
-        } else if i == 0 && c > 0 {
+        } else if i == 0 && c > 0 && current(0) > 0 {
             // A statement whose timer is not armed (started under statement_timeout = 0).
-            // SAFETY: as above.
-            unsafe {
-                pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                    if !get_timeout_active(STATEMENT_TIMEOUT) && current(0) > 0 {
-                        enable_timeout_after(STATEMENT_TIMEOUT, current(0));
-                    }
-                })
-            }
+            arm_statement_timeout(current(0));
         }
     }
 }

@@ -589,17 +589,28 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
                 check_alter_table(stmt as *mut pg_sys::AlterTableStmt, query)
             }
             pg_sys::NodeTag::T_RenameStmt => {
+                // A column's rename, whatever the statement's form says the relation is
+                // (PostgreSQL renames a table's column under ALTER VIEW or ALTER FOREIGN TABLE
+                // too), and a composite type's attribute, which renames the column of every
+                // table of that type (CASCADE).
                 let r = stmt as *mut pg_sys::RenameStmt;
-                if (*r).renameType == pg_sys::ObjectType::OBJECT_COLUMN
+                let kind = (*r).renameType;
+                if (kind == pg_sys::ObjectType::OBJECT_COLUMN
+                    || kind == pg_sys::ObjectType::OBJECT_ATTRIBUTE)
                     && !(*r).relation.is_null()
                     && !(*r).subname.is_null()
                     && !(*r).newname.is_null()
                 {
-                    refuse_renaming_an_excluded_column(
-                        relid_of((*r).relation),
-                        &std::ffi::CStr::from_ptr((*r).subname).to_string_lossy(),
-                        &std::ffi::CStr::from_ptr((*r).newname).to_string_lossy(),
-                    );
+                    let old = std::ffi::CStr::from_ptr((*r).subname).to_string_lossy();
+                    let new = std::ffi::CStr::from_ptr((*r).newname).to_string_lossy();
+                    let rel = relid_of((*r).relation);
+                    let mut rels = vec![rel];
+                    if kind == pg_sys::ObjectType::OBJECT_ATTRIBUTE {
+                        rels.extend(typed_tables(rel));
+                    }
+                    for rel in rels {
+                        refuse_renaming_an_excluded_column(rel, &old, &new);
+                    }
                 }
             }
             pg_sys::NodeTag::T_IndexStmt => {

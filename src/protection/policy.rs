@@ -600,6 +600,9 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
             "SELECT * FROM tenancy.protected_tables lists the protected tables.",
         );
     }
+    // Locked first (its DDL will lock it so anyway): a transaction still writing rows, or a
+    // prepared one, is waited for, and its rows are seen by the check below.
+    lock_tree(tbl);
     refuse_unprotect_to_a_reader(&rels);
     refuse_unprotect_of_tenant_rows(&rels);
     for (oid, t) in &rels {
@@ -701,21 +704,7 @@ fn attach_partition(
     require_one_attach(&sql, parent, partition);
     // As ATTACH will, the table and everything below it: no transaction is still writing them
     // when their rows are read, nor changing their owners or triggers once they are checked.
-    // The table first: nothing is attached below it while it is locked, so its tree, read
-    // after, is the whole tree.
-    // SAFETY: locks held to the end of the transaction.
-    unsafe { pg_sys::LockRelationOid(partition, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
-    for below in catalog::owner_rows(
-        "pg_inherits",
-        "WITH RECURSIVE d(rel) AS (SELECT $1::pg_catalog.oid UNION \
-            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent OPERATOR(pg_catalog.=) d.rel) \
-         SELECT rel FROM d WHERE rel OPERATOR(pg_catalog.<>) $1 ORDER BY 1",
-        &[partition.into()],
-        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
-    ) {
-        // SAFETY: as above.
-        unsafe { pg_sys::LockRelationOid(below, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
-    }
+    lock_tree(partition);
     refuse_foreign_code(parent, partition, &parent_name, &part_name);
     // What it brings must not run a user's code over every tenant's rows.
     crate::protection::guard::refuse_leaky_members(partition);
@@ -733,6 +722,25 @@ fn attach_partition(
         serde_json::json!({"table": parent_name, "partition": part_name, "rows": recorded}),
     );
     recorded
+}
+
+/// Lock `rel` and every partition and child below it ACCESS EXCLUSIVE, to the end of the
+/// transaction: `rel` first, so that nothing is attached below it meanwhile and its tree, read
+/// after, is the whole tree. No transaction still writes them when their rows are read after.
+fn lock_tree(rel: pg_sys::Oid) {
+    // SAFETY: locks held to the end of the transaction.
+    unsafe { pg_sys::LockRelationOid(rel, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    for below in catalog::owner_rows(
+        "pg_inherits",
+        "WITH RECURSIVE d(rel) AS (SELECT $1::pg_catalog.oid UNION \
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent OPERATOR(pg_catalog.=) d.rel) \
+         SELECT rel FROM d WHERE rel OPERATOR(pg_catalog.<>) $1 ORDER BY 1",
+        &[rel.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    ) {
+        // SAFETY: as above.
+        unsafe { pg_sys::LockRelationOid(below, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    }
 }
 
 /// An operator may not unprotect a table that it can read or write (a column of it too) or put a

@@ -711,6 +711,18 @@ fn the_statement_timeout_ceiling_holds_while_a_statement_is_planned() {
     // Cancelled by the timeout (57014), where it would otherwise return after 5 s.
     expect_err(&mut c, "SELECT 1 WHERE pg_temp.spin(5) > 0", &["57014"]);
     c.batch_execute("SELECT tenancy.unbind()").unwrap();
+    // A statement that lifts its own timeout between its queries does not push the deadline
+    // back at each of them (4 s of 0.1 s sleeps under the 300 ms ceiling).
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "x"));
+    expect_err(
+        &mut c,
+        "DO $$ BEGIN FOR i IN 1..40 LOOP
+             PERFORM set_config('statement_timeout', '0', true); PERFORM pg_sleep(0.1);
+           END LOOP; END $$",
+        &["57014"],
+    );
+    let _ = c.batch_execute("ROLLBACK");
     op.execute(
         "SELECT tenancy.set_limit($1, 'statement_timeout', NULL)",
         &[&f.a],
@@ -750,6 +762,10 @@ fn a_tables_owner_cannot_move_a_tenants_audit_exclusion_by_renaming_columns() {
     for sql in [
         format!("ALTER TABLE public.{t} RENAME COLUMN note TO note_old"),
         format!("ALTER TABLE public.{t} RENAME COLUMN secret TO note"),
+        // PostgreSQL renames a table's column under these forms too.
+        format!("ALTER VIEW public.{t} RENAME COLUMN note TO note_old"),
+        format!("ALTER FOREIGN TABLE public.{t} RENAME COLUMN secret TO note"),
+        format!("ALTER MATERIALIZED VIEW public.{t} RENAME COLUMN note TO note_old"),
     ] {
         expect_refusal(&mut o, &sql, "42501", "guard_refused");
     }
