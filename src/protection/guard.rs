@@ -1130,25 +1130,7 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
 /// unrecorded that way). Refused to everyone but superusers; the admins clear the exclusion
 /// first (`audit_exclude(tbl, '{}')`).
 fn refuse_renaming_an_excluded_column(rel: pg_sys::Oid, old: &str, new: &str) {
-    if rel == pg_sys::InvalidOid
-        || crate::protection::policy::guard_stands_aside()
-        || crate::authz::is_superuser(crate::authz::caller())
-    {
-        return;
-    }
-    let named = catalog::owner_rows(
-        "tenancy.audit_exclusion",
-        "WITH RECURSIVE up(rel) AS (SELECT $1::pg_catalog.oid UNION \
-            SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid OPERATOR(pg_catalog.=) up.rel), \
-           down(rel) AS (SELECT $1::pg_catalog.oid UNION \
-            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN down ON i.inhparent OPERATOR(pg_catalog.=) down.rel) \
-         SELECT e.relid::pg_catalog.text FROM tenancy.audit_exclusion e \
-          WHERE e.relid::pg_catalog.oid IN (SELECT rel FROM up UNION SELECT rel FROM down) \
-            AND e.columns OPERATOR(pg_catalog.&&) ARRAY[$2, $3]::pg_catalog.text[] LIMIT 1",
-        &[rel.into(), old.into(), new.into()],
-        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
-    );
-    if let Some(table) = named.into_iter().next() {
+    if let Some(table) = exclusion_naming(rel, old, new) {
         refuse_channel(
             rel,
             format!(
@@ -1158,6 +1140,47 @@ fn refuse_renaming_an_excluded_column(rel: pg_sys::Oid, old: &str, new: &str) {
             "Exclusions name columns: the tenants' admins clear theirs first (SELECT tenancy.audit_exclude(tbl, '{}');) and set them again after the rename.",
         );
     }
+}
+
+/// A column added under a name a tenant's audit exclusions still name (its column was
+/// dropped) would be left out of the trail from its first value: refused as a rename onto
+/// that name is ([`refuse_renaming_an_excluded_column`]).
+fn refuse_adding_an_excluded_column(rel: pg_sys::Oid, name: &str) {
+    if let Some(table) = exclusion_naming(rel, name, name) {
+        refuse_channel(
+            rel,
+            format!(
+                "column \"{name}\" cannot be added to \"{}\": a tenant's audit exclusions on {table} still name it",
+                crate::catalog::relation_name(rel)
+            ),
+            "Exclusions name columns, and outlive a dropped one: the tenants' admins clear theirs first (SELECT tenancy.audit_exclude(tbl, '{}');), or choose another name.",
+        );
+    }
+}
+
+/// The table (`rel`, a parent or a partition of it) whose audit exclusion names `a` or `b`,
+/// for a caller the guard holds (not a superuser, nor a restore).
+fn exclusion_naming(rel: pg_sys::Oid, a: &str, b: &str) -> Option<String> {
+    if rel == pg_sys::InvalidOid
+        || crate::protection::policy::guard_stands_aside()
+        || crate::authz::is_superuser(crate::authz::caller())
+    {
+        return None;
+    }
+    catalog::owner_rows(
+        "tenancy.audit_exclusion",
+        "WITH RECURSIVE up(rel) AS (SELECT $1::pg_catalog.oid UNION \
+            SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid OPERATOR(pg_catalog.=) up.rel), \
+           down(rel) AS (SELECT $1::pg_catalog.oid UNION \
+            SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN down ON i.inhparent OPERATOR(pg_catalog.=) down.rel) \
+         SELECT e.relid::pg_catalog.text FROM tenancy.audit_exclusion e \
+          WHERE e.relid::pg_catalog.oid IN (SELECT rel FROM up UNION SELECT rel FROM down) \
+            AND e.columns OPERATOR(pg_catalog.&&) ARRAY[$2, $3]::pg_catalog.text[] LIMIT 1",
+        &[rel.into(), a.into(), b.into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
+    .into_iter()
+    .next()
 }
 
 /// On Citus, a protected table's name is how Citus finds its shards on every node, and how the
@@ -1406,6 +1429,9 @@ unsafe fn check_alter_table_cmds(
                     // A generated column is computed for every row now; any other new column
                     // holds its default, and its type's code sees each tenant's later writes.
                     refuse_leaky_type(rel, &name, typ, generated);
+                    if protected {
+                        refuse_adding_an_excluded_column(rel, &name);
+                    }
                     for c in list::<pg_sys::Constraint>((*col).constraints) {
                         check_constraint(rel, c, query, &new_columns, Some((typ, typmod)));
                     }

@@ -773,6 +773,17 @@ fn a_tables_owner_cannot_move_a_tenants_audit_exclusion_by_renaming_columns() {
         "ALTER TABLE public.{t} RENAME COLUMN other TO other2"
     ))
     .unwrap();
+    // Nor by dropping the excluded column and adding another under its name.
+    o.batch_execute(&format!("ALTER TABLE public.{t} DROP COLUMN note"))
+        .unwrap();
+    expect_refusal(
+        &mut o,
+        &format!("ALTER TABLE public.{t} ADD COLUMN note int"),
+        "42501",
+        "guard_refused",
+    );
+    o.batch_execute(&format!("ALTER TABLE public.{t} ADD COLUMN remark int"))
+        .unwrap();
 }
 
 #[test]
