@@ -773,13 +773,8 @@ fn refuse_unprotect_to_a_reader(rels: &[(pg_sys::Oid, String)]) {
             },
         );
         if let Some((table, through)) = readable.into_iter().next() {
-            let mut f = serde_json::Map::new();
-            f.insert("action".into(), "unprotect".into());
-            f.insert("table".into(), table.clone().into());
-            errors::refuse(
-                "management_refused",
-                f,
-                errors::INSUFFICIENT_PRIVILEGE,
+            refuse_unprotect(
+                &table,
                 format!(
                     "permission denied: role \"{}\" may not unprotect \"{table}\", which it can read or write (as \"{through}\"): unprotected, every tenant's rows would be its to read",
                     authz::role_name(role)
@@ -809,31 +804,40 @@ fn refuse_unprotect_of_tenant_rows(rels: &[(pg_sys::Oid, String)]) {
     let holding = rels.iter().find(|(rel, table)| {
         if citus && citus_distribution(*rel).is_some() {
             crate::protection::guard::tree_calls_owner_code(*rel)
-                || catalog::owner_rows(
+                // A row of it, if any: Citus plans `EXISTS (SELECT FROM ...)` of a distributed
+                // table as a function returning record, and refuses it.
+                || !catalog::owner_rows(
                     table,
-                    &format!("SELECT EXISTS (SELECT FROM ONLY {table})"),
+                    &format!("SELECT 1 FROM ONLY {table} LIMIT 1"),
                     &[],
-                    |r| Ok(r.get::<bool>(1)?.unwrap_or(true)),
+                    |r| r.get::<i32>(1),
                 )
-                .first()
-                .copied()
-                .unwrap_or(true)
+                .is_empty()
         } else {
             crate::audit::holds_rows(*rel)
         }
     });
     if let Some((_, table)) = holding {
-        let mut f = serde_json::Map::new();
-        f.insert("action".into(), "unprotect".into());
-        f.insert("table".into(), table.clone().into());
-        errors::refuse(
-            "management_refused",
-            f,
-            errors::INSUFFICIENT_PRIVILEGE,
+        refuse_unprotect(
+            table,
             format!("permission denied: \"{table}\" holds tenants' rows, which an operator may not unprotect"),
             "Unprotected, every role with a way to the table (its owner's views and functions, the application's roles) reads every tenant's rows. Decommission the tenants or delete their rows first, or have a superuser unprotect it.",
         );
     }
+}
+
+/// unprotect refused to an operator (42501, a security event naming the table).
+fn refuse_unprotect(table: &str, message: String, hint: impl Into<String>) -> ! {
+    let mut f = serde_json::Map::new();
+    f.insert("action".into(), "unprotect".into());
+    f.insert("table".into(), table.into());
+    errors::refuse(
+        "management_refused",
+        f,
+        errors::INSUFFICIENT_PRIVILEGE,
+        message,
+        hint,
+    )
 }
 
 /// A table attach_partition brings into protected table `parent` (with its own partitions)

@@ -1442,6 +1442,66 @@ fn mapped_roles_act_on_the_workers_and_set_role_cannot_split_a_binding() {
 /// its statement: a table's owner who names its table with a quote must not get SQL of its own
 /// run there (found by reading the change: the names were once spliced into a literal).
 #[test]
+fn an_operator_cannot_unprotect_a_distributed_table_holding_rows() {
+    // unprotect counts a Citus table's rows with SQL built from its name (regclass's output):
+    // the name here would close a literal or a statement if it were spliced unquoted.
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let victim = format!("unp_victim_{pid}");
+    let t = format!("u') ; DROP TABLE public.{victim}; SELECT ('x_{pid}");
+    let quoted = format!("public.\"{}\"", t.replace('"', "\"\""));
+    let mut su = superuser();
+    su.batch_execute(&format!("CREATE TABLE public.{victim} (id int)"))
+        .unwrap();
+    su.batch_execute(&format!(
+        "CREATE TABLE {quoted} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"
+    ))
+    .unwrap();
+    su.execute(
+        "SELECT create_distributed_table($1::text::regclass, 'tenant_id')",
+        &[&quoted],
+    )
+    .unwrap();
+    su.execute(
+        "SELECT tenancy.protect($1::text::regclass, audit => false)",
+        &[&quoted],
+    )
+    .unwrap();
+    su.batch_execute(&format!("GRANT SELECT, INSERT ON {quoted} TO {APP}"))
+        .unwrap();
+    let mut c = app_on(0);
+    bound_write(
+        &mut c,
+        &f.token(&f.a, "u"),
+        &format!("INSERT INTO {quoted} (id) VALUES (1)"),
+    );
+    let mut op = node(0, OPERATOR);
+    assert_not_privileged(&mut op);
+    let e = op
+        .execute("SELECT tenancy.unprotect($1::text::regclass)", &[&quoted])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(
+        message(&e).contains("holds tenants' rows"),
+        "{}",
+        message(&e)
+    );
+    let victim_left: bool = su
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("public.{victim}")],
+        )
+        .unwrap()
+        .get(0);
+    assert!(victim_left, "the table's name ran as SQL");
+    // A superuser may.
+    su.execute("SELECT tenancy.unprotect($1::text::regclass)", &[&quoted])
+        .unwrap();
+    su.batch_execute(&format!("DROP TABLE {quoted}; DROP TABLE public.{victim}"))
+        .unwrap();
+}
+
+#[test]
 fn verify_quotes_the_names_of_shards_it_reads() {
     let pid = std::process::id();
     let (owner, victim) = (format!("cit_owner_{pid}"), format!("victim_{pid}"));
