@@ -34,7 +34,10 @@ fi
 WORK=${TENANCY_CITUS_DIR:-/tmp/pg_tenancy-citus}
 DB=tenancy_citus
 trap 'citus_cluster_stop "$WORK"' EXIT
-citus_cluster_start "$WORK" "$DB"
+# Citus's distributed deadlock detector writes the cycle it broke to the node's log (printed
+# below when the suite fails).
+CITUS_EXTRA_SETTINGS="citus.log_distributed_deadlock_detection = on
+${CITUS_EXTRA_SETTINGS:-}" citus_cluster_start "$WORK" "$DB"
 # The suite's roles and pg_tenancy itself, created on the coordinator (Citus propagates roles
 # and the extension to the workers).
 "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${CITUS_PORTS[0]}" -U postgres -d "$DB" \
@@ -46,4 +49,10 @@ cd tests/integration
 # meet in a distributed deadlock, which Citus resolves by cancelling one of them (seen in CI).
 PGHOST=127.0.0.1 PGPORT=${CITUS_PORTS[0]} TENANCY_IT_DB=$DB \
     TENANCY_CITUS_PORTS="$(IFS=,; echo "${CITUS_PORTS[*]}")" \
-    cargo test --test citus --no-fail-fast -- --test-threads=1
+    cargo test --test citus --no-fail-fast -- --test-threads=1 || {
+    rc=$?
+    for n in coordinator worker1 worker2; do
+        grep -h -B2 -A12 -i "deadlock" "$WORK/$n/server.log" 2>/dev/null | sed "s/^/$n: /" | tail -n 80 || true
+    done
+    exit "$rc"
+}
