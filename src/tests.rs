@@ -707,3 +707,34 @@ fn an_error_while_reading_the_protected_tables_resets_the_loading_flag() {
     crate::catalog::invalidate();
     assert!(crate::catalog::protected_relids().is_some());
 }
+
+#[pg_test]
+fn columns_reaching_a_type_defined_in_the_database_are_found_at_any_depth() {
+    // Such a column's values are recorded as their output text: to_jsonb would call a cast to
+    // json its type's owner wrote (src/pg/row_json.rs).
+    Spi::run(
+        "CREATE DOMAIN positive AS int CHECK (VALUE > 0); \
+         CREATE TYPE plain_pair AS (a int, b text); \
+         CREATE TYPE mood AS ENUM ('happy', 'sad'); \
+         CREATE TYPE mood_pair AS (n int, m mood); \
+         CREATE DOMAIN mood_d AS mood; \
+         CREATE TYPE span AS RANGE (subtype = int4); \
+         CREATE TABLE built_in (a int, b int[], c positive, d plain_pair, e plain_pair[], f jsonb); \
+         CREATE TABLE enum_array (a int, m mood[]); \
+         CREATE TABLE nested (a int, p mood_pair[]); \
+         CREATE TABLE via_domain (a int, d mood_d); \
+         CREATE TABLE ranged (r span)",
+    )
+    .unwrap();
+    let found = |t: &str| {
+        let oid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{t}'::regclass::oid"))
+            .unwrap()
+            .unwrap();
+        crate::pg::row_json::column_of_a_defined_type(oid).map(|(c, _)| c)
+    };
+    assert_eq!(found("built_in"), None);
+    assert_eq!(found("enum_array").as_deref(), Some("m"));
+    assert_eq!(found("nested").as_deref(), Some("p"));
+    assert_eq!(found("via_domain").as_deref(), Some("d"));
+    assert_eq!(found("ranged").as_deref(), Some("r"));
+}

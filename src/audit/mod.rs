@@ -1017,6 +1017,22 @@ pub fn record_joining_rows(
         }
     }
     let expected: i64 = counts.values().sum();
+    // The rows become jsonb by SQL (`to_jsonb`), which calls a cast to json of a type defined
+    // in the database: its owner's code, run as the table's owner. The audit trigger records
+    // such columns as their text instead (`src/pg/row_json.rs`); here they are refused.
+    if expected > 0 {
+        if let Some((column, typ)) = crate::pg::row_json::column_of_a_defined_type(table) {
+            errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "table \"{name}\" cannot be attached with its rows: column \"{}\" is of type {}, defined in the database, whose conversion to json could run its owner's code",
+                    errors::clean(&column),
+                    errors::clean(&typ)
+                ),
+                "Attach it empty and insert its rows through the protected table (INSERT INTO <parent> SELECT ...), where the audit trigger records them.",
+            );
+        }
+    }
     let key = if key_columns.is_empty() {
         "NULL::jsonb".to_string()
     } else {

@@ -112,6 +112,9 @@ thread_local! {
     /// Cursors declared while a binding was in force (names; the closed ones are dropped
     /// whenever the list is read): tenancy.unbind() refuses while one is open.
     static BOUND_CURSORS: RefCell<Vec<(std::ffi::CString, Uuid)>> = const { RefCell::new(Vec::new()) };
+    /// Cursors WITH HOLD declared while no binding was in force (names; the closed ones are
+    /// dropped whenever the list is read): no binding is made while one is open.
+    static HELD_CURSORS: RefCell<Vec<std::ffi::CString>> = const { RefCell::new(Vec::new()) };
     /// The subject this transaction was bound for (a second token of the same tenant for
     /// another subject is refused like another tenant), and whether a statement has used the
     /// binding (until then, unbind() frees the transaction for another bind).
@@ -372,11 +375,14 @@ unsafe extern "C-unwind" fn xact_callback(
     }
 }
 
-/// Before a utility statement: a cursor WITH HOLD would outlive a transaction-scoped or
-/// support binding; FETCH and MOVE read rows of a cursor whose plan read the binding when it
-/// was opened, so the binding is checked again first (a suspension or revocation since then
-/// ends the cursor too), and refused once the transaction's binding has been ended; a cursor
-/// declared while bound is remembered, so that tenancy.unbind() refuses while it is open.
+/// Before a utility statement: a cursor WITH HOLD would outlive the binding in force (any:
+/// its rows are stored at COMMIT, and the binding may end or change before they are read);
+/// FETCH and MOVE read rows of a cursor whose plan read the binding when it was opened, so the
+/// binding is checked again first (a suspension or revocation since then ends the cursor too),
+/// and refused once the transaction's binding has been ended; a cursor declared while bound is
+/// remembered, so that tenancy.unbind() refuses while it is open; one WITH HOLD declared
+/// unbound is remembered too, so that no binding is made while it is open (its query would run
+/// at COMMIT under it).
 fn before_utility(stmt: *mut pg_sys::Node) {
     // SAFETY: `stmt` is the statement's parse tree (or null); its tag is read before the node
     // is used as the type it says.
@@ -384,24 +390,56 @@ fn before_utility(stmt: *mut pg_sys::Node) {
         if stmt.is_null() {
             return;
         }
-        let hold_cursor = (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt
-            && (*(stmt as *mut pg_sys::DeclareCursorStmt)).options & pg_sys::CURSOR_OPT_HOLD as i32
-                != 0;
-        if hold_cursor
-            && (BINDING.with(|b| {
-                matches!(b.borrow().as_ref(), Some(b)
-                    if b.scope == Scope::Transaction || matches!(b.source, Source::Support { .. }))
-            }) || INTERNAL.with(|i| i.borrow().is_some())
-                || ADOPTED_ASSERTION.with(|a| a.borrow().is_some())
-                || carrier::carried().is_some_and(|v| carrier::is_assertion(&v)))
-        {
-            // Its rows would be materialised at COMMIT and stay readable on the connection
-            // after the binding ended: behind a pooler, by the next client.
-            errors::raise(
-                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "a cursor WITH HOLD would outlive the transaction-scoped or support binding",
-                "Fetch the rows before COMMIT; a support grant's rows stay in the transaction that read them. Application sessions on a connection that is not pooled may bind with scope => 'session'.",
-            );
+        let declared = ((*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt).then(|| {
+            let d = stmt as *mut pg_sys::DeclareCursorStmt;
+            (
+                (*d).options & pg_sys::CURSOR_OPT_HOLD as i32 != 0,
+                (!(*d).portalname.is_null())
+                    .then(|| std::ffi::CStr::from_ptr((*d).portalname).to_owned()),
+            )
+        });
+        if let Some((hold, name)) = declared {
+            // The binding in force for this statement, a role mapping's included (checked: a
+            // binding that has ended raises here, as it would at the cursor's first read).
+            let tenant = if INTERNAL.with(|i| i.borrow().is_some()) {
+                None
+            } else {
+                with_current(|b| b.map(|b| b.tenant))
+            };
+            if hold
+                && (tenant.is_some()
+                    || INTERNAL.with(|i| i.borrow().is_some())
+                    || ADOPTED_ASSERTION.with(|a| a.borrow().is_some())
+                    || carrier::carried().is_some())
+            {
+                // Its rows would be stored at COMMIT and stay readable on the connection after
+                // the binding ended or changed: by PL/pgSQL's FETCH and the protocol's Execute,
+                // which read stored rows without a statement pg_tenancy sees; behind a pooler,
+                // by the next client. (An attacker's pass read tenant B's rows so, bound to A.)
+                errors::raise(
+                    pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "a cursor WITH HOLD would outlive the tenant binding in force",
+                    "Fetch the rows before COMMIT with a cursor without HOLD; its rows belong to the transaction that read them.",
+                );
+            }
+            if let Some(name) = name {
+                // A cursor declared while bound is remembered with its tenant; one declared
+                // unbound under the name of a closed one is not that one.
+                BOUND_CURSORS.with(|c| {
+                    let mut c = c.borrow_mut();
+                    c.retain(|(n, _)| *n != name && portal_open(n));
+                    if let Some(t) = tenant {
+                        c.push((name.clone(), t));
+                    }
+                });
+                HELD_CURSORS.with(|c| {
+                    let mut c = c.borrow_mut();
+                    c.retain(|n| *n != name && held_open(n));
+                    if hold {
+                        c.push(name);
+                    }
+                });
+            }
         }
         if (*stmt).type_ == pg_sys::NodeTag::T_VariableSetStmt {
             let own = BINDING.with(|b| {
@@ -416,22 +454,6 @@ fn before_utility(stmt: *mut pg_sys::Node) {
             before_reading_a_cursor(
                 (!name.is_null()).then(|| std::ffi::CStr::from_ptr(name).to_owned()),
             );
-        }
-        if (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt {
-            let name = (*(stmt as *mut pg_sys::DeclareCursorStmt)).portalname;
-            if !name.is_null() {
-                // A cursor declared while bound is remembered with its tenant; one declared
-                // unbound under the name of a closed one is not that one.
-                let name = std::ffi::CStr::from_ptr(name).to_owned();
-                let tenant = current_binding_tenant();
-                BOUND_CURSORS.with(|c| {
-                    let mut c = c.borrow_mut();
-                    c.retain(|(n, _)| *n != name && portal_open(n));
-                    if let Some(t) = tenant {
-                        c.push((name, t));
-                    }
-                });
-            }
         }
     }
 }
@@ -493,6 +515,37 @@ fn bound_now() -> bool {
 }
 
 /// Whether a portal (a cursor) of this name is open.
+/// Whether the cursor `name` is open and WITH HOLD.
+fn held_open(name: &std::ffi::CStr) -> bool {
+    // SAFETY: as in portal_open; a portal found is valid until dropped, and only its
+    // cursorOptions field is read.
+    unsafe {
+        let p = pg_sys::GetPortalByName(name.as_ptr());
+        !p.is_null() && (*p).cursorOptions & pg_sys::CURSOR_OPT_HOLD as i32 != 0
+    }
+}
+
+/// Before a binding is made (`what`): refused while a cursor WITH HOLD declared unbound is
+/// open. Its query runs at the COMMIT of the transaction that declared it, under the binding
+/// in force then, and its stored rows would be read after that binding ends or changes.
+fn refuse_while_held_cursors_open(what: &str) {
+    let open: Vec<String> = HELD_CURSORS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.retain(|n| held_open(n));
+        c.iter().map(|n| n.to_string_lossy().into_owned()).collect()
+    });
+    if !open.is_empty() {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+            format!(
+                "{what} with cursors WITH HOLD open: {}",
+                errors::clean(&open.join(", "))
+            ),
+            "Close them first (CLOSE name, or CLOSE ALL): a cursor WITH HOLD stores its rows at COMMIT, under the binding made now, and they would outlive it.",
+        );
+    }
+}
+
 fn portal_open(name: &std::ffi::CStr) -> bool {
     // SAFETY: GetPortalByName looks the NUL-terminated name up in the backend's portal table
     // (a hash lookup; it does not raise) and returns null when there is none.
@@ -909,6 +962,7 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
     let outside_block = scope == Scope::Transaction
         && !unsafe { pg_sys::IsTransactionBlock() || pg_sys::SPI_inside_nonatomic_context() };
     refuse_inside_internal("tenancy.bind()");
+    refuse_while_held_cursors_open("tenancy.bind()");
     if crate::pg::citus::internal_backend() && !ADOPTING.with(|a| a.get()) {
         // A statement the coordinator runs on a worker binds what the coordinator carries,
         // nothing else: a bind() pushed down to the workers would make them act for another
@@ -1289,9 +1343,13 @@ fn ensure_mapped(gen: u64) {
     }
     // In a connection Citus opened, the statement that gives the transaction its distributed
     // id may not be preceded by a read of the catalog (reference tables, whose read takes one):
-    // during it no mapping is looked up (nor kept: the next statement looks again).
+    // during it no mapping is looked up, nor kept: the statement runs unbound, and the next one
+    // looks again. (A client that names its connection as Citus does and sends the same text
+    // gets only that: an attacker's pass kept the binding of a suspended tenant, or of a
+    // removed mapping, for every statement so marked.)
     if crate::pg::citus::internal_backend() && crate::pg::citus::assigning_distributed_transaction()
     {
+        MAPPED.with(|m| *m.borrow_mut() = None);
         return;
     }
     // A superuser's connection that Citus opened for its own work maps to no tenant: Citus's
@@ -1926,6 +1984,7 @@ pub fn enter_support(
     grant: &catalog::SupportGrant,
 ) -> Binding {
     refuse_inside_internal("tenancy.enter_support()");
+    refuse_while_held_cursors_open("tenancy.enter_support()");
     if let Some(bound) = TXN_TENANT.with(|t| t.get()).or(current_binding_tenant()) {
         if bound != tenant.id {
             refuse_bind_in(

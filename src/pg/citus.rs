@@ -41,14 +41,25 @@ pub fn catalog_work_stands_aside() -> bool {
 const NESTED: &CStr = c"citus.allow_nested_distributed_execution";
 
 /// Whether Citus's library is loaded in this backend (it defines its settings when it loads,
-/// from `shared_preload_libraries`, before pg_tenancy).
+/// from `shared_preload_libraries`, before pg_tenancy). A setting of that name that a client
+/// made up is a placeholder, not Citus's: where Citus is not loaded, any client may create one
+/// (`options='-c citus.…=on'` at connection), which made pg_tenancy take it for a Citus
+/// connection and keep a role mapping that a suspension or `unmap_role` had ended (found by an
+/// attacker's pass; `a_connection_passing_for_citus_keeps_no_ended_mapping` in
+/// `tests/integration/tests/trust_boundaries.rs`).
 pub fn loaded() -> bool {
     if let Some(l) = LOADED.with(|l| l.get()) {
         return l;
     }
-    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown setting and raises
-    // nothing else (restrict_privileged = false: the setting is USERSET anyway).
-    let l = unsafe { !pg_sys::GetConfigOption(NESTED.as_ptr(), true, false).is_null() };
+    // SAFETY: GetConfigOption and GetConfigOptionFlags with missing_ok return NULL / 0 for an
+    // unknown setting and raise nothing else (restrict_privileged = false: the setting is
+    // USERSET anyway).
+    let l = unsafe {
+        !pg_sys::GetConfigOption(NESTED.as_ptr(), true, false).is_null()
+            && pg_sys::GetConfigOptionFlags(NESTED.as_ptr(), true)
+                & pg_sys::GUC_CUSTOM_PLACEHOLDER as i32
+                == 0
+    };
     LOADED.with(|c| c.set(Some(l)));
     l
 }

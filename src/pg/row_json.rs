@@ -7,9 +7,18 @@
 //! conversion is decided once per statement: integers become jsonb numbers directly, numerics
 //! are stored as they are (NaN and the infinities become strings, as `to_jsonb` makes them),
 //! booleans, text, varchar, uuid and jsonb are copied, dates and timestamps formatted as
-//! `to_jsonb` formats them, and every other type (domains included) is converted by
-//! `to_jsonb` of the column's value alone, which is what `to_jsonb` of the row does for that
-//! column.
+//! `to_jsonb` formats them, and every other built-in type (domains over them included) is
+//! converted by `to_jsonb` of the column's value alone, which is what `to_jsonb` of the row
+//! does for that column.
+//!
+//! Except for types defined in the database: `to_jsonb` of a value whose type is not built in
+//! (an enum, a range, a base type of an extension; or an array, a composite or a domain that
+//! reaches one) calls a cast of that type to `json` if there is one, a function its owner
+//! wrote, and the audit trigger converts every writer's rows, the superuser's too. So a column
+//! whose type reaches one is recorded as the text its output function gives (PostgreSQL's own
+//! for enums, ranges, arrays and composites; only a superuser can create a base type), a JSON
+//! string, and no cast ever runs (`audit_never_runs_a_types_cast_to_json` in
+//! `tests/integration/tests/trust_boundaries.rs`).
 
 use crate::pg::jsonb_build::{object_of, scalar, string_value};
 use pgrx::pg_sys::{self, Datum};
@@ -29,8 +38,11 @@ enum Kind {
     DateTime(pg_sys::Oid),
     /// jsonb: the value itself.
     Jsonb,
-    /// `to_jsonb` of the value, called with an expression of the column's type.
+    /// `to_jsonb` of the value, called with an expression of the column's type (built in).
     Other(Box<pg_sys::FmgrInfo>),
+    /// The text of the type's output function, as a JSON string: a type that reaches one
+    /// defined in the database ([`reaches_a_defined_type`]).
+    Output(Box<pg_sys::FmgrInfo>),
 }
 
 /// A live column of the audited table.
@@ -299,6 +311,19 @@ impl Column {
             }
             // SAFETY: `d` is a non-null jsonb datum (this function's contract).
             Kind::Jsonb => unsafe { binary(d) },
+            Kind::Output(flinfo) => {
+                let flinfo = &**flinfo as *const _ as *mut pg_sys::FmgrInfo;
+                // SAFETY: `flinfo` is the column type's output function (kind_of), `d` a
+                // non-null datum of that type; it returns a palloc'd NUL-terminated string.
+                // The output functions PostgreSQL calls through OutputFunctionCall may keep a
+                // cache in fn_extra (array_out, record_out, range_out): the FmgrInfo is this
+                // column's own, boxed, and only this backend uses it.
+                let p = unsafe { pg_sys::OutputFunctionCall(flinfo, d) };
+                if let Some(t) = text {
+                    escape_json(t, cstr(p));
+                }
+                string_value(p, cstr(p).len())
+            }
             Kind::Other(flinfo) => {
                 let flinfo = &**flinfo as *const _ as *mut pg_sys::FmgrInfo;
                 // SAFETY: `flinfo` is to_jsonb's, with a call expression of the column's type
@@ -353,6 +378,20 @@ unsafe fn kind_of(typ: pg_sys::Oid) -> Kind {
         pg_sys::UUIDOID => Kind::Uuid,
         pg_sys::DATEOID | pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => Kind::DateTime(typ),
         pg_sys::JSONBOID => Kind::Jsonb,
+        // SAFETY: inside a transaction (this function's contract).
+        _ if unsafe { reaches_a_defined_type(typ, 0) } => {
+            let (mut func, mut varlena) = (pg_sys::InvalidOid, false);
+            // SAFETY: as for to_jsonb below: a zeroed FmgrInfo filled by fmgr_info in the
+            // current memory context, boxed so that it does not move; getTypeOutputInfo raises
+            // for a type without an output function (none that a column can have).
+            let mut flinfo: Box<pg_sys::FmgrInfo> = Box::new(unsafe { std::mem::zeroed() });
+            // SAFETY: as above.
+            unsafe {
+                pg_sys::getTypeOutputInfo(typ, &mut func, &mut varlena);
+                pg_sys::fmgr_info(func, &mut *flinfo);
+            }
+            Kind::Output(flinfo)
+        }
         _ => {
             // to_jsonb(anyelement) learns its argument's type from the call expression.
             // SAFETY: FmgrInfo is plain data (pointers, integers, an optional function
@@ -380,6 +419,78 @@ unsafe fn kind_of(typ: pg_sys::Oid) -> Kind {
             Kind::Other(flinfo)
         }
     }
+}
+
+/// The first live column of relation `rel` (name, type) whose type reaches one defined in
+/// the database ([`reaches_a_defined_type`]): `to_jsonb` of its rows could call a cast its
+/// type's owner wrote.
+pub fn column_of_a_defined_type(rel: pg_sys::Oid) -> Option<(String, String)> {
+    let columns: Vec<(String, pg_sys::Oid, String)> = crate::catalog::owner_rows(
+        "pg_attribute",
+        "SELECT a.attname::text, a.atttypid, pg_catalog.format_type(a.atttypid, NULL) \
+           FROM pg_catalog.pg_attribute a \
+          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        &[rel.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(3)?.unwrap_or_default(),
+            ))
+        },
+    );
+    columns
+        .into_iter()
+        // SAFETY: inside the caller's transaction (owner_rows ran SQL in it).
+        .find(|(_, typ, _)| unsafe { reaches_a_defined_type(*typ, 0) })
+        .map(|(name, _, shown)| (name, shown))
+}
+
+/// Whether `to_jsonb` of a value of `typ` could call a cast to `json` (jsonb.c's
+/// `jsonb_categorize_type`, which looks for one on any type not built in that is neither an
+/// array nor a composite, after looking through domains): `typ`, its base type, its element
+/// type or a field of its row type, at any depth, is defined in the database (an OID from
+/// `FirstNormalObjectId` on). Deeper than 32 levels counts as reaching one.
+///
+/// # Safety
+/// Inside a transaction (the catalog is read).
+unsafe fn reaches_a_defined_type(typ: pg_sys::Oid, depth: u32) -> bool {
+    if depth > 32 {
+        return true;
+    }
+    // SAFETY: catalog lookups by OID inside a transaction (this function's contract); each
+    // returns InvalidOid (or the type itself) where there is nothing to follow.
+    let base = unsafe { pg_sys::getBaseType(typ) };
+    // SAFETY: as above.
+    let element = unsafe { pg_sys::get_element_type(base) };
+    if element != pg_sys::InvalidOid {
+        // SAFETY: as above.
+        return unsafe { reaches_a_defined_type(element, depth + 1) };
+    }
+    // SAFETY: as above.
+    if unsafe { pg_sys::get_typ_typrelid(base) } != pg_sys::InvalidOid {
+        // SAFETY: lookup_rowtype_tupdesc returns the row type's descriptor with its reference
+        // count raised (or raises for a type that is not one: it is, just checked); the fields
+        // are read, then the count released with DecrTupleDescRefCount, as
+        // ReleaseTupleDesc does for a reference-counted descriptor.
+        unsafe {
+            let desc = pg_sys::lookup_rowtype_tupdesc(base, -1);
+            let n = (*desc).natts as usize;
+            let attrs = (*desc).attrs.as_slice(n);
+            let fields: Vec<pg_sys::Oid> = attrs
+                .iter()
+                .filter(|a| !a.attisdropped)
+                .map(|a| a.atttypid)
+                .collect();
+            if (*desc).tdrefcount >= 0 {
+                pg_sys::DecrTupleDescRefCount(desc);
+            }
+            return fields
+                .into_iter()
+                .any(|f| reaches_a_defined_type(f, depth + 1));
+        }
+    }
+    u32::from(base) >= pg_sys::FirstNormalObjectId
 }
 
 /// A jsonb datum as a value to push: its container is unpacked (a scalar's too).

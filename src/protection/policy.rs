@@ -451,6 +451,11 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
     let nest = unsafe { pg_sys::NewGUCNestLevel() };
     // SAFETY: inside the nest level opened above, closed below (or by the abort).
     unsafe { crate::pg::guc::set_in_nest_level(c"client_min_messages", c"warning") };
+    // The tenant column's index, created as the catalog owner, goes to the database's default
+    // tablespace, not to one the caller named in its own default_tablespace, which the catalog
+    // owner may create in and the caller may not (found by an attacker's pass).
+    // SAFETY: as above.
+    unsafe { crate::pg::guc::set_in_nest_level(c"default_tablespace", c"") };
     if crate::pg::citus::in_database() {
         // Citus creates pg_tenancy's TRUNCATE trigger on every shard only with this on (the
         // setting exists where Citus is loaded).

@@ -235,24 +235,17 @@ fn a_cursor_read_from_plpgsql_the_protocol_or_held_fetches_nothing_after_a_suspe
         assert_eq!(sqlstate(&e), "42501", "{e}");
     }
     suspended(false);
-    // A WITH HOLD cursor of a session binding: not read once the binding has ended.
+    // A WITH HOLD cursor of a session binding would be read once the binding has ended, by
+    // PL/pgSQL or the protocol's Execute, which read its stored rows unseen: refused
+    // (held_cursors_never_outlive_a_binding).
     c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.a, "x")])
         .unwrap();
-    c.batch_execute(
+    expect_err(
+        &mut c,
         "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT name FROM it_customers; COMMIT",
-    )
-    .unwrap();
-    c.batch_execute("FETCH 1 FROM held").unwrap();
-    suspended(true);
-    expect_err(&mut c, "FETCH 1 FROM held", &["42501"]);
-    expect_err(&mut c, "FETCH 1 FROM held", &["42501"]);
-    expect_err(&mut c, "FETCH ALL FROM held", &["42501"]);
-    // Nor under another tenant's binding.
-    c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.b, "x")])
-        .unwrap();
-    expect_err(&mut c, "FETCH 1 FROM held", &["42501"]);
-    suspended(false);
-    c.batch_execute("CLOSE held").unwrap();
+        &["0A000"],
+    );
+    c.batch_execute("ROLLBACK").unwrap();
     c.batch_execute("DISCARD ALL").unwrap();
     c.batch_execute(
         "CREATE FUNCTION pg_temp.loop_count() RETURNS bigint LANGUAGE plpgsql AS
@@ -1179,4 +1172,75 @@ fn limits_hold_for_cursors_do_blocks_and_a_mapped_sessions_first_statement() {
         .get(0);
     assert_eq!(hm, "2");
     c.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn held_cursors_never_outlive_a_binding() {
+    // Found by an attacker's pass: a cursor WITH HOLD stores its rows at COMMIT, and PL/pgSQL's
+    // FETCH and the protocol's Execute read stored rows without a statement pg_tenancy sees.
+    // Bound to B for the session, a client declared one, and once B's binding had ended (a
+    // suspension, its token's expiry) and A was bound, a DO block fetched B's rows from it. A
+    // role-mapped session's held cursor was read by plain FETCH after a suspension. And one
+    // declared before bind() in the same transaction was filled at COMMIT under the binding.
+    let (f, mut c) = two_tenants();
+    let mut su = superuser();
+    // Under a session binding: refused, so nothing is stored to be read later.
+    c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.b, "x")])
+        .unwrap();
+    expect_err(
+        &mut c,
+        "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT name FROM it_customers ORDER BY 1; COMMIT",
+        &["0A000"],
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    c.batch_execute("DISCARD ALL").unwrap();
+    // Under a role mapping: refused too (from the connection's first statement where the
+    // library is loaded at connection, as the README asks; here it loads with the check below).
+    let role = login_role(&mut su, "held", &format!("IN ROLE {APP}"));
+    su.execute(&format!("SELECT tenancy.map_role('{role}', $1)"), &[&f.a])
+        .unwrap();
+    let mut m = connect(&role);
+    assert_not_privileged(&mut m);
+    m.batch_execute("SELECT tenancy.binding()").unwrap();
+    expect_err(
+        &mut m,
+        "DECLARE c CURSOR WITH HOLD FOR SELECT name FROM it_customers",
+        &["0A000"],
+    );
+    // A cursor of a mapped session (without HOLD) is not read after a suspension.
+    m.batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT name FROM it_customers; FETCH 1 FROM c")
+        .unwrap();
+    su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.a])
+        .unwrap();
+    expect_err(&mut m, "FETCH 1 FROM c", &["42501"]);
+    m.batch_execute("ROLLBACK").unwrap();
+    su.execute("SELECT tenancy.resume_tenant($1)", &[&f.a])
+        .unwrap();
+    // Declared unbound, then a binding in the same transaction: its query would run at COMMIT
+    // under it. No binding is made while one is open, in that transaction or a later one.
+    // (A PL/pgSQL function's query is planned when it runs, at COMMIT, not at DECLARE.)
+    c.batch_execute(
+        "CREATE FUNCTION pg_temp.names() RETURNS SETOF text LANGUAGE plpgsql AS \
+         $$ BEGIN RETURN QUERY SELECT name FROM it_customers; END $$",
+    )
+    .unwrap();
+    c.batch_execute("BEGIN; DECLARE early CURSOR WITH HOLD FOR SELECT * FROM pg_temp.names()")
+        .unwrap();
+    let e = c
+        .execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "x")])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55006", "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+    c.batch_execute(
+        "BEGIN; DECLARE later CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g; COMMIT",
+    )
+    .unwrap();
+    let e = c
+        .execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.b, "x")])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55006", "{}", message(&e));
+    c.batch_execute("CLOSE later").unwrap();
+    c.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&f.b, "x")])
+        .unwrap();
+    c.batch_execute("DISCARD ALL").unwrap();
 }

@@ -1222,9 +1222,13 @@ fn a_setting_changed_by_an_owners_trigger_does_not_outlive_decommission() {
 }
 
 #[test]
-fn a_types_cast_to_json_runs_as_the_writer_not_as_the_catalog_owner() {
-    // to_jsonb of a column of a user's type calls the type owner's cast while the audit trail
-    // is written: it must run with the writer's privileges.
+fn audit_never_runs_a_types_cast_to_json() {
+    // Found by an attacker's pass: to_jsonb of a column of a type defined in the database calls
+    // that type's cast to json, a function its owner wrote, which the audit trigger ran for
+    // every writer. The type's owner, with no privilege on the table, read each tenant's rows of
+    // another table as each writer, and became a superuser when a superuser wrote a row. The
+    // cast may come after protect(). Columns of such types (an enum, a range, an array of one, a
+    // composite holding one) are recorded as their text; no cast runs.
     let f = Fixture::new();
     let mut su = superuser();
     let owner = ident("typ");
@@ -1234,35 +1238,99 @@ fn a_types_cast_to_json_runs_as_the_writer_not_as_the_catalog_owner() {
          CREATE SCHEMA {s} AUTHORIZATION {owner}; GRANT USAGE ON SCHEMA {s} TO PUBLIC; \
          SET ROLE {owner}; \
          CREATE TYPE {s}.mood AS ENUM ('happy', 'sad'); \
-         CREATE TABLE {s}.seen (who text); GRANT INSERT ON {s}.seen TO PUBLIC; \
-         CREATE FUNCTION {s}.mood_json({s}.mood) RETURNS json LANGUAGE plpgsql AS $$ \
-         BEGIN INSERT INTO {s}.seen VALUES (current_user); \
+         CREATE TYPE {s}.span AS RANGE (subtype = int4); \
+         CREATE TYPE {s}.pair AS (m {s}.mood, n int); \
+         CREATE TABLE {s}.seen (who text, what text); GRANT INSERT ON {s}.seen TO PUBLIC; \
+         RESET ROLE; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int, m {s}.mood, ms {s}.mood[], \
+                             r {s}.span, p {s}.pair); \
+         SELECT tenancy.protect('{s}.t'); GRANT SELECT, INSERT, UPDATE ON {s}.t TO {APP}; \
+         SET ROLE {owner}; \
+         CREATE FUNCTION {s}.j(text) RETURNS json LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO {s}.seen VALUES (current_user, $1); \
                IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
                    EXECUTE 'ALTER ROLE {owner} SUPERUSER'; END IF; \
-               RETURN pg_catalog.to_json($1::text); END $$; \
+               RETURN pg_catalog.to_json($1); END $$; \
+         CREATE FUNCTION {s}.mood_json({s}.mood) RETURNS json LANGUAGE sql AS $$ SELECT {s}.j($1::text) $$; \
+         CREATE FUNCTION {s}.span_json({s}.span) RETURNS json LANGUAGE sql AS $$ SELECT {s}.j($1::text) $$; \
          CREATE CAST ({s}.mood AS json) WITH FUNCTION {s}.mood_json({s}.mood); \
-         RESET ROLE; \
-         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int, m {s}.mood); \
-         SELECT tenancy.protect('{s}.t'); GRANT SELECT, INSERT ON {s}.t TO {APP};"
+         CREATE CAST ({s}.span AS json) WITH FUNCTION {s}.span_json({s}.span); \
+         RESET ROLE;"
     ))
     .unwrap();
     let mut c = app();
     bound_tx(&mut c, &f, &f.a, true, |c| {
-        c.batch_execute(&format!("INSERT INTO {s}.t (id, m) VALUES (1, 'happy')"))
-            .unwrap();
+        c.batch_execute(&format!(
+            "INSERT INTO {s}.t (id, m, ms, r, p) VALUES (1, 'happy', '{{happy,sad}}', '[1,5)', ROW('sad', 2)); \
+             UPDATE {s}.t SET m = 'sad' WHERE id = 1"
+        ))
+        .unwrap();
     });
-    assert!(!is_superuser(&mut su, &owner));
-    let who: Vec<String> = su
-        .query(&format!("SELECT who FROM {s}.seen"), &[])
+    // A superuser's write: the cast would make the type's owner a superuser.
+    su.batch_execute(&format!(
+        "INSERT INTO {s}.t VALUES ('{}', 2, 'sad', NULL, '[2,3)', NULL)",
+        f.a_id
+    ))
+    .unwrap();
+    assert!(
+        !is_superuser(&mut su, &owner),
+        "the cast ran as a superuser"
+    );
+    let ran: Vec<(String, String)> = su
+        .query(&format!("SELECT who, what FROM {s}.seen"), &[])
         .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert!(
-        !who.is_empty(),
-        "the cast did not run: the test proves nothing"
+    assert!(ran.is_empty(), "the type owner's cast ran: {ran:?}");
+    // The casts work when asked for (the test would prove nothing otherwise) ...
+    let asked: String = c
+        .query_one(&format!("SELECT ('happy'::{s}.mood)::json::text"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(asked, "\"happy\"");
+    su.batch_execute(&format!("TRUNCATE {s}.seen")).unwrap();
+    // ... and the records hold each value's text.
+    let recorded: String = su
+        .query_one(
+            &format!(
+                "SELECT new_row::text FROM tenancy.audit_log \
+                  WHERE table_name = '{s}.t' AND op = 'INSERT' AND new_row->>'id' = '1'"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    for part in [
+        "\"m\": \"happy\"",
+        "\"ms\": \"{happy,sad}\"",
+        "\"r\": \"[1,5)\"",
+        "\"p\": \"(sad,2)\"",
+    ] {
+        assert!(recorded.contains(part), "{part} in {recorded}");
+    }
+    // A table joining a protected parent with rows of such a type is refused: its rows become
+    // jsonb by SQL, as the table's owner.
+    su.batch_execute(&format!(
+        "CREATE TABLE {s}.parted (tenant_id uuid NOT NULL, id int NOT NULL, m {s}.mood) PARTITION BY RANGE (id); \
+         SELECT tenancy.protect('{s}.parted'); \
+         CREATE TABLE {s}.joining (tenant_id uuid NOT NULL, id int NOT NULL, m {s}.mood); \
+         INSERT INTO {s}.joining VALUES ('{}', 101, 'happy')",
+        f.a_id
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    expect_err(
+        &mut op,
+        &format!("SELECT tenancy.attach_partition('{s}.parted', '{s}.joining', 'FOR VALUES FROM (100) TO (200)')"),
+        &["0A000"],
     );
-    assert!(who.iter().all(|w| w == APP), "the cast ran as {who:?}");
+    let ran: i64 = su
+        .query_one(&format!("SELECT count(*) FROM {s}.seen"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 0, "the type owner's cast ran in attach_partition");
+    assert!(!is_superuser(&mut su, &owner));
 }
 
 #[test]
@@ -1410,4 +1478,116 @@ fn an_audit_key_created_by_a_rolled_back_transaction_is_not_used() {
     drop(su);
     drop(db);
     assert_eq!(bad, 0, "a chain does not verify");
+}
+
+#[test]
+fn protect_puts_no_index_in_a_tablespace_the_tables_creator_cannot_use() {
+    // Found by an attacker's pass: protect() creates the tenant column's index as the catalog
+    // owner, under the caller's default_tablespace; a role that creates tables in an
+    // auto-protected schema put an index in a tablespace it has no CREATE on.
+    let mut su = superuser();
+    let dir = format!("/tmp/pg_tenancy_it_ts_{}", std::process::id());
+    let made = std::process::Command::new("install")
+        .args(["-d", "-o", "postgres", "-g", "postgres", &dir])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        made,
+        "could not make {dir} for the postgres user (run as root, as CI does)"
+    );
+    let ts = ident("ts");
+    su.batch_execute(&format!("CREATE TABLESPACE {ts} LOCATION '{dir}'"))
+        .unwrap();
+    let maker = login_role(&mut su, "maker", "");
+    let s = ident("tsp");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s} AUTHORIZATION {maker}; SET ROLE {OPERATOR}; \
+         SELECT tenancy.auto_protect('{s}'); RESET ROLE"
+    ))
+    .unwrap();
+    let mut m = connect(&maker);
+    // The creator itself may not use it ...
+    m.batch_execute(&format!("SET default_tablespace = {ts}"))
+        .unwrap();
+    expect_err(&mut m, &format!("CREATE TABLE {s}.own (x int)"), &["42501"]);
+    // ... and its protected table's index does not land there.
+    m.batch_execute(&format!(
+        "CREATE TABLE {s}.t (tenant_id uuid, x int) TABLESPACE pg_default"
+    ))
+    .unwrap();
+    let placed: Vec<(String, i64)> = su
+        .query(
+            &format!(
+                "SELECT i.indexrelid::regclass::text, c.reltablespace::int8 FROM pg_index i \
+                   JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = '{s}.t'::regclass"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        !placed.is_empty(),
+        "protect made no index: the test proves nothing"
+    );
+    assert!(placed.iter().all(|(_, t)| *t == 0), "{placed:?}");
+}
+
+#[test]
+fn a_connection_passing_for_citus_keeps_no_ended_mapping() {
+    // Found by an attacker's pass: without Citus, a client could create a placeholder of a
+    // Citus setting at connection, name its connection as Citus names its own, and mark each
+    // statement with the text of the one Citus opens a worker's transaction with. pg_tenancy
+    // then looked up no mapping for the statement and kept the one it had: a mapped role went
+    // on reading and writing its tenant's rows after suspend_tenant or unmap_role.
+    let (f, _) = two_tenants();
+    let mut su = superuser();
+    let role = login_role(&mut su, "fake_citus", &format!("IN ROLE {APP}"));
+    su.execute(&format!("SELECT tenancy.map_role('{role}', $1)"), &[&f.a])
+        .unwrap();
+    let marked = |c: &mut postgres::Client, sql: &str| -> Result<i64, String> {
+        c.query_one(
+            &format!("{sql} /* SELECT assign_distributed_transaction_id(0, 1, now()) */"),
+            &[],
+        )
+        .map(|r| r.get(0))
+        .map_err(|e| sqlstate(&e))
+    };
+    for end in ["suspend_tenant", "unmap_role"] {
+        let mut c = config(&role)
+            .options("-c citus.allow_nested_distributed_execution=on")
+            .application_name("citus_internal gpid=7")
+            .connect(postgres::NoTls)
+            .unwrap();
+        assert_not_privileged(&mut c);
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM it_customers", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            n, 5,
+            "the mapping binds the tenant: the test would prove nothing"
+        );
+        match end {
+            "suspend_tenant" => su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.a]),
+            _ => su.execute(&format!("SELECT tenancy.unmap_role('{role}', $1)"), &[&f.a]),
+        }
+        .unwrap();
+        for sql in [
+            "SELECT count(*) FROM it_customers".to_string(),
+            "WITH w AS (INSERT INTO it_customers (id, name) VALUES (99, 'after') RETURNING 1) SELECT count(*) FROM w".to_string(),
+        ] {
+            let got = marked(&mut c, &sql);
+            assert!(
+                !matches!(got, Ok(n) if n > 0),
+                "after {end}: {sql} gave {got:?}"
+            );
+        }
+        match end {
+            "suspend_tenant" => su.execute("SELECT tenancy.resume_tenant($1)", &[&f.a]),
+            _ => su.execute(&format!("SELECT tenancy.map_role('{role}', $1)"), &[&f.a]),
+        }
+        .unwrap();
+    }
 }
