@@ -113,7 +113,7 @@ fn apply_config(
     let mut ordered: Vec<&Change> = mine.clone();
     ordered.sort_by_key(|c| match c.step {
         Step::Calls { phase, .. } => phase,
-        Step::Unsupported(_) => u8::MAX,
+        Step::Unsupported(_) | Step::TenantAdmin(_) => u8::MAX,
     });
     // As the caller (see the module's documentation), with search_path pinned to pg_catalog
     // for the calls: their names and operators are schema-qualified, the document's tables
@@ -156,18 +156,13 @@ fn apply_config(
         // A key admin sees the keys' changes only; an operator also the keys it left.
         .filter(|c| duty == Duty::Operator || c.duty() == Duty::KeyAdmin)
         .map(|c| {
-            let status = if c.duty() == duty {
-                "applied"
-            } else {
-                "left for a key admin: tenancy.apply_config(doc) as a member of tenancy_key_admin"
+            let status = match (&c.step, c.duty()) {
+                (_, d) if d == duty => "applied".to_string(),
+                (Step::TenantAdmin(how), _) => format!("left for the tenant's admin: {how}"),
+                _ => "left for a key admin: tenancy.apply_config(doc) as a member of tenancy_key_admin"
+                    .to_string(),
             };
-            (
-                c.action,
-                c.object,
-                c.detail,
-                c.risk.to_string(),
-                status.to_string(),
-            )
+            (c.action, c.object, c.detail, c.risk.to_string(), status)
         })
         .collect();
     TableIterator::new(rows)

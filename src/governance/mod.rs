@@ -6,7 +6,9 @@
 //! change with its risk; `apply_config` (apply.rs), which applies it or changes nothing; and
 //! [`assert_clean`], the CI gate.
 //!
-//! The document holds tenants with their settings, limits, roles, grants, members, role mappings and keys' ids and algorithms;
+//! The document holds tenants with their settings, limits, roles, grants, members, role
+//! mappings, keys' ids and algorithms and audit exclusions (the columns each tenant's admin
+//! keeps out of its trail);
 //! protected tables with their policy digests; auto-protected schemas), never a secret and
 //! never a row. Canonical: objects are jsonb (keys in jsonb's order), every list is sorted by
 //! its natural key, times are UTC text, nulls are left out, and nothing that differs between
@@ -49,7 +51,13 @@ const EXPORT: &str = "SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build
             'kid', k.kid, 'alg', k.alg,
             'not_after', pg_catalog.to_char(k.not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
             'revoked', k.revoked_at IS NOT NULL) ORDER BY k.kid)
-        FROM tenancy.signing_key k WHERE k.tenant_id = t.id), '[]'))
+        FROM tenancy.signing_key k WHERE k.tenant_id = t.id), '[]'),
+      'audit_exclusions', coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+            'table', x.tbl, 'columns', pg_catalog.to_jsonb(x.columns)) ORDER BY x.tbl)
+        FROM (SELECT e.relid::text AS tbl, e.columns FROM tenancy.audit_exclusion e WHERE e.tenant_id = t.id
+              UNION ALL
+              SELECT e.coordinator_relid::pg_catalog.regclass::text, e.columns
+                FROM tenancy.citus_audit_exclusion e WHERE e.tenant_id = t.id) x), '[]'))
     ORDER BY t.slug)
     FROM tenancy.tenant t WHERE $1::uuid IS NULL OR t.id = $1), '[]'),
   'platform_keys', CASE WHEN $1::uuid IS NULL THEN coalesce((SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(

@@ -19,11 +19,13 @@ pub const WIDENING: &str = "widening";
 pub const DESTRUCTIVE: &str = "destructive";
 pub const RISKS: [&str; 4] = [SAFE, NARROWING, WIDENING, DESTRUCTIVE];
 
-/// Whose duty a change is: key changes are a key admin's, every other an operator's.
+/// Whose duty a change is: key changes are a key admin's, audit exclusions a tenant admin's,
+/// every other an operator's.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Duty {
     Operator,
     KeyAdmin,
+    TenantAdmin,
 }
 
 /// How a change is made: calls of pg_tenancy's management functions, each constant SQL text
@@ -40,6 +42,9 @@ pub enum Step {
     },
     /// No management function makes it; the text says what to do instead.
     Unsupported(String),
+    /// A tenant admin's decision, made by hand as the text says (apply_config, which operators
+    /// and key admins run, leaves it).
+    TenantAdmin(String),
 }
 
 /// One change a document would make.
@@ -88,6 +93,12 @@ impl Change {
         self
     }
 
+    /// Made by a tenant's admin by hand, as `how` says; never by apply_config.
+    fn for_tenant_admin(mut self, how: impl Into<String>) -> Change {
+        self.step = Step::TenantAdmin(how.into());
+        self
+    }
+
     /// The change in one line: risk, action, object and detail.
     pub fn shown(&self) -> String {
         if self.detail.is_empty() {
@@ -103,6 +114,7 @@ impl Change {
     pub fn duty(&self) -> Duty {
         match self.step {
             Step::Calls { duty, .. } => duty,
+            Step::TenantAdmin(_) => Duty::TenantAdmin,
             Step::Unsupported(_) if self.action.contains("key") => Duty::KeyAdmin,
             Step::Unsupported(_) => Duty::Operator,
         }
@@ -612,6 +624,61 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
     if given("keys") {
         key_changes(Some(slug), &a["keys"], &b["keys"], out);
     }
+    if given("audit_exclusions") {
+        exclusion_changes(slug, &a["audit_exclusions"], &b["audit_exclusions"], out);
+    }
+}
+
+/// The changes of a tenant's audit exclusions: each its admin's decision
+/// (`tenancy.audit_exclude`, in a session bound with the tenant's admin role), so left for
+/// the tenant's admin; keeping more of a table out of the trail is destructive (the trail
+/// records less), recording more is safe.
+fn exclusion_changes(slug: &str, now: &Value, want: &Value, out: &mut Vec<Change>) {
+    let columns = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(|v| v["columns"].as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (now, want) = (
+        by_key(now, |e| text(e, "table")),
+        by_key(want, |e| text(e, "table")),
+    );
+    for (table, x, y) in compare(&now, &want) {
+        let (had, wants) = (columns(x), columns(y));
+        if had == wants {
+            continue;
+        }
+        let risk = if wants.iter().any(|c| !had.contains(c)) {
+            DESTRUCTIVE
+        } else {
+            SAFE
+        };
+        let array = format!(
+            "{{{}}}",
+            wants
+                .iter()
+                .map(|c| format!("\"{}\"", c.replace('\\', "\\\\").replace('"', "\\\"")))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        out.push(
+            Change::new(
+                "audit_exclude",
+                format!("{slug} table {table}"),
+                format!("{} -> {}", serde_json::json!(had), serde_json::json!(wants)),
+                risk,
+            )
+            .for_tenant_admin(format!(
+                "what a tenant's trail leaves out is its admin's decision: in a session bound with the admin role of \"{slug}\", SELECT tenancy.audit_exclude({}, {});",
+                crate::catalog::quote_literal(table),
+                crate::catalog::quote_literal(&array)
+            )),
+        );
+    }
 }
 
 /// A role mapped to one tenant is bound to it without a token, and a role mapped to none may
@@ -639,7 +706,7 @@ fn label_mapping_removals(now: &Value, out: &mut [Change]) {
                 .first()
                 .and_then(|(_, a)| a.get(i).cloned().flatten())
                 .unwrap_or_default(),
-            Step::Unsupported(_) => String::new(),
+            Step::Unsupported(_) | Step::TenantAdmin(_) => String::new(),
         }
     };
     let mut shrunk = std::collections::BTreeSet::new();

@@ -1461,3 +1461,77 @@ fn an_operator_cannot_widen_by_removing_one_of_a_roles_two_mappings() {
     su.batch_execute(&format!("DROP ROLE IF EXISTS {shared}"))
         .ok();
 }
+
+#[test]
+fn a_tenants_audit_exclusions_are_exported_and_their_drift_is_left_to_its_admin() {
+    // What a tenant's trail leaves out is configuration too: exported, and a document that
+    // differs is planned (keeping more out is destructive), flagged by assert_clean, and left
+    // to the tenant's admin by apply_config (an operator cannot decide it).
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (f, mut c) = two_tenants();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    begin_bound_as(&mut c, &f, &f.a, "boss");
+    c.batch_execute("SELECT tenancy.audit_exclude('public.it_customers', '{name}')")
+        .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let exported: String = op
+        .query_one("SELECT tenancy.export_config($1)::text", &[&f.a])
+        .unwrap()
+        .get(0);
+    let mut doc: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    assert_eq!(
+        doc["tenants"][0]["audit_exclusions"],
+        serde_json::json!([{"table": "public.it_customers", "columns": ["name"]}]),
+        "{exported}"
+    );
+    let plan = |op: &mut postgres::Client, doc: &serde_json::Value| -> Vec<(String, String)> {
+        op.query(
+            "SELECT action, risk FROM tenancy.plan_config($1::text::jsonb)",
+            &[&doc.to_string()],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    assert!(plan(&mut op, &doc).is_empty());
+    // Keeping one more column out: destructive; recording every column again: safe.
+    doc["tenants"][0]["audit_exclusions"][0]["columns"] = serde_json::json!(["id_extra", "name"]);
+    assert_eq!(
+        plan(&mut op, &doc),
+        [("audit_exclude".to_string(), "destructive".to_string())]
+    );
+    doc["tenants"][0]["audit_exclusions"] = serde_json::json!([]);
+    assert_eq!(
+        plan(&mut op, &doc),
+        [("audit_exclude".to_string(), "safe".to_string())]
+    );
+    // assert_clean flags the drift; apply_config leaves it to the tenant's admin and changes
+    // nothing.
+    let e = op
+        .execute(
+            "SELECT tenancy.assert_clean($1::text::jsonb)",
+            &[&doc.to_string()],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000");
+    assert!(message(&e).contains("audit_exclude"), "{}", message(&e));
+    let applied = apply(&mut op, &doc.to_string(), &["safe", "narrowing"]).unwrap();
+    assert_eq!(applied.len(), 1, "{applied:?}");
+    assert!(
+        applied[0].2.starts_with("left for the tenant's admin")
+            && applied[0]
+                .2
+                .contains("tenancy.audit_exclude('public.it_customers', '{}')"),
+        "{applied:?}"
+    );
+    let still: String = op
+        .query_one("SELECT tenancy.export_config($1)::text", &[&f.a])
+        .unwrap()
+        .get(0);
+    assert_eq!(still, exported);
+}
