@@ -555,6 +555,23 @@ pub unsafe extern "C-unwind" fn tenancy_event_writer(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = arg.value() as u32;
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    // The worker runs as the bootstrap superuser with the database's own settings applied
+    // (ALTER DATABASE ... SET, which the database's owner may make without being a superuser):
+    // a search_path that puts the owner's schema first made a superuser of it through an
+    // operator it planted there, and default_transaction_read_only or a short timeout kept
+    // every event out of the log (found by an attacker's pass;
+    // `a_databases_settings_cannot_turn_the_event_writer` in
+    // tests/integration/tests/trust_boundaries.rs). Settled for the session before anything
+    // else runs, in a transaction of their own (a read-only one may still SET), and every name
+    // below is qualified besides.
+    BackgroundWorker::transaction(|| {
+        Spi::run(
+            "SET search_path TO pg_catalog, pg_temp; SET default_transaction_read_only TO off; \
+             SET statement_timeout TO 0; SET lock_timeout TO 0; \
+             SET idle_in_transaction_session_timeout TO 0; SET default_transaction_isolation TO 'read committed'",
+        )
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: the security event writer could not settle its session: {e}"));
     let mut idle = 0;
     // The events it was started for first, then every tenth of a second.
     loop {
@@ -576,7 +593,7 @@ pub unsafe extern "C-unwind" fn tenancy_event_writer(arg: pg_sys::Datum) {
 
 fn write_batch(batch: Vec<(Option<[u8; 16]>, Slot)>) {
     let installed = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_tenancy')",
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_tenancy')",
     )
     .ok()
     .flatten()

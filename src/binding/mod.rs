@@ -391,14 +391,10 @@ fn before_utility(stmt: *mut pg_sys::Node) {
             return;
         }
         let declared = ((*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt).then(|| {
-            let d = stmt as *mut pg_sys::DeclareCursorStmt;
-            (
-                (*d).options & pg_sys::CURSOR_OPT_HOLD as i32 != 0,
-                (!(*d).portalname.is_null())
-                    .then(|| std::ffi::CStr::from_ptr((*d).portalname).to_owned()),
-            )
+            (*(stmt as *mut pg_sys::DeclareCursorStmt)).options & pg_sys::CURSOR_OPT_HOLD as i32
+                != 0
         });
-        if let Some((hold, name)) = declared {
+        if let Some(hold) = declared {
             // The binding in force for this statement, a role mapping's included (checked: a
             // binding that has ended raises here, as it would at the cursor's first read).
             let tenant = if INTERNAL.with(|i| i.borrow().is_some()) {
@@ -422,24 +418,10 @@ fn before_utility(stmt: *mut pg_sys::Node) {
                     "Fetch the rows before COMMIT with a cursor without HOLD; its rows belong to the transaction that read them.",
                 );
             }
-            if let Some(name) = name {
-                // A cursor declared while bound is remembered with its tenant; one declared
-                // unbound under the name of a closed one is not that one.
-                BOUND_CURSORS.with(|c| {
-                    let mut c = c.borrow_mut();
-                    c.retain(|(n, _)| *n != name && portal_open(n));
-                    if let Some(t) = tenant {
-                        c.push((name.clone(), t));
-                    }
-                });
-                HELD_CURSORS.with(|c| {
-                    let mut c = c.borrow_mut();
-                    c.retain(|n| *n != name && held_open(n));
-                    if hold {
-                        c.push(name);
-                    }
-                });
-            }
+            // The cursor is remembered once it is declared (after_utility): a DECLARE that
+            // fails (its name taken by an open cursor) must not make pg_tenancy forget the
+            // open one (a reviewer's bypass: a failed DECLARE dropped a held cursor from the
+            // list, and bind() then let its query run at COMMIT under the binding).
         }
         if (*stmt).type_ == pg_sys::NodeTag::T_VariableSetStmt {
             let own = BINDING.with(|b| {
@@ -552,8 +534,43 @@ fn portal_open(name: &std::ffi::CStr) -> bool {
     !unsafe { pg_sys::GetPortalByName(name.as_ptr()) }.is_null()
 }
 
-/// After DISCARD ALL: the session's binding goes too.
+/// After a DECLARE that succeeded: the cursor is remembered, with the tenant bound (a role
+/// mapping's included) when there is one, and as held when WITH HOLD (then declared unbound:
+/// before_utility refused it otherwise). After DISCARD ALL: the session's binding goes too.
 fn after_utility(stmt: *mut pg_sys::Node) {
+    // SAFETY: as in before_utility.
+    let declared = unsafe {
+        (!stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt)
+            .then(|| {
+                let d = stmt as *mut pg_sys::DeclareCursorStmt;
+                (!(*d).portalname.is_null()).then(|| {
+                    (
+                        (*d).options & pg_sys::CURSOR_OPT_HOLD as i32 != 0,
+                        std::ffi::CStr::from_ptr((*d).portalname).to_owned(),
+                    )
+                })
+            })
+            .flatten()
+    };
+    if let Some((hold, name)) = declared {
+        // The name was free (PostgreSQL refuses a DECLARE of an open cursor's name): an entry
+        // under it is of a cursor closed since.
+        let tenant = statement_tenant();
+        BOUND_CURSORS.with(|c| {
+            let mut c = c.borrow_mut();
+            c.retain(|(n, _)| *n != name && portal_open(n));
+            if let Some(t) = tenant {
+                c.push((name.clone(), t));
+            }
+        });
+        HELD_CURSORS.with(|c| {
+            let mut c = c.borrow_mut();
+            c.retain(|n| *n != name && held_open(n));
+            if hold {
+                c.push(name);
+            }
+        });
+    }
     // SAFETY: as in before_utility.
     let discard_all = unsafe {
         !stmt.is_null()

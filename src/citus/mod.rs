@@ -32,6 +32,7 @@
 //!
 //! - The audit trail is distributed by tenant and written beside each shard ([`trail`]).
 
+mod calls;
 pub mod guard;
 pub mod trail;
 
@@ -73,6 +74,7 @@ pub fn set_key_maker(f: fn()) {
 
 pub fn init() {
     crate::pg::hooks::after_utility(after_utility);
+    calls::init();
 }
 
 /// After `CREATE EXTENSION pg_tenancy` on a Citus coordinator: say that the catalog is still

@@ -183,6 +183,19 @@ pub fn set_call_check(f: CallCheck) {
     CALL_CHECK.with(|c| c.set(Some(f)));
 }
 
+/// A check of every query before it is planned (it may refuse it by raising).
+pub type QueryCheck = unsafe fn(*mut pg_sys::Query);
+
+thread_local! {
+    static QUERY_CHECK: Cell<Option<QueryCheck>> = const { Cell::new(None) };
+}
+
+/// Set the check of every query planned (`src/citus/calls.rs`: Citus's functions that would
+/// undo a protected table's protection).
+pub fn set_query_check(f: QueryCheck) {
+    QUERY_CHECK.with(|c| c.set(Some(f)));
+}
+
 /// Give every `SELECT f(<constant>, ...)` with no FROM to the call check.
 ///
 /// # Safety
@@ -366,6 +379,10 @@ unsafe extern "C-unwind" fn planner(
     if !parse.is_null() {
         // SAFETY: the planner's Query (this function's contract).
         unsafe { check_calls(parse) };
+        if let Some(check) = QUERY_CHECK.with(|c| c.get()) {
+            // SAFETY: as above.
+            unsafe { check(parse) };
+        }
     }
     // The resource limits hold while the statement is planned too: the planner runs the
     // IMMUTABLE calls it folds, which a session that set statement_timeout = 0 would otherwise

@@ -26,6 +26,28 @@ pub fn after_utility(f: UtilityCallback) {
     AFTER.with(|b| b.borrow_mut().push(f));
 }
 
+thread_local! {
+    /// The tags of the utility statements running now, outermost first.
+    static RUNNING: RefCell<Vec<pg_sys::NodeTag>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether a utility statement of one of `tags` is running now (this statement, or one that
+/// the code running now was reached from: an event trigger of a DROP, say).
+pub fn running(tags: &[pg_sys::NodeTag]) -> bool {
+    RUNNING.with(|r| r.borrow().iter().any(|t| tags.contains(t)))
+}
+
+/// Pops the statement's tag when the statement ends, by returning or by an error unwinding
+/// through the hook.
+struct Running;
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.with(|r| {
+            r.borrow_mut().pop();
+        });
+    }
+}
+
 static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
 
 /// Install the utility hook (once, from _PG_init).
@@ -59,6 +81,11 @@ unsafe extern "C-unwind" fn utility_hook(
     for f in BEFORE.with(|b| b.borrow().clone()) {
         f(stmt);
     }
+    if !stmt.is_null() {
+        // SAFETY: a node's tag is its first field.
+        RUNNING.with(|r| r.borrow_mut().push(unsafe { (*stmt).type_ }));
+    }
+    let _running = (!stmt.is_null()).then_some(Running);
     // SAFETY: the hook that was installed before ours (or the standard one), called with our
     // own arguments; its errors come back through the FFI guard as a Rust panic, re-raised by
     // #[pg_guard].

@@ -2059,3 +2059,98 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     let (_, ok, detail) = verify(&mut op, &f.a);
     assert!(!ok && detail.contains("was changed"), "{detail}");
 }
+
+/// Found by an attacker's pass: a table's owner took its protected table apart with Citus's
+/// own functions, which change the catalog in C with no DDL command for the guard to see:
+/// `undistribute_table` (bound to one tenant, it kept that tenant's rows in a local table,
+/// unprotected, and dropped the others'), `citus_drop_all_shards` after
+/// `master_remove_distributed_table_metadata_from_workers` (every tenant's shards dropped,
+/// unrecorded), and on a worker `worker_drop_distributed_table` or `citus_internal`'s metadata
+/// functions (under Citus's connection name), after which the guard there no longer knew the
+/// shards and the owner changed their row security. Each is refused, in any form of call; the
+/// owner's DROP TABLE, which Citus carries out with some of them, still works.
+#[test]
+fn a_tables_owner_cannot_take_its_protection_apart_with_citus_functions() {
+    let pid = std::process::id();
+    let (t, owner) = (format!("apart_{pid}"), format!("apart_owner_{pid}"));
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+        ],
+    );
+    let placement: i64 = su
+        .query_one(
+            &format!(
+                "SELECT pl.placementid FROM pg_dist_placement pl JOIN pg_dist_shard s USING (shardid) \
+                  WHERE s.logicalrelid = 'public.{t}'::regclass ORDER BY 1 LIMIT 1"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let count_shards = |su: &mut Client| -> i64 {
+        su.query_one(
+            &format!("SELECT count(*) FROM citus_shards WHERE table_name = 'public.{t}'::regclass"),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let shards = count_shards(&mut su);
+    let refused = |c: &mut Client, sql: &str| {
+        let e = c
+            .batch_execute(sql)
+            .expect_err(&format!("{sql} was not refused"));
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        assert!(message(&e).contains("Citus's"), "{sql}: {}", message(&e));
+    };
+    let mut o = node(0, &owner);
+    assert_not_privileged(&mut o);
+    for sql in [
+        format!("SELECT undistribute_table('public.{t}')"),
+        format!("SELECT alter_distributed_table('public.{t}', shard_count => 4)"),
+        format!("SELECT alter_table_set_access_method('public.{t}', 'heap')"),
+        format!("SELECT master_remove_distributed_table_metadata_from_workers('public.{t}'::regclass, 'public', '{t}')"),
+        format!("SELECT citus_drop_all_shards('public.{t}'::regclass, 'public', '{t}')"),
+        // Forms that name the table only when they run.
+        format!("SELECT undistribute_table(x) FROM (VALUES ('public.{t}'::regclass)) v(x)"),
+        format!("DO $$ BEGIN PERFORM citus_drop_all_shards('public.{t}'::regclass, 'public', '{t}'); END $$"),
+    ] {
+        refused(&mut o, &sql);
+    }
+    let mut w = node(1, &owner);
+    assert_not_privileged(&mut w);
+    refused(
+        &mut w,
+        &format!("SELECT worker_drop_distributed_table('public.{t}')"),
+    );
+    // Under the name Citus gives its own connections.
+    let mut c = postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(ports()[1])
+        .dbname(&std::env::var("TENANCY_IT_DB").expect("TENANCY_IT_DB"))
+        .user(&owner)
+        .application_name("citus_internal gpid=10000000001");
+    let mut spoofed = c.connect(NoTls).unwrap();
+    assert_not_privileged(&mut spoofed);
+    for sql in [
+        format!("SELECT citus_internal.delete_placement_metadata({placement})"),
+        format!("SELECT citus_internal.delete_partition_metadata('public.{t}'::regclass)"),
+    ] {
+        refused(&mut spoofed, &sql);
+    }
+    // Nothing was taken apart: the shards are all there, and the owner's DROP TABLE works.
+    assert!(shards > 0);
+    assert_eq!(count_shards(&mut su), shards);
+    o.batch_execute(&format!("DROP TABLE public.{t}"))
+        .unwrap_or_else(|e| panic!("DROP TABLE: {}", message(&e)));
+}

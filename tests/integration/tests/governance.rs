@@ -1535,3 +1535,51 @@ fn a_tenants_audit_exclusions_are_exported_and_their_drift_is_left_to_its_admin(
         .get(0);
     assert_eq!(still, exported);
 }
+
+#[test]
+fn a_document_cannot_hide_a_change_behind_a_member_named_like_another() {
+    // Found by an attacker's pass: members were compared by "<subject> as <role>", so a
+    // document naming subject `alice` with role `bob as viewer` was taken for the member
+    // `alice as bob` (role viewer): the plan hid that entry and labelled the removal of
+    // alice's viewer membership narrowing, which apply_config made by default, leaving alice
+    // with the tenant's default_roles.
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut su = superuser();
+    let slug = unique("nob");
+    su.batch_execute(&format!(
+        "SELECT tenancy.create_tenant('{slug}', settings => '{{\"default_roles\": [\"member\"]}}'); \
+         SELECT tenancy.add_member('{slug}', 'alice', 'viewer'); \
+         SELECT tenancy.add_member('{slug}', 'alice as bob', 'viewer')"
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let doc = serde_json::json!({"version": 1, "tenants": [{"slug": slug,
+        "members": [{"subject": "alice", "role": "bob as viewer"}]}]})
+    .to_string();
+    let planned: Vec<(String, String, String)> = op
+        .query(
+            "SELECT action, detail, risk FROM tenancy.plan_config($1::text::jsonb)",
+            &[&doc],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        planned
+            .iter()
+            .any(|(a, d, r)| a == "add_member" && d == "alice as bob as viewer" && r == "widening"),
+        "{planned:?}"
+    );
+    let e = apply(&mut op, &doc, &["safe", "narrowing"]).unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    let members: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.member m JOIN tenancy.tenant t ON t.id = m.tenant_id WHERE t.slug = $1",
+            &[&slug],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(members, 2, "apply_config changed the members");
+}

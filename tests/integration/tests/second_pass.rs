@@ -1231,6 +1231,25 @@ fn held_cursors_never_outlive_a_binding() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "55006", "{}", message(&e));
     c.batch_execute("ROLLBACK").unwrap();
+    // Nor after a DECLARE under its name failed (a reviewer's bypass: the failed DECLARE made
+    // pg_tenancy forget the open cursor), in a savepoint or a DO block's exception handler.
+    for fail in [
+        "SAVEPOINT s; DECLARE early CURSOR FOR SELECT 1",
+        "DO $$ BEGIN EXECUTE 'DECLARE early CURSOR FOR SELECT 1'; \
+         EXCEPTION WHEN duplicate_cursor THEN NULL; END $$",
+    ] {
+        c.batch_execute("BEGIN; DECLARE early CURSOR WITH HOLD FOR SELECT * FROM pg_temp.names()")
+            .unwrap();
+        let failed = c.batch_execute(fail);
+        if failed.is_err() {
+            c.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+        }
+        let e = c
+            .execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "x")])
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "55006", "after {fail}: {}", message(&e));
+        c.batch_execute("ROLLBACK").unwrap();
+    }
     c.batch_execute(
         "BEGIN; DECLARE later CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g; COMMIT",
     )

@@ -1591,3 +1591,81 @@ fn a_connection_passing_for_citus_keeps_no_ended_mapping() {
         .unwrap();
     }
 }
+
+#[test]
+fn a_databases_settings_cannot_turn_the_event_writer() {
+    // Found by an attacker's pass: the security-event writer (a background worker running as
+    // the bootstrap superuser) started with the database's own settings. A database owner that
+    // is not a superuser planted an operator `=` in a schema of its own, put that schema first
+    // in the database's search_path, and the writer's unqualified `=` made a superuser of it;
+    // `default_transaction_read_only = on` kept every event out of the log.
+    let db = OwnDatabase::preloaded("evw", false);
+    let mut main = connect_preloaded("postgres");
+    let owner = ident("dbown");
+    main.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE; \
+         ALTER DATABASE {} OWNER TO {owner}",
+        db.name
+    ))
+    .unwrap();
+    db.connect("postgres")
+        .batch_execute("CREATE EXTENSION pg_tenancy")
+        .unwrap();
+    let mut o = db.connect(&owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "CREATE SCHEMA evil; CREATE TABLE evil.ran (who text); GRANT USAGE ON SCHEMA evil TO PUBLIC; \
+         GRANT INSERT ON evil.ran TO PUBLIC; \
+         CREATE FUNCTION evil.eq(name, name) RETURNS bool LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO evil.ran VALUES (current_user); \
+               IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user) THEN \
+                   EXECUTE 'ALTER ROLE {owner} SUPERUSER'; END IF; \
+               RETURN pg_catalog.nameeq($1, $2); END $$; \
+         CREATE OPERATOR evil.= (leftarg = name, rightarg = name, function = evil.eq); \
+         ALTER DATABASE {} SET search_path = evil, pg_catalog",
+        db.name
+    ))
+    .unwrap();
+    let logged = || -> i64 {
+        db.connect("postgres")
+            .query_one("SELECT count(*) FROM tenancy.security_event_log", &[])
+            .unwrap()
+            .get(0)
+    };
+    let wait_for = |n: i64| {
+        let start = std::time::Instant::now();
+        while logged() < n && start.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        logged()
+    };
+    // A refused bind is an event: the writer logs it ...
+    let mut o = db.connect(&owner);
+    assert!(o.batch_execute("SELECT tenancy.bind('garbage')").is_err());
+    assert_eq!(wait_for(1), 1, "the event was not logged");
+    // ... running none of the owner's code, and making no superuser of it.
+    let ran: i64 = db
+        .connect("postgres")
+        .query_one("SELECT count(*) FROM evil.ran", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 0, "the writer ran the owner's operator");
+    let superuser_now: bool = main
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
+            &[&owner],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!superuser_now, "the database owner became a superuser");
+    // A read-only default does not keep events out (after the writer of the first has gone).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    o.batch_execute(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        db.name
+    ))
+    .unwrap();
+    let mut o = db.connect(&owner);
+    assert!(o.batch_execute("SELECT tenancy.bind('garbage')").is_err());
+    assert_eq!(wait_for(2), 2, "the second event was not logged");
+}

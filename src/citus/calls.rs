@@ -1,0 +1,313 @@
+//! Citus's own functions that would take a protected table's protection apart, refused before
+//! the statement that calls them is planned (`pg::binding_param::set_query_check`).
+//!
+//! Citus lets a table's owner reshape its table with SQL functions that change the catalog in
+//! C, with no DDL command for pg_tenancy's guard to see: `undistribute_table` copies the rows
+//! the caller can read (under row security, one tenant's) into a local table and drops the
+//! rest; `citus_drop_all_shards` after `master_remove_distributed_table_metadata_from_workers`
+//! drops every tenant's shards unrecorded; on a worker, `worker_drop_distributed_table` and
+//! `citus_internal`'s metadata functions take a shard out of the metadata through which the
+//! guard there knows it, after which the owner changed its row security and read every
+//! tenant's rows (an attacker's pass did each of these as a table owner). So, for a protected
+//! table:
+//! - `undistribute_table`, `alter_distributed_table` and `alter_table_set_access_method` are
+//!   refused to everyone (a superuser unprotects first);
+//! - `citus_drop_all_shards`, `master_drop_all_shards`,
+//!   `master_remove_distributed_table_metadata_from_workers` and
+//!   `master_remove_partition_metadata` are refused to a role that is not a superuser outside
+//!   a DROP (Citus calls them from its DROP event trigger, where the table is gone already);
+//! - `worker_drop_distributed_table` and `worker_drop_shell_table` are refused to a role that
+//!   is not a superuser outside a connection Citus opened (the coordinator sends them for a
+//!   DROP); and `citus_internal.delete_shard_metadata`, `delete_placement_metadata`,
+//!   `update_placement_metadata` and `delete_partition_metadata` to a role that is not a
+//!   superuser (shard moves and splits of a protected table are a superuser's).
+//!
+//! A call whose table cannot be told before it runs (an argument that is not a constant) is
+//! refused to a role that is not a superuser. Citus's own calls from C are not SQL and are not
+//! seen here: only what a statement names.
+
+use crate::{catalog, errors};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Reshapes a table (first argument a regclass): refused for a protected table.
+    Reshape,
+    /// Drops a table's shards or metadata (first argument a regclass): only inside a DROP.
+    Drop,
+    /// Drops a worker's copy of a table (first argument its name): only in Citus's connections.
+    WorkerDrop,
+    /// Changes Citus's metadata of a shard (first argument a shard id).
+    Shard,
+    /// ... of a placement (first argument a placement id).
+    Placement,
+    /// ... of a table (first argument a regclass).
+    Partition,
+}
+
+const FUNCTIONS: &[(&str, &str, Kind)] = &[
+    ("pg_catalog", "undistribute_table", Kind::Reshape),
+    ("pg_catalog", "alter_distributed_table", Kind::Reshape),
+    ("pg_catalog", "alter_table_set_access_method", Kind::Reshape),
+    ("pg_catalog", "citus_drop_all_shards", Kind::Drop),
+    ("pg_catalog", "master_drop_all_shards", Kind::Drop),
+    (
+        "pg_catalog",
+        "master_remove_distributed_table_metadata_from_workers",
+        Kind::Drop,
+    ),
+    ("pg_catalog", "master_remove_partition_metadata", Kind::Drop),
+    (
+        "pg_catalog",
+        "worker_drop_distributed_table",
+        Kind::WorkerDrop,
+    ),
+    ("pg_catalog", "worker_drop_shell_table", Kind::WorkerDrop),
+    ("citus_internal", "delete_shard_metadata", Kind::Shard),
+    (
+        "citus_internal",
+        "delete_placement_metadata",
+        Kind::Placement,
+    ),
+    ("citus_internal", "update_placement_metadata", Kind::Shard),
+    (
+        "citus_internal",
+        "delete_partition_metadata",
+        Kind::Partition,
+    ),
+];
+
+thread_local! {
+    /// Functions looked up so far, by OID: which of the above each is (None: none).
+    static KINDS: RefCell<HashMap<pg_sys::Oid, Option<(&'static str, Kind)>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Which of the functions above `func` is, by its schema and name (syscache lookups: no
+/// statement runs, which on a worker could give the transaction a distributed id before
+/// Citus's own first statement does).
+fn kind_of(func: pg_sys::Oid) -> Option<(&'static str, Kind)> {
+    if u32::from(func) < pg_sys::FirstNormalObjectId {
+        return None;
+    }
+    if let Some(k) = KINDS.with(|k| k.borrow().get(&func).copied()) {
+        return k;
+    }
+    // SAFETY: syscache lookups of a function the parser resolved; the names returned are
+    // palloc'd C strings or null.
+    let (schema, name) = unsafe {
+        let n = pg_sys::get_func_name(func);
+        let s = pg_sys::get_namespace_name(pg_sys::get_func_namespace(func));
+        if n.is_null() || s.is_null() {
+            return None;
+        }
+        (
+            std::ffi::CStr::from_ptr(s).to_bytes().to_vec(),
+            std::ffi::CStr::from_ptr(n).to_bytes().to_vec(),
+        )
+    };
+    let k = FUNCTIONS
+        .iter()
+        .find(|(sc, n, _)| sc.as_bytes() == schema.as_slice() && n.as_bytes() == name.as_slice())
+        .map(|(_, n, k)| (*n, *k));
+    KINDS.with(|m| m.borrow_mut().insert(func, k));
+    k
+}
+
+thread_local! {
+    /// Set while a query is checked.
+    static CHECKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Clears [`CHECKING`] when the check ends, by returning or by raising.
+struct Checking;
+impl Drop for Checking {
+    fn drop(&mut self) {
+        CHECKING.with(|c| c.set(false));
+    }
+}
+
+pub fn init() {
+    crate::pg::binding_param::set_query_check(check_query);
+}
+
+/// A constant argument: its value and type.
+type Constant = (pg_sys::Datum, pg_sys::Oid);
+
+/// The calls of the functions above that a statement makes, each with its first argument
+/// folded to a constant where it is one.
+struct Found {
+    calls: Vec<(&'static str, Kind, Option<Constant>)>,
+}
+
+/// Before a query is planned, where Citus is created in the database.
+///
+/// # Safety
+/// `parse` must be a valid Query.
+unsafe fn check_query(parse: *mut pg_sys::Query) {
+    // SAFETY: creating_extension is this backend's own flag (an extension's script runs).
+    let creating = unsafe { pg_sys::creating_extension };
+    if CHECKING.with(|c| c.get())
+        || creating
+        || !crate::pg::citus::in_database()
+        || crate::pg::citus::catalog_work_stands_aside()
+    {
+        return;
+    }
+    // The check's own statements (catalog reads) are not checked again.
+    CHECKING.with(|c| c.set(true));
+    let _checking = Checking;
+    let mut found = Found { calls: Vec::new() };
+    // SAFETY: `parse` is a valid Query (this function's contract); the walker reads it as its
+    // tags say and collects into `found`, alive for the walk.
+    unsafe {
+        walker(parse.cast(), (&mut found as *mut Found).cast());
+    }
+    if found.calls.is_empty() || !catalog::installed() {
+        return;
+    }
+    for (name, kind, arg) in found.calls {
+        refuse(name, kind, arg);
+    }
+}
+
+/// The tree walker: every FuncExpr of the query, its subqueries and CTEs.
+///
+/// # Safety
+/// `node` must be null or a node of a valid analyzed query tree, and `context` point at the
+/// live [`Found`] of the walk.
+#[pg_guard]
+unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: as this function's contract says; nodes are read as their tags say.
+    unsafe {
+        if (*node).type_ == pg_sys::NodeTag::T_Query {
+            return pg_sys::query_tree_walker(node.cast(), Some(walker), context, 0);
+        }
+        if (*node).type_ == pg_sys::NodeTag::T_FuncExpr {
+            let f = node as *mut pg_sys::FuncExpr;
+            let found = &mut *(context as *mut Found);
+            if let Some((name, kind)) = kind_of((*f).funcid) {
+                let args = (*f).args;
+                let first = if args.is_null() || (*args).length == 0 {
+                    None
+                } else {
+                    let a = (*(*args).elements).ptr_value as *mut pg_sys::Node;
+                    // Folded as the planner would fold it (a literal's implicit cast), as
+                    // the caller.
+                    let folded = pg_sys::eval_const_expressions(std::ptr::null_mut(), a);
+                    (!folded.is_null() && (*folded).type_ == pg_sys::NodeTag::T_Const)
+                        .then_some(folded as *mut pg_sys::Const)
+                        .filter(|c| !(**c).constisnull)
+                        .map(|c| ((*c).constvalue, (*c).consttype))
+                };
+                found.calls.push((name, kind, first));
+            }
+        }
+        pg_sys::expression_tree_walker(node, Some(walker), context)
+    }
+}
+
+/// The table a call is about, when its argument says (None: none that exists, or not known).
+fn table_of(kind: Kind, arg: Constant) -> Option<pg_sys::Oid> {
+    let (value, typ) = arg;
+    let sql = match (kind, typ) {
+        (Kind::Reshape | Kind::Drop | Kind::Partition, pg_sys::REGCLASSOID | pg_sys::OIDOID) => {
+            return Some(pg_sys::Oid::from(value.value() as u32));
+        }
+        (Kind::WorkerDrop, pg_sys::TEXTOID) => {
+            "SELECT pg_catalog.to_regclass($1::text)::pg_catalog.oid"
+        }
+        (Kind::Shard, pg_sys::INT8OID) => {
+            "SELECT s.logicalrelid::pg_catalog.oid FROM pg_catalog.pg_dist_shard s WHERE s.shardid = $1::int8"
+        }
+        (Kind::Placement, pg_sys::INT8OID) => {
+            "SELECT s.logicalrelid::pg_catalog.oid FROM pg_catalog.pg_dist_placement pl \
+               JOIN pg_catalog.pg_dist_shard s ON s.shardid = pl.shardid WHERE pl.placementid = $1::int8"
+        }
+        _ => return None,
+    };
+    let bound: pgrx::datum::DatumWithOid = if typ == pg_sys::TEXTOID {
+        // SAFETY: a non-null text Const's value is a text varlena.
+        unsafe { String::from_datum(value, false) }
+            .unwrap_or_default()
+            .into()
+    } else {
+        (value.value() as i64).into()
+    };
+    catalog::owner_rows("Citus's metadata", sql, &[bound], |r| {
+        r.get::<pg_sys::Oid>(1)
+    })
+    .into_iter()
+    .flatten()
+    .next()
+}
+
+/// Whether `rel` is a protected table: on the coordinator in `tenancy.protected_table`, on a
+/// worker (a Citus table's copy there) in this node's copy of `tenancy.citus_protection`.
+fn protected(rel: pg_sys::Oid) -> bool {
+    catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let records = super::guard::local_copy(c)?;
+            c.select(
+                &format!(
+                    "SELECT EXISTS (SELECT FROM tenancy.protected_table p WHERE p.relid::pg_catalog.oid = $1) \
+                         OR EXISTS (SELECT FROM {records} q WHERE q.relation = $1::pg_catalog.regclass::text \
+                                       OR q.coordinator_relid = $1)"
+                ),
+                Some(1),
+                &[rel.into()],
+            )?
+            .first()
+            .get_one::<bool>()
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading whether a table is protected failed: {e}"))
+    .unwrap_or(false)
+}
+
+fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {
+    // SAFETY: superuser() reads the current user's role through the syscache.
+    let superuser = unsafe { pg_sys::superuser() };
+    let exempt = match kind {
+        Kind::Reshape => false,
+        Kind::Drop => {
+            superuser
+                || crate::pg::hooks::running(&[
+                    pg_sys::NodeTag::T_DropStmt,
+                    pg_sys::NodeTag::T_DropOwnedStmt,
+                ])
+        }
+        Kind::WorkerDrop => superuser || crate::pg::citus::internal_backend(),
+        Kind::Shard | Kind::Placement | Kind::Partition => superuser,
+    };
+    if exempt {
+        return;
+    }
+    let table = arg.and_then(|a| table_of(kind, a));
+    let is_protected = table.is_some_and(protected);
+    let unknown = arg.is_none();
+    let refused = is_protected || (unknown && !superuser);
+    if !refused {
+        return;
+    }
+    let shown = table
+        .map(catalog::relation_name)
+        .map(|t| format!("protected table \"{}\"", errors::clean(&t)))
+        .unwrap_or_else(|| "a table it cannot name before it runs".to_string());
+    errors::raise(
+        errors::INSUFFICIENT_PRIVILEGE,
+        format!("Citus's {name}() on {shown} would undo its protection, unrecorded"),
+        match kind {
+            Kind::Reshape => "An operator unprotects the table first (SELECT tenancy.unprotect(...)); reshape it; then protects it again.",
+            Kind::Drop | Kind::WorkerDrop => "Drop the table with DROP TABLE on the coordinator, which records each tenant's rows it removes.",
+            _ => "Moving, splitting or removing a protected table's shards is a superuser's work on Citus.",
+        },
+    );
+}
