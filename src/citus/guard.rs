@@ -251,7 +251,11 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                 )?;
             }
             // Each touched relation that belongs to a recorded table: its shell (a Citus table
-            // on a worker), a shard found by its name (its table's with `_<shardid>`, the id
+            // on a worker); on a worker, a relation named as a shard of a recorded table
+            // (`<table>_<shard id>` in its schema) whether or not Citus's metadata still knows
+            // it (a table's owner took a shard out of the metadata with Citus's
+            // worker_drop_distributed_table under Citus's connection name, after which the
+            // guard no longer knew it; found by an attacker's pass); a shard found by its name (its table's with `_<shardid>`, the id
             // looked up and the name confirmed by Citus's shard_name()) that has a placement on
             // this node in Citus's metadata (a placement a shard move is still building is not
             // registered until the move ends, and Citus sends nothing to it before: its
@@ -259,7 +263,7 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
             // transaction; verify() checks it once registered), or any relation whose
             // policies name a recorded table (a shard renamed: it keeps its policies, which
             // name its table by oid).
-            let guarded: Vec<(String, String, String, bool)> = c
+            let guarded: Vec<(String, String, String, bool, bool)> = c
                 .select(
                     &format!("WITH t AS ( \
                         SELECT r.oid, r.oid::regclass::text AS relation, \
@@ -277,11 +281,25 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                                  WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint \
                                    AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid \
                                    AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl WHERE pl.shardid = s.shardid \
-                                                     AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) AS building \
+                                                     AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) AS building, \
+                               NOT pg_catalog.citus_is_coordinator() \
+                                 AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) AS may_be_shard, \
+                               (SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.oid = r.relnamespace) AS nsp, \
+                               r.relname::text AS relname \
                           FROM pg_catalog.unnest($1::oid[]) AS u(oid) JOIN pg_catalog.pg_class r ON r.oid = u.oid \
-                         WHERE NOT (pg_catalog.citus_is_coordinator() AND EXISTS (SELECT FROM {records} q WHERE q.coordinator_relid = u.oid))) \
-                      SELECT t.relation, p.relation, p.signature, (t.shell_of IS NOT NULL OR t.shard_of IS NOT NULL) \
+                         WHERE NOT (pg_catalog.citus_is_coordinator() AND EXISTS (SELECT FROM {records} q WHERE q.coordinator_relid = u.oid))), \
+                      named_like AS ( \
+                        SELECT t.oid, p.relation FROM t CROSS JOIN {records} p \
+                               CROSS JOIN LATERAL pg_catalog.parse_ident(p.relation) AS i(parts) \
+                         WHERE t.may_be_shard AND pg_catalog.cardinality(i.parts) = 2 AND i.parts[1] = t.nsp \
+                           AND pg_catalog.starts_with(t.relname, i.parts[2] || '_') \
+                           AND pg_catalog.substr(t.relname, pg_catalog.length(i.parts[2]) + 2) ~ '^[0-9]{{6,18}}$') \
+                      SELECT t.relation, p.relation, p.signature, \
+                             (t.shell_of IS NOT NULL OR t.shard_of IS NOT NULL \
+                              OR EXISTS (SELECT FROM named_like l WHERE l.oid = t.oid AND l.relation = p.relation)), \
+                             (t.shell_of IS NULL AND t.shard_of IS NULL) \
                         FROM t JOIN {records} p ON p.relation = t.shell_of OR p.relation = t.shard_of OR p.relation = ANY (t.named) \
+                             OR EXISTS (SELECT FROM named_like l WHERE l.oid = t.oid AND l.relation = p.relation) \
                        WHERE NOT t.building \
                        ORDER BY 1, 2"),
                     None,
@@ -293,10 +311,20 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                         r.get::<String>(2)?.unwrap_or_default(),
                         r.get::<String>(3)?.unwrap_or_default(),
                         r.get::<bool>(4)?.unwrap_or(false),
+                        r.get::<bool>(5)?.unwrap_or(false),
                     ))
                 })
                 .collect::<Result<_, pgrx::spi::Error>>()?;
-            for (relation, table, recorded, by_name) in guarded {
+            for (relation, table, recorded, by_name, unknown_to_citus) in guarded {
+                if by_name
+                    && unknown_to_citus
+                    && crate::pg::hooks::running(&[pg_sys::NodeTag::T_DropStmt])
+                {
+                    // A shard Citus's metadata no longer knows, dropped: the coordinator's
+                    // DROP TABLE takes the table's metadata off the workers before it drops
+                    // the shards (whose policies went with the worker's copy of the table).
+                    continue;
+                }
                 let now = guard_signature(c, &relation, &table)?;
                 if !by_name {
                     // Not its table's shell nor found under its shard's name, yet its policies

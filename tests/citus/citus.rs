@@ -2153,4 +2153,51 @@ fn a_tables_owner_cannot_take_its_protection_apart_with_citus_functions() {
     assert_eq!(count_shards(&mut su), shards);
     o.batch_execute(&format!("DROP TABLE public.{t}"))
         .unwrap_or_else(|e| panic!("DROP TABLE: {}", message(&e)));
+
+    // Under Citus's connection name the owner may still drop a worker's copy of its table
+    // (Citus's DROP does it so), which takes its shards there out of Citus's metadata: the
+    // guard still knows them by their names, and refuses to weaken them.
+    let t2 = format!("apart_two_{pid}");
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t2} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t2}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{t2}', audit => false)"),
+            format!("ALTER TABLE public.{t2} OWNER TO {owner}"),
+        ],
+    );
+    let shard: String = su
+        .query_one(
+            &format!(
+                "SELECT shard_name('public.{t2}'::regclass, shardid) FROM citus_shards \
+                  WHERE table_name = 'public.{t2}'::regclass AND nodeport = $1 ORDER BY shardid LIMIT 1"
+            ),
+            &[&i32::from(ports()[1])],
+        )
+        .unwrap()
+        .get(0);
+    // In a transaction rolled back at the end: the table is left as it was for the other tests
+    // (whose verify() reads every protected table, and whose shard moves share its colocation).
+    spoofed
+        .batch_execute(&format!(
+            "BEGIN; SELECT worker_drop_distributed_table('public.{t2}'); \
+             SET LOCAL citus.override_table_visibility = off"
+        ))
+        .unwrap();
+    for sql in [
+        format!("ALTER TABLE {shard} NO FORCE ROW LEVEL SECURITY"),
+        format!("ALTER TABLE {shard} DISABLE ROW LEVEL SECURITY"),
+        format!("CREATE POLICY widen ON {shard} USING (true)"),
+    ] {
+        spoofed.batch_execute("SAVEPOINT s").unwrap();
+        let e = spoofed
+            .batch_execute(&sql)
+            .expect_err(&format!("{sql} was not refused"));
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        spoofed.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    }
+    spoofed.batch_execute("ROLLBACK").unwrap();
+    o.batch_execute(&format!("DROP TABLE public.{t2}"))
+        .unwrap_or_else(|e| panic!("DROP TABLE: {}", message(&e)));
 }
