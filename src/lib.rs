@@ -54,6 +54,7 @@ pub extern "C-unwind" fn _PG_init() {
     telemetry::init();
     catalog::init();
     pg::hooks::init();
+    pg::fmgr_gate::init();
     binding::init();
     protection::init();
     pg::binding_param::init();

@@ -133,6 +133,67 @@ impl Drop for Checking {
 
 pub fn init() {
     crate::pg::binding_param::set_query_check(check_query);
+    crate::pg::fmgr_gate::set(|func| kind_of(func).is_some(), before_call);
+}
+
+/// Whether the checks stand aside now: Citus is not in the database, this is a superuser's
+/// connection Citus opened for its own work, an extension's script runs, or a check is
+/// running already (its own catalog reads).
+fn stands_aside() -> bool {
+    // SAFETY: creating_extension is this backend's own flag (an extension's script runs).
+    let creating = unsafe { pg_sys::creating_extension };
+    CHECKING.with(|c| c.get())
+        || creating
+        || !crate::pg::citus::in_database()
+        || crate::pg::citus::catalog_work_stands_aside()
+}
+
+/// Before each call of one of the functions above, however it is reached (a constraint's
+/// expression, an inlined SQL function's body: `pg::fmgr_gate`), with its call expression.
+/// A call from C (no expression) is Citus's own.
+fn before_call(func: pg_sys::Oid, expr: *mut pg_sys::Node) {
+    if expr.is_null() || stands_aside() {
+        return;
+    }
+    let Some((name, kind)) = kind_of(func) else {
+        return;
+    };
+    // SAFETY: a call's fn_expr is its FuncExpr (or another node, read by its tag).
+    let arg = unsafe {
+        if (*expr).type_ == pg_sys::NodeTag::T_FuncExpr {
+            first_constant(expr as *mut pg_sys::FuncExpr)
+        } else {
+            None
+        }
+    };
+    if !catalog::installed() {
+        return;
+    }
+    CHECKING.with(|c| c.set(true));
+    let _checking = Checking;
+    refuse(name, kind, arg);
+}
+
+/// The first argument of call `f`, folded to a constant as the planner would fold it (a
+/// literal's implicit cast), when it is one.
+///
+/// # Safety
+/// `f` must be a valid FuncExpr.
+unsafe fn first_constant(f: *mut pg_sys::FuncExpr) -> Option<Constant> {
+    // SAFETY: `f` is valid (this function's contract); its argument list holds expression
+    // nodes; eval_const_expressions returns a new node (or the same) for one.
+    unsafe {
+        let args = (*f).args;
+        if args.is_null() || (*args).length == 0 {
+            return None;
+        }
+        let a = (*(*args).elements).ptr_value as *mut pg_sys::Node;
+        let folded = pg_sys::eval_const_expressions(std::ptr::null_mut(), a);
+        (!folded.is_null() && (*folded).type_ == pg_sys::NodeTag::T_Const)
+            .then_some(folded as *mut pg_sys::Const)
+            .filter(|c| !(**c).constisnull)
+            .map(|c| ((*c).constvalue, (*c).consttype))
+    }
 }
 
 /// A constant argument: its value and type.
@@ -149,13 +210,7 @@ struct Found {
 /// # Safety
 /// `parse` must be a valid Query.
 unsafe fn check_query(parse: *mut pg_sys::Query) {
-    // SAFETY: creating_extension is this backend's own flag (an extension's script runs).
-    let creating = unsafe { pg_sys::creating_extension };
-    if CHECKING.with(|c| c.get())
-        || creating
-        || !crate::pg::citus::in_database()
-        || crate::pg::citus::catalog_work_stands_aside()
-    {
+    if stands_aside() {
         return;
     }
     // The check's own statements (catalog reads) are not checked again.
@@ -194,20 +249,7 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
             let f = node as *mut pg_sys::FuncExpr;
             let found = &mut *(context as *mut Found);
             if let Some((name, kind)) = kind_of((*f).funcid) {
-                let args = (*f).args;
-                let first = if args.is_null() || (*args).length == 0 {
-                    None
-                } else {
-                    let a = (*(*args).elements).ptr_value as *mut pg_sys::Node;
-                    // Folded as the planner would fold it (a literal's implicit cast), as
-                    // the caller.
-                    let folded = pg_sys::eval_const_expressions(std::ptr::null_mut(), a);
-                    (!folded.is_null() && (*folded).type_ == pg_sys::NodeTag::T_Const)
-                        .then_some(folded as *mut pg_sys::Const)
-                        .filter(|c| !(**c).constisnull)
-                        .map(|c| ((*c).constvalue, (*c).consttype))
-                };
-                found.calls.push((name, kind, first));
+                found.calls.push((name, kind, first_constant(f)));
             }
         }
         pg_sys::expression_tree_walker(node, Some(walker), context)

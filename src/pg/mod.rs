@@ -6,6 +6,7 @@
 pub mod binding_param;
 pub mod citus;
 pub mod executor_end;
+pub mod fmgr_gate;
 pub mod guc;
 pub mod hooks;
 pub mod jsonb_build;

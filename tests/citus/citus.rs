@@ -2127,6 +2127,20 @@ fn a_tables_owner_cannot_take_its_protection_apart_with_citus_functions() {
     ] {
         refused(&mut o, &sql);
     }
+    // Reached without a statement naming it: a SQL function the planner inlines (the call
+    // runs from the plan, through the function manager's gate).
+    o.batch_execute(
+        "CREATE FUNCTION pg_temp.reshape(r regclass) RETURNS void LANGUAGE sql AS $$ SELECT undistribute_table(r) $$",
+    )
+    .unwrap();
+    refused(&mut o, &format!("SELECT pg_temp.reshape('public.{t}')"));
+    // ... and a constraint's expression, which no planner sees.
+    o.batch_execute(&format!(
+        "CREATE TEMP TABLE trap (x int CHECK ((undistribute_table('public.{t}'))::text IS NOT NULL))"
+    ))
+    .unwrap();
+    refused(&mut o, "INSERT INTO trap VALUES (1)");
+    o.batch_execute("DROP TABLE trap").unwrap();
     let mut w = node(1, &owner);
     assert_not_privileged(&mut w);
     refused(
