@@ -559,14 +559,14 @@ pub unsafe extern "C-unwind" fn tenancy_event_writer(arg: pg_sys::Datum) {
     // (ALTER DATABASE ... SET, which the database's owner may make without being a superuser):
     // a search_path that puts the owner's schema first made a superuser of it through an
     // operator it planted there, and default_transaction_read_only or a short timeout kept
-    // every event out of the log (found by an attacker's pass;
+    // every event out of the log, and so would a `role` to run as (found by an attacker's pass;
     // `a_databases_settings_cannot_turn_the_event_writer` in
     // tests/integration/tests/trust_boundaries.rs). Settled for the session before anything
     // else runs, in a transaction of their own (a read-only one may still SET), and every name
     // below is qualified besides.
     BackgroundWorker::transaction(|| {
         Spi::run(
-            "SET search_path TO pg_catalog, pg_temp; SET default_transaction_read_only TO off; \
+            "SET ROLE NONE; SET search_path TO pg_catalog, pg_temp; SET default_transaction_read_only TO off; \
              SET statement_timeout TO 0; SET lock_timeout TO 0; \
              SET idle_in_transaction_session_timeout TO 0; SET default_transaction_isolation TO 'read committed'",
         )

@@ -49,36 +49,27 @@ enum Kind {
     Partition,
 }
 
-const FUNCTIONS: &[(&str, &str, Kind)] = &[
-    ("pg_catalog", "undistribute_table", Kind::Reshape),
-    ("pg_catalog", "alter_distributed_table", Kind::Reshape),
-    ("pg_catalog", "alter_table_set_access_method", Kind::Reshape),
-    ("pg_catalog", "citus_drop_all_shards", Kind::Drop),
-    ("pg_catalog", "master_drop_all_shards", Kind::Drop),
+/// By the C function each calls (`prosrc` of a function in C): Citus 13 installs some under
+/// two SQL names (`citus_internal.delete_shard_metadata` and
+/// `pg_catalog.citus_internal_delete_shard_metadata`), both calling the same C function.
+const FUNCTIONS: &[(&str, Kind)] = &[
+    ("undistribute_table", Kind::Reshape),
+    ("alter_distributed_table", Kind::Reshape),
+    ("alter_table_set_access_method", Kind::Reshape),
+    ("update_distributed_table_colocation", Kind::Reshape),
+    ("citus_drop_all_shards", Kind::Drop),
+    ("master_drop_all_shards", Kind::Drop),
     (
-        "pg_catalog",
         "master_remove_distributed_table_metadata_from_workers",
         Kind::Drop,
     ),
-    ("pg_catalog", "master_remove_partition_metadata", Kind::Drop),
-    (
-        "pg_catalog",
-        "worker_drop_distributed_table",
-        Kind::WorkerDrop,
-    ),
-    ("pg_catalog", "worker_drop_shell_table", Kind::WorkerDrop),
-    ("citus_internal", "delete_shard_metadata", Kind::Shard),
-    (
-        "citus_internal",
-        "delete_placement_metadata",
-        Kind::Placement,
-    ),
-    ("citus_internal", "update_placement_metadata", Kind::Shard),
-    (
-        "citus_internal",
-        "delete_partition_metadata",
-        Kind::Partition,
-    ),
+    ("master_remove_partition_metadata", Kind::Drop),
+    ("worker_drop_distributed_table", Kind::WorkerDrop),
+    ("worker_drop_shell_table", Kind::WorkerDrop),
+    ("citus_internal_delete_shard_metadata", Kind::Shard),
+    ("citus_internal_update_placement_metadata", Kind::Shard),
+    ("citus_internal_delete_placement_metadata", Kind::Placement),
+    ("citus_internal_delete_partition_metadata", Kind::Partition),
 ];
 
 thread_local! {
@@ -87,9 +78,9 @@ thread_local! {
         RefCell::new(HashMap::new());
 }
 
-/// Which of the functions above `func` is, by its schema and name (syscache lookups: no
+/// Which of the functions above `func` is, by the C function it calls (a syscache lookup: no
 /// statement runs, which on a worker could give the transaction a distributed id before
-/// Citus's own first statement does).
+/// Citus's own first statement does). Never raises.
 fn kind_of(func: pg_sys::Oid) -> Option<(&'static str, Kind)> {
     if u32::from(func) < pg_sys::FirstNormalObjectId {
         return None;
@@ -97,38 +88,58 @@ fn kind_of(func: pg_sys::Oid) -> Option<(&'static str, Kind)> {
     if let Some(k) = KINDS.with(|k| k.borrow().get(&func).copied()) {
         return k;
     }
-    // SAFETY: syscache lookups of a function the parser resolved; the names returned are
-    // palloc'd C strings or null.
-    let (schema, name) = unsafe {
-        let n = pg_sys::get_func_name(func);
-        let s = pg_sys::get_namespace_name(pg_sys::get_func_namespace(func));
-        if n.is_null() || s.is_null() {
+    // SAFETY: a syscache lookup of a function by OID (callers run inside a transaction, where
+    // functions are looked up). A found tuple is a pg_proc row: its fixed part is read through
+    // GETSTRUCT and its prosrc through SysCacheGetAttr (a text datum pointing into the tuple,
+    // copied to a Rust string) before ReleaseSysCache.
+    let symbol = unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::PROCOID as std::ffi::c_int,
+            pg_sys::Datum::from(func),
+        );
+        if tup.is_null() {
             return None;
         }
-        (
-            std::ffi::CStr::from_ptr(s).to_bytes().to_vec(),
-            std::ffi::CStr::from_ptr(n).to_bytes().to_vec(),
-        )
+        let form = &*(pg_sys::GETSTRUCT(tup) as *mut pg_sys::FormData_pg_proc);
+        let symbol = if form.prolang == pg_sys::Oid::from_u32(13)
+        /* ClanguageId */
+        {
+            let mut isnull = false;
+            let d = pg_sys::SysCacheGetAttr(
+                pg_sys::SysCacheIdentifier::PROCOID as std::ffi::c_int,
+                tup,
+                pg_sys::Anum_pg_proc_prosrc as pg_sys::AttrNumber,
+                &mut isnull,
+            );
+            if isnull {
+                None
+            } else {
+                let t = pg_sys::text_to_cstring(d.cast_mut_ptr());
+                let s = std::ffi::CStr::from_ptr(t).to_string_lossy().into_owned();
+                pg_sys::pfree(t.cast());
+                Some(s)
+            }
+        } else {
+            None
+        };
+        pg_sys::ReleaseSysCache(tup);
+        symbol
     };
-    let k = FUNCTIONS
-        .iter()
-        .find(|(sc, n, _)| sc.as_bytes() == schema.as_slice() && n.as_bytes() == name.as_slice())
-        .map(|(_, n, k)| (*n, *k));
-    KINDS.with(|m| m.borrow_mut().insert(func, k));
+    let k = symbol.and_then(|sym| {
+        FUNCTIONS
+            .iter()
+            .find(|(name, _)| *name == sym)
+            .map(|(name, k)| (*name, *k))
+    });
+    KINDS.with(|m| {
+        let mut m = m.borrow_mut();
+        // Bounded: a backend that looks up many functions (temporary ones, say) starts again.
+        if m.len() >= 4096 {
+            m.clear();
+        }
+        m.insert(func, k);
+    });
     k
-}
-
-thread_local! {
-    /// Set while a query is checked.
-    static CHECKING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Clears [`CHECKING`] when the check ends, by returning or by raising.
-struct Checking;
-impl Drop for Checking {
-    fn drop(&mut self) {
-        CHECKING.with(|c| c.set(false));
-    }
 }
 
 pub fn init() {
@@ -136,28 +147,29 @@ pub fn init() {
     crate::pg::fmgr_gate::set(|func| kind_of(func).is_some(), before_call);
 }
 
-/// Whether the checks stand aside now: Citus is not in the database, this is a superuser's
-/// connection Citus opened for its own work, an extension's script runs, or a check is
-/// running already (its own catalog reads).
+/// Whether the checks stand aside now: an extension's script runs, Citus is not in the
+/// database, pg_tenancy is not, or this is a superuser's connection Citus opened for its own
+/// work. (Asked only once a call of one of the functions above is found: they exist only
+/// where Citus does.)
 fn stands_aside() -> bool {
     // SAFETY: creating_extension is this backend's own flag (an extension's script runs).
     let creating = unsafe { pg_sys::creating_extension };
-    CHECKING.with(|c| c.get())
-        || creating
+    creating
         || !crate::pg::citus::in_database()
         || crate::pg::citus::catalog_work_stands_aside()
+        || !catalog::installed()
 }
 
 /// Before each call of one of the functions above, however it is reached (a constraint's
 /// expression, an inlined SQL function's body: `pg::fmgr_gate`), with its call expression.
 /// A call from C (no expression) is Citus's own.
 fn before_call(func: pg_sys::Oid, expr: *mut pg_sys::Node) {
-    if expr.is_null() || stands_aside() {
-        return;
-    }
     let Some((name, kind)) = kind_of(func) else {
         return;
     };
+    if expr.is_null() || stands_aside() {
+        return;
+    }
     // SAFETY: a call's fn_expr is its FuncExpr (or another node, read by its tag).
     let arg = unsafe {
         if (*expr).type_ == pg_sys::NodeTag::T_FuncExpr {
@@ -166,11 +178,6 @@ fn before_call(func: pg_sys::Oid, expr: *mut pg_sys::Node) {
             None
         }
     };
-    if !catalog::installed() {
-        return;
-    }
-    CHECKING.with(|c| c.set(true));
-    let _checking = Checking;
     refuse(name, kind, arg);
 }
 
@@ -188,6 +195,14 @@ unsafe fn first_constant(f: *mut pg_sys::FuncExpr) -> Option<Constant> {
             return None;
         }
         let a = (*(*args).elements).ptr_value as *mut pg_sys::Node;
+        // Folded only when it calls nothing but built-in functions: folding runs the
+        // IMMUTABLE functions it calls, as the caller, and a function of the caller's could
+        // call one of the functions above from inside the check (a reviewer's bypass).
+        if pg_sys::expression_tree_walker(a, Some(calls_a_defined_function), std::ptr::null_mut())
+            || calls_a_defined_function(a, std::ptr::null_mut())
+        {
+            return None;
+        }
         let folded = pg_sys::eval_const_expressions(std::ptr::null_mut(), a);
         (!folded.is_null() && (*folded).type_ == pg_sys::NodeTag::T_Const)
             .then_some(folded as *mut pg_sys::Const)
@@ -210,24 +225,53 @@ struct Found {
 /// # Safety
 /// `parse` must be a valid Query.
 unsafe fn check_query(parse: *mut pg_sys::Query) {
-    if stands_aside() {
-        return;
-    }
-    // The check's own statements (catalog reads) are not checked again.
-    CHECKING.with(|c| c.set(true));
-    let _checking = Checking;
     let mut found = Found { calls: Vec::new() };
     // SAFETY: `parse` is a valid Query (this function's contract); the walker reads it as its
     // tags say and collects into `found`, alive for the walk.
     unsafe {
         walker(parse.cast(), (&mut found as *mut Found).cast());
     }
-    if found.calls.is_empty() || !catalog::installed() {
+    if found.calls.is_empty() || stands_aside() {
         return;
     }
     for (name, kind, arg) in found.calls {
         refuse(name, kind, arg);
     }
+}
+
+/// Whether `node`, or an expression under it, calls a function that is not built in (or holds
+/// a subquery): true stops the walk.
+///
+/// # Safety
+/// `node` must be null or a node of a valid analyzed expression tree.
+#[pg_guard]
+unsafe extern "C-unwind" fn calls_a_defined_function(
+    node: *mut pg_sys::Node,
+    context: *mut c_void,
+) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: as this function's contract says; nodes are read as their tags say.
+    unsafe {
+        if matches!(
+            (*node).type_,
+            pg_sys::NodeTag::T_SubLink | pg_sys::NodeTag::T_Query
+        ) {
+            return true;
+        }
+        if pg_sys::check_functions_in_node(node, Some(defined), context) {
+            return true;
+        }
+        pg_sys::expression_tree_walker(node, Some(calls_a_defined_function), context)
+    }
+}
+
+/// # Safety
+/// Called by check_functions_in_node with a function's OID.
+#[pg_guard]
+unsafe extern "C-unwind" fn defined(func: pg_sys::Oid, _context: *mut c_void) -> bool {
+    u32::from(func) >= pg_sys::FirstNormalObjectId
 }
 
 /// The tree walker: every FuncExpr of the query, its subqueries and CTEs.

@@ -255,7 +255,8 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
             // (`<table>_<shard id>` in its schema) whether or not Citus's metadata still knows
             // it (a table's owner took a shard out of the metadata with Citus's
             // worker_drop_distributed_table under Citus's connection name, after which the
-            // guard no longer knew it; found by an attacker's pass); a shard found by its name (its table's with `_<shardid>`, the id
+            // guard no longer knew it; found by an attacker's pass; a long name Citus shortens
+            // to `<its first bytes>_<8 hex digits>_<shard id>`); a shard found by its name (its table's with `_<shardid>`, the id
             // looked up and the name confirmed by Citus's shard_name()) that has a placement on
             // this node in Citus's metadata (a placement a shard move is still building is not
             // registered until the move ends, and Citus sends nothing to it before: its
@@ -292,8 +293,11 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                         SELECT t.oid, p.relation FROM t CROSS JOIN {records} p \
                                CROSS JOIN LATERAL pg_catalog.parse_ident(p.relation) AS i(parts) \
                          WHERE t.may_be_shard AND pg_catalog.cardinality(i.parts) = 2 AND i.parts[1] = t.nsp \
-                           AND pg_catalog.starts_with(t.relname, i.parts[2] || '_') \
-                           AND pg_catalog.substr(t.relname, pg_catalog.length(i.parts[2]) + 2) ~ '^[0-9]{{6,18}}$') \
+                           AND ((pg_catalog.starts_with(t.relname, i.parts[2] || '_') \
+                                 AND pg_catalog.substr(t.relname, pg_catalog.length(i.parts[2]) + 2) ~ '^[0-9]{{6,18}}$') \
+                             OR (pg_catalog.octet_length(i.parts[2]) >= 40 \
+                                 AND pg_catalog.starts_with(t.relname, pg_catalog.left(i.parts[2], 20)) \
+                                 AND t.relname ~ '_[0-9a-f]{{8}}_[0-9]{{6,18}}$'))) \
                       SELECT t.relation, p.relation, p.signature, \
                              (t.shell_of IS NOT NULL OR t.shard_of IS NOT NULL \
                               OR EXISTS (SELECT FROM named_like l WHERE l.oid = t.oid AND l.relation = p.relation)), \

@@ -654,7 +654,12 @@ fn exclusion_changes(slug: &str, now: &Value, want: &Value, out: &mut Vec<Change
         by_key(want, |e| text(e, "table")),
     );
     for (table, x, y) in compare(&now, &want) {
-        let (had, wants) = (columns(x), columns(y));
+        let (mut had, mut wants) = (columns(x), columns(y));
+        // Compared as sets: a document may list them in any order.
+        had.sort();
+        had.dedup();
+        wants.sort();
+        wants.dedup();
         if had == wants {
             continue;
         }

@@ -461,6 +461,14 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
         // setting exists where Citus is loaded).
         // SAFETY: as above.
         unsafe { crate::pg::guc::set_in_nest_level(c"citus.enable_unsafe_triggers", c"on") };
+        // One connection per worker: in Citus's parallel mode the statements reach a worker's
+        // shards over several connections of the one distributed transaction, which then wait
+        // for each other there, and Citus's deadlock detector cancels the call (seen in CI:
+        // "transaction 164 waits for 164", logged by tests/citus/run.sh).
+        // SAFETY: as above.
+        unsafe {
+            crate::pg::guc::set_in_nest_level(c"citus.multi_shard_modify_mode", c"sequential")
+        };
     }
     for (who, s) in sql {
         let run = || Spi::connect_mut(|c| c.update(s.as_str(), None, &[]).map(|_| ()));

@@ -1658,8 +1658,25 @@ fn a_databases_settings_cannot_turn_the_event_writer() {
         .unwrap()
         .get(0);
     assert!(!superuser_now, "the database owner became a superuser");
-    // A read-only default does not keep events out (after the writer of the first has gone).
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A read-only default does not keep events out, for a writer started after it was set
+    // (the writer of the first event goes once idle).
+    let start = std::time::Instant::now();
+    while main
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_tenancy security event writer' \
+              AND datname = $1",
+            &[&db.name],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the first event's writer did not go"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     o.batch_execute(&format!(
         "ALTER DATABASE {} SET default_transaction_read_only = on",
         db.name
