@@ -144,6 +144,7 @@ mod trust_inventory {
         ("src/binding/token.rs", include_str!("binding/token.rs")),
         ("src/catalog.rs", include_str!("catalog.rs")),
         ("src/citus/mod.rs", include_str!("citus/mod.rs")),
+        ("src/citus/calls.rs", include_str!("citus/calls.rs")),
         ("src/citus/guard.rs", include_str!("citus/guard.rs")),
         ("src/citus/trail.rs", include_str!("citus/trail.rs")),
         ("src/governance/mod.rs", include_str!("governance/mod.rs")),

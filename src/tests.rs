@@ -730,7 +730,7 @@ fn columns_reaching_a_type_defined_in_the_database_are_found_at_any_depth() {
         let oid = Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{t}'::regclass::oid"))
             .unwrap()
             .unwrap();
-        crate::pg::row_json::column_of_a_defined_type(oid).map(|(c, _)| c)
+        crate::audit::column_of_a_defined_type(oid).map(|(c, _)| c)
     };
     assert_eq!(found("built_in"), None);
     assert_eq!(found("enum_array").as_deref(), Some("m"));

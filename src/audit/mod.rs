@@ -941,6 +941,31 @@ pub fn holds_rows(rel: pg_sys::Oid) -> bool {
     })
 }
 
+/// The first live column of relation `rel` (name, type) whose type reaches one defined in
+/// the database (`pg::row_json::reaches_a_defined_type`): `to_jsonb` of its rows could call a cast its
+/// type's owner wrote.
+pub fn column_of_a_defined_type(rel: pg_sys::Oid) -> Option<(String, String)> {
+    let columns: Vec<(String, pg_sys::Oid, String)> = crate::catalog::owner_rows(
+        "pg_attribute",
+        "SELECT a.attname::text, a.atttypid, pg_catalog.format_type(a.atttypid, NULL) \
+           FROM pg_catalog.pg_attribute a \
+          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        &[rel.into()],
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(3)?.unwrap_or_default(),
+            ))
+        },
+    );
+    columns
+        .into_iter()
+        // SAFETY: inside the caller's transaction (owner_rows ran SQL in it).
+        .find(|(_, typ, _)| unsafe { crate::pg::row_json::reaches_a_defined_type(*typ, 0) })
+        .map(|(name, _, shown)| (name, shown))
+}
+
 /// Record every row of `table` (and of its partitions) as an INSERT in its tenant's chain, as
 /// if the tenant had written it: for tenancy.attach_partition, which has locked `table`.
 /// `key_columns` are the protected parent's key, `ancestors` the parent and its own parents
@@ -1021,7 +1046,7 @@ pub fn record_joining_rows(
     // in the database: its owner's code, run as the table's owner. The audit trigger records
     // such columns as their text instead (`src/pg/row_json.rs`); here they are refused.
     if expected > 0 {
-        if let Some((column, typ)) = crate::pg::row_json::column_of_a_defined_type(table) {
+        if let Some((column, typ)) = column_of_a_defined_type(table) {
             errors::raise(
                 pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                 format!(

@@ -421,31 +421,6 @@ unsafe fn kind_of(typ: pg_sys::Oid) -> Kind {
     }
 }
 
-/// The first live column of relation `rel` (name, type) whose type reaches one defined in
-/// the database ([`reaches_a_defined_type`]): `to_jsonb` of its rows could call a cast its
-/// type's owner wrote.
-pub fn column_of_a_defined_type(rel: pg_sys::Oid) -> Option<(String, String)> {
-    let columns: Vec<(String, pg_sys::Oid, String)> = crate::catalog::owner_rows(
-        "pg_attribute",
-        "SELECT a.attname::text, a.atttypid, pg_catalog.format_type(a.atttypid, NULL) \
-           FROM pg_catalog.pg_attribute a \
-          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        &[rel.into()],
-        |r| {
-            Ok((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                r.get::<String>(3)?.unwrap_or_default(),
-            ))
-        },
-    );
-    columns
-        .into_iter()
-        // SAFETY: inside the caller's transaction (owner_rows ran SQL in it).
-        .find(|(_, typ, _)| unsafe { reaches_a_defined_type(*typ, 0) })
-        .map(|(name, _, shown)| (name, shown))
-}
-
 /// Whether `to_jsonb` of a value of `typ` could call a cast to `json` (jsonb.c's
 /// `jsonb_categorize_type`, which looks for one on any type not built in that is neither an
 /// array nor a composite, after looking through domains): `typ`, its base type, its element
@@ -454,7 +429,7 @@ pub fn column_of_a_defined_type(rel: pg_sys::Oid) -> Option<(String, String)> {
 ///
 /// # Safety
 /// Inside a transaction (the catalog is read).
-unsafe fn reaches_a_defined_type(typ: pg_sys::Oid, depth: u32) -> bool {
+pub unsafe fn reaches_a_defined_type(typ: pg_sys::Oid, depth: u32) -> bool {
     if depth > 32 {
         return true;
     }
