@@ -144,7 +144,10 @@ fn kind_of(func: pg_sys::Oid) -> Option<(&'static str, Kind)> {
 
 pub fn init() {
     crate::pg::binding_param::set_query_check(check_query);
-    crate::pg::fmgr_gate::set(|func| kind_of(func).is_some(), before_call);
+    crate::pg::fmgr_gate::set(
+        |func| crate::pg::citus::loaded() && kind_of(func).is_some(),
+        before_call,
+    );
 }
 
 /// Whether the checks stand aside now: an extension's script runs, Citus is not in the
@@ -225,6 +228,10 @@ struct Found {
 /// # Safety
 /// `parse` must be a valid Query.
 unsafe fn check_query(parse: *mut pg_sys::Query) {
+    // Nothing to find where Citus is not loaded (a cached answer): no walk.
+    if !crate::pg::citus::loaded() {
+        return;
+    }
     let mut found = Found { calls: Vec::new() };
     // SAFETY: `parse` is a valid Query (this function's contract); the walker reads it as its
     // tags say and collects into `found`, alive for the walk.
