@@ -117,11 +117,13 @@ CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON t
 -- The table's name appears in its policies as the literal 'schema.table'::regclass, which
 -- pg_get_expr writes the way standard_conforming_strings says: pinned on here, and matched
 -- with exactly that quoting (quotes doubled, backslashes as they are), so names holding ', \
--- or " digest the same whatever the session's setting.
+-- or " digest the same whatever the session's setting. quote_all_identifiers is pinned off
+-- for the same reason: names and types print as PostgreSQL prints them by default.
 CREATE FUNCTION tenancy._protection_state(tbl regclass, col name) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 SET standard_conforming_strings = on
+SET quote_all_identifiers = off
 AS $$
     SELECT concat_ws(E'\n',
         format('rowsecurity=%s force=%s', c.relrowsecurity, c.relforcerowsecurity),

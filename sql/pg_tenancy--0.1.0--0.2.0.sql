@@ -780,3 +780,7 @@ CREATE FUNCTION tenancy."metrics"() RETURNS text
 VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'metrics_wrapper';
 CREATE VIEW tenancy.tenant_stats AS SELECT * FROM tenancy.tenant_stats();
 GRANT SELECT ON tenancy.tenant_stats TO PUBLIC;
+
+-- verify() and the guard compare what the protection state prints: pinned to PostgreSQL's
+-- default quoting, so a session's quote_all_identifiers = on reports no false drift.
+ALTER FUNCTION tenancy._protection_state(regclass, name) SET quote_all_identifiers = off;

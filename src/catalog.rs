@@ -463,7 +463,9 @@ fn rels() -> Rels {
     r
 }
 
-/// Pin `search_path = pg_catalog, pg_temp` for the length of `f`. On return every setting
+/// Pin `search_path = pg_catalog, pg_temp` (and `quote_all_identifiers = off`, so that names,
+/// types and expressions print as pg_tenancy compares and digests them) for the length of `f`.
+/// On return every setting
 /// changed inside, by us or by code `f` reached (a table owner's trigger calling
 /// `set_config(..., false)`, say), is rolled back, as PostgreSQL's maintenance commands roll
 /// back what they ran as a table's owner; on error, the transaction's or subtransaction's abort
@@ -474,6 +476,7 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
         crate::pg::guc::set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
+        crate::pg::guc::set_in_nest_level(c"quote_all_identifiers", c"off");
         // On Citus, the catalog is read inside the queries Citus runs on a node too.
         crate::pg::citus::allow_nested_catalog_reads();
         let r = f();

@@ -214,8 +214,19 @@ SELECT count(*) AS left FROM pg_temp.findings('application_role_can_create');
 SELECT * FROM pg_temp.findings();
 SELECT count(*) AS errors FROM pg_temp.findings() WHERE severity = 'error';
 
+-- A session that quotes every identifier protects and verifies as any other: pg_tenancy reads
+-- names, types and policies as PostgreSQL prints them by default.
+SET quote_all_identifiers = on;
+CREATE TABLE ver.quoted (tenant_id uuid NOT NULL, v int);
+SELECT tenancy.protect('ver.quoted');
+SELECT * FROM pg_temp.findings();
+RESET quote_all_identifiers;
+
 -- verify() is for operators.
 \c - regress_ver_ops
+SET quote_all_identifiers = on;
+SELECT count(*) AS drift FROM tenancy.verify() WHERE rule = 'protection_drift';
+RESET quote_all_identifiers;
 SELECT count(*) >= 0 AS ran FROM tenancy.verify();
 \c - regress_ver_app
 SELECT count(*) FROM tenancy.verify();
