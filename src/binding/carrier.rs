@@ -183,7 +183,9 @@ pub fn check_client_set(
         }
         std::ffi::CStr::from_ptr(n)
     };
-    if name.to_bytes() != b"tenancy.carrier" || SENDING.with(|s| s.get()) {
+    // PostgreSQL finds a setting whatever the case of its name (`SET "TENANCY.CARRIER"` sets
+    // this one: an attacker's pass split a binding that way).
+    if !name.to_bytes().eq_ignore_ascii_case(b"tenancy.carrier") || SENDING.with(|s| s.get()) {
         return;
     }
     let refuse = |why: &str| -> ! {

@@ -465,6 +465,20 @@ unsafe extern "C-unwind" fn planner(
         // never planned before, with the planner's other arguments.
         return unsafe { plan(original, query_string, cursor_options, bound) };
     }
+    // Citus's plans carry no reserved parameter: its executor sends the statement's text to the
+    // workers with no value for it (and crashed the node on one, found by an attacker's pass in
+    // a connection a client had named as Citus's). Only Citus's own connections place one, for
+    // the shard queries they plan as plain tables.
+    // SAFETY: `stmt` is the planner's result (above).
+    if r.params && super::citus::in_database() && unsafe { planned_by_citus(stmt) } {
+        if !original.is_null() {
+            // SAFETY: as for the parallel plan above.
+            return unsafe { plan(original, query_string, cursor_options, bound) };
+        }
+        error!(
+            "pg_tenancy: a statement Citus distributes cannot be planned in this connection: it is named as one of Citus's own (application_name citus_internal ...)"
+        );
+    }
     if let Some(tenant) = r.tenant {
         let serial = FOLD_TENANTS.with(|f| f.borrow_mut().serial_of(tenant));
         // SAFETY: `stmt` is the planner's valid PlannedStmt, whose invalidation list is null or
@@ -474,6 +488,60 @@ unsafe extern "C-unwind" fn planner(
         FOLDED_EVER.with(|f| f.set(true));
     }
     stmt
+}
+
+/// Whether Citus planned the statement: one of its custom scans is anywhere in the plan.
+///
+/// # Safety
+/// `stmt` must be a valid PlannedStmt the planner returned.
+unsafe fn planned_by_citus(stmt: *mut pg_sys::PlannedStmt) -> bool {
+    /// # Safety
+    /// `p` null or a valid plan node.
+    unsafe fn walk(p: *mut pg_sys::Plan) -> bool {
+        if p.is_null() {
+            return false;
+        }
+        // SAFETY: each node is read as its tag says; child lists hold plan nodes, the custom
+        // scan's methods a static table with a NUL-terminated name.
+        unsafe {
+            let children: *mut pg_sys::List = match (*p).type_ {
+                pg_sys::NodeTag::T_CustomScan => {
+                    let m = (*(p as *mut pg_sys::CustomScan)).methods;
+                    if !m.is_null()
+                        && !(*m).CustomName.is_null()
+                        && CStr::from_ptr((*m).CustomName)
+                            .to_bytes()
+                            .starts_with(b"Citus")
+                    {
+                        return true;
+                    }
+                    (*(p as *mut pg_sys::CustomScan)).custom_plans
+                }
+                pg_sys::NodeTag::T_Append => (*(p as *mut pg_sys::Append)).appendplans,
+                pg_sys::NodeTag::T_MergeAppend => (*(p as *mut pg_sys::MergeAppend)).mergeplans,
+                pg_sys::NodeTag::T_BitmapAnd => (*(p as *mut pg_sys::BitmapAnd)).bitmapplans,
+                pg_sys::NodeTag::T_BitmapOr => (*(p as *mut pg_sys::BitmapOr)).bitmapplans,
+                pg_sys::NodeTag::T_SubqueryScan => {
+                    return walk((*(p as *mut pg_sys::SubqueryScan)).subplan)
+                        || walk((*p).lefttree)
+                        || walk((*p).righttree);
+                }
+                _ => std::ptr::null_mut(),
+            };
+            let mut found = false;
+            for_each_cell(children, |c| found = found || walk(*c as *mut pg_sys::Plan));
+            found || walk((*p).lefttree) || walk((*p).righttree)
+        }
+    }
+    // SAFETY: the planner's result: its tree and its subplans (a List of plan nodes, or null
+    // entries for subplans it removed).
+    unsafe {
+        let mut found = walk((*stmt).planTree);
+        for_each_cell((*stmt).subplans, |c| {
+            found = found || walk(*c as *mut pg_sys::Plan)
+        });
+        found
+    }
 }
 
 /// Whether the planner was called by the simple protocol for a statement of the client's
@@ -1180,12 +1248,22 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
     let _explain = ExplainOnlyScope(
         EXPLAIN_ONLY.with(|e| e.replace(eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int != 0)),
     );
-    // SAFETY: ParallelWorkerNumber as above. `qd` is the QueryDesc being started; its params
-    // are null or a valid parameter list, which the copy replaces before the executor reads
-    // it. The copy is palloc'd in the current memory context, the one the caller made the
-    // QueryDesc in, so it lives as long as the query.
+    // Never for a plan Citus made (it holds no reserved parameter, see the planner): Citus's
+    // executor copies a parameter list with no entries to nothing and then reads it, which
+    // crashed a node (an attacker's pass, in a connection named as Citus's that had planned a
+    // shard query before).
+    // SAFETY: ParallelWorkerNumber as above. `qd` is the QueryDesc being started; its planned
+    // statement is null or valid, and its params are null or a valid parameter list, which
+    // the copy replaces before the executor reads it. The copy is palloc'd in the current
+    // memory context, the one the caller made the QueryDesc in, so it lives as long as the
+    // query.
     unsafe {
-        if IN_USE.with(|u| u.get()) && pg_sys::ParallelWorkerNumber < 0 {
+        if IN_USE.with(|u| u.get())
+            && pg_sys::ParallelWorkerNumber < 0
+            && !(super::citus::in_database()
+                && !(*qd).plannedstmt.is_null()
+                && planned_by_citus((*qd).plannedstmt))
+        {
             (*qd).params = wrap((*qd).params);
         }
     }

@@ -111,18 +111,32 @@ pub fn in_database() -> bool {
 }
 
 /// Whether this backend is a connection Citus opened for its own work (its
-/// `application_name`), whoever its user.
+/// `application_name`), whoever its user. Citus names its connections when it opens them (in
+/// the connection string): a name set later in the session (`SET`, `set_config()`) is a
+/// client's, not Citus's. An attacker's pass, as a table's owner on the coordinator, opened a
+/// connection to each worker with Citus's `run_command_on_workers` (executable by everyone),
+/// renamed it `citus_internal` there and dropped every shard of its table; as any role, it
+/// crashed a node by having a distributed plan made for such a connection.
 pub fn internal_backend() -> bool {
     if !loaded() {
         return false;
     }
-    // SAFETY: as in internal_superuser_backend.
+    // SAFETY: as in internal_superuser_backend; GetConfigOptionResetString returns the value
+    // the session started with (from its connection, or the role's or database's default),
+    // which SET and set_config() leave alone, valid until the setting is reset at startup or
+    // reload (read at once), and raises only for an unknown or superuser-only setting, which
+    // application_name is not.
     unsafe {
         let name = pg_sys::application_name;
-        !name.is_null()
-            && CStr::from_ptr(name)
+        if name.is_null()
+            || !CStr::from_ptr(name)
                 .to_bytes()
                 .starts_with(b"citus_internal gpid=")
+        {
+            return false;
+        }
+        let started = pg_sys::GetConfigOptionResetString(c"application_name".as_ptr());
+        !started.is_null() && CStr::from_ptr(started) == CStr::from_ptr(name)
     }
 }
 

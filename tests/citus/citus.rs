@@ -408,6 +408,17 @@ fn a_client_cannot_set_the_carrier_or_split_a_binding() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    // PostgreSQL finds a setting whatever the case of its name (an attacker's pass split the
+    // binding with this spelling).
+    tx.batch_execute("SAVEPOINT s").unwrap();
+    let e = tx
+        .batch_execute(&format!(
+            "SET LOCAL \"TENANCY.CARRIER\" = '{}'",
+            f.token(&f.b, "bob")
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    tx.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
     // set_config() returns the value, which only a superuser may read (what is carried to a
     // worker must not be readable by code running there): refused outright.
     tx.batch_execute("SAVEPOINT s").unwrap();
@@ -2232,4 +2243,119 @@ fn a_tables_owner_cannot_take_its_protection_apart_with_citus_functions() {
     spoofed.batch_execute("ROLLBACK").unwrap();
     o.batch_execute(&format!("DROP TABLE public.{t2}"))
         .unwrap_or_else(|e| panic!("DROP TABLE: {}", message(&e)));
+}
+
+#[test]
+fn a_connection_named_as_citus_after_it_started_is_not_citus() {
+    // Found by an attacker's pass. Citus names its own connections when it opens them, and
+    // trusts the name from any role. (1) A table's owner, on the coordinator only, opened a
+    // connection to each worker with run_command_on_workers (any role may), renamed it
+    // `citus_internal` there and dropped the worker's copy of its table and then its shards.
+    // (2) Any role that named its connection so and read a protected table crashed the node:
+    // pg_tenancy placed its reserved parameter in a plan Citus distributes.
+    let pid = std::process::id();
+    let (t, r, owner) = (
+        format!("renamed_{pid}"),
+        format!("renamed_ref_{pid}"),
+        format!("renamed_owner_{pid}"),
+    );
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+            format!("CREATE TABLE public.{r} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_reference_table('public.{r}')"),
+            format!("SELECT tenancy.protect('public.{r}', audit => false)"),
+            format!("GRANT SELECT ON public.{t}, public.{r} TO {APP}"),
+        ],
+    );
+    let shards = |su: &mut Client| -> i64 {
+        su.query_one(
+            &format!("SELECT count(*) FROM citus_shards WHERE table_name = 'public.{t}'::regclass"),
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = shards(&mut su);
+    let mut o = node(0, &owner);
+    assert_not_privileged(&mut o);
+    let ran: Vec<bool> = o
+        .query(
+            &format!(
+                "SELECT success FROM run_command_on_workers($c$DO $x$ BEGIN \
+                   PERFORM set_config('application_name', 'citus_internal gpid=10000000001', false); \
+                   PERFORM worker_drop_distributed_table('public.{t}'); END $x$$c$)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        ran,
+        vec![false, false],
+        "a worker ran the renamed connection's drop"
+    );
+    assert_eq!(shards(&mut su), before);
+    let workers_tables: Vec<String> = o
+        .query(
+            &format!(
+                "SELECT result FROM run_command_on_workers($c$SELECT count(*) FROM pg_class WHERE relname = '{t}'$c$)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(workers_tables, vec!["1".to_string(), "1".to_string()]);
+
+    // Renamed in the session, and named so from the start: refused or served, never a crash.
+    for renamed_at_start in [false, true] {
+        let mut c = if renamed_at_start {
+            let mut cfg = postgres::Config::new();
+            cfg.host("127.0.0.1")
+                .port(ports()[0])
+                .dbname(&std::env::var("TENANCY_IT_DB").expect("TENANCY_IT_DB"))
+                .user(APP)
+                .application_name("citus_internal gpid=10000000001");
+            cfg.connect(NoTls).unwrap()
+        } else {
+            let mut c = app_on(0);
+            c.batch_execute("SET application_name = 'citus_internal gpid=10000000001'")
+                .unwrap();
+            c
+        };
+        assert_not_privileged(&mut c);
+        for sql in [
+            format!("SELECT count(*) FROM public.{r}"),
+            format!("SELECT count(*) FROM public.{t}"),
+            "SELECT count(*) FROM tenancy.audit_log".to_string(),
+            format!("SELECT count(*) FROM public.{r}"),
+            "SELECT count(*) FROM tenancy.audit_log".to_string(),
+        ] {
+            let _ = c.batch_execute(&sql);
+        }
+        let alive: i32 = c.query_one("SELECT 1", &[]).unwrap().get(0);
+        assert_eq!(alive, 1, "the connection (or the node) died");
+    }
+    // Every node still answers.
+    for i in 0..3 {
+        let mut c = node(i, APP);
+        let one: i32 = c.query_one("SELECT 1", &[]).unwrap().get(0);
+        assert_eq!(one, 1);
+    }
+    o.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
+    su.batch_execute(&format!("DROP TABLE public.{r} CASCADE"))
+        .unwrap();
 }
