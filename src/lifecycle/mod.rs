@@ -114,7 +114,12 @@ fn create_tenant(
     let id = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
             let t = c.update(
-                "INSERT INTO tenancy.tenant (slug, name, region, settings) VALUES ($1, $2, $3, $4) RETURNING id",
+                // A tenant whose default_roles name admin has an admin from its first binding:
+                // seated now, as set_setting seats it (an attacker's pass, as an operator,
+                // removed such default_roles later and then mapped a role of its own as admin).
+                "INSERT INTO tenancy.tenant (slug, name, region, settings, admin_seated_at) \
+                 VALUES ($1, $2, $3, $4, CASE WHEN coalesce($4::jsonb -> 'default_roles' ? 'admin', false) THEN now() END) \
+                 RETURNING id",
                 None,
                 &[slug.into(), name.into(), region.into(), settings.into()],
             )?;
@@ -257,8 +262,9 @@ fn create_tenants(
             // The ids come back in the order given (WITH ORDINALITY, then sorted).
             let t = c.update(
                 "WITH ins AS ( \
-                   INSERT INTO tenancy.tenant (slug, name, region, settings) \
-                   SELECT x.slug, x.name, x.region, x.settings \
+                   INSERT INTO tenancy.tenant (slug, name, region, settings, admin_seated_at) \
+                   SELECT x.slug, x.name, x.region, x.settings, \
+                          CASE WHEN coalesce(x.settings -> 'default_roles' ? 'admin', false) THEN now() END \
                      FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS x(slug, name, region, settings) \
                    RETURNING id, slug) \
                  SELECT ins.id FROM ins JOIN unnest($1::text[]) WITH ORDINALITY AS o(slug, n) ON o.slug = ins.slug \
@@ -350,10 +356,32 @@ fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Optio
             "Decommissioned tenants are kept as tombstones and cannot change status.",
         );
     }
-    catalog::write(
-        "UPDATE tenancy.tenant SET status = $2, status_reason = $3, status_changed_at = now() WHERE id = $1",
-        &[to_pg_uuid(t.id).into(), to.into(), reason.into()],
+    // Only from a status it may leave, checked again on the row the UPDATE changes: under READ
+    // COMMITTED a concurrent decommission_tenant's row is what the UPDATE waits for and then
+    // sees (an attacker's pass, as an operator, turned a decommissioned tenant back to active by
+    // suspending it while the decommission ran).
+    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    let changed = catalog::write(
+        "UPDATE tenancy.tenant SET status = $2, status_reason = $3, status_changed_at = now() \
+          WHERE id = $1 AND status = ANY ($4) RETURNING 1",
+        &[
+            to_pg_uuid(t.id).into(),
+            to.into(),
+            reason.into(),
+            from.into(),
+        ],
     );
+    if changed == 0 {
+        let now = catalog::require_tenant(tenant);
+        errors::raise(
+            NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "tenant \"{}\" is {} and cannot be {past}",
+                now.slug, now.status
+            ),
+            "Decommissioned tenants are kept as tombstones and cannot change status.",
+        );
+    }
     crate::audit::admin(
         action,
         Some(t.id),

@@ -200,6 +200,7 @@ fn drop_role(tenant: &str, role: &str) {
         );
     }
     let uuid = to_pg_uuid(t.id);
+    lock_memberships(&t);
     // Members whose only role this is fall back to the tenant's default_roles.
     if !default_roles(&t).is_empty() && !authz::may_widen(&t) {
         let only: Vec<String> = catalog::owner_rows(
@@ -228,6 +229,18 @@ fn drop_role(tenant: &str, role: &str) {
         &[uuid.into(), role.into()],
     );
     crate::audit::admin("drop_role", Some(t.id), serde_json::json!({"role": role}));
+}
+
+/// Removals of a tenant's memberships one at a time: the tenant's row is locked for the rest of
+/// the transaction, and what a subject holds is read afresh after the lock (under READ
+/// COMMITTED, each statement's own snapshot). Two concurrent `remove_member` calls each saw the
+/// other's membership still there, and together left the subject on richer default_roles (an
+/// attacker's pass, as an operator).
+fn lock_memberships(t: &catalog::TenantRow) {
+    catalog::write(
+        "SELECT 1 FROM tenancy.tenant WHERE id = $1 FOR NO KEY UPDATE",
+        &[to_pg_uuid(t.id).into()],
+    );
 }
 
 /// A protected table (or NULL for every protected table, present and future).
@@ -418,7 +431,13 @@ fn refuse_fallback_gain(action: &str, t: &catalog::TenantRow, subject: &str, bef
 #[pg_extern(volatile, parallel_unsafe)]
 fn remove_member(tenant: &str, subject: &str, role: &str) {
     let t = managed_tenant(tenant, "remove_member");
-    let before = catalog::member_roles(t.id, subject);
+    lock_memberships(&t);
+    let before: Vec<String> = catalog::owner_rows(
+        "tenancy.member",
+        "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY 1",
+        &[to_pg_uuid(t.id).into(), subject.into()],
+        |r| r.get::<String>(1).map(Option::unwrap_or_default),
+    );
     if !before.is_empty() && before.iter().all(|r| r == role) {
         refuse_fallback_gain("remove_member", &t, subject, &before);
     }

@@ -1263,3 +1263,103 @@ fn held_cursors_never_outlive_a_binding() {
         .unwrap();
     c.batch_execute("DISCARD ALL").unwrap();
 }
+
+#[test]
+fn concurrent_removals_cannot_leave_a_subject_on_richer_default_roles() {
+    // Found by an attacker's pass: two operators' sessions each removed one of a subject's two
+    // memberships at once; each saw the other's still there, and together they left the
+    // subject on the tenant's richer default_roles. Removals of a tenant's memberships now
+    // wait for each other and read what is left afresh.
+    let mut su = superuser();
+    let t = unique("rm");
+    su.batch_execute(&format!(
+        "SELECT tenancy.create_tenant('{t}'); \
+         SELECT tenancy.add_member('{t}', 'alice', 'admin'); \
+         SELECT tenancy.create_role('{t}', 'auditor'); \
+         SELECT tenancy.add_member('{t}', 'eve', 'viewer'); \
+         SELECT tenancy.add_member('{t}', 'eve', 'auditor'); \
+         SELECT tenancy.set_setting('{t}', 'default_roles', '[\"member\"]')"
+    ))
+    .unwrap();
+    let mut op = connect("tenancy_op1");
+    assert_not_privileged(&mut op);
+    op.batch_execute(&format!(
+        "BEGIN; SELECT tenancy.remove_member('{t}', 'eve', 'auditor')"
+    ))
+    .unwrap();
+    let t2 = t.clone();
+    let other = std::thread::spawn(move || {
+        let mut c = connect("tenancy_op1");
+        c.batch_execute(&format!(
+            "SELECT tenancy.remove_member('{t2}', 'eve', 'viewer')"
+        ))
+        .map_err(|e| sqlstate(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    op.batch_execute("COMMIT").unwrap();
+    assert_eq!(other.join().unwrap(), Err("42501".to_string()));
+    let left: Vec<String> = texts(
+        &mut su,
+        &format!(
+            "SELECT m.role FROM tenancy.member m JOIN tenancy.tenant t ON t.id = m.tenant_id \
+              WHERE t.slug = '{t}' AND m.subject = 'eve'"
+        ),
+    );
+    assert_eq!(left, vec!["viewer".to_string()]);
+}
+
+#[test]
+fn no_status_change_undoes_a_decommission() {
+    // Found by an attacker's pass: an operator's suspend_tenant waiting on a running
+    // decommission_tenant then applied to the decommissioned row, and resume_tenant made the
+    // tombstone an active tenant again, writable after its deletion certificate.
+    let mut su = superuser();
+    let t = unique("dc");
+    su.batch_execute(&format!("SELECT tenancy.create_tenant('{t}')"))
+        .unwrap();
+    let mut op = connect("tenancy_op1");
+    op.batch_execute(&format!(
+        "BEGIN; SELECT tenancy.decommission_tenant('{t}', '{t}')"
+    ))
+    .unwrap();
+    let t2 = t.clone();
+    let other = std::thread::spawn(move || {
+        let mut c = connect("tenancy_op1");
+        c.batch_execute(&format!("SELECT tenancy.suspend_tenant('{t2}', 'race')"))
+            .map_err(|e| sqlstate(&e))
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    op.batch_execute("COMMIT").unwrap();
+    assert_eq!(other.join().unwrap(), Err("55000".to_string()));
+    let status: String = su
+        .query_one("SELECT status FROM tenancy.tenants WHERE slug = $1", &[&t])
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "decommissioned");
+}
+
+#[test]
+fn an_admin_from_default_roles_at_creation_keeps_operators_from_widening() {
+    // Found by an attacker's pass: a tenant created with default_roles naming admin was not
+    // recorded as having an admin, so after an operator removed the default (a narrowing) it
+    // could map a role of its own into the tenant as admin and read its rows and trail.
+    let mut op = connect("tenancy_op1");
+    let t = unique("da");
+    op.batch_execute(&format!(
+        "SELECT tenancy.create_tenant('{t}', settings => '{{\"default_roles\": [\"admin\"]}}'); \
+         SELECT tenancy.set_setting('{t}', 'default_roles', NULL)"
+    ))
+    .unwrap();
+    let e = op
+        .batch_execute(&format!(
+            "SELECT tenancy.map_role('{APP2}', '{t}', '{{admin}}')"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    let e = op
+        .batch_execute(&format!(
+            "SELECT tenancy.add_member('{t}', 'mallory', 'admin')"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+}
