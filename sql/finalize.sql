@@ -113,7 +113,10 @@ CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON t
 -- Protection state and its digest. The state is everything whose change would weaken a
 -- protected table: row-security flags, every policy of the table, the tenant column (type,
 -- NOT NULL, default) and pg_tenancy's triggers. The table's own name is replaced by $table in
--- policy expressions, so renaming the table (or restoring a dump) keeps the digest.
+-- policy expressions and trigger definitions, so renaming the table (or restoring a dump)
+-- keeps the digest. A trigger is digested whole (function, events, WHEN, arguments): a
+-- table's owner replaced pg_tenancy's audit triggers with its own function by CREATE OR
+-- REPLACE TRIGGER, under the same name (an attacker's pass).
 -- The table's name appears in its policies as the literal 'schema.table'::regclass, which
 -- pg_get_expr writes the way standard_conforming_strings says: pinned on here, and matched
 -- with exactly that quoting (quotes doubled, backslashes as they are), so names holding ', \
@@ -141,7 +144,9 @@ AS $$
                        format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
            FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
           WHERE a.attrelid = c.oid AND a.attname = col AND NOT a.attisdropped),
-        (SELECT string_agg(format('trigger %s enabled=%s', t.tgname, t.tgenabled), E'\n' ORDER BY t.tgname)
+        (SELECT string_agg(format('trigger %s enabled=%s %s', t.tgname, t.tgenabled,
+                    replace(pg_get_triggerdef(t.oid), ' ON ' || c.oid::regclass::text || ' ', ' ON $table ')),
+                  E'\n' ORDER BY t.tgname)
            FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname LIKE 'tenancy\_%'))
       FROM pg_class c WHERE c.oid = tbl
 $$;
@@ -219,7 +224,7 @@ CREATE FUNCTION tenancy._on_ddl_command_start() RETURNS event_trigger
 LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
 CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE',
-                 'CREATE TRIGGER', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED',
+                 'CREATE TRIGGER', 'CREATE CAST', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED',
                  -- PostgreSQL renames a table's column under any of these forms
                  'ALTER VIEW', 'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();

@@ -708,11 +708,13 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'citus_setup_wrapper';
 
 -- The DDL guard sees CREATE TRIGGER too: on a protected table only its owner or a superuser
--- creates one, never with a temporary function (src/protection/guard.rs).
+-- creates one, never with a temporary function, and none under pg_tenancy's own names; and
+-- CREATE CAST, with a function, to or from a type a protected column is made of
+-- (src/protection/guard.rs).
 DROP EVENT TRIGGER tenancy_ddl_command_start;
 CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE',
-                 'CREATE TRIGGER', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED',
+                 'CREATE TRIGGER', 'CREATE CAST', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED',
                  -- PostgreSQL renames a table's column under any of these forms
                  'ALTER VIEW', 'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();
@@ -781,6 +783,50 @@ VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'metrics_wrappe
 CREATE VIEW tenancy.tenant_stats AS SELECT * FROM tenancy.tenant_stats();
 GRANT SELECT ON tenancy.tenant_stats TO PUBLIC;
 
--- verify() and the guard compare what the protection state prints: pinned to PostgreSQL's
--- default quoting, so a session's quote_all_identifiers = on reports no false drift.
-ALTER FUNCTION tenancy._protection_state(regclass, name) SET quote_all_identifiers = off;
+-- The protection state digests pg_tenancy's triggers whole (function, events, WHEN,
+-- arguments), and pins quote_all_identifiers off (a session's setting made verify() report
+-- false drift). The digests recorded by 0.1.0 are recomputed for the tables that had not
+-- drifted, and only for them: a table that had drifted still reports it.
+SELECT pg_catalog.set_config('pg_tenancy_upgrade.undrifted',
+           coalesce(pg_catalog.string_agg(p.relid::pg_catalog.oid::pg_catalog.text, ','), ''), true)
+  FROM tenancy.protected_table p
+ WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) p.relid::pg_catalog.oid)
+   AND p.policy_digest OPERATOR(pg_catalog.=) tenancy._protection_digest(p.relid, p.tenant_column);
+CREATE OR REPLACE FUNCTION tenancy._protection_state(tbl regclass, col name) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+SET standard_conforming_strings = on
+SET quote_all_identifiers = off
+AS $$
+    SELECT concat_ws(E'\n',
+        format('rowsecurity=%s force=%s', c.relrowsecurity, c.relforcerowsecurity),
+        (SELECT string_agg(format('policy %s cmd=%s permissive=%s roles=%s using=%s check=%s',
+                    p.polname, p.polcmd, p.polpermissive,
+                    (SELECT string_agg(CASE WHEN r = 0 THEN 'public' ELSE r::regrole::text END, ',' ORDER BY 1)
+                       FROM unnest(p.polroles) AS r),
+                    replace(pg_get_expr(p.polqual, p.polrelid),
+                            '''' || replace(c.oid::regclass::text, '''', '''''') || '''::regclass', '$table'),
+                    replace(pg_get_expr(p.polwithcheck, p.polrelid),
+                            '''' || replace(c.oid::regclass::text, '''', '''''') || '''::regclass', '$table')),
+                  E'\n' ORDER BY p.polname)
+           FROM pg_policy p WHERE p.polrelid = c.oid),
+        (SELECT format('column %s type=%s notnull=%s default=%s', a.attname,
+                       format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
+           FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+          WHERE a.attrelid = c.oid AND a.attname = col AND NOT a.attisdropped),
+        (SELECT string_agg(format('trigger %s enabled=%s %s', t.tgname, t.tgenabled,
+                    replace(pg_get_triggerdef(t.oid), ' ON ' || c.oid::regclass::text || ' ', ' ON $table ')),
+                  E'\n' ORDER BY t.tgname)
+           FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname LIKE 'tenancy\_%'))
+      FROM pg_class c WHERE c.oid = tbl
+$$;
+UPDATE tenancy.protected_table p
+   SET policy_digest = tenancy._protection_digest(p.relid, p.tenant_column)
+ WHERE p.relid::pg_catalog.oid::pg_catalog.text OPERATOR(pg_catalog.=) ANY (
+           pg_catalog.string_to_array(pg_catalog.current_setting('pg_tenancy_upgrade.undrifted'), ','));
+
+-- A tenant created with default_roles naming admin has had an admin since its first binding:
+-- seated, so that removing the default later does not reopen it to operators' widening.
+UPDATE tenancy.tenant SET admin_seated_at = pg_catalog.now()
+ WHERE admin_seated_at IS NULL
+   AND coalesce(settings OPERATOR(pg_catalog.->) 'default_roles' OPERATOR(pg_catalog.?) 'admin', false);

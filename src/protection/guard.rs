@@ -663,10 +663,13 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
                 }
             }
             pg_sys::NodeTag::T_AlterDomainStmt => {
-                check_alter_domain(stmt as *mut pg_sys::AlterDomainStmt)
+                check_alter_domain(stmt as *mut pg_sys::AlterDomainStmt, query)
             }
             pg_sys::NodeTag::T_CreateTrigStmt => {
                 check_create_trigger(stmt as *mut pg_sys::CreateTrigStmt)
+            }
+            pg_sys::NodeTag::T_CreateCastStmt => {
+                check_create_cast(stmt as *mut pg_sys::CreateCastStmt)
             }
             // A rule's actions run for every tenant's writes with the rule owner's privileges
             // (DO ALSO INSERT INTO elsewhere VALUES (NEW.*) copies every tenant's rows out).
@@ -908,6 +911,38 @@ fn protected_table_using(typ: pg_sys::Oid) -> Option<pg_sys::Oid> {
     )
     .first()
     .copied()
+}
+
+/// A table that auto-protection is about to protect because a statement other than its
+/// CREATE TABLE put it under an auto-protected schema (SET SCHEMA, CREATE TABLE AS, a column
+/// renamed or added as the tenant column): its rows would become tenants' rows that no
+/// tenant wrote, unrecorded, and its own CHECK, index or statistics code would run over every
+/// tenant's writes (an attacker's pass planted another tenant's rows all four ways). Refused
+/// unless it is empty and brings no user's code; superusers and operators (who may protect a
+/// table holding rows with `tenancy.protect()`) pass.
+pub(crate) fn refuse_joining_an_auto_protected_schema(rel: pg_sys::Oid) {
+    let caller = crate::authz::caller();
+    if crate::authz::is_superuser(caller) || crate::authz::is_operator(caller) {
+        return;
+    }
+    // SAFETY: a lock the statement holds or takes anyway (it changed the table), held to the
+    // end of the transaction.
+    unsafe { pg_sys::LockRelationOid(rel, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    let table = crate::catalog::relation_name(rel);
+    if crate::audit::holds_rows(rel) {
+        refuse_channel(
+            rel,
+            format!("table \"{table}\" holds rows and cannot be protected by its schema's auto_protect unrecorded: its rows would become tenants' rows that no tenant wrote"),
+            "Create the table empty in the schema and INSERT its rows as the tenants (each insert is recorded in its tenant's trail), or have an operator protect it (SELECT tenancy.protect(tbl);) before it moves there.",
+        );
+    }
+    if let Some((what, call)) = stored_leaky_call(rel) {
+        refuse_channel(
+            rel,
+            format!("{what} of table \"{table}\", which its schema's auto_protect would protect, calls {call}, which would see every tenant's writes"),
+            EXPRESSION_HINT,
+        );
+    }
 }
 
 /// Refuse a table holding rows (any of its partitions too) that would join protected table
@@ -1230,11 +1265,29 @@ unsafe fn check_create_trigger(s: *mut pg_sys::CreateTrigStmt) {
         if !is_protected(rel) {
             return;
         }
+        let table = crate::catalog::relation_name(rel);
+        // pg_tenancy's own triggers (audit, TRUNCATE refusal) are made by protect() only:
+        // CREATE OR REPLACE TRIGGER under their name swapped in the owner's function, and every
+        // tenant's writes then went unrecorded and TRUNCATE through (an attacker's pass). The
+        // protection digest reads each of them whole too, so verify() reports a superuser's.
+        if !(*s).trigname.is_null()
+            && std::ffi::CStr::from_ptr((*s).trigname)
+                .to_bytes()
+                .starts_with(b"tenancy_")
+        {
+            refuse_channel(
+                rel,
+                format!(
+                    "trigger \"{}\" on protected table \"{table}\" is refused: triggers named tenancy_... are pg_tenancy's own",
+                    std::ffi::CStr::from_ptr((*s).trigname).to_string_lossy()
+                ),
+                "pg_tenancy creates and replaces its triggers itself (SELECT tenancy.protect(tbl);); name your own triggers otherwise.",
+            );
+        }
         let caller = crate::authz::caller();
         let func = pg_sys::LookupFuncName((*s).funcname, 0, std::ptr::null(), true);
         let temp_function = func != pg_sys::InvalidOid
             && pg_sys::isAnyTempNamespace(pg_sys::get_func_namespace(func));
-        let table = crate::catalog::relation_name(rel);
         if temp_function {
             refuse_channel(
                 rel,
@@ -1708,14 +1761,19 @@ unsafe fn check_constraint(
 
 /// `ALTER DOMAIN ... ADD CONSTRAINT` / `VALIDATE CONSTRAINT` checks the constraint against every
 /// value stored in a column of the domain, as the domain's owner, with no row security.
+/// `ALTER DOMAIN ... SET DEFAULT` sets what every tenant's inserts that leave such a column out
+/// run: like a column's default, no user's function (an attacker's pass, owning only the
+/// domain, had its function read every tenant's rows from their own inserts).
 ///
 /// # Safety
-/// `s` must be a valid AlterDomainStmt parse tree; inside the command's transaction.
-unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt) {
+/// `s` must be a valid AlterDomainStmt parse tree, `query` null or the command's source text;
+/// inside the command's transaction.
+unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt, query: *const std::ffi::c_char) {
     // SAFETY: `s` is a parse tree of ALTER DOMAIN.
     unsafe {
         let subtype = (*s).subtype as u8;
-        if subtype != b'C' && subtype != b'V' {
+        let default = subtype == b'T' && !(*s).def.is_null();
+        if subtype != b'C' && subtype != b'V' && !default {
             return;
         }
         let typ = pg_sys::typenameTypeId(
@@ -1732,6 +1790,20 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt) {
             |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
         );
         if let Some(&table) = used.first() {
+            if default {
+                // Analyzed as a column default of the table (a default reads no column).
+                let call = leaky_raw(
+                    table,
+                    (*s).def,
+                    pg_sys::ParseExprKind::EXPR_KIND_COLUMN_DEFAULT,
+                    query,
+                    &Vec::new(),
+                    None,
+                    true,
+                );
+                refuse_leaky(table, "the default of a domain used by a column", call);
+                return;
+            }
             refuse_channel(
                 table,
                 format!(
@@ -1740,6 +1812,49 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt) {
                 ),
                 "Have a superuser (a trusted migration role) change the domain, or use a domain no protected column uses.",
             );
+        }
+    }
+}
+
+/// `CREATE CAST ... WITH FUNCTION` to or from a type a protected column is made of: the
+/// function would run in every tenant's sessions that convert such a value (an INSERT of a
+/// text value into an enum column, say), with their bindings, and could read their rows. A
+/// type's owner may create one at any time (an attacker's pass did, after the column was
+/// added, where the column's type is checked). Refused to everyone but superusers.
+///
+/// # Safety
+/// `s` must be a valid CreateCastStmt parse tree; inside the command's transaction.
+unsafe fn check_create_cast(s: *mut pg_sys::CreateCastStmt) {
+    // SAFETY: `s` is a parse tree of CREATE CAST; its type names are TypeName nodes, looked up
+    // with missing_ok (the command itself reports a missing type).
+    unsafe {
+        if (*s).func.is_null() {
+            return;
+        }
+        for tn in [(*s).sourcetype, (*s).targettype] {
+            if tn.is_null() {
+                continue;
+            }
+            let typ = pg_sys::LookupTypeNameOid(std::ptr::null_mut(), tn, true);
+            // A built-in type is made part of many columns; a cast needs its creator to own
+            // one of its two types, and the other one is the database's.
+            if u32::from(typ) < pg_sys::FirstNormalObjectId {
+                continue;
+            }
+            if let Some(table) = protected_table_using(typ) {
+                if table == pg_sys::InvalidOid {
+                    continue;
+                }
+                refuse_channel(
+                    table,
+                    format!(
+                        "CREATE CAST with a function to or from type {} is refused: a column of protected table \"{}\" is made of it, and the function would run in every tenant's sessions",
+                        crate::protection::leakproof::type_name(typ),
+                        crate::catalog::relation_name(table)
+                    ),
+                    "Have a superuser (a trusted migration role) create the cast, or convert values with a function the application calls itself.",
+                );
+            }
         }
     }
 }

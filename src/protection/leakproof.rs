@@ -177,7 +177,7 @@ fn domain_leaky_call(
         Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a domain's constraints failed: {e}"));
-    checks.into_iter().find_map(|(name, bin)| {
+    if let Some(call) = checks.into_iter().find_map(|(name, bin)| {
         let c = std::ffi::CString::new(bin).ok()?;
         // SAFETY: stringToNode parses PostgreSQL's own node text into a fresh tree.
         let call = unsafe {
@@ -185,6 +185,40 @@ fn domain_leaky_call(
             walk_expression(node, user_code_only, seen)
         }?;
         Some(format!("{call} (in a constraint of domain {name})"))
+    }) {
+        return Some(call);
+    }
+    // A domain's default runs in every tenant's inserts that leave the column out, as a
+    // column's default does: no user's function, built-in ones allowed (it reads no row). The
+    // domain's owner sets it at any time (ALTER DOMAIN ... SET DEFAULT, refused while a
+    // protected column uses the domain; found by an attacker's pass).
+    let defaults: Vec<(String, String)> = Spi::connect(|c| {
+        let t = c.select(
+            "WITH RECURSIVE d(oid) AS (SELECT $1::pg_catalog.oid \
+               UNION SELECT t.typbasetype FROM pg_catalog.pg_type t JOIN d ON t.oid = d.oid WHERE t.typtype = 'd') \
+             SELECT pg_catalog.format_type(t.oid, NULL), t.typdefaultbin::pg_catalog.text \
+               FROM pg_catalog.pg_type t WHERE t.oid IN (SELECT oid FROM d) AND t.typdefaultbin IS NOT NULL",
+            None,
+            &[domain.into()],
+        )?;
+        let mut out = Vec::new();
+        for r in t {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a domain's default failed: {e}"));
+    defaults.into_iter().find_map(|(name, bin)| {
+        let c = std::ffi::CString::new(bin).ok()?;
+        // SAFETY: stringToNode parses PostgreSQL's own node text into a fresh tree.
+        let call = unsafe {
+            let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Node;
+            walk_expression(node, true, seen)
+        }?;
+        Some(format!("{call} (in the default of domain {name})"))
     })
 }
 
@@ -263,7 +297,7 @@ pub fn type_leaky_call(typ: pg_sys::Oid, user_code_only: bool) -> Option<String>
         })
 }
 
-fn type_name(typ: pg_sys::Oid) -> String {
+pub(crate) fn type_name(typ: pg_sys::Oid) -> String {
     // SAFETY: format_type_be returns a palloc'd, NUL-terminated string.
     unsafe {
         let p = pg_sys::format_type_be(typ);

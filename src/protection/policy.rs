@@ -1158,6 +1158,9 @@ fn auto_protect_table(rel: pg_sys::Oid) {
         return;
     }
     if let Some(col) = schema_col {
+        if !created_by_this_command(rel) {
+            crate::protection::guard::refuse_joining_an_auto_protected_schema(rel);
+        }
         if in_citus_distributed_schema(rel) && citus_distribution(rel).is_none() {
             // Citus makes it a single-shard distributed table once this statement is done,
             // creating its shard on a worker before that worker has the table's own name, which
@@ -1305,6 +1308,18 @@ fn in_citus_distributed_schema(rel: pg_sys::Oid) -> bool {
 }
 
 /// Refuse unless `rel` is one of the objects the running DDL command created or altered.
+/// Whether the running DDL command is the plain CREATE TABLE of `rel` (then the table is
+/// empty, and `_guard_members` checks the code it brings): not CREATE TABLE AS, SELECT INTO,
+/// or an ALTER TABLE of a table that may hold rows.
+fn created_by_this_command(rel: pg_sys::Oid) -> bool {
+    crate::catalog::read_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() \
+                         WHERE objid = $1 AND command_tag = 'CREATE TABLE')",
+        &[rel.into()],
+    )
+    .unwrap_or(false)
+}
+
 fn require_current_ddl_command(rel: pg_sys::Oid) {
     let listed = crate::catalog::read_one::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() WHERE objid = $1)",

@@ -1686,3 +1686,212 @@ fn a_databases_settings_cannot_turn_the_event_writer() {
     assert!(o.batch_execute("SELECT tenancy.bind('garbage')").is_err());
     assert_eq!(wait_for(2), 2, "the second event was not logged");
 }
+
+#[test]
+fn a_tables_owner_cannot_replace_pg_tenancys_triggers() {
+    // Found by an attacker's pass: CREATE OR REPLACE TRIGGER under the names of pg_tenancy's
+    // audit and TRUNCATE triggers swapped in the owner's function; every tenant's writes then
+    // went unrecorded and the owner's TRUNCATE emptied every tenant's rows. The guard refuses
+    // the names, and the protection digest reads each trigger whole (a superuser's replacement
+    // is refused as drift).
+    let f = Fixture::new();
+    let mut su = superuser();
+    let own = login_role(&mut su, "own", "");
+    let s = ident("trg");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s} AUTHORIZATION {own}; GRANT USAGE ON SCHEMA {s} TO {APP}; SET ROLE {own}; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int, secret text); \
+         GRANT SELECT, INSERT, UPDATE ON {s}.t TO {APP}; \
+         CREATE FUNCTION {s}.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END'; \
+         RESET ROLE; SELECT tenancy.protect('{s}.t')"
+    ))
+    .unwrap();
+    let mut owner = connect(&own);
+    assert_not_privileged(&mut owner);
+    for (name, when) in [
+        ("tenancy_audit_ins", "AFTER INSERT"),
+        ("tenancy_audit_upd", "AFTER UPDATE"),
+        ("tenancy_audit_del", "AFTER DELETE"),
+        ("tenancy_no_truncate", "BEFORE TRUNCATE"),
+    ] {
+        expect_refusal(
+            &mut owner,
+            &format!(
+                "CREATE OR REPLACE TRIGGER {name} {when} ON {s}.t FOR EACH STATEMENT EXECUTE FUNCTION {s}.noop()"
+            ),
+            "42501",
+            "guard_refused",
+        );
+    }
+    // A new trigger under pg_tenancy's prefix too.
+    expect_refusal(
+        &mut owner,
+        &format!("CREATE TRIGGER tenancy_mine AFTER INSERT ON {s}.t FOR EACH STATEMENT EXECUTE FUNCTION {s}.noop()"),
+        "42501",
+        "guard_refused",
+    );
+    // The superuser's replacement is drift: refused by the guard's digest.
+    let e = su
+        .batch_execute(&format!(
+            "CREATE OR REPLACE TRIGGER tenancy_audit_ins AFTER INSERT ON {s}.t FOR EACH STATEMENT EXECUTE FUNCTION {s}.noop()"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    // The trail still records, and TRUNCATE is still refused.
+    let mut c = app();
+    bound_tx(&mut c, &f, &f.a, true, |c| {
+        c.batch_execute(&format!(
+            "INSERT INTO {s}.t (id, secret) VALUES (1, 'a-secret')"
+        ))
+        .unwrap();
+    });
+    let n: i64 = su
+        .query_one(
+            &format!("SELECT count(*) FROM tenancy.audit_log WHERE table_name = '{s}.t'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    expect_refusal(
+        &mut owner,
+        &format!("TRUNCATE {s}.t"),
+        "42501",
+        "truncate_refused",
+    );
+}
+
+#[test]
+fn auto_protect_takes_in_no_table_that_holds_rows() {
+    // Found by an attacker's pass: a table moved into a schema of auto_protect (SET SCHEMA),
+    // made there by CREATE TABLE AS, or given the tenant column by a rename or ADD COLUMN ...
+    // DEFAULT was protected with the rows its creator put in, another tenant's rows that
+    // tenant never wrote, with no record in its trail.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let own = login_role(&mut su, "own", "");
+    let s = ident("ap");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s}; GRANT USAGE, CREATE ON SCHEMA {s} TO {own}; \
+         CREATE SCHEMA {s}_stage AUTHORIZATION {own}; \
+         SELECT tenancy.auto_protect('{s}')"
+    ))
+    .unwrap();
+    let mut owner = connect(&own);
+    assert_not_privileged(&mut owner);
+    let b = &f.b_id;
+    owner
+        .batch_execute(&format!(
+            "CREATE TABLE {s}_stage.moved (tenant_id uuid NOT NULL, secret text); \
+             INSERT INTO {s}_stage.moved VALUES ('{b}', 'planted'); \
+             CREATE TABLE {s}_stage.empty (tenant_id uuid NOT NULL, secret text)"
+        ))
+        .unwrap();
+    for sql in [
+        format!("ALTER TABLE {s}_stage.moved SET SCHEMA {s}"),
+        format!("CREATE TABLE {s}.ctas AS SELECT '{b}'::uuid AS tenant_id, 'planted'::text AS secret"),
+        format!(
+            "CREATE TABLE {s}.ren (tid uuid NOT NULL, secret text); INSERT INTO {s}.ren VALUES ('{b}', 'planted'); \
+             ALTER TABLE {s}.ren RENAME COLUMN tid TO tenant_id"
+        ),
+        format!(
+            "CREATE TABLE {s}.added (secret text); INSERT INTO {s}.added VALUES ('planted'); \
+             ALTER TABLE {s}.added ADD COLUMN tenant_id uuid NOT NULL DEFAULT '{b}'"
+        ),
+    ] {
+        owner.batch_execute("BEGIN").unwrap();
+        let e = owner.batch_execute(&sql).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        owner.batch_execute("ROLLBACK").unwrap();
+    }
+    // An empty table moves in and is protected.
+    owner
+        .batch_execute(&format!("ALTER TABLE {s}_stage.empty SET SCHEMA {s}"))
+        .unwrap();
+    let protected: bool = su
+        .query_one(
+            &format!("SELECT EXISTS (SELECT FROM tenancy.protected_tables WHERE \"table\" = '{s}.empty'::regclass)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(protected);
+    let planted: i64 = su
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM tenancy.protected_tables WHERE \"table\"::text LIKE '{s}.%' AND \"table\"::text <> '{s}.empty'"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(planted, 0);
+}
+
+#[test]
+fn a_domains_or_types_owner_cannot_add_code_to_a_protected_column_later() {
+    // Found by an attacker's pass: the owner of a domain a protected column uses, with no
+    // privilege on the table, gave the domain a default calling its own function (ALTER DOMAIN
+    // ... SET DEFAULT), which then ran in every tenant's inserts and read their rows; the owner
+    // of an enum a protected column uses added a cast from text with its own function (CREATE
+    // CAST), which ran in every tenant's inserts of text values.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let typ = login_role(&mut su, "typ", "");
+    let s = ident("dom");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s} AUTHORIZATION {typ}; GRANT USAGE ON SCHEMA {s} TO PUBLIC; SET ROLE {typ}; \
+         CREATE DOMAIN {s}.label AS text; CREATE TYPE {s}.mood AS ENUM ('ok', 'sad'); \
+         CREATE TABLE {s}.seen (what text); GRANT INSERT ON {s}.seen TO PUBLIC; \
+         CREATE FUNCTION {s}.grab() RETURNS text LANGUAGE sql AS $$ INSERT INTO {s}.seen VALUES (current_user) RETURNING NULL::text $$; \
+         CREATE FUNCTION {s}.to_mood(text) RETURNS {s}.mood LANGUAGE plpgsql AS $$ BEGIN INSERT INTO {s}.seen VALUES (current_user); RETURN $1::{s}.mood; END $$; \
+         RESET ROLE; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int, note {s}.label, m {s}.mood); \
+         SELECT tenancy.protect('{s}.t'); GRANT SELECT, INSERT ON {s}.t TO {APP}"
+    ))
+    .unwrap();
+    let mut owner = connect(&typ);
+    assert_not_privileged(&mut owner);
+    expect_refusal(
+        &mut owner,
+        &format!("ALTER DOMAIN {s}.label SET DEFAULT {s}.grab()"),
+        "42501",
+        "guard_refused",
+    );
+    expect_refusal(
+        &mut owner,
+        &format!("CREATE CAST (text AS {s}.mood) WITH FUNCTION {s}.to_mood(text) AS ASSIGNMENT"),
+        "42501",
+        "guard_refused",
+    );
+    // A default of built-in functions stays the domain owner's to set.
+    owner
+        .batch_execute(&format!("ALTER DOMAIN {s}.label SET DEFAULT 'none'"))
+        .unwrap();
+    // A domain whose default calls a user's function cannot become a protected column's type.
+    su.batch_execute(&format!(
+        "SET ROLE {typ}; CREATE DOMAIN {s}.label2 AS text DEFAULT {s}.grab(); RESET ROLE"
+    ))
+    .unwrap();
+    // Adding such a column, as the table's owner.
+    let own = login_role(&mut su, "own", "");
+    su.batch_execute(&format!("ALTER TABLE {s}.t OWNER TO {own}"))
+        .unwrap();
+    let mut tow = connect(&own);
+    expect_refusal(
+        &mut tow,
+        &format!("ALTER TABLE {s}.t ADD COLUMN other {s}.label2"),
+        "42501",
+        "guard_refused",
+    );
+    let mut c = app();
+    bound_tx(&mut c, &f, &f.a, true, |c| {
+        c.batch_execute(&format!("INSERT INTO {s}.t (id, m) VALUES (1, 'ok')"))
+            .unwrap();
+    });
+    let ran: i64 = su
+        .query_one(&format!("SELECT count(*) FROM {s}.seen"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ran, 0, "the domain's or type's owner's code ran");
+}
