@@ -1493,8 +1493,12 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     // The tenant's generation is read before the binding is borrowed: reading it may process
     // invalidations.
     let tenant_gen = current_binding_tenant().map(catalog::generation_of);
+    let mut support_operator = None;
     let explicit = BINDING.with(|b| {
         b.borrow().as_ref().map(|b| {
+            if let Source::Support { operator, .. } = b.source {
+                support_operator = Some(operator);
+            }
             (
                 b.expires_at,
                 Some(b.generation) == tenant_gen,
@@ -1502,6 +1506,25 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
             )
         })
     });
+    // A support binding serves the operator role it was granted to only: entered after SET
+    // ROLE to that role, it ended with RESET ROLE for the session's own role (an attacker's
+    // pass, as a member of the operator's login role).
+    if let Some(operator) = support_operator {
+        let caller = crate::authz::caller();
+        if caller != operator {
+            errors::refuse(
+                "support_role_changed",
+                fields(&[("platform_role", crate::authz::role_name(caller).into())]),
+                INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "the support binding of this session serves role \"{}\", not \"{}\"",
+                    crate::authz::role_name(operator),
+                    crate::authz::role_name(caller)
+                ),
+                "Support access is the granted operator's own: SET ROLE back to it, or end the binding with SELECT tenancy.unbind();.",
+            );
+        }
+    }
     if !explicit.is_some_and(|(_, _, support)| support) {
         if let Some(role) = platform_role_in_effect() {
             if explicit.is_some() || mapped_binding_exists(gen) {

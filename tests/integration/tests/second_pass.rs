@@ -1363,3 +1363,49 @@ fn an_admin_from_default_roles_at_creation_keeps_operators_from_widening() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
 }
+
+#[test]
+fn a_support_binding_serves_only_the_operator_it_was_granted_to() {
+    // Found by an attacker's pass: a member of the operator's login role SET ROLE to it,
+    // entered support with its grant, RESET ROLE, and kept reading the tenant's rows as itself.
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut admin = app();
+    admin.batch_execute("BEGIN").unwrap();
+    bind(&mut admin, &f.token(&f.a, "boss"));
+    admin
+        .execute(
+            &format!("SELECT tenancy.grant_support('{OPERATOR}', '1 hour')"),
+            &[],
+        )
+        .unwrap();
+    admin.batch_execute("COMMIT").unwrap();
+    serialized_grant(
+        &mut su,
+        &format!("GRANT SELECT ON it_customers TO {OPERATOR}"),
+    );
+    let other = login_role(&mut su, "op2", "");
+    su.batch_execute(&format!("GRANT {OPERATOR} TO {other}"))
+        .unwrap();
+    let mut o = connect(&other);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!("SET ROLE {OPERATOR}")).unwrap();
+    o.execute("SELECT tenancy.enter_support($1)", &[&f.a])
+        .unwrap();
+    o.query_one("SELECT count(*) FROM it_customers", &[])
+        .unwrap();
+    o.batch_execute("RESET ROLE").unwrap();
+    expect_refusal(
+        &mut o,
+        "SELECT count(*) FROM it_customers",
+        "42501",
+        "support_role_changed",
+    );
+    o.batch_execute(&format!("SET ROLE {OPERATOR}")).unwrap();
+    o.query_one("SELECT count(*) FROM it_customers", &[])
+        .unwrap();
+    o.batch_execute("RESET ROLE; SELECT tenancy.unbind()")
+        .unwrap();
+}
