@@ -338,6 +338,29 @@ SELECT DISTINCT 'error', 'domain_owner_can_bind', format_type(t.oid, NULL),
                   AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
                   AND pg_has_role(r.oid, o.oid, 'MEMBER'))
 UNION ALL
+-- 16b. Casts to or from a type a protected column is made of, with a user's function that an
+--      application session's role may replace (CREATE OR REPLACE FUNCTION): the cast runs in
+--      every tenant's sessions that convert such a value, with their bindings.
+SELECT DISTINCT 'error', 'cast_function_owner_can_bind',
+       format('CAST (%s AS %s)', format_type(k.castsource, NULL), format_type(k.casttarget, NULL)),
+       format('a cast of a type of a column of protected table %s calls %s, owned by %I, which an application session can be',
+              a.attrelid::regclass, k.castfunc::regprocedure, o.rolname),
+       format('DO $fix$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %L) THEN CREATE ROLE %I NOLOGIN; END IF; END $fix$; GRANT USAGE, CREATE ON SCHEMA %I TO %I; ALTER FUNCTION %s OWNER TO %I;',
+              'app_owner', 'app_owner', (SELECT nspname FROM pg_namespace WHERE oid = fn.pronamespace), 'app_owner',
+              k.castfunc::regprocedure, 'app_owner')
+  FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+  CROSS JOIN LATERAL tenancy._reachable_types(a.atttypid) reach(oid)
+  JOIN pg_cast k ON k.castfunc >= 16384 AND reach.oid >= 16384
+                AND (k.castsource = reach.oid OR k.casttarget = reach.oid)
+  JOIN pg_proc fn ON fn.oid = k.castfunc
+  JOIN pg_roles o ON o.oid = fn.proowner
+ WHERE NOT o.rolsuper
+   AND EXISTS (SELECT FROM pg_roles r
+                WHERE r.rolcanlogin AND NOT r.rolsuper
+                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+UNION ALL
 -- 17. Foreign keys of protected tables that cascade from a table the application can write
 --     and that is not protected: referential actions bypass row security, so a session bound
 --     to one tenant deletes or rewrites another tenant's rows through the shared table.
@@ -611,6 +634,7 @@ SELECT DISTINCT ON (r.rolname) 'error', 'application_role_can_create', r.rolname
 -- added back and before the tenant index is looked for; the rest touch nothing the others do.
 ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'citus_grant_reaches_shards', 'unprotected_tenant_table', 'partition_unprotected',
                               'unprotected_parent', 'owner_can_bind', 'domain_owner_can_bind',
+                              'cast_function_owner_can_bind',
                               'trigger_function_owner_can_bind', 'leaky_expression',
                               'unique_without_tenant', 'unique_index_without_tenant',
                               'fk_without_tenant', 'fk_cascade_from_shared_table',

@@ -469,6 +469,37 @@ fn wrapped_parameter_list_answers_ordinary_and_reserved_parameters() {
     }
 }
 
+/// A parameter list read through its fetch hook (PL/pgSQL's: a header saying `numParams`
+/// entries and holding none) is wrapped without its entries: the copy is the header and the
+/// wrapper's trailer, never `numParams` entries read past the list's end (an attacker's pass
+/// had a function of a million variables copy 16 MB from a 64-byte list at every statement).
+#[pg_test]
+fn a_parameter_list_read_through_its_fetch_hook_is_wrapped_without_entries() {
+    #[pg_guard]
+    unsafe extern "C-unwind" fn fetch(
+        _params: pg_sys::ParamListInfo,
+        _id: std::ffi::c_int,
+        _speculative: bool,
+        workspace: *mut pg_sys::ParamExternData,
+    ) -> *mut pg_sys::ParamExternData {
+        workspace
+    }
+    // SAFETY: inside the test's transaction: makeParamList(0) returns a header-only list in
+    // the current memory context, given a fetch hook and a count of entries it does not hold,
+    // as plpgsql_estate_setup makes one; the wrapper is palloc'd in the same context, and
+    // GetMemoryChunkSpace reads the size of that chunk.
+    unsafe {
+        let orig = pg_sys::makeParamList(0);
+        (*orig).paramFetch = Some(fetch);
+        (*orig).numParams = 1_000_000;
+        let wrapped = crate::pg::binding_param::wrap(orig);
+        assert_eq!((*wrapped).numParams, 1_000_000);
+        assert!((*wrapped).paramFetch.is_some());
+        let size = pg_sys::GetMemoryChunkSpace(wrapped.cast());
+        assert!(size < 1024, "the wrapper took {size} bytes");
+    }
+}
+
 /// A reserved parameter compiles to a call (src/pg/binding_param.rs, `eval_reserved`) that
 /// computes the tenant at its first evaluation and keeps it: evaluated again and again in one
 /// compiled expression, as a scan's qual is, it answers the bound tenant every time. The

@@ -376,6 +376,7 @@ unsafe extern "C-unwind" fn planner(
     cursor_options: c_int,
     bound: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
+    super::citus::note_connection_name();
     if !parse.is_null() {
         // SAFETY: the planner's Query (this function's contract).
         unsafe { check_calls(parse) };
@@ -1203,6 +1204,7 @@ impl Drop for HookDone {
 /// Called by PostgreSQL as `ExecutorStart_hook`, with a valid QueryDesc.
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c_int) {
+    super::citus::note_connection_name();
     // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
     if unsafe { pg_sys::ParallelWorkerNumber } < 0 {
         super::executor_end::started(qd);
@@ -1279,34 +1281,50 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
     }
 }
 
-/// A copy of `orig` (entries, fetch hook and arguments alike) whose compile hook is
-/// [`compile_param`]; `orig`'s compile hook is kept after the entries.
+/// How many of `list`'s entries a wrapper copies: none when the list's values are read through
+/// its fetch hook (PostgreSQL then never reads the entries themselves, and PL/pgSQL's lists
+/// say `numParams` entries while holding only the header: an attacker's pass had every
+/// statement of a function with many variables copy far past the end of its list), else all.
 ///
 /// # Safety
-/// `orig` must be null or a valid parameter list laid out as makeParamList allocates it (its
-/// `numParams` entries in the same allocation). The copy is palloc'd in the current memory
-/// context, which must outlive every use of it; it shares `orig`'s hooks' arguments and its
-/// entries' values, which must live as long.
+/// `list` must be null or a valid parameter list.
+unsafe fn copied_entries(list: pg_sys::ParamListInfo) -> usize {
+    // SAFETY: `list` is read only when not null: then a valid list (this function's contract).
+    unsafe {
+        if list.is_null() || (*list).paramFetch.is_some() {
+            0
+        } else {
+            (*list).numParams.max(0) as usize
+        }
+    }
+}
+
+/// A copy of `orig` (its entries unless it is read through its fetch hook, which it keeps,
+/// and its hooks' arguments) whose compile hook is [`compile_param`]; `orig`'s compile hook is
+/// kept after the copied entries.
+///
+/// # Safety
+/// `orig` must be null or a valid parameter list: one read through its fetch hook, or laid
+/// out as makeParamList allocates it (its `numParams` entries in the same allocation). The
+/// copy is palloc'd in the current memory context, which must outlive every use of it; it
+/// shares `orig`'s hooks' arguments and its entries' values, which must live as long.
 pub(crate) unsafe fn wrap(orig: pg_sys::ParamListInfo) -> pg_sys::ParamListInfo {
     // Never wrap a wrapper: its compile hook would call itself.
     // SAFETY: `orig` is read only when not null: then a valid list (this function's contract).
     if !orig.is_null() && is_ours(unsafe { (*orig).paramCompile }) {
         return orig;
     }
-    let n = if orig.is_null() {
-        0
-    } else {
-        // SAFETY: as above.
-        unsafe { (*orig).numParams.max(0) as usize }
-    };
+    // SAFETY: as above.
+    let n = unsafe { copied_entries(orig) };
     // SAFETY: only computes an offset.
     let end = unsafe { entries_end(n) };
     // SAFETY: palloc0 returns zeroed, MAXALIGNed memory for the header, `n` entries and the
-    // trailer (or raises). A non-null `orig` holds `end` bytes (header and its `n` entries,
-    // this function's contract), copied whole; otherwise the zeroed header says 0 entries.
-    // `end` is a multiple of 8 (the header's size before its entries, then 16-byte entries),
-    // so the trailer written after the entries is aligned for a function pointer, inside the
-    // allocation.
+    // trailer (or raises). A non-null `orig` holds `end` bytes (its header, and its `n`
+    // entries when it has them in the same allocation: this function's contract; a list
+    // read through its fetch hook may have none, and none are copied), copied whole;
+    // otherwise the zeroed header says 0 entries. `end` is a multiple of 8 (the header's size
+    // before its entries, then 16-byte entries), so the trailer written after the entries is
+    // aligned for a function pointer, inside the allocation.
     unsafe {
         let w = pg_sys::palloc0(end + std::mem::size_of::<Trailer>()) as pg_sys::ParamListInfo;
         if orig.is_null() {
@@ -1407,10 +1425,11 @@ unsafe extern "C-unwind" fn compile_param(
         unsafe { pg_sys::ExprEvalPushStep(state, &step) };
         return;
     }
-    // SAFETY: `params` is a list made by `wrap` (this function's contract): its header, its
-    // `numParams` entries, then the trailer `wrap` wrote, aligned, inside the allocation.
+    // SAFETY: `params` is a list made by `wrap` (this function's contract): its header, the
+    // entries it copied (as many as copied_entries says, from the fetch hook it kept), then the
+    // trailer `wrap` wrote, aligned, inside the allocation.
     let trailer = unsafe {
-        let n = (*params).numParams.max(0) as usize;
+        let n = copied_entries(params);
         ((params as *mut u8).add(entries_end(n)) as *mut Trailer).read()
     };
     match trailer {

@@ -110,33 +110,62 @@ pub fn in_database() -> bool {
     created
 }
 
+thread_local! {
+    /// Whether a statement of this backend has started while its `application_name` was not
+    /// Citus's internal one: then the backend is never Citus's own again.
+    static RENAMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the connection is named as Citus's internal ones now.
+fn named_internal() -> bool {
+    // SAFETY: application_name is the backend's own GUC variable (NULL before the setting is
+    // initialised), read on its only thread; the string it points to lives until the setting
+    // changes, which nothing here does.
+    unsafe {
+        let name = pg_sys::application_name;
+        !name.is_null()
+            && CStr::from_ptr(name)
+                .to_bytes()
+                .starts_with(b"citus_internal gpid=")
+    }
+}
+
+/// Note the connection's name as a statement starts (pg_tenancy's utility, planner and
+/// executor hooks call this): a backend seen under another name once is not Citus's own for
+/// the rest of its life, whatever it is named later. Citus opens the connections that run a
+/// client's commands (`run_command_on_workers`, which any role may call) under its internal
+/// name and renames them before the client's command: an attacker's pass, as a table's owner on
+/// the coordinator, named such a connection back (`set_config()`, then `RESET
+/// application_name`) and dropped every shard of its table on the workers; as any role, it
+/// crashed a node by having a distributed plan made for a connection so named.
+pub fn note_connection_name() {
+    if RENAMED.with(|r| r.get()) || !loaded() {
+        return;
+    }
+    if !named_internal() {
+        RENAMED.with(|r| r.set(true));
+    }
+}
+
 /// Whether this backend is a connection Citus opened for its own work (its
-/// `application_name`), whoever its user. Citus names its connections when it opens them (in
-/// the connection string): a name set later in the session (`SET`, `set_config()`) is a
-/// client's, not Citus's. An attacker's pass, as a table's owner on the coordinator, opened a
-/// connection to each worker with Citus's `run_command_on_workers` (executable by everyone),
-/// renamed it `citus_internal` there and dropped every shard of its table; as any role, it
-/// crashed a node by having a distributed plan made for such a connection.
+/// `application_name`), whoever its user: named so now, when every statement it ran started
+/// (see [`note_connection_name`]), and when it opened.
 pub fn internal_backend() -> bool {
     if !loaded() {
         return false;
     }
-    // SAFETY: as in internal_superuser_backend; GetConfigOptionResetString returns the value
-    // the session started with (from its connection, or the role's or database's default),
-    // which SET and set_config() leave alone, valid until the setting is reset at startup or
-    // reload (read at once), and raises only for an unknown or superuser-only setting, which
-    // application_name is not.
+    note_connection_name();
+    if RENAMED.with(|r| r.get()) || !named_internal() {
+        return false;
+    }
+    // SAFETY: GetConfigOptionResetString returns the value the session started with (from its
+    // connection, or the role's or database's default), which SET and set_config() leave
+    // alone, valid until the setting is reset at startup or reload (read at once), and raises
+    // only for an unknown or superuser-only setting, which application_name is not;
+    // application_name as in named_internal.
     unsafe {
-        let name = pg_sys::application_name;
-        if name.is_null()
-            || !CStr::from_ptr(name)
-                .to_bytes()
-                .starts_with(b"citus_internal gpid=")
-        {
-            return false;
-        }
         let started = pg_sys::GetConfigOptionResetString(c"application_name".as_ptr());
-        !started.is_null() && CStr::from_ptr(started) == CStr::from_ptr(name)
+        !started.is_null() && CStr::from_ptr(started) == CStr::from_ptr(pg_sys::application_name)
     }
 }
 

@@ -76,6 +76,7 @@ unsafe extern "C-unwind" fn utility_hook(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
+    super::citus::note_connection_name();
     // SAFETY: PostgreSQL calls the hook with a valid planned utility statement.
     let stmt = unsafe { (*pstmt).utilityStmt };
     for f in BEFORE.with(|b| b.borrow().clone()) {

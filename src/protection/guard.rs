@@ -925,15 +925,16 @@ pub(crate) fn refuse_joining_an_auto_protected_schema(rel: pg_sys::Oid) {
     if crate::authz::is_superuser(caller) || crate::authz::is_operator(caller) {
         return;
     }
-    // SAFETY: a lock the statement holds or takes anyway (it changed the table), held to the
-    // end of the transaction.
-    unsafe { pg_sys::LockRelationOid(rel, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    lock_tree(rel);
     let table = crate::catalog::relation_name(rel);
     if crate::audit::holds_rows(rel) {
         refuse_channel(
             rel,
             format!("table \"{table}\" holds rows and cannot be protected by its schema's auto_protect unrecorded: its rows would become tenants' rows that no tenant wrote"),
-            "Create the table empty in the schema and INSERT its rows as the tenants (each insert is recorded in its tenant's trail), or have an operator protect it (SELECT tenancy.protect(tbl);) before it moves there.",
+            format!(
+                "Have an operator protect it first (SELECT tenancy.protect({});), which takes its rows as they are, or create it empty and INSERT its rows as the tenants (each insert is recorded in its tenant's trail).",
+                crate::catalog::quote_literal(&table)
+            ),
         );
     }
     if let Some((what, call)) = stored_leaky_call(rel) {
@@ -945,6 +946,42 @@ pub(crate) fn refuse_joining_an_auto_protected_schema(rel: pg_sys::Oid) {
     }
 }
 
+/// Lock `rel` (ACCESS EXCLUSIVE, as the statement changing it does) and every partition and
+/// child under it (SHARE: until the transaction ends, none takes a write, and the writes still
+/// open end first), so that a count of their rows holds: a reviewer's pass inserted into a
+/// partition directly, in a transaction still open while its parent was counted empty.
+fn lock_tree(rel: pg_sys::Oid) {
+    // SAFETY: a lock the command takes anyway, held to the end of the transaction.
+    unsafe { pg_sys::LockRelationOid(rel, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    let mut locked: Vec<pg_sys::Oid> = Vec::new();
+    // Read again after each round of locks (a fresh snapshot each time), until no descendant is
+    // left unlocked: one attached meanwhile is found in the next round.
+    loop {
+        let found = catalog::owner_rows(
+            "pg_inherits",
+            "WITH RECURSIVE d(oid) AS ( \
+                 SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = $1 \
+                 UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN d ON i.inhparent = d.oid) \
+             SELECT oid FROM d",
+            &[rel.into()],
+            |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+        );
+        let new: Vec<pg_sys::Oid> = found
+            .into_iter()
+            .filter(|o| *o != pg_sys::InvalidOid && !locked.contains(o))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        for o in new {
+            // SAFETY: a lock that only waits for the descendant's open writers and holds off
+            // new ones, held to the end of the transaction.
+            unsafe { pg_sys::LockRelationOid(o, pg_sys::ShareLock as pg_sys::LOCKMODE) };
+            locked.push(o);
+        }
+    }
+}
+
 /// Refuse a table holding rows (any of its partitions too) that would join protected table
 /// `parent`: its rows would appear in tenants' tables with no record of who wrote them. The
 /// table is locked first (as ATTACH and INHERIT will lock it), so no transaction can still be
@@ -953,8 +990,7 @@ fn refuse_joining_rows(parent: pg_sys::Oid, table: pg_sys::Oid, partition: bool)
     if table == pg_sys::InvalidOid {
         return;
     }
-    // SAFETY: a lock the command takes anyway, held to the end of the transaction.
-    unsafe { pg_sys::LockRelationOid(table, pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE) };
+    lock_tree(table);
     if !crate::audit::holds_rows(table) {
         return;
     }

@@ -19,6 +19,55 @@ struct Walk {
     /// Domains the expression coerces to: their constraints run too, and are read after the
     /// walk (a catalog query has no place in a tree walker's callback).
     domains: Vec<pg_sys::Oid>,
+    /// Types defined in the database that values are made of at run time (a function's or a
+    /// conversion's result): their domains' constraints and their ranges' functions run too
+    /// (`json_populate_record(NULL::t, ...)`, a text converted to a composite), read after the
+    /// walk.
+    types: Vec<pg_sys::Oid>,
+}
+
+/// Built-in functions that run what they are given rather than fixed code: SQL text (the XML
+/// exports of a query, a cursor, a table, a schema or a database; `ts_stat`; `ts_rewrite` with
+/// a query) or settings (`set_config`, which can point the session's `search_path` at a
+/// schema of the expression's author). A reviewer's pass hid a user's function in the SQL text
+/// of `query_to_xml` inside a domain's default, where only calls of non-built-in functions
+/// were refused.
+const RUNS_WHAT_IT_IS_GIVEN: &[&[u8]] = &[
+    b"query_to_xml",
+    b"query_to_xmlschema",
+    b"query_to_xml_and_xmlschema",
+    b"cursor_to_xml",
+    b"cursor_to_xmlschema",
+    b"table_to_xml",
+    b"table_to_xmlschema",
+    b"table_to_xml_and_xmlschema",
+    b"schema_to_xml",
+    b"schema_to_xmlschema",
+    b"schema_to_xml_and_xmlschema",
+    b"database_to_xml",
+    b"database_to_xmlschema",
+    b"database_to_xml_and_xmlschema",
+    b"ts_stat",
+    b"ts_rewrite",
+    b"set_config",
+];
+
+/// Whether built-in function `func` is one of [`RUNS_WHAT_IT_IS_GIVEN`].
+fn runs_what_it_is_given(func: pg_sys::Oid) -> bool {
+    if u32::from(func) >= pg_sys::FirstNormalObjectId {
+        return false;
+    }
+    // SAFETY: a syscache lookup of a function's name by oid: NULL or a palloc'd,
+    // NUL-terminated copy, freed after the comparison.
+    unsafe {
+        let name = pg_sys::get_func_name(func);
+        if name.is_null() {
+            return false;
+        }
+        let found = RUNS_WHAT_IT_IS_GIVEN.contains(&std::ffi::CStr::from_ptr(name).to_bytes());
+        pg_sys::pfree(name.cast());
+        found
+    }
 }
 
 /// Whether `func` is one of PostgreSQL's own functions (created by initdb, below the first
@@ -59,6 +108,13 @@ unsafe extern "C-unwind" fn check_function(func: pg_sys::Oid, context: *mut c_vo
     // SAFETY: `context` is the Walk that first_leaky_call passed down.
     let walk = unsafe { &mut *(context as *mut Walk) };
     let builtin = u32::from(func) < pg_sys::FirstNormalObjectId;
+    if runs_what_it_is_given(func) {
+        walk.found = Some(format!(
+            "{} (which runs the SQL or settings it is given)",
+            describe_function(func)
+        ));
+        return true;
+    }
     if builtin_leakproof(func) || (walk.user_code_only && (builtin || pg_tenancys_own(func))) {
         return false;
     }
@@ -84,6 +140,18 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
                 let walk = &mut *(context as *mut Walk);
                 walk.domains
                     .push((*(node as *mut pg_sys::CoerceToDomain)).resulttype);
+            }
+            pg_sys::NodeTag::T_FuncExpr
+            | pg_sys::NodeTag::T_OpExpr
+            | pg_sys::NodeTag::T_CoerceViaIO
+            | pg_sys::NodeTag::T_ArrayCoerceExpr => {
+                let t = pg_sys::exprType(node);
+                if u32::from(t) >= pg_sys::FirstNormalObjectId {
+                    let walk = &mut *(context as *mut Walk);
+                    if !walk.types.contains(&t) {
+                        walk.types.push(t);
+                    }
+                }
             }
             // A subquery or a parameter has no place in these expressions.
             pg_sys::NodeTag::T_SubLink
@@ -136,15 +204,26 @@ unsafe fn walk_expression(
         found: None,
         user_code_only,
         domains: Vec::new(),
+        types: Vec::new(),
     };
     // SAFETY: the walker only reads the tree; `walk` outlives the walk.
     unsafe { walker(expr, (&mut walk as *mut Walk).cast()) };
     if walk.found.is_some() {
         return walk.found;
     }
-    walk.domains
+    if let Some(call) = walk
+        .domains
         .into_iter()
         .find_map(|d| domain_leaky_call(d, user_code_only, seen))
+    {
+        return Some(call);
+    }
+    walk.types.into_iter().find_map(|t| {
+        if seen.contains(&t) {
+            return None;
+        }
+        type_leaky_call_in(t, user_code_only, seen)
+    })
 }
 
 /// The first leaky call in the CHECK constraints of domain `domain` and of the domains it is
@@ -261,6 +340,15 @@ fn reachable_types(typ: pg_sys::Oid) -> SetOfIterator<'static, pg_sys::Oid> {
 /// (ANALYZE and GiST indexes call the latter over every row; those not built in are a user's
 /// code whatever the mode). None when there is none.
 pub fn type_leaky_call(typ: pg_sys::Oid, user_code_only: bool) -> Option<String> {
+    type_leaky_call_in(typ, user_code_only, &mut Vec::new())
+}
+
+/// [`type_leaky_call`], with the domains and types already looked at.
+fn type_leaky_call_in(
+    typ: pg_sys::Oid,
+    user_code_only: bool,
+    seen: &mut Vec<pg_sys::Oid>,
+) -> Option<String> {
     let q = format!(
         "SELECT ty.oid, ty.typtype::pg_catalog.text, \
                 (SELECT f FROM pg_catalog.pg_range r, LATERAL pg_catalog.unnest(ARRAY[r.rngcanonical, r.rngsubdiff]::pg_catalog.oid[]) f \
@@ -282,11 +370,10 @@ pub fn type_leaky_call(typ: pg_sys::Oid, user_code_only: bool) -> Option<String>
         Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a type failed: {e}"));
-    let mut seen = Vec::new();
-    found
+    if let Some(call) = found
         .into_iter()
         .find_map(|(t, kind, range_fn)| match kind.as_str() {
-            "d" => domain_leaky_call(t, user_code_only, &mut seen),
+            "d" => domain_leaky_call(t, user_code_only, seen),
             _ => range_fn.map(|f| {
                 format!(
                     "{} (a function of range type {})",
@@ -295,6 +382,35 @@ pub fn type_leaky_call(typ: pg_sys::Oid, user_code_only: bool) -> Option<String>
                 )
             }),
         })
+    {
+        return Some(call);
+    }
+    // A cast to or from a type the value is made of, with a function of a user's: it runs
+    // wherever such a value is converted (an INSERT of a text into an enum column), and its
+    // function's owner may replace it at any time (a reviewer's pass).
+    let q = format!(
+        "SELECT c.castfunc FROM pg_catalog.pg_cast c \
+          WHERE c.castfunc >= {0} \
+            AND (c.castsource IN (SELECT oid FROM ({REACHABLE_TYPES}) r WHERE r.oid >= {0}) \
+                 OR c.casttarget IN (SELECT oid FROM ({REACHABLE_TYPES}) r WHERE r.oid >= {0})) \
+          ORDER BY 1 LIMIT 1",
+        pg_sys::FirstNormalObjectId
+    );
+    let cast: Option<pg_sys::Oid> = Spi::connect(|c| {
+        let t = c.select(&q, Some(1), &[typ.into()])?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_one::<pg_sys::Oid>()
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a type's casts failed: {e}"));
+    cast.map(|f| {
+        format!(
+            "{} (a cast to or from a type of {})",
+            describe_function(f),
+            type_name(typ)
+        )
+    })
 }
 
 pub(crate) fn type_name(typ: pg_sys::Oid) -> String {

@@ -2306,6 +2306,26 @@ fn a_connection_named_as_citus_after_it_started_is_not_citus() {
         vec![false, false],
         "a worker ran the renamed connection's drop"
     );
+    // Citus opens these connections under its internal name and renames them before the
+    // client's command: named back with RESET (a reviewer's pass), they are not Citus's either.
+    let ran: Vec<bool> = o
+        .query(
+            &format!(
+                "SELECT success FROM run_command_on_workers($c$DO $x$ BEGIN \
+                   RESET application_name; \
+                   PERFORM worker_drop_distributed_table('public.{t}'); END $x$$c$)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        ran,
+        vec![false, false],
+        "a worker ran the reset connection's drop"
+    );
     assert_eq!(shards(&mut su), before);
     let workers_tables: Vec<String> = o
         .query(

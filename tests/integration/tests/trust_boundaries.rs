@@ -1309,7 +1309,8 @@ fn audit_never_runs_a_types_cast_to_json() {
         assert!(recorded.contains(part), "{part} in {recorded}");
     }
     // A table joining a protected parent with rows of such a type is refused: its rows become
-    // jsonb by SQL, as the table's owner.
+    // jsonb by SQL, as the table's owner. (Its type's cast calls a user's function, which is
+    // refused first since: 42501.)
     su.batch_execute(&format!(
         "CREATE TABLE {s}.parted (tenant_id uuid NOT NULL, id int NOT NULL, m {s}.mood) PARTITION BY RANGE (id); \
          SELECT tenancy.protect('{s}.parted'); \
@@ -1322,7 +1323,7 @@ fn audit_never_runs_a_types_cast_to_json() {
     expect_err(
         &mut op,
         &format!("SELECT tenancy.attach_partition('{s}.parted', '{s}.joining', 'FOR VALUES FROM (100) TO (200)')"),
-        &["0A000"],
+        &["0A000", "42501"],
     );
     let ran: i64 = su
         .query_one(&format!("SELECT count(*) FROM {s}.seen"), &[])
@@ -1863,6 +1864,18 @@ fn a_domains_or_types_owner_cannot_add_code_to_a_protected_column_later() {
         "42501",
         "guard_refused",
     );
+    // Nor hidden in the SQL text or the settings a built-in function runs (a reviewer's pass).
+    for default in [
+        format!("(query_to_xml('SELECT {s}.grab()', true, false, ''))::text"),
+        format!("set_config('search_path', '{s}, pg_catalog', false)"),
+    ] {
+        expect_refusal(
+            &mut owner,
+            &format!("ALTER DOMAIN {s}.label SET DEFAULT {default}"),
+            "42501",
+            "guard_refused",
+        );
+    }
     // A default of built-in functions stays the domain owner's to set.
     owner
         .batch_execute(&format!("ALTER DOMAIN {s}.label SET DEFAULT 'none'"))
@@ -1883,6 +1896,32 @@ fn a_domains_or_types_owner_cannot_add_code_to_a_protected_column_later() {
         "42501",
         "guard_refused",
     );
+    // A type whose cast (made before the column) calls a user's function, which its owner may
+    // replace at any time (a reviewer's pass): not a new column's type; and where a superuser
+    // gave a protected table such a column, verify() names the cast.
+    su.batch_execute(&format!(
+        "SET ROLE {typ}; CREATE TYPE {s}.mood2 AS ENUM ('ok'); \
+         CREATE FUNCTION {s}.to_mood2(text) RETURNS {s}.mood2 LANGUAGE sql AS $$ SELECT 'ok'::{s}.mood2 $$; \
+         CREATE CAST (text AS {s}.mood2) WITH FUNCTION {s}.to_mood2(text) AS ASSIGNMENT; RESET ROLE"
+    ))
+    .unwrap();
+    expect_refusal(
+        &mut tow,
+        &format!("ALTER TABLE {s}.t ADD COLUMN m2 {s}.mood2"),
+        "42501",
+        "guard_refused",
+    );
+    su.batch_execute(&format!(
+        "CREATE TABLE {s}.u (tenant_id uuid NOT NULL, m {s}.mood2); SELECT tenancy.protect('{s}.u')"
+    ))
+    .unwrap();
+    let found: Vec<String> = texts(
+        &mut su,
+        &format!(
+            "SELECT object FROM tenancy.verify() WHERE rule = 'cast_function_owner_can_bind' AND detail LIKE '%{s}.u%'"
+        ),
+    );
+    assert_eq!(found, vec![format!("CAST (text AS {s}.mood2)")]);
     let mut c = app();
     bound_tx(&mut c, &f, &f.a, true, |c| {
         c.batch_execute(&format!("INSERT INTO {s}.t (id, m) VALUES (1, 'ok')"))
@@ -1893,4 +1932,50 @@ fn a_domains_or_types_owner_cannot_add_code_to_a_protected_column_later() {
         .unwrap()
         .get(0);
     assert_eq!(ran, 0, "the domain's or type's owner's code ran");
+}
+
+#[test]
+fn rows_written_into_a_partition_while_its_parent_joins_an_auto_protected_schema_are_counted() {
+    // Found by a reviewer's pass: a row inserted straight into a partition, in a transaction
+    // still open while its parent moved into a schema of auto_protect, was not counted (the
+    // partition was not locked), and became another tenant's row unrecorded.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let own = login_role(&mut su, "own", "");
+    let s = ident("apr");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s}; GRANT USAGE, CREATE ON SCHEMA {s} TO {own}; \
+         CREATE SCHEMA {s}_stage AUTHORIZATION {own}; SELECT tenancy.auto_protect('{s}')"
+    ))
+    .unwrap();
+    let mut writer = connect(&own);
+    assert_not_privileged(&mut writer);
+    let b = &f.b_id;
+    writer
+        .batch_execute(&format!(
+            "CREATE TABLE {s}_stage.q (tenant_id uuid NOT NULL, id int, at date NOT NULL) PARTITION BY RANGE (at); \
+             CREATE TABLE {s}_stage.q_1 PARTITION OF {s}_stage.q FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')"
+        ))
+        .unwrap();
+    // The first insert makes the partition's constraint known to the session, so the second
+    // takes no lock on the parent.
+    writer
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {s}_stage.q_1 VALUES ('{b}', 1, '2026-05-01'); ROLLBACK"
+        ))
+        .unwrap();
+    writer
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {s}_stage.q_1 VALUES ('{b}', 666, '2026-05-01')"
+        ))
+        .unwrap();
+    let (own2, s2) = (own.clone(), s.clone());
+    let mover = std::thread::spawn(move || {
+        let mut c = connect(&own2);
+        c.batch_execute(&format!("ALTER TABLE {s2}_stage.q SET SCHEMA {s2}"))
+            .map_err(|e| sqlstate(&e))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    writer.batch_execute("COMMIT").unwrap();
+    assert_eq!(mover.join().unwrap(), Err("42501".to_string()));
 }
