@@ -621,31 +621,39 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
             // Held no row of the tenant (counted by the preflight): not written at all.
             continue;
         }
-        // `table` is regclass's output under a pinned search_path: schema-qualified and quoted
-        // by PostgreSQL; the tenant is a bound parameter.
-        let sql = format!(
-            "DELETE FROM {table} WHERE {} = $1",
-            crate::catalog::quote_ident(&column)
-        );
         // As the table's owner in a security-restricted operation, with row security forced
         // and bound to this tenant for this table alone: the table's triggers, rules and
         // foreign-key actions run with the owner's privileges, and its policies confine the
-        // delete to the tenant's rows.
+        // delete to the tenant's rows. The table is named by its oid as the statement is
+        // prepared, and the prepared statement checked to name it alone (`pg::relation_spi`):
+        // an earlier table owner's trigger renamed the schema and put its own table under this
+        // one's name, where it ran as this table's owner (an attacker's pass). The tenant is a
+        // bound parameter.
+        let column_sql = crate::catalog::quote_ident(&column);
+        let tenant_datum = uuid
+            .into_datum()
+            .unwrap_or_else(|| pgrx::error!("pg_tenancy: the tenant's uuid"));
         let n = as_decommission(
             &t,
             relid,
             &table,
             citus_tables.distributed.contains(&relid),
             || {
-                Spi::connect_mut(|c| {
-                    c.update(sql.as_str(), None, &[uuid.into()])
-                        .map(|t| t.len() as u64)
+                Spi::connect_mut(|_c| {
+                    // SAFETY: inside the SPI connection just opened, in the transaction; the
+                    // one argument is the tenant's uuid datum.
+                    unsafe {
+                        crate::pg::relation_spi::run_on(
+                            relid,
+                            pg_sys::RowExclusiveLock,
+                            |name| format!("DELETE FROM {name} WHERE {column_sql} = $1"),
+                            &[(pg_sys::UUIDOID, tenant_datum)],
+                        )
+                    }
+                    .0
                 })
             },
-        )
-        .unwrap_or_else(|e| {
-            pgrx::error!("pg_tenancy: deleting the tenant's rows from {table} failed: {e}")
-        });
+        );
         total += n;
         rows.insert(table, n.into());
     }
@@ -974,7 +982,7 @@ fn citus_preflight(t: &catalog::TenantRow) -> CitusTables {
         // shards' index expressions). A table without them is not written at all, so that
         // only the tables decommission changes meet Citus's one-user rule.
         let sql = format!(
-            "SELECT pg_catalog.count(*) FROM {table} WHERE {} = $1",
+            "SELECT pg_catalog.count(*) FROM {{table}} WHERE {} = $1",
             crate::catalog::quote_ident(&column)
         );
         let n = if runs_owner_code(relid) {
@@ -988,7 +996,7 @@ fn citus_preflight(t: &catalog::TenantRow) -> CitusTables {
                 1
             }
         } else {
-            count_as_catalog_owner(&table, &sql, t.id)
+            count_as_catalog_owner(&table, &sql.replace("{table}", &table), t.id)
         };
         if n == 0 {
             out.untouched.push(relid);
@@ -1102,6 +1110,8 @@ fn count_by_scan(relid: pg_sys::Oid, table: &str, column: &str, tenant: uuid::Uu
 
 /// `sql` (a count) run by [`as_decommission`] (with `carry`, the binding carried to the
 /// workers).
+/// The statement is `sql` with `{table}` standing for the table's name, which is read from
+/// `relid` as the statement is prepared (see `pg::relation_spi`).
 fn count_as_decommission(
     t: &catalog::TenantRow,
     relid: pg_sys::Oid,
@@ -1109,15 +1119,23 @@ fn count_as_decommission(
     carry: bool,
     sql: &str,
 ) -> i64 {
+    let tenant_datum = to_pg_uuid(t.id)
+        .into_datum()
+        .unwrap_or_else(|| pgrx::error!("pg_tenancy: the tenant's uuid"));
     as_decommission(t, relid, table, carry, || {
-        Spi::connect(|c| {
-            c.select(sql, Some(1), &[to_pg_uuid(t.id).into()])?
-                .first()
-                .get_one::<i64>()
+        Spi::connect(|_c| {
+            // SAFETY: inside the SPI connection just opened, in the transaction; the one
+            // argument is the tenant's uuid datum.
+            unsafe {
+                crate::pg::relation_spi::run_on(
+                    relid,
+                    pg_sys::AccessShareLock,
+                    |name| sql.replace("{table}", name),
+                    &[(pg_sys::UUIDOID, tenant_datum)],
+                )
+            }
+            .1
         })
-    })
-    .unwrap_or_else(|e| {
-        pgrx::error!("pg_tenancy: counting the tenant's rows in {table} failed: {e}")
     })
     .unwrap_or(0)
 }
@@ -1149,7 +1167,7 @@ fn remaining_rows(t: &catalog::TenantRow, citus: &CitusTables) -> Option<(String
         }
         let n = if citus.distributed.contains(&relid) {
             let sql = format!(
-                "SELECT pg_catalog.count(*) FROM ONLY {table} WHERE {} = $1",
+                "SELECT pg_catalog.count(*) FROM ONLY {{table}} WHERE {} = $1",
                 crate::catalog::quote_ident(&column)
             );
             count_as_decommission(t, relid, &table, true, &sql)

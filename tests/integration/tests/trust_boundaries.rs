@@ -1979,3 +1979,64 @@ fn rows_written_into_a_partition_while_its_parent_joins_an_auto_protected_schema
     writer.batch_execute("COMMIT").unwrap();
     assert_eq!(mover.join().unwrap(), Err("42501".to_string()));
 }
+
+#[test]
+fn decommission_deletes_from_the_table_it_means_whatever_is_renamed_meanwhile() {
+    // Found by an attacker's pass: decommission_tenant read every protected table's name, then
+    // deleted table after table by name as each table's owner. The owner of a schema holding a
+    // superuser's protected table, from a trigger of its own protected table deleted first,
+    // renamed the schema and put its own table (with a trigger) under the superuser's table's
+    // name: its trigger then ran as the superuser and made its owner one.
+    let mut su = superuser();
+    let evil = login_role(&mut su, "evil", "");
+    let s = ident("ren");
+    su.batch_execute(&format!(
+        "GRANT CREATE ON DATABASE {db} TO {evil}; CREATE SCHEMA {s} AUTHORIZATION {evil}; \
+         SET ROLE {evil}; \
+         CREATE TABLE {s}.first (tenant_id uuid NOT NULL, id int); \
+         CREATE FUNCTION {s}.swap() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+         BEGIN \
+           ALTER SCHEMA {s} RENAME TO {s}_real; \
+           CREATE SCHEMA {s}; \
+           CREATE TABLE {s}.victim (tenant_id uuid, id int); \
+           CREATE FUNCTION {s}.pwn() RETURNS trigger LANGUAGE plpgsql AS $g$ \
+           BEGIN ALTER ROLE {evil} SUPERUSER; RETURN NULL; END $g$; \
+           CREATE TRIGGER pwn BEFORE DELETE ON {s}.victim FOR EACH STATEMENT EXECUTE FUNCTION {s}.pwn(); \
+           RETURN NULL; \
+         END $f$; \
+         CREATE TRIGGER swap AFTER DELETE ON {s}.first FOR EACH STATEMENT EXECUTE FUNCTION {s}.swap(); \
+         RESET ROLE; \
+         CREATE TABLE {s}.victim (tenant_id uuid NOT NULL, id int); \
+         SELECT tenancy.protect('{s}.first'); SELECT tenancy.protect('{s}.victim')",
+        db = std::env::var("TENANCY_IT_DB").unwrap_or_else(|_| "tenancy_it".into()),
+    ))
+    .unwrap();
+    let t = unique("gone");
+    let id: String = su
+        .query_one("SELECT tenancy.create_tenant($1)::text", &[&t])
+        .unwrap()
+        .get(0);
+    su.batch_execute(&format!("INSERT INTO {s}.victim VALUES ('{id}', 1)"))
+        .unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let r = op.query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&t]);
+    assert!(
+        !is_superuser(&mut su, &evil),
+        "the owner became a superuser"
+    );
+    // Either the deletion reached the real table (renamed) or the call was refused whole.
+    match r {
+        Ok(_) => {
+            let left: i64 = su
+                .query_one(
+                    &format!("SELECT count(*) FROM {s}_real.victim WHERE tenant_id = '{id}'"),
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(left, 0);
+        }
+        Err(e) => panic!("decommission failed: {}", message(&e)),
+    }
+}
