@@ -377,7 +377,14 @@ fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {
                     pg_sys::NodeTag::T_DropOwnedStmt,
                 ])
         }
-        Kind::WorkerDrop => superuser || crate::pg::citus::internal_backend(),
+        // Citus's DROP TABLE sends these as the statement itself, in its own connection, as
+        // the table's owner; never from inside another statement (a user's function pushed
+        // down to the node).
+        Kind::WorkerDrop => {
+            superuser
+                || (crate::pg::citus::internal_backend()
+                    && crate::pg::citus::running_exactly_a_call_of(name))
+        }
         Kind::Shard | Kind::Placement | Kind::Partition => superuser,
     };
     if exempt {

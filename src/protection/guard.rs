@@ -1852,47 +1852,30 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt, query: *const std:
     }
 }
 
-/// `CREATE CAST ... WITH FUNCTION` to or from a type a protected column is made of: the
-/// function would run in every tenant's sessions that convert such a value (an INSERT of a
-/// text value into an enum column, say), with their bindings, and could read their rows. A
-/// type's owner may create one at any time (an attacker's pass did, after the column was
-/// added, where the column's type is checked). Refused to everyone but superusers.
+/// `CREATE CAST ... WITH FUNCTION` by a role that is not a superuser, in a database with
+/// protected tables: the function runs in every tenant's session that converts such a value
+/// (an INSERT of a text into an enum column, a built-in's conversion of its argument to text or
+/// json in a column's default), with their bindings, and its owner may replace it at any time.
+/// An attacker's pass made one after a protected column of its type existed; a reviewer's, for
+/// a type a default only names. Casts are the trusted migration role's (a superuser's).
 ///
 /// # Safety
 /// `s` must be a valid CreateCastStmt parse tree; inside the command's transaction.
 unsafe fn check_create_cast(s: *mut pg_sys::CreateCastStmt) {
-    // SAFETY: `s` is a parse tree of CREATE CAST; its type names are TypeName nodes, looked up
-    // with missing_ok (the command itself reports a missing type).
-    unsafe {
-        if (*s).func.is_null() {
-            return;
-        }
-        for tn in [(*s).sourcetype, (*s).targettype] {
-            if tn.is_null() {
-                continue;
-            }
-            let typ = pg_sys::LookupTypeNameOid(std::ptr::null_mut(), tn, true);
-            // A built-in type is made part of many columns; a cast needs its creator to own
-            // one of its two types, and the other one is the database's.
-            if u32::from(typ) < pg_sys::FirstNormalObjectId {
-                continue;
-            }
-            if let Some(table) = protected_table_using(typ) {
-                if table == pg_sys::InvalidOid {
-                    continue;
-                }
-                refuse_channel(
-                    table,
-                    format!(
-                        "CREATE CAST with a function to or from type {} is refused: a column of protected table \"{}\" is made of it, and the function would run in every tenant's sessions",
-                        crate::protection::leakproof::type_name(typ),
-                        crate::catalog::relation_name(table)
-                    ),
-                    "Have a superuser (a trusted migration role) create the cast, or convert values with a function the application calls itself.",
-                );
-            }
-        }
+    // SAFETY: `s` is a parse tree of CREATE CAST.
+    if unsafe { (*s).func.is_null() } {
+        return;
     }
+    if catalog::protected_relids().is_none_or(|p| p.is_empty()) {
+        return;
+    }
+    errors::refuse(
+        "guard_refused",
+        serde_json::Map::new(),
+        errors::INSUFFICIENT_PRIVILEGE,
+        "CREATE CAST with a function is refused in a database with protected tables: the function would run in every tenant's sessions that convert such a value".to_string(),
+        "Have a superuser (a trusted migration role) create the cast, or convert values with a function the application calls itself.",
+    );
 }
 
 /// `LOCK TABLE` in a mode stronger than ROW EXCLUSIVE on a protected table stalls every tenant's

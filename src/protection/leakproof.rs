@@ -141,10 +141,29 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
                 walk.domains
                     .push((*(node as *mut pg_sys::CoerceToDomain)).resulttype);
             }
-            pg_sys::NodeTag::T_FuncExpr
+            // Every value's type, constants' too: built-in functions convert what they are
+            // given with its type's casts (`to_json` looks for a cast to json, `||` and
+            // `quote_literal` cast to text), so a cast of a user's runs where no call of it
+            // shows (a reviewer's pass hid one behind `to_json('a'::t)` in a default).
+            pg_sys::NodeTag::T_Const
+            | pg_sys::NodeTag::T_Var
+            | pg_sys::NodeTag::T_Param
+            | pg_sys::NodeTag::T_FuncExpr
             | pg_sys::NodeTag::T_OpExpr
+            | pg_sys::NodeTag::T_DistinctExpr
+            | pg_sys::NodeTag::T_NullIfExpr
             | pg_sys::NodeTag::T_CoerceViaIO
-            | pg_sys::NodeTag::T_ArrayCoerceExpr => {
+            | pg_sys::NodeTag::T_ArrayCoerceExpr
+            | pg_sys::NodeTag::T_RelabelType
+            | pg_sys::NodeTag::T_ConvertRowtypeExpr
+            | pg_sys::NodeTag::T_CollateExpr
+            | pg_sys::NodeTag::T_CaseExpr
+            | pg_sys::NodeTag::T_ArrayExpr
+            | pg_sys::NodeTag::T_RowExpr
+            | pg_sys::NodeTag::T_CoalesceExpr
+            | pg_sys::NodeTag::T_MinMaxExpr
+            | pg_sys::NodeTag::T_FieldSelect
+            | pg_sys::NodeTag::T_SubscriptingRef => {
                 let t = pg_sys::exprType(node);
                 if u32::from(t) >= pg_sys::FirstNormalObjectId {
                     let walk = &mut *(context as *mut Walk);
@@ -387,10 +406,13 @@ fn type_leaky_call_in(
     }
     // A cast to or from a type the value is made of, with a function of a user's: it runs
     // wherever such a value is converted (an INSERT of a text into an enum column), and its
-    // function's owner may replace it at any time (a reviewer's pass).
+    // function's owner may replace it at any time (a reviewer's pass). Not one a superuser
+    // owns (an extension's, citext's or hstore's: the trusted migration role's).
     let q = format!(
         "SELECT c.castfunc FROM pg_catalog.pg_cast c \
           WHERE c.castfunc >= {0} \
+            AND NOT (SELECT r.rolsuper FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_roles r ON r.oid = f.proowner \
+                      WHERE f.oid = c.castfunc) \
             AND (c.castsource IN (SELECT oid FROM ({REACHABLE_TYPES}) r WHERE r.oid >= {0}) \
                  OR c.casttarget IN (SELECT oid FROM ({REACHABLE_TYPES}) r WHERE r.oid >= {0})) \
           ORDER BY 1 LIMIT 1",

@@ -2222,11 +2222,16 @@ fn a_tables_owner_cannot_take_its_protection_apart_with_citus_functions() {
         .get(0);
     // In a transaction rolled back at the end: the table is left as it was for the other tests
     // (whose verify() reads every protected table, and whose shard moves share its colocation).
+    // (Each statement on its own: Citus sends the call as a statement of its own, and only
+    // so is it let through.)
+    spoofed.batch_execute("BEGIN").unwrap();
     spoofed
         .batch_execute(&format!(
-            "BEGIN; SELECT worker_drop_distributed_table('public.{t2}'); \
-             SET LOCAL citus.override_table_visibility = off"
+            "SELECT worker_drop_distributed_table('public.{t2}')"
         ))
+        .unwrap();
+    spoofed
+        .batch_execute("SET LOCAL citus.override_table_visibility = off")
         .unwrap();
     for sql in [
         format!("ALTER TABLE {shard} NO FORCE ROW LEVEL SECURITY"),
@@ -2261,7 +2266,7 @@ fn a_connection_named_as_citus_after_it_started_is_not_citus() {
     );
     let mut su = superuser();
     su.batch_execute(&format!(
-        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT CREATE ON SCHEMA public TO {owner}"
     ))
     .unwrap();
     setup_in_one_transaction(
@@ -2326,6 +2331,26 @@ fn a_connection_named_as_citus_after_it_started_is_not_citus() {
         vec![false, false],
         "a worker ran the reset connection's drop"
     );
+    // Nor from inside a statement Citus sends in its own connections: the owner's function
+    // pushed down to the workers in a shard query (a reviewer's pass).
+    for sql in [
+        format!("CREATE TABLE public.{t}_mine (k int, v int)"),
+        format!("SELECT create_distributed_table('public.{t}_mine', 'k')"),
+        format!("INSERT INTO public.{t}_mine VALUES (1, 1), (2, 2)"),
+        format!(
+            "CREATE FUNCTION public.{t}_dropper() RETURNS text LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM worker_drop_distributed_table('public.{t}'); RETURN 'dropped'; END $$"
+        ),
+    ] {
+        o.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    }
+    let e = o
+        .batch_execute(&format!(
+            "SELECT k, public.{t}_dropper() FROM public.{t}_mine"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     assert_eq!(shards(&mut su), before);
     let workers_tables: Vec<String> = o
         .query(

@@ -226,17 +226,19 @@ fn a_tables_owner_cannot_run_code_through_a_columns_type_or_cast() {
     let mut su = superuser();
     let (s, owner) = owned_table(&mut su, &f);
     leaky_function(&mut su, &s, &owner);
-    // A domain whose check shows its values, and a composite type whose assignment cast does.
+    // A domain whose check shows its values, and a composite type whose assignment cast does
+    // (a cast with a function is a superuser's to create where tables are protected: made by
+    // one here, with the owner's function).
     su.batch_execute(&format!(
         "SET ROLE {owner}; \
          CREATE DOMAIN {s}.leakdom AS text CHECK ({s}.leak(VALUE)); \
          CREATE TYPE {s}.comp AS (x text); \
          CREATE FUNCTION {s}.tocomp(text) RETURNS {s}.comp LANGUAGE plpgsql AS \
            $$ BEGIN RAISE NOTICE 'cast: %', $1; RETURN ROW($1); END $$; \
-         CREATE CAST (text AS {s}.comp) WITH FUNCTION {s}.tocomp(text) AS ASSIGNMENT; \
          CREATE TYPE {s}.rowt AS (tenant_id uuid, id int, body text); \
          CREATE TABLE {s}.typed OF {s}.rowt; \
          RESET ROLE; \
+         CREATE CAST (text AS {s}.comp) WITH FUNCTION {s}.tocomp(text) AS ASSIGNMENT; \
          SELECT tenancy.protect('{s}.typed'); \
          INSERT INTO {s}.typed VALUES ('{b}', 1, '{bn}-typed-secret')",
         b = f.b_id,

@@ -912,13 +912,21 @@ fn attach_partition_runs_no_one_elses_code_with_more_privilege_than_its_owner() 
     ))
     .unwrap();
     let mut o = connect(&op);
-    // The operator owns a type whose cast to json would make it a superuser, run as one.
+    // The operator owns a type whose cast to json would make it a superuser, run as one. (A
+    // cast with a function is a superuser's to create where tables are protected: made by one
+    // here, its function then the operator's.)
     o.batch_execute(&format!(
         "CREATE TYPE {s}.mood AS ENUM ('ok', 'bad'); \
          CREATE FUNCTION {s}.mood_json({s}.mood) RETURNS json LANGUAGE plpgsql AS \
-           $$ BEGIN EXECUTE 'ALTER ROLE {op} SUPERUSER'; RETURN to_json($1::text); END $$; \
-         CREATE CAST ({s}.mood AS json) WITH FUNCTION {s}.mood_json({s}.mood); \
-         CREATE TABLE {s}.tasks (tenant_id uuid NOT NULL, id int NOT NULL, m {s}.mood, PRIMARY KEY (tenant_id, id)) PARTITION BY RANGE (id); \
+           $$ BEGIN EXECUTE 'ALTER ROLE {op} SUPERUSER'; RETURN to_json($1::text); END $$"
+    ))
+    .unwrap();
+    su.batch_execute(&format!(
+        "CREATE CAST ({s}.mood AS json) WITH FUNCTION {s}.mood_json({s}.mood)"
+    ))
+    .unwrap();
+    o.batch_execute(&format!(
+        "CREATE TABLE {s}.tasks (tenant_id uuid NOT NULL, id int NOT NULL, m {s}.mood, PRIMARY KEY (tenant_id, id)) PARTITION BY RANGE (id); \
          SELECT tenancy.protect('{s}.tasks'); \
          CREATE TABLE {s}.tasks_2 (tenant_id uuid NOT NULL, id int NOT NULL, m {s}.mood, PRIMARY KEY (tenant_id, id)); \
          INSERT INTO {s}.tasks_2 VALUES ('{a}', 101, 'ok'); \
