@@ -17,8 +17,9 @@
 //!   `master_remove_partition_metadata` are refused to a role that is not a superuser outside
 //!   a DROP (Citus calls them from its DROP event trigger, where the table is gone already);
 //! - `worker_drop_distributed_table` and `worker_drop_shell_table` are refused to a role that
-//!   is not a superuser outside a connection Citus opened (the coordinator sends them for a
-//!   DROP); and `citus_internal.delete_shard_metadata`, `delete_placement_metadata`,
+//!   is not a superuser except as the very statement Citus sends for a DROP
+//!   (`SELECT worker_drop_distributed_table('<name>')`), in a connection Citus opened and
+//!   never renamed (`src/pg/citus.rs`); and `citus_internal.delete_shard_metadata`, `delete_placement_metadata`,
 //!   `update_placement_metadata` and `delete_partition_metadata` to a role that is not a
 //!   superuser (shard moves and splits of a protected table are a superuser's).
 //!
