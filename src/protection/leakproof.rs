@@ -245,8 +245,11 @@ unsafe fn walk_expression(
     })
 }
 
-/// The first leaky call in the CHECK constraints of domain `domain` and of the domains it is
-/// based on.
+/// The first leaky call in the CHECK constraints and the defaults of domain `domain` and of
+/// the domains it is based on. A domain's default runs in every tenant's inserts that leave
+/// the column out, as a column's default does: read as one (no user's function; built-in ones
+/// allowed, it reads no row). Its owner sets it at any time (`ALTER DOMAIN ... SET DEFAULT`,
+/// refused while a protected column uses the domain; found by an attacker's pass).
 fn domain_leaky_call(
     domain: pg_sys::Oid,
     user_code_only: bool,
@@ -256,12 +259,17 @@ fn domain_leaky_call(
         return None;
     }
     seen.push(domain);
-    let checks: Vec<(String, String)> = Spi::connect(|c| {
+    // (domain, stored expression, whether it is the domain's default), constraints first.
+    let exprs: Vec<(String, String, bool)> = Spi::connect(|c| {
         let t = c.select(
             "WITH RECURSIVE d(oid) AS (SELECT $1::pg_catalog.oid \
                UNION SELECT t.typbasetype FROM pg_catalog.pg_type t JOIN d ON t.oid = d.oid WHERE t.typtype = 'd') \
-             SELECT pg_catalog.format_type(con.contypid, NULL), con.conbin::pg_catalog.text \
-               FROM pg_catalog.pg_constraint con WHERE con.contypid IN (SELECT oid FROM d) AND con.conbin IS NOT NULL",
+             SELECT pg_catalog.format_type(con.contypid, NULL), con.conbin::pg_catalog.text, false \
+               FROM pg_catalog.pg_constraint con WHERE con.contypid IN (SELECT oid FROM d) AND con.conbin IS NOT NULL \
+             UNION ALL \
+             SELECT pg_catalog.format_type(t.oid, NULL), t.typdefaultbin::pg_catalog.text, true \
+               FROM pg_catalog.pg_type t WHERE t.oid IN (SELECT oid FROM d) AND t.typdefaultbin IS NOT NULL \
+             ORDER BY 3",
             None,
             &[domain.into()],
         )?;
@@ -270,53 +278,24 @@ fn domain_leaky_call(
             out.push((
                 r.get::<String>(1)?.unwrap_or_default(),
                 r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(false),
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a domain's constraints failed: {e}"));
-    if let Some(call) = checks.into_iter().find_map(|(name, bin)| {
+    exprs.into_iter().find_map(|(name, bin, default)| {
         let c = std::ffi::CString::new(bin).ok()?;
         // SAFETY: stringToNode parses PostgreSQL's own node text into a fresh tree.
         let call = unsafe {
             let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Node;
-            walk_expression(node, user_code_only, seen)
+            walk_expression(node, user_code_only || default, seen)
         }?;
-        Some(format!("{call} (in a constraint of domain {name})"))
-    }) {
-        return Some(call);
-    }
-    // A domain's default runs in every tenant's inserts that leave the column out, as a
-    // column's default does: no user's function, built-in ones allowed (it reads no row). The
-    // domain's owner sets it at any time (ALTER DOMAIN ... SET DEFAULT, refused while a
-    // protected column uses the domain; found by an attacker's pass).
-    let defaults: Vec<(String, String)> = Spi::connect(|c| {
-        let t = c.select(
-            "WITH RECURSIVE d(oid) AS (SELECT $1::pg_catalog.oid \
-               UNION SELECT t.typbasetype FROM pg_catalog.pg_type t JOIN d ON t.oid = d.oid WHERE t.typtype = 'd') \
-             SELECT pg_catalog.format_type(t.oid, NULL), t.typdefaultbin::pg_catalog.text \
-               FROM pg_catalog.pg_type t WHERE t.oid IN (SELECT oid FROM d) AND t.typdefaultbin IS NOT NULL",
-            None,
-            &[domain.into()],
-        )?;
-        let mut out = Vec::new();
-        for r in t {
-            out.push((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<String>(2)?.unwrap_or_default(),
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a domain's default failed: {e}"));
-    defaults.into_iter().find_map(|(name, bin)| {
-        let c = std::ffi::CString::new(bin).ok()?;
-        // SAFETY: stringToNode parses PostgreSQL's own node text into a fresh tree.
-        let call = unsafe {
-            let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Node;
-            walk_expression(node, true, seen)
-        }?;
-        Some(format!("{call} (in the default of domain {name})"))
+        Some(if default {
+            format!("{call} (in the default of domain {name})")
+        } else {
+            format!("{call} (in a constraint of domain {name})")
+        })
     })
 }
 
