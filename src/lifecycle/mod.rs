@@ -996,7 +996,7 @@ fn citus_preflight(t: &catalog::TenantRow) -> CitusTables {
                 1
             }
         } else {
-            count_as_catalog_owner(&table, &sql.replace("{table}", &table), t.id)
+            count_as_catalog_owner(relid, &sql, t.id)
         };
         if n == 0 {
             out.untouched.push(relid);
@@ -1071,12 +1071,27 @@ fn as_decommission<R>(
 /// `sql` (a count of a Citus table's rows of `tenant`, its one parameter) run as the catalog
 /// owner: Citus plans it on the coordinator and the workers, so only for a table whose
 /// definition runs none of its owner's code ([`runs_owner_code`]).
-fn count_as_catalog_owner(table: &str, sql: &str, tenant: uuid::Uuid) -> i64 {
-    catalog::owner_rows(table, sql, &[to_pg_uuid(tenant).into()], |r| {
-        Ok(r.get::<i64>(1)?.unwrap_or(0))
+fn count_as_catalog_owner(relid: pg_sys::Oid, sql: &str, tenant: uuid::Uuid) -> i64 {
+    let tenant_datum = to_pg_uuid(tenant)
+        .into_datum()
+        .unwrap_or_else(|| pgrx::error!("pg_tenancy: the tenant's uuid"));
+    // Named from its oid as the count is prepared (`pg::relation_spi`): an earlier table's
+    // count may have run its owner's code, which could rename a schema (a reviewer's note).
+    catalog::with_owner(|| {
+        Spi::connect(|_c| {
+            // SAFETY: inside the SPI connection just opened, in the transaction; the one
+            // argument is the tenant's uuid datum.
+            unsafe {
+                crate::pg::relation_spi::run_on(
+                    relid,
+                    pg_sys::AccessShareLock,
+                    |name| sql.replace("{table}", name),
+                    &[(pg_sys::UUIDOID, tenant_datum)],
+                )
+            }
+            .1
+        })
     })
-    .first()
-    .copied()
     .unwrap_or(0)
 }
 
