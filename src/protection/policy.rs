@@ -814,18 +814,27 @@ fn refuse_unprotect_of_tenant_rows(rels: &[(pg_sys::Oid, String)]) {
         return;
     }
     let citus = crate::pg::citus::in_database();
-    let holding = rels.iter().find(|(rel, table)| {
+    let holding = rels.iter().find(|(rel, _)| {
         if citus && citus_distribution(*rel).is_some() {
             crate::protection::guard::tree_calls_owner_code(*rel)
                 // A row of it, if any: Citus plans `EXISTS (SELECT FROM ...)` of a distributed
                 // table as a function returning record, and refuses it.
-                || !catalog::owner_rows(
-                    table,
-                    &format!("SELECT 1 FROM ONLY {table} LIMIT 1"),
-                    &[],
-                    |r| r.get::<i32>(1),
-                )
-                .is_empty()
+                // Named from its oid as the statement is prepared (`pg::relation_spi`).
+                || catalog::with_owner(|| {
+                    Spi::connect(|_c| {
+                        // SAFETY: inside the SPI connection just opened, in the transaction;
+                        // no arguments.
+                        unsafe {
+                            crate::pg::relation_spi::run_on(
+                                *rel,
+                                pg_sys::AccessShareLock,
+                                |name| format!("SELECT 1 FROM ONLY {name} LIMIT 1"),
+                                &[],
+                            )
+                        }
+                        .0
+                    })
+                }) > 0
         } else {
             crate::audit::holds_rows(*rel)
         }
