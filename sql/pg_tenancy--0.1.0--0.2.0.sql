@@ -91,6 +91,10 @@ CREATE OR REPLACE FUNCTION tenancy.verify()
 RETURNS TABLE (severity text, rule text, object text, detail text, fix text)
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
+-- Its patterns and their backslashes read as written, whatever the session's setting, and
+-- names print as PostgreSQL prints them by default.
+SET standard_conforming_strings = on
+SET quote_all_identifiers = off
 AS $verify$
 -- The protected tables, each locked ACCESS SHARE for the rest of the transaction first
 -- (tenancy._lock_protected_tables): a table dropped or altered concurrently is then either
@@ -371,9 +375,21 @@ SELECT 'error', 'fk_cascade_from_shared_table', format('%s.%I', p.relid::regclas
                                    CASE WHEN con.confdeltype IN ('c', 'n', 'd') THEN 'DELETE ' ||
                                      CASE con.confdeltype WHEN 'c' THEN 'CASCADE' WHEN 'n' THEN 'SET NULL' ELSE 'SET DEFAULT' END END),
               con.confrelid::regclass, w.writer),
-       format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s;', p.relid::regclass, con.conname, con.conname,
-              regexp_replace(pg_get_constraintdef(con.oid),
-                             ' ON (UPDATE|DELETE) (CASCADE|SET NULL|SET DEFAULT)( \([^)]*\))?', '', 'g'))
+       -- Rebuilt from the catalog, never edited from the printed definition: the owner names
+       -- the columns, and a name can hold what an edit looks for (an attacker's pass made the
+       -- fix end a quoted name early and run its own SQL under a DBA's \gexec).
+       format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I FOREIGN KEY (%s) REFERENCES %s (%s)%s%s%s;',
+              p.relid::regclass, con.conname, con.conname,
+              (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n)
+                 FROM unnest(con.conkey) WITH ORDINALITY k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum),
+              con.confrelid::regclass,
+              (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n)
+                 FROM unnest(con.confkey) WITH ORDINALITY k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum),
+              CASE con.confmatchtype WHEN 'f' THEN ' MATCH FULL' ELSE '' END,
+              CASE WHEN con.condeferrable THEN ' DEFERRABLE' || CASE WHEN con.condeferred THEN ' INITIALLY DEFERRED' ELSE '' END ELSE '' END,
+              CASE WHEN con.convalidated THEN '' ELSE ' NOT VALID' END)
   FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'f'
   CROSS JOIN LATERAL (
       SELECT coalesce(max(quote_ident(r.rolname)), 'PUBLIC') AS writer FROM pg_roles r
@@ -407,8 +423,11 @@ SELECT 'error', 'unique_index_without_tenant', x.indexrelid::regclass::text,
                            FROM pg_constraint fk
                           WHERE fk.contype = 'f' AND fk.conindid = x.indexrelid AND fk.conrelid IN (SELECT relid FROM prot)),
                         x.indexrelid::regclass,
-                        regexp_replace(pg_get_indexdef(x.indexrelid), ' USING (\S+) \(',
-                                       ' USING \1 (' || quote_ident(p.tenant_column) || ', ')) END
+                        -- the first USING after the index's and the table's names, which a
+                        -- pattern for (quoted) identifiers steps over: a name may hold " USING x ("
+                        regexp_replace(pg_get_indexdef(x.indexrelid),
+                                       '^(CREATE UNIQUE INDEX (?:"(?:[^"]|"")*"|[^\s"]+) ON (?:ONLY )?(?:(?:"(?:[^"]|"")*"|[^\s."]+)\.)?(?:"(?:[^"]|"")*"|[^\s."]+)) USING (\S+) \(',
+                                       '\1 USING \2 (' || replace(quote_ident(p.tenant_column), '\', '\\') || ', ')) END
   FROM prot p JOIN pg_index x ON x.indrelid = p.relid
   LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.contype = 'x'
  WHERE (x.indisexclusion
@@ -453,7 +472,8 @@ SELECT 'error', 'leaky_expression', e.object,
         UNION ALL
         SELECT format('%s (partition key)', p.relid::regclass), 'the partition key',
                tenancy._leaky_call(pt.partexprs::text, true),
-               format('-- a partition key cannot be changed: move the rows into a table partitioned by built-in expressions, then drop %s', p.relid::regclass)
+               format('-- a partition key cannot be changed: move the rows into a table partitioned by built-in expressions, then drop %s',
+                      translate(p.relid::regclass::text, E'\n\r', '  '))
           FROM prot p JOIN pg_partitioned_table pt ON pt.partrelid = p.relid AND pt.partexprs IS NOT NULL
         UNION ALL
         -- The type of a column, and every type it is made of: a domain's constraints run on

@@ -747,6 +747,23 @@ fn revalidate(b: &mut Binding) -> Result<(), Refusal> {
                     Refusal::new(INSUFFICIENT_PRIVILEGE, why, REVOKED_HINT).code("token_revoked")
                 );
             }
+            // A login role mapped to tenants may only bind those tenants, also after the
+            // mapping changed (an attacker's pass kept a session binding to its token's tenant
+            // after an operator confined its role to another one).
+            let session_role = crate::authz::session_user();
+            let maps = catalog::mappings(session_role);
+            if !maps.is_empty() && !maps.iter().any(|m| m.tenant == tenant.id) {
+                return Err(Refusal::new(
+                    INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "role \"{}\" is mapped to other tenants and cannot stay bound to tenant \"{}\"",
+                        crate::authz::role_name(session_role),
+                        b.slug
+                    ),
+                    "Connect with a role mapped to this tenant, or unmap the role.",
+                )
+                .code("role_mapped_elsewhere"));
+            }
             let (roles, still_member) = effective_roles(&tenant, &subject, claim_roles.as_deref());
             if *member && !still_member {
                 return Err(Refusal::new(INSUFFICIENT_PRIVILEGE,

@@ -1417,3 +1417,34 @@ fn a_support_binding_serves_only_the_operator_it_was_granted_to() {
     o.batch_execute("RESET ROLE; SELECT tenancy.unbind()")
         .unwrap();
 }
+
+#[test]
+fn a_token_binding_ends_when_its_role_is_mapped_to_other_tenants() {
+    // Found by an attacker's pass: a role mapped to tenants may bind only those, but a session
+    // bound with a token before an operator confined its role to another tenant kept its
+    // token's tenant until the token expired.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let r = login_role(&mut su, "mapme", "");
+    serialized_grant(&mut su, &format!("GRANT SELECT ON it_customers TO {r}"));
+    let mut c = connect(&r);
+    assert_not_privileged(&mut c);
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "bob")],
+    )
+    .unwrap();
+    c.query_one("SELECT count(*) FROM it_customers", &[])
+        .unwrap();
+    su.batch_execute(&format!(
+        "SELECT tenancy.map_role('{r}', '{}', '{{member}}')",
+        f.b
+    ))
+    .unwrap();
+    expect_refusal(
+        &mut c,
+        "SELECT count(*) FROM it_customers",
+        "42501",
+        "role_mapped_elsewhere",
+    );
+}

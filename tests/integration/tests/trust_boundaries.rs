@@ -2067,3 +2067,76 @@ fn decommission_deletes_from_the_table_it_means_whatever_is_renamed_meanwhile() 
     su.batch_execute(&format!("DROP TRIGGER swap ON {s}_real.first"))
         .unwrap();
 }
+
+#[test]
+fn verify_fixes_run_by_a_superuser_run_nothing_a_tables_owner_wrote() {
+    // Found by an attacker's pass: the README applies verify()'s fixes with `\gexec`, as a
+    // superuser (some need one). A table's owner chose names that the fixes spliced where they
+    // stopped being names: a foreign key's fix edited the printed definition with a pattern
+    // that also matched inside quoted column names, and a partition key's fix put the table's
+    // name, newline and all, in a `--` comment. Each ran the owner's `ALTER ROLE ... SUPERUSER`.
+    let mut su = superuser();
+    let own = login_role(&mut su, "own", "");
+    let s = ident("fix");
+    su.batch_execute(&format!("CREATE SCHEMA {s} AUTHORIZATION {own}"))
+        .unwrap();
+    let mut o = connect(&own);
+    assert_not_privileged(&mut o);
+    let evil = format!(")REFERENCES {s}.l;ALTER ROLE {own} SUPERUSER;-- ON DELETE SET NULL (");
+    o.batch_execute(&format!(
+        "CREATE TABLE {s}.l (k int PRIMARY KEY, \"{evil}\" uuid, UNIQUE (k, \"{evil}\")); \
+         CREATE TABLE {s}.v (tenant_id uuid NOT NULL, id int NOT NULL, \
+             \"a ON DELETE SET NULL (\" int, \"a REFERENCES {s}.l(k, \" int, PRIMARY KEY (tenant_id, id), \
+             CONSTRAINT fk FOREIGN KEY (\"a ON DELETE SET NULL (\", tenant_id) \
+               REFERENCES {s}.l (k, \"{evil}\") ON DELETE CASCADE); \
+         GRANT UPDATE, DELETE ON {s}.l TO {APP}; GRANT USAGE ON SCHEMA {s} TO {APP}; \
+         CREATE FUNCTION {s}.bucket(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 % 4'; \
+         CREATE TABLE {s}.\"pk\n;ALTER ROLE {own} SUPERUSER;--\" (tenant_id uuid NOT NULL, id int NOT NULL) \
+             PARTITION BY RANGE ({s}.bucket(id)); \
+         CREATE TABLE {s}.u (\"te\"\"nant\" uuid NOT NULL, v text); \
+         CREATE UNIQUE INDEX \"u USING btree (x\" ON {s}.u ((lower(v)))"
+    ))
+    .unwrap();
+    su.batch_execute(&format!(
+        "SELECT tenancy.protect(c.oid::regclass) FROM pg_class c \
+          WHERE c.relnamespace = '{s}'::regnamespace AND c.relname IN ('v') OR \
+                (c.relnamespace = '{s}'::regnamespace AND c.relname LIKE 'pk%' AND c.relkind = 'p'); \
+         SELECT tenancy.protect('{s}.u', 'te\"nant')"
+    ))
+    .unwrap();
+    let fixes: Vec<(String, String)> = su
+        .query(
+            &format!(
+                "SELECT rule, fix FROM tenancy.verify() \
+                  WHERE (object LIKE '{s}.%' OR object LIKE '\"{s}\".%' OR detail LIKE '%{s}.%') AND fix IS NOT NULL"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for rule in [
+        "fk_cascade_from_shared_table",
+        "leaky_expression",
+        "unique_index_without_tenant",
+    ] {
+        assert!(
+            fixes.iter().any(|(r, _)| r == rule),
+            "verify() reported no {rule}: {fixes:?}"
+        );
+    }
+    // As `\gexec` would: each fix as one query string, as the superuser.
+    for (rule, fix) in &fixes {
+        su.batch_execute("BEGIN").unwrap();
+        let _ = su
+            .batch_execute(fix)
+            .map_err(|e| (rule.clone(), message(&e)));
+        let _ = su.batch_execute("COMMIT");
+        let _ = su.batch_execute("ROLLBACK");
+    }
+    assert!(
+        !is_superuser(&mut su, &own),
+        "a fix ran the owner's SQL: {fixes:?}"
+    );
+}
