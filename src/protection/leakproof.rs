@@ -414,7 +414,7 @@ fn type_leaky_call_in(
     })
 }
 
-pub(crate) fn type_name(typ: pg_sys::Oid) -> String {
+fn type_name(typ: pg_sys::Oid) -> String {
     // SAFETY: format_type_be returns a palloc'd, NUL-terminated string.
     unsafe {
         let p = pg_sys::format_type_be(typ);
