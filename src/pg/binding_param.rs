@@ -476,9 +476,14 @@ unsafe extern "C-unwind" fn planner(
             // SAFETY: as for the parallel plan above.
             return unsafe { plan(original, query_string, cursor_options, bound) };
         }
-        error!(
-            "pg_tenancy: a statement Citus distributes cannot be planned in this connection: it is named as one of Citus's own (application_name citus_internal ...)"
-        );
+        pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "pg_tenancy: a statement Citus distributes cannot be planned in this connection: it is named as one of Citus's own (application_name citus_internal ...)",
+            "binding_param::planner",
+        )
+        .set_hint("Connect under another application_name: names beginning citus_internal are Citus's own connections.")
+        .report(pgrx::PgLogLevel::ERROR);
+        unreachable!();
     }
     if let Some(tenant) = r.tenant {
         let serial = FOLD_TENANTS.with(|f| f.borrow_mut().serial_of(tenant));

@@ -65,11 +65,18 @@ pub unsafe fn run_on(
                 for rte in cells((*q).rtable) {
                     let rte = rte as *mut pg_sys::RangeTblEntry;
                     if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION && (*rte).relid != relid {
-                        pgrx::error!(
-                            "pg_tenancy: the statement on relation {} names relation {}: a schema or table was renamed during the call",
-                            u32::from(relid),
-                            u32::from((*rte).relid)
-                        );
+                        pgrx::pg_sys::panic::ErrorReport::new(
+                            pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                            format!(
+                                "pg_tenancy: the statement on relation {} names relation {}: a schema or table was renamed during the call",
+                                u32::from(relid),
+                                u32::from((*rte).relid)
+                            ),
+                            "relation_spi::run_on",
+                        )
+                        .set_hint("Nothing was changed. Find what renamed it (a table owner's trigger, a concurrent session) and run the call again.")
+                        .report(pgrx::PgLogLevel::ERROR);
+                        unreachable!();
                     }
                 }
             }
