@@ -864,6 +864,53 @@ AS $$
            FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname LIKE 'tenancy\_%'))
       FROM pg_class c WHERE c.oid = tbl
 $$;
+-- The generated policies call tenancy.allowed_tenant(table, privilege) bare, not inside a
+-- scalar subquery (the rewriter copies a policy's expression into every statement; the planner
+-- hook plans the call as the bound tenant, a reserved parameter, or the subquery again). The
+-- policies of the tables that had not drifted are rewritten as protect() now writes them, with
+-- the guard's ddl_command_end trigger off for the length of it (it would refuse the change of
+-- a protected table's policies) and then firing as it did before; tables protected in
+-- Citus's form have no restrictive
+-- policies and are bare already. Each table is named by its oid as regclass (quoted by
+-- PostgreSQL), its tenant column through quote_ident.
+DO $upgrade$
+DECLARE
+    t record;
+    tbl pg_catalog.text;
+    lit pg_catalog.text;
+    col pg_catalog.text;
+    -- How the trigger fires now ('O' origin, 'A' always, 'R' replica, 'D' disabled), restored
+    -- as it was after the loop.
+    mode "char" := (SELECT evtenabled FROM pg_catalog.pg_event_trigger
+                     WHERE evtname OPERATOR(pg_catalog.=) 'tenancy_ddl_command_end');
+BEGIN
+    ALTER EVENT TRIGGER tenancy_ddl_command_end DISABLE;
+    FOR t IN
+        SELECT p.relid::pg_catalog.oid AS relid, p.tenant_column
+          FROM tenancy.protected_table p
+         WHERE p.relid::pg_catalog.oid::pg_catalog.text OPERATOR(pg_catalog.=) ANY (
+                   pg_catalog.string_to_array(pg_catalog.current_setting('pg_tenancy_upgrade.undrifted'), ','))
+           AND EXISTS (SELECT FROM pg_catalog.pg_policy y
+                        WHERE y.polrelid OPERATOR(pg_catalog.=) p.relid::pg_catalog.oid
+                          AND y.polname OPERATOR(pg_catalog.=) 'tenancy_isolation_select')
+    LOOP
+        tbl := t.relid::pg_catalog.regclass::pg_catalog.text;
+        lit := pg_catalog.quote_literal(t.relid::pg_catalog.text) OPERATOR(pg_catalog.||) '::regclass';
+        col := pg_catalog.quote_ident(t.tenant_column);
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_isolation_select ON %s USING (%s = tenancy.allowed_tenant(%s, %L))', tbl, col, lit, 'select');
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_isolation_insert ON %s WITH CHECK (%s = tenancy.allowed_tenant(%s, %L))', tbl, col, lit, 'insert');
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_isolation_update ON %s USING (%s = tenancy.allowed_tenant(%s, %L)) WITH CHECK (%s = tenancy.allowed_tenant(%s, %L))', tbl, col, lit, 'update', col, lit, 'update');
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_isolation_delete ON %s USING (%s = tenancy.allowed_tenant(%s, %L))', tbl, col, lit, 'delete');
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_select ON %s USING (%s = tenancy.allowed_tenant(%s, %L))', tbl, col, lit, 'select');
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_insert ON %s WITH CHECK ((%s = tenancy.allowed_tenant(%s, %L) OR tenancy._cross_tenant_write(%s, %s)))', tbl, col, lit, 'insert', lit, col);
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_update ON %s USING (%s = tenancy.allowed_tenant(%s, %L)) WITH CHECK ((%s = tenancy.allowed_tenant(%s, %L) OR tenancy._cross_tenant_write(%s, %s)))', tbl, col, lit, 'update', col, lit, 'update', lit, col);
+        EXECUTE pg_catalog.format('ALTER POLICY tenancy_delete ON %s USING (%s = tenancy.allowed_tenant(%s, %L))', tbl, col, lit, 'delete');
+    END LOOP;
+    EXECUTE 'ALTER EVENT TRIGGER tenancy_ddl_command_end ' OPERATOR(pg_catalog.||)
+        CASE mode WHEN 'A' THEN 'ENABLE ALWAYS' WHEN 'R' THEN 'ENABLE REPLICA'
+                  WHEN 'D' THEN 'DISABLE' ELSE 'ENABLE' END;
+END
+$upgrade$;
 UPDATE tenancy.protected_table p
    SET policy_digest = tenancy._protection_digest(p.relid, p.tenant_column)
  WHERE p.relid::pg_catalog.oid::pg_catalog.text OPERATOR(pg_catalog.=) ANY (

@@ -1,13 +1,17 @@
 //! The policies' binding, planned as an executor parameter instead of an InitPlan.
 //!
 //! The generated policies compare the tenant column with
-//! `(SELECT tenancy.allowed_tenant('t'::regclass, 'p'))`. Planned as written, every statement
-//! plans that scalar subquery and runs it as an InitPlan: about 3 µs a statement, most of the
-//! gap between a protected point lookup and the application's own `WHERE tenant_id = $1`.
+//! `tenancy.allowed_tenant('t'::regclass, 'p')`, stored bare (the rewriter copies a policy's
+//! expression into every statement, and a scalar subquery's Query cost a point lookup 5% of its
+//! instructions). Planned as written ([`plan_as_written`]), the call becomes the scalar subquery
+//! `(SELECT tenancy.allowed_tenant('t'::regclass, 'p'))` again, which PostgreSQL plans and runs
+//! as an InitPlan: about 3 µs a statement, most of the gap between a protected point lookup and
+//! the application's own `WHERE tenant_id = $1`. (Tables protected before 2026-12-06 stored
+//! that subquery; the upgrade rewrites them, and the subquery is recognised as the call.)
 //!
 //! When `tenancy.plan_binding_as_param` is on (the default), a planner hook replaces exactly that
-//! subquery, where the rewriter put it into the security quals of the statement's relations or
-//! into its WITH CHECK options (in FROM, in views and in CTEs; elsewhere it stays an InitPlan),
+//! call, where the rewriter put it into the security quals of the statement's relations or
+//! into its WITH CHECK options (in FROM, in views, in CTEs and in subqueries of its expressions),
 //! with an external parameter whose number is reserved (`$1000000000` and up, one per table and
 //! privilege in this backend). An `ExecutorStart` hook gives the statement a copy of its
 //! parameter list whose compile hook turns a reserved parameter into a call of
@@ -57,7 +61,8 @@ use std::ffi::{c_int, c_void, CStr};
 /// The first reserved parameter number. PostgreSQL numbers external parameters from 1; the
 /// protocol allows 65,535, SQL functions 100 arguments, PL/pgSQL one per variable.
 pub const RESERVED_BASE: i32 = 1_000_000_000;
-/// Distinct (table, privilege) pairs given a number per backend; beyond it, InitPlans as written.
+/// Distinct (table, privilege) pairs given a number per backend; beyond it, InitPlans as written
+/// (the call wrapped in its scalar subquery).
 const MAX_RESERVED: usize = 100_000;
 /// The privileges the generated policies pass to `allowed_tenant`.
 const PRIVILEGES: [&str; 4] = ["select", "insert", "update", "delete"];
@@ -249,7 +254,23 @@ thread_local! {
 }
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 
+thread_local! {
+    /// Set when the library loaded inside a statement, until the next executor start: the
+    /// statement was being planned without this hook (the first of a session without the
+    /// library preloaded), and PostgreSQL's planner evaluates a policy's bare
+    /// `tenancy.allowed_tenant(...)` to estimate its selectivity, which loaded the library.
+    static LOADED_WHILE_PLANNING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether no executor has started since the library loaded inside a statement: a call of
+/// `tenancy.allowed_tenant` now is the planner's estimate, not a row being read (every plan
+/// runs through the executor start hook, installed with the library, which clears this).
+pub fn loaded_while_planning() -> bool {
+    LOADED_WHILE_PLANNING.with(|l| l.get())
+}
+
 pub fn init() {
+    LOADED_WHILE_PLANNING.with(|l| l.set(super::unguarded::in_transaction()));
     // SAFETY: called once from _PG_init, on the backend's only thread, before any statement is
     // planned or run: the hooks installed before ours are kept (read only by our hooks) and
     // called from ours; our functions and the syscache callback stay valid for the life of the
@@ -349,6 +370,77 @@ unsafe fn plan(
     }
 }
 
+/// Plan the statement as written: each policy's bare `tenancy.allowed_tenant(table,
+/// privilege)` becomes the scalar subquery `(SELECT tenancy.allowed_tenant(table, privilege))`,
+/// planned as one InitPlan, evaluated once per statement (in the leader of a parallel plan),
+/// never per row and never while planning, as PostgreSQL would have planned the policy
+/// written with the subquery. The policies are stored bare because the rewriter copies and
+/// compares a policy's expression into every statement: a subquery is a whole Query to copy,
+/// about 5% of a point lookup's instructions (`src/pg/README.md`). Where Citus is created the
+/// calls stay bare: Citus refuses subqueries in the policies of its tables, and evaluates the
+/// call on each node.
+///
+/// # Safety
+/// As [`plan`], with `parse` not null.
+unsafe fn plan_as_written(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: c_int,
+    bound: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    if !super::citus::in_database() {
+        let mut r = Replace::as_written();
+        // SAFETY: `parse` is the planner's valid Query (this function's contract), changed in
+        // place before it is planned: nothing else reads it.
+        unsafe { visit_query(parse, Some(&mut r)) };
+    }
+    // SAFETY: this function's contract.
+    unsafe { plan(parse, query_string, cursor_options, bound) }
+}
+
+/// `(SELECT <call>)`: a scalar subquery over `call`, as the parser makes one for the text
+/// (an EXPR_SUBLINK whose Query selects the one expression from no relation).
+///
+/// # Safety
+/// `call` must be a valid expression node of a parse tree; on the backend's thread, while
+/// planning; the nodes are palloc'd in the current memory context.
+unsafe fn scalar_subquery(call: *mut pg_sys::Node) -> *mut pg_sys::Node {
+    // SAFETY: palloc0 returns zeroed memory of each node's size (or raises), filled as
+    // makeNode and the parser's transformation of `SELECT <call>` would fill it; makeFromExpr,
+    // makeTargetEntry and list_make1 allocate in the same context. The TargetEntry's name is a
+    // palloc'd copy of a NUL-terminated literal.
+    unsafe {
+        let q = pg_sys::palloc0(std::mem::size_of::<pg_sys::Query>()) as *mut pg_sys::Query;
+        (*q).type_ = pg_sys::NodeTag::T_Query;
+        (*q).commandType = pg_sys::CmdType::CMD_SELECT;
+        (*q).querySource = pg_sys::QuerySource::QSRC_ORIGINAL;
+        (*q).canSetTag = true;
+        (*q).jointree = pg_sys::makeFromExpr(std::ptr::null_mut(), std::ptr::null_mut());
+        let tle = pg_sys::makeTargetEntry(
+            call as *mut pg_sys::Expr,
+            1,
+            pg_sys::pstrdup(c"allowed_tenant".as_ptr()),
+            false,
+        );
+        (*q).targetList = pg_sys::list_make1_impl(
+            pg_sys::NodeTag::T_List,
+            pg_sys::ListCell {
+                ptr_value: tle as *mut c_void,
+            },
+        );
+        (*q).stmt_location = -1;
+        let sl = pg_sys::palloc0(std::mem::size_of::<pg_sys::SubLink>()) as *mut pg_sys::SubLink;
+        (*sl).xpr.type_ = pg_sys::NodeTag::T_SubLink;
+        (*sl).subLinkType = pg_sys::SubLinkType::EXPR_SUBLINK;
+        (*sl).subLinkId = 0;
+        (*sl).testexpr = std::ptr::null_mut();
+        (*sl).operName = std::ptr::null_mut();
+        (*sl).subselect = q as *mut pg_sys::Node;
+        (*sl).location = -1;
+        sl as *mut pg_sys::Node
+    }
+}
+
 /// Whether the planner may choose a parallel plan for this statement (then the statement is
 /// kept as written, to be planned again if it does). A superset of standard_planner's own
 /// condition for `parallelModeOK` in PostgreSQL 15.
@@ -398,13 +490,15 @@ unsafe extern "C-unwind" fn planner(
             PLAN_START.with(|q| q.borrow()[i])();
         }
     }
-    if !gucs::PLAN_BINDING_AS_PARAM.get()
-        // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
-        || unsafe { pg_sys::ParallelWorkerNumber } >= 0
-        || parse.is_null()
-    {
+    // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
+    if unsafe { pg_sys::ParallelWorkerNumber } >= 0 || parse.is_null() {
         // SAFETY: the planner's own arguments (this function's contract), planned once.
         return unsafe { plan(parse, query_string, cursor_options, bound) };
+    }
+    if !gucs::PLAN_BINDING_AS_PARAM.get() {
+        // SAFETY: the planner's own arguments (this function's contract), not null (checked
+        // above); the policies' calls wrapped as written, planned once.
+        return unsafe { plan_as_written(parse, query_string, cursor_options, bound) };
     }
     // Only a plan for one execution may hold the tenant (see the module's comment).
     let explaining = EXPLAINING.with(|e| e.get()) && query_string.is_null();
@@ -435,6 +529,9 @@ unsafe extern "C-unwind" fn planner(
         // the parameter stays on that node.
         params_allowed: !super::citus::in_database() || super::citus::internal_backend(),
         explain_only: explaining && EXPLAINING_ONLY.with(|e| e.get()),
+        wrap: false,
+        wrap_leftovers: !super::citus::in_database(),
+        wrapped: 0,
     };
     // SAFETY: as above; the policy subqueries are replaced in place by Params or Consts
     // palloc'd in the current memory context, and the tree, untouched otherwise, is planned.
@@ -464,7 +561,7 @@ unsafe extern "C-unwind" fn planner(
         }
         // SAFETY: `original` is the copy of the tree as written (not null, checked above),
         // never planned before, with the planner's other arguments.
-        return unsafe { plan(original, query_string, cursor_options, bound) };
+        return unsafe { plan_as_written(original, query_string, cursor_options, bound) };
     }
     // Citus's plans carry no reserved parameter: its executor sends the statement's text to the
     // workers with no value for it (and crashed the node on one, found by an attacker's pass in
@@ -594,6 +691,31 @@ struct Replace {
     /// a binding, the tenant is NULL there, as a reserved parameter is on one node, rather than
     /// the policy's call, which Citus would evaluate while planning and which would refuse.
     explain_only: bool,
+    /// Whether a policy's bare call left in place becomes the scalar subquery
+    /// `(SELECT tenancy.allowed_tenant(...))`, one InitPlan per statement (see [`as_written`]).
+    wrap: bool,
+    /// Whether a bare call neither folded nor made a parameter is wrapped so (not where Citus
+    /// is created: see [`plan_as_written`]).
+    wrap_leftovers: bool,
+    /// How many calls were wrapped so (the Query holding them must say it has sublinks).
+    wrapped: usize,
+}
+
+impl Replace {
+    /// A visit that only wraps the policies' bare calls: the statement planned as written.
+    fn as_written() -> Replace {
+        Replace {
+            fold: false,
+            tenant: None,
+            folded: Vec::new(),
+            params: false,
+            params_allowed: false,
+            explain_only: false,
+            wrap: true,
+            wrap_leftovers: true,
+            wrapped: 0,
+        }
+    }
 }
 
 impl Replace {
@@ -796,12 +918,11 @@ unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) -> Vec<(pg_sys::Oid, &'st
 
 /// Finds (and with a Replace, replaces) the policy subqueries in the security quals of the
 /// statement's relations and in its WITH CHECK options (INSERT, UPDATE, ON CONFLICT), of its
-/// subqueries in FROM (views included) and of its CTEs, and returns whether there was one.
-/// WITH CHECK options are compiled by ModifyTable with the statement's parameter list, like
-/// any qual of the plan. Subqueries elsewhere (in WHERE, in the select list, inside
-/// policies) are left as written: their policies stay InitPlans, which is correct, only slower.
-/// Plain Rust over the parse tree, no PostgreSQL calls without a Replace: it runs for every
-/// planned statement. With a Replace that folds, each policy found reads the binding.
+/// subqueries in FROM (views included), of its CTEs and of the subqueries in its expressions
+/// (WHERE, the select list, HAVING, ...), and returns whether there was one. WITH CHECK
+/// options are compiled by ModifyTable with the statement's parameter list, like any qual of
+/// the plan. Plain Rust over the range tables; PostgreSQL's walker only over a Query that has
+/// sublinks in its expressions. With a Replace that folds, each policy found reads the binding.
 ///
 /// # Safety
 /// `q` must point at a valid Query (a parse tree as the rewriter leaves it), inside a
@@ -809,6 +930,30 @@ unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) -> Vec<(pg_sys::Oid, &'st
 /// nothing else may be reading it.
 unsafe fn visit_query(q: *mut pg_sys::Query, mut replace: Option<&mut Replace>) -> bool {
     let mut found = false;
+    let wrapped_before = replace.as_deref().map_or(0, |r| r.wrapped);
+    // Subqueries in the Query's own expressions (WHERE, the select list, HAVING, join
+    // conditions, RETURNING, a function's or a VALUES list's arguments): their tables carry
+    // policies too (an attacker's pass found `EXISTS (SELECT ... FROM protected)` and scalar
+    // subqueries evaluating the policies' call per row). Only where the parser or the
+    // rewriter says the Query has some: a point lookup pays nothing for this.
+    // SAFETY: `q` is a valid Query (this function's contract); query_tree_walker visits its
+    // expressions with sublink_walker, which receives the SubWalk below as its context, alive
+    // for the walk; range-table and CTE subqueries are left to the loops below.
+    unsafe {
+        if (*q).hasSubLinks {
+            let mut w = SubWalk {
+                replace: replace.as_deref_mut().map(|r| r as *mut Replace),
+                found: false,
+            };
+            pg_sys::query_tree_walker(
+                q,
+                Some(sublink_walker),
+                (&mut w as *mut SubWalk).cast(),
+                (pg_sys::QTW_IGNORE_RT_SUBQUERIES | pg_sys::QTW_IGNORE_CTE_SUBQUERIES) as c_int,
+            );
+            found |= w.found;
+        }
+    }
     // SAFETY: `q` is a valid Query (this function's contract): its range table, WITH CHECK
     // options and CTE list are null or Lists of pointers to RangeTblEntry, WithCheckOption
     // and CommonTableExpr nodes. Every element is checked for null, and a WithCheckOption's
@@ -848,8 +993,58 @@ unsafe fn visit_query(q: *mut pg_sys::Query, mut replace: Option<&mut Replace>) 
                 }
             }
         });
+        // A subquery wrapped into this Query's quals (not a subquery's or a CTE's, which set
+        // their own flag): the planner processes sublinks only in a Query that says it has some.
+        // Counted after the subqueries and CTEs too, which may only raise the count: the flag
+        // is then set where it was not needed, which costs nothing but a walk.
+        if replace
+            .as_deref()
+            .is_some_and(|r| r.wrapped > wrapped_before)
+        {
+            (*q).hasSubLinks = true;
+        }
     }
     found
+}
+
+/// The context of [`sublink_walker`]: the visit's Replace (as a pointer: the walk passes it
+/// through C) and whether a policy was found.
+struct SubWalk {
+    replace: Option<*mut Replace>,
+    found: bool,
+}
+
+/// `query_tree_walker`'s callback for [`visit_query`]: each SubLink's subquery is visited as
+/// a Query of its own; nothing else is descended into but expressions.
+///
+/// # Safety
+/// Called by PostgreSQL's walkers with a node of a valid parse tree (or null) and the SubWalk
+/// that visit_query passed as `context`, inside the transaction the statement is planned in.
+#[pg_guard]
+unsafe extern "C-unwind" fn sublink_walker(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: `node` is a valid node (this function's contract), cast to a SubLink only once
+    // its tag says so; `context` is visit_query's SubWalk, whose Replace pointer (if any) is
+    // the visit's own, not otherwise borrowed while the walk runs.
+    unsafe {
+        match (*node).type_ {
+            // Visited by the SubLink case below, or by visit_query's own loops.
+            pg_sys::NodeTag::T_Query => false,
+            pg_sys::NodeTag::T_SubLink => {
+                let sub = (*(node as *mut pg_sys::SubLink)).subselect;
+                if !sub.is_null() && (*sub).type_ == pg_sys::NodeTag::T_Query {
+                    let w = &mut *(context as *mut SubWalk);
+                    let r = w.replace.map(|r| &mut *r);
+                    w.found |= visit_query(sub as *mut pg_sys::Query, r);
+                }
+                // Its test expression may hold subqueries too (the Query is skipped above).
+                pg_sys::expression_tree_walker(node, Some(sublink_walker), context)
+            }
+            _ => pg_sys::expression_tree_walker(node, Some(sublink_walker), context),
+        }
+    }
 }
 
 /// Call `f` with a pointer to each cell of a List of pointers.
@@ -900,16 +1095,33 @@ unsafe fn in_qual(cell: *mut *mut c_void, mut replace: Option<&mut Replace>) -> 
             pg_sys::NodeTag::T_OpExpr => {
                 for_each_cell((*(node as *mut pg_sys::OpExpr)).args, |c| {
                     let operand = *c as *mut pg_sys::Node;
-                    if let Some((relid, privilege)) =
-                        policy_subquery(operand).or_else(|| allowed_tenant_call(operand))
-                    {
-                        if let Some(id) = reserve(relid, privilege) {
-                            found = true;
-                            if let Some(r) = replace.as_deref_mut() {
-                                if let Some(new) = r.operand(id, relid, privilege) {
-                                    *c = new;
-                                }
+                    let sub = policy_subquery(operand);
+                    let bare = sub.is_none();
+                    if let Some((relid, privilege)) = sub.or_else(|| allowed_tenant_call(operand)) {
+                        let Some(r) = replace.as_deref_mut() else {
+                            found |= reserve(relid, privilege).is_some();
+                            return;
+                        };
+                        if r.wrap {
+                            if bare {
+                                found = true;
+                                *c = scalar_subquery(operand) as *mut c_void;
+                                r.wrapped += 1;
                             }
+                            return;
+                        }
+                        let placed = reserve(relid, privilege).and_then(|id| {
+                            found = true;
+                            r.operand(id, relid, privilege)
+                        });
+                        match placed {
+                            Some(new) => *c = new,
+                            None if bare && r.wrap_leftovers => {
+                                found = true;
+                                *c = scalar_subquery(operand) as *mut c_void;
+                                r.wrapped += 1;
+                            }
+                            None => {}
                         }
                     }
                 })
@@ -991,8 +1203,8 @@ unsafe fn policy_subquery(node: *mut pg_sys::Node) -> Option<(pg_sys::Oid, &'sta
 }
 
 /// `tenancy.allowed_tenant('<table>'::regclass, '<privilege>')`, a call with two constants, as
-/// the generated policies write it (inside a scalar subquery on one node; bare on Citus, which
-/// refuses subqueries in policies): its table and privilege.
+/// the generated policies write it (bare; inside a scalar subquery in tables protected before
+/// 2026-12-06): its table and privilege.
 ///
 /// # Safety
 /// `f` must be null or a valid expression node of a parse tree; inside a transaction (the
@@ -1209,6 +1421,7 @@ impl Drop for HookDone {
 /// Called by PostgreSQL as `ExecutorStart_hook`, with a valid QueryDesc.
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c_int) {
+    LOADED_WHILE_PLANNING.with(|l| l.set(false));
     super::citus::note_connection_name();
     // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
     if unsafe { pg_sys::ParallelWorkerNumber } < 0 {

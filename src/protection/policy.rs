@@ -12,11 +12,11 @@
 //!   carries the tenant condition, so isolation holds even where RESTRICTIVE policies are
 //!   re-created as permissive, as Citus does on shards.
 //!
-//! The binding and the privilege are read through scalar subqueries, which PostgreSQL plans as
-//! InitPlans: evaluated once per statement, in the leader of a parallel query, and usable as
-//! index-scan keys. Where the library is loaded, `binding_param.rs` plans that subquery as a
-//! reserved executor parameter instead (same value, no subquery), in security quals and in
-//! WITH CHECK options alike. The tenant column gets `DEFAULT tenancy.current_tenant()` and NOT NULL, an
+//! The binding and the privilege are read through one call, stored bare, which
+//! `binding_param.rs` plans once per statement wherever the library is loaded: as the bound
+//! tenant, a reserved executor parameter, or, planned as written, the scalar subquery
+//! `(SELECT tenancy.allowed_tenant(...))`, an InitPlan (in the leader of a parallel query,
+//! usable as an index-scan key), in security quals and in WITH CHECK options alike. The tenant column gets `DEFAULT tenancy.current_tenant()` and NOT NULL, an
 //! index led by it is created when none exists, TRUNCATE is refused by a trigger, and the
 //! SHA-256 digest of the resulting state is recorded for the guard and for verify().
 
@@ -191,12 +191,18 @@ fn generated_sql(info: &TableInfo, column: &str, audit: bool) -> Vec<(Who, Strin
     let t = &info.name;
     let c = quote_ident(column);
     let lit = quote_literal(t);
-    // Every policy reads the binding and the privilege through one expression,
-    // `(SELECT tenancy.allowed_tenant(table, privilege))`: the bound tenant when the bound
-    // roles hold the privilege, 42501 otherwise. One InitPlan per table and command as written,
-    // and the one shape binding_param.rs plans as a reserved parameter instead.
-    let allowed_tenant =
-        |p: &str| format!("{c} = (SELECT tenancy.allowed_tenant({lit}::regclass, '{p}'))");
+    // Every policy reads the binding and the privilege through one call,
+    // `tenancy.allowed_tenant(table, privilege)`: the bound tenant when the bound roles hold the
+    // privilege, 42501 otherwise. Stored bare, not as a scalar subquery: the rewriter copies a
+    // policy's expression into every statement, and a subquery's Query cost a point lookup 5%
+    // of its instructions (src/pg/README.md). The planner hook (src/pg/binding_param.rs) makes
+    // the call the bound tenant as a constant, or a reserved parameter, or, planned as written,
+    // `(SELECT tenancy.allowed_tenant(...))` again: one InitPlan per statement. (A statement
+    // planned before this library is loaded in the session, the first of a session without it
+    // preloaded, and a set-returning SQL function the planner inlines evaluate the call as
+    // PostgreSQL plans it, per index scan or per row: the same tenant every time, within a
+    // transaction bound to one.)
+    let allowed_tenant = |p: &str| format!("{c} = tenancy.allowed_tenant({lit}::regclass, '{p}')");
     let mut sql = vec![
         format!("ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT tenancy.current_tenant()"),
         format!("ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL"),

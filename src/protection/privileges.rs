@@ -3,8 +3,8 @@
 //!   statement reads or writes (so a refused statement or a missing binding is loud even when
 //!   the table is empty and no policy expression would ever be evaluated);
 //! - by the generated policies, through
-//!   `tenant_id = (SELECT tenancy.allowed_tenant('table'::regclass, 'privilege'))` (planned as a
-//!   reserved executor parameter, `src/pg/binding_param.rs`), which is the guarantee: it holds
+//!   `tenant_id = tenancy.allowed_tenant('table'::regclass, 'privilege')` (planned as the bound
+//!   tenant or a reserved executor parameter, `src/pg/binding_param.rs`), which is the guarantee: it holds
 //!   even in a backend where this library was not loaded yet when the statement started (the
 //!   hook is installed when the library loads). `tenancy.allows` is the same check answering
 //!   true or raising, for SQL of your own.
@@ -205,12 +205,30 @@ fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
 
 /// The bound tenant when the bound roles hold `privilege` on `tbl`; otherwise ERROR 42501 as
 /// [`allows`]. Every generated policy (restrictive and permissive alike, with the same
-/// expression, in USING and WITH CHECK) compares the tenant column with it, so one InitPlan per
+/// expression, in USING and WITH CHECK) compares the tenant column with it, so one evaluation per
 /// table and command carries both the tenant and the privilege.
+///
+/// Called by the planner to estimate a policy's selectivity, in the statement whose planning
+/// loaded this library (the first of a session without it preloaded; the hook that plans the
+/// call otherwise was not installed yet), it refuses nothing: NULL where it would raise, which
+/// matches no row and passes no check. An unbound EXPLAIN plans, and the statement, if it
+/// runs, is refused when the executor starts (`ExecutorCheckPerms`, installed with the library).
+/// Where no estimate called it first (a WITH CHECK option is not estimated), the library loads
+/// while the statement runs and the rest of that statement gets the same NULLs: an unbound
+/// INSERT is refused by the check failing rather than by "no tenant bound"; nothing is let
+/// through either way.
 #[pg_extern(stable, parallel_restricted)]
-fn allowed_tenant(tbl: crate::pg::types::Regclass, privilege: &str) -> pgrx::Uuid {
+fn allowed_tenant(tbl: crate::pg::types::Regclass, privilege: &str) -> Option<pgrx::Uuid> {
     let tbl = tbl.0;
-    allowed_tenant_id(tbl, privilege)
+    if crate::pg::binding_param::loaded_while_planning() {
+        if let Some(p) = ["select", "insert", "update", "delete"]
+            .into_iter()
+            .find(|p| *p == privilege)
+        {
+            return folded_value(tbl, p).map(pgrx::Uuid::from_bytes);
+        }
+    }
+    Some(allowed_tenant_id(tbl, privilege))
 }
 
 /// What `allowed_tenant` returns; also the value of its reserved parameter (`binding_param.rs`).

@@ -70,7 +70,11 @@ CREATE SCHEMA app;
 CREATE TABLE app.orders (tenant_id uuid NOT NULL, id int NOT NULL, note text, PRIMARY KEY (tenant_id, id));
 CREATE TABLE app.events (tenant_id uuid NOT NULL, id int NOT NULL, at date NOT NULL) PARTITION BY RANGE (at);
 CREATE TABLE app.events_2026 PARTITION OF app.events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
-SELECT tenancy.protect('app.orders'), tenancy.protect('app.events');
+-- Names a table's owner chose, which every statement the upgrade builds must quote.
+CREATE SCHEMA \"Odd \"\"app\"\"\";
+CREATE TABLE \"Odd \"\"app\"\"\".\"it's; DROP TABLE app.orders; --\" (\"Tenant Id\" uuid NOT NULL, v int);
+SELECT tenancy.protect('app.orders'), tenancy.protect('app.events'),
+       tenancy.protect('\"Odd \"\"app\"\"\".\"it''s; DROP TABLE app.orders; --\"', 'Tenant Id');
 GRANT USAGE ON SCHEMA app TO upgrade_acme, upgrade_globex;
 GRANT SELECT, INSERT, UPDATE, DELETE ON app.orders, app.events TO upgrade_acme, upgrade_globex;
 "
@@ -128,7 +132,7 @@ else
     check "the upgraded schema equals a fresh $NEW_VERSION install" "$(wc -l < "$WORK/schema.diff") lines differ (see $WORK/schema.diff)" same
     head -40 "$WORK/schema.diff"
 fi
-policies="SELECT string_agg(format('%s %s %s %s %s', polrelid::regclass, polname, polcmd, pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)), E'\n' ORDER BY 1) FROM pg_policy"
+policies="SELECT string_agg(l, E'\n' ORDER BY l) FROM (SELECT format('%s %s %s %s %s', polrelid::regclass, polname, polcmd, pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)) AS l FROM pg_policy) p"
 check "the generated policies equal a fresh install's" "$(value -d up -c "$policies" | md5sum | cut -c1-12)" "$(value -d fresh -c "$policies" | md5sum | cut -c1-12)"
 
 # The data written by $OLD_VERSION, read and extended by $NEW_VERSION.

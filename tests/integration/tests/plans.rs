@@ -1,7 +1,7 @@
 //! The binding as seen by the planner and executor: parallel workers, generic cached plans,
 //! prepared statements, PL/pgSQL and SQL functions, cursors. Run as a NOSUPERUSER NOBYPASSRLS
 //! role against `it_orders`, protected by `tenancy.protect()`: its read policy compares the
-//! tenant with `(SELECT tenancy.allowed_tenant(...))`, which the planner hook turns into a
+//! tenant with `tenancy.allowed_tenant(...)`, which the planner hook turns into a
 //! reserved parameter (`$1000000000` and up, src/pg/binding_param.rs) outside parallel plans.
 
 mod common;
@@ -740,4 +740,108 @@ fn an_unbound_session_may_explain_a_statement_but_not_run_it() {
             ["7"]
         );
     });
+}
+
+/// A session's first statement, in a cluster without the library preloaded, is planned before
+/// the planner hook exists: the policies' bare `tenancy.allowed_tenant(...)` call is planned as
+/// PostgreSQL finds it (the planner's estimate loads the library and gets NULL there). Unbound,
+/// every command is refused or touches nothing; bound, each reads and writes its own rows only.
+#[test]
+fn a_sessions_first_statement_before_the_library_loads_keeps_isolation() {
+    let f = Fixture::new();
+    seed(&f, 4, 6);
+    let count_b = |su: &mut postgres::Client| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM it_orders WHERE tenant_id = $1::text::uuid",
+            &[&f.b_id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut su = superuser();
+    let before = count_b(&mut su);
+    for sql in [
+        "SELECT count(*) FROM it_orders",
+        "SELECT * FROM it_orders WHERE amount > 0",
+        "UPDATE it_orders SET amount = amount + 1 RETURNING id",
+        "DELETE FROM it_orders RETURNING id",
+        "INSERT INTO it_orders (tenant_id, amount) VALUES (NULL, 1) RETURNING id",
+        "WITH d AS (DELETE FROM it_orders RETURNING *) SELECT count(*) FROM d",
+    ] {
+        let mut c = app();
+        assert_not_privileged(&mut c);
+        match c.simple_query(sql) {
+            Err(e) => assert!(
+                ["42501", "23502", "P0001"].contains(&sqlstate(&e).as_str()),
+                "{sql}: {} {}",
+                sqlstate(&e),
+                message(&e)
+            ),
+            Ok(msgs) => {
+                let rows: Vec<String> = msgs
+                    .into_iter()
+                    .filter_map(|m| match m {
+                        postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                        _ => None,
+                    })
+                    .collect();
+                assert!(rows.is_empty() || rows == ["0"], "{sql}: {rows:?}");
+            }
+        }
+    }
+    assert_eq!(
+        count_b(&mut su),
+        before,
+        "an unbound first statement changed B's rows"
+    );
+    // Bound in the same statement that reads: the first statement of a session, planned before
+    // the library loads, reads its tenant's rows only.
+    let mut c = app();
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM it_orders, LATERAL (SELECT tenancy.bind($1) IS NOT NULL) b",
+            &[&f.token(&f.a, "u")],
+        )
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    assert!(n == 0 || n == 4, "{n}");
+}
+
+/// Subqueries in a statement's expressions (EXISTS, IN, a scalar subquery in the select list)
+/// read protected tables whose policies the planner hook plans too: no call of
+/// `tenancy.allowed_tenant` is left in the plan to run per row, and an unbound EXPLAIN plans
+/// (found by an attacker's pass after the policies began storing the call bare).
+#[test]
+fn subqueries_in_expressions_plan_the_binding_once() {
+    let f = Fixture::new();
+    seed(&f, 3, 5);
+    let mut c = app();
+    assert_not_privileged(&mut c);
+    // Loaded, unbound.
+    let _ = c.simple_query("SELECT tenancy.current_tenant()");
+    let statements = [
+        "SELECT 1 WHERE EXISTS (SELECT FROM it_orders WHERE amount = 3)",
+        "SELECT count(*) FROM it_customers c WHERE c.id IN (SELECT amount FROM it_orders)",
+        "SELECT (SELECT count(*) FROM it_orders)",
+        "SELECT 1 HAVING (SELECT count(*) FROM it_orders) > 0",
+    ];
+    for sql in statements {
+        let plan = simple_rows(&mut c, &format!("EXPLAIN (COSTS OFF) {sql}")).join("\n");
+        assert!(!plan.contains("allowed_tenant("), "{sql}:\n{plan}");
+    }
+    for (tenant, want) in [(&f.a, 3i64), (&f.b, 5)] {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT tenancy.bind($1)", &[&f.token(tenant, "u")])
+            .unwrap();
+        for sql in statements {
+            let plan = plan_text(&mut tx, &format!("EXPLAIN (COSTS OFF) {sql}"));
+            assert!(!plan.contains("allowed_tenant("), "{sql}:\n{plan}");
+        }
+        let n: i64 = tx
+            .query_one("SELECT (SELECT count(*) FROM it_orders)", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, want);
+        tx.rollback().unwrap();
+    }
 }

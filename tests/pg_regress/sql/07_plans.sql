@@ -42,10 +42,11 @@ INSERT INTO shop.customers SELECT t.id, g, t.slug || ' customer ' || g FROM tena
 INSERT INTO shop.orders SELECT t.id, g, 1 + g % 200, g FROM tenancy.tenants t, generate_series(1, 5000) g WHERE t.slug LIKE 'plans-%';
 ANALYZE shop.customers, shop.orders;
 
--- Planned as written: one InitPlan per table (once per statement; the restrictive and the
--- permissive policy share it). That is how a session's statements are planned before the
--- library is loaded: it loads with the first call into it, or at connection with
--- session_preload_libraries / shared_preload_libraries.
+-- Before the library is loaded, the policies' call is planned as PostgreSQL finds it in them
+-- (the restrictive and the permissive policy share it): in an index condition it runs once per
+-- scan, in a filter once per row, always for the one tenant a transaction is bound to. The
+-- library loads with the first call into it, or at connection with session_preload_libraries /
+-- shared_preload_libraries; from then on nothing is planned so.
 \c - regress_plans_acme
 EXPLAIN (COSTS OFF) SELECT * FROM shop.orders WHERE id = 42;
 -- Once loaded, the subquery is a reserved parameter, one per table and privilege, answered at
@@ -102,6 +103,13 @@ SELECT count(*), sum(amount) FROM shop.orders WHERE id <= 10;
 SHOW tenancy.plan_binding_as_param;
 SET tenancy.plan_binding_as_param = on;
 EXPLAIN (COSTS OFF) SELECT * FROM shop.orders WHERE id = 42;
+-- A sequential scan as written compares every row with the InitPlan's value: the policies' call
+-- is planned once per statement, never per row.
+SET enable_indexscan = off;
+SET enable_bitmapscan = off;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM shop.orders;
+RESET enable_indexscan;
+RESET enable_bitmapscan;
 \c - postgres
 ALTER ROLE regress_plans_acme RESET tenancy.plan_binding_as_param;
 ALTER ROLE regress_plans_acme RESET tenancy.plan_binding_as_const;
