@@ -662,7 +662,7 @@ SELECT 'error', 'unique_index_without_tenant', x.indexrelid::regclass::text,
             AND NOT EXISTS (SELECT FROM pg_constraint uc WHERE uc.conindid = x.indexrelid AND uc.conrelid = p.relid)))
    AND x.indkey[0] IS DISTINCT FROM p.tenant_attnum
    -- one that calls a function not built in is dropped by its leaky_expression fix instead
-   AND tenancy._leaky_call(x.indexprs::text, true) IS NULL AND tenancy._leaky_call(x.indpred::text, true) IS NULL
+   AND tenancy._leaky_expr('indexprs', x.indexrelid, true) IS NULL AND tenancy._leaky_expr('indpred', x.indexrelid, true) IS NULL
 UNION ALL
 -- 19. CHECK constraints, index expressions and predicates, statistics expressions, generated
 --     columns, partition keys and the types of columns (domains' constraints, ranges'
@@ -673,29 +673,29 @@ SELECT 'error', 'leaky_expression', e.object,
        format('%s calls %s, which sees every tenant''s rows when it is validated, built or analyzed', e.what, e.call),
        e.fix
   FROM (SELECT format('%s.%I', p.relid::regclass, con.conname) AS object, 'CHECK constraint' AS what,
-               tenancy._leaky_call(con.conbin::text, true) AS call,
+               tenancy._leaky_expr('conbin', con.oid, true) AS call,
                format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) AS fix
           FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'c'
         UNION ALL
         SELECT x.indexrelid::regclass::text, 'index',
-               coalesce(tenancy._leaky_call(x.indexprs::text, true), tenancy._leaky_call(x.indpred::text, true)),
+               coalesce(tenancy._leaky_expr('indexprs', x.indexrelid, true), tenancy._leaky_expr('indpred', x.indexrelid, true)),
                CASE WHEN con.oid IS NULL THEN format('DROP INDEX %s;', x.indexrelid::regclass)
                     ELSE format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) END
           FROM prot p JOIN pg_index x ON x.indrelid = p.relid
           LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = p.relid
         UNION ALL
-        SELECT format('%I.%I', sn.nspname, s.stxname), 'statistics object', tenancy._leaky_call(s.stxexprs::text, true),
+        SELECT format('%I.%I', sn.nspname, s.stxname), 'statistics object', tenancy._leaky_expr('stxexprs', s.oid, true),
                format('DROP STATISTICS %I.%I;', sn.nspname, s.stxname)
           FROM prot p JOIN pg_statistic_ext s ON s.stxrelid = p.relid JOIN pg_namespace sn ON sn.oid = s.stxnamespace
         UNION ALL
         SELECT format('%s.%I', p.relid::regclass, a.attname), format('generated column %I', a.attname),
-               tenancy._leaky_call(d.adbin::text, true),
+               tenancy._leaky_expr('adbin', d.oid, true),
                format('ALTER TABLE %s ALTER COLUMN %I DROP EXPRESSION;', p.relid::regclass, a.attname)
           FROM prot p JOIN pg_attrdef d ON d.adrelid = p.relid
           JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum AND a.attgenerated <> '' AND a.attinhcount = 0
         UNION ALL
         SELECT format('%s (partition key)', p.relid::regclass), 'the partition key',
-               tenancy._leaky_call(pt.partexprs::text, true),
+               tenancy._leaky_expr('partexprs', pt.partrelid, true),
                format('-- a partition key cannot be changed: move the rows into a table partitioned by built-in expressions, then drop %s',
                       translate(p.relid::regclass::text, E'\n\r', '  '))
           FROM prot p JOIN pg_partitioned_table pt ON pt.partrelid = p.relid AND pt.partexprs IS NOT NULL
@@ -707,7 +707,7 @@ SELECT 'error', 'leaky_expression', e.object,
         SELECT format('%s.%I', p.relid::regclass, a.attname),
                format('constraint %I of domain %s, the type (or part of the type) of column %I', con.conname,
                       format_type(con.contypid, NULL), a.attname),
-               tenancy._leaky_call(con.conbin::text, true),
+               tenancy._leaky_expr('conbin', con.oid, true),
                format('ALTER DOMAIN %s DROP CONSTRAINT IF EXISTS %I;', format_type(con.contypid, NULL), con.conname)
           FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
                                          AND a.atttypid >= 16384 AND a.attinhcount = 0
@@ -734,21 +734,21 @@ SELECT 'warning', 'builtin_nonleakproof_expression', e.object,
        format('%s calls %s, a built-in function that is not LEAKPROOF', e.what, e.call),
        format('-- keep it if a trusted migration role created it; otherwise:%s%s', chr(10), e.fix)
   FROM (SELECT format('%s.%I', p.relid::regclass, con.conname) AS object, 'CHECK constraint' AS what,
-               tenancy._leaky_call(con.conbin::text, false) AS call,
-               tenancy._leaky_call(con.conbin::text, true) AS user_call,
+               tenancy._leaky_expr('conbin', con.oid, false) AS call,
+               tenancy._leaky_expr('conbin', con.oid, true) AS user_call,
                format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) AS fix
           FROM prot p JOIN pg_constraint con ON con.conrelid = p.relid AND con.contype = 'c'
         UNION ALL
         SELECT x.indexrelid::regclass::text, 'index',
-               coalesce(tenancy._leaky_call(x.indexprs::text, false), tenancy._leaky_call(x.indpred::text, false)),
-               coalesce(tenancy._leaky_call(x.indexprs::text, true), tenancy._leaky_call(x.indpred::text, true)),
+               coalesce(tenancy._leaky_expr('indexprs', x.indexrelid, false), tenancy._leaky_expr('indpred', x.indexrelid, false)),
+               coalesce(tenancy._leaky_expr('indexprs', x.indexrelid, true), tenancy._leaky_expr('indpred', x.indexrelid, true)),
                CASE WHEN con.oid IS NULL THEN format('DROP INDEX %s;', x.indexrelid::regclass)
                     ELSE format('ALTER TABLE %s DROP CONSTRAINT %I;', p.relid::regclass, con.conname) END
           FROM prot p JOIN pg_index x ON x.indrelid = p.relid
           LEFT JOIN pg_constraint con ON con.conindid = x.indexrelid AND con.conrelid = p.relid
         UNION ALL
         SELECT format('%I.%I', sn.nspname, s.stxname), 'statistics object',
-               tenancy._leaky_call(s.stxexprs::text, false), tenancy._leaky_call(s.stxexprs::text, true),
+               tenancy._leaky_expr('stxexprs', s.oid, false), tenancy._leaky_expr('stxexprs', s.oid, true),
                format('DROP STATISTICS %I.%I;', sn.nspname, s.stxname)
           FROM prot p JOIN pg_statistic_ext s ON s.stxrelid = p.relid JOIN pg_namespace sn ON sn.oid = s.stxnamespace) e
  WHERE e.call IS NOT NULL AND e.user_call IS NULL

@@ -227,6 +227,8 @@ pub struct ActingProvider {
     pub unchecked: fn() -> Option<Acting>,
     /// The tenant of `unchecked`, copying nothing else (for every statement's telemetry).
     pub tenant: fn() -> Option<uuid::Uuid>,
+    /// The subject the running transaction acts for (see [`transaction_subject`]).
+    pub transaction_subject: fn() -> Option<Option<String>>,
 }
 
 thread_local! {
@@ -246,6 +248,15 @@ pub fn acting() -> Option<Acting> {
 /// The binding in force as it stands, not checked (never raises).
 pub fn acting_unchecked() -> Option<Acting> {
     ACTING.with(|a| a.get()).and_then(|p| (p.unchecked)())
+}
+
+/// The subject the running transaction acts for, fixed at its first use of a binding: a
+/// transaction acts for one subject, and its records name that one even where the statement that
+/// wrote also ended the binding. None when it has used no binding.
+pub fn transaction_subject() -> Option<Option<String>> {
+    ACTING
+        .with(|a| a.get())
+        .and_then(|p| (p.transaction_subject)())
 }
 
 /// The tenant of the binding in force as it stands, not checked (never raises; cheap).

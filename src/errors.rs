@@ -153,6 +153,20 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<S
     Refusal::new(code, message, hint).raise()
 }
 
+/// The names in an array argument, none of them NULL: 22004 otherwise (an attacker's pass met
+/// an internal error for `'{NULL}'`).
+pub fn names(what: &str, v: Vec<Option<String>>) -> Vec<String> {
+    v.into_iter()
+        .collect::<Option<Vec<String>>>()
+        .unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                format!("{what}: the names may not hold NULL"),
+                "Name each one, for example '{select,insert}'.",
+            )
+        })
+}
+
 /// Keep Rust backtraces out of error reports: pgrx appends a captured backtrace (frames with
 /// the build's source paths) to an error's DETAIL when `RUST_BACKTRACE` or
 /// `RUST_LIB_BACKTRACE` asks for one in the server's environment. `RUST_LIB_BACKTRACE=0` takes

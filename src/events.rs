@@ -374,6 +374,23 @@ fn detail(s: &Slot) -> pgrx::JsonB {
 /// `v` with every NUL character in its strings (keys too) replaced by U+FFFD: jsonb cannot
 /// hold NUL (`\u0000 cannot be converted to text`), and an event's fields carry what a token's
 /// claims said, so one NUL would make the event unwritable and everything read with it fail.
+/// The most characters of one string of a security event kept in its log line and record.
+const MAX_FIELD_CHARS: usize = 256;
+
+/// `v` with every string longer than [`MAX_FIELD_CHARS`] cut there, its length noted.
+pub(crate) fn shortened(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.chars().count() > MAX_FIELD_CHARS => {
+            let kept: String = s.chars().take(MAX_FIELD_CHARS).collect();
+            Value::String(format!("{kept}...({} bytes)", s.len()))
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(shortened).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, shortened(v))).collect()),
+        other => other,
+    }
+}
+
 pub fn without_nul(v: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     let clean = |s: String| {
@@ -745,8 +762,9 @@ pub fn report(event: &str, mut fields: serde_json::Map<String, serde_json::Value
         .and_then(|t| uuid::Uuid::parse_str(t).ok())
         .or_else(|| crate::authz::acting_unchecked().map(|a| a.tenant));
     // One JSON object: serde_json escapes every control character inside its strings; NUL,
-    // which no jsonb can hold, is replaced.
-    let line = without_nul(serde_json::Value::Object(fields)).to_string();
+    // which no jsonb can hold, is replaced; every string is cut to MAX_FIELD_CHARS (an
+    // attacker's pass wrote 20 MB log lines by naming a 10 MB tenant).
+    let line = shortened(without_nul(serde_json::Value::Object(fields))).to_string();
     record(event, &line, tenant);
     pgrx::pg_sys::panic::ErrorReport::new(
         pgrx::PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,

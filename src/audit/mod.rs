@@ -626,7 +626,8 @@ const SESSION_TAIL: &str =
 fn caller_and_subject() -> (String, Option<String>) {
     (
         crate::authz::role_name(crate::authz::caller()),
-        crate::authz::acting_unchecked().and_then(|a| a.subject),
+        crate::authz::transaction_subject()
+            .unwrap_or_else(|| crate::authz::acting_unchecked().and_then(|a| a.subject)),
     )
 }
 
@@ -1481,8 +1482,9 @@ fn citus_audit_exclusions() -> TableIterator<
 /// (not a support binding); recorded in the tenant's own chain. The tenant column and the
 /// key's columns are always recorded.
 #[pg_extern(volatile, parallel_unsafe)]
-fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<String>) {
+fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<Option<String>>) {
     let tbl = tbl.0;
+    let columns = errors::names("audit_exclude", columns);
     let tenant = match crate::authz::admin_of() {
         Some(t) => t,
         None => errors::raise(

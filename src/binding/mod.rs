@@ -115,6 +115,8 @@ thread_local! {
     /// Cursors WITH HOLD declared while no binding was in force (names; the closed ones are
     /// dropped whenever the list is read): no binding is made while one is open.
     static HELD_CURSORS: RefCell<Vec<std::ffi::CString>> = const { RefCell::new(Vec::new()) };
+    /// Whether the cursors WITH HOLD open before the library loaded were added to HELD_CURSORS.
+    static HELD_ADOPTED: Cell<bool> = const { Cell::new(false) };
     /// The subject this transaction was bound for (a second token of the same tenant for
     /// another subject is refused like another tenant), and whether a statement has used the
     /// binding (until then, unbind() frees the transaction for another bind).
@@ -289,7 +291,18 @@ pub fn init() {
         checked: || current_if_bound().as_ref().map(acting),
         unchecked: || peek().as_ref().map(acting),
         tenant: statement_tenant,
+        transaction_subject,
     });
+}
+
+/// The subject the running transaction acts for, fixed at its first use of a binding (the inner
+/// None: a binding without one, a role mapping's), or None when it has used none, or while
+/// pg_tenancy's own internal binding is in force.
+fn transaction_subject() -> Option<Option<String>> {
+    if INTERNAL.with(|i| i.borrow().is_some()) || !TXN_USED.with(|u| u.get()) {
+        return None;
+    }
+    TXN_SUBJECT.with(|t| t.borrow().clone())
 }
 
 /// The tenant the session's statements act for, as it stands (a token or support binding, or
@@ -511,6 +524,38 @@ fn held_open(name: &std::ffi::CStr) -> bool {
 /// open. Its query runs at the COMMIT of the transaction that declared it, under the binding
 /// in force then, and its stored rows would be read after that binding ends or changes.
 fn refuse_while_held_cursors_open(what: &str) {
+    // Cursors WITH HOLD declared before this library was loaded in the session (no hook saw
+    // their DECLARE): read once, at the first binding after the load. Without the library
+    // preloaded, a backend's first transaction declared one unbound, then bound, and a later
+    // transaction bound to another tenant fetched the rows stored at the first one's COMMIT
+    // (an attacker's pass).
+    if !HELD_ADOPTED.with(|a| a.replace(true)) {
+        let names: Vec<String> = Spi::connect(|c| {
+            let t = c.select(
+                "SELECT name::pg_catalog.text FROM pg_catalog.pg_cursors WHERE is_holdable",
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for r in t {
+                if let Some(n) = r.get::<String>(1)? {
+                    out.push(n);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the session's cursors failed: {e}"));
+        HELD_CURSORS.with(|c| {
+            let mut c = c.borrow_mut();
+            for n in names {
+                if let Ok(n) = std::ffi::CString::new(n) {
+                    if !c.contains(&n) {
+                        c.push(n);
+                    }
+                }
+            }
+        });
+    }
     let open: Vec<String> = HELD_CURSORS.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|n| held_open(n));
@@ -909,7 +954,6 @@ fn verified_token(token_text: &str) -> Rc<CachedToken> {
                 "token signing key is unknown or revoked",
                 "Sign tokens with a key registered by tenancy.add_key() that is not revoked.",
             )
-            .code("key_unknown")
             .code("key_unknown"),
             None,
         ),
@@ -1046,6 +1090,19 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
             Refusal::new(
                 INVALID_AUTHORIZATION,
                 "token is not valid yet (nbf is in the future)",
+                "Check the clocks of the token issuer and the database server.",
+            )
+            .code("token_not_yet_valid"),
+            Some(&claims.tenant),
+        );
+    }
+    // A token issued in the future would also count as issued after any revocation of its
+    // subject (an attacker's pass: `iat` 9999-12-31 outlived revoke_subject).
+    if claims.iat.is_some_and(|iat| iat - skew > now) {
+        refuse_bind(
+            Refusal::new(
+                INVALID_AUTHORIZATION,
+                "token is not valid yet (iat is in the future)",
                 "Check the clocks of the token issuer and the database server.",
             )
             .code("token_not_yet_valid"),
@@ -1616,7 +1673,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
             BINDING.with(|b| {
                 let b = b.borrow();
                 if let Some(x) = b.as_ref() {
-                    note_transaction(x.tenant);
+                    note_transaction(x.tenant, &x.subject);
                 }
                 f(b.as_ref())
             })
@@ -1640,7 +1697,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 let m = m.borrow();
                 let b = m.as_ref().and_then(|(_, _, b)| b.as_ref());
                 if let Some(x) = b {
-                    note_transaction(x.tenant);
+                    note_transaction(x.tenant, &x.subject);
                 }
                 f(b)
             })
@@ -1977,9 +2034,17 @@ fn decommission_binding(tenant: &TenantRow, table: pg_sys::Oid) -> Binding {
 
 /// First use of a binding in a transaction: tie the transaction to the tenant and apply the
 /// tenant's resource settings.
-fn note_transaction(tenant: Uuid) {
+fn note_transaction(tenant: Uuid, subject: &Option<String>) {
     if TXN_TENANT.with(|t| t.get()).is_none() {
         TXN_TENANT.with(|t| t.set(Some(tenant)));
+    }
+    // The subject too, whatever bound it (a session's binding or a role mapping used first in
+    // the transaction): a bind of another subject is then refused, and the trail names this one
+    // even for a write whose statement ended the binding (an attacker's pass bound a second
+    // subject, and unbound, in the statement that wrote, and the record named that subject, or
+    // none).
+    if TXN_SUBJECT.with(|t| t.borrow().is_none()) {
+        TXN_SUBJECT.with(|t| *t.borrow_mut() = Some(subject.clone()));
     }
     TXN_USED.with(|u| u.set(true));
     if !LIMITS_APPLIED.with(|l| l.get()) {

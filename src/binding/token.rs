@@ -294,6 +294,16 @@ pub fn verify(
     claims_from(&parsed.kid, parsed.claims, tenant_claim)
 }
 
+/// A claim's text as it may be bound, shown and stored: no control characters (a NUL would
+/// cut it short where PostgreSQL's text ends, so a subject `alice\u0000mallory` showed and was
+/// audited as `alice` while escaping alice's revocation, found by an attacker's pass) and no
+/// characters that change how text is shown while showing nothing themselves (bidirectional
+/// overrides, zero-width characters: [`crate::errors::is_invisible`], the set messages escape).
+fn plain_text(s: &str) -> bool {
+    !s.chars()
+        .any(|c| c.is_control() || crate::errors::is_invisible(c))
+}
+
 fn claims_from(
     kid: &str,
     claims: Map<String, Value>,
@@ -301,12 +311,12 @@ fn claims_from(
 ) -> Result<VerifiedClaims, TokenError> {
     let tenant = match claims.get(tenant_claim) {
         None | Some(Value::Null) => return Err(TokenError::MissingClaim(tenant_claim.into())),
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 && plain_text(s) => s.clone(),
         Some(_) => return Err(TokenError::InvalidClaim(tenant_claim.into())),
     };
     let subject = match claims.get("sub") {
         None | Some(Value::Null) => return Err(TokenError::MissingClaim("sub".into())),
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= 1000 => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 1000 && plain_text(s) => s.clone(),
         Some(_) => return Err(TokenError::InvalidClaim("sub".into())),
     };
     let exp = time_claim(&claims, "exp")?.ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
@@ -319,7 +329,9 @@ fn claims_from(
             let mut roles = Vec::with_capacity(items.len());
             for item in items {
                 match item {
-                    Value::String(s) if !s.is_empty() && s.len() <= 63 => roles.push(s.clone()),
+                    Value::String(s) if !s.is_empty() && s.len() <= 63 && plain_text(s) => {
+                        roles.push(s.clone())
+                    }
                     _ => return Err(TokenError::InvalidClaim("roles".into())),
                 }
             }
@@ -329,7 +341,7 @@ fn claims_from(
     };
     let jti = match claims.get("jti") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) if plain_text(s) => Some(s.clone()),
         Some(_) => return Err(TokenError::InvalidClaim("jti".into())),
     };
     Ok(VerifiedClaims {

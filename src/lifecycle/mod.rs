@@ -68,6 +68,31 @@ fn check_resource_setting(name: &str, value: &serde_json::Value) {
     }
 }
 
+/// How deep a setting's value may nest. Settings travel inside documents (`export_config`
+/// nests each tenant's settings three levels down) read back through serde_json, whose
+/// recursion limit is 128: a tenant admin's `set_setting` of a value 126 levels deep made
+/// `export_config`, `plan_config`, `apply_config` and `assert_clean` fail for every tenant
+/// (an attacker's pass).
+const MAX_SETTING_DEPTH: usize = 32;
+
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn check_setting_depth(key: &str, v: &serde_json::Value) {
+    if depth(v) > MAX_SETTING_DEPTH {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("tenant setting \"{key}\" nests deeper than {MAX_SETTING_DEPTH} levels"),
+            "Keep settings shallow: objects and arrays nested at most 32 levels.",
+        );
+    }
+}
+
 fn check_settings(settings: &serde_json::Value) {
     let Some(obj) = settings.as_object() else {
         errors::raise(
@@ -77,6 +102,7 @@ fn check_settings(settings: &serde_json::Value) {
         );
     };
     for (k, v) in obj {
+        check_setting_depth(k, v);
         if RESOURCE_SETTINGS.contains(&k.as_str()) {
             check_resource_setting(k, v);
         }
@@ -421,6 +447,7 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
         );
     }
     if let Some(v) = value.as_ref() {
+        check_setting_depth(key, &v.0);
         if RESOURCE_SETTINGS.contains(&key) {
             check_resource_setting(key, &v.0);
             crate::lifecycle::limits::check_setting(&t, key, &v.0);

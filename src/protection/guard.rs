@@ -1688,7 +1688,8 @@ pub(crate) fn stored_leaky_call(rel: pg_sys::Oid) -> Option<(String, String)> {
 }
 
 /// A column default a command sets on protected table `rel`: no user's function (built-in
-/// functions, leakproof or not, and pg_tenancy's own pass: `tenancy.current_tenant()`).
+/// functions, leakproof or not, and pg_tenancy's own pass: `tenancy.current_tenant()`), and no
+/// VOLATILE one that acts beyond its value (`pg_notify`, `tenancy.add_key`; `nextval` passes).
 ///
 /// # Safety
 /// As [`check_constraint`]: `raw` null or a raw expression of the command's parse tree, `query`

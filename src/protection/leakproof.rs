@@ -14,7 +14,8 @@ use std::ffi::c_void;
 /// What the walk found: the first offending function (or node) described for a message.
 struct Walk {
     found: Option<String>,
-    /// Only functions that are not built in (nor nodes that run a user's code) offend.
+    /// Only functions that are not built in (nor nodes that run a user's code) offend, and
+    /// VOLATILE ones with effects beyond their value ([`has_effects`]).
     user_code_only: bool,
     /// Domains the expression coerces to: their constraints run too, and are read after the
     /// walk (a catalog query has no place in a tree walker's callback).
@@ -51,6 +52,42 @@ const RUNS_WHAT_IT_IS_GIVEN: &[&[u8]] = &[
     b"ts_rewrite",
     b"set_config",
 ];
+
+/// The VOLATILE built-in functions that may run where a user's code may not (a column's or a
+/// domain's default, a joining table's definition): they make a value and change nothing a
+/// reader could see but the value itself. Every other VOLATILE function has an effect beyond
+/// the row (`pg_notify`, `setval`, the large-object writers, advisory locks) or reads the
+/// session's statement (`current_query`): an attacker's pass made a domain's default send every
+/// tenant's INSERT text to its owner with `pg_notify('leak', current_query())`, and run
+/// pg_tenancy's management functions (`tenancy.add_key`) as whoever inserted.
+const VOLATILE_BUT_PURE: &[&[u8]] = &[
+    b"nextval",
+    b"gen_random_uuid",
+    b"random",
+    b"clock_timestamp",
+    b"timeofday",
+];
+
+/// Whether `func` is VOLATILE and not one of [`VOLATILE_BUT_PURE`] (built in).
+fn has_effects(func: pg_sys::Oid) -> bool {
+    // SAFETY: syscache lookups of a function's volatility and name by oid; the name is NULL or
+    // a palloc'd, NUL-terminated copy, freed after the comparison.
+    unsafe {
+        if pg_sys::func_volatile(func) != pg_sys::PROVOLATILE_VOLATILE as std::ffi::c_char {
+            return false;
+        }
+        if u32::from(func) >= pg_sys::FirstNormalObjectId {
+            return true;
+        }
+        let name = pg_sys::get_func_name(func);
+        if name.is_null() {
+            return true;
+        }
+        let pure = VOLATILE_BUT_PURE.contains(&std::ffi::CStr::from_ptr(name).to_bytes());
+        pg_sys::pfree(name.cast());
+        !pure
+    }
+}
 
 /// Whether built-in function `func` is one of [`RUNS_WHAT_IT_IS_GIVEN`].
 fn runs_what_it_is_given(func: pg_sys::Oid) -> bool {
@@ -115,8 +152,18 @@ unsafe extern "C-unwind" fn check_function(func: pg_sys::Oid, context: *mut c_vo
         ));
         return true;
     }
-    if builtin_leakproof(func) || (walk.user_code_only && (builtin || pg_tenancys_own(func))) {
+    if builtin_leakproof(func) {
         return false;
+    }
+    if walk.user_code_only && (builtin || pg_tenancys_own(func)) {
+        if !has_effects(func) {
+            return false;
+        }
+        walk.found = Some(format!(
+            "{} (which is VOLATILE: it acts beyond the value it returns)",
+            describe_function(func)
+        ));
+        return true;
     }
     walk.found = Some(describe_function(func));
     true
@@ -131,6 +178,18 @@ unsafe extern "C-unwind" fn check_function(func: pg_sys::Oid, context: *mut c_vo
 unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void) -> bool {
     if node.is_null() {
         return false;
+    }
+    // An expression nested deeper than the stack allows to walk counts as leaky, rather than
+    // raising: any role's table (a temporary one of another session included) with a CHECK of
+    // a few thousand terms, which PostgreSQL itself accepts, made verify() and assert_clean fail
+    // for everyone with "stack depth limit exceeded" (an attacker's pass).
+    // SAFETY: stack_is_too_deep compares this frame's address with PostgreSQL's limit and does
+    // not raise; `context` is our Walk (this function's contract).
+    unsafe {
+        if pg_sys::stack_is_too_deep() {
+            (*(context as *mut Walk)).found = Some("an expression nested too deep to check".into());
+            return true;
+        }
     }
     // SAFETY: `node` is a node of an analyzed expression tree, `context` our Walk.
     unsafe {
@@ -197,7 +256,8 @@ unsafe extern "C-unwind" fn walker(node: *mut pg_sys::Node, context: *mut c_void
 
 /// The first call in `expr` (an analyzed expression, or a list of them) that is not a built-in
 /// LEAKPROOF function, described for a message; None when every call is one. With
-/// `user_code_only`, only calls of functions that are not built in (and domains' constraints)
+/// `user_code_only`, only calls of functions that are not built in or are VOLATILE with effects
+/// beyond their value (and domains' constraints)
 /// count: built-in functions cannot be made to leak, but those not marked LEAKPROOF may say
 /// what they were given in an error (a failed cast, a division by zero).
 ///
@@ -430,16 +490,36 @@ fn type_leaky_call_sql(typ: pg_sys::Oid, user_code_only: bool) -> Option<String>
     type_leaky_call(typ, user_code_only)
 }
 
-/// verify()'s view of a stored expression (`pg_constraint.conbin`, `pg_index.indexprs`,
-/// `pg_index.indpred`, `pg_statistic_ext.stxexprs`, as text): the first call that is not a
-/// built-in LEAKPROOF function (with `user_code_only`, the first that is not built in), or
-/// NULL. Reads the node tree PostgreSQL stored; evaluates nothing.
-#[pg_extern(stable, parallel_safe, name = "_leaky_call")]
-fn leaky_call(expr: &str, user_code_only: bool) -> Option<String> {
-    leaky_call_text(expr, user_code_only)
+/// verify()'s view of an expression PostgreSQL stored in its catalog, named by where it is:
+/// `source` one of `conbin` (a `pg_constraint` row by oid), `indexprs` and `indpred` (a
+/// `pg_index` row by its index's oid), `stxexprs` (a `pg_statistic_ext` row by oid), `adbin` (a
+/// `pg_attrdef` row by oid) and `partexprs` (a `pg_partitioned_table` row by its table's oid).
+/// The first call that is not a built-in LEAKPROOF function (with `user_code_only`, the first
+/// that is not built in or acts beyond its value), or NULL; evaluates nothing. It reads the
+/// node tree from the catalog itself: `stringToNode` trusts its input, and the function this
+/// replaces, `_leaky_call(text, ...)`, parsed whatever text its caller gave (an attacker's pass
+/// crashed the server with `SELECT tenancy._leaky_call('{CONST', true)`).
+#[pg_extern(stable, parallel_safe, name = "_leaky_expr")]
+fn leaky_expr(source: &str, objid: pg_sys::Oid, user_code_only: bool) -> Option<String> {
+    let sql = match source {
+        "conbin" => "SELECT conbin::pg_catalog.text FROM pg_catalog.pg_constraint WHERE oid OPERATOR(pg_catalog.=) $1",
+        "indexprs" => "SELECT indexprs::pg_catalog.text FROM pg_catalog.pg_index WHERE indexrelid OPERATOR(pg_catalog.=) $1",
+        "indpred" => "SELECT indpred::pg_catalog.text FROM pg_catalog.pg_index WHERE indexrelid OPERATOR(pg_catalog.=) $1",
+        "stxexprs" => "SELECT stxexprs::pg_catalog.text FROM pg_catalog.pg_statistic_ext WHERE oid OPERATOR(pg_catalog.=) $1",
+        "adbin" => "SELECT adbin::pg_catalog.text FROM pg_catalog.pg_attrdef WHERE oid OPERATOR(pg_catalog.=) $1",
+        "partexprs" => "SELECT partexprs::pg_catalog.text FROM pg_catalog.pg_partitioned_table WHERE partrelid OPERATOR(pg_catalog.=) $1",
+        _ => crate::errors::raise(
+            crate::errors::INVALID_PARAMETER,
+            format!("tenancy._leaky_expr: unknown source \"{source}\""),
+            "Name one of conbin, indexprs, indpred, stxexprs, adbin, partexprs.",
+        ),
+    };
+    let text: String = crate::catalog::read_one(sql, &[objid.into()])?;
+    leaky_call_text(&text, user_code_only)
 }
 
-/// [`first_leaky_call`] of an expression stored as node text.
+/// [`first_leaky_call`] of an expression stored as node text: only text read from PostgreSQL's
+/// catalog (`stringToNode` trusts its input).
 pub fn leaky_call_text(expr: &str, user_code_only: bool) -> Option<String> {
     let c = std::ffi::CString::new(expr).ok()?;
     // SAFETY: stringToNode parses PostgreSQL's own node text into a fresh tree.

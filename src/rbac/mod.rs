@@ -262,14 +262,29 @@ fn check_grant_table(tbl: Option<pg_sys::Oid>) -> Option<String> {
     Some(name)
 }
 
+/// A privilege list given to grant or revoke: NULL, or a NULL in it, is refused with 22004 (the
+/// function takes a NULL table, so PostgreSQL does not answer NULL for it; an attacker's pass
+/// met an internal error).
+fn privilege_names(what: &str, privileges: Option<Vec<Option<String>>>) -> Vec<String> {
+    match privileges {
+        Some(p) => errors::names(what, p),
+        None => errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{what}: the privileges may not be NULL"),
+            "Name them, for example '{select,insert}'.",
+        ),
+    }
+}
+
 #[pg_extern(volatile, parallel_unsafe)]
 fn grant(
     tenant: &str,
     role: &str,
     tbl: Option<crate::pg::types::Regclass>,
-    privileges: Vec<String>,
+    privileges: Option<Vec<Option<String>>>,
 ) {
     let tbl = tbl.map(|t| t.0);
+    let privileges = privilege_names("grant", privileges);
     let t = managed_tenant(tenant, "grant");
     authz::require_may_widen("grant", &t);
     check_tenant_roles(&t, &[role.to_string()]);
@@ -297,9 +312,10 @@ fn revoke(
     tenant: &str,
     role: &str,
     tbl: Option<crate::pg::types::Regclass>,
-    privileges: Vec<String>,
+    privileges: Option<Vec<Option<String>>>,
 ) {
     let tbl = tbl.map(|t| t.0);
+    let privileges = privilege_names("revoke", privileges);
     let t = managed_tenant(tenant, "revoke");
     check_tenant_roles(&t, &[role.to_string()]);
     check_privileges(&privileges);
@@ -469,9 +485,10 @@ fn remove_member(tenant: &str, subject: &str, role: &str) {
 fn grant_support(
     operator: crate::pg::types::Regrole,
     duration: pgrx::datum::Interval,
-    privileges: default!(Vec<String>, "'{select}'"),
+    privileges: default!(Vec<Option<String>>, "'{select}'"),
 ) -> pgrx::JsonB {
     let operator = operator.0;
+    let privileges = errors::names("grant_support", privileges);
     let b = crate::binding::require();
     if !authz::is_tenant_admin(b.tenant) {
         errors::raise(

@@ -163,6 +163,58 @@ fn time_claims_that_are_not_plain_numbers_are_refused() {
 }
 
 #[test]
+fn claims_with_control_or_direction_characters_are_refused() {
+    // Found by an attacker's pass: a subject "alice\u0000mallory" bound, showed and was audited
+    // as "alice" (PostgreSQL's text ends at the NUL) while alice's revocation, looked up with
+    // the whole text, did not apply; no SQL could name the subject to revoke it.
+    let f = Fixture::new();
+    let header = format!(r#"{{"alg":"HS256","kid":"{}"}}"#, f.kid);
+    for claims in [
+        format!(
+            r#"{{"tid":"{}","sub":"alice\u0000mallory","exp":{}}}"#,
+            f.a,
+            exp()
+        ),
+        format!(r#"{{"tid":"{}","sub":"alice\n","exp":{}}}"#, f.a, exp()),
+        format!(r#"{{"tid":"{}","sub":"\u202eecila","exp":{}}}"#, f.a, exp()),
+        format!(
+            r#"{{"tid":"{}","sub":"u","roles":["member\u0000x"],"exp":{}}}"#,
+            f.a,
+            exp()
+        ),
+        format!(
+            r#"{{"tid":"{}","sub":"u","jti":"j\u0000","exp":{}}}"#,
+            f.a,
+            exp()
+        ),
+        format!(r#"{{"tid":"{}\u0000","sub":"u","exp":{}}}"#, f.a, exp()),
+    ] {
+        refused(&raw_token(&header, &claims, HS_SECRET));
+    }
+}
+
+#[test]
+fn a_token_issued_in_the_future_is_not_valid_yet() {
+    // Found by an attacker's pass: a token whose iat lay in the future counted as issued after
+    // any revocation of its subject, so it outlived revoke_subject.
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.revoke_subject($1, 'carol', now())", &[&f.a])
+        .unwrap();
+    let token = f.token_with(serde_json::json!({
+        "tid": f.a, "sub": "carol", "exp": exp(), "iat": 253402300799i64
+    }));
+    let mut c = app();
+    expect_refusal(
+        &mut c,
+        &format!("SELECT tenancy.bind('{token}')"),
+        "28000",
+        "token_not_yet_valid",
+    );
+    assert_eq!(bound_tenant(&mut c), Err("42501".into()));
+}
+
+#[test]
 fn a_subject_carrying_sql_is_data_not_code() {
     let f = Fixture::new();
     let sub = "x'); DELETE FROM public.it_customers; SELECT ('";

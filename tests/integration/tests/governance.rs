@@ -1140,9 +1140,11 @@ fn without_preloading_tenant_stats_says_so_and_shows_what_statistics_tell() {
 
 #[test]
 fn a_nul_in_a_tokens_claims_cannot_stop_the_security_events() {
-    // A token of any registered key naming a tenant with a NUL: its refused bind is an event
-    // whose fields carry the claim. jsonb cannot hold NUL: the event writer used to fail on it
-    // and lose its whole batch, and security_events() failed for operators.
+    // A token of any registered key naming a tenant with a NUL: jsonb cannot hold NUL, and the
+    // event writer used to fail on the refused bind's event carrying the claim and lose its
+    // whole batch, and security_events() failed for operators. Claims with control characters
+    // are now refused as invalid before anything reads them (an attacker's pass hid a subject
+    // behind a NUL); the events keep flowing.
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let db = OwnDatabase::preloaded("gv_nul", true);
     let mut su = db.connect("postgres");
@@ -1151,11 +1153,12 @@ fn a_nul_in_a_tokens_claims_cannot_stop_the_security_events() {
     let poison = f.token_with(serde_json::json!({
         "tid": "globex\u{0}", "sub": "x\u{0}y", "exp": now() + 3600, "iat": now()
     }));
-    expect_err(
+    let refused = expect_err(
         &mut app,
         &format!("SELECT tenancy.bind('{poison}')"),
-        &["28000", "22021"],
+        &["28000"],
     );
+    assert!(refused.contains("is invalid"), "{refused}");
     // Then an event of tenant A's, in the same batch or the next.
     refused_rebind(&mut app, &f.token(&f.b, "u"), &f.token(&f.a, "u"));
     let mut op = db.connect(OPERATOR);
@@ -1181,17 +1184,6 @@ fn a_nul_in_a_tokens_claims_cannot_stop_the_security_events() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(logged, "tenant A's event never reached the log");
-    let poisoned: String = op
-        .query_one(
-            "SELECT detail::text FROM tenancy.security_event_log WHERE detail::text LIKE '%globex%'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert!(
-        poisoned.contains("globex\\ufffd") || poisoned.contains("globex\u{fffd}"),
-        "{poisoned}"
-    );
 }
 
 #[test]
@@ -1582,4 +1574,46 @@ fn a_document_cannot_hide_a_change_behind_a_member_named_like_another() {
         .unwrap()
         .get(0);
     assert_eq!(members, 2, "apply_config changed the members");
+}
+
+#[test]
+fn a_tenants_deep_setting_cannot_stop_the_platforms_configuration_documents() {
+    // Found by an attacker's pass: a tenant admin set a value nested 126 levels deep, and
+    // export_config, plan_config, apply_config and assert_clean failed for every tenant
+    // (serde_json's recursion limit, three levels further down in the document).
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut admin = app();
+    assert_not_privileged(&mut admin);
+    admin.batch_execute("BEGIN").unwrap();
+    bind(&mut admin, &f.token(&f.a, "boss"));
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let e = admin
+        .execute(
+            &format!(
+                "SELECT tenancy.set_setting($1, 'deep', '{}'::jsonb)",
+                deep(126)
+            ),
+            &[&f.a],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
+    admin.batch_execute("ROLLBACK; BEGIN").unwrap();
+    bind(&mut admin, &f.token(&f.a, "boss"));
+    admin
+        .execute(
+            &format!(
+                "SELECT tenancy.set_setting($1, 'shallow', '{}'::jsonb)",
+                deep(30)
+            ),
+            &[&f.a],
+        )
+        .unwrap();
+    admin.batch_execute("COMMIT").unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    op.query_one("SELECT tenancy.export_config()", &[])
+        .unwrap_or_else(|e| panic!("export_config(): {}", message(&e)));
 }

@@ -558,3 +558,41 @@ fn reads_assign_no_transaction_id() {
         c.batch_execute("COMMIT").unwrap();
     }
 }
+
+#[test]
+fn grant_and_revoke_refuse_null_privileges_with_a_sqlstate() {
+    // An attacker's pass: a NULL privilege list, or a NULL in it, met an internal error (XX000).
+    let f = Fixture::new();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    for sql in [
+        "SELECT tenancy.grant($1, 'member', NULL, NULL)",
+        "SELECT tenancy.grant($1, 'member', NULL, '{NULL}')",
+        "SELECT tenancy.revoke($1, 'member', NULL, NULL)",
+        "SELECT tenancy.revoke($1, 'member', NULL, '{select,NULL}')",
+    ] {
+        let e = op.execute(sql, &[&f.a]).unwrap_err();
+        assert_eq!(sqlstate(&e), "22004", "{sql}: {}", message(&e));
+    }
+}
+
+#[test]
+fn grant_support_and_audit_exclude_refuse_a_null_name_with_a_sqlstate() {
+    // An attacker's pass: '{NULL}' met an internal error (XX000).
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut admin = app();
+    assert_not_privileged(&mut admin);
+    for sql in [
+        format!("SELECT tenancy.grant_support('{OPERATOR}', '1 hour', '{{select,NULL}}')"),
+        "SELECT tenancy.audit_exclude('it_orders', '{NULL}')".to_string(),
+    ] {
+        admin.batch_execute("BEGIN").unwrap();
+        bind(&mut admin, &f.token(&f.a, "boss"));
+        let e = admin.batch_execute(&sql).unwrap_err();
+        assert_eq!(sqlstate(&e), "22004", "{sql}: {}", message(&e));
+        admin.batch_execute("ROLLBACK").unwrap();
+    }
+}

@@ -1448,3 +1448,153 @@ fn a_token_binding_ends_when_its_role_is_mapped_to_other_tenants() {
         "role_mapped_elsewhere",
     );
 }
+
+#[test]
+fn a_transaction_acts_for_one_subject_and_its_trail_names_that_subject() {
+    // Found by an attacker's pass: a session bound for one subject bound a second subject's
+    // token in the statement that deleted (the record named the second, a viewer refused
+    // DELETE on its own, and the rest of the transaction acted as it), or unbound in the
+    // statement that updated (the record named no one): the audit trigger read the binding at
+    // the statement's end, and a session's binding used first in a transaction did not fix its
+    // subject.
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute(
+        "SELECT tenancy.add_member($1, 'carol', 'admin'), tenancy.add_member($1, 'vic', 'viewer')",
+        &[&f.a],
+    )
+    .unwrap();
+    let mut c = app();
+    assert_not_privileged(&mut c);
+    bound_tx(&mut c, &f, &f.a, true, |c| {
+        c.batch_execute("INSERT INTO it_orders (amount) VALUES (7001), (7003)")
+            .unwrap();
+    });
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "carol")],
+    )
+    .unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    let e = c
+        .query_one(
+            "WITH d AS (DELETE FROM it_orders WHERE amount = 7001 RETURNING 1) \
+             SELECT tenancy.bind($1)->>'subject' FROM d",
+            &[&f.token(&f.a, "vic")],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(message(&e).contains("another subject"), "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+    // Nor after a first statement of the transaction.
+    c.batch_execute("BEGIN").unwrap();
+    c.query("SELECT count(*) FROM it_orders", &[]).unwrap();
+    expect_refusal(
+        &mut c,
+        &format!("SELECT tenancy.bind('{}')", f.token(&f.a, "vic")),
+        "42501",
+        "rebind_refused",
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+    // Unbinding in the statement that writes: the record still names the subject.
+    c.batch_execute("BEGIN").unwrap();
+    c.query(
+        "WITH u AS (UPDATE it_orders SET amount = 7033 WHERE amount = 7003 RETURNING 1) \
+         SELECT tenancy.unbind() FROM u",
+        &[],
+    )
+    .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    let subject: Option<String> = su
+        .query_one(
+            "SELECT subject FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid AND op = 'UPDATE' \
+             ORDER BY id DESC LIMIT 1",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(subject.as_deref(), Some("carol"));
+}
+
+#[test]
+fn no_function_parses_node_text_a_caller_gives() {
+    // Found by an attacker's pass: tenancy._leaky_call(text, bool), EXECUTE granted to PUBLIC,
+    // handed its text to PostgreSQL's node reader, which trusts its input: any role crashed
+    // the server with SELECT tenancy._leaky_call('{CONST', true). verify() now names stored
+    // expressions by where they are stored, and the function reads them itself.
+    let mut c = app();
+    assert_not_privileged(&mut c);
+    let gone: bool = c
+        .query_one(
+            "SELECT to_regprocedure('tenancy._leaky_call(text, boolean)') IS NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(gone);
+    expect_err(
+        &mut c,
+        "SELECT tenancy._leaky_expr('{CONST', 0, true)",
+        &["22023"],
+    );
+    // A stored expression is read by its oid; an oid that names nothing reads nothing.
+    let none: Option<String> = c
+        .query_one("SELECT tenancy._leaky_expr('conbin', 0, true)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(none, None);
+    c.query_one("SELECT 1", &[]).unwrap();
+}
+
+#[test]
+fn a_cursor_with_hold_declared_before_the_library_loaded_holds_off_a_binding() {
+    // Found by an attacker's pass: without the library preloaded, a backend's first transaction
+    // declared a cursor WITH HOLD (no hook saw it), bound tenant B and committed, storing B's
+    // rows; the next transaction, bound to A, fetched them.
+    let f = Fixture::new();
+    let mut c = app();
+    assert_not_privileged(&mut c);
+    // Over a function, so that declaring it plans nothing of a protected table (the
+    // planner's estimate of a policy would load the library first).
+    c.batch_execute(
+        "CREATE FUNCTION pg_temp.rows() RETURNS SETOF text LANGUAGE plpgsql AS \
+           $$ BEGIN RETURN QUERY SELECT tenant_id::text FROM it_orders; END $$; \
+         BEGIN; DECLARE early CURSOR WITH HOLD FOR SELECT * FROM pg_temp.rows()",
+    )
+    .unwrap();
+    let e = c
+        .execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "u")])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55006", "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+}
+
+#[test]
+fn an_expression_too_deep_to_walk_cannot_stop_verify() {
+    // Found by an attacker's pass: a role with only TEMP made a temporary table with a CHECK of
+    // 2,500 terms (PostgreSQL accepts it), and verify() and assert_clean failed for everyone
+    // with "stack depth limit exceeded" while its session lasted.
+    let mut c = app();
+    assert_not_privileged(&mut c);
+    let terms = vec!["a"; 2500].join(" + ");
+    c.batch_execute(&format!(
+        "CREATE TEMP TABLE t_deep (a int CHECK (({terms}) > -1)); INSERT INTO t_deep VALUES (1)"
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    op.query("SELECT * FROM tenancy.verify()", &[])
+        .unwrap_or_else(|e| panic!("verify(): {}", message(&e)));
+    let found: Option<String> = c
+        .query_one(
+            "SELECT tenancy._leaky_expr('conbin', oid, true) FROM pg_constraint \
+              WHERE conrelid = 't_deep'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found.as_deref(),
+        Some("an expression nested too deep to check")
+    );
+}

@@ -520,8 +520,10 @@ fn revoke_subject_refuses_its_earlier_tokens_whatever_the_default_roles() {
     let mut c = app();
     let e = c.execute("SELECT tenancy.bind($1)", &[&old]).unwrap_err();
     assert_eq!(sqlstate(&e), "28000");
-    // A token issued after the revocation binds; one without iat counts as issued before.
-    let fresh = token_for(&f, &f.a, "mallory", serde_json::json!({"iat": now() + 2}));
+    // A token issued after the revocation binds (iat counts whole seconds, and may not lie in
+    // the future: the next second); one without iat counts as issued before.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let fresh = token_for(&f, &f.a, "mallory", serde_json::json!({"iat": now()}));
     c.batch_execute("BEGIN").unwrap();
     bind(&mut c, &fresh);
     c.batch_execute("ROLLBACK").unwrap();
@@ -1785,11 +1787,16 @@ fn auto_protect_takes_in_no_table_that_holds_rows() {
         .batch_execute(&format!(
             "CREATE TABLE {s}_stage.moved (tenant_id uuid NOT NULL, secret text); \
              INSERT INTO {s}_stage.moved VALUES ('{b}', 'planted'); \
-             CREATE TABLE {s}_stage.empty (tenant_id uuid NOT NULL, secret text)"
+             CREATE TABLE {s}_stage.empty (tenant_id uuid NOT NULL, secret text); \
+             CREATE TABLE {s}_stage.notifies (tenant_id uuid NOT NULL, secret text \
+               CHECK (pg_notify('leak', secret) IS NULL))"
         ))
         .unwrap();
     for sql in [
         format!("ALTER TABLE {s}_stage.moved SET SCHEMA {s}"),
+        // Empty, but its CHECK would send every tenant's value to a listener (an attacker's
+        // pass: a built-in that acts beyond its value is not a user's function, and passed).
+        format!("ALTER TABLE {s}_stage.notifies SET SCHEMA {s}"),
         format!("CREATE TABLE {s}.ctas AS SELECT '{b}'::uuid AS tenant_id, 'planted'::text AS secret"),
         format!(
             "CREATE TABLE {s}.ren (tid uuid NOT NULL, secret text); INSERT INTO {s}.ren VALUES ('{b}', 'planted'); \
@@ -1844,6 +1851,7 @@ fn a_domains_or_types_owner_cannot_add_code_to_a_protected_column_later() {
         "CREATE SCHEMA {s} AUTHORIZATION {typ}; GRANT USAGE ON SCHEMA {s} TO PUBLIC; SET ROLE {typ}; \
          CREATE DOMAIN {s}.label AS text; CREATE TYPE {s}.mood AS ENUM ('ok', 'sad'); \
          CREATE TABLE {s}.seen (what text); GRANT INSERT ON {s}.seen TO PUBLIC; \
+         CREATE SEQUENCE {s}.n; GRANT USAGE ON SEQUENCE {s}.n TO PUBLIC; \
          CREATE FUNCTION {s}.grab() RETURNS text LANGUAGE sql AS $$ INSERT INTO {s}.seen VALUES (current_user) RETURNING NULL::text $$; \
          CREATE FUNCTION {s}.to_mood(text) RETURNS {s}.mood LANGUAGE plpgsql AS $$ BEGIN INSERT INTO {s}.seen VALUES (current_user); RETURN $1::{s}.mood; END $$; \
          RESET ROLE; \
@@ -1877,7 +1885,29 @@ fn a_domains_or_types_owner_cannot_add_code_to_a_protected_column_later() {
             "guard_refused",
         );
     }
-    // A default of built-in functions stays the domain owner's to set.
+    // Nor a built-in or pg_tenancy function that acts beyond its value (an attacker's pass sent
+    // every tenant's INSERT text to the domain's owner with pg_notify, and registered a signing
+    // key of its own through the default of whoever inserted).
+    for default in [
+        "concat(pg_notify('leak', current_query()))".to_string(),
+        "concat(current_query())".to_string(),
+        format!("concat(setval('{s}.n', 1))"),
+        "concat(tenancy.add_key('evil', 'HS256', 'mallory-secret-mallory-secret-mallory-1'))"
+            .to_string(),
+    ] {
+        expect_refusal(
+            &mut owner,
+            &format!("ALTER DOMAIN {s}.label SET DEFAULT {default}"),
+            "42501",
+            "guard_refused",
+        );
+    }
+    // A default of built-in functions that only make a value stays the domain owner's to set.
+    owner
+        .batch_execute(&format!(
+            "ALTER DOMAIN {s}.label SET DEFAULT concat('none', nextval('{s}.n'), gen_random_uuid(), random(), clock_timestamp())"
+        ))
+        .unwrap();
     owner
         .batch_execute(&format!("ALTER DOMAIN {s}.label SET DEFAULT 'none'"))
         .unwrap();
@@ -1894,6 +1924,19 @@ fn a_domains_or_types_owner_cannot_add_code_to_a_protected_column_later() {
     expect_refusal(
         &mut tow,
         &format!("ALTER TABLE {s}.t ADD COLUMN other {s}.label2"),
+        "42501",
+        "guard_refused",
+    );
+    // The table's owner may not give a column such a default either.
+    expect_refusal(
+        &mut tow,
+        &format!("ALTER TABLE {s}.t ALTER COLUMN id SET DEFAULT length(pg_notify('leak', current_query())::text)"),
+        "42501",
+        "guard_refused",
+    );
+    expect_refusal(
+        &mut tow,
+        &format!("ALTER TABLE {s}.t ADD COLUMN k text DEFAULT tenancy.add_key('evil2', 'HS256', 'mallory-secret-mallory-secret-mallory-2')::text"),
         "42501",
         "guard_refused",
     );
