@@ -29,6 +29,14 @@
 #   bind_rs256, bind_eddsa    the same with an RS256 / an EdDSA token, as identity providers sign
 #   bind_rs256_discard, bind_eddsa_discard    DISCARD ALL, then the bind (what a pooler's reset
 #             does between requests); `discard` is DISCARD ALL alone, to subtract
+#   point_prepared, filter_prepared    point and filter as a prepared statement without
+#             parameters (PREPARE once, then EXECUTE): PostgreSQL runs its generic plan, in
+#             which the binding is the reserved parameter, never a constant
+#   filter_param    filter as an application prepares it, the tenant a parameter
+#             (PREPARE p(uuid), EXECUTE p('...')): after five custom plans, the generic one
+#   point_spi, filter_spi    point and filter run by PL/pgSQL's EXECUTE in a function
+#             (SELECT cg.spi_point()): planned every time, through SPI, where the binding is
+#             also the reserved parameter (what benches/run.sh's server-cost loop measures)
 #   insert    one-row INSERT into an audited protected table
 #   insert_noaudit  the same without audit
 # Prints one line per workload: instructions per statement.
@@ -92,6 +100,13 @@ SELECT tenancy.map_role('cg_mapped', 't3');
 GRANT SELECT ON cg.items, cg.plain TO cg_app;
 GRANT SELECT, INSERT ON cg.log, cg.log_noaudit TO cg_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA cg TO cg_app;
+CREATE FUNCTION cg.spi_point() RETURNS int LANGUAGE plpgsql
+AS \$f\$ DECLARE r int; BEGIN EXECUTE 'SELECT v FROM cg.items WHERE id = 42' INTO r; RETURN r; END \$f\$;
+-- The same statement text as the filter workload's, tenant t3 written into it.
+DO \$d\$ BEGIN EXECUTE format(\$g\$CREATE FUNCTION cg.spi_filter() RETURNS int LANGUAGE plpgsql
+AS \$f\$ DECLARE r int; BEGIN EXECUTE 'SELECT v FROM cg.plain WHERE tenant_id = ''%s'' AND id = 42' INTO r; RETURN r; END \$f\$\$g\$,
+  (SELECT id FROM tenancy.tenant WHERE slug = 't3')); END \$d\$;
+GRANT USAGE ON SCHEMA cg TO cg_app;
 VACUUM ANALYZE;
 SQL
 # An identity provider's keys (RS256, EdDSA), made and used by openssl.
@@ -133,6 +148,10 @@ statement() {
     case "$1" in
         point|point_mapped) echo "SELECT v FROM cg.items WHERE id = 42;" ;;
         filter) echo "SELECT v FROM cg.plain WHERE tenant_id = '$TENANT' AND id = 42;" ;;
+        point_prepared|filter_prepared) echo "EXECUTE p;" ;;
+        filter_param) echo "EXECUTE p('$TENANT');" ;;
+        point_spi) echo "SELECT cg.spi_point();" ;;
+        filter_spi) echo "SELECT cg.spi_filter();" ;;
         seqscan) echo "SELECT count(*) FROM cg.items;" ;;
         bind) echo "SELECT tenancy.bind('$TOKEN');" ;;
         bind_rs256) echo "SELECT tenancy.bind('$TOKEN_RS256');" ;;
@@ -164,6 +183,11 @@ count() {
             echo "SET enable_bitmapscan = off;"
         fi
         [ "$w" = point_mapped ] || echo "SELECT tenancy.bind('$TOKEN', 'session') IS NOT NULL;"
+        case "$w" in
+            point_prepared) echo "PREPARE p AS SELECT v FROM cg.items WHERE id = 42;" ;;
+            filter_prepared) echo "PREPARE p AS SELECT v FROM cg.plain WHERE tenant_id = '$TENANT' AND id = 42;" ;;
+            filter_param) echo "PREPARE p(uuid) AS SELECT v FROM cg.plain WHERE tenant_id = \$1 AND id = 42;" ;;
+        esac
         for _ in $(seq 50); do statement "$w"; done
         for _ in $(seq "$n"); do statement "$w"; done
     } >"$script"

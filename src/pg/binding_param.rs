@@ -15,12 +15,12 @@
 //! with an external parameter whose number is reserved (`$1000000000` and up, one per table and
 //! privilege in this backend). An `ExecutorStart` hook gives the statement a copy of its
 //! parameter list whose compile hook turns a reserved parameter into a call of
-//! [`eval_reserved`]: at its first evaluation in the statement it computes what `allowed_tenant`
-//! computes (the bound tenant, or ERROR 42501 / "no tenant bound"), and keeps it for the rest of
-//! the statement, as the InitPlan did; in an interpreted expression the call's step then becomes
-//! a constant holding it. A plan therefore holds no tenant: a prepared statement, the unnamed
-//! statement of the extended protocol or a PL/pgSQL plan reused under another binding reads the
-//! new binding.
+//! [`eval_reserved`], which answers what `allowed_tenant` computes (the bound tenant, or ERROR
+//! 42501 / "no tenant bound") and keeps it for the rest of the statement, as the InitPlan did:
+//! computed when the statement started where PostgreSQL's permission check computed the same
+//! table and privilege there ([`computed_at_start`]), at its first evaluation otherwise. A plan
+//! therefore holds no tenant: a prepared statement, the unnamed statement of the extended
+//! protocol or a PL/pgSQL plan reused under another binding reads the new binding.
 //!
 //! A statement planned for one execution only, with `tenancy.plan_binding_as_const` on (the
 //! default), gets the bound tenant itself, as a constant, where the binding allows the
@@ -124,10 +124,14 @@ thread_local! {
     /// The bound tenant where the binding allows (table, privilege), or None: the constant a
     /// plan for one execution compares with (src/protection/privileges.rs), set at _PG_init.
     static FOLDED_VALUE: Cell<Option<FoldedValue>> = const { Cell::new(None) };
-    /// The (table, privilege) pairs check_folded computed in the ExecutorStart running now (the
-    /// innermost one): PostgreSQL's permission check, which runs inside it, need not compute
-    /// them again (src/protection/privileges.rs).
-    static VERIFIED: RefCell<Vec<(pg_sys::Oid, &'static str)>> = const { RefCell::new(Vec::new()) };
+    /// The (table, privilege) pairs computed in the ExecutorStart running now (the innermost
+    /// one), with the tenant each gave: by check_folded, then by PostgreSQL's permission check
+    /// (src/protection/privileges.rs), which need not compute a pair check_folded computed; the
+    /// reserved parameters compiled after it start with the value (see [`computed_at_start`]).
+    static VERIFIED: RefCell<Vec<(pg_sys::Oid, &'static str, [u8; 16])>> = const { RefCell::new(Vec::new()) };
+    /// Whether an ExecutorStart of this hook is running now (the innermost call of it: a query
+    /// it starts is inside it too): only then are pairs noted in VERIFIED.
+    static STARTING: Cell<bool> = const { Cell::new(false) };
     /// Whether the ExecutorStart running now (the innermost one) only prepares a plan for
     /// EXPLAIN (no ANALYZE): nothing will run, so no binding is asked for.
     static EXPLAIN_ONLY: Cell<bool> = const { Cell::new(false) };
@@ -148,20 +152,40 @@ impl Drop for ExplainOnlyScope {
     }
 }
 
-/// Whether check_folded computed (`relid`, `privilege`) in the ExecutorStart running now.
-pub fn verified_at_start(relid: pg_sys::Oid, privilege: &str) -> bool {
+/// The tenant (`relid`, `privilege`) gave when the ExecutorStart running now computed it, as
+/// the reserved parameter computes it (`privileges::allowed_tenant_id`): None when it did not,
+/// or outside an ExecutorStart.
+///
+/// A reserved parameter compiled in that ExecutorStart starts with this value instead of
+/// computing it at its first evaluation: the statement acts for the binding in force when it
+/// started, as a plan with the tenant folded in does (checked in the same place), and PostgreSQL
+/// checks permissions, where the pairs of the statement's tables are computed, before it
+/// compiles the plan's expressions.
+pub fn computed_at_start(relid: pg_sys::Oid, privilege: &str) -> Option<[u8; 16]> {
     VERIFIED.with(|v| {
         v.borrow()
             .iter()
-            .any(|(r, p)| *r == relid && *p == privilege)
+            .find(|(r, p, _)| *r == relid && *p == privilege)
+            .map(|(_, _, t)| *t)
     })
 }
 
-/// Restores the pairs of the enclosing ExecutorStart when this one ends (also when it raises).
-struct VerifiedScope(Vec<(pg_sys::Oid, &'static str)>);
+/// Notes that (`relid`, `privilege`) gave `tenant` in the ExecutorStart running now, computed
+/// as the reserved parameter computes it. Outside an ExecutorStart (a permission check of COPY
+/// or of a foreign key's validation), nothing is noted.
+pub fn note_computed_at_start(relid: pg_sys::Oid, privilege: &'static str, tenant: [u8; 16]) {
+    if STARTING.with(|s| s.get()) {
+        VERIFIED.with(|v| v.borrow_mut().push((relid, privilege, tenant)));
+    }
+}
+
+/// Restores the pairs of the enclosing ExecutorStart, and whether one is running, when this one
+/// ends (also when it raises).
+struct VerifiedScope(Vec<(pg_sys::Oid, &'static str, [u8; 16])>, bool);
 impl Drop for VerifiedScope {
     fn drop(&mut self) {
         VERIFIED.with(|v| *v.borrow_mut() = std::mem::take(&mut self.0));
+        STARTING.with(|s| s.set(self.1));
     }
 }
 
@@ -846,7 +870,9 @@ unsafe fn stamp(stmt: *mut pg_sys::PlannedStmt, folded: &[i32], serial: u32) {
 /// # Safety
 /// `stmt` must be null or the valid PlannedStmt of the query starting, in the leader, inside
 /// its transaction.
-unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) -> Vec<(pg_sys::Oid, &'static str)> {
+unsafe fn check_folded(
+    stmt: *mut pg_sys::PlannedStmt,
+) -> Vec<(pg_sys::Oid, &'static str, [u8; 16])> {
     let mut verified = Vec::new();
     if stmt.is_null() {
         return verified;
@@ -888,8 +914,9 @@ unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) -> Vec<(pg_sys::Oid, &'st
                         .and_then(|h| reserved(RESERVED_BASE.saturating_add(h)))
                     {
                         Some((relid, privilege)) => {
-                            same &= Some(value(relid, privilege)) == expected;
-                            verified.push((relid, privilege));
+                            let v = value(relid, privilege);
+                            same &= Some(v) == expected;
+                            verified.push((relid, privilege, v));
                         }
                         None => same = false,
                     }
@@ -1461,10 +1488,12 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
             Vec::new()
         }
     };
-    // Until this ExecutorStart returns (or raises), these pairs are verified; then the
-    // enclosing one's again.
-    let _scope =
-        VerifiedScope(VERIFIED.with(|v| std::mem::replace(&mut *v.borrow_mut(), verified)));
+    // Until this ExecutorStart returns (or raises), these pairs are computed, and the permission
+    // check adds its own; then the enclosing one's again.
+    let _scope = VerifiedScope(
+        VERIFIED.with(|v| std::mem::replace(&mut *v.borrow_mut(), verified)),
+        STARTING.with(|s| s.replace(true)),
+    );
     let _explain = ExplainOnlyScope(
         EXPLAIN_ONLY.with(|e| e.replace(eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int != 0)),
     );
@@ -1613,6 +1642,9 @@ unsafe extern "C-unwind" fn compile_param(
             error!("pg_tenancy: parameter ${id} is reserved and unknown in this backend");
         };
         // In the executor's per-query memory: it lives as long as the statement's plan state.
+        // Computed already when this statement started (its permission check), or at the
+        // first evaluation.
+        let start = computed_at_start(relid, privilege);
         // SAFETY: palloc0 returns memory of a Reserved's size, MAXALIGNed (enough for its
         // 8-byte alignment), in the current memory context (the executor's per-query one
         // while expressions are compiled) or raises; it is written whole before any read.
@@ -1622,8 +1654,8 @@ unsafe extern "C-unwind" fn compile_param(
             r.write(Reserved {
                 relid,
                 privilege,
-                pending: true,
-                tenant: [0; 16],
+                pending: start.is_none(),
+                tenant: start.unwrap_or([0; 16]),
                 null: false,
             })
         };

@@ -107,10 +107,13 @@ unsafe extern "C-unwind" fn check_perms(range_table: *mut pg_sys::List, ereport:
             }
             // A plan with the tenant folded in has just had this pair computed again, in this
             // ExecutorStart, before PostgreSQL checks permissions (src/pg/binding_param.rs).
-            if crate::pg::binding_param::verified_at_start(relid, name) {
+            if crate::pg::binding_param::computed_at_start(relid, name).is_some() {
                 continue;
             }
-            allows(crate::pg::types::Regclass(relid), name);
+            // What `allows` checks, raising as it raises; the tenant is kept for the reserved
+            // parameters this ExecutorStart compiles next (they would compute the same).
+            let tenant = allowed_tenant_id(relid, name);
+            crate::pg::binding_param::note_computed_at_start(relid, name, *tenant.as_bytes());
         }
     }
     true
