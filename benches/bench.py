@@ -517,10 +517,10 @@ class Bench:
 WHY = {
     "point: pg_tenancy / filter": (
         "point: pg_tenancy / filter",
-        "The policies' binding is a reserved executor parameter, so a lookup plans and runs no "
-        "subquery; against `filter` the rewriter still copies the policy in and the planner compares a "
-        "parameter where `filter` has a constant. A plan holding the tenant as a constant would be "
-        "reused under another tenant's binding (README, \"What the read gap to `filter` is made of\")."),
+        "The policies' call is planned as the bound tenant, a constant, so a lookup plans and runs no "
+        "subquery and runs about the instructions `filter` runs (callgrind); what is left is pg_tenancy's "
+        "own per-statement code (its hooks, the binding's checks, the resource limits), which misses the "
+        "instruction cache more often (README, \"Performance\"; src/pg/README.md)."),
     "join: pg_tenancy / filter": (
         "join: pg_tenancy / filter",
         "As for the point lookup, twice: each table's policy is copied in and compared by the rewriter, "
