@@ -126,7 +126,10 @@ fn apply_config(
                     let args: Vec<pgrx::datum::DatumWithOid> =
                         args.iter().map(|a| a.clone().into()).collect();
                     Spi::run_with_args(sql, &args).unwrap_or_else(|e| {
-                        pgrx::error!("pg_tenancy: apply_config: {} failed: {e}", c.shown())
+                        pgrx::error!(
+                            "pg_tenancy: apply_config: {} failed: {e}",
+                            errors::clean(&c.shown())
+                        )
                     });
                 }
             }

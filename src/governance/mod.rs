@@ -14,6 +14,11 @@
 //! its natural key, times are UTC text, nulls are left out, and nothing that differs between
 //! two databases holding the same configuration is in it (tenants' uuids, creation times).
 //! The same database exported twice gives byte-identical output.
+//!
+//! Left out on purpose, as access state rather than configuration: support grants (an
+//! operator's access for a limited time, given and ended by a tenant's admin), revocations of
+//! tokens and subjects (they concern tokens already issued) and open bindings. Applying a
+//! document neither makes nor ends any of them.
 
 mod apply;
 mod plan;
