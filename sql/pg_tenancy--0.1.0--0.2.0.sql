@@ -838,11 +838,41 @@ GRANT SELECT ON tenancy.tenant_stats TO PUBLIC;
 -- arguments), and pins quote_all_identifiers off (a session's setting made verify() report
 -- false drift). The digests recorded by 0.1.0 are recomputed for the tables that had not
 -- drifted, and only for them: a table that had drifted still reports it.
+-- 0.1.0's digest saw pg_tenancy's triggers by name and enabled state only, and its guard let a
+-- table's owner replace one (CREATE OR REPLACE TRIGGER tenancy_audit_ins ... with a function
+-- of its choice: writes unaudited, TRUNCATE allowed; an attacker's pass). So a table counts as
+-- undrifted only if its tenancy_* triggers are exactly the ones protect() creates: the
+-- function, the events (pg_trigger.tgtype: BEFORE 2, INSERT 4, DELETE 8, UPDATE 16, TRUNCATE
+-- 32; statement level), the transition tables, no arguments, columns or WHEN, enabled as
+-- created, and no other. Any other table keeps its 0.1.0 digest, and verify() reports its drift.
 SELECT pg_catalog.set_config('pg_tenancy_upgrade.undrifted',
            coalesce(pg_catalog.string_agg(p.relid::pg_catalog.oid::pg_catalog.text, ','), ''), true)
   FROM tenancy.protected_table p
  WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) p.relid::pg_catalog.oid)
-   AND p.policy_digest OPERATOR(pg_catalog.=) tenancy._protection_digest(p.relid, p.tenant_column);
+   AND p.policy_digest OPERATOR(pg_catalog.=) tenancy._protection_digest(p.relid, p.tenant_column)
+   AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t
+         WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid::pg_catalog.oid
+           AND t.tgname OPERATOR(pg_catalog.~~) 'tenancy\_%')
+       OPERATOR(pg_catalog.=) CASE WHEN p.audited THEN 4 ELSE 1 END
+   AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t
+          JOIN (VALUES ('tenancy_no_truncate', 34, 'tenancy._refuse_truncate()', NULL, NULL, false),
+                       ('tenancy_audit_ins', 4, 'tenancy._audit()', NULL, 'tenancy_new', true),
+                       ('tenancy_audit_upd', 16, 'tenancy._audit()', 'tenancy_old', 'tenancy_new', true),
+                       ('tenancy_audit_del', 8, 'tenancy._audit()', 'tenancy_old', NULL, true))
+               AS e (name, type, func, old, new, audit)
+            ON t.tgname OPERATOR(pg_catalog.=) e.name::pg_catalog.name
+         WHERE t.tgrelid OPERATOR(pg_catalog.=) p.relid::pg_catalog.oid
+           AND (p.audited OR NOT e.audit)
+           AND t.tgtype OPERATOR(pg_catalog.=) e.type
+           AND t.tgfoid OPERATOR(pg_catalog.=) e.func::pg_catalog.regprocedure::pg_catalog.oid
+           AND t.tgoldtable IS NOT DISTINCT FROM e.old::pg_catalog.name
+           AND t.tgnewtable IS NOT DISTINCT FROM e.new::pg_catalog.name
+           AND t.tgenabled OPERATOR(pg_catalog.=) 'O'
+           AND t.tgnargs OPERATOR(pg_catalog.=) 0
+           AND t.tgqual IS NULL
+           AND pg_catalog.cardinality(t.tgattr::pg_catalog.int2[]) OPERATOR(pg_catalog.=) 0
+           AND t.tgconstraint OPERATOR(pg_catalog.=) 0)
+       OPERATOR(pg_catalog.=) CASE WHEN p.audited THEN 4 ELSE 1 END;
 CREATE OR REPLACE FUNCTION tenancy._protection_state(tbl regclass, col name) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp

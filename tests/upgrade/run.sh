@@ -79,10 +79,13 @@ GRANT USAGE ON SCHEMA app TO upgrade_acme, upgrade_globex;
 GRANT SELECT, INSERT, UPDATE, DELETE ON app.orders, app.events TO upgrade_acme, upgrade_globex;
 "
 psql -d postgres -c "DROP DATABASE IF EXISTS up WITH (FORCE)" -c "DROP DATABASE IF EXISTS fresh WITH (FORCE)" \
+    -c "DROP DATABASE IF EXISTS tampered WITH (FORCE)" \
     -c "DROP ROLE IF EXISTS upgrade_acme" -c "DROP ROLE IF EXISTS upgrade_globex" \
+    -c "DROP ROLE IF EXISTS upgrade_owner" \
     -c "CREATE ROLE upgrade_acme LOGIN NOSUPERUSER NOBYPASSRLS" \
     -c "CREATE ROLE upgrade_globex LOGIN NOSUPERUSER NOBYPASSRLS" \
-    -c "CREATE DATABASE up" -c "CREATE DATABASE fresh"
+    -c "CREATE ROLE upgrade_owner NOLOGIN NOSUPERUSER NOBYPASSRLS" \
+    -c "CREATE DATABASE up" -c "CREATE DATABASE fresh" -c "CREATE DATABASE tampered"
 psql -d up >/dev/null <<SQL
 CREATE EXTENSION pg_tenancy VERSION '$OLD_VERSION';
 SELECT tenancy.create_tenant(t) FROM unnest(ARRAY['acme', 'globex', 'initech']) t;
@@ -98,6 +101,21 @@ done
 psql -d up -c "SELECT tenancy.decommission_tenant('initech', 'initech')" >/dev/null
 CERT=$(value -d up -c "SELECT new_row::text FROM tenancy.audit_log WHERE new_row->>'action' = 'decommission_tenant'")
 check "$OLD_VERSION: every chain verifies" "$(value -d up -c "SELECT bool_and(ok) FROM tenancy.audit_verify()")" t
+# A table's owner (NOSUPERUSER) replaces one of pg_tenancy's triggers under $OLD_VERSION, whose
+# guard let it and whose digest saw triggers by name only (an attacker's pass): the update must
+# not take that table as protected.
+psql -d tampered >/dev/null <<SQL
+CREATE EXTENSION pg_tenancy VERSION '$OLD_VERSION';
+CREATE SCHEMA own AUTHORIZATION upgrade_owner;
+SET ROLE upgrade_owner;
+CREATE TABLE own.t (tenant_id uuid NOT NULL, v int);
+CREATE TABLE own.kept (tenant_id uuid NOT NULL, v int);
+RESET ROLE;
+SELECT tenancy.protect('own.t'), tenancy.protect('own.kept');
+SET ROLE upgrade_owner;
+CREATE OR REPLACE TRIGGER tenancy_audit_ins BEFORE UPDATE ON own.t FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
+SQL
+check "$OLD_VERSION: the replaced trigger goes unnoticed" "$(value -d tampered -c "SELECT count(*) FROM tenancy.verify() WHERE rule = 'protection_drift'")" 0
 check "$OLD_VERSION: the library in use" "$(value -d up -c "SELECT count(*) FROM pg_extension WHERE extname = 'pg_tenancy' AND extversion = '$OLD_VERSION'")" 1
 
 log "upgrade: the library of this build, then ALTER EXTENSION pg_tenancy UPDATE"
@@ -107,6 +125,12 @@ as_root env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE runuser -u postgres -- \
     "$PGBIN/pg_ctl" -D "$WORK/cluster/data" -l "$WORK/cluster/server.log" -w start >/dev/null
 psql -d up -c "ALTER EXTENSION pg_tenancy UPDATE"
 check "the version after the update" "$(value -d up -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_tenancy'")" "$NEW_VERSION"
+psql -d tampered -c "ALTER EXTENSION pg_tenancy UPDATE"
+check "$NEW_VERSION: the table whose trigger its owner replaced reports drift, the other does not" \
+    "$(value -d tampered -c "SELECT string_agg(object, ',' ORDER BY object) FROM tenancy.verify() WHERE rule = 'protection_drift'")" own.t
+psql -d tampered -c "SELECT tenancy.protect('own.t')" >/dev/null
+check "$NEW_VERSION: protect() again restores it" \
+    "$(value -d tampered -c "SELECT count(*) FROM tenancy.verify() WHERE rule = 'protection_drift'")/$(value -d tampered -c "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'own.t'::regclass AND tgname = 'tenancy_audit_ins' AND tgfoid = 'tenancy._audit()'::regprocedure")" 0/1
 psql -d fresh >/dev/null <<SQL
 CREATE EXTENSION pg_tenancy;
 SELECT tenancy.create_tenant(t) FROM unnest(ARRAY['acme', 'globex']) t;
