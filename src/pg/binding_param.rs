@@ -284,6 +284,25 @@ thread_local! {
     /// library preloaded), and PostgreSQL's planner evaluates a policy's bare
     /// `tenancy.allowed_tenant(...)` to estimate its selectivity, which loaded the library.
     static LOADED_WHILE_PLANNING: Cell<bool> = const { Cell::new(false) };
+    /// How many answers of `allowed_tenant` inside that window are running now: the queries
+    /// they run (pg_tenancy's own catalog reads) start executors inside the planning of the
+    /// statement, which must not end its window.
+    static IN_WINDOW_ANSWER: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Runs `f`, `allowed_tenant`'s answer while the library's loading statement is planned (see
+/// [`loaded_while_planning`]): the executors its queries start do not end that window (the
+/// planner estimates the policy of every partition of a table, each a call).
+pub fn answer_in_window<R>(f: impl FnOnce() -> R) -> R {
+    struct Out;
+    impl Drop for Out {
+        fn drop(&mut self) {
+            IN_WINDOW_ANSWER.with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+    IN_WINDOW_ANSWER.with(|n| n.set(n.get() + 1));
+    let _out = Out;
+    f()
 }
 
 /// Whether no executor has started since the library loaded inside a statement: a call of
@@ -1448,7 +1467,12 @@ impl Drop for HookDone {
 /// Called by PostgreSQL as `ExecutorStart_hook`, with a valid QueryDesc.
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c_int) {
-    LOADED_WHILE_PLANNING.with(|l| l.set(false));
+    // Any executor started but one of pg_tenancy's own answers' queries ends the window (the
+    // statement's own, or a query a function of the statement's planning ran: then a later
+    // estimate raises as a read would, which refuses the statement, never lets it through).
+    if IN_WINDOW_ANSWER.with(|n| n.get()) == 0 {
+        LOADED_WHILE_PLANNING.with(|l| l.set(false));
+    }
     super::citus::note_connection_name();
     // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
     if unsafe { pg_sys::ParallelWorkerNumber } < 0 {

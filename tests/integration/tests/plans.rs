@@ -669,6 +669,14 @@ fn an_unbound_session_may_explain_a_statement_but_not_run_it() {
         ))
         .unwrap();
 
+    // A new backend's first statement on the table partitioned by tenant: planned before the
+    // library loads, the policy's call is left in its initial pruning, which the EXPLAIN-only
+    // start evaluates (an attacker's pass met "no tenant bound" here, and a plan the second
+    // time).
+    let mut c = app();
+    assert_not_privileged(&mut c);
+    let plan = simple_rows(&mut c, &format!("EXPLAIN (COSTS OFF) SELECT * FROM {s}.t"));
+    assert!(plan.join("\n").contains("Subplans Removed"), "{plan:?}");
     // A new backend's first statement (the library loads while it starts), then the same once
     // loaded, in the simple and the extended protocol, and a generic plan.
     let mut c = app();
