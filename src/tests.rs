@@ -598,6 +598,61 @@ unsafe fn folded_plan_of_kept() -> (*mut pg_sys::PlannedStmt, &'static std::ffi:
     }
 }
 
+/// Once a backend has given out every reserved number (MAX_RESERVED pairs of table and
+/// privilege), a cached plan of a table it has not numbered keeps the policy's call in a scalar
+/// subquery, one InitPlan per statement, not a reserved parameter that has no number, and not
+/// the bare call evaluated per row (src/pg/binding_param.rs).
+#[pg_test]
+fn beyond_the_reserved_numbers_a_policy_is_planned_as_written() {
+    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
+    Spi::run("CREATE TABLE capped (tenant_id uuid, x int)").unwrap();
+    Spi::run("SELECT tenancy.protect('capped')").unwrap();
+    Spi::run("SET LOCAL client_min_messages = error").unwrap();
+    Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{member}')").unwrap();
+    Spi::run("CREATE ROLE cap_reader NOSUPERUSER NOBYPASSRLS").unwrap();
+    Spi::run("GRANT SELECT ON capped TO cap_reader").unwrap();
+    Spi::run("SET LOCAL ROLE cap_reader").unwrap();
+    let sql = c"SELECT count(*) FROM capped WHERE x > 0";
+    // SAFETY: inside the test's transaction: the query text parses to one statement, analysed
+    // and rewritten to one Query (row security applied for cap_reader), planned as a cached
+    // plan is (no parameter values, a query text that is not the client's), and shown as text.
+    let plan = || unsafe {
+        let raw = pg_sys::pg_parse_query(sql.as_ptr());
+        let rawstmt = (*(*raw).elements).ptr_value as *mut pg_sys::RawStmt;
+        let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(
+            rawstmt,
+            sql.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+        );
+        let q = (*(*queries).elements).ptr_value as *mut pg_sys::Query;
+        let stmt = pg_sys::pg_plan_query(q, sql.as_ptr(), 0, std::ptr::null_mut());
+        std::ffi::CStr::from_ptr(pg_sys::nodeToString(stmt as *const std::ffi::c_void))
+            .to_string_lossy()
+            .into_owned()
+    };
+    crate::pg::binding_param::cap_reserved_for_test(Some(()));
+    let capped = plan();
+    crate::pg::binding_param::cap_reserved_for_test(None);
+    let numbered = plan();
+    assert!(!capped.contains(":paramid 10000"), "no reserved number left: {capped}");
+    assert!(capped.contains(":initPlan ({SUBPLAN"), "one InitPlan: {capped}");
+    // The call runs in the InitPlan's own plan (the statement's `:subplans`), never in the
+    // plan tree, where a scan would evaluate it for every row.
+    let funcid = Spi::get_one::<pg_sys::Oid>(
+        "SELECT 'tenancy.allowed_tenant(regclass, text)'::regprocedure::oid",
+    )
+    .unwrap()
+    .unwrap();
+    let call = format!(":funcid {} ", u32::from(funcid));
+    let (tree, subplans) = capped.split_once(":subplans").expect("a plan's fields");
+    assert!(!tree.contains(&call), "the call is in the plan tree: {tree}");
+    assert!(subplans.contains(&call), "the call is the InitPlan's: {subplans}");
+    assert!(numbered.contains(":paramid 10000"), "numbered again: {numbered}");
+    assert!(!numbered.contains(":initPlan ({SUBPLAN"), "{numbered}");
+}
+
 /// The (cache id, hash value) items of a plan's invalidation list.
 ///
 /// # Safety

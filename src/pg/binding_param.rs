@@ -72,6 +72,12 @@ const C_LANGUAGE_ID: pg_sys::Oid = pg_sys::Oid::from_u32(13);
 thread_local! {
     /// Reserved number - RESERVED_BASE -> (table, privilege), for this backend's plans.
     static RESERVED: RefCell<Vec<(pg_sys::Oid, &'static str)>> = const { RefCell::new(Vec::new()) };
+    /// (table, privilege) -> its index in RESERVED: found in one step however many tables a
+    /// backend has planned (a linear search made planning 100,000 pairs take minutes).
+    static RESERVED_INDEX: RefCell<Option<std::collections::HashMap<(u32, &'static str), usize>>> =
+        const { RefCell::new(None) };
+    /// How many pairs may be reserved: MAX_RESERVED, lowered by a test of what lies beyond it.
+    static RESERVE_CAP: Cell<usize> = const { Cell::new(MAX_RESERVED) };
     /// The oid of `tenancy.allowed_tenant` once checked in the catalog (reset by pg_proc
     /// invalidations, so a re-created extension is checked again).
     static ALLOWED_TENANT: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
@@ -1367,18 +1373,38 @@ unsafe fn check_allowed_tenant(funcid: pg_sys::Oid) -> bool {
 
 /// The reserved number of (table, privilege) in this backend.
 pub(crate) fn reserve(relid: pg_sys::Oid, privilege: &'static str) -> Option<i32> {
-    RESERVED.with(|r| {
-        let mut r = r.borrow_mut();
-        let i = match r.iter().position(|(o, p)| *o == relid && *p == privilege) {
-            Some(i) => i,
-            None if r.len() < MAX_RESERVED => {
-                r.push((relid, privilege));
-                r.len() - 1
-            }
-            None => return None,
-        };
-        Some(RESERVED_BASE + i as i32)
-    })
+    let key = (u32::from(relid), privilege);
+    let known = RESERVED_INDEX.with(|x| x.borrow().as_ref().and_then(|x| x.get(&key).copied()));
+    let i = match known {
+        Some(i) => i,
+        None => {
+            let i = RESERVED.with(|r| {
+                let mut r = r.borrow_mut();
+                (r.len() < RESERVE_CAP.with(|c| c.get())).then(|| {
+                    r.push((relid, privilege));
+                    r.len() - 1
+                })
+            })?;
+            RESERVED_INDEX.with(|x| {
+                x.borrow_mut()
+                    .get_or_insert_with(Default::default)
+                    .insert(key, i);
+            });
+            i
+        }
+    };
+    Some(RESERVED_BASE + i as i32)
+}
+
+/// For a test of the statements planned once the reserved numbers run out: allow no pair
+/// beyond those reserved already (`Some(())`), or MAX_RESERVED again (`None`).
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) fn cap_reserved_for_test(cap: Option<()>) {
+    let n = match cap {
+        Some(()) => RESERVED.with(|r| r.borrow().len()),
+        None => MAX_RESERVED,
+    };
+    RESERVE_CAP.with(|c| c.set(n));
 }
 
 fn reserved(paramid: i32) -> Option<(pg_sys::Oid, &'static str)> {
