@@ -427,6 +427,22 @@ pub fn installed() -> bool {
         || unsafe { pg_sys::get_extension_oid(c"pg_tenancy".as_ptr(), true) } != pg_sys::InvalidOid
 }
 
+/// Whether this database's pg_tenancy objects are of another version than this library:
+/// between installing a new build's files and `ALTER EXTENSION pg_tenancy UPDATE`, the library
+/// runs with the older SQL objects, whose event triggers watch fewer commands (0.1.0's did not
+/// fire before CREATE TRIGGER, CREATE CAST or a column renamed through ALTER VIEW). False where
+/// the extension is not created. Read from the catalog on every call: asked for DDL only.
+pub fn sql_objects_of_another_version() -> bool {
+    if !installed() {
+        return false;
+    }
+    let v = read_one::<String>(
+        "SELECT extversion::pg_catalog.text FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'pg_tenancy'",
+        &[],
+    );
+    v.is_some_and(|v| v != env!("CARGO_PKG_VERSION"))
+}
+
 fn rels() -> Rels {
     if let Some(r) = RELS.with(|r| r.get()) {
         return r;

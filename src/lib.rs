@@ -81,6 +81,15 @@ fn bind_scoped(token: Option<&str>, scope: Option<&str>) -> binding::JsonbBytes 
     )
 }
 
+/// 0.1.0's `tenancy.bind(token, scope DEFAULT 'transaction')`, whose SQL names the symbol
+/// `bind_wrapper`: kept, with no SQL of this version naming it, for the time between installing
+/// this library and `ALTER EXTENSION pg_tenancy UPDATE`, when that SQL is still in place (an
+/// attacker's pass found every token bind failing there).
+#[pg_extern(volatile, parallel_unsafe, sql = false)]
+fn bind(token: Option<&str>, scope: Option<&str>) -> binding::JsonbBytes {
+    bind_scoped(token, scope)
+}
+
 /// Drop the binding made by bind().
 #[pg_extern(volatile, parallel_unsafe)]
 fn unbind() {

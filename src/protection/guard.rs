@@ -28,6 +28,7 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
     if crate::protection::policy::guard_stands_aside() || touched.iter().all(Option::is_none) {
         return;
     }
+    refuse_while_sql_objects_lag(&touched);
     // On Citus: the shards of protected tables, and their shells on the workers.
     crate::citus::guard::refuse_drift(&touched);
     if crate::pg::citus::in_database() {
@@ -68,6 +69,51 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
             ),
         );
     }
+}
+
+/// Between installing this library and `ALTER EXTENSION pg_tenancy UPDATE` (see
+/// [`unwatched_by_older_event_triggers`]): a role other than a superuser may not change a
+/// protected table's triggers or columns through a command the older event triggers let start
+/// unchecked. Run at `ddl_command_end`, which fires whether or not the library was loaded when
+/// the command started; the error rolls the command back.
+fn refuse_while_sql_objects_lag(touched: &[Option<pg_sys::Oid>]) {
+    if crate::authz::is_superuser(crate::authz::caller()) {
+        return;
+    }
+    let tag = catalog::read_one::<String>(
+        "SELECT string_agg(DISTINCT command_tag, ',') FROM pg_catalog.pg_event_trigger_ddl_commands()",
+        &[],
+    )
+    .unwrap_or_default();
+    if !tag.split(',').any(|t| {
+        matches!(
+            t,
+            "CREATE TRIGGER" | "ALTER VIEW" | "ALTER MATERIALIZED VIEW"
+        )
+    }) {
+        return;
+    }
+    let Some(protected) = catalog::protected_relids() else {
+        return;
+    };
+    let Some(table) = touched
+        .iter()
+        .flatten()
+        .find(|t| protected.contains(&u32::from(**t)))
+    else {
+        return;
+    };
+    if !catalog::sql_objects_of_another_version() {
+        return;
+    }
+    let name = catalog::relation_name(*table);
+    errors::raise(
+        errors::NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "pg_tenancy's objects in this database are of another version than its library: \"{tag}\" on protected table \"{name}\" waits for the update"
+        ),
+        "A superuser runs ALTER EXTENSION pg_tenancy UPDATE; in this database; then run the command again.",
+    );
 }
 
 /// After CREATE TABLE and ALTER TABLE (ddl_command_end, once new tables are auto-protected):
@@ -1132,6 +1178,39 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) {
         }
         if !stmt.is_null() && crate::pg::citus::in_database() {
             check_citus_shard_utility(stmt);
+        }
+        if !stmt.is_null()
+            && unwatched_by_older_event_triggers(stmt)
+            && catalog::sql_objects_of_another_version()
+        {
+            check_ddl(stmt, pg_sys::debug_query_string);
+        }
+    }
+}
+
+/// The commands this library's `ddl_command_start` trigger checks that 0.1.0's did not fire for:
+/// `CREATE TRIGGER`, `CREATE CAST` and a column renamed through `ALTER VIEW`, `ALTER
+/// MATERIALIZED VIEW` or `ALTER FOREIGN TABLE` (PostgreSQL renames a table's column under any
+/// of them). Between installing this library and `ALTER EXTENSION pg_tenancy UPDATE`, the
+/// utility hook checks them itself (an attacker's pass: a trigger with a temporary function read
+/// another tenant's rows there, and a rename moved a tenant's audit exclusion). Where the
+/// library is not loaded yet when such a command starts, `_guard_check` at `ddl_command_end`
+/// refuses the first two forms on a protected table until the update.
+///
+/// # Safety
+/// `stmt` must be a valid, non-null parse tree.
+unsafe fn unwatched_by_older_event_triggers(stmt: *mut pg_sys::Node) -> bool {
+    // SAFETY: the tag is read before the node is read as a RenameStmt.
+    unsafe {
+        match (*stmt).type_ {
+            pg_sys::NodeTag::T_CreateTrigStmt | pg_sys::NodeTag::T_CreateCastStmt => true,
+            pg_sys::NodeTag::T_RenameStmt => matches!(
+                (*(stmt as *mut pg_sys::RenameStmt)).relationType,
+                pg_sys::ObjectType::OBJECT_VIEW
+                    | pg_sys::ObjectType::OBJECT_MATVIEW
+                    | pg_sys::ObjectType::OBJECT_FOREIGN_TABLE
+            ),
+            _ => false,
         }
     }
 }

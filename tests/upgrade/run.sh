@@ -114,6 +114,9 @@ RESET ROLE;
 SELECT tenancy.protect('own.t'), tenancy.protect('own.kept');
 SET ROLE upgrade_owner;
 CREATE OR REPLACE TRIGGER tenancy_audit_ins BEFORE UPDATE ON own.t FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
+RESET ROLE;
+SELECT tenancy.create_tenant('acme');
+SELECT tenancy.add_key('window-key', 'HS256', 'window-secret-0123456789abcdef0123456789');
 SQL
 check "$OLD_VERSION: the replaced trigger goes unnoticed" "$(value -d tampered -c "SELECT count(*) FROM tenancy.verify() WHERE rule = 'protection_drift'")" 0
 check "$OLD_VERSION: the library in use" "$(value -d up -c "SELECT count(*) FROM pg_extension WHERE extname = 'pg_tenancy' AND extversion = '$OLD_VERSION'")" 1
@@ -125,6 +128,32 @@ as_root env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE runuser -u postgres -- \
     "$PGBIN/pg_ctl" -D "$WORK/cluster/data" -l "$WORK/cluster/server.log" -w start >/dev/null
 psql -d up -c "ALTER EXTENSION pg_tenancy UPDATE"
 check "the version after the update" "$(value -d up -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_tenancy'")" "$NEW_VERSION"
+# The window between installing this build and the update: this library with $OLD_VERSION's SQL
+# objects, whose event triggers do not fire before CREATE TRIGGER or a column renamed through
+# ALTER VIEW (an attacker's pass: a trigger with a temporary function read another tenant's rows
+# there). A session that has not loaded the library yet, as the table's owner.
+window_refused() {
+    value -d tampered -c "SET ROLE upgrade_owner" -c "$1" 2>&1 | grep -c 'waits for the update'
+}
+check "the window: a trigger with a temporary function on a protected table is refused" \
+    "$(window_refused "CREATE FUNCTION pg_temp.spy() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'; CREATE TRIGGER zz_spy AFTER INSERT ON own.kept FOR EACH ROW EXECUTE FUNCTION pg_temp.spy()")" 1
+# Where the library is loaded when the command starts (preloaded, or here LOADed), its utility
+# hook checks the command as this version's event trigger would.
+check "the window: with the library loaded, the command is checked before it runs" \
+    "$(value -d tampered -c "LOAD 'pg_tenancy'" -c "SET ROLE upgrade_owner" -c "CREATE FUNCTION pg_temp.spy() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'" -c "CREATE TRIGGER zz_spy AFTER INSERT ON own.kept FOR EACH ROW EXECUTE FUNCTION pg_temp.spy()" 2>&1 | grep -c 'temporary function is refused')" 1
+check "the window: a column of a protected table renamed through ALTER VIEW is refused" \
+    "$(window_refused "ALTER VIEW own.kept RENAME COLUMN v TO w")" 1
+WINDOW_TOKEN=$(python3 - <<'PY'
+import base64, hashlib, hmac, json, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+h = b(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "window-key"}).encode())
+p = b(json.dumps({"tid": "acme", "sub": "u", "exp": int(time.time()) + 600, "iat": int(time.time()) - 5}).encode())
+s = b(hmac.new(b"window-secret-0123456789abcdef0123456789", f"{h}.{p}".encode(), hashlib.sha256).digest())
+print(f"{h}.{p}.{s}")
+PY
+)
+check "the window: $OLD_VERSION's tenancy.bind(token, scope) still binds" \
+    "$(value -d tampered -c "SELECT tenancy.bind('$WINDOW_TOKEN') ->> 'tenant' = (SELECT id::text FROM tenancy.tenant WHERE slug = 'acme')")" t
 psql -d tampered -c "ALTER EXTENSION pg_tenancy UPDATE"
 check "$NEW_VERSION: the table whose trigger its owner replaced reports drift, the other does not" \
     "$(value -d tampered -c "SELECT string_agg(object, ',' ORDER BY object) FROM tenancy.verify() WHERE rule = 'protection_drift'")" own.t
