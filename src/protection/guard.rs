@@ -81,7 +81,7 @@ fn refuse_while_sql_objects_lag(touched: &[Option<pg_sys::Oid>]) {
         return;
     }
     let tag = catalog::read_one::<String>(
-        "SELECT string_agg(DISTINCT command_tag, ',') FROM pg_catalog.pg_event_trigger_ddl_commands()",
+        "SELECT pg_catalog.string_agg(DISTINCT command_tag, ',') FROM pg_catalog.pg_event_trigger_ddl_commands()",
         &[],
     )
     .unwrap_or_default();
