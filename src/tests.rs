@@ -562,26 +562,30 @@ fn a_reserved_parameter_answers_every_evaluation_with_the_bound_tenant() {
     }
 }
 
-/// A statement planned with its parameters' values (a custom plan) in a session bound to a
-/// tenant, on a protected table read by a NOSUPERUSER role (superusers bypass row security):
-/// planned with the tenant as a constant and stamped (src/pg/binding_param.rs). Returns the
-/// plan and the query text it was planned from.
-///
-/// # Safety
-/// Inside the test's transaction; the plan is palloc'd in the current memory context.
-unsafe fn folded_plan_of_kept() -> (*mut pg_sys::PlannedStmt, &'static std::ffi::CStr) {
+/// Tenant `acme` and protected table `table`, read by `reader`, a NOSUPERUSER NOBYPASSRLS role
+/// (superusers bypass row security) that this transaction then acts as, in a session mapped to
+/// `acme`.
+fn protected_table_read_by(table: &str, reader: &str) {
     Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
-    Spi::run("CREATE TABLE kept (tenant_id uuid, x int)").unwrap();
-    Spi::run("SELECT tenancy.protect('kept')").unwrap();
+    Spi::run(&format!("CREATE TABLE {table} (tenant_id uuid, x int)")).unwrap();
+    Spi::run(&format!("SELECT tenancy.protect('{table}')")).unwrap();
     Spi::run("SET LOCAL client_min_messages = error").unwrap();
     Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{member}')").unwrap();
-    Spi::run("CREATE ROLE fold_reader NOSUPERUSER NOBYPASSRLS").unwrap();
-    Spi::run("GRANT SELECT ON kept TO fold_reader").unwrap();
-    Spi::run("SET LOCAL ROLE fold_reader").unwrap();
-    let sql = c"SELECT count(*) FROM kept";
-    // SAFETY: inside the transaction (this function's contract): the query text parses to one
-    // statement, analysed and rewritten to one Query (row security applied for fold_reader),
-    // planned with an empty parameter list (a custom plan's, non-null).
+    Spi::run(&format!("CREATE ROLE {reader} NOSUPERUSER NOBYPASSRLS")).unwrap();
+    Spi::run(&format!("GRANT SELECT ON {table} TO {reader}")).unwrap();
+    Spi::run(&format!("SET LOCAL ROLE {reader}")).unwrap();
+}
+
+/// `sql` (one statement) parsed, analysed and rewritten as the current role (row security
+/// applied), then planned with `bound` as its parameter values: a non-null list plans a custom
+/// plan, null plans as a cached plan is planned.
+///
+/// # Safety
+/// Inside a transaction; `bound` null or a valid parameter list. The plan is palloc'd in the
+/// current memory context.
+unsafe fn planned(sql: &std::ffi::CStr, bound: pg_sys::ParamListInfo) -> *mut pg_sys::PlannedStmt {
+    // SAFETY: this function's contract: the query text parses to one statement, analysed and
+    // rewritten to one Query, planned once.
     unsafe {
         let raw = pg_sys::pg_parse_query(sql.as_ptr());
         let rawstmt = (*(*raw).elements).ptr_value as *mut pg_sys::RawStmt;
@@ -593,9 +597,23 @@ unsafe fn folded_plan_of_kept() -> (*mut pg_sys::PlannedStmt, &'static std::ffi:
             std::ptr::null_mut(),
         );
         let q = (*(*queries).elements).ptr_value as *mut pg_sys::Query;
-        let stmt = pg_sys::pg_plan_query(q, sql.as_ptr(), 0, pg_sys::makeParamList(0));
-        (stmt, sql)
+        pg_sys::pg_plan_query(q, sql.as_ptr(), 0, bound)
     }
+}
+
+/// A statement planned with its parameters' values (a custom plan) in a session bound to a
+/// tenant, on a protected table read by a NOSUPERUSER role (superusers bypass row security):
+/// planned with the tenant as a constant and stamped (src/pg/binding_param.rs). Returns the
+/// plan and the query text it was planned from.
+///
+/// # Safety
+/// Inside the test's transaction; the plan is palloc'd in the current memory context.
+unsafe fn folded_plan_of_kept() -> (*mut pg_sys::PlannedStmt, &'static std::ffi::CStr) {
+    protected_table_read_by("kept", "fold_reader");
+    let sql = c"SELECT count(*) FROM kept";
+    // SAFETY: inside the transaction (this function's contract), with an empty parameter list
+    // (a custom plan's, non-null).
+    (unsafe { planned(sql, pg_sys::makeParamList(0)) }, sql)
 }
 
 /// Once a backend has given out every reserved number (MAX_RESERVED pairs of table and
@@ -604,30 +622,12 @@ unsafe fn folded_plan_of_kept() -> (*mut pg_sys::PlannedStmt, &'static std::ffi:
 /// the bare call evaluated per row (src/pg/binding_param.rs).
 #[pg_test]
 fn beyond_the_reserved_numbers_a_policy_is_planned_as_written() {
-    Spi::run("SELECT tenancy.create_tenant('acme')").unwrap();
-    Spi::run("CREATE TABLE capped (tenant_id uuid, x int)").unwrap();
-    Spi::run("SELECT tenancy.protect('capped')").unwrap();
-    Spi::run("SET LOCAL client_min_messages = error").unwrap();
-    Spi::run("SELECT tenancy.map_role(session_user::regrole, 'acme', '{member}')").unwrap();
-    Spi::run("CREATE ROLE cap_reader NOSUPERUSER NOBYPASSRLS").unwrap();
-    Spi::run("GRANT SELECT ON capped TO cap_reader").unwrap();
-    Spi::run("SET LOCAL ROLE cap_reader").unwrap();
+    protected_table_read_by("capped", "cap_reader");
     let sql = c"SELECT count(*) FROM capped WHERE x > 0";
-    // SAFETY: inside the test's transaction: the query text parses to one statement, analysed
-    // and rewritten to one Query (row security applied for cap_reader), planned as a cached
-    // plan is (no parameter values, a query text that is not the client's), and shown as text.
+    // SAFETY: inside the test's transaction, planned as a cached plan is (no parameter values,
+    // a query text that is not the client's), and shown as text.
     let plan = || unsafe {
-        let raw = pg_sys::pg_parse_query(sql.as_ptr());
-        let rawstmt = (*(*raw).elements).ptr_value as *mut pg_sys::RawStmt;
-        let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(
-            rawstmt,
-            sql.as_ptr(),
-            std::ptr::null_mut(),
-            0,
-            std::ptr::null_mut(),
-        );
-        let q = (*(*queries).elements).ptr_value as *mut pg_sys::Query;
-        let stmt = pg_sys::pg_plan_query(q, sql.as_ptr(), 0, std::ptr::null_mut());
+        let stmt = planned(sql, std::ptr::null_mut());
         std::ffi::CStr::from_ptr(pg_sys::nodeToString(stmt as *const std::ffi::c_void))
             .to_string_lossy()
             .into_owned()
