@@ -139,8 +139,12 @@ thread_local! {
     /// it starts is inside it too): only then are pairs noted in VERIFIED.
     static STARTING: Cell<bool> = const { Cell::new(false) };
     /// Whether the ExecutorStart running now (the innermost one) only prepares a plan for
-    /// EXPLAIN (no ANALYZE): nothing will run, so no binding is asked for.
+    /// EXPLAIN (no ANALYZE), and no query that runs was started inside it: nothing will run,
+    /// so no binding is asked for.
     static EXPLAIN_ONLY: Cell<bool> = const { Cell::new(false) };
+    /// How many ExecutorStarts of queries that run (not EXPLAIN-only) this backend has begun:
+    /// an EXPLAIN-only start sees whether one began inside it ([`ExplainOnlyScope`]).
+    static RUNNING_STARTS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Whether the ExecutorStart running now prepares its plan only to show it (EXPLAIN without
@@ -150,11 +154,33 @@ pub fn explain_only() -> bool {
     EXPLAIN_ONLY.with(|e| e.get())
 }
 
-/// Restores the enclosing ExecutorStart's EXPLAIN_ONLY when this one ends (also when it raises).
-struct ExplainOnlyScope(bool);
+/// Restores the enclosing ExecutorStart's EXPLAIN_ONLY when this one ends (also when it
+/// raises), unless a query that runs was started inside this one: such a query (one a function
+/// evaluated by the EXPLAIN's initial pruning runs, a cursor it opens) goes on running after its
+/// own start returned, and its evaluations must be answered as any query's, never as the
+/// EXPLAIN's pruning is. So the enclosing EXPLAIN-only start, and every one around it, is
+/// treated as a start of a query that runs for the rest of its life: its own pruning raises
+/// where it would have answered NULL (a loud refusal, never a looser one).
+struct ExplainOnlyScope {
+    enclosing: bool,
+    running_starts: u64,
+}
+impl ExplainOnlyScope {
+    fn enter(explain_only: bool) -> Self {
+        let running_starts = RUNNING_STARTS.with(|n| n.get());
+        if !explain_only {
+            RUNNING_STARTS.with(|n| n.set(running_starts + 1));
+        }
+        ExplainOnlyScope {
+            enclosing: EXPLAIN_ONLY.with(|e| e.replace(explain_only)),
+            running_starts,
+        }
+    }
+}
 impl Drop for ExplainOnlyScope {
     fn drop(&mut self) {
-        EXPLAIN_ONLY.with(|e| e.set(self.0));
+        let none_ran = RUNNING_STARTS.with(|n| n.get()) == self.running_starts;
+        EXPLAIN_ONLY.with(|e| e.set(self.enclosing && none_ran));
     }
 }
 
@@ -1544,9 +1570,7 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         VERIFIED.with(|v| std::mem::replace(&mut *v.borrow_mut(), verified)),
         STARTING.with(|s| s.replace(true)),
     );
-    let _explain = ExplainOnlyScope(
-        EXPLAIN_ONLY.with(|e| e.replace(eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int != 0)),
-    );
+    let _explain = ExplainOnlyScope::enter(eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int != 0);
     // Never for a plan Citus made (it holds no reserved parameter, see the planner): Citus's
     // executor copies a parameter list with no entries to nothing and then reads it, which
     // crashed a node (an attacker's pass, in a connection named as Citus's that had planned a

@@ -738,6 +738,22 @@ fn an_unbound_session_may_explain_a_statement_but_not_run_it() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     assert!(message(&e).contains("no tenant bound"), "{}", message(&e));
+    // A query of such a function that reads no protected table but asks for the binding while
+    // it runs (after its own start returned, still inside the EXPLAIN's start) is a query that
+    // runs: it is answered as any other, not as the EXPLAIN's pruning is (a reviewer found it
+    // answered NULL there, quietly). A generic plan, so that the planner's estimates do not
+    // call the function first: only the initial pruning of `EXPLAIN EXECUTE` does.
+    c.batch_execute(&format!(
+        "CREATE FUNCTION pg_temp.ask(r regclass) RETURNS uuid STABLE LANGUAGE plpgsql \
+         AS $$ BEGIN RETURN (SELECT tenancy.allowed_tenant(r, 'select')); END $$; \
+         PREPARE asking(regclass) AS SELECT * FROM {s}.t WHERE tenant_id = pg_temp.ask($1)"
+    ))
+    .unwrap();
+    let e = c
+        .batch_execute(&format!("EXPLAIN (COSTS OFF) EXECUTE asking('{s}.t')"))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(message(&e).contains("no tenant bound"), "{}", message(&e));
 
     // Bound, EXPLAIN shows the tenant's own partition, and the statement runs.
     bound_tx(&mut c, &f, &f.a, false, |c| {
