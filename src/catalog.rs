@@ -124,7 +124,7 @@ struct Cache {
     slugs: HashMap<String, Option<Uuid>>,
     keys: HashMap<String, Option<Rc<KeyRow>>>,
     mappings: HashMap<u32, Rc<Vec<Mapping>>>,
-    protected: Option<Rc<std::collections::HashSet<u32>>>,
+    protected: Option<Rc<OidSet>>,
     /// jti -> the tenants its revocation applies to (None: every tenant). Looked up one by
     /// one and kept at most [`REVOCATIONS_KEPT`] at a time: the table may be large.
     token_revocations: HashMap<String, Rc<Vec<Option<Uuid>>>>,
@@ -1364,9 +1364,14 @@ impl Drop for LoadingProtected {
     }
 }
 
+/// A set of relation oids, hashed with FxHash: looked up on every statement, with keys the
+/// catalog assigns (no client chooses them, so SipHash's defence against chosen keys buys
+/// nothing here).
+pub type OidSet = rustc_hash::FxHashSet<u32>;
+
 /// The oids of protected tables (and partitions), or None while they are being loaded (the
 /// executor hook must not recurse into its own catalog query).
-pub fn protected_relids() -> Option<Rc<std::collections::HashSet<u32>>> {
+pub fn protected_relids() -> Option<Rc<OidSet>> {
     if let Some(hit) = CACHE.with(|c| c.borrow().protected.clone()) {
         return Some(hit);
     }
@@ -1375,7 +1380,7 @@ pub fn protected_relids() -> Option<Rc<std::collections::HashSet<u32>>> {
     }
     let _loading = LoadingProtected;
     let gen = fill_epoch();
-    let set: std::collections::HashSet<u32> = owner_rows(
+    let set: OidSet = owner_rows(
         "tenancy.protected_table",
         "SELECT relid::oid FROM tenancy.protected_table",
         &[],

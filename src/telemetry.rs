@@ -22,6 +22,7 @@
 use crate::pg::executor_end::{self, Touched};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, pg_sys, PGRXSharedMemory, PgLwLock};
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -178,12 +179,13 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 /// What this backend's transaction has counted, per tenant, not published yet.
 #[derive(Default)]
 struct Pending {
-    counts: HashMap<Uuid, Counts>,
+    /// FxHash: tenant ids are the catalog's, and this map is filled on every statement.
+    counts: FxHashMap<Uuid, Counts>,
     /// Tenants whose access this transaction revoked.
     revoked: Vec<Uuid>,
     /// Rows written per tenant and table when each open subtransaction started: what a
     /// rolled-back savepoint's rows are undone to.
-    savepoints: Vec<HashMap<Uuid, Written>>,
+    savepoints: Vec<FxHashMap<Uuid, Written>>,
     /// The tenant this session's entry publishes (None: unbound).
     published_session: Option<Uuid>,
     exit_registered: bool,
@@ -253,7 +255,7 @@ fn subxact(e: executor_end::SubXact) {
 thread_local! {
     static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
     /// The slot each tenant had when this backend last found it (checked under the lock).
-    static SLOT_OF: RefCell<HashMap<Uuid, usize>> = RefCell::new(HashMap::new());
+    static SLOT_OF: RefCell<FxHashMap<Uuid, usize>> = RefCell::new(FxHashMap::default());
 }
 
 pub fn init() {
@@ -413,6 +415,7 @@ pub fn end_of_transaction(committed: bool, bound: Option<Uuid>) {
         )
     });
     if !on() || (counts.is_empty() && revoked.is_empty() && !session_changed) {
+        give_back(counts);
         return;
     }
     let at = now();
@@ -457,6 +460,22 @@ pub fn end_of_transaction(committed: bool, bound: Option<Uuid>) {
     }
     if session_changed {
         PENDING.with(|p| p.borrow_mut().published_session = bound);
+    }
+    give_back(counts);
+}
+
+/// The next transaction counts into this map's allocation, emptied, rather than a new one
+/// (one allocation and its rehash less a statement in autocommit), unless a transaction of
+/// many tenants grew it.
+fn give_back(mut counts: FxHashMap<Uuid, Counts>) {
+    if counts.capacity() <= 16 {
+        counts.clear();
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.counts.is_empty() && p.counts.capacity() == 0 {
+                p.counts = counts;
+            }
+        });
     }
 }
 

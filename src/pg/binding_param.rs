@@ -74,7 +74,7 @@ thread_local! {
     static RESERVED: RefCell<Vec<(pg_sys::Oid, &'static str)>> = const { RefCell::new(Vec::new()) };
     /// (table, privilege) -> its index in RESERVED: found in one step however many tables a
     /// backend has planned (a linear search made planning 100,000 pairs take minutes).
-    static RESERVED_INDEX: RefCell<Option<std::collections::HashMap<(u32, &'static str), usize>>> =
+    static RESERVED_INDEX: RefCell<Option<rustc_hash::FxHashMap<(u32, &'static str), usize>>> =
         const { RefCell::new(None) };
     /// How many pairs may be reserved: MAX_RESERVED, lowered by a test of what lies beyond it.
     static RESERVE_CAP: Cell<usize> = const { Cell::new(MAX_RESERVED) };
@@ -134,7 +134,7 @@ thread_local! {
     /// one), with the tenant each gave: by check_folded, then by PostgreSQL's permission check
     /// (src/protection/privileges.rs), which need not compute a pair check_folded computed; the
     /// reserved parameters compiled after it start with the value (see [`computed_at_start`]).
-    static VERIFIED: RefCell<Vec<(pg_sys::Oid, &'static str, [u8; 16])>> = const { RefCell::new(Vec::new()) };
+    static VERIFIED: RefCell<Verified> = const { RefCell::new(Verified::new_const()) };
     /// Whether an ExecutorStart of this hook is running now (the innermost call of it: a query
     /// it starts is inside it too): only then are pairs noted in VERIFIED.
     static STARTING: Cell<bool> = const { Cell::new(false) };
@@ -213,13 +213,16 @@ pub fn note_computed_at_start(relid: pg_sys::Oid, privilege: &'static str, tenan
 
 /// Restores the pairs of the enclosing ExecutorStart, and whether one is running, when this one
 /// ends (also when it raises).
-struct VerifiedScope(Vec<(pg_sys::Oid, &'static str, [u8; 16])>, bool);
+struct VerifiedScope(Verified, bool);
 impl Drop for VerifiedScope {
     fn drop(&mut self) {
         VERIFIED.with(|v| *v.borrow_mut() = std::mem::take(&mut self.0));
         STARTING.with(|s| s.set(self.1));
     }
 }
+
+/// The (table, privilege, tenant) triples an ExecutorStart computed: one or two, kept inline.
+type Verified = smallvec::SmallVec<[(pg_sys::Oid, &'static str, [u8; 16]); 2]>;
 
 /// Computes a folded constant: (table, privilege) to the tenant's uuid bytes, or None where
 /// the reserved parameter's value would be a refusal.
@@ -598,7 +601,7 @@ unsafe extern "C-unwind" fn planner(
     let mut r = Replace {
         fold,
         tenant: None,
-        folded: Vec::new(),
+        folded: smallvec::SmallVec::new(),
         params: false,
         // A Citus worker plans its shard queries itself (shards are plain tables to it): there
         // the parameter stays on that node.
@@ -756,7 +759,7 @@ struct Replace {
     /// The tenant folded in (one binding: the same for every table of the statement).
     tenant: Option<[u8; 16]>,
     /// The reserved numbers of the (table, privilege) pairs folded.
-    folded: Vec<i32>,
+    folded: smallvec::SmallVec<[i32; 4]>,
     /// Whether a reserved parameter was placed.
     params: bool,
     /// Whether reserved parameters may be placed: not where Citus plans the statement (it
@@ -782,7 +785,7 @@ impl Replace {
         Replace {
             fold: false,
             tenant: None,
-            folded: Vec::new(),
+            folded: smallvec::SmallVec::new(),
             params: false,
             params_allowed: false,
             explain_only: false,
@@ -921,10 +924,8 @@ unsafe fn stamp(stmt: *mut pg_sys::PlannedStmt, folded: &[i32], serial: u32) {
 /// # Safety
 /// `stmt` must be null or the valid PlannedStmt of the query starting, in the leader, inside
 /// its transaction.
-unsafe fn check_folded(
-    stmt: *mut pg_sys::PlannedStmt,
-) -> Vec<(pg_sys::Oid, &'static str, [u8; 16])> {
-    let mut verified = Vec::new();
+unsafe fn check_folded(stmt: *mut pg_sys::PlannedStmt) -> Verified {
+    let mut verified = Verified::new();
     if stmt.is_null() {
         return verified;
     }
@@ -1561,7 +1562,7 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         if FOLDED_EVER.with(|f| f.get()) && pg_sys::ParallelWorkerNumber < 0 {
             check_folded((*qd).plannedstmt)
         } else {
-            Vec::new()
+            Verified::new()
         }
     };
     // Until this ExecutorStart returns (or raises), these pairs are computed, and the permission

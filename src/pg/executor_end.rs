@@ -278,12 +278,15 @@ unsafe extern "C-unwind" fn executor_end(qd: *mut pg_sys::QueryDesc) {
     }
 }
 
+/// The relations one statement touched: a few, kept inline (no allocation per statement).
+type TouchedList = smallvec::SmallVec<[Touched; 4]>;
+
 /// What the statement did: the rows it processed, and the relations it read or wrote. None
 /// for EXPLAIN without ANALYZE (nothing ran).
 ///
 /// # Safety
 /// `qd` must be a QueryDesc whose executor state has not been freed yet.
-unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(u64, Vec<Touched>)> {
+unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(u64, TouchedList)> {
     // SAFETY: the QueryDesc, its planned statement and executor state are valid until
     // standard_ExecutorEnd (this function's contract); each pointer is checked for null
     // before it is read; a List's `elements` hold `length` cells, of pointers (the range
@@ -317,7 +320,7 @@ unsafe fn finished(qd: *mut pg_sys::QueryDesc) -> Option<(u64, Vec<Touched>)> {
             (std::ptr::null_mut(), 0)
         };
         let rtable = (*stmt).rtable;
-        let mut touched = Vec::new();
+        let mut touched = TouchedList::new();
         if !rtable.is_null() {
             for i in 0..(*rtable).length as usize {
                 let rte = (*(*rtable).elements.add(i)).ptr_value as *mut pg_sys::RangeTblEntry;
