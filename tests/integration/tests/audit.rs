@@ -504,9 +504,7 @@ fn purge_leaves_a_checkpoint_and_the_rest_still_verifies() {
 #[test]
 fn tenants_read_their_own_trail_and_operators_only_metadata() {
     let f = Fixture::new();
-    let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     let mut c = app();
     write(
         &mut c,
@@ -590,8 +588,7 @@ fn excluded_columns_never_reach_the_trail() {
          SELECT tenancy.protect('{s}.secrets')"
     ))
     .unwrap();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     // The tenant's admin decides what its own trail leaves out.
     let mut admin = app();
     admin.batch_execute("BEGIN").unwrap();

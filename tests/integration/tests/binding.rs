@@ -177,9 +177,7 @@ fn function_set_clause_cannot_forge() {
 #[test]
 fn reset_all_set_role_and_savepoint_rollback_do_not_change_the_binding() {
     let f = Fixture::new();
-    let mut c = app();
-    c.batch_execute("BEGIN").unwrap();
-    bind(&mut c, &f.token(&f.a, "u"));
+    let mut c = f.session_as(&f.a, "u");
     c.batch_execute("RESET ALL").unwrap();
     assert_eq!(bound_tenant(&mut c), Ok(f.a_id.clone()));
     // SET ROLE to another application role (tenancy_app is a member of tenancy_app2).
@@ -201,9 +199,7 @@ fn reset_all_set_role_and_savepoint_rollback_do_not_change_the_binding() {
 #[test]
 fn rebinding_to_another_tenant_in_a_transaction_is_refused() {
     let f = Fixture::new();
-    let mut c = app();
-    c.batch_execute("BEGIN").unwrap();
-    bind(&mut c, &f.token(&f.a, "u"));
+    let mut c = f.session_as(&f.a, "u");
     let e = c
         .execute("SELECT tenancy.bind($1)", &[&f.token(&f.b, "u")])
         .unwrap_err();
@@ -236,9 +232,7 @@ fn rebinding_to_another_tenant_in_a_transaction_is_refused() {
 #[test]
 fn after_an_unused_binding_is_unbound_a_new_bind_works() {
     let f = Fixture::new();
-    let mut c = app();
-    c.batch_execute("BEGIN").unwrap();
-    bind(&mut c, &f.token(&f.a, "u"));
+    let mut c = f.session_as(&f.a, "u");
     c.batch_execute("SELECT tenancy.unbind()").unwrap();
     // No statement used the binding: the transaction may bind anyone, once.
     bind(&mut c, &f.token(&f.b, "u2"));

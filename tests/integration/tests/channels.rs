@@ -108,9 +108,7 @@ fn a_cascade_from_a_shared_table_is_reported_and_its_fix_stops_it() {
     .unwrap();
     reported_and_fixed(&mut su, &s, "fk_cascade_from_shared_table");
     // After the fix, a session bound to A cannot delete B's rows through the lookup table.
-    let mut c = app();
-    c.batch_execute("BEGIN").unwrap();
-    bind(&mut c, &f.token(&f.a, "x"));
+    let mut c = f.session_as(&f.a, "x");
     expect_err(
         &mut c,
         &format!("DELETE FROM {s}.lookup WHERE id = 2"),
@@ -505,9 +503,7 @@ fn expression_and_partial_unique_indexes_and_exclusions_without_the_tenant_are_r
     ))
     .unwrap();
     // The oracle: A learns that someone holds "merger plan".
-    let mut c = app();
-    c.batch_execute("BEGIN").unwrap();
-    bind(&mut c, &f.token(&f.a, "x"));
+    let mut c = f.session_as(&f.a, "x");
     expect_err(
         &mut c,
         &format!("INSERT INTO {s}.t (id, title) VALUES (1, 'merger plan')"),
@@ -818,12 +814,8 @@ fn errors_carry_no_backtrace_or_build_path() {
 #[test]
 fn only_a_tenants_admin_reads_its_trails_metadata() {
     let f = Fixture::new();
-    let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
-    let mut c = app();
-    c.batch_execute("BEGIN").unwrap();
-    bind(&mut c, &f.token(&f.a, "nobody-special"));
+    f.seat_admin(&f.a, "boss");
+    let mut c = f.session_as(&f.a, "nobody-special");
     for sql in [
         format!("SELECT * FROM tenancy.audit_verify('{}')", f.a),
         format!("SELECT * FROM tenancy.audit_heads('{}')", f.a),

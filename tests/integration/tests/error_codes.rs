@@ -356,9 +356,7 @@ fn bind_outside_a_transaction_block_warns_like_set_local() {
 #[test]
 fn rebinding_another_tenant_or_subject_is_refused() {
     let f = Fixture::new();
-    let mut c = app();
-    c.batch_execute("BEGIN").unwrap();
-    bind(&mut c, &f.token(&f.a, "alice"));
+    let mut c = f.session_as(&f.a, "alice");
     c.batch_execute("SELECT count(*) FROM it_orders").unwrap();
     expect_refusal(
         &mut c,
@@ -414,9 +412,7 @@ fn cross_tenant_writes_and_missing_privileges() {
         &[&f.a, &viewer],
     )
     .unwrap();
-    let mut c = app();
-    c.batch_execute("BEGIN").unwrap();
-    bind(&mut c, &f.token(&f.a, "u"));
+    let mut c = f.session_as(&f.a, "u");
     expect_refusal(
         &mut c,
         &format!(

@@ -11,9 +11,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn export_config_is_canonical_complete_and_never_holds_a_secret() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (f, mut c) = two_tenants();
-    let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     let mut op = connect(OPERATOR);
     assert_not_privileged(&mut op);
     let export = |c: &mut postgres::Client, tenant: Option<&str>| -> String {
@@ -1461,9 +1459,7 @@ fn a_tenants_audit_exclusions_are_exported_and_their_drift_is_left_to_its_admin(
     // to the tenant's admin by apply_config (an operator cannot decide it).
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (f, mut c) = two_tenants();
-    let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     begin_bound_as(&mut c, &f, &f.a, "boss");
     c.batch_execute("SELECT tenancy.audit_exclude('public.it_customers', '{name}')")
         .unwrap();
@@ -1582,13 +1578,8 @@ fn a_tenants_deep_setting_cannot_stop_the_platforms_configuration_documents() {
     // export_config, plan_config, apply_config and assert_clean failed for every tenant
     // (serde_json's recursion limit, three levels further down in the document).
     let f = Fixture::new();
-    let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
-    let mut admin = app();
-    assert_not_privileged(&mut admin);
-    admin.batch_execute("BEGIN").unwrap();
-    bind(&mut admin, &f.token(&f.a, "boss"));
+    f.seat_admin(&f.a, "boss");
+    let mut admin = f.session_as(&f.a, "boss");
     let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
     let e = admin
         .execute(

@@ -580,9 +580,7 @@ fn grant_and_revoke_refuse_null_privileges_with_a_sqlstate() {
 fn grant_support_and_audit_exclude_refuse_a_null_name_with_a_sqlstate() {
     // An attacker's pass: '{NULL}' met an internal error (XX000).
     let f = Fixture::new();
-    let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     let mut admin = app();
     assert_not_privileged(&mut admin);
     for sql in [

@@ -112,11 +112,8 @@ fn a_region_change_ends_bindings_already_made() {
 fn support_is_capped_on_its_expiry_and_granted_to_one_login_role() {
     let f = Fixture::new();
     let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
-    let mut admin = app();
-    admin.batch_execute("BEGIN").unwrap();
-    bind(&mut admin, &f.token(&f.a, "boss"));
+    f.seat_admin(&f.a, "boss");
+    let mut admin = f.session_as(&f.a, "boss");
     for (sql, code) in [
         (
             format!("SELECT tenancy.grant_support('{OPERATOR}', '1200 months -35970 days')"),
@@ -426,8 +423,7 @@ fn an_operator_cannot_erase_a_tenants_trail() {
 fn what_a_trail_leaves_out_is_its_tenant_admins_decision() {
     let f = Fixture::new();
     let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     // Not the operator's, nor a member's.
     let mut op = connect(OPERATOR);
     expect_err(
@@ -435,18 +431,14 @@ fn what_a_trail_leaves_out_is_its_tenant_admins_decision() {
         "SELECT tenancy.audit_exclude('public.it_orders', ARRAY['amount'])",
         &["42501"],
     );
-    let mut member = app();
-    member.batch_execute("BEGIN").unwrap();
-    bind(&mut member, &f.token(&f.a, "worker"));
+    let mut member = f.session_as(&f.a, "worker");
     expect_err(
         &mut member,
         "SELECT tenancy.audit_exclude('public.it_orders', ARRAY['amount'])",
         &["42501"],
     );
     member.batch_execute("ROLLBACK").unwrap();
-    let mut admin = app();
-    admin.batch_execute("BEGIN").unwrap();
-    bind(&mut admin, &f.token(&f.a, "boss"));
+    let mut admin = f.session_as(&f.a, "boss");
     for key in ["tenant_id", "id"] {
         admin.batch_execute("SAVEPOINT s").unwrap();
         let e = admin
@@ -593,9 +585,7 @@ fn decommission_refuses_a_prepared_transaction_and_ends_open_writers() {
     let mut su = superuser();
     write_orders(&f, &f.a, 2);
     // A prepared transaction of the tenant holds a row the delete cannot see.
-    let mut p = app();
-    p.batch_execute("BEGIN").unwrap();
-    bind(&mut p, &f.token(&f.a, "u"));
+    let mut p = f.session_as(&f.a, "u");
     let gid = unique("gid");
     p.batch_execute(&format!(
         "INSERT INTO it_orders (amount) VALUES (7); PREPARE TRANSACTION '{gid}'"
@@ -610,9 +600,7 @@ fn decommission_refuses_a_prepared_transaction_and_ends_open_writers() {
     su.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
         .unwrap();
     // A transaction that wrote and stays open: decommission waits, then ends its session.
-    let mut w = app();
-    w.batch_execute("BEGIN").unwrap();
-    bind(&mut w, &f.token(&f.a, "u"));
+    let mut w = f.session_as(&f.a, "u");
     w.batch_execute("INSERT INTO it_orders (amount) VALUES (8)")
         .unwrap();
     op.batch_execute("SET tenancy.decommission_wait = 300")
@@ -783,8 +771,7 @@ fn a_tables_owner_cannot_move_a_tenants_audit_exclusion_by_renaming_columns() {
 fn resource_limits_hold_within_the_platforms_ceilings() {
     let f = Fixture::new();
     let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     let mut op = connect(OPERATOR);
     op.execute(
         "SELECT tenancy.set_limit($1, 'statement_timeout', '\"300ms\"'), tenancy.set_limit($1, 'work_mem', '\"8MB\"')",
@@ -792,9 +779,7 @@ fn resource_limits_hold_within_the_platforms_ceilings() {
     )
     .unwrap();
     // The tenant's admin cannot lift them.
-    let mut admin = app();
-    admin.batch_execute("BEGIN").unwrap();
-    bind(&mut admin, &f.token(&f.a, "boss"));
+    let mut admin = f.session_as(&f.a, "boss");
     for (name, value) in [
         ("statement_timeout", "\"0\""),
         ("statement_timeout", "\"10min\""),
@@ -1378,11 +1363,8 @@ fn a_support_binding_serves_only_the_operator_it_was_granted_to() {
     // entered support with its grant, RESET ROLE, and kept reading the tenant's rows as itself.
     let f = Fixture::new();
     let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
-    let mut admin = app();
-    admin.batch_execute("BEGIN").unwrap();
-    bind(&mut admin, &f.token(&f.a, "boss"));
+    f.seat_admin(&f.a, "boss");
+    let mut admin = f.session_as(&f.a, "boss");
     admin
         .execute(
             &format!("SELECT tenancy.grant_support('{OPERATOR}', '1 hour')"),

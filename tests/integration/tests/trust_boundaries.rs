@@ -497,8 +497,7 @@ fn removing_a_subjects_last_membership_cuts_its_live_sessions_and_later_binds() 
 fn revoke_subject_refuses_its_earlier_tokens_whatever_the_default_roles() {
     let f = Fixture::new(); // default_roles ["member"]: without the switch, anyone gets in
     let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     let old = token_for(&f, &f.a, "mallory", serde_json::json!({}));
     let mut live = app();
     live.execute("SELECT tenancy.bind($1, 'session')", &[&old])
@@ -506,9 +505,7 @@ fn revoke_subject_refuses_its_earlier_tokens_whatever_the_default_roles() {
     live.query_one("SELECT count(*) FROM it_customers", &[])
         .unwrap();
     // The tenant's admin pulls the switch.
-    let mut admin = app();
-    admin.batch_execute("BEGIN").unwrap();
-    bind(&mut admin, &f.token(&f.a, "boss"));
+    let mut admin = f.session_as(&f.a, "boss");
     admin
         .execute("SELECT tenancy.revoke_subject($1, 'mallory')", &[&f.a])
         .unwrap();
@@ -558,8 +555,7 @@ fn revoke_subject_refuses_its_earlier_tokens_whatever_the_default_roles() {
     // Another tenant's admin cannot pull it for this tenant.
     let mut other = app();
     other.batch_execute("BEGIN").unwrap();
-    su.execute("SELECT tenancy.add_member($1, 'boss-b', 'admin')", &[&f.b])
-        .unwrap();
+    f.seat_admin(&f.b, "boss-b");
     bind(&mut other, &f.token(&f.b, "boss-b"));
     expect_err(
         &mut other,
@@ -571,9 +567,7 @@ fn revoke_subject_refuses_its_earlier_tokens_whatever_the_default_roles() {
 #[test]
 fn revoke_token_refuses_one_token_until_it_expires() {
     let f = Fixture::new();
-    let mut su = superuser();
-    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
-        .unwrap();
+    f.seat_admin(&f.a, "boss");
     let j1 = unique("jti");
     let j2 = unique("jti");
     let t1 = token_for(&f, &f.a, "alice", serde_json::json!({"jti": j1}));
@@ -581,9 +575,7 @@ fn revoke_token_refuses_one_token_until_it_expires() {
     let mut live = app();
     live.execute("SELECT tenancy.bind($1, 'session')", &[&t1])
         .unwrap();
-    let mut admin = app();
-    admin.batch_execute("BEGIN").unwrap();
-    bind(&mut admin, &f.token(&f.a, "boss"));
+    let mut admin = f.session_as(&f.a, "boss");
     admin
         .execute("SELECT tenancy.revoke_token($1)", &[&j1])
         .unwrap();

@@ -282,6 +282,27 @@ impl Fixture {
     pub fn token_with(&self, claims: serde_json::Value) -> String {
         sign(Algorithm::HS256, &self.kid, &claims)
     }
+
+    /// Seats `subject` as an admin of `tenant` (a member with the role `admin`), on the main
+    /// cluster (for a fixture made by [`Fixture::new`]).
+    pub fn seat_admin(&self, tenant: &str, subject: &str) {
+        superuser()
+            .execute(
+                "SELECT tenancy.add_member($1, $2, 'admin')",
+                &[&tenant, &subject],
+            )
+            .unwrap();
+    }
+
+    /// A new application session (NOSUPERUSER NOBYPASSRLS, checked) in a transaction bound as
+    /// `subject` of `tenant`; the caller ends the transaction.
+    pub fn session_as(&self, tenant: &str, subject: &str) -> Client {
+        let mut c = app();
+        assert_not_privileged(&mut c);
+        c.batch_execute("BEGIN").unwrap();
+        bind(&mut c, &self.token(tenant, subject));
+        c
+    }
 }
 
 /// The tenant bound in this session, or the error's SQLSTATE.
