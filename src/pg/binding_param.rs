@@ -139,12 +139,8 @@ thread_local! {
     /// it starts is inside it too): only then are pairs noted in VERIFIED.
     static STARTING: Cell<bool> = const { Cell::new(false) };
     /// Whether the ExecutorStart running now (the innermost one) only prepares a plan for
-    /// EXPLAIN (no ANALYZE), and no query that runs was started inside it: nothing will run,
-    /// so no binding is asked for.
+    /// EXPLAIN (no ANALYZE): nothing will run, so no binding is asked for.
     static EXPLAIN_ONLY: Cell<bool> = const { Cell::new(false) };
-    /// How many ExecutorStarts of queries that run (not EXPLAIN-only) this backend has begun:
-    /// an EXPLAIN-only start sees whether one began inside it ([`ExplainOnlyScope`]).
-    static RUNNING_STARTS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Whether the ExecutorStart running now prepares its plan only to show it (EXPLAIN without
@@ -154,33 +150,24 @@ pub fn explain_only() -> bool {
     EXPLAIN_ONLY.with(|e| e.get())
 }
 
-/// Restores the enclosing ExecutorStart's EXPLAIN_ONLY when this one ends (also when it
-/// raises), unless a query that runs was started inside this one: such a query (one a function
-/// evaluated by the EXPLAIN's initial pruning runs, a cursor it opens) goes on running after its
-/// own start returned, and its evaluations must be answered as any query's, never as the
-/// EXPLAIN's pruning is. So the enclosing EXPLAIN-only start, and every one around it, is
-/// treated as a start of a query that runs for the rest of its life: its own pruning raises
-/// where it would have answered NULL (a loud refusal, never a looser one).
-struct ExplainOnlyScope {
-    enclosing: bool,
-    running_starts: u64,
-}
-impl ExplainOnlyScope {
-    fn enter(explain_only: bool) -> Self {
-        let running_starts = RUNNING_STARTS.with(|n| n.get());
-        if !explain_only {
-            RUNNING_STARTS.with(|n| n.set(running_starts + 1));
-        }
-        ExplainOnlyScope {
-            enclosing: EXPLAIN_ONLY.with(|e| e.replace(explain_only)),
-            running_starts,
-        }
-    }
-}
+/// Restores the enclosing ExecutorStart's EXPLAIN_ONLY when this one ends (also when it raises).
+/// Only the permission check of the start running now and the reserved parameters compiled
+/// in it read the flag (each [`Reserved`] keeps the value it was compiled under): a query that
+/// a function of the EXPLAIN's pruning runs, or a cursor opened before it and fetched from
+/// inside it, is answered as any query is.
+struct ExplainOnlyScope(bool);
 impl Drop for ExplainOnlyScope {
     fn drop(&mut self) {
-        let none_ran = RUNNING_STARTS.with(|n| n.get()) == self.running_starts;
-        EXPLAIN_ONLY.with(|e| e.set(self.enclosing && none_ran));
+        EXPLAIN_ONLY.with(|e| e.set(self.0));
+    }
+}
+
+/// Ends the window of [`loaded_while_planning`] when the EXPLAIN-only start it was kept open
+/// for ends (also when it raises).
+struct EndWindowAtEnd;
+impl Drop for EndWindowAtEnd {
+    fn drop(&mut self) {
+        LOADED_WHILE_PLANNING.with(|l| l.set(false));
     }
 }
 
@@ -1523,9 +1510,20 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
     // Any executor started but one of pg_tenancy's own answers' queries ends the window (the
     // statement's own, or a query a function of the statement's planning ran: then a later
     // estimate raises as a read would, which refuses the statement, never lets it through).
-    if IN_WINDOW_ANSWER.with(|n| n.get()) == 0 {
-        LOADED_WHILE_PLANNING.with(|l| l.set(false));
-    }
+    // The statement's own start for EXPLAIN without ANALYZE ends it when it returns instead:
+    // its initial pruning evaluates the policies' calls left in the plan, and nothing runs
+    // (a query started inside it still ends the window at once).
+    let explain_only_start = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int != 0;
+    let _window = if IN_WINDOW_ANSWER.with(|n| n.get()) == 0 {
+        if explain_only_start && loaded_while_planning() {
+            Some(EndWindowAtEnd)
+        } else {
+            LOADED_WHILE_PLANNING.with(|l| l.set(false));
+            None
+        }
+    } else {
+        None
+    };
     super::citus::note_connection_name();
     // SAFETY: ParallelWorkerNumber is this process's own variable, read on its only thread.
     if unsafe { pg_sys::ParallelWorkerNumber } < 0 {
@@ -1571,7 +1569,7 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         VERIFIED.with(|v| std::mem::replace(&mut *v.borrow_mut(), verified)),
         STARTING.with(|s| s.replace(true)),
     );
-    let _explain = ExplainOnlyScope::enter(eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as c_int != 0);
+    let _explain = ExplainOnlyScope(EXPLAIN_ONLY.with(|e| e.replace(explain_only_start)));
     // Never for a plan Citus made (it holds no reserved parameter, see the planner): Citus's
     // executor copies a parameter list with no entries to nothing and then reads it, which
     // crashed a node (an attacker's pass, in a connection named as Citus's that had planned a
@@ -1688,6 +1686,9 @@ struct Reserved {
     /// Only in a plan started for EXPLAIN without ANALYZE, where no binding is in force (see
     /// [`compute_reserved`]).
     null: bool,
+    /// Compiled in an ExecutorStart for EXPLAIN without ANALYZE: the plan it belongs to is
+    /// only shown, never run.
+    explain_only: bool,
 }
 
 /// The compile hook of a list [`wrap`] made: a reserved parameter becomes a call of
@@ -1732,6 +1733,7 @@ unsafe extern "C-unwind" fn compile_param(
                 pending: start.is_none(),
                 tenant: start.unwrap_or([0; 16]),
                 null: false,
+                explain_only: explain_only(),
             })
         };
         // One step calling [`eval_reserved`], which at its first evaluation computes the value
@@ -1818,8 +1820,11 @@ unsafe extern "C-unwind" fn compute_reserved(r: *mut Reserved) {
     // EXPLAIN without ANALYZE evaluates a reserved parameter only to show which partitions a
     // plan keeps (initial pruning, in ExecutorStart); the plan never runs. Unbound (or without
     // the privilege) the parameter is NULL there, which keeps no partition: the plan is shown
-    // and nothing about any tenant is read. Every other evaluation raises as allowed_tenant.
-    if explain_only() {
+    // and nothing about any tenant is read. Every other evaluation raises as allowed_tenant,
+    // also one of a parameter of another query evaluated while that EXPLAIN starts (a query
+    // a function of its pruning runs, a cursor fetched from there): `explain_only` is the
+    // flag of the start this parameter was compiled in, not of the start running now.
+    if r.explain_only {
         let folded = FOLDED_VALUE
             .with(|v| v.get())
             .expect("pg_tenancy registers the folded value at load");

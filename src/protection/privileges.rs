@@ -221,16 +221,16 @@ fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
 /// INSERT is refused by the check failing rather than by "no tenant bound"; nothing is let
 /// through either way.
 ///
-/// Evaluated while a plan is prepared only to be shown (EXPLAIN without ANALYZE: the call left
-/// in a plan made before the library loaded, evaluated by initial partition pruning), it also
-/// answers that NULL instead of raising, as the reserved parameter does there: nothing runs,
-/// and an unbound session may see how its statement would run (an attacker's pass met "no
-/// tenant bound" for the first EXPLAIN of a partitioned table in a session).
+/// The window lasts through the start of that statement when it is an EXPLAIN without
+/// ANALYZE (the call left in a plan made before the library loaded, evaluated by initial
+/// partition pruning): nothing runs, and an unbound session may see how its statement would run
+/// (an attacker's pass met "no tenant bound" for the first EXPLAIN of a partitioned table in a
+/// session). Outside that window a call always raises as above, also while another EXPLAIN
+/// starts: only the reserved parameters compiled in an EXPLAIN's own plan answer there.
 #[pg_extern(stable, parallel_restricted)]
 fn allowed_tenant(tbl: crate::pg::types::Regclass, privilege: &str) -> Option<pgrx::Uuid> {
     let tbl = tbl.0;
-    if crate::pg::binding_param::loaded_while_planning() || crate::pg::binding_param::explain_only()
-    {
+    if crate::pg::binding_param::loaded_while_planning() {
         if let Some(p) = ["select", "insert", "update", "delete"]
             .into_iter()
             .find(|p| *p == privilege)
