@@ -167,7 +167,25 @@ impl Drop for ExplainOnlyScope {
 struct EndWindowAtEnd;
 impl Drop for EndWindowAtEnd {
     fn drop(&mut self) {
-        LOADED_WHILE_PLANNING.with(|l| l.set(false));
+        end_window();
+    }
+}
+
+/// Ends the window of [`loaded_while_planning`], if open: at the next executor start (the
+/// statement's own EXPLAIN-only start: when it ends), and at the end of the transaction (a
+/// statement that starts no executor, a DO block, keeps no window past its transaction).
+/// The plans made in the window were planned without the planner hook, with the policies'
+/// bare calls as PostgreSQL found them; a cached one (a prepared statement's generic plan,
+/// PL/pgSQL's) would keep them, and an EXPLAIN of it would then raise where the window
+/// answered. So every cached plan of this backend is marked invalid when the window ends, and
+/// is planned again, with the hook, at its next use (once per session at most).
+pub fn end_window() {
+    if LOADED_WHILE_PLANNING.with(|l| l.replace(false)) {
+        // SAFETY: ResetPlanCache only marks this backend's cached plans and expressions
+        // invalid (no catalog access, no allocation, no error), as PostgreSQL's own
+        // invalidation processing does at any point of a transaction; a plan being run keeps
+        // running (its executor holds it) and is planned again at its next use.
+        unsafe { pg_sys::ResetPlanCache() };
     }
 }
 
@@ -1518,7 +1536,7 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         if explain_only_start && loaded_while_planning() {
             Some(EndWindowAtEnd)
         } else {
-            LOADED_WHILE_PLANNING.with(|l| l.set(false));
+            end_window();
             None
         }
     } else {

@@ -57,6 +57,7 @@ unsafe extern "C-unwind" fn xact_callback(
     ) {
         policy::reset_at_transaction_end();
         guard::reset_at_transaction_end();
+        crate::pg::binding_param::end_window();
     }
 }
 

@@ -226,7 +226,9 @@ fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
 /// partition pruning): nothing runs, and an unbound session may see how its statement would run
 /// (an attacker's pass met "no tenant bound" for the first EXPLAIN of a partitioned table in a
 /// session). Outside that window a call always raises as above, also while another EXPLAIN
-/// starts: only the reserved parameters compiled in an EXPLAIN's own plan answer there.
+/// starts: only the reserved parameters compiled in an EXPLAIN's own plan answer there. The
+/// window also ends with its transaction, and when it ends the backend's cached plans, made
+/// without the planner hook, are planned again (`binding_param::end_window`).
 #[pg_extern(stable, parallel_restricted)]
 fn allowed_tenant(tbl: crate::pg::types::Regclass, privilege: &str) -> Option<pgrx::Uuid> {
     let tbl = tbl.0;

@@ -677,6 +677,20 @@ fn an_unbound_session_may_explain_a_statement_but_not_run_it() {
     assert_not_privileged(&mut c);
     let plan = simple_rows(&mut c, &format!("EXPLAIN (COSTS OFF) SELECT * FROM {s}.t"));
     assert!(plan.join("\n").contains("Subplans Removed"), "{plan:?}");
+    // A generic plan made in that window keeps the policies' calls as PostgreSQL found them;
+    // when the window ends the backend's cached plans are planned again with the hook, so the
+    // same prepared statement is shown again, not refused (a later attacker's look found the
+    // second EXPLAIN refused).
+    let mut c = app();
+    c.batch_execute(&format!(
+        "SET plan_cache_mode = force_generic_plan; \
+         PREPARE early(int) AS SELECT * FROM {s}.t WHERE id = $1"
+    ))
+    .unwrap();
+    for _ in 0..2 {
+        let plan = simple_rows(&mut c, "EXPLAIN (COSTS OFF) EXECUTE early(1)").join("\n");
+        assert!(plan.contains("Subplans Removed"), "{plan}");
+    }
     // A new backend's first statement (the library loads while it starts), then the same once
     // loaded, in the simple and the extended protocol, and a generic plan.
     let mut c = app();
