@@ -754,38 +754,35 @@ fn an_unbound_session_may_explain_a_statement_but_not_run_it() {
     // A query of such a function that reads no protected table but asks for the binding while
     // it runs (after its own start returned, still inside the EXPLAIN's start) is a query that
     // runs: it is answered as any other, not as the EXPLAIN's pruning is (a reviewer found it
-    // answered NULL there, quietly). A generic plan, so that the planner's estimates do not
-    // call the function first: only the initial pruning of `EXPLAIN EXECUTE` does.
-    c.batch_execute(&format!(
-        "CREATE FUNCTION pg_temp.ask(r regclass) RETURNS uuid STABLE LANGUAGE plpgsql \
-         AS $$ BEGIN RETURN (SELECT tenancy.allowed_tenant(r, 'select')); END $$; \
-         PREPARE asking(regclass) AS SELECT * FROM {s}.t WHERE tenant_id = pg_temp.ask($1)"
-    ))
-    .unwrap();
-    expect_refusal(
-        &mut c,
-        &format!("EXPLAIN (COSTS OFF) EXECUTE asking('{s}.t')"),
-        "42501",
-        "no_tenant_bound",
-    );
-
-    // The same function asking in a PL/pgSQL assignment, which starts no query, and a cursor
-    // opened before the EXPLAIN and fetched from inside its pruning (FETCH starts no executor
-    // either): both raise, as they would outside the EXPLAIN (the second attacker's look at
-    // the fix above).
-    c.batch_execute(&format!(
-        "CREATE FUNCTION pg_temp.ask_simple(r regclass) RETURNS uuid STABLE LANGUAGE plpgsql \
-         AS $$ DECLARE x uuid; BEGIN x := tenancy.allowed_tenant(r, 'select'); RETURN x; END $$; \
-         PREPARE asking_simple(regclass) AS \
-             SELECT * FROM {s}.t WHERE tenant_id = pg_temp.ask_simple($1)"
-    ))
-    .unwrap();
-    expect_refusal(
-        &mut c,
-        &format!("EXPLAIN (COSTS OFF) EXECUTE asking_simple('{s}.t')"),
-        "42501",
-        "no_tenant_bound",
-    );
+    // answered NULL there, quietly); so is the same question in a PL/pgSQL assignment, which
+    // starts no query (the second attacker's look at the first fix). A generic plan, so that
+    // the planner's estimates do not call the function first: only the initial pruning of
+    // `EXPLAIN EXECUTE` does.
+    for (name, body) in [
+        (
+            "asking",
+            "BEGIN RETURN (SELECT tenancy.allowed_tenant(r, 'select')); END",
+        ),
+        (
+            "asking_simple",
+            "DECLARE x uuid; BEGIN x := tenancy.allowed_tenant(r, 'select'); RETURN x; END",
+        ),
+    ] {
+        c.batch_execute(&format!(
+            "CREATE FUNCTION pg_temp.{name}(r regclass) RETURNS uuid STABLE LANGUAGE plpgsql \
+             AS $$ {body} $$; \
+             PREPARE {name}(regclass) AS SELECT * FROM {s}.t WHERE tenant_id = pg_temp.{name}($1)"
+        ))
+        .unwrap();
+        expect_refusal(
+            &mut c,
+            &format!("EXPLAIN (COSTS OFF) EXECUTE {name}('{s}.t')"),
+            "42501",
+            "no_tenant_bound",
+        );
+    }
+    // A cursor opened before the EXPLAIN and fetched from inside its pruning (FETCH starts no
+    // executor either) raises as it would outside the EXPLAIN.
     c.batch_execute(&format!(
         "BEGIN; \
          DECLARE early CURSOR FOR \
