@@ -838,3 +838,41 @@ fn a_security_events_long_strings_are_cut() {
     let short = serde_json::json!({"tenant": "acme"});
     assert_eq!(crate::events::shortened(short.clone()), short);
 }
+
+#[pg_test]
+fn a_validation_is_remembered_only_while_nothing_it_read_changes() {
+    // src/binding/memo.rs: the key moves with every input of a binding's validation.
+    use crate::binding::memo::{self, Tracked, TrackedCell};
+    let k = memo::key(1);
+    assert!(k.is_some(), "no Citus in this database: the memo is used");
+    memo::remember(k);
+    assert!(memo::validated(memo::key(1)));
+    // The clock, to the second.
+    assert!(!memo::validated(memo::key(2)));
+    // Any write of the binding's state; reads and writes of an unchanged value move nothing.
+    let state: Tracked<u8> = Tracked::new(0);
+    assert_eq!(*state.borrow(), 0);
+    assert!(memo::validated(memo::key(1)));
+    *state.borrow_mut() = 1;
+    assert!(!memo::validated(memo::key(1)));
+    memo::remember(memo::key(1));
+    let flag = TrackedCell::new(false);
+    flag.set(false);
+    assert!(memo::validated(memo::key(1)));
+    flag.set(true);
+    assert!(!memo::validated(memo::key(1)));
+    // The catalog.
+    memo::remember(memo::key(1));
+    crate::catalog::invalidate();
+    assert!(!memo::validated(memo::key(1)));
+    // The current role.
+    Spi::run("CREATE ROLE memo_role").unwrap();
+    memo::remember(memo::key(1));
+    Spi::run("SET ROLE memo_role").unwrap();
+    assert!(!memo::validated(memo::key(1)));
+    Spi::run("RESET ROLE").unwrap();
+    assert!(memo::validated(memo::key(1)));
+    // Nothing remembered: nothing validated.
+    memo::remember(None);
+    assert!(!memo::validated(memo::key(1)));
+}

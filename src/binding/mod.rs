@@ -14,6 +14,7 @@
 
 pub mod carrier;
 pub mod keys;
+pub(crate) mod memo;
 pub mod token;
 
 use crate::catalog::{self, TenantRow};
@@ -21,6 +22,7 @@ use crate::errors::{
     self, Refusal, INSUFFICIENT_PRIVILEGE, INVALID_AUTHORIZATION, INVALID_PARAMETER,
 };
 use crate::gucs;
+use memo::{Tracked, TrackedCell};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use sha2::{Digest, Sha256};
@@ -97,18 +99,18 @@ pub struct Binding {
 
 thread_local! {
     /// The explicit binding made by bind().
-    static BINDING: RefCell<Option<Binding>> = const { RefCell::new(None) };
+    static BINDING: Tracked<Option<Binding>> = const { Tracked::new(None) };
     /// The session-scoped bindings made in the running transaction, in order: the
     /// subtransaction each was made in and the binding it replaced ([`install`]).
     static MADE: RefCell<Vec<(pg_sys::SubTransactionId, Option<Binding>)>> = const { RefCell::new(Vec::new()) };
     /// A binding pg_tenancy sets for the length of one of its own statements (decommission's
     /// deletes, run as the table's owner with row security forced); it takes precedence over
     /// every other binding and nothing can bind while it is set.
-    static INTERNAL: RefCell<Option<Binding>> = const { RefCell::new(None) };
+    static INTERNAL: Tracked<Option<Binding>> = const { Tracked::new(None) };
     /// The binding derived from the login role's mapping, cached per catalog generation.
-    static MAPPED: RefCell<Option<(u64, pg_sys::Oid, Option<Binding>)>> = const { RefCell::new(None) };
+    static MAPPED: Tracked<Option<(u64, pg_sys::Oid, Option<Binding>)>> = const { Tracked::new(None) };
     /// The tenant this transaction has been bound to: another tenant cannot be bound before it ends.
-    static TXN_TENANT: Cell<Option<Uuid>> = const { Cell::new(None) };
+    static TXN_TENANT: TrackedCell<Option<Uuid>> = const { TrackedCell::new(None) };
     /// Cursors declared while a binding was in force (names; the closed ones are dropped
     /// whenever the list is read): tenancy.unbind() refuses while one is open.
     static BOUND_CURSORS: RefCell<Vec<(std::ffi::CString, Uuid)>> = const { RefCell::new(Vec::new()) };
@@ -120,10 +122,10 @@ thread_local! {
     /// The subject this transaction was bound for (a second token of the same tenant for
     /// another subject is refused like another tenant), and whether a statement has used the
     /// binding (until then, unbind() frees the transaction for another bind).
-    static TXN_SUBJECT: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
-    static TXN_USED: Cell<bool> = const { Cell::new(false) };
+    static TXN_SUBJECT: Tracked<Option<Option<String>>> = const { Tracked::new(None) };
+    static TXN_USED: TrackedCell<bool> = const { TrackedCell::new(false) };
     /// Whether the tenant's resource settings were applied in this transaction.
-    static LIMITS_APPLIED: Cell<bool> = const { Cell::new(false) };
+    static LIMITS_APPLIED: TrackedCell<bool> = const { TrackedCell::new(false) };
     /// Verified tokens and what their last bind derived from the catalog, keyed by SHA-256 of
     /// the token text; at most `tenancy.token_cache_size` entries, the least recently used
     /// going first (None: the cache is off, or nothing was cached yet).
@@ -1563,6 +1565,16 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     IN_WITH_CURRENT.with(|c| c.set(true));
     let _reentry = ReentryGuard;
     accept_invalidations_once_per_statement();
+    // Validated already in this statement, with nothing it depends on changed since
+    // (memo.rs): read the binding as the validation left it.
+    let second = now();
+    if memo::validated(memo::key(second)) {
+        return if BINDING.with(|b| b.borrow().is_some()) {
+            BINDING.with(|b| f(b.borrow().as_ref()))
+        } else {
+            MAPPED.with(|m| f(m.borrow().as_ref().and_then(|(_, _, b)| b.as_ref())))
+        };
+    }
     let gen = catalog::generation();
     // The tenant's generation is read before the binding is borrowed: reading it may process
     // invalidations.
@@ -1624,7 +1636,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
             } else {
                 gucs::CLOCK_SKEW.get() as i64
             };
-            if expires_at.is_some_and(|exp| exp + skew <= now()) {
+            if expires_at.is_some_and(|exp| exp + skew <= second) {
                 let slug = BINDING.with(|b| {
                     b.borrow()
                         .as_ref()
@@ -1661,7 +1673,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
             }
             let ended = BINDING.with(|b| {
                 b.borrow().as_ref().and_then(|b| {
-                    still_in_force(b, now())
+                    still_in_force(b, second)
                         .err()
                         .map(|e| (b.slug.clone(), b.tenant, e))
                 })
@@ -1675,6 +1687,8 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 if let Some(x) = b.as_ref() {
                     note_transaction(x.tenant, &x.subject);
                 }
+                // After the validation's last write: what it succeeded under.
+                memo::remember(memo::key(second));
                 f(b.as_ref())
             })
         }
@@ -1685,7 +1699,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                     .as_ref()
                     .and_then(|(_, _, b)| b.as_ref())
                     .and_then(|b| {
-                        still_in_force(b, now())
+                        still_in_force(b, second)
                             .err()
                             .map(|e| (b.slug.clone(), b.tenant, e))
                     })
@@ -1699,6 +1713,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 if let Some(x) = b {
                     note_transaction(x.tenant, &x.subject);
                 }
+                memo::remember(memo::key(second));
                 f(b)
             })
         }
@@ -1708,12 +1723,12 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
 thread_local! {
     /// (local transaction id, token) of the binding this worker session adopted from the
     /// carrier in that transaction (`carrier.rs`).
-    static ADOPTED: RefCell<Option<(u32, Rc<str>)>> = const { RefCell::new(None) };
+    static ADOPTED: Tracked<Option<(u32, Rc<str>)>> = const { Tracked::new(None) };
     /// Set while a carried token is being bound.
     static ADOPTING: Cell<bool> = const { Cell::new(false) };
     /// (local transaction id, assertion) this worker session acts on as an internal binding
     /// in that transaction (`carrier.rs`).
-    static ADOPTED_ASSERTION: RefCell<Option<(u32, Rc<str>, i64)>> = const { RefCell::new(None) };
+    static ADOPTED_ASSERTION: Tracked<Option<(u32, Rc<str>, i64)>> = const { Tracked::new(None) };
 }
 
 /// The token the explicit binding was adopted from, when it was adopted in this transaction
@@ -1948,8 +1963,8 @@ fn mapped_binding_exists(gen: u64) -> bool {
 thread_local! {
     /// (current user, session user) -> the platform role among them, if any; forgotten at any
     /// change of roles or role memberships (see [`roles_changed`]).
-    static PLATFORM_ROLE: Cell<Option<(pg_sys::Oid, pg_sys::Oid, Option<pg_sys::Oid>)>> =
-        const { Cell::new(None) };
+    static PLATFORM_ROLE: TrackedCell<Option<(pg_sys::Oid, pg_sys::Oid, Option<pg_sys::Oid>)>> =
+        const { TrackedCell::new(None) };
 }
 
 /// Syscache callback on pg_authid and pg_auth_members: memberships may have changed.
@@ -2090,8 +2105,7 @@ thread_local! {
 /// at transaction start and when it takes a new lock; this makes sure it also happens once at
 /// the start of every statement that reads the binding.
 fn accept_invalidations_once_per_statement() {
-    // SAFETY: reads the current statement's start time, a variable of this backend.
-    let stmt = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let stmt = crate::pg::unguarded::statement_start();
     if LAST_STATEMENT.with(|l| l.replace(stmt)) != stmt {
         // SAFETY: callers read the binding inside a transaction, where invalidations may be
         // processed (as at any lock acquisition).

@@ -846,20 +846,49 @@ impl Replace {
 /// # Safety
 /// On the backend's thread; palloc'd in the current memory context.
 unsafe fn tenant_const(tenant: &[u8; 16]) -> *mut pg_sys::Const {
-    // SAFETY: palloc returns 16 bytes (or raises), filled whole; makeConst allocates the node
-    // in the same context, holding the by-reference value (a uuid is 16 bytes, not by value).
+    let tenant = *tenant;
+    // SAFETY: one FFI guard around both calls (an ERROR in either comes back as a panic; the
+    // closure owns nothing to drop). palloc returns 16 bytes (or raises), filled whole;
+    // makeConst allocates the node in the same context, holding the by-reference value (a uuid
+    // is 16 bytes, not by value).
     unsafe {
-        let v = pg_sys::palloc(16) as *mut u8;
-        std::ptr::copy_nonoverlapping(tenant.as_ptr(), v, 16);
-        pg_sys::makeConst(
-            pg_sys::UUIDOID,
-            -1,
-            pg_sys::InvalidOid,
-            16,
-            pg_sys::Datum::from(v),
-            false,
-            false,
-        )
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            let v = raw::palloc(16) as *mut u8;
+            std::ptr::copy_nonoverlapping(tenant.as_ptr(), v, 16);
+            raw::makeConst(
+                pg_sys::UUIDOID,
+                -1,
+                pg_sys::InvalidOid,
+                16,
+                pg_sys::Datum::from(v),
+                false,
+                false,
+            )
+        })
+    }
+}
+
+/// PostgreSQL 15's allocation and node functions, declared without pgrx's per-call guard, for
+/// the planner hook to call several under one `pg_guard_ffi_boundary` (each guard saves a
+/// `sigsetjmp` point: about a hundred instructions, on every statement). The same symbols and
+/// signatures as utils/palloc.h, nodes/pg_list.h and nodes/makefuncs.h; called only inside a
+/// guard.
+mod raw {
+    use pgrx::pg_sys;
+    use std::ffi::c_void;
+    unsafe extern "C-unwind" {
+        pub fn palloc(size: usize) -> *mut c_void;
+        pub fn palloc0(size: usize) -> *mut c_void;
+        pub fn lappend(list: *mut pg_sys::List, datum: *mut c_void) -> *mut pg_sys::List;
+        pub fn makeConst(
+            consttype: pg_sys::Oid,
+            consttypmod: i32,
+            constcollid: pg_sys::Oid,
+            constlen: std::ffi::c_int,
+            constvalue: pg_sys::Datum,
+            constisnull: bool,
+            constbyval: bool,
+        ) -> *mut pg_sys::Const;
     }
 }
 
@@ -882,42 +911,41 @@ unsafe fn null_tenant_const() -> *mut pg_sys::Const {
     }
 }
 
-/// A PlanInvalItem of `cache` with `hash`.
-///
-/// # Safety
-/// On the backend's thread; palloc'd in the current memory context.
-unsafe fn inval_item(cache: c_int, hash: u32) -> *mut c_void {
-    // SAFETY: palloc0 returns zeroed memory of a PlanInvalItem's size (or raises), filled as
-    // makeNode(PlanInvalItem) and the planner would fill it.
-    unsafe {
-        let i = pg_sys::palloc0(std::mem::size_of::<pg_sys::PlanInvalItem>())
-            as *mut pg_sys::PlanInvalItem;
-        (*i).type_ = pg_sys::NodeTag::T_PlanInvalItem;
-        (*i).cacheId = cache;
-        (*i).hashValue = hash;
-        i as *mut c_void
-    }
-}
-
 /// Stamps `stmt` with the pairs folded into it and its tenant's serial (see STAMP_PAIR).
 ///
 /// # Safety
 /// `stmt` must be a valid PlannedStmt just planned; the items are palloc'd in the current
 /// memory context, which must be the statement's.
 unsafe fn stamp(stmt: *mut pg_sys::PlannedStmt, folded: &[i32], serial: u32) {
-    // SAFETY: `stmt` is valid (this function's contract); lappend takes null or a List of
-    // pointers and returns the list with the item appended, in the current memory context.
-    unsafe {
-        let mut items = (*stmt).invalItems;
-        for id in folded {
-            items = pg_sys::lappend(items, inval_item(STAMP_PAIR, (id - RESERVED_BASE) as u32));
+    let item = |cache: c_int, hash: u32| {
+        // SAFETY: inside the guard below. palloc0 returns zeroed memory of a PlanInvalItem's
+        // size (or raises), filled as makeNode(PlanInvalItem) and the planner would fill it.
+        unsafe {
+            let i = raw::palloc0(std::mem::size_of::<pg_sys::PlanInvalItem>())
+                as *mut pg_sys::PlanInvalItem;
+            (*i).type_ = pg_sys::NodeTag::T_PlanInvalItem;
+            (*i).cacheId = cache;
+            (*i).hashValue = hash;
+            i as *mut c_void
         }
-        items = pg_sys::lappend(items, inval_item(STAMP_TENANT, serial));
-        items = pg_sys::lappend(
-            items,
-            inval_item(pg_sys::SysCacheIdentifier::PROCOID as c_int, STAMP_HASH),
-        );
-        (*stmt).invalItems = items;
+    };
+    // SAFETY: one FFI guard around every allocation (an ERROR comes back as a panic; the
+    // closure owns nothing to drop). `stmt` is valid (this function's contract); lappend takes
+    // null or a List of pointers and returns the list with the item appended, in the current
+    // memory context.
+    unsafe {
+        pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            let mut items = (*stmt).invalItems;
+            for id in folded {
+                items = raw::lappend(items, item(STAMP_PAIR, (id - RESERVED_BASE) as u32));
+            }
+            items = raw::lappend(items, item(STAMP_TENANT, serial));
+            items = raw::lappend(
+                items,
+                item(pg_sys::SysCacheIdentifier::PROCOID as c_int, STAMP_HASH),
+            );
+            (*stmt).invalItems = items;
+        })
     }
 }
 

@@ -1,11 +1,12 @@
-//! PostgreSQL functions that only read a variable of this backend, called without pgrx's FFI
-//! guard.
+//! PostgreSQL functions that only read a variable of this backend (or the clock), called
+//! without pgrx's FFI guard.
 //!
 //! pgrx wraps every `pg_sys` function in a guard that saves a `sigsetjmp` point, so that an
 //! ERROR raised inside comes back to Rust as a panic instead of a `longjmp` across Rust frames.
 //! That costs about 200 instructions a call. The functions below cannot raise an ERROR: in
 //! PostgreSQL 15 each returns a backend-local variable and does nothing else (an `Assert` in
-//! assertion-enabled builds is their only other statement), so there is nothing to guard.
+//! assertion-enabled builds is their only other statement), or, `GetCurrentTimestamp`, returns
+//! what `gettimeofday()` says, so there is nothing to guard.
 //! They run on every statement (the hooks ask who the user is and whether a transaction or
 //! parallel mode is in progress), about 1,000 instructions of a point lookup's 168,000
 //! (`benches/callgrind.sh`, `point_mapped`). Only functions of that kind belong here.
@@ -22,6 +23,7 @@ mod ffi {
         pub fn IsInParallelMode() -> bool;
         pub fn IsTransactionState() -> bool;
         pub fn GetCurrentStatementStartTimestamp() -> i64;
+        pub fn GetCurrentTimestamp() -> i64;
     }
 }
 
@@ -31,6 +33,12 @@ pub fn statement_start() -> i64 {
     // SAFETY: GetCurrentStatementStartTimestamp returns the backend's stmtStartTimestamp and
     // raises no ERROR.
     unsafe { ffi::GetCurrentStatementStartTimestamp() }
+}
+
+/// The time now, as `GetCurrentTimestamp()`.
+pub fn now() -> i64 {
+    // SAFETY: GetCurrentTimestamp reads the clock with gettimeofday() and raises no ERROR.
+    unsafe { ffi::GetCurrentTimestamp() }
 }
 
 /// The current user (`current_user`), as `GetUserId()`.

@@ -1396,6 +1396,17 @@ fn a_support_binding_serves_only_the_operator_it_was_granted_to() {
     o.batch_execute(&format!("SET ROLE {OPERATOR}")).unwrap();
     o.query_one("SELECT count(*) FROM it_customers", &[])
         .unwrap();
+    // Also inside one statement, after a read that validated the binding (the validation is
+    // remembered only for the role it ran under: src/binding/memo.rs).
+    expect_refusal(
+        &mut o,
+        "DO $$ BEGIN PERFORM count(*) FROM it_customers; \
+             PERFORM set_config('role', 'none', true); \
+             PERFORM count(*) FROM it_customers; END $$",
+        "42501",
+        "support_role_changed",
+    );
+    o.batch_execute(&format!("SET ROLE {OPERATOR}")).unwrap();
     o.batch_execute("RESET ROLE; SELECT tenancy.unbind()")
         .unwrap();
 }

@@ -1403,6 +1403,79 @@ fn a_revocation_reaches_the_next_query_inside_a_long_statement() {
 }
 
 #[test]
+fn a_binding_read_again_inside_one_statement_is_validated_again() {
+    // The binding's validation is remembered for the rest of a statement only while nothing it
+    // depends on changes (src/binding/memo.rs). Each case changes one input between two reads
+    // of one statement; the second read must see it.
+    let f = Fixture::new();
+    // The binding itself: unbound by the statement.
+    let mut c = app();
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "amy")],
+    )
+    .unwrap();
+    expect_refusal(
+        &mut c,
+        "DO $$ BEGIN PERFORM count(*) FROM it_customers; PERFORM tenancy.unbind(); \
+             PERFORM count(*) FROM it_customers; END $$",
+        "42501",
+        "no_tenant_bound",
+    );
+    // The clock: the token expires while the statement runs (about three seconds).
+    let mut c = app();
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token_with(serde_json::json!({"tid": f.a, "sub": "amy", "exp": now() + 2}))],
+    )
+    .unwrap();
+    expect_refusal(
+        &mut c,
+        "DO $$ BEGIN FOR i IN 1..15 LOOP \
+             PERFORM count(*) FROM it_customers; PERFORM pg_sleep(0.2); \
+         END LOOP; END $$",
+        "28000",
+        "binding_expired",
+    );
+    // The roles: the session's role is made a platform operator while the statement runs.
+    let mut su = superuser();
+    let r = login_role(&mut su, "plat", "");
+    serialized_grant(&mut su, &format!("GRANT SELECT ON it_customers TO {r}"));
+    let mut c = connect(&r);
+    assert_not_privileged(&mut c);
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "amy")],
+    )
+    .unwrap();
+    let granted = r.clone();
+    let granter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        superuser()
+            .batch_execute(&format!("GRANT tenancy_operator TO {granted}"))
+            .unwrap();
+    });
+    let e = c
+        .batch_execute(
+            "DO $$ BEGIN FOR i IN 1..15 LOOP \
+                 PERFORM count(*) FROM it_customers; PERFORM pg_sleep(0.2); \
+             END LOOP; END $$",
+        )
+        .unwrap_err();
+    granter.join().unwrap();
+    let detail = e
+        .as_db_error()
+        .and_then(|d| d.detail())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        sqlstate(&e) == "42501" && detail.contains("pg_tenancy: platform_role_bound"),
+        "{}: {detail}",
+        message(&e)
+    );
+}
+
+#[test]
 fn rules_on_protected_tables_are_refused_and_reported() {
     let f = Fixture::new();
     let mut su = superuser();
