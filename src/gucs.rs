@@ -7,6 +7,21 @@
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
+/// An integer setting's value, read as `GucSetting::get` reads it but without pgrx's check that
+/// the caller is PostgreSQL's thread (a thread-local read and a comparison on every call): for
+/// the settings the hooks read on every statement, which only ever run on that thread.
+pub fn int(setting: &'static GucSetting<i32>) -> i32 {
+    // SAFETY: the variable PostgreSQL's setting machinery writes (registered by `init`), read
+    // on the backend's only thread, which is the only one pg_tenancy's hooks run on.
+    unsafe { *setting.as_ptr() }
+}
+
+/// A boolean setting's value, as [`int`] reads an integer's.
+pub fn flag(setting: &'static GucSetting<bool>) -> bool {
+    // SAFETY: as in [`int`].
+    unsafe { *setting.as_ptr() }
+}
+
 /// `tenancy.carrier`: on a Citus cluster, the token of the coordinator's binding, carried to the
 /// workers as `SET LOCAL` (the one way Citus carries a setting to them) and bound there again,
 /// verified as any bind (`src/binding/carrier.rs`). Read only on a Citus worker; only

@@ -273,7 +273,7 @@ pub fn init() {
 
 /// Whether counts are kept: preloaded and `tenancy.telemetry` on.
 pub fn on() -> bool {
-    PRELOADED.load(Ordering::Relaxed) && crate::gucs::TELEMETRY.get()
+    PRELOADED.load(Ordering::Relaxed) && crate::gucs::flag(&crate::gucs::TELEMETRY)
 }
 
 pub fn preloaded() -> bool {

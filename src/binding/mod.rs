@@ -1634,7 +1634,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
             let skew = if support {
                 0
             } else {
-                gucs::CLOCK_SKEW.get() as i64
+                gucs::int(&gucs::CLOCK_SKEW) as i64
             };
             if expires_at.is_some_and(|exp| exp + skew <= second) {
                 let slug = BINDING.with(|b| {

@@ -91,9 +91,9 @@ fn current(i: usize) -> i32 {
 
 fn server_ceiling(i: usize) -> Option<i32> {
     let v = match i {
-        0 => gucs::MAX_STATEMENT_TIMEOUT.get(),
-        1 => gucs::MAX_LOCK_TIMEOUT.get(),
-        _ => gucs::MAX_WORK_MEM.get(),
+        0 => gucs::int(&gucs::MAX_STATEMENT_TIMEOUT),
+        1 => gucs::int(&gucs::MAX_LOCK_TIMEOUT),
+        _ => gucs::int(&gucs::MAX_WORK_MEM),
     };
     (v > 0).then_some(v)
 }

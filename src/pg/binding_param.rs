@@ -578,14 +578,14 @@ unsafe extern "C-unwind" fn planner(
         // SAFETY: the planner's own arguments (this function's contract), planned once.
         return unsafe { plan(parse, query_string, cursor_options, bound) };
     }
-    if !gucs::PLAN_BINDING_AS_PARAM.get() {
+    if !gucs::flag(&gucs::PLAN_BINDING_AS_PARAM) {
         // SAFETY: the planner's own arguments (this function's contract), not null (checked
         // above); the policies' calls wrapped as written, planned once.
         return unsafe { plan_as_written(parse, query_string, cursor_options, bound) };
     }
     // Only a plan for one execution may hold the tenant (see the module's comment).
     let explaining = EXPLAINING.with(|e| e.get()) && query_string.is_null();
-    let fold = gucs::PLAN_BINDING_AS_CONST.get()
+    let fold = gucs::flag(&gucs::PLAN_BINDING_AS_CONST)
         // SAFETY: `query_string` is the planner's (null or a NUL-terminated string).
         && (!bound.is_null() || explaining || unsafe { simple_query_at_top_level(query_string) });
     // The planner scribbles on its input: keep the statement as written while a parallel plan
