@@ -7,6 +7,39 @@
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
+thread_local! {
+    /// Moves whenever a setting a binding's validation reads is assigned (`tenancy.region`,
+    /// `tenancy.clock_skew`): by SET, RESET, a reload, or the end of the transaction that set it.
+    static BINDING_SETTINGS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Moves whenever a setting a binding's validation reads may have changed
+/// (src/binding/memo.rs).
+pub fn binding_settings_generation() -> u64 {
+    BINDING_SETTINGS.with(|g| g.get())
+}
+
+fn binding_setting_assigned() {
+    BINDING_SETTINGS.with(|g| g.set(g.get().wrapping_add(1)));
+}
+
+/// # Safety
+/// Called by PostgreSQL as tenancy.region's assign hook.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn region_assigned(
+    _newval: *const std::ffi::c_char,
+    _extra: *mut std::ffi::c_void,
+) {
+    binding_setting_assigned();
+}
+
+/// # Safety
+/// Called by PostgreSQL as tenancy.clock_skew's assign hook.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn clock_skew_assigned(_newval: i32, _extra: *mut std::ffi::c_void) {
+    binding_setting_assigned();
+}
+
 /// An integer setting's value, read as `GucSetting::get` reads it but without pgrx's check that
 /// the caller is PostgreSQL's thread (a thread-local read and a comparison on every call): for
 /// the settings the hooks read on every statement, which only ever run on that thread.
@@ -189,14 +222,21 @@ pub fn init() {
         // the carried token and bind it elsewhere (an attacker's review, 2026-12-05).
         GucFlags::NO_SHOW_ALL | GucFlags::NO_RESET_ALL | GucFlags::SUPERUSER_ONLY,
     );
-    GucRegistry::define_string_guc(
-        c"tenancy.region",
-        c"Data-residency region of this server.",
-        c"A tenant whose region is set and differs from this value is refused at bind.",
-        &REGION,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
+    // SAFETY: the hook is a #[pg_guard] function with the signature PostgreSQL calls; called
+    // once from _PG_init.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"tenancy.region",
+            c"Data-residency region of this server.",
+            c"A tenant whose region is set and differs from this value is refused at bind.",
+            &REGION,
+            GucContext::Suset,
+            GucFlags::default(),
+            None,
+            Some(region_assigned),
+            None,
+        );
+    }
     GucRegistry::define_string_guc(
         c"tenancy.tenant_claim",
         c"Token claim that names the tenant.",
@@ -235,16 +275,22 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
-        c"tenancy.clock_skew",
-        c"Seconds of clock skew tolerated for exp and nbf.",
-        c"",
-        &CLOCK_SKEW,
-        0,
-        3600,
-        GucContext::Suset,
-        GucFlags::UNIT_S,
-    );
+    // SAFETY: as for tenancy.region above.
+    unsafe {
+        GucRegistry::define_int_guc_with_hooks(
+            c"tenancy.clock_skew",
+            c"Seconds of clock skew tolerated for exp and nbf.",
+            c"",
+            &CLOCK_SKEW,
+            0,
+            3600,
+            GucContext::Suset,
+            GucFlags::UNIT_S,
+            None,
+            Some(clock_skew_assigned),
+            None,
+        );
+    }
     GucRegistry::define_bool_guc(
         c"tenancy.allow_session_scope",
         c"Whether tenancy.bind(token, 'session') is allowed.",

@@ -872,6 +872,13 @@ fn a_validation_is_remembered_only_while_nothing_it_read_changes() {
     assert!(!memo::validated(memo::key(1)));
     Spi::run("RESET ROLE").unwrap();
     assert!(memo::validated(memo::key(1)));
+    // The settings a validation reads.
+    memo::remember(memo::key(1));
+    Spi::run("SET tenancy.clock_skew = 5").unwrap();
+    assert!(!memo::validated(memo::key(1)));
+    memo::remember(memo::key(1));
+    Spi::run("SET tenancy.region = 'elsewhere'").unwrap();
+    assert!(!memo::validated(memo::key(1)));
     // Nothing remembered: nothing validated.
     memo::remember(None);
     assert!(!memo::validated(memo::key(1)));

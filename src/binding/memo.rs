@@ -1,29 +1,32 @@
-//! The statement's validated binding, remembered.
+//! The binding's last successful validation, remembered while nothing it read has changed.
 //!
-//! [`super::with_current`] validates the binding in force each time it is read: the carrier,
-//! invalidations, the platform-role and support checks, expiry, the tenant's catalog rows, the
-//! transaction's tenant and subject. A statement reads it at least twice (the planner folds the
-//! tenant in, the executor checks the plan against it when it starts), and a function reads it
-//! once per query it runs. The second and later reads of the same statement repeat a validation
-//! whose every input is unchanged; this module lets them skip it, and only then.
+//! [`super::with_current`] validates the binding in force each time it is read: the platform-role
+//! and support checks, expiry, the signing key's `not_after`, the server's region, the tenant's
+//! catalog rows. A statement reads it at least twice (the planner folds the tenant in, the
+//! executor checks the plan against it when it starts), a function once per query it runs, and
+//! a session every statement. Each repeats a validation whose every input may be unchanged; this
+//! module lets it be skipped then, and only then.
 //!
-//! What a validation depends on, and how each is part of the [`Key`]:
-//! - the binding module's own state (the explicit, mapped and internal bindings, the
-//!   transaction's tenant, subject and limits, the carried binding, the platform-role cache):
-//!   every one is held in a [`Tracked`] or [`TrackedCell`], whose every write moves the
-//!   module's epoch, so no write can be forgotten;
+//! What a validation reads, and how each is part of the [`Key`]:
+//! - the binding module's own state (the explicit, mapped and internal bindings, the carried
+//!   binding, the platform-role cache): each is held in a [`Tracked`] or [`TrackedCell`], whose
+//!   every write moves the module's epoch, so no write can be forgotten. The transaction's own
+//!   bookkeeping (its tenant, subject, resource settings) is not an input: it still runs on a
+//!   remembered validation;
 //! - pg_tenancy's catalog: [`crate::catalog::fill_epoch`], which moves with every invalidation
-//!   processed (a suspension, a revocation, a removed member or mapping, a change of roles);
-//! - the current and session roles (SET ROLE, a SECURITY DEFINER function);
-//! - the statement and the transaction (a procedure's COMMIT starts another): the statement's
-//!   start and the local transaction id, so nothing is remembered from one statement to the
-//!   next, and revocations still take effect from the next statement;
+//!   processed (a suspension, a revocation, a removed member or mapping). Invalidations are
+//!   processed before the key is read, once per statement at least, so a revocation committed
+//!   before a statement began is seen by it;
+//! - role memberships (a role made a platform operator): their invalidations move the epoch;
+//! - the settings the validation reads (`tenancy.region`, `tenancy.clock_skew`): their assign
+//!   hooks (SET, RESET, a reload, the end of a transaction that set one) move
+//!   [`crate::gucs::binding_settings_generation`];
+//! - the current and session roles (SET ROLE, SET SESSION AUTHORIZATION, a SECURITY DEFINER
+//!   function);
 //! - the clock, to the second, as expiry reads it.
 //!
-//! Server settings the validation reads (`tenancy.region`, `tenancy.clock_skew`) change for a
-//! running statement only by a superuser's SET inside it; the statement after it sees them.
 //! The memo is not used in a database with Citus, whose connections change what a binding
-//! resolves to inside one statement (the carrier, Citus's own connection names).
+//! resolves to with no write of this module's state (the carrier, Citus's connection names).
 
 use pgrx::pg_sys;
 use std::cell::{Cell, Ref, RefCell, RefMut};
@@ -35,7 +38,8 @@ thread_local! {
     static VALIDATED: Cell<Option<Key>> = const { Cell::new(None) };
 }
 
-fn moved() {
+/// Something a validation reads changed: forget the validation.
+pub fn moved() {
     EPOCH.with(|e| e.set(e.get().wrapping_add(1)));
 }
 
@@ -82,14 +86,13 @@ impl<T: Copy + PartialEq> TrackedCell<T> {
 pub struct Key {
     epoch: u64,
     fill: u64,
-    statement: pg_sys::TimestampTz,
-    lxid: pg_sys::LocalTransactionId,
+    settings: u64,
     user: pg_sys::Oid,
     session: pg_sys::Oid,
     second: i64,
 }
 
-/// The key as things stand, or None where the memo is not used.
+/// The key as things stand at `second`, or None where the memo is not used.
 pub fn key(second: i64) -> Option<Key> {
     if crate::pg::citus::loaded() {
         return None;
@@ -97,9 +100,7 @@ pub fn key(second: i64) -> Option<Key> {
     Some(Key {
         epoch: EPOCH.with(|e| e.get()),
         fill: crate::catalog::fill_epoch(),
-        statement: crate::pg::unguarded::statement_start(),
-        // SAFETY: MyProc is set for every backend that runs SQL; lxid is its own field.
-        lxid: unsafe { (*pg_sys::MyProc).lxid },
+        settings: crate::gucs::binding_settings_generation(),
         user: crate::pg::unguarded::user_id(),
         session: crate::pg::unguarded::session_user_id(),
         second,

@@ -110,7 +110,7 @@ thread_local! {
     /// The binding derived from the login role's mapping, cached per catalog generation.
     static MAPPED: Tracked<Option<(u64, pg_sys::Oid, Option<Binding>)>> = const { Tracked::new(None) };
     /// The tenant this transaction has been bound to: another tenant cannot be bound before it ends.
-    static TXN_TENANT: TrackedCell<Option<Uuid>> = const { TrackedCell::new(None) };
+    static TXN_TENANT: Cell<Option<Uuid>> = const { Cell::new(None) };
     /// Cursors declared while a binding was in force (names; the closed ones are dropped
     /// whenever the list is read): tenancy.unbind() refuses while one is open.
     static BOUND_CURSORS: RefCell<Vec<(std::ffi::CString, Uuid)>> = const { RefCell::new(Vec::new()) };
@@ -122,10 +122,10 @@ thread_local! {
     /// The subject this transaction was bound for (a second token of the same tenant for
     /// another subject is refused like another tenant), and whether a statement has used the
     /// binding (until then, unbind() frees the transaction for another bind).
-    static TXN_SUBJECT: Tracked<Option<Option<String>>> = const { Tracked::new(None) };
-    static TXN_USED: TrackedCell<bool> = const { TrackedCell::new(false) };
+    static TXN_SUBJECT: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+    static TXN_USED: Cell<bool> = const { Cell::new(false) };
     /// Whether the tenant's resource settings were applied in this transaction.
-    static LIMITS_APPLIED: TrackedCell<bool> = const { TrackedCell::new(false) };
+    static LIMITS_APPLIED: Cell<bool> = const { Cell::new(false) };
     /// Verified tokens and what their last bind derived from the catalog, keyed by SHA-256 of
     /// the token text; at most `tenancy.token_cache_size` entries, the least recently used
     /// going first (None: the cache is off, or nothing was cached yet).
@@ -364,18 +364,25 @@ unsafe extern "C-unwind" fn xact_callback(
             undo_made(0);
         }
         MADE.with(|m| m.borrow_mut().clear());
-        BINDING.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.as_ref().is_some_and(|x| x.scope == Scope::Transaction) {
-                *b = None;
-            }
-        });
+        // The binding module's tracked state is written only where it changes: a session's
+        // binding validated in one transaction stays validated in the next (memo.rs).
+        if BINDING.with(|b| {
+            b.borrow()
+                .as_ref()
+                .is_some_and(|x| x.scope == Scope::Transaction)
+        }) {
+            BINDING.with(|b| *b.borrow_mut() = None);
+        }
         TXN_TENANT.with(|t| t.set(None));
         TXN_SUBJECT.with(|t| *t.borrow_mut() = None);
         TXN_USED.with(|u| u.set(false));
         LIMITS_APPLIED.with(|l| l.set(false));
-        INTERNAL.with(|i| *i.borrow_mut() = None);
-        ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = None);
+        if INTERNAL.with(|i| i.borrow().is_some()) {
+            INTERNAL.with(|i| *i.borrow_mut() = None);
+        }
+        if ADOPTED_ASSERTION.with(|a| a.borrow().is_some()) {
+            ADOPTED_ASSERTION.with(|a| *a.borrow_mut() = None);
+        }
         // Unwinding clears it; should anything ever skip the unwinding, validation resumes
         // with the next transaction all the same.
         IN_WITH_CURRENT.with(|c| c.set(false));
@@ -1529,7 +1536,8 @@ pub fn current_if_bound() -> Option<Binding> {
 
 /// Validate the binding in force in place (expiry on every use; the catalog only when it
 /// changed) and run `f` on it without copying it. This is the per-statement hot path of the
-/// generated policies.
+/// generated policies. A validation is skipped while nothing it reads has changed since the
+/// last one succeeded (memo.rs).
 pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     if in_parallel_worker() {
         errors::raise(
@@ -1565,14 +1573,20 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     IN_WITH_CURRENT.with(|c| c.set(true));
     let _reentry = ReentryGuard;
     accept_invalidations_once_per_statement();
-    // Validated already in this statement, with nothing it depends on changed since
-    // (memo.rs): read the binding as the validation left it.
+    // Validated already, with nothing it depends on changed since (memo.rs): read the binding
+    // as the validation left it (the transaction's own bookkeeping still runs).
     let second = now();
     if memo::validated(memo::key(second)) {
+        let noted = |b: Option<&Binding>| {
+            if let Some(x) = b {
+                note_transaction(x.tenant, &x.subject);
+            }
+            f(b)
+        };
         return if BINDING.with(|b| b.borrow().is_some()) {
-            BINDING.with(|b| f(b.borrow().as_ref()))
+            BINDING.with(|b| noted(b.borrow().as_ref()))
         } else {
-            MAPPED.with(|m| f(m.borrow().as_ref().and_then(|(_, _, b)| b.as_ref())))
+            MAPPED.with(|m| noted(m.borrow().as_ref().and_then(|(_, _, b)| b.as_ref())))
         };
     }
     let gen = catalog::generation();
@@ -1978,6 +1992,8 @@ unsafe extern "C-unwind" fn roles_changed(
     _hash: u32,
 ) {
     PLATFORM_ROLE.with(|p| p.set(None));
+    // Memberships are read by the mapping's validation too (a platform role maps to no tenant).
+    memo::moved();
 }
 
 /// The current role, or else the session's login role, when it is a non-superuser platform

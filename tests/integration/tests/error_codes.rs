@@ -179,6 +179,32 @@ fn suspended_tenant_and_wrong_region() {
 }
 
 #[test]
+fn a_binding_ends_at_the_next_statement_when_the_servers_region_changes() {
+    // tenancy.region changes without any change of pg_tenancy's catalog (SET by a superuser, or
+    // a reload): a binding validated before is checked against it again (src/binding/memo.rs).
+    let f = Fixture::new();
+    let eu = unique("eu");
+    let mut su = superuser();
+    su.execute(
+        "SELECT tenancy.create_tenant($1, region => 'eu-west')",
+        &[&eu],
+    )
+    .unwrap();
+    su.batch_execute("SET tenancy.region = 'eu-west'").unwrap();
+    su.execute("SELECT tenancy.bind($1, 'session')", &[&f.token(&eu, "u")])
+        .unwrap();
+    su.batch_execute("SELECT tenancy.current_tenant()").unwrap();
+    su.batch_execute("SELECT tenancy.current_tenant()").unwrap();
+    su.batch_execute("SET tenancy.region = 'us-east'").unwrap();
+    expect_refusal(
+        &mut su,
+        "SELECT tenancy.current_tenant()",
+        "42501",
+        "wrong_region",
+    );
+}
+
+#[test]
 fn a_removed_membership_ends_the_binding_at_the_next_statement() {
     let f = Fixture::new();
     let mut su = superuser();
