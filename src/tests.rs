@@ -844,7 +844,7 @@ fn a_validation_is_remembered_only_while_nothing_it_read_changes() {
     // src/binding/memo.rs: the key moves with every input of a binding's validation.
     use crate::binding::memo::{self, Tracked, TrackedCell};
     let k = memo::key(1);
-    assert!(k.is_some(), "no Citus in this database: the memo is used");
+    assert!(k.is_some(), "not a connection Citus opened: the memo is used");
     memo::remember(k);
     assert!(memo::validated(memo::key(1)));
     // The clock, to the second.
@@ -871,6 +871,29 @@ fn a_validation_is_remembered_only_while_nothing_it_read_changes() {
     Spi::run("SET ROLE memo_role").unwrap();
     assert!(!memo::validated(memo::key(1)));
     Spi::run("RESET ROLE").unwrap();
+    assert!(memo::validated(memo::key(1)));
+    // The session's role.
+    memo::remember(memo::key(1));
+    Spi::run("SET SESSION AUTHORIZATION memo_role").unwrap();
+    assert!(!memo::validated(memo::key(1)));
+    Spi::run("RESET SESSION AUTHORIZATION").unwrap();
+    // A change announced for one tenant arrives (a targeted invalidation, as invalidation
+    // processing delivers it to the callbacks).
+    memo::remember(memo::key(1));
+    // SAFETY: inside the test's transaction; runs this backend's callbacks of pg_am's cache,
+    // which carries pg_tenancy's targeted invalidations (src/pg/targeted_inval.rs).
+    unsafe {
+        pgrx::pg_sys::CallSyscacheCallbacks(pgrx::pg_sys::SysCacheIdentifier::AMNAME as i32, 12345)
+    };
+    assert!(!memo::validated(memo::key(1)));
+    // A validation during which the catalog moved is not remembered; its own writes are.
+    let before = memo::key(1);
+    crate::catalog::invalidate();
+    memo::remember_unless_moved(before, memo::key(1));
+    assert!(!memo::validated(memo::key(1)));
+    let before = memo::key(1);
+    *state.borrow_mut() = 2;
+    memo::remember_unless_moved(before, memo::key(1));
     assert!(memo::validated(memo::key(1)));
     // The settings a validation reads.
     memo::remember(memo::key(1));

@@ -25,8 +25,11 @@
 //!   function);
 //! - the clock, to the second, as expiry reads it.
 //!
-//! The memo is not used in a database with Citus, whose connections change what a binding
-//! resolves to with no write of this module's state (the carrier, Citus's connection names).
+//! With Citus, a worker adopts the binding its coordinator carries (`carrier.rs`) before the key
+//! is read, and every adoption writes the tracked state. The memo is not used in the connections
+//! Citus opens (`application_name` `citus_...`, the workers' shard queries among them), where the
+//! role mapping is looked up or not by the statement being run, with no write of this module's
+//! state.
 
 use pgrx::pg_sys;
 use std::cell::{Cell, Ref, RefCell, RefMut};
@@ -94,7 +97,7 @@ pub struct Key {
 
 /// The key as things stand at `second`, or None where the memo is not used.
 pub fn key(second: i64) -> Option<Key> {
-    if crate::pg::citus::loaded() {
+    if crate::pg::citus::internal_backend() {
         return None;
     }
     Some(Key {
@@ -115,4 +118,24 @@ pub fn validated(key: Option<Key>) -> bool {
 /// A validation succeeded under `key` (None: forget any).
 pub fn remember(key: Option<Key>) {
     VALIDATED.with(|v| v.set(key));
+}
+
+/// A validation that began under `before` succeeded; `after` is the key once it has written
+/// what it writes. Remembered only if nothing but the validation's own writes moved: its catalog
+/// reads take locks, and taking a lock processes invalidations, so a suspension or revocation
+/// committed during the validation can be processed after an earlier check read the row it
+/// changes (raised by an attacker's pass). Then nothing is remembered, and the next read
+/// validates again (as `catalog::store` keeps no fill that saw the generation move).
+pub fn remember_unless_moved(before: Option<Key>, after: Option<Key>) {
+    let same = match (before, after) {
+        (Some(b), Some(a)) => {
+            b.fill == a.fill
+                && b.settings == a.settings
+                && b.user == a.user
+                && b.session == a.session
+                && b.second == a.second
+        }
+        _ => false,
+    };
+    remember(if same { after } else { None });
 }

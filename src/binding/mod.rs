@@ -1576,7 +1576,9 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
     // Validated already, with nothing it depends on changed since (memo.rs): read the binding
     // as the validation left it (the transaction's own bookkeeping still runs).
     let second = now();
-    if memo::validated(memo::key(second)) {
+    // Read before the validation reads anything: what it validates is the state as of here.
+    let before = memo::key(second);
+    if memo::validated(before) {
         let noted = |b: Option<&Binding>| {
             if let Some(x) = b {
                 note_transaction(x.tenant, &x.subject);
@@ -1701,8 +1703,8 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 if let Some(x) = b.as_ref() {
                     note_transaction(x.tenant, &x.subject);
                 }
-                // After the validation's last write: what it succeeded under.
-                memo::remember(memo::key(second));
+                // What it succeeded under, unless an invalidation arrived while it read.
+                memo::remember_unless_moved(before, memo::key(second));
                 f(b.as_ref())
             })
         }
@@ -1727,7 +1729,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 if let Some(x) = b {
                     note_transaction(x.tenant, &x.subject);
                 }
-                memo::remember(memo::key(second));
+                memo::remember_unless_moved(before, memo::key(second));
                 f(b)
             })
         }

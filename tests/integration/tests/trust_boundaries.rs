@@ -1476,6 +1476,67 @@ fn a_binding_read_again_inside_one_statement_is_validated_again() {
 }
 
 #[test]
+fn a_suspension_committed_while_a_binding_is_validated_refuses_that_statement() {
+    // A validation reads pg_tenancy's catalog, reading takes locks, and taking a lock processes
+    // invalidations: a suspension can commit while a statement's validation waits for a lock,
+    // after the statement read the tenant with an older snapshot. The statement's query, which
+    // starts after the suspension, must be refused, and nothing read before the suspension may
+    // be kept for it (catalog::store, memo::remember_unless_moved). The suspension's
+    // transaction holds a lock on the tenant's members, which reading the tenant takes too.
+    // (An attacker's pass on the memo raised this; its demonstration turned out to have the
+    // suspension commit after the statements it read, and pg_tenancy 2ea91b4 behaved the same.)
+    let f = Fixture::new();
+    let mut c = app();
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "amy")],
+    )
+    .unwrap();
+    c.query_one("SELECT count(*) FROM it_customers", &[])
+        .unwrap();
+    // Any change of the tenant: the next statement validates the binding against the catalog.
+    connect(OPERATOR)
+        .execute("SELECT tenancy.add_member($1, 'zed', 'member')", &[&f.a])
+        .unwrap();
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "BEGIN; LOCK TABLE tenancy.member IN ACCESS EXCLUSIVE MODE; \
+         SET LOCAL ROLE {OPERATOR}"
+    ))
+    .unwrap();
+    su.execute("SELECT tenancy.suspend_tenant($1, 'race')", &[&f.a])
+        .unwrap();
+    // All of it within one second of the clock (a validation is never remembered past one).
+    let into_second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(1050 - into_second)));
+    // The simple protocol: a statement planned for one execution, with the tenant folded in
+    // and checked again when its query starts.
+    let reader = std::thread::spawn(move || {
+        c.simple_query("SELECT count(*) FROM it_customers")
+            .map(|m| m.len())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    su.batch_execute("COMMIT").unwrap();
+    let e = reader
+        .join()
+        .unwrap()
+        .expect_err("a query that starts after its tenant was suspended reads nothing");
+    let detail = e
+        .as_db_error()
+        .and_then(|d| d.detail())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        sqlstate(&e) == "42501" && detail.contains("pg_tenancy: tenant_unavailable"),
+        "{}: {detail}",
+        message(&e)
+    );
+}
+
+#[test]
 fn rules_on_protected_tables_are_refused_and_reported() {
     let f = Fixture::new();
     let mut su = superuser();
