@@ -191,20 +191,26 @@ pub fn expect_refusal(c: &mut Client, sql: &str, state: &str, code: &str) -> Str
     match c.batch_execute(sql) {
         Ok(()) => panic!("expected {state} {code} from: {sql}"),
         Err(e) => {
-            let got = sqlstate(&e);
-            let detail = e
-                .as_db_error()
-                .and_then(|d| d.detail())
-                .unwrap_or_default()
-                .to_string();
-            assert!(
-                got == state && detail.lines().any(|l| l == format!("pg_tenancy: {code}")),
-                "{sql}: expected {state} with DETAIL pg_tenancy: {code}, got {got} ({detail:?}): {}",
-                message(&e)
-            );
+            assert_refusal(&e, state, code, sql);
             message(&e)
         }
     }
+}
+
+/// Assert that `e` (from `what`) is a refusal with `state` and the machine-readable code `code`
+/// (the DETAIL line `pg_tenancy: <code>`).
+pub fn assert_refusal(e: &postgres::Error, state: &str, code: &str, what: &str) {
+    let got = sqlstate(e);
+    let detail = e
+        .as_db_error()
+        .and_then(|d| d.detail())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        got == state && detail.lines().any(|l| l == format!("pg_tenancy: {code}")),
+        "{what}: expected {state} with DETAIL pg_tenancy: {code}, got {got} ({detail:?}): {}",
+        message(e)
+    );
 }
 
 pub fn sign(alg: Algorithm, kid: &str, claims: &serde_json::Value) -> String {
@@ -301,6 +307,19 @@ impl Fixture {
         assert_not_privileged(&mut c);
         c.batch_execute("BEGIN").unwrap();
         bind(&mut c, &self.token(tenant, subject));
+        c
+    }
+
+    /// A new application session (NOSUPERUSER NOBYPASSRLS, checked) bound for the session as
+    /// `subject` of `tenant`.
+    pub fn session_bound_as(&self, tenant: &str, subject: &str) -> Client {
+        let mut c = app();
+        assert_not_privileged(&mut c);
+        c.execute(
+            "SELECT tenancy.bind($1, 'session')",
+            &[&self.token(tenant, subject)],
+        )
+        .unwrap();
         c
     }
 }
