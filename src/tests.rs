@@ -895,6 +895,11 @@ fn a_validation_is_remembered_only_while_nothing_it_read_changes() {
     *state.borrow_mut() = 2;
     memo::remember_unless_moved(before, memo::key(1));
     assert!(memo::validated(memo::key(1)));
+    // Nor one during which roles changed (a role made a platform operator meanwhile).
+    let before = memo::key(1);
+    memo::roles_changed();
+    memo::remember_unless_moved(before, memo::key(1));
+    assert!(!memo::validated(memo::key(1)));
     // The settings a validation reads.
     memo::remember(memo::key(1));
     Spi::run("SET tenancy.clock_skew = 5").unwrap();

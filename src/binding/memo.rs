@@ -17,7 +17,8 @@
 //!   processed (a suspension, a revocation, a removed member or mapping). Invalidations are
 //!   processed before the key is read, once per statement at least, so a revocation committed
 //!   before a statement began is seen by it;
-//! - role memberships (a role made a platform operator): their invalidations move the epoch;
+//! - role memberships (a role made a platform operator): their invalidations move a counter of
+//!   changes from outside the validation;
 //! - the settings the validation reads (`tenancy.region`, `tenancy.clock_skew`): their assign
 //!   hooks (SET, RESET, a reload, the end of a transaction that set one) move
 //!   [`crate::gucs::binding_settings_generation`];
@@ -37,13 +38,21 @@ use std::cell::{Cell, Ref, RefCell, RefMut};
 thread_local! {
     /// Moves with every write of the binding module's state (see the module's comment).
     static EPOCH: Cell<u64> = const { Cell::new(0) };
+    /// Moves with every change a validation reads that is not its own write: role memberships
+    /// (their invalidations, which can arrive while a validation waits for a lock).
+    static OUTSIDE: Cell<u64> = const { Cell::new(0) };
     /// The key under which the last full validation succeeded.
     static VALIDATED: Cell<Option<Key>> = const { Cell::new(None) };
 }
 
-/// Something a validation reads changed: forget the validation.
-pub fn moved() {
+fn moved() {
     EPOCH.with(|e| e.set(e.get().wrapping_add(1)));
+}
+
+/// Roles or role memberships changed (a role made a platform operator): forget any validation,
+/// also one running now (see [`remember_unless_moved`]).
+pub fn roles_changed() {
+    OUTSIDE.with(|o| o.set(o.get().wrapping_add(1)));
 }
 
 /// A `RefCell` whose every mutable borrow moves the epoch.
@@ -88,6 +97,7 @@ impl<T: Copy + PartialEq> TrackedCell<T> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     epoch: u64,
+    outside: u64,
     fill: u64,
     settings: u64,
     user: pg_sys::Oid,
@@ -102,6 +112,7 @@ pub fn key(second: i64) -> Option<Key> {
     }
     Some(Key {
         epoch: EPOCH.with(|e| e.get()),
+        outside: OUTSIDE.with(|o| o.get()),
         fill: crate::catalog::fill_epoch(),
         settings: crate::gucs::binding_settings_generation(),
         user: crate::pg::unguarded::user_id(),
@@ -124,12 +135,14 @@ pub fn remember(key: Option<Key>) {
 /// what it writes. Remembered only if nothing but the validation's own writes moved: its catalog
 /// reads take locks, and taking a lock processes invalidations, so a suspension or revocation
 /// committed during the validation can be processed after an earlier check read the row it
-/// changes (raised by an attacker's pass). Then nothing is remembered, and the next read
+/// changes, and a role made a platform operator after the platform-role check passed (raised
+/// by two attackers' passes). Then nothing is remembered, and the next read
 /// validates again (as `catalog::store` keeps no fill that saw the generation move).
 pub fn remember_unless_moved(before: Option<Key>, after: Option<Key>) {
     let same = match (before, after) {
         (Some(b), Some(a)) => {
             b.fill == a.fill
+                && b.outside == a.outside
                 && b.settings == a.settings
                 && b.user == a.user
                 && b.session == a.session

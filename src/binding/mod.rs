@@ -1995,7 +1995,7 @@ unsafe extern "C-unwind" fn roles_changed(
 ) {
     PLATFORM_ROLE.with(|p| p.set(None));
     // Memberships are read by the mapping's validation too (a platform role maps to no tenant).
-    memo::moved();
+    memo::roles_changed();
 }
 
 /// The current role, or else the session's login role, when it is a non-superuser platform

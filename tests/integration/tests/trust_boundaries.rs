@@ -1511,6 +1511,63 @@ fn a_suspension_committed_while_a_binding_is_validated_refuses_that_statement() 
 }
 
 #[test]
+fn a_role_made_an_operator_while_its_binding_is_validated_is_refused_from_the_next_statement() {
+    // Found by an attacker's pass on the binding's memo: the platform-role check runs before
+    // the validation reads the catalog; a GRANT of tenancy_operator committed while that read
+    // waited for a lock was processed after the check had passed, and the validation was
+    // remembered: the session's next statements in the same second of the clock skipped the
+    // check. A lock on the signing keys holds the validation there (in a database of its own).
+    let db = OwnDatabase::new("grant", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let r = login_role(&mut su, "late_op", "");
+    su.batch_execute(&format!(
+        "CREATE TABLE t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int);
+         SELECT tenancy.protect('t');
+         GRANT SELECT ON t TO {r};
+         INSERT INTO t VALUES ('{}', 1), ('{}', 2);",
+        f.a_id, f.b_id
+    ))
+    .unwrap();
+    let mut c = db.connect(&r);
+    assert_not_privileged(&mut c);
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "amy")],
+    )
+    .unwrap();
+    c.query_one("SELECT count(*) FROM t", &[]).unwrap();
+    // Everything cached is dropped: the next statement validates against the catalog again.
+    su.batch_execute("ANALYZE tenancy.tenant").unwrap();
+    su.batch_execute("BEGIN; LOCK TABLE tenancy.signing_key IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    // Within one second of the clock, the rest of this test.
+    let into_second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(1050 - into_second)));
+    let reader = std::thread::spawn(move || {
+        let waited = c.simple_query("SELECT count(*) FROM t").map(|m| m.len());
+        (c, waited)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    superuser()
+        .batch_execute(&format!("GRANT tenancy_operator TO {r}"))
+        .unwrap();
+    su.batch_execute("COMMIT").unwrap();
+    // The statement that waited may end either way: its check ran before the grant.
+    let (mut c, _) = reader.join().unwrap();
+    let e = c
+        .simple_query("SELECT count(*) FROM t")
+        .expect_err("a platform operator's next statement reads nothing");
+    assert_refusal(&e, "42501", "platform_role_bound", "the next statement");
+    superuser()
+        .batch_execute(&format!("REVOKE tenancy_operator FROM {r}"))
+        .unwrap();
+}
+
+#[test]
 fn rules_on_protected_tables_are_refused_and_reported() {
     let f = Fixture::new();
     let mut su = superuser();
