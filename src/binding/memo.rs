@@ -27,10 +27,16 @@
 //! - the clock, to the second, as expiry reads it.
 //!
 //! With Citus, a worker adopts the binding its coordinator carries (`carrier.rs`) before the key
-//! is read, and every adoption writes the tracked state. The memo is not used in the connections
-//! Citus opens (`application_name` `citus_...`, the workers' shard queries among them), where the
-//! role mapping is looked up or not by the statement being run, with no write of this module's
-//! state.
+//! is read, and every adoption writes the tracked state. The memo is not used where
+//! `citus::internal_backend()` holds (a connection named `citus_internal gpid=...` since it
+//! started: the workers' shard queries), the one place where the role mapping is looked up or
+//! not by the statement being run (`ensure_mapped`), with no write of this module's state.
+//!
+//! One assumption: the epoch is not compared by [`remember_unless_moved`], because the
+//! validation's own writes move it. Writes made meanwhile by code the validation's catalog reads
+//! reach (hooks at their queries' start: `ensure_mapped` through `tenant_in_effect_unchecked`)
+//! are validating writes too. A new writer of the tracked state reachable from there that is not
+//! must move [`roles_changed`]'s counter (or one like it) as well.
 
 use pgrx::pg_sys;
 use std::cell::{Cell, Ref, RefCell, RefMut};
