@@ -1050,10 +1050,13 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         && !unsafe { pg_sys::IsTransactionBlock() || pg_sys::SPI_inside_nonatomic_context() };
     refuse_inside_internal("tenancy.bind()");
     refuse_while_held_cursors_open("tenancy.bind()");
-    if crate::pg::citus::internal_backend() && !ADOPTING.with(|a| a.get()) {
+    if (crate::pg::citus::internal_backend() || crate::pg::citus::opened_as_internal())
+        && !ADOPTING.with(|a| a.get())
+    {
         // A statement the coordinator runs on a worker binds what the coordinator carries,
         // nothing else: a bind() pushed down to the workers would make them act for another
-        // binding than the coordinator's.
+        // binding than the coordinator's. Also once the pushed-down expression has renamed the
+        // connection (a reviewer's lead, confirmed on a cluster).
         Refusal::new(
             INSUFFICIENT_PRIVILEGE,
             "tenancy.bind() cannot run in a connection the Citus coordinator opened: the binding comes from the coordinator",

@@ -169,6 +169,25 @@ pub fn internal_backend() -> bool {
     }
 }
 
+/// Whether this connection opened under the name Citus gives the connections it opens to run
+/// shard queries (`citus_internal gpid=...`), whatever it is named now. A statement Citus
+/// pushes down runs there, and may rename the connection itself (`set_config` in the pushed
+/// expression) before it calls anything else: what must never run in a connection Citus opened
+/// asks this, not [`internal_backend`], which such a rename turns off for good.
+pub fn opened_as_internal() -> bool {
+    if !loaded() {
+        return false;
+    }
+    // SAFETY: as in internal_backend: the value the session started with, read at once.
+    unsafe {
+        let started = pg_sys::GetConfigOptionResetString(c"application_name".as_ptr());
+        !started.is_null()
+            && CStr::from_ptr(started)
+                .to_bytes()
+                .starts_with(b"citus_internal gpid=")
+    }
+}
+
 /// Whether the running top-level statement is exactly `SELECT <function>('<literal>')`, the
 /// form in which Citus sends its own calls of `function` to a node (its DROP TABLE sends
 /// `worker_drop_distributed_table` so, as the table's owner). A user's function that Citus

@@ -481,6 +481,21 @@ fn a_client_cannot_set_the_carrier_or_split_a_binding() {
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     assert!(message(&e).contains("coordinator"), "{}", message(&e));
     tx.rollback().unwrap();
+    // Also after the pushed-down expression renames the worker's connection first (a
+    // reviewer's lead: a connection seen under another name is never Citus's own again, which
+    // let the bind through).
+    let mut tx = c.transaction().unwrap();
+    let e = tx
+        .query(
+            &format!(
+                "SELECT set_config('application_name', 'mine', true), tenancy.bind($1) FROM public.{t}"
+            ),
+            &[&f.token(&f.b, "bob")],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(message(&e).contains("coordinator"), "{}", message(&e));
+    tx.rollback().unwrap();
 }
 
 fn bound_tenant_tx(c: &mut impl postgres::GenericClient) -> String {
