@@ -1050,20 +1050,8 @@ pub fn bind(token_text: &str, scope: &str) -> JsonbBytes {
         && !unsafe { pg_sys::IsTransactionBlock() || pg_sys::SPI_inside_nonatomic_context() };
     refuse_inside_internal("tenancy.bind()");
     refuse_while_held_cursors_open("tenancy.bind()");
-    if (crate::pg::citus::internal_backend() || crate::pg::citus::opened_as_internal())
-        && !ADOPTING.with(|a| a.get())
-    {
-        // A statement the coordinator runs on a worker binds what the coordinator carries,
-        // nothing else: a bind() pushed down to the workers would make them act for another
-        // binding than the coordinator's. Also once the pushed-down expression has renamed the
-        // connection (a reviewer's lead, confirmed on a cluster).
-        Refusal::new(
-            INSUFFICIENT_PRIVILEGE,
-            "tenancy.bind() cannot run in a connection the Citus coordinator opened: the binding comes from the coordinator",
-            "Call tenancy.bind() as a statement of its own on the coordinator, inside the transaction block.",
-        )
-        .code("binding_split")
-        .raise();
+    if !ADOPTING.with(|a| a.get()) {
+        refuse_in_citus_connection("tenancy.bind()");
     }
     if let Some(role) = platform_role_in_effect() {
         refuse_bind(
@@ -2131,6 +2119,23 @@ fn accept_invalidations_once_per_statement() {
         // SAFETY: callers read the binding inside a transaction, where invalidations may be
         // processed (as at any lock acquisition).
         unsafe { pg_sys::AcceptInvalidationMessages() };
+    }
+}
+
+/// Refuse `what` (a function that binds) in a connection the Citus coordinator opened: a
+/// statement the coordinator runs on a worker binds what the coordinator carries, nothing else,
+/// and a bind pushed down to the workers would make them act for another binding than the
+/// coordinator's. Also once the pushed-down expression has renamed the connection (a reviewer's
+/// lead, confirmed on a cluster): the name it opened under decides.
+pub fn refuse_in_citus_connection(what: &str) {
+    if crate::pg::citus::internal_backend() || crate::pg::citus::opened_as_internal() {
+        Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
+            format!("{what} cannot run in a connection the Citus coordinator opened: the binding comes from the coordinator"),
+            format!("Call {what} as a statement of its own on the coordinator, inside the transaction block."),
+        )
+        .code("binding_split")
+        .raise();
     }
 }
 

@@ -582,6 +582,7 @@ fn enter_support(tenant: &str) -> crate::binding::JsonbBytes {
             "Application sessions bind with tenancy.bind(token).",
         );
     }
+    crate::binding::refuse_in_citus_connection("tenancy.enter_support()");
     let t = catalog::require_tenant(tenant);
     let Some(grant) = catalog::support_grant(t.id, who) else {
         let mut f = serde_json::Map::new();

@@ -498,6 +498,44 @@ fn a_client_cannot_set_the_carrier_or_split_a_binding() {
     tx.rollback().unwrap();
 }
 
+/// An operator with a support grant cannot enter support on the workers alone: pushed down in
+/// a shard query (unbound on the coordinator), `enter_support()` is refused there as `bind()`
+/// is, also after the expression renamed the worker's connection.
+#[test]
+fn enter_support_pushed_down_to_the_workers_is_refused() {
+    let f = Fixture::new();
+    let t = format!("support_{}", std::process::id());
+    spread_table(&t, 16);
+    let mut su = superuser();
+    su.batch_execute(&format!("GRANT SELECT ON public.{t} TO {OPERATOR}"))
+        .unwrap();
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut admin = app_on(0);
+    let mut tx = admin.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+        .unwrap();
+    tx.execute(
+        &format!("SELECT tenancy.grant_support('{OPERATOR}', '1 hour')"),
+        &[],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let mut op = node(0, OPERATOR);
+    for pushed in [
+        format!("SELECT tenancy.enter_support($1) FROM public.{t}"),
+        format!(
+            "SELECT set_config('application_name', 'mine', true), tenancy.enter_support($1) FROM public.{t}"
+        ),
+    ] {
+        let mut tx = op.transaction().unwrap();
+        let e = tx.query(&pushed, &[&f.a]).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{pushed}: {}", message(&e));
+        assert!(message(&e).contains("coordinator"), "{pushed}: {}", message(&e));
+        tx.rollback().unwrap();
+    }
+}
+
 fn bound_tenant_tx(c: &mut impl postgres::GenericClient) -> String {
     c.query_one("SELECT tenancy.current_tenant()::text", &[])
         .unwrap()
