@@ -2128,7 +2128,9 @@ fn accept_invalidations_once_per_statement() {
 /// coordinator's. Also once the pushed-down expression has renamed the connection (a reviewer's
 /// lead, confirmed on a cluster): the name it opened under decides.
 pub fn refuse_in_citus_connection(what: &str) {
-    if crate::pg::citus::internal_backend() || crate::pg::citus::opened_as_internal() {
+    // (Covers internal_backend() too: a connection Citus's now and since it started opened
+    // under that name.)
+    if crate::pg::citus::opened_as_internal() {
         Refusal::new(
             INSUFFICIENT_PRIVILEGE,
             format!("{what} cannot run in a connection the Citus coordinator opened: the binding comes from the coordinator"),

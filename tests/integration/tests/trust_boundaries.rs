@@ -1452,6 +1452,34 @@ fn a_binding_read_again_inside_one_statement_is_validated_again() {
     assert_refusal(&e, "42501", "platform_role_bound", "the DO block's loop");
 }
 
+/// In `db` (made by `su` with fixture `f`): a protected table `t` with one row of each tenant,
+/// readable by `reader`; a session of `reader` (NOSUPERUSER NOBYPASSRLS, checked) bound for the
+/// session to tenant a, which has read `t` once.
+fn reading_protected_t(
+    db: &OwnDatabase,
+    su: &mut postgres::Client,
+    f: &Fixture,
+    reader: &str,
+) -> postgres::Client {
+    su.batch_execute(&format!(
+        "CREATE TABLE t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int);
+         SELECT tenancy.protect('t');
+         GRANT SELECT ON t TO {reader};
+         INSERT INTO t VALUES ('{}', 1), ('{}', 2);",
+        f.a_id, f.b_id
+    ))
+    .unwrap();
+    let mut c = db.connect(reader);
+    assert_not_privileged(&mut c);
+    c.execute(
+        "SELECT tenancy.bind($1, 'session')",
+        &[&f.token(&f.a, "amy")],
+    )
+    .unwrap();
+    c.query_one("SELECT count(*) FROM t", &[]).unwrap();
+    c
+}
+
 #[test]
 fn a_suspension_committed_while_a_binding_is_validated_refuses_that_statement() {
     // A validation reads pg_tenancy's catalog, reading takes locks, and taking a lock processes
@@ -1466,22 +1494,7 @@ fn a_suspension_committed_while_a_binding_is_validated_refuses_that_statement() 
     let db = OwnDatabase::new("susp", true);
     let mut su = db.connect("postgres");
     let f = Fixture::on(&mut su);
-    su.batch_execute(&format!(
-        "CREATE TABLE t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int);
-         SELECT tenancy.protect('t');
-         GRANT SELECT ON t TO {APP};
-         INSERT INTO t VALUES ('{}', 1), ('{}', 2);",
-        f.a_id, f.b_id
-    ))
-    .unwrap();
-    let mut c = db.connect(APP);
-    assert_not_privileged(&mut c);
-    c.execute(
-        "SELECT tenancy.bind($1, 'session')",
-        &[&f.token(&f.a, "amy")],
-    )
-    .unwrap();
-    c.query_one("SELECT count(*) FROM t", &[]).unwrap();
+    let mut c = reading_protected_t(&db, &mut su, &f, APP);
     // Any change of the tenant: the next statement validates the binding against the catalog.
     db.connect(OPERATOR)
         .execute("SELECT tenancy.add_member($1, 'zed', 'member')", &[&f.a])
@@ -1521,22 +1534,7 @@ fn a_role_made_an_operator_while_its_binding_is_validated_is_refused_from_the_ne
     let mut su = db.connect("postgres");
     let f = Fixture::on(&mut su);
     let r = login_role(&mut su, "late_op", "");
-    su.batch_execute(&format!(
-        "CREATE TABLE t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int);
-         SELECT tenancy.protect('t');
-         GRANT SELECT ON t TO {r};
-         INSERT INTO t VALUES ('{}', 1), ('{}', 2);",
-        f.a_id, f.b_id
-    ))
-    .unwrap();
-    let mut c = db.connect(&r);
-    assert_not_privileged(&mut c);
-    c.execute(
-        "SELECT tenancy.bind($1, 'session')",
-        &[&f.token(&f.a, "amy")],
-    )
-    .unwrap();
-    c.query_one("SELECT count(*) FROM t", &[]).unwrap();
+    let mut c = reading_protected_t(&db, &mut su, &f, &r);
     // Everything cached is dropped: the next statement validates against the catalog again.
     su.batch_execute("ANALYZE tenancy.tenant").unwrap();
     su.batch_execute("BEGIN; LOCK TABLE tenancy.signing_key IN ACCESS EXCLUSIVE MODE")
