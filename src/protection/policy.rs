@@ -449,6 +449,42 @@ fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
     info
 }
 
+/// Fix, to the end of the transaction, which table `rel`'s schema-qualified name means.
+/// protect's, unprotect's and attach_partition's statements name their tables (DDL takes no
+/// oid), and so do the `'name'::regclass` arguments of the generated policies. Without this,
+/// a schema's owner who held a lock on the table while the call waited for it could rename the
+/// schema (`ALTER SCHEMA ... RENAME` locks no table) and create a table of the same name in a
+/// new schema of the old name: PostgreSQL resolves the name again once the lock is granted,
+/// and the statements went to that table, while the catalog recorded the one asked for as
+/// protected, with no row security at all (found by an attacker's pass; tested in
+/// `tests/integration/tests/trust_boundaries.rs`). Locked here, in this order: the table in
+/// `mode` (ACCESS EXCLUSIVE, as the statements would, or SHARE UPDATE EXCLUSIVE; either makes
+/// its rename and its move to another schema wait), then its schema's row in `pg_namespace` FOR
+/// KEY SHARE (a rename or a drop of the schema waits). Nothing else changes what a
+/// schema-qualified name resolves to. The caller reads the name after this, so a rename that
+/// committed while the table's lock was awaited is seen, and the statements name the table
+/// as it is called now. (Locked the other way round, a schema owner holding the table's lock
+/// who then renamed the schema closed a deadlock, which PostgreSQL may break by cancelling
+/// the operator's call.)
+fn pin_name(rel: pg_sys::Oid, mode: u32) {
+    // SAFETY: a lock held to the end of the transaction, on a relation that may not exist or
+    // may have been dropped meanwhile (then the lookup below finds nothing, and the caller's
+    // check reports it).
+    unsafe { pg_sys::LockRelationOid(rel, mode as pg_sys::LOCKMODE) };
+    // SAFETY: a syscache lookup by oid, after the lock processed any invalidation of the
+    // table's catalog row; InvalidOid for a relation that does not exist.
+    let schema = unsafe { pg_sys::get_rel_namespace(rel) };
+    if schema == pg_sys::InvalidOid {
+        return;
+    }
+    // As the catalog owner (superuser: a row lock asks for UPDATE on pg_namespace). The
+    // statement reads one catalog row by oid and evaluates nothing of a user's.
+    catalog::write(
+        "SELECT FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+        &[schema.into()],
+    );
+}
+
 /// Run protect's or unprotect's statements for the table `rel`: each as its [`Who`].
 fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
     // "does not exist, skipping" notices of the idempotent DROPs are noise for the caller.
@@ -531,6 +567,7 @@ pub fn protect_table(
     parent: Option<pg_sys::Oid>,
 ) -> i32 {
     let _managed = ManagedDdl::enter();
+    pin_name(rel, pg_sys::AccessExclusiveLock);
     let info = check_table(rel, column);
     if audit {
         refuse_audit_on_citus(rel, &info);
@@ -620,8 +657,17 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
         );
     }
     // Locked first (its DDL will lock it so anyway): a transaction still writing rows, or a
-    // prepared one, is waited for, and its rows are seen by the check below.
+    // prepared one, is waited for, and its rows are seen by the check below. The names the
+    // statements use are read once they mean these tables to the end ([`pin_name`]).
+    pin_name(tbl, pg_sys::AccessExclusiveLock);
     lock_tree(tbl);
+    let rels: Vec<(pg_sys::Oid, String)> = rels
+        .into_iter()
+        .map(|(oid, _)| {
+            pin_name(oid, pg_sys::AccessExclusiveLock);
+            (oid, catalog::relation_name(oid))
+        })
+        .collect();
     refuse_unprotect_to_a_reader(&rels);
     refuse_unprotect_of_tenant_rows(&rels);
     for (oid, t) in &rels {
@@ -703,6 +749,10 @@ fn attach_partition(
             ))
         },
     );
+    // The names the ATTACH statement uses mean these two tables to the end ([`pin_name`]): the
+    // parent as ATTACH locks it (its readers go on), the table as lock_tree will.
+    pin_name(parent, pg_sys::ShareUpdateExclusiveLock);
+    pin_name(partition, pg_sys::AccessExclusiveLock);
     let parent_name = relation_name(parent);
     let part_name = relation_name(partition);
     let Some((column, audited, key, ancestors, already)) = meta.into_iter().next() else {

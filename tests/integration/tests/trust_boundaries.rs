@@ -2338,3 +2338,152 @@ fn verify_fixes_run_by_a_superuser_run_nothing_a_tables_owner_wrote() {
         "a fix ran the owner's SQL: {fixes:?}"
     );
 }
+
+#[test]
+fn a_schema_renamed_while_protect_waits_cannot_send_its_statements_to_another_table() {
+    // Found by an attacker's pass: protect() names the table in its statements (DDL takes no
+    // oid). The owner of a table and its schema held a lock on the table while an operator's
+    // protect() waited for it, renamed the schema and created a table of the same name in a new
+    // schema of the old name: PostgreSQL resolved the name again once the lock was granted, the
+    // statements went to the decoy, and the catalog recorded the real table as protected with
+    // no row security at all. Now protect() pins what the name means before it reads it
+    // (policy.rs, pin_name): the table's lock first, then its schema's row. The rename commits
+    // while protect() waits, protect() then names the table as it is called now, and the table
+    // asked for is the one protected.
+    let db = OwnDatabase::new("pin", true);
+    let mut su = db.connect("postgres");
+    let owner = login_role(&mut su, "schema_owner", "");
+    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
+        .unwrap();
+    let mut attacker = db.connect(&owner);
+    attacker
+        .batch_execute(&format!(
+                "CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
+                 CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)"
+            ))
+        .unwrap();
+    let real: u32 = su
+        .query_one("SELECT 's.t'::regclass::oid", &[])
+        .unwrap()
+        .get(0);
+    attacker
+        .batch_execute("BEGIN; LOCK TABLE s.t IN ACCESS SHARE MODE")
+        .unwrap();
+    let mut op = db.connect(OPERATOR);
+    let protecting = std::thread::spawn(move || {
+        op.batch_execute("SELECT tenancy.protect('s.t')")
+            .map_err(|e| message(&e))
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let swapped = attacker.batch_execute(&format!(
+        "ALTER SCHEMA s RENAME TO s_old; CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
+             CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int); \
+             COMMIT"
+    ));
+    swapped.expect("the schema's owner renames it while protect() waits (no deadlock)");
+    protecting
+        .join()
+        .unwrap()
+        .expect("protect() goes on once the lock is released");
+    let (rls, force, policies): (bool, bool, i64) = {
+        let r = su
+            .query_one(
+                "SELECT relrowsecurity, relforcerowsecurity, \
+                        (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) \
+                   FROM pg_class c WHERE c.oid = $1::int8::oid",
+                &[&(real as i64)],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert!(
+        rls && force && policies == 8,
+        "the table asked for has row security forced and its 8 policies: {rls} {force} {policies}"
+    );
+    let recorded: Vec<i64> = su
+        .query("SELECT relid::oid::int8 FROM tenancy.protected_table", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![real as i64],
+        "the protected table recorded is the one asked for"
+    );
+    let elsewhere: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace \
+              WHERE n.nspname IN ('s', 's_old') AND c.oid <> $1::int8::oid",
+            &[&(real as i64)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(elsewhere, 0, "the decoy got no policies");
+}
+
+#[test]
+fn a_schema_renamed_while_attach_partition_waits_cannot_attach_another_table() {
+    // The same race as above against attach_partition, whose ATTACH statement names both
+    // tables: the schema's owner swapped in a table of the same name (holding rows of its
+    // choosing, never checked or recorded in any trail) and it, not the table whose rows were
+    // checked, became a partition of the protected table. Now both names are pinned first.
+    let db = OwnDatabase::new("pinat", true);
+    let mut su = db.connect("postgres");
+    let owner = login_role(&mut su, "schema_owner", "");
+    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
+        .unwrap();
+    let mut attacker = db.connect(&owner);
+    attacker
+        .batch_execute(&format!(
+            "CREATE SCHEMA sp; CREATE SCHEMA s; GRANT USAGE ON SCHEMA sp, s TO {OPERATOR}; \
+             CREATE TABLE sp.p (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int NOT NULL) \
+                 PARTITION BY RANGE (id); \
+             CREATE TABLE sp.p1 PARTITION OF sp.p FOR VALUES FROM (0) TO (100); \
+             CREATE TABLE s.x (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int NOT NULL)"
+        ))
+        .unwrap();
+    su.batch_execute("SELECT tenancy.protect('sp.p')").unwrap();
+    let real: i64 = su
+        .query_one("SELECT 's.x'::regclass::oid::int8", &[])
+        .unwrap()
+        .get(0);
+    attacker
+        .batch_execute("BEGIN; LOCK TABLE s.x IN ACCESS SHARE MODE")
+        .unwrap();
+    let mut op = db.connect(OPERATOR);
+    let attaching = std::thread::spawn(move || {
+        op.batch_execute(
+            "SELECT tenancy.attach_partition('sp.p', 's.x', 'FOR VALUES FROM (100) TO (200)')",
+        )
+        .map_err(|e| message(&e))
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    attacker
+        .batch_execute(&format!(
+            "ALTER SCHEMA s RENAME TO s_old; CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
+             CREATE TABLE s.x (tenant_id uuid NOT NULL, id int NOT NULL); \
+             INSERT INTO s.x VALUES (gen_random_uuid(), 150); COMMIT"
+        ))
+        .expect("the schema's owner renames it while attach_partition() waits");
+    attaching
+        .join()
+        .unwrap()
+        .expect("attach_partition() goes on once the lock is released");
+    let partitions: Vec<i64> = su
+        .query(
+            "SELECT inhrelid::int8 FROM pg_inherits WHERE inhparent = 'sp.p'::regclass \
+              AND inhrelid <> 'sp.p1'::regclass ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        partitions,
+        vec![real],
+        "the table attached is the one asked for"
+    );
+}
