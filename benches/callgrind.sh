@@ -16,6 +16,10 @@
 #             and filter only (WORKLOADS="point_mapped filter"), the pair benches/run.sh
 #             compares for point lookups.
 #   WORKLOADS="point bind" benches/callgrind.sh   only those workloads
+#   CACHE_SIM=1 benches/callgrind.sh     also simulate the caches and print, per statement,
+#             level-1 instruction and data cache misses beside the instructions (slower)
+#   KEEP=/some/dir benches/callgrind.sh  keep each profile there as WORKLOAD.N.out, for
+#             callgrind_annotate (single-user mode only)
 #
 # Workloads (each statement runs as the NOSUPERUSER role cg_app, bound to one tenant with a
 # token in session scope; 10 tenants x 1,000 rows):
@@ -59,6 +63,10 @@ done
 WORKLOADS=${WORKLOADS:-"point point_mapped filter seqscan bind insert insert_noaudit"}
 N1=${N1:-200}
 N2=${N2:-1200}
+CACHE_SIM=${CACHE_SIM:-0}
+KEEP=${KEEP:-}
+VALGRIND_ARGS=(--tool=callgrind)
+[ "$CACHE_SIM" = 1 ] && VALGRIND_ARGS+=(--cache-sim=yes)
 
 ensure_deps
 if ! command -v valgrind >/dev/null; then
@@ -165,6 +173,14 @@ statement() {
     esac
 }
 
+# A profile's totals: instructions, and with the cache simulation level-1 instruction and data
+# read misses, space-separated.
+totals() {
+    awk '/^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+         /^(summary|totals):/ { printf "%s", $(col["Ir"]);
+             if ("I1mr" in col) printf " %s %s", $(col["I1mr"]), $(col["D1mr"]); print ""; exit }' "$1"
+}
+
 # Instructions of one single-user backend running `n` statements of workload `w` (after a
 # warm-up of 50): callgrind's total.
 count() {
@@ -192,11 +208,15 @@ count() {
         for _ in $(seq "$n"); do statement "$w"; done
     } >"$script"
     chmod 644 "$script"
-    as_root runuser -u postgres -- valgrind --tool=callgrind --callgrind-out-file="$out" \
+    as_root runuser -u postgres -- valgrind "${VALGRIND_ARGS[@]}" --callgrind-out-file="$out" \
         "$PGBIN/postgres" --single -D "$DIR/data" "${SETTINGS[@]}" cg <"$script" >/dev/null 2>&1 \
         || { rm -f "$script"; die "single-user run of $w failed"; }
     rm -f "$script"
-    awk '/^(summary|totals):/ {print $2; exit}' "$out"
+    totals "$out"
+    if [ -n "$KEEP" ]; then
+        mkdir -p "$KEEP"
+        cp "$out" "$KEEP/$w.$n.out"
+    fi
     as_root rm -f "$out"
 }
 
@@ -221,14 +241,14 @@ count_server() {
     # pgbench's own first connection ends too; the client's backend ran the statements and
     # counts the most.
     for f in $(comm -13 <(echo "$before") <(ls "$DIR"/cgs.* | sort)); do
-        awk '/^(summary|totals):/ {print $2; exit}' "$f"
+        totals "$f"
     done | sort -n | tail -1
 }
 
 log "instructions per statement (N = $N2 - $N1; settings: ${SETTINGS[*]:-default}; $([ "$SERVER" = 1 ] && echo "a server's backend, over a socket" || echo "single-user mode"))"
 if [ "$SERVER" = 1 ]; then
     as_root runuser -u postgres -- bash -c "valgrind --tool=callgrind --trace-children=yes \
-        --callgrind-out-file='$DIR/cgs.%p' '$PGBIN/postgres' -D '$DIR/data' ${SETTINGS[*]} \
+        ${VALGRIND_ARGS[*]:1} --callgrind-out-file='$DIR/cgs.%p' '$PGBIN/postgres' -D '$DIR/data' ${SETTINGS[*]} \
         >'$DIR/valgrind.log' 2>&1 &"
     for _ in $(seq 120); do
         "$PGBIN/pg_isready" -q -h "$DIR" -p "$PORT" && break
@@ -244,5 +264,12 @@ for w in $WORKLOADS; do
         a=$(count "$w" "$N1")
         b=$(count "$w" "$N2")
     fi
-    printf '%-16s %12d\n' "$w" $(( (b - a) / (N2 - N1) ))
+    read -r ai a1 ad <<<"$a"
+    read -r bi b1 bd <<<"$b"
+    if [ "$CACHE_SIM" = 1 ]; then
+        printf '%-16s %12d instructions %8d I1 misses %8d D1 misses\n' "$w" \
+            $(( (bi - ai) / (N2 - N1) )) $(( (b1 - a1) / (N2 - N1) )) $(( (bd - ad) / (N2 - N1) ))
+    else
+        printf '%-16s %12d\n' "$w" $(( (bi - ai) / (N2 - N1) ))
+    fi
 done
