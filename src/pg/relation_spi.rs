@@ -104,7 +104,14 @@ pub unsafe fn run_on(
 }
 
 /// `relid`'s schema-qualified name, each part quoted by PostgreSQL (`quote_identifier`), read
-/// from the system caches now.
+/// from the system caches now (raises if it does not exist). Inside a transaction, as every
+/// caller of pg_tenancy's SQL functions is.
+pub fn qualified_name(relid: pg_sys::Oid) -> String {
+    // SAFETY: called from SQL functions, inside their transaction.
+    unsafe { name_of(relid) }
+}
+
+/// [`qualified_name`].
 ///
 /// # Safety
 /// Inside a transaction.

@@ -449,7 +449,8 @@ fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
     info
 }
 
-/// Fix, to the end of the transaction, which table `rel`'s schema-qualified name means.
+/// Fix, to the end of the transaction, which table `rel`'s schema-qualified name means, and
+/// return that name (None when `rel` does not exist; the caller's checks report it).
 /// protect's, unprotect's and attach_partition's statements name their tables (DDL takes no
 /// oid), and so do the `'name'::regclass` arguments of the generated policies. Without this,
 /// a schema's owner who held a lock on the table while the call waited for it could rename the
@@ -461,21 +462,21 @@ fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
 /// `mode` (ACCESS EXCLUSIVE, as the statements would, or SHARE UPDATE EXCLUSIVE; either makes
 /// its rename and its move to another schema wait), then its schema's row in `pg_namespace` FOR
 /// KEY SHARE (a rename or a drop of the schema waits). Nothing else changes what a
-/// schema-qualified name resolves to. The caller reads the name after this, so a rename that
-/// committed while the table's lock was awaited is seen, and the statements name the table
-/// as it is called now. (Locked the other way round, a schema owner holding the table's lock
-/// who then renamed the schema closed a deadlock, which PostgreSQL may break by cancelling
-/// the operator's call.)
-fn pin_name(rel: pg_sys::Oid, mode: u32) {
+/// schema-qualified name resolves to. (Locked the other way round, a schema owner holding the
+/// table's lock who then renamed the schema closed a deadlock, which PostgreSQL may break by
+/// cancelling the operator's call.) Then the invalidations of whatever committed while either
+/// lock was awaited are processed (waiting for a row lock processes none: a reviewer's find), and
+/// the name is read from the system caches, not under the transaction's snapshot, which in
+/// REPEATABLE READ predates the wait: every name read after this is the table's name now.
+fn pin_name(rel: pg_sys::Oid, mode: u32) -> Option<String> {
     // SAFETY: a lock held to the end of the transaction, on a relation that may not exist or
-    // may have been dropped meanwhile (then the lookup below finds nothing, and the caller's
-    // check reports it).
+    // may have been dropped meanwhile (then the lookup below finds nothing).
     unsafe { pg_sys::LockRelationOid(rel, mode as pg_sys::LOCKMODE) };
     // SAFETY: a syscache lookup by oid, after the lock processed any invalidation of the
     // table's catalog row; InvalidOid for a relation that does not exist.
     let schema = unsafe { pg_sys::get_rel_namespace(rel) };
     if schema == pg_sys::InvalidOid {
-        return;
+        return None;
     }
     // As the catalog owner (superuser: a row lock asks for UPDATE on pg_namespace). The
     // statement reads one catalog row by oid and evaluates nothing of a user's.
@@ -483,6 +484,10 @@ fn pin_name(rel: pg_sys::Oid, mode: u32) {
         "SELECT FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
         &[schema.into()],
     );
+    // SAFETY: processes the shared invalidation queue, as any lock acquisition does; called
+    // between statements, with no cache entry borrowed.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    Some(crate::pg::relation_spi::qualified_name(rel))
 }
 
 /// Run protect's or unprotect's statements for the table `rel`: each as its [`Who`].
@@ -567,7 +572,8 @@ pub fn protect_table(
     parent: Option<pg_sys::Oid>,
 ) -> i32 {
     let _managed = ManagedDdl::enter();
-    pin_name(rel, pg_sys::AccessExclusiveLock);
+    // The name check_table reads (and the statements use) is the table's name from here on.
+    let _ = pin_name(rel, pg_sys::AccessExclusiveLock);
     let info = check_table(rel, column);
     if audit {
         refuse_audit_on_citus(rel, &info);
@@ -659,13 +665,14 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
     // Locked first (its DDL will lock it so anyway): a transaction still writing rows, or a
     // prepared one, is waited for, and its rows are seen by the check below. The names the
     // statements use are read once they mean these tables to the end ([`pin_name`]).
-    pin_name(tbl, pg_sys::AccessExclusiveLock);
+    let _ = pin_name(tbl, pg_sys::AccessExclusiveLock);
     lock_tree(tbl);
     let rels: Vec<(pg_sys::Oid, String)> = rels
         .into_iter()
         .map(|(oid, _)| {
-            pin_name(oid, pg_sys::AccessExclusiveLock);
-            (oid, catalog::relation_name(oid))
+            let name = pin_name(oid, pg_sys::AccessExclusiveLock)
+                .unwrap_or_else(|| catalog::relation_name(oid));
+            (oid, name)
         })
         .collect();
     refuse_unprotect_to_a_reader(&rels);
@@ -751,10 +758,10 @@ fn attach_partition(
     );
     // The names the ATTACH statement uses mean these two tables to the end ([`pin_name`]): the
     // parent as ATTACH locks it (its readers go on), the table as lock_tree will.
-    pin_name(parent, pg_sys::ShareUpdateExclusiveLock);
-    pin_name(partition, pg_sys::AccessExclusiveLock);
-    let parent_name = relation_name(parent);
-    let part_name = relation_name(partition);
+    let parent_name =
+        pin_name(parent, pg_sys::ShareUpdateExclusiveLock).unwrap_or_else(|| relation_name(parent));
+    let part_name = pin_name(partition, pg_sys::AccessExclusiveLock)
+        .unwrap_or_else(|| relation_name(partition));
     let Some((column, audited, key, ancestors, already)) = meta.into_iter().next() else {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,

@@ -2487,3 +2487,146 @@ fn a_schema_renamed_while_attach_partition_waits_cannot_attach_another_table() {
         "the table attached is the one asked for"
     );
 }
+
+#[test]
+fn a_schema_renamed_while_protect_waits_for_its_row_is_seen_by_the_statements() {
+    // A reviewer's lead on the fix above: when protect() waits on the schema's row (a rename in
+    // progress, not yet committed) rather than on the table's lock, the wait itself processes
+    // no invalidations, and in a transaction whose earlier statements had taken the catalog
+    // locks protect() reads under and cached the schema's name, the name read afterwards might
+    // be the old one, which now means the decoy. This case held before pin_name processed
+    // invalidations after its locks too (something in the reads after the wait processes them);
+    // pin_name now does it itself rather than depend on that, and this test keeps the case.
+    let db = OwnDatabase::new("pinrow", true);
+    let mut su = db.connect("postgres");
+    let owner = login_role(&mut su, "schema_owner", "");
+    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
+        .unwrap();
+    let mut attacker = db.connect(&owner);
+    attacker
+        .batch_execute(&format!(
+            "CREATE SCHEMA s; CREATE SCHEMA other; GRANT USAGE ON SCHEMA s, other TO {OPERATOR}; \
+             CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int); \
+             CREATE TABLE other.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)"
+        ))
+        .unwrap();
+    let real: i64 = su
+        .query_one("SELECT 's.t'::regclass::oid::int8", &[])
+        .unwrap()
+        .get(0);
+    // The rename in progress, and the decoy.
+    attacker
+        .batch_execute(&format!(
+            "BEGIN; ALTER SCHEMA s RENAME TO s_old; CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
+             CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)"
+        ))
+        .unwrap();
+    let mut op = db.connect(OPERATOR);
+    let protecting = std::thread::spawn(move || {
+        // The schema's name cached, the catalog's locks taken by an earlier protect().
+        op.batch_execute(
+            "BEGIN; SELECT 's.t'::regclass::text; SELECT tenancy.protect('other.t'); \
+             SELECT tenancy.protect('s.t'); COMMIT",
+        )
+        .map_err(|e| message(&e))
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    attacker.batch_execute("COMMIT").unwrap();
+    protecting
+        .join()
+        .unwrap()
+        .expect("protect() goes on once the rename commits");
+    let (rls, policies): (bool, i64) = {
+        let r = su
+            .query_one(
+                "SELECT relrowsecurity AND relforcerowsecurity, \
+                        (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) \
+                   FROM pg_class c WHERE c.oid = $1::int8::oid",
+                &[&real],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        rls && policies == 8,
+        "the table asked for has row security forced and its 8 policies: {rls} {policies}"
+    );
+    let decoy: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_policy WHERE polrelid = 's.t'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(decoy, 0, "the decoy got no policies");
+}
+
+#[test]
+fn a_table_renamed_while_unprotect_waits_in_repeatable_read_is_the_one_unprotected() {
+    // The same reviewer: unprotect() read the names its statements use under the transaction's
+    // snapshot, which in REPEATABLE READ predates its wait for the table's lock; the table's
+    // owner renamed it meanwhile and created a decoy of the old name, which got the statements,
+    // while the table asked for kept its policies and left pg_tenancy's catalog (failing toward
+    // protected, but no longer guarded). Names are read from the system caches after the locks.
+    let db = OwnDatabase::new("pinrr", true);
+    let mut su = db.connect("postgres");
+    let owner = login_role(&mut su, "schema_owner", "");
+    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
+        .unwrap();
+    let mut attacker = db.connect(&owner);
+    attacker
+        .batch_execute(&format!(
+            "CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
+             CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)"
+        ))
+        .unwrap();
+    su.batch_execute("SELECT tenancy.protect('s.t')").unwrap();
+    let real: i64 = su
+        .query_one("SELECT 's.t'::regclass::oid::int8", &[])
+        .unwrap()
+        .get(0);
+    attacker
+        .batch_execute("BEGIN; LOCK TABLE s.t IN ROW EXCLUSIVE MODE")
+        .unwrap();
+    let mut op = db.connect(OPERATOR);
+    let unprotecting = std::thread::spawn(move || {
+        op.batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT tenancy.unprotect('s.t'); COMMIT",
+        )
+        .map_err(|e| message(&e))
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    attacker
+        .batch_execute(
+            "ALTER TABLE s.t RENAME TO t_old; \
+             CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int); \
+             ALTER TABLE s.t ENABLE ROW LEVEL SECURITY; COMMIT",
+        )
+        .unwrap();
+    unprotecting
+        .join()
+        .unwrap()
+        .expect("unprotect() goes on once the lock is released");
+    let (rls, policies): (bool, i64) = {
+        let r = su
+            .query_one(
+                "SELECT relrowsecurity, (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) \
+                   FROM pg_class c WHERE c.oid = $1::int8::oid",
+                &[&real],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(
+        !rls && policies == 0,
+        "the table asked for is the one unprotected: {rls} {policies}"
+    );
+    let decoy_rls: bool = su
+        .query_one(
+            "SELECT relrowsecurity FROM pg_class WHERE oid = 's.t'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(decoy_rls, "the decoy was left alone");
+}
