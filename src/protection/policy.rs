@@ -449,45 +449,98 @@ fn check_table(rel: pg_sys::Oid, column: &str) -> TableInfo {
     info
 }
 
-/// Fix, to the end of the transaction, which table `rel`'s schema-qualified name means, and
-/// return that name (None when `rel` does not exist; the caller's checks report it).
-/// protect's, unprotect's and attach_partition's statements name their tables (DDL takes no
-/// oid), and so do the `'name'::regclass` arguments of the generated policies. Without this,
-/// a schema's owner who held a lock on the table while the call waited for it could rename the
-/// schema (`ALTER SCHEMA ... RENAME` locks no table) and create a table of the same name in a
-/// new schema of the old name: PostgreSQL resolves the name again once the lock is granted,
-/// and the statements went to that table, while the catalog recorded the one asked for as
-/// protected, with no row security at all (found by an attacker's pass; tested in
-/// `tests/integration/tests/trust_boundaries.rs`). Locked here, in this order: the table in
-/// `mode` (ACCESS EXCLUSIVE, as the statements would, or SHARE UPDATE EXCLUSIVE; either makes
-/// its rename and its move to another schema wait), then its schema's row in `pg_namespace` FOR
-/// KEY SHARE (a rename or a drop of the schema waits). Nothing else changes what a
-/// schema-qualified name resolves to. (Locked the other way round, a schema owner holding the
-/// table's lock who then renamed the schema closed a deadlock, which PostgreSQL may break by
-/// cancelling the operator's call.) Then the invalidations of whatever committed while either
-/// lock was awaited are processed (waiting for a row lock processes none: a reviewer's find), and
-/// the name is read from the system caches, not under the transaction's snapshot, which in
-/// REPEATABLE READ predates the wait: every name read after this is the table's name now.
-fn pin_name(rel: pg_sys::Oid, mode: u32) -> Option<String> {
-    // SAFETY: a lock held to the end of the transaction, on a relation that may not exist or
-    // may have been dropped meanwhile (then the lookup below finds nothing).
-    unsafe { pg_sys::LockRelationOid(rel, mode as pg_sys::LOCKMODE) };
-    // SAFETY: a syscache lookup by oid, after the lock processed any invalidation of the
-    // table's catalog row; InvalidOid for a relation that does not exist.
-    let schema = unsafe { pg_sys::get_rel_namespace(rel) };
-    if schema == pg_sys::InvalidOid {
-        return None;
+/// Fix, to the end of the transaction, which tables the schema-qualified names of `rels` mean,
+/// and return those names (None for a relation that does not exist, is not an ordinary or
+/// partitioned table, or is in a system or pg_tenancy schema: it is not locked, and the
+/// caller's checks report it). protect's, unprotect's and attach_partition's statements name
+/// their tables (DDL takes no oid), and so do the `'name'::regclass` arguments of the generated
+/// policies. Without this, a schema's owner who held a lock on the table while the call waited
+/// for it could rename the schema (`ALTER SCHEMA ... RENAME` locks no table) and create a table
+/// of the same name in a new schema of the old name: PostgreSQL resolves the name again once
+/// the lock is granted, and the statements went to that table, while the catalog recorded the
+/// one asked for as protected, with no row security at all (found by an attacker's pass;
+/// tested in `tests/integration/tests/trust_boundaries.rs`).
+///
+/// In this order:
+/// - A read-only transaction is refused first (25006), before any lock is waited for.
+/// - Every table is locked in its mode (ACCESS EXCLUSIVE, as the statements would, or SHARE
+///   UPDATE EXCLUSIVE for an ATTACH's parent; either makes the table's rename and its move to
+///   another schema wait). Nothing that is not a table one may protect is locked: a lock on a
+///   system catalog (`pg_authid`, shared by every database) queues every session's reads of it
+///   behind the call (a reviewer's find: an operator could stall the cluster's logins).
+/// - Then each table's schema row in `pg_namespace` FOR KEY SHARE: a rename or a drop of the
+///   schema waits for this transaction. Nothing else changes what a schema-qualified name
+///   resolves to. The tables first, the rows after: a session holding one of the tables that
+///   then renamed a schema would otherwise close a deadlock (PostgreSQL breaks it by cancelling
+///   one side). A call that locks more tables after this (partitions, protect_schema's next
+///   table) can still meet that deadlock; it ends in an error, never in a wrong table.
+/// - The invalidations of whatever committed while a lock was awaited are processed (waiting
+///   for a row lock processes none), and the names are read from the system caches, not under
+///   the transaction's snapshot, which in REPEATABLE READ predates the waits.
+fn pin_names(rels: &[(pg_sys::Oid, u32)]) -> Vec<Option<String>> {
+    // SAFETY: raises 25006 in a read-only transaction, reads nothing else.
+    unsafe { pg_sys::PreventCommandIfReadOnly(c"a change of a table's protection".as_ptr()) };
+    let eligible: Vec<bool> = rels.iter().map(|(rel, _)| protectable(*rel)).collect();
+    for ((rel, mode), ok) in rels.iter().zip(&eligible) {
+        if *ok {
+            // SAFETY: a lock held to the end of the transaction, on a table that may have been
+            // dropped meanwhile (then the lookup below finds nothing).
+            unsafe { pg_sys::LockRelationOid(*rel, *mode as pg_sys::LOCKMODE) };
+        }
     }
-    // As the catalog owner (superuser: a row lock asks for UPDATE on pg_namespace). The
-    // statement reads one catalog row by oid and evaluates nothing of a user's.
-    catalog::write(
-        "SELECT FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
-        &[schema.into()],
-    );
-    // SAFETY: processes the shared invalidation queue, as any lock acquisition does; called
-    // between statements, with no cache entry borrowed.
+    let mut locked = Vec::new();
+    for ((rel, _), ok) in rels.iter().zip(&eligible) {
+        // SAFETY: a syscache lookup by oid, after the locks processed any invalidation of the
+        // table's catalog row; InvalidOid for a relation that does not exist.
+        let schema = unsafe { pg_sys::get_rel_namespace(*rel) };
+        if *ok && schema != pg_sys::InvalidOid && !locked.contains(&schema) {
+            // As the catalog owner (superuser: a row lock asks for UPDATE on pg_namespace).
+            // The statement reads one catalog row by oid and evaluates nothing of a user's.
+            catalog::write(
+                "SELECT FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+                &[schema.into()],
+            );
+            locked.push(schema);
+        }
+    }
+    // SAFETY: processes the shared invalidation queue, as any lock acquisition does; the
+    // callers hold no cache entry or relation pointer across this call, only owned values.
     unsafe { pg_sys::AcceptInvalidationMessages() };
-    Some(crate::pg::relation_spi::qualified_name(rel))
+    rels.iter()
+        .zip(&eligible)
+        .map(|((rel, _), ok)| {
+            // SAFETY: as above.
+            let exists = unsafe { pg_sys::get_rel_namespace(*rel) } != pg_sys::InvalidOid;
+            (*ok && exists).then(|| crate::pg::relation_spi::qualified_name(*rel))
+        })
+        .collect()
+}
+
+/// Whether `rel` is an ordinary or partitioned table outside the system and pg_tenancy schemas,
+/// read from the system caches without a lock (what [`check_table`] then checks under one).
+fn protectable(rel: pg_sys::Oid) -> bool {
+    // SAFETY: syscache lookups by oid (0 / InvalidOid / NULL when missing); the schema's name
+    // is read at once.
+    unsafe {
+        let kind = pg_sys::get_rel_relkind(rel) as u8;
+        if kind != pg_sys::RELKIND_RELATION && kind != pg_sys::RELKIND_PARTITIONED_TABLE {
+            return false;
+        }
+        let schema = pg_sys::get_rel_namespace(rel);
+        if schema == pg_sys::PG_CATALOG_NAMESPACE.into()
+            || schema == pg_sys::PG_TOAST_NAMESPACE.into()
+        {
+            return false;
+        }
+        let name = pg_sys::get_namespace_name(schema);
+        if name.is_null() {
+            return false;
+        }
+        !matches!(
+            std::ffi::CStr::from_ptr(name).to_bytes(),
+            b"tenancy" | b"information_schema"
+        )
+    }
 }
 
 /// Run protect's or unprotect's statements for the table `rel`: each as its [`Who`].
@@ -573,7 +626,7 @@ pub fn protect_table(
 ) -> i32 {
     let _managed = ManagedDdl::enter();
     // The name check_table reads (and the statements use) is the table's name from here on.
-    let _ = pin_name(rel, pg_sys::AccessExclusiveLock);
+    pin_names(&[(rel, pg_sys::AccessExclusiveLock)]);
     let info = check_table(rel, column);
     if audit {
         refuse_audit_on_citus(rel, &info);
@@ -664,14 +717,26 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
     }
     // Locked first (its DDL will lock it so anyway): a transaction still writing rows, or a
     // prepared one, is waited for, and its rows are seen by the check below. The names the
-    // statements use are read once they mean these tables to the end ([`pin_name`]).
-    let _ = pin_name(tbl, pg_sys::AccessExclusiveLock);
+    // statements use are read once they mean these tables to the end ([`pin_names`]: every
+    // table is locked before any schema's row).
     lock_tree(tbl);
+    let pinned = pin_names(
+        &rels
+            .iter()
+            .map(|(oid, _)| (*oid, pg_sys::AccessExclusiveLock))
+            .collect::<Vec<_>>(),
+    );
     let rels: Vec<(pg_sys::Oid, String)> = rels
         .into_iter()
-        .map(|(oid, _)| {
-            let name = pin_name(oid, pg_sys::AccessExclusiveLock)
-                .unwrap_or_else(|| catalog::relation_name(oid));
+        .zip(pinned)
+        .map(|((oid, _), name)| {
+            let name = name.unwrap_or_else(|| {
+                errors::raise(
+                    UNDEFINED_OBJECT,
+                    format!("table with oid {} was dropped meanwhile", u32::from(oid)),
+                    "Nothing was changed; call unprotect() again if it still exists.",
+                )
+            });
             (oid, name)
         })
         .collect();
@@ -756,26 +821,42 @@ fn attach_partition(
             ))
         },
     );
-    // The names the ATTACH statement uses mean these two tables to the end ([`pin_name`]): the
-    // parent as ATTACH locks it (its readers go on), the table as lock_tree will.
-    let parent_name =
-        pin_name(parent, pg_sys::ShareUpdateExclusiveLock).unwrap_or_else(|| relation_name(parent));
-    let part_name = pin_name(partition, pg_sys::AccessExclusiveLock)
-        .unwrap_or_else(|| relation_name(partition));
     let Some((column, audited, key, ancestors, already)) = meta.into_iter().next() else {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
-            format!("table \"{parent_name}\" is not protected"),
+            format!("table \"{}\" is not protected", relation_name(parent)),
             "attach_partition attaches to a protected partitioned table; ATTACH PARTITION to other tables as usual.",
         );
     };
     if already {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
-            format!("table \"{part_name}\" is already protected"),
+            format!(
+                "table \"{}\" is already protected",
+                relation_name(partition)
+            ),
             "Attach it with ALTER TABLE ... ATTACH PARTITION.",
         );
     }
+    // The names the ATTACH statement uses mean these two tables to the end ([`pin_names`]),
+    // locked only once the checks above passed: the parent as ATTACH locks it (its readers go
+    // on), the table as lock_tree will.
+    let mut names = pin_names(&[
+        (parent, pg_sys::ShareUpdateExclusiveLock),
+        (partition, pg_sys::AccessExclusiveLock),
+    ])
+    .into_iter();
+    let (Some(parent_name), Some(part_name)) = (names.next().flatten(), names.next().flatten())
+    else {
+        errors::raise(
+            pgrx::PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "relation with oid {} is not a table pg_tenancy protects, or was dropped meanwhile",
+                u32::from(partition)
+            ),
+            "Attach an ordinary or partitioned table of your application's schemas.",
+        )
+    };
     let sql = format!("ALTER TABLE {parent_name} ATTACH PARTITION {part_name} {bound}");
     require_one_attach(&sql, parent, partition);
     // As ATTACH will, the table and everything below it: no transaction is still writing them

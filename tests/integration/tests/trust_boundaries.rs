@@ -2370,11 +2370,12 @@ fn a_schema_renamed_while_protect_waits_cannot_send_its_statements_to_another_ta
         .batch_execute("BEGIN; LOCK TABLE s.t IN ACCESS SHARE MODE")
         .unwrap();
     let mut op = db.connect(OPERATOR);
+    let pid: i32 = op.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let protecting = std::thread::spawn(move || {
         op.batch_execute("SELECT tenancy.protect('s.t')")
             .map_err(|e| message(&e))
     });
-    std::thread::sleep(Duration::from_millis(700));
+    until_waiting_for_a_lock(&mut su, pid);
     let swapped = attacker.batch_execute(&format!(
         "ALTER SCHEMA s RENAME TO s_old; CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
              CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int); \
@@ -2453,13 +2454,14 @@ fn a_schema_renamed_while_attach_partition_waits_cannot_attach_another_table() {
         .batch_execute("BEGIN; LOCK TABLE s.x IN ACCESS SHARE MODE")
         .unwrap();
     let mut op = db.connect(OPERATOR);
+    let pid: i32 = op.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let attaching = std::thread::spawn(move || {
         op.batch_execute(
             "SELECT tenancy.attach_partition('sp.p', 's.x', 'FOR VALUES FROM (100) TO (200)')",
         )
         .map_err(|e| message(&e))
     });
-    std::thread::sleep(Duration::from_millis(700));
+    until_waiting_for_a_lock(&mut su, pid);
     attacker
         .batch_execute(&format!(
             "ALTER SCHEMA s RENAME TO s_old; CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
@@ -2489,15 +2491,14 @@ fn a_schema_renamed_while_attach_partition_waits_cannot_attach_another_table() {
 }
 
 #[test]
-fn a_schema_renamed_while_protect_waits_for_its_row_is_seen_by_the_statements() {
-    // A reviewer's lead on the fix above: when protect() waits on the schema's row (a rename in
-    // progress, not yet committed) rather than on the table's lock, the wait itself processes
-    // no invalidations, and in a transaction whose earlier statements had taken the catalog
-    // locks protect() reads under and cached the schema's name, the name read afterwards might
-    // be the old one, which now means the decoy. This case held before pin_name processed
-    // invalidations after its locks too (something in the reads after the wait processes them);
-    // pin_name now does it itself rather than depend on that, and this test keeps the case.
-    let db = OwnDatabase::new("pinrow", true);
+fn a_schema_cannot_be_renamed_under_a_protection_change_in_progress() {
+    // What pin_names holds to the end of the transaction: with protect(), unprotect() or
+    // attach_partition() in progress, the schemas of the tables they name cannot be renamed
+    // (a rename does not need the table's lock; the schema's row, locked FOR KEY SHARE, makes it
+    // wait). And what it does not do: lock a system catalog it is handed (an operator could
+    // queue every login behind a lock on pg_authid), or wait for a lock in a read-only
+    // transaction it cannot change anything in.
+    let db = OwnDatabase::new("pinhold", true);
     let mut su = db.connect("postgres");
     let owner = login_role(&mut su, "schema_owner", "");
     su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
@@ -2505,60 +2506,99 @@ fn a_schema_renamed_while_protect_waits_for_its_row_is_seen_by_the_statements() 
     let mut attacker = db.connect(&owner);
     attacker
         .batch_execute(&format!(
-            "CREATE SCHEMA s; CREATE SCHEMA other; GRANT USAGE ON SCHEMA s, other TO {OPERATOR}; \
+            "CREATE SCHEMA s; CREATE SCHEMA sp; GRANT USAGE ON SCHEMA s, sp TO {OPERATOR}; \
              CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int); \
-             CREATE TABLE other.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)"
+             CREATE TABLE sp.p (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int NOT NULL) \
+                 PARTITION BY RANGE (id); \
+             CREATE TABLE s.x (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int NOT NULL); \
+             SET lock_timeout = '300ms'"
         ))
         .unwrap();
-    let real: i64 = su
-        .query_one("SELECT 's.t'::regclass::oid::int8", &[])
-        .unwrap()
-        .get(0);
-    // The rename in progress, and the decoy.
-    attacker
-        .batch_execute(&format!(
-            "BEGIN; ALTER SCHEMA s RENAME TO s_old; CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
-             CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)"
-        ))
-        .unwrap();
+    su.batch_execute("SELECT tenancy.protect('sp.p')").unwrap();
     let mut op = db.connect(OPERATOR);
-    let protecting = std::thread::spawn(move || {
-        // The schema's name cached, the catalog's locks taken by an earlier protect().
-        op.batch_execute(
-            "BEGIN; SELECT 's.t'::regclass::text; SELECT tenancy.protect('other.t'); \
-             SELECT tenancy.protect('s.t'); COMMIT",
-        )
-        .map_err(|e| message(&e))
-    });
-    std::thread::sleep(Duration::from_millis(700));
-    attacker.batch_execute("COMMIT").unwrap();
-    protecting
-        .join()
-        .unwrap()
-        .expect("protect() goes on once the rename commits");
-    let (rls, policies): (bool, i64) = {
-        let r = su
-            .query_one(
-                "SELECT relrowsecurity AND relforcerowsecurity, \
-                        (SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) \
-                   FROM pg_class c WHERE c.oid = $1::int8::oid",
-                &[&real],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
+    op.batch_execute("SET statement_timeout = '5s'").unwrap();
+    let renames_wait = |attacker: &mut postgres::Client, schema: &str, during: &str| {
+        let e = attacker
+            .batch_execute(&format!("ALTER SCHEMA {schema} RENAME TO {schema}_renamed"))
+            .expect_err(during);
+        assert_eq!(sqlstate(&e), "55P03", "{during}: {}", message(&e));
     };
-    assert!(
-        rls && policies == 8,
-        "the table asked for has row security forced and its 8 policies: {rls} {policies}"
+    op.batch_execute("BEGIN; SELECT tenancy.protect('s.t')")
+        .unwrap();
+    renames_wait(
+        &mut attacker,
+        "s",
+        "a rename of the schema while protect() is in progress",
     );
-    let decoy: i64 = su
-        .query_one(
-            "SELECT count(*) FROM pg_policy WHERE polrelid = 's.t'::regclass",
-            &[],
+    op.batch_execute("COMMIT").unwrap();
+    op.batch_execute("BEGIN; SELECT tenancy.unprotect('s.t')")
+        .unwrap();
+    renames_wait(
+        &mut attacker,
+        "s",
+        "a rename of the schema while unprotect() is in progress",
+    );
+    op.batch_execute("ROLLBACK").unwrap();
+    op.batch_execute(
+        "BEGIN; SELECT tenancy.attach_partition('sp.p', 's.x', 'FOR VALUES FROM (0) TO (100)')",
+    )
+    .unwrap();
+    renames_wait(
+        &mut attacker,
+        "s",
+        "a rename of the table's schema while it is attached",
+    );
+    renames_wait(
+        &mut attacker,
+        "sp",
+        "a rename of the parent's schema while it is attached",
+    );
+    op.batch_execute("ROLLBACK").unwrap();
+    // A system catalog is refused before anything is locked: a reader of pg_authid holding
+    // its lock does not make the call wait (which would queue every later reader behind it).
+    su.batch_execute("BEGIN; SELECT count(*) FROM pg_authid")
+        .unwrap();
+    let e = op
+        .batch_execute("SELECT tenancy.protect('pg_catalog.pg_authid')")
+        .expect_err("a system catalog is not protected");
+    assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
+    let e = op
+        .batch_execute(
+            "SELECT tenancy.attach_partition('sp.p', 'pg_catalog.pg_authid', 'FOR VALUES FROM (100) TO (200)')",
         )
-        .unwrap()
-        .get(0);
-    assert_eq!(decoy, 0, "the decoy got no policies");
+        .expect_err("a system catalog is not attached");
+    assert_eq!(sqlstate(&e), "42809", "{}", message(&e));
+    su.batch_execute("COMMIT").unwrap();
+    // A read-only transaction is refused before the table's lock is waited for.
+    attacker
+        .batch_execute("BEGIN; LOCK TABLE s.x IN ACCESS SHARE MODE")
+        .unwrap();
+    let e = op
+        .batch_execute("BEGIN READ ONLY; SELECT tenancy.protect('s.x')")
+        .expect_err("nothing is changed in a read-only transaction");
+    assert_eq!(sqlstate(&e), "25006", "{}", message(&e));
+    op.batch_execute("ROLLBACK").unwrap();
+    attacker.batch_execute("ROLLBACK").unwrap();
+}
+
+/// Wait until the backend `pid` waits for a lock (at most ten seconds): a race's second step is
+/// taken only once the first is waiting, never after a guessed delay.
+fn until_waiting_for_a_lock(su: &mut postgres::Client, pid: i32) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let waiting: bool = su
+            .query_one(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("backend {pid} never waited for a lock");
 }
 
 #[test]
@@ -2589,13 +2629,14 @@ fn a_table_renamed_while_unprotect_waits_in_repeatable_read_is_the_one_unprotect
         .batch_execute("BEGIN; LOCK TABLE s.t IN ROW EXCLUSIVE MODE")
         .unwrap();
     let mut op = db.connect(OPERATOR);
+    let pid: i32 = op.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let unprotecting = std::thread::spawn(move || {
         op.batch_execute(
             "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT tenancy.unprotect('s.t'); COMMIT",
         )
         .map_err(|e| message(&e))
     });
-    std::thread::sleep(Duration::from_millis(700));
+    until_waiting_for_a_lock(&mut su, pid);
     attacker
         .batch_execute(
             "ALTER TABLE s.t RENAME TO t_old; \
