@@ -648,6 +648,17 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
             // Held no row of the tenant (counted by the preflight): not written at all.
             continue;
         }
+        // Locked as the delete will lock it, first: a table dropped after the list was read
+        // (by another session's DDL, while this call ran or waited) took its rows with it, and
+        // is passed over rather than failing the whole decommission (seen in CI: a test's own
+        // table dropped beside another test's decommission). The lock processes invalidations,
+        // so the lookup below sees the drop.
+        // SAFETY: a lock held to the end of the transaction, on a relation that may no longer
+        // exist (then the lookup finds nothing).
+        unsafe { pg_sys::LockRelationOid(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE) };
+        if crate::catalog::relation_owner(relid).is_none() {
+            continue;
+        }
         // As the table's owner in a security-restricted operation, with row security forced
         // and bound to this tenant for this table alone: the table's triggers, rules and
         // foreign-key actions run with the owner's privileges, and its policies confine the
