@@ -2671,3 +2671,51 @@ fn a_table_renamed_while_unprotect_waits_in_repeatable_read_is_the_one_unprotect
         .get(0);
     assert!(decoy_rls, "the decoy was left alone");
 }
+
+#[test]
+fn a_protected_table_dropped_while_a_decommission_waits_for_it_is_passed_over() {
+    // Seen in CI: decommission_tenant failed with "relation ... does not exist" when another
+    // session dropped an unrelated protected table between the decommission's list of tables
+    // and its delete from that table. The table took its rows with it; the decommission goes on.
+    let db = OwnDatabase::new("decodrop", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    su.batch_execute(
+        "CREATE TABLE public.kept (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int); \
+         CREATE TABLE public.dropped (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int); \
+         SELECT tenancy.protect('public.kept'); SELECT tenancy.protect('public.dropped')",
+    )
+    .unwrap();
+    su.execute(
+        "INSERT INTO public.kept VALUES ($1::text::uuid, 1)",
+        &[&f.a_id],
+    )
+    .unwrap();
+    // Another session (a superuser's migration) holds the table, then drops it.
+    let mut other = db.connect("postgres");
+    other
+        .batch_execute("BEGIN; LOCK TABLE public.dropped IN SHARE MODE")
+        .unwrap();
+    let mut op = db.connect(OPERATOR);
+    let pid: i32 = op.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let a = f.a.clone();
+    let decommissioning = std::thread::spawn(move || {
+        op.query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&a])
+            .map(|r| r.get::<_, String>(0))
+            .map_err(|e| message(&e))
+    });
+    until_waiting_for_a_lock(&mut su, pid);
+    other
+        .batch_execute("DROP TABLE public.dropped; COMMIT")
+        .unwrap();
+    let certificate = decommissioning
+        .join()
+        .unwrap()
+        .expect("the decommission goes on past the dropped table");
+    assert!(certificate.contains("public.kept"), "{certificate}");
+    let left: i64 = su
+        .query_one("SELECT count(*) FROM public.kept", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the tenant's row in the table that stayed is gone");
+}
