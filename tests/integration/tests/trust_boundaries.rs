@@ -2339,6 +2339,20 @@ fn verify_fixes_run_by_a_superuser_run_nothing_a_tables_owner_wrote() {
     );
 }
 
+/// A database of its own, with pg_tenancy, and a NOSUPERUSER NOBYPASSRLS login role that may
+/// create schemas in it and has run `setup` (its schemas and tables): the database, a
+/// superuser's session in it and the role's (the attacker's).
+fn schema_owner_db(prefix: &str, setup: &str) -> (OwnDatabase, postgres::Client, postgres::Client) {
+    let db = OwnDatabase::new(prefix, true);
+    let mut su = db.connect("postgres");
+    let owner = login_role(&mut su, "schema_owner", "");
+    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
+        .unwrap();
+    let mut attacker = db.connect(&owner);
+    attacker.batch_execute(setup).unwrap();
+    (db, su, attacker)
+}
+
 #[test]
 fn a_schema_renamed_while_protect_waits_cannot_send_its_statements_to_another_table() {
     // Found by an attacker's pass: protect() names the table in its statements (DDL takes no
@@ -2350,18 +2364,13 @@ fn a_schema_renamed_while_protect_waits_cannot_send_its_statements_to_another_ta
     // (policy.rs, pin_name): the table's lock first, then its schema's row. The rename commits
     // while protect() waits, protect() then names the table as it is called now, and the table
     // asked for is the one protected.
-    let db = OwnDatabase::new("pin", true);
-    let mut su = db.connect("postgres");
-    let owner = login_role(&mut su, "schema_owner", "");
-    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
-        .unwrap();
-    let mut attacker = db.connect(&owner);
-    attacker
-        .batch_execute(&format!(
+    let (db, mut su, mut attacker) = schema_owner_db(
+        "pin",
+        &format!(
                 "CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
                  CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)"
-            ))
-        .unwrap();
+            ),
+    );
     let real: u32 = su
         .query_one("SELECT 's.t'::regclass::oid", &[])
         .unwrap()
@@ -2430,21 +2439,16 @@ fn a_schema_renamed_while_attach_partition_waits_cannot_attach_another_table() {
     // tables: the schema's owner swapped in a table of the same name (holding rows of its
     // choosing, never checked or recorded in any trail) and it, not the table whose rows were
     // checked, became a partition of the protected table. Now both names are pinned first.
-    let db = OwnDatabase::new("pinat", true);
-    let mut su = db.connect("postgres");
-    let owner = login_role(&mut su, "schema_owner", "");
-    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
-        .unwrap();
-    let mut attacker = db.connect(&owner);
-    attacker
-        .batch_execute(&format!(
+    let (db, mut su, mut attacker) = schema_owner_db(
+        "pinat",
+        &format!(
             "CREATE SCHEMA sp; CREATE SCHEMA s; GRANT USAGE ON SCHEMA sp, s TO {OPERATOR}; \
              CREATE TABLE sp.p (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int NOT NULL) \
                  PARTITION BY RANGE (id); \
              CREATE TABLE sp.p1 PARTITION OF sp.p FOR VALUES FROM (0) TO (100); \
              CREATE TABLE s.x (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int NOT NULL)"
-        ))
-        .unwrap();
+        ),
+    );
     su.batch_execute("SELECT tenancy.protect('sp.p')").unwrap();
     let real: i64 = su
         .query_one("SELECT 's.x'::regclass::oid::int8", &[])
@@ -2498,22 +2502,17 @@ fn a_schema_cannot_be_renamed_under_a_protection_change_in_progress() {
     // wait). And what it does not do: lock a system catalog it is handed (an operator could
     // queue every login behind a lock on pg_authid), or wait for a lock in a read-only
     // transaction it cannot change anything in.
-    let db = OwnDatabase::new("pinhold", true);
-    let mut su = db.connect("postgres");
-    let owner = login_role(&mut su, "schema_owner", "");
-    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
-        .unwrap();
-    let mut attacker = db.connect(&owner);
-    attacker
-        .batch_execute(&format!(
+    let (db, mut su, mut attacker) = schema_owner_db(
+        "pinhold",
+        &format!(
             "CREATE SCHEMA s; CREATE SCHEMA sp; GRANT USAGE ON SCHEMA s, sp TO {OPERATOR}; \
              CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int); \
              CREATE TABLE sp.p (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int NOT NULL) \
                  PARTITION BY RANGE (id); \
              CREATE TABLE s.x (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int NOT NULL); \
              SET lock_timeout = '300ms'"
-        ))
-        .unwrap();
+        ),
+    );
     su.batch_execute("SELECT tenancy.protect('sp.p')").unwrap();
     let mut op = db.connect(OPERATOR);
     op.batch_execute("SET statement_timeout = '5s'").unwrap();
@@ -2608,18 +2607,13 @@ fn a_table_renamed_while_unprotect_waits_in_repeatable_read_is_the_one_unprotect
     // owner renamed it meanwhile and created a decoy of the old name, which got the statements,
     // while the table asked for kept its policies and left pg_tenancy's catalog (failing toward
     // protected, but no longer guarded). Names are read from the system caches after the locks.
-    let db = OwnDatabase::new("pinrr", true);
-    let mut su = db.connect("postgres");
-    let owner = login_role(&mut su, "schema_owner", "");
-    su.batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {owner}", db.name))
-        .unwrap();
-    let mut attacker = db.connect(&owner);
-    attacker
-        .batch_execute(&format!(
+    let (db, mut su, mut attacker) = schema_owner_db(
+        "pinrr",
+        &format!(
             "CREATE SCHEMA s; GRANT USAGE ON SCHEMA s TO {OPERATOR}; \
              CREATE TABLE s.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)"
-        ))
-        .unwrap();
+        ),
+    );
     su.batch_execute("SELECT tenancy.protect('s.t')").unwrap();
     let real: i64 = su
         .query_one("SELECT 's.t'::regclass::oid::int8", &[])
