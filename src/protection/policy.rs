@@ -846,13 +846,20 @@ fn attach_partition(
         (partition, pg_sys::AccessExclusiveLock),
     ])
     .into_iter();
-    let (Some(parent_name), Some(part_name)) = (names.next().flatten(), names.next().flatten())
-    else {
+    let (parent_name, part_name) = (names.next().flatten(), names.next().flatten());
+    let (Some(parent_name), Some(part_name)) = (parent_name.clone(), part_name) else {
+        // The parent passed the checks above (a protected table), so only a drop meanwhile
+        // leaves it without a name; the table may also be no table one may protect.
+        let missing = if parent_name.is_none() {
+            parent
+        } else {
+            partition
+        };
         errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!(
                 "relation with oid {} is not a table pg_tenancy protects, or was dropped meanwhile",
-                u32::from(partition)
+                u32::from(missing)
             ),
             "Attach an ordinary or partitioned table of your application's schemas.",
         )
