@@ -225,6 +225,9 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'tenancy_ddl_command_start';
 CREATE EVENT TRIGGER tenancy_ddl_command_start ON ddl_command_start
     WHEN TAG IN ('ALTER TABLE', 'ALTER TYPE', 'CREATE INDEX', 'CREATE STATISTICS', 'ALTER DOMAIN', 'CREATE RULE',
                  'CREATE TRIGGER', 'CREATE CAST', 'DROP TABLE', 'DROP SCHEMA', 'DROP OWNED',
+                 -- a schema that pg_tenancy knows by name (auto-protected; on Citus, holding
+                 -- protected tables) is not renamed
+                 'ALTER SCHEMA',
                  -- PostgreSQL renames a table's column under any of these forms
                  'ALTER VIEW', 'ALTER MATERIALIZED VIEW', 'ALTER FOREIGN TABLE')
     EXECUTE FUNCTION tenancy._on_ddl_command_start();

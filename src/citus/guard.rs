@@ -399,6 +399,37 @@ pub fn citus_protected_anywhere(rel: pg_sys::Oid) -> bool {
     guarded_relation(rel, true)
 }
 
+/// Whether schema `schema` (by name) holds a protected Citus table, or on a worker its shards
+/// or shells: whether a record of `tenancy.citus_protection` names a relation of that schema.
+/// Shards live in their table's schema, so the records' names, read on any node, answer for
+/// every node.
+pub fn schema_holds_guarded(schema: &str) -> bool {
+    // SAFETY: creating_extension is this backend's own flag.
+    if unsafe { pg_sys::creating_extension } {
+        return false;
+    }
+    catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            let records = local_copy(c)?;
+            Ok::<_, pgrx::spi::Error>(
+                c.select(
+                    &format!(
+                        "SELECT EXISTS (SELECT FROM {records} p \
+                           CROSS JOIN LATERAL pg_catalog.parse_ident(p.relation) AS i(parts) \
+                          WHERE pg_catalog.cardinality(i.parts) = 2 AND i.parts[1] = $1)"
+                    ),
+                    Some(1),
+                    &[schema.into()],
+                )?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false),
+            )
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check on Citus failed: {e}"))
+}
+
 fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
     if rel == pg_sys::InvalidOid
         || !crate::pg::citus::in_database()

@@ -359,6 +359,264 @@ unsafe fn relid_of(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
     }
 }
 
+/// What pg_tenancy knows of a schema by its name, not its oid, cannot be renamed away under it
+/// (an attacker's pass, as a schema's owner with CREATE on the database):
+/// - an auto-protected schema (`tenancy.auto_protect_schema` holds its name): renamed, its new
+///   tables were no longer protected, and a schema created later under the old name would be;
+/// - on Citus, a schema holding a protected Citus table, its shards or its shells: every node's
+///   guard knows them by name (`tenancy.citus_protection`), and after a rename on the
+///   coordinator (carried to the workers by Citus) the guard no longer knew any of them: the
+///   owner's `run_command_on_shards` added a policy `USING (true)` to every shard and one
+///   tenant read every tenant's rows. On a worker, the same rename let the owner put a schema
+///   of its own, with a table named as the shard, in its place.
+///
+/// Refused to every role, superusers included (a superuser's rename would turn the guard off
+/// as silently); Citus's own connections and pg_tenancy's own DDL stand aside
+/// ([`check_ddl`]'s caller).
+fn refuse_renaming_a_schema_known_by_name(schema: &str) {
+    let auto = !catalog::owner_rows(
+        "tenancy.auto_protect_schema",
+        "SELECT true FROM tenancy.auto_protect_schema WHERE schema_name = $1",
+        &[schema.into()],
+        |r| Ok(r.get::<bool>(1)?.unwrap_or(true)),
+    )
+    .is_empty();
+    if auto {
+        errors::refuse(
+            "guard_refused",
+            serde_json::Map::from_iter([("schema".to_string(), schema.into())]),
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("schema \"{schema}\" cannot be renamed while it is auto-protected: auto-protection follows its name, and its new tables would be left unprotected"),
+            format!(
+                "An operator turns auto-protection off first (SELECT tenancy.auto_protect({}, false);), and on again under the new name after the rename.",
+                catalog::quote_literal(schema)
+            ),
+        );
+    }
+    if crate::pg::citus::in_database() && crate::citus::guard::schema_holds_guarded(schema) {
+        errors::refuse(
+            "guard_refused",
+            serde_json::Map::from_iter([("schema".to_string(), schema.into())]),
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("schema \"{schema}\" cannot be renamed: it holds protected Citus tables (or their shards), which the guard of every node knows by name"),
+            "An operator unprotects its tables first (SELECT tenancy.unprotect(tbl);), the schema is renamed on the coordinator, and the tables are protected again.",
+        );
+    }
+}
+
+/// Whether the lock of a relation named in a command may be taken before PostgreSQL's own
+/// permission check: PostgreSQL checks ownership before it locks for most DDL (a role may not
+/// queue a lock on a table it does not own just by naming it), and locks first for a few
+/// (`CREATE TRIGGER`, `CREATE RULE`, `CREATE STATISTICS`, the table an `ATTACH PARTITION`
+/// attaches, an `INHERIT` parent).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockFirst {
+    /// Only when the current user has the privileges of the relation's owner.
+    IfOwner,
+    /// Always, as PostgreSQL's command does itself.
+    Always,
+}
+
+/// Pin the relation a command names to the one pg_tenancy checks, before the checks run
+/// (`ddl_command_start`). PostgreSQL looks the name up again, under its lock, after this
+/// trigger: a table's owner held a lock on an unprotected table named in its own `ALTER TABLE
+/// ... USING its_function(...)`, `CREATE RULE` or `ATTACH PARTITION`, renamed a protected table
+/// to that name while the command waited, and the command then ran on the protected table,
+/// which the guard had never checked (an attacker's pass: every tenant's rows through the
+/// function, a rule copying every tenant's writes out, another tenant's rows attached
+/// unrecorded). So, as `pin_names` does for protect():
+/// - the name is looked up, the relation locked in the mode the command takes (PostgreSQL's
+///   retry: looked up again after the lock, until the two agree);
+/// - its schema's `pg_namespace` row is locked FOR KEY SHARE, which a rename or drop of the
+///   schema waits for (the schema's owner renames it without any lock of the table);
+/// - the RangeVar is qualified with that schema's name, read from the system caches after the
+///   locks, so that a table created meanwhile earlier on the `search_path` is not the one the
+///   command's own lookup finds.
+///
+/// The relation's name then means the checked relation until the transaction ends. Returns
+/// nothing: the checks look the (now qualified) name up again and find the same relation. A
+/// name that resolves to nothing is left alone (the command creates it, or fails).
+///
+/// # Safety
+/// `rv` must be null or a RangeVar of the parse tree the command runs, a private copy
+/// (`ddl_command_start` receives ProcessUtility's own copy of a read-only tree); inside the
+/// command's transaction.
+unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) {
+    if rv.is_null() {
+        return;
+    }
+    let mode = mode as pg_sys::LOCKMODE;
+    // SAFETY: lookups by name (InvalidOid when missing), a lock taken and, when the name moved
+    // to another relation while it was awaited, released (PostgreSQL's RangeVarGetRelidExtended
+    // does the same), a syscache read of the schema's name copied into the command's memory.
+    unsafe {
+        let rel = loop {
+            let rel = relid_of(rv);
+            if rel == pg_sys::InvalidOid || (first == LockFirst::IfOwner && !owns(rel)) {
+                return;
+            }
+            pg_sys::LockRelationOid(rel, mode);
+            if relid_of(rv) == rel {
+                break rel;
+            }
+            pg_sys::UnlockRelationOid(rel, mode);
+        };
+        let schema = pg_sys::get_rel_namespace(rel);
+        if schema == pg_sys::InvalidOid {
+            return;
+        }
+        // As the catalog owner (a row lock asks for UPDATE on pg_namespace); the statement
+        // reads one catalog row by oid and evaluates nothing of a user's.
+        catalog::write(
+            "SELECT FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+            &[schema.into()],
+        );
+        pg_sys::AcceptInvalidationMessages();
+        let name = if pg_sys::isTempNamespace(schema) {
+            c"pg_temp".as_ptr() as *mut std::ffi::c_char
+        } else {
+            pg_sys::get_namespace_name(schema)
+        };
+        if !name.is_null() {
+            // In the parse tree's own memory: this trigger's memory is freed when it returns,
+            // before the command reads the name.
+            let cx = pg_sys::GetMemoryChunkContext(rv as *mut std::ffi::c_void);
+            (*rv).schemaname = pg_sys::MemoryContextStrdup(cx, name);
+            (*rv).catalogname = std::ptr::null_mut();
+        }
+    }
+}
+
+/// Pin every relation that the guard's checks of `stmt` look up by name ([`pin`]), each in
+/// the lock mode PostgreSQL's command takes for it, in the order the command takes them.
+///
+/// # Safety
+/// `stmt` must be the valid, non-null parse tree the command runs (a private copy), inside its
+/// transaction.
+unsafe fn pin_named_relations(stmt: *mut pg_sys::Node) {
+    use pg_sys::NodeTag::*;
+    // SAFETY: every pointer below is part of `stmt`, a parse tree of the type its tag says.
+    unsafe {
+        match (*stmt).type_ {
+            T_AlterTableStmt => {
+                let s = stmt as *mut pg_sys::AlterTableStmt;
+                // ALTER TYPE of a composite type names the type, looked up as one.
+                if (*s).objtype == pg_sys::ObjectType::OBJECT_TYPE {
+                    return;
+                }
+                pin(
+                    (*s).relation,
+                    pg_sys::AlterTableGetLockLevel((*s).cmds) as u32,
+                    LockFirst::IfOwner,
+                );
+                for cmd in list::<pg_sys::AlterTableCmd>((*s).cmds) {
+                    match (*cmd).subtype {
+                        pg_sys::AlterTableType::AT_AttachPartition
+                            if !(*cmd).def.is_null() && (*(*cmd).def).type_ == T_PartitionCmd =>
+                        {
+                            pin(
+                                (*((*cmd).def as *mut pg_sys::PartitionCmd)).name,
+                                pg_sys::AccessExclusiveLock,
+                                LockFirst::Always,
+                            )
+                        }
+                        pg_sys::AlterTableType::AT_AddInherit
+                            if !(*cmd).def.is_null() && (*(*cmd).def).type_ == T_RangeVar =>
+                        {
+                            pin(
+                                (*cmd).def as *mut pg_sys::RangeVar,
+                                pg_sys::ShareUpdateExclusiveLock,
+                                LockFirst::Always,
+                            )
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            T_RenameStmt => {
+                let r = stmt as *mut pg_sys::RenameStmt;
+                if matches!(
+                    (*r).renameType,
+                    pg_sys::ObjectType::OBJECT_COLUMN | pg_sys::ObjectType::OBJECT_ATTRIBUTE
+                ) {
+                    pin(
+                        (*r).relation,
+                        pg_sys::AccessExclusiveLock,
+                        LockFirst::IfOwner,
+                    );
+                }
+            }
+            T_IndexStmt => {
+                let s = stmt as *mut pg_sys::IndexStmt;
+                let mode = if (*s).concurrent {
+                    pg_sys::ShareUpdateExclusiveLock
+                } else {
+                    pg_sys::ShareLock
+                };
+                pin((*s).relation, mode, LockFirst::IfOwner);
+            }
+            T_CreateStatsStmt => {
+                for rv in list::<pg_sys::Node>((*(stmt as *mut pg_sys::CreateStatsStmt)).relations)
+                {
+                    if !rv.is_null() && (*rv).type_ == T_RangeVar {
+                        pin(
+                            rv as *mut pg_sys::RangeVar,
+                            pg_sys::ShareUpdateExclusiveLock,
+                            LockFirst::Always,
+                        );
+                    }
+                }
+            }
+            T_CreateTrigStmt => pin(
+                (*(stmt as *mut pg_sys::CreateTrigStmt)).relation,
+                pg_sys::ShareRowExclusiveLock,
+                LockFirst::Always,
+            ),
+            T_RuleStmt => pin(
+                (*(stmt as *mut pg_sys::RuleStmt)).relation,
+                pg_sys::AccessExclusiveLock,
+                LockFirst::Always,
+            ),
+            T_DropStmt
+                if (*(stmt as *mut pg_sys::DropStmt)).removeType
+                    == pg_sys::ObjectType::OBJECT_TABLE =>
+            {
+                for n in list::<pg_sys::List>((*(stmt as *mut pg_sys::DropStmt)).objects) {
+                    // The names of a DROP are lists of strings, turned into a RangeVar for the
+                    // lookup; the command reads the list: qualified in place below.
+                    let rv = pg_sys::makeRangeVarFromNameList(n);
+                    pin(rv, pg_sys::AccessExclusiveLock, LockFirst::IfOwner);
+                    qualify_name_list(n, rv);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// After [`pin`] qualified `rv`, made from the name list `n` of a DROP: put the schema into the
+/// list the command reads (`schema.table` for a bare `table`).
+///
+/// # Safety
+/// `n` must be the DROP's own List of String nodes that `rv` was made from.
+unsafe fn qualify_name_list(n: *mut pg_sys::List, rv: *mut pg_sys::RangeVar) {
+    // SAFETY: `n` is a List of String nodes (this function's contract); the new node is
+    // allocated in the command's memory context, where the list lives.
+    unsafe {
+        if (*rv).schemaname.is_null() || n.is_null() || (*n).length != 1 {
+            return;
+        }
+        // In the list's own memory, as the name in [`pin`]. lcons on a List that is not NIL
+        // inserts into that same List (enlarging its array in the List's memory when needed)
+        // and returns it: the DROP's objects list keeps pointing at it.
+        let cx = pg_sys::GetMemoryChunkContext(n as *mut std::ffi::c_void);
+        pgrx::PgMemoryContexts::For(cx).switch_to(|_| {
+            let schema = pg_sys::makeString(pg_sys::MemoryContextStrdup(cx, (*rv).schemaname));
+            pg_sys::lcons(schema as *mut std::ffi::c_void, n);
+        });
+    }
+}
+
 /// The elements of a List of pointers, as pointers to `T`.
 ///
 /// # Safety
@@ -616,6 +874,15 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
         // For every role, superusers included: changes to protected tables' rows that no row
         // trigger sees are recorded in each affected tenant's chain before they run.
         record_row_changes(stmt);
+        if (*stmt).type_ == pg_sys::NodeTag::T_RenameStmt
+            && (*(stmt as *mut pg_sys::RenameStmt)).renameType == pg_sys::ObjectType::OBJECT_SCHEMA
+            && !(*(stmt as *mut pg_sys::RenameStmt)).subname.is_null()
+        {
+            refuse_renaming_a_schema_known_by_name(
+                &std::ffi::CStr::from_ptr((*(stmt as *mut pg_sys::RenameStmt)).subname)
+                    .to_string_lossy(),
+            );
+        }
         if crate::authz::is_superuser(crate::authz::caller()) {
             return;
         }
@@ -1150,7 +1417,14 @@ pub unsafe extern "C-unwind" fn tenancy_ddl_command_start(
         }
         if catalog::installed() {
             let data = ctx as *mut pg_sys::EventTriggerData;
-            check_ddl((*data).parsetree, pg_sys::debug_query_string);
+            let stmt = (*data).parsetree;
+            if !stmt.is_null()
+                && !pg_sys::creating_extension
+                && !crate::protection::policy::guard_stands_aside()
+            {
+                pin_named_relations(stmt);
+            }
+            check_ddl(stmt, pg_sys::debug_query_string);
         }
         pg_sys::Datum::from(0usize)
     }
@@ -1189,9 +1463,9 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) {
 }
 
 /// The commands this library's `ddl_command_start` trigger checks that 0.1.0's did not fire for:
-/// `CREATE TRIGGER`, `CREATE CAST` and a column renamed through `ALTER VIEW`, `ALTER
+/// `CREATE TRIGGER`, `CREATE CAST`, a column renamed through `ALTER VIEW`, `ALTER
 /// MATERIALIZED VIEW` or `ALTER FOREIGN TABLE` (PostgreSQL renames a table's column under any
-/// of them). Between installing this library and `ALTER EXTENSION pg_tenancy UPDATE`, the
+/// of them), and `ALTER SCHEMA ... RENAME`. Between installing this library and `ALTER EXTENSION pg_tenancy UPDATE`, the
 /// utility hook checks them itself (an attacker's pass: a trigger with a temporary function read
 /// another tenant's rows there, and a rename moved a tenant's audit exclusion). Where the
 /// library is not loaded yet when such a command starts, `_guard_check` at `ddl_command_end`
@@ -1204,12 +1478,15 @@ unsafe fn unwatched_by_older_event_triggers(stmt: *mut pg_sys::Node) -> bool {
     unsafe {
         match (*stmt).type_ {
             pg_sys::NodeTag::T_CreateTrigStmt | pg_sys::NodeTag::T_CreateCastStmt => true,
-            pg_sys::NodeTag::T_RenameStmt => matches!(
-                (*(stmt as *mut pg_sys::RenameStmt)).relationType,
-                pg_sys::ObjectType::OBJECT_VIEW
-                    | pg_sys::ObjectType::OBJECT_MATVIEW
-                    | pg_sys::ObjectType::OBJECT_FOREIGN_TABLE
-            ),
+            pg_sys::NodeTag::T_RenameStmt => {
+                matches!(
+                    (*(stmt as *mut pg_sys::RenameStmt)).relationType,
+                    pg_sys::ObjectType::OBJECT_VIEW
+                        | pg_sys::ObjectType::OBJECT_MATVIEW
+                        | pg_sys::ObjectType::OBJECT_FOREIGN_TABLE
+                ) || (*(stmt as *mut pg_sys::RenameStmt)).renameType
+                    == pg_sys::ObjectType::OBJECT_SCHEMA
+            }
             _ => false,
         }
     }

@@ -2457,3 +2457,79 @@ fn a_connection_named_as_citus_after_it_started_is_not_citus() {
     su.batch_execute(&format!("DROP TABLE public.{r} CASCADE"))
         .unwrap();
 }
+
+#[test]
+fn a_schema_holding_protected_citus_tables_cannot_be_renamed_on_any_node() {
+    // Found by an attacker's pass: every node's guard knows a protected Citus table, its shards
+    // and shells by name (tenancy.citus_protection). The owner of the table's schema, with
+    // CREATE on the database, renamed the schema on the coordinator (Citus carried it to the
+    // workers): no node knew the shards any more, and the owner's run_command_on_shards added a
+    // policy USING (true) to each, through which one tenant read every tenant's rows. On a
+    // worker, the same rename let the owner put a schema of its own, with a table named as the
+    // shard, in its place. Such a rename is refused on every node, to superusers too.
+    let pid = std::process::id();
+    let (s, owner) = (format!("ren_{pid}"), format!("ren_owner_{pid}"));
+    let db = std::env::var("TENANCY_IT_DB").unwrap();
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    for i in 0..ports().len() {
+        node(i, "postgres")
+            .batch_execute(&format!(
+                "SET citus.enable_ddl_propagation = off; GRANT CREATE ON DATABASE \"{db}\" TO {owner}"
+            ))
+            .unwrap();
+    }
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE SCHEMA {s} AUTHORIZATION {owner}"),
+            format!("CREATE TABLE {s}.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('{s}.t', 'tenant_id')"),
+            format!("SELECT tenancy.protect('{s}.t', audit => false)"),
+            format!("ALTER TABLE {s}.t OWNER TO {owner}"),
+        ],
+    );
+    let refused = |c: &mut Client, sql: &str| {
+        let e = c
+            .batch_execute(sql)
+            .expect_err(&format!("{sql} was not refused"));
+        assert_eq!(sqlstate(&e), "55000", "{sql}: {}", message(&e));
+        assert!(
+            message(&e).contains("cannot be renamed"),
+            "{sql}: {}",
+            message(&e)
+        );
+    };
+    let mut o = node(0, &owner);
+    assert_not_privileged(&mut o);
+    refused(&mut o, &format!("ALTER SCHEMA {s} RENAME TO {s}_x"));
+    refused(&mut su, &format!("ALTER SCHEMA {s} RENAME TO {s}_x"));
+    for w in 1..ports().len() {
+        let mut ow = node(w, &owner);
+        refused(
+            &mut ow,
+            &format!("SET citus.enable_ddl_propagation = off; ALTER SCHEMA {s} RENAME TO {s}_x"),
+        );
+    }
+    // The guard still knows the shards: a policy added on them is refused.
+    let took: i64 = o
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE success) FROM run_command_on_shards('{s}.t', $$CREATE POLICY open ON %s USING (true)$$)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(took, 0, "no shard took the policy");
+    // Unprotected, the schema is the owner's to rename.
+    su.batch_execute(&format!("SELECT tenancy.unprotect('{s}.t')"))
+        .unwrap();
+    o.batch_execute(&format!("ALTER SCHEMA {s} RENAME TO {s}_x"))
+        .expect("a schema with no protected table is renamed");
+    su.batch_execute(&format!("DROP SCHEMA {s}_x CASCADE"))
+        .unwrap();
+}

@@ -2713,3 +2713,175 @@ fn a_protected_table_dropped_while_a_decommission_waits_for_it_is_passed_over() 
         .get(0);
     assert_eq!(left, 0, "the tenant's row in the table that stayed is gone");
 }
+
+#[test]
+fn a_table_renamed_while_a_ddl_command_waits_is_the_table_the_guard_checks() {
+    // Found by an attacker's pass: the guard's checks at ddl_command_start looked the command's
+    // table up by name without a lock, and PostgreSQL looked it up again, under its lock, after
+    // the trigger. The owner of a protected table and of an unprotected one held a lock on the
+    // unprotected one while its own command on it waited, then renamed the protected table to
+    // that name: the command ran on the protected table, never checked. Through `ALTER COLUMN
+    // ... TYPE ... USING its_function(...)` every tenant's rows went through the function,
+    // `CREATE RULE` copied every tenant's writes out, `ATTACH PARTITION` brought another
+    // tenant's rows in unrecorded. Now the guard pins the name first (guard.rs, `pin`): the
+    // command waits for the same lock inside the trigger, then checks the protected table the
+    // name has come to mean, and refuses.
+    let (db, mut su, mut attacker) = schema_owner_db(
+        "pinddl",
+        "CREATE SCHEMA s; \
+         CREATE TABLE s.p (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, secret text); \
+         CREATE TABLE s.u (tenant_id uuid, id int, secret text); \
+         CREATE TABLE s.sink (v text); \
+         CREATE FUNCTION s.leak(text) RETURNS text LANGUAGE sql AS \
+           $$ INSERT INTO s.sink VALUES ($1) RETURNING v $$; \
+         CREATE TABLE s.pp (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), k int, v text) PARTITION BY LIST (k); \
+         CREATE TABLE s.dp (tenant_id uuid, k int, v text) PARTITION BY LIST (k); \
+         CREATE TABLE s.planted (tenant_id uuid NOT NULL, k int, v text)",
+    );
+    let owner: String = attacker
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    let other: String = su
+        .query_one(
+            "SELECT tenancy.create_tenant($1)::text",
+            &[&unique("pinddl")],
+        )
+        .unwrap()
+        .get(0);
+    su.batch_execute(&format!(
+        "SELECT tenancy.protect('s.p'); SELECT tenancy.protect('s.pp'); \
+         INSERT INTO s.p VALUES ('{other}', 1, 'another tenant''s secret'); \
+         INSERT INTO s.planted VALUES ('{other}', 1, 'a row no tenant wrote')"
+    ))
+    .unwrap();
+    let mut holder = db.connect(&owner);
+    let mut watch = db.connect("postgres");
+    // Each race: `holder` locks the decoy, `cmd` (naming the decoy) waits for it, the protected
+    // table takes the decoy's name, and the names are put back afterwards.
+    let mut race = |cmd: &str, decoy: &str, protected: &str| -> Result<(), String> {
+        holder
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE s.{decoy} IN ACCESS EXCLUSIVE MODE"
+            ))
+            .unwrap();
+        let mut c = db.connect(&owner);
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let cmd = cmd.to_string();
+        let running = std::thread::spawn(move || c.batch_execute(&cmd).map_err(|e| sqlstate(&e)));
+        until_waiting_for_a_lock(&mut watch, pid);
+        holder
+            .batch_execute(&format!(
+                "ALTER TABLE s.{decoy} RENAME TO {decoy}_old; \
+                 ALTER TABLE s.{protected} RENAME TO {decoy}; COMMIT"
+            ))
+            .unwrap();
+        let r = running.join().unwrap();
+        holder
+            .batch_execute(&format!(
+                "ALTER TABLE s.{decoy} RENAME TO {protected}; \
+                 ALTER TABLE s.{decoy}_old RENAME TO {decoy}"
+            ))
+            .unwrap();
+        r
+    };
+    assert_eq!(
+        race(
+            "ALTER TABLE s.u ALTER COLUMN id TYPE text USING s.leak(secret)",
+            "u",
+            "p"
+        ),
+        Err("42501".to_string()),
+        "ALTER COLUMN TYPE USING the owner's function on the protected table is refused"
+    );
+    let leaked: i64 = su
+        .query_one("SELECT count(*) FROM s.sink", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        leaked, 0,
+        "no tenant's row went through the owner's function"
+    );
+    assert_eq!(
+        race(
+            "CREATE RULE copy_out AS ON INSERT TO s.u DO ALSO INSERT INTO s.sink VALUES (NEW.secret)",
+            "u",
+            "p"
+        ),
+        Err("42501".to_string()),
+        "a rule on the protected table is refused"
+    );
+    let rules: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_rewrite WHERE ev_class = 's.p'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rules, 0, "the protected table has no rule");
+    assert_eq!(
+        race(
+            "ALTER TABLE s.dp ATTACH PARTITION s.planted FOR VALUES IN (1)",
+            "dp",
+            "pp"
+        ),
+        Err("42501".to_string()),
+        "a table holding rows is not attached to the protected parent unrecorded"
+    );
+    let attached: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhrelid = 's.planted'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(attached, 0, "the planted table stays outside");
+    // Without a race the same commands are refused as before, and the owner's own commands on
+    // its unprotected table still run (the pin locks what the command locks anyway).
+    attacker
+        .batch_execute(
+            "ALTER TABLE s.u ALTER COLUMN id TYPE text USING s.leak(secret); \
+             CREATE RULE r AS ON INSERT TO s.u DO ALSO NOTHING; DROP RULE r ON s.u; \
+             SET search_path = s; CREATE INDEX ON u (id); DROP TABLE u",
+        )
+        .expect("commands on the owner's unprotected tables, by bare names too");
+}
+
+#[test]
+fn an_auto_protected_schema_cannot_be_renamed_away_from_its_protection() {
+    // Found by an attacker's pass: auto-protection is kept by the schema's name. The schema's
+    // owner renamed it and created tables in it that nothing protected (and a schema made later
+    // under the old name would have been protected instead). Refused, to superusers too, until
+    // an operator turns auto-protection off.
+    let (db, mut su, mut attacker) = schema_owner_db(
+        "autoren",
+        &format!("CREATE SCHEMA ap; GRANT USAGE ON SCHEMA ap TO {OPERATOR}"),
+    );
+    let mut op = db.connect(OPERATOR);
+    op.batch_execute("SELECT tenancy.auto_protect('ap')")
+        .unwrap();
+    for c in [&mut attacker, &mut su] {
+        let e = c
+            .batch_execute("ALTER SCHEMA ap RENAME TO ap2")
+            .expect_err("an auto-protected schema is not renamed");
+        assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    }
+    attacker
+        .batch_execute(
+            "CREATE TABLE ap.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)",
+        )
+        .unwrap();
+    let protected: bool = su
+        .query_one(
+            "SELECT EXISTS (SELECT FROM tenancy.protected_table WHERE relid = 'ap.t'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(protected, "a table created in it is still protected");
+    op.batch_execute("SELECT tenancy.auto_protect('ap', false)")
+        .unwrap();
+    attacker
+        .batch_execute("ALTER SCHEMA ap RENAME TO ap2")
+        .expect("renamed once auto-protection is off");
+}
