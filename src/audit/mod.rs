@@ -1504,32 +1504,55 @@ fn audit_exclude(tbl: crate::pg::types::Regclass, columns: Vec<Option<String>>) 
             "Connect to the Citus coordinator and call tenancy.audit_exclude() there.",
         );
     }
+    // The columns are named: a rename of the table's columns committed while this call runs
+    // (an attacker's pass, as the table's owner, swapped two columns' names in a transaction
+    // still open, and the admin's exclusion went to the other column) is waited for. The lock
+    // is a reader's, taken only on a protected table (the call refuses any other below); the
+    // names are read from the system caches after it, not under a snapshot that may predate it.
+    if catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(tbl))) {
+        // SAFETY: a lock held to the end of the transaction; it processes the invalidations of
+        // whatever committed while it was awaited.
+        unsafe { pg_sys::LockRelationOid(tbl, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
+    }
     let meta = catalog::owner_rows(
         "tenancy.protected_table",
         "SELECT p.tenant_column::text, \
-                coalesce((SELECT array_agg(a.attname::text) FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) k(attnum) \
-                   JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
-                  WHERE x.indrelid = p.relid AND x.indisprimary), '{}'), \
-                ARRAY(SELECT c FROM unnest($2::text[]) c WHERE NOT EXISTS (SELECT FROM pg_attribute a \
-                   WHERE a.attrelid = p.relid AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped)) \
+                coalesce((SELECT array_agg(k.attnum) FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) k(attnum) \
+                  WHERE x.indrelid = p.relid AND x.indisprimary), '{}') \
            FROM tenancy.protected_table p WHERE p.relid = $1::oid::regclass",
-        &[tbl.into(), columns.clone().into()],
+        &[tbl.into()],
         |r| {
             Ok((
                 r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<Vec<String>>(2)?.unwrap_or_default(),
-                r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                r.get::<Vec<i16>>(2)?.unwrap_or_default(),
             ))
         },
     );
-    let Some((tenant_column, key, missing)) = meta.into_iter().next() else {
+    let Some((tenant_column, key)) = meta.into_iter().next() else {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
             format!("table \"{table}\" is not protected"),
             "An operator protects it first with tenancy.protect().",
         );
     };
-    if let Some(c) = missing.first() {
+    // SAFETY: syscache lookups of the locked table's columns (InvalidAttrNumber / NULL for a
+    // column that does not exist or was dropped); names are copied at once.
+    let key: Vec<String> = key
+        .into_iter()
+        .filter_map(|attnum| unsafe {
+            let name = pg_sys::get_attname(tbl, attnum, true);
+            (!name.is_null()).then(|| {
+                std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        })
+        .collect();
+    if let Some(c) = columns.iter().find(|c| {
+        let name = std::ffi::CString::new(c.as_str()).unwrap_or_default();
+        // SAFETY: as above.
+        (unsafe { pg_sys::get_attnum(tbl, name.as_ptr()) }) <= 0
+    }) {
         errors::raise(
             errors::UNDEFINED_COLUMN,
             format!("column \"{c}\" of table \"{table}\" does not exist"),

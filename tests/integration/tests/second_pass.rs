@@ -768,6 +768,77 @@ fn a_tables_owner_cannot_move_a_tenants_audit_exclusion_by_renaming_columns() {
 }
 
 #[test]
+fn an_audit_exclusion_is_checked_against_the_columns_a_rename_in_flight_leaves() {
+    // Found by an attacker's pass: audit_exclude checked the names it was given under its
+    // snapshot, with no lock of the table, while the table's owner swapped column names in a
+    // transaction still open: the primary key's column took the name of a plain column, and
+    // the tenant admin's exclusion of that name, checked against the old names, left the key
+    // out of every record. The call now waits for the rename and checks the names it leaves.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let own = login_role(&mut su, "own_excl", "");
+    let t = ident("exclren");
+    su.batch_execute(&format!(
+        "CREATE TABLE public.{t} (tenant_id uuid NOT NULL, id int NOT NULL, note text, PRIMARY KEY (tenant_id, id));
+         ALTER TABLE public.{t} OWNER TO {own};
+         SELECT tenancy.protect('public.{t}');
+         GRANT SELECT, INSERT, UPDATE ON public.{t} TO {APP};
+         SELECT tenancy.add_member('{}', 'boss', 'admin');",
+        f.a
+    ))
+    .unwrap();
+    let mut o = connect(&own);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "BEGIN; ALTER TABLE public.{t} RENAME COLUMN id TO tmp; \
+         ALTER TABLE public.{t} RENAME COLUMN note TO id; \
+         ALTER TABLE public.{t} RENAME COLUMN tmp TO note"
+    ))
+    .unwrap();
+    let mut c = app();
+    c.batch_execute("BEGIN").unwrap();
+    bind(&mut c, &f.token(&f.a, "boss"));
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let sql = format!("SELECT tenancy.audit_exclude('public.{t}', '{{note}}')");
+    let excluding = std::thread::spawn(move || {
+        let r = c.batch_execute(&sql).map_err(|e| sqlstate(&e));
+        let _ = c.batch_execute("COMMIT");
+        r
+    });
+    let start = std::time::Instant::now();
+    loop {
+        let waiting: bool = su
+            .query_one(
+                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting || excluding.is_finished() || start.elapsed() > std::time::Duration::from_secs(3)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    o.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        excluding.join().unwrap(),
+        Err("22023".to_string()),
+        "the primary key's column, now named note, cannot be left out of the trail"
+    );
+    let recorded: i64 = su
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM tenancy.audit_exclusion WHERE relid = 'public.{t}'::regclass"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 0, "no exclusion was recorded");
+}
+
+#[test]
 fn resource_limits_hold_within_the_platforms_ceilings() {
     let f = Fixture::new();
     let mut su = superuser();
