@@ -158,6 +158,145 @@ fn run_signature(
         .unwrap_or_default())
 }
 
+/// What a relation has that `protect()` neither creates nor replaces, one entry each, as a
+/// format() string (`%1$L`: the relation's name as a quoted literal, formatted by Citus's
+/// `run_command_on_placements` with each placement's shard name): its policies other than
+/// pg_tenancy's generated ones (name, command, permissive, roles, expressions with
+/// `'...'::regclass` constants written as `'?'::regclass`), its rules, and its triggers (name
+/// without a shard's suffix, and function). Printed as a text array. Reads only the system
+/// catalogs.
+const FOREIGN_OBJECTS: &str = "SELECT ARRAY( \
+       SELECT 'policy ' || pg_catalog.quote_ident(p.polname::text) || ' ' || p.polcmd::text || ' ' \
+              || CASE WHEN p.polpermissive THEN 'permissive' ELSE 'restrictive' END \
+              || ' to ' || p.polroles::pg_catalog.regrole[]::text \
+              || pg_catalog.regexp_replace(' using ' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
+                   || ' check ' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
+                   '''([^'']|'''')*''::regclass', '''?''::regclass', 'g') \
+         FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass \
+          AND p.polname <> ALL (ARRAY['tenancy_isolation', 'tenancy_isolation_select', 'tenancy_isolation_insert', \
+                                      'tenancy_isolation_update', 'tenancy_isolation_delete', 'tenancy_select', \
+                                      'tenancy_insert', 'tenancy_update', 'tenancy_delete']) \
+       UNION ALL \
+       SELECT 'rule ' || pg_catalog.quote_ident(r.rulename::text) FROM pg_catalog.pg_rewrite r \
+        WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN' \
+       UNION ALL \
+       SELECT 'trigger ' || pg_catalog.quote_ident(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '')) \
+              || ' ' || pg_catalog.quote_ident(f.proname::text) \
+         FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
+        WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal)::text";
+
+/// Before `protect()` of Citus table `rel` (on the coordinator, its name `table` as regclass
+/// prints it): refuse when a placement of one of its shards has a policy, rule or trigger that
+/// the table itself does not have ([`FOREIGN_OBJECTS`]). An attacker's pass, as the table's
+/// owner connected to a worker before the table was protected, planted a policy `USING (true)`
+/// on a shard (Citus lets any role set `citus.enable_manual_changes_to_shards`), and a rule
+/// copying the shard's rows out: `protect()` left both in place (on Citus every policy is
+/// permissive, so the planted one widened the tenant's), and its record of the table made them
+/// the guard's reference. A table distributed in this transaction is not read: its placements
+/// are the copies Citus made of it in this transaction, which no other session has seen (and
+/// which Citus's `run_command_on_placements`, reading over connections of its own, cannot see
+/// yet). Nothing is compared the other way: what a shard lacks, `protect()` creates.
+pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str) {
+    let found: Vec<Placement> = catalog::with_owner(|| {
+        Spi::connect(|c| {
+            let xmin: Option<String> = c
+                .select(
+                    "SELECT d.xmin::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = $1",
+                    Some(1),
+                    &[rel.into()],
+                )?
+                .first()
+                .get_one::<String>()?;
+            let fresh = xmin
+                .and_then(|x| x.parse::<u32>().ok())
+                // SAFETY: asks whether an xid is this transaction's (or one of its
+                // subtransactions').
+                .is_some_and(|x| unsafe {
+                    pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(x))
+                });
+            if fresh {
+                return Ok(Vec::new());
+            }
+            placements_with_foreign_objects(c, rel, table)
+        })
+    })
+    .unwrap_or_else(|e| {
+        pgrx::error!("pg_tenancy: reading the placements of a Citus table failed: {e}")
+    });
+    for (shard, node, port, ok, foreign, result) in found {
+        if !ok {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                format!("shard {shard} of Citus table \"{table}\" on {node}:{port} could not be read before protecting it: {result}"),
+                "pg_tenancy protects a Citus table only when every placement of its shards is a copy of the table; bring the node back and protect again.",
+            );
+        }
+        if !foreign.is_empty() {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "shard {shard} of Citus table \"{table}\" on {node}:{port} has what the table does not: {}",
+                    foreign.join("; ")
+                ),
+                "Something was added to the shard on its node, past Citus. Remove it there (as the table's owner or a superuser, with SET citus.enable_manual_changes_to_shards = on), then protect the table again: its shards' policies, rules and triggers must be the table's.",
+            );
+        }
+    }
+}
+
+/// A placement of a shard: (shard, node, port, read, what it has that its table does not,
+/// what the node answered).
+pub(crate) type Placement = (i64, String, i32, bool, Vec<String>, String);
+
+/// Every placement of Citus table `rel`'s shards (`table`, its name as regclass prints it),
+/// read through Citus's `run_command_on_placements` ([`FOREIGN_OBJECTS`]), with what it has
+/// that the table on the coordinator does not: the rows where that is something, or where the
+/// placement could not be read.
+pub(crate) fn placements_with_foreign_objects(
+    c: &pgrx::spi::SpiClient<'_>,
+    rel: pg_sys::Oid,
+    table: &str,
+) -> Result<Vec<Placement>, pgrx::spi::Error> {
+    let own_sql: String = c
+        .select(
+            "SELECT pg_catalog.format($1, $2)",
+            Some(1),
+            &[FOREIGN_OBJECTS.into(), table.into()],
+        )?
+        .first()
+        .get_one::<String>()?
+        .unwrap_or_default();
+    let own: String = c
+        .select(&own_sql, Some(1), &[])?
+        .first()
+        .get_one::<String>()?
+        .unwrap_or_default();
+    let rows = c.select(
+        "SELECT s.shardid, s.nodename::text, s.nodeport, s.success, \
+                CASE WHEN s.success THEN ARRAY(SELECT pg_catalog.unnest(s.result::text[]) \
+                                               EXCEPT SELECT pg_catalog.unnest($3::text[]) ORDER BY 1) END, \
+                s.result \
+           FROM pg_catalog.run_command_on_placements($1::pg_catalog.regclass, $2) s ORDER BY 1, 2, 3",
+        None,
+        &[rel.into(), FOREIGN_OBJECTS.into(), own.into()],
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push((
+            r.get::<i64>(1)?.unwrap_or_default(),
+            r.get::<String>(2)?.unwrap_or_default(),
+            r.get::<i32>(3)?.unwrap_or_default(),
+            r.get::<bool>(4)?.unwrap_or(false),
+            r.get::<Vec<String>>(5)?.unwrap_or_default(),
+            r.get::<String>(6)?.unwrap_or_default(),
+        ));
+    }
+    Ok(out
+        .into_iter()
+        .filter(|p| !p.3 || !p.4.is_empty())
+        .collect())
+}
+
 /// After `protect()` of a Citus table (on the coordinator, as the catalog owner, its statements
 /// run): record its name and signature for every node's guard.
 pub fn record(rel: pg_sys::Oid) {

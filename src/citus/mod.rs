@@ -334,9 +334,9 @@ fn citus_findings() -> TableIterator<
     // As the catalog owner: Citus's run_command_on_shards reads its node and placement
     // metadata, which an operator may not; the statements are this function's own.
     let rows = crate::catalog::with_owner(|| Spi::connect(|c| {
-        let tables: Vec<(String, bool)> = c
+        let tables: Vec<(String, bool, pg_sys::Oid)> = c
             .select(
-                "SELECT p.relid::text, p.audited FROM tenancy.protected_table p \
+                "SELECT p.relid::text, p.audited, p.relid::oid FROM tenancy.protected_table p \
                    JOIN pg_catalog.pg_dist_partition d ON d.logicalrelid = p.relid ORDER BY 1",
                 None,
                 &[],
@@ -345,11 +345,31 @@ fn citus_findings() -> TableIterator<
                 Ok((
                     r.get::<String>(1)?.unwrap_or_default(),
                     r.get::<bool>(2)?.unwrap_or(false),
+                    r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
                 ))
             })
             .collect::<Result<_, pgrx::spi::Error>>()?;
         let mut out = Vec::new();
-        for (table, audited) in tables {
+        for (table, audited, rel) in tables {
+            // Policies, rules and triggers a placement has and its table does not (a rule or a
+            // policy's roles are outside the signature below); protect() refuses such a table
+            // until they are removed on the node.
+            let mut foreign_found = Vec::new();
+            for (shard, node, port, ok, foreign, _) in guard::placements_with_foreign_objects(c, rel, &table)? {
+                if ok {
+                    // One finding per shard: this one says more than the signature's below.
+                    foreign_found.push(shard);
+                    out.push((
+                        "citus_shard_drift".to_string(),
+                        table.clone(),
+                        format!("shard {shard} on {node}:{port} has what the table does not: {}", foreign.join("; ")),
+                        format!(
+                            "-- on {node}:{port}, as the table's owner or a superuser, with SET citus.enable_manual_changes_to_shards = on: drop those from the shard (protect() refuses the table until then): {}",
+                            foreign.join("; ").replace(['\n', '\r'], " ")
+                        ),
+                    ));
+                }
+            }
             // The table's own signature, read here.
             let expected: String = guard::signature(c, &table)?;
             let shards = c.select(
@@ -362,6 +382,9 @@ fn citus_findings() -> TableIterator<
                 let shard = r.get::<i64>(1)?.unwrap_or_default();
                 let ok = r.get::<bool>(2)?.unwrap_or(false);
                 let result = r.get::<String>(3)?.unwrap_or_default();
+                if foreign_found.contains(&shard) {
+                    continue;
+                }
                 let fix = format!(
                     "SELECT tenancy.protect({}, audit => {audited});",
                     crate::catalog::quote_literal(&table)

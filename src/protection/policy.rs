@@ -631,6 +631,9 @@ pub fn protect_table(
     if audit {
         refuse_audit_on_citus(rel, &info);
     }
+    if info.citus.is_some() {
+        crate::citus::guard::refuse_foreign_objects_on_placements(rel, &info.name);
+    }
     run_all(rel, &generated_sql(&info, column, audit));
     catalog::write(
         "INSERT INTO tenancy.protected_table (relid, tenant_column, audited, policy_digest, parent) \

@@ -2533,3 +2533,110 @@ fn a_schema_holding_protected_citus_tables_cannot_be_renamed_on_any_node() {
     su.batch_execute(&format!("DROP SCHEMA {s}_x CASCADE"))
         .unwrap();
 }
+
+#[test]
+fn protect_refuses_a_table_whose_shard_has_what_the_table_does_not() {
+    // Found by an attacker's pass: the table's owner, connected to a worker before the table
+    // was protected, planted a policy USING (true) on one of its shards (any role may set
+    // citus.enable_manual_changes_to_shards) and a rule copying the shard's rows out. protect()
+    // left both in place: on Citus every policy is permissive, so one tenant read another's
+    // rows, and verify()'s fix, protect() again, repaired nothing. protect() now reads every
+    // placement first and refuses, naming what the shard has.
+    let pid = std::process::id();
+    let (t, owner) = (format!("planted_{pid}"), format!("planted_owner_{pid}"));
+    let mut su = superuser();
+    for sql in [
+        format!("CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"),
+        format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+        format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+        format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+    ] {
+        su.batch_execute(&sql).unwrap();
+    }
+    let (shard, port): (String, i32) = {
+        let r = su
+            .query_one(
+                &format!(
+                    "SELECT shard_name('public.{t}'::regclass, s.shardid), n.nodeport \
+                       FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) \
+                       JOIN pg_dist_node n ON n.groupid = p.groupid \
+                      WHERE s.logicalrelid = 'public.{t}'::regclass AND n.groupid <> 0 \
+                      ORDER BY s.shardid LIMIT 1"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let w = ports()
+        .iter()
+        .position(|p| i32::from(*p) == port)
+        .expect("the placement's node is one of the cluster's");
+    let mut ow = node(w, &owner);
+    assert_not_privileged(&mut ow);
+    for sql in [
+        "SET citus.enable_manual_changes_to_shards = on".to_string(),
+        format!("CREATE POLICY backdoor ON public.{shard} USING (true)"),
+        format!("CREATE RULE copy_out AS ON INSERT TO public.{shard} DO ALSO NOTHING"),
+    ] {
+        ow.batch_execute(&sql).unwrap();
+    }
+    let e = su
+        .batch_execute(&format!(
+            "SELECT tenancy.protect('public.{t}', audit => false)"
+        ))
+        .expect_err("a table whose shard has a planted policy is not protected");
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(
+        message(&e).contains("backdoor") && message(&e).contains("copy_out"),
+        "the refusal names what the shard has: {}",
+        message(&e)
+    );
+    let protected: bool = su
+        .query_one(
+            &format!("SELECT EXISTS (SELECT FROM tenancy.protected_table WHERE relid = 'public.{t}'::regclass)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!protected, "nothing was recorded");
+    for sql in [
+        format!("DROP POLICY backdoor ON public.{shard}"),
+        format!("DROP RULE copy_out ON public.{shard}"),
+    ] {
+        ow.batch_execute(&sql).unwrap();
+    }
+    su.batch_execute(&format!(
+        "SELECT tenancy.protect('public.{t}', audit => false)"
+    ))
+    .expect("protected once the shard is the table's copy");
+    // Past the guard (a superuser with event triggers off on the worker), a rule planted on a
+    // shard is reported by verify(), with the node to remove it on.
+    let mut sw = node(w, "postgres");
+    sw.batch_execute(&format!(
+        "SET session_replication_role = replica; SET citus.enable_manual_changes_to_shards = on; \
+         CREATE RULE copy_out AS ON INSERT TO public.{shard} DO ALSO NOTHING"
+    ))
+    .unwrap();
+    let mut op = node(0, OPERATOR);
+    let reported: Vec<String> = op
+        .query(
+            &format!(
+                "SELECT detail FROM tenancy.verify() WHERE rule = 'citus_shard_drift' AND object = 'public.{t}'"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        reported.iter().any(|d| d.contains("rule copy_out")),
+        "verify() reports the rule: {reported:?}"
+    );
+    sw.batch_execute(&format!("DROP RULE copy_out ON public.{shard}"))
+        .unwrap();
+    su.batch_execute(&format!("SELECT tenancy.unprotect('public.{t}')"))
+        .unwrap();
+    su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
+}
