@@ -259,22 +259,14 @@ pub fn init() {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
     }
     crate::pg::targeted_inval::on_invalidation(tenant_invalidated);
-    // SAFETY: as above.
-    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+    crate::pg::hooks::at_transaction_event(xact_callback);
 }
 
 /// Before a transaction commits (or is prepared), whatever its row triggers noted and no
 /// statement trigger announced is announced: a change is never left unannounced because a
 /// statement trigger did not run after its rows (an announcement too many costs a reload).
 /// At its end, what is still noted goes: its changes were announced, or rolled back.
-///
-/// # Safety
-/// Called by PostgreSQL at the transaction's events, as registered by [`init`].
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
+fn xact_callback(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => announce_changed(),

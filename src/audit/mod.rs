@@ -168,10 +168,10 @@ fn release_chain_locks() {
 }
 
 pub fn init() {
-    // SAFETY: called once from _PG_init; the callbacks stay valid for the backend's life.
+    crate::pg::hooks::at_transaction_event(xact_callback);
+    crate::pg::hooks::at_subtransaction_event(subxact_callback);
+    // SAFETY: called once from _PG_init; the callback stays valid for the backend's life.
     unsafe {
-        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
     }
     catalog::on_invalidate(forget_keys);
@@ -187,14 +187,7 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, _relid: pg_sy
 }
 
 /// The transaction callback registered by [`init`]: links the records at PRE_COMMIT.
-///
-/// # Safety
-/// Called by PostgreSQL at the transaction's events.
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
+fn xact_callback(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => link_pending(),
@@ -220,16 +213,7 @@ unsafe extern "C-unwind" fn xact_callback(
 }
 
 /// The subtransaction callback registered by [`init`].
-///
-/// # Safety
-/// Called by PostgreSQL at the subtransactions' events.
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
+fn subxact_callback(event: pg_sys::SubXactEvent::Type, my_subid: pg_sys::SubTransactionId) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         // Records of the aborted subtransaction (and of its children, which have larger ids)
         // were rolled back with it.

@@ -269,11 +269,11 @@ pub fn init() {
     // The trail's append-only triggers on a Citus worker read a purge carried from the
     // coordinator before anything else of the transaction has read the binding.
     crate::citus::trail::set_carrier_adopter(adopt_carrier);
-    // SAFETY: called once from _PG_init, before any statement runs; the previous hook is kept
-    // and called from ours.
+    crate::pg::hooks::at_transaction_event(xact_callback);
+    crate::pg::hooks::at_subtransaction_event(subxact_callback);
+    // SAFETY: called once from _PG_init, before any statement runs; the callbacks stay valid
+    // for the backend's life.
     unsafe {
-        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
         for cache in [
             pg_sys::SysCacheIdentifier::AUTHOID,
             pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
@@ -333,14 +333,7 @@ fn acting(b: &Binding) -> crate::authz::Acting {
 }
 
 /// The transaction callback: a transaction-scoped binding ends with its transaction.
-///
-/// # Safety
-/// Called by PostgreSQL at the transaction's events, as registered by [`init`].
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
+fn xact_callback(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     if event == XACT_EVENT_PRE_PREPARE && MADE.with(|m| !m.borrow().is_empty()) {
         // A prepared transaction's fate is decided later, perhaps by a ROLLBACK PREPARED of
@@ -2080,16 +2073,7 @@ fn note_transaction(tenant: Uuid, subject: &Option<String>) {
 
 /// A subtransaction rolled back: its SET LOCALs are undone, the tenant's settings with them
 /// (the binding itself lives on). Apply them again at the next use.
-///
-/// # Safety
-/// Called by PostgreSQL at the subtransactions' events, as registered by [`init`].
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
+fn subxact_callback(event: pg_sys::SubXactEvent::Type, my_subid: pg_sys::SubTransactionId) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         LIMITS_APPLIED.with(|l| l.set(false));
         undo_made(my_subid);

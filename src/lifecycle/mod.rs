@@ -797,8 +797,7 @@ fn reset_at_transaction_end() {
 
 /// Transaction ends (registered at _PG_init).
 pub fn init() {
-    // SAFETY: called once from _PG_init; the callback stays valid for the backend's life.
-    unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+    crate::pg::hooks::at_transaction_event(xact_callback);
     crate::pg::binding_param::at_query_start(at_query_start);
     crate::pg::binding_param::at_plan_start(at_plan_start);
     crate::pg::hooks::before_utility(before_utility);
@@ -841,14 +840,7 @@ fn before_utility(stmt: *mut pg_sys::Node) {
 }
 
 /// The transaction callback: the tenant write lock this transaction held went with it.
-///
-/// # Safety
-/// Called by PostgreSQL at the transaction's events, as registered by [`init`].
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
+fn xact_callback(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     if matches!(
         event,

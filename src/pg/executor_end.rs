@@ -358,21 +358,12 @@ static mut SUBXACT: Option<fn(SubXact)> = None;
 pub fn on_subxact(f: fn(SubXact)) {
     // SAFETY: called once from _PG_init, on the backend's only thread, before any statement
     // runs; the callback stays valid for the life of the backend.
-    unsafe {
-        SUBXACT = Some(f);
-        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
-    }
+    unsafe { SUBXACT = Some(f) };
+    super::hooks::at_subtransaction_event(subxact_callback);
 }
 
-/// # Safety
-/// Called by PostgreSQL at the subtransactions' events, as registered by [`on_subxact`].
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    _my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
+/// At the subtransactions' events, as registered by [`on_subxact`].
+fn subxact_callback(event: pg_sys::SubXactEvent::Type, _my_subid: pg_sys::SubTransactionId) {
     use pg_sys::SubXactEvent::*;
     let e = match event {
         SUBXACT_EVENT_START_SUB => SubXact::Start,

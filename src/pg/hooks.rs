@@ -1,12 +1,16 @@
-//! PostgreSQL's utility hook, and the registry of what the pillars do in it.
+//! PostgreSQL's utility hook and transaction callbacks, and the registry of what the pillars do
+//! in them.
 //!
 //! The pillars above register plain functions at `_PG_init` (`before_utility`,
-//! `after_utility`); this module owns the hook itself and calls the hook installed before it
-//! through pgrx's FFI guard, so none of them depends on another through the hook.
+//! `after_utility`, `at_transaction_event`, `at_subtransaction_event`); this module owns the
+//! hook and the one transaction and one subtransaction callback registered with PostgreSQL,
+//! and calls the hook installed before it through pgrx's FFI guard, so none of them depends on
+//! another through the hook. One callback for all of them enters pgrx's guard once per event
+//! (a statement in autocommit has two, COMMIT and its PRE_COMMIT), not once per pillar.
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Called with a utility statement's parse tree before (and after) it runs.
 pub type UtilityCallback = fn(*mut pg_sys::Node);
@@ -45,6 +49,91 @@ impl Drop for Running {
         RUNNING.with(|r| {
             r.borrow_mut().pop();
         });
+    }
+}
+
+/// Called at each of the transaction's events.
+pub type XactCallback = fn(pg_sys::XactEvent::Type);
+/// Called at each of a subtransaction's events, with the subtransaction's id.
+pub type SubXactCallback = fn(pg_sys::SubXactEvent::Type, pg_sys::SubTransactionId);
+
+/// At most this many of each (the pillars register five and four).
+const CALLBACKS: usize = 8;
+
+thread_local! {
+    static XACT: Cell<([Option<XactCallback>; CALLBACKS], usize)> =
+        const { Cell::new(([None; CALLBACKS], 0)) };
+    static SUBXACT: Cell<([Option<SubXactCallback>; CALLBACKS], usize)> =
+        const { Cell::new(([None; CALLBACKS], 0)) };
+}
+
+/// Run `f` at each of the transaction's events (from _PG_init). The functions registered run
+/// latest first, as PostgreSQL runs its own list of callbacks (and ran the pillars' when each
+/// registered one of its own); an error raised by one ends the event's callbacks there, as in
+/// PostgreSQL's list.
+pub fn at_transaction_event(f: XactCallback) {
+    XACT.with(|x| {
+        let (mut fs, n) = x.get();
+        assert!(n < CALLBACKS, "pg_tenancy: too many transaction callbacks");
+        if n == 0 {
+            // SAFETY: called from _PG_init, before any transaction event; the callback stays
+            // valid for the backend's life.
+            unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
+        }
+        fs[n] = Some(f);
+        x.set((fs, n + 1));
+    });
+}
+
+/// Run `f` at each of a subtransaction's events (from _PG_init), as [`at_transaction_event`].
+pub fn at_subtransaction_event(f: SubXactCallback) {
+    SUBXACT.with(|x| {
+        let (mut fs, n) = x.get();
+        assert!(
+            n < CALLBACKS,
+            "pg_tenancy: too many subtransaction callbacks"
+        );
+        if n == 0 {
+            // SAFETY: as in at_transaction_event.
+            unsafe {
+                pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut())
+            };
+        }
+        fs[n] = Some(f);
+        x.set((fs, n + 1));
+    });
+}
+
+/// The transaction callback: every registered function, latest first.
+///
+/// # Safety
+/// Called by PostgreSQL at the transaction's events, as registered by [`at_transaction_event`].
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    let (fs, n) = XACT.with(|x| x.get());
+    for f in fs[..n].iter().rev().flatten() {
+        f(event);
+    }
+}
+
+/// The subtransaction callback: every registered function, latest first.
+///
+/// # Safety
+/// Called by PostgreSQL at the subtransactions' events, as registered by
+/// [`at_subtransaction_event`].
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    let (fs, n) = SUBXACT.with(|x| x.get());
+    for f in fs[..n].iter().rev().flatten() {
+        f(event, my_subid);
     }
 }
 

@@ -13,15 +13,11 @@ pub mod policy;
 pub mod privileges;
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 
 /// Transaction and subtransaction ends (registered at _PG_init).
 pub fn init() {
-    // SAFETY: called once from _PG_init; the callbacks stay valid for the backend's life.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
-    }
+    crate::pg::hooks::at_transaction_event(xact_callback);
+    crate::pg::hooks::at_subtransaction_event(subxact_callback);
     privileges::init();
     crate::pg::binding_param::set_reserved_value(privileges::reserved_value);
     crate::pg::binding_param::set_folded_value(privileges::folded_value);
@@ -38,14 +34,7 @@ fn check_utility(stmt: *mut pg_sys::Node) {
 }
 
 /// The transaction callback: the guard's and the policies' per-transaction state ends with it.
-///
-/// # Safety
-/// Called by PostgreSQL at the transaction's events, as registered by [`init`].
-#[pg_guard]
-unsafe extern "C-unwind" fn xact_callback(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
+fn xact_callback(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     if matches!(
         event,
@@ -62,16 +51,7 @@ unsafe extern "C-unwind" fn xact_callback(
 }
 
 /// The subtransaction callback: what a rolled-back subtransaction recorded is forgotten.
-///
-/// # Safety
-/// Called by PostgreSQL at the subtransactions' events, as registered by [`init`].
-#[pg_guard]
-unsafe extern "C-unwind" fn subxact_callback(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
+fn subxact_callback(event: pg_sys::SubXactEvent::Type, my_subid: pg_sys::SubTransactionId) {
     // The records of dropped tables and columns a rolled-back subtransaction wrote went with it.
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
         guard::subtransaction_aborted(my_subid);
