@@ -407,8 +407,8 @@ fn refuse_renaming_a_schema_known_by_name(schema: &str) {
 /// Whether the lock of a relation named in a command may be taken before PostgreSQL's own
 /// permission check: PostgreSQL checks ownership before it locks for most DDL (a role may not
 /// queue a lock on a table it does not own just by naming it), and locks first for a few
-/// (`CREATE TRIGGER`, `CREATE RULE`, `CREATE STATISTICS`, the table an `ATTACH PARTITION`
-/// attaches, an `INHERIT` parent).
+/// (`CREATE TRIGGER`, `CREATE RULE`, `CREATE STATISTICS`; and, once the altered table's
+/// ownership passed, the table an `ATTACH PARTITION` attaches and an `INHERIT` parent).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LockFirst {
     /// Only when the current user has the privileges of the relation's owner.
@@ -441,9 +441,9 @@ enum LockFirst {
 /// `rv` must be null or a RangeVar of the parse tree the command runs, a private copy
 /// (`ddl_command_start` receives ProcessUtility's own copy of a read-only tree); inside the
 /// command's transaction.
-unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) {
+unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) -> pg_sys::Oid {
     if rv.is_null() {
-        return;
+        return pg_sys::InvalidOid;
     }
     let mode = mode as pg_sys::LOCKMODE;
     // SAFETY: lookups by name (InvalidOid when missing), a lock taken and, when the name moved
@@ -453,7 +453,7 @@ unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) {
         let rel = loop {
             let rel = relid_of(rv);
             if rel == pg_sys::InvalidOid || (first == LockFirst::IfOwner && !owns(rel)) {
-                return;
+                return pg_sys::InvalidOid;
             }
             pg_sys::LockRelationOid(rel, mode);
             if relid_of(rv) == rel {
@@ -463,7 +463,7 @@ unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) {
         };
         let schema = pg_sys::get_rel_namespace(rel);
         if schema == pg_sys::InvalidOid {
-            return;
+            return pg_sys::InvalidOid;
         }
         // As the catalog owner (a row lock asks for UPDATE on pg_namespace); the statement
         // reads one catalog row by oid and evaluates nothing of a user's.
@@ -484,6 +484,7 @@ unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) {
             (*rv).schemaname = pg_sys::MemoryContextStrdup(cx, name);
             (*rv).catalogname = std::ptr::null_mut();
         }
+        rel
     }
 }
 
@@ -504,11 +505,17 @@ unsafe fn pin_named_relations(stmt: *mut pg_sys::Node) {
                 if (*s).objtype == pg_sys::ObjectType::OBJECT_TYPE {
                     return;
                 }
-                pin(
+                let main = pin(
                     (*s).relation,
                     pg_sys::AlterTableGetLockLevel((*s).cmds) as u32,
                     LockFirst::IfOwner,
                 );
+                // PostgreSQL locks the table a subcommand names (an ATTACH's partition, an
+                // INHERIT's parent) before checking its ownership, but only once the altered
+                // table's ownership was checked and it was locked: so here.
+                if main == pg_sys::InvalidOid {
+                    return;
+                }
                 for cmd in list::<pg_sys::AlterTableCmd>((*s).cmds) {
                     match (*cmd).subtype {
                         pg_sys::AlterTableType::AT_AttachPartition
@@ -518,7 +525,7 @@ unsafe fn pin_named_relations(stmt: *mut pg_sys::Node) {
                                 (*((*cmd).def as *mut pg_sys::PartitionCmd)).name,
                                 pg_sys::AccessExclusiveLock,
                                 LockFirst::Always,
-                            )
+                            );
                         }
                         pg_sys::AlterTableType::AT_AddInherit
                             if !(*cmd).def.is_null() && (*(*cmd).def).type_ == T_RangeVar =>
@@ -527,7 +534,7 @@ unsafe fn pin_named_relations(stmt: *mut pg_sys::Node) {
                                 (*cmd).def as *mut pg_sys::RangeVar,
                                 pg_sys::ShareUpdateExclusiveLock,
                                 LockFirst::Always,
-                            )
+                            );
                         }
                         _ => {}
                     }
@@ -567,16 +574,20 @@ unsafe fn pin_named_relations(stmt: *mut pg_sys::Node) {
                     }
                 }
             }
-            T_CreateTrigStmt => pin(
-                (*(stmt as *mut pg_sys::CreateTrigStmt)).relation,
-                pg_sys::ShareRowExclusiveLock,
-                LockFirst::Always,
-            ),
-            T_RuleStmt => pin(
-                (*(stmt as *mut pg_sys::RuleStmt)).relation,
-                pg_sys::AccessExclusiveLock,
-                LockFirst::Always,
-            ),
+            T_CreateTrigStmt => {
+                pin(
+                    (*(stmt as *mut pg_sys::CreateTrigStmt)).relation,
+                    pg_sys::ShareRowExclusiveLock,
+                    LockFirst::Always,
+                );
+            }
+            T_RuleStmt => {
+                pin(
+                    (*(stmt as *mut pg_sys::RuleStmt)).relation,
+                    pg_sys::AccessExclusiveLock,
+                    LockFirst::Always,
+                );
+            }
             T_DropStmt
                 if (*(stmt as *mut pg_sys::DropStmt)).removeType
                     == pg_sys::ObjectType::OBJECT_TABLE =>
