@@ -501,10 +501,9 @@ unsafe fn pin_named_relations(stmt: *mut pg_sys::Node) {
         match (*stmt).type_ {
             T_AlterTableStmt => {
                 let s = stmt as *mut pg_sys::AlterTableStmt;
-                // ALTER TYPE of a composite type names the type, looked up as one.
-                if (*s).objtype == pg_sys::ObjectType::OBJECT_TYPE {
-                    return;
-                }
+                // ALTER TYPE of a composite type too: PostgreSQL looks its relation up by this
+                // RangeVar, as it does a table's (a reviewer swapped a decoy type's name with a
+                // protected typed table's type while `ALTER TYPE ... CASCADE` waited).
                 let main = pin(
                     (*s).relation,
                     pg_sys::AlterTableGetLockLevel((*s).cmds) as u32,
@@ -563,7 +562,11 @@ unsafe fn pin_named_relations(stmt: *mut pg_sys::Node) {
                 pin((*s).relation, mode, LockFirst::IfOwner);
             }
             T_CreateStatsStmt => {
-                for rv in list::<pg_sys::Node>((*(stmt as *mut pg_sys::CreateStatsStmt)).relations)
+                // The first relation only: PostgreSQL locks it before checking ownership and
+                // refuses a list of more before locking any other.
+                if let Some(&rv) =
+                    list::<pg_sys::Node>((*(stmt as *mut pg_sys::CreateStatsStmt)).relations)
+                        .first()
                 {
                     if !rv.is_null() && (*rv).type_ == T_RangeVar {
                         pin(

@@ -2885,3 +2885,102 @@ fn an_auto_protected_schema_cannot_be_renamed_away_from_its_protection() {
         .batch_execute("ALTER SCHEMA ap RENAME TO ap2")
         .expect("renamed once auto-protection is off");
 }
+
+#[test]
+fn naming_a_table_in_someone_elses_ddl_queues_no_lock_on_it() {
+    // A reviewer of the pin above: PostgreSQL checks the altered table's ownership before it
+    // locks anything, and the table an ATTACH PARTITION names only after. Pinned first, the
+    // partition of anyone's ALTER TABLE was locked ACCESS EXCLUSIVE before that check: a role
+    // owning nothing queued the request behind a reader, and every later reader of the table
+    // waited behind it. It is refused at once, as PostgreSQL refuses it.
+    let (db, mut su, mut stranger) = schema_owner_db("pinown", "SELECT 1");
+    su.batch_execute(
+        "CREATE TABLE public.parent (k int) PARTITION BY LIST (k); \
+         CREATE TABLE public.victim (k int); GRANT SELECT ON public.victim TO PUBLIC",
+    )
+    .unwrap();
+    let mut reader = db.connect("postgres");
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM public.victim")
+        .unwrap();
+    stranger
+        .batch_execute("SET statement_timeout = '3s'")
+        .unwrap();
+    for sql in [
+        "ALTER TABLE public.parent ATTACH PARTITION public.victim FOR VALUES IN (1)",
+        "ALTER TABLE public.victim INHERIT public.parent",
+    ] {
+        let e = stranger
+            .batch_execute(sql)
+            .expect_err("a table the role does not own is not altered");
+        assert_eq!(
+            sqlstate(&e),
+            "42501",
+            "{sql}: refused for ownership, not after a wait: {}",
+            message(&e)
+        );
+    }
+    reader.batch_execute("COMMIT").unwrap();
+}
+
+#[test]
+fn a_type_renamed_while_alter_type_cascade_waits_is_the_type_the_guard_checks() {
+    // A reviewer of the pin: `ALTER TYPE ... CASCADE` of a composite type changes every table
+    // of that type, and PostgreSQL looks the type up by name under its lock as it does a table.
+    // The owner held a lock on a decoy type while its ALTER TYPE of the decoy waited, then gave
+    // the decoy's name to the type of a protected typed table: the new attribute type's CHECK
+    // (the owner's function) ran over every tenant's rows.
+    let (db, mut su, mut attacker) = schema_owner_db(
+        "pintype",
+        "CREATE SCHEMA s; \
+         CREATE TABLE s.sink (v text); \
+         CREATE FUNCTION s.leak(text) RETURNS boolean LANGUAGE sql AS \
+           $$ INSERT INTO s.sink VALUES ($1) RETURNING true $$; \
+         CREATE DOMAIN s.leaky AS text CHECK (s.leak(VALUE)); \
+         CREATE TYPE s.tp AS (tenant_id uuid, secret text); \
+         CREATE TYPE s.tu AS (tenant_id uuid, secret text); \
+         CREATE TABLE s.typed OF s.tp",
+    );
+    let owner: String = attacker
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    let other: String = su
+        .query_one(
+            "SELECT tenancy.create_tenant($1)::text",
+            &[&unique("pintype")],
+        )
+        .unwrap()
+        .get(0);
+    su.batch_execute(&format!(
+        "SELECT tenancy.protect('s.typed'); \
+         INSERT INTO s.typed VALUES ('{other}', 'another tenant''s secret')"
+    ))
+    .unwrap();
+    attacker
+        .batch_execute("BEGIN; ALTER TYPE s.tu ADD ATTRIBUTE x int")
+        .unwrap();
+    let mut c = db.connect(&owner);
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let running = std::thread::spawn(move || {
+        c.batch_execute("ALTER TYPE s.tu ALTER ATTRIBUTE secret TYPE s.leaky CASCADE")
+            .map_err(|e| sqlstate(&e))
+    });
+    until_waiting_for_a_lock(&mut su, pid);
+    attacker
+        .batch_execute("ALTER TYPE s.tu RENAME TO tu_old; ALTER TYPE s.tp RENAME TO tu; COMMIT")
+        .unwrap();
+    assert_eq!(
+        running.join().unwrap(),
+        Err("42501".to_string()),
+        "the ALTER TYPE that reaches the protected table is refused"
+    );
+    let leaked: i64 = su
+        .query_one("SELECT count(*) FROM s.sink", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        leaked, 0,
+        "no tenant's value went through the owner's function"
+    );
+}
