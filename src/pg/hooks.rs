@@ -20,7 +20,8 @@ thread_local! {
     static AFTER: RefCell<Vec<UtilityCallback>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Run `f` before every utility statement (it may refuse it by raising).
+/// Run `f` before every utility statement (it may refuse it by raising, or change the
+/// statement: the tree is this call's own).
 pub fn before_utility(f: UtilityCallback) {
     BEFORE.with(|b| b.borrow_mut().push(f));
 }
@@ -166,6 +167,20 @@ unsafe extern "C-unwind" fn utility_hook(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     super::citus::note_connection_name();
+    // The callbacks may change the statement (the guard qualifies the names it checked): a
+    // tree PostgreSQL hands over as read-only (a cached plan's, from SPI or PL/pgSQL) is copied
+    // first, as standard_ProcessUtility would copy it, and passed on as this call's own.
+    let (pstmt, read_only_tree) = if read_only_tree {
+        // SAFETY: copies a valid node tree into the current memory context, which lives as
+        // long as the statement runs (standard_ProcessUtility copies into the same).
+        (
+            unsafe { pg_sys::copyObjectImpl(pstmt as *const std::ffi::c_void) }
+                as *mut pg_sys::PlannedStmt,
+            false,
+        )
+    } else {
+        (pstmt, read_only_tree)
+    };
     // SAFETY: PostgreSQL calls the hook with a valid planned utility statement.
     let stmt = unsafe { (*pstmt).utilityStmt };
     for f in BEFORE.with(|b| b.borrow().clone()) {

@@ -415,6 +415,9 @@ enum LockFirst {
     IfOwner,
     /// Always, as PostgreSQL's command does itself.
     Always,
+    /// When the current user owns the relation or may TRUNCATE it (as PostgreSQL checks
+    /// before it locks a TRUNCATE's tables).
+    IfTruncatable,
 }
 
 /// Pin the relation a command names to the one pg_tenancy checks, before the checks run
@@ -452,7 +455,19 @@ unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) -> pg_sys:
     unsafe {
         let rel = loop {
             let rel = relid_of(rv);
-            if rel == pg_sys::InvalidOid || (first == LockFirst::IfOwner && !owns(rel)) {
+            let may = match first {
+                LockFirst::Always => true,
+                LockFirst::IfOwner => owns(rel),
+                LockFirst::IfTruncatable => {
+                    owns(rel)
+                        || pg_sys::pg_class_aclcheck(
+                            rel,
+                            pg_sys::GetUserId(),
+                            pg_sys::ACL_TRUNCATE as pg_sys::AclMode,
+                        ) == pg_sys::AclResult::ACLCHECK_OK
+                }
+            };
+            if rel == pg_sys::InvalidOid || !may {
                 return pg_sys::InvalidOid;
             }
             pg_sys::LockRelationOid(rel, mode);
@@ -1514,19 +1529,46 @@ unsafe fn unwatched_by_older_event_triggers(stmt: *mut pg_sys::Node) -> bool {
 /// # Safety
 /// `stmt` must be a valid, non-null parse tree; inside a transaction.
 unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
-    // SAFETY: each node is read as its tag says; relation lists hold RangeVars.
+    // SAFETY: each node is read as its tag says; relation lists hold RangeVars; the tree is
+    // the utility hook's own (`crate::pg::hooks`), so [`pin`] may qualify its names.
     unsafe {
+        // The relations are pinned first ([`pin`], as the guard's event trigger pins a DDL
+        // command's): a reviewer, as a shard's owner on a worker, held a lock on a decoy table
+        // named as the shard earlier on its search_path while its TRUNCATE (or CREATE TABLE
+        // ... INHERITS) of that name waited, then dropped the decoy, and the command reached
+        // the shard unchecked. Not for those the checks below let through anyway.
+        let checked = !crate::protection::policy::guard_stands_aside()
+            && !crate::authz::is_superuser(crate::authz::caller());
         let rels: Vec<pg_sys::Oid> = match (*stmt).type_ {
             pg_sys::NodeTag::T_TruncateStmt => {
                 list::<pg_sys::RangeVar>((*(stmt as *mut pg_sys::TruncateStmt)).relations)
                     .into_iter()
-                    .map(|rv| relid_of(rv))
+                    .map(|rv| {
+                        if checked {
+                            pin(rv, pg_sys::AccessExclusiveLock, LockFirst::IfTruncatable);
+                        }
+                        relid_of(rv)
+                    })
                     .collect()
             }
             pg_sys::NodeTag::T_CreateStmt => {
-                list::<pg_sys::RangeVar>((*(stmt as *mut pg_sys::CreateStmt)).inhRelations)
+                let s = stmt as *mut pg_sys::CreateStmt;
+                // PostgreSQL opens a new table's parents before checking anything of them: a
+                // partition's parent ACCESS EXCLUSIVE, an inheritance parent SHARE UPDATE
+                // EXCLUSIVE.
+                let mode = if (*s).partbound.is_null() {
+                    pg_sys::ShareUpdateExclusiveLock
+                } else {
+                    pg_sys::AccessExclusiveLock
+                };
+                list::<pg_sys::RangeVar>((*s).inhRelations)
                     .into_iter()
-                    .map(|rv| relid_of(rv))
+                    .map(|rv| {
+                        if checked {
+                            pin(rv, mode, LockFirst::Always);
+                        }
+                        relid_of(rv)
+                    })
                     .collect()
             }
             pg_sys::NodeTag::T_RenameStmt => {
@@ -1536,6 +1578,14 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
                 // constraints, triggers, policies and rules (a column renamed on one shard
                 // misplaces values; a trigger renamed there escapes the name the guard compares).
                 if !(*r).relation.is_null() {
+                    if checked {
+                        let mode = if (*r).renameType == pg_sys::ObjectType::OBJECT_INDEX {
+                            pg_sys::ShareUpdateExclusiveLock
+                        } else {
+                            pg_sys::AccessExclusiveLock
+                        };
+                        pin((*r).relation, mode, LockFirst::IfOwner);
+                    }
                     refuse_citus_rename(relid_of((*r).relation));
                 }
                 return;
@@ -1543,6 +1593,13 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
             pg_sys::NodeTag::T_AlterObjectSchemaStmt => {
                 let r = stmt as *mut pg_sys::AlterObjectSchemaStmt;
                 if !(*r).relation.is_null() {
+                    if checked {
+                        pin(
+                            (*r).relation,
+                            pg_sys::AccessExclusiveLock,
+                            LockFirst::IfOwner,
+                        );
+                    }
                     refuse_citus_rename(relid_of((*r).relation));
                 }
                 return;

@@ -2640,3 +2640,111 @@ fn protect_refuses_a_table_whose_shard_has_what_the_table_does_not() {
         .unwrap();
     su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
 }
+
+#[test]
+fn a_decoy_dropped_while_a_truncate_waits_on_a_worker_leaves_the_shard_alone() {
+    // A reviewer of the guard's pin: the checks the utility hook makes on a worker (TRUNCATE of
+    // a shard, CREATE TABLE ... INHERITS one, its rename) looked the name up without a lock.
+    // The table's owner, on the worker, held a lock on a decoy named as the shard in a schema
+    // earlier on its search_path while its own TRUNCATE of that name waited, then dropped the
+    // decoy: the TRUNCATE emptied the shard, every tenant's rows in it, unrecorded. Now the
+    // name is pinned first, and the shard it comes to mean is refused.
+    let pid = std::process::id();
+    let (t, owner) = (format!("trunc_{pid}"), format!("trunc_owner_{pid}"));
+    let db = std::env::var("TENANCY_IT_DB").unwrap();
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+        ],
+    );
+    let tenant: String = su
+        .query_one(
+            "SELECT tenancy.create_tenant($1)::text",
+            &[&unique("trunc")],
+        )
+        .unwrap()
+        .get(0);
+    su.batch_execute(&format!(
+        "INSERT INTO public.{t} SELECT '{tenant}', g FROM generate_series(1, 10) g"
+    ))
+    .unwrap();
+    let (shard, port): (String, i32) = {
+        let r = su
+            .query_one(
+                &format!(
+                    "SELECT shard_name('public.{t}'::regclass, s.shardid), n.nodeport \
+                       FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) \
+                       JOIN pg_dist_node n ON n.groupid = p.groupid \
+                      WHERE s.logicalrelid = 'public.{t}'::regclass \
+                        AND s.shardid = (SELECT get_shard_id_for_distribution_column('public.{t}', '{tenant}'::uuid))"
+                ),
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let shard = shard.trim_start_matches("public.").to_string();
+    let w = ports()
+        .iter()
+        .position(|p| i32::from(*p) == port)
+        .expect("the placement's node");
+    let mut sw = node(w, "postgres");
+    sw.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; GRANT CREATE ON DATABASE \"{db}\" TO {owner}"
+    ))
+    .unwrap();
+    let mut a = node(w, &owner);
+    assert_not_privileged(&mut a);
+    for sql in [
+        "SET citus.enable_ddl_propagation = off".to_string(),
+        format!("CREATE SCHEMA dec_{pid}"),
+        format!("CREATE TABLE dec_{pid}.{shard} (tenant_id uuid, id int)"),
+        "BEGIN".to_string(),
+        format!("LOCK TABLE dec_{pid}.{shard} IN ACCESS EXCLUSIVE MODE"),
+    ] {
+        a.batch_execute(&sql).unwrap();
+    }
+    let mut b = node(w, &owner);
+    let b_pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let sql = format!("SET search_path = dec_{pid}, public; TRUNCATE {shard}");
+    let truncating = std::thread::spawn(move || b.batch_execute(&sql).map_err(|e| sqlstate(&e)));
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        let waiting: bool = sw
+            .query_one(
+                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
+                &[&b_pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting || truncating.is_finished() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    a.batch_execute(&format!("DROP TABLE dec_{pid}.{shard}; COMMIT"))
+        .unwrap();
+    assert_eq!(
+        truncating.join().unwrap(),
+        Err("42501".to_string()),
+        "the TRUNCATE that reaches the shard is refused"
+    );
+    let rows: i64 = su
+        .query_one(&format!("SELECT count(*) FROM public.{t}"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 10, "the tenant's rows are still there");
+    a.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; DROP SCHEMA dec_{pid}"
+    ))
+    .unwrap();
+}
