@@ -160,14 +160,19 @@ fn run_signature(
 
 /// What a relation has that `protect()` neither creates nor replaces, one entry each, as a
 /// format() string (`%1$L`: the relation's name as a quoted literal, formatted by Citus's
-/// `run_command_on_placements` with each placement's shard name): its policies other than
-/// pg_tenancy's generated ones (name, command, permissive, roles, expressions with
-/// `'...'::regclass` constants written as `'?'::regclass`), its rules, and its triggers (name
-/// without a shard's suffix, and function). Printed as a text array. Reads only the system
-/// catalogs.
-const FOREIGN_OBJECTS: &str = "SELECT ARRAY( \
-       SELECT 'policy ' || pg_catalog.quote_ident(p.polname::text) || ' ' || p.polcmd::text || ' ' \
-              || CASE WHEN p.polpermissive THEN 'permissive' ELSE 'restrictive' END \
+/// `run_command_on_placements` with each placement's shard name; `@SHARD@`: `true` for a
+/// shard, `false` for the table): its policies other than pg_tenancy's generated ones (name,
+/// command, roles, expressions with `'...'::regclass` constants written as `'?'::regclass`;
+/// not whether permissive: Citus makes every shard's policy permissive), its rules, and its
+/// triggers (name, a shard's without the `_<shard id>` Citus appends, and function). Printed
+/// as a text array. Reads only the system catalogs. Expressions print under the same
+/// `search_path` on every node: the statement sets it for its own transaction first (a
+/// connection of its own on each worker, which Citus's `run_command_on_placements` opens and
+/// closes; on the coordinator inside [`catalog::with_owner`], which undoes it), in a subquery
+/// whose volatile call PostgreSQL evaluates before the array, an InitPlan evaluated when the
+/// outer row is formed.
+const FOREIGN_OBJECTS: &str = "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY( \
+       SELECT 'policy ' || pg_catalog.quote_ident(p.polname::text) || ' ' || p.polcmd::text \
               || ' to ' || p.polroles::pg_catalog.regrole[]::text \
               || pg_catalog.regexp_replace(' using ' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
                    || ' check ' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
@@ -180,10 +185,15 @@ const FOREIGN_OBJECTS: &str = "SELECT ARRAY( \
        SELECT 'rule ' || pg_catalog.quote_ident(r.rulename::text) FROM pg_catalog.pg_rewrite r \
         WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN' \
        UNION ALL \
-       SELECT 'trigger ' || pg_catalog.quote_ident(pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '')) \
+       SELECT 'trigger ' || pg_catalog.quote_ident(CASE WHEN @SHARD@ \
+                THEN pg_catalog.regexp_replace(t.tgname::text, \
+                       '_' || pg_catalog.substring(c.relname::text, '_([0-9]+)$') || '$', '') \
+                ELSE t.tgname::text END) \
               || ' ' || pg_catalog.quote_ident(f.proname::text) \
          FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
-        WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal)::text";
+         JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+        WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal)::text END \
+       FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) AS p) AS pinned";
 
 /// Before `protect()` of Citus table `rel` (on the coordinator, its name `table` as regclass
 /// prints it): refuse when a placement of one of its shards has a policy, rule or trigger that
@@ -261,11 +271,15 @@ pub(crate) fn placements_with_foreign_objects(
         .select(
             "SELECT pg_catalog.format($1, $2)",
             Some(1),
-            &[FOREIGN_OBJECTS.into(), table.into()],
+            &[
+                FOREIGN_OBJECTS.replace("@SHARD@", "false").into(),
+                table.into(),
+            ],
         )?
         .first()
         .get_one::<String>()?
         .unwrap_or_default();
+    // Here, not over a connection of its own: this transaction holds the table's lock.
     let own: String = c
         .select(&own_sql, Some(1), &[])?
         .first()
@@ -278,7 +292,11 @@ pub(crate) fn placements_with_foreign_objects(
                 s.result \
            FROM pg_catalog.run_command_on_placements($1::pg_catalog.regclass, $2) s ORDER BY 1, 2, 3",
         None,
-        &[rel.into(), FOREIGN_OBJECTS.into(), own.into()],
+        &[
+            rel.into(),
+            FOREIGN_OBJECTS.replace("@SHARD@", "true").into(),
+            own.into(),
+        ],
     )?;
     let mut out = Vec::new();
     for r in rows {

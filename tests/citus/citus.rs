@@ -2748,3 +2748,42 @@ fn a_decoy_dropped_while_a_truncate_waits_on_a_worker_leaves_the_shard_alone() {
     ))
     .unwrap();
 }
+
+#[test]
+fn protect_takes_a_table_whose_shards_are_its_copies_whatever_they_hold() {
+    // A reviewer of the placement check: it refused tables whose shards were the table's exact
+    // copies: a RESTRICTIVE policy (Citus makes every shard's policy permissive), a trigger
+    // whose name ends in digits (`trg_2024`, `trg_2024_<shard id>` on the shard), a policy
+    // naming a type in `public` (printed qualified under pg_tenancy's search_path on the
+    // coordinator, bare on the workers).
+    let pid = std::process::id();
+    let t = format!("copies_{pid}");
+    let mut su = superuser();
+    for sql in [
+        format!("CREATE TYPE public.st_{pid} AS ENUM ('a', 'b')"),
+        format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, s public.st_{pid})"),
+        format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+        format!("CREATE POLICY extra ON public.{t} AS RESTRICTIVE USING (s IS DISTINCT FROM 'b'::public.st_{pid})"),
+        format!("CREATE FUNCTION public.trgf_{pid}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"),
+        "SET citus.enable_unsafe_triggers = on".to_string(),
+        format!("CREATE TRIGGER trg_2024 BEFORE INSERT ON public.{t} FOR EACH ROW EXECUTE FUNCTION public.trgf_{pid}()"),
+    ] {
+        su.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    }
+    su.batch_execute(&format!(
+        "SELECT tenancy.protect('public.{t}', audit => false)"
+    ))
+    .unwrap_or_else(|e| panic!("the shards are the table's copies: {}", message(&e)));
+    let foreign: i64 = node(0, OPERATOR)
+        .query_one(
+            "SELECT count(*) FROM tenancy.verify() WHERE rule = 'citus_shard_drift' AND object = $1 \
+               AND detail LIKE '%has what the table does not%'",
+            &[&format!("public.{t}")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(foreign, 0, "verify() finds nothing foreign on the shards");
+    su.batch_execute(&format!("SELECT tenancy.unprotect('public.{t}')"))
+        .unwrap();
+    su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
+}
