@@ -857,11 +857,60 @@ fn refuse_leaky_type(rel: pg_sys::Oid, column: &str, typ: pg_sys::Oid, rewrite: 
     if typ == pg_sys::InvalidOid {
         return;
     }
+    let domains = catalog::owner_rows(
+        "the domains of a type",
+        &format!(
+            "SELECT r.oid FROM ({}) r JOIN pg_catalog.pg_type ty ON ty.oid = r.oid \
+              WHERE ty.typtype = 'd' ORDER BY 1",
+            crate::protection::leakproof::REACHABLE_TYPES
+        ),
+        &[typ.into()],
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+    );
+    lock_domains(&domains, pg_sys::ShareLock);
     refuse_leaky(
         rel,
         &format!("the type of column \"{column}\""),
         crate::protection::leakproof::type_leaky_call(typ, !rewrite),
     );
+}
+
+/// Lock the domains `domains` (as objects, to the end of the transaction) before what they
+/// hold is read: a column of a domain added to a protected table takes SHARE, a change of a
+/// domain's default or constraints (`check_alter_domain`) ACCESS EXCLUSIVE. A reviewer changed
+/// a domain's default to its own function in a transaction still open, while no protected
+/// column used it, and added a column of that domain to a protected table meanwhile: each
+/// check passed on what the other had not committed yet, and every tenant's later inserts ran
+/// the function. Now the second waits for the first and reads what it committed (the
+/// invalidations processed; under REPEATABLE READ, whose snapshot predates the wait, it fails
+/// with 40001 instead, to be retried).
+fn lock_domains(domains: &[pg_sys::Oid], mode: u32) {
+    for &d in domains {
+        // SAFETY: transaction-level locks of type objects, which PostgreSQL itself takes for
+        // no statement of ours to conflict with; released at the transaction's end.
+        let waited = unsafe {
+            !pg_sys::ConditionalLockDatabaseObject(
+                pg_sys::TypeRelationId,
+                d,
+                0,
+                mode as pg_sys::LOCKMODE,
+            ) && {
+                pg_sys::LockDatabaseObject(pg_sys::TypeRelationId, d, 0, mode as pg_sys::LOCKMODE);
+                true
+            }
+        };
+        // SAFETY: reads this backend's isolation level.
+        if waited && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+            errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                "could not serialize access due to a concurrent change of a domain a protected column uses",
+                "Retry the transaction.",
+            );
+        }
+    }
+    // SAFETY: processes the shared invalidation queue, as any lock acquisition does; nothing
+    // of the catalog is held across it.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
 }
 
 /// Refuse a stored expression (a constraint about to be validated) that is leaky.
@@ -2244,6 +2293,11 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt, query: *const std:
             std::ptr::null_mut(),
             pg_sys::makeTypeNameFromNameList((*s).typeName),
         );
+        // Its owner's command only: PostgreSQL checks the ownership after this trigger, and
+        // another role's ALTER DOMAIN may not queue a lock on it.
+        if pg_sys::pg_type_ownercheck(typ, pg_sys::GetUserId()) {
+            lock_domains(&[typ], pg_sys::AccessExclusiveLock);
+        }
         let used = catalog::owner_rows(
             "the protected tables' columns",
             "SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \

@@ -2984,3 +2984,50 @@ fn a_type_renamed_while_alter_type_cascade_waits_is_the_type_the_guard_checks() 
         "no tenant's value went through the owner's function"
     );
 }
+
+#[test]
+fn a_domain_changed_in_a_transaction_still_open_cannot_reach_a_protected_table_added_meanwhile() {
+    // A reviewer: the domain's owner set its default to its own function in a transaction
+    // still open, while no protected column used the domain (allowed), and meanwhile added a
+    // column of that domain to a protected table (allowed: the default was not visible yet).
+    // Both committed, and every tenant's later inserts ran the function. The second now waits
+    // for the first and is refused on what it committed.
+    let (db, mut su, mut attacker) = schema_owner_db(
+        "domrace",
+        "CREATE SCHEMA s; \
+         CREATE TABLE s.sink (v text); \
+         CREATE FUNCTION s.snoop() RETURNS text LANGUAGE sql AS \
+           $$ INSERT INTO s.sink VALUES ('snooped') RETURNING v $$; \
+         CREATE DOMAIN s.dd AS text; \
+         CREATE TABLE s.q (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), v int)",
+    );
+    let owner: String = attacker
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    su.batch_execute("SELECT tenancy.protect('s.q')").unwrap();
+    attacker
+        .batch_execute("BEGIN; ALTER DOMAIN s.dd SET DEFAULT s.snoop()")
+        .expect("no protected column uses the domain yet");
+    let mut c = db.connect(&owner);
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let adding = std::thread::spawn(move || {
+        c.batch_execute("ALTER TABLE s.q ADD COLUMN c2 s.dd")
+            .map_err(|e| sqlstate(&e))
+    });
+    until_waiting_for_a_lock(&mut su, pid);
+    attacker.batch_execute("COMMIT").unwrap();
+    assert_eq!(
+        adding.join().unwrap(),
+        Err("42501".to_string()),
+        "the column of a domain whose default is the owner's function is refused"
+    );
+    let added: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 's.q'::regclass AND attname = 'c2'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(added, 0);
+}
