@@ -30,7 +30,8 @@ use pgrx::prelude::*;
 /// The signature of a relation's row security: its two flags, then each policy (name,
 /// command, permissive, USING, WITH CHECK) in name order, with `'...'::regclass` constants
 /// written as `'?'::regclass`, then its triggers in order (name without the shard's suffix
-/// Citus adds, and function), pg_tenancy's audit triggers included, but not its TRUNCATE
+/// Citus adds: the relation's own trailing `_<digits>`, so that a trigger of the table named
+/// `trg_2024` stays itself; and function), pg_tenancy's audit triggers included, but not its TRUNCATE
 /// trigger, which Citus does not put on shards. A format() string: `%1$L` is the relation's name
 /// as a quoted literal, formatted by Citus's `run_command_on_shards` with each shard's name (and
 /// by PostgreSQL's format() here): a name with a quote in it (a table's owner chooses it) stays
@@ -43,9 +44,11 @@ pub const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.r
           '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
-        SELECT pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' \
+        SELECT coalesce(pg_catalog.regexp_replace(t.tgname::text, \
+                 '_' || pg_catalog.substring(rc.relname::text, '_([0-9]+)$') || '$', ''), t.tgname::text) || ':' \
           || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(f.proname) AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
+      JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
       WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
        AND NOT (n.nspname = 'tenancy' AND f.proname = '_refuse_truncate')) q), '')";
 
@@ -92,7 +95,7 @@ pub(super) fn local_copy_of(
 /// security's flags; each policy with its roles, its expressions with the table's own name
 /// (`%2$L`, the text `'<table>'::regclass` as printed under pg_tenancy's pinned `search_path`)
 /// written as `'?'::regclass` and any other table's name kept; every trigger, pg_tenancy's audit
-/// triggers included (name without a shard's suffix, function, whether enabled), but not its
+/// triggers included (name without a shard's suffix, as in [`SIGNATURE`], function, whether enabled), but not its
 /// TRUNCATE trigger, which Citus does not put on shards; every rule;
 /// every index expression and predicate. `%1$L` is the relation's name as a quoted literal.
 /// Reads only the system catalogs.
@@ -105,10 +108,12 @@ const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c
           %2$L, '''?''::regclass'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
-        SELECT pg_catalog.regexp_replace(t.tgname::text, '_[0-9]+$', '') || ':' \
+        SELECT coalesce(pg_catalog.regexp_replace(t.tgname::text, \
+                 '_' || pg_catalog.substring(rc.relname::text, '_([0-9]+)$') || '$', ''), t.tgname::text) || ':' \
           || f.pronamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(f.proname) \
           || ':' || t.tgenabled::text AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
+      JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
       WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
         AND NOT (f.pronamespace = 'tenancy'::pg_catalog.regnamespace AND f.proname = '_refuse_truncate')) q), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
@@ -207,6 +212,33 @@ const FOREIGN_OBJECTS: &str = "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY(
 /// which Citus's `run_command_on_placements`, reading over connections of its own, cannot see
 /// yet). Nothing is compared the other way: what a shard lacks, `protect()` creates.
 pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str) {
+    // The table's own policies first. On Citus every policy is permissive on the shards
+    // (Citus drops `AS RESTRICTIVE`), so any policy beside pg_tenancy's widens the tenant's:
+    // a reviewer's RESTRICTIVE `USING (s <> 'b')` served every tenant's rows but those.
+    let own_policies: Vec<String> = catalog::owner_rows(
+        "the table's policies",
+        "SELECT pg_catalog.quote_ident(p.polname::text) FROM pg_catalog.pg_policy p \
+          WHERE p.polrelid = $1 AND p.polname::text <> ALL ($2) ORDER BY 1",
+        &[
+            rel.into(),
+            crate::protection::policy::GENERATED_POLICIES
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .into(),
+        ],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    );
+    if !own_policies.is_empty() {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "Citus table \"{table}\" has policies of its own ({}): on its shards every policy is permissive, and these would widen each tenant's",
+                own_policies.join(", ")
+            ),
+            "Drop them first (DROP POLICY ... ON the table, on the coordinator); pg_tenancy's policies confine each tenant to its rows, and a restriction of your own belongs in the application's queries or a view.",
+        );
+    }
     let found: Vec<Placement> = catalog::with_owner(|| {
         Spi::connect(|c| {
             let xmin: Option<String> = c

@@ -2752,10 +2752,10 @@ fn a_decoy_dropped_while_a_truncate_waits_on_a_worker_leaves_the_shard_alone() {
 #[test]
 fn protect_takes_a_table_whose_shards_are_its_copies_whatever_they_hold() {
     // A reviewer of the placement check: it refused tables whose shards were the table's exact
-    // copies: a RESTRICTIVE policy (Citus makes every shard's policy permissive), a trigger
-    // whose name ends in digits (`trg_2024`, `trg_2024_<shard id>` on the shard), a policy
-    // naming a type in `public` (printed qualified under pg_tenancy's search_path on the
-    // coordinator, bare on the workers).
+    // copies: a trigger whose name ends in digits (`trg_2024`, `trg_2024_<shard id>` on the
+    // shard), and verify() reported them as drift. The same reviewer's RESTRICTIVE policy is no
+    // copy, though: Citus makes it permissive on the shards, where it widened every tenant's
+    // rows; such a table is refused, with the policies named.
     let pid = std::process::id();
     let t = format!("copies_{pid}");
     let mut su = superuser();
@@ -2770,6 +2770,15 @@ fn protect_takes_a_table_whose_shards_are_its_copies_whatever_they_hold() {
     ] {
         su.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
     }
+    let e = su
+        .batch_execute(&format!(
+            "SELECT tenancy.protect('public.{t}', audit => false)"
+        ))
+        .expect_err("a Citus table with a policy of its own is not protected");
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(message(&e).contains("extra"), "{}", message(&e));
+    su.batch_execute(&format!("DROP POLICY extra ON public.{t}"))
+        .unwrap();
     su.batch_execute(&format!(
         "SELECT tenancy.protect('public.{t}', audit => false)"
     ))
@@ -2783,6 +2792,19 @@ fn protect_takes_a_table_whose_shards_are_its_copies_whatever_they_hold() {
         .unwrap()
         .get(0);
     assert_eq!(foreign, 0, "verify() finds nothing foreign on the shards");
+    let drift: Vec<String> = node(0, OPERATOR)
+        .query(
+            "SELECT detail FROM tenancy.verify() WHERE rule = 'citus_shard_drift' AND object = $1",
+            &[&format!("public.{t}")],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        drift.is_empty(),
+        "no drift either (a trigger named trg_2024 is itself on its shards): {drift:?}"
+    );
     su.batch_execute(&format!("SELECT tenancy.unprotect('public.{t}')"))
         .unwrap();
     su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
