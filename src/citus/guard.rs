@@ -30,8 +30,8 @@ use pgrx::prelude::*;
 /// The signature of a relation's row security: its two flags, then each policy (name,
 /// command, permissive, USING, WITH CHECK) in name order, with `'...'::regclass` constants
 /// written as `'?'::regclass`, then its triggers in order (name without the shard's suffix
-/// Citus adds: the relation's own trailing `_<digits>`, so that a trigger of the table named
-/// `trg_2024` stays itself; and function), pg_tenancy's audit triggers included, but not its TRUNCATE
+/// Citus adds to a shard's: a shard's own trailing `_<shard id>`, so that a trigger
+/// `trg_2024`, or `trg_t_2024` of a table `t_2024`, stays itself; and function), pg_tenancy's audit triggers included, but not its TRUNCATE
 /// trigger, which Citus does not put on shards. A format() string: `%1$L` is the relation's name
 /// as a quoted literal, formatted by Citus's `run_command_on_shards` with each shard's name (and
 /// by PostgreSQL's format() here): a name with a quote in it (a table's owner chooses it) stays
@@ -44,8 +44,11 @@ pub const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.r
           '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
-        SELECT coalesce(pg_catalog.regexp_replace(t.tgname::text, \
-                 '_' || pg_catalog.substring(rc.relname::text, '_([0-9]+)$') || '$', ''), t.tgname::text) || ':' \
+        SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_dist_shard ds \
+                  WHERE ds.shardid::text = pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')) \
+                THEN pg_catalog.regexp_replace(t.tgname::text, \
+                       '_' || pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$') || '$', '') \
+                ELSE t.tgname::text END || ':' \
           || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(f.proname) AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
       JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
@@ -108,8 +111,11 @@ const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c
           %2$L, '''?''::regclass'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
-        SELECT coalesce(pg_catalog.regexp_replace(t.tgname::text, \
-                 '_' || pg_catalog.substring(rc.relname::text, '_([0-9]+)$') || '$', ''), t.tgname::text) || ':' \
+        SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_dist_shard ds \
+                  WHERE ds.shardid::text = pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')) \
+                THEN pg_catalog.regexp_replace(t.tgname::text, \
+                       '_' || pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$') || '$', '') \
+                ELSE t.tgname::text END || ':' \
           || f.pronamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(f.proname) \
           || ':' || t.tgenabled::text AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
@@ -201,7 +207,7 @@ const FOREIGN_OBJECTS: &str = "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY(
        FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) AS p) AS pinned";
 
 /// Before `protect()` of Citus table `rel` (on the coordinator, its name `table` as regclass
-/// prints it): refuse when a placement of one of its shards has a policy, rule or trigger that
+/// prints it; `generated`, the names of the policies `protect()` makes): refuse when a placement of one of its shards has a policy, rule or trigger that
 /// the table itself does not have ([`FOREIGN_OBJECTS`]). An attacker's pass, as the table's
 /// owner connected to a worker before the table was protected, planted a policy `USING (true)`
 /// on a shard (Citus lets any role set `citus.enable_manual_changes_to_shards`), and a rule
@@ -211,7 +217,7 @@ const FOREIGN_OBJECTS: &str = "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY(
 /// are the copies Citus made of it in this transaction, which no other session has seen (and
 /// which Citus's `run_command_on_placements`, reading over connections of its own, cannot see
 /// yet). Nothing is compared the other way: what a shard lacks, `protect()` creates.
-pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str) {
+pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str, generated: &[&str]) {
     // The table's own policies first. On Citus every policy is permissive on the shards
     // (Citus drops `AS RESTRICTIVE`), so any policy beside pg_tenancy's widens the tenant's:
     // a reviewer's RESTRICTIVE `USING (s <> 'b')` served every tenant's rows but those.
@@ -221,7 +227,7 @@ pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str) {
           WHERE p.polrelid = $1 AND p.polname::text <> ALL ($2) ORDER BY 1",
         &[
             rel.into(),
-            crate::protection::policy::GENERATED_POLICIES
+            generated
                 .iter()
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>()

@@ -455,6 +455,9 @@ unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) -> pg_sys:
     unsafe {
         let rel = loop {
             let rel = relid_of(rv);
+            if rel == pg_sys::InvalidOid {
+                return pg_sys::InvalidOid;
+            }
             let may = match first {
                 LockFirst::Always => true,
                 LockFirst::IfOwner => owns(rel),
@@ -467,7 +470,7 @@ unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) -> pg_sys:
                         ) == pg_sys::AclResult::ACLCHECK_OK
                 }
             };
-            if rel == pg_sys::InvalidOid || !may {
+            if !may {
                 return pg_sys::InvalidOid;
             }
             pg_sys::LockRelationOid(rel, mode);
@@ -881,9 +884,10 @@ fn refuse_leaky_type(rel: pg_sys::Oid, column: &str, typ: pg_sys::Oid, rewrite: 
 /// a domain's default to its own function in a transaction still open, while no protected
 /// column used it, and added a column of that domain to a protected table meanwhile: each
 /// check passed on what the other had not committed yet, and every tenant's later inserts ran
-/// the function. Now the second waits for the first and reads what it committed (the
-/// invalidations processed; under REPEATABLE READ, whose snapshot predates the wait, it fails
-/// with 40001 instead, to be retried).
+/// the function. Now the second waits for the first to end and then fails with 40001, to be
+/// retried (and then checked on what the first committed): it does not go on after the wait,
+/// during which the type's name could have been given to another type (a reviewer: PostgreSQL
+/// looks the name up again after these checks, and renaming a type takes no lock).
 fn lock_domains(domains: &[pg_sys::Oid], mode: u32) {
     for &d in domains {
         // SAFETY: transaction-level locks of type objects, which PostgreSQL itself takes for
@@ -899,8 +903,7 @@ fn lock_domains(domains: &[pg_sys::Oid], mode: u32) {
                 true
             }
         };
-        // SAFETY: reads this backend's isolation level.
-        if waited && unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        if waited {
             errors::raise(
                 pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
                 "could not serialize access due to a concurrent change of a domain a protected column uses",
@@ -1528,7 +1531,8 @@ pub unsafe fn check_utility(stmt: *mut pg_sys::Node) {
         if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_LockStmt && catalog::installed() {
             check_lock(stmt as *mut pg_sys::LockStmt);
         }
-        if !stmt.is_null() && crate::pg::citus::in_database() {
+        // Where pg_tenancy is installed (a database of a cluster that preloads it may not be).
+        if !stmt.is_null() && crate::pg::citus::in_database() && catalog::installed() {
             check_citus_shard_utility(stmt);
         }
         if !stmt.is_null()
@@ -1593,7 +1597,11 @@ unsafe fn check_citus_shard_utility(stmt: *mut pg_sys::Node) {
                 list::<pg_sys::RangeVar>((*(stmt as *mut pg_sys::TruncateStmt)).relations)
                     .into_iter()
                     .map(|rv| {
-                        if checked {
+                        // Not a Citus table itself: Citus takes its TRUNCATE's locks on every
+                        // node in one order (its hook runs after this one), which a lock taken
+                        // here first would break (a reviewer: two TRUNCATEs from two nodes
+                        // then deadlocked). Its shards and any other table are pinned.
+                        if checked && !crate::citus::trail::citus_table(relid_of(rv)) {
                             pin(rv, pg_sys::AccessExclusiveLock, LockFirst::IfTruncatable);
                         }
                         relid_of(rv)

@@ -632,7 +632,11 @@ pub fn protect_table(
         refuse_audit_on_citus(rel, &info);
     }
     if info.citus.is_some() {
-        crate::citus::guard::refuse_foreign_objects_on_placements(rel, &info.name);
+        crate::citus::guard::refuse_foreign_objects_on_placements(
+            rel,
+            &info.name,
+            GENERATED_POLICIES,
+        );
     }
     run_all(rel, &generated_sql(&info, column, audit));
     catalog::write(

@@ -2991,7 +2991,7 @@ fn a_domain_changed_in_a_transaction_still_open_cannot_reach_a_protected_table_a
     // still open, while no protected column used the domain (allowed), and meanwhile added a
     // column of that domain to a protected table (allowed: the default was not visible yet).
     // Both committed, and every tenant's later inserts ran the function. The second now waits
-    // for the first and is refused on what it committed.
+    // for the first, fails with 40001, and its retry is refused on what the first committed.
     let (db, mut su, mut attacker) = schema_owner_db(
         "domrace",
         "CREATE SCHEMA s; \
@@ -3017,10 +3017,21 @@ fn a_domain_changed_in_a_transaction_still_open_cannot_reach_a_protected_table_a
     });
     until_waiting_for_a_lock(&mut su, pid);
     attacker.batch_execute("COMMIT").unwrap();
+    // It waited: it fails to be retried (during the wait the domain's name could have been
+    // given to another type), and the retry is refused on what the change committed.
     assert_eq!(
         adding.join().unwrap(),
-        Err("42501".to_string()),
-        "the column of a domain whose default is the owner's function is refused"
+        Err("40001".to_string()),
+        "the column that waited for the domain's change is to be retried"
+    );
+    let e = attacker
+        .batch_execute("ALTER TABLE s.q ADD COLUMN c2 s.dd")
+        .expect_err("the retry is refused");
+    assert_eq!(
+        sqlstate(&e),
+        "42501",
+        "the column of a domain whose default is the owner's function is refused: {}",
+        message(&e)
     );
     let added: i64 = su
         .query_one(
