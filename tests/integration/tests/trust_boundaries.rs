@@ -1645,6 +1645,9 @@ fn protect_puts_no_index_in_a_tablespace_the_tables_creator_cannot_use() {
     // auto-protected schema put an index in a tablespace it has no CREATE on.
     let mut su = superuser();
     let dir = format!("/tmp/pg_tenancy_it_ts_{}", std::process::id());
+    // A directory of an earlier run whose process had the same id (its cluster is gone): a
+    // tablespace refuses a directory already used by one (CI failed so on a reused machine).
+    let _ = std::fs::remove_dir_all(&dir);
     let made = std::process::Command::new("install")
         .args(["-d", "-o", "postgres", "-g", "postgres", &dir])
         .status()
