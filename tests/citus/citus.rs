@@ -49,6 +49,61 @@ fn app_on(i: usize) -> Client {
     c
 }
 
+/// A placement on a worker of a shard of `public.<table>` (the shard of `tenant`'s rows, or the
+/// first): the shard's name without its schema, and the worker's index in [`ports`].
+fn a_placement(su: &mut Client, table: &str, tenant: Option<&str>) -> (String, usize) {
+    let r = su
+        .query_one(
+            &format!(
+                "SELECT (SELECT i[pg_catalog.array_upper(i, 1)] FROM pg_catalog.parse_ident(shard_name('public.{table}'::regclass, s.shardid)::text) AS i), n.nodeport \
+                   FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) \
+                   JOIN pg_dist_node n ON n.groupid = p.groupid \
+                  WHERE s.logicalrelid = 'public.{table}'::regclass AND n.groupid <> 0 \
+                    AND ($1::text IS NULL OR s.shardid = get_shard_id_for_distribution_column('public.{table}', $1::text::uuid)) \
+                  ORDER BY s.shardid LIMIT 1"
+            ),
+            &[&tenant.map(|t| t.to_string())],
+        )
+        .unwrap();
+    let port: i32 = r.get(1);
+    let w = ports()
+        .iter()
+        .position(|p| i32::from(*p) == port)
+        .expect("the placement's node is one of the cluster's");
+    (r.get(0), w)
+}
+
+/// A NOSUPERUSER login role `owner` with CREATE on the database on every node (to make and
+/// rename schemas there, with Citus's DDL propagation off on a worker).
+fn owner_who_may_create_schemas(su: &mut Client, owner: &str) {
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    let db = std::env::var("TENANCY_IT_DB").unwrap();
+    for i in 0..ports().len() {
+        node(i, "postgres")
+            .batch_execute(&format!(
+                "SET citus.enable_ddl_propagation = off; GRANT CREATE ON DATABASE \"{db}\" TO {owner}"
+            ))
+            .unwrap();
+    }
+}
+
+/// `table` (qualified) created, distributed by its tenant column, protected without the trail
+/// and given to `owner`.
+fn protected_table_of(su: &mut Client, table: &str, owner: &str) {
+    setup_in_one_transaction(
+        su,
+        &[
+            format!("CREATE TABLE {table} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('{table}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('{table}', audit => false)"),
+            format!("ALTER TABLE {table} OWNER TO {owner}"),
+        ],
+    );
+}
+
 const CATALOG_TABLES: i64 = 14;
 
 /// Run `statements` as the superuser in one transaction, one statement per query (Citus carries
@@ -2469,29 +2524,11 @@ fn a_schema_holding_protected_citus_tables_cannot_be_renamed_on_any_node() {
     // shard, in its place. Such a rename is refused on every node, to superusers too.
     let pid = std::process::id();
     let (s, owner) = (format!("ren_{pid}"), format!("ren_owner_{pid}"));
-    let db = std::env::var("TENANCY_IT_DB").unwrap();
     let mut su = superuser();
-    su.batch_execute(&format!(
-        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
-    ))
-    .unwrap();
-    for i in 0..ports().len() {
-        node(i, "postgres")
-            .batch_execute(&format!(
-                "SET citus.enable_ddl_propagation = off; GRANT CREATE ON DATABASE \"{db}\" TO {owner}"
-            ))
-            .unwrap();
-    }
-    setup_in_one_transaction(
-        &mut su,
-        &[
-            format!("CREATE SCHEMA {s} AUTHORIZATION {owner}"),
-            format!("CREATE TABLE {s}.t (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
-            format!("SELECT create_distributed_table('{s}.t', 'tenant_id')"),
-            format!("SELECT tenancy.protect('{s}.t', audit => false)"),
-            format!("ALTER TABLE {s}.t OWNER TO {owner}"),
-        ],
-    );
+    owner_who_may_create_schemas(&mut su, &owner);
+    su.batch_execute(&format!("CREATE SCHEMA {s} AUTHORIZATION {owner}"))
+        .unwrap();
+    protected_table_of(&mut su, &format!("{s}.t"), &owner);
     let refused = |c: &mut Client, sql: &str| {
         let e = c
             .batch_execute(sql)
@@ -2553,25 +2590,7 @@ fn protect_refuses_a_table_whose_shard_has_what_the_table_does_not() {
     ] {
         su.batch_execute(&sql).unwrap();
     }
-    let (shard, port): (String, i32) = {
-        let r = su
-            .query_one(
-                &format!(
-                    "SELECT shard_name('public.{t}'::regclass, s.shardid), n.nodeport \
-                       FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) \
-                       JOIN pg_dist_node n ON n.groupid = p.groupid \
-                      WHERE s.logicalrelid = 'public.{t}'::regclass AND n.groupid <> 0 \
-                      ORDER BY s.shardid LIMIT 1"
-                ),
-                &[],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
-    let w = ports()
-        .iter()
-        .position(|p| i32::from(*p) == port)
-        .expect("the placement's node is one of the cluster's");
+    let (shard, w) = a_placement(&mut su, &t, None);
     let mut ow = node(w, &owner);
     assert_not_privileged(&mut ow);
     for sql in [
@@ -2651,21 +2670,9 @@ fn a_decoy_dropped_while_a_truncate_waits_on_a_worker_leaves_the_shard_alone() {
     // name is pinned first, and the shard it comes to mean is refused.
     let pid = std::process::id();
     let (t, owner) = (format!("trunc_{pid}"), format!("trunc_owner_{pid}"));
-    let db = std::env::var("TENANCY_IT_DB").unwrap();
     let mut su = superuser();
-    su.batch_execute(&format!(
-        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
-    ))
-    .unwrap();
-    setup_in_one_transaction(
-        &mut su,
-        &[
-            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
-            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
-            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
-            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
-        ],
-    );
+    owner_who_may_create_schemas(&mut su, &owner);
+    protected_table_of(&mut su, &format!("public.{t}"), &owner);
     let tenant: String = su
         .query_one(
             "SELECT tenancy.create_tenant($1)::text",
@@ -2677,31 +2684,8 @@ fn a_decoy_dropped_while_a_truncate_waits_on_a_worker_leaves_the_shard_alone() {
         "INSERT INTO public.{t} SELECT '{tenant}', g FROM generate_series(1, 10) g"
     ))
     .unwrap();
-    let (shard, port): (String, i32) = {
-        let r = su
-            .query_one(
-                &format!(
-                    "SELECT shard_name('public.{t}'::regclass, s.shardid), n.nodeport \
-                       FROM pg_dist_shard s JOIN pg_dist_placement p USING (shardid) \
-                       JOIN pg_dist_node n ON n.groupid = p.groupid \
-                      WHERE s.logicalrelid = 'public.{t}'::regclass \
-                        AND s.shardid = (SELECT get_shard_id_for_distribution_column('public.{t}', '{tenant}'::uuid))"
-                ),
-                &[],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
-    let shard = shard.trim_start_matches("public.").to_string();
-    let w = ports()
-        .iter()
-        .position(|p| i32::from(*p) == port)
-        .expect("the placement's node");
+    let (shard, w) = a_placement(&mut su, &t, Some(&tenant));
     let mut sw = node(w, "postgres");
-    sw.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; GRANT CREATE ON DATABASE \"{db}\" TO {owner}"
-    ))
-    .unwrap();
     let mut a = node(w, &owner);
     assert_not_privileged(&mut a);
     for sql in [
@@ -2717,20 +2701,7 @@ fn a_decoy_dropped_while_a_truncate_waits_on_a_worker_leaves_the_shard_alone() {
     let b_pid: i32 = b.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let sql = format!("SET search_path = dec_{pid}, public; TRUNCATE {shard}");
     let truncating = std::thread::spawn(move || b.batch_execute(&sql).map_err(|e| sqlstate(&e)));
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(10) {
-        let waiting: bool = sw
-            .query_one(
-                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
-                &[&b_pid],
-            )
-            .unwrap()
-            .get(0);
-        if waiting || truncating.is_finished() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    until_waiting_for_a_lock(&mut sw, b_pid);
     a.batch_execute(&format!("DROP TABLE dec_{pid}.{shard}; COMMIT"))
         .unwrap();
     assert_eq!(

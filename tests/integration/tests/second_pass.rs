@@ -805,21 +805,7 @@ fn an_audit_exclusion_is_checked_against_the_columns_a_rename_in_flight_leaves()
         let _ = c.batch_execute("COMMIT");
         r
     });
-    let start = std::time::Instant::now();
-    loop {
-        let waiting: bool = su
-            .query_one(
-                "SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)",
-                &[&pid],
-            )
-            .unwrap()
-            .get(0);
-        if waiting || excluding.is_finished() || start.elapsed() > std::time::Duration::from_secs(3)
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    until_waiting_for_a_lock(&mut su, pid);
     o.batch_execute("COMMIT").unwrap();
     assert_eq!(
         excluding.join().unwrap(),

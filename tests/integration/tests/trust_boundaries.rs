@@ -2583,26 +2583,6 @@ fn a_schema_cannot_be_renamed_under_a_protection_change_in_progress() {
     attacker.batch_execute("ROLLBACK").unwrap();
 }
 
-/// Wait until the backend `pid` waits for a lock (at most ten seconds): a race's second step is
-/// taken only once the first is waiting, never after a guessed delay.
-fn until_waiting_for_a_lock(su: &mut postgres::Client, pid: i32) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        let waiting: bool = su
-            .query_one(
-                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
-                &[&pid],
-            )
-            .unwrap()
-            .get(0);
-        if waiting {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("backend {pid} never waited for a lock");
-}
-
 #[test]
 fn a_table_renamed_while_unprotect_waits_in_repeatable_read_is_the_one_unprotected() {
     // The same reviewer: unprotect() read the names its statements use under the transaction's
@@ -2717,6 +2697,23 @@ fn a_protected_table_dropped_while_a_decommission_waits_for_it_is_passed_over() 
     assert_eq!(left, 0, "the tenant's row in the table that stayed is gone");
 }
 
+/// The attacker's role name, and a new tenant (by id) whose rows it must never reach.
+fn owner_and_another_tenant(
+    attacker: &mut postgres::Client,
+    su: &mut postgres::Client,
+    prefix: &str,
+) -> (String, String) {
+    let owner: String = attacker
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0);
+    let other: String = su
+        .query_one("SELECT tenancy.create_tenant($1)::text", &[&unique(prefix)])
+        .unwrap()
+        .get(0);
+    (owner, other)
+}
+
 #[test]
 fn a_table_renamed_while_a_ddl_command_waits_is_the_table_the_guard_checks() {
     // Found by an attacker's pass: the guard's checks at ddl_command_start looked the command's
@@ -2741,17 +2738,7 @@ fn a_table_renamed_while_a_ddl_command_waits_is_the_table_the_guard_checks() {
          CREATE TABLE s.dp (tenant_id uuid, k int, v text) PARTITION BY LIST (k); \
          CREATE TABLE s.planted (tenant_id uuid NOT NULL, k int, v text)",
     );
-    let owner: String = attacker
-        .query_one("SELECT current_user::text", &[])
-        .unwrap()
-        .get(0);
-    let other: String = su
-        .query_one(
-            "SELECT tenancy.create_tenant($1)::text",
-            &[&unique("pinddl")],
-        )
-        .unwrap()
-        .get(0);
+    let (owner, other) = owner_and_another_tenant(&mut attacker, &mut su, "pinddl");
     su.batch_execute(&format!(
         "SELECT tenancy.protect('s.p'); SELECT tenancy.protect('s.pp'); \
          INSERT INTO s.p VALUES ('{other}', 1, 'another tenant''s secret'); \
@@ -2944,17 +2931,7 @@ fn a_type_renamed_while_alter_type_cascade_waits_is_the_type_the_guard_checks() 
          CREATE TYPE s.tu AS (tenant_id uuid, secret text); \
          CREATE TABLE s.typed OF s.tp",
     );
-    let owner: String = attacker
-        .query_one("SELECT current_user::text", &[])
-        .unwrap()
-        .get(0);
-    let other: String = su
-        .query_one(
-            "SELECT tenancy.create_tenant($1)::text",
-            &[&unique("pintype")],
-        )
-        .unwrap()
-        .get(0);
+    let (owner, other) = owner_and_another_tenant(&mut attacker, &mut su, "pintype");
     su.batch_execute(&format!(
         "SELECT tenancy.protect('s.typed'); \
          INSERT INTO s.typed VALUES ('{other}', 'another tenant''s secret')"

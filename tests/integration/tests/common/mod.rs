@@ -444,3 +444,23 @@ pub fn serialized_grant(su: &mut Client, sql: &str) {
     su.batch_execute(&format!("SELECT pg_advisory_xact_lock(717171); {sql}"))
         .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
 }
+
+/// Wait until the backend `pid` waits for a lock (at most ten seconds): a race's second step is
+/// taken only once the first is waiting, never after a guessed delay.
+pub fn until_waiting_for_a_lock(su: &mut postgres::Client, pid: i32) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(10) {
+        let waiting: bool = su
+            .query_one(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("backend {pid} never waited for a lock");
+}
