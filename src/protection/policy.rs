@@ -118,6 +118,14 @@ struct TableInfo {
     owner: String,
 }
 
+/// What protect() needs to know of `rel`, read from the system catalogs.
+///
+/// `pg_get_expr` opens the relation whose expression it prints (ACCESS SHARE), so it is only
+/// ever called in a projection of `rel`'s own rows: in a WHERE or an EXISTS the planner may
+/// hash the subquery and print every column default of the database, waiting on whatever
+/// table another transaction holds (CI met a deadlock: two owners' DDL on unrelated tables,
+/// each waiting for the other's table). Tested in `channels.rs`
+/// (`protect_waits_for_no_other_tables_lock`).
 fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
     catalog::owner_rows(
         "the table's catalog",
@@ -127,9 +135,9 @@ fn table_info(rel: pg_sys::Oid, column: &str) -> Option<TableInfo> {
                         (SELECT coalesce(array_agg(i.inhrelid ORDER BY i.inhrelid), '{}') FROM pg_inherits i WHERE i.inhparent = c.oid), \
                         EXISTS (SELECT FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0] \
                                  WHERE x.indrelid = c.oid AND a.attname = $2), \
-                        EXISTS (SELECT FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-                                 WHERE a.attrelid = c.oid AND a.attname = $2 AND a.attnotnull \
-                                   AND pg_get_expr(d.adbin, d.adrelid) = 'tenancy.current_tenant()'), \
+                        coalesce((SELECT pg_get_expr(d.adbin, d.adrelid) = 'tenancy.current_tenant()' \
+                                    FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                                   WHERE a.attrelid = c.oid AND a.attname = $2 AND a.attnotnull), false), \
                         c.relowner::regrole::text \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
         &[rel.into(), column.into()],

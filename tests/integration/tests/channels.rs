@@ -581,6 +581,43 @@ fn an_application_session_cannot_lock_a_protected_table_against_every_tenant() {
     assert_eq!(warned, 0);
 }
 
+#[test]
+fn protect_waits_for_no_other_tables_lock() {
+    // protect() reads what it needs of the table it protects, and nothing of any other table:
+    // a transaction holding an unrelated table (a migration, another owner's DDL) does not make
+    // it wait. CI met the opposite as a deadlock: two owners' DDL on unrelated tables, each
+    // printing the other's column defaults. A plan without index scans is the plan PostgreSQL
+    // picked there (the catalog query hashed, printing every default of the database).
+    let _f = Fixture::new();
+    let mut su = superuser();
+    let s = schema(&mut su);
+    su.batch_execute(&format!(
+        "CREATE TABLE {s}.other (id int DEFAULT 1, tenant_id uuid NOT NULL DEFAULT gen_random_uuid())"
+    ))
+    .unwrap();
+    let mut holder = superuser();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {s}.other IN ACCESS EXCLUSIVE MODE"
+        ))
+        .unwrap();
+    let mut c = superuser();
+    c.batch_execute(&format!(
+        "SET enable_indexscan = off; SET enable_bitmapscan = off; SET lock_timeout = '3s'; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL) PARTITION BY RANGE (id); \
+         CREATE TABLE {s}.t1 PARTITION OF {s}.t FOR VALUES FROM (0) TO (100)"
+    ))
+    .unwrap();
+    c.batch_execute(&format!("SELECT tenancy.protect('{s}.t')"))
+        .unwrap_or_else(|e| panic!("protect waited for another table: {}", message(&e)));
+    // A partition added later is protected on creation, again without waiting.
+    c.batch_execute(&format!(
+        "CREATE TABLE {s}.t2 PARTITION OF {s}.t FOR VALUES FROM (100) TO (200)"
+    ))
+    .unwrap_or_else(|e| panic!("a new partition waited for another table: {}", message(&e)));
+    holder.batch_execute("ROLLBACK").unwrap();
+}
+
 // 6. Hiding security events ----------------------------------------------------------------------
 
 #[test]
