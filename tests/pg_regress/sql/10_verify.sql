@@ -222,6 +222,11 @@ SELECT tenancy.protect('ver.quoted');
 SELECT * FROM pg_temp.findings();
 RESET quote_all_identifiers;
 
+-- verify() runs without JIT: its one large query estimates high, and compiling its thousand
+-- expressions took seconds on every call, most of verify()'s time.
+SELECT 'jit=off' = ANY (proconfig) AS verify_without_jit
+  FROM pg_proc WHERE oid = 'tenancy.verify()'::regprocedure;
+
 -- verify() is for operators.
 \c - regress_ver_ops
 SET quote_all_identifiers = on;
