@@ -591,8 +591,14 @@ fn protect_waits_for_no_other_tables_lock() {
     let _f = Fixture::new();
     let mut su = superuser();
     let s = schema(&mut su);
+    let owner = ident("lockown");
     su.batch_execute(&format!(
-        "CREATE TABLE {s}.other (id int DEFAULT 1, tenant_id uuid NOT NULL DEFAULT gen_random_uuid())"
+        "CREATE TABLE {s}.other (id int DEFAULT 1, tenant_id uuid NOT NULL DEFAULT gen_random_uuid()); \
+         CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; ALTER SCHEMA {s} OWNER TO {owner}; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL) PARTITION BY RANGE (id); \
+         CREATE TABLE {s}.t1 PARTITION OF {s}.t FOR VALUES FROM (0) TO (100); \
+         RESET ROLE"
     ))
     .unwrap();
     let mut holder = superuser();
@@ -601,21 +607,30 @@ fn protect_waits_for_no_other_tables_lock() {
             "BEGIN; LOCK TABLE {s}.other IN ACCESS EXCLUSIVE MODE"
         ))
         .unwrap();
-    let mut c = superuser();
-    c.batch_execute(&format!(
-        "SET enable_indexscan = off; SET enable_bitmapscan = off; SET lock_timeout = '3s'; \
-         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL) PARTITION BY RANGE (id); \
-         CREATE TABLE {s}.t1 PARTITION OF {s}.t FOR VALUES FROM (0) TO (100)"
-    ))
-    .unwrap();
-    c.batch_execute(&format!("SELECT tenancy.protect('{s}.t')"))
+    let no_index_scans =
+        "SET enable_indexscan = off; SET enable_bitmapscan = off; SET lock_timeout = '3s'";
+    // protect() by a superuser (a migration role).
+    su.batch_execute(no_index_scans).unwrap();
+    su.batch_execute(&format!("SELECT tenancy.protect('{s}.t')"))
         .unwrap_or_else(|e| panic!("protect waited for another table: {}", message(&e)));
-    // A partition added later is protected on creation, again without waiting.
+    // The table's owner, NOSUPERUSER NOBYPASSRLS, adds a partition: protected on creation,
+    // again without waiting (the statement CI saw deadlock).
+    let mut c = connect(&owner);
+    assert_not_privileged(&mut c);
+    c.batch_execute(no_index_scans).unwrap();
     c.batch_execute(&format!(
         "CREATE TABLE {s}.t2 PARTITION OF {s}.t FOR VALUES FROM (100) TO (200)"
     ))
     .unwrap_or_else(|e| panic!("a new partition waited for another table: {}", message(&e)));
     holder.batch_execute("ROLLBACK").unwrap();
+    let protected: bool = su
+        .query_one(
+            &format!("SELECT EXISTS (SELECT FROM tenancy.protected_tables WHERE \"table\" = '{s}.t2'::regclass)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(protected);
 }
 
 // 6. Hiding security events ----------------------------------------------------------------------
