@@ -1406,12 +1406,8 @@ pub fn quote_literal(s: &str) -> String {
 
 /// A relation's schema-qualified, quoted name (whatever the search_path).
 pub fn relation_name(rel: pg_sys::Oid) -> String {
-    read_one::<String>(
-        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
-           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[rel.into()],
-    )
-    .unwrap_or_else(|| format!("{}", u32::from(rel)))
+    crate::pg::relation_spi::qualified_name_if_exists(rel)
+        .unwrap_or_else(|| format!("{}", u32::from(rel)))
 }
 
 /// The first parent of a partition or inheritance child.

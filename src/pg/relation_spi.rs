@@ -111,25 +111,47 @@ pub fn qualified_name(relid: pg_sys::Oid) -> String {
     unsafe { name_of(relid) }
 }
 
+/// [`qualified_name`], or `None` where `relid` names no relation: for messages. Read from the
+/// system caches, not by a query on `pg_class`, which Citus filters: on a worker, a shard's
+/// name read so was missing from the guard's refusals, which printed its oid.
+pub fn qualified_name_if_exists(relid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: called from SQL functions and hooks, inside their transaction.
+    unsafe { try_name_of(relid) }
+}
+
 /// [`qualified_name`].
 ///
 /// # Safety
 /// Inside a transaction.
 unsafe fn name_of(relid: pg_sys::Oid) -> String {
-    // SAFETY: syscache lookups by oid (NULL when missing, raised on below); quote_identifier
+    // SAFETY: inside a transaction (this function's contract).
+    unsafe { try_name_of(relid) }.unwrap_or_else(|| {
+        pgrx::error!("pg_tenancy: relation {} no longer exists", u32::from(relid))
+    })
+}
+
+/// [`qualified_name_if_exists`].
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn try_name_of(relid: pg_sys::Oid) -> Option<String> {
+    // SAFETY: syscache lookups by oid (NULL when missing, returned as None); quote_identifier
     // returns its argument or a palloc'd quoted copy, both NUL-terminated and read at once.
     unsafe {
         let rel = pg_sys::get_rel_name(relid);
+        if rel.is_null() {
+            return None;
+        }
         let nsp = pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid));
-        if rel.is_null() || nsp.is_null() {
-            pgrx::error!("pg_tenancy: relation {} no longer exists", u32::from(relid));
+        if nsp.is_null() {
+            return None;
         }
         let q = |p: *const std::ffi::c_char| {
             std::ffi::CStr::from_ptr(pg_sys::quote_identifier(p))
                 .to_string_lossy()
                 .into_owned()
         };
-        format!("{}.{}", q(nsp), q(rel))
+        Some(format!("{}.{}", q(nsp), q(rel)))
     }
 }
 
