@@ -27,6 +27,29 @@ use crate::catalog;
 use crate::errors;
 use pgrx::prelude::*;
 
+/// A trigger's definition as `pg_get_triggerdef` prints it, with its own name written `$n` and
+/// its table's written `$t` (`t` is its `pg_trigger` row): a shard's trigger and its table's
+/// then print the same (Citus creates a shard's from the table's definition, under the shard's
+/// names), and one replaced under the same name with other events, columns, a WHEN condition
+/// or arguments does not. Names print as under the statement's `search_path`, the same on
+/// both sides where it is used.
+macro_rules! trigger_body {
+    () => {
+        "pg_catalog.replace(pg_catalog.overlay(pg_catalog.pg_get_triggerdef(t.oid), '$n', \
+            pg_catalog.strpos(pg_catalog.pg_get_triggerdef(t.oid), ' ' || pg_catalog.quote_ident(t.tgname::text) || ' ') + 1, \
+            pg_catalog.length(pg_catalog.quote_ident(t.tgname::text))), \
+          ' ON ' || t.tgrelid::pg_catalog.regclass::text || ' ', ' ON $t ')"
+    };
+}
+
+/// A rule's definition as `pg_get_ruledef` prints it, with its table's name written `$t` (`r`
+/// is its `pg_rewrite` row), as [`trigger_body`].
+macro_rules! rule_body {
+    () => {
+        "pg_catalog.replace(pg_catalog.pg_get_ruledef(r.oid), ' TO ' || r.ev_class::pg_catalog.regclass::text || ' ', ' TO $t ')"
+    };
+}
+
 /// The signature of a relation's row security: its two flags, then each policy (name,
 /// command, permissive, USING, WITH CHECK) in name order, with `'...'::regclass` constants
 /// written as `'?'::regclass`, then its triggers in order (name without the shard's suffix
@@ -98,11 +121,14 @@ pub(super) fn local_copy_of(
 /// security's flags; each policy with its roles, its expressions with the table's own name
 /// (`%2$L`, the text `'<table>'::regclass` as printed under pg_tenancy's pinned `search_path`)
 /// written as `'?'::regclass` and any other table's name kept; every trigger, pg_tenancy's audit
-/// triggers included (name without a shard's suffix, as in [`SIGNATURE`], function, whether enabled), but not its
-/// TRUNCATE trigger, which Citus does not put on shards; every rule;
+/// triggers included (name without a shard's suffix, as in [`SIGNATURE`], whether enabled, and
+/// its definition, [`trigger_body`]: a trigger replaced under its name with other events or
+/// arguments changes it), but not its TRUNCATE trigger, which Citus does not put on shards;
+/// every rule, with its definition ([`rule_body`]);
 /// every index expression and predicate. `%1$L` is the relation's name as a quoted literal.
 /// Reads only the system catalogs.
-const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
+const GUARD_SIGNATURE: &str = concat!(
+    "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
       FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(pg_catalog.replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
           || '|' || p.polroles::pg_catalog.regrole[]::text \
@@ -116,20 +142,20 @@ const GUARD_SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c
                 THEN pg_catalog.regexp_replace(t.tgname::text, \
                        '_' || pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$') || '$', '') \
                 ELSE t.tgname::text END || ':' \
-          || f.pronamespace::pg_catalog.regnamespace::text || '.' || pg_catalog.quote_ident(f.proname) \
-          || ':' || t.tgenabled::text AS g \
+          || t.tgenabled::text || ':' || " , trigger_body!(), "  AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
       JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
       WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
         AND NOT (f.pronamespace = 'tenancy'::pg_catalog.regnamespace AND f.proname = '_refuse_truncate')) q), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
-        SELECT r.rulename::text || ':' || r.ev_type::text || ':' || r.ev_enabled::text AS g \
+        SELECT r.rulename::text || ':' || r.ev_enabled::text || ':' || " , rule_body!(), "  AS g \
       FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN') q), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
         SELECT coalesce(pg_catalog.pg_get_expr(x.indexprs, x.indrelid), '') || '/' \
           || coalesce(pg_catalog.pg_get_expr(x.indpred, x.indrelid), '') AS g \
       FROM pg_catalog.pg_index x WHERE x.indrelid = %1$L::pg_catalog.regclass \
-        AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)) q), '')";
+        AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)) q), '')"
+);
 
 /// The signature ([`SIGNATURE`]) of `relation` (a name as regclass prints it) on this node.
 pub fn signature(c: &pgrx::spi::SpiClient<'_>, relation: &str) -> Result<String, pgrx::spi::Error> {
@@ -174,15 +200,18 @@ fn run_signature(
 /// `run_command_on_placements` with each placement's shard name; `@SHARD@`: `true` for a
 /// shard, `false` for the table): its policies other than pg_tenancy's generated ones (name,
 /// command, roles, expressions with `'...'::regclass` constants written as `'?'::regclass`;
-/// not whether permissive: Citus makes every shard's policy permissive), its rules, and its
-/// triggers (name, a shard's without the `_<shard id>` Citus appends, and function). Printed
+/// not whether permissive: Citus makes every shard's policy permissive), its rules (name and
+/// definition, [`rule_body`]), and its triggers (name, a shard's without the `_<shard id>` Citus
+/// appends, function and definition, [`trigger_body`]: a trigger of the table's replaced on a
+/// shard under its name, with other events, is one the table does not have). Printed
 /// as a text array. Reads only the system catalogs. Expressions print under the same
 /// `search_path` on every node: the statement sets it for its own transaction first (a
 /// connection of its own on each worker, which Citus's `run_command_on_placements` opens and
 /// closes; on the coordinator inside [`catalog::with_owner`], which undoes it), in a subquery
 /// whose volatile call PostgreSQL evaluates before the array, an InitPlan evaluated when the
 /// outer row is formed.
-const FOREIGN_OBJECTS: &str = "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY( \
+const FOREIGN_OBJECTS: &str = concat!(
+    "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY( \
        SELECT 'policy ' || pg_catalog.quote_ident(p.polname::text) || ' ' || p.polcmd::text \
               || ' to ' || p.polroles::pg_catalog.regrole[]::text \
               || pg_catalog.regexp_replace(' using ' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
@@ -193,18 +222,20 @@ const FOREIGN_OBJECTS: &str = "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY(
                                       'tenancy_isolation_update', 'tenancy_isolation_delete', 'tenancy_select', \
                                       'tenancy_insert', 'tenancy_update', 'tenancy_delete']) \
        UNION ALL \
-       SELECT 'rule ' || pg_catalog.quote_ident(r.rulename::text) FROM pg_catalog.pg_rewrite r \
+       SELECT 'rule ' || pg_catalog.quote_ident(r.rulename::text) || ' ' || " , rule_body!(), "  \
+         FROM pg_catalog.pg_rewrite r \
         WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN' \
        UNION ALL \
        SELECT 'trigger ' || pg_catalog.quote_ident(CASE WHEN @SHARD@ \
                 THEN pg_catalog.regexp_replace(t.tgname::text, \
                        '_' || pg_catalog.substring(c.relname::text, '_([0-9]+)$') || '$', '') \
                 ELSE t.tgname::text END) \
-              || ' ' || pg_catalog.quote_ident(f.proname::text) \
+              || ' ' || pg_catalog.quote_ident(f.proname::text) || ' ' || " , trigger_body!(), "  \
          FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
          JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
         WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal)::text END \
-       FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) AS p) AS pinned";
+       FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) AS p) AS pinned"
+);
 
 /// Before `protect()` of Citus table `rel` (on the coordinator, its name `table` as regclass
 /// prints it; `generated`, the names of the policies `protect()` makes): refuse when a placement of one of its shards has a policy, rule or trigger that

@@ -915,6 +915,114 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
 }
 
+/// A trigger replaced on a shard under its own name, with other events: pg_tenancy's audit
+/// trigger on one shard made to fire on DELETE instead of INSERT left that shard's inserts out
+/// of every tenant's trail, and verify() said nothing, nor did the guard on the worker refuse
+/// the table's owner the same replacement of a trigger a superuser had added: both compared a
+/// shard's triggers with the table's by name and function only (found by trying it,
+/// 2026-12-06). Both now compare their definitions.
+#[test]
+fn a_shard_trigger_replaced_under_its_own_name_is_drift() {
+    let pid = std::process::id();
+    let (t, owner) = (format!("retrig_{pid}"), format!("retrig_owner_{pid}"));
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id', colocate_with => 'tenancy.audit_log')"),
+            format!("SELECT tenancy.protect('public.{t}')"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+        ],
+    );
+    let table = format!("public.{t}");
+    assert_eq!(op_drift(&table), 0);
+    let (shard, w) = a_placement(&mut su, &t, None);
+    let id = shard.rsplit('_').next().unwrap().to_string();
+
+    // A superuser on the worker, past the guard (event triggers off, as only a superuser can):
+    // the shard's audit trigger, same name and function, now fires on DELETE.
+    let mut ws = node(w, "postgres");
+    let audit_trigger = |on: &str, transition: &str| {
+        format!(
+            "SET citus.enable_manual_changes_to_shards = on; SET session_replication_role = replica; \
+             CREATE OR REPLACE TRIGGER tenancy_audit_ins_{id} AFTER {on} ON public.{shard} \
+             REFERENCING {transition} FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit()"
+        )
+    };
+    ws.batch_execute(&audit_trigger("DELETE", "OLD TABLE AS tenancy_old"))
+        .unwrap();
+    let found: Vec<String> = node(0, OPERATOR)
+        .query(
+            "SELECT detail FROM tenancy.verify() WHERE rule = 'citus_shard_drift' AND object = $1",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains(&format!("shard {id} "))
+            && found[0].contains("tenancy_audit_ins")
+            && found[0].contains("AFTER DELETE"),
+        "{found:?}"
+    );
+    // Put back as it was, it is the table's again.
+    ws.batch_execute(&audit_trigger("INSERT", "NEW TABLE AS tenancy_new"))
+        .unwrap();
+    assert_eq!(op_drift(&table), 0);
+
+    // The guard on the worker. A superuser adds a trigger to the table on the coordinator
+    // (Citus carries it to the shards); the table's owner, on the worker, may not replace it on
+    // a shard with other events, under its name and with its function.
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
+            format!("CREATE FUNCTION public.retrig_fn_{pid}() RETURNS trigger LANGUAGE plpgsql AS $f$BEGIN RETURN NEW; END$f$"),
+            format!("CREATE TRIGGER zz_note BEFORE UPDATE ON public.{t} FOR EACH ROW EXECUTE FUNCTION public.retrig_fn_{pid}()"),
+        ],
+    );
+    assert_eq!(op_drift(&table), 0);
+    let mut o = node(w, &owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute("SET citus.enable_manual_changes_to_shards = on")
+        .unwrap();
+    let replace = |on: &str| {
+        format!(
+            "CREATE OR REPLACE TRIGGER zz_note_{id} BEFORE {on} ON public.{shard} \
+             FOR EACH ROW EXECUTE FUNCTION public.retrig_fn_{pid}()"
+        )
+    };
+    let e = o
+        .batch_execute(&replace("INSERT"))
+        .expect_err("the owner replaced a shard's trigger with other events");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    // Nor touch pg_tenancy's, refused by name; the refusal names the shard (read from the
+    // system caches: a query on pg_class, which Citus filters on a worker, printed its oid).
+    let e = o
+        .batch_execute(&format!(
+            "CREATE OR REPLACE TRIGGER tenancy_audit_ins_{id} AFTER DELETE ON public.{shard} \
+             REFERENCING OLD TABLE AS tenancy_old FOR EACH STATEMENT EXECUTE FUNCTION tenancy._audit()"
+        ))
+        .expect_err("the owner replaced pg_tenancy's trigger on a shard");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(
+        message(&e).contains(&format!("\"public.{shard}\"")),
+        "{}",
+        message(&e)
+    );
+    // The same definition again changes nothing, and passes.
+    o.batch_execute(&replace("UPDATE"))
+        .unwrap_or_else(|e| panic!("{}", message(&e)));
+    assert_eq!(op_drift(&table), 0);
+}
+
 /// verify()'s `citus_shard_drift` findings for one table, read by an operator.
 fn op_drift(table: &str) -> i64 {
     node(0, OPERATOR)
