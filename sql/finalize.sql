@@ -361,6 +361,74 @@ dependents AS (
          WHERE r.relkind = 'v' AND v.oid <> r.dep AND v.relkind IN ('v', 'm')
     )
     SELECT DISTINCT dep, relkind, base FROM reads
+),
+-- The login roles an application session can use: not superusers, not platform roles.
+app_logins AS MATERIALIZED (
+    SELECT r.oid, r.rolname FROM pg_roles r
+     WHERE r.rolcanlogin AND NOT r.rolsuper
+       AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+       AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
+),
+-- Every role each of them can be (pg_has_role(login, role, 'MEMBER')): itself, or a role that
+-- has members (pg_database_owner's are implicit), asked once per pair. The rules below used to
+-- ask pg_has_role for every login role against every role and table, and PostgreSQL
+-- remembers one role's memberships at a time: with 5,000 login roles and 200 protected tables,
+-- verify() took 147 s.
+groups AS MATERIALIZED (
+    SELECT m.roleid AS oid FROM pg_auth_members m
+    UNION SELECT 'pg_database_owner'::regrole::oid
+),
+app_can_be AS MATERIALIZED (
+    SELECT l.oid AS login, l.rolname AS login_name, g.role
+      FROM app_logins l
+      CROSS JOIN LATERAL (
+          SELECT l.oid
+          UNION
+          SELECT x.oid FROM groups x WHERE pg_has_role(l.oid, x.oid, 'MEMBER')) g(role)
+),
+-- For each role an application session can be, a login role to name in findings: the role
+-- itself where it is one, else the first by name.
+app_role_login AS MATERIALIZED (
+    SELECT DISTINCT ON (cb.role) cb.role, cb.login_name
+      FROM app_can_be cb
+     ORDER BY cb.role, cb.login <> cb.role, cb.login_name
+),
+-- Those of them with a privilege on a protected table that reads or writes its rows (each
+-- role asked about one table after another, which PostgreSQL answers from the memberships it
+-- remembers).
+roles_with_access AS MATERIALIZED (
+    SELECT y.role FROM app_role_login y
+     WHERE EXISTS (SELECT FROM prot p
+                    WHERE has_table_privilege(y.role, p.relid, 'SELECT, INSERT, UPDATE, DELETE')
+                       OR has_any_column_privilege(y.role, p.relid, 'SELECT, INSERT, UPDATE'))
+),
+-- Schemas, and the database (oid 0: CREATE there makes a schema of one's own).
+schemas AS MATERIALIZED (
+    SELECT n.oid, n.nspname, n.nspowner, n.nspacl FROM pg_namespace n
+     WHERE n.nspname !~ '^pg_(temp|toast_temp)_' AND n.nspname <> 'pg_toast'
+    UNION ALL
+    SELECT 0::oid, NULL::name, d.datdba, d.datacl FROM pg_database d WHERE d.datname = current_database()
+),
+-- Which of those roles can create objects in which schema (each role asked about one schema
+-- after another: OFFSET 0 keeps the role the outer loop).
+roles_that_create AS MATERIALIZED (
+    SELECT y.role, n.nsp
+      FROM app_role_login y
+      CROSS JOIN LATERAL (
+          SELECT n.oid FROM schemas n
+           WHERE CASE WHEN n.oid = 0 THEN has_database_privilege(y.role, current_database(), 'CREATE')
+                      ELSE has_schema_privilege(y.role, n.oid, 'CREATE') END
+          OFFSET 0) n(nsp)
+),
+-- For each application login role: whether it can be a role that reads or writes a protected
+-- table, and whether it can be a protected table's owner.
+app_login_access AS MATERIALIZED (
+    SELECT cb.login, bool_or(w.role IS NOT NULL) AS reads, bool_or(k.role IS NOT NULL) AS owns
+      FROM app_can_be cb
+      LEFT JOIN roles_with_access w ON w.role = cb.role
+      LEFT JOIN (SELECT DISTINCT c.relowner AS role FROM prot p JOIN pg_class c ON c.oid = p.relid) k
+             ON k.role = cb.role
+     GROUP BY cb.login
 )
 SELECT f.severity, f.rule, f.object, f.detail, f.fix FROM (
 -- 1. Protected tables whose state differs from what protect() recorded.
@@ -544,13 +612,7 @@ SELECT 'error', 'owner_can_bind', p.relid::text,
                         p.relid::regclass, 'app_owner')
             ELSE format('REVOKE %I FROM %I;', o.rolname, l.rolname) END
   FROM prot p JOIN pg_class c ON c.oid = p.relid JOIN pg_roles o ON o.oid = c.relowner
-  CROSS JOIN LATERAL (
-      SELECT r.rolname FROM pg_roles r
-       WHERE r.rolcanlogin AND NOT r.rolsuper
-         AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
-         AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
-         AND pg_has_role(r.oid, o.oid, 'MEMBER')
-       ORDER BY r.oid <> o.oid, r.rolname LIMIT 1) l
+  JOIN (SELECT role, login_name AS rolname FROM app_role_login) l ON l.role = o.oid
  WHERE NOT o.rolsuper
 UNION ALL
 -- 16. Domains of protected columns owned by such a role (the column's type, or a type it is
@@ -567,11 +629,7 @@ SELECT DISTINCT 'error', 'domain_owner_can_bind', format_type(t.oid, NULL),
   JOIN pg_type t ON t.typtype = 'd' AND t.oid = reach.oid
   JOIN pg_roles o ON o.oid = t.typowner
  WHERE NOT o.rolsuper
-   AND EXISTS (SELECT FROM pg_roles r
-                WHERE r.rolcanlogin AND NOT r.rolsuper
-                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
-                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
-                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+   AND o.oid IN (SELECT role FROM app_role_login)
 UNION ALL
 -- 16b. Casts to or from a type a protected column is made of, with a user's function that an
 --      application session's role may replace (CREATE OR REPLACE FUNCTION): the cast runs in
@@ -590,11 +648,7 @@ SELECT DISTINCT 'error', 'cast_function_owner_can_bind',
   JOIN pg_proc fn ON fn.oid = k.castfunc
   JOIN pg_roles o ON o.oid = fn.proowner
  WHERE NOT o.rolsuper
-   AND EXISTS (SELECT FROM pg_roles r
-                WHERE r.rolcanlogin AND NOT r.rolsuper
-                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
-                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
-                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+   AND o.oid IN (SELECT role FROM app_role_login)
 UNION ALL
 -- 17. Foreign keys of protected tables that cascade from a table the application can write
 --     and that is not protected: referential actions bypass row security, so a session bound
@@ -817,11 +871,7 @@ SELECT DISTINCT 'error', 'trigger_function_owner_can_bind', format('%s.%I', p.re
   JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace fn ON fn.oid = f.pronamespace
   JOIN pg_roles o ON o.oid = f.proowner
  WHERE NOT o.rolsuper AND fn.nspname <> 'tenancy'
-   AND EXISTS (SELECT FROM pg_roles r
-                WHERE r.rolcanlogin AND NOT r.rolsuper
-                  AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
-                  AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
-                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+   AND o.oid IN (SELECT role FROM app_role_login)
 UNION ALL
 -- 25. Protected tables with a parent that is not protected (multiple inheritance, or made by a
 --     superuser): the parent's queries read the table's rows without its policies.
@@ -857,27 +907,19 @@ SELECT DISTINCT ON (r.rolname) 'error', 'application_role_can_create', r.rolname
             WHEN EXISTS (SELECT FROM aclexplode(n.nspacl) a WHERE a.grantee = 0 AND a.privilege_type = 'CREATE')
             THEN format('REVOKE CREATE ON SCHEMA %I FROM PUBLIC;', n.nspname)
             ELSE format('REVOKE CREATE ON SCHEMA %I FROM %I;', n.nspname, g.rolname) END
-  FROM pg_roles r
-  JOIN (SELECT n.oid, n.nspname, n.nspowner, n.nspacl FROM pg_namespace n
-         WHERE n.nspname !~ '^pg_(temp|toast_temp)_' AND n.nspname <> 'pg_toast'
-        UNION ALL
-        -- CREATE on the database: the role can create a schema of its own.
-        SELECT 0::oid, NULL::name, d.datdba, d.datacl FROM pg_database d WHERE d.datname = current_database()) n ON true
-  CROSS JOIN LATERAL (
-      SELECT x.oid, x.rolname FROM pg_roles x
-       WHERE pg_has_role(r.oid, x.oid, 'MEMBER')
-         AND CASE WHEN n.oid = 0 THEN has_database_privilege(x.oid, current_database(), 'CREATE')
-                  ELSE has_schema_privilege(x.oid, n.oid, 'CREATE') END
-       ORDER BY x.oid <> r.oid, x.rolname LIMIT 1) g
- WHERE r.rolcanlogin AND NOT r.rolsuper
-   AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
-   AND NOT pg_has_role(r.oid, 'tenancy_key_admin', 'MEMBER')
-   AND EXISTS (SELECT FROM prot p, pg_roles y
-                WHERE pg_has_role(r.oid, y.oid, 'MEMBER')
-                  AND (has_table_privilege(y.oid, p.relid, 'SELECT, INSERT, UPDATE, DELETE')
-                       OR has_any_column_privilege(y.oid, p.relid, 'SELECT, INSERT, UPDATE')))
-   AND NOT EXISTS (SELECT FROM prot p JOIN pg_class c ON c.oid = p.relid WHERE pg_has_role(r.oid, c.relowner, 'MEMBER'))
- ORDER BY r.rolname, n.nspname NULLS LAST) app_create
+  FROM app_can_be cb
+  JOIN app_login_access f ON f.login = cb.login AND f.reads AND NOT f.owns
+  JOIN app_logins r ON r.oid = cb.login
+  JOIN roles_that_create c ON c.role = cb.role
+  JOIN schemas n ON n.oid = c.nsp
+  JOIN pg_roles g ON g.oid = cb.role
+ -- One finding per login role: its first schema by name (the database last), as the role that
+ -- holds the privilege itself where there is one (its fix revokes it there: a REVOKE from a
+ -- role that only inherits the privilege removes nothing), then as the login role itself.
+ ORDER BY r.rolname, n.nspname NULLS LAST,
+          NOT EXISTS (SELECT FROM aclexplode(coalesce(n.nspacl, acldefault(CASE WHEN n.oid = 0 THEN 'd' ELSE 'n' END::"char", n.nspowner))) a
+                       WHERE a.grantee = g.oid AND a.privilege_type = 'CREATE'),
+          g.oid <> r.oid, g.rolname) app_create
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so

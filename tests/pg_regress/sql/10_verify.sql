@@ -210,6 +210,19 @@ SELECT * FROM pg_temp.findings('application_role_can_create');
 SELECT fix FROM pg_temp.findings('application_role_can_create') \gexec
 SELECT count(*) AS left FROM pg_temp.findings('application_role_can_create');
 
+-- The same through roles: CREATE held by a group role that one login role inherits and
+-- another can only SET ROLE to (NOINHERIT), which reads through pg_read_all_data, also only
+-- by SET ROLE. Each finding names the role that holds the privilege, from which its fix
+-- revokes it (revoking it from a role that inherits it would remove nothing).
+CREATE ROLE regress_ver_creators NOLOGIN;
+GRANT CREATE ON SCHEMA ver TO regress_ver_creators;
+CREATE ROLE regress_ver_inh LOGIN IN ROLE regress_ver_creators;
+GRANT SELECT ON ver.parent TO regress_ver_inh;
+CREATE ROLE regress_ver_noinh LOGIN NOINHERIT IN ROLE regress_ver_creators, pg_read_all_data;
+SELECT * FROM pg_temp.findings('application_role_can_create');
+SELECT fix FROM pg_temp.findings('application_role_can_create') \gexec
+SELECT count(*) AS left FROM pg_temp.findings('application_role_can_create');
+
 -- The schema is clean again.
 SELECT * FROM pg_temp.findings();
 SELECT count(*) AS errors FROM pg_temp.findings() WHERE severity = 'error';
@@ -240,4 +253,4 @@ SELECT count(*) FROM tenancy.verify();
 DROP SCHEMA ver CASCADE;
 SELECT tenancy.unmap_role('regress_ver_mapped', 'ver-acme');
 DROP OWNED BY regress_ver_app, regress_ver_bypass, regress_ver_mapped, app_owner;
-DROP ROLE regress_ver_app, regress_ver_ops, regress_ver_bypass, regress_ver_mapped, regress_ver_both;
+DROP ROLE regress_ver_creators, regress_ver_inh, regress_ver_noinh, regress_ver_app, regress_ver_ops, regress_ver_bypass, regress_ver_mapped, regress_ver_both;
