@@ -42,6 +42,25 @@ macro_rules! trigger_body {
     };
 }
 
+/// `set_config` calls, concatenated, that print values the same on every node and in every
+/// session for the rest of the transaction (or GUC nest level): a trigger's WHEN condition or a
+/// partial index's predicate prints its constants through their types' output functions, which
+/// follow `DateStyle`, `TimeZone`, `IntervalStyle`, `extra_float_digits` and `bytea_output`. A
+/// client's `TimeZone` made the coordinator print a timestamp another way than the workers'
+/// connections (false drift, which refused `protect()`), and a table's owner on a worker could
+/// set `extra_float_digits` so that a changed constant printed as the recorded one (a
+/// reviewer's pass).
+macro_rules! pin_output {
+    () => {
+        "pg_catalog.set_config('DateStyle', 'ISO, MDY', true) \
+         || pg_catalog.set_config('TimeZone', 'UTC', true) \
+         || pg_catalog.set_config('IntervalStyle', 'postgres', true) \
+         || pg_catalog.set_config('extra_float_digits', '1', true) \
+         || pg_catalog.set_config('bytea_output', 'hex', true) \
+         || pg_catalog.set_config('quote_all_identifiers', 'off', true)"
+    };
+}
+
 /// A rule's definition as `pg_get_ruledef` prints it, with its table's name written `$t` (`r`
 /// is its `pg_rewrite` row), as [`trigger_body`].
 macro_rules! rule_body {
@@ -170,6 +189,8 @@ fn guard_signature(
     table: &str,
 ) -> Result<String, pgrx::spi::Error> {
     let own = format!("{}::regclass", catalog::quote_literal(table));
+    // Inside catalog::with_owner (every caller), whose GUC nest level undoes these on return.
+    c.select(concat!("SELECT ", pin_output!()), Some(1), &[])?;
     run_signature(c, GUARD_SIGNATURE, relation, &own)
 }
 
@@ -200,12 +221,13 @@ fn run_signature(
 /// `run_command_on_placements` with each placement's shard name; `@SHARD@`: `true` for a
 /// shard, `false` for the table): its policies other than pg_tenancy's generated ones (name,
 /// command, roles, expressions with `'...'::regclass` constants written as `'?'::regclass`;
-/// not whether permissive: Citus makes every shard's policy permissive), its rules (name and
-/// definition, [`rule_body`]), and its triggers (name, a shard's without the `_<shard id>` Citus
-/// appends, function and definition, [`trigger_body`]: a trigger of the table's replaced on a
-/// shard under its name, with other events, is one the table does not have). Printed
-/// as a text array. Reads only the system catalogs. Expressions print under the same
-/// `search_path` on every node: the statement sets it for its own transaction first (a
+/// not whether permissive: Citus makes every shard's policy permissive), its rules (name,
+/// whether enabled, definition, [`rule_body`]), and its triggers (name, a shard's without the
+/// `_<shard id>` Citus appends, function, whether enabled, and definition, [`trigger_body`]: a
+/// trigger of the table's replaced on a shard under its name with other events, or disabled
+/// there, is one the table does not have). Printed as a text array. Reads only the system
+/// catalogs. Expressions print under the same `search_path` and output settings
+/// ([`pin_output`]) on every node: the statement sets them for its own transaction first (a
 /// connection of its own on each worker, which Citus's `run_command_on_placements` opens and
 /// closes; on the coordinator inside [`catalog::with_owner`], which undoes it), in a subquery
 /// whose volatile call PostgreSQL evaluates before the array, an InitPlan evaluated when the
@@ -222,7 +244,7 @@ const FOREIGN_OBJECTS: &str = concat!(
                                       'tenancy_isolation_update', 'tenancy_isolation_delete', 'tenancy_select', \
                                       'tenancy_insert', 'tenancy_update', 'tenancy_delete']) \
        UNION ALL \
-       SELECT 'rule ' || pg_catalog.quote_ident(r.rulename::text) || ' ' || " , rule_body!(), "  \
+       SELECT 'rule ' || pg_catalog.quote_ident(r.rulename::text) || ' ' || r.ev_enabled::text || ' ' || " , rule_body!(), "  \
          FROM pg_catalog.pg_rewrite r \
         WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN' \
        UNION ALL \
@@ -230,11 +252,11 @@ const FOREIGN_OBJECTS: &str = concat!(
                 THEN pg_catalog.regexp_replace(t.tgname::text, \
                        '_' || pg_catalog.substring(c.relname::text, '_([0-9]+)$') || '$', '') \
                 ELSE t.tgname::text END) \
-              || ' ' || pg_catalog.quote_ident(f.proname::text) || ' ' || " , trigger_body!(), "  \
+              || ' ' || pg_catalog.quote_ident(f.proname::text) || ' ' || t.tgenabled::text || ' ' || " , trigger_body!(), "  \
          FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
          JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
         WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal)::text END \
-       FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) AS p) AS pinned"
+       FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) || " , pin_output!(), " AS p) AS pinned"
 );
 
 /// Before `protect()` of Citus table `rel` (on the coordinator, its name `table` as regclass
