@@ -259,6 +259,100 @@ const FOREIGN_OBJECTS: &str = concat!(
        FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) || " , pin_output!(), " AS p) AS pinned"
 );
 
+/// The functions `verify()` compares between the coordinator and each worker: pg_tenancy's own
+/// (the extension's members: its policies, triggers and binding call them on every node) and
+/// the functions of protected Citus tables' triggers. Printed as `regprocedure` under the pinned
+/// `search_path` of [`catalog::with_owner`], so schema-qualified. Aggregates are left out
+/// (`pg_get_functiondef` does not print them; pg_tenancy has none).
+const COMPARED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg_catalog.regprocedure::text ORDER BY 1), '{}') \
+       FROM pg_catalog.pg_proc f \
+      WHERE f.prokind <> 'a' \
+        AND (f.oid IN (SELECT d.objid FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+                        WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                          AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                          AND d.deptype = 'e' AND e.extname = 'pg_tenancy') \
+             OR f.oid IN (SELECT t.tgfoid FROM pg_catalog.pg_trigger t \
+                           JOIN tenancy.protected_table p ON p.relid = t.tgrelid \
+                           JOIN pg_catalog.pg_dist_partition dp ON dp.logicalrelid = p.relid))";
+
+/// Each function of a list (`%1$L`: a text array of `regprocedure` names, formatted by
+/// PostgreSQL's format()) as `<name> <md5 of its definition and owner>`, or `<name> missing`,
+/// printed as a text array: `pg_get_functiondef` prints the language, body, volatility,
+/// `SECURITY DEFINER`, `LEAKPROOF` and `SET` clauses, under the pinned `search_path` and output
+/// settings ([`pin_output`]: argument defaults print their constants), set first in a subquery
+/// as [`FOREIGN_OBJECTS`] does. Its `EXECUTE` grants are not compared: Citus does not carry
+/// grants on an extension's functions, and pg_tenancy grants its trigger functions to each
+/// protected table's owner per node. Reads only `pg_proc` (and what `pg_get_functiondef` reads).
+const FUNCTION_DEFINITIONS: &str = concat!(
+    "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY( \
+       SELECT n || ' ' || coalesce(pg_catalog.md5(pg_catalog.pg_get_functiondef(f.oid) \
+                                     || ' owner ' || pg_catalog.pg_get_userbyid(f.proowner)), 'missing') \
+         FROM pg_catalog.unnest(%1$L::pg_catalog.text[]) n \
+         LEFT JOIN pg_catalog.pg_proc f ON f.oid = pg_catalog.to_regprocedure(n) \
+        ORDER BY 1)::text END \
+       FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) || ", pin_output!(), " AS p) AS pinned"
+);
+
+/// A worker whose functions differ from the coordinator's: (node, port, read, the names of the
+/// functions that differ or are missing there, what the node answered).
+pub(crate) type NodeFunctions = (String, i32, bool, Vec<String>, String);
+
+/// For `verify()` on the coordinator (inside [`catalog::with_owner`]): every worker on which
+/// one of [`COMPARED_FUNCTIONS`] is defined otherwise than here, or missing, or which could not
+/// be read, through Citus's `run_command_on_workers` (a connection of its own to each worker,
+/// as the catalog owner) with [`FUNCTION_DEFINITIONS`]. A superuser on a worker, past the guard,
+/// could replace `tenancy.current_tenant()` there, and the table's owner, with
+/// `citus.enable_ddl_propagation` off, a protected table's trigger function: the policies and
+/// triggers still read the same on every node.
+pub(crate) fn workers_with_other_functions(
+    c: &pgrx::spi::SpiClient<'_>,
+) -> Result<Vec<NodeFunctions>, pgrx::spi::Error> {
+    let names: Vec<String> = c
+        .select(COMPARED_FUNCTIONS, Some(1), &[])?
+        .first()
+        .get_one::<Vec<String>>()?
+        .unwrap_or_default();
+    let statement: String = c
+        .select(
+            "SELECT pg_catalog.format($1, $2)",
+            Some(1),
+            &[FUNCTION_DEFINITIONS.into(), names.into()],
+        )?
+        .first()
+        .get_one::<String>()?
+        .unwrap_or_default();
+    // Here, then on every worker, the same statement.
+    let own: String = c
+        .select(&statement, Some(1), &[])?
+        .first()
+        .get_one::<String>()?
+        .unwrap_or_default();
+    let rows = c.select(
+        "SELECT w.nodename::text, w.nodeport, w.success, \
+                CASE WHEN w.success THEN ARRAY(SELECT pg_catalog.regexp_replace(x, ' [^ ]*$', '') \
+                                                 FROM (SELECT pg_catalog.unnest(w.result::text[]) \
+                                                       EXCEPT SELECT pg_catalog.unnest($2::text[])) d(x) ORDER BY 1) END, \
+                w.result \
+           FROM pg_catalog.run_command_on_workers($1) w ORDER BY 1, 2",
+        None,
+        &[statement.into(), own.into()],
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push((
+            r.get::<String>(1)?.unwrap_or_default(),
+            r.get::<i32>(2)?.unwrap_or_default(),
+            r.get::<bool>(3)?.unwrap_or(false),
+            r.get::<Vec<String>>(4)?.unwrap_or_default(),
+            r.get::<String>(5)?.unwrap_or_default(),
+        ));
+    }
+    Ok(out
+        .into_iter()
+        .filter(|w| !w.2 || !w.3.is_empty())
+        .collect())
+}
+
 /// Before `protect()` of Citus table `rel` (on the coordinator, its name `table` as regclass
 /// prints it; `generated`, the names of the policies `protect()` makes): refuse when a placement of one of its shards has a policy, rule or trigger that
 /// the table itself does not have ([`FOREIGN_OBJECTS`]). An attacker's pass, as the table's

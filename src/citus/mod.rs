@@ -305,6 +305,11 @@ fn distribute_catalog() -> Vec<String> {
 ///   coordinator (a change the guard on the workers refuses, made past it: event triggers
 ///   disabled by a superuser, or a node restored from an older backup), or that could not be
 ///   read;
+/// - `citus_node_drift` (one per worker): a worker on which one of pg_tenancy's functions, or a
+///   protected Citus table's trigger function, is defined otherwise than on the coordinator
+///   (body, language, security, volatility, settings or owner) or missing, or which could not
+///   be read ([`guard::workers_with_other_functions`]): replaced there past Citus, a superuser's
+///   or, with `citus.enable_ddl_propagation` off, the function owner's;
 /// - `citus_grant_reaches_shards`: TRUNCATE or TRIGGER granted on a protected Citus table to a
 ///   role other than its owner. Citus carries both to the shards, where pg_tenancy's TRUNCATE
 ///   trigger does not run: the grantee can empty every tenant's rows
@@ -407,6 +412,34 @@ fn citus_findings() -> TableIterator<
                     ));
                 }
             }
+        }
+        // pg_tenancy's functions, and protected tables' trigger functions, on every worker.
+        for (node, port, ok, functions, result) in guard::workers_with_other_functions(c)? {
+            if !ok {
+                out.push((
+                    "citus_node_drift".to_string(),
+                    format!("{node}:{port}"),
+                    format!("worker {node}:{port} could not be read: {result}"),
+                    "-- check that every node is reachable: SELECT * FROM pg_catalog.citus_check_cluster_node_health();".to_string(),
+                ));
+                continue;
+            }
+            let listed = functions
+                .iter()
+                .map(|f| crate::catalog::quote_literal(f))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push((
+                "citus_node_drift".to_string(),
+                format!("{node}:{port}"),
+                format!(
+                    "on worker {node}:{port} these functions differ from the coordinator's (definition or owner) or are missing: {}; pg_tenancy's policies, triggers and binding, and the tables' triggers, run them there",
+                    functions.join(", ")
+                ),
+                format!(
+                    "-- on {node}:{port}, as a superuser: create each again as the coordinator prints it, with its owner: SELECT pg_catalog.pg_get_functiondef(f), pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.unnest(ARRAY[{listed}]::pg_catalog.regprocedure[]) f JOIN pg_catalog.pg_proc p ON p.oid = f; -- (on the coordinator)"
+                ),
+            ));
         }
         let grants = c.select(
             "SELECT p.relid::text, a.privilege_type, \

@@ -1051,6 +1051,120 @@ fn a_shard_trigger_replaced_under_its_own_name_is_drift() {
     assert_eq!(op_drift(&table), 0);
 }
 
+/// verify()'s `citus_node_drift` findings, (object, detail), read by an operator.
+fn op_node_drift() -> Vec<(String, String)> {
+    node(0, OPERATOR)
+        .query(
+            "SELECT object, detail FROM tenancy.verify() WHERE rule = 'citus_node_drift' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// A function replaced on one worker: the policies and triggers there still read as the
+/// coordinator's, but what they run is not. The table's owner (NOSUPERUSER NOBYPASSRLS) can
+/// replace its trigger function on a worker with `citus.enable_ddl_propagation` off (Citus
+/// refuses it otherwise), and a superuser there can replace pg_tenancy's own functions, past
+/// the guard: `verify()` on the coordinator compares every worker's definitions with its own
+/// and names the node and the functions.
+#[test]
+fn a_function_replaced_on_a_worker_is_drift() {
+    let pid = std::process::id();
+    let (t, owner) = (format!("refn_{pid}"), format!("refn_owner_{pid}"));
+    let function = format!("public.refn_fn_{pid}()");
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT CREATE ON SCHEMA public TO {owner}"
+    ))
+    .unwrap();
+    let body = |raise: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION {function} RETURNS trigger LANGUAGE plpgsql \
+             AS $f$BEGIN {raise} RETURN NEW; END$f$"
+        )
+    };
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{t}')"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+            "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
+            body(""),
+            format!("ALTER FUNCTION {function} OWNER TO {owner}"),
+            format!("CREATE TRIGGER note BEFORE INSERT ON public.{t} FOR EACH ROW EXECUTE FUNCTION {function}"),
+        ],
+    );
+    assert_eq!(op_node_drift(), vec![], "drift before anything changed");
+    let port = ports()[1];
+
+    // The table's owner, on worker 1: its trigger function now copies every tenant's rows
+    // (here: a notice stands for the copy).
+    let mut o = node(1, &owner);
+    assert_not_privileged(&mut o);
+    let e = o
+        .batch_execute(&body("RAISE NOTICE 'copied';"))
+        .expect_err("Citus let the owner replace a distributed function on a worker");
+    assert!(
+        message(&e).contains("not allowed on this node"),
+        "{}",
+        message(&e)
+    );
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; {}",
+        body("RAISE NOTICE 'copied';")
+    ))
+    .unwrap_or_else(|e| panic!("{}", message(&e)));
+    let found = op_node_drift();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
+    assert!(
+        found[0].1.contains(&format!("refn_fn_{pid}()")),
+        "{found:?}"
+    );
+    // Put back as it was, it is the coordinator's again.
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; {}",
+        body("")
+    ))
+    .unwrap();
+    assert_eq!(op_node_drift(), vec![]);
+
+    // A superuser on worker 1 replaces pg_tenancy's current_tenant() (a C function) with one
+    // that returns no tenant; restored from the coordinator's definition before asserting.
+    let original: String = su
+        .query_one(
+            "SELECT pg_get_functiondef('tenancy.current_tenant()'::regprocedure)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut ws = node(1, "postgres");
+    ws.batch_execute(
+        "SET citus.enable_ddl_propagation = off; \
+         CREATE OR REPLACE FUNCTION tenancy.current_tenant() RETURNS uuid LANGUAGE sql STABLE \
+         AS $f$SELECT NULL::uuid$f$",
+    )
+    .unwrap();
+    let found = op_node_drift();
+    ws.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; {original}"
+    ))
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
+    assert!(found[0].1.contains("tenancy.current_tenant()"), "{found:?}");
+    assert_eq!(
+        op_node_drift(),
+        vec![],
+        "restored from the coordinator's definition"
+    );
+}
+
 /// verify()'s `citus_shard_drift` findings for one table, read by an operator.
 fn op_drift(table: &str) -> i64 {
     node(0, OPERATOR)
