@@ -237,7 +237,9 @@ CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
                  'CREATE VIEW', 'ALTER VIEW', 'CREATE MATERIALIZED VIEW', 'ALTER MATERIALIZED VIEW',
                  'CREATE SEQUENCE', 'ALTER SEQUENCE',
                  'CREATE POLICY', 'ALTER POLICY', 'DROP POLICY', 'DROP TRIGGER',
-                 'ALTER TRIGGER', 'CREATE TRIGGER')
+                 'ALTER TRIGGER', 'CREATE TRIGGER',
+                 -- on a Citus worker, a function the shards of protected tables run
+                 'CREATE FUNCTION', 'ALTER FUNCTION', 'ALTER ROUTINE')
     EXECUTE FUNCTION tenancy._on_ddl_command_end();
 -- Every command that drops objects: a cascade from any object (a view used as a type, an
 -- operator in a generated column, an extension's type) can reach a protected table or column.

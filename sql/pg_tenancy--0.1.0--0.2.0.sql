@@ -1008,3 +1008,17 @@ UPDATE tenancy.protected_table p
 UPDATE tenancy.tenant SET admin_seated_at = pg_catalog.now()
  WHERE admin_seated_at IS NULL
    AND coalesce(settings OPERATOR(pg_catalog.->) 'default_roles' OPERATOR(pg_catalog.?) 'admin', false);
+
+-- The guard's ddl_command_end trigger sees function DDL too: on a Citus worker, a function the
+-- shards of protected tables run, or one of pg_tenancy's, is not changed (src/citus/guard.rs,
+-- refuse_function_changes).
+DROP EVENT TRIGGER tenancy_ddl_command_end;
+CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE',
+                 'CREATE VIEW', 'ALTER VIEW', 'CREATE MATERIALIZED VIEW', 'ALTER MATERIALIZED VIEW',
+                 'CREATE SEQUENCE', 'ALTER SEQUENCE',
+                 'CREATE POLICY', 'ALTER POLICY', 'DROP POLICY', 'DROP TRIGGER',
+                 'ALTER TRIGGER', 'CREATE TRIGGER',
+                 -- on a Citus worker, a function the shards of protected tables run
+                 'CREATE FUNCTION', 'ALTER FUNCTION', 'ALTER ROUTINE')
+    EXECUTE FUNCTION tenancy._on_ddl_command_end();

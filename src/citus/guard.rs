@@ -49,7 +49,11 @@ macro_rules! trigger_body {
 /// client's `TimeZone` made the coordinator print a timestamp another way than the workers'
 /// connections (false drift, which refused `protect()`), and a table's owner on a worker could
 /// set `extra_float_digits` so that a changed constant printed as the recorded one (a
-/// reviewer's pass).
+/// reviewer's pass). A string constant with a backslash prints doubled, as `E'...'`, under
+/// `standard_conforming_strings = off`, which any role may set (false drift for an operator
+/// whose session has it off; and an owner on a worker could write a constant that prints as
+/// the recorded one: a second reviewer's pass); `money` constants print through
+/// `lc_monetary`.
 macro_rules! pin_output {
     () => {
         "pg_catalog.set_config('DateStyle', 'ISO, MDY', true) \
@@ -57,7 +61,9 @@ macro_rules! pin_output {
          || pg_catalog.set_config('IntervalStyle', 'postgres', true) \
          || pg_catalog.set_config('extra_float_digits', '1', true) \
          || pg_catalog.set_config('bytea_output', 'hex', true) \
-         || pg_catalog.set_config('quote_all_identifiers', 'off', true)"
+         || pg_catalog.set_config('quote_all_identifiers', 'off', true) \
+         || pg_catalog.set_config('standard_conforming_strings', 'on', true) \
+         || pg_catalog.set_config('lc_monetary', 'C', true)"
     };
 }
 
@@ -724,6 +730,124 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
             ),
         );
     }
+}
+
+/// The functions a DDL command changed (`CREATE OR REPLACE FUNCTION`, `ALTER FUNCTION` or
+/// `ALTER ROUTINE`, at `ddl_command_end`) that this node's shard or shell of a protected Citus
+/// table runs, each (function, that table as recorded, whether it is pg_tenancy's own): a
+/// trigger, policy, rule, index expression or predicate, column default or constraint of the
+/// relation depends on it, directly or through an operator it implements; or it is a member of
+/// pg_tenancy. Reads this node's copy of the records (`{records}`) and the system catalogs.
+const CHANGED_FUNCTIONS_RUN_HERE: &str = "WITH changed AS ( \
+        SELECT DISTINCT d.objid AS fn FROM pg_catalog.pg_event_trigger_ddl_commands() d \
+         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid IS NOT NULL), \
+      recorded AS ( \
+        SELECT pg_catalog.to_regclass(p.relation) AS rel, p.relation FROM {records} p), \
+      guarded AS ( \
+        SELECT r.rel, r.relation FROM recorded r WHERE r.rel IS NOT NULL \
+        UNION ALL \
+        SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)), r.relation \
+          FROM pg_catalog.pg_dist_shard s JOIN recorded r ON s.logicalrelid = r.rel), \
+      uses AS ( \
+        SELECT c.fn, d.classid, d.objid FROM changed c JOIN pg_catalog.pg_depend d \
+            ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid = c.fn \
+        UNION ALL \
+        SELECT c.fn, d.classid, d.objid FROM changed c JOIN pg_catalog.pg_operator o ON o.oprcode = c.fn \
+          JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.refobjid = o.oid), \
+      used_by AS ( \
+        SELECT u.fn, CASE u.classid \
+            WHEN 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN (SELECT t.tgrelid FROM pg_catalog.pg_trigger t WHERE t.oid = u.objid) \
+            WHEN 'pg_catalog.pg_policy'::pg_catalog.regclass THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = u.objid) \
+            WHEN 'pg_catalog.pg_rewrite'::pg_catalog.regclass THEN (SELECT w.ev_class FROM pg_catalog.pg_rewrite w WHERE w.oid = u.objid) \
+            WHEN 'pg_catalog.pg_attrdef'::pg_catalog.regclass THEN (SELECT a.adrelid FROM pg_catalog.pg_attrdef a WHERE a.oid = u.objid) \
+            WHEN 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN (SELECT k.conrelid FROM pg_catalog.pg_constraint k WHERE k.oid = u.objid) \
+            WHEN 'pg_catalog.pg_class'::pg_catalog.regclass \
+              THEN coalesce((SELECT x.indrelid FROM pg_catalog.pg_index x WHERE x.indexrelid = u.objid), u.objid) END AS rel \
+          FROM uses u) \
+    SELECT q.f, q.t, q.own FROM ( \
+      SELECT c.fn::pg_catalog.regprocedure::text AS f, \
+             (SELECT pg_catalog.min(g.relation) FROM used_by b JOIN guarded g ON g.rel = b.rel WHERE b.fn = c.fn) AS t, \
+             EXISTS (SELECT FROM pg_catalog.pg_depend e JOIN pg_catalog.pg_extension x ON x.oid = e.refobjid \
+                      WHERE e.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND e.objid = c.fn \
+                        AND e.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                        AND e.deptype = 'e' AND x.extname = 'pg_tenancy') AS own \
+        FROM changed c) q \
+     WHERE q.t IS NOT NULL OR q.own \
+     ORDER BY q.own DESC, 1 LIMIT 1";
+
+/// In the guard's check at `ddl_command_end` (every node; not in a superuser's connection that
+/// Citus opened for its own work, nor in pg_tenancy's own DDL, nor in an extension's script):
+/// on a worker, refuse a command that changed a function a shard or shell of a protected table
+/// runs there, or one of pg_tenancy's functions ([`CHANGED_FUNCTIONS_RUN_HERE`]). The table's
+/// owner could replace its trigger function on one worker with `citus.enable_ddl_propagation`
+/// off (Citus allows it): the shard's trigger, which the guard compares, still read the same
+/// while it ran other code, unseen from the coordinator (a second reviewer's pass). A
+/// function changes on the coordinator, where Citus carries the change to every node over its
+/// own connections: as a superuser's connection, which the guard lets pass. Citus opens them
+/// as the current user, and a connection of the table's owner cannot be told from one Citus
+/// opened for the owner, so on Citus a function a protected table runs is changed by a
+/// superuser (a trusted migration role), as its triggers are created by one. `verify()` reports
+/// a change made past the guard (`citus_node_drift`).
+pub fn refuse_function_changes() {
+    // SAFETY: creating_extension is this backend's own flag (set while an extension's script
+    // runs, where pg_tenancy's functions are created and replaced).
+    if !crate::pg::citus::in_database() || unsafe { pg_sys::creating_extension } {
+        return;
+    }
+    let found: Option<(String, Option<String>, bool)> = catalog::with_owner(|| {
+        Spi::connect_mut(|c| {
+            let coordinator = c
+                .select("SELECT pg_catalog.citus_is_coordinator()", Some(1), &[])?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(true);
+            if coordinator {
+                return Ok(None);
+            }
+            show_shards(c)?;
+            let records = local_copy(c)?;
+            let rows = c.select(
+                &CHANGED_FUNCTIONS_RUN_HERE.replace("{records}", &records),
+                Some(1),
+                &[],
+            )?;
+            let mut found = None;
+            for r in rows {
+                found = Some((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?,
+                    r.get::<bool>(3)?.unwrap_or(false),
+                ));
+            }
+            Ok::<_, pgrx::spi::Error>(found)
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check of a function on Citus failed: {e}"));
+    let Some((function, table, own)) = found else {
+        return;
+    };
+    let mut f = serde_json::Map::new();
+    f.insert("function".into(), function.clone().into());
+    if let Some(t) = &table {
+        f.insert("table".into(), t.clone().into());
+    }
+    if own {
+        errors::refuse(
+            "guard_refused",
+            f,
+            errors::INSUFFICIENT_PRIVILEGE,
+            format!("function {function} is pg_tenancy's and is not changed on a worker: every node's policies and triggers run it"),
+            "pg_tenancy's functions change with the extension: run ALTER EXTENSION pg_tenancy UPDATE on the coordinator, which Citus carries to every node.",
+        );
+    }
+    let table = table.unwrap_or_default();
+    errors::refuse(
+        "guard_refused",
+        f,
+        errors::INSUFFICIENT_PRIVILEGE,
+        format!("function {function} is run by the shards of protected table \"{table}\" and is not changed on a worker"),
+        "Change it on the coordinator, as a superuser (a trusted migration role), with citus.enable_ddl_propagation on: Citus carries it to every node over its own connections. A change on one node alone would run there unseen from the coordinator.",
+    );
 }
 
 /// Whether `rel` is, on this node, a shard or copy of a protected Citus table (its shell on a

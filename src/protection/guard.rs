@@ -25,7 +25,13 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
         "SELECT pg_catalog.count(*) FROM pg_catalog.pg_event_trigger_ddl_commands()",
         &[],
     );
-    if crate::protection::policy::guard_stands_aside() || touched.iter().all(Option::is_none) {
+    if crate::protection::policy::guard_stands_aside() {
+        return;
+    }
+    // On a Citus worker: functions that the shards of protected tables run (CREATE FUNCTION,
+    // ALTER FUNCTION, ALTER ROUTINE; they touch no table).
+    crate::citus::guard::refuse_function_changes();
+    if touched.iter().all(Option::is_none) {
         return;
     }
     refuse_while_sql_objects_lag(&touched);

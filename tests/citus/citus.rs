@@ -1065,13 +1065,15 @@ fn op_node_drift() -> Vec<(String, String)> {
 }
 
 /// A function replaced on one worker: the policies and triggers there still read as the
-/// coordinator's, but what they run is not. The table's owner (NOSUPERUSER NOBYPASSRLS) can
-/// replace its trigger function on a worker with `citus.enable_ddl_propagation` off (Citus
-/// refuses it otherwise), and a superuser there can replace pg_tenancy's own functions, past
-/// the guard: `verify()` on the coordinator compares every worker's definitions with its own
-/// and names the node and the functions.
+/// coordinator's, but what they run is not. The guard on the workers refuses it: the table's
+/// owner (NOSUPERUSER NOBYPASSRLS) replacing its trigger function on a worker with
+/// `citus.enable_ddl_propagation` off (Citus allows that), or from the coordinator (Citus
+/// carries it to the workers as the owner, which a worker cannot tell from the owner's own
+/// connection), and a superuser replacing pg_tenancy's own functions there. Past the guard (a
+/// superuser with event triggers off), `verify()` on the coordinator compares every worker's
+/// definitions with its own and names the node and the functions.
 #[test]
-fn a_function_replaced_on_a_worker_is_drift() {
+fn a_function_replaced_on_a_worker_is_refused_or_drift() {
     let pid = std::process::id();
     let (t, owner) = (format!("refn_{pid}"), format!("refn_owner_{pid}"));
     let function = format!("public.refn_fn_{pid}()");
@@ -1089,21 +1091,42 @@ fn a_function_replaced_on_a_worker_is_drift() {
     setup_in_one_transaction(
         &mut su,
         &[
-            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, note text)"),
             format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
             format!("SELECT tenancy.protect('public.{t}')"),
             format!("ALTER TABLE public.{t} OWNER TO {owner}"),
             "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
             body(""),
             format!("ALTER FUNCTION {function} OWNER TO {owner}"),
-            format!("CREATE TRIGGER note BEFORE INSERT ON public.{t} FOR EACH ROW EXECUTE FUNCTION {function}"),
+            // A backslash in a constant prints doubled, as E'...', in a session with
+            // standard_conforming_strings off (a reviewer's pass: false drift).
+            format!("CREATE TRIGGER note BEFORE INSERT ON public.{t} FOR EACH ROW \
+                     WHEN (NEW.note IS DISTINCT FROM 'a\\b') EXECUTE FUNCTION {function}"),
         ],
     );
+    let table = format!("public.{t}");
     assert_eq!(op_node_drift(), vec![], "drift before anything changed");
+    assert_eq!(op_drift(&table), 0);
+    let mut old_strings = node(0, OPERATOR);
+    old_strings
+        .batch_execute("SET standard_conforming_strings = off")
+        .unwrap();
+    let found: i64 = old_strings
+        .query_one(
+            "SELECT count(*) FROM tenancy.verify() WHERE rule = 'citus_shard_drift' AND object = $1",
+            &[&table],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        found, 0,
+        "an operator with standard_conforming_strings off saw drift"
+    );
     let port = ports()[1];
 
-    // The table's owner, on worker 1: its trigger function now copies every tenant's rows
-    // (here: a notice stands for the copy).
+    // The table's owner, on worker 1: its trigger function would copy every tenant's rows
+    // (here: a notice stands for the copy). Citus refuses it with DDL propagation on; the guard
+    // with it off, and ALTER FUNCTION too.
     let mut o = node(1, &owner);
     assert_not_privileged(&mut o);
     let e = o
@@ -1114,28 +1137,59 @@ fn a_function_replaced_on_a_worker_is_drift() {
         "{}",
         message(&e)
     );
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; {}",
+    for statement in [
+        body("RAISE NOTICE 'copied';"),
+        format!("ALTER FUNCTION {function} SECURITY DEFINER"),
+        format!("ALTER FUNCTION {function} SET search_path = public"),
+    ] {
+        let e = o
+            .batch_execute(&format!(
+                "SET citus.enable_ddl_propagation = off; {statement}"
+            ))
+            .expect_err("the owner changed a protected table's trigger function on a worker");
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+        assert!(
+            message(&e).contains(&format!("refn_fn_{pid}()")) && message(&e).contains(&table),
+            "{}",
+            message(&e)
+        );
+        o.batch_execute("RESET citus.enable_ddl_propagation")
+            .unwrap();
+    }
+    // From the coordinator, Citus carries the owner's change to the workers as the owner: the
+    // workers refuse it, and nothing changes anywhere.
+    let mut oc = node(0, &owner);
+    let e = oc
+        .batch_execute(&body("RAISE NOTICE 'copied';"))
+        .expect_err("the owner changed a protected Citus table's trigger function");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert_eq!(op_node_drift(), vec![]);
+    // A superuser (a trusted migration role) changes it on the coordinator: Citus carries it
+    // over its own connections, and every node has the same.
+    su.batch_execute(&body("RAISE NOTICE 'checked';"))
+        .unwrap_or_else(|e| panic!("{}", message(&e)));
+    assert_eq!(op_node_drift(), vec![]);
+
+    // Past the guard: a superuser on worker 1 with event triggers off.
+    let mut ws = node(1, "postgres");
+    ws.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; SET session_replication_role = replica; {}",
         body("RAISE NOTICE 'copied';")
     ))
-    .unwrap_or_else(|e| panic!("{}", message(&e)));
+    .unwrap();
     let found = op_node_drift();
+    ws.batch_execute(&body("RAISE NOTICE 'checked';")).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
     assert!(
         found[0].1.contains(&format!("refn_fn_{pid}()")),
         "{found:?}"
     );
-    // Put back as it was, it is the coordinator's again.
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; {}",
-        body("")
-    ))
-    .unwrap();
     assert_eq!(op_node_drift(), vec![]);
 
-    // A superuser on worker 1 replaces pg_tenancy's current_tenant() (a C function) with one
-    // that returns no tenant; restored from the coordinator's definition before asserting.
+    // pg_tenancy's own current_tenant() (a C function), replaced on worker 1 by a superuser
+    // with one that returns no tenant: refused; past the guard, drift. Restored from the
+    // coordinator's definition before asserting.
     let original: String = su
         .query_one(
             "SELECT pg_get_functiondef('tenancy.current_tenant()'::regprocedure)",
@@ -1143,18 +1197,26 @@ fn a_function_replaced_on_a_worker_is_drift() {
         )
         .unwrap()
         .get(0);
-    let mut ws = node(1, "postgres");
-    ws.batch_execute(
-        "SET citus.enable_ddl_propagation = off; \
+    let replace = "SET citus.enable_ddl_propagation = off; \
          CREATE OR REPLACE FUNCTION tenancy.current_tenant() RETURNS uuid LANGUAGE sql STABLE \
-         AS $f$SELECT NULL::uuid$f$",
-    )
-    .unwrap();
-    let found = op_node_drift();
+         AS $f$SELECT NULL::uuid$f$";
+    let mut ws = node(1, "postgres");
+    let e = ws
+        .batch_execute(replace)
+        .expect_err("a superuser replaced pg_tenancy's function on a worker");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(
+        message(&e).contains("tenancy.current_tenant()"),
+        "{}",
+        message(&e)
+    );
+    let mut ws = node(1, "postgres");
     ws.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; {original}"
+        "SET session_replication_role = replica; {replace}"
     ))
     .unwrap();
+    let found = op_node_drift();
+    ws.batch_execute(&original).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
     assert!(found[0].1.contains("tenancy.current_tenant()"), "{found:?}");
