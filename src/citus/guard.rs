@@ -42,6 +42,49 @@ macro_rules! trigger_body {
     };
 }
 
+/// A trigger's name as the signatures compare it (`t` is its `pg_trigger` row; `$shard`, SQL
+/// for the shard id of its relation, text, or NULL where the relation is not a shard). Citus
+/// names a shard's trigger `<name>_<shard id>`, and where that is longer than PostgreSQL's 63
+/// bytes, `<its first bytes>_<8 hex digits: hash_any of the name>_<shard id>` (a long name read
+/// as drift: protect() refused the table, and the guard every DDL on its shards). So a name
+/// of 40 bytes or more is compared as its first 7 characters and that hash (`hashtext`, the
+/// same function over the same bytes), whether the shard's name carries it or the name is
+/// whole; a shard's trigger without its shard's suffix is not its table's (renamed there, it
+/// would fire in another order; a reviewer's pass). `OFFSET 0` keeps the shard id a value
+/// computed once: a subquery pulled up puts the expression, a lookup in Citus's metadata, in
+/// place of each use (the Citus suite ran twice as long).
+macro_rules! trigger_key {
+    ($shard:expr) => {
+        concat!(
+            "(SELECT CASE \
+               WHEN k.s IS NOT NULL AND pg_catalog.octet_length(t.tgname::text) >= 60 \
+                    AND t.tgname::text ~ ('^.+_[0-9a-f]{8}_' || k.s || '$') \
+                 THEN pg_catalog.left(t.tgname::text, 7) || '..#' \
+                      || pg_catalog.substring(t.tgname::text, '_([0-9a-f]{8})_' || k.s || '$') \
+               WHEN k.s IS NOT NULL AND pg_catalog.right(t.tgname::text, pg_catalog.length('_' || k.s)) <> '_' || k.s \
+                 THEN t.tgname::text || ' (without its shard''s suffix)' \
+               WHEN pg_catalog.octet_length(k.r) >= 40 \
+                 THEN pg_catalog.left(k.r, 7) || '..#' || pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.hashtext(k.r)), 8, '0') \
+               ELSE k.r END \
+             FROM (SELECT z.s, CASE WHEN z.s IS NULL THEN t.tgname::text \
+                                    ELSE pg_catalog.left(t.tgname::text, -pg_catalog.length('_' || z.s)) END AS r \
+                     FROM (SELECT ",
+            $shard,
+            " AS s OFFSET 0) z OFFSET 0) k)"
+        )
+    };
+}
+
+/// The shard id of relation `rc` (its `pg_class` row), text, where its name ends in one that
+/// Citus's metadata knows; else NULL. Up to 18 digits, so the cast cannot fail, and the
+/// lookup uses `pg_dist_shard`'s index.
+macro_rules! shard_id_of_rc {
+    () => {
+        "(SELECT ds.shardid::text FROM pg_catalog.pg_dist_shard ds \
+           WHERE ds.shardid = pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')::bigint)"
+    };
+}
+
 /// `set_config` calls, concatenated, that print values the same on every node and in every
 /// session for the rest of the transaction (or GUC nest level): a trigger's WHEN condition or a
 /// partial index's predicate prints its constants through their types' output functions, which
@@ -77,14 +120,15 @@ macro_rules! rule_body {
 
 /// The signature of a relation's row security: its two flags, then each policy (name,
 /// command, permissive, USING, WITH CHECK) in name order, with `'...'::regclass` constants
-/// written as `'?'::regclass`, then its triggers in order (name without the shard's suffix
-/// Citus adds to a shard's: a shard's own trailing `_<shard id>`, so that a trigger
+/// written as `'?'::regclass`, then its triggers in order (name as [`trigger_key`] compares
+/// it: a shard's without the trailing `_<shard id>` of its own shard, so that a trigger
 /// `trg_2024`, or `trg_t_2024` of a table `t_2024`, stays itself; and function), pg_tenancy's audit triggers included, but not its TRUNCATE
 /// trigger, which Citus does not put on shards. A format() string: `%1$L` is the relation's name
 /// as a quoted literal, formatted by Citus's `run_command_on_shards` with each shard's name (and
 /// by PostgreSQL's format() here): a name with a quote in it (a table's owner chooses it) stays
 /// inside the literal. Reads only `pg_class`, `pg_policy` and `pg_trigger`.
-pub const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
+pub const SIGNATURE: &str = concat!(
+    "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
       FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
           || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
@@ -92,16 +136,13 @@ pub const SIGNATURE: &str = "SELECT (SELECT c.relrowsecurity::text || '/' || c.r
           '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
-        SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_dist_shard ds \
-                  WHERE ds.shardid::text = pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')) \
-                THEN pg_catalog.regexp_replace(t.tgname::text, \
-                       '_' || pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$') || '$', '') \
-                ELSE t.tgname::text END || ':' \
+        SELECT ", trigger_key!(shard_id_of_rc!()), " || ':' \
           || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(f.proname) AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
       JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
       WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
-       AND NOT (n.nspname = 'tenancy' AND f.proname = '_refuse_truncate')) q), '')";
+       AND NOT (n.nspname = 'tenancy' AND f.proname = '_refuse_truncate')) q), '')"
+);
 
 /// Let this node's `pg_class` show Citus's shards to the statements that follow, inside
 /// [`catalog::with_owner`] (which undoes every setting changed inside it on return): Citus hides
@@ -146,7 +187,7 @@ pub(super) fn local_copy_of(
 /// security's flags; each policy with its roles, its expressions with the table's own name
 /// (`%2$L`, the text `'<table>'::regclass` as printed under pg_tenancy's pinned `search_path`)
 /// written as `'?'::regclass` and any other table's name kept; every trigger, pg_tenancy's audit
-/// triggers included (name without a shard's suffix, as in [`SIGNATURE`], whether enabled, and
+/// triggers included (name as [`trigger_key`] compares it, whether enabled, and
 /// its definition, [`trigger_body`]: a trigger replaced under its name with other events or
 /// arguments changes it), but not its TRUNCATE trigger, which Citus does not put on shards;
 /// every rule, with its definition ([`rule_body`]);
@@ -162,11 +203,7 @@ const GUARD_SIGNATURE: &str = concat!(
           %2$L, '''?''::regclass'), ';' ORDER BY p.polname) \
       FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
-        SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_dist_shard ds \
-                  WHERE ds.shardid::text = pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')) \
-                THEN pg_catalog.regexp_replace(t.tgname::text, \
-                       '_' || pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$') || '$', '') \
-                ELSE t.tgname::text END || ':' \
+        SELECT ", trigger_key!(shard_id_of_rc!()), " || ':' \
           || t.tgenabled::text || ':' || " , trigger_body!(), "  AS g \
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
       JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
@@ -228,8 +265,8 @@ fn run_signature(
 /// shard, `false` for the table): its policies other than pg_tenancy's generated ones (name,
 /// command, roles, expressions with `'...'::regclass` constants written as `'?'::regclass`;
 /// not whether permissive: Citus makes every shard's policy permissive), its rules (name,
-/// whether enabled, definition, [`rule_body`]), and its triggers (name, a shard's without the
-/// `_<shard id>` Citus appends, function, whether enabled, and definition, [`trigger_body`]: a
+/// whether enabled, definition, [`rule_body`]), and its triggers (name as [`trigger_key`]
+/// compares it, function, whether enabled, and definition, [`trigger_body`]: a
 /// trigger of the table's replaced on a shard under its name with other events, or disabled
 /// there, is one the table does not have). Printed as a text array. Reads only the system
 /// catalogs. Expressions print under the same `search_path` and output settings
@@ -254,10 +291,7 @@ const FOREIGN_OBJECTS: &str = concat!(
          FROM pg_catalog.pg_rewrite r \
         WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN' \
        UNION ALL \
-       SELECT 'trigger ' || pg_catalog.quote_ident(CASE WHEN @SHARD@ \
-                THEN pg_catalog.regexp_replace(t.tgname::text, \
-                       '_' || pg_catalog.substring(c.relname::text, '_([0-9]+)$') || '$', '') \
-                ELSE t.tgname::text END) \
+       SELECT 'trigger ' || pg_catalog.quote_ident(", trigger_key!("CASE WHEN @SHARD@ THEN pg_catalog.substring(c.relname::text, '_([0-9]+)$') END"), ") \
               || ' ' || pg_catalog.quote_ident(f.proname::text) || ' ' || t.tgenabled::text || ' ' || " , trigger_body!(), "  \
          FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
          JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \

@@ -1051,6 +1051,78 @@ fn a_shard_trigger_replaced_under_its_own_name_is_drift() {
     assert_eq!(op_drift(&table), 0);
 }
 
+/// Citus names a shard's trigger `<name>_<shard id>`, and shortens one that would be longer than
+/// 63 bytes to its first bytes, a hash of the name and the shard id: such a trigger read as
+/// drift, so that `verify()` reported every shard, `protect()` refused the table ("a shard has
+/// what the table does not") and the guard on the workers refused the owner's every DDL on
+/// its shards. And a shard's trigger renamed there without its suffix (it then fires in
+/// another order) read as its table's.
+#[test]
+fn a_long_trigger_name_is_its_tables_on_every_shard() {
+    let pid = std::process::id();
+    let (t, owner) = (format!("longtrig_{pid}"), format!("longtrig_owner_{pid}"));
+    // 60 bytes: shortened on the shards. 45: whole there, compared by its hash.
+    let long = format!("{:a<60}", format!("note_{pid}_"));
+    let mid = format!("{:b<45}", format!("mid_{pid}_"));
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    setup_in_one_transaction(
+        &mut su,
+        &[
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
+            format!("SELECT tenancy.protect('public.{t}')"),
+            format!("ALTER TABLE public.{t} OWNER TO {owner}"),
+            "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
+            format!("CREATE FUNCTION public.longtrig_fn_{pid}() RETURNS trigger LANGUAGE plpgsql AS $f$BEGIN RETURN NEW; END$f$"),
+            format!("CREATE TRIGGER {long} BEFORE INSERT ON public.{t} FOR EACH ROW EXECUTE FUNCTION public.longtrig_fn_{pid}()"),
+            format!("CREATE TRIGGER {mid} BEFORE UPDATE ON public.{t} FOR EACH ROW EXECUTE FUNCTION public.longtrig_fn_{pid}()"),
+        ],
+    );
+    let table = format!("public.{t}");
+    let (shard, w) = a_placement(&mut su, &t, None);
+    let id = shard.rsplit('_').next().unwrap().to_string();
+    let mut ws = node(w, "postgres");
+    let on_shard: Vec<String> = ws
+        .query(
+            &format!("SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'public.{shard}'::regclass AND (tgname LIKE 'note%' OR tgname LIKE 'mid%') ORDER BY 1"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(on_shard.len(), 2, "{on_shard:?}");
+    assert_eq!(on_shard[0], format!("{mid}_{id}"), "{on_shard:?}");
+    assert!(
+        on_shard[1] != format!("{long}_{id}") && on_shard[1].ends_with(&format!("_{id}")),
+        "Citus did not shorten the long name: {on_shard:?}"
+    );
+    assert_eq!(op_drift(&table), 0, "a long trigger name read as drift");
+    // protect() again passes: the shards have nothing the table does not.
+    su.execute("SELECT tenancy.protect($1::text::regclass)", &[&table])
+        .unwrap_or_else(|e| panic!("{}", message(&e)));
+    // The guard on the worker lets the owner's DDL that leaves the shard's row security alone.
+    let mut o = node(w, &owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "SET citus.enable_manual_changes_to_shards = on; \
+         ALTER TABLE public.{shard} ALTER COLUMN id SET STATISTICS 200"
+    ))
+    .unwrap_or_else(|e| panic!("{}", message(&e)));
+    // A shard's trigger renamed there without its shard's suffix is not its table's.
+    let e = ws
+        .batch_execute(&format!(
+            "SET citus.enable_manual_changes_to_shards = on; \
+             ALTER TRIGGER {mid}_{id} ON public.{shard} RENAME TO {mid}"
+        ))
+        .expect_err("a shard's trigger lost its suffix");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+}
+
 /// verify()'s `citus_node_drift` findings, (object, detail), read by an operator.
 fn op_node_drift() -> Vec<(String, String)> {
     node(0, OPERATOR)
