@@ -49,7 +49,9 @@ macro_rules! trigger_body {
 /// as drift: protect() refused the table, and the guard every DDL on its shards). So a name
 /// of 40 bytes or more is compared as its first 7 characters and that hash (`hashtext`, the
 /// same function over the same bytes), whether the shard's name carries it or the name is
-/// whole; a shard's trigger without its shard's suffix is not its table's (renamed there, it
+/// whole. Citus's shortened names are 63 bytes long, or up to 3 fewer where it cut a multibyte
+/// character, so a whole name that ends like one (`..._20250101_<id>`) is not read as one. A
+/// shard's trigger without its shard's suffix is not its table's (renamed there, it
 /// would fire in another order; a reviewer's pass). `OFFSET 0` keeps the shard id a value
 /// computed once: a subquery pulled up puts the expression, a lookup in Citus's metadata, in
 /// place of each use (the Citus suite ran twice as long).
@@ -57,8 +59,10 @@ macro_rules! trigger_key {
     ($shard:expr) => {
         concat!(
             "(SELECT CASE \
-               WHEN k.s IS NOT NULL AND pg_catalog.octet_length(t.tgname::text) >= 60 \
-                    AND t.tgname::text ~ ('^.+_[0-9a-f]{8}_' || k.s || '$') \
+               WHEN k.s IS NOT NULL AND t.tgname::text ~ ('^.+_[0-9a-f]{8}_' || k.s || '$') \
+                    AND (pg_catalog.octet_length(t.tgname::text) = 63 \
+                         OR (pg_catalog.octet_length(t.tgname::text) >= 60 \
+                             AND pg_catalog.octet_length(t.tgname::text) <> pg_catalog.length(t.tgname::text))) \
                  THEN pg_catalog.left(t.tgname::text, 7) || '..#' \
                       || pg_catalog.substring(t.tgname::text, '_([0-9a-f]{8})_' || k.s || '$') \
                WHEN k.s IS NOT NULL AND pg_catalog.right(t.tgname::text, pg_catalog.length('_' || k.s)) <> '_' || k.s \
@@ -75,13 +79,15 @@ macro_rules! trigger_key {
     };
 }
 
-/// The shard id of relation `rc` (its `pg_class` row), text, where its name ends in one that
-/// Citus's metadata knows; else NULL. Up to 18 digits, so the cast cannot fail, and the
+/// The shard id of relation `rc` (its `pg_class` row), text, where it is that shard by Citus's
+/// metadata (its name ends in the id, and Citus names that shard so); else NULL: a table
+/// `events_202406` is not shard 202406 of another table (a reviewer's pass). Up to 18 digits, so the cast cannot fail, and the
 /// lookup uses `pg_dist_shard`'s index.
 macro_rules! shard_id_of_rc {
     () => {
         "(SELECT ds.shardid::text FROM pg_catalog.pg_dist_shard ds \
-           WHERE ds.shardid = pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')::bigint)"
+           WHERE ds.shardid = pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')::bigint \
+             AND pg_catalog.to_regclass(pg_catalog.shard_name(ds.logicalrelid, ds.shardid, false)) = rc.oid)"
     };
 }
 
@@ -299,14 +305,20 @@ const FOREIGN_OBJECTS: &str = concat!(
        FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) || " , pin_output!(), " AS p) AS pinned"
 );
 
-/// The functions `verify()` compares between the coordinator and each worker: pg_tenancy's own
-/// (the extension's members: its policies, triggers and binding call them on every node) and
-/// the functions of protected Citus tables' triggers. Printed as `regprocedure` under the pinned
+/// The functions every worker must have as the coordinator does: pg_tenancy's own (the
+/// extension's members: its policies, triggers and binding call them on every node) and the
+/// functions of protected Citus tables' triggers, of those [`FUNCTION_DEFINITIONS`] reads (not
+/// Citus's own TRUNCATE trigger's, which is PostgreSQL's schema's and Citus's). Printed as `regprocedure` under the pinned
 /// `search_path` of [`catalog::with_owner`], so schema-qualified. Aggregates are left out
 /// (`pg_get_functiondef` does not print them; pg_tenancy has none).
-const COMPARED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg_catalog.regprocedure::text ORDER BY 1), '{}') \
-       FROM pg_catalog.pg_proc f \
+const REQUIRED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg_catalog.regprocedure::text ORDER BY 1), '{}') \
+       FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
       WHERE f.prokind <> 'a' \
+        AND n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema']) \
+        AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+                         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = f.oid \
+                           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                           AND d.deptype = 'e' AND e.extname <> 'pg_tenancy') \
         AND (f.oid IN (SELECT d.objid FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
                         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
@@ -315,67 +327,76 @@ const COMPARED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg
                            JOIN tenancy.protected_table p ON p.relid = t.tgrelid \
                            JOIN pg_catalog.pg_dist_partition dp ON dp.logicalrelid = p.relid))";
 
-/// Each function of a list (`%1$L`: a text array of `regprocedure` names, formatted by
-/// PostgreSQL's format()) as `<name> <md5 of its definition and owner>`, or `<name> missing`,
-/// printed as a text array: `pg_get_functiondef` prints the language, body, volatility,
-/// `SECURITY DEFINER`, `LEAKPROOF` and `SET` clauses, under the pinned `search_path` and output
-/// settings ([`pin_output`]: argument defaults print their constants), set first in a subquery
-/// as [`FOREIGN_OBJECTS`] does. Its `EXECUTE` grants are not compared: Citus does not carry
-/// grants on an extension's functions, and pg_tenancy grants its trigger functions to each
-/// protected table's owner per node. Reads only `pg_proc` (and what `pg_get_functiondef` reads).
+/// Every function of the node that is not PostgreSQL's own nor another extension's (pg_tenancy's
+/// are in: the functions of a database's schemas, which a trigger, a default, a constraint, an
+/// index or a function they call may run) as `<regprocedure> <md5 of its definition and
+/// owner>`, printed as a text array: `pg_get_functiondef` prints the language, body,
+/// volatility, `SECURITY DEFINER`, `LEAKPROOF` and `SET` clauses, under the pinned
+/// `search_path` and output settings ([`pin_output`]: argument defaults print their
+/// constants), set first in a subquery as [`FOREIGN_OBJECTS`] does. A PL/pgSQL trigger function
+/// records no dependency on the functions it calls: a helper it calls, replaced on one worker
+/// (or one made there to shadow it), is found only by comparing them all (a reviewer's pass).
+/// `EXECUTE` grants are not compared: Citus does not carry grants on an extension's functions,
+/// and pg_tenancy grants its trigger functions to each protected table's owner per node.
+/// Reads only the system catalogs.
 const FUNCTION_DEFINITIONS: &str = concat!(
     "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY( \
-       SELECT n || ' ' || coalesce(pg_catalog.md5(pg_catalog.pg_get_functiondef(f.oid) \
-                                     || ' owner ' || pg_catalog.pg_get_userbyid(f.proowner)), 'missing') \
-         FROM pg_catalog.unnest(%1$L::pg_catalog.text[]) n \
-         LEFT JOIN pg_catalog.pg_proc f ON f.oid = pg_catalog.to_regprocedure(n) \
+       SELECT f.oid::pg_catalog.regprocedure::text || ' ' \
+              || pg_catalog.md5(pg_catalog.pg_get_functiondef(f.oid) || ' owner ' || pg_catalog.pg_get_userbyid(f.proowner)) \
+         FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
+        WHERE f.prokind <> 'a' \
+          AND n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema']) \
+          AND n.nspname !~ '^pg_(toast|temp_)' \
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
+                           WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = f.oid \
+                             AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                             AND d.deptype = 'e' AND e.extname <> 'pg_tenancy') \
         ORDER BY 1)::text END \
        FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) || ", pin_output!(), " AS p) AS pinned"
 );
 
 /// A worker whose functions differ from the coordinator's: (node, port, read, the names of the
-/// functions that differ or are missing there, what the node answered).
+/// functions that differ, or that it has alone, or that it lacks of [`REQUIRED_FUNCTIONS`],
+/// what the node answered).
 pub(crate) type NodeFunctions = (String, i32, bool, Vec<String>, String);
 
-/// For `verify()` on the coordinator (inside [`catalog::with_owner`]): every worker on which
-/// one of [`COMPARED_FUNCTIONS`] is defined otherwise than here, or missing, or which could not
-/// be read, through Citus's `run_command_on_workers` (a connection of its own to each worker,
-/// as the catalog owner) with [`FUNCTION_DEFINITIONS`]. A superuser on a worker, past the guard,
-/// could replace `tenancy.current_tenant()` there, and the table's owner, with
-/// `citus.enable_ddl_propagation` off, a protected table's trigger function: the policies and
-/// triggers still read the same on every node.
+/// For `verify()` on the coordinator (inside [`catalog::with_owner`]): every worker with a
+/// function ([`FUNCTION_DEFINITIONS`], through Citus's `run_command_on_workers`: a connection of
+/// its own to each worker, as the catalog owner) defined otherwise than here, or that the
+/// coordinator does not have, or which lacks one of [`REQUIRED_FUNCTIONS`], or which could not be
+/// read. A function only the coordinator has and none of its shards' triggers call is left
+/// alone: Citus does not carry a function made before the node was added, or before Citus was.
+/// A superuser on a worker, past the guard, could replace `tenancy.current_tenant()` there, and
+/// the table's owner, with `citus.enable_ddl_propagation` off, a function that a protected
+/// table's trigger function calls: the policies and triggers still read the same on every
+/// node.
 pub(crate) fn workers_with_other_functions(
     c: &pgrx::spi::SpiClient<'_>,
 ) -> Result<Vec<NodeFunctions>, pgrx::spi::Error> {
-    let names: Vec<String> = c
-        .select(COMPARED_FUNCTIONS, Some(1), &[])?
+    let required: Vec<String> = c
+        .select(REQUIRED_FUNCTIONS, Some(1), &[])?
         .first()
         .get_one::<Vec<String>>()?
         .unwrap_or_default();
-    let statement: String = c
-        .select(
-            "SELECT pg_catalog.format($1, $2)",
-            Some(1),
-            &[FUNCTION_DEFINITIONS.into(), names.into()],
-        )?
-        .first()
-        .get_one::<String>()?
-        .unwrap_or_default();
     // Here, then on every worker, the same statement.
     let own: String = c
-        .select(&statement, Some(1), &[])?
+        .select(FUNCTION_DEFINITIONS, Some(1), &[])?
         .first()
         .get_one::<String>()?
         .unwrap_or_default();
     let rows = c.select(
         "SELECT w.nodename::text, w.nodeport, w.success, \
-                CASE WHEN w.success THEN ARRAY(SELECT pg_catalog.regexp_replace(x, ' [^ ]*$', '') \
-                                                 FROM (SELECT pg_catalog.unnest(w.result::text[]) \
-                                                       EXCEPT SELECT pg_catalog.unnest($2::text[])) d(x) ORDER BY 1) END, \
+                CASE WHEN w.success THEN ARRAY( \
+                  SELECT DISTINCT pg_catalog.regexp_replace(x, ' [^ ]*$', '') FROM ( \
+                    (SELECT pg_catalog.unnest(w.result::text[]) EXCEPT SELECT pg_catalog.unnest($2::text[])) \
+                    UNION ALL \
+                    (SELECT r FROM pg_catalog.unnest($3::text[]) r \
+                      EXCEPT SELECT pg_catalog.regexp_replace(y, ' [^ ]*$', '') FROM pg_catalog.unnest(w.result::text[]) y)) d(x) \
+                  ORDER BY 1) END, \
                 w.result \
            FROM pg_catalog.run_command_on_workers($1) w ORDER BY 1, 2",
         None,
-        &[statement.into(), own.into()],
+        &[FUNCTION_DEFINITIONS.into(), own.into(), required.into()],
     )?;
     let mut out = Vec::new();
     for r in rows {
@@ -770,8 +791,13 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
 /// `ALTER ROUTINE`, at `ddl_command_end`) that this node's shard or shell of a protected Citus
 /// table runs, each (function, that table as recorded, whether it is pg_tenancy's own): a
 /// trigger, policy, rule, index expression or predicate, column default or constraint of the
-/// relation depends on it, directly or through an operator it implements; or it is a member of
-/// pg_tenancy. Reads this node's copy of the records (`{records}`) and the system catalogs.
+/// relation depends on it, or a domain's constraint or default, or a type's function, of one
+/// of its columns' types (a reviewer's pass: a domain's CHECK function), directly or through
+/// an operator it implements; or it is a member of pg_tenancy. Not followed: a domain over a
+/// domain, an array or a composite type; an operator class's support functions; and what a
+/// function's body calls, which PostgreSQL does not record (`verify()` compares every
+/// function, [`FUNCTION_DEFINITIONS`]). Reads this node's copy of the records (`{records}`)
+/// and the system catalogs.
 const CHANGED_FUNCTIONS_RUN_HERE: &str = "WITH changed AS ( \
         SELECT DISTINCT d.objid AS fn FROM pg_catalog.pg_event_trigger_ddl_commands() d \
          WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid IS NOT NULL), \
@@ -789,15 +815,23 @@ const CHANGED_FUNCTIONS_RUN_HERE: &str = "WITH changed AS ( \
         SELECT c.fn, d.classid, d.objid FROM changed c JOIN pg_catalog.pg_operator o ON o.oprcode = c.fn \
           JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND d.refobjid = o.oid), \
       used_by AS ( \
-        SELECT u.fn, CASE u.classid \
-            WHEN 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN (SELECT t.tgrelid FROM pg_catalog.pg_trigger t WHERE t.oid = u.objid) \
-            WHEN 'pg_catalog.pg_policy'::pg_catalog.regclass THEN (SELECT p.polrelid FROM pg_catalog.pg_policy p WHERE p.oid = u.objid) \
-            WHEN 'pg_catalog.pg_rewrite'::pg_catalog.regclass THEN (SELECT w.ev_class FROM pg_catalog.pg_rewrite w WHERE w.oid = u.objid) \
-            WHEN 'pg_catalog.pg_attrdef'::pg_catalog.regclass THEN (SELECT a.adrelid FROM pg_catalog.pg_attrdef a WHERE a.oid = u.objid) \
-            WHEN 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN (SELECT k.conrelid FROM pg_catalog.pg_constraint k WHERE k.oid = u.objid) \
-            WHEN 'pg_catalog.pg_class'::pg_catalog.regclass \
-              THEN coalesce((SELECT x.indrelid FROM pg_catalog.pg_index x WHERE x.indexrelid = u.objid), u.objid) END AS rel \
-          FROM uses u) \
+        SELECT u.fn, t.tgrelid AS rel FROM uses u JOIN pg_catalog.pg_trigger t \
+            ON u.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass AND t.oid = u.objid \
+        UNION ALL SELECT u.fn, p.polrelid FROM uses u JOIN pg_catalog.pg_policy p \
+            ON u.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND p.oid = u.objid \
+        UNION ALL SELECT u.fn, w.ev_class FROM uses u JOIN pg_catalog.pg_rewrite w \
+            ON u.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND w.oid = u.objid \
+        UNION ALL SELECT u.fn, a.adrelid FROM uses u JOIN pg_catalog.pg_attrdef a \
+            ON u.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND a.oid = u.objid \
+        UNION ALL SELECT u.fn, k.conrelid FROM uses u JOIN pg_catalog.pg_constraint k \
+            ON u.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.oid = u.objid AND k.conrelid <> 0 \
+        UNION ALL SELECT u.fn, coalesce(x.indrelid, u.objid) FROM uses u LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = u.objid \
+         WHERE u.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+        UNION ALL SELECT u.fn, at.attrelid FROM uses u JOIN pg_catalog.pg_constraint k \
+            ON u.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.oid = u.objid AND k.contypid <> 0 \
+          JOIN pg_catalog.pg_attribute at ON at.atttypid = k.contypid AND NOT at.attisdropped \
+        UNION ALL SELECT u.fn, at.attrelid FROM uses u JOIN pg_catalog.pg_attribute at \
+            ON u.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND at.atttypid = u.objid AND NOT at.attisdropped) \
     SELECT q.f, q.t, q.own FROM ( \
       SELECT c.fn::pg_catalog.regprocedure::text AS f, \
              (SELECT pg_catalog.min(g.relation) FROM used_by b JOIN guarded g ON g.rel = b.rel WHERE b.fn = c.fn) AS t, \
@@ -820,22 +854,42 @@ const CHANGED_FUNCTIONS_RUN_HERE: &str = "WITH changed AS ( \
 /// own connections: as a superuser's connection, which the guard lets pass. Citus opens them
 /// as the current user, and a connection of the table's owner cannot be told from one Citus
 /// opened for the owner, so on Citus a function a protected table runs is changed by a
-/// superuser (a trusted migration role), as its triggers are created by one. `verify()` reports
-/// a change made past the guard (`citus_node_drift`).
+/// superuser (a trusted migration role), as its triggers are created by one. On the
+/// coordinator, the same for every role but a superuser: the table's owner there, with
+/// `citus.enable_ddl_propagation` off, changed the coordinator's alone (a reviewer's pass).
+/// `verify()` reports a change made past the guard (`citus_node_drift`).
 pub fn refuse_function_changes() {
     // SAFETY: creating_extension is this backend's own flag (set while an extension's script
     // runs, where pg_tenancy's functions are created and replaced).
     if !crate::pg::citus::in_database() || unsafe { pg_sys::creating_extension } {
         return;
     }
+    // The command's role, read before switching to the catalog owner.
+    let superuser = crate::authz::is_superuser(crate::authz::caller());
     let found: Option<(String, Option<String>, bool)> = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
+            // Most commands the guard sees change no function.
+            let functions = c
+                .select(
+                    "SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger_ddl_commands() d \
+                                     WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass)",
+                    Some(1),
+                    &[],
+                )?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
+            if !functions {
+                return Ok(None);
+            }
             let coordinator = c
                 .select("SELECT pg_catalog.citus_is_coordinator()", Some(1), &[])?
                 .first()
                 .get_one::<bool>()?
                 .unwrap_or(true);
-            if coordinator {
+            // On the coordinator a superuser (a trusted migration role) changes them, and
+            // Citus carries the change to every worker over its own connections.
+            if coordinator && superuser {
                 return Ok(None);
             }
             show_shards(c)?;
@@ -879,7 +933,7 @@ pub fn refuse_function_changes() {
         "guard_refused",
         f,
         errors::INSUFFICIENT_PRIVILEGE,
-        format!("function {function} is run by the shards of protected table \"{table}\" and is not changed on a worker"),
+        format!("function {function} is run by protected Citus table \"{table}\" and its shards: on Citus it is changed on the coordinator, by a superuser"),
         "Change it on the coordinator, as a superuser (a trusted migration role), with citus.enable_ddl_propagation on: Citus carries it to every node over its own connections. A change on one node alone would run there unseen from the coordinator.",
     );
 }

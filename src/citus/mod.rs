@@ -305,11 +305,13 @@ fn distribute_catalog() -> Vec<String> {
 ///   coordinator (a change the guard on the workers refuses, made past it: event triggers
 ///   disabled by a superuser, or a node restored from an older backup), or that could not be
 ///   read;
-/// - `citus_node_drift` (one per worker): a worker on which one of pg_tenancy's functions, or a
-///   protected Citus table's trigger function, is defined otherwise than on the coordinator
-///   (body, language, security, volatility, settings or owner) or missing, or which could not
-///   be read ([`guard::workers_with_other_functions`]): replaced there past Citus, a superuser's
-///   or, with `citus.enable_ddl_propagation` off, the function owner's;
+/// - `citus_node_drift` (one per worker): a worker on which a function of the database's
+///   schemas or of pg_tenancy is defined otherwise than on the coordinator (body, language,
+///   security, volatility, settings or owner), or exists there alone, or on which one of
+///   pg_tenancy's functions or a protected Citus table's trigger function is missing, or which
+///   could not be read ([`guard::workers_with_other_functions`]): changed on one node past
+///   Citus, by a superuser past the guard or, with `citus.enable_ddl_propagation` off, by a
+///   function's owner (a function a PL/pgSQL trigger function calls is not known to the guard);
 /// - `citus_grant_reaches_shards`: TRUNCATE or TRIGGER granted on a protected Citus table to a
 ///   role other than its owner. Citus carries both to the shards, where pg_tenancy's TRUNCATE
 ///   trigger does not run: the grantee can empty every tenant's rows
@@ -413,7 +415,7 @@ fn citus_findings() -> TableIterator<
                 }
             }
         }
-        // pg_tenancy's functions, and protected tables' trigger functions, on every worker.
+        // The functions of every worker against the coordinator's.
         for (node, port, ok, functions, result) in guard::workers_with_other_functions(c)? {
             if !ok {
                 out.push((
@@ -433,11 +435,11 @@ fn citus_findings() -> TableIterator<
                 "citus_node_drift".to_string(),
                 format!("{node}:{port}"),
                 format!(
-                    "on worker {node}:{port} these functions differ from the coordinator's (definition or owner) or are missing: {}; pg_tenancy's policies, triggers and binding, and the tables' triggers, run them there",
+                    "on worker {node}:{port} these functions differ from the coordinator's (definition or owner), or exist on one of the two only: {}; the shards' triggers, defaults, constraints and indexes, and pg_tenancy's policies and binding, run the node's own",
                     functions.join(", ")
                 ),
                 format!(
-                    "-- on {node}:{port}, as a superuser: create each again as the coordinator prints it, with its owner: SELECT pg_catalog.pg_get_functiondef(f), pg_catalog.pg_get_userbyid(p.proowner) FROM pg_catalog.unnest(ARRAY[{listed}]::pg_catalog.regprocedure[]) f JOIN pg_catalog.pg_proc p ON p.oid = f; -- (on the coordinator)"
+                    "-- compare each on the coordinator and on {node}:{port}: SELECT f, pg_catalog.pg_get_functiondef(pg_catalog.to_regprocedure(f)) FROM pg_catalog.unnest(ARRAY[{listed}]) f; then, as a superuser, make the node that is wrong right (on a worker with SET citus.enable_ddl_propagation = off; on the coordinator with it on, which carries the change to every worker)"
                 ),
             ));
         }

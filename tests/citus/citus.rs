@@ -1073,8 +1073,11 @@ fn a_long_trigger_name_is_its_tables_on_every_shard() {
         &mut su,
         &[
             format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
-            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
-            format!("SELECT tenancy.protect('public.{t}')"),
+            // Colocated with no other test's table (so not audited: the trail is colocated with
+            // the audited tables): decommission_tenant deletes a tenant's rows of colocated
+            // tables in one transaction, which Citus runs as one owner.
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id', colocate_with => 'none')"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
             format!("ALTER TABLE public.{t} OWNER TO {owner}"),
             "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
             format!("CREATE FUNCTION public.longtrig_fn_{pid}() RETURNS trigger LANGUAGE plpgsql AS $f$BEGIN RETURN NEW; END$f$"),
@@ -1103,8 +1106,11 @@ fn a_long_trigger_name_is_its_tables_on_every_shard() {
     );
     assert_eq!(op_drift(&table), 0, "a long trigger name read as drift");
     // protect() again passes: the shards have nothing the table does not.
-    su.execute("SELECT tenancy.protect($1::text::regclass)", &[&table])
-        .unwrap_or_else(|e| panic!("{}", message(&e)));
+    su.execute(
+        "SELECT tenancy.protect($1::text::regclass, audit => false)",
+        &[&table],
+    )
+    .unwrap_or_else(|e| panic!("{}", message(&e)));
     // The guard on the worker lets the owner's DDL that leaves the shard's row security alone.
     let mut o = node(w, &owner);
     assert_not_privileged(&mut o);
@@ -1121,6 +1127,10 @@ fn a_long_trigger_name_is_its_tables_on_every_shard() {
         ))
         .expect_err("a shard's trigger lost its suffix");
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    su.batch_execute(&format!(
+        "SELECT tenancy.unprotect('{table}'); DROP TABLE {table}"
+    ))
+    .unwrap();
 }
 
 /// verify()'s `citus_node_drift` findings, (object, detail), read by an operator.
@@ -1157,15 +1167,37 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
     let body = |raise: &str| {
         format!(
             "CREATE OR REPLACE FUNCTION {function} RETURNS trigger LANGUAGE plpgsql \
-             AS $f$BEGIN {raise} RETURN NEW; END$f$"
+             AS $f$BEGIN PERFORM public.refn_help_{pid}(); {raise} RETURN NEW; END$f$"
+        )
+    };
+    // A function the trigger function calls (PostgreSQL records no dependency on it), and one a
+    // domain of a column checks with.
+    let helper = |raise: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION public.refn_help_{pid}() RETURNS void LANGUAGE plpgsql \
+             AS $h$BEGIN {raise} END$h$"
+        )
+    };
+    let check = |body: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION public.refn_ok_{pid}(v text) RETURNS boolean LANGUAGE sql IMMUTABLE \
+             AS $c${body}$c$"
         )
     };
     setup_in_one_transaction(
         &mut su,
         &[
-            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, note text)"),
-            format!("SELECT create_distributed_table('public.{t}', 'tenant_id')"),
-            format!("SELECT tenancy.protect('public.{t}')"),
+            helper(""),
+            format!("ALTER FUNCTION public.refn_help_{pid}() OWNER TO {owner}"),
+            check("SELECT v <> ''"),
+            format!("ALTER FUNCTION public.refn_ok_{pid}(text) OWNER TO {owner}"),
+            format!("CREATE DOMAIN public.refn_code_{pid} AS text CHECK (public.refn_ok_{pid}(VALUE))"),
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, note text, code public.refn_code_{pid})"),
+            // Colocated with no other test's table (so not audited: the trail is colocated with
+            // the audited tables): decommission_tenant deletes a tenant's rows of colocated
+            // tables in one transaction, which Citus runs as one owner.
+            format!("SELECT create_distributed_table('public.{t}', 'tenant_id', colocate_with => 'none')"),
+            format!("SELECT tenancy.protect('public.{t}', audit => false)"),
             format!("ALTER TABLE public.{t} OWNER TO {owner}"),
             "SET LOCAL citus.enable_unsafe_triggers = on".to_string(),
             body(""),
@@ -1209,32 +1241,81 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
         "{}",
         message(&e)
     );
-    for statement in [
-        body("RAISE NOTICE 'copied';"),
-        format!("ALTER FUNCTION {function} SECURITY DEFINER"),
-        format!("ALTER FUNCTION {function} SET search_path = public"),
+    for (statement, changed) in [
+        (body("RAISE NOTICE 'copied';"), format!("refn_fn_{pid}()")),
+        (
+            format!("ALTER FUNCTION {function} SECURITY DEFINER"),
+            format!("refn_fn_{pid}()"),
+        ),
+        (
+            format!("ALTER FUNCTION {function} SET search_path = public"),
+            format!("refn_fn_{pid}()"),
+        ),
+        // The domain's check, which every write of a tenant's row runs.
+        (check("SELECT true"), format!("refn_ok_{pid}(text)")),
     ] {
         let e = o
             .batch_execute(&format!(
                 "SET citus.enable_ddl_propagation = off; {statement}"
             ))
-            .expect_err("the owner changed a protected table's trigger function on a worker");
+            .expect_err("the owner changed a function a protected table runs, on a worker");
         assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
         assert!(
-            message(&e).contains(&format!("refn_fn_{pid}()")) && message(&e).contains(&table),
+            message(&e).contains(&changed) && message(&e).contains(&table),
             "{}",
             message(&e)
         );
         o.batch_execute("RESET citus.enable_ddl_propagation")
             .unwrap();
     }
-    // From the coordinator, Citus carries the owner's change to the workers as the owner: the
-    // workers refuse it, and nothing changes anywhere.
+    // The function the trigger function calls is not known to the guard: verify() finds it
+    // changed on the worker.
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; {}",
+        helper("RAISE NOTICE 'copied';")
+    ))
+    .unwrap_or_else(|e| panic!("{}", message(&e)));
+    let found = op_node_drift();
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; {}",
+        helper("")
+    ))
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
+    assert!(
+        found[0].1.contains(&format!("refn_help_{pid}()")),
+        "{found:?}"
+    );
+    assert_eq!(op_node_drift(), vec![]);
+    // Nor a function made on the worker alone (one that would shadow another there).
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; \
+         CREATE FUNCTION public.refn_shadow_{pid}(v text) RETURNS text LANGUAGE sql AS $s$SELECT v$s$"
+    ))
+    .unwrap();
+    let found = op_node_drift();
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; DROP FUNCTION public.refn_shadow_{pid}(text)"
+    ))
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].1.contains(&format!("refn_shadow_{pid}(text)")),
+        "{found:?}"
+    );
+    // On the coordinator the owner may not either (Citus would carry the change to the workers
+    // as the owner, which they refuse), nor change the coordinator's alone with propagation off.
     let mut oc = node(0, &owner);
-    let e = oc
-        .batch_execute(&body("RAISE NOTICE 'copied';"))
-        .expect_err("the owner changed a protected Citus table's trigger function");
-    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    for propagation in ["on", "off"] {
+        let e = oc
+            .batch_execute(&format!(
+                "SET citus.enable_ddl_propagation = {propagation}; {}",
+                body("RAISE NOTICE 'copied';")
+            ))
+            .expect_err("the owner changed a protected Citus table's trigger function");
+        assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    }
     assert_eq!(op_node_drift(), vec![]);
     // A superuser (a trusted migration role) changes it on the coordinator: Citus carries it
     // over its own connections, and every node has the same.
@@ -1297,6 +1378,10 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
         vec![],
         "restored from the coordinator's definition"
     );
+    su.batch_execute(&format!(
+        "SELECT tenancy.unprotect('{table}'); DROP TABLE {table}"
+    ))
+    .unwrap();
 }
 
 /// verify()'s `citus_shard_drift` findings for one table, read by an operator.
