@@ -438,8 +438,13 @@ fn citus_findings() -> TableIterator<
                     "on worker {node}:{port} these functions differ from the coordinator's (definition or owner), or exist on one of the two only: {}; the shards' triggers, defaults, constraints and indexes, and pg_tenancy's policies and binding, run the node's own",
                     functions.join(", ")
                 ),
+                // A statement, not a comment: a name is a quoted literal, which may hold a line
+                // break (a function's name is its owner's choice); in a comment it ended the
+                // comment and the rest of the name ran as SQL in an operator's \gexec of the
+                // fixes (a reviewer's pass). Nothing but the node's address is in the comment.
                 format!(
-                    "-- compare each on the coordinator and on {node}:{port}: SELECT f, pg_catalog.pg_get_functiondef(pg_catalog.to_regprocedure(f)) FROM pg_catalog.unnest(ARRAY[{listed}]) f; then, as a superuser, make the node that is wrong right (on a worker with SET citus.enable_ddl_propagation = off; on the coordinator with it on, which carries the change to every worker)"
+                    "SELECT f AS function, (SELECT CASE WHEN p.prokind = 'a' THEN (SELECT a::text FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid = p.oid) ELSE pg_catalog.pg_get_functiondef(p.oid) END FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure(f)) AS definition FROM pg_catalog.unnest(ARRAY[{listed}]::pg_catalog.text[]) AS f; -- run it on the coordinator and on {}, compare, and as a superuser make the node that is wrong right (on a worker with SET citus.enable_ddl_propagation = off; on the coordinator with it on, which carries the change to every worker)",
+                    format!("{node}:{port}").replace(['\n', '\r'], " ")
                 ),
             ));
         }

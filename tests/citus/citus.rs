@@ -1304,6 +1304,67 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
         found[0].1.contains(&format!("refn_shadow_{pid}(text)")),
         "{found:?}"
     );
+    // Nor an aggregate made there alone to overload a function a trigger function calls (an
+    // aggregate runs its own state function; pg_get_functiondef does not print one).
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; \
+         CREATE AGGREGATE public.refn_agg_{pid}(text) (SFUNC = pg_catalog.textcat, STYPE = text)"
+    ))
+    .unwrap();
+    let found = op_node_drift();
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; DROP AGGREGATE public.refn_agg_{pid}(text)"
+    ))
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].1.contains(&format!("refn_agg_{pid}(text)")),
+        "{found:?}"
+    );
+    // Nor a function Citus distributed, dropped there (made a member of another extension
+    // there, it would be hidden the same way).
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; DROP FUNCTION public.refn_help_{pid}()"
+    ))
+    .unwrap();
+    let found = op_node_drift();
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; {}",
+        helper("")
+    ))
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].1.contains(&format!("refn_help_{pid}()")),
+        "{found:?}"
+    );
+    assert_eq!(op_node_drift(), vec![]);
+    // A function's name is its owner's choice: one with a line break in it made on a worker
+    // alone stays inside a literal of verify()'s fix, which an operator may run as it is
+    // (`\gexec`): in a comment it ended the comment, and the rest of the name ran.
+    let odd = format!("refn_nl_{pid}\nSELECT 1/0; --");
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; \
+         CREATE FUNCTION public.\"{odd}\"() RETURNS int LANGUAGE sql AS $n$SELECT 1$n$"
+    ))
+    .unwrap();
+    let fix: Vec<String> = node(0, OPERATOR)
+        .query(
+            "SELECT fix FROM tenancy.verify() WHERE rule = 'citus_node_drift'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    o.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; DROP FUNCTION public.\"{odd}\"()"
+    ))
+    .unwrap();
+    assert_eq!(fix.len(), 1, "{fix:?}");
+    node(0, OPERATOR)
+        .batch_execute(&fix[0])
+        .unwrap_or_else(|e| panic!("the fix ran the name's text: {}\n{}", message(&e), fix[0]));
     // On the coordinator the owner may not either (Citus would carry the change to the workers
     // as the owner, which they refuse), nor change the coordinator's alone with propagation off.
     let mut oc = node(0, &owner);
