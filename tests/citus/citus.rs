@@ -1146,6 +1146,24 @@ fn op_node_drift() -> Vec<(String, String)> {
         .collect()
 }
 
+/// verify()'s `citus_node_drift` findings while `make` holds: run on `o` (a connection to a
+/// worker) with DDL propagation off, then `undo` there before returning.
+fn node_drift_while(o: &mut Client, make: &str, undo: &str) -> Vec<(String, String)> {
+    o.batch_execute(&format!("SET citus.enable_ddl_propagation = off; {make}"))
+        .unwrap_or_else(|e| panic!("{make}: {}", message(&e)));
+    let found = op_node_drift();
+    o.batch_execute(&format!("SET citus.enable_ddl_propagation = off; {undo}"))
+        .unwrap_or_else(|e| panic!("{undo}: {}", message(&e)));
+    found
+}
+
+/// One `citus_node_drift` finding, for the worker on `port`, naming `function`.
+fn assert_node_drift_names(found: &[(String, String)], port: u16, function: &str) {
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
+    assert!(found[0].1.contains(function), "{found:?}");
+}
+
 /// A function replaced on one worker: the policies and triggers there still read as the
 /// coordinator's, but what they run is not. The guard on the workers refuses it: the table's
 /// owner (NOSUPERUSER NOBYPASSRLS) replacing its trigger function on a worker with
@@ -1270,74 +1288,32 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
     }
     // The function the trigger function calls is not known to the guard: verify() finds it
     // changed on the worker.
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; {}",
-        helper("RAISE NOTICE 'copied';")
-    ))
-    .unwrap_or_else(|e| panic!("{}", message(&e)));
-    let found = op_node_drift();
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; {}",
-        helper("")
-    ))
-    .unwrap();
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
-    assert!(
-        found[0].1.contains(&format!("refn_help_{pid}()")),
-        "{found:?}"
-    );
+    let found = node_drift_while(&mut o, &helper("RAISE NOTICE 'copied';"), &helper(""));
+    assert_node_drift_names(&found, port, &format!("refn_help_{pid}()"));
     assert_eq!(op_node_drift(), vec![]);
     // Nor a function made on the worker alone (one that would shadow another there).
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; \
-         CREATE FUNCTION public.refn_shadow_{pid}(v text) RETURNS text LANGUAGE sql AS $s$SELECT v$s$"
-    ))
-    .unwrap();
-    let found = op_node_drift();
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; DROP FUNCTION public.refn_shadow_{pid}(text)"
-    ))
-    .unwrap();
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(
-        found[0].1.contains(&format!("refn_shadow_{pid}(text)")),
-        "{found:?}"
+    let found = node_drift_while(
+        &mut o,
+        &format!("CREATE FUNCTION public.refn_shadow_{pid}(v text) RETURNS text LANGUAGE sql AS $s$SELECT v$s$"),
+        &format!("DROP FUNCTION public.refn_shadow_{pid}(text)"),
     );
+    assert_node_drift_names(&found, port, &format!("refn_shadow_{pid}(text)"));
     // Nor an aggregate made there alone to overload a function a trigger function calls (an
     // aggregate runs its own state function; pg_get_functiondef does not print one).
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; \
-         CREATE AGGREGATE public.refn_agg_{pid}(text) (SFUNC = pg_catalog.textcat, STYPE = text)"
-    ))
-    .unwrap();
-    let found = op_node_drift();
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; DROP AGGREGATE public.refn_agg_{pid}(text)"
-    ))
-    .unwrap();
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(
-        found[0].1.contains(&format!("refn_agg_{pid}(text)")),
-        "{found:?}"
+    let found = node_drift_while(
+        &mut o,
+        &format!("CREATE AGGREGATE public.refn_agg_{pid}(text) (SFUNC = pg_catalog.textcat, STYPE = text)"),
+        &format!("DROP AGGREGATE public.refn_agg_{pid}(text)"),
     );
+    assert_node_drift_names(&found, port, &format!("refn_agg_{pid}(text)"));
     // Nor a function Citus distributed, dropped there (made a member of another extension
     // there, it would be hidden the same way).
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; DROP FUNCTION public.refn_help_{pid}()"
-    ))
-    .unwrap();
-    let found = op_node_drift();
-    o.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; {}",
-        helper("")
-    ))
-    .unwrap();
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(
-        found[0].1.contains(&format!("refn_help_{pid}()")),
-        "{found:?}"
+    let found = node_drift_while(
+        &mut o,
+        &format!("DROP FUNCTION public.refn_help_{pid}()"),
+        &helper(""),
     );
+    assert_node_drift_names(&found, port, &format!("refn_help_{pid}()"));
     assert_eq!(op_node_drift(), vec![]);
     // A function's name is its owner's choice: one with a line break in it made on a worker
     // alone stays inside a literal of verify()'s fix, which an operator may run as it is
@@ -1386,19 +1362,15 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
 
     // Past the guard: a superuser on worker 1 with event triggers off.
     let mut ws = node(1, "postgres");
-    ws.batch_execute(&format!(
-        "SET citus.enable_ddl_propagation = off; SET session_replication_role = replica; {}",
-        body("RAISE NOTICE 'copied';")
-    ))
-    .unwrap();
-    let found = op_node_drift();
-    ws.batch_execute(&body("RAISE NOTICE 'checked';")).unwrap();
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
-    assert!(
-        found[0].1.contains(&format!("refn_fn_{pid}()")),
-        "{found:?}"
+    let found = node_drift_while(
+        &mut ws,
+        &format!(
+            "SET session_replication_role = replica; {}",
+            body("RAISE NOTICE 'copied';")
+        ),
+        &body("RAISE NOTICE 'checked';"),
     );
+    assert_node_drift_names(&found, port, &format!("refn_fn_{pid}()"));
     assert_eq!(op_node_drift(), vec![]);
 
     // pg_tenancy's own current_tenant() (a C function), replaced on worker 1 by a superuser
@@ -1425,15 +1397,12 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
         message(&e)
     );
     let mut ws = node(1, "postgres");
-    ws.batch_execute(&format!(
-        "SET session_replication_role = replica; {replace}"
-    ))
-    .unwrap();
-    let found = op_node_drift();
-    ws.batch_execute(&original).unwrap();
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].0, format!("127.0.0.1:{port}"), "{found:?}");
-    assert!(found[0].1.contains("tenancy.current_tenant()"), "{found:?}");
+    let found = node_drift_while(
+        &mut ws,
+        &format!("SET session_replication_role = replica; {replace}"),
+        &original,
+    );
+    assert_node_drift_names(&found, port, "tenancy.current_tenant()");
     assert_eq!(
         op_node_drift(),
         vec![],
