@@ -308,18 +308,19 @@ const FOREIGN_OBJECTS: &str = concat!(
 /// The functions every worker must have as the coordinator does: pg_tenancy's own (the
 /// extension's members: its policies, triggers and binding call them on every node) and the
 /// functions of protected Citus tables' triggers, and every function Citus distributed
-/// (`pg_dist_object`: Citus keeps those on every node; one dropped on a worker, or made a member
-/// of another extension there, which hides it from the comparison, is missing there), of those
+/// (`pg_dist_object`: Citus keeps those on every node; one dropped on a worker is missing there), of those
 /// [`FUNCTION_DEFINITIONS`] reads (not Citus's own TRUNCATE trigger's, which is PostgreSQL's
 /// schema's and Citus's). Aggregates are in. Printed as `regprocedure` under the pinned
 /// `search_path` of [`catalog::with_owner`], so schema-qualified.
 const REQUIRED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg_catalog.regprocedure::text ORDER BY 1), '{}') \
        FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
       WHERE n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema']) \
+        AND n.nspname !~ '^pg_(toast|temp_)' \
         AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
                          WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = f.oid \
                            AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
-                           AND d.deptype = 'e' AND e.extname <> 'pg_tenancy') \
+                           AND d.deptype = 'e' AND e.extname <> 'pg_tenancy' \
+                             AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = f.proowner)) \
         AND (f.oid IN (SELECT d.objid FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
                         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
@@ -332,13 +333,18 @@ const REQUIRED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg
 
 /// Every function of the node that is not PostgreSQL's own nor another extension's (pg_tenancy's
 /// are in: the functions of a database's schemas, which a trigger, a default, a constraint, an
-/// index or a function they call may run) as `<regprocedure> <md5 of its definition and
-/// owner>`, printed as a text array: `pg_get_functiondef` prints the language, body,
+/// index or a function they call may run) as `<regprocedure> <sha256 of its definition and
+/// owner>`, printed as a text array. Another extension's member counts as its own only where a
+/// superuser owns it (an extension's script made it): a role that owns an extension (a trusted
+/// one any role with CREATE on the database may make) can add its own function to it, which
+/// hid the function from the comparison (a fourth reviewer's pass). sha256, not md5: the
+/// function's owner writes both definitions, and md5 collisions can be made to order. `pg_get_functiondef` prints the language, body,
 /// volatility, `SECURITY DEFINER`, `LEAKPROOF` and `SET` clauses, under the pinned
 /// `search_path` and output settings ([`pin_output`]: argument defaults print their
 /// constants), set first in a subquery as [`FOREIGN_OBJECTS`] does; an aggregate, which it
-/// does not print, by its `pg_aggregate` row (a worker's aggregate made to overload a function
-/// a trigger function calls runs its own state function: a reviewer's pass). A PL/pgSQL trigger function
+/// does not print, by its `pg_aggregate` row and whether it is `VARIADIC` (which its
+/// `regprocedure` name does not show; a worker's aggregate made to overload a function a
+/// trigger function calls runs its own state function: a reviewer's pass). A PL/pgSQL trigger function
 /// records no dependency on the functions it calls: a helper it calls, replaced on one worker
 /// (or one made there to shadow it), is found only by comparing them all (a reviewer's pass).
 /// `EXECUTE` grants are not compared: Citus does not carry grants on an extension's functions,
@@ -347,7 +353,7 @@ const REQUIRED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg
 const FUNCTION_DEFINITIONS: &str = concat!(
     "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY( \
        SELECT f.oid::pg_catalog.regprocedure::text || ' ' \
-              || pg_catalog.md5(CASE WHEN f.prokind = 'a' \
+              || pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(CASE WHEN f.prokind = 'a' \
                    THEN (SELECT pg_catalog.concat_ws(' ', 'aggregate', a.aggkind, a.aggnumdirectargs, \
                                   a.aggtransfn::pg_catalog.regprocedure, a.aggfinalfn::pg_catalog.regprocedure, \
                                   a.aggcombinefn::pg_catalog.regprocedure, a.aggserialfn::pg_catalog.regprocedure, \
@@ -356,17 +362,19 @@ const FUNCTION_DEFINITIONS: &str = concat!(
                                   a.aggfinalextra, a.aggmfinalextra, a.aggfinalmodify, a.aggmfinalmodify, \
                                   a.aggsortop::pg_catalog.regoperator, a.aggtranstype::pg_catalog.regtype, \
                                   a.aggmtranstype::pg_catalog.regtype, pg_catalog.quote_nullable(a.agginitval), \
-                                  pg_catalog.quote_nullable(a.aggminitval), f.proparallel) \
+                                  pg_catalog.quote_nullable(a.aggminitval), f.proparallel, \
+                                  f.provariadic::pg_catalog.regtype, f.proargmodes::text) \
                            FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid = f.oid) \
                    ELSE pg_catalog.pg_get_functiondef(f.oid) END \
-                 || ' owner ' || pg_catalog.pg_get_userbyid(f.proowner)) \
+                 || ' owner ' || pg_catalog.pg_get_userbyid(f.proowner), 'UTF8')), 'hex') \
          FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
         WHERE n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema']) \
           AND n.nspname !~ '^pg_(toast|temp_)' \
           AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
                            WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = f.oid \
                              AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
-                             AND d.deptype = 'e' AND e.extname <> 'pg_tenancy') \
+                             AND d.deptype = 'e' AND e.extname <> 'pg_tenancy' \
+                             AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = f.proowner)) \
         ORDER BY 1)::text END \
        FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) || ", pin_output!(), " AS p) AS pinned"
 );

@@ -441,9 +441,11 @@ fn citus_findings() -> TableIterator<
                 // A statement, not a comment: a name is a quoted literal, which may hold a line
                 // break (a function's name is its owner's choice); in a comment it ended the
                 // comment and the rest of the name ran as SQL in an operator's \gexec of the
-                // fixes (a reviewer's pass). Nothing but the node's address is in the comment.
+                // fixes (a reviewer's pass). Nothing but the node's address is in the comment. Its
+                // operators are named in pg_catalog: an operator's session may search a schema
+                // the function's owner writes to before it (a fourth pass).
                 format!(
-                    "SELECT f AS function, (SELECT CASE WHEN p.prokind = 'a' THEN (SELECT a::text FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid = p.oid) ELSE pg_catalog.pg_get_functiondef(p.oid) END FROM pg_catalog.pg_proc p WHERE p.oid = pg_catalog.to_regprocedure(f)) AS definition FROM pg_catalog.unnest(ARRAY[{listed}]::pg_catalog.text[]) AS f; -- run it on the coordinator and on {}, compare, and as a superuser make the node that is wrong right (on a worker with SET citus.enable_ddl_propagation = off; on the coordinator with it on, which carries the change to every worker)",
+                    "SELECT f AS function, (SELECT CASE WHEN p.prokind OPERATOR(pg_catalog.=) 'a' THEN (SELECT a::text FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid OPERATOR(pg_catalog.=) p.oid) ELSE pg_catalog.pg_get_functiondef(p.oid) END FROM pg_catalog.pg_proc p WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure(f)) AS definition FROM pg_catalog.unnest(ARRAY[{listed}]::pg_catalog.text[]) AS f; -- run it on the coordinator and on {}, compare, and as a superuser make the node that is wrong right (on a worker with SET citus.enable_ddl_propagation = off; on the coordinator with it on, which carries the change to every worker)",
                     format!("{node}:{port}").replace(['\n', '\r'], " ")
                 ),
             ));

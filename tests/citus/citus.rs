@@ -1306,6 +1306,29 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
         &format!("DROP AGGREGATE public.refn_agg_{pid}(text)"),
     );
     assert_node_drift_names(&found, port, &format!("refn_agg_{pid}(text)"));
+    // Nor one hidden there as a member of an extension the owner made (a trusted one, which any
+    // role with CREATE on the database may make; its script's own functions are a
+    // superuser's): a fourth reviewer's pass.
+    let db = std::env::var("TENANCY_IT_DB").unwrap();
+    let mut ws = node(1, "postgres");
+    ws.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; GRANT CREATE ON DATABASE {db} TO {owner}"
+    ))
+    .unwrap();
+    let found = node_drift_while(
+        &mut o,
+        &format!(
+            "CREATE EXTENSION pgcrypto SCHEMA public; \
+             CREATE FUNCTION public.refn_hidden_{pid}(v text) RETURNS text LANGUAGE sql AS $s$SELECT v$s$; \
+             ALTER EXTENSION pgcrypto ADD FUNCTION public.refn_hidden_{pid}(text)"
+        ),
+        "DROP EXTENSION pgcrypto",
+    );
+    ws.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; REVOKE CREATE ON DATABASE {db} FROM {owner}"
+    ))
+    .unwrap();
+    assert_node_drift_names(&found, port, &format!("refn_hidden_{pid}(text)"));
     // Nor a function Citus distributed, dropped there (made a member of another extension
     // there, it would be hidden the same way).
     let found = node_drift_while(
