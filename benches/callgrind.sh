@@ -18,6 +18,8 @@
 #   WORKLOADS="point bind" benches/callgrind.sh   only those workloads
 #   CACHE_SIM=1 benches/callgrind.sh     also simulate the caches and print, per statement,
 #             level-1 instruction and data cache misses beside the instructions (slower)
+#   VALGRIND_EXTRA="--dump-instr=yes" benches/callgrind.sh   more valgrind options (with KEEP: per
+#             instruction addresses, for which cache lines a statement runs)
 #   KEEP=/some/dir benches/callgrind.sh  keep each profile there as WORKLOAD.N.out, for
 #             callgrind_annotate (single-user mode only)
 #
@@ -38,6 +40,8 @@
 #             which the binding is the reserved parameter, never a constant
 #   filter_param    filter as an application prepares it, the tenant a parameter
 #             (PREPARE p(uuid), EXECUTE p('...')): after five custom plans, the generic one
+#   filter_unbound  filter in a session that binds nothing: what the hooks cost when there is
+#             nothing for them to do
 #   point_spi, filter_spi    point and filter run by PL/pgSQL's EXECUTE in a function
 #             (SELECT cg.spi_point()): planned every time, through SPI, where the binding is
 #             also the reserved parameter (what benches/run.sh's server-cost loop measures)
@@ -67,6 +71,7 @@ CACHE_SIM=${CACHE_SIM:-0}
 KEEP=${KEEP:-}
 VALGRIND_ARGS=(--tool=callgrind)
 [ "$CACHE_SIM" = 1 ] && VALGRIND_ARGS+=(--cache-sim=yes)
+[ -n "${VALGRIND_EXTRA:-}" ] && read -r -a _extra <<<"$VALGRIND_EXTRA" && VALGRIND_ARGS+=("${_extra[@]}")
 
 ensure_deps
 if ! command -v valgrind >/dev/null; then
@@ -155,7 +160,7 @@ cluster_stop "$DIR"
 statement() {
     case "$1" in
         point|point_mapped) echo "SELECT v FROM cg.items WHERE id = 42;" ;;
-        filter) echo "SELECT v FROM cg.plain WHERE tenant_id = '$TENANT' AND id = 42;" ;;
+        filter|filter_unbound) echo "SELECT v FROM cg.plain WHERE tenant_id = '$TENANT' AND id = 42;" ;;
         point_prepared|filter_prepared) echo "EXECUTE p;" ;;
         filter_param) echo "EXECUTE p('$TENANT');" ;;
         point_spi) echo "SELECT cg.spi_point();" ;;
@@ -198,7 +203,7 @@ count() {
             echo "SET enable_indexscan = off;"
             echo "SET enable_bitmapscan = off;"
         fi
-        [ "$w" = point_mapped ] || echo "SELECT tenancy.bind('$TOKEN', 'session') IS NOT NULL;"
+        case "$w" in point_mapped|filter_unbound) ;; *) echo "SELECT tenancy.bind('$TOKEN', 'session') IS NOT NULL;" ;; esac
         case "$w" in
             point_prepared) echo "PREPARE p AS SELECT v FROM cg.items WHERE id = 42;" ;;
             filter_prepared) echo "PREPARE p AS SELECT v FROM cg.plain WHERE tenant_id = '$TENANT' AND id = 42;" ;;
