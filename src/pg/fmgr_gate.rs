@@ -48,10 +48,11 @@ pub fn init() {
 #[pg_guard]
 unsafe extern "C-unwind" fn needs(fn_oid: pg_sys::Oid) -> bool {
     // SAFETY: the previous hook (set once at _PG_init, read on the backend's only thread),
-    // called with the argument we were given.
+    // called with the argument we were given, through the FFI guard (an ERROR it raises comes
+    // back as a Rust panic, re-raised by #[pg_guard], instead of a longjmp across Rust frames).
     if let Some(prev) = unsafe { PREV_NEEDS } {
         // SAFETY: as above.
-        if unsafe { prev(fn_oid) } {
+        if unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| prev(fn_oid)) } {
             return true;
         }
     }
@@ -68,10 +69,11 @@ unsafe extern "C-unwind" fn hook(
     arg: *mut pg_sys::Datum,
 ) {
     // SAFETY: the previous hook (set once at _PG_init, read on the backend's only thread),
-    // called with the arguments we were given.
+    // called with the arguments we were given, through the FFI guard: sepgsql's raises an
+    // ERROR for a call it denies, which comes back as a Rust panic, re-raised by #[pg_guard].
     if let Some(prev) = unsafe { PREV_HOOK } {
         // SAFETY: as above.
-        unsafe { prev(event, flinfo, arg) };
+        unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| prev(event, flinfo, arg)) };
     }
     if event != pg_sys::FmgrHookEventType::FHET_START || flinfo.is_null() {
         return;
