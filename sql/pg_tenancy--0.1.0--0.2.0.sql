@@ -666,7 +666,8 @@ UNION ALL
 -- 26. On Citus: shards of protected tables whose row security, policies or triggers differ
 --     from their table's on the coordinator (changed on a worker, where the guard does not
 --     run yet), workers whose pg_tenancy functions or protected tables' trigger functions
---     differ from the coordinator's, and TRUNCATE or TRIGGER granted on protected Citus
+--     differ from the coordinator's, workers without Citus's metadata (where the guard cannot
+--     tell a shard), and TRUNCATE or TRIGGER granted on protected Citus
 --     tables, which reach the shards past pg_tenancy's checks. Nothing without Citus.
 SELECT 'error', d.rule, d.object, d.detail, d.fix
   FROM tenancy._citus_findings() d
@@ -706,7 +707,7 @@ SELECT DISTINCT ON (r.rolname) 'error', 'application_role_can_create', r.rolname
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so
 -- that each key leads with the tenant column before the foreign keys that reference it are
 -- added back and before the tenant index is looked for; the rest touch nothing the others do.
-ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'citus_node_drift', 'citus_grant_reaches_shards', 'unprotected_tenant_table', 'partition_unprotected',
+ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'citus_node_drift', 'citus_node_without_metadata', 'citus_grant_reaches_shards', 'unprotected_tenant_table', 'partition_unprotected',
                               'unprotected_parent', 'owner_can_bind', 'domain_owner_can_bind',
                               'cast_function_owner_can_bind',
                               'trigger_function_owner_can_bind', 'leaky_expression',

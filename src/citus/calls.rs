@@ -23,6 +23,12 @@
 //!   `update_placement_metadata` and `delete_partition_metadata` to a role that is not a
 //!   superuser (shard moves and splits of a protected table are a superuser's).
 //!
+//! - `stop_metadata_sync_to_node` is refused to everyone while any Citus table is protected:
+//!   it drops the node's shell tables, and with them the policies of every protected table's
+//!   shards there (they name their table), and leaves the node without the metadata through
+//!   which the guard there knows a shard, after which the table's owner turned a shard's row
+//!   security off on that node and read every tenant's rows from it (found trying it).
+//!
 //! A call whose table cannot be told before it runs (an argument that is not a constant) is
 //! refused to a role that is not a superuser. Citus's own calls from C are not SQL and are not
 //! seen here: only what a statement names.
@@ -48,6 +54,8 @@ enum Kind {
     Placement,
     /// ... of a table (first argument a regclass).
     Partition,
+    /// Takes Citus's metadata off a node (no table): refused while a Citus table is protected.
+    Node,
 }
 
 /// By the C function each calls (`prosrc` of a function in C): Citus 13 installs some under
@@ -71,6 +79,7 @@ const FUNCTIONS: &[(&str, Kind)] = &[
     ("citus_internal_update_placement_metadata", Kind::Shard),
     ("citus_internal_delete_placement_metadata", Kind::Placement),
     ("citus_internal_delete_partition_metadata", Kind::Partition),
+    ("stop_metadata_sync_to_node", Kind::Node),
 ];
 
 thread_local! {
@@ -366,7 +375,35 @@ fn protected(rel: pg_sys::Oid) -> bool {
     .unwrap_or(false)
 }
 
+/// Whether any protected table is a Citus table (read on the coordinator, where the calls of
+/// [`Kind::Node`] run).
+fn any_protected_citus_table() -> bool {
+    catalog::owner_rows(
+        "whether Citus tables are protected",
+        "SELECT EXISTS (SELECT FROM tenancy.protected_table p \
+                          JOIN pg_catalog.pg_dist_partition d ON d.logicalrelid = p.relid)",
+        &[],
+        |r| r.get::<bool>(1),
+    )
+    .into_iter()
+    .flatten()
+    .next()
+    .unwrap_or(false)
+}
+
 fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {
+    if kind == Kind::Node {
+        if any_protected_citus_table() {
+            errors::raise(
+                errors::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "Citus's {name}() would drop the policies of protected tables' shards on that node, and leave pg_tenancy's guard there unable to tell a shard"
+                ),
+                "Keep Citus's metadata on every node while Citus tables are protected. To take a node out of the cluster, move its shards off (SELECT citus_drain_node(...)) and remove it (SELECT citus_remove_node(...)).",
+            );
+        }
+        return;
+    }
     // SAFETY: superuser() reads the current user's role through the syscache.
     let superuser = unsafe { pg_sys::superuser() };
     let exempt = match kind {
@@ -387,6 +424,8 @@ fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {
                     && crate::pg::citus::running_exactly_a_call_of(name))
         }
         Kind::Shard | Kind::Placement | Kind::Partition => superuser,
+        // Answered above.
+        Kind::Node => true,
     };
     if exempt {
         return;

@@ -312,6 +312,10 @@ fn distribute_catalog() -> Vec<String> {
 ///   could not be read ([`guard::workers_with_other_functions`]): changed on one node past
 ///   Citus, by a superuser past the guard or, with `citus.enable_ddl_propagation` off, by a
 ///   function's owner (a function a PL/pgSQL trigger function calls is not known to the guard);
+/// - `citus_node_without_metadata` (one per worker): an active worker without Citus's
+///   metadata, or with metadata Citus marks out of date, while Citus tables are protected: the
+///   guard there cannot tell a shard (`stop_metadata_sync_to_node`, refused now, or a node added
+///   with `citus.enable_metadata_sync` off);
 /// - `citus_grant_reaches_shards`: TRUNCATE or TRIGGER granted on a protected Citus table to a
 ///   role other than its owner. Citus carries both to the shards, where pg_tenancy's TRUNCATE
 ///   trigger does not run: the grantee can empty every tenant's rows
@@ -357,6 +361,7 @@ fn citus_findings() -> TableIterator<
             })
             .collect::<Result<_, pgrx::spi::Error>>()?;
         let mut out = Vec::new();
+        let any_protected = !tables.is_empty();
         for (table, audited, rel) in tables {
             // Policies, rules and triggers a placement has and its table does not (a rule or a
             // policy's roles are outside the signature below); protect() refuses such a table
@@ -449,6 +454,36 @@ fn citus_findings() -> TableIterator<
                     format!("{node}:{port}").replace(['\n', '\r'], " ")
                 ),
             ));
+        }
+        // Workers without Citus's metadata, or with metadata Citus marks out of date: the guard
+        // there knows a shard through it, and stop_metadata_sync_to_node dropped the shards'
+        // policies there with the shell tables (found trying it; refused now, calls.rs).
+        if any_protected {
+            let nodes = c.select(
+                "SELECT n.nodename, n.nodeport, n.hasmetadata FROM pg_catalog.pg_dist_node n \
+                  WHERE n.groupid OPERATOR(pg_catalog.<>) 0 AND n.isactive \
+                    AND n.noderole OPERATOR(pg_catalog.=) 'primary' \
+                    AND NOT (n.hasmetadata AND n.metadatasynced) ORDER BY 1, 2",
+                None,
+                &[],
+            )?;
+            for r in nodes {
+                let node = r.get::<String>(1)?.unwrap_or_default();
+                let port = r.get::<i32>(2)?.unwrap_or_default();
+                let has = r.get::<bool>(3)?.unwrap_or(false);
+                out.push((
+                    "citus_node_without_metadata".to_string(),
+                    format!("{node}:{port}"),
+                    format!(
+                        "worker {node}:{port} {} Citus's metadata: pg_tenancy's guard there knows a protected table's shards through it, and without it cannot tell them from other tables, so the table's owner can change their row security on that node",
+                        if has { "does not yet have the current" } else { "has none of" }
+                    ),
+                    format!(
+                        "SELECT pg_catalog.start_metadata_sync_to_node({}, {port}); -- then verify() again: a shard whose policies went with the node's metadata is citus_shard_drift, fixed by protect()",
+                        crate::catalog::quote_literal(&node)
+                    ),
+                ));
+            }
         }
         let grants = c.select(
             "SELECT p.relid::text, a.privilege_type, \

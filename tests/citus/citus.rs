@@ -3304,3 +3304,101 @@ fn protect_takes_a_table_whose_shards_are_its_copies_whatever_they_hold() {
         .unwrap();
     su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
 }
+
+/// Citus's `stop_metadata_sync_to_node()` drops a worker's shell tables, and with them the
+/// policies of every protected table's shards on that worker (they name their table), and
+/// leaves the guard there without the metadata through which it knows a shard: the table's
+/// owner then turned a shard's row security off on that worker and read every tenant's rows
+/// from it (found trying it on the dev cluster). Refused now, to a superuser too, however it is
+/// called. A worker that lacks the metadata, or whose metadata Citus marks out of date, is a
+/// verify() finding whose fix syncs it again.
+#[test]
+fn a_worker_cannot_be_taken_off_citus_metadata_while_tables_are_protected() {
+    let pid = std::process::id();
+    let (t, owner) = (format!("nometa_{pid}"), format!("nometa_owner_{pid}"));
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS"
+    ))
+    .unwrap();
+    protected_table_of(&mut su, &format!("public.{t}"), &owner);
+    let port = ports()[1];
+    for sql in [
+        format!("SELECT stop_metadata_sync_to_node('127.0.0.1', {port})"),
+        format!("SELECT stop_metadata_sync_to_node('127.0.0.1', {port}, clear_metadata => false)"),
+        format!("DO $$ BEGIN PERFORM stop_metadata_sync_to_node('127.0.0.1', {port}); END $$"),
+    ] {
+        let e = su
+            .batch_execute(&sql)
+            .expect_err(&format!("{sql} was not refused"));
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
+        assert!(
+            message(&e).contains("stop_metadata_sync_to_node"),
+            "{sql}: {}",
+            message(&e)
+        );
+        let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
+        assert!(hint.contains("citus_drain_node"), "{sql}: {hint}");
+    }
+    // The worker still knows the table's shards, and its guard still refuses the owner there.
+    let mut w = node(1, "postgres");
+    let shard: String = w
+        .query_one(
+            "SELECT pg_catalog.shard_name(s.logicalrelid, s.shardid) FROM pg_dist_shard s \
+               JOIN pg_dist_placement pl USING (shardid) \
+              WHERE s.logicalrelid = $1::text::regclass \
+                AND pl.groupid = (SELECT groupid FROM pg_dist_local_group) LIMIT 1",
+            &[&format!("public.{t}")],
+        )
+        .unwrap()
+        .get(0);
+    let mut o = node(1, &owner);
+    assert_not_privileged(&mut o);
+    expect_err(
+        &mut o,
+        &format!("ALTER TABLE public.{shard} NO FORCE ROW LEVEL SECURITY"),
+        &["42501"],
+    );
+    let policies: i64 = w
+        .query_one(
+            "SELECT count(*) FROM pg_policy WHERE polrelid = $1::text::regclass",
+            &[&format!("public.{shard}")],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(policies, 4, "the shard's policies are all there");
+    // A worker whose metadata Citus marks out of date: one finding, for that worker.
+    let findings = || -> Vec<(String, String, String)> {
+        node(0, OPERATOR)
+            .query(
+                "SELECT object, detail, fix FROM tenancy.verify() WHERE rule = 'citus_node_without_metadata'",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    };
+    assert!(findings().is_empty(), "{:?}", findings());
+    su.batch_execute(&format!(
+        "UPDATE pg_dist_node SET metadatasynced = false WHERE nodeport = {port}"
+    ))
+    .unwrap();
+    let found = findings();
+    su.batch_execute(&format!(
+        "UPDATE pg_dist_node SET metadatasynced = true WHERE nodeport = {port}"
+    ))
+    .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (object, detail, fix) = &found[0];
+    assert_eq!(object, &format!("127.0.0.1:{port}"));
+    assert!(detail.contains("guard"), "{detail}");
+    assert!(
+        fix.starts_with(&format!(
+            "SELECT pg_catalog.start_metadata_sync_to_node('127.0.0.1', {port});"
+        )),
+        "{fix}"
+    );
+    assert!(findings().is_empty(), "{:?}", findings());
+    su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
+}
