@@ -369,31 +369,90 @@ mod layering {
         out
     }
 
-    /// A hook installed before one of ours is C code that may raise an ERROR, whose `longjmp`
-    /// must not cross Rust frames: every call of one (`prev(...)`, bound from a `PREV_` hook)
-    /// is made inside `pg_guard_ffi_boundary`, on its line or one of the two before it.
-    #[test]
-    fn every_previous_hook_is_called_through_the_ffi_guard() {
-        let mut unguarded = Vec::new();
-        for (path, text) in SOURCES {
-            let lines: Vec<&str> = text.lines().collect();
-            for (i, line) in lines.iter().enumerate() {
-                let code = line.split("//").next().unwrap_or("");
-                // Spelled in two pieces, so that this line is not a call it finds.
-                let calls = code
-                    .match_indices(["prev", "("].concat().as_str())
-                    .any(|(at, _)| {
-                        !code[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                    });
-                if calls
-                    && !lines[i.saturating_sub(2)..=i]
-                        .iter()
-                        .any(|l| l.contains("pg_guard_ffi_boundary("))
-                {
-                    unguarded.push(format!("{path}:{}: {}", i + 1, line.trim()));
+    /// The calls, in `text`, of a hook installed before one of ours made outside
+    /// `pg_guard_ffi_boundary` (not on its line or one of the two before it): through whatever
+    /// name a `PREV_` static is bound to (`if let Some(p) = PREV_X`, a `match` arm's
+    /// `Some(p) =>`), or through the static itself (`PREV_X.unwrap()(`).
+    fn unguarded_previous_hook_calls(path: &str, text: &str) -> Vec<String> {
+        let lines: Vec<&str> = text
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .collect();
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let guarded = |k: usize| {
+            lines[k.saturating_sub(2)..=k]
+                .iter()
+                .any(|l| l.contains("pg_guard_ffi_boundary("))
+        };
+        let mut out = Vec::new();
+        let flag = |k: usize, out: &mut Vec<String>| {
+            if !guarded(k) {
+                out.push(format!("{path}:{}: {}", k + 1, lines[k].trim()));
+            }
+        };
+        for (i, code) in lines.iter().enumerate() {
+            for (at, _) in code.match_indices("PREV_") {
+                let name: String = code[at..].chars().take_while(|c| ident(*c)).collect();
+                let rest = &code[at + name.len()..];
+                let assigned =
+                    rest.trim_start().starts_with('=') && !rest.trim_start().starts_with("==");
+                if code[..at].ends_with(ident) || code.contains("static mut") || assigned {
+                    continue;
+                }
+                if rest.starts_with(".unwrap()(") || rest.starts_with(".expect(") {
+                    flag(i, &mut out);
+                }
+                // The names it is bound to, on its line and the next few (a match's arms).
+                let mut bound = Vec::new();
+                for l in &lines[i..(i + 8).min(lines.len())] {
+                    for (s, _) in l.match_indices("Some(") {
+                        let n: String = l[s + 5..].chars().take_while(|c| ident(*c)).collect();
+                        let after = &l[s + 5 + n.len()..];
+                        if !n.is_empty() && after.starts_with(')') {
+                            let tail = after[1..].trim_start();
+                            if tail.starts_with("=>")
+                                || (tail.starts_with('=') && !tail.starts_with("=="))
+                            {
+                                bound.push(n);
+                            }
+                        }
+                    }
+                }
+                for n in bound {
+                    let call = format!("{n}(");
+                    let end = (i + 30).min(lines.len());
+                    for (k, l) in lines.iter().enumerate().take(end).skip(i) {
+                        let called = l
+                            .match_indices(&call)
+                            .any(|(c, _)| !l[..c].ends_with(ident) && !l[..c].ends_with("Some("));
+                        if called {
+                            flag(k, &mut out);
+                        }
+                    }
                 }
             }
         }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A hook installed before one of ours is C code that may raise an ERROR, whose `longjmp`
+    /// must not cross Rust frames: every call of one is made through `pg_guard_ffi_boundary`.
+    #[test]
+    fn every_previous_hook_is_called_through_the_ffi_guard() {
+        // The check finds what it is for: calls under any name, and the static called itself.
+        // Spelled PREVIOUS_ here, so that this file holds no previous hook of its own.
+        let sample = "    if let Some(p) = unsafe { PREVIOUS_X } {\n        unsafe { p(1) };\n    }\n\
+                      match unsafe { PREVIOUS_Y } {\n        Some(f) => unsafe { f(2) },\n        None => {}\n    }\n\
+                      unsafe { PREVIOUS_Z.unwrap()(3) };\n\
+                      if let Some(g) = unsafe { PREVIOUS_W } {\n        pg_sys::ffi::pg_guard_ffi_boundary(|| g(4));\n    }\n"
+            .replace("PREVIOUS_", "PREV_");
+        assert_eq!(unguarded_previous_hook_calls("sample", &sample).len(), 3);
+        let unguarded: Vec<String> = SOURCES
+            .iter()
+            .flat_map(|(path, text)| unguarded_previous_hook_calls(path, text))
+            .collect();
         assert!(
             unguarded.is_empty(),
             "previous hooks called without the FFI guard:\n{}",

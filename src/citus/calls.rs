@@ -27,7 +27,19 @@
 //!   it drops the node's shell tables, and with them the policies of every protected table's
 //!   shards there (they name their table), and leaves the node without the metadata through
 //!   which the guard there knows a shard, after which the table's owner turned a shard's row
-//!   security off on that node and read every tenant's rows from it (found trying it).
+//!   security off on that node and read every tenant's rows from it (found trying it);
+//! - `citus_activate_node` (`master_activate_node`), `start_metadata_sync_to_node` and
+//!   `start_metadata_sync_to_all_nodes` are refused, while a Citus table is protected, with
+//!   `citus.metadata_sync_mode` set to `nontransactional`: they then drop the node's shell
+//!   tables and its metadata in transactions of their own, committed before the metadata is
+//!   written again, and in between the guard there could not tell a shard (a reviewer's pass
+//!   polled for that moment as the table's owner and turned a shard's row security off).
+//!   Synced in one transaction (the default), the node never shows that moment; the shards'
+//!   policies there still go with the shell tables, and those shards serve no rows until the
+//!   tables are protected again (verify() lists them).
+//!
+//! These two are refused in Citus's own connections too (a superuser's
+//! `run_command_on_coordinator` opens one): Citus calls neither through SQL itself.
 //!
 //! A call whose table cannot be told before it runs (an argument that is not a constant) is
 //! refused to a role that is not a superuser. Citus's own calls from C are not SQL and are not
@@ -56,6 +68,9 @@ enum Kind {
     Partition,
     /// Takes Citus's metadata off a node (no table): refused while a Citus table is protected.
     Node,
+    /// Syncs a node's metadata again (no table): refused in the non-transactional mode while a
+    /// Citus table is protected.
+    Activate,
 }
 
 /// By the C function each calls (`prosrc` of a function in C): Citus 13 installs some under
@@ -80,6 +95,10 @@ const FUNCTIONS: &[(&str, Kind)] = &[
     ("citus_internal_delete_placement_metadata", Kind::Placement),
     ("citus_internal_delete_partition_metadata", Kind::Partition),
     ("stop_metadata_sync_to_node", Kind::Node),
+    ("citus_activate_node", Kind::Activate),
+    ("master_activate_node", Kind::Activate),
+    ("start_metadata_sync_to_node", Kind::Activate),
+    ("start_metadata_sync_to_all_nodes", Kind::Activate),
 ];
 
 thread_local! {
@@ -164,12 +183,13 @@ pub fn init() {
 /// database, pg_tenancy is not, or this is a superuser's connection Citus opened for its own
 /// work. (Asked only once a call of one of the functions above is found: they exist only
 /// where Citus does.)
-fn stands_aside() -> bool {
+fn stands_aside(kind: Kind) -> bool {
     // SAFETY: creating_extension is this backend's own flag (an extension's script runs).
     let creating = unsafe { pg_sys::creating_extension };
     creating
         || !crate::pg::citus::in_database()
-        || crate::pg::citus::catalog_work_stands_aside()
+        || (!matches!(kind, Kind::Node | Kind::Activate)
+            && crate::pg::citus::catalog_work_stands_aside())
         || !catalog::installed()
 }
 
@@ -180,7 +200,7 @@ fn before_call(func: pg_sys::Oid, expr: *mut pg_sys::Node) {
     let Some((name, kind)) = kind_of(func) else {
         return;
     };
-    if expr.is_null() || stands_aside() {
+    if expr.is_null() || stands_aside(kind) {
         return;
     }
     // SAFETY: a call's fn_expr is its FuncExpr (or another node, read by its tag).
@@ -248,11 +268,10 @@ unsafe fn check_query(parse: *mut pg_sys::Query) {
     unsafe {
         walker(parse.cast(), (&mut found as *mut Found).cast());
     }
-    if found.calls.is_empty() || stands_aside() {
-        return;
-    }
     for (name, kind, arg) in found.calls {
-        refuse(name, kind, arg);
+        if !stands_aside(kind) {
+            refuse(name, kind, arg);
+        }
     }
 }
 
@@ -376,7 +395,7 @@ fn protected(rel: pg_sys::Oid) -> bool {
 }
 
 /// Whether any protected table is a Citus table (read on the coordinator, where the calls of
-/// [`Kind::Node`] run).
+/// [`Kind::Node`] and [`Kind::Activate`] run).
 fn any_protected_citus_table() -> bool {
     catalog::owner_rows(
         "whether Citus tables are protected",
@@ -391,15 +410,29 @@ fn any_protected_citus_table() -> bool {
     .unwrap_or(false)
 }
 
+/// Whether Citus syncs metadata in transactions of its own (`citus.metadata_sync_mode`).
+fn nontransactional_sync() -> bool {
+    Spi::get_one::<String>("SELECT pg_catalog.current_setting('citus.metadata_sync_mode', true)")
+        .ok()
+        .flatten()
+        .is_some_and(|m| m == "nontransactional")
+}
+
 fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {
-    if kind == Kind::Node {
+    if kind == Kind::Node || (kind == Kind::Activate && nontransactional_sync()) {
         if any_protected_citus_table() {
             errors::raise(
                 errors::INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "Citus's {name}() would drop the policies of protected tables' shards on that node, and leave pg_tenancy's guard there unable to tell a shard"
-                ),
-                "Keep Citus's metadata on every node while Citus tables are protected. To take a node out of the cluster, move its shards off (SELECT citus_drain_node(...)) and remove it (SELECT citus_remove_node(...)).",
+                if kind == Kind::Node {
+                    format!("Citus's {name}() would drop the policies of protected tables' shards on that node, and leave pg_tenancy's guard there unable to tell a shard")
+                } else {
+                    format!("Citus's {name}() in the non-transactional metadata sync mode would leave pg_tenancy's guard on that node unable to tell a shard while it runs")
+                },
+                if kind == Kind::Node {
+                    "Keep Citus's metadata on every node while Citus tables are protected. To take a node out of the cluster, move its shards off (SELECT citus_drain_node(...)) and remove it (SELECT citus_remove_node(...))."
+                } else {
+                    "Sync in one transaction: SET citus.metadata_sync_mode = 'transactional'; then call it again, and protect the Citus tables again afterwards (SELECT tenancy.protect(...)): syncing drops the policies of their shards on that node."
+                },
             );
         }
         return;
@@ -425,7 +458,7 @@ fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {
         }
         Kind::Shard | Kind::Placement | Kind::Partition => superuser,
         // Answered above.
-        Kind::Node => true,
+        Kind::Node | Kind::Activate => true,
     };
     if exempt {
         return;

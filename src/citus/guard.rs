@@ -495,7 +495,31 @@ pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str, gener
                     pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(x))
                 });
             if fresh {
+                // Distributed in this transaction: the workers learn it at its commit, from
+                // Citus's metadata sync, unless this session turned that off.
+                let sync: Option<String> = c
+                    .select(
+                        "SELECT pg_catalog.current_setting('citus.enable_metadata_sync', true)",
+                        Some(1),
+                        &[],
+                    )?
+                    .first()
+                    .get_one::<String>()?;
+                if sync.as_deref() == Some("off") {
+                    errors::raise(
+                        errors::NOT_IN_PREREQUISITE_STATE,
+                        format!("Citus table \"{table}\" was distributed with citus.enable_metadata_sync off: the workers do not know its shards"),
+                        "Distribute it with citus.enable_metadata_sync on (the default), then protect it.",
+                    );
+                }
                 return Ok(Vec::new());
+            }
+            if let Some((node, port, _, _)) = workers_without_table(c, rel)?.into_iter().next() {
+                errors::raise(
+                    errors::NOT_IN_PREREQUISITE_STATE,
+                    format!("worker {node}:{port} does not know Citus table \"{table}\" in Citus's metadata: pg_tenancy's guard there could not tell its shards"),
+                    "Sync the node's metadata (SELECT start_metadata_sync_to_node(...) on the coordinator; a table of another's there under the table's name is dropped first), then protect the table.",
+                );
             }
             placements_with_foreign_objects(c, rel, table)
         })
@@ -522,6 +546,40 @@ pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str, gener
             );
         }
     }
+}
+
+/// The workers whose Citus metadata does not hold Citus table `rel`'s shards as the
+/// coordinator's does (node, port, read, what the node answered): a table distributed with
+/// `citus.enable_metadata_sync` off, or a node whose metadata was taken off or never synced.
+/// There the guard knows a shard only by its name, and a table of the owner's own under the
+/// table's name passed for its copy (a reviewer's pass). Read through Citus's
+/// `run_command_on_workers` with a fixed statement into which the table's qualified name is
+/// formatted as a literal (`%L`).
+pub(crate) fn workers_without_table(
+    c: &pgrx::spi::SpiClient<'_>,
+    rel: pg_sys::Oid,
+) -> Result<Vec<(String, i32, bool, String)>, pgrx::spi::Error> {
+    let rows = c.select(
+        "WITH t AS (SELECT pg_catalog.quote_ident(n.nspname::text) || '.' || pg_catalog.quote_ident(r.relname::text) AS name, \
+                           (SELECT pg_catalog.count(*) FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid = r.oid)::text AS shards \
+                      FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = $1) \
+         SELECT w.nodename::text, w.nodeport, w.success, w.result \
+           FROM t, pg_catalog.run_command_on_workers(pg_catalog.format( \
+                'SELECT pg_catalog.count(*) FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%L)', t.name)) w \
+          WHERE NOT w.success OR w.result IS DISTINCT FROM t.shards ORDER BY 1, 2",
+        None,
+        &[rel.into()],
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push((
+            r.get::<String>(1)?.unwrap_or_default(),
+            r.get::<i32>(2)?.unwrap_or_default(),
+            r.get::<bool>(3)?.unwrap_or(false),
+            r.get::<String>(4)?.unwrap_or_default(),
+        ));
+    }
+    Ok(out)
 }
 
 /// A placement of a shard: (shard, node, port, read, what it has that its table does not,
@@ -750,10 +808,15 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                 if by_name
                     && unknown_to_citus
                     && crate::pg::hooks::running(&[pg_sys::NodeTag::T_DropStmt])
+                    && crate::pg::citus::internal_backend()
                 {
                     // A shard Citus's metadata no longer knows, dropped: the coordinator's
                     // DROP TABLE takes the table's metadata off the workers before it drops
                     // the shards (whose policies went with the worker's copy of the table).
+                    // Only in Citus's own connection: the table's owner, on a worker that
+                    // never knew the table (made with citus.enable_metadata_sync off), dropped
+                    // a table of its own named as the table's copy there, and every shard's
+                    // policies with it (a reviewer's pass).
                     continue;
                 }
                 let now = guard_signature(c, &relation, &table)?;

@@ -382,6 +382,22 @@ fn citus_findings() -> TableIterator<
                     ));
                 }
             }
+            // Workers whose metadata does not hold the table's shards.
+            for (node, port, ok, result) in guard::workers_without_table(c, rel)? {
+                out.push((
+                    "citus_node_without_metadata".to_string(),
+                    format!("{node}:{port}"),
+                    if ok {
+                        format!("worker {node}:{port} does not know protected table {table} in Citus's metadata ({result} of its shards there): pg_tenancy's guard there knows its shards only by name, and cannot tell a table of the owner's own under the table's name from its copy")
+                    } else {
+                        format!("worker {node}:{port} could not be asked whether it knows protected table {table}: {result}")
+                    },
+                    format!(
+                        "SELECT pg_catalog.start_metadata_sync_to_node({}, {port}); -- a table there under the table's name that Citus did not make is dropped first; then protect the Citus tables again: syncing drops the policies of their shards on that node",
+                        crate::catalog::quote_literal(&node)
+                    ),
+                ));
+            }
             // The table's own signature, read here.
             let expected: String = guard::signature(c, &table)?;
             let shards = c.select(

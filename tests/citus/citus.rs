@@ -3310,8 +3310,11 @@ fn protect_takes_a_table_whose_shards_are_its_copies_whatever_they_hold() {
 /// leaves the guard there without the metadata through which it knows a shard: the table's
 /// owner then turned a shard's row security off on that worker and read every tenant's rows
 /// from it (found trying it on the dev cluster). Refused now, to a superuser too, however it is
-/// called. A worker that lacks the metadata, or whose metadata Citus marks out of date, is a
-/// verify() finding whose fix syncs it again.
+/// called, in Citus's own connections too (`run_command_on_coordinator`, a reviewer's pass).
+/// Syncing a node in Citus's non-transactional mode commits the metadata's removal before it
+/// is written again, a moment the owner polled for (a reviewer's pass): refused too. A worker
+/// that lacks the metadata, or whose metadata Citus marks out of date, is a verify() finding
+/// whose fix syncs it.
 #[test]
 fn a_worker_cannot_be_taken_off_citus_metadata_while_tables_are_protected() {
     let pid = std::process::id();
@@ -3323,22 +3326,54 @@ fn a_worker_cannot_be_taken_off_citus_metadata_while_tables_are_protected() {
     .unwrap();
     protected_table_of(&mut su, &format!("public.{t}"), &owner);
     let port = ports()[1];
-    for sql in [
-        format!("SELECT stop_metadata_sync_to_node('127.0.0.1', {port})"),
-        format!("SELECT stop_metadata_sync_to_node('127.0.0.1', {port}, clear_metadata => false)"),
-        format!("DO $$ BEGIN PERFORM stop_metadata_sync_to_node('127.0.0.1', {port}); END $$"),
-    ] {
-        let e = su
-            .batch_execute(&sql)
+    let refused = |c: &mut Client, sql: &str, hint_has: &str| {
+        let e = c
+            .batch_execute(sql)
             .expect_err(&format!("{sql} was not refused"));
         assert_eq!(sqlstate(&e), "42501", "{sql}: {}", message(&e));
-        assert!(
-            message(&e).contains("stop_metadata_sync_to_node"),
-            "{sql}: {}",
-            message(&e)
+        let all = format!(
+            "{} {}",
+            message(&e),
+            e.as_db_error().and_then(|d| d.hint()).unwrap_or_default()
         );
-        let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or_default();
-        assert!(hint.contains("citus_drain_node"), "{sql}: {hint}");
+        assert!(all.contains(hint_has), "{sql}: {all}");
+    };
+    let stop = format!("SELECT stop_metadata_sync_to_node('127.0.0.1', {port})");
+    for sql in [
+        stop.clone(),
+        format!("SELECT stop_metadata_sync_to_node('127.0.0.1', {port}, clear_metadata => false)"),
+        format!("DO $$ BEGIN PERFORM stop_metadata_sync_to_node('127.0.0.1', {port}); END $$"),
+        // In a connection named as Citus's.
+        format!("BEGIN; SET LOCAL application_name = 'citus_internal gpid=1'; {stop}; COMMIT"),
+    ] {
+        su.batch_execute("ROLLBACK").ok();
+        refused(&mut su, &sql, "citus_drain_node");
+    }
+    su.batch_execute("ROLLBACK").ok();
+    // In a connection Citus opens for a superuser, which answers instead of raising.
+    let r = su
+        .query_one(
+            &format!("SELECT success, result FROM run_command_on_coordinator($c${stop}$c$)"),
+            &[],
+        )
+        .unwrap();
+    let (ok, result): (bool, String) = (r.get(0), r.get(1));
+    assert!(
+        !ok && result.contains("stop_metadata_sync_to_node"),
+        "{ok} {result}"
+    );
+    // Syncing a node again in the non-transactional mode.
+    for call in [
+        format!("SELECT start_metadata_sync_to_node('127.0.0.1', {port})"),
+        format!("SELECT citus_activate_node('127.0.0.1', {port})"),
+        "SELECT start_metadata_sync_to_all_nodes()".to_string(),
+    ] {
+        refused(
+            &mut su,
+            &format!("SET citus.metadata_sync_mode = 'nontransactional'; {call}"),
+            "metadata_sync_mode = 'transactional'",
+        );
+        su.batch_execute("RESET citus.metadata_sync_mode").unwrap();
     }
     // The worker still knows the table's shards, and its guard still refuses the owner there.
     let mut w = node(1, "postgres");
@@ -3399,6 +3434,108 @@ fn a_worker_cannot_be_taken_off_citus_metadata_while_tables_are_protected() {
         )),
         "{fix}"
     );
+    // A worker whose metadata has lost the table (a superuser past Citus; or a table
+    // distributed with citus.enable_metadata_sync off): a finding, and there the owner cannot
+    // drop the worker's copy of the table, which would take every shard's policies with it (a
+    // reviewer's pass dropped a copy of its own so, after which a renamed shard was nobody's).
+    let keep = format!(
+        "CREATE TEMP TABLE kept_partition AS SELECT * FROM pg_dist_partition WHERE logicalrelid = 'public.{t}'::regclass; \
+         CREATE TEMP TABLE kept_shard AS SELECT * FROM pg_dist_shard WHERE logicalrelid = 'public.{t}'::regclass; \
+         CREATE TEMP TABLE kept_placement AS SELECT * FROM pg_dist_placement WHERE shardid IN (SELECT shardid FROM kept_shard); \
+         DELETE FROM pg_dist_placement WHERE shardid IN (SELECT shardid FROM kept_shard); \
+         DELETE FROM pg_dist_shard WHERE logicalrelid = 'public.{t}'::regclass; \
+         DELETE FROM pg_dist_partition WHERE logicalrelid = 'public.{t}'::regclass"
+    );
+    w.batch_execute(&keep).unwrap();
+    let found = findings();
+    let refused_drop = o.batch_execute(&format!("DROP TABLE public.{t} CASCADE"));
+    w.batch_execute(
+        "INSERT INTO pg_dist_partition SELECT * FROM kept_partition; \
+         INSERT INTO pg_dist_shard SELECT * FROM kept_shard; \
+         INSERT INTO pg_dist_placement SELECT * FROM kept_placement",
+    )
+    .unwrap();
+    assert!(
+        found.iter().any(
+            |(object, detail, _)| object == &format!("127.0.0.1:{port}") && detail.contains(&t)
+        ),
+        "{found:?}"
+    );
+    let e = refused_drop.expect_err("the owner dropped the worker's copy of the table");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert_eq!(
+        w.query_one(
+            "SELECT count(*) FROM pg_policy WHERE polrelid = $1::text::regclass",
+            &[&format!("public.{shard}")],
+        )
+        .unwrap()
+        .get::<_, i64>(0),
+        4
+    );
     assert!(findings().is_empty(), "{:?}", findings());
+    su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
+}
+
+/// A table distributed with `citus.enable_metadata_sync` off is unknown to the workers' metadata,
+/// where the guard then knows its shards only by name: its owner made a table of its own under
+/// the table's name on each worker, had it protected, and then dropped that table there, and
+/// every shard's policies with it (a reviewer's pass). protect() refuses such a table.
+#[test]
+fn protect_refuses_a_table_the_workers_metadata_does_not_know() {
+    let pid = std::process::id();
+    let (t, owner) = (format!("unsynced_{pid}"), format!("unsynced_owner_{pid}"));
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT CREATE ON SCHEMA public TO {owner}"
+    ))
+    .unwrap();
+    let mut o = node(0, &owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "SET citus.enable_metadata_sync = off; \
+         CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int); \
+         SELECT create_distributed_table('public.{t}', 'tenant_id')"
+    ))
+    .unwrap();
+    for i in 1..ports().len() {
+        node(i, &owner)
+            .batch_execute(&format!(
+                "CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"
+            ))
+            .unwrap();
+    }
+    let e = su
+        .batch_execute(&format!(
+            "SELECT tenancy.protect('public.{t}', audit => false)"
+        ))
+        .expect_err("a table the workers do not know was protected");
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(message(&e).contains("does not know"), "{}", message(&e));
+    // In the same transaction as its distribution, with the metadata sync off.
+    let mut tx = su.transaction().unwrap();
+    for sql in [
+        "SET LOCAL citus.enable_metadata_sync = off".to_string(),
+        format!("CREATE TABLE public.{t}_2 (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int)"),
+        format!("SELECT create_distributed_table('public.{t}_2', 'tenant_id')"),
+    ] {
+        tx.batch_execute(&sql).unwrap();
+    }
+    let e = tx
+        .batch_execute(&format!(
+            "SELECT tenancy.protect('public.{t}_2', audit => false)"
+        ))
+        .expect_err("a table distributed with the metadata sync off was protected");
+    tx.rollback().unwrap();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(
+        message(&e).contains("enable_metadata_sync"),
+        "{}",
+        message(&e)
+    );
+    for i in 1..ports().len() {
+        node(i, &owner)
+            .batch_execute(&format!("DROP TABLE public.{t}"))
+            .unwrap();
+    }
     su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
 }
