@@ -28,8 +28,8 @@
 //!   shards there (they name their table), and leaves the node without the metadata through
 //!   which the guard there knows a shard, after which the table's owner turned a shard's row
 //!   security off on that node and read every tenant's rows from it (found trying it);
-//! - `citus_activate_node` (`master_activate_node`), `start_metadata_sync_to_node` and
-//!   `start_metadata_sync_to_all_nodes` are refused, while a Citus table is protected, with
+//! - `citus_activate_node` (`master_activate_node`), `start_metadata_sync_to_node`,
+//!   `start_metadata_sync_to_all_nodes` and `citus_add_node` (`master_add_node`) are refused, while a Citus table is protected, with
 //!   `citus.metadata_sync_mode` set to `nontransactional`: they then drop the node's shell
 //!   tables and its metadata in transactions of their own, committed before the metadata is
 //!   written again, and in between the guard there could not tell a shard (a reviewer's pass
@@ -99,6 +99,10 @@ const FUNCTIONS: &[(&str, Kind)] = &[
     ("master_activate_node", Kind::Activate),
     ("start_metadata_sync_to_node", Kind::Activate),
     ("start_metadata_sync_to_all_nodes", Kind::Activate),
+    // Adding a node activates it the same way (a node added again may hold a protected
+    // table's old shards; a reviewer's pass).
+    ("citus_add_node", Kind::Activate),
+    ("master_add_node", Kind::Activate),
 ];
 
 thread_local! {
@@ -377,7 +381,8 @@ fn protected(rel: pg_sys::Oid) -> bool {
     catalog::with_owner(|| {
         Spi::connect(|c| {
             let records = super::guard::local_copy(c)?;
-            c.select(
+            // With a snapshot taken now, not the transaction's (see guard::refuse_drift).
+            crate::catalog::fresh_select(
                 &format!(
                     "SELECT EXISTS (SELECT FROM tenancy.protected_table p WHERE p.relid::pg_catalog.oid = $1) \
                          OR EXISTS (SELECT FROM {records} q WHERE q.relation = $1::pg_catalog.regclass::text \
@@ -385,9 +390,9 @@ fn protected(rel: pg_sys::Oid) -> bool {
                 ),
                 Some(1),
                 &[rel.into()],
-            )?
-            .first()
-            .get_one::<bool>()
+                |r| r.get::<bool>(1),
+            )
+            .map(|v| v.into_iter().flatten().next())
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading whether a table is protected failed: {e}"))
@@ -410,12 +415,16 @@ fn any_protected_citus_table() -> bool {
     .unwrap_or(false)
 }
 
-/// Whether Citus syncs metadata in transactions of its own (`citus.metadata_sync_mode`).
+/// Whether Citus syncs metadata in transactions of its own (`citus.metadata_sync_mode`, read as
+/// Citus reads it, whoever the caller: the setting is a superuser's to show).
 fn nontransactional_sync() -> bool {
-    Spi::get_one::<String>("SELECT pg_catalog.current_setting('citus.metadata_sync_mode', true)")
-        .ok()
-        .flatten()
-        .is_some_and(|m| m == "nontransactional")
+    // SAFETY: GetConfigOption with missing_ok returns NULL for an unknown setting and raises
+    // nothing else (restrict_privileged = false); the string is read at once, before anything
+    // can change the setting.
+    unsafe {
+        let v = pg_sys::GetConfigOption(c"citus.metadata_sync_mode".as_ptr(), true, false);
+        !v.is_null() && std::ffi::CStr::from_ptr(v).to_bytes() == b"nontransactional"
+    }
 }
 
 fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {

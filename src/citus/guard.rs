@@ -479,47 +479,64 @@ pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str, gener
     }
     let found: Vec<Placement> = catalog::with_owner(|| {
         Spi::connect(|c| {
-            let xmin: Option<String> = c
+            // The table's Citus metadata: when each row was written (this transaction, or
+            // before), how it is distributed, and whether Citus synced it to the workers with
+            // metadata (it records the table in pg_dist_object only then: not for one
+            // distributed with citus.enable_metadata_sync off, which the workers never learn).
+            let (xmins, method, synced): (Vec<String>, String, bool) = c
                 .select(
-                    "SELECT d.xmin::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = $1",
+                    "SELECT ARRAY[d.xmin::text] || ARRAY(SELECT s.xmin::text FROM pg_catalog.pg_dist_shard s \
+                                                     WHERE s.logicalrelid = d.logicalrelid), \
+                            d.partmethod::text, \
+                            EXISTS (SELECT FROM pg_catalog.pg_dist_object o \
+                                     WHERE o.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                                       AND o.objid = d.logicalrelid::pg_catalog.oid AND o.objsubid = 0) \
+                       FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = $1",
                     Some(1),
                     &[rel.into()],
                 )?
                 .first()
-                .get_one::<String>()?;
-            let fresh = xmin
-                .and_then(|x| x.parse::<u32>().ok())
-                // SAFETY: asks whether an xid is this transaction's (or one of its
-                // subtransactions').
-                .is_some_and(|x| unsafe {
-                    pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(x))
-                });
-            if fresh {
-                // Distributed in this transaction: the workers learn it at its commit, from
-                // Citus's metadata sync, unless this session turned that off.
-                let sync: Option<String> = c
-                    .select(
-                        "SELECT pg_catalog.current_setting('citus.enable_metadata_sync', true)",
-                        Some(1),
-                        &[],
-                    )?
-                    .first()
-                    .get_one::<String>()?;
-                if sync.as_deref() == Some("off") {
-                    errors::raise(
-                        errors::NOT_IN_PREREQUISITE_STATE,
-                        format!("Citus table \"{table}\" was distributed with citus.enable_metadata_sync off: the workers do not know its shards"),
-                        "Distribute it with citus.enable_metadata_sync on (the default), then protect it.",
-                    );
-                }
-                return Ok(Vec::new());
-            }
-            if let Some((node, port, _, _)) = workers_without_table(c, rel)?.into_iter().next() {
+                .get_three::<Vec<String>, String, bool>()
+                .map(|(x, m, s)| (x.unwrap_or_default(), m.unwrap_or_default(), s.unwrap_or(false)))?;
+            // Tables Citus syncs to the workers: hash-distributed, and those without a
+            // distribution column (reference and local tables in the metadata).
+            let syncs = method == "h" || method == "n";
+            if syncs && !synced {
                 errors::raise(
                     errors::NOT_IN_PREREQUISITE_STATE,
-                    format!("worker {node}:{port} does not know Citus table \"{table}\" in Citus's metadata: pg_tenancy's guard there could not tell its shards"),
-                    "Sync the node's metadata (SELECT start_metadata_sync_to_node(...) on the coordinator; a table of another's there under the table's name is dropped first), then protect the table.",
+                    format!("Citus table \"{table}\" was distributed with citus.enable_metadata_sync off: the workers do not know its shards, and pg_tenancy's guard there could not tell them"),
+                    "Distribute it again with citus.enable_metadata_sync on (the default): SELECT undistribute_table(...); SELECT create_distributed_table(...); then protect it.",
                 );
+            }
+            // Distributed in this transaction (the table's row and every shard's): its shards
+            // are as Citus has just made them, and the workers learn the metadata at commit.
+            // A row rewritten since (update_distributed_table_colocation rewrites the table's)
+            // is not enough (a reviewer's pass).
+            let fresh = !xmins.is_empty()
+                && xmins.iter().all(|x| {
+                    x.parse::<u32>().ok().is_some_and(|x| {
+                        // SAFETY: asks whether an xid is this transaction's (or one of its
+                        // subtransactions').
+                        unsafe {
+                            pg_sys::TransactionIdIsCurrentTransactionId(pg_sys::TransactionId::from(x))
+                        }
+                    })
+                });
+            if fresh {
+                return Ok(Vec::new());
+            }
+            if syncs {
+                if let Some((node, port, ok, result)) = workers_without_table(c, rel)?.into_iter().next() {
+                    errors::raise(
+                        errors::NOT_IN_PREREQUISITE_STATE,
+                        if ok {
+                            format!("worker {node}:{port} does not know Citus table \"{table}\" in Citus's metadata: pg_tenancy's guard there could not tell its shards")
+                        } else {
+                            format!("worker {node}:{port} could not be asked whether it knows Citus table \"{table}\": {result}")
+                        },
+                        "Sync the node's metadata (SELECT start_metadata_sync_to_node(...) on the coordinator; a table there under the table's name that Citus did not make is dropped first), then protect the table; a node that cannot be reached is brought back first.",
+                    );
+                }
             }
             placements_with_foreign_objects(c, rel, table)
         })
@@ -548,8 +565,9 @@ pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str, gener
     }
 }
 
-/// The workers whose Citus metadata does not hold Citus table `rel`'s shards as the
-/// coordinator's does (node, port, read, what the node answered): a table distributed with
+/// The workers whose Citus metadata does not hold Citus table `rel`'s shards (the same shard
+/// ids) as the coordinator's does (node, port, read, what the node answered); asked only of a
+/// table Citus syncs (hash-distributed, or without a distribution column): a table distributed with
 /// `citus.enable_metadata_sync` off, or a node whose metadata was taken off or never synced.
 /// There the guard knows a shard only by its name, and a table of the owner's own under the
 /// table's name passed for its copy (a reviewer's pass). Read through Citus's
@@ -561,11 +579,12 @@ pub(crate) fn workers_without_table(
 ) -> Result<Vec<(String, i32, bool, String)>, pgrx::spi::Error> {
     let rows = c.select(
         "WITH t AS (SELECT pg_catalog.quote_ident(n.nspname::text) || '.' || pg_catalog.quote_ident(r.relname::text) AS name, \
-                           (SELECT pg_catalog.count(*) FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid = r.oid)::text AS shards \
+                           (SELECT COALESCE(pg_catalog.string_agg(s.shardid::text, ',' ORDER BY s.shardid), '') \
+                              FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid = r.oid) AS shards \
                       FROM pg_catalog.pg_class r JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = $1) \
          SELECT w.nodename::text, w.nodeport, w.success, w.result \
            FROM t, pg_catalog.run_command_on_workers(pg_catalog.format( \
-                'SELECT pg_catalog.count(*) FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%L)', t.name)) w \
+                'SELECT COALESCE(pg_catalog.string_agg(s.shardid::text, '','' ORDER BY s.shardid), '''') FROM pg_catalog.pg_dist_shard s WHERE s.logicalrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%L)', t.name)) w \
           WHERE NOT w.success OR w.result IS DISTINCT FROM t.shards ORDER BY 1, 2",
         None,
         &[rel.into()],
@@ -749,8 +768,10 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
             // transaction; verify() checks it once registered), or any relation whose
             // policies name a recorded table (a shard renamed: it keeps its policies, which
             // name its table by oid).
-            let guarded: Vec<(String, String, String, bool, bool)> = c
-                .select(
+            // With a snapshot taken now, not the transaction's: a session in REPEATABLE READ
+            // that began before protect() committed would otherwise not see its record, and
+            // change a shard's row security after it (a reviewer's pass).
+            let guarded: Vec<(String, String, String, bool, bool)> = catalog::fresh_select(
                     &format!("WITH t AS ( \
                         SELECT r.oid, r.oid::regclass::text AS relation, \
                                (SELECT d.logicalrelid::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) AS shell_of, \
@@ -793,8 +814,7 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                        ORDER BY 1, 2"),
                     None,
                     &[touched.to_vec().into()],
-                )?
-                .map(|r| {
+                |r| {
                     Ok((
                         r.get::<String>(1)?.unwrap_or_default(),
                         r.get::<String>(2)?.unwrap_or_default(),
@@ -802,8 +822,8 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                         r.get::<bool>(4)?.unwrap_or(false),
                         r.get::<bool>(5)?.unwrap_or(false),
                     ))
-                })
-                .collect::<Result<_, pgrx::spi::Error>>()?;
+                },
+            )?;
             for (relation, table, recorded, by_name, unknown_to_citus) in guarded {
                 if by_name
                     && unknown_to_citus
@@ -1030,14 +1050,21 @@ pub fn refuse_function_changes() {
 /// `tenancy.protected_table` lists): the DDL guard's checks
 /// before a command runs (`src/protection/guard.rs`) apply to it as to a protected table.
 pub fn guarded(rel: pg_sys::Oid) -> bool {
-    guarded_relation(rel, false)
+    guarded_relation(rel, false, true)
+}
+
+/// Whether `rel` is, on this node, a shard or copy of a protected Citus table that Citus's
+/// metadata here knows (not one found only by its name): Citus's own DROP TABLE drops the
+/// shards of a table whose metadata it has just taken off the node.
+pub fn guarded_by_metadata(rel: pg_sys::Oid) -> bool {
+    guarded_relation(rel, false, false)
 }
 
 /// Whether `rel` is a protected Citus table on this node: the coordinator's table itself, its
 /// shell on a worker, or one of its shards (found by its name). Renaming one, or moving it to
 /// another schema, would break the name by which Citus and the guard find its shards.
 pub fn citus_protected_anywhere(rel: pg_sys::Oid) -> bool {
-    guarded_relation(rel, true)
+    guarded_relation(rel, true, true)
 }
 
 /// Whether schema `schema` (by name) holds a protected Citus table, or on a worker its shards
@@ -1053,7 +1080,7 @@ pub fn schema_holds_guarded(schema: &str) -> bool {
         Spi::connect_mut(|c| {
             let records = local_copy(c)?;
             Ok::<_, pgrx::spi::Error>(
-                c.select(
+                catalog::fresh_select(
                     &format!(
                         "SELECT EXISTS (SELECT FROM {records} p \
                            CROSS JOIN LATERAL pg_catalog.parse_ident(p.relation) AS i(parts) \
@@ -1061,9 +1088,11 @@ pub fn schema_holds_guarded(schema: &str) -> bool {
                     ),
                     Some(1),
                     &[schema.into()],
+                    |r| r.get::<bool>(1),
                 )?
-                .first()
-                .get_one::<bool>()?
+                .into_iter()
+                .flatten()
+                .next()
                 .unwrap_or(false),
             )
         })
@@ -1071,7 +1100,15 @@ pub fn schema_holds_guarded(schema: &str) -> bool {
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check on Citus failed: {e}"))
 }
 
-fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
+/// `by_name`: on a worker, also a relation Citus's metadata does not know that is named as a
+/// shard of a recorded table in its schema (`<table>_<shard id>`, or a long name as Citus
+/// shortens it), whose shard id the metadata does not know either (a placement a shard move is
+/// building is a known shard without a placement here yet, and is Citus's to build), as the
+/// DDL check after a command finds one: a table's owner whose connection
+/// carried Citus's name took a shard out of the metadata with `worker_drop_distributed_table`,
+/// renamed it, turned its row security off and read every tenant's rows (a reviewer's pass;
+/// the rename was refused only where the metadata knew the shard).
+fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool, by_name: bool) -> bool {
     if rel == pg_sys::InvalidOid
         || !crate::pg::citus::in_database()
         // SAFETY: creating_extension is this backend's own flag.
@@ -1083,8 +1120,9 @@ fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
         Spi::connect_mut(|c| {
             show_shards(c)?;
             let records = local_copy(c)?;
+            // With a snapshot taken now (see refuse_drift).
             Ok::<_, pgrx::spi::Error>(
-                c.select(
+                catalog::fresh_select(
                     &format!("SELECT EXISTS (SELECT FROM pg_catalog.pg_class r JOIN {records} p ON \
                           p.relation = (SELECT d.logicalrelid::text FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) \
                        OR p.relation = (SELECT s.logicalrelid::text FROM pg_catalog.pg_dist_shard s \
@@ -1092,13 +1130,27 @@ fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
                                    AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid \
                                    AND EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl WHERE pl.shardid = s.shardid \
                                                  AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) \
+                       OR ($3 AND NOT pg_catalog.citus_is_coordinator() \
+                           AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) \
+                           AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_shard s \
+                                            WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint) \
+                           AND EXISTS (SELECT FROM pg_catalog.parse_ident(p.relation) AS i(parts) \
+                                        WHERE pg_catalog.cardinality(i.parts) = 2 \
+                                          AND i.parts[1] = (SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.oid = r.relnamespace) \
+                                          AND ((pg_catalog.starts_with(r.relname::text, i.parts[2] || '_') \
+                                                AND pg_catalog.substr(r.relname::text, pg_catalog.length(i.parts[2]) + 2) ~ '^[0-9]{{6,18}}$') \
+                                            OR (pg_catalog.octet_length(i.parts[2]) >= 40 \
+                                                AND pg_catalog.starts_with(r.relname::text, pg_catalog.left(i.parts[2], 20)) \
+                                                AND r.relname::text ~ '_[0-9a-f]{{8}}_[0-9]{{6,18}}$')))) \
                       WHERE r.oid = $1 \
                         AND ($2 OR NOT (pg_catalog.citus_is_coordinator() AND p.coordinator_relid = r.oid)))"),
                     Some(1),
-                    &[rel.into(), with_coordinators.into()],
+                    &[rel.into(), with_coordinators.into(), by_name.into()],
+                    |r| r.get::<bool>(1),
                 )?
-                .first()
-                .get_one::<bool>()?
+                .into_iter()
+                .flatten()
+                .next()
                 .unwrap_or(false),
             )
         })

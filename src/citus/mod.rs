@@ -382,13 +382,24 @@ fn citus_findings() -> TableIterator<
                     ));
                 }
             }
-            // Workers whose metadata does not hold the table's shards.
-            for (node, port, ok, result) in guard::workers_without_table(c, rel)? {
+            // Workers whose metadata does not hold the table's shards (of a table Citus syncs
+            // to them: hash-distributed, or without a distribution column).
+            let syncs: bool = c
+                .select(
+                    "SELECT d.partmethod IN ('h', 'n') FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = $1",
+                    Some(1),
+                    &[rel.into()],
+                )?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
+            let unknown = if syncs { guard::workers_without_table(c, rel)? } else { Vec::new() };
+            for (node, port, ok, result) in unknown {
                 out.push((
                     "citus_node_without_metadata".to_string(),
                     format!("{node}:{port}"),
                     if ok {
-                        format!("worker {node}:{port} does not know protected table {table} in Citus's metadata ({result} of its shards there): pg_tenancy's guard there knows its shards only by name, and cannot tell a table of the owner's own under the table's name from its copy")
+                        format!("worker {node}:{port} does not know protected table {table} in Citus's metadata as the coordinator does (its shards there: {}): pg_tenancy's guard there knows its shards only by name, and cannot tell a table of the owner's own under the table's name from its copy", if result.is_empty() { "none" } else { "others" })
                     } else {
                         format!("worker {node}:{port} could not be asked whether it knows protected table {table}: {result}")
                     },

@@ -979,7 +979,11 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
         {
             for n in list::<pg_sys::List>((*(stmt as *mut pg_sys::DropStmt)).objects) {
                 let rel = relid_of(pg_sys::makeRangeVarFromNameList(n));
-                if crate::citus::guard::guarded(rel) {
+                // A shard found only by its name is dropped in Citus's own connection by
+                // Citus's DROP TABLE, once it has taken the table's metadata off the node.
+                if crate::citus::guard::guarded_by_metadata(rel)
+                    || (!crate::pg::citus::internal_backend() && crate::citus::guard::guarded(rel))
+                {
                     refuse_shard_change(rel, "Drop the table on the coordinator (Citus drops its shards); a tenant's rows are removed by tenancy.decommission_tenant().");
                 }
             }
