@@ -17,9 +17,13 @@
 //!   `master_remove_partition_metadata` are refused to a role that is not a superuser outside
 //!   a DROP (Citus calls them from its DROP event trigger, where the table is gone already);
 //! - `worker_drop_distributed_table` and `worker_drop_shell_table` are refused to a role that
-//!   is not a superuser except as the very statement Citus sends for a DROP
-//!   (`SELECT worker_drop_distributed_table('<name>')`), in a connection Citus opened and
-//!   never renamed (`src/pg/citus.rs`); and `citus_internal.delete_shard_metadata`, `delete_placement_metadata`,
+//!   is not a superuser, also in a connection named as Citus's own: Citus trusts that name from
+//!   any role, and a table's owner connected to a worker under it took the table's metadata
+//!   and copy off the node with the first, and with the copy the shards' policies (a
+//!   reviewer's pass; the owner then wrote metadata of its own with `citus_internal`'s
+//!   functions to pass the guard's knowledge of the shards by name). So on Citus a protected
+//!   table is dropped by a superuser, or by its owner once an operator has unprotected it
+//!   (`src/protection/guard.rs` says so on the coordinator before Citus starts); and `citus_internal.delete_shard_metadata`, `delete_placement_metadata`,
 //!   `update_placement_metadata` and `delete_partition_metadata` to a role that is not a
 //!   superuser (shard moves and splits of a protected table are a superuser's).
 //!
@@ -457,14 +461,9 @@ fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {
                     pg_sys::NodeTag::T_DropOwnedStmt,
                 ])
         }
-        // Citus's DROP TABLE sends these as the statement itself, in its own connection, as
-        // the table's owner; never from inside another statement (a user's function pushed
-        // down to the node).
-        Kind::WorkerDrop => {
-            superuser
-                || (crate::pg::citus::internal_backend()
-                    && crate::pg::citus::running_exactly_a_call_of(name))
-        }
+        // Citus's DROP TABLE sends these as the table's owner; a protected table is dropped by
+        // a superuser (see the module's comment).
+        Kind::WorkerDrop => superuser,
         Kind::Shard | Kind::Placement | Kind::Partition => superuser,
         // Answered above.
         Kind::Node | Kind::Activate => true,
@@ -488,7 +487,8 @@ fn refuse(name: &str, kind: Kind, arg: Option<Constant>) {
         format!("Citus's {name}() on {shown} would undo its protection, unrecorded"),
         match kind {
             Kind::Reshape => "An operator unprotects the table first (SELECT tenancy.unprotect(...)); reshape it; then protects it again.",
-            Kind::Drop | Kind::WorkerDrop => "Drop the table with DROP TABLE on the coordinator, which records each tenant's rows it removes.",
+            Kind::Drop => "Drop the table with DROP TABLE on the coordinator, which records each tenant's rows it removes.",
+            Kind::WorkerDrop => "Drop the table on the coordinator: a superuser (a trusted migration role) does, or its owner once an operator has unprotected it (SELECT tenancy.unprotect(...)).",
             _ => "Moving, splitting or removing a protected table's shards is a superuser's work on Citus.",
         },
     );

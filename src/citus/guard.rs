@@ -1001,20 +1001,20 @@ pub fn refuse_function_changes() {
             }
             show_shards(c)?;
             let records = local_copy(c)?;
-            let rows = c.select(
+            // With a snapshot taken now (see refuse_drift).
+            let rows = catalog::fresh_select(
                 &CHANGED_FUNCTIONS_RUN_HERE.replace("{records}", &records),
                 Some(1),
                 &[],
+                |r| {
+                    Ok((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<String>(2)?,
+                        r.get::<bool>(3)?.unwrap_or(false),
+                    ))
+                },
             )?;
-            let mut found = None;
-            for r in rows {
-                found = Some((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?,
-                    r.get::<bool>(3)?.unwrap_or(false),
-                ));
-            }
-            Ok::<_, pgrx::spi::Error>(found)
+            Ok::<_, pgrx::spi::Error>(rows.into_iter().next())
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check of a function on Citus failed: {e}"));
@@ -1051,13 +1051,6 @@ pub fn refuse_function_changes() {
 /// before a command runs (`src/protection/guard.rs`) apply to it as to a protected table.
 pub fn guarded(rel: pg_sys::Oid) -> bool {
     guarded_relation(rel, false, true)
-}
-
-/// Whether `rel` is, on this node, a shard or copy of a protected Citus table that Citus's
-/// metadata here knows (not one found only by its name): Citus's own DROP TABLE drops the
-/// shards of a table whose metadata it has just taken off the node.
-pub fn guarded_by_metadata(rel: pg_sys::Oid) -> bool {
-    guarded_relation(rel, false, false)
 }
 
 /// Whether `rel` is a protected Citus table on this node: the coordinator's table itself, its

@@ -188,40 +188,6 @@ pub fn opened_as_internal() -> bool {
     }
 }
 
-/// Whether the running top-level statement is exactly `SELECT <function>('<literal>')`, the
-/// form in which Citus sends its own calls of `function` to a node (its DROP TABLE sends
-/// `worker_drop_distributed_table` so, as the table's owner). A user's function that Citus
-/// runs inside one of its own connections (pushed down in a shard query) runs under another
-/// statement: a reviewer's pass called `worker_drop_distributed_table` from such a function.
-pub fn running_exactly_a_call_of(function: &str) -> bool {
-    // SAFETY: debug_query_string is this backend's variable: null or the NUL-terminated text of
-    // the top-level statement being run, read on its only thread.
-    let text = unsafe {
-        let q = pg_sys::debug_query_string;
-        if q.is_null() {
-            return false;
-        }
-        CStr::from_ptr(q).to_bytes()
-    };
-    let head = format!("SELECT {function}('");
-    let Some(rest) = text.strip_prefix(head.as_bytes()) else {
-        return false;
-    };
-    let Some(literal) = rest.strip_suffix(b"')") else {
-        return false;
-    };
-    // The literal's quotes come in pairs (doubled): nothing follows it.
-    let mut quotes = 0usize;
-    for b in literal {
-        if *b == b'\'' {
-            quotes += 1;
-        } else if quotes % 2 == 1 {
-            return false;
-        }
-    }
-    quotes.is_multiple_of(2)
-}
-
 /// Whether the running statement is the one with which the coordinator opens every
 /// transaction on a worker, `assign_distributed_transaction_id()`, which fails once the
 /// backend's transaction has a distributed id; reading a reference table (pg_tenancy's

@@ -42,21 +42,20 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
         // that owner.
         crate::citus::trail::grant_new_owners(&touched);
     }
+    // With a snapshot taken now, not the transaction's: a table's owner whose REPEATABLE READ
+    // transaction began before protect() committed did not see the table's record, and turned
+    // its FORCE ROW LEVEL SECURITY off after it (a reviewer's pass, reproduced).
     let drifted: Vec<String> = catalog::with_owner(|| {
-        Spi::connect(|c| {
-            let t = c.select(
+        Spi::connect(|_| {
+            catalog::fresh_select(
                 "SELECT p.relid::text FROM tenancy.protected_table p \
                   WHERE p.relid::oid = ANY ($1) AND EXISTS (SELECT FROM pg_class WHERE oid = p.relid) \
                     AND p.policy_digest IS DISTINCT FROM tenancy._protection_digest(p.relid, p.tenant_column) \
                   ORDER BY 1",
                 None,
                 &[touched.clone().into()],
-            )?;
-            let mut out = Vec::new();
-            for r in t {
-                out.push(r.get::<String>(1)?.unwrap_or_default());
-            }
-            Ok::<_, pgrx::spi::Error>(out)
+                |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+            )
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check failed: {e}"));
@@ -979,11 +978,20 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
         {
             for n in list::<pg_sys::List>((*(stmt as *mut pg_sys::DropStmt)).objects) {
                 let rel = relid_of(pg_sys::makeRangeVarFromNameList(n));
-                // A shard found only by its name is dropped in Citus's own connection by
-                // Citus's DROP TABLE, once it has taken the table's metadata off the node.
-                if crate::citus::guard::guarded_by_metadata(rel)
-                    || (!crate::pg::citus::internal_backend() && crate::citus::guard::guarded(rel))
+                // The table itself, on the coordinator: Citus would drop its copies on the
+                // workers as its owner, which the workers refuse to anyone but a superuser
+                // (`src/citus/calls.rs`); said here, before Citus starts.
+                if crate::citus::guard::citus_protected_anywhere(rel)
+                    && !crate::citus::guard::guarded(rel)
                 {
+                    let name = crate::catalog::relation_name(rel);
+                    refuse_channel(
+                        rel,
+                        format!("protected Citus table \"{name}\" is dropped by a superuser, or by its owner once an operator has unprotected it"),
+                        format!("A superuser (a trusted migration role) runs the DROP TABLE, or an operator runs SELECT tenancy.unprotect('{}'); first (audited; refused while the table holds tenants' rows).", name.replace('\'', "''")),
+                    );
+                }
+                if crate::citus::guard::guarded(rel) {
                     refuse_shard_change(rel, "Drop the table on the coordinator (Citus drops its shards); a tenant's rows are removed by tenancy.decommission_tenant().");
                 }
             }

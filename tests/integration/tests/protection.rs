@@ -509,3 +509,47 @@ fn restrictive_policies_confine_every_command_even_beside_an_open_permissive_pol
         "verify() did not report the extra policy: {f2:?}"
     );
 }
+
+/// The guard reads the protected tables' records with a snapshot taken when it checks, not the
+/// transaction's: a table's owner whose REPEATABLE READ transaction began before protect()
+/// committed did not see the table's record, and turned its FORCE ROW LEVEL SECURITY off after
+/// it, so that the owner read every tenant's rows (a reviewer's pass, reproduced).
+#[test]
+fn the_guard_holds_for_a_transaction_that_began_before_the_table_was_protected() {
+    let mut su = superuser();
+    let s = schema(&mut su);
+    let owner = unique("early").replace('-', "_");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT CREATE, USAGE ON SCHEMA {s} TO {owner}"
+    ))
+    .unwrap();
+    let mut o = connect(&owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!("CREATE TABLE {s}.t (id int, tenant_id uuid)"))
+        .unwrap();
+    o.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    su.execute(&format!("SELECT tenancy.protect('{s}.t')"), &[])
+        .unwrap();
+    for ddl in [
+        format!("ALTER TABLE {s}.t NO FORCE ROW LEVEL SECURITY"),
+        format!("ALTER TABLE {s}.t DISABLE ROW LEVEL SECURITY"),
+        format!("DROP POLICY tenancy_select ON {s}.t"),
+    ] {
+        o.batch_execute("SAVEPOINT s").unwrap();
+        let e = o.batch_execute(&ddl).expect_err(&format!(
+            "{ddl} passed in a transaction older than the protection"
+        ));
+        assert_eq!(sqlstate(&e), "42501", "{ddl}: {}", message(&e));
+        o.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    }
+    o.batch_execute("COMMIT").unwrap();
+    let forced: bool = su
+        .query_one(
+            &format!("SELECT relforcerowsecurity FROM pg_class WHERE oid = '{s}.t'::regclass"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(forced);
+}
