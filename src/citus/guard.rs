@@ -1050,14 +1050,14 @@ pub fn refuse_function_changes() {
 /// `tenancy.protected_table` lists): the DDL guard's checks
 /// before a command runs (`src/protection/guard.rs`) apply to it as to a protected table.
 pub fn guarded(rel: pg_sys::Oid) -> bool {
-    guarded_relation(rel, false, true)
+    guarded_relation(rel, false)
 }
 
 /// Whether `rel` is a protected Citus table on this node: the coordinator's table itself, its
 /// shell on a worker, or one of its shards (found by its name). Renaming one, or moving it to
 /// another schema, would break the name by which Citus and the guard find its shards.
 pub fn citus_protected_anywhere(rel: pg_sys::Oid) -> bool {
-    guarded_relation(rel, true, true)
+    guarded_relation(rel, true)
 }
 
 /// Whether schema `schema` (by name) holds a protected Citus table, or on a worker its shards
@@ -1093,7 +1093,7 @@ pub fn schema_holds_guarded(schema: &str) -> bool {
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check on Citus failed: {e}"))
 }
 
-/// `by_name`: on a worker, also a relation Citus's metadata does not know that is named as a
+/// On a worker, also a relation Citus's metadata does not know that is named as a
 /// shard of a recorded table in its schema (`<table>_<shard id>`, or a long name as Citus
 /// shortens it), whose shard id the metadata does not know either (a placement a shard move is
 /// building is a known shard without a placement here yet, and is Citus's to build), as the
@@ -1101,7 +1101,7 @@ pub fn schema_holds_guarded(schema: &str) -> bool {
 /// carried Citus's name took a shard out of the metadata with `worker_drop_distributed_table`,
 /// renamed it, turned its row security off and read every tenant's rows (a reviewer's pass;
 /// the rename was refused only where the metadata knew the shard).
-fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool, by_name: bool) -> bool {
+fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
     if rel == pg_sys::InvalidOid
         || !crate::pg::citus::in_database()
         // SAFETY: creating_extension is this backend's own flag.
@@ -1123,7 +1123,7 @@ fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool, by_name: bool) ->
                                    AND pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)) = r.oid \
                                    AND EXISTS (SELECT FROM pg_catalog.pg_dist_placement pl WHERE pl.shardid = s.shardid \
                                                  AND pl.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group))) \
-                       OR ($3 AND NOT pg_catalog.citus_is_coordinator() \
+                       OR (NOT pg_catalog.citus_is_coordinator() \
                            AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition d WHERE d.logicalrelid = r.oid) \
                            AND NOT EXISTS (SELECT FROM pg_catalog.pg_dist_shard s \
                                             WHERE s.shardid = pg_catalog.substring(r.relname::text, '_([0-9]{{1,18}})$')::bigint) \
@@ -1138,7 +1138,7 @@ fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool, by_name: bool) ->
                       WHERE r.oid = $1 \
                         AND ($2 OR NOT (pg_catalog.citus_is_coordinator() AND p.coordinator_relid = r.oid)))"),
                     Some(1),
-                    &[rel.into(), with_coordinators.into(), by_name.into()],
+                    &[rel.into(), with_coordinators.into()],
                     |r| r.get::<bool>(1),
                 )?
                 .into_iter()

@@ -988,7 +988,7 @@ pub unsafe fn check_ddl(stmt: *mut pg_sys::Node, query: *const std::ffi::c_char)
                     refuse_channel(
                         rel,
                         format!("protected Citus table \"{name}\" is dropped by a superuser, or by its owner once an operator has unprotected it"),
-                        format!("A superuser (a trusted migration role) runs the DROP TABLE, or an operator runs SELECT tenancy.unprotect('{}'); first (audited; refused while the table holds tenants' rows).", name.replace('\'', "''")),
+                        format!("A superuser (a trusted migration role) runs the DROP TABLE, or an operator runs SELECT tenancy.unprotect({}); first (audited; refused while the table holds tenants' rows).", crate::catalog::quote_literal(&name)),
                     );
                 }
                 if crate::citus::guard::guarded(rel) {
