@@ -259,10 +259,18 @@ fn run_signature(
         .first()
         .get_one::<String>()?
         .unwrap_or_default();
-    Ok(c.select(&statement, Some(1), &[])?
-        .first()
-        .get_one::<String>()?
-        .unwrap_or_default())
+    // With a snapshot taken now, not the transaction's: in a REPEATABLE READ transaction older
+    // than protect(), the shard's pg_class row as that snapshot saw it was still live, beside
+    // the one this very command wrote (two rows, SQLSTATE 21000), or alone, when the updates
+    // between stayed on one page: then a stale signature could match the record (a reviewer's
+    // pass on the records read the same way).
+    Ok(
+        catalog::fresh_select(&statement, Some(1), &[], |r| r.get::<String>(1))?
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or_default(),
+    )
 }
 
 /// What a relation has that `protect()` neither creates nor replaces, one entry each, as a
