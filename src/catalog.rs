@@ -1392,6 +1392,24 @@ pub fn loading_protected() -> bool {
     LOADING_PROTECTED.with(|l| l.get())
 }
 
+/// SQL text: the types a value of type `ty` (a `pg_catalog.pg_type` row in the FROM clause
+/// before it) is made of, one step down, as rows `x(child)`: the base of a domain, the element
+/// of an array, the attributes of a composite, the subtype of a range, the range of a
+/// multirange. A recursive query over it reaches every type a column's values are made of
+/// (`leakproof::REACHABLE_TYPES`; on Citus, the functions the guard knows a shard runs).
+macro_rules! type_parts {
+    () => {
+        "CROSS JOIN LATERAL ( \
+               SELECT ty.typbasetype WHERE ty.typtype = 'd' \
+               UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0 \
+               UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+                          WHERE ty.typrelid <> 0 AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped \
+               UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = ty.oid \
+               UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = ty.oid) x(child)"
+    };
+}
+pub(crate) use type_parts;
+
 /// An identifier quoted by PostgreSQL (`quote_identifier`).
 pub fn quote_ident(s: &str) -> String {
     pgrx::spi::quote_identifier(s)

@@ -906,14 +906,18 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
 /// `ALTER ROUTINE`, at `ddl_command_end`) that this node's shard or shell of a protected Citus
 /// table runs, each (function, that table as recorded, whether it is pg_tenancy's own): a
 /// trigger, policy, rule, index expression or predicate, column default or constraint of the
-/// relation depends on it, or a domain's constraint or default, or a type's function, of one
-/// of its columns' types (a reviewer's pass: a domain's CHECK function), directly or through
-/// an operator it implements; or it is a member of pg_tenancy. Not followed: a domain over a
-/// domain, an array or a composite type; an operator class's support functions; and what a
+/// relation depends on it, or a domain's constraint or default, or a type's function (a
+/// range's canonical or subtype-difference function), of a type its columns' values are made
+/// of (a reviewer's pass: a domain's CHECK function; then the types a value is made of as the
+/// one-node check follows them, `leakproof::REACHABLE_TYPES`: the base of a domain over a
+/// domain, an array's element, a composite's attributes, a range's subtype), directly or
+/// through an operator it implements; or it is a member of pg_tenancy. Not followed: an
+/// operator class's support functions (only a superuser makes an operator class), and what a
 /// function's body calls, which PostgreSQL does not record (`verify()` compares every
 /// function, [`FUNCTION_DEFINITIONS`]). Reads this node's copy of the records (`{records}`)
 /// and the system catalogs.
-const CHANGED_FUNCTIONS_RUN_HERE: &str = "WITH changed AS ( \
+const CHANGED_FUNCTIONS_RUN_HERE: &str = concat!(
+    "WITH RECURSIVE changed AS ( \
         SELECT DISTINCT d.objid AS fn FROM pg_catalog.pg_event_trigger_ddl_commands() d \
          WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid IS NOT NULL), \
       recorded AS ( \
@@ -923,6 +927,13 @@ const CHANGED_FUNCTIONS_RUN_HERE: &str = "WITH changed AS ( \
         UNION ALL \
         SELECT pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid, false)), r.relation \
           FROM pg_catalog.pg_dist_shard s JOIN recorded r ON s.logicalrelid = r.rel), \
+      column_types(rel, typ) AS ( \
+        SELECT a.attrelid, a.atttypid FROM pg_catalog.pg_attribute a JOIN guarded g ON a.attrelid = g.rel \
+         WHERE a.attnum > 0 AND NOT a.attisdropped \
+        UNION \
+        SELECT ct.rel, x.child FROM column_types ct JOIN pg_catalog.pg_type ty ON ty.oid = ct.typ ",
+    crate::catalog::type_parts!(),
+    "), \
       uses AS ( \
         SELECT c.fn, d.classid, d.objid FROM changed c JOIN pg_catalog.pg_depend d \
             ON d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid = c.fn \
@@ -942,11 +953,11 @@ const CHANGED_FUNCTIONS_RUN_HERE: &str = "WITH changed AS ( \
             ON u.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.oid = u.objid AND k.conrelid <> 0 \
         UNION ALL SELECT u.fn, coalesce(x.indrelid, u.objid) FROM uses u LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = u.objid \
          WHERE u.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-        UNION ALL SELECT u.fn, at.attrelid FROM uses u JOIN pg_catalog.pg_constraint k \
+        UNION ALL SELECT u.fn, ct.rel FROM uses u JOIN pg_catalog.pg_constraint k \
             ON u.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND k.oid = u.objid AND k.contypid <> 0 \
-          JOIN pg_catalog.pg_attribute at ON at.atttypid = k.contypid AND NOT at.attisdropped \
-        UNION ALL SELECT u.fn, at.attrelid FROM uses u JOIN pg_catalog.pg_attribute at \
-            ON u.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND at.atttypid = u.objid AND NOT at.attisdropped) \
+          JOIN column_types ct ON ct.typ = k.contypid \
+        UNION ALL SELECT u.fn, ct.rel FROM uses u JOIN column_types ct \
+            ON u.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND ct.typ = u.objid) \
     SELECT q.f, q.t, q.own FROM ( \
       SELECT c.fn::pg_catalog.regprocedure::text AS f, \
              (SELECT pg_catalog.min(g.relation) FROM used_by b JOIN guarded g ON g.rel = b.rel WHERE b.fn = c.fn) AS t, \
@@ -956,7 +967,8 @@ const CHANGED_FUNCTIONS_RUN_HERE: &str = "WITH changed AS ( \
                         AND e.deptype = 'e' AND x.extname = 'pg_tenancy') AS own \
         FROM changed c) q \
      WHERE q.t IS NOT NULL OR q.own \
-     ORDER BY q.own DESC, 1 LIMIT 1";
+     ORDER BY q.own DESC, 1 LIMIT 1"
+);
 
 /// In the guard's check at `ddl_command_end` (every node; not in a superuser's connection that
 /// Citus opened for its own work, nor in pg_tenancy's own DDL, nor in an extension's script):

@@ -362,18 +362,14 @@ fn domain_leaky_call(
 /// Every type a value of type `typ` is made of: `typ`, the base types of a domain, the element
 /// of an array, the attributes of a composite, the subtype of a range, the range of a
 /// multirange, recursively.
-pub const REACHABLE_TYPES: &str = "WITH RECURSIVE t(oid) AS ( \
+pub const REACHABLE_TYPES: &str = concat!(
+    "WITH RECURSIVE t(oid) AS ( \
       SELECT $1::pg_catalog.oid \
       UNION \
-      SELECT x.child FROM t JOIN pg_catalog.pg_type ty ON ty.oid = t.oid \
-       CROSS JOIN LATERAL ( \
-             SELECT ty.typbasetype WHERE ty.typtype = 'd' \
-             UNION ALL SELECT ty.typelem WHERE ty.typelem <> 0 \
-             UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
-                        WHERE ty.typrelid <> 0 AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped \
-             UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = ty.oid \
-             UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = ty.oid) x(child)) \
-    SELECT oid FROM t";
+      SELECT x.child FROM t JOIN pg_catalog.pg_type ty ON ty.oid = t.oid ",
+    crate::catalog::type_parts!(),
+    ") SELECT oid FROM t"
+);
 
 /// `tenancy._reachable_types(typ)`: [`REACHABLE_TYPES`] as a set, for verify().
 #[pg_extern(stable, parallel_safe, name = "_reachable_types")]

@@ -1202,6 +1202,14 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
              AS $c${body}$c$"
         )
     };
+    // And one a domain checks with that a column's values reach only through another domain
+    // over it, in an array (a reviewer's pass: the guard followed a column's own type alone).
+    let deep = |body: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION public.refn_deep_{pid}(v text) RETURNS boolean LANGUAGE sql IMMUTABLE \
+             AS $c${body}$c$"
+        )
+    };
     setup_in_one_transaction(
         &mut su,
         &[
@@ -1210,7 +1218,11 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
             check("SELECT v <> ''"),
             format!("ALTER FUNCTION public.refn_ok_{pid}(text) OWNER TO {owner}"),
             format!("CREATE DOMAIN public.refn_code_{pid} AS text CHECK (public.refn_ok_{pid}(VALUE))"),
-            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, note text, code public.refn_code_{pid})"),
+            deep("SELECT v <> ''"),
+            format!("ALTER FUNCTION public.refn_deep_{pid}(text) OWNER TO {owner}"),
+            format!("CREATE DOMAIN public.refn_base_{pid} AS text CHECK (public.refn_deep_{pid}(VALUE))"),
+            format!("CREATE DOMAIN public.refn_wrap_{pid} AS public.refn_base_{pid}"),
+            format!("CREATE TABLE public.{t} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, note text, code public.refn_code_{pid}, deep public.refn_wrap_{pid}[])"),
             // Colocated with no other test's table (so not audited: the trail is colocated with
             // the audited tables): decommission_tenant deletes a tenant's rows of colocated
             // tables in one transaction, which Citus runs as one owner.
@@ -1271,6 +1283,8 @@ fn a_function_replaced_on_a_worker_is_refused_or_drift() {
         ),
         // The domain's check, which every write of a tenant's row runs.
         (check("SELECT true"), format!("refn_ok_{pid}(text)")),
+        // The check of the domain under the array's domain.
+        (deep("SELECT true"), format!("refn_deep_{pid}(text)")),
     ] {
         let e = o
             .batch_execute(&format!(
