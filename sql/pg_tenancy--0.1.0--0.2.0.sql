@@ -398,14 +398,29 @@ UNION ALL
 -- 16. Domains of protected columns owned by such a role (the column's type, or a type it is
 --     made of: a domain's base, an array's element, a composite's attribute, a range's
 --     subtype): ALTER DOMAIN ... ADD CONSTRAINT runs the owner's check over every tenant's values.
+--     Also a domain that an expression of the table converts a value to (a default, a CHECK, an
+--     index expression...: the types PostgreSQL records in pg_depend), whose check runs in every
+--     tenant's writes.
 SELECT DISTINCT 'error', 'domain_owner_can_bind', format_type(t.oid, NULL),
-       format('domain of a column of protected table %s is owned by %I, which an application session can be',
-              a.attrelid::regclass, o.rolname),
+       format('domain of a column or an expression of protected table %s is owned by %I, which an application session can be',
+              u.relid::regclass, o.rolname),
        format('DO $fix$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = %L) THEN CREATE ROLE %I NOLOGIN; END IF; END $fix$; GRANT USAGE, CREATE ON SCHEMA %I TO %I; ALTER DOMAIN %s OWNER TO %I;',
               'app_owner', 'app_owner', (SELECT nspname FROM pg_namespace WHERE oid = t.typnamespace), 'app_owner',
               format_type(t.oid, NULL), 'app_owner')
-  FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
-  CROSS JOIN LATERAL tenancy._reachable_types(a.atttypid) reach(oid)
+  FROM (SELECT a.attrelid AS relid, a.atttypid AS typ
+          FROM prot p JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT p.relid, d.refobjid
+          FROM prot p JOIN pg_depend d ON d.refclassid = 'pg_type'::regclass AND d.refobjid >= 16384
+         WHERE (d.classid = 'pg_class'::regclass
+                AND (d.objid = p.relid OR d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = p.relid)))
+            OR (d.classid = 'pg_attrdef'::regclass AND d.objid IN (SELECT x.oid FROM pg_attrdef x WHERE x.adrelid = p.relid))
+            OR (d.classid = 'pg_constraint'::regclass AND d.objid IN (SELECT x.oid FROM pg_constraint x WHERE x.conrelid = p.relid))
+            OR (d.classid = 'pg_trigger'::regclass AND d.objid IN (SELECT x.oid FROM pg_trigger x WHERE x.tgrelid = p.relid))
+            OR (d.classid = 'pg_policy'::regclass AND d.objid IN (SELECT x.oid FROM pg_policy x WHERE x.polrelid = p.relid))
+            OR (d.classid = 'pg_rewrite'::regclass AND d.objid IN (SELECT x.oid FROM pg_rewrite x WHERE x.ev_class = p.relid))
+            OR (d.classid = 'pg_statistic_ext'::regclass AND d.objid IN (SELECT x.oid FROM pg_statistic_ext x WHERE x.stxrelid = p.relid))) u
+  CROSS JOIN LATERAL tenancy._reachable_types(u.typ) reach(oid)
   JOIN pg_type t ON t.typtype = 'd' AND t.oid = reach.oid
   JOIN pg_roles o ON o.oid = t.typowner
  WHERE NOT o.rolsuper

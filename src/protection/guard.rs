@@ -190,6 +190,61 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
             );
         }
     }
+    refuse_writing_foreign_keys(&touched.into_iter().flatten().collect::<Vec<_>>(), true);
+}
+
+/// A foreign key of a protected table among `rels` whose referential action writes (`ON
+/// UPDATE` / `ON DELETE` `CASCADE`, `SET NULL`, `SET DEFAULT`) is refused to a role that is
+/// not a superuser, unless it references a protected table with the tenant column in its key
+/// (then a referenced row's change reaches only its own tenant's rows). PostgreSQL runs a
+/// referential action as the referencing table's owner with no row security
+/// (`SECURITY_NOFORCE_RLS` in `ri_triggers.c`): from a table the owner writes, a key's update
+/// rewrote every tenant's rows, moved them between tenants through the tenant column, or
+/// deleted them, and the owner's own trigger on the protected table copied each row it
+/// rewrote (an attacker's pass, as the table's unbound owner). Checked when the command that
+/// made the key ends (`ddl_command_end`: ALTER TABLE ... ADD CONSTRAINT, ADD COLUMN ...
+/// REFERENCES, a protected table created with one), and for a table joining a protected parent.
+/// verify() reports what a superuser leaves (`fk_cascade_from_shared_table`). `protected_only`:
+/// only the protected tables among `rels` (after the command); else `rels` are about to join a
+/// protected parent, whose tenant column they have.
+pub(crate) fn refuse_writing_foreign_keys(rels: &[pg_sys::Oid], protected_only: bool) {
+    if rels.is_empty() {
+        return;
+    }
+    let found = catalog::owner_rows(
+        "the protected tables' foreign keys",
+        "SELECT con.conrelid, con.conname::pg_catalog.text, con.confrelid \
+           FROM pg_catalog.pg_constraint con LEFT JOIN tenancy.protected_table p ON p.relid = con.conrelid \
+          WHERE con.conrelid = ANY ($1) AND con.contype = 'f' AND (p.relid IS NOT NULL OR NOT $2) \
+            AND (con.confupdtype IN ('c', 'n', 'd') OR con.confdeltype IN ('c', 'n', 'd')) \
+            AND NOT EXISTS ( \
+                  SELECT FROM ROWS FROM (pg_catalog.unnest(con.conkey), pg_catalog.unnest(con.confkey)) k(c, f) \
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.c \
+                    JOIN pg_catalog.pg_attribute b ON b.attrelid = con.confrelid AND b.attnum = k.f \
+                    JOIN tenancy.protected_table q ON q.relid = con.confrelid \
+                   WHERE a.attname = COALESCE(p.tenant_column, q.tenant_column) \
+                     AND b.attname = q.tenant_column) \
+          ORDER BY 1, 2 LIMIT 1",
+        &[rels.to_vec().into(), protected_only.into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+            ))
+        },
+    );
+    if let Some((rel, name, parent)) = found.into_iter().next() {
+        refuse_channel(
+            rel,
+            format!(
+                "foreign key \"{name}\" of protected table \"{}\" would rewrite or delete every tenant's rows when rows of \"{}\" change: PostgreSQL runs its referential action with no row security",
+                crate::catalog::relation_name(rel),
+                crate::catalog::relation_name(parent)
+            ),
+            "Use ON UPDATE / ON DELETE NO ACTION or RESTRICT, or reference a protected table with the tenant column in the key (FOREIGN KEY (tenant_id, ...) REFERENCES parent (tenant_id, ...)); or have a superuser (a trusted migration role) add it, which tenancy.verify() then reports where the referenced table is shared.",
+        );
+    }
 }
 
 /// Lock every protected table ACCESS SHARE for the rest of the transaction and return those
@@ -1313,11 +1368,8 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
 /// The first protected table with a column whose type is, or is made of, type `typ`.
 fn protected_table_using(typ: pg_sys::Oid) -> Option<pg_sys::Oid> {
     catalog::owner_rows(
-        "the protected tables' columns",
-        "SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \
-          WHERE a.attnum > 0 AND NOT a.attisdropped AND a.atttypid >= 16384 \
-            AND $1 IN (SELECT tenancy._reachable_types(a.atttypid)) \
-          LIMIT 1",
+        "the protected tables' columns and expressions",
+        PROTECTED_TABLE_REACHING_TYPE,
         &[typ.into()],
         |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
     )
@@ -2114,6 +2166,7 @@ pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid) {
     if rel == pg_sys::InvalidOid {
         return;
     }
+    refuse_writing_foreign_keys(&[rel], false);
     if let Some((what, call)) = stored_leaky_call(rel) {
         refuse_channel(
             rel,
@@ -2298,8 +2351,40 @@ unsafe fn check_constraint(
     }
 }
 
+/// A protected table (one, as its oid) whose values or stored expressions reach type `$1`: a
+/// column's type, or a type that a default, generated column, constraint, index, partition
+/// key, trigger, policy, rule or statistics object of the table names (PostgreSQL records
+/// those in `pg_depend`: a conversion to a domain, a constant of a type), and every type such a
+/// type is made of (`tenancy._reachable_types`). An attacker's pass owned only a domain that a
+/// protected table's default and CHECK converted a value to (no column was of it), added a
+/// CHECK calling its function, and read every tenant's rows from their own inserts.
+const PROTECTED_TABLE_REACHING_TYPE: &str = "WITH used(relid, typ) AS ( \
+      SELECT a.attrelid, a.atttypid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \
+       WHERE a.attnum > 0 AND NOT a.attisdropped \
+      UNION ALL \
+      SELECT p.relid::pg_catalog.oid, d.refobjid FROM tenancy.protected_table p JOIN pg_catalog.pg_depend d \
+          ON d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+       WHERE (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+              AND (d.objid = p.relid OR d.objid IN (SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid = p.relid))) \
+          OR (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_attrdef x WHERE x.adrelid = p.relid)) \
+          OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_constraint x WHERE x.conrelid = p.relid)) \
+          OR (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
+              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_trigger x WHERE x.tgrelid = p.relid)) \
+          OR (d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
+              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_policy x WHERE x.polrelid = p.relid)) \
+          OR (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_rewrite x WHERE x.ev_class = p.relid)) \
+          OR (d.classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass \
+              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_statistic_ext x WHERE x.stxrelid = p.relid))) \
+    SELECT u.relid FROM used u WHERE u.typ >= 16384 AND $1 IN (SELECT tenancy._reachable_types(u.typ)) LIMIT 1";
+
 /// `ALTER DOMAIN ... ADD CONSTRAINT` / `VALIDATE CONSTRAINT` checks the constraint against every
-/// value stored in a column of the domain, as the domain's owner, with no row security.
+/// value stored in a column of the domain, as the domain's owner, with no row security; and
+/// every later conversion to the domain runs it, in an expression of a protected table too
+/// ([`PROTECTED_TABLE_REACHING_TYPE`]: a default, a CHECK, an index expression), in every
+/// tenant's session.
 /// `ALTER DOMAIN ... SET DEFAULT` sets what every tenant's inserts that leave such a column out
 /// run: like a column's default, no user's function (an attacker's pass, owning only the
 /// domain, had its function read every tenant's rows from their own inserts).
@@ -2325,11 +2410,8 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt, query: *const std:
             lock_domains(&[typ], pg_sys::AccessExclusiveLock);
         }
         let used = catalog::owner_rows(
-            "the protected tables' columns",
-            "SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \
-              WHERE a.attnum > 0 AND NOT a.attisdropped \
-                AND $1 IN (SELECT tenancy._reachable_types(a.atttypid)) \
-              LIMIT 1",
+            "the protected tables' columns and expressions",
+            PROTECTED_TABLE_REACHING_TYPE,
             &[typ.into()],
             |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
         );
@@ -2345,16 +2427,20 @@ unsafe fn check_alter_domain(s: *mut pg_sys::AlterDomainStmt, query: *const std:
                     None,
                     true,
                 );
-                refuse_leaky(table, "the default of a domain used by a column", call);
+                refuse_leaky(
+                    table,
+                    "the default of a domain used by a column or an expression",
+                    call,
+                );
                 return;
             }
             refuse_channel(
                 table,
                 format!(
-                    "the domain is used by a column of protected table \"{}\", and its new or validated constraint would run over every tenant's values",
+                    "the domain is used by a column or an expression of protected table \"{}\", and its new or validated constraint would run over every tenant's values",
                     crate::catalog::relation_name(table)
                 ),
-                "Have a superuser (a trusted migration role) change the domain, or use a domain no protected column uses.",
+                "Have a superuser (a trusted migration role) change the domain, or use a domain that no protected table's column or expression uses.",
             );
         }
     }

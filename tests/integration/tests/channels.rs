@@ -128,6 +128,98 @@ fn a_cascade_from_a_shared_table_is_reported_and_its_fix_stops_it() {
     assert_eq!(b_rows, 1);
 }
 
+/// The table's owner adds a cascade of its own: PostgreSQL runs a referential action as the
+/// referencing table's owner with no row security, so an update of the owner's lookup table
+/// rewrote every tenant's rows (or moved them to another tenant through the tenant column, or
+/// deleted them), and the owner's trigger on the protected table copied each row it rewrote
+/// (an attacker's pass, unbound). Refused when the command that made the key ends; a cascade
+/// from a protected table with the tenant column in the key stays the owner's to add.
+#[test]
+fn a_tables_owner_cannot_add_a_cascade_that_rewrites_every_tenants_rows() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let (s, owner) = owned_table(&mut su, &f);
+    let mut o = connect(&owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "CREATE TABLE {s}.pk (id int PRIMARY KEY); INSERT INTO {s}.pk VALUES (1), (2); \
+         CREATE TABLE {s}.tenants (tid uuid PRIMARY KEY); \
+         INSERT INTO {s}.tenants VALUES ('{a}'), ('{b}')",
+        a = f.a_id,
+        b = f.b_id
+    ))
+    .unwrap();
+    for statement in [
+        format!("ALTER TABLE {s}.t ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES {s}.pk (id) ON UPDATE CASCADE"),
+        format!("ALTER TABLE {s}.t ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES {s}.pk (id) ON DELETE CASCADE"),
+        format!("ALTER TABLE {s}.t ADD CONSTRAINT fk FOREIGN KEY (id) REFERENCES {s}.pk (id) ON DELETE SET NULL"),
+        format!("ALTER TABLE {s}.t ADD CONSTRAINT fk FOREIGN KEY (tenant_id) REFERENCES {s}.tenants (tid) ON UPDATE CASCADE"),
+        format!("ALTER TABLE {s}.t ADD COLUMN kind int REFERENCES {s}.pk (id) ON UPDATE SET DEFAULT"),
+    ] {
+        let e = o
+            .batch_execute(&statement)
+            .expect_err("the owner added a writing cascade to its protected table");
+        assert_eq!(sqlstate(&e), "42501", "{statement}: {}", message(&e));
+        assert!(
+            message(&e).contains("every tenant's rows"),
+            "{}",
+            message(&e)
+        );
+    }
+    // Then the owner's updates of its own tables reach no tenant's row.
+    o.batch_execute(&format!(
+        "UPDATE {s}.pk SET id = id + 100; UPDATE {s}.tenants SET tid = gen_random_uuid()"
+    ))
+    .unwrap();
+    let rows: Vec<String> = texts(
+        &mut su,
+        &format!("SELECT tenant_id || ':' || id || ':' || body FROM {s}.t ORDER BY 1"),
+    );
+    let mut expected = vec![
+        format!("{}:1:{}-secret", f.a_id, f.a),
+        format!("{}:1:{}-secret", f.b_id, f.b),
+    ];
+    expected.sort();
+    assert_eq!(rows, expected);
+    // A key that cannot write (NO ACTION), and a cascade from a protected table with the tenant
+    // column in the key (a referenced row's change reaches its own tenant's rows only), pass.
+    su.batch_execute(&format!(
+        "SET ROLE {owner}; \
+         CREATE TABLE {s}.parent (tenant_id uuid NOT NULL, id int NOT NULL, PRIMARY KEY (tenant_id, id)); \
+         RESET ROLE; SELECT tenancy.protect('{s}.parent')"
+    ))
+    .unwrap();
+    o.batch_execute(&format!(
+        "ALTER TABLE {s}.t ADD CONSTRAINT plain FOREIGN KEY (id) REFERENCES {s}.pk (id) NOT VALID; \
+         ALTER TABLE {s}.t DROP CONSTRAINT plain; \
+         ALTER TABLE {s}.t ADD CONSTRAINT led FOREIGN KEY (tenant_id, id) REFERENCES {s}.parent (tenant_id, id) ON DELETE CASCADE NOT VALID"
+    ))
+    .unwrap();
+    // From a protected table by a key without the tenant column: refused too (a row of one
+    // tenant's would cascade into another's rows).
+    su.batch_execute(&format!(
+        "SET ROLE {owner}; \
+         CREATE TABLE {s}.shared_key (tenant_id uuid NOT NULL, id int NOT NULL UNIQUE); \
+         RESET ROLE; SELECT tenancy.protect('{s}.shared_key')"
+    ))
+    .unwrap();
+    let e = o
+        .batch_execute(&format!(
+            "ALTER TABLE {s}.t ADD CONSTRAINT unled FOREIGN KEY (id) REFERENCES {s}.shared_key (id) ON DELETE CASCADE NOT VALID"
+        ))
+        .expect_err("a cascade from a protected table by a key without the tenant column");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    // A table created protected (in a schema of auto_protect) with one: refused too.
+    su.batch_execute(&format!("SELECT tenancy.auto_protect('{s}')"))
+        .unwrap();
+    let e = o
+        .batch_execute(&format!(
+            "CREATE TABLE {s}.born (tenant_id uuid NOT NULL, id int REFERENCES {s}.pk (id) ON DELETE CASCADE)"
+        ))
+        .expect_err("a table created protected with a cascade from the owner's table");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+}
+
 // 2. The table's owner ---------------------------------------------------------------------------
 
 #[test]
@@ -479,6 +571,74 @@ fn a_domains_owner_cannot_check_every_tenants_values() {
         notices.lock().unwrap().is_empty(),
         "{:?}",
         notices.lock().unwrap()
+    );
+    reported_and_fixed(&mut su, &s, "domain_owner_can_bind");
+}
+
+/// The owner of a domain that no protected column is of, but that a protected table's default,
+/// CHECK and index expression convert a value to: a CHECK added to the domain runs in every
+/// tenant's inserts (an attacker's pass read every tenant's rows through it, and dropped it
+/// again, leaving verify() nothing to see). Refused; a domain no protected table uses stays
+/// its owner's.
+#[test]
+fn a_domains_owner_cannot_check_what_a_protected_tables_expressions_convert_to_it() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let s = schema(&mut su);
+    let owner = ident("down");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT CREATE, USAGE ON SCHEMA {s} TO {owner}; \
+         CREATE DOMAIN {s}.l_def AS text; CREATE DOMAIN {s}.l_chk AS text; CREATE DOMAIN {s}.l_idx AS text; \
+         CREATE DOMAIN {s}.l_free AS text; \
+         ALTER DOMAIN {s}.l_def OWNER TO {owner}; ALTER DOMAIN {s}.l_chk OWNER TO {owner}; \
+         ALTER DOMAIN {s}.l_idx OWNER TO {owner}; ALTER DOMAIN {s}.l_free OWNER TO {owner}; \
+         CREATE TABLE {s}.t (tenant_id uuid NOT NULL, id int NOT NULL, body text, \
+                             tag text DEFAULT ('x'::{s}.l_def), CHECK ((body::{s}.l_chk) IS NOT NULL)); \
+         CREATE INDEX t_body ON {s}.t (((body::{s}.l_idx)::text)); \
+         SELECT tenancy.protect('{s}.t'); GRANT SELECT, INSERT ON {s}.t TO {APP}; \
+         INSERT INTO {s}.t (tenant_id, id, body) VALUES ('{a}', 1, 'a-body'), ('{b}', 1, '{bn}-secret-body')",
+        a = f.a_id,
+        b = f.b_id,
+        bn = f.b
+    ))
+    .unwrap();
+    leaky_function(&mut su, &s, &owner);
+    let (mut c, notices) = with_notices(&owner);
+    assert_not_privileged(&mut c);
+    for domain in ["l_def", "l_chk", "l_idx"] {
+        for statement in [
+            format!("ALTER DOMAIN {s}.{domain} ADD CONSTRAINT peek CHECK ({s}.leak(VALUE))"),
+            format!(
+                "ALTER DOMAIN {s}.{domain} ADD CONSTRAINT peek CHECK ({s}.leak(VALUE)) NOT VALID"
+            ),
+        ] {
+            let e = c
+                .batch_execute(&statement)
+                .expect_err("the domain's owner added a CHECK that protected rows run");
+            assert_eq!(sqlstate(&e), "42501", "{statement}: {}", message(&e));
+        }
+    }
+    assert!(
+        notices.lock().unwrap().is_empty(),
+        "{:?}",
+        notices.lock().unwrap()
+    );
+    // A domain no protected table uses is its owner's to change.
+    c.batch_execute(&format!(
+        "ALTER DOMAIN {s}.l_free ADD CONSTRAINT peek CHECK ({s}.leak(VALUE))"
+    ))
+    .unwrap();
+    // verify() names the three domains (their owner can log in; it could replace what a
+    // superuser's constraint on them calls), and its fix clears them.
+    let mut found: Vec<String> = verify_rows(&mut su, &s, "domain_owner_can_bind")
+        .into_iter()
+        .map(|(_, object, _)| object)
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        ["l_chk", "l_def", "l_idx"].map(|d| format!("{s}.{d}")),
+        "verify() on the domains of the table's expressions"
     );
     reported_and_fixed(&mut su, &s, "domain_owner_can_bind");
 }
