@@ -114,6 +114,10 @@ thread_local! {
     /// Cursors declared while a binding was in force (names; the closed ones are dropped
     /// whenever the list is read): tenancy.unbind() refuses while one is open.
     static BOUND_CURSORS: RefCell<Vec<(std::ffi::CString, Uuid)>> = const { RefCell::new(Vec::new()) };
+    /// Named portals (cursors opened by PL/pgSQL or SPI, by the protocol's Bind, by DECLARE)
+    /// whose query started while a binding was in force, in this transaction (names; the closed
+    /// ones are dropped whenever the list is read). See [`portals_at_query_start`].
+    static BOUND_PORTALS: RefCell<Vec<std::ffi::CString>> = const { RefCell::new(Vec::new()) };
     /// Cursors WITH HOLD declared while no binding was in force (names; the closed ones are
     /// dropped whenever the list is read): no binding is made while one is open.
     static HELD_CURSORS: RefCell<Vec<std::ffi::CString>> = const { RefCell::new(Vec::new()) };
@@ -289,6 +293,7 @@ pub fn init() {
     crate::pg::executor_end::before_later_runs(before_a_later_run, bound_now);
     crate::pg::hooks::after_utility(after_utility);
     crate::pg::binding_param::at_query_start(carry_at_query_start);
+    crate::pg::binding_param::at_query_start(portals_at_query_start);
     crate::authz::provide_acting(crate::authz::ActingProvider {
         checked: || current_if_bound().as_ref().map(acting),
         unchecked: || peek().as_ref().map(acting),
@@ -357,6 +362,9 @@ fn xact_callback(event: pg_sys::XactEvent::Type) {
             undo_made(0);
         }
         MADE.with(|m| m.borrow_mut().clear());
+        // Portals without HOLD end with their transaction (WITH HOLD is refused under a
+        // binding).
+        BOUND_PORTALS.with(|b| b.borrow_mut().clear());
         // The binding module's tracked state is written only where it changes: a session's
         // binding validated in one transaction stays validated in the next (memo.rs).
         if BINDING.with(|b| {
@@ -445,6 +453,14 @@ fn before_utility(stmt: *mut pg_sys::Node) {
                     .map(|b| (carrier::token_of(b), adopted_token().is_some()))
             });
             carrier::check_client_set(stmt as *mut pg_sys::VariableSetStmt, own);
+        }
+        if matches!(
+            (*stmt).type_,
+            pg_sys::NodeTag::T_DoStmt | pg_sys::NodeTag::T_CallStmt
+        ) {
+            // Their PL/pgSQL may FETCH from a portal whose rows are stored, with no query of
+            // its own (see portals_at_query_start).
+            check_again_while_bound_portals_are_open();
         }
         if (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt {
             let name = (*(stmt as *mut pg_sys::FetchStmt)).portalname;
@@ -579,6 +595,61 @@ fn portal_open(name: &std::ffi::CStr) -> bool {
     // SAFETY: GetPortalByName looks the NUL-terminated name up in the backend's portal table
     // (a hash lookup; it does not raise) and returns null when there is none.
     !unsafe { pg_sys::GetPortalByName(name.as_ptr()) }.is_null()
+}
+
+/// At the start of every query (in the leader; not for the queries pg_tenancy's own checks
+/// run): while a named portal that started under a binding is open, the binding is checked
+/// again ([`check_again_while_bound_portals_are_open`]); and a named portal whose query starts
+/// now under a binding is remembered.
+///
+/// A portal whose query has a data-modifying WITH or RETURNING (or is an EXPLAIN ANALYZE) has
+/// its whole result computed at its first read and stored; PL/pgSQL's later FETCHes read the
+/// stored rows with no query started, which the later-run check of `pg::executor_end` never
+/// sees. An attacker's pass read its tenant's rows so after the tenant's suspension had
+/// committed, and after `tenancy.unbind()` and a `revoke_subject` with nothing bound (the
+/// protocol's Execute of such a portal is documented as not defended: it starts no statement
+/// pg_tenancy sees). So every statement that could read one (a query, a DO block, a CALL)
+/// checks the binding first while one is open, and unbind() refuses while one is open.
+fn portals_at_query_start(_writes: bool) {
+    check_again_while_bound_portals_are_open();
+    // SAFETY: ActivePortal is PostgreSQL's global of the portal being run (null outside one),
+    // read on the backend's only thread; a portal's name is a NUL-terminated string that lives
+    // as long as the portal, copied at once.
+    let name = unsafe {
+        let p = pg_sys::ActivePortal;
+        if p.is_null() || (*p).name.is_null() {
+            return;
+        }
+        std::ffi::CStr::from_ptr((*p).name)
+    };
+    // The unnamed portal is the statement's own (simple query, or the protocol's unnamed one),
+    // read by no later statement.
+    if name.to_bytes().is_empty() || !bound_now() {
+        return;
+    }
+    BOUND_PORTALS.with(|b| {
+        let mut b = b.borrow_mut();
+        if !b.iter().any(|n| n.as_c_str() == name) {
+            b.push(name.to_owned());
+        }
+    });
+}
+
+/// While a named portal that started under a binding in this transaction is open: the binding
+/// is checked again (a suspension or revocation committed since raises), and a transaction
+/// whose binding has ended is refused ([`before_a_later_run`]).
+fn check_again_while_bound_portals_are_open() {
+    let open = BOUND_PORTALS.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.is_empty() {
+            return false;
+        }
+        b.retain(|n| portal_open(n));
+        !b.is_empty()
+    });
+    if open {
+        before_a_later_run(true);
+    }
 }
 
 /// After a DECLARE that succeeded: the cursor is remembered, with the tenant bound (a role
@@ -1326,12 +1397,24 @@ pub fn unbind() {
     // A cursor declared while bound reads that tenant's rows: its plan holds the tenant, or its
     // rows were kept at COMMIT (WITH HOLD). It must not be read after the binding ends, by this
     // client or, behind a pooler, by the next one.
-    let open: Vec<String> = BOUND_CURSORS.with(|c| {
+    let mut open: Vec<String> = BOUND_CURSORS.with(|c| {
         let mut c = c.borrow_mut();
         c.retain(|(n, _)| portal_open(n));
         c.iter()
             .map(|(n, _)| n.to_string_lossy().into_owned())
             .collect()
+    });
+    // And the portals opened under it otherwise (PL/pgSQL's OPEN, the protocol's Bind): a
+    // stored result is read by FETCH with no query started (portals_at_query_start).
+    BOUND_PORTALS.with(|b| {
+        let mut b = b.borrow_mut();
+        b.retain(|n| portal_open(n));
+        for n in b.iter() {
+            let n = n.to_string_lossy().into_owned();
+            if !open.contains(&n) {
+                open.push(n);
+            }
+        }
     });
     if !open.is_empty() {
         errors::raise(

@@ -188,6 +188,73 @@ fn a_cursor_opened_before_a_suspension_fetches_nothing_after_it() {
         .unwrap();
 }
 
+/// A PL/pgSQL cursor whose query has a data-modifying WITH (its whole result computed and
+/// stored at its first FETCH), opened in a transaction bound to A.
+const OPEN_STORED: &str = "DO $$ DECLARE k refcursor := 'stored_cur'; r record; BEGIN \
+       OPEN k FOR WITH w AS (UPDATE it_customers SET name = name WHERE false RETURNING 1) \
+                  SELECT name FROM it_customers ORDER BY id; \
+       FETCH k INTO r; END $$";
+
+/// A later statement reading the rest of that cursor with PL/pgSQL's FETCH only (no query
+/// starts: simple expressions), returning what it read, or the refusal.
+fn fetch_the_stored_rest(c: &mut postgres::Client) -> String {
+    let e = c
+        .batch_execute(
+            "DO $$ DECLARE k refcursor := 'stored_cur'; r record; s text := ''; BEGIN \
+               LOOP FETCH k INTO r; EXIT WHEN NOT FOUND; s := s || ' ' || r.name; END LOOP; \
+               RAISE EXCEPTION 'read:%', s; END $$",
+        )
+        .expect_err("the DO block always raises");
+    format!("{} {}", sqlstate(&e), message(&e))
+}
+
+#[test]
+fn a_cursors_stored_rows_are_not_read_after_a_suspension_or_once_unbound() {
+    // Found by an attacker's pass: a cursor whose rows PostgreSQL stores at its first read
+    // (a data-modifying WITH, RETURNING) is read by PL/pgSQL's FETCH with no query started, so
+    // neither the later-run check nor a statement's start saw it: the tenant's rows were read
+    // after its suspension committed, and after unbind() (allowed: the cursor was no SQL
+    // DECLARE) and a revoke_subject, with nothing bound.
+    let (f, mut c) = two_tenants();
+    let mut su = superuser();
+    begin_bound(&mut c, &f, &f.a);
+    c.batch_execute(OPEN_STORED).unwrap();
+    su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.a])
+        .unwrap();
+    let got = fetch_the_stored_rest(&mut c);
+    let _ = c.batch_execute("ROLLBACK");
+    su.execute("SELECT tenancy.resume_tenant($1)", &[&f.a])
+        .unwrap();
+    assert!(got.starts_with("42501"), "after the suspension: {got}");
+    assert!(!got.contains("-secret"), "{got}");
+
+    // unbind() is refused while the cursor is open; a SELECT calling a function that fetches
+    // is checked too.
+    begin_bound(&mut c, &f, &f.a);
+    c.batch_execute(OPEN_STORED).unwrap();
+    let e = c
+        .batch_execute("SELECT tenancy.unbind()")
+        .expect_err("unbind() with a cursor open that was opened under the binding");
+    assert_eq!(sqlstate(&e), "55006", "{}", message(&e));
+    assert!(message(&e).contains("stored_cur"), "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+    begin_bound(&mut c, &f, &f.a);
+    c.batch_execute(OPEN_STORED).unwrap();
+    su.execute("SELECT tenancy.revoke_subject($1, 'attacker')", &[&f.a])
+        .unwrap();
+    let e = c
+        .batch_execute("SELECT count(*) FROM pg_catalog.pg_cursors")
+        .expect_err("a statement after the revocation, with the cursor open");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    let _ = c.batch_execute("ROLLBACK");
+
+    // Control: closed, it asks nothing more of the next statements.
+    let mut c = f.session_as(&f.b, "u");
+    c.batch_execute(OPEN_STORED).unwrap();
+    c.batch_execute("CLOSE stored_cur; SELECT tenancy.unbind(); COMMIT")
+        .unwrap();
+}
+
 #[test]
 fn a_cursor_read_from_plpgsql_the_protocol_or_held_fetches_nothing_after_a_suspension() {
     // Found by an attacker's pass: only SQL's FETCH checked the binding again. PL/pgSQL's
