@@ -1405,10 +1405,45 @@ macro_rules! type_parts {
                UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
                           WHERE ty.typrelid <> 0 AND a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped \
                UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = ty.oid \
-               UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = ty.oid) x(child)"
+               UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = ty.oid \
+               UNION ALL SELECT d.refobjid FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_depend d \
+                   ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND d.objid = k.oid \
+                  AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+                WHERE ty.typtype = 'd' AND k.contypid = ty.oid \
+               UNION ALL SELECT d.refobjid FROM pg_catalog.pg_depend d \
+                WHERE ty.typtype = 'd' AND d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+                  AND d.objid = ty.oid AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass) x(child)"
     };
 }
 pub(crate) use type_parts;
+
+/// SQL text: a condition on a `pg_catalog.pg_depend` row `d` that says it is the dependency of
+/// one of relation `$rel`'s stored expressions (or of the relation itself) on another object:
+/// of the relation, its indexes, column defaults and generated columns, constraints,
+/// triggers, policies, rules or statistics objects. With `d.refclassid` = pg_type, the types
+/// those expressions name (a conversion to a domain, a constant of a type), which PostgreSQL
+/// records in `pg_depend`.
+macro_rules! expression_dependency_of {
+    ($rel:literal) => {
+        concat!(
+            "((d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+               AND (d.objid = ", $rel, " OR d.objid IN (SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid = ", $rel, "))) \
+           OR (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
+               AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_attrdef x WHERE x.adrelid = ", $rel, ")) \
+           OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
+               AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_constraint x WHERE x.conrelid = ", $rel, ")) \
+           OR (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
+               AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_trigger x WHERE x.tgrelid = ", $rel, ")) \
+           OR (d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
+               AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_policy x WHERE x.polrelid = ", $rel, ")) \
+           OR (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+               AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_rewrite x WHERE x.ev_class = ", $rel, ")) \
+           OR (d.classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass \
+               AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_statistic_ext x WHERE x.stxrelid = ", $rel, ")))"
+        )
+    };
+}
+pub(crate) use expression_dependency_of;
 
 /// An identifier quoted by PostgreSQL (`quote_identifier`).
 pub fn quote_ident(s: &str) -> String {

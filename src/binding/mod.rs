@@ -294,6 +294,9 @@ pub fn init() {
     crate::pg::hooks::after_utility(after_utility);
     crate::pg::binding_param::at_query_start(carry_at_query_start);
     crate::pg::binding_param::at_query_start(portals_at_query_start);
+    // And before planning: the planner runs the IMMUTABLE functions it folds, which may FETCH
+    // (a reviewer's pass read the stored rows so before the statement's start refused it).
+    crate::pg::binding_param::at_plan_start(check_again_while_bound_portals_are_open);
     crate::authz::provide_acting(crate::authz::ActingProvider {
         checked: || current_if_bound().as_ref().map(acting),
         unchecked: || peek().as_ref().map(acting),
@@ -454,12 +457,18 @@ fn before_utility(stmt: *mut pg_sys::Node) {
             });
             carrier::check_client_set(stmt as *mut pg_sys::VariableSetStmt, own);
         }
-        if matches!(
+        if !matches!(
             (*stmt).type_,
-            pg_sys::NodeTag::T_DoStmt | pg_sys::NodeTag::T_CallStmt
+            pg_sys::NodeTag::T_TransactionStmt
+                | pg_sys::NodeTag::T_ClosePortalStmt
+                | pg_sys::NodeTag::T_DiscardStmt
+                | pg_sys::NodeTag::T_FetchStmt
         ) {
-            // Their PL/pgSQL may FETCH from a portal whose rows are stored, with no query of
-            // its own (see portals_at_query_start).
+            // A DO block's or a procedure's PL/pgSQL may FETCH from a portal whose rows are
+            // stored, with no query of its own, and so may a function any utility statement
+            // runs without the executor (a column's default in COPY FROM, an expression an
+            // ALTER TABLE rewrites with; a reviewer's pass): see portals_at_query_start.
+            // Ending the transaction, closing cursors and FETCH (checked below) stay open.
             check_again_while_bound_portals_are_open();
         }
         if (*stmt).type_ == pg_sys::NodeTag::T_FetchStmt {

@@ -931,6 +931,12 @@ const CHANGED_FUNCTIONS_RUN_HERE: &str = concat!(
         SELECT a.attrelid, a.atttypid FROM pg_catalog.pg_attribute a JOIN guarded g ON a.attrelid = g.rel \
          WHERE a.attnum > 0 AND NOT a.attisdropped \
         UNION \
+        SELECT g.rel, d.refobjid FROM guarded g JOIN pg_catalog.pg_depend d \
+            ON d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
+         WHERE ",
+    crate::catalog::expression_dependency_of!("g.rel"),
+    " \
+        UNION \
         SELECT ct.rel, x.child FROM column_types ct JOIN pg_catalog.pg_type ty ON ty.oid = ct.typ ",
     crate::catalog::type_parts!(),
     "), \

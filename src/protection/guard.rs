@@ -190,7 +190,7 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
             );
         }
     }
-    refuse_writing_foreign_keys(&touched.into_iter().flatten().collect::<Vec<_>>(), true);
+    refuse_writing_foreign_keys(&touched.into_iter().flatten().collect::<Vec<_>>(), None);
 }
 
 /// A foreign key of a protected table among `rels` whose referential action writes (`ON
@@ -204,10 +204,10 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
 /// rewrote (an attacker's pass, as the table's unbound owner). Checked when the command that
 /// made the key ends (`ddl_command_end`: ALTER TABLE ... ADD CONSTRAINT, ADD COLUMN ...
 /// REFERENCES, a protected table created with one), and for a table joining a protected parent.
-/// verify() reports what a superuser leaves (`fk_cascade_from_shared_table`). `protected_only`:
+/// verify() reports what a superuser leaves (`fk_cascade_from_shared_table`). `joining`: None,
 /// only the protected tables among `rels` (after the command); else `rels` are about to join a
-/// protected parent, whose tenant column they have.
-pub(crate) fn refuse_writing_foreign_keys(rels: &[pg_sys::Oid], protected_only: bool) {
+/// protected parent whose tenant column this is.
+pub(crate) fn refuse_writing_foreign_keys(rels: &[pg_sys::Oid], joining: Option<&str>) {
     if rels.is_empty() {
         return;
     }
@@ -215,17 +215,17 @@ pub(crate) fn refuse_writing_foreign_keys(rels: &[pg_sys::Oid], protected_only: 
         "the protected tables' foreign keys",
         "SELECT con.conrelid, con.conname::pg_catalog.text, con.confrelid \
            FROM pg_catalog.pg_constraint con LEFT JOIN tenancy.protected_table p ON p.relid = con.conrelid \
-          WHERE con.conrelid = ANY ($1) AND con.contype = 'f' AND (p.relid IS NOT NULL OR NOT $2) \
+          WHERE con.conrelid = ANY ($1) AND con.contype = 'f' AND (p.relid IS NOT NULL OR $2::pg_catalog.name IS NOT NULL) \
             AND (con.confupdtype IN ('c', 'n', 'd') OR con.confdeltype IN ('c', 'n', 'd')) \
             AND NOT EXISTS ( \
                   SELECT FROM ROWS FROM (pg_catalog.unnest(con.conkey), pg_catalog.unnest(con.confkey)) k(c, f) \
                     JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.c \
                     JOIN pg_catalog.pg_attribute b ON b.attrelid = con.confrelid AND b.attnum = k.f \
                     JOIN tenancy.protected_table q ON q.relid = con.confrelid \
-                   WHERE a.attname = COALESCE(p.tenant_column, q.tenant_column) \
+                   WHERE a.attname = COALESCE(p.tenant_column, $2::pg_catalog.name) \
                      AND b.attname = q.tenant_column) \
           ORDER BY 1, 2 LIMIT 1",
-        &[rels.to_vec().into(), protected_only.into()],
+        &[rels.to_vec().into(), joining.into()],
         |r| {
             Ok((
                 r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
@@ -1300,7 +1300,7 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                     refuse_channel(
                         table,
                         format!(
-                            "renaming a value of an enum that a column of protected table \"{}\" uses would change every tenant's rows unrecorded",
+                            "renaming a value of an enum that a column or an expression of protected table \"{}\" uses would change every tenant's rows unrecorded",
                             crate::catalog::relation_name(table)
                         ),
                         "Add the new value (ALTER TYPE ... ADD VALUE), let each tenant UPDATE its rows (each update is recorded in its trail), then stop using the old one.",
@@ -2004,13 +2004,13 @@ unsafe fn check_alter_table_cmds(
                         refuse_shard_change(parent, "Change the table on the coordinator.");
                     }
                     if is_protected(parent) {
-                        refuse_leaky_members(rel);
+                        refuse_leaky_members(rel, parent);
                     }
                 }
                 pg_sys::AlterTableType::AT_AttachPartition => {
                     let part = relid_of((*(def as *mut pg_sys::PartitionCmd)).name);
                     if protected {
-                        refuse_leaky_members(part);
+                        refuse_leaky_members(part, rel);
                     } else if is_protected(part) {
                         refuse_channel(
                             part,
@@ -2159,29 +2159,44 @@ unsafe fn column_ref(name: &str) -> *mut pg_sys::Node {
     }
 }
 
-/// What an existing table brings when it becomes protected by joining a protected parent
-/// (ATTACH PARTITION, INHERIT): its own code then runs over every tenant's rows written to it.
-/// Its rows are its owner's own, so only a user's code is refused (as for a new table).
-pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid) {
+/// What an existing table brings when it becomes protected by joining protected table
+/// `parent` (ATTACH PARTITION, INHERIT): its own code then runs over every tenant's rows
+/// written to it, and so does that of every partition or child below it, which becomes
+/// protected with it (a reviewer's pass attached a partitioned table whose own partition held
+/// a leaky CHECK or a writing foreign key). Its rows are its owner's own, so only a user's code
+/// is refused (as for a new table), and writing foreign keys
+/// ([`refuse_writing_foreign_keys`], with the parent's tenant column).
+pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid, parent: pg_sys::Oid) {
     if rel == pg_sys::InvalidOid {
         return;
     }
-    refuse_writing_foreign_keys(&[rel], false);
-    if let Some((what, call)) = stored_leaky_call(rel) {
-        refuse_channel(
-            rel,
-            format!(
-                "{what} of \"{}\" calls {call}, which would run over every tenant's rows once it is protected",
-                crate::catalog::relation_name(rel)
-            ),
-            EXPRESSION_HINT,
-        );
+    let tree = inheritance_tree(rel);
+    let column = catalog::owner_rows(
+        "tenancy.protected_table",
+        "SELECT tenant_column::pg_catalog.text FROM tenancy.protected_table WHERE relid OPERATOR(pg_catalog.=) $1",
+        &[parent.into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    )
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| "tenant_id".to_string());
+    refuse_writing_foreign_keys(&tree, Some(&column));
+    for member in tree {
+        if let Some((what, call)) = stored_leaky_call(member) {
+            refuse_channel(
+                member,
+                format!(
+                    "{what} of \"{}\" calls {call}, which would run over every tenant's rows once it is protected",
+                    crate::catalog::relation_name(member)
+                ),
+                EXPRESSION_HINT,
+            );
+        }
     }
 }
 
-/// Whether a statement planned on `rel` would run a user's code: [`stored_leaky_call`] of
-/// `rel` or of any partition or child a statement on it expands to.
-pub(crate) fn tree_calls_owner_code(rel: pg_sys::Oid) -> bool {
+/// `rel` and every partition and child below it, recursively.
+fn inheritance_tree(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     catalog::owner_rows(
         "pg_inherits",
         "WITH RECURSIVE d(rel) AS (SELECT $1::pg_catalog.oid UNION \
@@ -2190,8 +2205,14 @@ pub(crate) fn tree_calls_owner_code(rel: pg_sys::Oid) -> bool {
         &[rel.into()],
         |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
     )
-    .into_iter()
-    .any(|r| stored_leaky_call(r).is_some())
+}
+
+/// Whether a statement planned on `rel` would run a user's code: [`stored_leaky_call`] of
+/// `rel` or of any partition or child a statement on it expands to.
+pub(crate) fn tree_calls_owner_code(rel: pg_sys::Oid) -> bool {
+    inheritance_tree(rel)
+        .into_iter()
+        .any(|r| stored_leaky_call(r).is_some())
 }
 
 /// The first user's code (not built in) that a table's own definition runs over the rows
@@ -2358,27 +2379,17 @@ unsafe fn check_constraint(
 /// type is made of (`tenancy._reachable_types`). An attacker's pass owned only a domain that a
 /// protected table's default and CHECK converted a value to (no column was of it), added a
 /// CHECK calling its function, and read every tenant's rows from their own inserts.
-const PROTECTED_TABLE_REACHING_TYPE: &str = "WITH used(relid, typ) AS ( \
+const PROTECTED_TABLE_REACHING_TYPE: &str = concat!(
+    "WITH used(relid, typ) AS ( \
       SELECT a.attrelid, a.atttypid FROM pg_catalog.pg_attribute a JOIN tenancy.protected_table p ON p.relid = a.attrelid \
        WHERE a.attnum > 0 AND NOT a.attisdropped \
       UNION ALL \
       SELECT p.relid::pg_catalog.oid, d.refobjid FROM tenancy.protected_table p JOIN pg_catalog.pg_depend d \
           ON d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass \
-       WHERE (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-              AND (d.objid = p.relid OR d.objid IN (SELECT i.indexrelid FROM pg_catalog.pg_index i WHERE i.indrelid = p.relid))) \
-          OR (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass \
-              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_attrdef x WHERE x.adrelid = p.relid)) \
-          OR (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass \
-              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_constraint x WHERE x.conrelid = p.relid)) \
-          OR (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
-              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_trigger x WHERE x.tgrelid = p.relid)) \
-          OR (d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
-              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_policy x WHERE x.polrelid = p.relid)) \
-          OR (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
-              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_rewrite x WHERE x.ev_class = p.relid)) \
-          OR (d.classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass \
-              AND d.objid IN (SELECT x.oid FROM pg_catalog.pg_statistic_ext x WHERE x.stxrelid = p.relid))) \
-    SELECT u.relid FROM used u WHERE u.typ >= 16384 AND $1 IN (SELECT tenancy._reachable_types(u.typ)) LIMIT 1";
+       WHERE ",
+    crate::catalog::expression_dependency_of!("p.relid"),
+    ") SELECT u.relid FROM used u WHERE u.typ >= 16384 AND $1 IN (SELECT tenancy._reachable_types(u.typ)) LIMIT 1"
+);
 
 /// `ALTER DOMAIN ... ADD CONSTRAINT` / `VALIDATE CONSTRAINT` checks the constraint against every
 /// value stored in a column of the domain, as the domain's owner, with no row security; and

@@ -886,7 +886,7 @@ fn attach_partition(
     lock_tree(partition);
     refuse_foreign_code(parent, partition, &parent_name, &part_name);
     // What it brings must not run a user's code over every tenant's rows.
-    crate::protection::guard::refuse_leaky_members(partition);
+    crate::protection::guard::refuse_leaky_members(partition, parent);
     let recorded = crate::audit::record_joining_rows(partition, &column, &key, &ancestors);
     {
         let _managed = ManagedDdl::enter();

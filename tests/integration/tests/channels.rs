@@ -209,6 +209,32 @@ fn a_tables_owner_cannot_add_a_cascade_that_rewrites_every_tenants_rows() {
         ))
         .expect_err("a cascade from a protected table by a key without the tenant column");
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    // A table joining a protected parent brings the keys of every partition and child below
+    // it (a reviewer's pass attached a partitioned table whose partition held one, and a
+    // table whose child did).
+    su.batch_execute(&format!(
+        "SET ROLE {owner}; \
+         CREATE TABLE {s}.p (tenant_id uuid NOT NULL, id int NOT NULL, k int) PARTITION BY RANGE (id); \
+         RESET ROLE; SELECT tenancy.protect('{s}.p')"
+    ))
+    .unwrap();
+    o.batch_execute(&format!(
+        "CREATE TABLE {s}.mid (tenant_id uuid NOT NULL, id int NOT NULL, k int) PARTITION BY RANGE (id); \
+         CREATE TABLE {s}.leaf PARTITION OF {s}.mid FOR VALUES FROM (0) TO (100); \
+         ALTER TABLE {s}.leaf ADD CONSTRAINT leaf_fk FOREIGN KEY (k) REFERENCES {s}.pk (id) ON UPDATE CASCADE; \
+         CREATE TABLE {s}.c1 (tenant_id uuid NOT NULL, id int NOT NULL, body text); \
+         CREATE TABLE {s}.c2 (k int REFERENCES {s}.pk (id) ON DELETE CASCADE) INHERITS ({s}.c1)"
+    ))
+    .unwrap();
+    for statement in [
+        format!("ALTER TABLE {s}.p ATTACH PARTITION {s}.mid FOR VALUES FROM (0) TO (100)"),
+        format!("ALTER TABLE {s}.c1 INHERIT {s}.t"),
+    ] {
+        let e = o
+            .batch_execute(&statement)
+            .expect_err("a writing key below a table joining a protected parent");
+        assert_eq!(sqlstate(&e), "42501", "{statement}: {}", message(&e));
+    }
     // A table created protected (in a schema of auto_protect) with one: refused too.
     su.batch_execute(&format!("SELECT tenancy.auto_protect('{s}')"))
         .unwrap();
@@ -641,6 +667,22 @@ fn a_domains_owner_cannot_check_what_a_protected_tables_expressions_convert_to_i
         "verify() on the domains of the table's expressions"
     );
     reported_and_fixed(&mut su, &s, "domain_owner_can_bind");
+
+    // A domain a column's values reach only through another domain's CHECK, which converts to
+    // it (a reviewer's pass): refused too.
+    su.batch_execute(&format!(
+        "CREATE DOMAIN {s}.inner_d AS int; ALTER DOMAIN {s}.inner_d OWNER TO {owner}; \
+         CREATE DOMAIN {s}.outer_d AS int CHECK ((VALUE::{s}.inner_d) IS NOT NULL); \
+         CREATE TABLE {s}.t2 (tenant_id uuid NOT NULL, id int NOT NULL, v {s}.outer_d); \
+         SELECT tenancy.protect('{s}.t2')"
+    ))
+    .unwrap();
+    let e = c
+        .batch_execute(&format!(
+            "ALTER DOMAIN {s}.inner_d ADD CONSTRAINT peek CHECK ({s}.leak(VALUE::text))"
+        ))
+        .expect_err("a domain reached through another domain's CHECK");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
 }
 
 // 4. Existence oracles ---------------------------------------------------------------------------

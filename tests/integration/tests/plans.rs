@@ -591,8 +591,22 @@ fn cursors_of_a_binding_are_not_read_after_it_ends() {
         .unwrap();
     assert_eq!(simple_rows(&mut c, "SELECT count(*) FROM it_orders"), ["3"]);
     c.batch_execute("SELECT pg_temp.open_rc()").unwrap();
-    c.batch_execute("SELECT tenancy.unbind()").unwrap();
-    let e = c.batch_execute("FETCH 1 FROM rc").unwrap_err();
+    // unbind() is refused while it is open, as for a DECLAREd one (its plan, or the rows a
+    // portal stores, are the tenant's); closed, the binding may end, and the transaction reads
+    // nothing unbound.
+    let e = c.batch_execute("SELECT tenancy.unbind()").unwrap_err();
+    assert_eq!(sqlstate(&e), "55006", "{e}");
+    assert!(message(&e).contains("rc"), "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "u")])
+        .unwrap();
+    assert_eq!(simple_rows(&mut c, "SELECT count(*) FROM it_orders"), ["3"]);
+    c.batch_execute("SELECT pg_temp.open_rc(); CLOSE rc; SELECT tenancy.unbind()")
+        .unwrap();
+    let e = c
+        .batch_execute("SELECT count(*) FROM it_orders")
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{e}");
     c.batch_execute("ROLLBACK").unwrap();
 }

@@ -248,6 +248,43 @@ fn a_cursors_stored_rows_are_not_read_after_a_suspension_or_once_unbound() {
     assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
     let _ = c.batch_execute("ROLLBACK");
 
+    // Nor by a function the planner folds (IMMUTABLE), nor by one a utility statement runs
+    // without the executor (a column's default, evaluated for every row an ALTER TABLE
+    // rewrites): a reviewer's pass read the stored rows so.
+    let fetcher = |volatility: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION public.fetch_stored_{volatility}() RETURNS text LANGUAGE plpgsql {volatility} AS $f$ \
+             DECLARE k refcursor := 'stored_cur'; r record; s text := ''; BEGIN \
+               LOOP FETCH k INTO r; EXIT WHEN NOT FOUND; s := s || ' ' || r.name; END LOOP; \
+               RAISE EXCEPTION 'read:%', s; END $f$"
+        )
+    };
+    su.batch_execute(&format!(
+        "{}; {}; GRANT EXECUTE ON FUNCTION public.fetch_stored_immutable(), public.fetch_stored_volatile() TO PUBLIC",
+        fetcher("immutable"),
+        fetcher("volatile")
+    ))
+    .unwrap();
+    for statement in [
+        "SELECT public.fetch_stored_immutable()",
+        "ALTER TABLE pg_temp.stored_tmp ADD COLUMN c text DEFAULT public.fetch_stored_volatile()",
+    ] {
+        begin_bound(&mut c, &f, &f.b);
+        c.batch_execute("CREATE TEMP TABLE stored_tmp (a int) ON COMMIT DROP; INSERT INTO stored_tmp VALUES (1)")
+            .unwrap();
+        c.batch_execute(OPEN_STORED).unwrap();
+        su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.b])
+            .unwrap();
+        let e = c
+            .batch_execute(statement)
+            .expect_err("a statement after the suspension");
+        let _ = c.batch_execute("ROLLBACK");
+        su.execute("SELECT tenancy.resume_tenant($1)", &[&f.b])
+            .unwrap();
+        assert_eq!(sqlstate(&e), "42501", "{statement}: {}", message(&e));
+        assert!(!message(&e).contains("-secret"), "{}", message(&e));
+    }
+
     // Control: closed, it asks nothing more of the next statements.
     let mut c = f.session_as(&f.b, "u");
     c.batch_execute(OPEN_STORED).unwrap();
