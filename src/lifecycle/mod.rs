@@ -827,11 +827,25 @@ fn at_plan_start() {
 }
 
 /// Resource limits hold for utility statements too (FETCH of a cursor, a DO block or a CALL
-/// run no ExecutorStart of their own for their first rows or expressions).
+/// run no ExecutorStart of their own for their first rows or expressions), and for COMMIT and
+/// PREPARE TRANSACTION: they run the transaction's deferred triggers, whose cached PL/pgSQL
+/// expressions start no query, and PostgreSQL arms no statement timer for a COMMIT while
+/// `statement_timeout` is 0 (an attacker's pass set both timeouts to 0 in its last statement and
+/// held its locks through a 4 s COMMIT under a 1 s ceiling). Not the other transaction
+/// statements, nor in an aborted transaction (where the limits would have to read the catalog).
 fn before_utility(stmt: *mut pg_sys::Node) {
-    // SAFETY: reads the statement's tag (`stmt` is null or the statement being run).
-    let skip = unsafe { !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt }
-        || crate::pg::unguarded::in_parallel_mode();
+    // SAFETY: reads the statement's tag (`stmt` is null or the statement being run), and a
+    // TransactionStmt's kind; IsAbortedTransactionBlockState reads this backend's transaction
+    // state.
+    let skip = unsafe {
+        !stmt.is_null()
+            && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt
+            && (!matches!(
+                (*(stmt as *mut pg_sys::TransactionStmt)).kind,
+                pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT
+                    | pg_sys::TransactionStmtKind::TRANS_STMT_PREPARE
+            ) || pg_sys::IsAbortedTransactionBlockState())
+    } || crate::pg::unguarded::in_parallel_mode();
     if !skip {
         if let Some(tenant) = crate::binding::tenant_in_effect_unchecked() {
             limits::enforce(tenant);

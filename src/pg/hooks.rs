@@ -138,6 +138,29 @@ unsafe extern "C-unwind" fn subxact_callback(
     }
 }
 
+thread_local! {
+    /// How many utility statements are running now, one inside another (subcommands that
+    /// PostgreSQL makes of one statement not counted): counted before the callbacks run.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many utility statements are running now, one inside another: 1 inside a top-level
+/// statement's callbacks and event triggers, 2 inside those of a statement that code it
+/// reached runs. PostgreSQL's own subcommands of a statement count as that statement.
+pub fn utility_depth() -> usize {
+    DEPTH.with(|d| d.get())
+}
+
+/// Counts one running utility statement until it ends (also when it raises).
+struct Depth(bool);
+impl Drop for Depth {
+    fn drop(&mut self) {
+        if self.0 {
+            DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
+    }
+}
+
 static mut PREV_UTILITY_HOOK: pg_sys::ProcessUtility_hook_type = None;
 
 /// Install the utility hook (once, from _PG_init).
@@ -167,6 +190,11 @@ unsafe extern "C-unwind" fn utility_hook(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     super::citus::note_connection_name();
+    let counted = context != pg_sys::ProcessUtilityContext::PROCESS_UTILITY_SUBCOMMAND;
+    if counted {
+        DEPTH.with(|d| d.set(d.get() + 1));
+    }
+    let _depth = Depth(counted);
     // The callbacks may change the statement (the guard qualifies the names it checked): a
     // tree PostgreSQL hands over as read-only (a cached plan's, from SPI or PL/pgSQL) is copied
     // first, as standard_ProcessUtility would copy it, and passed on as this call's own.

@@ -179,6 +179,9 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
         |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
     );
     for rel in protected {
+        if unlogged(rel) {
+            refuse_unlogged(rel);
+        }
         if let Some((what, call)) = stored_leaky_call(rel) {
             refuse_channel(
                 rel,
@@ -191,6 +194,29 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
         }
     }
     refuse_writing_foreign_keys(&touched.into_iter().flatten().collect::<Vec<_>>(), None);
+}
+
+/// Whether relation `rel` is UNLOGGED.
+fn unlogged(rel: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup of the relation's row (it raises for a relation that does not
+    // exist, which the callers' relations do), inside the caller's transaction.
+    unsafe {
+        pg_sys::get_rel_persistence(rel) == pg_sys::RELPERSISTENCE_UNLOGGED as std::ffi::c_char
+    }
+}
+
+/// Refuse a protected table (or one becoming protected) that is UNLOGGED: crash recovery
+/// empties it, and a standby promoted in a failover has none of its rows, with no record in
+/// any tenant's trail.
+fn refuse_unlogged(rel: pg_sys::Oid) -> ! {
+    refuse_channel(
+        rel,
+        format!(
+            "protected table \"{}\" cannot be UNLOGGED: a crash or a failover would empty every tenant's rows with no record in their trails",
+            crate::catalog::relation_name(rel)
+        ),
+        "Keep protected tables logged (ALTER TABLE ... SET LOGGED); load data through an unprotected staging table instead.",
+    )
 }
 
 /// A foreign key of a protected table among `rels` whose referential action writes (`ON
@@ -1309,12 +1335,34 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
             }
             pg_sys::NodeTag::T_AlterTableStmt => {
                 let s = stmt as *mut pg_sys::AlterTableStmt;
-                if (*s).objtype != pg_sys::ObjectType::OBJECT_TABLE {
+                // ALTER TYPE ... ALTER ATTRIBUTE ... TYPE ... CASCADE rewrites the column of
+                // every table of the composite type, as ALTER COLUMN TYPE does its table's (an
+                // attacker's pass changed every tenant's amounts so, unrecorded).
+                let typed = (*s).objtype == pg_sys::ObjectType::OBJECT_TYPE;
+                if (*s).objtype != pg_sys::ObjectType::OBJECT_TABLE && !typed {
                     return;
                 }
                 let rel = relid_of((*s).relation);
                 for cmd in list::<pg_sys::AlterTableCmd>((*s).cmds) {
                     match (*cmd).subtype {
+                        pg_sys::AlterTableType::AT_AlterColumnType
+                            if typed && owns(rel) && !(*cmd).name.is_null() =>
+                        {
+                            let column = std::ffi::CStr::from_ptr((*cmd).name)
+                                .to_string_lossy()
+                                .into_owned();
+                            for t in typed_tables(rel) {
+                                let attnum = pg_sys::get_attnum(t, (*cmd).name);
+                                if attnum > 0 {
+                                    crate::audit::record_rows_changed(
+                                        t,
+                                        "alter_column_type",
+                                        Some(&column),
+                                    );
+                                }
+                            }
+                        }
+                        _ if typed => {}
                         pg_sys::AlterTableType::AT_DropColumn
                         | pg_sys::AlterTableType::AT_DropColumnRecurse
                         | pg_sys::AlterTableType::AT_AlterColumnType
@@ -2039,6 +2087,10 @@ unsafe fn check_alter_table_cmds(
                         "Change the table on the coordinator.",
                     )
                 }
+                // An UNLOGGED table is emptied by crash recovery (and is empty on a standby
+                // promoted in a failover): every tenant's rows would be gone with no record in
+                // any trail (an attacker's pass, as the table's owner).
+                pg_sys::AlterTableType::AT_SetUnLogged => refuse_unlogged(rel),
                 // A default is evaluated in the session of whoever inserts: in every tenant's
                 // sessions, with their bindings, where a function of the owner's would read
                 // their rows (or, on a Citus worker, what the session carries) and keep them.
@@ -2182,6 +2234,9 @@ pub(crate) fn refuse_leaky_members(rel: pg_sys::Oid, parent: pg_sys::Oid) {
     .unwrap_or_else(|| "tenant_id".to_string());
     refuse_writing_foreign_keys(&tree, Some(&column));
     for member in tree {
+        if unlogged(member) {
+            refuse_unlogged(member);
+        }
         if let Some((what, call)) = stored_leaky_call(member) {
             refuse_channel(
                 member,

@@ -46,8 +46,32 @@ impl Drop for ManagedDdl {
     }
 }
 
+/// Whether pg_tenancy's own DDL is running, and the statement being checked is one of its own
+/// statements (or a subcommand PostgreSQL made of one), not a statement that code reached by
+/// one of them runs (a domain's CHECK, a trigger, a function in an expression): an attacker's
+/// pass ran `ALTER TABLE ... NO FORCE ROW LEVEL SECURITY` from a domain's CHECK that
+/// `attach_partition`'s ATTACH evaluated, and the guard stood aside for it.
 pub fn in_managed_ddl() -> bool {
     MANAGED_DDL.with(|m| m.get() > 0)
+        && MANAGED_STATEMENT.with(|m| {
+            m.get()
+                .is_none_or(|deepest| crate::pg::hooks::utility_depth() <= deepest)
+        })
+}
+
+thread_local! {
+    /// While [`run_all`] runs one of its statements: the deepest utility statement that is
+    /// still its own (its depth; the statements that code it reaches runs are deeper).
+    static MANAGED_STATEMENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Restores the enclosing [`MANAGED_STATEMENT`] when one of run_all's statements ends (also
+/// when it raises).
+struct ManagedStatement(Option<usize>);
+impl Drop for ManagedStatement {
+    fn drop(&mut self) {
+        MANAGED_STATEMENT.with(|m| m.set(self.0));
+    }
 }
 
 /// A restore (pg_restore, or psql running a pg_dump script) runs as a superuser with
@@ -579,6 +603,10 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
         };
     }
     for (who, s) in sql {
+        // The statement itself is one utility statement deeper than the code running now.
+        let _statement = ManagedStatement(
+            MANAGED_STATEMENT.with(|m| m.replace(Some(crate::pg::hooks::utility_depth() + 1))),
+        );
         let run = || Spi::connect_mut(|c| c.update(s.as_str(), None, &[]).map(|_| ()));
         match who {
             Who::TableOwner => catalog::as_table_owner(rel, run),
@@ -1074,15 +1102,21 @@ fn refuse_foreign_code(
     }
 }
 
-/// Whether a raw partition bound holds constants only: literals, casts of literals, MINVALUE /
-/// MAXVALUE, DEFAULT, and a hash bound's numbers. PostgreSQL evaluates a bound's expressions
-/// when it attaches, as the table's owner: a function there would run an operator's code with
-/// the owner's privileges.
+/// Whether a raw partition bound holds constants only: literals, casts of literals to built-in
+/// types that are not domains, MINVALUE / MAXVALUE, DEFAULT, and a hash bound's numbers.
+/// PostgreSQL evaluates a bound's expressions when it attaches, as the table's owner: a
+/// function there would run an operator's code with the owner's privileges, and so would a
+/// cast to a domain (its CHECK) or to a type of the operator's: an attacker's pass cast a bound
+/// to a temporary domain whose CHECK read every tenant's rows as a NOLOGIN owner, and made the
+/// operator a superuser where the owner was one. The type is resolved as the ALTER will
+/// resolve it (the same session, its search_path and temporary schema).
 ///
 /// # Safety
 /// `bound` must be null or a valid raw (not yet analyzed) PartitionBoundSpec.
 unsafe fn constant_bound(bound: *mut pg_sys::PartitionBoundSpec) -> bool {
-    // SAFETY: `bound` is null or the raw PartitionBoundSpec of the parsed statement.
+    // SAFETY: `bound` is null or the raw PartitionBoundSpec of the parsed statement; a cast's
+    // type name is looked up in the catalog (inside the caller's transaction), as the parser
+    // would, and its kind read from the type cache.
     unsafe {
         if bound.is_null() {
             return false;
@@ -1090,7 +1124,15 @@ unsafe fn constant_bound(bound: *mut pg_sys::PartitionBoundSpec) -> bool {
         let constant = |n: *mut pg_sys::Node| -> bool {
             let mut n = n;
             while !n.is_null() && (*n).type_ == pg_sys::NodeTag::T_TypeCast {
-                n = (*(n as *mut pg_sys::TypeCast)).arg;
+                let cast = n as *mut pg_sys::TypeCast;
+                // typenameTypeId raises for a type that does not exist, as the ALTER would.
+                let typ = pg_sys::typenameTypeId(std::ptr::null_mut(), (*cast).typeName);
+                if u32::from(typ) >= pg_sys::FirstNormalObjectId
+                    || pg_sys::get_typtype(typ) == pg_sys::TYPTYPE_DOMAIN as std::ffi::c_char
+                {
+                    return false;
+                }
+                n = (*cast).arg;
             }
             if n.is_null() {
                 return false;

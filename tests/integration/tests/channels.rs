@@ -565,6 +565,103 @@ fn a_protected_table_with_an_unprotected_parent_is_reported() {
     reported_and_fixed(&mut su, &s, "unprotected_parent");
 }
 
+/// The table's owner makes it UNLOGGED: crash recovery (or a failover to a standby) would then
+/// empty every tenant's rows with no record in any trail (an attacker's pass). Refused, also for
+/// an UNLOGGED partition created under a protected table.
+#[test]
+fn a_tables_owner_cannot_make_it_unlogged() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let (s, owner) = owned_table(&mut su, &f);
+    let mut o = connect(&owner);
+    assert_not_privileged(&mut o);
+    let e = o
+        .batch_execute(&format!("ALTER TABLE {s}.t SET UNLOGGED"))
+        .expect_err("the owner made its protected table UNLOGGED");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    su.batch_execute(&format!(
+        "SET ROLE {owner}; \
+         CREATE TABLE {s}.p (tenant_id uuid NOT NULL, id int NOT NULL) PARTITION BY RANGE (id); \
+         RESET ROLE; SELECT tenancy.protect('{s}.p')"
+    ))
+    .unwrap();
+    let e = o
+        .batch_execute(&format!(
+            "CREATE UNLOGGED TABLE {s}.p1 PARTITION OF {s}.p FOR VALUES FROM (0) TO (10)"
+        ))
+        .expect_err("an UNLOGGED partition of a protected table");
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    let persistence: String = su
+        .query_one(
+            &format!("SELECT relpersistence::text FROM pg_class WHERE oid = '{s}.t'::regclass"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(persistence, "p");
+}
+
+/// `ALTER TYPE ... ALTER ATTRIBUTE ... TYPE ... CASCADE` rewrites the column of every table of
+/// the composite type: every tenant's amounts were rounded with no record (an attacker's pass,
+/// as the type's and the table's owner). Recorded in each tenant's trail, as ALTER COLUMN TYPE
+/// is.
+#[test]
+fn a_composite_types_change_of_a_protected_typed_table_is_recorded() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let s = schema(&mut su);
+    let owner = ident("typown");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; ALTER SCHEMA {s} OWNER TO {owner}; \
+         SET ROLE {owner}; \
+         CREATE TYPE {s}.ty AS (tenant_id uuid, id int, amount numeric); \
+         CREATE TABLE {s}.typed OF {s}.ty (PRIMARY KEY (tenant_id, id), tenant_id WITH OPTIONS NOT NULL); \
+         RESET ROLE; SELECT tenancy.protect('{s}.typed'); GRANT SELECT, INSERT ON {s}.typed TO {APP}"
+    ))
+    .unwrap();
+    let mut c = app();
+    for t in [&f.a, &f.b] {
+        bound_tx(&mut c, &f, t, true, |c| {
+            c.batch_execute(&format!(
+                "INSERT INTO {s}.typed (id, amount) VALUES (1, 1.4), (2, 2.6)"
+            ))
+            .unwrap();
+        });
+    }
+    let before: i64 = su
+        .query_one("SELECT coalesce(max(id), 0) FROM tenancy.audit_log", &[])
+        .unwrap()
+        .get(0);
+    let mut o = connect(&owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "ALTER TYPE {s}.ty ALTER ATTRIBUTE amount TYPE int CASCADE"
+    ))
+    .unwrap();
+    for (tenant, id) in [(&f.a, &f.a_id), (&f.b, &f.b_id)] {
+        let recorded: i64 = su
+            .query_one(
+                "SELECT count(*) FROM tenancy.audit_log WHERE id > $1 AND tenant_id = $2::text::uuid \
+                   AND op = 'ADMIN' AND new_row->>'action' = 'alter_column_type'",
+                &[&before, id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            recorded, 1,
+            "the rewrite of {tenant}'s rows was not recorded"
+        );
+        let ok: bool = su
+            .query_one(
+                "SELECT bool_and(ok) FROM tenancy.audit_verify($1)",
+                &[tenant],
+            )
+            .unwrap()
+            .get(0);
+        assert!(ok, "{tenant}'s chain");
+    }
+}
+
 // 3. The owner of a domain -----------------------------------------------------------------------
 
 #[test]

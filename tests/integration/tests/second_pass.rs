@@ -1047,6 +1047,87 @@ fn no_role_runs_code_as_the_catalog_owner_through_a_joining_relation() {
     assert!(ran.is_empty(), "code ran: {ran:?}");
 }
 
+/// An operator's partition bound cast to a temporary domain whose CHECK is the operator's
+/// code: PostgreSQL evaluates it while attaching, as the parent's owner, inside pg_tenancy's own
+/// DDL. An attacker's pass read every tenant's rows so as a NOLOGIN owner (its CHECK turned the
+/// table's FORCE off, and the guard stood aside for it), and made itself a superuser where the
+/// owner was one. Refused (22023): a bound casts only to built-in types that are not domains.
+#[test]
+fn an_operators_partition_bound_runs_no_code_of_its_own_as_the_tables_owner() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let owner = ident("bound_owner");
+    let s = ident("bound_s");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} NOLOGIN; \
+         CREATE SCHEMA {s} AUTHORIZATION {owner}; GRANT USAGE ON SCHEMA {s} TO tenancy_operator; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.secrets (tenant_id uuid NOT NULL, id int NOT NULL, secret text NOT NULL, PRIMARY KEY (tenant_id, id)); \
+         CREATE TABLE {s}.ev (tenant_id uuid NOT NULL, id int NOT NULL, at date NOT NULL, PRIMARY KEY (tenant_id, id, at)) PARTITION BY RANGE (at); \
+         CREATE TABLE {s}.ev_2026 PARTITION OF {s}.ev FOR VALUES FROM ('2026-01-01') TO ('2027-01-01'); \
+         CREATE TABLE {s}.staging (tenant_id uuid NOT NULL, id int NOT NULL, at date NOT NULL); \
+         CREATE TABLE {s}.staging2 (tenant_id uuid NOT NULL, id int NOT NULL, at date NOT NULL); \
+         RESET ROLE; \
+         INSERT INTO {s}.secrets VALUES ('{a}', 1, '{an}-secret'), ('{b}', 1, '{bn}-secret'); \
+         SELECT tenancy.protect('{s}.secrets'); SELECT tenancy.protect('{s}.ev')",
+        a = f.a_id,
+        an = f.a,
+        b = f.b_id,
+        bn = f.b
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    op.batch_execute(&format!(
+        "CREATE FUNCTION pg_temp.leak(d date) RETURNS boolean LANGUAGE plpgsql AS $f$ \
+         DECLARE r text; BEGIN \
+           EXECUTE 'ALTER TABLE {s}.secrets NO FORCE ROW LEVEL SECURITY'; \
+           SELECT string_agg(secret, ',' ORDER BY secret) INTO r FROM {s}.secrets; \
+           RAISE EXCEPTION 'LOOT as %: %', current_user, r; END $f$; \
+         CREATE DOMAIN pg_temp.d AS date CHECK (pg_temp.leak(VALUE)); \
+         CREATE FUNCTION pg_temp.esc(d date) RETURNS boolean LANGUAGE plpgsql AS $f$ \
+           BEGIN EXECUTE 'ALTER ROLE {OPERATOR} SUPERUSER'; RETURN true; END $f$; \
+         CREATE DOMAIN pg_temp.d2 AS date CHECK (pg_temp.esc(VALUE))"
+    ))
+    .unwrap();
+    for (domain, staging) in [("pg_temp.d", "staging"), ("pg_temp.d2", "staging2")] {
+        let e = op
+            .execute(
+                "SELECT tenancy.attach_partition($1::text::regclass, $2::text::regclass, $3)",
+                &[
+                    &format!("{s}.ev"),
+                    &format!("{s}.{staging}"),
+                    &format!("FOR VALUES FROM ('2030-01-01'::{domain}) TO ('2031-01-01')"),
+                ],
+            )
+            .expect_err("a bound cast to the operator's domain");
+        assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
+        assert!(!message(&e).contains("-secret"), "{}", message(&e));
+    }
+    let superuser_now: bool = su
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
+            &[&OPERATOR],
+        )
+        .unwrap()
+        .get(0);
+    if superuser_now {
+        su.batch_execute(&format!("ALTER ROLE {OPERATOR} NOSUPERUSER"))
+            .unwrap();
+    }
+    assert!(!superuser_now, "the operator made itself a superuser");
+    // A bound cast to a built-in type still attaches.
+    op.execute(
+        "SELECT tenancy.attach_partition($1::text::regclass, $2::text::regclass, $3)",
+        &[
+            &format!("{s}.ev"),
+            &format!("{s}.staging"),
+            &"FOR VALUES FROM ('2030-01-01'::date) TO ('2031-01-01')",
+        ],
+    )
+    .unwrap();
+}
+
 #[test]
 fn attach_partition_runs_no_one_elses_code_with_more_privilege_than_its_owner() {
     let f = Fixture::new();
@@ -1275,6 +1356,57 @@ fn a_table_still_being_filled_cannot_slip_in_while_it_is_attached() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     filler.batch_execute("COMMIT").unwrap();
     assert_eq!(t.join().unwrap(), Err("42501".to_string()));
+}
+
+/// A bound session's last statement sets lock_timeout to 0, and its COMMIT runs a deferred
+/// trigger whose PL/pgSQL expression (cached by an earlier transaction) waits for a lock and
+/// starts no query: the limits were held only at queries, planning and utility statements other
+/// than COMMIT, so the transaction waited with its locks held (the tenant's write lock among
+/// them, which decommission waits for) past the 1 s ceiling, for as long as the other session
+/// held the lock (an attacker's pass). COMMIT now holds the limits too: cut at the ceiling.
+/// (PostgreSQL disarms the statement timer before committing, for every role: a COMMIT's
+/// deferred triggers run with no statement_timeout, which the README states.)
+#[test]
+fn the_lock_timeout_ceiling_holds_while_commit_runs_deferred_triggers() {
+    let f = Fixture::new();
+    let mut op = connect(OPERATOR);
+    op.execute(
+        "SELECT tenancy.set_limit($1, 'lock_timeout', '\"1s\"')",
+        &[&f.a],
+    )
+    .unwrap();
+    let key: i64 = 4_242_000 + i64::from(std::process::id() % 1000);
+    let mut holder = superuser();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .unwrap();
+    let mut c = app();
+    c.batch_execute(&format!(
+        "CREATE TEMP TABLE wait_q (x int); \
+         CREATE FUNCTION pg_temp.wait_for_it() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         DECLARE v text; BEGIN IF NEW.x > 0 THEN v := pg_advisory_xact_lock({key}); END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER wait_q_t AFTER INSERT ON wait_q DEFERRABLE INITIALLY DEFERRED \
+           FOR EACH ROW EXECUTE FUNCTION pg_temp.wait_for_it(); \
+         INSERT INTO wait_q VALUES (0)"
+    ))
+    .unwrap();
+    begin_bound(&mut c, &f, &f.a);
+    c.batch_execute(
+        "INSERT INTO it_orders (amount) VALUES (1); INSERT INTO wait_q VALUES (1); \
+         SELECT set_config('lock_timeout', '0', false)",
+    )
+    .unwrap();
+    // The other session lets go after 5 s: without the ceiling, COMMIT succeeds then.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        holder
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .unwrap();
+    });
+    let committed = c.batch_execute("COMMIT");
+    release.join().unwrap();
+    let e = committed.expect_err("COMMIT waited for the lock past the ceiling");
+    assert_eq!(sqlstate(&e), "55P03", "{}", message(&e));
 }
 
 #[test]
