@@ -197,7 +197,7 @@ fn guard_members(touched: Vec<Option<pgrx::pg_sys::Oid>>, created: Vec<Option<pg
 }
 
 /// Whether relation `rel` is UNLOGGED.
-fn unlogged(rel: pg_sys::Oid) -> bool {
+pub(crate) fn unlogged(rel: pg_sys::Oid) -> bool {
     // SAFETY: a syscache lookup of the relation's row (it raises for a relation that does not
     // exist, which the callers' relations do), inside the caller's transaction.
     unsafe {
@@ -208,7 +208,7 @@ fn unlogged(rel: pg_sys::Oid) -> bool {
 /// Refuse a protected table (or one becoming protected) that is UNLOGGED: crash recovery
 /// empties it, and a standby promoted in a failover has none of its rows, with no record in
 /// any tenant's trail.
-fn refuse_unlogged(rel: pg_sys::Oid) -> ! {
+pub(crate) fn refuse_unlogged(rel: pg_sys::Oid) -> ! {
     refuse_channel(
         rel,
         format!(
@@ -1351,7 +1351,9 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                             let column = std::ffi::CStr::from_ptr((*cmd).name)
                                 .to_string_lossy()
                                 .into_owned();
-                            for t in typed_tables(rel) {
+                            // The typed tables' partitions too (a partitioned typed table's
+                            // partitions are not of the type themselves: a reviewer's pass).
+                            for t in protected_with_descendants(&typed_tables(rel)) {
                                 let attnum = pg_sys::get_attnum(t, (*cmd).name);
                                 if attnum > 0 {
                                     crate::audit::record_rows_changed(
@@ -1362,6 +1364,8 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                                 }
                             }
                         }
+                        // The other ALTER TYPE commands drop or add attributes: a drop
+                        // of a protected column is refused by the drop guard (sql_drop).
                         _ if typed => {}
                         pg_sys::AlterTableType::AT_DropColumn
                         | pg_sys::AlterTableType::AT_DropColumnRecurse
@@ -1960,7 +1964,7 @@ unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::f
         if (*s).objtype == pg_sys::ObjectType::OBJECT_TYPE {
             // ALTER TYPE ... ADD/ALTER ATTRIBUTE ... CASCADE changes (and rewrites) the tables
             // of that type: each protected one is checked as if altered itself.
-            for table in typed_tables(rel) {
+            for table in protected_with_descendants(&typed_tables(rel)) {
                 check_alter_table_cmds(table, true, &cmds, query);
             }
             return;

@@ -663,6 +663,11 @@ pub fn protect_table(
     let _managed = ManagedDdl::enter();
     // The name check_table reads (and the statements use) is the table's name from here on.
     pin_names(&[(rel, pg_sys::AccessExclusiveLock)]);
+    // Crash recovery empties an UNLOGGED table, unrecorded (a reviewer's pass: an owner made
+    // one for an operator to protect).
+    if crate::protection::guard::unlogged(rel) {
+        crate::protection::guard::refuse_unlogged(rel);
+    }
     let info = check_table(rel, column);
     if audit {
         refuse_audit_on_citus(rel, &info);
@@ -1125,8 +1130,15 @@ unsafe fn constant_bound(bound: *mut pg_sys::PartitionBoundSpec) -> bool {
             let mut n = n;
             while !n.is_null() && (*n).type_ == pg_sys::NodeTag::T_TypeCast {
                 let cast = n as *mut pg_sys::TypeCast;
+                // Resolved under the search_path the ATTACH runs with (`run_all`, as the
+                // table's owner: pg_catalog, pg_temp), not the caller's: a reviewer's pass named
+                // a built-in type of information_schema under its own search_path, which the
+                // ATTACH then read as the operator's temporary domain of that name.
                 // typenameTypeId raises for a type that does not exist, as the ALTER would.
-                let typ = pg_sys::typenameTypeId(std::ptr::null_mut(), (*cast).typeName);
+                let name = (*cast).typeName;
+                let typ = crate::catalog::with_pinned_search_path(|| {
+                    pg_sys::typenameTypeId(std::ptr::null_mut(), name)
+                });
                 if u32::from(typ) >= pg_sys::FirstNormalObjectId
                     || pg_sys::get_typtype(typ) == pg_sys::TYPTYPE_DOMAIN as std::ffi::c_char
                 {

@@ -1104,6 +1104,28 @@ fn an_operators_partition_bound_runs_no_code_of_its_own_as_the_tables_owner() {
         assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
         assert!(!message(&e).contains("-secret"), "{}", message(&e));
     }
+    // A built-in type's name outside pg_catalog under the operator's own search_path, which the
+    // ATTACH (run with pg_catalog, pg_temp) reads as the operator's temporary domain of that
+    // name (a reviewer's pass).
+    let mut op2 = connect(OPERATOR);
+    op2.batch_execute(
+        "CREATE FUNCTION pg_temp.esc(d date) RETURNS boolean LANGUAGE plpgsql AS $f$ \
+           BEGIN EXECUTE 'ALTER ROLE tenancy_op1 SUPERUSER'; RETURN true; END $f$; \
+         CREATE DOMAIN pg_temp.sql_features AS date CHECK (pg_temp.esc(VALUE)); \
+         SET search_path = information_schema, pg_temp",
+    )
+    .unwrap();
+    let e = op2
+        .execute(
+            "SELECT tenancy.attach_partition($1::text::regclass, $2::text::regclass, $3)",
+            &[
+                &format!("{s}.ev"),
+                &format!("{s}.staging2"),
+                &"FOR VALUES FROM ('2030-01-01'::sql_features) TO ('2031-01-01')",
+            ],
+        )
+        .expect_err("a bound naming a type the ATTACH resolves to the operator's domain");
+    assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
     let superuser_now: bool = su
         .query_one(
             "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
