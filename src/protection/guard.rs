@@ -1353,7 +1353,7 @@ unsafe fn record_row_changes(stmt: *mut pg_sys::Node) {
                                 .into_owned();
                             // The typed tables' partitions too (a partitioned typed table's
                             // partitions are not of the type themselves: a reviewer's pass).
-                            for t in protected_with_descendants(&typed_tables(rel)) {
+                            for t in typed_tables(rel) {
                                 let attnum = pg_sys::get_attnum(t, (*cmd).name);
                                 if attnum > 0 {
                                     crate::audit::record_rows_changed(
@@ -1964,7 +1964,7 @@ unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::f
         if (*s).objtype == pg_sys::ObjectType::OBJECT_TYPE {
             // ALTER TYPE ... ADD/ALTER ATTRIBUTE ... CASCADE changes (and rewrites) the tables
             // of that type: each protected one is checked as if altered itself.
-            for table in protected_with_descendants(&typed_tables(rel)) {
+            for table in typed_tables(rel) {
                 check_alter_table_cmds(table, true, &cmds, query);
             }
             return;
@@ -1973,18 +1973,22 @@ unsafe fn check_alter_table(s: *mut pg_sys::AlterTableStmt, query: *const std::f
     }
 }
 
-/// The protected tables of the composite type whose relation is `rel` (CREATE TABLE ... OF).
+/// The protected tables a change of the composite type whose relation is `rel` reaches with
+/// CASCADE: its typed tables (CREATE TABLE ... OF) and their partitions and children, which are
+/// not of the type themselves, whether or not the typed table is protected (a reviewer's pass:
+/// a protected partition under an unprotected typed parent).
 fn typed_tables(rel: pg_sys::Oid) -> Vec<pg_sys::Oid> {
     if rel == pg_sys::InvalidOid {
         return Vec::new();
     }
-    catalog::owner_rows(
-        "the protected tables of a type",
-        "SELECT c.oid FROM pg_catalog.pg_class c JOIN tenancy.protected_table p ON p.relid = c.oid \
+    let typed = catalog::owner_rows(
+        "the tables of a type",
+        "SELECT c.oid FROM pg_catalog.pg_class c \
           WHERE c.reloftype = (SELECT reltype FROM pg_catalog.pg_class WHERE oid = $1) ORDER BY c.oid",
         &[rel.into()],
         |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
-    )
+    );
+    protected_with_descendants(&typed)
 }
 
 /// The checks of the commands of an ALTER TABLE on `rel` (`protected`: a protected table).
