@@ -107,6 +107,19 @@ install_extension() {
     done < <(find "$out" -type f -print0)
 }
 
+# detach_installed_library: give the installed pg_tenancy.so a new inode (a copy, renamed over
+# it) so that a writer that rewrites the path in place, as `cargo pgrx test`'s installer does
+# (std::fs::copy truncates the file it finds), writes a file no running server has mapped:
+# servers that loaded the library keep the old inode. A server that first loads the library
+# after this call and before that write still meets the rewrite; run it just before.
+detach_installed_library() {
+    local so
+    so="$("$PG_CONFIG" --pkglibdir)/pg_tenancy.so"
+    [ -f "$so" ] || return 0
+    cp -p "$so" "$so.tenancy-new"
+    mv -f "$so.tenancy-new" "$so"
+}
+
 # Where Citus is installed (Citus's own packages: it is in no registry CI reaches): its library
 # and control file. Prints nothing; the callers say what they skip.
 citus_installed() {

@@ -83,6 +83,9 @@ run_step "cargo clippy" cargo clippy --all-targets --features "pg15 pg_test" --n
 # `postgres` must be able to create: on a machine where $WORK is new it is root's.
 as_root mkdir -p "$WORK/pgrx-data"
 as_root chown postgres:postgres "$WORK/pgrx-data"
+# pgrx's installer rewrites the installed library in place; detach it first so a server
+# elsewhere on the machine that has it loaded keeps its own copy.
+detach_installed_library
 run_step "unit and #[pg_test] tests" \
     cargo pgrx test pg15 --runas postgres --pgdata "$WORK/pgrx-data"
 
