@@ -1369,10 +1369,22 @@ fn auto_protect_table(rel: pg_sys::Oid) {
         return;
     }
     if let Some(col) = protected_col {
-        // Already protected: a partition may just have been attached to it.
+        // Already protected: a partition may just have been attached to it. Only partitions
+        // not yet protected as its own (with its tenant column and audit setting) are
+        // protected: every ALTER TABLE of a partitioned table ends here, and protecting all of
+        // its partitions again made an owner's ADD COLUMN or DETACH PARTITION on a table of
+        // 2,000 partitions run for 12 s and end out of shared memory (locks).
         if relkind == "p" {
             let info = check_table(rel, &col);
-            for part in info.partitions {
+            let done: Vec<pg_sys::Oid> = catalog::owner_rows(
+                "tenancy.protected_table",
+                "SELECT relid::pg_catalog.oid FROM tenancy.protected_table \
+                  WHERE parent OPERATOR(pg_catalog.=) $1::pg_catalog.oid::pg_catalog.regclass \
+                    AND tenant_column OPERATOR(pg_catalog.=) $2::pg_catalog.name AND audited OPERATOR(pg_catalog.=) $3",
+                &[rel.into(), col.as_str().into(), audited.into()],
+                |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
+            );
+            for part in info.partitions.into_iter().filter(|p| !done.contains(p)) {
                 protect_table(part, &col, audited, Some(rel));
             }
         }
