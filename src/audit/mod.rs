@@ -44,8 +44,9 @@ struct Pending {
 thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static PURGING: Cell<bool> = const { Cell::new(false) };
-    /// (tenant, lane) chain locks this transaction took (released at XACT_EVENT_COMMIT).
-    static CHAIN_LOCKED: RefCell<Vec<(Uuid, i16)>> = const { RefCell::new(Vec::new()) };
+    /// The chain locks this transaction took, as taken (released at XACT_EVENT_COMMIT, where
+    /// no tag may be computed again: that reads a key through SPI).
+    static CHAIN_LOCKED: RefCell<Vec<pg_sys::LOCKTAG>> = const { RefCell::new(Vec::new()) };
     /// Bumped by every relcache invalidation: cached audit settings and plans are rebuilt.
     static EPOCH: Cell<u64> = const { Cell::new(1) };
     /// Per table: its audit settings, with the epoch they were read at.
@@ -98,14 +99,35 @@ const BULK_TENANTS: usize = 32;
 /// to stall its commits.
 const CHAIN_LOCK_FIELD4: u16 = 0x7400;
 
+/// The two fields of `tenant`'s lock tags (its write lock, its chain's lanes) that tell one
+/// tenant's from another's: eight bytes of an HMAC under the tenant's audit key, not the bytes
+/// of its id. `pg_locks` is readable by every role: tags made of the id showed any session
+/// which tenants were writing and in which backend (an attacker's pass tied them to
+/// `pg_stat_activity`'s statements and terminated one chosen tenant's sessions). Every
+/// backend of the database reads the same committed key (created with the tenant, or by the
+/// first writer of a tenant that has none, which a second one waits for), so their tags
+/// agree. The nil tenant's (the bulk lane's) stays (0, 0): it names nobody. Reads the key
+/// through SPI the first time: never called at the commit itself (the tags taken are kept).
+pub(crate) fn lock_tag_fields(tenant: Uuid) -> (u32, u32) {
+    if tenant.is_nil() {
+        return (0, 0);
+    }
+    // A NUL byte first: no record's text (the other messages under this key) has one.
+    let d = writer::record_hmac(&audit_mac(tenant), b"\0pg_tenancy lock tag");
+    (
+        u32::from_be_bytes([d[0], d[1], d[2], d[3]]),
+        u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+    )
+}
+
 fn chain_lock_tag(tenant: Uuid, lane: i16) -> pg_sys::LOCKTAG {
-    let b = tenant.as_bytes();
+    let (field2, field3) = lock_tag_fields(tenant);
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is this backend's own variable, set once it connected to its
         // database and read on its only thread.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        locktag_field3: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+        locktag_field2: field2,
+        locktag_field3: field3,
         locktag_field4: CHAIN_LOCK_FIELD4 + lane as u16,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
@@ -125,7 +147,7 @@ fn lock_bulk() {
             false,
         )
     };
-    CHAIN_LOCKED.with(|l| l.borrow_mut().push((Uuid::nil(), BULK_LANE)));
+    CHAIN_LOCKED.with(|l| l.borrow_mut().push(tag));
 }
 
 /// Take the lock of one of the tenant's lanes for this transaction's commit and return the
@@ -135,21 +157,28 @@ fn lock_chain(tenant: Uuid) -> i16 {
     let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
     // SAFETY: MyProc is set for every backend that runs a transaction.
     let home = (unsafe { (*pg_sys::MyProc).pgprocno }).rem_euclid(CONCURRENT_LANES as i32) as i16;
+    // The tenant's fields once (its key is read through SPI the first time).
+    let fields = lock_tag_fields(tenant);
+    let tag_of = |lane: i16| {
+        let mut tag = chain_lock_tag(Uuid::nil(), lane);
+        (tag.locktag_field2, tag.locktag_field3) = fields;
+        tag
+    };
     let free = (0..CONCURRENT_LANES)
         .map(|i| (home + i) % CONCURRENT_LANES)
         .find(|&lane| {
-            let tag = chain_lock_tag(tenant, lane);
+            let tag = tag_of(lane);
             // SAFETY: a transaction-level lock, released at commit (release_chain_locks) or abort.
             let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
             got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
         });
     let lane = free.unwrap_or_else(|| {
-        let tag = chain_lock_tag(tenant, home);
+        let tag = tag_of(home);
         // SAFETY: as above; this one waits for the lock (dontWait = false).
         unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
         home
     });
-    CHAIN_LOCKED.with(|l| l.borrow_mut().push((tenant, lane)));
+    CHAIN_LOCKED.with(|l| l.borrow_mut().push(tag_of(lane)));
     lane
 }
 
@@ -159,8 +188,7 @@ fn lock_chain(tenant: Uuid) -> i16 {
 /// after the resource-owner clean-up that follows; that shortens the one-tenant critical
 /// section. (A prepared transaction keeps them until COMMIT PREPARED.)
 fn release_chain_locks() {
-    for (tenant, lane) in CHAIN_LOCKED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
-        let tag = chain_lock_tag(tenant, lane);
+    for tag in CHAIN_LOCKED.with(|l| std::mem::take(&mut *l.borrow_mut())) {
         // SAFETY: a transaction-level lock this backend took in lock_chain (CHAIN_LOCKED lists
         // only those), released once: the list is taken.
         unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };

@@ -773,13 +773,15 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
 /// only, so no session can take it; the chain's locks use 0x7400 + lane).
 const WRITE_LOCK_FIELD4: u16 = 0x7500;
 
+/// The tenant's write lock: its fields 2 and 3 keyed by the tenant's audit key
+/// ([`crate::audit::lock_tag_fields`]), so that `pg_locks` does not name the tenant.
 fn write_lock_tag(tenant: uuid::Uuid) -> pg_sys::LOCKTAG {
-    let b = tenant.as_bytes();
+    let (field2, field3) = crate::audit::lock_tag_fields(tenant);
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set for every backend connected to a database.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        locktag_field3: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+        locktag_field2: field2,
+        locktag_field3: field3,
         locktag_field4: WRITE_LOCK_FIELD4,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,

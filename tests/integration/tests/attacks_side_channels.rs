@@ -525,6 +525,53 @@ fn advisory_locks_cannot_stall_another_tenants_audited_commits() {
     c.batch_execute("ROLLBACK").unwrap();
 }
 
+/// `pg_locks` is readable by every role. A tenant's write lock (held from its first write to
+/// the end of the transaction) and its chain's locks were tagged with bytes of the tenant's
+/// id: any session, bound or not, saw which tenants were writing and in which backend, tied
+/// that to the backend's statements in `pg_stat_activity`, and could terminate one chosen
+/// tenant's sessions (an attacker's pass). The tags are now keyed by the tenant's audit key:
+/// the lock is there, and no field of it carries the tenant's id.
+#[test]
+fn pg_locks_does_not_name_the_tenant_that_is_writing() {
+    let (f, mut c) = two_tenants();
+    let b = uuid_bytes(&f.b_id);
+    let id_words: Vec<u32> = (0..4)
+        .map(|i| u32::from_be_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]))
+        .collect();
+    let mut watcher = app();
+    bound_tx(&mut c, &f, &f.b, false, |c| {
+        c.batch_execute("UPDATE it_customers SET name = name WHERE id = 1")
+            .unwrap();
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let tags: Vec<(u32, u32, i16)> = watcher
+            .query(
+                "SELECT classid::oid::int8, objid::oid::int8, objsubid FROM pg_locks \
+                  WHERE locktype = 'advisory' AND pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0) as u32,
+                    r.get::<_, i64>(1) as u32,
+                    r.get::<_, i16>(2),
+                )
+            })
+            .collect();
+        assert!(
+            tags.iter().any(|t| t.2 == 0x7500),
+            "the writer holds no tenant write lock: {tags:?}"
+        );
+        for (f2, f3, _) in &tags {
+            assert!(
+                !id_words.contains(f2) && !id_words.contains(f3),
+                "a lock tag carries bytes of the writing tenant's id: {tags:?}, id {id_words:x?}"
+            );
+        }
+    });
+}
+
 fn uuid_bytes(s: &str) -> [u8; 16] {
     let hex: String = s.chars().filter(|c| *c != '-').collect();
     let mut out = [0u8; 16];
