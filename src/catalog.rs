@@ -567,7 +567,60 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
             "It may have been dropped concurrently; try again.",
         )
     });
+    refuse_temporary_objects_before_running_as(owner);
     with_pinned_search_path(|| switch_user(owner, f))
+}
+
+/// Before a table owner's code runs in this session for another role: refuse while the
+/// session has temporary objects. PostgreSQL looks relations and types up in the session's
+/// temporary schema first unless a search_path names `pg_temp` (a function's own `SET
+/// search_path = app` included), and `pg_temp.x` names it outright: an operator's temporary
+/// view named as the owner's history table, with an INSTEAD OF trigger of its own, ran as the
+/// owner inside `decommission_tenant`, read the tenant's rows, planted a trigger copying every
+/// tenant's writes, and made the operator a superuser where the owner was one (an attacker's
+/// pass). A security-restricted operation refuses creating temporary objects, not using them,
+/// so this check at the switch covers all that runs inside it. The table's owner itself and
+/// superusers pass (nothing they did not make could be reached).
+fn refuse_temporary_objects_before_running_as(owner: pg_sys::Oid) {
+    let (mut temp, mut toast) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
+    // SAFETY: reads this backend's own temporary namespace state (InvalidOid: it has none);
+    // GetUserId and superuser_arg read the current user and a syscache row.
+    let skip = unsafe {
+        pg_sys::GetTempNamespaceState(&mut temp, &mut toast);
+        temp == pg_sys::InvalidOid
+            || pg_sys::GetUserId() == owner
+            || pg_sys::superuser_arg(pg_sys::GetUserId())
+    };
+    if skip {
+        return;
+    }
+    let has = with_pinned_search_path(|| {
+        read_one::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oprnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_collation WHERE collnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_conversion WHERE connamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_opclass WHERE opcnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_opfamily WHERE opfnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_statistic_ext WHERE stxnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_ts_config WHERE cfgnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_ts_dict WHERE dictnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_ts_parser WHERE prsnamespace OPERATOR(pg_catalog.=) $1) \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_ts_template WHERE tmplnamespace OPERATOR(pg_catalog.=) $1)",
+            &[temp.into()],
+        )
+    })
+    // Unread (it cannot fail short of an error, which raises): refuse.
+    .unwrap_or(true);
+    if has {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            "this session has temporary objects, which code of a table's owner that pg_tenancy runs here would reach in place of the owner's",
+            "Drop them first (DISCARD TEMP), or call it from a session that has none.",
+        );
+    }
 }
 
 pub fn to_pg_uuid(id: Uuid) -> pgrx::Uuid {

@@ -683,6 +683,63 @@ fn writes_the_trail_never_saw_are_recorded_in_each_tenants_chain_or_refused() {
 
 // Lifecycle ------------------------------------------------------------------------------------
 
+/// decommission_tenant deletes the tenant's rows as each table's owner, so the owner's
+/// triggers run in the operator's session. PostgreSQL looks a name up in the session's
+/// temporary schema first unless the search_path names `pg_temp`, a function's own `SET
+/// search_path` too: an operator's temporary table named as the owner's history table received
+/// the tenant's rows from the owner's ordinary history trigger (an attacker's pass; with a
+/// view and an INSTEAD OF trigger of its own it ran code as the owner: a trigger planted for
+/// every tenant's writes, or SUPERUSER where the owner was one). Refused while the session has
+/// temporary objects; without them the decommission runs, and the owner's trigger writes its
+/// own table.
+#[test]
+fn an_operators_temporary_objects_are_not_reached_by_an_owners_code_it_runs() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let s = ident("tmpown");
+    let owner = ident("tmpowner");
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} NOLOGIN NOSUPERUSER NOBYPASSRLS; \
+         CREATE SCHEMA {s} AUTHORIZATION {owner}; GRANT USAGE ON SCHEMA {s} TO {APP}; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.docs (tenant_id uuid NOT NULL, id int NOT NULL, body text NOT NULL, PRIMARY KEY (tenant_id, id)); \
+         CREATE TABLE {s}.history (body text); \
+         CREATE FUNCTION {s}.keep_history() RETURNS trigger LANGUAGE plpgsql SET search_path = {s} AS \
+           $$ BEGIN INSERT INTO history VALUES (OLD.body); RETURN OLD; END $$; \
+         CREATE TRIGGER keep_history AFTER DELETE ON {s}.docs FOR EACH ROW EXECUTE FUNCTION {s}.keep_history(); \
+         RESET ROLE; SELECT tenancy.protect('{s}.docs'); \
+         INSERT INTO {s}.docs VALUES ('{a}', 1, '{an}-secret-1'), ('{a}', 2, '{an}-secret-2')",
+        a = f.a_id,
+        an = f.a
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    op.batch_execute("CREATE TEMP TABLE history (body text); GRANT INSERT ON history TO PUBLIC")
+        .unwrap();
+    let e = op
+        .query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(e.as_db_error().and_then(|d| d.hint()).is_some());
+    let got: i64 = op
+        .query_one("SELECT count(*) FROM pg_temp.history", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        got, 0,
+        "the owner's trigger wrote the tenant's rows into the operator's table"
+    );
+    op.batch_execute("DISCARD TEMP").unwrap();
+    op.query_one("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap();
+    let kept: i64 = su
+        .query_one(&format!("SELECT count(*) FROM {s}.history"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 2, "the owner's trigger wrote its own table");
+}
+
 #[test]
 fn decommission_refuses_a_prepared_transaction_and_ends_open_writers() {
     let f = Fixture::new();
