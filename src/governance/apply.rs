@@ -165,7 +165,15 @@ fn apply_config(
                 _ => "left for a key admin: tenancy.apply_config(doc) as a member of tenancy_key_admin"
                     .to_string(),
             };
-            (c.action, c.object, c.detail, c.risk.to_string(), status)
+            // Escaped as plan_config shows them: a name in the document cannot reorder or
+            // hide the text of the rows (an attacker's pass found them raw here).
+            (
+                c.action,
+                errors::clean(&c.object),
+                errors::clean(&c.detail),
+                c.risk.to_string(),
+                errors::clean(&status),
+            )
         })
         .collect();
     TableIterator::new(rows)

@@ -302,7 +302,7 @@ fn key_value_changes(
     action: &str,
     label: &str,
     sql: &'static str,
-    risk: impl Fn(Option<&Value>, Option<&Value>) -> &'static str,
+    risk: impl Fn(&str, Option<&Value>, Option<&Value>) -> &'static str,
     out: &mut Vec<Change>,
 ) {
     // Left out of the document: left as it is.
@@ -324,7 +324,7 @@ fn key_value_changes(
     for k in keys {
         let (now, want) = (xa.get(k), xb.get(k));
         if now != want {
-            let risk = risk(now, want);
+            let risk = risk(k, now, want);
             // Removals after the tenant's admins are in; the rest before.
             let phase = if risk == NARROWING { REMOVE } else { GRANTS };
             out.push(
@@ -442,7 +442,9 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
             );
         }
     }
-    // A new or changed setting may widen (default_roles, say); one removed narrows.
+    // A new or changed setting may widen (default_roles, say); one removed narrows, but for a
+    // resource setting (statement_timeout, lock_timeout, work_mem): removing the tenant's own
+    // lifts it to the platform's default (an attacker's pass saw it applied as narrowing).
     key_value_changes(
         slug,
         a,
@@ -451,8 +453,8 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
         "set_setting",
         "setting",
         "SELECT tenancy.set_setting($1, $2, $3::pg_catalog.jsonb)",
-        |_, want| {
-            if want.is_none() {
+        |key, _, want| {
+            if want.is_none() && !crate::lifecycle::RESOURCE_SETTINGS.contains(&key) {
                 NARROWING
             } else {
                 WIDENING
@@ -468,7 +470,7 @@ fn tenant_changes(slug: &str, a: &Value, b: &Value, out: &mut Vec<Change>) {
         "set_limit",
         "limit",
         "SELECT tenancy.set_limit($1, $2, $3::pg_catalog.jsonb)",
-        limit_risk,
+        |_, now, want| limit_risk(now, want),
         out,
     );
     let roles = |v: &Value| by_key(&v["roles"], |r| text(r, "role"));

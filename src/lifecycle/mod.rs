@@ -93,6 +93,33 @@ fn check_setting_depth(key: &str, v: &serde_json::Value) {
     }
 }
 
+/// How large one setting's value and a tenant's settings may be, as JSON text. A tenant's
+/// settings are read with the tenant on every backend's first bind of it and kept in its cache,
+/// and travel whole in `export_config`: a tenant admin's two settings of 125 MB each made one
+/// member's bind take 1 GB, an operator's export 1.6 GB, and a thousand `add_member` calls in
+/// one transaction (each reloading the tenant) 24 GB, until the kernel ended the backend and
+/// the postmaster every tenant's sessions (an attacker's pass).
+const MAX_SETTING_BYTES: usize = 64 * 1024;
+const MAX_SETTINGS_BYTES: usize = 1024 * 1024;
+
+fn check_setting_size(key: &str, v: &serde_json::Value) {
+    if serde_json::to_string(v).map_or(usize::MAX, |t| t.len()) > MAX_SETTING_BYTES {
+        errors::raise(
+            INVALID_PARAMETER,
+            format!("tenant setting \"{key}\" is larger than {MAX_SETTING_BYTES} bytes as JSON"),
+            "Keep settings small (each at most 64 KiB, a tenant's at most 1 MiB): store larger data in a protected table of the tenant.",
+        );
+    }
+}
+
+fn refuse_settings_too_large() -> ! {
+    errors::raise(
+        INVALID_PARAMETER,
+        format!("a tenant's settings would be larger than {MAX_SETTINGS_BYTES} bytes as JSON"),
+        "Keep settings small (each at most 64 KiB, a tenant's at most 1 MiB): remove some (set_setting(tenant, key, NULL)) or store larger data in a protected table of the tenant.",
+    )
+}
+
 fn check_settings(settings: &serde_json::Value) {
     let Some(obj) = settings.as_object() else {
         errors::raise(
@@ -101,8 +128,12 @@ fn check_settings(settings: &serde_json::Value) {
             "Pass settings like '{\"model\": \"small\", \"statement_timeout\": \"5s\"}'.",
         );
     };
+    if serde_json::to_string(settings).map_or(usize::MAX, |t| t.len()) > MAX_SETTINGS_BYTES {
+        refuse_settings_too_large();
+    }
     for (k, v) in obj {
         check_setting_depth(k, v);
+        check_setting_size(k, v);
         if RESOURCE_SETTINGS.contains(&k.as_str()) {
             check_resource_setting(k, v);
         }
@@ -448,6 +479,7 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
     }
     if let Some(v) = value.as_ref() {
         check_setting_depth(key, &v.0);
+        check_setting_size(key, &v.0);
         if RESOURCE_SETTINGS.contains(&key) {
             check_resource_setting(key, &v.0);
             crate::lifecycle::limits::check_setting(&t, key, &v.0);
@@ -473,14 +505,29 @@ fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
     // in the tenant's trail as what it became.
     let recorded = value.as_ref().map(|v| v.0.clone());
     match value {
-        Some(v) => catalog::write(
-            "UPDATE tenancy.tenant SET settings = settings || jsonb_build_object($2::text, $3::jsonb) WHERE id = $1",
-            &[to_pg_uuid(t.id).into(), key.into(), v.into()],
-        ),
-        None => catalog::write(
-            "UPDATE tenancy.tenant SET settings = settings - $2::text WHERE id = $1",
-            &[to_pg_uuid(t.id).into(), key.into()],
-        ),
+        // The total is checked on the row as updated (the row locked: a concurrent
+        // set_setting's value is counted).
+        Some(v) => {
+            let n = catalog::write(
+                "UPDATE tenancy.tenant SET settings = settings || jsonb_build_object($2::text, $3::jsonb) WHERE id = $1 \
+                   AND pg_catalog.octet_length((settings || jsonb_build_object($2::text, $3::jsonb))::text) <= $4",
+                &[
+                    to_pg_uuid(t.id).into(),
+                    key.into(),
+                    v.into(),
+                    (MAX_SETTINGS_BYTES as i32).into(),
+                ],
+            );
+            if n == 0 {
+                refuse_settings_too_large();
+            }
+        }
+        None => {
+            catalog::write(
+                "UPDATE tenancy.tenant SET settings = settings - $2::text WHERE id = $1",
+                &[to_pg_uuid(t.id).into(), key.into()],
+            );
+        }
     };
     if key == "default_roles" && value_names_admin {
         catalog::seat_admin(t.id);

@@ -278,6 +278,73 @@ const ROUND_TRIP_SCHEMA: &str = "
     CREATE TABLE public.gv_parts_1 PARTITION OF public.gv_parts FOR VALUES WITH (MODULUS 2, REMAINDER 1);
     CREATE SCHEMA gv_auto;";
 
+/// Removing a tenant's own resource setting lifts it to the platform's default: widening, not
+/// narrowing (an attacker's pass saw it applied under the default `allow`). And apply_config
+/// shows names as plan_config does, escaped: a setting's key with a right-to-left override
+/// came back raw.
+#[test]
+fn apply_config_weighs_a_removed_resource_setting_and_escapes_what_it_shows() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute(
+        "SELECT tenancy.set_setting($1, 'statement_timeout', '\"2s\"')",
+        &[&f.a],
+    )
+    .unwrap();
+    su.execute(
+        "SELECT tenancy.set_setting($1, E'note\\u202Egnp.exe', '\"x\"')",
+        &[&f.a],
+    )
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    let mut want: serde_json::Value = serde_json::from_str(&export_of(&mut op)).unwrap();
+    for t in want["tenants"].as_array_mut().unwrap() {
+        if t["slug"] == f.a.as_str() {
+            let settings = t["settings"].as_object_mut().unwrap();
+            settings.remove("statement_timeout");
+            settings.remove("note\u{202e}gnp.exe");
+        }
+    }
+    let e = op
+        .query(
+            "SELECT * FROM tenancy.apply_config($1::text::jsonb)",
+            &[&want.to_string()],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    let rows = op
+        .query(
+            "SELECT action, object, detail, status FROM tenancy.apply_config($1::text::jsonb, '{safe,narrowing,widening}')",
+            &[&want.to_string()],
+        )
+        .unwrap();
+    let shown: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3)
+            )
+        })
+        .collect();
+    assert!(
+        shown.iter().any(|r| r.contains("note\\u{202e}gnp.exe")),
+        "{shown:?}"
+    );
+    assert!(!shown.iter().any(|r| r.contains('\u{202e}')), "{shown:?}");
+    let left: Option<String> = su
+        .query_one(
+            "SELECT settings->>'statement_timeout' FROM tenancy.tenant WHERE slug = $1",
+            &[&f.a],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, None, "applied once widening was allowed");
+}
+
 fn export_of(c: &mut postgres::Client) -> String {
     c.query_one("SELECT tenancy.export_config()::text", &[])
         .unwrap_or_else(|e| panic!("export_config: {}", message(&e)))

@@ -199,6 +199,60 @@ fn tenant_settings_read_by_the_bound_session_and_written_by_its_admin_only() {
     tx.commit().unwrap();
 }
 
+/// A tenant's settings are read with it on every backend's first bind and kept in its cache:
+/// a tenant admin's settings of 125 MB each made a member's bind take 1 GB and a thousand
+/// add_member calls in one transaction 24 GB (an attacker's pass). One value is at most
+/// 64 KiB as JSON and a tenant's settings at most 1 MiB, through set_setting and at creation.
+#[test]
+fn a_tenants_settings_are_bounded_in_size() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.execute(
+        "INSERT INTO tenancy.member (tenant_id, subject, role) VALUES ($1::text::uuid, 'root-admin', 'admin')",
+        &[&f.a_id],
+    )
+    .unwrap();
+    let mut c = app();
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "root-admin")])
+        .unwrap();
+    let e = tx
+        .execute(
+            "SELECT tenancy.set_setting($1, 'big', to_jsonb(repeat('x', 70000)))",
+            &[&f.a],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
+    tx.rollback().unwrap();
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "root-admin")])
+        .unwrap();
+    // Sixteen values of 65,000 characters fit (1,040,000 bytes and their keys); the
+    // seventeenth passes 1 MiB.
+    for i in 0..16 {
+        tx.execute(
+            "SELECT tenancy.set_setting($1, 'part' || $2::int, to_jsonb(repeat('x', 65000)))",
+            &[&f.a, &i],
+        )
+        .unwrap();
+    }
+    let e = tx
+        .execute(
+            "SELECT tenancy.set_setting($1, 'part16', to_jsonb(repeat('x', 65000)))",
+            &[&f.a],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
+    tx.rollback().unwrap();
+    let e = su
+        .execute(
+            "SELECT tenancy.create_tenant($1, settings => jsonb_build_object('big', repeat('x', 70000)))",
+            &[&unique("big")],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
+}
+
 #[test]
 fn failed_binds_are_logged_as_security_events() {
     let f = Fixture::new();
