@@ -312,6 +312,8 @@ pub fn record(kind: &str, line: &str, tenant: Option<uuid::Uuid>) {
         )
     };
     let tenant = tenant.map(|t| *t.as_bytes());
+    let line = fitted(line);
+    let line: &str = &line;
     // Looked up before the lock is taken: no catalog access while holding it.
     let role_name = crate::authz::role_name(pg_sys::Oid::from(role));
     let mut log = EVENTS.exclusive();
@@ -379,16 +381,47 @@ const MAX_FIELD_CHARS: usize = 256;
 
 /// `v` with every string longer than [`MAX_FIELD_CHARS`] cut there, its length noted.
 pub(crate) fn shortened(v: serde_json::Value) -> serde_json::Value {
+    shortened_to(v, MAX_FIELD_CHARS)
+}
+
+/// `v` with every string longer than `max` characters cut there, its length noted.
+fn shortened_to(v: serde_json::Value, max: usize) -> serde_json::Value {
     use serde_json::Value;
     match v {
-        Value::String(s) if s.chars().count() > MAX_FIELD_CHARS => {
-            let kept: String = s.chars().take(MAX_FIELD_CHARS).collect();
+        Value::String(s) if s.chars().count() > max => {
+            let kept: String = s.chars().take(max).collect();
             Value::String(format!("{kept}...({} bytes)", s.len()))
         }
-        Value::Array(a) => Value::Array(a.into_iter().map(shortened).collect()),
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, shortened(v))).collect()),
+        Value::Array(a) => Value::Array(a.into_iter().map(|v| shortened_to(v, max)).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k, shortened_to(v, max)))
+                .collect(),
+        ),
         other => other,
     }
+}
+
+/// An event's JSON object made to fit a shared-memory slot ([`TEXT`] bytes) whole: its strings
+/// cut shorter until it does (the server log keeps the longer form). Cut at the slot's end
+/// instead, a long event was persisted as a cut-off JSON string, without its fields (an
+/// attacker's pass saw a cross-tenant write's `table` lost).
+fn fitted(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= TEXT {
+        return line.into();
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return "{\"cut\": true}".into();
+    };
+    for max in [128, 64, 32, 16, 8, 0] {
+        let t = shortened_to(v.clone(), max).to_string();
+        if t.len() <= TEXT {
+            return t.into();
+        }
+    }
+    serde_json::json!({"event": v.get("event"), "cut": true})
+        .to_string()
+        .into()
 }
 
 pub fn without_nul(v: serde_json::Value) -> serde_json::Value {
@@ -715,6 +748,34 @@ mod unit {
         assert_eq!(b, victim);
         assert_eq!(log.buckets[b].next, 1);
         assert_eq!(&log.buckets[b].slots[0].text[..4], b"{\"vi");
+    }
+
+    /// A long event keeps every field, as a JSON object that fits its slot (it was cut at the
+    /// slot's end and persisted as a string, without its fields).
+    #[test]
+    fn a_long_event_fits_its_slot_as_an_object_with_every_field() {
+        let long = "x".repeat(250);
+        let line = serde_json::json!({
+            "event": "cross_tenant_write_refused", "role": long, "session_role": long,
+            "table": "public.it_orders", "reason": long, "tenant_id": "6f1c1d1e-0000-4000-8000-000000000001",
+        })
+        .to_string();
+        assert!(line.len() > TEXT);
+        let kept = fitted(&line);
+        assert!(kept.len() <= TEXT, "{kept}");
+        let v: serde_json::Value = serde_json::from_str(&kept).unwrap();
+        for k in [
+            "event",
+            "role",
+            "session_role",
+            "table",
+            "reason",
+            "tenant_id",
+        ] {
+            assert!(v.get(k).is_some(), "{k} lost: {kept}");
+        }
+        assert_eq!(v["table"], "public.it_orders");
+        assert_eq!(fitted("{\"short\": 1}"), "{\"short\": 1}");
     }
 }
 
