@@ -1049,3 +1049,12 @@ CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
                  -- on a Citus worker, a function the shards of protected tables run
                  'CREATE FUNCTION', 'ALTER FUNCTION', 'ALTER ROUTINE')
     EXECUTE FUNCTION tenancy._on_ddl_command_end();
+
+-- Every tenant has an audit key from its creation in 0.2.0 (0.1.0 made one at a tenant's first
+-- audited write): the tags of a tenant's write and chain locks are keyed by it
+-- (audit::lock_tag_fields), and every backend must read the same committed key. Thirty-two
+-- bytes from the server's strong random source (two gen_random_uuid(): 244 random bits).
+INSERT INTO tenancy.audit_key (tenant_id, secret)
+SELECT t.id, pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) OPERATOR(pg_catalog.||) pg_catalog.uuid_send(pg_catalog.gen_random_uuid())
+  FROM tenancy.tenant t
+ WHERE NOT EXISTS (SELECT FROM tenancy.audit_key k WHERE k.tenant_id OPERATOR(pg_catalog.=) t.id);

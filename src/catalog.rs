@@ -578,18 +578,37 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// view named as the owner's history table, with an INSTEAD OF trigger of its own, ran as the
 /// owner inside `decommission_tenant`, read the tenant's rows, planted a trigger copying every
 /// tenant's writes, and made the operator a superuser where the owner was one (an attacker's
-/// pass). A security-restricted operation refuses creating temporary objects, not using them,
-/// so this check at the switch covers all that runs inside it. The table's owner itself and
-/// superusers pass (nothing they did not make could be reached).
+/// pass). A security-restricted operation refuses creating temporary relations and types, not
+/// using them, so this check at the switch covers all that runs inside it. The table's owner
+/// itself and superusers pass here (the owner's code then runs as the caller).
 fn refuse_temporary_objects_before_running_as(owner: pg_sys::Oid) {
+    // SAFETY: GetUserId reads this backend's current user.
+    if unsafe { pg_sys::GetUserId() } != owner {
+        refuse_temporary_objects();
+    }
+}
+
+/// Before pg_tenancy runs DDL as the catalog owner (a superuser, usually) in a session whose
+/// user is not one (`protection::policy::run_all`: the tenant column's index, pg_tenancy's
+/// triggers, on Citus every statement of protect and unprotect): refuse while the session has
+/// temporary objects. A DBA's event trigger fires on that DDL as the catalog owner, and a
+/// name it looks up reaches the session's temporary schema first: a table's owner's temporary
+/// table named as the DBA's log table, with a trigger of its own, ran as the superuser when
+/// auto-protection protected the owner's new partition, and made the owner a superuser (a
+/// reviewer's pass). No exemption for the table's owner here.
+pub fn refuse_temporary_objects_before_catalog_owner_ddl() {
+    refuse_temporary_objects();
+}
+
+/// Refuse (55000) while this session has temporary objects and its current user is not a
+/// superuser (a superuser's own temporary objects reach nothing it could not).
+fn refuse_temporary_objects() {
     let (mut temp, mut toast) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
     // SAFETY: reads this backend's own temporary namespace state (InvalidOid: it has none);
     // GetUserId and superuser_arg read the current user and a syscache row.
     let skip = unsafe {
         pg_sys::GetTempNamespaceState(&mut temp, &mut toast);
-        temp == pg_sys::InvalidOid
-            || pg_sys::GetUserId() == owner
-            || pg_sys::superuser_arg(pg_sys::GetUserId())
+        temp == pg_sys::InvalidOid || pg_sys::superuser_arg(pg_sys::GetUserId())
     };
     if skip {
         return;
@@ -617,8 +636,8 @@ fn refuse_temporary_objects_before_running_as(owner: pg_sys::Oid) {
     if has {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
-            "this session has temporary objects, which code of a table's owner that pg_tenancy runs here would reach in place of the owner's",
-            "Drop them first (DISCARD TEMP), or call it from a session that has none.",
+            "this session has temporary objects, which code pg_tenancy runs here as another role (a table's owner's, an event trigger's) would reach in place of that role's own",
+            "Drop them first (DISCARD TEMP), or run it from a session that has none.",
         );
     }
 }

@@ -926,8 +926,29 @@ fn hold_for_write(tenant: uuid::Uuid) {
     }
     let tag = write_lock_tag(tenant);
     let mode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
-    // SAFETY: a transaction-level lock of a tag only pg_tenancy takes, released at transaction
-    // end (or kept by a prepared transaction, which decommission_tenant refuses to wait for).
+    // Held by the top transaction, not by the subtransaction running now: a lock taken inside
+    // a savepoint or a PL/pgSQL exception block was released when it rolled back, while
+    // WRITING still said it was held, so the transaction's later writes went on unlocked and
+    // decommission_tenant did not wait for them (a reviewer's pass: a row written after the
+    // savepoint outlived the decommission its certificate signed).
+    struct Restore(pg_sys::ResourceOwner);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: puts back the resource owner that was current before (also when the
+            // lock's wait raises and unwinds through here).
+            unsafe { pg_sys::CurrentResourceOwner = self.0 };
+        }
+    }
+    // SAFETY: CurrentResourceOwner and TopTransactionResourceOwner are this backend's own,
+    // both valid inside a transaction (a statement is running); restored on every exit.
+    let _restore = unsafe {
+        let r = Restore(pg_sys::CurrentResourceOwner);
+        pg_sys::CurrentResourceOwner = pg_sys::TopTransactionResourceOwner;
+        r
+    };
+    // SAFETY: a transaction-level lock of a tag only pg_tenancy takes, owned by the top
+    // transaction and released at its end (or kept by a prepared transaction, which
+    // decommission_tenant refuses to wait for).
     unsafe {
         if pg_sys::LockAcquire(&tag, mode, false, true)
             == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL

@@ -577,6 +577,9 @@ fn protectable(rel: pg_sys::Oid) -> bool {
 
 /// Run protect's or unprotect's statements for the table `rel`: each as its [`Who`].
 fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
+    if sql.iter().any(|(who, _)| matches!(who, Who::CatalogOwner)) {
+        catalog::refuse_temporary_objects_before_catalog_owner_ddl();
+    }
     // "does not exist, skipping" notices of the idempotent DROPs are noise for the caller.
     // SAFETY: opens a GUC nesting level, closed by the AtEOXact_GUC below (or by the
     // transaction's abort on an error).

@@ -740,6 +740,95 @@ fn an_operators_temporary_objects_are_not_reached_by_an_owners_code_it_runs() {
     assert_eq!(kept, 2, "the owner's trigger wrote its own table");
 }
 
+/// pg_tenancy runs some DDL as the catalog owner (a superuser): the tenant column's index and
+/// its triggers when it protects a table, a new partition of a protected table included. A
+/// DBA's event trigger fires on that DDL as the catalog owner, and a name it looks up reaches
+/// the session's temporary schema first: a table owner's temporary table named as the DBA's
+/// log table, with a trigger of its own, ran as the superuser when the owner created a
+/// partition, and made the owner a superuser (a reviewer's pass). Refused while the session
+/// has temporary objects; without them the partition is protected and the DBA's trigger
+/// writes its own table.
+#[test]
+fn a_dbas_event_trigger_does_not_reach_the_callers_temporary_objects() {
+    let mut su = superuser();
+    let dba = ident("dbalog");
+    let s = ident("evown");
+    let owner = ident("evowner");
+    let guc = format!("it.{dba}");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {dba}; CREATE TABLE {dba}.ddl_log (who name, tag text); \
+         CREATE FUNCTION {dba}.log_ddl() RETURNS event_trigger LANGUAGE plpgsql SET search_path = {dba} AS \
+           $$ BEGIN IF current_setting('{guc}', true) = 'on' THEN \
+                INSERT INTO ddl_log (who, tag) VALUES (current_user, tg_tag); END IF; END $$; \
+         CREATE EVENT TRIGGER {dba} ON ddl_command_end EXECUTE FUNCTION {dba}.log_ddl(); \
+         GRANT USAGE ON SCHEMA {dba} TO PUBLIC; GRANT INSERT ON {dba}.ddl_log TO PUBLIC; \
+         CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; CREATE SCHEMA {s} AUTHORIZATION {owner}; \
+         SET ROLE {owner}; \
+         CREATE TABLE {s}.ev (tenant_id uuid NOT NULL, id int NOT NULL) PARTITION BY LIST (id); \
+         CREATE FUNCTION {s}.seen() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN NEW.who := current_user; RETURN NEW; END $$; \
+         RESET ROLE; SELECT tenancy.protect('{s}.ev')"
+    ))
+    .unwrap();
+    // The event trigger fires in every test's sessions: dropped whatever happens here.
+    struct DropTrigger(String);
+    impl Drop for DropTrigger {
+        fn drop(&mut self) {
+            let _ = superuser().batch_execute(&format!("DROP EVENT TRIGGER IF EXISTS {}", self.0));
+        }
+    }
+    let _drop = DropTrigger(dba.clone());
+    let mut o = connect(&owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "SET {guc} = 'on'; CREATE TEMP TABLE ddl_log (who name, tag text); \
+         CREATE TRIGGER seen BEFORE INSERT ON ddl_log FOR EACH ROW EXECUTE FUNCTION {s}.seen()"
+    ))
+    .unwrap();
+    let e = o
+        .batch_execute(&format!(
+            "CREATE TABLE {s}.ev1 PARTITION OF {s}.ev FOR VALUES IN (1)"
+        ))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    // The owner's own DDL above logged into its temporary table as the owner (harmless); no
+    // row was written there as anyone else.
+    let reached: i64 = o
+        .query_one(
+            "SELECT count(*) FROM pg_temp.ddl_log WHERE who <> current_user",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        reached, 0,
+        "the DBA's trigger wrote into the owner's temporary table as another role"
+    );
+    o.batch_execute(&format!(
+        "DISCARD TEMP; CREATE TABLE {s}.ev1 PARTITION OF {s}.ev FOR VALUES IN (1)"
+    ))
+    .unwrap();
+    let protected: bool = su
+        .query_one(
+            &format!("SELECT EXISTS (SELECT FROM tenancy.protected_table WHERE relid = '{s}.ev1'::regclass)"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(protected);
+    let logged: i64 = su
+        .query_one(
+            &format!("SELECT count(*) FROM {dba}.ddl_log WHERE who <> '{owner}'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        logged > 0,
+        "the DBA's trigger ran as the catalog owner into its own table"
+    );
+}
+
 #[test]
 fn decommission_refuses_a_prepared_transaction_and_ends_open_writers() {
     let f = Fixture::new();
@@ -1195,7 +1284,9 @@ fn an_operators_partition_bound_runs_no_code_of_its_own_as_the_tables_owner() {
             .unwrap();
     }
     assert!(!superuser_now, "the operator made itself a superuser");
-    // A bound cast to a built-in type still attaches.
+    // A bound cast to a built-in type still attaches, from a session without the temporary
+    // objects of the attempts above (their session is refused: 55000).
+    op.batch_execute("DISCARD TEMP").unwrap();
     op.execute(
         "SELECT tenancy.attach_partition($1::text::regclass, $2::text::regclass, $3)",
         &[
@@ -1357,6 +1448,43 @@ fn a_cascade_or_a_rolled_back_savepoint_cannot_drop_protected_data_unrecorded() 
 /// A connection to the preloading cluster as `user`.
 fn preloaded(user: &str) -> postgres::Client {
     connect_preloaded(user)
+}
+
+/// The tenant's write lock, which decommission_tenant waits for, is held to the end of the
+/// transaction even when the write that took it was in a savepoint or a PL/pgSQL exception
+/// block that rolled back: it was released with them while the session went on writing
+/// unlocked, and a row written after the savepoint outlived the decommission (a reviewer's
+/// pass).
+#[test]
+fn a_rolled_back_savepoint_keeps_the_tenants_write_lock() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let held = |su: &mut postgres::Client, pid: i32| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND objsubid = 29952 AND granted",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let mut w = f.session_as(&f.a, "u");
+    let pid: i32 = w.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    w.batch_execute(
+        "SAVEPOINT s; INSERT INTO it_orders (amount) VALUES (7001); ROLLBACK TO s; \
+         INSERT INTO it_orders (amount) VALUES (7002)",
+    )
+    .unwrap();
+    assert_eq!(held(&mut su, pid), 1, "after ROLLBACK TO SAVEPOINT");
+    w.batch_execute("ROLLBACK").unwrap();
+    let mut w = f.session_as(&f.a, "u");
+    let pid: i32 = w.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    w.batch_execute(
+        "DO $$ BEGIN BEGIN INSERT INTO it_orders (amount) VALUES (7003); RAISE EXCEPTION 'undo'; \
+         EXCEPTION WHEN raise_exception THEN NULL; END; END $$",
+    )
+    .unwrap();
+    assert_eq!(held(&mut su, pid), 1, "after an exception block");
+    w.batch_execute("ROLLBACK").unwrap();
 }
 
 #[test]
