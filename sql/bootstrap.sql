@@ -248,6 +248,9 @@ CREATE TABLE tenancy.support_grant (
     expires_at timestamptz NOT NULL,
     revoked_at timestamptz
 );
+-- The lookup of an operator's grant in a tenant (catalog::support_grant): without it, every
+-- lookup read every tenant's grants (an attacker's pass made 45,000 of one tenant: 10 ms each).
+CREATE INDEX ON tenancy.support_grant (tenant_id, operator);
 REVOKE ALL ON tenancy.support_grant FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.support_grant', '');
 

@@ -33,8 +33,15 @@ CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.subjec
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
 CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.subject_revocation
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.token_revocation
+-- A token revocation of one tenant drops that tenant's cache only (a tenant admin's loop of
+-- revoke_token, a no-op after the first, made every backend drop its whole cache each time);
+-- one for every tenant (tenant_id NULL) drops every cache.
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.token_revocation
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.token_revocation
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.token_revocation
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 -- An audit key created by a transaction that aborts must not stay kept in the backend.
 -- A new audit key invalidates nothing (no backend can hold a key that did not exist, and the
 -- creating transaction forgets its keys if it rolls back); a key changed or removed by hand

@@ -808,6 +808,16 @@ CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.suppor
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
 CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.support_grant
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
+-- A token revocation of one tenant drops that tenant's cache only (a tenant admin's loop of
+-- revoke_token, a no-op after the first, made every backend drop its whole cache each time);
+-- one for every tenant (tenant_id NULL) drops every cache.
+DROP TRIGGER catalog_changed ON tenancy.token_revocation;
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.token_revocation
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.token_revocation
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.token_revocation
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 
 -- A backend's catalog cache counters (tenants cached, rows read, invalidations received).
 CREATE FUNCTION tenancy."cache_stats"() RETURNS jsonb
@@ -1058,3 +1068,6 @@ INSERT INTO tenancy.audit_key (tenant_id, secret)
 SELECT t.id, pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) OPERATOR(pg_catalog.||) pg_catalog.uuid_send(pg_catalog.gen_random_uuid())
   FROM tenancy.tenant t
  WHERE NOT EXISTS (SELECT FROM tenancy.audit_key k WHERE k.tenant_id OPERATOR(pg_catalog.=) t.id);
+
+-- The lookup of an operator's support grant in a tenant reads one tenant's grants only.
+CREATE INDEX ON tenancy.support_grant (tenant_id, operator);

@@ -95,6 +95,11 @@ struct TenantEntry {
     /// subject -> tokens issued before this instant (microseconds since the Unix epoch) are
     /// refused (tenancy.revoke_subject); None: no revocation.
     subject_revocations: HashMap<String, Option<i64>>,
+    /// jti -> whether a token of that id is revoked in this tenant (tenancy.revoke_token, for
+    /// this tenant or for every tenant). Kept with the tenant, so that a revocation in one
+    /// tenant drops this tenant's entry only (a targeted invalidation); one for every tenant
+    /// drops every cache.
+    token_revocations: HashMap<String, bool>,
 }
 
 impl TenantEntry {
@@ -109,12 +114,14 @@ impl TenantEntry {
             members: HashMap::new(),
             support: HashMap::new(),
             subject_revocations: HashMap::new(),
+            token_revocations: HashMap::new(),
         }
     }
 }
 
-/// At most this many subjects (members, revocations) or operators (support grants) are kept
-/// per tenant; a full map is emptied. It bounds memory, not work.
+/// At most this many subjects (members, revocations), token ids (token revocations) or
+/// operators (support grants) are kept per tenant; a full map is emptied. It bounds memory,
+/// not work.
 const PER_TENANT_KEPT: usize = 1024;
 
 struct Cache {
@@ -125,9 +132,6 @@ struct Cache {
     keys: HashMap<String, Option<Rc<KeyRow>>>,
     mappings: HashMap<u32, Rc<Vec<Mapping>>>,
     protected: Option<Rc<OidSet>>,
-    /// jti -> the tenants its revocation applies to (None: every tenant). Looked up one by
-    /// one and kept at most [`REVOCATIONS_KEPT`] at a time: the table may be large.
-    token_revocations: HashMap<String, Rc<Vec<Option<Uuid>>>>,
 }
 
 /// `tenancy.cache_tenants`, as a capacity.
@@ -144,7 +148,6 @@ impl Default for Cache {
             keys: HashMap::new(),
             mappings: HashMap::new(),
             protected: None,
-            token_revocations: HashMap::new(),
         }
     }
 }
@@ -1117,11 +1120,6 @@ pub fn seat_admin(tenant: Uuid) {
     );
 }
 
-/// At most this many revocation lookups are kept per backend (of each kind); a full map is
-/// emptied. A revocation is looked up once per token and catalog generation (bind keeps what it
-/// derived), so this bounds memory, not work.
-const REVOCATIONS_KEPT: usize = 4096;
-
 /// Why a token of `subject` in `tenant`, issued at `iat` (seconds) with id `jti`, has been
 /// revoked (tenancy.revoke_subject, tenancy.revoke_token), or None. A token without `iat` counts
 /// as issued before any subject revocation. One index probe per kind, kept for the generation.
@@ -1167,29 +1165,31 @@ pub fn token_revocation(
         }
     }
     let jti = jti?;
-    let tenants = match CACHE.with(|c| c.borrow().token_revocations.get(jti).cloned()) {
-        Some(t) => t,
+    let revoked = match cached(tenant, |e| e.token_revocations.get(jti).copied()) {
+        Some(r) => r,
         None => {
             let gen = fill_epoch();
-            let t = Rc::new(owner_rows(
+            let r = owner_rows(
                 "tenancy.token_revocation",
-                "SELECT tenant_id FROM tenancy.token_revocation WHERE jti = $1",
-                &[jti.into()],
-                |row| Ok(row.get::<pgrx::Uuid>(1)?.map(|u| from_pg_uuid(&u))),
-            ));
-            store(gen, |c| {
-                if c.token_revocations.len() >= REVOCATIONS_KEPT {
-                    c.token_revocations.clear();
+                "SELECT EXISTS (SELECT FROM tenancy.token_revocation WHERE jti = $1 \
+                    AND (tenant_id = $2 OR tenant_id IS NULL))",
+                &[jti.into(), to_pg_uuid(tenant).into()],
+                |row| Ok(row.get::<bool>(1)?.unwrap_or(true)),
+            )
+            .into_iter()
+            .next()
+            // Unread (it cannot fail short of an error, which raises): revoked.
+            .unwrap_or(true);
+            store_tenant(gen, tenant, |e| {
+                if e.token_revocations.len() >= PER_TENANT_KEPT {
+                    e.token_revocations.clear();
                 }
-                c.token_revocations.insert(jti.to_string(), t.clone());
+                e.token_revocations.insert(jti.to_string(), r);
             });
-            t
+            r
         }
     };
-    tenants
-        .iter()
-        .any(|t| t.is_none_or(|t| t == tenant))
-        .then(|| format!("token \"{jti}\" has been revoked"))
+    revoked.then(|| format!("token \"{jti}\" has been revoked"))
 }
 
 /// Run a writing statement on the catalog as its owner.
@@ -1246,8 +1246,9 @@ struct Changed {
 const ANNOUNCE_MAX: usize = 256;
 
 /// Row-level trigger on the catalog tables whose rows belong to one tenant (tenant, member,
-/// tenant_role, role_privilege, support_grant, subject_revocation), naming the tenant column
-/// as its argument: note the old and the new row's tenant. Nothing is queued per row: the
+/// tenant_role, role_privilege, support_grant, subject_revocation, token_revocation), naming
+/// the tenant column as its argument: note the old and the new row's tenant (a row with no
+/// tenant, a token revocation for every tenant, drops every backend's whole cache). Nothing is queued per row: the
 /// statement's `tenant_changes_announce` queues one invalidation per tenant. (Queued per row,
 /// each would be processed by this backend at the next command-counter increment, which a
 /// foreign-key check makes for every row: a statement of many rows then re-read its caches

@@ -104,6 +104,62 @@ fn a_change_to_one_tenant_drops_only_that_tenant_in_other_backends() {
     );
 }
 
+/// A tenant admin's token revocation reaches every backend as a change of its tenant only: a
+/// loop of `revoke_token` (a no-op after the first) made every backend of every tenant drop
+/// its whole cache each time, and cut another tenant's throughput by a third (an attacker's
+/// pass). The revoked token is refused in another backend that had bound it.
+#[test]
+fn a_token_revocation_in_one_tenant_drops_only_that_tenant_in_other_backends() {
+    let db = OwnDatabase::new("scale", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let ts = tenants(&mut su, 2);
+    su.execute("SELECT tenancy.add_member($1, 'adm', 'admin')", &[&ts[1]])
+        .unwrap();
+    let jti = unique("jti");
+    let token = |t: &str| {
+        f.token_with(serde_json::json!({
+            "tid": t, "sub": "scale", "exp": now() + 3600, "iat": now(), "jti": jti,
+        }))
+    };
+    let mut c = db.connect(APP);
+    touch(&mut c, &f, &ts[0]);
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&token(&ts[1])])
+        .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    let before = stats(&mut c);
+    let mut admin = db.connect(APP);
+    for _ in 0..3 {
+        admin.batch_execute("BEGIN").unwrap();
+        admin
+            .execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "adm")])
+            .unwrap();
+        admin
+            .execute("SELECT tenancy.revoke_token($1)", &[&jti])
+            .unwrap();
+        admin.batch_execute("COMMIT").unwrap();
+    }
+    touch(&mut c, &f, &ts[0]);
+    let after = stats(&mut c);
+    assert_eq!(
+        n(&after, "full_invalidations"),
+        n(&before, "full_invalidations"),
+        "a tenant's token revocation dropped the whole cache: {before} -> {after}"
+    );
+    c.batch_execute("BEGIN").unwrap();
+    let e = c
+        .execute("SELECT tenancy.bind($1)", &[&token(&ts[1])])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{}", message(&e));
+    c.batch_execute("ROLLBACK").unwrap();
+    // The same token id in the other tenant is not revoked.
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&token(&ts[0])])
+        .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+}
+
 #[test]
 fn a_bound_session_sees_a_change_to_its_tenant_from_its_next_statement() {
     let db = OwnDatabase::new("scale", true);
