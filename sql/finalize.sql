@@ -48,8 +48,14 @@ CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenan
 -- drops every backend's keys.
 CREATE TRIGGER catalog_changed AFTER UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_key
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
-CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.audit_exclusion
+-- A tenant's audit exclusions drop that tenant's cached exclusions only (a tenant admin's loop
+-- of audit_exclude made every backend drop its whole cache each time).
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.audit_exclusion
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.audit_exclusion
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.audit_exclusion
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 CREATE TRIGGER catalog_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON tenancy.citus_audit_exclusion
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
 

@@ -808,6 +808,15 @@ CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.suppor
     FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
 CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.support_grant
     FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
+DROP TRIGGER catalog_changed ON tenancy.audit_exclusion;
+-- A tenant's audit exclusions drop that tenant's cached exclusions only (a tenant admin's loop
+-- of audit_exclude made every backend drop its whole cache each time).
+CREATE TRIGGER catalog_changed AFTER TRUNCATE ON tenancy.audit_exclusion
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.catalog_changed();
+CREATE TRIGGER tenant_changed AFTER INSERT OR UPDATE OR DELETE ON tenancy.audit_exclusion
+    FOR EACH ROW EXECUTE FUNCTION tenancy.tenant_changed('tenant_id');
+CREATE TRIGGER tenant_changes_announce AFTER INSERT OR UPDATE OR DELETE ON tenancy.audit_exclusion
+    FOR EACH STATEMENT EXECUTE FUNCTION tenancy.tenant_changes_announce();
 -- A token revocation of one tenant drops that tenant's cache only (a tenant admin's loop of
 -- revoke_token, a no-op after the first, made every backend drop its whole cache each time);
 -- one for every tenant (tenant_id NULL) drops every cache.

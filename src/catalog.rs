@@ -1231,6 +1231,10 @@ thread_local! {
     static CHANGED: RefCell<Changed> = RefCell::new(Changed::default());
     /// (local transaction id, announcements made in it).
     static ANNOUNCED_IN_TRANSACTION: Cell<(u32, usize)> = const { Cell::new((0, 0)) };
+    /// (local transaction id, subtransaction id, the tenants announced in it): a tenant
+    /// announced again in the same subtransaction queues no second message.
+    static ANNOUNCED_HERE: RefCell<(u32, pg_sys::SubTransactionId, std::collections::HashSet<Uuid>)> =
+        RefCell::new((0, 0, std::collections::HashSet::new()));
 }
 
 #[derive(Default)]
@@ -1306,8 +1310,38 @@ fn announce_changed() {
     if changed.tenants.is_empty() && !changed.full {
         return;
     }
-    // SAFETY: MyProc is set for every backend that runs a transaction.
-    let lxid = unsafe { (*pg_sys::MyProc).lxid };
+    // SAFETY: MyProc is set for every backend that runs a transaction; the subtransaction id
+    // is this backend's own.
+    let (lxid, sub) = unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentSubTransactionId()) };
+    let mut changed = changed;
+    if !changed.full {
+        // A tenant already announced in this subtransaction: its message is queued and goes
+        // (or is dropped) with the subtransaction's other changes, so only this backend's own
+        // cache must drop it again, at once. Counted once, the 256 announcements a transaction
+        // may make are 256 tenants (a tenant admin's transaction of 310 set_setting calls
+        // made every backend drop its whole cache: an attacker's pass).
+        let again: Vec<Uuid> = ANNOUNCED_HERE.with(|a| {
+            let mut a = a.borrow_mut();
+            if a.0 != lxid || a.1 != sub {
+                *a = (lxid, sub, std::collections::HashSet::new());
+            }
+            let again = changed
+                .tenants
+                .iter()
+                .filter(|t| a.2.contains(t))
+                .copied()
+                .collect();
+            a.2.extend(changed.tenants.iter().copied());
+            again
+        });
+        for t in again {
+            changed.tenants.remove(&t);
+            tenant_invalidated(tenant_hash(t));
+        }
+        if changed.tenants.is_empty() {
+            return;
+        }
+    }
     let (tx, sent) = ANNOUNCED_IN_TRANSACTION.with(|c| c.get());
     let sent = if tx == lxid { sent } else { 0 };
     if changed.full || sent + changed.tenants.len() > ANNOUNCE_MAX {

@@ -1402,22 +1402,30 @@ fn audit_reader_tenant() -> Option<pgrx::Uuid> {
     crate::authz::admin_of().map(to_pg_uuid)
 }
 
-/// (table, tenant) -> the columns the tenant keeps out of its records of the table.
-type ExclusionCache = HashMap<(u32, Uuid), Rc<Vec<String>>>;
+/// (table, tenant) -> the tenant's generation when read ([`catalog::generation_of`]), and the
+/// columns the tenant keeps out of its records of the table.
+type ExclusionCache = HashMap<(u32, Uuid), (u64, Rc<Vec<String>>)>;
+
+/// At most this many (table, tenant) exclusions are kept; a full map is emptied.
+const EXCLUSIONS_KEPT: usize = 4096;
 
 thread_local! {
-    /// The exclusions read for the catalog generation kept beside them.
-    static EXCLUSIONS: RefCell<(u64, ExclusionCache)> = RefCell::new((0, HashMap::new()));
+    /// The exclusions read, each with its tenant's generation: a change of one tenant's
+    /// exclusions is announced as a change of that tenant, and makes this backend read that
+    /// tenant's again (it dropped every backend's whole cache: a tenant admin's loop of
+    /// audit_exclude slowed every tenant, an attacker's pass).
+    static EXCLUSIONS: RefCell<ExclusionCache> = RefCell::new(HashMap::new());
 }
 
 /// The columns tenant `tenant` keeps out of its records of table `rel`: its exclusions for the
 /// table and for every protected table the table is a partition or child of.
 fn exclusions(rel: pg_sys::Oid, tenant: Uuid, citus_table: Option<&str>) -> Rc<Vec<String>> {
-    let gen = catalog::generation();
+    let gen = catalog::generation_of(tenant);
     let key = (u32::from(rel), tenant);
     if let Some(hit) = EXCLUSIONS.with(|e| {
-        let e = e.borrow();
-        (e.0 == gen).then(|| e.1.get(&key).cloned()).flatten()
+        e.borrow()
+            .get(&key)
+            .and_then(|(g, c)| (*g == gen).then(|| c.clone()))
     }) {
         return hit;
     }
@@ -1428,10 +1436,10 @@ fn exclusions(rel: pg_sys::Oid, tenant: Uuid, citus_table: Option<&str>) -> Rc<V
     let columns = Rc::new(columns);
     EXCLUSIONS.with(|e| {
         let mut e = e.borrow_mut();
-        if e.0 != gen {
-            *e = (gen, HashMap::new());
+        if e.len() >= EXCLUSIONS_KEPT {
+            e.clear();
         }
-        e.1.insert(key, columns.clone());
+        e.insert(key, (gen, columns.clone()));
     });
     columns
 }

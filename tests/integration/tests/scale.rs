@@ -160,6 +160,102 @@ fn a_token_revocation_in_one_tenant_drops_only_that_tenant_in_other_backends() {
     c.batch_execute("COMMIT").unwrap();
 }
 
+/// A tenant admin's audit exclusions and a transaction of many changes to its own tenant
+/// reach other backends as a change of that tenant only: a loop of `audit_exclude`, and one
+/// transaction of 310 `set_setting` calls (each statement counted against the 256
+/// announcements a transaction may make), made every backend drop its whole cache (an
+/// attacker's pass).
+#[test]
+fn a_tenant_admins_exclusions_and_many_changes_drop_only_its_tenant_in_other_backends() {
+    let db = OwnDatabase::new("scale", true);
+    let mut su = db.connect("postgres");
+    let f = Fixture::on(&mut su);
+    let ts = tenants(&mut su, 2);
+    su.execute("SELECT tenancy.add_member($1, 'adm', 'admin')", &[&ts[1]])
+        .unwrap();
+    su.batch_execute(&format!(
+        "CREATE TABLE docs (tenant_id uuid NOT NULL, id int NOT NULL, body text, PRIMARY KEY (tenant_id, id)); \
+         SELECT tenancy.protect('docs'); GRANT SELECT, INSERT ON docs TO {APP}"
+    ))
+    .unwrap();
+    let mut c = db.connect(APP);
+    // This backend reads ts[1]'s exclusions (none) with a write of its own first.
+    let write = |c: &mut Client, id: i32| {
+        c.batch_execute("BEGIN").unwrap();
+        c.execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "scale")])
+            .unwrap();
+        c.execute(
+            "INSERT INTO docs (tenant_id, id, body) VALUES (tenancy.current_tenant(), $1, 'secret')",
+            &[&id],
+        )
+        .unwrap();
+        c.batch_execute("COMMIT").unwrap();
+    };
+    write(&mut c, 1);
+    touch(&mut c, &f, &ts[0]);
+    let before = stats(&mut c);
+    let mut admin = db.connect(APP);
+    for cols in ["{body}", "{}", "{body}"] {
+        admin.batch_execute("BEGIN").unwrap();
+        admin
+            .execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "adm")])
+            .unwrap();
+        admin
+            .execute(
+                "SELECT tenancy.audit_exclude('docs', $1::text::text[])",
+                &[&cols],
+            )
+            .unwrap();
+        admin.batch_execute("COMMIT").unwrap();
+    }
+    admin.batch_execute("BEGIN").unwrap();
+    admin
+        .execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "adm")])
+        .unwrap();
+    for i in 0..310 {
+        admin
+            .execute(
+                "SELECT tenancy.set_setting($1, 'k', to_jsonb($2::int))",
+                &[&ts[1], &i],
+            )
+            .unwrap();
+    }
+    admin.batch_execute("COMMIT").unwrap();
+    touch(&mut c, &f, &ts[0]);
+    let after = stats(&mut c);
+    assert_eq!(
+        n(&after, "full_invalidations"),
+        n(&before, "full_invalidations"),
+        "a tenant's admin dropped every backend's whole cache: {before} -> {after}"
+    );
+    assert_eq!(
+        n(&after, "tenant_loads"),
+        n(&before, "tenant_loads"),
+        "the other tenant was read again: {before} -> {after}"
+    );
+    // The exclusion set last holds in this backend's next write of the tenant.
+    write(&mut c, 2);
+    let kept: bool = su
+        .query_one(
+            "SELECT new_row ? 'body' FROM tenancy.audit_log WHERE table_name LIKE '%docs' AND op = 'INSERT' \
+              AND new_row->>'id' = '2'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!kept, "the exclusion did not reach the other backend");
+    // The last value set is what the tenant's next session reads.
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "scale")])
+        .unwrap();
+    let k: String = c
+        .query_one("SELECT tenancy.setting('k')::text", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(k, "309");
+    c.batch_execute("COMMIT").unwrap();
+}
+
 #[test]
 fn a_bound_session_sees_a_change_to_its_tenant_from_its_next_statement() {
     let db = OwnDatabase::new("scale", true);
