@@ -241,11 +241,24 @@ pub fn enforce(tenant: Uuid) {
 /// `hash_mem_multiplier` at most PostgreSQL 15's default while work_mem is capped: hash
 /// tables may use work_mem times it.
 const MAX_HASH_MEM_MULTIPLIER: f64 = 2.0;
+/// `maintenance_work_mem` (kB) at most PostgreSQL 15's default (64 MB) while work_mem is
+/// capped: a bound session's own CREATE INDEX or VACUUM of its temporary tables uses it (an
+/// attacker's pass set it to 512MB under a 4MB work_mem ceiling and built an index in 205 MB;
+/// it goes up to 2 GB a backend).
+const MAX_MAINTENANCE_WORK_MEM_KB: i32 = 64 * 1024;
 
 fn hold(caps: &Caps) {
-    // SAFETY: reads PostgreSQL's own setting variable in this backend.
-    if caps[2].is_some() && unsafe { pg_sys::hash_mem_multiplier } > MAX_HASH_MEM_MULTIPLIER {
+    // SAFETY: reads PostgreSQL's own setting variables in this backend.
+    let (hash_mem, maintenance) =
+        unsafe { (pg_sys::hash_mem_multiplier, pg_sys::maintenance_work_mem) };
+    if caps[2].is_some() && hash_mem > MAX_HASH_MEM_MULTIPLIER {
         set_local_text("hash_mem_multiplier", &MAX_HASH_MEM_MULTIPLIER.to_string());
+    }
+    if caps[2].is_some() && maintenance > MAX_MAINTENANCE_WORK_MEM_KB {
+        set_local_text(
+            "maintenance_work_mem",
+            &format!("{MAX_MAINTENANCE_WORK_MEM_KB}kB"),
+        );
     }
     for (i, c) in caps.iter().enumerate() {
         let Some(c) = *c else { continue };

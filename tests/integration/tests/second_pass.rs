@@ -1664,6 +1664,13 @@ fn limits_hold_for_cursors_do_blocks_and_a_mapped_sessions_first_statement() {
         .unwrap()
         .get(0);
     assert_eq!(hm, "2");
+    c.batch_execute("SET maintenance_work_mem = '512MB'")
+        .unwrap();
+    let mwm: String = c
+        .query_one("SELECT current_setting('maintenance_work_mem')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(mwm, "64MB");
     c.batch_execute("ROLLBACK").unwrap();
 }
 

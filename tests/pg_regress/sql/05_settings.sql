@@ -94,6 +94,9 @@ SHOW work_mem;
 -- Hash tables may use work_mem times hash_mem_multiplier: it is held at PostgreSQL's default.
 SET LOCAL hash_mem_multiplier = 1000;
 SHOW hash_mem_multiplier;
+-- So is maintenance_work_mem (a session's own CREATE INDEX on a temporary table uses it).
+SET LOCAL maintenance_work_mem = '512MB';
+SHOW maintenance_work_mem;
 -- The timeout holds, though the session lifted its own.
 SET LOCAL statement_timeout = 0;
 SELECT pg_sleep(3);
