@@ -508,6 +508,15 @@ pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
     with_pinned_search_path(|| as_owner(f))
 }
 
+/// [`with_owner`] for DDL: refused first while the session, not a superuser's, has temporary
+/// objects ([`refuse_temporary_objects_before_catalog_owner_ddl`]): a DBA's event trigger
+/// fires on the DDL as the catalog owner and would reach them. Every statement pg_tenancy runs
+/// as the catalog owner that fires event triggers (DDL, GRANT) goes through here.
+pub fn with_owner_ddl<R>(f: impl FnOnce() -> R) -> R {
+    refuse_temporary_objects_before_catalog_owner_ddl();
+    with_owner(f)
+}
+
 /// Run `f` as the owner of pg_tenancy's catalog without touching search_path: only for
 /// executing plans that were prepared under [`with_owner`] (a kept plan is re-planned with the
 /// search_path it was created with, so it needs no pinning when it runs).

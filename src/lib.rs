@@ -224,6 +224,7 @@ mod trust_inventory {
     const INVENTORY: &str = include_str!("TRUST_BOUNDARIES.md");
     const SWITCHES: &[&str] = &[
         "with_owner(",
+        "with_owner_ddl(",
         "as_owner(",
         "as_table_owner(",
         "owner_rows(",

@@ -388,7 +388,10 @@ pub fn grant_new_owners(rels: &[Option<pg_sys::Oid>]) {
         },
     );
     for (owner, audit) in owners {
-        crate::catalog::with_owner(|| {
+        // A GRANT fires event triggers: a DBA's, as the catalog owner, would reach the caller's
+        // temporary objects (a reviewer's pass made a table's owner a superuser through
+        // ALTER TABLE ... OWNER TO here).
+        crate::catalog::with_owner_ddl(|| {
             Spi::connect_mut(|c| {
                 c.update(&trigger_functions_grant(&owner, audit), None, &[])
                     .map(|_| ())

@@ -577,9 +577,6 @@ fn protectable(rel: pg_sys::Oid) -> bool {
 
 /// Run protect's or unprotect's statements for the table `rel`: each as its [`Who`].
 fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
-    if sql.iter().any(|(who, _)| matches!(who, Who::CatalogOwner)) {
-        catalog::refuse_temporary_objects_before_catalog_owner_ddl();
-    }
     // "does not exist, skipping" notices of the idempotent DROPs are noise for the caller.
     // SAFETY: opens a GUC nesting level, closed by the AtEOXact_GUC below (or by the
     // transaction's abort on an error).
@@ -613,7 +610,7 @@ fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
         let run = || Spi::connect_mut(|c| c.update(s.as_str(), None, &[]).map(|_| ()));
         match who {
             Who::TableOwner => catalog::as_table_owner(rel, run),
-            Who::CatalogOwner => catalog::with_owner(run),
+            Who::CatalogOwner => catalog::with_owner_ddl(run),
         }
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: protecting the table failed: {e}"));
     }

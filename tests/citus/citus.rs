@@ -3621,3 +3621,89 @@ fn a_shard_is_guarded_for_a_transaction_that_began_before_its_table_was_protecte
     o.batch_execute("ROLLBACK").unwrap();
     su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
 }
+
+/// After DDL on a protected Citus table, a new owner lacking EXECUTE on pg_tenancy's trigger
+/// functions is granted it as the catalog owner (`citus::trail::grant_new_owners`). A GRANT
+/// fires event triggers: a DBA's `ddl_command_end` trigger (`SET search_path = its schema`) ran
+/// as the superuser and inserted into the owner's temporary table named as its log table,
+/// whose trigger made the owner a superuser on every node (a reviewer's pass, through `ALTER
+/// TABLE ... OWNER TO`). Refused while the session has temporary objects.
+#[test]
+fn a_dbas_event_trigger_does_not_reach_the_owners_temporary_objects_through_a_grant() {
+    let pid = std::process::id();
+    let (t, owner, new_owner, log) = (
+        format!("public.evg_{pid}"),
+        format!("evg_owner_{pid}"),
+        format!("evg_new_{pid}"),
+        format!("evg_log_{pid}"),
+    );
+    let guc = format!("it.{log}");
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; CREATE ROLE {new_owner} NOLOGIN; \
+         GRANT {new_owner} TO {owner}; GRANT CREATE, USAGE ON SCHEMA public TO {new_owner}; \
+         SET citus.enable_ddl_propagation = off; \
+         CREATE SCHEMA {log}; CREATE TABLE {log}.ddl_log (who name, tag text); \
+         CREATE FUNCTION {log}.log_ddl() RETURNS event_trigger LANGUAGE plpgsql SET search_path = {log} AS \
+           $$ BEGIN IF current_setting('{guc}', true) = 'on' THEN \
+                INSERT INTO ddl_log (who, tag) VALUES (current_user, tg_tag); END IF; END $$; \
+         CREATE EVENT TRIGGER {log} ON ddl_command_end EXECUTE FUNCTION {log}.log_ddl(); \
+         GRANT USAGE ON SCHEMA {log} TO PUBLIC; GRANT INSERT ON {log}.ddl_log TO PUBLIC; \
+         CREATE FUNCTION {log}.seen() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN NEW.who := current_user; RETURN NEW; END $$; \
+         GRANT EXECUTE ON FUNCTION {log}.seen() TO PUBLIC"
+    ))
+    .unwrap();
+    struct DropTrigger(String);
+    impl Drop for DropTrigger {
+        fn drop(&mut self) {
+            let _ = superuser().batch_execute(&format!("DROP EVENT TRIGGER IF EXISTS {}", self.0));
+        }
+    }
+    let _drop = DropTrigger(log.clone());
+    protected_table_of(&mut su, &t, &owner);
+    let mut o = node(0, &owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "SET {guc} = 'on'; CREATE TEMP TABLE ddl_log (who name, tag text); \
+         CREATE TRIGGER seen BEFORE INSERT ON ddl_log FOR EACH ROW EXECUTE FUNCTION {log}.seen()"
+    ))
+    .unwrap();
+    let e = o
+        .batch_execute(&format!("ALTER TABLE {t} OWNER TO {new_owner}"))
+        .expect_err(
+            "a new owner's grant ran as the catalog owner with the session's temporary objects",
+        );
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    let reached: i64 = o
+        .query_one(
+            "SELECT count(*) FROM pg_temp.ddl_log WHERE who <> current_user",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        reached, 0,
+        "the DBA's trigger wrote into the owner's temporary table as another role"
+    );
+    // Without temporary objects the grant is made (the change of owner is made here as the
+    // superuser: the owner's own ALTER ... OWNER TO failed on a worker with "must be owner",
+    // which this test does not look into).
+    o.batch_execute("DISCARD TEMP").unwrap();
+    su.batch_execute(&format!("ALTER TABLE {t} OWNER TO {new_owner}"))
+        .unwrap();
+    let granted: bool = su
+        .query_one(
+            &format!(
+                "SELECT has_function_privilege('{new_owner}', 'tenancy._refuse_truncate()', 'EXECUTE')"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        granted,
+        "the new owner was not granted the trigger function"
+    );
+    su.batch_execute(&format!("DROP TABLE {t}")).unwrap();
+}

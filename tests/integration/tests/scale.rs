@@ -38,6 +38,15 @@ fn touch(c: &mut Client, f: &Fixture, tenant: &str) {
     c.batch_execute("COMMIT").unwrap();
 }
 
+/// `body` in a transaction of its own bound with `token`, committed.
+fn in_bound_tx<T>(c: &mut Client, token: &str, body: impl FnOnce(&mut Client) -> T) -> T {
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&token]).unwrap();
+    let r = body(c);
+    c.batch_execute("COMMIT").unwrap();
+    r
+}
+
 /// Fresh tenants that take a fixture's tokens (default role member).
 fn tenants(su: &mut Client, count: usize) -> Vec<String> {
     (0..count)
@@ -124,21 +133,14 @@ fn a_token_revocation_in_one_tenant_drops_only_that_tenant_in_other_backends() {
     };
     let mut c = db.connect(APP);
     touch(&mut c, &f, &ts[0]);
-    c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&token(&ts[1])])
-        .unwrap();
-    c.batch_execute("COMMIT").unwrap();
+    in_bound_tx(&mut c, &token(&ts[1]), |_| ());
     let before = stats(&mut c);
     let mut admin = db.connect(APP);
     for _ in 0..3 {
-        admin.batch_execute("BEGIN").unwrap();
-        admin
-            .execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "adm")])
-            .unwrap();
-        admin
-            .execute("SELECT tenancy.revoke_token($1)", &[&jti])
-            .unwrap();
-        admin.batch_execute("COMMIT").unwrap();
+        in_bound_tx(&mut admin, &f.token(&ts[1], "adm"), |a| {
+            a.execute("SELECT tenancy.revoke_token($1)", &[&jti])
+                .unwrap();
+        });
     }
     touch(&mut c, &f, &ts[0]);
     let after = stats(&mut c);
@@ -154,10 +156,7 @@ fn a_token_revocation_in_one_tenant_drops_only_that_tenant_in_other_backends() {
     assert_eq!(sqlstate(&e), "28000", "{}", message(&e));
     c.batch_execute("ROLLBACK").unwrap();
     // The same token id in the other tenant is not revoked.
-    c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&token(&ts[0])])
-        .unwrap();
-    c.batch_execute("COMMIT").unwrap();
+    in_bound_tx(&mut c, &token(&ts[0]), |_| ());
 }
 
 /// A tenant admin's audit exclusions and a transaction of many changes to its own tenant
@@ -180,47 +179,39 @@ fn a_tenant_admins_exclusions_and_many_changes_drop_only_its_tenant_in_other_bac
     .unwrap();
     let mut c = db.connect(APP);
     // This backend reads ts[1]'s exclusions (none) with a write of its own first.
+    let member = f.token(&ts[1], "scale");
     let write = |c: &mut Client, id: i32| {
-        c.batch_execute("BEGIN").unwrap();
-        c.execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "scale")])
+        in_bound_tx(c, &member, |c| {
+            c.execute(
+                "INSERT INTO docs (tenant_id, id, body) VALUES (tenancy.current_tenant(), $1, 'secret')",
+                &[&id],
+            )
             .unwrap();
-        c.execute(
-            "INSERT INTO docs (tenant_id, id, body) VALUES (tenancy.current_tenant(), $1, 'secret')",
-            &[&id],
-        )
-        .unwrap();
-        c.batch_execute("COMMIT").unwrap();
+        })
     };
     write(&mut c, 1);
     touch(&mut c, &f, &ts[0]);
     let before = stats(&mut c);
     let mut admin = db.connect(APP);
+    let adm = f.token(&ts[1], "adm");
     for cols in ["{body}", "{}", "{body}"] {
-        admin.batch_execute("BEGIN").unwrap();
-        admin
-            .execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "adm")])
-            .unwrap();
-        admin
-            .execute(
+        in_bound_tx(&mut admin, &adm, |a| {
+            a.execute(
                 "SELECT tenancy.audit_exclude('docs', $1::text::text[])",
                 &[&cols],
             )
             .unwrap();
-        admin.batch_execute("COMMIT").unwrap();
+        });
     }
-    admin.batch_execute("BEGIN").unwrap();
-    admin
-        .execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "adm")])
-        .unwrap();
-    for i in 0..310 {
-        admin
-            .execute(
+    in_bound_tx(&mut admin, &adm, |a| {
+        for i in 0..310 {
+            a.execute(
                 "SELECT tenancy.set_setting($1, 'k', to_jsonb($2::int))",
                 &[&ts[1], &i],
             )
             .unwrap();
-    }
-    admin.batch_execute("COMMIT").unwrap();
+        }
+    });
     touch(&mut c, &f, &ts[0]);
     let after = stats(&mut c);
     assert_eq!(
@@ -245,15 +236,12 @@ fn a_tenant_admins_exclusions_and_many_changes_drop_only_its_tenant_in_other_bac
         .get(0);
     assert!(!kept, "the exclusion did not reach the other backend");
     // The last value set is what the tenant's next session reads.
-    c.batch_execute("BEGIN").unwrap();
-    c.execute("SELECT tenancy.bind($1)", &[&f.token(&ts[1], "scale")])
-        .unwrap();
-    let k: String = c
-        .query_one("SELECT tenancy.setting('k')::text", &[])
-        .unwrap()
-        .get(0);
+    let k: String = in_bound_tx(&mut c, &member, |c| {
+        c.query_one("SELECT tenancy.setting('k')::text", &[])
+            .unwrap()
+            .get(0)
+    });
     assert_eq!(k, "309");
-    c.batch_execute("COMMIT").unwrap();
 }
 
 #[test]
