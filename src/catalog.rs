@@ -509,11 +509,16 @@ pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// [`with_owner`] for DDL: refused first while the session, not a superuser's, has temporary
-/// objects ([`refuse_temporary_objects_before_catalog_owner_ddl`]): a DBA's event trigger
+/// objects ([`refuse_temporary_objects`]): a DBA's event trigger
 /// fires on the DDL as the catalog owner and would reach them. Every statement pg_tenancy runs
 /// as the catalog owner that fires event triggers (DDL, GRANT) goes through here.
 pub fn with_owner_ddl<R>(f: impl FnOnce() -> R) -> R {
-    refuse_temporary_objects_before_catalog_owner_ddl();
+    // No exemption for the table's owner here: a DBA's event trigger fires on the DDL as the
+    // catalog owner, and a name it looks up reaches the session's temporary schema first (a
+    // table owner's temporary table named as the DBA's log table, with a trigger of its own,
+    // ran as the superuser when auto-protection protected the owner's new partition, and made
+    // the owner a superuser: a reviewer's pass).
+    refuse_temporary_objects();
     with_owner(f)
 }
 
@@ -598,18 +603,6 @@ fn refuse_temporary_objects_before_running_as(owner: pg_sys::Oid) {
     if unsafe { pg_sys::GetUserId() } != owner {
         refuse_temporary_objects();
     }
-}
-
-/// Before pg_tenancy runs DDL as the catalog owner (a superuser, usually) in a session whose
-/// user is not one (`protection::policy::run_all`: the tenant column's index, pg_tenancy's
-/// triggers, on Citus every statement of protect and unprotect): refuse while the session has
-/// temporary objects. A DBA's event trigger fires on that DDL as the catalog owner, and a
-/// name it looks up reaches the session's temporary schema first: a table's owner's temporary
-/// table named as the DBA's log table, with a trigger of its own, ran as the superuser when
-/// auto-protection protected the owner's new partition, and made the owner a superuser (a
-/// reviewer's pass). No exemption for the table's owner here.
-pub fn refuse_temporary_objects_before_catalog_owner_ddl() {
-    refuse_temporary_objects();
 }
 
 /// Refuse (55000) while this session has temporary objects and its current user is not a

@@ -120,8 +120,9 @@ pub(crate) fn lock_tag_fields(tenant: Uuid) -> (u32, u32) {
     )
 }
 
-fn chain_lock_tag(tenant: Uuid, lane: i16) -> pg_sys::LOCKTAG {
-    let (field2, field3) = lock_tag_fields(tenant);
+/// The chain lock of `lane` of the tenant whose [`lock_tag_fields`] are `fields`.
+fn chain_lock_tag(fields: (u32, u32), lane: i16) -> pg_sys::LOCKTAG {
+    let (field2, field3) = fields;
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is this backend's own variable, set once it connected to its
         // database and read on its only thread.
@@ -137,7 +138,7 @@ fn chain_lock_tag(tenant: Uuid, lane: i16) -> pg_sys::LOCKTAG {
 /// The bulk lock: the tag of the bulk lane of the nil tenant, which no ordinary commit takes
 /// (they keep to lanes below `BULK_LANE`).
 fn lock_bulk() {
-    let tag = chain_lock_tag(Uuid::nil(), BULK_LANE);
+    let tag = chain_lock_tag(lock_tag_fields(Uuid::nil()), BULK_LANE);
     // SAFETY: a transaction-level lock, released at commit (release_chain_locks) or abort.
     unsafe {
         pg_sys::LockAcquire(
@@ -159,11 +160,7 @@ fn lock_chain(tenant: Uuid) -> i16 {
     let home = (unsafe { (*pg_sys::MyProc).pgprocno }).rem_euclid(CONCURRENT_LANES as i32) as i16;
     // The tenant's fields once (its key is read through SPI the first time).
     let fields = lock_tag_fields(tenant);
-    let tag_of = |lane: i16| {
-        let mut tag = chain_lock_tag(Uuid::nil(), lane);
-        (tag.locktag_field2, tag.locktag_field3) = fields;
-        tag
-    };
+    let tag_of = |lane: i16| chain_lock_tag(fields, lane);
     let free = (0..CONCURRENT_LANES)
         .map(|i| (home + i) % CONCURRENT_LANES)
         .find(|&lane| {

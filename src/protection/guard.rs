@@ -2628,3 +2628,42 @@ fn protected_behind(rel: pg_sys::Oid) -> pg_sys::Oid {
     .copied()
     .unwrap_or(pg_sys::InvalidOid)
 }
+
+#[cfg(test)]
+mod reaching_type {
+    /// [`super::PROTECTED_TABLE_REACHING_TYPE`] collects, for all protected tables at once, the
+    /// objects [`crate::catalog::expression_dependency_of`] names for one table (the Citus
+    /// guard's form): the two lists of catalogs stay the same, or a kind of expression one of
+    /// them follows would escape the other.
+    #[test]
+    fn the_set_wise_and_per_table_object_lists_name_the_same_catalogs() {
+        let per_table = crate::catalog::expression_dependency_of!("r");
+        for catalog in [
+            "pg_class",
+            "pg_index",
+            "pg_attrdef",
+            "pg_constraint",
+            "pg_trigger",
+            "pg_policy",
+            "pg_rewrite",
+            "pg_statistic_ext",
+        ] {
+            let named = format!("pg_catalog.{catalog}");
+            assert!(
+                per_table.contains(&named),
+                "{catalog} in the per-table form"
+            );
+            assert!(
+                super::PROTECTED_TABLE_REACHING_TYPE.contains(&named),
+                "{catalog} in the set-wise form"
+            );
+        }
+        let kinds = |s: &str| s.matches("::pg_catalog.regclass").count();
+        // The per-table form names pg_class for the table and its indexes in one branch.
+        assert_eq!(
+            kinds(per_table) + 1,
+            kinds(super::PROTECTED_TABLE_REACHING_TYPE) - 1,
+            "a catalog was added to one form only"
+        );
+    }
+}
