@@ -807,6 +807,8 @@ pub fn plan(want: Value) -> Vec<Change> {
         .iter()
         .any(|k| want.get(*k).is_some());
     let now = current(None);
+    let mut want = want;
+    canonical_tables(&now, &mut want);
     let mut out: Vec<Change> = Vec::new();
     let (ta, tb) = (
         by_key(&now["tenants"], |t| text(t, "slug")),
@@ -856,6 +858,76 @@ pub fn plan(want: Value) -> Vec<Change> {
     protection_changes(&now, &want, &mut out);
     label_mapping_removals(&now, &mut out);
     out
+}
+
+/// The JSON pointers of every table a configuration document names: protected tables and
+/// their parents, tenants' audit exclusions and their roles' privileges (`*`, every table, is
+/// no table's name).
+fn table_slots(doc: &Value) -> Vec<String> {
+    let each = |v: &Value| v.as_array().map(|a| a.len()).unwrap_or(0);
+    let mut slots = Vec::new();
+    for i in 0..each(&doc["protected_tables"]) {
+        slots.push(format!("/protected_tables/{i}/table"));
+        slots.push(format!("/protected_tables/{i}/parent"));
+    }
+    for t in 0..each(&doc["tenants"]) {
+        let tenant = &doc["tenants"][t];
+        for e in 0..each(&tenant["audit_exclusions"]) {
+            slots.push(format!("/tenants/{t}/audit_exclusions/{e}/table"));
+        }
+        for r in 0..each(&tenant["roles"]) {
+            for p in 0..each(&tenant["roles"][r]["privileges"]) {
+                slots.push(format!("/tenants/{t}/roles/{r}/privileges/{p}/table"));
+            }
+        }
+    }
+    slots.retain(|s| matches!(doc.pointer(s), Some(Value::String(n)) if n != "*"));
+    slots
+}
+
+/// Names each table of `want` as the export names it (`public.orders`, each part quoted as
+/// needed), so that `orders` spelled `PUBLIC."orders"` is the same table, not a table
+/// unprotected and another protected (a plan of four changes for a document with none).
+/// Resolved as `apply_config` runs its calls, with `search_path = pg_catalog, pg_temp`: a name
+/// that no table has there is refused here, with 42P01, rather than by the apply.
+fn canonical_tables(now: &Value, want: &mut Value) {
+    let known: std::collections::BTreeSet<&str> = table_slots(now)
+        .iter()
+        .filter_map(|p| now.pointer(p).and_then(Value::as_str))
+        .collect();
+    let mut named: BTreeMap<String, String> = BTreeMap::new();
+    for slot in table_slots(want) {
+        let Some(Value::String(name)) = want.pointer(&slot).cloned() else {
+            continue;
+        };
+        if known.contains(name.as_str()) {
+            continue;
+        }
+        let canonical = named.entry(name.clone()).or_insert_with(|| {
+            // Read as the catalog owner with the search_path apply_config's calls have: the
+            // name is bound as a parameter and only looked up, in pg_class, which any role
+            // may read (the calls themselves still run as the caller).
+            crate::catalog::owner_rows(
+                "a table's name",
+                "SELECT pg_catalog.to_regclass($1)::pg_catalog.text",
+                &[name.as_str().into()],
+                |r| r.get::<String>(1),
+            )
+            .into_iter()
+            .next()
+            .flatten()
+            .unwrap_or_else(|| {
+                errors::raise(
+                    pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                    format!("the document names the table {name}, which does not exist"),
+                    "Name each table with its schema, as tenancy.export_config() does (for example public.orders).",
+                )
+            })
+        });
+        if let Some(v) = want.pointer_mut(&slot) {
+            *v = Value::String(canonical.clone());
+        }
+    }
 }
 
 /// The changes of protected tables and auto-protected schemas.

@@ -1675,3 +1675,49 @@ fn a_tenants_deep_setting_cannot_stop_the_platforms_configuration_documents() {
     op.query_one("SELECT tenancy.export_config()", &[])
         .unwrap_or_else(|e| panic!("export_config(): {}", message(&e)));
 }
+
+#[test]
+fn a_document_may_spell_a_tables_name_as_postgresql_reads_it() {
+    // A protected table named `PUBLIC."it_customers"` in a document is the export's
+    // `public.it_customers`: the plan showed it unprotected (destructive) and protected anew,
+    // and apply_config then failed on its own order of the two.
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_f, _c) = two_tenants();
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    let now = export_of(&mut op);
+    assert!(now.contains("\"public.it_customers\""), "{now}");
+    let respelled = now
+        .replace("\"public.it_customers\"", r#""PUBLIC.\"it_customers\"""#)
+        .replace("\"public.it_orders\"", "\"Public.IT_ORDERS\"");
+    assert_ne!(respelled, now);
+    let plan: Vec<(String, String)> = op
+        .query(
+            "SELECT action, object FROM tenancy.plan_config($1::text::jsonb)",
+            &[&respelled],
+        )
+        .unwrap_or_else(|e| panic!("plan_config: {}", message(&e)))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(plan, vec![]);
+    assert_eq!(apply(&mut op, &respelled, &["safe"]).unwrap(), vec![]);
+    assert_eq!(export_of(&mut op), now);
+    // A name no table has where apply_config's calls look (pg_catalog, then pg_temp): refused
+    // by the plan, with what to write instead.
+    let unqualified = now.replace("\"public.it_customers\"", "\"it_customers\"");
+    let e = op
+        .query(
+            "SELECT * FROM tenancy.plan_config($1::text::jsonb)",
+            &[&unqualified],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42P01", "{}", message(&e));
+    let hint = e
+        .as_db_error()
+        .and_then(|d| d.hint())
+        .unwrap_or_default()
+        .to_string();
+    assert!(hint.contains("with its schema"), "{hint}");
+    assert_eq!(export_of(&mut op), now);
+}
