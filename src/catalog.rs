@@ -605,15 +605,20 @@ fn refuse_temporary_objects_before_running_as(owner: pg_sys::Oid) {
     }
 }
 
-/// Refuse (55000) while this session has temporary objects and its current user is not a
-/// superuser (a superuser's own temporary objects reach nothing it could not).
+/// Refuse (55000) while this session has temporary objects, unless both its session user and
+/// its current user are superusers (a superuser's own temporary objects reach nothing it could
+/// not). A superuser current user alone is not enough: a DBA's SECURITY DEFINER function that
+/// protects a table for its caller runs as a superuser over the caller's temporary objects.
 fn refuse_temporary_objects() {
     let (mut temp, mut toast) = (pg_sys::InvalidOid, pg_sys::InvalidOid);
     // SAFETY: reads this backend's own temporary namespace state (InvalidOid: it has none);
-    // GetUserId and superuser_arg read the current user and a syscache row.
+    // GetUserId, GetSessionUserId and superuser_arg read the current and the session user and
+    // a syscache row.
     let skip = unsafe {
         pg_sys::GetTempNamespaceState(&mut temp, &mut toast);
-        temp == pg_sys::InvalidOid || pg_sys::superuser_arg(pg_sys::GetUserId())
+        temp == pg_sys::InvalidOid
+            || (pg_sys::superuser_arg(pg_sys::GetUserId())
+                && pg_sys::superuser_arg(pg_sys::GetSessionUserId()))
     };
     if skip {
         return;
