@@ -763,7 +763,13 @@ fn binding_ended(refusal: Refusal, tenant_slug: String, tenant: Uuid) -> ! {
         ..refusal
     }
     .code(code)
-    .event("binding_revoked", fields(&[("tenant", tenant_slug.into())]))
+    .event(
+        "binding_revoked",
+        fields(&[
+            ("tenant", tenant_slug.into()),
+            ("tenant_id", tenant.to_string().into()),
+        ]),
+    )
     .raise()
 }
 
