@@ -134,14 +134,26 @@ fn condition(sqlstate: PgSqlErrorCode) -> &'static str {
     use PgSqlErrorCode::*;
     match sqlstate {
         ERRCODE_INSUFFICIENT_PRIVILEGE => "insufficient_privilege",
-        ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION => "invalid_authorization",
+        ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION => "invalid_authorization_specification",
         ERRCODE_INVALID_PARAMETER_VALUE => "invalid_parameter_value",
+        ERRCODE_NULL_VALUE_NOT_ALLOWED => "null_value_not_allowed",
         ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE => "object_not_in_prerequisite_state",
+        ERRCODE_OBJECT_IN_USE => "object_in_use",
         ERRCODE_UNDEFINED_OBJECT => "undefined_object",
         ERRCODE_UNDEFINED_COLUMN => "undefined_column",
+        ERRCODE_UNDEFINED_TABLE => "undefined_table",
+        ERRCODE_INVALID_SCHEMA_NAME => "invalid_schema_name",
+        ERRCODE_WRONG_OBJECT_TYPE => "wrong_object_type",
+        ERRCODE_DATATYPE_MISMATCH => "datatype_mismatch",
         ERRCODE_DUPLICATE_OBJECT => "duplicate_object",
         ERRCODE_INVALID_TRANSACTION_STATE => "invalid_transaction_state",
+        ERRCODE_NO_ACTIVE_SQL_TRANSACTION => "no_active_sql_transaction",
+        ERRCODE_T_R_SERIALIZATION_FAILURE => "serialization_failure",
         ERRCODE_FEATURE_NOT_SUPPORTED => "feature_not_supported",
+        ERRCODE_PROGRAM_LIMIT_EXCEEDED => "program_limit_exceeded",
+        ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED => "event_trigger_protocol_violated",
+        ERRCODE_INTERNAL_ERROR => "internal_error",
+        // Every SQLSTATE pg_tenancy raises is named above (unit test `conditions_are_named`).
         _ => "error",
     }
 }
@@ -165,6 +177,20 @@ pub fn names(what: &str, v: Vec<Option<String>>) -> Vec<String> {
                 "Name each one, for example '{select,insert}'.",
             )
         })
+}
+
+/// An argument of a revocation that may not be NULL: 22004. A STRICT function returns NULL for
+/// a NULL argument and does nothing, which a revocation's caller (`revoke_token(NULL)`, a
+/// `jti` an application failed to read) could not tell from a revocation made.
+#[track_caller]
+pub fn not_null<'a>(call: &str, arg: &str, v: Option<&'a str>) -> &'a str {
+    v.unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{call}: {arg} may not be NULL, and nothing was changed"),
+            format!("Check where the {arg} came from: {call} removes nothing without one."),
+        )
+    })
 }
 
 /// Keep Rust backtraces out of error reports: pgrx appends a captured backtrace (frames with

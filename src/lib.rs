@@ -496,3 +496,42 @@ mod layering {
         assert!(edges.get("binding").is_some_and(|e| e.contains("catalog")));
     }
 }
+
+/// Every SQLSTATE pg_tenancy raises has its condition name in the DETAIL of a refusal without
+/// a code of its own (`errors::condition`), never the placeholder `error`.
+#[cfg(test)]
+mod sqlstates {
+    use super::trust_inventory::SOURCES;
+
+    #[test]
+    fn conditions_are_named() {
+        let errors = SOURCES
+            .iter()
+            .find(|(p, _)| *p == "src/errors.rs")
+            .map(|(_, text)| *text)
+            .unwrap();
+        let condition = &errors[errors.find("fn condition(").unwrap()..];
+        let condition = &condition[..condition.find("\n}\n").unwrap()];
+        let mut missing = std::collections::BTreeSet::new();
+        for (path, text) in SOURCES {
+            let mut rest = *text;
+            while let Some(at) = rest.find("ERRCODE_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                if name.len() > "ERRCODE_".len()
+                    && name != "ERRCODE_SUCCESSFUL_COMPLETION"
+                    && !condition.contains(&format!("{name} =>"))
+                {
+                    missing.insert(format!("{name} ({path})"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "not named in errors::condition: {missing:?}"
+        );
+    }
+}
