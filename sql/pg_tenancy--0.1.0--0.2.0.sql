@@ -12,6 +12,13 @@ VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'bind_transaction_wrap
 CREATE FUNCTION tenancy."bind"("token" text, "scope" text) RETURNS jsonb
 VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'bind_scoped_wrapper';
 
+-- The revocations are not STRICT: a NULL argument is refused with 22004 rather than answered
+-- NULL, which a caller could not tell from a revocation made.
+ALTER FUNCTION tenancy.revoke_key(text) CALLED ON NULL INPUT;
+ALTER FUNCTION tenancy.revoke_token(text) CALLED ON NULL INPUT;
+ALTER FUNCTION tenancy.remove_member(text, text, text) CALLED ON NULL INPUT;
+ALTER FUNCTION tenancy.drop_role(text, text) CALLED ON NULL INPUT;
+
 -- protect_sql reads a table's catalog as the extension owner: for whoever protects tables.
 REVOKE EXECUTE ON FUNCTION tenancy.protect_sql(regclass, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy.protect_sql(regclass, text) TO tenancy_operator;

@@ -242,8 +242,9 @@ fn add_keys(
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn revoke_key(kid: &str) {
+fn revoke_key(kid: Option<&str>) {
     authz::require_key_admin("revoke_key");
+    let kid = errors::not_null("revoke_key", "kid", kid);
     let Some(k) = catalog::key(kid, crate::binding::token::decode_key) else {
         errors::raise(
             UNDEFINED_OBJECT,

@@ -178,8 +178,17 @@ fn within(rel: pg_sys::Oid, table: pg_sys::Oid) -> bool {
     false
 }
 
-/// ERROR 42501 naming the table, the privilege and the bound roles, logged as a security event.
+/// ERROR 42501 naming the table, the privilege and the bound roles, logged as a security event;
+/// 22023 for a privilege that is none of the four (no grant could give it, so the 42501's hint,
+/// a grant of it, would only fail in its turn).
 fn refuse(tbl: pg_sys::Oid, privilege: &str) -> ! {
+    if !PRIVILEGES.iter().any(|(_, p)| *p == privilege) {
+        crate::errors::raise(
+            crate::errors::INVALID_PARAMETER,
+            format!("\"{privilege}\" is not a privilege pg_tenancy checks"),
+            "The privileges are select, insert, update and delete.",
+        );
+    }
     let b = crate::binding::require();
     let table = crate::catalog::relation_name(tbl);
     let roles = if b.roles.is_empty() {

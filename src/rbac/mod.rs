@@ -189,7 +189,9 @@ fn create_role(tenant: &str, role: &str) {
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn drop_role(tenant: &str, role: &str) {
+fn drop_role(tenant: Option<&str>, role: Option<&str>) {
+    let tenant = errors::not_null("drop_role", "tenant", tenant);
+    let role = errors::not_null("drop_role", "role", role);
     let t = managed_tenant(tenant, "drop_role");
     check_tenant_roles(&t, &[role.to_string()]);
     if SEEDED_ROLES.contains(&role) {
@@ -445,7 +447,10 @@ fn refuse_fallback_gain(action: &str, t: &catalog::TenantRow, subject: &str, bef
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn remove_member(tenant: &str, subject: &str, role: &str) {
+fn remove_member(tenant: Option<&str>, subject: Option<&str>, role: Option<&str>) {
+    let tenant = errors::not_null("remove_member", "tenant", tenant);
+    let subject = errors::not_null("remove_member", "subject", subject);
+    let role = errors::not_null("remove_member", "role", role);
     let t = managed_tenant(tenant, "remove_member");
     lock_memberships(&t);
     let before: Vec<String> = catalog::owner_rows(
@@ -660,7 +665,8 @@ fn revoke_subject(
 /// Refuse the token whose `jti` claim is `jti` until it expires: in every tenant when an
 /// operator revokes it, in the bound tenant when its admin does. Audited.
 #[pg_extern(volatile, parallel_unsafe)]
-fn revoke_token(jti: &str) {
+fn revoke_token(jti: Option<&str>) {
+    let jti = errors::not_null("revoke_token", "jti", jti);
     if jti.is_empty() || jti.len() > 1000 {
         errors::raise(
             INVALID_PARAMETER,

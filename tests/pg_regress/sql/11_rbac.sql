@@ -179,6 +179,11 @@ SELECT subject, role FROM tenancy.members m JOIN tenancy.tenants t ON t.id = m.t
 BEGIN;
 SELECT tenancy.bind(regress.token('rbac-acme', 'aud', 'rbac-key')) ->> 'roles' AS roles;  -- aud now holds the default
 ROLLBACK;
+-- A privilege that is none of the four is bad input (22023), not a missing grant.
+BEGIN;
+SELECT tenancy.bind(regress.token('rbac-acme', 'aud', 'rbac-key')) IS NOT NULL AS bound;
+SELECT tenancy.allows('rbac.orders', 'explode');
+ROLLBACK;
 -- Application roles manage nothing unbound.
 SELECT tenancy.add_member('rbac-acme', 'eve', 'admin');
 

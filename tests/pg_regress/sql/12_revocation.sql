@@ -78,6 +78,11 @@ ROLLBACK;
 \c - regress_rev_ops
 SELECT tenancy.revoke_subject('rev-initech', 'bill');
 SELECT tenancy.revoke_token('stolen-jti');
+-- A revocation of NULL (a jti the application failed to read) is refused, never answered NULL
+-- as if it had been made.
+SELECT tenancy.revoke_token(NULL);
+SELECT tenancy.remove_member('rev-initech', NULL, 'member');
+SELECT tenancy.drop_role(NULL, 'member');
 SELECT t.slug, r.kind, r.subject, r.jti, r.revoked_by
   FROM tenancy.revocations r LEFT JOIN tenancy.tenants t ON t.id = r.tenant_id
  WHERE r.jti IN ('leaked-jti', 'stolen-jti') OR t.slug LIKE 'rev-%' ORDER BY r.kind, r.subject, r.jti;
