@@ -18,6 +18,8 @@ ALTER FUNCTION tenancy.revoke_key(text) CALLED ON NULL INPUT;
 ALTER FUNCTION tenancy.revoke_token(text) CALLED ON NULL INPUT;
 ALTER FUNCTION tenancy.remove_member(text, text, text) CALLED ON NULL INPUT;
 ALTER FUNCTION tenancy.drop_role(text, text) CALLED ON NULL INPUT;
+ALTER FUNCTION tenancy.unmap_role(regrole, text) CALLED ON NULL INPUT;
+ALTER FUNCTION tenancy.revoke_support(regrole) CALLED ON NULL INPUT;
 
 -- protect_sql reads a table's catalog as the extension owner: for whoever protects tables.
 REVOKE EXECUTE ON FUNCTION tenancy.protect_sql(regclass, text) FROM PUBLIC;

@@ -183,7 +183,7 @@ pub fn names(what: &str, v: Vec<Option<String>>) -> Vec<String> {
 /// a NULL argument and does nothing, which a revocation's caller (`revoke_token(NULL)`, a
 /// `jti` an application failed to read) could not tell from a revocation made.
 #[track_caller]
-pub fn not_null<'a>(call: &str, arg: &str, v: Option<&'a str>) -> &'a str {
+pub fn not_null<T>(call: &str, arg: &str, v: Option<T>) -> T {
     v.unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,

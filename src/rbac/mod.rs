@@ -97,9 +97,10 @@ fn map_role(
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn unmap_role(role: crate::pg::types::Regrole, tenant: &str) {
-    let role = role.0;
+fn unmap_role(role: Option<crate::pg::types::Regrole>, tenant: Option<&str>) {
     authz::require_operator("unmap_role");
+    let role = errors::not_null("unmap_role", "role", role).0;
+    let tenant = errors::not_null("unmap_role", "tenant", tenant);
     let t = catalog::require_tenant(tenant);
     // A role mapped to one tenant is bound to it without a token: removing one of a role's two
     // mappings widens access in the tenant left (refused to an operator once it has an admin).
@@ -553,8 +554,8 @@ fn grant_support(
 }
 
 #[pg_extern(volatile, parallel_unsafe)]
-fn revoke_support(operator: crate::pg::types::Regrole) {
-    let operator = operator.0;
+fn revoke_support(operator: Option<crate::pg::types::Regrole>) {
+    let operator = errors::not_null("revoke_support", "operator", operator).0;
     let b = crate::binding::require();
     if !authz::is_tenant_admin(b.tenant) {
         errors::raise(

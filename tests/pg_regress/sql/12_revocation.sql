@@ -83,6 +83,7 @@ SELECT tenancy.revoke_token('stolen-jti');
 SELECT tenancy.revoke_token(NULL);
 SELECT tenancy.remove_member('rev-initech', NULL, 'member');
 SELECT tenancy.drop_role(NULL, 'member');
+SELECT tenancy.unmap_role(NULL, 'rev-initech');
 SELECT t.slug, r.kind, r.subject, r.jti, r.revoked_by
   FROM tenancy.revocations r LEFT JOIN tenancy.tenants t ON t.id = r.tenant_id
  WHERE r.jti IN ('leaked-jti', 'stolen-jti') OR t.slug LIKE 'rev-%' ORDER BY r.kind, r.subject, r.jti;
