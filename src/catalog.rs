@@ -752,11 +752,17 @@ fn load_tenant(
 /// parallel operation ("cannot assign XIDs during a parallel operation", for example when a
 /// policy's InitPlan runs for a parallel plan) and on a hot standby, and costs a commit record
 /// and an XID everywhere else. Every lookup on a read path goes through here instead.
+///
+/// With `search_path = pg_catalog, pg_temp` ([`with_pinned_search_path`]): the lookups run as
+/// the caller, and an operator or function the caller created on its own search_path would
+/// otherwise take part in them (an application role's `=` (oid, oid) made every protected
+/// table a partition of one its role was granted, and an operator's `>` (timestamptz,
+/// timestamptz) purged audit records inside the retention floor: an attacker's pass).
 pub fn read_one<A: FromDatum + IntoDatum>(
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
 ) -> Option<A> {
-    Spi::connect(|c| c.select(sql, Some(1), args)?.first().get_one::<A>())
+    with_pinned_search_path(|| Spi::connect(|c| c.select(sql, Some(1), args)?.first().get_one::<A>()))
         .ok()
         .flatten()
 }

@@ -3022,3 +3022,181 @@ fn a_domain_changed_in_a_transaction_still_open_cannot_reach_a_protected_table_a
         .get(0);
     assert_eq!(added, 0);
 }
+
+/// pg_tenancy's own queries that run as the caller (lookups while binding, checking a
+/// privilege, purging, planning a document, protecting a table) use PostgreSQL's operators
+/// only, whatever operators the caller made and put on its search_path. Every operator here
+/// raises when called: an `=` (oid, oid) of an application role made every protected table a
+/// partition of one its role was granted (tenant RBAC bypassed), and an operator's `>`
+/// (timestamptz, timestamptz) purged audit records inside the retention floor (an attacker's
+/// pass). A `=` (regclass, regclass), which pg_catalog lacks, is picked over pg_catalog's even
+/// where pg_catalog comes first.
+#[test]
+fn no_operator_on_the_callers_search_path_takes_part_in_pg_tenancys_queries() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let shadow = ident("shadow");
+    let table = ident("shadowed");
+    let fresh = unique("shadow-t").replace('_', "-");
+    let mut sql = format!(
+        "CREATE SCHEMA {shadow}; GRANT USAGE ON SCHEMA {shadow} TO PUBLIC; \
+         CREATE TABLE public.{table} (tenant_id uuid NOT NULL, id int NOT NULL);"
+    );
+    for (l, r) in [
+        ("oid", "oid"),
+        ("regclass", "regclass"),
+        ("regrole", "regrole"),
+        ("uuid", "uuid"),
+        ("text", "text"),
+        ("name", "name"),
+        ("name", "text"),
+        ("text", "name"),
+        ("timestamptz", "timestamptz"),
+        ("int2", "int2"),
+        ("int4", "int4"),
+        ("int8", "int8"),
+        ("int8", "int4"),
+        ("int4", "int8"),
+        ("bool", "bool"),
+        ("\"char\"", "\"char\""),
+        ("jsonb", "jsonb"),
+        ("bytea", "bytea"),
+    ] {
+        sql += &format!(
+            "CREATE FUNCTION {shadow}.called({l}, {r}) RETURNS bool LANGUAGE plpgsql \
+               AS $$ BEGIN RAISE EXCEPTION 'shadow operator called'; END $$;"
+        );
+        for op in ["=", "<>", "<", ">", "<=", ">="] {
+            sql += &format!(
+                "CREATE OPERATOR {shadow}.{op} (LEFTARG = {l}, RIGHTARG = {r}, FUNCTION = {shadow}.called);"
+            );
+        }
+    }
+    su.batch_execute(&sql).unwrap();
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = superuser().batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE; DROP TABLE IF EXISTS public.{}",
+                self.0, self.1
+            ));
+        }
+    }
+    let _cleanup = Cleanup(shadow.clone(), table.clone());
+    f.seat_admin(&f.a, "ann");
+    let path = format!("SET search_path = {shadow}, pg_catalog, public");
+    // Runs each statement; any error is allowed (a legitimate refusal) but the operators'.
+    let run = |c: &mut postgres::Client, who: &str, statements: &[String]| {
+        for s in statements {
+            if let Err(e) = c.batch_execute(s) {
+                let m = message(&e);
+                assert!(!m.contains("shadow operator called"), "{who}: {s}: {m}");
+            }
+        }
+    };
+    // The operators are in force in these sessions.
+    let mut app = app();
+    assert_not_privileged(&mut app);
+    app.batch_execute(&path).unwrap();
+    let e = app.batch_execute("SELECT 1::oid = 1::oid").unwrap_err();
+    assert!(message(&e).contains("shadow operator called"));
+    // The application: binding (a token, then the session's binding), its rows, the checks.
+    let token = f.token(&f.a, "ann");
+    run(
+        &mut app,
+        "a bound application role",
+        &[
+            format!("BEGIN; SELECT tenancy.bind('{token}'); SELECT count(*) FROM it_orders; COMMIT"),
+            "ROLLBACK".into(),
+            format!("SELECT tenancy.bind('{token}', 'session')"),
+            "SELECT count(*) FROM it_orders".into(),
+            "INSERT INTO it_orders (amount) VALUES (1)".into(),
+            "UPDATE it_orders SET amount = 2".into(),
+            "INSERT INTO it_events (id, at) VALUES (1, '2026-05-01')".into(),
+            "SELECT count(*) FROM it_events".into(),
+            "DELETE FROM it_events".into(),
+            "DELETE FROM it_orders".into(),
+            "SELECT tenancy.allows('it_orders', 'select'), tenancy.current_tenant(), tenancy.binding(), tenancy.current_roles()".into(),
+            // The tenant's admin manages its tenant.
+            format!("SELECT tenancy.create_role('{}', 'clerk')", f.a),
+            format!("SELECT tenancy.grant('{}', 'clerk', 'it_events', '{{select}}')", f.a),
+            format!("SELECT tenancy.add_member('{}', 'cal', 'clerk')", f.a),
+        ],
+    );
+    // A subject whose role reads one partitioned table only: its partitions are looked up.
+    let mut clerk = connect(APP);
+    clerk.batch_execute(&path).unwrap();
+    run(
+        &mut clerk,
+        "an application role bound with a role of one table",
+        &[
+            format!("SELECT tenancy.bind('{}', 'session')", f.token(&f.a, "cal")),
+            "SELECT count(*) FROM it_events_2026".into(),
+            "SELECT count(*) FROM it_events".into(),
+        ],
+    );
+    for t in ["it_orders", "it_customers"] {
+        let e = clerk
+            .batch_execute(&format!("SELECT count(*) FROM {t}"))
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "the clerk read {t}: {}", message(&e));
+    }
+    run(
+        &mut app,
+        "a tenant's admin",
+        &[
+            format!("SELECT tenancy.remove_member('{}', 'cal', 'clerk')", f.a),
+            format!(
+                "SELECT tenancy.revoke('{}', 'clerk', 'it_events', '{{select}}')",
+                f.a
+            ),
+            format!("SELECT tenancy.drop_role('{}', 'clerk')", f.a),
+            "SELECT tenancy.revoke_token('shadow-jti')".into(),
+            format!("SELECT tenancy.revoke_subject('{}', 'zed')", f.a),
+            format!("SELECT tenancy.set_setting('{}', 'x', '1')", f.a),
+            "SELECT tenancy.audit_exclude('it_customers', '{name}')".into(),
+            format!("SELECT tenancy.export_config('{}')", f.a),
+            format!("SELECT tenancy.grant_support('{OPERATOR}', '1 hour', '{{select}}')"),
+            "SELECT tenancy.unbind()".into(),
+        ],
+    );
+    // The operator: tenants, protection, the trail, the configuration.
+    let mut op = connect(OPERATOR);
+    assert_not_privileged(&mut op);
+    op.batch_execute(&path).unwrap();
+    run(
+        &mut op,
+        "an operator",
+        &[
+            format!("SELECT tenancy.create_tenant('{fresh}')"),
+            format!("SELECT tenancy.suspend_tenant('{fresh}')"),
+            format!("SELECT tenancy.resume_tenant('{fresh}')"),
+            format!("SELECT tenancy.set_limit('{fresh}', 'work_mem', '1024')"),
+            format!("SELECT tenancy.audit_purge('{}', now())", f.a),
+            format!("SELECT tenancy.audit_verify('{}')", f.a),
+            format!("SELECT tenancy.audit_heads('{}')", f.a),
+            "SELECT * FROM tenancy.verify()".into(),
+            "SELECT * FROM tenancy.plan_config(tenancy.export_config())".into(),
+            "SELECT * FROM tenancy.tenant_stats()".into(),
+            "SELECT * FROM tenancy.security_events()".into(),
+            format!("SELECT tenancy.map_role('{APP2}', '{fresh}')"),
+            format!("SELECT tenancy.unmap_role('{APP2}', '{fresh}')"),
+            format!("SELECT tenancy.protect('public.{table}')"),
+            format!("SELECT * FROM tenancy.protect_sql('public.{table}')"),
+            format!("SELECT tenancy.unprotect('public.{table}')"),
+            format!("SELECT tenancy.enter_support('{}')", f.a),
+            "SELECT tenancy.unbind()".into(),
+            format!("SELECT tenancy.decommission_tenant('{fresh}', '{fresh}')"),
+        ],
+    );
+    // The audit floor held: the operator's purge of records made just now was refused.
+    let purged: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log a JOIN tenancy.tenants t ON t.id = a.tenant_id \
+              WHERE t.slug = $1",
+            &[&f.a],
+        )
+        .unwrap()
+        .get(0);
+    assert!(purged > 0, "the tenant's records were purged");
+}
