@@ -762,9 +762,11 @@ pub fn read_one<A: FromDatum + IntoDatum>(
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
 ) -> Option<A> {
-    with_pinned_search_path(|| Spi::connect(|c| c.select(sql, Some(1), args)?.first().get_one::<A>()))
-        .ok()
-        .flatten()
+    with_pinned_search_path(|| {
+        Spi::connect(|c| c.select(sql, Some(1), args)?.first().get_one::<A>())
+    })
+    .ok()
+    .flatten()
 }
 
 /// Run a read-only query on the catalog as its owner, with a fresh snapshot, and map every row.

@@ -1708,6 +1708,33 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Binding>) -> R) -> R {
                 "Support access is the granted operator's own: SET ROLE back to it, or end the binding with SELECT tenancy.unbind();.",
             );
         }
+        // What enter_support required, still: an operator that is neither a superuser nor a
+        // key admin. A role taken out of tenancy_operator, or made a key admin, kept reading
+        // the tenant's rows until the grant expired (an attacker's pass): role memberships
+        // are not the tenant's catalog, so this is checked on every validation (the memo
+        // forgets one when memberships change).
+        if !crate::authz::is_operator(operator)
+            || crate::authz::is_superuser(operator)
+            || crate::authz::is_key_admin(operator)
+        {
+            let slug = BINDING.with(|b| b.borrow().as_ref().map(|b| (b.slug.clone(), b.tenant)));
+            BINDING.with(|slot| *slot.borrow_mut() = None);
+            if let Some((slug, tenant)) = slug {
+                binding_ended(
+                    Refusal::new(
+                        INSUFFICIENT_PRIVILEGE,
+                        format!(
+                            "role \"{}\" is no longer a platform operator, and its support binding of tenant \"{slug}\" has ended",
+                            crate::authz::role_name(operator)
+                        ),
+                        "Support bindings are for operators that are neither superusers nor key admins.",
+                    )
+                    .code("support_ended"),
+                    slug,
+                    tenant,
+                );
+            }
+        }
     }
     if !explicit.is_some_and(|(_, _, support)| support) {
         if let Some(role) = platform_role_in_effect() {

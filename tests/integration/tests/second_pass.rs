@@ -1948,6 +1948,55 @@ fn a_support_binding_serves_only_the_operator_it_was_granted_to() {
 }
 
 #[test]
+fn a_support_binding_ends_when_its_role_is_no_longer_a_plain_operator() {
+    // Found by an attacker's pass: enter_support asks for an operator that is neither a
+    // superuser nor a key admin, but the binding only re-read its grant: a role taken out of
+    // tenancy_operator, or made a key admin, kept reading the tenant's rows until the grant
+    // expired.
+    let f = Fixture::new();
+    let mut su = superuser();
+    let op = login_role(&mut su, "supop", "");
+    su.batch_execute(&format!("GRANT tenancy_operator TO {op}"))
+        .unwrap();
+    serialized_grant(&mut su, &format!("GRANT SELECT ON it_customers TO {op}"));
+    f.seat_admin(&f.a, "boss");
+    let mut admin = f.session_as(&f.a, "boss");
+    admin
+        .execute(
+            &format!("SELECT tenancy.grant_support('{op}', '1 hour')"),
+            &[],
+        )
+        .unwrap();
+    admin.batch_execute("COMMIT").unwrap();
+    for (make, undo) in [
+        (
+            format!("GRANT tenancy_key_admin TO {op}"),
+            format!("REVOKE tenancy_key_admin FROM {op}"),
+        ),
+        (
+            format!("REVOKE tenancy_operator FROM {op}"),
+            format!("GRANT tenancy_operator TO {op}"),
+        ),
+    ] {
+        let mut o = connect(&op);
+        assert_not_privileged(&mut o);
+        o.execute("SELECT tenancy.enter_support($1)", &[&f.a])
+            .unwrap();
+        o.query_one("SELECT count(*) FROM it_customers", &[])
+            .unwrap();
+        su.batch_execute(&make).unwrap();
+        expect_refusal(
+            &mut o,
+            "SELECT count(*) FROM it_customers",
+            "42501",
+            "support_ended",
+        );
+        su.batch_execute(&undo).unwrap();
+    }
+    serialized_grant(&mut su, &format!("REVOKE SELECT ON it_customers FROM {op}"));
+}
+
+#[test]
 fn a_token_binding_ends_when_its_role_is_mapped_to_other_tenants() {
     // Found by an attacker's pass: a role mapped to tenants may bind only those, but a session
     // bound with a token before an operator confined its role to another tenant kept its
