@@ -125,8 +125,19 @@ pub fn require_operator(action: &str) {
 /// Refuse unless the caller is an operator or has the privileges of `pg_monitor` (a metrics
 /// scraper: it reads counts and tenants' slugs, never a row, and manages nothing).
 pub fn require_operator_or_monitor(action: &str) {
-    if is_monitor(caller()) {
+    let who = caller();
+    if is_monitor(who) {
         return;
+    }
+    if !is_operator(who) {
+        refuse_management(
+            action,
+            format!(
+                "permission denied: {action} is for platform operators and monitoring roles, and role \"{}\" is neither",
+                role_name(who)
+            ),
+            format!("Run it as a member of {OPERATOR_ROLE} or of pg_monitor: GRANT pg_monitor TO <role>;"),
+        );
     }
     require_operator(action);
 }
