@@ -29,7 +29,7 @@
 //! shows, or the stale rows would stay cached for later transactions too. A fill that an
 //! invalidation overtakes while it runs is not kept ([`store`]).
 //!
-//! Switching user: [`with_owner`] / [`as_owner`] (pg_tenancy's own tables, as their owner) and
+//! Switching user: [`with_owner`] / [`as_owner_running_no_sql`] (pg_tenancy's own tables, as their owner) and
 //! [`as_table_owner`] (DML and DDL on a user's table, as that table's owner, inside a
 //! security-restricted operation). Every call site is listed, with why it is safe, in
 //! `src/TRUST_BOUNDARIES.md`; a unit test keeps that list and the code in step.
@@ -505,7 +505,7 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
 /// a user wrote (a user table's triggers, defaults, constraints, index expressions, rules):
 /// that runs under [`as_table_owner`]. `src/TRUST_BOUNDARIES.md` lists every call site.
 pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
-    with_pinned_search_path(|| as_owner(f))
+    with_pinned_search_path(|| as_owner_running_no_sql(f))
 }
 
 /// [`with_owner`] for DDL: refused first while the session, not a superuser's, has temporary
@@ -522,10 +522,13 @@ pub fn with_owner_ddl<R>(f: impl FnOnce() -> R) -> R {
     with_owner(f)
 }
 
-/// Run `f` as the owner of pg_tenancy's catalog without touching search_path: only for
-/// executing plans that were prepared under [`with_owner`] (a kept plan is re-planned with the
-/// search_path it was created with, so it needs no pinning when it runs).
-pub fn as_owner<R>(f: impl FnOnce() -> R) -> R {
+/// Run `f` as the owner of pg_tenancy's catalog without touching search_path: only for code
+/// that runs no SQL text and no kept plan (the audit writer, which opens pg_tenancy's own
+/// relations and inserts into them through the executor's simple-insert path). A kept plan is
+/// analyzed and planned again whenever the search_path in force differs from the one it was
+/// prepared under, so a plan run here would resolve names through the caller's search_path as
+/// the catalog owner: plans, kept or not, run under [`with_owner`].
+pub fn as_owner_running_no_sql<R>(f: impl FnOnce() -> R) -> R {
     switch_user(rels().owner, f)
 }
 

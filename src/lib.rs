@@ -225,7 +225,7 @@ mod trust_inventory {
     const SWITCHES: &[&str] = &[
         "with_owner(",
         "with_owner_ddl(",
-        "as_owner(",
+        "as_owner_running_no_sql(",
         "as_table_owner(",
         "owner_rows(",
         "catalog::write(",

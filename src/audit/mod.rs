@@ -395,10 +395,15 @@ fn chain_head(shards: &ChainShards, tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the audit checkpoint failed: {e}"));
     }
     let checkpoint = checkpoint_plan();
+    // With the search_path pinned, as the plan was prepared: PostgreSQL analyzes and plans a
+    // kept plan again whenever the search_path in force differs from the one it was made
+    // under, and so as the catalog owner with the caller's (an application role's own
+    // `=` (int2, int2) on its search_path ran as the superuser at its transaction's commit and
+    // made the role a superuser: an attacker's pass).
     // SAFETY: head_row runs inside the SPI connection made here, with the kept plan of
     // checkpoint_plan (a SELECT of seq and encode(chain_hash, 'hex'), both NOT NULL columns,
     // taking a uuid and a smallint).
-    catalog::as_owner(|| unsafe {
+    catalog::with_owner(|| unsafe {
         Spi::connect(|_| head_row(checkpoint, tenant, lane).unwrap_or((0, GENESIS.to_vec())))
     })
 }

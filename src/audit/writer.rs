@@ -119,8 +119,9 @@ pub unsafe fn record_statement(
     let shape = unsafe { RowShape::new(rel, table) };
     // SAFETY: inside the firing statement's transaction (this function's contract); the
     // writer is closed below, or released by the transaction's abort on an error.
-    let mut writer =
-        catalog::as_owner(|| unsafe { Writer::open(table.log, table.name, op, actor) });
+    let mut writer = catalog::as_owner_running_no_sql(|| unsafe {
+        Writer::open(table.log, table.name, op, actor)
+    });
     // SAFETY: for UPDATE the contract promises the OLD TABLE, so `old_ts` is a live tuplestore
     // (not null) of `rel`'s rows, as `source` is (checked above); both outlive the readers,
     // which are closed below.
@@ -176,7 +177,9 @@ pub unsafe fn record_statement(
         }
         // SAFETY: the datums of `change` were formed just above in `row_cxt` or point into
         // the fetched rows, all alive until the reset below; `writer` is open.
-        out.push(catalog::as_owner(|| unsafe { writer.write(&change) }));
+        out.push(catalog::as_owner_running_no_sql(|| unsafe {
+            writer.write(&change)
+        }));
         // SAFETY: `outer` is the context that was current before the switch above, still
         // alive (it is the trigger call's); `writer` is open; nothing refers to what
         // `row_cxt` holds any more: `change`'s datums were copied by the insert, and `out`
@@ -192,7 +195,7 @@ pub unsafe fn record_statement(
     // here, their tuplestores still alive.
     unsafe {
         pg_sys::MemoryContextDelete(row_cxt);
-        catalog::as_owner(|| writer.close());
+        catalog::as_owner_running_no_sql(|| writer.close());
         new_rows.close();
         if let Some(r) = old_rows {
             r.close();

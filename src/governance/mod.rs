@@ -103,15 +103,20 @@ fn export_config(tenant: default!(Option<&str>, "NULL")) -> JsonB {
 #[pg_extern(volatile, parallel_unsafe)]
 fn assert_clean(expected: default!(Option<JsonB>, "NULL")) {
     authz::require_operator("check the configuration");
-    let mut problems: Vec<String> = Spi::connect(|c| {
-        c.select(
-            "SELECT rule || ' ' || object || ': ' || detail FROM tenancy.verify() \
-              WHERE severity = 'error' ORDER BY rule, object",
-            None,
-            &[],
-        )?
-        .map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
-        .collect::<Result<Vec<_>, _>>()
+    // As the caller (verify() is the operator's), with the search_path pinned: an operator's
+    // own `=` (text, text) on its search_path made the gate pass over verify()'s errors (an
+    // attacker's pass).
+    let mut problems: Vec<String> = catalog::with_pinned_search_path(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT rule || ' ' || object || ': ' || detail FROM tenancy.verify() \
+                  WHERE severity = 'error' ORDER BY rule, object",
+                None,
+                &[],
+            )?
+            .map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()
+        })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: verify() failed: {e}"));
     let verify_errors = problems.len();

@@ -310,6 +310,10 @@ unsafe fn walk_expression(
 /// the column out, as a column's default does: read as one (no user's function; built-in ones
 /// allowed, it reads no row). Its owner sets it at any time (`ALTER DOMAIN ... SET DEFAULT`,
 /// refused while a protected column uses the domain; found by an attacker's pass).
+/// Every query here runs as the caller (a table's owner, in the guard's ddl_command_start check)
+/// and with the search_path pinned: an owner's own `=` ("char", "char") on its search_path made
+/// the domain lookup find no constraint, and an ADD COLUMN of a domain whose CHECK sent each
+/// tenant's values to the owner passed the guard (an attacker's pass).
 fn domain_leaky_call(
     domain: pg_sys::Oid,
     user_code_only: bool,
@@ -320,7 +324,7 @@ fn domain_leaky_call(
     }
     seen.push(domain);
     // (domain, stored expression, whether it is the domain's default), constraints first.
-    let exprs: Vec<(String, String, bool)> = Spi::connect(|c| {
+    let exprs: Vec<(String, String, bool)> = crate::catalog::with_pinned_search_path(|| Spi::connect(|c| {
         let t = c.select(
             "WITH RECURSIVE d(oid) AS (SELECT $1::pg_catalog.oid \
                UNION SELECT t.typbasetype FROM pg_catalog.pg_type t JOIN d ON t.oid = d.oid WHERE t.typtype = 'd') \
@@ -342,7 +346,7 @@ fn domain_leaky_call(
             ));
         }
         Ok::<_, pgrx::spi::Error>(out)
-    })
+    }))
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a domain's constraints failed: {e}"));
     exprs.into_iter().find_map(|(name, bin, default)| {
         let c = std::ffi::CString::new(bin).ok()?;
@@ -374,15 +378,17 @@ pub const REACHABLE_TYPES: &str = concat!(
 /// `tenancy._reachable_types(typ)`: [`REACHABLE_TYPES`] as a set, for verify().
 #[pg_extern(stable, parallel_safe, name = "_reachable_types")]
 fn reachable_types(typ: pg_sys::Oid) -> SetOfIterator<'static, pg_sys::Oid> {
-    let types: Vec<pg_sys::Oid> = Spi::connect(|c| {
-        let t = c.select(REACHABLE_TYPES, None, &[typ.into()])?;
-        let mut out = Vec::new();
-        for r in t {
-            if let Some(o) = r.get::<pg_sys::Oid>(1)? {
-                out.push(o);
+    let types: Vec<pg_sys::Oid> = crate::catalog::with_pinned_search_path(|| {
+        Spi::connect(|c| {
+            let t = c.select(REACHABLE_TYPES, None, &[typ.into()])?;
+            let mut out = Vec::new();
+            for r in t {
+                if let Some(o) = r.get::<pg_sys::Oid>(1)? {
+                    out.push(o);
+                }
             }
-        }
-        Ok::<_, pgrx::spi::Error>(out)
+            Ok::<_, pgrx::spi::Error>(out)
+        })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a type failed: {e}"));
     SetOfIterator::new(types)
@@ -411,19 +417,22 @@ fn type_leaky_call_in(
           WHERE ty.typtype IN ('d', 'r') ORDER BY ty.oid",
         pg_sys::FirstNormalObjectId
     );
-    let found: Vec<(pg_sys::Oid, String, Option<pg_sys::Oid>)> = Spi::connect(|c| {
-        let t = c.select(&q, None, &[typ.into()])?;
-        let mut out = Vec::new();
-        for r in t {
-            out.push((
-                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                r.get::<String>(2)?.unwrap_or_default(),
-                r.get::<pg_sys::Oid>(3)?,
-            ));
-        }
-        Ok::<_, pgrx::spi::Error>(out)
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a type failed: {e}"));
+    let found: Vec<(pg_sys::Oid, String, Option<pg_sys::Oid>)> =
+        crate::catalog::with_pinned_search_path(|| {
+            Spi::connect(|c| {
+                let t = c.select(&q, None, &[typ.into()])?;
+                let mut out = Vec::new();
+                for r in t {
+                    out.push((
+                        r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                        r.get::<String>(2)?.unwrap_or_default(),
+                        r.get::<pg_sys::Oid>(3)?,
+                    ));
+                }
+                Ok::<_, pgrx::spi::Error>(out)
+            })
+        })
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a type failed: {e}"));
     if let Some(call) = found
         .into_iter()
         .find_map(|(t, kind, range_fn)| match kind.as_str() {
@@ -453,12 +462,14 @@ fn type_leaky_call_in(
           ORDER BY 1 LIMIT 1",
         pg_sys::FirstNormalObjectId
     );
-    let cast: Option<pg_sys::Oid> = Spi::connect(|c| {
-        let t = c.select(&q, Some(1), &[typ.into()])?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        t.first().get_one::<pg_sys::Oid>()
+    let cast: Option<pg_sys::Oid> = crate::catalog::with_pinned_search_path(|| {
+        Spi::connect(|c| {
+            let t = c.select(&q, Some(1), &[typ.into()])?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            t.first().get_one::<pg_sys::Oid>()
+        })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading a type's casts failed: {e}"));
     cast.map(|f| {

@@ -3038,9 +3038,21 @@ fn no_operator_on_the_callers_search_path_takes_part_in_pg_tenancys_queries() {
     let shadow = ident("shadow");
     let table = ident("shadowed");
     let fresh = unique("shadow-t").replace('_', "-");
+    let owned = ident("shadowed_own");
+    let dom = ident("shadowed_dom");
+    // The operators raise when planned, not only when run: each is an inlinable SQL function
+    // whose body, an IMMUTABLE call with no argument, the planner folds (a query over an empty
+    // table runs no operator; an attacker's pass found a kept plan planned again under the
+    // caller's search_path that way).
     let mut sql = format!(
         "CREATE SCHEMA {shadow}; GRANT USAGE ON SCHEMA {shadow} TO PUBLIC; \
-         CREATE TABLE public.{table} (tenant_id uuid NOT NULL, id int NOT NULL);"
+         CREATE FUNCTION {shadow}.boom() RETURNS bool LANGUAGE plpgsql IMMUTABLE \
+           AS $$ BEGIN RAISE EXCEPTION 'shadow operator called'; END $$; \
+         CREATE TABLE public.{table} (tenant_id uuid NOT NULL, id int NOT NULL); \
+         CREATE TABLE public.{owned} (tenant_id uuid NOT NULL, id int NOT NULL); \
+         ALTER TABLE public.{owned} OWNER TO {APP}; \
+         SELECT tenancy.protect('public.{owned}', audit => false); \
+         CREATE DOMAIN public.{dom} AS int CHECK (VALUE IS NOT NULL);"
     );
     for (l, r) in [
         ("oid", "oid"),
@@ -3063,8 +3075,8 @@ fn no_operator_on_the_callers_search_path_takes_part_in_pg_tenancys_queries() {
         ("bytea", "bytea"),
     ] {
         sql += &format!(
-            "CREATE FUNCTION {shadow}.called({l}, {r}) RETURNS bool LANGUAGE plpgsql \
-               AS $$ BEGIN RAISE EXCEPTION 'shadow operator called'; END $$;"
+            "CREATE FUNCTION {shadow}.called({l}, {r}) RETURNS bool LANGUAGE sql IMMUTABLE \
+               AS $$ SELECT {shadow}.boom() $$;"
         );
         for op in ["=", "<>", "<", ">", "<=", ">="] {
             sql += &format!(
@@ -3073,16 +3085,18 @@ fn no_operator_on_the_callers_search_path_takes_part_in_pg_tenancys_queries() {
         }
     }
     su.batch_execute(&sql).unwrap();
-    struct Cleanup(String, String);
+    struct Cleanup(String, String, String, String);
     impl Drop for Cleanup {
         fn drop(&mut self) {
             let _ = superuser().batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {} CASCADE; DROP TABLE IF EXISTS public.{}",
-                self.0, self.1
+                "DROP SCHEMA IF EXISTS {0} CASCADE; DROP TABLE IF EXISTS public.{1}; \
+                 SELECT tenancy.unprotect('public.{2}'); DROP TABLE IF EXISTS public.{2}; \
+                 DROP DOMAIN IF EXISTS public.{3}",
+                self.0, self.1, self.2, self.3
             ));
         }
     }
-    let _cleanup = Cleanup(shadow.clone(), table.clone());
+    let _cleanup = Cleanup(shadow.clone(), table.clone(), owned.clone(), dom.clone());
     f.seat_admin(&f.a, "ann");
     let path = format!("SET search_path = {shadow}, pg_catalog, public");
     // Runs each statement; any error is allowed (a legitimate refusal) but the operators'.
@@ -3158,6 +3172,10 @@ fn no_operator_on_the_callers_search_path_takes_part_in_pg_tenancys_queries() {
             format!("SELECT tenancy.export_config('{}')", f.a),
             format!("SELECT tenancy.grant_support('{OPERATOR}', '1 hour', '{{select}}')"),
             "SELECT tenancy.unbind()".into(),
+            // The owner of a protected table changes it: the guard's checks of its types.
+            format!("ALTER TABLE public.{owned} ADD COLUMN v public.{dom}"),
+            format!("ALTER TABLE public.{owned} ALTER COLUMN v TYPE int"),
+            format!("ALTER TABLE public.{owned} ADD CHECK (v IS NOT NULL)"),
         ],
     );
     // The operator: tenants, protection, the trail, the configuration.
@@ -3187,6 +3205,21 @@ fn no_operator_on_the_callers_search_path_takes_part_in_pg_tenancys_queries() {
             format!("SELECT tenancy.enter_support('{}')", f.a),
             "SELECT tenancy.unbind()".into(),
             format!("SELECT tenancy.decommission_tenant('{fresh}', '{fresh}')"),
+            format!("SELECT tenancy.create_tenants('[{{\"slug\": \"{fresh}-2\"}}]')"),
+            "SELECT tenancy.assert_clean()".into(),
+            "SELECT tenancy.metrics()".into(),
+        ],
+    );
+    // A key admin.
+    let mut keys = connect(KEY_ADMIN);
+    keys.batch_execute(&path).unwrap();
+    run(
+        &mut keys,
+        "a key admin",
+        &[
+            "SELECT tenancy.revoke_key('shadow-no-such-key')".into(),
+            format!("SELECT tenancy.add_key('{fresh}-k', 'HS256', 'shadow-secret-0123456789abcdef0123456789ab', '{}')", f.a),
+            format!("SELECT tenancy.revoke_key('{fresh}-k')"),
         ],
     );
     // The audit floor held: the operator's purge of records made just now was refused.
