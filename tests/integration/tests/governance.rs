@@ -1691,9 +1691,12 @@ fn a_document_may_spell_a_tables_name_as_postgresql_reads_it() {
         .replace("\"public.it_customers\"", r#""PUBLIC.\"it_customers\"""#)
         .replace("\"public.it_orders\"", "\"Public.IT_ORDERS\"");
     assert_ne!(respelled, now);
+    // Other tests' tenants change meanwhile (settings, members): only the tables are looked
+    // at, and nothing is applied (an apply of this snapshot would undo their changes).
     let plan: Vec<(String, String)> = op
         .query(
-            "SELECT action, object FROM tenancy.plan_config($1::text::jsonb)",
+            "SELECT action, object FROM tenancy.plan_config($1::text::jsonb) \
+              WHERE action IN ('protect', 'unprotect', 'grant', 'revoke', 'audit_exclude')",
             &[&respelled],
         )
         .unwrap_or_else(|e| panic!("plan_config: {}", message(&e)))
@@ -1701,8 +1704,6 @@ fn a_document_may_spell_a_tables_name_as_postgresql_reads_it() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(plan, vec![]);
-    assert_eq!(apply(&mut op, &respelled, &["safe"]).unwrap(), vec![]);
-    assert_eq!(export_of(&mut op), now);
     // A name no table has where apply_config's calls look (pg_catalog, then pg_temp): refused
     // by the plan, with what to write instead.
     let unqualified = now.replace("\"public.it_customers\"", "\"it_customers\"");
@@ -1719,5 +1720,4 @@ fn a_document_may_spell_a_tables_name_as_postgresql_reads_it() {
         .unwrap_or_default()
         .to_string();
     assert!(hint.contains("with its schema"), "{hint}");
-    assert_eq!(export_of(&mut op), now);
 }
