@@ -116,6 +116,27 @@ macro_rules! pin_output {
     };
 }
 
+/// The relation's unique and exclusion indexes (primary keys and unique constraints among
+/// them), each as its kind and its columns in order (`*` for an expression): a unique index
+/// without the tenant column, added to one shard by an owner on a worker, tells the tenants on
+/// that shard whether another holds a value (an attacker's pass; `verify()` reports it of a
+/// table as `unique_index_without_tenant`). Index names are left out: a shard's carry its id.
+/// `%1$L` is the relation's name as a quoted literal.
+macro_rules! unique_keys {
+    () => {
+        "coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
+            SELECT CASE WHEN x.indisexclusion THEN 'x' ELSE 'u' END || ':' || \
+                   coalesce((SELECT pg_catalog.string_agg(coalesce(a.attname::text, '*'), '+' ORDER BY k.n) \
+                               FROM pg_catalog.unnest(x.indkey::pg_catalog.int2[]) WITH ORDINALITY k(attnum, n) \
+                               LEFT JOIN pg_catalog.pg_attribute a \
+                                 ON a.attrelid OPERATOR(pg_catalog.=) x.indrelid \
+                                AND a.attnum OPERATOR(pg_catalog.=) k.attnum), '') AS g \
+              FROM pg_catalog.pg_index x \
+             WHERE x.indrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass \
+               AND (x.indisunique OR x.indisexclusion)) q), '')"
+    };
+}
+
 /// A rule's definition as `pg_get_ruledef` prints it, with its table's name written `$t` (`r`
 /// is its `pg_rewrite` row), as [`trigger_body`].
 macro_rules! rule_body {
@@ -132,7 +153,11 @@ macro_rules! rule_body {
 /// trigger, which Citus does not put on shards. A format() string: `%1$L` is the relation's name
 /// as a quoted literal, formatted by Citus's `run_command_on_shards` with each shard's name (and
 /// by PostgreSQL's format() here): a name with a quote in it (a table's owner chooses it) stays
-/// inside the literal. Reads only `pg_class`, `pg_policy` and `pg_trigger`.
+/// inside the literal. Then its unique and exclusion keys ([`unique_keys`]): the guard's record
+/// does not hold them (a `CREATE INDEX` is not among the commands the guard checks), so a
+/// unique index an owner adds to one shard on a worker is reported by `verify()` as the
+/// shard's drift, not refused. Reads only `pg_class`, `pg_policy`, `pg_trigger`, `pg_index`
+/// and `pg_attribute`.
 pub const SIGNATURE: &str = concat!(
     "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
       FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
@@ -147,7 +172,8 @@ pub const SIGNATURE: &str = concat!(
       FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
       JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
       WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
-       AND NOT (n.nspname = 'tenancy' AND f.proname = '_refuse_truncate')) q), '')"
+       AND NOT (n.nspname = 'tenancy' AND f.proname = '_refuse_truncate')) q), '') || ' ' || ",
+    unique_keys!()
 );
 
 /// Let this node's `pg_class` show Citus's shards to the statements that follow, inside

@@ -301,7 +301,7 @@ fn distribute_catalog() -> Vec<String> {
 /// Internal, for `tenancy.verify()`, its findings on Citus (nothing where Citus is not
 /// created), each (rule, object, detail, fix):
 /// - `citus_shard_drift` (one per shard): the shards of protected Citus tables whose row
-///   security, policies or triggers (other than pg_tenancy's) differ from their table's on the
+///   security, policies, triggers (other than pg_tenancy's) or unique keys differ from their table's on the
 ///   coordinator (a change the guard on the workers refuses, made past it: event triggers
 ///   disabled by a superuser, or a node restored from an older backup), or that could not be
 ///   read;
@@ -436,14 +436,37 @@ fn citus_findings() -> TableIterator<
                         fix,
                     ));
                 } else if result != expected {
-                    out.push((
-                        "citus_shard_drift".to_string(),
-                        table.clone(),
-                        format!(
-                            "shard {shard}: row security, policies or triggers differ from the table's on the coordinator (shard: {result}; table: {expected}); a trigger planted on a shard is dropped there by its owner or a superuser"
-                        ),
-                        fix,
-                    ));
+                    // The signature's last part is the unique and exclusion keys (no space in
+                    // it but in a column's name): a shard that differs there alone has a
+                    // unique index or constraint the table does not have, which protect()
+                    // does not drop.
+                    let keys = |sig: &str| sig.rsplit_once(' ').map(|(a, b)| (a.to_string(), b.to_string()));
+                    let keys_only = match (keys(&result), keys(&expected)) {
+                        (Some((r, rk)), Some((e, ek))) => r == e && rk != ek,
+                        _ => false,
+                    };
+                    if keys_only {
+                        out.push((
+                            "citus_shard_drift".to_string(),
+                            table.clone(),
+                            format!(
+                                "shard {shard}: its unique or exclusion keys differ from the table's on the coordinator (shard: {result}; table: {expected}): a unique index without the tenant column tells the tenants on that shard whether another holds a value"
+                            ),
+                            format!(
+                                "-- on the node of shard {shard}, as its owner or a superuser (SET citus.enable_manual_changes_to_shards = on): drop the index or constraint the table does not have, listed by SELECT indexrelid::regclass FROM pg_index WHERE indrelid = pg_catalog.shard_name({}, {shard})::regclass AND (indisunique OR indisexclusion);",
+                                crate::catalog::quote_literal(&table)
+                            ),
+                        ));
+                    } else {
+                        out.push((
+                            "citus_shard_drift".to_string(),
+                            table.clone(),
+                            format!(
+                                "shard {shard}: row security, policies, triggers or unique keys differ from the table's on the coordinator (shard: {result}; table: {expected}); a trigger planted on a shard is dropped there by its owner or a superuser"
+                            ),
+                            fix,
+                        ));
+                    }
                 }
             }
         }

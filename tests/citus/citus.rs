@@ -913,6 +913,29 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     ))
     .unwrap();
     assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+    // A unique index without the tenant column added to one shard there (an attacker's pass,
+    // as the table's owner on the worker: a conflict told the tenants on that shard whether
+    // another held a value, and verify() compared no index).
+    w.batch_execute(&format!(
+        "SET citus.enable_manual_changes_to_shards = on; CREATE UNIQUE INDEX zz_oracle ON {} (id)",
+        shards[0]
+    ))
+    .unwrap();
+    let found = drift(&mut op);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].1.contains("unique"), "{found:?}");
+    assert!(found[0].2.contains("indisunique"), "{found:?}");
+    w.batch_execute("SET citus.enable_manual_changes_to_shards = on; DROP INDEX public.zz_oracle")
+        .unwrap();
+    assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+    // A unique key the table has is on every shard: no drift (the table's own primary key).
+    setup_in_one_transaction(
+        &mut su,
+        &[format!(
+            "ALTER TABLE public.{t} ADD PRIMARY KEY (tenant_id, id)"
+        )],
+    );
+    assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
 }
 
 /// A trigger replaced on a shard under its own name, with other events: pg_tenancy's audit
