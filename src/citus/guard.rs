@@ -59,15 +59,15 @@ macro_rules! trigger_key {
     ($shard:expr) => {
         concat!(
             "(SELECT CASE \
-               WHEN k.s IS NOT NULL AND t.tgname::text ~ ('^.+_[0-9a-f]{8}_' || k.s || '$') \
-                    AND (pg_catalog.octet_length(t.tgname::text) = 63 \
-                         OR (pg_catalog.octet_length(t.tgname::text) >= 60 \
-                             AND pg_catalog.octet_length(t.tgname::text) <> pg_catalog.length(t.tgname::text))) \
+               WHEN k.s IS NOT NULL AND t.tgname::text OPERATOR(pg_catalog.~) ('^.+_[0-9a-f]{8}_' || k.s || '$') \
+                    AND (pg_catalog.octet_length(t.tgname::text) OPERATOR(pg_catalog.=) 63 \
+                         OR (pg_catalog.octet_length(t.tgname::text) OPERATOR(pg_catalog.>=) 60 \
+                             AND pg_catalog.octet_length(t.tgname::text) OPERATOR(pg_catalog.<>) pg_catalog.length(t.tgname::text))) \
                  THEN pg_catalog.left(t.tgname::text, 7) || '..#' \
                       || pg_catalog.substring(t.tgname::text, '_([0-9a-f]{8})_' || k.s || '$') \
-               WHEN k.s IS NOT NULL AND pg_catalog.right(t.tgname::text, pg_catalog.length('_' || k.s)) <> '_' || k.s \
+               WHEN k.s IS NOT NULL AND pg_catalog.right(t.tgname::text, pg_catalog.length('_' || k.s)) OPERATOR(pg_catalog.<>) ('_' || k.s) \
                  THEN t.tgname::text || ' (without its shard''s suffix)' \
-               WHEN pg_catalog.octet_length(k.r) >= 40 \
+               WHEN pg_catalog.octet_length(k.r) OPERATOR(pg_catalog.>=) 40 \
                  THEN pg_catalog.left(k.r, 7) || '..#' || pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.hashtext(k.r)), 8, '0') \
                ELSE k.r END \
              FROM (SELECT z.s, CASE WHEN z.s IS NULL THEN t.tgname::text \
@@ -86,8 +86,8 @@ macro_rules! trigger_key {
 macro_rules! shard_id_of_rc {
     () => {
         "(SELECT ds.shardid::text FROM pg_catalog.pg_dist_shard ds \
-           WHERE ds.shardid = pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')::bigint \
-             AND pg_catalog.to_regclass(pg_catalog.shard_name(ds.logicalrelid, ds.shardid, false)) = rc.oid)"
+           WHERE ds.shardid OPERATOR(pg_catalog.=) pg_catalog.substring(rc.relname::text, '_([0-9]{1,18})$')::bigint \
+             AND pg_catalog.to_regclass(pg_catalog.shard_name(ds.logicalrelid, ds.shardid, false)) OPERATOR(pg_catalog.=) rc.oid)"
     };
 }
 
@@ -117,23 +117,33 @@ macro_rules! pin_output {
 }
 
 /// The relation's unique and exclusion indexes (primary keys and unique constraints among
-/// them), each as its kind and its columns in order (`*` for an expression): a unique index
-/// without the tenant column, added to one shard by an owner on a worker, tells the tenants on
-/// that shard whether another holds a value (an attacker's pass; `verify()` reports it of a
-/// table as `unique_index_without_tenant`). Index names are left out: a shard's carry its id.
-/// `%1$L` is the relation's name as a quoted literal.
+/// them) as a JSON array, one entry each: its kind, its columns in order (`*` for an
+/// expression) and, for an exclusion constraint, its operators by schema and name. A unique
+/// index without the tenant column, added to one shard by an owner on a worker, tells the
+/// tenants on that shard whether another holds a value (an attacker's pass; `verify()` reports
+/// it of a table as `unique_index_without_tenant`), and so does an exclusion constraint that
+/// compares the tenant column with `<>`. JSON, so that no column's name can make two sets of
+/// keys print alike (names joined by `+` and `,` could: a reviewer's pass). Index names are
+/// left out: a shard's carry its id. `%1$L` is the relation's name as a quoted literal.
 macro_rules! unique_keys {
     () => {
-        "coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
-            SELECT CASE WHEN x.indisexclusion THEN 'x' ELSE 'u' END || ':' || \
-                   coalesce((SELECT pg_catalog.string_agg(coalesce(a.attname::text, '*'), '+' ORDER BY k.n) \
-                               FROM pg_catalog.unnest(x.indkey::pg_catalog.int2[]) WITH ORDINALITY k(attnum, n) \
-                               LEFT JOIN pg_catalog.pg_attribute a \
-                                 ON a.attrelid OPERATOR(pg_catalog.=) x.indrelid \
-                                AND a.attnum OPERATOR(pg_catalog.=) k.attnum), '') AS g \
+        "coalesce((SELECT pg_catalog.jsonb_agg(g ORDER BY g::text)::text FROM ( \
+            SELECT pg_catalog.jsonb_build_array( \
+                     CASE WHEN x.indisexclusion THEN 'x' ELSE 'u' END, \
+                     (SELECT pg_catalog.jsonb_agg(coalesce(a.attname::text, '*') ORDER BY k.n) \
+                        FROM pg_catalog.unnest(x.indkey::pg_catalog.int2[]) WITH ORDINALITY k(attnum, n) \
+                        LEFT JOIN pg_catalog.pg_attribute a \
+                          ON a.attrelid OPERATOR(pg_catalog.=) x.indrelid \
+                         AND a.attnum OPERATOR(pg_catalog.=) k.attnum), \
+                     (SELECT pg_catalog.jsonb_agg(pg_catalog.quote_ident(ns.nspname::text) || '.' || o.oprname::text ORDER BY e.n) \
+                        FROM pg_catalog.pg_constraint con \
+                        CROSS JOIN LATERAL pg_catalog.unnest(con.conexclop) WITH ORDINALITY e(op, n) \
+                        JOIN pg_catalog.pg_operator o ON o.oid OPERATOR(pg_catalog.=) e.op \
+                        JOIN pg_catalog.pg_namespace ns ON ns.oid OPERATOR(pg_catalog.=) o.oprnamespace \
+                       WHERE con.conindid OPERATOR(pg_catalog.=) x.indexrelid)) AS g \
               FROM pg_catalog.pg_index x \
              WHERE x.indrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass \
-               AND (x.indisunique OR x.indisexclusion)) q), '')"
+               AND (x.indisunique OR x.indisexclusion)) q), '[]')"
     };
 }
 
@@ -160,19 +170,19 @@ macro_rules! rule_body {
 /// and `pg_attribute`.
 pub const SIGNATURE: &str = concat!(
     "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
-      FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
+      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass) || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(pg_catalog.regexp_replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
           || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
           || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
           '''([^'']|'''')*''::regclass', '''?''::regclass', 'g'), ';' ORDER BY p.polname) \
-      FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
+      FROM pg_catalog.pg_policy p WHERE p.polrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
         SELECT ", trigger_key!(shard_id_of_rc!()), " || ':' \
           || pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(f.proname) AS g \
-      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
-      JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
-      WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
-       AND NOT (n.nspname = 'tenancy' AND f.proname = '_refuse_truncate')) q), '') || ' ' || ",
+      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid OPERATOR(pg_catalog.=) t.tgfoid JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) f.pronamespace \
+      JOIN pg_catalog.pg_class rc ON rc.oid OPERATOR(pg_catalog.=) t.tgrelid \
+      WHERE t.tgrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
+       AND NOT (n.nspname OPERATOR(pg_catalog.=) 'tenancy' AND f.proname OPERATOR(pg_catalog.=) '_refuse_truncate')) q), '') || ' keys:' || ",
     unique_keys!()
 );
 
@@ -227,27 +237,27 @@ pub(super) fn local_copy_of(
 /// Reads only the system catalogs.
 const GUARD_SIGNATURE: &str = concat!(
     "SELECT (SELECT c.relrowsecurity::text || '/' || c.relforcerowsecurity::text \
-      FROM pg_catalog.pg_class c WHERE c.oid = %1$L::pg_catalog.regclass) || ' ' || \
+      FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass) || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(pg_catalog.replace(p.polname::text || '|' || p.polcmd::text || '|' || p.polpermissive::text \
           || '|' || p.polroles::pg_catalog.regrole[]::text \
           || '|' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
           || '|' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
           %2$L, '''?''::regclass'), ';' ORDER BY p.polname) \
-      FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass), '') || ' ' || \
+      FROM pg_catalog.pg_policy p WHERE p.polrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
         SELECT ", trigger_key!(shard_id_of_rc!()), " || ':' \
           || t.tgenabled::text || ':' || " , trigger_body!(), "  AS g \
-      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
-      JOIN pg_catalog.pg_class rc ON rc.oid = t.tgrelid \
-      WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
-        AND NOT (f.pronamespace = 'tenancy'::pg_catalog.regnamespace AND f.proname = '_refuse_truncate')) q), '') || ' ' || \
+      FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid OPERATOR(pg_catalog.=) t.tgfoid \
+      JOIN pg_catalog.pg_class rc ON rc.oid OPERATOR(pg_catalog.=) t.tgrelid \
+      WHERE t.tgrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass AND NOT t.tgisinternal \
+        AND NOT (f.pronamespace OPERATOR(pg_catalog.=) 'tenancy'::pg_catalog.regnamespace AND f.proname OPERATOR(pg_catalog.=) '_refuse_truncate')) q), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
         SELECT r.rulename::text || ':' || r.ev_enabled::text || ':' || " , rule_body!(), "  AS g \
-      FROM pg_catalog.pg_rewrite r WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN') q), '') || ' ' || \
+      FROM pg_catalog.pg_rewrite r WHERE r.ev_class OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass AND r.rulename OPERATOR(pg_catalog.<>) '_RETURN') q), '') || ' ' || \
      coalesce((SELECT pg_catalog.string_agg(g, ',' ORDER BY g) FROM ( \
         SELECT coalesce(pg_catalog.pg_get_expr(x.indexprs, x.indrelid), '') || '/' \
           || coalesce(pg_catalog.pg_get_expr(x.indpred, x.indrelid), '') AS g \
-      FROM pg_catalog.pg_index x WHERE x.indrelid = %1$L::pg_catalog.regclass \
+      FROM pg_catalog.pg_index x WHERE x.indrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass \
         AND (x.indexprs IS NOT NULL OR x.indpred IS NOT NULL)) q), '')"
 );
 
@@ -322,20 +332,20 @@ const FOREIGN_OBJECTS: &str = concat!(
               || pg_catalog.regexp_replace(' using ' || coalesce(pg_catalog.pg_get_expr(p.polqual, p.polrelid), '') \
                    || ' check ' || coalesce(pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), ''), \
                    '''([^'']|'''')*''::regclass', '''?''::regclass', 'g') \
-         FROM pg_catalog.pg_policy p WHERE p.polrelid = %1$L::pg_catalog.regclass \
-          AND p.polname <> ALL (ARRAY['tenancy_isolation', 'tenancy_isolation_select', 'tenancy_isolation_insert', \
+         FROM pg_catalog.pg_policy p WHERE p.polrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass \
+          AND p.polname OPERATOR(pg_catalog.<>) ALL (ARRAY['tenancy_isolation', 'tenancy_isolation_select', 'tenancy_isolation_insert', \
                                       'tenancy_isolation_update', 'tenancy_isolation_delete', 'tenancy_select', \
                                       'tenancy_insert', 'tenancy_update', 'tenancy_delete']) \
        UNION ALL \
        SELECT 'rule ' || pg_catalog.quote_ident(r.rulename::text) || ' ' || r.ev_enabled::text || ' ' || " , rule_body!(), "  \
          FROM pg_catalog.pg_rewrite r \
-        WHERE r.ev_class = %1$L::pg_catalog.regclass AND r.rulename <> '_RETURN' \
+        WHERE r.ev_class OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass AND r.rulename OPERATOR(pg_catalog.<>) '_RETURN' \
        UNION ALL \
        SELECT 'trigger ' || pg_catalog.quote_ident(", trigger_key!("CASE WHEN @SHARD@ THEN pg_catalog.substring(c.relname::text, '_([0-9]+)$') END"), ") \
               || ' ' || pg_catalog.quote_ident(f.proname::text) || ' ' || t.tgenabled::text || ' ' || " , trigger_body!(), "  \
-         FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
-         JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
-        WHERE t.tgrelid = %1$L::pg_catalog.regclass AND NOT t.tgisinternal)::text END \
+         FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid OPERATOR(pg_catalog.=) t.tgfoid \
+         JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.tgrelid \
+        WHERE t.tgrelid OPERATOR(pg_catalog.=) %1$L::pg_catalog.regclass AND NOT t.tgisinternal)::text END \
        FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) || " , pin_output!(), " AS p) AS pinned"
 );
 
@@ -347,23 +357,23 @@ const FOREIGN_OBJECTS: &str = concat!(
 /// schema's and Citus's). Aggregates are in. Printed as `regprocedure` under the pinned
 /// `search_path` of [`catalog::with_owner`], so schema-qualified.
 const REQUIRED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg_catalog.regprocedure::text ORDER BY 1), '{}') \
-       FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
-      WHERE n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema']) \
-        AND n.nspname !~ '^pg_(toast|temp_)' \
-        AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
-                         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = f.oid \
-                           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
-                           AND d.deptype = 'e' AND e.extname <> 'pg_tenancy' \
-                             AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = f.proowner)) \
-        AND (f.oid IN (SELECT d.objid FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
-                        WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
-                          AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
-                          AND d.deptype = 'e' AND e.extname = 'pg_tenancy') \
+       FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) f.pronamespace \
+      WHERE n.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema']) \
+        AND n.nspname OPERATOR(pg_catalog.!~) '^pg_(toast|temp_)' \
+        AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid \
+                         WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid OPERATOR(pg_catalog.=) f.oid \
+                           AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                           AND d.deptype OPERATOR(pg_catalog.=) 'e' AND e.extname OPERATOR(pg_catalog.<>) 'pg_tenancy' \
+                             AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) f.proowner)) \
+        AND (f.oid IN (SELECT d.objid FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid \
+                        WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                          AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                          AND d.deptype OPERATOR(pg_catalog.=) 'e' AND e.extname OPERATOR(pg_catalog.=) 'pg_tenancy') \
              OR f.oid IN (SELECT t.tgfoid FROM pg_catalog.pg_trigger t \
-                           JOIN tenancy.protected_table p ON p.relid = t.tgrelid \
-                           JOIN pg_catalog.pg_dist_partition dp ON dp.logicalrelid = p.relid) \
+                           JOIN tenancy.protected_table p ON p.relid OPERATOR(pg_catalog.=) t.tgrelid \
+                           JOIN pg_catalog.pg_dist_partition dp ON dp.logicalrelid OPERATOR(pg_catalog.=) p.relid) \
              OR f.oid IN (SELECT o.objid FROM pg_catalog.pg_dist_object o \
-                           WHERE o.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass))";
+                           WHERE o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass))";
 
 /// Every function of the node that is not PostgreSQL's own nor another extension's (pg_tenancy's
 /// are in: the functions of a database's schemas, which a trigger, a default, a constraint, an
@@ -387,7 +397,7 @@ const REQUIRED_FUNCTIONS: &str = "SELECT coalesce(pg_catalog.array_agg(f.oid::pg
 const FUNCTION_DEFINITIONS: &str = concat!(
     "SELECT CASE WHEN pinned.p IS NOT NULL THEN ARRAY( \
        SELECT f.oid::pg_catalog.regprocedure::text || ' ' \
-              || pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(CASE WHEN f.prokind = 'a' \
+              || pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(CASE WHEN f.prokind OPERATOR(pg_catalog.=) 'a' \
                    THEN (SELECT pg_catalog.concat_ws(' ', 'aggregate', a.aggkind, a.aggnumdirectargs, \
                                   a.aggtransfn::pg_catalog.regprocedure, a.aggfinalfn::pg_catalog.regprocedure, \
                                   a.aggcombinefn::pg_catalog.regprocedure, a.aggserialfn::pg_catalog.regprocedure, \
@@ -398,17 +408,17 @@ const FUNCTION_DEFINITIONS: &str = concat!(
                                   a.aggmtranstype::pg_catalog.regtype, pg_catalog.quote_nullable(a.agginitval), \
                                   pg_catalog.quote_nullable(a.aggminitval), f.proparallel, \
                                   f.provariadic::pg_catalog.regtype, f.proargmodes::text) \
-                           FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid = f.oid) \
+                           FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid OPERATOR(pg_catalog.=) f.oid) \
                    ELSE pg_catalog.pg_get_functiondef(f.oid) END \
                  || ' owner ' || pg_catalog.pg_get_userbyid(f.proowner), 'UTF8')), 'hex') \
-         FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace \
-        WHERE n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema']) \
-          AND n.nspname !~ '^pg_(toast|temp_)' \
-          AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid \
-                           WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = f.oid \
-                             AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass \
-                             AND d.deptype = 'e' AND e.extname <> 'pg_tenancy' \
-                             AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = f.proowner)) \
+         FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) f.pronamespace \
+        WHERE n.nspname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_catalog', 'information_schema']) \
+          AND n.nspname OPERATOR(pg_catalog.!~) '^pg_(toast|temp_)' \
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid \
+                           WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid OPERATOR(pg_catalog.=) f.oid \
+                             AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass \
+                             AND d.deptype OPERATOR(pg_catalog.=) 'e' AND e.extname OPERATOR(pg_catalog.<>) 'pg_tenancy' \
+                             AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) f.proowner)) \
         ORDER BY 1)::text END \
        FROM (SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true) || ", pin_output!(), " AS p) AS pinned"
 );
@@ -1201,4 +1211,35 @@ fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check on Citus failed: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The statements sent to the workers run there over Citus's own connections, as the
+    /// superuser, with that node's default search_path, on which a table's owner may create
+    /// operators: an `=` (oid, regclass), an exact match pg_catalog lacks, was picked over
+    /// pg_catalog's and ran as the superuser when an operator ran verify() (an attacker's pass).
+    /// So every comparison in them names pg_catalog's operator.
+    #[test]
+    fn statements_run_on_the_workers_name_every_comparison_operator() {
+        for (name, sql) in [
+            ("SIGNATURE", super::SIGNATURE),
+            ("GUARD_SIGNATURE", super::GUARD_SIGNATURE),
+            ("FOREIGN_OBJECTS", super::FOREIGN_OBJECTS),
+            ("FUNCTION_DEFINITIONS", super::FUNCTION_DEFINITIONS),
+        ] {
+            let words: Vec<&str> = sql.split_whitespace().collect();
+            for (i, w) in words.iter().enumerate() {
+                let bare = matches!(*w, "=" | "<>" | "!=" | "~" | "!~" | "<" | ">" | "<=" | ">=")
+                    || w.eq_ignore_ascii_case("IN")
+                    || w.eq_ignore_ascii_case("LIKE")
+                    || w.eq_ignore_ascii_case("BETWEEN");
+                assert!(
+                    !bare,
+                    "{name}: a bare operator `{w}` at `{}`",
+                    words[i.saturating_sub(4)..(i + 4).min(words.len())].join(" ")
+                );
+            }
+        }
+    }
 }

@@ -436,11 +436,11 @@ fn citus_findings() -> TableIterator<
                         fix,
                     ));
                 } else if result != expected {
-                    // The signature's last part is the unique and exclusion keys (no space in
-                    // it but in a column's name): a shard that differs there alone has a
-                    // unique index or constraint the table does not have, which protect()
-                    // does not drop.
-                    let keys = |sig: &str| sig.rsplit_once(' ').map(|(a, b)| (a.to_string(), b.to_string()));
+                    // The signature's last part is the unique and exclusion keys, after
+                    // ` keys:` (which a column's name in them could also hold: then the finding
+                    // is the general one): a shard that differs there alone has a unique index
+                    // or constraint the table does not have, which protect() does not drop.
+                    let keys = |sig: &str| sig.rsplit_once(" keys:").map(|(a, b)| (a.to_string(), b.to_string()));
                     let keys_only = match (keys(&result), keys(&expected)) {
                         (Some((r, rk)), Some((e, ek))) => r == e && rk != ek,
                         _ => false,

@@ -928,14 +928,76 @@ fn verify_reports_a_shard_changed_on_a_worker() {
     w.batch_execute("SET citus.enable_manual_changes_to_shards = on; DROP INDEX public.zz_oracle")
         .unwrap();
     assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
-    // A unique key the table has is on every shard: no drift (the table's own primary key).
+    // A unique key the table has is on every shard: no drift (the table's own primary key,
+    // and a unique index on a column whose name looks like the keys' old separators).
     setup_in_one_transaction(
         &mut su,
-        &[format!(
-            "ALTER TABLE public.{t} ADD PRIMARY KEY (tenant_id, id)"
-        )],
+        &[
+            format!("ALTER TABLE public.{t} ADD PRIMARY KEY (tenant_id, id)"),
+            format!("ALTER TABLE public.{t} ADD COLUMN zz int"),
+            format!("ALTER TABLE public.{t} ADD COLUMN \"id,u:zz\" int"),
+            format!("CREATE UNIQUE INDEX {t}_odd ON public.{t} (tenant_id, \"id,u:zz\")"),
+        ],
     );
     assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+    // On one shard, that index swapped for the primary key's columns again and a unique index
+    // on zz: keys joined by `+` and `,` printed alike (a reviewer's pass); not as JSON.
+    let odd: String = w
+        .query_one(
+            &format!(
+                "SELECT indexrelid::regclass::text FROM pg_index \
+                  WHERE indrelid = '{}'::regclass AND pg_get_indexdef(indexrelid) LIKE '%id,u:zz%'",
+                shards[0]
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    w.batch_execute(&format!(
+        "SET citus.enable_manual_changes_to_shards = on; DROP INDEX {odd}; \
+         CREATE UNIQUE INDEX zz_same ON {0} (tenant_id, id); CREATE UNIQUE INDEX zz_oracle ON {0} (zz)",
+        shards[0]
+    ))
+    .unwrap();
+    let found = drift(&mut op);
+    assert_eq!(found.len(), 1, "{found:?}");
+    w.batch_execute(&format!(
+        "SET citus.enable_manual_changes_to_shards = on; DROP INDEX public.zz_same, public.zz_oracle; \
+         CREATE UNIQUE INDEX {odd_name} ON {0} (tenant_id, \"id,u:zz\")",
+        shards[0],
+        odd_name = odd.rsplit('.').next().unwrap_or_default()
+    ))
+    .unwrap();
+    assert!(drift(&mut op).is_empty(), "{:?}", drift(&mut op));
+    // An operator the worker's search_path offers, with argument types pg_catalog has no exact
+    // match for, takes no part in the statements verify() sends there (an attacker's pass:
+    // the table's owner's own `=` (oid, regclass) ran as the superuser). It raises when planned.
+    w.batch_execute(
+        "SET citus.enable_ddl_propagation = off; \
+         CREATE FUNCTION public.zz_boom() RETURNS bool LANGUAGE plpgsql IMMUTABLE \
+           AS $$ BEGIN RAISE EXCEPTION 'shadow operator called'; END $$; \
+         CREATE FUNCTION public.zz_eq(oid, regclass) RETURNS bool LANGUAGE sql IMMUTABLE AS $$ SELECT public.zz_boom() $$; \
+         CREATE FUNCTION public.zz_eq(regclass, oid) RETURNS bool LANGUAGE sql IMMUTABLE AS $$ SELECT public.zz_boom() $$; \
+         CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.zz_eq); \
+         CREATE OPERATOR public.= (LEFTARG = regclass, RIGHTARG = oid, FUNCTION = public.zz_eq)",
+    )
+    .unwrap();
+    let shadowed: Vec<String> = op
+        .query(
+            "SELECT rule || ': ' || detail FROM tenancy.verify() WHERE detail LIKE '%shadow operator called%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    w.batch_execute(
+        "SET citus.enable_ddl_propagation = off; \
+         DROP OPERATOR public.= (oid, regclass); DROP OPERATOR public.= (regclass, oid); \
+         DROP FUNCTION public.zz_eq(oid, regclass), public.zz_eq(regclass, oid), public.zz_boom()",
+    )
+    .unwrap();
+    assert!(shadowed.is_empty(), "{shadowed:?}");
 }
 
 /// A trigger replaced on a shard under its own name, with other events: pg_tenancy's audit
