@@ -928,6 +928,31 @@ fn canonical_tables(now: &Value, want: &mut Value) {
             *v = Value::String(canonical.clone());
         }
     }
+    // One table named twice, in two spellings, is a document that says two things of it (audit
+    // on and off, say): the last would win, in the plan and in the apply alike (a reviewer's
+    // pass). Refused, with both spellings.
+    let lists = std::iter::once("/protected_tables".to_string()).chain(
+        (0..want["tenants"].as_array().map(Vec::len).unwrap_or(0))
+            .map(|t| format!("/tenants/{t}/audit_exclusions")),
+    );
+    for list in lists {
+        let mut seen = std::collections::BTreeSet::new();
+        for item in want
+            .pointer(&list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let table = text(item, "table");
+            if !seen.insert(table.clone()) {
+                errors::raise(
+                    errors::INVALID_PARAMETER,
+                    format!("the document names the table {table} twice in {list}"),
+                    "Name each table once in each list (spellings PostgreSQL reads alike, such as PUBLIC.\"orders\" and public.orders, are one table).",
+                );
+            }
+        }
+    }
 }
 
 /// The changes of protected tables and auto-protected schemas.

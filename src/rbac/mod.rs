@@ -564,11 +564,23 @@ fn revoke_support(operator: Option<crate::pg::types::Regrole>) {
             "Bind a token of an admin of the tenant.",
         );
     }
-    catalog::write(
+    let revoked = catalog::write(
         "UPDATE tenancy.support_grant SET revoked_at = now() \
-          WHERE tenant_id = $1 AND operator = $2::oid::regrole AND revoked_at IS NULL",
+          WHERE tenant_id = $1 AND operator = $2::oid::regrole AND revoked_at IS NULL RETURNING 1",
         &[to_pg_uuid(b.tenant).into(), operator.into()],
     );
+    if revoked == 0 {
+        // Not answered as done, nor recorded: a revocation that revoked nothing (a mistyped
+        // role, a grant already gone) is the admin's to see (a reviewer's pass).
+        errors::raise(
+            errors::UNDEFINED_OBJECT,
+            format!(
+                "role \"{}\" holds no support grant of this tenant that is not revoked",
+                authz::role_name(operator)
+            ),
+            "SELECT * FROM tenancy.support_grants lists the tenant's grants.",
+        );
+    }
     crate::audit::admin(
         "revoke_support",
         Some(b.tenant),

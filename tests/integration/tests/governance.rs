@@ -1720,4 +1720,23 @@ fn a_document_may_spell_a_tables_name_as_postgresql_reads_it() {
         .unwrap_or_default()
         .to_string();
     assert!(hint.contains("with its schema"), "{hint}");
+    // One table twice, in two spellings, saying two things of it: refused (the last won).
+    let mut doc: serde_json::Value = serde_json::from_str(&now).unwrap();
+    let tables = doc["protected_tables"].as_array_mut().unwrap();
+    let mut twice = tables
+        .iter()
+        .find(|t| t["table"] == "public.it_customers")
+        .cloned()
+        .unwrap();
+    twice["table"] = "PUBLIC.it_customers".into();
+    twice["audited"] = false.into();
+    tables.push(twice);
+    let e = op
+        .query(
+            "SELECT * FROM tenancy.plan_config($1::text::jsonb)",
+            &[&doc.to_string()],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{}", message(&e));
+    assert!(message(&e).contains("twice"), "{}", message(&e));
 }

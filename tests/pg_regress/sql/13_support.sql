@@ -98,6 +98,10 @@ BEGIN;
 SELECT tenancy.bind(regress.token('sup-acme', 'ann', 'sup-key')) IS NOT NULL AS bound;
 SELECT tenancy.revoke_support('regress_sup_ops');
 SELECT operator, privileges, revoked_at IS NOT NULL AS revoked FROM tenancy.support_grants ORDER BY granted_at;
+-- Nothing left to revoke: said (42704), not answered as done nor recorded.
+SAVEPOINT again;
+SELECT tenancy.revoke_support('regress_sup_ops');
+ROLLBACK TO SAVEPOINT again;
 COMMIT;
 -- Revoking is the admin's too.
 BEGIN;
