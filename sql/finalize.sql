@@ -329,6 +329,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN RETURN QUERY SELECT s.tenant_column FROM tenancy.auto_protect_schema s; END $$;
 REVOKE EXECUTE ON FUNCTION tenancy._auto_protect_columns() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy._auto_protect_columns() TO tenancy_operator;
+-- Internal: the record ids of an audit chain entry, one row each. On Citus the queries over the
+-- trail's distributed tables are printed again for the workers, where they run as the superuser
+-- with the worker's default search_path, and a pg_catalog function is printed unqualified:
+-- pg_catalog.unnest(anyarray) there lost to any role's own exact-typed unnest(bigint[]) on that
+-- path, which ran as the superuser (an attacker's pass). A function of pg_tenancy's schema is
+-- printed qualified, and runs with the search_path pinned.
+CREATE FUNCTION tenancy._record_ids(ids bigint[]) RETURNS SETOF bigint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.unnest(ids) $$;
+REVOKE EXECUTE ON FUNCTION tenancy._record_ids(bigint[]) FROM PUBLIC;
 CREATE FUNCTION tenancy.verify()
 RETURNS TABLE (severity text, rule text, object text, detail text, fix text)
 LANGUAGE sql VOLATILE

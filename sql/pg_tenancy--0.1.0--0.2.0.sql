@@ -1089,3 +1089,15 @@ SELECT t.id, pg_catalog.uuid_send(pg_catalog.gen_random_uuid()) OPERATOR(pg_cata
 
 -- The lookup of an operator's support grant in a tenant reads one tenant's grants only.
 CREATE INDEX ON tenancy.support_grant (tenant_id, operator);
+
+-- Internal: the record ids of an audit chain entry, one row each. On Citus the queries over the
+-- trail's distributed tables are printed again for the workers, where they run as the superuser
+-- with the worker's default search_path, and a pg_catalog function is printed unqualified:
+-- pg_catalog.unnest(anyarray) there lost to any role's own exact-typed unnest(bigint[]) on that
+-- path, which ran as the superuser (an attacker's pass). A function of pg_tenancy's schema is
+-- printed qualified, and runs with the search_path pinned.
+CREATE FUNCTION tenancy._record_ids(ids bigint[]) RETURNS SETOF bigint
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT pg_catalog.unnest(ids) $$;
+REVOKE EXECUTE ON FUNCTION tenancy._record_ids(bigint[]) FROM PUBLIC;

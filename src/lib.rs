@@ -535,3 +535,24 @@ mod sqlstates {
         );
     }
 }
+
+/// On Citus, the queries over the trail's distributed tables are printed again for the workers
+/// (pg_catalog's functions unqualified) and run there as the superuser under the worker's
+/// search_path, where a role's own exact-typed `unnest(bigint[])` beat pg_catalog's
+/// `unnest(anyarray)`: a chain entry's record ids are read through `tenancy._record_ids`.
+#[cfg(test)]
+mod distributed_sql {
+    use super::trust_inventory::SOURCES;
+
+    #[test]
+    fn record_ids_are_read_through_pg_tenancys_own_function() {
+        for (path, text) in SOURCES {
+            for (n, line) in text.lines().enumerate() {
+                let bare = line.contains("unnest(")
+                    && line.contains("record_ids")
+                    && !line.contains("_record_ids");
+                assert!(!bare, "{path}:{}: {line}", n + 1);
+            }
+        }
+    }
+}

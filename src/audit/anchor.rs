@@ -42,7 +42,7 @@ fn audit_heads(
                        FROM generate_series(0, $2 - 1) l CROSS JOIN LATERAL ( \
                             SELECT seq, chain_hash, at FROM ( \
                                 (SELECT c.seq, c.chain_hash, \
-                                        (SELECT max(r.occurred_at) FROM unnest(c.record_ids) x \
+                                        (SELECT max(r.occurred_at) FROM tenancy._record_ids(c.record_ids) x \
                                            JOIN tenancy.audit_log r ON r.tenant_id = $1 AND r.id = x) AS at \
                                    FROM tenancy.audit_chain c \
                                   WHERE c.tenant_id = $1 AND c.lane = l ORDER BY c.seq DESC LIMIT 1) \

@@ -1672,7 +1672,7 @@ fn verify_chain(tenant: Uuid) -> VerifyRow {
                         tenancy._audit_row_hash(l.id, l.tenant_id, l.occurred_at, l.txid, l.table_name, l.op, \
                             l.row_key::text, l.old_row::text, l.new_row::text, l.db_role, l.subject, \
                             l.application_name, l.client_addr::text) \
-                   FROM tenancy.audit_chain c CROSS JOIN LATERAL unnest(c.record_ids) WITH ORDINALITY AS r(id, ord) \
+                   FROM tenancy.audit_chain c CROSS JOIN LATERAL tenancy._record_ids(c.record_ids) WITH ORDINALITY AS r(id, ord) \
                    LEFT JOIN tenancy.audit_log l ON l.tenant_id = c.tenant_id AND l.id = r.id \
                   WHERE c.tenant_id = $1 ORDER BY c.lane, c.seq, r.ord",
                 None,
@@ -1882,10 +1882,10 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
             // Per lane, the longest prefix whose records are all older than `before`: its last
             // entry (seq, chain_hash, largest record id).
             let cuts = c.update(
-                "SELECT DISTINCT ON (c.lane) c.lane, c.seq, c.chain_hash, (SELECT max(x) FROM unnest(c.record_ids) x) \
+                "SELECT DISTINCT ON (c.lane) c.lane, c.seq, c.chain_hash, (SELECT max(x) FROM tenancy._record_ids(c.record_ids) x) \
                    FROM tenancy.audit_chain c \
                   WHERE c.tenant_id = $1 AND c.seq < coalesce((SELECT min(c2.seq) FROM tenancy.audit_chain c2 \
-                        WHERE c2.tenant_id = $1 AND c2.lane = c.lane AND EXISTS (SELECT FROM unnest(c2.record_ids) x \
+                        WHERE c2.tenant_id = $1 AND c2.lane = c.lane AND EXISTS (SELECT FROM tenancy._record_ids(c2.record_ids) x \
                               LEFT JOIN tenancy.audit_log l ON l.tenant_id = $1 AND l.id = x \
                               WHERE l.occurred_at IS NULL OR l.occurred_at >= $2 \
                                  OR (l.op = 'ADMIN' AND l.new_row->>'action' = 'decommission_tenant'))), \
@@ -1911,7 +1911,7 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
                 }));
                 let last_at = c
                     .update(
-                        "SELECT max(l.occurred_at) FROM tenancy.audit_chain ch CROSS JOIN LATERAL unnest(ch.record_ids) x \
+                        "SELECT max(l.occurred_at) FROM tenancy.audit_chain ch CROSS JOIN LATERAL tenancy._record_ids(ch.record_ids) x \
                            JOIN tenancy.audit_log l ON l.tenant_id = $1 AND l.id = x \
                           WHERE ch.tenant_id = $1 AND ch.lane = $2 AND ch.seq = $3",
                         None,
@@ -1921,7 +1921,7 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
                     .get::<pgrx::datum::TimestampWithTimeZone>(1)?;
                 let purged = c
                     .update(
-                        "DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND id IN (SELECT unnest(record_ids) \
+                        "DELETE FROM tenancy.audit_log WHERE tenant_id = $1 AND id IN (SELECT tenancy._record_ids(record_ids) \
                            FROM tenancy.audit_chain WHERE tenant_id = $1 AND lane = $2 AND seq <= $3)",
                         None,
                         &[uuid.into(), lane.into(), seq.into()],

@@ -2475,6 +2475,25 @@ fn writes_to_a_distributed_table_are_audited_in_each_tenants_chain_on_its_shard(
     assert_eq!(verify(&mut op, &f.a), (everywhere, true, "ok".into()));
     let (n, ok, detail) = verify(&mut op, &f.b);
     assert!(ok && n >= 2, "{n} {detail}");
+    // Citus prints these queries again for the workers, pg_catalog's functions unqualified,
+    // and runs them there as the superuser with the worker's search_path: a role's own
+    // exact-typed unnest(bigint[]) there, one that raises here, takes no part (an attacker's
+    // pass: it made its owner a superuser on every worker through audit_heads()).
+    let plant = "SET citus.enable_ddl_propagation = off; \
+                 CREATE FUNCTION public.unnest(a bigint[]) RETURNS SETOF bigint LANGUAGE plpgsql \
+                   AS $$ BEGIN RAISE EXCEPTION 'shadow function called'; END $$";
+    let unplant =
+        "SET citus.enable_ddl_propagation = off; DROP FUNCTION IF EXISTS public.unnest(bigint[])";
+    for i in 1..=2 {
+        node(i, "postgres").batch_execute(plant).unwrap();
+    }
+    let heads = op.query("SELECT * FROM tenancy.audit_heads($1)", &[&f.a]);
+    let verified = op.query("SELECT * FROM tenancy.audit_verify($1)", &[&f.a]);
+    for i in 1..=2 {
+        node(i, "postgres").batch_execute(unplant).unwrap();
+    }
+    heads.unwrap_or_else(|e| panic!("audit_heads: {}", message(&e)));
+    verified.unwrap_or_else(|e| panic!("audit_verify: {}", message(&e)));
 
     // A transaction that writes both tenants' rows (a superuser's migration, on two workers:
     // committed in two phases, each worker linking its tenant's records at PREPARE), and
