@@ -182,6 +182,13 @@ fn create_role(tenant: &str, role: &str) {
             "Choose another name.",
         );
     }
+    refuse_over_quota(
+        "SELECT count(*) FROM tenancy.tenant_role WHERE tenant_id = $1",
+        Some(t.id),
+        "roles",
+        ROLE_QUOTA,
+        "Drop the roles no member holds with tenancy.drop_role(), or give members several roles instead of one role per combination.",
+    );
     catalog::write(
         "INSERT INTO tenancy.tenant_role (tenant_id, role) VALUES ($1, $2)",
         &[to_pg_uuid(t.id).into(), role.into()],
@@ -293,6 +300,13 @@ fn grant(
     check_tenant_roles(&t, &[role.to_string()]);
     check_privileges(&privileges);
     let table = check_grant_table(tbl);
+    refuse_over_quota(
+        "SELECT count(*) FROM tenancy.role_privilege WHERE tenant_id = $1",
+        Some(t.id),
+        "grants",
+        GRANT_QUOTA,
+        "Grant a privilege on every protected table at once with tbl => NULL, or revoke the grants of roles no member holds.",
+    );
     catalog::write(
         "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
          SELECT $1, $2, $3::oid::regclass, p FROM unnest($4::text[]) p ON CONFLICT DO NOTHING",
@@ -655,6 +669,8 @@ fn revoke_subject(
         "SELECT count(*) FROM tenancy.subject_revocation WHERE tenant_id = $1",
         Some(t.id),
         "subject revocations",
+        REVOCATION_QUOTA,
+        REVOCATION_HINT,
     );
     catalog::write(
         "INSERT INTO tenancy.subject_revocation (tenant_id, subject, issued_before, revoked_by) \
@@ -719,6 +735,8 @@ fn revoke_token(jti: Option<&str>) {
                 ELSE (SELECT count(*) FROM tenancy.token_revocation WHERE tenant_id = $1) END",
         tenant,
         "token revocations",
+        REVOCATION_QUOTA,
+        REVOCATION_HINT,
     );
     catalog::write(
         "INSERT INTO tenancy.token_revocation (jti, tenant_id, revoked_by) VALUES ($1, $2, $3) \
@@ -735,19 +753,39 @@ fn revoke_token(jti: Option<&str>) {
 /// Revocations one tenant (or the platform, for tokens revoked everywhere) may hold: a bound on
 /// the catalog's growth, not on backends' memory (revocations are looked up one by one).
 const REVOCATION_QUOTA: i64 = 100_000;
+const REVOCATION_HINT: &str =
+    "Revoke a subject's tokens at once with tenancy.revoke_subject(), or let short-lived tokens expire.";
 
-fn refuse_over_quota(count_sql: &str, tenant: Option<uuid::Uuid>, what: &str) {
+/// Roles one tenant may hold, its three seeded roles included. A backend that binds the tenant
+/// keeps all of them, and its grants, in memory, and `verify()` and `export_config()` list
+/// them: a tenant admin must not be able to grow the catalog, and every backend serving the
+/// tenant, without bound (an attacker's pass).
+const ROLE_QUOTA: i64 = 1_000;
+
+/// Grants (one table's or every table's privilege, for one role) one tenant may hold: the same
+/// bound, for the rows a backend loads at the tenant's first bind.
+const GRANT_QUOTA: i64 = 100_000;
+
+/// Refuse with 54000 when the tenant (or, with `tenant` None, the platform) already holds
+/// `quota` of what `count_sql` counts.
+fn refuse_over_quota(
+    count_sql: &str,
+    tenant: Option<uuid::Uuid>,
+    what: &str,
+    quota: i64,
+    hint: &str,
+) {
     let n = catalog::owner_rows(what, count_sql, &[tenant.map(to_pg_uuid).into()], |r| {
         Ok(r.get::<i64>(1)?.unwrap_or(0))
     })
     .into_iter()
     .next()
     .unwrap_or(0);
-    if n >= REVOCATION_QUOTA {
+    if n >= quota {
         errors::raise(
             pgrx::PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("{what} are limited to {REVOCATION_QUOTA} a tenant"),
-            "Revoke a subject's tokens at once with tenancy.revoke_subject(), or let short-lived tokens expire.",
+            format!("{what} are limited to {quota} a tenant"),
+            hint,
         );
     }
 }

@@ -187,6 +187,31 @@ ROLLBACK;
 -- Application roles manage nothing unbound.
 SELECT tenancy.add_member('rbac-acme', 'eve', 'admin');
 
+-- A tenant holds at most 1,000 roles and 100,000 grants (54000, nothing written): its admin
+-- cannot grow the catalog, and the memory of every backend that binds the tenant, without
+-- bound. The superuser fills both here directly, and empties them after.
+\c - postgres
+INSERT INTO tenancy.tenant_role (tenant_id, role)
+SELECT t.id, 'filler-' || g FROM tenancy.tenants t,
+       generate_series(1, 1000 - (SELECT count(*) FROM tenancy.tenant_role r WHERE r.tenant_id = t.id)::int) g
+ WHERE t.slug = 'rbac-acme';
+INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege)
+SELECT t.id, 'filler-1', (4000000000 + g)::oid::regclass, 'select' FROM tenancy.tenants t,
+       generate_series(1, 100000 - (SELECT count(*) FROM tenancy.role_privilege p WHERE p.tenant_id = t.id)::int) g
+ WHERE t.slug = 'rbac-acme';
+\c - regress_rbac_app
+BEGIN;
+SELECT tenancy.bind(regress.token('rbac-acme', 'ann', 'rbac-key')) IS NOT NULL AS bound;
+SELECT tenancy.create_role('rbac-acme', 'one-too-many');
+ROLLBACK;
+BEGIN;
+SELECT tenancy.bind(regress.token('rbac-acme', 'ann', 'rbac-key')) IS NOT NULL AS bound;
+SELECT tenancy.grant('rbac-acme', 'viewer', 'rbac.orders', '{insert}');
+ROLLBACK;
+\c - postgres
+DELETE FROM tenancy.tenant_role r USING tenancy.tenants t
+ WHERE t.id = r.tenant_id AND t.slug = 'rbac-acme' AND r.role LIKE 'filler-%';
+
 -- Every change is in the tenant's trail, with who made it.
 \c - postgres
 SELECT a.new_row->>'action' AS action, a.db_role, a.subject,
