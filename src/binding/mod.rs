@@ -521,6 +521,14 @@ fn before_a_later_run(bound_at_start: bool) {
     if !bound_at_start {
         return;
     }
+    // The binding is checked against what has changed until now, not at the top-level
+    // statement's start only (`accept_invalidations_once_per_statement`): a PL/pgSQL loop over
+    // a query, whose body ran no query of its own, fetched the rest of a suspended tenant's
+    // rows seconds after the suspension committed, and a procedure's COMMIT filled its loop's
+    // portal with them (an attacker's pass).
+    // SAFETY: between two runs of a started statement, inside its transaction, where
+    // PostgreSQL itself processes invalidations whenever it takes a lock.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
     if BINDING.with(|b| b.borrow().is_some()) {
         with_current(|_| ());
     } else if !with_current(|b| b.is_some()) {
@@ -2177,6 +2185,28 @@ fn decommission_binding(tenant: &TenantRow, table: pg_sys::Oid) -> Binding {
 /// First use of a binding in a transaction: tie the transaction to the tenant and apply the
 /// tenant's resource settings.
 fn note_transaction(tenant: Uuid, subject: &Option<String>) {
+    // A transaction acts for one tenant and one subject, whatever brought another binding into
+    // force since it was tied to them: a subtransaction rolled back restores the session-scoped
+    // binding a bind inside it replaced, after another tenant's rows were read in between (an
+    // attacker's pass: SAVEPOINT, a session bind, unbind, a bind of another tenant, its rows
+    // read, ROLLBACK TO SAVEPOINT, and the first tenant's rows read and written in the same
+    // transaction, its trail naming the other token's subject); an unbind after the binding was
+    // used, and a role mapping that applies then.
+    let other_tenant = TXN_TENANT.with(|t| t.get()).is_some_and(|t| t != tenant);
+    let other_subject = TXN_SUBJECT.with(|t| t.borrow().as_ref().is_some_and(|s| s != subject));
+    if other_tenant || other_subject {
+        Refusal::new(
+            INSUFFICIENT_PRIVILEGE,
+            if other_tenant {
+                "this transaction acted for another tenant than the binding in force now"
+            } else {
+                "this transaction acted for another subject than the binding in force now"
+            },
+            "End the transaction (COMMIT or ROLLBACK) first: a transaction acts for one tenant and one subject.",
+        )
+        .code("rebind_refused")
+        .raise();
+    }
     if TXN_TENANT.with(|t| t.get()).is_none() {
         TXN_TENANT.with(|t| t.set(Some(tenant)));
     }

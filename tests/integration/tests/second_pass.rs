@@ -2176,3 +2176,79 @@ fn an_expression_too_deep_to_walk_cannot_stop_verify() {
         Some("an expression nested too deep to check")
     );
 }
+
+/// A transaction acts for one tenant: a savepoint rolled back brings back the session binding a
+/// bind inside it replaced, but not for a transaction that has read another tenant's rows since
+/// (an attacker's pass: SAVEPOINT, a session bind of A, unbind, a bind of B, B's rows read,
+/// ROLLBACK TO SAVEPOINT, then A's rows read and written in the same transaction, the trail
+/// naming B's token's subject).
+#[test]
+fn a_savepoint_rolled_back_does_not_bring_another_tenant_into_a_transaction_that_read_one() {
+    let (f, mut c) = two_tenants();
+    // In the simple protocol, as psql sends it (tokens are base64url and dots).
+    let a = f.token(&f.a, "mallory");
+    c.batch_execute(&format!("SELECT tenancy.bind('{a}', 'session')"))
+        .unwrap();
+    c.batch_execute(&format!(
+        "BEGIN; SAVEPOINT s; SELECT tenancy.bind('{a}', 'session'); SELECT tenancy.unbind(); \
+         SELECT tenancy.bind('{}')",
+        f.token(&f.b, "ceo")
+    ))
+    .unwrap_or_else(|e| panic!("{}", message(&e)));
+    assert_only(&texts(&mut c, "SELECT name FROM it_customers"), &f.b);
+    c.batch_execute("ROLLBACK TO SAVEPOINT s").unwrap();
+    let e = c
+        .query("SELECT name FROM it_customers", &[])
+        .expect_err("A's rows in a transaction that read B's");
+    assert_refusal(&e, "42501", "rebind_refused", "after ROLLBACK TO SAVEPOINT");
+    c.batch_execute("ROLLBACK").unwrap();
+    // The session binding is A's again from the next transaction.
+    assert_eq!(bound_tenant(&mut c), Ok(f.a_id.clone()));
+    assert_only(&texts(&mut c, "SELECT name FROM it_customers"), &f.a);
+}
+
+/// Every later run of a statement's plan checks the binding against what has committed until
+/// then: a PL/pgSQL loop over a query, whose body runs no query of its own, stops at its next
+/// fetch once the tenant's suspension has committed (an attacker's pass: the loop fetched the
+/// rest of the suspended tenant's rows seconds later).
+#[test]
+fn a_loop_over_a_query_stops_at_its_next_fetch_after_a_suspension() {
+    let (f, mut c) = two_tenants();
+    bound_tx(&mut c, &f, &f.a, true, |c| {
+        c.execute(
+            "INSERT INTO it_customers (id, name) SELECT g, $1 || '-secret-' || g FROM generate_series(100, 140) g",
+            &[&f.a],
+        )
+        .unwrap();
+    });
+    let key = 7_100_000 + i64::from(std::process::id() % 100_000);
+    let mut su = superuser();
+    su.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let token = f.token(&f.a, "x");
+    let looping = std::thread::spawn(move || {
+        c.batch_execute("BEGIN").unwrap();
+        bind(&mut c, &token);
+        // The fifth row waits for the lock in a simple expression (no query starts).
+        let r = c.batch_execute(&format!(
+            "DO $$ DECLARE r record; v text; n int := 0; BEGIN \
+               FOR r IN SELECT name FROM it_customers ORDER BY id LOOP \
+                 n := n + 1; \
+                 IF n = 5 THEN v := pg_advisory_lock({key})::text; END IF; \
+               END LOOP; \
+               RAISE EXCEPTION 'read % rows', n; END $$"
+        ));
+        let _ = c.batch_execute("ROLLBACK");
+        r.map_err(|e| (sqlstate(&e), message(&e)))
+    });
+    until_waiting_for_a_lock(&mut su, pid);
+    su.execute("SELECT tenancy.suspend_tenant($1)", &[&f.a])
+        .unwrap();
+    su.execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .unwrap();
+    let got = looping.join().unwrap();
+    su.execute("SELECT tenancy.resume_tenant($1)", &[&f.a])
+        .unwrap();
+    let (state, msg) = got.expect_err("the DO block always raises");
+    assert_eq!(state, "42501", "{msg}");
+}
