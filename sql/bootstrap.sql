@@ -236,13 +236,27 @@ SELECT pg_catalog.pg_extension_config_dump('tenancy.role_privilege', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.protected_table', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.auto_protect_schema', '');
 
+-- A support grant's privileges: one to four of the four. The check is a function of pg_tenancy's
+-- schema: on Citus, the table's copies on other nodes are created from the constraint as
+-- PostgreSQL prints it, pg_catalog's functions and operators unqualified, by the superuser with
+-- the node's default search_path, where pg_catalog's polymorphic <@ and cardinality lost to a
+-- role's own exact-typed ones in public, fixed into that copy's constraint and run as the
+-- catalog's owner at every grant (an attacker's pass). A function of pg_tenancy's schema is
+-- printed qualified, and runs with the search_path pinned.
+CREATE FUNCTION tenancy._support_privileges_valid(privileges text[]) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT privileges OPERATOR(pg_catalog.<@) '{select,insert,update,delete}'::text[]
+             AND pg_catalog.cardinality(privileges) OPERATOR(pg_catalog.>) 0 $$;
+REVOKE EXECUTE ON FUNCTION tenancy._support_privileges_valid(text[]) FROM PUBLIC;
+
 -- Time-limited support access granted by a tenant admin to a platform operator.
 CREATE TABLE tenancy.support_grant (
     id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id  uuid        NOT NULL REFERENCES tenancy.tenant (id),
     operator   regrole     NOT NULL,
     privileges text[]      NOT NULL
-               CHECK (privileges <@ '{select,insert,update,delete}' AND cardinality(privileges) > 0),
+               CONSTRAINT support_grant_privileges_check CHECK (tenancy._support_privileges_valid(privileges)),
     granted_by text,
     granted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     expires_at timestamptz NOT NULL,

@@ -974,6 +974,44 @@ SELECT DISTINCT ON (r.rolname) 'error', 'application_role_can_create', r.rolname
           NOT EXISTS (SELECT FROM aclexplode(coalesce(n.nspacl, acldefault(CASE WHEN n.oid = 0 THEN 'd' ELSE 'n' END::"char", n.nspowner))) a
                        WHERE a.grantee = g.oid AND a.privilege_type = 'CREATE'),
           g.oid <> r.oid, g.rolname) app_create
+UNION ALL
+-- 28. Functions and operators outside pg_catalog that bear a pg_catalog function's or
+--     operator's name and number of arguments, all of pg_catalog's types (extensions' own
+--     excepted): a session that calls pg_catalog's unqualified, with their schema on its
+--     search_path, gets one of them instead wherever pg_catalog's is not an exact match (a
+--     polymorphic function, an argument that needs a cast), and runs it as itself. On Citus,
+--     Citus's own statements to the workers (lock_shard_resources before a write of a
+--     reference table, assign_distributed_transaction_id) call pg_catalog's functions so, as
+--     the superuser, with the workers' default search_path: a role's exact-typed
+--     public.lock_shard_resources(int, int[]) ran as the superuser on every worker at the next
+--     catalog write (an attacker's pass). An error there, a warning elsewhere.
+SELECT CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN 'error' ELSE 'warning' END,
+       'catalog_name_shadowed', s.object,
+       format('%s has the name of pg_catalog''s %s and arguments of its types: an unqualified call of pg_catalog''s by a session with schema %I on its search_path can run it instead, as that session''s role%s',
+              s.object, s.kind, s.nspname,
+              CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')
+                   THEN ' (Citus''s statements to the workers run so as the superuser)' ELSE '' END),
+       s.fix
+  FROM (SELECT f.oid::regprocedure::text AS object, 'function ' || quote_ident(f.proname::text) AS kind, n.nspname,
+               format('DROP %s %s;', CASE f.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+                      f.oid::regprocedure) AS fix
+          FROM pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy') AND n.nspname !~ '^pg_'
+           AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass AND e.objid = f.oid AND e.deptype = 'e')
+           AND EXISTS (SELECT FROM pg_proc c WHERE c.pronamespace = 'pg_catalog'::regnamespace
+                          AND c.proname = f.proname AND c.pronargs = f.pronargs)
+           AND NOT EXISTS (SELECT FROM unnest(f.proargtypes::oid[]) a JOIN pg_type t ON t.oid = a
+                            WHERE t.typnamespace <> 'pg_catalog'::regnamespace)
+        UNION ALL
+        SELECT o.oid::regoperator::text, 'operator ' || o.oprname, n.nspname,
+               format('DROP OPERATOR %s;', o.oid::regoperator)
+          FROM pg_operator o JOIN pg_namespace n ON n.oid = o.oprnamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy') AND n.nspname !~ '^pg_'
+           AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_operator'::regclass AND e.objid = o.oid AND e.deptype = 'e')
+           AND EXISTS (SELECT FROM pg_operator c WHERE c.oprnamespace = 'pg_catalog'::regnamespace
+                          AND c.oprname = o.oprname AND (c.oprleft = 0) = (o.oprleft = 0))
+           AND NOT EXISTS (SELECT FROM pg_type t WHERE t.oid IN (o.oprleft, o.oprright)
+                            AND t.typnamespace <> 'pg_catalog'::regnamespace)) s
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so

@@ -20,6 +20,13 @@ pub const OPERATOR_ROLE: &str = "tenancy_operator";
 pub const KEY_ADMIN_ROLE: &str = "tenancy_key_admin";
 
 /// Name of a role, or its oid when it no longer exists.
+/// The role's name as `regrole` input reads it (quoted where needed), for a single-row INSERT
+/// into a reference table that names a role (`$1::text::regrole`): Citus prints the value by
+/// name and each node reads its own oid for it (`rbac::delete_mapping` says why never an oid).
+pub fn role_input(oid: pg_sys::Oid) -> String {
+    crate::catalog::quote_ident(&role_name(oid))
+}
+
 pub fn role_name(oid: pg_sys::Oid) -> String {
     // SAFETY: a syscache lookup by oid; the returned name is copied before anything else runs.
     unsafe {

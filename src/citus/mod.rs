@@ -121,6 +121,11 @@ fn on_coordinator_with_nodes() -> bool {
 /// Make pg_tenancy's catalog Citus reference tables (a superuser, on the coordinator, once its
 /// nodes are added; nodes added later receive copies from Citus). Returns the tables it
 /// distributed: none when already done.
+///
+/// Its statements run with `search_path = pg_catalog, pg_temp`: as the superuser who calls it,
+/// they compared a regclass with a regclass, or an oid with a regnamespace, with a bare `=`, for
+/// which pg_catalog has no exact match, so an operator a role made in a schema on the caller's
+/// search_path (public) would have been chosen and run as the superuser (an attacker's pass).
 #[pg_extern(volatile, parallel_unsafe)]
 fn citus_setup() -> Vec<String> {
     // SAFETY: superuser() reads the current user's catalog row, as any privilege check does.
@@ -131,6 +136,10 @@ fn citus_setup() -> Vec<String> {
             "Run it as a superuser on the Citus coordinator.",
         );
     }
+    crate::catalog::with_pinned_search_path(set_up)
+}
+
+fn set_up() -> Vec<String> {
     if !crate::pg::citus::loaded() || !citus_in_database() {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,

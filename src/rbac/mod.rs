@@ -81,6 +81,8 @@ fn map_role(
             errors::clean(&authz::role_name(role))
         );
     }
+    // Serialized with unmap_role's rewrite of the tenant's mappings ([`delete_mapping`]).
+    lock_memberships(&t);
     catalog::write(
         "INSERT INTO tenancy.role_mapping (role, tenant_id, tenant_roles) VALUES ($1::oid::regrole, $2, $3) \
          ON CONFLICT (role, tenant_id) DO UPDATE SET tenant_roles = EXCLUDED.tenant_roles",
@@ -105,10 +107,8 @@ fn unmap_role(role: Option<crate::pg::types::Regrole>, tenant: Option<&str>) {
     // A role mapped to one tenant is bound to it without a token: removing one of a role's two
     // mappings widens access in the tenant left (refused to an operator once it has an admin).
     authz::require_no_tokenless_binding("unmap_role", role, &[t.id]);
-    let n = catalog::write(
-        "DELETE FROM tenancy.role_mapping WHERE role = $1::oid::regrole AND tenant_id = $2",
-        &[role.into(), to_pg_uuid(t.id).into()],
-    );
+    lock_memberships(&t);
+    let n = delete_mapping(role, t.id);
     if n == 0 {
         errors::raise(
             UNDEFINED_OBJECT,
@@ -230,15 +230,139 @@ fn drop_role(tenant: Option<&str>, role: Option<&str>) {
         "DELETE FROM tenancy.member WHERE tenant_id = $1 AND role = $2",
         &[uuid.into(), role.into()],
     );
-    catalog::write(
-        "UPDATE tenancy.role_mapping SET tenant_roles = array_remove(tenant_roles, $2) WHERE tenant_id = $1",
+    // The mappings' new role lists are computed here and written as values: on Citus, an
+    // UPDATE of a reference table runs on every node as the superuser with the node's default
+    // search_path, and Citus prints a function of a column without its schema, so a role's own
+    // array_remove(text[], text) in public, an exact match where pg_catalog's is polymorphic,
+    // was chosen there (an attacker's pass). The rows are found by their lists, not by role
+    // (see [`delete_mapping`]).
+    let lists: Vec<Vec<String>> = catalog::owner_rows(
+        "tenancy.role_mapping",
+        "SELECT DISTINCT m.tenant_roles FROM tenancy.role_mapping m \
+          WHERE m.tenant_id = $1 AND $2 = ANY (m.tenant_roles) ORDER BY 1",
         &[uuid.into(), role.into()],
+        |r| Ok(r.get::<Vec<String>>(1)?.unwrap_or_default()),
     );
+    for roles in lists {
+        let kept: Vec<String> = roles.iter().filter(|r| *r != role).cloned().collect();
+        catalog::write(
+            "UPDATE tenancy.role_mapping SET tenant_roles = $3 WHERE tenant_id = $1 AND tenant_roles = $2",
+            &[uuid.into(), roles.into(), kept.into()],
+        );
+    }
     catalog::write(
         "DELETE FROM tenancy.tenant_role WHERE tenant_id = $1 AND role = $2",
         &[uuid.into(), role.into()],
     );
     crate::audit::admin("drop_role", Some(t.id), serde_json::json!({"role": role}));
+}
+
+/// Delete `role`'s mapping to `tenant`; returns how many rows went (0 or 1).
+///
+/// Never by the role's oid: on Citus, every node's copy of the catalog holds that node's own
+/// oid for the role, and an oid in a statement that changes a reference table reaches the other
+/// nodes as the coordinator's number (a parameter, or a name cast to regrole, which Citus
+/// evaluates on the coordinator), naming no role there or another one: `unmap_role`,
+/// `revoke_support` and `drop_role` left the workers' rows as they were, a mapping or grant
+/// still in force for a client of a worker (found by a Citus test of this session's change to
+/// drop_role), and Citus refuses the role's name read on each node (`role::text`, a STABLE
+/// function of a column) in an UPDATE or DELETE. So the rows are found by what they hold
+/// besides the role: the mapping's tenant, creation time and roles, read here; another role's
+/// mapping caught by the same values is written back, its role by name (a single-row INSERT's
+/// values are printed, a regrole by its name, and read by each node).
+fn delete_mapping(role: pg_sys::Oid, tenant: uuid::Uuid) -> u64 {
+    type Row = (pg_sys::Oid, Vec<String>, pgrx::datum::TimestampWithTimeZone);
+    let rows: Vec<Row> = catalog::owner_rows(
+        "tenancy.role_mapping",
+        "SELECT m.role::oid, m.tenant_roles, m.created_at FROM tenancy.role_mapping m \
+          WHERE m.tenant_id = $1 ORDER BY 1",
+        &[to_pg_uuid(tenant).into()],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get::<Vec<String>>(2)?.unwrap_or_default(),
+                r.get::<pgrx::datum::TimestampWithTimeZone>(3)?
+                    .expect("created_at is NOT NULL"),
+            ))
+        },
+    );
+    let Some((_, roles, created_at)) = rows.iter().find(|r| r.0 == role).cloned() else {
+        return 0;
+    };
+    catalog::write(
+        "DELETE FROM tenancy.role_mapping WHERE tenant_id = $1 AND created_at = $2 AND tenant_roles = $3",
+        &[to_pg_uuid(tenant).into(), created_at.into(), roles.clone().into()],
+    );
+    for (other, _, _) in rows
+        .iter()
+        .filter(|r| r.0 != role && r.1 == roles && r.2 == created_at)
+    {
+        catalog::write(
+            "INSERT INTO tenancy.role_mapping (role, tenant_id, tenant_roles, created_at) \
+             VALUES ($1::text::regrole, $2, $3, $4)",
+            &[
+                authz::role_input(*other).into(),
+                to_pg_uuid(tenant).into(),
+                roles.clone().into(),
+                created_at.into(),
+            ],
+        );
+    }
+    1
+}
+
+/// Delete `role`'s grants of `privileges` on `tbl` (None: the grants on every table) in
+/// `tenant`, never by the table's oid (see [`delete_mapping`]): every grant of those privileges
+/// to the role goes, and the ones on other tables are written back, each table by name.
+fn delete_grants(tenant: uuid::Uuid, role: &str, tbl: Option<pg_sys::Oid>, privileges: &[String]) {
+    let rows: Vec<(Option<pg_sys::Oid>, String)> = catalog::owner_rows(
+        "tenancy.role_privilege",
+        "SELECT g.relid::oid, g.privilege FROM tenancy.role_privilege g \
+          WHERE g.tenant_id = $1 AND g.role = $2 AND g.privilege = ANY ($3) ORDER BY 1, 2",
+        &[
+            to_pg_uuid(tenant).into(),
+            role.into(),
+            privileges.to_vec().into(),
+        ],
+        |r| {
+            Ok((
+                r.get::<pg_sys::Oid>(1)?,
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        },
+    );
+    let gone: Vec<String> = rows
+        .iter()
+        .filter(|(relid, _)| *relid == tbl)
+        .map(|(_, p)| p.clone())
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    catalog::write(
+        "DELETE FROM tenancy.role_privilege WHERE tenant_id = $1 AND role = $2 AND privilege = ANY ($3)",
+        &[to_pg_uuid(tenant).into(), role.into(), gone.clone().into()],
+    );
+    for (relid, privilege) in rows
+        .iter()
+        .filter(|(relid, p)| *relid != tbl && gone.contains(p))
+    {
+        insert_grant(tenant, role, *relid, privilege);
+    }
+}
+
+/// One grant, the table by name (see [`delete_mapping`]).
+fn insert_grant(tenant: uuid::Uuid, role: &str, tbl: Option<pg_sys::Oid>, privilege: &str) {
+    catalog::write(
+        "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
+         VALUES ($1, $2, $3::text::regclass, $4) ON CONFLICT DO NOTHING",
+        &[
+            to_pg_uuid(tenant).into(),
+            role.into(),
+            tbl.map(catalog::relation_name).into(),
+            privilege.into(),
+        ],
+    );
 }
 
 /// Removals of a tenant's memberships one at a time: the tenant's row is locked for the rest of
@@ -307,16 +431,16 @@ fn grant(
         GRANT_QUOTA,
         "Grant a privilege on every protected table at once with tbl => NULL, or revoke the grants of roles no member holds.",
     );
-    catalog::write(
-        "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
-         SELECT $1, $2, $3::oid::regclass, p FROM unnest($4::text[]) p ON CONFLICT DO NOTHING",
-        &[
-            to_pg_uuid(t.id).into(),
-            role.into(),
-            tbl.into(),
-            privileges.clone().into(),
-        ],
-    );
+    // One row at a time, the table by name: on Citus, an INSERT ... SELECT into a reference
+    // table reaches the other nodes as binary rows, the coordinator's oid for the table in
+    // them, which names no table there or another one (a worker then refused the grant, or
+    // applied it to the table that has that oid there); the values of a single-row INSERT are
+    // printed, a regclass by its name, and read by each node.
+    // Serialized with revoke's rewrite of the role's grants ([`delete_grants`]).
+    lock_memberships(&t);
+    for p in &privileges {
+        insert_grant(t.id, role, tbl, p);
+    }
     crate::audit::admin(
         "grant",
         Some(t.id),
@@ -360,16 +484,8 @@ fn revoke(
             );
         }
     }
-    catalog::write(
-        "DELETE FROM tenancy.role_privilege WHERE tenant_id = $1 AND role = $2 \
-            AND relid IS NOT DISTINCT FROM $3::oid::regclass AND privilege = ANY ($4)",
-        &[
-            to_pg_uuid(t.id).into(),
-            role.into(),
-            tbl.into(),
-            privileges.clone().into(),
-        ],
-    );
+    lock_memberships(&t);
+    delete_grants(t.id, role, tbl, &privileges);
     crate::audit::admin(
         "revoke",
         Some(t.id),
@@ -537,19 +653,36 @@ fn grant_support(
     check_privileges(&privileges);
     let row = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
+            // The expiry first, then a single-row INSERT naming the operator: on Citus, an
+            // INSERT ... SELECT into a reference table reaches the other nodes as binary rows,
+            // the coordinator's oid for the role in them (see `grant`).
+            let within = c.select(
+                "SELECT now() + $1, (now() + $1)::text \
+                  WHERE now() + $1 > now() AND now() + $1 <= now() + interval '30 days'",
+                Some(1),
+                &[duration.into()],
+            )?;
+            if within.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let (Some(expires), Some(expires_text)) = within
+                .first()
+                .get_two::<pgrx::datum::TimestampWithTimeZone, String>()?
+            else {
+                return Ok(None);
+            };
+            // RETURNING only the id: Citus refuses a STABLE cast there.
             let t = c.update(
                 "INSERT INTO tenancy.support_grant (tenant_id, operator, privileges, granted_by, expires_at) \
-                 SELECT $1, $2::oid::regrole, $3, $4, now() + $5 \
-                 WHERE now() + $5 > now() AND now() + $5 <= now() + interval '30 days' \
-                 RETURNING id, expires_at::text",
+                 VALUES ($1, $2::text::regrole, $3, $4, $5) RETURNING id",
                 None,
-                &[to_pg_uuid(b.tenant).into(), operator.into(), privileges.clone().into(), b.subject.clone().into(), duration.into()],
+                &[to_pg_uuid(b.tenant).into(), authz::role_input(operator).into(), privileges.clone().into(), b.subject.clone().into(), expires.into()],
             )?;
             if t.is_empty() {
                 return Ok::<_, pgrx::spi::Error>(None);
             }
             let r = t.first();
-            Ok(Some((r.get::<i64>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
+            Ok(Some((r.get::<i64>(1)?.unwrap_or_default(), expires_text)))
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: grant_support failed: {e}"));
@@ -578,11 +711,24 @@ fn revoke_support(operator: Option<crate::pg::types::Regrole>) {
             "Bind a token of an admin of the tenant.",
         );
     }
-    let revoked = catalog::write(
-        "UPDATE tenancy.support_grant SET revoked_at = now() \
-          WHERE tenant_id = $1 AND operator = $2::oid::regrole AND revoked_at IS NULL RETURNING 1",
+    // By id, read here: each node's copy holds its own oid for the operator (see
+    // [`delete_mapping`]).
+    let ids: Vec<i64> = catalog::owner_rows(
+        "tenancy.support_grant",
+        "SELECT id FROM tenancy.support_grant \
+          WHERE tenant_id = $1 AND operator = $2::oid::regrole AND revoked_at IS NULL ORDER BY 1",
         &[to_pg_uuid(b.tenant).into(), operator.into()],
+        |r| Ok(r.get::<i64>(1)?.unwrap_or_default()),
     );
+    let revoked = if ids.is_empty() {
+        0
+    } else {
+        catalog::write(
+            "UPDATE tenancy.support_grant SET revoked_at = now() \
+              WHERE tenant_id = $1 AND id = ANY ($2) AND revoked_at IS NULL RETURNING 1",
+            &[to_pg_uuid(b.tenant).into(), ids.into()],
+        )
+    };
     if revoked == 0 {
         // Not answered as done, nor recorded: a revocation that revoked nothing (a mistyped
         // role, a grant already gone) is the admin's to see (a reviewer's pass).

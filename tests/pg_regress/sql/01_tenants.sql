@@ -71,3 +71,36 @@ SELECT coalesce(t.slug, a.tenant_id::text) AS tenant, a.op, a.new_row->>'action'
  ORDER BY a.id;
 
 DROP ROLE regress_ten_ops, regress_ten_keys, regress_ten_app;
+
+-- The catalog's constraints, defaults, policies, trigger conditions and index expressions call
+-- no polymorphic function or operator of pg_catalog. On Citus, the copies of these tables on the
+-- other nodes are created from them as PostgreSQL prints them, unqualified, by the superuser
+-- with the node's default search_path, where a role's own exact-typed function in public would
+-- win over a polymorphic one and be fixed into the copy (none expected).
+WITH exprs AS (
+  SELECT format('constraint %s on %s', c.conname, c.conrelid::regclass) AS object, c.conbin::text AS tree
+    FROM pg_constraint c WHERE c.connamespace = 'tenancy'::regnamespace AND c.conbin IS NOT NULL
+  UNION ALL
+  SELECT format('default of %s.%s', a.adrelid::regclass, t.attname), a.adbin::text
+    FROM pg_attrdef a JOIN pg_attribute t ON t.attrelid = a.adrelid AND t.attnum = a.adnum
+    JOIN pg_class r ON r.oid = a.adrelid WHERE r.relnamespace = 'tenancy'::regnamespace
+  UNION ALL
+  SELECT format('policy %s on %s', p.polname, p.polrelid::regclass), concat(p.polqual::text, p.polwithcheck::text)
+    FROM pg_policy p JOIN pg_class r ON r.oid = p.polrelid WHERE r.relnamespace = 'tenancy'::regnamespace
+  UNION ALL
+  SELECT format('trigger %s on %s', t.tgname, t.tgrelid::regclass), t.tgqual::text
+    FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+   WHERE r.relnamespace = 'tenancy'::regnamespace AND t.tgqual IS NOT NULL
+  UNION ALL
+  SELECT format('index %s', i.indexrelid::regclass), concat(i.indexprs::text, i.indpred::text)
+    FROM pg_index i JOIN pg_class r ON r.oid = i.indrelid WHERE r.relnamespace = 'tenancy'::regnamespace),
+calls AS (
+  SELECT e.object, m[1]::oid AS fn FROM exprs e, regexp_matches(e.tree, ':funcid (\d+)', 'g') m
+  UNION
+  SELECT e.object, o.oprcode::oid FROM exprs e, regexp_matches(e.tree, ':opno (\d+)', 'g') m
+    JOIN pg_operator o ON o.oid = m[1]::oid)
+SELECT c.object, c.fn::regprocedure AS calls
+  FROM calls c JOIN pg_proc f ON f.oid = c.fn
+ WHERE f.pronamespace = 'pg_catalog'::regnamespace
+   AND EXISTS (SELECT FROM unnest(f.proargtypes::oid[]) a JOIN pg_type t ON t.oid = a WHERE t.typtype = 'p')
+ ORDER BY 1, 2;

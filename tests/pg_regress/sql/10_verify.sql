@@ -235,6 +235,21 @@ SELECT tenancy.protect('ver.quoted');
 SELECT * FROM pg_temp.findings();
 RESET quote_all_identifiers;
 
+-- A function or an operator outside pg_catalog with the name of one of pg_catalog's and
+-- arguments of its types is chosen over pg_catalog's polymorphic or coercing one by an
+-- unqualified call from a session that has its schema on its search_path (on Citus, Citus's
+-- own statements to the workers, as the superuser: an error there). A function of a type of
+-- the database's own, or of another name, is not reported.
+CREATE FUNCTION public.array_remove(a text[], e text) RETURNS text[] LANGUAGE sql AS 'SELECT a';
+CREATE FUNCTION ver.shadow_eq(a regclass, b regclass) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE OPERATOR ver.= (LEFTARG = regclass, RIGHTARG = regclass, FUNCTION = ver.shadow_eq);
+CREATE TYPE ver.mine AS (v int);
+CREATE FUNCTION ver.cardinality(a ver.mine) RETURNS int LANGUAGE sql AS 'SELECT 1';
+CREATE FUNCTION ver.not_a_catalog_name(a text[]) RETURNS int LANGUAGE sql AS 'SELECT 1';
+SELECT severity, object, detail, fix FROM tenancy.verify() WHERE rule = 'catalog_name_shadowed';
+DROP FUNCTION public.array_remove(text[], text);
+DROP OPERATOR ver.= (regclass, regclass);
+
 -- verify() runs without JIT: its one large query estimates high, and compiling its thousand
 -- expressions took seconds on every call, most of verify()'s time.
 SELECT 'jit=off' = ANY (proconfig) AS verify_without_jit
