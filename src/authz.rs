@@ -27,6 +27,12 @@ pub fn role_input(oid: pg_sys::Oid) -> String {
     crate::catalog::quote_ident(&role_name(oid))
 }
 
+/// Whether a role with this oid exists.
+pub fn role_exists(oid: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup by oid, missing_ok; the name is not kept.
+    !unsafe { pg_sys::GetUserNameFromId(oid, true) }.is_null()
+}
+
 pub fn role_name(oid: pg_sys::Oid) -> String {
     // SAFETY: a syscache lookup by oid; the returned name is copied before anything else runs.
     unsafe {
@@ -379,28 +385,37 @@ pub fn may_widen(tenant: &crate::catalog::TenantRow) -> bool {
 /// Removing `role`'s mappings to `removing` would leave it mapped to one tenant, where it is
 /// then bound without a token: a widening inside that tenant, refused to a caller who may not
 /// widen there ([`require_may_widen`]). Used by every removal of mappings (`unmap_role`,
-/// `decommission_tenant`). The role's mappings are locked first (`FOR UPDATE`, until the
-/// transaction ends) and read after the lock: a concurrent removal of another of its mappings
-/// either committed before (and is seen) or waits for this one (and sees it).
+/// `decommission_tenant`). The rows of every tenant the role is mapped to, and of the ones
+/// removed, are locked first (in id order, until the transaction ends; every change of a
+/// tenant's mappings takes its tenant's lock), and the mappings are read after the locks with
+/// a fresh snapshot: a concurrent removal of another of its mappings either committed before
+/// (and is seen) or waits for this one (and sees it). The mappings' own rows were locked
+/// instead (`FOR UPDATE`), which a removal that rewrites a tenant's mappings (`delete_mapping`
+/// deletes rows and writes another role's back) let a waiting session skip: two concurrent
+/// unmappings then each saw the other's role mapping gone and left a role mapped to a tenant
+/// with an admin alone (an attacker's pass).
 pub fn require_no_tokenless_binding(action: &str, role: pg_sys::Oid, removing: &[uuid::Uuid]) {
-    use pgrx::prelude::*;
-    let mapped: Vec<uuid::Uuid> = crate::catalog::with_owner(|| {
-        Spi::connect_mut(|c| {
-            c.update(
-                "SELECT m.tenant_id FROM tenancy.role_mapping m \
-                  WHERE m.role::pg_catalog.oid OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-                None,
-                &[role.into()],
-            )?
-            .map(|r| r.get::<pgrx::Uuid>(1))
-            .collect::<Result<Vec<_>, _>>()
-        })
-    })
-    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading the role's mappings failed: {e}"))
-    .into_iter()
-    .flatten()
-    .map(|u| crate::catalog::from_pg_uuid(&u))
-    .collect();
+    let read = || -> Vec<uuid::Uuid> {
+        crate::catalog::owner_rows(
+            "tenancy.role_mapping",
+            "SELECT m.tenant_id FROM tenancy.role_mapping m \
+              WHERE m.role::pg_catalog.oid OPERATOR(pg_catalog.=) $1 ORDER BY 1",
+            &[role.into()],
+            |r| r.get::<pgrx::Uuid>(1),
+        )
+        .into_iter()
+        .flatten()
+        .map(|u| crate::catalog::from_pg_uuid(&u))
+        .collect()
+    };
+    let mut lock: Vec<uuid::Uuid> = read();
+    lock.extend_from_slice(removing);
+    lock.sort();
+    lock.dedup();
+    for t in lock {
+        crate::catalog::lock_tenant_row(t);
+    }
+    let mapped = read();
     let left: Vec<uuid::Uuid> = mapped
         .into_iter()
         .filter(|t| !removing.contains(t))

@@ -706,10 +706,13 @@ fn loaded_tenant(row: &pgrx::spi::SpiHeapTupleData) -> Result<LoadedTenant, pgrx
 /// Read a tenant (by `id = $1` or `slug = $1`) and keep it with its members flag, roles and
 /// grants, unless an invalidation arrived since `epoch` (see [`store`]).
 ///
-/// One query, run at a tenant's first bind in a backend. The grants come as three arrays from
-/// the aggregates of one Agg node, which read the same rows in the same order: their elements
-/// line up without an ORDER BY (each would sort its input again, three sorts a load; nothing
-/// reads the grants in order).
+/// One query, run at a tenant's first bind in a backend. The grants come as three arrays,
+/// each read in the order of the grants' unique key, so that their elements line up. Array
+/// subqueries, not `array_agg`: on Citus this query can be printed again for a node (a node
+/// whose transaction reached its own copy of the catalog over a connection), pg_catalog's
+/// functions unqualified, and run there with the node's default search_path, where a role's
+/// exact-typed `array_agg(text)` in public beat pg_catalog's polymorphic one (an attacker's
+/// pass: it ran as the superuser at a bind, and could have returned grants of its choosing).
 fn load_tenant(
     where_clause: &str,
     arg: pgrx::datum::DatumWithOid,
@@ -720,13 +723,14 @@ fn load_tenant(
         "SELECT t.id, t.slug, t.status, t.region, t.settings, t.limits, \
                 EXISTS (SELECT FROM tenancy.member m WHERE m.tenant_id = t.id), \
                 ARRAY(SELECT r.role FROM tenancy.tenant_role r WHERE r.tenant_id = t.id ORDER BY r.role), \
-                p.roles, p.rels, p.privileges, \
+                ARRAY(SELECT g.role FROM tenancy.role_privilege g WHERE g.tenant_id = t.id \
+                       ORDER BY g.role, g.relid::oid NULLS FIRST, g.privilege), \
+                ARRAY(SELECT g.relid::oid FROM tenancy.role_privilege g WHERE g.tenant_id = t.id \
+                       ORDER BY g.role, g.relid::oid NULLS FIRST, g.privilege), \
+                ARRAY(SELECT g.privilege FROM tenancy.role_privilege g WHERE g.tenant_id = t.id \
+                       ORDER BY g.role, g.relid::oid NULLS FIRST, g.privilege), \
                 EXISTS (SELECT FROM tenancy.subject_revocation v WHERE v.tenant_id = t.id) \
            FROM tenancy.tenant t \
-           CROSS JOIN LATERAL ( \
-                SELECT array_agg(g.role) AS roles, array_agg(g.relid::oid) AS rels, \
-                       array_agg(g.privilege) AS privileges \
-                  FROM tenancy.role_privilege g WHERE g.tenant_id = t.id) p \
           WHERE t.{where_clause}"
     );
     let loaded = owner_rows("tenancy.tenant", &q, &[arg], loaded_tenant)
@@ -770,6 +774,16 @@ pub fn read_one<A: FromDatum + IntoDatum>(
     })
     .ok()
     .flatten()
+}
+
+/// Lock `tenant`'s row (`FOR NO KEY UPDATE`, until the transaction ends): every change of a
+/// tenant's memberships, grants, role mappings and quota-bound rows takes it first, so that a
+/// check and the change it allows are not interleaved with another session's.
+pub fn lock_tenant_row(tenant: Uuid) {
+    write(
+        "SELECT 1 FROM tenancy.tenant WHERE id = $1 FOR NO KEY UPDATE",
+        &[to_pg_uuid(tenant).into()],
+    );
 }
 
 /// Run a read-only query on the catalog as its owner, with a fresh snapshot, and map every row.

@@ -182,6 +182,9 @@ fn create_role(tenant: &str, role: &str) {
             "Choose another name.",
         );
     }
+    // Counted under the tenant's lock: concurrent transactions would not see each other's
+    // uncommitted roles, and each could add up to the quota (an attacker's pass made 1,996).
+    lock_memberships(&t);
     refuse_over_quota(
         "SELECT count(*) FROM tenancy.tenant_role WHERE tenant_id = $1",
         Some(t.id),
@@ -293,9 +296,12 @@ fn delete_mapping(role: pg_sys::Oid, tenant: uuid::Uuid) -> u64 {
         "DELETE FROM tenancy.role_mapping WHERE tenant_id = $1 AND created_at = $2 AND tenant_roles = $3",
         &[to_pg_uuid(tenant).into(), created_at.into(), roles.clone().into()],
     );
+    // A mapping of a role dropped since is not written back (PostgreSQL keeps no dependency
+    // of a regrole column: the row would name a role that no longer exists, and a role made
+    // later with its oid would find itself mapped).
     for (other, _, _) in rows
         .iter()
-        .filter(|r| r.0 != role && r.1 == roles && r.2 == created_at)
+        .filter(|r| r.0 != role && r.1 == roles && r.2 == created_at && authz::role_exists(r.0))
     {
         catalog::write(
             "INSERT INTO tenancy.role_mapping (role, tenant_id, tenant_roles, created_at) \
@@ -371,10 +377,7 @@ fn insert_grant(tenant: uuid::Uuid, role: &str, tbl: Option<pg_sys::Oid>, privil
 /// other's membership still there, and together left the subject on richer default_roles (an
 /// attacker's pass, as an operator).
 fn lock_memberships(t: &catalog::TenantRow) {
-    catalog::write(
-        "SELECT 1 FROM tenancy.tenant WHERE id = $1 FOR NO KEY UPDATE",
-        &[to_pg_uuid(t.id).into()],
-    );
+    catalog::lock_tenant_row(t.id);
 }
 
 /// A protected table (or NULL for every protected table, present and future).
@@ -424,6 +427,9 @@ fn grant(
     check_tenant_roles(&t, &[role.to_string()]);
     check_privileges(&privileges);
     let table = check_grant_table(tbl);
+    // Serialized with revoke's rewrite of the role's grants ([`delete_grants`]), and counted
+    // under the lock (see create_role).
+    lock_memberships(&t);
     refuse_over_quota(
         "SELECT count(*) FROM tenancy.role_privilege WHERE tenant_id = $1",
         Some(t.id),
@@ -436,8 +442,6 @@ fn grant(
     // them, which names no table there or another one (a worker then refused the grant, or
     // applied it to the table that has that oid there); the values of a single-row INSERT are
     // printed, a regclass by its name, and read by each node.
-    // Serialized with revoke's rewrite of the role's grants ([`delete_grants`]).
-    lock_memberships(&t);
     for p in &privileges {
         insert_grant(t.id, role, tbl, p);
     }
@@ -811,6 +815,7 @@ fn revoke_subject(
             "Leave it out to refuse every token issued until now.",
         );
     };
+    lock_memberships(&t);
     refuse_over_quota(
         "SELECT count(*) FROM tenancy.subject_revocation WHERE tenant_id = $1",
         Some(t.id),
@@ -873,6 +878,17 @@ fn revoke_token(jti: Option<&str>) {
             )
         }
     };
+    // Counted under a lock (see create_role): the tenant's row, or for the platform's
+    // revocations a transaction-level advisory lock of pg_tenancy's own.
+    match tenant {
+        Some(t) => catalog::lock_tenant_row(t),
+        None => {
+            catalog::write(
+                "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+                &[PLATFORM_REVOCATIONS_LOCK.into()],
+            );
+        }
+    }
     refuse_over_quota(
         // Two branches, each an index scan (`IS NOT DISTINCT FROM` cannot use the index: every
         // call counted every tenant's revocations, an attacker's pass).
@@ -899,6 +915,9 @@ fn revoke_token(jti: Option<&str>) {
 /// Revocations one tenant (or the platform, for tokens revoked everywhere) may hold: a bound on
 /// the catalog's growth, not on backends' memory (revocations are looked up one by one).
 const REVOCATION_QUOTA: i64 = 100_000;
+/// The advisory lock key that serializes the platform's token revocations while they are
+/// counted ("tenancy" in ASCII, then 1).
+const PLATFORM_REVOCATIONS_LOCK: i64 = 0x74656e616e637901;
 const REVOCATION_HINT: &str =
     "Revoke a subject's tokens at once with tenancy.revoke_subject(), or let short-lived tokens expire.";
 

@@ -250,6 +250,40 @@ fn catalog_writes_and_citus_setup_run_nothing_a_role_made_in_public() {
             .get(0);
         assert_eq!(roles, ["member"], "node {i}");
     }
+    // pg_tenancy's reads of its catalog may reach a node's copy over a connection (any session
+    // can turn Citus's local execution off), printed again with pg_catalog's functions
+    // unqualified and run with the node's default search_path: a role's exact-typed
+    // array_agg(text) in public took part in the tenant's load at a bind, as the superuser (an
+    // attacker's pass). The load calls no polymorphic function.
+    let plant_agg = "SET citus.enable_ddl_propagation = off; \
+         CREATE FUNCTION public.shadow_sfunc(s text[], v text) RETURNS text[] LANGUAGE plpgsql \
+           AS $$ BEGIN RAISE EXCEPTION 'shadow array_agg called as %', current_user; END $$; \
+         CREATE AGGREGATE public.array_agg(text) (sfunc = public.shadow_sfunc, stype = text[])";
+    let unplant_agg = "SET citus.enable_ddl_propagation = off; \
+         DROP AGGREGATE IF EXISTS public.array_agg(text); \
+         DROP FUNCTION IF EXISTS public.shadow_sfunc(text[], text)";
+    for i in 0..ports().len() {
+        node(i, "postgres").batch_execute(plant_agg).unwrap();
+    }
+    // The mapped role's first statement loads its tenant (a token's bind with local
+    // execution off is refused: its carrier would reach the node itself).
+    let mut results = Vec::new();
+    for i in 0..ports().len() {
+        let mut c = node(i, &role);
+        results.push(
+            c.batch_execute(
+                "SET citus.enable_local_execution = off; SELECT tenancy.current_tenant()",
+            )
+            .map_err(|e| format!("node {i}: {}", message(&e))),
+        );
+    }
+    for i in 0..ports().len() {
+        node(i, "postgres").batch_execute(unplant_agg).unwrap();
+    }
+    for r in results {
+        r.unwrap_or_else(|e| panic!("bind: {e}"));
+    }
+
     op.execute(
         "SELECT tenancy.unmap_role($1::text::regrole, $2)",
         &[&role, &f.a],

@@ -2252,3 +2252,123 @@ fn a_loop_over_a_query_stops_at_its_next_fetch_after_a_suspension() {
     let (state, msg) = got.expect_err("the DO block always raises");
     assert_eq!(state, "42501", "{msg}");
 }
+
+/// Two concurrent removals of a role's mappings cannot each leave the other's role mapped
+/// alone to a tenant with an admin: the check reads the mappings after locking every tenant
+/// they name (an attacker's pass: `unmap_role` deleted a tenant's mappings made in one
+/// transaction and wrote the others back, and a second `unmap_role` waiting on the row lock
+/// skipped the row written back, saw its role mapped to one tenant fewer, and left it mapped
+/// to the tenant with an admin alone: bound there without a token).
+#[test]
+fn concurrent_unmappings_cannot_leave_a_role_alone_in_a_tenant_with_an_admin() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let (ra, rb) = (
+        login_role(&mut su, "unmap_a", ""),
+        login_role(&mut su, "unmap_b", ""),
+    );
+    // Mapped in one transaction, alike (same roles, same creation time), by the superuser.
+    su.batch_execute(&format!(
+        "BEGIN; SELECT tenancy.map_role('{ra}', '{a}'); SELECT tenancy.map_role('{rb}', '{a}'); COMMIT",
+        a = f.a
+    ))
+    .unwrap();
+    let mut op = connect(OPERATOR);
+    op.execute(
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&rb, &f.b],
+    )
+    .unwrap();
+    f.seat_admin(&f.a, "boss");
+    let mut first = connect(OPERATOR);
+    first.batch_execute("BEGIN").unwrap();
+    first
+        .execute(
+            "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+            &[&ra, &f.a],
+        )
+        .unwrap();
+    let pid: i32 = op.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let (rb2, b) = (rb.clone(), f.b.clone());
+    let second = std::thread::spawn(move || {
+        op.execute(
+            "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+            &[&rb2, &b],
+        )
+        .map_err(|e| (sqlstate(&e), message(&e)))
+    });
+    until_waiting_for_a_lock(&mut su, pid);
+    first.batch_execute("COMMIT").unwrap();
+    let got = second.join().unwrap();
+    let mapped: Vec<String> = su
+        .query(
+            "SELECT t.slug FROM tenancy.role_mapping m JOIN tenancy.tenant t ON t.id = m.tenant_id \
+              WHERE m.role = $1::text::regrole ORDER BY 1",
+            &[&rb],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    su.batch_execute(&format!(
+        "SELECT tenancy.unmap_role('{rb}', '{}'); SELECT tenancy.unmap_role('{rb}', '{}')",
+        f.a, f.b
+    ))
+    .ok();
+    let (state, msg) = got.expect_err("the second unmapping leaves the role alone in A");
+    assert_eq!(state, "42501", "{msg}");
+    assert_eq!(mapped, [f.a.clone(), f.b.clone()]);
+}
+
+/// A tenant's quotas hold against concurrent transactions: each counts under the tenant's lock
+/// (an attacker's pass: two sessions of a tenant admin each made 996 roles in one transaction,
+/// and the tenant held 1,996 against 1,000).
+#[test]
+fn concurrent_transactions_cannot_pass_a_tenants_role_quota_together() {
+    let f = Fixture::new();
+    f.seat_admin(&f.a, "boss");
+    let mut su = superuser();
+    // 3 seeded roles and 996 more: one left.
+    su.execute(
+        "INSERT INTO tenancy.tenant_role (tenant_id, role) \
+         SELECT t.id, 'filler-' || g FROM tenancy.tenant t, generate_series(1, 996) g WHERE t.slug = $1",
+        &[&f.a],
+    )
+    .unwrap();
+    let mut first = f.session_as(&f.a, "boss");
+    first
+        .execute("SELECT tenancy.create_role($1, 'last-one')", &[&f.a])
+        .unwrap();
+    let mut other = f.session_as(&f.a, "boss");
+    let pid: i32 = other
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let a = f.a.clone();
+    let second = std::thread::spawn(move || {
+        let r = other
+            .execute("SELECT tenancy.create_role($1, 'one-too-many')", &[&a])
+            .map_err(|e| (sqlstate(&e), message(&e)));
+        let _ = other.batch_execute("COMMIT");
+        r
+    });
+    until_waiting_for_a_lock(&mut su, pid);
+    first.batch_execute("COMMIT").unwrap();
+    let got = second.join().unwrap();
+    let n: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.tenant_role r JOIN tenancy.tenant t ON t.id = r.tenant_id WHERE t.slug = $1",
+            &[&f.a],
+        )
+        .unwrap()
+        .get(0);
+    su.execute(
+        "DELETE FROM tenancy.tenant_role r USING tenancy.tenant t \
+          WHERE t.id = r.tenant_id AND t.slug = $1 AND r.role LIKE 'filler-%'",
+        &[&f.a],
+    )
+    .unwrap();
+    let (state, msg) = got.expect_err("the second role is over the quota");
+    assert_eq!(state, "54000", "{msg}");
+    assert_eq!(n, 1000);
+}
