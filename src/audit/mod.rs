@@ -1847,6 +1847,7 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
     crate::authz::require_operator("audit_purge");
     let t = catalog::require_tenant(tenant);
     let uuid = to_pg_uuid(t.id);
+    let purged_by = crate::authz::role_name(crate::pg::unguarded::session_user_id());
     let floor = crate::gucs::AUDIT_MIN_RETENTION.get();
     let too_young = catalog::read_one::<bool>(
         "SELECT $1 > pg_catalog.clock_timestamp() - pg_catalog.make_interval(secs => $2)",
@@ -1933,14 +1934,17 @@ fn audit_purge(tenant: &str, before: pgrx::datum::TimestampWithTimeZone) -> i64 
                     &[uuid.into(), lane.into(), seq.into()],
                 )?;
                 c.update(
-                    "INSERT INTO tenancy.audit_checkpoint (tenant_id, lane, seq, chain_hash, last_record_id, last_record_at, purged_records) \
-                     VALUES ($1, $2, $3, $4, $5, $7, $6) ON CONFLICT (tenant_id, lane) DO UPDATE SET seq = EXCLUDED.seq, \
+                    "INSERT INTO tenancy.audit_checkpoint (tenant_id, lane, seq, chain_hash, last_record_id, last_record_at, purged_records, purged_by) \
+                     VALUES ($1, $2, $3, $4, $5, $7, $6, $8::name) ON CONFLICT (tenant_id, lane) DO UPDATE SET seq = EXCLUDED.seq, \
                        chain_hash = EXCLUDED.chain_hash, last_record_id = EXCLUDED.last_record_id, \
                        last_record_at = EXCLUDED.last_record_at, \
                        purged_records = tenancy.audit_checkpoint.purged_records + EXCLUDED.purged_records, \
                        purged_at = EXCLUDED.purged_at, purged_by = EXCLUDED.purged_by",
                     None,
-                    &[uuid.into(), lane.into(), seq.into(), hash.into(), last_id.into(), purged.into(), last_at.into()],
+                    // Who purged, as a value: on Citus the checkpoint is written on the
+                    // tenant's worker, where the column's default (`SESSION_USER`) named the
+                    // connection's user (a reviewer's pass).
+                    &[uuid.into(), lane.into(), seq.into(), hash.into(), last_id.into(), purged.into(), last_at.into(), purged_by.as_str().into()],
                 )?;
                 n += purged;
             }

@@ -91,8 +91,18 @@ fn insert_key(
 ) {
     catalog::write(
         "INSERT INTO tenancy.signing_key (kid, alg, key_material, tenant_id, not_after, created_by) \
-         VALUES ($1, $2, $3, $4, $5, session_user)",
-        &[kid.into(), alg.into(), key.into(), tenant_id.map(to_pg_uuid).into(), not_after.into()],
+         VALUES ($1, $2, $3, $4, $5, $6::name)",
+        // The session's user as a value: on Citus, `session_user` in the statement was
+        // evaluated on each node, where the connection's user (the superuser) was recorded
+        // (a reviewer's pass).
+        &[
+            kid.into(),
+            alg.into(),
+            key.into(),
+            tenant_id.map(to_pg_uuid).into(),
+            not_after.into(),
+            crate::authz::role_name(crate::pg::unguarded::session_user_id()).into(),
+        ],
     );
     crate::audit::admin(
         "add_key",

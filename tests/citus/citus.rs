@@ -418,6 +418,14 @@ fn every_nodes_copy_of_the_catalog_follows_grants_revocations_and_unmappings() {
         "SELECT tenancy.grant($1, 'viewer', NULL, '{insert}')",
         &[&f.a],
     );
+    // A key registered by the key admin names the key admin on every node (`session_user` in
+    // the statement was evaluated on each node as the connection's user).
+    node(0, KEY_ADMIN)
+        .execute(
+            "SELECT tenancy.add_key($1, 'HS256', $2)",
+            &[&format!("copies-key-{pid}"), &HS_SECRET],
+        )
+        .unwrap();
     assert_catalog_copies_agree("map_role and grant");
     // The grant holds on the shards: a subject whose only role is auditor reads the table
     // (the workers refused it when their copy named the coordinator's oid for the table).
