@@ -36,7 +36,11 @@ DB=tenancy_citus
 trap 'citus_cluster_stop "$WORK"' EXIT
 # Citus's distributed deadlock detector writes the cycle it broke to the node's log (printed
 # below when the suite fails).
+# Every statement is logged, with the client's name (Citus's own connections are
+# `citus_internal`), for the check of what Citus sent to the nodes at the end.
 CITUS_EXTRA_SETTINGS="citus.log_distributed_deadlock_detection = on
+log_statement = 'all'
+log_line_prefix = '%m [%p] user=%u app=%a '
 ${CITUS_EXTRA_SETTINGS:-}" citus_cluster_start "$WORK" "$DB"
 # The suite's roles and pg_tenancy itself, created on the coordinator (Citus propagates roles
 # and the extension to the workers).
@@ -56,3 +60,32 @@ PGHOST=127.0.0.1 PGPORT=${CITUS_PORTS[0]} TENANCY_IT_DB=$DB \
     done
     exit "$rc"
 }
+
+# The statements Citus printed again and sent to a node over its own connections, where they
+# run with the node's default search_path, often as the superuser: one that touches
+# pg_tenancy's objects must call no function of pg_catalog that has an overload taking a
+# pseudo-type (polymorphic or "any") unqualified, where a role's exact-typed function of that
+# name in public would be chosen instead (unnest, array_remove and array_agg were, each found
+# by an attacker's pass). The calls listed below have an exact overload in pg_catalog for the
+# arguments they are printed with (count() of no argument; min and max of bigint and
+# timestamptz), which no function elsewhere on the path can beat.
+cd "$REPO_ROOT"
+poly=$("$PGBIN/psql" -X -At -h 127.0.0.1 -p "${CITUS_PORTS[0]}" -U postgres -d "$DB" -c \
+    "SELECT string_agg(DISTINCT p.proname, '|') FROM pg_catalog.pg_proc p
+      WHERE p.pronamespace = 'pg_catalog'::regnamespace
+        AND EXISTS (SELECT FROM unnest(p.proargtypes::oid[]) a JOIN pg_catalog.pg_type t ON t.oid = a
+                     WHERE t.typtype = 'p' AND t.typname NOT IN ('internal', 'cstring'))")
+exact='count(*)
+max(l.occurred_at)
+max(r.occurred_at)
+max(x.x)
+min(c2.seq)'
+found=$(for n in coordinator worker1 worker2; do grep -h 'app=citus_internal' "$WORK/$n/server.log" || true; done |
+    grep -E '(statement|execute [^:]*): ' | sed -E 's/^.*(statement|execute [^:]*): //' | grep 'tenancy\.' |
+    grep -oP "(?<![.\w\"])($poly)\([^()]*(\([^()]*\))?[^()]*\)" | grep -v -x -F -e "$exact" | sort | uniq -c || true)
+if [ -n "$found" ]; then
+    printf '%s\n' "$found"
+    die "Citus sent the nodes pg_tenancy's statements calling pg_catalog functions that a function in public can take over (above, with their counts; the statements are in $WORK/*/server.log)"
+fi
+log "Citus suite: no statement sent to a node calls a pg_catalog function a function in public could take over"
+
