@@ -775,6 +775,15 @@ SELECT CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN 
                           AND c.oprname = o.oprname AND (c.oprleft = 0) = (o.oprleft = 0))
            AND NOT EXISTS (SELECT FROM pg_type t WHERE t.oid IN (o.oprleft, o.oprright)
                             AND t.typnamespace <> 'pg_catalog'::regnamespace)) s
+UNION ALL
+-- 29. Role mappings that name a role no longer there: PostgreSQL keeps no dependency of a
+--     regrole column, so DROP ROLE leaves the mapping, and a role made later that PostgreSQL
+--     gives the same oid would be bound to the tenant without a token.
+SELECT 'error', 'mapping_of_dropped_role', format('role %s in %s', m.role, coalesce(t.slug, m.tenant_id::text)),
+       'a role mapping names a role that no longer exists: a role created later with its oid would be bound to this tenant without a token',
+       format('SELECT tenancy.unmap_role(%s::oid::regrole, %L);', m.role, coalesce(t.slug, m.tenant_id::text))
+  FROM tenancy._role_mappings() m LEFT JOIN tenancy.tenants t ON t.id = m.tenant_id
+ WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = m.role)
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so

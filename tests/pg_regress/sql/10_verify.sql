@@ -250,6 +250,16 @@ SELECT severity, object, detail, fix FROM tenancy.verify() WHERE rule = 'catalog
 DROP FUNCTION public.array_remove(text[], text);
 DROP OPERATOR ver.= (regclass, regclass);
 
+-- A role dropped while mapped leaves its mapping (PostgreSQL keeps no dependency of a
+-- regrole column): a role made later with its oid would be bound to the tenant. Reported, with
+-- the unmapping that removes it.
+CREATE ROLE regress_ver_gone LOGIN;
+SELECT tenancy.map_role('regress_ver_gone', 'ver-acme');
+DROP ROLE regress_ver_gone;
+SELECT severity, rule, detail FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role';
+DO $$ BEGIN EXECUTE (SELECT fix FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role'); END $$;
+SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role';
+
 -- verify() runs without JIT: its one large query estimates high, and compiling its thousand
 -- expressions took seconds on every call, most of verify()'s time.
 SELECT 'jit=off' = ANY (proconfig) AS verify_without_jit
