@@ -380,7 +380,9 @@ fn table_of(kind: Kind, arg: Constant) -> Option<pg_sys::Oid> {
 }
 
 /// Whether `rel` is a protected table: on the coordinator in `tenancy.protected_table`, on a
-/// worker (a Citus table's copy there) in this node's copy of `tenancy.citus_protection`.
+/// worker (a Citus table's copy there) in this node's copy of `tenancy.citus_protection`, by
+/// name. The records' `coordinator_relid` is an oid of the coordinator's, compared only there:
+/// on a worker it may be the oid of an unrelated table of that node.
 fn protected(rel: pg_sys::Oid) -> bool {
     catalog::with_owner(|| {
         Spi::connect(|c| {
@@ -390,7 +392,7 @@ fn protected(rel: pg_sys::Oid) -> bool {
                 &format!(
                     "SELECT EXISTS (SELECT FROM tenancy.protected_table p WHERE p.relid::pg_catalog.oid = $1) \
                          OR EXISTS (SELECT FROM {records} q WHERE q.relation = $1::pg_catalog.regclass::text \
-                                       OR q.coordinator_relid = $1)"
+                                       OR (pg_catalog.citus_is_coordinator() AND q.coordinator_relid = $1))"
                 ),
                 Some(1),
                 &[rel.into()],
