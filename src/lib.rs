@@ -60,6 +60,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::binding_param::init();
     audit::init();
     lifecycle::init();
+    rbac::init();
     citus::init();
 }
 

@@ -106,8 +106,8 @@ fn unmap_role(role: Option<crate::pg::types::Regrole>, tenant: Option<&str>) {
     let t = catalog::require_tenant(tenant);
     // A role mapped to one tenant is bound to it without a token: removing one of a role's two
     // mappings widens access in the tenant left (refused to an operator once it has an admin).
+    // It also locks the tenant's row, as every change of its mappings must.
     authz::require_no_tokenless_binding("unmap_role", role, &[t.id]);
-    lock_memberships(&t);
     let n = delete_mapping(role, t.id);
     if n == 0 {
         errors::raise(
@@ -960,4 +960,95 @@ fn revoker() -> String {
     crate::binding::peek()
         .and_then(|b| b.subject)
         .unwrap_or_else(|| authz::role_name(authz::caller()))
+}
+
+/// Registered at `_PG_init`.
+pub fn init() {
+    crate::pg::hooks::before_utility(before_drop_role);
+}
+
+/// `DROP ROLE` of roles that are mapped to tenants, or hold support grants, in this database
+/// ends those first, recorded in each tenant's trail as the dropping role's `unmap_role` and
+/// `revoke_support`, in the statement's transaction (a DROP that fails undoes them).
+/// PostgreSQL keeps no dependency of a `regrole` column: the mapping would stay, naming an oid
+/// that a role made later may be given, and that role would be bound to the tenant without a
+/// token. Done only for a caller PostgreSQL lets drop roles (a superuser, or a role with
+/// CREATEROLE; the DROP's own checks follow), so that no one else makes pg_tenancy lock a
+/// tenant or write its trail. A DROP ROLE run in another database, or on a Citus worker,
+/// leaves this database's mappings: `verify()` reports them (`mapping_of_dropped_role`).
+fn before_drop_role(stmt: *mut pg_sys::Node) {
+    // SAFETY: `stmt` is the statement's parse tree (or null); its tag is read before the node
+    // is used as the DropRoleStmt it says, whose `roles` is a List of RoleSpec pointers.
+    let roles: Vec<pg_sys::Oid> = unsafe {
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_DropRoleStmt {
+            return;
+        }
+        let list = (*(stmt as *mut pg_sys::DropRoleStmt)).roles;
+        if list.is_null() {
+            return;
+        }
+        (0..(*list).length as usize)
+            .map(|i| (*(*list).elements.add(i)).ptr_value as *const pg_sys::RoleSpec)
+            .map(|r| pg_sys::get_rolespec_oid(r, true))
+            .filter(|r| *r != pg_sys::InvalidOid)
+            .collect()
+    };
+    if roles.is_empty()
+        || !catalog::installed()
+        || crate::pg::citus::internal_backend()
+        || crate::binding::carrier::on_worker()
+    {
+        return;
+    }
+    // SAFETY: a syscache lookup of the current user's CREATEROLE attribute (superusers have it).
+    if !unsafe { pg_sys::has_createrole_privilege(authz::caller()) } {
+        return;
+    }
+    for role in roles {
+        let tenants: Vec<uuid::Uuid> = catalog::owner_rows(
+            "tenancy.role_mapping",
+            "SELECT m.tenant_id FROM tenancy.role_mapping m \
+              WHERE m.role::pg_catalog.oid OPERATOR(pg_catalog.=) $1 \
+             UNION SELECT g.tenant_id FROM tenancy.support_grant g \
+              WHERE g.operator::pg_catalog.oid OPERATOR(pg_catalog.=) $1 AND g.revoked_at IS NULL ORDER BY 1",
+            &[role.into()],
+            |r| r.get::<pgrx::Uuid>(1),
+        )
+        .into_iter()
+        .flatten()
+        .map(|u| catalog::from_pg_uuid(&u))
+        .collect();
+        let name = authz::role_name(role);
+        for tenant in tenants {
+            catalog::lock_tenant_row(tenant);
+            if delete_mapping(role, tenant) > 0 {
+                crate::audit::admin(
+                    "unmap_role",
+                    Some(tenant),
+                    serde_json::json!({"role": name, "reason": "DROP ROLE"}),
+                );
+            }
+            // By id, read here, as revoke_support does: on Citus each node's copy holds its own
+            // oid for the role.
+            let ids: Vec<i64> = catalog::owner_rows(
+                "tenancy.support_grant",
+                "SELECT g.id FROM tenancy.support_grant g WHERE g.tenant_id = $1 \
+                    AND g.operator::pg_catalog.oid OPERATOR(pg_catalog.=) $2 AND g.revoked_at IS NULL ORDER BY 1",
+                &[to_pg_uuid(tenant).into(), role.into()],
+                |r| Ok(r.get::<i64>(1)?.unwrap_or_default()),
+            );
+            if !ids.is_empty() {
+                catalog::write(
+                    "UPDATE tenancy.support_grant SET revoked_at = now() \
+                      WHERE tenant_id = $1 AND id = ANY ($2) AND revoked_at IS NULL",
+                    &[to_pg_uuid(tenant).into(), ids.into()],
+                );
+                crate::audit::admin(
+                    "revoke_support",
+                    Some(tenant),
+                    serde_json::json!({"operator": name, "reason": "DROP ROLE"}),
+                );
+            }
+        }
+    }
 }

@@ -480,7 +480,26 @@ fn every_nodes_copy_of_the_catalog_follows_grants_revocations_and_unmappings() {
         .unwrap();
     tx.commit().unwrap();
     assert_catalog_copies_agree("revoke_support");
+    // DROP ROLE on the coordinator ends the role's mapping on every node first (left, the
+    // workers' copies named an oid that a role made later there may be given).
+    run(
+        &mut op,
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&mapped, &f.b],
+    );
+    assert_catalog_copies_agree("map_role again");
     su.batch_execute(&format!("DROP ROLE \"{role}X\"")).unwrap();
+    assert_catalog_copies_agree("DROP ROLE");
+    for i in 0..ports().len() {
+        let left: i64 = node(i, "postgres")
+            .query_one(
+                "SELECT count(*) FROM tenancy.role_mapping WHERE tenant_id = $1::text::uuid",
+                &[&f.b_id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "node {i}'s copy still maps the dropped role");
+    }
 }
 
 #[test]

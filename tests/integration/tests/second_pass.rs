@@ -2372,3 +2372,100 @@ fn concurrent_transactions_cannot_pass_a_tenants_role_quota_together() {
     assert_eq!(state, "54000", "{msg}");
     assert_eq!(n, 1000);
 }
+
+#[test]
+fn drop_role_ends_the_roles_mappings_and_support_grants_and_only_for_those_who_may_drop_it() {
+    // A regrole column keeps no dependency: DROP ROLE left the mapping, and a role made later
+    // with the dropped role's oid would have been bound to the tenant without a token. On the
+    // preloaded cluster: DROP ROLE is seen where the library is loaded at connection.
+    let mut su = connect_preloaded("postgres");
+    let f = Fixture::on(&mut su);
+    let victim = login_role(&mut su, "dropped_app", "");
+    let helper = login_role(&mut su, "dropped_op", "");
+    let creator = login_role(&mut su, "role_creator", "");
+    let nobody = login_role(&mut su, "role_nobody", "");
+    su.batch_execute(&format!(
+        "ALTER ROLE {creator} CREATEROLE; GRANT tenancy_operator TO {helper}"
+    ))
+    .unwrap();
+    su.execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[&victim, &f.b])
+        .unwrap();
+    su.execute("SELECT tenancy.add_member($1, 'ann', 'admin')", &[&f.a])
+        .unwrap();
+    let mut c = connect_preloaded(APP);
+    c.batch_execute("BEGIN").unwrap();
+    c.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "ann")])
+        .unwrap();
+    c.execute(
+        "SELECT tenancy.grant_support($1::text::regrole, interval '1 hour')",
+        &[&helper],
+    )
+    .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    let state = |su: &mut postgres::Client| -> (i64, i64, i64) {
+        let row = su
+            .query_one(
+                "SELECT (SELECT count(*) FROM tenancy.role_mapping WHERE tenant_id = $1::text::uuid), \
+                        (SELECT count(*) FROM tenancy.support_grant WHERE tenant_id = $2::text::uuid AND revoked_at IS NULL), \
+                        (SELECT count(*) FROM tenancy.audit_log WHERE tenant_id IN ($1::text::uuid, $2::text::uuid))",
+                &[&f.b_id, &f.a_id],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    let before = state(&mut su);
+    assert_eq!((before.0, before.1), (1, 1), "the control: mapped, granted");
+
+    // A role PostgreSQL does not let drop roles changes nothing, and writes nothing.
+    let mut n = connect_preloaded(&nobody);
+    for r in [&victim, &helper] {
+        expect_err(&mut n, &format!("DROP ROLE {r}"), &["42501"]);
+    }
+    assert_eq!(state(&mut su), before);
+
+    // A DROP that fails undoes the unmapping: in a transaction rolled back.
+    let mut cr = connect_preloaded(&creator);
+    cr.batch_execute(&format!("BEGIN; DROP ROLE {victim}, {helper}; ROLLBACK"))
+        .unwrap();
+    assert_eq!(state(&mut su), before);
+
+    cr.batch_execute(&format!("DROP ROLE {victim}, {helper}"))
+        .unwrap();
+    let after = state(&mut su);
+    assert_eq!((after.0, after.1), (0, 0), "the mapping and the grant end");
+    let recorded: Vec<String> = su
+        .query(
+            "SELECT new_row->>'action' || ' ' || coalesce(new_row->>'role', new_row->>'operator') || ' ' || (new_row->>'reason') \
+               FROM tenancy.audit_log WHERE tenant_id IN ($1::text::uuid, $2::text::uuid) AND op = 'ADMIN' AND id > 0 \
+              ORDER BY occurred_at DESC, id DESC LIMIT 2",
+            &[&f.b_id, &f.a_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut recorded = recorded;
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        vec![
+            format!("revoke_support {helper} DROP ROLE"),
+            format!("unmap_role {victim} DROP ROLE")
+        ]
+    );
+    for t in [&f.a, &f.b] {
+        let ok: bool = su
+            .query_one("SELECT ok FROM tenancy.audit_verify($1)", &[t])
+            .unwrap()
+            .get(0);
+        assert!(ok, "{t}'s chain verifies");
+    }
+    let findings: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(findings, 0);
+}

@@ -250,12 +250,28 @@ SELECT severity, object, detail, fix FROM tenancy.verify() WHERE rule = 'catalog
 DROP FUNCTION public.array_remove(text[], text);
 DROP OPERATOR ver.= (regclass, regclass);
 
--- A role dropped while mapped leaves its mapping (PostgreSQL keeps no dependency of a
--- regrole column): a role made later with its oid would be bound to the tenant. Reported, with
--- the unmapping that removes it.
+-- PostgreSQL keeps no dependency of a regrole column: a mapping of a dropped role would stay,
+-- and a role made later with its oid would be bound to the tenant. DROP ROLE in this database
+-- unmaps the role first, recorded in the tenant's trail; the DROP undone undoes it.
 CREATE ROLE regress_ver_gone LOGIN;
 SELECT tenancy.map_role('regress_ver_gone', 'ver-acme');
+BEGIN;
 DROP ROLE regress_ver_gone;
+SELECT count(*) AS mappings_of_no_role FROM tenancy.role_mappings m WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = m.role);
+ROLLBACK;
+SELECT count(*) AS mappings_after_rollback FROM tenancy.role_mappings WHERE role::text = 'regress_ver_gone';
+DROP ROLE regress_ver_gone;
+SELECT a.new_row->>'action' AS action, a.new_row->>'role' AS role, a.new_row->>'reason' AS reason
+  FROM tenancy.audit_log a JOIN tenancy.tenants t ON t.id = a.tenant_id
+ WHERE t.slug = 'ver-acme' AND a.op = 'ADMIN' ORDER BY a.id DESC LIMIT 1;
+-- Dropped in another database, the role leaves its mapping here: reported, with the
+-- unmapping that removes it.
+CREATE ROLE regress_ver_gone LOGIN;
+SELECT tenancy.map_role('regress_ver_gone', 'ver-acme');
+\set here :DBNAME
+\c postgres
+DROP ROLE regress_ver_gone;
+\c :here
 SELECT severity, rule, detail FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role';
 DO $$ BEGIN EXECUTE (SELECT fix FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role'); END $$;
 SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role';
