@@ -475,7 +475,8 @@ fn rels() -> Rels {
 }
 
 /// Pin `search_path = pg_catalog, pg_temp` (and `quote_all_identifiers = off`, so that names,
-/// types and expressions print as pg_tenancy compares and digests them) for the length of `f`.
+/// types and expressions print as pg_tenancy compares and digests them; on Citus, the output
+/// settings of values too) for the length of `f`.
 /// On return every setting
 /// changed inside, by us or by code `f` reached (a table owner's trigger calling
 /// `set_config(..., false)`, say), is rolled back, as PostgreSQL's maintenance commands roll
@@ -488,6 +489,24 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
         let nest = pg_sys::NewGUCNestLevel();
         crate::pg::guc::set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
         crate::pg::guc::set_in_nest_level(c"quote_all_identifiers", c"off");
+        if crate::pg::citus::in_database() {
+            // Citus prints the values of a statement it sends the workers (an INSERT's
+            // literals, a DELETE's parameters) with the session's output settings, and each
+            // worker reads them with its own: a catalog write made under `DateStyle = 'SQL,
+            // DMY'` stored 2026-07-12 on the workers for the coordinator's 2026-12-07, and
+            // `standard_conforming_strings = off` doubled a backslash there, so an unmapping
+            // or a revocation matched nothing on the workers (an attacker's pass). Values
+            // print here in forms every node reads back alike.
+            for (name, value) in [
+                (c"DateStyle", c"ISO, MDY"),
+                (c"IntervalStyle", c"postgres"),
+                (c"standard_conforming_strings", c"on"),
+                (c"extra_float_digits", c"1"),
+                (c"bytea_output", c"hex"),
+            ] {
+                crate::pg::guc::set_in_nest_level(name, value);
+            }
+        }
         // On Citus, the catalog is read inside the queries Citus runs on a node too.
         crate::pg::citus::allow_nested_catalog_reads();
         let r = f();

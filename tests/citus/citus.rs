@@ -502,6 +502,73 @@ fn every_nodes_copy_of_the_catalog_follows_grants_revocations_and_unmappings() {
     }
 }
 
+/// Citus prints the values of the statements it sends the workers with the session's output
+/// settings, and each worker reads them with its own: management calls made under
+/// `DateStyle = 'SQL, DMY'` stored another date on the workers (a mapping's creation time, a
+/// subject revocation's cut-off), and under `standard_conforming_strings = off` a backslash
+/// doubled there, so that the mapping's removal matched nothing on the workers and the role
+/// stayed bound to the tenant there (an attacker's pass; the date is ambiguous on the 1st to
+/// the 12th of a month, the backslash always).
+#[test]
+fn every_nodes_copy_of_the_catalog_is_the_same_whatever_the_callers_output_settings() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let role = format!("cit_styles_{pid}");
+    let mut su = superuser();
+    su.batch_execute(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"))
+        .unwrap();
+    let styles = "SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'sql_standard'; \
+                  SET standard_conforming_strings = off; SET extra_float_digits = -15; \
+                  SET bytea_output = 'escape'";
+    let mut op = node(0, OPERATOR);
+    op.batch_execute(styles).unwrap();
+    let run = |c: &mut Client, sql: &str, args: &[&(dyn postgres::types::ToSql + Sync)]| {
+        c.execute(sql, args)
+            .unwrap_or_else(|e| panic!("{sql}: {}", message(&e)));
+    };
+    run(
+        &mut op,
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&role, &f.b],
+    );
+    run(
+        &mut op,
+        "SELECT tenancy.revoke_subject($1, $2)",
+        &[&f.a, &"back\\slash"],
+    );
+    su.execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut admin = app_on(0);
+    admin.batch_execute(styles).unwrap();
+    let mut tx = admin.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+        .unwrap();
+    tx.execute(
+        &format!("SELECT tenancy.grant_support('{OPERATOR}', '1 hour')"),
+        &[],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    assert_catalog_copies_agree("writes under the caller's output settings");
+    run(
+        &mut op,
+        "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+        &[&role, &f.b],
+    );
+    assert_catalog_copies_agree("unmap_role under the caller's output settings");
+    for i in 0..ports().len() {
+        let left: i64 = node(i, "postgres")
+            .query_one(
+                "SELECT count(*) FROM tenancy.role_mapping WHERE tenant_id = $1::text::uuid",
+                &[&f.b_id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "node {i}'s copy still maps the role");
+    }
+    su.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+}
+
 #[test]
 fn citus_setup_is_for_a_superuser_on_the_coordinator() {
     let mut op = node(0, OPERATOR);
