@@ -747,7 +747,11 @@ UNION ALL
 --     reference table, assign_distributed_transaction_id) call pg_catalog's functions so, as
 --     the superuser, with the workers' default search_path: a role's exact-typed
 --     public.lock_shard_resources(int, int[]) ran as the superuser on every worker at the next
---     catalog write (an attacker's pass). An error there, a warning elsewhere.
+--     catalog write (an attacker's pass). An error there, a warning elsewhere. A function
+--     with defaults or VARIADIC matches calls of fewer or more arguments (a role's
+--     public.lock_shard_resources(int, int[], int DEFAULT 0) was chosen so: a later pass); on
+--     Citus every function and operator of a pg_catalog one's name is reported, whatever its
+--     arguments (a domain or a type of the role's own can be a closer match for a literal).
 SELECT CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN 'error' ELSE 'warning' END,
        'catalog_name_shadowed', s.object,
        format('%s has the name of pg_catalog''s %s and arguments of its types: an unqualified call of pg_catalog''s by a session with schema %I on its search_path can run it instead, as that session''s role%s',
@@ -762,9 +766,13 @@ SELECT CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN 
          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'tenancy') AND n.nspname !~ '^pg_'
            AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass AND e.objid = f.oid AND e.deptype = 'e')
            AND EXISTS (SELECT FROM pg_proc c WHERE c.pronamespace = 'pg_catalog'::regnamespace
-                          AND c.proname = f.proname AND c.pronargs = f.pronargs)
-           AND NOT EXISTS (SELECT FROM unnest(f.proargtypes::oid[]) a JOIN pg_type t ON t.oid = a
-                            WHERE t.typnamespace <> 'pg_catalog'::regnamespace)
+                          AND c.proname = f.proname
+                          AND (c.pronargs BETWEEN f.pronargs - f.pronargdefaults AND f.pronargs
+                               OR f.provariadic <> 0
+                               OR EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')))
+           AND (EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')
+                OR NOT EXISTS (SELECT FROM unnest(f.proargtypes::oid[]) a JOIN pg_type t ON t.oid = a
+                                WHERE t.typnamespace <> 'pg_catalog'::regnamespace))
         UNION ALL
         SELECT o.oid::regoperator::text, 'operator ' || o.oprname, n.nspname,
                format('DROP OPERATOR %s;', o.oid::regoperator)
@@ -773,8 +781,9 @@ SELECT CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN 
            AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = 'pg_operator'::regclass AND e.objid = o.oid AND e.deptype = 'e')
            AND EXISTS (SELECT FROM pg_operator c WHERE c.oprnamespace = 'pg_catalog'::regnamespace
                           AND c.oprname = o.oprname AND (c.oprleft = 0) = (o.oprleft = 0))
-           AND NOT EXISTS (SELECT FROM pg_type t WHERE t.oid IN (o.oprleft, o.oprright)
-                            AND t.typnamespace <> 'pg_catalog'::regnamespace)) s
+           AND (EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')
+                OR NOT EXISTS (SELECT FROM pg_type t WHERE t.oid IN (o.oprleft, o.oprright)
+                                AND t.typnamespace <> 'pg_catalog'::regnamespace))) s
 UNION ALL
 -- 29. Role mappings that name a role no longer there: PostgreSQL keeps no dependency of a
 --     regrole column, so DROP ROLE leaves the mapping, and a role made later that PostgreSQL

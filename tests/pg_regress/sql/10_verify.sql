@@ -246,8 +246,12 @@ CREATE OPERATOR ver.= (LEFTARG = regclass, RIGHTARG = regclass, FUNCTION = ver.s
 CREATE TYPE ver.mine AS (v int);
 CREATE FUNCTION ver.cardinality(a ver.mine) RETURNS int LANGUAGE sql AS 'SELECT 1';
 CREATE FUNCTION ver.not_a_catalog_name(a text[]) RETURNS int LANGUAGE sql AS 'SELECT 1';
+-- With a default or VARIADIC, a function matches calls of fewer or more arguments.
+CREATE FUNCTION ver.array_position(a int[], e int, s int, extra int DEFAULT 0) RETURNS int LANGUAGE sql AS 'SELECT 1';
+CREATE FUNCTION ver.concat_ws(VARIADIC a text[]) RETURNS text LANGUAGE sql AS 'SELECT 1';
 SELECT severity, object, detail, fix FROM tenancy.verify() WHERE rule = 'catalog_name_shadowed';
 DROP FUNCTION public.array_remove(text[], text);
+DROP FUNCTION ver.array_position(int[], int, int, int), ver.concat_ws(text[]);
 DROP OPERATOR ver.= (regclass, regclass);
 
 -- PostgreSQL keeps no dependency of a regrole column: a mapping of a dropped role would stay,
