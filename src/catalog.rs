@@ -1615,7 +1615,12 @@ pub fn quote_literal(s: &str) -> String {
     pgrx::spi::quote_literal(s)
 }
 
-/// A relation's schema-qualified, quoted name (whatever the search_path).
+/// Whether relation `rel` exists.
+pub fn relation_exists(rel: pg_sys::Oid) -> bool {
+    crate::pg::relation_spi::qualified_name_if_exists(rel).is_some()
+}
+
+/// A relation's name, schema-qualified and quoted where needed (its oid, when it is gone).
 pub fn relation_name(rel: pg_sys::Oid) -> String {
     crate::pg::relation_spi::qualified_name_if_exists(rel)
         .unwrap_or_else(|| format!("{}", u32::from(rel)))

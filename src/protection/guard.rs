@@ -386,15 +386,17 @@ fn forget_dropped() {
     }
     let gone = catalog::owner_rows(
         "tenancy.protected_table",
-        "SELECT EXISTS (SELECT FROM tenancy.protected_table p WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid))",
+        "SELECT p.relid::pg_catalog.oid FROM tenancy.protected_table p \
+          WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid) ORDER BY 1",
         &[],
-        |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+        |r| Ok(r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid)),
     );
-    if gone.first() == Some(&true) {
+    if !gone.is_empty() {
         catalog::write(
             "DELETE FROM tenancy.protected_table p WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid)",
             &[],
         );
+        crate::rbac::forget_grants_on(&gone);
     }
 }
 

@@ -349,11 +349,48 @@ fn delete_grants(tenant: uuid::Uuid, role: &str, tbl: Option<pg_sys::Oid>, privi
         "DELETE FROM tenancy.role_privilege WHERE tenant_id = $1 AND role = $2 AND privilege = ANY ($3)",
         &[to_pg_uuid(tenant).into(), role.into(), gone.clone().into()],
     );
-    for (relid, privilege) in rows
-        .iter()
-        .filter(|(relid, p)| *relid != tbl && gone.contains(p))
-    {
+    // A grant on a table dropped since is not written back: its name is gone (the oid would
+    // name nothing on the workers, and on one node a table made later with it).
+    for (relid, privilege) in rows.iter().filter(|(relid, p)| {
+        *relid != tbl && gone.contains(p) && relid.is_none_or(catalog::relation_exists)
+    }) {
         insert_grant(tenant, role, *relid, privilege);
+    }
+}
+
+/// Remove every tenant's grants on `tables`, protected tables just dropped (from the DROP's
+/// `sql_drop` event trigger), each recorded in its tenant's trail as a `revoke`. A grant's
+/// table is a `regclass` column, which keeps no dependency: left, the grant would name an oid
+/// that a table made later may be given, and stop a revocation of the same privilege on
+/// another table from being written back (an attacker's pass).
+pub fn forget_grants_on(tables: &[pg_sys::Oid]) {
+    if tables.is_empty() {
+        return;
+    }
+    type Grant = (uuid::Uuid, String, String, pg_sys::Oid);
+    let grants: Vec<Grant> = catalog::owner_rows(
+        "tenancy.role_privilege",
+        "SELECT g.tenant_id, g.role, g.privilege, g.relid::pg_catalog.oid FROM tenancy.role_privilege g \
+          WHERE g.relid::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1) ORDER BY 1, 2, 3, 4",
+        &[tables.to_vec().into()],
+        |r| {
+            Ok((
+                catalog::from_pg_uuid(&r.get::<pgrx::Uuid>(1)?.expect("NOT NULL")),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<String>(3)?.unwrap_or_default(),
+                r.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+            ))
+        },
+    );
+    for (tenant, role, privilege, relid) in grants {
+        catalog::lock_tenant_row(tenant);
+        delete_grants(tenant, &role, Some(relid), std::slice::from_ref(&privilege));
+        crate::audit::admin(
+            "revoke",
+            Some(tenant),
+            serde_json::json!({"role": role, "table": u32::from(relid).to_string(),
+                               "privileges": [privilege], "reason": "DROP TABLE"}),
+        );
     }
 }
 

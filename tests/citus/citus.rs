@@ -516,6 +516,30 @@ fn every_nodes_copy_of_the_catalog_follows_grants_revocations_and_unmappings() {
             .get(0);
         assert_eq!(left, 0, "node {i}'s copy still maps the dropped role");
     }
+    // DROP TABLE of a protected table ends its grants on every node.
+    run(
+        &mut op,
+        "SELECT tenancy.create_role($1, 'auditor')",
+        &[&f.b],
+    );
+    run(
+        &mut op,
+        &format!("SELECT tenancy.grant($1, 'auditor', 'public.{t}', '{{select}}')"),
+        &[&f.b],
+    );
+    assert_catalog_copies_agree("grant again");
+    su.batch_execute(&format!("DROP TABLE public.{t}")).unwrap();
+    assert_catalog_copies_agree("DROP TABLE");
+    for i in 0..ports().len() {
+        let left: i64 = node(i, "postgres")
+            .query_one(
+                "SELECT count(*) FROM tenancy.role_privilege WHERE tenant_id = $1::text::uuid AND role = 'auditor'",
+                &[&f.b_id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "node {i}'s copy still grants on the dropped table");
+    }
 }
 
 /// Citus prints the values of the statements it sends the workers with the session's output

@@ -2469,3 +2469,69 @@ fn drop_role_ends_the_roles_mappings_and_support_grants_and_only_for_those_who_m
         .get(0);
     assert_eq!(findings, 0);
 }
+
+#[test]
+fn a_tables_grants_go_with_it_and_never_stop_a_revocation_elsewhere() {
+    // A grant's table is a regclass column, which keeps no dependency: a grant on a dropped
+    // table stayed, naming an oid a table made later may be given, and a revocation of the
+    // same privilege on another table failed writing it back ("relation "18034" does not
+    // exist": a Citus attacker's pass).
+    let f = Fixture::new();
+    let mut su = superuser();
+    let owner = login_role(&mut su, "grant_owner", "");
+    let s = ident("grants");
+    su.batch_execute(&format!(
+        "CREATE SCHEMA {s} AUTHORIZATION {owner}; SET ROLE {owner}; \
+         CREATE TABLE {s}.kept (tenant_id uuid NOT NULL, id int); \
+         CREATE TABLE {s}.dropped (tenant_id uuid NOT NULL, id int); \
+         CREATE TABLE {s}.unprotected (tenant_id uuid NOT NULL, id int); \
+         RESET ROLE; \
+         SELECT tenancy.protect(t) FROM unnest(ARRAY['{s}.kept', '{s}.dropped', '{s}.unprotected']::regclass[]) t; \
+         SELECT tenancy.create_role('{a}', 'reader'); \
+         SELECT tenancy.grant('{a}', 'reader', t, '{{select}}') \
+           FROM unnest(ARRAY['{s}.kept', '{s}.dropped', '{s}.unprotected']::regclass[]) t",
+        a = f.a
+    ))
+    .unwrap();
+    let grants = |su: &mut postgres::Client| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM tenancy.role_privilege WHERE tenant_id = $1::text::uuid AND role = 'reader'",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(grants(&mut su), 3);
+    // The table's owner drops it: its grant goes, recorded in the tenant's trail.
+    let mut o = connect(&owner);
+    o.batch_execute(&format!("DROP TABLE {s}.dropped")).unwrap();
+    assert_eq!(grants(&mut su), 2);
+    let reason: String = su
+        .query_one(
+            "SELECT new_row->>'reason' FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid \
+               AND op = 'ADMIN' AND new_row->>'action' = 'revoke' ORDER BY id DESC LIMIT 1",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "DROP TABLE");
+    // Unprotected first, then dropped: the grant stays until a revocation of its privilege,
+    // which is not stopped by it and does not write it back.
+    su.execute(
+        &format!("SELECT tenancy.unprotect('{s}.unprotected')"),
+        &[],
+    )
+    .unwrap();
+    o.batch_execute(&format!("DROP TABLE {s}.unprotected")).unwrap();
+    su.execute(
+        &format!("SELECT tenancy.revoke($1, 'reader', '{s}.kept', '{{select}}')"),
+        &[&f.a],
+    )
+    .unwrap_or_else(|e| panic!("revoke on another table: {}", message(&e)));
+    assert_eq!(grants(&mut su), 0);
+    let ok: bool = su
+        .query_one("SELECT ok FROM tenancy.audit_verify($1)", &[&f.a])
+        .unwrap()
+        .get(0);
+    assert!(ok);
+}
