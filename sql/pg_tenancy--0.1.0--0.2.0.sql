@@ -800,7 +800,7 @@ SELECT 'error', 'mapping_of_dropped_role', format('role %s in tenant %s', m.role
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so
 -- that each key leads with the tenant column before the foreign keys that reference it are
 -- added back and before the tenant index is looked for; the rest touch nothing the others do.
-ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'citus_node_drift', 'citus_node_without_metadata', 'citus_grant_reaches_shards', 'unprotected_tenant_table', 'partition_unprotected',
+ORDER BY array_position(ARRAY['protection_drift', 'citus_shard_drift', 'citus_node_drift', 'citus_catalog_drift', 'citus_node_without_metadata', 'citus_grant_reaches_shards', 'unprotected_tenant_table', 'partition_unprotected',
                               'unprotected_parent', 'owner_can_bind', 'domain_owner_can_bind',
                               'cast_function_owner_can_bind',
                               'trigger_function_owner_can_bind', 'leaky_expression',

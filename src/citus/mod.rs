@@ -307,6 +307,88 @@ fn distribute_catalog() -> Vec<String> {
     })
 }
 
+/// `citus_catalog_drift` (one per table and node): the nodes whose copy of one of pg_tenancy's
+/// reference tables holds other rows than the coordinator's. Every node's copy is digested by
+/// the same fixed statement through `run_command_on_all_nodes` (the coordinator's too, so that
+/// each is read under the same connection settings: a role or a table prints by name), as a
+/// count and a sum of the rows' hashes, which needs no order and no memory for a large table.
+/// A copy differs when a write reached one node otherwise than the others (values printed
+/// under a caller's `DateStyle` before 0.2.0's fix, a write by oid, a change made on one node
+/// past Citus): a mapping or a revocation then holds on some nodes only.
+fn catalog_copies_that_differ(
+    c: &pgrx::spi::SpiClient<'_>,
+) -> Result<Vec<(String, String, String, String)>, pgrx::spi::Error> {
+    let tables: Vec<String> = c
+        .select(
+            "SELECT d.logicalrelid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_dist_partition d \
+               JOIN pg_catalog.pg_class k ON k.oid OPERATOR(pg_catalog.=) d.logicalrelid \
+              WHERE k.relnamespace OPERATOR(pg_catalog.=) 'tenancy'::pg_catalog.regnamespace \
+                AND d.partmethod OPERATOR(pg_catalog.=) 'n' ORDER BY 1",
+            None,
+            &[],
+        )?
+        .map(|r| Ok(r.get::<String>(1)?.unwrap_or_default()))
+        .collect::<Result<_, pgrx::spi::Error>>()?;
+    let mut out = Vec::new();
+    for table in tables {
+        // The table's name comes from the catalog of pg_tenancy's own schema (pinned
+        // search_path: printed qualified) and is quoted as an identifier path by regclass's
+        // output; the statement calls pg_catalog's functions by their schema.
+        let digest = format!(
+            "SELECT pg_catalog.count(*)::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) \
+                    COALESCE(pg_catalog.sum(('x' OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.md5(\
+                      pg_catalog.to_jsonb(r)::pg_catalog.text), 1, 15))::pg_catalog.bit(60)::pg_catalog.int8), 0)::pg_catalog.text \
+               FROM {table} r"
+        );
+        let results: Vec<(String, i32, i32, bool, String)> = c
+            .select(
+                "SELECT n.nodename, n.nodeport, n.groupid, a.success, a.result \
+                   FROM pg_catalog.run_command_on_all_nodes($1) a \
+                   JOIN pg_catalog.pg_dist_node n ON n.nodeid OPERATOR(pg_catalog.=) a.nodeid \
+                  ORDER BY n.groupid, n.nodename, n.nodeport",
+                None,
+                &[digest.into()],
+            )?
+            .map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<i32>(2)?.unwrap_or_default(),
+                    r.get::<i32>(3)?.unwrap_or_default(),
+                    r.get::<bool>(4)?.unwrap_or(false),
+                    r.get::<String>(5)?.unwrap_or_default(),
+                ))
+            })
+            .collect::<Result<_, pgrx::spi::Error>>()?;
+        // Without the coordinator in Citus's node list, there is no copy to compare with.
+        let Some(expected) = results
+            .iter()
+            .find(|r| r.2 == 0 && r.3)
+            .map(|r| r.4.clone())
+        else {
+            continue;
+        };
+        for (node, port, _, ok, result) in results.iter().filter(|r| r.2 != 0) {
+            if *ok && *result == expected {
+                continue;
+            }
+            out.push((
+                "citus_catalog_drift".to_string(),
+                format!("{table} on {node}:{port}"),
+                if *ok {
+                    format!("worker {node}:{port}'s copy of {table} holds other rows than the coordinator's (rows:digest {result} there, {expected} on the coordinator): a mapping, a grant or a revocation in it holds on some nodes only")
+                } else {
+                    format!("worker {node}:{port}'s copy of {table} could not be read: {result}")
+                },
+                format!(
+                    "-- compare SELECT * FROM {table} on the coordinator and on {}, then make the worker's copy right as a superuser there (its shard of {table}, with SET citus.enable_manual_changes_to_shards = on), or remove the differing rows through pg_tenancy's functions on the coordinator and make them again",
+                    format!("{node}:{port}").replace(['\n', '\r'], " ")
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Internal, for `tenancy.verify()`, its findings on Citus (nothing where Citus is not
 /// created), each (rule, object, detail, fix):
 /// - `citus_shard_drift` (one per shard): the shards of protected Citus tables whose row
@@ -574,6 +656,7 @@ fn citus_findings() -> TableIterator<
                 format!("REVOKE {privilege} ON {table} FROM {grantee};"),
             ));
         }
+        out.extend(catalog_copies_that_differ(c)?);
         Ok::<_, pgrx::spi::Error>(out)
     }))
     .unwrap_or_else(|e| {
