@@ -269,15 +269,32 @@ pub fn init() {
 /// statement trigger announced is announced: a change is never left unannounced because a
 /// statement trigger did not run after its rows (an announcement too many costs a reload).
 /// At its end, what is still noted goes: its changes were announced, or rolled back.
+///
+/// A transaction that took a tenant's lock ([`lock_tenant_row`], or the platform revocations'
+/// lock) is not prepared: a prepared transaction keeps its locks until someone who may ends it
+/// does, and a tenant admin who prepared a `create_role` blocked every operator's kill switch
+/// for the tenant (and, through a role mapped to both, for another tenant) for ever, with no
+/// timeout that ends it (an attacker's pass).
 fn xact_callback(event: pg_sys::XactEvent::Type) {
     use pg_sys::XactEvent::*;
     match event {
+        XACT_EVENT_PRE_PREPARE if MANAGEMENT_LOCKED.with(|m| m.get()) => errors::raise(
+            errors::FEATURE_NOT_SUPPORTED,
+            "cannot PREPARE a transaction that made a pg_tenancy management call",
+            "Commit management calls (tenants, roles, members, grants, mappings, revocations) in a transaction of their own: a prepared one would keep the tenant locked until it is ended.",
+        ),
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => announce_changed(),
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
-            CHANGED.with(|c| *c.borrow_mut() = Changed::default())
+            CHANGED.with(|c| *c.borrow_mut() = Changed::default());
+            MANAGEMENT_LOCKED.with(|m| m.set(false));
         }
         _ => {}
     }
+}
+
+thread_local! {
+    /// Whether this transaction took a tenant's lock or the platform revocations' lock.
+    static MANAGEMENT_LOCKED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The key a tenant's changes are announced under.
@@ -799,10 +816,42 @@ pub fn read_one<A: FromDatum + IntoDatum>(
 /// tenant's memberships, grants, role mappings and quota-bound rows takes it first, so that a
 /// check and the change it allows are not interleaved with another session's.
 pub fn lock_tenant_row(tenant: Uuid) {
+    MANAGEMENT_LOCKED.with(|m| m.set(true));
     write(
         "SELECT 1 FROM tenancy.tenant WHERE id = $1 FOR NO KEY UPDATE",
         &[to_pg_uuid(tenant).into()],
     );
+}
+
+/// The fourth field of the platform revocations' lock tag (SQL's advisory lock functions use 1
+/// and 2 only; the chain's locks use 0x7400 + lane, a tenant's write lock 0x7500).
+const PLATFORM_REVOCATIONS_FIELD4: u16 = 0x7600;
+
+/// Lock the platform's token revocations (those of no tenant) until the transaction ends:
+/// their quota is counted under it. A tag no SQL can take: under `pg_advisory_xact_lock` of a
+/// key of its own, any role could hold it (in a prepared transaction, for ever) and stop every
+/// operator's `revoke_token` (an attacker's pass).
+pub fn lock_platform_revocations() {
+    MANAGEMENT_LOCKED.with(|m| m.set(true));
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for every backend connected to a database.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: 0,
+        locktag_field3: 0,
+        locktag_field4: PLATFORM_REVOCATIONS_FIELD4,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a transaction-level lock of a tag only pg_tenancy takes (released at the end of
+    // the transaction, or of the subtransaction that took it, with what it guarded).
+    unsafe {
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+        );
+    }
 }
 
 /// Run a read-only query on the catalog as its owner, with a fresh snapshot, and map every row.
@@ -1245,8 +1294,96 @@ pub fn token_revocation(
 
 /// Run a writing statement on the catalog as its owner.
 pub fn write(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> u64 {
+    // SAFETY: reads this backend's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32
+        && !crate::pg::citus::in_database()
+    {
+        return with_owner(|| Spi::connect_mut(|_| write_with_latest_snapshot(sql, args)))
+            .unwrap_or_else(|e| pgrx::error!("pg_tenancy: catalog write failed: {e}"));
+    }
     with_owner(|| Spi::connect_mut(|c| c.update(sql, None, args).map(|t| t.len() as u64)))
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: catalog write failed: {e}"))
+}
+
+/// A catalog write in a REPEATABLE READ or SERIALIZABLE transaction: run with a snapshot taken
+/// now, and the transaction's own as the cross-check, as PostgreSQL runs its foreign-key checks
+/// there. The management calls read the catalog with a snapshot taken now (after the tenant's
+/// lock), and a write with the transaction's older one missed what committed in between: an
+/// `unmap_role` under REPEATABLE READ, of a mapping made again after its transaction began,
+/// reported success, was recorded, and removed nothing (an attacker's pass). Now a row the
+/// transaction's snapshot does not show, changed or deleted here, fails the transaction with
+/// 40001 (could not serialize access), to be run again.
+fn write_with_latest_snapshot(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<u64, pgrx::spi::Error> {
+    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+    let mut values: Vec<pg_sys::Datum> = args
+        .iter()
+        .map(|a| {
+            a.datum()
+                .map_or(pg_sys::Datum::from(0usize), |d| d.sans_lifetime())
+        })
+        .collect();
+    let nulls: Vec<std::ffi::c_char> = args
+        .iter()
+        .map(|a| if a.datum().is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+        .collect();
+    // SAFETY: inside an SPI connection (the caller's Spi::connect_mut), as the catalog owner
+    // with the pinned search_path (with_owner), which is what kept plans are made for
+    // (plan_for); both snapshots are registered for the length of the execution and released
+    // below (or by resource-owner clean-up on error).
+    unsafe {
+        let (plan, kept) = plan_for(sql, &mut types);
+        let crosscheck = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+        let latest = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let rc = pg_sys::SPI_execute_snapshot(
+            plan,
+            values.as_mut_ptr(),
+            nulls.as_ptr(),
+            latest,
+            crosscheck,
+            false,
+            true,
+            0,
+        );
+        pg_sys::UnregisterSnapshot(latest);
+        pg_sys::UnregisterSnapshot(crosscheck);
+        if !kept {
+            pg_sys::SPI_freeplan(plan);
+        }
+        if rc < 0 {
+            pgrx::error!("pg_tenancy: a catalog write returned SPI code {rc}");
+        }
+        Ok(pg_sys::SPI_processed)
+    }
+}
+
+/// On a Citus worker, pg_tenancy's catalog is changed only through Citus, from the
+/// coordinator: a management call made in a session of a worker wrote its node's copies of the
+/// reference tables with ids the coordinator's sequences hand out too (`grant_support` failed
+/// on a duplicate key, a reviewer's pass) and past the coordinator's locks. Refused there
+/// (Citus's own connections write the copies with plain SQL, never through here): every
+/// management record (`audit::admin`, which every management call writes, and fails the call
+/// with all it wrote) and first the calls that draw an id from a sequence (`grant_support`)
+/// check it. Not every catalog write: a worker's own guard work (a dropped table forgotten)
+/// writes its node's local tables.
+pub fn refuse_on_a_citus_worker() {
+    if !crate::pg::citus::in_database() || crate::pg::citus::internal_backend() {
+        return;
+    }
+    let worker = read_one::<bool>(
+        "SELECT groupid OPERATOR(pg_catalog.<>) 0 FROM pg_catalog.pg_dist_local_group",
+        &[],
+    )
+    .unwrap_or(false);
+    if worker {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            "pg_tenancy's catalog is changed on the Citus coordinator only, and this node is a worker",
+            "Run pg_tenancy's management functions (tenants, keys, mappings, roles, grants, members, revocations, support) in a session of the coordinator.",
+        );
+    }
 }
 
 /// The relation whose relcache invalidation drops every backend's cache for a change to

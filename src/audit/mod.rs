@@ -787,6 +787,7 @@ fn audit_row_hash(
 
 /// Record a management action.
 pub fn admin(action: &str, tenant: Option<Uuid>, detail: serde_json::Value) {
+    crate::catalog::refuse_on_a_citus_worker();
     if let Some(t) = tenant.filter(|_| REVOCATIONS.contains(&action)) {
         crate::telemetry::revoked(t);
     }
@@ -813,6 +814,7 @@ pub fn prime_keys<'a>(keys: impl IntoIterator<Item = (Uuid, &'a [u8])>) {
 /// Record the same management action once in each of many tenants' chains, one set-based
 /// INSERT (create_tenants): `items` pairs each tenant with its record's detail.
 pub fn admin_each(action: &str, items: Vec<(Uuid, serde_json::Value)>) {
+    crate::catalog::refuse_on_a_citus_worker();
     if items.is_empty() {
         return;
     }

@@ -663,6 +663,12 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         );
     }
     let uuid = to_pg_uuid(t.id);
+    // The tenant's row is locked first, so that no mapping, member, role or grant is added to
+    // it from here on (each takes the lock, then finds the tenant decommissioned). Its mappings
+    // were read unlocked: a map_role committed after the read was deleted unchecked, and left
+    // a role mapped alone to a tenant with an admin, bound there without a token (an
+    // attacker's pass, as an operator).
+    catalog::lock_tenant_row(t.id);
     // Its mappings go: a role mapped to it and to one other tenant would be left bound there
     // without a token (checked before any session is ended).
     for role in mapped_roles(&t) {

@@ -413,8 +413,25 @@ fn insert_grant(tenant: uuid::Uuid, role: &str, tbl: Option<pg_sys::Oid>, privil
 /// COMMITTED, each statement's own snapshot). Two concurrent `remove_member` calls each saw the
 /// other's membership still there, and together left the subject on richer default_roles (an
 /// attacker's pass, as an operator).
+///
+/// The tenant's status is read again after the lock: a change that waited for
+/// `decommission_tenant` would otherwise land in the tenant it had just emptied (a mapping or
+/// a member left on a decommissioned tenant, missing from its certificate: a later pass).
 fn lock_memberships(t: &catalog::TenantRow) {
     catalog::lock_tenant_row(t.id);
+    let status = catalog::owner_rows(
+        "tenancy.tenant",
+        "SELECT status FROM tenancy.tenant WHERE id = $1",
+        &[to_pg_uuid(t.id).into()],
+        |r| r.get::<String>(1),
+    );
+    if status.first().cloned().flatten().as_deref() == Some("decommissioned") {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("tenant \"{}\" is decommissioned", t.slug),
+            "Its roles, members, grants and mappings are gone with its rows.",
+        );
+    }
 }
 
 /// A protected table (or NULL for every protected table, present and future).
@@ -546,6 +563,7 @@ fn add_member(tenant: &str, subject: &str, role: &str) {
             "Use the token's \"sub\" claim.",
         );
     }
+    lock_memberships(&t);
     catalog::write(
         "INSERT INTO tenancy.member (tenant_id, subject, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         &[to_pg_uuid(t.id).into(), subject.into(), role.into()],
@@ -666,6 +684,8 @@ fn grant_support(
 ) -> pgrx::JsonB {
     let operator = operator.0;
     let privileges = errors::names("grant_support", privileges);
+    // Before its id is drawn (on a worker, from that node's sequence).
+    catalog::refuse_on_a_citus_worker();
     let b = crate::binding::require();
     if !authz::is_tenant_admin(b.tenant) {
         errors::raise(
@@ -916,15 +936,10 @@ fn revoke_token(jti: Option<&str>) {
         }
     };
     // Counted under a lock (see create_role): the tenant's row, or for the platform's
-    // revocations a transaction-level advisory lock of pg_tenancy's own.
+    // revocations a lock of pg_tenancy's own that no SQL can take.
     match tenant {
         Some(t) => catalog::lock_tenant_row(t),
-        None => {
-            catalog::write(
-                "SELECT pg_catalog.pg_advisory_xact_lock($1)",
-                &[PLATFORM_REVOCATIONS_LOCK.into()],
-            );
-        }
+        None => catalog::lock_platform_revocations(),
     }
     refuse_over_quota(
         // Two branches, each an index scan (`IS NOT DISTINCT FROM` cannot use the index: every
@@ -952,9 +967,6 @@ fn revoke_token(jti: Option<&str>) {
 /// Revocations one tenant (or the platform, for tokens revoked everywhere) may hold: a bound on
 /// the catalog's growth, not on backends' memory (revocations are looked up one by one).
 const REVOCATION_QUOTA: i64 = 100_000;
-/// The advisory lock key that serializes the platform's token revocations while they are
-/// counted ("tenancy" in ASCII, then 1).
-const PLATFORM_REVOCATIONS_LOCK: i64 = 0x74656e616e637901;
 const REVOCATION_HINT: &str =
     "Revoke a subject's tokens at once with tenancy.revoke_subject(), or let short-lived tokens expire.";
 

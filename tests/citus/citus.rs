@@ -654,6 +654,48 @@ fn every_nodes_copy_of_the_catalog_is_the_same_whatever_the_callers_output_setti
     assert_eq!(drift(&mut op), Vec::<String>::new(), "mended");
 }
 
+/// Management calls made in a session of a worker wrote that node's copies with ids the
+/// coordinator's sequences hand out too (`grant_support` failed on a duplicate key) and past
+/// the coordinator's locks: refused there (55000), with nothing written on any node.
+#[test]
+fn management_calls_are_refused_on_a_worker() {
+    let f = Fixture::new();
+    let slug = format!("on-worker-{}", std::process::id());
+    let mut op = node(1, OPERATOR);
+    assert_not_privileged(&mut op);
+    let e = op
+        .query_one("SELECT tenancy.create_tenant($1)", &[&slug])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert!(message(&e).contains("coordinator"), "{}", message(&e));
+    for i in 0..ports().len() {
+        let n: i64 = node(i, "postgres")
+            .query_one(
+                "SELECT count(*) FROM tenancy.tenant WHERE slug = $1",
+                &[&slug],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "node {i}");
+    }
+    superuser()
+        .execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut admin = app_on(1);
+    let mut tx = admin.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+        .unwrap();
+    let e = tx
+        .execute(
+            &format!("SELECT tenancy.grant_support('{OPERATOR}', '1 hour')"),
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    tx.rollback().unwrap();
+    assert_catalog_copies_agree("management refused on a worker");
+}
+
 #[test]
 fn citus_setup_is_for_a_superuser_on_the_coordinator() {
     let mut op = node(0, OPERATOR);

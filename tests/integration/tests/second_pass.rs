@@ -2535,3 +2535,178 @@ fn a_tables_grants_go_with_it_and_never_stop_a_revocation_elsewhere() {
         .get(0);
     assert!(ok);
 }
+
+fn slugs_mapped(su: &mut postgres::Client, role: &str) -> Vec<String> {
+    su.query(
+        "SELECT t.slug FROM tenancy.role_mapping m JOIN tenancy.tenant t ON t.id = m.tenant_id \
+          WHERE m.role = $1::text::regrole ORDER BY 1",
+        &[&role],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// `decommission_tenant` read the tenant's mappings before locking the tenant and deleted them
+/// all later: a mapping made in between was deleted unchecked. An operator mapped a role, also
+/// mapped to a tenant with an admin (A) and one without (B), to the tenant being decommissioned,
+/// unmapped it from B (two mappings were left), and the decommission took the third: the role
+/// was bound to A alone, without a token (an attacker's pass, reproduced).
+#[test]
+fn a_mapping_made_while_a_tenant_is_decommissioned_waits_and_is_refused() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let (rw, r0) = (
+        login_role(&mut su, "deco_rw", ""),
+        login_role(&mut su, "deco_r0", ""),
+    );
+    let (te, tf) = (unique("te"), unique("tf"));
+    for t in [&te, &tf] {
+        su.execute("SELECT tenancy.create_tenant($1)", &[t]).unwrap();
+    }
+    for (r, t) in [(&rw, &f.a), (&rw, &f.b), (&r0, &te), (&r0, &tf)] {
+        su.execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[r, t])
+            .unwrap();
+    }
+    f.seat_admin(&f.a, "boss");
+    // A management call of te, left open, holds te's lock: the decommission of tf waits for
+    // it while checking r0 (also mapped to te).
+    let mut x = connect(OPERATOR);
+    x.batch_execute("BEGIN").unwrap();
+    x.execute("SELECT tenancy.revoke_subject($1, 'nobody')", &[&te])
+        .unwrap();
+    let mut t1 = connect(OPERATOR);
+    let t1_pid: i32 = t1.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let tf1 = tf.clone();
+    let decommission = std::thread::spawn(move || {
+        t1.query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&tf1])
+            .map(|_| ())
+            .map_err(|e| (sqlstate(&e), message(&e)))
+    });
+    until_waiting_for_a_lock(&mut su, t1_pid);
+    let mut t2 = connect(OPERATOR);
+    let t2_pid: i32 = t2.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let (rw2, tf2) = (rw.clone(), tf.clone());
+    let map = std::thread::spawn(move || {
+        t2.execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[&rw2, &tf2])
+            .map(|_| ())
+            .map_err(|e| (sqlstate(&e), message(&e)))
+    });
+    // The mapping either went through (the build before) or waits for the tenant's lock.
+    let start = std::time::Instant::now();
+    loop {
+        if map.is_finished() {
+            break;
+        }
+        let waiting: bool = su
+            .query_opt(
+                "SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1",
+                &[&t2_pid],
+            )
+            .unwrap()
+            .is_some_and(|r| r.get(0));
+        if waiting || start.elapsed() > std::time::Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Then the role is unmapped from B: allowed only while it keeps two mappings.
+    let unmapped = connect(OPERATOR)
+        .execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&rw, &f.b])
+        .map_err(|e| sqlstate(&e));
+    x.batch_execute("ROLLBACK").unwrap();
+    let decommissioned = decommission.join().unwrap();
+    let mapped_to_tf = map.join().unwrap();
+    let left = slugs_mapped(&mut su, &rw);
+    assert_ne!(left, vec![f.a.clone()], "the role was left mapped to A alone");
+    decommissioned.unwrap_or_else(|e| panic!("decommission: {e:?}"));
+    assert_eq!(unmapped, Err("42501".to_string()));
+    let (state, msg) = mapped_to_tf.expect_err("a mapping into the decommissioned tenant");
+    assert_eq!(state, "55000", "{msg}");
+    assert_eq!(left, [f.a.clone(), f.b.clone()]);
+}
+
+/// A prepared transaction keeps its locks until it is ended by its owner or a superuser: a
+/// tenant admin who prepared a management call held the tenant's lock, and every operator's
+/// kill switch for the tenant waited for ever (an attacker's pass). Refused.
+#[test]
+fn a_transaction_that_made_a_management_call_cannot_be_prepared() {
+    let f = Fixture::new();
+    f.seat_admin(&f.a, "boss");
+    let mut c = f.session_as(&f.a, "boss");
+    c.execute("SELECT tenancy.create_role($1, 'held')", &[&f.a])
+        .unwrap();
+    let e = c
+        .batch_execute("PREPARE TRANSACTION 'pg_tenancy_held'")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    // Nothing was prepared, and the tenant's kill switch is not held up.
+    let mut op = connect(OPERATOR);
+    op.batch_execute("SET lock_timeout = '5s'").unwrap();
+    op.execute("SELECT tenancy.suspend_tenant($1, 'held')", &[&f.a])
+        .unwrap_or_else(|e| panic!("suspend: {}", message(&e)));
+    let prepared: i64 = superuser()
+        .query_one(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'pg_tenancy_held'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0);
+}
+
+/// The platform's token revocations were counted under `pg_advisory_xact_lock` of a key of
+/// pg_tenancy's: any role could take it (in a prepared transaction, for ever) and stop every
+/// operator's `revoke_token` (an attacker's pass). The lock is one no SQL can take now.
+#[test]
+fn no_role_can_hold_the_platforms_token_revocations() {
+    let mut app = app();
+    app.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(x'74656e616e637901'::bigint)")
+        .unwrap();
+    let mut op = connect(OPERATOR);
+    op.batch_execute("SET lock_timeout = '5s'").unwrap();
+    op.execute("SELECT tenancy.revoke_token($1)", &[&unique("jti")])
+        .unwrap_or_else(|e| panic!("revoke_token: {}", message(&e)));
+    app.batch_execute("ROLLBACK").unwrap();
+}
+
+/// Under REPEATABLE READ, a management call read the catalog afresh and wrote with the
+/// transaction's older snapshot: an `unmap_role` of a mapping made after the transaction began
+/// reported success, was recorded, and removed nothing (an attacker's pass). It fails with
+/// 40001 now, to be run again, and leaves no record.
+#[test]
+fn an_unmapping_in_an_older_snapshot_fails_rather_than_removing_nothing() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let r = login_role(&mut su, "rr_map", "");
+    let mut t1 = connect(OPERATOR);
+    t1.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .unwrap();
+    connect(OPERATOR)
+        .execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[&r, &f.b])
+        .unwrap();
+    let records = |su: &mut postgres::Client| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid \
+               AND new_row->>'action' = 'unmap_role'",
+            &[&f.b_id],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let e = t1
+        .execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&r, &f.b])
+        .map(|_| ())
+        .and_then(|_| t1.batch_execute("COMMIT"));
+    t1.batch_execute("ROLLBACK").ok();
+    let e = e.expect_err("the unmapping of a row its snapshot does not show");
+    assert_eq!(sqlstate(&e), "40001", "{}", message(&e));
+    assert_eq!(slugs_mapped(&mut su, &r), vec![f.b.clone()]);
+    assert_eq!(records(&mut su), 0);
+    // Run again, it removes the mapping.
+    connect(OPERATOR)
+        .execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&r, &f.b])
+        .unwrap();
+    assert!(slugs_mapped(&mut su, &r).is_empty());
+}
