@@ -293,8 +293,17 @@ fn xact_callback(event: pg_sys::XactEvent::Type) {
 }
 
 thread_local! {
-    /// Whether this transaction took a tenant's lock or the platform revocations' lock.
+    /// Whether this transaction took a tenant's lock or the platform revocations' lock, wrote
+    /// the catalog or recorded a management action.
     static MANAGEMENT_LOCKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// This transaction holds locks of a management call (a catalog row, a tenant, a trail's
+/// chain): it will not be prepared ([`xact_callback`]). Every catalog write and management
+/// record notes it, not only the tenant's lock: `set_setting` updated the tenant's row without
+/// that lock, and a tenant admin prepared it (a later pass).
+pub fn note_management_lock() {
+    MANAGEMENT_LOCKED.with(|m| m.set(true));
 }
 
 /// The key a tenant's changes are announced under.
@@ -541,6 +550,15 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
 /// a user wrote (a user table's triggers, defaults, constraints, index expressions, rules):
 /// that runs under [`as_table_owner`]. `src/TRUST_BOUNDARIES.md` lists every call site.
 pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
+    // On Citus, what runs as the owner may be sent to other nodes on the owner's connections.
+    crate::pg::citus::before_routing_as_another();
+    with_owner_reading_locally(f)
+}
+
+/// [`with_owner`] for reads of pg_tenancy's catalog (its reference tables have a copy on every
+/// node, read locally), of this node's shards and of the system catalogs: nothing reaches
+/// another node, so a client's carried settings (see [`with_owner`]) play no part.
+pub fn with_owner_reading_locally<R>(f: impl FnOnce() -> R) -> R {
     with_pinned_search_path(|| as_owner_running_no_sql(f))
 }
 
@@ -624,6 +642,7 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
         )
     });
     refuse_temporary_objects_before_running_as(owner);
+    crate::pg::citus::before_routing_as_another();
     with_pinned_search_path(|| switch_user(owner, f))
 }
 
@@ -854,6 +873,34 @@ pub fn lock_platform_revocations() {
     }
 }
 
+/// Lock `t`'s row ([`lock_tenant_row`]) and read the tenant again after the lock: the
+/// invalidations of what was committed while this call waited are processed first (a row lock
+/// waited for takes no lock that would), so the row, its settings and its privileges are those
+/// of the transaction that held the lock, not those read before (an operator's `remove_member`
+/// waiting for a tenant admin's `set_setting` of richer `default_roles` checked the old ones,
+/// and let the subject fall back to the new: an attacker's pass). A tenant decommissioned
+/// meanwhile is refused.
+pub fn lock_live_tenant(t: &TenantRow) -> Rc<TenantRow> {
+    lock_tenant_row(t.id);
+    // SAFETY: processes this backend's pending invalidation messages, inside a transaction.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let fresh = tenant_by_id(t.id).unwrap_or_else(|| {
+        errors::raise(
+            UNDEFINED_OBJECT,
+            format!("tenant \"{}\" does not exist", t.slug),
+            "SELECT slug, id FROM tenancy.tenants lists the tenants.",
+        )
+    });
+    if fresh.status == "decommissioned" {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("tenant \"{}\" is decommissioned", t.slug),
+            "Decommissioned tenants cannot change.",
+        );
+    }
+    fresh
+}
+
 /// Run a read-only query on the catalog as its owner, with a fresh snapshot, and map every row.
 pub fn owner_rows<T>(
     what: &str,
@@ -861,7 +908,7 @@ pub fn owner_rows<T>(
     args: &[pgrx::datum::DatumWithOid],
     map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
 ) -> Vec<T> {
-    with_owner(|| Spi::connect(|_| fresh_select(sql, None, args, map)))
+    with_owner_reading_locally(|| Spi::connect(|_| fresh_select(sql, None, args, map)))
         .unwrap_or_else(|e| pgrx::error!("pg_tenancy: reading {what} failed: {e}"))
 }
 
@@ -1292,8 +1339,22 @@ pub fn token_revocation(
     revoked.then(|| format!("token \"{jti}\" has been revoked"))
 }
 
+/// Lock a row of a system catalog (`sql`, a `SELECT ... FOR KEY SHARE` of it) as the catalog's
+/// owner: a local lock, which reaches no other node and holds no row of pg_tenancy's.
+pub fn lock_system_row(sql: &str, args: &[pgrx::datum::DatumWithOid]) {
+    with_owner_reading_locally(|| Spi::connect_mut(|c| c.update(sql, None, args).map(|_| ())))
+        .unwrap_or_else(|e| pgrx::error!("pg_tenancy: locking a catalog row failed: {e}"))
+}
+
 /// Run a writing statement on the catalog as its owner.
 pub fn write(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> u64 {
+    // A catalog row written is locked until the transaction ends: not to be prepared (but by
+    // Citus, whose own connections prepare every transaction they write in, the catalog's
+    // copies included; a management call is also noted at its record, whoever names its
+    // connection as Citus does).
+    if !crate::pg::citus::internal_backend() {
+        note_management_lock();
+    }
     // SAFETY: reads this backend's isolation level.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32
         && !crate::pg::citus::in_database()
@@ -1369,7 +1430,9 @@ fn write_with_latest_snapshot(
 /// check it. Not every catalog write: a worker's own guard work (a dropped table forgotten)
 /// writes its node's local tables.
 pub fn refuse_on_a_citus_worker() {
-    if !crate::pg::citus::in_database() || crate::pg::citus::internal_backend() {
+    // Citus's own connections are its superuser's: a client that names its connection as
+    // Citus does is not exempt (an attacker's pass ran management on a worker so).
+    if !crate::pg::citus::in_database() || crate::pg::citus::internal_superuser_backend() {
         return;
     }
     let worker = read_one::<bool>(
@@ -1399,6 +1462,22 @@ fn invalidation_relid(relid: pg_sys::Oid) -> pg_sys::Oid {
     }
 }
 
+/// On Citus, a node reads the values of the catalog writes sent to it with its own
+/// `standard_conforming_strings`: with it off there (a database default its owner may set), a
+/// backslash in a subject or a role's name became an escape, and the node's copy took another
+/// value than the coordinator's (a revocation of another subject: an attacker's pass). Refused
+/// on such a node, and the write with it (the catalog's triggers call this).
+fn refuse_nonstandard_strings() {
+    // SAFETY: reads this backend's setting.
+    if !unsafe { pg_sys::standard_conforming_strings } && crate::pg::citus::in_database() {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            "pg_tenancy's catalog is not written on a Citus node with standard_conforming_strings off",
+            "Turn standard_conforming_strings on for the database on every node (ALTER DATABASE ... RESET standard_conforming_strings).",
+        );
+    }
+}
+
 /// Statement-level trigger on every catalog table: queue a relcache invalidation of the table so
 /// that every backend drops its cached rows when this transaction commits.
 #[pg_trigger]
@@ -1406,6 +1485,7 @@ fn catalog_changed<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
     let relid = trigger.relid()?;
+    refuse_nonstandard_strings();
     // SAFETY: queues an invalidation message for a relation that exists (the trigger's, or a
     // catalog table of this database).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(invalidation_relid(relid)) };
@@ -1449,6 +1529,7 @@ const ANNOUNCE_MAX: usize = 256;
 fn tenant_changed<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    refuse_nonstandard_strings();
     let relid = trigger.relid()?;
     let column = trigger
         .extra_args()?

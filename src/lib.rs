@@ -225,11 +225,13 @@ mod trust_inventory {
     const INVENTORY: &str = include_str!("TRUST_BOUNDARIES.md");
     const SWITCHES: &[&str] = &[
         "with_owner(",
+        "with_owner_reading_locally(",
         "with_owner_ddl(",
         "as_owner_running_no_sql(",
         "as_table_owner(",
         "owner_rows(",
         "catalog::write(",
+        "lock_system_row(",
         "switch_user(",
     ];
 

@@ -378,7 +378,7 @@ fn chain_head(shards: &ChainShards, tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
             "SELECT seq, chain_hash FROM tenancy.{} WHERE tenant_id = $1 AND lane = $2",
             catalog::quote_ident(checkpoint)
         );
-        return catalog::with_owner(|| {
+        return catalog::with_owner_reading_locally(|| {
             Spi::connect(|c| {
                 let t = c.select(&sql, Some(1), &[to_pg_uuid(tenant).into(), lane.into()])?;
                 Ok::<_, pgrx::spi::Error>(if t.is_empty() {
@@ -403,7 +403,7 @@ fn chain_head(shards: &ChainShards, tenant: Uuid, lane: i16) -> (i64, Vec<u8>) {
     // SAFETY: head_row runs inside the SPI connection made here, with the kept plan of
     // checkpoint_plan (a SELECT of seq and encode(chain_hash, 'hex'), both NOT NULL columns,
     // taking a uuid and a smallint).
-    catalog::with_owner(|| unsafe {
+    catalog::with_owner_reading_locally(|| unsafe {
         Spi::connect(|_| head_row(checkpoint, tenant, lane).unwrap_or((0, GENESIS.to_vec())))
     })
 }
@@ -413,7 +413,7 @@ fn keep_plan(sql: &std::ffi::CStr, argtypes: &[pg_sys::Oid]) -> pg_sys::SPIPlanP
     // SAFETY: inside the SPI connection made here; `sql` is NUL-terminated and `types` holds
     // the number of argument types passed. The kept plan is moved out of SPI's memory, so it
     // outlives the connection.
-    catalog::with_owner(|| unsafe {
+    catalog::with_owner_reading_locally(|| unsafe {
         Spi::connect(|_| {
             let mut types = argtypes.to_vec();
             let plan = pg_sys::SPI_prepare(sql.as_ptr(), types.len() as i32, types.as_mut_ptr());
@@ -788,6 +788,8 @@ fn audit_row_hash(
 /// Record a management action.
 pub fn admin(action: &str, tenant: Option<Uuid>, detail: serde_json::Value) {
     crate::catalog::refuse_on_a_citus_worker();
+    crate::catalog::note_management_lock();
+    crate::pg::citus::before_routing_as_another();
     if let Some(t) = tenant.filter(|_| REVOCATIONS.contains(&action)) {
         crate::telemetry::revoked(t);
     }
@@ -815,6 +817,8 @@ pub fn prime_keys<'a>(keys: impl IntoIterator<Item = (Uuid, &'a [u8])>) {
 /// INSERT (create_tenants): `items` pairs each tenant with its record's detail.
 pub fn admin_each(action: &str, items: Vec<(Uuid, serde_json::Value)>) {
     crate::catalog::refuse_on_a_citus_worker();
+    crate::catalog::note_management_lock();
+    crate::pg::citus::before_routing_as_another();
     if items.is_empty() {
         return;
     }

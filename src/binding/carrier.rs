@@ -158,7 +158,11 @@ fn set_local(value: &str) {
             crate::catalog::quote_literal(&format!("BEGIN {sql}; END"))
         );
     }
-    pgrx::spi::Spi::run(&sql).unwrap_or_else(|e| {
+    let own = format!(
+        "SET LOCAL tenancy.carrier = {}",
+        crate::catalog::quote_literal(value)
+    );
+    crate::pg::citus::own_setting(&own, || pgrx::spi::Spi::run(&sql)).unwrap_or_else(|e| {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
             format!("pg_tenancy could not carry the binding to the Citus workers: {e}"),

@@ -384,7 +384,7 @@ fn table_of(kind: Kind, arg: Constant) -> Option<pg_sys::Oid> {
 /// name. The records' `coordinator_relid` is an oid of the coordinator's, compared only there:
 /// on a worker it may be the oid of an unrelated table of that node.
 fn protected(rel: pg_sys::Oid) -> bool {
-    catalog::with_owner(|| {
+    catalog::with_owner_reading_locally(|| {
         Spi::connect(|c| {
             let records = super::guard::local_copy(c)?;
             // With a snapshot taken now, not the transaction's (see guard::refuse_drift).

@@ -521,7 +521,7 @@ pub fn refuse_foreign_objects_on_placements(rel: pg_sys::Oid, table: &str, gener
             "Drop them first (DROP POLICY ... ON the table, on the coordinator); pg_tenancy's policies confine each tenant to its rows, and a restriction of your own belongs in the application's queries or a view.",
         );
     }
-    let found: Vec<Placement> = catalog::with_owner(|| {
+    let found: Vec<Placement> = catalog::with_owner_reading_locally(|| {
         Spi::connect(|c| {
             // The table's Citus metadata: when each row was written (this transaction, or
             // before), how it is distributed, and whether Citus synced it to the workers with
@@ -751,7 +751,7 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
     if !crate::pg::citus::in_database() || unsafe { pg_sys::creating_extension } {
         return;
     }
-    let drifted: Option<(String, String, bool)> = catalog::with_owner(|| {
+    let drifted: Option<(String, String, bool)> = catalog::with_owner_reading_locally(|| {
         Spi::connect_mut(|c| {
             show_shards(c)?;
             // Read this node's copy of tenancy.citus_protection itself: inside an ALTER TABLE
@@ -1035,7 +1035,7 @@ pub fn refuse_function_changes() {
     }
     // The command's role, read before switching to the catalog owner.
     let superuser = crate::authz::is_superuser(crate::authz::caller());
-    let found: Option<(String, Option<String>, bool)> = catalog::with_owner(|| {
+    let found: Option<(String, Option<String>, bool)> = catalog::with_owner_reading_locally(|| {
         Spi::connect_mut(|c| {
             // Most commands the guard sees change no function.
             let functions = c
@@ -1131,7 +1131,7 @@ pub fn schema_holds_guarded(schema: &str) -> bool {
     if unsafe { pg_sys::creating_extension } {
         return false;
     }
-    catalog::with_owner(|| {
+    catalog::with_owner_reading_locally(|| {
         Spi::connect_mut(|c| {
             let records = local_copy(c)?;
             Ok::<_, pgrx::spi::Error>(
@@ -1171,7 +1171,7 @@ fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
     {
         return false;
     }
-    catalog::with_owner(|| {
+    catalog::with_owner_reading_locally(|| {
         Spi::connect_mut(|c| {
             show_shards(c)?;
             let records = local_copy(c)?;

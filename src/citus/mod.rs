@@ -74,6 +74,7 @@ pub fn set_key_maker(f: fn()) {
 
 pub fn init() {
     crate::pg::hooks::after_utility(after_utility);
+    crate::pg::hooks::before_utility(crate::pg::citus::note_set_local);
     calls::init();
 }
 
@@ -309,9 +310,9 @@ fn distribute_catalog() -> Vec<String> {
 
 /// `citus_catalog_drift` (one per table and node): the nodes whose copy of one of pg_tenancy's
 /// reference tables holds other rows than the coordinator's. Every node's copy is digested by
-/// the same fixed statement through `run_command_on_all_nodes` (the coordinator's too, so that
-/// each is read under the same connection settings: a role or a table prints by name), as a
-/// count and a sum of the rows' hashes, which needs no order and no memory for a large table.
+/// the same fixed statement through `run_command_on_all_nodes` (the coordinator's too, each
+/// over a connection of Citus's with the node's defaults: a role or a table prints by name),
+/// which pins the output settings first, as a count and two sums of the rows' hashes.
 /// A copy differs when a write reached one node otherwise than the others (values printed
 /// under a caller's `DateStyle` before 0.2.0's fix, a write by oid, a change made on one node
 /// past Citus): a mapping or a revocation then holds on some nodes only.
@@ -334,11 +335,23 @@ fn catalog_copies_that_differ(
         // The table's name comes from the catalog of pg_tenancy's own schema (pinned
         // search_path: printed qualified) and is quoted as an identifier path by regclass's
         // output; the statement calls pg_catalog's functions by their schema.
+        // The output settings are set first on each node (a CTE the hashed text depends on):
+        // a node's own TimeZone or IntervalStyle printed its rows otherwise (false drift, a
+        // later pass). Two sums of 60-bit hashes, so that no order and no memory for a large
+        // table is needed.
         let digest = format!(
-            "SELECT pg_catalog.count(*)::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) \
-                    COALESCE(pg_catalog.sum(('x' OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.md5(\
-                      pg_catalog.to_jsonb(r)::pg_catalog.text), 1, 15))::pg_catalog.bit(60)::pg_catalog.int8), 0)::pg_catalog.text \
-               FROM {table} r"
+            "WITH s AS MATERIALIZED (SELECT pg_catalog.set_config('TimeZone', 'UTC', true) \
+                      OPERATOR(pg_catalog.||) pg_catalog.set_config('DateStyle', 'ISO, MDY', true) \
+                      OPERATOR(pg_catalog.||) pg_catalog.set_config('IntervalStyle', 'postgres', true) \
+                      OPERATOR(pg_catalog.||) pg_catalog.set_config('extra_float_digits', '1', true) \
+                      OPERATOR(pg_catalog.||) pg_catalog.set_config('bytea_output', 'hex', true) AS pinned), \
+                  h AS (SELECT pg_catalog.md5(s.pinned OPERATOR(pg_catalog.||) pg_catalog.to_jsonb(r)::pg_catalog.text) AS m \
+                          FROM s, {table} r) \
+             SELECT pg_catalog.count(*)::pg_catalog.text OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) \
+                    COALESCE(pg_catalog.sum(('x' OPERATOR(pg_catalog.||) pg_catalog.substr(h.m, 1, 15))::pg_catalog.bit(60)::pg_catalog.int8), 0)::pg_catalog.text \
+                    OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) \
+                    COALESCE(pg_catalog.sum(('x' OPERATOR(pg_catalog.||) pg_catalog.substr(h.m, 16, 15))::pg_catalog.bit(60)::pg_catalog.int8), 0)::pg_catalog.text \
+               FROM h"
         );
         let results: Vec<(String, i32, i32, bool, String)> = c
             .select(

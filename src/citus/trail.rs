@@ -131,7 +131,7 @@ pub fn in_range(tenant: uuid::Uuid, range: (i32, i32)) -> bool {
 /// colocated with `tenancy.audit_log`: its records would have nowhere to go in this
 /// transaction). None when `rel` is no shard of a protected table.
 pub fn shard_of(rel: pg_sys::Oid) -> Option<ShardTable> {
-    let found = crate::catalog::with_owner(|| {
+    let found = crate::catalog::with_owner_reading_locally(|| {
         Spi::connect_mut(|c| {
             super::guard::show_shards(c)?;
             let records = super::guard::local_copy(c)?;
@@ -480,7 +480,7 @@ pub fn on_coordinator() -> bool {
 /// and `tenancy.citus_protection` (inside a statement Citus runs on a node, a query of a
 /// reference table itself is refused: the copies are read instead, as the guard does).
 pub fn shard_exclusions(table: &str, tenant: uuid::Uuid) -> Vec<String> {
-    crate::catalog::with_owner(|| {
+    crate::catalog::with_owner_reading_locally(|| {
         Spi::connect_mut(|c| {
             super::guard::show_shards(c)?;
             let records = super::guard::local_copy(c)?;

@@ -303,6 +303,7 @@ pub fn check_setting(t: &TenantRow, name: &str, value: &serde_json::Value) {
 fn set_limit(tenant: &str, name: &str, value: Option<pgrx::JsonB>) {
     crate::authz::require_operator("set_limit");
     let t = catalog::require_tenant(tenant);
+    let t = catalog::lock_live_tenant(&t);
     if index(name).is_none() {
         errors::raise(
             errors::INVALID_PARAMETER,

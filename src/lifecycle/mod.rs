@@ -148,6 +148,7 @@ fn create_tenant(
     settings: default!(JsonB, "'{}'"),
 ) -> pgrx::Uuid {
     authz::require_operator("create_tenant");
+    crate::pg::citus::before_routing_as_another();
     if !valid_slug(slug) {
         errors::raise(
             INVALID_PARAMETER,
@@ -223,6 +224,7 @@ fn create_tenants(
     tenants: JsonB,
 ) -> TableIterator<'static, (name!(slug, String), name!(id, pgrx::Uuid))> {
     authz::require_operator("create_tenants");
+    crate::pg::citus::before_routing_as_another();
     let bad = |detail: String| -> ! {
         errors::raise(
             INVALID_PARAMETER,
@@ -459,6 +461,9 @@ fn resume_tenant(tenant: &str) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_setting(tenant: &str, key: &str, value: Option<JsonB>) {
     let t = authz::require_manageable_tenant("set_setting", tenant);
+    // Locked, and read again after the lock (the widening check below reads whether it has an
+    // admin; a decommissioned tenant is refused).
+    let t = catalog::lock_live_tenant(&t);
     if key == "default_roles" && value.is_some() {
         // Roles for every token subject without a membership: widening.
         authz::require_may_widen("set_setting", &t);

@@ -242,3 +242,211 @@ pub fn created_in_this_transaction(rel: pg_sys::Oid) -> bool {
         created
     }
 }
+
+thread_local! {
+    /// The local transaction in which this session ran a setting command Citus carries to the
+    /// other nodes (0: none yet): the fallback where Citus's own record of them is not found.
+    static SETTINGS_CARRIED: Cell<u32> = const { Cell::new(0) };
+    /// The local transaction in which pg_tenancy ran statements as another user (the catalog's
+    /// owner, a table's owner), which Citus may have sent to other nodes on connections of that
+    /// user.
+    static ROUTED_AS_ANOTHER: Cell<u32> = const { Cell::new(0) };
+    /// pg_tenancy's own carried settings of this transaction (local transaction id, their
+    /// texts), and whether one is being run now.
+    static OWN_SETTINGS: std::cell::RefCell<(u32, Vec<String>)> =
+        const { std::cell::RefCell::new((0, Vec::new())) };
+    static RUNNING_OWN: Cell<bool> = const { Cell::new(false) };
+    /// Citus's record of the setting commands it carries, looked up once: its
+    /// `activeSetStmts` and `ActiveSubXactContexts()`.
+    static CITUS_RECORD: Cell<Option<Option<(usize, usize)>>> = const { Cell::new(None) };
+}
+
+fn local_xact() -> u32 {
+    // SAFETY: MyProc is set for every backend that runs a transaction; lxid is its own.
+    unsafe { (*pg_sys::MyProc).lxid }
+}
+
+/// A sub-transaction's context as Citus 13 keeps it (`SubXactContext` in its
+/// `transaction_management.h`): the setting commands carried before the savepoint are sent
+/// ahead of the savepoint to a connection opened inside it.
+#[repr(C)]
+struct CitusSubXactContext {
+    sub_id: pg_sys::SubTransactionId,
+    set_local_cmds: pg_sys::StringInfo,
+    propagated_objects: *mut std::ffi::c_void,
+}
+
+/// The addresses of Citus's `activeSetStmts` and `ActiveSubXactContexts`, or None.
+fn citus_record() -> Option<(usize, usize)> {
+    if let Some(r) = CITUS_RECORD.with(|c| c.get()) {
+        return r;
+    }
+    // SAFETY: load_external_function looks a symbol up in Citus's library, which is loaded
+    // (loaded() is checked by the callers); signalNotFound = false returns NULL when missing.
+    let r = unsafe {
+        let stmts = pg_sys::load_external_function(
+            c"citus".as_ptr(),
+            c"activeSetStmts".as_ptr(),
+            false,
+            std::ptr::null_mut(),
+        );
+        let subxacts = pg_sys::load_external_function(
+            c"citus".as_ptr(),
+            c"ActiveSubXactContexts".as_ptr(),
+            false,
+            std::ptr::null_mut(),
+        );
+        (!stmts.is_null() && !subxacts.is_null()).then_some((stmts as usize, subxacts as usize))
+    };
+    CITUS_RECORD.with(|c| c.set(Some(r)));
+    r
+}
+
+/// The text Citus sends ahead of the first statement of a connection it opens now: the setting
+/// commands carried before each open savepoint and in the current (sub)transaction. None where
+/// Citus's record is not found.
+fn carried_text() -> Option<String> {
+    let (stmts, subxacts) = citus_record()?;
+    let text = |si: pg_sys::StringInfo| -> String {
+        if si.is_null() {
+            return String::new();
+        }
+        // SAFETY: a StringInfo of Citus's, live in the transaction's memory: `data` holds
+        // `len` bytes.
+        unsafe {
+            let bytes =
+                std::slice::from_raw_parts((*si).data as *const u8, (*si).len.max(0) as usize);
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    };
+    let mut out = String::new();
+    // SAFETY: `subxacts` is Citus's `List *ActiveSubXactContexts(void)`, a List of pointers to
+    // its SubXactContext (mirrored above), valid in this transaction; `stmts` is the address
+    // of its `StringInfo activeSetStmts`.
+    unsafe {
+        let f: unsafe extern "C-unwind" fn() -> *mut pg_sys::List = std::mem::transmute(subxacts);
+        let list = f();
+        if !list.is_null() {
+            for i in 0..(*list).length as usize {
+                let ctx = (*(*list).elements.add(i)).ptr_value as *const CitusSubXactContext;
+                if !ctx.is_null() {
+                    out.push_str(&text((*ctx).set_local_cmds));
+                }
+            }
+        }
+        out.push_str(&text(*(stmts as *const pg_sys::StringInfo)));
+    }
+    Some(out)
+}
+
+/// Run one of pg_tenancy's own setting commands (`sql`, the carrier's `SET LOCAL`): its text
+/// is pg_tenancy's in Citus's record, and it is not refused after pg_tenancy's own work.
+pub fn own_setting<R>(sql: &str, f: impl FnOnce() -> R) -> R {
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            RUNNING_OWN.with(|r| r.set(false));
+        }
+    }
+    let lx = local_xact();
+    OWN_SETTINGS.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.0 != lx {
+            *o = (lx, Vec::new());
+        }
+        o.1.push(sql.to_string());
+    });
+    RUNNING_OWN.with(|r| r.set(true));
+    let _done = Done;
+    f()
+}
+
+/// Citus's carried text with pg_tenancy's own commands taken out: what a client put there.
+fn foreign_carried_text() -> Option<String> {
+    let mut text = carried_text()?;
+    let lx = local_xact();
+    OWN_SETTINGS.with(|o| {
+        let o = o.borrow();
+        if o.0 == lx {
+            for own in &o.1 {
+                while let Some(at) = text.find(own.as_str()) {
+                    text.replace_range(at..at + own.len(), "");
+                }
+            }
+        }
+    });
+    Some(text.replace(';', "").trim().to_string())
+}
+
+/// Before a utility statement (registered by the Citus pillar), in a session of its own (not
+/// Citus's connections) of a role that is not a superuser, in a database with Citus: a setting
+/// command Citus carries to the other nodes (`SET LOCAL`, `RESET`, `RESET ALL`, `SET
+/// TRANSACTION`; Citus carries the whole text of the query it came in) is refused once
+/// pg_tenancy has run statements as another user in the transaction: Citus sends it at once to
+/// every connection of the transaction, those it opened as the catalog's owner included, and
+/// the rest of the query's text with it (an attacker's pass ran a DO block so, as the
+/// superuser, on every worker). pg_tenancy's own carrier passes.
+pub fn note_set_local(stmt: *mut pg_sys::Node) {
+    // SAFETY: `stmt` is the statement's parse tree (or null); its tag is read before the node
+    // is used as the VariableSetStmt it says.
+    let carried = unsafe {
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_VariableSetStmt {
+            return;
+        }
+        let s = stmt as *mut pg_sys::VariableSetStmt;
+        (*s).is_local
+            || matches!(
+                (*s).kind,
+                pg_sys::VariableSetKind::VAR_RESET
+                    | pg_sys::VariableSetKind::VAR_RESET_ALL
+                    | pg_sys::VariableSetKind::VAR_SET_MULTI
+            )
+    };
+    // A superuser's own settings on the connections of the catalog's owner (a superuser) give
+    // it nothing it does not have.
+    if !carried || RUNNING_OWN.with(|r| r.get()) || !in_database() || internal_backend() {
+        return;
+    }
+    // SAFETY: superuser() reads the current user's catalog row through the syscache.
+    if unsafe { pg_sys::superuser() } {
+        return;
+    }
+    if ROUTED_AS_ANOTHER.with(|r| r.get()) == local_xact() {
+        crate::errors::raise(
+            crate::errors::FEATURE_NOT_SUPPORTED,
+            "SET LOCAL, RESET and SET TRANSACTION cannot follow a pg_tenancy management call in a transaction on Citus",
+            "Citus would send them to the connections pg_tenancy's statements used as another user; run them in another transaction, or use set_config(..., true), which Citus does not carry.",
+        );
+    }
+    SETTINGS_CARRIED.with(|c| c.set(local_xact()));
+}
+
+/// Before pg_tenancy runs statements as another user (the catalog's owner, a table's owner)
+/// that Citus may send to other nodes: refused while Citus carries setting commands of the
+/// client's in the transaction (`SET LOCAL`, `RESET`, `SET TRANSACTION`, and whatever else the
+/// query they came in held), which it would run ahead of them on every node as that user (an
+/// attacker's pass: a `SET LOCAL search_path` to a schema of the caller's made Citus's own
+/// unqualified calls run its function as the superuser on every worker). Read from Citus's own
+/// record of what it carries, so no form of the command escapes; pg_tenancy's own carrier is
+/// taken out. Nothing for a superuser, or where Citus is not created.
+pub fn before_routing_as_another() {
+    if !loaded() || !in_database() || internal_backend() {
+        return;
+    }
+    // SAFETY: superuser() reads the current user's catalog row through the syscache.
+    if unsafe { pg_sys::superuser() } {
+        return;
+    }
+    let foreign = match foreign_carried_text() {
+        Some(text) => !text.is_empty(),
+        None => SETTINGS_CARRIED.with(|c| c.get()) == local_xact(),
+    };
+    if foreign {
+        crate::errors::raise(
+            crate::errors::FEATURE_NOT_SUPPORTED,
+            "a pg_tenancy management call cannot follow SET LOCAL, RESET or SET TRANSACTION in a transaction on Citus",
+            "Citus sends the transaction's setting commands to every node ahead of pg_tenancy's statements, which run there as another user: make the call in a transaction without them (set_config(..., true) is not carried).",
+        );
+    }
+    ROUTED_AS_ANOTHER.with(|r| r.set(local_xact()));
+}

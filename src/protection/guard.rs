@@ -45,7 +45,7 @@ fn guard_check(touched: Vec<Option<pgrx::pg_sys::Oid>>) {
     // With a snapshot taken now, not the transaction's: a table's owner whose REPEATABLE READ
     // transaction began before protect() committed did not see the table's record, and turned
     // its FORCE ROW LEVEL SECURITY off after it (a reviewer's pass, reproduced).
-    let drifted: Vec<String> = catalog::with_owner(|| {
+    let drifted: Vec<String> = catalog::with_owner_reading_locally(|| {
         Spi::connect(|_| {
             catalog::fresh_select(
                 "SELECT p.relid::text FROM tenancy.protected_table p \
@@ -302,7 +302,7 @@ fn lock_protected_tables() -> SetOfIterator<'static, pg_sys::Oid> {
 ///   client's unqualified reads and writes on that server connection would go to it;
 /// - a materialized view stores the rows its creator could see, and has no row security.
 fn refuse_shadows_and_copies(touched: &[Option<pgrx::pg_sys::Oid>]) {
-    let found: Option<(String, String, bool)> = catalog::with_owner(|| {
+    let found: Option<(String, String, bool)> = catalog::with_owner_reading_locally(|| {
         Spi::connect(|c| {
             let t = c.select(
                 "SELECT c.oid::regclass::text, p.relid::regclass::text, true \
@@ -561,7 +561,7 @@ unsafe fn pin(rv: *mut pg_sys::RangeVar, mode: u32, first: LockFirst) -> pg_sys:
         }
         // As the catalog owner (a row lock asks for UPDATE on pg_namespace); the statement
         // reads one catalog row by oid and evaluates nothing of a user's.
-        catalog::write(
+        catalog::lock_system_row(
             "SELECT FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
             &[schema.into()],
         );

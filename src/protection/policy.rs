@@ -528,7 +528,7 @@ fn pin_names(rels: &[(pg_sys::Oid, u32)]) -> Vec<Option<String>> {
         if *ok && schema != pg_sys::InvalidOid && !locked.contains(&schema) {
             // As the catalog owner (superuser: a row lock asks for UPDATE on pg_namespace).
             // The statement reads one catalog row by oid and evaluates nothing of a user's.
-            catalog::write(
+            catalog::lock_system_row(
                 "SELECT FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
                 &[schema.into()],
             );
@@ -577,6 +577,9 @@ fn protectable(rel: pg_sys::Oid) -> bool {
 
 /// Run protect's or unprotect's statements for the table `rel`: each as its [`Who`].
 fn run_all(rel: pg_sys::Oid, sql: &[(Who, String)]) {
+    // On Citus the statements reach the workers as their user, after the transaction's SET
+    // LOCAL commands (refused then).
+    crate::pg::citus::before_routing_as_another();
     // "does not exist, skipping" notices of the idempotent DROPs are noise for the caller.
     // SAFETY: opens a GUC nesting level, closed by the AtEOXact_GUC below (or by the
     // transaction's abort on an error).
@@ -1237,7 +1240,7 @@ fn require_one_attach(sql: &str, parent: pg_sys::Oid, partition: pg_sys::Oid) {
 
 /// Tables of `schema` that have the tenant column and are not partitions.
 fn schema_tables(schema: &str, column: &str) -> Vec<pg_sys::Oid> {
-    catalog::with_owner(|| {
+    catalog::with_owner_reading_locally(|| {
         Spi::connect(|c| {
             let t = c.select(
                 "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -1335,7 +1338,7 @@ fn auto_protect_table(rel: pg_sys::Oid) {
         return;
     }
     require_current_ddl_command(rel);
-    let row = catalog::with_owner(|| {
+    let row = catalog::with_owner_reading_locally(|| {
         Spi::connect(|c| {
             let t = c.select(
                 "SELECT c.relkind::text, \

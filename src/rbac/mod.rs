@@ -82,7 +82,9 @@ fn map_role(
         );
     }
     // Serialized with unmap_role's rewrite of the tenant's mappings ([`delete_mapping`]).
-    lock_memberships(&t);
+    let t = lock_memberships(&t);
+    // Checked again on the tenant as it is after the lock (an admin seated meanwhile).
+    authz::require_may_widen("map_role", &t);
     catalog::write(
         "INSERT INTO tenancy.role_mapping (role, tenant_id, tenant_roles) VALUES ($1::oid::regrole, $2, $3) \
          ON CONFLICT (role, tenant_id) DO UPDATE SET tenant_roles = EXCLUDED.tenant_roles",
@@ -184,7 +186,7 @@ fn create_role(tenant: &str, role: &str) {
     }
     // Counted under the tenant's lock: concurrent transactions would not see each other's
     // uncommitted roles, and each could add up to the quota (an attacker's pass made 1,996).
-    lock_memberships(&t);
+    let t = lock_memberships(&t);
     refuse_over_quota(
         "SELECT count(*) FROM tenancy.tenant_role WHERE tenant_id = $1",
         Some(t.id),
@@ -213,7 +215,7 @@ fn drop_role(tenant: Option<&str>, role: Option<&str>) {
         );
     }
     let uuid = to_pg_uuid(t.id);
-    lock_memberships(&t);
+    let t = lock_memberships(&t);
     // Members whose only role this is fall back to the tenant's default_roles.
     if !default_roles(&t).is_empty() && !authz::may_widen(&t) {
         let only: Vec<String> = catalog::owner_rows(
@@ -417,21 +419,8 @@ fn insert_grant(tenant: uuid::Uuid, role: &str, tbl: Option<pg_sys::Oid>, privil
 /// The tenant's status is read again after the lock: a change that waited for
 /// `decommission_tenant` would otherwise land in the tenant it had just emptied (a mapping or
 /// a member left on a decommissioned tenant, missing from its certificate: a later pass).
-fn lock_memberships(t: &catalog::TenantRow) {
-    catalog::lock_tenant_row(t.id);
-    let status = catalog::owner_rows(
-        "tenancy.tenant",
-        "SELECT status FROM tenancy.tenant WHERE id = $1",
-        &[to_pg_uuid(t.id).into()],
-        |r| r.get::<String>(1),
-    );
-    if status.first().cloned().flatten().as_deref() == Some("decommissioned") {
-        errors::raise(
-            errors::NOT_IN_PREREQUISITE_STATE,
-            format!("tenant \"{}\" is decommissioned", t.slug),
-            "Its roles, members, grants and mappings are gone with its rows.",
-        );
-    }
+fn lock_memberships(t: &catalog::TenantRow) -> std::rc::Rc<catalog::TenantRow> {
+    catalog::lock_live_tenant(t)
 }
 
 /// A protected table (or NULL for every protected table, present and future).
@@ -483,7 +472,9 @@ fn grant(
     let table = check_grant_table(tbl);
     // Serialized with revoke's rewrite of the role's grants ([`delete_grants`]), and counted
     // under the lock (see create_role).
-    lock_memberships(&t);
+    let t = lock_memberships(&t);
+    // Checked again on the tenant as it is after the lock (an admin seated meanwhile).
+    authz::require_may_widen("grant", &t);
     refuse_over_quota(
         "SELECT count(*) FROM tenancy.role_privilege WHERE tenant_id = $1",
         Some(t.id),
@@ -542,7 +533,7 @@ fn revoke(
             );
         }
     }
-    lock_memberships(&t);
+    let t = lock_memberships(&t);
     delete_grants(t.id, role, tbl, &privileges);
     crate::audit::admin(
         "revoke",
@@ -563,7 +554,9 @@ fn add_member(tenant: &str, subject: &str, role: &str) {
             "Use the token's \"sub\" claim.",
         );
     }
-    lock_memberships(&t);
+    let t = lock_memberships(&t);
+    // Checked again on the tenant as it is after the lock (an admin seated meanwhile).
+    authz::require_may_widen("add_member", &t);
     catalog::write(
         "INSERT INTO tenancy.member (tenant_id, subject, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         &[to_pg_uuid(t.id).into(), subject.into(), role.into()],
@@ -642,7 +635,7 @@ fn remove_member(tenant: Option<&str>, subject: Option<&str>, role: Option<&str>
     let subject = errors::not_null("remove_member", "subject", subject);
     let role = errors::not_null("remove_member", "role", role);
     let t = managed_tenant(tenant, "remove_member");
-    lock_memberships(&t);
+    let t = lock_memberships(&t);
     let before: Vec<String> = catalog::owner_rows(
         "tenancy.member",
         "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY 1",
@@ -684,8 +677,9 @@ fn grant_support(
 ) -> pgrx::JsonB {
     let operator = operator.0;
     let privileges = errors::names("grant_support", privileges);
-    // Before its id is drawn (on a worker, from that node's sequence).
+    // Before its id is drawn (on a worker, from that node's sequence), and before its writes.
     catalog::refuse_on_a_citus_worker();
+    crate::pg::citus::before_routing_as_another();
     let b = crate::binding::require();
     if !authz::is_tenant_admin(b.tenant) {
         errors::raise(
@@ -872,7 +866,7 @@ fn revoke_subject(
             "Leave it out to refuse every token issued until now.",
         );
     };
-    lock_memberships(&t);
+    let t = lock_memberships(&t);
     refuse_over_quota(
         "SELECT count(*) FROM tenancy.subject_revocation WHERE tenant_id = $1",
         Some(t.id),
@@ -1042,15 +1036,32 @@ fn before_drop_role(stmt: *mut pg_sys::Node) {
             .filter(|r| *r != pg_sys::InvalidOid)
             .collect()
     };
-    if roles.is_empty()
-        || !catalog::installed()
-        || crate::pg::citus::internal_backend()
-        || crate::binding::carrier::on_worker()
-    {
+    if roles.is_empty() || !catalog::installed() || crate::pg::citus::internal_backend() {
         return;
     }
     // SAFETY: a syscache lookup of the current user's CREATEROLE attribute (superusers have it).
     if !unsafe { pg_sys::has_createrole_privilege(authz::caller()) } {
+        return;
+    }
+    if crate::binding::carrier::on_worker() {
+        // Citus carries a DROP ROLE made on a worker to every node, and the mappings could
+        // not be ended from here (the catalog is written from the coordinator): refused for a
+        // role that is mapped or holds a support grant.
+        let held = catalog::owner_rows(
+            "tenancy.role_mapping",
+            "SELECT EXISTS (SELECT FROM tenancy.role_mapping m WHERE m.role::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1)) \
+                 OR EXISTS (SELECT FROM tenancy.support_grant g WHERE g.operator::pg_catalog.oid OPERATOR(pg_catalog.=) ANY ($1) \
+                              AND g.revoked_at IS NULL)",
+            &[roles.clone().into()],
+            |r| r.get::<bool>(1),
+        );
+        if held.first().copied().flatten().unwrap_or(false) {
+            errors::raise(
+                errors::NOT_IN_PREREQUISITE_STATE,
+                "a role mapped to a tenant, or holding a support grant, is dropped on the Citus coordinator",
+                "Run DROP ROLE on the coordinator: it ends the role's mappings and support grants on every node first.",
+            );
+        }
         return;
     }
     for role in roles {

@@ -620,11 +620,21 @@ fn every_nodes_copy_of_the_catalog_is_the_same_whatever_the_callers_output_setti
         .map(|r| r.get(0))
         .collect()
     };
-    assert_eq!(
-        drift(&mut op),
-        Vec::<String>::new(),
-        "the control: no drift"
-    );
+    // A worker's own TimeZone and IntervalStyle are no drift (its rows printed otherwise).
+    let db = std::env::var("TENANCY_IT_DB").expect("TENANCY_IT_DB");
+    let defaults = |set: &str| {
+        node(1, "postgres")
+            .batch_execute(&format!(
+                "SET citus.enable_ddl_propagation = off; ALTER DATABASE {db} {set}"
+            ))
+            .unwrap()
+    };
+    defaults("SET TimeZone = 'Asia/Kolkata'");
+    defaults("SET IntervalStyle = 'sql_standard'");
+    let control = drift(&mut op);
+    defaults("RESET TimeZone");
+    defaults("RESET IntervalStyle");
+    assert_eq!(control, Vec::<String>::new(), "the control: no drift");
     let mut w = node(1, "postgres");
     let shard: String = w
         .query_one(
@@ -694,6 +704,163 @@ fn management_calls_are_refused_on_a_worker() {
     assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
     tx.rollback().unwrap();
     assert_catalog_copies_agree("management refused on a worker");
+}
+
+/// With `citus.propagate_set_commands = 'local'`, Citus sends a transaction's `SET LOCAL`
+/// commands to every connection it uses in it, those it opens as the catalog's owner for
+/// pg_tenancy's writes included: a tenant admin's or an operator's `SET LOCAL search_path` to
+/// a schema of its own made Citus's own unqualified calls run its function as the superuser on
+/// every worker (an attacker's pass). A management call after a `SET LOCAL` (and a `SET
+/// LOCAL` after one) is refused in a transaction on Citus, nothing written.
+#[test]
+fn management_calls_and_set_local_do_not_share_a_transaction() {
+    let f = Fixture::new();
+    let subject = format!("set-local-{}", std::process::id());
+    let mut op = node(0, OPERATOR);
+    let mut tx = op.transaction().unwrap();
+    tx.batch_execute("SET LOCAL search_path = public, pg_catalog")
+        .unwrap();
+    let e = tx
+        .execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    tx.rollback().unwrap();
+    let mut tx = op.transaction().unwrap();
+    tx.execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
+        .unwrap();
+    let e = tx
+        .batch_execute("SET LOCAL standard_conforming_strings = off")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    tx.rollback().unwrap();
+    // A tenant admin's call, the same.
+    superuser()
+        .execute("SELECT tenancy.add_member($1, 'boss', 'admin')", &[&f.a])
+        .unwrap();
+    let mut admin = app_on(0);
+    let mut tx = admin.transaction().unwrap();
+    tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
+        .unwrap();
+    tx.batch_execute("SET LOCAL search_path = public, pg_catalog")
+        .unwrap();
+    let e = tx
+        .execute("SELECT tenancy.add_member($1, 'bob', 'member')", &[&f.a])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    tx.rollback().unwrap();
+    // Whatever form the carried command takes (Citus carries RESET, RESET ALL and SET
+    // TRANSACTION too, with the rest of the query's text: a later pass ran a DO block so),
+    // and whichever call then runs statements as the catalog's owner (audit_verify reads the
+    // trail through Citus).
+    for (carried, call) in [
+        ("RESET work_mem", "SELECT tenancy.revoke_subject($1, 'x')"),
+        ("RESET ALL", "SELECT tenancy.revoke_subject($1, 'x')"),
+        (
+            "SET TRANSACTION READ WRITE",
+            "SELECT tenancy.revoke_subject($1, 'x')",
+        ),
+        (
+            "SET LOCAL work_mem = '8MB'",
+            "SELECT count(*) FROM tenancy.audit_verify($1)",
+        ),
+        (
+            "DO $$ BEGIN EXECUTE 'RESET work_mem'; END $$",
+            "SELECT tenancy.revoke_subject($1, 'x')",
+        ),
+    ] {
+        let mut tx = op.transaction().unwrap();
+        tx.batch_execute(carried).unwrap();
+        let e = tx.execute(call, &[&f.a]).unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{carried}; {call}: {}", message(&e));
+        tx.rollback().unwrap();
+    }
+    let mut tx = op.transaction().unwrap();
+    tx.execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
+        .unwrap();
+    let e = tx.batch_execute("RESET work_mem").unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    tx.rollback().unwrap();
+    // set_config(..., true), which Citus does not carry, and SET LOCAL tenancy.carrier are not
+    // refused; nothing was written by the refused calls.
+    let mut tx = op.transaction().unwrap();
+    tx.batch_execute("SELECT set_config('search_path', 'public, pg_catalog', true)")
+        .unwrap();
+    tx.execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
+        .unwrap();
+    tx.rollback().unwrap();
+    for i in 0..ports().len() {
+        let n: i64 = node(i, "postgres")
+            .query_one(
+                "SELECT count(*) FROM tenancy.subject_revocation WHERE subject = $1 \
+                    OR (tenant_id = $2::text::uuid AND subject = 'bob')",
+                &[&subject, &f.a_id],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "node {i}");
+    }
+}
+
+/// A client that names its connection to a worker as Citus names its own is not exempt from
+/// the refusal of management there; `DROP ROLE` of a mapped role on a worker is refused
+/// (Citus carries it to every node, and the mappings could not be ended from there); a worker
+/// whose database has `standard_conforming_strings` off takes no catalog write (it read a
+/// backslash in a sent value as an escape, and kept another value than the coordinator).
+#[test]
+fn a_worker_takes_management_only_from_the_coordinator_and_reads_its_values_alike() {
+    let f = Fixture::new();
+    let pid = std::process::id();
+    let mut c = postgres::Config::new();
+    c.host("127.0.0.1");
+    c.port(ports()[1]);
+    c.dbname(&std::env::var("TENANCY_IT_DB").expect("TENANCY_IT_DB"));
+    c.user(OPERATOR);
+    c.application_name("citus_internal gpid=10000099999");
+    let mut spoofed = c.connect(NoTls).unwrap();
+    let e = spoofed
+        .execute("SELECT tenancy.revoke_subject($1, 'w1only')", &[&f.a])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+
+    let role = format!("cit_worker_drop_{pid}");
+    let mut su = superuser();
+    su.batch_execute(&format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS"))
+        .unwrap();
+    node(0, OPERATOR)
+        .execute(
+            "SELECT tenancy.map_role($1::text::regrole, $2)",
+            &[&role, &f.b],
+        )
+        .unwrap();
+    let e = node(1, "postgres")
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    su.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+    assert_catalog_copies_agree("DROP ROLE on the coordinator");
+
+    let db = std::env::var("TENANCY_IT_DB").expect("TENANCY_IT_DB");
+    let mut w = node(1, "postgres");
+    w.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; ALTER DATABASE {db} SET standard_conforming_strings = off"
+    ))
+    .unwrap();
+    w.batch_execute("SELECT pg_catalog.pg_reload_conf()")
+        .unwrap();
+    // A new session of the coordinator: Citus opens new connections to the worker, which
+    // take the database's new default.
+    let mut op = node(0, OPERATOR);
+    let got = op.execute(
+        "SELECT tenancy.revoke_subject($1, $2)",
+        &[&f.a, &"back\\tslash"],
+    );
+    w.batch_execute(&format!(
+        "SET citus.enable_ddl_propagation = off; ALTER DATABASE {db} RESET standard_conforming_strings"
+    ))
+    .unwrap();
+    let e = got.expect_err("a catalog write reaching a node with standard_conforming_strings off");
+    assert_eq!(sqlstate(&e), "55000", "{}", message(&e));
+    assert_catalog_copies_agree("a write refused on a node");
 }
 
 #[test]

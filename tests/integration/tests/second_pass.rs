@@ -2634,13 +2634,21 @@ fn a_mapping_made_while_a_tenant_is_decommissioned_waits_and_is_refused() {
 fn a_transaction_that_made_a_management_call_cannot_be_prepared() {
     let f = Fixture::new();
     f.seat_admin(&f.a, "boss");
-    let mut c = f.session_as(&f.a, "boss");
-    c.execute("SELECT tenancy.create_role($1, 'held')", &[&f.a])
-        .unwrap();
-    let e = c
-        .batch_execute("PREPARE TRANSACTION 'pg_tenancy_held'")
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    // Each call a tenant admin may make that locks or writes the tenant's catalog rows
+    // (set_setting updated the tenant's row without the tenant's lock: a later pass).
+    let gid = unique("pg_tenancy_held");
+    for call in [
+        "SELECT tenancy.create_role($1, 'held')",
+        "SELECT tenancy.set_setting($1, 'held', '1'::jsonb)",
+        "SELECT tenancy.revoke_subject($1, 'held')",
+    ] {
+        let mut c = f.session_as(&f.a, "boss");
+        c.execute(call, &[&f.a]).unwrap();
+        let e = c
+            .batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{call}: {}", message(&e));
+    }
     // Nothing was prepared, and the tenant's kill switch is not held up.
     let mut op = connect(OPERATOR);
     op.batch_execute("SET lock_timeout = '5s'").unwrap();
@@ -2648,8 +2656,8 @@ fn a_transaction_that_made_a_management_call_cannot_be_prepared() {
         .unwrap_or_else(|e| panic!("suspend: {}", message(&e)));
     let prepared: i64 = superuser()
         .query_one(
-            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'pg_tenancy_held'",
-            &[],
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = $1",
+            &[&gid],
         )
         .unwrap()
         .get(0);
@@ -2709,4 +2717,84 @@ fn an_unmapping_in_an_older_snapshot_fails_rather_than_removing_nothing() {
         .execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&r, &f.b])
         .unwrap();
     assert!(slugs_mapped(&mut su, &r).is_empty());
+}
+
+/// A change that waited for the tenant's lock is checked against the tenant as the lock's
+/// holder left it: an operator's `remove_member` that waited for a tenant admin's `set_setting`
+/// of richer `default_roles` checked the old, empty ones and let the subject fall back to the
+/// new (an attacker's pass); `set_setting` and `set_limit` that waited for a decommission
+/// wrote to the tombstone.
+#[test]
+fn a_change_that_waited_for_the_tenants_lock_sees_what_the_holder_committed() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "SELECT tenancy.set_setting('{a}', 'default_roles', '[]'::jsonb); \
+         SELECT tenancy.create_role('{a}', 'editor'); \
+         SELECT tenancy.grant('{a}', 'editor', 'it_orders', '{{select,insert}}'); \
+         SELECT tenancy.create_role('{a}', 'looker'); \
+         SELECT tenancy.add_member('{a}', 'sam', 'looker')",
+        a = f.a
+    ))
+    .unwrap();
+    f.seat_admin(&f.a, "boss");
+    let mut admin = f.session_as(&f.a, "boss");
+    admin
+        .execute(
+            "SELECT tenancy.set_setting($1, 'default_roles', '[\"editor\"]'::jsonb)",
+            &[&f.a],
+        )
+        .unwrap();
+    let mut op = connect(OPERATOR);
+    let pid: i32 = op.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let a = f.a.clone();
+    let removal = std::thread::spawn(move || {
+        op.execute("SELECT tenancy.remove_member($1, 'sam', 'looker')", &[&a])
+            .map(|_| ())
+            .map_err(|e| (sqlstate(&e), message(&e)))
+    });
+    until_waiting_for_a_lock(&mut su, pid);
+    admin.batch_execute("COMMIT").unwrap();
+    let (state, msg) = removal
+        .join()
+        .unwrap()
+        .expect_err("the subject would fall back to the richer default_roles");
+    assert_eq!(state, "42501", "{msg}");
+
+    // Settings and limits of a tenant decommissioned while they waited are refused.
+    let mut deco = connect(OPERATOR);
+    deco.batch_execute("BEGIN").unwrap();
+    deco.query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&f.b])
+        .unwrap();
+    let mut waiting = Vec::new();
+    for call in [
+        "SELECT tenancy.set_setting($1, 'model', '\"x\"'::jsonb)",
+        "SELECT tenancy.set_limit($1, 'work_mem', '\"64MB\"'::jsonb)",
+    ] {
+        let mut op = connect(OPERATOR);
+        let pid: i32 = op.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        let b = f.b.clone();
+        waiting.push((
+            call,
+            std::thread::spawn(move || {
+                op.execute(call, &[&b])
+                    .map(|_| ())
+                    .map_err(|e| (sqlstate(&e), message(&e)))
+            }),
+        ));
+        until_waiting_for_a_lock(&mut su, pid);
+    }
+    deco.batch_execute("COMMIT").unwrap();
+    for (call, w) in waiting {
+        let (state, msg) = w.join().unwrap().expect_err(call);
+        assert_eq!(state, "55000", "{call}: {msg}");
+    }
+    let row: (String, String) = su
+        .query_one(
+            "SELECT settings::text, limits::text FROM tenancy.tenant WHERE id = $1::text::uuid",
+            &[&f.b_id],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(row, ("{}".to_string(), "{}".to_string()));
 }
