@@ -516,6 +516,9 @@ pub fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
         crate::pg::guc::set_in_nest_level(c"search_path", c"pg_catalog, pg_temp");
         crate::pg::guc::set_in_nest_level(c"quote_all_identifiers", c"off");
         if crate::pg::citus::in_database() {
+            // Reads of the catalog's copies stay on this node (see
+            // `pg::citus::before_reading_locally_as_another`).
+            crate::pg::guc::set_in_nest_level(c"citus.enable_local_execution", c"on");
             // Citus prints the values of a statement it sends the workers (an INSERT's
             // literals, a DELETE's parameters) with the session's output settings, and each
             // worker reads them with its own: a catalog write made under `DateStyle = 'SQL,
@@ -559,6 +562,7 @@ pub fn with_owner<R>(f: impl FnOnce() -> R) -> R {
 /// node, read locally), of this node's shards and of the system catalogs: nothing reaches
 /// another node, so a client's carried settings (see [`with_owner`]) play no part.
 pub fn with_owner_reading_locally<R>(f: impl FnOnce() -> R) -> R {
+    crate::pg::citus::before_reading_locally_as_another();
     with_pinned_search_path(|| as_owner_running_no_sql(f))
 }
 

@@ -751,7 +751,7 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
     if !crate::pg::citus::in_database() || unsafe { pg_sys::creating_extension } {
         return;
     }
-    let drifted: Option<(String, String, bool)> = catalog::with_owner_reading_locally(|| {
+    let drifted: Option<(String, String, bool)> = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
             show_shards(c)?;
             // Read this node's copy of tenancy.citus_protection itself: inside an ALTER TABLE

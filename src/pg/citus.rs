@@ -257,8 +257,8 @@ thread_local! {
         const { std::cell::RefCell::new((0, Vec::new())) };
     static RUNNING_OWN: Cell<bool> = const { Cell::new(false) };
     /// Citus's record of the setting commands it carries, looked up once: its
-    /// `activeSetStmts` and `ActiveSubXactContexts()`.
-    static CITUS_RECORD: Cell<Option<Option<(usize, usize)>>> = const { Cell::new(None) };
+    /// `activeSetStmts`, `ActiveSubXactContexts()` and `GetCurrentLocalExecutionStatus()`.
+    static CITUS_RECORD: Cell<Option<Option<(usize, usize, usize)>>> = const { Cell::new(None) };
 }
 
 fn local_xact() -> u32 {
@@ -276,8 +276,9 @@ struct CitusSubXactContext {
     propagated_objects: *mut std::ffi::c_void,
 }
 
-/// The addresses of Citus's `activeSetStmts` and `ActiveSubXactContexts`, or None.
-fn citus_record() -> Option<(usize, usize)> {
+/// The addresses of Citus's `activeSetStmts`, `ActiveSubXactContexts` and
+/// `GetCurrentLocalExecutionStatus`, or None.
+fn citus_record() -> Option<(usize, usize, usize)> {
     if let Some(r) = CITUS_RECORD.with(|c| c.get()) {
         return r;
     }
@@ -296,7 +297,17 @@ fn citus_record() -> Option<(usize, usize)> {
             false,
             std::ptr::null_mut(),
         );
-        (!stmts.is_null() && !subxacts.is_null()).then_some((stmts as usize, subxacts as usize))
+        let status = pg_sys::load_external_function(
+            c"citus".as_ptr(),
+            c"GetCurrentLocalExecutionStatus".as_ptr(),
+            false,
+            std::ptr::null_mut(),
+        );
+        (!stmts.is_null() && !subxacts.is_null() && !status.is_null()).then_some((
+            stmts as usize,
+            subxacts as usize,
+            status as usize,
+        ))
     };
     CITUS_RECORD.with(|c| c.set(Some(r)));
     r
@@ -306,7 +317,7 @@ fn citus_record() -> Option<(usize, usize)> {
 /// commands carried before each open savepoint and in the current (sub)transaction. None where
 /// Citus's record is not found.
 fn carried_text() -> Option<String> {
-    let (stmts, subxacts) = citus_record()?;
+    let (stmts, subxacts, _) = citus_record()?;
     let text = |si: pg_sys::StringInfo| -> String {
         if si.is_null() {
             return String::new();
@@ -316,6 +327,8 @@ fn carried_text() -> Option<String> {
         unsafe {
             let bytes =
                 std::slice::from_raw_parts((*si).data as *const u8, (*si).len.max(0) as usize);
+            // As Citus sends it: up to the first NUL.
+            let bytes = bytes.split(|b| *b == 0).next().unwrap_or_default();
             String::from_utf8_lossy(bytes).into_owned()
         }
     };
@@ -402,13 +415,15 @@ pub fn note_set_local(stmt: *mut pg_sys::Node) {
                     | pg_sys::VariableSetKind::VAR_SET_MULTI
             )
     };
-    // A superuser's own settings on the connections of the catalog's owner (a superuser) give
-    // it nothing it does not have.
-    if !carried || RUNNING_OWN.with(|r| r.get()) || !in_database() || internal_backend() {
-        return;
-    }
-    // SAFETY: superuser() reads the current user's catalog row through the syscache.
-    if unsafe { pg_sys::superuser() } {
+    // A superuser session's own settings on the connections of the catalog's owner (a
+    // superuser) give it nothing it does not have. Citus's own connections are its
+    // superuser's (a client naming its connection as Citus does is not exempt).
+    if !carried
+        || RUNNING_OWN.with(|r| r.get())
+        || !in_database()
+        || internal_superuser_backend()
+        || session_is_superuser()
+    {
         return;
     }
     if ROUTED_AS_ANOTHER.with(|r| r.get()) == local_xact() {
@@ -430,23 +445,76 @@ pub fn note_set_local(stmt: *mut pg_sys::Node) {
 /// record of what it carries, so no form of the command escapes; pg_tenancy's own carrier is
 /// taken out. Nothing for a superuser, or where Citus is not created.
 pub fn before_routing_as_another() {
-    if !loaded() || !in_database() || internal_backend() {
+    if !loaded() || !in_database() || internal_superuser_backend() {
         return;
     }
-    // SAFETY: superuser() reads the current user's catalog row through the syscache.
-    if unsafe { pg_sys::superuser() } {
+    // Noted before any exemption: a carried command after this is refused (note_set_local).
+    ROUTED_AS_ANOTHER.with(|r| r.set(local_xact()));
+    // The session's user, not the current one: the check may run inside code already
+    // switched to the catalog's owner, or in a superuser's SECURITY DEFINER function called
+    // by a client that carried settings of its own.
+    if session_is_superuser() {
         return;
     }
     let foreign = match foreign_carried_text() {
-        Some(text) => !text.is_empty(),
-        None => SETTINGS_CARRIED.with(|c| c.get()) == local_xact(),
+        Some(text) => (!text.is_empty()).then_some(text),
+        None => (SETTINGS_CARRIED.with(|c| c.get()) == local_xact()).then(String::new),
     };
-    if foreign {
+    if let Some(text) = foreign {
+        // What is carried is the session's own text; shown (shortened) so that it can be found.
+        let shown: String = text.chars().take(120).collect();
         crate::errors::raise(
             crate::errors::FEATURE_NOT_SUPPORTED,
-            "a pg_tenancy management call cannot follow SET LOCAL, RESET or SET TRANSACTION in a transaction on Citus",
+            format!("a pg_tenancy management call cannot follow SET LOCAL, RESET or SET TRANSACTION in a transaction on Citus (carried: \"{shown}\")"),
             "Citus sends the transaction's setting commands to every node ahead of pg_tenancy's statements, which run there as another user: make the call in a transaction without them (set_config(..., true) is not carried).",
         );
     }
     ROUTED_AS_ANOTHER.with(|r| r.set(local_xact()));
+}
+
+fn session_is_superuser() -> bool {
+    // SAFETY: superuser_arg reads the session user's catalog row through the syscache; the
+    // session's user always exists.
+    unsafe { pg_sys::superuser_arg(crate::pg::unguarded::session_user_id()) }
+}
+
+/// Before pg_tenancy reads as another user what is local to this node (its catalog's copies,
+/// this node's shards): such a read reaches another node only when Citus cannot execute it
+/// locally in this transaction (`citus.enable_local_execution` off, which the read pins on, or
+/// the transaction has reached this node over a connection already: Citus's local execution
+/// status disabled). Then it is checked as a routed one ([`before_routing_as_another`]): a
+/// client that turned local execution off had a tenant lookup at its bind go over the catalog
+/// owner's connection, carrying its settings (a reviewer's pass).
+pub fn before_reading_locally_as_another() {
+    if !loaded() || !in_database() {
+        return;
+    }
+    let Some((_, _, status)) = citus_record() else {
+        return before_routing_as_another();
+    };
+    // SAFETY: `status` is Citus's `LocalExecutionStatus GetCurrentLocalExecutionStatus(void)`,
+    // an enum returned as a C int (LOCAL_EXECUTION_DISABLED is its third value, 2).
+    let disabled = unsafe {
+        let f: unsafe extern "C-unwind" fn() -> std::ffi::c_int = std::mem::transmute(status);
+        f() == 2
+    };
+    if disabled {
+        before_routing_as_another();
+    }
+}
+
+/// At the end of a transaction (registered by the Citus pillar): Citus clears its record of
+/// carried setting commands when a transaction commits or aborts, but not when it is prepared,
+/// and the record then points into the prepared transaction's freed memory (read by
+/// [`carried_text`], and appended to by Citus's next SET). Cleared at PREPARE as Citus clears
+/// it at COMMIT.
+pub fn at_transaction_event(event: pg_sys::XactEvent::Type) {
+    if event != pg_sys::XactEvent::XACT_EVENT_PREPARE || !loaded() {
+        return;
+    }
+    if let Some((stmts, _, _)) = CITUS_RECORD.with(|c| c.get()).flatten() {
+        // SAFETY: `stmts` is the address of Citus's `StringInfo activeSetStmts`; the value
+        // written is the one Citus itself writes at the end of a transaction.
+        unsafe { *(stmts as *mut pg_sys::StringInfo) = std::ptr::null_mut() };
+    }
 }
