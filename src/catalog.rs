@@ -983,6 +983,26 @@ unsafe fn plan_for(sql: &str, types: &mut [pg_sys::Oid]) -> (pg_sys::SPIPlanPtr,
     }
 }
 
+/// Bound arguments as SPI's `*_snapshot` and `*_plan` calls take them: types, values, and
+/// ' ' / 'n' for each value's nullness.
+fn spi_args(
+    args: &[pgrx::datum::DatumWithOid],
+) -> (Vec<pg_sys::Oid>, Vec<pg_sys::Datum>, Vec<std::ffi::c_char>) {
+    let types = args.iter().map(|a| a.oid()).collect();
+    let values = args
+        .iter()
+        .map(|a| {
+            a.datum()
+                .map_or(pg_sys::Datum::from(0usize), |d| d.sans_lifetime())
+        })
+        .collect();
+    let nulls = args
+        .iter()
+        .map(|a| if a.datum().is_some() { b' ' } else { b'n' } as std::ffi::c_char)
+        .collect();
+    (types, values, nulls)
+}
+
 fn select_with_snapshot<T>(
     sql: &str,
     limit: Option<i64>,
@@ -990,18 +1010,7 @@ fn select_with_snapshot<T>(
     map: impl Fn(&pgrx::spi::SpiHeapTupleData) -> Result<T, pgrx::spi::Error>,
     latest: bool,
 ) -> Result<Vec<T>, pgrx::spi::Error> {
-    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
-    let mut values: Vec<pg_sys::Datum> = args
-        .iter()
-        .map(|a| {
-            a.datum()
-                .map_or(pg_sys::Datum::from(0usize), |d| d.sans_lifetime())
-        })
-        .collect();
-    let nulls: Vec<std::ffi::c_char> = args
-        .iter()
-        .map(|a| if a.datum().is_some() { b' ' } else { b'n' } as std::ffi::c_char)
-        .collect();
+    let (mut types, mut values, nulls) = spi_args(args);
     let snapshot_rel = rels().oids[0];
     // SAFETY: inside an SPI connection (the caller's Spi::connect), as the catalog owner (every
     // caller reads through with_owner). The plan is kept, or freed below (plan_for); the tuple table lives in
@@ -1382,18 +1391,7 @@ fn write_with_latest_snapshot(
     sql: &str,
     args: &[pgrx::datum::DatumWithOid],
 ) -> Result<u64, pgrx::spi::Error> {
-    let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
-    let mut values: Vec<pg_sys::Datum> = args
-        .iter()
-        .map(|a| {
-            a.datum()
-                .map_or(pg_sys::Datum::from(0usize), |d| d.sans_lifetime())
-        })
-        .collect();
-    let nulls: Vec<std::ffi::c_char> = args
-        .iter()
-        .map(|a| if a.datum().is_some() { b' ' } else { b'n' } as std::ffi::c_char)
-        .collect();
+    let (mut types, mut values, nulls) = spi_args(args);
     // SAFETY: inside an SPI connection (the caller's Spi::connect_mut), as the catalog owner
     // with the pinned search_path (with_owner), which is what kept plans are made for
     // (plan_for); both snapshots are registered for the length of the execution and released
