@@ -323,6 +323,16 @@ SET search_path = pg_catalog, pg_temp
 AS $$ BEGIN RETURN QUERY SELECT m.role::oid, m.tenant_id FROM tenancy.role_mapping m; END $$;
 REVOKE EXECUTE ON FUNCTION tenancy._role_mappings() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION tenancy._role_mappings() TO tenancy_operator;
+-- Internal, for verify(): the tenants' grants on tables that are not protected (read as for
+-- _role_mappings(); operators read every tenant's grants, as in tenancy.role_privileges).
+GRANT SELECT ON tenancy.role_privilege TO tenancy_operator;
+CREATE FUNCTION tenancy._grants_off_protection() RETURNS TABLE (tenant_id uuid, role text, relid oid, privilege text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ BEGIN RETURN QUERY SELECT g.tenant_id, g.role, g.relid::oid, g.privilege FROM tenancy.role_privilege g
+  WHERE g.relid IS NOT NULL AND g.relid::oid NOT IN (SELECT p.relid::oid FROM tenancy.protected_table p); END $$;
+REVOKE EXECUTE ON FUNCTION tenancy._grants_off_protection() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tenancy._grants_off_protection() TO tenancy_operator;
 CREATE FUNCTION tenancy._auto_protect_columns() RETURNS SETOF name
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -1032,6 +1042,16 @@ SELECT 'error', 'mapping_of_dropped_role', format('role %s in tenant %s', m.role
        format('SELECT tenancy.unmap_role(%s::oid::regrole, %L);', m.role, m.tenant_id)
   FROM tenancy._role_mappings() m
  WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = m.role)
+UNION ALL
+-- 30. A tenant role's grant on a table that is not protected: dropped, or unprotected, where
+--     the grant outlived it (before 0.2.0, or a DROP no event trigger saw). Protecting the
+--     table again, or a table PostgreSQL later gives its oid, would hand the role the privilege
+--     without a record.
+SELECT 'warning', 'grant_on_unprotected_table',
+       format('%s of role %s in tenant %s on table %s', g.privilege, g.role, g.tenant_id, g.relid),
+       'a tenant role''s grant names a table that is not protected (dropped or unprotected): protecting it again, or a table created later with its oid, would give the role this privilege unrecorded',
+       format('SELECT tenancy.revoke(%L, %L, %s::oid::regclass, ARRAY[%L]);', g.tenant_id, g.role, g.relid, g.privilege)
+  FROM tenancy._grants_off_protection() g
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so

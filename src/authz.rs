@@ -33,6 +33,33 @@ pub fn role_exists(oid: pg_sys::Oid) -> bool {
     !unsafe { pg_sys::GetUserNameFromId(oid, true) }.is_null()
 }
 
+/// Lock `role` against `DROP ROLE` until the transaction ends (as PostgreSQL locks a role it
+/// records a dependency on), and refuse (42704) if it was dropped meanwhile. A mapping or a
+/// support grant made while a `DROP ROLE` of the role ran was left to a role that no longer
+/// existed (an attacker's pass): `DROP ROLE` locks the role first, and pg_tenancy's hook before
+/// it reads the role's mappings under the same lock.
+pub fn lock_role(role: pg_sys::Oid) {
+    // SAFETY: a transaction-level lock of a shared object by its catalog and oid (processes the
+    // invalidations of what it waited for); GetUserNameFromId with noerr returns NULL for a
+    // role that no longer exists, or a palloc'd name.
+    let gone = unsafe {
+        pg_sys::LockSharedObject(
+            pg_sys::AuthIdRelationId,
+            role,
+            0,
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+        );
+        pg_sys::GetUserNameFromId(role, true).is_null()
+    };
+    if gone {
+        errors::raise(
+            errors::UNDEFINED_OBJECT,
+            format!("role with OID {} does not exist", role.to_u32()),
+            "It was dropped while this call ran.",
+        );
+    }
+}
+
 pub fn role_name(oid: pg_sys::Oid) -> String {
     // SAFETY: a syscache lookup by oid; the returned name is copied before anything else runs.
     unsafe {

@@ -835,15 +835,203 @@ pub fn read_one<A: FromDatum + IntoDatum>(
     .flatten()
 }
 
-/// Lock `tenant`'s row (`FOR NO KEY UPDATE`, until the transaction ends): every change of a
-/// tenant's memberships, grants, role mappings and quota-bound rows takes it first, so that a
+/// Lock `tenant` for management until the transaction ends: first its management lock (a tag
+/// of pg_tenancy's own, [`management_lock_tag`], which `pg_locks` shows with the session that
+/// holds it), then its row (`FOR NO KEY UPDATE`). Every change of a tenant's status, settings,
+/// limits, memberships, grants, role mappings and quota-bound rows takes both first, so that a
 /// check and the change it allows are not interleaved with another session's.
 pub fn lock_tenant_row(tenant: Uuid) {
     MANAGEMENT_LOCKED.with(|m| m.set(true));
+    let tag = management_lock_tag(tenant);
+    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
+    match KILL_SWITCH.with(|k| k.borrow().as_ref().map(|(wait, _)| *wait)) {
+        Some(wait_ms) => {
+            let ended = take_lock_ending_holders(
+                &tag,
+                mode,
+                wait_ms,
+                true,
+                format!("a prepared transaction holds the management lock of tenant {tenant}"),
+                "Finish it first (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED), and call again.",
+            );
+            KILL_SWITCH.with(|k| {
+                if let Some((_, all)) = k.borrow_mut().as_mut() {
+                    all.extend(ended);
+                }
+            });
+        }
+        // SAFETY: a transaction-level lock of a tag only pg_tenancy takes (released at the end
+        // of the transaction, or of the subtransaction that took it, with what it guarded).
+        None => unsafe {
+            pg_sys::LockAcquire(&tag, mode, false, false);
+        },
+    }
+    lock_row_of(tenant);
+}
+
+thread_local! {
+    /// While an operator's kill switch runs ([`ending_holders`]): how long each tenant lock it
+    /// takes waits before it ends the sessions that hold it, and the sessions it ended.
+    static KILL_SWITCH: RefCell<Option<(u64, Vec<i32>)>> = const { RefCell::new(None) };
+}
+
+/// Run `f`, an operator's kill switch (`suspend_tenant`, `revoke_subject`, `unmap_role`,
+/// `remove_member`, `revoke`, `decommission_tenant`), with every tenant lock it takes
+/// ([`lock_tenant_row`]) ending the transactions that hold it for longer than `wait_ms` (their
+/// sessions terminated, their changes rolled back), unless an operator's or a superuser's
+/// session holds it. A tenant admin who left a management call's transaction open held every
+/// operator's kill switch for the tenant for as long as the session stayed, and a table owner's
+/// open `DROP TABLE` those of every tenant with a grant on the table (attackers' passes).
+/// Returns what `f` returned and the process ids of the sessions ended.
+pub fn ending_holders<R>(wait_ms: u64, f: impl FnOnce() -> R) -> (R, Vec<i32>) {
+    /// Puts the outer state back however `f` ends.
+    struct Restore(Option<Option<(u64, Vec<i32>)>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                KILL_SWITCH.with(|k| *k.borrow_mut() = outer);
+            }
+        }
+    }
+    let _restore = Restore(Some(
+        KILL_SWITCH.with(|k| k.replace(Some((wait_ms, Vec::new())))),
+    ));
+    let r = f();
+    let ended = KILL_SWITCH.with(|k| {
+        k.borrow_mut()
+            .as_mut()
+            .map(|(_, all)| std::mem::take(all))
+            .unwrap_or_default()
+    });
+    (r, ended)
+}
+
+fn lock_row_of(tenant: Uuid) {
     write(
         "SELECT 1 FROM tenancy.tenant WHERE id = $1 FOR NO KEY UPDATE",
         &[to_pg_uuid(tenant).into()],
     );
+}
+
+/// The fourth field of a tenant's management lock tag (SQL's advisory lock functions use 1 and
+/// 2 only: no SQL takes it).
+const MANAGEMENT_LOCK_FIELD4: u16 = 0x7700;
+
+/// The tag of `tenant`'s management lock: the database, the tenant's uuid folded to 64 bits.
+/// Two tenants whose folds agree share a lock (their management calls queue behind each
+/// other); no tenant can choose another's.
+fn management_lock_tag(tenant: Uuid) -> pg_sys::LOCKTAG {
+    let b = tenant.as_bytes();
+    let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for every backend connected to a database.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: word(0) ^ word(8),
+        locktag_field3: word(4) ^ word(12),
+        locktag_field4: MANAGEMENT_LOCK_FIELD4,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    }
+}
+
+/// Take `tag` in `mode` for the transaction, ending those who hold it: polls every 50 ms; after
+/// `wait_ms`, every session that holds or waits for it (a waiter would hold it next) is
+/// terminated, then polled for again, so a queue of sessions cannot keep it. A prepared
+/// transaction holding it is refused (55000) with `prepared` and its `hint`. With `spare_platform`, the session of a
+/// superuser or an operator (by its session user) is never ended: once only such sessions are
+/// left, this waits for them. Returns the process ids of the sessions ended.
+pub fn take_lock_ending_holders(
+    tag: &pg_sys::LOCKTAG,
+    mode: pg_sys::LOCKMODE,
+    wait_ms: u64,
+    spare_platform: bool,
+    prepared: String,
+    hint: &str,
+) -> Vec<i32> {
+    // (pid, granted, whether the session's user is a superuser or an operator); a prepared
+    // transaction has no pid. Read as the catalog's owner: pg_stat_activity shows every
+    // session's user to it.
+    let others = || -> Vec<(Option<i32>, bool, bool)> {
+        owner_rows(
+            "pg_locks",
+            "SELECT l.pid, l.granted, \
+                    coalesce((SELECT r.rolsuper OR pg_catalog.pg_has_role(r.oid, 'tenancy_operator', 'MEMBER') \
+                                FROM pg_catalog.pg_stat_activity a \
+                                JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.usesysid \
+                               WHERE a.pid OPERATOR(pg_catalog.=) l.pid), false) \
+               FROM pg_catalog.pg_locks l \
+              WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.database OPERATOR(pg_catalog.=) $1 \
+                AND l.classid OPERATOR(pg_catalog.=) $2 AND l.objid OPERATOR(pg_catalog.=) $3 \
+                AND l.objsubid OPERATOR(pg_catalog.=) $4 \
+                AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()",
+            &[
+                pg_sys::Oid::from(tag.locktag_field1).into(),
+                pg_sys::Oid::from(tag.locktag_field2).into(),
+                pg_sys::Oid::from(tag.locktag_field3).into(),
+                (tag.locktag_field4 as i16).into(),
+            ],
+            |r| {
+                Ok((
+                    r.get::<i32>(1)?,
+                    r.get::<bool>(2)?.unwrap_or(false),
+                    r.get::<bool>(3)?.unwrap_or(false),
+                ))
+            },
+        )
+    };
+    let start = std::time::Instant::now();
+    let mut ended = Vec::new();
+    loop {
+        // SAFETY: a transaction-level lock of a tag of pg_tenancy's own, not waited for.
+        let got = unsafe { pg_sys::LockAcquire(tag, mode, false, true) };
+        if got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+            return ended;
+        }
+        let found = others();
+        if found
+            .iter()
+            .any(|(pid, granted, _)| pid.is_none() && *granted)
+        {
+            errors::raise(errors::NOT_IN_PREREQUISITE_STATE, prepared, hint);
+        }
+        if start.elapsed().as_millis() as u64 >= wait_ms {
+            let to_end: Vec<i32> = found
+                .iter()
+                .filter(|(_, _, platform)| !(spare_platform && *platform))
+                .filter_map(|(pid, _, _)| *pid)
+                .collect();
+            if to_end.is_empty() {
+                // Only the platform's sessions stand before it: wait for them.
+                // SAFETY: as above, now waited for.
+                unsafe { pg_sys::LockAcquire(tag, mode, false, false) };
+                return ended;
+            }
+            for pid in to_end {
+                let done = owner_rows(
+                    "pg_terminate_backend",
+                    "SELECT pg_catalog.pg_terminate_backend($1, 5000)",
+                    &[pid.into()],
+                    |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+                );
+                if done.first().copied().unwrap_or(false) && !ended.contains(&pid) {
+                    ended.push(pid);
+                }
+            }
+        }
+        // SAFETY: waits 50 ms on the backend's own latch (reset after), reported in
+        // pg_stat_activity as the wait for a lock of the tag's type that it is; then lets a
+        // cancel or a shutdown in.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                50,
+                pg_sys::PG_WAIT_LOCK | u32::from(tag.locktag_type),
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+            pgrx::check_for_interrupts!();
+        }
+    }
 }
 
 /// The fourth field of the platform revocations' lock tag (SQL's advisory lock functions use 1

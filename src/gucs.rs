@@ -120,6 +120,16 @@ pub static AUDIT_MIN_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(90 * 86
 /// write transactions before it terminates their sessions (milliseconds; default 10 s).
 pub static DECOMMISSION_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// `tenancy.kill_switch_wait`: how long an operator's `suspend_tenant` or `revoke_subject`
+/// waits for a transaction holding the tenant's management lock before it terminates its
+/// session (milliseconds; default 10 s). Operators' and superusers' sessions are waited for.
+pub static KILL_SWITCH_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
+/// [`KILL_SWITCH_WAIT`] in milliseconds.
+pub fn kill_switch_wait_ms() -> u64 {
+    KILL_SWITCH_WAIT.get().max(0) as u64
+}
+
 /// `tenancy.telemetry`: whether per-tenant counts are kept in shared memory (`src/telemetry.rs`;
 /// needs preloading). Superuser only (per database or role too): a tenant's session cannot
 /// hide its activity.
@@ -165,6 +175,16 @@ pub fn init() {
         c"How long decommission_tenant waits for the tenant's running write transactions.",
         c"Sessions still holding writes of the tenant after it are terminated (their writes roll back).",
         &DECOMMISSION_WAIT,
+        0,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"tenancy.kill_switch_wait",
+        c"How long an operator's suspend_tenant or revoke_subject waits for a transaction holding the tenant's management lock.",
+        c"Sessions still holding it after it are terminated (their changes roll back); operators' and superusers' sessions are waited for.",
+        &KILL_SWITCH_WAIT,
         0,
         3_600_000,
         GucContext::Userset,

@@ -89,6 +89,12 @@ fn insert_key(
     tenant_id: Option<uuid::Uuid>,
     not_after: Option<pgrx::datum::TimestampWithTimeZone>,
 ) {
+    // A tenant's key is added under the tenant's lock, to a tenant found not decommissioned
+    // after it (a key admin added keys to a decommissioned tenant, whose certificate had listed
+    // them removed: an attacker's pass).
+    if let Some(t) = tenant_id.and_then(catalog::tenant_by_id) {
+        catalog::lock_live_tenant(&t);
+    }
     catalog::write(
         "INSERT INTO tenancy.signing_key (kid, alg, key_material, tenant_id, not_after, created_by) \
          VALUES ($1, $2, $3, $4, $5, $6::name)",

@@ -420,6 +420,18 @@ fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Optio
     // sees (an attacker's pass, as an operator, turned a decommissioned tenant back to active by
     // suspending it while the decommission ran).
     let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    // The tenant's management lock first: a suspension is a kill switch, and does not wait for
+    // ever on a tenant admin's open management transaction (its session is ended after
+    // `tenancy.kill_switch_wait`).
+    let ended = if action == "suspend_tenant" {
+        catalog::ending_holders(crate::gucs::kill_switch_wait_ms(), || {
+            catalog::lock_tenant_row(t.id)
+        })
+        .1
+    } else {
+        catalog::lock_tenant_row(t.id);
+        Vec::new()
+    };
     let changed = catalog::write(
         "UPDATE tenancy.tenant SET status = $2, status_reason = $3, status_changed_at = now() \
           WHERE id = $1 AND status = ANY ($4) RETURNING 1",
@@ -444,7 +456,7 @@ fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Optio
     crate::audit::admin(
         action,
         Some(t.id),
-        serde_json::json!({"slug": t.slug, "reason": reason}),
+        crate::rbac::noting_ended(serde_json::json!({"slug": t.slug, "reason": reason}), ended),
     );
 }
 
@@ -673,7 +685,12 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // were read unlocked: a map_role committed after the read was deleted unchecked, and left
     // a role mapped alone to a tenant with an admin, bound there without a token (an
     // attacker's pass, as an operator).
-    catalog::lock_tenant_row(t.id);
+    // A transaction that holds it for longer than `tenancy.decommission_wait` (a tenant admin's
+    // open management call) is ended; a decommission that waited for another finds the tenant
+    // decommissioned (two certificates were signed: an attacker's pass).
+    catalog::ending_holders(crate::gucs::DECOMMISSION_WAIT.get().max(0) as u64, || {
+        catalog::lock_live_tenant(&t)
+    });
     // Its mappings go: a role mapped to it and to one other tenant would be left bound there
     // without a token (checked before any session is ended).
     for role in mapped_roles(&t) {
@@ -988,61 +1005,14 @@ fn mapped_roles(t: &catalog::TenantRow) -> Vec<pg_sys::Oid> {
 /// transaction holds it; waits `tenancy.decommission_wait` for running transactions, then
 /// terminates the sessions that still hold it.
 fn take_tenant(t: &catalog::TenantRow) {
-    let tag = write_lock_tag(t.id);
-    let mode = pg_sys::ExclusiveLock as pg_sys::LOCKMODE;
-    let holders = || -> Vec<(Option<i32>, String)> {
-        catalog::owner_rows(
-            "pg_locks",
-            "SELECT pid, virtualtransaction FROM pg_catalog.pg_locks \
-              WHERE locktype = 'advisory' AND database = $1 AND classid = $2 AND objid = $3 AND objsubid = $4 \
-                AND granted AND pid IS DISTINCT FROM pg_catalog.pg_backend_pid()",
-            &[
-                pg_sys::Oid::from(tag.locktag_field1).into(),
-                pg_sys::Oid::from(tag.locktag_field2).into(),
-                pg_sys::Oid::from(tag.locktag_field3).into(),
-                (tag.locktag_field4 as i16).into(),
-            ],
-            |r| Ok((r.get::<i32>(1)?, r.get::<String>(2)?.unwrap_or_default())),
-        )
-    };
-    let wait_ms = crate::gucs::DECOMMISSION_WAIT.get() as u64;
-    let start = std::time::Instant::now();
-    loop {
-        // SAFETY: a transaction-level lock of pg_tenancy's own tag.
-        let got = unsafe { pg_sys::LockAcquire(&tag, mode, false, true) };
-        if got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
-            return;
-        }
-        let held = holders();
-        if held.iter().any(|(pid, _)| pid.is_none()) {
-            errors::raise(
-                NOT_IN_PREREQUISITE_STATE,
-                format!("a prepared transaction holds writes of tenant \"{}\"", t.slug),
-                "Finish it first (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED), and decommission again.",
-            );
-        }
-        if start.elapsed().as_millis() as u64 >= wait_ms {
-            // Sessions still writing for the tenant: end them (their writes roll back).
-            for (pid, _) in held {
-                if let Some(pid) = pid {
-                    catalog::owner_rows(
-                        "pg_terminate_backend",
-                        "SELECT pg_catalog.pg_terminate_backend($1, 5000)",
-                        &[pid.into()],
-                        |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
-                    );
-                }
-            }
-            // SAFETY: as above; now waits (for a terminated session's clean-up).
-            unsafe { pg_sys::LockAcquire(&tag, mode, false, false) };
-            return;
-        }
-        // SAFETY: sleeps 50 ms, then lets a cancel or a shutdown in.
-        unsafe {
-            pg_sys::pg_usleep(50_000);
-            pgrx::check_for_interrupts!();
-        }
-    }
+    catalog::take_lock_ending_holders(
+        &write_lock_tag(t.id),
+        pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+        crate::gucs::DECOMMISSION_WAIT.get() as u64,
+        false,
+        format!("a prepared transaction holds writes of tenant \"{}\"", t.slug),
+        "Finish it first (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED), and decommission again.",
+    );
 }
 
 /// The protected Citus tables, as decommission treats them.

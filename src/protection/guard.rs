@@ -396,7 +396,7 @@ fn forget_dropped() {
             "DELETE FROM tenancy.protected_table p WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = p.relid)",
             &[],
         );
-        crate::rbac::forget_grants_on(&gone);
+        crate::rbac::forget_grants_on(&gone, "DROP TABLE");
     }
 }
 

@@ -793,6 +793,11 @@ fn unprotect(tbl: crate::pg::types::Regclass) {
         .collect();
     refuse_unprotect_to_a_reader(&rels);
     refuse_unprotect_of_tenant_rows(&rels);
+    // The tenants' grants on them go with their protection.
+    crate::rbac::forget_grants_on(
+        &rels.iter().map(|(oid, _)| *oid).collect::<Vec<_>>(),
+        "unprotect",
+    );
     for (oid, t) in &rels {
         let mut sql = Vec::new();
         for p in GENERATED_POLICIES {

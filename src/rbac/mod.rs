@@ -81,6 +81,8 @@ fn map_role(
             errors::clean(&authz::role_name(role))
         );
     }
+    // Not dropped while this runs (DROP ROLE ends a role's mappings first).
+    authz::lock_role(role);
     // Serialized with unmap_role's rewrite of the tenant's mappings ([`delete_mapping`]).
     let t = lock_memberships(&t);
     // Checked again on the tenant as it is after the lock (an admin seated meanwhile).
@@ -109,7 +111,8 @@ fn unmap_role(role: Option<crate::pg::types::Regrole>, tenant: Option<&str>) {
     // A role mapped to one tenant is bound to it without a token: removing one of a role's two
     // mappings widens access in the tenant left (refused to an operator once it has an admin).
     // It also locks the tenant's row, as every change of its mappings must.
-    authz::require_no_tokenless_binding("unmap_role", role, &[t.id]);
+    let ((), ended) =
+        as_kill_switch(|| authz::require_no_tokenless_binding("unmap_role", role, &[t.id]));
     let n = delete_mapping(role, t.id);
     if n == 0 {
         errors::raise(
@@ -125,8 +128,28 @@ fn unmap_role(role: Option<crate::pg::types::Regrole>, tenant: Option<&str>) {
     crate::audit::admin(
         "unmap_role",
         Some(t.id),
-        serde_json::json!({"role": authz::role_name(role)}),
+        noting_ended(serde_json::json!({"role": authz::role_name(role)}), ended),
     );
+}
+
+/// An operator's call that takes access away is a kill switch: the tenant locks it takes end
+/// the transactions that hold them for longer than `tenancy.kill_switch_wait`
+/// ([`catalog::ending_holders`]). A tenant admin's waits. Returns `f`'s result and the process
+/// ids of the sessions ended.
+fn as_kill_switch<R>(f: impl FnOnce() -> R) -> (R, Vec<i32>) {
+    if authz::is_operator(authz::caller()) {
+        catalog::ending_holders(crate::gucs::kill_switch_wait_ms(), f)
+    } else {
+        (f(), Vec::new())
+    }
+}
+
+/// `details` of a management record, with the sessions a kill switch ended (when it did).
+pub(crate) fn noting_ended(mut details: serde_json::Value, ended: Vec<i32>) -> serde_json::Value {
+    if !ended.is_empty() {
+        details["ended_sessions"] = ended.into();
+    }
+    details
 }
 
 // ------------------------------------------------------------------------------------------
@@ -361,11 +384,14 @@ fn delete_grants(tenant: uuid::Uuid, role: &str, tbl: Option<pg_sys::Oid>, privi
 }
 
 /// Remove every tenant's grants on `tables`, protected tables just dropped (from the DROP's
-/// `sql_drop` event trigger), each recorded in its tenant's trail as a `revoke`. A grant's
+/// `sql_drop` event trigger, `reason` "DROP TABLE") or no longer protected (`unprotect`: a
+/// grant kept through it came back unrecorded with a later `protect`, and outlived a later
+/// DROP, which no longer saw a protected table), each recorded in its tenant's trail as a
+/// `revoke`. A grant's
 /// table is a `regclass` column, which keeps no dependency: left, the grant would name an oid
 /// that a table made later may be given, and stop a revocation of the same privilege on
 /// another table from being written back (an attacker's pass).
-pub fn forget_grants_on(tables: &[pg_sys::Oid]) {
+pub fn forget_grants_on(tables: &[pg_sys::Oid], reason: &str) {
     if tables.is_empty() {
         return;
     }
@@ -391,7 +417,7 @@ pub fn forget_grants_on(tables: &[pg_sys::Oid]) {
             "revoke",
             Some(tenant),
             serde_json::json!({"role": role, "table": u32::from(relid).to_string(),
-                               "privileges": [privilege], "reason": "DROP TABLE"}),
+                               "privileges": [privilege], "reason": reason}),
         );
     }
 }
@@ -509,7 +535,19 @@ fn revoke(
     let t = managed_tenant(tenant, "revoke");
     check_tenant_roles(&t, &[role.to_string()]);
     check_privileges(&privileges);
-    let table = check_grant_table(tbl);
+    // A grant on a table no longer protected (dropped, or unprotected, where it outlived the
+    // table: verify()'s grant_on_unprotected_table) is revoked as any other.
+    let stale = tbl.is_some_and(|rel| {
+        !catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)))
+            && catalog::privileges(t.id)
+                .iter()
+                .any(|p| p.role == role && p.relid == Some(rel))
+    });
+    let table = if stale {
+        tbl.map(catalog::relation_name)
+    } else {
+        check_grant_table(tbl)
+    };
     if tbl.is_some() {
         // A grant on every table cannot be narrowed by revoking one table: say so instead of
         // pretending the privilege is gone.
@@ -533,12 +571,15 @@ fn revoke(
             );
         }
     }
-    let t = lock_memberships(&t);
+    let (t, ended) = as_kill_switch(|| lock_memberships(&t));
     delete_grants(t.id, role, tbl, &privileges);
     crate::audit::admin(
         "revoke",
         Some(t.id),
-        serde_json::json!({"role": role, "table": table, "privileges": privileges}),
+        noting_ended(
+            serde_json::json!({"role": role, "table": table, "privileges": privileges}),
+            ended,
+        ),
     );
 }
 
@@ -635,7 +676,7 @@ fn remove_member(tenant: Option<&str>, subject: Option<&str>, role: Option<&str>
     let subject = errors::not_null("remove_member", "subject", subject);
     let role = errors::not_null("remove_member", "role", role);
     let t = managed_tenant(tenant, "remove_member");
-    let t = lock_memberships(&t);
+    let (t, ended) = as_kill_switch(|| lock_memberships(&t));
     let before: Vec<String> = catalog::owner_rows(
         "tenancy.member",
         "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY 1",
@@ -662,7 +703,7 @@ fn remove_member(tenant: Option<&str>, subject: Option<&str>, role: Option<&str>
     crate::audit::admin(
         "remove_member",
         Some(t.id),
-        serde_json::json!({"subject": subject, "role": role}),
+        noting_ended(serde_json::json!({"subject": subject, "role": role}), ended),
     );
 }
 
@@ -681,13 +722,16 @@ fn grant_support(
     catalog::refuse_on_a_citus_worker();
     crate::pg::citus::before_routing_as_another();
     let b = crate::binding::require();
-    if !authz::is_tenant_admin(b.tenant) {
-        errors::raise(
-            errors::INSUFFICIENT_PRIVILEGE,
-            "permission denied: grant_support is for the bound tenant's admins",
-            "Bind a token of an admin of the tenant that grants the access.",
-        );
-    }
+    let require_admin = || {
+        if !authz::is_tenant_admin(b.tenant) {
+            errors::raise(
+                errors::INSUFFICIENT_PRIVILEGE,
+                "permission denied: grant_support is for the bound tenant's admins",
+                "Bind a token of an admin of the tenant that grants the access.",
+            );
+        }
+    };
+    require_admin();
     if !authz::can_login(operator) {
         errors::raise(
             INVALID_PARAMETER,
@@ -706,6 +750,28 @@ fn grant_support(
         );
     }
     check_privileges(&privileges);
+    // Not dropped while this runs (DROP ROLE revokes a role's support grants first); under the
+    // tenant's lock, which a decommission takes (a grant made while one ran was left live on
+    // the decommissioned tenant: an attacker's pass), and within a bound.
+    authz::lock_role(operator);
+    let t = catalog::tenant_by_id(b.tenant).unwrap_or_else(|| {
+        errors::raise(
+            UNDEFINED_OBJECT,
+            "the bound tenant does not exist",
+            "Bind again.",
+        )
+    });
+    let t = lock_memberships(&t);
+    // Still an admin of it after the lock (removed by an operator while this waited).
+    require_admin();
+    refuse_over_quota(
+        "SELECT count(*) FROM tenancy.support_grant \
+          WHERE tenant_id = $1 AND revoked_at IS NULL AND expires_at > now()",
+        Some(t.id),
+        "live support grants",
+        SUPPORT_GRANT_QUOTA,
+        "Revoke grants no longer needed with tenancy.revoke_support(), or let them expire.",
+    );
     let row = catalog::with_owner(|| {
         Spi::connect_mut(|c| {
             // The expiry first, then a single-row INSERT naming the operator: on Citus, an
@@ -866,7 +932,9 @@ fn revoke_subject(
             "Leave it out to refuse every token issued until now.",
         );
     };
-    let t = lock_memberships(&t);
+    // An operator's revocation is a kill switch: it does not wait for ever on a tenant admin's
+    // open management transaction (its session is ended after `tenancy.kill_switch_wait`).
+    let (t, ended) = as_kill_switch(|| lock_memberships(&t));
     refuse_over_quota(
         "SELECT count(*) FROM tenancy.subject_revocation WHERE tenant_id = $1",
         Some(t.id),
@@ -889,7 +957,10 @@ fn revoke_subject(
     crate::audit::admin(
         "revoke_subject",
         Some(t.id),
-        serde_json::json!({"subject": subject, "issued_before": format!("{issued_before}")}),
+        noting_ended(
+            serde_json::json!({"subject": subject, "issued_before": format!("{issued_before}")}),
+            ended,
+        ),
     );
 }
 
@@ -931,8 +1002,15 @@ fn revoke_token(jti: Option<&str>) {
     };
     // Counted under a lock (see create_role): the tenant's row, or for the platform's
     // revocations a lock of pg_tenancy's own that no SQL can take.
+    // A tenant found decommissioned after the lock is refused (a bound admin's revocation that
+    // waited for a decommission landed in it: an attacker's pass).
     match tenant {
-        Some(t) => catalog::lock_tenant_row(t),
+        Some(t) => match catalog::tenant_by_id(t) {
+            Some(row) => {
+                catalog::lock_live_tenant(&row);
+            }
+            None => catalog::lock_tenant_row(t),
+        },
         None => catalog::lock_platform_revocations(),
     }
     refuse_over_quota(
@@ -969,6 +1047,9 @@ const REVOCATION_HINT: &str =
 /// them: a tenant admin must not be able to grow the catalog, and every backend serving the
 /// tenant, without bound (an attacker's pass).
 const ROLE_QUOTA: i64 = 1_000;
+
+/// Live support grants one tenant may hold (each one operator's, for at most 30 days).
+const SUPPORT_GRANT_QUOTA: i64 = 100;
 
 /// Grants (one table's or every table's privilege, for one role) one tenant may hold: the same
 /// bound, for the rows a backend loads at the tenant's first bind.
@@ -1042,6 +1123,19 @@ fn before_drop_role(stmt: *mut pg_sys::Node) {
     // SAFETY: a syscache lookup of the current user's CREATEROLE attribute (superusers have it).
     if !unsafe { pg_sys::has_createrole_privilege(authz::caller()) } {
         return;
+    }
+    // Each role locked as DROP ROLE will lock it, before its mappings are read: a mapping or
+    // a support grant being made now (under the role's lock) is committed first, and read.
+    for role in &roles {
+        // SAFETY: a transaction-level lock of a shared object by its catalog and oid.
+        unsafe {
+            pg_sys::LockSharedObject(
+                pg_sys::AuthIdRelationId,
+                *role,
+                0,
+                pg_sys::AccessExclusiveLock as pg_sys::LOCKMODE,
+            )
+        };
     }
     if crate::binding::carrier::on_worker() {
         // Citus carries a DROP ROLE made on a worker to every node, and the mappings could

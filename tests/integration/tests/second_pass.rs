@@ -2388,8 +2388,11 @@ fn drop_role_ends_the_roles_mappings_and_support_grants_and_only_for_those_who_m
         "ALTER ROLE {creator} CREATEROLE; GRANT tenancy_operator TO {helper}"
     ))
     .unwrap();
-    su.execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[&victim, &f.b])
-        .unwrap();
+    su.execute(
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&victim, &f.b],
+    )
+    .unwrap();
     su.execute("SELECT tenancy.add_member($1, 'ann', 'admin')", &[&f.a])
         .unwrap();
     let mut c = connect_preloaded(APP);
@@ -2517,12 +2520,10 @@ fn a_tables_grants_go_with_it_and_never_stop_a_revocation_elsewhere() {
     assert_eq!(reason, "DROP TABLE");
     // Unprotected first, then dropped: the grant stays until a revocation of its privilege,
     // which is not stopped by it and does not write it back.
-    su.execute(
-        &format!("SELECT tenancy.unprotect('{s}.unprotected')"),
-        &[],
-    )
-    .unwrap();
-    o.batch_execute(&format!("DROP TABLE {s}.unprotected")).unwrap();
+    su.execute(&format!("SELECT tenancy.unprotect('{s}.unprotected')"), &[])
+        .unwrap();
+    o.batch_execute(&format!("DROP TABLE {s}.unprotected"))
+        .unwrap();
     su.execute(
         &format!("SELECT tenancy.revoke($1, 'reader', '{s}.kept', '{{select}}')"),
         &[&f.a],
@@ -2563,7 +2564,8 @@ fn a_mapping_made_while_a_tenant_is_decommissioned_waits_and_is_refused() {
     );
     let (te, tf) = (unique("te"), unique("tf"));
     for t in [&te, &tf] {
-        su.execute("SELECT tenancy.create_tenant($1)", &[t]).unwrap();
+        su.execute("SELECT tenancy.create_tenant($1)", &[t])
+            .unwrap();
     }
     for (r, t) in [(&rw, &f.a), (&rw, &f.b), (&r0, &te), (&r0, &tf)] {
         su.execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[r, t])
@@ -2589,9 +2591,12 @@ fn a_mapping_made_while_a_tenant_is_decommissioned_waits_and_is_refused() {
     let t2_pid: i32 = t2.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let (rw2, tf2) = (rw.clone(), tf.clone());
     let map = std::thread::spawn(move || {
-        t2.execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[&rw2, &tf2])
-            .map(|_| ())
-            .map_err(|e| (sqlstate(&e), message(&e)))
+        t2.execute(
+            "SELECT tenancy.map_role($1::text::regrole, $2)",
+            &[&rw2, &tf2],
+        )
+        .map(|_| ())
+        .map_err(|e| (sqlstate(&e), message(&e)))
     });
     // The mapping either went through (the build before) or waits for the tenant's lock.
     let start = std::time::Instant::now();
@@ -2613,13 +2618,20 @@ fn a_mapping_made_while_a_tenant_is_decommissioned_waits_and_is_refused() {
     }
     // Then the role is unmapped from B: allowed only while it keeps two mappings.
     let unmapped = connect(OPERATOR)
-        .execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&rw, &f.b])
+        .execute(
+            "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+            &[&rw, &f.b],
+        )
         .map_err(|e| sqlstate(&e));
     x.batch_execute("ROLLBACK").unwrap();
     let decommissioned = decommission.join().unwrap();
     let mapped_to_tf = map.join().unwrap();
     let left = slugs_mapped(&mut su, &rw);
-    assert_ne!(left, vec![f.a.clone()], "the role was left mapped to A alone");
+    assert_ne!(
+        left,
+        vec![f.a.clone()],
+        "the role was left mapped to A alone"
+    );
     decommissioned.unwrap_or_else(|e| panic!("decommission: {e:?}"));
     assert_eq!(unmapped, Err("42501".to_string()));
     let (state, msg) = mapped_to_tf.expect_err("a mapping into the decommissioned tenant");
@@ -2664,6 +2676,309 @@ fn a_transaction_that_made_a_management_call_cannot_be_prepared() {
     assert_eq!(prepared, 0);
 }
 
+/// A tenant admin who left a management call's transaction open held every operator's kill
+/// switch for the tenant: `suspend_tenant`, `revoke_subject` and `decommission_tenant` waited on
+/// the tenant's lock for as long as the session stayed (an attacker's pass, as a tenant admin).
+/// After `tenancy.kill_switch_wait` (`tenancy.decommission_wait` for a decommission) the
+/// holder's session is ended, its change rolled back, and the kill switch goes through,
+/// recorded with the sessions it ended. Another admin's revocation still waits, and an
+/// operator's own open transaction is waited for, not ended.
+#[test]
+fn an_operators_kill_switch_ends_a_tenant_admins_open_management_transaction() {
+    let f = Fixture::new();
+    f.seat_admin(&f.a, "boss");
+    f.seat_admin(&f.a, "boss2");
+    let mut su = superuser();
+    // A tenant admin's session holding the tenant's lock in an open management call, and its
+    // process id.
+    let holder = || -> (postgres::Client, i32) {
+        let mut admin = f.session_as(&f.a, "boss");
+        let pid: i32 = admin
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        admin
+            .execute(
+                "SELECT tenancy.set_setting($1, 'held', '1'::jsonb)",
+                &[&f.a],
+            )
+            .unwrap();
+        (admin, pid)
+    };
+    // An operator's session with a short kill_switch_wait (or decommission_wait).
+    let operator = |wait: &str| -> postgres::Client {
+        let mut op = connect(OPERATOR);
+        op.batch_execute(&format!(
+            "SET {wait} = '200ms'; SET statement_timeout = '30s'"
+        ))
+        .unwrap();
+        op
+    };
+    // The sessions the latest record of `action` says its kill switch ended.
+    let ended_by = |su: &mut postgres::Client, action: &str| -> String {
+        su.query_one(
+            "SELECT coalesce(new_row->>'ended_sessions', '') FROM tenancy.audit_log \
+              WHERE tenant_id = $1::text::uuid AND op = 'ADMIN' AND new_row->>'action' = $2 \
+              ORDER BY id DESC LIMIT 1",
+            &[&f.a_id, &action],
+        )
+        .unwrap()
+        .get(0)
+    };
+    for (call, action, wait) in [
+        (
+            "SELECT tenancy.revoke_subject($1, 'someone')",
+            "revoke_subject",
+            "tenancy.kill_switch_wait",
+        ),
+        (
+            "SELECT tenancy.suspend_tenant($1, 'held')",
+            "suspend_tenant",
+            "tenancy.kill_switch_wait",
+        ),
+    ] {
+        let (mut admin, pid) = holder();
+        // Another admin's revocation waits for it (cancelled here by its statement_timeout).
+        let mut other = f.session_as(&f.a, "boss2");
+        other
+            .batch_execute("SET LOCAL statement_timeout = '300ms'")
+            .unwrap();
+        let e = other
+            .execute("SELECT tenancy.revoke_subject($1, 'someone')", &[&f.a])
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "57014", "{action}: {}", message(&e));
+        other.batch_execute("ROLLBACK").unwrap();
+        // An operator's own open management transaction is waited for, not ended.
+        let mut op2 = connect(OPERATOR);
+        op2.batch_execute("BEGIN").unwrap();
+        let mut op = operator(wait);
+        op.execute(call, &[&f.a])
+            .unwrap_or_else(|e| panic!("{action}: {}", message(&e)));
+        assert!(
+            admin.execute("SELECT 1", &[]).is_err(),
+            "{action}: the holder's session was ended"
+        );
+        let kept: bool = su
+            .query_one(
+                "SELECT settings ? 'held' FROM tenancy.tenant WHERE slug = $1",
+                &[&f.a],
+            )
+            .unwrap()
+            .get(0);
+        assert!(!kept, "{action}: the holder's change rolled back");
+        assert_eq!(
+            ended_by(&mut su, action),
+            format!("[{pid}]"),
+            "{action}: recorded"
+        );
+        // The operator's transaction holding the lock: the next kill switch waits for it.
+        op2.execute(
+            "SELECT tenancy.set_setting($1, 'op_held', '1'::jsonb)",
+            &[&f.a],
+        )
+        .unwrap();
+        op.batch_execute("SET statement_timeout = '1s'").unwrap();
+        let e = op
+            .execute("SELECT tenancy.revoke_subject($1, 'someone else')", &[&f.a])
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "57014", "{action}: {}", message(&e));
+        op2.batch_execute("ROLLBACK").unwrap();
+    }
+    su.execute("SELECT tenancy.resume_tenant($1)", &[&f.a])
+        .unwrap();
+    // The operator's other calls that take access away, and a holder that is a table's owner
+    // in an open DROP TABLE (it locks every tenant with a grant on the table).
+    let owner = login_role(&mut su, "kill_switch_owner", "");
+    let table = format!("public.{}", ident("kill_switch_t"));
+    su.batch_execute(&format!(
+        "CREATE TABLE {table} (id int, tenant_id uuid NOT NULL); SELECT tenancy.protect('{table}'); \
+         ALTER TABLE {table} OWNER TO {owner}"
+    ))
+    .unwrap();
+    su.execute("SELECT tenancy.create_role($1, 'ks_reader')", &[&f.a])
+        .unwrap();
+    let mapped = login_role(&mut su, "kill_switch_mapped", "");
+    for (setup, call, action) in [
+        (
+            "SELECT tenancy.add_member($1, 'ks_member', 'member')".to_string(),
+            "SELECT tenancy.remove_member($1, 'ks_member', 'member')".to_string(),
+            "remove_member",
+        ),
+        (
+            format!("SELECT tenancy.grant($1, 'ks_reader', '{table}', '{{select}}')"),
+            format!("SELECT tenancy.revoke($1, 'ks_reader', '{table}', '{{select}}')"),
+            "revoke",
+        ),
+        (
+            format!("SELECT tenancy.map_role('{mapped}', $1)"),
+            format!("SELECT tenancy.unmap_role('{mapped}', $1)"),
+            "unmap_role",
+        ),
+    ] {
+        su.execute(&setup, &[&f.a]).unwrap();
+        let (mut admin, pid) = holder();
+        let mut op = operator("tenancy.kill_switch_wait");
+        op.execute(&call, &[&f.a])
+            .unwrap_or_else(|e| panic!("{action}: {}", message(&e)));
+        assert!(admin.execute("SELECT 1", &[]).is_err(), "{action}");
+        assert_eq!(
+            ended_by(&mut su, action),
+            format!("[{pid}]"),
+            "{action}: recorded"
+        );
+    }
+    su.execute(
+        &format!("SELECT tenancy.grant($1, 'ks_reader', '{table}', '{{select}}')"),
+        &[&f.a],
+    )
+    .unwrap();
+    let mut o = connect(&owner);
+    o.batch_execute(&format!("BEGIN; DROP TABLE {table}"))
+        .unwrap();
+    let mut op = operator("tenancy.kill_switch_wait");
+    op.execute(
+        "SELECT tenancy.revoke_subject($1, 'after the owner')",
+        &[&f.a],
+    )
+    .unwrap_or_else(|e| panic!("revoke_subject behind a DROP TABLE: {}", message(&e)));
+    assert!(
+        o.batch_execute("COMMIT").is_err(),
+        "the owner's session was ended"
+    );
+    let still: bool = su
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .unwrap()
+        .get(0);
+    assert!(still, "the DROP rolled back");
+    // decommission_tenant, after tenancy.decommission_wait.
+    let (mut admin, _) = holder();
+    operator("tenancy.decommission_wait")
+        .execute("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap_or_else(|e| panic!("decommission: {}", message(&e)));
+    assert!(admin.execute("SELECT 1", &[]).is_err());
+}
+
+/// Changes that waited for a decommission's lock find the tenant decommissioned: a bound
+/// admin's `revoke_token` and `grant_support`, a key admin's `add_key`, and a second
+/// `decommission_tenant` landed in it (a row the signed certificate had listed removed, a live
+/// support grant, a key, a second certificate: an attacker's pass).
+#[test]
+fn changes_that_waited_for_a_decommission_find_the_tenant_decommissioned() {
+    let f = Fixture::new();
+    f.seat_admin(&f.a, "boss");
+    let mut op = connect(OPERATOR);
+    op.batch_execute("BEGIN").unwrap();
+    op.execute("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap_or_else(|e| panic!("decommission: {}", message(&e)));
+    let mut waiting = Vec::new();
+    for (who, sql) in [
+        ("admin", "SELECT tenancy.revoke_token('waited-jti')".to_string()),
+        (
+            "admin",
+            format!("SELECT tenancy.grant_support('{OPERATOR}', interval '1 hour')"),
+        ),
+        (
+            KEY_ADMIN,
+            format!(
+                "SELECT tenancy.add_key('waited-{}', 'HS256', 'another-secret-another-secret-0123456789', tenant => '{}')",
+                std::process::id(),
+                f.a
+            ),
+        ),
+        (OPERATOR, format!("SELECT tenancy.decommission_tenant('{0}', '{0}')", f.a)),
+    ] {
+        // Bound (an admin) before the decommission is committed.
+        let mut c = if who == "admin" {
+            f.session_as(&f.a, "boss")
+        } else {
+            let mut c = connect(who);
+            c.batch_execute("BEGIN").unwrap();
+            c
+        };
+        waiting.push(std::thread::spawn(move || {
+            let r = c.batch_execute(&sql);
+            c.batch_execute("ROLLBACK").ok();
+            (sql, r.err().map(|e| (sqlstate(&e), message(&e))))
+        }));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    op.batch_execute("COMMIT").unwrap();
+    for w in waiting {
+        let (sql, e) = w.join().unwrap();
+        let (state, msg) =
+            e.unwrap_or_else(|| panic!("{sql}: succeeded on a decommissioned tenant"));
+        assert_eq!(state, "55000", "{sql}: {msg}");
+    }
+    let mut su = superuser();
+    let certificates: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid \
+               AND op = 'ADMIN' AND new_row->>'action' = 'decommission_tenant'",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(certificates, 1);
+}
+
+/// A role dropped while a mapping of it was being made kept the mapping (DROP ROLE's hook read
+/// the mappings before the new one was committed): an attacker's pass. DROP ROLE's hook locks
+/// the role first, as `map_role` and `grant_support` do, so one waits for the other.
+#[test]
+fn a_role_dropped_while_it_is_being_mapped_keeps_no_mapping() {
+    let mut su = connect_preloaded("postgres");
+    let f = Fixture::on(&mut su);
+    let victim = login_role(&mut su, "mapped_while_dropped", "");
+    let creator = login_role(&mut su, "drops_while_mapped", "");
+    su.batch_execute(&format!("ALTER ROLE {creator} CREATEROLE"))
+        .unwrap();
+    let oid: u32 = su
+        .query_one("SELECT oid FROM pg_roles WHERE rolname = $1", &[&victim])
+        .unwrap()
+        .get(0);
+    let mut op = connect_preloaded(OPERATOR);
+    op.batch_execute("BEGIN").unwrap();
+    op.execute(
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&victim, &f.b],
+    )
+    .unwrap();
+    let mut cr = connect_preloaded(&creator);
+    let drop = std::thread::spawn(move || cr.batch_execute(&format!("DROP ROLE {victim}")));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    op.batch_execute("COMMIT").unwrap();
+    drop.join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("DROP ROLE: {}", message(&e)));
+    let left: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.role_mapping WHERE role::oid = $1",
+            &[&oid],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the mapping of the dropped role");
+    // The other order: a mapping of a role dropped while it waited is refused.
+    let victim = login_role(&mut su, "dropped_while_mapping", "");
+    let mut cr = connect_preloaded(&creator);
+    cr.batch_execute(&format!("BEGIN; DROP ROLE {victim}"))
+        .unwrap();
+    let mut op = connect_preloaded(OPERATOR);
+    let rid: u32 = su
+        .query_one("SELECT oid FROM pg_roles WHERE rolname = $1", &[&victim])
+        .unwrap()
+        .get(0);
+    let b = f.b.clone();
+    let map = std::thread::spawn(move || {
+        op.execute("SELECT tenancy.map_role($1::oid::regrole, $2)", &[&rid, &b])
+            .map(|_| ())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    cr.batch_execute("COMMIT").unwrap();
+    let e = map.join().unwrap().expect_err("mapped a dropped role");
+    assert_eq!(sqlstate(&e), "42704", "{}", message(&e));
+}
+
 /// The platform's token revocations were counted under `pg_advisory_xact_lock` of a key of
 /// pg_tenancy's: any role could take it (in a prepared transaction, for ever) and stop every
 /// operator's `revoke_token` (an attacker's pass). The lock is one no SQL can take now.
@@ -2692,7 +3007,10 @@ fn an_unmapping_in_an_older_snapshot_fails_rather_than_removing_nothing() {
     t1.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
         .unwrap();
     connect(OPERATOR)
-        .execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[&r, &f.b])
+        .execute(
+            "SELECT tenancy.map_role($1::text::regrole, $2)",
+            &[&r, &f.b],
+        )
         .unwrap();
     let records = |su: &mut postgres::Client| -> i64 {
         su.query_one(
@@ -2704,7 +3022,10 @@ fn an_unmapping_in_an_older_snapshot_fails_rather_than_removing_nothing() {
         .get(0)
     };
     let e = t1
-        .execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&r, &f.b])
+        .execute(
+            "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+            &[&r, &f.b],
+        )
         .map(|_| ())
         .and_then(|_| t1.batch_execute("COMMIT"));
     t1.batch_execute("ROLLBACK").ok();
@@ -2714,7 +3035,10 @@ fn an_unmapping_in_an_older_snapshot_fails_rather_than_removing_nothing() {
     assert_eq!(records(&mut su), 0);
     // Run again, it removes the mapping.
     connect(OPERATOR)
-        .execute("SELECT tenancy.unmap_role($1::text::regrole, $2)", &[&r, &f.b])
+        .execute(
+            "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+            &[&r, &f.b],
+        )
         .unwrap();
     assert!(slugs_mapped(&mut su, &r).is_empty());
 }

@@ -280,6 +280,26 @@ SELECT severity, rule, detail FROM tenancy.verify() WHERE rule = 'mapping_of_dro
 DO $$ BEGIN EXECUTE (SELECT fix FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role'); END $$;
 SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role';
 
+-- A tenant role's grants go with the table's protection: unprotect() revokes them, recorded
+-- in the tenant's trail. A grant that outlived it (kept by an older version's unprotect, made
+-- here by hand) is reported, and revoke() removes it.
+CREATE TABLE public.ver_granted (id int, tenant_id uuid NOT NULL);
+SELECT tenancy.protect('public.ver_granted');
+SELECT tenancy.create_role('ver-acme', 'ver_reader');
+SELECT tenancy.grant('ver-acme', 'ver_reader', 'public.ver_granted', '{select}');
+SELECT tenancy.unprotect('public.ver_granted');
+SELECT count(*) AS grants_left FROM tenancy.role_privileges WHERE role = 'ver_reader';
+SELECT a.new_row->>'action' AS action, a.new_row->>'role' AS role, a.new_row->>'reason' AS reason
+  FROM tenancy.audit_log a JOIN tenancy.tenants t ON t.id = a.tenant_id
+ WHERE t.slug = 'ver-acme' AND a.op = 'ADMIN' ORDER BY a.id DESC LIMIT 1;
+INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege)
+SELECT id, 'ver_reader', 'public.ver_granted', 'select' FROM tenancy.tenants WHERE slug = 'ver-acme';
+SELECT severity, rule, detail FROM tenancy.verify() WHERE rule = 'grant_on_unprotected_table';
+DO $$ BEGIN EXECUTE (SELECT fix FROM tenancy.verify() WHERE rule = 'grant_on_unprotected_table'); END $$;
+SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'grant_on_unprotected_table';
+SELECT count(*) AS grants_left FROM tenancy.role_privileges WHERE role = 'ver_reader';
+DROP TABLE public.ver_granted;
+
 -- verify() runs without JIT: its one large query estimates high, and compiling its thousand
 -- expressions took seconds on every call, most of verify()'s time.
 SELECT 'jit=off' = ANY (proconfig) AS verify_without_jit
