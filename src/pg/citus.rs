@@ -392,28 +392,57 @@ fn foreign_carried_text() -> Option<String> {
 }
 
 /// Before a utility statement (registered by the Citus pillar), in a session of its own (not
-/// Citus's connections) of a role that is not a superuser, in a database with Citus: a setting
-/// command Citus carries to the other nodes (`SET LOCAL`, `RESET`, `RESET ALL`, `SET
-/// TRANSACTION`; Citus carries the whole text of the query it came in) is refused once
-/// pg_tenancy has run statements as another user in the transaction: Citus sends it at once to
-/// every connection of the transaction, those it opened as the catalog's owner included, and
-/// the rest of the query's text with it (an attacker's pass ran a DO block so, as the
-/// superuser, on every worker). pg_tenancy's own carrier passes.
+/// Citus's superuser connections) of a role that is not a superuser, in a database with Citus:
+/// a setting command Citus carries to the other nodes (`SET LOCAL`, `RESET`, `RESET ALL`, `SET
+/// TRANSACTION`). Citus sends the text of the query it came in, at once and ahead of every
+/// later statement, to every connection of the transaction, those it opens as its own
+/// superuser included: for pg_tenancy's writes, and for its own work (an attacker's pass, as a
+/// table's owner: `SET LOCAL work_mem = '1MB' \; DO ...` before or after Citus's
+/// `update_distributed_table_colocation`, or `SET LOCAL search_path = public, pg_catalog` to
+/// a schema holding a function of a name Citus calls unqualified, ran the role's code as the
+/// superuser on every worker, and made it one there). So
+/// - Citus is given the command's own text, not the statements beside it in its query;
+/// - the command's text holds no backslash (a worker whose `standard_conforming_strings` is off
+///   would read one otherwise);
+/// - a `SET LOCAL` gives values only to the settings in [`CARRIED_SETTINGS`] (timeouts, memory,
+///   the planner's and Citus's executor's choices), none of which changes what a statement
+///   means or whose code it runs (`search_path`, `standard_conforming_strings`, `role` do);
+/// - and it is refused once pg_tenancy has run statements as another user in the transaction.
+///
+/// pg_tenancy's own carrier passes.
 pub fn note_set_local(stmt: *mut pg_sys::Node) {
     // SAFETY: `stmt` is the statement's parse tree (or null); its tag is read before the node
-    // is used as the VariableSetStmt it says.
-    let carried = unsafe {
+    // is used as the VariableSetStmt it says, and its name (when there is one) is a
+    // NUL-terminated string of the tree.
+    let (carried, valued_name) = unsafe {
         if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_VariableSetStmt {
             return;
         }
         let s = stmt as *mut pg_sys::VariableSetStmt;
-        (*s).is_local
-            || matches!(
-                (*s).kind,
-                pg_sys::VariableSetKind::VAR_RESET
-                    | pg_sys::VariableSetKind::VAR_RESET_ALL
-                    | pg_sys::VariableSetKind::VAR_SET_MULTI
-            )
+        let name = || {
+            if (*s).name.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr((*s).name)
+                    .to_string_lossy()
+                    .to_ascii_lowercase()
+            }
+        };
+        // As Citus decides what it carries (its ShouldPropagateSetCommand and
+        // IsSettingSafeToPropagate).
+        let propagated = |n: &str| !NEVER_CARRIED.contains(&n);
+        use pg_sys::VariableSetKind::*;
+        match (*s).kind {
+            VAR_SET_VALUE if (*s).is_local => {
+                let n = name();
+                (propagated(&n), Some(n))
+            }
+            VAR_SET_CURRENT | VAR_SET_DEFAULT => ((*s).is_local && propagated(&name()), None),
+            VAR_RESET => (propagated(&name()), None),
+            VAR_RESET_ALL => (true, None),
+            VAR_SET_MULTI => (name() == "transaction", None),
+            _ => (false, None),
+        }
     };
     // A superuser session's own settings on the connections of the catalog's owner (a
     // superuser) give it nothing it does not have. Citus's own connections are its
@@ -433,7 +462,76 @@ pub fn note_set_local(stmt: *mut pg_sys::Node) {
             "Citus would send them to the connections pg_tenancy's statements used as another user; run them in another transaction, or use set_config(..., true), which Citus does not carry.",
         );
     }
+    if crate::pg::hooks::statement_text().is_some_and(|t| t.contains('\\')) {
+        crate::errors::raise(
+            crate::errors::FEATURE_NOT_SUPPORTED,
+            "on Citus, SET LOCAL, RESET and SET TRANSACTION are refused with a backslash in their text",
+            "Citus sends their text to every node, as its own superuser too, where standard_conforming_strings may read a backslash otherwise: write the value without one, or use set_config(name, value, true), which Citus does not carry.",
+        );
+    }
+    if let Some(name) = valued_name.filter(|n| !carried_setting_allowed(n)) {
+        crate::errors::raise(
+            crate::errors::FEATURE_NOT_SUPPORTED,
+            format!("on Citus, SET LOCAL {name} is refused: Citus would set it on its own superuser's connections to every node"),
+            "Set it for the session (SET, not SET LOCAL), or with set_config(name, value, true), which Citus does not carry; SET LOCAL takes timeouts, memory and the planner's and Citus's executor's settings.",
+        );
+    }
+    crate::pg::hooks::pass_on_the_statements_text_alone();
     SETTINGS_CARRIED.with(|c| c.set(local_xact()));
+}
+
+/// The settings Citus never carries (its IsSettingSafeToPropagate).
+const NEVER_CARRIED: &[&str] = &[
+    "application_name",
+    "citus.propagate_set_commands",
+    "client_encoding",
+    "exit_on_error",
+    "max_stack_depth",
+];
+
+/// The settings a client's `SET LOCAL` may give a value on Citus (see [`note_set_local`]), with
+/// every setting whose name begins with `enable_` (the planner's methods) or `citus.` (Citus's
+/// own, which Citus sets so itself on a user's connections to the workers). None changes how a
+/// statement's text is read or whose code it runs.
+const CARRIED_SETTINGS: &[&str] = &[
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "work_mem",
+    "hash_mem_multiplier",
+    "maintenance_work_mem",
+    "random_page_cost",
+    "seq_page_cost",
+    "cpu_tuple_cost",
+    "cpu_index_tuple_cost",
+    "cpu_operator_cost",
+    "parallel_setup_cost",
+    "parallel_tuple_cost",
+    "effective_cache_size",
+    "effective_io_concurrency",
+    "jit",
+    "jit_above_cost",
+    "jit_inline_above_cost",
+    "jit_optimize_above_cost",
+    "plan_cache_mode",
+    "default_statistics_target",
+    "from_collapse_limit",
+    "join_collapse_limit",
+    "geqo",
+    "max_parallel_workers_per_gather",
+    "cursor_tuple_fraction",
+    "constraint_exclusion",
+    // Citus itself sets it so on a user's connections to the workers.
+    "check_function_bodies",
+    // pg_tenancy's carrier, as Citus carries it to a worker (a client's own SET of it is
+    // refused on the coordinator; a worker binds only what the coordinator signed).
+    "tenancy.carrier",
+    "tenancy.decommission_wait",
+    "tenancy.kill_switch_wait",
+];
+
+fn carried_setting_allowed(name: &str) -> bool {
+    name.starts_with("enable_") || name.starts_with("citus.") || CARRIED_SETTINGS.contains(&name)
 }
 
 /// Before pg_tenancy runs statements as another user (the catalog's owner, a table's owner)

@@ -36,6 +36,51 @@ thread_local! {
     static RUNNING: RefCell<Vec<pg_sys::NodeTag>> = const { RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// The query text of the utility statement handed to the `before_utility` callbacks now,
+    /// and the statement's place in it (PlannedStmt's `stmt_location`, `stmt_len`).
+    static TEXT: Cell<(*const std::ffi::c_char, i32, i32)> =
+        const { Cell::new((std::ptr::null(), -1, 0)) };
+}
+
+thread_local! {
+    /// Whether a `before_utility` callback asked for the statement's own text alone to be
+    /// passed on ([`pass_on_the_statements_text_alone`]).
+    static TEXT_ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// For a `before_utility` callback: the statement's own text (its part of the query text it
+/// came in), or None when there is no text.
+pub fn statement_text() -> Option<String> {
+    let (text, location, len) = TEXT.with(|t| t.get());
+    if text.is_null() {
+        return None;
+    }
+    // SAFETY: the query text PostgreSQL passed to the utility hook, NUL-terminated, valid while
+    // the hook's callbacks run (TEXT is read by them only).
+    let whole = unsafe { std::ffi::CStr::from_ptr(text) }.to_bytes();
+    let (start, end) = statement_span(whole.len(), location, len);
+    Some(String::from_utf8_lossy(&whole[start..end]).into_owned())
+}
+
+/// Where a statement lies in a query text of `whole` bytes (`stmt_location` -1: unknown, the
+/// whole text; `stmt_len` 0: to the end).
+fn statement_span(whole: usize, location: i32, len: i32) -> (usize, usize) {
+    let start = usize::try_from(location).unwrap_or(0).min(whole);
+    let end = match usize::try_from(len) {
+        Ok(n) if n > 0 => (start + n).min(whole),
+        _ => whole,
+    };
+    (start, end)
+}
+
+/// For a `before_utility` callback: pass the statement on (to the hooks installed before
+/// pg_tenancy's, Citus's among them, and to PostgreSQL) with its own text as the query text,
+/// not the whole text it came in with the other statements beside it.
+pub fn pass_on_the_statements_text_alone() {
+    TEXT_ALONE.with(|t| t.set(true));
+}
+
 /// Whether a utility statement of one of `tags` is running now (this statement, or one that
 /// the code running now was reached from: an event trigger of a DROP, say).
 pub fn running(tags: &[pg_sys::NodeTag]) -> bool {
@@ -211,9 +256,38 @@ unsafe extern "C-unwind" fn utility_hook(
     };
     // SAFETY: PostgreSQL calls the hook with a valid planned utility statement.
     let stmt = unsafe { (*pstmt).utilityStmt };
+    // SAFETY: as above.
+    let place = unsafe { ((*pstmt).stmt_location, (*pstmt).stmt_len) };
+    let outer = TEXT.with(|t| t.replace((query_string, place.0, place.1)));
+    let outer_alone = TEXT_ALONE.with(|t| t.replace(false));
     for f in BEFORE.with(|b| b.borrow().clone()) {
         f(stmt);
     }
+    TEXT.with(|t| t.set(outer));
+    let alone = TEXT_ALONE.with(|t| t.replace(outer_alone));
+    let (pstmt, query_string) = if alone && !query_string.is_null() {
+        // SAFETY: the query text is NUL-terminated and valid for the call; the copy of the
+        // statement's part of it (and a line end, which ends a `--` comment there before
+        // anything is put after it) is palloc'd in the statement's memory context, as is the
+        // copy of the planned statement, whose place in the text now is the whole copy.
+        unsafe {
+            let whole = std::ffi::CStr::from_ptr(query_string).to_bytes();
+            let (start, end) = statement_span(whole.len(), place.0, place.1);
+            let mut own = whole[start..end].to_vec();
+            own.extend_from_slice(b"\n\0");
+            let text = pg_sys::palloc(own.len()) as *mut u8;
+            std::ptr::copy_nonoverlapping(own.as_ptr(), text, own.len());
+            let copy = pg_sys::copyObjectImpl(pstmt as *const std::ffi::c_void)
+                as *mut pg_sys::PlannedStmt;
+            (*copy).stmt_location = 0;
+            (*copy).stmt_len = 0;
+            (copy, text as *const std::ffi::c_char)
+        }
+    } else {
+        (pstmt, query_string)
+    };
+    // SAFETY: the planned statement passed on (PostgreSQL's, or its copy made above).
+    let stmt = unsafe { (*pstmt).utilityStmt };
     if !stmt.is_null() {
         // SAFETY: a node's tag is its first field.
         RUNNING.with(|r| r.borrow_mut().push(unsafe { (*stmt).type_ }));

@@ -717,9 +717,17 @@ fn management_calls_and_set_local_do_not_share_a_transaction() {
     let f = Fixture::new();
     let subject = format!("set-local-{}", std::process::id());
     let mut op = node(0, OPERATOR);
+    // A SET LOCAL of search_path is refused itself (see
+    // a_roles_carried_settings_never_reach_citus_superuser_connections); one that is carried
+    // refuses the management call after it.
     let mut tx = op.transaction().unwrap();
-    tx.batch_execute("SET LOCAL search_path = public, pg_catalog")
-        .unwrap();
+    let e = tx
+        .batch_execute("SET LOCAL search_path = public, pg_catalog")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    tx.rollback().unwrap();
+    let mut tx = op.transaction().unwrap();
+    tx.batch_execute("SET LOCAL work_mem = '1MB'").unwrap();
     let e = tx
         .execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
         .unwrap_err();
@@ -741,7 +749,7 @@ fn management_calls_and_set_local_do_not_share_a_transaction() {
     let mut tx = admin.transaction().unwrap();
     tx.execute("SELECT tenancy.bind($1)", &[&f.token(&f.a, "boss")])
         .unwrap();
-    tx.batch_execute("SET LOCAL search_path = public, pg_catalog")
+    tx.batch_execute("SET LOCAL statement_timeout = '1min'")
         .unwrap();
     let e = tx
         .execute("SELECT tenancy.add_member($1, 'bob', 'member')", &[&f.a])
@@ -783,10 +791,10 @@ fn management_calls_and_set_local_do_not_share_a_transaction() {
     // A prepared transaction's carried settings are not read afterwards: Citus left its
     // record pointing into the prepared transaction's freed memory (a reviewer's pass).
     let gid = format!("set_local_prepared_{}", std::process::id());
-    op.batch_execute(&format!(
-        "BEGIN; SET LOCAL work_mem = '1MB'; PREPARE TRANSACTION '{gid}'"
-    ))
-    .unwrap();
+    op.batch_execute("BEGIN").unwrap();
+    op.batch_execute("SET LOCAL work_mem = '1MB'").unwrap();
+    op.batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
+        .unwrap();
     superuser()
         .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
         .unwrap();
@@ -815,6 +823,121 @@ fn management_calls_and_set_local_do_not_share_a_transaction() {
             .get(0);
         assert_eq!(n, 0, "node {i}");
     }
+}
+
+/// Citus sends a transaction's `SET LOCAL` (`RESET`, `SET TRANSACTION`), with the whole text
+/// of the query it came in, to every connection of the transaction, also those it opens as its
+/// own superuser for its own work: a table's owner (NOSUPERUSER) ran a DO block so, as the
+/// superuser on every worker, before Citus's `update_distributed_table_colocation`, and made
+/// itself a superuser there; a `SET LOCAL search_path` to its own schema did the same through
+/// a function of a name Citus calls unqualified (an attacker's pass). On Citus such a command
+/// is sent alone, without a backslash, and `SET LOCAL` gives values only to settings that
+/// change no statement's meaning; what is left runs harmlessly.
+#[test]
+fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
+    let pid = std::process::id();
+    let owner = format!("carried_owner_{pid}");
+    let table = format!("public.carried_{pid}");
+    let mut su = superuser();
+    su.batch_execute(&format!(
+        "CREATE ROLE {owner} LOGIN NOSUPERUSER NOBYPASSRLS; GRANT CREATE ON SCHEMA public TO {owner}"
+    ))
+    .unwrap();
+    let mut o = node(0, &owner);
+    assert_not_privileged(&mut o);
+    o.batch_execute(&format!(
+        "CREATE TABLE {table} (tenant_id uuid NOT NULL, id int)"
+    ))
+    .unwrap();
+    o.batch_execute(&format!(
+        "SELECT create_distributed_table('{table}', 'tenant_id')"
+    ))
+    .unwrap();
+    // Its own function of a name Citus calls unqualified on the connections it opens.
+    o.batch_execute(&format!(
+        "CREATE FUNCTION public.assign_distributed_transaction_id(int, bigint, timestamptz) RETURNS void \
+           LANGUAGE plpgsql AS $f$ BEGIN \
+             IF current_setting('is_superuser') = 'on' THEN EXECUTE 'ALTER ROLE {owner} SUPERUSER'; END IF; \
+             PERFORM pg_catalog.assign_distributed_transaction_id($1, $2, $3); END $f$"
+    ))
+    .unwrap();
+    let payload = format!(
+        "DO $x$ BEGIN IF current_setting('is_superuser') = 'on' THEN \
+           PERFORM set_config('citus.enable_ddl_propagation', 'off', true); \
+           EXECUTE 'ALTER ROLE {owner} SUPERUSER'; END IF; END $x$"
+    );
+    let colocate = format!("SELECT update_distributed_table_colocation('{table}', 'none')");
+    // A setting that changes what Citus's own statements mean, or a backslash (which a worker
+    // without standard_conforming_strings reads otherwise): refused.
+    for carried in [
+        "SET LOCAL search_path = public, pg_catalog".to_string(),
+        "SET LOCAL standard_conforming_strings = off".to_string(),
+        format!("SET LOCAL role = {owner}"),
+        "SET LOCAL work_mem = E'1\\x4dB'".to_string(),
+        format!(
+            "SET LOCAL work_mem = '1MB'; SET LOCAL search_path = public, pg_catalog; {payload}"
+        ),
+    ] {
+        let mut tx = o.transaction().unwrap();
+        let e = tx.batch_execute(&carried).unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{carried}: {}", message(&e));
+        tx.rollback().unwrap();
+    }
+    // Another statement in its query, before or after Citus's call: Citus is given the
+    // command's own text, and the DO block runs here only, as the owner.
+    for (before, carried) in [
+        (false, format!("SET LOCAL work_mem = '1MB'; {payload}")),
+        (true, format!("SET LOCAL work_mem = '1MB'; {payload}")),
+        (false, format!("RESET work_mem; {payload}")),
+        (true, format!("RESET ALL; {payload}")),
+        (false, format!("SET TRANSACTION READ WRITE; {payload}")),
+        (
+            false,
+            format!("{payload}; SET LOCAL statement_timeout = '1min'; {payload}"),
+        ),
+        (false, "SET LOCAL work_mem = '1MB'".to_string()),
+        (
+            false,
+            "SET LOCAL work_mem = '1MB' -- a comment to the end".to_string(),
+        ),
+        (false, "/* a driver's comment */ RESET work_mem".to_string()),
+        (false, "RESET search_path".to_string()),
+        (false, "SET LOCAL search_path TO DEFAULT".to_string()),
+        (
+            false,
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+        ),
+    ] {
+        let mut tx = o.transaction().unwrap();
+        if before {
+            tx.batch_execute(&colocate).unwrap();
+        }
+        tx.batch_execute(&carried)
+            .unwrap_or_else(|e| panic!("{carried}: {}", message(&e)));
+        tx.batch_execute(&colocate)
+            .unwrap_or_else(|e| panic!("{carried}; colocation: {}", message(&e)));
+        tx.commit().unwrap();
+    }
+    // Set for the session or with set_config: not carried, not refused.
+    o.batch_execute(
+        "SET search_path = public, pg_catalog; BEGIN; SELECT set_config('work_mem', '2MB', true)",
+    )
+    .unwrap();
+    o.batch_execute(&colocate).unwrap();
+    o.batch_execute("COMMIT").unwrap();
+    for i in 0..ports().len() {
+        let superuser: bool = node(i, "postgres")
+            .query_one(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
+                &[&owner],
+            )
+            .unwrap()
+            .get(0);
+        assert!(!superuser, "{owner} became a superuser on node {i}");
+    }
+    drop(o);
+    su.batch_execute(&format!("DROP TABLE {table}; DROP FUNCTION public.assign_distributed_transaction_id(int, bigint, timestamptz); REVOKE CREATE ON SCHEMA public FROM {owner}; DROP ROLE {owner}"))
+        .unwrap();
 }
 
 /// A client that names its connection to a worker as Citus names its own is not exempt from
