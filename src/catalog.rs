@@ -851,12 +851,13 @@ pub fn lock_tenant_row(tenant: Uuid) {
                 mode,
                 wait_ms,
                 true,
+                &format!("the management lock of tenant {tenant}"),
                 format!("a prepared transaction holds the management lock of tenant {tenant}"),
                 "Finish it first (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED), and call again.",
             );
             KILL_SWITCH.with(|k| {
                 if let Some((_, all)) = k.borrow_mut().as_mut() {
-                    all.extend(ended);
+                    all.extend(ended.into_iter().map(|pid| (tenant, pid)));
                 }
             });
         }
@@ -869,10 +870,13 @@ pub fn lock_tenant_row(tenant: Uuid) {
     lock_row_of(tenant);
 }
 
+/// A kill switch's state ([`ending_holders`]): how long each tenant lock it takes waits before
+/// it ends the sessions that hold it, and the sessions it ended, each with its tenant.
+type KillSwitch = (u64, Vec<(Uuid, i32)>);
+
 thread_local! {
-    /// While an operator's kill switch runs ([`ending_holders`]): how long each tenant lock it
-    /// takes waits before it ends the sessions that hold it, and the sessions it ended.
-    static KILL_SWITCH: RefCell<Option<(u64, Vec<i32>)>> = const { RefCell::new(None) };
+    /// While an operator's kill switch runs.
+    static KILL_SWITCH: RefCell<Option<KillSwitch>> = const { RefCell::new(None) };
 }
 
 /// Run `f`, an operator's kill switch (`suspend_tenant`, `revoke_subject`, `unmap_role`,
@@ -882,10 +886,10 @@ thread_local! {
 /// session holds it. A tenant admin who left a management call's transaction open held every
 /// operator's kill switch for the tenant for as long as the session stayed, and a table owner's
 /// open `DROP TABLE` those of every tenant with a grant on the table (attackers' passes).
-/// Returns what `f` returned and the process ids of the sessions ended.
-pub fn ending_holders<R>(wait_ms: u64, f: impl FnOnce() -> R) -> (R, Vec<i32>) {
+/// Returns what `f` returned and the sessions ended, each with the tenant whose lock it held.
+pub fn ending_holders<R>(wait_ms: u64, f: impl FnOnce() -> R) -> (R, Vec<(Uuid, i32)>) {
     /// Puts the outer state back however `f` ends.
-    struct Restore(Option<Option<(u64, Vec<i32>)>>);
+    struct Restore(Option<Option<KillSwitch>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             if let Some(outer) = self.0.take() {
@@ -935,16 +939,22 @@ fn management_lock_tag(tenant: Uuid) -> pg_sys::LOCKTAG {
 }
 
 /// Take `tag` in `mode` for the transaction, ending those who hold it: polls every 50 ms; after
-/// `wait_ms`, every session that holds or waits for it (a waiter would hold it next) is
-/// terminated, then polled for again, so a queue of sessions cannot keep it. A prepared
-/// transaction holding it is refused (55000) with `prepared` and its `hint`. With `spare_platform`, the session of a
-/// superuser or an operator (by its session user) is never ended: once only such sessions are
-/// left, this waits for them. Returns the process ids of the sessions ended.
+/// `wait_ms`, every session that holds or waits for it (a waiter would hold it next) is sent
+/// the signal to terminate, all at once, and this call queues for the lock at once after it,
+/// so that a session that asks for it later queues behind (a tenant admin's sessions, asking
+/// without pause, were always ahead of a call that only polled: an attacker's pass); a session
+/// that got in before is ended at the next round. A prepared transaction holding it is refused
+/// (55000) with `prepared` and its `hint`. With `spare_platform`, the session of a superuser or
+/// an operator (by its session user) is never ended: once only such sessions are left, this
+/// waits for them. The sessions ended are written to the server's log (with `what`, the lock
+/// they held) and told the caller in a NOTICE, also when the call fails later and its records
+/// roll back. Returns their process ids.
 pub fn take_lock_ending_holders(
     tag: &pg_sys::LOCKTAG,
     mode: pg_sys::LOCKMODE,
     wait_ms: u64,
     spare_platform: bool,
+    what: &str,
     prepared: String,
     hint: &str,
 ) -> Vec<i32> {
@@ -980,7 +990,7 @@ pub fn take_lock_ending_holders(
         )
     };
     let start = std::time::Instant::now();
-    let mut ended = Vec::new();
+    let mut ended: Vec<i32> = Vec::new();
     loop {
         // SAFETY: a transaction-level lock of a tag of pg_tenancy's own, not waited for.
         let got = unsafe { pg_sys::LockAcquire(tag, mode, false, true) };
@@ -1006,17 +1016,33 @@ pub fn take_lock_ending_holders(
                 unsafe { pg_sys::LockAcquire(tag, mode, false, false) };
                 return ended;
             }
-            for pid in to_end {
-                let done = owner_rows(
-                    "pg_terminate_backend",
-                    "SELECT pg_catalog.pg_terminate_backend($1, 5000)",
-                    &[pid.into()],
-                    |r| Ok(r.get::<bool>(1)?.unwrap_or(false)),
+            let signalled: Vec<i32> = owner_rows(
+                "pg_terminate_backend",
+                "SELECT p FROM pg_catalog.unnest($1::pg_catalog.int4[]) p WHERE pg_catalog.pg_terminate_backend(p)",
+                &[to_end.into()],
+                |r| r.get::<i32>(1),
+            )
+            .into_iter()
+            .flatten()
+            .collect();
+            if !signalled.is_empty() {
+                pgrx::log!(
+                    "pg_tenancy: ended sessions {signalled:?}, which held {what} longer than {wait_ms} ms"
                 );
-                if done.first().copied().unwrap_or(false) && !ended.contains(&pid) {
+                pgrx::notice!(
+                    "pg_tenancy: ended sessions {signalled:?}, which held {what} longer than {wait_ms} ms"
+                );
+            }
+            for pid in signalled {
+                if !ended.contains(&pid) {
                     ended.push(pid);
                 }
             }
+            // Queued now, behind the sessions just ended (they leave the queue as they exit).
+            if crate::pg::lock_wait::acquire_within(tag, mode, 5_000) {
+                return ended;
+            }
+            continue;
         }
         // SAFETY: waits 50 ms on the backend's own latch (reset after), reported in
         // pg_stat_activity as the wait for a lock of the tag's type that it is; then lets a

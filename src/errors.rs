@@ -153,6 +153,7 @@ fn condition(sqlstate: PgSqlErrorCode) -> &'static str {
         ERRCODE_PROGRAM_LIMIT_EXCEEDED => "program_limit_exceeded",
         ERRCODE_E_R_I_E_EVENT_TRIGGER_PROTOCOL_VIOLATED => "event_trigger_protocol_violated",
         ERRCODE_INTERNAL_ERROR => "internal_error",
+        ERRCODE_LOCK_NOT_AVAILABLE => "lock_not_available",
         // Every SQLSTATE pg_tenancy raises is named above (unit test `conditions_are_named`).
         _ => "error",
     }

@@ -186,6 +186,7 @@ mod trust_inventory {
         ("src/pg/citus.rs", include_str!("pg/citus.rs")),
         ("src/pg/guc.rs", include_str!("pg/guc.rs")),
         ("src/pg/jsonb_build.rs", include_str!("pg/jsonb_build.rs")),
+        ("src/pg/lock_wait.rs", include_str!("pg/lock_wait.rs")),
         ("src/pg/row_json.rs", include_str!("pg/row_json.rs")),
         (
             "src/protection/guard.rs",

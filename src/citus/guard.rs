@@ -1213,6 +1213,108 @@ fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: guard check on Citus failed: {e}"))
 }
 
+/// What a statement creates, or renames a function to, that could bear a name of pg_catalog's:
+/// (whether it is a function, its name).
+///
+/// # Safety
+/// `stmt` is a utility statement's parse tree, or null.
+unsafe fn created_name(stmt: *mut pg_sys::Node) -> Option<(bool, String)> {
+    // SAFETY: (the caller's) a node's tag is its first field; each node is read as the type
+    // its tag says, and its name lists are Lists of String nodes (the parser's).
+    unsafe {
+        if stmt.is_null() {
+            return None;
+        }
+        let last = |l: *mut pg_sys::List| -> Option<String> {
+            if l.is_null() || (*l).length == 0 {
+                return None;
+            }
+            let s = (*(*l).elements.add((*l).length as usize - 1)).ptr_value as *mut pg_sys::String;
+            (!s.is_null() && !(*s).sval.is_null()).then(|| {
+                std::ffi::CStr::from_ptr((*s).sval)
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        };
+        match (*stmt).type_ {
+            pg_sys::NodeTag::T_CreateFunctionStmt => {
+                let f = stmt as *mut pg_sys::CreateFunctionStmt;
+                if (*f).is_procedure {
+                    return None;
+                }
+                last((*f).funcname).map(|n| (true, n))
+            }
+            pg_sys::NodeTag::T_DefineStmt => {
+                let d = stmt as *mut pg_sys::DefineStmt;
+                ((*d).kind == pg_sys::ObjectType::OBJECT_OPERATOR)
+                    .then(|| last((*d).defnames))
+                    .flatten()
+                    .map(|n| (false, n))
+            }
+            pg_sys::NodeTag::T_RenameStmt => {
+                let r = stmt as *mut pg_sys::RenameStmt;
+                (matches!(
+                    (*r).renameType,
+                    pg_sys::ObjectType::OBJECT_FUNCTION | pg_sys::ObjectType::OBJECT_ROUTINE
+                ) && !(*r).newname.is_null())
+                .then(|| {
+                    (
+                        true,
+                        std::ffi::CStr::from_ptr((*r).newname)
+                            .to_string_lossy()
+                            .into_owned(),
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// On Citus, before a utility statement (every node): no role but a superuser creates a
+/// function or an operator of a name pg_catalog has, or renames a function to one, outside an
+/// extension's script. Citus's statements call pg_catalog's functions and operators
+/// unqualified on the connections it opens as its superuser, and PostgreSQL chooses a better
+/// matching overload in a schema on that connection's `search_path` (`public`) over
+/// pg_catalog's: a table's owner with CREATE on `public` made
+/// `public.assign_distributed_transaction_id(int, int, text)` on the workers (through
+/// `run_command_on_workers`) and was a superuser there after Citus's next distributed
+/// transaction (an attacker's pass). `verify()` reports such objects made before
+/// (`catalog_name_shadowed`).
+pub fn refuse_catalog_names(stmt: *mut pg_sys::Node) {
+    // SAFETY: `stmt` is the statement being run (this callback's contract).
+    let Some((function, name)) = (unsafe { created_name(stmt) }) else {
+        return;
+    };
+    if !crate::pg::citus::in_database()
+        // SAFETY: creating_extension is this backend's own flag (an extension's script runs).
+        || unsafe { pg_sys::creating_extension }
+        || crate::authz::is_superuser(crate::authz::caller())
+    {
+        return;
+    }
+    let sql = if function {
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc WHERE proname OPERATOR(pg_catalog.=) $1 \
+            AND pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace)"
+    } else {
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oprname OPERATOR(pg_catalog.=) $1 \
+            AND oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace)"
+    };
+    if !catalog::read_one::<bool>(sql, &[name.as_str().into()]).unwrap_or(false) {
+        return;
+    }
+    let what = if function { "function" } else { "operator" };
+    let mut f = serde_json::Map::new();
+    f.insert(what.into(), name.clone().into());
+    errors::refuse(
+        "guard_refused",
+        f,
+        errors::INSUFFICIENT_PRIVILEGE,
+        format!("on Citus, only a superuser makes a {what} named \"{}\", as one of pg_catalog's", errors::clean(&name)),
+        "Citus calls pg_catalog's functions and operators unqualified on its own superuser connections, where one of the same name in a schema on the search_path may be chosen instead: name it otherwise.",
+    );
+}
+
 #[cfg(test)]
 mod tests {
     /// The statements sent to the workers run there over Citus's own connections, as the

@@ -424,10 +424,7 @@ fn set_status(tenant: &str, action: &str, from: &[&str], to: &str, reason: Optio
     // ever on a tenant admin's open management transaction (its session is ended after
     // `tenancy.kill_switch_wait`).
     let ended = if action == "suspend_tenant" {
-        catalog::ending_holders(crate::gucs::kill_switch_wait_ms(), || {
-            catalog::lock_tenant_row(t.id)
-        })
-        .1
+        crate::rbac::as_kill_switch(action, t.id, None, || catalog::lock_tenant_row(t.id)).1
     } else {
         catalog::lock_tenant_row(t.id);
         Vec::new()
@@ -680,22 +677,27 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         );
     }
     let uuid = to_pg_uuid(t.id);
-    // The tenant's row is locked first, so that no mapping, member, role or grant is added to
-    // it from here on (each takes the lock, then finds the tenant decommissioned). Its mappings
-    // were read unlocked: a map_role committed after the read was deleted unchecked, and left
-    // a role mapped alone to a tenant with an admin, bound there without a token (an
-    // attacker's pass, as an operator).
-    // A transaction that holds it for longer than `tenancy.decommission_wait` (a tenant admin's
-    // open management call) is ended; a decommission that waited for another finds the tenant
-    // decommissioned (two certificates were signed: an attacker's pass).
-    catalog::ending_holders(crate::gucs::DECOMMISSION_WAIT.get().max(0) as u64, || {
-        catalog::lock_live_tenant(&t)
-    });
-    // Its mappings go: a role mapped to it and to one other tenant would be left bound there
-    // without a token (checked before any session is ended).
-    for role in mapped_roles(&t) {
-        authz::require_no_tokenless_binding("decommission_tenant", role, &[t.id]);
-    }
+    // The tenant is locked first, so that no mapping, member, role, grant, key or revocation is
+    // added to it from here on (each takes the lock, then finds the tenant decommissioned; its
+    // mappings were read unlocked once, and one committed after the read was deleted
+    // unchecked: an attacker's pass). A transaction that holds the lock longer than
+    // `tenancy.decommission_wait` (a tenant admin's open management call) is ended; a
+    // decommission that waited for another finds the tenant decommissioned (two certificates
+    // were signed: an attacker's pass). Its mappings go: a role mapped to it and to one other
+    // tenant would be left bound there without a token (checked before take_tenant ends any
+    // writer; the other tenants' locks this takes end their holders as its own does: another
+    // tenant's admin held a decommission so).
+    crate::rbac::as_kill_switch(
+        "decommission_tenant",
+        t.id,
+        Some(crate::gucs::DECOMMISSION_WAIT.get().max(0) as u64),
+        || {
+            catalog::lock_live_tenant(&t);
+            for role in mapped_roles(&t) {
+                authz::require_no_tokenless_binding("decommission_tenant", role, &[t.id]);
+            }
+        },
+    );
     // No transaction of the tenant writes from here on: those that wrote finish (or are
     // terminated), later ones wait and then find the tenant decommissioned. A prepared
     // transaction holding the tenant's writes is refused.
@@ -1008,8 +1010,9 @@ fn take_tenant(t: &catalog::TenantRow) {
     catalog::take_lock_ending_holders(
         &write_lock_tag(t.id),
         pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-        crate::gucs::DECOMMISSION_WAIT.get() as u64,
+        crate::gucs::DECOMMISSION_WAIT.get().max(0) as u64,
         false,
+        &format!("the write lock of tenant \"{}\"", t.slug),
         format!("a prepared transaction holds writes of tenant \"{}\"", t.slug),
         "Finish it first (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED), and decommission again.",
     );

@@ -1588,9 +1588,13 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
             let _done = HookDone;
             // SAFETY: `qd` is the QueryDesc being started (this function's contract), with
             // its planned statement.
+            // A SELECT that locks rows (FOR UPDATE, FOR SHARE, ...) counts as a write: a bound
+            // session holding the tenant's rows locked held a decommission's deletion for ever
+            // without the tenant's write lock, which decommission ends (an attacker's pass).
             let writes = unsafe {
                 (*qd).operation != pg_sys::CmdType::CMD_SELECT
                     || (*(*qd).plannedstmt).hasModifyingCTE
+                    || !(*(*qd).plannedstmt).rowMarks.is_null()
             };
             // By index, with no borrow held while each runs, and no copy of the list.
             for i in 0..QUERY_START.with(|q| q.borrow().len()) {

@@ -491,8 +491,9 @@ const NEVER_CARRIED: &[&str] = &[
 
 /// The settings a client's `SET LOCAL` may give a value on Citus (see [`note_set_local`]), with
 /// every setting whose name begins with `enable_` (the planner's methods) or `citus.` (Citus's
-/// own, which Citus sets so itself on a user's connections to the workers). None changes how a
-/// statement's text is read or whose code it runs.
+/// own, which Citus sets so itself on a user's connections to the workers), and an
+/// application's placeholders. None changes how a statement's text is read or whose code it
+/// runs.
 const CARRIED_SETTINGS: &[&str] = &[
     "statement_timeout",
     "lock_timeout",
@@ -523,6 +524,13 @@ const CARRIED_SETTINGS: &[&str] = &[
     "constraint_exclusion",
     // Citus itself sets it so on a user's connections to the workers.
     "check_function_bodies",
+    // What a transaction's own time zone, messages and isolation are (Citus's statements print
+    // their times with an offset).
+    "timezone",
+    "client_min_messages",
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
     // pg_tenancy's carrier, as Citus carries it to a worker (a client's own SET of it is
     // refused on the coordinator; a worker binds only what the coordinator signed).
     "tenancy.carrier",
@@ -531,7 +539,15 @@ const CARRIED_SETTINGS: &[&str] = &[
 ];
 
 fn carried_setting_allowed(name: &str) -> bool {
-    name.starts_with("enable_") || name.starts_with("citus.") || CARRIED_SETTINGS.contains(&name)
+    let prefix = name.split_once('.').map(|(p, _)| p);
+    name.starts_with("enable_")
+        || prefix == Some("citus")
+        || CARRIED_SETTINGS.contains(&name)
+        // An application's own placeholders (`SET LOCAL myapp.user_id = '42'`), which no
+        // statement of Citus's or PostgreSQL's reads; not a procedural language's settings
+        // (`plpgsql.variable_conflict` changes what a function's names mean), nor pg_tenancy's
+        // others.
+        || prefix.is_some_and(|p| !p.starts_with("pl") && p != "tenancy")
 }
 
 /// Before pg_tenancy runs statements as another user (the catalog's owner, a table's owner)

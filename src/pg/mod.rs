@@ -10,6 +10,7 @@ pub mod fmgr_gate;
 pub mod guc;
 pub mod hooks;
 pub mod jsonb_build;
+pub mod lock_wait;
 pub mod relation_spi;
 pub mod row_json;
 pub mod table_scan;

@@ -111,8 +111,9 @@ fn unmap_role(role: Option<crate::pg::types::Regrole>, tenant: Option<&str>) {
     // A role mapped to one tenant is bound to it without a token: removing one of a role's two
     // mappings widens access in the tenant left (refused to an operator once it has an admin).
     // It also locks the tenant's row, as every change of its mappings must.
-    let ((), ended) =
-        as_kill_switch(|| authz::require_no_tokenless_binding("unmap_role", role, &[t.id]));
+    let ((), ended) = as_kill_switch("unmap_role", t.id, None, || {
+        authz::require_no_tokenless_binding("unmap_role", role, &[t.id])
+    });
     let n = delete_mapping(role, t.id);
     if n == 0 {
         errors::raise(
@@ -132,16 +133,41 @@ fn unmap_role(role: Option<crate::pg::types::Regrole>, tenant: Option<&str>) {
     );
 }
 
-/// An operator's call that takes access away is a kill switch: the tenant locks it takes end
-/// the transactions that hold them for longer than `tenancy.kill_switch_wait`
-/// ([`catalog::ending_holders`]). A tenant admin's waits. Returns `f`'s result and the process
-/// ids of the sessions ended.
-fn as_kill_switch<R>(f: impl FnOnce() -> R) -> (R, Vec<i32>) {
-    if authz::is_operator(authz::caller()) {
-        catalog::ending_holders(crate::gucs::kill_switch_wait_ms(), f)
-    } else {
-        (f(), Vec::new())
+/// An operator's call that takes access away from `tenant` is a kill switch: the tenant locks
+/// it takes end the transactions that hold them for longer than `wait_ms`
+/// ([`catalog::ending_holders`]; `tenancy.kill_switch_wait` unless given). A tenant admin's
+/// waits. Returns `f`'s result and the process ids of the sessions ended that held `tenant`'s
+/// lock, for the call's own record; those that held another tenant's (a role mapped to both)
+/// are recorded in that tenant's trail, as `end_sessions` (an attacker's pass saw another
+/// tenant's admin ended with no record there).
+pub(crate) fn as_kill_switch<R>(
+    action: &str,
+    tenant: uuid::Uuid,
+    wait_ms: Option<u64>,
+    f: impl FnOnce() -> R,
+) -> (R, Vec<i32>) {
+    if !authz::is_operator(authz::caller()) {
+        return (f(), Vec::new());
     }
+    let wait = wait_ms.unwrap_or_else(crate::gucs::kill_switch_wait_ms);
+    let (r, ended) = catalog::ending_holders(wait, f);
+    let mut own = Vec::new();
+    let mut elsewhere: std::collections::BTreeMap<uuid::Uuid, Vec<i32>> = Default::default();
+    for (t, pid) in ended {
+        if t == tenant {
+            own.push(pid);
+        } else {
+            elsewhere.entry(t).or_default().push(pid);
+        }
+    }
+    for (t, pids) in elsewhere {
+        crate::audit::admin(
+            "end_sessions",
+            Some(t),
+            serde_json::json!({"by": action, "for_tenant": tenant.to_string(), "ended_sessions": pids}),
+        );
+    }
+    (r, own)
 }
 
 /// `details` of a management record, with the sessions a kill switch ended (when it did).
@@ -495,6 +521,17 @@ fn grant(
     authz::require_may_widen("grant", &t);
     check_tenant_roles(&t, &[role.to_string()]);
     check_privileges(&privileges);
+    // The table locked (to the end of the transaction) before it is found protected: an
+    // `unprotect` or a `DROP TABLE` running meanwhile, which revoke the table's grants, waits
+    // for this grant and then sees it, or this grant waits for them and finds the table no
+    // longer protected (a grant made while the table was unprotected stayed: an attacker's
+    // pass).
+    if let Some(rel) = tbl {
+        // SAFETY: a transaction-level lock of a relation by oid (it may be dropped meanwhile:
+        // then nothing is locked, and the check below finds it not protected); processes the
+        // invalidations of what it waited for.
+        unsafe { pg_sys::LockRelationOid(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE) };
+    }
     let table = check_grant_table(tbl);
     // Serialized with revoke's rewrite of the role's grants ([`delete_grants`]), and counted
     // under the lock (see create_role).
@@ -548,7 +585,7 @@ fn revoke(
     } else {
         check_grant_table(tbl)
     };
-    if tbl.is_some() {
+    if tbl.is_some() && !stale {
         // A grant on every table cannot be narrowed by revoking one table: say so instead of
         // pretending the privilege is gone.
         let wide: Vec<String> = catalog::privileges(t.id)
@@ -571,7 +608,7 @@ fn revoke(
             );
         }
     }
-    let (t, ended) = as_kill_switch(|| lock_memberships(&t));
+    let (t, ended) = as_kill_switch("revoke", t.id, None, || lock_memberships(&t));
     delete_grants(t.id, role, tbl, &privileges);
     crate::audit::admin(
         "revoke",
@@ -676,7 +713,7 @@ fn remove_member(tenant: Option<&str>, subject: Option<&str>, role: Option<&str>
     let subject = errors::not_null("remove_member", "subject", subject);
     let role = errors::not_null("remove_member", "role", role);
     let t = managed_tenant(tenant, "remove_member");
-    let (t, ended) = as_kill_switch(|| lock_memberships(&t));
+    let (t, ended) = as_kill_switch("remove_member", t.id, None, || lock_memberships(&t));
     let before: Vec<String> = catalog::owner_rows(
         "tenancy.member",
         "SELECT role FROM tenancy.member WHERE tenant_id = $1 AND subject = $2 ORDER BY 1",
@@ -934,7 +971,7 @@ fn revoke_subject(
     };
     // An operator's revocation is a kill switch: it does not wait for ever on a tenant admin's
     // open management transaction (its session is ended after `tenancy.kill_switch_wait`).
-    let (t, ended) = as_kill_switch(|| lock_memberships(&t));
+    let (t, ended) = as_kill_switch("revoke_subject", t.id, None, || lock_memberships(&t));
     refuse_over_quota(
         "SELECT count(*) FROM tenancy.subject_revocation WHERE tenant_id = $1",
         Some(t.id),

@@ -853,14 +853,52 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
         "SELECT create_distributed_table('{table}', 'tenant_id')"
     ))
     .unwrap();
-    // Its own function of a name Citus calls unqualified on the connections it opens.
-    o.batch_execute(&format!(
-        "CREATE FUNCTION public.assign_distributed_transaction_id(int, bigint, timestamptz) RETURNS void \
+    // Its own function or operator of a name pg_catalog has, which Citus calls unqualified on
+    // the connections it opens as its superuser, where a better-matching overload in public is
+    // chosen (the next pass: `(int, int, text)` made on the workers with
+    // run_command_on_workers made the owner a superuser there at Citus's next distributed
+    // transaction, no SET LOCAL needed): refused on every node.
+    let shadow = format!(
+        "CREATE FUNCTION public.assign_distributed_transaction_id(int, int, text) RETURNS void \
            LANGUAGE plpgsql AS $f$ BEGIN \
              IF current_setting('is_superuser') = 'on' THEN EXECUTE 'ALTER ROLE {owner} SUPERUSER'; END IF; \
-             PERFORM pg_catalog.assign_distributed_transaction_id($1, $2, $3); END $f$"
-    ))
+             PERFORM pg_catalog.assign_distributed_transaction_id($1, $2::bigint, $3::timestamptz); END $f$"
+    );
+    for attempt in [
+        shadow.clone(),
+        "CREATE FUNCTION public.shadow_eq(a bigint, b int) RETURNS boolean LANGUAGE sql AS $f$SELECT true$f$; \
+         CREATE OPERATOR public.= (LEFTARG = bigint, RIGHTARG = int, FUNCTION = public.shadow_eq)"
+            .to_string(),
+        "CREATE FUNCTION public.not_yet(int) RETURNS int LANGUAGE sql AS $f$SELECT 1$f$; \
+         ALTER FUNCTION public.not_yet(int) RENAME TO lock_shard_resources"
+            .to_string(),
+    ] {
+        let mut tx = o.transaction().unwrap();
+        let e = tx.batch_execute(&attempt).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{attempt}: {}", message(&e));
+        tx.rollback().unwrap();
+    }
+    o.query(
+        "SELECT success, result FROM run_command_on_workers($1)",
+        &[&format!(
+            "SET citus.enable_ddl_propagation TO off; {shadow}"
+        )],
+    )
     .unwrap();
+    for i in 0..ports().len() {
+        let made: i64 = node(i, "postgres")
+            .query_one(
+                "SELECT count(*) FROM pg_proc WHERE proname = 'assign_distributed_transaction_id' \
+                    AND pronamespace <> 'pg_catalog'::regnamespace",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(made, 0, "made on node {i}");
+    }
+    // An extension's or a superuser's are not refused; nor a function of another name.
+    o.batch_execute("CREATE FUNCTION public.carried_own_fn() RETURNS int LANGUAGE sql AS $f$SELECT 1$f$; DROP FUNCTION public.carried_own_fn()")
+        .unwrap();
     let payload = format!(
         "DO $x$ BEGIN IF current_setting('is_superuser') = 'on' THEN \
            PERFORM set_config('citus.enable_ddl_propagation', 'off', true); \
@@ -873,6 +911,7 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
         "SET LOCAL search_path = public, pg_catalog".to_string(),
         "SET LOCAL standard_conforming_strings = off".to_string(),
         format!("SET LOCAL role = {owner}"),
+        "SET LOCAL plpgsql.variable_conflict = use_column".to_string(),
         "SET LOCAL work_mem = E'1\\x4dB'".to_string(),
         format!(
             "SET LOCAL work_mem = '1MB'; SET LOCAL search_path = public, pg_catalog; {payload}"
@@ -896,6 +935,8 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
             format!("{payload}; SET LOCAL statement_timeout = '1min'; {payload}"),
         ),
         (false, "SET LOCAL work_mem = '1MB'".to_string()),
+        (false, "SET LOCAL myapp.user_id = '42'".to_string()),
+        (false, "SET LOCAL TIME ZONE 'UTC'".to_string()),
         (
             false,
             "SET LOCAL work_mem = '1MB' -- a comment to the end".to_string(),
@@ -936,8 +977,10 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
         assert!(!superuser, "{owner} became a superuser on node {i}");
     }
     drop(o);
-    su.batch_execute(&format!("DROP TABLE {table}; DROP FUNCTION public.assign_distributed_transaction_id(int, bigint, timestamptz); REVOKE CREATE ON SCHEMA public FROM {owner}; DROP ROLE {owner}"))
-        .unwrap();
+    su.batch_execute(&format!(
+        "DROP TABLE {table}; REVOKE CREATE ON SCHEMA public FROM {owner}; DROP ROLE {owner}"
+    ))
+    .unwrap();
 }
 
 /// A client that names its connection to a worker as Citus names its own is not exempt from

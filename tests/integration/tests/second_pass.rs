@@ -2858,6 +2858,213 @@ fn an_operators_kill_switch_ends_a_tenant_admins_open_management_transaction() {
     assert!(admin.execute("SELECT 1", &[]).is_err());
 }
 
+/// A kill switch that ends another tenant's holder (a role mapped to both: `unmap_role` and
+/// `decommission_tenant` lock every tenant the role is mapped to) records it in that tenant's
+/// trail (`end_sessions`), not only in its own; a decommission held by another tenant's admin
+/// waited for ever; a kill switch that fails after ending a session says so in a NOTICE and
+/// the server's log, which its rollback does not take back (attackers' passes).
+#[test]
+fn a_kill_switch_says_whom_it_ended_in_each_tenant_and_when_it_fails() {
+    let f = Fixture::new();
+    let mut su = superuser();
+    let c = unique("tc");
+    su.execute("SELECT tenancy.create_tenant($1)", &[&c])
+        .unwrap();
+    f.seat_admin(&f.b, "boss");
+    let r = login_role(&mut su, "ks_multi", "");
+    for t in [&f.a, &f.b] {
+        su.execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[&r, t])
+            .unwrap();
+    }
+    let hold_b = || -> (postgres::Client, i32) {
+        let mut admin = f.session_as(&f.b, "boss");
+        let pid: i32 = admin
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        admin
+            .execute(
+                "SELECT tenancy.set_setting($1, 'held', '1'::jsonb)",
+                &[&f.b],
+            )
+            .unwrap();
+        (admin, pid)
+    };
+    let end_records = |su: &mut postgres::Client| -> Vec<String> {
+        su.query(
+            "SELECT new_row->>'ended_sessions' FROM tenancy.audit_log WHERE tenant_id = $1::text::uuid \
+               AND op = 'ADMIN' AND new_row->>'action' = 'end_sessions' ORDER BY id",
+            &[&f.b_id],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    // Removing A's mapping would leave the role mapped to B alone, which has an admin: refused,
+    // after B's holder was ended; the NOTICE says so.
+    let (mut admin, pid) = hold_b();
+    let (mut op, notices) = with_notices(OPERATOR);
+    op.batch_execute("SET tenancy.kill_switch_wait = '200ms'; SET statement_timeout = '25s'")
+        .unwrap();
+    let e = op
+        .execute(
+            "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+            &[&r, &f.a],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", message(&e));
+    assert!(admin.execute("SELECT 1", &[]).is_err(), "B's holder ended");
+    assert!(
+        notices
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.contains("ended sessions") && n.contains(&pid.to_string())),
+        "{:?}",
+        notices.lock().unwrap()
+    );
+    assert!(end_records(&mut su).is_empty(), "rolled back with the call");
+    // Mapped to C too, the removal goes through, and B's trail records whom it ended there.
+    su.execute("SELECT tenancy.map_role($1::text::regrole, $2)", &[&r, &c])
+        .unwrap();
+    let (mut admin, pid) = hold_b();
+    op.execute(
+        "SELECT tenancy.unmap_role($1::text::regrole, $2)",
+        &[&r, &f.a],
+    )
+    .unwrap_or_else(|e| panic!("unmap_role: {}", message(&e)));
+    assert!(admin.execute("SELECT 1", &[]).is_err());
+    assert_eq!(end_records(&mut su), vec![format!("[{pid}]")]);
+    // A decommission of A, the role mapped to A, B and C: B's holder is ended after
+    // decommission_wait, not waited for.
+    su.execute(
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&r, &f.a],
+    )
+    .unwrap();
+    let (mut admin, pid) = hold_b();
+    op.batch_execute("SET tenancy.decommission_wait = '200ms'")
+        .unwrap();
+    op.execute("SELECT tenancy.decommission_tenant($1, $1)", &[&f.a])
+        .unwrap_or_else(|e| panic!("decommission: {}", message(&e)));
+    assert!(admin.execute("SELECT 1", &[]).is_err());
+    assert_eq!(end_records(&mut su).last(), Some(&format!("[{pid}]")));
+}
+
+/// A bound session holding the tenant's rows locked (`SELECT ... FOR UPDATE`, `FOR KEY SHARE`)
+/// took no write lock, so a decommission neither waited for it nor ended it, and its deletion
+/// waited on the rows for ever (an attacker's pass). A SELECT that locks rows holds the
+/// tenant's write lock as a write does.
+#[test]
+fn a_session_holding_a_tenants_rows_locked_does_not_hold_a_decommission() {
+    for lock in ["FOR UPDATE", "FOR KEY SHARE"] {
+        let f2 = Fixture::new();
+        let mut w = f2.session_as(&f2.a, "writer");
+        w.execute("INSERT INTO it_orders (amount) VALUES (1)", &[])
+            .unwrap();
+        w.batch_execute("COMMIT").unwrap();
+        let mut holder = f2.session_as(&f2.a, "writer");
+        holder
+            .query(&format!("SELECT id FROM it_orders {lock}"), &[])
+            .unwrap();
+        let mut op = connect(OPERATOR);
+        op.batch_execute("SET tenancy.decommission_wait = '200ms'; SET statement_timeout = '25s'")
+            .unwrap();
+        op.execute("SELECT tenancy.decommission_tenant($1, $1)", &[&f2.a])
+            .unwrap_or_else(|e| panic!("{lock}: decommission: {}", message(&e)));
+        assert!(holder.execute("SELECT 1", &[]).is_err(), "{lock}: ended");
+    }
+}
+
+/// A grant made while its table was unprotected or dropped stayed on the table (the grant took
+/// no lock of the table): it waits for them now, or they for it, and the grant goes. A grant
+/// that outlived its table anyway (`verify()`'s `grant_on_unprotected_table`) is revoked by
+/// its fix, also where the role holds the privilege on every table.
+#[test]
+fn a_grant_racing_unprotect_goes_with_the_tables_protection() {
+    let f = Fixture::new();
+    f.seat_admin(&f.a, "boss");
+    let mut su = superuser();
+    let table = format!("public.{}", ident("racing_grant"));
+    su.batch_execute(&format!(
+        "CREATE TABLE {table} (id int, tenant_id uuid NOT NULL); SELECT tenancy.protect('{table}')"
+    ))
+    .unwrap();
+    su.execute("SELECT tenancy.create_role($1, 'racer')", &[&f.a])
+        .unwrap();
+    let mut admin = f.session_as(&f.a, "boss");
+    admin
+        .execute(
+            &format!("SELECT tenancy.grant($1, 'racer', '{table}', '{{select}}')"),
+            &[&f.a],
+        )
+        .unwrap();
+    let t2 = table.clone();
+    let unprotect = std::thread::spawn(move || {
+        connect(OPERATOR)
+            .execute(&format!("SELECT tenancy.unprotect('{t2}')"), &[])
+            .map(|_| ())
+            .map_err(|e| message(&e))
+    });
+    let pid: i32 = {
+        // The unprotect waits for the grant's transaction (its lock of the table).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        su.query_one(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE '%tenancy.unprotect(%' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    until_waiting_for_a_lock(&mut su, pid);
+    admin.batch_execute("COMMIT").unwrap();
+    unprotect.join().unwrap().unwrap();
+    let left: i64 = su
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM tenancy.role_privilege WHERE relid = '{table}'::regclass"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the grant went with the protection");
+    // A stale grant of a role that holds the privilege on every table too: verify's fix
+    // revokes it.
+    su.execute(
+        "SELECT tenancy.grant($1, 'racer', NULL, '{select}')",
+        &[&f.a],
+    )
+    .unwrap();
+    su.execute(
+        &format!("INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) VALUES ($1::text::uuid, 'racer', '{table}', 'select')"),
+        &[&f.a_id],
+    )
+    .unwrap();
+    let fix: String = connect(OPERATOR)
+        .query_one(
+            "SELECT fix FROM tenancy.verify() WHERE rule = 'grant_on_unprotected_table' AND object LIKE '%' || $1 || '%'",
+            &[&f.a_id],
+        )
+        .unwrap()
+        .get(0);
+    connect(OPERATOR)
+        .batch_execute(&fix)
+        .unwrap_or_else(|e| panic!("{fix}: {}", message(&e)));
+    let left: i64 = su
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM tenancy.role_privilege WHERE relid = '{table}'::regclass"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    su.batch_execute(&format!("DROP TABLE {table}")).unwrap();
+}
+
 /// Changes that waited for a decommission's lock find the tenant decommissioned: a bound
 /// admin's `revoke_token` and `grant_support`, a key admin's `add_key`, and a second
 /// `decommission_tenant` landed in it (a row the signed certificate had listed removed, a live
