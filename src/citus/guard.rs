@@ -1246,16 +1246,20 @@ unsafe fn created_name(stmt: *mut pg_sys::Node) -> Option<(bool, String)> {
             }
             pg_sys::NodeTag::T_DefineStmt => {
                 let d = stmt as *mut pg_sys::DefineStmt;
-                ((*d).kind == pg_sys::ObjectType::OBJECT_OPERATOR)
-                    .then(|| last((*d).defnames))
-                    .flatten()
-                    .map(|n| (false, n))
+                match (*d).kind {
+                    // An aggregate is a function to the lookup of a call.
+                    pg_sys::ObjectType::OBJECT_AGGREGATE => last((*d).defnames).map(|n| (true, n)),
+                    pg_sys::ObjectType::OBJECT_OPERATOR => last((*d).defnames).map(|n| (false, n)),
+                    _ => None,
+                }
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let r = stmt as *mut pg_sys::RenameStmt;
                 (matches!(
                     (*r).renameType,
-                    pg_sys::ObjectType::OBJECT_FUNCTION | pg_sys::ObjectType::OBJECT_ROUTINE
+                    pg_sys::ObjectType::OBJECT_FUNCTION
+                        | pg_sys::ObjectType::OBJECT_ROUTINE
+                        | pg_sys::ObjectType::OBJECT_AGGREGATE
                 ) && !(*r).newname.is_null())
                 .then(|| {
                     (
@@ -1272,8 +1276,8 @@ unsafe fn created_name(stmt: *mut pg_sys::Node) -> Option<(bool, String)> {
 }
 
 /// On Citus, before a utility statement (every node): no role but a superuser creates a
-/// function or an operator of a name pg_catalog has, or renames a function to one, outside an
-/// extension's script. Citus's statements call pg_catalog's functions and operators
+/// function, an aggregate or an operator of a name pg_catalog has, or renames a function or
+/// an aggregate to one, outside an extension's script. Citus's statements call pg_catalog's functions and operators
 /// unqualified on the connections it opens as its superuser, and PostgreSQL chooses a better
 /// matching overload in a schema on that connection's `search_path` (`public`) over
 /// pg_catalog's: a table's owner with CREATE on `public` made

@@ -872,6 +872,9 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
         "CREATE FUNCTION public.not_yet(int) RETURNS int LANGUAGE sql AS $f$SELECT 1$f$; \
          ALTER FUNCTION public.not_yet(int) RENAME TO lock_shard_resources"
             .to_string(),
+        "CREATE FUNCTION public.own_sfunc(s bigint, v int) RETURNS bigint LANGUAGE sql AS $f$SELECT s$f$; \
+         CREATE AGGREGATE public.count(int) (sfunc = public.own_sfunc, stype = bigint)"
+            .to_string(),
     ] {
         let mut tx = o.transaction().unwrap();
         let e = tx.batch_execute(&attempt).unwrap_err();
