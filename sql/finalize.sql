@@ -1052,6 +1052,25 @@ SELECT 'warning', 'grant_on_unprotected_table',
        'a tenant role''s grant names a table that is not protected (dropped or unprotected): protecting it again, or a table created later with its oid, would give the role this privilege unrecorded',
        format('SELECT tenancy.revoke(%L, %L, %s::oid::regclass, ARRAY[%L]);', g.tenant_id, g.role, g.relid, g.privilege)
   FROM tenancy._grants_off_protection() g
+UNION ALL
+-- 31. Foreign keys into a protected table from a table that is not protected and that the
+--     application can write: PostgreSQL checks a foreign key without row security, so a
+--     session bound to one tenant learns whether another tenant's row exists (its insert fails
+--     or not), and holds that row locked, where decommission_tenant's deletion waits for it.
+SELECT 'error', 'fk_from_shared_table', format('%s.%I', con.conrelid::regclass, con.conname),
+       format('%s, which is not protected and which %s can write, references protected table %s: a session of one tenant learns whether another tenant''s row exists, and holds it locked against that tenant''s decommission',
+              con.conrelid::regclass, w.writer, con.confrelid::regclass),
+       format('SELECT tenancy.protect(%L);', con.conrelid::regclass::text)
+  FROM pg_constraint con
+  CROSS JOIN LATERAL (
+      SELECT coalesce(max(quote_ident(r.rolname)), 'PUBLIC') AS writer FROM pg_roles r
+       WHERE r.rolcanlogin AND NOT r.rolsuper
+         AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
+         AND has_table_privilege(r.oid, con.conrelid, 'INSERT, UPDATE')) w
+ WHERE con.contype = 'f'
+   AND con.confrelid IN (SELECT relid FROM prot)
+   AND con.conrelid NOT IN (SELECT relid FROM prot)
+   AND w.writer <> 'PUBLIC'
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so

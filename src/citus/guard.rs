@@ -1214,70 +1214,112 @@ fn guarded_relation(rel: pg_sys::Oid, with_coordinators: bool) -> bool {
 }
 
 /// What a statement creates, or renames a function to, that could bear a name of pg_catalog's:
-/// (whether it is a function, its name).
+/// (whether it is a function, its name) for each (an operator's `COMMUTATOR` and `NEGATOR`
+/// create shell operators of the names they give).
 ///
 /// # Safety
 /// `stmt` is a utility statement's parse tree, or null.
-unsafe fn created_name(stmt: *mut pg_sys::Node) -> Option<(bool, String)> {
+unsafe fn created_names(stmt: *mut pg_sys::Node) -> Vec<(bool, String)> {
     // SAFETY: (the caller's) a node's tag is its first field; each node is read as the type
     // its tag says, and its name lists are Lists of String nodes (the parser's).
     unsafe {
         if stmt.is_null() {
-            return None;
+            return Vec::new();
         }
-        let last = |l: *mut pg_sys::List| -> Option<String> {
-            if l.is_null() || (*l).length == 0 {
-                return None;
-            }
-            let s = (*(*l).elements.add((*l).length as usize - 1)).ptr_value as *mut pg_sys::String;
+        let text = |s: *mut pg_sys::String| -> Option<String> {
             (!s.is_null() && !(*s).sval.is_null()).then(|| {
                 std::ffi::CStr::from_ptr((*s).sval)
                     .to_string_lossy()
                     .into_owned()
             })
         };
+        let last = |l: *mut pg_sys::List| -> Option<String> {
+            if l.is_null() || (*l).length == 0 {
+                return None;
+            }
+            text((*(*l).elements.add((*l).length as usize - 1)).ptr_value as *mut pg_sys::String)
+        };
+        let named = |n: *mut pg_sys::Node| -> Option<String> {
+            if n.is_null() {
+                return None;
+            }
+            match (*n).type_ {
+                pg_sys::NodeTag::T_List => last(n as *mut pg_sys::List),
+                pg_sys::NodeTag::T_TypeName => last((*(n as *mut pg_sys::TypeName)).names),
+                pg_sys::NodeTag::T_String => text(n as *mut pg_sys::String),
+                _ => None,
+            }
+        };
         match (*stmt).type_ {
+            // Procedures too: one of a better-matching signature is chosen, and fails, where
+            // Citus calls a function (an attacker's pass stopped every distributed transaction
+            // with `public.assign_distributed_transaction_id(int, int, text)` as a procedure).
             pg_sys::NodeTag::T_CreateFunctionStmt => {
                 let f = stmt as *mut pg_sys::CreateFunctionStmt;
-                if (*f).is_procedure {
-                    return None;
-                }
-                last((*f).funcname).map(|n| (true, n))
+                last((*f).funcname).map(|n| (true, n)).into_iter().collect()
             }
             pg_sys::NodeTag::T_DefineStmt => {
                 let d = stmt as *mut pg_sys::DefineStmt;
                 match (*d).kind {
                     // An aggregate is a function to the lookup of a call.
-                    pg_sys::ObjectType::OBJECT_AGGREGATE => last((*d).defnames).map(|n| (true, n)),
-                    pg_sys::ObjectType::OBJECT_OPERATOR => last((*d).defnames).map(|n| (false, n)),
-                    _ => None,
+                    pg_sys::ObjectType::OBJECT_AGGREGATE => {
+                        last((*d).defnames).map(|n| (true, n)).into_iter().collect()
+                    }
+                    pg_sys::ObjectType::OBJECT_OPERATOR => {
+                        let mut out: Vec<(bool, String)> = last((*d).defnames)
+                            .map(|n| (false, n))
+                            .into_iter()
+                            .collect();
+                        let defs = (*d).definition;
+                        if !defs.is_null() {
+                            for k in 0..(*defs).length as usize {
+                                let e =
+                                    (*(*defs).elements.add(k)).ptr_value as *mut pg_sys::DefElem;
+                                if e.is_null() || (*e).defname.is_null() {
+                                    continue;
+                                }
+                                let key = std::ffi::CStr::from_ptr((*e).defname).to_bytes();
+                                if key.eq_ignore_ascii_case(b"commutator")
+                                    || key.eq_ignore_ascii_case(b"negator")
+                                {
+                                    out.extend(named((*e).arg).map(|n| (false, n)));
+                                }
+                            }
+                        }
+                        out
+                    }
+                    _ => Vec::new(),
                 }
             }
             pg_sys::NodeTag::T_RenameStmt => {
                 let r = stmt as *mut pg_sys::RenameStmt;
-                (matches!(
+                if matches!(
                     (*r).renameType,
                     pg_sys::ObjectType::OBJECT_FUNCTION
+                        | pg_sys::ObjectType::OBJECT_PROCEDURE
                         | pg_sys::ObjectType::OBJECT_ROUTINE
                         | pg_sys::ObjectType::OBJECT_AGGREGATE
-                ) && !(*r).newname.is_null())
-                .then(|| {
-                    (
+                ) && !(*r).newname.is_null()
+                {
+                    vec![(
                         true,
                         std::ffi::CStr::from_ptr((*r).newname)
                             .to_string_lossy()
                             .into_owned(),
-                    )
-                })
+                    )]
+                } else {
+                    Vec::new()
+                }
             }
-            _ => None,
+            _ => Vec::new(),
         }
     }
 }
 
 /// On Citus, before a utility statement (every node): no role but a superuser creates a
-/// function, an aggregate or an operator of a name pg_catalog has, or renames a function or
-/// an aggregate to one, outside an extension's script. Citus's statements call pg_catalog's functions and operators
+/// function, a procedure, an aggregate or an operator (also a shell one, through another's
+/// `COMMUTATOR` or `NEGATOR`) of a name pg_catalog has, or renames a routine to one, outside an
+/// extension's script. Citus's statements call pg_catalog's functions and operators
 /// unqualified on the connections it opens as its superuser, and PostgreSQL chooses a better
 /// matching overload in a schema on that connection's `search_path` (`public`) over
 /// pg_catalog's: a table's owner with CREATE on `public` made
@@ -1287,34 +1329,38 @@ unsafe fn created_name(stmt: *mut pg_sys::Node) -> Option<(bool, String)> {
 /// (`catalog_name_shadowed`).
 pub fn refuse_catalog_names(stmt: *mut pg_sys::Node) {
     // SAFETY: `stmt` is the statement being run (this callback's contract).
-    let Some((function, name)) = (unsafe { created_name(stmt) }) else {
-        return;
-    };
-    if !crate::pg::citus::in_database()
+    let names = unsafe { created_names(stmt) };
+    if names.is_empty()
+        || !crate::pg::citus::in_database()
         // SAFETY: creating_extension is this backend's own flag (an extension's script runs).
         || unsafe { pg_sys::creating_extension }
         || crate::authz::is_superuser(crate::authz::caller())
     {
         return;
     }
-    let sql = if function {
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc WHERE proname OPERATOR(pg_catalog.=) $1 \
-            AND pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace)"
-    } else {
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oprname OPERATOR(pg_catalog.=) $1 \
-            AND oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace)"
-    };
-    if !catalog::read_one::<bool>(sql, &[name.as_str().into()]).unwrap_or(false) {
-        return;
+    for (function, name) in names {
+        let sql = if function {
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc WHERE proname OPERATOR(pg_catalog.=) $1 \
+                AND pronamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace)"
+        } else {
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oprname OPERATOR(pg_catalog.=) $1 \
+                AND oprnamespace OPERATOR(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace)"
+        };
+        if catalog::read_one::<bool>(sql, &[name.as_str().into()]).unwrap_or(false) {
+            refuse_catalog_name(function, &name);
+        }
     }
+}
+
+fn refuse_catalog_name(function: bool, name: &str) -> ! {
     let what = if function { "function" } else { "operator" };
     let mut f = serde_json::Map::new();
-    f.insert(what.into(), name.clone().into());
+    f.insert(what.into(), name.into());
     errors::refuse(
         "guard_refused",
         f,
         errors::INSUFFICIENT_PRIVILEGE,
-        format!("on Citus, only a superuser makes a {what} named \"{}\", as one of pg_catalog's", errors::clean(&name)),
+        format!("on Citus, only a superuser makes a {what} named \"{}\", as one of pg_catalog's", errors::clean(name)),
         "Citus calls pg_catalog's functions and operators unqualified on its own superuser connections, where one of the same name in a schema on the search_path may be chosen instead: name it otherwise.",
     );
 }

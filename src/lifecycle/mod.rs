@@ -687,7 +687,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // tenant would be left bound there without a token (checked before take_tenant ends any
     // writer; the other tenants' locks this takes end their holders as its own does: another
     // tenant's admin held a decommission so).
-    crate::rbac::as_kill_switch(
+    let ((), mut ended) = crate::rbac::as_kill_switch(
         "decommission_tenant",
         t.id,
         Some(crate::gucs::DECOMMISSION_WAIT.get().max(0) as u64),
@@ -701,7 +701,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // No transaction of the tenant writes from here on: those that wrote finish (or are
     // terminated), later ones wait and then find the tenant decommissioned. A prepared
     // transaction holding the tenant's writes is refused.
-    take_tenant(&t);
+    ended.extend(take_tenant(&t));
     let mut rows = serde_json::Map::new();
     let mut total: u64 = 0;
     // Every deferrable constraint fires at the end of the statement that queued it, inside
@@ -841,6 +841,11 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         "total_rows_deleted": total,
         "removed": removed,
     });
+    // The sessions it ended (holding the tenant's management or write lock), as a kill
+    // switch's record lists them.
+    if !ended.is_empty() {
+        cert["ended_sessions"] = ended.into();
+    }
     crate::lifecycle::certificate::sign(&mut cert);
     crate::audit::admin("decommission_tenant", Some(t.id), cert.clone());
     JsonB(cert)
@@ -878,6 +883,7 @@ fn reset_at_transaction_end() {
 pub fn init() {
     crate::pg::hooks::at_transaction_event(xact_callback);
     crate::pg::binding_param::at_query_start(at_query_start);
+    crate::pg::binding_param::at_parallel_write_start(at_parallel_write_start);
     crate::pg::binding_param::at_plan_start(at_plan_start);
     crate::pg::hooks::before_utility(before_utility);
     crate::binding::on_transaction_bound(limits::apply);
@@ -894,6 +900,14 @@ fn at_query_start(writes: bool) {
         if writes {
             hold_for_write(tenant);
         }
+    }
+}
+
+/// A query of a bound session that locks rows inside a parallel plan's leader: the tenant's
+/// write lock, as at any write's start.
+fn at_parallel_write_start() {
+    if let Some(tenant) = crate::binding::tenant_in_effect_unchecked() {
+        hold_for_write(tenant);
     }
 }
 
@@ -1005,8 +1019,8 @@ fn mapped_roles(t: &catalog::TenantRow) -> Vec<pg_sys::Oid> {
 
 /// decommission_tenant: hold the tenant's write lock alone. Refused while a prepared
 /// transaction holds it; waits `tenancy.decommission_wait` for running transactions, then
-/// terminates the sessions that still hold it.
-fn take_tenant(t: &catalog::TenantRow) {
+/// terminates the sessions that still hold it, and returns their process ids.
+fn take_tenant(t: &catalog::TenantRow) -> Vec<i32> {
     catalog::take_lock_ending_holders(
         &write_lock_tag(t.id),
         pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
@@ -1015,7 +1029,7 @@ fn take_tenant(t: &catalog::TenantRow) {
         &format!("the write lock of tenant \"{}\"", t.slug),
         format!("a prepared transaction holds writes of tenant \"{}\"", t.slug),
         "Finish it first (SELECT gid FROM pg_prepared_xacts; then COMMIT PREPARED or ROLLBACK PREPARED), and decommission again.",
-    );
+    )
 }
 
 /// The protected Citus tables, as decommission treats them.

@@ -1514,6 +1514,10 @@ thread_local! {
     /// What the pillars do before a statement is planned (src/lifecycle: the resource
     /// limits), registered at _PG_init.
     static PLAN_START: RefCell<Vec<fn()>> = const { RefCell::new(Vec::new()) };
+    /// What the pillars do at the start of a query of the leader that writes or locks rows
+    /// while a parallel plan runs (src/lifecycle: the tenant's write lock), registered at
+    /// _PG_init.
+    static PARALLEL_WRITE_START: RefCell<Vec<fn()>> = const { RefCell::new(Vec::new()) };
     /// The reserved parameters' value: the tenant a binding may act for on a table with a
     /// privilege (src/protection/privileges.rs), registered at _PG_init.
     static RESERVED_VALUE: Cell<Option<ReservedValue>> = const { Cell::new(None) };
@@ -1526,6 +1530,13 @@ pub type ReservedValue = fn(pg_sys::Oid, &'static str) -> [u8; 16];
 /// with whether the query writes (also through a data-modifying CTE).
 pub fn at_query_start(f: fn(bool)) {
     QUERY_START.with(|q| q.borrow_mut().push(f));
+}
+
+/// Run `f()` at the start of a query of the leader process, in parallel mode (a function a
+/// parallel plan's leader runs), that writes or locks rows: the query-start callbacks do not run
+/// there ([`at_query_start`]).
+pub fn at_parallel_write_start(f: fn()) {
+    PARALLEL_WRITE_START.with(|q| q.borrow_mut().push(f));
 }
 
 /// Run `f()` before every statement of the leader process is planned, outside parallel mode.
@@ -1584,21 +1595,31 @@ unsafe extern "C-unwind" fn executor_start(qd: *mut pg_sys::QueryDesc, eflags: c
         // Resource limits hold from the start of every query of a bound session, before a
         // parallel plan fixes its workers' settings (src/lifecycle/limits.rs).
         // Not again for the queries these run themselves (the tenant's row, on a cache miss).
-        if !super::unguarded::in_parallel_mode() && !IN_HOOK.with(|h| h.replace(true)) {
-            let _done = HookDone;
-            // SAFETY: `qd` is the QueryDesc being started (this function's contract), with
-            // its planned statement.
-            // A SELECT that locks rows (FOR UPDATE, FOR SHARE, ...) counts as a write: a bound
-            // session holding the tenant's rows locked held a decommission's deletion for ever
-            // without the tenant's write lock, which decommission ends (an attacker's pass).
-            let writes = unsafe {
-                (*qd).operation != pg_sys::CmdType::CMD_SELECT
-                    || (*(*qd).plannedstmt).hasModifyingCTE
-                    || !(*(*qd).plannedstmt).rowMarks.is_null()
-            };
-            // By index, with no borrow held while each runs, and no copy of the list.
-            for i in 0..QUERY_START.with(|q| q.borrow().len()) {
-                QUERY_START.with(|q| q.borrow()[i])(writes);
+        // A SELECT that locks rows (FOR UPDATE, FOR SHARE, ...) counts as a write: a bound
+        // session holding the tenant's rows locked held a decommission's deletion for ever
+        // without the tenant's write lock, which decommission ends (an attacker's pass).
+        // SAFETY: `qd` is the QueryDesc being started (this function's contract), with its
+        // planned statement.
+        let writes = || unsafe {
+            (*qd).operation != pg_sys::CmdType::CMD_SELECT
+                || (*(*qd).plannedstmt).hasModifyingCTE
+                || !(*(*qd).plannedstmt).rowMarks.is_null()
+        };
+        if !super::unguarded::in_parallel_mode() {
+            if !IN_HOOK.with(|h| h.replace(true)) {
+                let _done = HookDone;
+                let writes = writes();
+                // By index, with no borrow held while each runs, and no copy of the list.
+                for i in 0..QUERY_START.with(|q| q.borrow().len()) {
+                    QUERY_START.with(|q| q.borrow()[i])(writes);
+                }
+            }
+        } else if writes() {
+            // A function a parallel plan's leader runs, locking rows (the limits' SET LOCAL
+            // cannot run here, the write lock can): it took no write lock, and held a
+            // decommission for ever (an attacker's pass).
+            for i in 0..PARALLEL_WRITE_START.with(|q| q.borrow().len()) {
+                PARALLEL_WRITE_START.with(|q| q.borrow()[i])();
             }
         }
     }

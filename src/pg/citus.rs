@@ -455,25 +455,25 @@ pub fn note_set_local(stmt: *mut pg_sys::Node) {
     {
         return;
     }
+    // A setting that could change what a statement means there (`search_path`, `role`,
+    // `standard_conforming_strings`, ...), or a text with a backslash, is not carried: the
+    // command runs past Citus's hook, on this node only, as `set_config(..., true)` would
+    // (Citus itself sends `SET LOCAL search_path` to the workers for its DDL: refused, it broke
+    // a table owner's ALTER TABLE there).
+    let backslash = crate::pg::hooks::statement_text().is_some_and(|t| t.contains('\\'));
+    if backslash
+        || valued_name
+            .as_deref()
+            .is_some_and(|n| !carried_setting_allowed(n))
+    {
+        crate::pg::hooks::run_past_the_hooks_before();
+        return;
+    }
     if ROUTED_AS_ANOTHER.with(|r| r.get()) == local_xact() {
         crate::errors::raise(
             crate::errors::FEATURE_NOT_SUPPORTED,
             "SET LOCAL, RESET and SET TRANSACTION cannot follow a pg_tenancy management call in a transaction on Citus",
             "Citus would send them to the connections pg_tenancy's statements used as another user; run them in another transaction, or use set_config(..., true), which Citus does not carry.",
-        );
-    }
-    if crate::pg::hooks::statement_text().is_some_and(|t| t.contains('\\')) {
-        crate::errors::raise(
-            crate::errors::FEATURE_NOT_SUPPORTED,
-            "on Citus, SET LOCAL, RESET and SET TRANSACTION are refused with a backslash in their text",
-            "Citus sends their text to every node, as its own superuser too, where standard_conforming_strings may read a backslash otherwise: write the value without one, or use set_config(name, value, true), which Citus does not carry.",
-        );
-    }
-    if let Some(name) = valued_name.filter(|n| !carried_setting_allowed(n)) {
-        crate::errors::raise(
-            crate::errors::FEATURE_NOT_SUPPORTED,
-            format!("on Citus, SET LOCAL {name} is refused: Citus would set it on its own superuser's connections to every node"),
-            "Set it for the session (SET, not SET LOCAL), or with set_config(name, value, true), which Citus does not carry; SET LOCAL takes timeouts, memory and the planner's and Citus's executor's settings.",
         );
     }
     crate::pg::hooks::pass_on_the_statements_text_alone();

@@ -74,6 +74,18 @@ fn statement_span(whole: usize, location: i32, len: i32) -> (usize, usize) {
     (start, end)
 }
 
+thread_local! {
+    /// Whether a `before_utility` callback asked for the statement to skip the hooks installed
+    /// before pg_tenancy's ([`run_past_the_hooks_before`]).
+    static PAST_HOOKS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// For a `before_utility` callback: run the statement with PostgreSQL's own ProcessUtility,
+/// past the hooks installed before pg_tenancy's (Citus's among them), which then do not see it.
+pub fn run_past_the_hooks_before() {
+    PAST_HOOKS.with(|t| t.set(true));
+}
+
 /// For a `before_utility` callback: pass the statement on (to the hooks installed before
 /// pg_tenancy's, Citus's among them, and to PostgreSQL) with its own text as the query text,
 /// not the whole text it came in with the other statements beside it.
@@ -260,11 +272,13 @@ unsafe extern "C-unwind" fn utility_hook(
     let place = unsafe { ((*pstmt).stmt_location, (*pstmt).stmt_len) };
     let outer = TEXT.with(|t| t.replace((query_string, place.0, place.1)));
     let outer_alone = TEXT_ALONE.with(|t| t.replace(false));
+    let outer_past = PAST_HOOKS.with(|t| t.replace(false));
     for f in BEFORE.with(|b| b.borrow().clone()) {
         f(stmt);
     }
     TEXT.with(|t| t.set(outer));
     let alone = TEXT_ALONE.with(|t| t.replace(outer_alone));
+    let past = PAST_HOOKS.with(|t| t.replace(outer_past));
     let (pstmt, query_string) = if alone && !query_string.is_null() {
         // SAFETY: the query text is NUL-terminated and valid for the call; the copy of the
         // statement's part of it (and a line end, which ends a `--` comment there before
@@ -297,7 +311,7 @@ unsafe extern "C-unwind" fn utility_hook(
     // own arguments; its errors come back through the FFI guard as a Rust panic, re-raised by
     // #[pg_guard].
     unsafe {
-        match PREV_UTILITY_HOOK {
+        match PREV_UTILITY_HOOK.filter(|_| !past) {
             Some(prev) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 prev(
                     pstmt,

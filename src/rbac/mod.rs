@@ -164,7 +164,8 @@ pub(crate) fn as_kill_switch<R>(
         crate::audit::admin(
             "end_sessions",
             Some(t),
-            serde_json::json!({"by": action, "for_tenant": tenant.to_string(), "ended_sessions": pids}),
+            // Not the tenant the call was for: this trail is another tenant's admins' to read.
+            serde_json::json!({"by": action, "ended_sessions": pids}),
         );
     }
     (r, own)

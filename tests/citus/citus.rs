@@ -717,14 +717,15 @@ fn management_calls_and_set_local_do_not_share_a_transaction() {
     let f = Fixture::new();
     let subject = format!("set-local-{}", std::process::id());
     let mut op = node(0, OPERATOR);
-    // A SET LOCAL of search_path is refused itself (see
-    // a_roles_carried_settings_never_reach_citus_superuser_connections); one that is carried
-    // refuses the management call after it.
+    // A SET LOCAL of search_path is not carried at all (see
+    // a_roles_carried_settings_never_reach_citus_superuser_connections): the management call
+    // after it runs, nothing of it reaches another node. One that is carried refuses the
+    // management call after it.
     let mut tx = op.transaction().unwrap();
-    let e = tx
-        .batch_execute("SET LOCAL search_path = public, pg_catalog")
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    tx.batch_execute("SET LOCAL search_path = public, pg_catalog")
+        .unwrap();
+    tx.execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
+        .unwrap_or_else(|e| panic!("after a SET LOCAL not carried: {}", message(&e)));
     tx.rollback().unwrap();
     let mut tx = op.transaction().unwrap();
     tx.batch_execute("SET LOCAL work_mem = '1MB'").unwrap();
@@ -736,10 +737,15 @@ fn management_calls_and_set_local_do_not_share_a_transaction() {
     let mut tx = op.transaction().unwrap();
     tx.execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
         .unwrap();
-    let e = tx
-        .batch_execute("SET LOCAL standard_conforming_strings = off")
-        .unwrap_err();
+    let e = tx.batch_execute("SET LOCAL work_mem = '2MB'").unwrap_err();
     assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
+    tx.rollback().unwrap();
+    // One that is not carried (applied on this node only) follows it.
+    let mut tx = op.transaction().unwrap();
+    tx.execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
+        .unwrap();
+    tx.batch_execute("SET LOCAL standard_conforming_strings = off")
+        .unwrap();
     tx.rollback().unwrap();
     // A tenant admin's call, the same.
     superuser()
@@ -875,6 +881,16 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
         "CREATE FUNCTION public.own_sfunc(s bigint, v int) RETURNS bigint LANGUAGE sql AS $f$SELECT s$f$; \
          CREATE AGGREGATE public.count(int) (sfunc = public.own_sfunc, stype = bigint)"
             .to_string(),
+        // A procedure of a better-matching signature stopped every distributed transaction;
+        // a shell operator made through COMMUTATOR stopped the statements that met it.
+        "CREATE PROCEDURE public.assign_distributed_transaction_id(int, int, text) LANGUAGE sql AS 'SELECT 1'"
+            .to_string(),
+        "CREATE PROCEDURE public.p_not_yet(int) LANGUAGE sql AS 'SELECT 1'; \
+         ALTER PROCEDURE public.p_not_yet(int) RENAME TO worker_create_or_alter_role"
+            .to_string(),
+        "CREATE FUNCTION public.own_cmp(regclass, oid) RETURNS bool LANGUAGE sql AS 'SELECT true'; \
+         CREATE OPERATOR public.#### (LEFTARG = regclass, RIGHTARG = oid, FUNCTION = public.own_cmp, COMMUTATOR = OPERATOR(public.=))"
+            .to_string(),
     ] {
         let mut tx = o.transaction().unwrap();
         let e = tx.batch_execute(&attempt).unwrap_err();
@@ -909,21 +925,40 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
     );
     let colocate = format!("SELECT update_distributed_table_colocation('{table}', 'none')");
     // A setting that changes what Citus's own statements mean, or a backslash (which a worker
-    // without standard_conforming_strings reads otherwise): refused.
+    // without standard_conforming_strings reads otherwise): applied on this node only, never
+    // carried (a shard's query in the same transaction sees the worker's own search_path).
+    o.execute(
+        &format!("INSERT INTO {table} VALUES ('00000000-0000-0000-0000-000000000001', 1)"),
+        &[],
+    )
+    .unwrap();
     for carried in [
         "SET LOCAL search_path = public, pg_catalog".to_string(),
         "SET LOCAL standard_conforming_strings = off".to_string(),
         format!("SET LOCAL role = {owner}"),
-        "SET LOCAL plpgsql.variable_conflict = use_column".to_string(),
+        "SET LOCAL DateStyle = 'SQL, DMY'".to_string(),
         "SET LOCAL work_mem = E'1\\x4dB'".to_string(),
         format!(
             "SET LOCAL work_mem = '1MB'; SET LOCAL search_path = public, pg_catalog; {payload}"
         ),
     ] {
         let mut tx = o.transaction().unwrap();
-        let e = tx.batch_execute(&carried).unwrap_err();
-        assert_eq!(sqlstate(&e), "0A000", "{carried}: {}", message(&e));
-        tx.rollback().unwrap();
+        tx.batch_execute(&carried)
+            .unwrap_or_else(|e| panic!("{carried}: {}", message(&e)));
+        let on_worker: String = tx
+            .query_one(
+                &format!(
+                    "SELECT current_setting('search_path') FROM {table} \
+                      WHERE tenant_id = '00000000-0000-0000-0000-000000000001'"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_ne!(on_worker, "public, pg_catalog", "{carried}: carried");
+        tx.batch_execute(&colocate)
+            .unwrap_or_else(|e| panic!("{carried}; colocation: {}", message(&e)));
+        tx.commit().unwrap();
     }
     // Another statement in its query, before or after Citus's call: Citus is given the
     // command's own text, and the DO block runs here only, as the owner.
@@ -962,6 +997,12 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
             .unwrap_or_else(|e| panic!("{carried}; colocation: {}", message(&e)));
         tx.commit().unwrap();
     }
+    // Citus's own `SET LOCAL search_path` on the owner's connections to the workers, for its
+    // DDL, is taken there (refusing it broke an owner's ALTER TABLE of its distributed table).
+    o.batch_execute(&format!(
+        "ALTER TABLE {table} ADD CONSTRAINT carried_positive CHECK (id > 0)"
+    ))
+    .unwrap_or_else(|e| panic!("the owner's ALTER TABLE: {}", message(&e)));
     // Set for the session or with set_config: not carried, not refused.
     o.batch_execute(
         "SET search_path = public, pg_catalog; BEGIN; SELECT set_config('work_mem', '2MB', true)",
@@ -4657,19 +4698,14 @@ fn a_dbas_event_trigger_does_not_reach_the_owners_temporary_objects_through_a_gr
         reached, 0,
         "the DBA's trigger wrote into the owner's temporary table as another role"
     );
-    // Without temporary objects the owner's change is still refused on Citus: Citus carries
-    // the session's search_path (`SET LOCAL search_path TO public`, from its own DDL
-    // propagation) to every connection of the transaction, the catalog owner's that grants
-    // the new owner included, where the owner's functions in public would be chosen (0A000).
-    // A superuser's change goes through, and the new owner is granted the trigger function.
-    // One statement a query: Citus sends a DDL's text to the workers as it came.
+    // Without temporary objects the owner's change goes through: Citus's own `SET LOCAL
+    // search_path TO public` for its DDL propagation is applied on the node only, never
+    // carried to the catalog owner's connection that grants the new owner (it was, and the
+    // change was refused with 0A000 for it), and the new owner is granted the trigger
+    // function. One statement a query: Citus sends a DDL's text to the workers as it came.
     o.batch_execute("DISCARD TEMP").unwrap();
-    let e = o
-        .batch_execute(&format!("ALTER TABLE {t} OWNER TO {new_owner}"))
-        .expect_err("the grant to the new owner under the owner's carried search_path");
-    assert_eq!(sqlstate(&e), "0A000", "{}", message(&e));
-    su.batch_execute(&format!("ALTER TABLE {t} OWNER TO {new_owner}"))
-        .unwrap();
+    o.batch_execute(&format!("ALTER TABLE {t} OWNER TO {new_owner}"))
+        .unwrap_or_else(|e| panic!("the owner's ALTER TABLE OWNER TO: {}", message(&e)));
     let granted: bool = su
         .query_one(
             &format!(

@@ -2958,22 +2958,47 @@ fn a_kill_switch_says_whom_it_ended_in_each_tenant_and_when_it_fails() {
 /// tenant's write lock as a write does.
 #[test]
 fn a_session_holding_a_tenants_rows_locked_does_not_hold_a_decommission() {
-    for lock in ["FOR UPDATE", "FOR KEY SHARE"] {
+    // Also from a function the leader of a parallel plan runs (no query-start work runs in
+    // parallel mode: a later pass locked the rows so, without the write lock).
+    let parallel = "CREATE FUNCTION pg_temp.lk() RETURNS int LANGUAGE plpgsql PARALLEL RESTRICTED AS \
+                      $f$ DECLARE n int := 0; r record; BEGIN \
+                        FOR r IN SELECT * FROM it_orders FOR UPDATE LOOP n := n + 1; END LOOP; RETURN n; END $f$; \
+                    SELECT txid_current(); \
+                    SET LOCAL parallel_setup_cost = 0; SET LOCAL parallel_tuple_cost = 0; \
+                    SET LOCAL min_parallel_table_scan_size = 0; SET LOCAL enable_indexscan = off; \
+                    SET LOCAL enable_bitmapscan = off; SET LOCAL enable_indexonlyscan = off; \
+                    SELECT pg_temp.lk(), count(*) FROM it_orders";
+    for lock in [
+        "SELECT id FROM it_orders FOR UPDATE",
+        "SELECT id FROM it_orders FOR KEY SHARE",
+        parallel,
+    ] {
         let f2 = Fixture::new();
         let mut w = f2.session_as(&f2.a, "writer");
         w.execute("INSERT INTO it_orders (amount) VALUES (1)", &[])
             .unwrap();
         w.batch_execute("COMMIT").unwrap();
         let mut holder = f2.session_as(&f2.a, "writer");
+        let pid: i32 = holder
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
         holder
-            .query(&format!("SELECT id FROM it_orders {lock}"), &[])
-            .unwrap();
+            .batch_execute(lock)
+            .unwrap_or_else(|e| panic!("{lock}: {}", message(&e)));
         let mut op = connect(OPERATOR);
         op.batch_execute("SET tenancy.decommission_wait = '200ms'; SET statement_timeout = '25s'")
             .unwrap();
-        op.execute("SELECT tenancy.decommission_tenant($1, $1)", &[&f2.a])
+        let cert: serde_json::Value = op
+            .query_one("SELECT tenancy.decommission_tenant($1, $1)::text", &[&f2.a])
+            .map(|r| serde_json::from_str(&r.get::<_, String>(0)).unwrap())
             .unwrap_or_else(|e| panic!("{lock}: decommission: {}", message(&e)));
         assert!(holder.execute("SELECT 1", &[]).is_err(), "{lock}: ended");
+        assert_eq!(
+            cert["ended_sessions"],
+            serde_json::json!([pid]),
+            "{lock}: the certificate lists it"
+        );
     }
 }
 

@@ -280,6 +280,18 @@ SELECT severity, rule, detail FROM tenancy.verify() WHERE rule = 'mapping_of_dro
 DO $$ BEGIN EXECUTE (SELECT fix FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role'); END $$;
 SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'mapping_of_dropped_role';
 
+-- fk_from_shared_table: a table that is not protected, which the application writes, with a
+-- foreign key into a protected table: its check runs without row security, so a session of
+-- one tenant learns whether another tenant's row exists (and holds it locked). The fix
+-- protects it.
+CREATE TABLE ver.shared_note (tenant_id uuid NOT NULL, parent_id int NOT NULL,
+    FOREIGN KEY (tenant_id, parent_id) REFERENCES ver.parent (tenant_id, id));
+GRANT INSERT ON ver.shared_note TO regress_ver_app;
+SELECT severity, rule, object, detail FROM tenancy.verify() WHERE rule = 'fk_from_shared_table';
+SELECT fix FROM tenancy.verify() WHERE rule = 'fk_from_shared_table' \gexec
+SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'fk_from_shared_table';
+DROP TABLE ver.shared_note;
+
 -- A tenant role's grants go with the table's protection: unprotect() revokes them, recorded
 -- in the tenant's trail. A grant that outlived it (kept by an older version's unprotect, made
 -- here by hand) is reported, and revoke() removes it.
