@@ -1060,14 +1060,18 @@ UNION ALL
 SELECT 'error', 'fk_from_shared_table', format('%s.%I', con.conrelid::regclass, con.conname),
        format('%s, which is not protected and which %s can write, references protected table %s: a session of one tenant learns whether another tenant''s row exists, and holds it locked against that tenant''s decommission',
               con.conrelid::regclass, w.writer, con.confrelid::regclass),
-       format('SELECT tenancy.protect(%L);', con.conrelid::regclass::text)
+       -- The root of a partition tree: protecting a partition alone leaves its parent not.
+       format('SELECT tenancy.protect(%L);', coalesce(pg_partition_root(con.conrelid), con.conrelid)::regclass::text)
   FROM pg_constraint con
   CROSS JOIN LATERAL (
+      -- A column's privilege counts (has_any_column_privilege also answers for the table's).
       SELECT coalesce(max(quote_ident(r.rolname)), 'PUBLIC') AS writer FROM pg_roles r
        WHERE r.rolcanlogin AND NOT r.rolsuper
          AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
-         AND has_table_privilege(r.oid, con.conrelid, 'INSERT, UPDATE')) w
+         AND has_any_column_privilege(r.oid, con.conrelid, 'INSERT, UPDATE')) w
  WHERE con.contype = 'f'
+   -- Once per foreign key, not again for each partition that inherits it.
+   AND con.conparentid = 0
    AND con.confrelid IN (SELECT relid FROM prot)
    AND con.conrelid NOT IN (SELECT relid FROM prot)
    AND w.writer <> 'PUBLIC'

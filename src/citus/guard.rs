@@ -1291,6 +1291,38 @@ unsafe fn created_names(stmt: *mut pg_sys::Node) -> Vec<(bool, String)> {
                     _ => Vec::new(),
                 }
             }
+            // A range type makes constructor functions of its own name and of its multirange
+            // type's (a later pass shadowed Citus's call so with `CREATE TYPE
+            // public.assign_distributed_transaction_id AS RANGE`).
+            pg_sys::NodeTag::T_CreateRangeStmt => {
+                let r = stmt as *mut pg_sys::CreateRangeStmt;
+                let mut out = Vec::new();
+                if let Some(n) = last((*r).typeName) {
+                    // PostgreSQL's default multirange name: the first "range" made
+                    // "multirange", or "_multirange" appended.
+                    let multi = match n.find("range") {
+                        Some(at) => format!("{}multirange{}", &n[..at], &n[at + 5..]),
+                        None => format!("{n}_multirange"),
+                    };
+                    out.push((true, n));
+                    out.push((true, multi));
+                }
+                let params = (*r).params;
+                if !params.is_null() {
+                    for k in 0..(*params).length as usize {
+                        let e = (*(*params).elements.add(k)).ptr_value as *mut pg_sys::DefElem;
+                        if !e.is_null()
+                            && !(*e).defname.is_null()
+                            && std::ffi::CStr::from_ptr((*e).defname)
+                                .to_bytes()
+                                .eq_ignore_ascii_case(b"multirange_type_name")
+                        {
+                            out.extend(named((*e).arg).map(|n| (true, n)));
+                        }
+                    }
+                }
+                out
+            }
             pg_sys::NodeTag::T_RenameStmt => {
                 let r = stmt as *mut pg_sys::RenameStmt;
                 if matches!(
@@ -1317,9 +1349,9 @@ unsafe fn created_names(stmt: *mut pg_sys::Node) -> Vec<(bool, String)> {
 }
 
 /// On Citus, before a utility statement (every node): no role but a superuser creates a
-/// function, a procedure, an aggregate or an operator (also a shell one, through another's
-/// `COMMUTATOR` or `NEGATOR`) of a name pg_catalog has, or renames a routine to one, outside an
-/// extension's script. Citus's statements call pg_catalog's functions and operators
+/// function, a procedure, an aggregate, a range type (its constructors) or an operator (also a
+/// shell one, through another's `COMMUTATOR` or `NEGATOR`) of a name pg_catalog has, or renames
+/// a routine to one, outside an extension's script. Citus's statements call pg_catalog's functions and operators
 /// unqualified on the connections it opens as its superuser, and PostgreSQL chooses a better
 /// matching overload in a schema on that connection's `search_path` (`public`) over
 /// pg_catalog's: a table's owner with CREATE on `public` made

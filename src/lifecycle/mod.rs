@@ -720,6 +720,22 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     } else {
         Default::default()
     };
+    // No deletion waits for a row lock longer than `tenancy.decommission_wait` (at least 1 s):
+    // a session that holds none of the tenant's locks may hold its rows locked (a foreign key's
+    // check from another tenant's or an unbound session, or a prepared transaction's), and the
+    // decommission, holding every writer of the tenant off, waited for it for ever (an
+    // attacker's pass). It fails then (55P03), with nothing changed. Set as the caller, put
+    // back after the deletions.
+    let wait_ms = crate::gucs::DECOMMISSION_WAIT.get().max(1000);
+    let set_lock_timeout = |value: String| -> Option<String> {
+        Spi::get_one_with_args::<String>(
+            "SELECT pg_catalog.current_setting('lock_timeout') || pg_catalog.left(pg_catalog.set_config('lock_timeout', $1, true), 0)",
+            &[value.into()],
+        )
+        .ok()
+        .flatten()
+    };
+    let saved_lock_timeout = set_lock_timeout(format!("{wait_ms}ms"));
     for (relid, table, column) in deletion_order() {
         if citus_tables.untouched.contains(&relid) {
             // Held no row of the tenant (counted by the preflight): not written at all.
@@ -771,6 +787,9 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
         );
         total += n;
         rows.insert(table, n.into());
+    }
+    if let Some(saved) = saved_lock_timeout {
+        set_lock_timeout(saved);
     }
     // Certify only what is true: no row of the tenant is left in any protected table.
     let remaining = remaining_rows(&t, &citus_tables);

@@ -885,6 +885,8 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
         // a shell operator made through COMMUTATOR stopped the statements that met it.
         "CREATE PROCEDURE public.assign_distributed_transaction_id(int, int, text) LANGUAGE sql AS 'SELECT 1'"
             .to_string(),
+        "CREATE TYPE public.assign_distributed_transaction_id AS RANGE (subtype = int4, multirange_type_name = public.own_mr)"
+            .to_string(),
         "CREATE PROCEDURE public.p_not_yet(int) LANGUAGE sql AS 'SELECT 1'; \
          ALTER PROCEDURE public.p_not_yet(int) RENAME TO worker_create_or_alter_role"
             .to_string(),

@@ -3000,6 +3000,46 @@ fn a_session_holding_a_tenants_rows_locked_does_not_hold_a_decommission() {
             "{lock}: the certificate lists it"
         );
     }
+    // A session that holds none of the tenant's locks but its row (a foreign key's check from
+    // another tenant's session, PostgreSQL's own, without row security): the deletion waits
+    // `tenancy.decommission_wait` for it, then fails (55P03) with nothing changed, instead of
+    // waiting for ever with every writer of the tenant held off (a later pass).
+    let f3 = Fixture::new();
+    let mut su = superuser();
+    let refs = format!("public.{}", ident("cross_refs"));
+    let mut w = f3.session_as(&f3.a, "writer");
+    let order: i64 = w
+        .query_one(
+            "INSERT INTO it_orders (amount) VALUES (1) RETURNING id",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    w.batch_execute("COMMIT").unwrap();
+    su.batch_execute(&format!(
+        "CREATE TABLE {refs} (tenant_id uuid NOT NULL DEFAULT tenancy.current_tenant(), id int, \
+           order_id bigint REFERENCES it_orders (id)); SELECT tenancy.protect('{refs}'); \
+         GRANT INSERT ON {refs} TO {APP}"
+    ))
+    .unwrap();
+    let mut other = f3.session_as(&f3.b, "writer");
+    other
+        .execute(
+            &format!("INSERT INTO {refs} (id, order_id) VALUES (1, $1)"),
+            &[&order],
+        )
+        .unwrap();
+    let mut op = connect(OPERATOR);
+    op.batch_execute("SET tenancy.decommission_wait = '1s'; SET statement_timeout = '25s'")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = op
+        .execute("SELECT tenancy.decommission_tenant($1, $1)", &[&f3.a])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "55P03", "{}", message(&e));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    other.batch_execute("ROLLBACK").unwrap();
+    su.batch_execute(&format!("DROP TABLE {refs}")).unwrap();
 }
 
 /// A grant made while its table was unprotected or dropped stayed on the table (the grant took
