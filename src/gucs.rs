@@ -125,6 +125,11 @@ pub static DECOMMISSION_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// session (milliseconds; default 10 s). Operators' and superusers' sessions are waited for.
 pub static KILL_SWITCH_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// [`DECOMMISSION_WAIT`] in milliseconds.
+pub fn decommission_wait_ms() -> u64 {
+    DECOMMISSION_WAIT.get().max(0) as u64
+}
+
 /// [`KILL_SWITCH_WAIT`] in milliseconds.
 pub fn kill_switch_wait_ms() -> u64 {
     KILL_SWITCH_WAIT.get().max(0) as u64

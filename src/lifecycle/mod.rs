@@ -690,7 +690,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     let ((), mut ended) = crate::rbac::as_kill_switch(
         "decommission_tenant",
         t.id,
-        Some(crate::gucs::DECOMMISSION_WAIT.get().max(0) as u64),
+        Some(crate::gucs::decommission_wait_ms()),
         || {
             catalog::lock_live_tenant(&t);
             for role in mapped_roles(&t) {
@@ -726,7 +726,7 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // decommission, holding every writer of the tenant off, waited for it for ever (an
     // attacker's pass). It fails then (55P03), with nothing changed. Set as the caller, put
     // back after the deletions.
-    let wait_ms = crate::gucs::DECOMMISSION_WAIT.get().max(1000);
+    let wait_ms = crate::gucs::decommission_wait_ms().max(1000);
     let set_lock_timeout = |value: String| -> Option<String> {
         Spi::get_one_with_args::<String>(
             "SELECT pg_catalog.current_setting('lock_timeout') || pg_catalog.left(pg_catalog.set_config('lock_timeout', $1, true), 0)",
@@ -1043,7 +1043,7 @@ fn take_tenant(t: &catalog::TenantRow) -> Vec<i32> {
     catalog::take_lock_ending_holders(
         &write_lock_tag(t.id),
         pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-        crate::gucs::DECOMMISSION_WAIT.get().max(0) as u64,
+        crate::gucs::decommission_wait_ms(),
         false,
         &format!("the write lock of tenant \"{}\"", t.slug),
         format!("a prepared transaction holds writes of tenant \"{}\"", t.slug),

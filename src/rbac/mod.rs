@@ -476,12 +476,16 @@ fn lock_memberships(t: &catalog::TenantRow) -> std::rc::Rc<catalog::TenantRow> {
     catalog::lock_live_tenant(t)
 }
 
+/// Whether `rel` is a protected table.
+fn is_protected(rel: pg_sys::Oid) -> bool {
+    catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)))
+}
+
 /// A protected table (or NULL for every protected table, present and future).
 fn check_grant_table(tbl: Option<pg_sys::Oid>) -> Option<String> {
     let rel = tbl?;
     let name = crate::catalog::relation_name(rel);
-    let protected = catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)));
-    if !protected {
+    if !is_protected(rel) {
         errors::raise(
             errors::NOT_IN_PREREQUISITE_STATE,
             format!("table \"{name}\" is not protected"),
@@ -576,7 +580,7 @@ fn revoke(
     // A grant on a table no longer protected (dropped, or unprotected, where it outlived the
     // table: verify()'s grant_on_unprotected_table) is revoked as any other.
     let stale = tbl.is_some_and(|rel| {
-        !catalog::protected_relids().is_some_and(|p| p.contains(&u32::from(rel)))
+        !is_protected(rel)
             && catalog::privileges(t.id)
                 .iter()
                 .any(|p| p.role == role && p.relid == Some(rel))
