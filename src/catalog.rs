@@ -921,17 +921,30 @@ fn lock_row_of(tenant: Uuid) {
 /// 2 only: no SQL takes it).
 const MANAGEMENT_LOCK_FIELD4: u16 = 0x7700;
 
-/// The tag of `tenant`'s management lock: the database, the tenant's uuid folded to 64 bits.
-/// Two tenants whose folds agree share a lock (their management calls queue behind each
-/// other); no tenant can choose another's.
+/// How a tenant's lock tags name it (`audit::lock_tag_fields`: 64 bits of an HMAC keyed by the
+/// tenant's audit key), registered by the audit pillar at load ([`name_tenant_locks_with`]).
+static TENANT_LOCK_FIELDS: std::sync::OnceLock<fn(Uuid) -> (u32, u32)> = std::sync::OnceLock::new();
+
+/// Name every tenant lock this module takes with `f` (once, from _PG_init).
+pub fn name_tenant_locks_with(f: fn(Uuid) -> (u32, u32)) {
+    let _ = TENANT_LOCK_FIELDS.set(f);
+}
+
+/// The tag of `tenant`'s management lock: the database, and the fields of the tenant's write
+/// and chain locks, keyed by its audit key, so that `pg_locks` does not name the tenant to
+/// whoever knows its uuid (a plain fold of the uuid did, and tied its write locks' keyed tags
+/// to it: an attacker's pass). Two tenants whose fields agree share a lock (their management
+/// calls queue behind each other); no tenant can choose another's.
 fn management_lock_tag(tenant: Uuid) -> pg_sys::LOCKTAG {
-    let b = tenant.as_bytes();
-    let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let (field2, field3) = TENANT_LOCK_FIELDS
+        .get()
+        .map(|f| f(tenant))
+        .unwrap_or_else(|| pgrx::error!("pg_tenancy: the tenant lock tags are not set up"));
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set for every backend connected to a database.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: word(0) ^ word(8),
-        locktag_field3: word(4) ^ word(12),
+        locktag_field2: field2,
+        locktag_field3: field3,
         locktag_field4: MANAGEMENT_LOCK_FIELD4,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,

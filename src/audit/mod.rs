@@ -200,6 +200,7 @@ pub fn init() {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0));
     }
     catalog::on_invalidate(forget_keys);
+    catalog::name_tenant_locks_with(lock_tag_fields);
 }
 
 /// The relcache callback registered by [`init`].

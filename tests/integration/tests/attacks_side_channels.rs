@@ -572,6 +572,54 @@ fn pg_locks_does_not_name_the_tenant_that_is_writing() {
     });
 }
 
+/// The same for a tenant's management lock, held from a management call to the end of its
+/// transaction: its tag was the tenant's id folded to 64 bits, so a session that knew or guessed
+/// the id saw the tenant being managed, and, the caller holding the tenant's keyed write lock
+/// too, learnt which keyed tags were the tenant's (an attacker's pass).
+#[test]
+fn pg_locks_does_not_name_the_tenant_being_managed() {
+    let (f, _c) = two_tenants();
+    let b = uuid_bytes(&f.b_id);
+    let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    let mut named: Vec<u32> = (0..4).map(|i| word(4 * i)).collect();
+    named.extend([word(0) ^ word(8), word(4) ^ word(12)]);
+    let mut su = superuser();
+    su.batch_execute("BEGIN").unwrap();
+    su.execute(
+        "SELECT tenancy.create_role($1, $2)",
+        &[&f.b, &ident("managed_role")],
+    )
+    .unwrap();
+    let pid: i32 = su.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let tags: Vec<(u32, u32, i16)> = app()
+        .query(
+            "SELECT classid::oid::int8, objid::oid::int8, objsubid FROM pg_locks \
+              WHERE locktype = 'advisory' AND pid = $1",
+            &[&pid],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, i64>(0) as u32,
+                r.get::<_, i64>(1) as u32,
+                r.get::<_, i16>(2),
+            )
+        })
+        .collect();
+    su.batch_execute("ROLLBACK").unwrap();
+    assert!(
+        tags.iter().any(|t| t.2 == 0x7700),
+        "the call holds no management lock: {tags:?}"
+    );
+    for (f2, f3, _) in &tags {
+        assert!(
+            !named.contains(f2) && !named.contains(f3),
+            "a lock tag carries the managed tenant's id: {tags:?}, id {named:x?}"
+        );
+    }
+}
+
 fn uuid_bytes(s: &str) -> [u8; 16] {
     let hex: String = s.chars().filter(|c| *c != '-').collect();
     let mut out = [0u8; 16];
