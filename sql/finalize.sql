@@ -79,6 +79,14 @@ CREATE VIEW tenancy.role_mappings WITH (security_barrier) AS
      WHERE tenancy.is_operator();
 GRANT SELECT ON tenancy.role_mappings TO tenancy_operator;
 
+-- Every mapped role holds USAGE on this type (src/rbac/mod.rs, keep_mapping_dependencies): a
+-- grant, which PostgreSQL records as a dependency every database of the cluster sees, so that
+-- DROP ROLE of a mapped role is refused in another database, or in a session without the
+-- library loaded, instead of leaving the mapping to a role created later with its oid.
+CREATE TYPE tenancy.mapped_role AS ENUM ();
+COMMENT ON TYPE tenancy.mapped_role IS
+    'pg_tenancy: held by every role mapped to a tenant, so that PostgreSQL does not drop a mapped role where pg_tenancy cannot end its mappings first';
+
 -- Platform calls are for operators (checked again inside each function).
 REVOKE EXECUTE ON FUNCTION tenancy.create_tenant(text, text, text, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tenancy.create_tenants(jsonb) FROM PUBLIC;
@@ -205,6 +213,11 @@ BEGIN
     END LOOP;
     PERFORM tenancy._guard_check(touched);
     PERFORM tenancy._guard_members(touched, created);
+    -- DROP OWNED revoked every privilege of the roles it named, a mapped role's grant on
+    -- tenancy.mapped_role included: given back to those still mapped.
+    IF TG_TAG = 'DROP OWNED' THEN
+        PERFORM tenancy._keep_mapped_roles();
+    END IF;
 END
 $$;
 
@@ -252,7 +265,9 @@ CREATE EVENT TRIGGER tenancy_ddl_command_end ON ddl_command_end
                  'CREATE POLICY', 'ALTER POLICY', 'DROP POLICY', 'DROP TRIGGER',
                  'ALTER TRIGGER', 'CREATE TRIGGER',
                  -- on a Citus worker, a function the shards of protected tables run
-                 'CREATE FUNCTION', 'ALTER FUNCTION', 'ALTER ROUTINE')
+                 'CREATE FUNCTION', 'ALTER FUNCTION', 'ALTER ROUTINE',
+                 -- the mapped roles' grants on tenancy.mapped_role, given back
+                 'DROP OWNED')
     EXECUTE FUNCTION tenancy._on_ddl_command_end();
 -- Every command that drops objects: a cascade from any object (a view used as a type, an
 -- operator in a generated column, an extension's type) can reach a protected table or column.
@@ -1043,6 +1058,17 @@ SELECT 'error', 'mapping_of_dropped_role', format('role %s in tenant %s', m.role
   FROM tenancy._role_mappings() m
  WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = m.role)
 UNION ALL
+-- 32. A mapped role without its grant on tenancy.mapped_role (mapped before 0.2.0, or revoked
+--     by hand): PostgreSQL then lets it be dropped where pg_tenancy does not end its mappings
+--     first (another database, a session without the library), which leaves rule 29's hazard.
+SELECT 'warning', 'mapping_without_dependency', format('role %s', m.role::regrole),
+       'a mapped role does not hold USAGE on tenancy.mapped_role: PostgreSQL would let it be dropped in another database, or in a session without pg_tenancy loaded, leaving its mappings to a role created later with its oid',
+       'SELECT tenancy._keep_mapped_roles();'
+  FROM (SELECT DISTINCT role FROM tenancy._role_mappings()) m
+ WHERE EXISTS (SELECT FROM pg_roles r WHERE r.oid = m.role)
+   AND NOT EXISTS (SELECT FROM pg_type t, aclexplode(t.typacl) a
+                    WHERE t.oid = 'tenancy.mapped_role'::regtype AND a.grantee = m.role)
+UNION ALL
 -- 30. A tenant role's grant on a table that is not protected: dropped, or unprotected, where
 --     the grant outlived it (before 0.2.0, or a DROP no event trigger saw). Protecting the
 --     table again, or a table PostgreSQL later gives its oid, would hand the role the privilege
@@ -1057,24 +1083,46 @@ UNION ALL
 --     application can write: PostgreSQL checks a foreign key without row security, so a
 --     session bound to one tenant learns whether another tenant's row exists (its insert fails
 --     or not), and holds that row locked, where decommission_tenant's deletion waits for it.
+--     A writer is a role an application session can be (itself, a group it may SET ROLE to, the
+--     table's owner) with a privilege to write the table or any partition of it (pg_partition_tree
+--     lists a partitioned table's, none for a table that is not), or to write a
+--     view over them whose owner can, or to run a SECURITY DEFINER function whose owner can and
+--     whose text names the table (a function that builds the name is not seen).
 SELECT 'error', 'fk_from_shared_table', format('%s.%I', con.conrelid::regclass, con.conname),
        format('%s, which is not protected and which %s can write, references protected table %s: a session of one tenant learns whether another tenant''s row exists, and holds it locked against that tenant''s decommission',
               con.conrelid::regclass, w.writer, con.confrelid::regclass),
        -- The root of a partition tree: protecting a partition alone leaves its parent not.
        format('SELECT tenancy.protect(%L);', coalesce(pg_partition_root(con.conrelid), con.conrelid)::regclass::text)
   FROM pg_constraint con
+  JOIN pg_class src ON src.oid = con.conrelid
   CROSS JOIN LATERAL (
-      -- A column's privilege counts (has_any_column_privilege also answers for the table's).
-      SELECT coalesce(max(quote_ident(r.rolname)), 'PUBLIC') AS writer FROM pg_roles r
-       WHERE r.rolcanlogin AND NOT r.rolsuper
-         AND NOT pg_has_role(r.oid, 'tenancy_operator', 'MEMBER')
-         AND has_any_column_privilege(r.oid, con.conrelid, 'INSERT, UPDATE')) w
+      SELECT min(x.writer) AS writer FROM (
+          -- A column's privilege counts (has_any_column_privilege also answers for the table's).
+          SELECT quote_ident(y.login_name) AS writer
+            FROM app_role_login y, (SELECT con.conrelid AS relid UNION SELECT relid FROM pg_partition_tree(con.conrelid)) t
+           WHERE has_any_column_privilege(y.role, t.relid, 'INSERT, UPDATE')
+          UNION ALL
+          SELECT format('%s (through view %s)', quote_ident(y.login_name), v.oid::regclass)
+            FROM (SELECT con.conrelid AS relid UNION SELECT relid FROM pg_partition_tree(con.conrelid)) t
+            JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = t.relid
+                            AND d.classid = 'pg_rewrite'::regclass
+            JOIN pg_rewrite rw ON rw.oid = d.objid
+            JOIN pg_class v ON v.oid = rw.ev_class AND v.relkind = 'v'
+            JOIN app_role_login y ON has_any_column_privilege(y.role, v.oid, 'INSERT, UPDATE')
+           WHERE has_any_column_privilege(v.relowner, t.relid, 'INSERT, UPDATE')
+          UNION ALL
+          SELECT format('%s (through function %s)', quote_ident(y.login_name), p.oid::regprocedure)
+            FROM pg_proc p
+            JOIN app_role_login y ON has_function_privilege(y.role, p.oid, 'EXECUTE')
+           WHERE p.prosecdef AND strpos(p.prosrc, src.relname) > 0
+             AND EXISTS (SELECT FROM (SELECT con.conrelid AS relid UNION SELECT relid FROM pg_partition_tree(con.conrelid)) t
+                          WHERE has_any_column_privilege(p.proowner, t.relid, 'INSERT, UPDATE'))) x) w
  WHERE con.contype = 'f'
    -- Once per foreign key, not again for each partition that inherits it.
    AND con.conparentid = 0
    AND con.confrelid IN (SELECT relid FROM prot)
    AND con.conrelid NOT IN (SELECT relid FROM prot)
-   AND w.writer <> 'PUBLIC'
+   AND w.writer IS NOT NULL
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so

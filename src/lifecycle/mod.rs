@@ -687,15 +687,17 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     // tenant would be left bound there without a token (checked before take_tenant ends any
     // writer; the other tenants' locks this takes end their holders as its own does: another
     // tenant's admin held a decommission so).
-    let ((), mut ended) = crate::rbac::as_kill_switch(
+    let (mapped, mut ended) = crate::rbac::as_kill_switch(
         "decommission_tenant",
         t.id,
         Some(crate::gucs::decommission_wait_ms()),
         || {
             catalog::lock_live_tenant(&t);
-            for role in mapped_roles(&t) {
+            let roles = mapped_roles(&t);
+            for &role in &roles {
                 authz::require_no_tokenless_binding("decommission_tenant", role, &[t.id]);
             }
+            roles
         },
     );
     // No transaction of the tenant writes from here on: those that wrote finish (or are
@@ -837,6 +839,8 @@ fn decommission_tenant(tenant: &str, confirm: &str) -> JsonB {
     ] {
         removed.insert(what.into(), catalog::write(sql, &[uuid.into()]).into());
     }
+    // Roles mapped to no tenant now lose their grant on tenancy.mapped_role.
+    crate::rbac::keep_mapping_dependencies(Some(&mapped));
     catalog::write(
         "UPDATE tenancy.tenant SET status = 'decommissioned', settings = '{}', status_reason = 'decommissioned', \
                 status_changed_at = now() WHERE id = $1",

@@ -95,6 +95,7 @@ fn map_role(
     if tenant_roles.iter().any(|r| r == "admin") {
         catalog::seat_admin(t.id);
     }
+    keep_mapping_dependencies(Some(&[role]));
     crate::audit::admin(
         "map_role",
         Some(t.id),
@@ -126,6 +127,7 @@ fn unmap_role(role: Option<crate::pg::types::Regrole>, tenant: Option<&str>) {
             "SELECT * FROM tenancy.role_mappings lists the mappings.",
         );
     }
+    keep_mapping_dependencies(Some(&[role]));
     crate::audit::admin(
         "unmap_role",
         Some(t.id),
@@ -310,6 +312,63 @@ fn drop_role(tenant: Option<&str>, role: Option<&str>) {
         &[uuid.into(), role.into()],
     );
     crate::audit::admin("drop_role", Some(t.id), serde_json::json!({"role": role}));
+}
+
+/// Keep PostgreSQL's own record of which roles are mapped: each mapped role holds `USAGE` on
+/// the type `tenancy.mapped_role`, a grant, which PostgreSQL records among the dependencies
+/// every database of the cluster sees (`pg_shdepend`). So `DROP ROLE` of a mapped role is
+/// refused in every other database, on Citus's workers, and in this one where the library is not
+/// loaded; where it is, the utility hook ends the role's mappings, and this the grant, first
+/// ([`before_drop_role`]). A `regrole` column is no dependency: a role dropped elsewhere left its
+/// mappings, and a role made later with its oid would have been bound to the tenant without a
+/// token. Grants it to those of `roles` (None: every role) that are mapped and lack it, and
+/// revokes it from those that hold it and are mapped to no tenant. The statements are
+/// PostgreSQL's `format` with `%I` (its own quoting of the role's name), run as the catalog owner,
+/// which owns the type, through [`catalog::with_owner_ddl`] (a GRANT fires event triggers).
+pub(crate) fn keep_mapping_dependencies(roles: Option<&[pg_sys::Oid]>) {
+    let statements: Vec<String> = catalog::owner_rows(
+        "pg_catalog.pg_type",
+        "SELECT pg_catalog.format(CASE WHEN s.mapped THEN 'GRANT USAGE ON TYPE tenancy.mapped_role TO %I' \
+                                       ELSE 'REVOKE USAGE ON TYPE tenancy.mapped_role FROM %I' END, r.rolname) \
+           FROM pg_catalog.pg_authid r, pg_catalog.pg_type t \
+          CROSS JOIN LATERAL (SELECT \
+                EXISTS (SELECT FROM tenancy.role_mapping m \
+                         WHERE m.role::pg_catalog.oid OPERATOR(pg_catalog.=) r.oid) AS mapped, \
+                EXISTS (SELECT FROM pg_catalog.aclexplode(t.typacl) a \
+                         WHERE a.grantee OPERATOR(pg_catalog.=) r.oid) AS held) s \
+          WHERE t.oid OPERATOR(pg_catalog.=) 'tenancy.mapped_role'::pg_catalog.regtype \
+            AND r.oid OPERATOR(pg_catalog.<>) t.typowner \
+            AND ($1::pg_catalog.oid[] IS NULL OR r.oid OPERATOR(pg_catalog.=) ANY ($1)) \
+            AND s.mapped OPERATOR(pg_catalog.<>) s.held \
+          ORDER BY r.oid",
+        &[roles.map(|r| r.to_vec()).into()],
+        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+    );
+    if statements.is_empty() {
+        return;
+    }
+    catalog::with_owner_ddl(|| {
+        Spi::connect_mut(|c| {
+            for s in &statements {
+                c.update(s, None, &[])?;
+            }
+            Ok::<(), pgrx::spi::Error>(())
+        })
+    })
+    .unwrap_or_else(|e| pgrx::error!("pg_tenancy: keeping the mapped roles' grants failed: {e}"));
+}
+
+/// Restores [`keep_mapping_dependencies`]'s grants for every role: from the `ddl_command_end`
+/// event trigger after `DROP OWNED` (which revokes every privilege granted to the roles it
+/// names, the mapped roles' one included), from `verify()`'s fix of `mapping_without_dependency`,
+/// and from the upgrade to 0.2.0. Idempotent, and changes nothing but those grants: executable
+/// by anyone (an event trigger runs as the role whose command fired it).
+#[pg_extern(volatile, parallel_unsafe, name = "_keep_mapped_roles")]
+fn keep_mapped_roles() {
+    if !catalog::installed() || crate::pg::citus::internal_backend() {
+        return;
+    }
+    keep_mapping_dependencies(None);
 }
 
 /// Delete `role`'s mapping to `tenant`; returns how many rows went (0 or 1).
@@ -1200,7 +1259,7 @@ fn before_drop_role(stmt: *mut pg_sys::Node) {
         }
         return;
     }
-    for role in roles {
+    for &role in &roles {
         let tenants: Vec<uuid::Uuid> = catalog::owner_rows(
             "tenancy.role_mapping",
             "SELECT m.tenant_id FROM tenancy.role_mapping m \
@@ -1247,4 +1306,7 @@ fn before_drop_role(stmt: *mut pg_sys::Node) {
             }
         }
     }
+    // Their grants on tenancy.mapped_role go with their mappings: PostgreSQL would refuse the
+    // DROP for them.
+    keep_mapping_dependencies(Some(&roles));
 }

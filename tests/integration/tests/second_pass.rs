@@ -2374,6 +2374,91 @@ fn concurrent_transactions_cannot_pass_a_tenants_role_quota_together() {
 }
 
 #[test]
+fn a_mapped_role_is_not_dropped_where_its_mappings_would_outlive_it() {
+    // DROP ROLE where pg_tenancy's hook does not run (a session that never loaded the library,
+    // another database) left the role's mappings, and a role made later with its oid would have
+    // been bound to the tenant without a token (verify() only reported it). A mapped role holds
+    // USAGE on tenancy.mapped_role, a dependency PostgreSQL checks from every database: those
+    // DROPs are refused (2BP01), by a role that may drop roles, as by the role itself.
+    let mut su = superuser();
+    let f = Fixture::on(&mut su);
+    let victim = login_role(&mut su, "undroppable_app", "");
+    let creator = login_role(&mut su, "undroppable_creator", "");
+    su.batch_execute(&format!("ALTER ROLE {creator} CREATEROLE"))
+        .unwrap();
+    su.execute(
+        "SELECT tenancy.map_role($1::text::regrole, $2)",
+        &[&victim, &f.b],
+    )
+    .unwrap();
+    let mappings = |su: &mut postgres::Client| -> i64 {
+        su.query_one(
+            "SELECT count(*) FROM tenancy.role_mapping WHERE role::text = $1",
+            &[&victim],
+        )
+        .unwrap()
+        .get(0)
+    };
+    // A fresh session of the cluster that does not preload the library: no hook sees the DROP.
+    let mut cr = connect(&creator);
+    let loaded: bool = cr
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_settings WHERE name = 'tenancy.kill_switch_wait')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        !loaded,
+        "the control: the library is not loaded in this session"
+    );
+    expect_err(&mut cr, &format!("DROP ROLE {victim}"), &["2BP01"]);
+    // Another database of the cluster.
+    let mut other = config(&creator)
+        .dbname("postgres")
+        .connect(postgres::NoTls)
+        .unwrap();
+    let msg = expect_err(&mut other, &format!("DROP ROLE {victim}"), &["2BP01"]);
+    assert_eq!(mappings(&mut su), 1, "{msg}");
+    // The role's own DROP OWNED (or a DBA's) takes privileges granted to it: given back at once.
+    let mut own = connect(&victim);
+    own.batch_execute(&format!("DROP OWNED BY {victim}"))
+        .unwrap();
+    su.batch_execute(&format!("DROP OWNED BY {victim}"))
+        .unwrap();
+    let mut other = config(&creator)
+        .dbname("postgres")
+        .connect(postgres::NoTls)
+        .unwrap();
+    expect_err(&mut other, &format!("DROP ROLE {victim}"), &["2BP01"]);
+    let findings: i64 = su
+        .query_one(
+            "SELECT count(*) FROM tenancy.verify() WHERE rule IN ('mapping_without_dependency', 'mapping_of_dropped_role')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(findings, 0);
+    // Where the library is loaded, the DROP ends the mapping and the grant with the role.
+    let oid: u32 = su
+        .query_one("SELECT $1::text::regrole::oid", &[&victim])
+        .unwrap()
+        .get(0);
+    cr.batch_execute("SELECT tenancy.is_operator()").unwrap();
+    cr.batch_execute(&format!("DROP ROLE {victim}")).unwrap();
+    assert_eq!(mappings(&mut su), 0);
+    let held: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_type t, aclexplode(t.typacl) a \
+              WHERE t.oid = 'tenancy.mapped_role'::regtype AND a.grantee = $1",
+            &[&oid],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0);
+}
+
+#[test]
 fn drop_role_ends_the_roles_mappings_and_support_grants_and_only_for_those_who_may_drop_it() {
     // A regrole column keeps no dependency: DROP ROLE left the mapping, and a role made later
     // with the dropped role's oid would have been bound to the tenant without a token. On the

@@ -268,11 +268,27 @@ DROP ROLE regress_ver_gone;
 SELECT a.new_row->>'action' AS action, a.new_row->>'role' AS role, a.new_row->>'reason' AS reason
   FROM tenancy.audit_log a JOIN tenancy.tenants t ON t.id = a.tenant_id
  WHERE t.slug = 'ver-acme' AND a.op = 'ADMIN' ORDER BY a.id DESC LIMIT 1;
--- Dropped in another database, the role leaves its mapping here: reported, with the
--- unmapping that removes it.
+-- In another database, the DROP is refused: a mapped role holds USAGE on tenancy.mapped_role,
+-- a dependency PostgreSQL sees from every database.
 CREATE ROLE regress_ver_gone LOGIN;
 SELECT tenancy.map_role('regress_ver_gone', 'ver-acme');
+SELECT has_type_privilege('regress_ver_gone', 'tenancy.mapped_role', 'USAGE') AS holds_the_grant;
 \set here :DBNAME
+\c postgres
+DROP ROLE regress_ver_gone;
+\c :here
+-- Without that grant (revoked by hand, or mapped before 0.2.0) it is reported, with the fix
+-- that gives it back.
+REVOKE USAGE ON TYPE tenancy.mapped_role FROM regress_ver_gone;
+SELECT severity, rule, object, fix FROM tenancy.verify() WHERE rule = 'mapping_without_dependency';
+DO $$ BEGIN EXECUTE (SELECT fix FROM tenancy.verify() WHERE rule = 'mapping_without_dependency'); END $$;
+SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'mapping_without_dependency';
+-- DROP OWNED revokes it too, and pg_tenancy gives it back at once.
+DROP OWNED BY regress_ver_gone;
+SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'mapping_without_dependency';
+-- Dropped in another database without it, the role leaves its mapping here: reported, with the
+-- unmapping that removes it.
+REVOKE USAGE ON TYPE tenancy.mapped_role FROM regress_ver_gone;
 \c postgres
 DROP ROLE regress_ver_gone;
 \c :here
@@ -291,6 +307,41 @@ SELECT severity, rule, object, detail FROM tenancy.verify() WHERE rule = 'fk_fro
 SELECT fix FROM tenancy.verify() WHERE rule = 'fk_from_shared_table' \gexec
 SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'fk_from_shared_table';
 DROP TABLE ver.shared_note;
+-- Every way the application writes such a table counts (an attacker's pass found each one
+-- unreported): a group its login role may SET ROLE to though it does not inherit it, a grant
+-- on one partition alone, a view whose owner can write the table, and a SECURITY DEFINER
+-- function whose owner can and whose text names the table.
+CREATE ROLE regress_ver_writers NOLOGIN;
+CREATE ROLE regress_ver_noinherit LOGIN NOINHERIT NOSUPERUSER NOBYPASSRLS IN ROLE regress_ver_writers;
+CREATE ROLE regress_ver_definer NOLOGIN;
+CREATE TABLE ver.shared_grouped (tenant_id uuid NOT NULL, parent_id int NOT NULL,
+    FOREIGN KEY (tenant_id, parent_id) REFERENCES ver.parent (tenant_id, id));
+GRANT INSERT ON ver.shared_grouped TO regress_ver_writers;
+CREATE TABLE ver.shared_parted (k int, tenant_id uuid NOT NULL, parent_id int NOT NULL,
+    FOREIGN KEY (tenant_id, parent_id) REFERENCES ver.parent (tenant_id, id)) PARTITION BY RANGE (k);
+CREATE TABLE ver.shared_parted_1 PARTITION OF ver.shared_parted FOR VALUES FROM (0) TO (100);
+GRANT INSERT ON ver.shared_parted_1 TO regress_ver_app;
+CREATE TABLE ver.shared_viewed (tenant_id uuid NOT NULL, parent_id int NOT NULL,
+    FOREIGN KEY (tenant_id, parent_id) REFERENCES ver.parent (tenant_id, id));
+CREATE VIEW ver.shared_view AS SELECT tenant_id, parent_id FROM ver.shared_viewed;
+GRANT INSERT ON ver.shared_view TO regress_ver_app;
+CREATE TABLE ver.shared_defined (tenant_id uuid NOT NULL, parent_id int NOT NULL,
+    FOREIGN KEY (tenant_id, parent_id) REFERENCES ver.parent (tenant_id, id));
+GRANT REFERENCES ON ver.parent TO regress_ver_definer;
+GRANT USAGE ON SCHEMA ver TO regress_ver_definer;
+ALTER TABLE ver.shared_defined OWNER TO regress_ver_definer;
+CREATE FUNCTION ver.put_note(t uuid, p int) RETURNS void LANGUAGE sql SECURITY DEFINER
+    SET search_path = pg_catalog AS $$ INSERT INTO ver.shared_defined VALUES (t, p) $$;
+ALTER FUNCTION ver.put_note(uuid, int) OWNER TO regress_ver_definer;
+REVOKE EXECUTE ON FUNCTION ver.put_note(uuid, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ver.put_note(uuid, int) TO regress_ver_app;
+SELECT object, split_part(detail, ', references', 1) AS writer, fix
+  FROM tenancy.verify() WHERE rule = 'fk_from_shared_table' ORDER BY object;
+DROP TABLE ver.shared_grouped, ver.shared_parted, ver.shared_viewed, ver.shared_defined CASCADE;
+DROP FUNCTION ver.put_note(uuid, int);
+REVOKE ALL ON ver.parent FROM regress_ver_definer;
+REVOKE ALL ON SCHEMA ver FROM regress_ver_definer;
+DROP ROLE regress_ver_noinherit, regress_ver_writers, regress_ver_definer;
 
 -- A tenant role's grants go with the table's protection: unprotect() revokes them, recorded
 -- in the tenant's trail. A grant that outlived it (kept by an older version's unprotect, made
