@@ -287,6 +287,11 @@ CREATE TABLE tenancy.token_revocation (
     UNIQUE NULLS NOT DISTINCT (jti, tenant_id)
 );
 CREATE INDEX ON tenancy.token_revocation (tenant_id);
+-- Neither has a primary key (a relid or a tenant NULL is a value of the key): Citus copies a
+-- reference table to a node being added by logical replication, which needs a replica
+-- identity; adding a node failed on these (an attacker's pass).
+ALTER TABLE tenancy.role_privilege REPLICA IDENTITY FULL;
+ALTER TABLE tenancy.token_revocation REPLICA IDENTITY FULL;
 REVOKE ALL ON tenancy.subject_revocation, tenancy.token_revocation FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('tenancy.subject_revocation', '');
 SELECT pg_catalog.pg_extension_config_dump('tenancy.token_revocation', '');

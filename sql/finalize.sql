@@ -1123,6 +1123,30 @@ SELECT 'error', 'fk_from_shared_table', format('%s.%I', con.conrelid::regclass, 
    AND con.confrelid IN (SELECT relid FROM prot)
    AND con.conrelid NOT IN (SELECT relid FROM prot)
    AND w.writer IS NOT NULL
+UNION ALL
+-- 33. A search_path of the database (or a superuser's, or every role's) that puts a schema
+--     before pg_catalog: a superuser's session, and on Citus its maintenance daemon, then
+--     finds a schema's relations, types and functions before pg_catalog's of the same name (a
+--     database owner's view public.pg_prepared_xacts ran as Citus's superuser: an attacker's
+--     pass). On Citus the guard refuses such a setting to non-superusers.
+SELECT CASE WHEN EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN 'error' ELSE 'warning' END,
+       'catalog_behind_a_schema',
+       CASE WHEN s.setrole = 0 AND s.setdatabase = 0 THEN 'every role'
+            WHEN s.setrole = 0 THEN format('database %I', current_database())
+            ELSE format('role %s', s.setrole::regrole) END,
+       format('%s puts a schema before pg_catalog: a superuser''s session (on Citus, its maintenance daemon) resolves names of pg_catalog''s relations, types and functions to that schema''s first',
+              s.cfg),
+       CASE WHEN s.setrole = 0 AND s.setdatabase = 0 THEN 'ALTER ROLE ALL RESET search_path;'
+            WHEN s.setrole = 0 THEN format('ALTER DATABASE %I RESET search_path;', current_database())
+            WHEN s.setdatabase = 0 THEN format('ALTER ROLE %s RESET search_path;', s.setrole::regrole)
+            ELSE format('ALTER ROLE %s IN DATABASE %I RESET search_path;', s.setrole::regrole, current_database()) END
+  FROM (SELECT d.setdatabase, d.setrole, c AS cfg
+          FROM pg_db_role_setting d, unnest(d.setconfig) c
+         WHERE d.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+           AND (d.setrole = 0 OR d.setrole IN (SELECT oid FROM pg_roles WHERE rolsuper))
+           AND c LIKE 'search\_path=%') s
+ WHERE array_position(ARRAY(SELECT btrim(x, ' "') FROM unnest(string_to_array(substr(s.cfg, 13), ',')) x),
+                      'pg_catalog') > 1
 ) f(severity, rule, object, detail, fix)
 -- The order the fixes run in: protection and ownership first; then the expressions that call
 -- functions not built in (an index dropped there is not rebuilt by a key's fix); then keys, so

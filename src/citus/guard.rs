@@ -751,7 +751,12 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
     if !crate::pg::citus::in_database() || unsafe { pg_sys::creating_extension } {
         return;
     }
-    let drifted: Option<(String, String, bool)> = catalog::with_owner(|| {
+    // Read as this node's own (its copies of the catalog, its shards): a DDL command's check
+    // was taken for a routed management call, so that every DDL refused a SET LOCAL after it
+    // in its transaction, and Citus's own `SET LOCAL citus.allow_nested_distributed_execution`
+    // before `create_distributed_table_concurrently`'s loopback DDL refused the command (an
+    // attacker's pass). Only a record to update reaches every node, checked as routed then.
+    let drifted: Option<(String, String, bool)> = catalog::with_owner_reading_locally(|| {
         Spi::connect_mut(|c| {
             show_shards(c)?;
             // Read this node's copy of tenancy.citus_protection itself: inside an ALTER TABLE
@@ -789,6 +794,9 @@ pub fn refuse_drift(touched: &[Option<pg_sys::Oid>]) {
                 .into_iter()
                 .flatten()
                 .collect();
+            if !changed.is_empty() {
+                crate::pg::citus::before_routing_as_another();
+            }
             for (rel, name, now) in changed {
                 // Citus refuses a STABLE function (regclass's output) in an UPDATE of a
                 // reference table: the values are parameters.
@@ -1382,6 +1390,72 @@ pub fn refuse_catalog_names(stmt: *mut pg_sys::Node) {
             refuse_catalog_name(function, &name);
         }
     }
+}
+
+/// On Citus, before a utility statement (every node): no role but a superuser sets the
+/// database's `search_path` (`ALTER DATABASE ... SET search_path`) to one that puts a schema
+/// before pg_catalog, or to the session's own (`FROM CURRENT`). Citus's maintenance daemon runs
+/// its queries as its superuser in every database with the database's settings, and names
+/// pg_catalog's relations unqualified (`SELECT gid FROM pg_prepared_xacts ...`): a database
+/// owner that set `search_path = own, pg_catalog` (which Citus carries to every node) and
+/// made a view `own.pg_prepared_xacts` over a function of its own was a superuser on every
+/// node after the daemon's next round (an attacker's pass). A path that leaves pg_catalog out
+/// is searched after it, and is let be. `verify()` reports such a setting made before
+/// (`catalog_behind_a_schema`).
+pub fn refuse_catalog_behind_a_schema(stmt: *mut pg_sys::Node) {
+    // SAFETY: `stmt` is the statement being run (this callback's contract); each node is read
+    // as its tag says: an AlterDatabaseSetStmt's VariableSetStmt, whose name is a
+    // NUL-terminated string and whose args are a List of A_Const (one per element of the
+    // path, each a String for a schema's name).
+    let refused = unsafe {
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_AlterDatabaseSetStmt {
+            return;
+        }
+        let set = (*(stmt as *mut pg_sys::AlterDatabaseSetStmt)).setstmt;
+        if set.is_null()
+            || (*set).name.is_null()
+            || !std::ffi::CStr::from_ptr((*set).name)
+                .to_bytes()
+                .eq_ignore_ascii_case(b"search_path")
+        {
+            return;
+        }
+        match (*set).kind {
+            pg_sys::VariableSetKind::VAR_SET_CURRENT => true,
+            pg_sys::VariableSetKind::VAR_SET_VALUE if !(*set).args.is_null() => {
+                let args = (*set).args;
+                (0..(*args).length as usize)
+                    .map(|i| (*(*args).elements.add(i)).ptr_value as *mut pg_sys::Node)
+                    .position(|n| {
+                        !n.is_null()
+                            && (*n).type_ == pg_sys::NodeTag::T_A_Const
+                            && (*(n as *mut pg_sys::A_Const)).val.node.type_
+                                == pg_sys::NodeTag::T_String
+                            && !(*(n as *mut pg_sys::A_Const)).val.sval.sval.is_null()
+                            && std::ffi::CStr::from_ptr(
+                                (*(n as *mut pg_sys::A_Const)).val.sval.sval,
+                            )
+                            .to_bytes()
+                                == b"pg_catalog"
+                    })
+                    .is_some_and(|i| i > 0)
+            }
+            _ => false,
+        }
+    };
+    if !refused
+        || !crate::pg::citus::in_database()
+        || crate::authz::is_superuser(crate::authz::caller())
+    {
+        return;
+    }
+    errors::refuse(
+        "guard_refused",
+        serde_json::Map::new(),
+        errors::INSUFFICIENT_PRIVILEGE,
+        "on Citus, only a superuser sets a database's search_path to put a schema before pg_catalog, or to the session's own",
+        "Citus's maintenance daemon runs as its superuser with the database's settings and names pg_catalog's relations unqualified: leave pg_catalog out of the path (it is then searched first), or name it first.",
+    );
 }
 
 fn refuse_catalog_name(function: bool, name: &str) -> ! {

@@ -76,6 +76,7 @@ pub fn init() {
     crate::pg::hooks::after_utility(after_utility);
     crate::pg::hooks::before_utility(crate::pg::citus::note_set_local);
     crate::pg::hooks::before_utility(guard::refuse_catalog_names);
+    crate::pg::hooks::before_utility(guard::refuse_catalog_behind_a_schema);
     crate::pg::hooks::at_transaction_event(crate::pg::citus::at_transaction_event);
     calls::init();
 }

@@ -414,7 +414,7 @@ pub fn note_set_local(stmt: *mut pg_sys::Node) {
     // SAFETY: `stmt` is the statement's parse tree (or null); its tag is read before the node
     // is used as the VariableSetStmt it says, and its name (when there is one) is a
     // NUL-terminated string of the tree.
-    let (carried, valued_name) = unsafe {
+    let (carried, checked_name) = unsafe {
         if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_VariableSetStmt {
             return;
         }
@@ -432,14 +432,20 @@ pub fn note_set_local(stmt: *mut pg_sys::Node) {
         // IsSettingSafeToPropagate).
         let propagated = |n: &str| !NEVER_CARRIED.contains(&n);
         use pg_sys::VariableSetKind::*;
+        // The name each carried command is checked by: also `TO DEFAULT`, `FROM CURRENT` and
+        // `RESET`, which Citus carries as it carries a value (an attacker's pass sent `RESET
+        // search_path` and `SET LOCAL role TO DEFAULT` to Citus's superuser connections);
+        // `RESET ALL` by a name no setting has, so that it runs on this node only.
         match (*s).kind {
-            VAR_SET_VALUE if (*s).is_local => {
+            VAR_SET_VALUE | VAR_SET_CURRENT | VAR_SET_DEFAULT if (*s).is_local => {
                 let n = name();
                 (propagated(&n), Some(n))
             }
-            VAR_SET_CURRENT | VAR_SET_DEFAULT => ((*s).is_local && propagated(&name()), None),
-            VAR_RESET => (propagated(&name()), None),
-            VAR_RESET_ALL => (true, None),
+            VAR_RESET => {
+                let n = name();
+                (propagated(&n), Some(n))
+            }
+            VAR_RESET_ALL => (true, Some(String::from("reset all"))),
             VAR_SET_MULTI => (name() == "transaction", None),
             _ => (false, None),
         }
@@ -462,7 +468,7 @@ pub fn note_set_local(stmt: *mut pg_sys::Node) {
     // a table owner's ALTER TABLE there).
     let backslash = crate::pg::hooks::statement_text().is_some_and(|t| t.contains('\\'));
     if backslash
-        || valued_name
+        || checked_name
             .as_deref()
             .is_some_and(|n| !carried_setting_allowed(n))
     {

@@ -1343,15 +1343,16 @@ fn auto_protect_table(rel: pg_sys::Oid) {
         return;
     }
     require_current_ddl_command(rel);
+    // The system catalogs and pg_tenancy's own tables each by a query of its own, never one
+    // that joins them: on a Citus node that has no copy of pg_tenancy's reference tables yet (a
+    // node being added, whose reference tables' shards Citus creates as their owner), Citus
+    // plans a reference table beside a local catalog as a distributed join and refuses it, and
+    // adding a node failed for any reference table a non-superuser owned (an attacker's pass).
     let row = catalog::with_owner_reading_locally(|| {
         Spi::connect(|c| {
             let t = c.select(
-                "SELECT c.relkind::text, \
-                        (SELECT p.tenant_column::text FROM tenancy.protected_table p WHERE p.relid = c.oid), \
-                        (SELECT p.tenant_column::text || ',' || p.audited FROM pg_inherits i JOIN tenancy.protected_table p ON p.relid = i.inhparent WHERE i.inhrelid = c.oid ORDER BY i.inhseqno LIMIT 1), \
-                        (SELECT s.tenant_column::text FROM tenancy.auto_protect_schema s WHERE s.schema_name = n.nspname \
-                            AND EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = s.tenant_column AND NOT a.attisdropped)), \
-                        (SELECT p.audited FROM tenancy.protected_table p WHERE p.relid = c.oid) \
+                "SELECT c.relkind::text, n.nspname::text, \
+                        ARRAY(SELECT i.inhparent FROM pg_inherits i WHERE i.inhrelid = c.oid ORDER BY i.inhseqno) \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
                 Some(1),
                 &[rel.into()],
@@ -1360,13 +1361,65 @@ fn auto_protect_table(rel: pg_sys::Oid) {
                 return Ok::<_, pgrx::spi::Error>(None);
             }
             let r = t.first();
-            Ok(Some((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<String>(2)?,
-                r.get::<String>(3)?,
-                r.get::<String>(4)?,
-                r.get::<bool>(5)?.unwrap_or(true),
-            )))
+            let relkind = r.get::<String>(1)?.unwrap_or_default();
+            let nspname = r.get::<String>(2)?.unwrap_or_default();
+            let parents = r.get::<Vec<pg_sys::Oid>>(3)?.unwrap_or_default();
+            let own: Vec<(Option<String>, bool)> = c
+                .select(
+                    "SELECT p.tenant_column::text, p.audited FROM tenancy.protected_table p \
+                      WHERE p.relid::oid = $1",
+                    Some(1),
+                    &[rel.into()],
+                )?
+                .map(|r| Ok((r.get::<String>(1)?, r.get::<bool>(2)?.unwrap_or(true))))
+                .collect::<Result<_, pgrx::spi::Error>>()?;
+            let (protected_col, audited) = own.into_iter().next().unwrap_or((None, true));
+            // The first parent, in inheritance order, that is protected.
+            let mut parent = None;
+            if !parents.is_empty() {
+                let protected: Vec<(pg_sys::Oid, String)> = c
+                    .select(
+                        "SELECT p.relid::oid, p.tenant_column::text || ',' || p.audited FROM tenancy.protected_table p \
+                          WHERE p.relid::oid = ANY ($1)",
+                        None,
+                        &[parents.clone().into()],
+                    )?
+                    .map(|r| {
+                        Ok((
+                            r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                            r.get::<String>(2)?.unwrap_or_default(),
+                        ))
+                    })
+                    .collect::<Result<_, pgrx::spi::Error>>()?;
+                parent = parents
+                    .iter()
+                    .find_map(|p| protected.iter().find(|(o, _)| o == p).map(|(_, v)| v.clone()));
+            }
+            let schema_col: Option<String> = c
+                .select(
+                    "SELECT s.tenant_column::text FROM tenancy.auto_protect_schema s WHERE s.schema_name = $1",
+                    Some(1),
+                    &[nspname.as_str().into()],
+                )?
+                .map(|r| r.get::<String>(1))
+                .collect::<Result<Vec<_>, pgrx::spi::Error>>()?
+                .into_iter()
+                .next()
+                .flatten();
+            let schema_col = match schema_col {
+                Some(col) => c
+                    .select(
+                        "SELECT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = $1 AND a.attname = $2 AND NOT a.attisdropped)",
+                        Some(1),
+                        &[rel.into(), col.as_str().into()],
+                    )?
+                    .first()
+                    .get::<bool>(1)?
+                    .unwrap_or(false)
+                    .then_some(col),
+                None => None,
+            };
+            Ok(Some((relkind, protected_col, parent, schema_col, audited)))
         })
     })
     .unwrap_or_else(|e| pgrx::error!("pg_tenancy: auto-protect lookup failed: {e}"));

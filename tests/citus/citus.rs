@@ -768,7 +768,10 @@ fn management_calls_and_set_local_do_not_share_a_transaction() {
     // trail through Citus).
     for (carried, call) in [
         ("RESET work_mem", "SELECT tenancy.revoke_subject($1, 'x')"),
-        ("RESET ALL", "SELECT tenancy.revoke_subject($1, 'x')"),
+        (
+            "SET LOCAL work_mem TO DEFAULT",
+            "SELECT tenancy.revoke_subject($1, 'x')",
+        ),
         (
             "SET TRANSACTION READ WRITE",
             "SELECT tenancy.revoke_subject($1, 'x')",
@@ -786,6 +789,37 @@ fn management_calls_and_set_local_do_not_share_a_transaction() {
         tx.batch_execute(carried).unwrap();
         let e = tx.execute(call, &[&f.a]).unwrap_err();
         assert_eq!(sqlstate(&e), "0A000", "{carried}; {call}: {}", message(&e));
+        tx.rollback().unwrap();
+    }
+    // A setting that is not carried with a value is not carried to its default, nor reset,
+    // either (an attacker's pass had `RESET search_path` and `SET LOCAL role TO DEFAULT` sent to
+    // Citus's superuser connections); RESET ALL runs on this node only. The management call
+    // after them runs.
+    for local in [
+        "RESET search_path",
+        "SET LOCAL search_path TO DEFAULT",
+        "SET LOCAL search_path FROM CURRENT",
+        "SET LOCAL role TO DEFAULT",
+        "SET LOCAL DateStyle TO DEFAULT",
+        "RESET ALL",
+    ] {
+        let mut tx = op.transaction().unwrap();
+        tx.batch_execute(local).unwrap();
+        tx.execute("SELECT tenancy.revoke_subject($1, $2)", &[&f.a, &subject])
+            .unwrap_or_else(|e| panic!("after {local}, not carried: {}", message(&e)));
+        tx.rollback().unwrap();
+    }
+    // A DDL command is no management call: a SET LOCAL after it is carried as ever, and one
+    // before it (Citus's own before its loopback DDL, in create_distributed_table_concurrently)
+    // does not refuse it (the guard's check of every DDL was taken for a routed call: an
+    // attacker's pass).
+    for script in [
+        "CREATE TEMP TABLE set_local_ddl (id int); SET LOCAL work_mem = '1MB'",
+        "SET LOCAL citus.allow_nested_distributed_execution TO on; CREATE TEMP TABLE set_local_ddl (id int)",
+    ] {
+        let mut tx = op.transaction().unwrap();
+        tx.batch_execute(script)
+            .unwrap_or_else(|e| panic!("{script}: {}", message(&e)));
         tx.rollback().unwrap();
     }
     let mut tx = op.transaction().unwrap();
@@ -1012,6 +1046,32 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
     .unwrap();
     o.batch_execute(&colocate).unwrap();
     o.batch_execute("COMMIT").unwrap();
+    // The database's search_path, with which Citus's maintenance daemon runs its queries as
+    // its superuser (it names pg_prepared_xacts unqualified): a database owner (NOSUPERUSER)
+    // put its schema before pg_catalog, made a view of that name over a function of its own,
+    // and was a superuser on every node at the daemon's next round (an attacker's pass).
+    // Refused on Citus to a non-superuser; a path that leaves pg_catalog out (searched first)
+    // is not.
+    let db: String = su
+        .query_one("SELECT current_database()::text", &[])
+        .unwrap()
+        .get(0);
+    su.batch_execute(&format!("ALTER DATABASE {db} OWNER TO {owner}"))
+        .unwrap();
+    for refused in [
+        format!("ALTER DATABASE {db} SET search_path = public, pg_catalog"),
+        format!("ALTER DATABASE {db} SET search_path TO \"$user\", public, \"pg_catalog\""),
+        format!("ALTER DATABASE {db} SET search_path FROM CURRENT"),
+    ] {
+        let e = o.batch_execute(&refused).unwrap_err();
+        assert_eq!(sqlstate(&e), "42501", "{refused}: {}", message(&e));
+    }
+    o.batch_execute(&format!(
+        "ALTER DATABASE {db} SET search_path = public; ALTER DATABASE {db} RESET search_path"
+    ))
+    .unwrap();
+    su.batch_execute(&format!("ALTER DATABASE {db} OWNER TO postgres"))
+        .unwrap();
     for i in 0..ports().len() {
         let superuser: bool = node(i, "postgres")
             .query_one(

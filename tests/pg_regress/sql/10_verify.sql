@@ -363,6 +363,14 @@ SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'grant_on_unprot
 SELECT count(*) AS grants_left FROM tenancy.role_privileges WHERE role = 'ver_reader';
 DROP TABLE public.ver_granted;
 
+-- catalog_behind_a_schema: a search_path of the database (or of a superuser) that puts a
+-- schema before pg_catalog: a superuser's session, and Citus's maintenance daemon, find that
+-- schema's relations and functions first. Its fix resets it.
+ALTER DATABASE :"DBNAME" SET search_path = public, pg_catalog;
+SELECT severity, rule, object, fix FROM tenancy.verify() WHERE rule = 'catalog_behind_a_schema';
+SELECT fix FROM tenancy.verify() WHERE rule = 'catalog_behind_a_schema' \gexec
+SELECT count(*) AS left_over FROM tenancy.verify() WHERE rule = 'catalog_behind_a_schema';
+
 -- verify() runs without JIT: its one large query estimates high, and compiling its thousand
 -- expressions took seconds on every call, most of verify()'s time.
 SELECT 'jit=off' = ANY (proconfig) AS verify_without_jit
