@@ -543,22 +543,7 @@ fn pg_locks_does_not_name_the_tenant_that_is_writing() {
         c.batch_execute("UPDATE it_customers SET name = name WHERE id = 1")
             .unwrap();
         let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-        let tags: Vec<(u32, u32, i16)> = watcher
-            .query(
-                "SELECT classid::oid::int8, objid::oid::int8, objsubid FROM pg_locks \
-                  WHERE locktype = 'advisory' AND pid = $1",
-                &[&pid],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, i64>(0) as u32,
-                    r.get::<_, i64>(1) as u32,
-                    r.get::<_, i16>(2),
-                )
-            })
-            .collect();
+        let tags = advisory_tags(&mut watcher, pid);
         assert!(
             tags.iter().any(|t| t.2 == 0x7500),
             "the writer holds no tenant write lock: {tags:?}"
@@ -591,7 +576,24 @@ fn pg_locks_does_not_name_the_tenant_being_managed() {
     )
     .unwrap();
     let pid: i32 = su.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
-    let tags: Vec<(u32, u32, i16)> = app()
+    let tags = advisory_tags(&mut app(), pid);
+    su.batch_execute("ROLLBACK").unwrap();
+    assert!(
+        tags.iter().any(|t| t.2 == 0x7700),
+        "the call holds no management lock: {tags:?}"
+    );
+    for (f2, f3, _) in &tags {
+        assert!(
+            !named.contains(f2) && !named.contains(f3),
+            "a lock tag carries the managed tenant's id: {tags:?}, id {named:x?}"
+        );
+    }
+}
+
+/// The advisory locks `pid` holds, as `pg_locks` shows them to any role: (field 2, field 3,
+/// field 4) of each tag.
+fn advisory_tags(watcher: &mut postgres::Client, pid: i32) -> Vec<(u32, u32, i16)> {
+    watcher
         .query(
             "SELECT classid::oid::int8, objid::oid::int8, objsubid FROM pg_locks \
               WHERE locktype = 'advisory' AND pid = $1",
@@ -606,18 +608,7 @@ fn pg_locks_does_not_name_the_tenant_being_managed() {
                 r.get::<_, i16>(2),
             )
         })
-        .collect();
-    su.batch_execute("ROLLBACK").unwrap();
-    assert!(
-        tags.iter().any(|t| t.2 == 0x7700),
-        "the call holds no management lock: {tags:?}"
-    );
-    for (f2, f3, _) in &tags {
-        assert!(
-            !named.contains(f2) && !named.contains(f3),
-            "a lock tag carries the managed tenant's id: {tags:?}, id {named:x?}"
-        );
-    }
+        .collect()
 }
 
 fn uuid_bytes(s: &str) -> [u8; 16] {
