@@ -1707,8 +1707,24 @@ fn refuse_nonstandard_strings() {
     }
 }
 
+thread_local! {
+    /// What a node does when its copy of the role mappings changes (registered by the RBAC
+    /// pillar: the mapped roles' grants on `tenancy.mapped_role`).
+    static ON_MAPPINGS_CHANGED: Cell<Option<fn()>> = const { Cell::new(None) };
+}
+
+/// Run `f` on each Citus node whose copy of `tenancy.role_mapping` a statement changed (once,
+/// from _PG_init).
+pub fn on_mappings_changed(f: fn()) {
+    ON_MAPPINGS_CHANGED.with(|c| c.set(Some(f)));
+}
+
 /// Statement-level trigger on every catalog table: queue a relcache invalidation of the table so
-/// that every backend drops its cached rows when this transaction commits.
+/// that every backend drops its cached rows when this transaction commits. On Citus, where the
+/// catalog is reference tables whose writes reach each node's copy (`role_mapping_<shard>`, with
+/// this trigger), a change of the mappings also runs [`on_mappings_changed`]'s callback there:
+/// each node keeps its own mapped roles' grants (a role dropped on a worker from another
+/// database left that worker's copy naming its oid: an attacker's pass).
 #[pg_trigger]
 fn catalog_changed<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
@@ -1718,6 +1734,26 @@ fn catalog_changed<'a>(
     // SAFETY: queues an invalidation message for a relation that exists (the trigger's, or a
     // catalog table of this database).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(invalidation_relid(relid)) };
+    if crate::pg::citus::in_database()
+        && trigger
+            .table_name()?
+            .strip_prefix("role_mapping_")
+            .is_some_and(|shard| !shard.is_empty() && shard.bytes().all(|b| b.is_ascii_digit()))
+    {
+        if let Some(f) = ON_MAPPINGS_CHANGED.with(|c| c.get()) {
+            // The statement's own changes are not visible to the statement that made them,
+            // which an AFTER trigger's reads still are part of: a mapping deleted was read as
+            // still there, and its role kept its grant on every worker (found by this
+            // change's test). Made visible first, as SPI does before a query that writes.
+            // SAFETY: inside the trigger's transaction, after its statement's changes (an
+            // AFTER STATEMENT trigger); the catalog snapshot taken next includes them.
+            unsafe {
+                pg_sys::CommandCounterIncrement();
+                pg_sys::InvalidateCatalogSnapshot();
+            }
+            f();
+        }
+    }
     Ok(None)
 }
 

@@ -1392,37 +1392,50 @@ pub fn refuse_catalog_names(stmt: *mut pg_sys::Node) {
     }
 }
 
-/// On Citus, before a utility statement (every node): no role but a superuser sets the
-/// database's `search_path` (`ALTER DATABASE ... SET search_path`) to one that puts a schema
-/// before pg_catalog, or to the session's own (`FROM CURRENT`). Citus's maintenance daemon runs
-/// its queries as its superuser in every database with the database's settings, and names
-/// pg_catalog's relations unqualified (`SELECT gid FROM pg_prepared_xacts ...`): a database
-/// owner that set `search_path = own, pg_catalog` (which Citus carries to every node) and
-/// made a view `own.pg_prepared_xacts` over a function of its own was a superuser on every
-/// node after the daemon's next round (an attacker's pass). A path that leaves pg_catalog out
-/// is searched after it, and is let be. `verify()` reports such a setting made before
-/// (`catalog_behind_a_schema`).
-pub fn refuse_catalog_behind_a_schema(stmt: *mut pg_sys::Node) {
+/// On a Citus node, before a utility statement (every database of the node, since Citus is
+/// preloaded in each): no role but a superuser sets, for a whole database
+/// (`ALTER DATABASE ... SET`, `ALTER ROLE ALL IN DATABASE ... SET`), a `search_path` that puts
+/// a schema before pg_catalog or is the session's own (`FROM CURRENT`), nor a `role` or
+/// `session_authorization`. Citus's maintenance daemon runs its queries as its superuser in
+/// every database with the database's settings, and names pg_catalog's relations unqualified
+/// (`SELECT gid FROM pg_prepared_xacts ...`): a database owner that set `search_path = own,
+/// pg_catalog` (which Citus carries to every node) and made a view `own.pg_prepared_xacts`
+/// over a function of its own was a superuser on every node after the daemon's next round;
+/// checked first only in the database connected to, it was set from another database, or for
+/// every role in the database (attackers' passes). A `role` there made every superuser
+/// connection, Citus's own, that role. A path that leaves pg_catalog out is searched after it,
+/// and is let be. `verify()` reports such a setting made before (`catalog_behind_a_schema`).
+pub fn refuse_database_wide_settings(stmt: *mut pg_sys::Node) {
     // SAFETY: `stmt` is the statement being run (this callback's contract); each node is read
-    // as its tag says: an AlterDatabaseSetStmt's VariableSetStmt, whose name is a
-    // NUL-terminated string and whose args are a List of A_Const (one per element of the
-    // path, each a String for a schema's name).
+    // as its tag says: an AlterDatabaseSetStmt's, or an AlterRoleSetStmt's (its role null for
+    // ALL), VariableSetStmt, whose name is a NUL-terminated string and whose args are a List of
+    // A_Const (one per element of the path, each a String for a schema's name).
     let refused = unsafe {
-        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_AlterDatabaseSetStmt {
+        if stmt.is_null() {
             return;
         }
-        let set = (*(stmt as *mut pg_sys::AlterDatabaseSetStmt)).setstmt;
-        if set.is_null()
-            || (*set).name.is_null()
-            || !std::ffi::CStr::from_ptr((*set).name)
-                .to_bytes()
-                .eq_ignore_ascii_case(b"search_path")
-        {
+        let set = match (*stmt).type_ {
+            pg_sys::NodeTag::T_AlterDatabaseSetStmt => {
+                (*(stmt as *mut pg_sys::AlterDatabaseSetStmt)).setstmt
+            }
+            pg_sys::NodeTag::T_AlterRoleSetStmt
+                if (*(stmt as *mut pg_sys::AlterRoleSetStmt)).role.is_null() =>
+            {
+                (*(stmt as *mut pg_sys::AlterRoleSetStmt)).setstmt
+            }
+            _ => return,
+        };
+        if set.is_null() || (*set).name.is_null() {
             return;
         }
-        match (*set).kind {
-            pg_sys::VariableSetKind::VAR_SET_CURRENT => true,
-            pg_sys::VariableSetKind::VAR_SET_VALUE if !(*set).args.is_null() => {
+        let name = std::ffi::CStr::from_ptr((*set).name)
+            .to_bytes()
+            .to_ascii_lowercase();
+        use pg_sys::VariableSetKind::*;
+        match (name.as_slice(), (*set).kind) {
+            (b"role" | b"session_authorization", VAR_SET_VALUE | VAR_SET_CURRENT) => true,
+            (b"search_path", VAR_SET_CURRENT) => true,
+            (b"search_path", VAR_SET_VALUE) if !(*set).args.is_null() => {
                 let args = (*set).args;
                 (0..(*args).length as usize)
                     .map(|i| (*(*args).elements.add(i)).ptr_value as *mut pg_sys::Node)
@@ -1443,9 +1456,7 @@ pub fn refuse_catalog_behind_a_schema(stmt: *mut pg_sys::Node) {
             _ => false,
         }
     };
-    if !refused
-        || !crate::pg::citus::in_database()
-        || crate::authz::is_superuser(crate::authz::caller())
+    if !refused || !crate::pg::citus::loaded() || crate::authz::is_superuser(crate::authz::caller())
     {
         return;
     }
@@ -1453,7 +1464,7 @@ pub fn refuse_catalog_behind_a_schema(stmt: *mut pg_sys::Node) {
         "guard_refused",
         serde_json::Map::new(),
         errors::INSUFFICIENT_PRIVILEGE,
-        "on Citus, only a superuser sets a database's search_path to put a schema before pg_catalog, or to the session's own",
+        "on Citus, only a superuser sets, for a whole database, a search_path that puts a schema before pg_catalog (or the session's own), a role or a session_authorization",
         "Citus's maintenance daemon runs as its superuser with the database's settings and names pg_catalog's relations unqualified: leave pg_catalog out of the path (it is then searched first), or name it first.",
     );
 }

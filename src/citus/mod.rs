@@ -76,7 +76,7 @@ pub fn init() {
     crate::pg::hooks::after_utility(after_utility);
     crate::pg::hooks::before_utility(crate::pg::citus::note_set_local);
     crate::pg::hooks::before_utility(guard::refuse_catalog_names);
-    crate::pg::hooks::before_utility(guard::refuse_catalog_behind_a_schema);
+    crate::pg::hooks::before_utility(guard::refuse_database_wide_settings);
     crate::pg::hooks::at_transaction_event(crate::pg::citus::at_transaction_event);
     calls::init();
 }
@@ -405,6 +405,103 @@ fn catalog_copies_that_differ(
     Ok(out)
 }
 
+/// The hazards of `verify()`'s one-node rules that a worker may hold on its own, read on every
+/// worker by one fixed statement through `run_command_on_all_nodes` (as
+/// [`catalog_copies_that_differ`]): `mapping_without_dependency`, the roles of the worker's
+/// copy of the mappings that do not hold `USAGE` on `tenancy.mapped_role` there (each node
+/// keeps its own grants: `rbac::keep_mapping_dependencies`), and `catalog_behind_a_schema`,
+/// a `search_path` of the database, of a superuser or of every role, set on the worker, that
+/// puts a schema before pg_catalog (Citus's maintenance daemon there runs with it). An
+/// attacker's pass found both on a worker while the coordinator's rules saw nothing.
+fn worker_hazards(
+    c: &pgrx::spi::SpiClient<'_>,
+) -> Result<Vec<(String, String, String, String)>, pgrx::spi::Error> {
+    const STATEMENT: &str = "SELECT pg_catalog.json_build_object(\
+        'roles', ARRAY(SELECT m.role::pg_catalog.text FROM tenancy.role_mapping m \
+                        WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_type t, pg_catalog.aclexplode(t.typacl) a \
+                                           WHERE t.oid OPERATOR(pg_catalog.=) 'tenancy.mapped_role'::pg_catalog.regtype \
+                                             AND a.grantee OPERATOR(pg_catalog.=) m.role::pg_catalog.oid) \
+                        ORDER BY 1), \
+        'paths', ARRAY(SELECT CASE WHEN d.setrole OPERATOR(pg_catalog.=) 0 THEN '' ELSE d.setrole::pg_catalog.regrole::pg_catalog.text END \
+                              OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) cfg \
+                         FROM pg_catalog.pg_db_role_setting d, pg_catalog.unnest(d.setconfig) cfg \
+                        WHERE d.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0, (SELECT b.oid FROM pg_catalog.pg_database b \
+                                  WHERE b.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())]::pg_catalog.oid[]) \
+                          AND (d.setrole OPERATOR(pg_catalog.=) 0 OR d.setrole OPERATOR(pg_catalog.=) ANY (ARRAY( \
+                                  SELECT r.oid FROM pg_catalog.pg_authid r WHERE r.rolsuper))) \
+                          AND pg_catalog.starts_with(cfg, 'search_path=') \
+                          AND pg_catalog.array_position(ARRAY(SELECT pg_catalog.btrim(x, ' \"') \
+                                  FROM pg_catalog.unnest(pg_catalog.string_to_array(pg_catalog.substr(cfg, 13), ',')) x), \
+                                'pg_catalog') OPERATOR(pg_catalog.>) 1 \
+                        ORDER BY 1))::pg_catalog.text";
+    let results: Vec<(String, i32, bool, String)> = c
+        .select(
+            "SELECT n.nodename, n.nodeport, a.success, a.result \
+               FROM pg_catalog.run_command_on_all_nodes($1) a \
+               JOIN pg_catalog.pg_dist_node n ON n.nodeid OPERATOR(pg_catalog.=) a.nodeid \
+              WHERE n.groupid OPERATOR(pg_catalog.<>) 0 \
+              ORDER BY n.nodename, n.nodeport",
+            None,
+            &[STATEMENT.into()],
+        )?
+        .map(|r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i32>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(false),
+                r.get::<String>(4)?.unwrap_or_default(),
+            ))
+        })
+        .collect::<Result<_, pgrx::spi::Error>>()?;
+    let mut out = Vec::new();
+    for (node, port, ok, result) in results {
+        let at = format!("{node}:{port}").replace(['\n', '\r'], " ");
+        let found: serde_json::Value = if ok {
+            serde_json::from_str(&result).unwrap_or_default()
+        } else {
+            serde_json::Value::Null
+        };
+        let list = |k: &str| -> Vec<String> {
+            found[k]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for role in list("roles") {
+            out.push((
+                "mapping_without_dependency".to_string(),
+                format!("role {role} on {at}"),
+                format!("on worker {at}, mapped role {role} does not hold USAGE on tenancy.mapped_role: PostgreSQL would let it be dropped there from another database, leaving that worker's copy of its mappings to a role created later with its oid"),
+                format!("SELECT pg_catalog.run_command_on_workers('SELECT tenancy._keep_mapped_roles()'); -- {at}"),
+            ));
+        }
+        for path in list("paths") {
+            out.push((
+                "catalog_behind_a_schema".to_string(),
+                format!("{} on {at}", path.split(" search_path=").next().filter(|r| !r.is_empty()).unwrap_or("the database")),
+                format!("on worker {at}, {} puts a schema before pg_catalog: Citus's maintenance daemon there, and a superuser's session, resolve names of pg_catalog's relations, types and functions to that schema's first", path.trim()),
+                format!("-- on {at}, as a superuser: ALTER DATABASE (or ALTER ROLE ... IN DATABASE) ... RESET search_path"),
+            ));
+        }
+        if !ok {
+            out.push((
+                "citus_node_drift".to_string(),
+                at.clone(),
+                format!(
+                    "worker {at}'s mapped roles and database settings could not be read: {}",
+                    result.replace(['\n', '\r'], " ")
+                ),
+                format!("-- check that {at} is reachable (citus_check_cluster_node_health())"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Internal, for `tenancy.verify()`, its findings on Citus (nothing where Citus is not
 /// created), each (rule, object, detail, fix):
 /// - `citus_shard_drift` (one per shard): the shards of protected Citus tables whose row
@@ -673,6 +770,7 @@ fn citus_findings() -> TableIterator<
             ));
         }
         out.extend(catalog_copies_that_differ(c)?);
+        out.extend(worker_hazards(c)?);
         Ok::<_, pgrx::spi::Error>(out)
     }))
     .unwrap_or_else(|e| {

@@ -1190,6 +1190,7 @@ fn revoker() -> String {
 /// Registered at `_PG_init`.
 pub fn init() {
     crate::pg::hooks::before_utility(before_drop_role);
+    catalog::on_mappings_changed(|| keep_mapping_dependencies(None));
 }
 
 /// `DROP ROLE` of roles that are mapped to tenants, or hold support grants, in this database
