@@ -23,6 +23,18 @@ fn ports() -> Vec<u16> {
 }
 
 /// A connection to node `i` (0 is the coordinator) as `user`.
+/// A connection to the `postgres` database of node `i` as `user`: another database of the node,
+/// where Citus is not created.
+fn node_postgres_db(i: usize, user: &str) -> Client {
+    let mut c = postgres::Config::new();
+    c.host("127.0.0.1")
+        .port(ports()[i])
+        .dbname("postgres")
+        .user(user);
+    c.connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect to node {i}'s postgres database as {user}: {e}"))
+}
+
 fn node(i: usize, user: &str) -> Client {
     // A Config of its own: `host` and `port` add to a Config's lists, they do not replace them.
     let mut c = postgres::Config::new();
@@ -1060,14 +1072,7 @@ fn a_roles_carried_settings_never_reach_citus_superuser_connections() {
         .unwrap();
     // Also for every role in the database, and from another database of the node (a later
     // pass set both so); nor a role, which made every superuser connection there the owner.
-    let mut elsewhere = {
-        let mut c = postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(ports()[1])
-            .dbname("postgres")
-            .user(&owner);
-        c.connect(NoTls).unwrap()
-    };
+    let mut elsewhere = node_postgres_db(1, &owner);
     for refused in [
         format!("ALTER DATABASE {db} SET search_path = public, pg_catalog"),
         format!("ALTER DATABASE {db} SET search_path TO \"$user\", public, \"pg_catalog\""),
@@ -1153,14 +1158,7 @@ fn a_mapped_role_is_not_dropped_on_a_worker_where_its_mapping_would_stay() {
     .unwrap();
     held(true);
     for i in 1..ports().len() {
-        let mut elsewhere = {
-            let mut c = postgres::Config::new();
-            c.host("127.0.0.1")
-                .port(ports()[i])
-                .dbname("postgres")
-                .user(&dropper);
-            c.connect(NoTls).unwrap()
-        };
+        let mut elsewhere = node_postgres_db(i, &dropper);
         let e = elsewhere
             .batch_execute(&format!("DROP ROLE {mapped}"))
             .unwrap_err();
@@ -1204,14 +1202,7 @@ fn a_mapped_role_is_not_dropped_on_a_worker_where_its_mapping_would_stay() {
             "REVOKE USAGE ON TYPE tenancy.mapped_role FROM {mapped}"
         ))
         .unwrap();
-    let mut worker_postgres = {
-        let mut c = postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(ports()[1])
-            .dbname("postgres")
-            .user("postgres");
-        c.connect(NoTls).unwrap()
-    };
+    let mut worker_postgres = node_postgres_db(1, "postgres");
     worker_postgres
         .batch_execute(&format!(
             "ALTER DATABASE {db} SET search_path = public, pg_catalog"
