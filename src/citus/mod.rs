@@ -166,7 +166,108 @@ fn set_up() -> Vec<String> {
     let mut done = distribute_catalog();
     done.extend(distribute_trail());
     trail::regrant_trigger_functions();
+    reseat_node_oids();
     done
+}
+
+/// Every node's copy of the catalog holds that node's own oid for a role or a table
+/// (`role_mapping.role`, `support_grant.operator`, `role_privilege.relid`): a write names them
+/// by name and each node reads the name. Citus copies a reference table to a node added later
+/// in binary, the coordinator's oids with it: the new node's copy named whatever role has the
+/// coordinator's oid there, and a role a CREATEROLE role made with it was bound to the tenant
+/// without a token (an attacker's pass). Copies the catalog to every node now, then writes
+/// those rows again by name, so that each node's copy holds its own oids; the nodes' triggers
+/// keep their mapped roles' grants (`rbac::keep_mapping_dependencies`). Run by `citus_setup()`
+/// (a superuser's, on the coordinator), which says to call it after adding a node.
+fn reseat_node_oids() {
+    let run = || -> Result<(), pgrx::spi::Error> {
+        Spi::connect_mut(|c| {
+            c.update(
+                "SELECT pg_catalog.replicate_reference_tables('block_writes')",
+                None,
+                &[],
+            )?;
+            Ok::<(), pgrx::spi::Error>(())
+        })?;
+        type Mapping = (
+            String,
+            pgrx::Uuid,
+            Vec<String>,
+            pgrx::datum::TimestampWithTimeZone,
+        );
+        let mappings: Vec<Mapping> = crate::catalog::owner_rows(
+            "tenancy.role_mapping",
+            "SELECT m.role::pg_catalog.text, m.tenant_id, m.tenant_roles, m.created_at FROM tenancy.role_mapping m ORDER BY 1, 2",
+            &[],
+            |r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<pgrx::Uuid>(2)?.expect("tenant_id is NOT NULL"),
+                    r.get::<Vec<String>>(3)?.unwrap_or_default(),
+                    r.get::<pgrx::datum::TimestampWithTimeZone>(4)?.expect("created_at is NOT NULL"),
+                ))
+            },
+        );
+        crate::catalog::write("DELETE FROM tenancy.role_mapping", &[]);
+        for (role, tenant, roles, at) in mappings {
+            crate::catalog::write(
+                "INSERT INTO tenancy.role_mapping (role, tenant_id, tenant_roles, created_at) \
+                 VALUES ($1::text::regrole, $2, $3, $4)",
+                &[role.into(), tenant.into(), roles.into(), at.into()],
+            );
+        }
+        type Grant = (pgrx::Uuid, String, String, String);
+        let grants: Vec<Grant> = crate::catalog::owner_rows(
+            "tenancy.role_privilege",
+            "SELECT g.tenant_id, g.role, g.relid::pg_catalog.text, g.privilege FROM tenancy.role_privilege g \
+              WHERE g.relid IS NOT NULL ORDER BY 1, 2, 3, 4",
+            &[],
+            |r| {
+                Ok((
+                    r.get::<pgrx::Uuid>(1)?.expect("tenant_id is NOT NULL"),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<String>(4)?.unwrap_or_default(),
+                ))
+            },
+        );
+        crate::catalog::write(
+            "DELETE FROM tenancy.role_privilege WHERE relid IS NOT NULL",
+            &[],
+        );
+        for (tenant, role, rel, privilege) in grants {
+            crate::catalog::write(
+                "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
+                 VALUES ($1, $2, $3::text::regclass, $4)",
+                &[tenant.into(), role.into(), rel.into(), privilege.into()],
+            );
+        }
+        let operators: Vec<(i64, String)> = crate::catalog::owner_rows(
+            "tenancy.support_grant",
+            "SELECT g.id, g.operator::pg_catalog.text FROM tenancy.support_grant g ORDER BY 1",
+            &[],
+            |r| {
+                Ok((
+                    r.get::<i64>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                ))
+            },
+        );
+        for (id, operator) in operators {
+            crate::catalog::write(
+                "UPDATE tenancy.support_grant SET operator = $2::text::regrole WHERE id = $1",
+                &[id.into(), operator.into()],
+            );
+        }
+        Ok(())
+    };
+    run().unwrap_or_else(|e| {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("pg_tenancy's catalog could not be copied to every node by name: {e}"),
+            "Check that every node is reachable (citus_check_cluster_node_health()) and call tenancy.citus_setup() again.",
+        )
+    });
 }
 
 /// The audit trail distributed by tenant ([`trail::distribute`]), once; returns its tables
@@ -395,10 +496,18 @@ fn catalog_copies_that_differ(
                 } else {
                     format!("worker {node}:{port}'s copy of {table} could not be read: {result}")
                 },
-                format!(
-                    "-- compare SELECT * FROM {table} on the coordinator and on {}, then make the worker's copy right as a superuser there (its shard of {table}, with SET citus.enable_manual_changes_to_shards = on), or remove the differing rows through pg_tenancy's functions on the coordinator and make them again",
-                    format!("{node}:{port}").replace(['\n', '\r'], " ")
-                ),
+                if ["tenancy.role_mapping", "tenancy.role_privilege", "tenancy.support_grant"].contains(&table.as_str()) {
+                    // A node added later holds the coordinator's oids there (Citus's copy).
+                    format!(
+                        "SELECT tenancy.citus_setup(); -- as a superuser: copies the catalog to every node and writes the rows naming roles and tables again by name; verify() again, and if {} still differs, compare SELECT * FROM {table} there with the coordinator's",
+                        format!("{node}:{port}").replace(['\n', '\r'], " ")
+                    )
+                } else {
+                    format!(
+                        "-- compare SELECT * FROM {table} on the coordinator and on {}, then make the worker's copy right as a superuser there (its shard of {table}, with SET citus.enable_manual_changes_to_shards = on), or remove the differing rows through pg_tenancy's functions on the coordinator and make them again",
+                        format!("{node}:{port}").replace(['\n', '\r'], " ")
+                    )
+                },
             ));
         }
     }

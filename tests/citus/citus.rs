@@ -1225,6 +1225,38 @@ fn a_mapped_role_is_not_dropped_on_a_worker_where_its_mapping_would_stay() {
         .unwrap();
     assert_eq!(findings(), Vec::<String>::new());
     held(true);
+    // Citus copies a reference table to a node added later in binary: the copy holds the
+    // coordinator's oids, naming whatever role has them there (a later pass had a role made
+    // with the mapped role's coordinator oid bound to the tenant on the new node). As that
+    // copy: worker 1's row set to the coordinator's oid; citus_setup(), which the reference
+    // says to run after adding a node, writes the rows again by name.
+    let coordinator_oid: u32 = su
+        .query_one("SELECT $1::text::regrole::oid", &[&mapped])
+        .unwrap()
+        .get(0);
+    node(1, "postgres")
+        .batch_execute(&format!(
+            "SET citus.enable_manual_changes_to_shards = on; \
+             DO $$ BEGIN EXECUTE format('UPDATE %s SET role = %s', \
+                 (SELECT shard_name('tenancy.role_mapping'::regclass, shardid) FROM pg_dist_shard \
+                   WHERE logicalrelid = 'tenancy.role_mapping'::regclass), {coordinator_oid}); END $$"
+        ))
+        .unwrap();
+    let named_on_worker = || -> String {
+        node(1, "postgres")
+            .query_one("SELECT role::text FROM tenancy.role_mapping", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_ne!(
+        named_on_worker(),
+        mapped,
+        "the control: the copy names another oid"
+    );
+    su.batch_execute("SELECT tenancy.citus_setup()").unwrap();
+    assert_eq!(named_on_worker(), mapped);
+    held(true);
+    assert_catalog_copies_agree("citus_setup() after a copy by oid");
     // DROP ROLE on the coordinator ends the mapping and the grants on every node first.
     su.batch_execute(&format!("DROP ROLE {mapped}; DROP ROLE {dropper}"))
         .unwrap();
