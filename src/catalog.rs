@@ -1393,11 +1393,49 @@ pub fn key(kid: &str, decode: KeyDecoder) -> Option<Rc<KeyRow>> {
 }
 
 /// The tenants a database role is mapped to.
+/// On Citus, before a read of one of the catalog's reference tables whose rows name a role or
+/// a table by this node's own oid (`role_mapping`, `role_privilege`, `support_grant`): refused
+/// (55000) where this node holds no copy of it. Citus then reads another node's copy, whose
+/// oids name other roles here: on a node just added, a role a CREATEROLE role made with another
+/// node's oid of a mapped role was bound to its tenant without a token (an attacker's pass).
+/// `citus_setup()` on the coordinator gives the node its copy, written by name.
+fn require_own_copy(table: &'static str) {
+    // Not in Citus's own superuser connections, which serve no client's binding: one copying
+    // the catalog to a new node reads it before the node's placement shows there.
+    if !crate::pg::citus::in_database() || crate::pg::citus::internal_superuser_backend() {
+        return;
+    }
+    // As the catalog owner: Citus's placement metadata is not every role's to read.
+    let own = owner_rows(
+        "Citus's placements of pg_tenancy's catalog",
+        "SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition d \
+                             WHERE d.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_dist_shard s \
+                          JOIN pg_catalog.pg_dist_placement p ON p.shardid OPERATOR(pg_catalog.=) s.shardid \
+                         WHERE s.logicalrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass \
+                           AND p.groupid OPERATOR(pg_catalog.=) (SELECT g.groupid FROM pg_catalog.pg_dist_local_group g))",
+        &[table.into()],
+        |r| r.get::<bool>(1),
+    )
+    .into_iter()
+    .next()
+    .flatten()
+    .unwrap_or(false);
+    if !own {
+        errors::raise(
+            errors::NOT_IN_PREREQUISITE_STATE,
+            format!("this Citus node holds no copy of {table} yet"),
+            "A node added to the cluster gets pg_tenancy's catalog from SELECT tenancy.citus_setup(); run by a superuser on the coordinator.",
+        );
+    }
+}
+
 pub fn mappings(role: pg_sys::Oid) -> Rc<Vec<Mapping>> {
     let k = u32::from(role);
     if let Some(hit) = CACHE.with(|c| c.borrow().mappings.get(&k).cloned()) {
         return hit;
     }
+    require_own_copy("tenancy.role_mapping");
     let gen = fill_epoch();
     let rows = owner_rows(
         "tenancy.role_mapping",
@@ -1909,6 +1947,7 @@ pub fn privileges(tenant: Uuid) -> Rc<Vec<Privilege>> {
     if let Some(hit) = cached(tenant, |e| e.privileges.clone()) {
         return hit;
     }
+    require_own_copy("tenancy.role_privilege");
     let gen = fill_epoch();
     let rows = owner_rows(
         "tenancy.role_privilege",
@@ -1949,6 +1988,7 @@ pub fn support_grant(tenant: Uuid, operator: pg_sys::Oid) -> Option<Rc<SupportGr
     let grant = match cached(tenant, |e| e.support.get(&op).cloned()) {
         Some(g) => g,
         None => {
+            require_own_copy("tenancy.support_grant");
             let gen = fill_epoch();
             let g = owner_rows(
                 "tenancy.support_grant",

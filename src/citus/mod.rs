@@ -189,6 +189,30 @@ fn reseat_node_oids() {
             )?;
             Ok::<(), pgrx::spi::Error>(())
         })?;
+        // No mapping, grant or support grant changes until this commits: one committed while
+        // the rows were read and written again was undone on every node (an unmapping read
+        // before it, written back after), or kept on some nodes only (a later pass).
+        crate::catalog::with_owner(|| {
+            Spi::run(
+                "LOCK TABLE tenancy.role_mapping, tenancy.role_privilege, tenancy.support_grant IN EXCLUSIVE MODE",
+            )
+        })?;
+        // Each row's oids on the coordinator, read with the rows and compared after: a role
+        // renamed meanwhile (a CREATEROLE role gave its own role a mapped role's name) would
+        // have moved the mapping to another role by name.
+        let oids = |sql: &str| -> Vec<String> {
+            crate::catalog::owner_rows("pg_tenancy's catalog", sql, &[], |r| {
+                Ok(r.get::<String>(1)?.unwrap_or_default())
+            })
+        };
+        const MAPPING_OIDS: &str = "SELECT m.role::pg_catalog.oid::pg_catalog.text OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) m.tenant_id::pg_catalog.text \
+            FROM tenancy.role_mapping m ORDER BY 1";
+        const GRANT_OIDS: &str = "SELECT g.tenant_id::pg_catalog.text OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) g.role OPERATOR(pg_catalog.||) ' ' \
+            OPERATOR(pg_catalog.||) g.relid::pg_catalog.oid::pg_catalog.text OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) g.privilege \
+            FROM tenancy.role_privilege g WHERE g.relid IS NOT NULL ORDER BY 1";
+        const OPERATOR_OIDS: &str = "SELECT g.id::pg_catalog.text OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) g.operator::pg_catalog.oid::pg_catalog.text \
+            FROM tenancy.support_grant g ORDER BY 1";
+        let before = (oids(MAPPING_OIDS), oids(GRANT_OIDS), oids(OPERATOR_OIDS));
         type Mapping = (
             String,
             pgrx::Uuid,
@@ -257,6 +281,13 @@ fn reseat_node_oids() {
             crate::catalog::write(
                 "UPDATE tenancy.support_grant SET operator = $2::text::regrole WHERE id = $1",
                 &[id.into(), operator.into()],
+            );
+        }
+        if (oids(MAPPING_OIDS), oids(GRANT_OIDS), oids(OPERATOR_OIDS)) != before {
+            errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                "a role or a table that pg_tenancy's catalog names was renamed while citus_setup() wrote it again by name",
+                "Nothing was changed. Call tenancy.citus_setup() again; keep roles and tables that are mapped or granted from being renamed while it runs.",
             );
         }
         Ok(())
