@@ -123,8 +123,8 @@ fn on_coordinator_with_nodes() -> bool {
 }
 
 /// Make pg_tenancy's catalog Citus reference tables (a superuser, on the coordinator, once its
-/// nodes are added; nodes added later receive copies from Citus). Returns the tables it
-/// distributed: none when already done.
+/// nodes are added, and again after adding a node: [`reseat_node_oids`] gives it its copy,
+/// written by name). Returns the tables it distributed: none when already done.
 ///
 /// Its statements run with `search_path = pg_catalog, pg_temp`: as the superuser who calls it,
 /// they compared a regclass with a regclass, or an oid with a regnamespace, with a bare `=`, for
