@@ -322,14 +322,17 @@ fn drop_role(tenant: Option<&str>, role: Option<&str>) {
 /// ([`before_drop_role`]). A `regrole` column is no dependency: a role dropped elsewhere left its
 /// mappings, and a role made later with its oid would have been bound to the tenant without a
 /// token. Grants it to those of `roles` (None: every role) that are mapped and lack it, and
-/// revokes it from those that hold it and are mapped to no tenant. The statements are
-/// PostgreSQL's `format` with `%I` (its own quoting of the role's name), run as the catalog owner,
+/// revokes it from those that hold it and are mapped to no tenant. The role's name in each
+/// statement is quoted by PostgreSQL's `quote_identifier`; they run as the catalog owner,
 /// which owns the type, through [`catalog::with_owner_ddl`] (a GRANT fires event triggers).
 pub(crate) fn keep_mapping_dependencies(roles: Option<&[pg_sys::Oid]>) {
-    let statements: Vec<String> = catalog::owner_rows(
+    // (role's name, mapped): the roles whose grant is to change. The statement is built here,
+    // not by SQL's format(): on Citus this query, which reads a reference table, is printed
+    // again by Citus with pg_catalog's functions unqualified, and format(text, VARIADIC "any")
+    // is one a function in public could take over (the suite's scan of what Citus sends).
+    let changes: Vec<(String, bool)> = catalog::owner_rows(
         "pg_catalog.pg_type",
-        "SELECT pg_catalog.format(CASE WHEN s.mapped THEN 'GRANT USAGE ON TYPE tenancy.mapped_role TO %I' \
-                                       ELSE 'REVOKE USAGE ON TYPE tenancy.mapped_role FROM %I' END, r.rolname) \
+        "SELECT r.rolname::pg_catalog.text, s.mapped \
            FROM pg_catalog.pg_authid r, pg_catalog.pg_type t \
           CROSS JOIN LATERAL (SELECT \
                 EXISTS (SELECT FROM tenancy.role_mapping m \
@@ -342,8 +345,25 @@ pub(crate) fn keep_mapping_dependencies(roles: Option<&[pg_sys::Oid]>) {
             AND s.mapped OPERATOR(pg_catalog.<>) s.held \
           ORDER BY r.oid",
         &[roles.map(|r| r.to_vec()).into()],
-        |r| Ok(r.get::<String>(1)?.unwrap_or_default()),
+        |r| {
+            Ok((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<bool>(2)?.unwrap_or(false),
+            ))
+        },
     );
+    // The role's name quoted by PostgreSQL (quote_identifier).
+    let statements: Vec<String> = changes
+        .into_iter()
+        .map(|(role, mapped)| {
+            let role = catalog::quote_ident(&role);
+            if mapped {
+                format!("GRANT USAGE ON TYPE tenancy.mapped_role TO {role}")
+            } else {
+                format!("REVOKE USAGE ON TYPE tenancy.mapped_role FROM {role}")
+            }
+        })
+        .collect();
     if statements.is_empty() {
         return;
     }
