@@ -233,13 +233,16 @@ fn reseat_node_oids() {
             },
         );
         crate::catalog::write("DELETE FROM tenancy.role_mapping", &[]);
-        for (role, tenant, roles, at) in mappings {
-            crate::catalog::write(
-                "INSERT INTO tenancy.role_mapping (role, tenant_id, tenant_roles, created_at) \
-                 VALUES ($1::text::regrole, $2, $3, $4)",
-                &[role.into(), tenant.into(), roles.into(), at.into()],
-            );
-        }
+        insert_in_batches(
+            "INSERT INTO tenancy.role_mapping (role, tenant_id, tenant_roles, created_at) VALUES ",
+            &["::text::regrole", "", "", ""],
+            mappings
+                .into_iter()
+                .map(|(role, tenant, roles, at)| {
+                    vec![role.into(), tenant.into(), roles.into(), at.into()]
+                })
+                .collect(),
+        );
         type Grant = (pgrx::Uuid, String, String, String);
         let grants: Vec<Grant> = crate::catalog::owner_rows(
             "tenancy.role_privilege",
@@ -259,13 +262,16 @@ fn reseat_node_oids() {
             "DELETE FROM tenancy.role_privilege WHERE relid IS NOT NULL",
             &[],
         );
-        for (tenant, role, rel, privilege) in grants {
-            crate::catalog::write(
-                "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) \
-                 VALUES ($1, $2, $3::text::regclass, $4)",
-                &[tenant.into(), role.into(), rel.into(), privilege.into()],
-            );
-        }
+        insert_in_batches(
+            "INSERT INTO tenancy.role_privilege (tenant_id, role, relid, privilege) VALUES ",
+            &["", "", "::text::regclass", ""],
+            grants
+                .into_iter()
+                .map(|(tenant, role, rel, privilege)| {
+                    vec![tenant.into(), role.into(), rel.into(), privilege.into()]
+                })
+                .collect(),
+        );
         let operators: Vec<(i64, String)> = crate::catalog::owner_rows(
             "tenancy.support_grant",
             "SELECT g.id, g.operator::pg_catalog.text FROM tenancy.support_grant g ORDER BY 1",
@@ -443,6 +449,36 @@ fn distribute_catalog() -> Vec<String> {
     })
 }
 
+/// One node's answer to [`on_all_nodes`]: (node, port, group, whether it ran, its result).
+type NodeResult = (String, i32, i32, bool, String);
+
+/// `statement` (a fixed one of pg_tenancy's) run on every node by Citus's
+/// `run_command_on_all_nodes`: (node, port, group, whether it ran, its result), the coordinator
+/// (group 0) first.
+fn on_all_nodes(
+    c: &pgrx::spi::SpiClient<'_>,
+    statement: String,
+) -> Result<Vec<NodeResult>, pgrx::spi::Error> {
+    c.select(
+        "SELECT n.nodename, n.nodeport, n.groupid, a.success, a.result \
+           FROM pg_catalog.run_command_on_all_nodes($1) a \
+           JOIN pg_catalog.pg_dist_node n ON n.nodeid OPERATOR(pg_catalog.=) a.nodeid \
+          ORDER BY n.groupid, n.nodename, n.nodeport",
+        None,
+        &[statement.into()],
+    )?
+    .map(|r| {
+        Ok((
+            r.get::<String>(1)?.unwrap_or_default(),
+            r.get::<i32>(2)?.unwrap_or_default(),
+            r.get::<i32>(3)?.unwrap_or_default(),
+            r.get::<bool>(4)?.unwrap_or(false),
+            r.get::<String>(5)?.unwrap_or_default(),
+        ))
+    })
+    .collect()
+}
+
 /// `citus_catalog_drift` (one per table and node): the nodes whose copy of one of pg_tenancy's
 /// reference tables holds other rows than the coordinator's. Every node's copy is digested by
 /// the same fixed statement through `run_command_on_all_nodes` (the coordinator's too, each
@@ -488,25 +524,7 @@ fn catalog_copies_that_differ(
                     COALESCE(pg_catalog.sum(('x' OPERATOR(pg_catalog.||) pg_catalog.substr(h.m, 16, 15))::pg_catalog.bit(60)::pg_catalog.int8), 0)::pg_catalog.text \
                FROM h"
         );
-        let results: Vec<(String, i32, i32, bool, String)> = c
-            .select(
-                "SELECT n.nodename, n.nodeport, n.groupid, a.success, a.result \
-                   FROM pg_catalog.run_command_on_all_nodes($1) a \
-                   JOIN pg_catalog.pg_dist_node n ON n.nodeid OPERATOR(pg_catalog.=) a.nodeid \
-                  ORDER BY n.groupid, n.nodename, n.nodeport",
-                None,
-                &[digest.into()],
-            )?
-            .map(|r| {
-                Ok((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<i32>(2)?.unwrap_or_default(),
-                    r.get::<i32>(3)?.unwrap_or_default(),
-                    r.get::<bool>(4)?.unwrap_or(false),
-                    r.get::<String>(5)?.unwrap_or_default(),
-                ))
-            })
-            .collect::<Result<_, pgrx::spi::Error>>()?;
+        let results = on_all_nodes(c, digest)?;
         // Without the coordinator in Citus's node list, there is no copy to compare with.
         let Some(expected) = results
             .iter()
@@ -574,27 +592,9 @@ fn worker_hazards(
                                   FROM pg_catalog.unnest(pg_catalog.string_to_array(pg_catalog.substr(cfg, 13), ',')) x), \
                                 'pg_catalog') OPERATOR(pg_catalog.>) 1 \
                         ORDER BY 1))::pg_catalog.text";
-    let results: Vec<(String, i32, bool, String)> = c
-        .select(
-            "SELECT n.nodename, n.nodeport, a.success, a.result \
-               FROM pg_catalog.run_command_on_all_nodes($1) a \
-               JOIN pg_catalog.pg_dist_node n ON n.nodeid OPERATOR(pg_catalog.=) a.nodeid \
-              WHERE n.groupid OPERATOR(pg_catalog.<>) 0 \
-              ORDER BY n.nodename, n.nodeport",
-            None,
-            &[STATEMENT.into()],
-        )?
-        .map(|r| {
-            Ok((
-                r.get::<String>(1)?.unwrap_or_default(),
-                r.get::<i32>(2)?.unwrap_or_default(),
-                r.get::<bool>(3)?.unwrap_or(false),
-                r.get::<String>(4)?.unwrap_or_default(),
-            ))
-        })
-        .collect::<Result<_, pgrx::spi::Error>>()?;
+    let results = on_all_nodes(c, STATEMENT.to_string())?;
     let mut out = Vec::new();
-    for (node, port, ok, result) in results {
+    for (node, port, _, ok, result) in results.into_iter().filter(|r| r.2 != 0) {
         let at = format!("{node}:{port}").replace(['\n', '\r'], " ");
         let found: serde_json::Value = if ok {
             serde_json::from_str(&result).unwrap_or_default()
@@ -640,6 +640,38 @@ fn worker_hazards(
         }
     }
     Ok(out)
+}
+
+/// Insert `rows` with `head` (`INSERT INTO table (columns) VALUES `), a few hundred rows a
+/// statement, each value a parameter followed by its cast in `casts`: one distributed write,
+/// and one firing of each node's statement trigger, per batch rather than per row (writing the
+/// rows one by one, each firing every node's mapped-role check, took 55 s for 300 mappings: an
+/// attacker's pass). Citus prints each value for every node, a role or a table by its name.
+fn insert_in_batches(
+    head: &str,
+    casts: &[&str],
+    rows: Vec<Vec<pgrx::datum::DatumWithOid<'static>>>,
+) {
+    const ROWS_A_STATEMENT: usize = 500;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let batch: Vec<_> = rows.by_ref().take(ROWS_A_STATEMENT).collect();
+        let mut sql = String::from(head);
+        let mut args = Vec::with_capacity(batch.len() * casts.len());
+        for (r, row) in batch.into_iter().enumerate() {
+            debug_assert_eq!(row.len(), casts.len());
+            sql.push_str(if r == 0 { "(" } else { ", (" });
+            for (c, (value, cast)) in row.into_iter().zip(casts).enumerate() {
+                args.push(value);
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}{cast}", args.len()));
+            }
+            sql.push(')');
+        }
+        crate::catalog::write(&sql, &args);
+    }
 }
 
 /// Internal, for `tenancy.verify()`, its findings on Citus (nothing where Citus is not
